@@ -1,0 +1,22 @@
+"""libc-service: arbitrate a sandboxed process's ambient-authority libc calls.
+
+A *slave* process runs with its ``open``/``stat``/``connect``/... calls
+forwarded to a *master* before the real libc is attempted; the master's
+policy decides each call. See the documentation site for the concepts.
+"""
+
+from .master import Call, Master, SessionClosed
+from .replies import AddrInfo, Reply, Stat
+from .slave import Slave
+from .wire import ProtocolError
+
+__all__ = [
+    "AddrInfo",
+    "Call",
+    "Master",
+    "ProtocolError",
+    "Reply",
+    "SessionClosed",
+    "Slave",
+    "Stat",
+]

@@ -1,0 +1,397 @@
+"""The master end of one slave channel, on asyncio.
+
+Two levels of API over one socket:
+
+- the seed's, one call at a time: ``await receive()``, then exactly one of
+  ``send``/``send_with_fds``/``use_slave_credentials``;
+- :meth:`Master.receive_call`, which hands out a :class:`Call` per request
+  so several calls (from different slave threads) can be answered out of
+  order. The router's concurrent mode is built on it.
+
+Descriptor ownership is strict: every descriptor received with a request
+belongs to its :class:`Call` and is closed exactly once, when the reply goes
+out or when the session ends; every descriptor passed to a send is owned by
+that send and closed after it, whether or not it went out.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import errno as errno_module
+import logging
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Final
+
+from . import wire
+from .replies import Result
+from .requests import Request
+
+__all__ = ["Call", "Master", "SessionClosed"]
+
+logger = logging.getLogger(__name__)
+
+_CMSG_SPACE: Final = socket.CMSG_SPACE((wire.MAX_REQUEST_FDS + 1) * array.array("i").itemsize)
+_RECV_FLAGS: Final = socket.MSG_CMSG_CLOEXEC
+_SEND_FLAGS: Final = socket.MSG_NOSIGNAL
+
+
+class SessionClosed(EOFError):
+    """The session is over: the slave hung up, or broke the protocol.
+
+    ``errno`` is ``None`` for a clean end of file and ``EBADMSG`` when the
+    master closed the session because of a malformed message.
+    """
+
+    def __init__(self, reason: str, errno: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errno = errno
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    """Close descriptors, ignoring ones already gone."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _errno_value(errno: int | OSError) -> int:
+    if isinstance(errno, OSError):
+        if not errno.errno:
+            raise ValueError(f"{errno!r} carries no errno")
+        return errno.errno
+    if isinstance(errno, bool) or not isinstance(errno, int):
+        raise TypeError(f"errno is an int or an OSError, not {type(errno).__name__}")
+    return errno
+
+
+def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """Descriptors in ``SCM_RIGHTS`` control messages (partial ints dropped)."""
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % array.array("i").itemsize
+            fds.extend(array.array("i", data[:usable]))
+    return fds
+
+
+class Call:
+    """One request awaiting its reply, with the descriptors that came with it.
+
+    Reply exactly once with :meth:`send`, :meth:`send_with_fds` or
+    :meth:`use_slave_credentials`. The received descriptors are closed when
+    the reply goes out (or, unanswered, when the session ends).
+    """
+
+    __slots__ = ("request", "_master", "_fds", "_done")
+
+    def __init__(self, master: Master, request: Request, fds: list[int]) -> None:
+        self.request: Final = request
+        self._master = master
+        self._fds = fds
+        self._done = False
+
+    @property
+    def function(self) -> str:
+        """The function's name, e.g. ``"openat"``."""
+        return self.request.function
+
+    @property
+    def done(self) -> bool:
+        """Whether the reply went out (or the call was abandoned)."""
+        return self._done
+
+    def descriptors(self) -> tuple[int, ...]:
+        """The descriptors that came with the request, in role order."""
+        return tuple(self._fds)
+
+    async def send(self, result: Result, errno: int | OSError = 0) -> None:
+        """Reply with ``result`` (and ``errno`` on failure)."""
+        await self.send_with_fds(result, (), errno)
+
+    async def send_with_fds(self, result: Result, fds: Sequence[int], errno: int | OSError = 0) -> None:
+        """Reply with ``result`` and descriptors; ``fds`` are closed afterwards, always."""
+        fds = list(fds)
+        try:
+            self._claim()
+            reply = wire.ReplyMessage(
+                self.request.function, self.request.tid, self.request.request_id,
+                result, _errno_value(errno),
+            )
+            data = wire.encode_reply(reply, len(fds))
+        except BaseException:
+            # Nothing went out: the call stays owed, the descriptors are gone.
+            close_fds(fds)
+            raise
+        await self._finish(data, fds)
+
+    async def use_slave_credentials(self) -> None:
+        """Tell the slave to perform the call itself, with its own authority."""
+        self._claim()
+        reply = wire.ReplyMessage(self.request.function, self.request.tid, self.request.request_id, forward=True)
+        await self._finish(wire.encode_reply(reply), [])
+
+    def _claim(self) -> None:
+        if self._done:
+            raise RuntimeError(f"the {self.request.function} call was already answered")
+        if self._master.closed:
+            self.abandon()
+            raise SessionClosed("the session is closed")
+
+    async def _finish(self, data: bytes, fds: list[int]) -> None:
+        self._done = True
+        try:
+            await self._master._send(data, fds)
+        finally:
+            close_fds(fds)
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Close the received descriptors without replying (session over)."""
+        self._done = True
+        fds, self._fds = self._fds, []
+        close_fds(fds)
+        self._master._pending.discard(self)
+
+
+class Master:
+    """The master end of one channel to one slave process.
+
+    Create one with :meth:`pair` (for a Python :class:`~libc_service.Slave`)
+    or from a socket received at registration. Use ``async with`` (or
+    :meth:`close`) so the socket and any unanswered call's descriptors are
+    closed when the session ends.
+    """
+
+    def __init__(self, sock: socket.socket, *, name: str | None = None) -> None:
+        if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
+            raise ValueError("a Master needs an AF_UNIX SOCK_SEQPACKET socket")
+        sock.setblocking(False)
+        self._sock: socket.socket | None = sock
+        self.name = name or f"fd {sock.fileno()}"
+        self._reading = False
+        self._current: Call | None = None
+        self._pending: set[Call] = set()
+        self._writers: list[asyncio.Future[None]] = []
+        self._reader: asyncio.Future[None] | None = None
+        self.pid: int | None = None
+
+    @classmethod
+    def pair(cls) -> tuple[Master, socket.socket]:
+        """A master end and the slave's socket (blocking, close-on-exec)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        return cls(mine), theirs
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session is over."""
+        return self._sock is None
+
+    def fileno(self) -> int:
+        """The channel socket's descriptor (-1 once closed)."""
+        return -1 if self._sock is None else self._sock.fileno()
+
+    def close(self) -> None:
+        """End the session: close the socket and every unanswered call's descriptors."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        loop = _running_loop()
+        if loop is not None:
+            loop.remove_reader(sock.fileno())
+            loop.remove_writer(sock.fileno())
+        for waiter in [*self._writers, self._reader]:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        self._writers.clear()
+        self._reader = None
+        for call in list(self._pending):
+            call.abandon()
+        self._current = None
+        sock.close()
+
+    async def __aenter__(self) -> Master:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------ many-call level
+
+    async def receive_call(self) -> Call:
+        """Wait for the next request and return it as a :class:`Call`.
+
+        Raises :class:`SessionClosed` at the end of the session (and after
+        closing it for a malformed message, with ``errno=EBADMSG``), and
+        ``OSError(EBUSY)`` if another task is already receiving.
+        """
+        if self._reading:
+            raise OSError(errno_module.EBUSY, "another receive is already waiting on this master")
+        self._reading = True
+        try:
+            data, fds = await self._recv()
+        finally:
+            self._reading = False
+        try:
+            request = wire.decode_request(data, fds)
+        except wire.ProtocolError as exc:
+            close_fds(fds)
+            self._protocol_failure(str(exc))
+        if self.pid is None:
+            self.pid = request.pid
+        call = Call(self, request, fds)
+        self._pending.add(call)
+        return call
+
+    async def _recv(self) -> tuple[bytes, list[int]]:
+        while True:
+            sock = self._sock
+            if sock is None:
+                raise SessionClosed("the session is closed")
+            try:
+                data, ancdata, flags, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                await self._wait_readable(sock)
+                continue
+            except OSError as exc:
+                self.close()
+                raise SessionClosed(f"receive failed: {exc}") from exc
+            fds = received_fds(ancdata)
+            if not data and not fds:
+                self.close()
+                raise SessionClosed("the slave closed the channel")
+            if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(data) > wire.MAX_MESSAGE:
+                close_fds(fds)
+                self._protocol_failure("message or its descriptors truncated (too large or too many)")
+            if len(fds) > wire.MAX_REQUEST_FDS:
+                close_fds(fds)
+                self._protocol_failure(f"{len(fds)} descriptors on one request")
+            return data, fds
+
+    def _protocol_failure(self, reason: str) -> Any:
+        logger.warning("closing session %s (pid %s): malformed message: %s", self.name, self.pid, reason)
+        self.close()
+        raise SessionClosed(f"malformed message: {reason}", errno_module.EBADMSG)
+
+    async def _wait_readable(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        fd = sock.fileno()
+        loop.add_reader(fd, _wake, waiter)
+        self._reader = waiter
+        try:
+            await waiter
+        finally:
+            self._reader = None
+            if self._sock is sock:
+                loop.remove_reader(fd)
+
+    async def _send(self, data: bytes, fds: Sequence[int]) -> None:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        while True:
+            sock = self._sock
+            if sock is None:
+                raise SessionClosed("the session is closed")
+            try:
+                sock.sendmsg([data], ancillary, _SEND_FLAGS)
+                return
+            except (BlockingIOError, InterruptedError):
+                await self._wait_writable(sock)
+            except OSError as exc:
+                self.close()
+                raise SessionClosed(f"send failed: {exc}") from exc
+
+    async def _wait_writable(self, sock: socket.socket) -> None:
+        # Several calls may wait to send at once: one writer callback wakes all.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if not self._writers:
+            loop.add_writer(sock.fileno(), self._wake_writers)
+        self._writers.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._writers:
+                self._writers.remove(waiter)
+
+    def _wake_writers(self) -> None:
+        waiters, self._writers = self._writers, []
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_writer(self._sock.fileno())
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --------------------------------------------------------- seed's level
+
+    async def receive(self) -> Request:
+        """Wait for the next request (one call in flight at a time).
+
+        Raises ``RuntimeError`` while a reply to the previous request is
+        still owed, ``OSError(EBUSY)`` for a second concurrent receive, and
+        :class:`SessionClosed` at the end of the session.
+        """
+        if self._current is not None and not self._current.done:
+            raise RuntimeError(f"a reply to {self._current.function} is owed before the next receive")
+        self._current = None
+        call = await self.receive_call()
+        self._current = call
+        return call.request
+
+    @property
+    def function_(self) -> str | None:
+        """The current request's function name (``None`` before the first receive)."""
+        return None if self._current is None else self._current.function
+
+    def arguments(self) -> tuple[Any, ...]:
+        """The current request's arguments in the seed's positional order."""
+        return self._owed().request.arguments()
+
+    def descriptors(self) -> tuple[int, ...]:
+        """The descriptors that came with the current request."""
+        return self._owed().descriptors()
+
+    async def send(self, result: Result, errno: int | OSError = 0) -> None:
+        """Answer the current request with ``result`` (and ``errno``)."""
+        await self._owed().send(result, errno)
+
+    async def send_with_fds(self, result: Result, fds: Sequence[int], errno: int | OSError = 0) -> None:
+        """Answer with descriptors; the master owns and closes ``fds`` afterwards."""
+        try:
+            call = self._owed()
+        except BaseException:
+            close_fds(fds)
+            raise
+        await call.send_with_fds(result, fds, errno)
+
+    async def use_slave_credentials(self) -> None:
+        """Tell the slave to do the current call itself."""
+        await self._owed().use_slave_credentials()
+
+    def _owed(self) -> Call:
+        call = self._current
+        if call is None or call.done:
+            raise RuntimeError("no request awaits a reply; call receive() first")
+        return call
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -1,0 +1,483 @@
+"""Typed requests: one frozen pydantic model per arbitrated function.
+
+Every model carries a ``function`` literal tag, so :data:`Request` is a
+discriminated union a handler can narrow with ``match`` or ``isinstance``.
+Besides the call's arguments a request says who asked (``pid``, ``tid``) and
+which call it is (``request_id``, echoed in the reply).
+
+Descriptors that travel with a request are fields too, holding descriptor
+numbers *in the master*, valid until the reply goes out:
+
+- ``dirfd`` (``dirfd1``/``dirfd2`` for rename): the directory a relative path
+  is resolved against, i.e. the slave's dirfd or working directory; ``None``
+  for an absolute path.
+- ``socket``: the slave's socket, for ``connect_*``/``bind_*``.
+
+Models built from slave bytes by :mod:`libc_service.wire` are validated by the
+codec once and constructed without a second pass; models a program builds
+itself (for :class:`~libc_service.Slave`) are validated by pydantic.
+"""
+
+from __future__ import annotations
+
+import os
+import socket as socket_module
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import PurePosixPath
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, Union, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+__all__ = [
+    "ACCESS_MODES",
+    "FUNCTIONS",
+    "OPENAT_FLAGS",
+    "OPEN_FLAGS",
+    "AccessMode",
+    "AccessRequest",
+    "BindInet6Request",
+    "BindInetRequest",
+    "BindUnixRequest",
+    "ConnectInet6Request",
+    "ConnectInetRequest",
+    "ConnectUnixRequest",
+    "EaccessRequest",
+    "Function",
+    "GetaddrinfoRequest",
+    "LstatRequest",
+    "MkdirRequest",
+    "OpenFlag",
+    "OpenRequest",
+    "OpenatFlag",
+    "OpenatRequest",
+    "RenameRequest",
+    "Request",
+    "RmdirRequest",
+    "StatRequest",
+    "UnlinkRequest",
+    "REQUEST_TYPES",
+    "parse_request",
+]
+
+Function: TypeAlias = Literal[
+    "open",
+    "openat",
+    "unlink",
+    "rename",
+    "stat",
+    "lstat",
+    "access",
+    "eaccess",
+    "mkdir",
+    "rmdir",
+    "connect_unix",
+    "connect_inet",
+    "connect_inet6",
+    "bind_unix",
+    "bind_inet",
+    "bind_inet6",
+    "getaddrinfo",
+]
+#: The arbitrated functions, in the seed's order (wire code = index + 1).
+FUNCTIONS: Final[tuple[Function, ...]] = get_args(Function)
+
+OpenFlag: TypeAlias = Literal[
+    "read_only",
+    "write_only",
+    "read_write",
+    "append",
+    "create",
+    "directory",
+    "exclusive",
+    "no_follow",
+    "path",
+    "sync_all_on_write",
+    "temporary",
+    "truncate",
+]
+ResolveFlag: TypeAlias = Literal[
+    "resolve_beneath",
+    "resolve_in_root",
+    "resolve_no_magiclinks",
+    "resolve_no_symlinks",
+    "resolve_no_xdev",
+    "resolve_cached",
+]
+OpenatFlag: TypeAlias = Literal[OpenFlag, ResolveFlag]
+OPEN_FLAGS: Final[tuple[OpenFlag, ...]] = get_args(OpenFlag)
+OPENAT_FLAGS: Final[tuple[OpenatFlag, ...]] = OPEN_FLAGS + get_args(ResolveFlag)
+_ACCESS_MODE_FLAGS: Final = frozenset({"read_only", "write_only", "read_write"})
+
+AccessMode: TypeAlias = Literal["r", "w", "x"]
+ACCESS_MODES: Final[tuple[AccessMode, ...]] = get_args(AccessMode)
+
+PATH_MAX_BYTES: Final = 4095
+UNIX_PATH_MAX: Final = 108
+NODE_MAX: Final = 1025
+SERVICE_MAX: Final = 32
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+Mode = Annotated[int, Field(ge=0, le=0o7777)]
+Descriptor = Annotated[int, Field(ge=0)]
+
+
+def _path_in(value: Any) -> Any:
+    """Accept str, bytes or path objects; refuse the empty path.
+
+    ``PurePosixPath("")`` is ``"."``, which would silently turn a call that
+    must fail (``open("")``) into one on the working directory.
+    """
+    if isinstance(value, bytes):
+        value = os.fsdecode(value)
+    if value == "":
+        raise ValueError("a path must not be empty")
+    return value
+
+
+def _check_fs_path(path: PurePosixPath) -> PurePosixPath:
+    raw = os.fsencode(str(path))
+    if b"\0" in raw:
+        raise ValueError("a path must not contain NUL")
+    if len(raw) > PATH_MAX_BYTES:
+        raise ValueError(f"a path is at most {PATH_MAX_BYTES} bytes")
+    return path
+
+
+class _Request(BaseModel):
+    """Fields every request has: who asked, and which call this is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Positional order of the seed's ``arguments()`` for this function.
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ()
+    #: Descriptor fields, in wire role order.
+    DESCRIPTORS: ClassVar[tuple[str, ...]] = ()
+
+    pid: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    tid: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    request_id: Annotated[int, Field(ge=0, lt=2**64)] = 0
+
+    def arguments(self) -> tuple[Any, ...]:
+        """The call's arguments in the seed's positional order."""
+        return tuple(getattr(self, name) for name in self.ARGUMENTS)
+
+    def descriptors(self) -> tuple[int, ...]:
+        """Descriptors that came with the request (master-side numbers)."""
+        found = (getattr(self, name) for name in self.DESCRIPTORS)
+        return tuple(fd for fd in found if fd is not None)
+
+
+class _PathRequest(_Request):
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("path",)
+    DESCRIPTORS: ClassVar[tuple[str, ...]] = ("dirfd",)
+
+    path: PurePosixPath
+    dirfd: Descriptor | None = None
+
+    _path_in = field_validator("path", mode="before")(_path_in)
+    _check_path = field_validator("path")(_check_fs_path)
+
+
+def _frozen_flags(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError("flags are a collection of flag names, not a string")
+    return frozenset(value) if isinstance(value, list | tuple | set) else value
+
+
+def _check_open(flags: frozenset[str], mode: int | None) -> None:
+    access = flags & _ACCESS_MODE_FLAGS
+    if len(access) != 1:
+        raise ValueError("exactly one of read_only, write_only, read_write must be given")
+    takes_mode = bool(flags & {"create", "temporary"})
+    if mode is not None and not takes_mode:
+        raise ValueError("mode is only given with create or temporary")
+    if mode is None and takes_mode:
+        raise ValueError("create and temporary need a mode")
+
+
+class OpenRequest(_PathRequest):
+    """``open(path, flags, mode)``; ``mode`` only with ``create``/``temporary``."""
+
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("path", "flags", "mode")
+
+    function: Literal["open"] = "open"
+    flags: frozenset[OpenFlag]
+    mode: Mode | None = None
+
+    _flags_in = field_validator("flags", mode="before")(_frozen_flags)
+
+    @model_validator(mode="after")
+    def _mode_matches_flags(self) -> OpenRequest:
+        _check_open(self.flags, self.mode)
+        return self
+
+
+class OpenatRequest(_PathRequest):
+    """``openat(dirfd, path, flags, mode)``; the slave's dirfd is ``dirfd``."""
+
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("path", "flags", "mode")
+
+    function: Literal["openat"] = "openat"
+    flags: frozenset[OpenatFlag]
+    mode: Mode | None = None
+
+    _flags_in = field_validator("flags", mode="before")(_frozen_flags)
+
+    @model_validator(mode="after")
+    def _mode_matches_flags(self) -> OpenatRequest:
+        _check_open(self.flags, self.mode)
+        return self
+
+
+class UnlinkRequest(_PathRequest):
+    """``unlink(path)``."""
+
+    function: Literal["unlink"] = "unlink"
+
+
+class RmdirRequest(_PathRequest):
+    """``rmdir(path)``."""
+
+    function: Literal["rmdir"] = "rmdir"
+
+
+class StatRequest(_PathRequest):
+    """``stat(path)``: follows symlinks; answer with a :class:`~libc_service.Stat`."""
+
+    function: Literal["stat"] = "stat"
+
+
+class LstatRequest(_PathRequest):
+    """``lstat(path)``: does not follow a final symlink."""
+
+    function: Literal["lstat"] = "lstat"
+
+
+def _amode_in(value: Any) -> Any:
+    if value == "f":
+        return "f"
+    if isinstance(value, str):
+        value = list(value)
+    return frozenset(value) if isinstance(value, list | tuple | set | frozenset) else value
+
+
+class _AccessRequest(_PathRequest):
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("path", "amode")
+
+    amode: Literal["f"] | frozenset[AccessMode]
+
+    _amode_in = field_validator("amode", mode="before")(_amode_in)
+
+    @field_validator("amode")
+    @classmethod
+    def _amode_not_empty(cls, value: Any) -> Any:
+        if value != "f" and not value:
+            raise ValueError('amode is "f" or a non-empty collection of "r", "w", "x"')
+        return value
+
+
+class AccessRequest(_AccessRequest):
+    """``access(path, amode)`` with the real ids."""
+
+    function: Literal["access"] = "access"
+
+
+class EaccessRequest(_AccessRequest):
+    """``eaccess(path, amode)`` with the effective ids."""
+
+    function: Literal["eaccess"] = "eaccess"
+
+
+class MkdirRequest(_PathRequest):
+    """``mkdir(path, mode)``."""
+
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("path", "mode")
+
+    function: Literal["mkdir"] = "mkdir"
+    mode: Mode
+
+
+class RenameRequest(_Request):
+    """``rename(path1, path2)``; each path has its own directory descriptor."""
+
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("path1", "path2")
+    DESCRIPTORS: ClassVar[tuple[str, ...]] = ("dirfd1", "dirfd2")
+
+    function: Literal["rename"] = "rename"
+    path1: PurePosixPath
+    path2: PurePosixPath
+    dirfd1: Descriptor | None = None
+    dirfd2: Descriptor | None = None
+
+    _paths_in = field_validator("path1", "path2", mode="before")(_path_in)
+    _check_paths = field_validator("path1", "path2")(_check_fs_path)
+
+
+def _check_unix_path(path: PurePosixPath) -> PurePosixPath:
+    raw = os.fsencode(str(path))
+    if not raw:
+        raise ValueError("a unix socket path must not be empty")
+    if raw[0] != 0 and b"\0" in raw:
+        raise ValueError("a unix socket path contains NUL only as an abstract name's first byte")
+    if len(raw) > UNIX_PATH_MAX:
+        raise ValueError(f"a unix socket path is at most {UNIX_PATH_MAX} bytes")
+    return path
+
+
+class _UnixRequest(_Request):
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("path",)
+    DESCRIPTORS: ClassVar[tuple[str, ...]] = ("socket",)
+
+    #: ``sun_path``; an abstract name starts with ``"\\0"``.
+    path: PurePosixPath
+    socket: Descriptor
+
+    _path_in = field_validator("path", mode="before")(_path_in)
+    _check_path = field_validator("path")(_check_unix_path)
+
+    @property
+    def abstract(self) -> bool:
+        """Whether ``path`` is an abstract socket name (leading NUL)."""
+        return str(self.path).startswith("\0")
+
+
+class ConnectUnixRequest(_UnixRequest):
+    """``connect`` of a unix socket to ``path``."""
+
+    function: Literal["connect_unix"] = "connect_unix"
+
+
+class BindUnixRequest(_UnixRequest):
+    """``bind`` of a unix socket to ``path``."""
+
+    function: Literal["bind_unix"] = "bind_unix"
+
+
+class _InetRequest(_Request):
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("address", "port")
+    DESCRIPTORS: ClassVar[tuple[str, ...]] = ("socket",)
+
+    address: IPv4Address
+    port: Port
+    socket: Descriptor
+
+
+class ConnectInetRequest(_InetRequest):
+    """``connect`` of an IPv4 socket to ``address:port``."""
+
+    function: Literal["connect_inet"] = "connect_inet"
+
+
+class BindInetRequest(_InetRequest):
+    """``bind`` of an IPv4 socket to ``address:port``."""
+
+    function: Literal["bind_inet"] = "bind_inet"
+
+
+def _numeric_scope(value: Any) -> Any:
+    """Turn an interface name in a scope id (``fe80::1%eth0``) into its index."""
+    if not isinstance(value, str) or "%" not in value:
+        return value
+    address, scope = value.rsplit("%", 1)
+    if scope.isdigit():
+        return value
+    try:
+        index = socket_module.if_nametoindex(scope)
+    except OSError:
+        raise ValueError(f"unknown network interface {scope!r} in scope id") from None
+    return f"{address}%{index}"
+
+
+class _Inet6Request(_Request):
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("address", "port")
+    DESCRIPTORS: ClassVar[tuple[str, ...]] = ("socket",)
+
+    #: The address, with the scope id (interface index) as in ``fe80::1%2``.
+    address: IPv6Address
+    port: Port
+    socket: Descriptor
+
+    _scope = field_validator("address", mode="before")(_numeric_scope)
+
+
+class ConnectInet6Request(_Inet6Request):
+    """``connect`` of an IPv6 socket to ``[address]:port``."""
+
+    function: Literal["connect_inet6"] = "connect_inet6"
+
+
+class BindInet6Request(_Inet6Request):
+    """``bind`` of an IPv6 socket to ``[address]:port``."""
+
+    function: Literal["bind_inet6"] = "bind_inet6"
+
+
+class GetaddrinfoRequest(_Request):
+    """``getaddrinfo(node, service, hints)``; hints reduced to a protocol.
+
+    The caller's family and flags hints are applied by the shim to the
+    answer, so the policy answers with every address it knows.
+    """
+
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("node", "service", "protocol")
+
+    function: Literal["getaddrinfo"] = "getaddrinfo"
+    node: str | None = None
+    service: str | None = None
+    protocol: Literal["tcp", "udp"] | None = None
+
+    @field_validator("node", "service")
+    @classmethod
+    def _bounded(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return None
+        limit = NODE_MAX if info.field_name == "node" else SERVICE_MAX
+        raw = os.fsencode(value)
+        if b"\0" in raw:
+            raise ValueError(f"{info.field_name} must not contain NUL")
+        if len(raw) > limit:
+            raise ValueError(f"{info.field_name} is at most {limit} bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _node_or_service(self) -> GetaddrinfoRequest:
+        if self.node is None and self.service is None:
+            raise ValueError("getaddrinfo needs a node or a service")
+        return self
+
+
+Request: TypeAlias = Annotated[
+    Union[
+        OpenRequest,
+        OpenatRequest,
+        UnlinkRequest,
+        RenameRequest,
+        StatRequest,
+        LstatRequest,
+        AccessRequest,
+        EaccessRequest,
+        MkdirRequest,
+        RmdirRequest,
+        ConnectUnixRequest,
+        ConnectInetRequest,
+        ConnectInet6Request,
+        BindUnixRequest,
+        BindInetRequest,
+        BindInet6Request,
+        GetaddrinfoRequest,
+    ],
+    Field(discriminator="function"),
+]
+
+#: Request model by function name, in the seed's order.
+REQUEST_TYPES: Final[dict[str, type[_Request]]] = {
+    model.model_fields["function"].default: model
+    for model in get_args(get_args(Request)[0])
+}
+
+_REQUEST_ADAPTER: Final[TypeAdapter[Request]] = TypeAdapter(Request)
+
+
+def parse_request(data: dict[str, Any]) -> Request:
+    """Validate a request given as plain data (``{"function": "open", ...}``)."""
+    return _REQUEST_ADAPTER.validate_python(data)

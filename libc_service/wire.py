@@ -1,0 +1,559 @@
+"""Sans-I/O codec for the slave ⇄ master protocol (see ``docs/protocol.md``).
+
+Pure functions between bytes + descriptor numbers and typed messages: no
+sockets, no asyncio, no closing of descriptors. The caller owns the I/O and
+the descriptors, and must close received descriptors when decoding fails.
+
+Errors follow h11's split: :class:`ProtocolError` means the *peer* sent
+something malformed (the session is closed); ``TypeError``/``ValueError``
+mean the *local caller* asked for something impossible (a policy bug).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import PurePosixPath
+from typing import Any, Final, cast
+
+from .replies import GAI_ERRORS, AddrInfo, FileType, Result, Stat
+from .requests import (
+    FUNCTIONS,
+    AccessRequest,
+    BindInet6Request,
+    BindInetRequest,
+    BindUnixRequest,
+    ConnectInet6Request,
+    ConnectInetRequest,
+    ConnectUnixRequest,
+    EaccessRequest,
+    GetaddrinfoRequest,
+    LstatRequest,
+    MkdirRequest,
+    OpenatRequest,
+    OpenRequest,
+    RenameRequest,
+    RmdirRequest,
+    StatRequest,
+    UnlinkRequest,
+    NODE_MAX,
+    OPENAT_FLAGS,
+    PATH_MAX_BYTES,
+    REQUEST_TYPES,
+    SERVICE_MAX,
+    UNIX_PATH_MAX,
+    Request,
+)
+
+__all__ = [
+    "MAX_ADDRINFO",
+    "MAX_MESSAGE",
+    "MAX_REPLY_FDS",
+    "MAX_REQUEST_FDS",
+    "REGISTRATION",
+    "ProtocolError",
+    "ReplyMessage",
+    "decode_registration",
+    "decode_reply",
+    "decode_request",
+    "encode_registration",
+    "encode_reply",
+    "encode_request",
+    "reply_fd_limit",
+]
+
+VERSION: Final = 1
+REQUEST_MAGIC: Final = b"LCSq"
+REPLY_MAGIC: Final = b"LCSr"
+HELLO_MAGIC: Final = b"LCSh"
+
+MAX_REQUEST_FDS: Final = 2
+MAX_REPLY_FDS: Final = 4
+MAX_ADDRINFO: Final = 128
+MAX_MESSAGE: Final = 8192
+
+#: magic, version, function, pid, tid, request id, flags, arg, address,
+#: scope id, len1, len2, fd roles, 7 reserved bytes.
+REQUEST: Final = struct.Struct("<4sHHIIQII16sIHHB7s")
+#: magic, version, function, tid, errno, request id, result, action,
+#: payload kind, count, 12 reserved bytes.
+REPLY: Final = struct.Struct("<4sHHIIQqBBH12s")
+STAT: Final = struct.Struct("<QQQQqqqqqqIIII")
+ADDRINFO: Final = struct.Struct("<BxHI16s")
+REGISTRATION: Final = struct.Struct("<4sHHII")
+
+_RESERVED_REQUEST: Final = bytes(7)
+_RESERVED_REPLY: Final = bytes(12)
+_NO_ADDRESS: Final = bytes(16)
+
+CODE: Final[dict[str, int]] = {name: code for code, name in enumerate(FUNCTIONS, 1)}
+
+OPEN_FLAG_BITS: Final[dict[str, int]] = {
+    **{name: 1 << bit for bit, name in enumerate(OPENAT_FLAGS[:12])},
+    **{name: 1 << bit for bit, name in enumerate(OPENAT_FLAGS[12:], 16)},
+}
+_OPEN_ONLY_MASK: Final = sum(OPEN_FLAG_BITS[name] for name in OPENAT_FLAGS[:12])
+_OPENAT_MASK: Final = sum(OPEN_FLAG_BITS.values())
+_OPEN_FLAG_BY_BIT: Final = tuple(OPEN_FLAG_BITS.items())
+_ACCESS_MODE_BITS: Final = OPEN_FLAG_BITS["read_only"] | OPEN_FLAG_BITS["write_only"] | OPEN_FLAG_BITS["read_write"]
+_TAKES_MODE_BITS: Final = OPEN_FLAG_BITS["create"] | OPEN_FLAG_BITS["temporary"]
+
+AMODE_BITS: Final[dict[str, int]] = {"r": 4, "w": 2, "x": 1}
+PROTOCOL_NUMBER: Final[dict[str | None, int]] = {None: 0, "tcp": 6, "udp": 17}
+_PROTOCOL_BY_NUMBER: Final = {number: name for name, number in PROTOCOL_NUMBER.items()}
+
+FILE_TYPES: Final[tuple[FileType, ...]] = (
+    "regular", "directory", "symlink", "character_device", "block_device", "fifo", "socket"
+)
+_FILE_TYPE_CODE: Final = {name: code for code, name in enumerate(FILE_TYPES, 1)}
+
+ROLE_DIR1: Final = 1
+ROLE_DIR2: Final = 2
+ROLE_SOCKET: Final = 4
+
+ACTION_RESULT: Final = 0
+ACTION_FORWARD: Final = 1
+KIND_NONE: Final = 0
+KIND_STAT: Final = 1
+KIND_ADDRINFO: Final = 2
+KIND_GAI_ERROR: Final = 3
+
+_PATH_FUNCTIONS: Final = frozenset(
+    {"open", "openat", "unlink", "rmdir", "stat", "lstat", "access", "eaccess", "mkdir"}
+)
+_UNIX_FUNCTIONS: Final = frozenset({"connect_unix", "bind_unix"})
+_INET_FUNCTIONS: Final = frozenset({"connect_inet", "bind_inet"})
+_INET6_FUNCTIONS: Final = frozenset({"connect_inet6", "bind_inet6"})
+_ROLE_BITS: Final[dict[str, tuple[int, ...]]] = {
+    name: (ROLE_DIR1, ROLE_DIR2) if name == "rename"
+    else (ROLE_SOCKET,) if name.startswith(("connect_", "bind_"))
+    else () if name == "getaddrinfo"
+    else (ROLE_DIR1,)
+    for name in FUNCTIONS
+}
+_FD_RESULT_FUNCTIONS: Final = frozenset({"open", "openat"}) | _UNIX_FUNCTIONS | _INET_FUNCTIONS | _INET6_FUNCTIONS
+
+
+class ProtocolError(ValueError):
+    """The peer sent a message that breaks the protocol; end the session."""
+
+
+def reply_fd_limit(function: str) -> int:
+    """How many descriptors a reply to ``function`` may carry."""
+    return 1 if function in _FD_RESULT_FUNCTIONS else MAX_REPLY_FDS
+
+
+# ----------------------------------------------------------------- requests
+
+
+def encode_request(request: Request) -> tuple[bytes, list[int]]:
+    """Encode a request; the descriptors come from its descriptor fields."""
+    flags = arg = scope = 0
+    address = _NO_ADDRESS
+    string1 = string2 = b""
+    roles = 0
+    fds: list[int] = []
+    for bit, fd in zip(_ROLE_BITS[request.function], (getattr(request, n) for n in request.DESCRIPTORS)):
+        if fd is not None:
+            roles |= bit
+            fds.append(fd)
+    match request:
+        case OpenRequest() | OpenatRequest():
+            string1 = os.fsencode(str(request.path))
+            flags = sum(OPEN_FLAG_BITS[name] for name in request.flags)
+            arg = request.mode or 0
+        case AccessRequest() | EaccessRequest():
+            string1 = os.fsencode(str(request.path))
+            flags = 0 if request.amode == "f" else sum(AMODE_BITS[m] for m in request.amode)
+        case MkdirRequest():
+            string1 = os.fsencode(str(request.path))
+            arg = request.mode
+        case UnlinkRequest() | RmdirRequest() | StatRequest() | LstatRequest():
+            string1 = os.fsencode(str(request.path))
+        case RenameRequest():
+            string1 = os.fsencode(str(request.path1))
+            string2 = os.fsencode(str(request.path2))
+        case ConnectUnixRequest() | BindUnixRequest():
+            string1 = os.fsencode(str(request.path))
+        case ConnectInetRequest() | BindInetRequest() | ConnectInet6Request() | BindInet6Request():
+            ip = request.address
+            address = ip.packed.ljust(16, b"\0")
+            if isinstance(ip, IPv6Address) and ip.scope_id:
+                scope = int(ip.scope_id)
+            arg = request.port
+        case GetaddrinfoRequest():
+            flags = (request.node is not None) | (request.service is not None) << 1
+            string1 = os.fsencode(request.node) if request.node is not None else b""
+            string2 = os.fsencode(request.service) if request.service is not None else b""
+            arg = PROTOCOL_NUMBER[request.protocol]
+    header = REQUEST.pack(
+        REQUEST_MAGIC, VERSION, CODE[request.function], request.pid, request.tid, request.request_id,
+        flags, arg, address, scope, len(string1), len(string2), roles, _RESERVED_REQUEST,
+    )
+    return header + string1 + string2, fds
+
+
+def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
+    """Decode and fully validate one request datagram.
+
+    ``fds`` are the descriptors received with it (master-side numbers); they
+    become the request's ``dirfd``/``socket`` fields. Raises
+    :class:`ProtocolError` for anything malformed; the caller then closes
+    ``fds``.
+    """
+    if len(data) < REQUEST.size:
+        raise ProtocolError(f"request of {len(data)} bytes is shorter than its {REQUEST.size}-byte header")
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"request of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    (magic, version, code, pid, tid, request_id, flags, arg, address, scope,
+     len1, len2, roles, reserved) = REQUEST.unpack_from(data)
+    if magic != REQUEST_MAGIC:
+        raise ProtocolError(f"bad request magic {magic!r}")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    if not 1 <= code <= len(FUNCTIONS):
+        raise ProtocolError(f"unknown function code {code}")
+    if pid == 0 or tid == 0:
+        raise ProtocolError("pid and tid must be non-zero")
+    if reserved != _RESERVED_REQUEST or roles & ~7:
+        raise ProtocolError("reserved request bits are set")
+    if REQUEST.size + len1 + len2 != len(data):
+        raise ProtocolError(
+            f"string lengths {len1}+{len2} disagree with a {len(data)}-byte request"
+        )
+    if roles.bit_count() != len(fds):
+        raise ProtocolError(f"fd roles {roles:#x} announce {roles.bit_count()} descriptors, {len(fds)} came")
+    function = FUNCTIONS[code - 1]
+    string1 = data[REQUEST.size : REQUEST.size + len1]
+    string2 = data[REQUEST.size + len1 :]
+    common: dict[str, Any] = {"function": function, "pid": pid, "tid": tid, "request_id": request_id}
+    fd_iter = iter(fds)
+
+    def no(what: str, value: object) -> None:
+        if value:
+            raise ProtocolError(f"{function} does not use {what}")
+
+    if function in _PATH_FUNCTIONS:
+        no("string2", len2)
+        no("an address", address != _NO_ADDRESS or scope)
+        no("those descriptor roles", roles & ~ROLE_DIR1)
+        fields = common | {"path": _fs_path(string1, "path"), "dirfd": next(fd_iter) if roles else None}
+        if function in ("open", "openat"):
+            fields |= _open_fields(function, flags, arg)
+        elif function in ("access", "eaccess"):
+            no("arg", arg)
+            if flags & ~7:
+                raise ProtocolError(f"unknown amode bits {flags:#x}")
+            fields["amode"] = "f" if flags == 0 else frozenset(m for m, b in AMODE_BITS.items() if flags & b)
+        elif function == "mkdir":
+            no("flags", flags)
+            fields["mode"] = _mode(arg)
+        else:
+            no("flags", flags)
+            no("arg", arg)
+    elif function == "rename":
+        no("flags or arg", flags or arg)
+        no("an address", address != _NO_ADDRESS or scope)
+        no("the socket role", roles & ROLE_SOCKET)
+        fields = common | {
+            "path1": _fs_path(string1, "path1"),
+            "path2": _fs_path(string2, "path2"),
+            "dirfd1": next(fd_iter) if roles & ROLE_DIR1 else None,
+            "dirfd2": next(fd_iter) if roles & ROLE_DIR2 else None,
+        }
+    elif function in _UNIX_FUNCTIONS:
+        no("flags or arg", flags or arg)
+        no("an address", address != _NO_ADDRESS or scope)
+        no("string2", len2)
+        if roles != ROLE_SOCKET:
+            raise ProtocolError(f"{function} needs exactly the slave's socket")
+        fields = common | {"path": _unix_path(string1), "socket": next(fd_iter)}
+    elif function in _INET_FUNCTIONS or function in _INET6_FUNCTIONS:
+        no("flags", flags)
+        no("strings", len1 or len2)
+        if roles != ROLE_SOCKET:
+            raise ProtocolError(f"{function} needs exactly the slave's socket")
+        if arg > 65535:
+            raise ProtocolError(f"port {arg} out of range")
+        ip: IPv4Address | IPv6Address
+        if function in _INET_FUNCTIONS:
+            no("IPv6 address bytes or a scope", address[4:] != bytes(12) or scope)
+            ip = IPv4Address(address[:4])
+        else:
+            ip = IPv6Address(address) if not scope else IPv6Address(f"{IPv6Address(address)}%{scope}")
+        fields = common | {"address": ip, "port": arg, "socket": next(fd_iter)}
+    else:  # getaddrinfo
+        no("descriptors", roles)
+        no("an address", address != _NO_ADDRESS or scope)
+        if flags & ~3 or flags == 0:
+            raise ProtocolError(f"getaddrinfo presence bits {flags:#x} invalid")
+        if arg not in _PROTOCOL_BY_NUMBER:
+            raise ProtocolError(f"unknown getaddrinfo protocol {arg}")
+        fields = common | {
+            "node": _name(string1, flags & 1, NODE_MAX, "node"),
+            "service": _name(string2, flags & 2, SERVICE_MAX, "service"),
+            "protocol": _PROTOCOL_BY_NUMBER[arg],
+        }
+    # The bytes are fully checked above: build without a second validation.
+    return cast(Request, REQUEST_TYPES[function].model_construct(**fields))
+
+
+def _fs_path(raw: bytes, what: str) -> PurePosixPath:
+    if not raw:
+        raise ProtocolError(f"{what} is empty")
+    if len(raw) > PATH_MAX_BYTES:
+        raise ProtocolError(f"{what} of {len(raw)} bytes exceeds {PATH_MAX_BYTES}")
+    if b"\0" in raw:
+        raise ProtocolError(f"{what} contains NUL")
+    return PurePosixPath(os.fsdecode(raw))
+
+
+def _unix_path(raw: bytes) -> PurePosixPath:
+    if not raw or len(raw) > UNIX_PATH_MAX:
+        raise ProtocolError(f"unix socket path of {len(raw)} bytes (1..{UNIX_PATH_MAX})")
+    if raw[0] != 0 and b"\0" in raw:
+        raise ProtocolError("unix socket path contains NUL")
+    return PurePosixPath(os.fsdecode(raw))
+
+
+def _name(raw: bytes, present: int, limit: int, what: str) -> str | None:
+    if not present:
+        if raw:
+            raise ProtocolError(f"absent {what} has bytes")
+        return None
+    if len(raw) > limit:
+        raise ProtocolError(f"{what} of {len(raw)} bytes exceeds {limit}")
+    if b"\0" in raw:
+        raise ProtocolError(f"{what} contains NUL")
+    return os.fsdecode(raw)
+
+
+def _mode(arg: int) -> int:
+    if arg > 0o7777:
+        raise ProtocolError(f"mode {arg:#o} has bits beyond 0o7777")
+    return arg
+
+
+def _open_fields(function: str, flags: int, arg: int) -> dict[str, Any]:
+    allowed = _OPENAT_MASK if function == "openat" else _OPEN_ONLY_MASK
+    if flags & ~allowed:
+        raise ProtocolError(f"unknown {function} flag bits {flags & ~allowed:#x}")
+    if (flags & _ACCESS_MODE_BITS).bit_count() != 1:
+        raise ProtocolError("exactly one access mode flag must be set")
+    takes_mode = bool(flags & _TAKES_MODE_BITS)
+    if arg and not takes_mode:
+        raise ProtocolError("mode given without create or temporary")
+    names = frozenset(name for name, bit in _OPEN_FLAG_BY_BIT if flags & bit)
+    return {"flags": names, "mode": _mode(arg) if takes_mode else None}
+
+
+# ------------------------------------------------------------------ replies
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyMessage:
+    """One reply as it travels: which call it answers, and the answer."""
+
+    function: str
+    tid: int
+    request_id: int
+    result: Result = 0
+    errno: int = 0
+    forward: bool = False
+
+
+def encode_reply(reply: ReplyMessage, nfds: int = 0) -> bytes:
+    """Encode a reply that will travel with ``nfds`` descriptors.
+
+    Raises ``TypeError`` when the result's type does not fit the function
+    and ``ValueError`` for an out-of-range value: a policy bug, caught before
+    anything is sent.
+    """
+    function = reply.function
+    if function not in CODE:
+        raise ValueError(f"unknown function {function!r}")
+    if nfds > reply_fd_limit(function):
+        raise ValueError(f"a {function} reply carries at most {reply_fd_limit(function)} descriptors, not {nfds}")
+    errno = reply.errno
+    if not 0 <= errno < 2**31:
+        raise ValueError(f"errno {errno} out of range")
+    payload = b""
+    kind = KIND_NONE
+    count = 0
+    result = reply.result
+    if reply.forward:
+        if nfds:
+            raise ValueError("a forward reply carries no descriptors")
+        value = 0
+        errno = 0
+    elif function == "getaddrinfo":
+        value, kind, payload, count = _getaddrinfo_payload(result, errno)
+    elif errno:
+        if isinstance(result, bool) or not isinstance(result, int):
+            raise TypeError(f"a failed {function} has an int result (-1), not {type(result).__name__}")
+        value = -1
+    elif function in ("stat", "lstat"):
+        if not isinstance(result, Stat):
+            raise TypeError(f"{function} succeeds with a Stat, not {type(result).__name__}")
+        value, kind, payload = 0, KIND_STAT, _encode_stat(result)
+    else:
+        if isinstance(result, bool) or not isinstance(result, int):
+            raise TypeError(f"{function} results in an int, not {type(result).__name__}")
+        if not -(2**63) <= result < 2**63:
+            raise ValueError(f"result {result} does not fit in 64 bits")
+        value = result
+    header = REPLY.pack(
+        REPLY_MAGIC, VERSION, CODE[function], reply.tid, errno, reply.request_id, value,
+        ACTION_FORWARD if reply.forward else ACTION_RESULT, kind, count, _RESERVED_REPLY,
+    )
+    return header + payload
+
+
+def _getaddrinfo_payload(result: Result, errno: int) -> tuple[int, int, bytes, int]:
+    if errno and (isinstance(result, int) and not isinstance(result, bool)):
+        return GAI_ERRORS.index("system") + 1, KIND_GAI_ERROR, b"", 0
+    if isinstance(result, str):
+        if result not in GAI_ERRORS:
+            raise ValueError(f"unknown getaddrinfo error {result!r}; one of {', '.join(GAI_ERRORS)}")
+        if (result == "system") != bool(errno):
+            raise ValueError("the 'system' getaddrinfo error, and only it, carries an errno")
+        return GAI_ERRORS.index(result) + 1, KIND_GAI_ERROR, b"", 0
+    if not isinstance(result, list) or not all(isinstance(a, AddrInfo) for a in result):
+        raise TypeError(f"getaddrinfo results in a list of AddrInfo or an error name, not {type(result).__name__}")
+    if errno:
+        raise ValueError("a getaddrinfo answer with addresses carries no errno")
+    if len(result) > MAX_ADDRINFO:
+        raise ValueError(f"at most {MAX_ADDRINFO} addresses per answer, not {len(result)}")
+    payload = b"".join(_encode_addrinfo(entry) for entry in result)
+    return 0, KIND_ADDRINFO, payload, len(result)
+
+
+def _encode_stat(st: Stat) -> bytes:
+    return STAT.pack(
+        st.dev, st.ino, st.nlink, st.rdev, st.size, st.blksize, st.blocks,
+        st.atime, st.mtime, st.ctime, st.mode, _FILE_TYPE_CODE[st.type], st.uid, st.gid,
+    )
+
+
+def _encode_addrinfo(entry: AddrInfo) -> bytes:
+    ip = entry.address
+    scope = int(ip.scope_id) if isinstance(ip, IPv6Address) and ip.scope_id else 0
+    return ADDRINFO.pack(ip.version, entry.port, scope, ip.packed.ljust(16, b"\0"))
+
+
+def decode_reply(data: bytes, nfds: int = 0) -> ReplyMessage:
+    """Decode and validate one reply datagram that came with ``nfds`` descriptors."""
+    if len(data) < REPLY.size:
+        raise ProtocolError(f"reply of {len(data)} bytes is shorter than its {REPLY.size}-byte header")
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"reply of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    (magic, version, code, tid, errno, request_id, value, action, kind, count,
+     reserved) = REPLY.unpack_from(data)
+    if magic != REPLY_MAGIC:
+        raise ProtocolError(f"bad reply magic {magic!r}")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    if not 1 <= code <= len(FUNCTIONS):
+        raise ProtocolError(f"unknown function code {code}")
+    if reserved != _RESERVED_REPLY:
+        raise ProtocolError("reserved reply bytes are set")
+    function = FUNCTIONS[code - 1]
+    if nfds > reply_fd_limit(function):
+        raise ProtocolError(f"{nfds} descriptors on a {function} reply")
+    payload = data[REPLY.size :]
+    base = ReplyMessage(function, tid, request_id)
+    if action == ACTION_FORWARD:
+        if value or errno or kind or count or payload or nfds:
+            raise ProtocolError("a forward reply carries nothing else")
+        return ReplyMessage(function, tid, request_id, forward=True)
+    if action != ACTION_RESULT:
+        raise ProtocolError(f"unknown reply action {action}")
+    if kind != KIND_ADDRINFO and count:
+        raise ProtocolError("count set on a reply without addresses")
+    result: Result
+    if kind == KIND_NONE:
+        if payload:
+            raise ProtocolError("payload on a reply of kind none")
+        if function == "getaddrinfo":
+            raise ProtocolError("a getaddrinfo reply has addresses or an error code")
+        if function in ("stat", "lstat") and not errno:
+            raise ProtocolError(f"a successful {function} reply carries a stat record")
+        if errno and value != -1:
+            raise ProtocolError("a failed call's result must be -1")
+        result = value
+    elif kind == KIND_STAT:
+        if function not in ("stat", "lstat") or errno or value:
+            raise ProtocolError(f"stat record on a {function} reply")
+        if len(payload) != STAT.size:
+            raise ProtocolError(f"stat record of {len(payload)} bytes")
+        result = _decode_stat(payload)
+    elif kind == KIND_ADDRINFO:
+        if function != "getaddrinfo" or errno or value:
+            raise ProtocolError(f"addresses on a {function} reply")
+        if count > MAX_ADDRINFO or len(payload) != count * ADDRINFO.size:
+            raise ProtocolError(f"{count} addresses in {len(payload)} payload bytes")
+        result = [_decode_addrinfo(payload, i * ADDRINFO.size) for i in range(count)]
+    elif kind == KIND_GAI_ERROR:
+        if function != "getaddrinfo" or payload:
+            raise ProtocolError(f"getaddrinfo error on a {function} reply")
+        if not 1 <= value <= len(GAI_ERRORS):
+            raise ProtocolError(f"unknown getaddrinfo error code {value}")
+        result = GAI_ERRORS[value - 1]
+        if (result == "system") != bool(errno):
+            raise ProtocolError("errno goes with the system error only")
+    else:
+        raise ProtocolError(f"unknown payload kind {kind}")
+    return ReplyMessage(base.function, tid, request_id, result, errno)
+
+
+def _decode_stat(payload: bytes) -> Stat:
+    (dev, ino, nlink, rdev, size, blksize, blocks, atime, mtime, ctime,
+     mode, type_code, uid, gid) = STAT.unpack(payload)
+    if mode > 0o7777:
+        raise ProtocolError(f"stat mode {mode:#o} has bits beyond 0o7777")
+    if not 1 <= type_code <= len(FILE_TYPES):
+        raise ProtocolError(f"unknown file type code {type_code}")
+    return Stat.model_construct(
+        dev=dev, ino=ino, mode=mode, type=FILE_TYPES[type_code - 1], nlink=nlink, uid=uid,
+        gid=gid, rdev=rdev, size=size, blksize=blksize, blocks=blocks, atime=atime,
+        mtime=mtime, ctime=ctime,
+    )
+
+
+def _decode_addrinfo(payload: bytes, offset: int) -> AddrInfo:
+    family, port, scope, raw = ADDRINFO.unpack_from(payload, offset)
+    ip: IPv4Address | IPv6Address
+    if family == 4:
+        if raw[4:] != bytes(12) or scope:
+            raise ProtocolError("IPv4 address entry with IPv6 bytes or a scope")
+        ip = IPv4Address(raw[:4])
+    elif family == 6:
+        ip = IPv6Address(raw) if not scope else IPv6Address(f"{IPv6Address(raw)}%{scope}")
+    else:
+        raise ProtocolError(f"unknown address family {family}")
+    return AddrInfo.model_construct(address=ip, port=port)
+
+
+# ------------------------------------------------------------- registration
+
+
+def encode_registration(pid: int) -> bytes:
+    """The hello a new process sends with its channel end."""
+    return REGISTRATION.pack(HELLO_MAGIC, VERSION, 0, pid, 0)
+
+
+def decode_registration(data: bytes, nfds: int) -> int:
+    """Validate a registration datagram; returns the registering pid."""
+    if len(data) != REGISTRATION.size:
+        raise ProtocolError(f"registration of {len(data)} bytes, expected {REGISTRATION.size}")
+    magic, version, reserved1, pid, reserved2 = REGISTRATION.unpack(data)
+    if magic != HELLO_MAGIC or version != VERSION:
+        raise ProtocolError("bad registration magic or version")
+    if reserved1 or reserved2 or pid == 0:
+        raise ProtocolError("bad registration fields")
+    if nfds != 1:
+        raise ProtocolError(f"a registration carries exactly one descriptor, not {nfds}")
+    return int(pid)
