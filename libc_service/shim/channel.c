@@ -1,0 +1,563 @@
+/* The per-process channel to the master.
+ *
+ * Each process has its own SOCK_SEQPACKET channel, registered over the
+ * inherited registration socket (LIBC_SERVICE_FD).  Threads of one process
+ * share it: every thread sends its request as one datagram and waits for
+ * the reply carrying its tid.  Whichever waiting thread finds nobody reading
+ * becomes the reader (leader/follower): it receives, hands replies for other
+ * threads to their waiter slots and wakes them.
+ *
+ * Any broken rule, EOF or I/O error kills the channel for this process and
+ * every call falls back to the real libc (docs/protocol.md). */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+struct waiter {
+	struct waiter *next;
+	pid_t tid;
+	uint16_t function;
+	uint64_t id;
+	int done;
+	struct lcs_reply *reply;
+};
+
+static int reg_fd = -1;          /* registration socket; -1: the shim is inert */
+static pid_t proc_pid;           /* the process this state belongs to */
+static int chan_fd = -1;         /* our channel, once registered */
+static int chan_dead;            /* set once; then always fall back */
+static int reading;              /* a thread is blocked receiving */
+static int users;                /* threads between send and return */
+static uint64_t next_id;
+static struct waiter *waiters;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+
+static __thread int busy;
+static __thread pid_t cached_tid;
+
+static int missing_function(void)
+{
+	errno = ENOSYS;
+	return -1;
+}
+
+void *lcs_real(const char *name)
+{
+	void *fn = dlsym(RTLD_NEXT, name);
+	return fn ? fn : (void *)missing_function;
+}
+
+/* Little-endian field access, independent of host order. */
+static void put16(unsigned char *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
+static void put32(unsigned char *p, uint32_t v) { put16(p, v); put16(p + 2, v >> 16); }
+static void put64(unsigned char *p, uint64_t v) { put32(p, v); put32(p + 4, v >> 32); }
+static uint16_t get16(const unsigned char *p) { return p[0] | (uint16_t)p[1] << 8; }
+static uint32_t get32(const unsigned char *p) { return get16(p) | (uint32_t)get16(p + 2) << 16; }
+static uint64_t get64(const unsigned char *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
+
+static int is_seqpacket(int fd)
+{
+	int type;
+	socklen_t len = sizeof type;
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+		return 0;
+	return type == SOCK_SEQPACKET;
+}
+
+static int parse_fd(const char *text)
+{
+	char *end;
+	long value;
+	if (!text || !*text)
+		return -1;
+	errno = 0;
+	value = strtol(text, &end, 10);
+	if (errno || *end || value < 0 || value > 0x7fffffff)
+		return -1;
+	return value;
+}
+
+/* The child of fork() must never touch the parent's channel: forget it
+ * (closing our copy is harmless to the parent) and register anew at the
+ * first call.  Only async-signal-safe work here; the lock may have been
+ * held by a thread that does not exist in the child, so it is re-created. */
+static void atfork_child(void)
+{
+	static const pthread_mutex_t fresh_lock = PTHREAD_MUTEX_INITIALIZER;
+	static const pthread_cond_t fresh_wake = PTHREAD_COND_INITIALIZER;
+
+	memcpy(&lock, &fresh_lock, sizeof lock);
+	memcpy(&wake, &fresh_wake, sizeof wake);
+	if (chan_fd >= 0)
+		close(chan_fd);
+	chan_fd = -1;
+	chan_dead = 0;
+	reading = 0;
+	users = 0;
+	waiters = NULL;
+	cached_tid = 0;
+	proc_pid = syscall(SYS_getpid);
+}
+
+__attribute__((constructor)) static void shim_init(void)
+{
+	int saved = errno;
+	int fd = parse_fd(getenv("LIBC_SERVICE_FD"));
+
+	if (fd >= 0 && is_seqpacket(fd)) {
+		proc_pid = syscall(SYS_getpid);
+		reg_fd = fd;
+		pthread_atfork(NULL, NULL, atfork_child);
+	}
+	errno = saved;
+}
+
+static pid_t current_tid(void)
+{
+	if (!cached_tid)
+		cached_tid = syscall(SYS_gettid);
+	return cached_tid;
+}
+
+static ssize_t send_retry(int fd, struct msghdr *msg)
+{
+	ssize_t sent;
+	do
+		sent = sendmsg(fd, msg, MSG_NOSIGNAL);
+	while (sent < 0 && errno == EINTR);
+	return sent;
+}
+
+/* Attach fds as one SCM_RIGHTS message; control must hold CMSG_SPACE. */
+static void attach_fds(struct msghdr *msg, void *control, const int *fds, int nfds)
+{
+	struct cmsghdr *cmsg;
+
+	if (!nfds)
+		return;
+	msg->msg_control = control;
+	msg->msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+	cmsg = CMSG_FIRSTHDR(msg);
+	cmsg->cmsg_level = SOL_SOCKET;
+	cmsg->cmsg_type = SCM_RIGHTS;
+	cmsg->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+	memcpy(CMSG_DATA(cmsg), fds, nfds * sizeof(int));
+}
+
+/* Called with the lock held and no channel: make one and hand its other
+ * end to the master. */
+static int register_channel(void)
+{
+	int pair[2];
+	unsigned char hello[16] = "LCSh";
+	union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+	struct iovec iov = { hello, sizeof hello };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	ssize_t sent;
+
+	if (!is_seqpacket(reg_fd))
+		return -1;
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+		return -1;
+	put16(hello + 4, 1);
+	put32(hello + 8, proc_pid);
+	attach_fds(&msg, control.buf, &pair[1], 1);
+	sent = send_retry(reg_fd, &msg);
+	close(pair[1]);
+	if (sent != sizeof hello) {
+		close(pair[0]);
+		return -1;
+	}
+	chan_fd = pair[0];
+	return 0;
+}
+
+int lcs_enter(void)
+{
+	int usable;
+
+	if (reg_fd < 0 || busy)
+		return 0;
+	/* A vfork()ed or raw clone()d child shares our memory but is another
+	 * process; it must leave the parent's state alone. */
+	if (syscall(SYS_getpid) != proc_pid)
+		return 0;
+	busy = 1;
+	pthread_mutex_lock(&lock);
+	if (!chan_dead && chan_fd < 0 && register_channel() < 0)
+		chan_dead = 1;
+	usable = !chan_dead;
+	pthread_mutex_unlock(&lock);
+	if (!usable)
+		busy = 0;
+	return usable;
+}
+
+void lcs_leave(void)
+{
+	busy = 0;
+}
+
+void lcs_request_init(struct lcs_request *request, uint16_t function)
+{
+	memset(request, 0, sizeof *request);
+	request->function = function;
+	request->fds[0] = request->fds[1] = request->fds[2] = -1;
+}
+
+int lcs_path_dir(int dirfd, const char *path, int *fd, int *owned)
+{
+	*fd = -1;
+	*owned = 0;
+	if (path[0] == '/')
+		return 0;
+	if (dirfd != AT_FDCWD) {
+		if (fcntl(dirfd, F_GETFD) < 0)
+			return -1;
+		*fd = dirfd;
+		return 0;
+	}
+	/* The raw syscall: this must not come back into the shim. */
+	*fd = syscall(SYS_openat, AT_FDCWD, ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (*fd < 0)
+		return -1;
+	*owned = 1;
+	return 0;
+}
+
+void lcs_close_fds(struct lcs_reply *reply)
+{
+	for (int i = 0; i < reply->nfds; i++)
+		close(reply->fds[i]);
+	reply->nfds = 0;
+}
+
+/* Called with the lock held.  shutdown() wakes a reader blocked in
+ * recvmsg; the descriptor itself is closed when the last user leaves, so
+ * its number cannot be reused under a thread still sending on it. */
+static void kill_channel(void)
+{
+	if (!chan_dead && chan_fd >= 0)
+		shutdown(chan_fd, SHUT_RDWR);
+	chan_dead = 1;
+	pthread_cond_broadcast(&wake);
+}
+
+static size_t encode_request(unsigned char *buf, const struct lcs_request *request,
+                             pid_t tid, uint64_t id, int *fds, int *nfds)
+{
+	unsigned roles = 0;
+
+	memset(buf, 0, LCS_REQUEST_HEADER);
+	memcpy(buf, "LCSq", 4);
+	put16(buf + 4, 1);
+	put16(buf + 6, request->function);
+	put32(buf + 8, proc_pid);
+	put32(buf + 12, tid);
+	put64(buf + 16, id);
+	put32(buf + 24, request->flags);
+	put32(buf + 28, request->arg);
+	memcpy(buf + 32, request->address, 16);
+	put32(buf + 48, request->scope_id);
+	put16(buf + 52, request->len1);
+	put16(buf + 54, request->len2);
+	*nfds = 0;
+	for (int role = 0; role < 3; role++) {
+		if (request->fds[role] < 0)
+			continue;
+		roles |= 1u << role;
+		fds[(*nfds)++] = request->fds[role];
+	}
+	buf[56] = roles;
+	if (request->len1)
+		memcpy(buf + LCS_REQUEST_HEADER, request->string1, request->len1);
+	if (request->len2)
+		memcpy(buf + LCS_REQUEST_HEADER + request->len1, request->string2, request->len2);
+	return LCS_REQUEST_HEADER + request->len1 + request->len2;
+}
+
+/* One received datagram, before it is matched to a waiter. */
+struct incoming {
+	unsigned char buf[LCS_MAX_MESSAGE];
+	size_t len;
+	int fds[LCS_MAX_REPLY_FDS + 1];
+	int nfds;
+};
+
+static void close_incoming(struct incoming *in)
+{
+	for (int i = 0; i < in->nfds; i++)
+		close(in->fds[i]);
+	in->nfds = 0;
+}
+
+/* Returns 0 on a well-formed datagram (fds collected), -1 otherwise with
+ * every received descriptor closed. */
+static int receive(int fd, struct incoming *in)
+{
+	union {
+		char buf[CMSG_SPACE((LCS_MAX_REPLY_FDS + 1) * sizeof(int))];
+		struct cmsghdr align;
+	} control;
+	struct iovec iov = { in->buf, sizeof in->buf };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+	                      .msg_control = control.buf, .msg_controllen = sizeof control.buf };
+	struct cmsghdr *cmsg;
+	ssize_t got;
+	int bad = 0;
+
+	do
+		got = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+	while (got < 0 && errno == EINTR);
+	in->nfds = 0;
+	if (got <= 0)
+		return -1;
+	in->len = got;
+	for (cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+		int count;
+		int *data = (int *)CMSG_DATA(cmsg);
+		if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
+			bad = 1;
+			continue;
+		}
+		count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (int i = 0; i < count; i++) {
+			int received;
+			memcpy(&received, data + i, sizeof received);
+			if (in->nfds < LCS_MAX_REPLY_FDS + 1)
+				in->fds[in->nfds++] = received;
+			else
+				close(received);
+		}
+	}
+	if (bad || msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+		close_incoming(in);
+		return -1;
+	}
+	return 0;
+}
+
+static int max_reply_fds(uint16_t function)
+{
+	switch (function) {
+	case LCS_OPEN: case LCS_OPENAT:
+	case LCS_CONNECT_UNIX: case LCS_CONNECT_INET: case LCS_CONNECT_INET6:
+	case LCS_BIND_UNIX: case LCS_BIND_INET: case LCS_BIND_INET6:
+		return 1;
+	}
+	return LCS_MAX_REPLY_FDS;
+}
+
+static int valid_stat_record(const unsigned char *record)
+{
+	uint32_t type = get32(record + 84);
+	return get32(record + 80) <= 07777 && type >= 1 && type <= 7;
+}
+
+static int valid_addrinfo_entry(const unsigned char *entry)
+{
+	if (entry[1] != 0)
+		return 0;
+	if (entry[0] == 6)
+		return 1;
+	if (entry[0] != 4 || get32(entry + 4) != 0)
+		return 0;
+	for (int i = 12; i < 24; i++)
+		if (entry[i])
+			return 0;
+	return 1;
+}
+
+/* The rules of docs/protocol.md "Reply" that depend on the payload. */
+static int valid_payload(uint16_t function, const struct lcs_reply *reply)
+{
+	int is_stat = function == LCS_STAT || function == LCS_LSTAT;
+	int is_gai = function == LCS_GETADDRINFO;
+
+	if (reply->count && reply->kind != LCS_KIND_ADDRINFO)
+		return 0;
+	if (reply->action == LCS_ACTION_FORWARD)
+		return reply->result == 0 && reply->error == 0 && reply->kind == LCS_KIND_NONE && reply->nfds == 0;
+	if (reply->action != LCS_ACTION_RESULT)
+		return 0;
+	switch (reply->kind) {
+	case LCS_KIND_NONE:
+		if (reply->payload_len || is_gai)
+			return 0;
+		if (reply->error)
+			return reply->result == -1;
+		return !is_stat;
+	case LCS_KIND_STAT:
+		return is_stat && reply->payload_len == LCS_STAT_RECORD && reply->result == 0 &&
+		       reply->error == 0 && valid_stat_record(reply->payload);
+	case LCS_KIND_ADDRINFO:
+		if (!is_gai || reply->count > LCS_MAX_ADDRINFO || reply->result || reply->error ||
+		    reply->payload_len != (size_t)reply->count * LCS_ADDRINFO_ENTRY)
+			return 0;
+		for (unsigned i = 0; i < reply->count; i++)
+			if (!valid_addrinfo_entry(reply->payload + i * LCS_ADDRINFO_ENTRY))
+				return 0;
+		return 1;
+	case LCS_KIND_GAI_ERROR:
+		if (!is_gai || reply->payload_len || reply->result < 1 || reply->result > 9)
+			return 0;
+		return reply->result == 9 || reply->error == 0;
+	}
+	return 0;
+}
+
+/* Called with the lock held: match a datagram to its waiter and fill the
+ * waiter's reply.  Returns -1 (fds closed) when it breaks a rule. */
+static int deliver(struct incoming *in)
+{
+	const unsigned char *h = in->buf;
+	struct waiter *w;
+	struct lcs_reply *reply;
+	pid_t tid;
+
+	if (in->len < LCS_REPLY_HEADER || memcmp(h, "LCSr", 4) || get16(h + 4) != 1)
+		goto bad;
+	for (int i = 36; i < 48; i++)
+		if (h[i])
+			goto bad;
+	tid = get32(h + 8);
+	for (w = waiters; w && (w->tid != tid || w->done); w = w->next)
+		;
+	if (!w || get16(h + 6) != w->function || get64(h + 16) != w->id)
+		goto bad;
+	if (in->nfds > max_reply_fds(w->function))
+		goto bad;
+	reply = w->reply;
+	reply->error = get32(h + 12);
+	reply->result = (int64_t)get64(h + 24);
+	reply->action = h[32];
+	reply->kind = h[33];
+	reply->count = get16(h + 34);
+	reply->payload_len = in->len - LCS_REPLY_HEADER;
+	reply->nfds = in->nfds;
+	memcpy(reply->fds, in->fds, in->nfds * sizeof(int));
+	memcpy(reply->payload, h + LCS_REPLY_HEADER, reply->payload_len);
+	if (reply->error < 0 || reply->error > 4095 || !valid_payload(w->function, reply)) {
+		reply->nfds = 0;
+		goto bad;
+	}
+	in->nfds = 0;
+	w->done = 1;
+	return 0;
+bad:
+	close_incoming(in);
+	return -1;
+}
+
+static void unlink_waiter(struct waiter *me)
+{
+	struct waiter **link = &waiters;
+	while (*link != me)
+		link = &(*link)->next;
+	*link = me->next;
+}
+
+/* Called with the lock held: wait until our reply is in or the channel
+ * dies, taking a turn as the reader when nobody is reading. */
+static void await_reply(int fd, struct waiter *me, struct incoming *in)
+{
+	while (!me->done && !chan_dead) {
+		if (reading) {
+			pthread_cond_wait(&wake, &lock);
+			continue;
+		}
+		reading = 1;
+		pthread_mutex_unlock(&lock);
+		int got = receive(fd, in);
+		pthread_mutex_lock(&lock);
+		reading = 0;
+		if (got < 0 || deliver(in) < 0)
+			kill_channel();
+		pthread_cond_broadcast(&wake);
+	}
+}
+
+static int send_request(int fd, const struct lcs_request *request, pid_t tid, uint64_t id)
+{
+	unsigned char buf[LCS_MAX_MESSAGE];
+	union { char buf[CMSG_SPACE(3 * sizeof(int))]; struct cmsghdr align; } control;
+	int fds[3], nfds;
+	struct iovec iov = { buf, 0 };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	iov.iov_len = encode_request(buf, request, tid, id, fds, &nfds);
+	attach_fds(&msg, control.buf, fds, nfds);
+	return send_retry(fd, &msg) == (ssize_t)iov.iov_len ? 0 : -1;
+}
+
+int lcs_call(const struct lcs_request *request, struct lcs_reply *reply)
+{
+	struct incoming in;
+	struct waiter me = { .tid = current_tid(), .function = request->function, .reply = reply };
+	int fd, cancel_state;
+
+	if (LCS_REQUEST_HEADER + request->len1 + request->len2 > LCS_MAX_MESSAGE)
+		return -1;
+	/* Our waiter slot lives on this stack: cancellation must not unwind it. */
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	pthread_mutex_lock(&lock);
+	if (chan_dead) {
+		pthread_mutex_unlock(&lock);
+		pthread_setcancelstate(cancel_state, NULL);
+		return -1;
+	}
+	me.id = ++next_id;
+	me.next = waiters;
+	waiters = &me;
+	users++;
+	fd = chan_fd;
+	pthread_mutex_unlock(&lock);
+
+	/* The slot is linked before sending: another thread may read our reply
+	 * as soon as it is sent. */
+	int sent = send_request(fd, request, me.tid, me.id);
+
+	pthread_mutex_lock(&lock);
+	if (sent < 0)
+		kill_channel();
+	else
+		await_reply(fd, &me, &in);
+	unlink_waiter(&me);
+	if (--users == 0 && chan_dead && chan_fd >= 0) {
+		close(chan_fd);
+		chan_fd = -1;
+	}
+	pthread_mutex_unlock(&lock);
+	pthread_setcancelstate(cancel_state, NULL);
+	return me.done ? 0 : -1;
+}
+
+static int64_t get_i64(const unsigned char *p) { return (int64_t)get64(p); }
+
+void lcs_stat_decode(const unsigned char *record, struct lcs_stat *out)
+{
+	out->dev = get64(record);
+	out->ino = get64(record + 8);
+	out->nlink = get64(record + 16);
+	out->rdev = get64(record + 24);
+	out->size = get_i64(record + 32);
+	out->blksize = get_i64(record + 40);
+	out->blocks = get_i64(record + 48);
+	out->atime_ns = get_i64(record + 56);
+	out->mtime_ns = get_i64(record + 64);
+	out->ctime_ns = get_i64(record + 72);
+	out->mode = get32(record + 80);
+	out->type = get32(record + 84);
+	out->uid = get32(record + 88);
+	out->gid = get32(record + 92);
+}

@@ -1,0 +1,254 @@
+/* getaddrinfo: the master resolves node and service to (address, port)
+ * pairs; the shim applies the caller's hints and builds the addrinfo list
+ * laid out as glibc lays it out (one malloc block per node holding the
+ * addrinfo and its sockaddr, ai_canonname a separate malloc), so the real
+ * freeaddrinfo frees it. */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "shim.h"
+
+enum { FALLBACK = 0, ANSWERED = 1 };
+
+#define KNOWN_FLAGS (AI_PASSIVE | AI_CANONNAME | AI_NUMERICHOST | AI_V4MAPPED | AI_ALL | \
+                     AI_ADDRCONFIG | AI_NUMERICSERV | AI_IDN | AI_CANONIDN)
+
+/* glibc's defaults for a NULL hints argument. */
+static const struct addrinfo default_hints = { .ai_flags = AI_V4MAPPED | AI_ADDRCONFIG };
+
+struct socket_kind {
+	int socktype, protocol;
+};
+
+/* The error names' codes (docs/protocol.md), index = code. */
+static const int eai_codes[10] = {
+	0, EAI_AGAIN, EAI_BADFLAGS, EAI_FAIL, EAI_FAMILY, EAI_MEMORY,
+	EAI_NONAME, EAI_SERVICE, EAI_SOCKTYPE, EAI_SYSTEM,
+};
+
+static int all_digits(const char *text)
+{
+	if (!*text)
+		return 0;
+	for (; *text; text++)
+		if (*text < '0' || *text > '9')
+			return 0;
+	return 1;
+}
+
+static int default_protocol(int socktype)
+{
+	if (socktype == SOCK_STREAM)
+		return IPPROTO_TCP;
+	if (socktype == SOCK_DGRAM)
+		return IPPROTO_UDP;
+	return 0;
+}
+
+/* The socket kinds each address is expanded to, as glibc does: the one
+ * asked for, or stream, datagram and (without a service) raw. */
+static int socket_kinds(const struct addrinfo *hints, int has_service, struct socket_kind *kinds)
+{
+	if (hints->ai_socktype) {
+		kinds[0].socktype = hints->ai_socktype;
+		kinds[0].protocol = hints->ai_protocol ? hints->ai_protocol : default_protocol(hints->ai_socktype);
+		return 1;
+	}
+	if (hints->ai_protocol == IPPROTO_TCP) {
+		kinds[0] = (struct socket_kind){ SOCK_STREAM, IPPROTO_TCP };
+		return 1;
+	}
+	if (hints->ai_protocol == IPPROTO_UDP) {
+		kinds[0] = (struct socket_kind){ SOCK_DGRAM, IPPROTO_UDP };
+		return 1;
+	}
+	kinds[0] = (struct socket_kind){ SOCK_STREAM, IPPROTO_TCP };
+	kinds[1] = (struct socket_kind){ SOCK_DGRAM, IPPROTO_UDP };
+	kinds[2] = (struct socket_kind){ SOCK_RAW, 0 };
+	return has_service ? 2 : 3;
+}
+
+/* Hints the protocol can express; anything else goes to the real libc,
+ * which reports the error or needs no authority (numeric host, wildcard
+ * passive address). */
+static int expressible(const char *node, const char *service, const struct addrinfo *hints)
+{
+	int socktype = hints->ai_socktype, protocol = hints->ai_protocol;
+
+	if (!node && !service)
+		return 0;
+	if (hints->ai_flags & ~KNOWN_FLAGS || hints->ai_flags & AI_NUMERICHOST)
+		return 0;
+	if (!node && hints->ai_flags & AI_PASSIVE)
+		return 0;
+	if (hints->ai_family != AF_UNSPEC && hints->ai_family != AF_INET && hints->ai_family != AF_INET6)
+		return 0;
+	if (socktype && socktype != SOCK_STREAM && socktype != SOCK_DGRAM && socktype != SOCK_RAW)
+		return 0;
+	if (protocol && protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+		return 0;
+	if (socktype && socktype != SOCK_RAW && protocol && protocol != default_protocol(socktype))
+		return 0;
+	if ((node && strnlen(node, LCS_NODE_MAX + 1) > LCS_NODE_MAX) ||
+	    (service && strnlen(service, LCS_SERVICE_MAX + 1) > LCS_SERVICE_MAX))
+		return 0;
+	return 1;
+}
+
+static uint32_t protocol_arg(const struct addrinfo *hints)
+{
+	int protocol = hints->ai_protocol ? hints->ai_protocol : default_protocol(hints->ai_socktype);
+	if (protocol == IPPROTO_TCP)
+		return LCS_PROTO_TCP;
+	if (protocol == IPPROTO_UDP)
+		return LCS_PROTO_UDP;
+	return LCS_PROTO_NONE;
+}
+
+struct entry {
+	int family;
+	uint16_t port;
+	uint32_t scope_id;
+	unsigned char address[16];
+};
+
+static void decode_entry(const unsigned char *raw, struct entry *out)
+{
+	out->family = raw[0] == 4 ? AF_INET : AF_INET6;
+	out->port = raw[2] | raw[3] << 8;
+	out->scope_id = raw[4] | raw[5] << 8 | raw[6] << 16 | (uint32_t)raw[7] << 24;
+	memcpy(out->address, raw + 8, 16);
+}
+
+/* The sockaddr for an entry as the caller's family wants it; 0 when the
+ * entry is filtered out.  IPv4 entries become v4-mapped IPv6 when asked. */
+static socklen_t make_sockaddr(const struct entry *e, int family, int map_v4, struct sockaddr_in6 *out)
+{
+	memset(out, 0, sizeof *out);
+	if (e->family == AF_INET && (family == AF_UNSPEC || family == AF_INET)) {
+		struct sockaddr_in *in = (struct sockaddr_in *)out;
+		in->sin_family = AF_INET;
+		in->sin_port = htons(e->port);
+		memcpy(&in->sin_addr, e->address, 4);
+		return sizeof *in;
+	}
+	if (e->family == AF_INET && !map_v4)
+		return 0;
+	if (e->family == AF_INET6 && family == AF_INET)
+		return 0;
+	out->sin6_family = AF_INET6;
+	out->sin6_port = htons(e->port);
+	if (e->family == AF_INET) {
+		out->sin6_addr.s6_addr[10] = out->sin6_addr.s6_addr[11] = 0xff;
+		memcpy(out->sin6_addr.s6_addr + 12, e->address, 4);
+	} else {
+		memcpy(&out->sin6_addr, e->address, 16);
+		out->sin6_scope_id = e->scope_id;
+	}
+	return sizeof *out;
+}
+
+static struct addrinfo *new_node(const struct sockaddr_in6 *addr, socklen_t addr_len,
+                                 const struct socket_kind *kind)
+{
+	struct addrinfo *ai = malloc(sizeof *ai + addr_len);
+	if (!ai)
+		return NULL;
+	memset(ai, 0, sizeof *ai);
+	ai->ai_family = addr->sin6_family;
+	ai->ai_socktype = kind->socktype;
+	ai->ai_protocol = kind->protocol;
+	ai->ai_addrlen = addr_len;
+	ai->ai_addr = (struct sockaddr *)(ai + 1);
+	memcpy(ai->ai_addr, addr, addr_len);
+	return ai;
+}
+
+/* Build the caller's list from the reply's entries.  Returns 0 or an
+ * EAI_ code. */
+static int build_list(const struct lcs_reply *reply, const char *node,
+                      const struct addrinfo *hints, int has_service, struct addrinfo **res)
+{
+	struct socket_kind kinds[3];
+	int nkinds = socket_kinds(hints, has_service, kinds);
+	struct addrinfo *head = NULL, **tail = &head;
+	int have_v6 = 0, map_v4;
+	struct entry e;
+
+	for (unsigned i = 0; i < reply->count; i++)
+		have_v6 |= reply->payload[i * LCS_ADDRINFO_ENTRY] == 6;
+	map_v4 = hints->ai_family == AF_INET6 && hints->ai_flags & AI_V4MAPPED &&
+	         (!have_v6 || hints->ai_flags & AI_ALL);
+	for (unsigned i = 0; i < reply->count; i++) {
+		struct sockaddr_in6 addr;
+		socklen_t addr_len;
+		decode_entry(reply->payload + i * LCS_ADDRINFO_ENTRY, &e);
+		addr_len = make_sockaddr(&e, hints->ai_family, map_v4, &addr);
+		for (int k = 0; addr_len && k < nkinds; k++) {
+			if (!(*tail = new_node(&addr, addr_len, &kinds[k])))
+				goto no_memory;
+			tail = &(*tail)->ai_next;
+		}
+	}
+	if (!head)
+		return EAI_NONAME;
+	/* The reply carries no canonical name; the name asked for stands in. */
+	if (hints->ai_flags & AI_CANONNAME && node && !(head->ai_canonname = strdup(node)))
+		goto no_memory;
+	*res = head;
+	return 0;
+no_memory:
+	freeaddrinfo(head);
+	return EAI_MEMORY;
+}
+
+static int answer(const struct lcs_reply *reply, const char *node, const struct addrinfo *hints,
+                  int has_service, struct addrinfo **res, int saved_errno)
+{
+	int code;
+
+	if (reply->kind == LCS_KIND_GAI_ERROR) {
+		code = eai_codes[reply->result];
+		errno = code == EAI_SYSTEM ? reply->error : saved_errno;
+		return code;
+	}
+	code = build_list(reply, node, hints, has_service, res);
+	errno = saved_errno;
+	return code;
+}
+
+LCS_EXPORT int getaddrinfo(const char *node, const char *service,
+                           const struct addrinfo *hints, struct addrinfo **res)
+{
+	int saved_errno = errno;
+	const struct addrinfo *given = hints ? hints : &default_hints;
+	struct lcs_request request;
+	struct lcs_reply reply;
+	int answered = 0;
+
+	if (!expressible(node, service, given))
+		return LCS_REAL(getaddrinfo)(node, service, hints, res);
+	if (given->ai_flags & AI_NUMERICSERV && service && !all_digits(service))
+		return EAI_NONAME;
+	lcs_request_init(&request, LCS_GETADDRINFO);
+	request.flags = (node ? 1 : 0) | (service ? 2 : 0);
+	request.arg = protocol_arg(given);
+	request.string1 = node;
+	request.len1 = node ? strlen(node) : 0;
+	request.string2 = service;
+	request.len2 = service ? strlen(service) : 0;
+	if (lcs_enter()) {
+		answered = lcs_call(&request, &reply) == 0 && reply.action == LCS_ACTION_RESULT;
+		lcs_leave();
+	}
+	if (!answered) {
+		errno = saved_errno;
+		return LCS_REAL(getaddrinfo)(node, service, hints, res);
+	}
+	lcs_close_fds(&reply);
+	return answer(&reply, node, given, service != NULL, res, saved_errno);
+}

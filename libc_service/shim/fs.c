@@ -1,0 +1,592 @@
+/* Filesystem calls: open, stat, access, mkdir, rmdir, unlink, rename and
+ * their *at, 64-bit, fortified and legacy (__xstat) spellings.
+ *
+ * Each entry point asks the master first.  When the shim is inactive, the
+ * channel is unusable, the arguments cannot be expressed in the protocol, or
+ * the master answers "forward", the original arguments go to the real libc
+ * unchanged, so the real libc reports any error in them. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+/* Legacy stat entry points: gone from the headers since glibc 2.33, still
+ * called by binaries built against older glibc. */
+int __xstat(int ver, const char *path, struct stat *buf);
+int __lxstat(int ver, const char *path, struct stat *buf);
+int __fxstatat(int ver, int dirfd, const char *path, struct stat *buf, int flags);
+int __xstat64(int ver, const char *path, struct stat64 *buf);
+int __lxstat64(int ver, const char *path, struct stat64 *buf);
+int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *buf, int flags);
+int __open_2(const char *path, int flags);
+int __open64_2(const char *path, int flags);
+int __openat_2(int dirfd, const char *path, int flags);
+int __openat64_2(int dirfd, const char *path, int flags);
+
+#define STAT_VER_LINUX 1 /* x86_64's _STAT_VER: struct stat is the kernel's */
+
+enum { FALLBACK = 0, ANSWERED = 1 };
+
+/* Mode bits for the protocol's file types 1..7. */
+static const mode_t type_bits[8] = {
+	0, S_IFREG, S_IFDIR, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK,
+};
+
+static int sendable_path(const char *path)
+{
+	return strnlen(path, LCS_PATH_MAX_BYTES + 1) <= LCS_PATH_MAX_BYTES;
+}
+
+/* Ask the master about a call on one or two paths.  Returns ANSWERED when
+ * the master gave the result (reply filled, fds owned by the caller), or
+ * FALLBACK when the real libc must do the call. */
+static int ask(struct lcs_request *request, int dirfd1, const char *path1,
+               int dirfd2, const char *path2, struct lcs_reply *reply)
+{
+	int owned1 = 0, owned2 = 0, answered = 0;
+
+	if (!sendable_path(path1) || (path2 && !sendable_path(path2)))
+		return FALLBACK;
+	if (!lcs_enter())
+		return FALLBACK;
+	request->string1 = path1;
+	request->len1 = strlen(path1);
+	if (path2) {
+		request->string2 = path2;
+		request->len2 = strlen(path2);
+	}
+	if (lcs_path_dir(dirfd1, path1, &request->fds[0], &owned1) == 0 &&
+	    (!path2 || lcs_path_dir(dirfd2, path2, &request->fds[1], &owned2) == 0))
+		answered = lcs_call(request, reply) == 0 && reply->action == LCS_ACTION_RESULT;
+	if (owned1)
+		close(request->fds[0]);
+	if (owned2)
+		close(request->fds[1]);
+	lcs_leave();
+	return answered ? ANSWERED : FALLBACK;
+}
+
+/* The caller's errno survives a successful call; a failure carries
+ * exactly the master's errno. */
+static int finish(struct lcs_reply *reply, int saved_errno)
+{
+	lcs_close_fds(reply);
+	if (reply->error) {
+		errno = reply->error;
+		return -1;
+	}
+	errno = saved_errno;
+	return reply->result;
+}
+
+/* Calls whose only answer is a number: unlink, rmdir, mkdir, access,
+ * eaccess, rename.  Returns ANSWERED with *result set, or FALLBACK with
+ * errno restored. */
+static int simple_call(uint16_t function, uint32_t flags, uint32_t arg, int dirfd1,
+                       const char *path1, int dirfd2, const char *path2, int *result)
+{
+	int saved_errno = errno;
+	struct lcs_request request;
+	struct lcs_reply reply;
+
+	if (!path1 || (function == LCS_RENAME && !path2))
+		return FALLBACK;
+	if (!*path1 || (path2 && !*path2)) {
+		errno = ENOENT;
+		*result = -1;
+		return ANSWERED;
+	}
+	lcs_request_init(&request, function);
+	request.flags = flags;
+	request.arg = arg;
+	if (ask(&request, dirfd1, path1, dirfd2, path2, &reply) == FALLBACK) {
+		errno = saved_errno;
+		return FALLBACK;
+	}
+	*result = finish(&reply, saved_errno);
+	return ANSWERED;
+}
+
+/* ---- open ---- */
+
+static int needs_mode(int flags)
+{
+	return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE;
+}
+
+/* Open flags in the protocol's vocabulary; -1 when the access mode is
+ * invalid (the real libc reports EINVAL).  O_CLOEXEC, O_NONBLOCK,
+ * O_NOCTTY and O_LARGEFILE are applied locally; O_DIRECT, O_NOATIME,
+ * O_ASYNC are dropped. */
+static int64_t open_bits(int flags)
+{
+	static const struct { int flag; uint32_t bit; } map[] = {
+		{ O_APPEND, LCS_O_APPEND },       { O_CREAT, LCS_O_CREATE },
+		{ O_EXCL, LCS_O_EXCLUSIVE },      { O_NOFOLLOW, LCS_O_NO_FOLLOW },
+		{ O_PATH, LCS_O_PATH },           { O_TRUNC, LCS_O_TRUNCATE },
+		{ O_DSYNC, LCS_O_SYNC_ALL_ON_WRITE }, /* O_SYNC includes it; stronger is safe */
+	};
+	uint32_t bits;
+
+	switch (flags & O_ACCMODE) {
+	case O_RDONLY: bits = LCS_O_READ_ONLY; break;
+	case O_WRONLY: bits = LCS_O_WRITE_ONLY; break;
+	case O_RDWR: bits = LCS_O_READ_WRITE; break;
+	default: return -1;
+	}
+	for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+		if (flags & map[i].flag)
+			bits |= map[i].bit;
+	if ((flags & O_TMPFILE) == O_TMPFILE)
+		bits |= LCS_O_TEMPORARY;
+	else if (flags & O_DIRECTORY)
+		bits |= LCS_O_DIRECTORY;
+	return bits;
+}
+
+/* A received descriptor arrives close-on-exec and blocking; give it the
+ * flags the caller asked for. */
+static int adopt_fd(int fd, int flags)
+{
+	if (!(flags & O_CLOEXEC) && fcntl(fd, F_SETFD, 0) < 0)
+		return -1;
+	if (flags & O_NONBLOCK) {
+		int status = fcntl(fd, F_GETFL);
+		if (status < 0 || fcntl(fd, F_SETFL, status | O_NONBLOCK) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int open_result(struct lcs_reply *reply, int flags, int saved_errno)
+{
+	int fd;
+
+	if (reply->error || reply->nfds == 0)
+		return finish(reply, saved_errno);
+	fd = reply->fds[0];
+	if (adopt_fd(fd, flags) < 0) {
+		int error = errno;
+		close(fd);
+		errno = error;
+		return -1;
+	}
+	errno = saved_errno;
+	return fd;
+}
+
+static int open_call(uint16_t function, int dirfd, const char *path, int flags,
+                     mode_t mode, int *result)
+{
+	int saved_errno = errno;
+	int64_t bits = open_bits(flags);
+	struct lcs_request request;
+	struct lcs_reply reply;
+
+	if (!path || bits < 0)
+		return FALLBACK;
+	if (!*path) {
+		errno = ENOENT;
+		*result = -1;
+		return ANSWERED;
+	}
+	lcs_request_init(&request, function);
+	request.flags = bits;
+	request.arg = needs_mode(flags) ? mode & 07777 : 0;
+	if (ask(&request, dirfd, path, AT_FDCWD, NULL, &reply) == FALLBACK) {
+		errno = saved_errno;
+		return FALLBACK;
+	}
+	*result = open_result(&reply, flags, saved_errno);
+	return ANSWERED;
+}
+
+#define VARIADIC_MODE(flags, mode)                     \
+	do {                                           \
+		if (needs_mode(flags)) {               \
+			va_list ap;                    \
+			va_start(ap, flags);           \
+			mode = va_arg(ap, mode_t);     \
+			va_end(ap);                    \
+		}                                      \
+	} while (0)
+
+LCS_EXPORT int open(const char *path, int flags, ...)
+{
+	mode_t mode = 0;
+	int result;
+
+	VARIADIC_MODE(flags, mode);
+	if (open_call(LCS_OPEN, AT_FDCWD, path, flags, mode, &result))
+		return result;
+	return LCS_REAL(open)(path, flags, mode);
+}
+
+LCS_EXPORT int open64(const char *path, int flags, ...)
+{
+	mode_t mode = 0;
+	int result;
+
+	VARIADIC_MODE(flags, mode);
+	if (open_call(LCS_OPEN, AT_FDCWD, path, flags, mode, &result))
+		return result;
+	return LCS_REAL(open64)(path, flags, mode);
+}
+
+LCS_EXPORT int openat(int dirfd, const char *path, int flags, ...)
+{
+	mode_t mode = 0;
+	int result;
+
+	VARIADIC_MODE(flags, mode);
+	if (open_call(LCS_OPENAT, dirfd, path, flags, mode, &result))
+		return result;
+	return LCS_REAL(openat)(dirfd, path, flags, mode);
+}
+
+LCS_EXPORT int openat64(int dirfd, const char *path, int flags, ...)
+{
+	mode_t mode = 0;
+	int result;
+
+	VARIADIC_MODE(flags, mode);
+	if (open_call(LCS_OPENAT, dirfd, path, flags, mode, &result))
+		return result;
+	return LCS_REAL(openat64)(dirfd, path, flags, mode);
+}
+
+/* The _FORTIFY_SOURCE entry points take no mode; with O_CREAT the real
+ * ones abort, which is theirs to do. */
+LCS_EXPORT int __open_2(const char *path, int flags)
+{
+	int result;
+
+	if (!needs_mode(flags) && open_call(LCS_OPEN, AT_FDCWD, path, flags, 0, &result))
+		return result;
+	return LCS_REAL(__open_2)(path, flags);
+}
+
+LCS_EXPORT int __open64_2(const char *path, int flags)
+{
+	int result;
+
+	if (!needs_mode(flags) && open_call(LCS_OPEN, AT_FDCWD, path, flags, 0, &result))
+		return result;
+	return LCS_REAL(__open64_2)(path, flags);
+}
+
+LCS_EXPORT int __openat_2(int dirfd, const char *path, int flags)
+{
+	int result;
+
+	if (!needs_mode(flags) && open_call(LCS_OPENAT, dirfd, path, flags, 0, &result))
+		return result;
+	return LCS_REAL(__openat_2)(dirfd, path, flags);
+}
+
+LCS_EXPORT int __openat64_2(int dirfd, const char *path, int flags)
+{
+	int result;
+
+	if (!needs_mode(flags) && open_call(LCS_OPENAT, dirfd, path, flags, 0, &result))
+		return result;
+	return LCS_REAL(__openat64_2)(dirfd, path, flags);
+}
+
+/* ---- stat ---- */
+
+static struct timespec timespec_from_ns(int64_t ns)
+{
+	struct timespec ts = { ns / 1000000000, ns % 1000000000 };
+	if (ts.tv_nsec < 0) {
+		ts.tv_sec--;
+		ts.tv_nsec += 1000000000;
+	}
+	return ts;
+}
+
+/* struct stat and struct stat64 have the same field names. */
+#define FILL_STAT(st, s)                                        \
+	do {                                                    \
+		memset(st, 0, sizeof *(st));                    \
+		(st)->st_dev = (s)->dev;                        \
+		(st)->st_ino = (s)->ino;                        \
+		(st)->st_nlink = (s)->nlink;                    \
+		(st)->st_mode = type_bits[(s)->type] | (s)->mode; \
+		(st)->st_uid = (s)->uid;                        \
+		(st)->st_gid = (s)->gid;                        \
+		(st)->st_rdev = (s)->rdev;                      \
+		(st)->st_size = (s)->size;                      \
+		(st)->st_blksize = (s)->blksize;                \
+		(st)->st_blocks = (s)->blocks;                  \
+		(st)->st_atim = timespec_from_ns((s)->atime_ns); \
+		(st)->st_mtim = timespec_from_ns((s)->mtime_ns); \
+		(st)->st_ctim = timespec_from_ns((s)->ctime_ns); \
+	} while (0)
+
+static struct statx_timestamp statx_time(int64_t ns)
+{
+	struct timespec ts = timespec_from_ns(ns);
+	return (struct statx_timestamp){ .tv_sec = ts.tv_sec, .tv_nsec = ts.tv_nsec };
+}
+
+static void fill_statx(struct statx *stx, const struct lcs_stat *s)
+{
+	memset(stx, 0, sizeof *stx);
+	stx->stx_mask = STATX_BASIC_STATS;
+	stx->stx_blksize = s->blksize;
+	stx->stx_nlink = s->nlink;
+	stx->stx_uid = s->uid;
+	stx->stx_gid = s->gid;
+	stx->stx_mode = type_bits[s->type] | s->mode;
+	stx->stx_ino = s->ino;
+	stx->stx_size = s->size;
+	stx->stx_blocks = s->blocks;
+	stx->stx_atime = statx_time(s->atime_ns);
+	stx->stx_mtime = statx_time(s->mtime_ns);
+	stx->stx_ctime = statx_time(s->ctime_ns);
+	stx->stx_rdev_major = major(s->rdev);
+	stx->stx_rdev_minor = minor(s->rdev);
+	stx->stx_dev_major = major(s->dev);
+	stx->stx_dev_minor = minor(s->dev);
+}
+
+/* stat or lstat of a path.  Returns ANSWERED with *result set (and *out
+ * filled on success), or FALLBACK with errno restored.  An empty path
+ * with AT_EMPTY_PATH means "the dirfd itself": not a path call. */
+static int stat_call(int dirfd, const char *path, int at_flags, struct lcs_stat *out, int *result)
+{
+	int saved_errno = errno;
+	uint16_t function = at_flags & AT_SYMLINK_NOFOLLOW ? LCS_LSTAT : LCS_STAT;
+	struct lcs_request request;
+	struct lcs_reply reply;
+
+	if (!path || (!*path && (at_flags & AT_EMPTY_PATH)))
+		return FALLBACK;
+	if (!*path) {
+		errno = ENOENT;
+		*result = -1;
+		return ANSWERED;
+	}
+	lcs_request_init(&request, function);
+	if (ask(&request, dirfd, path, AT_FDCWD, NULL, &reply) == FALLBACK) {
+		errno = saved_errno;
+		return FALLBACK;
+	}
+	if (reply.kind == LCS_KIND_STAT)
+		lcs_stat_decode(reply.payload, out);
+	*result = finish(&reply, saved_errno);
+	return ANSWERED;
+}
+
+#define STAT_WRAPPER(name, type, at_flags)                              \
+	LCS_EXPORT int name(const char *path, type *buf)                \
+	{                                                               \
+		struct lcs_stat s;                                      \
+		int result;                                             \
+		if (stat_call(AT_FDCWD, path, at_flags, &s, &result)) { \
+			if (result == 0)                                \
+				FILL_STAT(buf, &s);                     \
+			return result;                                  \
+		}                                                       \
+		return LCS_REAL(name)(path, buf);                       \
+	}
+
+STAT_WRAPPER(stat, struct stat, 0)
+STAT_WRAPPER(stat64, struct stat64, 0)
+STAT_WRAPPER(lstat, struct stat, AT_SYMLINK_NOFOLLOW)
+STAT_WRAPPER(lstat64, struct stat64, AT_SYMLINK_NOFOLLOW)
+
+#define FSTATAT_WRAPPER(name, type)                                           \
+	LCS_EXPORT int name(int dirfd, const char *path, type *buf, int flags) \
+	{                                                                     \
+		struct lcs_stat s;                                            \
+		int result;                                                   \
+		if (stat_call(dirfd, path, flags, &s, &result)) {             \
+			if (result == 0)                                      \
+				FILL_STAT(buf, &s);                           \
+			return result;                                        \
+		}                                                             \
+		return LCS_REAL(name)(dirfd, path, buf, flags);               \
+	}
+
+FSTATAT_WRAPPER(fstatat, struct stat)
+FSTATAT_WRAPPER(fstatat64, struct stat64)
+
+#define XSTAT_WRAPPER(name, type, at_flags)                                  \
+	LCS_EXPORT int name(int ver, const char *path, type *buf)            \
+	{                                                                    \
+		struct lcs_stat s;                                           \
+		int result;                                                  \
+		if (ver == STAT_VER_LINUX &&                                 \
+		    stat_call(AT_FDCWD, path, at_flags, &s, &result)) {      \
+			if (result == 0)                                     \
+				FILL_STAT(buf, &s);                          \
+			return result;                                       \
+		}                                                            \
+		return LCS_REAL(name)(ver, path, buf);                       \
+	}
+
+XSTAT_WRAPPER(__xstat, struct stat, 0)
+XSTAT_WRAPPER(__xstat64, struct stat64, 0)
+XSTAT_WRAPPER(__lxstat, struct stat, AT_SYMLINK_NOFOLLOW)
+XSTAT_WRAPPER(__lxstat64, struct stat64, AT_SYMLINK_NOFOLLOW)
+
+#define FXSTATAT_WRAPPER(name, type)                                                   \
+	LCS_EXPORT int name(int ver, int dirfd, const char *path, type *buf, int flags) \
+	{                                                                              \
+		struct lcs_stat s;                                                     \
+		int result;                                                            \
+		if (ver == STAT_VER_LINUX && stat_call(dirfd, path, flags, &s, &result)) { \
+			if (result == 0)                                               \
+				FILL_STAT(buf, &s);                                    \
+			return result;                                                 \
+		}                                                                      \
+		return LCS_REAL(name)(ver, dirfd, path, buf, flags);                   \
+	}
+
+FXSTATAT_WRAPPER(__fxstatat, struct stat)
+FXSTATAT_WRAPPER(__fxstatat64, struct stat64)
+
+LCS_EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *buf)
+{
+	struct lcs_stat s;
+	int result;
+
+	if (stat_call(dirfd, path, flags, &s, &result)) {
+		if (result == 0)
+			fill_statx(buf, &s);
+		return result;
+	}
+	return LCS_REAL(statx)(dirfd, path, flags, mask, buf);
+}
+
+/* ---- access ---- */
+
+static int access_call(uint16_t function, int dirfd, const char *path, int amode, int *result)
+{
+	if (amode & ~(R_OK | W_OK | X_OK))
+		return FALLBACK;
+	/* The protocol's amode bits are R_OK, W_OK, X_OK themselves. */
+	return simple_call(function, amode, 0, dirfd, path, AT_FDCWD, NULL, result);
+}
+
+LCS_EXPORT int access(const char *path, int amode)
+{
+	int result;
+
+	if (access_call(LCS_ACCESS, AT_FDCWD, path, amode, &result))
+		return result;
+	return LCS_REAL(access)(path, amode);
+}
+
+LCS_EXPORT int euidaccess(const char *path, int amode)
+{
+	int result;
+
+	if (access_call(LCS_EACCESS, AT_FDCWD, path, amode, &result))
+		return result;
+	return LCS_REAL(euidaccess)(path, amode);
+}
+
+LCS_EXPORT int eaccess(const char *path, int amode)
+{
+	int result;
+
+	if (access_call(LCS_EACCESS, AT_FDCWD, path, amode, &result))
+		return result;
+	return LCS_REAL(eaccess)(path, amode);
+}
+
+/* AT_SYMLINK_NOFOLLOW and AT_EMPTY_PATH have no protocol form. */
+LCS_EXPORT int faccessat(int dirfd, const char *path, int amode, int flags)
+{
+	uint16_t function = flags & AT_EACCESS ? LCS_EACCESS : LCS_ACCESS;
+	int result;
+
+	if (!(flags & ~AT_EACCESS) && access_call(function, dirfd, path, amode, &result))
+		return result;
+	return LCS_REAL(faccessat)(dirfd, path, amode, flags);
+}
+
+/* ---- mkdir, rmdir, unlink, rename ---- */
+
+LCS_EXPORT int mkdir(const char *path, mode_t mode)
+{
+	int result;
+
+	if (simple_call(LCS_MKDIR, 0, mode & 07777, AT_FDCWD, path, AT_FDCWD, NULL, &result))
+		return result;
+	return LCS_REAL(mkdir)(path, mode);
+}
+
+LCS_EXPORT int mkdirat(int dirfd, const char *path, mode_t mode)
+{
+	int result;
+
+	if (simple_call(LCS_MKDIR, 0, mode & 07777, dirfd, path, AT_FDCWD, NULL, &result))
+		return result;
+	return LCS_REAL(mkdirat)(dirfd, path, mode);
+}
+
+LCS_EXPORT int rmdir(const char *path)
+{
+	int result;
+
+	if (simple_call(LCS_RMDIR, 0, 0, AT_FDCWD, path, AT_FDCWD, NULL, &result))
+		return result;
+	return LCS_REAL(rmdir)(path);
+}
+
+LCS_EXPORT int unlink(const char *path)
+{
+	int result;
+
+	if (simple_call(LCS_UNLINK, 0, 0, AT_FDCWD, path, AT_FDCWD, NULL, &result))
+		return result;
+	return LCS_REAL(unlink)(path);
+}
+
+LCS_EXPORT int unlinkat(int dirfd, const char *path, int flags)
+{
+	uint16_t function = flags == AT_REMOVEDIR ? LCS_RMDIR : LCS_UNLINK;
+	int result;
+
+	if (!(flags & ~AT_REMOVEDIR) && simple_call(function, 0, 0, dirfd, path, AT_FDCWD, NULL, &result))
+		return result;
+	return LCS_REAL(unlinkat)(dirfd, path, flags);
+}
+
+LCS_EXPORT int rename(const char *oldpath, const char *newpath)
+{
+	int result;
+
+	if (simple_call(LCS_RENAME, 0, 0, AT_FDCWD, oldpath, AT_FDCWD, newpath, &result))
+		return result;
+	return LCS_REAL(rename)(oldpath, newpath);
+}
+
+LCS_EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+{
+	int result;
+
+	if (simple_call(LCS_RENAME, 0, 0, olddirfd, oldpath, newdirfd, newpath, &result))
+		return result;
+	return LCS_REAL(renameat)(olddirfd, oldpath, newdirfd, newpath);
+}
+
+/* RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT have no protocol form. */
+LCS_EXPORT int renameat2(int olddirfd, const char *oldpath, int newdirfd,
+                         const char *newpath, unsigned int flags)
+{
+	int result;
+
+	if (!flags && simple_call(LCS_RENAME, 0, 0, olddirfd, oldpath, newdirfd, newpath, &result))
+		return result;
+	return LCS_REAL(renameat2)(olddirfd, oldpath, newdirfd, newpath, flags);
+}

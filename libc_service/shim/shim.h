@@ -1,0 +1,151 @@
+/* libc-service LD_PRELOAD shim: shared declarations.
+ *
+ * channel.c owns the per-process channel to the master and the wire format
+ * (docs/protocol.md, version 1); fs.c, net.c and dns.c are the interposed
+ * libc entry points.  Everything here is hidden; only the interposed
+ * functions are exported (LCS_EXPORT). */
+#ifndef LCS_SHIM_H
+#define LCS_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LCS_EXPORT __attribute__((visibility("default")))
+
+/* Limits from docs/protocol.md. */
+#define LCS_PATH_MAX_BYTES 4095
+#define LCS_UNIX_PATH_MAX 108
+#define LCS_NODE_MAX 1025
+#define LCS_SERVICE_MAX 32
+#define LCS_MAX_REQUEST_FDS 2
+#define LCS_MAX_REPLY_FDS 4
+#define LCS_MAX_ADDRINFO 128
+#define LCS_MAX_MESSAGE 8192
+#define LCS_REQUEST_HEADER 64
+#define LCS_REPLY_HEADER 48
+#define LCS_STAT_RECORD 96
+#define LCS_ADDRINFO_ENTRY 24
+
+/* Function codes. */
+enum {
+	LCS_OPEN = 1,
+	LCS_OPENAT,
+	LCS_UNLINK,
+	LCS_RENAME,
+	LCS_STAT,
+	LCS_LSTAT,
+	LCS_ACCESS,
+	LCS_EACCESS,
+	LCS_MKDIR,
+	LCS_RMDIR,
+	LCS_CONNECT_UNIX,
+	LCS_CONNECT_INET,
+	LCS_CONNECT_INET6,
+	LCS_BIND_UNIX,
+	LCS_BIND_INET,
+	LCS_BIND_INET6,
+	LCS_GETADDRINFO,
+};
+
+/* Open flag bits. */
+enum {
+	LCS_O_READ_ONLY = 1u << 0,
+	LCS_O_WRITE_ONLY = 1u << 1,
+	LCS_O_READ_WRITE = 1u << 2,
+	LCS_O_APPEND = 1u << 3,
+	LCS_O_CREATE = 1u << 4,
+	LCS_O_DIRECTORY = 1u << 5,
+	LCS_O_EXCLUSIVE = 1u << 6,
+	LCS_O_NO_FOLLOW = 1u << 7,
+	LCS_O_PATH = 1u << 8,
+	LCS_O_SYNC_ALL_ON_WRITE = 1u << 9,
+	LCS_O_TEMPORARY = 1u << 10,
+	LCS_O_TRUNCATE = 1u << 11,
+};
+
+/* fd roles (request byte 56). */
+enum {
+	LCS_ROLE_DIR1 = 1u << 0,
+	LCS_ROLE_DIR2 = 1u << 1,
+	LCS_ROLE_SOCKET = 1u << 2,
+};
+
+/* Reply actions and payload kinds. */
+enum { LCS_ACTION_RESULT = 0, LCS_ACTION_FORWARD = 1 };
+enum { LCS_KIND_NONE = 0, LCS_KIND_STAT, LCS_KIND_ADDRINFO, LCS_KIND_GAI_ERROR };
+
+/* getaddrinfo protocol argument. */
+enum { LCS_PROTO_NONE = 0, LCS_PROTO_TCP = 6, LCS_PROTO_UDP = 17 };
+
+struct lcs_request {
+	uint16_t function;
+	uint32_t flags;
+	uint32_t arg;
+	unsigned char address[16];
+	uint32_t scope_id;
+	const char *string1;
+	size_t len1;
+	const char *string2;
+	size_t len2;
+	/* Indexed by role bit (dir1, dir2, socket); -1 when absent. */
+	int fds[3];
+};
+
+struct lcs_reply {
+	int64_t result;
+	int error;
+	int action;
+	int kind;
+	unsigned count;
+	int nfds;
+	int fds[LCS_MAX_REPLY_FDS];
+	size_t payload_len;
+	unsigned char payload[LCS_MAX_MESSAGE - LCS_REPLY_HEADER];
+};
+
+/* Decoded stat record. */
+struct lcs_stat {
+	uint64_t dev, ino, nlink, rdev;
+	int64_t size, blksize, blocks;
+	int64_t atime_ns, mtime_ns, ctime_ns;
+	uint32_t mode, type, uid, gid;
+};
+
+/* A call into the shim: lcs_enter() returns 1 when this thread may talk to
+ * the master (the shim is active, the channel is usable and this thread is
+ * not already inside the shim); the caller must then call lcs_leave().
+ * Returns 0 when the call must go straight to the real libc. */
+int lcs_enter(void);
+void lcs_leave(void);
+
+/* Send one request and wait for its reply.  Returns 0 with *reply filled in
+ * (received descriptors owned by the caller), or -1 when the channel cannot
+ * be used (it is then dead for this process): fall back to the real libc. */
+int lcs_call(const struct lcs_request *request, struct lcs_reply *reply);
+
+void lcs_close_fds(struct lcs_reply *reply);
+void lcs_request_init(struct lcs_request *request, uint16_t function);
+
+/* Fill the request's directory role for a path: nothing for an absolute
+ * path, the caller's dirfd, or a fresh O_PATH descriptor of the cwd for
+ * AT_FDCWD (*owned set; close it after the call).  Returns -1 when the
+ * dirfd is not an open descriptor: the real libc reports that. */
+int lcs_path_dir(int dirfd, const char *path, int *fd, int *owned);
+
+void lcs_stat_decode(const unsigned char *record, struct lcs_stat *out);
+
+/* Resolve the next definition of a symbol (the real libc's). */
+void *lcs_real(const char *name);
+
+#define LCS_REAL(name)                                                  \
+	({                                                              \
+		static __typeof__(name) *real_fn;                       \
+		__typeof__(name) *fn = __atomic_load_n(&real_fn, __ATOMIC_RELAXED); \
+		if (!fn) {                                              \
+			fn = (__typeof__(name) *)lcs_real(#name);      \
+			__atomic_store_n(&real_fn, fn, __ATOMIC_RELAXED); \
+		}                                                       \
+		fn;                                                     \
+	})
+
+#endif
