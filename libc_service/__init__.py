@@ -7,16 +7,26 @@ policy decides each call. See the documentation site for the concepts.
 
 from .master import Call, Master, SessionClosed
 from .replies import AddrInfo, Reply, Stat
+from .router import FORWARD, PASS, Decision, Errno, Route, RouteTable, Router, WithFds, deny
 from .slave import Slave
 from .wire import ProtocolError
 
 __all__ = [
+    "FORWARD",
+    "PASS",
     "AddrInfo",
     "Call",
+    "Decision",
+    "Errno",
     "Master",
     "ProtocolError",
     "Reply",
+    "Route",
+    "RouteTable",
+    "Router",
     "SessionClosed",
     "Slave",
     "Stat",
+    "WithFds",
+    "deny",
 ]

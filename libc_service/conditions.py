@@ -1,0 +1,312 @@
+"""Declarative route conditions: ``@router.on("open", when=under("/srv"))``.
+
+A condition selects which requests a route sees, and says so in words for
+the generated policy documentation. Conditions are *routing*, not the
+security check: they look at the request's strings (made absolute against
+the slave's directory descriptor, ``..`` folded lexically). A handler that
+grants access still opens the object safely (``libc_service.safepath``), so
+a symlink inside an allowed tree cannot lead outside it.
+
+Combine with ``&``, ``|`` and ``~``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import posixpath
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Final
+
+from .requests import (
+    FUNCTIONS,
+    OPENAT_FLAGS,
+    GetaddrinfoRequest,
+    OpenatRequest,
+    OpenRequest,
+    RenameRequest,
+)
+
+__all__ = [
+    "Condition",
+    "flags",
+    "named",
+    "slave_path",
+    "to",
+    "under",
+    "writing",
+]
+
+_PATH_FUNCTIONS: Final = frozenset(
+    {"open", "openat", "unlink", "rmdir", "stat", "lstat", "access", "eaccess", "mkdir", "rename",
+     "connect_unix", "bind_unix"}
+)
+_OPEN_FUNCTIONS: Final = frozenset({"open", "openat"})
+_MUTATING_FUNCTIONS: Final = frozenset({"unlink", "rmdir", "mkdir", "rename"})
+_WRITE_FLAGS: Final = frozenset({"write_only", "read_write", "append", "create", "truncate", "temporary"})
+_INET_FUNCTIONS: Final = frozenset(
+    {"connect_inet", "connect_inet6", "bind_inet", "bind_inet6"}
+)
+
+
+class Condition(ABC):
+    """A predicate over requests that can describe itself in words."""
+
+    #: Functions whose requests the condition understands (``None``: all).
+    functions: frozenset[str] | None = None
+
+    @abstractmethod
+    def __call__(self, request: object) -> bool:
+        """Whether ``request`` matches."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The condition in words, for policy documentation."""
+
+    def __and__(self, other: Condition) -> Condition:
+        return _All((self, other))
+
+    def __or__(self, other: Condition) -> Condition:
+        return _Any((self, other))
+
+    def __invert__(self) -> Condition:
+        return _Not(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.describe()}>"
+
+
+def _common(parts: Iterable[Condition]) -> frozenset[str] | None:
+    known = [part.functions for part in parts if part.functions is not None]
+    return frozenset.intersection(*known) if known else None
+
+
+@dataclass(frozen=True, repr=False)
+class _All(Condition):
+    parts: tuple[Condition, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "functions", _common(self.parts))
+
+    def __call__(self, request: object) -> bool:
+        return all(part(request) for part in self.parts)
+
+    def describe(self) -> str:
+        return " and ".join(_group(part) for part in self.parts)
+
+
+@dataclass(frozen=True, repr=False)
+class _Any(Condition):
+    parts: tuple[Condition, ...]
+
+    def __post_init__(self) -> None:
+        # Each alternative must be understood on its own for every function.
+        object.__setattr__(self, "functions", _common(self.parts))
+
+    def __call__(self, request: object) -> bool:
+        return any(part(request) for part in self.parts)
+
+    def describe(self) -> str:
+        return " or ".join(_group(part) for part in self.parts)
+
+
+@dataclass(frozen=True, repr=False)
+class _Not(Condition):
+    part: Condition
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "functions", self.part.functions)
+
+    def __call__(self, request: object) -> bool:
+        return not self.part(request)
+
+    def describe(self) -> str:
+        return f"not ({self.part.describe()})"
+
+
+def _group(condition: Condition) -> str:
+    text = condition.describe()
+    return f"({text})" if isinstance(condition, _All | _Any) else text
+
+
+def slave_path(path: PurePosixPath, dirfd: int | None) -> str | None:
+    """The absolute, lexically normalised path a slave meant.
+
+    A relative path is joined to the directory behind ``dirfd`` (as the
+    master sees it through ``/proc/self/fd``). ``None`` when a relative path
+    came without a directory or the directory cannot be named. ``..`` is
+    folded lexically, which is right for routing and wrong for security:
+    open the object with :mod:`libc_service.safepath` before trusting it.
+    """
+    text = str(path)
+    if text.startswith("\0"):
+        return None  # an abstract socket name is not a filesystem path
+    if not text.startswith("/"):
+        if dirfd is None:
+            return None
+        try:
+            base = os.readlink(f"/proc/self/fd/{dirfd}")
+        except OSError:
+            return None
+        if not base.startswith("/"):
+            return None  # an unreachable or deleted directory
+        text = f"{base}/{text}"
+    normal = posixpath.normpath(text)
+    return "/" + normal.lstrip("/")
+
+
+@dataclass(frozen=True, repr=False)
+class _Under(Condition):
+    roots: tuple[str, ...]
+
+    functions = _PATH_FUNCTIONS
+
+    def __call__(self, request: object) -> bool:
+        if isinstance(request, RenameRequest):
+            return self._inside(request.path1, request.dirfd1) and self._inside(request.path2, request.dirfd2)
+        return self._inside(getattr(request, "path"), getattr(request, "dirfd", None))
+
+    def _inside(self, path: PurePosixPath, dirfd: int | None) -> bool:
+        absolute = slave_path(path, dirfd)
+        if absolute is None:
+            return False
+        return any(absolute == root or absolute.startswith(root.rstrip("/") + "/") for root in self.roots)
+
+    def describe(self) -> str:
+        names = ", ".join(f"`{root}`" for root in self.roots)
+        return f"the path is {names} or beneath it" if len(self.roots) == 1 else f"the path is beneath one of {names}"
+
+
+def under(*roots: str | os.PathLike[str]) -> Condition:
+    """The request's path (both paths, for rename) lies in one of ``roots``.
+
+    Relative paths are resolved against the slave's directory descriptor.
+    """
+    if not roots:
+        raise ValueError("under() needs at least one root")
+    normal = []
+    for root in roots:
+        text = os.fspath(root)
+        if not text.startswith("/"):
+            raise ValueError(f"under() takes absolute roots, not {text!r}")
+        normal.append("/" + posixpath.normpath(text).lstrip("/"))
+    return _Under(tuple(normal))
+
+
+@dataclass(frozen=True, repr=False)
+class _Writing(Condition):
+    functions = _OPEN_FUNCTIONS | _MUTATING_FUNCTIONS
+
+    def __call__(self, request: object) -> bool:
+        if isinstance(request, OpenRequest | OpenatRequest):
+            return not _WRITE_FLAGS.isdisjoint(request.flags)
+        return True
+
+    def describe(self) -> str:
+        return "the call writes (opens for writing, creates, truncates, or changes a directory)"
+
+
+def writing() -> Condition:
+    """The call would modify the filesystem.
+
+    True for ``open``/``openat`` with any of ``write_only``, ``read_write``,
+    ``append``, ``create``, ``truncate``, ``temporary``, and always for
+    ``unlink``, ``rmdir``, ``mkdir`` and ``rename``.
+    """
+    return _Writing()
+
+
+@dataclass(frozen=True, repr=False)
+class _Flags(Condition):
+    names: frozenset[str]
+
+    functions = _OPEN_FUNCTIONS
+
+    def __call__(self, request: object) -> bool:
+        return not self.names.isdisjoint(getattr(request, "flags"))
+
+    def describe(self) -> str:
+        return "the open flags include " + " or ".join(f"`{name}`" for name in sorted(self.names))
+
+
+def flags(*names: str) -> Condition:
+    """``open``/``openat`` with any of the named flags."""
+    unknown = set(names) - set(OPENAT_FLAGS)
+    if unknown or not names:
+        raise ValueError(f"unknown open flags {sorted(unknown)}; valid: {', '.join(OPENAT_FLAGS)}")
+    return _Flags(frozenset(names))
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, repr=False)
+class _To(Condition):
+    endpoints: tuple[tuple[Network, int | None], ...]
+
+    functions = _INET_FUNCTIONS
+
+    def __call__(self, request: object) -> bool:
+        address = getattr(request, "address")
+        port = getattr(request, "port")
+        bare = ipaddress.ip_address(str(address).split("%")[0])
+        return any(bare in network and (want is None or want == port) for network, want in self.endpoints)
+
+    def describe(self) -> str:
+        shown = []
+        for network, port in self.endpoints:
+            host = str(network.network_address) if network.num_addresses == 1 else str(network)
+            host = f"[{host}]" if network.version == 6 else host
+            shown.append(f"`{host}:{port if port is not None else '*'}`")
+        return "the address is one of " + ", ".join(shown)
+
+
+def to(*endpoints: str | tuple[str, int | None]) -> Condition:
+    """``connect``/``bind`` to one of ``endpoints``.
+
+    An endpoint is ``(address_or_network, port)`` with ``port=None`` for any
+    port, or a string ``"127.0.0.1:8080"``, ``"[::1]:53"``, ``"10.0.0.0/8:*"``.
+    """
+    parsed: list[tuple[Network, int | None]] = []
+    for endpoint in endpoints:
+        if isinstance(endpoint, str):
+            host, _, port_text = endpoint.rpartition(":")
+            if not host:
+                raise ValueError(f"endpoint {endpoint!r} is not host:port")
+            host = host.strip("[]")
+            port: int | None = None if port_text == "*" else int(port_text)
+        else:
+            host, port = endpoint
+        if port is not None and not 0 <= port <= 65535:
+            raise ValueError(f"port {port} out of range")
+        parsed.append((ipaddress.ip_network(host, strict=False), port))
+    if not parsed:
+        raise ValueError("to() needs at least one endpoint")
+    return _To(tuple(parsed))
+
+
+@dataclass(frozen=True, repr=False)
+class _Named(Condition):
+    names: frozenset[str]
+
+    functions = frozenset({"getaddrinfo"})
+
+    def __call__(self, request: object) -> bool:
+        assert isinstance(request, GetaddrinfoRequest)
+        return request.node is not None and request.node.lower().rstrip(".") in self.names
+
+    def describe(self) -> str:
+        return "the name looked up is one of " + ", ".join(f"`{name}`" for name in sorted(self.names))
+
+
+def named(*names: str) -> Condition:
+    """``getaddrinfo`` of one of ``names`` (case-insensitive, trailing dot ignored)."""
+    if not names:
+        raise ValueError("named() needs at least one name")
+    return _Named(frozenset(name.lower().rstrip(".") for name in names))
+
+
+assert _PATH_FUNCTIONS <= set(FUNCTIONS)

@@ -1,0 +1,482 @@
+"""The Router: per-call policies as small typed handlers.
+
+``@router.on("open", "openat")`` stores a :class:`Route` in one list that
+dispatch, :meth:`Router.routes` and ``libc-service docs`` all read. What a
+handler returns or raises becomes the reply:
+
+=============================================  ===============================
+handler outcome                                reply
+=============================================  ===============================
+``int``; ``Stat``; ``list[AddrInfo]`` or an    ``send(result)``
+error name (getaddrinfo)
+``WithFds(result, fds)``                       ``send_with_fds(result, fds)``
+``raise Errno(code)`` / any ``OSError``        ``-1`` with that errno
+                                               (getaddrinfo: ``system``)
+``FORWARD``                                    ``use_slave_credentials()``
+``PASS``                                       the next matching route decides
+anything else, or an exception                 logged; the slave gets
+                                               ``error_errno`` (fail closed)
+=============================================  ===============================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as errno_module
+import inspect
+import logging
+import os
+import time
+import types
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeAlias, Union
+
+from .conditions import Condition
+from .master import Call, Master, SessionClosed
+from .replies import Result
+from .requests import FUNCTIONS, REQUEST_TYPES, Request
+
+__all__ = [
+    "FORWARD",
+    "PASS",
+    "Decision",
+    "Errno",
+    "Route",
+    "RouteTable",
+    "Router",
+    "WithFds",
+    "deny",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+    def __reduce__(self) -> str:
+        return self._name
+
+
+#: Return (or use as a default) to let the slave do the call itself.
+FORWARD: Final = _Sentinel("FORWARD")
+#: Return to let the next matching route (or the default) decide.
+PASS: Final = _Sentinel("PASS")
+
+
+class Errno(OSError):
+    """``raise Errno(errno.EACCES)``: the call fails with that errno."""
+
+    def __init__(self, code: int, message: str | None = None) -> None:
+        if isinstance(code, bool) or not isinstance(code, int) or code <= 0:
+            raise ValueError(f"Errno takes a positive errno value, not {code!r}")
+        super().__init__(code, message or os.strerror(code))
+
+
+@dataclass(frozen=True, slots=True)
+class WithFds:
+    """A result sent together with descriptors, which the reply then owns."""
+
+    result: Result
+    fds: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """A default that fails every unhandled call with ``errno``."""
+
+    errno: int
+
+    @property
+    def errno_name(self) -> str:
+        """The errno's symbolic name, e.g. ``EPERM``."""
+        return errno_module.errorcode.get(self.errno, str(self.errno))
+
+
+def deny(errno: int = errno_module.EPERM) -> Deny:
+    """A router default that refuses unhandled calls with ``errno``."""
+    if isinstance(errno, bool) or not isinstance(errno, int) or errno <= 0:
+        raise ValueError(f"deny() takes a positive errno value, not {errno!r}")
+    return Deny(errno)
+
+
+Handler: TypeAlias = Callable[[Any], Any]
+Outcome: TypeAlias = Literal["reply", "forward", "error", "failure"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One registered handler: the data dispatch and the docs generator share."""
+
+    functions: tuple[str, ...]
+    handler: Handler
+    name: str
+    doc: str | None
+    conditions: tuple[Condition, ...]
+    order: int
+    source: tuple[str, int] | None = None
+
+    def matches(self, request: Request) -> bool:
+        """Whether every condition holds for ``request``."""
+        return all(condition(request) for condition in self.conditions)
+
+    @property
+    def summary(self) -> str | None:
+        """The docstring's first paragraph, on one line."""
+        if not self.doc:
+            return None
+        return " ".join(self.doc.strip().split("\n\n")[0].split())
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """What :meth:`Router.routes` returns: the routes in order and the default."""
+
+    routes: tuple[Route, ...]
+    default: Route | Deny | _Sentinel
+    error_errno: int
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self.routes)
+
+    def __len__(self) -> int:
+        return len(self.routes)
+
+    def for_function(self, function: str) -> tuple[Route, ...]:
+        """The routes that may decide ``function``, in the order they are tried."""
+        return tuple(route for route in self.routes if function in route.functions)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What an observer sees for every call, after the reply went out."""
+
+    request: Request
+    #: The deciding route's handler name, or ``"default"``.
+    route: str
+    outcome: Outcome
+    result: Result | None
+    errno: int
+    nfds: int
+    #: Time spent deciding (handlers and conditions), in nanoseconds.
+    latency_ns: int
+    session: str = field(default="")
+
+
+Observer: TypeAlias = Callable[[Decision], None]
+
+
+class Router:
+    """Routes each request of a session to the first handler that decides it.
+
+    ``default`` decides what no handler does: :data:`FORWARD`,
+    ``deny(errno)`` or a handler. ``concurrent=True`` dispatches calls from
+    different slave threads at once and replies out of order, so a slow
+    async handler holds up only the thread that asked (one thread has at
+    most one call in flight, so its calls stay ordered). ``error_errno`` is
+    what the slave gets when a handler is buggy. ``timeout`` (seconds)
+    bounds an async handler; past it the call fails with ``timeout_errno``.
+
+    Sync handlers run on the event loop: keep them quick (a syscall or two)
+    and make anything slower ``async``.
+    """
+
+    def __init__(
+        self,
+        default: _Sentinel | Deny | Handler = FORWARD,
+        *,
+        concurrent: bool = False,
+        error_errno: int = errno_module.EPERM,
+        timeout: float | None = None,
+        timeout_errno: int = errno_module.ETIMEDOUT,
+    ) -> None:
+        self._routes: list[Route] = []
+        self._dispatch: dict[str, tuple[Route, ...]] = {name: () for name in FUNCTIONS}
+        self._observers: list[Observer] = []
+        self.concurrent = concurrent
+        self.error_errno = deny(error_errno).errno
+        self.timeout = timeout
+        self.timeout_errno = deny(timeout_errno).errno
+        self._default: Route | Deny | _Sentinel
+        if default is FORWARD or isinstance(default, Deny):
+            self._default = default
+        elif default is PASS or isinstance(default, _Sentinel):
+            raise ValueError("a router's default is FORWARD, deny(errno) or a handler")
+        elif callable(default):
+            self._default = self._make_route(FUNCTIONS, default, (), order=-1)
+        else:
+            raise TypeError(f"a router's default is FORWARD, deny(errno) or a handler, not {default!r}")
+
+    # -------------------------------------------------------- registration
+
+    def on(
+        self, *functions: str, when: Condition | Sequence[Condition] | None = None
+    ) -> Callable[[Handler], Handler]:
+        """Register a handler for ``functions`` (decorator).
+
+        ``when`` holds declarative conditions that must all match. Raises
+        ``ValueError`` for an unknown function and ``TypeError`` for a
+        handler whose signature or type hint does not fit the functions.
+        """
+        if not functions:
+            raise ValueError("on() needs at least one function name")
+        unknown = [name for name in functions if name not in REQUEST_TYPES]
+        if unknown:
+            raise ValueError(f"unknown function(s) {', '.join(map(repr, unknown))}; valid: {', '.join(FUNCTIONS)}")
+        conditions: tuple[Condition, ...]
+        if when is None:
+            conditions = ()
+        elif isinstance(when, Condition):
+            conditions = (when,)
+        else:
+            conditions = tuple(when)
+        for condition in conditions:
+            if not isinstance(condition, Condition):
+                raise TypeError(f"when= takes conditions, not {condition!r}")
+            if condition.functions is not None and not set(functions) <= condition.functions:
+                extra = sorted(set(functions) - condition.functions)
+                raise ValueError(f"condition {condition.describe()!r} does not apply to {', '.join(extra)}")
+
+        def register(handler: Handler) -> Handler:
+            route = self._make_route(tuple(dict.fromkeys(functions)), handler, conditions, len(self._routes))
+            self._routes.append(route)
+            for name in route.functions:
+                self._dispatch[name] = self._dispatch[name] + (route,)
+            return handler
+
+        return register
+
+    def _make_route(
+        self, functions: tuple[str, ...], handler: Handler, conditions: tuple[Condition, ...], order: int
+    ) -> Route:
+        _check_handler(handler, functions)
+        try:
+            source: tuple[str, int] | None = (inspect.getsourcefile(handler) or "?", inspect.getsourcelines(handler)[1])
+        except (OSError, TypeError):
+            source = None
+        return Route(
+            functions=functions,
+            handler=handler,
+            name=getattr(handler, "__qualname__", repr(handler)),
+            doc=inspect.getdoc(handler),
+            conditions=conditions,
+            order=order,
+            source=source,
+        )
+
+    def observe(self, observer: Observer) -> Observer:
+        """Call ``observer(decision)`` after every reply (usable as a decorator)."""
+        self._observers.append(observer)
+        return observer
+
+    def routes(self) -> RouteTable:
+        """The registered routes, in order, and the default."""
+        return RouteTable(tuple(self._routes), self._default, self.error_errno)
+
+    @property
+    def default(self) -> Route | Deny | _Sentinel:
+        """The default: ``FORWARD``, a ``Deny`` or the default handler's route."""
+        return self._default
+
+    # ------------------------------------------------------------ serving
+
+    async def serve(self, master: Master) -> None:
+        """Serve one session until the slave hangs up; the master is closed after."""
+        try:
+            if self.concurrent:
+                await self._serve_concurrently(master)
+            else:
+                while True:
+                    try:
+                        call = await master.receive_call()
+                    except SessionClosed:
+                        return
+                    await self.handle(call, master.name)
+        finally:
+            master.close()
+
+    async def _serve_concurrently(self, master: Master) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    call = await master.receive_call()
+                except SessionClosed:
+                    return
+                task = asyncio.ensure_future(self.handle(call, master.name))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def handle(self, call: Call, session: str = "") -> None:
+        """Decide one call and reply; never raises except for cancellation."""
+        request = call.request
+        started = time.perf_counter_ns()
+        try:
+            route_name, outcome = await self._decide(request)
+        except asyncio.CancelledError:
+            call.abandon()
+            raise
+        latency = time.perf_counter_ns() - started
+        try:
+            decision = await self._reply(call, route_name, outcome, latency, session)
+        except SessionClosed:
+            call.abandon()
+            return
+        if decision is not None and self._observers:
+            self._notify(decision)
+
+    async def _decide(self, request: Request) -> tuple[str, Any]:
+        """The deciding route's name and its outcome (a raised exception included)."""
+        for route in self._dispatch[request.function]:
+            try:
+                if route.conditions and not route.matches(request):
+                    continue
+                result = await self._run(route.handler, request)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - becomes the reply
+                return route.name, exc
+            if result is not PASS:
+                return route.name, result
+        default = self._default
+        if isinstance(default, Route):
+            try:
+                return "default", await self._run(default.handler, request)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - becomes the reply
+                return "default", exc
+        if isinstance(default, Deny):
+            return "default", Errno(default.errno)
+        return "default", FORWARD
+
+    async def _run(self, handler: Handler, request: Request) -> Any:
+        result = handler(request)
+        if inspect.isawaitable(result):
+            if self.timeout is None:
+                return await result
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await result
+            except TimeoutError:
+                logger.error("handler %s timed out after %ss on %r", _name(handler), self.timeout, request)
+                return Errno(self.timeout_errno)
+        return result
+
+    async def _reply(self, call: Call, route: str, outcome: Any, latency: int, session: str) -> Decision | None:
+        request = call.request
+        if outcome is FORWARD:
+            await call.use_slave_credentials()
+            return Decision(request, route, "forward", None, 0, 0, latency, session)
+        if isinstance(outcome, OSError) and outcome.errno:
+            if not isinstance(outcome, Errno):
+                logger.debug("handler %s raised %r for %r", route, outcome, request)
+            result: Result = "system" if request.function == "getaddrinfo" else -1
+            await call.send(result, outcome.errno)
+            return Decision(request, route, "error", result, outcome.errno, 0, latency, session)
+        if isinstance(outcome, BaseException):
+            logger.error("handler %s failed on %r; failing the call with %s",
+                         route, request, errno_module.errorcode.get(self.error_errno), exc_info=outcome)
+            return await self._fail(call, route, latency, session)
+        fds: Sequence[int] = ()
+        result = outcome
+        if isinstance(outcome, WithFds):
+            result, fds = outcome.result, outcome.fds
+        try:
+            await call.send_with_fds(result, fds)
+        except (TypeError, ValueError) as exc:
+            logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s",
+                         route, request, outcome, exc, errno_module.errorcode.get(self.error_errno))
+            return await self._fail(call, route, latency, session)
+        return Decision(request, route, "reply", result, 0, len(fds), latency, session)
+
+    async def _fail(self, call: Call, route: str, latency: int, session: str) -> Decision:
+        result: Result = "system" if call.function == "getaddrinfo" else -1
+        await call.send(result, self.error_errno)
+        return Decision(call.request, route, "failure", result, self.error_errno, 0, latency, session)
+
+    def _notify(self, decision: Decision) -> None:
+        for observer in self._observers:
+            try:
+                observer(decision)
+            except Exception:  # noqa: BLE001 - an observer bug must not end the session
+                logger.exception("observer %s failed", _name(observer))
+
+
+def _name(handler: object) -> str:
+    return getattr(handler, "__qualname__", repr(handler))
+
+
+def _check_handler(handler: Handler, functions: Sequence[str]) -> None:
+    """Fail at registration, not per request, when a handler cannot serve ``functions``."""
+    if not callable(handler):
+        raise TypeError(f"a handler must be callable, not {handler!r}")
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: nothing to check
+    positional = [
+        p for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    variadic = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
+    required_kw = [p for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if len(positional) > 1 or required_kw or (not positional and not variadic and not _has_optional(signature)):
+        raise TypeError(f"handler {_name(handler)} must take exactly one argument, the request")
+    if not positional:
+        return
+    try:
+        hints = typing.get_type_hints(handler)
+    except Exception as exc:  # noqa: BLE001 - unresolvable hints are the author's to fix
+        raise TypeError(f"cannot resolve the type hints of handler {_name(handler)}: {exc}") from exc
+    hint = hints.get(positional[0].name)
+    if hint is None:
+        return
+    accepted = _accepted_types(hint)
+    if accepted is None:
+        return
+    wrong = [name for name in functions if not any(issubclass(REQUEST_TYPES[name], t) for t in accepted)]
+    if wrong:
+        raise TypeError(
+            f"handler {_name(handler)} is annotated for {hint!r} but serves {', '.join(wrong)} "
+            f"(requests {', '.join(REQUEST_TYPES[n].__name__ for n in wrong)})"
+        )
+
+
+def _has_optional(signature: inspect.Signature) -> bool:
+    return any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in signature.parameters.values()
+    )
+
+
+def _accepted_types(hint: Any) -> list[type] | None:
+    """The classes a hint admits, or ``None`` when it admits anything."""
+    if hint is Any or hint is object:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        return _accepted_types(typing.get_args(hint)[0])
+    if origin is Union or origin is types.UnionType:
+        accepted: list[type] = []
+        for arg in typing.get_args(hint):
+            sub = _accepted_types(arg)
+            if sub is None:
+                return None
+            accepted.extend(sub)
+        return accepted
+    if isinstance(hint, type):
+        return [hint]
+    return None
