@@ -1,0 +1,7 @@
+"""``python -m libc_service`` is the ``libc-service`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

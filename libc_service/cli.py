@@ -1,0 +1,157 @@
+"""The ``libc-service`` command: run, trace, and document policies."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any, TextIO
+
+from .policy import LoadedPolicy, PolicyError, load_policy
+from .router import FORWARD, Router
+from .sandbox import Sandbox, SandboxUnavailable
+from .spawn import ShimNotFound, spawn
+from .tracing import Tracer
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+def _run_loop(coroutine: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+async def _serve_program(argv: Sequence[str], router: Router, sandbox: Sandbox | None) -> int:
+    async with spawn(argv, router, sandbox=sandbox) as process:
+        return await process.wait()
+
+
+def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        parser.error("no program given (put it after --)")
+    return command
+
+
+def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    command = _command(args, parser)
+    policy = _load(args.policy)
+    sandbox: Sandbox | None = None
+    if args.sandbox:
+        sandbox = policy.sandbox if policy.sandbox is not None else Sandbox()
+    return _run_loop(_serve_program(command, policy.router, sandbox))
+
+
+def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    command = _command(args, parser)
+    output: TextIO = sys.stderr
+    if args.output is not None:
+        try:
+            output = open(args.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise PolicyError(f"cannot write the trace to {args.output}: {exc.strerror}") from exc
+    try:
+        router = Router(default=FORWARD)
+        router.observe(Tracer(output, json_lines=args.json))
+        return _run_loop(_serve_program(command, router, None))
+    finally:
+        if output is not sys.stderr:
+            output.close()
+
+
+def _cmd_docs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .docs import render_policy
+
+    policy = _load(args.policy)
+    text = render_policy(policy, fmt=args.format)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            with open(args.output, "w", encoding="utf-8") as file:
+                file.write(text)
+        except OSError as exc:
+            raise PolicyError(f"cannot write {args.output}: {exc.strerror}") from exc
+    return 0
+
+
+def _load(spec: str) -> LoadedPolicy:
+    return load_policy(spec)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, as data (also used for the CLI reference page)."""
+    parser = argparse.ArgumentParser(
+        prog="libc-service",
+        description=(
+            "Run a program with its file, socket and name-lookup calls decided by a Python policy. "
+            "The program's exit status is passed through (128+N when killed by signal N)."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (repeat for debug)")
+    commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="run a program under a policy",
+        description="Run CMD with every arbitrated call decided by POLICY's router.",
+    )
+    run.add_argument("--sandbox", action="store_true",
+                     help="confine the program with Landlock (and no network), using the policy's `sandbox` "
+                          "or a minimal one")
+    run.add_argument("policy", metavar="POLICY", help="path/to/policy.py or package.module:attr defining a Router")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    run.set_defaults(handler=_cmd_run)
+
+    trace = commands.add_parser(
+        "trace", help="log every call of a program, then let it proceed",
+        description="Run CMD, log every arbitrated call (pid, tid, function, arguments, decision, latency) "
+                    "to stderr or FILE, and forward each call to the program itself.",
+    )
+    trace.add_argument("--json", action="store_true", help="write JSON lines instead of text")
+    trace.add_argument("-o", "--output", metavar="FILE", help="write the log to FILE instead of stderr")
+    trace.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    trace.set_defaults(handler=_cmd_trace)
+
+    docs = commands.add_parser(
+        "docs", help="write a policy's documentation",
+        description="Write the documentation of POLICY, generated from its handlers, conditions and sandbox.",
+    )
+    docs.add_argument("--format", choices=("md", "json"), default="md", help="Markdown (default) or JSON")
+    docs.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    docs.add_argument("policy", metavar="POLICY", help="path/to/policy.py or package.module:attr")
+    docs.set_defaults(handler=_cmd_docs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``libc-service`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="libc-service: %(levelname)s: %(name)s: %(message)s")
+    try:
+        status: int = args.handler(args, parser)
+    except (PolicyError, SandboxUnavailable, ShimNotFound) as exc:
+        print(f"libc-service: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError as exc:
+        print(f"libc-service: error: {exc.strerror}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 127
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

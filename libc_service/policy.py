@@ -1,0 +1,99 @@
+"""Load a policy: ``path/to/file.py`` or ``package.module:attr``.
+
+A policy module defines ``router`` (a :class:`~libc_service.Router`) and may
+define ``sandbox`` (a :class:`~libc_service.Sandbox`). Every way a policy can
+be wrong becomes a :class:`PolicyError` with one line naming the policy and
+the problem, so the command line can report it without a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .router import Router
+
+__all__ = ["LoadedPolicy", "PolicyError", "load_policy"]
+
+
+class PolicyError(Exception):
+    """A policy that cannot be used, with a one-line reason."""
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """What a policy module provides."""
+
+    name: str
+    module: ModuleType
+    router: Router
+    sandbox: Any | None
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" (line {last.lineno} of {Path(last.filename).name})"
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise PolicyError(f"policy {path}: no such file")
+    name = f"libc_service_policy_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise PolicyError(f"policy {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        del sys.modules[name]
+        raise PolicyError(f"policy {path}: syntax error on line {exc.lineno}: {exc.msg}") from exc
+    except BaseException as exc:
+        del sys.modules[name]
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise PolicyError(f"policy {path}: failed to import: {type(exc).__name__}: {exc}{_where(exc)}") from exc
+    return module
+
+
+def load_policy(spec: str) -> LoadedPolicy:
+    """Import the policy named by ``spec`` and check what it defines."""
+    if spec.endswith(".py") or "/" in spec:
+        path = Path(spec)
+        module = _import_file(path)
+        attr = "router"
+        label = str(path)
+    else:
+        module_name, _, attr = spec.partition(":")
+        attr = attr or "router"
+        label = spec
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise PolicyError(f"policy {spec}: no module named {exc.name!r}") from exc
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise PolicyError(f"policy {spec}: failed to import: {type(exc).__name__}: {exc}{_where(exc)}") from exc
+    router = getattr(module, attr, None)
+    if router is None:
+        raise PolicyError(f"policy {label}: defines no {attr!r} (a libc_service.Router)")
+    if not isinstance(router, Router):
+        raise PolicyError(f"policy {label}: {attr!r} is a {type(router).__name__}, not a libc_service.Router")
+    sandbox = getattr(module, "sandbox", None)
+    if sandbox is not None:
+        from .sandbox import Sandbox
+
+        if not isinstance(sandbox, Sandbox):
+            raise PolicyError(f"policy {label}: 'sandbox' is a {type(sandbox).__name__}, not a libc_service.Sandbox")
+    return LoadedPolicy(label, module, router, sandbox)

@@ -1,0 +1,298 @@
+"""Take the slave's own authority away, so the master is the only door.
+
+The shim only *advises*: a static binary or a raw syscall walks past it. A
+:class:`Sandbox` confines the program with the kernel before it runs:
+
+- **Filesystem — Landlock.** The ruleset handles every filesystem right the
+  kernel knows; the slave keeps only what loading the program needs (the
+  executable, its ELF interpreter and the libraries it links, the shim,
+  ``ld.so.cache``) plus the static ``allow_read`` / ``allow_write`` /
+  ``allow_exec`` paths. Anything else the policy grants dynamically, the
+  master opens and passes back as a descriptor: Landlock checks a path when
+  it is opened, and the master opened it outside the sandbox.
+- **Network.** With ``network=False`` the slave gets a fresh, empty network
+  namespace (no interfaces but a down loopback), and, where the kernel has
+  Landlock ABI 4, TCP bind/connect are also refused by Landlock; with ABI 6
+  the slave cannot reach abstract unix sockets outside its domain either. A
+  connect the policy allows is done by the master on a socket of its own,
+  which then replaces the slave's.
+
+Everything is prepared in the parent (rule descriptors opened, the ruleset
+built); the forked child only makes the few syscalls that apply it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as errno_module
+import os
+import platform
+import shutil
+import struct
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+__all__ = ["PreparedSandbox", "Sandbox", "SandboxUnavailable", "landlock_abi", "program_files"]
+
+_SYSCALLS: Final = {
+    "x86_64": {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446, "unshare": 272, "prctl": 157},
+    "aarch64": {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446, "unshare": 97, "prctl": 167},
+}
+_CREATE_RULESET_VERSION: Final = 1
+_RULE_PATH_BENEATH: Final = 1
+_PR_SET_NO_NEW_PRIVS: Final = 38
+_CLONE_NEWNET: Final = 0x40000000
+_CLONE_NEWUSER: Final = 0x10000000
+
+# Landlock filesystem rights, by the ABI that introduced them.
+EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+REMOVE_DIR, REMOVE_FILE, MAKE_CHAR, MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
+MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM = 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12
+REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+_FS_BY_ABI: Final = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
+_FILE_RIGHTS: Final = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
+_READ: Final = READ_FILE | READ_DIR
+_WRITE: Final = (
+    WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | MAKE_SYM
+    | REFER | TRUNCATE
+)
+_NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
+_SCOPE_ABSTRACT_UNIX = 1 << 0
+
+
+class SandboxUnavailable(RuntimeError):
+    """The kernel cannot confine the slave as asked (no Landlock, no namespaces)."""
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def _numbers() -> dict[str, int]:
+    numbers = _SYSCALLS.get(platform.machine())
+    if numbers is None:
+        raise SandboxUnavailable(f"the sandbox does not know the syscall numbers of {platform.machine()}")
+    return numbers
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is missing or disabled."""
+    try:
+        numbers = _numbers()
+    except SandboxUnavailable:
+        return 0
+    version = _syscall(numbers["create_ruleset"], None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    return max(int(version), 0)
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+    return result
+
+
+def _elf_interpreter(path: Path) -> str | None:
+    """The PT_INTERP of an ELF executable (None for static or non-ELF files)."""
+    try:
+        with path.open("rb") as file:
+            ident = file.read(64)
+            if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
+                return None  # only 64-bit little-endian ELF is parsed
+            phoff, = struct.unpack_from("<Q", ident, 32)
+            phentsize, phnum = struct.unpack_from("<HH", ident, 54)
+            file.seek(phoff)
+            table = file.read(phentsize * phnum)
+            for index in range(phnum):
+                kind, _, offset, _, _, size = struct.unpack_from("<IIQQQQ", table, index * phentsize)
+                if kind == 3:  # PT_INTERP
+                    file.seek(offset)
+                    return file.read(size).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def program_files(executable: Path, env: Mapping[str, str] | None = None) -> list[Path]:
+    """What loading ``executable`` needs: itself, its interpreter, its libraries.
+
+    Libraries are listed by the system's own dynamic loader in trace mode
+    (``LD_TRACE_LOADED_OBJECTS``), which maps nothing of the program's code;
+    the loader run is the program's own ``PT_INTERP`` only when that is a
+    regular file under ``/lib``, ``/lib64`` or ``/usr``.
+    """
+    files = [executable]
+    interpreter = _elf_interpreter(executable)
+    if interpreter is None:
+        return files  # a script or a static binary: its interpreter is exec'd by path
+    files.append(Path(interpreter))
+    trusted = interpreter.startswith(("/lib/", "/lib64/", "/usr/"))
+    if not trusted:
+        return files
+    trace_env = {"LD_TRACE_LOADED_OBJECTS": "1", "PATH": "/usr/bin:/bin"}
+    if env and "LD_LIBRARY_PATH" in env:
+        trace_env["LD_LIBRARY_PATH"] = env["LD_LIBRARY_PATH"]
+    try:
+        output = subprocess.run(
+            [interpreter, str(executable)], env=trace_env, capture_output=True, timeout=10, check=False
+        ).stdout.decode(errors="replace")
+    except (OSError, subprocess.TimeoutExpired):
+        return files
+    for line in output.splitlines():
+        # "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "\t/lib64/ld-linux... (0x...)"
+        target = line.split("=>")[-1].strip().split(" (")[0].strip()
+        if target.startswith("/"):
+            files.append(Path(target))
+    return files
+
+
+def _resolve_program(argv0: str, env: Mapping[str, str], cwd: str | os.PathLike[str] | None) -> Path:
+    if "/" in argv0:
+        base = Path(cwd) if cwd is not None else Path.cwd()
+        return (base / argv0).resolve()
+    found = shutil.which(argv0, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno_module.ENOENT, f"program not found on PATH: {argv0}")
+    return Path(found).resolve()
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """What the slave may still do by itself.
+
+    ``allow_read``: trees it may read (and list) directly; ``allow_write``:
+    trees it may also modify; ``allow_exec``: trees it may execute from (and
+    read). ``network``: keep the host's network (``True``) or get none.
+    """
+
+    allow_read: Sequence[str | os.PathLike[str]] = field(default=())
+    allow_write: Sequence[str | os.PathLike[str]] = field(default=())
+    allow_exec: Sequence[str | os.PathLike[str]] = field(default=())
+    network: bool = False
+
+    @staticmethod
+    def available() -> str | None:
+        """Why the sandbox cannot work here, or ``None`` when it can."""
+        abi = landlock_abi()
+        if abi < 1:
+            return "the kernel has no Landlock (needs Linux 5.13+ with landlock in the lsm= list)"
+        return None
+
+    def static_rules(self) -> list[tuple[str, str]]:
+        """The policy's own rules as (path, access) pairs, for documentation."""
+        rules = [(os.fspath(p), "read") for p in self.allow_read]
+        rules += [(os.fspath(p), "read, write") for p in self.allow_write]
+        rules += [(os.fspath(p), "read, execute") for p in self.allow_exec]
+        return rules
+
+    def prepare(
+        self,
+        argv: Sequence[str],
+        shim: Path,
+        env: Mapping[str, str],
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> PreparedSandbox:
+        """Build the ruleset for ``argv`` in the parent; raises ``SandboxUnavailable``."""
+        reason = self.available()
+        if reason is not None:
+            raise SandboxUnavailable(f"cannot sandbox: {reason}")
+        abi = landlock_abi()
+        numbers = _numbers()
+        program = _resolve_program(argv[0], env, cwd)
+        loading = [*program_files(program, env), shim, Path("/etc/ld.so.cache")]
+        rules: list[tuple[Path, int]] = [(path, EXECUTE | _READ) for path in loading]
+        rules += [(Path(p), _READ) for p in self.allow_read]
+        rules += [(Path(p), _READ | _WRITE) for p in self.allow_write]
+        rules += [(Path(p), EXECUTE | _READ) for p in self.allow_exec]
+        handled_fs = _FS_BY_ABI.get(abi, _FS_BY_ABI[5])
+        handled_net = 0 if self.network or abi < 4 else _NET_BIND_TCP | _NET_CONNECT_TCP
+        scoped = 0 if self.network or abi < 6 else _SCOPE_ABSTRACT_UNIX
+        if abi >= 6:
+            attr = struct.pack("<QQQ", handled_fs, handled_net, scoped)
+        elif abi >= 4:
+            attr = struct.pack("<QQ", handled_fs, handled_net)
+        else:
+            attr = struct.pack("<Q", handled_fs)
+        ruleset = _check(
+            _syscall(numbers["create_ruleset"], ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)),
+            "landlock_create_ruleset",
+        )
+        try:
+            for path, access in rules:
+                _add_path_rule(numbers, ruleset, path, access & handled_fs)
+        except BaseException:
+            os.close(ruleset)
+            raise
+        return PreparedSandbox(ruleset, numbers, network=self.network, abi=abi)
+
+
+def _add_path_rule(numbers: Mapping[str, int], ruleset: int, path: Path, access: int) -> None:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # a rule for a path that does not exist grants nothing
+    try:
+        if not os.path.isdir(f"/proc/self/fd/{fd}"):
+            access &= _FILE_RIGHTS
+        rule = struct.pack("<Qi", access, fd)
+        _check(
+            _syscall(numbers["add_rule"], ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH),
+                     ctypes.c_char_p(rule), ctypes.c_uint32(0)),
+            f"landlock_add_rule({path})",
+        )
+    finally:
+        os.close(fd)
+
+
+class PreparedSandbox:
+    """A built ruleset, applied in the forked child just before ``exec``."""
+
+    def __init__(self, ruleset: int, numbers: Mapping[str, int], *, network: bool, abi: int) -> None:
+        self.ruleset = ruleset
+        self.abi = abi
+        self._numbers = dict(numbers)
+        self._network = network
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+
+    def apply_in_child(self) -> None:
+        """Runs between fork and exec: isolate the network, then restrict."""
+        numbers = self._numbers
+        if not self._network:
+            if _syscall(numbers["unshare"], ctypes.c_int(_CLONE_NEWNET)) < 0:
+                self._unshare_as_user()
+        _check(_syscall(numbers["prctl"], _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+        _check(_syscall(numbers["restrict_self"], ctypes.c_int(self.ruleset), ctypes.c_uint32(0)), "landlock_restrict_self")
+
+    def _unshare_as_user(self) -> None:
+        # Without CAP_SYS_ADMIN, a user namespace grants it for the new netns.
+        _check(_syscall(self._numbers["unshare"], ctypes.c_int(_CLONE_NEWUSER | _CLONE_NEWNET)), "unshare(network)")
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{self._uid} {self._uid} 1"),
+                           ("gid_map", f"{self._gid} {self._gid} 1")):
+            fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        """Close the ruleset descriptor in the parent."""
+        if self.ruleset >= 0:
+            os.close(self.ruleset)
+            self.ruleset = -1
+
+
+def network_namespaces_available() -> str | None:
+    """Why a fresh network namespace cannot be made here, or ``None``."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        ok = _syscall(_numbers()["unshare"], ctypes.c_int(_CLONE_NEWNET)) == 0
+        if not ok:
+            ok = _syscall(_numbers()["unshare"], ctypes.c_int(_CLONE_NEWUSER | _CLONE_NEWNET)) == 0
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    return None if os.waitstatus_to_exitcode(status) == 0 else "cannot create a network namespace"

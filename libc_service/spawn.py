@@ -1,0 +1,311 @@
+"""Start a program as a slave of a router: ``async with spawn(argv, router)``.
+
+The program runs with the C shim preloaded and a *registration socket*
+(``LIBC_SERVICE_FD``). Every process of its tree — the program, its forked
+children, whatever they exec — registers a channel of its own there, and
+each channel is served as its own session by ``router.serve`` on the
+running loop. When the program exits, the registration socket and every
+remaining session are closed: descendants that outlive it lose the master
+(the shim then falls back to the real libc, which a sandbox refuses).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Final
+
+from . import wire
+from .master import Master, close_fds, received_fds
+
+if TYPE_CHECKING:
+    from .router import Router
+    from .sandbox import Sandbox
+
+__all__ = ["ENV_FD", "ShimNotFound", "SlaveProcess", "exit_status", "shim_path", "spawn"]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming the registration descriptor in the slave.
+ENV_FD: Final = "LIBC_SERVICE_FD"
+_CMSG_SPACE: Final = socket.CMSG_SPACE(2 * array.array("i").itemsize)
+
+_File = int | IO[Any] | None
+
+
+class ShimNotFound(FileNotFoundError):
+    """The preload shim was not built (install the package with a C compiler)."""
+
+
+def shim_path() -> Path:
+    """Where the installed shim (``_shim.so``) is."""
+    path = Path(__file__).with_name("_shim.so")
+    if not path.is_file():
+        raise ShimNotFound(
+            f"the preload shim {path} is missing: reinstall libc-service with a C compiler "
+            "available (pip install needs gcc or cc and the Python headers)"
+        )
+    return path
+
+
+def exit_status(returncode: int) -> int:
+    """A shell-style exit status: the code, or 128+N for death by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class SlaveProcess:
+    """A running slave program and the sessions of its process tree.
+
+    Returned by :func:`spawn`; use it as an async context manager. Leaving
+    the block waits for the program (or, on an error or cancellation, kills
+    it), then closes every session and descriptor.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        router: Router,
+        *,
+        env: Mapping[str, str] | None,
+        cwd: str | os.PathLike[str] | None,
+        sandbox: Sandbox | None,
+        stdin: _File,
+        stdout: _File,
+        stderr: _File,
+        shim: str | os.PathLike[str] | None,
+    ) -> None:
+        if not argv:
+            raise ValueError("spawn() needs a program to run")
+        self.argv = list(argv)
+        self.router = router
+        self._env = env
+        self._cwd = cwd
+        self._sandbox = sandbox
+        self._stdio = (stdin, stdout, stderr)
+        self._shim = Path(shim) if shim is not None else None
+        self._process: asyncio.subprocess.Process | None = None
+        self._registrar: socket.socket | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._masters: set[Master] = set()
+        self._accepting: asyncio.Task[None] | None = None
+        #: How many sessions (processes of the tree) registered so far.
+        self.sessions_started = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> SlaveProcess:
+        """Start the program; normally done by ``async with``."""
+        shim = self._shim or shim_path()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        prepared = None
+        try:
+            env = dict(os.environ if self._env is None else self._env)
+            preload = env.get("LD_PRELOAD", "")
+            env["LD_PRELOAD"] = f"{shim} {preload}".strip()
+            env[ENV_FD] = str(theirs.fileno())
+            preexec = None
+            if self._sandbox is not None:
+                prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd)
+                preexec = prepared.apply_in_child
+            stdin, stdout, stderr = self._stdio
+            self._process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                env=env,
+                cwd=self._cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=(theirs.fileno(),),
+                preexec_fn=preexec,
+            )
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+            if prepared is not None:
+                prepared.close()
+        mine.setblocking(False)
+        self._registrar = mine
+        self._accepting = asyncio.ensure_future(self._accept_registrations(mine))
+        return self
+
+    async def __aenter__(self) -> SlaveProcess:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if exc is not None:
+                self.kill()
+            await self.wait()
+        except BaseException:
+            self.kill()
+            await self._reap()
+            raise
+        finally:
+            await self.aclose()
+
+    @property
+    def pid(self) -> int:
+        """The program's process id."""
+        return self._require().pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once known (128+N after signal N), else ``None``."""
+        process = self._require()
+        return None if process.returncode is None else exit_status(process.returncode)
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None:
+        """The program's stdin when started with ``stdin=PIPE``."""
+        return self._require().stdin
+
+    @property
+    def stdout(self) -> asyncio.StreamReader | None:
+        """The program's stdout when started with ``stdout=PIPE``."""
+        return self._require().stdout
+
+    @property
+    def stderr(self) -> asyncio.StreamReader | None:
+        """The program's stderr when started with ``stderr=PIPE``."""
+        return self._require().stderr
+
+    async def wait(self) -> int:
+        """Wait for the program to exit; its status (128+N after signal N)."""
+        return exit_status(await self._require().wait())
+
+    async def communicate(self, data: bytes | None = None) -> tuple[bytes | None, bytes | None]:
+        """As :meth:`asyncio.subprocess.Process.communicate`."""
+        return await self._require().communicate(data)
+
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to the program (ignored once it has exited)."""
+        process = self._require()
+        if process.returncode is None:
+            try:
+                process.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL the program."""
+        if self._process is not None:
+            self.send_signal(signal.SIGKILL)
+
+    async def _reap(self) -> None:
+        if self._process is not None:
+            await self._process.wait()
+
+    async def aclose(self) -> None:
+        """Stop accepting registrations and close every session."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+            self._accepting = None
+        if self._registrar is not None:
+            self._registrar.close()
+            self._registrar = None
+        # Let sessions whose slaves already hung up finish their last replies.
+        if self._sessions:
+            await asyncio.wait(set(self._sessions), timeout=0.05)
+        for master in list(self._masters):
+            master.close()
+        for task in list(self._sessions):
+            task.cancel()
+        if self._sessions:
+            await asyncio.gather(*self._sessions, return_exceptions=True)
+
+    def _require(self) -> asyncio.subprocess.Process:
+        if self._process is None:
+            raise RuntimeError("the program has not been started (use `async with spawn(...)`)")
+        return self._process
+
+    # --------------------------------------------------------- registration
+
+    async def _accept_registrations(self, registrar: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data, ancdata, flags, _ = registrar.recvmsg(64, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                waiter: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(registrar.fileno(), _wake, waiter)
+                try:
+                    await waiter
+                finally:
+                    loop.remove_reader(registrar.fileno())
+                continue
+            fds = received_fds(ancdata)
+            if not data and not fds:
+                return  # every process of the tree has exited
+            self._register(data, fds, flags)
+
+    def _register(self, data: bytes, fds: list[int], flags: int) -> None:
+        try:
+            if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+                raise wire.ProtocolError("registration truncated")
+            pid = wire.decode_registration(data, len(fds))
+            sock = socket.socket(fileno=fds[0])
+        except (wire.ProtocolError, OSError) as exc:
+            close_fds(fds)
+            logger.warning("ignoring a malformed registration: %s", exc)
+            return
+        try:
+            master = Master(sock, name=f"pid {pid}")
+        except ValueError as exc:
+            sock.close()
+            logger.warning("ignoring a registration from pid %s: %s", pid, exc)
+            return
+        self.sessions_started += 1
+        self._masters.add(master)
+        task = asyncio.ensure_future(self._serve(master))
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+    async def _serve(self, master: Master) -> None:
+        try:
+            await self.router.serve(master)
+        except Exception:  # noqa: BLE001 - one session's failure must not end the others
+            logger.exception("session %s failed", master.name)
+        finally:
+            master.close()
+            self._masters.discard(master)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def spawn(
+    argv: Sequence[str],
+    router: Router,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    sandbox: Sandbox | None = None,
+    stdin: _File = None,
+    stdout: _File = None,
+    stderr: _File = None,
+    shim: str | os.PathLike[str] | None = None,
+) -> SlaveProcess:
+    """Run ``argv`` as a slave of ``router`` on the running loop.
+
+    ``env`` replaces the environment (the shim's variables are added);
+    ``stdin``/``stdout``/``stderr`` pass through unless given (``PIPE``,
+    a file or a descriptor, as for :func:`asyncio.create_subprocess_exec`).
+    ``sandbox`` confines the program with the kernel before it runs.
+    """
+    return SlaveProcess(
+        argv, router, env=env, cwd=cwd, sandbox=sandbox, stdin=stdin, stdout=stdout, stderr=stderr, shim=shim
+    )
