@@ -8,7 +8,9 @@ policy decides each call. See the documentation site for the concepts.
 from .master import Call, Master, SessionClosed
 from .replies import AddrInfo, Reply, Stat
 from .router import FORWARD, PASS, Decision, Errno, Route, RouteTable, Router, WithFds, deny
+from .sandbox import Sandbox, SandboxUnavailable
 from .slave import Slave
+from .spawn import SlaveProcess, spawn
 from .wire import ProtocolError
 
 __all__ = [
@@ -24,9 +26,13 @@ __all__ = [
     "Route",
     "RouteTable",
     "Router",
+    "Sandbox",
+    "SandboxUnavailable",
     "SessionClosed",
     "Slave",
+    "SlaveProcess",
     "Stat",
     "WithFds",
     "deny",
+    "spawn",
 ]
