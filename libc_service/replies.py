@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Final, Literal, TypeAlias, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .requests import numeric_scope
 
 __all__ = [
     "AddrInfo",
@@ -101,7 +103,8 @@ class Stat(BaseModel):
 class AddrInfo(BaseModel):
     """One address of a getaddrinfo answer: ``AddrInfo(address, port)``.
 
-    The IPv6 scope id travels inside the address (``fe80::1%2``). The slave's
+    The IPv6 scope id travels inside the address (``fe80::1%2``; an
+    interface name, ``fe80::1%eth0``, becomes its index). The slave's
     shim expands each entry per socket type and filters by the caller's hints,
     so a policy answers with addresses, not with ``addrinfo`` structures.
     """
@@ -110,6 +113,8 @@ class AddrInfo(BaseModel):
 
     address: IPv4Address | IPv6Address
     port: Annotated[int, Field(ge=0, le=65535)] = 0
+
+    _scope = field_validator("address", mode="before")(numeric_scope)
 
     def __init__(self, address: Any = None, port: Any = 0, /, **data: Any) -> None:
         if address is not None:

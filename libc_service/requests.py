@@ -56,6 +56,8 @@ __all__ = [
     "StatRequest",
     "UnlinkRequest",
     "REQUEST_TYPES",
+    "exact_path",
+    "numeric_scope",
     "parse_request",
 ]
 
@@ -121,8 +123,24 @@ Mode = Annotated[int, Field(ge=0, le=0o7777)]
 Descriptor = Annotated[int, Field(ge=0)]
 
 
+def exact_path(text: str) -> PurePosixPath:
+    """A ``PurePosixPath`` whose ``str()`` (and ``os.fspath``) is exactly ``text``.
+
+    ``PurePosixPath`` normalises its text (``"dir/"`` becomes ``"dir"``,
+    ``"a//b"`` becomes ``"a/b"``), but the slave's exact bytes matter: a
+    trailing slash makes ``open`` insist on a directory and ``lstat`` follow
+    a symlink, and an abstract socket name is arbitrary bytes. The path keeps
+    its parsed parts (``parts``, ``parent``, ``/``); only its text is the
+    original. (Copies made by ``pickle``/``copy`` are normalised again.)
+    """
+    path = PurePosixPath(text)
+    if str(path) != text:
+        setattr(path, "_str", text)  # pathlib's cached str(), a slot since 3.4
+    return path
+
+
 def _path_in(value: Any) -> Any:
-    """Accept str, bytes or path objects; refuse the empty path.
+    """Accept str, bytes or path objects; refuse the empty path; keep the exact text.
 
     ``PurePosixPath("")`` is ``"."``, which would silently turn a call that
     must fail (``open("")``) into one on the working directory.
@@ -131,7 +149,7 @@ def _path_in(value: Any) -> Any:
         value = os.fsdecode(value)
     if value == "":
         raise ValueError("a path must not be empty")
-    return value
+    return exact_path(value) if isinstance(value, str) else value
 
 
 def _check_fs_path(path: PurePosixPath) -> PurePosixPath:
@@ -374,18 +392,27 @@ class BindInetRequest(_InetRequest):
     function: Literal["bind_inet"] = "bind_inet"
 
 
-def _numeric_scope(value: Any) -> Any:
-    """Turn an interface name in a scope id (``fe80::1%eth0``) into its index."""
+def numeric_scope(value: Any) -> Any:
+    """Give an IPv6 address's scope id in its wire form: a decimal interface index.
+
+    An interface name (``fe80::1%eth0``) becomes its index, ``%0`` (no
+    scope) is dropped, and an index must fit the protocol's 32 bits.
+    """
+    if isinstance(value, IPv6Address) and value.scope_id is not None:
+        value = str(value)
     if not isinstance(value, str) or "%" not in value:
         return value
     address, scope = value.rsplit("%", 1)
-    if scope.isdigit():
-        return value
-    try:
-        index = socket_module.if_nametoindex(scope)
-    except OSError:
-        raise ValueError(f"unknown network interface {scope!r} in scope id") from None
-    return f"{address}%{index}"
+    if scope.isascii() and scope.isdigit():
+        index = int(scope)
+    else:
+        try:
+            index = socket_module.if_nametoindex(scope)
+        except OSError:
+            raise ValueError(f"unknown network interface {scope!r} in scope id") from None
+    if index >= 2**32:
+        raise ValueError(f"scope id {index} does not fit in 32 bits")
+    return f"{address}%{index}" if index else address
 
 
 class _Inet6Request(_Request):
@@ -397,7 +424,7 @@ class _Inet6Request(_Request):
     port: Port
     socket: Descriptor
 
-    _scope = field_validator("address", mode="before")(_numeric_scope)
+    _scope = field_validator("address", mode="before")(numeric_scope)
 
 
 class ConnectInet6Request(_Inet6Request):

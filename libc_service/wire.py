@@ -46,6 +46,7 @@ from .requests import (
     SERVICE_MAX,
     UNIX_PATH_MAX,
     Request,
+    exact_path,
 )
 
 __all__ = [
@@ -73,7 +74,9 @@ HELLO_MAGIC: Final = b"LCSh"
 MAX_REQUEST_FDS: Final = 2
 MAX_REPLY_FDS: Final = 4
 MAX_ADDRINFO: Final = 128
-MAX_MESSAGE: Final = 8192
+#: The largest datagram: a header and two strings of ``PATH_MAX`` (a rename of
+#: two ``PATH_MAX_BYTES`` paths is ``64 + 2 * 4095`` bytes).
+MAX_MESSAGE: Final = 8256
 
 #: magic, version, function, pid, tid, request id, flags, arg, address,
 #: scope id, len1, len2, fd roles, 7 reserved bytes.
@@ -134,6 +137,16 @@ _ROLE_BITS: Final[dict[str, tuple[int, ...]]] = {
     else (ROLE_DIR1,)
     for name in FUNCTIONS
 }
+#: The longest string1 and string2 each function may carry.
+_STRING_LIMITS: Final[dict[str, tuple[int, int]]] = {
+    name: (PATH_MAX_BYTES, PATH_MAX_BYTES) if name == "rename"
+    else (UNIX_PATH_MAX, 0) if name in _UNIX_FUNCTIONS
+    else (0, 0) if name in _INET_FUNCTIONS or name in _INET6_FUNCTIONS
+    else (NODE_MAX, SERVICE_MAX) if name == "getaddrinfo"
+    else (PATH_MAX_BYTES, 0)
+    for name in FUNCTIONS
+}
+_PORT_FUNCTIONS: Final = _INET_FUNCTIONS | _INET6_FUNCTIONS
 _FD_RESULT_FUNCTIONS: Final = frozenset({"open", "openat"}) | _UNIX_FUNCTIONS | _INET_FUNCTIONS | _INET6_FUNCTIONS
 
 
@@ -150,7 +163,12 @@ def reply_fd_limit(function: str) -> int:
 
 
 def encode_request(request: Request) -> tuple[bytes, list[int]]:
-    """Encode a request; the descriptors come from its descriptor fields."""
+    """Encode a request; the descriptors come from its descriptor fields.
+
+    Raises ``ValueError`` for a value the protocol cannot carry (possible
+    only for a model built without validation): the encoder never produces
+    a message the decoder rejects for its sizes or ranges.
+    """
     flags = arg = scope = 0
     address = _NO_ADDRESS
     string1 = string2 = b""
@@ -189,10 +207,20 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
             string1 = os.fsencode(request.node) if request.node is not None else b""
             string2 = os.fsencode(request.service) if request.service is not None else b""
             arg = PROTOCOL_NUMBER[request.protocol]
-    header = REQUEST.pack(
-        REQUEST_MAGIC, VERSION, CODE[request.function], request.pid, request.tid, request.request_id,
-        flags, arg, address, scope, len(string1), len(string2), roles, _RESERVED_REQUEST,
-    )
+    limit1, limit2 = _STRING_LIMITS[request.function]
+    if len(string1) > limit1 or len(string2) > limit2:
+        raise ValueError(
+            f"{request.function} strings of {len(string1)} and {len(string2)} bytes exceed {limit1} and {limit2}"
+        )
+    if not 0 <= arg <= (65535 if request.function in _PORT_FUNCTIONS else 0o7777):
+        raise ValueError(f"{request.function} argument {arg} (mode or port) out of range")
+    try:
+        header = REQUEST.pack(
+            REQUEST_MAGIC, VERSION, CODE[request.function], request.pid, request.tid, request.request_id,
+            flags, arg, address, scope, len(string1), len(string2), roles, _RESERVED_REQUEST,
+        )
+    except struct.error as exc:
+        raise ValueError(f"a {request.function} request field is out of range: {exc}") from None
     return header + string1 + string2, fds
 
 
@@ -308,7 +336,7 @@ def _fs_path(raw: bytes, what: str) -> PurePosixPath:
         raise ProtocolError(f"{what} of {len(raw)} bytes exceeds {PATH_MAX_BYTES}")
     if b"\0" in raw:
         raise ProtocolError(f"{what} contains NUL")
-    return PurePosixPath(os.fsdecode(raw))
+    return exact_path(os.fsdecode(raw))
 
 
 def _unix_path(raw: bytes) -> PurePosixPath:
@@ -316,7 +344,7 @@ def _unix_path(raw: bytes) -> PurePosixPath:
         raise ProtocolError(f"unix socket path of {len(raw)} bytes (1..{UNIX_PATH_MAX})")
     if raw[0] != 0 and b"\0" in raw:
         raise ProtocolError("unix socket path contains NUL")
-    return PurePosixPath(os.fsdecode(raw))
+    return exact_path(os.fsdecode(raw))
 
 
 def _name(raw: bytes, present: int, limit: int, what: str) -> str | None:
@@ -405,10 +433,13 @@ def encode_reply(reply: ReplyMessage, nfds: int = 0) -> bytes:
         if not -(2**63) <= result < 2**63:
             raise ValueError(f"result {result} does not fit in 64 bits")
         value = result
-    header = REPLY.pack(
-        REPLY_MAGIC, VERSION, CODE[function], reply.tid, errno, reply.request_id, value,
-        ACTION_FORWARD if reply.forward else ACTION_RESULT, kind, count, _RESERVED_REPLY,
-    )
+    try:
+        header = REPLY.pack(
+            REPLY_MAGIC, VERSION, CODE[function], reply.tid, errno, reply.request_id, value,
+            ACTION_FORWARD if reply.forward else ACTION_RESULT, kind, count, _RESERVED_REPLY,
+        )
+    except struct.error as exc:
+        raise ValueError(f"a {function} reply field is out of range: {exc}") from None
     return header + payload
 
 
@@ -432,16 +463,27 @@ def _getaddrinfo_payload(result: Result, errno: int) -> tuple[int, int, bytes, i
 
 
 def _encode_stat(st: Stat) -> bytes:
-    return STAT.pack(
-        st.dev, st.ino, st.nlink, st.rdev, st.size, st.blksize, st.blocks,
-        st.atime, st.mtime, st.ctime, st.mode, _FILE_TYPE_CODE[st.type], st.uid, st.gid,
-    )
+    # A Stat built without validation must not produce a record the slave rejects.
+    if not 0 <= st.mode <= 0o7777:
+        raise ValueError(f"stat mode {st.mode:#o} is not permission bits")
+    if st.type not in _FILE_TYPE_CODE:
+        raise ValueError(f"unknown file type {st.type!r}")
+    try:
+        return STAT.pack(
+            st.dev, st.ino, st.nlink, st.rdev, st.size, st.blksize, st.blocks,
+            st.atime, st.mtime, st.ctime, st.mode, _FILE_TYPE_CODE[st.type], st.uid, st.gid,
+        )
+    except struct.error as exc:
+        raise ValueError(f"a stat field is out of range: {exc}") from None
 
 
 def _encode_addrinfo(entry: AddrInfo) -> bytes:
     ip = entry.address
     scope = int(ip.scope_id) if isinstance(ip, IPv6Address) and ip.scope_id else 0
-    return ADDRINFO.pack(ip.version, entry.port, scope, ip.packed.ljust(16, b"\0"))
+    try:
+        return ADDRINFO.pack(ip.version, entry.port, scope, ip.packed.ljust(16, b"\0"))
+    except struct.error as exc:
+        raise ValueError(f"address {ip} port {entry.port}: out of range: {exc}") from None
 
 
 def decode_reply(data: bytes, nfds: int = 0) -> ReplyMessage:
