@@ -1,0 +1,180 @@
+"""Hypothesis strategies for requests and replies of all 17 functions.
+
+Paths are drawn as bytes (so non-UTF-8 names arrive via surrogateescape),
+with repeated, trailing and dot components the slave may well send.
+"""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+from hypothesis import strategies as st
+
+from libc_service import AddrInfo, Stat
+from libc_service.replies import GAI_ERRORS
+from libc_service.requests import (
+    FUNCTIONS,
+    NODE_MAX,
+    OPEN_FLAGS,
+    OPENAT_FLAGS,
+    PATH_MAX_BYTES,
+    REQUEST_TYPES,
+    SERVICE_MAX,
+    UNIX_PATH_MAX,
+    Request,
+)
+from libc_service.wire import FILE_TYPES, MAX_ADDRINFO
+
+U32 = st.integers(1, 2**32 - 1)
+U64 = st.integers(0, 2**64 - 1)
+I64 = st.integers(-(2**63), 2**63 - 1)
+PORTS = st.integers(0, 65535)
+MODES = st.integers(0, 0o7777)
+FDS = st.integers(0, 1 << 20)
+
+
+def _no_nul(raw: bytes) -> bytes:
+    return raw.replace(b"\0", b"\x01")
+
+
+_PIECES = st.sampled_from([b"/", b"//", b".", b"..", b"./", b"a", b"dir/", b"\xff\xfe", "é".encode()])
+_SHORT_PATHS = st.lists(_PIECES | st.binary(min_size=1, max_size=12).map(_no_nul), min_size=1, max_size=8).map(
+    b"".join
+)
+# Long paths repeat a short chunk: hypothesis bounds the bytes it draws per example.
+_LONG_PATHS = st.builds(
+    lambda chunk, length: (chunk * length)[:length],
+    st.binary(min_size=1, max_size=16).map(_no_nul),
+    st.integers(PATH_MAX_BYTES - 64, PATH_MAX_BYTES),
+)
+
+#: A filesystem path as raw bytes: 1..4095 bytes, no NUL.
+path_bytes = st.one_of(_SHORT_PATHS, _LONG_PATHS)
+#: The same path as the str a Python program holds (non-UTF-8 via surrogateescape).
+paths = path_bytes.map(os.fsdecode)
+
+#: A ``sun_path``: a filesystem name, or an abstract one (leading NUL, any bytes after).
+unix_path_bytes = st.one_of(
+    st.binary(min_size=1, max_size=UNIX_PATH_MAX).map(_no_nul),
+    st.binary(max_size=UNIX_PATH_MAX - 1).map(lambda raw: b"\0" + raw),
+    st.lists(_PIECES, min_size=1, max_size=6).map(lambda parts: b"\0" + b"".join(parts)),
+)
+unix_paths = unix_path_bytes.map(os.fsdecode)
+
+ipv4 = st.ip_addresses(v=4).map(lambda ip: IPv4Address(int(ip)))
+#: IPv6 addresses, a third of them with a (numeric, non-zero) scope id.
+ipv6 = st.one_of(
+    st.ip_addresses(v=6).map(lambda ip: IPv6Address(int(ip))),
+    st.tuples(st.ip_addresses(v=6), st.integers(1, 2**32 - 1)).map(
+        lambda pair: IPv6Address(f"{IPv6Address(int(pair[0]))}%{pair[1]}")
+    ),
+)
+
+
+def _bounded_name(limit: int) -> st.SearchStrategy[str]:
+    return st.binary(max_size=limit).map(_no_nul).map(os.fsdecode)
+
+
+nodes = st.none() | _bounded_name(NODE_MAX) | st.sampled_from(["localhost", "example.org", "::1", "127.0.0.1"])
+services = st.none() | _bounded_name(SERVICE_MAX) | st.sampled_from(["http", "443", "domain"])
+protocols = st.sampled_from([None, "tcp", "udp"])
+
+_ACCESS = ("read_only", "write_only", "read_write")
+
+
+@st.composite
+def open_flags_and_mode(draw: st.DrawFn, at: bool = False) -> tuple[frozenset[str], int | None]:
+    """Exactly one access mode, any other flags; a mode iff create or temporary."""
+    vocabulary = OPENAT_FLAGS if at else OPEN_FLAGS
+    others = [flag for flag in vocabulary if flag not in _ACCESS]
+    flags = frozenset({draw(st.sampled_from(_ACCESS)), *draw(st.sets(st.sampled_from(others)))})
+    mode = draw(MODES) if flags & {"create", "temporary"} else None
+    return flags, mode
+
+
+amodes = st.one_of(
+    st.just("f"),
+    st.sets(st.sampled_from(["r", "w", "x"]), min_size=1).map(frozenset),
+)
+
+_ids: dict[str, Any] = {"pid": U32, "tid": U32, "request_id": U64}
+
+
+@st.composite
+def _open(draw: st.DrawFn, function: str) -> dict[str, Any]:
+    flags, mode = draw(open_flags_and_mode(at=function == "openat"))
+    return {"path": draw(paths), "flags": flags, "mode": mode, "dirfd": draw(st.none() | FDS)}
+
+
+@st.composite
+def _getaddrinfo(draw: st.DrawFn) -> dict[str, Any]:
+    node = draw(nodes)
+    service = draw(services if node is not None else services.filter(lambda s: s is not None))
+    return {"node": node, "service": service, "protocol": draw(protocols)}
+
+
+_PATH_ONLY = {"path": paths, "dirfd": st.none() | FDS}
+
+ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
+    "open": _open("open"),
+    "openat": _open("openat"),
+    "unlink": st.fixed_dictionaries(_PATH_ONLY),
+    "rmdir": st.fixed_dictionaries(_PATH_ONLY),
+    "stat": st.fixed_dictionaries(_PATH_ONLY),
+    "lstat": st.fixed_dictionaries(_PATH_ONLY),
+    "access": st.fixed_dictionaries({**_PATH_ONLY, "amode": amodes}),
+    "eaccess": st.fixed_dictionaries({**_PATH_ONLY, "amode": amodes}),
+    "mkdir": st.fixed_dictionaries({**_PATH_ONLY, "mode": MODES}),
+    "rename": st.fixed_dictionaries(
+        {"path1": paths, "path2": paths, "dirfd1": st.none() | FDS, "dirfd2": st.none() | FDS}
+    ),
+    "connect_unix": st.fixed_dictionaries({"path": unix_paths, "socket": FDS}),
+    "bind_unix": st.fixed_dictionaries({"path": unix_paths, "socket": FDS}),
+    "connect_inet": st.fixed_dictionaries({"address": ipv4, "port": PORTS, "socket": FDS}),
+    "bind_inet": st.fixed_dictionaries({"address": ipv4, "port": PORTS, "socket": FDS}),
+    "connect_inet6": st.fixed_dictionaries({"address": ipv6, "port": PORTS, "socket": FDS}),
+    "bind_inet6": st.fixed_dictionaries({"address": ipv6, "port": PORTS, "socket": FDS}),
+    "getaddrinfo": _getaddrinfo(),
+}
+assert set(ARGUMENTS) == set(FUNCTIONS), "a strategy for every function"
+
+
+def requests_of(function: str) -> st.SearchStrategy[Request]:
+    """Validated requests of one function, with ids and descriptor numbers."""
+    model = REQUEST_TYPES[function]
+    return st.builds(
+        lambda ids, arguments: model(function=function, **ids, **arguments),
+        st.fixed_dictionaries(_ids),
+        ARGUMENTS[function],
+    )  # type: ignore[return-value]
+
+
+#: A request of any of the 17 functions.
+requests = st.sampled_from(FUNCTIONS).flatmap(requests_of)
+
+# -------------------------------------------------------------------- replies
+
+stats = st.builds(
+    Stat,
+    dev=U64,
+    ino=U64,
+    mode=MODES,
+    type=st.sampled_from(FILE_TYPES),
+    nlink=U64,
+    uid=st.integers(0, 2**32 - 1),
+    gid=st.integers(0, 2**32 - 1),
+    rdev=U64,
+    size=I64,
+    blksize=I64,
+    blocks=I64,
+    atime=I64,
+    mtime=I64,
+    ctime=I64,
+)
+
+addrinfos = st.builds(AddrInfo, ipv4 | ipv6, PORTS)
+addrinfo_lists = st.lists(addrinfos, max_size=MAX_ADDRINFO) | st.lists(addrinfos, max_size=4)
+gai_errors = st.sampled_from([name for name in GAI_ERRORS if name != "system"])
+errnos = st.integers(1, 2**31 - 1)
