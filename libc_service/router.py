@@ -12,6 +12,7 @@ error name (getaddrinfo)
 ``WithFds(result, fds)``                       ``send_with_fds(result, fds)``
 ``raise Errno(code)`` / any ``OSError``        ``-1`` with that errno
                                                (getaddrinfo: ``system``)
+``socket.gaierror`` (getaddrinfo)              its error name, e.g. ``noname``
 ``FORWARD``                                    ``use_slave_credentials()``
 ``PASS``                                       the next matching route decides
 anything else, or an exception                 logged; the slave gets
@@ -26,6 +27,7 @@ import errno as errno_module
 import inspect
 import logging
 import os
+import socket
 import time
 import types
 import typing
@@ -34,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, Union
 
 from .conditions import Condition
-from .master import Call, Master, SessionClosed
-from .replies import Result
+from .master import Call, Master, SessionClosed, close_fds
+from .replies import GaiError, Result
 from .requests import FUNCTIONS, REQUEST_TYPES, Request
 
 __all__ = [
@@ -51,6 +53,20 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: ``socket.gaierror`` codes (what ``loop.getaddrinfo`` raises) by error name.
+_GAI_ERROR_NAMES: Final[dict[int, GaiError]] = {
+    socket.EAI_AGAIN: "again",
+    socket.EAI_BADFLAGS: "badflags",
+    socket.EAI_FAIL: "fail",
+    socket.EAI_FAMILY: "family",
+    socket.EAI_MEMORY: "memory",
+    socket.EAI_NONAME: "noname",
+    socket.EAI_SERVICE: "service",
+    socket.EAI_SOCKTYPE: "socktype",
+    getattr(socket, "EAI_NODATA", socket.EAI_NONAME): "noname",
+    getattr(socket, "EAI_ADDRFAMILY", socket.EAI_FAMILY): "family",
+}
 
 
 class _Sentinel:
@@ -265,7 +281,7 @@ class Router:
         return Route(
             functions=functions,
             handler=handler,
-            name=getattr(handler, "__qualname__", repr(handler)),
+            name=_name(handler),
             doc=inspect.getdoc(handler),
             conditions=conditions,
             order=order,
@@ -368,10 +384,13 @@ class Router:
         if inspect.isawaitable(result):
             if self.timeout is None:
                 return await result
+            deadline = asyncio.timeout(self.timeout)
             try:
-                async with asyncio.timeout(self.timeout):
+                async with deadline:
                     return await result
             except TimeoutError:
+                if not deadline.expired():
+                    raise  # the handler's own TimeoutError: a handler failure
                 logger.error("handler %s timed out after %ss on %r", _name(handler), self.timeout, request)
                 return Errno(self.timeout_errno)
         return result
@@ -381,12 +400,18 @@ class Router:
         if outcome is FORWARD:
             await call.use_slave_credentials()
             return Decision(request, route, "forward", None, 0, 0, latency, session)
-        if isinstance(outcome, OSError) and outcome.errno:
-            if not isinstance(outcome, Errno):
-                logger.debug("handler %s raised %r for %r", route, outcome, request)
-            result: Result = "system" if request.function == "getaddrinfo" else -1
-            await call.send(result, outcome.errno)
-            return Decision(request, route, "error", result, outcome.errno, 0, latency, session)
+        if isinstance(outcome, OSError):
+            code = outcome.errno
+            if request.function == "getaddrinfo" and isinstance(outcome, socket.gaierror) and code in _GAI_ERROR_NAMES:
+                name = _GAI_ERROR_NAMES[code]
+                await call.send(name)
+                return Decision(request, route, "error", name, 0, 0, latency, session)
+            if isinstance(code, int) and 0 < code < 2**31:
+                if not isinstance(outcome, Errno):
+                    logger.debug("handler %s raised %r for %r", route, outcome, request)
+                result: Result = "system" if request.function == "getaddrinfo" else -1
+                await call.send(result, code)
+                return Decision(request, route, "error", result, code, 0, latency, session)
         if isinstance(outcome, BaseException):
             logger.error("handler %s failed on %r; failing the call with %s",
                          route, request, errno_module.errorcode.get(self.error_errno), exc_info=outcome)
@@ -395,9 +420,17 @@ class Router:
         result = outcome
         if isinstance(outcome, WithFds):
             result, fds = outcome.result, outcome.fds
+            problem = _unsendable(fds)
+            if problem:
+                close_fds(fd for fd in fds if _is_fd(fd))
+                logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s",
+                             route, request, outcome, problem, errno_module.errorcode.get(self.error_errno))
+                return await self._fail(call, route, latency, session)
         try:
             await call.send_with_fds(result, fds)
-        except (TypeError, ValueError) as exc:
+        except SessionClosed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nothing went out: the call is still owed
             logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s",
                          route, request, outcome, exc, errno_module.errorcode.get(self.error_errno))
             return await self._fail(call, route, latency, session)
@@ -417,7 +450,27 @@ class Router:
 
 
 def _name(handler: object) -> str:
-    return getattr(handler, "__qualname__", repr(handler))
+    return getattr(handler, "__qualname__", None) or type(handler).__qualname__
+
+
+def _is_fd(fd: object) -> bool:
+    return isinstance(fd, int) and not isinstance(fd, bool) and 0 <= fd < 2**31
+
+
+def _unsendable(fds: Sequence[int]) -> str | None:
+    """Why ``fds`` cannot go out with a reply (``None``: they can).
+
+    ``sendmsg`` fails for a descriptor that is not open, and the master
+    would end the session: a policy bug must fail only its call.
+    """
+    for fd in fds:
+        if not _is_fd(fd):
+            return f"{fd!r} is not a descriptor"
+        try:
+            os.fstat(fd)
+        except OSError as exc:
+            return f"descriptor {fd} is not open: {exc.strerror}"
+    return None
 
 
 def _check_handler(handler: Handler, functions: Sequence[str]) -> None:
@@ -439,11 +492,13 @@ def _check_handler(handler: Handler, functions: Sequence[str]) -> None:
     if not positional:
         return
     try:
-        hints = typing.get_type_hints(handler)
+        # Resolves string hints in the handler's own module; follows
+        # partials, bound methods, callable objects and functools.wraps.
+        resolved = inspect.signature(handler, eval_str=True)
     except Exception as exc:  # noqa: BLE001 - unresolvable hints are the author's to fix
         raise TypeError(f"cannot resolve the type hints of handler {_name(handler)}: {exc}") from exc
-    hint = hints.get(positional[0].name)
-    if hint is None:
+    hint = resolved.parameters[positional[0].name].annotation
+    if hint is inspect.Parameter.empty:
         return
     accepted = _accepted_types(hint)
     if accepted is None:
