@@ -67,9 +67,13 @@ class Condition(ABC):
         """The condition in words, for policy documentation."""
 
     def __and__(self, other: Condition) -> Condition:
+        if not isinstance(other, Condition):
+            return NotImplemented
         return _All((self, other))
 
     def __or__(self, other: Condition) -> Condition:
+        if not isinstance(other, Condition):
+            return NotImplemented
         return _Any((self, other))
 
     def __invert__(self) -> Condition:
@@ -152,10 +156,19 @@ def slave_path(path: PurePosixPath, dirfd: int | None) -> str | None:
         except OSError:
             return None
         if not base.startswith("/"):
-            return None  # an unreachable or deleted directory
+            return None  # an unreachable directory: "(unreachable)/..."
+        if base.endswith(" (deleted)") and _removed(dirfd):
+            return None  # the kernel names a removed directory "/old/path (deleted)"
         text = f"{base}/{text}"
     normal = posixpath.normpath(text)
     return "/" + normal.lstrip("/")
+
+
+def _removed(fd: int) -> bool:
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return True
 
 
 @dataclass(frozen=True, repr=False)
@@ -276,6 +289,8 @@ def to(*endpoints: str | tuple[str, int | None]) -> Condition:
             host, _, port_text = endpoint.rpartition(":")
             if not host:
                 raise ValueError(f"endpoint {endpoint!r} is not host:port")
+            if ":" in host and not (host.startswith("[") and host.endswith("]")):
+                raise ValueError(f"endpoint {endpoint!r}: write an IPv6 address in brackets, as in '[::1]:53'")
             host = host.strip("[]")
             port: int | None = None if port_text == "*" else int(port_text)
         else:
