@@ -31,13 +31,13 @@ import socket
 import time
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, Union
 
 from .conditions import Condition
 from .master import Call, Master, SessionClosed, close_fds
-from .replies import GaiError, Result
+from .replies import GaiError, Result, Stat
 from .requests import FUNCTIONS, REQUEST_TYPES, Request
 
 __all__ = [
@@ -117,6 +117,10 @@ class Deny:
         return errno_module.errorcode.get(self.errno, str(self.errno))
 
 
+#: Result types that are never awaitable: the hot path skips ``inspect.isawaitable``.
+_PLAIN_RESULTS: Final[frozenset[type]] = frozenset({int, str, list, type(None), Stat, WithFds, _Sentinel})
+
+
 def deny(errno: int = errno_module.EPERM) -> Deny:
     """A router default that refuses unhandled calls with ``errno``."""
     if isinstance(errno, bool) or not isinstance(errno, int) or errno <= 0:
@@ -188,6 +192,8 @@ class Decision:
 
 
 Observer: TypeAlias = Callable[[Decision], None]
+#: What went out for one call: outcome, result, errno, descriptor count.
+_Summary: TypeAlias = tuple[Outcome, Result | None, int, int]
 
 
 class Router:
@@ -347,12 +353,13 @@ class Router:
             raise
         latency = time.perf_counter_ns() - started
         try:
-            decision = await self._reply(call, route_name, outcome, latency, session)
+            kind, result, errno, nfds = await self._reply(call, route_name, outcome)
         except SessionClosed:
             call.abandon()
             return
-        if decision is not None and self._observers:
-            self._notify(decision)
+        if self._observers:
+            # Built only for observers: a frozen dataclass costs more than the dispatch.
+            self._notify(Decision(request, route_name, kind, result, errno, nfds, latency, session))
 
     async def _decide(self, request: Request) -> tuple[str, Any]:
         """The deciding route's name and its outcome (a raised exception included)."""
@@ -360,7 +367,9 @@ class Router:
             try:
                 if route.conditions and not route.matches(request):
                     continue
-                result = await self._run(route.handler, request)
+                result = route.handler(request)
+                if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+                    result = await self._wait(route.handler, request, result)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - becomes the reply
@@ -370,52 +379,54 @@ class Router:
         default = self._default
         if isinstance(default, Route):
             try:
-                return "default", await self._run(default.handler, request)
+                result = default.handler(request)
+                if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+                    result = await self._wait(default.handler, request, result)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - becomes the reply
                 return "default", exc
+            return "default", result
         if isinstance(default, Deny):
             return "default", Errno(default.errno)
         return "default", FORWARD
 
-    async def _run(self, handler: Handler, request: Request) -> Any:
-        result = handler(request)
-        if inspect.isawaitable(result):
-            if self.timeout is None:
+    async def _wait(self, handler: Handler, request: Request, result: Awaitable[Any]) -> Any:
+        """Await an async handler's result, within ``timeout``."""
+        if self.timeout is None:
+            return await result
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
                 return await result
-            deadline = asyncio.timeout(self.timeout)
-            try:
-                async with deadline:
-                    return await result
-            except TimeoutError:
-                if not deadline.expired():
-                    raise  # the handler's own TimeoutError: a handler failure
-                logger.error("handler %s timed out after %ss on %r", _name(handler), self.timeout, request)
-                return Errno(self.timeout_errno)
-        return result
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError: a handler failure
+            logger.error("handler %s timed out after %ss on %r", _name(handler), self.timeout, request)
+            return Errno(self.timeout_errno)
 
-    async def _reply(self, call: Call, route: str, outcome: Any, latency: int, session: str) -> Decision | None:
+    async def _reply(self, call: Call, route: str, outcome: Any) -> _Summary:
+        """Send the reply ``outcome`` calls for; what went out, for observers."""
         request = call.request
         if outcome is FORWARD:
             await call.use_slave_credentials()
-            return Decision(request, route, "forward", None, 0, 0, latency, session)
+            return "forward", None, 0, 0
         if isinstance(outcome, OSError):
             code = outcome.errno
             if request.function == "getaddrinfo" and isinstance(outcome, socket.gaierror) and code in _GAI_ERROR_NAMES:
                 name = _GAI_ERROR_NAMES[code]
                 await call.send(name)
-                return Decision(request, route, "error", name, 0, 0, latency, session)
+                return "error", name, 0, 0
             if isinstance(code, int) and 0 < code < 2**31:
                 if not isinstance(outcome, Errno):
                     logger.debug("handler %s raised %r for %r", route, outcome, request)
                 result: Result = "system" if request.function == "getaddrinfo" else -1
                 await call.send(result, code)
-                return Decision(request, route, "error", result, code, 0, latency, session)
+                return "error", result, code, 0
         if isinstance(outcome, BaseException):
             logger.error("handler %s failed on %r; failing the call with %s",
                          route, request, errno_module.errorcode.get(self.error_errno), exc_info=outcome)
-            return await self._fail(call, route, latency, session)
+            return await self._fail(call)
         fds: Sequence[int] = ()
         result = outcome
         if isinstance(outcome, WithFds):
@@ -425,7 +436,7 @@ class Router:
                 close_fds(fd for fd in fds if _is_fd(fd))
                 logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s",
                              route, request, outcome, problem, errno_module.errorcode.get(self.error_errno))
-                return await self._fail(call, route, latency, session)
+                return await self._fail(call)
         try:
             await call.send_with_fds(result, fds)
         except SessionClosed:
@@ -433,13 +444,13 @@ class Router:
         except Exception as exc:  # noqa: BLE001 - nothing went out: the call is still owed
             logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s",
                          route, request, outcome, exc, errno_module.errorcode.get(self.error_errno))
-            return await self._fail(call, route, latency, session)
-        return Decision(request, route, "reply", result, 0, len(fds), latency, session)
+            return await self._fail(call)
+        return "reply", result, 0, len(fds)
 
-    async def _fail(self, call: Call, route: str, latency: int, session: str) -> Decision:
+    async def _fail(self, call: Call) -> _Summary:
         result: Result = "system" if call.function == "getaddrinfo" else -1
         await call.send(result, self.error_errno)
-        return Decision(call.request, route, "failure", result, self.error_errno, 0, latency, session)
+        return "failure", result, self.error_errno, 0
 
     def _notify(self, decision: Decision) -> None:
         for observer in self._observers:
