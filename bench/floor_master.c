@@ -27,7 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MAX_MESSAGE 8192
+#define MAX_MESSAGE 8256 /* docs/protocol.md; wire.MAX_MESSAGE */
 #define REQUEST_HEADER 64
 #define REPLY_HEADER 48
 #define STAT_RECORD 96

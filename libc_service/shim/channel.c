@@ -31,6 +31,8 @@ struct waiter {
 	struct lcs_reply *reply;
 };
 
+/* reg_fd and chan_fd are also read, without the lock, by the descriptor
+ * guard (fdguard.c) from any thread or signal handler: accessed atomically. */
 static int reg_fd = -1;          /* registration socket; -1: the shim is inert */
 static pid_t proc_pid;           /* the process this state belongs to */
 static int chan_fd = -1;         /* our channel, once registered */
@@ -44,6 +46,14 @@ static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 
 static __thread int busy;
 static __thread pid_t cached_tid;
+
+/* LIBC_SERVICE_FD=<reg_fd>, put in the environment by the constructor
+ * (putenv: the environment points at this buffer), so the number can be
+ * rewritten in place, without allocation, when the descriptor moves. */
+static char env_entry[sizeof "LIBC_SERVICE_FD=" + 11] = "LIBC_SERVICE_FD=";
+
+static int load_fd(const int *fd) { return __atomic_load_n(fd, __ATOMIC_RELAXED); }
+static void store_fd(int *fd, int value) { __atomic_store_n(fd, value, __ATOMIC_RELAXED); }
 
 static int missing_function(void)
 {
@@ -98,9 +108,10 @@ static void atfork_child(void)
 
 	memcpy(&lock, &fresh_lock, sizeof lock);
 	memcpy(&wake, &fresh_wake, sizeof wake);
-	if (chan_fd >= 0)
-		close(chan_fd);
-	chan_fd = -1;
+	int fd = load_fd(&chan_fd);
+	store_fd(&chan_fd, -1);
+	if (fd >= 0)
+		lcs_close_raw(fd);
 	chan_dead = 0;
 	reading = 0;
 	users = 0;
@@ -109,17 +120,92 @@ static void atfork_child(void)
 	proc_pid = syscall(SYS_getpid);
 }
 
+static void write_env_number(int fd)
+{
+	char digits[11];
+	char *out = env_entry + sizeof "LIBC_SERVICE_FD=" - 1;
+	int n = 0;
+
+	do
+		digits[n++] = '0' + fd % 10;
+	while ((fd /= 10) && n < 10);
+	while (n)
+		*out++ = digits[--n];
+	*out = 0;
+}
+
+/* The registration socket is moved to a high number, out of the way of
+ * programs that dup2() onto low numbers, and LIBC_SERVICE_FD follows it.
+ * The constructor runs before main, single-threaded: putenv is safe here.
+ * It stays without close-on-exec: exec'd programs register through it. */
 __attribute__((constructor)) static void shim_init(void)
 {
 	int saved = errno;
 	int fd = parse_fd(getenv("LIBC_SERVICE_FD"));
 
+	lcs_fdguard_init();
 	if (fd >= 0 && is_seqpacket(fd)) {
+		int high = lcs_move_high(fd, 0);
+		if (high >= 0 && high != fd) {
+			write_env_number(high);
+			if (putenv(env_entry) == 0) {
+				lcs_close_raw(fd);
+				fd = high;
+			} else {
+				lcs_close_raw(high);
+			}
+		}
 		proc_pid = syscall(SYS_getpid);
-		reg_fd = fd;
+		store_fd(&reg_fd, fd);
 		pthread_atfork(NULL, NULL, atfork_child);
 	}
 	errno = saved;
+}
+
+int lcs_guarded_fds(int fds[2])
+{
+	int reg = load_fd(&reg_fd), chan = load_fd(&chan_fd), n = 0;
+
+	if (reg < 0)
+		return 0;
+	if (chan >= 0 && chan < reg)
+		fds[n++] = chan;
+	fds[n++] = reg;
+	if (chan > reg)
+		fds[n++] = chan;
+	return n;
+}
+
+/* The program wants fd's number (dup2/dup3 onto it): give it up after
+ * moving the shim's descriptor to another high number.  Not in a vfork()ed
+ * child, which shares our memory (and so this state) with its parent but
+ * not its descriptor table: there the number is simply lost to the child.
+ * Async-signal-safe: atomics and system calls only. */
+int lcs_evict(int fd)
+{
+	int *slot;
+	int moved;
+
+	if (fd < 0)
+		return 0;
+	if (fd == load_fd(&reg_fd))
+		slot = &reg_fd;
+	else if (fd == load_fd(&chan_fd))
+		slot = &chan_fd;
+	else
+		return 0;
+	if (syscall(SYS_getpid) != proc_pid)
+		return 0;
+	moved = lcs_dup_high(fd, slot == &chan_fd);
+	if (moved < 0)
+		return -1;
+	if (moved == fd)
+		return 0; /* nowhere to go: the caller's dup2 will take it */
+	store_fd(slot, moved);
+	if (slot == &reg_fd)
+		write_env_number(moved);
+	/* The old number is left open for the caller's dup2 to replace. */
+	return 0;
 }
 
 static pid_t current_tid(void)
@@ -165,20 +251,28 @@ static int register_channel(void)
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	ssize_t sent;
 
-	if (!is_seqpacket(reg_fd))
+	int reg = load_fd(&reg_fd);
+
+	if (!is_seqpacket(reg))
 		return -1;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
 		return -1;
 	put16(hello + 4, 1);
 	put32(hello + 8, proc_pid);
 	attach_fds(&msg, control.buf, &pair[1], 1);
-	sent = send_retry(reg_fd, &msg);
-	close(pair[1]);
+	sent = send_retry(reg, &msg);
+	lcs_close_raw(pair[1]);
 	if (sent != sizeof hello) {
-		close(pair[0]);
+		lcs_close_raw(pair[0]);
 		return -1;
 	}
-	chan_fd = pair[0];
+	/* Out of the way of programs that dup2() onto low numbers. */
+	int high = lcs_move_high(pair[0], 1);
+	if (high >= 0 && high != pair[0])
+		lcs_close_raw(pair[0]);
+	else
+		high = pair[0];
+	store_fd(&chan_fd, high);
 	return 0;
 }
 
@@ -186,7 +280,7 @@ int lcs_enter(void)
 {
 	int usable;
 
-	if (reg_fd < 0 || busy)
+	if (load_fd(&reg_fd) < 0 || busy)
 		return 0;
 	/* A vfork()ed or raw clone()d child shares our memory but is another
 	 * process; it must leave the parent's state alone. */
@@ -194,7 +288,7 @@ int lcs_enter(void)
 		return 0;
 	busy = 1;
 	pthread_mutex_lock(&lock);
-	if (!chan_dead && chan_fd < 0 && register_channel() < 0)
+	if (!chan_dead && load_fd(&chan_fd) < 0 && register_channel() < 0)
 		chan_dead = 1;
 	usable = !chan_dead;
 	pthread_mutex_unlock(&lock);
@@ -238,7 +332,7 @@ int lcs_path_dir(int dirfd, const char *path, int *fd, int *owned)
 void lcs_close_fds(struct lcs_reply *reply)
 {
 	for (int i = 0; i < reply->nfds; i++)
-		close(reply->fds[i]);
+		lcs_close_raw(reply->fds[i]);
 	reply->nfds = 0;
 }
 
@@ -247,8 +341,10 @@ void lcs_close_fds(struct lcs_reply *reply)
  * its number cannot be reused under a thread still sending on it. */
 static void kill_channel(void)
 {
-	if (!chan_dead && chan_fd >= 0)
-		shutdown(chan_fd, SHUT_RDWR);
+	int fd = load_fd(&chan_fd);
+
+	if (!chan_dead && fd >= 0)
+		shutdown(fd, SHUT_RDWR);
 	chan_dead = 1;
 	pthread_cond_broadcast(&wake);
 }
@@ -297,7 +393,7 @@ struct incoming {
 static void close_incoming(struct incoming *in)
 {
 	for (int i = 0; i < in->nfds; i++)
-		close(in->fds[i]);
+		lcs_close_raw(in->fds[i]);
 	in->nfds = 0;
 }
 
@@ -337,7 +433,7 @@ static int receive(int fd, struct incoming *in)
 			if (in->nfds < LCS_MAX_REPLY_FDS + 1)
 				in->fds[in->nfds++] = received;
 			else
-				close(received);
+				lcs_close_raw(received);
 		}
 	}
 	if (bad || msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
@@ -520,7 +616,7 @@ int lcs_call(const struct lcs_request *request, struct lcs_reply *reply)
 	me.next = waiters;
 	waiters = &me;
 	users++;
-	fd = chan_fd;
+	fd = load_fd(&chan_fd);
 	pthread_mutex_unlock(&lock);
 
 	/* The slot is linked before sending: another thread may read our reply
@@ -533,9 +629,10 @@ int lcs_call(const struct lcs_request *request, struct lcs_reply *reply)
 	else
 		await_reply(fd, &me, &in);
 	unlink_waiter(&me);
-	if (--users == 0 && chan_dead && chan_fd >= 0) {
-		close(chan_fd);
-		chan_fd = -1;
+	if (--users == 0 && chan_dead && load_fd(&chan_fd) >= 0) {
+		int dead = load_fd(&chan_fd);
+		store_fd(&chan_fd, -1);
+		lcs_close_raw(dead);
 	}
 	pthread_mutex_unlock(&lock);
 	pthread_setcancelstate(cancel_state, NULL);

@@ -64,9 +64,9 @@ static int ask(struct lcs_request *request, int dirfd1, const char *path1,
 	    (!path2 || lcs_path_dir(dirfd2, path2, &request->fds[1], &owned2) == 0))
 		answered = lcs_call(request, reply) == 0 && reply->action == LCS_ACTION_RESULT;
 	if (owned1)
-		close(request->fds[0]);
+		lcs_close_raw(request->fds[0]);
 	if (owned2)
-		close(request->fds[1]);
+		lcs_close_raw(request->fds[1]);
 	lcs_leave();
 	return answered ? ANSWERED : FALLBACK;
 }
@@ -172,7 +172,7 @@ static int open_result(struct lcs_reply *reply, int flags, int saved_errno)
 	fd = reply->fds[0];
 	if (adopt_fd(fd, flags) < 0) {
 		int error = errno;
-		close(fd);
+		lcs_close_raw(fd);
 		errno = error;
 		return -1;
 	}

@@ -84,7 +84,7 @@ static int replace_socket(int sockfd, int received)
 	if (fd_flags >= 0)
 		replaced = dup3(received, sockfd, fd_flags & FD_CLOEXEC ? O_CLOEXEC : 0);
 	int error = errno;
-	close(received);
+	lcs_close_raw(received);
 	errno = error;
 	return replaced < 0 ? -1 : 0;
 }

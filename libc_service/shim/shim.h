@@ -20,7 +20,7 @@
 #define LCS_MAX_REQUEST_FDS 2
 #define LCS_MAX_REPLY_FDS 4
 #define LCS_MAX_ADDRINFO 128
-#define LCS_MAX_MESSAGE 8192
+#define LCS_MAX_MESSAGE 8256 /* a rename of two 4095-byte paths is 8254 */
 #define LCS_REQUEST_HEADER 64
 #define LCS_REPLY_HEADER 48
 #define LCS_STAT_RECORD 96
@@ -133,6 +133,37 @@ void lcs_request_init(struct lcs_request *request, uint16_t function);
 int lcs_path_dir(int dirfd, const char *path, int *fd, int *owned);
 
 void lcs_stat_decode(const unsigned char *record, struct lcs_stat *out);
+
+/* ---- the shim's own descriptors (fdguard.c) ----
+ *
+ * The registration socket and the channel live at high numbers (from
+ * LCS_FD_BASE) and are guarded: close, close_range and closefrom skip them,
+ * dup2/dup3 onto them move them away first. */
+#define LCS_FD_BASE 1000
+
+/* Resolve the guard's real functions (from the constructor). */
+void lcs_fdguard_init(void);
+
+/* Close one of the shim's own descriptors (the raw system call: never the
+ * guarded close, never a cancellation point). */
+void lcs_close_raw(int fd);
+
+/* A duplicate of fd at LCS_FD_BASE or above (or below the descriptor limit
+ * when that is lower), close-on-exec if asked; fd itself when it is high
+ * already or there is no room; -1 on error.  The caller closes fd. */
+int lcs_move_high(int fd, int cloexec);
+
+/* As lcs_move_high, but always a new descriptor (when there is room),
+ * even if fd is high already. */
+int lcs_dup_high(int fd, int cloexec);
+
+/* The guarded descriptors in ascending order; returns how many (0-2). */
+int lcs_guarded_fds(int fds[2]);
+
+/* fd is about to be replaced by the program (dup2/dup3 onto it): if it is
+ * a guarded descriptor, move it elsewhere.  Returns -1 (errno set) when it
+ * could not be moved. */
+int lcs_evict(int fd);
 
 /* Resolve the next definition of a symbol (the real libc's). */
 void *lcs_real(const char *name);
