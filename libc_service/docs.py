@@ -106,7 +106,7 @@ class DefaultDoc:
     def text(self) -> str:
         """The default in words (Markdown)."""
         if self.action == "forward":
-            return "forwarded: the slave does it itself, with its own authority"
+            return "forwarded — the slave does it itself, with its own authority"
         if self.action == "deny":
             return f"refused with `{self.errno_name}` ({_strerror(self.errno)})"
         assert self.handler is not None
