@@ -31,8 +31,14 @@ def _run_loop(coroutine: Coroutine[Any, Any, int]) -> int:
 
 
 async def _serve_program(argv: Sequence[str], router: Router, sandbox: Sandbox | None) -> int:
-    async with spawn(argv, router, sandbox=sandbox) as process:
-        return await process.wait()
+    try:
+        async with spawn(argv, router, sandbox=sandbox) as process:
+            return await process.wait()
+    except FileNotFoundError as exc:
+        # uvloop reports a missing program without its name.
+        if isinstance(exc, ShimNotFound) or exc.filename is not None:
+            raise
+        raise FileNotFoundError(exc.errno, exc.strerror, argv[0]) from exc
 
 
 def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -40,7 +46,8 @@ def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        parser.error("no program given (put it after --)")
+        subparser: argparse.ArgumentParser = getattr(args, "subparser", parser)
+        subparser.error("no program given (put it after --)")
     return command
 
 
@@ -111,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "or a minimal one")
     run.add_argument("policy", metavar="POLICY", help="path/to/policy.py or package.module:attr defining a Router")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
-    run.set_defaults(handler=_cmd_run)
+    run.set_defaults(handler=_cmd_run, subparser=run)
 
     trace = commands.add_parser(
         "trace", help="log every call of a program, then let it proceed",
@@ -121,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--json", action="store_true", help="write JSON lines instead of text")
     trace.add_argument("-o", "--output", metavar="FILE", help="write the log to FILE instead of stderr")
     trace.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
-    trace.set_defaults(handler=_cmd_trace)
+    trace.set_defaults(handler=_cmd_trace, subparser=trace)
 
     docs = commands.add_parser(
         "docs", help="write a policy's documentation",

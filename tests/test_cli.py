@@ -1,0 +1,215 @@
+"""The ``libc-service`` command, run as a person would: a real process.
+
+`run` takes a policy and passes the program's exit status through; a bad
+policy is one line on stderr and exit status 2, never a traceback. `trace`
+logs every call (text or JSON lines, to stderr or a file) and forwards it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from shimtools import needs_shim
+
+pytestmark = [needs_shim]
+
+COMMAND = [sys.executable, "-m", "libc_service"]
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LC_ALL="C")
+    return subprocess.run(
+        [*COMMAND, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def write_policy(directory: Path, source: str, name: str = "policy.py", extra: str = "") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(source) + extra)
+    return path
+
+
+READ_ONLY_POLICY = """
+    import errno
+    from libc_service import FORWARD, Errno, Router
+
+    router = Router(default=FORWARD)
+
+    @router.on("open", "openat")
+    def read_only(req):
+        \"\"\"Nothing is written.\"\"\"
+        if req.flags & {"write_only", "read_write", "create", "truncate", "append"}:
+            raise Errno(errno.EROFS)
+        return FORWARD
+
+    @router.on("mkdir", "unlink", "rmdir", "rename")
+    def no_changes(req):
+        raise Errno(errno.EROFS)
+"""
+
+
+# -------------------------------------------------------------------- run
+
+
+def test_run_applies_the_policy(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, READ_ONLY_POLICY)
+    done = cli("run", str(policy), "--", "sh", "-c", "cat policy.py && touch new", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "touch: cannot touch 'new': Read-only file system" in done.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_run_accepts_module_attr_policies(tmp_path: Path) -> None:
+    write_policy(tmp_path, READ_ONLY_POLICY, name="mypolicy.py", extra="\nstrict = router\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), LC_ALL="C")
+    done = subprocess.run(
+        [*COMMAND, "run", "mypolicy:strict", "--", "mkdir", "d"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 1
+    assert "Read-only file system" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "status"), [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 128 + signal.SIGKILL)]
+)
+def test_run_exits_with_the_programs_status(tmp_path: Path, script: str, status: int) -> None:
+    policy = write_policy(tmp_path, READ_ONLY_POLICY)
+    done = cli("run", str(policy), "--", "sh", "-c", f"cat /dev/null; {script}")
+    assert done.returncode == status
+    assert "Traceback" not in done.stderr
+
+
+BAD_POLICIES = {
+    "missing file": (None, "no such file"),
+    "syntax error": ("router = Router(\n", "syntax error on line 1"),
+    "import failure": ("import no_such_module_here\n", "failed to import: ModuleNotFoundError"),
+    "raises": ("raise RuntimeError('policy is broken')\n", "policy is broken"),
+    "no router": ("x = 1\n", "defines no 'router'"),
+    "wrong type": ("router = 42\n", "'router' is a int, not a libc_service.Router"),
+    "bad handler": (
+        "from libc_service import Router\nrouter = Router()\n@router.on('opne')\ndef h(req): pass\n",
+        "unknown function",
+    ),
+}
+
+
+@pytest.mark.parametrize("problem", BAD_POLICIES)
+def test_a_bad_policy_is_one_line_and_exit_status_2(tmp_path: Path, problem: str) -> None:
+    source, message = BAD_POLICIES[problem]
+    policy = tmp_path / "bad_policy.py"
+    if source is not None:
+        policy.write_text(source)
+    done = cli("run", str(policy), "--", "true")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("libc-service: error: policy ")
+    assert str(policy) in lines[0] and message in lines[0]
+
+
+def test_a_missing_policy_module_is_one_line_and_exit_status_2() -> None:
+    done = cli("run", "no_such_policy_module:router", "--", "true")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["libc-service: error: policy no_such_policy_module:router: "
+                                        "no module named 'no_such_policy_module'"]
+
+
+def test_run_without_a_program_is_a_usage_error_naming_run(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, READ_ONLY_POLICY)
+    done = cli("run", str(policy))
+    assert done.returncode == 2
+    assert "usage: libc-service run" in done.stderr
+    assert "no program given" in done.stderr
+
+
+def test_a_program_that_does_not_exist_is_127(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, READ_ONLY_POLICY)
+    done = cli("run", str(policy), "--", "/nonexistent/program")
+    assert done.returncode == 127
+    assert "Traceback" not in done.stderr
+    assert "/nonexistent/program" in done.stderr
+
+
+# ------------------------------------------------------------------ trace
+
+
+def test_trace_writes_one_readable_line_per_call(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("content\n")
+    done = cli("trace", "--", "sh", "-c", "cat f; cat missing", cwd=tmp_path)
+    assert done.returncode == 1  # the program's status
+    assert done.stdout == "content\n"
+    lines = [line for line in done.stderr.splitlines() if line.startswith("[pid ")]
+    opened = [line for line in lines if ' open("f", read_only, NULL) = forwarded' in line]
+    missing = [line for line in lines if ' open("missing", read_only, NULL) = forwarded' in line]
+    assert len(opened) == 1 and len(missing) == 1
+    assert opened[0].endswith("µs>")
+    assert "cat: missing: No such file or directory" in done.stderr
+    pid, tid = opened[0].removeprefix("[pid ").split("]")[0].split(" tid ")
+    assert pid == tid
+
+
+def test_trace_json_lines_have_the_documented_keys(tmp_path: Path) -> None:
+    done = cli("trace", "--json", "--", "stat", "-c", "%s", "/etc/hostname", cwd=tmp_path)
+    assert done.returncode == 0
+    assert done.stdout == f"{os.stat('/etc/hostname').st_size}\n"
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    assert records, done.stderr
+    for record in records:
+        assert {"pid", "tid", "function", "arguments", "decision", "result", "errno", "latency_us"} <= record.keys()
+        assert record["decision"] == "forward"
+        assert isinstance(record["latency_us"], float | int) and record["latency_us"] >= 0
+    (lstat,) = [r for r in records if r["function"] == "lstat"]
+    assert lstat["arguments"] == {"path": "/etc/hostname"}
+    assert lstat["pid"] == lstat["tid"] > 0
+    assert lstat["errno"] == 0
+
+
+def test_trace_output_goes_to_a_file(tmp_path: Path) -> None:
+    log = tmp_path / "trace.jsonl"
+    done = cli("trace", "--json", "-o", str(log), "--", "cat", "/etc/hostname")
+    assert done.returncode == 0
+    assert done.stderr == ""
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(r["function"] == "open" and r["arguments"]["path"] == "/etc/hostname" for r in records)
+
+
+def test_trace_passes_the_exit_status_through() -> None:
+    assert cli("trace", "--", "sh", "-c", "exit 7").returncode == 7
+
+
+def test_trace_to_an_unwritable_file_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
+    done = cli("trace", "-o", str(tmp_path / "no" / "such" / "dir"), "--", "true")
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------- help
+
+
+def test_help_is_readable() -> None:
+    done = cli("--help")
+    assert done.returncode == 0
+    for word in ("run", "trace", "docs", "exit status"):
+        assert word in done.stdout
+    for command in ("run", "trace", "docs"):
+        sub = cli(command, "--help")
+        assert sub.returncode == 0
+        assert sub.stdout.startswith(f"usage: libc-service {command}")
+    assert "POLICY" in cli("run", "--help").stdout
+    assert "--json" in cli("trace", "--help").stdout
+
+
+def test_no_command_is_a_usage_error() -> None:
+    done = cli()
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: libc-service")
