@@ -17,8 +17,13 @@ work on the opened descriptor:
   meant (its working directory or dirfd for relative paths, its own pid for
   ``/proc/self``).
 
-Where ``openat2`` is missing (Linux < 5.6) the same rules are enforced by
-walking the path one component at a time with ``O_NOFOLLOW``.
+Where ``openat2`` is missing (Linux < 5.6, or a seccomp filter refuses it)
+the same rules are enforced by walking the path one component at a time
+with ``O_NOFOLLOW`` from the root's descriptor (see ``_walk_beneath``).
+
+Races: every helper returns or works on a *descriptor* the kernel resolved
+beneath the root, so whatever the slave swaps in afterwards, the object
+the handler passes back or mutates through is the one that was checked.
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ import ctypes
 import errno as errno_module
 import os
 import platform
+import posixpath
+import stat as stat_module
 import struct
+from collections import deque
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any, Final
 
@@ -50,6 +59,13 @@ RESOLVE_NO_MAGICLINKS: Final = 0x02
 RESOLVE_NO_SYMLINKS: Final = 0x04
 RESOLVE_BENEATH: Final = 0x08
 RESOLVE_IN_ROOT: Final = 0x10
+
+#: The resolve bits a slave may add to the master's own (RESOLVE_IN_ROOT and
+#: RESOLVE_CACHED would change the meaning of the root or loop on EAGAIN).
+_RESOLVE_KEPT: Final = RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH
+_MAX_SYMLINKS: Final = 40  # the kernel's own limit
+_EAGAIN_RETRIES: Final = 16
+_O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -125,48 +141,193 @@ def relative_to_root(root: str | os.PathLike[str], absolute: str) -> str:
     """``absolute`` relative to ``root`` (``"."`` for the root itself).
 
     Only a string split: ``..`` components are kept for the kernel to refuse.
-    Raises :class:`EscapeError` when ``absolute`` does not start with ``root``.
+    ``root`` matches as written (normalised) or as its real path, so a root
+    reached through a symlink (``/var/run``) still matches the canonical
+    names the master reads back from a slave's directory descriptor.
+    Raises :class:`EscapeError` when ``absolute`` is under neither.
     """
-    root_text = "/" + os.fspath(root).strip("/")
-    if absolute == root_text or absolute.rstrip("/") == root_text:
-        return "."
-    prefix = root_text.rstrip("/") + "/"
-    if not absolute.startswith(prefix):
-        raise EscapeError(absolute, root_text)
-    return absolute[len(prefix):] or "."
+    written = "/" + posixpath.normpath(os.fspath(root)).lstrip("/")
+    spellings = [written]
+    real = os.path.realpath(written)
+    if real != written:
+        spellings.append(real)
+    for root_text in spellings:
+        if absolute == root_text or absolute.rstrip("/") == root_text:
+            return "."
+        prefix = root_text.rstrip("/") + "/"
+        if absolute.startswith(prefix):
+            return absolute[len(prefix):] or "."
+    raise EscapeError(absolute, written)
+
+
+def _raw_openat2(dirfd: int, path: str, flags: int, mode: int, resolve_bits: int) -> int:
+    assert _OPENAT2 is not None
+    how = struct.pack("<QQQ", flags, mode, resolve_bits)
+    fd = _libc.syscall(_OPENAT2, ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_char_p(how),
+                       ctypes.c_size_t(len(how)))
+    if fd < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path)
+    return int(fd)
+
+
+def _probe_openat2(dirfd: int) -> bool:
+    """Whether ``openat2`` works here: ENOSYS (Linux < 5.6) or EPERM (a
+    seccomp filter that predates it) on a harmless open means no."""
+    try:
+        fd = _raw_openat2(dirfd, ".", os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_BENEATH)
+    except OSError as exc:
+        if exc.errno in (errno_module.ENOSYS, errno_module.EPERM):
+            return False
+        raise
+    os.close(fd)
+    return True
+
+
+def _takes_mode(flags: int) -> bool:
+    return bool(flags & os.O_CREAT) or (_O_TMPFILE != 0 and flags & _O_TMPFILE == _O_TMPFILE)
 
 
 def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve_bits: int) -> int:
+    """``openat2(dirfd, path, {flags, mode, resolve})``, or the walking fallback."""
     global _have_openat2
-    if _OPENAT2 is not None and _have_openat2 is not False:
-        how = struct.pack("<QQQ", flags, mode, resolve_bits)
-        fd = _libc.syscall(_OPENAT2, ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_char_p(how),
-                           ctypes.c_size_t(len(how)))
-        if fd >= 0:
-            _have_openat2 = True
-            return int(fd)
-        code = ctypes.get_errno()
-        if code not in (errno_module.ENOSYS, errno_module.EPERM) or _have_openat2:
-            raise OSError(code, os.strerror(code), path)
-        _have_openat2 = False  # ENOSYS, or EPERM from a seccomp filter that predates openat2
-    return _walk_beneath(dirfd, path, flags, mode)
+    if not _takes_mode(flags):
+        mode = 0  # openat2 refuses a mode without O_CREAT/O_TMPFILE
+    resolve_bits &= _RESOLVE_KEPT
+    if _OPENAT2 is not None and _have_openat2 is None:
+        _have_openat2 = _probe_openat2(dirfd)
+    if _OPENAT2 is None or not _have_openat2:
+        return _walk_beneath(dirfd, path, flags, mode, resolve_bits)
+    for _ in range(_EAGAIN_RETRIES):
+        try:
+            return _raw_openat2(dirfd, path, flags, mode, resolve_bits)
+        except BlockingIOError:
+            continue  # a rename or mount raced with a ".." step: the kernel asks to retry
+    raise OSError(errno_module.EAGAIN, "openat2 kept racing with renames", path)
 
 
-def _walk_beneath(dirfd: int, path: str, flags: int, mode: int) -> int:
-    """The fallback: one component at a time, no symlinks, no ``..``."""
-    parts = [part for part in path.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise EscapeError(path, "its root")
-    current = os.dup(dirfd)
+def _proc_dev() -> int | None:
     try:
-        for part in parts[:-1]:
-            step = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
-            os.close(current)
-            current = step
-        last = parts[-1] if parts else "."
-        return os.open(last, flags | os.O_NOFOLLOW, mode, dir_fd=current)
+        return os.stat("/proc").st_dev
+    except OSError:
+        return None
+
+
+def _walk_beneath(root_fd: int, path: str, flags: int, mode: int, resolve_bits: int) -> int:
+    """The fallback where ``openat2`` is missing: ``RESOLVE_BENEATH`` by hand.
+
+    One component at a time from ``root_fd``, each opened ``O_NOFOLLOW``
+    relative to the directory descriptor before it, so what is checked is
+    what is used. ``..`` pops back towards the root and never above it;
+    a symlink is read from the link itself and its (relative) target
+    walked the same way; an absolute target escapes. Symlinks on procfs
+    (magic links such as ``/proc/PID/root`` among them) are refused with
+    ``RESOLVE_NO_MAGICLINKS``, all symlinks with ``RESOLVE_NO_SYMLINKS``
+    (``ELOOP``); ``RESOLVE_NO_XDEV`` is approximated by the device number.
+    Escapes raise ``OSError(EXDEV)``, as the kernel does.
+    """
+    if path.startswith("/"):
+        raise OSError(errno_module.EXDEV, "an absolute path is not beneath the root", path)
+    follow_last = not flags & os.O_NOFOLLOW
+    pending = deque(part for part in path.split("/") if part not in ("", "."))
+    proc_dev = _proc_dev() if resolve_bits & RESOLVE_NO_MAGICLINKS else None
+    root_dev = os.fstat(root_fd).st_dev
+    stack = [os.dup(root_fd)]  # the directories from the root down to the current one
+    links = 0
+
+    def follow(link_dir: int, target: str) -> None:
+        nonlocal links
+        links += 1
+        if links > _MAX_SYMLINKS or resolve_bits & RESOLVE_NO_SYMLINKS:
+            raise OSError(errno_module.ELOOP, os.strerror(errno_module.ELOOP), path)
+        if proc_dev is not None and os.fstat(link_dir).st_dev == proc_dev:
+            raise OSError(errno_module.ELOOP, "a procfs link (magic links are refused)", path)
+        if target.startswith("/"):
+            raise OSError(errno_module.EXDEV, "a symlink to an absolute path leaves the root", path)
+        pending.extendleft(reversed([part for part in target.split("/") if part not in ("", ".")]))
+
+    def check_dev(fd: int) -> None:
+        if resolve_bits & RESOLVE_NO_XDEV and os.fstat(fd).st_dev != root_dev:
+            raise OSError(errno_module.EXDEV, "the path crosses a mount point", path)
+
+    try:
+        while pending:
+            part = pending.popleft()
+            current = stack[-1]
+            if part == "..":
+                if len(stack) == 1:
+                    raise OSError(errno_module.EXDEV, "'..' leads above the root", path)
+                os.close(stack.pop())
+                continue
+            if pending:  # an intermediate component: a directory, or a symlink to follow
+                step = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
+                link: str | None = None
+                try:
+                    kind = os.fstat(step).st_mode
+                    if stat_module.S_ISLNK(kind):
+                        link = os.readlink("", dir_fd=step)  # the link we opened, not the name again
+                    elif not stat_module.S_ISDIR(kind):
+                        raise OSError(errno_module.ENOTDIR, os.strerror(errno_module.ENOTDIR), path)
+                    else:
+                        check_dev(step)
+                except BaseException:
+                    os.close(step)
+                    raise
+                if link is None:
+                    stack.append(step)
+                else:
+                    os.close(step)
+                    follow(current, link)
+                continue
+            # The last component: open it for real, never through a symlink.
+            try:
+                fd = os.open(part, flags | os.O_NOFOLLOW, mode, dir_fd=current)
+            except OSError as exc:
+                if not follow_last or exc.errno not in (errno_module.ELOOP, errno_module.ENOTDIR):
+                    raise
+                try:
+                    target = os.readlink(part, dir_fd=current)
+                except OSError:
+                    raise exc from None  # not a symlink after all: the open's own error
+                follow(current, target)
+                continue
+            link = None
+            try:
+                if follow_last and stat_module.S_ISLNK(os.fstat(fd).st_mode):  # O_PATH opens a link itself
+                    link = os.readlink("", dir_fd=fd)
+                else:
+                    check_dev(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if link is None:
+                return fd
+            os.close(fd)
+            follow(current, link)
+        # The path ended in ".." or was empty: the directory we are in.
+        fd = os.open(".", flags, mode, dir_fd=stack[-1])
+        try:
+            check_dev(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
     finally:
-        os.close(current)
+        for fd in stack:
+            os.close(fd)
+
+
+def _escape_checked(absolute: str, root: str | os.PathLike[str], opener: Callable[[int], int]) -> int:
+    """Open ``root``, run ``opener(root_fd)``; the kernel's EXDEV becomes :class:`EscapeError`."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return opener(root_fd)
+    except OSError as exc:
+        if exc.errno == errno_module.EXDEV and not isinstance(exc, EscapeError):
+            raise EscapeError(absolute, root) from None  # the kernel refused an escape
+        raise
+    finally:
+        os.close(root_fd)
 
 
 def open_beneath(
@@ -180,7 +341,9 @@ def open_beneath(
     ``flags``/``mode`` default to the request's own (an ``open``/``openat``
     request); give them for other requests. Raises :class:`EscapeError`
     (``EACCES``) for a path outside ``root`` — including one that gets
-    there through ``..`` or a symlink — and ``OSError`` as ``open`` does.
+    there through ``..`` or a symlink — and ``OSError`` as ``open`` does
+    (``ELOOP`` for a ``/proc`` magic link). The descriptor is always
+    close-on-exec in the master; the shim sets the slave's own flag.
     """
     absolute = resolve(request)
     if absolute is None:
@@ -189,22 +352,19 @@ def open_beneath(
     resolve_bits = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
     if flags is None:
         flags, extra = open_flags(request.flags)
-        resolve_bits |= extra & ~RESOLVE_IN_ROOT
+        resolve_bits |= extra
     if mode is None:
         mode = getattr(request, "mode", None) or 0
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return _openat2(root_fd, relative, flags | os.O_CLOEXEC, mode, resolve_bits)
-    except OSError as exc:
-        if exc.errno == errno_module.EXDEV:
-            raise EscapeError(absolute, root) from None  # the kernel refused an escape
-        raise
-    finally:
-        os.close(root_fd)
+    open_with = flags | os.O_CLOEXEC
+    return _escape_checked(absolute, root, lambda root_fd: _openat2(root_fd, relative, open_with, mode, resolve_bits))
 
 
 def stat_beneath(root: str | os.PathLike[str], request: Any) -> Stat:
-    """Answer ``stat``/``lstat`` for a path beneath ``root`` from the object itself."""
+    """Answer ``stat``/``lstat`` for a path beneath ``root`` from the object itself.
+
+    ``lstat`` of a symlink describes the link; ``stat`` follows it, but only
+    to a target beneath ``root``.
+    """
     no_follow = os.O_NOFOLLOW if request.function == "lstat" else 0
     fd = open_beneath(root, request, os.O_PATH | no_follow, 0)
     try:
@@ -221,8 +381,15 @@ def parent_beneath(
 
     Mutate with the ``*at`` form on the returned descriptor, e.g.
     ``os.mkdir(name, mode, dir_fd=parent)``; close it afterwards. The final
-    component is never ``.`` or ``..``.
+    component is never ``.`` or ``..``, and is not followed: ``unlink`` of a
+    symlink removes the link. For ``rename`` call it once per side, with
+    ``path=request.path1, dirfd=request.dirfd1`` and then ``path2``/``dirfd2``.
     """
+    if path is None and not hasattr(request, "path"):
+        raise TypeError(
+            f"parent_beneath() of a {request.function!r} request needs path= and dirfd= "
+            "(for rename: path1/dirfd1, then path2/dirfd2)"
+        )
     absolute = resolve(request, path=path, dirfd=dirfd)
     if absolute is None:
         raise EscapeError(path or getattr(request, "path", "?"), root)
@@ -230,14 +397,9 @@ def parent_beneath(
     parent, _, name = relative.rstrip("/").rpartition("/")
     if name in ("", ".", ".."):
         raise EscapeError(absolute, root)
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = _openat2(root_fd, parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
-                      RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
-    except OSError as exc:
-        if exc.errno == errno_module.EXDEV:
-            raise EscapeError(absolute, root) from None
-        raise
-    finally:
-        os.close(root_fd)
+    fd = _escape_checked(
+        absolute, root,
+        lambda root_fd: _openat2(root_fd, parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                                 RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS),
+    )
     return fd, name

@@ -11,31 +11,53 @@ The shim only *advises*: a static binary or a raw syscall walks past it. A
   master opens and passes back as a descriptor: Landlock checks a path when
   it is opened, and the master opened it outside the sandbox.
 - **Network.** With ``network=False`` the slave gets a fresh, empty network
-  namespace (no interfaces but a down loopback), and, where the kernel has
-  Landlock ABI 4, TCP bind/connect are also refused by Landlock; with ABI 6
-  the slave cannot reach abstract unix sockets outside its domain either. A
-  connect the policy allows is done by the master on a socket of its own,
-  which then replaces the slave's.
+  namespace (no interfaces but a down loopback: no TCP, UDP, ICMP, nor
+  abstract unix sockets of the host), and, where the kernel has Landlock
+  ABI 4, TCP bind/connect are also refused by Landlock; with ABI 6 abstract
+  unix sockets outside its Landlock domain are refused as well. A connect
+  the policy allows is done by the master on a socket of its own, which
+  then replaces the slave's. Without network namespaces ``network=False``
+  fails rather than run half-isolated.
+- **Signals.** With Landlock ABI 6 the slave cannot signal processes outside
+  its domain (the master, in particular).
 
-Everything is prepared in the parent (rule descriptors opened, the ruleset
-built); the forked child only makes the few syscalls that apply it.
+Everything that can fail is prepared in the parent (kernel support probed,
+rule descriptors opened, the ruleset built); the forked child only makes the
+few syscalls that apply it. Both ``subprocess`` (the default loop) and
+uvloop run the ``preexec_fn`` *before* they close inherited descriptors, so
+the ruleset descriptor is still open there (it is close-on-exec, so the
+program never sees it); the tests check this on both loops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as errno_module
+import functools
+import logging
 import os
 import platform
 import shutil
+import stat as stat_module
 import struct
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-__all__ = ["PreparedSandbox", "Sandbox", "SandboxUnavailable", "landlock_abi", "program_files"]
+__all__ = [
+    "PreparedSandbox",
+    "Sandbox",
+    "SandboxUnavailable",
+    "landlock_abi",
+    "network_namespaces_available",
+    "program_files",
+]
+
+logger = logging.getLogger(__name__)
 
 _SYSCALLS: Final = {
     "x86_64": {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446, "unshare": 272, "prctl": 157},
@@ -60,7 +82,8 @@ _WRITE: Final = (
     | REFER | TRUNCATE
 )
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
-_SCOPE_ABSTRACT_UNIX = 1 << 0
+_SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1
+_MAX_SCRIPT_DEPTH: Final = 4
 
 
 class SandboxUnavailable(RuntimeError):
@@ -117,18 +140,40 @@ def _elf_interpreter(path: Path) -> str | None:
     return None
 
 
-def program_files(executable: Path, env: Mapping[str, str] | None = None) -> list[Path]:
+def _shebang(path: Path) -> list[str] | None:
+    """The ``#!`` line of a script as ``[interpreter, optional argument]``."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].decode(errors="replace").strip()
+    if not line:
+        return None
+    interpreter, _, argument = line.partition(" ")
+    argument = argument.strip()
+    return [interpreter, argument] if argument else [interpreter]
+
+
+def program_files(
+    executable: Path, env: Mapping[str, str] | None = None, *, _depth: int = 0
+) -> list[Path]:
     """What loading ``executable`` needs: itself, its interpreter, its libraries.
 
     Libraries are listed by the system's own dynamic loader in trace mode
     (``LD_TRACE_LOADED_OBJECTS``), which maps nothing of the program's code;
     the loader run is the program's own ``PT_INTERP`` only when that is a
-    regular file under ``/lib``, ``/lib64`` or ``/usr``.
+    regular file under ``/lib``, ``/lib64`` or ``/usr``. For a ``#!``
+    script, what its interpreter needs is added (and, for ``#!/usr/bin/env
+    NAME``, what ``NAME`` found on ``PATH`` needs). Libraries a program
+    ``dlopen`` later are not known here: allow their directories.
     """
     files = [executable]
     interpreter = _elf_interpreter(executable)
     if interpreter is None:
-        return files  # a script or a static binary: its interpreter is exec'd by path
+        return files + _script_files(executable, env, _depth)
     files.append(Path(interpreter))
     trusted = interpreter.startswith(("/lib/", "/lib64/", "/usr/"))
     if not trusted:
@@ -150,6 +195,23 @@ def program_files(executable: Path, env: Mapping[str, str] | None = None) -> lis
     return files
 
 
+def _script_files(script: Path, env: Mapping[str, str] | None, depth: int) -> list[Path]:
+    """What the kernel execs for a ``#!`` script (nothing for other files)."""
+    shebang = _shebang(script)
+    if shebang is None or depth >= _MAX_SCRIPT_DEPTH or not shebang[0].startswith("/"):
+        return []
+    interpreter = Path(shebang[0])
+    files = program_files(interpreter, env, _depth=depth + 1)
+    if interpreter.name == "env" and len(shebang) > 1:
+        # "#!/usr/bin/env NAME" (or "env -S NAME ARGS"): env execs NAME from PATH.
+        words = [word for word in shebang[1].split() if not word.startswith("-")]
+        search = (env or os.environ).get("PATH", os.defpath)
+        found = shutil.which(words[0], path=search) if words else None
+        if found is not None:
+            files += program_files(Path(found).resolve(), env, _depth=depth + 1)
+    return files
+
+
 def _resolve_program(argv0: str, env: Mapping[str, str], cwd: str | os.PathLike[str] | None) -> Path:
     if "/" in argv0:
         base = Path(cwd) if cwd is not None else Path.cwd()
@@ -164,15 +226,32 @@ def _resolve_program(argv0: str, env: Mapping[str, str], cwd: str | os.PathLike[
 class Sandbox:
     """What the slave may still do by itself.
 
-    ``allow_read``: trees it may read (and list) directly; ``allow_write``:
-    trees it may also modify; ``allow_exec``: trees it may execute from (and
-    read). ``network``: keep the host's network (``True``) or get none.
+    ``allow_read``: trees (or single files) it may read (and list) directly;
+    ``allow_write``: trees it may also modify; ``allow_exec``: trees it may
+    execute from (and read). Paths must be absolute; a path that does not
+    exist when the program starts grants nothing. ``network``: keep the
+    host's network (``True``) or get none (``False``, the default).
+
+    Everything else the program needs — ``/dev/null``, locales, the files it
+    works on — it can only get through the master: a policy that forwards
+    such a call makes it fail with ``EACCES``. That is the point.
     """
 
     allow_read: Sequence[str | os.PathLike[str]] = field(default=())
     allow_write: Sequence[str | os.PathLike[str]] = field(default=())
     allow_exec: Sequence[str | os.PathLike[str]] = field(default=())
     network: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("allow_read", "allow_write", "allow_exec"):
+            value = getattr(self, name)
+            if isinstance(value, str | bytes | os.PathLike):
+                raise TypeError(f"Sandbox({name}=...) takes a list of paths, not one path: {value!r}")
+            paths = tuple(value)
+            for path in paths:
+                if not os.fspath(path).startswith("/"):
+                    raise ValueError(f"Sandbox({name}=...) takes absolute paths, not {os.fspath(path)!r}")
+            object.__setattr__(self, name, paths)
 
     @staticmethod
     def available() -> str | None:
@@ -196,21 +275,32 @@ class Sandbox:
         env: Mapping[str, str],
         cwd: str | os.PathLike[str] | None = None,
     ) -> PreparedSandbox:
-        """Build the ruleset for ``argv`` in the parent; raises ``SandboxUnavailable``."""
+        """Build the ruleset for ``argv`` in the parent; raises ``SandboxUnavailable``.
+
+        Everything that can fail is done here, so that the forked child only
+        makes the syscalls that apply the ruleset.
+        """
         reason = self.available()
         if reason is not None:
             raise SandboxUnavailable(f"cannot sandbox: {reason}")
+        if not self.network:
+            reason = network_namespaces_available()
+            if reason is not None:
+                raise SandboxUnavailable(f"cannot sandbox without network (network=False): {reason}")
         abi = landlock_abi()
         numbers = _numbers()
         program = _resolve_program(argv[0], env, cwd)
         loading = [*program_files(program, env), shim, Path("/etc/ld.so.cache")]
-        rules: list[tuple[Path, int]] = [(path, EXECUTE | _READ) for path in loading]
-        rules += [(Path(p), _READ) for p in self.allow_read]
-        rules += [(Path(p), _READ | _WRITE) for p in self.allow_write]
-        rules += [(Path(p), EXECUTE | _READ) for p in self.allow_exec]
+        rules: list[tuple[Path, int, bool]] = [(path, EXECUTE | _READ, False) for path in loading]
+        rules += [(Path(p), _READ, True) for p in self.allow_read]
+        rules += [(Path(p), _READ | _WRITE, True) for p in self.allow_write]
+        rules += [(Path(p), EXECUTE | _READ, True) for p in self.allow_exec]
         handled_fs = _FS_BY_ABI.get(abi, _FS_BY_ABI[5])
         handled_net = 0 if self.network or abi < 4 else _NET_BIND_TCP | _NET_CONNECT_TCP
-        scoped = 0 if self.network or abi < 6 else _SCOPE_ABSTRACT_UNIX
+        # Signals: the slave may not signal the master (or anything outside
+        # its domain). Abstract unix sockets are network-namespace scoped
+        # too; with network=True they stay reachable.
+        scoped = 0 if abi < 6 else _SCOPE_SIGNAL | (0 if self.network else _SCOPE_ABSTRACT_UNIX)
         if abi >= 6:
             attr = struct.pack("<QQQ", handled_fs, handled_net, scoped)
         elif abi >= 4:
@@ -222,21 +312,27 @@ class Sandbox:
             "landlock_create_ruleset",
         )
         try:
-            for path, access in rules:
-                _add_path_rule(numbers, ruleset, path, access & handled_fs)
+            for path, access, from_policy in rules:
+                if not _add_path_rule(numbers, ruleset, path, access & handled_fs) and from_policy:
+                    logger.warning("sandbox: %s does not exist; its rule grants nothing", path)
         except BaseException:
             os.close(ruleset)
             raise
         return PreparedSandbox(ruleset, numbers, network=self.network, abi=abi)
 
 
-def _add_path_rule(numbers: Mapping[str, int], ruleset: int, path: Path, access: int) -> None:
+def _add_path_rule(numbers: Mapping[str, int], ruleset: int, path: Path, access: int) -> bool:
+    """Allow ``access`` beneath ``path``; ``False`` when the path does not exist.
+
+    A rule on anything but a directory may carry file rights only (the
+    kernel refuses directory rights there with ``EINVAL``).
+    """
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return  # a rule for a path that does not exist grants nothing
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # a rule for a path that does not exist grants nothing
     try:
-        if not os.path.isdir(f"/proc/self/fd/{fd}"):
+        if not stat_module.S_ISDIR(os.fstat(fd).st_mode):
             access &= _FILE_RIGHTS
         rule = struct.pack("<Qi", access, fd)
         _check(
@@ -246,6 +342,7 @@ def _add_path_rule(numbers: Mapping[str, int], ruleset: int, path: Path, access:
         )
     finally:
         os.close(fd)
+    return True
 
 
 class PreparedSandbox:
@@ -260,7 +357,20 @@ class PreparedSandbox:
         self._gid = os.getgid()
 
     def apply_in_child(self) -> None:
-        """Runs between fork and exec: isolate the network, then restrict."""
+        """Runs between fork and exec: isolate the network, then restrict.
+
+        On failure the program is not run: the step that failed is written
+        to the child's stderr (``subprocess`` itself only reports "Exception
+        occurred in preexec_fn") and the exception propagates.
+        """
+        try:
+            self._apply()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.write(2, f"libc-service: cannot apply the sandbox: {exc.strerror}\n".encode())
+            raise
+
+    def _apply(self) -> None:
         numbers = self._numbers
         if not self._network:
             if _syscall(numbers["unshare"], ctypes.c_int(_CLONE_NEWNET)) < 0:
@@ -286,13 +396,36 @@ class PreparedSandbox:
             self.ruleset = -1
 
 
+def _probe_unshare() -> None:  # pragma: no cover - runs in the probe's child
+    numbers = _numbers()
+    if _syscall(numbers["unshare"], ctypes.c_int(_CLONE_NEWNET)) == 0:
+        return
+    _check(_syscall(numbers["unshare"], ctypes.c_int(_CLONE_NEWUSER | _CLONE_NEWNET)), "unshare")
+
+
+@functools.cache
+def _network_namespace_reason() -> str | None:
+    try:
+        _numbers()
+    except SandboxUnavailable as exc:
+        return str(exc)
+    program = "/bin/true" if os.access("/bin/true", os.X_OK) else sys.executable
+    argv = [program] if program == "/bin/true" else [program, "-S", "-c", ""]
+    try:
+        # The same fork-then-unshare path spawn() takes, on a harmless program.
+        done = subprocess.run(argv, preexec_fn=_probe_unshare, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ("cannot create a network namespace (unshare(CLONE_NEWNET) failed, "
+                "also inside a user namespace)")
+    if done.returncode != 0:
+        return f"the network namespace probe failed (exit status {done.returncode})"
+    return None
+
+
 def network_namespaces_available() -> str | None:
-    """Why a fresh network namespace cannot be made here, or ``None``."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        ok = _syscall(_numbers()["unshare"], ctypes.c_int(_CLONE_NEWNET)) == 0
-        if not ok:
-            ok = _syscall(_numbers()["unshare"], ctypes.c_int(_CLONE_NEWUSER | _CLONE_NEWNET)) == 0
-        os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    return None if os.waitstatus_to_exitcode(status) == 0 else "cannot create a network namespace"
+    """Why a fresh network namespace cannot be made here, or ``None``.
+
+    Probed once per process, by starting a harmless program the way
+    :func:`~libc_service.spawn` starts a sandboxed one.
+    """
+    return _network_namespace_reason()
