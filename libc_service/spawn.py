@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from . import wire
-from .master import Master, close_fds, received_fds
+from .master import Call, Master, SessionClosed, close_fds, received_fds
 
 if TYPE_CHECKING:
     from .router import Router
@@ -60,6 +60,38 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+class _Session(Master):
+    """A registered process's channel, which remembers how its session ended.
+
+    A process that dies during a call (killed, crashed) ends its session
+    with that call unanswered: the router drops the reply, and
+    :class:`SlaveProcess` logs it.
+    """
+
+    def __init__(self, sock: socket.socket, *, name: str) -> None:
+        super().__init__(sock, name=name)
+        self._received: list[Call] = []
+        #: Calls still unanswered when the slave hung up.
+        self.unanswered = 0
+        #: The session was already closed when the router next asked for a
+        #: call: a reply could not be sent (the slave was gone).
+        self.reply_failed = False
+
+    async def receive_call(self) -> Call:
+        self._received = [call for call in self._received if not call.done]
+        if self.closed:
+            self.reply_failed = True
+        call = await super().receive_call()
+        self._received.append(call)
+        return call
+
+    def close(self) -> None:
+        if not self.closed:
+            # Counted before closing abandons them.
+            self.unanswered = sum(not call.done for call in self._received)
+        super().close()
+
+
 class SlaveProcess:
     """A running slave program and the sessions of its process tree.
 
@@ -93,8 +125,9 @@ class SlaveProcess:
         self._process: asyncio.subprocess.Process | None = None
         self._registrar: socket.socket | None = None
         self._sessions: set[asyncio.Task[None]] = set()
-        self._masters: set[Master] = set()
+        self._masters: set[_Session] = set()
         self._accepting: asyncio.Task[None] | None = None
+        self._closing = False
         #: How many sessions (processes of the tree) registered so far.
         self.sessions_started = 0
 
@@ -208,6 +241,7 @@ class SlaveProcess:
 
     async def aclose(self) -> None:
         """Stop accepting registrations and close every session."""
+        self._closing = True
         if self._accepting is not None:
             self._accepting.cancel()
             await asyncio.gather(self._accepting, return_exceptions=True)
@@ -261,7 +295,7 @@ class SlaveProcess:
             logger.warning("ignoring a malformed registration: %s", exc)
             return
         try:
-            master = Master(sock, name=f"pid {pid}")
+            master = _Session(sock, name=f"pid {pid}")
         except ValueError as exc:
             sock.close()
             logger.warning("ignoring a registration from pid %s: %s", pid, exc)
@@ -272,11 +306,21 @@ class SlaveProcess:
         self._sessions.add(task)
         task.add_done_callback(self._sessions.discard)
 
-    async def _serve(self, master: Master) -> None:
+    async def _serve(self, master: _Session) -> None:
         try:
             await self.router.serve(master)
         except Exception:  # noqa: BLE001 - one session's failure must not end the others
             logger.exception("session %s failed", master.name)
+        else:
+            if self._closing:
+                pass
+            elif master.unanswered:
+                logger.warning("session %s dropped: the process went away with %d call(s) unanswered",
+                               master.name, master.unanswered)
+            elif master.reply_failed:
+                logger.warning("session %s dropped: the process went away before its reply was sent", master.name)
+            else:
+                logger.debug("session %s ended", master.name)
         finally:
             master.close()
             self._masters.discard(master)
