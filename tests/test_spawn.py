@@ -27,6 +27,7 @@ from libc_service.requests import (
     MkdirRequest,
     OpenatRequest,
     OpenRequest,
+    RenameRequest,
     Request,
     StatRequest,
 )
@@ -309,6 +310,25 @@ async def test_relative_paths_arrive_with_the_directory_they_are_relative_to(tmp
         (str(tmp_path), None),
     ]
     assert (tmp_path / "sub" / "made").is_dir()
+
+
+async def test_a_rename_of_two_path_max_paths_reaches_the_master() -> None:
+    router = Router()
+    lengths: list[tuple[int, int]] = []
+
+    @router.on("rename")
+    def measure(req: RenameRequest) -> Any:
+        lengths.append((len(os.fsencode(req.path1)), len(os.fsencode(req.path2))))
+        raise Errno(errno.EXDEV)
+
+    long_path = "/" + "d/" * 2046 + "ff"  # 4095 bytes: the protocol's longest
+    program = (
+        f"import os\np = {long_path!r}\n"
+        "try:\n    os.rename(p, p[:-1] + 'g')\nexcept OSError as e:\n    print(e.errno)\n"
+    )
+    ran = await run_slave([PYTHON, "-c", program], router)
+    assert (ran.status, ran.out) == (0, f"{errno.EXDEV}\n")
+    assert lengths == [(4095, 4095)]
 
 
 # --------------------------------------------------------------- lifecycle
