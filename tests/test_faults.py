@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -251,6 +252,14 @@ async def test_the_shims_descriptors_live_high_and_the_variable_follows() -> Non
     )
     ran = await run_slave([PYTHON, "-c", program], faking_router())
     assert (ran.status, ran.out, ran.err) == (0, "True True\n4242\n", "")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+async def test_bash_which_defines_its_own_getenv_passes_the_registration_on() -> None:
+    # bash's own getenv/putenv work on its shell variables; the shim must
+    # move the registration socket without them.
+    ran = await run_slave(["bash", "-c", f"stat -c %s {FAKE}; (stat -c %s {FAKE})"], faking_router())
+    assert (ran.status, ran.out) == (0, "4242\n4242\n")
 
 
 # -------------------------------------------------------------- signals

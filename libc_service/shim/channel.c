@@ -48,9 +48,10 @@ static __thread int busy;
 static __thread pid_t cached_tid;
 
 /* LIBC_SERVICE_FD=<reg_fd>, put in the environment by the constructor
- * (putenv: the environment points at this buffer), so the number can be
- * rewritten in place, without allocation, when the descriptor moves. */
-static char env_entry[sizeof "LIBC_SERVICE_FD=" + 11] = "LIBC_SERVICE_FD=";
+ * (the environment's entry then points at this buffer), so the number can
+ * be rewritten in place, without allocation, when the descriptor moves. */
+#define ENV_PREFIX "LIBC_SERVICE_FD="
+static char env_entry[sizeof ENV_PREFIX + 11] = ENV_PREFIX;
 
 static int load_fd(const int *fd) { return __atomic_load_n(fd, __ATOMIC_RELAXED); }
 static void store_fd(int *fd, int value) { __atomic_store_n(fd, value, __ATOMIC_RELAXED); }
@@ -123,7 +124,7 @@ static void atfork_child(void)
 static void write_env_number(int fd)
 {
 	char digits[11];
-	char *out = env_entry + sizeof "LIBC_SERVICE_FD=" - 1;
+	char *out = env_entry + sizeof ENV_PREFIX - 1;
 	int n = 0;
 
 	do
@@ -134,26 +135,39 @@ static void write_env_number(int fd)
 	*out = 0;
 }
 
+/* The environment's LIBC_SERVICE_FD entry, or NULL.  Read from environ
+ * directly: programs may define getenv/putenv themselves (bash does, on
+ * its shell variables), and the program's definitions win. */
+static char **env_slot(void)
+{
+	extern char **environ;
+
+	for (char **entry = environ; entry && *entry; entry++)
+		if (!strncmp(*entry, ENV_PREFIX, sizeof ENV_PREFIX - 1))
+			return entry;
+	return NULL;
+}
+
 /* The registration socket is moved to a high number, out of the way of
- * programs that dup2() onto low numbers, and LIBC_SERVICE_FD follows it.
- * The constructor runs before main, single-threaded: putenv is safe here.
- * It stays without close-on-exec: exec'd programs register through it. */
+ * programs that dup2() onto low numbers, and LIBC_SERVICE_FD follows it:
+ * its entry in environ is pointed at env_entry (what putenv does, without
+ * going through a putenv the program may have replaced).  The constructor
+ * runs before main, single-threaded, so this is safe here.  The socket
+ * stays without close-on-exec: exec'd programs register through it. */
 __attribute__((constructor)) static void shim_init(void)
 {
 	int saved = errno;
-	int fd = parse_fd(getenv("LIBC_SERVICE_FD"));
+	char **slot = env_slot();
+	int fd = slot ? parse_fd(*slot + sizeof ENV_PREFIX - 1) : -1;
 
 	lcs_fdguard_init();
 	if (fd >= 0 && is_seqpacket(fd)) {
 		int high = lcs_move_high(fd, 0);
 		if (high >= 0 && high != fd) {
 			write_env_number(high);
-			if (putenv(env_entry) == 0) {
-				lcs_close_raw(fd);
-				fd = high;
-			} else {
-				lcs_close_raw(high);
-			}
+			*slot = env_entry;
+			lcs_close_raw(fd);
+			fd = high;
 		}
 		proc_pid = syscall(SYS_getpid);
 		store_fd(&reg_fd, fd);
