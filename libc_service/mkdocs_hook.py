@@ -8,7 +8,7 @@ and register the hook:
 
 ```yaml
 hooks:
-  - docs/hooks/libc_service_policies.py   # contains: from libc_service.mkdocs_hook import *
+  - hooks/libc_service_policies.py   # contains: from libc_service.mkdocs_hook import *
 extra:
   libc_service_policies:
     policies/readonly.md: examples/readonly_tree.py        # a file, relative to mkdocs.yml
@@ -30,7 +30,9 @@ that cannot be loaded fails the build with its one-line error. Under
 its page.
 
 The hook also replaces the marker ``<!-- libc-service: cli-help -->`` in any
-page with the ``--help`` text of ``libc-service`` and of each of its commands.
+page with the ``--help`` text of ``libc-service`` and of each of its commands,
+and shows Sphinx roles left in docstrings rendered by mkdocstrings
+(``:class:`~libc_service.Slave` ``) as plain code (``Slave``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -58,6 +61,7 @@ __all__ = [
     "cli_help",
     "on_config",
     "on_files",
+    "on_page_content",
     "on_page_markdown",
     "on_serve",
     "policy_pages",
@@ -190,3 +194,17 @@ def on_page_markdown(markdown: str, /, *, page: Page, config: MkDocsConfig, file
     if CLI_HELP_MARKER in markdown:
         markdown = markdown.replace(CLI_HELP_MARKER, cli_help())
     return markdown
+
+
+_SPHINX_ROLE: Final = re.compile(r":(?:py:)?(?:class|meth|func|data|attr|mod|exc|obj|const):<code>~?([^<]*)</code>")
+
+
+def _plain_role(match: re.Match[str]) -> str:
+    target = match.group(1)
+    shown = target.rsplit(".", 1)[-1] if match.group(0).split("<code>", 1)[1].startswith("~") else target
+    return f"<code>{shown}</code>"
+
+
+def on_page_content(html: str, /, *, page: Page, config: MkDocsConfig, files: Files) -> str:
+    """Show Sphinx roles (``:class:`X` ``) that mkdocstrings leaves in docstrings as plain code."""
+    return _SPHINX_ROLE.sub(_plain_role, html)
