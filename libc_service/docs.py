@@ -34,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final, Literal
 
+from .conditions import _All
 from .policy import LoadedPolicy
 from .requests import FUNCTIONS
 from .router import FORWARD, Deny, Route, Router
@@ -74,6 +75,8 @@ class HandlerDoc:
     functions: tuple[str, ...]
     #: Each condition of ``when=``, in words; all must hold.
     conditions: tuple[str, ...]
+    #: All the conditions together, in words (``None``: no conditions).
+    when: str | None
     #: The source file, relative to the policy file's directory (or a module path).
     source_file: str | None
     #: The line of the handler's first decorator (or its ``def``).
@@ -215,6 +218,7 @@ def _handler_doc(index: int, route: Route, base: Path | None) -> HandlerDoc:
         doc=route.doc,
         functions=tuple(sorted(route.functions, key=lambda name: order.get(name, len(order)))),
         conditions=tuple(condition.describe() for condition in route.conditions),
+        when=_All(route.conditions).describe() if route.conditions else None,
         source_file=_source_file(route, base),
         source_line=route.source[1] if route.source is not None else None,
     )
@@ -280,13 +284,7 @@ def _code(text: str) -> str:
 
 
 def _when(handler: HandlerDoc) -> str:
-    if handler.always:
-        return "always (every call of these functions)"
-    parts = [
-        f"({text})" if len(handler.conditions) > 1 and (" and " in text or " or " in text) else text
-        for text in handler.conditions
-    ]
-    return " **and** ".join(parts)
+    return handler.when or "always (every call of these functions)"
 
 
 def _table_cell(text: str) -> str:
