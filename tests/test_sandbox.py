@@ -1,0 +1,491 @@
+"""The sandbox makes the master the only door: real programs, real kernel.
+
+Without the sandbox a raw system call walks past the shim; with it the
+kernel (Landlock, a network namespace) refuses whatever the slave tries on
+its own authority, and what the policy grants arrives as a descriptor the
+master opened. Tests skip, with the kernel's reason, where Landlock or
+network namespaces are missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FdCount
+from shimtools import needs_shim
+
+from libc_service import FORWARD, Errno, Router, Sandbox, WithFds, cli, spawn
+from libc_service import sandbox as sandbox_module
+from libc_service.requests import ConnectInetRequest, OpenatRequest, OpenRequest
+from libc_service.safepath import open_beneath, resolve
+from libc_service.sandbox import landlock_abi, network_namespaces_available, program_files
+from libc_service.spawn import shim_path
+
+_NO_LANDLOCK = Sandbox.available()
+_NO_NETNS = network_namespaces_available()
+_KERNEL_MISSING = (f"no Landlock sandbox here: {_NO_LANDLOCK}" if _NO_LANDLOCK is not None
+                   else f"no network namespaces here: {_NO_NETNS}" if _NO_NETNS is not None else None)
+#: The test confines a real program: skip, saying why, where the kernel cannot.
+needs_kernel = pytest.mark.skipif(_KERNEL_MISSING is not None, reason=_KERNEL_MISSING or "")
+pytestmark = [pytest.mark.slow, needs_shim]
+ABI = landlock_abi()
+C_DIR = Path(__file__).with_name("c")
+COMMAND = [sys.executable, "-m", "libc_service"]
+
+
+@dataclass(frozen=True)
+class Ran:
+    status: int
+    out: str
+    err: str
+
+
+def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", **(extra or {})}
+
+
+async def run(
+    argv: Sequence[str], router: Router, sandbox: Sandbox | None = None, *,
+    cwd: str | os.PathLike[str] | None = None, timeout: float = 60,
+) -> Ran:
+    """Run ``argv`` as a (sandboxed) slave of ``router``; its status and output."""
+    async with spawn(argv, router, sandbox=sandbox, cwd=cwd, env=_env(), stdin=subprocess.DEVNULL,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+        status = await process.wait()
+    return Ran(status, (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace"))
+
+
+def granting(root: Path, seen: list[Any] | None = None) -> Router:
+    """A policy that opens (read-only) whatever the slave asks beneath ``root`` itself."""
+    router = Router(default=FORWARD)
+
+    @router.on("open", "openat")
+    def grant(req: OpenRequest | OpenatRequest) -> Any:
+        """Files beneath the root are opened by the master; the rest is forwarded."""
+        if seen is not None:
+            seen.append((req, resolve(req)))
+        try:
+            return WithFds(0, [open_beneath(root, req)])
+        except PermissionError:
+            return FORWARD
+
+    return router
+
+
+@pytest.fixture(scope="session")
+def raw_read(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/c/raw_read.c: reads a file with raw openat/read syscalls (no libc wrapper, no shim)."""
+    compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler (gcc or cc) to build tests/c/raw_read.c")
+    target = tmp_path_factory.mktemp("c") / "raw_read"
+    subprocess.run([compiler, "-O2", "-Wall", "-o", str(target), str(C_DIR / "raw_read.c")],
+                   check=True, capture_output=True, timeout=60)
+    return target
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "secret.txt"
+    path.write_text("the secret\n")
+    return path
+
+
+# ------------------------------------------------- raw syscalls and the kernel
+
+
+@needs_kernel
+async def test_raw_syscalls_read_a_file_without_the_sandbox(raw_read: Path, secret: Path) -> None:
+    ran = await run([str(raw_read), str(secret)], Router(default=FORWARD))
+    assert (ran.status, ran.out) == (0, "the secret\n")
+
+
+@needs_kernel
+async def test_raw_syscalls_cannot_read_a_file_under_the_sandbox(raw_read: Path, secret: Path) -> None:
+    # Even a policy that would grant the file cannot help: the raw call never asks.
+    ran = await run([str(raw_read), str(secret)], granting(secret.parent), Sandbox())
+    assert (ran.status, ran.out) == (1, "EACCES\n")
+
+
+@needs_kernel
+async def test_what_loading_needs_stays_readable_in_the_sandbox(raw_read: Path) -> None:
+    """The minimal ruleset: the program, its loader and libraries, the shim, ld.so.cache."""
+    loading = [str(path) for path in program_files(raw_read)[1:]]
+    for path in [*loading, str(shim_path()), "/etc/ld.so.cache"]:
+        if not os.path.exists(path):
+            continue
+        ran = await run([str(raw_read), path], Router(default=FORWARD), Sandbox())
+        assert ran.status == 0, (path, ran.out[:80])
+    ran = await run([str(raw_read), "/etc/passwd"], Router(default=FORWARD), Sandbox())
+    assert ran.out == "EACCES\n"
+
+
+# ----------------------------------------------------------- cat, granted
+
+
+@needs_kernel
+async def test_cat_reads_a_file_the_master_grants(secret: Path, fd_count: FdCount) -> None:
+    before = fd_count.snapshot()
+    ran = await run(["cat", str(secret)], granting(secret.parent), Sandbox())
+    assert (ran.status, ran.out) == (0, "the secret\n")
+    fd_count.assert_unchanged(before)  # the ruleset and every session descriptor are closed
+
+
+@needs_kernel
+async def test_cat_fails_when_the_policy_forwards(secret: Path) -> None:
+    ran = await run(["cat", str(secret)], Router(default=FORWARD), Sandbox())
+    assert ran.status == 1 and ran.out == ""
+    assert "Permission denied" in ran.err  # EACCES: the slave's own open, refused by Landlock
+
+
+@needs_kernel
+async def test_cat_reads_a_file_without_the_sandbox_when_the_policy_forwards(secret: Path) -> None:
+    ran = await run(["cat", str(secret)], Router(default=FORWARD))
+    assert (ran.status, ran.out) == (0, "the secret\n")
+
+
+@needs_kernel
+async def test_a_relative_path_is_resolved_in_the_slaves_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "rel.txt").write_text("relative\n")
+    seen: list[Any] = []
+    ran = await run(["cat", "rel.txt"], granting(tmp_path, seen), Sandbox(), cwd=tmp_path)
+    assert (ran.status, ran.out) == (0, "relative\n")
+    request, absolute = seen[0]
+    assert str(request.path) == "rel.txt" and request.dirfd is not None
+    assert absolute == str(tmp_path / "rel.txt")
+
+
+@needs_kernel
+def test_the_sandbox_works_on_uvloop_too(secret: Path) -> None:
+    """uvloop runs preexec_fn before closing inherited descriptors, as subprocess does."""
+    uvloop = pytest.importorskip("uvloop")
+    granted = uvloop.run(run(["cat", str(secret)], granting(secret.parent), Sandbox()))
+    forwarded = uvloop.run(run(["cat", str(secret)], Router(default=FORWARD), Sandbox()))
+    assert (granted.status, granted.out) == (0, "the secret\n")
+    assert forwarded.status == 1 and "Permission denied" in forwarded.err
+
+
+@needs_kernel
+async def test_dev_null_goes_through_the_master_too(tmp_path: Path) -> None:
+    """Programs that open /dev/null (or locales, ...) need the master: forwarding fails them."""
+    forwarded = await run(["cat", "/dev/null"], Router(default=FORWARD), Sandbox())
+    assert forwarded.status == 1 and "Permission denied" in forwarded.err
+    granted = await run(["cat", "/dev/null"], granting(Path("/dev")), Sandbox())
+    assert (granted.status, granted.out) == (0, "")
+
+
+# ------------------------------------------------------------ static rules
+
+
+@needs_kernel
+async def test_a_static_rule_on_a_single_file_lets_the_slave_read_it_alone(tmp_path: Path) -> None:
+    (tmp_path / "one.txt").write_text("one\n")
+    (tmp_path / "two.txt").write_text("two\n")
+    sandbox = Sandbox(allow_read=[tmp_path / "one.txt"])  # a file: file rights only
+    one = await run(["cat", str(tmp_path / "one.txt")], Router(default=FORWARD), sandbox)
+    two = await run(["cat", str(tmp_path / "two.txt")], Router(default=FORWARD), sandbox)
+    assert (one.status, one.out) == (0, "one\n")
+    assert two.status == 1 and "Permission denied" in two.err
+
+
+@needs_kernel
+async def test_allow_write_lets_the_slave_create_files_there_and_nowhere_else(tmp_path: Path) -> None:
+    writable, readable = tmp_path / "w", tmp_path / "r"
+    writable.mkdir()
+    readable.mkdir()
+    sandbox = Sandbox(allow_read=[readable], allow_write=[writable])
+    ran = await run(["sh", "-c", f"echo made > {writable}/out.txt && echo made > {readable}/out.txt"],
+                    Router(default=FORWARD), sandbox)
+    assert (writable / "out.txt").read_text() == "made\n"
+    assert not (readable / "out.txt").exists()
+    assert ran.status != 0 and "Permission denied" in ran.err
+
+
+@needs_kernel
+async def test_a_script_runs_with_its_interpreter_allowed(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.sh"
+    plain.write_text("#!/bin/sh\necho plain ran\n")
+    via_env = tmp_path / "env.sh"
+    via_env.write_text("#!/usr/bin/env sh\necho env ran\n")
+    for script in (plain, via_env):
+        script.chmod(0o755)
+    ran_plain = await run([str(plain)], Router(default=FORWARD), Sandbox())
+    ran_env = await run([str(via_env)], Router(default=FORWARD), Sandbox())
+    assert (ran_plain.status, ran_plain.out) == (0, "plain ran\n")
+    assert (ran_env.status, ran_env.out) == (0, "env ran\n")
+
+
+@needs_kernel
+async def test_other_programs_cannot_be_executed_unless_allowed(tmp_path: Path) -> None:
+    denied = await run(["sh", "-c", "cat /dev/null"], Router(default=FORWARD), Sandbox())
+    assert denied.status == 126 and "Permission denied" in denied.err
+    system = ["/usr", "/bin", "/lib", "/lib64"]
+    allowed = await run(["sh", "-c", "cat /dev/null"], granting(Path("/dev")), Sandbox(allow_exec=system))
+    assert allowed.status == 0, allowed.err
+
+
+def test_a_sandbox_takes_lists_of_absolute_paths() -> None:
+    with pytest.raises(TypeError, match="list of paths"):
+        Sandbox(allow_read="/etc")
+    with pytest.raises(ValueError, match="absolute"):
+        Sandbox(allow_read=["etc"])
+    assert Sandbox(allow_read=["/etc"]).static_rules() == [("/etc", "read")]
+
+
+# ------------------------------------------------------ python3 and its stdlib
+
+
+@pytest.fixture(scope="session")
+def python3() -> tuple[str, list[str]]:
+    """The python3 on PATH as a real executable (pyenv's is a shim script) and its stdlib dirs."""
+    found = shutil.which("python3")
+    if found is None:
+        pytest.skip("no python3 on PATH")
+    probe = ("import json, sys, sysconfig; "
+             "print(json.dumps([sys.executable, sysconfig.get_path('stdlib'), sysconfig.get_path('platstdlib')]))")
+    executable, *stdlib = json.loads(subprocess.run([found, "-c", probe], capture_output=True, text=True,
+                                                    check=True, timeout=60).stdout)
+    return os.path.realpath(executable), sorted(set(stdlib))
+
+
+def python_sandbox(python3: tuple[str, list[str]]) -> Sandbox:
+    """Its stdlib, and the system library directories its extension modules dlopen from."""
+    executable, stdlib = python3
+    libc_dirs = {str(path.parent) for path in program_files(Path(executable)) if path.name.startswith("libc.")}
+    return Sandbox(allow_read=[*stdlib, *sorted(libc_dirs)])
+
+
+_PYTHON_READS = textwrap.dedent("""
+    import email.parser, json, sys
+    message = email.parser.Parser().parsestr("Subject: sandboxed\\n\\nbody")
+    print(json.dumps({"subject": message["subject"]}))
+    try:
+        print(open(sys.argv[1]).read(), end="")
+    except OSError as exc:
+        print("refused", exc.errno)
+""")
+
+
+@needs_kernel
+async def test_python_runs_with_its_stdlib_allowed_statically_and_a_file_outside_is_refused(
+    python3: tuple[str, list[str]], secret: Path,
+) -> None:
+    ran = await run([python3[0], "-c", _PYTHON_READS, str(secret)], Router(default=FORWARD), python_sandbox(python3))
+    assert ran.status == 0, ran.err
+    assert ran.out == f'{{"subject": "sandboxed"}}\nrefused {errno.EACCES}\n'
+
+
+@needs_kernel
+async def test_python_reads_a_file_outside_the_allowed_set_when_the_master_grants_it(
+    python3: tuple[str, list[str]], secret: Path,
+) -> None:
+    seen: list[Any] = []
+    ran = await run([python3[0], "-c", _PYTHON_READS, str(secret)], granting(secret.parent, seen),
+                    python_sandbox(python3))
+    assert ran.status == 0, ran.err
+    assert ran.out == '{"subject": "sandboxed"}\nthe secret\n'
+    assert str(secret) in {absolute for _, absolute in seen}
+
+
+# ------------------------------------------------------------------- network
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[int]:
+    """An echo server of the master's on 127.0.0.1: answers b"ping" with b"PONG"."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read(100)
+        writer.write(data.upper())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+_CLIENT = textwrap.dedent("""
+    import errno, socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.connect(("127.0.0.1", int(sys.argv[1])))
+    except OSError as exc:
+        print(errno.errorcode[exc.errno])
+        sys.exit(1)
+    s.sendall(b"ping")
+    print(s.recv(100).decode())
+""")
+
+
+def connecting(port: int) -> Router:
+    """Connects to 127.0.0.1:PORT on the master's own socket; refuses any other address."""
+    router = Router(default=FORWARD)
+
+    @router.on("connect_inet")
+    async def connect(req: ConnectInetRequest) -> WithFds:
+        """The master connects; its socket replaces the slave's."""
+        if (str(req.address), req.port) != ("127.0.0.1", port):
+            raise Errno(errno.ECONNREFUSED)
+        mine = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            mine.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(mine, (str(req.address), req.port))
+            mine.setblocking(True)  # the status flags are shared with the slave's copy
+        except BaseException:
+            mine.close()
+            raise
+        return WithFds(0, [mine.detach()])
+
+    return router
+
+
+@needs_kernel
+async def test_a_connect_fails_without_a_network(python3: tuple[str, list[str]], listener: int) -> None:
+    ran = await run([python3[0], "-c", _CLIENT, str(listener)], Router(default=FORWARD), python_sandbox(python3))
+    assert ran.status == 1, ran.err
+    # Landlock's TCP rule refuses it first (EACCES); the empty namespace would (ENETUNREACH).
+    assert ran.out.strip() in {"EACCES", "ENETUNREACH"}
+
+
+@needs_kernel
+async def test_a_connect_the_policy_allows_works_through_the_master(
+    python3: tuple[str, list[str]], listener: int,
+) -> None:
+    ran = await run([python3[0], "-c", _CLIENT, str(listener)], connecting(listener), python_sandbox(python3))
+    assert (ran.status, ran.out) == (0, "PING\n"), ran.err
+
+
+@needs_kernel
+async def test_a_connect_the_policy_refuses_gets_its_errno(python3: tuple[str, list[str]], listener: int) -> None:
+    ran = await run([python3[0], "-c", _CLIENT, str(listener)], connecting(listener + 1 if listener < 65535 else 1),
+                    python_sandbox(python3))
+    assert (ran.status, ran.out) == (1, "ECONNREFUSED\n")
+
+
+@needs_kernel
+async def test_with_network_true_the_slave_connects_by_itself(python3: tuple[str, list[str]], listener: int) -> None:
+    sandbox = Sandbox(allow_read=python_sandbox(python3).allow_read, network=True)
+    ran = await run([python3[0], "-c", _CLIENT, str(listener)], Router(default=FORWARD), sandbox)
+    assert (ran.status, ran.out) == (0, "PING\n"), ran.err
+
+
+@needs_kernel
+@pytest.mark.skipif(ABI < 6, reason=f"Landlock ABI {ABI} has no signal scoping (needs 6)")
+async def test_the_slave_cannot_signal_the_master() -> None:
+    probe = ["sh", "-c", "kill -0 $PPID && echo signalled"]
+    free = await run(probe, Router(default=FORWARD))
+    confined = await run(probe, Router(default=FORWARD), Sandbox())
+    assert free.out == "signalled\n"
+    assert confined.status != 0 and confined.out == ""
+
+
+@needs_kernel
+async def test_known_gap_a_pathname_unix_socket_is_not_mediated(
+    python3: tuple[str, list[str]], tmp_path: Path,
+) -> None:
+    """Landlock (up to ABI 7) does not check connect() to a named unix socket:
+    a slave reaches any such socket it can name. Documented in docs/security.md."""
+    path = tmp_path / "sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+    try:
+        code = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(path)!r}); print('connected')"
+        ran = await run([python3[0], "-c", code], Router(default=FORWARD), python_sandbox(python3))
+    finally:
+        server.close()
+    assert ran.out == "connected\n", "Landlock now mediates unix sockets: update docs/security.md and the sandbox"
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def command(*args: str, cwd: Path | None = None) -> Ran:
+    done = subprocess.run([*COMMAND, *args], cwd=cwd, env=dict(os.environ, LC_ALL="C"),
+                          capture_output=True, text=True, timeout=60, check=False)
+    return Ran(done.returncode, done.stdout, done.stderr)
+
+
+def write_policy(directory: Path, body: str) -> Path:
+    path = directory / "policy.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+FORWARDING_POLICY = """
+    from libc_service import FORWARD, Router
+    router = Router(default=FORWARD)
+"""
+
+
+@needs_kernel
+def test_cli_sandbox_minimal_stops_raw_syscalls(tmp_path: Path, raw_read: Path, secret: Path) -> None:
+    policy = write_policy(tmp_path, FORWARDING_POLICY)
+    confined = command("run", "--sandbox", str(policy), "--", str(raw_read), str(secret))
+    free = command("run", str(policy), "--", str(raw_read), str(secret))
+    assert (confined.status, confined.out) == (1, "EACCES\n")
+    assert (free.status, free.out) == (0, "the secret\n")
+
+
+@needs_kernel
+def test_cli_sandbox_uses_the_policys_sandbox_and_router(tmp_path: Path) -> None:
+    public, private = tmp_path / "public", tmp_path / "private"
+    public.mkdir()
+    private.mkdir()
+    (public / "p.txt").write_text("public\n")
+    (private / "s.txt").write_text("private\n")
+    (private / "other.txt").write_text("other\n")
+    policy = write_policy(tmp_path, f"""
+        from libc_service import FORWARD, Router, Sandbox, WithFds
+        from libc_service.conditions import under
+        from libc_service.safepath import open_beneath
+
+        router = Router(default=FORWARD)
+        sandbox = Sandbox(allow_read=[{str(public)!r}])
+
+        @router.on("open", "openat", when=under({str(private / "s.txt")!r}))
+        def grant(req):
+            return WithFds(0, [open_beneath({str(private)!r}, req)])
+    """)
+    statically = command("run", "--sandbox", str(policy), "--", "cat", str(public / "p.txt"))
+    granted = command("run", "--sandbox", str(policy), "--", "cat", str(private / "s.txt"))
+    refused = command("run", "--sandbox", str(policy), "--", "cat", str(private / "other.txt"))
+    assert (statically.status, statically.out) == (0, "public\n")
+    assert (granted.status, granted.out) == (0, "private\n")
+    assert refused.status == 1 and "Permission denied" in refused.err
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"landlock_abi": lambda: 0}, "no Landlock"),
+        ({"landlock_abi": lambda: 7, "network_namespaces_available": lambda: "cannot create a network namespace"},
+         "network namespace"),
+    ],
+)
+def test_cli_sandbox_without_kernel_support_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    patch: dict[str, Callable[[], object]], message: str,
+) -> None:
+    for name, value in patch.items():
+        monkeypatch.setattr(sandbox_module, name, value)
+    policy = write_policy(tmp_path, FORWARDING_POLICY)
+    status = cli.main(["run", "--sandbox", str(policy), "--", "true"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("libc-service: error: cannot sandbox") and message in err
