@@ -209,7 +209,16 @@ class Router:
 
     Sync handlers run on the event loop: keep them quick (a syscall or two)
     and make anything slower ``async``.
+
+    In concurrent mode at most :attr:`max_in_flight` calls of one session
+    are decided at once; past that the router stops reading the session
+    until one is answered, so a slave that never reads its replies (or
+    invents thread ids) cannot pile up tasks and descriptors in the master.
     """
+
+    #: Calls of one session in flight at once in concurrent mode (a slave
+    #: thread has one at a time, so this bounds the threads served at once).
+    max_in_flight: int = 64
 
     def __init__(
         self,
@@ -327,15 +336,23 @@ class Router:
 
     async def _serve_concurrently(self, master: Master) -> None:
         tasks: set[asyncio.Task[None]] = set()
+        # Backpressure: a call's descriptors stay open until it is answered.
+        slots = asyncio.Semaphore(self.max_in_flight)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            slots.release()
+
         try:
             while True:
+                await slots.acquire()
                 try:
                     call = await master.receive_call()
                 except SessionClosed:
                     return
                 task = asyncio.ensure_future(self.handle(call, master.name))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                task.add_done_callback(finished)
         finally:
             for task in tasks:
                 task.cancel()
@@ -370,8 +387,10 @@ class Router:
                 result = route.handler(request)
                 if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                     result = await self._wait(route.handler, request, result)
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if _cancelling():
+                    raise
+                return route.name, exc  # a handler's stray CancelledError: fail the call
             except Exception as exc:  # noqa: BLE001 - becomes the reply
                 return route.name, exc
             if result is not PASS:
@@ -382,8 +401,10 @@ class Router:
                 result = default.handler(request)
                 if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                     result = await self._wait(default.handler, request, result)
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if _cancelling():
+                    raise
+                return "default", exc  # a handler's stray CancelledError: fail the call
             except Exception as exc:  # noqa: BLE001 - becomes the reply
                 return "default", exc
             return "default", result
@@ -458,6 +479,18 @@ class Router:
                 observer(decision)
             except Exception:  # noqa: BLE001 - an observer bug must not end the session
                 logger.exception("observer %s failed", _name(observer))
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled.
+
+    A handler may raise ``CancelledError`` of its own (it awaited something
+    another task cancelled); that is a failed call, to be answered with an
+    error. Letting it escape would end the session, and a slave whose
+    channel is gone falls back to doing the call itself.
+    """
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _name(handler: object) -> str:
