@@ -74,13 +74,15 @@ def stat_of(path: bytes) -> Stat:
     return Stat(size=len(path), ino=zlib.crc32(path) ^ _INO_SALT, nlink=1, mode=0o644, type="regular")
 
 
-def fuzz_router(*, concurrent: bool = False, default: Any = None) -> Router:
+def fuzz_router(*, concurrent: bool = False, default: Any = None, router: Router | None = None) -> Router:
     """A real handler set: stat, open, access, getaddrinfo and refusals.
 
     It never forwards (``deny(EPERM)`` default), so a *forward* reply in a
-    fuzz session is a grant nobody made.
+    fuzz session is a grant nobody made. Given ``router``, the handlers are
+    added to it (after its own routes) instead.
     """
-    router = Router(default=deny(errno.EPERM) if default is None else default, concurrent=concurrent)
+    if router is None:
+        router = Router(default=deny(errno.EPERM) if default is None else default, concurrent=concurrent)
 
     @router.on("stat", "lstat")
     def stat(request: Any) -> Stat:
