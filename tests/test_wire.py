@@ -30,38 +30,9 @@ from libc_service.requests import (
 from libc_service.wire import ReplyMessage, decode_reply, decode_request, encode_reply, encode_request
 
 import strategies as s
+from strategies import raw_reply, raw_request
 
 # ------------------------------------------------------------------ helpers
-
-_FIELDS = (
-    "magic", "version", "function", "pid", "tid", "request_id", "flags", "arg",
-    "address", "scope", "len1", "len2", "roles", "reserved",
-)
-
-
-def raw_request(string1: bytes = b"/etc/hostname", string2: bytes = b"", **fields: Any) -> bytes:
-    """A request datagram packed by hand; by default a valid ``stat("/etc/hostname")``."""
-    values: dict[str, Any] = {
-        "magic": b"LCSq", "version": 1, "function": wire.CODE["stat"], "pid": 7, "tid": 8,
-        "request_id": 9, "flags": 0, "arg": 0, "address": bytes(16), "scope": 0,
-        "len1": len(string1), "len2": len(string2), "roles": 0, "reserved": bytes(7),
-    }
-    values.update(fields)
-    return wire.REQUEST.pack(*(values[name] for name in _FIELDS)) + string1 + string2
-
-
-_REPLY_FIELDS = ("magic", "version", "function", "tid", "errno", "request_id", "result", "action", "kind", "count", "reserved")
-
-
-def raw_reply(payload: bytes = b"", **fields: Any) -> bytes:
-    """A reply datagram packed by hand; by default ``open`` answered with 3."""
-    values: dict[str, Any] = {
-        "magic": b"LCSr", "version": 1, "function": wire.CODE["open"], "tid": 8, "errno": 0,
-        "request_id": 9, "result": 3, "action": 0, "kind": 0, "count": 0, "reserved": bytes(12),
-    }
-    values.update(fields)
-    return wire.REPLY.pack(*(values[name] for name in _REPLY_FIELDS)) + payload
-
 
 def test_the_header_layouts_match_the_protocol_document() -> None:
     assert wire.REQUEST.size == 64
