@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -132,6 +133,7 @@ class Soak:
         self.router = self._router()
         self.live: list[hostile.Session] = []
         self.live_lock = threading.Lock()
+        self.first_snapshot: tracemalloc.Snapshot | None = None
 
     # ---------------------------------------------------------- the policy
 
@@ -291,6 +293,8 @@ class Soak:
               f"{'fds':>5} {'rss MiB':>8} {'tasks':>6}", flush=True)
         while not self.stop.is_set():
             await asyncio.sleep(self.args.interval)
+            if self.args.tracemalloc and self.first_snapshot is None:
+                self.first_snapshot = tracemalloc.take_snapshot()
             now = time.monotonic()
             decisions, sent = f.decisions, f.fuzz.sent
             rate = (decisions - previous[1]) / (now - previous[0])
@@ -330,6 +334,11 @@ class Soak:
             await asyncio.to_thread(thread.join, 60)
         elapsed = time.monotonic() - started
         await asyncio.sleep(0.1)
+        if self.first_snapshot is not None:
+            growth = tracemalloc.take_snapshot().compare_to(self.first_snapshot, "lineno")
+            print("\nlargest allocation growth since the first report:")
+            for stat in growth[:12]:
+                print(f"  {stat}")
         end_table, end_rss = fd_table(), rss_kib()
         end_fds = len(end_table)
         for fd, what in sorted(end_table.items()):
@@ -381,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-every", type=float, default=2.0, help="SIGKILL a load program this often (s)")
     parser.add_argument("--fuzz-threads", type=int, default=2, help="threads of hostile sessions")
     parser.add_argument("--interval", type=float, default=5.0, help="report every N seconds")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="trace allocations; print the largest growth from the first report to the end")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.CRITICAL)  # every rejected message logs a warning by design
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
@@ -388,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         factory = uvloop.new_event_loop
+    if args.tracemalloc:
+        tracemalloc.start()
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(Soak(args).main())
 

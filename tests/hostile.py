@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from libc_service import FORWARD, AddrInfo, Errno, Router, Stat, WithFds, deny
+from libc_service import AddrInfo, Errno, Router, Stat, WithFds, deny
 from libc_service import wire
 from libc_service.replies import Result
 from libc_service.requests import (
@@ -235,7 +235,8 @@ def _path(rnd: random.Random) -> str:
         return os.fsdecode(rnd.choice(_PATHS))
     if roll < 0.9:
         return os.fsdecode(OK_ROOT.encode() + bytes(rnd.randrange(1, 256) for _ in range(rnd.randrange(1, 40))))
-    return os.fsdecode((OK_ROOT.encode() + b"x" * PATH_MAX_BYTES)[: rnd.randrange(PATH_MAX_BYTES - 8, PATH_MAX_BYTES + 1)])
+    longest = OK_ROOT.encode() + b"x" * PATH_MAX_BYTES
+    return os.fsdecode(longest[: rnd.randrange(PATH_MAX_BYTES - 8, PATH_MAX_BYTES + 1)])
 
 
 def random_request(rnd: random.Random) -> Request:

@@ -48,9 +48,10 @@ from hypothesis import strategies as st
 
 import hostile
 from hostile import FD_KINDS, SELF, Message, Session, Tally
-from libc_service import FORWARD, PASS, AddrInfo, Errno, Master, Router, Slave, Stat, WithFds, deny
+from libc_service import FORWARD, PASS, AddrInfo, Master, Router, Slave, Stat, WithFds, deny, spawn
 from libc_service import wire
 from libc_service.requests import FUNCTIONS, REQUEST_TYPES, Request
+from shimtools import PYTHON, needs_shim
 from strategies import requests
 
 PATIENCE = hostile.PATIENCE
@@ -128,8 +129,8 @@ def hostile_messages(draw: st.DrawFn) -> Message:
         mutated, how = hostile.mutate(data, other, draw(st.randoms(use_true_random=False)))
         return Message(mutated, right, how=how)
     if how == "random":
-        return Message(draw(st.binary(max_size=wire.REQUEST.size + 64)), draw(st.lists(fd_kinds, max_size=3).map(tuple)),
-                       how=how)
+        junk = draw(st.binary(max_size=wire.REQUEST.size + 64))
+        return Message(junk, draw(st.lists(fd_kinds, max_size=3).map(tuple)), how=how)
     wrong = draw(st.lists(fd_kinds, max_size=hostile.SCM_MAX_FD).filter(lambda kinds: len(kinds) != len(right)))
     return Message(data, tuple(wrong), how=how)
 
@@ -589,3 +590,84 @@ def test_what_a_handler_returns_is_either_sent_as_is_or_fails_closed(master_loop
             if not _is_error(reply):
                 assert reply.result == outcome, f"{request.function} succeeded with {reply.result!r} for {outcome!r}"
     served.result(PATIENCE)
+
+
+# ------------------------------------------------- hostile registrations
+
+#: A slave process that abuses its registration socket (``LIBC_SERVICE_FD``):
+#: hellos without a channel, with the wrong bytes, with two channels, with
+#: descriptors that are no channel (a pipe, a directory, a stream, datagram
+#: or unconnected socket, the registration socket itself), a flood; then
+#: ``argv[2]`` valid channels that hang up at once; then one valid channel
+#: that asks the request ``argv[1]`` (hex) and prints the reply (hex).
+REGISTRATIONS = r"""
+import array, os, socket, struct, sys
+reg = socket.socket(fileno=int(os.environ["LIBC_SERVICE_FD"]))
+
+def send(data, fds=()):
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    reg.sendmsg([data], ancillary)
+
+def hello(magic=b"LCSh", version=1, pid=os.getpid()):
+    return struct.pack("<4sHHII", magic, version, 0, pid, 0)
+
+kept = []
+def channel(kind=socket.SOCK_SEQPACKET):
+    mine, theirs = socket.socketpair(socket.AF_UNIX, kind)
+    kept.append(mine)
+    kept.append(theirs)
+    return theirs.fileno()
+
+r, w = os.pipe()
+unconnected = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+hostile = [
+    (hello(), []), (b"junk", [channel()]), (hello()[:-1], [channel()]), (hello() + b"x", [channel()]),
+    (hello(magic=b"LCSx"), [channel()]), (hello(version=2), [channel()]), (hello(pid=0), [channel()]),
+    (hello(), [channel(), channel()]), (hello(), [r]), (hello(), [w]),
+    (hello(), [os.open("/", os.O_RDONLY | os.O_DIRECTORY)]), (hello(), [os.open("/dev/null", os.O_RDONLY)]),
+    (hello(), [channel(socket.SOCK_STREAM)]), (hello(), [channel(socket.SOCK_DGRAM)]),
+    (hello(), [unconnected.fileno()]), (hello(), [channel()] * 40), (hello(), [reg.fileno()]),
+    (os.urandom(16), [channel()]), (os.urandom(300), []),
+]
+for data, fds in hostile:
+    send(data, fds)
+for _ in range(int(sys.argv[2])):
+    send(hello(), [channel()])
+for sock in kept:
+    sock.close()
+
+mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+send(hello(), [theirs.fileno()])
+theirs.close()
+mine.sendmsg([bytes.fromhex(sys.argv[1])])
+print(mine.recv(9000).hex())
+"""
+
+
+@pytest.mark.slow
+@needs_shim
+async def test_hostile_registrations_are_ignored_and_a_good_one_after_them_is_served(fd_count: Any) -> None:
+    router = Router(default=FORWARD)  # the interpreter's own calls go through
+
+    @router.on("stat")
+    def fuzz_stat(request: Request) -> Any:
+        raw = os.fsencode(str(request.path))  # type: ignore[union-attr]
+        return hostile.stat_of(raw) if raw.startswith(hostile.OK_ROOT.encode()) else PASS
+
+    request = REQUEST_TYPES["stat"].model_validate(
+        {"function": "stat", "pid": 42, "tid": 42, "request_id": 9, "path": "/fuzz-ok/after"})
+    data, _ = wire.encode_request(request)
+    await asyncio.sleep(0)
+    before = fd_count.snapshot()
+    async with spawn([PYTHON, "-c", REGISTRATIONS, data.hex(), "200"], router,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert await process.wait() == 0, err.decode()
+        sessions = process.sessions_started
+    reply = wire.decode_reply(bytes.fromhex(out.decode().strip()))
+    assert (reply.function, reply.tid, reply.request_id) == ("stat", 42, 9)
+    assert (reply.result, reply.errno, reply.forward) == (hostile.stat_of(b"/fuzz-ok/after"), 0, False)
+    # The interpreter's own session, 200 hang-ups, the good one, and those hostile
+    # ones whose descriptor is a SEQPACKET socket with a valid hello.
+    assert sessions >= 202
+    fd_count.assert_unchanged(before)

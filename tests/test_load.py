@@ -127,7 +127,8 @@ def _warm_up(factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
 @needs_shim
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
-    ("mode", "loop"), [("sequential", "asyncio"), ("concurrent", "uvloop")], ids=["sequential-asyncio", "concurrent-uvloop"]
+    ("mode", "loop"), [("sequential", "asyncio"), ("concurrent", "uvloop")],
+    ids=["sequential-asyncio", "concurrent-uvloop"],
 )
 def test_every_reply_of_sixteen_processes_of_eight_threads_reaches_its_caller(
     c_program: Callable[[str], Path], fd_count: Any, mode: str, loop: str
