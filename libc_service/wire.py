@@ -11,6 +11,7 @@ mean the *local caller* asked for something impossible (a policy bug).
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Sequence
@@ -326,7 +327,49 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
             "protocol": _PROTOCOL_BY_NUMBER[arg],
         }
     # The bytes are fully checked above: build without a second validation.
-    return cast(Request, REQUEST_TYPES[function].model_construct(**fields))
+    return cast(Request, _construct(function, fields))
+
+
+#: Each request model's fields in declaration order (the order
+#: ``model_construct`` fills ``__dict__`` in, which repr and dumps follow).
+_FIELD_ORDER: Final = {name: tuple(cls.model_fields) for name, cls in REQUEST_TYPES.items()}
+_set_attribute: Final = object.__setattr__
+
+
+def _plain_model(cls: type[Any]) -> bool:
+    """Whether ``model_construct`` of ``cls`` only sets the four attributes below."""
+    return (
+        not getattr(cls, "__pydantic_post_init__", True)
+        and not getattr(cls, "__private_attributes__", True)
+        and not getattr(cls, "__pydantic_root_model__", True)
+        and all(f.alias is None and f.validation_alias is None for f in cls.model_fields.values())
+    )
+
+
+_FAST_CONSTRUCT: Final = frozenset(name for name, cls in REQUEST_TYPES.items() if _plain_model(cls))
+
+
+def _construct(function: str, fields: dict[str, Any]) -> Any:
+    """``model_construct(**fields)`` for a decoder that fills every field.
+
+    Does what pydantic's ``model_construct`` does for a model without
+    aliases, private attributes or post-init hooks, minus its per-field
+    alias and default search: about 0.6 µs instead of 2 µs, a third of
+    the decoding cost (``bench/hotpath.py``).
+    """
+    cls = REQUEST_TYPES[function]
+    if function not in _FAST_CONSTRUCT:
+        return cls.model_construct(**fields)
+    try:
+        values = {name: fields[name] for name in _FIELD_ORDER[function]}
+    except KeyError:  # a field left to its default: pydantic fills it
+        return cls.model_construct(**fields)
+    model = cls.__new__(cls)
+    _set_attribute(model, "__dict__", values)
+    _set_attribute(model, "__pydantic_fields_set__", set(fields))
+    _set_attribute(model, "__pydantic_extra__", None)
+    _set_attribute(model, "__pydantic_private__", None)
+    return model
 
 
 def _fs_path(raw: bytes, what: str) -> PurePosixPath:
@@ -336,6 +379,14 @@ def _fs_path(raw: bytes, what: str) -> PurePosixPath:
         raise ProtocolError(f"{what} of {len(raw)} bytes exceeds {PATH_MAX_BYTES}")
     if b"\0" in raw:
         raise ProtocolError(f"{what} contains NUL")
+    return _path_of(raw)
+
+
+@functools.lru_cache(maxsize=1024)
+def _path_of(raw: bytes) -> PurePosixPath:
+    # Building a PurePosixPath costs ~2 µs, a third of decoding a request;
+    # programs stat and open the same paths over and over. Paths are
+    # immutable, so requests may share one.
     return exact_path(os.fsdecode(raw))
 
 
@@ -374,8 +425,12 @@ def _open_fields(function: str, flags: int, arg: int) -> dict[str, Any]:
     takes_mode = bool(flags & _TAKES_MODE_BITS)
     if arg and not takes_mode:
         raise ProtocolError("mode given without create or temporary")
-    names = frozenset(name for name, bit in _OPEN_FLAG_BY_BIT if flags & bit)
-    return {"flags": names, "mode": _mode(arg) if takes_mode else None}
+    return {"flags": _open_flag_names(flags), "mode": _mode(arg) if takes_mode else None}
+
+
+@functools.lru_cache(maxsize=256)
+def _open_flag_names(flags: int) -> frozenset[str]:
+    return frozenset(name for name, bit in _OPEN_FLAG_BY_BIT if flags & bit)
 
 
 # ------------------------------------------------------------------ replies
