@@ -38,6 +38,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from libc_service import AddrInfo, Errno, Router, Stat, WithFds, deny
+from libc_service.conditions import named, to, under
 from libc_service import wire
 from libc_service.replies import Result
 from libc_service.requests import (
@@ -108,16 +109,33 @@ def fuzz_router(*, concurrent: bool = False, default: Any = None, router: Router
             raise Errno(errno.ENOENT)
         return 0
 
+    # Routes with conditions answer what the routes after them would, so the
+    # oracle stays simple while every hostile path, directory descriptor (of
+    # any kind), address and name goes through the condition code.
+    @router.on("mkdir", "unlink", "rmdir", "rename", when=under("/fuzz-ok"))
+    def read_only_tree(request: Any) -> int:
+        """The fuzz tree is read-only."""
+        raise Errno(errno.EROFS)
+
     @router.on("mkdir", "unlink", "rmdir", "rename")
     def mutate_(request: Any) -> int:
         """A read-only file system."""
         raise Errno(errno.EROFS)
 
-    @router.on("getaddrinfo")
-    async def resolve(request: Any) -> list[AddrInfo] | str:
+    @router.on("connect_inet", "connect_inet6", "bind_inet", "bind_inet6",
+               when=to("10.0.0.0/8:*", "127.0.0.1:80", "[::1]:*", "[fe80::]:*"))
+    def no_network(request: Any) -> int:
+        """No network, even to the usual suspects."""
+        raise Errno(errno.EPERM)
+
+    @router.on("getaddrinfo", when=named("localhost"))
+    async def resolve(request: Any) -> list[AddrInfo]:
         """Only localhost resolves (an async handler, as a resolver would be)."""
-        if request.node == "localhost":
-            return [AddrInfo(address=IPv4Address("127.0.0.1"), port=80)]
+        return [AddrInfo(address=IPv4Address("127.0.0.1"), port=80)]
+
+    @router.on("getaddrinfo")
+    def unknown(request: Any) -> str:
+        """Any other name is unknown."""
         return "noname"
 
     return router
@@ -144,7 +162,8 @@ def expected(request: Request) -> tuple[Result, int, int]:
     if function in ("mkdir", "unlink", "rmdir", "rename"):
         return -1, errno.EROFS, 0
     if function == "getaddrinfo":
-        if request.node == "localhost":  # type: ignore[union-attr]
+        node = request.node  # type: ignore[union-attr]
+        if node is not None and node.lower().rstrip(".") == "localhost":
             return [AddrInfo(address=IPv4Address("127.0.0.1"), port=80)], 0, 0
         return "noname", 0, 0
     return -1, errno.EPERM, 0  # connect_*/bind_*: the deny default
@@ -225,7 +244,7 @@ def judge(message: Message) -> Request | None:
 
 _PATHS = [
     b"/fuzz-ok/a", b"/fuzz-ok/b/c", b"/fuzz-ok/", b"/fuzz-ok/raise", b"/dev/null", b"/etc/passwd",
-    b"rel/ative", b".", b"..", b"/", b"/fuzz-ok/\xff\xfe", b"/proc/self/root", "/fuzz-ok/é".encode(),
+    b"rel/ative", b"fuzz-ok/rel", b"../fuzz-ok/up", b".", b"..", b"/", b"/fuzz-ok/\xff\xfe", b"/proc/self/root", "/fuzz-ok/é".encode(),
 ]
 
 
@@ -268,7 +287,7 @@ def random_request(rnd: random.Random) -> Request:
             text += f"%{rnd.randrange(1, 2**32)}"
         fields |= {"address": IPv6Address(text), "port": rnd.randrange(65536), "socket": 3}
     elif function == "getaddrinfo":
-        node = rnd.choice(["localhost", "example.org", None, "x" * 1025])
+        node = rnd.choice(["localhost", "LocalHost.", "example.org", None, "x" * 1025, "\udcff"])
         service = rnd.choice(["http", "443", None if node is not None else "80"])
         fields |= {"node": node, "service": service, "protocol": rnd.choice([None, "tcp", "udp"])}
     else:
