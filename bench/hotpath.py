@@ -1,0 +1,147 @@
+"""The master's CPU cost per call, without a second process.
+
+    python bench/hotpath.py [--calls N] [--runs R] [--loop uvloop|asyncio]
+
+A raw socket in the same process plays the slave: it writes an encoded
+request, the Master/Router under test receives, decides and replies, the
+raw socket reads the reply. No context switch, no wake-up: what is left is
+the Python work per call (plus two non-blocking send/recv syscalls on the
+"slave" side, measured alone as ``transport``), so before/after figures of
+an optimisation are steadier here than through the shim.
+
+Rows: ``codec`` (decode_request + encode_reply only), ``master`` (the
+seed-level receive/send), ``router stat`` (Router with a stat handler
+returning a Stat), ``router open`` (WithFds of an os.open), ``router
+forward``. Figures: median over runs of the mean µs per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+sys.path.insert(0, os.environ.get("BENCH_TREE", str(_common.ROOT)))
+
+from libc_service import Master, Router, wire  # noqa: E402
+from libc_service.requests import OpenRequest, StatRequest  # noqa: E402
+
+import pymaster  # noqa: E402
+
+STAT = wire.encode_request(StatRequest(path="/etc/hostname", pid=7, tid=7, request_id=1))[0]
+OPEN = wire.encode_request(OpenRequest(path="/etc/hostname", flags=["read_only"], pid=7, tid=7, request_id=1))[0]
+
+
+async def transport(n: int) -> float:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a.setblocking(False)
+    b.setblocking(False)
+    start = time.perf_counter()
+    for _ in range(n):
+        b.send(STAT)
+        a.recvmsg(wire.MAX_MESSAGE + 1, 64)
+        a.send(STAT)
+        b.recvmsg(wire.MAX_MESSAGE + 1, 64)
+    elapsed = time.perf_counter() - start
+    a.close()
+    b.close()
+    return elapsed / n
+
+
+async def codec(n: int) -> float:
+    reply = wire.ReplyMessage("stat", 7, 1, pymaster.FAKE_STAT)
+    start = time.perf_counter()
+    for _ in range(n):
+        wire.decode_request(STAT, ())
+        wire.encode_reply(reply)
+    return (time.perf_counter() - start) / n
+
+
+async def seed_master(n: int) -> float:
+    master, sock = Master.pair()
+    sock.setblocking(False)
+    start = time.perf_counter()
+    async with master:
+        for _ in range(n):
+            sock.send(STAT)
+            await master.receive()
+            await master.send(pymaster.FAKE_STAT)
+            sock.recv(256)
+    elapsed = time.perf_counter() - start
+    sock.close()
+    return elapsed / n
+
+
+def router_case(router: Router, data: bytes) -> Callable[[int], Awaitable[float]]:
+    async def measure(n: int) -> float:
+        master, sock = Master.pair()
+        sock.setblocking(False)
+        start = time.perf_counter()
+        async with master:
+            for _ in range(n):
+                sock.send(data)
+                call = await master.receive_call()
+                await router.handle(call)
+                _, ancdata, _, _ = sock.recvmsg(256, 64)
+                for fd in _fds(ancdata):
+                    os.close(fd)
+        elapsed = time.perf_counter() - start
+        sock.close()
+        return elapsed / n
+
+    return measure
+
+
+def _fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    import array
+
+    fds: list[int] = []
+    for _, _, data in ancdata:
+        fds.extend(array.array("i", data))
+    return fds
+
+
+CASES: dict[str, Callable[[int], Awaitable[float]]] = {
+    "transport": transport,
+    "codec": codec,
+    "master": seed_master,
+    "router stat": router_case(pymaster.answering_router(), STAT),
+    "router open": router_case(pymaster.answering_router(), OPEN),
+    "router forward": router_case(pymaster.forwarding_router(), STAT),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    args = parser.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    else:
+        runner = asyncio.Runner()
+    results: dict[str, list[float]] = {name: [] for name in CASES}
+    with runner:
+        for _ in range(args.runs):
+            for name, case in CASES.items():
+                results[name].append(runner.run(case(args.calls)) * 1e6)
+    print(f"# hotpath: {args.calls} calls x {args.runs} runs, loop={args.loop}, unpinned")
+    print(f"# {_common.machine()}")
+    rows = [(name, f"{statistics.median(v):.2f}", f"{min(v):.2f}..{max(v):.2f}") for name, v in results.items()]
+    print(_common.table(rows, ("case", "median µs/call", "range over runs")))
+
+
+if __name__ == "__main__":
+    main()

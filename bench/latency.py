@@ -1,0 +1,124 @@
+"""Per-call latency through the shim: native, Python master, C floor, fakeroot.
+
+    python bench/latency.py [--calls 20000] [--runs 5] [--pin same,split,none] [--json FILE]
+
+One C program (``tests/c/bench_calls.c``) times ``--calls`` stat(PATH) calls
+and as many open(PATH)+close pairs, one at a time, and prints the median
+nanoseconds per call. It runs under each master, interleaved, ``--runs``
+times; the figure is the median of the runs' medians:
+
+- ``native``     no shim, no master
+- ``router``     ``bench/pymaster.py answer``: a Router whose stat handler
+                 returns a fixed Stat and whose open handler returns
+                 ``WithFds`` of an ``os.open`` (b)
+- ``forward``    ``bench/pymaster.py forward``: ``Router(default=FORWARD)`` (c)
+- ``floor``      ``bench/floor_answer.c``: the same answers from a C poll()
+                 loop (d) — the transport floor the ratios are taken to
+- ``floor-fwd``  ``bench/floor_master.c forward``: the C floor of (c)
+- ``fakeroot``   the same program under ``fakeroot`` (its stat is
+                 intercepted and answered by the ``faked`` daemon; its open
+                 is not intercepted)
+
+Pinning (``--pin``): ``same`` runs master and slave on CPU 0 (``taskset -c
+0`` for both), ``split`` the master on CPU 0 and the slave on CPU 1 (every
+round trip is two cross-CPU wake-ups), ``none`` leaves it to the scheduler
+(bimodal on a 2-CPU VM). ``BENCH_TREE=DIR`` measures the libc_service of
+another checkout (the shim stays this one's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+CONFIGS = ("native", "router", "forward", "floor", "floor-fwd", "fakeroot")
+CALLS = ("stat", "open_close")
+
+
+def command(config: str, pinning: str, calls: int, path: str) -> list[str] | None:
+    """The argv of one configuration, or None when its tool is missing."""
+    program = [_common.build("bench_calls"), str(calls), path]
+    master = _common.pin_master(pinning)
+    slave = _common.pin_slave(pinning) + program
+    shim = _common.shim()
+    if config == "native":
+        return master + program
+    if config in ("router", "forward"):
+        mode = "answer" if config == "router" else "forward"
+        return master + [_common.PYTHON, str(_common.BENCH / "pymaster.py"), mode, "--", *slave]
+    if config == "floor":
+        return master + [_common.build("floor_answer"), shim, "--", *slave]
+    if config == "floor-fwd":
+        return master + [_common.build("floor_master"), "-s", shim, "forward", "--", *slave]
+    if config == "fakeroot":
+        fakeroot = _common.need("fakeroot")
+        return None if fakeroot is None else master + [fakeroot, "--", *slave]
+    raise ValueError(config)
+
+
+def measure(pinnings: list[str], configs: list[str], calls: int, runs: int, path: str
+            ) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """pinning -> config -> call -> the runs' median ns."""
+    results: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for pinning in pinnings:
+        per_config: dict[str, dict[str, list[float]]] = {c: {k: [] for k in CALLS} for c in configs}
+        for _ in range(runs):
+            for config in configs:
+                argv = command(config, pinning, calls, path)
+                if argv is None:
+                    continue
+                parsed = _common.fields(_common.run(argv))
+                for call in CALLS:
+                    per_config[config][call].append(parsed[call]["median_ns"])
+        results[pinning] = {c: v for c, v in per_config.items() if v["stat"]}
+    return results
+
+
+def report(results: dict[str, dict[str, dict[str, list[float]]]], calls: int, runs: int, path: str) -> str:
+    lines = [f"# latency: bench_calls {calls} {path}, {runs} interleaved runs, median of run medians",
+             f"# {_common.machine()}"]
+    for pinning, per_config in results.items():
+        lines.append(f"\n## pin={pinning}")
+        floor = {call: _common.median(per_config["floor"][call]) for call in CALLS} if "floor" in per_config else None
+        rows = []
+        for config, values in per_config.items():
+            row: list[object] = [config]
+            for call in CALLS:
+                m = _common.median(values[call])
+                row.append(f"{m / 1000:.2f}")
+                row.append(f"{m / floor[call]:.2f}" if floor else "-")
+                row.append(f"{min(values[call]) / 1000:.1f}..{max(values[call]) / 1000:.1f}")
+            rows.append(row)
+        lines.append(_common.table(rows, ("config", "stat µs", "÷floor", "stat range", "open+close µs",
+                                           "÷floor", "open range")))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--pin", default="same,split,none", help="comma list of same, split, none")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--path", default="/etc/hostname")
+    parser.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
+    args = parser.parse_args()
+    pinnings = args.pin.split(",")
+    if unknown := set(pinnings) - set(_common.PINNINGS):
+        parser.error(f"unknown pinning {unknown}")
+    configs = args.configs.split(",")
+    results = measure(pinnings, configs, args.calls, args.runs, args.path)
+    print(report(results, args.calls, args.runs, args.path))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"calls": args.calls, "runs": args.runs, "results": results,
+                                               "tree": os.environ.get("BENCH_TREE")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
