@@ -125,6 +125,6 @@ async def resolve_in_master(request: GetaddrinfoRequest) -> list[AddrInfo] | Gai
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(request.node, request.service, type=kind, proto=proto)
     except socket.gaierror as exc:
-        return _GAI_ERRORS.get(exc.errno, "fail")
+        return _GAI_ERRORS.get(exc.errno or 0, "fail")
     found = dict.fromkeys((str(info[4][0]), int(info[4][1])) for info in infos)
     return [AddrInfo(address, port) for address, port in found]
