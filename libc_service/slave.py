@@ -83,10 +83,16 @@ class Slave:
         message, received = self._wait(request.tid)
         if message.request_id != request.request_id or message.function != request.function:
             close_fds(received)
-            raise ConnectionError(
+            error = ConnectionError(
                 f"reply for request {message.request_id} ({message.function}) "
                 f"answered request {request.request_id} ({request.function})"
             )
+            # The channel is out of step with its callers: nothing later can be trusted.
+            with self._cond:
+                if self._broken is None:
+                    self._broken = error
+                self._cond.notify_all()
+            raise error
         return Reply(message.result, message.errno, tuple(received), message.forward)
 
     def _wait(self, tid: int) -> tuple[wire.ReplyMessage, list[int]]:
