@@ -20,6 +20,10 @@ The shim only *advises*: a static binary or a raw syscall walks past it. A
   fails rather than run half-isolated.
 - **Signals.** With Landlock ABI 6 the slave cannot signal processes outside
   its domain (the master, in particular).
+- **Capabilities.** The slave starts with no capabilities at all (bounding,
+  ambient, effective, permitted and inheritable sets emptied, and
+  ``no_new_privs``): a root slave cannot use what Landlock does not
+  mediate — ``chown``, ``init_module``, ``sethostname``, raw sockets.
 
 Everything that can fail is prepared in the parent (kernel support probed,
 rule descriptors opened, the ruleset built); the forked child only makes the
@@ -60,12 +64,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _SYSCALLS: Final = {
-    "x86_64": {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446, "unshare": 272, "prctl": 157},
-    "aarch64": {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446, "unshare": 97, "prctl": 167},
+    "x86_64": {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446, "unshare": 272, "prctl": 157,
+               "capset": 126},
+    "aarch64": {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446, "unshare": 97, "prctl": 167,
+                "capset": 91},
 }
 _CREATE_RULESET_VERSION: Final = 1
 _RULE_PATH_BENEATH: Final = 1
 _PR_SET_NO_NEW_PRIVS: Final = 38
+_PR_CAPBSET_DROP: Final = 24
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_CAPABILITY_VERSION_3: Final = 0x20080522
 _CLONE_NEWNET: Final = 0x40000000
 _CLONE_NEWUSER: Final = 0x10000000
 
@@ -345,6 +354,14 @@ def _add_path_rule(numbers: Mapping[str, int], ruleset: int, path: Path, access:
     return True
 
 
+def _last_capability() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as file:
+            return int(file.read())
+    except (OSError, ValueError):
+        return 63  # drop every possible bit; unknown ones fail with EINVAL
+
+
 class PreparedSandbox:
     """A built ruleset, applied in the forked child just before ``exec``."""
 
@@ -355,6 +372,10 @@ class PreparedSandbox:
         self._network = network
         self._uid = os.getuid()
         self._gid = os.getgid()
+        self._last_cap = _last_capability()
+        # capset(header {version, pid 0}, data[2] {effective, permitted, inheritable}): all empty.
+        self._no_caps_header = ctypes.create_string_buffer(struct.pack("<Ii", _CAPABILITY_VERSION_3, 0))
+        self._no_caps_data = ctypes.create_string_buffer(bytes(24))
 
     def apply_in_child(self) -> None:
         """Runs between fork and exec: isolate the network, then restrict.
@@ -377,6 +398,22 @@ class PreparedSandbox:
                 self._unshare_as_user()
         _check(_syscall(numbers["prctl"], _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         _check(_syscall(numbers["restrict_self"], ctypes.c_int(self.ruleset), ctypes.c_uint32(0)), "landlock_restrict_self")
+        self._drop_capabilities()
+
+    def _drop_capabilities(self) -> None:
+        # A root slave keeps capabilities Landlock knows nothing of (loading a
+        # kernel module from memory, changing the host's name or clock, chown):
+        # empty every set. Under no_new_privs exec cannot grant them back.
+        numbers = self._numbers
+        for cap in range(self._last_cap + 1):
+            if _syscall(numbers["prctl"], _PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+                if ctypes.get_errno() == errno_module.EPERM:
+                    break  # no CAP_SETPCAP: nothing in the bounding set to fear under no_new_privs
+                if ctypes.get_errno() != errno_module.EINVAL:  # EINVAL: a capability this kernel lacks
+                    _check(-1, "prctl(PR_CAPBSET_DROP)")
+        _check(_syscall(numbers["prctl"], _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
+               "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+        _check(_syscall(numbers["capset"], self._no_caps_header, self._no_caps_data), "capset")
 
     def _unshare_as_user(self) -> None:
         # Without CAP_SYS_ADMIN, a user namespace grants it for the new netns.

@@ -238,6 +238,10 @@ def other_process() -> Iterator[subprocess.Popen[bytes]]:
     """A slave stand-in: a process that is not the master."""
     process = subprocess.Popen(["sleep", "30"])
     try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{process.pid}/comm").read_text() != "sleep\n":  # until it has exec'd
+            assert time.monotonic() < deadline, "sleep did not start"
+            time.sleep(0.005)
         yield process
     finally:
         process.kill()

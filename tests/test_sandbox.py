@@ -134,6 +134,31 @@ async def test_what_loading_needs_stays_readable_in_the_sandbox(raw_read: Path) 
     assert ran.out == "EACCES\n"
 
 
+@pytest.fixture(scope="session")
+def uring_read(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/c/uring_read.c: opens and reads a file with io_uring requests only."""
+    compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler (gcc or cc) to build tests/c/uring_read.c")
+    target = tmp_path_factory.mktemp("c") / "uring_read"
+    built = subprocess.run([compiler, "-O2", "-Wall", "-o", str(target), str(C_DIR / "uring_read.c")],
+                           capture_output=True, text=True, timeout=60, check=False)
+    if built.returncode != 0:
+        pytest.skip(f"cannot build tests/c/uring_read.c (no <linux/io_uring.h>?): {built.stderr[-200:]}")
+    return target
+
+
+@needs_kernel
+async def test_io_uring_opens_are_refused_under_the_sandbox(uring_read: Path, secret: Path) -> None:
+    """io_uring walks past the shim, not past Landlock: the kernel checks the open itself."""
+    free = await run([str(uring_read), str(secret)], Router(default=FORWARD))
+    if free.status == 3:
+        pytest.skip(f"io_uring is unavailable here: {free.out.strip()}")
+    confined = await run([str(uring_read), str(secret)], granting(secret.parent), Sandbox())
+    assert (free.status, free.out) == (0, "the secret\n")
+    assert (confined.status, confined.out) == (1, "EACCES\n")
+
+
 # ----------------------------------------------------------- cat, granted
 
 
@@ -299,6 +324,54 @@ async def test_python_reads_a_file_outside_the_allowed_set_when_the_master_grant
     assert ran.status == 0, ran.err
     assert ran.out == '{"subject": "sandboxed"}\nthe secret\n'
     assert str(secret) in {absolute for _, absolute in seen}
+
+
+_DIRECTORY_FD = textwrap.dedent("""
+    import errno, os, sys
+    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)  # the master grants the directory
+    print(sorted(os.listdir(fd)))                             # listing the granted descriptor works
+    for how, attempt in (("openat", lambda: os.open("inside.txt", os.O_RDONLY, dir_fd=fd)),
+                         ("fchdir", lambda: (os.fchdir(fd), open("inside.txt")))):
+        try:
+            attempt()
+            print(how, "read it")
+        except OSError as exc:
+            print(how, errno.errorcode[exc.errno])
+""")
+
+
+@needs_kernel
+async def test_a_granted_directory_descriptor_lists_but_does_not_open_what_is_inside(
+    python3: tuple[str, list[str]], tmp_path: Path,
+) -> None:
+    """Landlock checks every open by where the object is, whatever dirfd the path starts from."""
+    (tmp_path / "inside.txt").write_text("inside\n")
+    router = Router(default=FORWARD)
+
+    @router.on("open", "openat")
+    def directories_only(req: OpenRequest | OpenatRequest) -> Any:
+        """The directory itself is opened by the master; what is in it is forwarded."""
+        if "directory" in req.flags:
+            return WithFds(0, [open_beneath(tmp_path, req)])
+        return FORWARD
+
+    ran = await run([python3[0], "-c", _DIRECTORY_FD, str(tmp_path)], router, python_sandbox(python3))
+    assert ran.status == 0, ran.err
+    assert ran.out == "['inside.txt']\nopenat EACCES\nfchdir EACCES\n"
+
+
+@needs_kernel
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root slave has capabilities to lose")
+async def test_a_root_slave_has_no_capabilities(python3: tuple[str, list[str]], tmp_path: Path) -> None:
+    """chown is not a Landlock right: what stops a root slave is the empty capability set."""
+    target = tmp_path / "owned"
+    target.write_text("")
+    code = "import os, sys\ntry:\n    os.chown(sys.argv[1], 12345, -1); print('chowned')\nexcept OSError as e: print(e.errno)"
+    sandbox = Sandbox(allow_read=python_sandbox(python3).allow_read, allow_write=[tmp_path])
+    confined = await run([python3[0], "-c", code, str(target)], Router(default=FORWARD), sandbox)
+    assert confined.out == f"{errno.EPERM}\n" and target.stat().st_uid == 0
+    free = await run([python3[0], "-c", code, str(target)], Router(default=FORWARD))
+    assert free.out == "chowned\n"
 
 
 # ------------------------------------------------------------------- network
