@@ -20,6 +20,10 @@ The shim only *advises*: a static binary or a raw syscall walks past it. A
   fails rather than run half-isolated.
 - **Signals.** With Landlock ABI 6 the slave cannot signal processes outside
   its domain (the master, in particular).
+- **Metadata.** Landlock does not mediate ``chmod``, ``chown``, ``utime``
+  or extended attributes: with the default ``metadata=False`` a seccomp
+  filter refuses them (``EPERM``), and io_uring (``ENOSYS``), so a slave
+  cannot, say, make its user's private key world-readable.
 - **Capabilities.** The slave starts with no capabilities at all (bounding,
   ambient, effective, permitted and inheritable sets emptied, and
   ``no_new_privs``): a root slave cannot use what Landlock does not
@@ -75,6 +79,26 @@ _PR_SET_NO_NEW_PRIVS: Final = 38
 _PR_CAPBSET_DROP: Final = 24
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _CAPABILITY_VERSION_3: Final = 0x20080522
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+
+# The seccomp filter: calls Landlock does not mediate that change a file the
+# slave's uid owns (mode, owner, times, extended attributes) fail with EPERM;
+# io_uring (whose SETXATTR requests would walk past the list) with ENOSYS,
+# which programs take as "no io_uring here" and fall back from.
+_AUDIT_ARCH: Final = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_X32_BIT: Final = 0x40000000
+_METADATA_CALLS: Final = {
+    # chmod fchmod chown fchown lchown utime setxattr lsetxattr fsetxattr removexattr lremovexattr
+    # fremovexattr utimes fchownat futimesat fchmodat utimensat fchmodat2 setxattrat removexattrat
+    "x86_64": (90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198, 199, 235, 260, 261, 268, 280, 452, 463, 466),
+    # setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr fchmod fchmodat fchownat fchown
+    # utimensat fchmodat2 setxattrat removexattrat
+    "aarch64": (5, 6, 7, 14, 15, 16, 52, 53, 54, 55, 88, 452, 463, 466),
+}
+_IO_URING_CALLS: Final = (425, 426, 427)  # io_uring_setup, io_uring_enter, io_uring_register: both arches
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+_RET_ALLOW: Final = 0x7FFF0000
+_RET_ERRNO: Final = 0x00050000
 _CLONE_NEWNET: Final = 0x40000000
 _CLONE_NEWUSER: Final = 0x10000000
 
@@ -240,6 +264,10 @@ class Sandbox:
     execute from (and read). Paths must be absolute; a path that does not
     exist when the program starts grants nothing. ``network``: keep the
     host's network (``True``) or get none (``False``, the default).
+    ``metadata``: let the slave change the mode, owner, times and extended
+    attributes of files its uid owns by itself (``True``), which Landlock
+    does not mediate; by default (``False``) a seccomp filter refuses those
+    calls (``EPERM``) and io_uring (``ENOSYS``).
 
     Everything else the program needs — ``/dev/null``, locales, the files it
     works on — it can only get through the master: a policy that forwards
@@ -250,6 +278,7 @@ class Sandbox:
     allow_write: Sequence[str | os.PathLike[str]] = field(default=())
     allow_exec: Sequence[str | os.PathLike[str]] = field(default=())
     network: bool = False
+    metadata: bool = False
 
     def __post_init__(self) -> None:
         for name in ("allow_read", "allow_write", "allow_exec"):
@@ -327,7 +356,7 @@ class Sandbox:
         except BaseException:
             os.close(ruleset)
             raise
-        return PreparedSandbox(ruleset, numbers, network=self.network, abi=abi)
+        return PreparedSandbox(ruleset, numbers, network=self.network, abi=abi, metadata=self.metadata)
 
 
 def _add_path_rule(numbers: Mapping[str, int], ruleset: int, path: Path, access: int) -> bool:
@@ -354,6 +383,41 @@ def _add_path_rule(numbers: Mapping[str, int], ruleset: int, path: Path, access:
     return True
 
 
+def _metadata_filter(machine: str) -> bytes:
+    """A classic-BPF seccomp program refusing the metadata calls and io_uring.
+
+    System calls of another ABI (i386 through ``int 0x80``, x32) fail with
+    ``ENOSYS``: their numbers differ, so the list could not cover them.
+    """
+    arch, calls = _AUDIT_ARCH[machine], _METADATA_CALLS[machine]
+
+    def insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+        return struct.pack("<HBBI", code, jt, jf, k)
+
+    checks = [(nr, "eperm") for nr in calls] + [(nr, "enosys") for nr in _IO_URING_CALLS]
+    # Layout: [0] ld arch, [1] jeq arch, [2] ret ENOSYS, [3] ld nr, [4] jge x32,
+    # [5 .. 5+n-1] jeq nr, [5+n] ret ALLOW, [6+n] ret EPERM, [7+n] ret ENOSYS.
+    n = len(checks)
+    allow, eperm, enosys = 5 + n, 6 + n, 7 + n
+    program = [
+        insn(_BPF_LD_W_ABS, 4),                      # seccomp_data.arch
+        insn(_BPF_JEQ_K, arch, jt=1, jf=0),
+        insn(_BPF_RET_K, _RET_ERRNO | errno_module.ENOSYS),
+        insn(_BPF_LD_W_ABS, 0),                      # seccomp_data.nr
+        insn(_BPF_JGE_K, _X32_BIT, jt=enosys - 5, jf=0),
+    ]
+    for index, (nr, outcome) in enumerate(checks):
+        here = 5 + index
+        target = eperm if outcome == "eperm" else enosys
+        program.append(insn(_BPF_JEQ_K, nr, jt=target - here - 1, jf=0))
+    program += [
+        insn(_BPF_RET_K, _RET_ALLOW),
+        insn(_BPF_RET_K, _RET_ERRNO | errno_module.EPERM),
+        insn(_BPF_RET_K, _RET_ERRNO | errno_module.ENOSYS),
+    ]
+    return b"".join(program)
+
+
 def _last_capability() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as file:
@@ -365,11 +429,21 @@ def _last_capability() -> int:
 class PreparedSandbox:
     """A built ruleset, applied in the forked child just before ``exec``."""
 
-    def __init__(self, ruleset: int, numbers: Mapping[str, int], *, network: bool, abi: int) -> None:
+    def __init__(
+        self, ruleset: int, numbers: Mapping[str, int], *, network: bool, abi: int, metadata: bool = False,
+    ) -> None:
         self.ruleset = ruleset
         self.abi = abi
         self._numbers = dict(numbers)
         self._network = network
+        # Built here, in the parent: the child only hands the kernel a pointer.
+        self._filter: ctypes.Array[ctypes.c_char] | None = None
+        self._filter_prog: ctypes.Array[ctypes.c_char] | None = None
+        if not metadata:
+            self._filter = ctypes.create_string_buffer(_metadata_filter(platform.machine()))
+            self._filter_prog = ctypes.create_string_buffer(
+                struct.pack("<HxxxxxxQ", len(self._filter.raw) // 8, ctypes.addressof(self._filter))
+            )
         self._uid = os.getuid()
         self._gid = os.getgid()
         self._last_cap = _last_capability()
@@ -399,6 +473,9 @@ class PreparedSandbox:
         _check(_syscall(numbers["prctl"], _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         _check(_syscall(numbers["restrict_self"], ctypes.c_int(self.ruleset), ctypes.c_uint32(0)), "landlock_restrict_self")
         self._drop_capabilities()
+        if self._filter_prog is not None:
+            _check(_syscall(numbers["prctl"], _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, self._filter_prog, 0, 0),
+                   "prctl(PR_SET_SECCOMP)")
 
     def _drop_capabilities(self) -> None:
         # A root slave keeps capabilities Landlock knows nothing of (loading a

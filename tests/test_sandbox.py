@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -149,14 +150,17 @@ def uring_read(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @needs_kernel
-async def test_io_uring_opens_are_refused_under_the_sandbox(uring_read: Path, secret: Path) -> None:
-    """io_uring walks past the shim, not past Landlock: the kernel checks the open itself."""
+async def test_io_uring_is_refused_and_its_opens_would_be_too(uring_read: Path, secret: Path) -> None:
+    """io_uring walks past the shim, not past the kernel: by default the seccomp filter
+    refuses io_uring itself; with metadata=True (no filter) Landlock checks its opens."""
     free = await run([str(uring_read), str(secret)], Router(default=FORWARD))
     if free.status == 3:
         pytest.skip(f"io_uring is unavailable here: {free.out.strip()}")
-    confined = await run([str(uring_read), str(secret)], granting(secret.parent), Sandbox())
+    filtered = await run([str(uring_read), str(secret)], granting(secret.parent), Sandbox())
+    unfiltered = await run([str(uring_read), str(secret)], granting(secret.parent), Sandbox(metadata=True))
     assert (free.status, free.out) == (0, "the secret\n")
-    assert (confined.status, confined.out) == (1, "EACCES\n")
+    assert (filtered.status, filtered.out) == (3, "setup ENOSYS\n")
+    assert (unfiltered.status, unfiltered.out) == (1, "EACCES\n")
 
 
 # ----------------------------------------------------------- cat, granted
@@ -372,6 +376,39 @@ async def test_a_root_slave_has_no_capabilities(python3: tuple[str, list[str]], 
     assert confined.out == f"{errno.EPERM}\n" and target.stat().st_uid == 0
     free = await run([python3[0], "-c", code, str(target)], Router(default=FORWARD))
     assert free.out == "chowned\n"
+
+
+_METADATA = textwrap.dedent("""
+    import errno, os, sys
+    for how, attempt in (("chmod", lambda: os.chmod(sys.argv[1], 0o644)),
+                         ("utime", lambda: os.utime(sys.argv[1], (0, 0))),
+                         ("setxattr", lambda: os.setxattr(sys.argv[1], "user.libc_service", b"1"))):
+        try:
+            attempt()
+            print(how, "done")
+        except OSError as exc:
+            print(how, errno.errorcode[exc.errno])
+""")
+
+
+@needs_kernel
+async def test_the_slave_cannot_change_metadata_of_its_users_files_unless_allowed(
+    python3: tuple[str, list[str]], tmp_path: Path,
+) -> None:
+    """chmod/utime/setxattr are not Landlock rights: the seccomp filter refuses them,
+    even on a file no rule mentions (say, the user's private key)."""
+    key = tmp_path / "id_key"
+    key.write_text("private")
+    key.chmod(0o600)
+    libraries = python_sandbox(python3).allow_read
+    confined = await run([python3[0], "-c", _METADATA, str(key)], Router(default=FORWARD),
+                         Sandbox(allow_read=libraries))
+    assert confined.out == "chmod EPERM\nutime EPERM\nsetxattr EPERM\n", confined.err
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_mtime != 0
+    allowed = await run([python3[0], "-c", _METADATA, str(key)], Router(default=FORWARD),
+                        Sandbox(allow_read=libraries, metadata=True))
+    assert allowed.out.splitlines()[:2] == ["chmod done", "utime done"], allowed.err
+    assert stat.S_IMODE(key.stat().st_mode) == 0o644
 
 
 # ------------------------------------------------------------------- network
