@@ -57,6 +57,7 @@ from libc_service.requests import (
     StatRequest,
 )
 from libc_service.safepath import open_beneath, stat_beneath
+from libc_service.sandbox import SandboxUnavailable, network_namespaces_available
 from libc_service.tracing import decision_record
 
 logger = logging.getLogger("asyncio_server")
@@ -164,7 +165,7 @@ class JobServer:
 
     def __post_init__(self) -> None:
         if self.use_sandbox:
-            self.sandbox_unavailable = Sandbox.available()
+            self.sandbox_unavailable = Sandbox.available() or network_namespaces_available()
             if self.sandbox_unavailable is not None:
                 logger.warning("workers run unsandboxed: %s", self.sandbox_unavailable)
 
@@ -194,7 +195,7 @@ class JobServer:
                     worker.kill()
                     stdout, stderr = b"", b"job timed out\n"
                 status = await worker.wait()
-        except OSError as exc:  # the program is missing, or the sandbox failed
+        except (OSError, SandboxUnavailable) as exc:  # the program is missing, or the sandbox failed
             status, stdout, stderr = 127, b"", f"cannot start: {exc}\n".encode()
         finally:
             self._running.remove(mine)
