@@ -4,20 +4,15 @@
 dispatch, :meth:`Router.routes` and ``libc-service docs`` all read. What a
 handler returns or raises becomes the reply:
 
-=============================================  ===============================
-handler outcome                                reply
-=============================================  ===============================
-``int``; ``Stat``; ``list[AddrInfo]`` or an    ``send(result)``
-error name (getaddrinfo)
-``WithFds(result, fds)``                       ``send_with_fds(result, fds)``
-``raise Errno(code)`` / any ``OSError``        ``-1`` with that errno
-                                               (getaddrinfo: ``system``)
-``socket.gaierror`` (getaddrinfo)              its error name, e.g. ``noname``
-``FORWARD``                                    ``use_slave_credentials()``
-``PASS``                                       the next matching route decides
-anything else, or an exception                 logged; the slave gets
-                                               ``error_errno`` (fail closed)
-=============================================  ===============================
+| handler outcome | reply |
+|---|---|
+| ``int``; ``Stat``; ``list[AddrInfo]`` or an error name (getaddrinfo) | ``send(result)`` |
+| ``WithFds(result, fds)`` | ``send_with_fds(result, fds)`` |
+| ``raise Errno(code)`` / any ``OSError`` | ``-1`` with that errno (getaddrinfo: ``system``) |
+| ``socket.gaierror`` (getaddrinfo) | its error name, e.g. ``noname`` |
+| ``FORWARD`` | ``use_slave_credentials()`` |
+| ``PASS`` | the next matching route decides |
+| anything else, or an exception | logged; the slave gets ``error_errno`` (fail closed) |
 """
 
 from __future__ import annotations
