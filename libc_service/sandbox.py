@@ -12,7 +12,8 @@ The shim only *advises*: a static binary or a raw syscall walks past it. A
   it is opened, and the master opened it outside the sandbox.
 - **Network.** With ``network=False`` the slave gets a fresh, empty network
   namespace (no interfaces but a down loopback: no TCP, UDP, ICMP, nor
-  abstract unix sockets of the host), and, where the kernel has Landlock
+  abstract unix sockets of the host) and a fresh IPC namespace (no SysV
+  shared memory, semaphores or message queues of the host), and, where the kernel has Landlock
   ABI 4, TCP bind/connect are also refused by Landlock; with ABI 6 abstract
   unix sockets outside its Landlock domain are refused as well. A connect
   the policy allows is done by the master on a socket of its own, which
@@ -101,6 +102,10 @@ _RET_ALLOW: Final = 0x7FFF0000
 _RET_ERRNO: Final = 0x00050000
 _CLONE_NEWNET: Final = 0x40000000
 _CLONE_NEWUSER: Final = 0x10000000
+_CLONE_NEWIPC: Final = 0x08000000
+#: With network=False: no network, no abstract unix sockets, no SysV IPC or
+#: POSIX message queues of the host (Landlock mediates none of these).
+_ISOLATE: Final = _CLONE_NEWNET | _CLONE_NEWIPC
 
 # Landlock filesystem rights, by the ABI that introduced them.
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -468,7 +473,7 @@ class PreparedSandbox:
     def _apply(self) -> None:
         numbers = self._numbers
         if not self._network:
-            if _syscall(numbers["unshare"], ctypes.c_int(_CLONE_NEWNET)) < 0:
+            if _syscall(numbers["unshare"], ctypes.c_int(_ISOLATE)) < 0:
                 self._unshare_as_user()
         _check(_syscall(numbers["prctl"], _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         _check(_syscall(numbers["restrict_self"], ctypes.c_int(self.ruleset), ctypes.c_uint32(0)), "landlock_restrict_self")
@@ -494,7 +499,7 @@ class PreparedSandbox:
 
     def _unshare_as_user(self) -> None:
         # Without CAP_SYS_ADMIN, a user namespace grants it for the new netns.
-        _check(_syscall(self._numbers["unshare"], ctypes.c_int(_CLONE_NEWUSER | _CLONE_NEWNET)), "unshare(network)")
+        _check(_syscall(self._numbers["unshare"], ctypes.c_int(_CLONE_NEWUSER | _ISOLATE)), "unshare(network, ipc)")
         for name, text in (("setgroups", "deny"), ("uid_map", f"{self._uid} {self._uid} 1"),
                            ("gid_map", f"{self._gid} {self._gid} 1")):
             fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
@@ -512,9 +517,9 @@ class PreparedSandbox:
 
 def _probe_unshare() -> None:  # pragma: no cover - runs in the probe's child
     numbers = _numbers()
-    if _syscall(numbers["unshare"], ctypes.c_int(_CLONE_NEWNET)) == 0:
+    if _syscall(numbers["unshare"], ctypes.c_int(_ISOLATE)) == 0:
         return
-    _check(_syscall(numbers["unshare"], ctypes.c_int(_CLONE_NEWUSER | _CLONE_NEWNET)), "unshare")
+    _check(_syscall(numbers["unshare"], ctypes.c_int(_CLONE_NEWUSER | _ISOLATE)), "unshare")
 
 
 @functools.cache
@@ -529,7 +534,7 @@ def _network_namespace_reason() -> str | None:
         # The same fork-then-unshare path spawn() takes, on a harmless program.
         done = subprocess.run(argv, preexec_fn=_probe_unshare, capture_output=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
-        return ("cannot create a network namespace (unshare(CLONE_NEWNET) failed, "
+        return ("cannot create a network namespace (unshare(CLONE_NEWNET | CLONE_NEWIPC) failed, "
                 "also inside a user namespace)")
     if done.returncode != 0:
         return f"the network namespace probe failed (exit status {done.returncode})"

@@ -19,7 +19,7 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,23 @@ async def test_raw_syscalls_cannot_read_a_file_under_the_sandbox(raw_read: Path,
     # Even a policy that would grant the file cannot help: the raw call never asks.
     ran = await run([str(raw_read), str(secret)], granting(secret.parent), Sandbox())
     assert (ran.status, ran.out) == (1, "EACCES\n")
+
+
+@needs_kernel
+async def test_a_static_binary_ignores_the_shim_but_not_the_sandbox(
+    raw_read: Path, secret: Path, tmp_path: Path,
+) -> None:
+    compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    assert compiler is not None  # raw_read was built
+    static = tmp_path / "raw_read_static"
+    built = subprocess.run([compiler, "-static", "-O2", "-o", str(static), str(C_DIR / "raw_read.c")],
+                           capture_output=True, text=True, timeout=60, check=False)
+    if built.returncode != 0:
+        pytest.skip(f"no static C library to link with: {built.stderr[-200:]}")
+    free = await run([str(static), str(secret)], Router(default=FORWARD))
+    confined = await run([str(static), str(secret)], granting(secret.parent), Sandbox())
+    assert (free.status, free.out) == (0, "the secret\n")
+    assert (confined.status, confined.out) == (1, "EACCES\n")
 
 
 @needs_kernel
@@ -492,6 +509,34 @@ async def test_with_network_true_the_slave_connects_by_itself(python3: tuple[str
     sandbox = Sandbox(allow_read=python_sandbox(python3).allow_read, network=True)
     ran = await run([python3[0], "-c", _CLIENT, str(listener)], Router(default=FORWARD), sandbox)
     assert (ran.status, ran.out) == (0, "PING\n"), ran.err
+
+
+@pytest.fixture
+def sysv_segment() -> Iterator[int]:
+    """A SysV shared memory segment of the master's; its key."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = 0x4C430000 | (os.getpid() & 0xFFFF)
+    ident = libc.shmget(key, 4096, 0o1600)  # IPC_CREAT | 0600
+    if ident < 0:
+        pytest.skip(f"cannot create a SysV shared memory segment: {os.strerror(ctypes.get_errno())}")
+    try:
+        yield key
+    finally:
+        libc.shmctl(ident, 0, None)  # IPC_RMID
+
+
+@needs_kernel
+async def test_the_hosts_sysv_ipc_is_out_of_reach(python3: tuple[str, list[str]], sysv_segment: int) -> None:
+    """Landlock does not mediate SysV IPC; network=False also gives the slave its own IPC namespace."""
+    code = ("import ctypes, errno, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "print('found' if libc.shmget(int(sys.argv[1]), 0, 0) >= 0 else errno.errorcode[ctypes.get_errno()])")
+    argv = [python3[0], "-c", code, str(sysv_segment)]
+    free = await run(argv, Router(default=FORWARD))
+    confined = await run(argv, Router(default=FORWARD), python_sandbox(python3))
+    assert free.out == "found\n", free.err
+    assert confined.out == "ENOENT\n", confined.err
 
 
 @needs_kernel
