@@ -379,6 +379,8 @@ class Master:
         await self._owed().use_slave_credentials()
 
     def _owed(self) -> Call:
+        if self._sock is None:
+            raise SessionClosed("the session is closed")
         call = self._current
         if call is None or call.done:
             raise RuntimeError("no request awaits a reply; call receive() first")
