@@ -197,6 +197,35 @@ async def test_an_unanswered_calls_descriptors_are_closed_with_the_session(
     fd_count.assert_unchanged(before)
 
 
+@pytest.mark.parametrize("how", ["send", "send_with_fds", "forward"])
+async def test_answering_after_the_master_closed_is_session_closed(
+    workdir: int, fd_count: FdCount, how: str
+) -> None:
+    before = fd_count.snapshot()
+    master, sock = Master.pair()
+    with Slave(sock) as slave:
+        calling = in_thread(slave.call, "stat", path="greeting", fds=[workdir])
+        await master.receive()
+        (dirfd,) = master.descriptors()
+        master.close()
+        assert_closed(dirfd)
+        r, w = os.pipe()
+        with pytest.raises(SessionClosed):
+            if how == "send":
+                await master.send(Stat())
+            elif how == "send_with_fds":
+                await master.send_with_fds(Stat(), [r, w])
+            else:
+                await master.use_slave_credentials()
+        if how == "send_with_fds":
+            assert_closed(r, w)
+        else:
+            close_all([r, w])
+        with pytest.raises(ConnectionError):
+            await calling
+    fd_count.assert_unchanged(before)
+
+
 @pytest.mark.parametrize(
     ("result", "nfds", "errno_arg", "error"),
     [
