@@ -146,6 +146,8 @@ class SandboxDoc:
     #: ``(path, access)`` with access a tuple of ``read``/``write``/``execute``.
     rules: tuple[tuple[str, tuple[str, ...]], ...]
     network: bool
+    #: Whether the slave may change mode, owner, times and xattrs by itself.
+    metadata: bool
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,8 @@ def _sandbox_doc(sandbox: Any) -> SandboxDoc | None:
         (str(path), tuple(part.strip() for part in access.split(",")))
         for path, access in sandbox.static_rules()
     )
-    return SandboxDoc(rules=rules, network=bool(sandbox.network))
+    metadata = bool(getattr(sandbox, "metadata", False))
+    return SandboxDoc(rules=rules, network=bool(sandbox.network), metadata=metadata)
 
 
 def describe_policy(policy: LoadedPolicy) -> PolicyDoc:
@@ -352,7 +355,8 @@ def _glance(doc: PolicyDoc) -> list[str]:
         count = len(doc.sandbox.rules)
         rules = "no static rules" if not count else f"{count} static rule{'s' if count != 1 else ''}"
         network = "the host's network" if doc.sandbox.network else "no network"
-        lines.append(f"- **Sandbox** (with `--sandbox`): {rules}, {network}.")
+        metadata = "metadata changes allowed" if doc.sandbox.metadata else "no metadata changes"
+        lines.append(f"- **Sandbox** (with `--sandbox`): {rules}, {network}, {metadata}.")
     lines += [
         "",
         "Handlers are tried in the order listed; the first whose conditions all hold decides "
@@ -424,9 +428,17 @@ def _sandbox(doc: PolicyDoc) -> list[str]:
     lines.append(
         "Network: the host's network is kept."
         if doc.sandbox.network
-        else "Network: none. The slave runs in an empty network namespace (and Landlock refuses "
+        else "Network: none. The slave runs in empty network and IPC namespaces (and Landlock refuses "
              "TCP bind/connect where the kernel supports it); only a socket the master connects "
              "and passes back reaches anything."
+    )
+    lines.append("")
+    lines.append(
+        "Metadata: the slave may change the mode, owner, times and extended attributes of files its "
+        "user owns by itself (`metadata=True`; Landlock does not mediate these calls)."
+        if doc.sandbox.metadata
+        else "Metadata: `chmod`, `chown`, `utime` and extended-attribute calls are refused (`EPERM`, by a "
+             "seccomp filter, since Landlock does not mediate them), and so is io_uring."
     )
     return lines
 
@@ -501,6 +513,7 @@ def policy_json(doc: PolicyDoc) -> dict[str, Any]:
         "sandbox": None if doc.sandbox is None else {
             "rules": [{"path": path, "access": list(access)} for path, access in doc.sandbox.rules],
             "network": doc.sandbox.network,
+            "metadata": doc.sandbox.metadata,
         },
     }
 

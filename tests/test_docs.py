@@ -169,6 +169,7 @@ def test_failure_timeout_and_sandbox_are_documented(policy: LoadedPolicy) -> Non
     assert "| `/tmp/scratch` | read, write |" in page
     assert "| `/usr/bin` | read, execute |" in page
     assert "Network: none." in page
+    assert "Metadata: `chmod`, `chown`, `utime` and extended-attribute calls are refused" in page
 
 
 @pytest.mark.parametrize(
@@ -268,6 +269,7 @@ def test_json_document_has_the_documented_keys(policy: LoadedPolicy) -> None:
             {"path": "/usr/bin", "access": ["read", "execute"]},
         ],
         "network": False,
+        "metadata": False,
     }
 
 
