@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import strategies as st
 
@@ -147,12 +147,12 @@ assert set(ARGUMENTS) == set(FUNCTIONS), "a strategy for every function"
 
 def requests_of(function: str) -> st.SearchStrategy[Request]:
     """Validated requests of one function, with ids and descriptor numbers."""
-    model = REQUEST_TYPES[function]
-    return st.builds(
-        lambda ids, arguments: model(function=function, **ids, **arguments),
-        st.fixed_dictionaries(_ids),
-        ARGUMENTS[function],
-    )  # type: ignore[return-value]
+    model: Any = REQUEST_TYPES[function]
+
+    def build(ids: dict[str, int], arguments: dict[str, Any]) -> Request:
+        return cast(Request, model(function=function, **ids, **arguments))
+
+    return st.builds(build, st.fixed_dictionaries(_ids), ARGUMENTS[function])
 
 
 #: A request of any of the 17 functions.

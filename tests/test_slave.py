@@ -32,7 +32,7 @@ _IDENTITY = ("function", "pid", "tid", "request_id")
 
 #: Each example of these crosses a real socket and a thread: fewer of them
 #: than the profile's pure-codec examples, which cover the value space.
-through_a_thread = settings(max_examples=min(settings.default.max_examples, 40))
+through_a_thread = settings(max_examples=min(settings().max_examples, 40))
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def real_fds(tmp_path: Path) -> Iterator[dict[str, int]]:
 def _answer_for(request: Request) -> Result:
     """What the master answers: computed from the request, so a mix-up shows."""
     if request.function in ("stat", "lstat"):
-        return Stat(size=len(os.fsencode(str(request.path))), ino=request.request_id, type="symlink")  # type: ignore[union-attr]
+        return Stat(size=len(os.fsencode(str(request.path))), ino=request.request_id, type="symlink")
     if request.function == "getaddrinfo":
         return [AddrInfo("192.0.2.7", request.request_id % 65536), AddrInfo("fe80::7%3", request.tid % 65536)]
     return request.request_id
@@ -97,7 +97,7 @@ async def test_every_function_reaches_the_master_as_the_slave_asked(
     master, sock = Master.pair()
     slave = Slave(sock)
     try:
-        calling = in_thread(lambda: (slave.call(function, **arguments, **sent), threading.get_native_id()))
+        calling = in_thread(lambda: (slave.call(function, **{**arguments, **sent}), threading.get_native_id()))
         request = await master.receive()
         assert type(request) is model
         for name, value in arguments.items():
@@ -155,7 +155,7 @@ async def test_a_real_files_stat_arrives_intact(channel: tuple[Master, Slave], t
     truth = Stat.from_os(os.lstat(target))
     reply = await _one_call(master, slave, "lstat", {"path": str(target)}, lambda m: m.send(truth))
     assert reply.result == truth
-    assert reply.result.mtime == 1_222_222_222_222_222_222  # type: ignore[union-attr]
+    assert reply.result.mtime == 1_222_222_222_222_222_222
 
 
 @through_a_thread
@@ -166,7 +166,7 @@ async def test_an_address_list_arrives_in_order_with_scopes(addresses: list[Addr
         reply = await _one_call(master, slave, "getaddrinfo", _GAI_ARGS, lambda m: m.send(addresses))
     master.close()
     assert reply.result == addresses
-    assert [getattr(a.address, "scope_id", None) for a in reply.result] == [  # type: ignore[union-attr]
+    assert [getattr(a.address, "scope_id", None) for a in reply.result] == [
         getattr(a.address, "scope_id", None) for a in addresses
     ]
 
@@ -193,13 +193,21 @@ async def test_the_system_error_carries_its_errno(channel: tuple[Master, Slave],
 @through_a_thread
 @given(function=st.sampled_from([f for f in FUNCTIONS if f not in ("stat", "lstat", "getaddrinfo")]), result=s.I64)
 async def test_an_int_result_arrives(function: str, result: int, real_fds: dict[str, int]) -> None:
-    arguments = {"mkdir": {"path": "d", "mode": 0o700}, "rename": {"path1": "a", "path2": "b"},
-                 "access": {"path": "f", "amode": "f"}, "eaccess": {"path": "f", "amode": "x"},
-                 "open": {"path": "f", "flags": ["read_only"]}, "openat": {"path": "f", "flags": ["read_only"]},
-                 "connect_unix": {"path": "\0bus"}, "bind_unix": {"path": "/run/s"},
-                 "connect_inet": {"address": "127.0.0.1", "port": 1}, "bind_inet": {"address": "0.0.0.0", "port": 0},
-                 "connect_inet6": {"address": "::1", "port": 1}, "bind_inet6": {"address": "::", "port": 0},
-                 }.get(function, {"path": "x"})
+    every: dict[str, dict[str, Any]] = {
+        "mkdir": {"path": "d", "mode": 0o700},
+        "rename": {"path1": "a", "path2": "b"},
+        "access": {"path": "f", "amode": "f"},
+        "eaccess": {"path": "f", "amode": "x"},
+        "open": {"path": "f", "flags": ["read_only"]},
+        "openat": {"path": "f", "flags": ["read_only"]},
+        "connect_unix": {"path": "\0bus"},
+        "bind_unix": {"path": "/run/s"},
+        "connect_inet": {"address": "127.0.0.1", "port": 1},
+        "bind_inet": {"address": "0.0.0.0", "port": 0},
+        "connect_inet6": {"address": "::1", "port": 1},
+        "bind_inet6": {"address": "::", "port": 0},
+    }
+    arguments = every.get(function, {"path": "x"})
     if function.startswith(("connect", "bind")):
         arguments = {**arguments, "socket": real_fds["socket"]}
     master, sock = Master.pair()
@@ -224,12 +232,13 @@ async def test_a_failure_arrives_as_minus_one_and_its_errno(errno_value: int, as
 @pytest.mark.parametrize("function", ["open", "stat", "getaddrinfo", "connect_inet6"])
 async def test_a_forward_arrives_as_forwarded(channel: tuple[Master, Slave], function: str, real_fds: dict[str, int]) -> None:
     master, slave = channel
-    arguments: dict[str, Any] = {
+    every: dict[str, dict[str, Any]] = {
         "open": {"path": "/etc/hostname", "flags": ["read_only"]},
         "stat": _STAT_ARGS,
         "getaddrinfo": _GAI_ARGS,
         "connect_inet6": {"address": "fe80::1%1", "port": 22, "socket": real_fds["socket"]},
-    }[function]
+    }
+    arguments = every[function]
     reply = await _one_call(master, slave, function, arguments, lambda m: m.use_slave_credentials())
     assert reply == Reply(0, 0, (), True)
 

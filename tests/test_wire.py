@@ -20,6 +20,8 @@ from libc_service.replies import GAI_ERRORS
 from libc_service.requests import (
     FUNCTIONS,
     REQUEST_TYPES,
+    ConnectInet6Request,
+    ConnectInetRequest,
     ConnectUnixRequest,
     GetaddrinfoRequest,
     OpenatRequest,
@@ -123,7 +125,7 @@ def test_an_abstract_socket_name_arrives_byte_for_byte(raw: bytes) -> None:
 )
 @pytest.mark.parametrize("protocol", [None, "tcp", "udp"])
 def test_getaddrinfo_node_and_service_combinations(node: str | None, service: str | None, protocol: str | None) -> None:
-    request = GetaddrinfoRequest(node=node, service=service, protocol=protocol, pid=1, tid=1)  # type: ignore[arg-type]
+    request = GetaddrinfoRequest(node=node, service=service, protocol=protocol, pid=1, tid=1)
     raw, fds = encode_request(request)
     assert fds == []
     header = wire.REQUEST.unpack_from(raw)
@@ -135,7 +137,7 @@ def test_getaddrinfo_node_and_service_combinations(node: str | None, service: st
 @given(flags_mode=s.open_flags_and_mode(at=True))
 def test_every_openat_flag_combination_round_trips(flags_mode: tuple[frozenset[str], int | None]) -> None:
     flags, mode = flags_mode
-    request = OpenatRequest(path="f", flags=flags, mode=mode, pid=1, tid=1)  # type: ignore[arg-type]
+    request = OpenatRequest(path="f", flags=flags, mode=mode, pid=1, tid=1)
     decoded = decode_request(*encode_request(request))
     assert decoded == request
     assert isinstance(decoded, OpenatRequest) and decoded.flags == flags and decoded.mode == mode
@@ -144,7 +146,8 @@ def test_every_openat_flag_combination_round_trips(flags_mode: tuple[frozenset[s
 @pytest.mark.parametrize("amode", ["f", "r", "w", "x", "rw", "rx", "wx", "rwx"])
 @pytest.mark.parametrize("function", ["access", "eaccess"])
 def test_every_amode_round_trips(function: str, amode: str) -> None:
-    request = REQUEST_TYPES[function](path="/bin/sh", amode=amode, pid=1, tid=1)  # type: ignore[call-arg]
+    model: Any = REQUEST_TYPES[function]
+    request = model(path="/bin/sh", amode=amode, pid=1, tid=1)
     raw, _ = encode_request(request)
     expected_bits = 0 if amode == "f" else sum({"r": 4, "w": 2, "x": 1}[m] for m in amode)
     assert wire.REQUEST.unpack_from(raw)[6] == expected_bits
@@ -152,7 +155,7 @@ def test_every_amode_round_trips(function: str, amode: str) -> None:
 
 
 def test_an_ipv6_scope_id_travels_in_its_own_field() -> None:
-    request = REQUEST_TYPES["connect_inet6"](address="fe80::1%7", port=443, socket=3, pid=1, tid=1)  # type: ignore[call-arg]
+    request = ConnectInet6Request(address="fe80::1%7", port=443, socket=3, pid=1, tid=1)
     raw, fds = encode_request(request)
     header = wire.REQUEST.unpack_from(raw)
     assert header[8] == IPv6Address("fe80::1").packed and header[9] == 7
@@ -345,7 +348,7 @@ def test_every_getaddrinfo_error_name_round_trips(name: str) -> None:
     errno_value = errno.ECONNREFUSED if name == "system" else 0
     message = ReplyMessage("getaddrinfo", 1, 2, name, errno_value)  # type: ignore[arg-type]
     data = encode_reply(message)
-    assert wire.REPLY.unpack_from(data)[6] == GAI_ERRORS.index(name) + 1  # type: ignore[arg-type]
+    assert wire.REPLY.unpack_from(data)[6] == GAI_ERRORS.index(name) + 1
     assert decode_reply(data) == message
 
 
@@ -465,11 +468,11 @@ def test_a_result_of_the_wrong_type_is_a_type_error(message: ReplyMessage) -> No
             id="mode beyond 0o7777",
         ),
         pytest.param(
-            REQUEST_TYPES["connect_inet"].model_construct(address=IPv4Address("127.0.0.1"), port=70000, socket=3, pid=1, tid=1),
+            ConnectInetRequest.model_construct(address=IPv4Address("127.0.0.1"), port=70000, socket=3, pid=1, tid=1),
             id="port beyond 65535",
         ),
         pytest.param(
-            REQUEST_TYPES["connect_inet6"].model_construct(address=IPv6Address("::1%4294967296"), port=1, socket=3, pid=1, tid=1),
+            ConnectInet6Request.model_construct(address=IPv6Address("::1%4294967296"), port=1, socket=3, pid=1, tid=1),
             id="scope beyond u32",
         ),
     ],
