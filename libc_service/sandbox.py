@@ -47,6 +47,7 @@ import functools
 import logging
 import os
 import platform
+import re
 import shutil
 import stat as stat_module
 import struct
@@ -195,15 +196,38 @@ def _shebang(path: Path) -> list[str] | None:
     return [interpreter, argument] if argument else [interpreter]
 
 
+_LOADER_NAME: Final = re.compile(r"ld(-linux)?(-[\w.-]+)?\.so(\.\d+)*|ld64\.so(\.\d+)*|ld-musl-[\w.-]+\.so\.1")
+_LIBRARY_DIRS: Final = ("/lib/", "/lib64/", "/lib32/", "/usr/lib/", "/usr/lib64/", "/usr/lib32/")
+
+
+def _is_system_loader(interpreter: str) -> bool:
+    """Whether a ``PT_INTERP`` is the system's dynamic loader, safe to run in trace mode.
+
+    The program chooses its ``PT_INTERP``; running whatever it names (a
+    shell, a script interpreter) on the program's bytes would execute them
+    in the master. Only a file named like a dynamic loader (``ld-linux*.so*``,
+    ``ld64.so*``, ``ld-musl-*.so.1``) whose real path is in a system library
+    directory is run.
+    """
+    real = os.path.realpath(interpreter)
+    return (
+        _LOADER_NAME.fullmatch(Path(interpreter).name) is not None
+        and _LOADER_NAME.fullmatch(Path(real).name) is not None
+        and real.startswith(_LIBRARY_DIRS)
+        and os.path.isfile(real)
+    )
+
+
 def program_files(
     executable: Path, env: Mapping[str, str] | None = None, *, _depth: int = 0
 ) -> list[Path]:
     """What loading ``executable`` needs: itself, its interpreter, its libraries.
 
     Libraries are listed by the system's own dynamic loader in trace mode
-    (``LD_TRACE_LOADED_OBJECTS``), which maps nothing of the program's code;
-    the loader run is the program's own ``PT_INTERP`` only when that is a
-    regular file under ``/lib``, ``/lib64`` or ``/usr``. For a ``#!``
+    (``LD_TRACE_LOADED_OBJECTS``), which runs none of the program's code;
+    the program's ``PT_INTERP`` is run only when it is a dynamic loader in
+    a system library directory (see ``_is_system_loader``), otherwise only
+    the program and its interpreter are listed. For a ``#!``
     script, what its interpreter needs is added (and, for ``#!/usr/bin/env
     NAME``, what ``NAME`` found on ``PATH`` needs). Libraries a program
     ``dlopen`` later are not known here: allow their directories.
@@ -213,9 +237,8 @@ def program_files(
     if interpreter is None:
         return files + _script_files(executable, env, _depth)
     files.append(Path(interpreter))
-    trusted = interpreter.startswith(("/lib/", "/lib64/", "/usr/"))
-    if not trusted:
-        return files
+    if not _is_system_loader(interpreter):
+        return files  # never run what the (untrusted) program names: it could be /bin/sh
     trace_env = {"LD_TRACE_LOADED_OBJECTS": "1", "PATH": "/usr/bin:/bin"}
     if env and "LD_LIBRARY_PATH" in env:
         trace_env["LD_LIBRARY_PATH"] = env["LD_LIBRARY_PATH"]

@@ -284,6 +284,29 @@ async def test_other_programs_cannot_be_executed_unless_allowed(tmp_path: Path) 
     assert allowed.status == 0, allowed.err
 
 
+def test_listing_what_loading_needs_never_runs_the_programs_own_interpreter_choice(
+    raw_read: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A program names its PT_INTERP: the master must not run /bin/sh on the program's bytes."""
+    compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    assert compiler is not None  # raw_read was built
+    hostile = tmp_path / "hostile"
+    subprocess.run([compiler, "-Wl,--dynamic-linker=/bin/sh", "-o", str(hostile), str(C_DIR / "raw_read.c")],
+                   check=True, capture_output=True, timeout=60)
+    ran: list[Sequence[str]] = []
+    real_run = subprocess.run
+
+    def recording_run(argv: Sequence[str], *args: Any, **kwargs: Any) -> Any:
+        ran.append(list(argv))
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recording_run)  # the module sandbox.py calls through
+    assert program_files(hostile) == [hostile, Path("/bin/sh")]
+    assert ran == []
+    normal = program_files(raw_read)  # the system loader is run, in trace mode
+    assert len(ran) == 1 and any(path.name.startswith("libc.") for path in normal)
+
+
 def test_a_sandbox_takes_lists_of_absolute_paths() -> None:
     with pytest.raises(TypeError, match="list of paths"):
         Sandbox(allow_read="/etc")
