@@ -316,7 +316,12 @@ class MkdirRequest(_PathRequest):
 
 
 class RenameRequest(_Request):
-    """``rename(path1, path2)``; each path has its own directory descriptor."""
+    """``rename(path1, path2)``; each path has its own directory descriptor.
+
+    ``no_replace`` is ``renameat2``'s ``RENAME_NOREPLACE``: the call must fail
+    with ``EEXIST`` instead of replacing an existing ``path2`` (``mv`` asks
+    for it first). A handler that performs the rename itself must honour it.
+    """
 
     ARGUMENTS: ClassVar[tuple[str, ...]] = ("path1", "path2")
     DESCRIPTORS: ClassVar[tuple[str, ...]] = ("dirfd1", "dirfd2")
@@ -326,6 +331,7 @@ class RenameRequest(_Request):
     path2: PurePosixPath
     dirfd1: Descriptor | None = None
     dirfd2: Descriptor | None = None
+    no_replace: bool = False
 
     _paths_in = field_validator("path1", "path2", mode="before")(_path_in)
     _check_paths = field_validator("path1", "path2")(_check_fs_path)

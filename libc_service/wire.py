@@ -105,6 +105,9 @@ _OPEN_FLAG_BY_BIT: Final = tuple(OPEN_FLAG_BITS.items())
 _ACCESS_MODE_BITS: Final = OPEN_FLAG_BITS["read_only"] | OPEN_FLAG_BITS["write_only"] | OPEN_FLAG_BITS["read_write"]
 _TAKES_MODE_BITS: Final = OPEN_FLAG_BITS["create"] | OPEN_FLAG_BITS["temporary"]
 
+#: rename's only flag: fail with EEXIST rather than replace path2
+#: (``renameat2``'s ``RENAME_NOREPLACE``, which ``mv`` asks for first).
+RENAME_NO_REPLACE: Final = 1
 AMODE_BITS: Final[dict[str, int]] = {"r": 4, "w": 2, "x": 1}
 PROTOCOL_NUMBER: Final[dict[str | None, int]] = {None: 0, "tcp": 6, "udp": 17}
 _PROTOCOL_BY_NUMBER: Final = {number: name for name, number in PROTOCOL_NUMBER.items()}
@@ -195,6 +198,7 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
         case RenameRequest():
             string1 = os.fsencode(str(request.path1))
             string2 = os.fsencode(str(request.path2))
+            flags = RENAME_NO_REPLACE if request.no_replace else 0
         case ConnectUnixRequest() | BindUnixRequest():
             string1 = os.fsencode(str(request.path))
         case ConnectInetRequest() | BindInetRequest() | ConnectInet6Request() | BindInet6Request():
@@ -284,7 +288,9 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
             no("flags", flags)
             no("arg", arg)
     elif function == "rename":
-        no("flags or arg", flags or arg)
+        no("arg", arg)
+        if flags & ~RENAME_NO_REPLACE:
+            raise ProtocolError(f"unknown rename flag bits {flags & ~RENAME_NO_REPLACE:#x}")
         no("an address", address != _NO_ADDRESS or scope)
         no("the socket role", roles & ROLE_SOCKET)
         fields = common | {
@@ -292,6 +298,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
             "path2": _fs_path(string2, "path2"),
             "dirfd1": next(fd_iter) if roles & ROLE_DIR1 else None,
             "dirfd2": next(fd_iter) if roles & ROLE_DIR2 else None,
+            "no_replace": bool(flags & RENAME_NO_REPLACE),
         }
     elif function in _UNIX_FUNCTIONS:
         no("flags or arg", flags or arg)

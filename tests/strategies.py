@@ -132,7 +132,8 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "eaccess": st.fixed_dictionaries({**_PATH_ONLY, "amode": amodes}),
     "mkdir": st.fixed_dictionaries({**_PATH_ONLY, "mode": MODES}),
     "rename": st.fixed_dictionaries(
-        {"path1": paths, "path2": paths, "dirfd1": st.none() | FDS, "dirfd2": st.none() | FDS}
+        {"path1": paths, "path2": paths, "dirfd1": st.none() | FDS, "dirfd2": st.none() | FDS,
+         "no_replace": st.booleans()}
     ),
     "connect_unix": st.fixed_dictionaries({"path": unix_paths, "socket": FDS}),
     "bind_unix": st.fixed_dictionaries({"path": unix_paths, "socket": FDS}),

@@ -249,7 +249,7 @@ _BAD_REQUESTS = [
     _bad("access with arg", raw_request(function=wire.CODE["access"], arg=1)),
     _bad("rename without path2", raw_request(function=wire.CODE["rename"])),
     _bad("rename with the socket role", raw_request(b"/a", b"/b", function=wire.CODE["rename"], roles=4), (3,)),
-    _bad("rename with flags", raw_request(b"/a", b"/b", function=wire.CODE["rename"], flags=1)),
+    _bad("rename with an unknown flag", raw_request(b"/a", b"/b", function=wire.CODE["rename"], flags=2)),
     _bad("connect_unix without its socket", raw_request(b"\0x", function=wire.CODE["connect_unix"])),
     _bad("connect_unix with a directory", raw_request(b"/s", function=wire.CODE["connect_unix"], roles=1), (3,)),
     _bad("connect_unix path of 109 bytes", raw_request(b"s" * 109, function=wire.CODE["connect_unix"], roles=4), (3,)),
@@ -589,3 +589,10 @@ def test_a_registration_round_trips(pid: int) -> None:
 def test_a_malformed_registration_is_a_protocol_error(data: bytes, nfds: int) -> None:
     with pytest.raises(ProtocolError):
         wire.decode_registration(data, nfds)
+
+
+def test_rename_no_replace_travels_as_its_flag_bit() -> None:
+    request = RenameRequest(path1="/a", path2="/b", no_replace=True, pid=1, tid=1)
+    data, fds = wire.encode_request(request)
+    assert wire.REQUEST.unpack_from(data)[6] == wire.RENAME_NO_REPLACE
+    assert wire.decode_request(data, fds).no_replace is True
