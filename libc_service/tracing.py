@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any, TextIO
 
 from .replies import AddrInfo, Stat
-from .requests import Request
+from .requests import RenameRequest, Request
 from .router import Decision
 
 __all__ = ["Tracer", "decision_record", "request_arguments"]
@@ -35,8 +35,14 @@ def _plain(value: Any) -> Any:
 
 
 def request_arguments(request: Request) -> dict[str, Any]:
-    """The request's arguments as JSON-ready data, in the seed's order."""
-    return {name: _plain(getattr(request, name)) for name in request.ARGUMENTS}
+    """The request's arguments as JSON-ready data, in the seed's order.
+
+    A rename also carries ``no_replace`` (``renameat2``'s ``RENAME_NOREPLACE``).
+    """
+    arguments = {name: _plain(getattr(request, name)) for name in request.ARGUMENTS}
+    if isinstance(request, RenameRequest):
+        arguments["no_replace"] = request.no_replace
+    return arguments
 
 
 def decision_record(decision: Decision) -> dict[str, Any]:
@@ -75,6 +81,8 @@ def decision_line(decision: Decision) -> str:
     """One decision as a human-readable line."""
     request = decision.request
     arguments = ", ".join(_show(getattr(request, name)) for name in request.ARGUMENTS)
+    if isinstance(request, RenameRequest) and request.no_replace:
+        arguments += ", no_replace"
     if decision.outcome == "forward":
         answer = "forwarded"
     elif decision.errno:

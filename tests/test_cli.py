@@ -174,6 +174,18 @@ def test_trace_json_lines_have_the_documented_keys(tmp_path: Path) -> None:
     assert lstat["errno"] == 0
 
 
+def test_trace_shows_a_no_replace_rename(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("a")
+    text = cli("trace", "--", "mv", "a", "b", cwd=tmp_path)
+    assert text.returncode == 0
+    assert ' rename("a", "b", no_replace) = forwarded' in text.stderr
+    (tmp_path / "b").rename(tmp_path / "a")
+    done = cli("trace", "--json", "--", "mv", "a", "b", cwd=tmp_path)
+    (rename,) = [json.loads(line) for line in done.stderr.splitlines() if '"rename"' in line]
+    assert rename["arguments"] == {"path1": "a", "path2": "b", "no_replace": True}
+    assert (tmp_path / "b").read_text() == "a"
+
+
 def test_trace_output_goes_to_a_file(tmp_path: Path) -> None:
     log = tmp_path / "trace.jsonl"
     done = cli("trace", "--json", "-o", str(log), "--", "cat", "/etc/hostname")

@@ -106,8 +106,6 @@ async def test_getent_ahosts_localhost_behaves_as_natively() -> None:
 
 Setup = Callable[[Path], None]
 
-# mv renames with renameat2(RENAME_NOREPLACE), which the protocol cannot
-# express yet: it goes straight to the real libc (docs/shim.md, known gaps).
 MUTATING: dict[str, tuple[list[str], str | None]] = {
     "mkdir": (["mkdir", "new"], "mkdir"),
     "mkdir-mode": (["mkdir", "-m", "0700", "private"], "mkdir"),
@@ -115,8 +113,11 @@ MUTATING: dict[str, tuple[list[str], str | None]] = {
     "mkdir-exists": (["mkdir", "sub"], "mkdir"),
     "touch": (["touch", "created"], "open"),
     "touch-existing": (["touch", "-d", "@0", "hello.txt"], "open"),
-    "mv": (["mv", "hello.txt", "renamed.txt"], None),
-    "mv-into-dir": (["mv", "numbers", "sub/"], "open"),
+    "mv": (["mv", "hello.txt", "renamed.txt"], "rename"),
+    "mv-over": (["mv", "hello.txt", "numbers"], "rename"),
+    "mv-no-clobber": (["mv", "-n", "hello.txt", "numbers"], "rename"),
+    "mv-into-dir": (["mv", "numbers", "sub/"], "rename"),
+    "mv-missing": (["mv", "missing", "elsewhere"], "rename"),
     "rm": (["rm", "hello.txt", "link"], "unlink"),
     "rm-missing": (["rm", "missing"], "unlink"),
     "rm-r": (["rm", "-r", "sub"], "unlink"),

@@ -312,6 +312,24 @@ async def test_relative_paths_arrive_with_the_directory_they_are_relative_to(tmp
     assert (tmp_path / "sub" / "made").is_dir()
 
 
+async def test_mv_asks_for_no_replace_and_sees_the_policys_answer(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("a")
+    router = Router()
+    seen: list[tuple[str, str, bool]] = []
+
+    @router.on("rename")
+    def read_only(req: RenameRequest) -> Any:
+        seen.append((str(req.path1), str(req.path2), req.no_replace))
+        raise Errno(errno.EROFS)
+
+    ran = await run_slave(["mv", "a", "b"], router, cwd=tmp_path)
+    assert ran.status == 1
+    assert "mv: cannot move 'a' to 'b': Read-only file system" in ran.err
+    assert seen == [("a", "b", True)]
+    renamed = await run_slave([PYTHON, "-c", "import os; os.rename('a', 'b')"], Router(), cwd=tmp_path)
+    assert renamed.status == 0 and (tmp_path / "b").read_text() == "a"
+
+
 async def test_a_rename_of_two_path_max_paths_reaches_the_master() -> None:
     router = Router()
     lengths: list[tuple[int, int]] = []

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdio.h> /* RENAME_NOREPLACE */
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -580,13 +581,16 @@ LCS_EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const c
 	return LCS_REAL(renameat)(olddirfd, oldpath, newdirfd, newpath);
 }
 
-/* RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT have no protocol form. */
+/* RENAME_NOREPLACE is the protocol's no_replace; RENAME_EXCHANGE and
+ * RENAME_WHITEOUT have no protocol form and go straight to the real libc. */
 LCS_EXPORT int renameat2(int olddirfd, const char *oldpath, int newdirfd,
                          const char *newpath, unsigned int flags)
 {
+	uint32_t bits = flags == RENAME_NOREPLACE ? LCS_RENAME_NO_REPLACE : 0;
 	int result;
 
-	if (!flags && simple_call(LCS_RENAME, 0, 0, olddirfd, oldpath, newdirfd, newpath, &result))
+	if ((!flags || bits) &&
+	    simple_call(LCS_RENAME, bits, 0, olddirfd, oldpath, newdirfd, newpath, &result))
 		return result;
 	return LCS_REAL(renameat2)(olddirfd, oldpath, newdirfd, newpath, flags);
 }

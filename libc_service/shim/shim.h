@@ -63,6 +63,9 @@ enum {
 	LCS_O_TRUNCATE = 1u << 11,
 };
 
+/* rename flag bits. */
+enum { LCS_RENAME_NO_REPLACE = 1u << 0 };
+
 /* fd roles (request byte 56). */
 enum {
 	LCS_ROLE_DIR1 = 1u << 0,
