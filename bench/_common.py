@@ -28,6 +28,7 @@ PROGRAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "floor_master": (("bench/floor_master.c",), ()),
     "floor_answer": (("bench/floor_answer.c",), ()),
     "stat_loop": (("bench/stat_loop.c",), ()),
+    "idle_tree": (("bench/idle_tree.c",), ()),
 }
 
 #: Pinning configurations. "same": master and slave on CPU 0 (taskset -c 0

@@ -8,6 +8,10 @@ nanoseconds per call. It runs under each master, interleaved, ``--runs``
 times; the figure is the median of the runs' medians:
 
 - ``native``     no shim, no master
+- ``shim-inert`` the shim preloaded without a master (no ``LIBC_SERVICE_FD``):
+                 every call goes straight to the real libc after the shim's
+                 check — what a call the shim could allow by a local rule
+                 would cost at best (the shim has no such rule yet)
 - ``router``     ``bench/pymaster.py answer``: a Router whose stat handler
                  returns a fixed Stat and whose open handler returns
                  ``WithFds`` of an ``os.open`` (b)
@@ -37,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-CONFIGS = ("native", "router", "forward", "floor", "floor-fwd", "fakeroot")
+CONFIGS = ("native", "shim-inert", "router", "forward", "floor", "floor-fwd", "fakeroot")
 CALLS = ("stat", "open_close")
 
 
@@ -49,6 +53,8 @@ def command(config: str, pinning: str, calls: int, path: str) -> list[str] | Non
     shim = _common.shim()
     if config == "native":
         return master + program
+    if config == "shim-inert":
+        return master + ["env", "-u", "LIBC_SERVICE_FD", f"LD_PRELOAD={shim}", *program]
     if config in ("router", "forward"):
         mode = "answer" if config == "router" else "forward"
         return master + [_common.PYTHON, str(_common.BENCH / "pymaster.py"), mode, "--", *slave]

@@ -1,0 +1,100 @@
+"""Plot latency and throughput against the number of slaves (matplotlib PNGs).
+
+    python bench/plot.py [--slaves 1,2,4,8,16,32,64] [--total 64000] [--runs 3]
+                         [--json bench/out/plot.json] [--from-json FILE]
+
+For each N, ``bench/stat_loop.c procs N`` (N slave processes, each its own
+session, each calling stat back to back) runs under the Python master
+(``pymaster.py answer``) and the C floor (``floor_master stat``), unpinned,
+interleaved, ``--runs`` times; medians. Throughput is calls per second over
+all slaves; latency is the mean time one slave waits per call
+(N / throughput: each slave has one call in flight).
+
+Writes ``docs/performance-latency.png`` and ``docs/performance-throughput.png``
+(and the figures as JSON, so ``--from-json`` re-plots without measuring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+import throughput  # noqa: E402
+
+LABELS = {"python": "Python master (Router, uvloop)", "floor": "C floor master"}
+
+
+def measure(slaves: list[int], total: int, runs: int) -> dict[str, dict[str, float]]:
+    samples: dict[str, dict[int, list[float]]] = {m: {n: [] for n in slaves} for m in throughput.MASTERS}
+    for _ in range(runs):
+        for n in slaves:
+            for master in throughput.MASTERS:
+                samples[master][n].append(
+                    throughput.calls_per_second(master, "procs", n, total, "none", "/etc/hostname"))
+    return {m: {str(n): _common.median(v) for n, v in per_n.items()} for m, per_n in samples.items()}
+
+
+def plot(figures: dict[str, dict[str, float]], machine: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    docs = _common.ROOT / "docs"
+    for kind in ("throughput", "latency"):
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        for master, per_n in figures.items():
+            ns = sorted(int(n) for n in per_n)
+            cps = [per_n[str(n)] for n in ns]
+            ys = [c / 1000 for c in cps] if kind == "throughput" else [n / c * 1e6 for n, c in zip(ns, cps)]
+            ax.plot(ns, ys, marker="o", label=LABELS.get(master, master))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("slave processes (one session each)")
+        if kind == "throughput":
+            ax.set_ylabel("stat calls per second (thousands)")
+            ax.set_ylim(bottom=0)
+            ax.set_title("Throughput through the shim")
+        else:
+            ax.set_ylabel("µs per call, as one slave sees it")
+            ax.set_yscale("log")
+            ax.set_title("Latency through the shim")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.text(0.01, 0.01, machine, fontsize=6, alpha=0.7)
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        path = docs / f"performance-{kind}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slaves", default="1,2,4,8,16,32,64")
+    parser.add_argument("--total", type=int, default=64000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", default=str(_common.OUT / "plot.json"))
+    parser.add_argument("--from-json", metavar="FILE")
+    args = parser.parse_args()
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+    else:
+        slaves = [int(n) for n in args.slaves.split(",")]
+        data = {"machine": _common.machine(), "total": args.total, "runs": args.runs,
+                "figures": measure(slaves, args.total, args.runs)}
+        _common.OUT.mkdir(exist_ok=True)
+        Path(args.json).write_text(json.dumps(data, indent=1))
+    print(_common.table(
+        [(n, *(f"{data['figures'][m][n]:,.0f}" for m in data["figures"]),
+          *(f"{int(n) / data['figures'][m][n] * 1e6:.1f}" for m in data["figures"])) for n in data["figures"]["python"]],
+        ("slaves", *(f"{m} calls/s" for m in data["figures"]), *(f"{m} µs/call" for m in data["figures"]))))
+    plot(data["figures"], data["machine"])
+
+
+if __name__ == "__main__":
+    main()

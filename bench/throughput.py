@@ -1,0 +1,134 @@
+"""Throughput: stat calls per second through the shim, Python master vs C floor.
+
+    python bench/throughput.py [--total 64000] [--runs 5] [--pin none|same] [--json FILE]
+
+``bench/stat_loop.c`` runs N workers — forked processes (each registers its
+own channel, so the master serves N sessions) or threads of one process
+(one channel, pipelined by thread id) — each calling stat(PATH) ``--total``
+/ N times after a warm-up call and a barrier; it prints calls per second
+from the barrier's release to the last worker's end. Configurations:
+1 process, 8 processes, 1 process × 8 threads, 64 processes.
+
+Masters: ``python`` is ``bench/pymaster.py answer`` (a Router whose stat
+handler returns a fixed Stat; sequential dispatch per session, sessions
+concurrent on one event loop); ``floor`` is ``bench/floor_master.c stat``
+(the same answer from a C poll() loop). Runs are interleaved; figures are
+the median over ``--runs``.
+
+``--pin none`` (default) lets the scheduler use both CPUs; ``--pin same``
+puts master and workers on CPU 0.
+
+``--cpu`` (needs ``perf``) also reports the master's own CPU time per call:
+``perf stat -i -e task-clock`` of the master process alone, less its
+start-up (the same master running ``/bin/true``). Unlike calls per second
+it hardly moves when other work shares the machine, so it is the figure to
+compare before/after an optimisation on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+#: (label, stat_loop mode, workers)
+SHAPES = (("1 process", "procs", 1), ("8 processes", "procs", 8), ("1 process x 8 threads", "threads", 8),
+          ("64 processes", "procs", 64))
+MASTERS = ("python", "floor")
+
+
+def command(master: str, mode: str, workers: int, total: int, pinning: str, path: str) -> list[str]:
+    program = [_common.build("stat_loop"), mode, str(workers), str(max(1, total // workers)), path]
+    prefix = _common.pin_master(pinning)
+    if master == "python":
+        return prefix + [_common.PYTHON, str(_common.BENCH / "pymaster.py"), "answer", "--", *program]
+    if master == "floor":
+        return prefix + [_common.build("floor_master"), "-s", _common.shim(), "stat", "--", *program]
+    raise ValueError(master)
+
+
+def calls_per_second(master: str, mode: str, workers: int, total: int, pinning: str, path: str) -> float:
+    return run_shape(master, mode, workers, total, pinning, path)[0]
+
+
+def run_shape(master: str, mode: str, workers: int, total: int, pinning: str, path: str,
+              cpu: bool = False) -> tuple[float, float | None, float]:
+    """(calls per second, master CPU ms or None, calls made)."""
+    argv = command(master, mode, workers, total, pinning, path)
+    with tempfile.NamedTemporaryFile("r", suffix=".perf") as perf:
+        if cpu:
+            argv = ["perf", "stat", "-i", "-x,", "-e", "task-clock", "-o", perf.name, *argv]
+        parsed = _common.fields(_common.run(argv))
+        cpu_ms = _task_clock(perf.read()) if cpu else None
+    values = parsed[""]
+    if values["failures"]:
+        raise RuntimeError(f"{master} {mode} {workers}: {values['failures']:.0f} workers failed")
+    return values["calls_per_s"], cpu_ms, values["calls"]
+
+
+def _task_clock(text: str) -> float:
+    for line in text.splitlines():
+        if "task-clock" in line:
+            return float(line.split(",")[0])
+    raise RuntimeError(f"no task-clock in perf output: {text!r}")
+
+
+def startup_cpu_ms(master: str, runs: int) -> float:
+    """The master's CPU time to start, serve nothing and exit."""
+    samples = []
+    for _ in range(runs):
+        argv = command(master, "procs", 1, 1, "none", "/")[:-5] + ["/bin/true"]
+        with tempfile.NamedTemporaryFile("r", suffix=".perf") as perf:
+            _common.run(["perf", "stat", "-i", "-x,", "-e", "task-clock", "-o", perf.name, *argv])
+            samples.append(_task_clock(perf.read()))
+    return _common.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--total", type=int, default=64000, help="stat calls per run, split over the workers")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--pin", choices=("none", "same"), default="none")
+    parser.add_argument("--path", default="/etc/hostname")
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--cpu", action="store_true", help="also the master's CPU µs per call (perf stat)")
+    args = parser.parse_args()
+    if args.cpu and _common.need("perf") is None:
+        parser.error("--cpu needs perf")
+    results: dict[str, dict[str, list[float]]] = {label: {m: [] for m in MASTERS} for label, _, _ in SHAPES}
+    cpu: dict[str, dict[str, list[float]]] = {label: {m: [] for m in MASTERS} for label, _, _ in SHAPES}
+    startup = {m: startup_cpu_ms(m, 3) for m in MASTERS} if args.cpu else {}
+    for _ in range(args.runs):
+        for label, mode, workers in SHAPES:
+            for master in MASTERS:
+                rate, cpu_ms, calls = run_shape(master, mode, workers, args.total, args.pin, args.path, args.cpu)
+                results[label][master].append(rate)
+                if cpu_ms is not None:
+                    cpu[label][master].append((cpu_ms - startup[master]) * 1000 / calls)
+    print(f"# throughput: {args.total} stat calls per run, {args.runs} interleaved runs, pin={args.pin}, "
+          f"median calls/s (range)")
+    print(f"# {_common.machine()}")
+    rows = []
+    for label, per_master in results.items():
+        py, floor = _common.median(per_master["python"]), _common.median(per_master["floor"])
+        rows.append((label, f"{py:,.0f}", _common.spread(per_master["python"]), f"{floor:,.0f}",
+                     _common.spread(per_master["floor"]), f"{py / floor:.2f}"))
+    print(_common.table(rows, ("workers", "python calls/s", "range", "floor calls/s", "range", "python ÷ floor")))
+    if args.cpu:
+        print(f"\nmaster CPU per call, µs (task-clock less start-up: python {startup['python']:.0f} ms, "
+              f"floor {startup['floor']:.1f} ms)")
+        rows = [(label, f"{_common.median(v['python']):.2f}", f"{_common.median(v['floor']):.2f}",
+                 f"{_common.median(v['python']) / _common.median(v['floor']):.2f}") for label, v in cpu.items()]
+        print(_common.table(rows, ("workers", "python µs", "floor µs", "python ÷ floor")))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"total": args.total, "runs": args.runs, "pin": args.pin,
+                                               "results": results, "cpu_us_per_call": cpu}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
