@@ -377,14 +377,33 @@ class Sandbox:
             _syscall(numbers["create_ruleset"], ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)),
             "landlock_create_ruleset",
         )
+        local: list[str] = []
         try:
             for path, access, from_policy in rules:
-                if not _add_path_rule(numbers, ruleset, path, access & handled_fs) and from_policy:
+                if _add_path_rule(numbers, ruleset, path, access & handled_fs):
+                    if from_policy:
+                        local += _local_names(path)
+                elif from_policy:
                     logger.warning("sandbox: %s does not exist; its rule grants nothing", path)
         except BaseException:
             os.close(ruleset)
             raise
-        return PreparedSandbox(ruleset, numbers, network=self.network, abi=abi, metadata=self.metadata)
+        prepared = PreparedSandbox(ruleset, numbers, network=self.network, abi=abi, metadata=self.metadata)
+        prepared.local_trees = tuple(dict.fromkeys(local))
+        return prepared
+
+
+def _local_names(path: Path) -> list[str]:
+    """The names under which the shim may treat ``path``'s tree as statically allowed.
+
+    The normalised path as given and, when a symlink is on the way, its
+    real path: both lead to the object the Landlock rule is on.
+    """
+    names = [os.path.normpath(path)]
+    real = os.path.realpath(path)
+    if real != names[0]:
+        names.append(real)
+    return [name for name in names if ":" not in name]  # ':' separates the entries
 
 
 def _add_path_rule(numbers: Mapping[str, int], ruleset: int, path: Path, access: int) -> bool:
@@ -462,6 +481,9 @@ class PreparedSandbox:
     ) -> None:
         self.ruleset = ruleset
         self.abi = abi
+        #: The policy's static trees that exist (normalised absolute paths):
+        #: read-only calls beneath them need no round trip (``LIBC_SERVICE_LOCAL``).
+        self.local_trees: tuple[str, ...] = ()
         self._numbers = dict(numbers)
         self._network = network
         # Built here, in the parent: the child only hands the kernel a pointer.

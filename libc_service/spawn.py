@@ -29,12 +29,20 @@ if TYPE_CHECKING:
     from .router import Router
     from .sandbox import Sandbox
 
-__all__ = ["ENV_FD", "ShimNotFound", "SlaveProcess", "exit_status", "shim_path", "spawn"]
+__all__ = ["ENV_FD", "ENV_LOCAL", "ShimNotFound", "SlaveProcess", "exit_status", "shim_path", "spawn"]
 
 logger = logging.getLogger(__name__)
 
 #: Environment variable naming the registration descriptor in the slave.
 ENV_FD: Final = "LIBC_SERVICE_FD"
+#: Environment variable listing, under a sandbox only, the trees the slave
+#: may read by itself: the shim does read-only calls beneath them without
+#: asking the master (the kernel checks them). Colon-separated, bounded.
+ENV_LOCAL: Final = "LIBC_SERVICE_LOCAL"
+#: The shim's bounds for ENV_LOCAL (shim/local.c): what does not fit goes
+#: through the master as before.
+LOCAL_MAX_TREES: Final = 64
+LOCAL_MAX_BYTES: Final = 8191
 _CMSG_SPACE: Final = socket.CMSG_SPACE(2 * array.array("i").itemsize)
 
 _File = int | IO[Any] | None
@@ -144,9 +152,13 @@ class SlaveProcess:
             env["LD_PRELOAD"] = f"{shim} {preload}".strip()
             env[ENV_FD] = str(theirs.fileno())
             preexec = None
+            env.pop(ENV_LOCAL, None)  # never inherited: only a sandbox applied here makes it true
             if self._sandbox is not None:
                 prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd)
                 preexec = prepared.apply_in_child
+                local = local_value(prepared.local_trees)
+                if local:
+                    env[ENV_LOCAL] = local
             stdin, stdout, stderr = self._stdio
             self._process = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -324,6 +336,20 @@ class SlaveProcess:
         finally:
             master.close()
             self._masters.discard(master)
+
+
+def local_value(trees: Sequence[str]) -> str:
+    """``LIBC_SERVICE_LOCAL`` for these trees, within the shim's bounds."""
+    kept: list[str] = []
+    size = 0
+    for tree in trees:
+        if len(kept) == LOCAL_MAX_TREES or size + len(tree) + 1 > LOCAL_MAX_BYTES + 1:
+            logger.debug("%s: %d tree(s) left out (bounds); they go through the master", ENV_LOCAL,
+                         len(trees) - len(kept))
+            break
+        kept.append(tree)
+        size += len(tree) + 1
+    return ":".join(kept)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -170,6 +170,7 @@ __attribute__((constructor)) static void shim_init(void)
 			fd = high;
 		}
 		proc_pid = syscall(SYS_getpid);
+		lcs_local_init();
 		store_fd(&reg_fd, fd);
 		pthread_atfork(NULL, NULL, atfork_child);
 	}

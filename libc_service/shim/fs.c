@@ -31,7 +31,7 @@ int __openat64_2(int dirfd, const char *path, int flags);
 
 #define STAT_VER_LINUX 1 /* x86_64's _STAT_VER: struct stat is the kernel's */
 
-enum { FALLBACK = 0, ANSWERED = 1 };
+enum { FALLBACK = LCS_FALLBACK, ANSWERED = LCS_ANSWERED };
 
 /* Mode bits for the protocol's file types 1..7. */
 static const mode_t type_bits[8] = {
@@ -181,6 +181,14 @@ static int open_result(struct lcs_reply *reply, int flags, int saved_errno)
 	return fd;
 }
 
+/* A read-only open: no write access, no create, truncate, append or
+ * temporary file (O_PATH opens are read-only too). */
+static int reads_only(int flags)
+{
+	return (flags & O_ACCMODE) == O_RDONLY &&
+	       !(flags & (O_CREAT | O_TRUNC | O_APPEND)) && (flags & O_TMPFILE) != O_TMPFILE;
+}
+
 static int open_call(uint16_t function, int dirfd, const char *path, int flags,
                      mode_t mode, int *result)
 {
@@ -191,6 +199,8 @@ static int open_call(uint16_t function, int dirfd, const char *path, int flags,
 
 	if (!path || bits < 0)
 		return FALLBACK;
+	if (reads_only(flags) && lcs_local(path))
+		return FALLBACK; /* a static sandbox rule allows it: no round trip */
 	if (!*path) {
 		errno = ENOENT;
 		*result = -1;
@@ -205,6 +215,11 @@ static int open_call(uint16_t function, int dirfd, const char *path, int flags,
 	}
 	*result = open_result(&reply, flags, saved_errno);
 	return ANSWERED;
+}
+
+int lcs_open_call(int dirfd, const char *path, int flags, mode_t mode, int *result)
+{
+	return open_call(dirfd == AT_FDCWD ? LCS_OPEN : LCS_OPENAT, dirfd, path, flags, mode, result);
 }
 
 #define VARIADIC_MODE(flags, mode)                     \
@@ -367,7 +382,7 @@ static int stat_call(int dirfd, const char *path, int at_flags, struct lcs_stat 
 	struct lcs_request request;
 	struct lcs_reply reply;
 
-	if (!path || (!*path && (at_flags & AT_EMPTY_PATH)))
+	if (!path || (!*path && (at_flags & AT_EMPTY_PATH)) || lcs_local(path))
 		return FALLBACK;
 	if (!*path) {
 		errno = ENOENT;
@@ -473,6 +488,8 @@ static int access_call(uint16_t function, int dirfd, const char *path, int amode
 {
 	if (amode & ~(R_OK | W_OK | X_OK))
 		return FALLBACK;
+	if (!(amode & W_OK) && path && lcs_local(path))
+		return FALLBACK; /* a static sandbox rule allows reading it: no round trip */
 	/* The protocol's amode bits are R_OK, W_OK, X_OK themselves. */
 	return simple_call(function, amode, 0, dirfd, path, AT_FDCWD, NULL, result);
 }

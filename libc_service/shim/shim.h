@@ -137,6 +137,24 @@ int lcs_path_dir(int dirfd, const char *path, int *fd, int *owned);
 
 void lcs_stat_decode(const unsigned char *record, struct lcs_stat *out);
 
+/* What an entry point does with a call. */
+enum { LCS_FALLBACK = 0, LCS_ANSWERED = 1 };
+
+/* open/openat through the master (fs.c), for fopen and opendir: AT_FDCWD
+ * asks as open, anything else as openat.  Returns LCS_ANSWERED with
+ * *result set (errno set when it is -1), or LCS_FALLBACK: the real
+ * function must do the call. */
+int lcs_open_call(int dirfd, const char *path, int flags, unsigned mode, int *result);
+
+/* ---- statically allowed trees (local.c) ----
+ *
+ * LIBC_SERVICE_LOCAL, set by spawn() only under a sandbox: the trees the
+ * Landlock ruleset lets the slave read by itself.  A read-only call on an
+ * absolute path without a ".." component inside one of them goes to the
+ * real libc with no round trip; the kernel checks the resolved object. */
+void lcs_local_init(void);
+int lcs_local(const char *path);
+
 /* ---- the shim's own descriptors (fdguard.c) ----
  *
  * The registration socket and the channel live at high numbers (from
