@@ -674,3 +674,65 @@ async def test_hostile_registrations_are_ignored_and_a_good_one_after_them_is_se
     # ones whose descriptor is a SEQPACKET socket with a valid hello.
     assert sessions >= 202
     fd_count.assert_unchanged(before)
+
+
+#: Registers one channel (an end the program keeps) ``argv[1]`` times over,
+#: then waits to be told to go: each registration hands the master a new
+#: descriptor of the same socket.
+SAME_CHANNEL_FLOOD = r"""
+import array, os, socket, struct, sys
+reg = socket.socket(fileno=int(os.environ["LIBC_SERVICE_FD"]))
+hello = struct.pack("<4sHHII", b"LCSh", 1, 0, os.getpid(), 0)
+mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+for _ in range(int(sys.argv[1])):
+    reg.sendmsg([hello], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))])
+print("registered", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.slow
+@needs_shim
+@pytest.mark.xfail(strict=True, reason="open: spawn serves every registration, so one process can make "
+                   "the master hold a descriptor per registration of the same channel (25,000 exhaust "
+                   "RLIMIT_NOFILE=20,000: EMFILE for every session); fix in spawn.py: refuse a socket "
+                   "already served (same inode) and cap live sessions per program")
+async def test_registering_one_channel_many_times_does_not_cost_the_master_a_descriptor_each() -> None:
+    router = Router(default=FORWARD)
+    registrations = 2000
+    async with spawn([PYTHON, "-c", SAME_CHANNEL_FLOOD, str(registrations)], router,
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stdin is not None
+        before = len(os.listdir("/proc/self/fd"))
+        assert await asyncio.wait_for(process.stdout.readline(), 30) == b"registered\n"
+        await asyncio.sleep(0.5)
+        held = len(os.listdir("/proc/self/fd")) - before
+        process.stdin.close()
+        await process.wait()
+    assert held < registrations // 10, f"the master holds {held} descriptors for one channel"
+
+
+#: Sends an empty datagram on the registration socket, then runs a child of
+#: the tree (which registers at its first call) and waits for it.
+EMPTY_REGISTRATION = r"""
+import os, socket, subprocess
+reg = socket.socket(fileno=int(os.environ["LIBC_SERVICE_FD"]))
+reg.send(b"")
+subprocess.run(["cat", "/dev/null"], close_fds=False, check=True)
+"""
+
+
+@pytest.mark.slow
+@needs_shim
+@pytest.mark.xfail(strict=True, raises=TimeoutError,
+                   reason="open: spawn takes an empty registration datagram for the end of the tree and stops "
+                   "reading the registration socket without closing it; a process that registers after it "
+                   "waits for an answer forever, and with a pipe to the program held by it, so does the "
+                   "`async with spawn()` even after killing the program (fix in spawn.py: on an empty read, "
+                   "tell a datagram from EOF with poll(POLLHUP), or close the socket when the accept loop ends)")
+async def test_an_empty_registration_datagram_does_not_hang_the_rest_of_the_tree() -> None:
+    # No pipes: the hung grandchild would hold them, and then even the kill
+    # that follows the timeout could not finish the block.
+    router = Router(default=FORWARD)
+    async with spawn([PYTHON, "-c", EMPTY_REGISTRATION], router, stdout=subprocess.DEVNULL) as process:
+        assert await asyncio.wait_for(process.wait(), 5) == 0
