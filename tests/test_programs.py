@@ -71,6 +71,9 @@ READ_ONLY = {
     "cat-missing": (["cat", "hello.txt", "missing"], "open"),
     "ls": (["ls", "-la", "--time-style=+%s", ".", "sub"], "lstat"),
     "ls-missing": (["ls", "missing"], "lstat"),
+    "ls-directories": (["ls", "sub", "empty"], "open"),  # opendir asks as open(directory)
+    "sort": (["sort", "-r", "numbers", "hello.txt"], "open"),  # fopen
+    "sort-missing": (["sort", "missing"], "eaccess"),  # checked before any fopen
     "stat": (["stat", "hello.txt", "link", "sub"], "lstat"),
     "stat-dereference": (["stat", "-L", "-c", "%n %s %F %a", "link"], "stat"),
     "stat-missing": (["stat", "missing"], "lstat"),

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from conftest import FdCount
-from shimtools import needs_shim
+from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
 from libc_service import FORWARD, Errno, Router, Sandbox, WithFds, cli, spawn
 from libc_service import sandbox as sandbox_module
@@ -234,7 +234,82 @@ async def test_dev_null_goes_through_the_master_too(tmp_path: Path) -> None:
     assert (granted.status, granted.out) == (0, "")
 
 
+# ------------------------------------------- ls and fopen reach the master
+
+
+@needs_kernel
+async def test_ls_lists_a_directory_the_master_grants_and_not_one_it_forwards(tmp_path: Path) -> None:
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "a.txt").write_text("")
+    (listed / "b").mkdir()
+    granted = await run(["ls", str(listed)], granting(tmp_path), Sandbox())
+    forwarded = await run(["ls", str(listed)], Router(default=FORWARD), Sandbox())
+    assert (granted.status, granted.out) == (0, "a.txt\nb\n")
+    assert forwarded.status == 2 and "Permission denied" in forwarded.err  # opendir's own open
+
+
+@needs_kernel
+async def test_fopen_reads_a_file_the_master_grants_and_not_one_it_forwards(
+    c_program: Callable[[str], Path], secret: Path,
+) -> None:
+    program = str(c_program("fopen_read"))
+    granted = await run([program, str(secret), "re"], granting(secret.parent), Sandbox())
+    forwarded = await run([program, str(secret), "r"], Router(default=FORWARD), Sandbox())
+    assert (granted.status, granted.out) == (0, "the secret\ncloexec=1\n")
+    assert (forwarded.status, forwarded.out) == (1, "fopen: EACCES\n")
+
+
 # ------------------------------------------------------------ static rules
+
+
+def paths_seen(router: Router) -> list[str]:
+    """The paths of the calls that reached ``router`` (filled as they come)."""
+    seen: list[str] = []
+    router.observe(lambda decision: seen.append(str(getattr(decision.request, "path", ""))))
+    return seen
+
+
+@needs_kernel
+async def test_reads_beneath_a_static_tree_need_no_round_trip(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "inside.txt").write_text("inside\n")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("outside\n")
+    router = granting(tmp_path)
+    seen = paths_seen(router)
+    sandbox = Sandbox(allow_read=[tree])
+    inside = await run(["cat", str(tree / "inside.txt")], router, sandbox)
+    listed = await run(["ls", str(tree)], router, sandbox)
+    stat = await run(["stat", "-c", "%s", str(tree / "inside.txt")], router, sandbox)
+    granted = await run(["cat", str(outside)], router, sandbox)
+    assert (inside.status, inside.out) == (0, "inside\n")
+    assert (listed.status, listed.out) == (0, "inside.txt\n")
+    assert (stat.status, stat.out) == (0, "7\n")
+    assert (granted.status, granted.out) == (0, "outside\n")
+    assert not [path for path in seen if path.startswith(str(tree))], seen  # the shim did them itself
+    assert str(outside) in seen  # the master granted this one
+
+
+@needs_kernel
+async def test_a_symlink_or_dotdot_out_of_a_static_tree_is_refused_by_the_kernel(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("outside\n")
+    (tree / "escape").symlink_to(outside)
+    router = Router(default=FORWARD)
+    seen = paths_seen(router)
+    sandbox = Sandbox(allow_read=[tree])
+    via_link = await run(["cat", str(tree / "escape")], router, sandbox)
+    via_dots = await run(["cat", f"{tree}/../outside.txt"], router, sandbox)
+    for ran in (via_link, via_dots):
+        assert ran.status == 1 and ran.out == "" and "Permission denied" in ran.err  # EACCES from Landlock
+    assert str(tree / "escape") not in seen  # no round trip: the kernel judged the resolved file
+    assert f"{tree}/../outside.txt" in seen  # '..' is never taken as inside: the master was asked
+
+
 
 
 @needs_kernel

@@ -63,6 +63,120 @@ async def test_cat_dev_null_reads_the_pipe_the_master_handed_it() -> None:
     assert (ran.status, ran.out) == (0, "not so empty\n")
 
 
+def _pipe_with(data: bytes) -> int:
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    return read_end
+
+
+async def test_fopen_reads_the_pipe_the_master_handed_it(c_program: Callable[[str], Path]) -> None:
+    router = Router()
+    asked: list[OpenRequest | OpenatRequest] = []
+
+    @router.on("open", "openat")
+    def config_is_a_pipe(req: OpenRequest | OpenatRequest) -> Any:
+        if str(req.path) != "/nonexistent/app.conf":
+            return FORWARD
+        asked.append(req)
+        return WithFds(0, [_pipe_with(b"from the master\n")])
+
+    program = str(c_program("fopen_read"))
+    plain = await run_slave([program, "/nonexistent/app.conf", "r"], router)
+    cloexec = await run_slave([program, "/nonexistent/app.conf", "rbe"], router)
+    assert (plain.status, plain.out) == (0, "from the master\ncloexec=0\n")
+    assert (cloexec.status, cloexec.out) == (0, "from the master\ncloexec=1\n")
+    assert [(req.function, sorted(req.flags)) for req in asked] == [("open", ["read_only"])] * 2
+
+
+async def test_fopen_for_writing_asks_with_open_flags_and_gets_the_policys_errno(
+    c_program: Callable[[str], Path], tmp_path: Path,
+) -> None:
+    router = Router()
+    asked: list[tuple[list[str], int | None]] = []
+
+    @router.on("open", "openat")
+    def read_only_fs(req: OpenRequest | OpenatRequest) -> Any:
+        if not str(req.path).startswith(str(tmp_path)):
+            return FORWARD
+        asked.append((sorted(req.flags), req.mode))
+        raise Errno(errno.EROFS)
+
+    program = str(c_program("fopen_read"))
+    for mode in ("w", "a+", "wx"):
+        ran = await run_slave([program, str(tmp_path / "out"), mode], router)
+        assert (ran.status, ran.out) == (1, "fopen: EROFS\n")
+    assert asked == [
+        (["create", "truncate", "write_only"], 0o666),
+        (["append", "create", "read_write"], 0o666),
+        (["create", "exclusive", "truncate", "write_only"], 0o666),
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+async def test_fopen_with_a_mode_the_shim_does_not_parse_goes_to_the_real_fopen(
+    c_program: Callable[[str], Path], tmp_path: Path,
+) -> None:
+    (tmp_path / "text").write_text("plain\n")
+    router = Router(default=FORWARD)
+    decisions = observed(router)
+    program = str(c_program("fopen_read"))
+    # glibc's 'm' (mmap the file) and ",ccs=" (a wide stream, which fgets cannot read): no protocol form.
+    mapped = await run_slave([program, str(tmp_path / "text"), "rm"], router)
+    wide = await run_slave([program, str(tmp_path / "text"), "r,ccs=UTF-8"], router)
+    assert (mapped.status, mapped.out) == (0, "plain\ncloexec=0\n")
+    assert (wide.status, wide.out) == (0, "cloexec=0\n")
+    assert not [d for d in decisions if str(getattr(d.request, "path", "")) == str(tmp_path / "text")]
+
+
+async def test_opendir_lists_the_directory_the_master_opened(
+    c_program: Callable[[str], Path], tmp_path: Path,
+) -> None:
+    (tmp_path / "asked").mkdir()
+    (tmp_path / "asked" / "visible").write_text("")
+    (tmp_path / "shown").mkdir()
+    (tmp_path / "shown" / "substitute").write_text("")
+    (tmp_path / "f").write_text("f\n")
+    router = Router()
+
+    @router.on("open", "openat")
+    def substitute(req: OpenRequest | OpenatRequest) -> Any:
+        if str(req.path) != str(tmp_path / "asked"):
+            return FORWARD
+        assert set(req.flags) == {"read_only", "directory"}
+        return WithFds(0, [os.open(tmp_path / "shown", os.O_RDONLY | os.O_DIRECTORY)])
+
+    ran = await run_slave([str(c_program("fopen_read")), str(tmp_path / "f"), "r", str(tmp_path / "asked")], router)
+    assert (ran.status, ran.out) == (0, "f\ncloexec=0\nentries: substitute\n")
+
+
+async def test_opendir_fails_with_the_errno_the_policy_raised(
+    c_program: Callable[[str], Path], tmp_path: Path,
+) -> None:
+    (tmp_path / "f").write_text("f\n")
+    router = Router()
+
+    @router.on("open", "openat")
+    def no_directories(req: OpenRequest | OpenatRequest) -> Any:
+        if "directory" in req.flags:
+            raise Errno(errno.EACCES)
+        return FORWARD
+
+    ran = await run_slave([str(c_program("fopen_read")), str(tmp_path / "f"), "r", str(tmp_path)], router)
+    assert (ran.status, ran.out) == (1, "f\ncloexec=0\nopendir: EACCES\n")
+
+
+async def test_an_inherited_static_tree_list_is_dropped_without_a_sandbox(tmp_path: Path) -> None:
+    """LIBC_SERVICE_LOCAL tells the shim a kernel rule allows a tree: only spawn(sandbox=...) sets it."""
+    (tmp_path / "f").write_text("f\n")
+    router = Router(default=FORWARD)
+    decisions = observed(router)
+    ran = await run_slave(["sh", "-c", f'echo "${{LIBC_SERVICE_LOCAL-unset}}"; cat {tmp_path}/f'], router,
+                          env={"LIBC_SERVICE_LOCAL": "/"})
+    assert (ran.status, ran.out) == (0, "unset\nf\n")
+    assert str(tmp_path / "f") in [str(getattr(d.request, "path", "")) for d in decisions]
+
+
 async def test_stat_fails_with_the_errno_the_policy_raised(tmp_path: Path) -> None:
     router = Router()
     target = tmp_path / "locked"
