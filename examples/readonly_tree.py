@@ -15,9 +15,9 @@ Run it:
     libc-service docs examples/readonly_tree.py
 
 With `--sandbox` the program may read nothing by itself (the sandbox has no
-static rules): every file it gets comes from the master. Programs that open
-files through glibc-internal calls (`fopen`, `opendir`, so `ls`) are not
-arbitrated and are refused by the sandbox.
+static rules): every file it gets comes from the master — `fopen`s and
+`opendir`s (so `ls`) included. Opens glibc makes internally (NSS, locales,
+the loader) are not arbitrated and are refused by the sandbox.
 """
 
 from __future__ import annotations

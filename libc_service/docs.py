@@ -409,7 +409,7 @@ def _sandbox(doc: PolicyDoc) -> list[str]:
             "the minimal one: it may load itself (executable, ELF interpreter, libraries, the "
             "shim) and nothing else, and has no network. Without `--sandbox` the shim only "
             "*advises*: calls it does not see (static binaries, raw system calls, "
-            "glibc-internal opens such as `fopen`) are not arbitrated."
+            "glibc-internal opens such as NSS's or the loader's) are not arbitrated."
         )
         return lines
     lines.append(
@@ -422,6 +422,14 @@ def _sandbox(doc: PolicyDoc) -> list[str]:
         lines += ["| path | the slave may |", "|---|---|"]
         for path, access in doc.sandbox.rules:
             lines.append(f"| {_table_cell(_code(path))} | {', '.join(access)} |")
+        lines.append("")
+        lines.append(
+            "Read-only calls beneath these paths need no round trip: an `open`, `fopen` or `opendir` "
+            "without write, create, truncate or append flags, a `stat`, or an `access` without `w`, on "
+            "an absolute path with no `..` component, is done by the shim itself. The handlers, "
+            "observers and `libc-service trace` never see such calls; the kernel still checks each "
+            "on the file it resolves to (a symlink out of these trees is refused, not granted)."
+        )
     else:
         lines.append("No static rules: by itself the slave may read, write or execute nothing else.")
     lines.append("")

@@ -167,9 +167,11 @@ async def test_readonly_tree_sandboxed_gets_files_only_from_the_master(
     assert isinstance(policy.sandbox, Sandbox) and policy.sandbox.static_rules() == []
     ran = await run(["cat", "a.txt"], policy.router, sandbox=policy.sandbox, cwd=tree)
     assert (ran.status, ran.out) == (0, "inside the tree\n")
-    # ls lists the directory with opendir(), which glibc does internally (not through
-    # the shim): the sandbox, not the policy, refuses it.
+    # ls lists the directory with opendir(), which asks the master as an open of a directory:
+    # the policy opens it beneath the root; outside the root it refuses.
     ran = await run(["ls", str(tree)], policy.router, sandbox=policy.sandbox, cwd=tree)
+    assert (ran.status, ran.out) == (0, "a.txt\nescape\nsub\n")
+    ran = await run(["ls", str(tree.parent)], policy.router, sandbox=policy.sandbox, cwd=tree)
     assert ran.status != 0 and "Permission denied" in ran.err
 
 
@@ -399,12 +401,15 @@ async def test_asyncio_server_runs_each_job_under_its_own_policy_all_at_once(
 @needs_sandbox
 async def test_asyncio_server_workers_are_sandboxed(jobs: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     module: ModuleType = load_example("asyncio_server", monkeypatch).module
-    # ls lists its directory with opendir(), which glibc does internally: the shim never
-    # sees it, so only the sandbox stands between a worker and its directory listing.
+    # ls lists its directory with opendir(), which asks the master: the job's policy opens
+    # it beneath the job's directory, and refuses another job's (the sandbox refuses the
+    # worker's own attempt).
     listing = module.Job("alpha", str(jobs[0]), ["ls"])
     sandboxed = await module.JobServer().run_job(listing)
     assert sandboxed["sandboxed"] is True
-    assert sandboxed["status"] != 0 and "Permission denied" in sandboxed["stderr"]
+    assert (sandboxed["status"], sandboxed["stdout"]) == (0, "data.txt\n")
+    other = await module.JobServer().run_job(module.Job("alpha", str(jobs[0]), ["ls", str(jobs[1])]))
+    assert other["status"] != 0 and "Permission denied" in other["stderr"]
     plain = await module.JobServer(use_sandbox=False).run_job(listing)
     assert plain["sandboxed"] is False
     assert (plain["status"], plain["stdout"]) == (0, "data.txt\n")
