@@ -15,6 +15,7 @@ import array
 import asyncio
 import logging
 import os
+import select
 import signal
 import socket
 from collections.abc import Mapping, Sequence
@@ -120,6 +121,7 @@ class SlaveProcess:
         stdout: _File,
         stderr: _File,
         shim: str | os.PathLike[str] | None,
+        max_sessions: int = 1024,
     ) -> None:
         if not argv:
             raise ValueError("spawn() needs a program to run")
@@ -136,6 +138,9 @@ class SlaveProcess:
         self._masters: set[_Session] = set()
         self._accepting: asyncio.Task[None] | None = None
         self._closing = False
+        self._max_sessions = max_sessions
+        #: (st_dev, st_ino) of every channel being served: one socket, one session.
+        self._served: set[tuple[int, int]] = set()
         #: How many sessions (processes of the tree) registered so far.
         self.sessions_started = 0
 
@@ -293,7 +298,10 @@ class SlaveProcess:
                 continue
             fds = received_fds(ancdata)
             if not data and not fds:
-                return  # every process of the tree has exited
+                if _hung_up(registrar):
+                    return  # every process of the tree has exited
+                logger.warning("ignoring an empty registration datagram")
+                continue
             self._register(data, fds, flags)
 
     def _register(self, data: bytes, fds: list[int], flags: int) -> None:
@@ -306,6 +314,16 @@ class SlaveProcess:
             close_fds(fds)
             logger.warning("ignoring a malformed registration: %s", exc)
             return
+        identity = _identity(sock)
+        refusal = None
+        if identity in self._served:
+            refusal = "that channel is already being served"
+        elif len(self._masters) >= self._max_sessions:
+            refusal = f"the program already has {self._max_sessions} live sessions"
+        if refusal is not None:
+            sock.close()
+            logger.warning("refusing a registration from pid %s: %s", pid, refusal)
+            return
         try:
             master = _Session(sock, name=f"pid {pid}")
         except ValueError as exc:
@@ -314,11 +332,12 @@ class SlaveProcess:
             return
         self.sessions_started += 1
         self._masters.add(master)
-        task = asyncio.ensure_future(self._serve(master))
+        self._served.add(identity)
+        task = asyncio.ensure_future(self._serve(master, identity))
         self._sessions.add(task)
         task.add_done_callback(self._sessions.discard)
 
-    async def _serve(self, master: _Session) -> None:
+    async def _serve(self, master: _Session, identity: tuple[int, int]) -> None:
         try:
             await self.router.serve(master)
         except Exception:  # noqa: BLE001 - one session's failure must not end the others
@@ -336,6 +355,7 @@ class SlaveProcess:
         finally:
             master.close()
             self._masters.discard(master)
+            self._served.discard(identity)
 
 
 def local_value(trees: Sequence[str]) -> str:
@@ -350,6 +370,18 @@ def local_value(trees: Sequence[str]) -> str:
         kept.append(tree)
         size += len(tree) + 1
     return ":".join(kept)
+
+
+def _identity(sock: socket.socket) -> tuple[int, int]:
+    status = os.fstat(sock.fileno())
+    return status.st_dev, status.st_ino
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether an empty read meant the end (every sender gone), not an empty datagram."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return any(events & (select.POLLHUP | select.POLLRDHUP) for _, events in poller.poll(0))
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -368,6 +400,7 @@ def spawn(
     stdout: _File = None,
     stderr: _File = None,
     shim: str | os.PathLike[str] | None = None,
+    max_sessions: int = 1024,
 ) -> SlaveProcess:
     """Run ``argv`` as a slave of ``router`` on the running loop.
 
@@ -375,7 +408,11 @@ def spawn(
     ``stdin``/``stdout``/``stderr`` pass through unless given (``PIPE``,
     a file or a descriptor, as for :func:`asyncio.create_subprocess_exec`).
     ``sandbox`` confines the program with the kernel before it runs.
+    ``max_sessions`` bounds the processes of the tree served at once (each
+    costs the master a descriptor); a registration past it is refused and
+    that process falls back as without a master.
     """
     return SlaveProcess(
-        argv, router, env=env, cwd=cwd, sandbox=sandbox, stdin=stdin, stdout=stdout, stderr=stderr, shim=shim
+        argv, router, env=env, cwd=cwd, sandbox=sandbox, stdin=stdin, stdout=stdout, stderr=stderr, shim=shim,
+        max_sessions=max_sessions,
     )

@@ -693,10 +693,6 @@ sys.stdin.read()
 
 @pytest.mark.slow
 @needs_shim
-@pytest.mark.xfail(strict=True, reason="open: spawn serves every registration, so one process can make "
-                   "the master hold a descriptor per registration of the same channel (25,000 exhaust "
-                   "RLIMIT_NOFILE=20,000: EMFILE for every session); fix in spawn.py: refuse a socket "
-                   "already served (same inode) and cap live sessions per program")
 async def test_registering_one_channel_many_times_does_not_cost_the_master_a_descriptor_each() -> None:
     router = Router(default=FORWARD)
     registrations = 2000
@@ -724,12 +720,6 @@ subprocess.run(["cat", "/dev/null"], close_fds=False, check=True)
 
 @pytest.mark.slow
 @needs_shim
-@pytest.mark.xfail(strict=True, raises=TimeoutError,
-                   reason="open: spawn takes an empty registration datagram for the end of the tree and stops "
-                   "reading the registration socket without closing it; a process that registers after it "
-                   "waits for an answer forever, and with a pipe to the program held by it, so does the "
-                   "`async with spawn()` even after killing the program (fix in spawn.py: on an empty read, "
-                   "tell a datagram from EOF with poll(POLLHUP), or close the socket when the accept loop ends)")
 async def test_an_empty_registration_datagram_does_not_hang_the_rest_of_the_tree() -> None:
     # No pipes: the hung grandchild would hold them, and then even the kill
     # that follows the timeout could not finish the block.
