@@ -23,7 +23,7 @@ import errno as errno_module
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final
 
@@ -46,6 +46,10 @@ _INT_SIZE: Final = array.array("i").itemsize
 #: that it stops watching the socket until they are consumed (backpressure:
 #: the slave's sends then block in the kernel).
 _INBOX_MAX: Final = 8
+
+#: Datagrams one reader callback answers itself at most (then the loop
+#: serves other sessions and comes back: readiness is level-triggered).
+_DRAIN_MAX: Final = 16
 
 #: What the reader callback got: a datagram (data, ancillary data, flags)
 #: or the receive error.
@@ -102,13 +106,18 @@ class Call:
     the reply goes out (or, unanswered, when the session ends).
     """
 
-    __slots__ = ("request", "_master", "_fds", "_done")
+    __slots__ = ("request", "_master", "_fds", "_done", "_unsent", "_later")
 
     def __init__(self, master: Master, request: Request, fds: list[int]) -> None:
         self.request: Final = request
         self._master = master
         self._fds = fds
         self._done = False
+        #: A reply encoded but not yet taken by the socket, and its descriptors.
+        self._unsent: tuple[bytes, list[int]] | None = None
+        #: Work begun outside the session's task (the router's dispatch in
+        #: the reader callback) that the task must finish.
+        self._later: Later | None = None
 
     @property
     def function(self) -> str:
@@ -130,7 +139,21 @@ class Call:
 
     async def send_with_fds(self, result: Result, fds: Sequence[int], errno: int | OSError = 0) -> None:
         """Reply with ``result`` and descriptors; ``fds`` are closed afterwards, always."""
-        fds = list(fds)
+        if not self._try_send(result, fds, errno):
+            await self._flush()
+
+    async def use_slave_credentials(self) -> None:
+        """Tell the slave to perform the call itself, with its own authority."""
+        if not self._try_forward():
+            await self._flush()
+
+    def _try_send(self, result: Result, fds: Sequence[int], errno: int | OSError = 0) -> bool:
+        """Encode the reply and send it if the socket takes it now.
+
+        Raises as :meth:`send_with_fds` does. ``False``: the socket would
+        block; the reply waits on the call and :meth:`_flush` sends it.
+        """
+        fds = list(fds) if fds else []
         try:
             self._claim()
             reply = wire.ReplyMessage(
@@ -142,13 +165,41 @@ class Call:
             # Nothing went out: the call stays owed, the descriptors are gone.
             close_fds(fds)
             raise
-        await self._finish(data, fds)
+        return self._try_finish(data, fds)
 
-    async def use_slave_credentials(self) -> None:
-        """Tell the slave to perform the call itself, with its own authority."""
+    def _try_forward(self) -> bool:
+        """:meth:`use_slave_credentials` if the socket takes it now (see :meth:`_try_send`)."""
         self._claim()
         reply = wire.ReplyMessage(self.request.function, self.request.tid, self.request.request_id, forward=True)
-        await self._finish(wire.encode_reply(reply), [])
+        return self._try_finish(wire.encode_reply(reply), [])
+
+    def _try_finish(self, data: bytes, fds: list[int]) -> bool:
+        self._done = True
+        try:
+            sent = self._master._send_now(data, fds)
+        except BaseException:
+            close_fds(fds)
+            self.abandon()
+            raise
+        if not sent:
+            self._unsent = (data, fds)
+            return False
+        if fds:
+            close_fds(fds)
+        self.abandon()
+        return True
+
+    async def _flush(self) -> None:
+        """Send the reply the socket did not take at once (a no-op without one)."""
+        unsent, self._unsent = self._unsent, None
+        if unsent is None:
+            return
+        data, fds = unsent
+        try:
+            await self._master._send(data, fds)
+        finally:
+            close_fds(fds)
+            self.abandon()
 
     def _claim(self) -> None:
         if self._done:
@@ -157,21 +208,35 @@ class Call:
             self.abandon()
             raise SessionClosed("the session is closed")
 
-    async def _finish(self, data: bytes, fds: list[int]) -> None:
-        self._done = True
-        try:
-            if not self._master._send_now(data, fds):
-                await self._master._send(data, fds)
-        finally:
-            close_fds(fds)
-            self.abandon()
-
     def abandon(self) -> None:
         """Close the received descriptors without replying (session over)."""
         self._done = True
         fds, self._fds = self._fds, []
         close_fds(fds)
+        unsent, self._unsent = self._unsent, None
+        if unsent is not None:
+            close_fds(unsent[1])
+        later, self._later = self._later, None
+        if later is not None:
+            later.discard()
         self._master._pending.discard(self)
+
+
+class Later:
+    """Work on a call that its session's task must finish: a coroutine to
+    await, and what to close should the session end first."""
+
+    __slots__ = ("coroutine", "awaitable")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], awaitable: object = None) -> None:
+        self.coroutine = coroutine
+        self.awaitable = awaitable
+
+    def discard(self) -> None:
+        for pending in (self.coroutine, self.awaitable):
+            close = getattr(pending, "close", None)
+            if callable(close):
+                close()
 
 
 class Master:
@@ -199,6 +264,12 @@ class Master:
         # the callback takes datagrams into the bounded inbox.
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[_Received] = collections.deque()
+        #: Set by a dispatcher (the sequential Router) that can answer calls
+        #: synchronously: the reader callback then decodes and hands each
+        #: call to it without waking the session's task. It returns False
+        #: for a call the task must take (nothing done yet, or ``_later`` set).
+        self._answer_now: Callable[[Call], bool] | None = None
+        self._handover: Call | None = None
         self.pid: int | None = None
 
     @classmethod
@@ -236,6 +307,7 @@ class Master:
                 waiter.set_result(None)
         self._writers.clear()
         self._reader = None
+        self._handover = None
         for call in list(self._pending):
             call.abandon()
         self._current = None
@@ -262,25 +334,34 @@ class Master:
             raise OSError(errno_module.EBUSY, "another receive is already waiting on this master")
         self._reading = True
         try:
-            data, fds = await self._recv()
+            received = await self._recv()
         finally:
             self._reading = False
+        if isinstance(received, Call):
+            return received
+        data, fds = received
         try:
             request = wire.decode_request(data, fds)
         except wire.ProtocolError as exc:
             close_fds(fds)
             self._protocol_failure(str(exc))
+        return self._new_call(request, fds)
+
+    def _new_call(self, request: Request, fds: list[int]) -> Call:
         if self.pid is None:
             self.pid = request.pid
         call = Call(self, request, fds)
         self._pending.add(call)
         return call
 
-    async def _recv(self) -> tuple[bytes, list[int]]:
+    async def _recv(self) -> tuple[bytes, list[int]] | Call:
         while True:
             sock = self._sock
             if sock is None:
                 raise SessionClosed("the session is closed")
+            if self._handover is not None:
+                call, self._handover = self._handover, None
+                return call
             if self._inbox:
                 item = self._inbox.popleft()
             else:
@@ -329,28 +410,73 @@ class Master:
             self._reader = None
 
     def _on_readable(self) -> None:
-        """The loop's reader callback: take one datagram in, wake the receiver."""
+        """The loop's reader callback.
+
+        With a synchronous dispatcher (``_answer_now``) and the session's
+        task waiting to receive, it answers up to ``_DRAIN_MAX`` calls
+        itself, with no future and no task switch, and wakes the task only
+        for a call the dispatcher cannot finish here, or for anything out of
+        the ordinary (end of file, an error, a malformed message), which the
+        task's receive then handles as usual. Otherwise it takes one
+        datagram into the inbox and wakes the task.
+        """
         sock = self._sock
+        reader = self._reader
         if sock is None:
             return
-        if self._reader is None or len(self._inbox) >= _INBOX_MAX:
+        if reader is None or len(self._inbox) >= _INBOX_MAX:
             # Nobody is receiving (a handler is running), or enough is taken
             # in: stop watching, or level-triggered readiness would spin the
             # loop. The next receive tries the socket first, then re-arms.
             self._disarm_reader(sock)
             return
+        for _ in range(_DRAIN_MAX):
+            try:
+                data, ancdata, flags, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                return  # all answered (or readiness reported before the last receive took it)
+            except OSError as exc:
+                self._inbox.append(exc)
+                self._disarm_reader(sock)
+                break
+            answer = self._answer_now
+            call = None
+            if answer is not None and not reader.done() and not self._inbox:
+                call = self._decode_now(data, ancdata, flags)
+            if call is None:
+                self._inbox.append((data, ancdata, flags))
+                if not data and not ancdata:
+                    self._disarm_reader(sock)  # end of file stays readable
+                break
+            assert answer is not None
+            try:
+                if answer(call):
+                    continue
+            except SessionClosed:
+                return  # closed while answering; close() woke the task
+            except Exception:  # noqa: BLE001 - a dispatcher bug must not stall the session
+                logger.exception("closing session %s (pid %s): the dispatcher failed", self.name, self.pid)
+                self.close()
+                return
+            self._handover = call
+            break
+        else:
+            return  # the budget is spent: the loop comes back while datagrams wait
+        if not reader.done():
+            reader.set_result(None)
+
+    def _decode_now(self, data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int) -> Call | None:
+        """A well-formed request as a call; ``None`` for anything else (left to the task)."""
+        if not data or flags & _TRUNCATED or len(data) > wire.MAX_MESSAGE:
+            return None
+        fds = received_fds(ancdata)
+        if len(fds) > wire.MAX_REQUEST_FDS:
+            return None
         try:
-            data, ancdata, flags, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
-            self._inbox.append((data, ancdata, flags))
-            if not data and not ancdata:
-                self._disarm_reader(sock)  # end of file stays readable
-        except (BlockingIOError, InterruptedError):
-            return  # readiness reported before the last receive took the datagram
-        except OSError as exc:
-            self._inbox.append(exc)
-            self._disarm_reader(sock)
-        if not self._reader.done():
-            self._reader.set_result(None)
+            request = wire.decode_request(data, fds)
+        except wire.ProtocolError:
+            return None
+        return self._new_call(request, fds)
 
     def _disarm_reader(self, sock: socket.socket) -> None:
         loop, self._reader_loop = self._reader_loop, None

@@ -26,12 +26,12 @@ import socket
 import time
 import types
 import typing
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, Union
 
 from .conditions import Condition
-from .master import Call, Master, SessionClosed, close_fds
+from .master import Call, Later, Master, SessionClosed, close_fds
 from .replies import GaiError, Result, Stat
 from .requests import FUNCTIONS, REQUEST_TYPES, Request
 
@@ -191,6 +191,26 @@ Observer: TypeAlias = Callable[[Decision], None]
 _Summary: TypeAlias = tuple[Outcome, Result | None, int, int]
 
 
+class _Await:
+    """A handler returned an awaitable: the decision continues in a task."""
+
+    __slots__ = ("index", "name", "handler", "awaitable")
+
+    def __init__(self, index: int, name: str, handler: Handler, awaitable: Awaitable[Any]) -> None:
+        #: The route's index in the function's dispatch tuple; -1 for the default.
+        self.index = index
+        self.name = name
+        self.handler = handler
+        self.awaitable = awaitable
+
+
+def _is_async(handler: Handler) -> bool:
+    """Whether calling ``handler`` makes a coroutine (decided at registration)."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)
+    )
+
+
 class Router:
     """Routes each request of a session to the first handler that decides it.
 
@@ -232,6 +252,9 @@ class Router:
         self.timeout = timeout
         self.timeout_errno = deny(timeout_errno).errno
         self._default: Route | Deny | _Sentinel
+        #: function -> (its routes, the default, whether all their handlers are sync),
+        #: rebuilt when either changes: which calls the reader callback may answer.
+        self._sync: dict[str, tuple[tuple[Route, ...], object, bool]] = {}
         if default is FORWARD or isinstance(default, Deny):
             self._default = default
         elif default is PASS or isinstance(default, _Sentinel):
@@ -320,14 +343,40 @@ class Router:
             if self.concurrent:
                 await self._serve_concurrently(master)
             else:
-                while True:
-                    try:
-                        call = await master.receive_call()
-                    except SessionClosed:
-                        return
-                    await self.handle(call, master.name)
+                await self._serve_sequentially(master)
         finally:
             master.close()
+
+    async def _serve_sequentially(self, master: Master) -> None:
+        # Calls whose handlers are all sync are answered without a coroutine:
+        # here, and in the master's reader callback while this task waits
+        # (no future, no task switch per call). The rest go through handle().
+        session = master.name
+
+        def answer_now(call: Call) -> bool:
+            return self._answer_now(call, session)
+
+        master._answer_now = answer_now
+        try:
+            while True:
+                try:
+                    call = await master.receive_call()
+                except SessionClosed:
+                    return
+                later = call._later
+                if later is not None:
+                    call._later = None
+                    await later.coroutine
+                elif not self._answer_now(call, session):
+                    later = call._later
+                    if later is not None:
+                        call._later = None
+                        await later.coroutine
+                    else:
+                        await self.handle(call, session)
+        finally:
+            if master._answer_now is answer_now:
+                master._answer_now = None
 
     async def _serve_concurrently(self, master: Master) -> None:
         tasks: set[asyncio.Task[None]] = set()
@@ -363,7 +412,9 @@ class Router:
         except asyncio.CancelledError:
             call.abandon()
             raise
-        latency = time.perf_counter_ns() - started
+        await self._reply_and_notify(call, route_name, outcome, time.perf_counter_ns() - started, session)
+
+    async def _reply_and_notify(self, call: Call, route_name: str, outcome: Any, latency: int, session: str) -> None:
         try:
             kind, result, errno, nfds = await self._reply(call, route_name, outcome)
         except SessionClosed:
@@ -371,41 +422,133 @@ class Router:
             return
         if self._observers:
             # Built only for observers: a frozen dataclass costs more than the dispatch.
-            self._notify(Decision(request, route_name, kind, result, errno, nfds, latency, session))
+            self._notify(Decision(call.request, route_name, kind, result, errno, nfds, latency, session))
 
-    async def _decide(self, request: Request) -> tuple[str, Any]:
-        """The deciding route's name and its outcome (a raised exception included)."""
-        for route in self._dispatch[request.function]:
+    def _decide_now(self, request: Request, start: int = 0) -> tuple[str, Any] | _Await:
+        """The deciding route's name and its outcome, or the awaitable a handler returned.
+
+        Tries the routes from ``start`` on, then the default.
+        """
+        routes = self._dispatch[request.function]
+        for index in range(start, len(routes)):
+            route = routes[index]
             try:
                 if route.conditions and not route.matches(request):
                     continue
                 result = route.handler(request)
-                if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-                    result = await self._wait(route.handler, request, result)
             except asyncio.CancelledError as exc:
-                if _cancelling():
+                if asyncio.current_task() is not None and _cancelling():
                     raise
                 return route.name, exc  # a handler's stray CancelledError: fail the call
             except Exception as exc:  # noqa: BLE001 - becomes the reply
                 return route.name, exc
+            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+                return _Await(index, route.name, route.handler, result)
             if result is not PASS:
                 return route.name, result
         default = self._default
         if isinstance(default, Route):
             try:
                 result = default.handler(request)
-                if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-                    result = await self._wait(default.handler, request, result)
             except asyncio.CancelledError as exc:
-                if _cancelling():
+                if asyncio.current_task() is not None and _cancelling():
                     raise
                 return "default", exc  # a handler's stray CancelledError: fail the call
             except Exception as exc:  # noqa: BLE001 - becomes the reply
                 return "default", exc
+            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+                return _Await(-1, "default", default.handler, result)
             return "default", result
         if isinstance(default, Deny):
             return "default", Errno(default.errno)
         return "default", FORWARD
+
+    async def _decide(self, request: Request) -> tuple[str, Any]:
+        """The deciding route's name and its outcome (a raised exception included)."""
+        step = self._decide_now(request)
+        while isinstance(step, _Await):
+            step = await self._decide_after(request, step)
+        return step
+
+    async def _decide_after(self, request: Request, step: _Await) -> tuple[str, Any] | _Await:
+        """Await the handler's awaitable; on ``PASS`` the next routes decide."""
+        try:
+            result = await self._wait(step.handler, request, step.awaitable)
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise
+            return step.name, exc  # a handler's stray CancelledError: fail the call
+        except Exception as exc:  # noqa: BLE001 - becomes the reply
+            return step.name, exc
+        if result is not PASS or step.index < 0:
+            return step.name, result
+        return self._decide_now(request, step.index + 1)
+
+    def _sync_only(self, function: str) -> bool:
+        """Whether every handler that may decide ``function`` is a plain function."""
+        routes = self._dispatch[function]
+        cached = self._sync.get(function)
+        if cached is None or cached[0] is not routes or cached[1] is not self._default:
+            default = self._default
+            sync = not any(_is_async(route.handler) for route in routes) and not (
+                isinstance(default, Route) and _is_async(default.handler)
+            )
+            cached = (routes, default, sync)
+            self._sync[function] = cached
+        return cached[2]
+
+    def _answer_now(self, call: Call, session: str) -> bool:
+        """Decide and answer ``call`` without awaiting, if that is possible.
+
+        ``False`` when the session's task must take over: with nothing done
+        (an async handler may decide: the task runs :meth:`handle`), or with
+        ``call._later`` set to the coroutine that finishes the work begun
+        (a sync handler returned an awaitable; the socket would not take
+        the reply). Raises only :class:`SessionClosed`.
+        """
+        request = call.request
+        if not self._sync_only(request.function):
+            return False
+        started = time.perf_counter_ns()
+        step = self._decide_now(request)
+        if isinstance(step, _Await):
+            call._later = Later(self._handle_after(call, session, started, step), step.awaitable)
+            return False
+        route_name, outcome = step
+        latency = time.perf_counter_ns() - started
+        try:
+            summary, sent = self._reply_now(call, route_name, outcome)
+        except SessionClosed:
+            call.abandon()
+            return True
+        if not sent:
+            call._later = Later(self._flush_after(call, route_name, summary, latency, session))
+            return False
+        if self._observers:
+            self._notify(Decision(request, route_name, *summary, latency, session))
+        return True
+
+    async def _handle_after(self, call: Call, session: str, started: int, step: _Await) -> None:
+        """:meth:`handle` for a call whose sync handler returned an awaitable."""
+        request = call.request
+        try:
+            decided: tuple[str, Any] | _Await = step
+            while isinstance(decided, _Await):
+                decided = await self._decide_after(request, decided)
+        except asyncio.CancelledError:
+            call.abandon()
+            raise
+        route_name, outcome = decided
+        await self._reply_and_notify(call, route_name, outcome, time.perf_counter_ns() - started, session)
+
+    async def _flush_after(self, call: Call, route: str, summary: _Summary, latency: int, session: str) -> None:
+        try:
+            await call._flush()
+        except SessionClosed:
+            call.abandon()
+            return
+        if self._observers:
+            self._notify(Decision(call.request, route, *summary, latency, session))
 
     async def _wait(self, handler: Handler, request: Request, result: Awaitable[Any]) -> Any:
         """Await an async handler's result, within ``timeout``."""
@@ -423,26 +566,34 @@ class Router:
 
     async def _reply(self, call: Call, route: str, outcome: Any) -> _Summary:
         """Send the reply ``outcome`` calls for; what went out, for observers."""
+        summary, sent = self._reply_now(call, route, outcome)
+        if not sent:
+            await call._flush()
+        return summary
+
+    def _reply_now(self, call: Call, route: str, outcome: Any) -> tuple[_Summary, bool]:
+        """Encode the reply ``outcome`` calls for and send it if the socket takes it.
+
+        Returns what the reply says (for observers) and whether it went out;
+        if not, it waits on the call (``call._flush()`` sends it).
+        """
         request = call.request
         if outcome is FORWARD:
-            await call.use_slave_credentials()
-            return "forward", None, 0, 0
+            return ("forward", None, 0, 0), call._try_forward()
         if isinstance(outcome, OSError):
             code = outcome.errno
             if request.function == "getaddrinfo" and isinstance(outcome, socket.gaierror) and code in _GAI_ERROR_NAMES:
                 name = _GAI_ERROR_NAMES[code]
-                await call.send(name)
-                return "error", name, 0, 0
+                return ("error", name, 0, 0), call._try_send(name, ())
             if isinstance(code, int) and 0 < code < 2**31:
                 if not isinstance(outcome, Errno):
                     logger.debug("handler %s raised %r for %r", route, outcome, request)
                 result: Result = "system" if request.function == "getaddrinfo" else -1
-                await call.send(result, code)
-                return "error", result, code, 0
+                return ("error", result, code, 0), call._try_send(result, (), code)
         if isinstance(outcome, BaseException):
             logger.error("handler %s failed on %r; failing the call with %s",
                          route, request, errno_module.errorcode.get(self.error_errno), exc_info=outcome)
-            return await self._fail(call)
+            return self._fail_now(call)
         fds: Sequence[int] = ()
         result = outcome
         if isinstance(outcome, WithFds):
@@ -452,21 +603,20 @@ class Router:
                 close_fds(fd for fd in fds if _is_fd(fd))
                 logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s",
                              route, request, outcome, problem, errno_module.errorcode.get(self.error_errno))
-                return await self._fail(call)
+                return self._fail_now(call)
         try:
-            await call.send_with_fds(result, fds)
+            sent = call._try_send(result, fds)
         except SessionClosed:
             raise
         except Exception as exc:  # noqa: BLE001 - nothing went out: the call is still owed
             logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s",
                          route, request, outcome, exc, errno_module.errorcode.get(self.error_errno))
-            return await self._fail(call)
-        return "reply", result, 0, len(fds)
+            return self._fail_now(call)
+        return ("reply", result, 0, len(fds)), sent
 
-    async def _fail(self, call: Call) -> _Summary:
+    def _fail_now(self, call: Call) -> tuple[_Summary, bool]:
         result: Result = "system" if call.function == "getaddrinfo" else -1
-        await call.send(result, self.error_errno)
-        return "failure", result, self.error_errno, 0
+        return ("failure", result, self.error_errno, 0), call._try_send(result, (), self.error_errno)
 
     def _notify(self, decision: Decision) -> None:
         for observer in self._observers:
