@@ -15,7 +15,10 @@ returning a Stat), ``router open`` (WithFds of an os.open), ``router
 forward``, and ``serve stat``: the same stat router running ``router.serve``
 as a task, the raw socket waiting on the loop for each reply (so the master
 takes its waiting path every call: one loop iteration, the reader callback).
-Figures: median over runs of the mean µs per call.
+``callback stat``/``callback open``: the master's reader callback called
+directly, answering one call each time (the path a session takes when the
+router's handlers are all sync and its task waits). Figures: median over
+runs of the mean µs per call.
 """
 
 from __future__ import annotations
@@ -130,6 +133,39 @@ def serve_case(router: Router, data: bytes) -> Callable[[int], Awaitable[float]]
     return measure
 
 
+def callback_case(router: Router, data: bytes) -> Callable[[int], Awaitable[float]]:
+    """The master's reader callback answering one call per wake-up, called directly.
+
+    What a session costs per call when the router answers in the callback
+    (sync handlers): recvmsg, decode, decide, encode, sendmsg, the check
+    for a next datagram. Only where that path exists (this checkout on).
+    """
+
+    async def measure(n: int) -> float:
+        master, sock = Master.pair()
+        if not hasattr(master, "_answer_now"):
+            sock.close()
+            master.close()
+            return float("nan")
+        sock.setblocking(False)
+        server = asyncio.ensure_future(router.serve(master))
+        await asyncio.sleep(0.01)  # the serve task waits: the callback may answer
+        on_readable = master._on_readable
+        start = time.perf_counter()
+        for _ in range(n):
+            sock.send(data)
+            on_readable()
+            _, ancdata, _, _ = sock.recvmsg(256, 64)
+            for fd in _fds(ancdata):
+                os.close(fd)
+        elapsed = time.perf_counter() - start
+        sock.close()
+        await server
+        return elapsed / n
+
+    return measure
+
+
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
     waiter = loop.create_future()
     loop.add_reader(sock.fileno(), waiter.set_result, None)
@@ -156,6 +192,8 @@ CASES: dict[str, Callable[[int], Awaitable[float]]] = {
     "router open": router_case(pymaster.answering_router(), OPEN),
     "router forward": router_case(pymaster.forwarding_router(), STAT),
     "serve stat": serve_case(pymaster.answering_router(), STAT),
+    "callback stat": callback_case(pymaster.answering_router(), STAT),
+    "callback open": callback_case(pymaster.answering_router(), OPEN),
 }
 
 
@@ -178,7 +216,8 @@ def main() -> None:
                 results[name].append(runner.run(case(args.calls)) * 1e6)
     print(f"# hotpath: {args.calls} calls x {args.runs} runs, loop={args.loop}, unpinned")
     print(f"# {_common.machine()}")
-    rows = [(name, f"{statistics.median(v):.2f}", f"{min(v):.2f}..{max(v):.2f}") for name, v in results.items()]
+    rows = [(name, f"{statistics.median(v):.2f}", f"{min(v):.2f}..{max(v):.2f}") for name, v in results.items()
+            if not any(x != x for x in v)]
     print(_common.table(rows, ("case", "median µs/call", "range over runs")))
 
 

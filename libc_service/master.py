@@ -20,9 +20,11 @@ import array
 import asyncio
 import collections
 import errno as errno_module
+import fcntl
 import logging
 import os
 import socket
+import termios
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final
@@ -270,6 +272,7 @@ class Master:
         #: for a call the task must take (nothing done yet, or ``_later`` set).
         self._answer_now: Callable[[Call], bool] | None = None
         self._handover: Call | None = None
+        self._queued_bytes = bytearray(4)
         self.pid: int | None = None
 
     @classmethod
@@ -368,6 +371,8 @@ class Master:
                 # Try first: when slave and master share a CPU the next
                 # request is usually in before the reply's sendmsg returns.
                 try:
+                    if not self._queued(sock):
+                        raise BlockingIOError
                     data, ancdata, flags, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
                     item = (data, ancdata, flags)
                 except (BlockingIOError, InterruptedError):
@@ -430,7 +435,9 @@ class Master:
             # loop. The next receive tries the socket first, then re-arms.
             self._disarm_reader(sock)
             return
-        for _ in range(_DRAIN_MAX):
+        for taken in range(_DRAIN_MAX):
+            if taken and not self._queued(sock):
+                return  # all answered
             try:
                 data, ancdata, flags, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
             except (BlockingIOError, InterruptedError):
@@ -464,6 +471,17 @@ class Master:
             return  # the budget is spent: the loop comes back while datagrams wait
         if not reader.done():
             reader.set_result(None)
+
+    def _queued(self, sock: socket.socket) -> bool:
+        """Whether a datagram with bytes waits: a 0.3 µs ioctl where a failed
+        ``recvmsg`` costs 1.2 µs (the raised ``BlockingIOError``). End of
+        file and descriptor-only datagrams read as nothing waiting: the
+        loop's readiness callback takes those."""
+        try:
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, self._queued_bytes)
+        except OSError:
+            return True  # let recvmsg report it
+        return self._queued_bytes != b"\0\0\0\0"
 
     def _decode_now(self, data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int) -> Call | None:
         """A well-formed request as a call; ``None`` for anything else (left to the task)."""
