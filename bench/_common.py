@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,12 +74,50 @@ def pin_slave(pinning: str) -> list[str]:
     return ["taskset", "-c", "1"] if pinning == "split" else []
 
 
+#: Share of the machine (0..1) that *other* processes used during each run().
+FOREIGN: list[float] = []
+#: run() repeats a measurement (up to 5 tries) while others used more than
+#: this share of the machine; 1.0 (the default) never repeats.
+MAX_FOREIGN = 1.0
+
+
+def _cpu_now() -> tuple[float, float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of our waited children, wall)."""
+    fields_ = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    jiffies = [int(x) for x in fields_[:8]]
+    busy = (sum(jiffies) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy, usage.ru_utime + usage.ru_stime, time.monotonic()
+
+
 def run(argv: Sequence[str], *, timeout: float = 600, env: dict[str, str] | None = None) -> str:
-    """Run ``argv``; its stdout (stderr is shown on failure)."""
-    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr[-2000:]}")
-    return done.stdout
+    """Run ``argv``; its stdout (stderr is shown on failure).
+
+    Records in :data:`FOREIGN` how much of the machine other processes used
+    meanwhile (busy CPU time from ``/proc/stat`` less this run's own), and
+    repeats the run while that exceeds :data:`MAX_FOREIGN`.
+    """
+    for attempt in range(5):
+        before = _cpu_now()
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env)
+        after = _cpu_now()
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr[-2000:]}")
+        wall = max(after[2] - before[2], 1e-6)
+        foreign = max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / (wall * (os.cpu_count() or 1))
+        if foreign <= MAX_FOREIGN or attempt == 4:
+            FOREIGN.append(min(foreign, 1.0))
+            return done.stdout
+    raise AssertionError("unreachable")
+
+
+def noise() -> str:
+    """One line on what other processes used while the figures were taken."""
+    if not FOREIGN:
+        return "# others' share of the machine: not measured"
+    return (f"# others' share of the machine during the runs: median {statistics.median(FOREIGN):.0%}, "
+            f"max {max(FOREIGN):.0%} over {len(FOREIGN)} runs"
+            + (f" (runs repeated above {MAX_FOREIGN:.0%})" if MAX_FOREIGN < 1 else ""))
 
 
 def fields(text: str) -> dict[str, dict[str, float]]:

@@ -88,7 +88,7 @@ def measure(pinnings: list[str], configs: list[str], calls: int, runs: int, path
 
 def report(results: dict[str, dict[str, dict[str, list[float]]]], calls: int, runs: int, path: str) -> str:
     lines = [f"# latency: bench_calls {calls} {path}, {runs} interleaved runs, median of run medians",
-             f"# {_common.machine()}"]
+             f"# {_common.machine()}", _common.noise()]
     for pinning, per_config in results.items():
         lines.append(f"\n## pin={pinning}")
         floor = {call: _common.median(per_config["floor"][call]) for call in CALLS} if "floor" in per_config else None
@@ -108,6 +108,9 @@ def report(results: dict[str, dict[str, dict[str, list[float]]]], calls: int, ru
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-foreign", type=float, default=1.0, metavar="SHARE",
+                        help="repeat a run (up to 5 tries) while other processes used more than SHARE "
+                             "(0..1) of the machine; the default never repeats")
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--pin", default="same,split,none", help="comma list of same, split, none")
@@ -115,6 +118,7 @@ def main() -> None:
     parser.add_argument("--path", default="/etc/hostname")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
     args = parser.parse_args()
+    _common.MAX_FOREIGN = args.max_foreign
     pinnings = args.pin.split(",")
     if unknown := set(pinnings) - set(_common.PINNINGS):
         parser.error(f"unknown pinning {unknown}")

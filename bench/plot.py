@@ -75,20 +75,26 @@ def plot(figures: dict[str, dict[str, float]], machine: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-foreign", type=float, default=1.0, metavar="SHARE",
+                        help="repeat a run (up to 5 tries) while other processes used more than SHARE "
+                             "(0..1) of the machine; the default never repeats")
     parser.add_argument("--slaves", default="1,2,4,8,16,32,64")
     parser.add_argument("--total", type=int, default=64000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", default=str(_common.OUT / "plot.json"))
     parser.add_argument("--from-json", metavar="FILE")
     args = parser.parse_args()
+    _common.MAX_FOREIGN = args.max_foreign
     if args.from_json:
         data = json.loads(Path(args.from_json).read_text())
     else:
         slaves = [int(n) for n in args.slaves.split(",")]
-        data = {"machine": _common.machine(), "total": args.total, "runs": args.runs,
-                "figures": measure(slaves, args.total, args.runs)}
+        figures = measure(slaves, args.total, args.runs)
+        data = {"machine": _common.machine(), "noise": _common.noise(), "total": args.total, "runs": args.runs,
+                "figures": figures}
         _common.OUT.mkdir(exist_ok=True)
         Path(args.json).write_text(json.dumps(data, indent=1))
+    print(f"# {data['machine']}\n{data.get('noise', '')}")
     print(_common.table(
         [(n, *(f"{data['figures'][m][n]:,.0f}" for m in data["figures"]),
           *(f"{int(n) / data['figures'][m][n] * 1e6:.1f}" for m in data["figures"])) for n in data["figures"]["python"]],

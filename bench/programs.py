@@ -30,6 +30,7 @@ with ``floor_master -vv``.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -66,9 +67,18 @@ def wrap(wrapper: str, argv: list[str], pinning: str) -> list[str] | None:
 
 
 def timed(argv: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - start
+    """Wall seconds of one run (repeated while others loaded the machine, see _common.run)."""
+    for attempt in range(5):
+        before = _common._cpu_now()
+        start = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        elapsed = time.perf_counter() - start
+        after = _common._cpu_now()
+        foreign = max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / (elapsed * (os.cpu_count() or 1))
+        if foreign <= _common.MAX_FOREIGN or attempt == 4:
+            _common.FOREIGN.append(min(foreign, 1.0))
+            return elapsed
+    raise AssertionError("unreachable")
 
 
 def arbitrated(argv: list[str]) -> Counter[str]:
@@ -81,9 +91,13 @@ def arbitrated(argv: list[str]) -> Counter[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-foreign", type=float, default=1.0, metavar="SHARE",
+                        help="repeat a run (up to 5 tries) while other processes used more than SHARE "
+                             "(0..1) of the machine; the default never repeats")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--pin", choices=("none", "same"), default="none")
     args = parser.parse_args()
+    _common.MAX_FOREIGN = args.max_foreign
     times: dict[str, dict[str, list[float]]] = {w: {x: [] for x in WRAPPERS} for w in WORKLOADS}
     for round_ in range(args.runs + 1):
         for workload, argv in WORKLOADS.items():
@@ -99,6 +113,7 @@ def main() -> None:
     startup = _common.median(times["true"]["forward"])
     print(f"# programs: {args.runs} interleaved runs after a warm-up, pin={args.pin}, median wall ms (range)")
     print(f"# {_common.machine()}")
+    print(_common.noise())
     print(f"# the forward master's own start-up (running /bin/true): {startup * 1000:.1f} ms")
     for workload, argv in WORKLOADS.items():
         if workload == "true":

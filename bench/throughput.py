@@ -91,6 +91,9 @@ def startup_cpu_ms(master: str, runs: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-foreign", type=float, default=1.0, metavar="SHARE",
+                        help="repeat a run (up to 5 tries) while other processes used more than SHARE "
+                             "(0..1) of the machine; the default never repeats")
     parser.add_argument("--total", type=int, default=64000, help="stat calls per run, split over the workers")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--pin", choices=("none", "same"), default="none")
@@ -98,6 +101,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--cpu", action="store_true", help="also the master's CPU µs per call (perf stat)")
     args = parser.parse_args()
+    _common.MAX_FOREIGN = args.max_foreign
     if args.cpu and _common.need("perf") is None:
         parser.error("--cpu needs perf")
     results: dict[str, dict[str, list[float]]] = {label: {m: [] for m in MASTERS} for label, _, _ in SHAPES}
@@ -113,6 +117,7 @@ def main() -> None:
     print(f"# throughput: {args.total} stat calls per run, {args.runs} interleaved runs, pin={args.pin}, "
           f"median calls/s (range)")
     print(f"# {_common.machine()}")
+    print(_common.noise())
     rows = []
     for label, per_master in results.items():
         py, floor = _common.median(per_master["python"]), _common.median(per_master["floor"])
