@@ -158,11 +158,11 @@ class Call:
         fds = list(fds) if fds else []
         try:
             self._claim()
-            reply = wire.ReplyMessage(
-                self.request.function, self.request.tid, self.request.request_id,
-                result, _errno_value(errno),
+            request = self.request
+            data = wire.encode_reply_to(
+                request.function, request.tid, request.request_id, result,
+                errno if type(errno) is int else _errno_value(errno), False, len(fds),
             )
-            data = wire.encode_reply(reply, len(fds))
         except BaseException:
             # Nothing went out: the call stays owed, the descriptors are gone.
             close_fds(fds)
@@ -172,8 +172,8 @@ class Call:
     def _try_forward(self) -> bool:
         """:meth:`use_slave_credentials` if the socket takes it now (see :meth:`_try_send`)."""
         self._claim()
-        reply = wire.ReplyMessage(self.request.function, self.request.tid, self.request.request_id, forward=True)
-        return self._try_finish(wire.encode_reply(reply), [])
+        request = self.request
+        return self._try_finish(wire.encode_reply_to(request.function, request.tid, request.request_id, forward=True), [])
 
     def _try_finish(self, data: bytes, fds: list[int]) -> bool:
         self._done = True

@@ -509,13 +509,14 @@ class Router:
         request = call.request
         if not self._sync_only(request.function):
             return False
-        started = time.perf_counter_ns()
+        observed = bool(self._observers)  # the latency is for observers only
+        started = time.perf_counter_ns() if observed else 0
         step = self._decide_now(request)
         if isinstance(step, _Await):
             call._later = Later(self._handle_after(call, session, started, step), step.awaitable)
             return False
         route_name, outcome = step
-        latency = time.perf_counter_ns() - started
+        latency = time.perf_counter_ns() - started if observed else 0
         try:
             summary, sent = self._reply_now(call, route_name, outcome)
         except SessionClosed:
@@ -539,7 +540,8 @@ class Router:
             call.abandon()
             raise
         route_name, outcome = decided
-        await self._reply_and_notify(call, route_name, outcome, time.perf_counter_ns() - started, session)
+        latency = time.perf_counter_ns() - started if started else 0
+        await self._reply_and_notify(call, route_name, outcome, latency, session)
 
     async def _flush_after(self, call: Call, route: str, summary: _Summary, latency: int, session: str) -> None:
         try:

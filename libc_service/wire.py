@@ -63,6 +63,7 @@ __all__ = [
     "decode_request",
     "encode_registration",
     "encode_reply",
+    "encode_reply_to",
     "encode_request",
     "reply_fd_limit",
 ]
@@ -270,9 +271,10 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
             raise ProtocolError(f"{function} does not use {what}")
 
     if function in _PATH_FUNCTIONS:
-        no("string2", len2)
-        no("an address", address != _NO_ADDRESS or scope)
-        no("those descriptor roles", roles & ~ROLE_DIR1)
+        if len2 or scope or roles & ~ROLE_DIR1 or address != _NO_ADDRESS:  # one test on the hot path
+            no("string2", len2)
+            no("an address", address != _NO_ADDRESS or scope)
+            no("those descriptor roles", roles & ~ROLE_DIR1)
         fields = common | {"path": _fs_path(string1, "path"), "dirfd": next(fd_iter) if roles else None}
         if function in ("open", "openat"):
             fields |= _open_fields(function, flags, arg)
@@ -462,19 +464,30 @@ def encode_reply(reply: ReplyMessage, nfds: int = 0) -> bytes:
     and ``ValueError`` for an out-of-range value: a policy bug, caught before
     anything is sent.
     """
-    function = reply.function
+    return encode_reply_to(
+        reply.function, reply.tid, reply.request_id, reply.result, reply.errno, reply.forward, nfds
+    )
+
+
+def encode_reply_to(
+    function: str, tid: int, request_id: int, result: Result = 0, errno: int = 0, forward: bool = False,
+    nfds: int = 0,
+) -> bytes:
+    """:func:`encode_reply` of ``ReplyMessage(function, tid, request_id, result, errno, forward)``.
+
+    For the master's hot path: building the frozen dataclass first costs
+    about 0.5 µs a reply.
+    """
     if function not in CODE:
         raise ValueError(f"unknown function {function!r}")
     if nfds > reply_fd_limit(function):
         raise ValueError(f"a {function} reply carries at most {reply_fd_limit(function)} descriptors, not {nfds}")
-    errno = reply.errno
     if not 0 <= errno < 2**31:
         raise ValueError(f"errno {errno} out of range")
     payload = b""
     kind = KIND_NONE
     count = 0
-    result = reply.result
-    if reply.forward:
+    if forward:
         if nfds:
             raise ValueError("a forward reply carries no descriptors")
         value = 0
@@ -497,8 +510,8 @@ def encode_reply(reply: ReplyMessage, nfds: int = 0) -> bytes:
         value = result
     try:
         header = REPLY.pack(
-            REPLY_MAGIC, VERSION, CODE[function], reply.tid, errno, reply.request_id, value,
-            ACTION_FORWARD if reply.forward else ACTION_RESULT, kind, count, _RESERVED_REPLY,
+            REPLY_MAGIC, VERSION, CODE[function], tid, errno, request_id, value,
+            ACTION_FORWARD if forward else ACTION_RESULT, kind, count, _RESERVED_REPLY,
         )
     except struct.error as exc:
         raise ValueError(f"a {function} reply field is out of range: {exc}") from None
