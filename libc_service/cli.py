@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TextIO
@@ -18,6 +19,8 @@ from .tracing import Tracer
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
 
 
 def _run_loop(coroutine: Coroutine[Any, Any, int]) -> int:
@@ -30,15 +33,28 @@ def _run_loop(coroutine: Coroutine[Any, Any, int]) -> int:
         return runner.run(coroutine)
 
 
+#: Signals passed on to the program: a supervisor's ``kill``/``timeout`` ends
+#: the program (and so the command, with the program's status) instead of
+#: leaving it running without its master.
+FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP)
+
+
 async def _serve_program(argv: Sequence[str], router: Router, sandbox: Sandbox | None) -> int:
+    loop = asyncio.get_running_loop()
     try:
         async with spawn(argv, router, sandbox=sandbox) as process:
-            return await process.wait()
-    except FileNotFoundError as exc:
-        # uvloop reports a missing program without its name.
+            for signum in FORWARDED_SIGNALS:
+                loop.add_signal_handler(signum, process.send_signal, signum)
+            try:
+                return await process.wait()
+            finally:
+                for signum in FORWARDED_SIGNALS:
+                    loop.remove_signal_handler(signum)
+    except (FileNotFoundError, PermissionError) as exc:
+        # uvloop reports a program it cannot start without its name.
         if isinstance(exc, ShimNotFound) or exc.filename is not None:
             raise
-        raise FileNotFoundError(exc.errno, exc.strerror, argv[0]) from exc
+        raise type(exc)(exc.errno, exc.strerror, argv[0]) from exc
 
 
 def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -107,10 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (repeat for debug)")
+    # Also accepted after the command (`libc-service run -v ...`); SUPPRESS keeps
+    # a subcommand from resetting a count given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                         help="log more (repeat for debug)")
     commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run a program under a policy",
+        "run", parents=[verbose], help="run a program under a policy",
         description="Run CMD with every arbitrated call decided by POLICY's router.",
     )
     run.add_argument("--sandbox", action="store_true",
@@ -121,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run, subparser=run)
 
     trace = commands.add_parser(
-        "trace", help="log every call of a program, then let it proceed",
+        "trace", parents=[verbose], help="log every call of a program, then let it proceed",
         description="Run CMD, log every arbitrated call (pid, tid, function, arguments, decision, latency) "
                     "to stderr or FILE, and forward each call to the program itself.",
     )
@@ -131,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.set_defaults(handler=_cmd_trace, subparser=trace)
 
     docs = commands.add_parser(
-        "docs", help="write a policy's documentation",
+        "docs", parents=[verbose], help="write a policy's documentation",
         description="Write the documentation of POLICY, generated from its handlers, conditions and sandbox.",
     )
     docs.add_argument("--format", choices=("md", "json"), default="md", help="Markdown (default) or JSON")
@@ -154,7 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except FileNotFoundError as exc:
         print(f"libc-service: error: {exc.strerror}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 127
+        return EXIT_NOT_FOUND
+    except PermissionError as exc:
+        # The program cannot be executed (not executable, a directory): as a shell says it.
+        print(f"libc-service: error: {exc.strerror}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_CANNOT_EXECUTE
     except KeyboardInterrupt:
         return 130
     return status

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -36,11 +37,31 @@ class LoadedPolicy:
     sandbox: Any | None
 
 
-def _where(exc: BaseException) -> str:
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _is_ours(filename: str) -> bool:
+    """A frame of libc-service itself or of the import machinery, not the policy's."""
+    if filename.startswith("<"):
+        return True
+    try:
+        return Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
+    except (OSError, ValueError):
+        return False
+
+
+def _where(exc: BaseException, source: Path | None = None) -> str:
+    """The line that failed: the innermost frame in the policy file (say the
+    ``@router.on(...)`` line of a typo), else the innermost frame that is not
+    libc-service's own, else the innermost frame."""
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return ""
-    last = frames[-1]
+    mine = [frame for frame in frames if not _is_ours(frame.filename)]
+    if source is not None:
+        resolved = source.resolve()
+        mine = [frame for frame in mine if Path(frame.filename).resolve() == resolved] or mine
+    last = mine[-1] if mine else frames[-1]
     return f" (line {last.lineno} of {Path(last.filename).name})"
 
 
@@ -62,8 +83,19 @@ def _import_file(path: Path) -> ModuleType:
         del sys.modules[name]
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise PolicyError(f"policy {path}: failed to import: {type(exc).__name__}: {exc}{_where(exc)}") from exc
+        raise PolicyError(
+            f"policy {path}: failed to import: {type(exc).__name__}: {exc}{_where(exc, path)}"
+        ) from exc
     return module
+
+
+def _search_working_directory() -> None:
+    """Let ``package.module:attr`` name a module of the working directory, as
+    ``python -m`` does (a console script's ``sys.path`` does not hold it).
+    Appended, so installed modules of the same name come first."""
+    cwd = os.getcwd()
+    if not any(entry in ("", ".", cwd) for entry in sys.path):
+        sys.path.append(cwd)
 
 
 def load_policy(spec: str) -> LoadedPolicy:
@@ -77,6 +109,7 @@ def load_policy(spec: str) -> LoadedPolicy:
         module_name, _, attr = spec.partition(":")
         attr = attr or "router"
         label = spec
+        _search_working_directory()
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,37 @@ def test_a_bad_policy_is_one_line_and_exit_status_2(tmp_path: Path, problem: str
     assert str(policy) in lines[0] and message in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("source", "line"),
+    [
+        # A typo in the function name: the error is raised inside Router.on.
+        ("from libc_service import Router\nrouter = Router()\n@router.on('opne')\ndef h(req): pass\n", 3),
+        # A relative root: raised inside conditions.under.
+        ("from libc_service import Router\nfrom libc_service.conditions import under\n"
+         "router = Router()\n@router.on('open', when=under('data'))\ndef h(req): pass\n", 4),
+    ],
+)
+def test_a_bad_policy_error_names_the_policys_own_line(tmp_path: Path, source: str, line: int) -> None:
+    policy = tmp_path / "bad_policy.py"
+    policy.write_text(source)
+    done = cli("run", str(policy), "--", "true")
+    assert done.returncode == 2
+    assert done.stderr.rstrip().endswith(f"(line {line} of bad_policy.py)"), done.stderr
+
+
+def test_a_module_attr_policy_is_found_in_the_working_directory(tmp_path: Path) -> None:
+    # As the console script runs: no working directory on sys.path (-P), no PYTHONPATH.
+    (tmp_path / "policies").mkdir()
+    write_policy(tmp_path / "policies", READ_ONLY_POLICY, name="strict.py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-P", "-m", "libc_service", "run", "policies.strict:router", "--", "mkdir", "d"],
+        cwd=tmp_path, env=dict(env, LC_ALL="C"), capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Read-only file system" in done.stderr
+
+
 def test_a_missing_policy_module_is_one_line_and_exit_status_2() -> None:
     done = cli("run", "no_such_policy_module:router", "--", "true")
     assert done.returncode == 2
@@ -138,6 +170,50 @@ def test_a_program_that_does_not_exist_is_127(tmp_path: Path) -> None:
     assert done.returncode == 127
     assert "Traceback" not in done.stderr
     assert "/nonexistent/program" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "trace"])
+def test_a_program_that_cannot_be_executed_is_126(tmp_path: Path, command: str) -> None:
+    policy = write_policy(tmp_path, READ_ONLY_POLICY)
+    policy_args = [str(policy)] if command == "run" else []
+    done = cli(command, *policy_args, "--", str(tmp_path))  # a directory
+    assert done.returncode == 126
+    assert done.stderr.splitlines() == [f"libc-service: error: Permission denied: {tmp_path}"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminating_signal_is_passed_on_to_the_program(tmp_path: Path, signum: int) -> None:
+    # `timeout`, `kill`, a supervisor: the program ends with it (and the
+    # command with the program's status) instead of running on without its master.
+    pidfile = tmp_path / "pid"
+    process = subprocess.Popen(
+        [*COMMAND, "trace", "-o", os.devnull, "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        program = int(pidfile.read_text())
+        time.sleep(0.2)  # past the exec
+        process.send_signal(signum)
+        assert process.wait(timeout=30) == 128 + signum
+        assert process.stderr is not None and "Traceback" not in process.stderr.read()
+        with pytest.raises(ProcessLookupError):
+            os.kill(program, 0)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_verbose_is_accepted_after_the_command(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, READ_ONLY_POLICY)
+    quiet = cli("run", str(policy), "--", "touch", "new", cwd=tmp_path)
+    done = cli("run", "-vv", str(policy), "--", "touch", "new", cwd=tmp_path)
+    assert done.returncode == quiet.returncode == 1, done.stderr
+    assert "DEBUG" not in quiet.stderr
+    assert "libc-service: DEBUG: " in done.stderr
 
 
 # ------------------------------------------------------------------ trace
