@@ -11,7 +11,11 @@ times; the figure is the median of the runs' medians:
 - ``shim-inert`` the shim preloaded without a master (no ``LIBC_SERVICE_FD``):
                  every call goes straight to the real libc after the shim's
                  check — what a call the shim could allow by a local rule
-                 would cost at best (the shim has no such rule yet)
+                 would cost at best
+- ``local``      the shim's static rule (``LIBC_SERVICE_LOCAL``, which
+                 ``spawn()`` sets to the sandbox's read trees): the C floor
+                 master runs, but read-only calls beneath the path's
+                 directory go to the real libc with no round trip
 - ``router``     ``bench/pymaster.py answer``: a Router whose stat handler
                  returns a fixed Stat and whose open handler returns
                  ``WithFds`` of an ``os.open`` (b)
@@ -41,12 +45,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-CONFIGS = ("native", "shim-inert", "router", "forward", "floor", "floor-fwd", "fakeroot")
+#: --tree NAME=PATH: other checkouts whose Python master to measure too.
+TREES: dict[str, str] = {}
+CONFIGS = ("native", "shim-inert", "local", "router", "forward", "floor", "floor-fwd", "fakeroot")
 CALLS = ("stat", "open_close")
 
 
 def command(config: str, pinning: str, calls: int, path: str) -> list[str] | None:
-    """The argv of one configuration, or None when its tool is missing."""
+    """The argv of one configuration, or None when its tool is missing.
+
+    ``router[NAME]``/``forward[NAME]`` run the Python master of the tree
+    given as ``--tree NAME=PATH``.
+    """
+    tree = None
+    if "[" in config:
+        config, name = config.rstrip("]").split("[", 1)
+        tree = TREES[name]
     program = [_common.build("bench_calls"), str(calls), path]
     master = _common.pin_master(pinning)
     slave = _common.pin_slave(pinning) + program
@@ -55,9 +69,13 @@ def command(config: str, pinning: str, calls: int, path: str) -> list[str] | Non
         return master + program
     if config == "shim-inert":
         return master + ["env", "-u", "LIBC_SERVICE_FD", f"LD_PRELOAD={shim}", *program]
+    if config == "local":
+        tree = os.path.dirname(os.path.abspath(path)) or "/"
+        return master + ["env", f"LIBC_SERVICE_LOCAL={tree}", _common.build("floor_answer"), shim, "--", *slave]
     if config in ("router", "forward"):
         mode = "answer" if config == "router" else "forward"
-        return master + [_common.PYTHON, str(_common.BENCH / "pymaster.py"), mode, "--", *slave]
+        env = ["env", f"BENCH_TREE={tree}"] if tree else []
+        return master + env + [_common.PYTHON, str(_common.BENCH / "pymaster.py"), mode, "--", *slave]
     if config == "floor":
         return master + [_common.build("floor_answer"), shim, "--", *slave]
     if config == "floor-fwd":
@@ -103,6 +121,12 @@ def report(results: dict[str, dict[str, dict[str, list[float]]]], calls: int, ru
             rows.append(row)
         lines.append(_common.table(rows, ("config", "stat µs", "÷floor", "stat range", "open+close µs",
                                            "÷floor", "open range")))
+        if "native" in per_config:
+            native = {call: _common.median(per_config["native"][call]) for call in CALLS}
+            lines.append("÷native: " + "; ".join(
+                f"{config} stat {_common.median(v['stat']) / native['stat']:.2f}, "
+                f"open+close {_common.median(v['open_close']) / native['open_close']:.2f}"
+                for config, v in per_config.items() if config in ("shim-inert", "local", "fakeroot")))
     return "\n".join(lines)
 
 
@@ -117,12 +141,19 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--path", default="/etc/hostname")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                        help="also run router and forward on the libc_service of checkout PATH "
+                             "(as router[NAME], forward[NAME]); repeatable")
     args = parser.parse_args()
     _common.MAX_FOREIGN = args.max_foreign
     pinnings = args.pin.split(",")
     if unknown := set(pinnings) - set(_common.PINNINGS):
         parser.error(f"unknown pinning {unknown}")
     configs = args.configs.split(",")
+    for spec in args.tree:
+        name, _, path = spec.partition("=")
+        TREES[name] = path
+        configs += [f"{c}[{name}]" for c in ("router", "forward") if c in configs]
     results = measure(pinnings, configs, args.calls, args.runs, args.path)
     print(report(results, args.calls, args.runs, args.path))
     if args.json:

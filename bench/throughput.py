@@ -42,11 +42,17 @@ SHAPES = (("1 process", "procs", 1), ("8 processes", "procs", 8), ("1 process x 
 MASTERS = ("python", "floor")
 
 
+#: --tree NAME=PATH: other checkouts whose Python master to measure too (as python[NAME]).
+TREES: dict[str, str] = {}
+
+
 def command(master: str, mode: str, workers: int, total: int, pinning: str, path: str) -> list[str]:
     program = [_common.build("stat_loop"), mode, str(workers), str(max(1, total // workers)), path]
     prefix = _common.pin_master(pinning)
-    if master == "python":
-        return prefix + [_common.PYTHON, str(_common.BENCH / "pymaster.py"), "answer", "--", *program]
+    if master.startswith("python"):
+        tree = TREES[master[7:-1]] if master.startswith("python[") else None
+        env = ["env", f"BENCH_TREE={tree}"] if tree else []
+        return prefix + env + [_common.PYTHON, str(_common.BENCH / "pymaster.py"), "answer", "--", *program]
     if master == "floor":
         return prefix + [_common.build("floor_master"), "-s", _common.shim(), "stat", "--", *program]
     raise ValueError(master)
@@ -100,16 +106,22 @@ def main() -> None:
     parser.add_argument("--path", default="/etc/hostname")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--cpu", action="store_true", help="also the master's CPU µs per call (perf stat)")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                        help="also run the Python master of checkout PATH (as python[NAME]); repeatable")
     args = parser.parse_args()
     _common.MAX_FOREIGN = args.max_foreign
     if args.cpu and _common.need("perf") is None:
         parser.error("--cpu needs perf")
-    results: dict[str, dict[str, list[float]]] = {label: {m: [] for m in MASTERS} for label, _, _ in SHAPES}
-    cpu: dict[str, dict[str, list[float]]] = {label: {m: [] for m in MASTERS} for label, _, _ in SHAPES}
-    startup = {m: startup_cpu_ms(m, 3) for m in MASTERS} if args.cpu else {}
+    for spec in args.tree:
+        name, _, path = spec.partition("=")
+        TREES[name] = path
+    masters = [*MASTERS, *(f"python[{name}]" for name in TREES)]
+    results: dict[str, dict[str, list[float]]] = {label: {m: [] for m in masters} for label, _, _ in SHAPES}
+    cpu: dict[str, dict[str, list[float]]] = {label: {m: [] for m in masters} for label, _, _ in SHAPES}
+    startup = {m: startup_cpu_ms(m, 3) for m in masters} if args.cpu else {}
     for _ in range(args.runs):
         for label, mode, workers in SHAPES:
-            for master in MASTERS:
+            for master in masters:
                 rate, cpu_ms, calls = run_shape(master, mode, workers, args.total, args.pin, args.path, args.cpu)
                 results[label][master].append(rate)
                 if cpu_ms is not None:
@@ -120,16 +132,21 @@ def main() -> None:
     print(_common.noise())
     rows = []
     for label, per_master in results.items():
-        py, floor = _common.median(per_master["python"]), _common.median(per_master["floor"])
-        rows.append((label, f"{py:,.0f}", _common.spread(per_master["python"]), f"{floor:,.0f}",
-                     _common.spread(per_master["floor"]), f"{py / floor:.2f}"))
-    print(_common.table(rows, ("workers", "python calls/s", "range", "floor calls/s", "range", "python ÷ floor")))
+        floor = _common.median(per_master["floor"])
+        row: list[object] = [label, f"{floor:,.0f}", _common.spread(per_master["floor"])]
+        for master in masters[:1] + masters[2:]:
+            py = _common.median(per_master[master])
+            row += [f"{py:,.0f}", _common.spread(per_master[master]), f"{py / floor:.2f}"]
+        rows.append(row)
+    header = ["workers", "floor calls/s", "range"]
+    for master in masters[:1] + masters[2:]:
+        header += [f"{master} calls/s", "range", "÷ floor"]
+    print(_common.table(rows, header))
     if args.cpu:
-        print(f"\nmaster CPU per call, µs (task-clock less start-up: python {startup['python']:.0f} ms, "
-              f"floor {startup['floor']:.1f} ms)")
-        rows = [(label, f"{_common.median(v['python']):.2f}", f"{_common.median(v['floor']):.2f}",
-                 f"{_common.median(v['python']) / _common.median(v['floor']):.2f}") for label, v in cpu.items()]
-        print(_common.table(rows, ("workers", "python µs", "floor µs", "python ÷ floor")))
+        print("\nmaster CPU per call, µs (task-clock less start-up: "
+              + ", ".join(f"{m} {startup[m]:.1f} ms" for m in masters) + ")")
+        rows = [(label, *(f"{_common.median(v[m]):.2f}" for m in masters)) for label, v in cpu.items()]
+        print(_common.table(rows, ("workers", *(f"{m} µs" for m in masters))))
     if args.json:
         Path(args.json).write_text(json.dumps({"total": args.total, "runs": args.runs, "pin": args.pin,
                                                "results": results, "cpu_us_per_call": cpu}, indent=1))
