@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -13,7 +14,7 @@ from typing import Any, TextIO
 from .policy import LoadedPolicy, PolicyError, load_policy
 from .router import FORWARD, Router
 from .sandbox import Sandbox, SandboxUnavailable
-from .spawn import ShimNotFound, spawn
+from .spawn import ShimNotFound, SlaveProcess, spawn
 from .tracing import Tracer
 
 __all__ = ["main"]
@@ -36,7 +37,33 @@ def _run_loop(coroutine: Coroutine[Any, Any, int]) -> int:
 #: Signals passed on to the program: a supervisor's ``kill``/``timeout`` ends
 #: the program (and so the command, with the program's status) instead of
 #: leaving it running without its master.
-FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP)
+FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def _relay(process: SlaveProcess, signum: int) -> None:
+    """Pass ``signum`` on, except a Ctrl-C the terminal already gave the program.
+
+    The program runs in our process group; when that group is the terminal's
+    foreground, the terminal sent SIGINT to the program too, and a second one
+    would interrupt its clean-up. Otherwise (a supervisor's ``kill -INT``) the
+    program would never hear of it.
+    """
+    if signum == signal.SIGINT and _terminal_delivered_to(process.pid):
+        return
+    process.send_signal(signum)
+
+
+def _terminal_delivered_to(pid: int) -> bool:
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgid(pid)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 async def _serve_program(argv: Sequence[str], router: Router, sandbox: Sandbox | None) -> int:
@@ -44,7 +71,7 @@ async def _serve_program(argv: Sequence[str], router: Router, sandbox: Sandbox |
     try:
         async with spawn(argv, router, sandbox=sandbox) as process:
             for signum in FORWARDED_SIGNALS:
-                loop.add_signal_handler(signum, process.send_signal, signum)
+                loop.add_signal_handler(signum, _relay, process, signum)
             try:
                 return await process.wait()
             finally:

@@ -181,14 +181,15 @@ def test_a_program_that_cannot_be_executed_is_126(tmp_path: Path, command: str) 
     assert done.stderr.splitlines() == [f"libc-service: error: Permission denied: {tmp_path}"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_terminating_signal_is_passed_on_to_the_program(tmp_path: Path, signum: int) -> None:
     # `timeout`, `kill`, a supervisor: the program ends with it (and the
     # command with the program's status) instead of running on without its master.
+    # A session of its own: no terminal delivers a Ctrl-C to the program here.
     pidfile = tmp_path / "pid"
     process = subprocess.Popen(
         [*COMMAND, "trace", "-o", os.devnull, "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"],
-        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 30
