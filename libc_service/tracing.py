@@ -1,7 +1,7 @@
 """Turn router decisions into log lines: the ``trace`` command and audit logs.
 
 :class:`Tracer` is a router observer that writes one line per call, either
-for people (``[pid 12 tid 12] openat("/etc/hostname", read_only) = 3 <8µs>``)
+for people (``[pid 12 tid 12] openat("/etc/hostname", read_only) = 3 <8.2µs>``)
 or as JSON lines with a stable set of keys.
 """
 
@@ -99,7 +99,7 @@ def decision_line(decision: Decision) -> str:
     route = "" if decision.route == "default" else f" by {decision.route}"
     return (
         f"[pid {request.pid} tid {request.tid}] {request.function}({arguments}) = {answer}"
-        f"{route} <{decision.latency_ns / 1000:.0f}µs>"
+        f"{route} <{decision.latency_ns / 1000:.1f}µs>"
     )
 
 
