@@ -19,6 +19,9 @@ times; the figure is the median of the runs' medians:
 - ``router``     ``bench/pymaster.py answer``: a Router whose stat handler
                  returns a fixed Stat and whose open handler returns
                  ``WithFds`` of an ``os.open`` (b)
+- ``router-poll`` the same with ``Master.busy_poll_ns`` = 20 µs: the master
+                 polls its socket a little after each reply instead of
+                 going idle (what that buys cross-CPU; off by default)
 - ``forward``    ``bench/pymaster.py forward``: ``Router(default=FORWARD)`` (c)
 - ``floor``      ``bench/floor_answer.c``: the same answers from a C poll()
                  loop (d) — the transport floor the ratios are taken to
@@ -47,7 +50,7 @@ import _common  # noqa: E402
 
 #: --tree NAME=PATH: other checkouts whose Python master to measure too.
 TREES: dict[str, str] = {}
-CONFIGS = ("native", "shim-inert", "local", "router", "forward", "floor", "floor-fwd", "fakeroot")
+CONFIGS = ("native", "shim-inert", "local", "router", "router-poll", "forward", "floor", "floor-fwd", "fakeroot")
 CALLS = ("stat", "open_close")
 
 
@@ -72,10 +75,11 @@ def command(config: str, pinning: str, calls: int, path: str) -> list[str] | Non
     if config == "local":
         tree = os.path.dirname(os.path.abspath(path)) or "/"
         return master + ["env", f"LIBC_SERVICE_LOCAL={tree}", _common.build("floor_answer"), shim, "--", *slave]
-    if config in ("router", "forward"):
-        mode = "answer" if config == "router" else "forward"
+    if config in ("router", "forward", "router-poll"):
+        mode = "forward" if config == "forward" else "answer"
         env = ["env", f"BENCH_TREE={tree}"] if tree else []
-        return master + env + [_common.PYTHON, str(_common.BENCH / "pymaster.py"), mode, "--", *slave]
+        poll = ["--busy-poll", "20"] if config == "router-poll" else []
+        return master + env + [_common.PYTHON, str(_common.BENCH / "pymaster.py"), *poll, mode, "--", *slave]
     if config == "floor":
         return master + [_common.build("floor_answer"), shim, "--", *slave]
     if config == "floor-fwd":

@@ -75,6 +75,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--concurrent", action="store_true", help="Router(concurrent=True)")
+    parser.add_argument("--busy-poll", type=float, default=0, metavar="US",
+                        help="Master.busy_poll_ns in µs (0: off; checkouts without it ignore it)")
     parser.add_argument("mode", choices=("forward", "answer"))
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -82,6 +84,10 @@ def main() -> int:
     if not command:
         parser.error("no program given (put it after --)")
     router = (answering_router if args.mode == "answer" else forwarding_router)(args.concurrent)
+    if args.busy_poll:
+        from libc_service import Master
+
+        Master.busy_poll_ns = int(args.busy_poll * 1000)
     if args.loop == "uvloop":
         import uvloop
 

@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import termios
+import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final
@@ -250,6 +251,18 @@ class Master:
     closed when the session ends.
     """
 
+    #: Busy-poll, in nanoseconds (0: off, the default). After the reader
+    #: callback has answered what was waiting, it keeps checking the socket
+    #: for this long (yielding the CPU between checks) before returning to
+    #: the loop, and starts over whenever a call comes in. When slave and
+    #: master run on different CPUs, the slave's next call then finds the
+    #: master awake instead of costing a wake-up from idle: on the project's
+    #: VM a cross-CPU round trip drops from ~55 µs to ~33 µs with 20 µs.
+    #: The price is CPU time spent polling, and other sessions on the same
+    #: loop wait up to this long: for a master with cores to spare and few,
+    #: chatty slaves. Set it on the class or on one master.
+    busy_poll_ns: int = 0
+
     def __init__(self, sock: socket.socket, *, name: str | None = None) -> None:
         if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
             raise ValueError("a Master needs an AF_UNIX SOCK_SEQPACKET socket")
@@ -436,7 +449,7 @@ class Master:
             self._disarm_reader(sock)
             return
         for taken in range(_DRAIN_MAX):
-            if taken and not self._queued(sock):
+            if taken and not self._queued(sock) and not self._poll_briefly(sock):
                 return  # all answered
             try:
                 data, ancdata, flags, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
@@ -471,6 +484,20 @@ class Master:
             return  # the budget is spent: the loop comes back while datagrams wait
         if not reader.done():
             reader.set_result(None)
+
+    def _poll_briefly(self, sock: socket.socket) -> bool:
+        """Busy-poll for a next datagram for up to :attr:`busy_poll_ns`."""
+        budget = self.busy_poll_ns
+        if budget <= 0:
+            return False
+        deadline = time.perf_counter_ns() + budget
+        while time.perf_counter_ns() < deadline:
+            os.sched_yield()  # a slave sharing this CPU runs meanwhile
+            if self._sock is not sock:
+                return False
+            if self._queued(sock):
+                return True
+        return False
 
     def _queued(self, sock: socket.socket) -> bool:
         """Whether a datagram with bytes waits: a 0.3 µs ioctl where a failed
