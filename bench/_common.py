@@ -28,7 +28,6 @@ PROGRAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bench_calls": (("tests/c/bench_calls.c",), ()),
     "stat_threads": (("tests/c/stat_threads.c",), ("-pthread",)),
     "floor_master": (("bench/floor_master.c",), ()),
-    "floor_answer": (("bench/floor_answer.c",), ()),
     "stat_loop": (("bench/stat_loop.c",), ()),
     "idle_tree": (("bench/idle_tree.c",), ()),
 }

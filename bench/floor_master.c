@@ -7,6 +7,10 @@
  * MODE forward: every call is answered "forward" (the slave does it).
  * MODE stat:    stat/lstat get a fixed regular file (size 4242, mode 0644);
  *               everything else is forwarded.
+ * MODE answer:  as stat, and open/openat are done in the master
+ *               (openat(dirfd or AT_FDCWD, path, flags)) and the descriptor
+ *               sent back, or -1 and the errno: the same answers as
+ *               `bench/pymaster.py answer`, to compare like with like.
  * SHIM defaults to $LIBC_SERVICE_SHIM.  -v logs each registration, -vv
  * also each request (function and first string).
  *
@@ -33,11 +37,19 @@
 #define STAT_RECORD 96
 #define MAX_REQUEST_FDS 2
 #define MAX_CHANNELS 4096
+#define FN_OPEN 1
+#define FN_OPENAT 2
 #define FN_STAT 5
 #define FN_LSTAT 6
 #define FN_MAX 17
 
-enum { MODE_FORWARD, MODE_STAT };
+enum { MODE_FORWARD, MODE_STAT, MODE_ANSWER };
+
+/* Open flag bits 0..11 of docs/protocol.md, in bit order. */
+static const int open_flags[12] = {
+	O_RDONLY, O_WRONLY, O_RDWR, O_APPEND, O_CREAT, O_DIRECTORY,
+	O_EXCL, O_NOFOLLOW, O_PATH, O_SYNC, O_TMPFILE, O_TRUNC,
+};
 
 static const char *const names[FN_MAX + 1] = {
 	"?", "open", "openat", "unlink", "rename", "stat", "lstat", "access", "eaccess",
@@ -58,7 +70,7 @@ static uint32_t get32(const unsigned char *p) { return get16(p) | (uint32_t)get1
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: floor_master [-v] [-s SHIM] forward|stat -- CMD [ARG...]\n");
+	fprintf(stderr, "usage: floor_master [-v] [-s SHIM] forward|stat|answer -- CMD [ARG...]\n");
 	exit(2);
 }
 
@@ -155,11 +167,50 @@ static int valid_request(const unsigned char *req, ssize_t len, int nfds)
 	return __builtin_popcount(req[56]) == nfds;
 }
 
+/* open/openat in the master.  Returns the descriptor, or -1 with errno;
+ * -2 when the request has flags this floor does not map (forward it). */
+static int open_here(const unsigned char *req, const int *fds, int nfds)
+{
+	char path[4096];
+	uint32_t bits = get32(req + 24);
+	uint16_t len = get16(req + 52);
+	int flags = O_CLOEXEC;
+
+	if (bits >> 12 || len >= sizeof path)
+		return -2; /* resolve_* flags: forward */
+	for (int bit = 0; bit < 12; bit++)
+		if (bits & 1u << bit)
+			flags |= open_flags[bit];
+	memcpy(path, req + REQUEST_HEADER, len);
+	path[len] = 0;
+	return openat(nfds && req[56] & 1 ? fds[0] : AT_FDCWD, path, flags, get32(req + 28));
+}
+
+/* Send the reply, with `opened` as its one descriptor when it is >= 0. */
+static int send_reply(int fd, unsigned char *rep, size_t rep_len, int opened)
+{
+	union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+	struct iovec iov = { rep, rep_len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (opened >= 0) {
+		struct cmsghdr *c;
+		msg.msg_control = control.buf;
+		msg.msg_controllen = sizeof control.buf;
+		c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &opened, sizeof opened);
+	}
+	return sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)rep_len ? 0 : -1;
+}
+
 /* Answer one request.  Returns -1 when the channel must be closed. */
 static int serve(int fd)
 {
 	unsigned char req[MAX_MESSAGE], rep[REPLY_HEADER + STAT_RECORD];
-	int fds[MAX_REQUEST_FDS + 2], nfds;
+	int fds[MAX_REQUEST_FDS + 2], nfds, opened = -2, open_errno = 0, result;
 	ssize_t got = receive(fd, req, sizeof req, fds, MAX_REQUEST_FDS + 2, &nfds);
 	size_t rep_len = REPLY_HEADER;
 	uint16_t function;
@@ -170,11 +221,14 @@ static int serve(int fd)
 		fprintf(stderr, "floor_master: malformed request, closing the channel\n");
 		got = -1;
 	}
+	function = get16(req + 6);
+	if (got > 0 && mode == MODE_ANSWER && (function == FN_OPEN || function == FN_OPENAT))
+		opened = open_here(req, fds, nfds);
+	open_errno = errno;
 	while (nfds)
-		close(fds[--nfds]); /* forward or fake: the descriptors are not needed */
+		close(fds[--nfds]); /* the master's copies; the reply carries its own */
 	if (got < 0)
 		return -1;
-	function = get16(req + 6);
 	if (verbose > 1)
 		fprintf(stderr, "floor_master: pid=%u tid=%u %s %.*s\n", get32(req + 8), get32(req + 12),
 		        names[function], (int)get16(req + 52), req + REQUEST_HEADER);
@@ -184,16 +238,20 @@ static int serve(int fd)
 	put16(rep + 6, function);
 	memcpy(rep + 8, req + 12, 4);   /* tid */
 	memcpy(rep + 16, req + 16, 8);  /* request id */
-	if (mode == MODE_STAT && (function == FN_STAT || function == FN_LSTAT)) {
+	if (mode != MODE_FORWARD && (function == FN_STAT || function == FN_LSTAT)) {
 		rep[33] = 1;
 		fake_stat(rep + REPLY_HEADER);
 		rep_len += STAT_RECORD;
-	} else {
+	} else if (opened == -1) {
+		put32(rep + 12, open_errno);
+		put64(rep + 24, (uint64_t)-1);
+	} else if (opened < 0) {
 		rep[32] = 1; /* forward */
 	}
-	if (send(fd, rep, rep_len, MSG_NOSIGNAL) != (ssize_t)rep_len)
-		return -1;
-	return 0;
+	result = send_reply(fd, rep, rep_len, opened);
+	if (opened >= 0)
+		close(opened);
+	return result;
 }
 
 static void close_channel(int index)
@@ -245,6 +303,8 @@ int main(int argc, char **argv)
 		mode = MODE_FORWARD;
 	else if (!strcmp(argv[optind], "stat"))
 		mode = MODE_STAT;
+	else if (!strcmp(argv[optind], "answer"))
+		mode = MODE_ANSWER;
 	else
 		usage();
 	if (!shim) {

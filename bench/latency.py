@@ -23,7 +23,7 @@ times; the figure is the median of the runs' medians:
                  polls its socket a little after each reply instead of
                  going idle (what that buys cross-CPU; off by default)
 - ``forward``    ``bench/pymaster.py forward``: ``Router(default=FORWARD)`` (c)
-- ``floor``      ``bench/floor_answer.c``: the same answers from a C poll()
+- ``floor``      ``bench/floor_master.c answer``: the same answers from a C poll()
                  loop (d) — the transport floor the ratios are taken to
 - ``floor-fwd``  ``bench/floor_master.c forward``: the C floor of (c)
 - ``fakeroot``   the same program under ``fakeroot`` (its stat is
@@ -74,14 +74,14 @@ def command(config: str, pinning: str, calls: int, path: str) -> list[str] | Non
         return master + ["env", "-u", "LIBC_SERVICE_FD", f"LD_PRELOAD={shim}", *program]
     if config == "local":
         tree = os.path.dirname(os.path.abspath(path)) or "/"
-        return master + ["env", f"LIBC_SERVICE_LOCAL={tree}", _common.build("floor_answer"), shim, "--", *slave]
+        return master + ["env", f"LIBC_SERVICE_LOCAL={tree}", _common.build("floor_master"), "-s", shim, "answer", "--", *slave]
     if config in ("router", "forward", "router-poll"):
         mode = "forward" if config == "forward" else "answer"
         env = ["env", f"BENCH_TREE={tree}"] if tree else []
         poll = ["--busy-poll", "20"] if config == "router-poll" else []
         return master + env + [_common.PYTHON, str(_common.BENCH / "pymaster.py"), *poll, mode, "--", *slave]
     if config == "floor":
-        return master + [_common.build("floor_answer"), shim, "--", *slave]
+        return master + [_common.build("floor_master"), "-s", shim, "answer", "--", *slave]
     if config == "floor-fwd":
         return master + [_common.build("floor_master"), "-s", shim, "forward", "--", *slave]
     if config == "fakeroot":

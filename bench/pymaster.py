@@ -3,7 +3,7 @@
     python bench/pymaster.py [--loop uvloop|asyncio] [--concurrent] MODE -- CMD [ARG...]
 
 MODE ``forward``: ``Router(default=FORWARD)``; every call is done by the slave.
-MODE ``answer``: the same answers as ``bench/floor_answer.c`` — stat/lstat get
+MODE ``answer``: the same answers as ``bench/floor_master.c answer`` — stat/lstat get
 a fixed ``Stat`` (size 4242, mode 0644), open/openat are answered by
 ``WithFds`` of an ``os.open`` in the master, everything else is forwarded.
 
@@ -27,7 +27,7 @@ sys.path.insert(0, os.environ.get("BENCH_TREE", str(REPO)))
 from libc_service import FORWARD, Router, Stat, WithFds, spawn  # noqa: E402
 from libc_service.requests import LstatRequest, OpenatRequest, OpenRequest, StatRequest  # noqa: E402
 
-#: The floor's fixed answer (bench/floor_answer.c, bench/floor_master.c stat mode).
+#: The floor's fixed answer (bench/floor_master.c, stat and answer modes).
 FAKE_STAT = Stat(size=4242, mode=0o644, nlink=1, blksize=4096, blocks=16)
 
 _OPEN_FLAGS = {
