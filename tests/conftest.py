@@ -8,10 +8,12 @@ fresh randomness and fewer examples.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from libc_service import Master, Slave
 
 settings.register_profile(
     "ci",
@@ -69,3 +71,15 @@ class FdCount:
 def fd_count() -> Iterator[FdCount]:
     """Count (and name) this process's open descriptors via ``/proc/self/fd``."""
     yield FdCount()
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[tuple[Master, Slave]]:
+    """A master end and a Python slave on one fresh channel, both closed after."""
+    master, sock = Master.pair()
+    slave = Slave(sock)
+    try:
+        yield master, slave
+    finally:
+        slave.close()
+        master.close()

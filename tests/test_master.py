@@ -13,7 +13,7 @@ import os
 import socket
 import stat as stat_module
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -27,17 +27,6 @@ from libc_service import wire
 from libc_service.requests import ConnectUnixRequest, OpenatRequest, StatRequest
 from helpers import assert_closed, close_all, in_thread, rights
 from strategies import raw_request
-
-@pytest.fixture
-async def channel() -> AsyncIterator[tuple[Master, Slave]]:
-    master, sock = Master.pair()
-    slave = Slave(sock)
-    try:
-        yield master, slave
-    finally:
-        slave.close()
-        master.close()
-
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[int]:

@@ -10,7 +10,7 @@ import random
 import socket
 import threading
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 import strategies as s
 from conftest import FdCount
-from helpers import assert_closed, close_all, in_thread, rights
+from helpers import close_all, in_thread, rights
 from libc_service import AddrInfo, Master, Reply, SessionClosed, Slave, Stat
 from libc_service import wire
 from libc_service.replies import GAI_ERRORS, Result
@@ -33,17 +33,6 @@ _IDENTITY = ("function", "pid", "tid", "request_id")
 #: Each example of these crosses a real socket and a thread: fewer of them
 #: than the profile's pure-codec examples, which cover the value space.
 through_a_thread = settings(max_examples=min(settings().max_examples, 40))
-
-
-@pytest.fixture
-async def channel() -> AsyncIterator[tuple[Master, Slave]]:
-    master, sock = Master.pair()
-    slave = Slave(sock)
-    try:
-        yield master, slave
-    finally:
-        slave.close()
-        master.close()
 
 
 @pytest.fixture
