@@ -47,8 +47,6 @@ import functools
 import logging
 import os
 import platform
-import re
-import shutil
 import stat as stat_module
 import struct
 import subprocess
@@ -57,6 +55,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from .loader import program_files, resolve_program
+from .syscall_filter import metadata_filter
 
 __all__ = [
     "PreparedSandbox",
@@ -83,24 +84,6 @@ _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _CAPABILITY_VERSION_3: Final = 0x20080522
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 
-# The seccomp filter: calls Landlock does not mediate that change a file the
-# slave's uid owns (mode, owner, times, extended attributes) fail with EPERM;
-# io_uring (whose SETXATTR requests would walk past the list) with ENOSYS,
-# which programs take as "no io_uring here" and fall back from.
-_AUDIT_ARCH: Final = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-_X32_BIT: Final = 0x40000000
-_METADATA_CALLS: Final = {
-    # chmod fchmod chown fchown lchown utime setxattr lsetxattr fsetxattr removexattr lremovexattr
-    # fremovexattr utimes fchownat futimesat fchmodat utimensat fchmodat2 setxattrat removexattrat
-    "x86_64": (90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198, 199, 235, 260, 261, 268, 280, 452, 463, 466),
-    # setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr fchmod fchmodat fchownat fchown
-    # utimensat fchmodat2 setxattrat removexattrat
-    "aarch64": (5, 6, 7, 14, 15, 16, 52, 53, 54, 55, 88, 452, 463, 466),
-}
-_IO_URING_CALLS: Final = (425, 426, 427)  # io_uring_setup, io_uring_enter, io_uring_register: both arches
-_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
-_RET_ALLOW: Final = 0x7FFF0000
-_RET_ERRNO: Final = 0x00050000
 _CLONE_NEWNET: Final = 0x40000000
 _CLONE_NEWUSER: Final = 0x10000000
 _CLONE_NEWIPC: Final = 0x08000000
@@ -122,7 +105,6 @@ _WRITE: Final = (
 )
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
 _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1
-_MAX_SCRIPT_DEPTH: Final = 4
 
 
 class SandboxUnavailable(RuntimeError):
@@ -156,131 +138,6 @@ def _check(result: int, what: str) -> int:
         code = ctypes.get_errno()
         raise OSError(code, f"{what}: {os.strerror(code)}")
     return result
-
-
-def _elf_interpreter(path: Path) -> str | None:
-    """The PT_INTERP of an ELF executable (None for static or non-ELF files)."""
-    try:
-        with path.open("rb") as file:
-            ident = file.read(64)
-            if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
-                return None  # only 64-bit little-endian ELF is parsed
-            phoff, = struct.unpack_from("<Q", ident, 32)
-            phentsize, phnum = struct.unpack_from("<HH", ident, 54)
-            file.seek(phoff)
-            table = file.read(phentsize * phnum)
-            for index in range(phnum):
-                kind, _, offset, _, _, size = struct.unpack_from("<IIQQQQ", table, index * phentsize)
-                if kind == 3:  # PT_INTERP
-                    file.seek(offset)
-                    return file.read(size).rstrip(b"\0").decode()
-    except (OSError, struct.error, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _shebang(path: Path) -> list[str] | None:
-    """The ``#!`` line of a script as ``[interpreter, optional argument]``."""
-    try:
-        with path.open("rb") as file:
-            head = file.read(256)
-    except OSError:
-        return None
-    if not head.startswith(b"#!"):
-        return None
-    line = head[2:].split(b"\n", 1)[0].decode(errors="replace").strip()
-    if not line:
-        return None
-    interpreter, _, argument = line.partition(" ")
-    argument = argument.strip()
-    return [interpreter, argument] if argument else [interpreter]
-
-
-_LOADER_NAME: Final = re.compile(r"ld(-linux)?(-[\w.-]+)?\.so(\.\d+)*|ld64\.so(\.\d+)*|ld-musl-[\w.-]+\.so\.1")
-_LIBRARY_DIRS: Final = ("/lib/", "/lib64/", "/lib32/", "/usr/lib/", "/usr/lib64/", "/usr/lib32/")
-
-
-def _is_system_loader(interpreter: str) -> bool:
-    """Whether a ``PT_INTERP`` is the system's dynamic loader, safe to run in trace mode.
-
-    The program chooses its ``PT_INTERP``; running whatever it names (a
-    shell, a script interpreter) on the program's bytes would execute them
-    in the master. Only a file named like a dynamic loader (``ld-linux*.so*``,
-    ``ld64.so*``, ``ld-musl-*.so.1``) whose real path is in a system library
-    directory is run.
-    """
-    real = os.path.realpath(interpreter)
-    return (
-        _LOADER_NAME.fullmatch(Path(interpreter).name) is not None
-        and _LOADER_NAME.fullmatch(Path(real).name) is not None
-        and real.startswith(_LIBRARY_DIRS)
-        and os.path.isfile(real)
-    )
-
-
-def program_files(
-    executable: Path, env: Mapping[str, str] | None = None, *, _depth: int = 0
-) -> list[Path]:
-    """What loading ``executable`` needs: itself, its interpreter, its libraries.
-
-    Libraries are listed by the system's own dynamic loader in trace mode
-    (``LD_TRACE_LOADED_OBJECTS``), which runs none of the program's code;
-    the program's ``PT_INTERP`` is run only when it is a dynamic loader in
-    a system library directory (see ``_is_system_loader``), otherwise only
-    the program and its interpreter are listed. For a ``#!``
-    script, what its interpreter needs is added (and, for ``#!/usr/bin/env
-    NAME``, what ``NAME`` found on ``PATH`` needs). Libraries a program
-    ``dlopen`` later are not known here: allow their directories.
-    """
-    files = [executable]
-    interpreter = _elf_interpreter(executable)
-    if interpreter is None:
-        return files + _script_files(executable, env, _depth)
-    files.append(Path(interpreter))
-    if not _is_system_loader(interpreter):
-        return files  # never run what the (untrusted) program names: it could be /bin/sh
-    trace_env = {"LD_TRACE_LOADED_OBJECTS": "1", "PATH": "/usr/bin:/bin"}
-    if env and "LD_LIBRARY_PATH" in env:
-        trace_env["LD_LIBRARY_PATH"] = env["LD_LIBRARY_PATH"]
-    try:
-        output = subprocess.run(
-            [interpreter, str(executable)], env=trace_env, capture_output=True, timeout=10, check=False
-        ).stdout.decode(errors="replace")
-    except (OSError, subprocess.TimeoutExpired):
-        return files
-    for line in output.splitlines():
-        # "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "\t/lib64/ld-linux... (0x...)"
-        target = line.split("=>")[-1].strip().split(" (")[0].strip()
-        if target.startswith("/"):
-            files.append(Path(target))
-    return files
-
-
-def _script_files(script: Path, env: Mapping[str, str] | None, depth: int) -> list[Path]:
-    """What the kernel execs for a ``#!`` script (nothing for other files)."""
-    shebang = _shebang(script)
-    if shebang is None or depth >= _MAX_SCRIPT_DEPTH or not shebang[0].startswith("/"):
-        return []
-    interpreter = Path(shebang[0])
-    files = program_files(interpreter, env, _depth=depth + 1)
-    if interpreter.name == "env" and len(shebang) > 1:
-        # "#!/usr/bin/env NAME" (or "env -S NAME ARGS"): env execs NAME from PATH.
-        words = [word for word in shebang[1].split() if not word.startswith("-")]
-        search = (env or os.environ).get("PATH", os.defpath)
-        found = shutil.which(words[0], path=search) if words else None
-        if found is not None:
-            files += program_files(Path(found).resolve(), env, _depth=depth + 1)
-    return files
-
-
-def _resolve_program(argv0: str, env: Mapping[str, str], cwd: str | os.PathLike[str] | None) -> Path:
-    if "/" in argv0:
-        base = Path(cwd) if cwd is not None else Path.cwd()
-        return (base / argv0).resolve()
-    found = shutil.which(argv0, path=env.get("PATH", os.defpath))
-    if found is None:
-        raise FileNotFoundError(errno_module.ENOENT, f"program not found on PATH: {argv0}")
-    return Path(found).resolve()
 
 
 @dataclass(frozen=True)
@@ -355,7 +212,7 @@ class Sandbox:
                 raise SandboxUnavailable(f"cannot sandbox without network (network=False): {reason}")
         abi = landlock_abi()
         numbers = _numbers()
-        program = _resolve_program(argv[0], env, cwd)
+        program = resolve_program(argv[0], env, cwd)
         loading = [*program_files(program, env), shim, Path("/etc/ld.so.cache")]
         rules: list[tuple[Path, int, bool]] = [(path, EXECUTE | _READ, False) for path in loading]
         rules += [(Path(p), _READ, True) for p in self.allow_read]
@@ -430,41 +287,6 @@ def _add_path_rule(numbers: Mapping[str, int], ruleset: int, path: Path, access:
     return True
 
 
-def _metadata_filter(machine: str) -> bytes:
-    """A classic-BPF seccomp program refusing the metadata calls and io_uring.
-
-    System calls of another ABI (i386 through ``int 0x80``, x32) fail with
-    ``ENOSYS``: their numbers differ, so the list could not cover them.
-    """
-    arch, calls = _AUDIT_ARCH[machine], _METADATA_CALLS[machine]
-
-    def insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
-        return struct.pack("<HBBI", code, jt, jf, k)
-
-    checks = [(nr, "eperm") for nr in calls] + [(nr, "enosys") for nr in _IO_URING_CALLS]
-    # Layout: [0] ld arch, [1] jeq arch, [2] ret ENOSYS, [3] ld nr, [4] jge x32,
-    # [5 .. 5+n-1] jeq nr, [5+n] ret ALLOW, [6+n] ret EPERM, [7+n] ret ENOSYS.
-    n = len(checks)
-    allow, eperm, enosys = 5 + n, 6 + n, 7 + n
-    program = [
-        insn(_BPF_LD_W_ABS, 4),                      # seccomp_data.arch
-        insn(_BPF_JEQ_K, arch, jt=1, jf=0),
-        insn(_BPF_RET_K, _RET_ERRNO | errno_module.ENOSYS),
-        insn(_BPF_LD_W_ABS, 0),                      # seccomp_data.nr
-        insn(_BPF_JGE_K, _X32_BIT, jt=enosys - 5, jf=0),
-    ]
-    for index, (nr, outcome) in enumerate(checks):
-        here = 5 + index
-        target = eperm if outcome == "eperm" else enosys
-        program.append(insn(_BPF_JEQ_K, nr, jt=target - here - 1, jf=0))
-    program += [
-        insn(_BPF_RET_K, _RET_ALLOW),
-        insn(_BPF_RET_K, _RET_ERRNO | errno_module.EPERM),
-        insn(_BPF_RET_K, _RET_ERRNO | errno_module.ENOSYS),
-    ]
-    return b"".join(program)
-
-
 def _last_capability() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as file:
@@ -490,7 +312,7 @@ class PreparedSandbox:
         self._filter: ctypes.Array[ctypes.c_char] | None = None
         self._filter_prog: ctypes.Array[ctypes.c_char] | None = None
         if not metadata:
-            self._filter = ctypes.create_string_buffer(_metadata_filter(platform.machine()))
+            self._filter = ctypes.create_string_buffer(metadata_filter(platform.machine()))
             self._filter_prog = ctypes.create_string_buffer(
                 struct.pack("<HxxxxxxQ", len(self._filter.raw) // 8, ctypes.addressof(self._filter))
             )
