@@ -205,11 +205,14 @@ class Call:
             self.abandon()
 
     def _claim(self) -> None:
-        if self._done:
-            raise RuntimeError(f"the {self.request.function} call was already answered")
+        # Closed-ness first: a call the session's end abandoned is "done"
+        # too, and its late reply (an async handler finishing after the
+        # slave died) is the ordinary SessionClosed, not a policy bug.
         if self._master.closed:
             self.abandon()
             raise SessionClosed("the session is closed")
+        if self._done:
+            raise RuntimeError(f"the {self.request.function} call was already answered")
 
     def abandon(self) -> None:
         """Close the received descriptors without replying (session over)."""
@@ -273,6 +276,8 @@ class Master:
         self._current: Call | None = None
         self._pending: set[Call] = set()
         self._writers: list[asyncio.Future[None]] = []
+        #: The loop the writer callback is registered with, while it is.
+        self._writer_loop: asyncio.AbstractEventLoop | None = None
         self._reader: asyncio.Future[None] | None = None
         # The socket stays registered with the loop for the session (not
         # add_reader/remove_reader per receive: two epoll_ctl calls each);
@@ -306,14 +311,22 @@ class Master:
         return -1 if self._sock is None else self._sock.fileno()
 
     def close(self) -> None:
-        """End the session: close the socket and every unanswered call's descriptors."""
+        """End the session: close the socket and every unanswered call's descriptors.
+
+        Idempotent, and safe from anywhere on the loop: from a handler or an
+        observer (in the session's task or in the reader callback), from the
+        reader callback itself when a reply fails because the slave died, or
+        from whoever owns the session (spawn's ``aclose``). ``_sock`` is
+        cleared first, so code that runs during the close (a discarded
+        handler's ``finally``) sees the session closed; the reader and writer
+        callbacks are unregistered before the descriptor is closed, so no
+        callback runs on it afterwards, nor on a socket that reuses its number.
+        """
         sock, self._sock = self._sock, None
         if sock is None:
             return
         self._disarm_reader(sock)
-        loop = _running_loop()
-        if loop is not None and self._writers and sock.fileno() >= 0:
-            loop.remove_writer(sock.fileno())  # registered only while sends wait
+        self._disarm_writer(sock)
         while self._inbox:
             item = self._inbox.popleft()
             if not isinstance(item, OSError):
@@ -448,6 +461,10 @@ class Master:
             # loop. The next receive tries the socket first, then re-arms.
             self._disarm_reader(sock)
             return
+        # Anything that can run policy code or send (``answer``) can also end
+        # the session: a reply fails because the slave died meanwhile, or a
+        # handler closes the master. After it the socket is not touched
+        # again unless it is still the session's (``self._sock is sock``).
         for taken in range(_DRAIN_MAX):
             if taken and not self._queued(sock) and not self._poll_briefly(sock):
                 return  # all answered
@@ -470,14 +487,21 @@ class Master:
                 break
             assert answer is not None
             try:
-                if answer(call):
-                    continue
+                answered = answer(call)
             except SessionClosed:
                 return  # closed while answering; close() woke the task
             except Exception:  # noqa: BLE001 - a dispatcher bug must not stall the session
                 logger.exception("closing session %s (pid %s): the dispatcher failed", self.name, self.pid)
                 self.close()
                 return
+            if self._sock is not sock:
+                # The session ended while answering (close() woke the task).
+                # Work the dispatcher left on the call (``_later``) was set
+                # after close() abandoned it: abandon again to discard it.
+                call.abandon()
+                return
+            if answered:
+                continue
             self._handover = call
             break
         else:
@@ -528,6 +552,11 @@ class Master:
         if loop is not None and not loop.is_closed() and sock.fileno() >= 0:
             loop.remove_reader(sock.fileno())
 
+    def _disarm_writer(self, sock: socket.socket) -> None:
+        loop, self._writer_loop = self._writer_loop, None
+        if loop is not None and not loop.is_closed() and sock.fileno() >= 0:
+            loop.remove_writer(sock.fileno())
+
     def _send_now(self, data: bytes, fds: Sequence[int]) -> bool:
         """Send if the socket takes it now (the usual case): no coroutine, no loop."""
         sock = self._sock
@@ -560,10 +589,14 @@ class Master:
 
     async def _wait_writable(self, sock: socket.socket) -> None:
         # Several calls may wait to send at once: one writer callback wakes all.
+        # Registration is tracked by the loop it is on, not by the waiters:
+        # a cancelled sender leaves the list without unregistering.
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        if not self._writers:
+        if self._writer_loop is not loop:
+            self._disarm_writer(sock)
             loop.add_writer(sock.fileno(), self._wake_writers)
+            self._writer_loop = loop
         self._writers.append(waiter)
         try:
             await waiter
@@ -573,8 +606,9 @@ class Master:
 
     def _wake_writers(self) -> None:
         waiters, self._writers = self._writers, []
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_writer(self._sock.fileno())
+        sock = self._sock
+        if sock is not None:
+            self._disarm_writer(sock)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -632,10 +666,3 @@ class Master:
         if call is None or call.done:
             raise RuntimeError("no request awaits a reply; call receive() first")
         return call
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
