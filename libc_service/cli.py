@@ -38,19 +38,66 @@ def _run_loop(coroutine: Coroutine[Any, Any, int]) -> int:
 #: the program (and so the command, with the program's status) instead of
 #: leaving it running without its master.
 FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+#: Signals that end the command: the first is passed on; a second one kills
+#: the program (its process group when it has one), so the command always
+#: exits, even when the program ignores or traps SIGTERM. (SIGINT is not one:
+#: interactive programs — shells, REPLs — take Ctrl-C as ordinary input.)
+ENDING_SIGNALS: frozenset[int] = frozenset({signal.SIGTERM})
+#: Signals a terminal sends to its foreground process group, which reach
+#: only the master when the program has a session of its own (sandboxed).
+TERMINAL_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGQUIT, signal.SIGWINCH)
 
 
-def _relay(process: SlaveProcess, signum: int) -> None:
-    """Pass ``signum`` on, except a Ctrl-C the terminal already gave the program.
+class _SignalRelay:
+    """Passes the command's signals on to the program, and keeps job control working.
 
-    The program runs in our process group; when that group is the terminal's
-    foreground, the terminal sent SIGINT to the program too, and a second one
-    would interrupt its clean-up. Otherwise (a supervisor's ``kill -INT``) the
-    program would never hear of it.
+    Without a sandbox the program is in our process group: the terminal's
+    Ctrl-C reaches it directly, and only what a supervisor sends to us
+    alone is passed on. Under a sandbox the program runs in a session of
+    its own (so it cannot type into the user's terminal); the terminal's
+    signals then reach only us, and are passed on to the program's whole
+    process group — Ctrl-Z stops the program and then us, ``fg``
+    (SIGCONT) continues both.
     """
-    if signum == signal.SIGINT and _terminal_delivered_to(process.pid):
-        return
-    process.send_signal(signum)
+
+    def __init__(self, process: SlaveProcess) -> None:
+        self.process = process
+        self.ending = False
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        installed: list[int] = []
+        for signum in FORWARDED_SIGNALS:
+            loop.add_signal_handler(signum, self.relay, signum)
+            installed.append(signum)
+        if self.process.own_session:
+            for signum in TERMINAL_SIGNALS:
+                loop.add_signal_handler(signum, self.process.signal_group, signum)
+                installed.append(signum)
+            loop.add_signal_handler(signal.SIGTSTP, self.stop)
+            loop.add_signal_handler(signal.SIGCONT, self.process.signal_group, signal.SIGCONT)
+            installed += [signal.SIGTSTP, signal.SIGCONT]
+        return installed
+
+    def relay(self, signum: int) -> None:
+        if signum in ENDING_SIGNALS:
+            if self.ending:
+                self.process.kill()
+                return
+            self.ending = True
+        if self.process.own_session:
+            if signum in (signal.SIGINT, signal.SIGHUP):
+                self.process.signal_group(signum)  # as the terminal would have
+            else:
+                self.process.send_signal(signum)
+            return
+        if signum == signal.SIGINT and _terminal_delivered_to(self.process.pid):
+            return  # the terminal gave it to the program too; a second would interrupt its clean-up
+        self.process.send_signal(signum)
+
+    def stop(self) -> None:
+        """Ctrl-Z: stop the program's group (a TSTP would be discarded there), then ourselves."""
+        self.process.signal_group(signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _terminal_delivered_to(pid: int) -> bool:
@@ -70,12 +117,11 @@ async def _serve_program(argv: Sequence[str], router: Router, sandbox: Sandbox |
     loop = asyncio.get_running_loop()
     try:
         async with spawn(argv, router, sandbox=sandbox) as process:
-            for signum in FORWARDED_SIGNALS:
-                loop.add_signal_handler(signum, _relay, process, signum)
+            installed = _SignalRelay(process).install(loop)
             try:
                 return await process.wait()
             finally:
-                for signum in FORWARDED_SIGNALS:
+                for signum in installed:
                     loop.remove_signal_handler(signum)
     except (FileNotFoundError, PermissionError) as exc:
         # uvloop reports a program it cannot start without its name.

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Final
 
 from .loader import program_files, resolve_program
-from .syscall_filter import metadata_filter
+from .syscall_filter import build_filter, numbers_for
 
 __all__ = [
     "PreparedSandbox",
@@ -309,13 +309,13 @@ class PreparedSandbox:
         self._numbers = dict(numbers)
         self._network = network
         # Built here, in the parent: the child only hands the kernel a pointer.
-        self._filter: ctypes.Array[ctypes.c_char] | None = None
-        self._filter_prog: ctypes.Array[ctypes.c_char] | None = None
-        if not metadata:
-            self._filter = ctypes.create_string_buffer(metadata_filter(platform.machine()))
-            self._filter_prog = ctypes.create_string_buffer(
-                struct.pack("<HxxxxxxQ", len(self._filter.raw) // 8, ctypes.addressof(self._filter))
-            )
+        table = numbers_for(platform.machine())
+        if table is None:
+            raise SandboxUnavailable(f"the seccomp filter does not know the system calls of {platform.machine()}")
+        self._filter = ctypes.create_string_buffer(build_filter(table, metadata=metadata))
+        self._filter_prog = ctypes.create_string_buffer(
+            struct.pack("<HxxxxxxQ", len(self._filter.raw) // 8, ctypes.addressof(self._filter))
+        )
         self._uid = os.getuid()
         self._gid = os.getgid()
         self._last_cap = _last_capability()
@@ -339,15 +339,19 @@ class PreparedSandbox:
 
     def _apply(self) -> None:
         numbers = self._numbers
+        # A session of its own: the user's terminal is no longer the slave's
+        # controlling terminal, so TIOCSTI there fails even without the
+        # filter, and the terminal's job-control signals reach the master,
+        # which relays them (see the command line's signal handling).
+        os.setsid()
         if not self._network:
             if _syscall(numbers["unshare"], ctypes.c_int(_ISOLATE)) < 0:
                 self._unshare_as_user()
         _check(_syscall(numbers["prctl"], _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         _check(_syscall(numbers["restrict_self"], ctypes.c_int(self.ruleset), ctypes.c_uint32(0)), "landlock_restrict_self")
         self._drop_capabilities()
-        if self._filter_prog is not None:
-            _check(_syscall(numbers["prctl"], _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, self._filter_prog, 0, 0),
-                   "prctl(PR_SET_SECCOMP)")
+        _check(_syscall(numbers["prctl"], _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, self._filter_prog, 0, 0),
+               "prctl(PR_SET_SECCOMP)")
 
     def _drop_capabilities(self) -> None:
         # A root slave keeps capabilities Landlock knows nothing of (loading a

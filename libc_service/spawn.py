@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import array
 import asyncio
+import ctypes
 import logging
 import os
 import select
 import signal
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final
@@ -28,7 +29,7 @@ from .master import Call, Master, SessionClosed, close_fds, received_fds
 
 if TYPE_CHECKING:
     from .router import Router
-    from .sandbox import Sandbox
+    from .sandbox import PreparedSandbox, Sandbox
 
 __all__ = ["ENV_FD", "ENV_LOCAL", "ShimNotFound", "SlaveProcess", "exit_status", "shim_path", "spawn"]
 
@@ -156,14 +157,13 @@ class SlaveProcess:
             preload = env.get("LD_PRELOAD", "")
             env["LD_PRELOAD"] = f"{shim} {preload}".strip()
             env[ENV_FD] = str(theirs.fileno())
-            preexec = None
             env.pop(ENV_LOCAL, None)  # never inherited: only a sandbox applied here makes it true
             if self._sandbox is not None:
                 prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd)
-                preexec = prepared.apply_in_child
                 local = local_value(prepared.local_trees)
                 if local:
                     env[ENV_LOCAL] = local
+            preexec = _child_setup(theirs.fileno(), prepared, _closes_inherited_fds(asyncio.get_running_loop()))
             stdin, stdout, stderr = self._stdio
             self._process = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -247,10 +247,33 @@ class SlaveProcess:
             except ProcessLookupError:
                 pass
 
+    @property
+    def own_session(self) -> bool:
+        """Whether the program runs in a session and process group of its own.
+
+        A sandboxed program does (the terminal cannot be made to type for
+        it, see :mod:`libc_service.sandbox`): the terminal's Ctrl-C, Ctrl-\\,
+        Ctrl-Z and window-size changes then reach only the master, which
+        passes them on with :meth:`signal_group`.
+        """
+        return self._sandbox is not None
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the program's process group when it has its own, else to the program."""
+        process = self._require()
+        if not self.own_session:
+            self.send_signal(signum)
+            return
+        if process.returncode is None:
+            try:
+                os.killpg(process.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def kill(self) -> None:
-        """SIGKILL the program."""
+        """SIGKILL the program (its whole process group when it has its own)."""
         if self._process is not None:
-            self.send_signal(signal.SIGKILL)
+            self.signal_group(signal.SIGKILL)
 
     async def _reap(self) -> None:
         if self._process is not None:
@@ -356,6 +379,66 @@ class SlaveProcess:
             master.close()
             self._masters.discard(master)
             self._served.discard(identity)
+
+
+def _closes_inherited_fds(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop``'s subprocess support closes the master's descriptors itself.
+
+    ``subprocess`` (the default loop) does (``close_fds=True``). uvloop does
+    not: the child would inherit every descriptor of the master that is not
+    close-on-exec, and copies of the master's stdio that libuv makes while
+    arranging the child's (seen as descriptors 15–17).
+    """
+    return not type(loop).__module__.startswith("uvloop")
+
+
+def _child_setup(keep: int, sandbox: PreparedSandbox | None, fds_closed: bool) -> Callable[[], None] | None:
+    """What runs in the child between fork and exec, or ``None`` when nothing must.
+
+    Marking every descriptor but stdio and ``keep`` close-on-exec (rather
+    than closing them) leaves the loop's own child code free to use the
+    descriptors it arranged, while the program starts with exactly stdio,
+    the registration socket and what the shim documents.
+    """
+    if fds_closed and sandbox is None:
+        return None
+
+    def setup() -> None:
+        if not fds_closed:
+            _close_on_exec_except(keep)
+        if sandbox is not None:
+            sandbox.apply_in_child()
+
+    return setup
+
+
+_CLOSE_RANGE_CLOEXEC: Final = 4
+
+
+def _close_on_exec_except(keep: int) -> None:
+    """Set close-on-exec on every descriptor from 3 up except ``keep``."""
+    try:
+        for first, last in ((3, keep - 1), (keep + 1, 0xFFFFFFFF)):
+            if first <= last:
+                _close_range(first, last, _CLOSE_RANGE_CLOEXEC)
+    except OSError:  # before Linux 5.11: one descriptor at a time
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2 and fd != keep:
+                try:
+                    os.set_inheritable(fd, False)
+                except OSError:
+                    pass  # the directory listing's own descriptor, already gone
+
+
+def _close_range(first: int, last: int, flags: int) -> None:
+    if _libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_CLOSE_RANGE: Final = 436  # the same number on every architecture
 
 
 def local_value(trees: Sequence[str]) -> str:
