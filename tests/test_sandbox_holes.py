@@ -10,11 +10,15 @@ calls newer than the filter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import pty
+import select
 import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -174,3 +178,59 @@ async def test_sigterm_twice_ends_a_program_that_ignores_it(tmp_path: Path) -> N
     status = await asyncio.wait_for(command.wait(), 30)
     assert status == 128 + signal.SIGKILL
 
+
+
+def _read_until(fd: int, word: bytes, timeout: float = 30) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while word not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def test_ctrl_z_fg_and_ctrl_c_work_for_a_sandboxed_program_in_its_own_session(tmp_path: Path) -> None:
+    """On a real terminal: Ctrl-Z stops the command (and the program), SIGCONT resumes,
+    Ctrl-C reaches the program although the terminal is not its controlling one."""
+    policy = tmp_path / "policy.py"
+    policy.write_text(
+        "from libc_service import FORWARD, Router, Sandbox\n"
+        "router = Router(default=FORWARD)\n"
+        f"sandbox = Sandbox(allow_read=[{sys.prefix!r}, {sys.base_prefix!r}])\n"
+    )
+    program = ("import time\nprint('ready', flush=True)\ntry:\n    time.sleep(30)\n"
+               "except KeyboardInterrupt:\n    print('interrupted', flush=True)\n")
+    pid, terminal = pty.fork()
+    if pid == 0:  # pragma: no cover - the child execs at once
+        os.execv(sys.executable, [sys.executable, "-m", "libc_service.cli", "run", "--sandbox", str(policy), "--",
+                                  PYTHON, "-S", "-c", program])
+    try:
+        assert b"ready" in _read_until(terminal, b"ready")
+        os.write(terminal, b"\x1a")  # Ctrl-Z
+        deadline = time.monotonic() + 10
+        stopped = 0
+        while time.monotonic() < deadline:
+            waited, stopped = os.waitpid(pid, os.WUNTRACED | os.WNOHANG)
+            if waited:
+                break
+            time.sleep(0.05)
+        assert os.WIFSTOPPED(stopped)
+        os.kill(pid, signal.SIGCONT)  # fg
+        time.sleep(0.3)
+        os.write(terminal, b"\x03")  # Ctrl-C
+        assert b"interrupted" in _read_until(terminal, b"interrupted")
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        os.close(terminal)
