@@ -514,6 +514,11 @@ class Router:
         step = self._decide_now(request)
         if isinstance(step, _Await):
             call._later = Later(self._handle_after(call, session, started, step), step.awaitable)
+            if call.done:
+                # The handler ended the session (close() abandoned the call
+                # before this work was attached): drop it, nobody is owed.
+                call.abandon()
+                return True
             return False
         route_name, outcome = step
         latency = time.perf_counter_ns() - started if observed else 0
