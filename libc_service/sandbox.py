@@ -6,7 +6,8 @@ The shim only *advises*: a static binary or a raw syscall walks past it. A
 - **Filesystem — Landlock.** The ruleset handles every filesystem right the
   kernel knows; the slave keeps only what loading the program needs (the
   executable, its ELF interpreter and the libraries it links, the shim,
-  ``ld.so.cache``) plus the static ``allow_read`` / ``allow_write`` /
+  ``ld.so.cache``; by default also the system's shared-library directories,
+  read and execute) plus the static ``allow_read`` / ``allow_write`` /
   ``allow_exec`` paths. Anything else the policy grants dynamically, the
   master opens and passes back as a descriptor: Landlock checks a path when
   it is opened, and the master opened it outside the sandbox.
@@ -56,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from .loader import program_files, resolve_program
+from .loader import LoaderFile, program_files, resolve_program, system_library_dirs
 from .syscall_filter import build_filter, numbers_for
 
 __all__ = [
@@ -153,6 +154,16 @@ class Sandbox:
     attributes of files its uid owns by itself (``True``), which Landlock
     does not mediate; by default (``False``) a seccomp filter refuses those
     calls (``EPERM``) and io_uring (``ENOSYS``).
+    ``system_libraries``: let the slave read and execute (never write)
+    beneath the system's shared-library directories (``/lib``, ``/usr/lib``
+    and their ``lib64``/``lib32`` siblings, ``/usr/local/lib``, and those
+    ``/etc/ld.so.conf`` lists) — the default, ``True``. What loading the
+    program needs is granted anyway, file by file; but libraries it
+    ``dlopen``s later (Python extension modules and what they link, NSS,
+    PAM, gconv modules) are opened by the loader inside the slave, where the
+    shim cannot see the open and Landlock would refuse it. With ``False``
+    only the discovered files are granted, and such a program must list
+    its libraries in ``allow_read`` itself.
 
     Everything else the program needs — ``/dev/null``, locales, the files it
     works on — it can only get through the master: a policy that forwards
@@ -164,6 +175,7 @@ class Sandbox:
     allow_exec: Sequence[str | os.PathLike[str]] = field(default=())
     network: bool = False
     metadata: bool = False
+    system_libraries: bool = True
 
     def __post_init__(self) -> None:
         for name in ("allow_read", "allow_write", "allow_exec"):
@@ -185,10 +197,17 @@ class Sandbox:
         return None
 
     def static_rules(self) -> list[tuple[str, str]]:
-        """The policy's own rules as (path, access) pairs, for documentation."""
+        """The sandbox's static rules as (path, access) pairs, for documentation.
+
+        The policy's own paths as given, then (with ``system_libraries``)
+        the system library directories that exist on this machine: those
+        are granted too, and a reader of the policy's page must see them.
+        """
         rules = [(os.fspath(p), "read") for p in self.allow_read]
         rules += [(os.fspath(p), "read, write") for p in self.allow_write]
         rules += [(os.fspath(p), "read, execute") for p in self.allow_exec]
+        if self.system_libraries:
+            rules += [(os.fspath(p), "read, execute") for p in system_library_dirs()]
         return rules
 
     def prepare(
@@ -213,8 +232,15 @@ class Sandbox:
         abi = landlock_abi()
         numbers = _numbers()
         program = resolve_program(argv[0], env, cwd)
-        loading = [*program_files(program, env), shim, Path("/etc/ld.so.cache")]
-        rules: list[tuple[Path, int, bool]] = [(path, EXECUTE | _READ, False) for path in loading]
+        # Loader files carry the identity they were checked with; the shim and
+        # the loader's cache are ours and root's. System library directories
+        # are not policy trees: calls beneath them still reach the master.
+        rules: list[tuple[Path | LoaderFile, int, bool]] = [
+            (file, EXECUTE | _READ, False) for file in program_files(program, env, cwd=cwd)
+        ]
+        rules += [(shim, EXECUTE | _READ, False), (Path("/etc/ld.so.cache"), _READ, False)]
+        if self.system_libraries:
+            rules += [(path, EXECUTE | _READ, False) for path in system_library_dirs()]
         rules += [(Path(p), _READ, True) for p in self.allow_read]
         rules += [(Path(p), _READ | _WRITE, True) for p in self.allow_write]
         rules += [(Path(p), EXECUTE | _READ, True) for p in self.allow_exec]
@@ -236,12 +262,12 @@ class Sandbox:
         )
         local: list[str] = []
         try:
-            for path, access, from_policy in rules:
-                if _add_path_rule(numbers, ruleset, path, access & handled_fs):
-                    if from_policy:
-                        local += _local_names(path)
+            for target, access, from_policy in rules:
+                if _add_path_rule(numbers, ruleset, target, access & handled_fs):
+                    if from_policy and isinstance(target, Path):
+                        local += _local_names(target)
                 elif from_policy:
-                    logger.warning("sandbox: %s does not exist; its rule grants nothing", path)
+                    logger.warning("sandbox: %s does not exist; its rule grants nothing", target)
         except BaseException:
             os.close(ruleset)
             raise
@@ -263,18 +289,37 @@ def _local_names(path: Path) -> list[str]:
     return [name for name in names if ":" not in name]  # ':' separates the entries
 
 
-def _add_path_rule(numbers: Mapping[str, int], ruleset: int, path: Path, access: int) -> bool:
-    """Allow ``access`` beneath ``path``; ``False`` when the path does not exist.
+def _add_path_rule(numbers: Mapping[str, int], ruleset: int, target: Path | LoaderFile, access: int) -> bool:
+    """Allow ``access`` beneath ``target``; ``False`` when no rule was added.
 
-    A rule on anything but a directory may carry file rights only (the
-    kernel refuses directory rights there with ``EINVAL``).
+    A plain path (the policy's, the shim, system library directories) may
+    be a directory or a file; one that does not exist grants nothing. A
+    :class:`LoaderFile` comes from loader discovery, which read the file
+    the program named: the rule goes on the object opened here only if it
+    is still a regular file with the identity discovery checked, so a path
+    swapped since (for a secret, or a directory) is skipped with a
+    warning, never granted. A rule on anything but a directory may carry
+    file rights only (the kernel refuses directory rights there with
+    ``EINVAL``).
     """
+    path = target.path if isinstance(target, LoaderFile) else target
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return False  # a rule for a path that does not exist grants nothing
+    except OSError as exc:
+        if not isinstance(target, LoaderFile):
+            raise
+        logger.warning("sandbox: loader file %s cannot be opened (%s); not granted", path, exc.strerror)
+        return False
     try:
-        if not stat_module.S_ISDIR(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if isinstance(target, LoaderFile) and (
+            not stat_module.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (target.device, target.inode)
+        ):
+            logger.warning("sandbox: loader file %s changed since it was checked; not granted", path)
+            return False
+        if not stat_module.S_ISDIR(info.st_mode):
             access &= _FILE_RIGHTS
         rule = struct.pack("<Qi", access, fd)
         _check(

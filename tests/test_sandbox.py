@@ -32,6 +32,7 @@ from libc_service import FORWARD, Errno, Router, Sandbox, WithFds, cli, spawn
 from libc_service import sandbox as sandbox_module
 from libc_service.requests import ConnectInetRequest, OpenatRequest, OpenRequest
 from libc_service.safepath import open_beneath, resolve
+from libc_service.loader import system_library_dirs
 from libc_service.sandbox import landlock_abi, network_namespaces_available, program_files
 from libc_service.spawn import shim_path
 
@@ -142,7 +143,7 @@ async def test_a_static_binary_ignores_the_shim_but_not_the_sandbox(
 @needs_kernel
 async def test_what_loading_needs_stays_readable_in_the_sandbox(raw_read: Path) -> None:
     """The minimal ruleset: the program, its loader and libraries, the shim, ld.so.cache."""
-    loading = [str(path) for path in program_files(raw_read)[1:]]
+    loading = [str(file.path) for file in program_files(raw_read)[1:]]
     for path in [*loading, str(shim_path()), "/etc/ld.so.cache"]:
         if not os.path.exists(path):
             continue
@@ -150,6 +151,8 @@ async def test_what_loading_needs_stays_readable_in_the_sandbox(raw_read: Path) 
         assert ran.status == 0, (path, ran.out[:80])
     ran = await run([str(raw_read), "/etc/passwd"], Router(default=FORWARD), Sandbox())
     assert ran.out == "EACCES\n"
+    ran = await run([str(raw_read), str(raw_read.parent)], Router(default=FORWARD), Sandbox())
+    assert ran.out == "EACCES\n"  # the program's file is granted, not its directory
 
 
 @pytest.fixture(scope="session")
@@ -359,27 +362,30 @@ async def test_other_programs_cannot_be_executed_unless_allowed(tmp_path: Path) 
     assert allowed.status == 0, allowed.err
 
 
-def test_listing_what_loading_needs_never_runs_the_programs_own_interpreter_choice(
+def test_listing_what_loading_needs_runs_nothing_not_even_the_programs_interpreter_choice(
     raw_read: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A program names its PT_INTERP: the master must not run /bin/sh on the program's bytes."""
+    """A program names its PT_INTERP (here /bin/sh): discovery reads files, it runs none."""
     compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     assert compiler is not None  # raw_read was built
     hostile = tmp_path / "hostile"
     subprocess.run([compiler, "-Wl,--dynamic-linker=/bin/sh", "-o", str(hostile), str(C_DIR / "raw_read.c")],
                    check=True, capture_output=True, timeout=60)
-    ran: list[Sequence[str]] = []
-    real_run = subprocess.run
+    ran: list[Any] = []
 
-    def recording_run(argv: Sequence[str], *args: Any, **kwargs: Any) -> Any:
-        ran.append(list(argv))
-        return real_run(argv, *args, **kwargs)
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        ran.append(args)
+        raise AssertionError("loader discovery started a program")
 
-    monkeypatch.setattr(subprocess, "run", recording_run)  # the module sandbox.py calls through
-    assert program_files(hostile) == [hostile, Path("/bin/sh")]
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(os, "posix_spawn", refuse)
+    monkeypatch.setattr(os, "system", refuse)
+    hostile_files = [file.path for file in program_files(hostile)]
+    normal = [file.path for file in program_files(raw_read)]
     assert ran == []
-    normal = program_files(raw_read)  # the system loader is run, in trace mode
-    assert len(ran) == 1 and any(path.name.startswith("libc.") for path in normal)
+    assert hostile_files[0] == hostile and any(path.name.startswith("libc.") for path in normal)
+    if os.path.realpath("/bin/sh").startswith(("/bin/", "/usr/bin/")) and open("/bin/sh", "rb").read(4) == b"\x7fELF":
+        assert hostile_files[1] == Path("/bin/sh")  # an ELF executable like the program: granted, not run
 
 
 def test_a_sandbox_takes_lists_of_absolute_paths() -> None:
@@ -387,7 +393,9 @@ def test_a_sandbox_takes_lists_of_absolute_paths() -> None:
         Sandbox(allow_read="/etc")
     with pytest.raises(ValueError, match="absolute"):
         Sandbox(allow_read=["etc"])
-    assert Sandbox(allow_read=["/etc"]).static_rules() == [("/etc", "read")]
+    assert Sandbox(allow_read=["/etc"], system_libraries=False).static_rules() == [("/etc", "read")]
+    system = [(str(path), "read, execute") for path in system_library_dirs()]
+    assert Sandbox(allow_read=["/etc"]).static_rules() == [("/etc", "read"), *system]
 
 
 # ------------------------------------------------------ python3 and its stdlib
@@ -409,7 +417,7 @@ def python3() -> tuple[str, list[str]]:
 def python_sandbox(python3: tuple[str, list[str]]) -> Sandbox:
     """Its stdlib, and the system library directories its extension modules dlopen from."""
     executable, stdlib = python3
-    libc_dirs = {str(path.parent) for path in program_files(Path(executable)) if path.name.startswith("libc.")}
+    libc_dirs = {str(file.path.parent) for file in program_files(Path(executable)) if file.path.name.startswith("libc.")}
     return Sandbox(allow_read=[*stdlib, *sorted(libc_dirs)])
 
 
