@@ -5,6 +5,9 @@ forwarded to a *master* before the real libc is attempted; the master's
 policy decides each call. See the documentation site for the concepts.
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
 from .master import Call, Master, SessionClosed
 from .replies import AddrInfo, Reply, Stat
 from .router import FORWARD, PASS, Decision, Errno, Route, RouteTable, Router, WithFds, deny
@@ -13,7 +16,13 @@ from .slave import Slave
 from .spawn import SlaveProcess, spawn
 from .wire import ProtocolError
 
+try:
+    __version__: str = _version("libc-service")
+except _PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
+    "__version__",
     "FORWARD",
     "PASS",
     "AddrInfo",

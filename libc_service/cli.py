@@ -11,6 +11,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TextIO
 
+from . import __version__
 from .policy import LoadedPolicy, PolicyError, load_policy
 from .router import FORWARD, Router
 from .sandbox import Sandbox, SandboxUnavailable
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (repeat for debug)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Also accepted after the command (`libc-service run -v ...`); SUPPRESS keeps
     # a subcommand from resetting a count given before it.
     verbose = argparse.ArgumentParser(add_help=False)
@@ -213,16 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("policy", metavar="POLICY", help="path/to/policy.py or package.module:attr defining a Router")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     run.set_defaults(handler=_cmd_run, subparser=run)
+    run.usage = "libc-service run [-h] [-v] [--sandbox] POLICY -- CMD [ARG...]"
 
     trace = commands.add_parser(
         "trace", parents=[verbose], help="log every call of a program, then let it proceed",
         description="Run CMD, log every arbitrated call (pid, tid, function, arguments, decision, latency) "
-                    "to stderr or FILE, and forward each call to the program itself.",
+                    "and forward each call to the program itself. The log goes to stderr unless -o FILE is "
+                    "given: use -o FILE to keep it apart from the program's own output.",
     )
     trace.add_argument("--json", action="store_true", help="write JSON lines instead of text")
-    trace.add_argument("-o", "--output", metavar="FILE", help="write the log to FILE instead of stderr")
+    trace.add_argument("-o", "--output", metavar="FILE",
+                       help="write the log to FILE (default: stderr, where it mixes with the program's own "
+                            "messages)")
     trace.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     trace.set_defaults(handler=_cmd_trace, subparser=trace)
+    trace.usage = "libc-service trace [-h] [-v] [--json] [-o FILE] -- CMD [ARG...]"
 
     docs = commands.add_parser(
         "docs", parents=[verbose], help="write a policy's documentation",

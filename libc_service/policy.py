@@ -122,11 +122,16 @@ def load_policy(spec: str) -> LoadedPolicy:
     if router is None:
         raise PolicyError(f"policy {label}: defines no {attr!r} (a libc_service.Router)")
     if not isinstance(router, Router):
-        raise PolicyError(f"policy {label}: {attr!r} is a {type(router).__name__}, not a libc_service.Router")
+        raise PolicyError(f"policy {label}: {attr!r} is {_a(type(router).__name__)}, not a libc_service.Router")
     sandbox = getattr(module, "sandbox", None)
     if sandbox is not None:
         from .sandbox import Sandbox
 
         if not isinstance(sandbox, Sandbox):
-            raise PolicyError(f"policy {label}: 'sandbox' is a {type(sandbox).__name__}, not a libc_service.Sandbox")
+            raise PolicyError(f"policy {label}: 'sandbox' is {_a(type(sandbox).__name__)}, not a libc_service.Sandbox")
     return LoadedPolicy(label, module, router, sandbox)
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article, for messages: "an int", "a str"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"

@@ -95,7 +95,7 @@ BAD_POLICIES = {
     "import failure": ("import no_such_module_here\n", "failed to import: ModuleNotFoundError"),
     "raises": ("raise RuntimeError('policy is broken')\n", "policy is broken"),
     "no router": ("x = 1\n", "defines no 'router'"),
-    "wrong type": ("router = 42\n", "'router' is a int, not a libc_service.Router"),
+    "wrong type": ("router = 42\n", "'router' is an int, not a libc_service.Router"),
     "bad handler": (
         "from libc_service import Router\nrouter = Router()\n@router.on('opne')\ndef h(req): pass\n",
         "unknown function",
@@ -302,3 +302,16 @@ def test_no_command_is_a_usage_error() -> None:
     done = cli()
     assert done.returncode == 2
     assert done.stderr.startswith("usage: libc-service")
+
+
+def test_version_names_the_installed_release() -> None:
+    from libc_service import __version__
+
+    done = cli("--version")
+    assert (done.returncode, done.stdout.strip()) == (0, f"libc-service {__version__}")
+
+
+@pytest.mark.parametrize("command", ["run", "trace"])
+def test_usage_shows_the_command_after_a_double_dash(command: str) -> None:
+    done = cli(command, "--help")
+    assert done.stdout.splitlines()[0].endswith("-- CMD [ARG...]")

@@ -323,7 +323,7 @@ def test_cli_writes_markdown_to_a_file(tmp_path: Path) -> None:
     [
         ("router = (\n", "syntax error on line 1"),
         ("import errno\n", "defines no 'router'"),
-        ("router = 42\n", "'router' is a int, not a libc_service.Router"),
+        ("router = 42\n", "'router' is an int, not a libc_service.Router"),
         ("raise RuntimeError('boom')\n", "failed to import: RuntimeError: boom"),
         ("from libc_service import Router\nrouter = Router()\n@router.on('nonsense')\ndef h(r): pass\n",
          "unknown function(s) 'nonsense'"),
