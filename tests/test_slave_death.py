@@ -27,6 +27,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable
@@ -409,3 +410,60 @@ def test_closing_a_session_from_its_owner_while_calls_are_in_every_state(
     assert _quiet(caplog) == []
     fd_count.assert_unchanged(before)
 
+
+
+# ------------------------------------------------ the command, as reported
+
+_POLICY = f'''
+from libc_service import FORWARD, Router, Stat
+
+router = Router()
+
+
+@router.on("stat")
+def victims(request):
+    """The victims' path is a fake file; the rest is the program's own."""
+    if str(request.path) == "{VICTIM_PATH}":
+        return Stat(size={VICTIM_SIZE}, mode=0o644, type="regular")
+    return FORWARD
+'''
+
+#: The program: a shell that starts multithreaded stat loops and SIGKILLs
+#: each from outside after a few milliseconds, then checks a last run whole.
+_SCRIPT = """
+i=0
+while [ $i -lt {runs} ]; do
+    "$0" {threads} 1000000000 {path} {size} & victim=$!
+    sleep 0.00$((i % 10))
+    kill -9 $victim
+    wait $victim 2>/dev/null  # not the shell's "Killed"
+    [ $? -eq 137 ] || exit 3
+    i=$((i + 1))
+done
+"$0" 4 300 {path} {size}
+"""
+
+#: ``libc-service`` with uvloop hidden: the default asyncio loop, as after
+#: ``pip install .`` without ``[fast]``.
+_WITHOUT_UVLOOP = "import sys; sys.modules['uvloop'] = None; from libc_service.cli import main; raise SystemExit(main())"
+
+
+@pytest.mark.slow
+@needs_shim
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_libc_service_run_prints_no_traceback_when_its_program_is_killed_mid_call(
+    c_program: Callable[[str], Path], tmp_path: Path, loop: str
+) -> None:
+    program = c_program("stat_threads")
+    policy = tmp_path / "victims.py"
+    policy.write_text(_POLICY)
+    script = _SCRIPT.format(runs=40, threads=VICTIM_THREADS, path=VICTIM_PATH, size=VICTIM_SIZE)
+    command = ["-c", _WITHOUT_UVLOOP] if loop == "asyncio" else ["-m", "libc_service"]
+    done = subprocess.run(
+        [sys.executable, *command, "run", str(policy), "--", "sh", "-c", script, str(program)],
+        capture_output=True, text=True, timeout=100, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    noisy = [line for line in done.stderr.splitlines() if "dropped" not in line]
+    assert noisy == [], done.stderr
