@@ -9,8 +9,10 @@ seconds:
   ``spawn()`` and restarted as they finish; every answer is checked by the
   caller (see ``tests/test_load.py``);
 - **killed slaves**: every ``--kill-every`` seconds one running load process
-  is SIGKILLed mid-call, and every few seconds a hostile child process
-  (``tests/hostile.py``, valid calls with descriptors of every kind) too;
+  is SIGKILLed mid-call — in turn from outside, at a moment the master does
+  not choose, and from inside the load handler while the master answers
+  it — and every few seconds a hostile child process (``tests/hostile.py``,
+  valid calls with descriptors of every kind) too;
 - **hostile sessions**: ``--fuzz-threads`` threads of raw-socket hostile
   slaves (``tests/hostile.py``: mutated messages, random bytes, lying
   lengths, descriptor floods, hang-ups), some cut from another thread;
@@ -20,7 +22,10 @@ Every ``--interval`` seconds it prints calls/s, hostile messages/s,
 sessions, the process's descriptor count, RSS and tasks; at the end a
 summary, and exit status 1 if anything went wrong (a violation, a wrong or
 lost answer, a crashed session, a descriptor not returned, a silence of the
-well-behaved session over 2 s).
+well-behaved session over 2 s, a traceback or error in the master's log —
+the loop's "Exception in callback" included — other than the hostile
+policy's deliberately buggy handler, an exception in a thread or a
+destructor).
 
     python bench/soak.py                       # 60 s, uvloop, sequential router
     python bench/soak.py --duration 600 --concurrent --loop asyncio
@@ -51,6 +56,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import hostile  # noqa: E402
+
+#: What the hostile policy's deliberately buggy handler raises (``/fuzz-ok/raise``):
+#: the router logs it with its traceback, by design.
+_DELIBERATE = "a buggy handler"
 from libc_service import PASS, Errno, Master, Router, Slave, SlaveProcess, Stat, deny, spawn  # noqa: E402
 from libc_service.requests import StatRequest  # noqa: E402
 
@@ -99,6 +108,35 @@ def rss_kib() -> int:
     return 0
 
 
+class LogWatch(logging.Handler):
+    """Every log record at ERROR or above, or carrying a traceback, is a
+    problem, except the deliberate handler failure. The loop's own reports
+    (``Exception in callback``, ``Task exception was never retrieved``) come
+    through the ``asyncio`` logger, so a reader callback that raised is seen
+    here; the console handler shows only CRITICAL records, as before."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.deliberate = 0
+        self.unexpected: list[str] = []
+        self.lock_ = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.ERROR and not record.exc_info:
+            return
+        error = record.exc_info[1] if record.exc_info else None
+        with self.lock_:
+            if record.name == "libc_service.router" and isinstance(error, RuntimeError) and str(error) == _DELIBERATE:
+                self.deliberate += 1
+            else:
+                self.unexpected.append(logging.Formatter("%(levelname)s %(name)s: %(message)s").format(record))
+
+    def uncaught(self, what: str, error: BaseException | None) -> None:
+        """An exception in a thread or a destructor (nobody's log)."""
+        with self.lock_:
+            self.unexpected.append(f"{what}: {error!r}")
+
+
 @dataclass
 class Figures:
     """Everything counted during the soak (updated from the loop and from threads)."""
@@ -112,6 +150,7 @@ class Figures:
     load_errors: int = 0
     load_failed_runs: list[str] = field(default_factory=list)
     load_killed: int = 0
+    load_killed_in_handler: int = 0
     load_sessions: int = 0
     children_killed: int = 0
     children_messages: int = 0
@@ -123,9 +162,12 @@ class Figures:
 
 
 class Soak:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, log: LogWatch) -> None:
         self.args = args
+        self.log = log
         self.figures = Figures()
+        #: Load processes the load handler SIGKILLs at their next call.
+        self.kill_in_handler: set[int] = set()
         self.stop = threading.Event()
         self.program = build_load_stat()
         self.running: set[SlaveProcess] = set()
@@ -140,6 +182,7 @@ class Soak:
     def _router(self) -> Router:
         router = Router(default=deny(errno.EPERM), concurrent=self.args.concurrent)
         figures = self.figures
+        kill_in_handler = self.kill_in_handler
 
         @router.on("stat")
         def load(request: StatRequest) -> Any:
@@ -149,6 +192,12 @@ class Soak:
                 return PASS
             _, _, pid, tid, _thread, call = raw.split(b"/")
             figures.load_calls += 1
+            if request.pid in kill_in_handler:
+                # Killed while the master answers it (in the reader callback
+                # with the sequential router): its queued calls then fail.
+                kill_in_handler.discard(request.pid)
+                figures.load_killed_in_handler += 1
+                os.kill(request.pid, signal.SIGKILL)
             if (int(pid), int(tid)) != (request.pid, request.tid):
                 figures.load_misattributed += 1
                 raise Errno(errno.EXDEV)
@@ -182,6 +231,7 @@ class Soak:
                     status = await process.wait()
                 finally:
                     self.running.discard(process)
+                    self.kill_in_handler.discard(process.pid)
             self.figures.load_sessions += process.sessions_started
             if status == 128 + signal.SIGKILL:
                 self.figures.load_killed += 1
@@ -196,10 +246,16 @@ class Soak:
 
     async def load_killer(self) -> None:
         rnd = random.Random(7)
+        from_outside = True
         while not self.stop.is_set():
             await asyncio.sleep(self.args.kill_every)
             if self.running:
-                rnd.choice(sorted(self.running, key=lambda p: p.pid)).send_signal(signal.SIGKILL)
+                victim = rnd.choice(sorted(self.running, key=lambda p: p.pid))
+                if from_outside:
+                    victim.send_signal(signal.SIGKILL)
+                else:
+                    self.kill_in_handler.add(victim.pid)
+                from_outside = not from_outside
 
     # ------------------------------------------------------------- hostile
 
@@ -354,7 +410,8 @@ class Soak:
               f"{'concurrent' if self.args.concurrent else 'sequential'} router)")
         print(f"master decisions  {f.decisions:,} ({f.decisions / elapsed:,.0f}/s)")
         print(f"load              {f.load_runs} runs of {self.args.threads}x{self.args.calls} completed, "
-              f"{f.load_killed} SIGKILLed mid-run; {f.load_calls:,} calls answered by the master, "
+              f"{f.load_killed} SIGKILLed mid-run ({f.load_killed_in_handler} by the handler answering them); "
+              f"{f.load_calls:,} calls answered by the master, "
               f"{f.load_ok_calls:,} checked ok by completed runs; misrouted {f.load_misrouted}, "
               f"errors {f.load_errors}, misattributed {f.load_misattributed}, failed runs {len(f.load_failed_runs)}")
         print(f"hostile           {fz.summary()}")
@@ -364,9 +421,11 @@ class Soak:
               f"({f.load_sessions} load, {fz.sessions} hostile, {f.children_killed} children, 1 good)")
         print(f"good session      {f.good_rounds:,} rounds, longest silence {f.good_longest_silence * 1000:.0f} ms, "
               f"{len(f.good_wrong)} wrong")
+        print(f"log               {len(self.log.unexpected)} errors or tracebacks "
+              f"({self.log.deliberate} deliberate handler failures not counted)")
         print(f"descriptors       {base_fds} at start, {end_fds} at the end")
         print(f"RSS               {base_rss / 1024:.1f} MiB at start, {end_rss / 1024:.1f} MiB at the end")
-        problems = [*f.crashes, *fz.violations, *f.good_wrong, *f.load_failed_runs]
+        problems = [*f.crashes, *fz.violations, *f.good_wrong, *f.load_failed_runs, *self.log.unexpected]
         if f.load_misrouted or f.load_errors or f.load_misattributed:
             problems.append("load answers wrong")
         if end_fds != base_fds:
@@ -393,7 +452,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracemalloc", action="store_true",
                         help="trace allocations; print the largest growth from the first report to the end")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.CRITICAL)  # every rejected message logs a warning by design
+    # Every rejected message logs a warning by design: the console shows only
+    # CRITICAL; errors and tracebacks are counted (LogWatch) and fail the soak.
+    log = LogWatch()
+    console = logging.StreamHandler()
+    console.setLevel(logging.CRITICAL)
+    logging.basicConfig(level=logging.ERROR, handlers=[console, log])
+    threading.excepthook = lambda hook: log.uncaught(f"thread {hook.thread and hook.thread.name}", hook.exc_value)
+    sys.unraisablehook = lambda hook: log.uncaught(f"unraisable in {hook.object!r}", hook.exc_value)
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     if args.loop == "uvloop":
         import uvloop
@@ -402,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tracemalloc:
         tracemalloc.start()
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(Soak(args).main())
+        return runner.run(Soak(args, log).main())
 
 
 if __name__ == "__main__":
