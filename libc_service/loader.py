@@ -7,15 +7,17 @@ same for its interpreter. The program is untrusted and so is everything it
 names, so nothing here is run: the ELF files are read as data (with
 pyelftools) and the glibc search order is followed here, in Python.
 
-A file is granted only when the loader itself would take it: a regular file
-that is an ELF object of the executable's class, byte order and machine (a
-shared object, for a library). The search is not "the first file of that
-name": glibc skips a candidate that is not such an object and tries the next
-directory, so a program naming ``id_rsa`` as a library, with ``/root/.ssh``
-on its ``RUNPATH`` and a real ``id_rsa`` library further down the path,
-starts fine; granting the first file of that name would hand the slave the
-key. Nor does any text the program controls decide *where* a grant goes: a
-directory named ``x => / (`` is only ever a directory name here.
+A file is granted only when the loader could map it: a regular file that
+is an ELF object of the executable's class, byte order and machine (a shared
+object, for a library). Granting "the first file of that name" would let a
+program name ``id_rsa`` as a library, put ``/root/.ssh`` on its ``RUNPATH``,
+and read the key: the loader refuses to map it, but the rule is on it all
+the same. A candidate that is not a loadable object is skipped and the
+search goes on (as glibc goes on past an object of another class or
+machine), so the library a program really loads is still found, and every
+file granted is one the loader might have mapped. Nor does any text the
+program controls decide *where* a grant goes: a directory named
+``x => / (`` is only ever a directory name here.
 
 Each granted file is returned with the identity (device, inode) it had when
 it was checked, so that the sandbox can refuse a path swapped for another
