@@ -75,30 +75,34 @@ class _Session(Master):
 
     A process that dies during a call (killed, crashed) ends its session
     with that call unanswered: the router drops the reply, and
-    :class:`SlaveProcess` logs it.
+    :class:`SlaveProcess` logs it. The count is taken from the master's
+    pending calls when the session closes, so it is the same whether the
+    session's task or the reader callback (the router's fast path) was
+    answering when the slave died.
     """
 
     def __init__(self, sock: socket.socket, *, name: str) -> None:
         super().__init__(sock, name=name)
-        self._received: list[Call] = []
         #: Calls still unanswered when the slave hung up.
         self.unanswered = 0
-        #: The session was already closed when the router next asked for a
-        #: call: a reply could not be sent (the slave was gone).
+        #: A reply could not be sent (the slave was gone): it was going out
+        #: when the session closed, or the session was already closed when
+        #: the router next asked for a call.
         self.reply_failed = False
 
     async def receive_call(self) -> Call:
-        self._received = [call for call in self._received if not call.done]
         if self.closed:
             self.reply_failed = True
-        call = await super().receive_call()
-        self._received.append(call)
-        return call
+        return await super().receive_call()
 
     def close(self) -> None:
         if not self.closed:
-            # Counted before closing abandons them.
-            self.unanswered = sum(not call.done for call in self._received)
+            # Counted before closing abandons them. A pending call already
+            # done has its reply on the way out: the send that failed (and
+            # closed the session) or a reply still waiting for room.
+            pending = list(self._pending)
+            self.unanswered = sum(not call.done for call in pending)
+            self.reply_failed = self.reply_failed or any(call.done for call in pending)
         super().close()
 
 
