@@ -32,7 +32,7 @@ from libc_service import FORWARD, Errno, Router, Sandbox, WithFds, cli, spawn
 from libc_service import sandbox as sandbox_module
 from libc_service.requests import ConnectInetRequest, OpenatRequest, OpenRequest
 from libc_service.safepath import open_beneath, resolve
-from libc_service.loader import system_library_dirs
+from libc_service.loader import LoaderFile, system_library_dirs
 from libc_service.sandbox import landlock_abi, network_namespaces_available, program_files
 from libc_service.spawn import shim_path
 
@@ -451,6 +451,88 @@ async def test_python_reads_a_file_outside_the_allowed_set_when_the_master_grant
     assert ran.status == 0, ran.err
     assert ran.out == '{"subject": "sandboxed"}\nthe secret\n'
     assert str(secret) in {absolute for _, absolute in seen}
+
+
+_DLOPENS = ("import zlib, binascii, bz2; "
+            "print(zlib.crc32(b'x'), binascii.hexlify(b'ok').decode(), bz2.decompress(bz2.compress(b'in')).decode())")
+
+
+@needs_kernel
+async def test_a_system_python_loads_its_extension_modules_in_the_default_sandbox(secret: Path) -> None:
+    """Extension modules and the libraries they link are dlopen'ed by the loader, which the shim
+    never sees: the default sandbox grants the system library directories (read, execute)."""
+    python = "/usr/bin/python3"
+    native = subprocess.run([python, "-c", _DLOPENS], capture_output=True, text=True, timeout=60, check=False) \
+        if os.access(python, os.X_OK) else None
+    if native is None or native.returncode != 0:
+        pytest.skip(f"no {python} with zlib, binascii and bz2 here")
+    ran = await run([python, "-c", _DLOPENS], Router(default=FORWARD), Sandbox())
+    assert (ran.status, ran.out) == (0, native.stdout), ran.err
+    reads = await run([python, "-c", "import sys; open(sys.argv[1])", str(secret)], Router(default=FORWARD), Sandbox())
+    assert reads.status == 1 and "Permission denied" in reads.err  # and nothing more than those directories
+
+
+@needs_kernel
+async def test_without_system_libraries_a_dlopen_outside_the_discovered_files_fails() -> None:
+    python = "/usr/bin/python3"
+    probe = "import _bz2, sysconfig; print(_bz2.__file__); print(sysconfig.get_path('stdlib'))"
+    native = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, check=False) \
+        if os.access(python, os.X_OK) else None
+    if native is None or native.returncode != 0:
+        pytest.skip(f"no {python} with an _bz2 extension module here")
+    extension, stdlib = native.stdout.split()
+    if not extension.startswith(stdlib + "/"):
+        pytest.skip(f"_bz2 is not beneath the standard library ({extension})")
+    # The standard library (with the extension module itself) is allowed; libbz2 is not.
+    ran = await run([python, "-c", _DLOPENS], Router(default=FORWARD),
+                    Sandbox(allow_read=[stdlib], system_libraries=False))
+    assert ran.status != 0 and "libbz2" in ran.err, ran.err
+
+
+@needs_kernel
+async def test_a_library_directory_named_like_loader_trace_output_opens_nothing_more(
+    tmp_path: Path, secret: Path,
+) -> None:
+    """The old text-parsing hole: a library in ``lib => / (0x0)`` made the parent grant /."""
+    compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler (gcc or cc)")
+    hostile = tmp_path / "lib => / (0x0)"  # the directories "lib => " and " (0x0)"
+    hostile.mkdir(parents=True)
+    (tmp_path / "hello.c").write_text("int hello(void) { return 42; }\n")
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(hostile / "libhello.so"), str(tmp_path / "hello.c")],
+                   check=True, capture_output=True, timeout=60)
+    program = tmp_path / "raw_read"
+    subprocess.run([compiler, "-o", str(program), str(C_DIR / "raw_read.c"), "-Wl,--no-as-needed", f"-L{hostile}",
+                    "-lhello", f"-Wl,--enable-new-dtags,-rpath,{hostile}"], check=True, capture_output=True, timeout=60)
+    for sandbox in (Sandbox(), Sandbox(system_libraries=False)):
+        for path in (secret, Path("/etc/passwd")):
+            ran = await run([str(program), str(path)], Router(default=FORWARD), sandbox)
+            assert (ran.status, ran.out) == (1, "EACCES\n"), (sandbox, ran.err)  # it started; / was not granted
+
+
+@needs_kernel
+async def test_a_loader_file_that_is_not_what_discovery_checked_is_not_granted(
+    raw_read: Path, secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Between discovery and the rule the path may be swapped: the rule checks the identity."""
+    discovered = sandbox_module.program_files
+    extra: list[LoaderFile] = []
+    monkeypatch.setattr(sandbox_module, "program_files", lambda *args, **kwargs: [*discovered(*args, **kwargs), *extra])
+    harmless = tmp_path / "harmless"
+    harmless.write_text("nothing\n")
+    checked, now = os.stat(harmless), os.stat(secret)
+    extra[:] = [LoaderFile(secret, checked.st_dev, checked.st_ino)]  # checked one file, the path leads to another
+    ran = await run([str(raw_read), str(secret)], Router(default=FORWARD), Sandbox())
+    assert (ran.status, ran.out) == (1, "EACCES\n")
+    assert "changed since it was checked" in caplog.text
+    directory = os.stat(secret.parent)
+    extra[:] = [LoaderFile(secret.parent, directory.st_dev, directory.st_ino)]  # never a directory
+    ran = await run([str(raw_read), str(secret)], Router(default=FORWARD), Sandbox())
+    assert (ran.status, ran.out) == (1, "EACCES\n")
+    extra[:] = [LoaderFile(secret, now.st_dev, now.st_ino)]  # the file discovery checked: granted
+    ran = await run([str(raw_read), str(secret)], Router(default=FORWARD), Sandbox())
+    assert (ran.status, ran.out) == (0, "the secret\n")
 
 
 _DIRECTORY_FD = textwrap.dedent("""
