@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TextIO
 
 from . import __version__
+from .refusals import RefusalReport
 from .policy import LoadedPolicy, PolicyError, load_policy
 from .router import FORWARD, Router
 from .sandbox import Sandbox, SandboxUnavailable
@@ -145,9 +147,16 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     command = _command(args, parser)
     policy = _load(args.policy)
     sandbox: Sandbox | None = None
+    report: RefusalReport | None = None
     if args.sandbox:
         sandbox = policy.sandbox if policy.sandbox is not None else Sandbox()
-    return _run_loop(_serve_program(command, policy.router, sandbox))
+        report = RefusalReport()
+        policy.router.observe(report)
+    try:
+        return _run_loop(_serve_program(command, policy.router, sandbox))
+    finally:
+        for line in report.lines() if report is not None else ():
+            print(f"libc-service: {line}", file=sys.stderr)
 
 
 def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -165,6 +174,31 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     finally:
         if output is not sys.stderr:
             output.close()
+
+
+def _cmd_learn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .learn import Learned, learning_router, render_policy
+
+    command = _command(args, parser)
+    learned = Learned()
+    status = _run_loop(_serve_program(command, learning_router(learned), None))
+    source = render_policy(learned, command)
+    if args.output is None:
+        sys.stdout.write(source)
+    else:
+        try:
+            with open(args.output, "w", encoding="utf-8") as file:
+                file.write(source)
+        except OSError as exc:
+            raise PolicyError(f"cannot write the policy to {args.output}: {exc.strerror}") from exc
+        lists = learned.sandbox_arguments()
+        print(f"libc-service: wrote {args.output}: {len(lists['allow_read'])} read, {len(lists['allow_write'])} "
+              f"write, {len(lists['allow_exec'])} program rule(s) from {learned.calls} calls; try: "
+              f"libc-service run --sandbox {args.output} -- {shlex.join(command)}", file=sys.stderr)
+    if status != 0:
+        print(f"libc-service: the program exited with status {status}: the policy covers that run only",
+              file=sys.stderr)
+    return status
 
 
 def _cmd_docs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -230,6 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     trace.set_defaults(handler=_cmd_trace, subparser=trace)
     trace.usage = "libc-service trace [-h] [-v] [--json] [-o FILE] -- CMD [ARG...]"
+
+    learn = commands.add_parser(
+        "learn", parents=[verbose], help="run a program once and write a starting policy for it",
+        description="Run CMD with every arbitrated call performed by the master and observed, then write a "
+                    "policy (a Sandbox with the narrowest trees the run used, and a router) that "
+                    "`libc-service run --sandbox` accepts. Review it before trusting it.",
+    )
+    learn.add_argument("-o", "--output", metavar="FILE", help="write the policy to FILE (default: stdout)")
+    learn.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    learn.set_defaults(handler=_cmd_learn, subparser=learn)
+    learn.usage = "libc-service learn [-h] [-v] [-o FILE] -- CMD [ARG...]"
 
     docs = commands.add_parser(
         "docs", parents=[verbose], help="write a policy's documentation",

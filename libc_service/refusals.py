@@ -1,0 +1,77 @@
+"""Count what the policy refused, and say it once per rule when the run ends.
+
+Under ``--sandbox`` a refused call reaches the user as the program's own
+symptom ("Unknown <unknown@...>", "cannot create out.txt"), far from the
+rule that caused it. :class:`RefusalReport` is a router observer that
+counts every call the policy answered with a refusing errno, by function,
+rule and errno, and :meth:`RefusalReport.lines` turns the counts into one
+line each, naming the tree the refused paths share::
+
+    refused 12× chmod beneath /work by default (EPERM)
+
+Calls the kernel refused after a ``FORWARD`` (Landlock, the seccomp filter)
+are not seen by the master and are not counted.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import os
+from dataclasses import dataclass, field
+
+from .router import Decision
+
+__all__ = ["REFUSING_ERRNOS", "RefusalReport"]
+
+#: Errnos that mean "not allowed" rather than "not there".
+REFUSING_ERRNOS = frozenset({
+    errno_module.EPERM, errno_module.EACCES, errno_module.EROFS, errno_module.ENETUNREACH,
+    errno_module.ECONNREFUSED, errno_module.EADDRNOTAVAIL,
+})
+_PATH_FIELDS = ("path", "path1")
+
+
+@dataclass
+class _Tally:
+    count: int = 0
+    #: The common directory of the refused paths so far ("" before the first).
+    beneath: str | None = None
+    paths: bool = False
+
+
+@dataclass
+class RefusalReport:
+    """A router observer tallying refusals by (function, rule, errno)."""
+
+    tallies: dict[tuple[str, str, int], _Tally] = field(default_factory=dict)
+
+    def __call__(self, decision: Decision) -> None:
+        if decision.outcome != "error" or decision.errno not in REFUSING_ERRNOS:
+            return
+        request = decision.request
+        key = (request.function, decision.route, decision.errno)
+        tally = self.tallies.setdefault(key, _Tally())
+        tally.count += 1
+        path = next((getattr(request, name) for name in _PATH_FIELDS if hasattr(request, name)), None)
+        if path is None:
+            return
+        text = os.fspath(path)
+        if not text.startswith("/"):
+            text = "."  # relative to the slave's working directory
+        directory = text if text in ("/", ".") else os.path.dirname(text.rstrip("/")) or "/"
+        if tally.beneath is None:
+            tally.beneath = directory
+        elif tally.beneath != directory:
+            try:
+                tally.beneath = os.path.commonpath([tally.beneath, directory])
+            except ValueError:  # an absolute and a relative path
+                tally.beneath = "/"
+
+    def lines(self) -> list[str]:
+        """One line per (function, rule, errno), most frequent first."""
+        out = []
+        for (function, route, code), tally in sorted(self.tallies.items(), key=lambda item: -item[1].count):
+            where = f" beneath {tally.beneath}" if tally.beneath else ""
+            name = errno_module.errorcode.get(code, str(code))
+            out.append(f"refused {tally.count}× {function}{where} by {route} ({name})")
+        return out
