@@ -239,10 +239,15 @@ class Later:
         self.awaitable = awaitable
 
     def discard(self) -> None:
+        # Runs while a session closes: a failure here must not stop the
+        # other calls' descriptors from being closed.
         for pending in (self.coroutine, self.awaitable):
             close = getattr(pending, "close", None)
             if callable(close):
-                close()
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - the policy's awaitable, closed unfinished
+                    logger.exception("closing the unfinished %r failed", pending)
 
 
 class Master:
@@ -321,12 +326,15 @@ class Master:
         handler's ``finally``) sees the session closed; the reader and writer
         callbacks are unregistered before the descriptor is closed, so no
         callback runs on it afterwards, nor on a socket that reuses its number.
+        The socket is closed before any policy code can run (discarding a
+        call's unfinished work), so nothing that code does can keep it open.
         """
         sock, self._sock = self._sock, None
         if sock is None:
             return
         self._disarm_reader(sock)
         self._disarm_writer(sock)
+        sock.close()
         while self._inbox:
             item = self._inbox.popleft()
             if not isinstance(item, OSError):
@@ -340,7 +348,6 @@ class Master:
         for call in list(self._pending):
             call.abandon()
         self._current = None
-        sock.close()
 
     async def __aenter__(self) -> Master:
         return self
