@@ -151,6 +151,13 @@ class JsonLinesResult(unittest.TestResult):
         self._note(test, "fail" if failed else "error", _tail(err, subtest.id()))
 
 
+def _unloadable(suite: unittest.TestSuite | unittest.TestCase) -> bool:
+    """Whether the loader gave back its stand-in for a name it could not find."""
+    if isinstance(suite, unittest.TestSuite):
+        return any(_unloadable(test) for test in suite)
+    return type(suite).__name__ == "_FailedTest"
+
+
 def _configure_support(resources: list[str]) -> None:
     """Set ``test.support`` as regrtest would without ``-u``.
 
@@ -180,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                 suite = unittest.defaultTestLoader.loadTestsFromName(name)
             except Exception as exc:  # noqa: BLE001 - any import failure is an outcome
                 result._write({"id": f"load ({name})", "outcome": "error", "detail": repr(exc)})
+                continue
+            if _unloadable(suite):
+                # The loader turns a missing module, class or method into a test
+                # that fails when run; say which name it was instead.
+                result._write({"id": f"load ({name})", "outcome": "error",
+                               "detail": f"{name}: no such module, class or test in this Python's test package"})
                 continue
             suite.run(result)
         result._write({"done": True, "run": result.count})
