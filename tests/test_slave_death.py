@@ -206,8 +206,6 @@ def test_slaves_killed_mid_call_end_their_sessions_quietly(
         victims, survivors = runner.run(_scenario(program, death))
     fd_count.assert_unchanged(before)
 
-    print(f"\n{mode}/{loop}: {len(victims)} victims killed, {len(survivors)} survivor runs, "
-          f"{death.survivor_calls} survivor calls, longest silence {death.longest_silence * 1000:.0f} ms")
     assert len(victims) >= KILLS
     assert set(victims) == {128 + signal.SIGKILL}
     assert survivors and set(survivors) == {0}
@@ -220,6 +218,8 @@ def test_slaves_killed_mid_call_end_their_sessions_quietly(
     captured = capfd.readouterr()
     for text in (captured.out, captured.err):
         assert "Traceback" not in text and "Exception in callback" not in text, text
+    print(f"{mode}/{loop}: {len(victims)} victims killed, {len(survivors)} survivor runs, "
+          f"{death.survivor_calls} survivor calls, longest silence {death.longest_silence * 1000:.0f} ms")
 
 
 # ------------------------------------------- each interleaving, on its own
