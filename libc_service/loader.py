@@ -45,7 +45,8 @@ from typing import IO, Final
 from elftools.common.utils import struct_parse
 from elftools.elf.elffile import ELFFile
 
-__all__ = ["LoaderFile", "program_files", "resolve_program", "system_library_dirs"]
+__all__ = ["SYSTEM_LIBRARY_DIRS", "LoaderFile", "parse_ld_so_cache", "program_files", "resolve_program",
+           "system_library_dirs"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ _MAX_DEPTH: Final = 32
 _MAX_PROBES: Final = 50_000
 #: Entries of one search list (``RPATH``, ``RUNPATH``, ``LD_LIBRARY_PATH``).
 _MAX_SEARCH_DIRS: Final = 256
-#: Dynamic entries read from one object, and the longest name taken from it (``PATH_MAX``).
+#: Dynamic entries read from one object, names it may need, and the longest name (``PATH_MAX``).
 _MAX_TAGS: Final = 4096
+_MAX_NEEDED: Final = 256
 _MAX_NAME: Final = 4096
 #: The kernel refuses program header tables larger than this (``load_elf_phdrs``).
 _MAX_PHDR_BYTES: Final = 65536
@@ -124,6 +126,8 @@ class _Elf:
     dynamic: bool
     needed: tuple[bytes, ...]
     rpath: bytes | None
+    #: ``DT_RUNPATH`` present (even unreadable): then ``DT_RPATH`` is ignored.
+    has_runpath: bool
     runpath: bytes | None
 
 
@@ -165,9 +169,15 @@ def _regular_file(path: str | os.PathLike[str], *, executable: bool) -> tuple[Lo
 
 
 def _cstring(stream: IO[bytes], offset: int) -> bytes | None:
-    """The NUL-terminated string at ``offset``, if it ends within ``_MAX_NAME`` bytes."""
+    """The non-empty NUL-terminated string at ``offset``, if it ends within ``_MAX_NAME`` bytes.
+
+    Names are short: a first small read usually holds the whole string.
+    """
     stream.seek(offset)
-    text, nul, _ = stream.read(_MAX_NAME).partition(b"\0")
+    head = stream.read(256)
+    if b"\0" not in head and len(head) == 256:
+        head += stream.read(_MAX_NAME - 256)
+    text, nul, _ = head.partition(b"\0")
     return text if nul and text else None
 
 
@@ -183,11 +193,12 @@ def _parse_elf(stream: IO[bytes]) -> _Elf | None:
     """
     try:
         return _read_elf(stream)
-    except Exception:  # noqa: BLE001 - any failure on hostile bytes means "not loadable"
+    except Exception:  # any failure on hostile bytes means "not loadable"
         return None
 
 
 def _read_elf(stream: IO[bytes]) -> _Elf | None:
+    """:func:`_parse_elf` without the safety net: raises on a malformed file."""
     elf = ELFFile(stream)
     header = elf.header
     ident = header["e_ident"]
@@ -212,7 +223,7 @@ def _read_elf(stream: IO[bytes]) -> _Elf | None:
             dynamic = segment
     kind = (elf.elfclass, elf.little_endian, header["e_machine"])
     if dynamic is None:
-        return _Elf(kind, header["e_type"], interpreter, False, (), None, None)
+        return _Elf(kind, header["e_type"], interpreter, False, (), None, False, None)
     # The dynamic entries as ld.so reads them: up to DT_NULL; for a tag that
     # appears twice the last one counts (elf_get_dynamic_info).
     dyn = elf.structs.Elf_Dyn
@@ -227,7 +238,7 @@ def _read_elf(stream: IO[bytes]) -> _Elf | None:
         tag = entry["d_tag"]
         if tag == "DT_NULL":
             break
-        if tag == "DT_NEEDED":
+        if tag == "DT_NEEDED" and len(needed) < _MAX_NEEDED:
             needed.append(entry["d_val"])
         elif tag in ("DT_STRTAB", "DT_RPATH", "DT_RUNPATH"):
             single[tag] = entry["d_val"]
@@ -244,10 +255,8 @@ def _read_elf(stream: IO[bytes]) -> _Elf | None:
         return None if strtab is None or offset is None else _cstring(stream, strtab + offset)
 
     names = tuple(name for name in (string(offset) for offset in needed) if name is not None)
-    runpath = string(single.get("DT_RUNPATH"))
-    if "DT_RUNPATH" in single and runpath is None:
-        runpath = b""  # present but unreadable: still a RUNPATH, so RPATH is ignored
-    return _Elf(kind, header["e_type"], interpreter, True, names, string(single.get("DT_RPATH")), runpath)
+    return _Elf(kind, header["e_type"], interpreter, True, names, string(single.get("DT_RPATH")),
+                "DT_RUNPATH" in single, string(single.get("DT_RUNPATH")))
 
 
 def _expand(entry: str, origin: str) -> str | None:
@@ -264,7 +273,8 @@ def _expand(entry: str, origin: str) -> str | None:
 
 
 def _absolute(path: str, cwd: str) -> str:
-    return os.path.normpath(os.path.join(cwd, path))
+    """``path`` from ``cwd``, not normalised: ``..`` after a symlink means what the kernel says it means."""
+    return os.path.join(cwd, path)
 
 
 def _search_list(text: bytes | str | None, origin: str, cwd: str, separators: str = ":") -> tuple[str, ...]:
@@ -449,7 +459,7 @@ class _Discovery:
 
     def node(self, elf: _Elf, origin: str, loaders: tuple[tuple[str, ...], ...], depth: int) -> _Node:
         # An object with a RUNPATH has its RPATH ignored, for itself and for what it loads.
-        runpath = None if elf.runpath is None else _search_list(elf.runpath, origin, self.cwd)
+        runpath = _search_list(elf.runpath, origin, self.cwd) if elf.has_runpath else None
         rpath = _search_list(elf.rpath, origin, self.cwd) if runpath is None else ()
         return _Node(elf, origin, (rpath, *loaders), runpath, depth)
 
