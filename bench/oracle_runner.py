@@ -84,7 +84,8 @@ class JsonLinesResult(unittest.TestResult):
         case = _case_id(test)
         if case not in self.started:
             # setUpModule/setUpClass/tearDown*Class errors and skips arrive on an
-            # _ErrorHolder, outside startTest/stopTest: record them at once.
+            # _ErrorHolder, outside startTest/stopTest, and so do skipped tests on
+            # Python 3.12+: record them at once.
             record: dict[str, Any] = {"id": case, "outcome": outcome}
             if detail:
                 record["detail"] = detail
@@ -110,13 +111,19 @@ class JsonLinesResult(unittest.TestResult):
         if self.test_timeout > 0:
             faulthandler.cancel_dump_traceback_later()
         case = test.id()
+        begun = self.started.pop(case, None)
+        if begun is None:
+            # Python 3.12+ reports a skipped class or method with addSkip and
+            # stopTest but no startTest: _note has written it already.
+            super().stopTest(test)
+            return
         state = self.current.pop(case, {"outcome": None, "detail": ""})
         record: dict[str, Any] = {
             "id": case,
             # Every subtest passed and unittest did not call addSuccess: that only
             # happens when one of them was skipped.
             "outcome": state["outcome"] or "skip",
-            "time": round(time.monotonic() - self.started.pop(case), 3),
+            "time": round(time.monotonic() - begun, 3),
         }
         if state["detail"]:
             record["detail"] = state["detail"]
