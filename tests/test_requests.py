@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import socket
 import stat as stat_module
 from ipaddress import IPv4Address, IPv6Address
@@ -31,8 +33,10 @@ from libc_service.requests import (
     OpenatRequest,
     OpenRequest,
     RenameRequest,
+    ExactPath,
     Request,
     StatRequest,
+    exact_path,
     parse_request,
 )
 
@@ -95,6 +99,66 @@ def test_a_path_keeps_its_exact_text(text: str) -> None:
     path = ConnectUnixRequest(path=text, socket=3).path if text.startswith("\0") else StatRequest(path=text).path
     assert str(path) == os.fspath(path) == text
     assert path == PurePosixPath(text), "still compares as the path it names"
+
+
+_INEXACT = ["dir/", "link/.", "./a", "a//b", "/a/b/../c/", "/etc//passwd", "\0abstract//name/"]
+
+
+@pytest.mark.parametrize("text", _INEXACT)
+def test_an_exact_path_gives_its_text_to_every_text_conversion(text: str) -> None:
+    path = exact_path(text)
+    assert isinstance(path, ExactPath) and isinstance(path, PurePosixPath)
+    assert str(path) == os.fspath(path) == path.as_posix() == text
+    assert bytes(path) == os.fsencode(text)
+    assert repr(path) == f"ExactPath({text!r})"
+
+
+@pytest.mark.parametrize("text", _INEXACT)
+def test_an_exact_path_is_otherwise_the_path_pathlib_parses(text: str) -> None:
+    path, plain = exact_path(text), PurePosixPath(text)
+    assert path == plain and plain == path and hash(path) == hash(plain)
+    assert path != PurePosixPath(text + "x")
+    assert (path.parts, path.name, path.suffix, path.is_absolute()) == (
+        plain.parts, plain.name, plain.suffix, plain.is_absolute())
+    assert sorted([PurePosixPath("~"), path]) == [path, PurePosixPath("~")]
+    assert path.match(plain.name or "*") == plain.match(plain.name or "*")
+    assert path.is_relative_to(plain.parent)
+    assert path.normalised == plain and type(path.normalised) is PurePosixPath
+
+
+@pytest.mark.parametrize("text", _INEXACT)
+def test_a_path_derived_from_an_exact_one_is_a_plain_normalised_path(text: str) -> None:
+    path, plain = exact_path(text), PurePosixPath(text)
+    derived = {
+        "parent": (path.parent, plain.parent),
+        "/": (path / "x", plain / "x"),
+        "r/": ("/root" / path, "/root" / plain),
+        "joinpath": (path.joinpath("x", "y"), plain.joinpath("x", "y")),
+        "parents": (path.parents[0], plain.parents[0]),
+        "relative_to": (path.relative_to(plain.parent), plain.relative_to(plain.parent)),
+    }
+    if plain.name:
+        derived["with_name"] = (path.with_name("n"), plain.with_name("n"))
+        derived["with_suffix"] = (path.with_suffix(".s"), plain.with_suffix(".s"))
+        derived["with_stem"] = (path.with_stem("s"), plain.with_stem("s"))
+    for how, (got, expected) in derived.items():
+        assert type(got) is PurePosixPath, how
+        assert str(got) == str(expected), how
+
+
+@pytest.mark.parametrize("text", _INEXACT)
+def test_pickle_and_copy_keep_the_exact_text(text: str) -> None:
+    path = exact_path(text)
+    for clone in (pickle.loads(pickle.dumps(path)), copy.copy(path), copy.deepcopy(path)):
+        assert type(clone) is ExactPath and str(clone) == text and clone == path
+    request = StatRequest(path=text) if not text.startswith("\0") else ConnectUnixRequest(path=text, socket=3)
+    assert str(pickle.loads(pickle.dumps(request)).path) == text
+
+
+def test_a_path_already_in_normal_form_stays_a_plain_path() -> None:
+    for text in ("/etc/hostname", "a/b", "//net/share", "."):
+        path = exact_path(text)
+        assert type(path) is PurePosixPath and str(path) == text
 
 
 @pytest.mark.parametrize(
