@@ -159,6 +159,10 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"libc-service: {line}", file=sys.stderr)
 
 
+#: Functions whose requests carry a path relative to a directory descriptor.
+_PATH_FUNCTIONS = ("open", "openat", "stat", "lstat", "access", "eaccess", "mkdir", "rmdir", "unlink", "rename")
+
+
 def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     command = _command(args, parser)
     output: TextIO = sys.stderr
@@ -169,7 +173,9 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             raise PolicyError(f"cannot write the trace to {args.output}: {exc.strerror}") from exc
     try:
         router = Router(default=FORWARD)
-        router.observe(Tracer(output, json_lines=args.json))
+        tracer = Tracer(output, json_lines=args.json)
+        router.on(*_PATH_FUNCTIONS)(tracer.note_directory)
+        router.observe(tracer)
         return _run_loop(_serve_program(command, router, None))
     finally:
         if output is not sys.stderr:

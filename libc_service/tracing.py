@@ -7,15 +7,19 @@ or as JSON lines with a stable set of keys.
 
 from __future__ import annotations
 
+import dataclasses
 import errno as errno_module
 import json
+import os
+import time
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import PurePosixPath
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from .replies import AddrInfo, Stat
 from .requests import RenameRequest, Request
-from .router import Decision
+from .router import FORWARD, Decision
 
 __all__ = ["Tracer", "decision_record", "request_arguments"]
 
@@ -63,7 +67,9 @@ def decision_record(decision: Decision) -> dict[str, Any]:
     }
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, name: str = "") -> str:
+    if name == "mode" and isinstance(value, int):
+        return f"0{value:o}"  # as strace and chmod show it
     if isinstance(value, PurePosixPath):
         return json.dumps(str(value))
     if isinstance(value, frozenset):
@@ -77,10 +83,14 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def decision_line(decision: Decision) -> str:
-    """One decision as a human-readable line."""
+def decision_line(decision: Decision, directories: Mapping[str, str] | None = None) -> str:
+    """One decision as a human-readable line; ``directories``: where relative path arguments are."""
     request = decision.request
-    arguments = ", ".join(_show(getattr(request, name)) for name in request.ARGUMENTS)
+    where = directories or {}
+    arguments = ", ".join(
+        _show(getattr(request, name), name) + (f" (in {json.dumps(where[name])})" if name in where else "")
+        for name in request.ARGUMENTS
+    )
     if isinstance(request, RenameRequest) and request.no_replace:
         arguments += ", no_replace"
     if decision.outcome == "forward":
@@ -104,16 +114,75 @@ def decision_line(decision: Decision) -> str:
 
 
 class Tracer:
-    """A router observer writing one line per decision to ``stream``."""
+    """A router observer writing one line per decision to ``stream``.
+
+    Besides each call it writes, once per process image, the program the
+    process runs (read from ``/proc/PID/exe`` and ``cmdline`` at its first
+    call, while it waits for the answer): the shim does not see ``execve``
+    itself. Relative paths are shown with the directory they are relative
+    to when :meth:`note_directory` is registered as a route (the ``trace``
+    command does): only a handler runs while the request's directory
+    descriptor is still open.
+    """
+
+    #: The route name of :meth:`note_directory`, shown as the default.
+    ROUTE = "Tracer.note_directory"
 
     def __init__(self, stream: TextIO, *, json_lines: bool = False) -> None:
         self.stream = stream
         self.json_lines = json_lines
+        self._sessions: set[tuple[int, str]] = set()
+        self._directories: dict[tuple[str, int, int], str] = {}
+
+    def note_directory(self, request: Request) -> object:
+        """A handler: remember the directory a relative path is relative to, then forward."""
+        for name, fd_name in (("path", "dirfd"), ("path1", "dirfd1"), ("path2", "dirfd2")):
+            fd = getattr(request, fd_name, None)
+            if fd is None or os.fspath(getattr(request, name)).startswith("/"):
+                continue
+            try:
+                directory = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            self._directories[(name, request.pid, request.request_id)] = directory
+        return FORWARD
 
     def __call__(self, decision: Decision) -> None:
+        request = decision.request
+        key = (request.pid, decision.session)
+        if key not in self._sessions:
+            self._sessions.add(key)
+            self._program(request.pid)
+        directories = {name: self._directories.pop((name, request.pid, request.request_id))
+                       for name in ("path", "path1", "path2")
+                       if (name, request.pid, request.request_id) in self._directories}
+        if decision.route == self.ROUTE:
+            decision = dataclasses.replace(decision, route="default")
         if self.json_lines:
-            line = json.dumps(decision_record(decision), sort_keys=False, ensure_ascii=False)
+            record = decision_record(decision)
+            record["time"] = round(time.time(), 6)
+            if directories:
+                record["directories"] = directories
+            line = json.dumps(record, sort_keys=False, ensure_ascii=False)
         else:
-            line = decision_line(decision)
+            line = decision_line(decision, directories)
         self.stream.write(line + "\n")
         self.stream.flush()
+
+    def _program(self, pid: int) -> None:
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            with open(f"/proc/{pid}/cmdline", "rb") as file:
+                argv = [os.fsdecode(arg) for arg in file.read().split(b"\0")[:-1]]
+        except OSError:
+            return
+        if self.json_lines:
+            # The decision schema, so that every line has the same keys.
+            line = json.dumps({
+                "pid": pid, "tid": pid, "function": "execve", "arguments": {"path": exe, "argv": argv},
+                "route": "default", "decision": "observed", "result": None, "errno": 0, "errno_name": None,
+                "fds": 0, "latency_us": 0.0, "time": round(time.time(), 6),
+            }, ensure_ascii=False)
+        else:
+            line = f"[pid {pid}] execve({json.dumps(exe)}, {json.dumps(argv, ensure_ascii=False)})"
+        self.stream.write(line + "\n")
