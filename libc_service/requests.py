@@ -5,12 +5,28 @@ discriminated union a handler can narrow with ``match`` or ``isinstance``.
 Besides the call's arguments a request says who asked (``pid``, ``tid``) and
 which call it is (``request_id``, echoed in the reply).
 
+Every request also says what the kernel would use for the slave's call
+besides its arguments, so that a master performing the call can be exact:
+
+- ``umask``: the slave process's file mode creation mask (``0..0o777``).
+- ``fsuid``, ``fsgid``: the calling thread's filesystem user and group ids
+  (what the kernel checks permissions with; normally the effective ids).
+- ``groups``: the calling thread's supplementary group ids, at most
+  :data:`MAX_GROUPS`.
+
+Each is ``None`` when unknown: the slave did not say (the Python
+:class:`~libc_service.Slave` says only what its caller gives), or could not
+say (``groups`` of a process in more than :data:`MAX_GROUPS` groups, whose
+list the protocol does not carry). A master must not guess an unknown
+value: one that performs the call *as the slave* refuses it instead.
+
 Descriptors that travel with a request are fields too, holding descriptor
 numbers *in the master*, valid until the reply goes out:
 
 - ``dirfd`` (``dirfd1``/``dirfd2`` for rename): the directory a relative path
   is resolved against, i.e. the slave's dirfd or working directory; ``None``
-  for an absolute path.
+  for an absolute path. ``connect_unix``/``bind_unix`` carry one for a
+  relative socket path too (the slave's working directory).
 - ``socket``: the slave's socket, for ``connect_*``/``bind_*``.
 
 Models built from slave bytes by :mod:`libc_service.wire` are validated by the
@@ -58,6 +74,7 @@ __all__ = [
     "UnlinkRequest",
     "REQUEST_TYPES",
     "ExactPath",
+    "MAX_GROUPS",
     "exact_path",
     "numeric_scope",
     "parse_request",
@@ -98,6 +115,16 @@ OpenFlag: TypeAlias = Literal[
     "sync_all_on_write",
     "temporary",
     "truncate",
+    # Flags that grant nothing but change how the call behaves; a master
+    # performing the call needs them to be exact.
+    "non_blocking",
+    "no_ctty",
+    "close_on_exec",
+    "sync_data_on_write",
+    "no_atime",
+    "direct",
+    "async_signals",
+    "large_file",
 ]
 ResolveFlag: TypeAlias = Literal[
     "resolve_beneath",
@@ -115,6 +142,9 @@ _ACCESS_MODE_FLAGS: Final = frozenset({"read_only", "write_only", "read_write"})
 AccessMode: TypeAlias = Literal["r", "w", "x"]
 ACCESS_MODES: Final[tuple[AccessMode, ...]] = get_args(AccessMode)
 
+#: The most supplementary groups a request carries (see the module docstring).
+MAX_GROUPS: Final = 64
+
 PATH_MAX_BYTES: Final = 4095
 UNIX_PATH_MAX: Final = 108
 NODE_MAX: Final = 1025
@@ -123,6 +153,7 @@ SERVICE_MAX: Final = 32
 Port = Annotated[int, Field(ge=0, le=65535)]
 Mode = Annotated[int, Field(ge=0, le=0o7777)]
 Descriptor = Annotated[int, Field(ge=0)]
+Id = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class ExactPath(PurePosixPath):
@@ -300,7 +331,8 @@ def _check_fs_path(path: PurePosixPath) -> PurePosixPath:
 
 
 class _Request(BaseModel):
-    """Fields every request has: who asked, and which call this is."""
+    """Fields every request has: who asked, which call this is, and the
+    caller's umask and filesystem credentials (``None``: unknown)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -312,6 +344,10 @@ class _Request(BaseModel):
     pid: Annotated[int, Field(ge=0, lt=2**32)] = 0
     tid: Annotated[int, Field(ge=0, lt=2**32)] = 0
     request_id: Annotated[int, Field(ge=0, lt=2**64)] = 0
+    umask: Annotated[int, Field(ge=0, le=0o777)] | None = None
+    fsuid: Id | None = None
+    fsgid: Id | None = None
+    groups: Annotated[tuple[Id, ...], Field(max_length=MAX_GROUPS)] | None = None
 
     def arguments(self) -> tuple[Any, ...]:
         """The call's arguments in the seed's positional order."""
@@ -488,11 +524,15 @@ def _check_unix_path(path: PurePosixPath) -> PurePosixPath:
 
 class _UnixRequest(_Request):
     ARGUMENTS: ClassVar[tuple[str, ...]] = ("path",)
-    DESCRIPTORS: ClassVar[tuple[str, ...]] = ("socket",)
+    #: The socket first: a caller's one descriptor is the socket.
+    DESCRIPTORS: ClassVar[tuple[str, ...]] = ("socket", "dirfd")
 
     #: ``sun_path``; an abstract name starts with ``"\\0"``.
     path: PurePosixPath
     socket: Descriptor
+    #: The slave's working directory, for a relative ``path`` only: the
+    #: kernel resolves a relative socket path there, the master must too.
+    dirfd: Descriptor | None = None
 
     _path_in = field_validator("path", mode="before")(_path_in)
     _check_path = field_validator("path")(_check_unix_path)
@@ -501,6 +541,12 @@ class _UnixRequest(_Request):
     def abstract(self) -> bool:
         """Whether ``path`` is an abstract socket name (leading NUL)."""
         return str(self.path).startswith("\0")
+
+    @model_validator(mode="after")
+    def _dirfd_only_when_relative(self) -> _UnixRequest:
+        if self.dirfd is not None and (self.abstract or self.path.is_absolute()):
+            raise ValueError("dirfd is only given with a relative socket path")
+        return self
 
 
 class ConnectUnixRequest(_UnixRequest):

@@ -4,6 +4,13 @@ It is the test peer of :class:`~libc_service.Master` and a public API for
 Python code that wants a decision from the master (``slave.call("open",
 ...)``) instead of relying on the C shim.
 
+Unlike the shim, it does not fill in the caller's umask and filesystem
+credentials (``umask``, ``fsuid``, ``fsgid``, ``groups``): a Python program
+asking explicitly may be asking on behalf of someone else, and reading its
+own would cost a ``/proc`` read per call. They stay ``None`` (unknown, so a
+master will not act as this slave) unless the caller passes them, as it
+passes any other request field.
+
 Threads share one socket. Each thread sends its request and waits for the
 reply carrying its thread id; whichever waiting thread holds the *reader*
 role receives for everybody and hands other threads' replies over (a
@@ -53,8 +60,11 @@ class Slave:
         """Ask the master to decide ``function(**arguments)``.
 
         ``fds`` are descriptors to send, mapped in order onto the function's
-        descriptor roles: ``dirfd`` for path functions, ``dirfd1``/``dirfd2``
-        for rename, ``socket`` for connect/bind. They stay the caller's.
+        descriptor fields: ``dirfd`` for path functions, ``dirfd1``/``dirfd2``
+        for rename, ``socket`` for connect/bind, then ``dirfd`` (the
+        directory of a relative socket path) for ``connect_unix``/``bind_unix``.
+        They stay the caller's. ``umask``, ``fsuid``, ``fsgid`` and
+        ``groups`` are sent only when given.
         """
         model = REQUEST_TYPES.get(function)
         if model is None:

@@ -40,7 +40,9 @@ from .requests import (
     RmdirRequest,
     StatRequest,
     UnlinkRequest,
+    MAX_GROUPS,
     NODE_MAX,
+    OPEN_FLAGS,
     OPENAT_FLAGS,
     PATH_MAX_BYTES,
     REQUEST_TYPES,
@@ -68,7 +70,9 @@ __all__ = [
     "reply_fd_limit",
 ]
 
-VERSION: Final = 1
+#: 2: requests carry the caller's umask and filesystem credentials, every
+#: open flag, and a relative unix socket path's directory.
+VERSION: Final = 2
 REQUEST_MAGIC: Final = b"LCSq"
 REPLY_MAGIC: Final = b"LCSr"
 HELLO_MAGIC: Final = b"LCSh"
@@ -76,13 +80,16 @@ HELLO_MAGIC: Final = b"LCSh"
 MAX_REQUEST_FDS: Final = 2
 MAX_REPLY_FDS: Final = 4
 MAX_ADDRINFO: Final = 128
-#: The largest datagram: a header and two strings of ``PATH_MAX`` (a rename of
-#: two ``PATH_MAX_BYTES`` paths is ``64 + 2 * 4095`` bytes).
-MAX_MESSAGE: Final = 8256
+#: The largest datagram: a request header, the most groups and two strings
+#: of ``PATH_MAX`` (a rename of two ``PATH_MAX_BYTES`` paths by a process in
+#: ``MAX_GROUPS`` groups is ``72 + 4 * 64 + 2 * 4095`` bytes).
+MAX_MESSAGE: Final = 8518
 
 #: magic, version, function, pid, tid, request id, flags, arg, address,
-#: scope id, len1, len2, fd roles, 7 reserved bytes.
-REQUEST: Final = struct.Struct("<4sHHIIQII16sIHHB7s")
+#: scope id, len1, len2, fd roles, context bits, umask, group count,
+#: 3 reserved bytes, fsuid, fsgid.
+REQUEST: Final = struct.Struct("<4sHHIIQII16sIHHBBHB3sII")
+GROUP: Final = struct.Struct("<I")
 #: magic, version, function, tid, errno, request id, result, action,
 #: payload kind, count, 12 reserved bytes.
 REPLY: Final = struct.Struct("<4sHHIIQqBBH12s")
@@ -90,17 +97,20 @@ STAT: Final = struct.Struct("<QQQQqqqqqqIIII")
 ADDRINFO: Final = struct.Struct("<BxHI16s")
 REGISTRATION: Final = struct.Struct("<4sHHII")
 
-_RESERVED_REQUEST: Final = bytes(7)
+_RESERVED_REQUEST: Final = bytes(3)
 _RESERVED_REPLY: Final = bytes(12)
 _NO_ADDRESS: Final = bytes(16)
 
 CODE: Final[dict[str, int]] = {name: code for code, name in enumerate(FUNCTIONS, 1)}
 
+#: Bits 0-11: the seed's flags; 16-21: openat's resolve flags; 24-31: flags
+#: that grant nothing but change the call (``docs/protocol.md``).
 OPEN_FLAG_BITS: Final[dict[str, int]] = {
-    **{name: 1 << bit for bit, name in enumerate(OPENAT_FLAGS[:12])},
-    **{name: 1 << bit for bit, name in enumerate(OPENAT_FLAGS[12:], 16)},
+    **{name: 1 << bit for bit, name in enumerate(OPEN_FLAGS[:12])},
+    **{name: 1 << bit for bit, name in enumerate(OPEN_FLAGS[12:], 24)},
+    **{name: 1 << bit for bit, name in enumerate(OPENAT_FLAGS[len(OPEN_FLAGS):], 16)},
 }
-_OPEN_ONLY_MASK: Final = sum(OPEN_FLAG_BITS[name] for name in OPENAT_FLAGS[:12])
+_OPEN_ONLY_MASK: Final = sum(OPEN_FLAG_BITS[name] for name in OPEN_FLAGS)
 _OPENAT_MASK: Final = sum(OPEN_FLAG_BITS.values())
 _OPEN_FLAG_BY_BIT: Final = tuple(OPEN_FLAG_BITS.items())
 _ACCESS_MODE_BITS: Final = OPEN_FLAG_BITS["read_only"] | OPEN_FLAG_BITS["write_only"] | OPEN_FLAG_BITS["read_write"]
@@ -122,6 +132,13 @@ ROLE_DIR1: Final = 1
 ROLE_DIR2: Final = 2
 ROLE_SOCKET: Final = 4
 
+#: Context bits: which of the caller's umask and credentials the request carries.
+CONTEXT_UMASK: Final = 1
+CONTEXT_FSUID: Final = 2
+CONTEXT_FSGID: Final = 4
+CONTEXT_GROUPS: Final = 8
+_CONTEXT_BITS: Final = CONTEXT_UMASK | CONTEXT_FSUID | CONTEXT_FSGID | CONTEXT_GROUPS
+
 ACTION_RESULT: Final = 0
 ACTION_FORWARD: Final = 1
 KIND_NONE: Final = 0
@@ -135,11 +152,13 @@ _PATH_FUNCTIONS: Final = frozenset(
 _UNIX_FUNCTIONS: Final = frozenset({"connect_unix", "bind_unix"})
 _INET_FUNCTIONS: Final = frozenset({"connect_inet", "bind_inet"})
 _INET6_FUNCTIONS: Final = frozenset({"connect_inet6", "bind_inet6"})
-_ROLE_BITS: Final[dict[str, tuple[int, ...]]] = {
-    name: (ROLE_DIR1, ROLE_DIR2) if name == "rename"
-    else (ROLE_SOCKET,) if name.startswith(("connect_", "bind_"))
+#: Each function's descriptor fields by role, in role bit (= wire) order.
+_ROLE_FIELDS: Final[dict[str, tuple[tuple[int, str], ...]]] = {
+    name: ((ROLE_DIR1, "dirfd1"), (ROLE_DIR2, "dirfd2")) if name == "rename"
+    else ((ROLE_DIR1, "dirfd"), (ROLE_SOCKET, "socket")) if name in ("connect_unix", "bind_unix")
+    else ((ROLE_SOCKET, "socket"),) if name.startswith(("connect_", "bind_"))
     else () if name == "getaddrinfo"
-    else (ROLE_DIR1,)
+    else ((ROLE_DIR1, "dirfd"),)
     for name in FUNCTIONS
 }
 #: The longest string1 and string2 each function may carry.
@@ -179,10 +198,12 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
     string1 = string2 = b""
     roles = 0
     fds: list[int] = []
-    for bit, fd in zip(_ROLE_BITS[request.function], (getattr(request, n) for n in request.DESCRIPTORS)):
+    for bit, name in _ROLE_FIELDS[request.function]:
+        fd = getattr(request, name)
         if fd is not None:
             roles |= bit
             fds.append(fd)
+    context, umask, fsuid, fsgid, groups = _context_of(request)
     match request:
         case OpenRequest() | OpenatRequest():
             string1 = os.fsencode(str(request.path))
@@ -223,11 +244,39 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
     try:
         header = REQUEST.pack(
             REQUEST_MAGIC, VERSION, CODE[request.function], request.pid, request.tid, request.request_id,
-            flags, arg, address, scope, len(string1), len(string2), roles, _RESERVED_REQUEST,
+            flags, arg, address, scope, len(string1), len(string2), roles, context, umask,
+            len(groups) // GROUP.size, _RESERVED_REQUEST, fsuid, fsgid,
         )
     except struct.error as exc:
         raise ValueError(f"a {request.function} request field is out of range: {exc}") from None
-    return header + string1 + string2, fds
+    return header + groups + string1 + string2, fds
+
+
+def _context_of(request: Request) -> tuple[int, int, int, int, bytes]:
+    """Context bits, umask, fsuid, fsgid and the packed group list of ``request``."""
+    context = 0
+    umask = fsuid = fsgid = 0
+    groups = b""
+    if request.umask is not None:
+        context |= CONTEXT_UMASK
+        umask = request.umask
+        if not 0 <= umask <= 0o777:
+            raise ValueError(f"umask {umask:#o} out of range")
+    if request.fsuid is not None:
+        context |= CONTEXT_FSUID
+        fsuid = request.fsuid
+    if request.fsgid is not None:
+        context |= CONTEXT_FSGID
+        fsgid = request.fsgid
+    if request.groups is not None:
+        context |= CONTEXT_GROUPS
+        if len(request.groups) > MAX_GROUPS:
+            raise ValueError(f"at most {MAX_GROUPS} groups, not {len(request.groups)}")
+        try:
+            groups = struct.pack(f"<{len(request.groups)}I", *request.groups)
+        except struct.error as exc:
+            raise ValueError(f"a group id is out of range: {exc}") from None
+    return context, umask, fsuid, fsgid, groups
 
 
 def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
@@ -243,7 +292,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
     if len(data) > MAX_MESSAGE:
         raise ProtocolError(f"request of {len(data)} bytes exceeds {MAX_MESSAGE}")
     (magic, version, code, pid, tid, request_id, flags, arg, address, scope,
-     len1, len2, roles, reserved) = REQUEST.unpack_from(data)
+     len1, len2, roles, context, umask, ngroups, reserved, fsuid, fsgid) = REQUEST.unpack_from(data)
     if magic != REQUEST_MAGIC:
         raise ProtocolError(f"bad request magic {magic!r}")
     if version != VERSION:
@@ -254,16 +303,27 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         raise ProtocolError("pid and tid must be non-zero")
     if reserved != _RESERVED_REQUEST or roles & ~7:
         raise ProtocolError("reserved request bits are set")
-    if REQUEST.size + len1 + len2 != len(data):
+    start = REQUEST.size + ngroups * GROUP.size
+    if start + len1 + len2 != len(data):
         raise ProtocolError(
-            f"string lengths {len1}+{len2} disagree with a {len(data)}-byte request"
+            f"{ngroups} groups and string lengths {len1}+{len2} disagree with a {len(data)}-byte request"
         )
     if roles.bit_count() != len(fds):
         raise ProtocolError(f"fd roles {roles:#x} announce {roles.bit_count()} descriptors, {len(fds)} came")
     function = FUNCTIONS[code - 1]
-    string1 = data[REQUEST.size : REQUEST.size + len1]
-    string2 = data[REQUEST.size + len1 :]
-    common: dict[str, Any] = {"function": function, "pid": pid, "tid": tid, "request_id": request_id}
+    string1 = data[start : start + len1]
+    string2 = data[start + len1 :]
+    common: dict[str, Any]
+    if context == _CONTEXT_BITS and umask <= 0o777 and ngroups <= MAX_GROUPS:  # the shim's every call
+        common = {
+            "function": function, "pid": pid, "tid": tid, "request_id": request_id, "umask": umask,
+            "fsuid": fsuid, "fsgid": fsgid, "groups": _groups_of(data[REQUEST.size : start]),
+        }
+    else:
+        common = {
+            "function": function, "pid": pid, "tid": tid, "request_id": request_id,
+            **_context(context, umask, fsuid, fsgid, ngroups, data),
+        }
     fd_iter = iter(fds)
 
     def no(what: str, value: object) -> None:
@@ -306,9 +366,12 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         no("flags or arg", flags or arg)
         no("an address", address != _NO_ADDRESS or scope)
         no("string2", len2)
-        if roles != ROLE_SOCKET:
-            raise ProtocolError(f"{function} needs exactly the slave's socket")
-        fields = common | {"path": _unix_path(string1), "socket": next(fd_iter)}
+        if roles & ~ROLE_DIR1 != ROLE_SOCKET:
+            raise ProtocolError(f"{function} needs the slave's socket, and a directory at most")
+        if roles & ROLE_DIR1 and string1[:1] in (b"\0", b"/"):
+            raise ProtocolError(f"a directory with the abstract or absolute {function} path")
+        dirfd = next(fd_iter) if roles & ROLE_DIR1 else None
+        fields = common | {"path": _unix_path(string1), "socket": next(fd_iter), "dirfd": dirfd}
     elif function in _INET_FUNCTIONS or function in _INET6_FUNCTIONS:
         no("flags", flags)
         no("strings", len1 or len2)
@@ -379,6 +442,38 @@ def _construct(function: str, fields: dict[str, Any]) -> Any:
     _set_attribute(model, "__pydantic_extra__", None)
     _set_attribute(model, "__pydantic_private__", None)
     return model
+
+
+_NO_CONTEXT: Final[dict[str, Any]] = {"umask": None, "fsuid": None, "fsgid": None, "groups": None}
+
+
+def _context(context: int, umask: int, fsuid: int, fsgid: int, ngroups: int, data: bytes) -> dict[str, Any]:
+    """The umask and credential fields of a request header (``None``: not sent)."""
+    if not context:
+        if umask or fsuid or fsgid or ngroups:
+            raise ProtocolError("context values without their context bits")
+        return _NO_CONTEXT
+    if context & ~_CONTEXT_BITS:
+        raise ProtocolError(f"unknown context bits {context & ~_CONTEXT_BITS:#x}")
+    if umask > 0o777 or (umask and not context & CONTEXT_UMASK):
+        raise ProtocolError(f"umask {umask:#o} beyond 0o777 or without its bit")
+    if (fsuid and not context & CONTEXT_FSUID) or (fsgid and not context & CONTEXT_FSGID):
+        raise ProtocolError("fsuid or fsgid without its bit")
+    if ngroups > MAX_GROUPS or (ngroups and not context & CONTEXT_GROUPS):
+        raise ProtocolError(f"{ngroups} groups (at most {MAX_GROUPS}, and only with the groups bit)")
+    return {
+        "umask": umask if context & CONTEXT_UMASK else None,
+        "fsuid": fsuid if context & CONTEXT_FSUID else None,
+        "fsgid": fsgid if context & CONTEXT_FSGID else None,
+        "groups": _groups_of(data[REQUEST.size : REQUEST.size + ngroups * GROUP.size])
+        if context & CONTEXT_GROUPS else None,
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _groups_of(raw: bytes) -> tuple[int, ...]:
+    # A process sends the same groups on every call: decode them once.
+    return struct.unpack(f"<{len(raw) // GROUP.size}I", raw)
 
 
 def _fs_path(raw: bytes, what: str) -> PurePosixPath:

@@ -17,6 +17,7 @@ from libc_service import AddrInfo, Stat
 from libc_service.replies import GAI_ERRORS
 from libc_service.requests import (
     FUNCTIONS,
+    MAX_GROUPS,
     NODE_MAX,
     OPEN_FLAGS,
     OPENAT_FLAGS,
@@ -105,11 +106,31 @@ amodes = st.one_of(
 
 _ids: dict[str, Any] = {"pid": U32, "tid": U32, "request_id": U64}
 
+IDS = st.integers(0, 2**32 - 1)
+#: The caller's umask and credentials: each known or not (``None``), ids
+#: at the edges of their range, group lists up to the protocol's limit.
+context = st.fixed_dictionaries(
+    {
+        "umask": st.none() | st.integers(0, 0o777),
+        "fsuid": st.none() | IDS | st.sampled_from([0, 65534, 2**32 - 2]),
+        "fsgid": st.none() | IDS,
+        "groups": st.none() | st.lists(IDS, max_size=4).map(tuple) | st.lists(IDS, max_size=MAX_GROUPS).map(tuple),
+    }
+)
+
 
 @st.composite
 def _open(draw: st.DrawFn, function: str) -> dict[str, Any]:
     flags, mode = draw(open_flags_and_mode(at=function == "openat"))
     return {"path": draw(paths), "flags": flags, "mode": mode, "dirfd": draw(st.none() | FDS)}
+
+
+@st.composite
+def _unix(draw: st.DrawFn) -> dict[str, Any]:
+    """A socket path; a relative one may come with the slave's working directory."""
+    path = draw(unix_paths)
+    relative = not path.startswith(("\0", "/"))
+    return {"path": path, "socket": draw(FDS), "dirfd": draw(st.none() | FDS) if relative else None}
 
 
 @st.composite
@@ -135,8 +156,8 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         {"path1": paths, "path2": paths, "dirfd1": st.none() | FDS, "dirfd2": st.none() | FDS,
          "no_replace": st.booleans()}
     ),
-    "connect_unix": st.fixed_dictionaries({"path": unix_paths, "socket": FDS}),
-    "bind_unix": st.fixed_dictionaries({"path": unix_paths, "socket": FDS}),
+    "connect_unix": _unix(),
+    "bind_unix": _unix(),
     "connect_inet": st.fixed_dictionaries({"address": ipv4, "port": PORTS, "socket": FDS}),
     "bind_inet": st.fixed_dictionaries({"address": ipv4, "port": PORTS, "socket": FDS}),
     "connect_inet6": st.fixed_dictionaries({"address": ipv6, "port": PORTS, "socket": FDS}),
@@ -147,13 +168,13 @@ assert set(ARGUMENTS) == set(FUNCTIONS), "a strategy for every function"
 
 
 def requests_of(function: str) -> st.SearchStrategy[Request]:
-    """Validated requests of one function, with ids and descriptor numbers."""
+    """Validated requests of one function, with ids, context and descriptor numbers."""
     model: Any = REQUEST_TYPES[function]
 
-    def build(ids: dict[str, int], arguments: dict[str, Any]) -> Request:
-        return cast(Request, model(function=function, **ids, **arguments))
+    def build(ids: dict[str, int], known: dict[str, Any], arguments: dict[str, Any]) -> Request:
+        return cast(Request, model(function=function, **ids, **known, **arguments))
 
-    return st.builds(build, st.fixed_dictionaries(_ids), ARGUMENTS[function])
+    return st.builds(build, st.fixed_dictionaries(_ids), context, ARGUMENTS[function])
 
 
 #: A request of any of the 17 functions.
@@ -188,19 +209,31 @@ errnos = st.integers(1, 2**31 - 1)
 
 _FIELDS = (
     "magic", "version", "function", "pid", "tid", "request_id", "flags", "arg",
-    "address", "scope", "len1", "len2", "roles", "reserved",
+    "address", "scope", "len1", "len2", "roles", "context", "umask", "ngroups", "reserved",
+    "fsuid", "fsgid",
 )
 
 
-def raw_request(string1: bytes = b"/etc/hostname", string2: bytes = b"", **fields: Any) -> bytes:
-    """A request datagram packed by hand; by default a valid ``stat("/etc/hostname")``."""
+def raw_request(
+    string1: bytes = b"/etc/hostname", string2: bytes = b"", groups: tuple[int, ...] = (), **fields: Any
+) -> bytes:
+    """A request datagram packed by hand; by default a valid ``stat("/etc/hostname")``
+    that says nothing of the caller's umask and credentials."""
     values: dict[str, Any] = {
-        "magic": b"LCSq", "version": 1, "function": wire.CODE["stat"], "pid": 7, "tid": 8,
+        "magic": b"LCSq", "version": 2, "function": wire.CODE["stat"], "pid": 7, "tid": 8,
         "request_id": 9, "flags": 0, "arg": 0, "address": bytes(16), "scope": 0,
-        "len1": len(string1), "len2": len(string2), "roles": 0, "reserved": bytes(7),
+        "len1": len(string1), "len2": len(string2), "roles": 0, "context": 0, "umask": 0,
+        "ngroups": len(groups), "reserved": bytes(3), "fsuid": 0, "fsgid": 0,
     }
+    legacy_reserved = fields.pop("reserved", None) if len(fields.get("reserved", b"")) == 7 else None
     values.update(fields)
-    return wire.REQUEST.pack(*(values[name] for name in _FIELDS)) + string1 + string2
+    header = bytearray(wire.REQUEST.pack(*(values[name] for name in _FIELDS)))
+    if legacy_reserved is not None:
+        # Version 1's seven reserved bytes after the fd roles (57-63): its
+        # last bits are reserved in version 2 too.
+        header[57:64] = legacy_reserved
+    packed_groups = b"".join(wire.GROUP.pack(gid) for gid in groups)
+    return bytes(header) + packed_groups + string1 + string2
 
 
 _REPLY_FIELDS = ("magic", "version", "function", "tid", "errno", "request_id", "result", "action", "kind", "count", "reserved")
@@ -209,7 +242,7 @@ _REPLY_FIELDS = ("magic", "version", "function", "tid", "errno", "request_id", "
 def raw_reply(payload: bytes = b"", **fields: Any) -> bytes:
     """A reply datagram packed by hand; by default ``open`` answered with 3."""
     values: dict[str, Any] = {
-        "magic": b"LCSr", "version": 1, "function": wire.CODE["open"], "tid": 8, "errno": 0,
+        "magic": b"LCSr", "version": 2, "function": wire.CODE["open"], "tid": 8, "errno": 0,
         "request_id": 9, "result": 3, "action": 0, "kind": 0, "count": 0, "reserved": bytes(12),
     }
     values.update(fields)

@@ -611,7 +611,7 @@ def send(data, fds=()):
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
     reg.sendmsg([data], ancillary)
 
-def hello(magic=b"LCSh", version=1, pid=os.getpid()):
+def hello(magic=b"LCSh", version=2, pid=os.getpid()):
     return struct.pack("<4sHHII", magic, version, 0, pid, 0)
 
 kept = []
@@ -625,7 +625,8 @@ r, w = os.pipe()
 unconnected = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 hostile = [
     (hello(), []), (b"junk", [channel()]), (hello()[:-1], [channel()]), (hello() + b"x", [channel()]),
-    (hello(magic=b"LCSx"), [channel()]), (hello(version=2), [channel()]), (hello(pid=0), [channel()]),
+    (hello(magic=b"LCSx"), [channel()]), (hello(version=1), [channel()]), (hello(version=3), [channel()]),
+    (hello(pid=0), [channel()]),
     (hello(), [channel(), channel()]), (hello(), [r]), (hello(), [w]),
     (hello(), [os.open("/", os.O_RDONLY | os.O_DIRECTORY)]), (hello(), [os.open("/dev/null", os.O_RDONLY)]),
     (hello(), [channel(socket.SOCK_STREAM)]), (hello(), [channel(socket.SOCK_DGRAM)]),

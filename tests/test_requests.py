@@ -20,6 +20,7 @@ from libc_service import AddrInfo, Stat
 from libc_service.replies import GAI_ERRORS
 from libc_service.requests import (
     FUNCTIONS,
+    MAX_GROUPS,
     OPEN_FLAGS,
     OPENAT_FLAGS,
     REQUEST_TYPES,
@@ -213,6 +214,23 @@ def test_flags_are_a_collection_of_names() -> None:
         OpenRequest(path="/x", flags=["read_only", "cloexec"])
 
 
+_BEHAVIOUR_FLAGS = (
+    "non_blocking", "no_ctty", "close_on_exec", "sync_data_on_write", "no_atime", "direct", "async_signals",
+    "large_file",
+)
+
+
+def test_the_flag_vocabulary_names_every_open_flag_and_keeps_the_seeds_names() -> None:
+    seed = ("read_only", "write_only", "read_write", "append", "create", "directory", "exclusive", "no_follow",
+            "path", "sync_all_on_write", "temporary", "truncate")
+    assert OPEN_FLAGS == seed + _BEHAVIOUR_FLAGS
+    for flag in _BEHAVIOUR_FLAGS:
+        assert flag in OpenRequest(path="/x", flags=["read_only", flag]).flags
+        assert flag in OpenatRequest(path="x", flags=["read_only", flag], dirfd=3).flags
+    both = OpenRequest(path="/x", flags=["write_only", "sync_all_on_write", "sync_data_on_write"])
+    assert both.flags >= {"sync_all_on_write", "sync_data_on_write"}
+
+
 def test_resolve_flags_belong_to_openat_only() -> None:
     resolve = [flag for flag in OPENAT_FLAGS if flag not in OPEN_FLAGS]
     assert len(resolve) == 6
@@ -258,6 +276,37 @@ def test_unix_socket_paths_may_be_abstract() -> None:
             ConnectUnixRequest(path=bad, socket=3)
     with pytest.raises(ValidationError):
         ConnectUnixRequest(path="/run/sock")  # type: ignore[call-arg]
+
+
+def test_a_relative_socket_path_may_name_its_directory_and_only_it() -> None:
+    assert ConnectUnixRequest(path="sock", socket=3, dirfd=4).descriptors() == (3, 4)
+    assert BindUnixRequest(path="run/sock", socket=3).dirfd is None
+    for path in ("/run/sock", "\0name"):
+        with pytest.raises(ValidationError, match="relative"):
+            BindUnixRequest(path=path, socket=3, dirfd=4)
+
+
+# ----------------------------------------------------- the caller's context
+
+
+def test_the_callers_context_is_unknown_unless_given() -> None:
+    request = StatRequest(path="/x")
+    assert (request.umask, request.fsuid, request.fsgid, request.groups) == (None, None, None, None)
+    given = GetaddrinfoRequest(node="example.org", umask=0o22, fsuid=1000, fsgid=100, groups=[100, 27])
+    assert (given.umask, given.fsuid, given.fsgid, given.groups) == (0o22, 1000, 100, (100, 27))
+    assert StatRequest(path="/x", groups=()).groups == ()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"umask": 0o1000}, {"umask": -1}, {"fsuid": 2**32}, {"fsgid": -1},
+        {"groups": tuple(range(MAX_GROUPS + 1))}, {"groups": (2**32,)}, {"groups": 5},
+    ],
+)
+def test_a_context_beyond_what_the_kernel_has_is_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        StatRequest(path="/x", **bad)
 
 
 def test_inet_requests_take_the_right_family_and_port() -> None:

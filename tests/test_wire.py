@@ -19,7 +19,11 @@ from libc_service import wire
 from libc_service.replies import GAI_ERRORS
 from libc_service.requests import (
     FUNCTIONS,
+    MAX_GROUPS,
+    OPENAT_FLAGS,
+    PATH_MAX_BYTES,
     REQUEST_TYPES,
+    BindUnixRequest,
     ConnectInet6Request,
     ConnectInetRequest,
     ConnectUnixRequest,
@@ -37,12 +41,15 @@ from strategies import raw_reply, raw_request
 # ------------------------------------------------------------------ helpers
 
 def test_the_header_layouts_match_the_protocol_document() -> None:
-    assert wire.REQUEST.size == 64
+    assert wire.REQUEST.size == 72
+    assert wire.GROUP.size == 4
     assert wire.REPLY.size == 48
     assert wire.STAT.size == 96
     assert wire.ADDRINFO.size == 24
     assert wire.REGISTRATION.size == 16
-    assert (wire.MAX_REQUEST_FDS, wire.MAX_REPLY_FDS, wire.MAX_ADDRINFO, wire.MAX_MESSAGE) == (2, 4, 128, 8256)
+    assert (wire.MAX_REQUEST_FDS, wire.MAX_REPLY_FDS, wire.MAX_ADDRINFO, wire.MAX_MESSAGE) == (2, 4, 128, 8518)
+    assert wire.MAX_MESSAGE == wire.REQUEST.size + wire.GROUP.size * MAX_GROUPS + 2 * PATH_MAX_BYTES
+    assert wire.VERSION == 2
 
 
 def test_function_codes_are_the_documented_ones() -> None:
@@ -62,7 +69,10 @@ def test_open_flag_bits_are_the_documented_ones() -> None:
         "path": 1 << 8, "sync_all_on_write": 1 << 9, "temporary": 1 << 10, "truncate": 1 << 11,
         "resolve_beneath": 1 << 16, "resolve_in_root": 1 << 17, "resolve_no_magiclinks": 1 << 18,
         "resolve_no_symlinks": 1 << 19, "resolve_no_xdev": 1 << 20, "resolve_cached": 1 << 21,
+        "non_blocking": 1 << 24, "no_ctty": 1 << 25, "close_on_exec": 1 << 26, "sync_data_on_write": 1 << 27,
+        "no_atime": 1 << 28, "direct": 1 << 29, "async_signals": 1 << 30, "large_file": 1 << 31,
     }
+    assert set(wire.OPEN_FLAG_BITS) == set(OPENAT_FLAGS)
 
 
 def test_a_hand_packed_stat_request_decodes_to_the_model() -> None:
@@ -79,7 +89,7 @@ def test_every_function_survives_encode_then_decode(function: str, data: st.Data
     request = data.draw(s.requests_of(function))
     raw, fds = encode_request(request)
     assert len(raw) <= wire.MAX_MESSAGE
-    assert fds == list(request.descriptors())
+    assert sorted(fds) == sorted(request.descriptors())
     decoded = decode_request(raw, fds)
     assert type(decoded) is type(request)
     assert decoded == request
@@ -90,6 +100,89 @@ def test_every_function_survives_encode_then_decode(function: str, data: st.Data
         assert decoded.address.packed == request.address.packed  # type: ignore[union-attr]
         assert getattr(decoded.address, "scope_id", None) == getattr(request.address, "scope_id", None)  # type: ignore[union-attr]
     assert encode_request(decoded) == (raw, fds)
+    for name in ("umask", "fsuid", "fsgid", "groups"):
+        assert getattr(decoded, name) == getattr(request, name)
+
+
+# ------------------------------------------------- the caller's context
+
+
+@given(request=s.requests)
+def test_the_context_bits_say_which_values_came(request: Any) -> None:
+    raw, _ = encode_request(request)
+    (*_, context, umask, ngroups, reserved, fsuid, fsgid) = wire.REQUEST.unpack_from(raw)
+    assert context == (
+        (request.umask is not None) * wire.CONTEXT_UMASK
+        | (request.fsuid is not None) * wire.CONTEXT_FSUID
+        | (request.fsgid is not None) * wire.CONTEXT_FSGID
+        | (request.groups is not None) * wire.CONTEXT_GROUPS
+    )
+    assert (umask, fsuid, fsgid) == (request.umask or 0, request.fsuid or 0, request.fsgid or 0)
+    assert ngroups == len(request.groups or ())
+    assert reserved == bytes(3)
+    groups = raw[wire.REQUEST.size : wire.REQUEST.size + 4 * ngroups]
+    assert groups == b"".join(wire.GROUP.pack(gid) for gid in request.groups or ())
+
+
+def test_a_request_that_says_nothing_of_its_caller_has_unknown_context() -> None:
+    request = decode_request(raw_request())
+    assert (request.umask, request.fsuid, request.fsgid, request.groups) == (None, None, None, None)
+
+
+_EVERY = wire.CONTEXT_UMASK | wire.CONTEXT_FSUID | wire.CONTEXT_FSGID | wire.CONTEXT_GROUPS
+
+
+def test_a_hand_packed_context_decodes_to_the_fields() -> None:
+    data = raw_request(context=_EVERY, umask=0o077, fsuid=65534, fsgid=65533, groups=(4, 24, 27))
+    request = decode_request(data)
+    assert (request.umask, request.fsuid, request.fsgid, request.groups) == (0o077, 65534, 65533, (4, 24, 27))
+    assert str(request.path) == "/etc/hostname", "the strings follow the group list"
+    assert encode_request(request)[0] == data
+
+
+def test_root_with_no_supplementary_groups_is_not_unknown() -> None:
+    # Zero values with their bits set are known zeros, not absent values.
+    request = decode_request(raw_request(context=_EVERY))
+    assert (request.umask, request.fsuid, request.fsgid, request.groups) == (0, 0, 0, ())
+
+
+def test_the_most_groups_with_the_longest_rename_fit_in_one_message() -> None:
+    groups = tuple(range(MAX_GROUPS))
+    request = RenameRequest(path1="a" * 4095, path2="b" * 4095, pid=1, tid=1, groups=groups, umask=0o22)
+    raw, fds = encode_request(request)
+    assert len(raw) == wire.MAX_MESSAGE
+    assert decode_request(raw, fds) == request
+
+
+@pytest.mark.parametrize("fields", [{"groups": tuple(range(MAX_GROUPS + 1))}, {"umask": 0o1000}, {"fsuid": 2**32}])
+def test_a_context_the_protocol_cannot_carry_is_the_callers_error(fields: dict[str, Any]) -> None:
+    unknown = {"umask": None, "fsuid": None, "fsgid": None, "groups": None}
+    request = StatRequest.model_construct(path=PurePosixPath("/x"), pid=1, tid=1, **{**unknown, **fields})
+    with pytest.raises(ValueError):
+        encode_request(request)
+
+
+# -------------------------------------------- relative unix socket paths
+
+
+@pytest.mark.parametrize("model", [ConnectUnixRequest, BindUnixRequest])
+def test_a_relative_socket_path_carries_its_directory_before_the_socket(model: Any) -> None:
+    request = model(path="run/sock", socket=7, dirfd=5, pid=1, tid=1)
+    raw, fds = encode_request(request)
+    assert fds == [5, 7], "descriptors travel in role bit order: directory, then socket"
+    assert wire.REQUEST.unpack_from(raw)[12] == wire.ROLE_DIR1 | wire.ROLE_SOCKET
+    decoded = decode_request(raw, fds)
+    assert (decoded.dirfd, decoded.socket) == (5, 7)  # type: ignore[union-attr]
+    assert decoded.descriptors() == (7, 5), "the socket first, as a caller gives them"
+
+
+@pytest.mark.parametrize("path", ["/run/sock", "\0abstract", "\0"])
+def test_an_absolute_or_abstract_socket_path_carries_no_directory(path: str) -> None:
+    with pytest.raises(ValueError, match="relative"):
+        ConnectUnixRequest(path=path, socket=3, dirfd=4)
+    data = raw_request(os.fsencode(path), function=wire.CODE["connect_unix"], roles=wire.ROLE_DIR1 | wire.ROLE_SOCKET)
+    with pytest.raises(ProtocolError):
+        decode_request(data, [4, 3])
 
 
 @given(raw=s.path_bytes)
@@ -210,13 +303,22 @@ _BAD_REQUESTS = [
     _bad("empty", b""),
     _bad("header only half there", raw_request()[:40]),
     _bad("bad magic", raw_request(magic=b"LCSr")),
-    _bad("version 2", raw_request(version=2)),
+    _bad("version 1", raw_request(version=1)),
+    _bad("version 3", raw_request(version=3)),
     _bad("function code 0", raw_request(function=0)),
     _bad("function code 18", raw_request(function=18)),
     _bad("function code 65535", raw_request(function=65535)),
     _bad("pid 0", raw_request(pid=0)),
     _bad("tid 0", raw_request(tid=0)),
-    *[_bad(f"reserved byte {i}", raw_request(reserved=bytes(i) + b"\1" + bytes(6 - i))) for i in range(7)],
+    *[_bad(f"reserved byte {i}", raw_request(reserved=bytes(i) + b"\1" + bytes(2 - i))) for i in range(3)],
+    *[_bad(f"context bit {bit}", raw_request(context=1 << bit)) for bit in range(4, 8)],
+    _bad("umask without its bit", raw_request(umask=0o22)),
+    _bad("umask beyond 0o777", raw_request(context=wire.CONTEXT_UMASK, umask=0o1000)),
+    _bad("fsuid without its bit", raw_request(fsuid=1)),
+    _bad("fsgid without its bit", raw_request(context=wire.CONTEXT_FSUID, fsgid=1)),
+    _bad("groups without their bit", raw_request(groups=(1,))),
+    _bad("65 groups", raw_request(context=wire.CONTEXT_GROUPS, groups=tuple(range(65)))),
+    _bad("group count lies", raw_request(context=wire.CONTEXT_GROUPS, groups=(1, 2), ngroups=3)),
     *[_bad(f"fd role bit {bit}", raw_request(roles=1 << bit), (3,)) for bit in range(3, 8)],
     _bad("len1 longer than the data", raw_request(len1=14)),
     _bad("len1 shorter than the data", raw_request(len1=12)),
@@ -239,7 +341,7 @@ _BAD_REQUESTS = [
     _bad("open without access mode", raw_request(function=_OPEN, flags=0)),
     _bad("open with two access modes", raw_request(function=_OPEN, flags=0b11)),
     _bad("open with a resolve flag", raw_request(function=_OPEN, flags=1 | 1 << 16)),
-    _bad("open with undefined flag bit 12", raw_request(function=_OPEN, flags=1 | 1 << 12)),
+    *[_bad(f"open with undefined flag bit {bit}", raw_request(function=_OPEN, flags=1 | 1 << bit)) for bit in (12, 15, 22, 23)],
     _bad("openat with undefined flag bit 22", raw_request(function=wire.CODE["openat"], flags=1 | 1 << 22)),
     _bad("open with a mode but no create", raw_request(function=_OPEN, flags=1, arg=0o644)),
     _bad("open with a mode beyond 0o7777", raw_request(function=_OPEN, flags=1 | 1 << 4, arg=0o10000)),
@@ -251,7 +353,10 @@ _BAD_REQUESTS = [
     _bad("rename with the socket role", raw_request(b"/a", b"/b", function=wire.CODE["rename"], roles=4), (3,)),
     _bad("rename with an unknown flag", raw_request(b"/a", b"/b", function=wire.CODE["rename"], flags=2)),
     _bad("connect_unix without its socket", raw_request(b"\0x", function=wire.CODE["connect_unix"])),
-    _bad("connect_unix with a directory", raw_request(b"/s", function=wire.CODE["connect_unix"], roles=1), (3,)),
+    _bad("connect_unix with a directory only", raw_request(b"s", function=wire.CODE["connect_unix"], roles=1), (3,)),
+    _bad("connect_unix with a directory for an absolute path",
+         raw_request(b"/s", function=wire.CODE["connect_unix"], roles=5), (3, 4)),
+    _bad("connect_unix with a second directory", raw_request(b"s", function=wire.CODE["connect_unix"], roles=6), (3, 4)),
     _bad("connect_unix path of 109 bytes", raw_request(b"s" * 109, function=wire.CODE["connect_unix"], roles=4), (3,)),
     _bad("connect_unix empty path", raw_request(b"", function=wire.CODE["connect_unix"], roles=4), (3,)),
     _bad("connect_unix NUL inside a file name", raw_request(b"/s\0t", function=wire.CODE["connect_unix"], roles=4), (3,)),
@@ -292,6 +397,10 @@ def test_a_rename_of_two_longest_paths_fits_in_one_message() -> None:
 
 def test_the_limits_themselves_are_accepted() -> None:
     assert decode_request(raw_request(b"/" * 4095))
+    groups = tuple(range(MAX_GROUPS))
+    assert decode_request(raw_request(context=wire.CONTEXT_GROUPS, groups=groups)).groups == groups
+    assert decode_request(raw_request(context=wire.CONTEXT_UMASK, umask=0o777)).umask == 0o777
+    assert decode_request(raw_request(context=wire.CONTEXT_FSUID, fsuid=2**32 - 1)).fsuid == 2**32 - 1
     unix = wire.CODE["connect_unix"]
     assert decode_request(raw_request(b"s" * 108, function=unix, roles=4), [3])
     assert decode_request(raw_request(b"\0" * 108, function=unix, roles=4), [3])
@@ -577,11 +686,12 @@ def test_a_registration_round_trips(pid: int) -> None:
         (b"", 1),
         (wire.encode_registration(5)[:15], 1),
         (wire.encode_registration(5) + b"\0", 1),
-        (wire.REGISTRATION.pack(b"LCSq", 1, 0, 5, 0), 1),
-        (wire.REGISTRATION.pack(b"LCSh", 2, 0, 5, 0), 1),
-        (wire.REGISTRATION.pack(b"LCSh", 1, 1, 5, 0), 1),
-        (wire.REGISTRATION.pack(b"LCSh", 1, 0, 5, 1), 1),
-        (wire.REGISTRATION.pack(b"LCSh", 1, 0, 0, 0), 1),
+        (wire.REGISTRATION.pack(b"LCSq", 2, 0, 5, 0), 1),
+        (wire.REGISTRATION.pack(b"LCSh", 1, 0, 5, 0), 1),
+        (wire.REGISTRATION.pack(b"LCSh", 3, 0, 5, 0), 1),
+        (wire.REGISTRATION.pack(b"LCSh", 2, 1, 5, 0), 1),
+        (wire.REGISTRATION.pack(b"LCSh", 2, 0, 5, 1), 1),
+        (wire.REGISTRATION.pack(b"LCSh", 2, 0, 0, 0), 1),
         (wire.encode_registration(5), 0),
         (wire.encode_registration(5), 2),
     ],

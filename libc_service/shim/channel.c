@@ -171,6 +171,7 @@ __attribute__((constructor)) static void shim_init(void)
 		}
 		proc_pid = syscall(SYS_getpid);
 		lcs_local_init();
+		lcs_creds_init();
 		store_fd(&reg_fd, fd);
 		pthread_atfork(NULL, NULL, atfork_child);
 	}
@@ -272,7 +273,7 @@ static int register_channel(void)
 		return -1;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
 		return -1;
-	put16(hello + 4, 1);
+	put16(hello + 4, LCS_VERSION);
 	put32(hello + 8, proc_pid);
 	attach_fds(&msg, control.buf, &pair[1], 1);
 	sent = send_retry(reg, &msg);
@@ -289,6 +290,11 @@ static int register_channel(void)
 		high = pair[0];
 	store_fd(&chan_fd, high);
 	return 0;
+}
+
+int lcs_own_process(void)
+{
+	return syscall(SYS_getpid) == proc_pid;
 }
 
 int lcs_enter(void)
@@ -368,10 +374,11 @@ static size_t encode_request(unsigned char *buf, const struct lcs_request *reque
                              pid_t tid, uint64_t id, int *fds, int *nfds)
 {
 	unsigned roles = 0;
+	unsigned char *strings;
 
 	memset(buf, 0, LCS_REQUEST_HEADER);
 	memcpy(buf, "LCSq", 4);
-	put16(buf + 4, 1);
+	put16(buf + 4, LCS_VERSION);
 	put16(buf + 6, request->function);
 	put32(buf + 8, proc_pid);
 	put32(buf + 12, tid);
@@ -390,11 +397,12 @@ static size_t encode_request(unsigned char *buf, const struct lcs_request *reque
 		fds[(*nfds)++] = request->fds[role];
 	}
 	buf[56] = roles;
+	strings = buf + LCS_REQUEST_HEADER + 4 * lcs_context(buf, buf + LCS_REQUEST_HEADER);
 	if (request->len1)
-		memcpy(buf + LCS_REQUEST_HEADER, request->string1, request->len1);
+		memcpy(strings, request->string1, request->len1);
 	if (request->len2)
-		memcpy(buf + LCS_REQUEST_HEADER + request->len1, request->string2, request->len2);
-	return LCS_REQUEST_HEADER + request->len1 + request->len2;
+		memcpy(strings + request->len1, request->string2, request->len2);
+	return strings + request->len1 + request->len2 - buf;
 }
 
 /* One received datagram, before it is matched to a waiter. */
@@ -536,7 +544,7 @@ static int deliver(struct incoming *in)
 	struct lcs_reply *reply;
 	pid_t tid;
 
-	if (in->len < LCS_REPLY_HEADER || memcmp(h, "LCSr", 4) || get16(h + 4) != 1)
+	if (in->len < LCS_REPLY_HEADER || memcmp(h, "LCSr", 4) || get16(h + 4) != LCS_VERSION)
 		goto bad;
 	for (int i = 36; i < 48; i++)
 		if (h[i])
@@ -617,7 +625,7 @@ int lcs_call(const struct lcs_request *request, struct lcs_reply *reply)
 	struct waiter me = { .tid = current_tid(), .function = request->function, .reply = reply };
 	int fd, cancel_state;
 
-	if (LCS_REQUEST_HEADER + request->len1 + request->len2 > LCS_MAX_MESSAGE)
+	if (LCS_REQUEST_HEADER + 4 * LCS_MAX_GROUPS + request->len1 + request->len2 > LCS_MAX_MESSAGE)
 		return -1;
 	/* Our waiter slot lives on this stack: cancellation must not unwind it. */
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);

@@ -120,17 +120,28 @@ static int needs_mode(int flags)
 	return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE;
 }
 
-/* Open flags in the protocol's vocabulary; -1 when the access mode is
- * invalid (the real libc reports EINVAL).  O_CLOEXEC, O_NONBLOCK,
- * O_NOCTTY and O_LARGEFILE are applied locally; O_DIRECT, O_NOATIME,
- * O_ASYNC are dropped. */
+/* O_LARGEFILE is 0 in 64-bit glibc headers (the kernel implies it there),
+ * but a caller may still pass the kernel's bit. */
+#if O_LARGEFILE
+#define KERNEL_O_LARGEFILE O_LARGEFILE
+#elif defined(__x86_64__) || defined(__i386__)
+#define KERNEL_O_LARGEFILE 0100000
+#else
+#define KERNEL_O_LARGEFILE 0 /* not seen */
+#endif
+
+/* Open flags in the protocol's vocabulary: every flag the kernel acts on,
+ * so that a master performing the call does what the slave asked.  -1
+ * when the access mode is invalid (the real libc reports EINVAL). */
 static int64_t open_bits(int flags)
 {
 	static const struct { int flag; uint32_t bit; } map[] = {
 		{ O_APPEND, LCS_O_APPEND },       { O_CREAT, LCS_O_CREATE },
 		{ O_EXCL, LCS_O_EXCLUSIVE },      { O_NOFOLLOW, LCS_O_NO_FOLLOW },
 		{ O_PATH, LCS_O_PATH },           { O_TRUNC, LCS_O_TRUNCATE },
-		{ O_DSYNC, LCS_O_SYNC_ALL_ON_WRITE }, /* O_SYNC includes it; stronger is safe */
+		{ O_NONBLOCK, LCS_O_NON_BLOCKING }, { O_NOCTTY, LCS_O_NO_CTTY },
+		{ O_CLOEXEC, LCS_O_CLOSE_ON_EXEC }, { O_NOATIME, LCS_O_NO_ATIME },
+		{ O_DIRECT, LCS_O_DIRECT },       { O_ASYNC, LCS_O_ASYNC_SIGNALS },
 	};
 	uint32_t bits;
 
@@ -143,6 +154,13 @@ static int64_t open_bits(int flags)
 	for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
 		if (flags & map[i].flag)
 			bits |= map[i].bit;
+	if (KERNEL_O_LARGEFILE && (flags & KERNEL_O_LARGEFILE))
+		bits |= LCS_O_LARGE_FILE;
+	/* O_SYNC is O_DSYNC and more: one name for each. */
+	if ((flags & O_SYNC) == O_SYNC)
+		bits |= LCS_O_SYNC_ALL_ON_WRITE;
+	else if (flags & O_DSYNC)
+		bits |= LCS_O_SYNC_DATA_ON_WRITE;
 	if ((flags & O_TMPFILE) == O_TMPFILE)
 		bits |= LCS_O_TEMPORARY;
 	else if (flags & O_DIRECTORY)
@@ -150,8 +168,8 @@ static int64_t open_bits(int flags)
 	return bits;
 }
 
-/* A received descriptor arrives close-on-exec and blocking; give it the
- * flags the caller asked for. */
+/* A received descriptor arrives close-on-exec, and blocking if the master
+ * opened it so; give it the flags the caller asked for. */
 static int adopt_fd(int fd, int flags)
 {
 	if (!(flags & O_CLOEXEC) && fcntl(fd, F_SETFD, 0) < 0)

@@ -3,7 +3,9 @@
  * The slave's socket travels with the request.  If the master answers with
  * a descriptor, that socket takes the slave's socket's place (same number,
  * same close-on-exec flag); the call then returns the master's result.
- * Families other than AF_UNIX, AF_INET and AF_INET6 go straight to libc. */
+ * A relative AF_UNIX path carries the working directory it is resolved
+ * against, as a path call does.  Families other than AF_UNIX, AF_INET and
+ * AF_INET6 go straight to libc. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -89,13 +91,26 @@ static int replace_socket(int sockfd, int received)
 	return replaced < 0 ? -1 : 0;
 }
 
+/* The working directory for a relative socket path (dir1), or nothing
+ * for an absolute path and an abstract name.  Returns -1 when it cannot
+ * be opened: the real libc does the call then. */
+static int unix_dir(struct lcs_request *request, int *owned)
+{
+	*owned = 0;
+	if (request->function != LCS_CONNECT_UNIX && request->function != LCS_BIND_UNIX)
+		return 0;
+	if (request->string1[0] == 0 || request->string1[0] == '/')
+		return 0;
+	return lcs_path_dir(AT_FDCWD, request->string1, &request->fds[0], owned);
+}
+
 static int socket_call(int is_bind, int sockfd, const struct sockaddr *addr,
                        socklen_t len, int *result)
 {
 	int saved_errno = errno;
 	struct lcs_request request;
 	struct lcs_reply reply;
-	int answered = 0;
+	int answered = 0, owned;
 
 	lcs_request_init(&request, 0);
 	if (describe(addr, len, is_bind, &request) < 0 || !is_socket(sockfd)) {
@@ -104,7 +119,10 @@ static int socket_call(int is_bind, int sockfd, const struct sockaddr *addr,
 	}
 	request.fds[2] = sockfd;
 	if (lcs_enter()) {
-		answered = lcs_call(&request, &reply) == 0 && reply.action == LCS_ACTION_RESULT;
+		if (unix_dir(&request, &owned) == 0)
+			answered = lcs_call(&request, &reply) == 0 && reply.action == LCS_ACTION_RESULT;
+		if (owned)
+			lcs_close_raw(request.fds[0]);
 		lcs_leave();
 	}
 	if (!answered) {

@@ -1,9 +1,10 @@
 /* libc-service LD_PRELOAD shim: shared declarations.
  *
  * channel.c owns the per-process channel to the master and the wire format
- * (docs/protocol.md, version 1); fs.c, net.c and dns.c are the interposed
- * libc entry points.  Everything here is hidden; only the interposed
- * functions are exported (LCS_EXPORT). */
+ * (docs/protocol.md, version 2); creds.c the caller's umask and credentials
+ * every request carries; fs.c, net.c and dns.c are the interposed libc
+ * entry points.  Everything here is hidden; only the interposed functions
+ * are exported (LCS_EXPORT). */
 #ifndef LCS_SHIM_H
 #define LCS_SHIM_H
 
@@ -11,6 +12,8 @@
 #include <stdint.h>
 
 #define LCS_EXPORT __attribute__((visibility("default")))
+
+#define LCS_VERSION 2
 
 /* Limits from docs/protocol.md. */
 #define LCS_PATH_MAX_BYTES 4095
@@ -20,8 +23,10 @@
 #define LCS_MAX_REQUEST_FDS 2
 #define LCS_MAX_REPLY_FDS 4
 #define LCS_MAX_ADDRINFO 128
-#define LCS_MAX_MESSAGE 8256 /* a rename of two 4095-byte paths is 8254 */
-#define LCS_REQUEST_HEADER 64
+#define LCS_MAX_GROUPS 64
+/* A rename of two 4095-byte paths by a process in 64 groups. */
+#define LCS_MAX_MESSAGE (LCS_REQUEST_HEADER + 4 * LCS_MAX_GROUPS + 2 * LCS_PATH_MAX_BYTES)
+#define LCS_REQUEST_HEADER 72
 #define LCS_REPLY_HEADER 48
 #define LCS_STAT_RECORD 96
 #define LCS_ADDRINFO_ENTRY 24
@@ -61,16 +66,36 @@ enum {
 	LCS_O_SYNC_ALL_ON_WRITE = 1u << 9,
 	LCS_O_TEMPORARY = 1u << 10,
 	LCS_O_TRUNCATE = 1u << 11,
+	/* Flags that grant nothing but change the call. */
+	LCS_O_NON_BLOCKING = 1u << 24,
+	LCS_O_NO_CTTY = 1u << 25,
+	LCS_O_CLOSE_ON_EXEC = 1u << 26,
+	LCS_O_SYNC_DATA_ON_WRITE = 1u << 27,
+	LCS_O_NO_ATIME = 1u << 28,
+	LCS_O_DIRECT = 1u << 29,
+	LCS_O_ASYNC_SIGNALS = 1u << 30,
+	LCS_O_LARGE_FILE = 1u << 31,
 };
 
 /* rename flag bits. */
 enum { LCS_RENAME_NO_REPLACE = 1u << 0 };
 
-/* fd roles (request byte 56). */
+/* fd roles (request byte 56); a relative connect_unix/bind_unix path
+ * carries the working directory as dir1. */
 enum {
 	LCS_ROLE_DIR1 = 1u << 0,
 	LCS_ROLE_DIR2 = 1u << 1,
 	LCS_ROLE_SOCKET = 1u << 2,
+};
+
+/* Context bits (request byte 57): which of the caller's umask (bytes
+ * 58-59), fsuid (64-67), fsgid (68-71) and groups (count at byte 60, the
+ * list after the header) the request carries. */
+enum {
+	LCS_CONTEXT_UMASK = 1u << 0,
+	LCS_CONTEXT_FSUID = 1u << 1,
+	LCS_CONTEXT_FSGID = 1u << 2,
+	LCS_CONTEXT_GROUPS = 1u << 3,
 };
 
 /* Reply actions and payload kinds. */
@@ -145,6 +170,20 @@ enum { LCS_FALLBACK = 0, LCS_ANSWERED = 1 };
  * *result set (errno set when it is -1), or LCS_FALLBACK: the real
  * function must do the call. */
 int lcs_open_call(int dirfd, const char *path, int flags, unsigned mode, int *result);
+
+/* ---- the caller's umask and credentials (creds.c) ---- */
+
+/* Read the umask from /proc/self/status (the constructor). */
+void lcs_creds_init(void);
+
+/* Fill a request header's context (bytes 57-71, see the enum above) for
+ * the calling thread and write its groups at groups (room for
+ * LCS_MAX_GROUPS); returns how many groups were written. */
+unsigned lcs_context(unsigned char *header, unsigned char *groups);
+
+/* Whether the caller is the process the shim's state belongs to (not a
+ * vfork()ed child sharing its memory). */
+int lcs_own_process(void);
 
 /* ---- statically allowed trees (local.c) ----
  *
