@@ -36,6 +36,7 @@ import shutil
 import stat as stat_module
 import struct
 import sys
+import threading
 from collections import deque
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
@@ -144,7 +145,22 @@ class _Node:
     depth: int
 
 
-def _regular_file(path: str | os.PathLike[str], *, executable: bool) -> tuple[LoaderFile, IO[bytes]] | None:
+#: A file's version: device, inode, size, modification and change times.
+#: An unprivileged user cannot set the change time back, so a file written
+#: since has another version.
+_Version = tuple[int, int, int, int, int]
+
+#: Files read so far, by version: a program started again (one sandboxed
+#: worker per job) is not parsed again. Bounded; the oldest entry goes first.
+_PARSED: dict[_Version, _Elf | None] = {}
+_MAX_PARSED: Final = 4096
+_parsed_lock = threading.Lock()
+_ld_so_cache: tuple[_Version, dict[str, list[str]]] | None = None
+
+
+def _regular_file(
+    path: str | os.PathLike[str], *, executable: bool,
+) -> tuple[LoaderFile, IO[bytes], _Version] | None:
     """Open ``path`` for reading if it is a regular file (with an execute bit, if asked).
 
     ``stat`` first, so that a FIFO or device is never opened (opening can
@@ -165,7 +181,8 @@ def _regular_file(path: str | os.PathLike[str], *, executable: bool) -> tuple[Lo
     if not stat_module.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino):
         os.close(fd)
         return None
-    return LoaderFile(Path(path), info.st_dev, info.st_ino), os.fdopen(fd, "rb")
+    version = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return LoaderFile(Path(path), info.st_dev, info.st_ino), os.fdopen(fd, "rb"), version
 
 
 def _cstring(stream: IO[bytes], offset: int) -> bytes | None:
@@ -195,6 +212,19 @@ def _parse_elf(stream: IO[bytes]) -> _Elf | None:
         return _read_elf(stream)
     except Exception:  # any failure on hostile bytes means "not loadable"
         return None
+
+
+def _parse_elf_once(stream: IO[bytes], version: _Version) -> _Elf | None:
+    """:func:`_parse_elf`, remembered for this version of the file."""
+    with _parsed_lock:
+        if version in _PARSED:
+            return _PARSED[version]
+    elf = _parse_elf(stream)
+    with _parsed_lock:
+        if len(_PARSED) >= _MAX_PARSED:
+            del _PARSED[next(iter(_PARSED))]
+        _PARSED[version] = elf
+    return elf
 
 
 def _read_elf(stream: IO[bytes]) -> _Elf | None:
@@ -366,17 +396,25 @@ def _cache_entries(data: bytes, entries: list[tuple[int, int]], strings: int) ->
 
 
 def _read_ld_so_cache(path: Path) -> dict[str, list[str]]:
-    """The system's ld.so.cache as name → paths; empty when missing, odd or too large."""
+    """The system's ld.so.cache as name → paths; empty when missing, odd or too large.
+
+    Read again only when the file changed (ldconfig writes a new one).
+    """
+    global _ld_so_cache
     opened = _regular_file(path, executable=False)
     if opened is None:
         return {}
-    with opened[1] as stream:
+    _, stream, version = opened
+    with stream:
+        known = _ld_so_cache
+        if known is not None and known[0] == version:
+            return known[1]
         data = stream.read(_MAX_CACHE_BYTES + 1)
-    if len(data) > _MAX_CACHE_BYTES:
-        return {}
     cache: dict[str, list[str]] = {}
-    for name, library in parse_ld_so_cache(data):
-        cache.setdefault(name, []).append(library)
+    if len(data) <= _MAX_CACHE_BYTES:
+        for name, library in parse_ld_so_cache(data):
+            cache.setdefault(name, []).append(library)
+    _ld_so_cache = (version, cache)
     return cache
 
 
@@ -391,7 +429,9 @@ class _Discovery:
         self.objects = 0
         self._cache: dict[str, list[str]] | None = None
 
-    def open(self, path: str | os.PathLike[str], *, executable: bool) -> tuple[LoaderFile, IO[bytes]] | None:
+    def open(
+        self, path: str | os.PathLike[str], *, executable: bool,
+    ) -> tuple[LoaderFile, IO[bytes], _Version] | None:
         if self.probes <= 0:
             return None
         self.probes -= 1
@@ -410,9 +450,9 @@ class _Discovery:
         opened = self.open(path, executable=True)
         if opened is None:
             return  # not a regular executable file: the kernel will refuse it
-        file, stream = opened
+        file, stream, version = opened
         with stream:
-            elf = _parse_elf(stream)
+            elf = _parse_elf_once(stream, version)
             stream.seek(0)
             head = stream.read(_SHEBANG_BYTES) if elf is None else b""
         self.grant(file)
@@ -433,9 +473,9 @@ class _Discovery:
         opened = self.open(path, executable=True)
         if opened is None:
             return False
-        file, stream = opened
+        file, stream, version = opened
         with stream:
-            elf = _parse_elf(stream)
+            elf = _parse_elf_once(stream, version)
         if elf is None or elf.kind != kind or elf.elf_type not in ("ET_EXEC", "ET_DYN"):
             return False
         self.grant(file)
@@ -538,9 +578,9 @@ class _Discovery:
         opened = self.open(path, executable=False)
         if opened is None:
             return
-        file, stream = opened
+        file, stream, version = opened
         with stream:
-            elf = _parse_elf(stream)
+            elf = _parse_elf_once(stream, version)
         if elf is None or elf.kind != kind or elf.elf_type != "ET_DYN":
             return
         self.grant(file)

@@ -223,6 +223,20 @@ def test_a_library_that_needs_itself_ends(tmp_path: Path) -> None:
     assert paths(program_files(prog)).count(first) == 1
 
 
+@needs_cc
+def test_a_library_rewritten_in_place_is_read_again(tmp_path: Path) -> None:
+    """Parsed files are remembered by version: the same inode with new bytes is a new version."""
+    lib = library(tmp_path / "lib" / "libhello.so")
+    prog = program(tmp_path / "prog", lib.parent, "libhello.so", str(lib.parent))
+    assert lib in paths(program_files(prog))
+    inode = os.stat(lib).st_ino
+    with open(lib, "r+b") as file:
+        file.write(b"now a secret, same inode\n")
+        file.truncate()
+    assert os.stat(lib).st_ino == inode
+    assert lib not in paths(program_files(prog))
+
+
 # --------------------------------------------------------- the interpreter
 
 
