@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import time
+import traceback
 import types
 import typing
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -247,6 +248,7 @@ class Router:
         self._routes: list[Route] = []
         self._dispatch: dict[str, tuple[Route, ...]] = {name: () for name in FUNCTIONS}
         self._observers: list[Observer] = []
+        self._bugs = _BugLog()
         self.concurrent = concurrent
         self.error_errno = deny(error_errno).errno
         self.timeout = timeout
@@ -598,8 +600,7 @@ class Router:
                 result: Result = "system" if request.function == "getaddrinfo" else -1
                 return ("error", result, code, 0), call._try_send(result, (), code)
         if isinstance(outcome, BaseException):
-            logger.error("handler %s failed on %r; failing the call with %s",
-                         route, request, errno_module.errorcode.get(self.error_errno), exc_info=outcome)
+            self._bugs.report(route, request, outcome, errno_module.errorcode.get(self.error_errno, "?"))
             return self._fail_now(call)
         fds: Sequence[int] = ()
         result = outcome
@@ -631,6 +632,38 @@ class Router:
                 observer(decision)
             except Exception:  # noqa: BLE001 - an observer bug must not end the session
                 logger.exception("observer %s failed", _name(observer))
+
+
+class _BugLog:
+    """Log a handler's failure once with its traceback, then only how often it repeats.
+
+    A handler bug usually fails every call that reaches it; a traceback per
+    call buries the program's own output. The same failure — same handler and function,
+    exception type and raising line — is counted and reported again at
+    10, 100, 1000... occurrences.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, str, str, int], int] = {}
+
+    def report(self, route: str, request: Request, error: BaseException, errno_name: str) -> None:
+        frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+        where = (frame[0].filename, frame[0].lineno or 0) if frame else ("?", 0)
+        key = (route, request.function, type(error).__qualname__, *where)
+        count = self._counts.get(key, 0) + 1
+        self._counts[key] = count
+        if count == 1:
+            logger.error("handler %s failed on %r; failing the call with %s (repeats are counted, not shown)",
+                         route, request, errno_name, exc_info=error)
+        elif _power_of_ten(count):
+            logger.error("handler %s has failed %d times with %s at %s:%d (each call failed with %s)",
+                         route, count, type(error).__qualname__, where[0], where[1], errno_name)
+
+
+def _power_of_ten(count: int) -> bool:
+    while count % 10 == 0:
+        count //= 10
+    return count == 1
 
 
 def _cancelling() -> bool:

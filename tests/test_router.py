@@ -1252,3 +1252,22 @@ async def test_several_threads_pipeline_on_one_sequential_session() -> None:
             await asyncio.wait_for(
                 asyncio.gather(*(loop.run_in_executor(pool, worker, k * 1000) for k in range(4))), PATIENCE * 3
             )
+
+
+async def test_a_handler_bug_is_logged_once_with_its_traceback_then_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = Router(default=FORWARD)
+
+    @router.on("unlink")
+    def broken(req: Request) -> int:
+        """Always fails the same way."""
+        return 1 // 0
+
+    async with serving(router) as session:
+        for _ in range(12):
+            assert await session.call("unlink", path="/x") == Reply(-1, errno.EPERM)
+    errors = router_errors(caplog)
+    assert len(errors) == 2
+    assert errors[0].exc_info is not None and "repeats are counted" in errors[0].getMessage()
+    assert errors[1].exc_info is None and "has failed 10 times with ZeroDivisionError" in errors[1].getMessage()
