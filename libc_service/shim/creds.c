@@ -6,7 +6,9 @@
  *   umask(0); umask(old) races with other threads' file creation, so it is
  *   cached: read once from /proc/self/status ("Umask:") at start-up, then
  *   kept current by the interposed umask().  Unknown (not sent) when
- *   /proc cannot be read, until the program sets it.
+ *   /proc cannot be read (Landlock: /proc/self is not among the readable
+ *   trees), until the program sets it; the master can read the slave's
+ *   /proc/<pid>/status instead.
  * - fsuid, fsgid: per thread, and changed by the whole set*id family (by
  *   setfsuid() for one thread only, by raw system calls, by capabilities).
  *   setfsuid(-1) and setfsgid(-1) return the current value and change
