@@ -80,7 +80,7 @@ class Run:
     timed_out: bool = False
     seconds: float = 0.0
     stderr_tail: str = ""
-    calls: int | None = None  # lines of the trace log: calls the master saw (trace only)
+    calls: int | None = None  # calls the master saw (trace: lines of its log; perform: the policy's count)
 
     @property
     def problem(self) -> str:
@@ -178,7 +178,9 @@ def execute(run: Run, *, timeout: float, use: str, test_timeout: float, keep: Pa
     work = Path(tempfile.mkdtemp(prefix=f"oracle-{run.config}-"))
     (work / "tmp").mkdir()
     out = work / "outcomes.jsonl"
-    env = dict(os.environ, TMPDIR=str(work / "tmp"))
+    # The perform policy writes how many calls it performed there (the slave's
+    # environment is the master's: both see it, only the policy uses it).
+    env = dict(os.environ, TMPDIR=str(work / "tmp"), LIBC_SERVICE_ORACLE_CALLS=str(work / "performed"))
     begin = time.monotonic()
     with open(work / "stderr", "w+b") as stderr:
         proc = subprocess.Popen(
@@ -214,6 +216,10 @@ def execute(run: Run, *, timeout: float, use: str, test_timeout: float, keep: Pa
     if log.exists():
         with open(log, "rb") as lines:
             run.calls = sum(chunk.count(b"\n") for chunk in iter(lambda: lines.read(1 << 20), b""))
+    elif (work / "performed").exists():
+        run.calls = int((work / "performed").read_text() or 0)
+    elif run.config == "perform" and run.done:
+        run.calls = 0
     if keep is not None:
         target = keep / f"{run.label}-{run.config}"
         shutil.rmtree(target, ignore_errors=True)
@@ -372,7 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                test_timeout=options.test_timeout, keep=keep) for run in runs]
         for future in concurrent.futures.as_completed(futures):
             run = future.result()
-            seen = f" ({run.calls} calls traced)" if run.calls is not None else ""
+            verb = "traced" if run.config == "trace" else "performed"
+            seen = f" ({run.calls} calls {verb})" if run.calls is not None else ""
             print(f"oracle: {run.label} [{run.config}] {run.seconds:.1f}s: {counts(run.outcomes.values())}{seen}"
                   + (f" — {run.problem}" if run.problem else ""), file=sys.stderr, flush=True)
 

@@ -11,17 +11,34 @@ a call ``perform`` (or the reply path) does not reproduce exactly.
 
 from __future__ import annotations
 
+import atexit
+import os
+from pathlib import Path
 from typing import Any
 
-from libc_service import FORWARD, Router, perform  # type: ignore[attr-defined]  # until perform lands
+from libc_service import FORWARD, Router, perform  # type: ignore[attr-defined,unused-ignore]  # until perform lands
 from libc_service.requests import FUNCTIONS, Request
 
 #: FORWARD is never used while the handler covers every function; it is the
 #: default so that a function added later is forwarded, not refused.
 router = Router(default=FORWARD)
 
+#: Calls performed; written to $LIBC_SERVICE_ORACLE_CALLS at exit, so the
+#: oracle can tell a run the shim never reached from one that changed nothing.
+performed = 0
+
 
 @router.on(*FUNCTIONS)
 def perform_all(req: Request) -> Any:
     """Every call is performed by the master with the slave's exact arguments."""
+    global performed
+    performed += 1
     return perform(req)
+
+
+def _write_count(path: str) -> None:
+    Path(path).write_text(f"{performed}\n", encoding="utf-8")
+
+
+if os.environ.get("LIBC_SERVICE_ORACLE_CALLS"):
+    atexit.register(_write_count, os.environ["LIBC_SERVICE_ORACLE_CALLS"])
