@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from .master import Call, Master, SessionClosed
+from .perform import perform
 from .replies import AddrInfo, Reply, Stat
 from .router import FORWARD, PASS, Decision, Errno, Route, RouteTable, Router, WithFds, deny
 from .sandbox import Sandbox, SandboxUnavailable
@@ -43,5 +44,6 @@ __all__ = [
     "Stat",
     "WithFds",
     "deny",
+    "perform",
     "spawn",
 ]

@@ -15,7 +15,11 @@ work on the opened descriptor:
   for mutations with ``*at`` calls (``os.unlink(name, dir_fd=parent)``).
 - :func:`resolve` turns a request's path into the absolute path the slave
   meant (its working directory or dirfd for relative paths, its own pid for
-  ``/proc/self``).
+  ``/proc/self``, ``/dev/fd/N``, ``/dev/stdin``), keeping the exact text.
+
+:func:`open_beneath` and :func:`stat_beneath` are thin uses of
+:func:`libc_service.perform`, which does the call as the slave would have
+(its credentials and umask, the exact path, never blocking the event loop).
 
 Where ``openat2`` is missing (Linux < 5.6, or a seccomp filter refuses it)
 the same rules are enforced by walking the path one component at a time
@@ -38,9 +42,8 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from pathlib import PurePosixPath
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from .conditions import slave_path
 from .replies import Stat
 
 __all__ = [
@@ -52,6 +55,8 @@ __all__ = [
     "resolve",
     "stat_beneath",
 ]
+
+_T = TypeVar("_T")
 
 _OPENAT2: Final = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
 RESOLVE_NO_XDEV: Final = 0x01
@@ -84,7 +89,19 @@ _OS_FLAGS: Final = {
     "sync_all_on_write": os.O_SYNC,
     "temporary": getattr(os, "O_TMPFILE", 0),
     "truncate": os.O_TRUNC,
+    # Flags that change behaviour, not authority (O_ASYNC is left out: open(2)
+    # ignores it too, only fcntl(F_SETFL) makes it work).
+    "non_blocking": os.O_NONBLOCK,
+    "no_ctty": os.O_NOCTTY,
+    "close_on_exec": os.O_CLOEXEC,
+    "sync_data_on_write": os.O_DSYNC,
+    "no_atime": getattr(os, "O_NOATIME", 0),
+    "direct": getattr(os, "O_DIRECT", 0),
+    "async_signals": 0,
+    "large_file": getattr(os, "O_LARGEFILE", 0),
 }
+#: What ``O_PATH`` keeps: open(2) ignores every other flag with it, openat2(2) refuses them.
+_O_PATH_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _RESOLVE_FLAGS: Final = {
     "resolve_beneath": RESOLVE_BENEATH,
     "resolve_in_root": RESOLVE_IN_ROOT,
@@ -107,8 +124,12 @@ def open_flags(flags: frozenset[str] | set[str]) -> tuple[int, int]:
 
     ``O_CLOEXEC`` is always added: the master's copy must not leak into the
     master's own children; the slave's close-on-exec is set by the shim.
+    ``O_NOCTTY`` is added too (a terminal the master opens must not become
+    the master's controlling terminal) — except with ``O_PATH``, where only
+    ``O_DIRECTORY``/``O_NOFOLLOW``/``O_CLOEXEC`` are kept, as ``open(2)``
+    ignores the rest and ``openat2(2)`` fails with ``EINVAL`` on them.
     """
-    value = os.O_CLOEXEC | os.O_NOCTTY
+    value = os.O_CLOEXEC
     resolve = 0
     for name in flags:
         if name in _OS_FLAGS:
@@ -117,34 +138,56 @@ def open_flags(flags: frozenset[str] | set[str]) -> tuple[int, int]:
             resolve |= _RESOLVE_FLAGS[name]
         else:
             raise ValueError(f"unknown open flag {name!r}")
-    return value, resolve
+    if value & os.O_PATH:
+        return value & _O_PATH_FLAGS, resolve
+    return value | os.O_NOCTTY, resolve
 
 
 def resolve(request: Any, *, path: PurePosixPath | None = None, dirfd: int | None = None) -> str | None:
     """The absolute path a request's slave meant, or ``None`` if unknowable.
 
-    Uses the request's ``path`` and ``dirfd`` unless given; ``/proc/self`` and
-    ``/proc/thread-self`` become the slave's own pid and tid.
+    Uses the request's ``path`` and ``dirfd`` unless given. The text is the
+    slave's, not normalised: a trailing slash stays (it makes the kernel
+    insist on a directory) and ``..`` stays for the kernel to resolve (after
+    ``link/`` it goes to the parent of the link's *target*, which no string
+    fold knows). A relative path is joined to the kernel's name of the
+    directory behind ``dirfd``. ``/proc/self``, ``/proc/thread-self``,
+    ``/dev/fd/N`` and ``/dev/stdin|stdout|stderr`` become ``/proc/<pid>/…``
+    of the requesting process and thread (``EACCES`` when the request has no
+    pid). ``None`` for an abstract socket name, a relative path without a
+    directory, and a directory that was removed (it has no name; perform()
+    still resolves through its descriptor).
     """
+    from .perform import slave_self
+
     path = path if path is not None else request.path
     dirfd = dirfd if dirfd is not None else getattr(request, "dirfd", None)
-    absolute = slave_path(path, dirfd)
-    if absolute is None:
+    text = os.fspath(path)
+    if text.startswith("\0"):
         return None
-    for prefix, ident in (("/proc/self", request.pid), ("/proc/thread-self", f"{request.pid}/task/{request.tid}")):
-        if absolute == prefix or absolute.startswith(prefix + "/"):
-            return f"/proc/{ident}{absolute[len(prefix):]}"
-    return absolute
+    if not text.startswith("/"):
+        if dirfd is None:
+            return None
+        from .perform import _directory_name
+
+        base = _directory_name(dirfd)
+        if base is None:
+            return None
+        text = base.rstrip("/") + "/" + text
+    own = slave_self(text, int(getattr(request, "pid", 0)), int(getattr(request, "tid", 0)))
+    return text if own is None else own
 
 
 def relative_to_root(root: str | os.PathLike[str], absolute: str) -> str:
     """``absolute`` relative to ``root`` (``"."`` for the root itself).
 
-    Only a string split: ``..`` components are kept for the kernel to refuse.
-    ``root`` matches as written (normalised) or as its real path, so a root
-    reached through a symlink (``/var/run``) still matches the canonical
-    names the master reads back from a slave's directory descriptor.
-    Raises :class:`EscapeError` when ``absolute`` is under neither.
+    Only a string split, component by component (empty and ``.`` components
+    do not count): ``..`` components are kept for the kernel to resolve
+    beneath the root, and the rest of the text is kept exactly, trailing
+    slash included. ``root`` matches as written (normalised) or as its real
+    path, so a root reached through a symlink (``/var/run``) still matches
+    the canonical names the master reads back from a slave's directory
+    descriptor. Raises :class:`EscapeError` when ``absolute`` is under neither.
     """
     written = "/" + posixpath.normpath(os.fspath(root)).lstrip("/")
     spellings = [written]
@@ -152,12 +195,31 @@ def relative_to_root(root: str | os.PathLike[str], absolute: str) -> str:
     if real != written:
         spellings.append(real)
     for root_text in spellings:
-        if absolute == root_text or absolute.rstrip("/") == root_text:
-            return "."
-        prefix = root_text.rstrip("/") + "/"
-        if absolute.startswith(prefix):
-            return absolute[len(prefix):] or "."
+        rest = _strip_prefix(absolute, [part for part in root_text.split("/") if part])
+        if rest is not None:
+            return rest or "."
     raise EscapeError(absolute, written)
+
+
+def _strip_prefix(text: str, names: list[str]) -> str | None:
+    """``text`` after its leading components ``names`` (``None`` if they differ)."""
+    if not text.startswith("/"):
+        return None
+    position = 0
+    for name in names:
+        while True:
+            end = text.find("/", position)
+            part = text[position:] if end < 0 else text[position:end]
+            following = len(text) if end < 0 else end + 1
+            if part not in ("", "."):
+                break
+            if end < 0:
+                return None  # the text ends before the root does
+            position = following
+        if part != name:
+            return None
+        position = following
+    return text[position:].lstrip("/")
 
 
 def _raw_openat2(dirfd: int, path: str, flags: int, mode: int, resolve_bits: int) -> int:
@@ -228,6 +290,12 @@ def _walk_beneath(root_fd: int, path: str, flags: int, mode: int, resolve_bits: 
     """
     if path.startswith("/"):
         raise OSError(errno_module.EXDEV, "an absolute path is not beneath the root", path)
+    if path.endswith("/") and path.strip("/"):
+        # A trailing slash makes the kernel insist on a directory (and follow a
+        # final symlink to it); creating "name/" is EISDIR, as open(2) says.
+        if flags & os.O_CREAT:
+            raise OSError(errno_module.EISDIR, os.strerror(errno_module.EISDIR), path)
+        flags = (flags | os.O_DIRECTORY) & ~os.O_NOFOLLOW
     follow_last = not flags & os.O_NOFOLLOW
     pending = deque(part for part in path.split("/") if part not in ("", "."))
     proc_dev = _proc_dev() if resolve_bits & RESOLVE_NO_MAGICLINKS else None
@@ -317,17 +385,14 @@ def _walk_beneath(root_fd: int, path: str, flags: int, mode: int, resolve_bits: 
             os.close(fd)
 
 
-def _escape_checked(absolute: str, root: str | os.PathLike[str], opener: Callable[[int], int]) -> int:
-    """Open ``root``, run ``opener(root_fd)``; the kernel's EXDEV becomes :class:`EscapeError`."""
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+def _escapes_refused(root: str | os.PathLike[str], request: Any, call: Callable[[], _T]) -> _T:
+    """``call()``, with the kernel's ``EXDEV`` (an escape) as :class:`EscapeError`."""
     try:
-        return opener(root_fd)
+        return call()
     except OSError as exc:
         if exc.errno == errno_module.EXDEV and not isinstance(exc, EscapeError):
-            raise EscapeError(absolute, root) from None  # the kernel refused an escape
+            raise EscapeError(getattr(request, "path", "?"), root) from None
         raise
-    finally:
-        os.close(root_fd)
 
 
 def open_beneath(
@@ -344,33 +409,41 @@ def open_beneath(
     there through ``..`` or a symlink — and ``OSError`` as ``open`` does
     (``ELOOP`` for a ``/proc`` magic link). The descriptor is always
     close-on-exec in the master; the shim sets the slave's own flag.
+
+    The open is :func:`libc_service.perform`'s (the slave's credentials and
+    umask, the exact path), except that it never waits: a FIFO opened here
+    does not wait for its other end (a write open without a reader fails
+    with ``ENXIO``), since an ``int`` cannot be awaited. Use
+    ``perform(request, beneath=root)`` for the exact blocking behaviour.
     """
-    absolute = resolve(request)
-    if absolute is None:
-        raise EscapeError(getattr(request, "path", "?"), root)
-    relative = relative_to_root(root, absolute)
-    resolve_bits = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
+    from .perform import open_descriptor
+
+    resolve_bits = 0
     if flags is None:
-        flags, extra = open_flags(request.flags)
-        resolve_bits |= extra
+        flags, resolve_bits = open_flags(request.flags)
+    elif flags & os.O_PATH:
+        flags = (flags | os.O_CLOEXEC) & _O_PATH_FLAGS
+    else:
+        flags |= os.O_CLOEXEC | os.O_NOCTTY
     if mode is None:
         mode = getattr(request, "mode", None) or 0
-    open_with = flags | os.O_CLOEXEC
-    return _escape_checked(absolute, root, lambda root_fd: _openat2(root_fd, relative, open_with, mode, resolve_bits))
+    chosen_flags, chosen_mode = flags, mode
+    return _escapes_refused(root, request, lambda: open_descriptor(
+        request, os.fspath(root), chosen_flags, chosen_mode, resolve_bits=resolve_bits))
 
 
 def stat_beneath(root: str | os.PathLike[str], request: Any) -> Stat:
     """Answer ``stat``/``lstat`` for a path beneath ``root`` from the object itself.
 
     ``lstat`` of a symlink describes the link; ``stat`` follows it, but only
-    to a target beneath ``root``.
+    to a target beneath ``root``. This is ``perform(request, beneath=root)``
+    with an escape reported as :class:`EscapeError`.
     """
-    no_follow = os.O_NOFOLLOW if request.function == "lstat" else 0
-    fd = open_beneath(root, request, os.O_PATH | no_follow, 0)
-    try:
-        return Stat.from_os(os.fstat(fd))
-    finally:
-        os.close(fd)
+    from .perform import perform
+
+    result = _escapes_refused(root, request, lambda: perform(request, beneath=root))
+    assert isinstance(result, Stat)
+    return result
 
 
 def parent_beneath(
@@ -397,9 +470,11 @@ def parent_beneath(
     parent, _, name = relative.rstrip("/").rpartition("/")
     if name in ("", ".", ".."):
         raise EscapeError(absolute, root)
-    fd = _escape_checked(
-        absolute, root,
-        lambda root_fd: _openat2(root_fd, parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
-                                 RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS),
-    )
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = _escapes_refused(root, request, lambda: _openat2(
+            root_fd, parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+            RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS))
+    finally:
+        os.close(root_fd)
     return fd, name

@@ -96,7 +96,8 @@ def tree(tmp_path: Path) -> Path:
 
 
 def opening(path: str | Path, *flags: str, dirfd: int | None = None, mode: int | None = None) -> OpenatRequest:
-    return OpenatRequest(path=PurePosixPath(path), flags=flags or ("read_only",), dirfd=dirfd, mode=mode, **ME)
+    # The exact text, as the wire gives it (PurePosixPath(text) would normalise it).
+    return OpenatRequest(path=os.fspath(path), flags=flags or ("read_only",), dirfd=dirfd, mode=mode, **ME)
 
 
 def read_fd(fd: int) -> str:
@@ -412,13 +413,25 @@ def test_the_root_itself_and_above_have_no_parent_beneath(tree: Path, resolver: 
 # ------------------------------------------------------------ resolve, flags
 
 
-def test_resolve_joins_a_relative_path_to_the_slaves_directory(tmp_path: Path) -> None:
+def test_resolve_joins_a_relative_path_to_the_slaves_directory_keeping_the_text(tmp_path: Path) -> None:
     dirfd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     try:
-        assert resolve(opening("a/./b/../c.txt", dirfd=dirfd)) == f"{tmp_path}/a/c.txt"
+        # No lexical folding: after a symlink, ".." is the kernel's to resolve.
+        assert resolve(opening("a/./b/../c.txt", dirfd=dirfd)) == f"{tmp_path}/a/./b/../c.txt"
+        assert resolve(opening("made/", dirfd=dirfd)) == f"{tmp_path}/made/"  # the trailing slash stays
     finally:
         os.close(dirfd)
     assert resolve(opening("c.txt")) is None
+
+
+def test_resolve_of_a_removed_directory_is_unknown(tmp_path: Path) -> None:
+    (tmp_path / "gone").mkdir()
+    dirfd = os.open(tmp_path / "gone", os.O_PATH | os.O_DIRECTORY)
+    try:
+        (tmp_path / "gone").rmdir()
+        assert resolve(opening("x", dirfd=dirfd)) is None
+    finally:
+        os.close(dirfd)
 
 
 def test_resolve_rewrites_proc_self_and_thread_self_only() -> None:
@@ -429,12 +442,42 @@ def test_resolve_rewrites_proc_self_and_thread_self_only() -> None:
     assert resolve(request, path=PurePosixPath("/proc/selfish")) == "/proc/selfish"
 
 
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/dev/stdin", "/proc/4242/fd/0"),
+    ("/dev/stdout", "/proc/4242/fd/1"),
+    ("/dev/stderr", "/proc/4242/fd/2"),
+    ("/dev/fd/5", "/proc/4242/fd/5"),
+    ("//dev/./fd/5/", "/proc/4242/fd/5/"),
+    ("/dev/fdx", "/dev/fdx"),
+])
+def test_resolve_makes_the_callers_descriptors_the_slaves(path: str, expected: str) -> None:
+    assert resolve(StatRequest(path=path, pid=4242, tid=4343)) == expected
+
+
+def test_a_name_for_the_caller_without_a_pid_is_refused() -> None:
+    with pytest.raises(OSError) as caught:
+        resolve(StatRequest(path="/dev/stdin"))
+    assert caught.value.errno == errno.EACCES
+
+
+def test_a_relative_path_in_proc_is_the_slaves_proc_self(other_process: subprocess.Popen[bytes]) -> None:
+    proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    try:
+        request = StatRequest(path="self/comm", dirfd=proc, pid=other_process.pid, tid=other_process.pid)
+        assert resolve(request) == f"/proc/{other_process.pid}/comm"
+    finally:
+        os.close(proc)
+
+
 def test_relative_to_root_splits_strings_only() -> None:
     assert relative_to_root("/srv/", "/srv") == "."
     assert relative_to_root("/srv", "/srv/a/b") == "a/b"
     assert relative_to_root("/", "/etc/hostname") == "etc/hostname"
     with pytest.raises(EscapeError):
         relative_to_root("/srv", "/srvx/a")
+    # Components, not characters: "." and doubled slashes are no obstacle, the rest stays exact.
+    assert relative_to_root("/srv/data", "//srv/./data/x/") == "x/"
+    assert relative_to_root("/srv", "/srv/a/../b") == "a/../b"
 
 
 def test_open_flags_maps_names_and_refuses_unknown_ones() -> None:
@@ -443,3 +486,39 @@ def test_open_flags_maps_names_and_refuses_unknown_ones() -> None:
     assert bits == safepath.RESOLVE_BENEATH
     with pytest.raises(ValueError):
         open_flags({"sideways"})
+
+
+def test_open_flags_never_add_noctty_to_o_path() -> None:
+    """openat2 refuses O_PATH with any flag but O_DIRECTORY, O_NOFOLLOW, O_CLOEXEC."""
+    value, _ = open_flags({"path", "read_only", "directory", "non_blocking"})
+    assert value == os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    assert open_flags({"read_only"})[0] & os.O_NOCTTY
+    assert open_flags({"read_only", "non_blocking"})[0] & os.O_NONBLOCK
+
+
+def test_an_o_path_open_beneath_the_root_works(tree: Path, resolver: str) -> None:
+    root = tree / "root"
+    fd = open_beneath(root, opening(root / "sub", "read_only", "path", "directory"))
+    try:
+        assert os.fstat(fd).st_ino == (root / "sub").stat().st_ino
+    finally:
+        os.close(fd)
+
+
+def test_a_trailing_slash_is_kept_beneath_the_root(tree: Path, resolver: str) -> None:
+    root = tree / "root"
+    with pytest.raises(OSError) as caught:
+        open_beneath(root, opening(f"{root}/made/", "write_only", "create", mode=0o644))
+    assert caught.value.errno == errno.EISDIR
+    with pytest.raises(OSError) as caught:
+        open_beneath(root, opening(f"{root}/inside.txt/"))
+    assert caught.value.errno == errno.ENOTDIR
+
+
+def test_dotdot_after_a_symlink_is_the_kernels(tree: Path, resolver: str) -> None:
+    """link -> sub/deeper: link/../x is sub/x, not x (a string fold would say root/x)."""
+    root = tree / "root"
+    (root / "sub" / "deeper").mkdir()
+    (root / "link").symlink_to("sub/deeper")
+    (root / "sub" / "x").write_text("sub x")
+    assert read_fd(open_beneath(root, opening(f"{root}/link/../x"))) == "sub x"

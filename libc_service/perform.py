@@ -1,0 +1,993 @@
+"""``perform(request)``: do an arbitrated call in the master as the slave would have.
+
+A handler that grants a call usually wants the *kernel's* answer to it, as
+if the slave had made the call itself — the same descriptor, the same
+``Stat``, the same errno — while the master keeps the authority. Doing that
+by hand is full of traps, each of which makes a program behave differently
+under a policy than without one:
+
+- **The exact path.** ``os.fspath(request.path)`` is the slave's text;
+  ``"x/"`` must stay ``"x/"`` (``open("x/", O_CREAT)`` is ``EISDIR``) and
+  ``link/../x`` must go through ``link`` (the kernel's ``..``, not a string
+  fold). Relative paths are resolved from ``request.dirfd`` (the slave's
+  dirfd or working directory, a descriptor in the master), which also works
+  after that directory was removed.
+- **Names that mean "the caller".** ``/proc/self``, ``/proc/thread-self``,
+  ``/dev/fd/N`` and ``/dev/stdin|stdout|stderr`` are rewritten to
+  ``/proc/<pid>/…`` of the requesting process and thread. Every other walk
+  is done with ``RESOLVE_NO_MAGICLINKS`` where the kernel has ``openat2``, so
+  a symlink the slave planted (``x -> /proc/self/fd/7``) cannot reach the
+  master's own descriptors: it fails with ``ELOOP``.
+- **Credentials and umask.** When the request carries the slave's
+  ``fsuid``/``fsgid``/``groups`` and they differ from the master's, the
+  call runs on a short-lived thread that takes them on (raw ``setresuid``,
+  ``setresgid`` and ``setgroups`` system calls change one thread; glibc's
+  wrappers would change every thread of the master) — so a root master does
+  not open a root-only file for a slave that dropped to ``nobody``. A
+  creating call (``O_CREAT``, ``O_TMPFILE``, ``mkdir``, binding a unix
+  socket) with the slave's ``umask`` runs on a thread that ``unshare``\\ s its
+  filesystem context and sets that umask, so the kernel applies it exactly
+  as for the slave — including leaving it out when the parent directory has
+  a default ACL, which computing ``mode & ~umask`` in Python would get wrong.
+  ``None`` in a field means "unknown: the master's".
+- **Objects that block.** Opens add ``O_NONBLOCK`` (cleared afterwards
+  unless the slave asked for it), so a terminal or device never stalls the
+  event loop. A FIFO opened for blocking reading or writing is opened on a
+  daemon thread and ``perform`` returns an *awaitable* (the router awaits it;
+  see :func:`perform`); cancelling it (session closed, master shutting
+  down) opens the FIFO's other end through the master's ``O_PATH`` descriptor
+  so the thread is released. ``getaddrinfo`` and a ``connect`` that is in
+  progress are awaitables too, when an event loop runs in the calling thread.
+
+With ``beneath=ROOT`` every path is resolved beneath ``ROOT`` by the kernel
+(``openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)``; the component walker of
+:mod:`libc_service.safepath` where ``openat2`` is missing): opens and stats
+directly, and ``mkdir``/``rmdir``/``unlink``/``rename``/``access`` and unix
+socket paths by opening the parent (or the object) beneath ``ROOT`` with
+``O_PATH`` and doing the ``*at`` call on the last component, trailing slash
+included. Escapes fail as ``openat2`` fails: ``EXDEV`` for ``..``, absolute
+symlinks and absolute paths outside ``ROOT``, ``ELOOP`` for magic links.
+
+Refused with an errno rather than guessed (documented in ``docs/policies.md``):
+a slave-relative name (``/proc/self``, ``/dev/stdin``, a relative path with
+no directory descriptor) when the request does not say which process asked
+(``pid`` 0) is ``EACCES``; a slave whose credentials differ from the master's
+when the master may not take them on (no ``CAP_SETUID``/``CAP_SETGID``) is
+``EPERM`` — the master never falls back to its own authority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno as errno_module
+import logging
+import os
+import platform
+import select
+import socket
+import stat as stat_module
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from . import safepath
+from .replies import AddrInfo, Stat
+from .router import WithFds
+
+__all__ = ["perform"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_MACHINE: Final = platform.machine()
+#: Raw system call numbers: these act on the calling thread only.
+_SYSCALLS: Final[dict[str, int]] = {
+    "x86_64": {"setgroups": 116, "setresuid": 117, "setresgid": 119, "unshare": 272,
+               "renameat2": 316, "faccessat2": 439},
+    "aarch64": {"setgroups": 159, "setresuid": 147, "setresgid": 149, "unshare": 97,
+                "renameat2": 276, "faccessat2": 439},
+}.get(_MACHINE, {})
+_CLONE_FS: Final = 0x00000200
+_AT_FDCWD: Final = -100
+_AT_EACCESS: Final = 0x200
+_AT_EMPTY_PATH: Final = 0x1000
+_RENAME_NOREPLACE: Final = 1
+_O_PATH_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0)
+_NO_MAGIC: Final = safepath.RESOLVE_NO_MAGICLINKS
+_BENEATH: Final = safepath.RESOLVE_BENEATH | safepath.RESOLVE_NO_MAGICLINKS
+_RESOLVE_CACHED: Final = 0x20
+#: How long a unix connect whose listener's backlog is full waits between tries.
+_BACKLOG_RETRY: Final = 0.01
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+#: Names that mean "the caller", as (leading components, what they become).
+_SELF_NAMES: Final[tuple[tuple[tuple[str, str], str], ...]] = (
+    (("proc", "self"), "/proc/{pid}"),
+    (("proc", "thread-self"), "/proc/{pid}/task/{tid}"),
+    (("dev", "fd"), "/proc/{pid}/fd"),
+    (("dev", "stdin"), "/proc/{pid}/fd/0"),
+    (("dev", "stdout"), "/proc/{pid}/fd/1"),
+    (("dev", "stderr"), "/proc/{pid}/fd/2"),
+)
+
+
+def perform(request: Any, *, beneath: str | os.PathLike[str] | None = None) -> Any:
+    """Perform ``request`` in the master exactly as the slave would have.
+
+    Returns what a handler returns — ``WithFds(fd, [fd])`` for
+    ``open``/``openat``, a :class:`~libc_service.Stat` for ``stat``/``lstat``,
+    ``0`` for ``access``, ``eaccess``, ``mkdir``, ``rmdir``, ``unlink`` and
+    ``rename``, ``WithFds(0, [sock])`` for ``connect_*``/``bind_*`` (a socket of
+    the slave's family and type, made in the master, which replaces the
+    slave's), a list of :class:`~libc_service.AddrInfo` for ``getaddrinfo`` — or
+    raises the kernel's errno as ``OSError`` (``socket.gaierror`` for
+    ``getaddrinfo``), which the router turns into the slave's errno.
+
+    Where the call could block (a blocking FIFO open, a DNS lookup, a TCP
+    connect in progress) and an event loop runs in this thread, the result
+    is an *awaitable* of the same value, so the loop never waits on an
+    object the slave chose: return it from a sync handler (the router awaits
+    it), or in an async handler ``result = perform(request)`` followed by
+    ``if inspect.isawaitable(result): result = await result``. Without a
+    running loop the call simply blocks, like the slave's would.
+
+    ``beneath=ROOT`` resolves every path beneath ``ROOT`` with the kernel's
+    ``RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS``; an escape fails with
+    ``EXDEV`` (``..``, absolute symlinks, absolute paths elsewhere) or
+    ``ELOOP`` (``/proc`` magic links), as ``openat2`` does.
+    """
+    function = request.function
+    performer = _PERFORMERS.get(function)
+    if performer is None:
+        raise TypeError(f"perform() does not know the function {function!r}")
+    root = None if beneath is None else os.fspath(beneath)
+    return performer(request, root)
+
+
+# ------------------------------------------------------------ credentials
+
+
+@dataclass(frozen=True)
+class _Switch:
+    """What a thread takes on to act as the slave: ids, umask, working directory.
+
+    A thread that changed any of these is never reused: it ends after the
+    call, so a failed restore cannot leak the slave's identity (or the
+    master's) into later calls.
+    """
+
+    ids: tuple[int, int, tuple[int, ...]] | None = None
+    umask: int | None = None
+    chdir: int | None = None
+
+    def enter(self) -> None:
+        if self.umask is not None or self.chdir is not None:
+            # A private filesystem context (cwd, umask) for this thread only.
+            _syscall("unshare", ctypes.c_int(_CLONE_FS))
+            if self.umask is not None:
+                os.umask(self.umask)
+            if self.chdir is not None:
+                os.fchdir(self.chdir)
+        if self.ids is not None:
+            uid, gid, groups = self.ids
+            # Groups first: changing the uid away from 0 drops CAP_SETGID.
+            array = (ctypes.c_uint * max(len(groups), 1))(*groups)
+            _syscall("setgroups", ctypes.c_size_t(len(groups)), array)
+            _syscall("setresgid", ctypes.c_uint(gid), ctypes.c_uint(gid), ctypes.c_uint(0xFFFFFFFF))
+            # The saved uid keeps the master's, so the thread could switch back.
+            _syscall("setresuid", ctypes.c_uint(uid), ctypes.c_uint(uid), ctypes.c_uint(0xFFFFFFFF))
+
+
+def _syscall(name: str, *args: Any) -> int:
+    number = _SYSCALLS.get(name)
+    if number is None:
+        raise OSError(errno_module.ENOSYS, f"{name}: unknown system call number on {_MACHINE}")
+    result = _libc.syscall(ctypes.c_long(number), *args)
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{name}: {os.strerror(code)}")
+    return int(result)
+
+
+def _master_umask() -> int | None:
+    """The master's umask, read without changing it (``os.umask`` would)."""
+    try:
+        with open("/proc/thread-self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _switch_for(request: Any, *, creates: bool = False, chdir: int | None = None) -> _Switch | None:
+    """How a thread must change to act as the slave; ``None``: the master's own will do.
+
+    Fields the request does not carry (``None``) are the master's, except
+    supplementary groups for a slave whose uid or gid differs: those are
+    taken as none rather than as the master's, so unknown never means more.
+    """
+    uid = getattr(request, "fsuid", None)
+    gid = getattr(request, "fsgid", None)
+    groups = getattr(request, "groups", None)
+    umask = getattr(request, "umask", None)
+    my_uid, my_gid = os.geteuid(), os.getegid()
+    my_groups = tuple(os.getgroups())
+    want_uid = my_uid if uid is None else int(uid)
+    want_gid = my_gid if gid is None else int(gid)
+    if groups is None:
+        want_groups = my_groups if (want_uid, want_gid) == (my_uid, my_gid) else ()
+    else:
+        want_groups = tuple(int(group) for group in groups)
+    ids = None
+    if (want_uid, want_gid, set(want_groups)) != (my_uid, my_gid, set(my_groups)):
+        ids = (want_uid, want_gid, want_groups)
+    mask = None
+    if creates and umask is not None and int(umask) != _master_umask():
+        mask = int(umask) & 0o777
+    if ids is None and mask is None and chdir is None:
+        return None
+    return _Switch(ids, mask, chdir)
+
+
+def _run_switched(switch: _Switch | None, call: Callable[[], T]) -> T:
+    """``call()`` under ``switch``, in the thread that runs this."""
+    if switch is not None:
+        try:
+            switch.enter()
+        except OSError as exc:
+            logger.warning("cannot act as the slave (%s); failing the call with EPERM", exc)
+            raise OSError(errno_module.EPERM, f"the master cannot take on the slave's identity: {exc}") from None
+    return call()
+
+
+def _as_slave(switch: _Switch | None, call: Callable[[], T]) -> T:
+    """``call()`` as the slave: here, or on a thread of its own that ends after it."""
+    if switch is None:
+        return call()
+    outcome: list[Any] = []
+
+    def body() -> None:
+        try:
+            outcome.append((True, _run_switched(switch, call)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=body, name="libc-service perform", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _on_thread(
+    switch: _Switch | None,
+    call: Callable[[], T],
+    *,
+    discard: Callable[[T], None] | None = None,
+    cancel: Callable[[], None] | None = None,
+) -> T:
+    """Await ``call()`` run as the slave on a daemon thread.
+
+    A result that arrives after the awaiting task gave up is passed to
+    ``discard`` (it owns descriptors); ``cancel`` is called when the task is
+    cancelled, to release the thread. The thread is a daemon, so a call
+    that never returns cannot hold up the master's exit.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(ok: bool, value: Any) -> None:
+        if future.done():
+            if ok and discard is not None:
+                discard(value)
+        elif ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def body() -> None:
+        value: Any
+        try:
+            ok, value = True, _run_switched(switch, call)
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop
+            ok, value = False, exc
+        try:
+            loop.call_soon_threadsafe(deliver, ok, value)
+        except RuntimeError:  # the loop is closed: nobody will take it
+            if ok and discard is not None:
+                discard(value)
+
+    threading.Thread(target=body, name="libc-service blocking call", daemon=True).start()
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if cancel is not None:
+            cancel()
+        raise
+
+
+# ---------------------------------------------------------------- paths
+
+
+def slave_self(text: str, pid: int, tid: int) -> str | None:
+    """``text`` with a leading "the caller" name rewritten for process ``pid``.
+
+    ``/proc/self/x`` becomes ``/proc/<pid>/x``, ``/proc/thread-self`` the
+    thread's ``/proc/<pid>/task/<tid>``, ``/dev/fd/N`` and
+    ``/dev/stdin|stdout|stderr`` the process's ``/proc/<pid>/fd/N``; the rest
+    of the text is kept exactly (a trailing slash too). ``None`` when the text
+    does not start with such a name. Raises ``EACCES`` when it does but the
+    request did not say which process asked (``pid`` 0).
+    """
+    if not text.startswith("/"):
+        return None
+    names: list[str] = []
+    ends: list[int] = []
+    position = 0
+    for part in text.split("/"):
+        position += len(part) + 1
+        if part in ("", "."):
+            continue
+        names.append(part)
+        ends.append(position - 1)
+        if len(names) == 2:
+            break
+    for prefix, replacement in _SELF_NAMES:
+        if tuple(names) == prefix:
+            if pid <= 0:
+                raise OSError(errno_module.EACCES, f"{text}: names the calling process, which the request does not say")
+            return replacement.format(pid=pid, tid=tid or pid) + text[ends[1]:]
+    return None
+
+
+def _is_slave_proc(text: str, pid: int) -> bool:
+    """Whether an absolute path is the requesting process's own ``/proc/<pid>``."""
+    if pid <= 0:
+        return False
+    mine = f"/proc/{pid}"
+    return text == mine or text.startswith(mine + "/")
+
+
+def _directory_name(dirfd: int) -> str | None:
+    """The absolute name of the directory behind ``dirfd``; ``None`` once it was removed."""
+    try:
+        name = os.readlink(f"/proc/self/fd/{dirfd}")
+    except OSError:
+        return None
+    if not name.startswith("/"):
+        return None  # "(unreachable)/…": outside the master's root
+    if name.endswith(" (deleted)"):
+        try:
+            if os.fstat(dirfd).st_nlink == 0:
+                return None
+        except OSError:
+            return None
+    return name
+
+
+@dataclass
+class _Target:
+    """Where the kernel resolves a path from: a directory descriptor, the exact
+    text, the resolve bits the master adds, and whether ``dirfd`` is ours to close."""
+
+    dirfd: int
+    text: str
+    resolve: int
+    beneath: bool
+    owned: tuple[int, ...] = ()
+
+    def close(self) -> None:
+        for fd in self.owned:
+            os.close(fd)
+        self.owned = ()
+
+    def __enter__(self) -> _Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _slave_cwd(request: Any) -> int:
+    """The requesting thread's working directory, opened ``O_PATH``."""
+    pid, tid = int(getattr(request, "pid", 0)), int(getattr(request, "tid", 0))
+    if pid <= 0:
+        raise OSError(errno_module.EACCES, "a relative path, and the request names neither directory nor process")
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        return os.open(f"/proc/{pid}/task/{tid or pid}/cwd", flags)
+    except FileNotFoundError:
+        return os.open(f"/proc/{pid}/cwd", flags)
+
+
+def target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Target:
+    """Where and how the kernel must resolve the slave's ``path`` (see :class:`_Target`)."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    pid, tid = int(getattr(request, "pid", 0)), int(getattr(request, "tid", 0))
+    owned: list[int] = []
+    try:
+        if not text.startswith("/"):
+            if dirfd is None:
+                dirfd = _slave_cwd(request)
+                owned.append(dirfd)
+            base = _directory_name(dirfd)
+            if base is None:
+                # A removed directory: nothing beneath it has a name, and
+                # ".." from it is refused beneath a root, so resolving from the
+                # descriptor itself is exact and cannot escape.
+                return _Target(dirfd, text, _BENEATH if root is not None else _NO_MAGIC, root is not None,
+                               tuple(owned))
+            joined = base.rstrip("/") + "/" + text
+            if root is None and not (base in ("/proc", "/dev") or _is_slave_proc(base, pid)):
+                return _Target(dirfd, text, _NO_MAGIC, False, tuple(owned))
+            text = joined
+        # An absolute text from here on.
+        own = slave_self(text, pid, tid)
+        if own is not None:
+            text = own
+        if root is None:
+            magic_ok = own is not None or _is_slave_proc(text, pid)
+            return _Target(_AT_FDCWD, text, 0 if magic_ok else _NO_MAGIC, False, tuple(owned))
+        try:
+            relative = safepath.relative_to_root(root, text)
+        except safepath.EscapeError:
+            raise OSError(errno_module.EXDEV, f"{text} is not beneath {root}") from None
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        owned.append(root_fd)
+        return _Target(root_fd, relative, _BENEATH, True, tuple(owned))
+    except BaseException:
+        for fd in owned:
+            os.close(fd)
+        raise
+
+
+def _open_at(where: _Target, flags: int, mode: int = 0, extra: int = 0) -> int:
+    """Open ``where`` with the kernel's resolution rules (``extra``: the slave's own resolve bits)."""
+    if not safepath._takes_mode(flags):
+        mode = 0
+    if where.beneath:
+        return safepath._openat2(where.dirfd, where.text, flags, mode, where.resolve | extra)
+    bits = where.resolve | extra
+    if bits and _openat2_here():
+        retries = 1 if extra & _RESOLVE_CACHED else 16
+        for _ in range(retries):
+            try:
+                return safepath._raw_openat2(where.dirfd, where.text, flags, mode, bits)
+            except BlockingIOError:
+                if extra & _RESOLVE_CACHED:
+                    raise  # the slave asked for RESOLVE_CACHED: EAGAIN is its answer
+        raise OSError(errno_module.EAGAIN, "openat2 kept racing with renames", where.text)
+    # No openat2 (Linux < 5.6): the plain walk, without the magic-link guard.
+    return os.open(where.text, flags, mode, dir_fd=None if where.dirfd == _AT_FDCWD else where.dirfd)
+
+
+def _openat2_here() -> bool:
+    if safepath._OPENAT2 is None:
+        return False
+    if safepath._have_openat2 is None:
+        safepath._have_openat2 = safepath._probe_openat2(_AT_FDCWD)
+    return bool(safepath._have_openat2)
+
+
+def _split(where: _Target) -> tuple[str, str]:
+    """``(parent text, last component)`` of ``where.text``, the last with its trailing slashes."""
+    text = where.text
+    stripped = text.rstrip("/")
+    if not stripped:
+        return "/", text  # "/" itself: the *at call ignores the directory for it
+    head, separator, last = stripped.rpartition("/")
+    if not separator:
+        head = "."
+    elif not head:
+        head = "/"
+    return head, last + text[len(stripped):]
+
+
+def _parent(where: _Target) -> tuple[int, str]:
+    """Open the parent of ``where`` (``O_PATH``, resolved as ``where`` says): ``(fd, last)``."""
+    head, last = _split(where)
+    parent = _Target(where.dirfd, head, where.resolve, where.beneath)
+    return _open_at(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), last
+
+
+# ----------------------------------------------------------------- open
+
+
+@dataclass(frozen=True)
+class _Fifo:
+    """A FIFO the slave opens blocking: the ``O_PATH`` descriptor of the very object."""
+
+    path_fd: int
+    flags: int
+
+
+def _open_flags(request: Any) -> tuple[int, int, bool]:
+    """The master's flags for the slave's open, its resolve bits, whether it asked for O_NONBLOCK."""
+    flags, resolve_bits = safepath.open_flags(request.flags)
+    return flags, resolve_bits, bool(flags & os.O_NONBLOCK)
+
+
+def _perform_open(request: Any, root: str | None) -> Any:
+    flags, resolve_bits, nonblocking = _open_flags(request)
+    mode = int(getattr(request, "mode", None) or 0)
+    creates = safepath._takes_mode(flags)
+    switch = _switch_for(request, creates=creates)
+    opened = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking,
+                                                 fifo_wait=True))
+    if isinstance(opened, int):
+        return WithFds(opened, [opened])
+    return _open_fifo(opened, switch)
+
+
+def open_descriptor(
+    request: Any, root: str | None, flags: int, mode: int, *, resolve_bits: int = 0,
+) -> int:
+    """Open the request's path with explicit ``flags``, never blocking (for :mod:`safepath`).
+
+    A FIFO opened this way does not wait for its other end: a read open
+    returns at once and a write open without a reader fails with ``ENXIO``.
+    """
+    nonblocking = bool(flags & os.O_NONBLOCK)
+    switch = _switch_for(request, creates=safepath._takes_mode(flags))
+    fd = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking, fifo_wait=False))
+    assert isinstance(fd, int)
+    return fd
+
+
+def _open_now(
+    request: Any, root: str | None, flags: int, mode: int, resolve_bits: int, nonblocking: bool, *,
+    fifo_wait: bool,
+) -> int | _Fifo:
+    """The open itself, as the slave; a :class:`_Fifo` when it must wait for the other end."""
+    with target(request, request.path, getattr(request, "dirfd", None), root) as where:
+        if flags & os.O_PATH:
+            return _open_at(where, flags & _O_PATH_FLAGS, 0, resolve_bits)
+        accmode = flags & os.O_ACCMODE
+        may_wait = (fifo_wait and not nonblocking and accmode != os.O_RDWR
+                    and not flags & (os.O_DIRECTORY | os.O_EXCL) and flags & _O_TMPFILE != _O_TMPFILE)
+        if may_wait:
+            # Look before opening: even a non-blocking open of a FIFO is seen
+            # by a process blocked at its other end.
+            try:
+                path_fd = _open_at(where, os.O_PATH | os.O_CLOEXEC | (flags & os.O_NOFOLLOW), 0, resolve_bits)
+            except OSError:
+                path_fd = -1  # not there (yet): the real open says why, or creates it
+            if path_fd >= 0:
+                try:
+                    is_fifo = stat_module.S_ISFIFO(os.fstat(path_fd).st_mode)
+                except BaseException:
+                    os.close(path_fd)
+                    raise
+                if is_fifo:
+                    return _Fifo(path_fd, flags & ~(os.O_CREAT | os.O_NOFOLLOW | os.O_TRUNC))
+                os.close(path_fd)
+        fd = _open_at(where, flags | os.O_NONBLOCK, mode, resolve_bits)
+        if not nonblocking:
+            try:
+                os.set_blocking(fd, True)
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+
+
+def _open_fifo(fifo: _Fifo, switch: _Switch | None) -> Any:
+    """Open a FIFO blocking, without blocking a running event loop."""
+    reopen = f"/proc/self/fd/{fifo.path_fd}"
+
+    def blocking_open() -> int:
+        return os.open(reopen, fifo.flags & ~os.O_NONBLOCK)
+
+    if _running_loop() is None:
+        try:
+            fd = _as_slave(switch, blocking_open)
+        finally:
+            os.close(fifo.path_fd)
+        return WithFds(fd, [fd])
+    return _await_fifo(fifo, switch, blocking_open)
+
+
+async def _await_fifo(fifo: _Fifo, switch: _Switch | None, blocking_open: Callable[[], int]) -> WithFds:
+    lock = threading.Lock()
+    state: dict[str, Any] = {"done": False, "peer": -1}
+
+    def opener() -> int:
+        try:
+            return blocking_open()
+        finally:
+            with lock:
+                state["done"] = True
+                if state["peer"] >= 0:
+                    os.close(state["peer"])
+                os.close(fifo.path_fd)
+
+    def release() -> None:
+        # Open the other end without blocking, through the master's own O_PATH
+        # descriptor of the same FIFO; keep it open until the thread is out.
+        with lock:
+            if state["done"]:
+                return
+            other = os.O_WRONLY if fifo.flags & os.O_ACCMODE == os.O_RDONLY else os.O_RDONLY
+            for mode in (os.O_RDWR, other):
+                try:
+                    state["peer"] = os.open(f"/proc/self/fd/{fifo.path_fd}", mode | os.O_NONBLOCK | os.O_CLOEXEC)
+                    return
+                except OSError as exc:
+                    failure = exc
+            logger.warning("cannot release a thread blocked opening a FIFO (%s); it waits for a peer", failure)
+
+    fd = await _on_thread(switch, opener, discard=os.close, cancel=release)
+    return WithFds(fd, [fd])
+
+
+# ------------------------------------------------------------ stat, access
+
+
+def _perform_stat(request: Any, root: str | None) -> Stat:
+    no_follow = os.O_NOFOLLOW if request.function == "lstat" else 0
+    return _as_slave(_switch_for(request), lambda: _stat_now(request, root, no_follow))
+
+
+def _stat_now(request: Any, root: str | None, no_follow: int) -> Stat:
+    with target(request, request.path, request.dirfd, root) as where:
+        fd = _open_at(where, os.O_PATH | os.O_CLOEXEC | no_follow)
+    try:
+        return Stat.from_os(os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
+def _perform_access(request: Any, root: str | None) -> int:
+    amode = 0
+    if request.amode != "f":
+        amode = sum({"r": os.R_OK, "w": os.W_OK, "x": os.X_OK}[name] for name in request.amode)
+    effective = request.function == "eaccess"
+    return _as_slave(_switch_for(request), lambda: _access_now(request, root, amode, effective))
+
+
+def _access_now(request: Any, root: str | None, amode: int, effective: bool) -> int:
+    with target(request, request.path, request.dirfd, root) as where:
+        fd = _open_at(where, os.O_PATH | os.O_CLOEXEC)
+    try:
+        if amode == 0:
+            return 0  # F_OK: it exists, the open found it
+        flags = _AT_EMPTY_PATH | (_AT_EACCESS if effective else 0)
+        try:
+            _syscall("faccessat2", ctypes.c_int(fd), b"", ctypes.c_int(amode), ctypes.c_int(flags))
+        except OSError as exc:
+            if exc.errno not in (errno_module.ENOSYS, errno_module.EINVAL):
+                raise OSError(exc.errno, os.strerror(exc.errno or 0), str(request.path)) from None
+            # Linux < 5.8: the same object through the master's own descriptor.
+            if not os.access(f"/proc/self/fd/{fd}", amode, effective_ids=effective):
+                raise OSError(errno_module.EACCES, os.strerror(errno_module.EACCES), str(request.path)) from None
+        return 0
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------ mutations
+
+
+def _perform_mkdir(request: Any, root: str | None) -> int:
+    def mkdir(parent: int, name: str) -> None:
+        os.mkdir(name, request.mode, dir_fd=parent)
+
+    return _as_slave(_switch_for(request, creates=True), lambda: _in_parent(request, root, mkdir))
+
+
+def _perform_rmdir(request: Any, root: str | None) -> int:
+    return _as_slave(_switch_for(request), lambda: _in_parent(request, root, lambda p, n: os.rmdir(n, dir_fd=p)))
+
+
+def _perform_unlink(request: Any, root: str | None) -> int:
+    return _as_slave(_switch_for(request), lambda: _in_parent(request, root, lambda p, n: os.unlink(n, dir_fd=p)))
+
+
+def _in_parent(request: Any, root: str | None, change: Callable[[int, str], None]) -> int:
+    with target(request, request.path, request.dirfd, root) as where:
+        parent, name = _parent(where)
+    try:
+        change(parent, name)
+    finally:
+        os.close(parent)
+    return 0
+
+
+def _perform_rename(request: Any, root: str | None) -> int:
+    return _as_slave(_switch_for(request), lambda: _rename_now(request, root))
+
+
+def _rename_now(request: Any, root: str | None) -> int:
+    with target(request, request.path1, request.dirfd1, root) as old:
+        old_parent, old_name = _parent(old)
+    try:
+        with target(request, request.path2, request.dirfd2, root) as new:
+            new_parent, new_name = _parent(new)
+        try:
+            if getattr(request, "no_replace", False):
+                _syscall("renameat2", ctypes.c_int(old_parent), os.fsencode(old_name), ctypes.c_int(new_parent),
+                         os.fsencode(new_name), ctypes.c_uint(_RENAME_NOREPLACE))
+            else:
+                os.rename(old_name, new_name, src_dir_fd=old_parent, dst_dir_fd=new_parent)
+        finally:
+            os.close(new_parent)
+    finally:
+        os.close(old_parent)
+    return 0
+
+
+# -------------------------------------------------------------- sockets
+
+#: Options a program sets before bind/connect that change what they do.
+_COPIED_OPTIONS: Final = (
+    (socket.SOL_SOCKET, socket.SO_REUSEADDR),
+    (socket.SOL_SOCKET, getattr(socket, "SO_REUSEPORT", 15)),
+    (socket.SOL_SOCKET, socket.SO_BROADCAST),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    (socket.SOL_SOCKET, socket.SO_OOBINLINE),
+    (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    (socket.IPPROTO_IP, getattr(socket, "IP_FREEBIND", 15)),
+)
+
+
+def _bound(probe: socket.socket) -> bool:
+    try:
+        name = probe.getsockname()
+    except OSError:
+        return False
+    if probe.family in (socket.AF_INET, socket.AF_INET6):
+        return bool(name[1])
+    return bool(name)
+
+
+def _fresh_socket(slave_fd: int) -> tuple[socket.socket, bool]:
+    """The socket to bind or connect, and whether the slave's was non-blocking.
+
+    A socket like the slave's (family, type, protocol, the options that
+    change binding and connecting), made in the master's network namespace —
+    unless the slave's socket is bound already (a client that chose its
+    source port, or one bound through ``perform`` before): a new socket would
+    lose that binding, so the slave's own is used.
+    """
+    probe = socket.socket(fileno=slave_fd)
+    try:
+        if _bound(probe):
+            return socket.socket(fileno=os.dup(slave_fd)), not os.get_blocking(slave_fd)
+        fresh = socket.socket(probe.family, probe.type, probe.proto)
+        try:
+            for level, name in _COPIED_OPTIONS:
+                try:
+                    value = probe.getsockopt(level, name)
+                    if value != fresh.getsockopt(level, name):
+                        fresh.setsockopt(level, name, value)
+                except OSError:
+                    continue  # not an option of this family, or not ours to set
+        except BaseException:
+            fresh.close()
+            raise
+        return fresh, not os.get_blocking(slave_fd)
+    finally:
+        probe.detach()
+
+
+def _handed_over(sock: socket.socket, nonblocking: bool) -> WithFds:
+    sock.setblocking(not nonblocking)
+    fd = sock.detach()
+    return WithFds(0, [fd])
+
+
+def _address(request: Any) -> Any:
+    function = request.function
+    if function.endswith("_inet6"):
+        address = request.address
+        scope = int(address.scope_id or 0) if address.scope_id else 0
+        return (str(address).split("%", 1)[0], request.port, 0, scope)
+    return (str(request.address), request.port)
+
+
+def _perform_bind_inet(request: Any, root: str | None) -> Any:
+    sock, nonblocking = _fresh_socket(request.socket)
+    try:
+        _as_slave(_switch_for(request), lambda: sock.bind(_address(request)))
+    except BaseException:
+        sock.close()
+        raise
+    return _handed_over(sock, nonblocking)
+
+
+def _perform_bind_unix(request: Any, root: str | None) -> Any:
+    sock, nonblocking = _fresh_socket(request.socket)
+    try:
+        if request.abstract:
+            _as_slave(_switch_for(request), lambda: sock.bind(os.fsencode(str(request.path))))
+            return _handed_over(sock, nonblocking)
+        # Created in the parent opened as the slave resolves it: bind the last
+        # component from a thread whose working directory is that parent
+        # (and whose umask is the slave's: the socket file is created).
+        with target(request, request.path, getattr(request, "dirfd", None), root) as where:
+            parent, name = _as_slave(_switch_for(request), lambda: _parent(where))
+        try:
+            switch = _switch_for(request, creates=True, chdir=parent)
+            _as_slave(switch, lambda: sock.bind(os.fsencode(name)))
+        finally:
+            os.close(parent)
+    except BaseException:
+        sock.close()
+        raise
+    return _handed_over(sock, nonblocking)
+
+
+def _perform_connect(request: Any, root: str | None) -> Any:
+    sock, nonblocking = _fresh_socket(request.socket)
+    try:
+        if request.function == "connect_unix" and not request.abstract:
+            def open_socket_file() -> int:
+                with target(request, request.path, getattr(request, "dirfd", None), root) as where:
+                    return _open_at(where, os.O_PATH | os.O_CLOEXEC)
+
+            switch = _switch_for(request)
+            path_fd = _as_slave(switch, open_socket_file)
+            # The very socket file the kernel resolved, through the master's descriptor.
+            address: Any = f"/proc/self/fd/{path_fd}"
+        else:
+            switch, path_fd = _switch_for(request), -1
+            address = os.fsencode(str(request.path)) if request.function == "connect_unix" else _address(request)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return _connect(sock, address, switch, nonblocking, path_fd)
+
+
+def _connect(sock: socket.socket, address: Any, switch: _Switch | None, nonblocking: bool, path_fd: int) -> Any:
+    """Start a non-blocking connect as the slave; finish it without blocking a running loop."""
+
+    def attempt() -> int:
+        return sock.connect_ex(address)
+
+    def close_path() -> None:
+        if path_fd >= 0:
+            os.close(path_fd)
+
+    try:
+        code = _as_slave(switch, attempt)
+    except BaseException:
+        close_path()
+        sock.close()
+        raise
+    if code == 0:
+        close_path()
+        return _handed_over(sock, nonblocking)
+    if code not in (errno_module.EINPROGRESS, errno_module.EAGAIN) or (code == errno_module.EAGAIN and nonblocking):
+        close_path()
+        sock.close()
+        raise OSError(code, os.strerror(code))
+    if _running_loop() is None:
+        try:
+            while code == errno_module.EAGAIN:  # a unix listener's backlog is full: try again
+                time.sleep(_BACKLOG_RETRY)
+                code = _as_slave(switch, attempt)
+            if code == errno_module.EINPROGRESS:
+                select.select([], [sock], [])
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except BaseException:
+            close_path()
+            sock.close()
+            raise
+        close_path()
+        if code:
+            sock.close()
+            raise OSError(code, os.strerror(code))
+        return _handed_over(sock, nonblocking)
+    return _await_connect(sock, code, attempt, switch, nonblocking, close_path)
+
+
+async def _await_connect(
+    sock: socket.socket, code: int, attempt: Callable[[], int], switch: _Switch | None, nonblocking: bool,
+    close_path: Callable[[], None],
+) -> WithFds:
+    loop = asyncio.get_running_loop()
+    try:
+        while code == errno_module.EAGAIN:
+            await asyncio.sleep(_BACKLOG_RETRY)
+            code = _as_slave(switch, attempt)
+        if code == errno_module.EINPROGRESS:
+            writable: asyncio.Future[None] = loop.create_future()
+
+            def ready() -> None:
+                if not writable.done():
+                    writable.set_result(None)
+
+            loop.add_writer(sock.fileno(), ready)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(sock.fileno())
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, os.strerror(code))
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        close_path()
+    return _handed_over(sock, nonblocking)
+
+
+# ---------------------------------------------------------- getaddrinfo
+
+_SOCKET_KINDS: Final = {
+    "tcp": (socket.SOCK_STREAM, socket.IPPROTO_TCP),
+    "udp": (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
+    None: (0, 0),
+}
+
+
+def _perform_getaddrinfo(request: Any, root: str | None) -> Any:
+    socktype, protocol = _SOCKET_KINDS[request.protocol]
+
+    def lookup() -> list[AddrInfo]:
+        # Every address, both families: the shim applies the caller's family
+        # and flags hints (AI_ADDRCONFIG, AI_V4MAPPED …) to this answer.
+        found = socket.getaddrinfo(request.node, request.service, socket.AF_UNSPEC, socktype, protocol)
+        answer: list[AddrInfo] = []
+        seen: set[tuple[str, int]] = set()
+        for family, _, _, _, address in found:
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            host, port = str(address[0]), int(address[1])
+            if family == socket.AF_INET6:
+                scope = int(address[3])  # type: ignore[misc]
+                host = host.split("%", 1)[0] + (f"%{scope}" if scope else "")
+            if (host, port) not in seen:
+                seen.add((host, port))
+                answer.append(AddrInfo(host, port))
+        return answer
+
+    if _running_loop() is None:
+        return lookup()
+    return _on_thread(None, lookup)
+
+
+_Performer = Callable[[Any, str | None], Any]
+
+_PERFORMERS: Final[dict[str, _Performer]] = {
+    "open": _perform_open,
+    "openat": _perform_open,
+    "stat": _perform_stat,
+    "lstat": _perform_stat,
+    "access": _perform_access,
+    "eaccess": _perform_access,
+    "mkdir": _perform_mkdir,
+    "rmdir": _perform_rmdir,
+    "unlink": _perform_unlink,
+    "rename": _perform_rename,
+    "connect_unix": _perform_connect,
+    "connect_inet": _perform_connect,
+    "connect_inet6": _perform_connect,
+    "bind_unix": _perform_bind_unix,
+    "bind_inet": _perform_bind_inet,
+    "bind_inet6": _perform_bind_inet,
+    "getaddrinfo": _perform_getaddrinfo,
+}
