@@ -17,16 +17,24 @@ programs (`/usr`, `/bin`, `/lib`, `/lib64`: forwarded, and the sandbox lets
 it execute from there), writes nothing (`EROFS`), and gets `EACCES` for
 everything else — another job's directory included.
 
-Run it:
+Run it — jobs in two temporary directories `a` and `b` (each with its
+`data.txt`), all at once in this process; each reads its own `data.txt` and
+is refused `../b/data.txt`, job `b` too (the path leaves the job's directory
+before it comes back):
 
-    python3 examples/asyncio_server.py serve /tmp/jobs.sock
-    python3 examples/asyncio_server.py submit /tmp/jobs.sock /srv/jobs/a -- cat data.txt
-    python3 examples/asyncio_server.py demo /srv/jobs/a /srv/jobs/b -- sh -c 'cat data.txt ../b/data.txt'
+    python3 examples/asyncio_server.py demo -- sh -c 'cat data.txt ../b/data.txt'
+
+As a server and a client: `serve SOCKET -- CMD` serves while CMD runs (here
+a client submitting one job: list the `examples` directory), then stops and
+exits with CMD's status; without `-- CMD` it serves until interrupted, and
+`submit` can be run from another terminal:
+
+    python3 examples/asyncio_server.py serve jobs.sock -- python3 examples/asyncio_server.py submit jobs.sock examples -- ls
 
 One job's policy on its own (its directory is `$LIBC_SERVICE_ROOT`, or the
 current directory):
 
-    LIBC_SERVICE_ROOT=/srv/jobs/a libc-service run --sandbox examples/asyncio_server.py -- cat /srv/jobs/a/data.txt
+    libc-service run --sandbox examples/asyncio_server.py -- head -n 1 README.md
     libc-service docs examples/asyncio_server.py
 """
 
@@ -34,11 +42,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import logging
 import os
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -230,15 +240,27 @@ class JobServer:
         finally:
             writer.close()
 
-    async def serve(self, path: str) -> None:
-        """Accept clients on a unix socket at ``path`` until cancelled."""
+    async def serve(self, path: str, command: Sequence[str] = ()) -> int:
+        """Accept clients on a unix socket at ``path`` until cancelled, or while ``command`` runs.
+
+        With a command, the server stops when it exits and its status is
+        returned: a client and its server in one shell command, nothing left
+        running. The socket is removed when the server stops.
+        """
         if os.path.exists(path):
             os.unlink(path)
         server = await asyncio.start_unix_server(self.handle_client, path)
         logger.info("serving jobs on %s (%s)", path,
                     "sandboxed" if self.sandboxed else f"unsandboxed: {self.sandbox_unavailable}")
-        async with server:
-            await server.serve_forever()
+        try:
+            async with server:
+                if not command:
+                    await server.serve_forever()
+                client = await asyncio.create_subprocess_exec(*command)
+                return await client.wait()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 async def submit(path: str, jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -279,11 +301,29 @@ async def _demo(directories: Sequence[str], argv: Sequence[str]) -> None:
         _print_report(report)
 
 
+def _demo_in_temporary_jobs(argv: Sequence[str]) -> None:
+    """The demo in two job directories made for it, so it needs no data of its own.
+
+    `a` and `b` are siblings, each with a `data.txt`: a job that reaches for
+    `../b/data.txt` shows its policy refusing files outside its directory.
+    """
+    with tempfile.TemporaryDirectory(prefix="jobs-") as top:
+        directories = []
+        for name in ("a", "b"):
+            directory = Path(top, name)
+            directory.mkdir()
+            (directory / "data.txt").write_text(f"data of job {name}\n")
+            directories.append(str(directory))
+        asyncio.run(_demo(directories, argv))
+
+
 def main(args: Sequence[str] | None = None) -> int:
-    """``serve SOCKET``, ``submit SOCKET DIR -- CMD...`` or ``demo DIR...``."""
+    """``serve SOCKET [-- CMD...]``, ``submit SOCKET DIR -- CMD...`` or ``demo [DIR...] [-- CMD...]``."""
     parser = argparse.ArgumentParser(prog="asyncio_server.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve jobs on a unix socket")
+    serve = commands.add_parser(
+        "serve", help="serve jobs on a unix socket (with -- CMD: while CMD runs, then exit with its status)",
+    )
     serve.add_argument("socket")
     serve.add_argument("--no-sandbox", action="store_true", help="run workers without Landlock")
     send = commands.add_parser("submit", help="send one job to a server and print its report")
@@ -291,31 +331,34 @@ def main(args: Sequence[str] | None = None) -> int:
     send.add_argument("directory")
     send.add_argument("argv", nargs=argparse.REMAINDER)
     demo = commands.add_parser(
-        "demo", help="run CMD (default: head data.txt) in each directory, all at once, in this process",
+        "demo", help="run CMD (default: head data.txt) in each directory (default: two temporary ones, a and b), "
+                     "all at once, in this process",
     )
-    demo.add_argument("directories", nargs="+", metavar="DIR")
+    demo.add_argument("directories", nargs="*", metavar="DIR")
     args = list(sys.argv[1:] if args is None else args)
-    command = ["head", "data.txt"]
-    if args[:1] == ["demo"] and "--" in args:
+    command: list[str] = []
+    if args[:1] in (["demo"], ["serve"]) and "--" in args:
         command = args[args.index("--") + 1:]
         args = args[:args.index("--")]
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="asyncio_server: %(message)s")
     if options.command == "serve":
         try:
-            asyncio.run(JobServer(use_sandbox=not options.no_sandbox).serve(options.socket))
+            return asyncio.run(JobServer(use_sandbox=not options.no_sandbox).serve(options.socket, command))
         except KeyboardInterrupt:
-            pass
-        return 0
+            return 130
     if options.command == "submit":
         argv = options.argv[1:] if options.argv[:1] == ["--"] else options.argv
         job = {"job": Path(options.directory).name, "directory": os.path.abspath(options.directory), "argv": argv}
         (report,) = asyncio.run(submit(options.socket, [job]))
         _print_report(report)
         return int(report.get("status", 2))
-    asyncio.run(_demo(options.directories, command))
+    command = command or ["head", "data.txt"]
+    if options.directories:
+        asyncio.run(_demo(options.directories, command))
+    else:
+        _demo_in_temporary_jobs(command)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,9 +12,11 @@ Each line is `libc_service.tracing.decision_record`: `pid`, `tid`,
 The file is opened at the first decision, in append mode, so documenting
 the policy creates nothing.
 
-Run it:
+Run it (the first command leaves `keep-me` and `audit.jsonl` in the
+current directory; the `rm` is refused, so `ls` finds the file):
 
-    LIBC_SERVICE_AUDIT=/tmp/audit.jsonl libc-service run examples/audit_jsonl.py -- sh -c 'cat /etc/hostname; rm -f /tmp/x'
+    libc-service run examples/audit_jsonl.py -- sh -c 'cat /etc/hostname; touch keep-me; rm keep-me || ls keep-me'
+    grep '"function": "unlink"' audit.jsonl
     libc-service docs examples/audit_jsonl.py
 
 Any router can be audited the same way: `router.observe(JsonlAudit(path))`.

@@ -13,10 +13,14 @@ The allowlist is `$LIBC_SERVICE_ALLOW`: endpoints separated by spaces or
 commas, each `address:port`, `[ipv6]:port`, or `network/len:*` for any port.
 It defaults to `127.0.0.1:8080`.
 
-Run it:
+Run it: `python3 examples/net_allowlist.py serve -- CMD` starts a test web
+server on 127.0.0.1:8080, runs CMD, stops the server and exits with CMD's
+status (without `-- CMD` it serves until interrupted; `--port` picks
+another port). The second command is refused: 8081 is not on the list.
 
-    LIBC_SERVICE_ALLOW='127.0.0.1:8080 [::1]:8080' libc-service run --sandbox examples/net_allowlist.py -- curl -s http://127.0.0.1:8080/
-    libc-service docs examples/net_allowlist.py
+    python3 examples/net_allowlist.py serve -- libc-service run --sandbox examples/net_allowlist.py -- curl -sS http://127.0.0.1:8080/
+    python3 examples/net_allowlist.py serve -- libc-service run --sandbox examples/net_allowlist.py -- sh -c 'curl -sS http://127.0.0.1:8081/ || echo "8081 is not on the list"'
+    LIBC_SERVICE_ALLOW='127.0.0.1:8080 [::1]:8080' libc-service docs examples/net_allowlist.py
 
 Limits: socket options the program set before `connect` (and a `bind` before
 it) are not carried over to the master's socket; a non-blocking `connect`
@@ -25,10 +29,13 @@ completes before it returns instead of giving `EINPROGRESS`.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import errno
 import os
 import socket
+import sys
+from collections.abc import Sequence
 
 from libc_service import FORWARD, AddrInfo, Errno, Router, Sandbox, WithFds
 from libc_service.conditions import to
@@ -128,3 +135,64 @@ async def resolve_in_master(request: GetaddrinfoRequest) -> list[AddrInfo] | Gai
         return _GAI_ERRORS.get(exc.errno or 0, "fail")
     found = dict.fromkeys((str(info[4][0]), int(info[4][1])) for info in infos)
     return [AddrInfo(address, port) for address, port in found]
+
+
+# ------------------------------------------------------------ the test server
+
+#: Where `serve` listens: the allowlist's default endpoint.
+TEST_HOST, TEST_PORT = "127.0.0.1", 8080
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer one HTTP request with a line of text, whatever was asked."""
+    try:
+        async with asyncio.timeout(5):
+            while (await reader.readline()).strip():  # the request line and headers, up to the blank line
+                pass
+        host, port = writer.get_extra_info("sockname")[:2]
+        body = f"hello from the test server on {host}:{port}\n".encode()
+        head = f"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
+    except (TimeoutError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def serve(port: int, command: Sequence[str]) -> int:
+    """Serve on 127.0.0.1:`port` while `command` runs (forever without one); `command`'s status.
+
+    Starting the server and the program in one command means the documented
+    commands need no second terminal and leave no server behind.
+    """
+    server = await asyncio.start_server(_answer, TEST_HOST, port)
+    async with server:
+        if not command:
+            await server.serve_forever()
+        process = await asyncio.create_subprocess_exec(*command)
+        return await process.wait()
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """`serve [--port PORT] [-- CMD [ARG...]]`: the test server for this example."""
+    args = list(sys.argv[1:] if args is None else args)
+    command: list[str] = []
+    if "--" in args:
+        command = args[args.index("--") + 1:]
+        args = args[:args.index("--")]
+    parser = argparse.ArgumentParser(prog="net_allowlist.py", description=main.__doc__)
+    parser.add_argument("action", choices=["serve"])
+    parser.add_argument("--port", type=int, default=TEST_PORT, help=f"port on {TEST_HOST} (default {TEST_PORT})")
+    options = parser.parse_args(args)
+    try:
+        return asyncio.run(serve(options.port, command))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:  # the port is taken, or the command cannot be started
+        print(f"net_allowlist.py: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

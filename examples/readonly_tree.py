@@ -4,18 +4,22 @@ The slave may read files beneath one root directory: the master opens each
 one itself, beneath the root (no `..`, no symlink out of the tree, no
 `/proc` magic links), and passes the descriptor back. Every call that would
 write — open for writing, create, truncate, mkdir, rmdir, unlink, rename —
-fails with `EROFS`, inside the root or not. Everything else is refused with
-`EACCES`.
+fails with `EROFS`, inside the root or not. The programs of the `PATH`
+directories can be found, read and run (so a shell works); everything else
+is refused with `EACCES`.
 
 The root is `$LIBC_SERVICE_ROOT`, or the current directory.
 
-Run it:
+Run it (from a checkout, which is then the tree):
 
-    LIBC_SERVICE_ROOT=/srv/data libc-service run --sandbox examples/readonly_tree.py -- cat /srv/data/report.txt
+    libc-service run --sandbox examples/readonly_tree.py -- sh -c 'ls; head -n 3 README.md'
+    libc-service run --sandbox examples/readonly_tree.py -- sh -c 'touch new-file || echo "touch failed with status $?"'
+    LIBC_SERVICE_ROOT=$PWD/docs libc-service run --sandbox examples/readonly_tree.py -- sh -c 'head -n 1 docs/index.md; cat README.md || echo "README.md is outside the tree"'
     libc-service docs examples/readonly_tree.py
 
-With `--sandbox` the program may read nothing by itself (the sandbox has no
-static rules): every file it gets comes from the master — `fopen`s and
+With `--sandbox` the program may read nothing by itself but the `PATH`
+directories (the sandbox's static rules let it read and execute there, and
+nothing more): every other file it gets comes from the master — `fopen`s and
 `opendir`s (so `ls`) included. Opens glibc makes internally (NSS, locales,
 the loader) are not arbitrated and are refused by the sandbox.
 """
@@ -25,7 +29,7 @@ from __future__ import annotations
 import errno
 import os
 
-from libc_service import Errno, Router, Sandbox, Stat, WithFds, deny
+from libc_service import FORWARD, Errno, Router, Sandbox, Stat, WithFds, deny
 from libc_service.conditions import under, writing
 from libc_service.requests import (
     AccessRequest,
@@ -41,8 +45,34 @@ from libc_service.safepath import open_beneath, stat_beneath
 #: The tree the slave may read, resolved once (conditions compare real paths).
 ROOT = os.path.realpath(os.environ.get("LIBC_SERVICE_ROOT") or os.getcwd())
 
+
+
+def _program_directories(root: str) -> tuple[str, ...]:
+    """The absolute directories of `$PATH` that exist, as the shell spells them.
+
+    A shell builds a program's path from these strings (`/bin` + `/ls`), and
+    `under()` compares those strings, so they are kept unresolved. A
+    directory that is the root or contains it is left out: a static rule
+    there would let the program read the whole tree, and what lies beside
+    it, without asking the master.
+    """
+    found: dict[str, None] = {}
+    for entry in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        if not entry.startswith("/") or not os.path.isdir(entry):
+            continue
+        real = os.path.realpath(entry)
+        if root == real or root.startswith(real.rstrip("/") + "/"):
+            continue
+        found[os.path.normpath(entry)] = None
+    return tuple(found)
+
+
+#: Where the program finds, reads and runs programs by itself (as read when the policy is loaded).
+PROGRAMS = _program_directories(ROOT)
+
 router = Router(default=deny(errno.EACCES))
-sandbox = Sandbox()
+#: The program may read and execute the `PATH` directories by itself, and nothing else.
+sandbox = Sandbox(allow_exec=PROGRAMS)
 
 
 @router.on("open", "openat", "mkdir", "rmdir", "unlink", "rename", when=writing())
@@ -87,3 +117,16 @@ def access_beneath_root(request: AccessRequest | EaccessRequest) -> int:
         return 0
     finally:
         os.close(fd)
+
+
+if PROGRAMS:
+
+    @router.on("open", "openat", "stat", "lstat", "access", "eaccess", when=under(*PROGRAMS))
+    def programs_on_path(request: Request) -> object:
+        """Looking up and reading the programs of the `PATH` directories: the program does it itself.
+
+        So a shell finds `ls` and `cat`. Writes there were refused first;
+        under `--sandbox` the program can only read and execute these
+        directories (the sandbox's static rules), and asks nothing for them.
+        """
+        return FORWARD

@@ -106,7 +106,7 @@ def test_every_example_says_how_to_run_it_and_documents_itself(monkeypatch: pyte
     for name in names:
         policy = load_example(name, monkeypatch)
         header = policy.module.__doc__ or ""
-        assert "Run it:" in header and f"examples/{name}.py" in header, name
+        assert "Run it" in header and f"examples/{name}.py" in header, name
         page = render_policy(policy, fmt="md")
         assert page.startswith(f"# Policy `{name}.py`"), name
     assert not (tmp_path / "audit.jsonl").exists(), "documenting the audit policy created its log"
@@ -163,8 +163,9 @@ async def test_readonly_tree_refuses_writes_with_erofs(tree: Path, monkeypatch: 
 async def test_readonly_tree_sandboxed_gets_files_only_from_the_master(
     tree: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    policy = load_example("readonly_tree", monkeypatch, LIBC_SERVICE_ROOT=str(tree))
-    assert isinstance(policy.sandbox, Sandbox) and policy.sandbox.static_rules() == []
+    policy = load_example("readonly_tree", monkeypatch, LIBC_SERVICE_ROOT=str(tree), PATH="/usr/bin:/bin")
+    assert isinstance(policy.sandbox, Sandbox)
+    assert policy.sandbox.allow_exec == ("/usr/bin", "/bin") and not policy.sandbox.allow_write
     ran = await run(["cat", "a.txt"], policy.router, sandbox=policy.sandbox, cwd=tree)
     assert (ran.status, ran.out) == (0, "inside the tree\n")
     # ls lists the directory with opendir(), which asks the master as an open of a directory:
@@ -173,6 +174,20 @@ async def test_readonly_tree_sandboxed_gets_files_only_from_the_master(
     assert (ran.status, ran.out) == (0, "a.txt\nescape\nsub\n")
     ran = await run(["ls", str(tree.parent)], policy.router, sandbox=policy.sandbox, cwd=tree)
     assert ran.status != 0 and "Permission denied" in ran.err
+
+
+async def test_readonly_tree_lets_a_shell_find_its_programs_on_path(
+    tree: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = load_example("readonly_tree", monkeypatch, LIBC_SERVICE_ROOT=str(tree), PATH="/usr/bin:/bin")
+    script = "ls; cat a.txt; touch new.txt || echo refused"
+    for sandbox in (None, policy.sandbox) if _SANDBOX_MISSING is None else (None,):
+        ran = await run(["sh", "-c", script], policy.router, sandbox=sandbox, cwd=tree)
+        assert (ran.status, ran.out) == (0, "a.txt\nescape\nsub\ninside the tree\nrefused\n"), (sandbox, ran.err)
+        assert "Read-only file system" in ran.err and not (tree / "new.txt").exists()
+    # A PATH directory that contains the tree is not granted: it would expose the tree past the master.
+    wide = load_example("readonly_tree", monkeypatch, LIBC_SERVICE_ROOT=str(tree), PATH=f"{tree.parent}:/usr/bin")
+    assert wide.module.PROGRAMS == ("/usr/bin",)
 
 
 # ------------------------------------------------------------------ fake_dns
