@@ -25,7 +25,7 @@ under a policy than without one:
   wrappers would change every thread of the master) — so a root master does
   not open a root-only file for a slave that dropped to ``nobody``. A
   creating call (``O_CREAT``, ``O_TMPFILE``, ``mkdir``, binding a unix
-  socket) with the slave's ``umask`` runs on a thread that ``unshare``\\ s its
+  socket) with the slave's ``umask`` runs on a thread that unshares its
   filesystem context and sets that umask, so the kernel applies it exactly
   as for the slave — including leaving it out when the parent directory has
   a default ACL, which computing ``mode & ~umask`` in Python would get wrong.
@@ -61,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno as errno_module
+import functools
 import logging
 import os
 import platform
@@ -208,6 +209,16 @@ def _master_umask() -> int | None:
     return None
 
 
+@functools.cache
+def _overflow_gid() -> int:
+    """What an unmapped group id reads as inside a user namespace (65534 by default)."""
+    try:
+        with open("/proc/sys/kernel/overflowgid", "rb") as overflow:
+            return int(overflow.read())
+    except (OSError, ValueError):
+        return 65534
+
+
 def _switch_for(request: Any, *, creates: bool = False, chdir: int | None = None) -> _Switch | None:
     """How a thread must change to act as the slave; ``None``: the master's own will do.
 
@@ -221,6 +232,12 @@ def _switch_for(request: Any, *, creates: bool = False, chdir: int | None = None
     umask = getattr(request, "umask", None)
     my_uid, my_gid = os.geteuid(), os.getegid()
     my_groups = tuple(os.getgroups())
+    overflow = _overflow_gid()
+    if groups is not None and overflow in groups and overflow not in my_groups:
+        # Inside a user namespace (the sandbox makes one) groups with no
+        # mapping read as the overflow gid, while the kernel still checks
+        # with the real ones: the list says nothing, so it is unknown.
+        groups = None
     want_uid = my_uid if uid is None else int(uid)
     want_gid = my_gid if gid is None else int(gid)
     if groups is None:
@@ -383,6 +400,34 @@ def _directory_name(dirfd: int) -> str | None:
     return name
 
 
+def join_to_directory(base: str, text: str) -> str:
+    """The absolute path of relative ``text`` from the directory named ``base``.
+
+    ``base`` is the kernel's name of a directory (``/proc/self/fd/N``): the
+    canonical path, with no symlink in it. So the ``..`` components that
+    *begin* ``text`` are exactly that directory's ancestors and are folded
+    into it (``../beta/x`` from ``/jobs/beta`` is ``/jobs/beta/x``, beneath a
+    root at ``/jobs/beta``); every later ``..`` may follow a symlink and is
+    left for the kernel, and the rest of the text is kept exactly.
+    """
+    names = [name for name in base.split("/") if name]
+    parts = text.split("/")
+    index = 0
+    while index < len(parts) - 1 and parts[index] in ("", ".", ".."):
+        if parts[index] == ".." and names:
+            names.pop()
+        index += 1
+    rest = "/".join(parts[index:])
+    if rest in (".", ".."):
+        if rest == ".." and names:
+            names.pop()
+        rest = ""
+    head = "/" + "/".join(names)
+    if not rest:
+        return head
+    return head.rstrip("/") + "/" + rest
+
+
 @dataclass
 class _Target:
     """Where the kernel resolves a path from: a directory descriptor, the exact
@@ -418,7 +463,7 @@ def _slave_cwd(request: Any) -> int:
         return os.open(f"/proc/{pid}/cwd", flags)
 
 
-def target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Target:
+def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Target:
     """Where and how the kernel must resolve the slave's ``path`` (see :class:`_Target`)."""
     text = os.fspath(path)
     if isinstance(text, bytes):
@@ -437,7 +482,7 @@ def target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Tar
                 # descriptor itself is exact and cannot escape.
                 return _Target(dirfd, text, _BENEATH if root is not None else _NO_MAGIC, root is not None,
                                tuple(owned))
-            joined = base.rstrip("/") + "/" + text
+            joined = join_to_directory(base, text)
             if root is None and not (base in ("/proc", "/dev") or _is_slave_proc(base, pid)):
                 return _Target(dirfd, text, _NO_MAGIC, False, tuple(owned))
             text = joined
@@ -559,7 +604,7 @@ def _open_now(
     fifo_wait: bool,
 ) -> int | _Fifo:
     """The open itself, as the slave; a :class:`_Fifo` when it must wait for the other end."""
-    with target(request, request.path, getattr(request, "dirfd", None), root) as where:
+    with _target(request, request.path, getattr(request, "dirfd", None), root) as where:
         if flags & os.O_PATH:
             return _open_at(where, flags & _O_PATH_FLAGS, 0, resolve_bits)
         accmode = flags & os.O_ACCMODE
@@ -649,7 +694,7 @@ def _perform_stat(request: Any, root: str | None) -> Stat:
 
 
 def _stat_now(request: Any, root: str | None, no_follow: int) -> Stat:
-    with target(request, request.path, request.dirfd, root) as where:
+    with _target(request, request.path, request.dirfd, root) as where:
         fd = _open_at(where, os.O_PATH | os.O_CLOEXEC | no_follow)
     try:
         return Stat.from_os(os.fstat(fd))
@@ -666,7 +711,7 @@ def _perform_access(request: Any, root: str | None) -> int:
 
 
 def _access_now(request: Any, root: str | None, amode: int, effective: bool) -> int:
-    with target(request, request.path, request.dirfd, root) as where:
+    with _target(request, request.path, request.dirfd, root) as where:
         fd = _open_at(where, os.O_PATH | os.O_CLOEXEC)
     try:
         if amode == 0:
@@ -704,7 +749,7 @@ def _perform_unlink(request: Any, root: str | None) -> int:
 
 
 def _in_parent(request: Any, root: str | None, change: Callable[[int, str], None]) -> int:
-    with target(request, request.path, request.dirfd, root) as where:
+    with _target(request, request.path, request.dirfd, root) as where:
         parent, name = _parent(where)
     try:
         change(parent, name)
@@ -718,10 +763,10 @@ def _perform_rename(request: Any, root: str | None) -> int:
 
 
 def _rename_now(request: Any, root: str | None) -> int:
-    with target(request, request.path1, request.dirfd1, root) as old:
+    with _target(request, request.path1, request.dirfd1, root) as old:
         old_parent, old_name = _parent(old)
     try:
-        with target(request, request.path2, request.dirfd2, root) as new:
+        with _target(request, request.path2, request.dirfd2, root) as new:
             new_parent, new_name = _parent(new)
         try:
             if getattr(request, "no_replace", False):
@@ -825,7 +870,7 @@ def _perform_bind_unix(request: Any, root: str | None) -> Any:
         # Created in the parent opened as the slave resolves it: bind the last
         # component from a thread whose working directory is that parent
         # (and whose umask is the slave's: the socket file is created).
-        with target(request, request.path, getattr(request, "dirfd", None), root) as where:
+        with _target(request, request.path, getattr(request, "dirfd", None), root) as where:
             parent, name = _as_slave(_switch_for(request), lambda: _parent(where))
         try:
             switch = _switch_for(request, creates=True, chdir=parent)
@@ -843,7 +888,7 @@ def _perform_connect(request: Any, root: str | None) -> Any:
     try:
         if request.function == "connect_unix" and not request.abstract:
             def open_socket_file() -> int:
-                with target(request, request.path, getattr(request, "dirfd", None), root) as where:
+                with _target(request, request.path, getattr(request, "dirfd", None), root) as where:
                     return _open_at(where, os.O_PATH | os.O_CLOEXEC)
 
             switch = _switch_for(request)

@@ -151,7 +151,8 @@ def resolve(request: Any, *, path: PurePosixPath | None = None, dirfd: int | Non
     insist on a directory) and ``..`` stays for the kernel to resolve (after
     ``link/`` it goes to the parent of the link's *target*, which no string
     fold knows). A relative path is joined to the kernel's name of the
-    directory behind ``dirfd``. ``/proc/self``, ``/proc/thread-self``,
+    directory behind ``dirfd``; only the ``..`` that begin it are folded into
+    that name, which is canonical (see ``perform.join_to_directory``). ``/proc/self``, ``/proc/thread-self``,
     ``/dev/fd/N`` and ``/dev/stdin|stdout|stderr`` become ``/proc/<pid>/…``
     of the requesting process and thread (``EACCES`` when the request has no
     pid). ``None`` for an abstract socket name, a relative path without a
@@ -168,12 +169,12 @@ def resolve(request: Any, *, path: PurePosixPath | None = None, dirfd: int | Non
     if not text.startswith("/"):
         if dirfd is None:
             return None
-        from .perform import _directory_name
+        from .perform import _directory_name, join_to_directory
 
         base = _directory_name(dirfd)
         if base is None:
             return None
-        text = base.rstrip("/") + "/" + text
+        text = join_to_directory(base, text)
     own = slave_self(text, int(getattr(request, "pid", 0)), int(getattr(request, "tid", 0)))
     return text if own is None else own
 
