@@ -24,7 +24,12 @@ nav:
 mkdocs loads hooks from a file path, so the one-line file re-exports this
 module's ``on_*`` functions; a project whose ``mkdocs.yml`` sits next to the
 ``libc_service`` sources may list ``libc_service/mkdocs_hook.py`` itself.
-The generated pages must not also exist as files in ``docs_dir``. A policy
+A generated page may exist in ``docs_dir`` only as a placeholder: a file
+containing the line ``<!-- libc-service: generated page -->``, which the
+build replaces with the generated page. Outside the built site (on a forge,
+in an editor) the placeholder is what a link to the page finds, so it should
+say where the policy is and how to render it; any other file there fails
+the build, since it would silently hide the generated page. A policy
 that cannot be loaded fails the build with its one-line error. Under
 ``mkdocs serve`` the policy files are watched, so editing a policy rebuilds
 its page.
@@ -57,6 +62,7 @@ from libc_service.policy import PolicyError, load_policy
 __all__ = [
     "CLI_HELP_MARKER",
     "EXTRA_KEY",
+    "PLACEHOLDER_MARKER",
     "PolicyPage",
     "cli_help",
     "on_config",
@@ -72,6 +78,8 @@ __all__ = [
 EXTRA_KEY: Final = "libc_service_policies"
 #: A page line replaced by the command line's help texts.
 CLI_HELP_MARKER: Final = "<!-- libc-service: cli-help -->"
+#: A line marking a file in ``docs_dir`` as the placeholder of a generated page.
+PLACEHOLDER_MARKER: Final = "<!-- libc-service: generated page -->"
 #: Help texts are wrapped at this width, whatever the terminal.
 HELP_COLUMNS: Final = 88
 
@@ -149,14 +157,26 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     return config
 
 
+def _is_placeholder(file: File) -> bool:
+    """Whether a file of ``docs_dir`` says it stands for a generated page."""
+    try:
+        return any(line.strip() == PLACEHOLDER_MARKER for line in file.content_string.splitlines())
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def on_files(files: Files, /, *, config: MkDocsConfig) -> Files:
-    """Add a generated file per policy page."""
+    """Add a generated file per policy page, in place of its placeholder if there is one."""
     for page in _pages:
-        if files.get_file_from_path(page.page) is not None:
-            raise PluginError(
-                f"extra.{EXTRA_KEY}: {page.page} is generated from {os.path.basename(page.policy)}, "
-                f"but {page.page} also exists in the docs directory: remove one of them"
-            )
+        existing = files.get_file_from_path(page.page)
+        if existing is not None:
+            if not _is_placeholder(existing):
+                raise PluginError(
+                    f"extra.{EXTRA_KEY}: {page.page} is generated from {os.path.basename(page.policy)}, "
+                    f"but {page.page} also exists in the docs directory: remove it, or make it a "
+                    f"placeholder containing the line {PLACEHOLDER_MARKER}"
+                )
+            files.remove(existing)
         files.append(File.generated(config, page.page, content=render_page(page)))
     return files
 

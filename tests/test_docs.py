@@ -363,9 +363,50 @@ def test_the_readonly_tree_example_page_reads_without_the_code(tmp_path: Path) -
         "**`refuse_writes`** — Nothing is written, anywhere: the call fails with `EROFS`.",
         "the path is `/srv/data` or beneath it",
         "### `unlink`, `rename`, `mkdir`, `rmdir`",
-        "No static rules",
+        "**`programs_on_path`** — Looking up and reading the programs of the `PATH` directories",
+        "| `/usr/bin` | read, execute |",
+        "| `/bin` | read, execute |",
     ):
         assert expected in page, expected
+
+
+# ------------------------------------------------------- links outside the site
+
+#: An inline Markdown link or image: ``[text](target)``, the target without a title.
+_LINK = re.compile(r"!?\[[^\]\n]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_FENCE = re.compile(r"^(```|~~~).*?^\1", flags=re.MULTILINE | re.DOTALL)
+
+
+def _relative_links(page: Path) -> list[str]:
+    """The relative link targets of a Markdown file, code blocks and inline code left out."""
+    text = _FENCE.sub("", page.read_text())
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return [target for target in _LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:|#|/", target)]
+
+
+def test_every_relative_link_of_the_readme_and_the_docs_leads_to_a_file_of_the_repository() -> None:
+    # A reader on a forge or in an editor follows links between files, not between built pages.
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in _relative_links(page):
+            path = target.split("#", 1)[0]
+            if path and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []
+    assert "examples/readonly_tree.md" in _relative_links(ROOT / "docs" / "quickstart.md")
+
+
+def test_every_generated_page_has_a_placeholder_in_the_docs_directory() -> None:
+    # Links to a generated page (the quickstart's, the index's) find the placeholder outside the
+    # site; it names the policy, which exists, and the build replaces it (the marker line).
+    config = (ROOT / "mkdocs.yml").read_text()
+    listed = re.findall(r"^    (examples/\w+\.md):", config, flags=re.MULTILINE)
+    assert sorted(listed) == sorted(f"examples/{path.stem}.md" for path in (ROOT / "examples").glob("*.py"))
+    for page in listed:
+        text = (ROOT / "docs" / page).read_text()
+        assert "<!-- libc-service: generated page -->" in text.splitlines(), page
+        assert f"(../../{page.removesuffix('.md')}.py)" in text, page
 
 
 # ------------------------------------------------------------ the mkdocs hook
@@ -407,8 +448,17 @@ def test_the_mkdocs_hook_generates_policy_pages_and_the_cli_help(tmp_path: Path)
     home = (site / "site" / "index.html").read_text()
     assert "libc-service docs" in home and "--format" in home
 
-    # A page that also exists as a file, and a policy that does not load, fail the build.
+    # A placeholder of the page (what a link finds outside the site) is replaced by the page.
     (site / "docs" / "policies").mkdir()
+    (site / "docs" / "policies" / "web.md").write_text(
+        "# web\n\n<!-- libc-service: generated page -->\n\nSee [the policy](../../policies/policy.py).\n"
+    )
+    run = subprocess.run([mkdocs, "build", "--strict"], cwd=site, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    web = (site / "site" / "policies" / "web" / "index.html").read_text()
+    assert "refuse_writes" in web and "See the policy" not in web
+
+    # A page that also exists as any other file, and a policy that does not load, fail the build.
     (site / "docs" / "policies" / "web.md").write_text("# stale\n")
     run = subprocess.run([mkdocs, "build", "--strict"], cwd=site, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "also exists in the docs directory" in run.stderr
