@@ -491,8 +491,9 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
         if own is not None:
             text = own
         if root is None:
-            magic_ok = own is not None or _is_slave_proc(text, pid)
-            return _Target(_AT_FDCWD, text, 0 if magic_ok else _NO_MAGIC, False, tuple(owned))
+            if _is_slave_proc(text, pid):
+                return _slave_proc_target(text, pid, owned)
+            return _Target(_AT_FDCWD, text, _NO_MAGIC, False, tuple(owned))
         try:
             relative = safepath.relative_to_root(root, text)
         except safepath.EscapeError:
@@ -504,6 +505,42 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
         for fd in owned:
             os.close(fd)
         raise
+
+
+def _slave_proc_target(text: str, pid: int, owned: list[int]) -> _Target:
+    """Where ``/proc/<pid>/…`` of the requesting process leads, following one magic link.
+
+    The walk down the slave's ``/proc/<pid>`` directory follows the first
+    symlink it meets — in procfs a magic link of the slave (``fd/N``,
+    ``cwd``, ``root``, ``exe``, ``task/<tid>/cwd`` …), which is what the
+    slave would reach — and resolves everything after it with
+    ``RESOLVE_NO_MAGICLINKS``: a symlink planted there (``cwd/x ->
+    /proc/self/fd/3``) must not lead to the master's own descriptors. A
+    ``..`` anywhere (``/proc/<pid>/../<other>``) gets no magic link at all.
+    """
+    prefix = f"/proc/{pid}"
+    rest = text[len(prefix):]
+    names = [name for name in rest.split("/") if name not in ("", ".")]
+    trailing = "/" if rest.endswith("/") else ""
+    if ".." in names:
+        return _Target(_AT_FDCWD, text, _NO_MAGIC, False, tuple(owned))
+    if not names:
+        return _Target(_AT_FDCWD, prefix + trailing, 0, False, tuple(owned))
+    current = os.open(prefix, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    owned.append(current)
+    for index, name in enumerate(names):
+        if index == len(names) - 1:
+            # The last name: opened with the caller's flags, following a magic link if it is one.
+            return _Target(current, name + trailing, 0, False, tuple(owned))
+        step = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
+        owned.append(step)
+        if stat_module.S_ISLNK(os.fstat(step).st_mode):
+            step = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=current)  # the slave's magic link
+            owned.append(step)
+            after = "/".join(names[index + 1:]) + trailing
+            return _Target(step, after, _NO_MAGIC, False, tuple(owned))
+        current = step
+    raise AssertionError("unreachable: the loop returns at the last name")
 
 
 def _open_at(where: _Target, flags: int, mode: int = 0, extra: int = 0) -> int:
@@ -934,7 +971,9 @@ def _connect(sock: socket.socket, address: Any, switch: _Switch | None, nonblock
                 time.sleep(_BACKLOG_RETRY)
                 code = _as_slave(switch, attempt)
             if code == errno_module.EINPROGRESS:
-                select.select([], [sock], [])
+                waiting = select.poll()
+                waiting.register(sock.fileno(), select.POLLOUT)
+                waiting.poll()
                 code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except BaseException:
             close_path()

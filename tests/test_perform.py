@@ -14,9 +14,9 @@ import asyncio
 import collections
 import errno
 import os
-import shutil
 import socket
 import stat
+import struct
 import subprocess
 import threading
 import time
@@ -323,19 +323,10 @@ def test_a_removed_directory_still_resolves_through_its_descriptor(tmp_path: Pat
         os.close(gone)
 
 
-def test_a_relative_path_without_a_directory_is_the_slaves_working_directory(tmp_path: Path) -> None:
+def test_a_relative_path_without_a_directory_is_the_slaves_working_directory(tmp_path: Path, sleeper: int) -> None:
     (tmp_path / "here.txt").write_text("here")
-    process = subprocess.Popen(["sleep", "30"], cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 10
-        while os.readlink(f"/proc/{process.pid}/exe").split("/")[-1] != "sleep":
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        request = OpenRequest(path="here.txt", flags=["read_only"], pid=process.pid, tid=process.pid)
-        assert read_all(perform(request)) == b"here"
-    finally:
-        process.kill()
-        process.wait()
+    request = OpenRequest(path="here.txt", flags=["read_only"], pid=sleeper, tid=sleeper)
+    assert read_all(perform(request)) == b"here"
 
 
 def test_a_symlink_to_the_masters_descriptors_is_refused(tmp_path: Path, here: int) -> None:
@@ -347,6 +338,38 @@ def test_a_symlink_to_the_masters_descriptors_is_refused(tmp_path: Path, here: i
         assert errno_of(lambda: perform(UnlinkRequest(path="x/victim", dirfd=here, **ME))) == "ELOOP"
     finally:
         os.close(secret)
+
+
+@pytest.fixture
+def sleeper(tmp_path: Path) -> Iterator[int]:
+    """A slave stand-in (not the master), working in tmp_path: its pid."""
+    process = subprocess.Popen(["sleep", "30"], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{process.pid}/exe").split("/")[-1] != "sleep":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        yield process.pid
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_the_slaves_magic_links_lead_to_the_slave_and_no_further(tmp_path: Path, sleeper: int) -> None:
+    (tmp_path / "file").write_text("in the slave's cwd")
+    mine = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        (tmp_path / "x").symlink_to(f"/proc/self/fd/{mine}")
+        slave = {"pid": sleeper, "tid": sleeper}
+        opened = perform(OpenRequest(path="/proc/self/cwd/file", flags=["read_only"], **slave))
+        assert read_all(opened) == b"in the slave's cwd"
+        # Past the slave's own magic link, a planted symlink to the master's descriptors is refused.
+        assert errno_of(lambda: perform(StatRequest(path="/proc/self/cwd/x/", **slave))) == "ELOOP"
+        climbing = f"/proc/self/../{os.getpid()}/fd/{mine}/file"
+        assert errno_of(lambda: perform(StatRequest(path=climbing, **slave))) == "ELOOP"
+        assert perform(LstatRequest(path="/dev/fd/1", **slave)).type == "symlink"
+    finally:
+        os.close(mine)
 
 
 def test_names_for_the_caller_need_a_pid() -> None:
@@ -510,11 +533,19 @@ def test_the_slaves_umask_applies_to_what_it_creates(tmp_path: Path, here: int) 
     assert before == 0o022 or before == os.umask(before)  # the master's own umask is unchanged
 
 
-@pytest.mark.skipif(shutil.which("setfacl") is None, reason="no setfacl")
+def _default_acl_rwx(directory: Path) -> None:
+    """``setfacl -d -m u::rwx,g::rwx,o::rwx``, as the xattr the kernel reads (no acl tools needed)."""
+    entries = [(0x01, 7), (0x04, 7), (0x20, 7)]  # ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER: rwx
+    value = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in entries)
+    try:
+        os.setxattr(directory, "system.posix_acl_default", value)
+    except OSError as exc:
+        pytest.skip(f"no POSIX ACLs on this filesystem: {exc.strerror}")
+
+
 def test_a_default_acl_wins_over_the_umask_as_in_the_kernel(tmp_path: Path, here: int) -> None:
-    done = subprocess.run(["setfacl", "-d", "-m", "u::rwx,g::rwx,o::rwx", str(tmp_path)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"no ACLs on this filesystem: {done.stderr.decode().strip()}")
+    """With a default ACL the kernel ignores the umask: mode & ~umask computed by hand would be wrong."""
+    _default_acl_rwx(tmp_path)
     create = OpenRequest(path="file", flags=["write_only", "create"], mode=0o666, dirfd=here, **ME)
     os.close(perform(as_slave(create, umask=0o077)).fds[0])
     assert stat.S_IMODE((tmp_path / "file").stat().st_mode) == 0o666
