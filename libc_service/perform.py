@@ -475,6 +475,8 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
             if dirfd is None:
                 dirfd = _slave_cwd(request)
                 owned.append(dirfd)
+            if root is None and not _may_name_the_caller(text, dirfd):
+                return _Target(dirfd, text, _NO_MAGIC, False, tuple(owned))  # the common case: no name needed
             base = _directory_name(dirfd)
             if base is None:
                 # A removed directory: nothing beneath it has a name, and
@@ -482,10 +484,7 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
                 # descriptor itself is exact and cannot escape.
                 return _Target(dirfd, text, _BENEATH if root is not None else _NO_MAGIC, root is not None,
                                tuple(owned))
-            joined = join_to_directory(base, text)
-            if root is None and not (base in ("/proc", "/dev") or _is_slave_proc(base, pid)):
-                return _Target(dirfd, text, _NO_MAGIC, False, tuple(owned))
-            text = joined
+            text = join_to_directory(base, text)
         # An absolute text from here on.
         own = slave_self(text, pid, tid)
         if own is not None:
@@ -505,6 +504,35 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
         for fd in owned:
             os.close(fd)
         raise
+
+
+#: Words one of which a relative path must contain to reach a name for the caller
+#: (``proc/self``, ``proc/thread-self``, ``dev/fd``, ``dev/stdin`` …) from any directory.
+_CALLER_WORDS: Final = ("self", "fd", "std")
+
+
+@functools.cache
+def _proc_device() -> int | None:
+    try:
+        return os.stat("/proc").st_dev
+    except OSError:
+        return None
+
+
+def _may_name_the_caller(text: str, dirfd: int) -> bool:
+    """Whether relative ``text`` from ``dirfd`` may lead to a name for the caller.
+
+    ``False`` lets the kernel resolve it from the descriptor without the
+    master reading the directory's name (a ``readlink``, the slow part):
+    the text holds no word of such a name and the directory is not in
+    ``/proc`` (whose ``<pid>`` directories need the slave's magic links).
+    """
+    if any(word in text for word in _CALLER_WORDS):
+        return True
+    try:
+        return os.fstat(dirfd).st_dev == _proc_device()
+    except OSError:
+        return True
 
 
 def _slave_proc_target(text: str, pid: int, owned: list[int]) -> _Target:

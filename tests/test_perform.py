@@ -372,6 +372,16 @@ def test_the_slaves_magic_links_lead_to_the_slave_and_no_further(tmp_path: Path,
         os.close(mine)
 
 
+@pytest.mark.parametrize(("directory", "path"), [("/", "proc/self"), ("/usr", "../proc/./self/"), ("/proc", "self")])
+def test_a_relative_path_to_proc_self_is_the_slaves_too(sleeper: int, directory: str, path: str) -> None:
+    dirfd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+    try:
+        found = perform(StatRequest(path=path, dirfd=dirfd, pid=sleeper, tid=sleeper))
+        assert found.ino == os.stat(f"/proc/{sleeper}").st_ino
+    finally:
+        os.close(dirfd)
+
+
 def test_names_for_the_caller_need_a_pid() -> None:
     assert errno_of(lambda: perform(StatRequest(path="/dev/stdin"))) == "EACCES"
     assert errno_of(lambda: perform(OpenRequest(path="relative", flags=["read_only"]))) == "EACCES"
