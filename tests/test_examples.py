@@ -5,14 +5,24 @@ Each test loads ``examples/NAME.py`` the way ``libc-service run`` does
 runs an unmodified program as its slave through ``spawn()``. The sandboxed
 variants run only where the kernel has Landlock and skip with the reason
 otherwise.
+
+The commands the documentation tells a reader to type are run too, verbatim,
+by ``sh`` in a copy of the checkout, and must exit 0. Which lines are such
+commands is a convention of the sources: every indented line of an
+example's module docstring (its "Run it" block), and every line but
+comments of a ```` ```sh ```` block in ``README.md`` and
+``docs/quickstart.md``. Set-up commands (venv, pip) and usage synopses sit
+in plain ```` ``` ```` blocks and are not run.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,7 +42,8 @@ from libc_service.policy import LoadedPolicy, load_policy
 from libc_service.sandbox import network_namespaces_available
 from libc_service.spawn import ShimNotFound, shim_path
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+REPOSITORY = Path(__file__).resolve().parent.parent
+EXAMPLES = REPOSITORY / "examples"
 #: A real Python binary (not a pyenv or wrapper script).
 PYTHON = os.path.realpath(sys.executable)
 
@@ -447,3 +458,85 @@ async def test_asyncio_server_reports_a_bad_job_without_running_anything(
         await server.wait()
     assert first == {"error": '"directory" must name a directory'}
     assert "error" in second
+
+
+# ------------------------------------------------- the documented commands, verbatim
+
+#: Pages whose ```sh blocks are commands to run.
+RUNNABLE_PAGES = ("README.md", "docs/quickstart.md")
+#: Programs some commands run that a machine may lack.
+OPTIONAL_PROGRAMS = ("curl", "getent")
+
+
+def documented_commands() -> dict[str, list[str]]:
+    """Each source (an example, a page) with its commands, in the order a reader meets them."""
+    sources: dict[str, list[str]] = {}
+    for path in sorted(EXAMPLES.glob("*.py")):
+        header = ast.get_docstring(ast.parse(path.read_text()), clean=False) or ""
+        sources[f"examples/{path.name}"] = [line[4:] for line in header.splitlines() if line.startswith("    ")]
+    for name in RUNNABLE_PAGES:
+        blocks = re.findall(r"^```sh\n(.*?)^```", (REPOSITORY / name).read_text(), flags=re.MULTILINE | re.DOTALL)
+        sources[name] = [
+            line for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")
+        ]
+    return sources
+
+
+def _missing_feature(command: str) -> str | None:
+    """Why ``command`` cannot run on this machine, or ``None``."""
+    if "--sandbox" in command and _SANDBOX_MISSING is not None:
+        return f"no Landlock sandbox here: {_SANDBOX_MISSING}"
+    for program in OPTIONAL_PROGRAMS:
+        if re.search(rf"(^|[\s'\"]){program}\s", command) and shutil.which(program) is None:
+            return f"{program} is not installed"
+    return None
+
+
+def _fresh_checkout(directory: Path) -> Path:
+    """What the commands read of a checkout — examples, README.md, docs pages — copied into ``directory``.
+
+    A copy, so a command that writes (an audit log, ``-o policy.json``)
+    leaves the repository alone, and so the tree ``readonly_tree`` serves
+    holds real files, not symlinks leading out of it.
+    """
+    shutil.copytree(EXAMPLES, directory / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    (directory / "docs").mkdir()
+    for page in (REPOSITORY / "docs").glob("*.md"):
+        shutil.copy(page, directory / "docs" / page.name)
+    shutil.copy(REPOSITORY / "README.md", directory / "README.md")
+    return directory
+
+
+def test_the_convention_finds_the_commands_of_every_source() -> None:
+    sources = documented_commands()
+    assert set(sources) == {f"examples/{path.name}" for path in EXAMPLES.glob("*.py")} | set(RUNNABLE_PAGES)
+    for source, commands in sources.items():
+        assert commands, f"{source} shows no command to run"
+        assert all(not command.startswith((" ", "pip ", "python3 -m venv")) for command in commands), source
+    assert "libc-service docs examples/readonly_tree.py" in sources["examples/readonly_tree.py"]
+
+
+@pytest.mark.parametrize("source", sorted(documented_commands()))
+def test_every_documented_command_runs_verbatim_and_exits_0(source: str, tmp_path: Path) -> None:
+    # As a reader would after the README's install: this interpreter's scripts first on PATH,
+    # none of the examples' variables set, the working directory a checkout.
+    scripts = Path(sys.executable).parent
+    if shutil.which("libc-service", path=str(scripts)) is None:
+        pytest.skip(f"no libc-service script next to {sys.executable} (pip install the package)")
+    workdir = _fresh_checkout(tmp_path / "checkout")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LIBC_SERVICE_")}
+    env.update(PATH=f"{scripts}{os.pathsep}{os.environ.get('PATH', os.defpath)}", PWD=str(workdir))
+    skipped = []
+    for command in documented_commands()[source]:
+        reason = _missing_feature(command)
+        if reason is not None:
+            skipped.append(f"{command}: {reason}")
+            continue
+        ran = subprocess.run(
+            ["sh", "-c", command], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert ran.returncode == 0, f"{command}\nexit status {ran.returncode}\n{ran.stdout}\n{ran.stderr}"
+        assert "Traceback" not in ran.stderr, f"{command}\n{ran.stderr}"
+    if skipped:
+        pytest.skip("; ".join(skipped))
