@@ -29,6 +29,7 @@ from conftest import FdCount
 from shimtools import PYTHON, needs_shim, run_native, run_slave
 
 from libc_service import Decision, Router, Stat, WithFds, deny, perform
+from libc_service.conditions import under
 from libc_service.requests import (
     FUNCTIONS,
     OPEN_FLAGS,
@@ -54,6 +55,8 @@ CONTEXT_FIELDS = ("umask", "fsuid", "fsgid", "groups")
 #: Whether requests carry the slave's umask and credentials (and the shim sends them).
 HAS_CONTEXT = all(name in OpenRequest.model_fields for name in CONTEXT_FIELDS)
 HAS_NON_BLOCKING = "non_blocking" in OPEN_FLAGS
+PATH_FUNCTIONS = ["open", "openat", "stat", "lstat", "access", "eaccess", "mkdir", "rmdir", "unlink", "rename",
+                  "connect_unix", "bind_unix"]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
 
 
@@ -109,11 +112,22 @@ def read_all(result: WithFds) -> bytes:
 
 
 class Performing:
-    """A router that performs every call with perform(), and what it saw."""
+    """A router that performs every call with perform(), and what it saw.
 
-    def __init__(self) -> None:
+    With ``beneath``, calls on paths in that tree are performed beneath it
+    (the kernel confines them), the others as they are.
+    """
+
+    def __init__(self, beneath: Path | None = None) -> None:
         self.router = Router(default=deny(errno.ENOSYS))
         self.calls: collections.Counter[str] = collections.Counter()
+        if beneath is not None:
+            root = beneath
+
+            @self.router.on(*PATH_FUNCTIONS, when=under(str(root)))
+            def perform_beneath(request: Any) -> Any:
+                """Calls on the tree, performed beneath it."""
+                return perform(request, beneath=root)
 
         @self.router.on(*FUNCTIONS)
         def perform_it(request: Any) -> Any:
@@ -124,6 +138,7 @@ class Performing:
 
     def _seen(self, decision: Decision) -> None:
         self.calls[decision.request.function] += 1
+        self.calls["beneath"] += decision.route.endswith("perform_beneath")
         assert decision.outcome in ("reply", "error"), decision
 
 
@@ -184,18 +199,20 @@ PROGRAMS: dict[str, tuple[list[str], str]] = {
 
 @needs_shim
 @pytest.mark.slow
+@pytest.mark.parametrize("beneath", [False, True], ids=["perform", "perform-beneath"])
 @pytest.mark.parametrize("name", PROGRAMS)
-async def test_a_program_under_perform_behaves_as_natively(name: str, tmp_path: Path) -> None:
+async def test_a_program_under_perform_behaves_as_natively(name: str, beneath: bool, tmp_path: Path) -> None:
     argv, expected = PROGRAMS[name]
     native_dir, slave_dir = tmp_path / "native", tmp_path / "slave"
     populate(native_dir)
     populate(slave_dir)
     native = run_native(argv, cwd=native_dir)
-    performing = Performing()
+    performing = Performing(slave_dir.resolve() if beneath else None)
     slave = await run_slave(argv, performing.router, cwd=slave_dir)
     assert (slave.status, slave.out, slave.err) == (native.status, native.out, native.err)
     assert tree(slave_dir) == tree(native_dir)
     assert performing.calls[expected] > 0, performing.calls
+    assert (performing.calls["beneath"] > 0) == beneath, performing.calls
 
 
 @needs_shim
@@ -606,10 +623,6 @@ def _escapes(function: str, way: str, rootfd: int, unix: int) -> Any:
         return ConnectUnixRequest(path=f"{in_root}/{out}/sock", socket=unix, **ME)
     assert function == "bind_unix"
     return BindUnixRequest(path=f"{in_root}/{out}/bound", socket=unix, **ME)
-
-
-PATH_FUNCTIONS = ["open", "openat", "stat", "lstat", "access", "eaccess", "mkdir", "rmdir", "unlink", "rename",
-                  "connect_unix", "bind_unix"]
 
 
 @pytest.mark.parametrize("way", ["dotdot", "absolute", "climbing"])
