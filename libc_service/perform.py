@@ -159,9 +159,10 @@ def perform(request: Any, *, beneath: str | os.PathLike[str] | None = None) -> A
 class _Switch:
     """What a thread takes on to act as the slave: ids, umask, working directory.
 
-    A thread that changed any of these is never reused: it ends after the
-    call, so a failed restore cannot leak the slave's identity (or the
-    master's) into later calls.
+    The ids are put back after the call (:meth:`leave`); the thread is never
+    reused all the same: it ends after the call, so a failed restore cannot
+    leak the slave's identity into later calls, and its private umask and
+    working directory end with it.
     """
 
     ids: tuple[int, int, tuple[int, ...]] | None = None
@@ -182,8 +183,23 @@ class _Switch:
             array = (ctypes.c_uint * max(len(groups), 1))(*groups)
             _syscall("setgroups", ctypes.c_size_t(len(groups)), array)
             _syscall("setresgid", ctypes.c_uint(gid), ctypes.c_uint(gid), ctypes.c_uint(0xFFFFFFFF))
-            # The saved uid keeps the master's, so the thread could switch back.
+            # The saved uid keeps the master's, so the thread can switch back.
             _syscall("setresuid", ctypes.c_uint(uid), ctypes.c_uint(uid), ctypes.c_uint(0xFFFFFFFF))
+
+    def leave(self, saved: tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, ...]]) -> None:
+        """Put back the ids :meth:`enter` changed (``saved``: from :func:`_thread_ids`)."""
+        if self.ids is None:
+            return
+        (ruid, euid, _), (rgid, egid, _), groups = saved
+        _syscall("setresuid", ctypes.c_uint(ruid), ctypes.c_uint(euid), ctypes.c_uint(0xFFFFFFFF))
+        _syscall("setresgid", ctypes.c_uint(rgid), ctypes.c_uint(egid), ctypes.c_uint(0xFFFFFFFF))
+        array = (ctypes.c_uint * max(len(groups), 1))(*groups)
+        _syscall("setgroups", ctypes.c_size_t(len(groups)), array)
+
+
+def _thread_ids() -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, ...]]:
+    """This thread's (real, effective, saved) uids and gids and its groups."""
+    return os.getresuid(), os.getresgid(), tuple(os.getgroups())
 
 
 def _syscall(name: str, *args: Any) -> int:
@@ -257,13 +273,21 @@ def _switch_for(request: Any, *, creates: bool = False, chdir: int | None = None
 
 def _run_switched(switch: _Switch | None, call: Callable[[], T]) -> T:
     """``call()`` under ``switch``, in the thread that runs this."""
-    if switch is not None:
+    if switch is None:
+        return call()
+    saved = _thread_ids()
+    try:
         try:
             switch.enter()
         except OSError as exc:
             logger.warning("cannot act as the slave (%s); failing the call with EPERM", exc)
             raise OSError(errno_module.EPERM, f"the master cannot take on the slave's identity: {exc}") from None
-    return call()
+        return call()
+    finally:
+        try:
+            switch.leave(saved)
+        except OSError as exc:  # the thread ends now anyway
+            logger.warning("could not restore the master's ids on a perform thread: %s", exc)
 
 
 def _as_slave(switch: _Switch | None, call: Callable[[], T]) -> T:

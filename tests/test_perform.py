@@ -548,6 +548,26 @@ def test_a_root_master_acting_for_nobody_gets_eacces(tmp_path: Path, here: int) 
     assert read_all(perform(OpenRequest(path="root_only", flags=["read_only"], dirfd=here, **ME))) == b"secret"
 
 
+@needs_root
+def test_a_perform_thread_takes_the_slaves_ids_and_gives_them_back() -> None:
+    # (``libc_service.perform`` the attribute is the function; the module's internals, by name.)
+    from libc_service.perform import _run_switched, _Switch
+
+    seen: list[Any] = []
+
+    def on_a_thread() -> None:
+        switch = _Switch(ids=(65534, 65534, ()))
+        before = (os.getresuid(), os.getresgid(), os.getgroups())
+        seen.append(_run_switched(switch, lambda: (os.geteuid(), os.getegid(), os.getgroups())))
+        seen.append((os.getresuid(), os.getresgid(), os.getgroups()) == before)
+
+    thread = threading.Thread(target=on_a_thread)
+    thread.start()
+    thread.join()
+    assert seen == [(65534, 65534, []), True]
+    assert (os.geteuid(), os.getegid()) == (0, 0)  # other threads never changed
+
+
 def test_the_slaves_umask_applies_to_what_it_creates(tmp_path: Path, here: int) -> None:
     masked = {"umask": 0o077}
     create = OpenRequest(path="file", flags=["write_only", "create"], mode=0o666, dirfd=here, **ME)
