@@ -14,6 +14,7 @@ import asyncio
 import collections
 import errno
 import os
+import signal
 import socket
 import stat
 import struct
@@ -28,7 +29,7 @@ import pytest
 from conftest import FdCount
 from shimtools import PYTHON, needs_shim, run_native, run_slave
 
-from libc_service import Decision, Router, Stat, WithFds, deny, perform
+from libc_service import Decision, Router, Stat, WithFds, deny, perform, spawn
 from libc_service.conditions import under
 from libc_service.requests import (
     FUNCTIONS,
@@ -270,6 +271,34 @@ async def test_fifo_opens_with_and_without_o_nonblock_as_natively(tmp_path: Path
     slave = await run_slave(argv, performing.router, cwd=slave_dir, timeout=20)
     assert (slave.status, slave.out, slave.err) == (native.status, native.out, native.err)
     assert performing.calls["open"] >= 5, performing.calls  # the FIFO opens were the master's
+
+
+@needs_shim
+@pytest.mark.slow
+async def test_a_slave_blocked_on_a_fifo_leaves_the_master_free_and_killable(tmp_path: Path) -> None:
+    """The open waits on a thread: the loop answers other calls, SIGTERM ends the program,
+    and closing the session releases the thread that waited for a writer."""
+    os.mkfifo(tmp_path / "p")
+    threads = _threads()
+    performing = Performing()
+    async with spawn([PYTHON, "-c", "import os; os.open('p', os.O_RDONLY)"], performing.router,
+                     cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+        deadline = time.monotonic() + 10
+        while _threads() == threads:  # the open reached the master and waits there
+            assert time.monotonic() < deadline, performing.calls
+            await asyncio.sleep(0.01)
+        assert process.returncode is None
+        ticks = 0
+        for _ in range(10):  # the event loop is not blocked
+            await asyncio.sleep(0.01)
+            ticks += 1
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while _threads() > threads:
+        assert time.monotonic() < deadline, "the thread waiting on the FIFO was not released"
+        await asyncio.sleep(0.01)
+    assert ticks == 10
 
 
 @needs_shim
