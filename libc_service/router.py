@@ -44,6 +44,7 @@ __all__ = [
     "Route",
     "RouteTable",
     "Router",
+    "Transport",
     "WithFds",
     "deny",
 ]
@@ -171,6 +172,10 @@ class RouteTable:
         return tuple(route for route in self.routes if function in route.functions)
 
 
+#: How a call reached the master (see :attr:`Decision.transport`).
+Transport: TypeAlias = Literal["shim", "seccomp"]
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What an observer sees for every call, after the reply went out."""
@@ -185,6 +190,9 @@ class Decision:
     #: Time spent deciding (handlers and conditions), in nanoseconds.
     latency_ns: int
     session: str = field(default="")
+    #: How the call reached the master: the preloaded shim's channel, or a
+    #: seccomp user notification (:mod:`libc_service.notify`).
+    transport: Transport = field(default="shim")
 
 
 Observer: TypeAlias = Callable[[Decision], None]
@@ -415,6 +423,24 @@ class Router:
             call.abandon()
             raise
         await self._reply_and_notify(call, route_name, outcome, time.perf_counter_ns() - started, session)
+
+    async def decide(self, request: Request) -> tuple[str, Any]:
+        """Decide ``request`` outside a session: the deciding route's name and its outcome.
+
+        For a transport that receives calls and replies some other way (the
+        seccomp user notifications of :mod:`libc_service.notify`): the same
+        routes, conditions, ``PASS``, default and ``timeout`` as
+        :meth:`serve`, so one policy serves both. The outcome is what the
+        handler returned or the exception it raised (a timeout gives
+        ``Errno(timeout_errno)``); turning it into a reply is the caller's,
+        who then gives observers the :class:`Decision` with :meth:`report`.
+        """
+        return await self._decide(request)
+
+    def report(self, decision: Decision) -> None:
+        """Give a decision made with :meth:`decide` to the observers, once its reply went out."""
+        if self._observers:
+            self._notify(decision)
 
     async def _reply_and_notify(self, call: Call, route_name: str, outcome: Any, latency: int, session: str) -> None:
         try:

@@ -7,6 +7,11 @@ each channel is served as its own session by ``router.serve`` on the
 running loop. When the program exits, the registration socket and every
 remaining session are closed: descendants that outlive it lose the master
 (the shim then falls back to the real libc, which a sandbox refuses).
+
+With ``seccomp=True`` the tree also runs under a seccomp filter whose
+notifications the same router decides (:mod:`libc_service.notify`): the
+calls the shim cannot see (static programs, raw system calls, libc's own
+opens). The shim then only relays ``getaddrinfo`` to the router.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from . import wire
 from .master import Call, Master, SessionClosed, close_fds, received_fds
 
 if TYPE_CHECKING:
+    from .notify import ListenerHandoff, SeccompSession
     from .router import Router
     from .sandbox import PreparedSandbox, Sandbox
 
@@ -127,6 +133,7 @@ class SlaveProcess:
         stderr: _File,
         shim: str | os.PathLike[str] | None,
         max_sessions: int = 1024,
+        seccomp: bool = False,
     ) -> None:
         if not argv:
             raise ValueError("spawn() needs a program to run")
@@ -148,6 +155,10 @@ class SlaveProcess:
         self._served: set[tuple[int, int]] = set()
         #: How many sessions (processes of the tree) registered so far.
         self.sessions_started = 0
+        self._seccomp = seccomp
+        #: The seccomp listener's session (``seccomp=True``), once the program runs.
+        self.seccomp_session: SeccompSession | None = None
+        self._seccomp_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -156,7 +167,15 @@ class SlaveProcess:
         shim = self._shim or shim_path()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         prepared = None
+        handoff: ListenerHandoff | None = None
         try:
+            if self._seccomp:
+                from .notify import ListenerHandoff
+
+                handoff = ListenerHandoff()
+                if self._sandbox is None:
+                    logger.warning("seccomp without a sandbox: a call the policy forwards is continued by the "
+                                   "kernel unconfined, with arguments the program may change meanwhile")
             env = dict(os.environ if self._env is None else self._env)
             preload = env.get("LD_PRELOAD", "")
             env["LD_PRELOAD"] = f"{shim} {preload}".strip()
@@ -167,7 +186,8 @@ class SlaveProcess:
                 local = local_value(prepared.local_trees)
                 if local:
                     env[ENV_LOCAL] = local
-            preexec = _child_setup(theirs.fileno(), prepared, _closes_inherited_fds(asyncio.get_running_loop()))
+            preexec = _child_setup(theirs.fileno(), prepared, _closes_inherited_fds(asyncio.get_running_loop()),
+                                   handoff.install_in_child if handoff is not None else None)
             stdin, stdout, stderr = self._stdio
             self._process = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -181,15 +201,39 @@ class SlaveProcess:
             )
         except BaseException:
             mine.close()
+            if handoff is not None:
+                handoff.close()
             raise
         finally:
             theirs.close()
             if prepared is not None:
                 prepared.close()
+        if handoff is not None:
+            try:
+                await self._serve_listener(handoff)
+            except BaseException:
+                mine.close()
+                raise
         mine.setblocking(False)
         self._registrar = mine
         self._accepting = asyncio.ensure_future(self._accept_registrations(mine))
         return self
+
+    async def _serve_listener(self, handoff: ListenerHandoff) -> None:
+        """Receive the child's seccomp listener and serve it (the program waits on it meanwhile)."""
+        from .notify import SeccompSession
+
+        try:
+            listener, killable = await handoff.receive()
+        except BaseException:
+            self.kill()
+            await self._reap()
+            raise
+        finally:
+            handoff.close()
+        self.seccomp_session = SeccompSession(listener, self.router, killable=killable, name=f"seccomp pid {self.pid}",
+                                              own_files=[os.fspath(self._shim or shim_path())])
+        self._seccomp_task = asyncio.ensure_future(self.seccomp_session.serve())
 
     async def __aenter__(self) -> SlaveProcess:
         return await self.start()
@@ -293,6 +337,11 @@ class SlaveProcess:
         if self._registrar is not None:
             self._registrar.close()
             self._registrar = None
+        if self.seccomp_session is not None:
+            self.seccomp_session.close()
+        if self._seccomp_task is not None:
+            await asyncio.gather(self._seccomp_task, return_exceptions=True)
+            self._seccomp_task = None
         # Let sessions whose slaves already hung up finish their last replies.
         if self._sessions:
             await asyncio.wait(set(self._sessions), timeout=0.05)
@@ -366,7 +415,12 @@ class SlaveProcess:
 
     async def _serve(self, master: _Session, identity: tuple[int, int]) -> None:
         try:
-            await self.router.serve(master)
+            if self._seccomp:
+                from .notify import serve_shim_relay
+
+                await serve_shim_relay(self.router, master)
+            else:
+                await self.router.serve(master)
         except Exception:  # noqa: BLE001 - one session's failure must not end the others
             logger.exception("session %s failed", master.name)
         else:
@@ -396,15 +450,19 @@ def _closes_inherited_fds(loop: asyncio.AbstractEventLoop) -> bool:
     return not type(loop).__module__.startswith("uvloop")
 
 
-def _child_setup(keep: int, sandbox: PreparedSandbox | None, fds_closed: bool) -> Callable[[], None] | None:
+def _child_setup(
+    keep: int, sandbox: PreparedSandbox | None, fds_closed: bool, last: Callable[[], None] | None = None
+) -> Callable[[], None] | None:
     """What runs in the child between fork and exec, or ``None`` when nothing must.
 
     Marking every descriptor but stdio and ``keep`` close-on-exec (rather
     than closing them) leaves the loop's own child code free to use the
     descriptors it arranged, while the program starts with exactly stdio,
-    the registration socket and what the shim documents.
+    the registration socket and what the shim documents. ``last`` (the
+    seccomp listener's installation) runs after everything else: calls made
+    after it would wait for a master that is still in ``fork``.
     """
-    if fds_closed and sandbox is None:
+    if fds_closed and sandbox is None and last is None:
         return None
 
     def setup() -> None:
@@ -412,6 +470,8 @@ def _child_setup(keep: int, sandbox: PreparedSandbox | None, fds_closed: bool) -
             _close_on_exec_except(keep)
         if sandbox is not None:
             sandbox.apply_in_child()
+        if last is not None:
+            last()
 
     return setup
 
@@ -488,6 +548,7 @@ def spawn(
     stderr: _File = None,
     shim: str | os.PathLike[str] | None = None,
     max_sessions: int = 1024,
+    seccomp: bool = False,
 ) -> SlaveProcess:
     """Run ``argv`` as a slave of ``router`` on the running loop.
 
@@ -498,8 +559,14 @@ def spawn(
     ``max_sessions`` bounds the processes of the tree served at once (each
     costs the master a descriptor); a registration past it is refused and
     that process falls back as without a master.
+    ``seccomp=True`` also decides the tree's arbitrated system calls that
+    the shim does not see, through seccomp user notifications
+    (:mod:`libc_service.notify`; raises
+    :class:`~libc_service.notify.SeccompUnavailable` where the kernel
+    cannot). Without ``sandbox`` a call the policy forwards is then
+    unconfined: a warning is logged.
     """
     return SlaveProcess(
         argv, router, env=env, cwd=cwd, sandbox=sandbox, stdin=stdin, stdout=stdout, stderr=stderr, shim=shim,
-        max_sessions=max_sessions,
+        max_sessions=max_sessions, seccomp=seccomp,
     )

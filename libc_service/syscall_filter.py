@@ -138,6 +138,8 @@ def _arg_high(index: int) -> int:
 
 
 _LD_W_ABS, _JEQ_K, _JGE_K, _JGT_K, _JA, _RET_K = 0x20, 0x15, 0x35, 0x25, 0x05, 0x06
+#: ``jset``: jump when the accumulator has any of the bits of ``k`` (used by :mod:`.notify_filter`).
+_JSET_K: Final = 0x45
 _RET_ALLOW: Final = 0x7FFF0000
 _RET_ERRNO: Final = 0x00050000
 _INSTRUCTION: Final = struct.Struct("<HBBI")
@@ -182,7 +184,7 @@ class _Assembler:
         for index, (code, k, true, false) in enumerate(self._code):
             if code == _JA:
                 out.append(_INSTRUCTION.pack(code, 0, 0, self._offset(index, true)))
-            elif code in (_JEQ_K, _JGE_K, _JGT_K):
+            elif code in (_JEQ_K, _JGE_K, _JGT_K, _JSET_K):
                 jt, jf = self._offset(index, true), self._offset(index, false)
                 if jt > 255 or jf > 255:
                     raise ValueError("a conditional jump is too long for classic BPF")

@@ -1,0 +1,1092 @@
+"""The seccomp user-notification transport: the same Router, below libc.
+
+The shim sees only calls made through libc's exported symbols. A static
+binary, a raw ``syscall()``, or the opens libc and the loader make
+themselves (``dlopen``, NSS reading ``/etc/passwd``, locale files) never
+reach it. With ``spawn(..., seccomp=True)`` (``libc-service run
+--seccomp``) the program also runs under a seccomp filter
+(:mod:`.notify_filter`) that suspends each arbitrated system call and
+queues it on a *listener* descriptor the master reads:
+
+1. **Handoff.** The filter is installed in the forked child just before
+   ``exec`` (``SECCOMP_FILTER_FLAG_NEW_LISTENER``); the child sends the
+   listener to the parent over a socketpair (``SCM_RIGHTS``,
+   ``MSG_DONTWAIT``) and closes its copy. Nothing the child does after
+   installing the filter is notified, so it cannot wait on the master
+   (which is still inside ``fork``/``exec`` until the program runs); the
+   parent waits for the listener at most :data:`HANDOFF_TIMEOUT` seconds.
+2. **Requests.** Each notification becomes the same typed request the shim's
+   calls become (``OpenRequest``, ``StatRequest``, ...): strings are read
+   from the thread's memory with ``process_vm_readv``, a ``dirfd`` is copied
+   from the slave with ``pidfd_getfd`` (``AT_FDCWD``: the thread's working
+   directory, opened ``O_PATH`` through ``/proc/TID/cwd``), ``pid``, umask and
+   filesystem credentials come from ``/proc/TID/status``. Only then is
+   ``SECCOMP_IOCTL_NOTIF_ID_VALID`` asked: the notification still pending
+   means the thread is still blocked in that call, so what was read came
+   from it and not from a process that reused its id. The request goes
+   through the router's public :meth:`~libc_service.Router.decide`.
+3. **Replies.** ``FORWARD`` continues the call in the kernel
+   (``SECCOMP_USER_NOTIF_FLAG_CONTINUE``); an errno fails it; a descriptor
+   for ``open`` is installed in the slave with ``SECCOMP_IOCTL_NOTIF_ADDFD``
+   and ``SECCOMP_ADDFD_FLAG_SEND`` (installing and answering in one step,
+   ``O_CLOEXEC`` as the slave asked); one for ``connect``/``bind`` replaces
+   the slave's socket (``SECCOMP_ADDFD_FLAG_SETFD``, keeping its
+   close-on-exec flag) before the result is sent; a ``Stat`` is written
+   into the slave's buffer in the kernel's ``struct stat`` (or
+   ``struct statx``) layout with ``process_vm_writev``, after a last
+   ``ID_VALID``.
+
+``FORWARD`` is only as safe as the sandbox: a continued call is performed
+by the kernel with the slave's own authority, reading its arguments again
+from the slave's memory, which another of its threads may have changed
+since the master read them. Landlock still confines that call; without a
+sandbox it is unconfined (``docs/security.md``).
+
+The shim stays preloaded for ``getaddrinfo``, which is no system call; its
+other calls are answered ``FORWARD`` without asking the router
+(:func:`serve_shim_relay`), so that each call is decided exactly once, when
+it reaches the kernel, whoever made it (the program, libc, the shim).
+
+Handlers can tell the transports apart with :func:`current_transport`;
+observers with :attr:`Decision.transport <libc_service.router.Decision.transport>`.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextvars
+import ctypes
+import errno as errno_module
+import fcntl
+import ipaddress
+import logging
+import os
+import select
+import socket
+import stat as stat_module
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from pydantic import ValidationError
+
+from .master import Master, SessionClosed, close_fds
+from .notify_filter import NOTIFIED, build_notify_filter, notified_numbers
+from .replies import Stat
+from .requests import REQUEST_TYPES, Request
+from .router import FORWARD, Decision, Transport, WithFds
+
+if TYPE_CHECKING:
+    from .router import Router
+
+__all__ = [
+    "HANDOFF_TIMEOUT",
+    "ListenerHandoff",
+    "SeccompSession",
+    "SeccompUnavailable",
+    "current_transport",
+    "seccomp_unavailable",
+    "serve_shim_relay",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the parent waits for the child's listener after the program started.
+HANDOFF_TIMEOUT: Final = 5.0
+
+# ------------------------------------------------------------------ kernel ABI
+
+_SYS_SECCOMP: Final = 317
+_SYS_PIDFD_GETFD: Final = 438
+_SECCOMP_SET_MODE_FILTER: Final = 1
+_SECCOMP_GET_ACTION_AVAIL: Final = 2
+_FILTER_FLAG_NEW_LISTENER: Final = 1 << 3
+_FILTER_FLAG_WAIT_KILLABLE_RECV: Final = 1 << 5
+_RET_USER_NOTIF: Final = 0x7FC00000
+_PR_SET_NO_NEW_PRIVS: Final = 38
+
+# ioctl requests: _IOWR('!', 0, struct seccomp_notif) and friends.
+_NOTIF_RECV: Final = 0xC0502100
+_NOTIF_SEND: Final = 0xC0182101
+_NOTIF_ID_VALID: Final = 0x40082102
+_NOTIF_ADDFD: Final = 0x40182103
+_NOTIF_SET_FLAGS: Final = 0x40082104
+_FD_SYNC_WAKE_UP: Final = 1
+_FLAG_CONTINUE: Final = 1
+_ADDFD_FLAG_SETFD: Final = 1
+_ADDFD_FLAG_SEND: Final = 2
+
+#: struct seccomp_notif: id, pid, flags, then seccomp_data (nr, arch, ip, args[6]).
+_NOTIF: Final = struct.Struct("<QIIiIQ6Q")
+#: struct seccomp_notif_resp: id, val, error, flags.
+_RESP: Final = struct.Struct("<QqiI")
+#: struct seccomp_notif_addfd: id, flags, srcfd, newfd, newfd_flags.
+_ADDFD: Final = struct.Struct("<QIIII")
+_ID: Final = struct.Struct("<Q")
+_INT: Final = struct.Struct("i")
+
+_AT_FDCWD: Final = -100
+_AT_SYMLINK_NOFOLLOW: Final = 0x100
+_AT_REMOVEDIR: Final = 0x200
+_AT_EACCESS: Final = 0x200
+_AT_NO_AUTOMOUNT: Final = 0x800
+_AT_EMPTY_PATH: Final = 0x1000
+_AT_STATX_SYNC_TYPE: Final = 0x6000
+_RENAME_NOREPLACE: Final = 1
+_PATH_MAX: Final = 4096
+_PAGE: Final = 4096
+_SOCKADDR_MAX: Final = 128
+
+# Open flags as the kernel sees them on x86_64 (userspace O_LARGEFILE is 0 there).
+_O_ACCMODE: Final = 0o3
+_O_CREAT: Final = 0o100
+_O_CLOEXEC: Final = 0o2000000
+_O_SYNC: Final = 0o4010000
+_O_DSYNC: Final = 0o10000
+_O_TMPFILE: Final = 0o20200000
+_O_DIRECTORY: Final = 0o200000
+_OPEN_FLAG_NAMES: Final[tuple[tuple[int, str], ...]] = (
+    (0o200, "exclusive"),
+    (0o400, "no_ctty"),
+    (0o1000, "truncate"),
+    (0o2000, "append"),
+    (0o4000, "non_blocking"),
+    (0o20000, "async_signals"),
+    (0o40000, "direct"),
+    (0o100000, "large_file"),
+    (0o400000, "no_follow"),
+    (0o1000000, "no_atime"),
+    (_O_CLOEXEC, "close_on_exec"),
+    (0o10000000, "path"),
+    (_O_CREAT, "create"),
+)
+_O_KNOWN: Final = sum(bit for bit, _ in _OPEN_FLAG_NAMES) | _O_ACCMODE | _O_SYNC | _O_TMPFILE
+_ACCESS_MODE_NAMES: Final = ("read_only", "write_only", "read_write")
+_RESOLVE_NAMES: Final[tuple[tuple[int, str], ...]] = (
+    (0x01, "resolve_no_xdev"),
+    (0x02, "resolve_no_magiclinks"),
+    (0x04, "resolve_no_symlinks"),
+    (0x08, "resolve_beneath"),
+    (0x10, "resolve_in_root"),
+    (0x20, "resolve_cached"),
+)
+_OPEN_HOW_SIZE: Final = 24
+
+#: struct stat on x86_64: dev, ino, nlink, mode, uid, gid, pad, rdev, size,
+#: blksize, blocks, atime, atime_nsec, mtime, mtime_nsec, ctime, ctime_nsec, 3 unused.
+_STAT: Final = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
+#: struct statx (256 bytes): mask, blksize, attributes, nlink, uid, gid, mode,
+#: spare, ino, size, blocks, attributes_mask, atime/btime/ctime/mtime
+#: (sec, nsec, reserved), rdev major/minor, dev major/minor, then spare.
+_STATX: Final = struct.Struct("<IIQIIIHHQQQQ" + "qIi" * 4 + "IIII112x")
+_STATX_BASIC_STATS: Final = 0x7FF
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+_process_vm_readv = _libc.process_vm_readv
+_process_vm_writev = _libc.process_vm_writev
+for _function in (_process_vm_readv, _process_vm_writev):
+    _function.argtypes = [ctypes.c_int, ctypes.POINTER(_IOVec), ctypes.c_ulong, ctypes.POINTER(_IOVec),
+                          ctypes.c_ulong, ctypes.c_ulong]
+    _function.restype = ctypes.c_ssize_t
+
+
+class SeccompUnavailable(RuntimeError):
+    """The kernel cannot run the seccomp transport (or the listener never arrived)."""
+
+
+def seccomp_unavailable() -> str | None:
+    """Why the seccomp transport cannot work here, or ``None`` when it can.
+
+    Needs x86_64, Linux 5.14+ (``SECCOMP_ADDFD_FLAG_SEND``; ``pidfd_getfd``
+    is 5.6) and ``SECCOMP_RET_USER_NOTIF`` available.
+    """
+    if notified_numbers() is None:
+        return "the seccomp transport supports x86_64 only"
+    release = os.uname().release.split("-")[0].split(".")
+    try:
+        version = (int(release[0]), int(release[1]))
+    except (IndexError, ValueError):
+        version = (0, 0)
+    if version < (5, 14):
+        return f"the seccomp transport needs Linux 5.14+ (SECCOMP_ADDFD_FLAG_SEND), not {os.uname().release}"
+    action = ctypes.c_uint32(_RET_USER_NOTIF)
+    if _syscall(_SYS_SECCOMP, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) != 0:
+        return f"the kernel has no SECCOMP_RET_USER_NOTIF ({os.strerror(ctypes.get_errno())})"
+    return None
+
+
+# ----------------------------------------------------------------- transport
+
+_TRANSPORT: Final[contextvars.ContextVar[Transport]] = contextvars.ContextVar("libc_service_transport", default="shim")
+
+
+def current_transport() -> Transport:
+    """How the request being decided reached the master: ``"shim"`` or ``"seccomp"``.
+
+    For handlers (requests carry no transport field: the models are the
+    same, so one policy serves both). A handler may want to know because
+    ``FORWARD`` means different things: the shim does the call itself with
+    the arguments the handler saw, while a continued seccomp call is done
+    by the kernel, which reads its arguments again from the slave's memory.
+    """
+    return _TRANSPORT.get()
+
+
+# ------------------------------------------------------------------- handoff
+
+
+class ListenerHandoff:
+    """Built in the parent before the fork; installs the filter in the child; receives the listener.
+
+    Everything that can fail or allocate is prepared here: the BPF program,
+    its ``sock_fprog`` and the socketpair. The child only calls ``prctl``,
+    ``seccomp`` and ``sendmsg`` (with ``MSG_DONTWAIT``), none of which the
+    new filter notifies and none of which can block.
+    """
+
+    def __init__(self) -> None:
+        reason = seccomp_unavailable()
+        if reason is not None:
+            raise SeccompUnavailable(f"cannot use --seccomp: {reason}")
+        self._program = ctypes.create_string_buffer(build_notify_filter())
+        self._prog = ctypes.create_string_buffer(
+            struct.pack("<HxxxxxxQ", len(self._program.raw) // 8, ctypes.addressof(self._program))
+        )
+        self._parent, self._child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._message = [b"k"]
+        self._failed = [b"-"]
+
+    def install_in_child(self) -> None:
+        """Runs between fork and exec, last: install the filter and send the listener.
+
+        After the filter is in place nothing here may make a notified call
+        (the parent would serve it only after ``exec``): no imports, no file
+        access. A failure is written to stderr and stops the ``exec``.
+        """
+        if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            self._fail("prctl(PR_SET_NO_NEW_PRIVS)")
+        message = self._message
+        flags = _FILTER_FLAG_NEW_LISTENER | _FILTER_FLAG_WAIT_KILLABLE_RECV
+        listener = _syscall(_SYS_SECCOMP, _SECCOMP_SET_MODE_FILTER, flags, self._prog)
+        if listener < 0 and ctypes.get_errno() == errno_module.EINVAL:
+            # Before Linux 5.19: no WAIT_KILLABLE_RECV; a signal may then restart a notified call.
+            message = self._failed
+            listener = _syscall(_SYS_SECCOMP, _SECCOMP_SET_MODE_FILTER, _FILTER_FLAG_NEW_LISTENER, self._prog)
+        if listener < 0:
+            self._fail("seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)")
+        try:
+            self._child.sendmsg(message, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _INT.pack(listener))],
+                                socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        finally:
+            os.close(listener)
+
+    def _fail(self, what: str) -> None:
+        code = ctypes.get_errno()
+        try:
+            os.write(2, f"libc-service: cannot install the seccomp listener: {what}: {os.strerror(code)}\n".encode())
+        except OSError:
+            pass
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+    async def receive(self, timeout: float = HANDOFF_TIMEOUT) -> tuple[int, bool]:
+        """The listener descriptor and whether received calls are killable only.
+
+        Called once the program runs (its ``exec`` succeeded, so the child
+        sent the listener before). Raises :class:`SeccompUnavailable` when
+        nothing arrives within ``timeout`` seconds.
+        """
+        self._child.close()
+        sock = self._parent
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                data, ancdata, flags, _ = sock.recvmsg(16, socket.CMSG_SPACE(2 * _INT.size), socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise SeccompUnavailable(
+                        f"the program did not hand over its seccomp listener within {timeout:g} s"
+                    ) from None
+                waiter: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(sock.fileno(), _wake, waiter)
+                try:
+                    await asyncio.wait_for(waiter, remaining)
+                except TimeoutError:
+                    pass
+                finally:
+                    loop.remove_reader(sock.fileno())
+                continue
+            fds = [fd for level, kind, raw in ancdata if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                   for fd in array.array("i", raw[: len(raw) - len(raw) % _INT.size])]
+            if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(fds) != 1 or data not in (b"k", b"-"):
+                close_fds(fds)
+                raise SeccompUnavailable("the program sent a malformed seccomp listener handoff")
+            return fds[0], data == b"k"
+
+    def close(self) -> None:
+        """Close both ends of the socketpair (idempotent)."""
+        self._parent.close()
+        self._child.close()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+# ------------------------------------------------------------ slave memory
+
+
+class _Gone(Exception):
+    """The notification is no longer pending (the thread died or was interrupted)."""
+
+
+class _Refuse(Exception):
+    """Answer the call with this errno without asking the router (what the kernel would say)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class _Continue(Exception):
+    """A call the request models cannot express: the kernel does it, as the shim falls back."""
+
+
+def _read_memory(tid: int, address: int, size: int) -> bytes:
+    """Up to ``size`` bytes of the thread's memory at ``address`` (fewer at an unmapped page)."""
+    buffer = ctypes.create_string_buffer(size)
+    local = _IOVec(ctypes.cast(buffer, ctypes.c_void_p), size)
+    remote = _IOVec(address, size)
+    got = _process_vm_readv(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if got < 0:
+        code = ctypes.get_errno()
+        if code == errno_module.ESRCH:
+            raise _Gone
+        raise _Refuse(errno_module.EFAULT)
+    return buffer.raw[:got]
+
+
+def _read_string(tid: int, address: int, limit: int = _PATH_MAX) -> bytes:
+    """A NUL-terminated string (without the NUL), read a page at a time.
+
+    ``EFAULT`` for a bad pointer, ``ENAMETOOLONG`` without a NUL within
+    ``limit`` bytes: what the kernel would answer.
+    """
+    if address == 0:
+        raise _Refuse(errno_module.EFAULT)
+    collected = b""
+    while len(collected) < limit:
+        chunk = min(_PAGE - (address + len(collected)) % _PAGE, limit - len(collected))
+        data = _read_memory(tid, address + len(collected), chunk)
+        end = data.find(b"\0")
+        if end >= 0:
+            return collected + data[:end]
+        if len(data) < chunk:
+            raise _Refuse(errno_module.EFAULT)
+        collected += data
+    raise _Refuse(errno_module.ENAMETOOLONG)
+
+
+def _write_memory(tid: int, address: int, data: bytes) -> None:
+    buffer = ctypes.create_string_buffer(data, len(data))
+    local = _IOVec(ctypes.cast(buffer, ctypes.c_void_p), len(data))
+    remote = _IOVec(address, len(data))
+    if _process_vm_writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) != len(data):
+        raise _Refuse(errno_module.EFAULT)
+
+
+@dataclass(frozen=True, slots=True)
+class _Thread:
+    """What ``/proc/TID/status`` says about the calling thread."""
+
+    pid: int
+    umask: int | None
+    fsuid: int | None
+    fsgid: int | None
+    groups: tuple[int, ...] | None
+
+
+def _thread_status(tid: int) -> _Thread:
+    try:
+        with open(f"/proc/{tid}/status", "rb") as file:
+            text = file.read()
+    except FileNotFoundError:
+        raise _Gone from None
+    except OSError:
+        raise _Refuse(errno_module.EPERM) from None
+    fields: dict[bytes, bytes] = {}
+    for line in text.split(b"\n"):
+        name, _, value = line.partition(b":")
+        fields[name] = value.strip()
+    try:
+        pid = int(fields[b"Tgid"])
+        umask = int(fields[b"Umask"], 8) if b"Umask" in fields else None
+        fsuid = int(fields[b"Uid"].split()[3])
+        fsgid = int(fields[b"Gid"].split()[3])
+        group_ids = tuple(int(g) for g in fields.get(b"Groups", b"").split())
+    except (KeyError, IndexError, ValueError):
+        raise _Refuse(errno_module.EPERM) from None
+    groups = group_ids if len(group_ids) <= 64 and all(g < 2**32 for g in group_ids) else None
+    return _Thread(pid, umask, fsuid, fsgid, groups)
+
+
+class _Fetched:
+    """Descriptors copied from the slave for one call: owned until its reply went out."""
+
+    __slots__ = ("thread", "tid", "fds", "_pidfd")
+
+    def __init__(self, tid: int, thread: _Thread) -> None:
+        self.tid = tid
+        self.thread = thread
+        self.fds: list[int] = []
+        self._pidfd = -1
+
+    def slave_fd(self, number: int) -> int:
+        """A copy of the slave's descriptor ``number`` (``EBADF`` when it has none)."""
+        if number < 0 or number >= 2**31:
+            raise _Refuse(errno_module.EBADF)
+        if self._pidfd < 0:
+            try:
+                self._pidfd = os.pidfd_open(self.thread.pid)
+            except ProcessLookupError:
+                raise _Gone from None
+        fd = _syscall(_SYS_PIDFD_GETFD, self._pidfd, number, 0)
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise _Gone if code == errno_module.ESRCH else _Refuse(errno_module.EBADF)
+        self.fds.append(fd)
+        return int(fd)
+
+    def directory(self, dirfd: int, path: bytes) -> int | None:
+        """The directory a relative ``path`` starts from (``None`` for an absolute one)."""
+        if path.startswith(b"/"):
+            return None
+        if dirfd == _AT_FDCWD:
+            try:
+                fd = os.open(f"/proc/{self.tid}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise _Gone from None
+            except OSError as exc:
+                raise _Refuse(exc.errno or errno_module.EACCES) from None
+            self.fds.append(fd)
+            return fd
+        return self.slave_fd(dirfd)
+
+    def close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def close(self) -> None:
+        self.close_pidfd()
+        fds, self.fds = self.fds, []
+        close_fds(fds)
+
+
+# ------------------------------------------------------------ notifications
+
+
+@dataclass(frozen=True, slots=True)
+class _Notification:
+    id: int
+    tid: int
+    nr: int
+    args: tuple[int, ...]
+
+
+#: What the reply to a request needs besides the request: the stat buffer
+#: (address, "stat" or "statx"), the slave's socket number.
+@dataclass(frozen=True, slots=True)
+class _Context:
+    stat_buffer: tuple[int, Literal["stat", "statx"]] | None = None
+    socket_number: int | None = None
+
+
+_BY_NUMBER: Final = {number: name for name, number in NOTIFIED.items()}
+
+
+def _signed(value: int) -> int:
+    """A register as the kernel's ``int`` argument sees it (dirfds, descriptors)."""
+    value &= 0xFFFFFFFF
+    return value - 2**32 if value >= 2**31 else value
+
+
+def _open_fields(flags: int, mode: int, resolve: int, strict: bool) -> dict[str, Any]:
+    if flags & _O_ACCMODE == _O_ACCMODE:
+        raise _Continue  # "3": no read, no write; the shim leaves it to libc too
+    unknown = flags & ~_O_KNOWN & 0xFFFFFFFF
+    if unknown and strict:
+        raise _Refuse(errno_module.EINVAL)
+    names = {_ACCESS_MODE_NAMES[flags & _O_ACCMODE]}
+    names.update(name for bit, name in _OPEN_FLAG_NAMES if flags & bit)
+    if flags & _O_SYNC == _O_SYNC:
+        names.add("sync_all_on_write")
+    elif flags & _O_DSYNC:
+        names.add("sync_data_on_write")
+    if flags & _O_TMPFILE == _O_TMPFILE:
+        names.add("temporary")
+    elif flags & _O_DIRECTORY:
+        names.add("directory")
+    for bit, name in _RESOLVE_NAMES:
+        if resolve & bit:
+            names.add(name)
+    if resolve & ~0x3F:
+        raise _Refuse(errno_module.EINVAL)
+    takes_mode = "create" in names or "temporary" in names
+    if strict and mode and not takes_mode:
+        raise _Refuse(errno_module.EINVAL)
+    return {"flags": frozenset(names), "mode": (mode & 0o7777) if takes_mode else None}
+
+
+def _decode(notification: _Notification, fetched: _Fetched) -> tuple[dict[str, Any], _Context]:
+    """The request's fields for one notification; raises ``_Refuse``/``_Continue``/``_Gone``."""
+    name = _BY_NUMBER[notification.nr]
+    args = notification.args
+    tid = notification.tid
+
+    def path_at(dirfd_arg: int | None, path_arg: int) -> dict[str, Any]:
+        raw = _read_string(tid, args[path_arg])
+        if not raw:
+            raise _Refuse(errno_module.ENOENT)
+        dirfd = fetched.directory(_AT_FDCWD if dirfd_arg is None else _signed(args[dirfd_arg]), raw)
+        return {"path": os.fsdecode(raw), "dirfd": dirfd}
+
+    if name in ("open", "openat", "openat2"):
+        dirfd_arg, path_arg = (None, 0) if name == "open" else (0, 1)
+        if name == "openat2":
+            size = args[3]
+            if size < _OPEN_HOW_SIZE:
+                raise _Refuse(errno_module.EINVAL)
+            if size > _PAGE:
+                raise _Refuse(errno_module.E2BIG)
+            how = _read_memory(tid, args[2], size)
+            if len(how) < size:
+                raise _Refuse(errno_module.EFAULT)
+            if how[_OPEN_HOW_SIZE:].strip(b"\0"):
+                raise _Refuse(errno_module.E2BIG)
+            flags, mode, resolve = struct.unpack_from("<QQQ", how)
+            if flags >= 2**32 or mode >= 2**12:
+                raise _Refuse(errno_module.EINVAL)
+            fields = _open_fields(flags, mode, resolve, strict=True)
+        else:
+            flag_arg = 1 if name == "open" else 2
+            fields = _open_fields(args[flag_arg] & 0xFFFFFFFF, args[flag_arg + 1], 0, strict=False)
+        fields |= path_at(dirfd_arg, path_arg)
+        plain = dirfd_arg is None or _signed(args[dirfd_arg]) == _AT_FDCWD
+        resolving = any(flag.startswith("resolve_") for flag in fields["flags"])
+        fields["function"] = "open" if plain and not resolving else "openat"
+        return fields, _Context()
+    if name in ("stat", "lstat", "newfstatat", "statx"):
+        layout: Literal["stat", "statx"]
+        if name in ("stat", "lstat"):
+            follow, where, buffer, layout = name == "stat", path_at(None, 0), args[1], "stat"
+        else:
+            flag_arg = 3 if name == "newfstatat" else 2
+            flags = args[flag_arg] & 0xFFFFFFFF
+            allowed = _AT_SYMLINK_NOFOLLOW | _AT_NO_AUTOMOUNT | _AT_EMPTY_PATH
+            if name == "statx":
+                allowed |= _AT_STATX_SYNC_TYPE
+            if flags & ~allowed:
+                raise _Refuse(errno_module.EINVAL)
+            follow = not flags & _AT_SYMLINK_NOFOLLOW
+            where = path_at(0, 1)
+            buffer, layout = (args[2], "stat") if name == "newfstatat" else (args[4], "statx")
+        return {"function": "stat" if follow else "lstat", **where}, _Context(stat_buffer=(buffer, layout))
+    if name in ("access", "faccessat", "faccessat2"):
+        mode_arg = 1 if name == "access" else 2
+        amode = args[mode_arg] & 0xFFFFFFFF
+        if amode & ~0o7:
+            raise _Refuse(errno_module.EINVAL)
+        flags = args[3] & 0xFFFFFFFF if name == "faccessat2" else 0
+        if flags & ~(_AT_EACCESS | _AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH):
+            raise _Refuse(errno_module.EINVAL)
+        if flags & (_AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH):
+            raise _Continue  # no request says "do not follow" for access
+        modes = "f" if amode == 0 else frozenset(m for bit, m in ((4, "r"), (2, "w"), (1, "x")) if amode & bit)
+        where = path_at(None, 0) if name == "access" else path_at(0, 1)
+        return {"function": "eaccess" if flags & _AT_EACCESS else "access", "amode": modes, **where}, _Context()
+    if name in ("mkdir", "mkdirat"):
+        where = path_at(None, 0) if name == "mkdir" else path_at(0, 1)
+        mode = args[1 if name == "mkdir" else 2] & 0o7777
+        return {"function": "mkdir", "mode": mode, **where}, _Context()
+    if name in ("unlink", "rmdir", "unlinkat"):
+        if name == "unlinkat":
+            flags = args[2] & 0xFFFFFFFF
+            if flags & ~_AT_REMOVEDIR:
+                raise _Refuse(errno_module.EINVAL)
+            return {"function": "rmdir" if flags else "unlink", **path_at(0, 1)}, _Context()
+        return {"function": name, **path_at(None, 0)}, _Context()
+    if name in ("rename", "renameat", "renameat2"):
+        flags = args[4] & 0xFFFFFFFF if name == "renameat2" else 0
+        if flags & ~_RENAME_NOREPLACE:
+            raise _Continue  # RENAME_EXCHANGE, RENAME_WHITEOUT: no request says so
+        if name == "rename":
+            first, second = path_at(None, 0), path_at(None, 1)
+        else:
+            first, second = path_at(0, 1), path_at(2, 3)
+        return {"function": "rename", "path1": first["path"], "dirfd1": first["dirfd"], "path2": second["path"],
+                "dirfd2": second["dirfd"], "no_replace": bool(flags)}, _Context()
+    return _socket_fields(name, notification, fetched)
+
+
+def _socket_fields(name: str, notification: _Notification, fetched: _Fetched) -> tuple[dict[str, Any], _Context]:
+    """connect/bind: the address decides the request; other families are not arbitrated."""
+    args = notification.args
+    length = args[2] & 0xFFFFFFFF
+    if length > _SOCKADDR_MAX or length < 2:
+        if length < 2 and name == "bind":
+            raise _Refuse(errno_module.EINVAL)
+        raise _Continue if length < 2 else _Refuse(errno_module.EINVAL)
+    raw = _read_memory(notification.tid, args[1], length)
+    if len(raw) < length:
+        raise _Refuse(errno_module.EFAULT)
+    family = int.from_bytes(raw[:2], "little")
+    number = _signed(args[0])
+    if family == socket.AF_UNIX:
+        sun_path = raw[2:]
+        if not sun_path:
+            raise _Continue  # autobind: no name to decide on
+        if sun_path[0] != 0:
+            sun_path = sun_path.split(b"\0", 1)[0]
+            if not sun_path:
+                raise _Refuse(errno_module.EINVAL)
+        fields: dict[str, Any] = {"path": os.fsdecode(sun_path)}
+        if sun_path[0] != 0 and not sun_path.startswith(b"/"):
+            fields["dirfd"] = fetched.directory(_AT_FDCWD, sun_path)
+        kind = "unix"
+    elif family == socket.AF_INET and length >= 16:
+        fields = {"port": int.from_bytes(raw[2:4], "big"), "address": ipaddress.IPv4Address(raw[4:8])}
+        kind = "inet"
+    elif family == socket.AF_INET6 and length >= 24:
+        address = ipaddress.IPv6Address(raw[8:24])
+        scope = int.from_bytes(raw[24:28], "little") if length >= 28 else 0
+        fields = {"port": int.from_bytes(raw[2:4], "big"),
+                  "address": ipaddress.IPv6Address(f"{address}%{scope}") if scope else address}
+        kind = "inet6"
+    elif family in (socket.AF_INET, socket.AF_INET6):
+        raise _Refuse(errno_module.EINVAL)
+    else:
+        raise _Continue  # netlink, packet, AF_UNSPEC...: not arbitrated, as with the shim
+    sock = fetched.slave_fd(number)
+    try:
+        if not stat_module.S_ISSOCK(os.fstat(sock).st_mode):
+            raise _Refuse(errno_module.ENOTSOCK)
+    except OSError:
+        raise _Refuse(errno_module.EBADF) from None
+    fields["socket"] = sock
+    fields["function"] = f"{name}_{kind}"
+    return fields, _Context(socket_number=number)
+
+
+def _stat_bytes(result: Stat, layout: Literal["stat", "statx"]) -> bytes:
+    times = []
+    for ns in (result.atime, result.mtime, result.ctime):
+        times += [ns // 10**9, ns % 10**9]
+    if layout == "stat":
+        return _STAT.pack(result.dev, result.ino, result.nlink, result.st_mode, result.uid, result.gid, 0, result.rdev,
+                          result.size, result.blksize, result.blocks, *times)
+    atime, mtime, ctime = ((times[i], times[i + 1], 0) for i in (0, 2, 4))
+    return _STATX.pack(
+        _STATX_BASIC_STATS, result.blksize & 0xFFFFFFFF, 0, result.nlink & 0xFFFFFFFF, result.uid, result.gid,
+        result.st_mode, 0, result.ino, result.size & (2**64 - 1), result.blocks & (2**64 - 1), 0,
+        *atime, 0, 0, 0, *ctime, *mtime,
+        os.major(result.rdev), os.minor(result.rdev), os.major(result.dev), os.minor(result.dev),
+    )
+
+
+# --------------------------------------------------------------- the session
+
+
+class SeccompSession:
+    """Serves one listener (every process under the filter) with a router.
+
+    Notifications are read in the loop's reader callback (a ``poll`` with
+    no timeout first, so the ``RECV`` ioctl, which would wait, never blocks
+    the loop) and decided in a task each. With ``router.concurrent`` up to
+    ``router.max_in_flight`` calls are decided at once, else one: past
+    that the callback stops reading and the callers wait in the kernel.
+    """
+
+    _DRAIN_MAX: Final = 16
+
+    def __init__(
+        self,
+        listener: int,
+        router: Router,
+        *,
+        killable: bool = True,
+        name: str = "seccomp",
+        own_files: Sequence[str] = (),
+    ) -> None:
+        self._fd = listener
+        #: Files the loader opens for the project itself (the shim): a read-only
+        #: open of exactly one of these is continued without asking the router,
+        #: as a policy cannot be expected to know them (a sandbox grants them).
+        self.own_files = frozenset(own_files)
+        self.router = router
+        self.name = name
+        #: Whether a received call ignores non-fatal signals (Linux 5.19+).
+        self.killable = killable
+        self._limit = router.max_in_flight if router.concurrent else 1
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller = select.poll()
+        self._poller.register(listener, select.POLLIN)
+        self._done: asyncio.Future[None] | None = None
+        self._recv_buffer = bytearray(_NOTIF.size)
+        #: Calls decided, and calls dropped because their thread went away.
+        self.calls = 0
+        self.dropped = 0
+        try:
+            fcntl.ioctl(listener, _NOTIF_SET_FLAGS, bytearray(_ID.pack(_FD_SYNC_WAKE_UP)), True)
+        except OSError:
+            pass  # before Linux 6.6: ordinary wake-ups
+
+    @property
+    def closed(self) -> bool:
+        """Whether the listener is closed."""
+        return self._fd < 0
+
+    async def serve(self) -> None:
+        """Serve until every process under the filter has exited, or :meth:`close`."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._done = loop.create_future()
+        loop.add_reader(self._fd, self._on_readable)
+        try:
+            await self._done
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the listener: calls still waiting in the kernel fail with ``ENOSYS``."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(fd)
+        os.close(fd)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    # ---------------------------------------------------------- receiving
+
+    def _on_readable(self) -> None:
+        for _ in range(self._DRAIN_MAX):
+            if self._fd < 0:
+                return
+            if len(self._tasks) >= self._limit:
+                # Backpressure: the callers wait in the kernel until a decision is done.
+                assert self._loop is not None
+                self._loop.remove_reader(self._fd)
+                return
+            events = self._poller.poll(0)
+            if not events:
+                return
+            revents = events[0][1]
+            if not revents & select.POLLIN:
+                if revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    logger.debug("%s: every process under the filter has exited", self.name)
+                    self.close()
+                return
+            buffer = self._recv_buffer
+            buffer[:] = bytes(len(buffer))
+            try:
+                fcntl.ioctl(self._fd, _NOTIF_RECV, buffer, True)
+            except OSError as exc:
+                if exc.errno in (errno_module.ENOENT, errno_module.EINTR):
+                    continue  # the caller was killed between readiness and receipt
+                logger.error("%s: receiving a notification failed (%s); closing the listener", self.name, exc)
+                self.close()
+                return
+            notif_id, tid, _, nr, _, _, *args = _NOTIF.unpack(buffer)
+            self._start(_Notification(notif_id, tid, nr, tuple(args)))
+
+    def _resume(self) -> None:
+        if self._fd >= 0 and self._loop is not None and len(self._tasks) < self._limit:
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    def _start(self, notification: _Notification) -> None:
+        """Turn a notification into a request (or an immediate answer), then decide it in a task."""
+        started = time.perf_counter_ns()
+        fetched: _Fetched | None = None
+        try:
+            if notification.nr not in _BY_NUMBER:
+                raise _Continue  # the filter notifies nothing else; be safe anyway
+            fetched = _Fetched(notification.tid, _thread_status(notification.tid))
+            fields, context = _decode(notification, fetched)
+            fetched.close_pidfd()
+            if self.own_files and _opens_own_file(fields, self.own_files):
+                raise _Continue
+            self._check_valid(notification.id)
+            request = _build(fields, notification, fetched.thread)
+        except _Gone:
+            self._drop(notification, fetched)
+            return
+        except _Continue:
+            self._finish_early(notification, fetched, None)
+            return
+        except _Refuse as refusal:
+            self._finish_early(notification, fetched, refusal.code)
+            return
+        except Exception:  # noqa: BLE001 - a slave's bytes must never crash the master
+            logger.exception("%s: cannot decode %r; failing the call with EINVAL", self.name, notification)
+            self._finish_early(notification, fetched, errno_module.EINVAL)
+            return
+        assert self._loop is not None
+        task = self._loop.create_task(self._decide(request, context, notification, fetched, started))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._resume()
+
+    def _finish_early(self, notification: _Notification, fetched: _Fetched | None, code: int | None) -> None:
+        if fetched is not None:
+            fetched.close()
+        try:
+            if code is None:
+                self._send(notification.id, 0, 0, _FLAG_CONTINUE)
+            else:
+                self._send(notification.id, 0, -code, 0)
+        except _Gone:
+            self.dropped += 1
+
+    def _drop(self, notification: _Notification, fetched: _Fetched | None) -> None:
+        if fetched is not None:
+            fetched.close()
+        self.dropped += 1
+        logger.debug("%s: tid %d went away during its notification", self.name, notification.tid)
+
+    # ----------------------------------------------------------- deciding
+
+    async def _decide(self, request: Request, context: _Context, notification: _Notification, fetched: _Fetched,
+                      started: int) -> None:
+        _TRANSPORT.set("seccomp")  # the task's own context: its handlers see it, nothing else does
+        try:
+            route, outcome = await self.router.decide(request)
+            latency = time.perf_counter_ns() - started
+            try:
+                summary = self._reply(request, context, notification, route, outcome)
+            except _Gone:
+                self.dropped += 1
+                logger.debug("%s: tid %d went away before its %s reply was sent", self.name, notification.tid,
+                             request.function)
+                return
+            self.calls += 1
+            self.router.report(Decision(request, route, *summary, latency, self.name, "seccomp"))
+        finally:
+            fetched.close()
+
+    def _reply(self, request: Request, context: _Context, notification: _Notification, route: str,
+               outcome: Any) -> tuple[Any, Any, int, int]:
+        """Answer the notification as ``outcome`` says; what went out, for observers."""
+        notif_id = notification.id
+        if outcome is FORWARD:
+            self._send(notif_id, 0, 0, _FLAG_CONTINUE)
+            return "forward", None, 0, 0
+        if isinstance(outcome, OSError) and isinstance(outcome.errno, int) and 0 < outcome.errno < 4096:
+            self._send(notif_id, 0, -outcome.errno, 0)
+            return "error", -1, outcome.errno, 0
+        if isinstance(outcome, BaseException):
+            logger.error("handler %s failed on %r; failing the call with %s", route, request,
+                         errno_module.errorcode.get(self.router.error_errno), exc_info=outcome)
+            return self._fail(notif_id)
+        fds: Sequence[int] = ()
+        result = outcome
+        if isinstance(outcome, WithFds):
+            result, fds = outcome.result, list(outcome.fds)
+        try:
+            return self._reply_result(request, context, notification, route, result, fds)
+        finally:
+            close_fds(fd for fd in fds if isinstance(fd, int) and not isinstance(fd, bool) and fd >= 0)
+
+    def _reply_result(self, request: Request, context: _Context, notification: _Notification, route: str,
+                      result: Any, fds: Sequence[int]) -> tuple[Any, Any, int, int]:
+        notif_id = notification.id
+        problem = _unusable(fds)
+        if problem is None and not (type(result) is int or isinstance(result, Stat)):
+            problem = f"{type(result).__name__} is no result for {request.function}"
+        if problem is None and isinstance(result, Stat) and context.stat_buffer is None:
+            problem = f"a Stat is no result for {request.function}"
+        if problem is not None:
+            logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s", route, request,
+                         result, problem, errno_module.errorcode.get(self.router.error_errno))
+            return self._fail(notif_id)
+        function = request.function
+        if fds and function in ("open", "openat"):
+            cloexec = _O_CLOEXEC if "close_on_exec" in getattr(request, "flags", ()) else 0
+            installed = self._addfd(notif_id, fds[0], _ADDFD_FLAG_SEND, 0, cloexec)
+            if installed < 0:
+                return "error", -1, -installed, 0
+            return "reply", installed, 0, len(fds)
+        if fds and context.socket_number is not None:
+            cloexec = _slave_cloexec(request.pid, context.socket_number)
+            code = self._addfd(notif_id, fds[0], _ADDFD_FLAG_SETFD, context.socket_number, cloexec)
+            if code < 0:
+                return "error", -1, -code, 0
+        if isinstance(result, Stat):
+            assert context.stat_buffer is not None
+            address, layout = context.stat_buffer
+            self._check_valid(notif_id)  # the thread is still ours: its memory is the caller's
+            try:
+                _write_memory(notification.tid, address, _stat_bytes(result, layout))
+            except _Refuse as refusal:
+                self._send(notif_id, 0, -refusal.code, 0)
+                return "error", -1, refusal.code, 0
+            self._send(notif_id, 0, 0, 0)
+            return "reply", result, 0, len(fds)
+        if not -(2**63) <= result < 2**63:
+            return self._fail(notif_id)
+        self._send(notif_id, result, 0, 0)
+        return "reply", result, 0, len(fds)
+
+    def _fail(self, notif_id: int) -> tuple[Any, Any, int, int]:
+        code = self.router.error_errno
+        self._send(notif_id, 0, -code, 0)
+        return "failure", -1, code, 0
+
+    # ------------------------------------------------------------- ioctls
+
+    def _check_valid(self, notif_id: int) -> None:
+        if self._fd < 0:
+            raise _Gone
+        try:
+            fcntl.ioctl(self._fd, _NOTIF_ID_VALID, bytearray(_ID.pack(notif_id)), True)
+        except OSError:
+            raise _Gone from None
+
+    def _send(self, notif_id: int, value: int, error: int, flags: int) -> None:
+        if self._fd < 0:
+            raise _Gone
+        try:
+            fcntl.ioctl(self._fd, _NOTIF_SEND, bytearray(_RESP.pack(notif_id, value, error, flags)), True)
+        except OSError as exc:
+            if exc.errno in (errno_module.ENOENT, errno_module.EINPROGRESS):
+                raise _Gone from None
+            raise
+
+    def _addfd(self, notif_id: int, fd: int, flags: int, newfd: int, newfd_flags: int) -> int:
+        """Install ``fd`` in the slave: its number there, or ``-errno`` after failing the call with it."""
+        if self._fd < 0:
+            raise _Gone
+        try:
+            return int(fcntl.ioctl(self._fd, _NOTIF_ADDFD,
+                                   bytearray(_ADDFD.pack(notif_id, flags, fd, newfd, newfd_flags)), True))
+        except OSError as exc:
+            if exc.errno in (errno_module.ENOENT, errno_module.EINPROGRESS):
+                raise _Gone from None
+            # EMFILE and the like: the slave cannot take the descriptor; the call fails with that.
+            code = exc.errno or errno_module.EMFILE
+            self._send(notif_id, 0, -code, 0)
+            return -code
+
+
+def _opens_own_file(fields: dict[str, Any], own_files: frozenset[str]) -> bool:
+    return (fields["function"] in ("open", "openat") and fields["path"] in own_files
+            and fields["flags"] <= _READ_ONLY_OPEN)
+
+
+#: Flags of a read-only open of a library (what the loader passes).
+_READ_ONLY_OPEN: Final = frozenset({"read_only", "close_on_exec", "large_file"})
+
+
+def _build(fields: dict[str, Any], notification: _Notification, thread: _Thread) -> Request:
+    """The validated request (slave bytes are validated here, once)."""
+    model = REQUEST_TYPES[fields["function"]]
+    fields = {key: value for key, value in fields.items() if value is not None}
+    common = {"pid": thread.pid, "tid": notification.tid, "request_id": notification.id}
+    context: dict[str, Any] = {"umask": thread.umask, "fsuid": thread.fsuid, "fsgid": thread.fsgid, "groups": thread.groups}
+    common |= {key: value for key, value in context.items() if key in model.model_fields}
+    try:
+        return model.model_validate(common | fields)  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise _Refuse(_errno_for(exc)) from None
+
+
+def _errno_for(error: ValidationError) -> int:
+    """What the kernel says for an argument a request model refuses."""
+    text = str(error)
+    if "at most" in text and "path" in text:
+        return errno_module.ENAMETOOLONG
+    return errno_module.EINVAL
+
+
+def _unusable(fds: Sequence[int]) -> str | None:
+    for fd in fds:
+        if isinstance(fd, bool) or not isinstance(fd, int) or not 0 <= fd < 2**31:
+            return f"{fd!r} is not a descriptor"
+        try:
+            os.fstat(fd)
+        except OSError as exc:
+            return f"descriptor {fd} is not open: {exc.strerror}"
+    return None
+
+
+def _slave_cloexec(pid: int, number: int) -> int:
+    """``O_CLOEXEC`` if the slave's descriptor ``number`` has close-on-exec (from ``fdinfo``)."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{number}", "rb") as file:
+            for line in file:
+                if line.startswith(b"flags:"):
+                    return _O_CLOEXEC if int(line.split()[1], 8) & _O_CLOEXEC else 0
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# ------------------------------------------------- the shim beside seccomp
+
+
+async def serve_shim_relay(router: Router, master: Master) -> None:
+    """Serve a shim session of a program that also runs under the seccomp filter.
+
+    Only ``getaddrinfo`` (no system call, so the filter never sees it) is
+    decided by ``router``; every other call is answered ``FORWARD`` at
+    once, so the shim makes it through libc and the filter hands it to the
+    router then: each call is decided once, with the kernel's view of it.
+    The master is closed at the end.
+    """
+    pending: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            try:
+                call = await master.receive_call()
+            except SessionClosed:
+                return
+            if call.function != "getaddrinfo":
+                try:
+                    await call.use_slave_credentials()
+                except SessionClosed:
+                    return
+                continue
+            if router.concurrent:
+                task = asyncio.ensure_future(router.handle(call, master.name))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            else:
+                await router.handle(call, master.name)
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        master.close()
+
