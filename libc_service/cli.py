@@ -17,6 +17,7 @@ from .refusals import RefusalReport
 from .policy import LoadedPolicy, PolicyError, load_policy
 from .router import FORWARD, Router
 from .sandbox import Sandbox, SandboxUnavailable
+from .notify import SeccompUnavailable
 from .spawn import ShimNotFound, SlaveProcess, spawn
 from .tracing import Tracer
 
@@ -116,10 +117,10 @@ def _terminal_delivered_to(pid: int) -> bool:
         os.close(fd)
 
 
-async def _serve_program(argv: Sequence[str], router: Router, sandbox: Sandbox | None) -> int:
+async def _serve_program(argv: Sequence[str], router: Router, sandbox: Sandbox | None, seccomp: bool = False) -> int:
     loop = asyncio.get_running_loop()
     try:
-        async with spawn(argv, router, sandbox=sandbox) as process:
+        async with spawn(argv, router, sandbox=sandbox, seccomp=seccomp) as process:
             installed = _SignalRelay(process).install(loop)
             try:
                 return await process.wait()
@@ -153,7 +154,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         report = RefusalReport()
         policy.router.observe(report)
     try:
-        return _run_loop(_serve_program(command, policy.router, sandbox))
+        return _run_loop(_serve_program(command, policy.router, sandbox, args.seccomp))
     finally:
         for line in report.lines() if report is not None else ():
             print(f"libc-service: {line}", file=sys.stderr)
@@ -176,7 +177,7 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         tracer = Tracer(output, json_lines=args.json)
         router.on(*_PATH_FUNCTIONS)(tracer.note_directory)
         router.observe(tracer)
-        return _run_loop(_serve_program(command, router, None))
+        return _run_loop(_serve_program(command, router, None, args.seccomp))
     finally:
         if output is not sys.stderr:
             output.close()
@@ -252,10 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sandbox", action="store_true",
                      help="confine the program with Landlock (and no network), using the policy's `sandbox` "
                           "or a minimal one")
+    run.add_argument("--seccomp", action="store_true",
+                     help="also decide the system calls the shim cannot see (static programs, raw system calls, "
+                          "libc's own opens) through seccomp user notifications; use with --sandbox")
     run.add_argument("policy", metavar="POLICY", help="path/to/policy.py or package.module:attr defining a Router")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     run.set_defaults(handler=_cmd_run, subparser=run)
-    run.usage = "libc-service run [-h] [-v] [--sandbox] POLICY -- CMD [ARG...]"
+    run.usage = "libc-service run [-h] [-v] [--sandbox] [--seccomp] POLICY -- CMD [ARG...]"
 
     trace = commands.add_parser(
         "trace", parents=[verbose], help="log every call of a program, then let it proceed",
@@ -267,9 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("-o", "--output", metavar="FILE",
                        help="write the log to FILE (default: stderr, where it mixes with the program's own "
                             "messages)")
+    trace.add_argument("--seccomp", action="store_true",
+                       help="also log the system calls the shim cannot see (seccomp user notifications)")
     trace.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     trace.set_defaults(handler=_cmd_trace, subparser=trace)
-    trace.usage = "libc-service trace [-h] [-v] [--json] [-o FILE] -- CMD [ARG...]"
+    trace.usage = "libc-service trace [-h] [-v] [--json] [--seccomp] [-o FILE] -- CMD [ARG...]"
 
     learn = commands.add_parser(
         "learn", parents=[verbose], help="run a program once and write a starting policy for it",
@@ -301,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="libc-service: %(levelname)s: %(name)s: %(message)s")
     try:
         status: int = args.handler(args, parser)
-    except (PolicyError, SandboxUnavailable, ShimNotFound) as exc:
+    except (PolicyError, SandboxUnavailable, SeccompUnavailable, ShimNotFound) as exc:
         print(f"libc-service: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as exc:

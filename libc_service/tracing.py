@@ -2,7 +2,9 @@
 
 :class:`Tracer` is a router observer that writes one line per call, either
 for people (``[pid 12 tid 12] openat("/etc/hostname", read_only) = 3 <8.2µs>``)
-or as JSON lines with a stable set of keys.
+or as JSON lines with a stable set of keys. A call that reached the master
+as a seccomp notification (``trace --seccomp``) says so: ``[pid 12 tid 12
+seccomp]``, and ``"transport": "seccomp"`` (``"shim"`` otherwise).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def decision_record(decision: Decision) -> dict[str, Any]:
         "errno_name": errno_module.errorcode.get(decision.errno) if decision.errno else None,
         "fds": decision.nfds,
         "latency_us": round(decision.latency_ns / 1000, 1),
+        "transport": decision.transport,
     }
 
 
@@ -107,8 +110,9 @@ def decision_line(decision: Decision, directories: Mapping[str, str] | None = No
     if decision.nfds:
         answer += f" +{decision.nfds} fd"
     route = "" if decision.route == "default" else f" by {decision.route}"
+    transport = " seccomp" if decision.transport == "seccomp" else ""
     return (
-        f"[pid {request.pid} tid {request.tid}] {request.function}({arguments}) = {answer}"
+        f"[pid {request.pid} tid {request.tid}{transport}] {request.function}({arguments}) = {answer}"
         f"{route} <{decision.latency_ns / 1000:.1f}µs>"
     )
 
@@ -181,7 +185,7 @@ class Tracer:
             line = json.dumps({
                 "pid": pid, "tid": pid, "function": "execve", "arguments": {"path": exe, "argv": argv},
                 "route": "default", "decision": "observed", "result": None, "errno": 0, "errno_name": None,
-                "fds": 0, "latency_us": 0.0, "time": round(time.time(), 6),
+                "fds": 0, "latency_us": 0.0, "transport": None, "time": round(time.time(), 6),
             }, ensure_ascii=False)
         else:
             line = f"[pid {pid}] execve({json.dumps(exe)}, {json.dumps(argv, ensure_ascii=False)})"
