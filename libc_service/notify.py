@@ -329,6 +329,8 @@ class ListenerHandoff:
                 finally:
                     loop.remove_reader(sock.fileno())
                 continue
+            if not data and not ancdata:
+                raise SeccompUnavailable("the program closed the handoff without sending its seccomp listener")
             fds = [fd for level, kind, raw in ancdata if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
                    for fd in array.array("i", raw[: len(raw) - len(raw) % _INT.size])]
             if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(fds) != 1 or data not in (b"k", b"-"):
