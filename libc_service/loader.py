@@ -432,6 +432,7 @@ class _Discovery:
     def open(
         self, path: str | os.PathLike[str], *, executable: bool,
     ) -> tuple[LoaderFile, IO[bytes], _Version] | None:
+        """:func:`_regular_file`, counted against the bound on files looked at."""
         if self.probes <= 0:
             return None
         self.probes -= 1
@@ -440,6 +441,7 @@ class _Discovery:
         return _regular_file(path, executable=executable)
 
     def grant(self, file: LoaderFile) -> None:
+        """Add ``file``, once per file (the first name it was found under is kept)."""
         self.files.setdefault((file.device, file.inode), file)
 
     # ------------------------------------------------------------ programs
@@ -498,7 +500,11 @@ class _Discovery:
     # ----------------------------------------------------------- libraries
 
     def node(self, elf: _Elf, origin: str, loaders: tuple[tuple[str, ...], ...], depth: int) -> _Node:
-        # An object with a RUNPATH has its RPATH ignored, for itself and for what it loads.
+        """A loaded object with its search lists expanded (``$ORIGIN`` is its directory).
+
+        An object with a ``RUNPATH`` has its ``RPATH`` ignored, for itself
+        and for what it loads (glibc's ``elf_get_dynamic_info``).
+        """
         runpath = _search_list(elf.runpath, origin, self.cwd) if elf.has_runpath else None
         rpath = _search_list(elf.rpath, origin, self.cwd) if runpath is None else ()
         return _Node(elf, origin, (rpath, *loaders), runpath, depth)
@@ -509,8 +515,8 @@ class _Discovery:
         A name already looked for is not looked for again (ld.so reuses an
         object loaded under that name).
         """
-        executable_origin = root.origin
-        library_path = _search_list(self.env.get("LD_LIBRARY_PATH"), executable_origin, self.cwd, ":;")
+        # $ORIGIN in LD_LIBRARY_PATH is the executable's directory.
+        library_path = _search_list(self.env.get("LD_LIBRARY_PATH"), root.origin, self.cwd, ":;")
         seen: set[bytes] = set()
         queue = deque([root])
         while queue:
