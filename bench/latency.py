@@ -1,4 +1,4 @@
-"""Per-call latency through the shim: native, Python master, C floor, fakeroot.
+"""Per-call latency through the shim and through seccomp: native, Python master, C floor, fakeroot.
 
     python bench/latency.py [--calls 20000] [--runs 5] [--pin same,split,none] [--json FILE]
 
@@ -29,6 +29,19 @@ times; the figure is the median of the runs' medians:
 - ``fakeroot``   the same program under ``fakeroot`` (its stat is
                  intercepted and answered by the ``faked`` daemon; its open
                  is not intercepted)
+- ``shim-answer`` the answers of ``seccomp`` below through the shim: the
+                 same router, ``spawn()`` without seccomp (e)
+- ``seccomp``    the program built ``-static`` (no shim) under
+                 ``spawn(..., seccomp=True)`` with router (e): stat answered
+                 with a fixed Stat written into the program's buffer, open
+                 with ``WithFds`` of an ``os.open`` installed by
+                 ``SECCOMP_IOCTL_NOTIF_ADDFD`` — the seccomp round trip
+- ``seccomp-fwd`` the same with ``Router(default=FORWARD)``: every call is
+                 continued in the kernel (``SECCOMP_USER_NOTIF_FLAG_CONTINUE``)
+- ``seccomp+shim`` the dynamic program under seccomp with router (e): the
+                 shim relays each call (``FORWARD`` without asking the
+                 router), then the kernel notifies it — what a dynamically
+                 linked program pays for ``--seccomp``
 
 Pinning (``--pin``): ``same`` runs master and slave on CPU 0 (``taskset -c
 0`` for both), ``split`` the master on CPU 0 and the slave on CPU 1 (every
@@ -44,13 +57,17 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 #: --tree NAME=PATH: other checkouts whose Python master to measure too.
 TREES: dict[str, str] = {}
-CONFIGS = ("native", "shim-inert", "local", "router", "router-poll", "forward", "floor", "floor-fwd", "fakeroot")
+CONFIGS = ("native", "shim-inert", "local", "router", "router-poll", "forward", "floor", "floor-fwd", "fakeroot",
+           "shim-answer", "seccomp", "seccomp-fwd", "seccomp+shim")
+#: The static build of the timing program, for the seccomp rows (no shim can load).
+_common.PROGRAMS["bench_calls_static"] = (("tests/c/bench_calls.c",), ("-static",))
 CALLS = ("stat", "open_close")
 
 
@@ -87,7 +104,55 @@ def command(config: str, pinning: str, calls: int, path: str) -> list[str] | Non
     if config == "fakeroot":
         fakeroot = _common.need("fakeroot")
         return None if fakeroot is None else master + [fakeroot, "--", *slave]
+    if config in ("shim-answer", "seccomp", "seccomp-fwd", "seccomp+shim"):
+        if config in ("seccomp", "seccomp-fwd"):
+            slave = _common.pin_slave(pinning) + [_common.build("bench_calls_static"), str(calls), path]
+        transport = "shim" if config == "shim-answer" else "seccomp"
+        mode = "forward" if config == "seccomp-fwd" else "answer"
+        return master + [_common.PYTHON, str(Path(__file__).resolve()), "serve", transport, mode, "--", *slave]
     raise ValueError(config)
+
+
+def serve(transport: str, mode: str, argv: list[str]) -> int:
+    """``latency.py serve shim|seccomp answer|forward -- CMD``: the master of router (e).
+
+    (e) is ``bench/pymaster.py``'s answering router with every open flag
+    name mapped (``safepath.open_flags``), so that the seccomp transport's
+    requests, which name every flag, are answered the same way.
+    """
+    import asyncio
+
+    sys.path.insert(0, str(_common.ROOT))
+    from libc_service import FORWARD, Router, Stat, WithFds, spawn
+    from libc_service.safepath import open_flags
+
+    fixed = Stat(size=4242, mode=0o644, nlink=1, blksize=4096, blocks=16)
+    router = Router(default=FORWARD)
+    if mode == "answer":
+        @router.on("stat", "lstat")
+        def fixed_stat(request: Any) -> Any:
+            """Every file is a 4242-byte regular file."""
+            return fixed
+
+        @router.on("open", "openat")
+        def open_here(request: Any) -> Any:
+            """Open in the master and hand the descriptor over."""
+            flags, resolve = open_flags(request.flags)
+            if resolve:
+                return FORWARD
+            fd = os.open(request.path, flags, request.mode or 0, dir_fd=request.dirfd)
+            return WithFds(0, [fd])
+
+    async def run() -> int:
+        async with spawn(argv, router, seccomp=transport == "seccomp") as process:
+            return await process.wait()
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run())
 
 
 def measure(pinnings: list[str], configs: list[str], calls: int, runs: int, path: str
@@ -135,6 +200,10 @@ def report(results: dict[str, dict[str, dict[str, list[float]]]], calls: int, ru
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["serve"]:
+        transport, mode, separator, *argv = sys.argv[2:]
+        assert separator == "--" and transport in ("shim", "seccomp") and mode in ("answer", "forward")
+        sys.exit(serve(transport, mode, argv))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-foreign", type=float, default=1.0, metavar="SHARE",
                         help="repeat a run (up to 5 tries) while other processes used more than SHARE "

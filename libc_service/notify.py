@@ -44,7 +44,7 @@ sandbox it is unconfined (``docs/security.md``).
 
 The shim stays preloaded for ``getaddrinfo``, which is no system call; its
 other calls are answered ``FORWARD`` without asking the router
-(:func:`serve_shim_relay`), so that each call is decided exactly once, when
+(:func:`shim_relay`), so that each call is decided exactly once, when
 it reaches the kernel, whoever made it (the program, libc, the shim).
 
 Handlers can tell the transports apart with :func:`current_transport`;
@@ -56,6 +56,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextvars
+import dataclasses
 import ctypes
 import errno as errno_module
 import fcntl
@@ -67,16 +68,16 @@ import socket
 import stat as stat_module
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import ValidationError
 
-from .master import Master, SessionClosed, close_fds
+from .master import close_fds
 from .notify_filter import NOTIFIED, build_notify_filter, notified_numbers
 from .replies import Stat
-from .requests import REQUEST_TYPES, Request
+from .requests import REQUEST_TYPES, UNIX_PATH_MAX, Request, exact_path
 from .router import FORWARD, Decision, Transport, WithFds
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ __all__ = [
     "SeccompUnavailable",
     "current_transport",
     "seccomp_unavailable",
-    "serve_shim_relay",
+    "shim_relay",
 ]
 
 logger = logging.getLogger(__name__)
@@ -368,32 +369,42 @@ class _Continue(Exception):
     """A call the request models cannot express: the kernel does it, as the shim falls back."""
 
 
+#: The reads' buffer and vectors, made once (the loop's thread is the only reader).
+_READ_BUFFER: Final = ctypes.create_string_buffer(_PAGE)
+_LOCAL: Final = _IOVec(ctypes.addressof(_READ_BUFFER), _PAGE)
+_REMOTE: Final = _IOVec(0, 0)
+#: A first read this long finds most paths' NUL without copying a page.
+_FIRST_READ: Final = 256
+
+
 def _read_memory(tid: int, address: int, size: int) -> bytes:
-    """Up to ``size`` bytes of the thread's memory at ``address`` (fewer at an unmapped page)."""
-    buffer = ctypes.create_string_buffer(size)
-    local = _IOVec(ctypes.cast(buffer, ctypes.c_void_p), size)
-    remote = _IOVec(address, size)
-    got = _process_vm_readv(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    """Up to ``size`` (at most a page) bytes of the thread's memory at ``address``; fewer at an unmapped page."""
+    _LOCAL.length = size
+    _REMOTE.base = address
+    _REMOTE.length = size
+    got = _process_vm_readv(tid, ctypes.byref(_LOCAL), 1, ctypes.byref(_REMOTE), 1, 0)
     if got < 0:
         code = ctypes.get_errno()
         if code == errno_module.ESRCH:
             raise _Gone
         raise _Refuse(errno_module.EFAULT)
-    return buffer.raw[:got]
+    return ctypes.string_at(_READ_BUFFER, got)
 
 
 def _read_string(tid: int, address: int, limit: int = _PATH_MAX) -> bytes:
-    """A NUL-terminated string (without the NUL), read a page at a time.
+    """A NUL-terminated string (without the NUL), read a page (at first a little) at a time.
 
     ``EFAULT`` for a bad pointer, ``ENAMETOOLONG`` without a NUL within
-    ``limit`` bytes: what the kernel would answer.
+    ``limit`` bytes: what the kernel would answer. A read never crosses a
+    page boundary, so a string ending just before an unmapped page is read.
     """
-    if address == 0:
+    if address == 0 or address >= 2**64:
         raise _Refuse(errno_module.EFAULT)
     collected = b""
     while len(collected) < limit:
-        chunk = min(_PAGE - (address + len(collected)) % _PAGE, limit - len(collected))
-        data = _read_memory(tid, address + len(collected), chunk)
+        at = address + len(collected)
+        chunk = min(_PAGE - at % _PAGE, limit - len(collected), _FIRST_READ if not collected else _PAGE)
+        data = _read_memory(tid, at, chunk)
         end = data.find(b"\0")
         if end >= 0:
             return collected + data[:end]
@@ -423,27 +434,40 @@ class _Thread:
 
 
 def _thread_status(tid: int) -> _Thread:
+    """Read ``/proc/TID/status`` (about 15 µs: the kernel renders it whole) and pick five fields."""
     try:
-        with open(f"/proc/{tid}/status", "rb") as file:
-            text = file.read()
+        fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise _Gone from None
     except OSError:
         raise _Refuse(errno_module.EPERM) from None
-    fields: dict[bytes, bytes] = {}
-    for line in text.split(b"\n"):
-        name, _, value = line.partition(b":")
-        fields[name] = value.strip()
     try:
-        pid = int(fields[b"Tgid"])
-        umask = int(fields[b"Umask"], 8) if b"Umask" in fields else None
-        fsuid = int(fields[b"Uid"].split()[3])
-        fsgid = int(fields[b"Gid"].split()[3])
-        group_ids = tuple(int(g) for g in fields.get(b"Groups", b"").split())
-    except (KeyError, IndexError, ValueError):
+        text = os.read(fd, 16384)
+    except OSError:
+        raise _Gone from None
+    finally:
+        os.close(fd)
+    try:
+        pid = int(_status_field(text, b"\nTgid:"))
+        umask_text = _status_field(text, b"\nUmask:")
+        umask = int(umask_text, 8) if umask_text else None
+        fsuid = int(_status_field(text, b"\nUid:").split()[3])
+        fsgid = int(_status_field(text, b"\nGid:").split()[3])
+        group_ids = tuple(map(int, _status_field(text, b"\nGroups:").split()))
+    except (IndexError, ValueError):
         raise _Refuse(errno_module.EPERM) from None
     groups = group_ids if len(group_ids) <= 64 and all(g < 2**32 for g in group_ids) else None
     return _Thread(pid, umask, fsuid, fsgid, groups)
+
+
+def _status_field(text: bytes, name: bytes) -> bytes:
+    """The value of the ``name`` line (``b""`` when absent, as Umask is before Linux 4.7)."""
+    start = text.find(name)
+    if start < 0:
+        return b""
+    start += len(name)
+    end = text.find(b"\n", start)
+    return text[start:end if end >= 0 else len(text)]
 
 
 class _Fetched:
@@ -851,8 +875,22 @@ class SeccompSession:
             logger.exception("%s: cannot decode %r; failing the call with EINVAL", self.name, notification)
             self._finish_early(notification, fetched, errno_module.EINVAL)
             return
+        # The decision starts here, in the callback: with sync handlers (the
+        # common case) it finishes here too, with no task and no wake-up.
+        # Only a handler that waits makes a task, which continues it. It
+        # runs in a context of its own, where current_transport() is "seccomp".
+        coroutine = self._decide(request, context, notification, fetched, started)
+        context_vars = contextvars.copy_context()
+        context_vars.run(_TRANSPORT.set, "seccomp")
+        try:
+            first = context_vars.run(coroutine.send, None)
+        except StopIteration:
+            return
+        except Exception:  # noqa: BLE001 - a failed reply must not end the session
+            logger.exception("%s: answering %r failed", self.name, request)
+            return
         assert self._loop is not None
-        task = self._loop.create_task(self._decide(request, context, notification, fetched, started))
+        task = self._loop.create_task(_continue(coroutine, first), context=context_vars)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
@@ -881,7 +919,6 @@ class SeccompSession:
 
     async def _decide(self, request: Request, context: _Context, notification: _Notification, fetched: _Fetched,
                       started: int) -> None:
-        _TRANSPORT.set("seccomp")  # the task's own context: its handlers see it, nothing else does
         try:
             route, outcome = await self.router.decide(request)
             latency = time.perf_counter_ns() - started
@@ -1001,6 +1038,44 @@ class SeccompSession:
             return -code
 
 
+class _Resumed:
+    """Awaiting it continues a coroutine that already ran up to its first suspension.
+
+    The first step of a decision runs in the reader callback; when it has
+    to wait, a task takes the coroutine over from there: what it yielded
+    goes to the task, what the task sends or throws goes to the coroutine.
+    """
+
+    __slots__ = ("_coroutine", "_first")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], first: Any) -> None:
+        self._coroutine = coroutine
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, value = self._coroutine, self._first
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - cancellation goes to the coroutine
+                try:
+                    value = coroutine.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = coroutine.send(sent)
+                except StopIteration:
+                    return
+
+
+async def _continue(coroutine: Coroutine[Any, Any, None], first: Any) -> None:
+    await _Resumed(coroutine, first)
+
+
 def _opens_own_file(fields: dict[str, Any], own_files: frozenset[str]) -> bool:
     return (fields["function"] in ("open", "openat") and fields["path"] in own_files
             and fields["flags"] <= _READ_ONLY_OPEN)
@@ -1011,16 +1086,59 @@ _READ_ONLY_OPEN: Final = frozenset({"read_only", "close_on_exec", "large_file"})
 
 
 def _build(fields: dict[str, Any], notification: _Notification, thread: _Thread) -> Request:
-    """The validated request (slave bytes are validated here, once)."""
-    model = REQUEST_TYPES[fields["function"]]
-    fields = {key: value for key, value in fields.items() if value is not None}
-    common = {"pid": thread.pid, "tid": notification.tid, "request_id": notification.id}
-    context: dict[str, Any] = {"umask": thread.umask, "fsuid": thread.fsuid, "fsgid": thread.fsgid, "groups": thread.groups}
-    common |= {key: value for key, value in context.items() if key in model.model_fields}
+    """The request: validated by the decoder above, built without a second pass.
+
+    ``_decode`` checks what the models check (paths are NUL-free C strings
+    of at most 4095 bytes, flags and modes come from tables, addresses are
+    ``ipaddress`` objects); building with pydantic's validation would cost
+    13 µs a call, and ``model_construct`` as much. Models that are not
+    plain data (validators that derive fields) are validated instead.
+    """
+    function = fields["function"]
+    model = REQUEST_TYPES[function]
+    values: dict[str, Any] = {"pid": thread.pid, "tid": notification.tid, "request_id": notification.id,
+                              "umask": thread.umask, "fsuid": thread.fsuid, "fsgid": thread.fsgid,
+                              "groups": thread.groups}
+    values |= {key: value for key, value in fields.items() if value is not None}
+    for name in ("path", "path1", "path2"):
+        if name in values:
+            values[name] = exact_path(values[name])
+    if function in ("connect_unix", "bind_unix") and len(os.fsencode(str(values["path"]))) > UNIX_PATH_MAX:
+        raise _Refuse(errno_module.EINVAL)
+    if function in _PLAIN_MODELS:
+        try:
+            ordered = {name: values[name] if name in values else info.default
+                       for name, info in model.model_fields.items()}
+        except KeyError:
+            pass  # a required field the decoder did not give: let pydantic say which
+        else:
+            request = model.__new__(model)
+            _set_attribute(request, "__dict__", ordered)
+            _set_attribute(request, "__pydantic_fields_set__", set(values) & set(ordered))
+            _set_attribute(request, "__pydantic_extra__", None)
+            _set_attribute(request, "__pydantic_private__", None)
+            return request  # type: ignore[return-value]
+    values = {key: value for key, value in values.items() if key in model.model_fields}
     try:
-        return model.model_validate(common | fields)  # type: ignore[return-value]
+        return model.model_validate(values)  # type: ignore[return-value]
     except ValidationError as exc:
         raise _Refuse(_errno_for(exc)) from None
+
+
+_set_attribute: Final = object.__setattr__
+
+
+def _plain(model: type[Any]) -> bool:
+    """Whether a model is plain data: no private attributes, post-init hooks, aliases or factories."""
+    return (
+        not getattr(model, "__pydantic_post_init__", True)
+        and not getattr(model, "__private_attributes__", True)
+        and all(f.alias is None and f.validation_alias is None and f.default_factory is None
+                for f in model.model_fields.values())
+    )
+
+
+_PLAIN_MODELS: Final = frozenset(name for name, model in REQUEST_TYPES.items() if _plain(model))
 
 
 def _errno_for(error: ValidationError) -> int:
@@ -1057,38 +1175,36 @@ def _slave_cloexec(pid: int, number: int) -> int:
 # ------------------------------------------------- the shim beside seccomp
 
 
-async def serve_shim_relay(router: Router, master: Master) -> None:
-    """Serve a shim session of a program that also runs under the seccomp filter.
+def shim_relay(router: Router) -> Router:
+    """The router for the shim sessions of a program that also runs under the seccomp filter.
 
     Only ``getaddrinfo`` (no system call, so the filter never sees it) is
-    decided by ``router``; every other call is answered ``FORWARD`` at
-    once, so the shim makes it through libc and the filter hands it to the
-    router then: each call is decided once, with the kernel's view of it.
-    The master is closed at the end.
+    decided by ``router``, whose observers then see it as usual; every
+    other call is answered ``FORWARD`` at once (by the router's fast path,
+    in the reader callback), so the shim makes it through libc and the
+    filter hands it to ``router`` then: each call is decided once, with the
+    kernel's view of it.
     """
-    pending: set[asyncio.Task[None]] = set()
-    try:
-        while True:
-            try:
-                call = await master.receive_call()
-            except SessionClosed:
-                return
-            if call.function != "getaddrinfo":
-                try:
-                    await call.use_slave_credentials()
-                except SessionClosed:
-                    return
-                continue
-            if router.concurrent:
-                task = asyncio.ensure_future(router.handle(call, master.name))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            else:
-                await router.handle(call, master.name)
-    finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        master.close()
+    # Imported here: router.py imports nothing of this module, and spawn
+    # imports this module only when seccomp is asked for.
+    from .router import Router as RouterType
 
+    relay = RouterType(default=FORWARD, concurrent=router.concurrent, error_errno=router.error_errno)
+    #: The deciding route of ``router`` for each getaddrinfo in flight, by request identity.
+    deciding: dict[int, str] = {}
+
+    @relay.on("getaddrinfo")
+    async def decided_by_the_policy(request: Any) -> Any:
+        route, outcome = await router.decide(request)
+        deciding[id(request)] = route
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    @relay.observe
+    def reported_to_the_policy(decision: Decision) -> None:
+        route = deciding.pop(id(decision.request), None)
+        if route is not None:
+            router.report(dataclasses.replace(decision, route=route))
+
+    return relay

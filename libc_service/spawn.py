@@ -159,6 +159,8 @@ class SlaveProcess:
         #: The seccomp listener's session (``seccomp=True``), once the program runs.
         self.seccomp_session: SeccompSession | None = None
         self._seccomp_task: asyncio.Task[None] | None = None
+        #: What serves the shim's sessions under seccomp (getaddrinfo only; see notify.shim_relay).
+        self._shim_router: Router | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -170,9 +172,10 @@ class SlaveProcess:
         handoff: ListenerHandoff | None = None
         try:
             if self._seccomp:
-                from .notify import ListenerHandoff
+                from .notify import ListenerHandoff, shim_relay
 
                 handoff = ListenerHandoff()
+                self._shim_router = shim_relay(self.router)
                 if self._sandbox is None:
                     logger.warning("seccomp without a sandbox: a call the policy forwards is continued by the "
                                    "kernel unconfined, with arguments the program may change meanwhile")
@@ -415,12 +418,7 @@ class SlaveProcess:
 
     async def _serve(self, master: _Session, identity: tuple[int, int]) -> None:
         try:
-            if self._seccomp:
-                from .notify import serve_shim_relay
-
-                await serve_shim_relay(self.router, master)
-            else:
-                await self.router.serve(master)
+            await (self._shim_router or self.router).serve(master)
         except Exception:  # noqa: BLE001 - one session's failure must not end the others
             logger.exception("session %s failed", master.name)
         else:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from libc_service import FORWARD, Router, Sandbox, Stat, WithFds, deny, perform, spawn
+from libc_service import FORWARD, AddrInfo, Router, Sandbox, Stat, WithFds, deny, perform, spawn
 from libc_service.conditions import under
 from libc_service.notify import ListenerHandoff, SeccompUnavailable, current_transport, seccomp_unavailable
 from libc_service.router import Decision
@@ -169,6 +169,29 @@ async def test_python_imports_zlib_under_the_sandbox_with_the_loaders_opens_gran
     assert "cannot be preloaded" not in err  # the shim's own load is never the policy's to refuse
     dlopened = [d for d in decisions if d.request.function == "open" and "zlib" in str(getattr(d.request, "path"))]
     assert dlopened and all(d.transport == "seccomp" and d.outcome == "reply" for d in dlopened)
+
+
+async def test_a_dynamic_program_has_each_call_decided_once_and_getaddrinfo_through_the_shim() -> None:
+    router = Router(default=FORWARD)
+    lookups: list[str] = []
+
+    @router.on("getaddrinfo")
+    def fake_lookup(request: object) -> object:
+        lookups.append(current_transport())
+        return [AddrInfo("192.0.2.7", 80)]
+
+    decisions = recorded(router)
+    code = ("import socket; print(socket.getaddrinfo('db.example', 80, type=socket.SOCK_STREAM)[0][4]); "
+            "print(len(open('/etc/hostname').read()) > 0)")
+    status, out, err = await run([PYTHON, "-c", code], router)
+    assert (status, out) == (0, "('192.0.2.7', 80)\nTrue\n"), err
+    assert lookups == ["shim"]
+    [lookup] = [d for d in decisions if d.request.function == "getaddrinfo"]
+    assert (lookup.transport, lookup.route.rsplit(".", 1)[-1], lookup.outcome) == ("shim", "fake_lookup", "reply")
+    hostname = [d for d in decisions if str(getattr(d.request, "path", "")) == "/etc/hostname"]
+    assert [(d.transport, d.outcome) for d in hostname] == [("seccomp", "forward")]
+    for decision in decisions:  # built without a second validation: still what validation gives
+        assert type(decision.request).model_validate(dict(decision.request)) == decision.request
 
 
 # ------------------------------------------------------------------- each reply kind
