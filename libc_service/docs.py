@@ -148,6 +148,8 @@ class SandboxDoc:
     network: bool
     #: Whether the slave may change mode, owner, times and xattrs by itself.
     metadata: bool
+    #: Whether the system's shared-library directories are readable and executable.
+    system_libraries: bool = True
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,8 @@ def _sandbox_doc(sandbox: Any) -> SandboxDoc | None:
         for path, access in sandbox.static_rules()
     )
     metadata = bool(getattr(sandbox, "metadata", False))
-    return SandboxDoc(rules=rules, network=bool(sandbox.network), metadata=metadata)
+    return SandboxDoc(rules=rules, network=bool(sandbox.network), metadata=metadata,
+                      system_libraries=bool(getattr(sandbox, "system_libraries", True)))
 
 
 def describe_policy(policy: LoadedPolicy) -> PolicyDoc:
@@ -433,6 +436,14 @@ def _sandbox(doc: PolicyDoc) -> list[str]:
     else:
         lines.append("No static rules: by itself the slave may read, write or execute nothing else.")
     lines.append("")
+    if doc.sandbox.system_libraries:
+        lines.append(
+            "Libraries: the system's shared-library directories (`/lib`, `/usr/lib`, their 64-bit and "
+            "multiarch variants, `/usr/local/lib` and those `/etc/ld.so.conf` names) may be read and "
+            "executed, for libraries loaded at run time (`dlopen`); calls beneath them still reach the "
+            "master. `system_libraries=False` leaves only what the program links."
+        )
+        lines.append("")
     lines.append(
         "Network: the host's network is kept."
         if doc.sandbox.network
@@ -522,6 +533,7 @@ def policy_json(doc: PolicyDoc) -> dict[str, Any]:
             "rules": [{"path": path, "access": list(access)} for path, access in doc.sandbox.rules],
             "network": doc.sandbox.network,
             "metadata": doc.sandbox.metadata,
+            "system_libraries": doc.sandbox.system_libraries,
         },
     }
 

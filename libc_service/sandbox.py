@@ -197,17 +197,15 @@ class Sandbox:
         return None
 
     def static_rules(self) -> list[tuple[str, str]]:
-        """The sandbox's static rules as (path, access) pairs, for documentation.
+        """The policy's own rules as (path, access) pairs, for documentation.
 
-        The policy's own paths as given, then (with ``system_libraries``)
-        the system library directories that exist on this machine: those
-        are granted too, and a reader of the policy's page must see them.
+        The system's library directories (``system_libraries``) are not
+        listed: they differ between machines, and a policy's page says in
+        words that they are granted.
         """
         rules = [(os.fspath(p), "read") for p in self.allow_read]
         rules += [(os.fspath(p), "read, write") for p in self.allow_write]
         rules += [(os.fspath(p), "read, execute") for p in self.allow_exec]
-        if self.system_libraries:
-            rules += [(os.fspath(p), "read, execute") for p in system_library_dirs()]
         return rules
 
     def prepare(

@@ -270,6 +270,7 @@ def test_json_document_has_the_documented_keys(policy: LoadedPolicy) -> None:
         ],
         "network": False,
         "metadata": False,
+        "system_libraries": True,
     }
 
 
