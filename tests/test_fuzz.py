@@ -280,30 +280,34 @@ def test_hostile_sessions_are_killed_while_a_well_behaved_one_is_answered_throug
     router = hostile.fuzz_router(concurrent=concurrent)
     good_served, good_sock = master_loop.serve(router)
     good = GoodSlave(good_sock)
-    good_thread = threading.Thread(target=good.run, name="good-slave")
+    good_thread = threading.Thread(target=good.run, name="good-slave", daemon=True)
     start = time.monotonic()
     good_thread.start()
 
     total, live, lock, stop = Tally(), [], threading.Lock(), threading.Event()
-    killer = threading.Thread(target=_killer, args=(live, lock, stop, 99, total))
+    # Daemon threads, stopped in `finally`: a failed assertion must not leave
+    # them running (a non-daemon one would hang the interpreter's exit).
+    killer = threading.Thread(target=_killer, args=(live, lock, stop, 99, total), daemon=True)
     killer.start()
-    children = [Child.start(master_loop, router, seed) for seed in range(2)]
-    for child in children:
-        child.wait_started()
-    with ThreadPoolExecutor(4) as pool:
-        workers = [pool.submit(_hostile_worker, master_loop, router, seed, 400 * SCALE, live, lock, total)
-                   for seed in range(4)]
-        # The children are killed in the middle of the hostile storm.
-        child_messages = 0
+    try:
+        children = [Child.start(master_loop, router, seed) for seed in range(2)]
         for child in children:
-            time.sleep(0.5)
-            child_messages += child.kill()
-        crashes = [crash for worker in workers for crash in worker.result(timeout=300 * SCALE)]
-    for child in children:
-        child.served.result(PATIENCE)  # killed: the session ended, normally
-    stop.set()
-    killer.join()
-    good.stop.set()
+            child.wait_started()
+        with ThreadPoolExecutor(4) as pool:
+            workers = [pool.submit(_hostile_worker, master_loop, router, seed, 400 * SCALE, live, lock, total)
+                       for seed in range(4)]
+            # The children are killed in the middle of the hostile storm.
+            child_messages = 0
+            for child in children:
+                time.sleep(0.5)
+                child_messages += child.kill()
+            crashes = [crash for worker in workers for crash in worker.result(timeout=300 * SCALE)]
+        for child in children:
+            child.served.result(PATIENCE)  # killed: the session ended, normally
+    finally:
+        stop.set()
+        killer.join()
+        good.stop.set()
     good_thread.join(PATIENCE)
     end = time.monotonic()
     good_served.result(PATIENCE)
