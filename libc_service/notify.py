@@ -850,7 +850,6 @@ class SeccompSession:
 
     def _start(self, notification: _Notification) -> None:
         """Turn a notification into a request (or an immediate answer), then decide it in a task."""
-        started = time.perf_counter_ns()
         fetched: _Fetched | None = None
         try:
             if notification.nr not in _BY_NUMBER:
@@ -879,7 +878,7 @@ class SeccompSession:
         # common case) it finishes here too, with no task and no wake-up.
         # Only a handler that waits makes a task, which continues it. It
         # runs in a context of its own, where current_transport() is "seccomp".
-        coroutine = self._decide(request, context, notification, fetched, started)
+        coroutine = self._decide(request, context, notification, fetched)
         context_vars = contextvars.copy_context()
         context_vars.run(_TRANSPORT.set, "seccomp")
         try:
@@ -917,9 +916,9 @@ class SeccompSession:
 
     # ----------------------------------------------------------- deciding
 
-    async def _decide(self, request: Request, context: _Context, notification: _Notification, fetched: _Fetched,
-                      started: int) -> None:
+    async def _decide(self, request: Request, context: _Context, notification: _Notification, fetched: _Fetched) -> None:
         try:
+            started = time.perf_counter_ns()  # deciding only, as for the shim's calls
             route, outcome = await self.router.decide(request)
             latency = time.perf_counter_ns() - started
             try:

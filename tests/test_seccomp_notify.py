@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import os
 import shutil
@@ -192,6 +193,48 @@ async def test_a_dynamic_program_has_each_call_decided_once_and_getaddrinfo_thro
     assert [(d.transport, d.outcome) for d in hostname] == [("seccomp", "forward")]
     for decision in decisions:  # built without a second validation: still what validation gives
         assert type(decision.request).model_validate(dict(decision.request)) == decision.request
+
+
+def test_trace_says_which_calls_came_as_seccomp_notifications(
+    static_program: Callable[[str], Path], tmp_path: Path,
+) -> None:
+    program = str(static_program("seccomp_calls"))
+    log = tmp_path / "trace.log"
+    done = subprocess.run(
+        [sys.executable, "-m", "libc_service", "trace", "--seccomp", "-o", str(log), "--", program, "mkdir", "made"],
+        capture_output=True, timeout=TIMEOUT, check=False, cwd=tmp_path,
+    )
+    assert (done.returncode, done.stdout) == (0, b"mkdir: 0\n"), done.stderr.decode()
+    [line] = [line for line in log.read_text().splitlines() if "mkdir(" in line]
+    assert line.startswith("[pid ") and " seccomp] mkdir(" in line
+    assert f'mkdir("made" (in {json.dumps(str(tmp_path))}), 0750) = forwarded' in line
+    done = subprocess.run(
+        [sys.executable, "-m", "libc_service", "trace", "--seccomp", "--json", "-o", str(log), "--", program,
+         "stat", "/"],
+        capture_output=True, timeout=TIMEOUT, check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    [stat] = [r for r in records if r["function"] == "stat"]
+    assert (stat["transport"], stat["decision"], stat["arguments"]) == ("seccomp", "forward", {"path": "/"})
+    # The execve line, when the tracer read /proc before the program exited, has no transport.
+    assert {r["transport"] for r in records if r["function"] == "execve"} <= {None}
+
+
+async def test_a_call_through_the_shim_says_shim() -> None:
+    router = Router(default=FORWARD)
+    transports: list[str] = []
+
+    @router.on("open", "openat")
+    def note(request: object) -> object:
+        transports.append(current_transport())
+        return FORWARD
+
+    decisions = recorded(router)
+    async with spawn([PYTHON, "-c", "open('/etc/hostname').close()"], router) as process:
+        assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
+    assert transports and set(transports) == {"shim"}
+    assert {d.transport for d in decisions} == {"shim"}
 
 
 # ------------------------------------------------------------------- each reply kind
