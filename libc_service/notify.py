@@ -742,9 +742,10 @@ class SeccompSession:
 
     Notifications are read in the loop's reader callback (a ``poll`` with
     no timeout first, so the ``RECV`` ioctl, which would wait, never blocks
-    the loop) and decided in a task each. With ``router.concurrent`` up to
-    ``router.max_in_flight`` calls are decided at once, else one: past
-    that the callback stops reading and the callers wait in the kernel.
+    the loop) and decided there; a call whose handler waits continues in a
+    task. With ``router.concurrent`` up to ``router.max_in_flight`` such
+    calls wait at once, else one: past that the callback stops reading and
+    the callers wait in the kernel.
     """
 
     _DRAIN_MAX: Final = 16
@@ -895,6 +896,8 @@ class SeccompSession:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s: answering a call failed", self.name, exc_info=task.exception())
         self._resume()
 
     def _finish_early(self, notification: _Notification, fetched: _Fetched | None, code: int | None) -> None:
@@ -953,6 +956,12 @@ class SeccompSession:
             result, fds = outcome.result, list(outcome.fds)
         try:
             return self._reply_result(request, context, notification, route, result, fds)
+        except (_Gone, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a Stat built unvalidated that does not pack
+            logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s", route, request,
+                         result, exc, errno_module.errorcode.get(self.router.error_errno))
+            return self._fail(notif_id)
         finally:
             close_fds(fd for fd in fds if isinstance(fd, int) and not isinstance(fd, bool) and fd >= 0)
 

@@ -407,6 +407,31 @@ async def test_a_program_killed_while_its_call_is_decided_leaves_the_master_serv
     assert (status, out) == (0, "")
 
 
+async def test_policy_bugs_fail_only_their_call_with_error_errno(
+    static_program: Callable[[str], Path], caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = Router(default=FORWARD, error_errno=errno.EPERM)
+
+    @router.on("stat", "lstat")
+    def unpackable(request: object) -> object:
+        return Stat.model_construct(size=2**70)  # never validated: does not fit struct stat
+
+    @router.on("open", "openat")
+    def not_a_result(request: object) -> object:
+        if str(getattr(request, "path")) == "/raises":
+            raise RuntimeError("policy bug")
+        if str(getattr(request, "path")) == "/not-a-descriptor":
+            return WithFds(0, [-5])
+        return "nonsense"
+
+    program = str(static_program("seccomp_calls"))
+    assert (await run([program, "stat", "/"], router))[1] == "stat: EPERM\n"
+    cat = str(static_program("seccomp_cat"))
+    status, out, _ = await run([cat, "/raises", "/not-a-descriptor", "/anything"], router)
+    assert (status, out) == (0, "/raises: EPERM\n/not-a-descriptor: EPERM\n/anything: EPERM\n")
+    assert sum("policy bug" in r.getMessage() or "failed on" in r.getMessage() for r in caplog.records) >= 3
+
+
 async def test_the_parent_gives_up_clearly_when_no_listener_arrives() -> None:
     handoff = ListenerHandoff()
     stuck_child = os.dup(handoff._child.fileno())  # a child that never gets to send, nor exits
