@@ -337,6 +337,25 @@ async def test_a_connect_the_master_makes_replaces_the_programs_socket(
     assert (status, out) == (0, "connect: 0\nFD_CLOEXEC: 1\nhello through the master's socket\n")
 
 
+@pytest.mark.parametrize("concurrent", [False, True], ids=["sequential", "concurrent"])
+async def test_an_async_handler_answers_later_and_the_next_calls_are_served(
+    static_program: Callable[[str], Path], concurrent: bool,
+) -> None:
+    router = Router(default=FORWARD, concurrent=concurrent)
+
+    @router.on("open", "openat")
+    async def slow(request: object) -> object:
+        if str(getattr(request, "path")) != "/slow":
+            return FORWARD
+        await asyncio.sleep(0.05)
+        assert current_transport() == "seccomp"
+        fd = memfd(b"answered after a wait\n")
+        return WithFds(fd, [fd])
+
+    status, out, _ = await run([str(static_program("seccomp_cat")), "/slow", "/dev/null", "/slow"], router)
+    assert (status, out) == (0, "answered after a wait\nanswered after a wait\n")
+
+
 # ---------------------------------------------------------------------- hostile slaves
 
 
