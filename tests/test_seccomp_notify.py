@@ -356,6 +356,24 @@ async def test_an_async_handler_answers_later_and_the_next_calls_are_served(
     assert (status, out) == (0, "answered after a wait\nanswered after a wait\n")
 
 
+async def test_a_bind_the_master_performs_beneath_the_programs_cwd_replaces_its_socket(
+    static_program: Callable[[str], Path], tmp_path: Path,
+) -> None:
+    router = Router(default=FORWARD)
+    seen: list[tuple[str, str | None]] = []
+
+    @router.on("bind_unix")
+    def bind_here(request: object) -> object:
+        dirfd = getattr(request, "dirfd")
+        seen.append((str(getattr(request, "path")), os.readlink(f"/proc/self/fd/{dirfd}") if dirfd else None))
+        return perform(request)
+
+    status, out, _ = await run([str(static_program("seccomp_calls")), "bind", "made.sock"], router, cwd=tmp_path)
+    assert (status, out) == (0, "bind: 0\nFD_CLOEXEC: 0\nlisten: 0\n")
+    assert seen == [("made.sock", str(tmp_path))]
+    assert (tmp_path / "made.sock").is_socket()
+
+
 # ---------------------------------------------------------------------- hostile slaves
 
 

@@ -14,6 +14,7 @@
  *   openat DIR NAME    openat() relative to an opened directory; prints the content
  *   cloexec PATH       open(O_CLOEXEC) and open(): whether each has FD_CLOEXEC
  *   connect PATH       connect() a unix stream socket; prints what the peer sent
+ *   bind PATH          bind() a unix stream socket (no O_CLOEXEC), then listen()
  *   badptr             open(NULL), open(1), a path running into an unmapped
  *                      page, stat() into read-only memory, connect() with a
  *                      bad address
@@ -180,6 +181,14 @@ int main(int argc, char **argv)
 		if (!report("connect", connect(sock, (struct sockaddr *)&address, sizeof address))) {
 			printf("FD_CLOEXEC: %d\n", (fcntl(sock, F_GETFD) & FD_CLOEXEC) != 0);
 			cat(sock);
+		}
+	} else if (!strcmp(command, "bind") && argc == 3) {
+		struct sockaddr_un address = { .sun_family = AF_UNIX };
+		int sock = socket(AF_UNIX, SOCK_STREAM, 0);
+		strncpy(address.sun_path, argv[2], sizeof address.sun_path - 1);
+		if (!report("bind", bind(sock, (struct sockaddr *)&address, sizeof address))) {
+			printf("FD_CLOEXEC: %d\n", (fcntl(sock, F_GETFD) & FD_CLOEXEC) != 0);
+			report("listen", listen(sock, 1));
 		}
 	} else if (!strcmp(command, "badptr")) {
 		return badptr();
