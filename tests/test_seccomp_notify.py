@@ -123,6 +123,25 @@ async def test_a_static_program_opening_dev_null_reads_the_pipe_the_master_hande
     assert (decision.transport, decision.outcome, decision.nfds) == ("seccomp", "reply", 1)
 
 
+def test_uvloop_hands_the_listener_over_too(static_program: Callable[[str], Path], tmp_path: Path) -> None:
+    """uvloop forks and runs the child code its own way; stdio from /dev/null and a cwd change are no calls to wait on."""
+    uvloop = pytest.importorskip("uvloop")
+    router = Router(default=FORWARD)
+
+    @router.on("open", "openat")
+    def fake(request: object) -> object:
+        fd = memfd(b"through uvloop\n")
+        return WithFds(fd, [fd])
+
+    async def main() -> tuple[int, str, str]:
+        return await run([str(static_program("seccomp_cat")), "relative"], router, stdin=subprocess.DEVNULL,
+                         cwd=tmp_path)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        status, out, _ = runner.run(main())
+    assert (status, out) == (0, "through uvloop\n")
+
+
 async def test_getent_reads_the_fake_passwd_a_policy_file_hands_it(tmp_path: Path) -> None:
     if shutil.which("getent") is None:
         pytest.skip("no getent")
