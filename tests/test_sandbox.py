@@ -32,7 +32,7 @@ from libc_service import FORWARD, Errno, Router, Sandbox, WithFds, cli, spawn
 from libc_service import sandbox as sandbox_module
 from libc_service.requests import ConnectInetRequest, OpenatRequest, OpenRequest
 from libc_service.safepath import open_beneath, resolve
-from libc_service.loader import LoaderFile, system_library_dirs
+from libc_service.loader import LoaderFile
 from libc_service.sandbox import landlock_abi, network_namespaces_available, program_files
 from libc_service.spawn import shim_path
 
@@ -394,8 +394,8 @@ def test_a_sandbox_takes_lists_of_absolute_paths() -> None:
     with pytest.raises(ValueError, match="absolute"):
         Sandbox(allow_read=["etc"])
     assert Sandbox(allow_read=["/etc"], system_libraries=False).static_rules() == [("/etc", "read")]
-    system = [(str(path), "read, execute") for path in system_library_dirs()]
-    assert Sandbox(allow_read=["/etc"]).static_rules() == [("/etc", "read"), *system]
+    # The system's library directories are granted but not listed (they differ between machines).
+    assert Sandbox(allow_read=["/etc"]).static_rules() == [("/etc", "read")]
 
 
 # ------------------------------------------------------ python3 and its stdlib
