@@ -143,7 +143,7 @@ def callback_case(router: Router, data: bytes) -> Callable[[int], Awaitable[floa
 
     async def measure(n: int) -> float:
         master, sock = Master.pair()
-        if not hasattr(master, "_answer_now"):
+        if not (hasattr(master, "_answer_now") or hasattr(master, "serve")):
             sock.close()
             master.close()
             return float("nan")

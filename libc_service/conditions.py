@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Final
 
+from .catalogue import INET6_FUNCTIONS, INET_FUNCTIONS, MUTATING_FUNCTIONS, NAMED_FUNCTIONS, OPEN_FUNCTIONS
 from .requests import (
     FUNCTIONS,
     OPENAT_FLAGS,
@@ -40,16 +41,11 @@ __all__ = [
     "writing",
 ]
 
-_PATH_FUNCTIONS: Final = frozenset(
-    {"open", "openat", "unlink", "rmdir", "stat", "lstat", "access", "eaccess", "mkdir", "rename",
-     "connect_unix", "bind_unix"}
-)
-_OPEN_FUNCTIONS: Final = frozenset({"open", "openat"})
-_MUTATING_FUNCTIONS: Final = frozenset({"unlink", "rmdir", "mkdir", "rename"})
+_PATH_FUNCTIONS: Final = NAMED_FUNCTIONS
+_OPEN_FUNCTIONS: Final = OPEN_FUNCTIONS
+_MUTATING_FUNCTIONS: Final = MUTATING_FUNCTIONS
 _WRITE_FLAGS: Final = frozenset({"write_only", "read_write", "append", "create", "truncate", "temporary"})
-_INET_FUNCTIONS: Final = frozenset(
-    {"connect_inet", "connect_inet6", "bind_inet", "bind_inet6"}
-)
+_INET_FUNCTIONS: Final = INET_FUNCTIONS | INET6_FUNCTIONS
 
 
 class Condition(ABC):

@@ -6,7 +6,15 @@ Two levels of API over one socket:
   ``send``/``send_with_fds``/``use_slave_credentials``;
 - :meth:`Master.receive_call`, which hands out a :class:`Call` per request
   so several calls (from different slave threads) can be answered out of
-  order. The router's concurrent mode is built on it.
+  order;
+- :meth:`Master.serve`, which owns the dispatch loop (sequential, or
+  concurrent in a task group) and hands each call to a :class:`Dispatcher`
+  (the :class:`~libc_service.Router` is one) through the public
+  :class:`Call` methods only.
+
+The protocol rules (one reply per call, the in-flight cap, descriptor
+counts) live in :class:`~libc_service.channel.MasterChannel`; this module
+does the I/O.
 
 Descriptor ownership is strict: every descriptor received with a request
 belongs to its :class:`Call` and is closed exactly once, when the reply goes
@@ -21,29 +29,30 @@ import asyncio
 import collections
 import errno as errno_module
 import fcntl
+import functools
 import logging
 import os
 import socket
 import termios
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, NoReturn, Protocol
 
 from . import wire
+from .channel import MasterChannel
 from .replies import Result
 from .requests import Request
 
-__all__ = ["Call", "Master", "SessionClosed"]
+__all__ = ["Call", "Dispatcher", "Master", "SessionClosed", "close_fds", "discard", "received_fds"]
 
 logger = logging.getLogger(__name__)
 
 _CMSG_SPACE: Final = socket.CMSG_SPACE((wire.MAX_REQUEST_FDS + 1) * array.array("i").itemsize)
-# Plain ints: socket.MSG_* are IntFlag members, and IntFlag arithmetic on
-# the hot path (``flags & (MSG_CTRUNC | MSG_TRUNC)``) cost ~1.5 µs a call.
+# Plain ints: socket.MSG_* are IntFlag members, and IntFlag arithmetic costs
+# more per call than the rest of the flag handling (docs/performance.md).
 _RECV_FLAGS: Final = int(socket.MSG_CMSG_CLOEXEC)
 _SEND_FLAGS: Final = int(socket.MSG_NOSIGNAL)
-_TRUNCATED: Final = int(socket.MSG_CTRUNC | socket.MSG_TRUNC)
 _INT_SIZE: Final = array.array("i").itemsize
 #: Datagrams the reader callback takes in ahead of ``receive_call``; past
 #: that it stops watching the socket until they are consumed (backpressure:
@@ -101,26 +110,52 @@ def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
+class Dispatcher(Protocol):
+    """What :meth:`Master.serve` hands each call to (the :class:`~libc_service.Router` is one).
+
+    :meth:`decide_now` is called once per call, synchronously: from the
+    session's task, or, in sequential mode, from the master's reader
+    callback while the task waits, so that a call a plain function can
+    decide costs no task switch. It either answers the call before
+    returning (with :meth:`Call.try_send`/:meth:`Call.try_forward`, or
+    drops it with :meth:`Call.abandon`) and returns ``None``, or returns an
+    awaitable that answers it: in sequential mode the session's task awaits
+    it before the next call, in concurrent mode it runs in a task of the
+    session's task group. An awaitable never awaited (the session ended
+    first) is discarded: its ``close()`` is called if it has one, so it
+    should close whatever unfinished work it holds.
+
+    Raising :class:`SessionClosed` means the call was dropped because the
+    session ended; anything else raised is the dispatcher's bug, logged,
+    and ends the session (a bug must not leave the slave waiting).
+    """
+
+    def decide_now(self, call: Call) -> Awaitable[None] | None:
+        """Answer ``call`` now, or return what answers it."""
+        ...
+
+
 class Call:
     """One request awaiting its reply, with the descriptors that came with it.
 
-    Reply exactly once with :meth:`send`, :meth:`send_with_fds` or
-    :meth:`use_slave_credentials`. The received descriptors are closed when
-    the reply goes out (or, unanswered, when the session ends).
+    Reply exactly once: with :meth:`send`, :meth:`send_with_fds` or
+    :meth:`use_slave_credentials` from a coroutine, or with
+    :meth:`try_send`/:meth:`try_forward` (then :meth:`flush` if they return
+    ``False``) from synchronous code. Descriptor ownership: the descriptors
+    received with the request belong to the call and are closed exactly
+    once, when its reply goes out or when it is abandoned (the session
+    ended); descriptors passed to a reply belong to that reply from the
+    moment of the call and are closed after it, whether or not it went out.
     """
 
-    __slots__ = ("request", "_master", "_fds", "_done", "_unsent", "_later")
+    __slots__ = ("request", "_master", "_fds", "_unsent")
 
     def __init__(self, master: Master, request: Request, fds: list[int]) -> None:
         self.request: Final = request
         self._master = master
         self._fds = fds
-        self._done = False
         #: A reply encoded but not yet taken by the socket, and its descriptors.
         self._unsent: tuple[bytes, list[int]] | None = None
-        #: Work begun outside the session's task (the router's dispatch in
-        #: the reader callback) that the task must finish.
-        self._later: Later | None = None
 
     @property
     def function(self) -> str:
@@ -128,12 +163,17 @@ class Call:
         return self.request.function
 
     @property
+    def session(self) -> str:
+        """The name of the session the call came on (its master's :attr:`~Master.name`)."""
+        return self._master.name
+
+    @property
     def done(self) -> bool:
-        """Whether the reply went out (or the call was abandoned)."""
-        return self._done
+        """Whether the call was answered (its reply may still be waiting for room) or abandoned."""
+        return self._master._channel.answered(self)
 
     def descriptors(self) -> tuple[int, ...]:
-        """The descriptors that came with the request, in role order."""
+        """The descriptors that came with the request, in role order (the call's until it is answered)."""
         return tuple(self._fds)
 
     async def send(self, result: Result, errno: int | OSError = 0) -> None:
@@ -142,42 +182,53 @@ class Call:
 
     async def send_with_fds(self, result: Result, fds: Sequence[int], errno: int | OSError = 0) -> None:
         """Reply with ``result`` and descriptors; ``fds`` are closed afterwards, always."""
-        if not self._try_send(result, fds, errno):
-            await self._flush()
+        if not self.try_send(result, fds, errno):
+            await self.flush()
 
     async def use_slave_credentials(self) -> None:
         """Tell the slave to perform the call itself, with its own authority."""
-        if not self._try_forward():
-            await self._flush()
+        if not self.try_forward():
+            await self.flush()
 
-    def _try_send(self, result: Result, fds: Sequence[int], errno: int | OSError = 0) -> bool:
-        """Encode the reply and send it if the socket takes it now.
+    def try_send(self, result: Result, fds: Sequence[int] = (), errno: int | OSError = 0) -> bool:
+        """Encode the reply and send it if the socket takes it now, without awaiting.
 
-        Raises as :meth:`send_with_fds` does. ``False``: the socket would
-        block; the reply waits on the call and :meth:`_flush` sends it.
+        ``fds`` are the reply's from this moment: closed once sent, or at
+        once if the reply cannot be encoded. Raises as :meth:`send_with_fds`
+        (``SessionClosed``, ``RuntimeError`` for a second reply, the codec's
+        ``LocalProtocolError``/``TypeError`` for a result the protocol cannot
+        carry; the call then stays owed). ``False``: the socket would block;
+        the reply waits on the call, and :meth:`flush` sends it.
         """
         fds = list(fds) if fds else []
+        master = self._master
         try:
-            self._claim()
-            request = self.request
-            data = wire.encode_reply_to(
-                request.function, request.tid, request.request_id, result,
-                errno if type(errno) is int else _errno_value(errno), False, len(fds),
+            if master._sock is None:
+                self._late()
+            data = master._channel.reply(
+                self, self.request, result, errno if type(errno) is int else _errno_value(errno), len(fds)
             )
         except BaseException:
-            # Nothing went out: the call stays owed, the descriptors are gone.
             close_fds(fds)
             raise
-        return self._try_finish(data, fds)
+        return self._finish(data, fds)
 
-    def _try_forward(self) -> bool:
-        """:meth:`use_slave_credentials` if the socket takes it now (see :meth:`_try_send`)."""
-        self._claim()
-        request = self.request
-        return self._try_finish(wire.encode_reply_to(request.function, request.tid, request.request_id, forward=True), [])
+    def try_forward(self) -> bool:
+        """:meth:`use_slave_credentials` if the socket takes it now (see :meth:`try_send`)."""
+        master = self._master
+        if master._sock is None:
+            self._late()
+        return self._finish(master._channel.forward(self, self.request), [])
 
-    def _try_finish(self, data: bytes, fds: list[int]) -> bool:
-        self._done = True
+    def _late(self) -> NoReturn:
+        # A call the session's end abandoned is "done" too: its late reply
+        # (an async handler finishing after the slave died) is the ordinary
+        # SessionClosed, not a policy bug.
+        self._master._channel.late_replies += 1
+        self.abandon()
+        raise SessionClosed("the session is closed")
+
+    def _finish(self, data: bytes, fds: list[int]) -> bool:
         try:
             sent = self._master._send_now(data, fds)
         except BaseException:
@@ -189,11 +240,23 @@ class Call:
             return False
         if fds:
             close_fds(fds)
-        self.abandon()
+        # abandon()'s work for a reply that went out, without its checks for an unsent one.
+        received, self._fds = self._fds, []
+        if received:
+            close_fds(received)
+        master = self._master
+        master._channel.sent(self)
+        room = master._room
+        if room is not None and not room.done():
+            room.set_result(None)
         return True
 
-    async def _flush(self) -> None:
-        """Send the reply the socket did not take at once (a no-op without one)."""
+    async def flush(self) -> None:
+        """Send the reply the socket did not take at once (a no-op without one).
+
+        The reply's descriptors and the call's own are closed afterwards,
+        whether it went out or the session ended (``SessionClosed``).
+        """
         unsent, self._unsent = self._unsent, None
         if unsent is None:
             return
@@ -204,50 +267,49 @@ class Call:
             close_fds(fds)
             self.abandon()
 
-    def _claim(self) -> None:
-        # Closed-ness first: a call the session's end abandoned is "done"
-        # too, and its late reply (an async handler finishing after the
-        # slave died) is the ordinary SessionClosed, not a policy bug.
-        if self._master.closed:
-            self.abandon()
-            raise SessionClosed("the session is closed")
-        if self._done:
-            raise RuntimeError(f"the {self.request.function} call was already answered")
-
     def abandon(self) -> None:
-        """Close the received descriptors without replying (session over)."""
-        self._done = True
+        """Leave the flight: close the received descriptors (and an unsent reply's) without replying.
+
+        What the session's end does to every call still in flight; after a
+        reply went out it only releases the call. Idempotent.
+        """
         fds, self._fds = self._fds, []
-        close_fds(fds)
+        if fds:
+            close_fds(fds)
         unsent, self._unsent = self._unsent, None
         if unsent is not None:
             close_fds(unsent[1])
-        later, self._later = self._later, None
-        if later is not None:
-            later.discard()
-        self._master._pending.discard(self)
+        master = self._master
+        master._channel.drop(self)
+        room = master._room
+        if room is not None and not room.done():
+            room.set_result(None)
 
 
-class Later:
-    """Work on a call that its session's task must finish: a coroutine to
-    await, and what to close should the session end first."""
+def discard(pending: object) -> None:
+    """Close an awaitable a dispatcher returned that will not be awaited.
 
-    __slots__ = ("coroutine", "awaitable")
+    Runs while a session closes: a failure here must not stop the other
+    calls' descriptors from being closed.
+    """
+    close = getattr(pending, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - the policy's awaitable, closed unfinished
+            logger.exception("closing the unfinished %r failed", pending)
 
-    def __init__(self, coroutine: Coroutine[Any, Any, None], awaitable: object = None) -> None:
-        self.coroutine = coroutine
-        self.awaitable = awaitable
 
-    def discard(self) -> None:
-        # Runs while a session closes: a failure here must not stop the
-        # other calls' descriptors from being closed.
-        for pending in (self.coroutine, self.awaitable):
-            close = getattr(pending, "close", None)
-            if callable(close):
-                try:
-                    close()
-                except Exception:  # noqa: BLE001 - the policy's awaitable, closed unfinished
-                    logger.exception("closing the unfinished %r failed", pending)
+def _discard_if_cancelled(call: Call, pending: Awaitable[None], task: asyncio.Task[None]) -> None:
+    # A task cancelled before its first step never ran its coroutine, so
+    # the dispatcher's awaitable was never started: close it, drop the call.
+    if task.cancelled():
+        discard(pending)
+        call.abandon()
+
+
+class _Ended(Exception):
+    """Raised in a concurrent session's task group to cancel the calls still being decided."""
 
 
 class Master:
@@ -264,9 +326,8 @@ class Master:
     #: for this long (yielding the CPU between checks) before returning to
     #: the loop, and starts over whenever a call comes in. When slave and
     #: master run on different CPUs, the slave's next call then finds the
-    #: master awake instead of costing a wake-up from idle: on the project's
-    #: VM a cross-CPU round trip drops from ~55 µs to ~33 µs with 20 µs.
-    #: The price is CPU time spent polling, and other sessions on the same
+    #: master awake instead of costing a wake-up from idle (figures in
+    #: docs/performance.md, "busy-polling"). The price is CPU time spent polling, and other sessions on the same
     #: loop wait up to this long: for a master with cores to spare and few,
     #: chatty slaves. Set it on the class or on one master.
     busy_poll_ns: int = 0
@@ -279,7 +340,10 @@ class Master:
         self.name = name or f"fd {sock.fileno()}"
         self._reading = False
         self._current: Call | None = None
-        self._pending: set[Call] = set()
+        #: The protocol state: calls in flight, one reply each, the in-flight cap.
+        self._channel: MasterChannel[Call] = MasterChannel()
+        #: Set while a concurrent session waits for a call to leave the flight.
+        self._room: asyncio.Future[None] | None = None
         self._writers: list[asyncio.Future[None]] = []
         #: The loop the writer callback is registered with, while it is.
         self._writer_loop: asyncio.AbstractEventLoop | None = None
@@ -289,12 +353,12 @@ class Master:
         # the callback takes datagrams into the bounded inbox.
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[_Received] = collections.deque()
-        #: Set by a dispatcher (the sequential Router) that can answer calls
-        #: synchronously: the reader callback then decodes and hands each
-        #: call to it without waking the session's task. It returns False
-        #: for a call the task must take (nothing done yet, or ``_later`` set).
-        self._answer_now: Callable[[Call], bool] | None = None
-        self._handover: Call | None = None
+        #: The dispatcher of a sequential :meth:`serve`: the reader callback
+        #: hands it each well-formed call without waking the session's task.
+        self._dispatcher: Dispatcher | None = None
+        #: A call the reader callback decoded and the awaitable its
+        #: dispatcher returned, for the session's task to finish.
+        self._handover: tuple[Call, Awaitable[None] | None] | None = None
         self._queued_bytes = bytearray(4)
         self.pid: int | None = None
 
@@ -310,6 +374,11 @@ class Master:
     def closed(self) -> bool:
         """Whether the session is over."""
         return self._sock is None
+
+    @property
+    def channel(self) -> MasterChannel[Call]:
+        """The channel's protocol state: calls in flight and, once closed, how the session ended."""
+        return self._channel
 
     def fileno(self) -> int:
         """The channel socket's descriptor (-1 once closed)."""
@@ -344,8 +413,18 @@ class Master:
                 waiter.set_result(None)
         self._writers.clear()
         self._reader = None
-        self._handover = None
-        for call in list(self._pending):
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+        # The channel counts what was still in flight first (the handed-over
+        # call included), then every call is dropped and its descriptors closed.
+        in_flight = self._channel.close()
+        handover, self._handover = self._handover, None
+        if handover is not None:
+            handover[0].abandon()
+            if handover[1] is not None:
+                discard(handover[1])
+        for call in in_flight:
             call.abandon()
         self._current = None
 
@@ -359,6 +438,100 @@ class Master:
 
     # ------------------------------------------------------ many-call level
 
+    async def serve(self, dispatcher: Dispatcher, *, concurrent: bool = False, max_in_flight: int | None = None) -> None:
+        """Hand every call to ``dispatcher`` until the session ends; the master is closed after.
+
+        Sequential (the default): one call decided at a time, in order;
+        the reader callback hands calls to ``dispatcher.decide_now`` itself
+        while the session's task waits. Concurrent: calls from different
+        slave threads are decided at once, each awaitable in a task of the
+        session's task group, at most ``max_in_flight`` calls in flight (the
+        master stops reading past that, so a slave that never reads its
+        replies cannot pile up tasks and descriptors). Tasks still running
+        when the slave hangs up are cancelled. Returns at the end of the
+        session; raises only what ``dispatcher`` raises from the task.
+        """
+        if max_in_flight is not None:
+            if max_in_flight < 1:
+                raise ValueError(f"max_in_flight is at least 1, not {max_in_flight}")
+            self._channel.max_in_flight = max_in_flight
+        try:
+            if concurrent:
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        await self._serve_concurrently(dispatcher, group)
+                        raise _Ended  # cancels the calls still being decided: their slave is gone
+                except* _Ended:
+                    pass
+            else:
+                await self._serve_sequentially(dispatcher)
+        finally:
+            self.close()
+
+    async def _serve_sequentially(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        try:
+            while True:
+                try:
+                    call, pending = await self._receive()
+                except SessionClosed:
+                    return
+                try:
+                    if pending is None:
+                        pending = dispatcher.decide_now(call)
+                    if pending is not None:
+                        if self._sock is None:
+                            discard(pending)  # the decision ended the session: nobody is owed
+                            call.abandon()
+                        else:
+                            await pending
+                except SessionClosed:
+                    call.abandon()
+        finally:
+            if self._dispatcher is dispatcher:
+                self._dispatcher = None
+
+    async def _serve_concurrently(self, dispatcher: Dispatcher, group: asyncio.TaskGroup) -> None:
+        channel = self._channel
+        while True:
+            if channel.full:
+                # Backpressure: a call's descriptors stay open until it is answered.
+                await self._wait_for_room()
+                continue
+            try:
+                call = await self.receive_call()
+            except SessionClosed:
+                return
+            try:
+                pending = dispatcher.decide_now(call)
+            except SessionClosed:
+                call.abandon()
+                continue
+            if pending is not None:
+                task = group.create_task(self._finish(call, pending))
+                task.add_done_callback(functools.partial(_discard_if_cancelled, call, pending))
+
+    async def _finish(self, call: Call, pending: Awaitable[None]) -> None:
+        """Await a decision in the session's task group; its failure ends only the session."""
+        try:
+            await pending
+        except SessionClosed:
+            call.abandon()
+        except Exception:  # noqa: BLE001 - a dispatcher bug must not end the task group's other calls
+            logger.exception("closing session %s (pid %s): the dispatcher failed", self.name, self.pid)
+            self.close()
+
+    async def _wait_for_room(self) -> None:
+        if self._sock is None:
+            return
+        room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room = room
+        try:
+            await room
+        finally:
+            if self._room is room:
+                self._room = None
+
     async def receive_call(self) -> Call:
         """Wait for the next request and return it as a :class:`Call`.
 
@@ -366,6 +539,12 @@ class Master:
         closing it for a malformed message, with ``errno=EBADMSG``), and
         ``OSError(EBUSY)`` if another task is already receiving.
         """
+        call, pending = await self._receive()
+        if pending is not None:
+            discard(pending)  # no dispatcher outside serve(): cannot happen, but never leak it
+        return call
+
+    async def _receive(self) -> tuple[Call, Awaitable[None] | None]:
         if self._reading:
             raise OSError(errno_module.EBUSY, "another receive is already waiting on this master")
         self._reading = True
@@ -373,31 +552,31 @@ class Master:
             received = await self._recv()
         finally:
             self._reading = False
-        if isinstance(received, Call):
+        if len(received) == 2:  # a call the reader callback decoded, handed over
             return received
-        data, fds = received
+        data, fds, flags = received
         try:
-            request = wire.decode_request(data, fds)
-        except wire.ProtocolError as exc:
+            request = MasterChannel.receive(data, fds, flags)
+        except wire.RemoteProtocolError as exc:
             close_fds(fds)
             self._protocol_failure(str(exc))
-        return self._new_call(request, fds)
+        return self._new_call(request, fds), None
 
     def _new_call(self, request: Request, fds: list[int]) -> Call:
         if self.pid is None:
             self.pid = request.pid
         call = Call(self, request, fds)
-        self._pending.add(call)
+        self._channel.open(call)
         return call
 
-    async def _recv(self) -> tuple[bytes, list[int]] | Call:
+    async def _recv(self) -> tuple[bytes, list[int], int] | tuple[Call, Awaitable[None] | None]:
         while True:
             sock = self._sock
             if sock is None:
                 raise SessionClosed("the session is closed")
             if self._handover is not None:
-                call, self._handover = self._handover, None
-                return call
+                handover, self._handover = self._handover, None
+                return handover
             if self._inbox:
                 item = self._inbox.popleft()
             else:
@@ -421,15 +600,9 @@ class Master:
             if not data and not fds:
                 self.close()
                 raise SessionClosed("the slave closed the channel")
-            if flags & _TRUNCATED or len(data) > wire.MAX_MESSAGE:
-                close_fds(fds)
-                self._protocol_failure("message or its descriptors truncated (too large or too many)")
-            if len(fds) > wire.MAX_REQUEST_FDS:
-                close_fds(fds)
-                self._protocol_failure(f"{len(fds)} descriptors on one request")
-            return data, fds
+            return data, fds, flags
 
-    def _protocol_failure(self, reason: str) -> Any:
+    def _protocol_failure(self, reason: str) -> NoReturn:
         logger.warning("closing session %s (pid %s): malformed message: %s", self.name, self.pid, reason)
         self.close()
         raise SessionClosed(f"malformed message: {reason}", errno_module.EBADMSG)
@@ -450,13 +623,13 @@ class Master:
     def _on_readable(self) -> None:
         """The loop's reader callback.
 
-        With a synchronous dispatcher (``_answer_now``) and the session's
-        task waiting to receive, it answers up to ``_DRAIN_MAX`` calls
-        itself, with no future and no task switch, and wakes the task only
-        for a call the dispatcher cannot finish here, or for anything out of
-        the ordinary (end of file, an error, a malformed message), which the
-        task's receive then handles as usual. Otherwise it takes one
-        datagram into the inbox and wakes the task.
+        With a sequential :meth:`serve` and its task waiting to receive, it
+        hands up to ``_DRAIN_MAX`` calls to the dispatcher itself, with no
+        future and no task switch, and wakes the task only for a call whose
+        decision must be awaited, or for anything out of the ordinary (end
+        of file, an error, a malformed message), which the task's receive
+        then handles as usual. Otherwise it takes one datagram into the
+        inbox and wakes the task.
         """
         sock = self._sock
         reader = self._reader
@@ -468,9 +641,9 @@ class Master:
             # loop. The next receive tries the socket first, then re-arms.
             self._disarm_reader(sock)
             return
-        # Anything that can run policy code or send (``answer``) can also end
-        # the session: a reply fails because the slave died meanwhile, or a
-        # handler closes the master. After it the socket is not touched
+        # Anything that can run policy code or send (the dispatcher) can also
+        # end the session: a reply fails because the slave died meanwhile, or
+        # a handler closes the master. After it the socket is not touched
         # again unless it is still the session's (``self._sock is sock``).
         for taken in range(_DRAIN_MAX):
             if taken and not self._queued(sock) and not self._poll_briefly(sock):
@@ -483,33 +656,37 @@ class Master:
                 self._inbox.append(exc)
                 self._disarm_reader(sock)
                 break
-            answer = self._answer_now
+            dispatcher = self._dispatcher
             call = None
-            if answer is not None and not reader.done() and not self._inbox:
+            if dispatcher is not None and not reader.done() and not self._inbox:
                 call = self._decode_now(data, ancdata, flags)
             if call is None:
                 self._inbox.append((data, ancdata, flags))
                 if not data and not ancdata:
                     self._disarm_reader(sock)  # end of file stays readable
                 break
-            assert answer is not None
+            assert dispatcher is not None
             try:
-                answered = answer(call)
+                pending = dispatcher.decide_now(call)
             except SessionClosed:
-                return  # closed while answering; close() woke the task
+                call.abandon()
+                if self._sock is not sock:
+                    return  # closed while answering; close() woke the task
+                continue
             except Exception:  # noqa: BLE001 - a dispatcher bug must not stall the session
                 logger.exception("closing session %s (pid %s): the dispatcher failed", self.name, self.pid)
                 self.close()
                 return
             if self._sock is not sock:
-                # The session ended while answering (close() woke the task).
-                # Work the dispatcher left on the call (``_later``) was set
-                # after close() abandoned it: abandon again to discard it.
+                # The session ended while deciding (close() woke the task):
+                # work the dispatcher handed back is for nobody.
                 call.abandon()
+                if pending is not None:
+                    discard(pending)
                 return
-            if answered:
+            if pending is None:
                 continue
-            self._handover = call
+            self._handover = (call, pending)
             break
         else:
             return  # the budget is spent: the loop comes back while datagrams wait
@@ -531,9 +708,9 @@ class Master:
         return False
 
     def _queued(self, sock: socket.socket) -> bool:
-        """Whether a datagram with bytes waits: a 0.3 µs ioctl where a failed
-        ``recvmsg`` costs 1.2 µs (the raised ``BlockingIOError``). End of
-        file and descriptor-only datagrams read as nothing waiting: the
+        """Whether a datagram with bytes waits: an ioctl costs a fraction of
+        a failed ``recvmsg`` (the raised ``BlockingIOError``; figures in
+        docs/performance.md). End of file and descriptor-only datagrams read as nothing waiting: the
         loop's readiness callback takes those."""
         try:
             fcntl.ioctl(sock.fileno(), termios.FIONREAD, self._queued_bytes)
@@ -543,14 +720,12 @@ class Master:
 
     def _decode_now(self, data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int) -> Call | None:
         """A well-formed request as a call; ``None`` for anything else (left to the task)."""
-        if not data or flags & _TRUNCATED or len(data) > wire.MAX_MESSAGE:
+        if not data:
             return None
         fds = received_fds(ancdata)
-        if len(fds) > wire.MAX_REQUEST_FDS:
-            return None
         try:
-            request = wire.decode_request(data, fds)
-        except wire.ProtocolError:
+            request = MasterChannel.receive(data, fds, flags)
+        except wire.RemoteProtocolError:
             return None
         return self._new_call(request, fds)
 

@@ -11,10 +11,11 @@ import os
 import stat as stat_module
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
-from typing import Annotated, Any, Final, Literal, TypeAlias, get_args
+from typing import Annotated, Any, Final, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .catalogue import GAI_ERRORS, FileType, GaiError
 from .requests import numeric_scope
 
 __all__ = [
@@ -31,9 +32,6 @@ U32 = Annotated[int, Field(ge=0, lt=2**32)]
 U64 = Annotated[int, Field(ge=0, lt=2**64)]
 I64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]
 
-FileType: TypeAlias = Literal[
-    "regular", "directory", "symlink", "character_device", "block_device", "fifo", "socket"
-]
 
 _TYPE_BY_IFMT: Final[dict[int, FileType]] = {
     stat_module.S_IFREG: "regular",
@@ -123,11 +121,6 @@ class AddrInfo(BaseModel):
         super().__init__(**data)
 
 
-GaiError: TypeAlias = Literal[
-    "again", "badflags", "fail", "family", "memory", "noname", "service", "socktype", "system"
-]
-#: getaddrinfo's error names, in wire-code order (code = index + 1).
-GAI_ERRORS: Final[tuple[GaiError, ...]] = get_args(GaiError)
 
 #: What a call can result in: an int, a ``Stat``, a list of ``AddrInfo`` or a
 #: getaddrinfo error name.

@@ -1,8 +1,11 @@
 """The Router: per-call policies as small typed handlers.
 
 ``@router.on("open", "openat")`` stores a :class:`Route` in one list that
-dispatch, :meth:`Router.routes` and ``libc-service docs`` all read. What a
-handler returns or raises becomes the reply:
+dispatch, :meth:`Router.routes` and ``libc-service docs`` all read. The
+router registers, decides and tells observers; the session loop is the
+master's (:meth:`Master.serve <libc_service.master.Master.serve>`, to which
+the router is a :class:`~libc_service.master.Dispatcher`), and what a
+handler's outcome becomes on the wire is :mod:`libc_service.outcomes`'s:
 
 | handler outcome | reply |
 |---|---|
@@ -18,28 +21,28 @@ handler returns or raises becomes the reply:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno as errno_module
 import inspect
 import logging
-import os
-import socket
 import time
-import traceback
 import types
 import typing
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, Union
 
 from .conditions import Condition
-from .master import Call, Later, Master, SessionClosed, close_fds
-from .replies import GaiError, Result, Stat
+from .master import Call, Master, SessionClosed, discard
+from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, WithFds, _Sentinel, deny, reply_now
+from .replies import Result, Stat
 from .requests import FUNCTIONS, REQUEST_TYPES, Request
 
 __all__ = [
     "FORWARD",
     "PASS",
     "Decision",
+    "Deny",
     "Errno",
     "Route",
     "RouteTable",
@@ -51,82 +54,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: ``socket.gaierror`` codes (what ``loop.getaddrinfo`` raises) by error name.
-_GAI_ERROR_NAMES: Final[dict[int, GaiError]] = {
-    socket.EAI_AGAIN: "again",
-    socket.EAI_BADFLAGS: "badflags",
-    socket.EAI_FAIL: "fail",
-    socket.EAI_FAMILY: "family",
-    socket.EAI_MEMORY: "memory",
-    socket.EAI_NONAME: "noname",
-    socket.EAI_SERVICE: "service",
-    socket.EAI_SOCKTYPE: "socktype",
-    getattr(socket, "EAI_NODATA", socket.EAI_NONAME): "noname",
-    getattr(socket, "EAI_ADDRFAMILY", socket.EAI_FAMILY): "family",
-}
-
-
-class _Sentinel:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-    def __reduce__(self) -> str:
-        return self._name
-
-
-#: Return (or use as a default) to let the slave do the call itself.
-FORWARD: Final = _Sentinel("FORWARD")
-#: Return to let the next matching route (or the default) decide.
-PASS: Final = _Sentinel("PASS")
-
-
-class Errno(OSError):
-    """``raise Errno(errno.EACCES)``: the call fails with that errno."""
-
-    def __init__(self, code: int, message: str | None = None) -> None:
-        if isinstance(code, bool) or not isinstance(code, int) or code <= 0:
-            raise ValueError(f"Errno takes a positive errno value, not {code!r}")
-        super().__init__(code, message or os.strerror(code))
-
-
-@dataclass(frozen=True, slots=True)
-class WithFds:
-    """A result sent together with descriptors, which the reply then owns."""
-
-    result: Result
-    fds: Sequence[int]
-
-
-@dataclass(frozen=True, slots=True)
-class Deny:
-    """A default that fails every unhandled call with ``errno``."""
-
-    errno: int
-
-    @property
-    def errno_name(self) -> str:
-        """The errno's symbolic name, e.g. ``EPERM``."""
-        return errno_module.errorcode.get(self.errno, str(self.errno))
-
-
 #: Result types that are never awaitable: the hot path skips ``inspect.isawaitable``.
 _PLAIN_RESULTS: Final[frozenset[type]] = frozenset({int, str, list, type(None), Stat, WithFds, _Sentinel})
 
 
-def deny(errno: int = errno_module.EPERM) -> Deny:
-    """A router default that refuses unhandled calls with ``errno``."""
-    if isinstance(errno, bool) or not isinstance(errno, int) or errno <= 0:
-        raise ValueError(f"deny() takes a positive errno value, not {errno!r}")
-    return Deny(errno)
-
-
 Handler: TypeAlias = Callable[[Any], Any]
-Outcome: TypeAlias = Literal["reply", "forward", "error", "failure"]
 
 
 @dataclass(frozen=True)
@@ -196,8 +128,6 @@ class Decision:
 
 
 Observer: TypeAlias = Callable[[Decision], None]
-#: What went out for one call: outcome, result, errno, descriptor count.
-_Summary: TypeAlias = tuple[Outcome, Result | None, int, int]
 
 
 class _Await:
@@ -206,7 +136,7 @@ class _Await:
     __slots__ = ("index", "name", "handler", "awaitable")
 
     def __init__(self, index: int, name: str, handler: Handler, awaitable: Awaitable[Any]) -> None:
-        #: The route's index in the function's dispatch tuple; -1 for the default.
+        #: The route's index in the function's dispatch tuple (the default is the last).
         self.index = index
         self.name = name
         self.handler = handler
@@ -254,17 +184,13 @@ class Router:
         timeout_errno: int = errno_module.ETIMEDOUT,
     ) -> None:
         self._routes: list[Route] = []
-        self._dispatch: dict[str, tuple[Route, ...]] = {name: () for name in FUNCTIONS}
         self._observers: list[Observer] = []
-        self._bugs = _BugLog()
+        self._bugs = BugLog()
         self.concurrent = concurrent
         self.error_errno = deny(error_errno).errno
         self.timeout = timeout
         self.timeout_errno = deny(timeout_errno).errno
         self._default: Route | Deny | _Sentinel
-        #: function -> (its routes, the default, whether all their handlers are sync),
-        #: rebuilt when either changes: which calls the reader callback may answer.
-        self._sync: dict[str, tuple[tuple[Route, ...], object, bool]] = {}
         if default is FORWARD or isinstance(default, Deny):
             self._default = default
         elif default is PASS or isinstance(default, _Sentinel):
@@ -273,6 +199,14 @@ class Router:
             self._default = self._make_route(FUNCTIONS, default, (), order=-1)
         else:
             raise TypeError(f"a router's default is FORWARD, deny(errno) or a handler, not {default!r}")
+        #: The default as a route like the others, tried last and reported as
+        #: ``"default"``: dispatch has one loop, not a second copy for it.
+        self._last = _default_route(self._default)
+        #: function -> the routes that may decide it, the default last (built at registration).
+        self._dispatch: dict[str, tuple[Route, ...]] = {name: (self._last,) for name in FUNCTIONS}
+        #: function -> whether every handler that may decide it is a plain function:
+        #: those calls are answered synchronously (in the master's reader callback).
+        self._sync_only: dict[str, bool] = dict.fromkeys(FUNCTIONS, not _is_async(self._last.handler))
 
     # -------------------------------------------------------- registration
 
@@ -308,7 +242,8 @@ class Router:
             route = self._make_route(tuple(dict.fromkeys(functions)), handler, conditions, len(self._routes))
             self._routes.append(route)
             for name in route.functions:
-                self._dispatch[name] = self._dispatch[name] + (route,)
+                self._dispatch[name] = self._dispatch[name][:-1] + (route, self._last)
+                self._sync_only[name] = self._sync_only[name] and not _is_async(handler)
             return handler
 
         return register
@@ -349,72 +284,45 @@ class Router:
 
     async def serve(self, master: Master) -> None:
         """Serve one session until the slave hangs up; the master is closed after."""
+        await master.serve(self, concurrent=self.concurrent, max_in_flight=self.max_in_flight)
+
+    def decide_now(self, call: Call) -> Awaitable[None] | None:
+        """Decide and answer ``call`` without awaiting, if that is possible (the dispatcher contract).
+
+        Calls whose handlers are all plain functions are decided and
+        answered here, in the master's reader callback when it calls: no
+        coroutine, no task switch. Otherwise returns what finishes the call:
+        :meth:`handle` when an async handler may decide, the rest of the
+        decision when a sync handler returned an awaitable, or the flush of
+        a reply the socket did not take at once. Raises only
+        :class:`~libc_service.master.SessionClosed`.
+        """
+        request = call.request
+        if not self._sync_only[request.function]:
+            return self.handle(call)
+        observed = bool(self._observers)  # the latency is for observers only
+        started = time.perf_counter_ns() if observed else 0
+        step = self._decide_now(request)
+        if isinstance(step, _Await):
+            return _Pending(self._handle_after(call, started, step), step.awaitable)
+        route_name, outcome = step
+        latency = time.perf_counter_ns() - started if observed else 0
         try:
-            if self.concurrent:
-                await self._serve_concurrently(master)
-            else:
-                await self._serve_sequentially(master)
-        finally:
-            master.close()
+            summary, sent = reply_now(call, route_name, outcome, self.error_errno, self._bugs)
+        except SessionClosed:
+            call.abandon()
+            return None
+        if not sent:
+            return self._flush_after(call, route_name, summary, latency)
+        if observed:
+            self._notify(Decision(request, route_name, *summary, latency, call.session))
+        return None
 
-    async def _serve_sequentially(self, master: Master) -> None:
-        # Calls whose handlers are all sync are answered without a coroutine:
-        # here, and in the master's reader callback while this task waits
-        # (no future, no task switch per call). The rest go through handle().
-        session = master.name
+    async def handle(self, call: Call, session: str | None = None) -> None:
+        """Decide one call and reply; never raises except for cancellation.
 
-        def answer_now(call: Call) -> bool:
-            return self._answer_now(call, session)
-
-        master._answer_now = answer_now
-        try:
-            while True:
-                try:
-                    call = await master.receive_call()
-                except SessionClosed:
-                    return
-                later = call._later
-                if later is not None:
-                    call._later = None
-                    await later.coroutine
-                elif not self._answer_now(call, session):
-                    later = call._later
-                    if later is not None:
-                        call._later = None
-                        await later.coroutine
-                    else:
-                        await self.handle(call, session)
-        finally:
-            if master._answer_now is answer_now:
-                master._answer_now = None
-
-    async def _serve_concurrently(self, master: Master) -> None:
-        tasks: set[asyncio.Task[None]] = set()
-        # Backpressure: a call's descriptors stay open until it is answered.
-        slots = asyncio.Semaphore(self.max_in_flight)
-
-        def finished(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            slots.release()
-
-        try:
-            while True:
-                await slots.acquire()
-                try:
-                    call = await master.receive_call()
-                except SessionClosed:
-                    return
-                task = asyncio.ensure_future(self.handle(call, master.name))
-                tasks.add(task)
-                task.add_done_callback(finished)
-        finally:
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def handle(self, call: Call, session: str = "") -> None:
-        """Decide one call and reply; never raises except for cancellation."""
+        ``session`` names the session for observers (default: the call's).
+        """
         request = call.request
         started = time.perf_counter_ns()
         try:
@@ -442,20 +350,25 @@ class Router:
         if self._observers:
             self._notify(decision)
 
-    async def _reply_and_notify(self, call: Call, route_name: str, outcome: Any, latency: int, session: str) -> None:
+    async def _reply_and_notify(
+        self, call: Call, route_name: str, outcome: Any, latency: int, session: str | None = None
+    ) -> None:
         try:
-            kind, result, errno, nfds = await self._reply(call, route_name, outcome)
+            summary, sent = reply_now(call, route_name, outcome, self.error_errno, self._bugs)
+            if not sent:
+                await call.flush()
         except SessionClosed:
             call.abandon()
             return
         if self._observers:
             # Built only for observers: a frozen dataclass costs more than the dispatch.
-            self._notify(Decision(call.request, route_name, kind, result, errno, nfds, latency, session))
+            self._notify(Decision(call.request, route_name, *summary, latency,
+                                  call.session if session is None else session))
 
     def _decide_now(self, request: Request, start: int = 0) -> tuple[str, Any] | _Await:
         """The deciding route's name and its outcome, or the awaitable a handler returned.
 
-        Tries the routes from ``start`` on, then the default.
+        Tries the routes from ``start`` on; the default is the last of them.
         """
         routes = self._dispatch[request.function]
         for index in range(start, len(routes)):
@@ -472,24 +385,9 @@ class Router:
                 return route.name, exc
             if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                 return _Await(index, route.name, route.handler, result)
-            if result is not PASS:
+            if result is not PASS or route is self._last:
                 return route.name, result
-        default = self._default
-        if isinstance(default, Route):
-            try:
-                result = default.handler(request)
-            except asyncio.CancelledError as exc:
-                if asyncio.current_task() is not None and _cancelling():
-                    raise
-                return "default", exc  # a handler's stray CancelledError: fail the call
-            except Exception as exc:  # noqa: BLE001 - becomes the reply
-                return "default", exc
-            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-                return _Await(-1, "default", default.handler, result)
-            return "default", result
-        if isinstance(default, Deny):
-            return "default", Errno(default.errno)
-        return "default", FORWARD
+        raise AssertionError("the default route decides every call")  # pragma: no cover
 
     async def _decide(self, request: Request) -> tuple[str, Any]:
         """The deciding route's name and its outcome (a raised exception included)."""
@@ -508,61 +406,11 @@ class Router:
             return step.name, exc  # a handler's stray CancelledError: fail the call
         except Exception as exc:  # noqa: BLE001 - becomes the reply
             return step.name, exc
-        if result is not PASS or step.index < 0:
+        if result is not PASS or step.index == len(self._dispatch[request.function]) - 1:
             return step.name, result
         return self._decide_now(request, step.index + 1)
 
-    def _sync_only(self, function: str) -> bool:
-        """Whether every handler that may decide ``function`` is a plain function."""
-        routes = self._dispatch[function]
-        cached = self._sync.get(function)
-        if cached is None or cached[0] is not routes or cached[1] is not self._default:
-            default = self._default
-            sync = not any(_is_async(route.handler) for route in routes) and not (
-                isinstance(default, Route) and _is_async(default.handler)
-            )
-            cached = (routes, default, sync)
-            self._sync[function] = cached
-        return cached[2]
-
-    def _answer_now(self, call: Call, session: str) -> bool:
-        """Decide and answer ``call`` without awaiting, if that is possible.
-
-        ``False`` when the session's task must take over: with nothing done
-        (an async handler may decide: the task runs :meth:`handle`), or with
-        ``call._later`` set to the coroutine that finishes the work begun
-        (a sync handler returned an awaitable; the socket would not take
-        the reply). Raises only :class:`SessionClosed`.
-        """
-        request = call.request
-        if not self._sync_only(request.function):
-            return False
-        observed = bool(self._observers)  # the latency is for observers only
-        started = time.perf_counter_ns() if observed else 0
-        step = self._decide_now(request)
-        if isinstance(step, _Await):
-            call._later = Later(self._handle_after(call, session, started, step), step.awaitable)
-            if call.done:
-                # The handler ended the session (close() abandoned the call
-                # before this work was attached): drop it, nobody is owed.
-                call.abandon()
-                return True
-            return False
-        route_name, outcome = step
-        latency = time.perf_counter_ns() - started if observed else 0
-        try:
-            summary, sent = self._reply_now(call, route_name, outcome)
-        except SessionClosed:
-            call.abandon()
-            return True
-        if not sent:
-            call._later = Later(self._flush_after(call, route_name, summary, latency, session))
-            return False
-        if self._observers:
-            self._notify(Decision(request, route_name, *summary, latency, session))
-        return True
-
-    async def _handle_after(self, call: Call, session: str, started: int, step: _Await) -> None:
+    async def _handle_after(self, call: Call, started: int, step: _Await) -> None:
         """:meth:`handle` for a call whose sync handler returned an awaitable."""
         request = call.request
         try:
@@ -574,16 +422,16 @@ class Router:
             raise
         route_name, outcome = decided
         latency = time.perf_counter_ns() - started if started else 0
-        await self._reply_and_notify(call, route_name, outcome, latency, session)
+        await self._reply_and_notify(call, route_name, outcome, latency)
 
-    async def _flush_after(self, call: Call, route: str, summary: _Summary, latency: int, session: str) -> None:
+    async def _flush_after(self, call: Call, route: str, summary: Summary, latency: int) -> None:
         try:
-            await call._flush()
+            await call.flush()
         except SessionClosed:
             call.abandon()
             return
         if self._observers:
-            self._notify(Decision(call.request, route, *summary, latency, session))
+            self._notify(Decision(call.request, route, *summary, latency, call.session))
 
     async def _wait(self, handler: Handler, request: Request, result: Awaitable[Any]) -> Any:
         """Await an async handler's result, within ``timeout``."""
@@ -599,59 +447,6 @@ class Router:
             logger.error("handler %s timed out after %ss on %r", _name(handler), self.timeout, request)
             return Errno(self.timeout_errno)
 
-    async def _reply(self, call: Call, route: str, outcome: Any) -> _Summary:
-        """Send the reply ``outcome`` calls for; what went out, for observers."""
-        summary, sent = self._reply_now(call, route, outcome)
-        if not sent:
-            await call._flush()
-        return summary
-
-    def _reply_now(self, call: Call, route: str, outcome: Any) -> tuple[_Summary, bool]:
-        """Encode the reply ``outcome`` calls for and send it if the socket takes it.
-
-        Returns what the reply says (for observers) and whether it went out;
-        if not, it waits on the call (``call._flush()`` sends it).
-        """
-        request = call.request
-        if outcome is FORWARD:
-            return ("forward", None, 0, 0), call._try_forward()
-        if isinstance(outcome, OSError):
-            code = outcome.errno
-            if request.function == "getaddrinfo" and isinstance(outcome, socket.gaierror) and code in _GAI_ERROR_NAMES:
-                name = _GAI_ERROR_NAMES[code]
-                return ("error", name, 0, 0), call._try_send(name, ())
-            if isinstance(code, int) and 0 < code < 2**31:
-                if not isinstance(outcome, Errno):
-                    logger.debug("handler %s raised %r for %r", route, outcome, request)
-                result: Result = "system" if request.function == "getaddrinfo" else -1
-                return ("error", result, code, 0), call._try_send(result, (), code)
-        if isinstance(outcome, BaseException):
-            self._bugs.report(route, request, outcome, errno_module.errorcode.get(self.error_errno, "?"))
-            return self._fail_now(call)
-        fds: Sequence[int] = ()
-        result = outcome
-        if isinstance(outcome, WithFds):
-            result, fds = outcome.result, outcome.fds
-            problem = _unsendable(fds)
-            if problem:
-                close_fds(fd for fd in fds if _is_fd(fd))
-                logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s",
-                             route, request, outcome, problem, errno_module.errorcode.get(self.error_errno))
-                return self._fail_now(call)
-        try:
-            sent = call._try_send(result, fds)
-        except SessionClosed:
-            raise
-        except Exception as exc:  # noqa: BLE001 - nothing went out: the call is still owed
-            logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s",
-                         route, request, outcome, exc, errno_module.errorcode.get(self.error_errno))
-            return self._fail_now(call)
-        return ("reply", result, 0, len(fds)), sent
-
-    def _fail_now(self, call: Call) -> tuple[_Summary, bool]:
-        result: Result = "system" if call.function == "getaddrinfo" else -1
-        return ("failure", result, self.error_errno, 0), call._try_send(result, (), self.error_errno)
-
     def _notify(self, decision: Decision) -> None:
         for observer in self._observers:
             try:
@@ -660,36 +455,46 @@ class Router:
                 logger.exception("observer %s failed", _name(observer))
 
 
-class _BugLog:
-    """Log a handler's failure once with its traceback, then only how often it repeats.
+class _Pending:
+    """The rest of a decision a sync handler began, as the master awaits or discards it.
 
-    A handler bug usually fails every call that reaches it; a traceback per
-    call buries the program's own output. The same failure — same handler and function,
-    exception type and raising line — is counted and reported again at
-    10, 100, 1000... occurrences.
+    Discarding (the session ended before the master's task took it) must
+    close the handler's awaitable as well as the coroutine that would have
+    awaited it: a coroutine never started does not close what it holds.
     """
 
-    def __init__(self) -> None:
-        self._counts: dict[tuple[str, str, str, str, int], int] = {}
+    __slots__ = ("_coroutine", "_awaitable")
 
-    def report(self, route: str, request: Request, error: BaseException, errno_name: str) -> None:
-        frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
-        where = (frame[0].filename, frame[0].lineno or 0) if frame else ("?", 0)
-        key = (route, request.function, type(error).__qualname__, *where)
-        count = self._counts.get(key, 0) + 1
-        self._counts[key] = count
-        if count == 1:
-            logger.error("handler %s failed on %r; failing the call with %s (repeats are counted, not shown)",
-                         route, request, errno_name, exc_info=error)
-        elif _power_of_ten(count):
-            logger.error("handler %s has failed %d times with %s at %s:%d (each call failed with %s)",
-                         route, count, type(error).__qualname__, where[0], where[1], errno_name)
+    def __init__(self, coroutine: Coroutine[Any, Any, None], awaitable: object) -> None:
+        self._coroutine = coroutine
+        self._awaitable = awaitable
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._coroutine.__await__()
+
+    def close(self) -> None:
+        discard(self._coroutine)
+        discard(self._awaitable)
 
 
-def _power_of_ten(count: int) -> bool:
-    while count % 10 == 0:
-        count //= 10
-    return count == 1
+def _forward(request: Request) -> Any:
+    return FORWARD
+
+
+def _default_route(default: Route | Deny | _Sentinel) -> Route:
+    """The default as the last route of every function, named ``"default"`` for observers."""
+    if isinstance(default, Route):
+        return dataclasses.replace(default, name="default")
+    if isinstance(default, Deny):
+        refusal = Errno(default.errno)
+
+        def refuse(request: Request) -> Any:
+            return refusal
+
+        handler: Handler = refuse
+    else:
+        handler = _forward
+    return Route(functions=FUNCTIONS, handler=handler, name="default", doc=None, conditions=(), order=-1)
 
 
 def _cancelling() -> bool:
@@ -706,26 +511,6 @@ def _cancelling() -> bool:
 
 def _name(handler: object) -> str:
     return getattr(handler, "__qualname__", None) or type(handler).__qualname__
-
-
-def _is_fd(fd: object) -> bool:
-    return isinstance(fd, int) and not isinstance(fd, bool) and 0 <= fd < 2**31
-
-
-def _unsendable(fds: Sequence[int]) -> str | None:
-    """Why ``fds`` cannot go out with a reply (``None``: they can).
-
-    ``sendmsg`` fails for a descriptor that is not open, and the master
-    would end the session: a policy bug must fail only its call.
-    """
-    for fd in fds:
-        if not _is_fd(fd):
-            return f"{fd!r} is not a descriptor"
-        try:
-            os.fstat(fd)
-        except OSError as exc:
-            return f"descriptor {fd} is not open: {exc.strerror}"
-    return None
 
 
 def _check_handler(handler: Handler, functions: Sequence[str]) -> None:

@@ -21,7 +21,6 @@ lock held across the blocking receive.
 from __future__ import annotations
 
 import array
-import itertools
 import os
 import socket
 import threading
@@ -30,6 +29,7 @@ from types import TracebackType
 from typing import Any, Final, cast
 
 from . import wire
+from .channel import SlaveChannel
 from .master import close_fds, received_fds
 from .replies import Reply
 from .requests import REQUEST_TYPES, Request
@@ -50,7 +50,9 @@ class Slave:
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(True)
         self._sock = sock
-        self._ids = itertools.count(1)
+        #: The protocol state (request ids, one call per thread, reply matching),
+        #: guarded by ``_cond``.
+        self._channel = SlaveChannel()
         self._cond = threading.Condition()
         self._reading = False
         self._replies: dict[int, tuple[wire.ReplyMessage, list[int]]] = {}
@@ -73,7 +75,9 @@ class Slave:
             raise ValueError(f"{function} takes at most {len(model.DESCRIPTORS)} descriptors")
         arguments.update(zip(model.DESCRIPTORS, fds))
         tid = threading.get_native_id()
-        arguments.update(function=function, pid=os.getpid(), tid=tid, request_id=next(self._ids))
+        with self._cond:
+            request_id = self._channel.next_request_id()
+        arguments.update(function=function, pid=os.getpid(), tid=tid, request_id=request_id)
         return self.send_request(cast(Request, model.model_validate(arguments)))
 
     def send_request(self, request: Request) -> Reply:
@@ -82,27 +86,18 @@ class Slave:
         The request's ``tid`` must be the calling thread's native id, since
         replies are routed by it.
         """
-        data, fds = wire.encode_request(request)
+        with self._cond:
+            if self._broken is not None:
+                raise ConnectionError("the channel to the master is broken") from self._broken
+            data, fds = self._channel.send(request)
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        if self._broken is not None:
-            raise ConnectionError("the channel to the master is broken") from self._broken
         try:
             self._sock.sendmsg([data], ancillary, socket.MSG_NOSIGNAL)
         except OSError as exc:
+            with self._cond:
+                self._channel.cancel(request.tid)
             raise ConnectionError(f"cannot send to the master: {exc}") from exc
         message, received = self._wait(request.tid)
-        if message.request_id != request.request_id or message.function != request.function:
-            close_fds(received)
-            error = ConnectionError(
-                f"reply for request {message.request_id} ({message.function}) "
-                f"answered request {request.request_id} ({request.function})"
-            )
-            # The channel is out of step with its callers: nothing later can be trusted.
-            with self._cond:
-                if self._broken is None:
-                    self._broken = error
-                self._cond.notify_all()
-            raise error
         return Reply(message.result, message.errno, tuple(received), message.forward)
 
     def _wait(self, tid: int) -> tuple[wire.ReplyMessage, list[int]]:
@@ -122,9 +117,6 @@ class Slave:
                 if message.tid == tid:
                     return message, fds
                 with self._cond:
-                    if message.tid in self._replies:
-                        close_fds(fds)
-                        raise ConnectionError(f"two replies for thread {message.tid}")
                     self._replies[message.tid] = (message, fds)
                     self._cond.notify_all()
         except BaseException as exc:
@@ -150,10 +142,9 @@ class Slave:
         if not data and not fds:
             raise ConnectionError("the master closed the channel")
         try:
-            if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-                raise wire.ProtocolError("reply or its descriptors truncated")
-            return wire.decode_reply(data, len(fds)), fds
-        except wire.ProtocolError as exc:
+            with self._cond:
+                return self._channel.receive(data, len(fds), flags), fds
+        except wire.RemoteProtocolError as exc:
             close_fds(fds)
             raise ConnectionError(f"malformed reply from the master: {exc}") from exc
 

@@ -30,14 +30,15 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from . import wire
-from .master import Call, Master, SessionClosed, close_fds, received_fds
+from .master import Master, close_fds, received_fds
 
 if TYPE_CHECKING:
     from .notify import ListenerHandoff, SeccompSession
     from .router import Router
     from .sandbox import PreparedSandbox, Sandbox
 
-__all__ = ["ENV_FD", "ENV_LOCAL", "ShimNotFound", "SlaveProcess", "exit_status", "shim_path", "spawn"]
+__all__ = ["ENV_FD", "ENV_LOCAL", "RegistrationListener", "ShimNotFound", "SlaveProcess", "exit_status", "shim_path",
+           "spawn"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,40 +77,83 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-class _Session(Master):
-    """A registered process's channel, which remembers how its session ended.
+class RegistrationListener:
+    """The registration socket as an async iterator of channels, one per process of the tree.
 
-    A process that dies during a call (killed, crashed) ends its session
-    with that call unanswered: the router drops the reply, and
-    :class:`SlaveProcess` logs it. The count is taken from the master's
-    pending calls when the session closes, so it is the same whether the
-    session's task or the reader callback (the router's fast path) was
-    answering when the slave died.
+    ``async for pid, channel in listener`` yields each registered process's
+    id and its channel socket (the caller's from then on). A malformed
+    registration is logged and skipped: it only costs its sender the
+    master. Iteration ends when every process of the tree has exited (the
+    socket hangs up) or :meth:`close` is called, from anywhere on the loop.
     """
 
-    def __init__(self, sock: socket.socket, *, name: str) -> None:
-        super().__init__(sock, name=name)
-        #: Calls still unanswered when the slave hung up.
-        self.unanswered = 0
-        #: A reply could not be sent (the slave was gone): it was going out
-        #: when the session closed, or the session was already closed when
-        #: the router next asked for a call.
-        self.reply_failed = False
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock: socket.socket | None = sock
+        self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def receive_call(self) -> Call:
-        if self.closed:
-            self.reply_failed = True
-        return await super().receive_call()
+    def __aiter__(self) -> RegistrationListener:
+        return self
+
+    async def __anext__(self) -> tuple[int, socket.socket]:
+        while True:
+            sock = self._sock
+            if sock is None:
+                raise StopAsyncIteration
+            try:
+                data, ancdata, flags, _ = sock.recvmsg(64, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                await self._wait_readable(sock)
+                continue
+            fds = received_fds(ancdata)
+            if not data and not fds:
+                if _hung_up(sock):
+                    self.close()  # every process of the tree has exited
+                    raise StopAsyncIteration
+                logger.warning("ignoring an empty registration datagram")
+                continue
+            registered = _registration(data, fds, flags)
+            if registered is not None:
+                return registered
+
+    async def _wait_readable(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter, self._loop = waiter, loop
+        loop.add_reader(sock.fileno(), _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if self._loop is loop:
+                self._loop = None
+                loop.remove_reader(sock.fileno())
 
     def close(self) -> None:
-        if not self.closed:
-            # Counted before closing abandons them. A pending call already
-            # done has its reply on the way out: the send that failed (and
-            # closed the session) or a reply still waiting for room.
-            pending = list(self._pending)
-            self.unanswered = sum(not call.done for call in pending)
-            self.reply_failed = self.reply_failed or any(call.done for call in pending)
-        super().close()
+        """Stop listening: close the socket (later registrations fail) and end the iteration."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(sock.fileno())
+        sock.close()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+def _registration(data: bytes, fds: list[int], flags: int) -> tuple[int, socket.socket] | None:
+    """The registering process's id and channel, or ``None`` (logged) for a malformed registration."""
+    try:
+        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+            raise wire.RemoteProtocolError("registration truncated")
+        pid = wire.decode_registration(data, len(fds))
+        return pid, socket.socket(fileno=fds[0])
+    except (wire.RemoteProtocolError, OSError) as exc:
+        close_fds(fds)
+        logger.warning("ignoring a malformed registration: %s", exc)
+        return None
 
 
 class SlaveProcess:
@@ -145,10 +189,11 @@ class SlaveProcess:
         self._stdio = (stdin, stdout, stderr)
         self._shim = Path(shim) if shim is not None else None
         self._process: asyncio.subprocess.Process | None = None
-        self._registrar: socket.socket | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
-        self._masters: set[_Session] = set()
-        self._accepting: asyncio.Task[None] | None = None
+        self._listener: RegistrationListener | None = None
+        #: The task that owns the sessions' task group (trio's serve_listeners, on asyncio).
+        self._serving: asyncio.Task[None] | None = None
+        #: The live sessions, by channel identity.
+        self._masters: dict[Master, tuple[int, int]] = {}
         self._closing = False
         self._max_sessions = max_sessions
         #: (st_dev, st_ino) of every channel being served: one socket, one session.
@@ -217,9 +262,8 @@ class SlaveProcess:
             except BaseException:
                 mine.close()
                 raise
-        mine.setblocking(False)
-        self._registrar = mine
-        self._accepting = asyncio.ensure_future(self._accept_registrations(mine))
+        self._listener = RegistrationListener(mine)
+        self._serving = asyncio.ensure_future(self._serve_tree(self._listener))
         return self
 
     async def _serve_listener(self, handoff: ListenerHandoff) -> None:
@@ -331,110 +375,94 @@ class SlaveProcess:
             await self._process.wait()
 
     async def aclose(self) -> None:
-        """Stop accepting registrations and close every session."""
+        """Stop accepting registrations and end every session; returns when their tasks have ended.
+
+        Every session is closed and the sessions' task group cancelled: a
+        process of the tree that is still running (a descendant outliving
+        the program) loses the master, and a handler still deciding a call
+        of a process that is gone is cancelled. A reply that went out was
+        observed when it went out, so nothing an observer should see is lost.
+        """
         self._closing = True
-        if self._accepting is not None:
-            self._accepting.cancel()
-            await asyncio.gather(self._accepting, return_exceptions=True)
-            self._accepting = None
-        if self._registrar is not None:
-            self._registrar.close()
-            self._registrar = None
+        if self._listener is not None:
+            self._listener.close()
         if self.seccomp_session is not None:
             self.seccomp_session.close()
         if self._seccomp_task is not None:
             await asyncio.gather(self._seccomp_task, return_exceptions=True)
             self._seccomp_task = None
-        # Let sessions whose slaves already hung up finish their last replies.
-        if self._sessions:
-            await asyncio.wait(set(self._sessions), timeout=0.05)
         for master in list(self._masters):
             master.close()
-        for task in list(self._sessions):
-            task.cancel()
-        if self._sessions:
-            await asyncio.gather(*self._sessions, return_exceptions=True)
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.cancel()  # the sessions' task group cancels every session still deciding
+            results = await asyncio.gather(serving, return_exceptions=True)
+            if isinstance(results[0], Exception):
+                logger.error("serving the program's sessions failed", exc_info=results[0])
 
     def _require(self) -> asyncio.subprocess.Process:
         if self._process is None:
             raise RuntimeError("the program has not been started (use `async with spawn(...)`)")
         return self._process
 
-    # --------------------------------------------------------- registration
+    # -------------------------------------------------------------- sessions
 
-    async def _accept_registrations(self, registrar: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                data, ancdata, flags, _ = registrar.recvmsg(64, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
-            except (BlockingIOError, InterruptedError):
-                waiter: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(registrar.fileno(), _wake, waiter)
-                try:
-                    await waiter
-                finally:
-                    loop.remove_reader(registrar.fileno())
-                continue
-            fds = received_fds(ancdata)
-            if not data and not fds:
-                if _hung_up(registrar):
-                    return  # every process of the tree has exited
-                logger.warning("ignoring an empty registration datagram")
-                continue
-            self._register(data, fds, flags)
+    async def _serve_tree(self, listener: RegistrationListener) -> None:
+        """Serve each registered process's channel in a task of one task group, until the listener ends."""
+        async with asyncio.TaskGroup() as sessions:
+            async for pid, sock in listener:
+                master = self._admit(pid, sock)
+                if master is not None:
+                    sessions.create_task(self._serve(master), name=f"libc-service session {master.name}")
 
-    def _register(self, data: bytes, fds: list[int], flags: int) -> None:
-        try:
-            if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-                raise wire.ProtocolError("registration truncated")
-            pid = wire.decode_registration(data, len(fds))
-            sock = socket.socket(fileno=fds[0])
-        except (wire.ProtocolError, OSError) as exc:
-            close_fds(fds)
-            logger.warning("ignoring a malformed registration: %s", exc)
-            return
+    def _admit(self, pid: int, sock: socket.socket) -> Master | None:
+        """A session for a registered channel, or ``None`` (logged) when it is refused."""
         identity = _identity(sock)
         refusal = None
-        if identity in self._served:
+        if identity in self._masters.values():
             refusal = "that channel is already being served"
         elif len(self._masters) >= self._max_sessions:
             refusal = f"the program already has {self._max_sessions} live sessions"
         if refusal is not None:
             sock.close()
             logger.warning("refusing a registration from pid %s: %s", pid, refusal)
-            return
+            return None
         try:
-            master = _Session(sock, name=f"pid {pid}")
+            master = Master(sock, name=f"pid {pid}")
         except ValueError as exc:
             sock.close()
             logger.warning("ignoring a registration from pid %s: %s", pid, exc)
-            return
+            return None
         self.sessions_started += 1
-        self._masters.add(master)
-        self._served.add(identity)
-        task = asyncio.ensure_future(self._serve(master, identity))
-        self._sessions.add(task)
-        task.add_done_callback(self._sessions.discard)
+        self._masters[master] = identity
+        return master
 
-    async def _serve(self, master: _Session, identity: tuple[int, int]) -> None:
+    async def _serve(self, master: Master) -> None:
+        """One session; how it ended is read from its channel state once it is closed.
+
+        A process that dies during a call (killed, crashed) ends its session
+        with that call unanswered, or with its reply unsent: that is logged,
+        without a traceback, the same whether the session's task or the
+        master's reader callback was answering when it died.
+        """
         try:
             await (self._shim_router or self.router).serve(master)
         except Exception:  # noqa: BLE001 - one session's failure must not end the others
             logger.exception("session %s failed", master.name)
         else:
+            channel = master.channel
             if self._closing:
                 pass
-            elif master.unanswered:
+            elif channel.unanswered_at_close:
                 logger.warning("session %s dropped: the process went away with %d call(s) unanswered",
-                               master.name, master.unanswered)
-            elif master.reply_failed:
+                               master.name, channel.unanswered_at_close)
+            elif channel.unsent_at_close or channel.late_replies:
                 logger.warning("session %s dropped: the process went away before its reply was sent", master.name)
             else:
                 logger.debug("session %s ended", master.name)
         finally:
             master.close()
-            self._masters.discard(master)
-            self._served.discard(identity)
+            self._masters.pop(master, None)
 
 
 def _closes_inherited_fds(loop: asyncio.AbstractEventLoop) -> bool:

@@ -4,9 +4,13 @@ Pure functions between bytes + descriptor numbers and typed messages: no
 sockets, no asyncio, no closing of descriptors. The caller owns the I/O and
 the descriptors, and must close received descriptors when decoding fails.
 
-Errors follow h11's split: :class:`ProtocolError` means the *peer* sent
-something malformed (the session is closed); ``TypeError``/``ValueError``
-mean the *local caller* asked for something impossible (a policy bug).
+Errors follow h11's split, under one base, :class:`ProtocolError`:
+:class:`RemoteProtocolError` means the *peer* sent something malformed (the
+session is closed); :class:`LocalProtocolError` (also a ``ValueError``) and
+``TypeError`` mean the *local caller* asked for something impossible (a
+policy bug, raised at once). ``ProtocolError`` is not a ``ValueError``, so
+an ``except ValueError`` meant for a caller's mistake never swallows a
+hostile peer's message.
 """
 
 from __future__ import annotations
@@ -20,7 +24,16 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import PurePosixPath
 from typing import Any, Final, cast
 
-from .replies import GAI_ERRORS, AddrInfo, FileType, Result, Stat
+from .catalogue import (
+    FD_RESULT_FUNCTIONS,
+    FILE_TYPES,
+    GAI_ERRORS,
+    INET6_FUNCTIONS,
+    INET_FUNCTIONS,
+    PATH_FUNCTIONS,
+    UNIX_FUNCTIONS,
+)
+from .replies import AddrInfo, Result, Stat
 from .requests import (
     FUNCTIONS,
     AccessRequest,
@@ -58,7 +71,9 @@ __all__ = [
     "MAX_REPLY_FDS",
     "MAX_REQUEST_FDS",
     "REGISTRATION",
+    "LocalProtocolError",
     "ProtocolError",
+    "RemoteProtocolError",
     "ReplyMessage",
     "decode_registration",
     "decode_reply",
@@ -123,9 +138,6 @@ AMODE_BITS: Final[dict[str, int]] = {"r": 4, "w": 2, "x": 1}
 PROTOCOL_NUMBER: Final[dict[str | None, int]] = {None: 0, "tcp": 6, "udp": 17}
 _PROTOCOL_BY_NUMBER: Final = {number: name for name, number in PROTOCOL_NUMBER.items()}
 
-FILE_TYPES: Final[tuple[FileType, ...]] = (
-    "regular", "directory", "symlink", "character_device", "block_device", "fifo", "socket"
-)
 _FILE_TYPE_CODE: Final = {name: code for code, name in enumerate(FILE_TYPES, 1)}
 
 ROLE_DIR1: Final = 1
@@ -146,12 +158,10 @@ KIND_STAT: Final = 1
 KIND_ADDRINFO: Final = 2
 KIND_GAI_ERROR: Final = 3
 
-_PATH_FUNCTIONS: Final = frozenset(
-    {"open", "openat", "unlink", "rmdir", "stat", "lstat", "access", "eaccess", "mkdir"}
-)
-_UNIX_FUNCTIONS: Final = frozenset({"connect_unix", "bind_unix"})
-_INET_FUNCTIONS: Final = frozenset({"connect_inet", "bind_inet"})
-_INET6_FUNCTIONS: Final = frozenset({"connect_inet6", "bind_inet6"})
+_PATH_FUNCTIONS: Final = PATH_FUNCTIONS
+_UNIX_FUNCTIONS: Final = UNIX_FUNCTIONS
+_INET_FUNCTIONS: Final = INET_FUNCTIONS
+_INET6_FUNCTIONS: Final = INET6_FUNCTIONS
 #: Each function's descriptor fields by role, in role bit (= wire) order.
 _ROLE_FIELDS: Final[dict[str, tuple[tuple[int, str], ...]]] = {
     name: ((ROLE_DIR1, "dirfd1"), (ROLE_DIR2, "dirfd2")) if name == "rename"
@@ -171,11 +181,23 @@ _STRING_LIMITS: Final[dict[str, tuple[int, int]]] = {
     for name in FUNCTIONS
 }
 _PORT_FUNCTIONS: Final = _INET_FUNCTIONS | _INET6_FUNCTIONS
-_FD_RESULT_FUNCTIONS: Final = frozenset({"open", "openat"}) | _UNIX_FUNCTIONS | _INET_FUNCTIONS | _INET6_FUNCTIONS
+_FD_RESULT_FUNCTIONS: Final = FD_RESULT_FUNCTIONS
 
 
-class ProtocolError(ValueError):
+class ProtocolError(Exception):
+    """The base of the protocol's errors: catch it to handle both sides' mistakes at once."""
+
+
+class RemoteProtocolError(ProtocolError):
     """The peer sent a message that breaks the protocol; end the session."""
+
+
+class LocalProtocolError(ProtocolError, ValueError):
+    """The local caller asked for a message the protocol cannot carry.
+
+    A ``ValueError`` too: a value out of the protocol's range is the
+    caller's bad argument, as the encoders documented before the split.
+    """
 
 
 def reply_fd_limit(function: str) -> int:
@@ -236,11 +258,11 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
             arg = PROTOCOL_NUMBER[request.protocol]
     limit1, limit2 = _STRING_LIMITS[request.function]
     if len(string1) > limit1 or len(string2) > limit2:
-        raise ValueError(
+        raise LocalProtocolError(
             f"{request.function} strings of {len(string1)} and {len(string2)} bytes exceed {limit1} and {limit2}"
         )
     if not 0 <= arg <= (65535 if request.function in _PORT_FUNCTIONS else 0o7777):
-        raise ValueError(f"{request.function} argument {arg} (mode or port) out of range")
+        raise LocalProtocolError(f"{request.function} argument {arg} (mode or port) out of range")
     try:
         header = REQUEST.pack(
             REQUEST_MAGIC, VERSION, CODE[request.function], request.pid, request.tid, request.request_id,
@@ -248,7 +270,7 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
             len(groups) // GROUP.size, _RESERVED_REQUEST, fsuid, fsgid,
         )
     except struct.error as exc:
-        raise ValueError(f"a {request.function} request field is out of range: {exc}") from None
+        raise LocalProtocolError(f"a {request.function} request field is out of range: {exc}") from None
     return header + groups + string1 + string2, fds
 
 
@@ -261,7 +283,7 @@ def _context_of(request: Request) -> tuple[int, int, int, int, bytes]:
         context |= CONTEXT_UMASK
         umask = request.umask
         if not 0 <= umask <= 0o777:
-            raise ValueError(f"umask {umask:#o} out of range")
+            raise LocalProtocolError(f"umask {umask:#o} out of range")
     if request.fsuid is not None:
         context |= CONTEXT_FSUID
         fsuid = request.fsuid
@@ -271,11 +293,11 @@ def _context_of(request: Request) -> tuple[int, int, int, int, bytes]:
     if request.groups is not None:
         context |= CONTEXT_GROUPS
         if len(request.groups) > MAX_GROUPS:
-            raise ValueError(f"at most {MAX_GROUPS} groups, not {len(request.groups)}")
+            raise LocalProtocolError(f"at most {MAX_GROUPS} groups, not {len(request.groups)}")
         try:
             groups = struct.pack(f"<{len(request.groups)}I", *request.groups)
         except struct.error as exc:
-            raise ValueError(f"a group id is out of range: {exc}") from None
+            raise LocalProtocolError(f"a group id is out of range: {exc}") from None
     return context, umask, fsuid, fsgid, groups
 
 
@@ -288,28 +310,28 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
     ``fds``.
     """
     if len(data) < REQUEST.size:
-        raise ProtocolError(f"request of {len(data)} bytes is shorter than its {REQUEST.size}-byte header")
+        raise RemoteProtocolError(f"request of {len(data)} bytes is shorter than its {REQUEST.size}-byte header")
     if len(data) > MAX_MESSAGE:
-        raise ProtocolError(f"request of {len(data)} bytes exceeds {MAX_MESSAGE}")
+        raise RemoteProtocolError(f"request of {len(data)} bytes exceeds {MAX_MESSAGE}")
     (magic, version, code, pid, tid, request_id, flags, arg, address, scope,
      len1, len2, roles, context, umask, ngroups, reserved, fsuid, fsgid) = REQUEST.unpack_from(data)
     if magic != REQUEST_MAGIC:
-        raise ProtocolError(f"bad request magic {magic!r}")
+        raise RemoteProtocolError(f"bad request magic {magic!r}")
     if version != VERSION:
-        raise ProtocolError(f"unsupported protocol version {version}")
+        raise RemoteProtocolError(f"unsupported protocol version {version}")
     if not 1 <= code <= len(FUNCTIONS):
-        raise ProtocolError(f"unknown function code {code}")
+        raise RemoteProtocolError(f"unknown function code {code}")
     if pid == 0 or tid == 0:
-        raise ProtocolError("pid and tid must be non-zero")
+        raise RemoteProtocolError("pid and tid must be non-zero")
     if reserved != _RESERVED_REQUEST or roles & ~7:
-        raise ProtocolError("reserved request bits are set")
+        raise RemoteProtocolError("reserved request bits are set")
     start = REQUEST.size + ngroups * GROUP.size
     if start + len1 + len2 != len(data):
-        raise ProtocolError(
+        raise RemoteProtocolError(
             f"{ngroups} groups and string lengths {len1}+{len2} disagree with a {len(data)}-byte request"
         )
     if roles.bit_count() != len(fds):
-        raise ProtocolError(f"fd roles {roles:#x} announce {roles.bit_count()} descriptors, {len(fds)} came")
+        raise RemoteProtocolError(f"fd roles {roles:#x} announce {roles.bit_count()} descriptors, {len(fds)} came")
     function = FUNCTIONS[code - 1]
     string1 = data[start : start + len1]
     string2 = data[start + len1 :]
@@ -328,7 +350,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
 
     def no(what: str, value: object) -> None:
         if value:
-            raise ProtocolError(f"{function} does not use {what}")
+            raise RemoteProtocolError(f"{function} does not use {what}")
 
     if function in _PATH_FUNCTIONS:
         if len2 or scope or roles & ~ROLE_DIR1 or address != _NO_ADDRESS:  # one test on the hot path
@@ -341,7 +363,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         elif function in ("access", "eaccess"):
             no("arg", arg)
             if flags & ~7:
-                raise ProtocolError(f"unknown amode bits {flags:#x}")
+                raise RemoteProtocolError(f"unknown amode bits {flags:#x}")
             fields["amode"] = "f" if flags == 0 else frozenset(m for m, b in AMODE_BITS.items() if flags & b)
         elif function == "mkdir":
             no("flags", flags)
@@ -352,7 +374,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
     elif function == "rename":
         no("arg", arg)
         if flags & ~RENAME_NO_REPLACE:
-            raise ProtocolError(f"unknown rename flag bits {flags & ~RENAME_NO_REPLACE:#x}")
+            raise RemoteProtocolError(f"unknown rename flag bits {flags & ~RENAME_NO_REPLACE:#x}")
         no("an address", address != _NO_ADDRESS or scope)
         no("the socket role", roles & ROLE_SOCKET)
         fields = common | {
@@ -367,18 +389,18 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         no("an address", address != _NO_ADDRESS or scope)
         no("string2", len2)
         if roles & ~ROLE_DIR1 != ROLE_SOCKET:
-            raise ProtocolError(f"{function} needs the slave's socket, and a directory at most")
+            raise RemoteProtocolError(f"{function} needs the slave's socket, and a directory at most")
         if roles & ROLE_DIR1 and string1[:1] in (b"\0", b"/"):
-            raise ProtocolError(f"a directory with the abstract or absolute {function} path")
+            raise RemoteProtocolError(f"a directory with the abstract or absolute {function} path")
         dirfd = next(fd_iter) if roles & ROLE_DIR1 else None
         fields = common | {"path": _unix_path(string1), "socket": next(fd_iter), "dirfd": dirfd}
     elif function in _INET_FUNCTIONS or function in _INET6_FUNCTIONS:
         no("flags", flags)
         no("strings", len1 or len2)
         if roles != ROLE_SOCKET:
-            raise ProtocolError(f"{function} needs exactly the slave's socket")
+            raise RemoteProtocolError(f"{function} needs exactly the slave's socket")
         if arg > 65535:
-            raise ProtocolError(f"port {arg} out of range")
+            raise RemoteProtocolError(f"port {arg} out of range")
         ip: IPv4Address | IPv6Address
         if function in _INET_FUNCTIONS:
             no("IPv6 address bytes or a scope", address[4:] != bytes(12) or scope)
@@ -390,9 +412,9 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         no("descriptors", roles)
         no("an address", address != _NO_ADDRESS or scope)
         if flags & ~3 or flags == 0:
-            raise ProtocolError(f"getaddrinfo presence bits {flags:#x} invalid")
+            raise RemoteProtocolError(f"getaddrinfo presence bits {flags:#x} invalid")
         if arg not in _PROTOCOL_BY_NUMBER:
-            raise ProtocolError(f"unknown getaddrinfo protocol {arg}")
+            raise RemoteProtocolError(f"unknown getaddrinfo protocol {arg}")
         fields = common | {
             "node": _name(string1, flags & 1, NODE_MAX, "node"),
             "service": _name(string2, flags & 2, SERVICE_MAX, "service"),
@@ -451,16 +473,16 @@ def _context(context: int, umask: int, fsuid: int, fsgid: int, ngroups: int, dat
     """The umask and credential fields of a request header (``None``: not sent)."""
     if not context:
         if umask or fsuid or fsgid or ngroups:
-            raise ProtocolError("context values without their context bits")
+            raise RemoteProtocolError("context values without their context bits")
         return _NO_CONTEXT
     if context & ~_CONTEXT_BITS:
-        raise ProtocolError(f"unknown context bits {context & ~_CONTEXT_BITS:#x}")
+        raise RemoteProtocolError(f"unknown context bits {context & ~_CONTEXT_BITS:#x}")
     if umask > 0o777 or (umask and not context & CONTEXT_UMASK):
-        raise ProtocolError(f"umask {umask:#o} beyond 0o777 or without its bit")
+        raise RemoteProtocolError(f"umask {umask:#o} beyond 0o777 or without its bit")
     if (fsuid and not context & CONTEXT_FSUID) or (fsgid and not context & CONTEXT_FSGID):
-        raise ProtocolError("fsuid or fsgid without its bit")
+        raise RemoteProtocolError("fsuid or fsgid without its bit")
     if ngroups > MAX_GROUPS or (ngroups and not context & CONTEXT_GROUPS):
-        raise ProtocolError(f"{ngroups} groups (at most {MAX_GROUPS}, and only with the groups bit)")
+        raise RemoteProtocolError(f"{ngroups} groups (at most {MAX_GROUPS}, and only with the groups bit)")
     return {
         "umask": umask if context & CONTEXT_UMASK else None,
         "fsuid": fsuid if context & CONTEXT_FSUID else None,
@@ -478,11 +500,11 @@ def _groups_of(raw: bytes) -> tuple[int, ...]:
 
 def _fs_path(raw: bytes, what: str) -> PurePosixPath:
     if not raw:
-        raise ProtocolError(f"{what} is empty")
+        raise RemoteProtocolError(f"{what} is empty")
     if len(raw) > PATH_MAX_BYTES:
-        raise ProtocolError(f"{what} of {len(raw)} bytes exceeds {PATH_MAX_BYTES}")
+        raise RemoteProtocolError(f"{what} of {len(raw)} bytes exceeds {PATH_MAX_BYTES}")
     if b"\0" in raw:
-        raise ProtocolError(f"{what} contains NUL")
+        raise RemoteProtocolError(f"{what} contains NUL")
     return _path_of(raw)
 
 
@@ -496,39 +518,39 @@ def _path_of(raw: bytes) -> PurePosixPath:
 
 def _unix_path(raw: bytes) -> PurePosixPath:
     if not raw or len(raw) > UNIX_PATH_MAX:
-        raise ProtocolError(f"unix socket path of {len(raw)} bytes (1..{UNIX_PATH_MAX})")
+        raise RemoteProtocolError(f"unix socket path of {len(raw)} bytes (1..{UNIX_PATH_MAX})")
     if raw[0] != 0 and b"\0" in raw:
-        raise ProtocolError("unix socket path contains NUL")
+        raise RemoteProtocolError("unix socket path contains NUL")
     return exact_path(os.fsdecode(raw))
 
 
 def _name(raw: bytes, present: int, limit: int, what: str) -> str | None:
     if not present:
         if raw:
-            raise ProtocolError(f"absent {what} has bytes")
+            raise RemoteProtocolError(f"absent {what} has bytes")
         return None
     if len(raw) > limit:
-        raise ProtocolError(f"{what} of {len(raw)} bytes exceeds {limit}")
+        raise RemoteProtocolError(f"{what} of {len(raw)} bytes exceeds {limit}")
     if b"\0" in raw:
-        raise ProtocolError(f"{what} contains NUL")
+        raise RemoteProtocolError(f"{what} contains NUL")
     return os.fsdecode(raw)
 
 
 def _mode(arg: int) -> int:
     if arg > 0o7777:
-        raise ProtocolError(f"mode {arg:#o} has bits beyond 0o7777")
+        raise RemoteProtocolError(f"mode {arg:#o} has bits beyond 0o7777")
     return arg
 
 
 def _open_fields(function: str, flags: int, arg: int) -> dict[str, Any]:
     allowed = _OPENAT_MASK if function == "openat" else _OPEN_ONLY_MASK
     if flags & ~allowed:
-        raise ProtocolError(f"unknown {function} flag bits {flags & ~allowed:#x}")
+        raise RemoteProtocolError(f"unknown {function} flag bits {flags & ~allowed:#x}")
     if (flags & _ACCESS_MODE_BITS).bit_count() != 1:
-        raise ProtocolError("exactly one access mode flag must be set")
+        raise RemoteProtocolError("exactly one access mode flag must be set")
     takes_mode = bool(flags & _TAKES_MODE_BITS)
     if arg and not takes_mode:
-        raise ProtocolError("mode given without create or temporary")
+        raise RemoteProtocolError("mode given without create or temporary")
     return {"flags": _open_flag_names(flags), "mode": _mode(arg) if takes_mode else None}
 
 
@@ -574,17 +596,17 @@ def encode_reply_to(
     about 0.5 µs a reply.
     """
     if function not in CODE:
-        raise ValueError(f"unknown function {function!r}")
+        raise LocalProtocolError(f"unknown function {function!r}")
     if nfds > reply_fd_limit(function):
-        raise ValueError(f"a {function} reply carries at most {reply_fd_limit(function)} descriptors, not {nfds}")
+        raise LocalProtocolError(f"a {function} reply carries at most {reply_fd_limit(function)} descriptors, not {nfds}")
     if not 0 <= errno < 2**31:
-        raise ValueError(f"errno {errno} out of range")
+        raise LocalProtocolError(f"errno {errno} out of range")
     payload = b""
     kind = KIND_NONE
     count = 0
     if forward:
         if nfds:
-            raise ValueError("a forward reply carries no descriptors")
+            raise LocalProtocolError("a forward reply carries no descriptors")
         value = 0
         errno = 0
     elif function == "getaddrinfo":
@@ -601,7 +623,7 @@ def encode_reply_to(
         if isinstance(result, bool) or not isinstance(result, int):
             raise TypeError(f"{function} results in an int, not {type(result).__name__}")
         if not -(2**63) <= result < 2**63:
-            raise ValueError(f"result {result} does not fit in 64 bits")
+            raise LocalProtocolError(f"result {result} does not fit in 64 bits")
         value = result
     try:
         header = REPLY.pack(
@@ -609,7 +631,7 @@ def encode_reply_to(
             ACTION_FORWARD if forward else ACTION_RESULT, kind, count, _RESERVED_REPLY,
         )
     except struct.error as exc:
-        raise ValueError(f"a {function} reply field is out of range: {exc}") from None
+        raise LocalProtocolError(f"a {function} reply field is out of range: {exc}") from None
     return header + payload
 
 
@@ -618,16 +640,16 @@ def _getaddrinfo_payload(result: Result, errno: int) -> tuple[int, int, bytes, i
         return GAI_ERRORS.index("system") + 1, KIND_GAI_ERROR, b"", 0
     if isinstance(result, str):
         if result not in GAI_ERRORS:
-            raise ValueError(f"unknown getaddrinfo error {result!r}; one of {', '.join(GAI_ERRORS)}")
+            raise LocalProtocolError(f"unknown getaddrinfo error {result!r}; one of {', '.join(GAI_ERRORS)}")
         if (result == "system") != bool(errno):
-            raise ValueError("the 'system' getaddrinfo error, and only it, carries an errno")
+            raise LocalProtocolError("the 'system' getaddrinfo error, and only it, carries an errno")
         return GAI_ERRORS.index(result) + 1, KIND_GAI_ERROR, b"", 0
     if not isinstance(result, list) or not all(isinstance(a, AddrInfo) for a in result):
         raise TypeError(f"getaddrinfo results in a list of AddrInfo or an error name, not {type(result).__name__}")
     if errno:
-        raise ValueError("a getaddrinfo answer with addresses carries no errno")
+        raise LocalProtocolError("a getaddrinfo answer with addresses carries no errno")
     if len(result) > MAX_ADDRINFO:
-        raise ValueError(f"at most {MAX_ADDRINFO} addresses per answer, not {len(result)}")
+        raise LocalProtocolError(f"at most {MAX_ADDRINFO} addresses per answer, not {len(result)}")
     payload = b"".join(_encode_addrinfo(entry) for entry in result)
     return 0, KIND_ADDRINFO, payload, len(result)
 
@@ -635,16 +657,16 @@ def _getaddrinfo_payload(result: Result, errno: int) -> tuple[int, int, bytes, i
 def _encode_stat(st: Stat) -> bytes:
     # A Stat built without validation must not produce a record the slave rejects.
     if not 0 <= st.mode <= 0o7777:
-        raise ValueError(f"stat mode {st.mode:#o} is not permission bits")
+        raise LocalProtocolError(f"stat mode {st.mode:#o} is not permission bits")
     if st.type not in _FILE_TYPE_CODE:
-        raise ValueError(f"unknown file type {st.type!r}")
+        raise LocalProtocolError(f"unknown file type {st.type!r}")
     try:
         return STAT.pack(
             st.dev, st.ino, st.nlink, st.rdev, st.size, st.blksize, st.blocks,
             st.atime, st.mtime, st.ctime, st.mode, _FILE_TYPE_CODE[st.type], st.uid, st.gid,
         )
     except struct.error as exc:
-        raise ValueError(f"a stat field is out of range: {exc}") from None
+        raise LocalProtocolError(f"a stat field is out of range: {exc}") from None
 
 
 def _encode_addrinfo(entry: AddrInfo) -> bytes:
@@ -653,71 +675,71 @@ def _encode_addrinfo(entry: AddrInfo) -> bytes:
     try:
         return ADDRINFO.pack(ip.version, entry.port, scope, ip.packed.ljust(16, b"\0"))
     except struct.error as exc:
-        raise ValueError(f"address {ip} port {entry.port}: out of range: {exc}") from None
+        raise LocalProtocolError(f"address {ip} port {entry.port}: out of range: {exc}") from None
 
 
 def decode_reply(data: bytes, nfds: int = 0) -> ReplyMessage:
     """Decode and validate one reply datagram that came with ``nfds`` descriptors."""
     if len(data) < REPLY.size:
-        raise ProtocolError(f"reply of {len(data)} bytes is shorter than its {REPLY.size}-byte header")
+        raise RemoteProtocolError(f"reply of {len(data)} bytes is shorter than its {REPLY.size}-byte header")
     if len(data) > MAX_MESSAGE:
-        raise ProtocolError(f"reply of {len(data)} bytes exceeds {MAX_MESSAGE}")
+        raise RemoteProtocolError(f"reply of {len(data)} bytes exceeds {MAX_MESSAGE}")
     (magic, version, code, tid, errno, request_id, value, action, kind, count,
      reserved) = REPLY.unpack_from(data)
     if magic != REPLY_MAGIC:
-        raise ProtocolError(f"bad reply magic {magic!r}")
+        raise RemoteProtocolError(f"bad reply magic {magic!r}")
     if version != VERSION:
-        raise ProtocolError(f"unsupported protocol version {version}")
+        raise RemoteProtocolError(f"unsupported protocol version {version}")
     if not 1 <= code <= len(FUNCTIONS):
-        raise ProtocolError(f"unknown function code {code}")
+        raise RemoteProtocolError(f"unknown function code {code}")
     if reserved != _RESERVED_REPLY:
-        raise ProtocolError("reserved reply bytes are set")
+        raise RemoteProtocolError("reserved reply bytes are set")
     function = FUNCTIONS[code - 1]
     if nfds > reply_fd_limit(function):
-        raise ProtocolError(f"{nfds} descriptors on a {function} reply")
+        raise RemoteProtocolError(f"{nfds} descriptors on a {function} reply")
     payload = data[REPLY.size :]
     base = ReplyMessage(function, tid, request_id)
     if action == ACTION_FORWARD:
         if value or errno or kind or count or payload or nfds:
-            raise ProtocolError("a forward reply carries nothing else")
+            raise RemoteProtocolError("a forward reply carries nothing else")
         return ReplyMessage(function, tid, request_id, forward=True)
     if action != ACTION_RESULT:
-        raise ProtocolError(f"unknown reply action {action}")
+        raise RemoteProtocolError(f"unknown reply action {action}")
     if kind != KIND_ADDRINFO and count:
-        raise ProtocolError("count set on a reply without addresses")
+        raise RemoteProtocolError("count set on a reply without addresses")
     result: Result
     if kind == KIND_NONE:
         if payload:
-            raise ProtocolError("payload on a reply of kind none")
+            raise RemoteProtocolError("payload on a reply of kind none")
         if function == "getaddrinfo":
-            raise ProtocolError("a getaddrinfo reply has addresses or an error code")
+            raise RemoteProtocolError("a getaddrinfo reply has addresses or an error code")
         if function in ("stat", "lstat") and not errno:
-            raise ProtocolError(f"a successful {function} reply carries a stat record")
+            raise RemoteProtocolError(f"a successful {function} reply carries a stat record")
         if errno and value != -1:
-            raise ProtocolError("a failed call's result must be -1")
+            raise RemoteProtocolError("a failed call's result must be -1")
         result = value
     elif kind == KIND_STAT:
         if function not in ("stat", "lstat") or errno or value:
-            raise ProtocolError(f"stat record on a {function} reply")
+            raise RemoteProtocolError(f"stat record on a {function} reply")
         if len(payload) != STAT.size:
-            raise ProtocolError(f"stat record of {len(payload)} bytes")
+            raise RemoteProtocolError(f"stat record of {len(payload)} bytes")
         result = _decode_stat(payload)
     elif kind == KIND_ADDRINFO:
         if function != "getaddrinfo" or errno or value:
-            raise ProtocolError(f"addresses on a {function} reply")
+            raise RemoteProtocolError(f"addresses on a {function} reply")
         if count > MAX_ADDRINFO or len(payload) != count * ADDRINFO.size:
-            raise ProtocolError(f"{count} addresses in {len(payload)} payload bytes")
+            raise RemoteProtocolError(f"{count} addresses in {len(payload)} payload bytes")
         result = [_decode_addrinfo(payload, i * ADDRINFO.size) for i in range(count)]
     elif kind == KIND_GAI_ERROR:
         if function != "getaddrinfo" or payload:
-            raise ProtocolError(f"getaddrinfo error on a {function} reply")
+            raise RemoteProtocolError(f"getaddrinfo error on a {function} reply")
         if not 1 <= value <= len(GAI_ERRORS):
-            raise ProtocolError(f"unknown getaddrinfo error code {value}")
+            raise RemoteProtocolError(f"unknown getaddrinfo error code {value}")
         result = GAI_ERRORS[value - 1]
         if (result == "system") != bool(errno):
-            raise ProtocolError("errno goes with the system error only")
+            raise RemoteProtocolError("errno goes with the system error only")
     else:
-        raise ProtocolError(f"unknown payload kind {kind}")
+        raise RemoteProtocolError(f"unknown payload kind {kind}")
     return ReplyMessage(base.function, tid, request_id, result, errno)
 
 
@@ -725,9 +747,9 @@ def _decode_stat(payload: bytes) -> Stat:
     (dev, ino, nlink, rdev, size, blksize, blocks, atime, mtime, ctime,
      mode, type_code, uid, gid) = STAT.unpack(payload)
     if mode > 0o7777:
-        raise ProtocolError(f"stat mode {mode:#o} has bits beyond 0o7777")
+        raise RemoteProtocolError(f"stat mode {mode:#o} has bits beyond 0o7777")
     if not 1 <= type_code <= len(FILE_TYPES):
-        raise ProtocolError(f"unknown file type code {type_code}")
+        raise RemoteProtocolError(f"unknown file type code {type_code}")
     return Stat.model_construct(
         dev=dev, ino=ino, mode=mode, type=FILE_TYPES[type_code - 1], nlink=nlink, uid=uid,
         gid=gid, rdev=rdev, size=size, blksize=blksize, blocks=blocks, atime=atime,
@@ -740,12 +762,12 @@ def _decode_addrinfo(payload: bytes, offset: int) -> AddrInfo:
     ip: IPv4Address | IPv6Address
     if family == 4:
         if raw[4:] != bytes(12) or scope:
-            raise ProtocolError("IPv4 address entry with IPv6 bytes or a scope")
+            raise RemoteProtocolError("IPv4 address entry with IPv6 bytes or a scope")
         ip = IPv4Address(raw[:4])
     elif family == 6:
         ip = IPv6Address(raw) if not scope else IPv6Address(f"{IPv6Address(raw)}%{scope}")
     else:
-        raise ProtocolError(f"unknown address family {family}")
+        raise RemoteProtocolError(f"unknown address family {family}")
     return AddrInfo.model_construct(address=ip, port=port)
 
 
@@ -760,12 +782,12 @@ def encode_registration(pid: int) -> bytes:
 def decode_registration(data: bytes, nfds: int) -> int:
     """Validate a registration datagram; returns the registering pid."""
     if len(data) != REGISTRATION.size:
-        raise ProtocolError(f"registration of {len(data)} bytes, expected {REGISTRATION.size}")
+        raise RemoteProtocolError(f"registration of {len(data)} bytes, expected {REGISTRATION.size}")
     magic, version, reserved1, pid, reserved2 = REGISTRATION.unpack(data)
     if magic != HELLO_MAGIC or version != VERSION:
-        raise ProtocolError("bad registration magic or version")
+        raise RemoteProtocolError("bad registration magic or version")
     if reserved1 or reserved2 or pid == 0:
-        raise ProtocolError("bad registration fields")
+        raise RemoteProtocolError("bad registration fields")
     if nfds != 1:
-        raise ProtocolError(f"a registration carries exactly one descriptor, not {nfds}")
+        raise RemoteProtocolError(f"a registration carries exactly one descriptor, not {nfds}")
     return int(pid)

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from libc_service import AddrInfo, ProtocolError, Stat
+from libc_service import AddrInfo, Stat
+from libc_service.wire import LocalProtocolError, ProtocolError, RemoteProtocolError
 from libc_service import wire
 from libc_service.replies import GAI_ERRORS
 from libc_service.requests import (
@@ -543,7 +544,8 @@ def test_reply_descriptor_limits(function: str, limit: int) -> None:
 def test_an_impossible_reply_is_a_value_error(message: ReplyMessage, nfds: int) -> None:
     with pytest.raises(ValueError) as raised:
         encode_reply(message, nfds)
-    assert not isinstance(raised.value, ProtocolError), "the policy's bug, not the peer's"
+    assert not isinstance(raised.value, RemoteProtocolError), "the policy's bug, not the peer's"
+    assert isinstance(raised.value, LocalProtocolError)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,70 @@
+"""One catalogue of the protocol's vocabularies: function families, file types, getaddrinfo errors.
+
+The codec, the conditions, the reply models and the router each need to
+know which functions take a path, which answer with a descriptor, what a
+file type or a getaddrinfo error is called. They read it here, so a
+function added to a family is added everywhere at once. A leaf module: it
+imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Final, Literal, TypeAlias, get_args
+
+__all__ = [
+    "FD_RESULT_FUNCTIONS",
+    "FILE_TYPES",
+    "GAI_ERRORS",
+    "GAI_ERROR_NAMES",
+    "INET6_FUNCTIONS",
+    "INET_FUNCTIONS",
+    "MUTATING_FUNCTIONS",
+    "NAMED_FUNCTIONS",
+    "OPEN_FUNCTIONS",
+    "PATH_FUNCTIONS",
+    "UNIX_FUNCTIONS",
+    "FileType",
+    "GaiError",
+]
+
+#: Functions whose ``path`` names a file (rename has two, ``path1``/``path2``).
+PATH_FUNCTIONS: Final = frozenset(
+    {"open", "openat", "unlink", "rmdir", "stat", "lstat", "access", "eaccess", "mkdir"}
+)
+OPEN_FUNCTIONS: Final = frozenset({"open", "openat"})
+#: Functions that change the file system.
+MUTATING_FUNCTIONS: Final = frozenset({"unlink", "rmdir", "mkdir", "rename"})
+UNIX_FUNCTIONS: Final = frozenset({"connect_unix", "bind_unix"})
+INET_FUNCTIONS: Final = frozenset({"connect_inet", "bind_inet"})
+INET6_FUNCTIONS: Final = frozenset({"connect_inet6", "bind_inet6"})
+#: Functions whose request names something in the file system (a path condition applies).
+NAMED_FUNCTIONS: Final = PATH_FUNCTIONS | {"rename"} | UNIX_FUNCTIONS
+#: Functions whose reply may carry a descriptor that is (or replaces) the call's result.
+FD_RESULT_FUNCTIONS: Final = OPEN_FUNCTIONS | UNIX_FUNCTIONS | INET_FUNCTIONS | INET6_FUNCTIONS
+
+FileType: TypeAlias = Literal[
+    "regular", "directory", "symlink", "character_device", "block_device", "fifo", "socket"
+]
+#: File types in wire-code order (code = index + 1).
+FILE_TYPES: Final[tuple[FileType, ...]] = get_args(FileType)
+
+GaiError: TypeAlias = Literal[
+    "again", "badflags", "fail", "family", "memory", "noname", "service", "socktype", "system"
+]
+#: getaddrinfo's error names, in wire-code order (code = index + 1).
+GAI_ERRORS: Final[tuple[GaiError, ...]] = get_args(GaiError)
+
+#: ``socket.gaierror`` codes (what ``loop.getaddrinfo`` raises) by error name.
+GAI_ERROR_NAMES: Final[dict[int, GaiError]] = {
+    socket.EAI_AGAIN: "again",
+    socket.EAI_BADFLAGS: "badflags",
+    socket.EAI_FAIL: "fail",
+    socket.EAI_FAMILY: "family",
+    socket.EAI_MEMORY: "memory",
+    socket.EAI_NONAME: "noname",
+    socket.EAI_SERVICE: "service",
+    socket.EAI_SOCKTYPE: "socktype",
+    getattr(socket, "EAI_NODATA", socket.EAI_NONAME): "noname",
+    getattr(socket, "EAI_ADDRFAMILY", socket.EAI_FAMILY): "family",
+}
