@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Final
 
+from .slavepath import slave_path
 from .catalogue import INET6_FUNCTIONS, INET_FUNCTIONS, MUTATING_FUNCTIONS, NAMED_FUNCTIONS, OPEN_FUNCTIONS
 from .requests import (
     FUNCTIONS,
@@ -35,7 +36,6 @@ __all__ = [
     "Condition",
     "flags",
     "named",
-    "slave_path",
     "to",
     "under",
     "writing",
@@ -130,41 +130,6 @@ class _Not(Condition):
 def _group(condition: Condition) -> str:
     text = condition.describe()
     return f"({text})" if isinstance(condition, _All | _Any) else text
-
-
-def slave_path(path: PurePosixPath, dirfd: int | None) -> str | None:
-    """The absolute, lexically normalised path a slave meant.
-
-    A relative path is joined to the directory behind ``dirfd`` (as the
-    master sees it through ``/proc/self/fd``). ``None`` when a relative path
-    came without a directory or the directory cannot be named. ``..`` is
-    folded lexically, which is right for routing and wrong for security:
-    open the object with :mod:`libc_service.safepath` before trusting it.
-    """
-    text = str(path)
-    if text.startswith("\0"):
-        return None  # an abstract socket name is not a filesystem path
-    if not text.startswith("/"):
-        if dirfd is None:
-            return None
-        try:
-            base = os.readlink(f"/proc/self/fd/{dirfd}")
-        except OSError:
-            return None
-        if not base.startswith("/"):
-            return None  # an unreachable directory: "(unreachable)/..."
-        if base.endswith(" (deleted)") and _removed(dirfd):
-            return None  # the kernel names a removed directory "/old/path (deleted)"
-        text = f"{base}/{text}"
-    normal = posixpath.normpath(text)
-    return "/" + normal.lstrip("/")
-
-
-def _removed(fd: int) -> bool:
-    try:
-        return os.fstat(fd).st_nlink == 0
-    except OSError:
-        return True
 
 
 @dataclass(frozen=True, repr=False)
