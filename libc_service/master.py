@@ -2,7 +2,7 @@
 
 Two levels of API over one socket:
 
-- the seed's, one call at a time: ``await receive()``, then exactly one of
+- one call at a time: ``await receive()``, then exactly one of
   ``send``/``send_with_fds``/``use_slave_credentials``;
 - :meth:`Master.receive_call`, which hands out a :class:`Call` per request
   so several calls (from different slave threads) can be answered out of
@@ -795,7 +795,7 @@ class Master:
             if not waiter.done():
                 waiter.set_result(None)
 
-    # --------------------------------------------------------- seed's level
+    # ------------------------------------------------- one call at a time
 
     async def receive(self) -> Request:
         """Wait for the next request (one call in flight at a time).
@@ -817,7 +817,7 @@ class Master:
         return None if self._current is None else self._current.function
 
     def arguments(self) -> tuple[Any, ...]:
-        """The current request's arguments in the seed's positional order."""
+        """The current request's arguments in positional order (:meth:`Request.arguments`)."""
         return self._owed().request.arguments()
 
     def descriptors(self) -> tuple[int, ...]:

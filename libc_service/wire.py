@@ -118,7 +118,7 @@ _NO_ADDRESS: Final = bytes(16)
 
 CODE: Final[dict[str, int]] = {name: code for code, name in enumerate(FUNCTIONS, 1)}
 
-#: Bits 0-11: the seed's flags; 16-21: openat's resolve flags; 24-31: flags
+#: Bits 0-11: the original open flags; 16-21: openat's resolve flags; 24-31: flags
 #: that grant nothing but change the call (``docs/protocol.md``).
 OPEN_FLAG_BITS: Final[dict[str, int]] = {
     **{name: 1 << bit for bit, name in enumerate(OPEN_FLAGS[:12])},
@@ -448,8 +448,8 @@ def _construct(function: str, fields: dict[str, Any]) -> Any:
 
     Does what pydantic's ``model_construct`` does for a model without
     aliases, private attributes or post-init hooks, minus its per-field
-    alias and default search: about 0.6 µs instead of 2 µs, a third of
-    the decoding cost (``bench/hotpath.py``).
+    alias and default search, which was a third of the decoding cost
+    (``bench/hotpath.py``; figures in docs/performance.md).
     """
     cls = REQUEST_TYPES[function]
     if function not in _FAST_CONSTRUCT:
@@ -510,8 +510,8 @@ def _fs_path(raw: bytes, what: str) -> PurePosixPath:
 
 @functools.lru_cache(maxsize=1024)
 def _path_of(raw: bytes) -> PurePosixPath:
-    # Building a PurePosixPath costs ~2 µs, a third of decoding a request;
-    # programs stat and open the same paths over and over. Paths are
+    # Building a PurePosixPath is a third of decoding a request
+    # (docs/performance.md); programs stat and open the same paths over and over. Paths are
     # immutable, so requests may share one.
     return exact_path(os.fsdecode(raw))
 
@@ -592,8 +592,8 @@ def encode_reply_to(
 ) -> bytes:
     """:func:`encode_reply` of ``ReplyMessage(function, tid, request_id, result, errno, forward)``.
 
-    For the master's hot path: building the frozen dataclass first costs
-    about 0.5 µs a reply.
+    For the master's hot path: building the frozen dataclass first is a
+    measurable share of a reply's cost (docs/performance.md).
     """
     if function not in CODE:
         raise LocalProtocolError(f"unknown function {function!r}")
