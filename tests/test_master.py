@@ -652,3 +652,106 @@ async def test_the_master_keeps_serving_one_session_while_another_sends_garbage(
     assert peer.recv(wire.MAX_MESSAGE) == b""
     peer.close()
     fd_count.assert_unchanged(before)
+
+
+# ------------------------------------------------------ the dispatch contract
+
+
+class _Recorder:
+    """A dispatcher of its own: proves Master.serve needs nothing but the public Call API."""
+
+    def __init__(self, *, later: bool = False, fail_on: str | None = None) -> None:
+        self.later = later
+        self.fail_on = fail_on
+        self.decided: list[str] = []
+
+    def decide_now(self, call: Any) -> Any:
+        self.decided.append(str(call.request.path))
+        if str(call.request.path) == self.fail_on:
+            raise LookupError("the dispatcher's bug")
+        if not self.later:
+            assert call.try_send(Stat(size=len(self.decided)))
+            return None
+
+        async def answer() -> None:
+            await asyncio.sleep(0)
+            await call.send(Stat(size=len(self.decided)))
+
+        return answer()
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["answered at once", "answered by an awaitable"])
+@pytest.mark.parametrize("concurrent", [False, True], ids=["sequential", "concurrent"])
+async def test_a_dispatcher_of_its_own_serves_a_session_through_the_public_call_api(
+    later: bool, concurrent: bool, fd_count: FdCount
+) -> None:
+    before = fd_count.snapshot()
+    master, sock = Master.pair()
+    slave = Slave(sock)
+    dispatcher = _Recorder(later=later)
+    serving = asyncio.ensure_future(master.serve(dispatcher, concurrent=concurrent))
+
+    def calls() -> list[int]:
+        return [slave.call("stat", path=f"/{n}").result.size for n in range(5)]  # type: ignore[union-attr]
+
+    assert await in_thread(calls) == [1, 2, 3, 4, 5]
+    slave.close()
+    await serving
+    assert master.closed and dispatcher.decided == [f"/{n}" for n in range(5)]
+    fd_count.assert_unchanged(before)
+
+
+async def test_a_dispatcher_bug_ends_its_session_and_the_slave_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="libc_service.master")
+    master, sock = Master.pair()
+    slave = Slave(sock)
+    serving = asyncio.ensure_future(master.serve(_Recorder(fail_on="/bug")))
+    assert (await in_thread(slave.call, "stat", path="/fine")).result == Stat(size=1)
+    with pytest.raises(ConnectionError):
+        await in_thread(slave.call, "stat", path="/bug")
+    try:
+        await serving
+    except LookupError:
+        pass  # decided in the session's task rather than in the reader callback: serve raises it
+    assert master.closed
+    slave.close()
+
+
+async def test_the_session_state_says_how_a_session_ended(channel: tuple[Master, Slave]) -> None:
+    master, slave = channel
+    calling = in_thread(slave.call, "stat", path="/never/answered")
+    await master.receive_call()
+    assert (master.channel.in_flight, master.channel.unanswered) == (1, 1)
+    master.close()
+    assert (master.channel.unanswered_at_close, master.channel.unsent_at_close) == (1, 0)
+    with pytest.raises(ConnectionError):
+        await calling
+
+
+async def test_the_in_flight_cap_stops_reading_until_a_call_is_answered() -> None:
+    master, sock = Master.pair()
+    release = asyncio.Event()
+    started: list[int] = []
+
+    class Slow:
+        def decide_now(self, call: Any) -> Any:
+            started.append(call.request.tid)
+
+            async def answer() -> None:
+                await release.wait()
+                await call.send(Stat())
+
+            return answer()
+
+    serving = asyncio.ensure_future(master.serve(Slow(), concurrent=True, max_in_flight=2))
+    for tid in (1, 2, 3):
+        sock.send(wire.encode_request(StatRequest(path=PurePosixPath("/x"), pid=9, tid=tid, request_id=tid))[0])
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+    assert started == [1, 2], "the third call waits until one of the first two is answered"
+    release.set()
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+    assert started == [1, 2, 3]
+    sock.close()
+    await serving

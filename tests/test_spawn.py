@@ -6,6 +6,7 @@ what the policy decided.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
 import os
@@ -548,3 +549,46 @@ async def test_a_program_that_does_not_exist_raises_file_not_found() -> None:
 
 def test_python_is_a_real_binary() -> None:
     assert os.path.isfile(PYTHON) and sys.executable
+
+
+# ------------------------------------------------------ the registration listener
+
+
+async def test_the_registration_listener_yields_each_channel_and_ends_when_the_tree_hangs_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from libc_service import wire as wire_module
+    from libc_service.spawn import RegistrationListener
+
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener = RegistrationListener(mine)
+    channel, kept = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.send(b"not a registration")
+    theirs.sendmsg([wire_module.encode_registration(4242)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                               array.array("i", [channel.fileno()]))])
+    channel.close()
+    theirs.close()
+    registered = [(pid, sock) async for pid, sock in listener]
+    assert [pid for pid, _ in registered] == [4242]
+    (_, received), = registered
+    received.send(b"ping")
+    assert kept.recv(16) == b"ping"
+    received.close()
+    kept.close()
+    assert "ignoring a malformed registration" in caplog.text
+
+
+async def test_closing_the_registration_listener_ends_a_waiting_iteration() -> None:
+    from libc_service.spawn import RegistrationListener
+
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener = RegistrationListener(mine)
+
+    async def drain() -> list[tuple[int, socket.socket]]:
+        return [item async for item in listener]
+
+    waiting = asyncio.ensure_future(drain())
+    await asyncio.sleep(0.01)
+    listener.close()
+    assert await asyncio.wait_for(waiting, 5) == []
+    theirs.close()
