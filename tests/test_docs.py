@@ -467,3 +467,15 @@ def test_the_mkdocs_hook_generates_policy_pages_and_the_cli_help(tmp_path: Path)
     (site / "policies" / "policy.py").write_text("router = None\n")
     run = subprocess.run([mkdocs, "build", "--strict"], cwd=site, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "defines no 'router'" in run.stderr
+
+
+def test_ci_runs_exactly_the_readme_set_up_commands() -> None:
+    """The README's two set-up commands are what CI runs, verbatim, the tests in their own environment."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Set-up on a fresh machine", 1)[1].split("\n## ", 1)[0]
+    commands = [block.split("\n", 1)[1].strip() for block in section.split("```")[1::2]]
+    assert len(commands) == 2
+    main_job, tests = commands
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert main_job in ci and tests in ci
+    assert ".venv-test" in tests and ".venv/" not in tests
