@@ -147,7 +147,11 @@ def paired(minuend: list[float], subtrahend: list[float]) -> float:
 
 
 class StubCall:
-    """A call whose replies go nowhere: the router's CPU cost without I/O."""
+    """A call whose replies go nowhere: the router's CPU cost without I/O.
+
+    It implements the public part of :class:`libc_service.master.Call` the
+    router uses (the dispatch contract), nothing private.
+    """
 
     __slots__ = ("request",)
 
@@ -166,6 +170,19 @@ class StubCall:
 
     async def use_slave_credentials(self) -> None:
         pass
+
+    def try_send(self, result: Any, fds: Any = (), errno: int = 0) -> bool:
+        return True
+
+    def try_forward(self) -> bool:
+        return True
+
+    async def flush(self) -> None:
+        pass
+
+    @property
+    def session(self) -> str:
+        return "stub"
 
     def abandon(self) -> None:
         pass

@@ -41,9 +41,6 @@ __all__ = [
     "writing",
 ]
 
-_PATH_FUNCTIONS: Final = NAMED_FUNCTIONS
-_OPEN_FUNCTIONS: Final = OPEN_FUNCTIONS
-_MUTATING_FUNCTIONS: Final = MUTATING_FUNCTIONS
 _WRITE_FLAGS: Final = frozenset({"write_only", "read_write", "append", "create", "truncate", "temporary"})
 _INET_FUNCTIONS: Final = INET_FUNCTIONS | INET6_FUNCTIONS
 
@@ -136,7 +133,7 @@ def _group(condition: Condition) -> str:
 class _Under(Condition):
     roots: tuple[str, ...]
 
-    functions = _PATH_FUNCTIONS
+    functions = NAMED_FUNCTIONS
 
     def __call__(self, request: object) -> bool:
         if isinstance(request, RenameRequest):
@@ -172,7 +169,7 @@ def under(*roots: str | os.PathLike[str]) -> Condition:
 
 @dataclass(frozen=True, repr=False)
 class _Writing(Condition):
-    functions = _OPEN_FUNCTIONS | _MUTATING_FUNCTIONS
+    functions = OPEN_FUNCTIONS | MUTATING_FUNCTIONS
 
     def __call__(self, request: object) -> bool:
         if isinstance(request, OpenRequest | OpenatRequest):
@@ -197,7 +194,7 @@ def writing() -> Condition:
 class _Flags(Condition):
     names: frozenset[str]
 
-    functions = _OPEN_FUNCTIONS
+    functions = OPEN_FUNCTIONS
 
     def __call__(self, request: object) -> bool:
         return not self.names.isdisjoint(getattr(request, "flags"))
@@ -285,4 +282,4 @@ def named(*names: str) -> Condition:
     return _Named(frozenset(name.lower().rstrip(".") for name in names))
 
 
-assert _PATH_FUNCTIONS <= set(FUNCTIONS)
+assert NAMED_FUNCTIONS <= set(FUNCTIONS)

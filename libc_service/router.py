@@ -213,40 +213,39 @@ class Router:
     def on(
         self, *functions: str, when: Condition | Sequence[Condition] | None = None
     ) -> Callable[[Handler], Handler]:
-        """Register a handler for ``functions`` (decorator).
+        """Register a handler for ``functions`` (decorator; a thin wrapper over :meth:`add_route`).
 
         ``when`` holds declarative conditions that must all match. Raises
         ``ValueError`` for an unknown function and ``TypeError`` for a
-        handler whose signature or type hint does not fit the functions.
+        handler whose signature or type hint does not fit the functions;
+        the functions and conditions are checked here, at the decorator's
+        line, the handler when it is decorated.
         """
-        if not functions:
-            raise ValueError("on() needs at least one function name")
-        unknown = [name for name in functions if name not in REQUEST_TYPES]
-        if unknown:
-            raise ValueError(f"unknown function(s) {', '.join(map(repr, unknown))}; valid: {', '.join(FUNCTIONS)}")
-        conditions: tuple[Condition, ...]
-        if when is None:
-            conditions = ()
-        elif isinstance(when, Condition):
-            conditions = (when,)
-        else:
-            conditions = tuple(when)
-        for condition in conditions:
-            if not isinstance(condition, Condition):
-                raise TypeError(f"when= takes conditions, not {condition!r}")
-            if condition.functions is not None and not set(functions) <= condition.functions:
-                extra = sorted(set(functions) - condition.functions)
-                raise ValueError(f"condition {condition.describe()!r} does not apply to {', '.join(extra)}")
+        conditions = _conditions_for(functions, when)
 
         def register(handler: Handler) -> Handler:
-            route = self._make_route(tuple(dict.fromkeys(functions)), handler, conditions, len(self._routes))
-            self._routes.append(route)
-            for name in route.functions:
-                self._dispatch[name] = self._dispatch[name][:-1] + (route, self._last)
-                self._sync_only[name] = self._sync_only[name] and not _is_async(handler)
+            self.add_route(functions, handler, when=conditions)
             return handler
 
         return register
+
+    def add_route(
+        self, functions: Sequence[str], handler: Handler, *, when: Condition | Sequence[Condition] | None = None
+    ) -> Route:
+        """Register ``handler`` for ``functions``, tried after the routes registered before; the new route.
+
+        What :meth:`on` does, for code that builds a router from data
+        (checks and errors as :meth:`on`).
+        """
+        if isinstance(functions, str):
+            functions = (functions,)
+        conditions = _conditions_for(tuple(functions), when)
+        route = self._make_route(tuple(dict.fromkeys(functions)), handler, conditions, len(self._routes))
+        self._routes.append(route)
+        for name in route.functions:
+            self._dispatch[name] = self._dispatch[name][:-1] + (route, self._last)
+            self._sync_only[name] = self._sync_only[name] and not _is_async(handler)
+        return route
 
     def _make_route(
         self, functions: tuple[str, ...], handler: Handler, conditions: tuple[Condition, ...], order: int
@@ -475,6 +474,31 @@ class _Pending:
     def close(self) -> None:
         discard(self._coroutine)
         discard(self._awaitable)
+
+
+def _conditions_for(
+    functions: Sequence[str], when: Condition | Sequence[Condition] | None
+) -> tuple[Condition, ...]:
+    """``when`` as a tuple, once the functions and the conditions are checked to fit each other."""
+    if not functions:
+        raise ValueError("on() needs at least one function name")
+    unknown = [name for name in functions if name not in REQUEST_TYPES]
+    if unknown:
+        raise ValueError(f"unknown function(s) {', '.join(map(repr, unknown))}; valid: {', '.join(FUNCTIONS)}")
+    conditions: tuple[Condition, ...]
+    if when is None:
+        conditions = ()
+    elif isinstance(when, Condition):
+        conditions = (when,)
+    else:
+        conditions = tuple(when)
+    for condition in conditions:
+        if not isinstance(condition, Condition):
+            raise TypeError(f"when= takes conditions, not {condition!r}")
+        if condition.functions is not None and not set(functions) <= condition.functions:
+            extra = sorted(set(functions) - condition.functions)
+            raise ValueError(f"condition {condition.describe()!r} does not apply to {', '.join(extra)}")
+    return conditions
 
 
 def _forward(request: Request) -> Any:

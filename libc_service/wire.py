@@ -158,10 +158,6 @@ KIND_STAT: Final = 1
 KIND_ADDRINFO: Final = 2
 KIND_GAI_ERROR: Final = 3
 
-_PATH_FUNCTIONS: Final = PATH_FUNCTIONS
-_UNIX_FUNCTIONS: Final = UNIX_FUNCTIONS
-_INET_FUNCTIONS: Final = INET_FUNCTIONS
-_INET6_FUNCTIONS: Final = INET6_FUNCTIONS
 #: Each function's descriptor fields by role, in role bit (= wire) order.
 _ROLE_FIELDS: Final[dict[str, tuple[tuple[int, str], ...]]] = {
     name: ((ROLE_DIR1, "dirfd1"), (ROLE_DIR2, "dirfd2")) if name == "rename"
@@ -174,14 +170,13 @@ _ROLE_FIELDS: Final[dict[str, tuple[tuple[int, str], ...]]] = {
 #: The longest string1 and string2 each function may carry.
 _STRING_LIMITS: Final[dict[str, tuple[int, int]]] = {
     name: (PATH_MAX_BYTES, PATH_MAX_BYTES) if name == "rename"
-    else (UNIX_PATH_MAX, 0) if name in _UNIX_FUNCTIONS
-    else (0, 0) if name in _INET_FUNCTIONS or name in _INET6_FUNCTIONS
+    else (UNIX_PATH_MAX, 0) if name in UNIX_FUNCTIONS
+    else (0, 0) if name in INET_FUNCTIONS or name in INET6_FUNCTIONS
     else (NODE_MAX, SERVICE_MAX) if name == "getaddrinfo"
     else (PATH_MAX_BYTES, 0)
     for name in FUNCTIONS
 }
-_PORT_FUNCTIONS: Final = _INET_FUNCTIONS | _INET6_FUNCTIONS
-_FD_RESULT_FUNCTIONS: Final = FD_RESULT_FUNCTIONS
+_PORT_FUNCTIONS: Final = INET_FUNCTIONS | INET6_FUNCTIONS
 
 
 class ProtocolError(Exception):
@@ -202,7 +197,7 @@ class LocalProtocolError(ProtocolError, ValueError):
 
 def reply_fd_limit(function: str) -> int:
     """How many descriptors a reply to ``function`` may carry."""
-    return 1 if function in _FD_RESULT_FUNCTIONS else MAX_REPLY_FDS
+    return 1 if function in FD_RESULT_FUNCTIONS else MAX_REPLY_FDS
 
 
 # ----------------------------------------------------------------- requests
@@ -352,7 +347,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         if value:
             raise RemoteProtocolError(f"{function} does not use {what}")
 
-    if function in _PATH_FUNCTIONS:
+    if function in PATH_FUNCTIONS:
         if len2 or scope or roles & ~ROLE_DIR1 or address != _NO_ADDRESS:  # one test on the hot path
             no("string2", len2)
             no("an address", address != _NO_ADDRESS or scope)
@@ -384,7 +379,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
             "dirfd2": next(fd_iter) if roles & ROLE_DIR2 else None,
             "no_replace": bool(flags & RENAME_NO_REPLACE),
         }
-    elif function in _UNIX_FUNCTIONS:
+    elif function in UNIX_FUNCTIONS:
         no("flags or arg", flags or arg)
         no("an address", address != _NO_ADDRESS or scope)
         no("string2", len2)
@@ -394,7 +389,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
             raise RemoteProtocolError(f"a directory with the abstract or absolute {function} path")
         dirfd = next(fd_iter) if roles & ROLE_DIR1 else None
         fields = common | {"path": _unix_path(string1), "socket": next(fd_iter), "dirfd": dirfd}
-    elif function in _INET_FUNCTIONS or function in _INET6_FUNCTIONS:
+    elif function in INET_FUNCTIONS or function in INET6_FUNCTIONS:
         no("flags", flags)
         no("strings", len1 or len2)
         if roles != ROLE_SOCKET:
@@ -402,7 +397,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         if arg > 65535:
             raise RemoteProtocolError(f"port {arg} out of range")
         ip: IPv4Address | IPv6Address
-        if function in _INET_FUNCTIONS:
+        if function in INET_FUNCTIONS:
             no("IPv6 address bytes or a scope", address[4:] != bytes(12) or scope)
             ip = IPv4Address(address[:4])
         else:

@@ -1271,3 +1271,24 @@ async def test_a_handler_bug_is_logged_once_with_its_traceback_then_counted(
     assert len(errors) == 2
     assert errors[0].exc_info is not None and "repeats are counted" in errors[0].getMessage()
     assert errors[1].exc_info is None and "has failed 10 times with ZeroDivisionError" in errors[1].getMessage()
+
+
+# ------------------------------------------------------------- add_route
+
+
+async def test_add_route_is_what_the_decorator_does_for_a_router_built_from_data() -> None:
+    router = Router(default=deny(errno.EACCES))
+
+    def hostname(req: Any) -> Any:
+        """The one file this policy answers."""
+        return Stat(size=7)
+
+    route = router.add_route(["stat", "lstat"], hostname, when=under("/etc/hostname"))
+    assert router.routes().routes == (route,)
+    assert (route.functions, route.handler, route.summary) == (("stat", "lstat"), hostname,
+                                                               "The one file this policy answers.")
+    assert await router.decide(StatRequest(path="/etc/hostname", pid=1, tid=1)) == (route.name, Stat(size=7))
+    name, outcome = await router.decide(StatRequest(path="/etc/passwd", pid=1, tid=1))
+    assert name == "default" and isinstance(outcome, Errno) and outcome.errno == errno.EACCES
+    with pytest.raises(ValueError, match="unknown function"):
+        router.add_route(["stat", "chmod"], hostname)

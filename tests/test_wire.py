@@ -708,3 +708,12 @@ def test_rename_no_replace_travels_as_its_flag_bit() -> None:
     data, fds = wire.encode_request(request)
     assert wire.REQUEST.unpack_from(data)[6] == wire.RENAME_NO_REPLACE
     assert wire.decode_request(data, fds).no_replace is True
+
+
+def test_the_catalogues_families_name_arbitrated_functions_only() -> None:
+    from libc_service import catalogue
+    from libc_service.requests import FUNCTIONS
+
+    families = [value for name, value in vars(catalogue).items() if name.endswith("_FUNCTIONS")]
+    assert families and all(family <= set(FUNCTIONS) for family in families)
+    assert set(catalogue.GAI_ERROR_NAMES.values()) <= set(catalogue.GAI_ERRORS)
