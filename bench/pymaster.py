@@ -35,6 +35,7 @@ _OPEN_FLAGS = {
     "append": os.O_APPEND, "create": os.O_CREAT, "directory": os.O_DIRECTORY,
     "exclusive": os.O_EXCL, "no_follow": os.O_NOFOLLOW, "path": os.O_PATH,
     "sync_all_on_write": os.O_SYNC, "temporary": os.O_TMPFILE, "truncate": os.O_TRUNC,
+    "close_on_exec": os.O_CLOEXEC,  # sent since protocol version 2 (fopen "e", opendir)
 }
 
 
