@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from . import wire
 from .master import Master, close_fds, received_fds
+from .rules import ENV_RULES, rules_value
 
 if TYPE_CHECKING:
     from .notify import ListenerHandoff, SeccompSession
@@ -178,6 +179,7 @@ class SlaveProcess:
         shim: str | os.PathLike[str] | None,
         max_sessions: int = 1024,
         seccomp: bool = False,
+        rules: bool = True,
     ) -> None:
         if not argv:
             raise ValueError("spawn() needs a program to run")
@@ -201,6 +203,8 @@ class SlaveProcess:
         #: How many sessions (processes of the tree) registered so far.
         self.sessions_started = 0
         self._seccomp = seccomp
+        #: Whether the shim decides what the router answers with a constant (:mod:`libc_service.rules`).
+        self._rules = rules
         #: The seccomp listener's session (``seccomp=True``), once the program runs.
         self.seccomp_session: SeccompSession | None = None
         self._seccomp_task: asyncio.Task[None] | None = None
@@ -229,6 +233,10 @@ class SlaveProcess:
             env["LD_PRELOAD"] = f"{shim} {preload}".strip()
             env[ENV_FD] = str(theirs.fileno())
             env.pop(ENV_LOCAL, None)  # never inherited: only a sandbox applied here makes it true
+            env.pop(ENV_RULES, None)  # never inherited: the rules are this router's
+            rules = None if self._seccomp or not self._rules else rules_value(self.router)
+            if rules is not None:
+                env[ENV_RULES] = rules
             if self._sandbox is not None:
                 prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd)
                 local = local_value(prepared.local_trees)
@@ -575,6 +583,7 @@ def spawn(
     shim: str | os.PathLike[str] | None = None,
     max_sessions: int = 1024,
     seccomp: bool = False,
+    rules: bool = True,
 ) -> SlaveProcess:
     """Run ``argv`` as a slave of ``router`` on the running loop.
 
@@ -591,8 +600,11 @@ def spawn(
     :class:`~libc_service.notify.SeccompUnavailable` where the kernel
     cannot). Without ``sandbox`` a call the policy forwards is then
     unconfined: a warning is logged.
+    ``rules`` (default on) lets the shim answer by itself the calls the
+    router provably answers with a constant (``FORWARD`` or ``deny``), with
+    no round trip (:mod:`libc_service.rules`); off, every call is asked.
     """
     return SlaveProcess(
         argv, router, env=env, cwd=cwd, sandbox=sandbox, stdin=stdin, stdout=stdout, stderr=stderr, shim=shim,
-        max_sessions=max_sessions, seccomp=seccomp,
+        max_sessions=max_sessions, seccomp=seccomp, rules=rules,
     )

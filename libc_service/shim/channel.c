@@ -171,6 +171,7 @@ __attribute__((constructor)) static void shim_init(void)
 		}
 		proc_pid = syscall(SYS_getpid);
 		lcs_local_init();
+		lcs_rules_init();
 		lcs_creds_init();
 		store_fd(&reg_fd, fd);
 		pthread_atfork(NULL, NULL, atfork_child);

@@ -49,12 +49,28 @@ static int sendable_path(const char *path)
 static int ask(struct lcs_request *request, int dirfd1, const char *path1,
                int dirfd2, const char *path2, struct lcs_reply *reply)
 {
-	int owned1 = 0, owned2 = 0, answered = 0;
+	int owned1 = 0, owned2 = 0, answered = 0, error = 0;
+	int rule;
 
 	if (!sendable_path(path1) || (path2 && !sendable_path(path2)))
 		return FALLBACK;
+	/* The policy's constant answer, when the rules prove it. */
+	rule = lcs_rules(request->function, request->flags, path1, path2, &error);
+	if (rule == LCS_RULE_FORWARD)
+		return FALLBACK;
 	if (!lcs_enter())
 		return FALLBACK;
+	if (rule == LCS_RULE_DENY) {
+		lcs_leave();
+		reply->result = -1;
+		reply->error = error;
+		reply->action = LCS_ACTION_RESULT;
+		reply->kind = LCS_KIND_NONE;
+		reply->count = 0;
+		reply->nfds = 0;
+		reply->payload_len = 0;
+		return ANSWERED;
+	}
 	request->string1 = path1;
 	request->len1 = strlen(path1);
 	if (path2) {

@@ -194,6 +194,15 @@ int lcs_own_process(void);
 void lcs_local_init(void);
 int lcs_local(const char *path);
 
+/* ---- the policy's constant decisions (rules.c) ----
+ *
+ * LIBC_SERVICE_RULES, set by spawn(): what the router would certainly
+ * answer for a file-system call, compiled by libc_service/rules.py.
+ * lcs_rules() says forward, deny (*error set) or ask the master. */
+enum { LCS_RULE_ASK = 0, LCS_RULE_FORWARD, LCS_RULE_DENY };
+void lcs_rules_init(void);
+int lcs_rules(uint16_t function, uint32_t flags, const char *path1, const char *path2, int *error);
+
 /* ---- the shim's own descriptors (fdguard.c) ----
  *
  * The registration socket and the channel live at high numbers (from

@@ -1,0 +1,314 @@
+"""Decisions the shim can make itself: a router's constant answers as a rule table.
+
+Every arbitrated call used to be a round trip to the master, even when the
+policy's answer was a constant: a router whose default is ``FORWARD`` and
+whose handlers cover ``under("/srv")`` answers every call outside ``/srv``
+without running any Python. :func:`compile_rules` proves, from the router's
+public introspection (:meth:`Router.routes <libc_service.router.Router.routes>`)
+and the conditions' data, which calls a constant decides, and writes that as
+a small table the shim applies with no round trip (``shim/rules.c``). Only
+calls that may reach a Python handler still go to the master.
+
+The table is conservative: for a call it either says what the router would
+certainly say (forward, or fail with an errno) or *ask*. What it cannot
+prove is asked:
+
+- a function with a route whose conditions are not all ``under``,
+  ``flags``, ``writing`` and their ``&``, ``|``, ``~`` (``to``, ``named``,
+  a condition of the policy's own);
+- a handler as the default;
+- for a function whose rule looks at paths: a relative path (its directory
+  is the slave's, named by the master through ``/proc``), a path with a
+  ``..`` component (the router folds it lexically; the shim does not try);
+- an ``under`` root that is not valid UTF-8;
+- only file-system functions (``open``, ``openat``, ``stat``, ``lstat``,
+  ``access``, ``eaccess``, ``mkdir``, ``rmdir``, ``unlink``, ``rename``);
+  network and name calls are asked as before.
+
+Paths are compared as the router compares them: lexically, after dropping
+empty and ``.`` components (what ``posixpath.normpath`` does to a path
+without ``..``). Symlinks are not followed on either side: a condition is
+routing, not the security check (see :mod:`libc_service.conditions`).
+
+The format (``docs/shim.md``), hex-encoded in ``LIBC_SERVICE_RULES``::
+
+    "LCSR" version:u8 count:u8
+    count x { function:u8 default:u8 errno:u16 length:u16 program[length] }
+
+``default`` is 0 (ask), 1 (forward) or 2 (fail with ``errno``). The program
+is postfix over a boolean stack: true means a handler may decide (ask the
+master); false means the default decides. Operations: ``TRUE`` (1),
+``FALSE`` (2), ``UNDER`` (3, ``length:u16 root``: every path of the call is
+the root or beneath it), ``FLAGS`` (4, ``mask:u32``: the open flags on the
+wire meet the mask), ``NOT`` (5), ``AND`` (6), ``OR`` (7). An empty program
+is false. All integers little-endian. A table the shim finds malformed is
+ignored whole (every call is asked).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+
+from .catalogue import MUTATING_FUNCTIONS, OPEN_FUNCTIONS
+from .conditions import Condition, _All, _Any, _Flags, _Not, _Under, _Writing
+from .outcomes import FORWARD, Deny
+from .requests import FUNCTIONS
+from .wire import OPEN_FLAG_BITS
+
+if TYPE_CHECKING:
+    from .router import Router
+
+__all__ = [
+    "ENV_RULES",
+    "MAX_RULES_BYTES",
+    "RULED_FUNCTIONS",
+    "Verdict",
+    "compile_rules",
+    "evaluate",
+    "rules_value",
+]
+
+#: The environment variable that carries the table to the shim (hex).
+ENV_RULES: Final = "LIBC_SERVICE_RULES"
+#: The largest table the shim takes (shim/rules.c's RULES_BYTES).
+MAX_RULES_BYTES: Final = 8192
+#: The functions the shim applies rules to (shim/fs.c).
+RULED_FUNCTIONS: Final = frozenset(
+    {"open", "openat", "stat", "lstat", "access", "eaccess", "mkdir", "rmdir", "unlink", "rename"}
+)
+
+MAGIC: Final = b"LCSR"
+VERSION: Final = 1
+HEADER: Final = struct.Struct("<4sBB")
+ENTRY: Final = struct.Struct("<BBHH")
+
+ASK, FORWARD_ACTION, DENY_ACTION = 0, 1, 2
+OP_TRUE, OP_FALSE, OP_UNDER, OP_FLAGS, OP_NOT, OP_AND, OP_OR = 1, 2, 3, 4, 5, 6, 7
+_U16: Final = struct.Struct("<H")
+_U32: Final = struct.Struct("<I")
+#: The deepest stack a program may need (shim/rules.c's STACK_MAX).
+STACK_MAX: Final = 32
+
+_CODE: Final[dict[str, int]] = {name: code for code, name in enumerate(FUNCTIONS, 1)}
+_WRITE_MASK: Final = sum(
+    OPEN_FLAG_BITS[name] for name in ("write_only", "read_write", "append", "create", "truncate", "temporary")
+)
+
+#: What a rule says about one call: ask the master, forward, or fail with an errno.
+Verdict: TypeAlias = Literal["ask", "forward"] | int
+
+
+class _Unprovable(Exception):
+    """A condition the shim cannot evaluate exactly as the router does."""
+
+
+@dataclass
+class _Program:
+    code: bytearray
+    depth: int = 0
+    peak: int = 0
+
+    def push(self, op: bytes) -> None:
+        self.code += op
+        self.depth += 1
+        self.peak = max(self.peak, self.depth)
+
+    def combine(self, op: int) -> None:
+        self.code.append(op)
+        self.depth -= 1
+
+
+def _compile_condition(condition: Condition, function: str, program: _Program) -> None:
+    if condition.functions is not None and function not in condition.functions:
+        raise _Unprovable(f"{condition!r} does not apply to {function}")
+    if isinstance(condition, _Under):
+        roots = [root.encode("utf-8", "strict") for root in _checked_roots(condition.roots)]
+        for index, root in enumerate(roots):
+            program.push(bytes([OP_UNDER]) + _U16.pack(len(root)) + root)
+            if index:
+                program.combine(OP_OR)
+    elif isinstance(condition, _Flags):
+        program.push(bytes([OP_FLAGS]) + _U32.pack(sum(OPEN_FLAG_BITS[name] for name in condition.names)))
+    elif isinstance(condition, _Writing):
+        if function in OPEN_FUNCTIONS:
+            program.push(bytes([OP_FLAGS]) + _U32.pack(_WRITE_MASK))
+        elif function in MUTATING_FUNCTIONS:
+            program.push(bytes([OP_TRUE]))
+        else:
+            raise _Unprovable(f"writing() on {function}")
+    elif isinstance(condition, _Not):
+        _compile_condition(condition.part, function, program)
+        program.code.append(OP_NOT)
+    elif isinstance(condition, _All | _Any):
+        if not condition.parts:
+            program.push(bytes([OP_TRUE if isinstance(condition, _All) else OP_FALSE]))
+            return
+        for index, part in enumerate(condition.parts):
+            _compile_condition(part, function, program)
+            if index:
+                program.combine(OP_AND if isinstance(condition, _All) else OP_OR)
+    else:
+        raise _Unprovable(f"{condition!r} is not a condition the shim evaluates")
+
+
+def _checked_roots(roots: tuple[str, ...]) -> tuple[str, ...]:
+    for root in roots:
+        if not root.startswith("/") or "\0" in root or root != "/" + posixpath.normpath(root).lstrip("/"):
+            raise _Unprovable(f"root {root!r} is not absolute and normal")
+        try:
+            root.encode("utf-8", "strict")
+        except UnicodeEncodeError:
+            raise _Unprovable(f"root {root!r} is not UTF-8") from None
+    return roots
+
+
+def _function_program(router: Router, function: str) -> bytes | None:
+    """The program that says "a handler may decide" for ``function``, or None (always ask)."""
+    program = _Program(bytearray())
+    routes = router.routes().for_function(function)
+    for index, route in enumerate(routes):
+        if not route.conditions:
+            return None  # a handler decides every call of the function: nothing to gain
+        for number, condition in enumerate(route.conditions):
+            _compile_condition(condition, function, program)
+            if number:
+                program.combine(OP_AND)
+        if index:
+            program.combine(OP_OR)
+    if program.peak > STACK_MAX:
+        raise _Unprovable(f"{function}: conditions nest deeper than {STACK_MAX}")
+    return bytes(program.code)
+
+
+def compile_rules(router: Router) -> bytes | None:
+    """The router's provable constant decisions as the shim's rule table, or None (nothing to compile).
+
+    None when the router has observers (they must see every call, which
+    only the master can show them), when the default is a handler, or when
+    no function can be decided without the master.
+    """
+    if _observed(router):
+        return None
+    default = router.routes().default
+    if default is FORWARD:
+        action, code = FORWARD_ACTION, 0
+    elif isinstance(default, Deny):
+        action, code = DENY_ACTION, default.errno
+    else:
+        return None
+    entries = []
+    for function in sorted(RULED_FUNCTIONS, key=_CODE.__getitem__):
+        try:
+            program = _function_program(router, function)
+        except (_Unprovable, UnicodeEncodeError):
+            continue
+        if program is None:
+            continue
+        entries.append(ENTRY.pack(_CODE[function], action, code, len(program)) + program)
+    if not entries:
+        return None
+    table = HEADER.pack(MAGIC, VERSION, len(entries)) + b"".join(entries)
+    return table if len(table) <= MAX_RULES_BYTES else None
+
+
+def rules_value(router: Router) -> str | None:
+    """``LIBC_SERVICE_RULES`` for ``router``, or None when there is nothing the shim can decide."""
+    table = compile_rules(router)
+    return table.hex() if table is not None else None
+
+
+def _observed(router: Router) -> bool:
+    # Observers are registered with Router.observe; the router does not
+    # expose whether it has any (a public ``observed`` would do).
+    return bool(getattr(router, "_observers", ()))
+
+
+# ------------------------------------------------------------------ reference
+
+
+def evaluate(table: bytes, function: str, flags: int, path1: bytes, path2: bytes | None = None) -> Verdict:
+    """What the shim does with a call under ``table``: the specification shim/rules.c implements.
+
+    ``flags`` are the open flags as the wire carries them (0 for other
+    functions); ``path2`` is rename's second path.
+    """
+    magic, version, count = HEADER.unpack_from(table)
+    if magic != MAGIC or version != VERSION:
+        return "ask"
+    offset = HEADER.size
+    for _ in range(count):
+        code, action, errno, length = ENTRY.unpack_from(table, offset)
+        offset += ENTRY.size
+        program = table[offset:offset + length]
+        offset += length
+        if code != _CODE[function]:
+            continue
+        paths = [path1] if path2 is None else [path1, path2]
+        normal = [_normal(path) for path in paths]
+        if OP_UNDER in _ops(program) and any(path is None for path in normal):
+            return "ask"
+        if _run(program, flags, [path for path in normal if path is not None]):
+            return "ask"
+        return "forward" if action == FORWARD_ACTION else errno if action == DENY_ACTION else "ask"
+    return "ask"
+
+
+def _normal(path: bytes) -> bytes | None:
+    """The path as the router compares it, or None when the shim asks instead."""
+    if not path.startswith(b"/"):
+        return None
+    parts = [part for part in path.split(b"/") if part and part != b"."]
+    if b".." in parts:
+        return None
+    return b"/" + b"/".join(parts)
+
+
+def _ops(program: bytes) -> list[int]:
+    ops, offset = [], 0
+    while offset < len(program):
+        op = program[offset]
+        ops.append(op)
+        offset += 1
+        if op == OP_UNDER:
+            offset += 2 + _U16.unpack_from(program, offset)[0]
+        elif op == OP_FLAGS:
+            offset += 4
+    return ops
+
+
+def _inside(path: bytes, root: bytes) -> bool:
+    return root == b"/" or path == root or path.startswith(root + b"/")
+
+
+def _run(program: bytes, flags: int, paths: list[bytes]) -> bool:
+    stack: list[bool] = []
+    offset = 0
+    binary: dict[int, Callable[[bool, bool], bool]] = {
+        OP_AND: lambda a, b: a and b,
+        OP_OR: lambda a, b: a or b,
+    }
+    while offset < len(program):
+        op = program[offset]
+        offset += 1
+        if op == OP_TRUE:
+            stack.append(True)
+        elif op == OP_FALSE:
+            stack.append(False)
+        elif op == OP_UNDER:
+            length = _U16.unpack_from(program, offset)[0]
+            root = program[offset + 2:offset + 2 + length]
+            offset += 2 + length
+            stack.append(all(_inside(path, root) for path in paths))
+        elif op == OP_FLAGS:
+            stack.append(bool(flags & _U32.unpack_from(program, offset)[0]))
+            offset += 4
+        elif op == OP_NOT:
+            stack.append(not stack.pop())
+        else:
+            right, left = stack.pop(), stack.pop()
+            stack.append(binary[op](left, right))
+    return bool(stack) and stack[-1]

@@ -1,0 +1,292 @@
+/* The policy's constant decisions, applied with no round trip.
+ *
+ * spawn() puts a rule table compiled from the router (libc_service/rules.py,
+ * which documents the format) in LIBC_SERVICE_RULES, hex-encoded.  The
+ * constructor decodes it once into a static buffer and validates all of it;
+ * a malformed table is ignored whole, and every call is asked as before.
+ * Exec'd programs inherit the variable and decode it again.
+ *
+ * For a file-system call the table either proves what the router would
+ * answer (forward, or fail with an errno) or says to ask the master.  It
+ * asks for anything it cannot evaluate exactly as the router does: a
+ * function it has no entry for, and, when the entry looks at paths, a
+ * relative path or one with a ".." component.  Like the router's
+ * conditions it compares paths lexically; the sandbox, not this string
+ * test, is the boundary.
+ *
+ * Everything here reads memory written once by the constructor: no locks,
+ * no allocation, usable from a signal handler or a vfork()ed child. */
+#include <stdint.h>
+#include <string.h>
+
+#include "shim.h"
+
+#define ENV_NAME "LIBC_SERVICE_RULES="
+#define RULES_BYTES 8192
+#define STACK_MAX 32
+
+enum { OP_TRUE = 1, OP_FALSE, OP_UNDER, OP_FLAGS, OP_NOT, OP_AND, OP_OR };
+enum { ACTION_ASK = 0, ACTION_FORWARD, ACTION_DENY };
+
+struct entry {
+	const unsigned char *program;
+	size_t len;
+	int action;
+	int error;
+	int paths; /* the program has an UNDER */
+};
+
+static unsigned char table[RULES_BYTES];
+static struct entry entries[LCS_GETADDRINFO + 1];
+static int loaded;
+
+static unsigned get16(const unsigned char *p) { return p[0] | p[1] << 8; }
+static uint32_t get32(const unsigned char *p)
+{
+	return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Decode the hex text into table; returns its length, or -1. */
+static long decode(const char *text)
+{
+	size_t len = strnlen(text, 2 * RULES_BYTES + 1);
+
+	if (len % 2 || len > 2 * RULES_BYTES)
+		return -1;
+	for (size_t i = 0; i < len / 2; i++) {
+		int high = hex_digit(text[2 * i]), low = hex_digit(text[2 * i + 1]);
+		if (high < 0 || low < 0)
+			return -1;
+		table[i] = high << 4 | low;
+	}
+	return len / 2;
+}
+
+/* Whether program is well formed: known operations, operands in bounds,
+ * the stack within STACK_MAX, never below empty, one value at the end. */
+static int valid_program(const unsigned char *program, size_t len, int *paths)
+{
+	int depth = 0;
+
+	for (size_t i = 0; i < len;) {
+		switch (program[i++]) {
+		case OP_TRUE:
+		case OP_FALSE:
+			depth++;
+			break;
+		case OP_UNDER:
+			if (len - i < 2 || len - i - 2 < get16(program + i))
+				return 0;
+			if (get16(program + i) == 0 || program[i + 2] != '/')
+				return 0;
+			i += 2 + get16(program + i);
+			*paths = 1;
+			depth++;
+			break;
+		case OP_FLAGS:
+			if (len - i < 4)
+				return 0;
+			i += 4;
+			depth++;
+			break;
+		case OP_NOT:
+			if (depth < 1)
+				return 0;
+			break;
+		case OP_AND:
+		case OP_OR:
+			if (depth < 2)
+				return 0;
+			depth--;
+			break;
+		default:
+			return 0;
+		}
+		if (depth > STACK_MAX)
+			return 0;
+	}
+	return len == 0 || depth == 1;
+}
+
+static int parse(size_t len)
+{
+	size_t at = 6;
+	unsigned count;
+
+	if (len < 6 || memcmp(table, "LCSR", 4) || table[4] != 1)
+		return 0;
+	count = table[5];
+	for (unsigned n = 0; n < count; n++) {
+		struct entry *entry;
+		unsigned function;
+		size_t size;
+
+		if (len - at < 6)
+			return 0;
+		function = table[at];
+		size = get16(table + at + 4);
+		if (function < LCS_OPEN || function > LCS_GETADDRINFO || len - at - 6 < size)
+			return 0;
+		entry = &entries[function];
+		if (entry->program || table[at + 1] > ACTION_DENY)
+			return 0;
+		entry->action = table[at + 1];
+		entry->error = get16(table + at + 2);
+		if (entry->action == ACTION_DENY && entry->error == 0)
+			return 0;
+		entry->program = table + at + 6;
+		entry->len = size;
+		if (!valid_program(entry->program, size, &entry->paths))
+			return 0;
+		at += 6 + size;
+	}
+	return at == len;
+}
+
+void lcs_rules_init(void)
+{
+	extern char **environ;
+	long len;
+
+	for (char **entry = environ; entry && *entry; entry++)
+		if (!strncmp(*entry, ENV_NAME, sizeof ENV_NAME - 1)) {
+			len = decode(*entry + sizeof ENV_NAME - 1);
+			if (len > 0 && parse(len))
+				loaded = 1;
+			else
+				memset(entries, 0, sizeof entries);
+			return;
+		}
+}
+
+/* path as the router compares it (empty and "." components dropped), in
+ * out; 0 when the rules cannot say (relative, "..", too long). */
+static int normalise(const char *path, char *out, size_t *out_len)
+{
+	size_t len = 0;
+
+	if (!path || path[0] != '/')
+		return 0;
+	for (const char *p = path; *p;) {
+		const char *name;
+		size_t size;
+
+		while (*p == '/')
+			p++;
+		name = p;
+		while (*p && *p != '/')
+			p++;
+		size = p - name;
+		if (size == 0 || (size == 1 && name[0] == '.'))
+			continue;
+		if (size == 2 && name[0] == '.' && name[1] == '.')
+			return 0;
+		if (len + 1 + size > LCS_PATH_MAX_BYTES)
+			return 0;
+		out[len++] = '/';
+		memcpy(out + len, name, size);
+		len += size;
+	}
+	if (len == 0)
+		out[len++] = '/';
+	out[len] = 0;
+	*out_len = len;
+	return 1;
+}
+
+static int inside(const char *path, size_t len, const unsigned char *root, size_t root_len)
+{
+	if (root_len == 1)
+		return 1; /* "/" */
+	return len >= root_len && !memcmp(path, root, root_len) &&
+	       (len == root_len || path[root_len] == '/');
+}
+
+struct call {
+	uint32_t flags;
+	const char *paths[2];
+	size_t lens[2];
+	int npaths;
+};
+
+static int run(const struct entry *entry, const struct call *call)
+{
+	unsigned char stack[STACK_MAX];
+	int depth = 0;
+	const unsigned char *program = entry->program;
+
+	if (entry->len == 0)
+		return 0;
+	for (size_t i = 0; i < entry->len;) {
+		switch (program[i++]) {
+		case OP_TRUE:
+			stack[depth++] = 1;
+			break;
+		case OP_FALSE:
+			stack[depth++] = 0;
+			break;
+		case OP_UNDER: {
+			size_t root_len = get16(program + i);
+			int all = 1;
+			for (int n = 0; n < call->npaths; n++)
+				all &= inside(call->paths[n], call->lens[n], program + i + 2, root_len);
+			stack[depth++] = all;
+			i += 2 + root_len;
+			break;
+		}
+		case OP_FLAGS:
+			stack[depth++] = (call->flags & get32(program + i)) != 0;
+			i += 4;
+			break;
+		case OP_NOT:
+			stack[depth - 1] = !stack[depth - 1];
+			break;
+		case OP_AND:
+			depth--;
+			stack[depth - 1] = stack[depth - 1] && stack[depth];
+			break;
+		case OP_OR:
+			depth--;
+			stack[depth - 1] = stack[depth - 1] || stack[depth];
+			break;
+		}
+	}
+	return stack[depth - 1];
+}
+
+int lcs_rules(uint16_t function, uint32_t flags, const char *path1, const char *path2, int *error)
+{
+	char normal[2][LCS_PATH_MAX_BYTES + 1];
+	struct call call = { .flags = flags };
+	const struct entry *entry;
+
+	if (!loaded || function > LCS_GETADDRINFO)
+		return LCS_RULE_ASK;
+	entry = &entries[function];
+	if (!entry->program || entry->action == ACTION_ASK)
+		return LCS_RULE_ASK;
+	if (entry->paths) {
+		const char *paths[2] = { path1, path2 };
+		call.npaths = path2 ? 2 : 1;
+		for (int n = 0; n < call.npaths; n++) {
+			if (!normalise(paths[n], normal[n], &call.lens[n]))
+				return LCS_RULE_ASK;
+			call.paths[n] = normal[n];
+		}
+	}
+	if (run(entry, &call))
+		return LCS_RULE_ASK;
+	if (entry->action == ACTION_FORWARD)
+		return LCS_RULE_FORWARD;
+	*error = entry->error;
+	return LCS_RULE_DENY;
+}

@@ -1,0 +1,276 @@
+"""The shim's rule table: what it claims, the router would decide; real programs skip the master.
+
+The compiler (:mod:`libc_service.rules`) is checked against the router on
+random policies and requests: whenever the table claims an answer
+(forward, or an errno), the router gives that answer. Then the shim itself
+(shim/rules.c) with real processes: calls the table decides never reach
+the master, calls a handler may decide still do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from libc_service import FORWARD, Errno, Router, deny, spawn
+from libc_service.conditions import Condition, flags, named, under, writing
+from libc_service.requests import OPEN_FLAGS, OPENAT_FLAGS, REQUEST_TYPES, Request
+from libc_service.rules import ENV_RULES, RULED_FUNCTIONS, compile_rules, evaluate
+from libc_service.wire import OPEN_FLAG_BITS
+from shimtools import needs_shim
+
+# ------------------------------------------------------------- the compiler
+
+_COMPONENTS = ["srv", "srvx", "a", "b", ".", "..", ""]
+_ROOTS = ["/", "/srv", "/srv/a", "/a/b", "/srvx", "/é"]
+_ACCESS = ("read_only", "write_only", "read_write")
+
+
+def _path_text(parts: list[str], absolute: bool) -> str:
+    text = ("/" if absolute else "") + "/".join(parts)
+    return text or "/"
+
+
+paths = st.builds(_path_text, st.lists(st.sampled_from(_COMPONENTS + ["é"]), max_size=4), st.booleans()).filter(
+    lambda text: text != ""
+)
+
+leaves: st.SearchStrategy[Condition] = st.one_of(
+    st.lists(st.sampled_from(_ROOTS), min_size=1, max_size=3).map(lambda roots: under(*roots)),
+    st.sets(st.sampled_from(OPEN_FLAGS), min_size=1).map(lambda names: flags(*names)),
+    st.just(writing()),
+)
+conditions = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        inner.map(lambda c: ~c),
+        st.tuples(inner, inner).map(lambda pair: pair[0] & pair[1]),
+        st.tuples(inner, inner).map(lambda pair: pair[0] | pair[1]),
+    ),
+    max_leaves=6,
+)
+
+
+def _fits(condition: Condition, functions: tuple[str, ...]) -> bool:
+    return condition.functions is None or set(functions) <= condition.functions
+
+
+@st.composite
+def routers(draw: st.DrawFn) -> Router:
+    router = Router(default=draw(st.sampled_from([FORWARD, deny(errno.EACCES), deny(errno.ENOENT)])))
+    for _ in range(draw(st.integers(0, 3))):
+        functions = tuple(draw(st.sets(st.sampled_from(sorted(RULED_FUNCTIONS)), min_size=1)))
+        when = [c for c in draw(st.lists(conditions, max_size=2)) if _fits(c, functions)]
+
+        def handler(request: Request) -> Any:
+            return "handler"
+
+        router.on(*functions, when=when)(handler)
+    return router
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[Request, int]:
+    function = draw(st.sampled_from(sorted(RULED_FUNCTIONS)))
+    ids = {"pid": 1, "tid": 1, "request_id": 1}
+    arguments: dict[str, Any]
+    bits = 0
+    if function == "rename":
+        arguments = {"path1": draw(paths), "path2": draw(paths), "no_replace": False}
+    else:
+        arguments = {"path": draw(paths)}
+    if function in ("open", "openat"):
+        vocabulary = OPENAT_FLAGS if function == "openat" else OPEN_FLAGS
+        chosen = frozenset({draw(st.sampled_from(_ACCESS)),
+                            *draw(st.sets(st.sampled_from([f for f in vocabulary if f not in _ACCESS])))})
+        arguments["flags"] = chosen
+        arguments["mode"] = 0o644 if chosen & {"create", "temporary"} else None
+        bits = sum(OPEN_FLAG_BITS[name] for name in chosen)
+    elif function in ("access", "eaccess"):
+        arguments["amode"] = "f"
+    elif function == "mkdir":
+        arguments["mode"] = 0o755
+    model: Any = REQUEST_TYPES[function]
+    return model(function=function, **ids, **arguments), bits
+
+
+def _raw(request: Request, name: str) -> bytes:
+    return os.fsencode(str(getattr(request, name)))
+
+
+@settings(max_examples=600, deadline=None)
+@given(routers(), st.lists(requests(), min_size=1, max_size=8))
+def test_what_the_table_claims_the_router_decides(router: Router, calls: list[tuple[Request, int]]) -> None:
+    table = compile_rules(router)
+    if table is None:
+        return
+    for request, bits in calls:
+        if request.function == "rename":
+            verdict = evaluate(table, "rename", 0, _raw(request, "path1"), _raw(request, "path2"))
+        else:
+            verdict = evaluate(table, request.function, bits, _raw(request, "path"))
+        if verdict == "ask":
+            continue
+        route, outcome = asyncio.run(router.decide(request))
+        assert route == "default", (request, verdict, route)
+        if verdict == "forward":
+            assert outcome is FORWARD
+        else:
+            assert isinstance(outcome, Errno) and outcome.errno == verdict
+
+
+def test_a_forward_default_with_a_handler_under_srv_decides_everything_else_in_the_shim() -> None:
+    router = Router()
+
+    @router.on("open", "openat", "stat", "lstat", when=under("/srv"))
+    def srv(request: Request) -> Any:
+        return FORWARD
+
+    table = compile_rules(router)
+    assert table is not None
+    assert evaluate(table, "open", OPEN_FLAG_BITS["read_only"], b"/usr/include/stdio.h") == "forward"
+    assert evaluate(table, "stat", 0, b"/srvx") == "forward"
+    assert evaluate(table, "stat", 0, b"//srv/./a") == "ask"
+    assert evaluate(table, "stat", 0, b"/srv") == "ask"
+    assert evaluate(table, "stat", 0, b"/usr/../srv/a") == "ask"  # ".." is the router's to fold
+    assert evaluate(table, "stat", 0, b"relative") == "ask"
+    assert evaluate(table, "unlink", 0, b"relative") == "forward"  # no route looks at unlink's path
+
+
+def test_what_the_shim_cannot_prove_is_asked() -> None:
+    handled = Router()
+
+    @handled.on("stat")
+    def every_stat(request: Request) -> Any:
+        return FORWARD
+
+    @handled.on("open", when=under("/srv"))
+    def srv(request: Request) -> Any:
+        return FORWARD
+
+    @handled.on("getaddrinfo", when=named("example.org"))
+    def lookup(request: Request) -> Any:
+        return FORWARD
+
+    table = compile_rules(handled)
+    assert table is not None
+    assert evaluate(table, "stat", 0, b"/etc") == "ask"
+    assert evaluate(table, "open", OPEN_FLAG_BITS["read_only"], b"/etc") == "forward"
+
+    handler_default = Router(default=lambda request: FORWARD)
+    assert compile_rules(handler_default) is None
+
+    traced = Router()
+    traced.observe(lambda decision: None)
+    assert compile_rules(traced) is None
+
+
+# ----------------------------------------------------------- real programs
+
+@needs_shim
+async def test_a_program_outside_the_handled_tree_never_reaches_the_master(tmp_path: Path) -> None:
+    seen: list[str] = []
+    router = Router()
+
+    @router.on("open", "openat", "stat", "lstat", "access", when=under(str(tmp_path / "srv")))
+    def srv(request: Request) -> Any:
+        seen.append(str(request.path))
+        return FORWARD
+
+    async with spawn(["cat", "/etc/hostname"], router, stdout=asyncio.subprocess.DEVNULL) as process:
+        assert await process.wait() == 0
+    assert seen == []
+    assert process.sessions_started == 0
+
+
+@needs_shim
+async def test_a_call_in_the_handled_tree_still_reaches_the_handler(tmp_path: Path) -> None:
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "file").write_text("inside\n")
+    seen: list[str] = []
+    router = Router()
+
+    @router.on("open", "openat", when=under(str(tmp_path / "srv")))
+    def srv(request: Request) -> Any:
+        seen.append(str(request.path))
+        return FORWARD
+
+    async with spawn(["cat", "/etc/hostname", str(tmp_path / "srv" / "file")], router,
+                     stdout=asyncio.subprocess.PIPE) as process:
+        out, _ = await process.communicate()
+    assert out.endswith(b"inside\n")
+    assert seen == [str(tmp_path / "srv" / "file")]
+
+
+@needs_shim
+async def test_a_deny_default_fails_the_call_in_the_shim_and_the_handler_grants_its_tree(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("granted\n")
+    seen: list[str] = []
+    router = Router(default=deny(errno.EACCES))
+
+    @router.on("open", "openat", "stat", "lstat", "access", when=under(str(tmp_path)))
+    def mine(request: Request) -> Any:
+        seen.append(str(request.path))
+        return FORWARD
+
+    async with spawn(["cat", str(tmp_path / "file"), "/etc/hostname"], router, stdout=asyncio.subprocess.PIPE,
+                     stderr=asyncio.subprocess.PIPE, env={**os.environ, "LC_ALL": "C"}) as process:
+        out, err = await process.communicate()
+    assert out == b"granted\n"
+    assert b"/etc/hostname: Permission denied" in err
+    assert process.returncode == 1
+    assert seen == [str(tmp_path / "file")]
+
+
+@needs_shim
+async def test_rules_off_or_an_observer_asks_the_master_for_every_call(tmp_path: Path) -> None:
+    router = Router()
+    async with spawn(["cat", "/etc/hostname"], router, stdout=asyncio.subprocess.DEVNULL, rules=False) as process:
+        assert await process.wait() == 0
+    assert process.sessions_started == 1
+    seen: list[str] = []
+    router.observe(lambda decision: seen.append(decision.request.function))
+    async with spawn(["cat", "/etc/hostname"], router, stdout=asyncio.subprocess.DEVNULL) as process:
+        assert await process.wait() == 0
+    assert "open" in seen or "openat" in seen
+
+
+@needs_shim
+@pytest.mark.parametrize("value", ["zz", "4c43", "4c435352010101", "4c4353520101010200000000", "0" * 20000,
+                                   # open (1) forwarded by a program that pops an empty stack
+                                   "4c435352010101010000010006"])
+async def test_a_malformed_table_is_ignored_and_every_call_asked(value: str) -> None:
+    seen: list[str] = []
+    router = Router()
+    router.observe(lambda decision: seen.append(str(getattr(decision.request, "path", ""))))
+    # An observed router gives no table; env hands cat the malformed one.
+    async with spawn(["env", f"{ENV_RULES}={value}", "cat", "/etc/hostname"], router,
+                     stdout=asyncio.subprocess.DEVNULL) as process:
+        assert await process.wait() == 0
+    assert "/etc/hostname" in seen
+
+
+@needs_shim
+async def test_a_valid_table_handed_on_the_same_way_is_applied() -> None:
+    seen: list[str] = []
+    router = Router()
+    router.observe(lambda decision: seen.append(str(getattr(decision.request, "path", ""))))
+    forward_all = Router()
+
+    @forward_all.on("unlink", when=under("/nowhere"))
+    def nowhere(request: Request) -> Any:
+        return FORWARD
+
+    table = compile_rules(forward_all)
+    assert table is not None
+    async with spawn(["env", f"{ENV_RULES}={table.hex()}", "cat", "/etc/hostname"], router,
+                     stdout=asyncio.subprocess.DEVNULL) as process:
+        assert await process.wait() == 0
+    assert "/etc/hostname" not in seen
