@@ -206,9 +206,10 @@ def reply_fd_limit(function: str) -> int:
 def encode_request(request: Request) -> tuple[bytes, list[int]]:
     """Encode a request; the descriptors come from its descriptor fields.
 
-    Raises ``ValueError`` for a value the protocol cannot carry (possible
-    only for a model built without validation): the encoder never produces
-    a message the decoder rejects for its sizes or ranges.
+    Raises :class:`LocalProtocolError` (a ``ValueError``) for a value the
+    protocol cannot carry (possible only for a model built without
+    validation): the encoder never produces a message the decoder rejects
+    for its sizes or ranges.
     """
     flags = arg = scope = 0
     address = _NO_ADDRESS
@@ -301,7 +302,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
 
     ``fds`` are the descriptors received with it (master-side numbers); they
     become the request's ``dirfd``/``socket`` fields. Raises
-    :class:`ProtocolError` for anything malformed; the caller then closes
+    :class:`RemoteProtocolError` for anything malformed; the caller then closes
     ``fds``.
     """
     if len(data) < REQUEST.size:
@@ -573,8 +574,8 @@ def encode_reply(reply: ReplyMessage, nfds: int = 0) -> bytes:
     """Encode a reply that will travel with ``nfds`` descriptors.
 
     Raises ``TypeError`` when the result's type does not fit the function
-    and ``ValueError`` for an out-of-range value: a policy bug, caught before
-    anything is sent.
+    and :class:`LocalProtocolError` (a ``ValueError``) for an out-of-range
+    value: a policy bug, caught before anything is sent.
     """
     return encode_reply_to(
         reply.function, reply.tid, reply.request_id, reply.result, reply.errno, reply.forward, nfds
