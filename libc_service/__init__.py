@@ -14,29 +14,75 @@ here for code written against earlier versions, but are not part of
 ``__all__``.
 """
 
-from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
-from importlib.metadata import version as _version
+from __future__ import annotations
 
-from .conditions import Condition, flags, named, to, under, writing
-from .master import Call as Call  # transport internal: importable, not in __all__
-from .master import Master, SessionClosed
-from .outcomes import Deny
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Eager: the names are also submodules, which would shadow them once imported.
 from .perform import perform
-from .replies import AddrInfo, Reply, Stat
-from .requests import Request
-from .router import FORWARD, PASS, Decision, Errno, Route, Router, WithFds, deny
-from .router import RouteTable as RouteTable  # introspection result type: importable, not in __all__
-from .safepath import EscapeError, open_beneath, parent_beneath, relative_to_root, stat_beneath
-from .sandbox import Sandbox, SandboxUnavailable
-from .slave import Slave
-from .slavepath import slave_path
 from .spawn import SlaveProcess, spawn
-from .wire import ProtocolError as ProtocolError  # transport internal: importable, not in __all__
 
-try:
-    __version__: str = _version("libc-service")
-except _PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+if TYPE_CHECKING:
+    from .conditions import Condition, flags, named, to, under, writing
+    from .master import Call as Call  # transport internal: importable, not in __all__
+    from .master import Master, SessionClosed
+    from .outcomes import Deny
+    from .replies import AddrInfo, Reply, Stat
+    from .requests import Request
+    from .router import FORWARD, PASS, Decision, Errno, Route, Router, WithFds, deny
+    from .router import RouteTable as RouteTable  # introspection result type: importable, not in __all__
+    from .safepath import EscapeError, open_beneath, parent_beneath, relative_to_root, stat_beneath
+    from .sandbox import Sandbox, SandboxUnavailable
+    from .slave import Slave
+    from .slavepath import slave_path
+    from .wire import ProtocolError as ProtocolError  # transport internal: importable, not in __all__
+
+    __version__: str
+
+#: Where each public name lives: imported on first use (PEP 562), so that a
+#: policy importing ``Router`` does not pay for the sandbox, ``perform`` or
+#: the package metadata (``libc-service run`` starts in milliseconds).
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("Condition", "flags", "named", "to", "under", "writing"), "conditions"),
+    **dict.fromkeys(("Call", "Master", "SessionClosed"), "master"),
+    "Deny": "outcomes",
+    **dict.fromkeys(("AddrInfo", "Reply", "Stat"), "replies"),
+    "Request": "requests",
+    **dict.fromkeys(("FORWARD", "PASS", "Decision", "Errno", "Route", "Router", "WithFds", "deny", "RouteTable"),
+                    "router"),
+    **dict.fromkeys(("EscapeError", "open_beneath", "parent_beneath", "relative_to_root", "stat_beneath"),
+                    "safepath"),
+    **dict.fromkeys(("Sandbox", "SandboxUnavailable"), "sandbox"),
+    "Slave": "slave",
+    "slave_path": "slavepath",
+    "ProtocolError": "wire",
+}
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("libc-service")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value: Any = _package_version()
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "__version__"})
+
 
 __all__ = [
     "__version__",

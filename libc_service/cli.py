@@ -10,16 +10,19 @@ import shlex
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from . import __version__
-from .refusals import RefusalReport
 from .policy import LoadedPolicy, PolicyError, load_policy
 from .router import FORWARD, Router
-from .sandbox import Sandbox, SandboxUnavailable
-from .notify import SeccompUnavailable
 from .spawn import ShimNotFound, SlaveProcess, spawn
-from .tracing import Tracer
+
+if TYPE_CHECKING:
+    from .refusals import RefusalReport
+    from .sandbox import Sandbox
+
+# The sandbox (Landlock, ELF reading), seccomp, the tracer and the package
+# metadata are imported where a command uses them: `run` of a policy
+# without --sandbox starts without them.
 
 __all__ = ["main"]
 
@@ -150,6 +153,9 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     sandbox: Sandbox | None = None
     report: RefusalReport | None = None
     if args.sandbox:
+        from .refusals import RefusalReport
+        from .sandbox import Sandbox
+
         sandbox = policy.sandbox if policy.sandbox is not None else Sandbox()
         report = RefusalReport()
         policy.router.observe(report)
@@ -174,6 +180,8 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             raise PolicyError(f"cannot write the trace to {args.output}: {exc.strerror}") from exc
     try:
         router = Router(default=FORWARD)
+        from .tracing import Tracer
+
         tracer = Tracer(output, json_lines=args.json)
         router.on(*_PATH_FUNCTIONS)(tracer.note_directory)
         router.observe(tracer)
@@ -238,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (repeat for debug)")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the program's version number and exit")
     # Also accepted after the command (`libc-service run -v ...`); SUPPRESS keeps
     # a subcommand from resetting a count given before it.
     verbose = argparse.ArgumentParser(add_help=False)
@@ -299,6 +307,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """``--version``, reading the package metadata only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:  # noqa: A002 - argparse's name
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from . import __version__
+
+        print(f"{parser.prog} {__version__}")
+        parser.exit()
+
+
+def _usage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a mistake to report in one line: a bad policy, no shim, no sandbox or seccomp here."""
+    if isinstance(exc, PolicyError | ShimNotFound):
+        return True
+    # Raised only by modules a command imported: look them up where they were loaded.
+    for module, name in (("libc_service.landlock", "SandboxUnavailable"), ("libc_service.notify", "SeccompUnavailable")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``libc-service`` console script."""
     parser = build_parser()
@@ -307,7 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="libc-service: %(levelname)s: %(name)s: %(message)s")
     try:
         status: int = args.handler(args, parser)
-    except (PolicyError, SandboxUnavailable, SeccompUnavailable, ShimNotFound) as exc:
+    except (PolicyError, ShimNotFound, RuntimeError) as exc:
+        if not _usage_error(exc):
+            raise
         print(f"libc-service: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as exc:

@@ -54,7 +54,7 @@ class Stat(BaseModel):
     ``Stat(size=4242)``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     dev: U64 = 0
     ino: U64 = 0
@@ -107,7 +107,7 @@ class AddrInfo(BaseModel):
     so a policy answers with addresses, not with ``addrinfo`` structures.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     address: IPv4Address | IPv6Address
     port: Annotated[int, Field(ge=0, le=65535)] = 0

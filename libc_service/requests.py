@@ -36,6 +36,7 @@ itself (for :class:`~libc_service.Slave`) are validated by pydantic.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket as socket_module
 from ipaddress import IPv4Address, IPv6Address
@@ -334,7 +335,7 @@ class _Request(BaseModel):
     """Fields every request has: who asked, which call this is, and the
     caller's umask and filesystem credentials (``None``: unknown)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     #: Positional order of the seed's ``arguments()`` for this function.
     ARGUMENTS: ClassVar[tuple[str, ...]] = ()
@@ -692,9 +693,14 @@ REQUEST_TYPES: Final[dict[str, type[_Request]]] = {
     for model in get_args(get_args(Request)[0])
 }
 
-_REQUEST_ADAPTER: Final[TypeAdapter[Request]] = TypeAdapter(Request)
+@functools.cache
+def _request_adapter() -> TypeAdapter[Request]:
+    # Built at first use, like the models (``defer_build``): the decoder
+    # builds requests with ``model_construct``, which needs no validator,
+    # so a run that never validates a request never pays for the schemas.
+    return TypeAdapter(Request)
 
 
 def parse_request(data: dict[str, Any]) -> Request:
     """Validate a request given as plain data (``{"function": "open", ...}``)."""
-    return _REQUEST_ADAPTER.validate_python(data)
+    return _request_adapter().validate_python(data)
