@@ -36,6 +36,8 @@ from .requests import Request
 
 __all__ = ["FORWARD", "PASS", "BugLog", "Deny", "Errno", "Outcome", "Summary", "WithFds", "deny", "reply_now"]
 
+#: The router's logger, not this module's: a policy's failures are reported
+#: under the router that runs it, where log filters and tools look for them.
 logger = logging.getLogger("libc_service.router")
 
 

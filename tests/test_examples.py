@@ -337,7 +337,7 @@ async def test_audit_jsonl_writes_every_decision_as_a_json_line(
     assert (tmp_path / "keep-me").exists()
     records = [json.loads(line) for line in log.read_text().splitlines()]
     keys = {"pid", "tid", "function", "arguments", "route", "decision", "result", "errno", "errno_name",
-            "fds", "latency_us", "session"}
+            "fds", "latency_us", "session", "transport"}
     assert records and all(set(record) == keys for record in records)
     opened = [r for r in records if r["function"] in ("open", "openat") and r["arguments"]["path"] == "read-me"]
     assert opened and opened[0]["decision"] == "forward" and opened[0]["route"] == "default"
@@ -346,7 +346,7 @@ async def test_audit_jsonl_writes_every_decision_as_a_json_line(
     assert unlinked[0] | {"pid": 0, "tid": 0, "latency_us": 0, "session": ""} == {
         "pid": 0, "tid": 0, "function": "unlink", "arguments": {"path": "keep-me"}, "route": "no_deletes",
         "decision": "error", "result": -1, "errno": 1, "errno_name": "EPERM", "fds": 0, "latency_us": 0,
-        "session": "",
+        "session": "", "transport": "shim",
     }
     assert len({r["pid"] for r in records}) >= 2  # sh and its children, each its own session
 
