@@ -9,7 +9,9 @@ the Python work per call (plus two non-blocking send/recv syscalls on the
 "slave" side, measured alone as ``transport``), so before/after figures of
 an optimisation are steadier here than through the shim.
 
-Rows: ``codec`` (decode_request + encode_reply only), ``master`` (the
+Rows: ``codec`` (decode_request + encode_reply only), ``channel`` (the
+same through the master's sans-I/O channel state: one call opened, answered
+and sent), ``master`` (the
 seed-level receive/send), ``router stat`` (Router with a stat handler
 returning a Stat), ``router open`` (WithFds of an os.open), ``router
 forward``, and ``serve stat``: the same stat router running ``router.serve``
@@ -69,6 +71,23 @@ async def codec(n: int) -> float:
     for _ in range(n):
         wire.decode_request(STAT, ())
         wire.encode_reply(reply)
+    return (time.perf_counter() - start) / n
+
+
+async def channel_state(n: int) -> float:
+    """``codec`` through the master's channel state (sans I/O): the protocol bookkeeping per call."""
+    try:
+        from libc_service.channel import MasterChannel
+    except ImportError:  # a tree from before the channel state
+        return float("nan")
+    channel: MasterChannel[object] = MasterChannel()
+    start = time.perf_counter()
+    for _ in range(n):
+        request = channel.receive(STAT, ())
+        call = object()
+        channel.open(call)
+        channel.reply(call, request, pymaster.FAKE_STAT, 0, 0)
+        channel.sent(call)
     return (time.perf_counter() - start) / n
 
 
@@ -187,6 +206,7 @@ def _fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 CASES: dict[str, Callable[[int], Awaitable[float]]] = {
     "transport": transport,
     "codec": codec,
+    "channel": channel_state,
     "master": seed_master,
     "router stat": router_case(pymaster.answering_router(), STAT),
     "router open": router_case(pymaster.answering_router(), OPEN),
