@@ -5,10 +5,10 @@
  * - umask: per process.  No system call reads it without changing it, and
  *   umask(0); umask(old) races with other threads' file creation, so it is
  *   cached: read once from /proc/self/status ("Umask:") at start-up, then
- *   kept current by the interposed umask().  Unknown (not sent) when
- *   /proc cannot be read (Landlock: /proc/self is not among the readable
- *   trees), until the program sets it; the master can read the slave's
- *   /proc/<pid>/status instead.
+ *   kept current by the interposed umask().  Where /proc cannot be read
+ *   (Landlock: /proc/self is not among the readable trees) the constructor
+ *   sets and restores it instead: it runs before main, single-threaded,
+ *   so no other thread creates a file meanwhile.
  * - fsuid, fsgid: per thread, and changed by the whole set*id family (by
  *   setfsuid() for one thread only, by raw system calls, by capabilities).
  *   setfsuid(-1) and setfsgid(-1) return the current value and change
@@ -64,8 +64,18 @@ void lcs_creds_init(void)
 	do
 		fd = syscall(SYS_openat, AT_FDCWD, "/proc/self/status", O_RDONLY | O_CLOEXEC);
 	while (fd < 0 && errno == EINTR);
-	if (fd < 0)
+	if (fd < 0) {
+		/* Under the sandbox /proc is not readable.  The constructor runs
+		 * before main, while the process has one thread, so reading the
+		 * umask by setting it races with no other file creation here. */
+		int saved = errno;
+		mode_t mask = (mode_t)syscall(SYS_umask, 0);
+
+		syscall(SYS_umask, mask);
+		errno = saved;
+		__atomic_store_n(&umask_cache, (int)(mask & 0777), __ATOMIC_RELAXED);
 		return;
+	}
 	while (len < (ssize_t)sizeof text - 1) {
 		got = syscall(SYS_read, fd, text + len, sizeof text - 1 - len);
 		if (got < 0 && errno == EINTR)
