@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .policy import LoadedPolicy, PolicyError, load_policy
 from .router import FORWARD, Router
+from .rules import relative
 from .spawn import ShimNotFound, SlaveProcess, spawn
 
 if TYPE_CHECKING:
@@ -120,10 +121,11 @@ def _terminal_delivered_to(pid: int) -> bool:
         os.close(fd)
 
 
-async def _serve_program(argv: Sequence[str], router: Router, sandbox: Sandbox | None, seccomp: bool = False) -> int:
+async def _serve_program(argv: Sequence[str], router: Router, sandbox: Sandbox | None, seccomp: bool = False,
+                         reports: bool = False) -> int:
     loop = asyncio.get_running_loop()
     try:
-        async with spawn(argv, router, sandbox=sandbox, seccomp=seccomp) as process:
+        async with spawn(argv, router, sandbox=sandbox, seccomp=seccomp, reports=reports) as process:
             installed = _SignalRelay(process).install(loop)
             try:
                 return await process.wait()
@@ -183,9 +185,11 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         from .tracing import Tracer
 
         tracer = Tracer(output, json_lines=args.json)
-        router.on(*_PATH_FUNCTIONS)(tracer.note_directory)
+        # Only relative paths need their directory named while the request's
+        # descriptor is open: the shim decides and reports the absolute ones.
+        router.on(*_PATH_FUNCTIONS, when=relative())(tracer.note_directory)
         router.observe(tracer)
-        return _run_loop(_serve_program(command, router, None, args.seccomp))
+        return _run_loop(_serve_program(command, router, None, args.seccomp, reports=True))
     finally:
         if output is not sys.stderr:
             output.close()

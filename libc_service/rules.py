@@ -40,7 +40,8 @@ is postfix over a boolean stack: true means a handler may decide (ask the
 master); false means the default decides. Operations: ``TRUE`` (1),
 ``FALSE`` (2), ``UNDER`` (3, ``length:u16 root``: every path of the call is
 the root or beneath it), ``FLAGS`` (4, ``mask:u32``: the open flags on the
-wire meet the mask), ``NOT`` (5), ``AND`` (6), ``OR`` (7). An empty program
+wire meet the mask), ``NOT`` (5), ``AND`` (6), ``OR`` (7), ``RELATIVE`` (8:
+a path of the call is relative, :func:`relative`). An empty program
 is false. All integers little-endian. A table the shim finds malformed is
 ignored whole (every call is asked).
 """
@@ -63,17 +64,21 @@ if TYPE_CHECKING:
     from .router import Router
 
 __all__ = [
+    "ENV_REPORTS",
     "ENV_RULES",
     "MAX_RULES_BYTES",
     "RULED_FUNCTIONS",
     "Verdict",
     "compile_rules",
     "evaluate",
+    "relative",
     "rules_value",
 ]
 
 #: The environment variable that carries the table to the shim (hex).
 ENV_RULES: Final = "LIBC_SERVICE_RULES"
+#: Set to ``1`` when the shim reports the calls it decided (the router has observers).
+ENV_REPORTS: Final = "LIBC_SERVICE_REPORTS"
 #: The largest table the shim takes (shim/rules.c's RULES_BYTES).
 MAX_RULES_BYTES: Final = 8192
 #: The functions the shim applies rules to (shim/fs.c).
@@ -87,7 +92,7 @@ HEADER: Final = struct.Struct("<4sBB")
 ENTRY: Final = struct.Struct("<BBHH")
 
 ASK, FORWARD_ACTION, DENY_ACTION = 0, 1, 2
-OP_TRUE, OP_FALSE, OP_UNDER, OP_FLAGS, OP_NOT, OP_AND, OP_OR = 1, 2, 3, 4, 5, 6, 7
+OP_TRUE, OP_FALSE, OP_UNDER, OP_FLAGS, OP_NOT, OP_AND, OP_OR, OP_RELATIVE = 1, 2, 3, 4, 5, 6, 7, 8
 _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<I")
 #: The deepest stack a program may need (shim/rules.c's STACK_MAX).
@@ -100,6 +105,28 @@ _WRITE_MASK: Final = sum(
 
 #: What a rule says about one call: ask the master, forward, or fail with an errno.
 Verdict: TypeAlias = Literal["ask", "forward"] | int
+
+
+@dataclass(frozen=True, repr=False)
+class _Relative(Condition):
+    functions = RULED_FUNCTIONS
+
+    def __call__(self, request: object) -> bool:
+        names = ("path1", "path2") if getattr(request, "function", None) == "rename" else ("path",)
+        return any(not str(getattr(request, name)).startswith("/") for name in names)
+
+    def describe(self) -> str:
+        return "a path of the call is relative"
+
+
+def relative() -> Condition:
+    """A file-system call with a relative path (either path, for rename).
+
+    The shim evaluates it itself: a route on relative paths (``trace``'s,
+    which names their directory while the request's descriptor is open)
+    leaves the absolute ones to the rule table.
+    """
+    return _Relative()
 
 
 class _Unprovable(Exception):
@@ -131,6 +158,8 @@ def _compile_condition(condition: Condition, function: str, program: _Program) -
             program.push(bytes([OP_UNDER]) + _U16.pack(len(root)) + root)
             if index:
                 program.combine(OP_OR)
+    elif isinstance(condition, _Relative):
+        program.push(bytes([OP_RELATIVE]))
     elif isinstance(condition, _Flags):
         program.push(bytes([OP_FLAGS]) + _U32.pack(sum(OPEN_FLAG_BITS[name] for name in condition.names)))
     elif isinstance(condition, _Writing):
@@ -184,14 +213,15 @@ def _function_program(router: Router, function: str) -> bytes | None:
     return bytes(program.code)
 
 
-def compile_rules(router: Router) -> bytes | None:
+def compile_rules(router: Router, *, reports: bool = False) -> bytes | None:
     """The router's provable constant decisions as the shim's rule table, or None (nothing to compile).
 
-    None when the router has observers (they must see every call, which
-    only the master can show them), when the default is a handler, or when
+    None when the router has observers and ``reports`` is false (observers
+    must see every call: only with reports does the shim tell the master
+    about the calls it decided), when the default is a handler, or when
     no function can be decided without the master.
     """
-    if _observed(router):
+    if _observed(router) and not reports:
         return None
     default = router.routes().default
     if default is FORWARD:
@@ -215,9 +245,9 @@ def compile_rules(router: Router) -> bytes | None:
     return table if len(table) <= MAX_RULES_BYTES else None
 
 
-def rules_value(router: Router) -> str | None:
+def rules_value(router: Router, *, reports: bool = False) -> str | None:
     """``LIBC_SERVICE_RULES`` for ``router``, or None when there is nothing the shim can decide."""
-    table = compile_rules(router)
+    table = compile_rules(router, reports=reports)
     return table.hex() if table is not None else None
 
 
@@ -251,7 +281,7 @@ def evaluate(table: bytes, function: str, flags: int, path1: bytes, path2: bytes
         normal = [_normal(path) for path in paths]
         if OP_UNDER in _ops(program) and any(path is None for path in normal):
             return "ask"
-        if _run(program, flags, [path for path in normal if path is not None]):
+        if _run(program, flags, [path for path in normal if path is not None], paths):
             return "ask"
         return "forward" if action == FORWARD_ACTION else errno if action == DENY_ACTION else "ask"
     return "ask"
@@ -284,7 +314,7 @@ def _inside(path: bytes, root: bytes) -> bool:
     return root == b"/" or path == root or path.startswith(root + b"/")
 
 
-def _run(program: bytes, flags: int, paths: list[bytes]) -> bool:
+def _run(program: bytes, flags: int, paths: list[bytes], raw: list[bytes]) -> bool:
     stack: list[bool] = []
     offset = 0
     binary: dict[int, Callable[[bool, bool], bool]] = {
@@ -306,6 +336,8 @@ def _run(program: bytes, flags: int, paths: list[bytes]) -> bool:
         elif op == OP_FLAGS:
             stack.append(bool(flags & _U32.unpack_from(program, offset)[0]))
             offset += 4
+        elif op == OP_RELATIVE:
+            stack.append(any(not path.startswith(b"/") for path in raw))
         elif op == OP_NOT:
             stack.append(not stack.pop())
         else:

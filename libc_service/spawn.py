@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from . import wire
 from .master import Master, close_fds, received_fds
-from .rules import ENV_RULES, rules_value
+from .rules import ENV_REPORTS, ENV_RULES, rules_value
 
 if TYPE_CHECKING:
     from .notify import ListenerHandoff, SeccompSession
@@ -88,9 +88,11 @@ class RegistrationListener:
     socket hangs up) or :meth:`close` is called, from anywhere on the loop.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, on_report: Callable[[bytes], None] | None = None) -> None:
         sock.setblocking(False)
         self._sock: socket.socket | None = sock
+        #: Gets each report datagram (calls the shim decided itself, wire.REPORT_MAGIC).
+        self._on_report = on_report
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -103,7 +105,7 @@ class RegistrationListener:
             if sock is None:
                 raise StopAsyncIteration
             try:
-                data, ancdata, flags, _ = sock.recvmsg(64, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
+                data, ancdata, flags, _ = sock.recvmsg(_LISTENER_BUFFER, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 await self._wait_readable(sock)
                 continue
@@ -113,6 +115,9 @@ class RegistrationListener:
                     self.close()  # every process of the tree has exited
                     raise StopAsyncIteration
                 logger.warning("ignoring an empty registration datagram")
+                continue
+            if data[:4] == wire.REPORT_MAGIC and not fds and self._on_report is not None:
+                self._on_report(data)
                 continue
             registered = _registration(data, fds, flags)
             if registered is not None:
@@ -142,6 +147,10 @@ class RegistrationListener:
         sock.close()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+#: A registration (16 bytes) or a report (its header and a request).
+_LISTENER_BUFFER: Final = wire.REPORT.size + wire.MAX_MESSAGE
 
 
 def _registration(data: bytes, fds: list[int], flags: int) -> tuple[int, socket.socket] | None:
@@ -180,6 +189,7 @@ class SlaveProcess:
         max_sessions: int = 1024,
         seccomp: bool = False,
         rules: bool = True,
+        reports: bool = False,
     ) -> None:
         if not argv:
             raise ValueError("spawn() needs a program to run")
@@ -205,6 +215,10 @@ class SlaveProcess:
         self._seccomp = seccomp
         #: Whether the shim decides what the router answers with a constant (:mod:`libc_service.rules`).
         self._rules = rules
+        #: Whether a router with observers gets a rule table too, its shim reporting what it decided.
+        self._reports = reports
+        #: Reports lost so far, by pid, as the shim counted them.
+        self._reports_lost: dict[int, int] = {}
         #: The seccomp listener's session (``seccomp=True``), once the program runs.
         self.seccomp_session: SeccompSession | None = None
         self._seccomp_task: asyncio.Task[None] | None = None
@@ -234,9 +248,11 @@ class SlaveProcess:
             env[ENV_FD] = str(theirs.fileno())
             env.pop(ENV_LOCAL, None)  # never inherited: only a sandbox applied here makes it true
             env.pop(ENV_RULES, None)  # never inherited: the rules are this router's
-            rules = None if self._seccomp or not self._rules else rules_value(self.router)
+            env.pop(ENV_REPORTS, None)
+            rules = None if self._seccomp or not self._rules else rules_value(self.router, reports=self._reports)
             if rules is not None:
                 env[ENV_RULES] = rules
+                env[ENV_REPORTS] = "1"
             if self._sandbox is not None:
                 prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd)
                 local = local_value(prepared.local_trees)
@@ -270,9 +286,29 @@ class SlaveProcess:
             except BaseException:
                 mine.close()
                 raise
-        self._listener = RegistrationListener(mine)
+        self._listener = RegistrationListener(mine, self._report)
         self._serving = asyncio.ensure_future(self._serve_tree(self._listener))
         return self
+
+    def _report(self, data: bytes) -> None:
+        """A call the shim decided with the rule table: the observers see it as the router's default."""
+        from .router import Decision
+
+        try:
+            report = wire.decode_report(data)
+        except wire.RemoteProtocolError as exc:
+            logger.warning("ignoring a malformed report: %s", exc)
+            return
+        if report.lost > self._reports_lost.get(report.request.pid, 0):
+            logger.warning("pid %d: %d report(s) of calls its shim decided were lost (the socket was full)",
+                           report.request.pid, report.lost - self._reports_lost.get(report.request.pid, 0))
+            self._reports_lost[report.request.pid] = report.lost
+        if report.outcome == "forward":
+            decision = Decision(report.request, "default", "forward", None, 0, 0, 0, f"rules {report.request.pid}")
+        else:
+            decision = Decision(report.request, "default", "error", -1, report.errno, 0, 0,
+                                f"rules {report.request.pid}")
+        self.router.report(decision)
 
     async def _serve_listener(self, handoff: ListenerHandoff) -> None:
         """Receive the child's seccomp listener and serve it (the program waits on it meanwhile)."""
@@ -584,6 +620,7 @@ def spawn(
     max_sessions: int = 1024,
     seccomp: bool = False,
     rules: bool = True,
+    reports: bool = False,
 ) -> SlaveProcess:
     """Run ``argv`` as a slave of ``router`` on the running loop.
 
@@ -603,8 +640,13 @@ def spawn(
     ``rules`` (default on) lets the shim answer by itself the calls the
     router provably answers with a constant (``FORWARD`` or ``deny``), with
     no round trip (:mod:`libc_service.rules`); off, every call is asked.
+    A router with observers gets no rule table (the observers see every
+    call in its session, as it is decided) unless ``reports=True``: then
+    the shim decides too and tells the master afterwards, without waiting,
+    and the observers get those calls as the default's decisions (``trace``
+    does this).
     """
     return SlaveProcess(
         argv, router, env=env, cwd=cwd, sandbox=sandbox, stdin=stdin, stdout=stdout, stderr=stderr, shim=shim,
-        max_sessions=max_sessions, seccomp=seccomp, rules=rules,
+        max_sessions=max_sessions, seccomp=seccomp, rules=rules, reports=reports,
     )

@@ -153,7 +153,14 @@ class Tracer:
 
     def __call__(self, decision: Decision) -> None:
         request = decision.request
-        key = (request.pid, decision.session)
+        # One program line per process image: the shim's reports of calls it
+        # decided itself come outside the process's session, so the image is
+        # told by its executable (the session when the process is gone).
+        try:
+            image = os.readlink(f"/proc/{request.pid}/exe")
+        except OSError:
+            image = decision.session
+        key = (request.pid, image)
         if key not in self._sessions:
             self._sessions.add(key)
             self._program(request.pid)

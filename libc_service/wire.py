@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import PurePosixPath
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 from .catalogue import (
     FD_RESULT_FUNCTIONS,
@@ -74,8 +74,12 @@ __all__ = [
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
+    "REPORT",
+    "REPORT_MAGIC",
+    "Report",
     "ReplyMessage",
     "decode_registration",
+    "decode_report",
     "decode_reply",
     "decode_request",
     "encode_registration",
@@ -91,6 +95,7 @@ VERSION: Final = 2
 REQUEST_MAGIC: Final = b"LCSq"
 REPLY_MAGIC: Final = b"LCSr"
 HELLO_MAGIC: Final = b"LCSh"
+REPORT_MAGIC: Final = b"LCSo"
 
 MAX_REQUEST_FDS: Final = 2
 MAX_REPLY_FDS: Final = 4
@@ -787,3 +792,38 @@ def decode_registration(data: bytes, nfds: int) -> int:
     if nfds != 1:
         raise RemoteProtocolError(f"a registration carries exactly one descriptor, not {nfds}")
     return int(pid)
+
+
+# ---------------------------------------------------------------- reports
+
+#: magic, version, outcome (1 forwarded, 2 denied), reserved, errno, reports
+#: the process lost before this one; then the request as the shim encodes it.
+REPORT: Final = struct.Struct("<4sHBBII")
+_REPORT_OUTCOMES: Final = {1: "forward", 2: "deny"}
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A call the shim decided with the policy's rule table, told afterwards (``docs/protocol.md``)."""
+
+    request: Request
+    #: ``"forward"`` (the slave did the call itself) or ``"deny"`` (failed with ``errno``).
+    outcome: Literal["forward", "deny"]
+    errno: int
+    #: Reports the process could not send before this one (the socket was full).
+    lost: int
+
+
+def decode_report(data: bytes) -> Report:
+    """Decode and validate one report datagram (it carries no descriptors)."""
+    if len(data) < REPORT.size:
+        raise RemoteProtocolError(f"report of {len(data)} bytes is shorter than its {REPORT.size}-byte header")
+    magic, version, outcome, reserved, errno, lost = REPORT.unpack_from(data)
+    if magic != REPORT_MAGIC or version != VERSION:
+        raise RemoteProtocolError("bad report magic or version")
+    if reserved or outcome not in _REPORT_OUTCOMES:
+        raise RemoteProtocolError(f"bad report outcome {outcome}")
+    if (outcome == 2) != (0 < errno < 4096):
+        raise RemoteProtocolError(f"report errno {errno} does not fit its outcome")
+    request = decode_request(data[REPORT.size:])
+    return Report(request, "forward" if outcome == 1 else "deny", errno, lost)

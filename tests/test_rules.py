@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libc_service import FORWARD, Errno, Router, deny, spawn
+from libc_service import FORWARD, Decision, Errno, Router, deny, spawn
 from libc_service.conditions import Condition, flags, named, under, writing
 from libc_service.requests import OPEN_FLAGS, OPENAT_FLAGS, REQUEST_TYPES, Request
-from libc_service.rules import ENV_RULES, RULED_FUNCTIONS, compile_rules, evaluate
+from libc_service.rules import ENV_REPORTS, ENV_RULES, RULED_FUNCTIONS, compile_rules, evaluate, relative
 from libc_service.wire import OPEN_FLAG_BITS
 from shimtools import needs_shim
 
@@ -46,6 +46,7 @@ leaves: st.SearchStrategy[Condition] = st.one_of(
     st.lists(st.sampled_from(_ROOTS), min_size=1, max_size=3).map(lambda roots: under(*roots)),
     st.sets(st.sampled_from(OPEN_FLAGS), min_size=1).map(lambda names: flags(*names)),
     st.just(writing()),
+    st.just(relative()),
 )
 conditions = st.recursive(
     leaves,
@@ -242,26 +243,31 @@ async def test_rules_off_or_an_observer_asks_the_master_for_every_call(tmp_path:
     assert "open" in seen or "openat" in seen
 
 
+def _observed(router: Router) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+    router.observe(lambda decision: seen.append((str(getattr(decision.request, "path", "")), decision.session)))
+    return seen
+
+
 @needs_shim
 @pytest.mark.parametrize("value", ["zz", "4c43", "4c435352010101", "4c4353520101010200000000", "0" * 20000,
                                    # open (1) forwarded by a program that pops an empty stack
                                    "4c435352010101010000010006"])
 async def test_a_malformed_table_is_ignored_and_every_call_asked(value: str) -> None:
-    seen: list[str] = []
     router = Router()
-    router.observe(lambda decision: seen.append(str(getattr(decision.request, "path", ""))))
-    # An observed router gives no table; env hands cat the malformed one.
-    async with spawn(["env", f"{ENV_RULES}={value}", "cat", "/etc/hostname"], router,
-                     stdout=asyncio.subprocess.DEVNULL) as process:
+    seen = _observed(router)
+    # spawn gives no table (rules=False); env hands cat the malformed one.
+    async with spawn(["env", f"{ENV_RULES}={value}", f"{ENV_REPORTS}=1", "cat", "/etc/hostname"], router,
+                     stdout=asyncio.subprocess.DEVNULL, rules=False) as process:
         assert await process.wait() == 0
-    assert "/etc/hostname" in seen
+    asked = [session for path, session in seen if path == "/etc/hostname"]
+    assert len(asked) == 1 and not asked[0].startswith("rules ")
 
 
 @needs_shim
-async def test_a_valid_table_handed_on_the_same_way_is_applied() -> None:
-    seen: list[str] = []
+async def test_a_call_the_table_decides_reaches_observers_as_a_report() -> None:
     router = Router()
-    router.observe(lambda decision: seen.append(str(getattr(decision.request, "path", ""))))
+    seen = _observed(router)
     forward_all = Router()
 
     @forward_all.on("unlink", when=under("/nowhere"))
@@ -270,7 +276,27 @@ async def test_a_valid_table_handed_on_the_same_way_is_applied() -> None:
 
     table = compile_rules(forward_all)
     assert table is not None
-    async with spawn(["env", f"{ENV_RULES}={table.hex()}", "cat", "/etc/hostname"], router,
-                     stdout=asyncio.subprocess.DEVNULL) as process:
+    async with spawn(["env", f"{ENV_RULES}={table.hex()}", f"{ENV_REPORTS}=1", "cat", "/etc/hostname"], router,
+                     stdout=asyncio.subprocess.DEVNULL, rules=False) as process:
         assert await process.wait() == 0
-    assert "/etc/hostname" not in seen
+    reported = [session for path, session in seen if path == "/etc/hostname"]
+    assert reported and all(session.startswith("rules ") for session in reported)
+
+
+@needs_shim
+async def test_with_reports_observers_see_what_the_shim_denied(tmp_path: Path) -> None:
+    decisions: list[Decision] = []
+    router = Router(default=deny(errno.EACCES))
+    router.observe(decisions.append)
+
+    @router.on("open", "openat", when=under(str(tmp_path)))
+    def mine(request: Request) -> Any:
+        return FORWARD
+
+    async with spawn(["cat", "/etc/hostname"], router, stderr=asyncio.subprocess.DEVNULL,
+                     env={**os.environ, "LC_ALL": "C"}, reports=True) as process:
+        assert await process.wait() == 1
+    denied = [d for d in decisions if str(getattr(d.request, "path", "")) == "/etc/hostname"]
+    assert len(denied) == 1
+    assert denied[0].errno == errno.EACCES and denied[0].result == -1 and denied[0].outcome == "error"
+    assert denied[0].route == "default"

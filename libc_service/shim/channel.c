@@ -45,6 +45,8 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 
 static __thread int busy;
+static int reporting;             /* LIBC_SERVICE_REPORTS=1: tell observers */
+static unsigned reports_lost;     /* reports the socket did not take */
 static __thread pid_t cached_tid;
 
 /* LIBC_SERVICE_FD=<reg_fd>, put in the environment by the constructor
@@ -148,6 +150,18 @@ static char **env_slot(void)
 	return NULL;
 }
 
+/* Whether the environment holds exactly name (with its "=") and "1". */
+static int env_is_one(const char *name)
+{
+	extern char **environ;
+	size_t len = strlen(name);
+
+	for (char **entry = environ; entry && *entry; entry++)
+		if (!strncmp(*entry, name, len))
+			return !strcmp(*entry + len, "1");
+	return 0;
+}
+
 /* The registration socket is moved to a high number, out of the way of
  * programs that dup2() onto low numbers, and LIBC_SERVICE_FD follows it:
  * its entry in environ is pointed at env_entry (what putenv does, without
@@ -172,6 +186,7 @@ __attribute__((constructor)) static void shim_init(void)
 		proc_pid = syscall(SYS_getpid);
 		lcs_local_init();
 		lcs_rules_init();
+		reporting = env_is_one("LIBC_SERVICE_REPORTS=");
 		lcs_creds_init();
 		store_fd(&reg_fd, fd);
 		pthread_atfork(NULL, NULL, atfork_child);
@@ -404,6 +419,39 @@ static size_t encode_request(unsigned char *buf, const struct lcs_request *reque
 	if (request->len2)
 		memcpy(strings + request->len1, request->string2, request->len2);
 	return strings + request->len1 + request->len2 - buf;
+}
+
+/* ---- reports: calls the rules decided, for the master's observers ----
+ *
+ * With LIBC_SERVICE_REPORTS=1 (spawn() sets it when the router has
+ * observers), a call the rule table decided is told to the master
+ * afterwards: one datagram on the registration socket, "LCSo", the
+ * version, the outcome (1 forwarded, 2 denied), the errno, how many
+ * reports this process lost before, then the request as it would have
+ * been sent (no descriptors).  MSG_DONTWAIT: the slave never waits for an
+ * observer; a report the socket does not take is counted and dropped. */
+void lcs_report(const struct lcs_request *request, int outcome, int error)
+{
+	unsigned char buf[LCS_REPORT_HEADER + LCS_MAX_MESSAGE];
+	int fds[3], nfds, reg = load_fd(&reg_fd);
+	struct iovec iov = { buf, 0 };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	unsigned lost = __atomic_load_n(&reports_lost, __ATOMIC_RELAXED);
+
+	if (!reporting || reg < 0 || syscall(SYS_getpid) != proc_pid)
+		return;
+	if (LCS_REQUEST_HEADER + 4 * LCS_MAX_GROUPS + request->len1 + request->len2 > LCS_MAX_MESSAGE)
+		return;
+	memset(buf, 0, LCS_REPORT_HEADER);
+	memcpy(buf, "LCSo", 4);
+	put16(buf + 4, LCS_VERSION);
+	buf[6] = outcome;
+	put32(buf + 8, error);
+	put32(buf + 12, lost);
+	iov.iov_len = LCS_REPORT_HEADER +
+	              encode_request(buf + LCS_REPORT_HEADER, request, current_tid(), 0, fds, &nfds);
+	if (nfds || sendmsg(reg, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)iov.iov_len)
+		__atomic_add_fetch(&reports_lost, 1, __ATOMIC_RELAXED);
 }
 
 /* One received datagram, before it is matched to a waiter. */

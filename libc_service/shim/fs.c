@@ -54,13 +54,22 @@ static int ask(struct lcs_request *request, int dirfd1, const char *path1,
 
 	if (!sendable_path(path1) || (path2 && !sendable_path(path2)))
 		return FALLBACK;
+	request->string1 = path1;
+	request->len1 = strlen(path1);
+	if (path2) {
+		request->string2 = path2;
+		request->len2 = strlen(path2);
+	}
 	/* The policy's constant answer, when the rules prove it. */
 	rule = lcs_rules(request->function, request->flags, path1, path2, &error);
-	if (rule == LCS_RULE_FORWARD)
+	if (rule == LCS_RULE_FORWARD) {
+		lcs_report(request, LCS_REPORT_FORWARDED, 0);
 		return FALLBACK;
+	}
 	if (!lcs_enter())
 		return FALLBACK;
 	if (rule == LCS_RULE_DENY) {
+		lcs_report(request, LCS_REPORT_DENIED, error);
 		lcs_leave();
 		reply->result = -1;
 		reply->error = error;
@@ -70,12 +79,6 @@ static int ask(struct lcs_request *request, int dirfd1, const char *path1,
 		reply->nfds = 0;
 		reply->payload_len = 0;
 		return ANSWERED;
-	}
-	request->string1 = path1;
-	request->len1 = strlen(path1);
-	if (path2) {
-		request->string2 = path2;
-		request->len2 = strlen(path2);
 	}
 	if (lcs_path_dir(dirfd1, path1, &request->fds[0], &owned1) == 0 &&
 	    (!path2 || lcs_path_dir(dirfd2, path2, &request->fds[1], &owned2) == 0))

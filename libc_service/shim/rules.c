@@ -25,7 +25,7 @@
 #define RULES_BYTES 8192
 #define STACK_MAX 32
 
-enum { OP_TRUE = 1, OP_FALSE, OP_UNDER, OP_FLAGS, OP_NOT, OP_AND, OP_OR };
+enum { OP_TRUE = 1, OP_FALSE, OP_UNDER, OP_FLAGS, OP_NOT, OP_AND, OP_OR, OP_RELATIVE };
 enum { ACTION_ASK = 0, ACTION_FORWARD, ACTION_DENY };
 
 struct entry {
@@ -81,6 +81,7 @@ static int valid_program(const unsigned char *program, size_t len, int *paths)
 		switch (program[i++]) {
 		case OP_TRUE:
 		case OP_FALSE:
+		case OP_RELATIVE:
 			depth++;
 			break;
 		case OP_UNDER:
@@ -213,6 +214,7 @@ static int inside(const char *path, size_t len, const unsigned char *root, size_
 
 struct call {
 	uint32_t flags;
+	int relative; /* a path of the call is relative */
 	const char *paths[2];
 	size_t lens[2];
 	int npaths;
@@ -233,6 +235,9 @@ static int run(const struct entry *entry, const struct call *call)
 			break;
 		case OP_FALSE:
 			stack[depth++] = 0;
+			break;
+		case OP_RELATIVE:
+			stack[depth++] = call->relative;
 			break;
 		case OP_UNDER: {
 			size_t root_len = get16(program + i);
@@ -266,7 +271,10 @@ static int run(const struct entry *entry, const struct call *call)
 int lcs_rules(uint16_t function, uint32_t flags, const char *path1, const char *path2, int *error)
 {
 	char normal[2][LCS_PATH_MAX_BYTES + 1];
-	struct call call = { .flags = flags };
+	struct call call = {
+		.flags = flags,
+		.relative = path1[0] != '/' || (path2 && path2[0] != '/'),
+	};
 	const struct entry *entry;
 
 	if (!loaded || function > LCS_GETADDRINFO)

@@ -203,6 +203,13 @@ enum { LCS_RULE_ASK = 0, LCS_RULE_FORWARD, LCS_RULE_DENY };
 void lcs_rules_init(void);
 int lcs_rules(uint16_t function, uint32_t flags, const char *path1, const char *path2, int *error);
 
+/* Tell the master's observers about a call the rules decided (channel.c;
+ * only with LIBC_SERVICE_REPORTS=1): never blocks, a report the socket
+ * does not take is counted as lost. */
+enum { LCS_REPORT_FORWARDED = 1, LCS_REPORT_DENIED = 2 };
+#define LCS_REPORT_HEADER 16
+void lcs_report(const struct lcs_request *request, int outcome, int error);
+
 /* ---- the shim's own descriptors (fdguard.c) ----
  *
  * The registration socket and the channel live at high numbers (from
