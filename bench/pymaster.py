@@ -36,6 +36,10 @@ _OPEN_FLAGS = {
     "exclusive": os.O_EXCL, "no_follow": os.O_NOFOLLOW, "path": os.O_PATH,
     "sync_all_on_write": os.O_SYNC, "temporary": os.O_TMPFILE, "truncate": os.O_TRUNC,
     "close_on_exec": os.O_CLOEXEC,  # sent since protocol version 2 (fopen "e", opendir)
+    # Every flag the kernel acts on is sent (protocol version 2).
+    "non_blocking": os.O_NONBLOCK, "no_ctty": os.O_NOCTTY, "sync_data_on_write": os.O_DSYNC,
+    "no_atime": os.O_NOATIME, "direct": os.O_DIRECT, "async_signals": os.O_ASYNC,
+    "large_file": 0,  # implied by the kernel on 64-bit
 }
 
 
