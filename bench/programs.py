@@ -1,137 +1,234 @@
-"""Whole programs under a forwarding policy vs native, fakeroot and strace.
+"""Whole programs under libc-service vs native, fakeroot and strace, in one run.
 
-    python bench/programs.py [--runs 10] [--pin same|none]
+    python bench/programs.py [--runs 5] [--json bench/out/programs.json] [--only tar,find]
 
-Workloads (stdout discarded):
+Workloads (their output read from a pipe and discarded; tar would skip
+reading the files if it saw /dev/null):
 
-- ``find``: ``find /usr/share -name '*.txt'`` (stat-heavy: an lstat per
-  entry, an openat per directory)
-- ``python``: ``/usr/bin/python3 -c "import json, email, asyncio"`` (the
-  system interpreter, not a pyenv shim script; a stat per import path probe,
-  an open per module)
+- ``true``:   ``true`` (start-up; with ``python -c pass`` as the reference)
+- ``tar``:    ``tar cf - /usr/include``
+- ``find``:   ``find /usr/include /usr/lib/python3.X``
+- ``python``: ``/usr/bin/python3 -c "import asyncio, email, json, http.client, unittest, decimal"``
+- ``git``:    ``git status`` and ``git log`` in a small repository (made in bench/out)
+- ``make``:   ``make -B`` of 8 small C files and a link (made in bench/out)
 
-Wrappers, run interleaved, ``--runs`` times each after one warm-up run,
-wall time per run, median (hyperfine-style):
+Configurations, each the real command line, alternated within each round
+(round 0 warms the caches and is not counted), wall time, median:
 
 - ``native``
-- ``forward``   ``bench/pymaster.py forward``: spawn() with
-                ``Router(default=FORWARD)`` on uvloop — what ``libc-service
-                run`` does with a forwarding policy
-- ``floor-fwd`` ``bench/floor_master.c forward``: the C transport floor
+- ``run``       ``libc-service run`` of a policy whose default is FORWARD and
+                whose Python handler covers ``under("/srv")`` (nothing of
+                these workloads is there: the shim's rule table decides)
+- ``run-asked`` the same policy with the rule table off
+                (``LIBC_SERVICE_BENCH_NO_RULES=1``, read by the policy file:
+                a route that cannot be compiled): every call a round trip
+- ``handler``   a Python handler that sees every ``open``/``openat``
+- ``trace``     ``libc-service trace -o /dev/null``
 - ``fakeroot``  ``fakeroot --``
 - ``strace``    ``strace -f -o /dev/null``
+- ``sandlock``  when installed (``pip install sandlock``; not a dependency)
 
-``forward`` includes the Python master's own start-up (interpreter, imports,
-spawn); the ``net`` column subtracts the median of the same master running
-``/bin/true``. The number of arbitrated calls per workload is counted once
-with ``floor_master -vv``.
+Every libc-service row includes the master's own start-up (interpreter,
+imports, spawn): that is what a user waits for.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import time
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
+PYLIB = sysconfig.get_paths(vars={"installed_base": "/usr", "base": "/usr"})["stdlib"]
+SYSTEM_PYLIB = next(iter(sorted(Path("/usr/lib").glob("python3.[0-9]*"))), Path(PYLIB))
+
 WORKLOADS: dict[str, list[str]] = {
-    "find": ["find", "/usr/share", "-name", "*.txt"],
-    "python": ["/usr/bin/python3", "-c", "import json, email, asyncio"],
-    "true": ["/bin/true"],
+    "true": ["true"],
+    "tar": ["tar", "cf", "-", "/usr/include"],
+    "find": ["find", "/usr/include", str(SYSTEM_PYLIB)],
+    "python": ["/usr/bin/python3", "-c", "import asyncio, email, json, http.client, unittest, decimal"],
+    "git": ["sh", "-c", "git status && git log"],
+    "make": ["make", "-s", "-B"],
 }
-WRAPPERS = ("native", "forward", "floor-fwd", "fakeroot", "strace")
+WRAPPERS = ("native", "run", "run-asked", "handler", "trace", "fakeroot", "strace", "sandlock")
+
+FORWARD_POLICY = '''\
+import os
+from libc_service import FORWARD, Router
+from libc_service.conditions import under
+
+router = Router(default=FORWARD)
 
 
-def wrap(wrapper: str, argv: list[str], pinning: str) -> list[str] | None:
-    prefix = ["taskset", "-c", "0"] if pinning == "same" else []
+@router.on("open", "openat", "stat", "lstat", "access", "mkdir", "unlink", "rename",
+           when=under("/srv"))
+def srv(request):
+    """Everything under /srv is the handler's (nothing the workloads touch)."""
+    return FORWARD
+
+
+if os.environ.get("LIBC_SERVICE_BENCH_NO_RULES"):
+    # A route whose condition the rule compiler cannot prove: every call is asked.
+    from libc_service.conditions import Condition
+
+    class Never(Condition):
+        def __call__(self, request):
+            return False
+
+        def describe(self):
+            return "never"
+
+    @router.on("open", "openat", "stat", "lstat", "access", "eaccess", "mkdir", "rmdir", "unlink", "rename",
+               when=Never())
+    def never(request):
+        return FORWARD
+'''
+
+HANDLER_POLICY = '''\
+from libc_service import FORWARD, Router
+
+router = Router(default=FORWARD)
+
+
+@router.on("open", "openat")
+def every_open(request):
+    """Python sees every open."""
+    return FORWARD
+'''
+
+
+def prepare() -> dict[str, Path]:
+    """Policies, the git repository and the C project, in bench/out."""
+    out = _common.OUT / "programs"
+    out.mkdir(parents=True, exist_ok=True)
+    forward = out / "forward_policy.py"
+    forward.write_text(FORWARD_POLICY)
+    handler = out / "handler_policy.py"
+    handler.write_text(HANDLER_POLICY)
+    repo = out / "repo"
+    if not (repo / ".git").is_dir():
+        repo.mkdir(exist_ok=True)
+        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.org"]
+        subprocess.run(git + ["init", "-q", str(repo)], check=True)
+        for commit in range(5):
+            for n in range(20):
+                (repo / f"file{n}.txt").write_text(f"line {commit} of file {n}\n" * (commit + 1))
+            subprocess.run(git + ["-C", str(repo), "add", "."], check=True)
+            subprocess.run(git + ["-C", str(repo), "commit", "-q", "-m", f"commit {commit}"], check=True)
+    project = out / "cproject"
+    project.mkdir(exist_ok=True)
+    names = [f"unit{n}" for n in range(8)]
+    for n, name in enumerate(names):
+        (project / f"{name}.c").write_text(
+            "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n"
+            f"int {name}(int x) {{ char b[32]; snprintf(b, sizeof b, \"%d\", x); return (int)strlen(b) + {n}; }}\n")
+    (project / "main.c").write_text(
+        "#include <stdio.h>\n" + "".join(f"int {name}(int);\n" for name in names)
+        + "int main(void) { int s = 0;\n" + "".join(f"  s += {name}(s);\n" for name in names)
+        + "  printf(\"%d\\n\", s); return 0; }\n")
+    objects = " ".join(f"{name}.o" for name in [*names, "main"])
+    (project / "Makefile").write_text(f"prog: {objects}\n\tcc -o prog {objects}\n%.o: %.c\n\tcc -O1 -c $<\n")
+    return {"forward": forward, "handler": handler, "git": repo, "make": project}
+
+
+def wrap(wrapper: str, argv: list[str], files: dict[str, Path]) -> tuple[list[str], dict[str, str]] | None:
+    env = dict(os.environ)
+    cli = [_common.PYTHON, "-m", "libc_service"]
     if wrapper == "native":
-        return prefix + argv
-    if wrapper == "forward":
-        return prefix + [_common.PYTHON, str(_common.BENCH / "pymaster.py"), "forward", "--", *argv]
-    if wrapper == "floor-fwd":
-        return prefix + [_common.build("floor_master"), "-s", _common.shim(), "forward", "--", *argv]
+        return argv, env
+    if wrapper == "run":
+        return cli + ["run", str(files["forward"]), "--", *argv], env
+    if wrapper == "run-asked":
+        return cli + ["run", str(files["forward"]), "--", *argv], {**env, "LIBC_SERVICE_BENCH_NO_RULES": "1"}
+    if wrapper == "handler":
+        return cli + ["run", str(files["handler"]), "--", *argv], env
+    if wrapper == "trace":
+        return cli + ["trace", "-o", "/dev/null", "--", *argv], env
     tool = _common.need(wrapper)
     if tool is None:
         return None
     if wrapper == "fakeroot":
-        return prefix + [tool, "--", *argv]
+        return [tool, "--", *argv], env
     if wrapper == "strace":
-        return prefix + [tool, "-f", "-o", "/dev/null", *argv]
+        return [tool, "-f", "-o", "/dev/null", *argv], env
+    if wrapper == "sandlock":
+        return [tool, "run", "--", *argv], env
     raise ValueError(wrapper)
 
 
-def timed(argv: list[str]) -> float:
-    """Wall seconds of one run (repeated while others loaded the machine, see _common.run)."""
-    for attempt in range(5):
-        before = _common._cpu_now()
-        start = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        elapsed = time.perf_counter() - start
-        after = _common._cpu_now()
-        foreign = max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / (elapsed * (os.cpu_count() or 1))
-        if foreign <= _common.MAX_FOREIGN or attempt == 4:
-            _common.FOREIGN.append(min(foreign, 1.0))
-            return elapsed
-    raise AssertionError("unreachable")
-
-
-def arbitrated(argv: list[str]) -> Counter[str]:
-    """Requests per function, from floor_master -vv's log."""
-    done = subprocess.run([_common.build("floor_master"), "-vv", "-s", _common.shim(), "forward", "--", *argv],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
-    return Counter(line.split()[3] for line in done.stderr.splitlines()
-                   if "tid=" in line and len(line.split()) > 3)
+def timed(argv: list[str], env: dict[str, str], cwd: Path | None) -> float:
+    """Wall seconds of one run, its stdout read from a pipe and discarded."""
+    before = _common._cpu_now()
+    start = time.perf_counter()
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=cwd) as process:
+        assert process.stdout is not None
+        while process.stdout.read(1 << 16):
+            pass
+        status = process.wait()
+    elapsed = time.perf_counter() - start
+    after = _common._cpu_now()
+    if status != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {status}")
+    foreign = max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / (elapsed * (os.cpu_count() or 1))
+    _common.FOREIGN.append(min(foreign, 1.0))
+    return elapsed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-foreign", type=float, default=1.0, metavar="SHARE",
-                        help="repeat a run (up to 5 tries) while other processes used more than SHARE "
-                             "(0..1) of the machine; the default never repeats")
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--pin", choices=("none", "same"), default="none")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", default="", help="comma-separated workloads (default: all)")
+    parser.add_argument("--json", type=Path, default=_common.OUT / "programs.json")
     args = parser.parse_args()
-    _common.MAX_FOREIGN = args.max_foreign
-    times: dict[str, dict[str, list[float]]] = {w: {x: [] for x in WRAPPERS} for w in WORKLOADS}
+    files = prepare()
+    workloads = {name: argv for name, argv in WORKLOADS.items() if not args.only or name in args.only.split(",")}
+    times: dict[str, dict[str, list[float]]] = {w: {x: [] for x in WRAPPERS} for w in workloads}
+    times["pass"] = {"native": []}
+    load_before = os.getloadavg()
     for round_ in range(args.runs + 1):
-        for workload, argv in WORKLOADS.items():
+        reference = timed([_common.PYTHON, "-c", "pass"], dict(os.environ), None)
+        if round_:
+            times["pass"]["native"].append(reference)
+        for workload, argv in workloads.items():
             for wrapper in WRAPPERS:
-                if workload == "true" and wrapper != "forward":
-                    continue
-                command = wrap(wrapper, argv, args.pin)
+                command = wrap(wrapper, argv, files)
                 if command is None:
                     continue
-                elapsed = timed(command)
+                elapsed = timed(*command, files.get(workload))
                 if round_:  # round 0 warms the caches
                     times[workload][wrapper].append(elapsed)
-    startup = _common.median(times["true"]["forward"])
-    print(f"# programs: {args.runs} interleaved runs after a warm-up, pin={args.pin}, median wall ms (range)")
-    print(f"# {_common.machine()}")
+    print(f"# programs: {args.runs} alternated rounds after a warm-up, median wall ms (min..max)")
+    print(f"# {_common.machine()} (load before: {load_before[0]:.2f})")
     print(_common.noise())
-    print(f"# the forward master's own start-up (running /bin/true): {startup * 1000:.1f} ms")
-    for workload, argv in WORKLOADS.items():
-        if workload == "true":
-            continue
-        counts = arbitrated(argv)
-        print(f"\n## {workload}: {' '.join(argv)}")
-        print(f"arbitrated calls: {sum(counts.values())} ({', '.join(f'{n} {f}' for f, n in counts.most_common())})")
+    print(f"# python -c pass: {_common.median(times['pass']['native']) * 1000:.1f} ms")
+    summary: dict[str, dict[str, float]] = {}
+    for workload, argv in workloads.items():
         native = _common.median(times[workload]["native"])
+        fakeroot = times[workload]["fakeroot"]
+        print(f"\n## {workload}: {' '.join(argv)}")
         rows = []
+        summary[workload] = {}
         for wrapper, values in times[workload].items():
             if not values:
                 continue
             m = _common.median(values)
-            net = m - startup if wrapper == "forward" else m
-            rows.append((wrapper, f"{m * 1000:.1f}", f"{min(values) * 1000:.0f}..{max(values) * 1000:.0f}",
-                         f"{m / native:.2f}", f"{net * 1000:.1f}" if wrapper == "forward" else "",
-                         f"{net / native:.2f}" if wrapper == "forward" else ""))
-        print(_common.table(rows, ("wrapper", "ms", "range", "÷native", "net ms", "net ÷native")))
+            summary[workload][wrapper] = m
+            rows.append((wrapper, f"{m * 1000:.1f}", _common.spread([v * 1000 for v in values]),
+                         f"{m / native:.2f}", f"{m / _common.median(fakeroot):.2f}" if fakeroot else ""))
+        print(_common.table(rows, ("configuration", "ms", "range", "÷native", "÷fakeroot")))
+    summary["pass"] = {"native": _common.median(times["pass"]["native"])}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"median_s": summary, "runs": times}, indent=1))
+    if shutil.which("sandlock") is None:
+        print("\n# sandlock: not installed (pip install sandlock into the venv to add its row)")
 
 
 if __name__ == "__main__":
