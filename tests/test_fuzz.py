@@ -244,6 +244,8 @@ class Child:
 
     process: subprocess.Popen[bytes]
     served: Future[None]
+    #: Its first report, read by ``wait_started`` (a loaded machine may kill it before another).
+    first_report: str = ""
 
     @classmethod
     def start(cls, loop: LoopThread, router: Router, seed: int) -> Child:
@@ -261,14 +263,15 @@ class Child:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         assert line.startswith(b"sent="), line
+        self.first_report = line.decode().strip()
 
     def kill(self) -> int:
         """SIGKILL it; how many messages it had sent by its last report."""
         self.process.send_signal(signal.SIGKILL)
         out, err = self.process.communicate(timeout=PATIENCE)
         assert self.process.returncode == -signal.SIGKILL, err.decode()
-        reports = [line for line in out.decode().splitlines() if line.startswith("sent=")]
-        assert reports, f"the hostile child never got going: {err.decode()}"
+        reports = [self.first_report] + [line for line in out.decode().splitlines() if line.startswith("sent=")]
+        assert reports[-1], f"the hostile child never got going: {err.decode()}"
         return int(reports[-1].split()[0].removeprefix("sent="))
 
 
