@@ -17,9 +17,13 @@ prove is asked:
   ``flags``, ``writing`` and their ``&``, ``|``, ``~`` (``to``, ``named``,
   a condition of the policy's own);
 - a handler as the default;
-- for a function whose rule looks at paths: a relative path (its directory
-  is the slave's, named by the master through ``/proc``), a path with a
-  ``..`` component (the router folds it lexically; the shim does not try);
+- for a function whose rule looks at paths: a path with a ``..``
+  component (the router folds it lexically; the shim does not try), a
+  relative path whose directory the shim cannot name as the master does
+  (the master reads its copy of the directory descriptor through
+  ``/proc/self/fd``; the shim reads the same link through its own
+  ``/proc``, and asks when there is none, as in a sandbox, or the
+  directory was removed);
 - an ``under`` root that is not valid UTF-8;
 - only file-system functions (``open``, ``openat``, ``stat``, ``lstat``,
   ``access``, ``eaccess``, ``mkdir``, ``rmdir``, ``unlink``, ``rename``);
@@ -260,11 +264,22 @@ def _observed(router: Router) -> bool:
 # ------------------------------------------------------------------ reference
 
 
-def evaluate(table: bytes, function: str, flags: int, path1: bytes, path2: bytes | None = None) -> Verdict:
+def evaluate(
+    table: bytes,
+    function: str,
+    flags: int,
+    path1: bytes,
+    path2: bytes | None = None,
+    *,
+    directory1: bytes | None = None,
+    directory2: bytes | None = None,
+) -> Verdict:
     """What the shim does with a call under ``table``: the specification shim/rules.c implements.
 
     ``flags`` are the open flags as the wire carries them (0 for other
-    functions); ``path2`` is rename's second path.
+    functions); ``path2`` is rename's second path. ``directory1`` and
+    ``directory2`` are the directories relative paths are relative to, as
+    the shim names them (None: it cannot).
     """
     magic, version, count = HEADER.unpack_from(table)
     if magic != MAGIC or version != VERSION:
@@ -278,7 +293,8 @@ def evaluate(table: bytes, function: str, flags: int, path1: bytes, path2: bytes
         if code != _CODE[function]:
             continue
         paths = [path1] if path2 is None else [path1, path2]
-        normal = [_normal(path) for path in paths]
+        directories = [directory1, directory2]
+        normal = [_normal(path, directories[n]) for n, path in enumerate(paths)]
         if OP_UNDER in _ops(program) and any(path is None for path in normal):
             return "ask"
         if _run(program, flags, [path for path in normal if path is not None], paths):
@@ -287,10 +303,12 @@ def evaluate(table: bytes, function: str, flags: int, path1: bytes, path2: bytes
     return "ask"
 
 
-def _normal(path: bytes) -> bytes | None:
+def _normal(path: bytes, directory: bytes | None) -> bytes | None:
     """The path as the router compares it, or None when the shim asks instead."""
     if not path.startswith(b"/"):
-        return None
+        if directory is None or not directory.startswith(b"/") or directory.endswith(b" (deleted)"):
+            return None
+        path = directory + b"/" + path
     parts = [part for part in path.split(b"/") if part and part != b"."]
     if b".." in parts:
         return None

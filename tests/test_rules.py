@@ -29,7 +29,9 @@ from shimtools import needs_shim
 # ------------------------------------------------------------- the compiler
 
 _COMPONENTS = ["srv", "srvx", "a", "b", ".", "..", ""]
-_ROOTS = ["/", "/srv", "/srv/a", "/a/b", "/srvx", "/é"]
+_ROOTS = ["/", "/srv", "/srv/a", "/a/b", "/srvx", "/é", "/usr", "/usr/lib", "/usr/lib/a"]
+#: Directories relative paths are relative to (the router reads them through /proc, as the shim does).
+_DIRECTORIES = {path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in ("/", "/usr", "/usr/lib")}
 _ACCESS = ("read_only", "write_only", "read_write")
 
 
@@ -85,8 +87,13 @@ def requests(draw: st.DrawFn) -> tuple[Request, int]:
     bits = 0
     if function == "rename":
         arguments = {"path1": draw(paths), "path2": draw(paths), "no_replace": False}
+        for name, fd_name in (("path1", "dirfd1"), ("path2", "dirfd2")):
+            if not arguments[name].startswith("/"):
+                arguments[fd_name] = _DIRECTORIES[draw(st.sampled_from(sorted(_DIRECTORIES)))]
     else:
         arguments = {"path": draw(paths)}
+        if not arguments["path"].startswith("/"):
+            arguments["dirfd"] = _DIRECTORIES[draw(st.sampled_from(sorted(_DIRECTORIES)))]
     if function in ("open", "openat"):
         vocabulary = OPENAT_FLAGS if function == "openat" else OPEN_FLAGS
         chosen = frozenset({draw(st.sampled_from(_ACCESS)),
@@ -106,6 +113,11 @@ def _raw(request: Request, name: str) -> bytes:
     return os.fsencode(str(getattr(request, name)))
 
 
+def _directory(request: Request, name: str) -> bytes | None:
+    fd = getattr(request, name, None)
+    return None if fd is None else os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
+
+
 @settings(max_examples=600, deadline=None)
 @given(routers(), st.lists(requests(), min_size=1, max_size=8))
 def test_what_the_table_claims_the_router_decides(router: Router, calls: list[tuple[Request, int]]) -> None:
@@ -114,9 +126,11 @@ def test_what_the_table_claims_the_router_decides(router: Router, calls: list[tu
         return
     for request, bits in calls:
         if request.function == "rename":
-            verdict = evaluate(table, "rename", 0, _raw(request, "path1"), _raw(request, "path2"))
+            verdict = evaluate(table, "rename", 0, _raw(request, "path1"), _raw(request, "path2"),
+                               directory1=_directory(request, "dirfd1"), directory2=_directory(request, "dirfd2"))
         else:
-            verdict = evaluate(table, request.function, bits, _raw(request, "path"))
+            verdict = evaluate(table, request.function, bits, _raw(request, "path"),
+                               directory1=_directory(request, "dirfd"))
         if verdict == "ask":
             continue
         route, outcome = asyncio.run(router.decide(request))
@@ -141,7 +155,10 @@ def test_a_forward_default_with_a_handler_under_srv_decides_everything_else_in_t
     assert evaluate(table, "stat", 0, b"//srv/./a") == "ask"
     assert evaluate(table, "stat", 0, b"/srv") == "ask"
     assert evaluate(table, "stat", 0, b"/usr/../srv/a") == "ask"  # ".." is the router's to fold
-    assert evaluate(table, "stat", 0, b"relative") == "ask"
+    assert evaluate(table, "stat", 0, b"relative") == "ask"  # a directory the shim cannot name
+    assert evaluate(table, "stat", 0, b"a", directory1=b"/usr") == "forward"
+    assert evaluate(table, "stat", 0, b"a", directory1=b"/srv") == "ask"
+    assert evaluate(table, "stat", 0, b"a", directory1=b"/usr (deleted)") == "ask"
     assert evaluate(table, "unlink", 0, b"relative") == "forward"  # no route looks at unlink's path
 
 
@@ -189,6 +206,30 @@ async def test_a_program_outside_the_handled_tree_never_reaches_the_master(tmp_p
         assert await process.wait() == 0
     assert seen == []
     assert process.sessions_started == 0
+
+
+@needs_shim
+async def test_relative_paths_outside_the_handled_tree_never_reach_the_master(tmp_path: Path) -> None:
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "file").write_text("inside\n")
+    (tmp_path / "outside").write_text("outside\n")
+    seen: list[str] = []
+    router = Router()
+
+    @router.on("open", "openat", "stat", "lstat", "access", when=under(str(tmp_path / "srv")))
+    def srv(request: Request) -> Any:
+        seen.append(str(request.path))
+        return FORWARD
+
+    async with spawn(["cat", "outside"], router, cwd=tmp_path, stdout=asyncio.subprocess.PIPE) as process:
+        out, _ = await process.communicate()
+    assert out == b"outside\n" and seen == [] and process.sessions_started == 0
+    async with spawn(["cat", "file", "../outside"], router, cwd=tmp_path / "srv",
+                     stdout=asyncio.subprocess.PIPE) as process:
+        out, _ = await process.communicate()
+    assert out == b"inside\noutside\n"
+    # "../outside" is asked (the shim leaves ".." to the router), which folds it: outside, the default's.
+    assert seen == ["file"]
 
 
 @needs_shim

@@ -61,7 +61,7 @@ static int ask(struct lcs_request *request, int dirfd1, const char *path1,
 		request->len2 = strlen(path2);
 	}
 	/* The policy's constant answer, when the rules prove it. */
-	rule = lcs_rules(request->function, request->flags, path1, path2, &error);
+	rule = lcs_rules(request->function, request->flags, dirfd1, path1, dirfd2, path2, &error);
 	if (rule == LCS_RULE_FORWARD) {
 		lcs_report(request, LCS_REPORT_FORWARDED, 0);
 		return FALLBACK;

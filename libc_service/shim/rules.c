@@ -10,14 +10,18 @@
  * answer (forward, or fail with an errno) or says to ask the master.  It
  * asks for anything it cannot evaluate exactly as the router does: a
  * function it has no entry for, and, when the entry looks at paths, a
- * relative path or one with a ".." component.  Like the router's
+ * path with a ".." component or a relative path whose directory it cannot
+ * name as the master would (through /proc, as the master reads its copy
+ * of the descriptor).  Like the router's
  * conditions it compares paths lexically; the sandbox, not this string
  * test, is the boundary.
  *
  * Everything here reads memory written once by the constructor: no locks,
  * no allocation, usable from a signal handler or a vfork()ed child. */
+#include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "shim.h"
 
@@ -169,14 +173,69 @@ void lcs_rules_init(void)
 		}
 }
 
-/* path as the router compares it (empty and "." components dropped), in
- * out; 0 when the rules cannot say (relative, "..", too long). */
-static int normalise(const char *path, char *out, size_t *out_len)
+/* The directory a relative path is relative to, as the master names it
+ * (readlink of its copy of the descriptor, the shim's cwd descriptor for
+ * AT_FDCWD): the same link read through our own /proc.  0 when it cannot
+ * be named exactly: no /proc (a sandbox), not a directory path, a removed
+ * directory (" (deleted)"), too long. */
+static int directory_of(int dirfd, char *out, size_t *out_len)
 {
-	size_t len = 0;
+	char link[32] = "/proc/self/cwd";
+	ssize_t len;
 
-	if (!path || path[0] != '/')
+	if (dirfd != AT_FDCWD) {
+		char digits[12], *d = digits + sizeof digits;
+		unsigned value = dirfd;
+
+		if (dirfd < 0)
+			return 0;
+		*--d = 0;
+		do
+			*--d = '0' + value % 10;
+		while (value /= 10);
+		memcpy(link, "/proc/self/fd/", 14);
+		memcpy(link + 14, d, digits + sizeof digits - d);
+	}
+	len = readlink(link, out, LCS_PATH_MAX_BYTES);
+	if (len <= 0 || len >= LCS_PATH_MAX_BYTES || out[0] != '/')
 		return 0;
+	out[len] = 0;
+	if (len >= 10 && !memcmp(out + len - 10, " (deleted)", 10))
+		return 0;
+	*out_len = len;
+	return 1;
+}
+
+static int append_components(const char *path, char *out, size_t *len);
+
+/* path as the router compares it (made absolute against its directory,
+ * empty and "." components dropped), in out; 0 when the rules cannot say
+ * (a directory that cannot be named, "..", too long). */
+static int normalise(int dirfd, const char *path, char *out, size_t *out_len)
+{
+	char base[LCS_PATH_MAX_BYTES + 1];
+	size_t base_len, len = 0;
+
+	if (!path)
+		return 0;
+	if (path[0] != '/') {
+		if (!directory_of(dirfd, base, &base_len) || !append_components(base, out, &len))
+			return 0;
+	}
+	if (!append_components(path, out, &len))
+		return 0;
+	if (len == 0)
+		out[len++] = '/';
+	out[len] = 0;
+	*out_len = len;
+	return 1;
+}
+
+/* Append path's components to out (at *len), each after a '/'. */
+static int append_components(const char *path, char *out, size_t *len_io)
+{
+	size_t len = *len_io;
+
 	for (const char *p = path; *p;) {
 		const char *name;
 		size_t size;
@@ -197,10 +256,7 @@ static int normalise(const char *path, char *out, size_t *out_len)
 		memcpy(out + len, name, size);
 		len += size;
 	}
-	if (len == 0)
-		out[len++] = '/';
-	out[len] = 0;
-	*out_len = len;
+	*len_io = len;
 	return 1;
 }
 
@@ -268,7 +324,8 @@ static int run(const struct entry *entry, const struct call *call)
 	return stack[depth - 1];
 }
 
-int lcs_rules(uint16_t function, uint32_t flags, const char *path1, const char *path2, int *error)
+int lcs_rules(uint16_t function, uint32_t flags, int dirfd1, const char *path1, int dirfd2,
+              const char *path2, int *error)
 {
 	char normal[2][LCS_PATH_MAX_BYTES + 1];
 	struct call call = {
@@ -284,9 +341,10 @@ int lcs_rules(uint16_t function, uint32_t flags, const char *path1, const char *
 		return LCS_RULE_ASK;
 	if (entry->paths) {
 		const char *paths[2] = { path1, path2 };
+		int dirfds[2] = { dirfd1, dirfd2 };
 		call.npaths = path2 ? 2 : 1;
 		for (int n = 0; n < call.npaths; n++) {
-			if (!normalise(paths[n], normal[n], &call.lens[n]))
+			if (!normalise(dirfds[n], paths[n], normal[n], &call.lens[n]))
 				return LCS_RULE_ASK;
 			call.paths[n] = normal[n];
 		}

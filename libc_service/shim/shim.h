@@ -201,7 +201,8 @@ int lcs_local(const char *path);
  * lcs_rules() says forward, deny (*error set) or ask the master. */
 enum { LCS_RULE_ASK = 0, LCS_RULE_FORWARD, LCS_RULE_DENY };
 void lcs_rules_init(void);
-int lcs_rules(uint16_t function, uint32_t flags, const char *path1, const char *path2, int *error);
+int lcs_rules(uint16_t function, uint32_t flags, int dirfd1, const char *path1, int dirfd2,
+              const char *path2, int *error);
 
 /* Tell the master's observers about a call the rules decided (channel.c;
  * only with LIBC_SERVICE_REPORTS=1): never blocks, a report the socket
