@@ -17,8 +17,13 @@ besides its arguments, so that a master performing the call can be exact:
 Each is ``None`` when unknown: the slave did not say (the Python
 :class:`~libc_service.Slave` says only what its caller gives), or could not
 say (``groups`` of a process in more than :data:`MAX_GROUPS` groups, whose
-list the protocol does not carry). A master must not guess an unknown
-value: one that performs the call *as the slave* refuses it instead.
+list the protocol does not carry). They are the slave's *word*: the shim
+tells the truth, but a hostile slave speaking the protocol itself may claim
+any value. So they make an honest slave's calls exact — a program that
+dropped to ``nobody`` is not served as root — and never widen what the
+policy lets the master do: :func:`~libc_service.perform` acts at most with
+the master's own authority, takes unknown supplementary groups as none, and
+an unknown fsuid, fsgid or umask as the master's own.
 
 Descriptors that travel with a request are fields too, holding descriptor
 numbers *in the master*, valid until the reply goes out:
