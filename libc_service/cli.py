@@ -12,6 +12,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .catalogue import PATH_FUNCTIONS
 from .policy import LoadedPolicy, PolicyError, load_policy
 from .router import FORWARD, Router
 from .rules import relative
@@ -169,7 +170,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 #: Functions whose requests carry a path relative to a directory descriptor.
-_PATH_FUNCTIONS = ("open", "openat", "stat", "lstat", "access", "eaccess", "mkdir", "rmdir", "unlink", "rename")
+_PATH_FUNCTIONS = tuple(sorted(PATH_FUNCTIONS | {"rename"}))
 
 
 def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -105,7 +105,7 @@ Function: TypeAlias = Literal[
     "bind_inet6",
     "getaddrinfo",
 ]
-#: The arbitrated functions, in the seed's order (wire code = index + 1).
+#: The arbitrated functions, in protocol order (wire code = index + 1).
 FUNCTIONS: Final[tuple[Function, ...]] = get_args(Function)
 
 OpenFlag: TypeAlias = Literal[
@@ -342,7 +342,7 @@ class _Request(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
-    #: Positional order of the seed's ``arguments()`` for this function.
+    #: Positional order of ``arguments()`` for this function.
     ARGUMENTS: ClassVar[tuple[str, ...]] = ()
     #: Descriptor fields, in wire role order.
     DESCRIPTORS: ClassVar[tuple[str, ...]] = ()
@@ -356,7 +356,7 @@ class _Request(BaseModel):
     groups: Annotated[tuple[Id, ...], Field(max_length=MAX_GROUPS)] | None = None
 
     def arguments(self) -> tuple[Any, ...]:
-        """The call's arguments in the seed's positional order."""
+        """The call's arguments in the function's positional order (as libc takes them)."""
         return tuple(getattr(self, name) for name in self.ARGUMENTS)
 
     def descriptors(self) -> tuple[int, ...]:
@@ -692,7 +692,7 @@ Request: TypeAlias = Annotated[
     Field(discriminator="function"),
 ]
 
-#: Request model by function name, in the seed's order.
+#: Request model by function name, in protocol order.
 REQUEST_TYPES: Final[dict[str, type[_Request]]] = {
     model.model_fields["function"].default: model
     for model in get_args(get_args(Request)[0])

@@ -41,7 +41,7 @@ def _plain(value: Any) -> Any:
 
 
 def request_arguments(request: Request) -> dict[str, Any]:
-    """The request's arguments as JSON-ready data, in the seed's order.
+    """The request's arguments as JSON-ready data, in the function's positional order.
 
     A rename also carries ``no_replace`` (``renameat2``'s ``RENAME_NOREPLACE``).
     """
