@@ -9,6 +9,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 # without --sandbox starts without them.
 
 __all__ = ["main"]
+
+logger = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 EXIT_CANNOT_EXECUTE = 126
@@ -52,6 +55,11 @@ FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP, 
 #: exits, even when the program ignores or traps SIGTERM. (SIGINT is not one:
 #: interactive programs — shells, REPLs — take Ctrl-C as ordinary input.)
 ENDING_SIGNALS: frozenset[int] = frozenset({signal.SIGTERM})
+#: Ctrl-C this many times within this many seconds kills the program: one
+#: that ignores or traps SIGINT cannot keep the command from ending, while a
+#: REPL's ordinary Ctrl-C (once, or twice) stays the program's to handle.
+INSISTENT_INTERRUPTS = 3
+INSISTENT_WINDOW = 2.0
 #: Signals a terminal sends to its foreground process group, which reach
 #: only the master when the program has a session of its own (sandboxed).
 TERMINAL_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGQUIT, signal.SIGWINCH)
@@ -72,6 +80,13 @@ class _SignalRelay:
     def __init__(self, process: SlaveProcess) -> None:
         self.process = process
         self.ending = False
+        self._interrupts: list[float] = []
+
+    def _insisted(self) -> bool:
+        """Whether this SIGINT is the last of INSISTENT_INTERRUPTS within INSISTENT_WINDOW seconds."""
+        now = time.monotonic()
+        self._interrupts = [when for when in self._interrupts if now - when < INSISTENT_WINDOW] + [now]
+        return len(self._interrupts) >= INSISTENT_INTERRUPTS
 
     def install(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []
@@ -93,6 +108,11 @@ class _SignalRelay:
                 self.process.kill()
                 return
             self.ending = True
+        if signum == signal.SIGINT and self._insisted():
+            logger.warning("interrupted %d times in %.0f s: killing the program", INSISTENT_INTERRUPTS,
+                           INSISTENT_WINDOW)
+            self.process.kill()
+            return
         if self.process.own_session:
             if signum in (signal.SIGINT, signal.SIGHUP):
                 self.process.signal_group(signum)  # as the terminal would have

@@ -234,3 +234,23 @@ def test_ctrl_z_fg_and_ctrl_c_work_for_a_sandboxed_program_in_its_own_session(tm
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
         os.close(terminal)
+
+
+async def test_ctrl_c_three_times_ends_a_program_that_ignores_it(tmp_path: Path) -> None:
+    """Once or twice is the program's to handle (a REPL); three times in two seconds kills it."""
+    policy = tmp_path / "policy.py"
+    policy.write_text("from libc_service import FORWARD, Router\nrouter = Router(default=FORWARD)\n")
+    script = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    command = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libc_service.cli", "run", str(policy), "--", PYTHON, "-S", "-c", script,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert command.stdout is not None
+    assert await asyncio.wait_for(command.stdout.readline(), 30) == b"ready\n"
+    for _ in range(2):
+        command.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    assert command.returncode is None  # twice: still the program's
+    command.send_signal(signal.SIGINT)
+    status = await asyncio.wait_for(command.wait(), 30)
+    assert status == 128 + signal.SIGKILL
