@@ -1,0 +1,136 @@
+"""One wire layout: every constant, size and limit of ``shim/shim.h`` equals ``wire.py``'s.
+
+The C shim and the Python codec are two descriptions of one protocol. This
+test reads the header itself — ``#define``s and ``enum`` blocks, with the
+few expression forms the header uses — and compares each value with its
+Python counterpart, so a change on one side that misses the other fails
+here rather than as a garbled call.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from libc_service import requests, wire
+
+HEADER = Path(wire.__file__).with_name("shim") / "shim.h"
+
+
+def _evaluate(expression: str, known: dict[str, int]) -> int | None:
+    """A header expression (numbers, ``1u << n``, names, + - * parentheses), or None."""
+    text = re.sub(r"\b(\d+)[uUlL]+\b", r"\1", expression.strip())
+    if not re.fullmatch(r"[\w\s+\-*()<|]+", text):
+        return None
+    names = {name: known[name] for name in re.findall(r"[A-Za-z_]\w*", text) if name in known}
+    if any(name not in known for name in re.findall(r"[A-Za-z_]\w*", text)):
+        return None
+    try:
+        value = eval(text, {"__builtins__": {}}, names)  # noqa: S307 - digits, operators and known names only
+    except (SyntaxError, TypeError, NameError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def header_constants() -> dict[str, int]:
+    """Every integer ``#define`` and enum member of shim.h, by name."""
+    source = re.sub(r"/\*.*?\*/", " ", HEADER.read_text(), flags=re.S)
+    known: dict[str, int] = {}
+    pending: list[tuple[str, str]] = []
+    for name, value in re.findall(r"^#define\s+(LCS_\w+)\s+(.+?)\s*$", source, flags=re.M):
+        pending.append((name, value))
+    for body in re.findall(r"\benum\s*\{(.*?)\}", source, flags=re.S):
+        following = 0
+        for member in (part.strip() for part in body.split(",")):
+            if not member:
+                continue
+            name, _, value = member.partition("=")
+            name = name.strip()
+            if value:
+                evaluated = _evaluate(value, known)
+                if evaluated is None:
+                    pending.append((name, value))
+                    continue
+                following = evaluated
+            known[name] = following
+            following += 1
+    for _ in range(3):  # defines may name each other in any order
+        for name, value in pending:
+            evaluated = _evaluate(value, known)
+            if evaluated is not None:
+                known[name] = evaluated
+    return known
+
+
+@pytest.fixture(scope="module")
+def header() -> dict[str, int]:
+    return header_constants()
+
+
+def test_version_limits_and_sizes_agree(header: dict[str, int]) -> None:
+    assert header["LCS_VERSION"] == wire.VERSION
+    assert header["LCS_PATH_MAX_BYTES"] == requests.PATH_MAX_BYTES
+    assert header["LCS_UNIX_PATH_MAX"] == requests.UNIX_PATH_MAX
+    assert header["LCS_NODE_MAX"] == requests.NODE_MAX
+    assert header["LCS_SERVICE_MAX"] == requests.SERVICE_MAX
+    assert header["LCS_MAX_GROUPS"] == requests.MAX_GROUPS
+    assert header["LCS_MAX_REQUEST_FDS"] == wire.MAX_REQUEST_FDS
+    assert header["LCS_MAX_REPLY_FDS"] == wire.MAX_REPLY_FDS
+    assert header["LCS_MAX_ADDRINFO"] == wire.MAX_ADDRINFO
+    assert header["LCS_MAX_MESSAGE"] == wire.MAX_MESSAGE
+    assert header["LCS_REQUEST_HEADER"] == wire.REQUEST.size
+    assert header["LCS_REPLY_HEADER"] == wire.REPLY.size
+    assert header["LCS_STAT_RECORD"] == wire.STAT.size
+    assert header["LCS_ADDRINFO_ENTRY"] == wire.ADDRINFO.size
+
+
+def test_every_function_has_the_same_code_on_both_sides(header: dict[str, int]) -> None:
+    first, last = header["LCS_OPEN"], max(wire.CODE.values())
+    c_functions = {name: value for name, value in header.items()
+                   if first <= value <= last and name.startswith("LCS_")
+                   and name.removeprefix("LCS_").lower() in wire.CODE}
+    assert {name.removeprefix("LCS_").lower(): value for name, value in c_functions.items()} == wire.CODE
+
+
+def test_open_flag_bits_agree(header: dict[str, int]) -> None:
+    """Every flag the shim sends is the codec's; only openat2's resolve_* flags (which the shim,
+    interposing no openat2, never sends) are the codec's alone."""
+    c_flags = {name.removeprefix("LCS_O_").lower(): bit for name, bit in header.items() if name.startswith("LCS_O_")}
+    assert c_flags == {name: bit for name, bit in wire.OPEN_FLAG_BITS.items() if not name.startswith("resolve_")}
+
+
+@pytest.mark.parametrize(("c_name", "python_name"), [
+    ("LCS_RENAME_NO_REPLACE", "RENAME_NO_REPLACE"),
+    ("LCS_ROLE_SOCKET", "ROLE_SOCKET"),
+    ("LCS_CONTEXT_UMASK", "CONTEXT_UMASK"),
+    ("LCS_CONTEXT_FSUID", "CONTEXT_FSUID"),
+    ("LCS_CONTEXT_FSGID", "CONTEXT_FSGID"),
+    ("LCS_CONTEXT_GROUPS", "CONTEXT_GROUPS"),
+    ("LCS_ACTION_RESULT", "ACTION_RESULT"),
+    ("LCS_ACTION_FORWARD", "ACTION_FORWARD"),
+    ("LCS_KIND_NONE", "KIND_NONE"),
+    ("LCS_KIND_STAT", "KIND_STAT"),
+    ("LCS_KIND_ADDRINFO", "KIND_ADDRINFO"),
+    ("LCS_KIND_GAI_ERROR", "KIND_GAI_ERROR"),
+])
+def test_named_bits_and_codes_agree(header: dict[str, int], c_name: str, python_name: str) -> None:
+    assert header[c_name] == getattr(wire, python_name)
+
+
+def test_protocol_numbers_agree(header: dict[str, int]) -> None:
+    assert (header["LCS_PROTO_NONE"], header["LCS_PROTO_TCP"], header["LCS_PROTO_UDP"]) == (
+        wire.PROTOCOL_NUMBER[None], wire.PROTOCOL_NUMBER["tcp"], wire.PROTOCOL_NUMBER["udp"])
+
+
+def test_the_magics_in_the_shim_sources_are_the_codecs() -> None:
+    sources = "".join(path.read_text() for path in HEADER.parent.glob("*.[ch]"))
+    for magic in (wire.REQUEST_MAGIC, wire.REPLY_MAGIC, wire.HELLO_MAGIC):
+        assert f'"{magic.decode()}"' in sources or "".join(f"'{c}'" for c in magic.decode()) in sources.replace(
+            ", ", ""), magic
+
+
+def test_the_parser_reads_what_it_compares(header: dict[str, int]) -> None:
+    """Guard against a parser that silently finds nothing: the header's main names are there."""
+    assert {"LCS_VERSION", "LCS_OPEN", "LCS_GETADDRINFO", "LCS_O_TRUNCATE", "LCS_MAX_MESSAGE"} <= header.keys()
