@@ -19,6 +19,9 @@ __all__ = [
     "GAI_ERROR_NAMES",
     "INET6_FUNCTIONS",
     "INET_FUNCTIONS",
+    "METADATA_FD_FUNCTIONS",
+    "METADATA_FUNCTIONS",
+    "METADATA_PATH_FUNCTIONS",
     "MUTATING_FUNCTIONS",
     "NAMED_FUNCTIONS",
     "OPEN_FUNCTIONS",
@@ -33,13 +36,19 @@ PATH_FUNCTIONS: Final = frozenset(
     {"open", "openat", "unlink", "rmdir", "stat", "lstat", "access", "eaccess", "mkdir"}
 )
 OPEN_FUNCTIONS: Final = frozenset({"open", "openat"})
+#: Functions that change a file's mode, owner or times by path (``path``,
+#: ``dirfd``, ``no_follow``) ...
+METADATA_PATH_FUNCTIONS: Final = frozenset({"chmod", "chown", "utimens"})
+#: ... and through a descriptor of the slave's (``fd``).
+METADATA_FD_FUNCTIONS: Final = frozenset({"fchmod", "fchown", "futimens"})
+METADATA_FUNCTIONS: Final = METADATA_PATH_FUNCTIONS | METADATA_FD_FUNCTIONS
 #: Functions that change the file system.
-MUTATING_FUNCTIONS: Final = frozenset({"unlink", "rmdir", "mkdir", "rename"})
+MUTATING_FUNCTIONS: Final = frozenset({"unlink", "rmdir", "mkdir", "rename"}) | METADATA_FUNCTIONS
 UNIX_FUNCTIONS: Final = frozenset({"connect_unix", "bind_unix"})
 INET_FUNCTIONS: Final = frozenset({"connect_inet", "bind_inet"})
 INET6_FUNCTIONS: Final = frozenset({"connect_inet6", "bind_inet6"})
 #: Functions whose request names something in the file system (a path condition applies).
-NAMED_FUNCTIONS: Final = PATH_FUNCTIONS | {"rename"} | UNIX_FUNCTIONS
+NAMED_FUNCTIONS: Final = PATH_FUNCTIONS | {"rename"} | UNIX_FUNCTIONS | METADATA_PATH_FUNCTIONS
 #: Functions whose reply may carry a descriptor that is (or replaces) the call's result.
 FD_RESULT_FUNCTIONS: Final = OPEN_FUNCTIONS | UNIX_FUNCTIONS | INET_FUNCTIONS | INET6_FUNCTIONS
 

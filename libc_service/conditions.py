@@ -185,7 +185,8 @@ def writing() -> Condition:
 
     True for ``open``/``openat`` with any of ``write_only``, ``read_write``,
     ``append``, ``create``, ``truncate``, ``temporary``, and always for
-    ``unlink``, ``rmdir``, ``mkdir`` and ``rename``.
+    ``unlink``, ``rmdir``, ``mkdir``, ``rename`` and the metadata changes
+    (``chmod``, ``chown``, ``utimens`` and their descriptor forms).
     """
     return _Writing()
 

@@ -124,8 +124,11 @@ def perform(request: Any, *, beneath: str | os.PathLike[str] | None = None) -> A
 
     Returns what a handler returns — ``WithFds(fd, [fd])`` for
     ``open``/``openat``, a :class:`~libc_service.Stat` for ``stat``/``lstat``,
-    ``0`` for ``access``, ``eaccess``, ``mkdir``, ``rmdir``, ``unlink`` and
-    ``rename``, ``WithFds(0, [sock])`` for ``connect_*``/``bind_*`` (a socket of
+    ``0`` for ``access``, ``eaccess``, ``mkdir``, ``rmdir``, ``unlink``,
+    ``rename`` and the metadata changes (``chmod``, ``chown``, ``utimens``
+    with ``fchmodat``/``fchownat``/``utimensat``, ``AT_SYMLINK_NOFOLLOW`` for
+    ``no_follow``; ``fchmod``, ``fchown``, ``futimens`` on the slave's
+    descriptor, which beneath a root must be the file its name there leads to), ``WithFds(0, [sock])`` for ``connect_*``/``bind_*`` (a socket of
     the slave's family and type, made in the master, which replaces the
     slave's), a list of :class:`~libc_service.AddrInfo` for ``getaddrinfo`` — or
     raises the kernel's errno as ``OSError`` (``socket.gaierror`` for
@@ -1106,6 +1109,128 @@ def _perform_getaddrinfo(request: Any, root: str | None) -> Any:
     return _on_thread(None, lookup)
 
 
+# ------------------------------------------------------------ metadata changes
+
+_AT_SYMLINK_NOFOLLOW: Final = 0x100
+_UTIME_NOW: Final = (1 << 30) - 1
+_UTIME_OMIT: Final = (1 << 30) - 2
+_NS: Final = 1_000_000_000
+_Change = Callable[[int, bytes, int], int]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _libc_call(name: str, *args: Any) -> int:
+    """A libc function of ``_libc`` (a ``-1`` with errno becomes ``OSError``)."""
+    result = int(getattr(_libc, name)(*args))
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result
+
+
+def _times(request: Any) -> Any:
+    """The request's atime and mtime as utimensat's ``struct timespec[2]``."""
+    specs = (_Timespec * 2)()
+    for spec, value in zip(specs, (request.atime, request.mtime)):
+        if value == "now":
+            spec.tv_nsec = _UTIME_NOW
+        elif value == "omit":
+            spec.tv_nsec = _UTIME_OMIT
+        else:
+            spec.tv_sec, spec.tv_nsec = divmod(int(value), _NS)
+    return specs
+
+
+def _metadata_change(request: Any) -> _Change:
+    """``change(dirfd, name, at_flags)``: the request's ``*at`` call on one name."""
+    function = request.function.removeprefix("f")
+    if function == "chmod":
+        mode = int(request.mode)
+        return lambda fd, name, flags: _libc_call(
+            "fchmodat", ctypes.c_int(fd), name, ctypes.c_uint(mode), ctypes.c_int(flags))
+    if function == "chown":
+        owner = 0xFFFFFFFF if request.owner is None else int(request.owner)
+        group = 0xFFFFFFFF if request.group is None else int(request.group)
+        return lambda fd, name, flags: _libc_call(
+            "fchownat", ctypes.c_int(fd), name, ctypes.c_uint(owner), ctypes.c_uint(group), ctypes.c_int(flags))
+    times = _times(request)
+    return lambda fd, name, flags: _libc_call("utimensat", ctypes.c_int(fd), name, times, ctypes.c_int(flags))
+
+
+def _perform_metadata(request: Any, root: str | None) -> int:
+    change = _metadata_change(request)
+    return _as_slave(_switch_for(request), lambda: _metadata_now(request, root, change))
+
+
+def _metadata_now(request: Any, root: str | None, change: _Change) -> int:
+    with _target(request, request.path, request.dirfd, root) as where:
+        if request.no_follow and not where.text.endswith("/"):
+            # The final name itself, never followed: an *at call on it in
+            # its parent (opened as the slave's path is resolved).
+            parent, name = _parent(where)
+            try:
+                change(parent, os.fsencode(name), _AT_SYMLINK_NOFOLLOW)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(request.path)) from None
+            finally:
+                os.close(parent)
+            return 0
+        # Followed: the object the slave's path leads to, found with the
+        # kernel's rules (beneath a root, no magic links), then changed
+        # through the master's own descriptor of it.
+        fd = _open_at(where, os.O_PATH | os.O_CLOEXEC)
+    try:
+        change(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), 0)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(request.path)) from None
+    finally:
+        os.close(fd)
+    return 0
+
+
+def _perform_fd_metadata(request: Any, root: str | None) -> int:
+    fd = int(request.fd)
+    if root is not None:
+        _check_beneath(fd, root)
+    function = request.function
+    arguments: tuple[Any, ...]
+    if function == "fchmod":
+        arguments = (ctypes.c_uint(request.mode),)
+    elif function == "fchown":
+        owner = 0xFFFFFFFF if request.owner is None else int(request.owner)
+        group = 0xFFFFFFFF if request.group is None else int(request.group)
+        arguments = (ctypes.c_uint(owner), ctypes.c_uint(group))
+    else:
+        arguments = (_times(request),)
+    _as_slave(_switch_for(request), lambda: _libc_call(function, ctypes.c_int(fd), *arguments))
+    return 0
+
+
+def _check_beneath(fd: int, root: str) -> None:
+    """Refuse (``EXDEV``) a descriptor whose file is not the one its name beneath ``root`` leads to."""
+    try:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        relative = safepath.relative_to_root(root, name)
+    except (OSError, safepath.EscapeError):
+        raise OSError(errno_module.EXDEV, f"descriptor {fd} is not beneath {root}") from None
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        probe = safepath._openat2(root_fd, relative, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _BENEATH)
+    except OSError:
+        raise OSError(errno_module.EXDEV, f"descriptor {fd} is not beneath {root}") from None
+    finally:
+        os.close(root_fd)
+    try:
+        mine, theirs = os.fstat(probe), os.fstat(fd)
+    finally:
+        os.close(probe)
+    if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+        raise OSError(errno_module.EXDEV, f"descriptor {fd} is not beneath {root}")
+
+
 _Performer = Callable[[Any, str | None], Any]
 
 _PERFORMERS: Final[dict[str, _Performer]] = {
@@ -1126,4 +1251,10 @@ _PERFORMERS: Final[dict[str, _Performer]] = {
     "bind_inet": _perform_bind_inet,
     "bind_inet6": _perform_bind_inet,
     "getaddrinfo": _perform_getaddrinfo,
+    "chmod": _perform_metadata,
+    "chown": _perform_metadata,
+    "utimens": _perform_metadata,
+    "fchmod": _perform_fd_metadata,
+    "fchown": _perform_fd_metadata,
+    "futimens": _perform_fd_metadata,
 }

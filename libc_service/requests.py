@@ -61,11 +61,16 @@ __all__ = [
     "BindInet6Request",
     "BindInetRequest",
     "BindUnixRequest",
+    "ChmodRequest",
+    "ChownRequest",
     "ConnectInet6Request",
     "ConnectInetRequest",
     "ConnectUnixRequest",
     "EaccessRequest",
+    "FchmodRequest",
+    "FchownRequest",
     "Function",
+    "FutimensRequest",
     "GetaddrinfoRequest",
     "LstatRequest",
     "MkdirRequest",
@@ -78,7 +83,11 @@ __all__ = [
     "RmdirRequest",
     "StatRequest",
     "UnlinkRequest",
+    "UtimensRequest",
     "REQUEST_TYPES",
+    "TIME_NS_MAX",
+    "TIME_NS_MIN",
+    "TimeSpec",
     "ExactPath",
     "MAX_GROUPS",
     "exact_path",
@@ -104,6 +113,13 @@ Function: TypeAlias = Literal[
     "bind_inet",
     "bind_inet6",
     "getaddrinfo",
+    # Metadata changes (appended: wire codes 18-23).
+    "chmod",
+    "fchmod",
+    "chown",
+    "fchown",
+    "utimens",
+    "futimens",
 ]
 #: The arbitrated functions, in protocol order (wire code = index + 1).
 FUNCTIONS: Final[tuple[Function, ...]] = get_args(Function)
@@ -669,6 +685,90 @@ class GetaddrinfoRequest(_Request):
         return self
 
 
+# ------------------------------------------------------------ metadata changes
+
+#: A timestamp in ns since the epoch (``struct timespec`` as one int64).
+TIME_NS_MIN: Final = -(2**63)
+TIME_NS_MAX: Final = 2**63 - 1
+#: A new timestamp: ns since the epoch, ``"now"`` (``UTIME_NOW``) or
+#: ``"omit"`` (``UTIME_OMIT``: leave it as it is).
+TimeSpec: TypeAlias = Union[Annotated[int, Field(ge=TIME_NS_MIN, le=TIME_NS_MAX)], Literal["now", "omit"]]
+
+
+class _MetadataPathRequest(_PathRequest):
+    #: ``AT_SYMLINK_NOFOLLOW`` (``lchown``, ``lutimes``): change a final
+    #: symlink itself rather than what it points to.
+    no_follow: bool = False
+
+
+class _MetadataFdRequest(_Request):
+    DESCRIPTORS: ClassVar[tuple[str, ...]] = ("fd",)
+
+    #: The slave's descriptor of the file to change (``fchmod(fd, ...)``).
+    fd: Descriptor
+
+
+class ChmodRequest(_MetadataPathRequest):
+    """``chmod(path, mode)``, ``fchmodat(dirfd, path, mode, flags)``."""
+
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("path", "mode")
+
+    function: Literal["chmod"] = "chmod"
+    mode: Mode
+
+
+class FchmodRequest(_MetadataFdRequest):
+    """``fchmod(fd, mode)``; the slave's descriptor is ``fd``."""
+
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("fd", "mode")
+
+    function: Literal["fchmod"] = "fchmod"
+    mode: Mode
+
+
+class ChownRequest(_MetadataPathRequest):
+    """``chown``, ``lchown`` (``no_follow``), ``fchownat``; ``None``: leave unchanged (-1)."""
+
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("path", "owner", "group")
+
+    function: Literal["chown"] = "chown"
+    owner: Id | None = None
+    group: Id | None = None
+
+
+class FchownRequest(_MetadataFdRequest):
+    """``fchown(fd, owner, group)``; ``None``: leave unchanged (-1)."""
+
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("fd", "owner", "group")
+
+    function: Literal["fchown"] = "fchown"
+    owner: Id | None = None
+    group: Id | None = None
+
+
+class UtimensRequest(_MetadataPathRequest):
+    """``utimensat(dirfd, path, times, flags)``, and ``utimes``/``utime`` as it.
+
+    ``times == NULL`` is ``atime = mtime = "now"``.
+    """
+
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("path", "atime", "mtime")
+
+    function: Literal["utimens"] = "utimens"
+    atime: TimeSpec = "now"
+    mtime: TimeSpec = "now"
+
+
+class FutimensRequest(_MetadataFdRequest):
+    """``futimens(fd, times)``, and ``utimensat(fd, NULL, times, 0)``."""
+
+    ARGUMENTS: ClassVar[tuple[str, ...]] = ("fd", "atime", "mtime")
+
+    function: Literal["futimens"] = "futimens"
+    atime: TimeSpec = "now"
+    mtime: TimeSpec = "now"
+
+
 Request: TypeAlias = Annotated[
     Union[
         OpenRequest,
@@ -688,6 +788,12 @@ Request: TypeAlias = Annotated[
         BindInetRequest,
         BindInet6Request,
         GetaddrinfoRequest,
+        ChmodRequest,
+        FchmodRequest,
+        ChownRequest,
+        FchownRequest,
+        UtimensRequest,
+        FutimensRequest,
     ],
     Field(discriminator="function"),
 ]

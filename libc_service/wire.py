@@ -30,6 +30,8 @@ from .catalogue import (
     GAI_ERRORS,
     INET6_FUNCTIONS,
     INET_FUNCTIONS,
+    METADATA_FD_FUNCTIONS,
+    METADATA_FUNCTIONS,
     PATH_FUNCTIONS,
     UNIX_FUNCTIONS,
 )
@@ -40,10 +42,15 @@ from .requests import (
     BindInet6Request,
     BindInetRequest,
     BindUnixRequest,
+    ChmodRequest,
+    ChownRequest,
     ConnectInet6Request,
     ConnectInetRequest,
     ConnectUnixRequest,
     EaccessRequest,
+    FchmodRequest,
+    FchownRequest,
+    FutimensRequest,
     GetaddrinfoRequest,
     LstatRequest,
     MkdirRequest,
@@ -53,6 +60,7 @@ from .requests import (
     RmdirRequest,
     StatRequest,
     UnlinkRequest,
+    UtimensRequest,
     MAX_GROUPS,
     NODE_MAX,
     OPEN_FLAGS,
@@ -145,6 +153,20 @@ _PROTOCOL_BY_NUMBER: Final = {number: name for name, number in PROTOCOL_NUMBER.i
 
 _FILE_TYPE_CODE: Final = {name: code for code, name in enumerate(FILE_TYPES, 1)}
 
+#: Metadata changes (``docs/protocol.md``): flag bit 0 is ``AT_SYMLINK_NOFOLLOW``
+#: (path forms only); chown's owner and group (u32 each) travel in the address
+#: field's first 8 bytes, present by bits 1 and 2; utimens's atime and mtime
+#: (int64 ns each) in its 16 bytes, bits 1/2 and 3/4 saying "now"/"omit".
+META_NO_FOLLOW: Final = 1
+CHOWN_OWNER: Final = 2
+CHOWN_GROUP: Final = 4
+ATIME_NOW: Final = 2
+ATIME_OMIT: Final = 4
+MTIME_NOW: Final = 8
+MTIME_OMIT: Final = 16
+IDS: Final = struct.Struct("<II8x")
+TIMES: Final = struct.Struct("<qq")
+
 ROLE_DIR1: Final = 1
 ROLE_DIR2: Final = 2
 ROLE_SOCKET: Final = 4
@@ -169,6 +191,7 @@ _ROLE_FIELDS: Final[dict[str, tuple[tuple[int, str], ...]]] = {
     else ((ROLE_DIR1, "dirfd"), (ROLE_SOCKET, "socket")) if name in ("connect_unix", "bind_unix")
     else ((ROLE_SOCKET, "socket"),) if name.startswith(("connect_", "bind_"))
     else () if name == "getaddrinfo"
+    else ((ROLE_DIR1, "fd"),) if name in METADATA_FD_FUNCTIONS
     else ((ROLE_DIR1, "dirfd"),)
     for name in FUNCTIONS
 }
@@ -178,6 +201,7 @@ _STRING_LIMITS: Final[dict[str, tuple[int, int]]] = {
     else (UNIX_PATH_MAX, 0) if name in UNIX_FUNCTIONS
     else (0, 0) if name in INET_FUNCTIONS or name in INET6_FUNCTIONS
     else (NODE_MAX, SERVICE_MAX) if name == "getaddrinfo"
+    else (0, 0) if name in METADATA_FD_FUNCTIONS
     else (PATH_MAX_BYTES, 0)
     for name in FUNCTIONS
 }
@@ -257,6 +281,10 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
             string1 = os.fsencode(request.node) if request.node is not None else b""
             string2 = os.fsencode(request.service) if request.service is not None else b""
             arg = PROTOCOL_NUMBER[request.protocol]
+        case ChmodRequest() | FchmodRequest() | ChownRequest() | FchownRequest() | UtimensRequest() | FutimensRequest():
+            flags, arg, address = _encode_metadata(request)
+            if not isinstance(request, FchmodRequest | FchownRequest | FutimensRequest):
+                string1 = os.fsencode(str(request.path))
     limit1, limit2 = _STRING_LIMITS[request.function]
     if len(string1) > limit1 or len(string2) > limit2:
         raise LocalProtocolError(
@@ -273,6 +301,39 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
     except struct.error as exc:
         raise LocalProtocolError(f"a {request.function} request field is out of range: {exc}") from None
     return header + groups + string1 + string2, fds
+
+
+def _encode_metadata(
+    request: ChmodRequest | FchmodRequest | ChownRequest | FchownRequest | UtimensRequest | FutimensRequest,
+) -> tuple[int, int, bytes]:
+    """Flags, arg and address field of a metadata change."""
+    flags = META_NO_FOLLOW if getattr(request, "no_follow", False) else 0
+    match request:
+        case ChmodRequest() | FchmodRequest():
+            return flags, request.mode, _NO_ADDRESS
+        case ChownRequest() | FchownRequest():
+            flags |= (request.owner is not None) * CHOWN_OWNER | (request.group is not None) * CHOWN_GROUP
+            try:
+                ids = IDS.pack(request.owner or 0, request.group or 0)
+            except struct.error as exc:
+                raise LocalProtocolError(f"an owner or group id is out of range: {exc}") from None
+            return flags, 0, ids
+    times = []
+    for value, now, omit in ((request.atime, ATIME_NOW, ATIME_OMIT), (request.mtime, MTIME_NOW, MTIME_OMIT)):
+        if value == "now":
+            flags |= now
+        elif value == "omit":
+            flags |= omit
+        elif isinstance(value, int) and not isinstance(value, bool):
+            times.append(value)
+            continue
+        else:
+            raise LocalProtocolError(f"a time is ns, 'now' or 'omit', not {value!r}")
+        times.append(0)
+    try:
+        return flags, 0, TIMES.pack(*times)
+    except struct.error as exc:
+        raise LocalProtocolError(f"a time is out of range: {exc}") from None
 
 
 def _context_of(request: Request) -> tuple[int, int, int, int, bytes]:
@@ -409,6 +470,8 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         else:
             ip = IPv6Address(address) if not scope else IPv6Address(f"{IPv6Address(address)}%{scope}")
         fields = common | {"address": ip, "port": arg, "socket": next(fd_iter)}
+    elif function in METADATA_FUNCTIONS:
+        fields = common | _metadata_fields(function, flags, arg, address, scope, roles, string1, len2, fd_iter)
     else:  # getaddrinfo
         no("descriptors", roles)
         no("an address", address != _NO_ADDRESS or scope)
@@ -423,6 +486,60 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         }
     # The bytes are fully checked above: build without a second validation.
     return cast(Request, _construct(function, fields))
+
+
+def _metadata_fields(
+    function: str, flags: int, arg: int, address: bytes, scope: int, roles: int, string1: bytes, len2: int,
+    fds: Any,
+) -> dict[str, Any]:
+    """The fields of a chmod/chown/utimens request or its descriptor form."""
+    if len2 or scope:
+        raise RemoteProtocolError(f"{function} does not use string2 or a scope")
+    if roles & ~ROLE_DIR1:
+        raise RemoteProtocolError(f"{function} does not use those descriptor roles")
+    fields: dict[str, Any]
+    if function in METADATA_FD_FUNCTIONS:
+        if string1 or not roles:
+            raise RemoteProtocolError(f"{function} carries the slave's descriptor and no path")
+        if flags & META_NO_FOLLOW:
+            raise RemoteProtocolError(f"{function} has no no_follow")
+        fields = {"fd": next(fds)}
+    else:
+        fields = {"path": _fs_path(string1, "path"), "dirfd": next(fds) if roles else None,
+                  "no_follow": bool(flags & META_NO_FOLLOW)}
+    kind = function.removeprefix("f")
+    if kind == "chmod":
+        if flags & ~META_NO_FOLLOW or address != _NO_ADDRESS:
+            raise RemoteProtocolError(f"{function} carries only a mode")
+        fields["mode"] = _mode(arg)
+        return fields
+    if arg:
+        raise RemoteProtocolError(f"{function} does not use arg")
+    if kind == "chown":
+        if flags & ~(META_NO_FOLLOW | CHOWN_OWNER | CHOWN_GROUP):
+            raise RemoteProtocolError(f"unknown {function} flag bits {flags:#x}")
+        if address[8:] != bytes(8):
+            raise RemoteProtocolError(f"{function} uses 8 address bytes")
+        owner, group = IDS.unpack(address)
+        if (owner and not flags & CHOWN_OWNER) or (group and not flags & CHOWN_GROUP):
+            raise RemoteProtocolError(f"{function} id without its bit")
+        fields["owner"] = owner if flags & CHOWN_OWNER else None
+        fields["group"] = group if flags & CHOWN_GROUP else None
+        return fields
+    if flags & ~(META_NO_FOLLOW | ATIME_NOW | ATIME_OMIT | MTIME_NOW | MTIME_OMIT):
+        raise RemoteProtocolError(f"unknown {function} flag bits {flags:#x}")
+    atime, mtime = TIMES.unpack(address)
+    fields["atime"] = _time(atime, flags & ATIME_NOW, flags & ATIME_OMIT)
+    fields["mtime"] = _time(mtime, flags & MTIME_NOW, flags & MTIME_OMIT)
+    return fields
+
+
+def _time(ns: int, now: int, omit: int) -> int | str:
+    if now or omit:
+        if (now and omit) or ns:
+            raise RemoteProtocolError("a time is a value, now or omit")
+        return "now" if now else "omit"
+    return ns
 
 
 #: Each request model's fields in declaration order (the order

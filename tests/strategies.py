@@ -141,6 +141,13 @@ def _getaddrinfo(draw: st.DrawFn) -> dict[str, Any]:
 
 
 _PATH_ONLY = {"path": paths, "dirfd": st.none() | FDS}
+#: A metadata change's path, or the slave's descriptor for the f-variants.
+_META_PATH = {**_PATH_ONLY, "no_follow": st.booleans()}
+_META_FD = {"fd": FDS}
+_OWNERS = {"owner": st.none() | IDS, "group": st.none() | IDS}
+#: A new timestamp: ns at the edges of int64, or UTIME_NOW / UTIME_OMIT.
+times = st.one_of(I64, st.sampled_from([0, -1, 10**9, "now", "omit"]))
+_TIMES = {"atime": times, "mtime": times}
 
 ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "open": _open("open"),
@@ -163,6 +170,12 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "connect_inet6": st.fixed_dictionaries({"address": ipv6, "port": PORTS, "socket": FDS}),
     "bind_inet6": st.fixed_dictionaries({"address": ipv6, "port": PORTS, "socket": FDS}),
     "getaddrinfo": _getaddrinfo(),
+    "chmod": st.fixed_dictionaries({**_META_PATH, "mode": MODES}),
+    "fchmod": st.fixed_dictionaries({**_META_FD, "mode": MODES}),
+    "chown": st.fixed_dictionaries({**_META_PATH, **_OWNERS}),
+    "fchown": st.fixed_dictionaries({**_META_FD, **_OWNERS}),
+    "utimens": st.fixed_dictionaries({**_META_PATH, **_TIMES}),
+    "futimens": st.fixed_dictionaries({**_META_FD, **_TIMES}),
 }
 assert set(ARGUMENTS) == set(FUNCTIONS), "a strategy for every function"
 
@@ -177,7 +190,7 @@ def requests_of(function: str) -> st.SearchStrategy[Request]:
     return st.builds(build, st.fixed_dictionaries(_ids), context, ARGUMENTS[function])
 
 
-#: A request of any of the 17 functions.
+#: A request of any of the functions.
 requests = st.sampled_from(FUNCTIONS).flatmap(requests_of)
 
 # -------------------------------------------------------------------- replies

@@ -358,7 +358,9 @@ def test_combinations_describe_themselves_with_grouping() -> None:
 
 
 def test_a_combination_applies_to_the_functions_all_of_its_parts_understand() -> None:
-    assert (under("/a") & writing()).functions == frozenset({"open", "openat", "unlink", "rmdir", "mkdir", "rename"})
+    assert (under("/a") & writing()).functions == frozenset(
+        {"open", "openat", "unlink", "rmdir", "mkdir", "rename", "chmod", "chown", "utimens"}
+    )
     assert (under("/a") & flags("create")).functions == frozenset({"open", "openat"})
     assert (under("/a") | to("127.0.0.1:*")).functions == frozenset()
     assert (~named("x.test")).functions == frozenset({"getaddrinfo"})

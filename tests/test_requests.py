@@ -44,7 +44,7 @@ from libc_service.requests import (
 
 def test_there_is_one_model_per_function_tagged_with_its_name() -> None:
     assert list(REQUEST_TYPES) == list(FUNCTIONS)
-    assert len(FUNCTIONS) == 17
+    assert len(FUNCTIONS) == 23
     for function, model in REQUEST_TYPES.items():
         assert model.model_fields["function"].default == function
         assert model.__doc__, f"{model.__name__} documents itself"

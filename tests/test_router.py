@@ -1291,4 +1291,4 @@ async def test_add_route_is_what_the_decorator_does_for_a_router_built_from_data
     name, outcome = await router.decide(StatRequest(path="/etc/passwd", pid=1, tid=1))
     assert name == "default" and isinstance(outcome, Errno) and outcome.errno == errno.EACCES
     with pytest.raises(ValueError, match="unknown function"):
-        router.add_route(["stat", "chmod"], hostname)
+        router.add_route(["stat", "chmdo"], hostname)

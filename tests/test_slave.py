@@ -337,7 +337,7 @@ async def test_calls_answered_out_of_order_still_reach_their_threads(channel: tu
 async def test_a_call_the_slave_cannot_encode_is_refused_before_sending(channel: tuple[Master, Slave]) -> None:
     master, slave = channel
     with pytest.raises(ValueError, match="unknown function"):
-        slave.call("chmod", path="/x")
+        slave.call("chmdo", path="/x")
     with pytest.raises(ValueError, match="at most 1"):
         slave.call("stat", path="x", fds=[0, 1])
     with pytest.raises(ValidationError):

@@ -58,9 +58,33 @@ def test_function_codes_are_the_documented_ones() -> None:
         1: "open", 2: "openat", 3: "unlink", 4: "rename", 5: "stat", 6: "lstat", 7: "access",
         8: "eaccess", 9: "mkdir", 10: "rmdir", 11: "connect_unix", 12: "connect_inet",
         13: "connect_inet6", 14: "bind_unix", 15: "bind_inet", 16: "bind_inet6", 17: "getaddrinfo",
+        18: "chmod", 19: "fchmod", 20: "chown", 21: "fchown", 22: "utimens", 23: "futimens",
     }
     assert {code: name for name, code in wire.CODE.items()} == documented
     assert set(REQUEST_TYPES) == set(FUNCTIONS) == set(documented.values())
+
+
+def test_metadata_arguments_travel_as_documented() -> None:
+    """chown's ids in the address field's first 8 bytes, utimens's times in its 16, flags say which."""
+    chown = wire.decode_request(
+        raw_request(b"x", function=wire.CODE["chown"], flags=wire.META_NO_FOLLOW | wire.CHOWN_GROUP,
+                    address=bytes(4) + (1000).to_bytes(4, "little") + bytes(8), roles=wire.ROLE_DIR1), [5])
+    assert (chown.owner, chown.group, chown.no_follow, chown.dirfd) == (None, 1000, True, 5)  # type: ignore[union-attr]
+    times = wire.TIMES.pack(-1, 0)
+    utimens = wire.decode_request(raw_request(b"/f", function=wire.CODE["utimens"], flags=wire.MTIME_OMIT, address=times))
+    assert (utimens.atime, utimens.mtime, utimens.no_follow) == (-1, "omit", False)  # type: ignore[union-attr]
+    fchmod = wire.decode_request(raw_request(b"", function=wire.CODE["fchmod"], arg=0o4755, roles=wire.ROLE_DIR1), [9])
+    assert (fchmod.fd, fchmod.mode) == (9, 0o4755)  # type: ignore[union-attr]
+    now = wire.decode_request(raw_request(b"", function=wire.CODE["futimens"], roles=wire.ROLE_DIR1,
+                                          flags=wire.ATIME_NOW | wire.MTIME_NOW), [4])
+    assert (now.fd, now.atime, now.mtime) == (4, "now", "now")  # type: ignore[union-attr]
+
+
+@given(s.requests_of("chown") | s.requests_of("fchown"))
+def test_an_unchanged_owner_or_group_is_none_on_both_sides(request: Any) -> None:
+    data, fds = wire.encode_request(request)
+    decoded = wire.decode_request(data, fds)
+    assert (decoded.owner, decoded.group) == (request.owner, request.group)  # type: ignore[union-attr]
 
 
 def test_open_flag_bits_are_the_documented_ones() -> None:
@@ -300,6 +324,7 @@ def _bad(reason: str, data: bytes, fds: tuple[int, ...] = ()) -> Any:
 
 
 _OPEN = wire.CODE["open"]
+_CHMOD, _FCHMOD, _CHOWN, _UTIMENS = (wire.CODE[name] for name in ("chmod", "fchmod", "chown", "utimens"))
 _BAD_REQUESTS = [
     _bad("empty", b""),
     _bad("header only half there", raw_request()[:40]),
@@ -307,7 +332,7 @@ _BAD_REQUESTS = [
     _bad("version 1", raw_request(version=1)),
     _bad("version 3", raw_request(version=3)),
     _bad("function code 0", raw_request(function=0)),
-    _bad("function code 18", raw_request(function=18)),
+    _bad("function code 24", raw_request(function=24)),
     _bad("function code 65535", raw_request(function=65535)),
     _bad("pid 0", raw_request(pid=0)),
     _bad("tid 0", raw_request(tid=0)),
@@ -378,6 +403,29 @@ _BAD_REQUESTS = [
     _bad("getaddrinfo absent node with bytes", raw_request(b"x", b"80", function=wire.CODE["getaddrinfo"], flags=2)),
     _bad("getaddrinfo node of 1026 bytes", raw_request(b"n" * 1026, function=wire.CODE["getaddrinfo"], flags=1)),
     _bad("getaddrinfo service of 33 bytes", raw_request(b"", b"s" * 33, function=wire.CODE["getaddrinfo"], flags=2)),
+    _bad("chmod with a mode beyond 0o7777", raw_request(function=_CHMOD, arg=0o10000)),
+    _bad("chmod with an unknown flag bit", raw_request(function=_CHMOD, flags=2)),
+    _bad("chmod with address bytes", raw_request(function=_CHMOD, address=b"\1" + bytes(15))),
+    _bad("chmod with a scope", raw_request(function=_CHMOD, scope=1)),
+    _bad("chmod with string2", raw_request(b"/a", b"/b", function=_CHMOD)),
+    _bad("chmod with the socket role", raw_request(function=_CHMOD, roles=4), (3,)),
+    _bad("chmod with an empty path", raw_request(b"", function=_CHMOD)),
+    _bad("fchmod without its descriptor", raw_request(b"", function=_FCHMOD)),
+    _bad("fchmod with a path", raw_request(b"/a", function=_FCHMOD, roles=1), (3,)),
+    _bad("fchmod with no_follow", raw_request(b"", function=_FCHMOD, roles=1, flags=1), (3,)),
+    _bad("chown with arg", raw_request(function=_CHOWN, arg=1)),
+    _bad("chown owner without its bit", raw_request(function=_CHOWN, address=b"\1" + bytes(15))),
+    _bad("chown group without its bit", raw_request(function=_CHOWN, flags=2, address=bytes(4) + b"\1" + bytes(11))),
+    _bad("chown with address bytes 8-15", raw_request(function=_CHOWN, flags=6, address=bytes(8) + b"\1" + bytes(7))),
+    _bad("chown with flag bit 3", raw_request(function=_CHOWN, flags=8)),
+    _bad("fchown without its descriptor", raw_request(b"", function=wire.CODE["fchown"], flags=2)),
+    _bad("utimens atime now and omit", raw_request(function=_UTIMENS, flags=wire.ATIME_NOW | wire.ATIME_OMIT)),
+    _bad("utimens mtime now and omit", raw_request(function=_UTIMENS, flags=wire.MTIME_NOW | wire.MTIME_OMIT)),
+    _bad("utimens atime now with a value", raw_request(function=_UTIMENS, flags=wire.ATIME_NOW, address=b"\1" + bytes(15))),
+    _bad("utimens mtime omit with a value", raw_request(function=_UTIMENS, flags=wire.MTIME_OMIT, address=bytes(8) + b"\1" + bytes(7))),
+    _bad("utimens with flag bit 5", raw_request(function=_UTIMENS, flags=32)),
+    _bad("utimens with arg", raw_request(function=_UTIMENS, arg=1)),
+    _bad("futimens with a path", raw_request(b"/a", function=wire.CODE["futimens"], roles=1), (3,)),
     _bad("getaddrinfo node with NUL", raw_request(b"a\0b", function=wire.CODE["getaddrinfo"], flags=1)),
     _bad("getaddrinfo with an address", raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1, address=b"\1" + bytes(15))),
 ]
@@ -627,7 +675,7 @@ _BAD_REPLIES = [
     _bad("bad magic", raw_reply(magic=b"LCSq")),
     _bad("version 0", raw_reply(version=0)),
     _bad("function code 0", raw_reply(function=0)),
-    _bad("function code 18", raw_reply(function=18)),
+    _bad("function code 24", raw_reply(function=24)),
     _bad("reserved bytes set", raw_reply(reserved=b"\1" + bytes(11))),
     _bad("two descriptors on open", raw_reply(), (3, 4)),
     _bad("five descriptors on unlink", raw_reply(function=wire.CODE["unlink"], result=0), (3, 4, 5, 6, 7)),

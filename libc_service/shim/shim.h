@@ -50,6 +50,26 @@ enum {
 	LCS_BIND_INET,
 	LCS_BIND_INET6,
 	LCS_GETADDRINFO,
+	/* Metadata changes (meta.c). */
+	LCS_CHMOD,
+	LCS_FCHMOD,
+	LCS_CHOWN,
+	LCS_FCHOWN,
+	LCS_UTIMENS,
+	LCS_FUTIMENS,
+};
+
+/* Metadata change flag bits: AT_SYMLINK_NOFOLLOW; chown's owner and group
+ * present (in address[0..7]); utimens's now/omit per time (the times are
+ * address[0..15] as two int64 ns). */
+enum {
+	LCS_META_NO_FOLLOW = 1u << 0,
+	LCS_CHOWN_OWNER = 1u << 1,
+	LCS_CHOWN_GROUP = 1u << 2,
+	LCS_ATIME_NOW = 1u << 1,
+	LCS_ATIME_OMIT = 1u << 2,
+	LCS_MTIME_NOW = 1u << 3,
+	LCS_MTIME_OMIT = 1u << 4,
 };
 
 /* Open flag bits. */

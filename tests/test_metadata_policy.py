@@ -1,0 +1,150 @@
+"""Metadata changes as policy: chmod, chown and utimensat arbitrated by the master.
+
+Real programs under ``libc-service run --sandbox``: the sandbox's seccomp
+filter refuses the metadata system calls to the slave itself, so a change
+happens only where a handler performs it in the master.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from shimtools import needs_shim
+
+from libc_service import Sandbox
+
+_NO_SANDBOX = Sandbox.available()
+pytestmark = [
+    pytest.mark.slow,
+    needs_shim,
+    pytest.mark.skipif(_NO_SANDBOX is not None, reason=f"no Landlock sandbox here: {_NO_SANDBOX}"),
+]
+COMMAND = [sys.executable, "-m", "libc_service"]
+
+#: Mode, owner and times change through the master beneath BUILD; chmod
+#: elsewhere is refused by the policy, metadata calls it forwards by the
+#: sandbox's seccomp filter.
+POLICY = """
+    import errno
+    import os
+
+    from libc_service import FORWARD, Errno, Router, Sandbox, perform
+    from libc_service.conditions import under
+
+    BUILD = os.environ["TEST_BUILD"]
+    OTHER = os.environ["TEST_OTHER"]
+
+    router = Router(default=FORWARD)
+    sandbox = Sandbox(allow_read=["/usr"], allow_exec=["/usr"], allow_write=[BUILD, OTHER])
+
+    @router.on("chmod", "chown", "utimens", when=under(BUILD))
+    def build_metadata(req):
+        \"\"\"Files beneath the build directory change mode, owner and times.\"\"\"
+        return perform(req, beneath=BUILD)
+
+    @router.on("fchmod", "fchown", "futimens")
+    def open_metadata(req):
+        \"\"\"An open file changes only beneath the build directory.\"\"\"
+        return perform(req, beneath=BUILD)
+
+    @router.on("chmod", when=~under(OTHER))
+    def no_chmod(req):
+        \"\"\"Modes change nowhere else.\"\"\"
+        raise Errno(errno.EPERM)
+"""
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    build, other = tmp_path / "build", tmp_path / "other"
+    build.mkdir()
+    other.mkdir()
+    policy = tmp_path / "policy.py"
+    policy.write_text(textwrap.dedent(POLICY))
+    return policy, build, other
+
+
+def run(policy: Path, build: Path, other: Path, *argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LC_ALL="C", TEST_BUILD=str(build), TEST_OTHER=str(other), TMPDIR=str(build))
+    return subprocess.run(
+        [*COMMAND, "run", "--sandbox", str(policy), "--", *argv],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def test_chmod_beneath_the_build_directory_is_done_by_the_master(dirs: tuple[Path, Path, Path]) -> None:
+    policy, build, other = dirs
+    target = build / "f"
+    target.write_text("x")
+    target.chmod(0o600)
+    done = run(policy, build, other, "chmod", "755", "f", cwd=build)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+
+
+def test_chmod_elsewhere_is_refused_and_reported(dirs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    policy, build, other = dirs
+    target = tmp_path / "elsewhere"
+    target.write_text("x")
+    target.chmod(0o600)
+    done = run(policy, build, other, "chmod", "755", str(target))
+    assert done.returncode != 0
+    assert "Operation not permitted" in done.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert f"refused 1× chmod beneath {tmp_path} by no_chmod (EPERM)" in done.stderr
+
+
+def test_a_forwarded_chmod_is_refused_by_the_sandboxs_filter(dirs: tuple[Path, Path, Path]) -> None:
+    policy, build, other = dirs
+    target = other / "f"
+    target.write_text("x")
+    target.chmod(0o600)
+    done = run(policy, build, other, "chmod", "755", str(target))
+    assert done.returncode != 0
+    assert "Operation not permitted" in done.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_chown_beneath_the_build_directory_goes_through_the_master(dirs: tuple[Path, Path, Path]) -> None:
+    policy, build, other = dirs
+    target = build / "f"
+    target.write_text("x")
+    ids = f"{os.getuid()}:{os.getgid()}"
+    done = run(policy, build, other, "chown", ids, str(target))
+    assert done.returncode == 0, done.stderr
+    forwarded = run(policy, build, other, "chown", ids, str(other))
+    assert forwarded.returncode != 0
+    assert "Operation not permitted" in forwarded.stderr
+
+
+def test_touch_sets_times_through_the_master(dirs: tuple[Path, Path, Path]) -> None:
+    policy, build, other = dirs
+    target = build / "f"
+    target.write_text("x")
+    done = run(policy, build, other, "touch", "-d", "2001-02-03 04:05:06 UTC", str(target))
+    assert done.returncode == 0, done.stderr
+    assert target.stat().st_mtime == 981173106
+    new = build / "new"
+    created = run(policy, build, other, "touch", "-m", "-d", "@1000000000", str(new))
+    assert created.returncode == 0, created.stderr
+    assert new.stat().st_mtime == 1000000000
+
+
+def test_a_sandboxed_compiler_links_an_executable_in_the_build_directory(dirs: tuple[Path, Path, Path]) -> None:
+    policy, build, other = dirs
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler (cc or gcc)")
+    (build / "prog.c").write_text("int main(void) { return 7; }\n")
+    done = run(policy, build, other, compiler, "-o", "prog", "prog.c", cwd=build)
+    assert done.returncode == 0, done.stderr
+    program = build / "prog"
+    assert program.stat().st_mode & stat.S_IXUSR
+    assert subprocess.run([str(program)], check=False).returncode == 7
