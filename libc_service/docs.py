@@ -457,7 +457,9 @@ def _sandbox(doc: PolicyDoc) -> list[str]:
         "user owns by itself (`metadata=True`; Landlock does not mediate these calls)."
         if doc.sandbox.metadata
         else "Metadata: `chmod`, `chown`, `utime` and extended-attribute calls are refused (`EPERM`, by a "
-             "seccomp filter, since Landlock does not mediate them), and so is io_uring."
+             "seccomp filter, since Landlock does not mediate them), and so is io_uring. So a `FORWARD` of "
+             "`chmod`, `fchmod`, `chown`, `fchown`, `utimens` or `futimens` is refused by the kernel: only the "
+             "changes a handler performs in the master (`perform(request)`) are made."
     )
     return lines
 

@@ -133,6 +133,15 @@ def _absolute(request: Request, name: str = "path", dirfd_name: str = "dirfd") -
     return os.path.realpath(text)
 
 
+def _open_file(fd: int) -> str | None:
+    """The name of the file the slave's descriptor (received by the master) is open on."""
+    try:
+        text = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return text if text.startswith("/") and not text.endswith(" (deleted)") else None
+
+
 def _record(learned: Learned, request: Request) -> None:
     """Note what the successful ``request`` used."""
     function = request.function
@@ -151,6 +160,14 @@ def _record(learned: Learned, request: Request) -> None:
             learned.read.add(path)
     elif function in ("mkdir", "rmdir", "unlink", "bind_unix"):
         path = _absolute(request)
+        if path is not None:
+            learned.written.add(path)
+    elif function in ("chmod", "chown", "utimens"):
+        path = _absolute(request)
+        if path is not None:
+            learned.written.add(path)  # a changed mode, owner or time is a write
+    elif function in ("fchmod", "fchown", "futimens"):
+        path = _open_file(getattr(request, "fd"))
         if path is not None:
             learned.written.add(path)
     elif function == "rename":

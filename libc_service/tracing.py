@@ -73,6 +73,8 @@ def decision_record(decision: Decision) -> dict[str, Any]:
 def _show(value: Any, name: str = "") -> str:
     if name == "mode" and isinstance(value, int):
         return f"0{value:o}"  # as strace and chmod show it
+    if name in ("owner", "group") and value is None:
+        return "-1"  # unchanged, as chown(2) spells it
     if isinstance(value, PurePosixPath):
         return json.dumps(str(value))
     if isinstance(value, frozenset):
@@ -96,6 +98,8 @@ def decision_line(decision: Decision, directories: Mapping[str, str] | None = No
     )
     if isinstance(request, RenameRequest) and request.no_replace:
         arguments += ", no_replace"
+    if getattr(request, "no_follow", False) is True:  # the metadata changes' AT_SYMLINK_NOFOLLOW
+        arguments += ", no_follow"
     if decision.outcome == "forward":
         answer = "forwarded"
     elif decision.errno:

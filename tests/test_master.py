@@ -527,7 +527,7 @@ _STAT = wire.CODE["stat"]
         pytest.param(raw_request(len1=1), 0, id="len1 smaller than the datagram"),
         pytest.param(raw_request(len1=0xFFFF, len2=0xFFFF), 0, id="both lengths at their maximum"),
         pytest.param(raw_request(function=0), 0, id="function 0"),
-        pytest.param(raw_request(function=18), 0, id="function 18"),
+        pytest.param(raw_request(function=24), 0, id="function 24"),
         pytest.param(raw_request(function=0xFFFF), 0, id="function 65535"),
         pytest.param(raw_request(version=0xFFFF), 0, id="version 65535"),
         pytest.param(raw_request(reserved=b"\0\0\0\0\0\0\x80"), 0, id="last reserved bit"),

@@ -148,3 +148,44 @@ def test_a_sandboxed_compiler_links_an_executable_in_the_build_directory(dirs: t
     program = build / "prog"
     assert program.stat().st_mode & stat.S_IXUSR
     assert subprocess.run([str(program)], check=False).returncode == 7
+
+
+def test_a_descriptor_outside_the_build_directory_is_not_changed(dirs: tuple[Path, Path, Path]) -> None:
+    """touch opens the file, then futimens on its descriptor: performed beneath BUILD only."""
+    policy, build, other = dirs
+    target = other / "f"
+    target.write_text("x")
+    before = target.stat().st_mtime_ns
+    done = run(policy, build, other, "touch", "-d", "@1000000000", str(target))
+    assert done.returncode != 0
+    assert "Invalid cross-device link" in done.stderr
+    assert target.stat().st_mtime_ns == before
+
+
+def test_trace_shows_metadata_changes_with_octal_modes(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_text("x")
+    done = subprocess.run([*COMMAND, "trace", "--", "chmod", "640", str(target)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f'chmod("{target}", 0640) = forwarded' in done.stderr
+    touched = subprocess.run([*COMMAND, "trace", "--", "touch", "-h", "-d", "@5", str(target)],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert f'utimens("{target}", 5000000000, 5000000000, no_follow) = forwarded' in touched.stderr
+    assert target.stat().st_mtime == 5
+
+
+def test_learn_counts_a_changed_mode_as_a_write(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_text("x")
+    out = tmp_path / "policy.py"
+    done = subprocess.run([*COMMAND, "learn", "-o", str(out), "--", "chmod", "640", str(tree / "f")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE((tree / "f").stat().st_mode) == 0o640
+    namespace: dict[str, object] = {}
+    exec(compile(out.read_text(), str(out), "exec"), namespace)  # noqa: S102 - the policy learn wrote
+    sandbox = namespace["sandbox"]
+    assert any(str(tree).startswith(str(root)) or str(root).startswith(str(tree))
+               for root in sandbox.allow_write), out.read_text()  # type: ignore[attr-defined]
