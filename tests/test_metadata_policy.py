@@ -7,6 +7,7 @@ happens only where a handler performs it in the master.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -189,3 +190,46 @@ def test_learn_counts_a_changed_mode_as_a_write(tmp_path: Path) -> None:
     sandbox = namespace["sandbox"]
     assert any(str(tree).startswith(str(root)) or str(root).startswith(str(tree))
                for root in sandbox.allow_write), out.read_text()  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------- perform() itself
+
+
+def test_perform_beneath_a_root_refuses_a_symlink_out_of_it(tmp_path: Path) -> None:
+    from libc_service import perform
+    from libc_service.requests import ChmodRequest, UtimensRequest
+
+    root, outside = tmp_path / "root", tmp_path / "secret"
+    root.mkdir()
+    outside.write_text("x")
+    outside.chmod(0o600)
+    (root / "link").symlink_to(outside)
+    with pytest.raises(OSError) as refused:
+        perform(ChmodRequest(path=str(root / "link"), mode=0o777), beneath=root)
+    assert refused.value.errno == errno.EXDEV
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o600
+    # no_follow changes the link itself (utimensat's AT_SYMLINK_NOFOLLOW), never its target.
+    before = outside.stat().st_mtime_ns
+    assert perform(UtimensRequest(path=str(root / "link"), atime="omit", mtime=7, no_follow=True), beneath=root) == 0
+    assert (root / "link").lstat().st_mtime_ns == 7
+    assert outside.stat().st_mtime_ns == before
+
+
+def test_perform_of_a_descriptor_change_uses_the_slaves_descriptor(tmp_path: Path) -> None:
+    from libc_service import perform
+    from libc_service.requests import FchmodRequest, FchownRequest
+
+    target = tmp_path / "f"
+    target.write_text("x")
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        assert perform(FchmodRequest(fd=fd, mode=0o4711)) == 0
+        assert stat.S_IMODE(target.stat().st_mode) == 0o4711
+        assert perform(FchownRequest(fd=fd, owner=None, group=os.getgid())) == 0
+        os.close(fd)
+        fd = os.open(target, os.O_PATH)
+        with pytest.raises(OSError) as refused:
+            perform(FchmodRequest(fd=fd, mode=0o600))  # as fchmod on an O_PATH descriptor
+        assert refused.value.errno == errno.EBADF
+    finally:
+        os.close(fd)
