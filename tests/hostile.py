@@ -258,6 +258,16 @@ def _path(rnd: random.Random) -> str:
     return os.fsdecode(longest[: rnd.randrange(PATH_MAX_BYTES - 8, PATH_MAX_BYTES + 1)])
 
 
+def _metadata(rnd: random.Random, function: str) -> dict[str, Any]:
+    """A metadata change's own arguments: a mode, ids (``None``: unchanged) or times."""
+    if function.endswith("chmod"):
+        return {"mode": rnd.randrange(0o10000)}
+    if function.endswith("chown"):
+        return {name: rnd.choice([None, 0, 2**32 - 1, rnd.randrange(2**32)]) for name in ("owner", "group")}
+    return {name: rnd.choice(["now", "omit", 0, -(2**63), 2**63 - 1, rnd.randrange(-(2**63), 2**63)])
+            for name in ("atime", "mtime")}
+
+
 def random_request(rnd: random.Random) -> Request:
     """A valid request of a random function (descriptor fields hold placeholders)."""
     function = rnd.choice(list(REQUEST_TYPES))
@@ -286,6 +296,11 @@ def random_request(rnd: random.Random) -> Request:
         if rnd.random() < 0.3:
             text += f"%{rnd.randrange(1, 2**32)}"
         fields |= {"address": IPv6Address(text), "port": rnd.randrange(65536), "socket": 3}
+    elif function in ("fchmod", "fchown", "futimens"):
+        fields |= {"fd": 3, **_metadata(rnd, function)}
+    elif function in ("chmod", "chown", "utimens"):
+        fields |= {"path": _path(rnd), "dirfd": placeholder(), "no_follow": rnd.random() < 0.5,
+                   **_metadata(rnd, function)}
     elif function == "getaddrinfo":
         node = rnd.choice(["localhost", "LocalHost.", "example.org", None, "x" * 1025, "\udcff"])
         service = rnd.choice(["http", "443", None if node is not None else "80"])
