@@ -17,9 +17,8 @@ prove is asked:
   ``flags``, ``writing`` and their ``&``, ``|``, ``~`` (``to``, ``named``,
   a condition of the policy's own);
 - a handler as the default;
-- for a function whose rule looks at paths: a path with a ``..``
-  component (the router folds it lexically; the shim does not try), a
-  relative path whose directory the shim cannot name as the master does
+- for a function whose rule looks at paths: a relative path whose
+  directory the shim cannot name as the master does
   (the master reads its copy of the directory descriptor through
   ``/proc/self/fd``; the shim reads the same link through its own
   ``/proc``, and asks when there is none, as in a sandbox, or the
@@ -29,10 +28,12 @@ prove is asked:
   ``access``, ``eaccess``, ``mkdir``, ``rmdir``, ``unlink``, ``rename``);
   network and name calls are asked as before.
 
-Paths are compared as the router compares them: lexically, after dropping
-empty and ``.`` components (what ``posixpath.normpath`` does to a path
-without ``..``). Symlinks are not followed on either side: a condition is
-routing, not the security check (see :mod:`libc_service.conditions`).
+Paths are compared as the router compares them: lexically, made absolute
+against their directory, empty and ``.`` components dropped and ``..``
+folded (``posixpath.normpath``). Symlinks are not followed on either side:
+a condition is routing, not the security check (see
+:mod:`libc_service.conditions`), and the shim reproduces the router's
+decision, not the kernel's resolution.
 
 The format (``docs/shim.md``), hex-encoded in ``LIBC_SERVICE_RULES``::
 
@@ -309,9 +310,12 @@ def _normal(path: bytes, directory: bytes | None) -> bytes | None:
         if directory is None or not directory.startswith(b"/") or directory.endswith(b" (deleted)"):
             return None
         path = directory + b"/" + path
-    parts = [part for part in path.split(b"/") if part and part != b"."]
-    if b".." in parts:
-        return None
+    parts: list[bytes] = []
+    for part in path.split(b"/"):
+        if part == b"..":
+            del parts[-1:]
+        elif part and part != b".":
+            parts.append(part)
     return b"/" + b"/".join(parts)
 
 

@@ -10,9 +10,9 @@
  * answer (forward, or fail with an errno) or says to ask the master.  It
  * asks for anything it cannot evaluate exactly as the router does: a
  * function it has no entry for, and, when the entry looks at paths, a
- * path with a ".." component or a relative path whose directory it cannot
- * name as the master would (through /proc, as the master reads its copy
- * of the descriptor).  Like the router's
+ * relative path whose directory it cannot name as the master would
+ * (through /proc, as the master reads its copy of the descriptor).  ".."
+ * is folded lexically, exactly as the router folds it.  Like the router's
  * conditions it compares paths lexically; the sandbox, not this string
  * test, is the boundary.
  *
@@ -209,8 +209,8 @@ static int directory_of(int dirfd, char *out, size_t *out_len)
 static int append_components(const char *path, char *out, size_t *len);
 
 /* path as the router compares it (made absolute against its directory,
- * empty and "." components dropped), in out; 0 when the rules cannot say
- * (a directory that cannot be named, "..", too long). */
+ * empty and "." components dropped, ".." folded), in out; 0 when the
+ * rules cannot say (a directory that cannot be named, too long). */
 static int normalise(int dirfd, const char *path, char *out, size_t *out_len)
 {
 	char base[LCS_PATH_MAX_BYTES + 1];
@@ -248,8 +248,16 @@ static int append_components(const char *path, char *out, size_t *len_io)
 		size = p - name;
 		if (size == 0 || (size == 1 && name[0] == '.'))
 			continue;
-		if (size == 2 && name[0] == '.' && name[1] == '.')
-			return 0;
+		if (size == 2 && name[0] == '.' && name[1] == '.') {
+			/* Folded lexically, as the router folds it
+			 * (posixpath.normpath): the last component goes,
+			 * and ".." of the root is the root. */
+			while (len > 0 && out[len - 1] != '/')
+				len--;
+			if (len > 0)
+				len--;
+			continue;
+		}
 		if (len + 1 + size > LCS_PATH_MAX_BYTES)
 			return 0;
 		out[len++] = '/';
