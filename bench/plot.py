@@ -12,6 +12,11 @@ all slaves; latency is the mean time one slave waits per call
 
 Writes ``docs/performance-latency.png`` and ``docs/performance-throughput.png``
 (and the figures as JSON, so ``--from-json`` re-plots without measuring).
+
+    python bench/plot.py --programs bench/out/programs.json
+
+plots what ``bench/programs.py`` measured instead: each workload's median
+wall time per configuration, relative to native (``docs/performance-programs.png``).
 """
 
 from __future__ import annotations
@@ -73,8 +78,40 @@ def plot(figures: dict[str, dict[str, float]], machine: str) -> None:
         print(f"wrote {path}")
 
 
+def plot_programs(path: Path) -> None:
+    """Bars per workload: each configuration's median over native (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    medians: dict[str, dict[str, float]] = json.loads(path.read_text())["median_s"]
+    workloads = [w for w in medians if w != "pass"]
+    configurations = [c for c in medians[workloads[0]] if c != "native"]
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    width = 0.8 / len(configurations)
+    for index, configuration in enumerate(configurations):
+        xs = [n + (index - len(configurations) / 2 + 0.5) * width for n in range(len(workloads))]
+        ys = [medians[w].get(configuration, float("nan")) / medians[w]["native"] for w in workloads]
+        ax.bar(xs, ys, width, label=configuration)
+    ax.axhline(1.5, color="black", linewidth=0.8, linestyle="--")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(workloads)), workloads)
+    ax.set_ylabel("median wall time ÷ native (log)")
+    ax.set_title("Whole programs (bench/programs.py); dashed: 1.5× native")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    target = _common.ROOT / "docs" / "performance-programs.png"
+    fig.savefig(target)
+    plt.close(fig)
+    print(f"wrote {target}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--programs", metavar="FILE", type=Path,
+                        help="plot bench/programs.py's JSON instead of measuring latency and throughput")
     parser.add_argument("--max-foreign", type=float, default=1.0, metavar="SHARE",
                         help="repeat a run (up to 5 tries) while other processes used more than SHARE "
                              "(0..1) of the machine; the default never repeats")
@@ -84,6 +121,9 @@ def main() -> None:
     parser.add_argument("--json", default=str(_common.OUT / "plot.json"))
     parser.add_argument("--from-json", metavar="FILE")
     args = parser.parse_args()
+    if args.programs:
+        plot_programs(args.programs)
+        return
     _common.MAX_FOREIGN = args.max_foreign
     if args.from_json:
         data = json.loads(Path(args.from_json).read_text())
