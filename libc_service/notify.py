@@ -63,6 +63,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import posixpath
 import select
 import socket
 import stat as stat_module
@@ -758,12 +759,19 @@ class SeccompSession:
         killable: bool = True,
         name: str = "seccomp",
         own_files: Sequence[str] = (),
+        own_trees: Sequence[str] = (),
     ) -> None:
         self._fd = listener
-        #: Files the loader opens for the project itself (the shim): a read-only
-        #: open of exactly one of these is continued without asking the router,
-        #: as a policy cannot be expected to know them (a sandbox grants them).
+        #: What loading the program needs — the shim, the loader's cache, the
+        #: program's interpreter and libraries (``own_files``), the system's
+        #: library directories and, under a sandbox, its static trees
+        #: (``own_trees``): a read-only open, a stat or a non-writing access
+        #: of an absolute, normalised path there is continued without asking
+        #: the router, as the shim never asks about the loader's opens (it
+        #: does not see them) nor about its static trees. A policy cannot be
+        #: expected to know them, and a sandbox grants them by itself.
         self.own_files = frozenset(own_files)
+        self.own_trees = tuple(tree.rstrip("/") + "/" for tree in own_trees if tree.startswith("/"))
         self.router = router
         self.name = name
         #: Whether a received call ignores non-fatal signals (Linux 5.19+).
@@ -858,7 +866,7 @@ class SeccompSession:
             fetched = _Fetched(notification.tid, _thread_status(notification.tid))
             fields, context = _decode(notification, fetched)
             fetched.close_pidfd()
-            if self.own_files and _opens_own_file(fields, self.own_files):
+            if (self.own_files or self.own_trees) and _loading_call(fields, self.own_files, self.own_trees):
                 raise _Continue
             self._check_valid(notification.id)
             request = _build(fields, notification, fetched.thread)
@@ -882,6 +890,13 @@ class SeccompSession:
         coroutine = self._decide(request, context, notification, fetched)
         context_vars = contextvars.copy_context()
         context_vars.run(_TRANSPORT.set, "seccomp")
+        assert self._loop is not None
+        if not self.router.decides_synchronously(request.function):
+            # An async handler may decide: it runs in a task from its first step.
+            task = self._loop.create_task(coroutine, context=context_vars)
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+            return
         try:
             first = context_vars.run(coroutine.send, None)
         except StopIteration:
@@ -1084,13 +1099,26 @@ async def _continue(coroutine: Coroutine[Any, Any, None], first: Any) -> None:
     await _Resumed(coroutine, first)
 
 
-def _opens_own_file(fields: dict[str, Any], own_files: frozenset[str]) -> bool:
-    return (fields["function"] in ("open", "openat") and fields["path"] in own_files
-            and fields["flags"] <= _READ_ONLY_OPEN)
+def _loading_call(fields: dict[str, Any], files: frozenset[str], trees: tuple[str, ...]) -> bool:
+    """Whether the call only reads what loading the program needs (see ``SeccompSession.own_files``)."""
+    path = fields.get("path")
+    if not isinstance(path, str) or not path.startswith("/") or posixpath.normpath(path) != path:
+        return False  # relative, "..", "//", a trailing slash: the router decides
+    function = fields["function"]
+    if function in ("open", "openat"):
+        if not fields["flags"] <= _READ_ONLY_OPEN:
+            return False
+    elif function in ("access", "eaccess"):
+        if "w" in fields["amode"]:
+            return False
+    elif function not in ("stat", "lstat"):
+        return False
+    return path in files or path.startswith(trees)
 
 
-#: Flags of a read-only open of a library (what the loader passes).
-_READ_ONLY_OPEN: Final = frozenset({"read_only", "close_on_exec", "large_file"})
+#: Flags of a read-only open (what the loader, and a library reading its data, pass).
+_READ_ONLY_OPEN: Final = frozenset({"read_only", "close_on_exec", "large_file", "directory", "non_blocking",
+                                    "no_ctty"})
 
 
 def _build(fields: dict[str, Any], notification: _Notification, thread: _Thread) -> Request:

@@ -331,6 +331,15 @@ class Router:
             raise
         await self._reply_and_notify(call, route_name, outcome, time.perf_counter_ns() - started, session)
 
+    def decides_synchronously(self, function: str) -> bool:
+        """Whether every handler that may decide ``function`` is a plain function.
+
+        A transport may then run the decision in its reader callback; otherwise
+        it must run it in a task (an async handler may use ``asyncio.timeout``
+        or anything else that needs the current task).
+        """
+        return self._sync_only[function]
+
     async def decide(self, request: Request) -> tuple[str, Any]:
         """Decide ``request`` outside a session: the deciding route's name and its outcome.
 

@@ -213,6 +213,8 @@ class SlaveProcess:
         #: How many sessions (processes of the tree) registered so far.
         self.sessions_started = 0
         self._seccomp = seccomp
+        #: Under seccomp: files and trees loading the program needs (see ``_loading``).
+        self._loading: tuple[list[str], list[str]] = ([], [])
         #: Whether the shim decides what the router answers with a constant (:mod:`libc_service.rules`).
         self._rules = rules
         #: Whether a router with observers gets a rule table too, its shim reporting what it decided.
@@ -258,6 +260,8 @@ class SlaveProcess:
                 local = local_value(prepared.local_trees)
                 if local:
                     env[ENV_LOCAL] = local
+            if self._seccomp:
+                self._loading = _loading(self.argv, shim, env, self._cwd, self._sandbox, prepared)
             preexec = _child_setup(theirs.fileno(), prepared, _closes_inherited_fds(asyncio.get_running_loop()),
                                    handoff.install_in_child if handoff is not None else None)
             stdin, stdout, stderr = self._stdio
@@ -322,8 +326,9 @@ class SlaveProcess:
             raise
         finally:
             handoff.close()
+        files, trees = self._loading
         self.seccomp_session = SeccompSession(listener, self.router, killable=killable, name=f"seccomp pid {self.pid}",
-                                              own_files=[os.fspath(self._shim or shim_path())])
+                                              own_files=files, own_trees=trees)
         self._seccomp_task = asyncio.ensure_future(self.seccomp_session.serve())
 
     async def __aenter__(self) -> SlaveProcess:
@@ -507,6 +512,32 @@ class SlaveProcess:
         finally:
             master.close()
             self._masters.pop(master, None)
+
+
+def _loading(
+    argv: Sequence[str], shim: Path, env: Mapping[str, str], cwd: str | os.PathLike[str] | None,
+    sandbox: Sandbox | None, prepared: PreparedSandbox | None,
+) -> tuple[list[str], list[str]]:
+    """What loading the program needs, which the seccomp transport continues unasked.
+
+    Files: the shim, the loader's cache, the program's interpreter and
+    libraries. Trees: the system's library directories (unless the sandbox
+    leaves them out) and, under a sandbox, its static trees — what the shim
+    transport never asks about either.
+    """
+    from .loader import program_files, resolve_program, system_library_dirs
+
+    files = [os.fspath(shim), "/etc/ld.so.cache"]
+    try:
+        files += [os.fspath(file.path) for file in program_files(resolve_program(argv[0], env, cwd), env, cwd=cwd)]
+    except OSError:
+        pass  # the program cannot be found: starting it fails with the usual error
+    trees: list[str] = []
+    if sandbox is None or sandbox.system_libraries:
+        trees += [os.fspath(path) for path in system_library_dirs()]
+    if prepared is not None:
+        trees += list(prepared.local_trees)
+    return files, trees
 
 
 def _closes_inherited_fds(loop: asyncio.AbstractEventLoop) -> bool:

@@ -516,8 +516,21 @@ def test_the_convention_finds_the_commands_of_every_source() -> None:
     assert "libc-service docs examples/readonly_tree.py" in sources["examples/readonly_tree.py"]
 
 
+def _seccomp_missing() -> str | None:
+    from libc_service.notify import seccomp_unavailable
+
+    return seccomp_unavailable()
+
+
+@pytest.mark.parametrize("transport", ["shim", "seccomp"])
 @pytest.mark.parametrize("source", sorted(documented_commands()))
-def test_every_documented_command_runs_verbatim_and_exits_0(source: str, tmp_path: Path) -> None:
+def test_every_documented_command_runs_verbatim_and_exits_0(source: str, transport: str, tmp_path: Path) -> None:
+    """Each example's commands as written — and, with ``--seccomp`` added to every ``run``,
+    on the second transport: one policy serves both."""
+    if transport == "seccomp":
+        reason = _seccomp_missing()
+        if reason is not None:
+            pytest.skip(reason)
     # As a reader would after the README's install: this interpreter's scripts first on PATH,
     # none of the examples' variables set, the working directory a checkout.
     scripts = Path(sys.executable).parent
@@ -528,6 +541,10 @@ def test_every_documented_command_runs_verbatim_and_exits_0(source: str, tmp_pat
     env.update(PATH=f"{scripts}{os.pathsep}{os.environ.get('PATH', os.defpath)}", PWD=str(workdir))
     skipped = []
     for command in documented_commands()[source]:
+        if transport == "seccomp":
+            if "libc-service run " not in command:
+                continue
+            command = command.replace("libc-service run ", "libc-service run --seccomp ")
         reason = _missing_feature(command)
         if reason is not None:
             skipped.append(f"{command}: {reason}")
