@@ -195,10 +195,15 @@ async def test_an_int_result_arrives(function: str, result: int, real_fds: dict[
         "bind_inet": {"address": "0.0.0.0", "port": 0},
         "connect_inet6": {"address": "::1", "port": 1},
         "bind_inet6": {"address": "::", "port": 0},
+        "chmod": {"path": "x", "mode": 0o755},
+        "fchmod": {"mode": 0o755},
+        "utimens": {"path": "x", "atime": "omit", "mtime": 0},
     }
     arguments = every.get(function, {"path": "x"})
     if function.startswith(("connect", "bind")):
         arguments = {**arguments, "socket": real_fds["socket"]}
+    if function in ("fchmod", "fchown", "futimens"):
+        arguments = {key: value for key, value in arguments.items() if key != "path"} | {"fd": real_fds["directory"]}
     master, sock = Master.pair()
     with Slave(sock) as slave:
         reply = await _one_call(master, slave, function, arguments, lambda m: m.send(result))
