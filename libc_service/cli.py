@@ -13,10 +13,10 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .catalogue import PATH_FUNCTIONS
+from .catalogue import NAMED_FUNCTIONS
 from .policy import LoadedPolicy, PolicyError, load_policy
 from .router import FORWARD, Router
-from .rules import relative
+from .rules import RULED_FUNCTIONS, relative
 from .spawn import ShimNotFound, SlaveProcess, spawn
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 #: Functions whose requests carry a path relative to a directory descriptor.
-_PATH_FUNCTIONS = tuple(sorted(PATH_FUNCTIONS | {"rename"}))
+_PATH_FUNCTIONS = tuple(sorted(NAMED_FUNCTIONS))
 
 
 def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -208,7 +208,10 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         tracer = Tracer(output, json_lines=args.json)
         # Only relative paths need their directory named while the request's
         # descriptor is open: the shim decides and reports the absolute ones.
-        router.on(*_PATH_FUNCTIONS, when=relative())(tracer.note_directory)
+        router.on(*sorted(set(_PATH_FUNCTIONS) & RULED_FUNCTIONS), when=relative())(tracer.note_directory)
+        unruled = sorted(set(_PATH_FUNCTIONS) - RULED_FUNCTIONS)  # always asked: named in the handler
+        if unruled:
+            router.on(*unruled)(tracer.note_directory)
         router.observe(tracer)
         return _run_loop(_serve_program(command, router, None, args.seccomp, reports=True))
     finally:
