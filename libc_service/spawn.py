@@ -123,6 +123,30 @@ class RegistrationListener:
             if registered is not None:
                 return registered
 
+    def drain_reports(self, limit: int = 65536) -> None:
+        """Give the reports still queued to ``on_report``, without waiting (before :meth:`close`).
+
+        A program that exits right after its last calls leaves their reports
+        in the socket: observers (``trace``) must still see those calls.
+        Registrations that arrive this late are refused (their descriptors
+        closed): the tree is being closed.
+        """
+        sock = self._sock
+        if sock is None or self._on_report is None:
+            return
+        for _ in range(limit):
+            try:
+                data, ancdata, _, _ = sock.recvmsg(_LISTENER_BUFFER, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            fds = received_fds(ancdata)
+            if fds:
+                close_fds(fds)
+            elif data[:4] == wire.REPORT_MAGIC:
+                self._on_report(data)
+            elif not data:
+                return
+
     async def _wait_readable(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
@@ -434,6 +458,7 @@ class SlaveProcess:
         """
         self._closing = True
         if self._listener is not None:
+            self._listener.drain_reports()
             self._listener.close()
         if self.seccomp_session is not None:
             self.seccomp_session.close()
