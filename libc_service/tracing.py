@@ -165,9 +165,10 @@ class Tracer:
         except OSError:
             image = decision.session
         key = (request.pid, image)
+        program = ""
         if key not in self._sessions:
             self._sessions.add(key)
-            self._program(request.pid)
+            program = self._program(request.pid)
         directories = {name: self._directories.pop((name, request.pid, request.request_id))
                        for name in ("path", "path1", "path2")
                        if (name, request.pid, request.request_id) in self._directories}
@@ -181,16 +182,18 @@ class Tracer:
             line = json.dumps(record, sort_keys=False, ensure_ascii=False)
         else:
             line = decision_line(decision, directories)
-        self.stream.write(line + "\n")
+        # One write: the program runs on meanwhile and may write to the same stream.
+        self.stream.write(program + line + "\n")
         self.stream.flush()
 
-    def _program(self, pid: int) -> None:
+    def _program(self, pid: int) -> str:
+        """The line naming the program ``pid`` runs (with its newline), or "" when it is gone."""
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
             with open(f"/proc/{pid}/cmdline", "rb") as file:
                 argv = [os.fsdecode(arg) for arg in file.read().split(b"\0")[:-1]]
         except OSError:
-            return
+            return ""
         if self.json_lines:
             # The decision schema, so that every line has the same keys.
             line = json.dumps({
@@ -200,4 +203,4 @@ class Tracer:
             }, ensure_ascii=False)
         else:
             line = f"[pid {pid}] execve({json.dumps(exe)}, {json.dumps(argv, ensure_ascii=False)})"
-        self.stream.write(line + "\n")
+        return line + "\n"
