@@ -419,7 +419,10 @@ async def test_relative_paths_arrive_with_the_directory_they_are_relative_to(tmp
     )
     ran = await run_slave([PYTHON, "-c", program], router, cwd=tmp_path)
     assert ran.status == 0, ran.err
-    mine = [entry for entry in seen if entry[0] in ("sub/inner", "inner", "made", str(tmp_path))]
+    # From the program's first call on: the interpreter's own start-up may stat
+    # the working directory too (Python 3.13 does).
+    first = next(index for index, entry in enumerate(seen) if entry[0] == "sub/inner")
+    mine = [entry for entry in seen[first:] if entry[0] in ("sub/inner", "inner", "made", str(tmp_path))]
     assert mine == [
         ("sub/inner", str(tmp_path)),
         ("inner", str(tmp_path / "sub")),
