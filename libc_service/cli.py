@@ -226,14 +226,8 @@ def _cmd_learn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     learned = Learned()
     status = _run_loop(_serve_program(command, learning_router(learned), None))
     source = render_policy(learned, command)
-    if args.output is None:
-        sys.stdout.write(source)
-    else:
-        try:
-            with open(args.output, "w", encoding="utf-8") as file:
-                file.write(source)
-        except OSError as exc:
-            raise PolicyError(f"cannot write the policy to {args.output}: {exc.strerror}") from exc
+    _write_output(args.output, source)
+    if args.output is not None:
         lists = learned.sandbox_arguments()
         print(f"libc-service: wrote {args.output}: {len(lists['allow_read'])} read, {len(lists['allow_write'])} "
               f"write, {len(lists['allow_exec'])} program rule(s) from {learned.calls} calls; try: "
@@ -249,15 +243,20 @@ def _cmd_docs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     policy = _load(args.policy)
     text = render_policy(policy, fmt=args.format)
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        try:
-            with open(args.output, "w", encoding="utf-8") as file:
-                file.write(text)
-        except OSError as exc:
-            raise PolicyError(f"cannot write {args.output}: {exc.strerror}") from exc
+    _write_output(args.output, text)
     return 0
+
+
+def _write_output(path: str | None, text: str) -> None:
+    """``text`` to ``path``, or to stdout without one; a path that cannot be written is a usage error."""
+    if path is None:
+        sys.stdout.write(text)
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as exc:
+        raise PolicyError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _load(spec: str) -> LoadedPolicy:

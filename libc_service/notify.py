@@ -962,8 +962,7 @@ class SeccompSession:
             self._send(notif_id, 0, -outcome.errno, 0)
             return "error", -1, outcome.errno, 0
         if isinstance(outcome, BaseException):
-            logger.error("handler %s failed on %r; failing the call with %s", route, request,
-                         errno_module.errorcode.get(self.router.error_errno), exc_info=outcome)
+            self.router.handler_failed(route, request, outcome)  # one log for both transports
             return self._fail(notif_id)
         fds: Sequence[int] = ()
         result = outcome

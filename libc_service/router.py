@@ -353,6 +353,10 @@ class Router:
         """
         return await self._decide(request)
 
+    def handler_failed(self, route: str, request: Request, error: BaseException) -> None:
+        """Log a handler's failure for a transport that replies itself: once with its traceback, then counted."""
+        self._bugs.report(route, request, error, errno_module.errorcode.get(self.error_errno, "?"))
+
     def report(self, decision: Decision) -> None:
         """Give a decision made with :meth:`decide` to the observers, once its reply went out."""
         if self._observers:
