@@ -8,8 +8,11 @@
  * threads to their waiter slots and wakes them.
  *
  * Any broken rule, EOF or I/O error kills the channel for this process and
- * every call falls back to the real libc (docs/protocol.md). */
-#include <dlfcn.h>
+ * every call falls back to the real libc (docs/protocol.md).
+ *
+ * The descriptors themselves (the registration socket, the channel's
+ * number) and the process they belong to are ownfds.c's.  Depends on
+ * ownfds.c, creds.c (each request's context) and real.c. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -17,7 +20,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -31,11 +33,7 @@ struct waiter {
 	struct lcs_reply *reply;
 };
 
-/* reg_fd and chan_fd are also read, without the lock, by the descriptor
- * guard (fdguard.c) from any thread or signal handler: accessed atomically. */
-static int reg_fd = -1;          /* registration socket; -1: the shim is inert */
-static pid_t proc_pid;           /* the process this state belongs to */
-static int chan_fd = -1;         /* our channel, once registered */
+/* The channel's number is ownfds.c's (lcs_chan_fd), set under the lock. */
 static int chan_dead;            /* set once; then always fall back */
 static int reading;              /* a thread is blocked receiving */
 static int users;                /* threads between send and return */
@@ -49,27 +47,6 @@ static int reporting;             /* LIBC_SERVICE_REPORTS=1: tell observers */
 static unsigned reports_lost;     /* reports the socket did not take */
 static __thread pid_t cached_tid;
 
-/* LIBC_SERVICE_FD=<reg_fd>, put in the environment by the constructor
- * (the environment's entry then points at this buffer), so the number can
- * be rewritten in place, without allocation, when the descriptor moves. */
-#define ENV_PREFIX "LIBC_SERVICE_FD="
-static char env_entry[sizeof ENV_PREFIX + 11] = ENV_PREFIX;
-
-static int load_fd(const int *fd) { return __atomic_load_n(fd, __ATOMIC_RELAXED); }
-static void store_fd(int *fd, int value) { __atomic_store_n(fd, value, __ATOMIC_RELAXED); }
-
-static int missing_function(void)
-{
-	errno = ENOSYS;
-	return -1;
-}
-
-void *lcs_real(const char *name)
-{
-	void *fn = dlsym(RTLD_NEXT, name);
-	return fn ? fn : (void *)missing_function;
-}
-
 /* Little-endian field access, independent of host order. */
 static void put16(unsigned char *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
 static void put32(unsigned char *p, uint32_t v) { put16(p, v); put16(p + 2, v >> 16); }
@@ -77,28 +54,6 @@ static void put64(unsigned char *p, uint64_t v) { put32(p, v); put32(p + 4, v >>
 static uint16_t get16(const unsigned char *p) { return p[0] | (uint16_t)p[1] << 8; }
 static uint32_t get32(const unsigned char *p) { return get16(p) | (uint32_t)get16(p + 2) << 16; }
 static uint64_t get64(const unsigned char *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
-
-static int is_seqpacket(int fd)
-{
-	int type;
-	socklen_t len = sizeof type;
-	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-		return 0;
-	return type == SOCK_SEQPACKET;
-}
-
-static int parse_fd(const char *text)
-{
-	char *end;
-	long value;
-	if (!text || !*text)
-		return -1;
-	errno = 0;
-	value = strtol(text, &end, 10);
-	if (errno || *end || value < 0 || value > 0x7fffffff)
-		return -1;
-	return value;
-}
 
 /* The child of fork() must never touch the parent's channel: forget it
  * (closing our copy is harmless to the parent) and register anew at the
@@ -111,43 +66,12 @@ static void atfork_child(void)
 
 	memcpy(&lock, &fresh_lock, sizeof lock);
 	memcpy(&wake, &fresh_wake, sizeof wake);
-	int fd = load_fd(&chan_fd);
-	store_fd(&chan_fd, -1);
-	if (fd >= 0)
-		lcs_close_raw(fd);
 	chan_dead = 0;
 	reading = 0;
 	users = 0;
 	waiters = NULL;
 	cached_tid = 0;
-	proc_pid = syscall(SYS_getpid);
-}
-
-static void write_env_number(int fd)
-{
-	char digits[11];
-	char *out = env_entry + sizeof ENV_PREFIX - 1;
-	int n = 0;
-
-	do
-		digits[n++] = '0' + fd % 10;
-	while ((fd /= 10) && n < 10);
-	while (n)
-		*out++ = digits[--n];
-	*out = 0;
-}
-
-/* The environment's LIBC_SERVICE_FD entry, or NULL.  Read from environ
- * directly: programs may define getenv/putenv themselves (bash does, on
- * its shell variables), and the program's definitions win. */
-static char **env_slot(void)
-{
-	extern char **environ;
-
-	for (char **entry = environ; entry && *entry; entry++)
-		if (!strncmp(*entry, ENV_PREFIX, sizeof ENV_PREFIX - 1))
-			return entry;
-	return NULL;
+	lcs_ownfds_forked();
 }
 
 /* Whether the environment holds exactly name (with its "=") and "1". */
@@ -162,88 +86,16 @@ static int env_is_one(const char *name)
 	return 0;
 }
 
-/* The registration socket is moved to a high number, out of the way of
- * programs that dup2() onto low numbers, and LIBC_SERVICE_FD follows it:
- * its entry in environ is pointed at env_entry (what putenv does, without
- * going through a putenv the program may have replaced).  The constructor
- * runs before main, single-threaded, so this is safe here.  The socket
- * stays without close-on-exec: exec'd programs register through it. */
-__attribute__((constructor)) static void shim_init(void)
+void lcs_channel_init(void)
 {
-	int saved = errno;
-	char **slot = env_slot();
-	int fd = slot ? parse_fd(*slot + sizeof ENV_PREFIX - 1) : -1;
-
-	lcs_fdguard_init();
-	if (fd >= 0 && is_seqpacket(fd)) {
-		int high = lcs_move_high(fd, 0);
-		if (high >= 0 && high != fd) {
-			write_env_number(high);
-			*slot = env_entry;
-			lcs_close_raw(fd);
-			fd = high;
-		}
-		proc_pid = syscall(SYS_getpid);
-		lcs_local_init();
-		lcs_rules_init();
-		reporting = env_is_one("LIBC_SERVICE_REPORTS=");
-		lcs_creds_init();
-		store_fd(&reg_fd, fd);
-		pthread_atfork(NULL, NULL, atfork_child);
-	}
-	errno = saved;
-}
-
-int lcs_guarded_fds(int fds[2])
-{
-	int reg = load_fd(&reg_fd), chan = load_fd(&chan_fd), n = 0;
-
-	if (reg < 0)
-		return 0;
-	if (chan >= 0 && chan < reg)
-		fds[n++] = chan;
-	fds[n++] = reg;
-	if (chan > reg)
-		fds[n++] = chan;
-	return n;
-}
-
-/* The program wants fd's number (dup2/dup3 onto it): give it up after
- * moving the shim's descriptor to another high number.  Not in a vfork()ed
- * child, which shares our memory (and so this state) with its parent but
- * not its descriptor table: there the number is simply lost to the child.
- * Async-signal-safe: atomics and system calls only. */
-int lcs_evict(int fd)
-{
-	int *slot;
-	int moved;
-
-	if (fd < 0)
-		return 0;
-	if (fd == load_fd(&reg_fd))
-		slot = &reg_fd;
-	else if (fd == load_fd(&chan_fd))
-		slot = &chan_fd;
-	else
-		return 0;
-	if (syscall(SYS_getpid) != proc_pid)
-		return 0;
-	moved = lcs_dup_high(fd, slot == &chan_fd);
-	if (moved < 0)
-		return -1;
-	if (moved == fd)
-		return 0; /* nowhere to go: the caller's dup2 will take it */
-	store_fd(slot, moved);
-	if (slot == &reg_fd)
-		write_env_number(moved);
-	/* The old number is left open for the caller's dup2 to replace. */
-	return 0;
+	reporting = env_is_one("LIBC_SERVICE_REPORTS=");
+	pthread_atfork(NULL, NULL, atfork_child);
 }
 
 static pid_t current_tid(void)
 {
 	if (!cached_tid)
-		cached_tid = syscall(SYS_gettid);
+		cached_tid = lcs_gettid_raw();
 	return cached_tid;
 }
 
@@ -283,14 +135,14 @@ static int register_channel(void)
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	ssize_t sent;
 
-	int reg = load_fd(&reg_fd);
+	int reg = lcs_reg_fd();
 
-	if (!is_seqpacket(reg))
+	if (!lcs_is_seqpacket(reg))
 		return -1;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
 		return -1;
 	put16(hello + 4, LCS_VERSION);
-	put32(hello + 8, proc_pid);
+	put32(hello + 8, lcs_own_pid());
 	attach_fds(&msg, control.buf, &pair[1], 1);
 	sent = send_retry(reg, &msg);
 	lcs_close_raw(pair[1]);
@@ -304,28 +156,23 @@ static int register_channel(void)
 		lcs_close_raw(pair[0]);
 	else
 		high = pair[0];
-	store_fd(&chan_fd, high);
+	lcs_set_chan_fd(high);
 	return 0;
-}
-
-int lcs_own_process(void)
-{
-	return syscall(SYS_getpid) == proc_pid;
 }
 
 int lcs_enter(void)
 {
 	int usable;
 
-	if (load_fd(&reg_fd) < 0 || busy)
+	if (lcs_reg_fd() < 0 || busy)
 		return 0;
 	/* A vfork()ed or raw clone()d child shares our memory but is another
 	 * process; it must leave the parent's state alone. */
-	if (syscall(SYS_getpid) != proc_pid)
+	if (!lcs_own_process())
 		return 0;
 	busy = 1;
 	pthread_mutex_lock(&lock);
-	if (!chan_dead && load_fd(&chan_fd) < 0 && register_channel() < 0)
+	if (!chan_dead && lcs_chan_fd() < 0 && register_channel() < 0)
 		chan_dead = 1;
 	usable = !chan_dead;
 	pthread_mutex_unlock(&lock);
@@ -359,7 +206,7 @@ int lcs_path_dir(int dirfd, const char *path, int *fd, int *owned)
 		return 0;
 	}
 	/* The raw syscall: this must not come back into the shim. */
-	*fd = syscall(SYS_openat, AT_FDCWD, ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	*fd = lcs_openat_raw(AT_FDCWD, ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (*fd < 0)
 		return -1;
 	*owned = 1;
@@ -378,7 +225,7 @@ void lcs_close_fds(struct lcs_reply *reply)
  * its number cannot be reused under a thread still sending on it. */
 static void kill_channel(void)
 {
-	int fd = load_fd(&chan_fd);
+	int fd = lcs_chan_fd();
 
 	if (!chan_dead && fd >= 0)
 		shutdown(fd, SHUT_RDWR);
@@ -396,7 +243,7 @@ static size_t encode_request(unsigned char *buf, const struct lcs_request *reque
 	memcpy(buf, "LCSq", 4);
 	put16(buf + 4, LCS_VERSION);
 	put16(buf + 6, request->function);
-	put32(buf + 8, proc_pid);
+	put32(buf + 8, lcs_own_pid());
 	put32(buf + 12, tid);
 	put64(buf + 16, id);
 	put32(buf + 24, request->flags);
@@ -433,12 +280,12 @@ static size_t encode_request(unsigned char *buf, const struct lcs_request *reque
 void lcs_report(const struct lcs_request *request, int outcome, int error)
 {
 	unsigned char buf[LCS_REPORT_HEADER + LCS_MAX_MESSAGE];
-	int fds[3], nfds, reg = load_fd(&reg_fd);
+	int fds[3], nfds, reg = lcs_reg_fd();
 	struct iovec iov = { buf, 0 };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	unsigned lost = __atomic_load_n(&reports_lost, __ATOMIC_RELAXED);
 
-	if (!reporting || reg < 0 || syscall(SYS_getpid) != proc_pid)
+	if (!reporting || reg < 0 || !lcs_own_process())
 		return;
 	if (LCS_REQUEST_HEADER + 4 * LCS_MAX_GROUPS + request->len1 + request->len2 > LCS_MAX_MESSAGE)
 		return;
@@ -688,7 +535,7 @@ int lcs_call(const struct lcs_request *request, struct lcs_reply *reply)
 	me.next = waiters;
 	waiters = &me;
 	users++;
-	fd = load_fd(&chan_fd);
+	fd = lcs_chan_fd();
 	pthread_mutex_unlock(&lock);
 
 	/* The slot is linked before sending: another thread may read our reply
@@ -701,9 +548,9 @@ int lcs_call(const struct lcs_request *request, struct lcs_reply *reply)
 	else
 		await_reply(fd, &me, &in);
 	unlink_waiter(&me);
-	if (--users == 0 && chan_dead && load_fd(&chan_fd) >= 0) {
-		int dead = load_fd(&chan_fd);
-		store_fd(&chan_fd, -1);
+	if (--users == 0 && chan_dead && lcs_chan_fd() >= 0) {
+		int dead = lcs_chan_fd();
+		lcs_set_chan_fd(-1);
 		lcs_close_raw(dead);
 	}
 	pthread_mutex_unlock(&lock);

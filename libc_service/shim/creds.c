@@ -18,13 +18,14 @@
  *   setgroups()/initgroups().  Each thread caches its getgroups() answer
  *   and refreshes it when an interposed setgroups or initgroups has run
  *   since.  A process in more than LCS_MAX_GROUPS groups sends none (the
- *   master sees them as unknown and must not act as the slave). */
+ *   master sees them as unknown and must not act as the slave).
+ *
+ * Depends on ownfds.c (whose process this is) and real.c. */
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -54,7 +55,7 @@ static int parse_umask(const char *text)
 	return digits && mask <= 0777 ? mask : -1;
 }
 
-/* Raw system calls: the shim's own open must not be entered. */
+/* Raw system calls (real.c): the shim's own open must not be entered. */
 void lcs_creds_init(void)
 {
 	char text[2048];
@@ -62,22 +63,22 @@ void lcs_creds_init(void)
 	int fd;
 
 	do
-		fd = syscall(SYS_openat, AT_FDCWD, "/proc/self/status", O_RDONLY | O_CLOEXEC);
+		fd = lcs_openat_raw(AT_FDCWD, "/proc/self/status", O_RDONLY | O_CLOEXEC);
 	while (fd < 0 && errno == EINTR);
 	if (fd < 0) {
 		/* Under the sandbox /proc is not readable.  The constructor runs
 		 * before main, while the process has one thread, so reading the
 		 * umask by setting it races with no other file creation here. */
 		int saved = errno;
-		mode_t mask = (mode_t)syscall(SYS_umask, 0);
+		mode_t mask = lcs_umask_raw(0);
 
-		syscall(SYS_umask, mask);
+		lcs_umask_raw(mask);
 		errno = saved;
 		__atomic_store_n(&umask_cache, (int)(mask & 0777), __ATOMIC_RELAXED);
 		return;
 	}
 	while (len < (ssize_t)sizeof text - 1) {
-		got = syscall(SYS_read, fd, text + len, sizeof text - 1 - len);
+		got = lcs_read_raw(fd, text + len, sizeof text - 1 - len);
 		if (got < 0 && errno == EINTR)
 			continue;
 		if (got <= 0)
@@ -133,7 +134,7 @@ static int thread_groups(void)
 	unsigned epoch = __atomic_load_n(&groups_epoch, __ATOMIC_ACQUIRE);
 
 	if (groups_seen != epoch) {
-		groups_count = syscall(SYS_getgroups, LCS_MAX_GROUPS, groups_cached);
+		groups_count = lcs_getgroups_raw(LCS_MAX_GROUPS, groups_cached);
 		groups_seen = epoch;
 	}
 	return groups_count;
@@ -141,9 +142,9 @@ static int thread_groups(void)
 
 /* A failing setfsuid(-1) (a seccomp filter that denies it) returns -1,
  * which is no valid id: unknown. */
-static int fs_id(long number, uint32_t *id)
+static int fs_id(long (*raw)(long), uint32_t *id)
 {
-	long value = syscall(number, -1);
+	long value = raw(-1);
 
 	if (value == -1)
 		return 0;
@@ -163,11 +164,11 @@ unsigned lcs_context(unsigned char *header, unsigned char *groups)
 		context |= LCS_CONTEXT_UMASK;
 		put16(header + 58, mask);
 	}
-	if (fs_id(SYS_setfsuid, &id)) {
+	if (fs_id(lcs_setfsuid_raw, &id)) {
 		context |= LCS_CONTEXT_FSUID;
 		put32(header + 64, id);
 	}
-	if (fs_id(SYS_setfsgid, &id)) {
+	if (fs_id(lcs_setfsgid_raw, &id)) {
 		context |= LCS_CONTEXT_FSGID;
 		put32(header + 68, id);
 	}

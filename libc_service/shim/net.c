@@ -84,7 +84,7 @@ static int replace_socket(int sockfd, int received)
 	int replaced = -1;
 
 	if (fd_flags >= 0)
-		replaced = dup3(received, sockfd, fd_flags & FD_CLOEXEC ? O_CLOEXEC : 0);
+		replaced = lcs_dup3_guarded(received, sockfd, fd_flags & FD_CLOEXEC ? O_CLOEXEC : 0);
 	int error = errno;
 	lcs_close_raw(received);
 	errno = error;

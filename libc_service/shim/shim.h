@@ -1,15 +1,33 @@
 /* libc-service LD_PRELOAD shim: shared declarations.
  *
- * channel.c owns the per-process channel to the master and the wire format
- * (docs/protocol.md, version 2); creds.c the caller's umask and credentials
- * every request carries; fs.c, net.c and dns.c are the interposed libc
- * entry points.  Everything here is hidden; only the interposed functions
- * are exported (LCS_EXPORT). */
+ * The files, each depending only on those listed before it (file A depends
+ * on B when A calls a function B defines; tests/test_shim_layout.py checks
+ * that the graph has no cycle):
+ *
+ *   real.c     the one way to the real libc: lcs_real behind LCS_REAL, and
+ *              the raw system calls the shim must make (lcs_*_raw)
+ *   local.c    statically allowed trees (LIBC_SERVICE_LOCAL)
+ *   rules.c    the policy's constant decisions (LIBC_SERVICE_RULES)
+ *   ownfds.c   the shim's own descriptors (registration socket, channel)
+ *              and the process they belong to
+ *   fdguard.c  the interposed close/close_range/closefrom/dup2/dup3 that
+ *              guard those descriptors
+ *   creds.c    the caller's umask and credentials every request carries
+ *   channel.c  the per-process channel to the master and the wire format
+ *              (docs/protocol.md, version 2)
+ *   fs.c, meta.c, net.c, dns.c, stdio.c   the interposed entry points
+ *   init.c     the constructor, starting each module; nothing depends on it
+ *
+ * Everything here is hidden; only the interposed functions are exported
+ * (LCS_EXPORT).  Inside the shim an interposed function is never called by
+ * its name (that would come back into the shim): its real definition is
+ * LCS_REAL(name). */
 #ifndef LCS_SHIM_H
 #define LCS_SHIM_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define LCS_EXPORT __attribute__((visibility("default")))
 
@@ -231,19 +249,41 @@ enum { LCS_REPORT_FORWARDED = 1, LCS_REPORT_DENIED = 2 };
 #define LCS_REPORT_HEADER 16
 void lcs_report(const struct lcs_request *request, int outcome, int error);
 
-/* ---- the shim's own descriptors (fdguard.c) ----
+/* The channel's start (channel.c, from the constructor): reads
+ * LIBC_SERVICE_REPORTS and registers its fork handler. */
+void lcs_channel_init(void);
+
+/* ---- the shim's own descriptors (ownfds.c) ----
  *
  * The registration socket and the channel live at high numbers (from
- * LCS_FD_BASE) and are guarded: close, close_range and closefrom skip them,
- * dup2/dup3 onto them move them away first. */
+ * LCS_FD_BASE) and are guarded (fdguard.c): close, close_range and
+ * closefrom skip them, dup2/dup3 onto them move them away first.  Their
+ * numbers are read atomically, from any thread or signal handler. */
 #define LCS_FD_BASE 1000
 
-/* Resolve the guard's real functions (from the constructor). */
-void lcs_fdguard_init(void);
+/* From the constructor: the registration socket named by LIBC_SERVICE_FD,
+ * moved high (the environment follows it), and this process as the
+ * owner; -1 when there is none (the shim stays inert).  The shim becomes
+ * active when lcs_ownfds_activate() makes it the registration socket. */
+int lcs_ownfds_init(void);
+void lcs_ownfds_activate(int fd);
 
-/* Close one of the shim's own descriptors (the raw system call: never the
- * guarded close, never a cancellation point). */
-void lcs_close_raw(int fd);
+/* In the child of fork(): close our copy of the parent's channel, forget
+ * it, and own the state.  Async-signal-safe. */
+void lcs_ownfds_forked(void);
+
+/* The registration socket (-1: the shim is inert) and the channel (-1:
+ * none yet); channel.c sets the channel under its lock. */
+int lcs_reg_fd(void);
+int lcs_chan_fd(void);
+void lcs_set_chan_fd(int fd);
+
+/* The process the shim's state belongs to, and whether the caller is it
+ * (not a vfork()ed child sharing its memory). */
+int lcs_own_pid(void);
+int lcs_own_process(void);
+
+int lcs_is_seqpacket(int fd);
 
 /* A duplicate of fd at LCS_FD_BASE or above (or below the descriptor limit
  * when that is lower), close-on-exec if asked; fd itself when it is high
@@ -262,7 +302,21 @@ int lcs_guarded_fds(int fds[2]);
  * could not be moved. */
 int lcs_evict(int fd);
 
-/* Resolve the next definition of a symbol (the real libc's). */
+/* ---- the descriptor guard (fdguard.c) ---- */
+
+/* Resolve the guard's real functions (from the constructor: no dlsym in
+ * a signal handler later). */
+void lcs_fdguard_init(void);
+
+/* dup3 as the program's dup3 does it: a guarded newfd is moved away first. */
+int lcs_dup3_guarded(int oldfd, int newfd, int flags);
+
+/* ---- the real libc (real.c) ----
+ *
+ * The one way to call a real libc function the shim interposes:
+ * LCS_REAL(name)(args...).  It resolves the next definition after the
+ * shim's (dlsym RTLD_NEXT) once per call site and caches it; a function
+ * the libc lacks fails with ENOSYS.  No other file calls dlsym. */
 void *lcs_real(const char *name);
 
 #define LCS_REAL(name)                                                  \
@@ -275,5 +329,25 @@ void *lcs_real(const char *name);
 		}                                                       \
 		fn;                                                     \
 	})
+
+/* Raw system calls, for the few places where even the real libc function
+ * must not be used; real.c says why for each.  No other file calls
+ * syscall(). */
+
+/* Close one of the shim's own descriptors: never the guarded close, never
+ * a cancellation point; errno kept. */
+void lcs_close_raw(int fd);
+/* close(2) for closefrom's fallback around the guarded descriptors. */
+int lcs_close_unguarded(int fd);
+int lcs_close_range_raw(unsigned first, unsigned last, int flags);
+int lcs_fcntl_raw(int fd, int command, long arg);
+int lcs_openat_raw(int dirfd, const char *path, int flags);
+long lcs_read_raw(int fd, void *buf, size_t len);
+int lcs_getpid_raw(void);
+int lcs_gettid_raw(void);
+mode_t lcs_umask_raw(mode_t mask);
+int lcs_getgroups_raw(int size, gid_t *list);
+long lcs_setfsuid_raw(long id);
+long lcs_setfsgid_raw(long id);
 
 #endif
