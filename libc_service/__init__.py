@@ -17,13 +17,13 @@ here for code written against earlier versions, but are not part of
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
-# Eager: the names are also submodules, which would shadow them once imported.
-from .perform import perform
-from .spawn import SlaveProcess, spawn
-
 if TYPE_CHECKING:
+    from .perform import perform
+    from .spawn import SlaveProcess, spawn
     from .conditions import Condition, flags, named, to, under, writing
     from .master import Call as Call  # transport internal: importable, not in __all__
     from .master import Master, SessionClosed
@@ -57,7 +57,29 @@ _LAZY: dict[str, str] = {
     "Slave": "slave",
     "slave_path": "slavepath",
     "ProtocolError": "wire",
+    "perform": "perform",
+    **dict.fromkeys(("SlaveProcess", "spawn"), "spawn"),
 }
+#: Public functions named like the submodule that defines them.
+_SHADOWED: frozenset[str] = frozenset({"perform", "spawn"})
+
+
+class _Package(types.ModuleType):
+    """The package module, keeping ``perform`` and ``spawn`` the functions.
+
+    Importing a submodule sets the package attribute of the same name to the
+    module object; for the two public functions named like their module,
+    the function is stored instead, so ``from libc_service import perform``
+    means the same whatever was imported before.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def _package_version() -> str:

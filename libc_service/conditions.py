@@ -62,15 +62,15 @@ class Condition(ABC):
     def __and__(self, other: Condition) -> Condition:
         if not isinstance(other, Condition):
             return NotImplemented
-        return _All((self, other))
+        return AllOf((self, other))
 
     def __or__(self, other: Condition) -> Condition:
         if not isinstance(other, Condition):
             return NotImplemented
-        return _Any((self, other))
+        return AnyOf((self, other))
 
     def __invert__(self) -> Condition:
-        return _Not(self)
+        return Negation(self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.describe()}>"
@@ -82,7 +82,7 @@ def _common(parts: Iterable[Condition]) -> frozenset[str] | None:
 
 
 @dataclass(frozen=True, repr=False)
-class _All(Condition):
+class AllOf(Condition):
     parts: tuple[Condition, ...]
 
     def __post_init__(self) -> None:
@@ -96,7 +96,7 @@ class _All(Condition):
 
 
 @dataclass(frozen=True, repr=False)
-class _Any(Condition):
+class AnyOf(Condition):
     parts: tuple[Condition, ...]
 
     def __post_init__(self) -> None:
@@ -111,7 +111,7 @@ class _Any(Condition):
 
 
 @dataclass(frozen=True, repr=False)
-class _Not(Condition):
+class Negation(Condition):
     part: Condition
 
     def __post_init__(self) -> None:
@@ -126,11 +126,11 @@ class _Not(Condition):
 
 def _group(condition: Condition) -> str:
     text = condition.describe()
-    return f"({text})" if isinstance(condition, _All | _Any) else text
+    return f"({text})" if isinstance(condition, AllOf | AnyOf) else text
 
 
 @dataclass(frozen=True, repr=False)
-class _Under(Condition):
+class UnderCondition(Condition):
     roots: tuple[str, ...]
 
     functions = NAMED_FUNCTIONS
@@ -164,11 +164,11 @@ def under(*roots: str | os.PathLike[str]) -> Condition:
         if not text.startswith("/"):
             raise ValueError(f"under() takes absolute roots, not {text!r}")
         normal.append("/" + posixpath.normpath(text).lstrip("/"))
-    return _Under(tuple(normal))
+    return UnderCondition(tuple(normal))
 
 
 @dataclass(frozen=True, repr=False)
-class _Writing(Condition):
+class WritingCondition(Condition):
     functions = OPEN_FUNCTIONS | MUTATING_FUNCTIONS
 
     def __call__(self, request: object) -> bool:
@@ -188,11 +188,11 @@ def writing() -> Condition:
     ``unlink``, ``rmdir``, ``mkdir``, ``rename`` and the metadata changes
     (``chmod``, ``chown``, ``utimens`` and their descriptor forms).
     """
-    return _Writing()
+    return WritingCondition()
 
 
 @dataclass(frozen=True, repr=False)
-class _Flags(Condition):
+class FlagsCondition(Condition):
     names: frozenset[str]
 
     functions = OPEN_FUNCTIONS
@@ -209,14 +209,14 @@ def flags(*names: str) -> Condition:
     unknown = set(names) - set(OPENAT_FLAGS)
     if unknown or not names:
         raise ValueError(f"unknown open flags {sorted(unknown)}; valid: {', '.join(OPENAT_FLAGS)}")
-    return _Flags(frozenset(names))
+    return FlagsCondition(frozenset(names))
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, repr=False)
-class _To(Condition):
+class ToCondition(Condition):
     endpoints: tuple[tuple[Network, int | None], ...]
 
     functions = _INET_FUNCTIONS
@@ -259,11 +259,11 @@ def to(*endpoints: str | tuple[str, int | None]) -> Condition:
         parsed.append((ipaddress.ip_network(host, strict=False), port))
     if not parsed:
         raise ValueError("to() needs at least one endpoint")
-    return _To(tuple(parsed))
+    return ToCondition(tuple(parsed))
 
 
 @dataclass(frozen=True, repr=False)
-class _Named(Condition):
+class NamedCondition(Condition):
     names: frozenset[str]
 
     functions = frozenset({"getaddrinfo"})
@@ -280,7 +280,7 @@ def named(*names: str) -> Condition:
     """``getaddrinfo`` of one of ``names`` (case-insensitive, trailing dot ignored)."""
     if not names:
         raise ValueError("named() needs at least one name")
-    return _Named(frozenset(name.lower().rstrip(".") for name in names))
+    return NamedCondition(frozenset(name.lower().rstrip(".") for name in names))
 
 
 assert NAMED_FUNCTIONS <= set(FUNCTIONS)

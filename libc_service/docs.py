@@ -34,7 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final, Literal
 
-from .conditions import _All
+from .conditions import AllOf
 from .policy import LoadedPolicy
 from .requests import FUNCTIONS
 from .router import FORWARD, Deny, Route, Router
@@ -222,7 +222,7 @@ def _handler_doc(index: int, route: Route, base: Path | None) -> HandlerDoc:
         doc=route.doc,
         functions=tuple(sorted(route.functions, key=lambda name: order.get(name, len(order)))),
         conditions=tuple(condition.describe() for condition in route.conditions),
-        when=_All(route.conditions).describe() if route.conditions else None,
+        when=AllOf(route.conditions).describe() if route.conditions else None,
         source_file=_source_file(route, base),
         source_line=route.source[1] if route.source is not None else None,
     )

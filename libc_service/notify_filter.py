@@ -31,7 +31,7 @@ import errno as errno_module
 import platform
 from typing import Final
 
-from .syscall_filter import _ARCH, _JEQ_K, _JGE_K, _JSET_K, _NR, _RET_ALLOW, _RET_ERRNO, _Assembler, _arg_low
+from .syscall_filter import DATA_ARCH, JEQ_K, JGE_K, JSET_K, DATA_NR, RET_ALLOW, RET_ERRNO, Assembler, arg_low
 
 __all__ = ["AT_EMPTY_PATH", "NOTIFIED", "RET_USER_NOTIF", "build_notify_filter", "notified_numbers"]
 
@@ -77,22 +77,22 @@ def notified_numbers(machine: str | None = None) -> dict[str, int] | None:
 
 def build_notify_filter() -> bytes:
     """The classic BPF program: notify the arbitrated calls, allow the rest."""
-    asm = _Assembler()
-    asm.load(_ARCH)
-    asm.jump_if(_JEQ_K, _AUDIT_ARCH_X86_64, None, "enosys")
-    asm.load(_NR)
-    asm.jump_if(_JGE_K, _X32_BIT, "enosys")
+    asm = Assembler()
+    asm.load(DATA_ARCH)
+    asm.jump_if(JEQ_K, _AUDIT_ARCH_X86_64, None, "enosys")
+    asm.load(DATA_NR)
+    asm.jump_if(JGE_K, _X32_BIT, "enosys")
     for name, number in NOTIFIED.items():
-        asm.jump_if(_JEQ_K, number, name if name in _EMPTY_PATH_FLAG_ARG else "notify")
+        asm.jump_if(JEQ_K, number, name if name in _EMPTY_PATH_FLAG_ARG else "notify")
     asm.goto("allow")
     for name, index in _EMPTY_PATH_FLAG_ARG.items():
         asm.label(name)
-        asm.load(_arg_low(index))
-        asm.jump_if(_JSET_K, AT_EMPTY_PATH, "allow", "notify")
+        asm.load(arg_low(index))
+        asm.jump_if(JSET_K, AT_EMPTY_PATH, "allow", "notify")
     asm.label("notify")
     asm.ret(RET_USER_NOTIF)
     asm.label("allow")
-    asm.ret(_RET_ALLOW)
+    asm.ret(RET_ALLOW)
     asm.label("enosys")
-    asm.ret(_RET_ERRNO | errno_module.ENOSYS)
+    asm.ret(RET_ERRNO | errno_module.ENOSYS)
     return asm.assemble()

@@ -41,7 +41,7 @@ __all__ = ["FORWARD", "PASS", "BugLog", "Deny", "Errno", "Outcome", "Summary", "
 logger = logging.getLogger("libc_service.router")
 
 
-class _Sentinel:
+class Sentinel:
     __slots__ = ("_name",)
 
     def __init__(self, name: str) -> None:
@@ -55,9 +55,9 @@ class _Sentinel:
 
 
 #: Return (or use as a default) to let the slave do the call itself.
-FORWARD: Final = _Sentinel("FORWARD")
+FORWARD: Final = Sentinel("FORWARD")
 #: Return to let the next matching route (or the default) decide.
-PASS: Final = _Sentinel("PASS")
+PASS: Final = Sentinel("PASS")
 
 
 class Errno(OSError):

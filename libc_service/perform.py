@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from . import safepath
+from .slavepath import directory_name, join_to_directory
 from .replies import AddrInfo, Stat
 from .router import WithFds
 
@@ -410,49 +411,6 @@ def _is_slave_proc(text: str, pid: int) -> bool:
     return text == mine or text.startswith(mine + "/")
 
 
-def _directory_name(dirfd: int) -> str | None:
-    """The absolute name of the directory behind ``dirfd``; ``None`` once it was removed."""
-    try:
-        name = os.readlink(f"/proc/self/fd/{dirfd}")
-    except OSError:
-        return None
-    if not name.startswith("/"):
-        return None  # "(unreachable)/…": outside the master's root
-    if name.endswith(" (deleted)"):
-        try:
-            if os.fstat(dirfd).st_nlink == 0:
-                return None
-        except OSError:
-            return None
-    return name
-
-
-def join_to_directory(base: str, text: str) -> str:
-    """The absolute path of relative ``text`` from the directory named ``base``.
-
-    ``base`` is the kernel's name of a directory (``/proc/self/fd/N``): the
-    canonical path, with no symlink in it. So the ``..`` components that
-    *begin* ``text`` are exactly that directory's ancestors and are folded
-    into it (``../beta/x`` from ``/jobs/beta`` is ``/jobs/beta/x``, beneath a
-    root at ``/jobs/beta``); every later ``..`` may follow a symlink and is
-    left for the kernel, and the rest of the text is kept exactly.
-    """
-    names = [name for name in base.split("/") if name]
-    parts = text.split("/")
-    index = 0
-    while index < len(parts) - 1 and parts[index] in ("", ".", ".."):
-        if parts[index] == ".." and names:
-            names.pop()
-        index += 1
-    rest = "/".join(parts[index:])
-    if rest in (".", ".."):
-        if rest == ".." and names:
-            names.pop()
-        rest = ""
-    head = "/" + "/".join(names)
-    if not rest:
-        return head
-    return head.rstrip("/") + "/" + rest
 
 
 @dataclass
@@ -504,7 +462,7 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
                 owned.append(dirfd)
             if root is None and not _may_name_the_caller(text, dirfd):
                 return _Target(dirfd, text, _NO_MAGIC, False, tuple(owned))  # the common case: no name needed
-            base = _directory_name(dirfd)
+            base = directory_name(dirfd)
             if base is None:
                 # A removed directory: nothing beneath it has a name, and
                 # ".." from it is refused beneath a root, so resolving from the
@@ -600,16 +558,16 @@ def _slave_proc_target(text: str, pid: int, owned: list[int]) -> _Target:
 
 def _open_at(where: _Target, flags: int, mode: int = 0, extra: int = 0) -> int:
     """Open ``where`` with the kernel's resolution rules (``extra``: the slave's own resolve bits)."""
-    if not safepath._takes_mode(flags):
+    if not safepath.takes_mode(flags):
         mode = 0
     if where.beneath:
-        return safepath._openat2(where.dirfd, where.text, flags, mode, where.resolve | extra)
+        return safepath.open_resolved(where.dirfd, where.text, flags, mode, where.resolve | extra)
     bits = where.resolve | extra
-    if bits and _openat2_here():
+    if bits and safepath.openat2_available():
         retries = 1 if extra & _RESOLVE_CACHED else 16
         for _ in range(retries):
             try:
-                return safepath._raw_openat2(where.dirfd, where.text, flags, mode, bits)
+                return safepath.raw_openat2(where.dirfd, where.text, flags, mode, bits)
             except BlockingIOError:
                 if extra & _RESOLVE_CACHED:
                     raise  # the slave asked for RESOLVE_CACHED: EAGAIN is its answer
@@ -618,12 +576,6 @@ def _open_at(where: _Target, flags: int, mode: int = 0, extra: int = 0) -> int:
     return os.open(where.text, flags, mode, dir_fd=None if where.dirfd == _AT_FDCWD else where.dirfd)
 
 
-def _openat2_here() -> bool:
-    if safepath._OPENAT2 is None:
-        return False
-    if safepath._have_openat2 is None:
-        safepath._have_openat2 = safepath._probe_openat2(_AT_FDCWD)
-    return bool(safepath._have_openat2)
 
 
 def _split(where: _Target) -> tuple[str, str]:
@@ -667,7 +619,7 @@ def _open_flags(request: Any) -> tuple[int, int, bool]:
 def _perform_open(request: Any, root: str | None) -> Any:
     flags, resolve_bits, nonblocking = _open_flags(request)
     mode = int(getattr(request, "mode", None) or 0)
-    creates = safepath._takes_mode(flags)
+    creates = safepath.takes_mode(flags)
     switch = _switch_for(request, creates=creates)
     opened = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking,
                                                  fifo_wait=True))
@@ -685,7 +637,7 @@ def open_descriptor(
     returns at once and a write open without a reader fails with ``ENXIO``.
     """
     nonblocking = bool(flags & os.O_NONBLOCK)
-    switch = _switch_for(request, creates=safepath._takes_mode(flags))
+    switch = _switch_for(request, creates=safepath.takes_mode(flags))
     fd = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking, fifo_wait=False))
     assert isinstance(fd, int)
     return fd
@@ -1218,7 +1170,7 @@ def _check_beneath(fd: int, root: str) -> None:
         raise OSError(errno_module.EXDEV, f"descriptor {fd} is not beneath {root}") from None
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        probe = safepath._openat2(root_fd, relative, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _BENEATH)
+        probe = safepath.open_resolved(root_fd, relative, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _BENEATH)
     except OSError:
         raise OSError(errno_module.EXDEV, f"descriptor {fd} is not beneath {root}") from None
     finally:

@@ -34,7 +34,7 @@ from typing import Any, Final, Literal, TypeAlias, Union
 
 from .conditions import Condition
 from .master import Call, Master, SessionClosed, discard
-from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, WithFds, _Sentinel, deny, reply_now
+from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, WithFds, Sentinel, deny, reply_now
 from .replies import Result, Stat
 from .requests import FUNCTIONS, REQUEST_TYPES, Request
 
@@ -55,7 +55,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Result types that are never awaitable: the hot path skips ``inspect.isawaitable``.
-_PLAIN_RESULTS: Final[frozenset[type]] = frozenset({int, str, list, type(None), Stat, WithFds, _Sentinel})
+_PLAIN_RESULTS: Final[frozenset[type]] = frozenset({int, str, list, type(None), Stat, WithFds, Sentinel})
 
 
 Handler: TypeAlias = Callable[[Any], Any]
@@ -90,7 +90,7 @@ class RouteTable:
     """What :meth:`Router.routes` returns: the routes in order and the default."""
 
     routes: tuple[Route, ...]
-    default: Route | Deny | _Sentinel
+    default: Route | Deny | Sentinel
     error_errno: int
 
     def __iter__(self) -> Iterator[Route]:
@@ -176,7 +176,7 @@ class Router:
 
     def __init__(
         self,
-        default: _Sentinel | Deny | Handler = FORWARD,
+        default: Sentinel | Deny | Handler = FORWARD,
         *,
         concurrent: bool = False,
         error_errno: int = errno_module.EPERM,
@@ -190,10 +190,10 @@ class Router:
         self.error_errno = deny(error_errno).errno
         self.timeout = timeout
         self.timeout_errno = deny(timeout_errno).errno
-        self._default: Route | Deny | _Sentinel
+        self._default: Route | Deny | Sentinel
         if default is FORWARD or isinstance(default, Deny):
             self._default = default
-        elif default is PASS or isinstance(default, _Sentinel):
+        elif default is PASS or isinstance(default, Sentinel):
             raise ValueError("a router's default is FORWARD, deny(errno) or a handler")
         elif callable(default):
             self._default = self._make_route(FUNCTIONS, default, (), order=-1)
@@ -270,12 +270,17 @@ class Router:
         self._observers.append(observer)
         return observer
 
+    @property
+    def observed(self) -> bool:
+        """Whether any observer is registered (they must see every call, even those decided elsewhere)."""
+        return bool(self._observers)
+
     def routes(self) -> RouteTable:
         """The registered routes, in order, and the default."""
         return RouteTable(tuple(self._routes), self._default, self.error_errno)
 
     @property
-    def default(self) -> Route | Deny | _Sentinel:
+    def default(self) -> Route | Deny | Sentinel:
         """The default: ``FORWARD``, a ``Deny`` or the default handler's route."""
         return self._default
 
@@ -518,7 +523,7 @@ def _forward(request: Request) -> Any:
     return FORWARD
 
 
-def _default_route(default: Route | Deny | _Sentinel) -> Route:
+def _default_route(default: Route | Deny | Sentinel) -> Route:
     """The default as the last route of every function, named ``"default"`` for observers."""
     if isinstance(default, Route):
         return dataclasses.replace(default, name="default")

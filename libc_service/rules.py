@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 from .catalogue import MUTATING_FUNCTIONS, OPEN_FUNCTIONS
-from .conditions import Condition, _All, _Any, _Flags, _Not, _Under, _Writing
+from .conditions import Condition, AllOf, AnyOf, FlagsCondition, Negation, UnderCondition, WritingCondition
 from .outcomes import FORWARD, Deny
 from .requests import FUNCTIONS
 from .wire import OPEN_FLAG_BITS
@@ -157,7 +157,7 @@ class _Program:
 def _compile_condition(condition: Condition, function: str, program: _Program) -> None:
     if condition.functions is not None and function not in condition.functions:
         raise _Unprovable(f"{condition!r} does not apply to {function}")
-    if isinstance(condition, _Under):
+    if isinstance(condition, UnderCondition):
         roots = [root.encode("utf-8", "strict") for root in _checked_roots(condition.roots)]
         for index, root in enumerate(roots):
             program.push(bytes([OP_UNDER]) + _U16.pack(len(root)) + root)
@@ -165,26 +165,26 @@ def _compile_condition(condition: Condition, function: str, program: _Program) -
                 program.combine(OP_OR)
     elif isinstance(condition, _Relative):
         program.push(bytes([OP_RELATIVE]))
-    elif isinstance(condition, _Flags):
+    elif isinstance(condition, FlagsCondition):
         program.push(bytes([OP_FLAGS]) + _U32.pack(sum(OPEN_FLAG_BITS[name] for name in condition.names)))
-    elif isinstance(condition, _Writing):
+    elif isinstance(condition, WritingCondition):
         if function in OPEN_FUNCTIONS:
             program.push(bytes([OP_FLAGS]) + _U32.pack(_WRITE_MASK))
         elif function in MUTATING_FUNCTIONS:
             program.push(bytes([OP_TRUE]))
         else:
             raise _Unprovable(f"writing() on {function}")
-    elif isinstance(condition, _Not):
+    elif isinstance(condition, Negation):
         _compile_condition(condition.part, function, program)
         program.code.append(OP_NOT)
-    elif isinstance(condition, _All | _Any):
+    elif isinstance(condition, AllOf | AnyOf):
         if not condition.parts:
-            program.push(bytes([OP_TRUE if isinstance(condition, _All) else OP_FALSE]))
+            program.push(bytes([OP_TRUE if isinstance(condition, AllOf) else OP_FALSE]))
             return
         for index, part in enumerate(condition.parts):
             _compile_condition(part, function, program)
             if index:
-                program.combine(OP_AND if isinstance(condition, _All) else OP_OR)
+                program.combine(OP_AND if isinstance(condition, AllOf) else OP_OR)
     else:
         raise _Unprovable(f"{condition!r} is not a condition the shim evaluates")
 
@@ -257,9 +257,7 @@ def rules_value(router: Router, *, reports: bool = False) -> str | None:
 
 
 def _observed(router: Router) -> bool:
-    # Observers are registered with Router.observe; the router does not
-    # expose whether it has any (a public ``observed`` would do).
-    return bool(getattr(router, "_observers", ()))
+    return router.observed
 
 
 # ------------------------------------------------------------------ reference

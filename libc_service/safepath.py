@@ -45,6 +45,7 @@ from pathlib import PurePosixPath
 from typing import Any, Final, TypeVar
 
 from .replies import Stat
+from .slavepath import directory_name, join_to_directory
 
 __all__ = [
     "EscapeError",
@@ -169,9 +170,7 @@ def resolve(request: Any, *, path: PurePosixPath | None = None, dirfd: int | Non
     if not text.startswith("/"):
         if dirfd is None:
             return None
-        from .perform import _directory_name, join_to_directory
-
-        base = _directory_name(dirfd)
+        base = directory_name(dirfd)
         if base is None:
             return None
         text = join_to_directory(base, text)
@@ -223,7 +222,7 @@ def _strip_prefix(text: str, names: list[str]) -> str | None:
     return text[position:].lstrip("/")
 
 
-def _raw_openat2(dirfd: int, path: str, flags: int, mode: int, resolve_bits: int) -> int:
+def raw_openat2(dirfd: int, path: str, flags: int, mode: int, resolve_bits: int) -> int:
     assert _OPENAT2 is not None
     how = struct.pack("<QQQ", flags, mode, resolve_bits)
     fd = _libc.syscall(_OPENAT2, ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_char_p(how),
@@ -238,7 +237,7 @@ def _probe_openat2(dirfd: int) -> bool:
     """Whether ``openat2`` works here: ENOSYS (Linux < 5.6) or EPERM (a
     seccomp filter that predates it) on a harmless open means no."""
     try:
-        fd = _raw_openat2(dirfd, ".", os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_BENEATH)
+        fd = raw_openat2(dirfd, ".", os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_BENEATH)
     except OSError as exc:
         if exc.errno in (errno_module.ENOSYS, errno_module.EPERM):
             return False
@@ -247,14 +246,25 @@ def _probe_openat2(dirfd: int) -> bool:
     return True
 
 
-def _takes_mode(flags: int) -> bool:
+def openat2_available() -> bool:
+    """Whether ``openat2`` works on this kernel (probed once)."""
+    global _have_openat2
+    if _OPENAT2 is None:
+        return False
+    if _have_openat2 is None:
+        _have_openat2 = _probe_openat2(-100)  # AT_FDCWD
+    return _have_openat2
+
+
+def takes_mode(flags: int) -> bool:
+    """Whether open ``flags`` use the mode argument (``O_CREAT`` or ``O_TMPFILE``)."""
     return bool(flags & os.O_CREAT) or (_O_TMPFILE != 0 and flags & _O_TMPFILE == _O_TMPFILE)
 
 
-def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve_bits: int) -> int:
+def open_resolved(dirfd: int, path: str, flags: int, mode: int, resolve_bits: int) -> int:
     """``openat2(dirfd, path, {flags, mode, resolve})``, or the walking fallback."""
     global _have_openat2
-    if not _takes_mode(flags):
+    if not takes_mode(flags):
         mode = 0  # openat2 refuses a mode without O_CREAT/O_TMPFILE
     resolve_bits &= _RESOLVE_KEPT
     if _OPENAT2 is not None and _have_openat2 is None:
@@ -263,7 +273,7 @@ def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve_bits: int) ->
         return _walk_beneath(dirfd, path, flags, mode, resolve_bits)
     for _ in range(_EAGAIN_RETRIES):
         try:
-            return _raw_openat2(dirfd, path, flags, mode, resolve_bits)
+            return raw_openat2(dirfd, path, flags, mode, resolve_bits)
         except BlockingIOError:
             continue  # a rename or mount raced with a ".." step: the kernel asks to retry
     raise OSError(errno_module.EAGAIN, "openat2 kept racing with renames", path)
@@ -473,7 +483,7 @@ def parent_beneath(
         raise EscapeError(absolute, root)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = _escapes_refused(root, request, lambda: _openat2(
+        fd = _escapes_refused(root, request, lambda: open_resolved(
             root_fd, parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
             RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS))
     finally:

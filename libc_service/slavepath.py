@@ -14,7 +14,7 @@ import os
 import posixpath
 from pathlib import PurePosixPath
 
-__all__ = ["slave_path"]
+__all__ = ["directory_name", "join_to_directory", "slave_path"]
 
 
 def slave_path(path: PurePosixPath, dirfd: int | None) -> str | None:
@@ -50,3 +50,48 @@ def _removed(fd: int) -> bool:
         return os.fstat(fd).st_nlink == 0
     except OSError:
         return True
+
+
+def directory_name(dirfd: int) -> str | None:
+    """The absolute name of the directory behind ``dirfd``; ``None`` once it was removed."""
+    try:
+        name = os.readlink(f"/proc/self/fd/{dirfd}")
+    except OSError:
+        return None
+    if not name.startswith("/"):
+        return None  # "(unreachable)/…": outside the master's root
+    if name.endswith(" (deleted)"):
+        try:
+            if os.fstat(dirfd).st_nlink == 0:
+                return None
+        except OSError:
+            return None
+    return name
+
+
+def join_to_directory(base: str, text: str) -> str:
+    """The absolute path of relative ``text`` from the directory named ``base``.
+
+    ``base`` is the kernel's name of a directory (``/proc/self/fd/N``): the
+    canonical path, with no symlink in it. So the ``..`` components that
+    *begin* ``text`` are exactly that directory's ancestors and are folded
+    into it (``../beta/x`` from ``/jobs/beta`` is ``/jobs/beta/x``, beneath a
+    root at ``/jobs/beta``); every later ``..`` may follow a symlink and is
+    left for the kernel, and the rest of the text is kept exactly.
+    """
+    names = [name for name in base.split("/") if name]
+    parts = text.split("/")
+    index = 0
+    while index < len(parts) - 1 and parts[index] in ("", ".", ".."):
+        if parts[index] == ".." and names:
+            names.pop()
+        index += 1
+    rest = "/".join(parts[index:])
+    if rest in (".", ".."):
+        if rest == ".." and names:
+            names.pop()
+        rest = ""
+    head = "/" + "/".join(names)
+    if not rest:
+        return head
+    return head.rstrip("/") + "/" + rest

@@ -278,7 +278,9 @@ class SlaveProcess:
             rules = None if self._seccomp or not self._rules else rules_value(self.router, reports=self._reports)
             if rules is not None:
                 env[ENV_RULES] = rules
-                env[ENV_REPORTS] = "1"
+                if self.router.observed:
+                    # Observers see the calls the shim decided only through reports.
+                    env[ENV_REPORTS] = "1"
             if self._sandbox is not None:
                 prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd)
                 local = local_value(prepared.local_trees)

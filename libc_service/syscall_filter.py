@@ -126,22 +126,22 @@ _PRIO_USER: Final = 2  # setpriority's "every process of a uid"
 _IOPRIO_WHO_USER: Final = 3
 
 # struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6].
-_NR, _ARCH = 0, 4
+DATA_NR, DATA_ARCH = 0, 4
 
 
-def _arg_low(index: int) -> int:
+def arg_low(index: int) -> int:
     return 16 + 8 * index  # little-endian: the low word comes first
 
 
-def _arg_high(index: int) -> int:
+def arg_high(index: int) -> int:
     return 20 + 8 * index
 
 
-_LD_W_ABS, _JEQ_K, _JGE_K, _JGT_K, _JA, _RET_K = 0x20, 0x15, 0x35, 0x25, 0x05, 0x06
+LD_W_ABS, JEQ_K, JGE_K, JGT_K, JA, RET_K = 0x20, 0x15, 0x35, 0x25, 0x05, 0x06
 #: ``jset``: jump when the accumulator has any of the bits of ``k`` (used by :mod:`.notify_filter`).
-_JSET_K: Final = 0x45
-_RET_ALLOW: Final = 0x7FFF0000
-_RET_ERRNO: Final = 0x00050000
+JSET_K: Final = 0x45
+RET_ALLOW: Final = 0x7FFF0000
+RET_ERRNO: Final = 0x00050000
 _INSTRUCTION: Final = struct.Struct("<HBBI")
 
 
@@ -150,7 +150,7 @@ def numbers_for(machine: str) -> SyscallNumbers | None:
     return _NUMBERS.get(machine)
 
 
-class _Assembler:
+class Assembler:
     """Classic BPF with named jump targets, resolved when the program is done.
 
     Conditional jumps in classic BPF are relative 8-bit offsets forward
@@ -167,24 +167,24 @@ class _Assembler:
         self._labels[name] = len(self._code)
 
     def load(self, offset: int) -> None:
-        self._code.append((_LD_W_ABS, offset, None, None))
+        self._code.append((LD_W_ABS, offset, None, None))
 
     def jump_if(self, code: int, k: int, true: str | None, false: str | None = None) -> None:
         """Compare the accumulator; ``None`` as a target means the next instruction."""
         self._code.append((code, k, true, false))
 
     def goto(self, target: str) -> None:
-        self._code.append((_JA, 0, target, None))
+        self._code.append((JA, 0, target, None))
 
     def ret(self, value: int) -> None:
-        self._code.append((_RET_K, value, None, None))
+        self._code.append((RET_K, value, None, None))
 
     def assemble(self) -> bytes:
         out = []
         for index, (code, k, true, false) in enumerate(self._code):
-            if code == _JA:
+            if code == JA:
                 out.append(_INSTRUCTION.pack(code, 0, 0, self._offset(index, true)))
-            elif code in (_JEQ_K, _JGE_K, _JGT_K, _JSET_K):
+            elif code in (JEQ_K, JGE_K, JGT_K, JSET_K):
                 jt, jf = self._offset(index, true), self._offset(index, false)
                 if jt > 255 or jf > 255:
                     raise ValueError("a conditional jump is too long for classic BPF")
@@ -204,64 +204,64 @@ class _Assembler:
 
 def build_filter(numbers: SyscallNumbers, *, metadata: bool) -> bytes:
     """The seccomp program for one architecture; ``metadata``: let metadata calls pass."""
-    asm = _Assembler()
-    asm.load(_ARCH)
-    asm.jump_if(_JEQ_K, numbers.audit_arch, None, "enosys")
-    asm.load(_NR)
+    asm = Assembler()
+    asm.load(DATA_ARCH)
+    asm.jump_if(JEQ_K, numbers.audit_arch, None, "enosys")
+    asm.load(DATA_NR)
     if numbers.foreign_abi_bit is not None:
-        asm.jump_if(_JGE_K, numbers.foreign_abi_bit, "enosys")
-    asm.jump_if(_JGT_K, HIGHEST_KNOWN, "enosys")
+        asm.jump_if(JGE_K, numbers.foreign_abi_bit, "enosys")
+    asm.jump_if(JGT_K, HIGHEST_KNOWN, "enosys")
     _each_to(asm, numbers.keyrings, "eperm")
     if not metadata:
         _each_to(asm, numbers.metadata, "eperm")
         _each_to(asm, numbers.io_uring, "enosys")
-    asm.jump_if(_JEQ_K, numbers.ioctl, "ioctl")
-    asm.jump_if(_JEQ_K, numbers.prlimit64, "prlimit64")
-    asm.jump_if(_JEQ_K, numbers.setpriority, "setpriority")
-    asm.jump_if(_JEQ_K, numbers.ioprio_set, "ioprio_set")
+    asm.jump_if(JEQ_K, numbers.ioctl, "ioctl")
+    asm.jump_if(JEQ_K, numbers.prlimit64, "prlimit64")
+    asm.jump_if(JEQ_K, numbers.setpriority, "setpriority")
+    asm.jump_if(JEQ_K, numbers.ioprio_set, "ioprio_set")
     _each_to(asm, numbers.sched_by_pid, "own_pid")
     asm.goto("allow")
 
     asm.label("ioctl")
-    asm.load(_arg_low(1))
+    asm.load(arg_low(1))
     _each_to(asm, _TERMINAL_INJECTION, "eperm")
     if not metadata:
         _each_to(asm, _INODE_ATTRIBUTES, "eperm")
     asm.goto("allow")
 
     asm.label("prlimit64")  # prlimit64(pid, resource, new_limit, old_limit)
-    asm.load(_arg_low(0))
-    asm.jump_if(_JEQ_K, 0, "allow")
-    asm.load(_arg_low(2))
-    asm.jump_if(_JEQ_K, 0, None, "eperm")
-    asm.load(_arg_high(2))
-    asm.jump_if(_JEQ_K, 0, "allow", "eperm")
+    asm.load(arg_low(0))
+    asm.jump_if(JEQ_K, 0, "allow")
+    asm.load(arg_low(2))
+    asm.jump_if(JEQ_K, 0, None, "eperm")
+    asm.load(arg_high(2))
+    asm.jump_if(JEQ_K, 0, "allow", "eperm")
 
     asm.label("setpriority")  # setpriority(which, who, prio): only "me" or "my process group"
-    asm.load(_arg_low(1))
-    asm.jump_if(_JEQ_K, 0, None, "eperm")
-    asm.load(_arg_low(0))
-    asm.jump_if(_JEQ_K, _PRIO_USER, "eperm", "allow")
+    asm.load(arg_low(1))
+    asm.jump_if(JEQ_K, 0, None, "eperm")
+    asm.load(arg_low(0))
+    asm.jump_if(JEQ_K, _PRIO_USER, "eperm", "allow")
 
     asm.label("ioprio_set")  # ioprio_set(which, who, ioprio)
-    asm.load(_arg_low(1))
-    asm.jump_if(_JEQ_K, 0, None, "eperm")
-    asm.load(_arg_low(0))
-    asm.jump_if(_JEQ_K, _IOPRIO_WHO_USER, "eperm", "allow")
+    asm.load(arg_low(1))
+    asm.jump_if(JEQ_K, 0, None, "eperm")
+    asm.load(arg_low(0))
+    asm.jump_if(JEQ_K, _IOPRIO_WHO_USER, "eperm", "allow")
 
     asm.label("own_pid")  # sched_set*(pid, ...)
-    asm.load(_arg_low(0))
-    asm.jump_if(_JEQ_K, 0, "allow", "eperm")
+    asm.load(arg_low(0))
+    asm.jump_if(JEQ_K, 0, "allow", "eperm")
 
     asm.label("allow")
-    asm.ret(_RET_ALLOW)
+    asm.ret(RET_ALLOW)
     asm.label("eperm")
-    asm.ret(_RET_ERRNO | errno_module.EPERM)
+    asm.ret(RET_ERRNO | errno_module.EPERM)
     asm.label("enosys")
-    asm.ret(_RET_ERRNO | errno_module.ENOSYS)
+    asm.ret(RET_ERRNO | errno_module.ENOSYS)
     return asm.assemble()
 
 
-def _each_to(asm: _Assembler, values: Iterable[int], target: str) -> None:
+def _each_to(asm: Assembler, values: Iterable[int], target: str) -> None:
     for value in values:
-        asm.jump_if(_JEQ_K, value, target)
+        asm.jump_if(JEQ_K, value, target)

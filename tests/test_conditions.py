@@ -202,7 +202,7 @@ def test_under_is_checked_when_made() -> None:
 def test_under_describes_itself() -> None:
     assert under("/srv/data").describe() == "the path is `/srv/data` or beneath it"
     assert under("/srv/a/", "/srv/b/../c").describe() == "the path is beneath one of `/srv/a`, `/srv/c`"
-    assert repr(under("/srv")) == "<_Under: the path is `/srv` or beneath it>"
+    assert repr(under("/srv")) == "<UnderCondition: the path is `/srv` or beneath it>"
 
 
 # ---------------------------------------------------------- writing, flags

@@ -51,7 +51,7 @@ def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
         def no_openat2(*args: object) -> int:
             raise AssertionError("openat2 used although the walker was forced")
 
-        monkeypatch.setattr(safepath, "_raw_openat2", no_openat2)
+        monkeypatch.setattr(safepath, "raw_openat2", no_openat2)
     else:
         monkeypatch.setattr(safepath, "_have_openat2", None)
         probe = os.open("/", os.O_PATH)
