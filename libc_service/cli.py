@@ -182,6 +182,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         sandbox = policy.sandbox if policy.sandbox is not None else Sandbox()
         report = RefusalReport()
         policy.router.observe(report)
+        report.watch_landlock()  # Landlock's own refusals, from the kernel's audit log
     try:
         return _run_loop(_serve_program(command, policy.router, sandbox, args.seccomp))
     finally:

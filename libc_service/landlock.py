@@ -10,6 +10,7 @@ Python's ``os`` has no Landlock, ``unshare`` or ``capset``.
 from __future__ import annotations
 
 import ctypes
+import errno as errno_module
 import logging
 import os
 import platform
@@ -22,8 +23,10 @@ from typing import Final
 from .loader import LoaderFile
 
 __all__ = [
+    "AUDIT_ABI",
     "EXECUTE",
     "READ",
+    "RESTRICT_SELF_LOG_NEW_EXEC_ON",
     "WRITE",
     "SandboxUnavailable",
     "add_path_rule",
@@ -61,6 +64,12 @@ WRITE: Final = (
 )
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
 _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1
+#: landlock_restrict_self flag (ABI 7): log the denials of the programs the
+#: restricted process executes too. Without it a domain made before execve
+#: logs nothing of the sandboxed program (see libc_service.landlock_audit).
+RESTRICT_SELF_LOG_NEW_EXEC_ON: Final = 1 << 1
+#: The first Landlock ABI with audit records and the restrict_self log flags.
+AUDIT_ABI: Final = 7
 
 
 class SandboxUnavailable(RuntimeError):
@@ -125,7 +134,18 @@ def create_ruleset(numbers: Mapping[str, int], abi: int, *, network: bool) -> tu
 
 
 def restrict_self(numbers: Mapping[str, int], ruleset: int) -> None:
-    """Enforce ``ruleset`` on the calling process (the forked child, under ``no_new_privs``)."""
+    """Enforce ``ruleset`` on the calling process (the forked child, under ``no_new_privs``).
+
+    From ABI 7 the domain logs the denials of the program executed next
+    (``LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON``): they reach the kernel's
+    audit log, when audit is enabled, where the master can count them.
+    Older ABIs know no flags and get none.
+    """
+    flags = RESTRICT_SELF_LOG_NEW_EXEC_ON if landlock_abi() >= AUDIT_ABI else 0
+    if flags and syscall(numbers["restrict_self"], ctypes.c_int(ruleset), ctypes.c_uint32(flags)) == 0:
+        return
+    if flags and ctypes.get_errno() != errno_module.EINVAL:
+        check(-1, "landlock_restrict_self")
     check(syscall(numbers["restrict_self"], ctypes.c_int(ruleset), ctypes.c_uint32(0)), "landlock_restrict_self")
 
 

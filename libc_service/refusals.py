@@ -9,8 +9,14 @@ line each, naming the tree the refused paths share::
 
     refused 12× chmod beneath /work by default (EPERM)
 
-Calls the kernel refused after a ``FORWARD`` (Landlock, the seccomp filter)
-are not seen by the master and are not counted.
+Calls the kernel refused after a ``FORWARD`` are not seen by the master.
+Landlock's own refusals are counted when the kernel logs them
+(:meth:`RefusalReport.watch_landlock`, :mod:`libc_service.landlock_audit`)::
+
+    refused 3× open beneath /etc by Landlock (fs.read_file)
+
+and otherwise the report ends with one line saying why they are not; the
+seccomp filter's refusals are not counted.
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ from __future__ import annotations
 import errno as errno_module
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .router import Decision
+
+if TYPE_CHECKING:
+    from .landlock_audit import LandlockDenials
 
 __all__ = ["REFUSING_ERRNOS", "RefusalReport"]
 
@@ -44,8 +54,33 @@ class RefusalReport:
     """A router observer tallying refusals by (function, rule, errno)."""
 
     tallies: dict[tuple[str, str, int], _Tally] = field(default_factory=dict)
+    #: The processes that asked the master: the slave's tree, whose Landlock domains are reported.
+    pids: set[int] = field(default_factory=set)
+    #: The reader of Landlock's audit records, while it runs.
+    landlock: LandlockDenials | None = None
+    #: Why Landlock's own refusals are not reported ("" when they are, or were not asked for).
+    landlock_unavailable: str = ""
+
+    def watch_landlock(self) -> None:
+        """Start reading Landlock's denials from the kernel's audit log, until :meth:`lines`.
+
+        When they cannot be read (no audit, audit disabled, no
+        ``CAP_AUDIT_READ``, Landlock ABI < 7) the reason is kept and
+        :meth:`lines` says it; the run goes on. Nothing of the system's
+        audit configuration is changed.
+        """
+        from .landlock_audit import AuditUnavailable, LandlockDenials
+
+        reader = LandlockDenials()
+        try:
+            reader.start()
+        except AuditUnavailable as exc:
+            self.landlock_unavailable = str(exc)
+            return
+        self.landlock = reader
 
     def __call__(self, decision: Decision) -> None:
+        self.pids.add(decision.request.pid)
         if decision.outcome != "error" or decision.errno not in REFUSING_ERRNOS:
             return
         request = decision.request
@@ -68,10 +103,23 @@ class RefusalReport:
                 tally.beneath = "/"
 
     def lines(self) -> list[str]:
-        """One line per (function, rule, errno), most frequent first."""
+        """One line per (function, rule, errno), most frequent first; then Landlock's.
+
+        Stops the Landlock reader, if one runs, once the records still on
+        their way have arrived; without one, says why (when it was asked for).
+        """
         out = []
         for (function, route, code), tally in sorted(self.tallies.items(), key=lambda item: -item[1].count):
             where = f" beneath {tally.beneath}" if tally.beneath else ""
             name = errno_module.errorcode.get(code, str(code))
             out.append(f"refused {tally.count}× {function}{where} by {route} ({name})")
+        if self.landlock is not None:
+            from .landlock_audit import denial_lines
+
+            self.landlock.stop()
+            out += denial_lines(self.landlock.denials(self.pids | {os.getpid()}))  # the slave is our child
+            if self.landlock.lost:
+                out.append(f"Landlock's refusals may be undercounted: {self.landlock.lost} audit reads overflowed")
+        elif self.landlock_unavailable:
+            out.append(f"Landlock's own refusals are not reported: {self.landlock_unavailable}")
         return out
