@@ -10,11 +10,13 @@ here rather than as a garbled call.
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import pytest
 
 from libc_service import requests, wire
+from libc_service import rules as rule_table
 
 HEADER = Path(wire.__file__).with_name("shim") / "shim.h"
 
@@ -134,3 +136,77 @@ def test_the_magics_in_the_shim_sources_are_the_codecs() -> None:
 def test_the_parser_reads_what_it_compares(header: dict[str, int]) -> None:
     """Guard against a parser that silently finds nothing: the header's main names are there."""
     assert {"LCS_VERSION", "LCS_OPEN", "LCS_GETADDRINFO", "LCS_O_TRUNCATE", "LCS_MAX_MESSAGE"} <= header.keys()
+
+
+# ---- named field offsets: every LCS_<layout>_<FIELD>_OFFSET of shim.h is where wire.py's struct puts it ----
+
+def struct_offsets(layout: struct.Struct, names: list[str]) -> dict[str, int]:
+    """The offset of each field of a little-endian struct format, in order, by name.
+
+    A pad byte (``x``) is a field too (the C side checks that it is zero): ``names`` lists
+    one name for each item of the format, counts included (``16s`` is one item, ``3x`` one)."""
+    fmt = layout.format
+    assert fmt[0] == "<", f"{fmt}: standard sizes, no alignment"
+    items = re.findall(r"(\d*)([xcbB?hHiIlLqQnNefdspP])", fmt[1:])
+    assert "".join(count + code for count, code in items) == fmt[1:], fmt
+    assert len(items) == len(names), f"{fmt} has {len(items)} fields, named {names}"
+    offsets: dict[str, int] = {}
+    prefix = "<"
+    for (count, code), name in zip(items, names):
+        offsets[name] = struct.calcsize(prefix)
+        prefix += count + code
+    assert struct.calcsize(prefix) == layout.size
+    return offsets
+
+
+#: (prefix in shim.h, wire.py's struct, its fields' names in the order wire.py unpacks them).
+LAYOUTS = [
+    ("LCS_REQ", wire.REQUEST, ["magic", "version", "function", "pid", "tid", "id", "flags", "arg", "address",
+                               "scope_id", "len1", "len2", "roles", "context", "umask", "ngroups", "reserved",
+                               "fsuid", "fsgid"]),
+    ("LCS_REPLY", wire.REPLY, ["magic", "version", "function", "tid", "errno", "id", "result", "action", "kind",
+                               "count", "reserved"]),
+    ("LCS_STAT", wire.STAT, ["dev", "ino", "nlink", "rdev", "size", "blksize", "blocks", "atime", "mtime", "ctime",
+                             "mode", "type", "uid", "gid"]),
+    ("LCS_AI", wire.ADDRINFO, ["family", "reserved", "port", "scope_id", "address"]),
+    ("LCS_HELLO", wire.REGISTRATION, ["magic", "version", "reserved1", "pid", "reserved2"]),
+    ("LCS_REPORT", wire.REPORT, ["magic", "version", "outcome", "reserved", "errno", "lost"]),
+    ("LCS_RULES", rule_table.HEADER, ["magic", "version", "count"]),
+    ("LCS_RULES_ENTRY", rule_table.ENTRY, ["function", "action", "errno", "size"]),
+]
+
+
+@pytest.mark.parametrize(("prefix", "layout", "names"), LAYOUTS, ids=[prefix for prefix, _, _ in LAYOUTS])
+def test_every_named_offset_is_the_codecs(header: dict[str, int], prefix: str, layout: struct.Struct,
+                                          names: list[str]) -> None:
+    expected = {f"{prefix}_{name.upper()}_OFFSET": offset for name, offset in struct_offsets(layout, names).items()}
+    named = {name: value for name, value in header.items()
+             if re.fullmatch(rf"{prefix}_[A-Z0-9_]+_OFFSET", name)
+             and not any(name.startswith(f"{longer}_") for longer, _, _ in LAYOUTS
+                         if longer != prefix and longer.startswith(prefix))}
+    assert named == expected
+
+
+def test_every_header_offset_is_compared(header: dict[str, int]) -> None:
+    """No LCS_*_OFFSET of shim.h escapes the comparison above."""
+    prefixes = sorted((prefix for prefix, _, _ in LAYOUTS), key=len, reverse=True)
+    loose = [name for name in header if name.endswith("_OFFSET")
+             and not any(name.startswith(prefix + "_") for prefix in prefixes)]
+    assert not loose
+
+
+@pytest.mark.parametrize(("c_name", "size"), [
+    ("LCS_HELLO_SIZE", wire.REGISTRATION.size),
+    ("LCS_REPORT_HEADER", wire.REPORT.size),
+    ("LCS_RULES_HEADER", rule_table.HEADER.size),
+    ("LCS_RULES_ENTRY", rule_table.ENTRY.size),
+    ("LCS_RULES_VERSION", rule_table.VERSION),
+])
+def test_the_other_sizes_agree(header: dict[str, int], c_name: str, size: int) -> None:
+    assert header[c_name] == size
+
+
+def test_the_struct_reader_counts_like_struct() -> None:
+    """Guard the offset reader itself against a known layout."""
+    assert struct_offsets(struct.Struct("<BxHI16s"), ["a", "b", "c", "d", "e"]) == {
+        "a": 0, "b": 1, "c": 2, "d": 4, "e": 8}

@@ -129,7 +129,7 @@ static void attach_fds(struct msghdr *msg, void *control, const int *fds, int nf
 static int register_channel(void)
 {
 	int pair[2];
-	unsigned char hello[16] = "LCSh";
+	unsigned char hello[LCS_HELLO_SIZE] = "LCSh";
 	union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
 	struct iovec iov = { hello, sizeof hello };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
@@ -141,8 +141,8 @@ static int register_channel(void)
 		return -1;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
 		return -1;
-	put16(hello + 4, LCS_VERSION);
-	put32(hello + 8, lcs_own_pid());
+	put16(hello + LCS_HELLO_VERSION_OFFSET, LCS_VERSION);
+	put32(hello + LCS_HELLO_PID_OFFSET, lcs_own_pid());
 	attach_fds(&msg, control.buf, &pair[1], 1);
 	sent = send_retry(reg, &msg);
 	lcs_close_raw(pair[1]);
@@ -240,18 +240,18 @@ static size_t encode_request(unsigned char *buf, const struct lcs_request *reque
 	unsigned char *strings;
 
 	memset(buf, 0, LCS_REQUEST_HEADER);
-	memcpy(buf, "LCSq", 4);
-	put16(buf + 4, LCS_VERSION);
-	put16(buf + 6, request->function);
-	put32(buf + 8, lcs_own_pid());
-	put32(buf + 12, tid);
-	put64(buf + 16, id);
-	put32(buf + 24, request->flags);
-	put32(buf + 28, request->arg);
-	memcpy(buf + 32, request->address, 16);
-	put32(buf + 48, request->scope_id);
-	put16(buf + 52, request->len1);
-	put16(buf + 54, request->len2);
+	memcpy(buf + LCS_REQ_MAGIC_OFFSET, "LCSq", 4);
+	put16(buf + LCS_REQ_VERSION_OFFSET, LCS_VERSION);
+	put16(buf + LCS_REQ_FUNCTION_OFFSET, request->function);
+	put32(buf + LCS_REQ_PID_OFFSET, lcs_own_pid());
+	put32(buf + LCS_REQ_TID_OFFSET, tid);
+	put64(buf + LCS_REQ_ID_OFFSET, id);
+	put32(buf + LCS_REQ_FLAGS_OFFSET, request->flags);
+	put32(buf + LCS_REQ_ARG_OFFSET, request->arg);
+	memcpy(buf + LCS_REQ_ADDRESS_OFFSET, request->address, sizeof request->address);
+	put32(buf + LCS_REQ_SCOPE_ID_OFFSET, request->scope_id);
+	put16(buf + LCS_REQ_LEN1_OFFSET, request->len1);
+	put16(buf + LCS_REQ_LEN2_OFFSET, request->len2);
 	*nfds = 0;
 	for (int role = 0; role < 3; role++) {
 		if (request->fds[role] < 0)
@@ -259,7 +259,7 @@ static size_t encode_request(unsigned char *buf, const struct lcs_request *reque
 		roles |= 1u << role;
 		fds[(*nfds)++] = request->fds[role];
 	}
-	buf[56] = roles;
+	buf[LCS_REQ_ROLES_OFFSET] = roles;
 	strings = buf + LCS_REQUEST_HEADER + 4 * lcs_context(buf, buf + LCS_REQUEST_HEADER);
 	if (request->len1)
 		memcpy(strings, request->string1, request->len1);
@@ -290,11 +290,11 @@ void lcs_report(const struct lcs_request *request, int outcome, int error)
 	if (LCS_REQUEST_HEADER + 4 * LCS_MAX_GROUPS + request->len1 + request->len2 > LCS_MAX_MESSAGE)
 		return;
 	memset(buf, 0, LCS_REPORT_HEADER);
-	memcpy(buf, "LCSo", 4);
-	put16(buf + 4, LCS_VERSION);
-	buf[6] = outcome;
-	put32(buf + 8, error);
-	put32(buf + 12, lost);
+	memcpy(buf + LCS_REPORT_MAGIC_OFFSET, "LCSo", 4);
+	put16(buf + LCS_REPORT_VERSION_OFFSET, LCS_VERSION);
+	buf[LCS_REPORT_OUTCOME_OFFSET] = outcome;
+	put32(buf + LCS_REPORT_ERRNO_OFFSET, error);
+	put32(buf + LCS_REPORT_LOST_OFFSET, lost);
 	iov.iov_len = LCS_REPORT_HEADER +
 	              encode_request(buf + LCS_REPORT_HEADER, request, current_tid(), 0, fds, &nfds);
 	if (nfds || sendmsg(reg, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)iov.iov_len)
@@ -375,19 +375,19 @@ static int max_reply_fds(uint16_t function)
 
 static int valid_stat_record(const unsigned char *record)
 {
-	uint32_t type = get32(record + 84);
-	return get32(record + 80) <= 07777 && type >= 1 && type <= 7;
+	uint32_t type = get32(record + LCS_STAT_TYPE_OFFSET);
+	return get32(record + LCS_STAT_MODE_OFFSET) <= 07777 && type >= 1 && type <= 7;
 }
 
 static int valid_addrinfo_entry(const unsigned char *entry)
 {
-	if (entry[1] != 0)
+	if (entry[LCS_AI_RESERVED_OFFSET] != 0)
 		return 0;
-	if (entry[0] == 6)
+	if (entry[LCS_AI_FAMILY_OFFSET] == 6)
 		return 1;
-	if (entry[0] != 4 || get32(entry + 4) != 0)
+	if (entry[LCS_AI_FAMILY_OFFSET] != 4 || get32(entry + LCS_AI_SCOPE_ID_OFFSET) != 0)
 		return 0;
-	for (int i = 12; i < 24; i++)
+	for (int i = LCS_AI_ADDRESS_OFFSET + 4; i < LCS_ADDRINFO_ENTRY; i++)
 		if (entry[i])
 			return 0;
 	return 1;
@@ -440,24 +440,25 @@ static int deliver(struct incoming *in)
 	struct lcs_reply *reply;
 	pid_t tid;
 
-	if (in->len < LCS_REPLY_HEADER || memcmp(h, "LCSr", 4) || get16(h + 4) != LCS_VERSION)
+	if (in->len < LCS_REPLY_HEADER || memcmp(h + LCS_REPLY_MAGIC_OFFSET, "LCSr", 4) ||
+	    get16(h + LCS_REPLY_VERSION_OFFSET) != LCS_VERSION)
 		goto bad;
-	for (int i = 36; i < 48; i++)
+	for (int i = LCS_REPLY_RESERVED_OFFSET; i < LCS_REPLY_HEADER; i++)
 		if (h[i])
 			goto bad;
-	tid = get32(h + 8);
+	tid = get32(h + LCS_REPLY_TID_OFFSET);
 	for (w = waiters; w && (w->tid != tid || w->done); w = w->next)
 		;
-	if (!w || get16(h + 6) != w->function || get64(h + 16) != w->id)
+	if (!w || get16(h + LCS_REPLY_FUNCTION_OFFSET) != w->function || get64(h + LCS_REPLY_ID_OFFSET) != w->id)
 		goto bad;
 	if (in->nfds > max_reply_fds(w->function))
 		goto bad;
 	reply = w->reply;
-	reply->error = get32(h + 12);
-	reply->result = (int64_t)get64(h + 24);
-	reply->action = h[32];
-	reply->kind = h[33];
-	reply->count = get16(h + 34);
+	reply->error = get32(h + LCS_REPLY_ERRNO_OFFSET);
+	reply->result = (int64_t)get64(h + LCS_REPLY_RESULT_OFFSET);
+	reply->action = h[LCS_REPLY_ACTION_OFFSET];
+	reply->kind = h[LCS_REPLY_KIND_OFFSET];
+	reply->count = get16(h + LCS_REPLY_COUNT_OFFSET);
 	reply->payload_len = in->len - LCS_REPLY_HEADER;
 	reply->nfds = in->nfds;
 	memcpy(reply->fds, in->fds, in->nfds * sizeof(int));
@@ -562,18 +563,18 @@ static int64_t get_i64(const unsigned char *p) { return (int64_t)get64(p); }
 
 void lcs_stat_decode(const unsigned char *record, struct lcs_stat *out)
 {
-	out->dev = get64(record);
-	out->ino = get64(record + 8);
-	out->nlink = get64(record + 16);
-	out->rdev = get64(record + 24);
-	out->size = get_i64(record + 32);
-	out->blksize = get_i64(record + 40);
-	out->blocks = get_i64(record + 48);
-	out->atime_ns = get_i64(record + 56);
-	out->mtime_ns = get_i64(record + 64);
-	out->ctime_ns = get_i64(record + 72);
-	out->mode = get32(record + 80);
-	out->type = get32(record + 84);
-	out->uid = get32(record + 88);
-	out->gid = get32(record + 92);
+	out->dev = get64(record + LCS_STAT_DEV_OFFSET);
+	out->ino = get64(record + LCS_STAT_INO_OFFSET);
+	out->nlink = get64(record + LCS_STAT_NLINK_OFFSET);
+	out->rdev = get64(record + LCS_STAT_RDEV_OFFSET);
+	out->size = get_i64(record + LCS_STAT_SIZE_OFFSET);
+	out->blksize = get_i64(record + LCS_STAT_BLKSIZE_OFFSET);
+	out->blocks = get_i64(record + LCS_STAT_BLOCKS_OFFSET);
+	out->atime_ns = get_i64(record + LCS_STAT_ATIME_OFFSET);
+	out->mtime_ns = get_i64(record + LCS_STAT_MTIME_OFFSET);
+	out->ctime_ns = get_i64(record + LCS_STAT_CTIME_OFFSET);
+	out->mode = get32(record + LCS_STAT_MODE_OFFSET);
+	out->type = get32(record + LCS_STAT_TYPE_OFFSET);
+	out->uid = get32(record + LCS_STAT_UID_OFFSET);
+	out->gid = get32(record + LCS_STAT_GID_OFFSET);
 }

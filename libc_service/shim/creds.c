@@ -162,23 +162,23 @@ unsigned lcs_context(unsigned char *header, unsigned char *groups)
 
 	if (mask >= 0) {
 		context |= LCS_CONTEXT_UMASK;
-		put16(header + 58, mask);
+		put16(header + LCS_REQ_UMASK_OFFSET, mask);
 	}
 	if (fs_id(lcs_setfsuid_raw, &id)) {
 		context |= LCS_CONTEXT_FSUID;
-		put32(header + 64, id);
+		put32(header + LCS_REQ_FSUID_OFFSET, id);
 	}
 	if (fs_id(lcs_setfsgid_raw, &id)) {
 		context |= LCS_CONTEXT_FSGID;
-		put32(header + 68, id);
+		put32(header + LCS_REQ_FSGID_OFFSET, id);
 	}
 	if (count >= 0) {
 		context |= LCS_CONTEXT_GROUPS;
-		header[60] = count;
+		header[LCS_REQ_NGROUPS_OFFSET] = count;
 		for (int i = 0; i < count; i++)
 			put32(groups + 4 * i, groups_cached[i]);
 	}
-	header[57] = context;
+	header[LCS_REQ_CONTEXT_OFFSET] = context;
 	errno = saved;
 	return count > 0 ? count : 0;
 }

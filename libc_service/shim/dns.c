@@ -118,10 +118,12 @@ struct entry {
 
 static void decode_entry(const unsigned char *raw, struct entry *out)
 {
-	out->family = raw[0] == 4 ? AF_INET : AF_INET6;
-	out->port = raw[2] | raw[3] << 8;
-	out->scope_id = raw[4] | raw[5] << 8 | raw[6] << 16 | (uint32_t)raw[7] << 24;
-	memcpy(out->address, raw + 8, 16);
+	const unsigned char *port = raw + LCS_AI_PORT_OFFSET, *scope = raw + LCS_AI_SCOPE_ID_OFFSET;
+
+	out->family = raw[LCS_AI_FAMILY_OFFSET] == 4 ? AF_INET : AF_INET6;
+	out->port = port[0] | port[1] << 8;
+	out->scope_id = scope[0] | scope[1] << 8 | scope[2] << 16 | (uint32_t)scope[3] << 24;
+	memcpy(out->address, raw + LCS_AI_ADDRESS_OFFSET, sizeof out->address);
 }
 
 /* The sockaddr for an entry as the caller's family wants it; 0 when the

@@ -124,35 +124,38 @@ static int valid_program(const unsigned char *program, size_t len, int *paths)
 
 static int parse(size_t len)
 {
-	size_t at = 6;
+	size_t at = LCS_RULES_HEADER;
 	unsigned count;
 
-	if (len < 6 || memcmp(table, "LCSR", 4) || table[4] != 1)
+	if (len < LCS_RULES_HEADER || memcmp(table + LCS_RULES_MAGIC_OFFSET, "LCSR", 4) ||
+	    table[LCS_RULES_VERSION_OFFSET] != LCS_RULES_VERSION)
 		return 0;
-	count = table[5];
+	count = table[LCS_RULES_COUNT_OFFSET];
 	for (unsigned n = 0; n < count; n++) {
 		struct entry *entry;
 		unsigned function;
 		size_t size;
 
-		if (len - at < 6)
+		const unsigned char *raw = table + at;
+
+		if (len - at < LCS_RULES_ENTRY)
 			return 0;
-		function = table[at];
-		size = get16(table + at + 4);
-		if (function < LCS_OPEN || function > LCS_GETADDRINFO || len - at - 6 < size)
+		function = raw[LCS_RULES_ENTRY_FUNCTION_OFFSET];
+		size = get16(raw + LCS_RULES_ENTRY_SIZE_OFFSET);
+		if (function < LCS_OPEN || function > LCS_GETADDRINFO || len - at - LCS_RULES_ENTRY < size)
 			return 0;
 		entry = &entries[function];
-		if (entry->program || table[at + 1] > ACTION_DENY)
+		if (entry->program || raw[LCS_RULES_ENTRY_ACTION_OFFSET] > ACTION_DENY)
 			return 0;
-		entry->action = table[at + 1];
-		entry->error = get16(table + at + 2);
+		entry->action = raw[LCS_RULES_ENTRY_ACTION_OFFSET];
+		entry->error = get16(raw + LCS_RULES_ENTRY_ERRNO_OFFSET);
 		if (entry->action == ACTION_DENY && entry->error == 0)
 			return 0;
-		entry->program = table + at + 6;
+		entry->program = raw + LCS_RULES_ENTRY;
 		entry->len = size;
 		if (!valid_program(entry->program, size, &entry->paths))
 			return 0;
-		at += 6 + size;
+		at += LCS_RULES_ENTRY + size;
 	}
 	return at == len;
 }

@@ -49,6 +49,95 @@
 #define LCS_STAT_RECORD 96
 #define LCS_ADDRINFO_ENTRY 24
 
+/* Field offsets (little-endian fields; docs/protocol.md).  Each equals
+ * wire.py's struct layout (tests/test_wire_layout.py). */
+
+/* Request header (wire.REQUEST); the groups follow it, then the strings. */
+#define LCS_REQ_MAGIC_OFFSET 0      /* "LCSq" */
+#define LCS_REQ_VERSION_OFFSET 4    /* u16 */
+#define LCS_REQ_FUNCTION_OFFSET 6   /* u16 */
+#define LCS_REQ_PID_OFFSET 8        /* u32 */
+#define LCS_REQ_TID_OFFSET 12       /* u32 */
+#define LCS_REQ_ID_OFFSET 16        /* u64 */
+#define LCS_REQ_FLAGS_OFFSET 24     /* u32 */
+#define LCS_REQ_ARG_OFFSET 28       /* u32 */
+#define LCS_REQ_ADDRESS_OFFSET 32   /* 16 bytes */
+#define LCS_REQ_SCOPE_ID_OFFSET 48  /* u32 */
+#define LCS_REQ_LEN1_OFFSET 52      /* u16 */
+#define LCS_REQ_LEN2_OFFSET 54      /* u16 */
+#define LCS_REQ_ROLES_OFFSET 56     /* u8, LCS_ROLE_* */
+#define LCS_REQ_CONTEXT_OFFSET 57   /* u8, LCS_CONTEXT_* */
+#define LCS_REQ_UMASK_OFFSET 58     /* u16 */
+#define LCS_REQ_NGROUPS_OFFSET 60   /* u8 */
+#define LCS_REQ_RESERVED_OFFSET 61  /* 3 zero bytes */
+#define LCS_REQ_FSUID_OFFSET 64     /* u32 */
+#define LCS_REQ_FSGID_OFFSET 68     /* u32 */
+
+/* Reply header (wire.REPLY); the payload follows it. */
+#define LCS_REPLY_MAGIC_OFFSET 0     /* "LCSr" */
+#define LCS_REPLY_VERSION_OFFSET 4   /* u16 */
+#define LCS_REPLY_FUNCTION_OFFSET 6  /* u16 */
+#define LCS_REPLY_TID_OFFSET 8       /* u32 */
+#define LCS_REPLY_ERRNO_OFFSET 12    /* u32 */
+#define LCS_REPLY_ID_OFFSET 16       /* u64 */
+#define LCS_REPLY_RESULT_OFFSET 24   /* i64 */
+#define LCS_REPLY_ACTION_OFFSET 32   /* u8 */
+#define LCS_REPLY_KIND_OFFSET 33     /* u8 */
+#define LCS_REPLY_COUNT_OFFSET 34    /* u16 */
+#define LCS_REPLY_RESERVED_OFFSET 36 /* zero up to LCS_REPLY_HEADER */
+
+/* Stat record (wire.STAT). */
+#define LCS_STAT_DEV_OFFSET 0      /* u64 */
+#define LCS_STAT_INO_OFFSET 8      /* u64 */
+#define LCS_STAT_NLINK_OFFSET 16   /* u64 */
+#define LCS_STAT_RDEV_OFFSET 24    /* u64 */
+#define LCS_STAT_SIZE_OFFSET 32    /* i64 */
+#define LCS_STAT_BLKSIZE_OFFSET 40 /* i64 */
+#define LCS_STAT_BLOCKS_OFFSET 48  /* i64 */
+#define LCS_STAT_ATIME_OFFSET 56   /* i64 ns */
+#define LCS_STAT_MTIME_OFFSET 64   /* i64 ns */
+#define LCS_STAT_CTIME_OFFSET 72   /* i64 ns */
+#define LCS_STAT_MODE_OFFSET 80    /* u32 */
+#define LCS_STAT_TYPE_OFFSET 84    /* u32 */
+#define LCS_STAT_UID_OFFSET 88     /* u32 */
+#define LCS_STAT_GID_OFFSET 92     /* u32 */
+
+/* getaddrinfo entry (wire.ADDRINFO). */
+#define LCS_AI_FAMILY_OFFSET 0   /* u8: 4 or 6 */
+#define LCS_AI_RESERVED_OFFSET 1 /* u8, zero */
+#define LCS_AI_PORT_OFFSET 2     /* u16 */
+#define LCS_AI_SCOPE_ID_OFFSET 4 /* u32 */
+#define LCS_AI_ADDRESS_OFFSET 8  /* 16 bytes; an IPv4 address's last 12 zero */
+
+/* Registration ("hello", wire.REGISTRATION), with the channel's other end. */
+#define LCS_HELLO_SIZE 16
+#define LCS_HELLO_MAGIC_OFFSET 0     /* "LCSh" */
+#define LCS_HELLO_VERSION_OFFSET 4   /* u16 */
+#define LCS_HELLO_RESERVED1_OFFSET 6 /* u16, zero */
+#define LCS_HELLO_PID_OFFSET 8       /* u32 */
+#define LCS_HELLO_RESERVED2_OFFSET 12 /* u32, zero */
+
+/* Report header (wire.REPORT, LCS_REPORT_HEADER bytes); the request as it
+ * would have been sent follows it. */
+#define LCS_REPORT_MAGIC_OFFSET 0    /* "LCSo" */
+#define LCS_REPORT_VERSION_OFFSET 4  /* u16 */
+#define LCS_REPORT_OUTCOME_OFFSET 6  /* u8, LCS_REPORT_FORWARDED/DENIED */
+#define LCS_REPORT_RESERVED_OFFSET 7 /* u8, zero */
+#define LCS_REPORT_ERRNO_OFFSET 8    /* u32 */
+#define LCS_REPORT_LOST_OFFSET 12    /* u32 */
+
+/* The rule table (rules.c; libc_service/rules.py HEADER and ENTRY). */
+#define LCS_RULES_VERSION 1
+#define LCS_RULES_HEADER 6
+#define LCS_RULES_MAGIC_OFFSET 0   /* "LCSR" */
+#define LCS_RULES_VERSION_OFFSET 4 /* u8 */
+#define LCS_RULES_COUNT_OFFSET 5   /* u8 */
+#define LCS_RULES_ENTRY 6          /* then the entry's program */
+#define LCS_RULES_ENTRY_FUNCTION_OFFSET 0 /* u8 */
+#define LCS_RULES_ENTRY_ACTION_OFFSET 1   /* u8 */
+#define LCS_RULES_ENTRY_ERRNO_OFFSET 2    /* u16 */
+#define LCS_RULES_ENTRY_SIZE_OFFSET 4     /* u16: the program's bytes */
+
 /* Function codes. */
 enum {
 	LCS_OPEN = 1,
@@ -118,7 +207,7 @@ enum {
 /* rename flag bits. */
 enum { LCS_RENAME_NO_REPLACE = 1u << 0 };
 
-/* fd roles (request byte 56); a relative connect_unix/bind_unix path
+/* fd roles (LCS_REQ_ROLES_OFFSET); a relative connect_unix/bind_unix path
  * carries the working directory as dir1. */
 enum {
 	LCS_ROLE_DIR1 = 1u << 0,
@@ -126,8 +215,9 @@ enum {
 	LCS_ROLE_SOCKET = 1u << 2,
 };
 
-/* Context bits (request byte 57): which of the caller's umask (bytes
- * 58-59), fsuid (64-67), fsgid (68-71) and groups (count at byte 60, the
+/* Context bits (LCS_REQ_CONTEXT_OFFSET): which of the caller's umask
+ * (LCS_REQ_UMASK_OFFSET), fsuid (LCS_REQ_FSUID_OFFSET), fsgid
+ * (LCS_REQ_FSGID_OFFSET) and groups (count at LCS_REQ_NGROUPS_OFFSET, the
  * list after the header) the request carries. */
 enum {
 	LCS_CONTEXT_UMASK = 1u << 0,
@@ -214,7 +304,8 @@ int lcs_open_call(int dirfd, const char *path, int flags, unsigned mode, int *re
 /* Read the umask from /proc/self/status (the constructor). */
 void lcs_creds_init(void);
 
-/* Fill a request header's context (bytes 57-71, see the enum above) for
+/* Fill a request header's context (LCS_REQ_CONTEXT_OFFSET to the header's
+ * end, see the enum above) for
  * the calling thread and write its groups at groups (room for
  * LCS_MAX_GROUPS); returns how many groups were written. */
 unsigned lcs_context(unsigned char *header, unsigned char *groups);
