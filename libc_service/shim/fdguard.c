@@ -116,6 +116,8 @@ LCS_EXPORT void closefrom(int lowfd)
 		real_closefrom()(lowfd);
 		return;
 	}
+	/* The guarded close_range above, by its name on purpose: it skips the
+	 * shim's descriptors. */
 	if (close_range(from, ~0U, 0) == 0) {
 		errno = saved;
 		return;
