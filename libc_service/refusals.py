@@ -106,7 +106,9 @@ class RefusalReport:
         """One line per (function, rule, errno), most frequent first; then Landlock's.
 
         Stops the Landlock reader, if one runs, once the records still on
-        their way have arrived; without one, says why (when it was asked for).
+        their way have arrived; without one, says why (when it was asked
+        for, and the program ran and asked the master something: a run
+        that failed to start ends with its error alone).
         """
         out = []
         for (function, route, code), tally in sorted(self.tallies.items(), key=lambda item: -item[1].count):
@@ -120,6 +122,6 @@ class RefusalReport:
             out += denial_lines(self.landlock.denials(self.pids | {os.getpid()}))  # the slave is our child
             if self.landlock.lost:
                 out.append(f"Landlock's refusals may be undercounted: {self.landlock.lost} audit reads overflowed")
-        elif self.landlock_unavailable:
+        elif self.landlock_unavailable and self.pids:  # not when the program never ran (or never asked)
             out.append(f"Landlock's own refusals are not reported: {self.landlock_unavailable}")
         return out
