@@ -17,6 +17,7 @@ here for code written against earlier versions, but are not part of
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,33 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+
+def _load_on_first_use(name: str) -> None:
+    """Register submodule ``name`` so that it runs on its first attribute access.
+
+    ``requests`` and ``replies`` hold the pydantic models: importing them
+    (and pydantic) costs more than everything else ``libc-service run``
+    does before the program starts. The codec, the router and the master
+    reach them as ``requests.OpenRequest`` at run time, so a run whose
+    every call the shim decides never loads them.
+    """
+    fullname = f"{__name__}.{name}"
+    if fullname in sys.modules:
+        return
+    spec = importlib.util.find_spec(fullname)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{fullname} not found", name=fullname)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[fullname] = module
+    loader.exec_module(module)
+    setattr(sys.modules[__name__], name, module)
+
+
+_load_on_first_use("requests")
+_load_on_first_use("replies")
 
 
 def _package_version() -> str:

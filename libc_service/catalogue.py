@@ -13,6 +13,20 @@ import socket
 from typing import Final, Literal, TypeAlias, get_args
 
 __all__ = [
+    "ACCESS_MODES",
+    "FUNCTIONS",
+    "MAX_GROUPS",
+    "NODE_MAX",
+    "OPENAT_FLAGS",
+    "OPEN_FLAGS",
+    "PATH_MAX_BYTES",
+    "SERVICE_MAX",
+    "UNIX_PATH_MAX",
+    "AccessMode",
+    "Function",
+    "OpenFlag",
+    "OpenatFlag",
+    "ResolveFlag",
     "FD_RESULT_FUNCTIONS",
     "FILE_TYPES",
     "GAI_ERRORS",
@@ -77,3 +91,82 @@ GAI_ERROR_NAMES: Final[dict[int, GaiError]] = {
     getattr(socket, "EAI_NODATA", socket.EAI_NONAME): "noname",
     getattr(socket, "EAI_ADDRFAMILY", socket.EAI_FAMILY): "family",
 }
+
+
+# ---- the arbitrated functions and their argument vocabularies ----
+
+Function: TypeAlias = Literal[
+    "open",
+    "openat",
+    "unlink",
+    "rename",
+    "stat",
+    "lstat",
+    "access",
+    "eaccess",
+    "mkdir",
+    "rmdir",
+    "connect_unix",
+    "connect_inet",
+    "connect_inet6",
+    "bind_unix",
+    "bind_inet",
+    "bind_inet6",
+    "getaddrinfo",
+    # Metadata changes (appended: wire codes 18-23).
+    "chmod",
+    "fchmod",
+    "chown",
+    "fchown",
+    "utimens",
+    "futimens",
+]
+#: The arbitrated functions, in protocol order (wire code = index + 1).
+FUNCTIONS: Final[tuple[Function, ...]] = get_args(Function)
+
+OpenFlag: TypeAlias = Literal[
+    "read_only",
+    "write_only",
+    "read_write",
+    "append",
+    "create",
+    "directory",
+    "exclusive",
+    "no_follow",
+    "path",
+    "sync_all_on_write",
+    "temporary",
+    "truncate",
+    # Flags that grant nothing but change how the call behaves; a master
+    # performing the call needs them to be exact.
+    "non_blocking",
+    "no_ctty",
+    "close_on_exec",
+    "sync_data_on_write",
+    "no_atime",
+    "direct",
+    "async_signals",
+    "large_file",
+]
+ResolveFlag: TypeAlias = Literal[
+    "resolve_beneath",
+    "resolve_in_root",
+    "resolve_no_magiclinks",
+    "resolve_no_symlinks",
+    "resolve_no_xdev",
+    "resolve_cached",
+]
+OpenatFlag: TypeAlias = Literal[OpenFlag, ResolveFlag]
+OPEN_FLAGS: Final[tuple[OpenFlag, ...]] = get_args(OpenFlag)
+OPENAT_FLAGS: Final[tuple[OpenatFlag, ...]] = OPEN_FLAGS + get_args(ResolveFlag)
+
+AccessMode: TypeAlias = Literal["r", "w", "x"]
+ACCESS_MODES: Final[tuple[AccessMode, ...]] = get_args(AccessMode)
+
+#: The most supplementary groups a request carries (see the module docstring).
+MAX_GROUPS: Final = 64
+
+PATH_MAX_BYTES: Final = 4095
+UNIX_PATH_MAX: Final = 108
+NODE_MAX: Final = 1025
+SERVICE_MAX: Final = 32

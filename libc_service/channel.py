@@ -22,11 +22,13 @@ from __future__ import annotations
 import itertools
 import socket
 from collections.abc import Hashable, Sequence
-from typing import Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from . import wire
-from .replies import Result
-from .requests import Request
+
+if TYPE_CHECKING:
+    from .replies import Result
+    from .requests import Request
 
 __all__ = ["TRUNCATED", "MasterChannel", "SlaveChannel", "check_received"]
 

@@ -23,14 +23,9 @@ from typing import Final
 
 from .slavepath import slave_path
 from .catalogue import INET6_FUNCTIONS, INET_FUNCTIONS, MUTATING_FUNCTIONS, NAMED_FUNCTIONS, OPEN_FUNCTIONS
-from .requests import (
-    FUNCTIONS,
-    OPENAT_FLAGS,
-    GetaddrinfoRequest,
-    OpenatRequest,
-    OpenRequest,
-    RenameRequest,
-)
+from .catalogue import FUNCTIONS, OPENAT_FLAGS
+from . import requests  # loaded on first use (libc_service/__init__.py)
+
 
 __all__ = [
     "Condition",
@@ -136,7 +131,7 @@ class UnderCondition(Condition):
     functions = NAMED_FUNCTIONS
 
     def __call__(self, request: object) -> bool:
-        if isinstance(request, RenameRequest):
+        if isinstance(request, requests.RenameRequest):
             return self._inside(request.path1, request.dirfd1) and self._inside(request.path2, request.dirfd2)
         return self._inside(getattr(request, "path"), getattr(request, "dirfd", None))
 
@@ -172,7 +167,7 @@ class WritingCondition(Condition):
     functions = OPEN_FUNCTIONS | MUTATING_FUNCTIONS
 
     def __call__(self, request: object) -> bool:
-        if isinstance(request, OpenRequest | OpenatRequest):
+        if isinstance(request, requests.OpenRequest | requests.OpenatRequest):
             return not _WRITE_FLAGS.isdisjoint(request.flags)
         return True
 
@@ -269,7 +264,7 @@ class NamedCondition(Condition):
     functions = frozenset({"getaddrinfo"})
 
     def __call__(self, request: object) -> bool:
-        assert isinstance(request, GetaddrinfoRequest)
+        assert isinstance(request, requests.GetaddrinfoRequest)
         return request.node is not None and request.node.lower().rstrip(".") in self.names
 
     def describe(self) -> str:

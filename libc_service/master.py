@@ -37,12 +37,14 @@ import termios
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Final, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 from . import wire
 from .channel import MasterChannel
-from .replies import Result
-from .requests import Request
+
+if TYPE_CHECKING:
+    from .replies import Result
+    from .requests import Request
 
 __all__ = ["Call", "Dispatcher", "Master", "SessionClosed", "close_fds", "discard", "received_fds"]
 

@@ -78,7 +78,8 @@ from pydantic import ValidationError
 from .master import close_fds
 from .notify_filter import NOTIFIED, build_notify_filter, notified_numbers
 from .replies import Stat
-from .requests import REQUEST_TYPES, UNIX_PATH_MAX, Request, exact_path
+from .catalogue import UNIX_PATH_MAX
+from .requests import REQUEST_TYPES, Request, exact_path
 from .router import FORWARD, Decision, Transport, WithFds
 
 if TYPE_CHECKING:

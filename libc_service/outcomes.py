@@ -27,12 +27,14 @@ import socket
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from .catalogue import GAI_ERROR_NAMES
 from .master import Call, SessionClosed, close_fds
-from .replies import Result
-from .requests import Request
+
+if TYPE_CHECKING:
+    from .replies import Result
+    from .requests import Request
 
 __all__ = ["FORWARD", "PASS", "BugLog", "Deny", "Errno", "Outcome", "Summary", "WithFds", "deny", "reply_now"]
 
@@ -99,7 +101,7 @@ def deny(errno: int = errno_module.EPERM) -> Deny:
 #: What kind of reply went out (see :class:`~libc_service.router.Decision`).
 Outcome: TypeAlias = Literal["reply", "forward", "error", "failure"]
 #: What went out for one call: outcome, result, errno, descriptor count.
-Summary: TypeAlias = tuple[Outcome, Result | None, int, int]
+Summary: TypeAlias = "tuple[Outcome, Result | None, int, int]"
 
 
 def reply_now(call: Call, route: str, outcome: Any, error_errno: int, bugs: BugLog) -> tuple[Summary, bool]:

@@ -30,13 +30,17 @@ import types
 import typing
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, Union
 
 from .conditions import Condition
 from .master import Call, Master, SessionClosed, discard
 from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, WithFds, Sentinel, deny, reply_now
-from .replies import Result, Stat
-from .requests import FUNCTIONS, REQUEST_TYPES, Request
+from .catalogue import FUNCTIONS
+from . import requests  # loaded on first use (libc_service/__init__.py)
+
+if TYPE_CHECKING:
+    from .replies import Result, Stat
+    from .requests import REQUEST_TYPES, Request
 
 __all__ = [
     "FORWARD",
@@ -55,7 +59,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Result types that are never awaitable: the hot path skips ``inspect.isawaitable``.
-_PLAIN_RESULTS: Final[frozenset[type]] = frozenset({int, str, list, type(None), Stat, WithFds, Sentinel})
+_PLAIN_RESULTS: Final[frozenset[type]] = frozenset({int, str, list, type(None), WithFds, Sentinel})
 
 
 Handler: TypeAlias = Callable[[Any], Any]
@@ -500,7 +504,7 @@ def _conditions_for(
     """``when`` as a tuple, once the functions and the conditions are checked to fit each other."""
     if not functions:
         raise ValueError("on() needs at least one function name")
-    unknown = [name for name in functions if name not in REQUEST_TYPES]
+    unknown = [name for name in functions if name not in FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown function(s) {', '.join(map(repr, unknown))}; valid: {', '.join(FUNCTIONS)}")
     conditions: tuple[Condition, ...]
@@ -585,11 +589,11 @@ def _check_handler(handler: Handler, functions: Sequence[str]) -> None:
     accepted = _accepted_types(hint)
     if accepted is None:
         return
-    wrong = [name for name in functions if not any(issubclass(REQUEST_TYPES[name], t) for t in accepted)]
+    wrong = [name for name in functions if not any(issubclass(requests.REQUEST_TYPES[name], t) for t in accepted)]
     if wrong:
         raise TypeError(
             f"handler {_name(handler)} is annotated for {hint!r} but serves {', '.join(wrong)} "
-            f"(requests {', '.join(REQUEST_TYPES[n].__name__ for n in wrong)})"
+            f"(requests {', '.join(requests.REQUEST_TYPES[n].__name__ for n in wrong)})"
         )
 
 

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 from .catalogue import MUTATING_FUNCTIONS, OPEN_FUNCTIONS
 from .conditions import Condition, AllOf, AnyOf, FlagsCondition, Negation, UnderCondition, WritingCondition
 from .outcomes import FORWARD, Deny
-from .requests import FUNCTIONS
+from .catalogue import FUNCTIONS
 from .wire import OPEN_FLAG_BITS
 
 if TYPE_CHECKING:

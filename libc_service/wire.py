@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import PurePosixPath
-from typing import Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from .catalogue import (
     FD_RESULT_FUNCTIONS,
@@ -35,43 +35,12 @@ from .catalogue import (
     PATH_FUNCTIONS,
     UNIX_FUNCTIONS,
 )
-from .replies import AddrInfo, Result, Stat
-from .requests import (
-    FUNCTIONS,
-    AccessRequest,
-    BindInet6Request,
-    BindInetRequest,
-    BindUnixRequest,
-    ChmodRequest,
-    ChownRequest,
-    ConnectInet6Request,
-    ConnectInetRequest,
-    ConnectUnixRequest,
-    EaccessRequest,
-    FchmodRequest,
-    FchownRequest,
-    FutimensRequest,
-    GetaddrinfoRequest,
-    LstatRequest,
-    MkdirRequest,
-    OpenatRequest,
-    OpenRequest,
-    RenameRequest,
-    RmdirRequest,
-    StatRequest,
-    UnlinkRequest,
-    UtimensRequest,
-    MAX_GROUPS,
-    NODE_MAX,
-    OPEN_FLAGS,
-    OPENAT_FLAGS,
-    PATH_MAX_BYTES,
-    REQUEST_TYPES,
-    SERVICE_MAX,
-    UNIX_PATH_MAX,
-    Request,
-    exact_path,
-)
+from .catalogue import FUNCTIONS, MAX_GROUPS, NODE_MAX, OPENAT_FLAGS, OPEN_FLAGS, PATH_MAX_BYTES, SERVICE_MAX, UNIX_PATH_MAX
+from . import replies, requests  # loaded on first use (libc_service/__init__.py)
+
+if TYPE_CHECKING:
+    from .replies import AddrInfo, Result, Stat
+    from .requests import ChmodRequest, ChownRequest, FchmodRequest, FchownRequest, FutimensRequest, Request, UtimensRequest
 
 __all__ = [
     "MAX_ADDRINFO",
@@ -252,38 +221,38 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
             fds.append(fd)
     context, umask, fsuid, fsgid, groups = _context_of(request)
     match request:
-        case OpenRequest() | OpenatRequest():
+        case requests.OpenRequest() | requests.OpenatRequest():
             string1 = os.fsencode(str(request.path))
             flags = sum(OPEN_FLAG_BITS[name] for name in request.flags)
             arg = request.mode or 0
-        case AccessRequest() | EaccessRequest():
+        case requests.AccessRequest() | requests.EaccessRequest():
             string1 = os.fsencode(str(request.path))
             flags = 0 if request.amode == "f" else sum(AMODE_BITS[m] for m in request.amode)
-        case MkdirRequest():
+        case requests.MkdirRequest():
             string1 = os.fsencode(str(request.path))
             arg = request.mode
-        case UnlinkRequest() | RmdirRequest() | StatRequest() | LstatRequest():
+        case requests.UnlinkRequest() | requests.RmdirRequest() | requests.StatRequest() | requests.LstatRequest():
             string1 = os.fsencode(str(request.path))
-        case RenameRequest():
+        case requests.RenameRequest():
             string1 = os.fsencode(str(request.path1))
             string2 = os.fsencode(str(request.path2))
             flags = RENAME_NO_REPLACE if request.no_replace else 0
-        case ConnectUnixRequest() | BindUnixRequest():
+        case requests.ConnectUnixRequest() | requests.BindUnixRequest():
             string1 = os.fsencode(str(request.path))
-        case ConnectInetRequest() | BindInetRequest() | ConnectInet6Request() | BindInet6Request():
+        case requests.ConnectInetRequest() | requests.BindInetRequest() | requests.ConnectInet6Request() | requests.BindInet6Request():
             ip = request.address
             address = ip.packed.ljust(16, b"\0")
             if isinstance(ip, IPv6Address) and ip.scope_id:
                 scope = int(ip.scope_id)
             arg = request.port
-        case GetaddrinfoRequest():
+        case requests.GetaddrinfoRequest():
             flags = (request.node is not None) | (request.service is not None) << 1
             string1 = os.fsencode(request.node) if request.node is not None else b""
             string2 = os.fsencode(request.service) if request.service is not None else b""
             arg = PROTOCOL_NUMBER[request.protocol]
-        case ChmodRequest() | FchmodRequest() | ChownRequest() | FchownRequest() | UtimensRequest() | FutimensRequest():
+        case requests.ChmodRequest() | requests.FchmodRequest() | requests.ChownRequest() | requests.FchownRequest() | requests.UtimensRequest() | requests.FutimensRequest():
             flags, arg, address = _encode_metadata(request)
-            if not isinstance(request, FchmodRequest | FchownRequest | FutimensRequest):
+            if not isinstance(request, requests.FchmodRequest | requests.FchownRequest | requests.FutimensRequest):
                 string1 = os.fsencode(str(request.path))
     limit1, limit2 = _STRING_LIMITS[request.function]
     if len(string1) > limit1 or len(string2) > limit2:
@@ -309,9 +278,9 @@ def _encode_metadata(
     """Flags, arg and address field of a metadata change."""
     flags = META_NO_FOLLOW if getattr(request, "no_follow", False) else 0
     match request:
-        case ChmodRequest() | FchmodRequest():
+        case requests.ChmodRequest() | requests.FchmodRequest():
             return flags, request.mode, _NO_ADDRESS
-        case ChownRequest() | FchownRequest():
+        case requests.ChownRequest() | requests.FchownRequest():
             flags |= (request.owner is not None) * CHOWN_OWNER | (request.group is not None) * CHOWN_GROUP
             try:
                 ids = IDS.pack(request.owner or 0, request.group or 0)
@@ -485,7 +454,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
             "protocol": _PROTOCOL_BY_NUMBER[arg],
         }
     # The bytes are fully checked above: build without a second validation.
-    return cast(Request, _construct(function, fields))
+    return cast("Request", _construct(function, fields))
 
 
 def _metadata_fields(
@@ -542,9 +511,6 @@ def _time(ns: int, now: int, omit: int) -> int | str:
     return ns
 
 
-#: Each request model's fields in declaration order (the order
-#: ``model_construct`` fills ``__dict__`` in, which repr and dumps follow).
-_FIELD_ORDER: Final = {name: tuple(cls.model_fields) for name, cls in REQUEST_TYPES.items()}
 _set_attribute: Final = object.__setattr__
 
 
@@ -558,7 +524,19 @@ def _plain_model(cls: type[Any]) -> bool:
     )
 
 
-_FAST_CONSTRUCT: Final = frozenset(name for name, cls in REQUEST_TYPES.items() if _plain_model(cls))
+@functools.cache
+def _fast_fields() -> dict[str, tuple[str, ...]]:
+    """The models built without pydantic's search: their fields in declaration order.
+
+    The order is the one ``model_construct`` fills ``__dict__`` in, which repr
+    and dumps follow. Computed on the first decoded request: the models load
+    then, not when the codec is imported.
+    """
+    return {
+        name: tuple(cls.model_fields)
+        for name, cls in requests.REQUEST_TYPES.items()
+        if _plain_model(cls)
+    }
 
 
 def _construct(function: str, fields: dict[str, Any]) -> Any:
@@ -569,11 +547,12 @@ def _construct(function: str, fields: dict[str, Any]) -> Any:
     alias and default search, which was a third of the decoding cost
     (``bench/hotpath.py``; figures in docs/performance.md).
     """
-    cls = REQUEST_TYPES[function]
-    if function not in _FAST_CONSTRUCT:
+    cls = requests.REQUEST_TYPES[function]
+    order = _fast_fields().get(function)
+    if order is None:
         return cls.model_construct(**fields)
     try:
-        values = {name: fields[name] for name in _FIELD_ORDER[function]}
+        values = {name: fields[name] for name in order}
     except KeyError:  # a field left to its default: pydantic fills it
         return cls.model_construct(**fields)
     model = cls.__new__(cls)
@@ -631,7 +610,7 @@ def _path_of(raw: bytes) -> PurePosixPath:
     # Building a PurePosixPath is a third of decoding a request
     # (docs/performance.md); programs stat and open the same paths over and over. Paths are
     # immutable, so requests may share one.
-    return exact_path(os.fsdecode(raw))
+    return requests.exact_path(os.fsdecode(raw))
 
 
 def _unix_path(raw: bytes) -> PurePosixPath:
@@ -639,7 +618,7 @@ def _unix_path(raw: bytes) -> PurePosixPath:
         raise RemoteProtocolError(f"unix socket path of {len(raw)} bytes (1..{UNIX_PATH_MAX})")
     if raw[0] != 0 and b"\0" in raw:
         raise RemoteProtocolError("unix socket path contains NUL")
-    return exact_path(os.fsdecode(raw))
+    return requests.exact_path(os.fsdecode(raw))
 
 
 def _name(raw: bytes, present: int, limit: int, what: str) -> str | None:
@@ -734,7 +713,7 @@ def encode_reply_to(
             raise TypeError(f"a failed {function} has an int result (-1), not {type(result).__name__}")
         value = -1
     elif function in ("stat", "lstat"):
-        if not isinstance(result, Stat):
+        if not isinstance(result, replies.Stat):
             raise TypeError(f"{function} succeeds with a Stat, not {type(result).__name__}")
         value, kind, payload = 0, KIND_STAT, _encode_stat(result)
     else:
@@ -762,7 +741,7 @@ def _getaddrinfo_payload(result: Result, errno: int) -> tuple[int, int, bytes, i
         if (result == "system") != bool(errno):
             raise LocalProtocolError("the 'system' getaddrinfo error, and only it, carries an errno")
         return GAI_ERRORS.index(result) + 1, KIND_GAI_ERROR, b"", 0
-    if not isinstance(result, list) or not all(isinstance(a, AddrInfo) for a in result):
+    if not isinstance(result, list) or not all(isinstance(a, replies.AddrInfo) for a in result):
         raise TypeError(f"getaddrinfo results in a list of AddrInfo or an error name, not {type(result).__name__}")
     if errno:
         raise LocalProtocolError("a getaddrinfo answer with addresses carries no errno")
@@ -868,7 +847,7 @@ def _decode_stat(payload: bytes) -> Stat:
         raise RemoteProtocolError(f"stat mode {mode:#o} has bits beyond 0o7777")
     if not 1 <= type_code <= len(FILE_TYPES):
         raise RemoteProtocolError(f"unknown file type code {type_code}")
-    return Stat.model_construct(
+    return replies.Stat.model_construct(
         dev=dev, ino=ino, mode=mode, type=FILE_TYPES[type_code - 1], nlink=nlink, uid=uid,
         gid=gid, rdev=rdev, size=size, blksize=blksize, blocks=blocks, atime=atime,
         mtime=mtime, ctime=ctime,
@@ -886,7 +865,7 @@ def _decode_addrinfo(payload: bytes, offset: int) -> AddrInfo:
         ip = IPv6Address(raw) if not scope else IPv6Address(f"{IPv6Address(raw)}%{scope}")
     else:
         raise RemoteProtocolError(f"unknown address family {family}")
-    return AddrInfo.model_construct(address=ip, port=port)
+    return replies.AddrInfo.model_construct(address=ip, port=port)
 
 
 # ------------------------------------------------------------- registration
