@@ -183,10 +183,12 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         report = RefusalReport()
         policy.router.observe(report)
         report.watch_landlock()  # Landlock's own refusals, from the kernel's audit log
+    status = 1  # the program did not run to its end
     try:
-        return _run_loop(_serve_program(command, policy.router, sandbox, args.seccomp))
+        status = _run_loop(_serve_program(command, policy.router, sandbox, args.seccomp))
+        return status
     finally:
-        for line in report.lines() if report is not None else ():
+        for line in report.lines(failed=status != 0) if report is not None else ():
             print(f"libc-service: {line}", file=sys.stderr)
 
 

@@ -21,8 +21,15 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Final
 
-from .slavepath import slave_path
-from .catalogue import INET6_FUNCTIONS, INET_FUNCTIONS, MUTATING_FUNCTIONS, NAMED_FUNCTIONS, OPEN_FUNCTIONS
+from .slavepath import descriptor_name, slave_path
+from .catalogue import (
+    INET6_FUNCTIONS,
+    INET_FUNCTIONS,
+    METADATA_FD_FUNCTIONS,
+    MUTATING_FUNCTIONS,
+    NAMED_FUNCTIONS,
+    OPEN_FUNCTIONS,
+)
 from .catalogue import FUNCTIONS, OPENAT_FLAGS
 from . import requests  # loaded on first use (libc_service/__init__.py)
 
@@ -128,15 +135,20 @@ def _group(condition: Condition) -> str:
 class UnderCondition(Condition):
     roots: tuple[str, ...]
 
-    functions = NAMED_FUNCTIONS
+    functions = NAMED_FUNCTIONS | METADATA_FD_FUNCTIONS
 
     def __call__(self, request: object) -> bool:
         if isinstance(request, requests.RenameRequest):
             return self._inside(request.path1, request.dirfd1) and self._inside(request.path2, request.dirfd2)
+        if getattr(request, "function", None) in METADATA_FD_FUNCTIONS:
+            # fchmod and friends name no path: the file their descriptor is open on.
+            return self._contains(descriptor_name(getattr(request, "fd")))
         return self._inside(getattr(request, "path"), getattr(request, "dirfd", None))
 
     def _inside(self, path: PurePosixPath, dirfd: int | None) -> bool:
-        absolute = slave_path(path, dirfd)
+        return self._contains(slave_path(path, dirfd))
+
+    def _contains(self, absolute: str | None) -> bool:
         if absolute is None:
             return False
         return any(absolute == root or absolute.startswith(root.rstrip("/") + "/") for root in self.roots)
@@ -150,6 +162,9 @@ def under(*roots: str | os.PathLike[str]) -> Condition:
     """The request's path (both paths, for rename) lies in one of ``roots``.
 
     Relative paths are resolved against the slave's directory descriptor.
+    For ``fchmod``, ``fchown`` and ``futimens``, which name no path, it is
+    the file their descriptor is open on (as the master's copy of it names
+    it; a removed file matches no root).
     """
     if not roots:
         raise ValueError("under() needs at least one root")

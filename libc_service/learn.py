@@ -33,6 +33,7 @@ from typing import Any
 
 from .requests import Request
 from .router import Router
+from .slavepath import descriptor_name
 
 __all__ = ["Learned", "learning_router", "narrowest", "render_policy"]
 
@@ -55,6 +56,8 @@ class Learned:
     written: set[str] = field(default_factory=set)
     executed: set[str] = field(default_factory=set)
     network: set[str] = field(default_factory=set)
+    #: Files whose mode, owner or times the run changed (the master does those calls).
+    changed: set[str] = field(default_factory=set)
     #: Paths that cannot be granted (``/proc``, the terminal): reported in the policy.
     skipped: set[str] = field(default_factory=set)
     calls: int = 0
@@ -75,6 +78,15 @@ class Learned:
         allow_read = [path for path in narrowest(read) if not _covered(path, allow_write)]
         allow_exec = sorted(self.executed)
         return {"allow_read": allow_read, "allow_write": allow_write, "allow_exec": allow_exec}
+
+    def metadata_trees(self) -> list[str]:
+        """The narrowest trees holding every file whose mode, owner or times the run changed.
+
+        Landlock does not mediate those changes, so the sandbox refuses them
+        to the program (``Sandbox(metadata=False)``) and the learnt router
+        has the master do them beneath these trees only.
+        """
+        return narrowest(os.path.dirname(path) or "/" for path in self.changed)
 
     @staticmethod
     def _write_target(path: str) -> str:
@@ -133,15 +145,6 @@ def _absolute(request: Request, name: str = "path", dirfd_name: str = "dirfd") -
     return os.path.realpath(text)
 
 
-def _open_file(fd: int) -> str | None:
-    """The name of the file the slave's descriptor (received by the master) is open on."""
-    try:
-        text = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return None
-    return text if text.startswith("/") and not text.endswith(" (deleted)") else None
-
-
 def _record(learned: Learned, request: Request) -> None:
     """Note what the successful ``request`` used."""
     function = request.function
@@ -165,11 +168,11 @@ def _record(learned: Learned, request: Request) -> None:
     elif function in ("chmod", "chown", "utimens"):
         path = _absolute(request)
         if path is not None:
-            learned.written.add(path)  # a changed mode, owner or time is a write
+            learned.changed.add(path)
     elif function in ("fchmod", "fchown", "futimens"):
-        path = _open_file(getattr(request, "fd"))
+        path = descriptor_name(getattr(request, "fd"))
         if path is not None:
-            learned.written.add(path)
+            learned.changed.add(path)
     elif function == "rename":
         for name, dirfd in (("path1", "dirfd1"), ("path2", "dirfd2")):
             path = _absolute(request, name, dirfd)
@@ -237,6 +240,23 @@ def render_policy(learned: Learned, command: Sequence[str]) -> str:
         return f"    {name}=[\n{inner}    ],\n"
 
     skipped = "".join(f"#   {path}\n" for path in sorted(learned.skipped)) or "#   (none)\n"
+    metadata = learned.metadata_trees()
+    imports = "from libc_service import FORWARD, Router, Sandbox"
+    metadata_routes = ""
+    if metadata:
+        imports = "from libc_service import FORWARD, Router, Sandbox, perform, under"
+        trees = "".join(f"    {tree!r},\n" for tree in metadata)
+        metadata_routes = (
+            "\n\n# The run changed modes, owners or times of files here (a linker making its\n"
+            "# output executable, touch, tar -x). The sandbox refuses those changes to\n"
+            "# the program itself (Landlock does not mediate them): the master does them,\n"
+            "# beneath these trees only.\n"
+            f"METADATA_TREES = [\n{trees}]\n\n\n"
+            '@router.on("chmod", "fchmod", "chown", "fchown", "utimens", "futimens", when=under(*METADATA_TREES))\n'
+            "def change_metadata(request):\n"
+            '    """Mode, owner and time changes beneath the trees the learnt run changed."""\n'
+            "    return perform(request)\n"
+        )
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     network_note = (
         f"# The run used the network ({', '.join(sorted(learned.network))}): network=True keeps the host's.\n"
@@ -248,7 +268,7 @@ def render_policy(learned: Learned, command: Sequence[str]) -> str:
         "below was used by that run; review them, narrow what you can, and run:\n\n"
         f"    libc-service run --sandbox THIS_FILE -- {shlex.join(command)}\n"
         '"""\n\n'
-        "from libc_service import FORWARD, Router, Sandbox\n\n"
+        f"{imports}\n\n"
         + network_note
         + "# Not granted (per-process or terminal paths; /proc would name every process):\n"
         + skipped
@@ -263,4 +283,5 @@ def render_policy(learned: Learned, command: Sequence[str]) -> str:
         '#   @router.on("open", "openat", when=under("/srv/data"))\n'
         "#   def serve(req): return perform(req, beneath=\"/srv/data\")\n"
         "router = Router(default=FORWARD)\n"
+        + metadata_routes
     )

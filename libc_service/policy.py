@@ -74,6 +74,10 @@ def _import_file(path: Path) -> ModuleType:
         raise PolicyError(f"policy {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    # A policy file is the user's, in the user's directory (often a project
+    # under version control): loading it leaves no __pycache__ beside it.
+    writes_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
     try:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
@@ -86,6 +90,8 @@ def _import_file(path: Path) -> ModuleType:
         raise PolicyError(
             f"policy {path}: failed to import: {type(exc).__name__}: {exc}{_where(exc, path)}"
         ) from exc
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
     return module
 
 

@@ -102,13 +102,15 @@ class RefusalReport:
             except ValueError:  # an absolute and a relative path
                 tally.beneath = "/"
 
-    def lines(self) -> list[str]:
+    def lines(self, *, failed: bool = False) -> list[str]:
         """One line per (function, rule, errno), most frequent first; then Landlock's.
 
         Stops the Landlock reader, if one runs, once the records still on
-        their way have arrived; without one, says why (when it was asked
-        for, and the program ran and asked the master something: a run
-        that failed to start ends with its error alone).
+        their way have arrived. Without one, says why — only where the
+        missing lines could matter: the program ran and asked the master
+        something, and it ``failed`` (a non-zero status) or other refusals
+        are listed. A clean run stays quiet, and a run that failed to start
+        ends with its error alone.
         """
         out = []
         for (function, route, code), tally in sorted(self.tallies.items(), key=lambda item: -item[1].count):
@@ -122,6 +124,6 @@ class RefusalReport:
             out += denial_lines(self.landlock.denials(self.pids | {os.getpid()}))  # the slave is our child
             if self.landlock.lost:
                 out.append(f"Landlock's refusals may be undercounted: {self.landlock.lost} audit reads overflowed")
-        elif self.landlock_unavailable and self.pids:  # not when the program never ran (or never asked)
+        elif self.landlock_unavailable and self.pids and (failed or out):
             out.append(f"Landlock's own refusals are not reported: {self.landlock_unavailable}")
         return out

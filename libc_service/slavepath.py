@@ -14,7 +14,7 @@ import os
 import posixpath
 from pathlib import PurePosixPath
 
-__all__ = ["directory_name", "join_to_directory", "slave_path"]
+__all__ = ["descriptor_name", "directory_name", "join_to_directory", "slave_path"]
 
 
 def slave_path(path: PurePosixPath, dirfd: int | None) -> str | None:
@@ -54,15 +54,24 @@ def _removed(fd: int) -> bool:
 
 def directory_name(dirfd: int) -> str | None:
     """The absolute name of the directory behind ``dirfd``; ``None`` once it was removed."""
+    return descriptor_name(dirfd)
+
+
+def descriptor_name(fd: int) -> str | None:
+    """The absolute name of the file or directory ``fd`` is open on; ``None`` once it was removed.
+
+    ``None`` too for an object with no path in the master's root (a pipe, a
+    socket, a file of another mount namespace).
+    """
     try:
-        name = os.readlink(f"/proc/self/fd/{dirfd}")
+        name = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return None
     if not name.startswith("/"):
         return None  # "(unreachable)/…": outside the master's root
     if name.endswith(" (deleted)"):
         try:
-            if os.fstat(dirfd).st_nlink == 0:
+            if os.fstat(fd).st_nlink == 0:
                 return None
         except OSError:
             return None

@@ -359,7 +359,8 @@ def test_combinations_describe_themselves_with_grouping() -> None:
 
 def test_a_combination_applies_to_the_functions_all_of_its_parts_understand() -> None:
     assert (under("/a") & writing()).functions == frozenset(
-        {"open", "openat", "unlink", "rmdir", "mkdir", "rename", "chmod", "chown", "utimens"}
+        {"open", "openat", "unlink", "rmdir", "mkdir", "rename", "chmod", "chown", "utimens",
+         "fchmod", "fchown", "futimens"}
     )
     assert (under("/a") & flags("create")).functions == frozenset({"open", "openat"})
     assert (under("/a") | to("127.0.0.1:*")).functions == frozenset()
@@ -545,3 +546,20 @@ async def test_creating_and_truncating_are_refused_the_rest_forwarded() -> None:
         assert (await session.call("open", path="/x", flags=["write_only"])).forwarded
         assert await session.call("mkdir", path="/x", mode=0o755) == Reply(-1, errno.EROFS)
         assert (await session.call("stat", path="/x")).forwarded
+
+
+def test_under_names_the_file_a_metadata_call_s_descriptor_is_open_on(tmp_path: Path) -> None:
+    from libc_service.requests import FchmodRequest
+
+    (tmp_path / "build").mkdir()
+    target = tmp_path / "build" / "prog"
+    target.write_bytes(b"")
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        request = FchmodRequest(pid=1, tid=1, fd=fd, mode=0o755)
+        assert under(str(tmp_path / "build"))(request)
+        assert not under(str(tmp_path / "src"))(request)
+        target.unlink()
+        assert not under(str(tmp_path / "build"))(request)  # removed: it has no name any more
+    finally:
+        os.close(fd)

@@ -58,3 +58,54 @@ def test_a_learnt_policy_lets_the_same_run_succeed_under_the_sandbox_and_nothing
     assert (again.returncode, again.stdout) == (0, learnt.stdout), again.stderr
     outside = cli("run", "--sandbox", "policy.py", "--", "cat", "secret.txt", cwd=tmp_path)
     assert outside.returncode != 0  # never read while learning: not granted
+
+
+def _learn_then_run(tmp_path: Path, argv: list[str], reset: list[str] | None = None) -> tuple[
+        subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    learnt = cli("learn", "-o", "policy.py", "--", *argv, cwd=tmp_path)
+    assert learnt.returncode == 0, learnt.stderr
+    if reset:
+        subprocess.run(reset, cwd=tmp_path, check=True)
+    again = cli("run", "--sandbox", "policy.py", "--", *argv, cwd=tmp_path)
+    return learnt, again
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+@pytest.mark.skipif(not all(map(Path("/usr/bin").joinpath, ("make", "cc"))), reason="no make or cc")
+def test_make_of_a_small_c_project_runs_identically_under_its_learnt_policy(tmp_path: Path) -> None:
+    (tmp_path / "main.c").write_text('#include <stdio.h>\nint add(int, int);\n'
+                                     'int main(void) { printf("%d\\n", add(2, 3)); return 0; }\n')
+    (tmp_path / "add.c").write_text("int add(int a, int b) { return a + b; }\n")
+    (tmp_path / "Makefile").write_text("prog: main.o add.o\n\tcc -o prog main.o add.o\n"
+                                       "%.o: %.c\n\tcc -c -o $@ $<\n")
+    learnt, again = _learn_then_run(tmp_path, ["make"], reset=["rm", "-f", "prog", "main.o", "add.o"])
+    assert (again.returncode, again.stdout) == (0, learnt.stdout), again.stderr
+    # The linker's chmod of its output went through the master: the program is executable.
+    assert subprocess.run([str(tmp_path / "prog")], capture_output=True, text=True, check=True).stdout == "5\n"
+    assert "METADATA_TREES" in (tmp_path / "policy.py").read_text()
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+@pytest.mark.skipif(not Path("/usr/bin/git").exists(), reason="no git")
+def test_git_runs_identically_under_its_learnt_policy(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=Learner", "-c", "user.email=l@example.test", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("a\n")
+    git("add", "a.txt")
+    git("commit", "-qm", "first")
+    (tmp_path / "a.txt").write_text("changed\n")
+    command = ["git", "-c", "core.pager=cat", "log", "--format=%an %s"]
+    learnt, again = _learn_then_run(tmp_path, command)
+    assert (again.returncode, again.stdout) == (0, learnt.stdout) == (0, "Learner first\n"), again.stderr
+    status_learnt, status_again = _learn_then_run(tmp_path, ["git", "status", "--porcelain"])
+    assert (status_again.returncode, status_again.stdout) == (0, status_learnt.stdout), status_again.stderr
+    assert status_again.stdout == " M a.txt\n?? policy.py\n"  # loading the policy left no __pycache__

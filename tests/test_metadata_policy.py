@@ -176,10 +176,11 @@ def test_trace_shows_metadata_changes_with_octal_modes(tmp_path: Path) -> None:
     assert target.stat().st_mtime == 5
 
 
-def test_learn_counts_a_changed_mode_as_a_write(tmp_path: Path) -> None:
+def test_learn_has_the_master_change_modes_where_the_run_did(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "f").write_text("x")
+    (tmp_path / "elsewhere").write_text("x")
     out = tmp_path / "policy.py"
     done = subprocess.run([*COMMAND, "learn", "-o", str(out), "--", "chmod", "640", str(tree / "f")],
                           capture_output=True, text=True, timeout=60, check=False)
@@ -187,9 +188,17 @@ def test_learn_counts_a_changed_mode_as_a_write(tmp_path: Path) -> None:
     assert stat.S_IMODE((tree / "f").stat().st_mode) == 0o640
     namespace: dict[str, object] = {}
     exec(compile(out.read_text(), str(out), "exec"), namespace)  # noqa: S102 - the policy learn wrote
-    sandbox = namespace["sandbox"]
-    assert any(str(tree).startswith(str(root)) or str(root).startswith(str(tree))
-               for root in sandbox.allow_write), out.read_text()  # type: ignore[attr-defined]
+    assert namespace["METADATA_TREES"] == [str(tree)], out.read_text()
+
+    again = subprocess.run([*COMMAND, "run", "--sandbox", str(out), "--", "chmod", "600", str(tree / "f")],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 0, again.stderr
+    assert stat.S_IMODE((tree / "f").stat().st_mode) == 0o600
+    refused = subprocess.run([*COMMAND, "run", "--sandbox", str(out), "--",
+                              "chmod", "600", str(tmp_path / "elsewhere")],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0  # not where the learnt run changed modes
+    assert stat.S_IMODE((tmp_path / "elsewhere").stat().st_mode) != 0o600
 
 
 # ------------------------------------------------------------- perform() itself
