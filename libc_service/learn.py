@@ -72,7 +72,7 @@ class Learned:
         Read trees merge files of one directory once ``MERGE_AT`` of them
         were used. Executables are granted as files.
         """
-        written = {self._write_target(path) for path in self.written}
+        written = {_existing(self._write_target(path)) for path in self.written}
         read = set(self.read) | set(self.listed)
         allow_write = narrowest(written)
         allow_read = [path for path in narrowest(read) if not _covered(path, allow_write)]
@@ -86,7 +86,7 @@ class Learned:
         to the program (``Sandbox(metadata=False)``) and the learnt router
         has the master do them beneath these trees only.
         """
-        return narrowest(os.path.dirname(path) or "/" for path in self.changed)
+        return narrowest(_existing(os.path.dirname(path) or "/") for path in self.changed)
 
     @staticmethod
     def _write_target(path: str) -> str:
@@ -96,6 +96,18 @@ class Learned:
         except OSError:
             pass
         return os.path.dirname(path) or "/"
+
+
+def _existing(path: str) -> str:
+    """``path``, or its nearest ancestor that exists now the run is over.
+
+    A directory the run created and removed (``/tmp/pip-target-x8k2``,
+    ``/tmp/cc1234.d``) will have another name next time: the rule names the
+    directory it was made in.
+    """
+    while path != "/" and not os.path.lexists(path):
+        path = os.path.dirname(path) or "/"
+    return path
 
 
 def _covered(path: str, trees: Iterable[str]) -> bool:

@@ -109,3 +109,14 @@ def test_git_runs_identically_under_its_learnt_policy(tmp_path: Path) -> None:
     status_learnt, status_again = _learn_then_run(tmp_path, ["git", "status", "--porcelain"])
     assert (status_again.returncode, status_again.stdout) == (0, status_learnt.stdout), status_again.stderr
     assert status_again.stdout == " M a.txt\n?? policy.py\n"  # loading the policy left no __pycache__
+
+
+def test_a_directory_the_run_created_and_removed_is_named_by_where_it_was_made(tmp_path: Path) -> None:
+    learned = Learned()
+    learned.changed.add(str(tmp_path / "pip-target-x8k2" / "lib" / "INSTALLER"))
+    learned.written.add(str(tmp_path / "cc1234.d" / "main.o"))
+    assert learned.metadata_trees() == [str(tmp_path)]
+    assert learned.sandbox_arguments()["allow_write"] == [str(tmp_path)]
+    (tmp_path / "kept").mkdir()
+    learned.changed = {str(tmp_path / "kept" / "prog")}
+    assert learned.metadata_trees() == [str(tmp_path / "kept")]
