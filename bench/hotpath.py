@@ -12,7 +12,7 @@ an optimisation are steadier here than through the shim.
 Rows: ``codec`` (decode_request + encode_reply only), ``channel`` (the
 same through the master's sans-I/O channel state: one call opened, answered
 and sent), ``master`` (the
-seed-level receive/send), ``router stat`` (Router with a stat handler
+explicit receive/send), ``router stat`` (Router with a stat handler
 returning a Stat), ``router open`` (WithFds of an os.open), ``router
 forward``, and ``serve stat``: the same stat router running ``router.serve``
 as a task, the raw socket waiting on the loop for each reply (so the master
