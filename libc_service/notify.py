@@ -436,7 +436,7 @@ class _Thread:
 
 
 def _thread_status(tid: int) -> _Thread:
-    """Read ``/proc/TID/status`` (about 15 µs: the kernel renders it whole) and pick five fields."""
+    """Read ``/proc/TID/status`` (costly: the kernel renders it whole) and pick five fields."""
     try:
         fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -1127,7 +1127,8 @@ def _build(fields: dict[str, Any], notification: _Notification, thread: _Thread)
     ``_decode`` checks what the models check (paths are NUL-free C strings
     of at most 4095 bytes, flags and modes come from tables, addresses are
     ``ipaddress`` objects); building with pydantic's validation would cost
-    13 µs a call, and ``model_construct`` as much. Models that are not
+    more than the rest of the call (docs/performance.md), and
+    ``model_construct`` as much. Models that are not
     plain data (validators that derive fields) are validated instead.
     """
     function = fields["function"]
