@@ -185,7 +185,9 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         report.watch_landlock()  # Landlock's own refusals, from the kernel's audit log
     status = 1  # the program did not run to its end
     try:
-        status = _run_loop(_serve_program(command, policy.router, sandbox, args.seccomp))
+        # With the report observing, the shim reports what the calls it forwarded returned.
+        status = _run_loop(_serve_program(command, policy.router, sandbox, args.seccomp,
+                                          reports=report is not None))
         return status
     finally:
         for line in report.lines(failed=status != 0) if report is not None else ():

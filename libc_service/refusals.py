@@ -9,7 +9,12 @@ line each, naming the tree the refused paths share::
 
     refused 12× chmod beneath /work by default (EPERM)
 
-Calls the kernel refused after a ``FORWARD`` are not seen by the master.
+A call the policy forwarded and the kernel then refused (``EACCES``,
+``EPERM``, ``EROFS``) is counted too when the shim reports what forwarded
+calls returned (``spawn(..., reports=True)``, as ``run --sandbox`` does)::
+
+    refused 2× open beneath /etc after FORWARD (EACCES)
+
 Landlock's own refusals are counted when the kernel logs them
 (:meth:`RefusalReport.watch_landlock`, :mod:`libc_service.landlock_audit`)::
 
@@ -38,6 +43,10 @@ REFUSING_ERRNOS = frozenset({
     errno_module.EPERM, errno_module.EACCES, errno_module.EROFS, errno_module.ENETUNREACH,
     errno_module.ECONNREFUSED, errno_module.EADDRNOTAVAIL,
 })
+#: Errnos by which the kernel refuses a call the policy forwarded (not "unreachable", "refused by the peer").
+KERNEL_REFUSING_ERRNOS = frozenset({errno_module.EPERM, errno_module.EACCES, errno_module.EROFS})
+#: The rule a kernel's refusal is counted under.
+_AFTER_FORWARD = "FORWARD"
 _PATH_FIELDS = ("path", "path1")
 
 
@@ -81,10 +90,16 @@ class RefusalReport:
 
     def __call__(self, decision: Decision) -> None:
         self.pids.add(decision.request.pid)
-        if decision.outcome != "error" or decision.errno not in REFUSING_ERRNOS:
+        if decision.outcome == "forward" and decision.result is not None:
+            if decision.errno not in KERNEL_REFUSING_ERRNOS:
+                return
+            route = _AFTER_FORWARD  # the slave's own call, refused by the kernel
+        elif decision.outcome != "error" or decision.errno not in REFUSING_ERRNOS:
             return
+        else:
+            route = decision.route
         request = decision.request
-        key = (request.function, decision.route, decision.errno)
+        key = (request.function, route, decision.errno)
         tally = self.tallies.setdefault(key, _Tally())
         tally.count += 1
         path = next((getattr(request, name) for name in _PATH_FIELDS if hasattr(request, name)), None)
@@ -116,7 +131,8 @@ class RefusalReport:
         for (function, route, code), tally in sorted(self.tallies.items(), key=lambda item: -item[1].count):
             where = f" beneath {tally.beneath}" if tally.beneath else ""
             name = errno_module.errorcode.get(code, str(code))
-            out.append(f"refused {tally.count}× {function}{where} by {route} ({name})")
+            how = "after FORWARD" if route == _AFTER_FORWARD else f"by {route}"
+            out.append(f"refused {tally.count}× {function}{where} {how} ({name})")
         if self.landlock is not None:
             from .landlock_audit import denial_lines
 

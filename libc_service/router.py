@@ -28,7 +28,7 @@ import logging
 import time
 import types
 import typing
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Container, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, Union
 
@@ -189,6 +189,12 @@ class Router:
     ) -> None:
         self._routes: list[Route] = []
         self._observers: list[Observer] = []
+        #: Transports whose shims report the results of forwarded calls (:meth:`hold_forwarded`).
+        self._holding = 0
+        #: Forwarded decisions waiting for their result, by (pid, tid, request id).
+        self._held: dict[tuple[int, int, int], Decision] = {}
+        #: Results that arrived before their decision was given to the observers.
+        self._early: dict[tuple[int, int, int], tuple[Result, int]] = {}
         self._bugs = BugLog()
         self.concurrent = concurrent
         self.error_errno = deny(error_errno).errno
@@ -278,6 +284,47 @@ class Router:
     def observed(self) -> bool:
         """Whether any observer is registered (they must see every call, even those decided elsewhere)."""
         return bool(self._observers)
+
+    def hold_forwarded(self, on: bool = True) -> None:
+        """Hold each decision the master answers ``FORWARD`` until the slave reports its result.
+
+        For a transport whose shim reports what the forwarded calls returned
+        (``spawn(..., reports=True)``): the observers then get one
+        :class:`Decision` per call, outcome ``"forward"`` with the real
+        ``result`` and ``errno`` (:meth:`forward_result`). Counted: each
+        transport turns it on for its run and off after; when the last one
+        turns it off, what is still held goes to the observers without a
+        result. Nothing waits on the slave: a held decision only delays
+        what the observers see.
+        """
+        self._holding += 1 if on else -1
+        if self._holding <= 0:
+            self._holding = 0
+            self.release_forwarded()
+
+    def forward_result(self, pid: int, tid: int, request_id: int, result: Result, errno: int) -> None:
+        """The slave's own call of a forwarded request returned ``result`` (-1 and ``errno`` on failure)."""
+        key = (pid, tid, request_id)
+        decision = self._held.pop(key, None)
+        if decision is None:
+            if self._holding:  # its decision is still on its way to the observers
+                if len(self._early) >= _HELD_MAX:
+                    del self._early[next(iter(self._early))]
+                self._early[key] = (result, errno)
+            return
+        self._deliver(dataclasses.replace(decision, result=result, errno=errno))
+
+    def release_forwarded(self, pids: Container[int] | None = None) -> None:
+        """Give the observers the forwarded decisions still held (of ``pids``, or all), without a result.
+
+        Their result will not come: the report was lost, the process ran
+        another program or died, the run ended.
+        """
+        keys = [key for key in self._held if pids is None or key[0] in pids]
+        for key in keys:
+            self._deliver(self._held.pop(key))
+        for key in [key for key in self._early if pids is None or key[0] in pids]:
+            del self._early[key]
 
     def routes(self) -> RouteTable:
         """The registered routes, in order, and the default."""
@@ -469,11 +516,28 @@ class Router:
             return Errno(self.timeout_errno)
 
     def _notify(self, decision: Decision) -> None:
+        if self._holding and decision.outcome == "forward" and decision.result is None and decision.transport == "shim":
+            request = decision.request
+            key = (request.pid, request.tid, request.request_id)
+            early = self._early.pop(key, None)
+            if early is None:
+                if len(self._held) >= _HELD_MAX:  # reports lost en masse: do not grow without bound
+                    self._deliver(self._held.pop(next(iter(self._held))))
+                self._held[key] = decision
+                return
+            decision = dataclasses.replace(decision, result=early[0], errno=early[1])
+        self._deliver(decision)
+
+    def _deliver(self, decision: Decision) -> None:
         for observer in self._observers:
             try:
                 observer(decision)
             except Exception:  # noqa: BLE001 - an observer bug must not end the session
                 logger.exception("observer %s failed", _name(observer))
+
+
+#: At most this many forwarded decisions wait for their result (and results for their decision).
+_HELD_MAX: Final = 65536
 
 
 class _Pending:

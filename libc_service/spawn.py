@@ -30,11 +30,13 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from . import wire
+from .catalogue import GAI_ERRORS
 from .master import Master, close_fds, received_fds
 from .rules import ENV_REPORTS, ENV_RULES, rules_value
 
 if TYPE_CHECKING:
     from .notify import ListenerHandoff, SeccompSession
+    from .replies import Result
     from .router import Router
     from .sandbox import PreparedSandbox, Sandbox
 
@@ -76,6 +78,20 @@ def shim_path() -> Path:
 def exit_status(returncode: int) -> int:
     """A shell-style exit status: the code, or 128+N for death by signal N."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+def _forwarded_result(function: str, report: wire.Report | wire.ForwardResult) -> tuple[Result, int]:
+    """A forwarded call's result and errno as a :class:`~libc_service.router.Decision` carries them.
+
+    getaddrinfo's code becomes the error's name (``"noname"``, ``"system"``
+    with its errno), as the master's own answers name it.
+    """
+    if function == "getaddrinfo" and report.result:
+        if 1 <= report.result <= len(GAI_ERRORS):
+            name = GAI_ERRORS[report.result - 1]
+            return name, report.errno if name == "system" else 0
+        return report.result, 0
+    return report.result, report.errno if report.result < 0 else 0
 
 
 class RegistrationListener:
@@ -245,6 +261,10 @@ class SlaveProcess:
         self._reports = reports
         #: Reports lost so far, by pid, as the shim counted them.
         self._reports_lost: dict[int, int] = {}
+        #: Whether the router holds forwarded decisions for their results (the shim reports them).
+        self._holding = False
+        #: Every pid that registered: their held decisions are released at the end.
+        self._pids: set[int] = set()
         #: The seccomp listener's session (``seccomp=True``), once the program runs.
         self.seccomp_session: SeccompSession | None = None
         self._seccomp_task: asyncio.Task[None] | None = None
@@ -278,9 +298,10 @@ class SlaveProcess:
             rules = None if self._seccomp or not self._rules else rules_value(self.router, reports=self._reports)
             if rules is not None:
                 env[ENV_RULES] = rules
-                if self.router.observed:
-                    # Observers see the calls the shim decided only through reports.
-                    env[ENV_REPORTS] = "1"
+            reporting = not self._seccomp and self._reports and self.router.observed
+            if reporting:
+                # Observers see the calls the shim decided, and what forwarded calls returned, through reports.
+                env[ENV_REPORTS] = "1"
             if self._sandbox is not None:
                 prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd)
                 local = local_value(prepared.local_trees)
@@ -316,12 +337,16 @@ class SlaveProcess:
             except BaseException:
                 mine.close()
                 raise
+        if reporting:
+            self.router.hold_forwarded(True)
+            self._holding = True
         self._listener = RegistrationListener(mine, self._report)
         self._serving = asyncio.ensure_future(self._serve_tree(self._listener))
         return self
 
     def _report(self, data: bytes) -> None:
-        """A call the shim decided with the rule table: the observers see it as the router's default."""
+        """A report: a call the shim decided with the rule table (the observers see it as the router's
+        default, with its result), or the result of a call the master forwarded (given to its decision)."""
         from .router import Decision
 
         try:
@@ -329,12 +354,19 @@ class SlaveProcess:
         except wire.RemoteProtocolError as exc:
             logger.warning("ignoring a malformed report: %s", exc)
             return
-        if report.lost > self._reports_lost.get(report.request.pid, 0):
-            logger.warning("pid %d: %d report(s) of calls its shim decided were lost (the socket was full)",
-                           report.request.pid, report.lost - self._reports_lost.get(report.request.pid, 0))
-            self._reports_lost[report.request.pid] = report.lost
+        pid = report.pid if isinstance(report, wire.ForwardResult) else report.request.pid
+        if report.lost > self._reports_lost.get(pid, 0):
+            logger.warning("pid %d: %d report(s) of calls its shim decided or forwarded were lost (the socket "
+                           "was full)", pid, report.lost - self._reports_lost.get(pid, 0))
+            self._reports_lost[pid] = report.lost
+        if isinstance(report, wire.ForwardResult):
+            self.router.forward_result(report.pid, report.tid, report.request_id,
+                                       *_forwarded_result(report.function, report))
+            return
         if report.outcome == "forward":
-            decision = Decision(report.request, "default", "forward", None, 0, 0, 0, f"rules {report.request.pid}")
+            result, errno = _forwarded_result(report.request.function, report)
+            decision = Decision(report.request, "default", "forward", result, errno, 0, 0,
+                                f"rules {report.request.pid}")
         else:
             decision = Decision(report.request, "default", "error", -1, report.errno, 0, 0,
                                 f"rules {report.request.pid}")
@@ -462,6 +494,10 @@ class SlaveProcess:
         if self._listener is not None:
             self._listener.drain_reports()
             self._listener.close()
+        if self._holding:
+            self._holding = False
+            self.router.release_forwarded(self._pids)
+            self.router.hold_forwarded(False)
         if self.seccomp_session is not None:
             self.seccomp_session.close()
         if self._seccomp_task is not None:
@@ -487,6 +523,11 @@ class SlaveProcess:
         """Serve each registered process's channel in a task of one task group, until the listener ends."""
         async with asyncio.TaskGroup() as sessions:
             async for pid, sock in listener:
+                if self._holding:
+                    # A registration follows, on the same socket, every report the pid's previous
+                    # program sent: a forwarded call of it still waiting for its result lost its report.
+                    self.router.release_forwarded((pid,))
+                    self._pids.add(pid)
                 master = self._admit(pid, sock)
                 if master is not None:
                     sessions.create_task(self._serve(master), name=f"libc-service session {master.name}")

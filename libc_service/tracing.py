@@ -1,10 +1,15 @@
 """Turn router decisions into log lines: the ``trace`` command and audit logs.
 
 :class:`Tracer` is a router observer that writes one line per call, either
-for people (``[pid 12 tid 12] openat("/etc/hostname", read_only) = 3 <8.2µs>``)
-or as JSON lines with a stable set of keys. A call that reached the master
-as a seccomp notification (``trace --seccomp``) says so: ``[pid 12 tid 12
-seccomp]``, and ``"transport": "seccomp"`` (``"shim"`` otherwise).
+for people (``[pid 12 tid 12] open("/etc/hostname", read_only, NULL) = 3 [forwarded] <8.2µs>``)
+or as JSON lines with a stable set of keys. Results read as strace's:
+``= 3``, ``= 0``, ``= -1 ENOENT (No such file or directory)``; a call the
+program did itself on a ``FORWARD`` shows what it returned (the shim
+reports it) followed by ``[forwarded]``, or ``= forwarded`` when that is
+unknown (a seccomp notification the kernel continued, a lost report). A
+call that reached the master as a seccomp notification (``trace
+--seccomp``) says so: ``[pid 12 tid 12 seccomp]``, and ``"transport":
+"seccomp"`` (``"shim"`` otherwise).
 """
 
 from __future__ import annotations
@@ -100,11 +105,12 @@ def decision_line(decision: Decision, directories: Mapping[str, str] | None = No
         arguments += ", no_replace"
     if getattr(request, "no_follow", False) is True:  # the metadata changes' AT_SYMLINK_NOFOLLOW
         arguments += ", no_follow"
-    if decision.outcome == "forward":
-        answer = "forwarded"
+    if decision.outcome == "forward" and decision.result is None:
+        answer = "forwarded"  # what the slave's own call returned is unknown (seccomp, a lost report)
     elif decision.errno:
         name = errno_module.errorcode.get(decision.errno, str(decision.errno))
         answer = f"-1 {name}" if decision.result != "system" else f"system {name}"
+        answer += f" ({os.strerror(decision.errno)})"
     elif isinstance(decision.result, Stat):
         answer = f"{{type={decision.result.type}, mode={decision.result.mode:o}, size={decision.result.size}}}"
     elif isinstance(decision.result, list):
@@ -113,6 +119,8 @@ def decision_line(decision: Decision, directories: Mapping[str, str] | None = No
         answer = str(decision.result)
     if decision.nfds:
         answer += f" +{decision.nfds} fd"
+    if decision.outcome == "forward" and decision.result is not None:
+        answer += " [forwarded]"  # the slave's own call returned it
     route = "" if decision.route == "default" else f" by {decision.route}"
     transport = " seccomp" if decision.transport == "seccomp" else ""
     return (
@@ -141,9 +149,17 @@ class Tracer:
         self.json_lines = json_lines
         self._sessions: set[tuple[int, str]] = set()
         self._directories: dict[tuple[str, int, int], str] = {}
+        #: Program lines read while a process waited for an answer, by pid: (its executable, the line).
+        self._programs: dict[int, tuple[str, str]] = {}
 
     def note_directory(self, request: Request) -> object:
-        """A handler: remember the directory a relative path is relative to, then forward."""
+        """A handler: remember the directory a relative path is relative to, then forward.
+
+        Also reads the program the process runs while it waits: its line is
+        written with the call's decision, which waits for the call's result
+        (the process may be gone by then).
+        """
+        self._note_program(request.pid)
         for name, fd_name in (("path", "dirfd"), ("path1", "dirfd1"), ("path2", "dirfd2")):
             fd = getattr(request, fd_name, None)
             if fd is None or os.fspath(getattr(request, name)).startswith("/"):
@@ -163,12 +179,14 @@ class Tracer:
         try:
             image = os.readlink(f"/proc/{request.pid}/exe")
         except OSError:
-            image = decision.session
+            early = self._programs.get(request.pid)
+            image = early[0] if early is not None else decision.session
         key = (request.pid, image)
         program = ""
         if key not in self._sessions:
             self._sessions.add(key)
-            program = self._program(request.pid)
+            early = self._programs.pop(request.pid, None)
+            program = early[1] if early is not None and early[0] == image else self._program(request.pid)
         directories = {name: self._directories.pop((name, request.pid, request.request_id))
                        for name in ("path", "path1", "path2")
                        if (name, request.pid, request.request_id) in self._directories}
@@ -185,6 +203,15 @@ class Tracer:
         # One write: the program runs on meanwhile and may write to the same stream.
         self.stream.write(program + line + "\n")
         self.stream.flush()
+
+    def _note_program(self, pid: int) -> None:
+        try:
+            image = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return
+        if (pid, image) in self._sessions or self._programs.get(pid, ("", ""))[0] == image:
+            return
+        self._programs[pid] = (image, self._program(pid))
 
     def _program(self, pid: int) -> str:
         """The line naming the program ``pid`` runs (with its newline), or "" when it is gone."""

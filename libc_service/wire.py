@@ -52,7 +52,9 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "REPORT",
+    "REPORT_CALL",
     "REPORT_MAGIC",
+    "ForwardResult",
     "Report",
     "ReplyMessage",
     "decode_registration",
@@ -892,10 +894,14 @@ def decode_registration(data: bytes, nfds: int) -> int:
 
 # ---------------------------------------------------------------- reports
 
-#: magic, version, outcome (1 forwarded, 2 denied), reserved, errno, reports
-#: the process lost before this one; then the request as the shim encodes it.
-REPORT: Final = struct.Struct("<4sHBBII")
-_REPORT_OUTCOMES: Final = {1: "forward", 2: "deny"}
+#: magic, version, outcome (1 forwarded by the rules, 2 denied by the rules,
+#: 3 forwarded by the master), reserved, errno, reports the process lost
+#: before this one, the call's result; then, for outcomes 1 and 2, the
+#: request as the shim encodes it, for outcome 3 :data:`REPORT_CALL`.
+REPORT: Final = struct.Struct("<4sHBBIIq")
+#: The call the master answered "forward": its request's pid, tid, id and function; reserved.
+REPORT_CALL: Final = struct.Struct("<IIQHH")
+_REPORT_OUTCOMES: Final = {1: "forward", 2: "deny", 3: "result"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -908,18 +914,46 @@ class Report:
     errno: int
     #: Reports the process could not send before this one (the socket was full).
     lost: int
+    #: What the call returned (-1 with ``errno`` on failure; a denial's is -1).
+    result: int = -1
 
 
-def decode_report(data: bytes) -> Report:
+@dataclass(frozen=True, slots=True)
+class ForwardResult:
+    """What the slave's own call returned after the master answered ``FORWARD`` (report outcome 3).
+
+    ``result`` is the call's return value (-1 with ``errno`` on failure); for
+    getaddrinfo 0, the protocol's code of an error it names (1-9, see
+    :data:`GAI_ERRORS`, ``errno`` set with ``system``) or glibc's own code.
+    """
+
+    pid: int
+    tid: int
+    request_id: int
+    function: str
+    result: int
+    errno: int
+    lost: int
+
+
+def decode_report(data: bytes) -> Report | ForwardResult:
     """Decode and validate one report datagram (it carries no descriptors)."""
     if len(data) < REPORT.size:
         raise RemoteProtocolError(f"report of {len(data)} bytes is shorter than its {REPORT.size}-byte header")
-    magic, version, outcome, reserved, errno, lost = REPORT.unpack_from(data)
+    magic, version, outcome, reserved, errno, lost, result = REPORT.unpack_from(data)
     if magic != REPORT_MAGIC or version != VERSION:
         raise RemoteProtocolError("bad report magic or version")
     if reserved or outcome not in _REPORT_OUTCOMES:
         raise RemoteProtocolError(f"bad report outcome {outcome}")
-    if (outcome == 2) != (0 < errno < 4096):
+    if errno >= 4096 or (outcome == 2 and not errno):
         raise RemoteProtocolError(f"report errno {errno} does not fit its outcome")
+    if outcome == 3:
+        if len(data) != REPORT.size + REPORT_CALL.size:
+            raise RemoteProtocolError(f"a forwarded call's report of {len(data)} bytes, "
+                                      f"expected {REPORT.size + REPORT_CALL.size}")
+        pid, tid, request_id, code, reserved = REPORT_CALL.unpack_from(data, REPORT.size)
+        if reserved or not 1 <= code <= len(FUNCTIONS):
+            raise RemoteProtocolError(f"bad function {code} in a forwarded call's report")
+        return ForwardResult(pid, tid, request_id, FUNCTIONS[code - 1], result, errno, lost)
     request = decode_request(data[REPORT.size:])
-    return Report(request, "forward" if outcome == 1 else "deny", errno, lost)
+    return Report(request, "forward" if outcome == 1 else "deny", errno, lost, result if outcome == 1 else -1)

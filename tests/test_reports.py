@@ -7,21 +7,26 @@ the calls the shim decided as it shows the ones the master decided.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libc_service import wire
+from libc_service import Router, spawn, wire
 from libc_service.requests import OpenRequest
+from libc_service.router import Decision
 from shimtools import needs_shim
 
 
-def _report(outcome: int, errno: int, request: bytes, lost: int = 0) -> bytes:
-    return wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, outcome, 0, errno, lost) + request
+def _report(outcome: int, errno: int, request: bytes, lost: int = 0, result: int = 0) -> bytes:
+    return wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, outcome, 0, errno, lost, result) + request
 
 
 _OPEN = wire.encode_request(OpenRequest(function="open", pid=7, tid=8, request_id=0, path="/etc/hostname",
@@ -34,10 +39,22 @@ def test_a_forwarded_and_a_denied_report_decode_to_their_request() -> None:
     assert str(forwarded.request.path) == "/etc/hostname" and forwarded.request.pid == 7  # type: ignore[union-attr]
     denied = wire.decode_report(_report(2, 13, _OPEN))
     assert denied.outcome == "deny" and denied.errno == 13
+    failed = wire.decode_report(_report(1, 2, _OPEN, result=-1))
+    assert isinstance(failed, wire.Report) and failed.result == -1 and failed.errno == 2
+
+
+def test_a_forwarded_calls_result_decodes_to_its_identity() -> None:
+    result = wire.decode_report(_report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, wire.CODE["open"], 0), lost=1,
+                                        result=3))
+    assert result == wire.ForwardResult(pid=7, tid=8, request_id=42, function="open", result=3, errno=0, lost=1)
+    failed = wire.decode_report(_report(3, 2, wire.REPORT_CALL.pack(7, 8, 43, wire.CODE["stat"], 0), result=-1))
+    assert isinstance(failed, wire.ForwardResult) and failed.errno == 2
 
 
 @pytest.mark.parametrize("data", [
-    b"", b"LCSo", _report(3, 0, _OPEN), _report(1, 13, _OPEN), _report(2, 0, _OPEN), _report(1, 0, b""),
+    b"", b"LCSo", _report(3, 0, _OPEN), _report(4, 0, _OPEN), _report(1, 4096, _OPEN), _report(2, 0, _OPEN),
+    _report(1, 0, b""), _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 1, 0)[:-1]),
+    _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 0, 0)), _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 1, 1)),
     _report(1, 0, _OPEN[:-1]), b"LCSr" + _report(1, 0, _OPEN)[4:],
 ])
 def test_a_malformed_report_is_a_protocol_error(data: bytes) -> None:
@@ -46,7 +63,7 @@ def test_a_malformed_report_is_a_protocol_error(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=200), st.integers(0, 3), st.integers(0, 5000))
+@given(st.binary(max_size=200), st.integers(0, 4), st.integers(0, 5000))
 def test_any_bytes_decode_or_raise_a_protocol_error(tail: bytes, outcome: int, errno: int) -> None:
     for data in (tail, _report(outcome, errno, tail), _report(outcome, errno, _OPEN[:len(tail)] + tail)):
         try:
@@ -61,5 +78,80 @@ def test_trace_shows_the_calls_the_shim_decided(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "libc_service", "trace", "--", "cat", str(tmp_path / "f"),
                            "/nonexistent/file"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1
-    assert f'open("{tmp_path / "f"}", read_only, NULL) = forwarded' in done.stderr
-    assert 'open("/nonexistent/file", read_only, NULL) = forwarded' in done.stderr
+    assert f'open("{tmp_path / "f"}", read_only, NULL) = 3 [forwarded]' in done.stderr
+    assert ('open("/nonexistent/file", read_only, NULL) = -1 ENOENT (No such file or directory) [forwarded]'
+            in done.stderr)
+
+
+# ------------------------------------------------------- forwarded calls' results
+
+
+def _forwarded(pid: int = 7, tid: int = 8, request_id: int = 42) -> Decision:
+    request = OpenRequest(function="open", pid=pid, tid=tid, request_id=request_id, path="/etc/hostname",
+                          flags=frozenset({"read_only"}))
+    return Decision(request, "default", "forward", None, 0, 0, 0, "pid 7")
+
+
+def test_a_held_forwarded_decision_reaches_observers_once_with_its_result() -> None:
+    router = Router()
+    seen: list[Decision] = []
+    router.observe(seen.append)
+    router.hold_forwarded(True)
+    router.report(_forwarded())
+    assert seen == []  # waiting for the slave's report
+    router.forward_result(7, 8, 42, 3, 0)
+    assert [(d.outcome, d.result, d.errno) for d in seen] == [("forward", 3, 0)]
+    router.forward_result(7, 8, 42, 3, 0)  # a duplicate finds nothing
+    assert len(seen) == 1
+
+
+def test_a_result_before_its_decision_and_a_lost_result_each_give_one_decision() -> None:
+    router = Router()
+    seen: list[Decision] = []
+    router.observe(seen.append)
+    router.hold_forwarded(True)
+    router.forward_result(7, 8, 1, -1, 2)  # the report overtook the decision
+    router.report(_forwarded(request_id=1))
+    router.report(_forwarded(request_id=2))  # its report never comes
+    router.report(_forwarded(pid=9, request_id=3))
+    assert [(d.request.request_id, d.result, d.errno) for d in seen] == [(1, -1, 2)]
+    router.release_forwarded((7,))
+    assert [(d.request.request_id, d.result) for d in seen] == [(1, -1), (2, None)]
+    router.hold_forwarded(False)  # the last transport: everything still held goes out
+    assert [(d.request.request_id, d.result) for d in seen] == [(1, -1), (2, None), (3, None)]
+    router.report(_forwarded(request_id=4))  # not holding any more: at once, without a result
+    assert seen[-1].request.request_id == 4 and seen[-1].result is None
+
+
+@needs_shim
+async def test_reports_lost_under_pressure_are_counted_not_waited_for(caplog: pytest.LogCaptureFixture) -> None:
+    """An observer that blocks the master's loop does not slow the slave: the reports the
+    registration socket cannot take are dropped and counted (the next one says how many)."""
+    router = Router()
+    count = 0
+
+    def slow(decision: Decision) -> None:
+        nonlocal count
+        count += 1
+        if count == 1:
+            time.sleep(3)  # blocks the loop: nothing reads the registration socket meanwhile
+
+    router.observe(slow)
+    program = textwrap.dedent("""
+        import os, sys, time
+        started = time.monotonic()
+        for _ in range(20000):
+            os.stat("/etc/hostname")
+        print(round(time.monotonic() - started, 3))
+        sys.stdout.flush()
+        time.sleep(4)
+        os.stat("/etc/hostname")  # after the observer: its report carries the count
+    """)
+    caplog.set_level(logging.WARNING, logger="libc_service")
+    async with spawn([sys.executable, "-c", program], router, reports=True,
+                     stdout=asyncio.subprocess.PIPE) as process:
+        out, _ = await process.communicate()
+        assert process.returncode == 0
+    assert float(out) < 2.5, "the slave waited for its reports"
+    assert count < 20000
+    assert any("were lost" in record.getMessage() for record in caplog.records), caplog.text

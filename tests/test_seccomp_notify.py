@@ -226,7 +226,8 @@ def test_trace_says_which_calls_came_as_seccomp_notifications(
     assert (done.returncode, done.stdout) == (0, b"mkdir: 0\n"), done.stderr.decode()
     [line] = [line for line in log.read_text().splitlines() if "mkdir(" in line]
     assert line.startswith("[pid ") and " seccomp] mkdir(" in line
-    assert f'mkdir("made" (in {json.dumps(str(tmp_path))}), 0750) = forwarded' in line
+    # The kernel continued the call: what it returned is not known (no result, no "[forwarded]").
+    assert f'mkdir("made" (in {json.dumps(str(tmp_path))}), 0750) = forwarded <' in line
     done = subprocess.run(
         [sys.executable, "-m", "libc_service", "trace", "--seccomp", "--json", "-o", str(log), "--", program,
          "stat", "/"],

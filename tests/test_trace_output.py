@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from shimtools import needs_shim
@@ -24,7 +25,7 @@ def test_lines_name_the_program_the_directory_and_the_mode_in_octal(tmp_path: Pa
     programs = [line for line in log if "execve(" in line]
     assert any('execve("/usr/bin/mkdir", ["mkdir", "-m", "750", "d"])' in line for line in programs)
     mkdir = next(line for line in log if " mkdir(" in line)
-    assert f'mkdir("d" (in "{tmp_path}"), 0750) = forwarded' in mkdir
+    assert f'mkdir("d" (in "{tmp_path}"), 0750) = 0 [forwarded]' in mkdir
 
 
 def mkdir_keys(records: list[dict[str, object]]) -> set[str]:
@@ -42,3 +43,78 @@ def test_json_lines_carry_a_timestamp_the_directory_and_an_execve_record(tmp_pat
     assert mkdir["directories"] == {"path": str(tmp_path)}
     assert isinstance(mkdir["time"], float) and mkdir["time"] >= execs[0]["time"]
     assert mkdir["route"] == "default"
+
+
+def test_forwarded_calls_show_what_they_returned_as_strace_does(tmp_path: Path) -> None:
+    """Open, stat and connect of an existing and a missing object, relative (the master forwards them) and
+    absolute (the shim's rule table does): each line carries the program's own result."""
+    (tmp_path / "f").write_text("x")
+    program = textwrap.dedent(f"""
+        import os, socket
+        fd = os.open("f", os.O_RDONLY)
+        for path in ("missing", "{tmp_path}/missing"):
+            try:
+                os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                pass
+        os.stat("{tmp_path}/f")
+        server = socket.socket(socket.AF_UNIX)
+        server.bind("sock")
+        server.listen()
+        client = socket.socket(socket.AF_UNIX)
+        client.connect("sock")
+        try:
+            socket.socket(socket.AF_UNIX).connect("nosock")
+        except FileNotFoundError:
+            pass
+        print(fd)
+    """)
+    done = trace("-o", "log", "--", sys.executable, "-c", program, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    fd = int(done.stdout)
+    log = (tmp_path / "log").read_text()
+    enoent = "= -1 ENOENT (No such file or directory) [forwarded]"
+    where = f'(in "{tmp_path}")'
+    assert f'open("f" {where}, close_on_exec|read_only, NULL) = {fd} [forwarded]' in log, log
+    assert f'open("missing" {where}, close_on_exec|read_only, NULL) {enoent}' in log, log
+    assert f'open("{tmp_path}/missing", close_on_exec|read_only, NULL) {enoent}' in log, log
+    assert f'stat("{tmp_path}/f") = 0 [forwarded]' in log, log
+    assert 'connect_unix(' in log and f'"sock" {where}) = 0 [forwarded]' in log, log
+    assert f'"nosock" {where}) {enoent}' in log, log
+
+
+def test_each_thread_gets_the_results_of_its_own_calls(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    program = textwrap.dedent("""
+        import os, threading
+        def work():
+            for _ in range(50):
+                os.close(os.open("f", os.O_RDONLY))
+                try:
+                    os.stat("missing")
+                except FileNotFoundError:
+                    pass
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    """)
+    done = trace("--json", "-o", "log", "--", sys.executable, "-c", program, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    mine = [r for r in records if r["arguments"].get("path") in ("f", "missing") and r["tid"] != r["pid"]]
+    opens = [r for r in mine if r["function"] == "open"]
+    stats = [r for r in mine if r["function"] == "stat"]
+    assert len(opens) == len(stats) == 200
+    assert len({r["tid"] for r in mine}) == 4
+    assert all(r["decision"] == "forward" and r["errno"] == 0 and r["result"] >= 3 for r in opens)
+    assert all((r["result"], r["errno"], r["errno_name"]) == (-1, 2, "ENOENT") for r in stats)
+
+
+def test_getaddrinfo_shows_its_return_code(tmp_path: Path) -> None:
+    program = "import socket; socket.getaddrinfo('localhost', 80, type=socket.SOCK_STREAM)"
+    done = trace("-o", "log", "--", sys.executable, "-c", program, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in (tmp_path / "log").read_text().splitlines() if " getaddrinfo(" in line]
+    assert '"localhost"' in line and "= 0 [forwarded]" in line, line

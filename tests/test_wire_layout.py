@@ -170,7 +170,8 @@ LAYOUTS = [
                              "mode", "type", "uid", "gid"]),
     ("LCS_AI", wire.ADDRINFO, ["family", "reserved", "port", "scope_id", "address"]),
     ("LCS_HELLO", wire.REGISTRATION, ["magic", "version", "reserved1", "pid", "reserved2"]),
-    ("LCS_REPORT", wire.REPORT, ["magic", "version", "outcome", "reserved", "errno", "lost"]),
+    ("LCS_REPORT", wire.REPORT, ["magic", "version", "outcome", "reserved", "errno", "lost", "result"]),
+    ("LCS_REPORT_CALL", wire.REPORT_CALL, ["pid", "tid", "id", "function", "reserved"]),
     ("LCS_RULES", rule_table.HEADER, ["magic", "version", "count"]),
     ("LCS_RULES_ENTRY", rule_table.ENTRY, ["function", "action", "errno", "size"]),
 ]
@@ -198,6 +199,7 @@ def test_every_header_offset_is_compared(header: dict[str, int]) -> None:
 @pytest.mark.parametrize(("c_name", "size"), [
     ("LCS_HELLO_SIZE", wire.REGISTRATION.size),
     ("LCS_REPORT_HEADER", wire.REPORT.size),
+    ("LCS_REPORT_CALL_SIZE", wire.REPORT_CALL.size),
     ("LCS_RULES_HEADER", rule_table.HEADER.size),
     ("LCS_RULES_ENTRY", rule_table.ENTRY.size),
     ("LCS_RULES_VERSION", rule_table.VERSION),

@@ -47,6 +47,18 @@ static int reporting;             /* LIBC_SERVICE_REPORTS=1: tell observers */
 static unsigned reports_lost;     /* reports the socket did not take */
 static __thread pid_t cached_tid;
 
+/* Reports due after the real call, innermost last: a real call may come
+ * back into the shim (an NSS module's fopen inside getaddrinfo). */
+#define PENDING_MAX 4
+struct pending {
+	int outcome;
+	pid_t tid;
+	uint64_t id;
+	struct lcs_request request; /* LCS_REPORT_FORWARDED: its strings are the caller's */
+};
+static __thread struct pending pending[PENDING_MAX];
+static __thread unsigned npending;
+
 /* Little-endian field access, independent of host order. */
 static void put16(unsigned char *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
 static void put32(unsigned char *p, uint32_t v) { put16(p, v); put16(p + 2, v >> 16); }
@@ -71,6 +83,7 @@ static void atfork_child(void)
 	users = 0;
 	waiters = NULL;
 	cached_tid = 0;
+	npending = 0;
 	lcs_ownfds_forked();
 }
 
@@ -268,37 +281,108 @@ static size_t encode_request(unsigned char *buf, const struct lcs_request *reque
 	return strings + request->len1 + request->len2 - buf;
 }
 
-/* ---- reports: calls the rules decided, for the master's observers ----
+/* ---- reports: calls the rules decided or forwarded, for the master's observers ----
  *
  * With LIBC_SERVICE_REPORTS=1 (spawn() sets it when the router has
- * observers), a call the rule table decided is told to the master
- * afterwards: one datagram on the registration socket, "LCSo", the
- * version, the outcome (1 forwarded, 2 denied), the errno, how many
- * reports this process lost before, then the request as it would have
- * been sent (no descriptors).  MSG_DONTWAIT: the slave never waits for an
- * observer; a report the socket does not take is counted and dropped. */
-void lcs_report(const struct lcs_request *request, int outcome, int error)
+ * observers), every call the real libc does on a "forward" (the rule
+ * table's or the master's) and every call the rule table denied is told
+ * to the master: one datagram on the registration socket (docs/protocol.md
+ * "Report"), "LCSo", the version, the outcome (1 forwarded by the rules,
+ * 2 denied by the rules, 3 forwarded by the master), the errno, how many
+ * reports this process lost before, the real call's result; then the
+ * request as it would have been sent (no descriptors), or for outcome 3
+ * the pid, tid and id of the request the master answered.  MSG_DONTWAIT:
+ * the slave never waits for an observer; a report the socket does not
+ * take is counted and dropped.  errno is kept. */
+static void send_report(unsigned char *buf, size_t len)
 {
-	unsigned char buf[LCS_REPORT_HEADER + LCS_MAX_MESSAGE];
-	int fds[3], nfds, reg = lcs_reg_fd();
-	struct iovec iov = { buf, 0 };
+	struct iovec iov = { buf, len };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-	unsigned lost = __atomic_load_n(&reports_lost, __ATOMIC_RELAXED);
+	int saved_errno = errno;
 
-	if (!reporting || reg < 0 || !lcs_own_process())
-		return;
-	if (LCS_REQUEST_HEADER + 4 * LCS_MAX_GROUPS + request->len1 + request->len2 > LCS_MAX_MESSAGE)
-		return;
+	if (sendmsg(lcs_reg_fd(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)len)
+		__atomic_add_fetch(&reports_lost, 1, __ATOMIC_RELAXED);
+	errno = saved_errno;
+}
+
+static void report_header(unsigned char *buf, int outcome, int64_t result, int error)
+{
 	memset(buf, 0, LCS_REPORT_HEADER);
 	memcpy(buf + LCS_REPORT_MAGIC_OFFSET, "LCSo", 4);
 	put16(buf + LCS_REPORT_VERSION_OFFSET, LCS_VERSION);
 	buf[LCS_REPORT_OUTCOME_OFFSET] = outcome;
-	put32(buf + LCS_REPORT_ERRNO_OFFSET, error);
-	put32(buf + LCS_REPORT_LOST_OFFSET, lost);
-	iov.iov_len = LCS_REPORT_HEADER +
-	              encode_request(buf + LCS_REPORT_HEADER, request, current_tid(), 0, fds, &nfds);
-	if (nfds || sendmsg(reg, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)iov.iov_len)
+	put32(buf + LCS_REPORT_ERRNO_OFFSET, error > 0 && error < 4096 ? error : 0);
+	put32(buf + LCS_REPORT_LOST_OFFSET, __atomic_load_n(&reports_lost, __ATOMIC_RELAXED));
+	put64(buf + LCS_REPORT_RESULT_OFFSET, (uint64_t)result);
+}
+
+/* A report carrying the request (a call the rules decided). */
+static void report_request(const struct lcs_request *request, int outcome, int64_t result, int error,
+                           pid_t tid)
+{
+	unsigned char buf[LCS_REPORT_HEADER + LCS_MAX_MESSAGE];
+	struct lcs_request plain = *request;
+	int fds[3], nfds;
+
+	if (LCS_REQUEST_HEADER + 4 * LCS_MAX_GROUPS + request->len1 + request->len2 > LCS_MAX_MESSAGE)
+		return;
+	plain.fds[0] = plain.fds[1] = plain.fds[2] = -1; /* a report carries no descriptor */
+	report_header(buf, outcome, result, error);
+	send_report(buf, LCS_REPORT_HEADER +
+	                 encode_request(buf + LCS_REPORT_HEADER, &plain, tid, 0, fds, &nfds));
+}
+
+static int reports_on(void)
+{
+	return reporting && lcs_reg_fd() >= 0 && lcs_own_process();
+}
+
+void lcs_report(const struct lcs_request *request, int outcome, int error)
+{
+	if (reports_on())
+		report_request(request, outcome, -1, error, current_tid());
+}
+
+int lcs_report_later(const struct lcs_request *request, int outcome, uint64_t id)
+{
+	struct pending *p;
+
+	if (!reports_on())
+		return LCS_FALLBACK;
+	if (npending == PENDING_MAX) {
 		__atomic_add_fetch(&reports_lost, 1, __ATOMIC_RELAXED);
+		return LCS_FALLBACK;
+	}
+	p = &pending[npending++];
+	p->outcome = outcome;
+	p->tid = current_tid();
+	p->id = id;
+	if (outcome == LCS_REPORT_FORWARDED)
+		p->request = *request;
+	else
+		p->request.function = request->function;
+	return LCS_FORWARDED;
+}
+
+void lcs_report_result(int64_t result, int error)
+{
+	unsigned char buf[LCS_REPORT_HEADER + LCS_REPORT_CALL_SIZE];
+	struct pending *p;
+
+	if (!npending)
+		return;
+	p = &pending[--npending];
+	if (p->outcome == LCS_REPORT_FORWARDED) {
+		report_request(&p->request, p->outcome, result, error, p->tid);
+		return;
+	}
+	report_header(buf, p->outcome, result, error);
+	put32(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_PID_OFFSET, lcs_own_pid());
+	put32(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_TID_OFFSET, p->tid);
+	put64(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_ID_OFFSET, p->id);
+	put16(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_FUNCTION_OFFSET, p->request.function);
+	put16(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_RESERVED_OFFSET, 0);
+	send_report(buf, sizeof buf);
 }
 
 /* One received datagram, before it is matched to a waiter. */
@@ -556,6 +640,7 @@ int lcs_call(const struct lcs_request *request, struct lcs_reply *reply)
 	}
 	pthread_mutex_unlock(&lock);
 	pthread_setcancelstate(cancel_state, NULL);
+	reply->id = me.id;
 	return me.done ? 0 : -1;
 }
 

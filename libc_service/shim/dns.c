@@ -30,6 +30,17 @@ static const int eai_codes[10] = {
 	EAI_NONAME, EAI_SERVICE, EAI_SOCKTYPE, EAI_SYSTEM,
 };
 
+/* A getaddrinfo return code as a report carries it: 0, the protocol's
+ * code for the errors it names (index in eai_codes), else glibc's own
+ * (negative) code. */
+static int gai_code(int code)
+{
+	for (int i = 1; i < 10; i++)
+		if (code == eai_codes[i])
+			return i;
+	return code;
+}
+
 static int all_digits(const char *text)
 {
 	if (!*text)
@@ -230,7 +241,7 @@ LCS_EXPORT int getaddrinfo(const char *node, const char *service,
 	const struct addrinfo *given = hints ? hints : &default_hints;
 	struct lcs_request request;
 	struct lcs_reply reply;
-	int answered = 0;
+	int answered = 0, forwarded = 0, code;
 
 	if (!expressible(node, service, given))
 		return LCS_REAL(getaddrinfo)(node, service, hints, res);
@@ -244,12 +255,19 @@ LCS_EXPORT int getaddrinfo(const char *node, const char *service,
 	request.string2 = service;
 	request.len2 = service ? strlen(service) : 0;
 	if (lcs_enter()) {
-		answered = lcs_call(&request, &reply) == 0 && reply.action == LCS_ACTION_RESULT;
+		if (lcs_call(&request, &reply) == 0) {
+			answered = reply.action == LCS_ACTION_RESULT;
+			forwarded = reply.action == LCS_ACTION_FORWARD;
+		}
 		lcs_leave();
 	}
 	if (!answered) {
 		errno = saved_errno;
-		return LCS_REAL(getaddrinfo)(node, service, hints, res);
+		if (!forwarded || lcs_report_later(&request, LCS_REPORT_RESULT, reply.id) != LCS_FORWARDED)
+			return LCS_REAL(getaddrinfo)(node, service, hints, res);
+		code = LCS_REAL(getaddrinfo)(node, service, hints, res);
+		lcs_report_result(gai_code(code), code == EAI_SYSTEM ? errno : 0);
+		return code;
 	}
 	lcs_close_fds(&reply);
 	return answer(&reply, node, given, service != NULL, res, saved_errno);

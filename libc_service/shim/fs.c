@@ -31,7 +31,7 @@ int __openat64_2(int dirfd, const char *path, int flags);
 
 #define STAT_VER_LINUX 1 /* x86_64's _STAT_VER: struct stat is the kernel's */
 
-enum { FALLBACK = LCS_FALLBACK, ANSWERED = LCS_ANSWERED };
+enum { FALLBACK = LCS_FALLBACK, ANSWERED = LCS_ANSWERED, FORWARDED = LCS_FORWARDED };
 
 /* Mode bits for the protocol's file types 1..7. */
 static const mode_t type_bits[8] = {
@@ -45,11 +45,12 @@ static int sendable_path(const char *path)
 
 /* Ask the master about a call on one or two paths.  Returns ANSWERED when
  * the master gave the result (reply filled, fds owned by the caller), or
- * FALLBACK when the real libc must do the call. */
+ * FALLBACK when the real libc must do the call (FORWARDED: and report its
+ * result, see LCS_AFTER). */
 static int ask(struct lcs_request *request, int dirfd1, const char *path1,
                int dirfd2, const char *path2, struct lcs_reply *reply)
 {
-	int owned1 = 0, owned2 = 0, answered = 0, error = 0;
+	int owned1 = 0, owned2 = 0, answered = 0, forwarded = 0, error = 0;
 	int rule;
 
 	if (!sendable_path(path1) || (path2 && !sendable_path(path2)))
@@ -62,10 +63,8 @@ static int ask(struct lcs_request *request, int dirfd1, const char *path1,
 	}
 	/* The policy's constant answer, when the rules prove it. */
 	rule = lcs_rules(request->function, request->flags, dirfd1, path1, dirfd2, path2, &error);
-	if (rule == LCS_RULE_FORWARD) {
-		lcs_report(request, LCS_REPORT_FORWARDED, 0);
-		return FALLBACK;
-	}
+	if (rule == LCS_RULE_FORWARD)
+		return lcs_report_later(request, LCS_REPORT_FORWARDED, 0);
 	if (!lcs_enter())
 		return FALLBACK;
 	if (rule == LCS_RULE_DENY) {
@@ -81,13 +80,18 @@ static int ask(struct lcs_request *request, int dirfd1, const char *path1,
 		return ANSWERED;
 	}
 	if (lcs_path_dir(dirfd1, path1, &request->fds[0], &owned1) == 0 &&
-	    (!path2 || lcs_path_dir(dirfd2, path2, &request->fds[1], &owned2) == 0))
-		answered = lcs_call(request, reply) == 0 && reply->action == LCS_ACTION_RESULT;
+	    (!path2 || lcs_path_dir(dirfd2, path2, &request->fds[1], &owned2) == 0) &&
+	    lcs_call(request, reply) == 0) {
+		answered = reply->action == LCS_ACTION_RESULT;
+		forwarded = reply->action == LCS_ACTION_FORWARD;
+	}
 	if (owned1)
 		lcs_close_raw(request->fds[0]);
 	if (owned2)
 		lcs_close_raw(request->fds[1]);
 	lcs_leave();
+	if (forwarded)
+		return lcs_report_later(request, LCS_REPORT_RESULT, reply->id);
 	return answered ? ANSWERED : FALLBACK;
 }
 
@@ -105,12 +109,12 @@ static int finish(struct lcs_reply *reply, int saved_errno)
 }
 
 /* Calls whose only answer is a number: unlink, rmdir, mkdir, access,
- * eaccess, rename.  Returns ANSWERED with *result set, or FALLBACK with
- * errno restored. */
+ * eaccess, rename.  Returns ANSWERED with *result set, or FALLBACK or
+ * FORWARDED with errno restored. */
 static int simple_call(uint16_t function, uint32_t flags, uint32_t arg, int dirfd1,
                        const char *path1, int dirfd2, const char *path2, int *result)
 {
-	int saved_errno = errno;
+	int saved_errno = errno, how;
 	struct lcs_request request;
 	struct lcs_reply reply;
 
@@ -124,9 +128,10 @@ static int simple_call(uint16_t function, uint32_t flags, uint32_t arg, int dirf
 	lcs_request_init(&request, function);
 	request.flags = flags;
 	request.arg = arg;
-	if (ask(&request, dirfd1, path1, dirfd2, path2, &reply) == FALLBACK) {
+	how = ask(&request, dirfd1, path1, dirfd2, path2, &reply);
+	if (how != ANSWERED) {
 		errno = saved_errno;
-		return FALLBACK;
+		return how;
 	}
 	*result = finish(&reply, saved_errno);
 	return ANSWERED;
@@ -229,7 +234,7 @@ static int reads_only(int flags)
 static int open_call(uint16_t function, int dirfd, const char *path, int flags,
                      mode_t mode, int *result)
 {
-	int saved_errno = errno;
+	int saved_errno = errno, how;
 	int64_t bits = open_bits(flags);
 	struct lcs_request request;
 	struct lcs_reply reply;
@@ -246,9 +251,10 @@ static int open_call(uint16_t function, int dirfd, const char *path, int flags,
 	lcs_request_init(&request, function);
 	request.flags = bits;
 	request.arg = needs_mode(flags) ? mode & 07777 : 0;
-	if (ask(&request, dirfd, path, AT_FDCWD, NULL, &reply) == FALLBACK) {
+	how = ask(&request, dirfd, path, AT_FDCWD, NULL, &reply);
+	if (how != ANSWERED) {
 		errno = saved_errno;
-		return FALLBACK;
+		return how;
 	}
 	*result = open_result(&reply, flags, saved_errno);
 	return ANSWERED;
@@ -272,83 +278,91 @@ int lcs_open_call(int dirfd, const char *path, int flags, mode_t mode, int *resu
 LCS_EXPORT int open(const char *path, int flags, ...)
 {
 	mode_t mode = 0;
-	int result;
+	int result, how;
 
 	VARIADIC_MODE(flags, mode);
-	if (open_call(LCS_OPEN, AT_FDCWD, path, flags, mode, &result))
+	how = open_call(LCS_OPEN, AT_FDCWD, path, flags, mode, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(open)(path, flags, mode);
+	return LCS_AFTER(how, LCS_REAL(open)(path, flags, mode));
 }
 
 LCS_EXPORT int open64(const char *path, int flags, ...)
 {
 	mode_t mode = 0;
-	int result;
+	int result, how;
 
 	VARIADIC_MODE(flags, mode);
-	if (open_call(LCS_OPEN, AT_FDCWD, path, flags, mode, &result))
+	how = open_call(LCS_OPEN, AT_FDCWD, path, flags, mode, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(open64)(path, flags, mode);
+	return LCS_AFTER(how, LCS_REAL(open64)(path, flags, mode));
 }
 
 LCS_EXPORT int openat(int dirfd, const char *path, int flags, ...)
 {
 	mode_t mode = 0;
-	int result;
+	int result, how;
 
 	VARIADIC_MODE(flags, mode);
-	if (open_call(LCS_OPENAT, dirfd, path, flags, mode, &result))
+	how = open_call(LCS_OPENAT, dirfd, path, flags, mode, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(openat)(dirfd, path, flags, mode);
+	return LCS_AFTER(how, LCS_REAL(openat)(dirfd, path, flags, mode));
 }
 
 LCS_EXPORT int openat64(int dirfd, const char *path, int flags, ...)
 {
 	mode_t mode = 0;
-	int result;
+	int result, how;
 
 	VARIADIC_MODE(flags, mode);
-	if (open_call(LCS_OPENAT, dirfd, path, flags, mode, &result))
+	how = open_call(LCS_OPENAT, dirfd, path, flags, mode, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(openat64)(dirfd, path, flags, mode);
+	return LCS_AFTER(how, LCS_REAL(openat64)(dirfd, path, flags, mode));
 }
 
 /* The _FORTIFY_SOURCE entry points take no mode; with O_CREAT the real
  * ones abort, which is theirs to do. */
 LCS_EXPORT int __open_2(const char *path, int flags)
 {
-	int result;
+	int result, how;
 
-	if (!needs_mode(flags) && open_call(LCS_OPEN, AT_FDCWD, path, flags, 0, &result))
+	how = !needs_mode(flags) ? open_call(LCS_OPEN, AT_FDCWD, path, flags, 0, &result) : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(__open_2)(path, flags);
+	return LCS_AFTER(how, LCS_REAL(__open_2)(path, flags));
 }
 
 LCS_EXPORT int __open64_2(const char *path, int flags)
 {
-	int result;
+	int result, how;
 
-	if (!needs_mode(flags) && open_call(LCS_OPEN, AT_FDCWD, path, flags, 0, &result))
+	how = !needs_mode(flags) ? open_call(LCS_OPEN, AT_FDCWD, path, flags, 0, &result) : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(__open64_2)(path, flags);
+	return LCS_AFTER(how, LCS_REAL(__open64_2)(path, flags));
 }
 
 LCS_EXPORT int __openat_2(int dirfd, const char *path, int flags)
 {
-	int result;
+	int result, how;
 
-	if (!needs_mode(flags) && open_call(LCS_OPENAT, dirfd, path, flags, 0, &result))
+	how = !needs_mode(flags) ? open_call(LCS_OPENAT, dirfd, path, flags, 0, &result) : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(__openat_2)(dirfd, path, flags);
+	return LCS_AFTER(how, LCS_REAL(__openat_2)(dirfd, path, flags));
 }
 
 LCS_EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 {
-	int result;
+	int result, how;
 
-	if (!needs_mode(flags) && open_call(LCS_OPENAT, dirfd, path, flags, 0, &result))
+	how = !needs_mode(flags) ? open_call(LCS_OPENAT, dirfd, path, flags, 0, &result) : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(__openat64_2)(dirfd, path, flags);
+	return LCS_AFTER(how, LCS_REAL(__openat64_2)(dirfd, path, flags));
 }
 
 /* ---- stat ---- */
@@ -410,11 +424,11 @@ static void fill_statx(struct statx *stx, const struct lcs_stat *s)
 }
 
 /* stat or lstat of a path.  Returns ANSWERED with *result set (and *out
- * filled on success), or FALLBACK with errno restored.  An empty path
+ * filled on success), or FALLBACK or FORWARDED with errno restored.  An empty path
  * with AT_EMPTY_PATH means "the dirfd itself": not a path call. */
 static int stat_call(int dirfd, const char *path, int at_flags, struct lcs_stat *out, int *result)
 {
-	int saved_errno = errno;
+	int saved_errno = errno, how;
 	uint16_t function = at_flags & AT_SYMLINK_NOFOLLOW ? LCS_LSTAT : LCS_STAT;
 	struct lcs_request request;
 	struct lcs_reply reply;
@@ -427,9 +441,10 @@ static int stat_call(int dirfd, const char *path, int at_flags, struct lcs_stat 
 		return ANSWERED;
 	}
 	lcs_request_init(&request, function);
-	if (ask(&request, dirfd, path, AT_FDCWD, NULL, &reply) == FALLBACK) {
+	how = ask(&request, dirfd, path, AT_FDCWD, NULL, &reply);
+	if (how != ANSWERED) {
 		errno = saved_errno;
-		return FALLBACK;
+		return how;
 	}
 	if (reply.kind == LCS_KIND_STAT)
 		lcs_stat_decode(reply.payload, out);
@@ -441,13 +456,14 @@ static int stat_call(int dirfd, const char *path, int at_flags, struct lcs_stat 
 	LCS_EXPORT int name(const char *path, type *buf)                \
 	{                                                               \
 		struct lcs_stat s;                                      \
-		int result;                                             \
-		if (stat_call(AT_FDCWD, path, at_flags, &s, &result)) { \
+		int result, how;                                        \
+		how = stat_call(AT_FDCWD, path, at_flags, &s, &result); \
+		if (how == ANSWERED) {                                  \
 			if (result == 0)                                \
 				FILL_STAT(buf, &s);                     \
 			return result;                                  \
 		}                                                       \
-		return LCS_REAL(name)(path, buf);                       \
+		return LCS_AFTER(how, LCS_REAL(name)(path, buf));       \
 	}
 
 STAT_WRAPPER(stat, struct stat, 0)
@@ -459,13 +475,14 @@ STAT_WRAPPER(lstat64, struct stat64, AT_SYMLINK_NOFOLLOW)
 	LCS_EXPORT int name(int dirfd, const char *path, type *buf, int flags) \
 	{                                                                     \
 		struct lcs_stat s;                                            \
-		int result;                                                   \
-		if (stat_call(dirfd, path, flags, &s, &result)) {             \
+		int result, how;                                              \
+		how = stat_call(dirfd, path, flags, &s, &result);             \
+		if (how == ANSWERED) {                                        \
 			if (result == 0)                                      \
 				FILL_STAT(buf, &s);                           \
 			return result;                                        \
 		}                                                             \
-		return LCS_REAL(name)(dirfd, path, buf, flags);               \
+		return LCS_AFTER(how, LCS_REAL(name)(dirfd, path, buf, flags)); \
 	}
 
 FSTATAT_WRAPPER(fstatat, struct stat)
@@ -475,14 +492,15 @@ FSTATAT_WRAPPER(fstatat64, struct stat64)
 	LCS_EXPORT int name(int ver, const char *path, type *buf)            \
 	{                                                                    \
 		struct lcs_stat s;                                           \
-		int result;                                                  \
-		if (ver == STAT_VER_LINUX &&                                 \
-		    stat_call(AT_FDCWD, path, at_flags, &s, &result)) {      \
+		int result, how = FALLBACK;                                  \
+		if (ver == STAT_VER_LINUX)                                   \
+			how = stat_call(AT_FDCWD, path, at_flags, &s, &result); \
+		if (how == ANSWERED) {                                       \
 			if (result == 0)                                     \
 				FILL_STAT(buf, &s);                          \
 			return result;                                       \
 		}                                                            \
-		return LCS_REAL(name)(ver, path, buf);                       \
+		return LCS_AFTER(how, LCS_REAL(name)(ver, path, buf));       \
 	}
 
 XSTAT_WRAPPER(__xstat, struct stat, 0)
@@ -494,13 +512,15 @@ XSTAT_WRAPPER(__lxstat64, struct stat64, AT_SYMLINK_NOFOLLOW)
 	LCS_EXPORT int name(int ver, int dirfd, const char *path, type *buf, int flags) \
 	{                                                                              \
 		struct lcs_stat s;                                                     \
-		int result;                                                            \
-		if (ver == STAT_VER_LINUX && stat_call(dirfd, path, flags, &s, &result)) { \
+		int result, how = FALLBACK;                                            \
+		if (ver == STAT_VER_LINUX)                                             \
+			how = stat_call(dirfd, path, flags, &s, &result);              \
+		if (how == ANSWERED) {                                                 \
 			if (result == 0)                                               \
 				FILL_STAT(buf, &s);                                    \
 			return result;                                                 \
 		}                                                                      \
-		return LCS_REAL(name)(ver, dirfd, path, buf, flags);                   \
+		return LCS_AFTER(how, LCS_REAL(name)(ver, dirfd, path, buf, flags));   \
 	}
 
 FXSTATAT_WRAPPER(__fxstatat, struct stat)
@@ -509,14 +529,15 @@ FXSTATAT_WRAPPER(__fxstatat64, struct stat64)
 LCS_EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *buf)
 {
 	struct lcs_stat s;
-	int result;
+	int result, how;
 
-	if (stat_call(dirfd, path, flags, &s, &result)) {
+	how = stat_call(dirfd, path, flags, &s, &result);
+	if (how == ANSWERED) {
 		if (result == 0)
 			fill_statx(buf, &s);
 		return result;
 	}
-	return LCS_REAL(statx)(dirfd, path, flags, mask, buf);
+	return LCS_AFTER(how, LCS_REAL(statx)(dirfd, path, flags, mask, buf));
 }
 
 /* ---- access ---- */
@@ -533,106 +554,117 @@ static int access_call(uint16_t function, int dirfd, const char *path, int amode
 
 LCS_EXPORT int access(const char *path, int amode)
 {
-	int result;
+	int result, how;
 
-	if (access_call(LCS_ACCESS, AT_FDCWD, path, amode, &result))
+	how = access_call(LCS_ACCESS, AT_FDCWD, path, amode, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(access)(path, amode);
+	return LCS_AFTER(how, LCS_REAL(access)(path, amode));
 }
 
 LCS_EXPORT int euidaccess(const char *path, int amode)
 {
-	int result;
+	int result, how;
 
-	if (access_call(LCS_EACCESS, AT_FDCWD, path, amode, &result))
+	how = access_call(LCS_EACCESS, AT_FDCWD, path, amode, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(euidaccess)(path, amode);
+	return LCS_AFTER(how, LCS_REAL(euidaccess)(path, amode));
 }
 
 LCS_EXPORT int eaccess(const char *path, int amode)
 {
-	int result;
+	int result, how;
 
-	if (access_call(LCS_EACCESS, AT_FDCWD, path, amode, &result))
+	how = access_call(LCS_EACCESS, AT_FDCWD, path, amode, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(eaccess)(path, amode);
+	return LCS_AFTER(how, LCS_REAL(eaccess)(path, amode));
 }
 
 /* AT_SYMLINK_NOFOLLOW and AT_EMPTY_PATH have no protocol form. */
 LCS_EXPORT int faccessat(int dirfd, const char *path, int amode, int flags)
 {
 	uint16_t function = flags & AT_EACCESS ? LCS_EACCESS : LCS_ACCESS;
-	int result;
+	int result, how;
 
-	if (!(flags & ~AT_EACCESS) && access_call(function, dirfd, path, amode, &result))
+	how = !(flags & ~AT_EACCESS) ? access_call(function, dirfd, path, amode, &result) : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(faccessat)(dirfd, path, amode, flags);
+	return LCS_AFTER(how, LCS_REAL(faccessat)(dirfd, path, amode, flags));
 }
 
 /* ---- mkdir, rmdir, unlink, rename ---- */
 
 LCS_EXPORT int mkdir(const char *path, mode_t mode)
 {
-	int result;
+	int result, how;
 
-	if (simple_call(LCS_MKDIR, 0, mode & 07777, AT_FDCWD, path, AT_FDCWD, NULL, &result))
+	how = simple_call(LCS_MKDIR, 0, mode & 07777, AT_FDCWD, path, AT_FDCWD, NULL, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(mkdir)(path, mode);
+	return LCS_AFTER(how, LCS_REAL(mkdir)(path, mode));
 }
 
 LCS_EXPORT int mkdirat(int dirfd, const char *path, mode_t mode)
 {
-	int result;
+	int result, how;
 
-	if (simple_call(LCS_MKDIR, 0, mode & 07777, dirfd, path, AT_FDCWD, NULL, &result))
+	how = simple_call(LCS_MKDIR, 0, mode & 07777, dirfd, path, AT_FDCWD, NULL, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(mkdirat)(dirfd, path, mode);
+	return LCS_AFTER(how, LCS_REAL(mkdirat)(dirfd, path, mode));
 }
 
 LCS_EXPORT int rmdir(const char *path)
 {
-	int result;
+	int result, how;
 
-	if (simple_call(LCS_RMDIR, 0, 0, AT_FDCWD, path, AT_FDCWD, NULL, &result))
+	how = simple_call(LCS_RMDIR, 0, 0, AT_FDCWD, path, AT_FDCWD, NULL, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(rmdir)(path);
+	return LCS_AFTER(how, LCS_REAL(rmdir)(path));
 }
 
 LCS_EXPORT int unlink(const char *path)
 {
-	int result;
+	int result, how;
 
-	if (simple_call(LCS_UNLINK, 0, 0, AT_FDCWD, path, AT_FDCWD, NULL, &result))
+	how = simple_call(LCS_UNLINK, 0, 0, AT_FDCWD, path, AT_FDCWD, NULL, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(unlink)(path);
+	return LCS_AFTER(how, LCS_REAL(unlink)(path));
 }
 
 LCS_EXPORT int unlinkat(int dirfd, const char *path, int flags)
 {
 	uint16_t function = flags == AT_REMOVEDIR ? LCS_RMDIR : LCS_UNLINK;
-	int result;
+	int result, how;
 
-	if (!(flags & ~AT_REMOVEDIR) && simple_call(function, 0, 0, dirfd, path, AT_FDCWD, NULL, &result))
+	how = !(flags & ~AT_REMOVEDIR) ? simple_call(function, 0, 0, dirfd, path, AT_FDCWD, NULL, &result) : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(unlinkat)(dirfd, path, flags);
+	return LCS_AFTER(how, LCS_REAL(unlinkat)(dirfd, path, flags));
 }
 
 LCS_EXPORT int rename(const char *oldpath, const char *newpath)
 {
-	int result;
+	int result, how;
 
-	if (simple_call(LCS_RENAME, 0, 0, AT_FDCWD, oldpath, AT_FDCWD, newpath, &result))
+	how = simple_call(LCS_RENAME, 0, 0, AT_FDCWD, oldpath, AT_FDCWD, newpath, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(rename)(oldpath, newpath);
+	return LCS_AFTER(how, LCS_REAL(rename)(oldpath, newpath));
 }
 
 LCS_EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
 {
-	int result;
+	int result, how;
 
-	if (simple_call(LCS_RENAME, 0, 0, olddirfd, oldpath, newdirfd, newpath, &result))
+	how = simple_call(LCS_RENAME, 0, 0, olddirfd, oldpath, newdirfd, newpath, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(renameat)(olddirfd, oldpath, newdirfd, newpath);
+	return LCS_AFTER(how, LCS_REAL(renameat)(olddirfd, oldpath, newdirfd, newpath));
 }
 
 /* RENAME_NOREPLACE is the protocol's no_replace; RENAME_EXCHANGE and
@@ -641,10 +673,11 @@ LCS_EXPORT int renameat2(int olddirfd, const char *oldpath, int newdirfd,
                          const char *newpath, unsigned int flags)
 {
 	uint32_t bits = flags == RENAME_NOREPLACE ? LCS_RENAME_NO_REPLACE : 0;
-	int result;
+	int result, how;
 
-	if ((!flags || bits) &&
-	    simple_call(LCS_RENAME, bits, 0, olddirfd, oldpath, newdirfd, newpath, &result))
+	how = !flags || bits ? simple_call(LCS_RENAME, bits, 0, olddirfd, oldpath, newdirfd, newpath, &result)
+	                     : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(renameat2)(olddirfd, oldpath, newdirfd, newpath, flags);
+	return LCS_AFTER(how, LCS_REAL(renameat2)(olddirfd, oldpath, newdirfd, newpath, flags));
 }

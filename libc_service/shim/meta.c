@@ -18,7 +18,7 @@
 
 #include "shim.h"
 
-enum { FALLBACK = LCS_FALLBACK, ANSWERED = LCS_ANSWERED };
+enum { FALLBACK = LCS_FALLBACK, ANSWERED = LCS_ANSWERED, FORWARDED = LCS_FORWARDED };
 
 /* The arguments of one metadata change, as they travel. */
 struct change {
@@ -63,11 +63,13 @@ static void request_of(struct lcs_request *request, const struct change *change)
 }
 
 /* Ask the master about a change of path (relative to dirfd).  Returns
- * ANSWERED with *result set, or FALLBACK with errno restored. */
+ * ANSWERED with *result set, or FALLBACK or FORWARDED (the master said
+ * "forward": report the real call's result, LCS_AFTER) with errno
+ * restored. */
 static int ask_path(const struct change *change, int dirfd, const char *path, int *result)
 {
 	int saved_errno = errno;
-	int owned = 0, answered = 0;
+	int owned = 0, answered = 0, forwarded = 0;
 	struct lcs_request request;
 	struct lcs_reply reply;
 
@@ -83,14 +85,16 @@ static int ask_path(const struct change *change, int dirfd, const char *path, in
 	request.len1 = strlen(path);
 	if (!lcs_enter())
 		return FALLBACK;
-	if (lcs_path_dir(dirfd, path, &request.fds[0], &owned) == 0)
-		answered = lcs_call(&request, &reply) == 0 && reply.action == LCS_ACTION_RESULT;
+	if (lcs_path_dir(dirfd, path, &request.fds[0], &owned) == 0 && lcs_call(&request, &reply) == 0) {
+		answered = reply.action == LCS_ACTION_RESULT;
+		forwarded = reply.action == LCS_ACTION_FORWARD;
+	}
 	if (owned)
 		lcs_close_raw(request.fds[0]);
 	lcs_leave();
 	if (!answered) {
 		errno = saved_errno;
-		return FALLBACK;
+		return forwarded ? lcs_report_later(&request, LCS_REPORT_RESULT, reply.id) : FALLBACK;
 	}
 	*result = finish(&reply, saved_errno);
 	return ANSWERED;
@@ -100,7 +104,7 @@ static int ask_path(const struct change *change, int dirfd, const char *path, in
 static int ask_fd(const struct change *change, int fd, int *result)
 {
 	int saved_errno = errno;
-	int answered = 0;
+	int answered = 0, forwarded = 0;
 	struct lcs_request request;
 	struct lcs_reply reply;
 
@@ -112,11 +116,14 @@ static int ask_fd(const struct change *change, int fd, int *result)
 	request.fds[0] = fd;
 	if (!lcs_enter())
 		return FALLBACK;
-	answered = lcs_call(&request, &reply) == 0 && reply.action == LCS_ACTION_RESULT;
+	if (lcs_call(&request, &reply) == 0) {
+		answered = reply.action == LCS_ACTION_RESULT;
+		forwarded = reply.action == LCS_ACTION_FORWARD;
+	}
 	lcs_leave();
 	if (!answered) {
 		errno = saved_errno;
-		return FALLBACK;
+		return forwarded ? lcs_report_later(&request, LCS_REPORT_RESULT, reply.id) : FALLBACK;
 	}
 	*result = finish(&reply, saved_errno);
 	return ANSWERED;
@@ -135,46 +142,50 @@ static void chmod_change(struct change *change, uint16_t function, mode_t mode, 
 LCS_EXPORT int chmod(const char *path, mode_t mode)
 {
 	struct change change;
-	int result;
+	int result, how;
 
 	chmod_change(&change, LCS_CHMOD, mode, 0);
-	if (ask_path(&change, AT_FDCWD, path, &result))
+	how = ask_path(&change, AT_FDCWD, path, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(chmod)(path, mode);
+	return LCS_AFTER(how, LCS_REAL(chmod)(path, mode));
 }
 
 LCS_EXPORT int lchmod(const char *path, mode_t mode)
 {
 	struct change change;
-	int result;
+	int result, how;
 
 	chmod_change(&change, LCS_CHMOD, mode, 1);
-	if (ask_path(&change, AT_FDCWD, path, &result))
+	how = ask_path(&change, AT_FDCWD, path, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(lchmod)(path, mode);
+	return LCS_AFTER(how, LCS_REAL(lchmod)(path, mode));
 }
 
 /* AT_SYMLINK_NOFOLLOW is no_follow; any other flag has no protocol form. */
 LCS_EXPORT int fchmodat(int dirfd, const char *path, mode_t mode, int flags)
 {
 	struct change change;
-	int result;
+	int result, how;
 
 	chmod_change(&change, LCS_CHMOD, mode, flags & AT_SYMLINK_NOFOLLOW);
-	if (!(flags & ~AT_SYMLINK_NOFOLLOW) && ask_path(&change, dirfd, path, &result))
+	how = !(flags & ~AT_SYMLINK_NOFOLLOW) ? ask_path(&change, dirfd, path, &result) : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(fchmodat)(dirfd, path, mode, flags);
+	return LCS_AFTER(how, LCS_REAL(fchmodat)(dirfd, path, mode, flags));
 }
 
 LCS_EXPORT int fchmod(int fd, mode_t mode)
 {
 	struct change change;
-	int result;
+	int result, how;
 
 	chmod_change(&change, LCS_FCHMOD, mode, 0);
-	if (ask_fd(&change, fd, &result))
+	how = ask_fd(&change, fd, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(fchmod)(fd, mode);
+	return LCS_AFTER(how, LCS_REAL(fchmod)(fd, mode));
 }
 
 /* ---- chown ---- */
@@ -198,34 +209,37 @@ static void chown_change(struct change *change, uint16_t function, uid_t owner, 
 LCS_EXPORT int chown(const char *path, uid_t owner, gid_t group)
 {
 	struct change change;
-	int result;
+	int result, how;
 
 	chown_change(&change, LCS_CHOWN, owner, group, 0);
-	if (ask_path(&change, AT_FDCWD, path, &result))
+	how = ask_path(&change, AT_FDCWD, path, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(chown)(path, owner, group);
+	return LCS_AFTER(how, LCS_REAL(chown)(path, owner, group));
 }
 
 LCS_EXPORT int lchown(const char *path, uid_t owner, gid_t group)
 {
 	struct change change;
-	int result;
+	int result, how;
 
 	chown_change(&change, LCS_CHOWN, owner, group, 1);
-	if (ask_path(&change, AT_FDCWD, path, &result))
+	how = ask_path(&change, AT_FDCWD, path, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(lchown)(path, owner, group);
+	return LCS_AFTER(how, LCS_REAL(lchown)(path, owner, group));
 }
 
 LCS_EXPORT int fchown(int fd, uid_t owner, gid_t group)
 {
 	struct change change;
-	int result;
+	int result, how;
 
 	chown_change(&change, LCS_FCHOWN, owner, group, 0);
-	if (ask_fd(&change, fd, &result))
+	how = ask_fd(&change, fd, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(fchown)(fd, owner, group);
+	return LCS_AFTER(how, LCS_REAL(fchown)(fd, owner, group));
 }
 
 /* An empty path with AT_EMPTY_PATH is fchown of dirfd. */
@@ -237,7 +251,7 @@ static int chownat_call(int dirfd, const char *path, uid_t owner, gid_t group, i
 		return FALLBACK;
 	if (!*path && (flags & AT_EMPTY_PATH)) {
 		chown_change(&change, LCS_FCHOWN, owner, group, 0);
-		return dirfd != AT_FDCWD && ask_fd(&change, dirfd, result);
+		return dirfd != AT_FDCWD ? ask_fd(&change, dirfd, result) : FALLBACK;
 	}
 	chown_change(&change, LCS_CHOWN, owner, group, flags & AT_SYMLINK_NOFOLLOW);
 	return ask_path(&change, dirfd, path, result);
@@ -245,11 +259,12 @@ static int chownat_call(int dirfd, const char *path, uid_t owner, gid_t group, i
 
 LCS_EXPORT int fchownat(int dirfd, const char *path, uid_t owner, gid_t group, int flags)
 {
-	int result;
+	int result, how;
 
-	if (chownat_call(dirfd, path, owner, group, flags, &result))
+	how = chownat_call(dirfd, path, owner, group, flags, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(fchownat)(dirfd, path, owner, group, flags);
+	return LCS_AFTER(how, LCS_REAL(fchownat)(dirfd, path, owner, group, flags));
 }
 
 /* ---- utimensat ---- */
@@ -309,21 +324,23 @@ static int utimens_call(int dirfd, const char *path, const struct timespec times
 
 LCS_EXPORT int utimensat(int dirfd, const char *path, const struct timespec times[2], int flags)
 {
-	int result;
+	int result, how;
 
-	if (utimens_call(dirfd, path, times, flags, &result))
+	how = utimens_call(dirfd, path, times, flags, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(utimensat)(dirfd, path, times, flags);
+	return LCS_AFTER(how, LCS_REAL(utimensat)(dirfd, path, times, flags));
 }
 
 LCS_EXPORT int futimens(int fd, const struct timespec times[2])
 {
 	struct change change;
-	int result;
+	int result, how;
 
-	if (times_change(&change, LCS_FUTIMENS, times, 0) && ask_fd(&change, fd, &result))
+	how = times_change(&change, LCS_FUTIMENS, times, 0) ? ask_fd(&change, fd, &result) : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(futimens)(fd, times);
+	return LCS_AFTER(how, LCS_REAL(futimens)(fd, times));
 }
 
 /* ---- the legacy spellings, as utimensat ---- */
@@ -343,44 +360,47 @@ static int timespecs_of(const struct timeval tv[2], struct timespec ts[2])
 LCS_EXPORT int utimes(const char *path, const struct timeval tv[2])
 {
 	struct timespec ts[2];
-	int result;
+	int result, how;
 
-	if ((!tv || timespecs_of(tv, ts)) && utimens_call(AT_FDCWD, path, tv ? ts : NULL, 0, &result))
+	how = (!tv || timespecs_of(tv, ts)) ? utimens_call(AT_FDCWD, path, tv ? ts : NULL, 0, &result) : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(utimes)(path, tv);
+	return LCS_AFTER(how, LCS_REAL(utimes)(path, tv));
 }
 
 LCS_EXPORT int lutimes(const char *path, const struct timeval tv[2])
 {
 	struct timespec ts[2];
-	int result;
+	int result, how;
 
-	if ((!tv || timespecs_of(tv, ts)) &&
-	    utimens_call(AT_FDCWD, path, tv ? ts : NULL, AT_SYMLINK_NOFOLLOW, &result))
+	how = (!tv || timespecs_of(tv, ts)) ? utimens_call(AT_FDCWD, path, tv ? ts : NULL, AT_SYMLINK_NOFOLLOW, &result) : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(lutimes)(path, tv);
+	return LCS_AFTER(how, LCS_REAL(lutimes)(path, tv));
 }
 
 LCS_EXPORT int futimes(int fd, const struct timeval tv[2])
 {
 	struct timespec ts[2];
-	int result;
+	int result, how;
 
-	if ((!tv || timespecs_of(tv, ts)) && utimens_call(fd, NULL, tv ? ts : NULL, 0, &result))
+	how = (!tv || timespecs_of(tv, ts)) ? utimens_call(fd, NULL, tv ? ts : NULL, 0, &result) : FALLBACK;
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(futimes)(fd, tv);
+	return LCS_AFTER(how, LCS_REAL(futimes)(fd, tv));
 }
 
 LCS_EXPORT int utime(const char *path, const struct utimbuf *times)
 {
 	struct timespec ts[2];
-	int result;
+	int result, how;
 
 	if (times) {
 		ts[0] = (struct timespec){ .tv_sec = times->actime };
 		ts[1] = (struct timespec){ .tv_sec = times->modtime };
 	}
-	if (utimens_call(AT_FDCWD, path, times ? ts : NULL, 0, &result))
+	how = utimens_call(AT_FDCWD, path, times ? ts : NULL, 0, &result);
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(utime)(path, times);
+	return LCS_AFTER(how, LCS_REAL(utime)(path, times));
 }

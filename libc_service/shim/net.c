@@ -17,7 +17,7 @@
 
 #include "shim.h"
 
-enum { FALLBACK = 0, ANSWERED = 1 };
+enum { FALLBACK = LCS_FALLBACK, ANSWERED = LCS_ANSWERED };
 
 /* IPv6 sockaddrs may omit the scope id (RFC 2133 length). */
 #define SIN6_LEN_RFC2133 24
@@ -110,7 +110,7 @@ static int socket_call(int is_bind, int sockfd, const struct sockaddr *addr,
 	int saved_errno = errno;
 	struct lcs_request request;
 	struct lcs_reply reply;
-	int answered = 0, owned;
+	int answered = 0, forwarded = 0, owned;
 
 	lcs_request_init(&request, 0);
 	if (describe(addr, len, is_bind, &request) < 0 || !is_socket(sockfd)) {
@@ -119,15 +119,18 @@ static int socket_call(int is_bind, int sockfd, const struct sockaddr *addr,
 	}
 	request.fds[2] = sockfd;
 	if (lcs_enter()) {
-		if (unix_dir(&request, &owned) == 0)
-			answered = lcs_call(&request, &reply) == 0 && reply.action == LCS_ACTION_RESULT;
+		if (unix_dir(&request, &owned) == 0 && lcs_call(&request, &reply) == 0) {
+			answered = reply.action == LCS_ACTION_RESULT;
+			forwarded = reply.action == LCS_ACTION_FORWARD;
+		}
 		if (owned)
 			lcs_close_raw(request.fds[0]);
 		lcs_leave();
 	}
 	if (!answered) {
 		errno = saved_errno;
-		return FALLBACK;
+		/* The master said "forward": report the real call's result (LCS_AFTER). */
+		return forwarded ? lcs_report_later(&request, LCS_REPORT_RESULT, reply.id) : FALLBACK;
 	}
 	if (reply.nfds == 1) {
 		reply.nfds = 0;
@@ -150,18 +153,18 @@ static int socket_call(int is_bind, int sockfd, const struct sockaddr *addr,
 /* With _GNU_SOURCE the header declares the address as a transparent union. */
 LCS_EXPORT int connect(int sockfd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 {
-	int result;
+	int result, how = socket_call(0, sockfd, addr.__sockaddr__, len, &result);
 
-	if (socket_call(0, sockfd, addr.__sockaddr__, len, &result))
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(connect)(sockfd, addr, len);
+	return LCS_AFTER(how, LCS_REAL(connect)(sockfd, addr, len));
 }
 
 LCS_EXPORT int bind(int sockfd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 {
-	int result;
+	int result, how = socket_call(1, sockfd, addr.__sockaddr__, len, &result);
 
-	if (socket_call(1, sockfd, addr.__sockaddr__, len, &result))
+	if (how == ANSWERED)
 		return result;
-	return LCS_REAL(bind)(sockfd, addr, len);
+	return LCS_AFTER(how, LCS_REAL(bind)(sockfd, addr, len));
 }

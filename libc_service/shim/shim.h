@@ -117,14 +117,27 @@
 #define LCS_HELLO_PID_OFFSET 8       /* u32 */
 #define LCS_HELLO_RESERVED2_OFFSET 12 /* u32, zero */
 
-/* Report header (wire.REPORT, LCS_REPORT_HEADER bytes); the request as it
- * would have been sent follows it. */
+/* Report header (wire.REPORT, LCS_REPORT_HEADER bytes).  A report of a
+ * call the rules decided (LCS_REPORT_FORWARDED, LCS_REPORT_DENIED) goes on
+ * with the request as it would have been sent; one of a call the master
+ * answered "forward" (LCS_REPORT_RESULT) with the call's identity
+ * (wire.REPORT_CALL, LCS_REPORT_CALL_SIZE bytes). */
 #define LCS_REPORT_MAGIC_OFFSET 0    /* "LCSo" */
 #define LCS_REPORT_VERSION_OFFSET 4  /* u16 */
-#define LCS_REPORT_OUTCOME_OFFSET 6  /* u8, LCS_REPORT_FORWARDED/DENIED */
+#define LCS_REPORT_OUTCOME_OFFSET 6  /* u8, LCS_REPORT_FORWARDED/DENIED/RESULT */
 #define LCS_REPORT_RESERVED_OFFSET 7 /* u8, zero */
 #define LCS_REPORT_ERRNO_OFFSET 8    /* u32 */
 #define LCS_REPORT_LOST_OFFSET 12    /* u32 */
+#define LCS_REPORT_RESULT_OFFSET 16  /* i64: the real call's result */
+
+/* The identity of a call the master answered "forward" (wire.REPORT_CALL):
+ * its request header's pid, tid, id and function. */
+#define LCS_REPORT_CALL_SIZE 20
+#define LCS_REPORT_CALL_PID_OFFSET 0       /* u32 */
+#define LCS_REPORT_CALL_TID_OFFSET 4       /* u32 */
+#define LCS_REPORT_CALL_ID_OFFSET 8        /* u64 */
+#define LCS_REPORT_CALL_FUNCTION_OFFSET 16 /* u16 */
+#define LCS_REPORT_CALL_RESERVED_OFFSET 18 /* u16, zero */
 
 /* The rule table (rules.c; libc_service/rules.py HEADER and ENTRY). */
 #define LCS_RULES_VERSION 1
@@ -248,6 +261,7 @@ struct lcs_request {
 };
 
 struct lcs_reply {
+	uint64_t id; /* the request's id on the channel (lcs_call sets it) */
 	int64_t result;
 	int error;
 	int action;
@@ -290,13 +304,16 @@ int lcs_path_dir(int dirfd, const char *path, int *fd, int *owned);
 
 void lcs_stat_decode(const unsigned char *record, struct lcs_stat *out);
 
-/* What an entry point does with a call. */
-enum { LCS_FALLBACK = 0, LCS_ANSWERED = 1 };
+/* What an entry point does with a call: the real libc does it
+ * (LCS_FALLBACK), the master or the rules answered it (LCS_ANSWERED), or
+ * the real libc does it and a report of its result is due (LCS_FORWARDED:
+ * the entry point passes the real call's result to LCS_AFTER). */
+enum { LCS_FALLBACK = 0, LCS_ANSWERED = 1, LCS_FORWARDED = 2 };
 
 /* open/openat through the master (fs.c), for fopen and opendir: AT_FDCWD
  * asks as open, anything else as openat.  Returns LCS_ANSWERED with
- * *result set (errno set when it is -1), or LCS_FALLBACK: the real
- * function must do the call. */
+ * *result set (errno set when it is -1), or LCS_FALLBACK / LCS_FORWARDED:
+ * the real function must do the call (then LCS_AFTER). */
 int lcs_open_call(int dirfd, const char *path, int flags, unsigned mode, int *result);
 
 /* ---- the caller's umask and credentials (creds.c) ---- */
@@ -333,12 +350,32 @@ void lcs_rules_init(void);
 int lcs_rules(uint16_t function, uint32_t flags, int dirfd1, const char *path1, int dirfd2,
               const char *path2, int *error);
 
-/* Tell the master's observers about a call the rules decided (channel.c;
- * only with LIBC_SERVICE_REPORTS=1): never blocks, a report the socket
- * does not take is counted as lost. */
-enum { LCS_REPORT_FORWARDED = 1, LCS_REPORT_DENIED = 2 };
-#define LCS_REPORT_HEADER 16
+/* Tell the master's observers about calls (channel.c; only with
+ * LIBC_SERVICE_REPORTS=1): never blocks, a report the socket does not
+ * take is counted as lost, errno is kept.
+ *
+ * lcs_report: a call the rules denied, at once.
+ * lcs_report_later: a call the real libc is about to do, forwarded by the
+ *   rules (LCS_REPORT_FORWARDED, the request is kept) or by the master
+ *   (LCS_REPORT_RESULT, id: the reply's).  Returns LCS_FORWARDED when a
+ *   report is due, LCS_FALLBACK when not (reports off, or too deeply
+ *   nested); the caller then does the real call and gives its result to
+ *   lcs_report_result (LCS_AFTER), which sends the report. */
+enum { LCS_REPORT_FORWARDED = 1, LCS_REPORT_DENIED = 2, LCS_REPORT_RESULT = 3 };
+#define LCS_REPORT_HEADER 24
 void lcs_report(const struct lcs_request *request, int outcome, int error);
+int lcs_report_later(const struct lcs_request *request, int outcome, uint64_t id);
+void lcs_report_result(int64_t result, int error);
+
+/* The real call's value, its result reported when how is LCS_FORWARDED
+ * (a negative value is a failure with errno, kept for the program). */
+#define LCS_AFTER(how, call)                                                    \
+	({                                                                      \
+		__typeof__(call) lcs_value_ = (call);                           \
+		if ((how) == LCS_FORWARDED)                                     \
+			lcs_report_result(lcs_value_, lcs_value_ < 0 ? errno : 0); \
+		lcs_value_;                                                     \
+	})
 
 /* The channel's start (channel.c, from the constructor): reads
  * LIBC_SERVICE_REPORTS and registers its fork handler. */

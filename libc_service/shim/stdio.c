@@ -46,17 +46,19 @@ static int stream_flags(const char *mode, char plain[MODE_MAX + 1])
 	return flags;
 }
 
-/* Ask the master for the file of an fopen.  Returns LCS_FALLBACK, or
+/* Ask the master for the file of an fopen.  Returns LCS_FALLBACK or
+ * LCS_FORWARDED (the real fopen does it, see stream_after), or
  * LCS_ANSWERED with *stream set (NULL with errno on failure). */
 static int open_stream(const char *path, const char *mode, FILE **stream)
 {
 	char plain[MODE_MAX + 1];
-	int flags, fd, saved_errno = errno;
+	int flags, fd, how, saved_errno = errno;
 
 	if (!path || !mode || (flags = stream_flags(mode, plain)) < 0)
 		return LCS_FALLBACK;
-	if (lcs_open_call(AT_FDCWD, path, flags, 0666, &fd) == LCS_FALLBACK)
-		return LCS_FALLBACK;
+	how = lcs_open_call(AT_FDCWD, path, flags, 0666, &fd);
+	if (how != LCS_ANSWERED)
+		return how;
 	*stream = NULL;
 	if (fd < 0)
 		return LCS_ANSWERED;
@@ -71,22 +73,33 @@ static int open_stream(const char *path, const char *mode, FILE **stream)
 	return LCS_ANSWERED;
 }
 
+/* The real call's stream, its descriptor reported when how is
+ * LCS_FORWARDED. */
+static FILE *stream_after(int how, FILE *stream)
+{
+	if (how == LCS_FORWARDED)
+		lcs_report_result(stream ? fileno(stream) : -1, stream ? 0 : errno);
+	return stream;
+}
+
 LCS_EXPORT FILE *fopen(const char *path, const char *mode)
 {
 	FILE *stream;
+	int how = open_stream(path, mode, &stream);
 
-	if (open_stream(path, mode, &stream) == LCS_ANSWERED)
+	if (how == LCS_ANSWERED)
 		return stream;
-	return LCS_REAL(fopen)(path, mode);
+	return stream_after(how, LCS_REAL(fopen)(path, mode));
 }
 
 LCS_EXPORT FILE *fopen64(const char *path, const char *mode)
 {
 	FILE *stream;
+	int how = open_stream(path, mode, &stream);
 
-	if (open_stream(path, mode, &stream) == LCS_ANSWERED)
+	if (how == LCS_ANSWERED)
 		return stream;
-	return LCS_REAL(fopen64)(path, mode);
+	return stream_after(how, LCS_REAL(fopen64)(path, mode));
 }
 
 /* opendir asks as open(path, read_only | directory), close-on-exec, and
@@ -94,11 +107,16 @@ LCS_EXPORT FILE *fopen64(const char *path, const char *mode)
  * directory opened for reading).  A NULL path goes to the real opendir. */
 LCS_EXPORT DIR *opendir(const char *path)
 {
-	int fd, saved_errno = errno;
+	int fd, how, saved_errno = errno;
 	DIR *dir;
 
-	if (lcs_open_call(AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, &fd) == LCS_FALLBACK)
-		return LCS_REAL(opendir)(path);
+	how = lcs_open_call(AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, &fd);
+	if (how != LCS_ANSWERED) {
+		dir = LCS_REAL(opendir)(path);
+		if (how == LCS_FORWARDED)
+			lcs_report_result(dir ? dirfd(dir) : -1, dir ? 0 : errno);
+		return dir;
+	}
 	if (fd < 0)
 		return NULL;
 	dir = fdopendir(fd);
