@@ -175,3 +175,18 @@ def test_programs_used_here_exist() -> None:
     for program in ("cat", "ls", "stat", "mkdir", "touch", "mv", "rm", "rmdir", "getent", "sh", "wc", "sort"):
         assert shutil.which(program), program
     assert os.access(PYTHON, os.X_OK)
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="no tar")
+async def test_creat_is_asked_as_the_open_it_is(tmp_path: Path) -> None:
+    """tar creates its archive with creat(): the router sees it as open(create|truncate|write_only)."""
+    populate(tmp_path)
+    recorded = Recorded()
+    slave = await run_slave(["tar", "cf", "archive.tar", "sub"], recorded.router, cwd=tmp_path)
+    assert slave.status == 0, slave.err
+    created = [d for d in recorded.decisions
+               if d.request.function == "open" and str(getattr(d.request, "path")) == "archive.tar"]
+    assert created, [str(getattr(d.request, "path", "")) for d in recorded.decisions]
+    assert {"create", "truncate", "write_only"} <= set(getattr(created[0].request, "flags"))
+    assert getattr(created[0].request, "mode") == 0o666
+    assert (tmp_path / "archive.tar").stat().st_size > 0

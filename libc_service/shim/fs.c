@@ -299,6 +299,30 @@ LCS_EXPORT int open64(const char *path, int flags, ...)
 	return LCS_AFTER(how, LCS_REAL(open64)(path, flags, mode));
 }
 
+/* creat(path, mode) is open(path, O_CREAT|O_WRONLY|O_TRUNC, mode): asked as
+ * that open (tar and other old-style programs create their output so). */
+#define CREAT_FLAGS (O_CREAT | O_WRONLY | O_TRUNC)
+
+LCS_EXPORT int creat(const char *path, mode_t mode)
+{
+	int result, how;
+
+	how = open_call(LCS_OPEN, AT_FDCWD, path, CREAT_FLAGS, mode, &result);
+	if (how == ANSWERED)
+		return result;
+	return LCS_AFTER(how, LCS_REAL(creat)(path, mode));
+}
+
+LCS_EXPORT int creat64(const char *path, mode_t mode)
+{
+	int result, how;
+
+	how = open_call(LCS_OPEN, AT_FDCWD, path, CREAT_FLAGS, mode, &result);
+	if (how == ANSWERED)
+		return result;
+	return LCS_AFTER(how, LCS_REAL(creat64)(path, mode));
+}
+
 LCS_EXPORT int openat(int dirfd, const char *path, int flags, ...)
 {
 	mode_t mode = 0;
