@@ -114,9 +114,11 @@ def noise() -> str:
     """One line on what other processes used while the figures were taken."""
     if not FOREIGN:
         return "# others' share of the machine: not measured"
-    return (f"# others' share of the machine during the runs: median {statistics.median(FOREIGN):.0%}, "
-            f"max {max(FOREIGN):.0%} over {len(FOREIGN)} runs"
-            + (f" (runs repeated above {MAX_FOREIGN:.0%})" if MAX_FOREIGN < 1 else ""))
+    return (
+        f"# others' share of the machine during the runs: median {statistics.median(FOREIGN):.0%}, "
+        f"max {max(FOREIGN):.0%} over {len(FOREIGN)} runs"
+        + (f" (runs repeated above {MAX_FOREIGN:.0%})" if MAX_FOREIGN < 1 else "")
+    )
 
 
 def fields(text: str) -> dict[str, dict[str, float]]:
@@ -152,8 +154,10 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()
-    return (f"nproc={os.cpu_count()} cpu={model!r} kernel={platform.release()} "
-            f"python={platform.python_version()} load={load[0]:.2f},{load[1]:.2f},{load[2]:.2f}")
+    return (
+        f"nproc={os.cpu_count()} cpu={model!r} kernel={platform.release()} "
+        f"python={platform.python_version()} load={load[0]:.2f},{load[1]:.2f},{load[2]:.2f}"
+    )
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:

@@ -236,8 +236,11 @@ def main() -> None:
                 results[name].append(runner.run(case(args.calls)) * 1e6)
     print(f"# hotpath: {args.calls} calls x {args.runs} runs, loop={args.loop}, unpinned")
     print(f"# {_common.machine()}")
-    rows = [(name, f"{statistics.median(v):.2f}", f"{min(v):.2f}..{max(v):.2f}") for name, v in results.items()
-            if not any(x != x for x in v)]
+    rows = [
+        (name, f"{statistics.median(v):.2f}", f"{min(v):.2f}..{max(v):.2f}")
+        for name, v in results.items()
+        if not any(x != x for x in v)
+    ]
     print(_common.table(rows, ("case", "median µs/call", "range over runs")))
 
 

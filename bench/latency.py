@@ -64,8 +64,21 @@ import _common  # noqa: E402
 
 #: --tree NAME=PATH: other checkouts whose Python master to measure too.
 TREES: dict[str, str] = {}
-CONFIGS = ("native", "shim-inert", "local", "router", "router-poll", "forward", "floor", "floor-fwd", "fakeroot",
-           "shim-answer", "seccomp", "seccomp-fwd", "seccomp+shim")
+CONFIGS = (
+    "native",
+    "shim-inert",
+    "local",
+    "router",
+    "router-poll",
+    "forward",
+    "floor",
+    "floor-fwd",
+    "fakeroot",
+    "shim-answer",
+    "seccomp",
+    "seccomp-fwd",
+    "seccomp+shim",
+)
 #: The static build of the timing program, for the seccomp rows (no shim can load).
 _common.PROGRAMS["bench_calls_static"] = (("tests/c/bench_calls.c",), ("-static",))
 CALLS = ("stat", "open_close")
@@ -91,7 +104,16 @@ def command(config: str, pinning: str, calls: int, path: str) -> list[str] | Non
         return master + ["env", "-u", "LIBC_SERVICE_FD", f"LD_PRELOAD={shim}", *program]
     if config == "local":
         tree = os.path.dirname(os.path.abspath(path)) or "/"
-        return master + ["env", f"LIBC_SERVICE_LOCAL={tree}", _common.build("floor_master"), "-s", shim, "answer", "--", *slave]
+        return master + [
+            "env",
+            f"LIBC_SERVICE_LOCAL={tree}",
+            _common.build("floor_master"),
+            "-s",
+            shim,
+            "answer",
+            "--",
+            *slave,
+        ]
     if config in ("router", "forward", "router-poll"):
         mode = "forward" if config == "forward" else "answer"
         env = ["env", f"BENCH_TREE={tree}"] if tree else []
@@ -129,6 +151,7 @@ def serve(transport: str, mode: str, argv: list[str]) -> int:
     fixed = Stat(size=4242, mode=0o644, nlink=1, blksize=4096, blocks=16)
     router = Router(default=FORWARD)
     if mode == "answer":
+
         @router.on("stat", "lstat")
         def fixed_stat(request: Any) -> Any:
             """Every file is a 4242-byte regular file."""
@@ -155,8 +178,9 @@ def serve(transport: str, mode: str, argv: list[str]) -> int:
         return runner.run(run())
 
 
-def measure(pinnings: list[str], configs: list[str], calls: int, runs: int, path: str
-            ) -> dict[str, dict[str, dict[str, list[float]]]]:
+def measure(
+    pinnings: list[str], configs: list[str], calls: int, runs: int, path: str
+) -> dict[str, dict[str, dict[str, list[float]]]]:
     """pinning -> config -> call -> the runs' median ns."""
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
     for pinning in pinnings:
@@ -174,8 +198,11 @@ def measure(pinnings: list[str], configs: list[str], calls: int, runs: int, path
 
 
 def report(results: dict[str, dict[str, dict[str, list[float]]]], calls: int, runs: int, path: str) -> str:
-    lines = [f"# latency: bench_calls {calls} {path}, {runs} interleaved runs, median of run medians",
-             f"# {_common.machine()}", _common.noise()]
+    lines = [
+        f"# latency: bench_calls {calls} {path}, {runs} interleaved runs, median of run medians",
+        f"# {_common.machine()}",
+        _common.noise(),
+    ]
     for pinning, per_config in results.items():
         lines.append(f"\n## pin={pinning}")
         floor = {call: _common.median(per_config["floor"][call]) for call in CALLS} if "floor" in per_config else None
@@ -188,14 +215,20 @@ def report(results: dict[str, dict[str, dict[str, list[float]]]], calls: int, ru
                 row.append(f"{m / floor[call]:.2f}" if floor else "-")
                 row.append(f"{min(values[call]) / 1000:.1f}..{max(values[call]) / 1000:.1f}")
             rows.append(row)
-        lines.append(_common.table(rows, ("config", "stat µs", "÷floor", "stat range", "open+close µs",
-                                           "÷floor", "open range")))
+        lines.append(
+            _common.table(rows, ("config", "stat µs", "÷floor", "stat range", "open+close µs", "÷floor", "open range"))
+        )
         if "native" in per_config:
             native = {call: _common.median(per_config["native"][call]) for call in CALLS}
-            lines.append("÷native: " + "; ".join(
-                f"{config} stat {_common.median(v['stat']) / native['stat']:.2f}, "
-                f"open+close {_common.median(v['open_close']) / native['open_close']:.2f}"
-                for config, v in per_config.items() if config in ("shim-inert", "local", "fakeroot")))
+            lines.append(
+                "÷native: "
+                + "; ".join(
+                    f"{config} stat {_common.median(v['stat']) / native['stat']:.2f}, "
+                    f"open+close {_common.median(v['open_close']) / native['open_close']:.2f}"
+                    for config, v in per_config.items()
+                    if config in ("shim-inert", "local", "fakeroot")
+                )
+            )
     return "\n".join(lines)
 
 
@@ -205,18 +238,28 @@ def main() -> None:
         assert separator == "--" and transport in ("shim", "seccomp") and mode in ("answer", "forward")
         sys.exit(serve(transport, mode, argv))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-foreign", type=float, default=1.0, metavar="SHARE",
-                        help="repeat a run (up to 5 tries) while other processes used more than SHARE "
-                             "(0..1) of the machine; the default never repeats")
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=1.0,
+        metavar="SHARE",
+        help="repeat a run (up to 5 tries) while other processes used more than SHARE "
+        "(0..1) of the machine; the default never repeats",
+    )
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--pin", default="same,split,none", help="comma list of same, split, none")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--path", default="/etc/hostname")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
-    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
-                        help="also run router and forward on the libc_service of checkout PATH "
-                             "(as router[NAME], forward[NAME]); repeatable")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also run router and forward on the libc_service of checkout PATH "
+        "(as router[NAME], forward[NAME]); repeatable",
+    )
     args = parser.parse_args()
     _common.MAX_FOREIGN = args.max_foreign
     pinnings = args.pin.split(",")
@@ -230,8 +273,12 @@ def main() -> None:
     results = measure(pinnings, configs, args.calls, args.runs, args.path)
     print(report(results, args.calls, args.runs, args.path))
     if args.json:
-        Path(args.json).write_text(json.dumps({"calls": args.calls, "runs": args.runs, "results": results,
-                                               "tree": os.environ.get("BENCH_TREE")}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"calls": args.calls, "runs": args.runs, "results": results, "tree": os.environ.get("BENCH_TREE")},
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -45,9 +45,19 @@ from libc_service import Master, Slave, Stat, wire  # noqa: E402
 from libc_service.requests import StatRequest  # noqa: E402
 
 PATH = "/usr/share/zoneinfo/Europe/Paris"
-STAT = Stat(dev=2049, ino=1234567, mode=0o644, type="regular", nlink=1, size=2962, blksize=4096,
-            blocks=8, atime=1_700_000_000_123_456_789, mtime=1_700_000_000_123_456_789,
-            ctime=1_700_000_000_123_456_789)
+STAT = Stat(
+    dev=2049,
+    ino=1234567,
+    mode=0o644,
+    type="regular",
+    nlink=1,
+    size=2962,
+    blksize=4096,
+    blocks=8,
+    atime=1_700_000_000_123_456_789,
+    mtime=1_700_000_000_123_456_789,
+    ctime=1_700_000_000_123_456_789,
+)
 
 
 def _loops() -> dict[str, Callable[[], asyncio.AbstractEventLoop] | None]:
@@ -81,11 +91,14 @@ def _slave_thread(slave: Slave, variant: str, warmup: int, calls: int, cpu: int 
     prebuilt = StatRequest(path=PATH, pid=os.getpid(), tid=threading.get_native_id(), request_id=1)
     clock = time.perf_counter_ns
     if variant == "call":
+
         def one() -> Any:
             return slave.call("stat", path=PATH)
     else:
+
         def one() -> Any:
             return slave.send_request(prebuilt)
+
     for _ in range(warmup):
         one()
     for _ in range(calls):
@@ -146,8 +159,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20_000, help="timed calls per run (default 20,000)")
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians of round medians")
-    parser.add_argument("--pin", choices=("same", "split", "none"), default="same",
-                        help="same: both threads on CPU 0; split: master CPU 0, slave CPU 1; none: the scheduler")
+    parser.add_argument(
+        "--pin",
+        choices=("same", "split", "none"),
+        default="same",
+        help="same: both threads on CPU 0; split: master CPU 0, slave CPU 1; none: the scheduler",
+    )
     parser.add_argument("--variants", default="call,prebuilt")
     args = parser.parse_args()
 
@@ -181,11 +198,34 @@ def main() -> None:
     for (loop_name, variant), runs in results.items():
         rate = statistics.median(args.calls / r.seconds for r in runs)
         p99 = statistics.median(sorted(r.slave_ns)[int(len(r.slave_ns) * 0.99)] for r in runs) / 1000
-        rows.append([loop_name, variant, med(runs, "slave_ns"), f"{p99:.1f}", med(runs, "master_wall_ns"),
-                     med(runs, "master_cpu_ns"), med(runs, "send_ns"), f"{rate:,.0f}"])
+        rows.append(
+            [
+                loop_name,
+                variant,
+                med(runs, "slave_ns"),
+                f"{p99:.1f}",
+                med(runs, "master_wall_ns"),
+                med(runs, "master_cpu_ns"),
+                med(runs, "send_ns"),
+                f"{rate:,.0f}",
+            ]
+        )
     print()
-    print(table(rows, ["loop", "variant", "slave round trip µs", "p99 µs", "master recv+send µs (wall)",
-                       "master recv+send µs (CPU)", "send µs", "calls/s"]))
+    print(
+        table(
+            rows,
+            [
+                "loop",
+                "variant",
+                "slave round trip µs",
+                "p99 µs",
+                "master recv+send µs (wall)",
+                "master recv+send µs (CPU)",
+                "send µs",
+                "calls/s",
+            ],
+        )
+    )
     print()
     print(table([[name, f"{ns:,.0f}"] for name, ns in _codec_ns()], ["codec, no I/O", "ns per call"]))
 

@@ -84,7 +84,9 @@ async def spawn_sessions(n: int) -> int:
             done.set()
 
     router.observe(count)  # type: ignore[arg-type]
-    async with spawn(program, router, stdin=subprocess.PIPE, shim=pymaster.REPO / "libc_service" / "_shim.so") as process:
+    async with spawn(
+        program, router, stdin=subprocess.PIPE, shim=pymaster.REPO / "libc_service" / "_shim.so"
+    ) as process:
         await asyncio.wait_for(done.wait(), 120)
         gc.collect()
         rss = rss_kib()

@@ -56,8 +56,16 @@ PERFORM_POLICY = BENCH / "perform_all.py"
 PYTHON = sys.executable
 
 DEFAULT_MODULES = (
-    "test_os", "test_posix", "test_shutil", "test_tempfile", "test_glob",
-    "test_pathlib", "test_fileio", "test_tarfile", "test_zipfile", "test_subprocess",
+    "test_os",
+    "test_posix",
+    "test_shutil",
+    "test_tempfile",
+    "test_glob",
+    "test_pathlib",
+    "test_fileio",
+    "test_tarfile",
+    "test_zipfile",
+    "test_subprocess",
 )
 CONFIGS = ("native", "trace", "perform")
 
@@ -138,7 +146,7 @@ def has_test_package() -> bool:
 
 
 def perform_available() -> str:
-    """"" when ``libc_service.perform`` exists, else why the configuration cannot run."""
+    """ "" when ``libc_service.perform`` exists, else why the configuration cannot run."""
     try:
         import libc_service
     except ImportError as exc:
@@ -149,7 +157,7 @@ def perform_available() -> str:
 
 
 def trace_available() -> str:
-    """"" when libc_service (and so ``libc-service trace``) is importable here."""
+    """ "" when libc_service (and so ``libc-service trace``) is importable here."""
     if importlib.util.find_spec("libc_service") is None:
         return "libc_service is not installed for this Python"
     return ""
@@ -185,7 +193,12 @@ def execute(run: Run, *, timeout: float, use: str, test_timeout: float, keep: Pa
     with open(work / "stderr", "w+b") as stderr:
         proc = subprocess.Popen(
             command(run.config, run.names, work, use, test_timeout),
-            cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True,
+            cwd=work,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            start_new_session=True,
         )
         try:
             run.status = proc.wait(timeout=timeout)
@@ -264,10 +277,20 @@ def confirm(differences: list[Difference], options: argparse.Namespace) -> None:
             by_config[difference.config].append(difference)
     for config, found in by_config.items():
         names = sorted({d.test for d in found})
-        native = execute(Run("confirm", "native", names), timeout=options.timeout, use=options.use,
-                         test_timeout=options.test_timeout, keep=None)
-        other = execute(Run("confirm", config, names), timeout=options.timeout, use=options.use,
-                        test_timeout=options.test_timeout, keep=None)
+        native = execute(
+            Run("confirm", "native", names),
+            timeout=options.timeout,
+            use=options.use,
+            test_timeout=options.test_timeout,
+            keep=None,
+        )
+        other = execute(
+            Run("confirm", config, names),
+            timeout=options.timeout,
+            use=options.use,
+            test_timeout=options.test_timeout,
+            keep=None,
+        )
         again = {d.test for d in compare(native, other)}
         for difference in found:
             difference.confirmed = difference.test in again
@@ -325,17 +348,28 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every run uses this script's Python: " + PYTHON,
     )
-    parser.add_argument("--modules", default=",".join(DEFAULT_MODULES),
-                        help="comma-separated modules of the test package, one runner process each "
-                             "(default: %(default)s)")
-    parser.add_argument("--select", nargs="+", metavar="NAME",
-                        help="instead of --modules: unittest names (test.test_os.FileTests, ...) run together "
-                             "in one process per configuration")
+    parser.add_argument(
+        "--modules",
+        default=",".join(DEFAULT_MODULES),
+        help="comma-separated modules of the test package, one runner process each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--select",
+        nargs="+",
+        metavar="NAME",
+        help="instead of --modules: unittest names (test.test_os.FileTests, ...) run together "
+        "in one process per configuration",
+    )
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from %(default)s")
-    parser.add_argument("--timeout", type=float, default=1200.0,
-                        help="seconds one runner process may take (default %(default)s)")
-    parser.add_argument("--test-timeout", type=float, default=300.0,
-                        help="seconds one test case may take before its run is ended (default %(default)s)")
+    parser.add_argument(
+        "--timeout", type=float, default=1200.0, help="seconds one runner process may take (default %(default)s)"
+    )
+    parser.add_argument(
+        "--test-timeout",
+        type=float,
+        default=300.0,
+        help="seconds one test case may take before its run is ended (default %(default)s)",
+    )
     parser.add_argument("--use", default="", help="test.support resources to enable, e.g. cpu,network (default none)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="runner processes at a time (default 1)")
     parser.add_argument("--confirm", action="store_true", help="re-run each differing test case alone")
@@ -374,14 +408,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runs = [Run(label, config, names) for label, names in groups for config in configs]
     with concurrent.futures.ThreadPoolExecutor(max(1, options.jobs)) as pool:
-        futures = [pool.submit(execute, run, timeout=options.timeout, use=options.use,
-                               test_timeout=options.test_timeout, keep=keep) for run in runs]
+        futures = [
+            pool.submit(
+                execute, run, timeout=options.timeout, use=options.use, test_timeout=options.test_timeout, keep=keep
+            )
+            for run in runs
+        ]
         for future in concurrent.futures.as_completed(futures):
             run = future.result()
             verb = "traced" if run.config == "trace" else "performed"
             seen = f" ({run.calls} calls {verb})" if run.calls is not None else ""
-            print(f"oracle: {run.label} [{run.config}] {run.seconds:.1f}s: {counts(run.outcomes.values())}{seen}"
-                  + (f" — {run.problem}" if run.problem else ""), file=sys.stderr, flush=True)
+            print(
+                f"oracle: {run.label} [{run.config}] {run.seconds:.1f}s: {counts(run.outcomes.values())}{seen}"
+                + (f" — {run.problem}" if run.problem else ""),
+                file=sys.stderr,
+                flush=True,
+            )
 
     natives = {r.label: r for r in runs if r.config == "native"}
     differences = [d for r in runs if r.config != "native" for d in compare(natives[r.label], r)]
@@ -391,13 +433,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_configs = [c for c in options.configs]
     print(report(runs, differences, unavailable, all_configs))
     if options.json:
-        Path(options.json).write_text(json.dumps({
-            "python": PYTHON,
-            "version": sys.version,
-            "unavailable": unavailable,
-            "runs": [dataclasses.asdict(r) | {"problem": r.problem} for r in runs],
-            "differences": [dataclasses.asdict(d) for d in differences],
-        }, indent=1) + "\n", encoding="utf-8")
+        Path(options.json).write_text(
+            json.dumps(
+                {
+                    "python": PYTHON,
+                    "version": sys.version,
+                    "unavailable": unavailable,
+                    "runs": [dataclasses.asdict(r) | {"problem": r.problem} for r in runs],
+                    "differences": [dataclasses.asdict(d) for d in differences],
+                },
+                indent=1,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     return 1 if differences or vacuous else 0
 
 

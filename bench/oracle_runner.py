@@ -181,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="JSON-lines file to append outcomes to")
     parser.add_argument("--use", default="", help="comma-separated test.support resources to enable")
-    parser.add_argument("--test-timeout", type=float, default=0.0,
-                        help="seconds one test case may take before the run is ended with a stack dump (0: none)")
+    parser.add_argument(
+        "--test-timeout",
+        type=float,
+        default=0.0,
+        help="seconds one test case may take before the run is ended with a stack dump (0: none)",
+    )
     parser.add_argument("names", nargs="+", help="unittest names: test.test_os, test.test_os.FileTests, ...")
     args = parser.parse_args(argv)
 
@@ -198,8 +202,13 @@ def main(argv: list[str] | None = None) -> int:
             if _unloadable(suite):
                 # The loader turns a missing module, class or method into a test
                 # that fails when run; say which name it was instead.
-                result._write({"id": f"load ({name})", "outcome": "error",
-                               "detail": f"{name}: no such module, class or test in this Python's test package"})
+                result._write(
+                    {
+                        "id": f"load ({name})",
+                        "outcome": "error",
+                        "detail": f"{name}: no such module, class or test in this Python's test package",
+                    }
+                )
                 continue
             suite.run(result)
         result._write({"done": True, "run": result.count})

@@ -39,7 +39,8 @@ def measure(slaves: list[int], total: int, runs: int) -> dict[str, dict[str, flo
         for n in slaves:
             for master in throughput.MASTERS:
                 samples[master][n].append(
-                    throughput.calls_per_second(master, "procs", n, total, "none", "/etc/hostname"))
+                    throughput.calls_per_second(master, "procs", n, total, "none", "/etc/hostname")
+                )
     return {m: {str(n): _common.median(v) for n, v in per_n.items()} for m, per_n in samples.items()}
 
 
@@ -110,11 +111,20 @@ def plot_programs(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--programs", metavar="FILE", type=Path,
-                        help="plot bench/programs.py's JSON instead of measuring latency and throughput")
-    parser.add_argument("--max-foreign", type=float, default=1.0, metavar="SHARE",
-                        help="repeat a run (up to 5 tries) while other processes used more than SHARE "
-                             "(0..1) of the machine; the default never repeats")
+    parser.add_argument(
+        "--programs",
+        metavar="FILE",
+        type=Path,
+        help="plot bench/programs.py's JSON instead of measuring latency and throughput",
+    )
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=1.0,
+        metavar="SHARE",
+        help="repeat a run (up to 5 tries) while other processes used more than SHARE "
+        "(0..1) of the machine; the default never repeats",
+    )
     parser.add_argument("--slaves", default="1,2,4,8,16,32,64")
     parser.add_argument("--total", type=int, default=64000)
     parser.add_argument("--runs", type=int, default=3)
@@ -130,15 +140,29 @@ def main() -> None:
     else:
         slaves = [int(n) for n in args.slaves.split(",")]
         figures = measure(slaves, args.total, args.runs)
-        data = {"machine": _common.machine(), "noise": _common.noise(), "total": args.total, "runs": args.runs,
-                "figures": figures}
+        data = {
+            "machine": _common.machine(),
+            "noise": _common.noise(),
+            "total": args.total,
+            "runs": args.runs,
+            "figures": figures,
+        }
         _common.OUT.mkdir(exist_ok=True)
         Path(args.json).write_text(json.dumps(data, indent=1))
     print(f"# {data['machine']}\n{data.get('noise', '')}")
-    print(_common.table(
-        [(n, *(f"{data['figures'][m][n]:,.0f}" for m in data["figures"]),
-          *(f"{int(n) / data['figures'][m][n] * 1e6:.1f}" for m in data["figures"])) for n in data["figures"]["python"]],
-        ("slaves", *(f"{m} calls/s" for m in data["figures"]), *(f"{m} µs/call" for m in data["figures"]))))
+    print(
+        _common.table(
+            [
+                (
+                    n,
+                    *(f"{data['figures'][m][n]:,.0f}" for m in data["figures"]),
+                    *(f"{int(n) / data['figures'][m][n] * 1e6:.1f}" for m in data["figures"]),
+                )
+                for n in data["figures"]["python"]
+            ],
+            ("slaves", *(f"{m} calls/s" for m in data["figures"]), *(f"{m} µs/call" for m in data["figures"])),
+        )
+    )
     plot(data["figures"], data["machine"])
 
 

@@ -129,11 +129,15 @@ def prepare() -> dict[str, Path]:
     for n, name in enumerate(names):
         (project / f"{name}.c").write_text(
             "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n"
-            f"int {name}(int x) {{ char b[32]; snprintf(b, sizeof b, \"%d\", x); return (int)strlen(b) + {n}; }}\n")
+            f'int {name}(int x) {{ char b[32]; snprintf(b, sizeof b, "%d", x); return (int)strlen(b) + {n}; }}\n'
+        )
     (project / "main.c").write_text(
-        "#include <stdio.h>\n" + "".join(f"int {name}(int);\n" for name in names)
-        + "int main(void) { int s = 0;\n" + "".join(f"  s += {name}(s);\n" for name in names)
-        + "  printf(\"%d\\n\", s); return 0; }\n")
+        "#include <stdio.h>\n"
+        + "".join(f"int {name}(int);\n" for name in names)
+        + "int main(void) { int s = 0;\n"
+        + "".join(f"  s += {name}(s);\n" for name in names)
+        + '  printf("%d\\n", s); return 0; }\n'
+    )
     objects = " ".join(f"{name}.o" for name in [*names, "main"])
     (project / "Makefile").write_text(f"prog: {objects}\n\tcc -o prog {objects}\n%.o: %.c\n\tcc -O1 -c $<\n")
     return {"forward": forward, "handler": handler, "git": repo, "make": project}
@@ -221,8 +225,15 @@ def main() -> None:
                 continue
             m = _common.median(values)
             summary[workload][wrapper] = m
-            rows.append((wrapper, f"{m * 1000:.1f}", _common.spread([v * 1000 for v in values]),
-                         f"{m / native:.2f}", f"{m / _common.median(fakeroot):.2f}" if fakeroot else ""))
+            rows.append(
+                (
+                    wrapper,
+                    f"{m * 1000:.1f}",
+                    _common.spread([v * 1000 for v in values]),
+                    f"{m / native:.2f}",
+                    f"{m / _common.median(fakeroot):.2f}" if fakeroot else "",
+                )
+            )
         print(_common.table(rows, ("configuration", "ms", "range", "÷native", "÷fakeroot")))
     summary["pass"] = {"native": _common.median(times["pass"]["native"])}
     args.json.parent.mkdir(parents=True, exist_ok=True)

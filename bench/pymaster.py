@@ -31,14 +31,26 @@ from libc_service.requests import LstatRequest, OpenatRequest, OpenRequest, Stat
 FAKE_STAT = Stat(size=4242, mode=0o644, nlink=1, blksize=4096, blocks=16)
 
 _OPEN_FLAGS = {
-    "read_only": os.O_RDONLY, "write_only": os.O_WRONLY, "read_write": os.O_RDWR,
-    "append": os.O_APPEND, "create": os.O_CREAT, "directory": os.O_DIRECTORY,
-    "exclusive": os.O_EXCL, "no_follow": os.O_NOFOLLOW, "path": os.O_PATH,
-    "sync_all_on_write": os.O_SYNC, "temporary": os.O_TMPFILE, "truncate": os.O_TRUNC,
+    "read_only": os.O_RDONLY,
+    "write_only": os.O_WRONLY,
+    "read_write": os.O_RDWR,
+    "append": os.O_APPEND,
+    "create": os.O_CREAT,
+    "directory": os.O_DIRECTORY,
+    "exclusive": os.O_EXCL,
+    "no_follow": os.O_NOFOLLOW,
+    "path": os.O_PATH,
+    "sync_all_on_write": os.O_SYNC,
+    "temporary": os.O_TMPFILE,
+    "truncate": os.O_TRUNC,
     "close_on_exec": os.O_CLOEXEC,  # sent since protocol version 2 (fopen "e", opendir)
     # Every flag the kernel acts on is sent (protocol version 2).
-    "non_blocking": os.O_NONBLOCK, "no_ctty": os.O_NOCTTY, "sync_data_on_write": os.O_DSYNC,
-    "no_atime": os.O_NOATIME, "direct": os.O_DIRECT, "async_signals": os.O_ASYNC,
+    "non_blocking": os.O_NONBLOCK,
+    "no_ctty": os.O_NOCTTY,
+    "sync_data_on_write": os.O_DSYNC,
+    "no_atime": os.O_NOATIME,
+    "direct": os.O_DIRECT,
+    "async_signals": os.O_ASYNC,
     "large_file": 0,  # implied by the kernel on 64-bit
 }
 
@@ -80,8 +92,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--concurrent", action="store_true", help="Router(concurrent=True)")
-    parser.add_argument("--busy-poll", type=float, default=0, metavar="US",
-                        help="Master.busy_poll_ns in µs (0: off; checkouts without it ignore it)")
+    parser.add_argument(
+        "--busy-poll",
+        type=float,
+        default=0,
+        metavar="US",
+        help="Master.busy_poll_ns in µs (0: off; checkouts without it ignore it)",
+    )
     parser.add_argument("mode", choices=("forward", "answer"))
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()

@@ -232,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-calls", type=int, default=200_000, help="calls per no-I/O run (default 200000)")
     args = parser.parse_args(argv)
     loops = ["asyncio", "uvloop"] if args.loop == "both" else [args.loop]
-    print(f"python {sys.version.split()[0]}, {args.calls} stat calls per run, median of {args.rounds} rounds, "
-          f"pinning {args.pin}")
+    print(
+        f"python {sys.version.split()[0]}, {args.calls} stat calls per run, median of {args.rounds} rounds, "
+        f"pinning {args.pin}"
+    )
     print(f"{'loop':8} {'bare µs':>8} {'router µs':>10} {'+observer µs':>13} {'router−bare':>12} {'observer':>9}")
     for loop_name in loops:
         rounds = measure(loop_name, args.calls, args.rounds, args.pin)

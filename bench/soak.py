@@ -140,8 +140,12 @@ class LogWatch(logging.Handler):
         if error is not None:
             return isinstance(error, RuntimeError) and str(error) == _DELIBERATE
         args = record.args if isinstance(record.args, tuple) else ()
-        return (str(record.msg).startswith("handler %s has failed") and len(args) >= 4
-                and args[2] == "RuntimeError" and str(args[3]).endswith("hostile.py"))
+        return (
+            str(record.msg).startswith("handler %s has failed")
+            and len(args) >= 4
+            and args[2] == "RuntimeError"
+            and str(args[3]).endswith("hostile.py")
+        )
 
     def uncaught(self, what: str, error: BaseException | None) -> None:
         """An exception in a thread or a destructor (nobody's log)."""
@@ -214,8 +218,7 @@ class Soak:
                 figures.load_misattributed += 1
                 raise Errno(errno.EXDEV)
             digest = fnv1a(raw)
-            return Stat(size=digest & _MASK63, ino=digest ^ _INO_SALT, nlink=int(call) + 1, mode=0o640,
-                        type="regular")
+            return Stat(size=digest & _MASK63, ino=digest ^ _INO_SALT, nlink=int(call) + 1, mode=0o640, type="regular")
 
         hostile.fuzz_router(router=router)
 
@@ -235,8 +238,13 @@ class Soak:
     async def load_slot(self) -> None:
         args = self.args
         while not self.stop.is_set():
-            async with spawn([str(self.program), str(args.threads), str(args.calls)], self.router,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+            async with spawn(
+                [str(self.program), str(args.threads), str(args.calls)],
+                self.router,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ) as process:
                 self.running.add(process)
                 try:
                     out, err = await process.communicate()
@@ -308,7 +316,9 @@ class Soak:
             with theirs:
                 child = subprocess.Popen(
                     [sys.executable, str(Path(hostile.__file__).resolve()), str(theirs.fileno()), str(seed)],
-                    pass_fds=[theirs.fileno()], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    pass_fds=[theirs.fileno()],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                 )
             assert child.stdout is not None
             child.stdout.readline()  # it is talking to the master
@@ -357,8 +367,11 @@ class Soak:
     async def report(self, started: float) -> None:
         f = self.figures
         previous = (time.monotonic(), 0, 0)
-        print(f"{'t(s)':>6} {'calls/s':>9} {'hostile/s':>9} {'load':>5} {'fuzz':>6} {'killed':>6} "
-              f"{'fds':>5} {'rss MiB':>8} {'tasks':>6}", flush=True)
+        print(
+            f"{'t(s)':>6} {'calls/s':>9} {'hostile/s':>9} {'load':>5} {'fuzz':>6} {'killed':>6} "
+            f"{'fds':>5} {'rss MiB':>8} {'tasks':>6}",
+            flush=True,
+        )
         while not self.stop.is_set():
             await asyncio.sleep(self.args.interval)
             if self.args.tracemalloc and self.first_snapshot is None:
@@ -368,9 +381,12 @@ class Soak:
             rate = (decisions - previous[1]) / (now - previous[0])
             hostile_rate = (sent - previous[2]) / (now - previous[0])
             previous = (now, decisions, sent)
-            print(f"{now - started:6.0f} {rate:9,.0f} {hostile_rate:9,.0f} {f.load_runs + f.load_killed:5} "
-                  f"{f.fuzz.sessions:6} {f.load_killed + f.children_killed + f.fuzz.killed:6} "
-                  f"{fd_count():5} {rss_kib() / 1024:8.1f} {len(asyncio.all_tasks()):6}", flush=True)
+            print(
+                f"{now - started:6.0f} {rate:9,.0f} {hostile_rate:9,.0f} {f.load_runs + f.load_killed:5} "
+                f"{f.fuzz.sessions:6} {f.load_killed + f.children_killed + f.fuzz.killed:6} "
+                f"{fd_count():5} {rss_kib() / 1024:8.1f} {len(asyncio.all_tasks()):6}",
+                flush=True,
+            )
 
     async def main(self) -> int:
         args = self.args
@@ -378,16 +394,20 @@ class Soak:
         # Warm up, then take the baseline: uvloop keeps a pipe from its first
         # subprocess on, and one /dev/null from its first stdin=DEVNULL on.
         warm_up = await asyncio.create_subprocess_exec(
-            "true", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            "true", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         await warm_up.communicate()
         base_table, base_rss = fd_table(), rss_kib()
         base_fds = len(base_table)
         started = time.monotonic()
-        threads = [threading.Thread(target=self.fuzz_thread, args=(seed,), daemon=True)
-                   for seed in range(args.fuzz_threads)]
-        threads += [threading.Thread(target=self.cutter_thread, daemon=True),
-                    threading.Thread(target=self.child_thread, daemon=True),
-                    threading.Thread(target=self.good_thread, daemon=True)]
+        threads = [
+            threading.Thread(target=self.fuzz_thread, args=(seed,), daemon=True) for seed in range(args.fuzz_threads)
+        ]
+        threads += [
+            threading.Thread(target=self.cutter_thread, daemon=True),
+            threading.Thread(target=self.child_thread, daemon=True),
+            threading.Thread(target=self.good_thread, daemon=True),
+        ]
         for thread in threads:
             thread.start()
         tasks = [asyncio.ensure_future(self.load_slot()) for _ in range(args.processes)]
@@ -395,7 +415,7 @@ class Soak:
         await asyncio.sleep(args.duration)
         self.stop.set()
         await asyncio.gather(*tasks[: args.processes])  # the programs finish their runs
-        for task in tasks[args.processes:]:
+        for task in tasks[args.processes :]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for thread in threads:
@@ -418,23 +438,33 @@ class Soak:
         f = self.figures
         fz = f.fuzz
         print()
-        print(f"duration          {elapsed:.1f} s ({self.args.loop}, "
-              f"{'concurrent' if self.args.concurrent else 'sequential'} router)")
+        print(
+            f"duration          {elapsed:.1f} s ({self.args.loop}, "
+            f"{'concurrent' if self.args.concurrent else 'sequential'} router)"
+        )
         print(f"master decisions  {f.decisions:,} ({f.decisions / elapsed:,.0f}/s)")
-        print(f"load              {f.load_runs} runs of {self.args.threads}x{self.args.calls} completed, "
-              f"{f.load_killed} SIGKILLed mid-run ({f.load_killed_in_handler} by the handler answering them); "
-              f"{f.load_calls:,} calls answered by the master, "
-              f"{f.load_ok_calls:,} checked ok by completed runs; misrouted {f.load_misrouted}, "
-              f"errors {f.load_errors}, misattributed {f.load_misattributed}, failed runs {len(f.load_failed_runs)}")
+        print(
+            f"load              {f.load_runs} runs of {self.args.threads}x{self.args.calls} completed, "
+            f"{f.load_killed} SIGKILLed mid-run ({f.load_killed_in_handler} by the handler answering them); "
+            f"{f.load_calls:,} calls answered by the master, "
+            f"{f.load_ok_calls:,} checked ok by completed runs; misrouted {f.load_misrouted}, "
+            f"errors {f.load_errors}, misattributed {f.load_misattributed}, failed runs {len(f.load_failed_runs)}"
+        )
         print(f"hostile           {fz.summary()}")
         print(f"                  by kind {dict(sorted(fz.by_how.items()))}")
         print(f"hostile children  {f.children_killed} SIGKILLed after {f.children_messages:,} messages")
-        print(f"sessions          {f.load_sessions + fz.sessions + f.children_killed + 1:,} "
-              f"({f.load_sessions} load, {fz.sessions} hostile, {f.children_killed} children, 1 good)")
-        print(f"good session      {f.good_rounds:,} rounds, longest silence {f.good_longest_silence * 1000:.0f} ms, "
-              f"{len(f.good_wrong)} wrong")
-        print(f"log               {len(self.log.unexpected)} errors or tracebacks "
-              f"({self.log.deliberate} deliberate handler failures not counted)")
+        print(
+            f"sessions          {f.load_sessions + fz.sessions + f.children_killed + 1:,} "
+            f"({f.load_sessions} load, {fz.sessions} hostile, {f.children_killed} children, 1 good)"
+        )
+        print(
+            f"good session      {f.good_rounds:,} rounds, longest silence {f.good_longest_silence * 1000:.0f} ms, "
+            f"{len(f.good_wrong)} wrong"
+        )
+        print(
+            f"log               {len(self.log.unexpected)} errors or tracebacks "
+            f"({self.log.deliberate} deliberate handler failures not counted)"
+        )
         print(f"descriptors       {base_fds} at start, {end_fds} at the end")
         print(f"RSS               {base_rss / 1024:.1f} MiB at start, {end_rss / 1024:.1f} MiB at the end")
         problems = [*f.crashes, *fz.violations, *f.good_wrong, *f.load_failed_runs, *self.log.unexpected]
@@ -461,8 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-every", type=float, default=2.0, help="SIGKILL a load program this often (s)")
     parser.add_argument("--fuzz-threads", type=int, default=2, help="threads of hostile sessions")
     parser.add_argument("--interval", type=float, default=5.0, help="report every N seconds")
-    parser.add_argument("--tracemalloc", action="store_true",
-                        help="trace allocations; print the largest growth from the first report to the end")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace allocations; print the largest growth from the first report to the end",
+    )
     args = parser.parse_args(argv)
     # Every rejected message logs a warning by design: the console shows only
     # CRITICAL; errors and tracebacks are counted (LogWatch) and fail the soak.

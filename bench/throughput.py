@@ -37,8 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 #: (label, stat_loop mode, workers)
-SHAPES = (("1 process", "procs", 1), ("8 processes", "procs", 8), ("1 process x 8 threads", "threads", 8),
-          ("64 processes", "procs", 64))
+SHAPES = (
+    ("1 process", "procs", 1),
+    ("8 processes", "procs", 8),
+    ("1 process x 8 threads", "threads", 8),
+    ("64 processes", "procs", 64),
+)
 MASTERS = ("python", "floor")
 
 
@@ -62,8 +66,9 @@ def calls_per_second(master: str, mode: str, workers: int, total: int, pinning: 
     return run_shape(master, mode, workers, total, pinning, path)[0]
 
 
-def run_shape(master: str, mode: str, workers: int, total: int, pinning: str, path: str,
-              cpu: bool = False) -> tuple[float, float | None, float]:
+def run_shape(
+    master: str, mode: str, workers: int, total: int, pinning: str, path: str, cpu: bool = False
+) -> tuple[float, float | None, float]:
     """(calls per second, master CPU ms or None, calls made)."""
     argv = command(master, mode, workers, total, pinning, path)
     with tempfile.NamedTemporaryFile("r", suffix=".perf") as perf:
@@ -97,17 +102,27 @@ def startup_cpu_ms(master: str, runs: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-foreign", type=float, default=1.0, metavar="SHARE",
-                        help="repeat a run (up to 5 tries) while other processes used more than SHARE "
-                             "(0..1) of the machine; the default never repeats")
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=1.0,
+        metavar="SHARE",
+        help="repeat a run (up to 5 tries) while other processes used more than SHARE "
+        "(0..1) of the machine; the default never repeats",
+    )
     parser.add_argument("--total", type=int, default=64000, help="stat calls per run, split over the workers")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--pin", choices=("none", "same"), default="none")
     parser.add_argument("--path", default="/etc/hostname")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--cpu", action="store_true", help="also the master's CPU µs per call (perf stat)")
-    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
-                        help="also run the Python master of checkout PATH (as python[NAME]); repeatable")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also run the Python master of checkout PATH (as python[NAME]); repeatable",
+    )
     args = parser.parse_args()
     _common.MAX_FOREIGN = args.max_foreign
     if args.cpu and _common.need("perf") is None:
@@ -126,8 +141,10 @@ def main() -> None:
                 results[label][master].append(rate)
                 if cpu_ms is not None:
                     cpu[label][master].append((cpu_ms - startup[master]) * 1000 / calls)
-    print(f"# throughput: {args.total} stat calls per run, {args.runs} interleaved runs, pin={args.pin}, "
-          f"median calls/s (range)")
+    print(
+        f"# throughput: {args.total} stat calls per run, {args.runs} interleaved runs, pin={args.pin}, "
+        f"median calls/s (range)"
+    )
     print(f"# {_common.machine()}")
     print(_common.noise())
     rows = []
@@ -146,13 +163,20 @@ def main() -> None:
         header += [f"{master} calls/s", "range", "÷ floor", "per-run ÷"]
     print(_common.table(rows, header))
     if args.cpu:
-        print("\nmaster CPU per call, µs (task-clock less start-up: "
-              + ", ".join(f"{m} {startup[m]:.1f} ms" for m in masters) + ")")
+        print(
+            "\nmaster CPU per call, µs (task-clock less start-up: "
+            + ", ".join(f"{m} {startup[m]:.1f} ms" for m in masters)
+            + ")"
+        )
         rows = [(label, *(f"{_common.median(v[m]):.2f}" for m in masters)) for label, v in cpu.items()]
         print(_common.table(rows, ("workers", *(f"{m} µs" for m in masters))))
     if args.json:
-        Path(args.json).write_text(json.dumps({"total": args.total, "runs": args.runs, "pin": args.pin,
-                                               "results": results, "cpu_us_per_call": cpu}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"total": args.total, "runs": args.runs, "pin": args.pin, "results": results, "cpu_us_per_call": cpu},
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

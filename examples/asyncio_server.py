@@ -194,9 +194,14 @@ class JobServer:
         env = {"PATH": "/usr/bin:/bin", "LANG": "C"}
         try:
             async with spawn(
-                job.argv, policy.router, cwd=policy.directory, env=env,
+                job.argv,
+                policy.router,
+                cwd=policy.directory,
+                env=env,
                 sandbox=sandbox if self.sandboxed else None,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             ) as worker:
                 try:
                     async with asyncio.timeout(self.timeout):
@@ -250,8 +255,11 @@ class JobServer:
         if os.path.exists(path):
             os.unlink(path)
         server = await asyncio.start_unix_server(self.handle_client, path)
-        logger.info("serving jobs on %s (%s)", path,
-                    "sandboxed" if self.sandboxed else f"unsandboxed: {self.sandbox_unavailable}")
+        logger.info(
+            "serving jobs on %s (%s)",
+            path,
+            "sandboxed" if self.sandboxed else f"unsandboxed: {self.sandbox_unavailable}",
+        )
         try:
             async with server:
                 if not command:
@@ -283,13 +291,17 @@ def _print_report(report: dict[str, Any]) -> None:
     if "error" in report:
         print(f"error: {report['error']}")
         return
-    print(f"== job {report['job']}: status {report['status']}, "
-          f"{'sandboxed' if report['sandboxed'] else 'NOT sandboxed (' + str(report['sandbox_unavailable']) + ')'}, "
-          f"{report['concurrent_jobs']} job(s) at once, decisions {report['summary']}")
+    print(
+        f"== job {report['job']}: status {report['status']}, "
+        f"{'sandboxed' if report['sandboxed'] else 'NOT sandboxed (' + str(report['sandbox_unavailable']) + ')'}, "
+        f"{report['concurrent_jobs']} job(s) at once, decisions {report['summary']}"
+    )
     for record in report["decisions"]:
         answer = record["errno_name"] or record["decision"]
-        print(f"   {record['function']}({', '.join(map(str, record['arguments'].values()))}) "
-              f"-> {answer} by {record['route']}")
+        print(
+            f"   {record['function']}({', '.join(map(str, record['arguments'].values()))}) "
+            f"-> {answer} by {record['route']}"
+        )
     sys.stdout.write(report["stdout"])
     sys.stdout.write(report["stderr"])
 
@@ -322,7 +334,8 @@ def main(args: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="asyncio_server.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
-        "serve", help="serve jobs on a unix socket (with -- CMD: while CMD runs, then exit with its status)",
+        "serve",
+        help="serve jobs on a unix socket (with -- CMD: while CMD runs, then exit with its status)",
     )
     serve.add_argument("socket")
     serve.add_argument("--no-sandbox", action="store_true", help="run workers without Landlock")
@@ -331,15 +344,16 @@ def main(args: Sequence[str] | None = None) -> int:
     send.add_argument("directory")
     send.add_argument("argv", nargs=argparse.REMAINDER)
     demo = commands.add_parser(
-        "demo", help="run CMD (default: head data.txt) in each directory (default: two temporary ones, a and b), "
-                     "all at once, in this process",
+        "demo",
+        help="run CMD (default: head data.txt) in each directory (default: two temporary ones, a and b), "
+        "all at once, in this process",
     )
     demo.add_argument("directories", nargs="*", metavar="DIR")
     args = list(sys.argv[1:] if args is None else args)
     command: list[str] = []
     if args[:1] in (["demo"], ["serve"]) and "--" in args:
-        command = args[args.index("--") + 1:]
-        args = args[:args.index("--")]
+        command = args[args.index("--") + 1 :]
+        args = args[: args.index("--")]
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="asyncio_server: %(message)s")
     if options.command == "serve":
@@ -359,6 +373,7 @@ def main(args: Sequence[str] | None = None) -> int:
     else:
         _demo_in_temporary_jobs(command)
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -179,8 +179,8 @@ def main(args: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if args is None else args)
     command: list[str] = []
     if "--" in args:
-        command = args[args.index("--") + 1:]
-        args = args[:args.index("--")]
+        command = args[args.index("--") + 1 :]
+        args = args[: args.index("--")]
     parser = argparse.ArgumentParser(prog="net_allowlist.py", description=main.__doc__)
     parser.add_argument("action", choices=["serve"])
     parser.add_argument("--port", type=int, default=TEST_PORT, help=f"port on {TEST_HOST} (default {TEST_PORT})")

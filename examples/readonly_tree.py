@@ -46,7 +46,6 @@ from libc_service.safepath import open_beneath, stat_beneath
 ROOT = os.path.realpath(os.environ.get("LIBC_SERVICE_ROOT") or os.getcwd())
 
 
-
 def _program_directories(root: str) -> tuple[str, ...]:
     """The absolute directories of `$PATH` that exist, as the shell spells them.
 

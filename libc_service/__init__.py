@@ -50,10 +50,10 @@ _LAZY: dict[str, str] = {
     "Deny": "outcomes",
     **dict.fromkeys(("AddrInfo", "Reply", "Stat"), "replies"),
     "Request": "requests",
-    **dict.fromkeys(("FORWARD", "PASS", "Decision", "Errno", "Route", "Router", "WithFds", "deny", "RouteTable"),
-                    "router"),
-    **dict.fromkeys(("EscapeError", "open_beneath", "parent_beneath", "relative_to_root", "stat_beneath"),
-                    "safepath"),
+    **dict.fromkeys(
+        ("FORWARD", "PASS", "Decision", "Errno", "Route", "Router", "WithFds", "deny", "RouteTable"), "router"
+    ),
+    **dict.fromkeys(("EscapeError", "open_beneath", "parent_beneath", "relative_to_root", "stat_beneath"), "safepath"),
     **dict.fromkeys(("Sandbox", "SandboxUnavailable"), "sandbox"),
     "Slave": "slave",
     "slave_path": "slavepath",

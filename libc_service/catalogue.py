@@ -46,9 +46,7 @@ __all__ = [
 ]
 
 #: Functions whose ``path`` names a file (rename has two, ``path1``/``path2``).
-PATH_FUNCTIONS: Final = frozenset(
-    {"open", "openat", "unlink", "rmdir", "stat", "lstat", "access", "eaccess", "mkdir"}
-)
+PATH_FUNCTIONS: Final = frozenset({"open", "openat", "unlink", "rmdir", "stat", "lstat", "access", "eaccess", "mkdir"})
 OPEN_FUNCTIONS: Final = frozenset({"open", "openat"})
 #: Functions that change a file's mode, owner or times by path (``path``,
 #: ``dirfd``, ``no_follow``) ...
@@ -66,9 +64,7 @@ NAMED_FUNCTIONS: Final = PATH_FUNCTIONS | {"rename"} | UNIX_FUNCTIONS | METADATA
 #: Functions whose reply may carry a descriptor that is (or replaces) the call's result.
 FD_RESULT_FUNCTIONS: Final = OPEN_FUNCTIONS | UNIX_FUNCTIONS | INET_FUNCTIONS | INET6_FUNCTIONS
 
-FileType: TypeAlias = Literal[
-    "regular", "directory", "symlink", "character_device", "block_device", "fifo", "socket"
-]
+FileType: TypeAlias = Literal["regular", "directory", "symlink", "character_device", "block_device", "fifo", "socket"]
 #: File types in wire-code order (code = index + 1).
 FILE_TYPES: Final[tuple[FileType, ...]] = get_args(FileType)
 

@@ -64,8 +64,15 @@ class MasterChannel(Generic[CallT]):
     against :attr:`max_in_flight`, since both hold the call's descriptors.
     """
 
-    __slots__ = ("max_in_flight", "_waiting", "_sending", "closed", "unanswered_at_close", "unsent_at_close",
-                 "late_replies")
+    __slots__ = (
+        "max_in_flight",
+        "_waiting",
+        "_sending",
+        "closed",
+        "unanswered_at_close",
+        "unsent_at_close",
+        "late_replies",
+    )
 
     def __init__(self, *, max_in_flight: int = 64) -> None:
         if max_in_flight < 1:

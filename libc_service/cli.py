@@ -109,8 +109,9 @@ class _SignalRelay:
                 return
             self.ending = True
         if signum == signal.SIGINT and self._insisted():
-            logger.warning("interrupted %d times in %.0f s: killing the program", INSISTENT_INTERRUPTS,
-                           INSISTENT_WINDOW)
+            logger.warning(
+                "interrupted %d times in %.0f s: killing the program", INSISTENT_INTERRUPTS, INSISTENT_WINDOW
+            )
             self.process.kill()
             return
         if self.process.own_session:
@@ -142,8 +143,9 @@ def _terminal_delivered_to(pid: int) -> bool:
         os.close(fd)
 
 
-async def _serve_program(argv: Sequence[str], router: Router, sandbox: Sandbox | None, seccomp: bool = False,
-                         reports: bool = False) -> int:
+async def _serve_program(
+    argv: Sequence[str], router: Router, sandbox: Sandbox | None, seccomp: bool = False, reports: bool = False
+) -> int:
     loop = asyncio.get_running_loop()
     try:
         async with spawn(argv, router, sandbox=sandbox, seccomp=seccomp, reports=reports) as process:
@@ -186,8 +188,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     status = 1  # the program did not run to its end
     try:
         # With the report observing, the shim reports what the calls it forwarded returned.
-        status = _run_loop(_serve_program(command, policy.router, sandbox, args.seccomp,
-                                          reports=report is not None))
+        status = _run_loop(_serve_program(command, policy.router, sandbox, args.seccomp, reports=report is not None))
         return status
     finally:
         for line in report.lines(failed=status != 0) if report is not None else ():
@@ -234,12 +235,16 @@ def _cmd_learn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     _write_output(args.output, source)
     if args.output is not None:
         lists = learned.sandbox_arguments()
-        print(f"libc-service: wrote {args.output}: {len(lists['allow_read'])} read, {len(lists['allow_write'])} "
-              f"write, {len(lists['allow_exec'])} program rule(s) from {learned.calls} calls; try: "
-              f"libc-service run --sandbox {args.output} -- {shlex.join(command)}", file=sys.stderr)
+        print(
+            f"libc-service: wrote {args.output}: {len(lists['allow_read'])} read, {len(lists['allow_write'])} "
+            f"write, {len(lists['allow_exec'])} program rule(s) from {learned.calls} calls; try: "
+            f"libc-service run --sandbox {args.output} -- {shlex.join(command)}",
+            file=sys.stderr,
+        )
     if status != 0:
-        print(f"libc-service: the program exited with status {status}: the policy covers that run only",
-              file=sys.stderr)
+        print(
+            f"libc-service: the program exited with status {status}: the policy covers that run only", file=sys.stderr
+        )
     return status
 
 
@@ -282,46 +287,64 @@ def build_parser() -> argparse.ArgumentParser:
     # Also accepted after the command (`libc-service run -v ...`); SUPPRESS keeps
     # a subcommand from resetting a count given before it.
     verbose = argparse.ArgumentParser(add_help=False)
-    verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                         help="log more (repeat for debug)")
+    verbose.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log more (repeat for debug)"
+    )
     commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", parents=[verbose], help="run a program under a policy",
+        "run",
+        parents=[verbose],
+        help="run a program under a policy",
         description="Run CMD with every arbitrated call decided by POLICY's router.",
     )
-    run.add_argument("--sandbox", action="store_true",
-                     help="confine the program with Landlock (and no network), using the policy's `sandbox` "
-                          "or a minimal one")
-    run.add_argument("--seccomp", action="store_true",
-                     help="also decide the system calls the shim cannot see (static programs, raw system calls, "
-                          "libc's own opens) through seccomp user notifications; use with --sandbox")
+    run.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="confine the program with Landlock (and no network), using the policy's `sandbox` or a minimal one",
+    )
+    run.add_argument(
+        "--seccomp",
+        action="store_true",
+        help="also decide the system calls the shim cannot see (static programs, raw system calls, "
+        "libc's own opens) through seccomp user notifications; use with --sandbox",
+    )
     run.add_argument("policy", metavar="POLICY", help="path/to/policy.py or package.module:attr defining a Router")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     run.set_defaults(handler=_cmd_run, subparser=run)
     run.usage = "libc-service run [-h] [-v] [--sandbox] [--seccomp] POLICY -- CMD [ARG...]"
 
     trace = commands.add_parser(
-        "trace", parents=[verbose], help="log every call of a program, then let it proceed",
+        "trace",
+        parents=[verbose],
+        help="log every call of a program, then let it proceed",
         description="Run CMD, log every arbitrated call (pid, tid, function, arguments, decision, latency) "
-                    "and forward each call to the program itself. The log goes to stderr unless -o FILE is "
-                    "given: use -o FILE to keep it apart from the program's own output.",
+        "and forward each call to the program itself. The log goes to stderr unless -o FILE is "
+        "given: use -o FILE to keep it apart from the program's own output.",
     )
     trace.add_argument("--json", action="store_true", help="write JSON lines instead of text")
-    trace.add_argument("-o", "--output", metavar="FILE",
-                       help="write the log to FILE (default: stderr, where it mixes with the program's own "
-                            "messages)")
-    trace.add_argument("--seccomp", action="store_true",
-                       help="also log the system calls the shim cannot see (seccomp user notifications)")
+    trace.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the log to FILE (default: stderr, where it mixes with the program's own messages)",
+    )
+    trace.add_argument(
+        "--seccomp",
+        action="store_true",
+        help="also log the system calls the shim cannot see (seccomp user notifications)",
+    )
     trace.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     trace.set_defaults(handler=_cmd_trace, subparser=trace)
     trace.usage = "libc-service trace [-h] [-v] [--json] [--seccomp] [-o FILE] -- CMD [ARG...]"
 
     learn = commands.add_parser(
-        "learn", parents=[verbose], help="run a program once and write a starting policy for it",
+        "learn",
+        parents=[verbose],
+        help="run a program once and write a starting policy for it",
         description="Run CMD with every arbitrated call performed by the master and observed, then write a "
-                    "policy (a Sandbox with the narrowest trees the run used, and a router) that "
-                    "`libc-service run --sandbox` accepts. Review it before trusting it.",
+        "policy (a Sandbox with the narrowest trees the run used, and a router) that "
+        "`libc-service run --sandbox` accepts. Review it before trusting it.",
     )
     learn.add_argument("-o", "--output", metavar="FILE", help="write the policy to FILE (default: stdout)")
     learn.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
@@ -329,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     learn.usage = "libc-service learn [-h] [-v] [-o FILE] -- CMD [ARG...]"
 
     docs = commands.add_parser(
-        "docs", parents=[verbose], help="write a policy's documentation",
+        "docs",
+        parents=[verbose],
+        help="write a policy's documentation",
         description="Write the documentation of POLICY, generated from its handlers, conditions and sandbox.",
     )
     docs.add_argument("--format", choices=("md", "json"), default="md", help="Markdown (default) or JSON")
@@ -342,12 +367,22 @@ def build_parser() -> argparse.ArgumentParser:
 class _Version(argparse.Action):
     """``--version``, reading the package metadata only when asked."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
-                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:  # noqa: A002 - argparse's name
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str = argparse.SUPPRESS,
+        default: str = argparse.SUPPRESS,
+        help: str | None = None,
+    ) -> None:  # noqa: A002 - argparse's name
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: object, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
         from . import __version__
 
         print(f"{parser.prog} {__version__}")
@@ -359,7 +394,10 @@ def _usage_error(exc: BaseException) -> bool:
     if isinstance(exc, PolicyError | ShimNotFound):
         return True
     # Raised only by modules a command imported: look them up where they were loaded.
-    for module, name in (("libc_service.landlock", "SandboxUnavailable"), ("libc_service.notify", "SeccompUnavailable")):
+    for module, name in (
+        ("libc_service.landlock", "SandboxUnavailable"),
+        ("libc_service.notify", "SeccompUnavailable"),
+    ):
         loaded = sys.modules.get(module)
         if loaded is not None and isinstance(exc, getattr(loaded, name)):
             return True

@@ -243,12 +243,15 @@ def _sandbox_doc(sandbox: Any) -> SandboxDoc | None:
     if sandbox is None:
         return None
     rules = tuple(
-        (str(path), tuple(part.strip() for part in access.split(",")))
-        for path, access in sandbox.static_rules()
+        (str(path), tuple(part.strip() for part in access.split(","))) for path, access in sandbox.static_rules()
     )
     metadata = bool(getattr(sandbox, "metadata", False))
-    return SandboxDoc(rules=rules, network=bool(sandbox.network), metadata=metadata,
-                      system_libraries=bool(getattr(sandbox, "system_libraries", True)))
+    return SandboxDoc(
+        rules=rules,
+        network=bool(sandbox.network),
+        metadata=metadata,
+        system_libraries=bool(getattr(sandbox, "system_libraries", True)),
+    )
 
 
 def describe_policy(policy: LoadedPolicy) -> PolicyDoc:
@@ -260,8 +263,7 @@ def describe_policy(policy: LoadedPolicy) -> PolicyDoc:
     handlers = tuple(_handler_doc(index, route, base) for index, route in enumerate(table.routes))
     by_route = {id(route): doc for route, doc in zip(table.routes, handlers)}
     functions = tuple(
-        FunctionDoc(name, tuple(by_route[id(route)] for route in table.for_function(name)))
-        for name in FUNCTIONS
+        FunctionDoc(name, tuple(by_route[id(route)] for route in table.for_function(name))) for name in FUNCTIONS
     )
     return PolicyDoc(
         name=_policy_name(policy),
@@ -398,8 +400,7 @@ def _decisions(doc: PolicyDoc) -> list[str]:
     elif doc.default.action == "forward":
         lines += [
             "",
-            "A forwarded call is performed by the slave with its own credentials: only the "
-            "sandbox, if any, limits it.",
+            "A forwarded call is performed by the slave with its own credentials: only the sandbox, if any, limits it.",
         ]
     return lines
 
@@ -448,8 +449,8 @@ def _sandbox(doc: PolicyDoc) -> list[str]:
         "Network: the host's network is kept."
         if doc.sandbox.network
         else "Network: none. The slave runs in empty network and IPC namespaces (and Landlock refuses "
-             "TCP bind/connect where the kernel supports it); only a socket the master connects "
-             "and passes back reaches anything."
+        "TCP bind/connect where the kernel supports it); only a socket the master connects "
+        "and passes back reaches anything."
     )
     lines.append("")
     lines.append(
@@ -457,9 +458,9 @@ def _sandbox(doc: PolicyDoc) -> list[str]:
         "user owns by itself (`metadata=True`; Landlock does not mediate these calls)."
         if doc.sandbox.metadata
         else "Metadata: `chmod`, `chown`, `utime` and extended-attribute calls are refused (`EPERM`, by a "
-             "seccomp filter, since Landlock does not mediate them), and so is io_uring. So a `FORWARD` of "
-             "`chmod`, `fchmod`, `chown`, `fchown`, `utimens` or `futimens` is refused by the kernel: only the "
-             "changes a handler performs in the master (`perform(request)`) are made."
+        "seccomp filter, since Landlock does not mediate them), and so is io_uring. So a `FORWARD` of "
+        "`chmod`, `fchmod`, `chown`, `fchown`, `utimens` or `futimens` is refused by the kernel: only the "
+        "changes a handler performs in the master (`perform(request)`) are made."
     )
     return lines
 
@@ -517,8 +518,12 @@ def policy_json(doc: PolicyDoc) -> dict[str, Any]:
             "handler": None if default.handler is None else _handler_json(default.handler),
         },
         "failure": {"errno": doc.error_errno, "errno_name": _errno_name(doc.error_errno)},
-        "timeout": None if doc.timeout is None else {
-            "seconds": doc.timeout, "errno": doc.timeout_errno, "errno_name": _errno_name(doc.timeout_errno),
+        "timeout": None
+        if doc.timeout is None
+        else {
+            "seconds": doc.timeout,
+            "errno": doc.timeout_errno,
+            "errno_name": _errno_name(doc.timeout_errno),
         },
         "concurrent": doc.concurrent,
         "handlers": [_handler_json(handler) for handler in doc.handlers],
@@ -531,7 +536,9 @@ def policy_json(doc: PolicyDoc) -> dict[str, Any]:
             for function in doc.functions
         ],
         "unhandled": list(doc.unhandled),
-        "sandbox": None if doc.sandbox is None else {
+        "sandbox": None
+        if doc.sandbox is None
+        else {
             "rules": [{"path": path, "access": list(access)} for path, access in doc.sandbox.rules],
             "network": doc.sandbox.network,
             "metadata": doc.sandbox.metadata,

@@ -77,15 +77,20 @@ class Isolation:
                     break  # no CAP_SETPCAP: nothing in the bounding set to fear under no_new_privs
                 if ctypes.get_errno() != errno_module.EINVAL:  # EINVAL: a capability this kernel lacks
                     check(-1, "prctl(PR_CAPBSET_DROP)")
-        check(syscall(numbers["prctl"], _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
-              "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+        check(
+            syscall(numbers["prctl"], _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
+            "prctl(PR_CAP_AMBIENT_CLEAR_ALL)",
+        )
         check(syscall(numbers["capset"], self._no_caps_header, self._no_caps_data), "capset")
 
     def _unshare_as_user(self) -> None:
         # Without CAP_SYS_ADMIN, a user namespace grants it for the new netns.
         check(syscall(self._numbers["unshare"], ctypes.c_int(_CLONE_NEWUSER | _ISOLATE)), "unshare(network, ipc)")
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{self._uid} {self._uid} 1"),
-                           ("gid_map", f"{self._gid} {self._gid} 1")):
+        for name, text in (
+            ("setgroups", "deny"),
+            ("uid_map", f"{self._uid} {self._uid} 1"),
+            ("gid_map", f"{self._gid} {self._gid} 1"),
+        ):
             fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
             try:
                 os.write(fd, text.encode())
@@ -112,8 +117,10 @@ def _network_namespace_reason() -> str | None:
         # The same fork-then-unshare path spawn() takes, on a harmless program.
         done = subprocess.run(argv, preexec_fn=_probe_unshare, capture_output=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
-        return ("cannot create a network namespace (unshare(CLONE_NEWNET | CLONE_NEWIPC) failed, "
-                "also inside a user namespace)")
+        return (
+            "cannot create a network namespace (unshare(CLONE_NEWNET | CLONE_NEWIPC) failed, "
+            "also inside a user namespace)"
+        )
     if done.returncode != 0:
         return f"the network namespace probe failed (exit status {done.returncode})"
     return None

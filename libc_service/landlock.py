@@ -42,10 +42,22 @@ __all__ = [
 logger = logging.getLogger("libc_service.sandbox")
 
 _SYSCALLS: Final = {
-    "x86_64": {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446, "unshare": 272, "prctl": 157,
-               "capset": 126},
-    "aarch64": {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446, "unshare": 97, "prctl": 167,
-                "capset": 91},
+    "x86_64": {
+        "create_ruleset": 444,
+        "add_rule": 445,
+        "restrict_self": 446,
+        "unshare": 272,
+        "prctl": 157,
+        "capset": 126,
+    },
+    "aarch64": {
+        "create_ruleset": 444,
+        "add_rule": 445,
+        "restrict_self": 446,
+        "unshare": 97,
+        "prctl": 167,
+        "capset": 91,
+    },
 }
 _CREATE_RULESET_VERSION: Final = 1
 _RULE_PATH_BENEATH: Final = 1
@@ -59,8 +71,7 @@ _FILE_RIGHTS: Final = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
 #: What reading a tree takes, and what writing in it adds.
 READ: Final = READ_FILE | READ_DIR
 WRITE: Final = (
-    WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | MAKE_SYM
-    | REFER | TRUNCATE
+    WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | MAKE_SYM | REFER | TRUNCATE
 )
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
 _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1
@@ -196,8 +207,13 @@ def add_path_rule(numbers: Mapping[str, int], ruleset: int, target: Path | Loade
             access &= _FILE_RIGHTS
         rule = struct.pack("<Qi", access, fd)
         check(
-            syscall(numbers["add_rule"], ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH),
-                     ctypes.c_char_p(rule), ctypes.c_uint32(0)),
+            syscall(
+                numbers["add_rule"],
+                ctypes.c_int(ruleset),
+                ctypes.c_int(_RULE_PATH_BENEATH),
+                ctypes.c_char_p(rule),
+                ctypes.c_uint32(0),
+            ),
             f"landlock_add_rule({path})",
         )
     finally:

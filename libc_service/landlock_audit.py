@@ -74,12 +74,28 @@ _PREFIX: Final = re.compile(r"audit\((\d+)\.(\d+):(\d+)\):\s*")
 _HEX: Final = re.compile(r"[0-9A-F]+")
 #: The call a blocker stands for, in the words RefusalReport uses.
 _VERBS: Final = {
-    "fs.execute": "execve", "fs.write_file": "open", "fs.read_file": "open", "fs.read_dir": "open",
-    "fs.remove_dir": "rmdir", "fs.remove_file": "unlink", "fs.make_char": "mknod", "fs.make_dir": "mkdir",
-    "fs.make_reg": "create", "fs.make_sock": "bind", "fs.make_fifo": "mkfifo", "fs.make_block": "mknod",
-    "fs.make_sym": "symlink", "fs.refer": "rename", "fs.truncate": "truncate", "fs.ioctl_dev": "ioctl",
-    "net.bind_tcp": "bind", "net.connect_tcp": "connect", "net.bind_udp": "bind",
-    "net.connect_send_udp": "connect", "scope.abstract_unix_socket": "connect", "scope.signal": "kill",
+    "fs.execute": "execve",
+    "fs.write_file": "open",
+    "fs.read_file": "open",
+    "fs.read_dir": "open",
+    "fs.remove_dir": "rmdir",
+    "fs.remove_file": "unlink",
+    "fs.make_char": "mknod",
+    "fs.make_dir": "mkdir",
+    "fs.make_reg": "create",
+    "fs.make_sock": "bind",
+    "fs.make_fifo": "mkfifo",
+    "fs.make_block": "mknod",
+    "fs.make_sym": "symlink",
+    "fs.refer": "rename",
+    "fs.truncate": "truncate",
+    "fs.ioctl_dev": "ioctl",
+    "net.bind_tcp": "bind",
+    "net.connect_tcp": "connect",
+    "net.bind_udp": "bind",
+    "net.connect_send_udp": "connect",
+    "scope.abstract_unix_socket": "connect",
+    "scope.signal": "kill",
 }
 
 
@@ -136,7 +152,7 @@ def parse_fields(text: str) -> dict[str, str]:
         if index < end and text[index] == '"':
             close = text.find('"', index + 1)
             close = end if close < 0 else close
-            value = text[index + 1:close]
+            value = text[index + 1 : close]
             index = close + 1
         else:
             stop = text.find(" ", index)
@@ -159,7 +175,7 @@ def parse_record(kind: int, payload: bytes) -> AccessRecord | DomainRecord | Non
     prefix = _PREFIX.match(text)
     if prefix is not None:
         serial = int(prefix.group(3))
-        text = text[prefix.end():]
+        text = text[prefix.end() :]
     fields = parse_fields(text)
     domain = fields.get("domain")
     if not domain:
@@ -167,8 +183,7 @@ def parse_record(kind: int, payload: bytes) -> AccessRecord | DomainRecord | Non
     if kind == AUDIT_LANDLOCK_ACCESS:
         blockers = tuple(name for name in fields.get("blockers", "").split(",") if name)
         return AccessRecord(domain, blockers, fields.get("path"), serial)
-    return DomainRecord(domain, fields.get("status", ""), _integer(fields.get("pid")),
-                        _integer(fields.get("denials")))
+    return DomainRecord(domain, fields.get("status", ""), _integer(fields.get("pid")), _integer(fields.get("denials")))
 
 
 def _integer(text: str | None) -> int | None:
@@ -184,7 +199,7 @@ def parse_messages(data: bytes) -> Iterator[tuple[int, bytes]]:
         length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
         if length < _HEADER.size or offset + length > len(data):
             return
-        yield kind, data[offset + _HEADER.size:offset + length]
+        yield kind, data[offset + _HEADER.size : offset + length]
         offset += (length + 3) & ~3
 
 
@@ -260,7 +275,7 @@ def _parent_of(pid: int) -> int | None:
             stat = file.read()
     except OSError:
         return None
-    fields = stat[stat.rfind(b")") + 2:].split()
+    fields = stat[stat.rfind(b")") + 2 :].split()
     return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
 
 
@@ -363,7 +378,8 @@ class LandlockDenials:
         roots = set(pids)
         with self._lock:
             ours = {
-                name for name, domain in self.domains.items()
+                name
+                for name, domain in self.domains.items()
                 if domain.creator is not None and (domain.creator in roots or roots.intersection(domain.ancestors))
             }
             return [record for record in self.records if record.domain in ours]

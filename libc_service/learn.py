@@ -272,7 +272,8 @@ def render_policy(learned: Learned, command: Sequence[str]) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     network_note = (
         f"# The run used the network ({', '.join(sorted(learned.network))}): network=True keeps the host's.\n"
-        if network else "# The run used no network: the sandbox gets none.\n"
+        if network
+        else "# The run used no network: the sandbox gets none.\n"
     )
     return (
         f'"""Starting policy learnt from one run of: {shlex.join(command)}\n\n'
@@ -293,7 +294,6 @@ def render_policy(learned: Learned, command: Sequence[str]) -> str:
         "# Everything the sandbox allows, the program does itself; add handlers for\n"
         "# what the master should decide, e.g.:\n"
         '#   @router.on("open", "openat", when=under("/srv/data"))\n'
-        "#   def serve(req): return perform(req, beneath=\"/srv/data\")\n"
-        "router = Router(default=FORWARD)\n"
-        + metadata_routes
+        '#   def serve(req): return perform(req, beneath="/srv/data")\n'
+        "router = Router(default=FORWARD)\n" + metadata_routes
     )

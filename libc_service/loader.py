@@ -46,8 +46,14 @@ from typing import IO, Final
 from elftools.common.utils import struct_parse
 from elftools.elf.elffile import ELFFile
 
-__all__ = ["SYSTEM_LIBRARY_DIRS", "LoaderFile", "parse_ld_so_cache", "program_files", "resolve_program",
-           "system_library_dirs"]
+__all__ = [
+    "SYSTEM_LIBRARY_DIRS",
+    "LoaderFile",
+    "parse_ld_so_cache",
+    "program_files",
+    "resolve_program",
+    "system_library_dirs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +165,9 @@ _ld_so_cache: tuple[_Version, dict[str, list[str]]] | None = None
 
 
 def _regular_file(
-    path: str | os.PathLike[str], *, executable: bool,
+    path: str | os.PathLike[str],
+    *,
+    executable: bool,
 ) -> tuple[LoaderFile, IO[bytes], _Version] | None:
     """Open ``path`` for reading if it is a regular file (with an execute bit, if asked).
 
@@ -264,7 +272,7 @@ def _read_elf(stream: IO[bytes]) -> _Elf | None:
     needed: list[int] = []
     single: dict[str, int] = {}
     for index in range(len(table) // size):
-        entry = dyn.parse(table[index * size:(index + 1) * size])
+        entry = dyn.parse(table[index * size : (index + 1) * size])
         tag = entry["d_tag"]
         if tag == "DT_NULL":
             break
@@ -285,8 +293,16 @@ def _read_elf(stream: IO[bytes]) -> _Elf | None:
         return None if strtab is None or offset is None else _cstring(stream, strtab + offset)
 
     names = tuple(name for name in (string(offset) for offset in needed) if name is not None)
-    return _Elf(kind, header["e_type"], interpreter, True, names, string(single.get("DT_RPATH")),
-                "DT_RUNPATH" in single, string(single.get("DT_RUNPATH")))
+    return _Elf(
+        kind,
+        header["e_type"],
+        interpreter,
+        True,
+        names,
+        string(single.get("DT_RPATH")),
+        "DT_RUNPATH" in single,
+        string(single.get("DT_RUNPATH")),
+    )
 
 
 def _expand(entry: str, origin: str) -> str | None:
@@ -296,7 +312,7 @@ def _expand(entry: str, origin: str) -> str | None:
     for match in _DST.finditer(entry):
         if (match.group(1) or match.group(2)) != "ORIGIN":
             return None
-        parts += [entry[position:match.start()], origin]
+        parts += [entry[position : match.start()], origin]
         position = match.end()
     parts.append(entry[position:])
     return "".join(parts)
@@ -355,7 +371,7 @@ def parse_ld_so_cache(data: bytes) -> list[tuple[str, str]]:
     if data.startswith(old_magic):
         if len(data) < 16:
             return []
-        nlibs, = struct.unpack_from("=I", data, 12)
+        (nlibs,) = struct.unpack_from("=I", data, 12)
         end = 16 + nlibs * 12
         if end > len(data):
             return []
@@ -369,7 +385,7 @@ def parse_ld_so_cache(data: bytes) -> list[tuple[str, str]]:
         return []
     if len(data) < base + 48:
         return []
-    nlibs, = struct.unpack_from("=I", data, base + 20)
+    (nlibs,) = struct.unpack_from("=I", data, base + 20)
     byte_order = data[base + 28]  # 0: unset, 2: little, 3: big endian
     if byte_order not in (0, 2 if sys.byteorder == "little" else 3):
         return []
@@ -430,7 +446,10 @@ class _Discovery:
         self._cache: dict[str, list[str]] | None = None
 
     def open(
-        self, path: str | os.PathLike[str], *, executable: bool,
+        self,
+        path: str | os.PathLike[str],
+        *,
+        executable: bool,
     ) -> tuple[LoaderFile, IO[bytes], _Version] | None:
         """:func:`_regular_file`, counted against the bound on files looked at."""
         if self.probes <= 0:
@@ -568,7 +587,10 @@ class _Discovery:
                 return
 
     def in_directory(
-        self, directory: str, name: str, kind: tuple[int, bool, str | int],
+        self,
+        directory: str,
+        name: str,
+        kind: tuple[int, bool, str | int],
     ) -> Generator[tuple[LoaderFile, _Elf], None, bool]:
         """Grant ``name`` in ``directory`` (and its hwcaps subdirectories); whether found there."""
         for subdirectory in _HWCAPS.get(str(kind[2]), ()):
@@ -606,7 +628,10 @@ def _shebang(head: bytes) -> list[str] | None:
 
 
 def program_files(
-    executable: Path, env: Mapping[str, str] | None = None, *, cwd: str | os.PathLike[str] | None = None,
+    executable: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> list[LoaderFile]:
     """What starting ``executable`` loads: itself, its interpreter, its libraries.
 
@@ -672,8 +697,11 @@ def system_library_dirs(conf: Path = _LD_SO_CONF) -> list[Path]:
             continue  # "/" would be the whole filesystem, whatever a configuration says
         directories.setdefault(os.path.realpath(name), Path(os.path.normpath(name)))
     # A directory beneath another one listed needs no rule of its own.
-    return [path for real, path in directories.items()
-            if not any(real.startswith(other.rstrip("/") + "/") for other in directories if other != real)]
+    return [
+        path
+        for real, path in directories.items()
+        if not any(real.startswith(other.rstrip("/") + "/") for other in directories if other != real)
+    ]
 
 
 def resolve_program(argv0: str, env: Mapping[str, str], cwd: str | os.PathLike[str] | None) -> Path:

@@ -440,7 +440,9 @@ class Master:
 
     # ------------------------------------------------------ many-call level
 
-    async def serve(self, dispatcher: Dispatcher, *, concurrent: bool = False, max_in_flight: int | None = None) -> None:
+    async def serve(
+        self, dispatcher: Dispatcher, *, concurrent: bool = False, max_in_flight: int | None = None
+    ) -> None:
         """Hand every call to ``dispatcher`` until the session ends; the master is closed after.
 
         Sequential (the default): one call decided at a time, in order;

@@ -199,8 +199,14 @@ class _IOVec(ctypes.Structure):
 _process_vm_readv = _libc.process_vm_readv
 _process_vm_writev = _libc.process_vm_writev
 for _function in (_process_vm_readv, _process_vm_writev):
-    _function.argtypes = [ctypes.c_int, ctypes.POINTER(_IOVec), ctypes.c_ulong, ctypes.POINTER(_IOVec),
-                          ctypes.c_ulong, ctypes.c_ulong]
+    _function.argtypes = [
+        ctypes.c_int,
+        ctypes.POINTER(_IOVec),
+        ctypes.c_ulong,
+        ctypes.POINTER(_IOVec),
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
     _function.restype = ctypes.c_ssize_t
 
 
@@ -289,8 +295,11 @@ class ListenerHandoff:
         if listener < 0:
             self._fail("seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)")
         try:
-            self._child.sendmsg(message, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _INT.pack(listener))],
-                                socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            self._child.sendmsg(
+                message,
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _INT.pack(listener))],
+                socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL,
+            )
         finally:
             os.close(listener)
 
@@ -334,8 +343,12 @@ class ListenerHandoff:
                 continue
             if not data and not ancdata:
                 raise SeccompUnavailable("the program closed the handoff without sending its seccomp listener")
-            fds = [fd for level, kind, raw in ancdata if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-                   for fd in array.array("i", raw[: len(raw) - len(raw) % _INT.size])]
+            fds = [
+                fd
+                for level, kind, raw in ancdata
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                for fd in array.array("i", raw[: len(raw) - len(raw) % _INT.size])
+            ]
             if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(fds) != 1 or data not in (b"k", b"-"):
                 close_fds(fds)
                 raise SeccompUnavailable("the program sent a malformed seccomp listener handoff")
@@ -469,7 +482,7 @@ def _status_field(text: bytes, name: bytes) -> bytes:
         return b""
     start += len(name)
     end = text.find(b"\n", start)
-    return text[start:end if end >= 0 else len(text)]
+    return text[start : end if end >= 0 else len(text)]
 
 
 class _Fetched:
@@ -666,8 +679,14 @@ def _decode(notification: _Notification, fetched: _Fetched) -> tuple[dict[str, A
             first, second = path_at(None, 0), path_at(None, 1)
         else:
             first, second = path_at(0, 1), path_at(2, 3)
-        return {"function": "rename", "path1": first["path"], "dirfd1": first["dirfd"], "path2": second["path"],
-                "dirfd2": second["dirfd"], "no_replace": bool(flags)}, _Context()
+        return {
+            "function": "rename",
+            "path1": first["path"],
+            "dirfd1": first["dirfd"],
+            "path2": second["path"],
+            "dirfd2": second["dirfd"],
+            "no_replace": bool(flags),
+        }, _Context()
     return _socket_fields(name, notification, fetched)
 
 
@@ -702,8 +721,10 @@ def _socket_fields(name: str, notification: _Notification, fetched: _Fetched) ->
     elif family == socket.AF_INET6 and length >= 24:
         address = ipaddress.IPv6Address(raw[8:24])
         scope = int.from_bytes(raw[24:28], "little") if length >= 28 else 0
-        fields = {"port": int.from_bytes(raw[2:4], "big"),
-                  "address": ipaddress.IPv6Address(f"{address}%{scope}") if scope else address}
+        fields = {
+            "port": int.from_bytes(raw[2:4], "big"),
+            "address": ipaddress.IPv6Address(f"{address}%{scope}") if scope else address,
+        }
         kind = "inet6"
     elif family in (socket.AF_INET, socket.AF_INET6):
         raise _Refuse(errno_module.EINVAL)
@@ -725,14 +746,44 @@ def _stat_bytes(result: Stat, layout: Literal["stat", "statx"]) -> bytes:
     for ns in (result.atime, result.mtime, result.ctime):
         times += [ns // 10**9, ns % 10**9]
     if layout == "stat":
-        return _STAT.pack(result.dev, result.ino, result.nlink, result.st_mode, result.uid, result.gid, 0, result.rdev,
-                          result.size, result.blksize, result.blocks, *times)
+        return _STAT.pack(
+            result.dev,
+            result.ino,
+            result.nlink,
+            result.st_mode,
+            result.uid,
+            result.gid,
+            0,
+            result.rdev,
+            result.size,
+            result.blksize,
+            result.blocks,
+            *times,
+        )
     atime, mtime, ctime = ((times[i], times[i + 1], 0) for i in (0, 2, 4))
     return _STATX.pack(
-        _STATX_BASIC_STATS, result.blksize & 0xFFFFFFFF, 0, result.nlink & 0xFFFFFFFF, result.uid, result.gid,
-        result.st_mode, 0, result.ino, result.size & (2**64 - 1), result.blocks & (2**64 - 1), 0,
-        *atime, 0, 0, 0, *ctime, *mtime,
-        os.major(result.rdev), os.minor(result.rdev), os.major(result.dev), os.minor(result.dev),
+        _STATX_BASIC_STATS,
+        result.blksize & 0xFFFFFFFF,
+        0,
+        result.nlink & 0xFFFFFFFF,
+        result.uid,
+        result.gid,
+        result.st_mode,
+        0,
+        result.ino,
+        result.size & (2**64 - 1),
+        result.blocks & (2**64 - 1),
+        0,
+        *atime,
+        0,
+        0,
+        0,
+        *ctime,
+        *mtime,
+        os.major(result.rdev),
+        os.minor(result.rdev),
+        os.major(result.dev),
+        os.minor(result.dev),
     )
 
 
@@ -935,7 +986,9 @@ class SeccompSession:
 
     # ----------------------------------------------------------- deciding
 
-    async def _decide(self, request: Request, context: _Context, notification: _Notification, fetched: _Fetched) -> None:
+    async def _decide(
+        self, request: Request, context: _Context, notification: _Notification, fetched: _Fetched
+    ) -> None:
         try:
             started = time.perf_counter_ns()  # deciding only, as for the shim's calls
             route, outcome = await self.router.decide(request)
@@ -944,16 +997,18 @@ class SeccompSession:
                 summary = self._reply(request, context, notification, route, outcome)
             except _Gone:
                 self.dropped += 1
-                logger.debug("%s: tid %d went away before its %s reply was sent", self.name, notification.tid,
-                             request.function)
+                logger.debug(
+                    "%s: tid %d went away before its %s reply was sent", self.name, notification.tid, request.function
+                )
                 return
             self.calls += 1
             self.router.report(Decision(request, route, *summary, latency, self.name, "seccomp"))
         finally:
             fetched.close()
 
-    def _reply(self, request: Request, context: _Context, notification: _Notification, route: str,
-               outcome: Any) -> tuple[Any, Any, int, int]:
+    def _reply(
+        self, request: Request, context: _Context, notification: _Notification, route: str, outcome: Any
+    ) -> tuple[Any, Any, int, int]:
         """Answer the notification as ``outcome`` says; what went out, for observers."""
         notif_id = notification.id
         if outcome is FORWARD:
@@ -974,14 +1029,27 @@ class SeccompSession:
         except (_Gone, OSError):
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a Stat built unvalidated that does not pack
-            logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s", route, request,
-                         result, exc, errno_module.errorcode.get(self.router.error_errno))
+            logger.error(
+                "policy bug: handler %s answered %r with %r (%s); failing the call with %s",
+                route,
+                request,
+                result,
+                exc,
+                errno_module.errorcode.get(self.router.error_errno),
+            )
             return self._fail(notif_id)
         finally:
             close_fds(fd for fd in fds if isinstance(fd, int) and not isinstance(fd, bool) and fd >= 0)
 
-    def _reply_result(self, request: Request, context: _Context, notification: _Notification, route: str,
-                      result: Any, fds: Sequence[int]) -> tuple[Any, Any, int, int]:
+    def _reply_result(
+        self,
+        request: Request,
+        context: _Context,
+        notification: _Notification,
+        route: str,
+        result: Any,
+        fds: Sequence[int],
+    ) -> tuple[Any, Any, int, int]:
         notif_id = notification.id
         problem = _unusable(fds)
         if problem is None and not (type(result) is int or isinstance(result, Stat)):
@@ -989,8 +1057,14 @@ class SeccompSession:
         if problem is None and isinstance(result, Stat) and context.stat_buffer is None:
             problem = f"a Stat is no result for {request.function}"
         if problem is not None:
-            logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s", route, request,
-                         result, problem, errno_module.errorcode.get(self.router.error_errno))
+            logger.error(
+                "policy bug: handler %s answered %r with %r (%s); failing the call with %s",
+                route,
+                request,
+                result,
+                problem,
+                errno_module.errorcode.get(self.router.error_errno),
+            )
             return self._fail(notif_id)
         function = request.function
         if fds and function in ("open", "openat"):
@@ -1050,8 +1124,11 @@ class SeccompSession:
         if self._fd < 0:
             raise _Gone
         try:
-            return int(fcntl.ioctl(self._fd, _NOTIF_ADDFD,
-                                   bytearray(_ADDFD.pack(notif_id, flags, fd, newfd, newfd_flags)), True))
+            return int(
+                fcntl.ioctl(
+                    self._fd, _NOTIF_ADDFD, bytearray(_ADDFD.pack(notif_id, flags, fd, newfd, newfd_flags)), True
+                )
+            )
         except OSError as exc:
             if exc.errno in (errno_module.ENOENT, errno_module.EINPROGRESS):
                 raise _Gone from None
@@ -1117,8 +1194,7 @@ def _loading_call(fields: dict[str, Any], files: frozenset[str], trees: tuple[st
 
 
 #: Flags of a read-only open (what the loader, and a library reading its data, pass).
-_READ_ONLY_OPEN: Final = frozenset({"read_only", "close_on_exec", "large_file", "directory", "non_blocking",
-                                    "no_ctty"})
+_READ_ONLY_OPEN: Final = frozenset({"read_only", "close_on_exec", "large_file", "directory", "non_blocking", "no_ctty"})
 
 
 def _build(fields: dict[str, Any], notification: _Notification, thread: _Thread) -> Request:
@@ -1133,9 +1209,15 @@ def _build(fields: dict[str, Any], notification: _Notification, thread: _Thread)
     """
     function = fields["function"]
     model = REQUEST_TYPES[function]
-    values: dict[str, Any] = {"pid": thread.pid, "tid": notification.tid, "request_id": notification.id,
-                              "umask": thread.umask, "fsuid": thread.fsuid, "fsgid": thread.fsgid,
-                              "groups": thread.groups}
+    values: dict[str, Any] = {
+        "pid": thread.pid,
+        "tid": notification.tid,
+        "request_id": notification.id,
+        "umask": thread.umask,
+        "fsuid": thread.fsuid,
+        "fsgid": thread.fsgid,
+        "groups": thread.groups,
+    }
     values |= {key: value for key, value in fields.items() if value is not None}
     for name in ("path", "path1", "path2"):
         if name in values:
@@ -1144,8 +1226,9 @@ def _build(fields: dict[str, Any], notification: _Notification, thread: _Thread)
         raise _Refuse(errno_module.EINVAL)
     if function in _PLAIN_MODELS:
         try:
-            ordered = {name: values[name] if name in values else info.default
-                       for name, info in model.model_fields.items()}
+            ordered = {
+                name: values[name] if name in values else info.default for name, info in model.model_fields.items()
+            }
         except KeyError:
             pass  # a required field the decoder did not give: let pydantic say which
         else:
@@ -1170,8 +1253,10 @@ def _plain(model: type[Any]) -> bool:
     return (
         not getattr(model, "__pydantic_post_init__", True)
         and not getattr(model, "__private_attributes__", True)
-        and all(f.alias is None and f.validation_alias is None and f.default_factory is None
-                for f in model.model_fields.values())
+        and all(
+            f.alias is None and f.validation_alias is None and f.default_factory is None
+            for f in model.model_fields.values()
+        )
     )
 
 

@@ -135,16 +135,28 @@ def reply_now(call: Call, route: str, outcome: Any, error_errno: int, bugs: BugL
         problem = _unsendable(fds)
         if problem:
             close_fds(fd for fd in fds if _is_fd(fd))
-            logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s",
-                         route, request, outcome, problem, errno_module.errorcode.get(error_errno))
+            logger.error(
+                "policy bug: handler %s answered %r with %r (%s); failing the call with %s",
+                route,
+                request,
+                outcome,
+                problem,
+                errno_module.errorcode.get(error_errno),
+            )
             return fail_now(call, error_errno)
     try:
         sent = call.try_send(result, fds)
     except SessionClosed:
         raise
     except Exception as exc:  # noqa: BLE001 - nothing went out: the call is still owed
-        logger.error("policy bug: handler %s answered %r with %r (%s); failing the call with %s",
-                     route, request, outcome, exc, errno_module.errorcode.get(error_errno))
+        logger.error(
+            "policy bug: handler %s answered %r with %r (%s); failing the call with %s",
+            route,
+            request,
+            outcome,
+            exc,
+            errno_module.errorcode.get(error_errno),
+        )
         return fail_now(call, error_errno)
     return ("reply", result, 0, len(fds)), sent
 
@@ -175,11 +187,23 @@ class BugLog:
         count = self._counts.get(key, 0) + 1
         self._counts[key] = count
         if count == 1:
-            logger.error("handler %s failed on %r; failing the call with %s (repeats are counted, not shown)",
-                         route, request, errno_name, exc_info=error)
+            logger.error(
+                "handler %s failed on %r; failing the call with %s (repeats are counted, not shown)",
+                route,
+                request,
+                errno_name,
+                exc_info=error,
+            )
         elif _power_of_ten(count):
-            logger.error("handler %s has failed %d times with %s at %s:%d (each call failed with %s)",
-                         route, count, type(error).__qualname__, where[0], where[1], errno_name)
+            logger.error(
+                "handler %s has failed %d times with %s at %s:%d (each call failed with %s)",
+                route,
+                count,
+                type(error).__qualname__,
+                where[0],
+                where[1],
+                errno_name,
+            )
 
 
 def _power_of_ten(count: int) -> bool:

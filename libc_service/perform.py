@@ -88,10 +88,22 @@ T = TypeVar("T")
 _MACHINE: Final = platform.machine()
 #: Raw system call numbers: these act on the calling thread only.
 _SYSCALLS: Final[dict[str, int]] = {
-    "x86_64": {"setgroups": 116, "setresuid": 117, "setresgid": 119, "unshare": 272,
-               "renameat2": 316, "faccessat2": 439},
-    "aarch64": {"setgroups": 159, "setresuid": 147, "setresgid": 149, "unshare": 97,
-                "renameat2": 276, "faccessat2": 439},
+    "x86_64": {
+        "setgroups": 116,
+        "setresuid": 117,
+        "setresgid": 119,
+        "unshare": 272,
+        "renameat2": 316,
+        "faccessat2": 439,
+    },
+    "aarch64": {
+        "setgroups": 159,
+        "setresuid": 147,
+        "setresgid": 149,
+        "unshare": 97,
+        "renameat2": 276,
+        "faccessat2": 439,
+    },
 }.get(_MACHINE, {})
 _CLONE_FS: Final = 0x00000200
 _AT_FDCWD: Final = -100
@@ -399,7 +411,7 @@ def slave_self(text: str, pid: int, tid: int) -> str | None:
         if tuple(names) == prefix:
             if pid <= 0:
                 raise OSError(errno_module.EACCES, f"{text}: names the calling process, which the request does not say")
-            return replacement.format(pid=pid, tid=tid or pid) + text[ends[1]:]
+            return replacement.format(pid=pid, tid=tid or pid) + text[ends[1] :]
     return None
 
 
@@ -409,8 +421,6 @@ def _is_slave_proc(text: str, pid: int) -> bool:
         return False
     mine = f"/proc/{pid}"
     return text == mine or text.startswith(mine + "/")
-
-
 
 
 @dataclass
@@ -467,8 +477,7 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
                 # A removed directory: nothing beneath it has a name, and
                 # ".." from it is refused beneath a root, so resolving from the
                 # descriptor itself is exact and cannot escape.
-                return _Target(dirfd, text, _BENEATH if root is not None else _NO_MAGIC, root is not None,
-                               tuple(owned))
+                return _Target(dirfd, text, _BENEATH if root is not None else _NO_MAGIC, root is not None, tuple(owned))
             text = join_to_directory(base, text)
         # An absolute text from here on.
         own = slave_self(text, pid, tid)
@@ -532,7 +541,7 @@ def _slave_proc_target(text: str, pid: int, owned: list[int]) -> _Target:
     ``..`` anywhere (``/proc/<pid>/../<other>``) gets no magic link at all.
     """
     prefix = f"/proc/{pid}"
-    rest = text[len(prefix):]
+    rest = text[len(prefix) :]
     names = [name for name in rest.split("/") if name not in ("", ".")]
     trailing = "/" if rest.endswith("/") else ""
     if ".." in names:
@@ -550,7 +559,7 @@ def _slave_proc_target(text: str, pid: int, owned: list[int]) -> _Target:
         if stat_module.S_ISLNK(os.fstat(step).st_mode):
             step = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=current)  # the slave's magic link
             owned.append(step)
-            after = "/".join(names[index + 1:]) + trailing
+            after = "/".join(names[index + 1 :]) + trailing
             return _Target(step, after, _NO_MAGIC, False, tuple(owned))
         current = step
     raise AssertionError("unreachable: the loop returns at the last name")
@@ -576,8 +585,6 @@ def _open_at(where: _Target, flags: int, mode: int = 0, extra: int = 0) -> int:
     return os.open(where.text, flags, mode, dir_fd=None if where.dirfd == _AT_FDCWD else where.dirfd)
 
 
-
-
 def _split(where: _Target) -> tuple[str, str]:
     """``(parent text, last component)`` of ``where.text``, the last with its trailing slashes."""
     text = where.text
@@ -589,7 +596,7 @@ def _split(where: _Target) -> tuple[str, str]:
         head = "."
     elif not head:
         head = "/"
-    return head, last + text[len(stripped):]
+    return head, last + text[len(stripped) :]
 
 
 def _parent(where: _Target) -> tuple[int, str]:
@@ -621,15 +628,19 @@ def _perform_open(request: Any, root: str | None) -> Any:
     mode = int(getattr(request, "mode", None) or 0)
     creates = safepath.takes_mode(flags)
     switch = _switch_for(request, creates=creates)
-    opened = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking,
-                                                 fifo_wait=True))
+    opened = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking, fifo_wait=True))
     if isinstance(opened, int):
         return WithFds(opened, [opened])
     return _open_fifo(opened, switch)
 
 
 def open_descriptor(
-    request: Any, root: str | None, flags: int, mode: int, *, resolve_bits: int = 0,
+    request: Any,
+    root: str | None,
+    flags: int,
+    mode: int,
+    *,
+    resolve_bits: int = 0,
 ) -> int:
     """Open the request's path with explicit ``flags``, never blocking (for :mod:`safepath`).
 
@@ -644,7 +655,13 @@ def open_descriptor(
 
 
 def _open_now(
-    request: Any, root: str | None, flags: int, mode: int, resolve_bits: int, nonblocking: bool, *,
+    request: Any,
+    root: str | None,
+    flags: int,
+    mode: int,
+    resolve_bits: int,
+    nonblocking: bool,
+    *,
     fifo_wait: bool,
 ) -> int | _Fifo:
     """The open itself, as the slave; a :class:`_Fifo` when it must wait for the other end."""
@@ -652,8 +669,13 @@ def _open_now(
         if flags & os.O_PATH:
             return _open_at(where, flags & _O_PATH_FLAGS, 0, resolve_bits)
         accmode = flags & os.O_ACCMODE
-        may_wait = (fifo_wait and not nonblocking and accmode != os.O_RDWR
-                    and not flags & (os.O_DIRECTORY | os.O_EXCL) and flags & _O_TMPFILE != _O_TMPFILE)
+        may_wait = (
+            fifo_wait
+            and not nonblocking
+            and accmode != os.O_RDWR
+            and not flags & (os.O_DIRECTORY | os.O_EXCL)
+            and flags & _O_TMPFILE != _O_TMPFILE
+        )
         if may_wait:
             # Look before opening: even a non-blocking open of a FIFO is seen
             # by a process blocked at its other end.
@@ -814,8 +836,14 @@ def _rename_now(request: Any, root: str | None) -> int:
             new_parent, new_name = _parent(new)
         try:
             if getattr(request, "no_replace", False):
-                _syscall("renameat2", ctypes.c_int(old_parent), os.fsencode(old_name), ctypes.c_int(new_parent),
-                         os.fsencode(new_name), ctypes.c_uint(_RENAME_NOREPLACE))
+                _syscall(
+                    "renameat2",
+                    ctypes.c_int(old_parent),
+                    os.fsencode(old_name),
+                    ctypes.c_int(new_parent),
+                    os.fsencode(new_name),
+                    ctypes.c_uint(_RENAME_NOREPLACE),
+                )
             else:
                 os.rename(old_name, new_name, src_dir_fd=old_parent, dst_dir_fd=new_parent)
         finally:
@@ -931,6 +959,7 @@ def _perform_connect(request: Any, root: str | None) -> Any:
     sock, nonblocking = _fresh_socket(request.socket)
     try:
         if request.function == "connect_unix" and not request.abstract:
+
             def open_socket_file() -> int:
                 with _target(request, request.path, getattr(request, "dirfd", None), root) as where:
                     return _open_at(where, os.O_PATH | os.O_CLOEXEC)
@@ -995,7 +1024,11 @@ def _connect(sock: socket.socket, address: Any, switch: _Switch | None, nonblock
 
 
 async def _await_connect(
-    sock: socket.socket, code: int, attempt: Callable[[], int], switch: _Switch | None, nonblocking: bool,
+    sock: socket.socket,
+    code: int,
+    attempt: Callable[[], int],
+    switch: _Switch | None,
+    nonblocking: bool,
     close_path: Callable[[], None],
 ) -> WithFds:
     loop = asyncio.get_running_loop()
@@ -1102,12 +1135,14 @@ def _metadata_change(request: Any) -> _Change:
     if function == "chmod":
         mode = int(request.mode)
         return lambda fd, name, flags: _libc_call(
-            "fchmodat", ctypes.c_int(fd), name, ctypes.c_uint(mode), ctypes.c_int(flags))
+            "fchmodat", ctypes.c_int(fd), name, ctypes.c_uint(mode), ctypes.c_int(flags)
+        )
     if function == "chown":
         owner = 0xFFFFFFFF if request.owner is None else int(request.owner)
         group = 0xFFFFFFFF if request.group is None else int(request.group)
         return lambda fd, name, flags: _libc_call(
-            "fchownat", ctypes.c_int(fd), name, ctypes.c_uint(owner), ctypes.c_uint(group), ctypes.c_int(flags))
+            "fchownat", ctypes.c_int(fd), name, ctypes.c_uint(owner), ctypes.c_uint(group), ctypes.c_int(flags)
+        )
     times = _times(request)
     return lambda fd, name, flags: _libc_call("utimensat", ctypes.c_int(fd), name, times, ctypes.c_int(flags))
 

@@ -87,9 +87,7 @@ def _import_file(path: Path) -> ModuleType:
         del sys.modules[name]
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise PolicyError(
-            f"policy {path}: failed to import: {type(exc).__name__}: {exc}{_where(exc, path)}"
-        ) from exc
+        raise PolicyError(f"policy {path}: failed to import: {type(exc).__name__}: {exc}{_where(exc, path)}") from exc
     finally:
         sys.dont_write_bytecode = writes_bytecode
     return module

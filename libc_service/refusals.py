@@ -39,10 +39,16 @@ if TYPE_CHECKING:
 __all__ = ["REFUSING_ERRNOS", "RefusalReport"]
 
 #: Errnos that mean "not allowed" rather than "not there".
-REFUSING_ERRNOS = frozenset({
-    errno_module.EPERM, errno_module.EACCES, errno_module.EROFS, errno_module.ENETUNREACH,
-    errno_module.ECONNREFUSED, errno_module.EADDRNOTAVAIL,
-})
+REFUSING_ERRNOS = frozenset(
+    {
+        errno_module.EPERM,
+        errno_module.EACCES,
+        errno_module.EROFS,
+        errno_module.ENETUNREACH,
+        errno_module.ECONNREFUSED,
+        errno_module.EADDRNOTAVAIL,
+    }
+)
 #: Errnos by which the kernel refuses a call the policy forwarded (not "unreachable", "refused by the peer").
 KERNEL_REFUSING_ERRNOS = frozenset({errno_module.EPERM, errno_module.EACCES, errno_module.EROFS})
 #: The rule a kernel's refusal is counted under.

@@ -121,7 +121,6 @@ class AddrInfo(BaseModel):
         super().__init__(**data)
 
 
-
 #: What a call can result in: an int, a ``Stat``, a list of ``AddrInfo`` or a
 #: getaddrinfo error name.
 Result: TypeAlias = int | Stat | list[AddrInfo] | GaiError

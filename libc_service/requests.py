@@ -745,9 +745,9 @@ Request: TypeAlias = Annotated[
 
 #: Request model by function name, in protocol order.
 REQUEST_TYPES: Final[dict[str, type[_Request]]] = {
-    model.model_fields["function"].default: model
-    for model in get_args(get_args(Request)[0])
+    model.model_fields["function"].default: model for model in get_args(get_args(Request)[0])
 }
+
 
 @functools.cache
 def _request_adapter() -> TypeAdapter[Request]:

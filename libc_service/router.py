@@ -149,9 +149,7 @@ class _Await:
 
 def _is_async(handler: Handler) -> bool:
     """Whether calling ``handler`` makes a coroutine (decided at registration)."""
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)
-    )
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
 
 
 class Router:
@@ -220,9 +218,7 @@ class Router:
 
     # -------------------------------------------------------- registration
 
-    def on(
-        self, *functions: str, when: Condition | Sequence[Condition] | None = None
-    ) -> Callable[[Handler], Handler]:
+    def on(self, *functions: str, when: Condition | Sequence[Condition] | None = None) -> Callable[[Handler], Handler]:
         """Register a handler for ``functions`` (decorator; a thin wrapper over :meth:`add_route`).
 
         ``when`` holds declarative conditions that must all match. Raises
@@ -430,8 +426,9 @@ class Router:
             return
         if self._observers:
             # Built only for observers: a frozen dataclass costs more than the dispatch.
-            self._notify(Decision(call.request, route_name, *summary, latency,
-                                  call.session if session is None else session))
+            self._notify(
+                Decision(call.request, route_name, *summary, latency, call.session if session is None else session)
+            )
 
     def _decide_now(self, request: Request, start: int = 0) -> tuple[str, Any] | _Await:
         """The deciding route's name and its outcome, or the awaitable a handler returned.
@@ -562,9 +559,7 @@ class _Pending:
         discard(self._awaitable)
 
 
-def _conditions_for(
-    functions: Sequence[str], when: Condition | Sequence[Condition] | None
-) -> tuple[Condition, ...]:
+def _conditions_for(functions: Sequence[str], when: Condition | Sequence[Condition] | None) -> tuple[Condition, ...]:
     """``when`` as a tuple, once the functions and the conditions are checked to fit each other."""
     if not functions:
         raise ValueError("on() needs at least one function name")
@@ -632,7 +627,8 @@ def _check_handler(handler: Handler, functions: Sequence[str]) -> None:
     except (TypeError, ValueError):
         return  # a builtin or C callable: nothing to check
     positional = [
-        p for p in signature.parameters.values()
+        p
+        for p in signature.parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
     variadic = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
@@ -662,9 +658,7 @@ def _check_handler(handler: Handler, functions: Sequence[str]) -> None:
 
 
 def _has_optional(signature: inspect.Signature) -> bool:
-    return any(
-        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in signature.parameters.values()
-    )
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in signature.parameters.values())
 
 
 def _accepted_types(hint: Any) -> list[type] | None:

@@ -287,7 +287,7 @@ def evaluate(
     for _ in range(count):
         code, action, errno, length = ENTRY.unpack_from(table, offset)
         offset += ENTRY.size
-        program = table[offset:offset + length]
+        program = table[offset : offset + length]
         offset += length
         if code != _CODE[function]:
             continue
@@ -350,7 +350,7 @@ def _run(program: bytes, flags: int, paths: list[bytes], raw: list[bytes]) -> bo
             stack.append(False)
         elif op == OP_UNDER:
             length = _U16.unpack_from(program, offset)[0]
-            root = program[offset + 2:offset + 2 + length]
+            root = program[offset + 2 : offset + 2 + length]
             offset += 2 + length
             stack.append(all(_inside(path, root) for path in paths))
         elif op == OP_FLAGS:

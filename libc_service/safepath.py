@@ -225,8 +225,9 @@ def _strip_prefix(text: str, names: list[str]) -> str | None:
 def raw_openat2(dirfd: int, path: str, flags: int, mode: int, resolve_bits: int) -> int:
     assert _OPENAT2 is not None
     how = struct.pack("<QQQ", flags, mode, resolve_bits)
-    fd = _libc.syscall(_OPENAT2, ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_char_p(how),
-                       ctypes.c_size_t(len(how)))
+    fd = _libc.syscall(
+        _OPENAT2, ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_char_p(how), ctypes.c_size_t(len(how))
+    )
     if fd < 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), path)
@@ -439,8 +440,11 @@ def open_beneath(
     if mode is None:
         mode = getattr(request, "mode", None) or 0
     chosen_flags, chosen_mode = flags, mode
-    return _escapes_refused(root, request, lambda: open_descriptor(
-        request, os.fspath(root), chosen_flags, chosen_mode, resolve_bits=resolve_bits))
+    return _escapes_refused(
+        root,
+        request,
+        lambda: open_descriptor(request, os.fspath(root), chosen_flags, chosen_mode, resolve_bits=resolve_bits),
+    )
 
 
 def stat_beneath(root: str | os.PathLike[str], request: Any) -> Stat:
@@ -458,7 +462,10 @@ def stat_beneath(root: str | os.PathLike[str], request: Any) -> Stat:
 
 
 def parent_beneath(
-    root: str | os.PathLike[str], request: Any, *, path: PurePosixPath | None = None,
+    root: str | os.PathLike[str],
+    request: Any,
+    *,
+    path: PurePosixPath | None = None,
     dirfd: int | None = None,
 ) -> tuple[int, str]:
     """Open the parent directory of a path beneath ``root``: ``(dirfd, name)``.
@@ -483,9 +490,17 @@ def parent_beneath(
         raise EscapeError(absolute, root)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = _escapes_refused(root, request, lambda: open_resolved(
-            root_fd, parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
-            RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS))
+        fd = _escapes_refused(
+            root,
+            request,
+            lambda: open_resolved(
+                root_fd,
+                parent or ".",
+                os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                0,
+                RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+            ),
+        )
     finally:
         os.close(root_fd)
     return fd, name

@@ -207,7 +207,13 @@ class PreparedSandbox:
     """A built ruleset, applied in the forked child just before ``exec``."""
 
     def __init__(
-        self, ruleset: int, numbers: Mapping[str, int], *, network: bool, abi: int, metadata: bool = False,
+        self,
+        ruleset: int,
+        numbers: Mapping[str, int],
+        *,
+        network: bool,
+        abi: int,
+        metadata: bool = False,
     ) -> None:
         self.ruleset = ruleset
         self.abi = abi
@@ -252,8 +258,10 @@ class PreparedSandbox:
         check(syscall(numbers["prctl"], _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         restrict_self(numbers, self.ruleset)
         self._isolation.drop_capabilities()
-        check(syscall(numbers["prctl"], _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, self._filter_prog, 0, 0),
-              "prctl(PR_SET_SECCOMP)")
+        check(
+            syscall(numbers["prctl"], _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, self._filter_prog, 0, 0),
+            "prctl(PR_SET_SECCOMP)",
+        )
 
     def close(self) -> None:
         """Close the ruleset descriptor in the parent."""

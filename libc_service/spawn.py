@@ -40,8 +40,16 @@ if TYPE_CHECKING:
     from .router import Router
     from .sandbox import PreparedSandbox, Sandbox
 
-__all__ = ["ENV_FD", "ENV_LOCAL", "RegistrationListener", "ShimNotFound", "SlaveProcess", "exit_status", "shim_path",
-           "spawn"]
+__all__ = [
+    "ENV_FD",
+    "ENV_LOCAL",
+    "RegistrationListener",
+    "ShimNotFound",
+    "SlaveProcess",
+    "exit_status",
+    "shim_path",
+    "spawn",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +294,10 @@ class SlaveProcess:
                 handoff = ListenerHandoff()
                 self._shim_router = shim_relay(self.router)
                 if self._sandbox is None:
-                    logger.warning("seccomp without a sandbox: a call the policy forwards is continued by the "
-                                   "kernel unconfined, with arguments the program may change meanwhile")
+                    logger.warning(
+                        "seccomp without a sandbox: a call the policy forwards is continued by the "
+                        "kernel unconfined, with arguments the program may change meanwhile"
+                    )
             env = dict(os.environ if self._env is None else self._env)
             preload = env.get("LD_PRELOAD", "")
             env["LD_PRELOAD"] = f"{shim} {preload}".strip()
@@ -309,8 +319,12 @@ class SlaveProcess:
                     env[ENV_LOCAL] = local
             if self._seccomp:
                 self._loading = _loading(self.argv, shim, env, self._cwd, self._sandbox, prepared)
-            preexec = _child_setup(theirs.fileno(), prepared, _closes_inherited_fds(asyncio.get_running_loop()),
-                                   handoff.install_in_child if handoff is not None else None)
+            preexec = _child_setup(
+                theirs.fileno(),
+                prepared,
+                _closes_inherited_fds(asyncio.get_running_loop()),
+                handoff.install_in_child if handoff is not None else None,
+            )
             stdin, stdout, stderr = self._stdio
             self._process = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -356,20 +370,26 @@ class SlaveProcess:
             return
         pid = report.pid if isinstance(report, wire.ForwardResult) else report.request.pid
         if report.lost > self._reports_lost.get(pid, 0):
-            logger.warning("pid %d: %d report(s) of calls its shim decided or forwarded were lost (the socket "
-                           "was full)", pid, report.lost - self._reports_lost.get(pid, 0))
+            logger.warning(
+                "pid %d: %d report(s) of calls its shim decided or forwarded were lost (the socket was full)",
+                pid,
+                report.lost - self._reports_lost.get(pid, 0),
+            )
             self._reports_lost[pid] = report.lost
         if isinstance(report, wire.ForwardResult):
-            self.router.forward_result(report.pid, report.tid, report.request_id,
-                                       *_forwarded_result(report.function, report))
+            self.router.forward_result(
+                report.pid, report.tid, report.request_id, *_forwarded_result(report.function, report)
+            )
             return
         if report.outcome == "forward":
             result, errno = _forwarded_result(report.request.function, report)
-            decision = Decision(report.request, "default", "forward", result, errno, 0, 0,
-                                f"rules {report.request.pid}")
+            decision = Decision(
+                report.request, "default", "forward", result, errno, 0, 0, f"rules {report.request.pid}"
+            )
         else:
-            decision = Decision(report.request, "default", "error", -1, report.errno, 0, 0,
-                                f"rules {report.request.pid}")
+            decision = Decision(
+                report.request, "default", "error", -1, report.errno, 0, 0, f"rules {report.request.pid}"
+            )
         self.router.report(decision)
 
     async def _serve_listener(self, handoff: ListenerHandoff) -> None:
@@ -385,8 +405,9 @@ class SlaveProcess:
         finally:
             handoff.close()
         files, trees = self._loading
-        self.seccomp_session = SeccompSession(listener, self.router, killable=killable, name=f"seccomp pid {self.pid}",
-                                              own_files=files, own_trees=trees)
+        self.seccomp_session = SeccompSession(
+            listener, self.router, killable=killable, name=f"seccomp pid {self.pid}", own_files=files, own_trees=trees
+        )
         self._seccomp_task = asyncio.ensure_future(self.seccomp_session.serve())
 
     async def __aenter__(self) -> SlaveProcess:
@@ -571,8 +592,11 @@ class SlaveProcess:
             if self._closing:
                 pass
             elif channel.unanswered_at_close:
-                logger.warning("session %s dropped: the process went away with %d call(s) unanswered",
-                               master.name, channel.unanswered_at_close)
+                logger.warning(
+                    "session %s dropped: the process went away with %d call(s) unanswered",
+                    master.name,
+                    channel.unanswered_at_close,
+                )
             elif channel.unsent_at_close or channel.late_replies:
                 logger.warning("session %s dropped: the process went away before its reply was sent", master.name)
             else:
@@ -583,8 +607,12 @@ class SlaveProcess:
 
 
 def _loading(
-    argv: Sequence[str], shim: Path, env: Mapping[str, str], cwd: str | os.PathLike[str] | None,
-    sandbox: Sandbox | None, prepared: PreparedSandbox | None,
+    argv: Sequence[str],
+    shim: Path,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str] | None,
+    sandbox: Sandbox | None,
+    prepared: PreparedSandbox | None,
 ) -> tuple[list[str], list[str]]:
     """What loading the program needs, which the seccomp transport continues unasked.
 
@@ -680,8 +708,9 @@ def local_value(trees: Sequence[str]) -> str:
     size = 0
     for tree in trees:
         if len(kept) == LOCAL_MAX_TREES or size + len(tree) + 1 > LOCAL_MAX_BYTES + 1:
-            logger.debug("%s: %d tree(s) left out (bounds); they go through the master", ENV_LOCAL,
-                         len(trees) - len(kept))
+            logger.debug(
+                "%s: %d tree(s) left out (bounds); they go through the master", ENV_LOCAL, len(trees) - len(kept)
+            )
             break
         kept.append(tree)
         size += len(tree) + 1
@@ -746,6 +775,17 @@ def spawn(
     does this).
     """
     return SlaveProcess(
-        argv, router, env=env, cwd=cwd, sandbox=sandbox, stdin=stdin, stdout=stdout, stderr=stderr, shim=shim,
-        max_sessions=max_sessions, seccomp=seccomp, rules=rules, reports=reports,
+        argv,
+        router,
+        env=env,
+        cwd=cwd,
+        sandbox=sandbox,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        shim=shim,
+        max_sessions=max_sessions,
+        seccomp=seccomp,
+        rules=rules,
+        reports=reports,
     )

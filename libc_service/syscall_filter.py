@@ -85,8 +85,7 @@ _NUMBERS: Final = {
         # chmod fchmod chown fchown lchown utime setxattr lsetxattr fsetxattr removexattr
         # lremovexattr fremovexattr utimes fchownat futimesat fchmodat utimensat fchmodat2
         # setxattrat removexattrat file_setattr
-        metadata=(90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198, 199, 235, 260, 261, 268, 280, 452,
-                  463, 466, 469),
+        metadata=(90, 91, 92, 93, 94, 132, 188, 189, 190, 197, 198, 199, 235, 260, 261, 268, 280, 452, 463, 466, 469),
         io_uring=(425, 426, 427),
         keyrings=(248, 249, 250),  # add_key request_key keyctl
         ioctl=16,
@@ -120,8 +119,13 @@ FS_IOC_SETVERSION: Final = 0x40087602
 FS_IOC32_SETVERSION: Final = 0x40047602
 FS_IOC_FSSETXATTR: Final = 0x401C5820
 _TERMINAL_INJECTION: Final = (TIOCSTI, TIOCLINUX)
-_INODE_ATTRIBUTES: Final = (FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_SETVERSION, FS_IOC32_SETVERSION,
-                            FS_IOC_FSSETXATTR)
+_INODE_ATTRIBUTES: Final = (
+    FS_IOC_SETFLAGS,
+    FS_IOC32_SETFLAGS,
+    FS_IOC_SETVERSION,
+    FS_IOC32_SETVERSION,
+    FS_IOC_FSSETXATTR,
+)
 _PRIO_USER: Final = 2  # setpriority's "every process of a uid"
 _IOPRIO_WHO_USER: Final = 3
 

@@ -187,9 +187,11 @@ class Tracer:
             self._sessions.add(key)
             early = self._programs.pop(request.pid, None)
             program = early[1] if early is not None and early[0] == image else self._program(request.pid)
-        directories = {name: self._directories.pop((name, request.pid, request.request_id))
-                       for name in ("path", "path1", "path2")
-                       if (name, request.pid, request.request_id) in self._directories}
+        directories = {
+            name: self._directories.pop((name, request.pid, request.request_id))
+            for name in ("path", "path1", "path2")
+            if (name, request.pid, request.request_id) in self._directories
+        }
         if decision.route == self.ROUTE:
             decision = dataclasses.replace(decision, route="default")
         if self.json_lines:
@@ -223,11 +225,24 @@ class Tracer:
             return ""
         if self.json_lines:
             # The decision schema, so that every line has the same keys.
-            line = json.dumps({
-                "pid": pid, "tid": pid, "function": "execve", "arguments": {"path": exe, "argv": argv},
-                "route": "default", "decision": "observed", "result": None, "errno": 0, "errno_name": None,
-                "fds": 0, "latency_us": 0.0, "transport": None, "time": round(time.time(), 6),
-            }, ensure_ascii=False)
+            line = json.dumps(
+                {
+                    "pid": pid,
+                    "tid": pid,
+                    "function": "execve",
+                    "arguments": {"path": exe, "argv": argv},
+                    "route": "default",
+                    "decision": "observed",
+                    "result": None,
+                    "errno": 0,
+                    "errno_name": None,
+                    "fds": 0,
+                    "latency_us": 0.0,
+                    "transport": None,
+                    "time": round(time.time(), 6),
+                },
+                ensure_ascii=False,
+            )
         else:
             line = f"[pid {pid}] execve({json.dumps(exe)}, {json.dumps(argv, ensure_ascii=False)})"
         return line + "\n"

@@ -35,12 +35,29 @@ from .catalogue import (
     PATH_FUNCTIONS,
     UNIX_FUNCTIONS,
 )
-from .catalogue import FUNCTIONS, MAX_GROUPS, NODE_MAX, OPENAT_FLAGS, OPEN_FLAGS, PATH_MAX_BYTES, SERVICE_MAX, UNIX_PATH_MAX
+from .catalogue import (
+    FUNCTIONS,
+    MAX_GROUPS,
+    NODE_MAX,
+    OPENAT_FLAGS,
+    OPEN_FLAGS,
+    PATH_MAX_BYTES,
+    SERVICE_MAX,
+    UNIX_PATH_MAX,
+)
 from . import replies, requests  # loaded on first use (libc_service/__init__.py)
 
 if TYPE_CHECKING:
     from .replies import AddrInfo, Result, Stat
-    from .requests import ChmodRequest, ChownRequest, FchmodRequest, FchownRequest, FutimensRequest, Request, UtimensRequest
+    from .requests import (
+        ChmodRequest,
+        ChownRequest,
+        FchmodRequest,
+        FchownRequest,
+        FutimensRequest,
+        Request,
+        UtimensRequest,
+    )
 
 __all__ = [
     "MAX_ADDRINFO",
@@ -107,7 +124,7 @@ CODE: Final[dict[str, int]] = {name: code for code, name in enumerate(FUNCTIONS,
 OPEN_FLAG_BITS: Final[dict[str, int]] = {
     **{name: 1 << bit for bit, name in enumerate(OPEN_FLAGS[:12])},
     **{name: 1 << bit for bit, name in enumerate(OPEN_FLAGS[12:], 24)},
-    **{name: 1 << bit for bit, name in enumerate(OPENAT_FLAGS[len(OPEN_FLAGS):], 16)},
+    **{name: 1 << bit for bit, name in enumerate(OPENAT_FLAGS[len(OPEN_FLAGS) :], 16)},
 }
 _OPEN_ONLY_MASK: Final = sum(OPEN_FLAG_BITS[name] for name in OPEN_FLAGS)
 _OPENAT_MASK: Final = sum(OPEN_FLAG_BITS.values())
@@ -158,21 +175,31 @@ KIND_GAI_ERROR: Final = 3
 
 #: Each function's descriptor fields by role, in role bit (= wire) order.
 _ROLE_FIELDS: Final[dict[str, tuple[tuple[int, str], ...]]] = {
-    name: ((ROLE_DIR1, "dirfd1"), (ROLE_DIR2, "dirfd2")) if name == "rename"
-    else ((ROLE_DIR1, "dirfd"), (ROLE_SOCKET, "socket")) if name in ("connect_unix", "bind_unix")
-    else ((ROLE_SOCKET, "socket"),) if name.startswith(("connect_", "bind_"))
-    else () if name == "getaddrinfo"
-    else ((ROLE_DIR1, "fd"),) if name in METADATA_FD_FUNCTIONS
+    name: ((ROLE_DIR1, "dirfd1"), (ROLE_DIR2, "dirfd2"))
+    if name == "rename"
+    else ((ROLE_DIR1, "dirfd"), (ROLE_SOCKET, "socket"))
+    if name in ("connect_unix", "bind_unix")
+    else ((ROLE_SOCKET, "socket"),)
+    if name.startswith(("connect_", "bind_"))
+    else ()
+    if name == "getaddrinfo"
+    else ((ROLE_DIR1, "fd"),)
+    if name in METADATA_FD_FUNCTIONS
     else ((ROLE_DIR1, "dirfd"),)
     for name in FUNCTIONS
 }
 #: The longest string1 and string2 each function may carry.
 _STRING_LIMITS: Final[dict[str, tuple[int, int]]] = {
-    name: (PATH_MAX_BYTES, PATH_MAX_BYTES) if name == "rename"
-    else (UNIX_PATH_MAX, 0) if name in UNIX_FUNCTIONS
-    else (0, 0) if name in INET_FUNCTIONS or name in INET6_FUNCTIONS
-    else (NODE_MAX, SERVICE_MAX) if name == "getaddrinfo"
-    else (0, 0) if name in METADATA_FD_FUNCTIONS
+    name: (PATH_MAX_BYTES, PATH_MAX_BYTES)
+    if name == "rename"
+    else (UNIX_PATH_MAX, 0)
+    if name in UNIX_FUNCTIONS
+    else (0, 0)
+    if name in INET_FUNCTIONS or name in INET6_FUNCTIONS
+    else (NODE_MAX, SERVICE_MAX)
+    if name == "getaddrinfo"
+    else (0, 0)
+    if name in METADATA_FD_FUNCTIONS
     else (PATH_MAX_BYTES, 0)
     for name in FUNCTIONS
 }
@@ -241,7 +268,12 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
             flags = RENAME_NO_REPLACE if request.no_replace else 0
         case requests.ConnectUnixRequest() | requests.BindUnixRequest():
             string1 = os.fsencode(str(request.path))
-        case requests.ConnectInetRequest() | requests.BindInetRequest() | requests.ConnectInet6Request() | requests.BindInet6Request():
+        case (
+            requests.ConnectInetRequest()
+            | requests.BindInetRequest()
+            | requests.ConnectInet6Request()
+            | requests.BindInet6Request()
+        ):
             ip = request.address
             address = ip.packed.ljust(16, b"\0")
             if isinstance(ip, IPv6Address) and ip.scope_id:
@@ -252,7 +284,14 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
             string1 = os.fsencode(request.node) if request.node is not None else b""
             string2 = os.fsencode(request.service) if request.service is not None else b""
             arg = PROTOCOL_NUMBER[request.protocol]
-        case requests.ChmodRequest() | requests.FchmodRequest() | requests.ChownRequest() | requests.FchownRequest() | requests.UtimensRequest() | requests.FutimensRequest():
+        case (
+            requests.ChmodRequest()
+            | requests.FchmodRequest()
+            | requests.ChownRequest()
+            | requests.FchownRequest()
+            | requests.UtimensRequest()
+            | requests.FutimensRequest()
+        ):
             flags, arg, address = _encode_metadata(request)
             if not isinstance(request, requests.FchmodRequest | requests.FchownRequest | requests.FutimensRequest):
                 string1 = os.fsencode(str(request.path))
@@ -265,9 +304,25 @@ def encode_request(request: Request) -> tuple[bytes, list[int]]:
         raise LocalProtocolError(f"{request.function} argument {arg} (mode or port) out of range")
     try:
         header = REQUEST.pack(
-            REQUEST_MAGIC, VERSION, CODE[request.function], request.pid, request.tid, request.request_id,
-            flags, arg, address, scope, len(string1), len(string2), roles, context, umask,
-            len(groups) // GROUP.size, _RESERVED_REQUEST, fsuid, fsgid,
+            REQUEST_MAGIC,
+            VERSION,
+            CODE[request.function],
+            request.pid,
+            request.tid,
+            request.request_id,
+            flags,
+            arg,
+            address,
+            scope,
+            len(string1),
+            len(string2),
+            roles,
+            context,
+            umask,
+            len(groups) // GROUP.size,
+            _RESERVED_REQUEST,
+            fsuid,
+            fsgid,
         )
     except struct.error as exc:
         raise LocalProtocolError(f"a {request.function} request field is out of range: {exc}") from None
@@ -346,8 +401,27 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         raise RemoteProtocolError(f"request of {len(data)} bytes is shorter than its {REQUEST.size}-byte header")
     if len(data) > MAX_MESSAGE:
         raise RemoteProtocolError(f"request of {len(data)} bytes exceeds {MAX_MESSAGE}")
-    (magic, version, code, pid, tid, request_id, flags, arg, address, scope,
-     len1, len2, roles, context, umask, ngroups, reserved, fsuid, fsgid) = REQUEST.unpack_from(data)
+    (
+        magic,
+        version,
+        code,
+        pid,
+        tid,
+        request_id,
+        flags,
+        arg,
+        address,
+        scope,
+        len1,
+        len2,
+        roles,
+        context,
+        umask,
+        ngroups,
+        reserved,
+        fsuid,
+        fsgid,
+    ) = REQUEST.unpack_from(data)
     if magic != REQUEST_MAGIC:
         raise RemoteProtocolError(f"bad request magic {magic!r}")
     if version != VERSION:
@@ -371,12 +445,21 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
     common: dict[str, Any]
     if context == _CONTEXT_BITS and umask <= 0o777 and ngroups <= MAX_GROUPS:  # the shim's every call
         common = {
-            "function": function, "pid": pid, "tid": tid, "request_id": request_id, "umask": umask,
-            "fsuid": fsuid, "fsgid": fsgid, "groups": _groups_of(data[REQUEST.size : start]),
+            "function": function,
+            "pid": pid,
+            "tid": tid,
+            "request_id": request_id,
+            "umask": umask,
+            "fsuid": fsuid,
+            "fsgid": fsgid,
+            "groups": _groups_of(data[REQUEST.size : start]),
         }
     else:
         common = {
-            "function": function, "pid": pid, "tid": tid, "request_id": request_id,
+            "function": function,
+            "pid": pid,
+            "tid": tid,
+            "request_id": request_id,
             **_context(context, umask, fsuid, fsgid, ngroups, data),
         }
     fd_iter = iter(fds)
@@ -460,7 +543,14 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
 
 
 def _metadata_fields(
-    function: str, flags: int, arg: int, address: bytes, scope: int, roles: int, string1: bytes, len2: int,
+    function: str,
+    flags: int,
+    arg: int,
+    address: bytes,
+    scope: int,
+    roles: int,
+    string1: bytes,
+    len2: int,
     fds: Any,
 ) -> dict[str, Any]:
     """The fields of a chmod/chown/utimens request or its descriptor form."""
@@ -476,8 +566,11 @@ def _metadata_fields(
             raise RemoteProtocolError(f"{function} has no no_follow")
         fields = {"fd": next(fds)}
     else:
-        fields = {"path": _fs_path(string1, "path"), "dirfd": next(fds) if roles else None,
-                  "no_follow": bool(flags & META_NO_FOLLOW)}
+        fields = {
+            "path": _fs_path(string1, "path"),
+            "dirfd": next(fds) if roles else None,
+            "no_follow": bool(flags & META_NO_FOLLOW),
+        }
     kind = function.removeprefix("f")
     if kind == "chmod":
         if flags & ~META_NO_FOLLOW or address != _NO_ADDRESS:
@@ -534,11 +627,7 @@ def _fast_fields() -> dict[str, tuple[str, ...]]:
     and dumps follow. Computed on the first decoded request: the models load
     then, not when the codec is imported.
     """
-    return {
-        name: tuple(cls.model_fields)
-        for name, cls in requests.REQUEST_TYPES.items()
-        if _plain_model(cls)
-    }
+    return {name: tuple(cls.model_fields) for name, cls in requests.REQUEST_TYPES.items() if _plain_model(cls)}
 
 
 def _construct(function: str, fields: dict[str, Any]) -> Any:
@@ -587,7 +676,8 @@ def _context(context: int, umask: int, fsuid: int, fsgid: int, ngroups: int, dat
         "fsuid": fsuid if context & CONTEXT_FSUID else None,
         "fsgid": fsgid if context & CONTEXT_FSGID else None,
         "groups": _groups_of(data[REQUEST.size : REQUEST.size + ngroups * GROUP.size])
-        if context & CONTEXT_GROUPS else None,
+        if context & CONTEXT_GROUPS
+        else None,
     }
 
 
@@ -680,13 +770,16 @@ def encode_reply(reply: ReplyMessage, nfds: int = 0) -> bytes:
     and :class:`LocalProtocolError` (a ``ValueError``) for an out-of-range
     value: a policy bug, caught before anything is sent.
     """
-    return encode_reply_to(
-        reply.function, reply.tid, reply.request_id, reply.result, reply.errno, reply.forward, nfds
-    )
+    return encode_reply_to(reply.function, reply.tid, reply.request_id, reply.result, reply.errno, reply.forward, nfds)
 
 
 def encode_reply_to(
-    function: str, tid: int, request_id: int, result: Result = 0, errno: int = 0, forward: bool = False,
+    function: str,
+    tid: int,
+    request_id: int,
+    result: Result = 0,
+    errno: int = 0,
+    forward: bool = False,
     nfds: int = 0,
 ) -> bytes:
     """:func:`encode_reply` of ``ReplyMessage(function, tid, request_id, result, errno, forward)``.
@@ -697,7 +790,9 @@ def encode_reply_to(
     if function not in CODE:
         raise LocalProtocolError(f"unknown function {function!r}")
     if nfds > reply_fd_limit(function):
-        raise LocalProtocolError(f"a {function} reply carries at most {reply_fd_limit(function)} descriptors, not {nfds}")
+        raise LocalProtocolError(
+            f"a {function} reply carries at most {reply_fd_limit(function)} descriptors, not {nfds}"
+        )
     if not 0 <= errno < 2**31:
         raise LocalProtocolError(f"errno {errno} out of range")
     payload = b""
@@ -726,8 +821,17 @@ def encode_reply_to(
         value = result
     try:
         header = REPLY.pack(
-            REPLY_MAGIC, VERSION, CODE[function], tid, errno, request_id, value,
-            ACTION_FORWARD if forward else ACTION_RESULT, kind, count, _RESERVED_REPLY,
+            REPLY_MAGIC,
+            VERSION,
+            CODE[function],
+            tid,
+            errno,
+            request_id,
+            value,
+            ACTION_FORWARD if forward else ACTION_RESULT,
+            kind,
+            count,
+            _RESERVED_REPLY,
         )
     except struct.error as exc:
         raise LocalProtocolError(f"a {function} reply field is out of range: {exc}") from None
@@ -761,8 +865,20 @@ def _encode_stat(st: Stat) -> bytes:
         raise LocalProtocolError(f"unknown file type {st.type!r}")
     try:
         return STAT.pack(
-            st.dev, st.ino, st.nlink, st.rdev, st.size, st.blksize, st.blocks,
-            st.atime, st.mtime, st.ctime, st.mode, _FILE_TYPE_CODE[st.type], st.uid, st.gid,
+            st.dev,
+            st.ino,
+            st.nlink,
+            st.rdev,
+            st.size,
+            st.blksize,
+            st.blocks,
+            st.atime,
+            st.mtime,
+            st.ctime,
+            st.mode,
+            _FILE_TYPE_CODE[st.type],
+            st.uid,
+            st.gid,
         )
     except struct.error as exc:
         raise LocalProtocolError(f"a stat field is out of range: {exc}") from None
@@ -783,8 +899,7 @@ def decode_reply(data: bytes, nfds: int = 0) -> ReplyMessage:
         raise RemoteProtocolError(f"reply of {len(data)} bytes is shorter than its {REPLY.size}-byte header")
     if len(data) > MAX_MESSAGE:
         raise RemoteProtocolError(f"reply of {len(data)} bytes exceeds {MAX_MESSAGE}")
-    (magic, version, code, tid, errno, request_id, value, action, kind, count,
-     reserved) = REPLY.unpack_from(data)
+    (magic, version, code, tid, errno, request_id, value, action, kind, count, reserved) = REPLY.unpack_from(data)
     if magic != REPLY_MAGIC:
         raise RemoteProtocolError(f"bad reply magic {magic!r}")
     if version != VERSION:
@@ -843,16 +958,28 @@ def decode_reply(data: bytes, nfds: int = 0) -> ReplyMessage:
 
 
 def _decode_stat(payload: bytes) -> Stat:
-    (dev, ino, nlink, rdev, size, blksize, blocks, atime, mtime, ctime,
-     mode, type_code, uid, gid) = STAT.unpack(payload)
+    (dev, ino, nlink, rdev, size, blksize, blocks, atime, mtime, ctime, mode, type_code, uid, gid) = STAT.unpack(
+        payload
+    )
     if mode > 0o7777:
         raise RemoteProtocolError(f"stat mode {mode:#o} has bits beyond 0o7777")
     if not 1 <= type_code <= len(FILE_TYPES):
         raise RemoteProtocolError(f"unknown file type code {type_code}")
     return replies.Stat.model_construct(
-        dev=dev, ino=ino, mode=mode, type=FILE_TYPES[type_code - 1], nlink=nlink, uid=uid,
-        gid=gid, rdev=rdev, size=size, blksize=blksize, blocks=blocks, atime=atime,
-        mtime=mtime, ctime=ctime,
+        dev=dev,
+        ino=ino,
+        mode=mode,
+        type=FILE_TYPES[type_code - 1],
+        nlink=nlink,
+        uid=uid,
+        gid=gid,
+        rdev=rdev,
+        size=size,
+        blksize=blksize,
+        blocks=blocks,
+        atime=atime,
+        mtime=mtime,
+        ctime=ctime,
     )
 
 
@@ -949,11 +1076,12 @@ def decode_report(data: bytes) -> Report | ForwardResult:
         raise RemoteProtocolError(f"report errno {errno} does not fit its outcome")
     if outcome == 3:
         if len(data) != REPORT.size + REPORT_CALL.size:
-            raise RemoteProtocolError(f"a forwarded call's report of {len(data)} bytes, "
-                                      f"expected {REPORT.size + REPORT_CALL.size}")
+            raise RemoteProtocolError(
+                f"a forwarded call's report of {len(data)} bytes, expected {REPORT.size + REPORT_CALL.size}"
+            )
         pid, tid, request_id, code, reserved = REPORT_CALL.unpack_from(data, REPORT.size)
         if reserved or not 1 <= code <= len(FUNCTIONS):
             raise RemoteProtocolError(f"bad function {code} in a forwarded call's report")
         return ForwardResult(pid, tid, request_id, FUNCTIONS[code - 1], result, errno, lost)
-    request = decode_request(data[REPORT.size:])
+    request = decode_request(data[REPORT.size :])
     return Report(request, "forward" if outcome == 1 else "deny", errno, lost, result if outcome == 1 else -1)

@@ -122,8 +122,13 @@ def fuzz_router(*, concurrent: bool = False, default: Any = None, router: Router
         """A read-only file system."""
         raise Errno(errno.EROFS)
 
-    @router.on("connect_inet", "connect_inet6", "bind_inet", "bind_inet6",
-               when=to("10.0.0.0/8:*", "127.0.0.1:80", "[::1]:*", "[fe80::]:*"))
+    @router.on(
+        "connect_inet",
+        "connect_inet6",
+        "bind_inet",
+        "bind_inet6",
+        when=to("10.0.0.0/8:*", "127.0.0.1:80", "[::1]:*", "[fe80::]:*"),
+    )
     def no_network(request: Any) -> int:
         """No network, even to the usual suspects."""
         raise Errno(errno.EPERM)
@@ -243,8 +248,21 @@ def judge(message: Message) -> Request | None:
 
 
 _PATHS = [
-    b"/fuzz-ok/a", b"/fuzz-ok/b/c", b"/fuzz-ok/", b"/fuzz-ok/raise", b"/dev/null", b"/etc/passwd",
-    b"rel/ative", b"fuzz-ok/rel", b"../fuzz-ok/up", b".", b"..", b"/", b"/fuzz-ok/\xff\xfe", b"/proc/self/root", "/fuzz-ok/é".encode(),
+    b"/fuzz-ok/a",
+    b"/fuzz-ok/b/c",
+    b"/fuzz-ok/",
+    b"/fuzz-ok/raise",
+    b"/dev/null",
+    b"/etc/passwd",
+    b"rel/ative",
+    b"fuzz-ok/rel",
+    b"../fuzz-ok/up",
+    b".",
+    b"..",
+    b"/",
+    b"/fuzz-ok/\xff\xfe",
+    b"/proc/self/root",
+    "/fuzz-ok/é".encode(),
 ]
 
 
@@ -264,15 +282,19 @@ def _metadata(rnd: random.Random, function: str) -> dict[str, Any]:
         return {"mode": rnd.randrange(0o10000)}
     if function.endswith("chown"):
         return {name: rnd.choice([None, 0, 2**32 - 1, rnd.randrange(2**32)]) for name in ("owner", "group")}
-    return {name: rnd.choice(["now", "omit", 0, -(2**63), 2**63 - 1, rnd.randrange(-(2**63), 2**63)])
-            for name in ("atime", "mtime")}
+    return {
+        name: rnd.choice(["now", "omit", 0, -(2**63), 2**63 - 1, rnd.randrange(-(2**63), 2**63)])
+        for name in ("atime", "mtime")
+    }
 
 
 def random_request(rnd: random.Random) -> Request:
     """A valid request of a random function (descriptor fields hold placeholders)."""
     function = rnd.choice(list(REQUEST_TYPES))
     fields: dict[str, Any] = {
-        "function": function, "pid": rnd.randrange(1, 2**32), "tid": rnd.randrange(1, 2**32),
+        "function": function,
+        "pid": rnd.randrange(1, 2**32),
+        "tid": rnd.randrange(1, 2**32),
         "request_id": rnd.randrange(2**64),
     }
     placeholder = lambda: 3 if rnd.random() < 0.5 else None  # noqa: E731
@@ -282,8 +304,12 @@ def random_request(rnd: random.Random) -> Request:
         others = [flag for flag in vocabulary if flag not in ("read_only", "write_only", "read_write")]
         flags = {access, *rnd.sample(others, rnd.randrange(0, 4))}
         takes_mode = bool(flags & {"create", "temporary"})
-        fields |= {"path": _path(rnd), "flags": flags, "mode": rnd.randrange(0o10000) if takes_mode else None,
-                   "dirfd": placeholder()}
+        fields |= {
+            "path": _path(rnd),
+            "flags": flags,
+            "mode": rnd.randrange(0o10000) if takes_mode else None,
+            "dirfd": placeholder(),
+        }
     elif function == "rename":
         fields |= {"path1": _path(rnd), "path2": _path(rnd), "dirfd1": placeholder(), "dirfd2": placeholder()}
     elif function in ("connect_unix", "bind_unix"):
@@ -299,8 +325,12 @@ def random_request(rnd: random.Random) -> Request:
     elif function in ("fchmod", "fchown", "futimens"):
         fields |= {"fd": 3, **_metadata(rnd, function)}
     elif function in ("chmod", "chown", "utimens"):
-        fields |= {"path": _path(rnd), "dirfd": placeholder(), "no_follow": rnd.random() < 0.5,
-                   **_metadata(rnd, function)}
+        fields |= {
+            "path": _path(rnd),
+            "dirfd": placeholder(),
+            "no_follow": rnd.random() < 0.5,
+            **_metadata(rnd, function),
+        }
     elif function == "getaddrinfo":
         node = rnd.choice(["localhost", "LocalHost.", "example.org", None, "x" * 1025, "\udcff"])
         service = rnd.choice(["http", "443", None if node is not None else "80"])
@@ -316,8 +346,20 @@ def random_request(rnd: random.Random) -> Request:
 
 #: (offset, struct format) of every request header field, for overwrites and swaps.
 HEADER_FIELDS: tuple[tuple[int, str], ...] = (
-    (0, "4s"), (4, "<H"), (6, "<H"), (8, "<I"), (12, "<I"), (16, "<Q"), (24, "<I"), (28, "<I"),
-    (32, "16s"), (48, "<I"), (52, "<H"), (54, "<H"), (56, "B"), (57, "7s"),
+    (0, "4s"),
+    (4, "<H"),
+    (6, "<H"),
+    (8, "<I"),
+    (12, "<I"),
+    (16, "<Q"),
+    (24, "<I"),
+    (28, "<I"),
+    (32, "16s"),
+    (48, "<I"),
+    (52, "<H"),
+    (54, "<H"),
+    (56, "B"),
+    (57, "7s"),
 )
 
 
@@ -326,8 +368,30 @@ def _interesting(fmt: str, rnd: random.Random) -> bytes:
     if fmt.endswith("s"):
         return rnd.choice([bytes(size), b"\xff" * size, bytes(rnd.randrange(256) for _ in range(size))])
     top = 2 ** (8 * size) - 1
-    value = rnd.choice([0, 1, 2, 3, 7, 17, 18, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0o7777, 0o10000, 65536,
-                        2**31 - 1, 2**31, top, top - 1, rnd.randrange(top + 1)])
+    value = rnd.choice(
+        [
+            0,
+            1,
+            2,
+            3,
+            7,
+            17,
+            18,
+            0x7F,
+            0x80,
+            0xFF,
+            0x7FFF,
+            0xFFFF,
+            0o7777,
+            0o10000,
+            65536,
+            2**31 - 1,
+            2**31,
+            top,
+            top - 1,
+            rnd.randrange(top + 1),
+        ]
+    )
     return struct.pack(fmt, value & top)
 
 
@@ -340,7 +404,7 @@ def mutate(data: bytes, other: bytes, rnd: random.Random) -> tuple[bytes, str]:
             i = rnd.randrange(len(buf))
             buf[i] ^= 1 << rnd.randrange(8)
     elif how == "truncate":
-        del buf[rnd.randrange(len(buf)):]
+        del buf[rnd.randrange(len(buf)) :]
     elif how == "extend":
         buf += bytes(rnd.randrange(256) for _ in range(rnd.choice([1, 2, 7, 64, 200])))
     elif how == "field":
@@ -397,8 +461,10 @@ def random_message(rnd: random.Random, *, valid: float = 0.5, hang_up: float = 0
         return Message(mutated, right, how=how)
     if roll < 0.65:
         size = rnd.choice([0, 1, 16, 63, 64, 65, 300, wire.MAX_MESSAGE, wire.MAX_MESSAGE + 1, 20000])
-        return Message(bytes(rnd.randrange(256) for _ in range(size)) if size <= 300 else os.urandom(size),
-                       how="random" if size else "empty")
+        return Message(
+            bytes(rnd.randrange(256) for _ in range(size)) if size <= 300 else os.urandom(size),
+            how="random" if size else "empty",
+        )
     if roll < 0.8:
         # Descriptors that disagree with the roles: one too few or too many, or a flood.
         count = rnd.choice([0, 1, 2, 3, 4, len(placeholders) + 1, rnd.randrange(5, SCM_MAX_FD + 1)])
@@ -441,9 +507,11 @@ class Tally:
             self.violations.extend(other.violations[:20])
 
     def summary(self) -> str:
-        return (f"{self.sessions} sessions, {self.sent} messages ({self.fds_sent} descriptors), "
-                f"{self.answered} answered, {self.closed_by_master} closed by the master, "
-                f"{self.hung_up} hung up, {self.killed} killed, {len(self.violations)} violations")
+        return (
+            f"{self.sessions} sessions, {self.sent} messages ({self.fds_sent} descriptors), "
+            f"{self.answered} answered, {self.closed_by_master} closed by the master, "
+            f"{self.hung_up} hung up, {self.killed} killed, {len(self.violations)} violations"
+        )
 
 
 class Session:
@@ -570,8 +638,10 @@ class Session:
             self._violation(f"a malformed reply to {request.function}: {exc}")
             return
         if (reply.function, reply.tid, reply.request_id) != (request.function, request.tid, request.request_id):
-            self._violation(f"a reply to {reply.function}/{reply.tid}/{reply.request_id} "
-                            f"for {request.function}/{request.tid}/{request.request_id}")
+            self._violation(
+                f"a reply to {reply.function}/{reply.tid}/{reply.request_id} "
+                f"for {request.function}/{request.tid}/{request.request_id}"
+            )
             return
         if reply.forward:
             self._violation(f"a forward nobody granted, for {request!r}")

@@ -78,9 +78,13 @@ async def run_slave(
 ) -> Ran:
     """Run ``argv`` as a slave of ``router``; collect its status and output."""
     async with spawn(
-        argv, router, cwd=cwd, env=_env(env),
+        argv,
+        router,
+        cwd=cwd,
+        env=_env(env),
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     ) as process:
         out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
         status = await process.wait()
@@ -96,9 +100,14 @@ def run_native(
 ) -> Ran:
     """Run ``argv`` without the shim, as ``run_slave`` would."""
     done = subprocess.run(
-        list(argv), cwd=cwd, env=_env(env), input=stdin,
+        list(argv),
+        cwd=cwd,
+        env=_env(env),
+        input=stdin,
         stdin=None if stdin is not None else subprocess.DEVNULL,
-        capture_output=True, timeout=30, check=False,
+        capture_output=True,
+        timeout=30,
+        check=False,
     )
     status = 128 - done.returncode if done.returncode < 0 else done.returncode
     return Ran(status, done.stdout, done.stderr)
@@ -119,7 +128,9 @@ def c_program(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
             target = out_dir / name
             subprocess.run(
                 [compiler, "-O2", "-Wall", "-pthread", "-o", str(target), str(source)],
-                check=True, capture_output=True, timeout=60,
+                check=True,
+                capture_output=True,
+                timeout=60,
             )
             built[name] = target
         return built[name]

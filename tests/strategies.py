@@ -160,8 +160,13 @@ ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "eaccess": st.fixed_dictionaries({**_PATH_ONLY, "amode": amodes}),
     "mkdir": st.fixed_dictionaries({**_PATH_ONLY, "mode": MODES}),
     "rename": st.fixed_dictionaries(
-        {"path1": paths, "path2": paths, "dirfd1": st.none() | FDS, "dirfd2": st.none() | FDS,
-         "no_replace": st.booleans()}
+        {
+            "path1": paths,
+            "path2": paths,
+            "dirfd1": st.none() | FDS,
+            "dirfd2": st.none() | FDS,
+            "no_replace": st.booleans(),
+        }
     ),
     "connect_unix": _unix(),
     "bind_unix": _unix(),
@@ -221,9 +226,25 @@ errnos = st.integers(1, 2**31 - 1)
 # ------------------------------------------------------ hand-packed messages
 
 _FIELDS = (
-    "magic", "version", "function", "pid", "tid", "request_id", "flags", "arg",
-    "address", "scope", "len1", "len2", "roles", "context", "umask", "ngroups", "reserved",
-    "fsuid", "fsgid",
+    "magic",
+    "version",
+    "function",
+    "pid",
+    "tid",
+    "request_id",
+    "flags",
+    "arg",
+    "address",
+    "scope",
+    "len1",
+    "len2",
+    "roles",
+    "context",
+    "umask",
+    "ngroups",
+    "reserved",
+    "fsuid",
+    "fsgid",
 )
 
 
@@ -233,10 +254,25 @@ def raw_request(
     """A request datagram packed by hand; by default a valid ``stat("/etc/hostname")``
     that says nothing of the caller's umask and credentials."""
     values: dict[str, Any] = {
-        "magic": b"LCSq", "version": 2, "function": wire.CODE["stat"], "pid": 7, "tid": 8,
-        "request_id": 9, "flags": 0, "arg": 0, "address": bytes(16), "scope": 0,
-        "len1": len(string1), "len2": len(string2), "roles": 0, "context": 0, "umask": 0,
-        "ngroups": len(groups), "reserved": bytes(3), "fsuid": 0, "fsgid": 0,
+        "magic": b"LCSq",
+        "version": 2,
+        "function": wire.CODE["stat"],
+        "pid": 7,
+        "tid": 8,
+        "request_id": 9,
+        "flags": 0,
+        "arg": 0,
+        "address": bytes(16),
+        "scope": 0,
+        "len1": len(string1),
+        "len2": len(string2),
+        "roles": 0,
+        "context": 0,
+        "umask": 0,
+        "ngroups": len(groups),
+        "reserved": bytes(3),
+        "fsuid": 0,
+        "fsgid": 0,
     }
     legacy_reserved = fields.pop("reserved", None) if len(fields.get("reserved", b"")) == 7 else None
     values.update(fields)
@@ -249,14 +285,35 @@ def raw_request(
     return bytes(header) + packed_groups + string1 + string2
 
 
-_REPLY_FIELDS = ("magic", "version", "function", "tid", "errno", "request_id", "result", "action", "kind", "count", "reserved")
+_REPLY_FIELDS = (
+    "magic",
+    "version",
+    "function",
+    "tid",
+    "errno",
+    "request_id",
+    "result",
+    "action",
+    "kind",
+    "count",
+    "reserved",
+)
 
 
 def raw_reply(payload: bytes = b"", **fields: Any) -> bytes:
     """A reply datagram packed by hand; by default ``open`` answered with 3."""
     values: dict[str, Any] = {
-        "magic": b"LCSr", "version": 2, "function": wire.CODE["open"], "tid": 8, "errno": 0,
-        "request_id": 9, "result": 3, "action": 0, "kind": 0, "count": 0, "reserved": bytes(12),
+        "magic": b"LCSr",
+        "version": 2,
+        "function": wire.CODE["open"],
+        "tid": 8,
+        "errno": 0,
+        "request_id": 9,
+        "result": 3,
+        "action": 0,
+        "kind": 0,
+        "count": 0,
+        "reserved": bytes(12),
     }
     values.update(fields)
     return wire.REPLY.pack(*(values[name] for name in _REPLY_FIELDS)) + payload

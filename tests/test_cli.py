@@ -72,16 +72,19 @@ def test_run_accepts_module_attr_policies(tmp_path: Path) -> None:
     write_policy(tmp_path, READ_ONLY_POLICY, name="mypolicy.py", extra="\nstrict = router\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path), LC_ALL="C")
     done = subprocess.run(
-        [*COMMAND, "run", "mypolicy:strict", "--", "mkdir", "d"], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=60, check=False,
+        [*COMMAND, "run", "mypolicy:strict", "--", "mkdir", "d"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 1
     assert "Read-only file system" in done.stderr
 
 
-@pytest.mark.parametrize(
-    ("script", "status"), [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 128 + signal.SIGKILL)]
-)
+@pytest.mark.parametrize(("script", "status"), [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 128 + signal.SIGKILL)])
 def test_run_exits_with_the_programs_status(tmp_path: Path, script: str, status: int) -> None:
     policy = write_policy(tmp_path, READ_ONLY_POLICY)
     done = cli("run", str(policy), "--", "sh", "-c", f"cat /dev/null; {script}")
@@ -124,8 +127,11 @@ def test_a_bad_policy_is_one_line_and_exit_status_2(tmp_path: Path, problem: str
         # A typo in the function name: the error is raised inside Router.on.
         ("from libc_service import Router\nrouter = Router()\n@router.on('opne')\ndef h(req): pass\n", 3),
         # A relative root: raised inside conditions.under.
-        ("from libc_service import Router\nfrom libc_service.conditions import under\n"
-         "router = Router()\n@router.on('open', when=under('data'))\ndef h(req): pass\n", 4),
+        (
+            "from libc_service import Router\nfrom libc_service.conditions import under\n"
+            "router = Router()\n@router.on('open', when=under('data'))\ndef h(req): pass\n",
+            4,
+        ),
     ],
 )
 def test_a_bad_policy_error_names_the_policys_own_line(tmp_path: Path, source: str, line: int) -> None:
@@ -143,7 +149,12 @@ def test_a_module_attr_policy_is_found_in_the_working_directory(tmp_path: Path) 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         [sys.executable, "-P", "-m", "libc_service", "run", "policies.strict:router", "--", "mkdir", "d"],
-        cwd=tmp_path, env=dict(env, LC_ALL="C"), capture_output=True, text=True, timeout=60, check=False,
+        cwd=tmp_path,
+        env=dict(env, LC_ALL="C"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 1, done.stderr
     assert "Read-only file system" in done.stderr
@@ -152,8 +163,9 @@ def test_a_module_attr_policy_is_found_in_the_working_directory(tmp_path: Path) 
 def test_a_missing_policy_module_is_one_line_and_exit_status_2() -> None:
     done = cli("run", "no_such_policy_module:router", "--", "true")
     assert done.returncode == 2
-    assert done.stderr.splitlines() == ["libc-service: error: policy no_such_policy_module:router: "
-                                        "no module named 'no_such_policy_module'"]
+    assert done.stderr.splitlines() == [
+        "libc-service: error: policy no_such_policy_module:router: no module named 'no_such_policy_module'"
+    ]
 
 
 def test_run_without_a_program_is_a_usage_error_naming_run(tmp_path: Path) -> None:
@@ -189,7 +201,10 @@ def test_a_terminating_signal_is_passed_on_to_the_program(tmp_path: Path, signum
     pidfile = tmp_path / "pid"
     process = subprocess.Popen(
         [*COMMAND, "trace", "-o", os.devnull, "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"],
-        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -231,8 +246,12 @@ def test_trace_writes_one_readable_line_per_call(tmp_path: Path) -> None:
     lines = [line for line in log.splitlines() if line.startswith("[pid ") and "execve(" not in line]
     # What the program's own calls returned, as strace shows it (the shim reports it after the call).
     opened = [line for line in lines if f' open("f" (in "{tmp_path}"), read_only, NULL) = 3 [forwarded]' in line]
-    missing = [line for line in lines if f' open("missing" (in "{tmp_path}"), read_only, NULL) = -1 ENOENT '
-                                         '(No such file or directory) [forwarded]' in line]
+    missing = [
+        line
+        for line in lines
+        if f' open("missing" (in "{tmp_path}"), read_only, NULL) = -1 ENOENT '
+        "(No such file or directory) [forwarded]" in line
+    ]
     assert len(opened) == 1 and len(missing) == 1, log
     assert opened[0].endswith("µs>")
     assert "cat: missing: No such file or directory" in done.stderr

@@ -229,8 +229,12 @@ def test_writing_reads_the_open_flags(open_flags: tuple[str, ...], writes: bool)
 
 
 def test_writing_is_true_for_every_directory_change() -> None:
-    for request in (UnlinkRequest(path="/x"), RmdirRequest(path="/x"), MkdirRequest(path="/x", mode=0o700),
-                    RenameRequest(path1="/x", path2="/y")):
+    for request in (
+        UnlinkRequest(path="/x"),
+        RmdirRequest(path="/x"),
+        MkdirRequest(path="/x", mode=0o700),
+        RenameRequest(path1="/x", path2="/y"),
+    ):
         assert writing()(request)
     assert writing().describe() == WRITES
 
@@ -298,8 +302,19 @@ def test_to_describes_itself() -> None:
 
 @pytest.mark.parametrize(
     "endpoint",
-    ["127.0.0.1", "127.0.0.1:70000", "127.0.0.1:-1", "127.0.0.1:http", "999.0.0.1:80", "localhost:80",
-     "::1:53", "fe80::/10:*", "[::1]", ("127.0.0.1", 65536), ("127.0.0.1", -1)],
+    [
+        "127.0.0.1",
+        "127.0.0.1:70000",
+        "127.0.0.1:-1",
+        "127.0.0.1:http",
+        "999.0.0.1:80",
+        "localhost:80",
+        "::1:53",
+        "fe80::/10:*",
+        "[::1]",
+        ("127.0.0.1", 65536),
+        ("127.0.0.1", -1),
+    ],
 )
 def test_to_refuses_what_is_not_an_endpoint(endpoint: Any) -> None:
     with pytest.raises(ValueError):
@@ -359,8 +374,20 @@ def test_combinations_describe_themselves_with_grouping() -> None:
 
 def test_a_combination_applies_to_the_functions_all_of_its_parts_understand() -> None:
     assert (under("/a") & writing()).functions == frozenset(
-        {"open", "openat", "unlink", "rmdir", "mkdir", "rename", "chmod", "chown", "utimens",
-         "fchmod", "fchown", "futimens"}
+        {
+            "open",
+            "openat",
+            "unlink",
+            "rmdir",
+            "mkdir",
+            "rename",
+            "chmod",
+            "chown",
+            "utimens",
+            "fchmod",
+            "fchown",
+            "futimens",
+        }
     )
     assert (under("/a") & flags("create")).functions == frozenset({"open", "openat"})
     assert (under("/a") | to("127.0.0.1:*")).functions == frozenset()
@@ -409,7 +436,9 @@ def test_a_user_condition_applies_everywhere_and_combines() -> None:
     ],
 )
 def test_a_condition_registered_for_a_function_it_does_not_apply_to_is_rejected(
-    functions: tuple[str, ...], condition: Condition, named_function: str,
+    functions: tuple[str, ...],
+    condition: Condition,
+    named_function: str,
 ) -> None:
     router = Router()
     with pytest.raises(ValueError, match=named_function):
@@ -462,8 +491,9 @@ async def test_a_slave_reads_beneath_its_data_directory_and_nowhere_else(tmp_pat
                 await session.call("openat", path="../secret", flags=["read_only"], fds=(in_data,)),
                 await session.call("open", path=f"{data}/../secret", flags=["read_only"]),
                 await session.call("open", path=f"{data}/notes.txt", flags=["write_only"]),
-                await session.call("openat", path="notes.txt", flags=["read_only", "create"], mode=0o644,
-                                   fds=(in_data,)),
+                await session.call(
+                    "openat", path="notes.txt", flags=["read_only", "create"], mode=0o644, fds=(in_data,)
+                ),
                 await session.call("openat", path="notes.txt", flags=["read_only"]),  # relative, no dirfd
             ]
     try:
@@ -504,10 +534,12 @@ async def test_connections_to_listed_endpoints_only() -> None:
         async with serving(router) as session:
             assert await session.call("connect_inet", address="127.0.0.1", port=8080, fds=(v4.fileno(),)) == Reply(0)
             assert await session.call("connect_inet", address="127.0.0.1", port=22, fds=(v4.fileno(),)) == Reply(
-                -1, errno.ECONNREFUSED)
+                -1, errno.ECONNREFUSED
+            )
             assert await session.call("connect_inet6", address="::1", port=443, fds=(v6.fileno(),)) == Reply(0)
             assert await session.call("connect_inet6", address="2001:db8::1", port=443, fds=(v6.fileno(),)) == Reply(
-                -1, errno.ECONNREFUSED)
+                -1, errno.ECONNREFUSED
+            )
     finally:
         v4.close()
         v6.close()
@@ -541,7 +573,8 @@ async def test_creating_and_truncating_are_refused_the_rest_forwarded() -> None:
 
     async with serving(router) as session:
         assert await session.call("open", path="/x", flags=["write_only", "create"], mode=0o644) == Reply(
-            -1, errno.EROFS)
+            -1, errno.EROFS
+        )
         assert await session.call("open", path="/x", flags=["write_only", "truncate"]) == Reply(-1, errno.EROFS)
         assert (await session.call("open", path="/x", flags=["write_only"])).forwarded
         assert await session.call("mkdir", path="/x", mode=0o755) == Reply(-1, errno.EROFS)

@@ -85,7 +85,11 @@ def policy(tmp_path: Path) -> LoadedPolicy:
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "libc_service", *args],
-        capture_output=True, text=True, timeout=60, check=False, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
     )
 
 
@@ -208,14 +212,14 @@ def test_handlers_defined_in_another_module_are_named_by_module_path(tmp_path: P
     library.mkdir(parents=True)
     (library / "__init__.py").write_text("")
     (library / "files.py").write_text('def refuse(req):\n    """Refused."""\n    raise OSError(13, "no")\n')
-    source = textwrap.dedent(f'''\
+    source = textwrap.dedent(f"""\
         import sys
         sys.path.insert(0, {str(tmp_path / "lib")!r})
         from libc_service import Router
         from sharedrules.files import refuse
         router = Router()
         router.on("stat")(refuse)
-        ''')
+        """)
     try:
         loaded = load_policy(str(write_policy(tmp_path / "policies", source)))
         page = render_policy(loaded, fmt="md")
@@ -240,8 +244,17 @@ def test_no_sandbox_defined_says_what_dash_dash_sandbox_does(tmp_path: Path) -> 
 def test_json_document_has_the_documented_keys(policy: LoadedPolicy) -> None:
     document = json.loads(render_policy(policy, fmt="json"))
     assert list(document) == [
-        "schema", "policy", "description", "default", "failure", "timeout", "concurrent",
-        "handlers", "functions", "unhandled", "sandbox",
+        "schema",
+        "policy",
+        "description",
+        "default",
+        "failure",
+        "timeout",
+        "concurrent",
+        "handlers",
+        "functions",
+        "unhandled",
+        "sandbox",
     ]
     assert document["schema"] == JSON_SCHEMA
     assert document["policy"] == "policy.py"
@@ -285,14 +298,16 @@ def _keys(value: object) -> set[str]:
 def test_every_json_key_is_described_in_the_schema_page(tmp_path: Path) -> None:
     schema_page = (ROOT / "docs" / "policy-json.md").read_text()
     described = set(re.findall(r"^\| `(\w+)` \|", schema_page, flags=re.MULTILINE))
-    default_handler = textwrap.dedent('''\
+    default_handler = textwrap.dedent("""\
         from libc_service import Router
         def fallback(req):
             return 0
         router = Router(default=fallback, timeout=1)
-        ''')
+        """)
     keys = _keys(json.loads(render_policy(load_policy(str(write_policy(tmp_path / "a"))), fmt="json")))
-    keys |= _keys(json.loads(render_policy(load_policy(str(write_policy(tmp_path / "b", default_handler))), fmt="json")))
+    keys |= _keys(
+        json.loads(render_policy(load_policy(str(write_policy(tmp_path / "b", default_handler))), fmt="json"))
+    )
     keys |= {"seconds", "file", "line", "path", "access"}
     assert keys <= described, f"undocumented keys: {sorted(keys - described)}"
     assert JSON_SCHEMA in schema_page
@@ -301,11 +316,13 @@ def test_every_json_key_is_described_in_the_schema_page(tmp_path: Path) -> None:
 def test_describe_policy_is_the_data_both_renderers_use(policy: LoadedPolicy) -> None:
     doc = describe_policy(policy)
     assert [f.function for f in doc.functions] == list(FUNCTIONS)
-    assert doc.unhandled == tuple(name for name in FUNCTIONS if name not in
-                                  {"open", "openat", "unlink", "connect_inet", "getaddrinfo"})
-    assert doc.handlers[1].conditions == ("the path is `/srv/data` or beneath it",
-                                          "not (the call writes (opens for writing, creates, truncates, "
-                                          "or changes a directory))")
+    assert doc.unhandled == tuple(
+        name for name in FUNCTIONS if name not in {"open", "openat", "unlink", "connect_inet", "getaddrinfo"}
+    )
+    assert doc.handlers[1].conditions == (
+        "the path is `/srv/data` or beneath it",
+        "not (the call writes (opens for writing, creates, truncates, or changes a directory))",
+    )
 
 
 # ------------------------------------------------------------- the command
@@ -326,10 +343,14 @@ def test_cli_writes_markdown_to_a_file(tmp_path: Path) -> None:
         ("import errno\n", "defines no 'router'"),
         ("router = 42\n", "'router' is an int, not a libc_service.Router"),
         ("raise RuntimeError('boom')\n", "failed to import: RuntimeError: boom"),
-        ("from libc_service import Router\nrouter = Router()\n@router.on('nonsense')\ndef h(r): pass\n",
-         "unknown function(s) 'nonsense'"),
-        ("from libc_service import Router\nrouter = Router()\nsandbox = 'everything'\n",
-         "'sandbox' is a str, not a libc_service.Sandbox"),
+        (
+            "from libc_service import Router\nrouter = Router()\n@router.on('nonsense')\ndef h(r): pass\n",
+            "unknown function(s) 'nonsense'",
+        ),
+        (
+            "from libc_service import Router\nrouter = Router()\nsandbox = 'everything'\n",
+            "'sandbox' is a str, not a libc_service.Sandbox",
+        ),
     ],
 )
 def test_a_bad_policy_gets_one_line_and_status_2(tmp_path: Path, source: str, message: str) -> None:
@@ -351,7 +372,11 @@ def test_a_missing_policy_file_gets_one_line_and_status_2(tmp_path: Path) -> Non
 def test_the_readonly_tree_example_page_reads_without_the_code(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "libc_service", "docs", "examples/readonly_tree.py"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
         env={"LIBC_SERVICE_ROOT": "/srv/data", "PATH": "/usr/bin:/bin"},
     )
     assert run.returncode == 0, run.stderr
@@ -424,7 +449,8 @@ def test_the_mkdocs_hook_generates_policy_pages_and_the_cli_help(tmp_path: Path)
     (site / "hooks" / "policies.py").write_text("from libc_service.mkdocs_hook import *  # noqa: F403\n")
     write_policy(site / "policies")
     (site / "docs" / "index.md").write_text("# Home\n\n<!-- libc-service: cli-help -->\n")
-    (site / "mkdocs.yml").write_text(textwrap.dedent(f'''\
+    (site / "mkdocs.yml").write_text(
+        textwrap.dedent(f"""\
         site_name: test
         theme: mkdocs
         hooks:
@@ -439,7 +465,8 @@ def test_the_mkdocs_hook_generates_policy_pages_and_the_cli_help(tmp_path: Path)
             policies/tree.md:
               policy: {ROOT / "examples" / "readonly_tree.py"}
               env: {{LIBC_SERVICE_ROOT: /srv/tree}}
-        '''))
+        """)
+    )
     run = subprocess.run([mkdocs, "build", "--strict"], cwd=site, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     web = (site / "site" / "policies" / "web" / "index.html").read_text()

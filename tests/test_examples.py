@@ -63,9 +63,7 @@ pytestmark = [
 
 #: The examples' sandboxes all take the network away, so they need network namespaces too.
 _SANDBOX_MISSING = Sandbox.available() or network_namespaces_available()
-needs_sandbox = pytest.mark.skipif(
-    _SANDBOX_MISSING is not None, reason=f"no Landlock sandbox here: {_SANDBOX_MISSING}"
-)
+needs_sandbox = pytest.mark.skipif(_SANDBOX_MISSING is not None, reason=f"no Landlock sandbox here: {_SANDBOX_MISSING}")
 
 
 def needs(program: str) -> str:
@@ -102,8 +100,14 @@ async def run(
     full_env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": os.environ.get("HOME", "/")}
     full_env.update(env or {})
     async with spawn(
-        argv, router, sandbox=sandbox, cwd=cwd, env=full_env,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        argv,
+        router,
+        sandbox=sandbox,
+        cwd=cwd,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     ) as process:
         out, err = await asyncio.wait_for(process.communicate(), 60)
         status = await process.wait()
@@ -146,7 +150,8 @@ async def test_readonly_tree_reads_files_beneath_the_root(tree: Path, monkeypatc
 
 
 async def test_readonly_tree_refuses_what_lies_outside_even_through_a_symlink(
-    tree: Path, monkeypatch: pytest.MonkeyPatch,
+    tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     policy = load_example("readonly_tree", monkeypatch, LIBC_SERVICE_ROOT=str(tree))
     ran = await run(["cat", str(tree.parent / "secret.txt")], policy.router, cwd=tree)
@@ -172,7 +177,8 @@ async def test_readonly_tree_refuses_writes_with_erofs(tree: Path, monkeypatch: 
 
 @needs_sandbox
 async def test_readonly_tree_sandboxed_gets_files_only_from_the_master(
-    tree: Path, monkeypatch: pytest.MonkeyPatch,
+    tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     policy = load_example("readonly_tree", monkeypatch, LIBC_SERVICE_ROOT=str(tree), PATH="/usr/bin:/bin")
     assert isinstance(policy.sandbox, Sandbox)
@@ -188,7 +194,8 @@ async def test_readonly_tree_sandboxed_gets_files_only_from_the_master(
 
 
 async def test_readonly_tree_lets_a_shell_find_its_programs_on_path(
-    tree: Path, monkeypatch: pytest.MonkeyPatch,
+    tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     policy = load_example("readonly_tree", monkeypatch, LIBC_SERVICE_ROOT=str(tree), PATH="/usr/bin:/bin")
     script = "ls; cat a.txt; touch new.txt || echo refused"
@@ -287,7 +294,8 @@ _CONNECT = (
 
 
 async def test_net_allowlist_connects_only_to_listed_endpoints(
-    listeners: tuple[int, int], monkeypatch: pytest.MonkeyPatch,
+    listeners: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     allowed, other = listeners
     policy = load_example("net_allowlist", monkeypatch, LIBC_SERVICE_ALLOW=f"127.0.0.1:{allowed}")
@@ -299,7 +307,8 @@ async def test_net_allowlist_connects_only_to_listed_endpoints(
 
 @needs_sandbox
 async def test_net_allowlist_sandboxed_slave_without_a_network_still_reaches_listed_endpoints(
-    listeners: tuple[int, int], monkeypatch: pytest.MonkeyPatch,
+    listeners: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     system_python = shutil.which("python3", path="/usr/bin:/bin")
     if system_python is None:
@@ -308,14 +317,16 @@ async def test_net_allowlist_sandboxed_slave_without_a_network_still_reaches_lis
     policy = load_example("net_allowlist", monkeypatch, LIBC_SERVICE_ALLOW=f"127.0.0.1:{allowed}")
     ran = await run(
         [system_python, "-c", _CONNECT, "127.0.0.1", str(allowed), str(other)],
-        policy.router, sandbox=policy.sandbox,
+        policy.router,
+        sandbox=policy.sandbox,
     )
     assert ran.status == 0, ran.err
     assert json.loads(ran.out) == {str(allowed): "allowed", str(other): errno.ECONNREFUSED}
     # On its own, the sandboxed slave has no network at all.
     own = await run(
         [system_python, "-c", f"import socket; socket.create_connection(('127.0.0.1', {allowed}))"],
-        Router(), sandbox=policy.sandbox,
+        Router(),
+        sandbox=policy.sandbox,
     )
     assert own.status != 0
 
@@ -324,7 +335,8 @@ async def test_net_allowlist_sandboxed_slave_without_a_network_still_reaches_lis
 
 
 async def test_audit_jsonl_writes_every_decision_as_a_json_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     log = tmp_path / "audit.jsonl"
     (tmp_path / "read-me").write_text("hello\n")
@@ -336,17 +348,40 @@ async def test_audit_jsonl_writes_every_decision_as_a_json_line(
     assert ran.out == "hello\n" and "Operation not permitted" in ran.err
     assert (tmp_path / "keep-me").exists()
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    keys = {"pid", "tid", "function", "arguments", "route", "decision", "result", "errno", "errno_name",
-            "fds", "latency_us", "session", "transport"}
+    keys = {
+        "pid",
+        "tid",
+        "function",
+        "arguments",
+        "route",
+        "decision",
+        "result",
+        "errno",
+        "errno_name",
+        "fds",
+        "latency_us",
+        "session",
+        "transport",
+    }
     assert records and all(set(record) == keys for record in records)
     opened = [r for r in records if r["function"] in ("open", "openat") and r["arguments"]["path"] == "read-me"]
     assert opened and opened[0]["decision"] == "forward" and opened[0]["route"] == "default"
     unlinked = [r for r in records if r["function"] == "unlink"]
     assert len(unlinked) == 1
     assert unlinked[0] | {"pid": 0, "tid": 0, "latency_us": 0, "session": ""} == {
-        "pid": 0, "tid": 0, "function": "unlink", "arguments": {"path": "keep-me"}, "route": "no_deletes",
-        "decision": "error", "result": -1, "errno": 1, "errno_name": "EPERM", "fds": 0, "latency_us": 0,
-        "session": "", "transport": "shim",
+        "pid": 0,
+        "tid": 0,
+        "function": "unlink",
+        "arguments": {"path": "keep-me"},
+        "route": "no_deletes",
+        "decision": "error",
+        "result": -1,
+        "errno": 1,
+        "errno_name": "EPERM",
+        "fds": 0,
+        "latency_us": 0,
+        "session": "",
+        "transport": "shim",
     }
     assert len({r["pid"] for r in records}) >= 2  # sh and its children, each its own session
 
@@ -389,8 +424,13 @@ def _check_report(report: dict[str, Any]) -> None:
 
 async def _start_server(socket_path: Path, *extra: str) -> asyncio.subprocess.Process:
     server = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / "asyncio_server.py"), "serve", str(socket_path), *extra,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        sys.executable,
+        str(EXAMPLES / "asyncio_server.py"),
+        "serve",
+        str(socket_path),
+        *extra,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 20
     while not socket_path.exists():
@@ -404,7 +444,9 @@ async def _start_server(socket_path: Path, *extra: str) -> asyncio.subprocess.Pr
 
 
 async def test_asyncio_server_runs_each_job_under_its_own_policy_all_at_once(
-    jobs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    jobs: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     module: ModuleType = load_example("asyncio_server", monkeypatch).module
@@ -442,7 +484,8 @@ async def test_asyncio_server_workers_are_sandboxed(jobs: list[Path], monkeypatc
 
 
 async def test_asyncio_server_reports_a_bad_job_without_running_anything(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     socket_path = tmp_path / "jobs.sock"
     server = await _start_server(socket_path, "--no-sandbox")
@@ -550,8 +593,14 @@ def test_every_documented_command_runs_verbatim_and_exits_0(source: str, transpo
             skipped.append(f"{command}: {reason}")
             continue
         ran = subprocess.run(
-            ["sh", "-c", command], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-            capture_output=True, text=True, timeout=120, check=False,
+            ["sh", "-c", command],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert ran.returncode == 0, f"{command}\nexit status {ran.returncode}\n{ran.stdout}\n{ran.stderr}"
         assert "Traceback" not in ran.stderr, f"{command}\n{ran.stderr}"

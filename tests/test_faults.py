@@ -109,7 +109,8 @@ async def test_a_slave_killed_mid_call_with_a_concurrent_router(caplog: pytest.L
 
 def test_run_exits_with_the_programs_status_when_a_slave_dies_mid_call(tmp_path: Path) -> None:
     policy = tmp_path / "slow.py"
-    policy.write_text(textwrap.dedent("""
+    policy.write_text(
+        textwrap.dedent("""
         import asyncio
         from libc_service import FORWARD, Router, Stat
 
@@ -121,11 +122,15 @@ def test_run_exits_with_the_programs_status_when_a_slave_dies_mid_call(tmp_path:
                 return FORWARD
             await asyncio.sleep(0.5)
             return Stat(size=1)
-    """))
+    """)
+    )
     script = f"""{PYTHON} -c 'import os; os.stat("/slow")' & sleep 0.3; kill -9 $!; wait $!; echo victim=$?; exit 7"""
     done = subprocess.run(
         [sys.executable, "-m", "libc_service", "run", str(policy), "--", "sh", "-c", script],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 7
     assert done.stdout == f"victim={128 + signal.SIGKILL}\n"
@@ -177,7 +182,9 @@ def test_orphaned_slaves_fall_back_when_the_master_is_killed(tmp_path: Path) -> 
     env = dict(os.environ, ARRIVED=str(arrived))
     master = subprocess.Popen(
         [sys.executable, "-m", "libc_service", "run", str(policy), "--", PYTHON, "-c", ORPHAN],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     try:
         assert master.stdout is not None

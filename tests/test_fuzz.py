@@ -155,8 +155,11 @@ def test_every_kind_of_descriptor_is_closed_whether_the_message_is_answered_or_r
 ) -> None:
     before = fd_count.snapshot()
     router = hostile.fuzz_router()
-    stat = wire.encode_request(REQUEST_TYPES["stat"].model_validate(
-        {"function": "stat", "pid": 7, "tid": 7, "request_id": 1, "path": "/fuzz-ok/x", "dirfd": 3}))[0]
+    stat = wire.encode_request(
+        REQUEST_TYPES["stat"].model_validate(
+            {"function": "stat", "pid": 7, "tid": 7, "request_id": 1, "path": "/fuzz-ok/x", "dirfd": 3}
+        )
+    )[0]
     # The right count is answered (several times, on one session)...
     tally = play(master_loop, router, [Message(stat, (kind,))] * 5)
     assert (tally.answered, tally.violations) == (5, [])
@@ -203,8 +206,9 @@ class GoodSlave:
         return max(later - earlier for earlier, later in zip(times, times[1:]))
 
 
-def _hostile_worker(loop: LoopThread, router: Router, seed: int, sessions: int, live: list[Session],
-                    lock: threading.Lock, total: Tally) -> list[BaseException]:
+def _hostile_worker(
+    loop: LoopThread, router: Router, seed: int, sessions: int, live: list[Session], lock: threading.Lock, total: Tally
+) -> list[BaseException]:
     """Run ``sessions`` hostile sessions one after the other; the serve errors seen."""
     crashes: list[BaseException] = []
     rnd = random.Random(seed)
@@ -253,7 +257,9 @@ class Child:
         with theirs:
             process = subprocess.Popen(
                 [sys.executable, str(HOSTILE), str(theirs.fileno()), str(seed)],
-                pass_fds=[theirs.fileno()], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=[theirs.fileno()],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 cwd=HOSTILE.parent,
             )
         return cls(process, served)
@@ -297,8 +303,10 @@ def test_hostile_sessions_are_killed_while_a_well_behaved_one_is_answered_throug
         for child in children:
             child.wait_started()
         with ThreadPoolExecutor(4) as pool:
-            workers = [pool.submit(_hostile_worker, master_loop, router, seed, 400 * SCALE, live, lock, total)
-                       for seed in range(4)]
+            workers = [
+                pool.submit(_hostile_worker, master_loop, router, seed, 400 * SCALE, live, lock, total)
+                for seed in range(4)
+            ]
             # The children are killed in the middle of the hostile storm.
             child_messages = 0
             for child in children:
@@ -316,10 +324,12 @@ def test_hostile_sessions_are_killed_while_a_well_behaved_one_is_answered_throug
     good_served.result(PATIENCE)
 
     elapsed = end - start
-    print(f"\nfuzz ({'concurrent' if concurrent else 'sequential'}): {total.summary()}, "
-          f"+{child_messages} from {len(children)} SIGKILLed processes, in {elapsed:.1f} s; "
-          f"good slave: {len(good.answers)} rounds, longest silence "
-          f"{good.longest_silence(start, end) * 1000:.0f} ms; by kind {dict(sorted(total.by_how.items()))}")
+    print(
+        f"\nfuzz ({'concurrent' if concurrent else 'sequential'}): {total.summary()}, "
+        f"+{child_messages} from {len(children)} SIGKILLed processes, in {elapsed:.1f} s; "
+        f"good slave: {len(good.answers)} rounds, longest silence "
+        f"{good.longest_silence(start, end) * 1000:.0f} ms; by kind {dict(sorted(total.by_how.items()))}"
+    )
     assert crashes == []
     assert total.violations == []
     assert good.wrong == []
@@ -348,10 +358,18 @@ def test_a_slave_that_never_reads_its_replies_holds_a_bounded_number_of_descript
     null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     peak = sent = blocked = 0
     for i in range(4000):
-        request = REQUEST_TYPES["rename"].model_validate({
-            "function": "rename", "pid": 1, "tid": 1000 + i, "request_id": i, "path1": "a", "path2": "b",
-            "dirfd1": null, "dirfd2": null,
-        })
+        request = REQUEST_TYPES["rename"].model_validate(
+            {
+                "function": "rename",
+                "pid": 1,
+                "tid": 1000 + i,
+                "request_id": i,
+                "path1": "a",
+                "path2": "b",
+                "dirfd1": null,
+                "dirfd2": null,
+            }
+        )
         data, fds = wire.encode_request(request)
         try:
             theirs.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
@@ -389,15 +407,22 @@ def _raw_call(sock: socket.socket, request: Request, fds: list[int]) -> tuple[wi
     sock.sendmsg([data], ancillary)
     sock.settimeout(PATIENCE)
     reply, ancdata, _, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, socket.CMSG_SPACE(5 * 4))
-    received = [fd for level, kind, raw in ancdata if kind == socket.SCM_RIGHTS
-                for fd in array.array("i", raw[: len(raw) - len(raw) % 4])]
+    received = [
+        fd
+        for level, kind, raw in ancdata
+        if kind == socket.SCM_RIGHTS
+        for fd in array.array("i", raw[: len(raw) - len(raw) % 4])
+    ]
     return wire.decode_reply(reply, len(received)), received
 
 
 def _with_real_fds(request: Request) -> tuple[Request, list[int]]:
     """The request with its descriptor fields backed by real descriptors (to send)."""
-    fds = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for name in request.DESCRIPTORS
-           if getattr(request, name) is not None]
+    fds = [
+        os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        for name in request.DESCRIPTORS
+        if getattr(request, name) is not None
+    ]
     return request, fds
 
 
@@ -478,7 +503,8 @@ FAILURES: dict[str, Callable[[Request], Any]] = {
     "returns WithFds with a closed fd": _closed_fd,
     "returns WithFds with a str": lambda request: WithFds(0, ["3"]),  # type: ignore[list-item]
     "returns WithFds with too many": lambda request: WithFds(
-        0, [os.open("/dev/null", os.O_RDONLY) for _ in range(wire.MAX_REPLY_FDS + 1)]),
+        0, [os.open("/dev/null", os.O_RDONLY) for _ in range(wire.MAX_REPLY_FDS + 1)]
+    ),
     "returns an int too large": lambda request: 2**64,
     "returns PASS (default denies)": lambda request: PASS,
 }
@@ -492,8 +518,10 @@ def _sample_requests() -> list[Request]:
         "getaddrinfo": {"node": "localhost", "service": None, "protocol": None},
         "rename": {"path1": "a", "path2": "b", "dirfd1": 3, "dirfd2": 3},
     }
-    return [REQUEST_TYPES[name].model_validate({"function": name, "pid": 5, "tid": 5, "request_id": n, **f})
-            for n, (name, f) in enumerate(fields.items())]
+    return [
+        REQUEST_TYPES[name].model_validate({"function": name, "pid": 5, "tid": 5, "request_id": n, **f})
+        for n, (name, f) in enumerate(fields.items())
+    ]
 
 
 @pytest.mark.parametrize("default", ["deny", "forward"])
@@ -575,12 +603,22 @@ def test_cancelling_serve_still_ends_the_session(master_loop: LoopThread) -> Non
             served.result(PATIENCE)
 
 
-@given(outcome=st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8), st.binary(max_size=8),
-    st.lists(st.integers(), max_size=3), st.just(PASS), st.builds(object), st.just(Ellipsis),
-    st.builds(Stat), st.lists(st.builds(AddrInfo, address=st.just(IPv4Address("10.0.0.1")), port=st.integers(0, 65535)),
-                              max_size=2),
-))
+@given(
+    outcome=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=8),
+        st.binary(max_size=8),
+        st.lists(st.integers(), max_size=3),
+        st.just(PASS),
+        st.builds(object),
+        st.just(Ellipsis),
+        st.builds(Stat),
+        st.lists(st.builds(AddrInfo, address=st.just(IPv4Address("10.0.0.1")), port=st.integers(0, 65535)), max_size=2),
+    )
+)
 def test_what_a_handler_returns_is_either_sent_as_is_or_fails_closed(master_loop: LoopThread, outcome: Any) -> None:
     """Whatever a handler returns, a success carries exactly that value, and
     nothing is ever forwarded by a router whose default denies."""
@@ -666,12 +704,14 @@ async def test_hostile_registrations_are_ignored_and_a_good_one_after_them_is_se
         return hostile.stat_of(raw) if raw.startswith(hostile.OK_ROOT.encode()) else PASS
 
     request = REQUEST_TYPES["stat"].model_validate(
-        {"function": "stat", "pid": 42, "tid": 42, "request_id": 9, "path": "/fuzz-ok/after"})
+        {"function": "stat", "pid": 42, "tid": 42, "request_id": 9, "path": "/fuzz-ok/after"}
+    )
     data, _ = wire.encode_request(request)
     await asyncio.sleep(0)
     before = fd_count.snapshot()
-    async with spawn([PYTHON, "-c", REGISTRATIONS, data.hex(), "200"], router,
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+    async with spawn(
+        [PYTHON, "-c", REGISTRATIONS, data.hex(), "200"], router, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
         out, err = await asyncio.wait_for(process.communicate(), 60)
         assert await process.wait() == 0, err.decode()
         sessions = process.sessions_started
@@ -704,8 +744,9 @@ sys.stdin.read()
 async def test_registering_one_channel_many_times_does_not_cost_the_master_a_descriptor_each() -> None:
     router = Router(default=FORWARD)
     registrations = 2000
-    async with spawn([PYTHON, "-c", SAME_CHANNEL_FLOOD, str(registrations)], router,
-                     stdin=subprocess.PIPE, stdout=subprocess.PIPE) as process:
+    async with spawn(
+        [PYTHON, "-c", SAME_CHANNEL_FLOOD, str(registrations)], router, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as process:
         assert process.stdout is not None and process.stdin is not None
         before = len(os.listdir("/proc/self/fd"))
         assert await asyncio.wait_for(process.stdout.readline(), 30) == b"registered\n"

@@ -38,11 +38,15 @@ from shimtools import needs_shim
 # Records as this kernel (6.18, Landlock ABI 7) sent them for `cat /etc/shadow`
 # under a forwarding policy: glibc's own opens, then the forwarded one.
 ACCESS = b'audit(1796105154.991:21): domain=157a7876b blockers=fs.read_file path="/etc/shadow" dev="vda" ino=819'
-ALLOCATED = (b'audit(1796105154.987:19): domain=157a7876b status=allocated mode=enforcing pid=640 uid=0 '
-             b'exe="/root/.pyenv/versions/3.11.7/bin/python3.11" comm="python"')
+ALLOCATED = (
+    b"audit(1796105154.987:19): domain=157a7876b status=allocated mode=enforcing pid=640 uid=0 "
+    b'exe="/root/.pyenv/versions/3.11.7/bin/python3.11" comm="python"'
+)
 DEALLOCATED = b"audit(1796105155.043:22): domain=157a7876b status=deallocated denials=3"
-SYSCALL = (b"audit(1796105154.991:21): arch=c000003e syscall=257 success=no exit=-13 a0=ffffff9c ppid=635 "
-           b'pid=640 comm="cat" exe="/usr/bin/cat" key=(null)')
+SYSCALL = (
+    b"audit(1796105154.991:21): arch=c000003e syscall=257 success=no exit=-13 a0=ffffff9c ppid=635 "
+    b'pid=640 comm="cat" exe="/usr/bin/cat" key=(null)'
+)
 
 
 def message(kind: int, payload: bytes) -> bytes:
@@ -52,9 +56,11 @@ def message(kind: int, payload: bytes) -> bytes:
 
 # ------------------------------------------------------------------ parsing
 
+
 def test_an_access_record_names_its_domain_blockers_and_path() -> None:
     assert parse_record(AUDIT_LANDLOCK_ACCESS, ACCESS) == AccessRecord(
-        "157a7876b", ("fs.read_file",), "/etc/shadow", 21)
+        "157a7876b", ("fs.read_file",), "/etc/shadow", 21
+    )
 
 
 def test_domain_records_name_the_creator_and_the_end() -> None:
@@ -69,10 +75,10 @@ def test_other_records_are_not_landlock_ones() -> None:
 
 def test_a_path_the_kernel_wrote_in_hex_is_decoded() -> None:
     # A path with a space (or a quote, a control character) is logged as hex, unquoted.
-    text = b"audit(1.2:3): domain=1a blockers=fs.make_reg,fs.refer path=2F746D702F6120622F63 dev=\"vda\" ino=365"
+    text = b'audit(1.2:3): domain=1a blockers=fs.make_reg,fs.refer path=2F746D702F6120622F63 dev="vda" ino=365'
     record = parse_record(AUDIT_LANDLOCK_ACCESS, text)
     assert record == AccessRecord("1a", ("fs.make_reg", "fs.refer"), "/tmp/a b/c", 3)
-    assert parse_fields("ino=365 dev=\"vda\"") == {"ino": "365", "dev": "vda"}  # only string fields are hex
+    assert parse_fields('ino=365 dev="vda"') == {"ino": "365", "dev": "vda"}  # only string fields are hex
 
 
 def test_netlink_framing_yields_each_message_and_stops_at_a_torn_one() -> None:
@@ -101,13 +107,18 @@ def test_no_text_crashes_the_field_parser(text: str) -> None:
 
 # ------------------------------------------------------------------ selection and lines
 
+
 def test_only_the_slave_trees_domains_are_reported() -> None:
     denials = LandlockDenials()
     other = ALLOCATED.replace(b"157a7876b", b"99").replace(b"pid=640", b"pid=641")
-    denials.feed([
-        (AUDIT_LANDLOCK_ACCESS, ACCESS), (AUDIT_LANDLOCK_DOMAIN, ALLOCATED),
-        (AUDIT_LANDLOCK_ACCESS, ACCESS.replace(b"157a7876b", b"99")), (AUDIT_LANDLOCK_DOMAIN, other),
-    ])
+    denials.feed(
+        [
+            (AUDIT_LANDLOCK_ACCESS, ACCESS),
+            (AUDIT_LANDLOCK_DOMAIN, ALLOCATED),
+            (AUDIT_LANDLOCK_ACCESS, ACCESS.replace(b"157a7876b", b"99")),
+            (AUDIT_LANDLOCK_DOMAIN, other),
+        ]
+    )
     assert [r.domain for r in denials.denials({640})] == ["157a7876b"]
     assert denials.denials({1234}) == []
 
@@ -143,7 +154,8 @@ def test_the_report_says_why_landlock_refusals_are_missing() -> None:
     report.pids.add(1234)
     assert report.lines() == []  # a clean run stays quiet
     assert report.lines(failed=True) == [
-        "Landlock's own refusals are not reported: the kernel's audit is disabled (`auditctl -e 1` enables it)"]
+        "Landlock's own refusals are not reported: the kernel's audit is disabled (`auditctl -e 1` enables it)"
+    ]
 
 
 def test_an_old_abi_is_a_reason() -> None:
@@ -190,11 +202,11 @@ def audit_on() -> Iterator[None]:
             _set_audit(False)
 
 
-FORWARD_ALL = textwrap.dedent('''
+FORWARD_ALL = textwrap.dedent("""
     from libc_service import FORWARD, Router
 
     router = Router(default=FORWARD)
-''')
+""")
 
 
 @needs_shim
@@ -207,13 +219,17 @@ def test_a_forwarded_call_landlock_refused_is_reported_at_exit(tmp_path: Path) -
     secret.parent.mkdir()
     secret.write_text("not for the slave\n")
     with audit_on():
-        done = subprocess.run([sys.executable, "-m", "libc_service", "run", "--sandbox", str(policy), "--",
-                               "cat", str(secret)], capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "libc_service", "run", "--sandbox", str(policy), "--", "cat", str(secret)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     assert done.returncode == 1 and "Permission denied" in done.stderr  # the policy forwarded; Landlock refused
     missing = [line for line in done.stderr.splitlines() if "Landlock's own refusals are not reported" in line]
     if missing:
         pytest.skip(f"the kernel does not deliver Landlock's records here: {missing[0]}")
     landlock = [line for line in done.stderr.splitlines() if line.endswith("by Landlock (fs.read_file)")]
-    assert f"libc-service: refused 1× open beneath {secret.parent} by Landlock (fs.read_file)" in landlock, \
-        done.stderr
+    assert f"libc-service: refused 1× open beneath {secret.parent} by Landlock (fs.read_file)" in landlock, done.stderr
     assert "Traceback" not in done.stderr

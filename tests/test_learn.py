@@ -17,13 +17,27 @@ SCRIPT = "cat data/a.txt > out/out.txt && cat data/b.txt data/c.txt >> out/out.t
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "libc_service", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, check=False, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
+    return subprocess.run(
+        [sys.executable, "-m", "libc_service", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+    )
 
 
 def test_busy_directories_merge_and_shallow_ones_do_not() -> None:
-    used = ["/opt/app/lib/a.py", "/opt/app/lib/b.py", "/opt/app/lib/c.py", "/etc/passwd", "/etc/group",
-            "/etc/hosts", "/opt/app/lib/sub/d.py"]
+    used = [
+        "/opt/app/lib/a.py",
+        "/opt/app/lib/b.py",
+        "/opt/app/lib/c.py",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/hosts",
+        "/opt/app/lib/sub/d.py",
+    ]
     assert narrowest(used) == ["/etc/group", "/etc/hosts", "/etc/passwd", "/opt/app/lib"]
 
 
@@ -60,8 +74,9 @@ def test_a_learnt_policy_lets_the_same_run_succeed_under_the_sandbox_and_nothing
     assert outside.returncode != 0  # never read while learning: not granted
 
 
-def _learn_then_run(tmp_path: Path, argv: list[str], reset: list[str] | None = None) -> tuple[
-        subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+def _learn_then_run(
+    tmp_path: Path, argv: list[str], reset: list[str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
     learnt = cli("learn", "-o", "policy.py", "--", *argv, cwd=tmp_path)
     assert learnt.returncode == 0, learnt.stderr
     if reset:
@@ -76,11 +91,11 @@ def _learn_then_run(tmp_path: Path, argv: list[str], reset: list[str] | None = N
 @pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
 @pytest.mark.skipif(not all(map(Path("/usr/bin").joinpath, ("make", "cc"))), reason="no make or cc")
 def test_make_of_a_small_c_project_runs_identically_under_its_learnt_policy(tmp_path: Path) -> None:
-    (tmp_path / "main.c").write_text('#include <stdio.h>\nint add(int, int);\n'
-                                     'int main(void) { printf("%d\\n", add(2, 3)); return 0; }\n')
+    (tmp_path / "main.c").write_text(
+        '#include <stdio.h>\nint add(int, int);\nint main(void) { printf("%d\\n", add(2, 3)); return 0; }\n'
+    )
     (tmp_path / "add.c").write_text("int add(int a, int b) { return a + b; }\n")
-    (tmp_path / "Makefile").write_text("prog: main.o add.o\n\tcc -o prog main.o add.o\n"
-                                       "%.o: %.c\n\tcc -c -o $@ $<\n")
+    (tmp_path / "Makefile").write_text("prog: main.o add.o\n\tcc -o prog main.o add.o\n%.o: %.c\n\tcc -c -o $@ $<\n")
     learnt, again = _learn_then_run(tmp_path, ["make"], reset=["rm", "-f", "prog", "main.o", "add.o"])
     assert (again.returncode, again.stdout) == (0, learnt.stdout), again.stderr
     # The linker's chmod of its output went through the master: the program is executable.
@@ -95,8 +110,12 @@ def test_make_of_a_small_c_project_runs_identically_under_its_learnt_policy(tmp_
 @pytest.mark.skipif(not Path("/usr/bin/git").exists(), reason="no git")
 def test_git_runs_identically_under_its_learnt_policy(tmp_path: Path) -> None:
     def git(*args: str) -> None:
-        subprocess.run(["git", "-c", "user.name=Learner", "-c", "user.email=l@example.test", *args],
-                       cwd=tmp_path, check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-c", "user.name=Learner", "-c", "user.email=l@example.test", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
 
     git("init", "-q")
     (tmp_path / "a.txt").write_text("a\n")

@@ -98,13 +98,21 @@ class ProgramResult:
 
 
 async def _run_one(program: Path, router: Router) -> ProgramResult:
-    async with spawn([str(program), str(THREADS), str(CALLS)], router,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+    async with spawn(
+        [str(program), str(THREADS), str(CALLS)],
+        router,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
         out, err = await process.communicate()
         status = await process.wait()
     counts = dict(item.split("=") for item in out.decode().split()) if out else {}
-    return ProgramResult(status, *(int(counts.get(name, -1)) for name in ("calls", "ok", "misrouted", "errors")),
-                         stderr=err.decode(errors="replace"))
+    return ProgramResult(
+        status,
+        *(int(counts.get(name, -1)) for name in ("calls", "ok", "misrouted", "errors")),
+        stderr=err.decode(errors="replace"),
+    )
 
 
 async def _load(program: Path, router: Router) -> list[ProgramResult]:
@@ -127,7 +135,8 @@ def _warm_up(factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
 @needs_shim
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
-    ("mode", "loop"), [("sequential", "asyncio"), ("concurrent", "uvloop")],
+    ("mode", "loop"),
+    [("sequential", "asyncio"), ("concurrent", "uvloop")],
     ids=["sequential-asyncio", "concurrent-uvloop"],
 )
 def test_every_reply_of_sixteen_processes_of_eight_threads_reaches_its_caller(
@@ -152,10 +161,12 @@ def test_every_reply_of_sixteen_processes_of_eight_threads_reaches_its_caller(
     misrouted = sum(result.misrouted for result in results)
     failed = sum(result.errors for result in results)
     lost = expected - len(handler.seen)
-    print(f"\nload ({mode}, {loop}): {PROCESSES} processes x {THREADS} threads x {CALLS} calls = {calls} calls "
-          f"in {elapsed:.1f} s ({calls / elapsed:,.0f} calls/s, master CPU {master_cpu:.1f} s); "
-          f"ok {ok}, misrouted {misrouted}, errors {failed}, lost {lost}, duplicates {handler.duplicates}, "
-          f"misattributed {handler.misattributed}, other calls {handler.other}")
+    print(
+        f"\nload ({mode}, {loop}): {PROCESSES} processes x {THREADS} threads x {CALLS} calls = {calls} calls "
+        f"in {elapsed:.1f} s ({calls / elapsed:,.0f} calls/s, master CPU {master_cpu:.1f} s); "
+        f"ok {ok}, misrouted {misrouted}, errors {failed}, lost {lost}, duplicates {handler.duplicates}, "
+        f"misattributed {handler.misattributed}, other calls {handler.other}"
+    )
     for result in results:
         assert result.status == 0, result
     assert calls == ok == expected

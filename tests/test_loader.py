@@ -71,8 +71,9 @@ def assert_only_regular_files(files: list[LoaderFile]) -> None:
 
 def runs(executable: Path, env: dict[str, str] | None = None) -> str:
     """What the program prints natively (the loader's own verdict on our search)."""
-    done = subprocess.run([str(executable)], capture_output=True, text=True, timeout=60, check=False,
-                          env=env or {"PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [str(executable)], capture_output=True, text=True, timeout=60, check=False, env=env or {"PATH": "/usr/bin:/bin"}
+    )
     return done.stdout if done.returncode == 0 else f"status {done.returncode}: {done.stderr.strip()}"
 
 
@@ -151,8 +152,9 @@ def test_a_truncated_or_garbage_library_is_skipped_and_the_search_goes_on(tmp_pa
     for name, content in broken.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "libhello.so").write_bytes(content)
-    prog = program(tmp_path / "prog", real.parent, "libhello.so", *(str(tmp_path / name) for name in broken),
-                   str(real.parent))
+    prog = program(
+        tmp_path / "prog", real.parent, "libhello.so", *(str(tmp_path / name) for name in broken), str(real.parent)
+    )
     files = program_files(prog)
     assert real in paths(files)
     assert not any(path.parent.name in broken for path in paths(files))
@@ -191,11 +193,24 @@ def test_rpath_comes_before_ld_library_path_and_runpath_after(tmp_path: Path) ->
 def test_rpath_is_inherited_by_what_the_program_loads_and_runpath_is_not(tmp_path: Path) -> None:
     """glibc: a library without RUNPATH searches its loaders' RPATH too; a RUNPATH serves its own object only."""
     inner = compile_c("int inner(void) { return 42; }\n", tmp_path / "lib" / "libinner.so", "-shared", "-fPIC")
-    outer = compile_c("int inner(void);\nint hello(void) { return inner(); }\n", tmp_path / "outer" / "libouter.so",
-                      "-shared", "-fPIC", f"-L{inner.parent}", "-linner")
+    outer = compile_c(
+        "int inner(void);\nint hello(void) { return inner(); }\n",
+        tmp_path / "outer" / "libouter.so",
+        "-shared",
+        "-fPIC",
+        f"-L{inner.parent}",
+        "-linner",
+    )
     for tags, inherited in (("--disable-new-dtags", True), ("--enable-new-dtags", False)):
-        prog = compile_c(_MAIN_C, tmp_path / tags / "prog", f"-L{outer.parent}", "-louter", f"-L{inner.parent}",
-                         f"-Wl,{tags},-rpath,{outer.parent}:{inner.parent}", "-Wl,--allow-shlib-undefined")
+        prog = compile_c(
+            _MAIN_C,
+            tmp_path / tags / "prog",
+            f"-L{outer.parent}",
+            "-louter",
+            f"-L{inner.parent}",
+            f"-Wl,{tags},-rpath,{outer.parent}:{inner.parent}",
+            "-Wl,--allow-shlib-undefined",
+        )
         files = paths(program_files(prog, {}))
         assert outer in files
         assert (inner in files) is inherited, tags
@@ -215,8 +230,15 @@ def test_a_needed_path_is_a_path_and_must_be_a_library(tmp_path: Path) -> None:
 @needs_cc
 def test_a_library_that_needs_itself_ends(tmp_path: Path) -> None:
     first = library(tmp_path / "lib" / "libloop.so")
-    looped = compile_c(_LIBRARY_C, tmp_path / "build" / "libloop.so", "-shared", "-fPIC", "-Wl,--no-as-needed",
-                       f"-L{first.parent}", "-l:libloop.so")
+    looped = compile_c(
+        _LIBRARY_C,
+        tmp_path / "build" / "libloop.so",
+        "-shared",
+        "-fPIC",
+        "-Wl,--no-as-needed",
+        f"-L{first.parent}",
+        "-l:libloop.so",
+    )
     shutil.copyfile(looped, first)
     assert b"libloop.so" in first.read_bytes()  # its NEEDED: itself
     prog = program(tmp_path / "prog", first.parent, "libloop.so", str(first.parent))
@@ -256,8 +278,7 @@ def test_a_pt_interp_that_is_not_an_executable_elf_file_is_not_granted(tmp_path:
         interp.chmod(0o644)
     lib = library(tmp_path / "lib" / "libhello.so")
     prog = program(tmp_path / "prog", lib.parent, "libhello.so", str(lib.parent))
-    hostile = compile_c(_MAIN_C, tmp_path / "hostile", f"-L{lib.parent}", "-lhello",
-                        f"-Wl,--dynamic-linker={interp}")
+    hostile = compile_c(_MAIN_C, tmp_path / "hostile", f"-L{lib.parent}", "-lhello", f"-Wl,--dynamic-linker={interp}")
     assert [file.path for file in program_files(hostile)] == [hostile]  # no interpreter, so nothing is loaded
     assert lib in paths(program_files(prog))
 
@@ -351,8 +372,11 @@ def test_a_broken_ld_so_cache_gives_fewer_entries_never_an_exception(tail: bytes
         assert isinstance(entry, tuple) and len(entry) == 2
 
 
-@given(st.integers(0, 2**32 - 1), st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 300)), max_size=8),
-       st.binary(max_size=200))
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 300)), max_size=8),
+    st.binary(max_size=200),
+)
 def test_every_cache_offset_is_checked(nlibs: int, entries: list[tuple[int, int]], strings: bytes) -> None:
     """Counts and string offsets anywhere, in range or not: only strings inside the file come back."""
     header = b"glibc-ld.so.cache1.1" + struct.pack("=IIBxxxI12x", nlibs, len(strings), 0, 0)
@@ -368,8 +392,9 @@ def test_hostile_elf_bytes_never_raise(tmp_path: Path) -> None:
     """Anything pyelftools raises on mutated ELF bytes means "not loadable", never a crash."""
     base = library(tmp_path / "libhello.so").read_bytes()
 
-    @given(st.lists(st.tuples(st.integers(0, len(base) - 1), st.integers(0, 255)), max_size=16),
-           st.integers(0, len(base)))
+    @given(
+        st.lists(st.tuples(st.integers(0, len(base) - 1), st.integers(0, 255)), max_size=16), st.integers(0, len(base))
+    )
     def mutate(changes: list[tuple[int, int]], length: int) -> None:
         data = bytearray(base[:length])
         for offset, value in changes:

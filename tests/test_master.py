@@ -28,6 +28,7 @@ from libc_service.requests import ConnectUnixRequest, OpenatRequest, StatRequest
 from helpers import assert_closed, close_all, in_thread, rights
 from strategies import raw_request
 
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[int]:
     """A directory descriptor, like a slave's dirfd or working directory."""
@@ -168,9 +169,7 @@ async def test_received_descriptors_are_closed_when_the_reply_goes_out(
     assert os.fstat(workdir), "the slave's own descriptor stays the slave's"
 
 
-async def test_an_unanswered_calls_descriptors_are_closed_with_the_session(
-    workdir: int, fd_count: FdCount
-) -> None:
+async def test_an_unanswered_calls_descriptors_are_closed_with_the_session(workdir: int, fd_count: FdCount) -> None:
     before = fd_count.snapshot()
     master, sock = Master.pair()
     slave = Slave(sock)
@@ -187,9 +186,7 @@ async def test_an_unanswered_calls_descriptors_are_closed_with_the_session(
 
 
 @pytest.mark.parametrize("how", ["send", "send_with_fds", "forward"])
-async def test_answering_after_the_master_closed_is_session_closed(
-    workdir: int, fd_count: FdCount, how: str
-) -> None:
+async def test_answering_after_the_master_closed_is_session_closed(workdir: int, fd_count: FdCount, how: str) -> None:
     before = fd_count.snapshot()
     master, sock = Master.pair()
     with Slave(sock) as slave:
@@ -295,7 +292,9 @@ async def test_send_with_fds_after_the_slave_left_closes_them(fd_count: FdCount)
     [
         pytest.param("open", {"path": "/dev/null", "flags": ["read_only"]}, Stat(), 0, id="Stat for open"),
         pytest.param("stat", {"path": "/etc/hostname"}, 0, Stat(size=7), id="int for a successful stat"),
-        pytest.param("mkdir", {"path": "d", "mode": 0o755}, [AddrInfo("127.0.0.1", 80)], 0, id="AddrInfo list for mkdir"),
+        pytest.param(
+            "mkdir", {"path": "d", "mode": 0o755}, [AddrInfo("127.0.0.1", 80)], 0, id="AddrInfo list for mkdir"
+        ),
         pytest.param("getaddrinfo", {"node": "localhost"}, 0, [AddrInfo("127.0.0.1")], id="int for getaddrinfo"),
         pytest.param("getaddrinfo", {"node": "localhost"}, "timeout", "noname", id="unknown error name"),
         pytest.param("open", {"path": "/dev/null", "flags": ["read_only"]}, 2**63, 0, id="result beyond 64 bits"),
@@ -532,20 +531,36 @@ _STAT = wire.CODE["stat"]
         pytest.param(raw_request(version=0xFFFF), 0, id="version 65535"),
         pytest.param(raw_request(reserved=b"\0\0\0\0\0\0\x80"), 0, id="last reserved bit"),
         pytest.param(raw_request(roles=0x80 | 1), 1, id="fd role bit 7"),
-        pytest.param(raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1), 1, id="a descriptor on getaddrinfo"),
-        pytest.param(raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1, roles=1), 1, id="a directory role on getaddrinfo"),
-        pytest.param(raw_request(b"", function=wire.CODE["connect_inet"], roles=4, arg=80), 2, id="two descriptors on connect_inet"),
+        pytest.param(
+            raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1), 1, id="a descriptor on getaddrinfo"
+        ),
+        pytest.param(
+            raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1, roles=1),
+            1,
+            id="a directory role on getaddrinfo",
+        ),
+        pytest.param(
+            raw_request(b"", function=wire.CODE["connect_inet"], roles=4, arg=80),
+            2,
+            id="two descriptors on connect_inet",
+        ),
         pytest.param(raw_request(roles=wire.ROLE_DIR1), 0, id="a role without its descriptor"),
         pytest.param(raw_request(roles=wire.ROLE_SOCKET), 1, id="stat with the socket role"),
-        pytest.param(raw_request(b"\0x", function=wire.CODE["connect_unix"], roles=1), 1, id="connect_unix with a directory role"),
-        pytest.param(raw_request(b"/a", b"/b", function=wire.CODE["rename"], roles=3), 1, id="rename announces two, one comes"),
+        pytest.param(
+            raw_request(b"\0x", function=wire.CODE["connect_unix"], roles=1), 1, id="connect_unix with a directory role"
+        ),
+        pytest.param(
+            raw_request(b"/a", b"/b", function=wire.CODE["rename"], roles=3), 1, id="rename announces two, one comes"
+        ),
         pytest.param(raw_request(b"/" * 4095, b"/" * 4095) + bytes(100), 0, id="one byte beyond the largest message"),
         pytest.param(bytes(wire.MAX_MESSAGE + 1), 0, id="MAX_MESSAGE + 1 bytes"),
         pytest.param(bytes(65000), 0, id="a 65000-byte datagram"),
         pytest.param(b"", 1, id="descriptors without bytes"),
     ],
 )
-async def test_a_malformed_request_ends_only_its_session(data: bytes, nfds: int, tmp_path: Path, fd_count: FdCount) -> None:
+async def test_a_malformed_request_ends_only_its_session(
+    data: bytes, nfds: int, tmp_path: Path, fd_count: FdCount
+) -> None:
     before = fd_count.snapshot()
     closed = await _hostile(data, _fds_of_kind("mixed", nfds, tmp_path))
     assert closed.errno == errno.EBADMSG

@@ -72,11 +72,18 @@ def dirs(tmp_path: Path) -> tuple[Path, Path, Path]:
     return policy, build, other
 
 
-def run(policy: Path, build: Path, other: Path, *argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    policy: Path, build: Path, other: Path, *argv: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, LC_ALL="C", TEST_BUILD=str(build), TEST_OTHER=str(other), TMPDIR=str(build))
     return subprocess.run(
         [*COMMAND, "run", "--sandbox", str(policy), "--", *argv],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -166,12 +173,18 @@ def test_a_descriptor_outside_the_build_directory_is_not_changed(dirs: tuple[Pat
 def test_trace_shows_metadata_changes_with_octal_modes(tmp_path: Path) -> None:
     target = tmp_path / "f"
     target.write_text("x")
-    done = subprocess.run([*COMMAND, "trace", "--", "chmod", "640", str(target)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [*COMMAND, "trace", "--", "chmod", "640", str(target)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert f'chmod("{target}", 0640) = 0 [forwarded]' in done.stderr
-    touched = subprocess.run([*COMMAND, "trace", "--", "touch", "-h", "-d", "@5", str(target)],
-                             capture_output=True, text=True, timeout=60, check=False)
+    touched = subprocess.run(
+        [*COMMAND, "trace", "--", "touch", "-h", "-d", "@5", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert f'utimens("{target}", 5000000000, 5000000000, no_follow) = 0 [forwarded]' in touched.stderr
     assert target.stat().st_mtime == 5
 
@@ -182,21 +195,35 @@ def test_learn_has_the_master_change_modes_where_the_run_did(tmp_path: Path) -> 
     (tree / "f").write_text("x")
     (tmp_path / "elsewhere").write_text("x")
     out = tmp_path / "policy.py"
-    done = subprocess.run([*COMMAND, "learn", "-o", str(out), "--", "chmod", "640", str(tree / "f")],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [*COMMAND, "learn", "-o", str(out), "--", "chmod", "640", str(tree / "f")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE((tree / "f").stat().st_mode) == 0o640
     namespace: dict[str, object] = {}
     exec(compile(out.read_text(), str(out), "exec"), namespace)  # noqa: S102 - the policy learn wrote
     assert namespace["METADATA_TREES"] == [str(tree)], out.read_text()
 
-    again = subprocess.run([*COMMAND, "run", "--sandbox", str(out), "--", "chmod", "600", str(tree / "f")],
-                           capture_output=True, text=True, timeout=60, check=False)
+    again = subprocess.run(
+        [*COMMAND, "run", "--sandbox", str(out), "--", "chmod", "600", str(tree / "f")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert again.returncode == 0, again.stderr
     assert stat.S_IMODE((tree / "f").stat().st_mode) == 0o600
-    refused = subprocess.run([*COMMAND, "run", "--sandbox", str(out), "--",
-                              "chmod", "600", str(tmp_path / "elsewhere")],
-                             capture_output=True, text=True, timeout=60, check=False)
+    refused = subprocess.run(
+        [*COMMAND, "run", "--sandbox", str(out), "--", "chmod", "600", str(tmp_path / "elsewhere")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert refused.returncode != 0  # not where the learnt run changed modes
     assert stat.S_IMODE((tmp_path / "elsewhere").stat().st_mode) != 0o600
 

@@ -43,14 +43,23 @@ def violations(source: str) -> list[str]:
                 if alias.name.split(".")[0] == "libc_service":
                     imported_modules.add(alias.asname or alias.name.split(".")[0])
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name)
-                and node.value.id in imported_modules):
+        if (
+            isinstance(node, ast.Attribute)
+            and _private(node.attr)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in imported_modules
+        ):
             found.append(f"line {node.lineno}: reads {node.value.id}.{node.attr}")
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-              and node.func.id in ("getattr", "setattr", "hasattr", "delattr") and len(node.args) >= 2
-              and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
-              and _private(node.args[1].value)
-              and not (isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "cls"))):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and _private(node.args[1].value)
+            and not (isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "cls"))
+        ):
             found.append(f"line {node.lineno}: {node.func.id}(..., {node.args[1].value!r})")
     return found
 
@@ -60,23 +69,29 @@ def test_no_module_uses_another_modules_underscore_names(module: Path) -> None:
     assert violations(module.read_text(encoding="utf-8")) == []
 
 
-@pytest.mark.parametrize("source", [
-    "from .conditions import _All",
-    "from libc_service.safepath import _openat2",
-    "from . import safepath\nsafepath._openat2(1)",
-    "import libc_service.rules as rules\nrules._CODE",
-    "getattr(router, '_observers', ())",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from .conditions import _All",
+        "from libc_service.safepath import _openat2",
+        "from . import safepath\nsafepath._openat2(1)",
+        "import libc_service.rules as rules\nrules._CODE",
+        "getattr(router, '_observers', ())",
+    ],
+)
 def test_the_check_sees_each_kind_of_reach(source: str) -> None:
     assert violations(source)
 
 
-@pytest.mark.parametrize("source", [
-    "from .conditions import Condition",
-    "from . import __version__",
-    "from os import _exit",
-    "getattr(self, '_cache', None)",
-    "import libc_service\nlibc_service.__version__",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from .conditions import Condition",
+        "from . import __version__",
+        "from os import _exit",
+        "getattr(self, '_cache', None)",
+        "import libc_service\nlibc_service.__version__",
+    ],
+)
 def test_the_check_allows_public_and_foreign_names(source: str) -> None:
     assert violations(source) == []

@@ -82,9 +82,24 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The oracle's JSON report for SELECTION in every configuration (run once)."""
     report = tmp_path_factory.mktemp("oracle") / "oracle.json"
     ran = subprocess.run(
-        [sys.executable, str(ORACLE), "--configs", "native,trace,perform", "--timeout", "240",
-         "--test-timeout", "60", "--json", str(report), "--select", *SELECTION],
-        capture_output=True, text=True, timeout=280, check=False,
+        [
+            sys.executable,
+            str(ORACLE),
+            "--configs",
+            "native,trace,perform",
+            "--timeout",
+            "240",
+            "--test-timeout",
+            "60",
+            "--json",
+            str(report),
+            "--select",
+            *SELECTION,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
     )
     assert report.exists(), f"the oracle wrote no report (status {ran.returncode}):\n{ran.stdout}\n{ran.stderr}"
     result: dict[str, Any] = json.loads(report.read_text())
@@ -121,8 +136,10 @@ def test_outcomes_match_native(oracle: dict[str, Any], config: str) -> None:
 
 @pytest.mark.parametrize(
     ("config", "test"),
-    [pytest.param(config, test, marks=pytest.mark.xfail(strict=True, reason=reason), id=f"{config}-{test}")
-     for (config, test), reason in KNOWN.items()],
+    [
+        pytest.param(config, test, marks=pytest.mark.xfail(strict=True, reason=reason), id=f"{config}-{test}")
+        for (config, test), reason in KNOWN.items()
+    ],
 )
 def test_known_difference_is_fixed(oracle: dict[str, Any], config: str, test: str) -> None:
     """A difference listed in KNOWN; passes (and so fails strictly) once fixed."""

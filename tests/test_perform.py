@@ -56,8 +56,20 @@ CONTEXT_FIELDS = ("umask", "fsuid", "fsgid", "groups")
 #: Whether requests carry the slave's umask and credentials (and the shim sends them).
 HAS_CONTEXT = all(name in OpenRequest.model_fields for name in CONTEXT_FIELDS)
 HAS_NON_BLOCKING = "non_blocking" in OPEN_FLAGS
-PATH_FUNCTIONS = ["open", "openat", "stat", "lstat", "access", "eaccess", "mkdir", "rmdir", "unlink", "rename",
-                  "connect_unix", "bind_unix"]
+PATH_FUNCTIONS = [
+    "open",
+    "openat",
+    "stat",
+    "lstat",
+    "access",
+    "eaccess",
+    "mkdir",
+    "rmdir",
+    "unlink",
+    "rename",
+    "connect_unix",
+    "bind_unix",
+]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
 
 
@@ -148,8 +160,7 @@ def tree(root: Path) -> dict[str, tuple[str, bytes | None, int, int]]:
     found: dict[str, tuple[str, bytes | None, int, int]] = {}
     for path in sorted(root.rglob("*")):
         info = path.lstat()
-        kind = ("link" if path.is_symlink() else "dir" if path.is_dir() else "file" if path.is_file()
-                else "special")
+        kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file" if path.is_file() else "special"
         content = path.read_bytes() if kind == "file" else None
         found[str(path.relative_to(root))] = (kind, content, info.st_mode & 0o7777, info.st_uid)
     return found
@@ -180,21 +191,45 @@ def py(code: str) -> list[str]:
 PROGRAMS: dict[str, tuple[list[str], str]] = {
     "mv into a directory": (["mv", "f", "dir/"], "rename"),
     "cp -a into a tree": (["cp", "-a", "src", "tree/"], "open"),
-    "a trailing slash is EISDIR": (py(
-        "try:\n open('x/', 'w')\nexcept OSError as e:\n print(e.errno, e.strerror)\n"
-        "import os; print(os.path.exists('x'))"), "open"),
+    "a trailing slash is EISDIR": (
+        py(
+            "try:\n open('x/', 'w')\nexcept OSError as e:\n print(e.errno, e.strerror)\n"
+            "import os; print(os.path.exists('x'))"
+        ),
+        "open",
+    ),
     "dotdot after a symlink": (["cat", "link/../x"], "open"),
-    "dotdot after a symlink, stat and mkdir": (py(
-        "import os; print(os.stat('link/../x').st_size); os.mkdir('link/../made'); print(os.listdir('a'))"),
-        "mkdir"),
-    "a removed working directory": (["sh", "-c", "mkdir gone && cd gone && rmdir ../gone && " + " ".join([
-        PYTHON, "-c", "'import os\ntry:\n open(\"x\", \"w\")\nexcept OSError as e:\n print(e.strerror)\n"
-        "print(os.stat(\".\").st_nlink, os.listdir(\".\"))'"])], "open"),
-    "rename and unlink and rmdir": (py(
-        "import os; os.rename('f', 'dir/g'); os.unlink('dir/g'); os.rmdir('dir');"
-        "print(sorted(os.listdir('.')))"), "rmdir"),
-    "access": (py("import os; print([os.access(p, m) for p in ('f', 'dir/', 'f/', 'missing') "
-                  "for m in (os.F_OK, os.R_OK, os.W_OK, os.X_OK)])"), "access"),
+    "dotdot after a symlink, stat and mkdir": (
+        py("import os; print(os.stat('link/../x').st_size); os.mkdir('link/../made'); print(os.listdir('a'))"),
+        "mkdir",
+    ),
+    "a removed working directory": (
+        [
+            "sh",
+            "-c",
+            "mkdir gone && cd gone && rmdir ../gone && "
+            + " ".join(
+                [
+                    PYTHON,
+                    "-c",
+                    '\'import os\ntry:\n open("x", "w")\nexcept OSError as e:\n print(e.strerror)\n'
+                    'print(os.stat(".").st_nlink, os.listdir("."))\'',
+                ]
+            ),
+        ],
+        "open",
+    ),
+    "rename and unlink and rmdir": (
+        py("import os; os.rename('f', 'dir/g'); os.unlink('dir/g'); os.rmdir('dir');print(sorted(os.listdir('.')))"),
+        "rmdir",
+    ),
+    "access": (
+        py(
+            "import os; print([os.access(p, m) for p in ('f', 'dir/', 'f/', 'missing') "
+            "for m in (os.F_OK, os.R_OK, os.W_OK, os.X_OK)])"
+        ),
+        "access",
+    ),
 }
 
 
@@ -220,9 +255,14 @@ async def test_a_program_under_perform_behaves_as_natively(name: str, beneath: b
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_CONTEXT, reason="requests do not carry the slave's umask yet")
 async def test_mkdir_and_create_under_umask_077_as_natively(tmp_path: Path) -> None:
-    argv = ["sh", "-c", "umask 077 && mkdir d && mkdir -p p/q && touch t && " + PYTHON +
-            " -c 'import os; os.close(os.open(\"o\", os.O_CREAT | os.O_WRONLY, 0o666))' && "
-            "stat -c '%a %n' d p p/q t o"]
+    argv = [
+        "sh",
+        "-c",
+        "umask 077 && mkdir d && mkdir -p p/q && touch t && "
+        + PYTHON
+        + " -c 'import os; os.close(os.open(\"o\", os.O_CREAT | os.O_WRONLY, 0o666))' && "
+        "stat -c '%a %n' d p p/q t o",
+    ]
     native_dir, slave_dir = tmp_path / "native", tmp_path / "slave"
     populate(native_dir)
     populate(slave_dir)
@@ -281,8 +321,13 @@ async def test_a_slave_blocked_on_a_fifo_leaves_the_master_free_and_killable(tmp
     os.mkfifo(tmp_path / "p")
     threads = _threads()
     performing = Performing()
-    async with spawn([PYTHON, "-c", "import os; os.open('p', os.O_RDONLY)"], performing.router,
-                     cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+    async with spawn(
+        [PYTHON, "-c", "import os; os.open('p', os.O_RDONLY)"],
+        performing.router,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as process:
         deadline = time.monotonic() + 10
         while _threads() == threads:  # the open reached the master and waits there
             assert time.monotonic() < deadline, performing.calls
@@ -303,12 +348,18 @@ async def test_a_slave_blocked_on_a_fifo_leaves_the_master_free_and_killable(tmp
 
 @needs_shim
 @pytest.mark.slow
-@pytest.mark.parametrize("argv", [
-    py("print(open('/dev/stdin').read().upper(), end='')"),
-    ["cat", "/dev/stdin", "/dev/fd/0"],
-    py("import os; print(os.readlink('/proc/self/fd/0').startswith('pipe:'), "
-       "os.stat('/proc/self').st_ino == os.stat(f'/proc/{os.getpid()}').st_ino)"),
-], ids=["python /dev/stdin", "cat /dev/stdin /dev/fd/0", "/proc/self"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        py("print(open('/dev/stdin').read().upper(), end='')"),
+        ["cat", "/dev/stdin", "/dev/fd/0"],
+        py(
+            "import os; print(os.readlink('/proc/self/fd/0').startswith('pipe:'), "
+            "os.stat('/proc/self').st_ino == os.stat(f'/proc/{os.getpid()}').st_ino)"
+        ),
+    ],
+    ids=["python /dev/stdin", "cat /dev/stdin /dev/fd/0", "/proc/self"],
+)
 async def test_the_callers_own_names_mean_the_slave(argv: list[str], tmp_path: Path) -> None:
     native = run_native(argv, cwd=tmp_path, stdin=b"fed to stdin\n")
     performing = Performing()
@@ -328,7 +379,8 @@ async def test_a_slave_that_dropped_to_nobody_is_refused_what_nobody_is(tmp_path
         "for call in (lambda: open('root_only').read(), lambda: os.mkdir('made_by_nobody'),"
         " lambda: os.access('root_only', os.R_OK, effective_ids=True), lambda: os.stat('root_only').st_mode & 0o777):\n"
         " try:\n  print(call())\n except OSError as e:\n  print(e.strerror)\n"
-        "os.seteuid(0); print(open('root_only').read(), end='')\n")
+        "os.seteuid(0); print(open('root_only').read(), end='')\n"
+    )
     native_dir, slave_dir = tmp_path / "native", tmp_path / "slave"
     populate(native_dir)
     populate(slave_dir)
@@ -513,7 +565,10 @@ async def test_a_blocking_fifo_open_is_awaited_not_blocking_the_loop(fifo: Path,
 
 @pytest.mark.parametrize("flags", [["read_only"], ["write_only"]])
 async def test_cancelling_a_blocked_fifo_open_releases_its_thread(
-    fifo: Path, here: int, flags: list[str], fd_count: FdCount,
+    fifo: Path,
+    here: int,
+    flags: list[str],
+    fd_count: FdCount,
 ) -> None:
     before, threads = fd_count.snapshot(), _threads()
     task = asyncio.ensure_future(perform(OpenRequest(path="fifo", flags=flags, dirfd=here, **ME)))
@@ -568,8 +623,10 @@ def test_a_root_master_acting_for_nobody_gets_eacces(tmp_path: Path, here: int) 
     nobody = {"fsuid": 65534, "fsgid": 65534, "groups": ()}
     reading = as_slave(OpenRequest(path="root_only", flags=["read_only"], dirfd=here, **ME), **nobody)
     assert errno_of(lambda: perform(reading)) == "EACCES"
-    assert errno_of(lambda: perform(as_slave(AccessRequest(path="root_only", amode="r", dirfd=here, **ME),
-                                             **nobody))) == "EACCES"
+    assert (
+        errno_of(lambda: perform(as_slave(AccessRequest(path="root_only", amode="r", dirfd=here, **ME), **nobody)))
+        == "EACCES"
+    )
     assert perform(as_slave(MkdirRequest(path="made", mode=0o755, dirfd=here, **ME), **nobody)) == 0
     made = (tmp_path / "made").stat()
     assert (made.st_uid, made.st_gid) == (65534, 65534)
@@ -634,10 +691,10 @@ def test_a_default_acl_wins_over_the_umask_as_in_the_kernel(tmp_path: Path, here
 def jail(tmp_path: Path) -> Path:
     """root/ with ways out of it, next to outside/::
 
-        root/in.txt, root/empty/
-        root/abs  -> <tmp>/outside        (an absolute symlink)
-        root/up   -> ../outside           (a relative one that climbs out)
-        outside/secret, outside/empty/, outside/sock (listening)
+    root/in.txt, root/empty/
+    root/abs  -> <tmp>/outside        (an absolute symlink)
+    root/up   -> ../outside           (a relative one that climbs out)
+    outside/secret, outside/empty/, outside/sock (listening)
     """
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "empty").mkdir(parents=True)
@@ -677,7 +734,10 @@ def _escapes(function: str, way: str, rootfd: int, unix: int) -> Any:
 @pytest.mark.parametrize("way", ["dotdot", "absolute", "climbing"])
 @pytest.mark.parametrize("function", PATH_FUNCTIONS)
 def test_beneath_refuses_every_way_out_for_every_function(
-    jail: Path, function: str, way: str, fd_count: FdCount,
+    jail: Path,
+    function: str,
+    way: str,
+    fd_count: FdCount,
 ) -> None:
     root, outside = jail / "root", jail / "outside"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -722,18 +782,32 @@ def test_beneath_allows_what_stays_inside(jail: Path) -> None:
     root = jail / "root"
     rootfd = os.open(root / "empty", os.O_PATH | os.O_DIRECTORY)
     try:
-        assert read_all(perform(OpenRequest(path="../in.txt", flags=["read_only"], dirfd=rootfd, **ME),
-                                beneath=root)) == b"in"
+        assert (
+            read_all(perform(OpenRequest(path="../in.txt", flags=["read_only"], dirfd=rootfd, **ME), beneath=root))
+            == b"in"
+        )
         # Leading ".." from the slave's directory leave the root's name and come back: its canonical
         # name says where they lead, so only a later ".." (after a symlink, say) is the kernel's to refuse.
-        assert read_all(perform(OpenRequest(path="../../root/in.txt", flags=["read_only"], dirfd=rootfd, **ME),
-                                beneath=root)) == b"in"
+        assert (
+            read_all(
+                perform(OpenRequest(path="../../root/in.txt", flags=["read_only"], dirfd=rootfd, **ME), beneath=root)
+            )
+            == b"in"
+        )
         assert perform(MkdirRequest(path="../made/", mode=0o755, dirfd=rootfd, **ME), beneath=root) == 0
-        assert perform(RenameRequest(path1="../in.txt", path2=f"{root}/made/in.txt", dirfd1=rootfd, **ME),
-                       beneath=root) == 0
+        assert (
+            perform(RenameRequest(path1="../in.txt", path2=f"{root}/made/in.txt", dirfd1=rootfd, **ME), beneath=root)
+            == 0
+        )
         assert perform(StatRequest(path=f"{root}/made/in.txt", **ME), beneath=root).size == 2
-        assert errno_of(lambda: perform(OpenRequest(path=f"{root}/made/", flags=["write_only", "create"],
-                                                    mode=0o644, **ME), beneath=root)) == "EISDIR"
+        assert (
+            errno_of(
+                lambda: perform(
+                    OpenRequest(path=f"{root}/made/", flags=["write_only", "create"], mode=0o644, **ME), beneath=root
+                )
+            )
+            == "EISDIR"
+        )
     finally:
         os.close(rootfd)
 

@@ -43,7 +43,11 @@ def tree(root: Path) -> dict[str, tuple[str, bytes | None, int]]:
     for path in sorted(root.rglob("*")):
         info = path.lstat()
         kind = "dir" if path.is_dir() else "link" if path.is_symlink() else "file"
-        found[str(path.relative_to(root))] = (kind, path.read_bytes() if kind == "file" else None, info.st_mode & 0o7777)
+        found[str(path.relative_to(root))] = (
+            kind,
+            path.read_bytes() if kind == "file" else None,
+            info.st_mode & 0o7777,
+        )
     return found
 
 
@@ -77,8 +81,15 @@ READ_ONLY = {
     "stat": (["stat", "hello.txt", "link", "sub"], "lstat"),
     "stat-dereference": (["stat", "-L", "-c", "%n %s %F %a", "link"], "stat"),
     "stat-missing": (["stat", "missing"], "lstat"),
-    "python3": ([PYTHON, "-c", "import os; print(open('hello.txt').read(), sorted(os.listdir('.')), "
-                 "os.stat('sub/inner').st_size, os.path.exists('missing'))"], "open"),
+    "python3": (
+        [
+            PYTHON,
+            "-c",
+            "import os; print(open('hello.txt').read(), sorted(os.listdir('.')), "
+            "os.stat('sub/inner').st_size, os.path.exists('missing'))",
+        ],
+        "open",
+    ),
     "python3-error": ([PYTHON, "-c", "open('missing')"], "open"),
 }
 
@@ -126,8 +137,15 @@ MUTATING: dict[str, tuple[list[str], str | None]] = {
     "rm-r": (["rm", "-r", "sub"], "unlink"),
     "rmdir": (["rmdir", "empty"], "rmdir"),
     "rmdir-not-empty": (["rmdir", "sub"], "rmdir"),
-    "python3-mutations": ([PYTHON, "-c", "import os; os.mkdir('p', 0o750); os.rename('numbers', 'p/n'); "
-                           "os.unlink('link'); os.rmdir('empty'); open('p/w', 'w').write('w')"], "rename"),
+    "python3-mutations": (
+        [
+            PYTHON,
+            "-c",
+            "import os; os.mkdir('p', 0o750); os.rename('numbers', 'p/n'); "
+            "os.unlink('link'); os.rmdir('empty'); open('p/w', 'w').write('w')",
+        ],
+        "rename",
+    ),
 }
 
 
@@ -184,8 +202,11 @@ async def test_creat_is_asked_as_the_open_it_is(tmp_path: Path) -> None:
     recorded = Recorded()
     slave = await run_slave(["tar", "cf", "archive.tar", "sub"], recorded.router, cwd=tmp_path)
     assert slave.status == 0, slave.err
-    created = [d for d in recorded.decisions
-               if d.request.function == "open" and str(getattr(d.request, "path")) == "archive.tar"]
+    created = [
+        d
+        for d in recorded.decisions
+        if d.request.function == "open" and str(getattr(d.request, "path")) == "archive.tar"
+    ]
     assert created, [str(getattr(d.request, "path", "")) for d in recorded.decisions]
     assert {"create", "truncate", "write_only"} <= set(getattr(created[0].request, "flags"))
     assert getattr(created[0].request, "mode") == 0o666

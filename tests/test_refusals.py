@@ -37,8 +37,13 @@ def test_each_refusing_rule_is_reported_once_with_its_count_and_tree(tmp_path: P
     work = tmp_path / "work"
     work.mkdir()
     script = f"echo a > {work}/x; echo b > {work}/y; echo c > {work}/sub-z"
-    done = subprocess.run([sys.executable, "-m", "libc_service", "run", "--sandbox", str(policy), "--",
-                           "sh", "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "libc_service", "run", "--sandbox", str(policy), "--", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     report = [line for line in done.stderr.splitlines() if line.startswith("libc-service: refused")]
     assert report == [f"libc-service: refused 3× open beneath {work} by read_only (EROFS)"]
 
@@ -46,7 +51,11 @@ def test_each_refusing_rule_is_reported_once_with_its_count_and_tree(tmp_path: P
 def test_without_the_sandbox_nothing_is_reported(tmp_path: Path) -> None:
     policy = tmp_path / "policy.py"
     policy.write_text(POLICY)
-    done = subprocess.run([sys.executable, "-m", "libc_service", "run", str(policy), "--",
-                           "sh", "-c", f"echo a > {tmp_path}/x"], capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "libc_service", "run", str(policy), "--", "sh", "-c", f"echo a > {tmp_path}/x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert "refused" not in done.stderr.replace("Read-only", "")

@@ -29,8 +29,9 @@ def _report(outcome: int, errno: int, request: bytes, lost: int = 0, result: int
     return wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, outcome, 0, errno, lost, result) + request
 
 
-_OPEN = wire.encode_request(OpenRequest(function="open", pid=7, tid=8, request_id=0, path="/etc/hostname",
-                                        flags=frozenset({"read_only"})))[0]
+_OPEN = wire.encode_request(
+    OpenRequest(function="open", pid=7, tid=8, request_id=0, path="/etc/hostname", flags=frozenset({"read_only"}))
+)[0]
 
 
 def test_a_forwarded_and_a_denied_report_decode_to_their_request() -> None:
@@ -44,19 +45,29 @@ def test_a_forwarded_and_a_denied_report_decode_to_their_request() -> None:
 
 
 def test_a_forwarded_calls_result_decodes_to_its_identity() -> None:
-    result = wire.decode_report(_report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, wire.CODE["open"], 0), lost=1,
-                                        result=3))
+    result = wire.decode_report(_report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, wire.CODE["open"], 0), lost=1, result=3))
     assert result == wire.ForwardResult(pid=7, tid=8, request_id=42, function="open", result=3, errno=0, lost=1)
     failed = wire.decode_report(_report(3, 2, wire.REPORT_CALL.pack(7, 8, 43, wire.CODE["stat"], 0), result=-1))
     assert isinstance(failed, wire.ForwardResult) and failed.errno == 2
 
 
-@pytest.mark.parametrize("data", [
-    b"", b"LCSo", _report(3, 0, _OPEN), _report(4, 0, _OPEN), _report(1, 4096, _OPEN), _report(2, 0, _OPEN),
-    _report(1, 0, b""), _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 1, 0)[:-1]),
-    _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 0, 0)), _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 1, 1)),
-    _report(1, 0, _OPEN[:-1]), b"LCSr" + _report(1, 0, _OPEN)[4:],
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"LCSo",
+        _report(3, 0, _OPEN),
+        _report(4, 0, _OPEN),
+        _report(1, 4096, _OPEN),
+        _report(2, 0, _OPEN),
+        _report(1, 0, b""),
+        _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 1, 0)[:-1]),
+        _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 0, 0)),
+        _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 1, 1)),
+        _report(1, 0, _OPEN[:-1]),
+        b"LCSr" + _report(1, 0, _OPEN)[4:],
+    ],
+)
 def test_a_malformed_report_is_a_protocol_error(data: bytes) -> None:
     with pytest.raises(wire.RemoteProtocolError):
         wire.decode_report(data)
@@ -65,7 +76,7 @@ def test_a_malformed_report_is_a_protocol_error(data: bytes) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200), st.integers(0, 4), st.integers(0, 5000))
 def test_any_bytes_decode_or_raise_a_protocol_error(tail: bytes, outcome: int, errno: int) -> None:
-    for data in (tail, _report(outcome, errno, tail), _report(outcome, errno, _OPEN[:len(tail)] + tail)):
+    for data in (tail, _report(outcome, errno, tail), _report(outcome, errno, _OPEN[: len(tail)] + tail)):
         try:
             wire.decode_report(data)
         except wire.RemoteProtocolError:
@@ -75,20 +86,27 @@ def test_any_bytes_decode_or_raise_a_protocol_error(tail: bytes, outcome: int, e
 @needs_shim
 def test_trace_shows_the_calls_the_shim_decided(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("content\n")
-    done = subprocess.run([sys.executable, "-m", "libc_service", "trace", "--", "cat", str(tmp_path / "f"),
-                           "/nonexistent/file"], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "libc_service", "trace", "--", "cat", str(tmp_path / "f"), "/nonexistent/file"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1
     assert f'open("{tmp_path / "f"}", read_only, NULL) = 3 [forwarded]' in done.stderr
-    assert ('open("/nonexistent/file", read_only, NULL) = -1 ENOENT (No such file or directory) [forwarded]'
-            in done.stderr)
+    assert (
+        'open("/nonexistent/file", read_only, NULL) = -1 ENOENT (No such file or directory) [forwarded]' in done.stderr
+    )
 
 
 # ------------------------------------------------------- forwarded calls' results
 
 
 def _forwarded(pid: int = 7, tid: int = 8, request_id: int = 42) -> Decision:
-    request = OpenRequest(function="open", pid=pid, tid=tid, request_id=request_id, path="/etc/hostname",
-                          flags=frozenset({"read_only"}))
+    request = OpenRequest(
+        function="open", pid=pid, tid=tid, request_id=request_id, path="/etc/hostname", flags=frozenset({"read_only"})
+    )
     return Decision(request, "default", "forward", None, 0, 0, 0, "pid 7")
 
 
@@ -148,8 +166,7 @@ async def test_reports_lost_under_pressure_are_counted_not_waited_for(caplog: py
         os.stat("/etc/hostname")  # after the observer: its report carries the count
     """)
     caplog.set_level(logging.WARNING, logger="libc_service")
-    async with spawn([sys.executable, "-c", program], router, reports=True,
-                     stdout=asyncio.subprocess.PIPE) as process:
+    async with spawn([sys.executable, "-c", program], router, reports=True, stdout=asyncio.subprocess.PIPE) as process:
         out, _ = await process.communicate()
         assert process.returncode == 0
     assert float(out) < 2.5, "the slave waited for its reports"

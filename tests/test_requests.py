@@ -120,7 +120,11 @@ def test_an_exact_path_is_otherwise_the_path_pathlib_parses(text: str) -> None:
     assert path == plain and plain == path and hash(path) == hash(plain)
     assert path != PurePosixPath(text + "x")
     assert (path.parts, path.name, path.suffix, path.is_absolute()) == (
-        plain.parts, plain.name, plain.suffix, plain.is_absolute())
+        plain.parts,
+        plain.name,
+        plain.suffix,
+        plain.is_absolute(),
+    )
     assert sorted([PurePosixPath("~"), path]) == [path, PurePosixPath("~")]
     assert path.match(plain.name or "*") == plain.match(plain.name or "*")
     assert path.is_relative_to(plain.parent)
@@ -215,14 +219,32 @@ def test_flags_are_a_collection_of_names() -> None:
 
 
 _BEHAVIOUR_FLAGS = (
-    "non_blocking", "no_ctty", "close_on_exec", "sync_data_on_write", "no_atime", "direct", "async_signals",
+    "non_blocking",
+    "no_ctty",
+    "close_on_exec",
+    "sync_data_on_write",
+    "no_atime",
+    "direct",
+    "async_signals",
     "large_file",
 )
 
 
 def test_the_flag_vocabulary_names_every_open_flag_and_keeps_the_seeds_names() -> None:
-    seed = ("read_only", "write_only", "read_write", "append", "create", "directory", "exclusive", "no_follow",
-            "path", "sync_all_on_write", "temporary", "truncate")
+    seed = (
+        "read_only",
+        "write_only",
+        "read_write",
+        "append",
+        "create",
+        "directory",
+        "exclusive",
+        "no_follow",
+        "path",
+        "sync_all_on_write",
+        "temporary",
+        "truncate",
+    )
     assert OPEN_FLAGS == seed + _BEHAVIOUR_FLAGS
     for flag in _BEHAVIOUR_FLAGS:
         assert flag in OpenRequest(path="/x", flags=["read_only", flag]).flags
@@ -300,8 +322,13 @@ def test_the_callers_context_is_unknown_unless_given() -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        {"umask": 0o1000}, {"umask": -1}, {"fsuid": 2**32}, {"fsgid": -1},
-        {"groups": tuple(range(MAX_GROUPS + 1))}, {"groups": (2**32,)}, {"groups": 5},
+        {"umask": 0o1000},
+        {"umask": -1},
+        {"fsuid": 2**32},
+        {"fsgid": -1},
+        {"groups": tuple(range(MAX_GROUPS + 1))},
+        {"groups": (2**32,)},
+        {"groups": 5},
     ],
 )
 def test_a_context_beyond_what_the_kernel_has_is_refused(bad: dict[str, Any]) -> None:
@@ -311,7 +338,11 @@ def test_a_context_beyond_what_the_kernel_has_is_refused(bad: dict[str, Any]) ->
 
 def test_inet_requests_take_the_right_family_and_port() -> None:
     assert ConnectInetRequest(address="10.0.0.1", port=65535, socket=3).address == IPv4Address("10.0.0.1")
-    for bad in ({"address": "::1", "port": 80}, {"address": "10.0.0.1", "port": 65536}, {"address": "10.0.0.1", "port": -1}):
+    for bad in (
+        {"address": "::1", "port": 80},
+        {"address": "10.0.0.1", "port": 65536},
+        {"address": "10.0.0.1", "port": -1},
+    ):
         with pytest.raises(ValidationError):
             ConnectInetRequest(socket=3, **bad)
     with pytest.raises(ValidationError):

@@ -323,8 +323,13 @@ async def test_an_oserror_in_getaddrinfo_is_the_system_error_with_its_errno(exc:
 
 @pytest.mark.parametrize(
     ("code", "name"),
-    [(socket.EAI_NONAME, "noname"), (socket.EAI_AGAIN, "again"), (socket.EAI_FAIL, "fail"),
-     (socket.EAI_SERVICE, "service"), (socket.EAI_FAMILY, "family")],
+    [
+        (socket.EAI_NONAME, "noname"),
+        (socket.EAI_AGAIN, "again"),
+        (socket.EAI_FAIL, "fail"),
+        (socket.EAI_SERVICE, "service"),
+        (socket.EAI_FAMILY, "family"),
+    ],
 )
 async def test_a_gaierror_in_getaddrinfo_becomes_its_error_name(code: int, name: str) -> None:
     """What ``loop.getaddrinfo`` raises for an unknown name is a DNS answer, not a crash."""
@@ -526,7 +531,10 @@ def test_router_defaults_are_checked() -> None:
 )
 @pytest.mark.parametrize("error_errno", [None, errno.EIO])
 async def test_a_result_of_the_wrong_type_is_logged_and_fails_closed(
-    caplog: pytest.LogCaptureFixture, function: str, arguments: dict[str, Any], wrong: object,
+    caplog: pytest.LogCaptureFixture,
+    function: str,
+    arguments: dict[str, Any],
+    wrong: object,
     error_errno: int | None,
 ) -> None:
     router = Router(default=FORWARD) if error_errno is None else Router(default=FORWARD, error_errno=error_errno)
@@ -923,11 +931,21 @@ def _unresolvable(req: NoSuchRequest) -> int:  # type: ignore[name-defined]  # n
         (("stat",), _unresolvable, "type hints"),
         (("stat",), 42, "callable"),
     ],
-    ids=["open-for-stat", "stat-for-lstat", "open-for-openat", "two-args", "no-args", "kw-only", "unresolvable",
-         "not-callable"],
+    ids=[
+        "open-for-stat",
+        "stat-for-lstat",
+        "open-for-openat",
+        "two-args",
+        "no-args",
+        "kw-only",
+        "unresolvable",
+        "not-callable",
+    ],
 )
 def test_a_handler_that_cannot_serve_its_functions_is_rejected_at_registration(
-    functions: tuple[str, ...], handler: Any, match: str,
+    functions: tuple[str, ...],
+    handler: Any,
+    match: str,
 ) -> None:
     router = Router()
     with pytest.raises(TypeError, match=match):
@@ -967,8 +985,13 @@ def _wrapped(req: StatRequest) -> Stat:
 
 @pytest.mark.parametrize(
     ("handler", "size"),
-    [(_Policy(1), 1), (_Policy(1).method, 2), (functools.partial(_sized, 3), 3), (_wrapped, 4),
-     (lambda req: Stat(size=5), 5)],
+    [
+        (_Policy(1), 1),
+        (_Policy(1).method, 2),
+        (functools.partial(_sized, 3), 3),
+        (_wrapped, 4),
+        (lambda req: Stat(size=5), 5),
+    ],
     ids=["callable-object", "bound-method", "partial", "wrapped", "lambda"],
 )
 async def test_any_callable_with_a_fitting_signature_is_a_handler(handler: Any, size: int) -> None:
@@ -1001,7 +1024,12 @@ def test_fitting_type_hints_are_accepted() -> None:
     router.on("stat")(variadic)
     router.on("rename")(optional_second)
     assert [route.name.rsplit(".", 1)[-1] for route in router.routes()] == [
-        "any_request", "union", "untyped", "variadic", "optional_second"]
+        "any_request",
+        "union",
+        "untyped",
+        "variadic",
+        "optional_second",
+    ]
 
 
 def test_on_returns_the_handler_unchanged_and_dedups_functions() -> None:
@@ -1055,8 +1083,18 @@ async def test_observers_see_request_route_outcome_result_errno_and_latency() ->
         close_reply(await session.call("open", path="/x", flags=["read_only"]))
         name = session.master.name
 
-    summary = [(d.request.function, str(getattr(d.request, "path")), d.route.rsplit(".", 1)[-1], d.outcome, d.result,
-                d.errno, d.nfds) for d in decisions]
+    summary = [
+        (
+            d.request.function,
+            str(getattr(d.request, "path")),
+            d.route.rsplit(".", 1)[-1],
+            d.outcome,
+            d.result,
+            d.errno,
+            d.nfds,
+        )
+        for d in decisions
+    ]
     assert summary == [
         ("stat", "/reply", "stat_policy", "reply", Stat(size=1), 0, 0),
         ("stat", "/error", "stat_policy", "error", -1, errno.EACCES, 0),
@@ -1175,7 +1213,9 @@ OUTCOMES: dict[str, Callable[[Request], Any]] = {
 @pytest.mark.parametrize("function", ["open", "openat", "stat", "rename", "connect_unix", "connect_inet"])
 @pytest.mark.parametrize("outcome", sorted(OUTCOMES))
 async def test_received_descriptors_are_closed_after_every_outcome(
-    caplog: pytest.LogCaptureFixture, function: str, outcome: str,
+    caplog: pytest.LogCaptureFixture,
+    function: str,
+    outcome: str,
 ) -> None:
     router = Router(default=deny(errno.ENOENT))
     router.on(function)(OUTCOMES[outcome])
@@ -1285,8 +1325,11 @@ async def test_add_route_is_what_the_decorator_does_for_a_router_built_from_data
 
     route = router.add_route(["stat", "lstat"], hostname, when=under("/etc/hostname"))
     assert router.routes().routes == (route,)
-    assert (route.functions, route.handler, route.summary) == (("stat", "lstat"), hostname,
-                                                               "The one file this policy answers.")
+    assert (route.functions, route.handler, route.summary) == (
+        ("stat", "lstat"),
+        hostname,
+        "The one file this policy answers.",
+    )
     assert await router.decide(StatRequest(path="/etc/hostname", pid=1, tid=1)) == (route.name, Stat(size=7))
     name, outcome = await router.decide(StatRequest(path="/etc/passwd", pid=1, tid=1))
     assert name == "default" and isinstance(outcome, Errno) and outcome.errno == errno.EACCES

@@ -96,8 +96,12 @@ def requests(draw: st.DrawFn) -> tuple[Request, int]:
             arguments["dirfd"] = _DIRECTORIES[draw(st.sampled_from(sorted(_DIRECTORIES)))]
     if function in ("open", "openat"):
         vocabulary = OPENAT_FLAGS if function == "openat" else OPEN_FLAGS
-        chosen = frozenset({draw(st.sampled_from(_ACCESS)),
-                            *draw(st.sets(st.sampled_from([f for f in vocabulary if f not in _ACCESS])))})
+        chosen = frozenset(
+            {
+                draw(st.sampled_from(_ACCESS)),
+                *draw(st.sets(st.sampled_from([f for f in vocabulary if f not in _ACCESS]))),
+            }
+        )
         arguments["flags"] = chosen
         arguments["mode"] = 0o644 if chosen & {"create", "temporary"} else None
         bits = sum(OPEN_FLAG_BITS[name] for name in chosen)
@@ -126,11 +130,19 @@ def test_what_the_table_claims_the_router_decides(router: Router, calls: list[tu
         return
     for request, bits in calls:
         if request.function == "rename":
-            verdict = evaluate(table, "rename", 0, _raw(request, "path1"), _raw(request, "path2"),
-                               directory1=_directory(request, "dirfd1"), directory2=_directory(request, "dirfd2"))
+            verdict = evaluate(
+                table,
+                "rename",
+                0,
+                _raw(request, "path1"),
+                _raw(request, "path2"),
+                directory1=_directory(request, "dirfd1"),
+                directory2=_directory(request, "dirfd2"),
+            )
         else:
-            verdict = evaluate(table, request.function, bits, _raw(request, "path"),
-                               directory1=_directory(request, "dirfd"))
+            verdict = evaluate(
+                table, request.function, bits, _raw(request, "path"), directory1=_directory(request, "dirfd")
+            )
         if verdict == "ask":
             continue
         route, outcome = asyncio.run(router.decide(request))
@@ -194,6 +206,7 @@ def test_what_the_shim_cannot_prove_is_asked() -> None:
 
 # ----------------------------------------------------------- real programs
 
+
 @needs_shim
 async def test_a_program_outside_the_handled_tree_never_reaches_the_master(tmp_path: Path) -> None:
     seen: list[str] = []
@@ -226,8 +239,9 @@ async def test_relative_paths_outside_the_handled_tree_never_reach_the_master(tm
     async with spawn(["cat", "outside"], router, cwd=tmp_path, stdout=asyncio.subprocess.PIPE) as process:
         out, _ = await process.communicate()
     assert out == b"outside\n" and seen == [] and process.sessions_started == 0
-    async with spawn(["cat", "file", "../outside"], router, cwd=tmp_path / "srv",
-                     stdout=asyncio.subprocess.PIPE) as process:
+    async with spawn(
+        ["cat", "file", "../outside"], router, cwd=tmp_path / "srv", stdout=asyncio.subprocess.PIPE
+    ) as process:
         out, _ = await process.communicate()
     assert out == b"inside\noutside\n"
     # "../outside" is folded lexically, as the router folds it: outside, decided in the shim.
@@ -246,8 +260,9 @@ async def test_a_call_in_the_handled_tree_still_reaches_the_handler(tmp_path: Pa
         seen.append(str(request.path))
         return FORWARD
 
-    async with spawn(["cat", "/etc/hostname", str(tmp_path / "srv" / "file")], router,
-                     stdout=asyncio.subprocess.PIPE) as process:
+    async with spawn(
+        ["cat", "/etc/hostname", str(tmp_path / "srv" / "file")], router, stdout=asyncio.subprocess.PIPE
+    ) as process:
         out, _ = await process.communicate()
     assert out.endswith(b"inside\n")
     assert seen == [str(tmp_path / "srv" / "file")]
@@ -264,8 +279,13 @@ async def test_a_deny_default_fails_the_call_in_the_shim_and_the_handler_grants_
         seen.append(str(request.path))
         return FORWARD
 
-    async with spawn(["cat", str(tmp_path / "file"), "/etc/hostname"], router, stdout=asyncio.subprocess.PIPE,
-                     stderr=asyncio.subprocess.PIPE, env={**os.environ, "LC_ALL": "C"}) as process:
+    async with spawn(
+        ["cat", str(tmp_path / "file"), "/etc/hostname"],
+        router,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LC_ALL": "C"},
+    ) as process:
         out, err = await process.communicate()
     assert out == b"granted\n"
     assert b"/etc/hostname: Permission denied" in err
@@ -293,15 +313,28 @@ def _observed(router: Router) -> list[tuple[str, str]]:
 
 
 @needs_shim
-@pytest.mark.parametrize("value", ["zz", "4c43", "4c435352010101", "4c4353520101010200000000", "0" * 20000,
-                                   # open (1) forwarded by a program that pops an empty stack
-                                   "4c435352010101010000010006"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "zz",
+        "4c43",
+        "4c435352010101",
+        "4c4353520101010200000000",
+        "0" * 20000,
+        # open (1) forwarded by a program that pops an empty stack
+        "4c435352010101010000010006",
+    ],
+)
 async def test_a_malformed_table_is_ignored_and_every_call_asked(value: str) -> None:
     router = Router()
     seen = _observed(router)
     # spawn gives no table (rules=False); env hands cat the malformed one.
-    async with spawn(["env", f"{ENV_RULES}={value}", f"{ENV_REPORTS}=1", "cat", "/etc/hostname"], router,
-                     stdout=asyncio.subprocess.DEVNULL, rules=False) as process:
+    async with spawn(
+        ["env", f"{ENV_RULES}={value}", f"{ENV_REPORTS}=1", "cat", "/etc/hostname"],
+        router,
+        stdout=asyncio.subprocess.DEVNULL,
+        rules=False,
+    ) as process:
         assert await process.wait() == 0
     asked = [session for path, session in seen if path == "/etc/hostname"]
     assert len(asked) == 1 and not asked[0].startswith("rules ")
@@ -319,8 +352,12 @@ async def test_a_call_the_table_decides_reaches_observers_as_a_report() -> None:
 
     table = compile_rules(forward_all)
     assert table is not None
-    async with spawn(["env", f"{ENV_RULES}={table.hex()}", f"{ENV_REPORTS}=1", "cat", "/etc/hostname"], router,
-                     stdout=asyncio.subprocess.DEVNULL, rules=False) as process:
+    async with spawn(
+        ["env", f"{ENV_RULES}={table.hex()}", f"{ENV_REPORTS}=1", "cat", "/etc/hostname"],
+        router,
+        stdout=asyncio.subprocess.DEVNULL,
+        rules=False,
+    ) as process:
         assert await process.wait() == 0
     reported = [session for path, session in seen if path == "/etc/hostname"]
     assert reported and all(session.startswith("rules ") for session in reported)
@@ -336,8 +373,13 @@ async def test_with_reports_observers_see_what_the_shim_denied(tmp_path: Path) -
     def mine(request: Request) -> Any:
         return FORWARD
 
-    async with spawn(["cat", "/etc/hostname"], router, stderr=asyncio.subprocess.DEVNULL,
-                     env={**os.environ, "LC_ALL": "C"}, reports=True) as process:
+    async with spawn(
+        ["cat", "/etc/hostname"],
+        router,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "LC_ALL": "C"},
+        reports=True,
+    ) as process:
         assert await process.wait() == 1
     denied = [d for d in decisions if str(getattr(d.request, "path", "")) == "/etc/hostname"]
     assert len(denied) == 1

@@ -67,16 +67,16 @@ def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 def tree(tmp_path: Path) -> Path:
     """root/ (the policy's tree) next to outside/ (what must stay unreachable)::
 
-        root/inside.txt          "inside"
-        root/sub/deep.txt        "deep"
-        root/sub/up_link      -> ../inside.txt         (in the root, through ..)
-        root/good_link        -> inside.txt
-        root/abs_link         -> <tmp>/outside/secret.txt
-        root/rel_link         -> ../outside/secret.txt
-        root/dir_link         -> ../outside
-        root/dangling_out     -> ../outside/created.txt
-        root/loop             -> loop
-        outside/secret.txt       "secret"
+    root/inside.txt          "inside"
+    root/sub/deep.txt        "deep"
+    root/sub/up_link      -> ../inside.txt         (in the root, through ..)
+    root/good_link        -> inside.txt
+    root/abs_link         -> <tmp>/outside/secret.txt
+    root/rel_link         -> ../outside/secret.txt
+    root/dir_link         -> ../outside
+    root/dangling_out     -> ../outside/created.txt
+    root/loop             -> loop
+    outside/secret.txt       "secret"
     """
     root = tmp_path / "root"
     outside = tmp_path / "outside"
@@ -255,8 +255,9 @@ def test_proc_self_means_the_slave(other_process: subprocess.Popen[bytes], resol
     assert read_fd(open_beneath("/proc", request)) == "sleep\n"
 
 
-@pytest.mark.parametrize("path", ["/proc/self/root/etc/hostname", "/proc/self/cwd", "/proc/self/fd/0",
-                                  "/proc/self/exe"])
+@pytest.mark.parametrize(
+    "path", ["/proc/self/root/etc/hostname", "/proc/self/cwd", "/proc/self/fd/0", "/proc/self/exe"]
+)
 def test_proc_magic_links_are_refused(other_process: subprocess.Popen[bytes], resolver: str, path: str) -> None:
     request = OpenRequest(path=path, flags=["read_only"], pid=other_process.pid, tid=other_process.pid)
     with pytest.raises(OSError) as caught:
@@ -442,14 +443,17 @@ def test_resolve_rewrites_proc_self_and_thread_self_only() -> None:
     assert resolve(request, path=PurePosixPath("/proc/selfish")) == "/proc/selfish"
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("/dev/stdin", "/proc/4242/fd/0"),
-    ("/dev/stdout", "/proc/4242/fd/1"),
-    ("/dev/stderr", "/proc/4242/fd/2"),
-    ("/dev/fd/5", "/proc/4242/fd/5"),
-    ("//dev/./fd/5/", "/proc/4242/fd/5/"),
-    ("/dev/fdx", "/dev/fdx"),
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/dev/stdin", "/proc/4242/fd/0"),
+        ("/dev/stdout", "/proc/4242/fd/1"),
+        ("/dev/stderr", "/proc/4242/fd/2"),
+        ("/dev/fd/5", "/proc/4242/fd/5"),
+        ("//dev/./fd/5/", "/proc/4242/fd/5/"),
+        ("/dev/fdx", "/dev/fdx"),
+    ],
+)
 def test_resolve_makes_the_callers_descriptors_the_slaves(path: str, expected: str) -> None:
     assert resolve(StatRequest(path=path, pid=4242, tid=4343)) == expected
 

@@ -38,8 +38,13 @@ from libc_service.spawn import shim_path
 
 _NO_LANDLOCK = Sandbox.available()
 _NO_NETNS = network_namespaces_available()
-_KERNEL_MISSING = (f"no Landlock sandbox here: {_NO_LANDLOCK}" if _NO_LANDLOCK is not None
-                   else f"no network namespaces here: {_NO_NETNS}" if _NO_NETNS is not None else None)
+_KERNEL_MISSING = (
+    f"no Landlock sandbox here: {_NO_LANDLOCK}"
+    if _NO_LANDLOCK is not None
+    else f"no network namespaces here: {_NO_NETNS}"
+    if _NO_NETNS is not None
+    else None
+)
 #: The test confines a real program: skip, saying why, where the kernel cannot.
 needs_kernel = pytest.mark.skipif(_KERNEL_MISSING is not None, reason=_KERNEL_MISSING or "")
 pytestmark = [pytest.mark.slow, needs_shim]
@@ -60,12 +65,24 @@ def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 async def run(
-    argv: Sequence[str], router: Router, sandbox: Sandbox | None = None, *,
-    cwd: str | os.PathLike[str] | None = None, timeout: float = 60,
+    argv: Sequence[str],
+    router: Router,
+    sandbox: Sandbox | None = None,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float = 60,
 ) -> Ran:
     """Run ``argv`` as a (sandboxed) slave of ``router``; its status and output."""
-    async with spawn(argv, router, sandbox=sandbox, cwd=cwd, env=_env(), stdin=subprocess.DEVNULL,
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+    async with spawn(
+        argv,
+        router,
+        sandbox=sandbox,
+        cwd=cwd,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
         status = await process.wait()
     return Ran(status, (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace"))
@@ -95,8 +112,12 @@ def raw_read(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if compiler is None:
         pytest.skip("no C compiler (gcc or cc) to build tests/c/raw_read.c")
     target = tmp_path_factory.mktemp("c") / "raw_read"
-    subprocess.run([compiler, "-O2", "-Wall", "-o", str(target), str(C_DIR / "raw_read.c")],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [compiler, "-O2", "-Wall", "-o", str(target), str(C_DIR / "raw_read.c")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return target
 
 
@@ -125,13 +146,20 @@ async def test_raw_syscalls_cannot_read_a_file_under_the_sandbox(raw_read: Path,
 
 @needs_kernel
 async def test_a_static_binary_ignores_the_shim_but_not_the_sandbox(
-    raw_read: Path, secret: Path, tmp_path: Path,
+    raw_read: Path,
+    secret: Path,
+    tmp_path: Path,
 ) -> None:
     compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     assert compiler is not None  # raw_read was built
     static = tmp_path / "raw_read_static"
-    built = subprocess.run([compiler, "-static", "-O2", "-o", str(static), str(C_DIR / "raw_read.c")],
-                           capture_output=True, text=True, timeout=60, check=False)
+    built = subprocess.run(
+        [compiler, "-static", "-O2", "-o", str(static), str(C_DIR / "raw_read.c")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if built.returncode != 0:
         pytest.skip(f"no static C library to link with: {built.stderr[-200:]}")
     free = await run([str(static), str(secret)], Router(default=FORWARD))
@@ -162,8 +190,13 @@ def uring_read(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if compiler is None:
         pytest.skip("no C compiler (gcc or cc) to build tests/c/uring_read.c")
     target = tmp_path_factory.mktemp("c") / "uring_read"
-    built = subprocess.run([compiler, "-O2", "-Wall", "-o", str(target), str(C_DIR / "uring_read.c")],
-                           capture_output=True, text=True, timeout=60, check=False)
+    built = subprocess.run(
+        [compiler, "-O2", "-Wall", "-o", str(target), str(C_DIR / "uring_read.c")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if built.returncode != 0:
         pytest.skip(f"cannot build tests/c/uring_read.c (no <linux/io_uring.h>?): {built.stderr[-200:]}")
     return target
@@ -254,7 +287,8 @@ async def test_ls_lists_a_directory_the_master_grants_and_not_one_it_forwards(tm
 
 @needs_kernel
 async def test_fopen_reads_a_file_the_master_grants_and_not_one_it_forwards(
-    c_program: Callable[[str], Path], secret: Path,
+    c_program: Callable[[str], Path],
+    secret: Path,
 ) -> None:
     program = str(c_program("fopen_read"))
     granted = await run([program, str(secret), "re"], granting(secret.parent), Sandbox())
@@ -313,8 +347,6 @@ async def test_a_symlink_or_dotdot_out_of_a_static_tree_is_refused_by_the_kernel
     assert f"{tree}/../outside.txt" in seen  # '..' is never taken as inside: the master was asked
 
 
-
-
 @needs_kernel
 async def test_a_static_rule_on_a_single_file_lets_the_slave_read_it_alone(tmp_path: Path) -> None:
     (tmp_path / "one.txt").write_text("one\n")
@@ -332,8 +364,11 @@ async def test_allow_write_lets_the_slave_create_files_there_and_nowhere_else(tm
     writable.mkdir()
     readable.mkdir()
     sandbox = Sandbox(allow_read=[readable], allow_write=[writable])
-    ran = await run(["sh", "-c", f"echo made > {writable}/out.txt && echo made > {readable}/out.txt"],
-                    Router(default=FORWARD), sandbox)
+    ran = await run(
+        ["sh", "-c", f"echo made > {writable}/out.txt && echo made > {readable}/out.txt"],
+        Router(default=FORWARD),
+        sandbox,
+    )
     assert (writable / "out.txt").read_text() == "made\n"
     assert not (readable / "out.txt").exists()
     assert ran.status != 0 and "Permission denied" in ran.err
@@ -363,14 +398,20 @@ async def test_other_programs_cannot_be_executed_unless_allowed(tmp_path: Path) 
 
 
 def test_listing_what_loading_needs_runs_nothing_not_even_the_programs_interpreter_choice(
-    raw_read: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    raw_read: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A program names its PT_INTERP (here /bin/sh): discovery reads files, it runs none."""
     compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     assert compiler is not None  # raw_read was built
     hostile = tmp_path / "hostile"
-    subprocess.run([compiler, "-Wl,--dynamic-linker=/bin/sh", "-o", str(hostile), str(C_DIR / "raw_read.c")],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [compiler, "-Wl,--dynamic-linker=/bin/sh", "-o", str(hostile), str(C_DIR / "raw_read.c")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     ran: list[Any] = []
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
@@ -407,17 +448,22 @@ def python3() -> tuple[str, list[str]]:
     found = shutil.which("python3")
     if found is None:
         pytest.skip("no python3 on PATH")
-    probe = ("import json, sys, sysconfig; "
-             "print(json.dumps([sys.executable, sysconfig.get_path('stdlib'), sysconfig.get_path('platstdlib')]))")
-    executable, *stdlib = json.loads(subprocess.run([found, "-c", probe], capture_output=True, text=True,
-                                                    check=True, timeout=60).stdout)
+    probe = (
+        "import json, sys, sysconfig; "
+        "print(json.dumps([sys.executable, sysconfig.get_path('stdlib'), sysconfig.get_path('platstdlib')]))"
+    )
+    executable, *stdlib = json.loads(
+        subprocess.run([found, "-c", probe], capture_output=True, text=True, check=True, timeout=60).stdout
+    )
     return os.path.realpath(executable), sorted(set(stdlib))
 
 
 def python_sandbox(python3: tuple[str, list[str]]) -> Sandbox:
     """Its stdlib, and the system library directories its extension modules dlopen from."""
     executable, stdlib = python3
-    libc_dirs = {str(file.path.parent) for file in program_files(Path(executable)) if file.path.name.startswith("libc.")}
+    libc_dirs = {
+        str(file.path.parent) for file in program_files(Path(executable)) if file.path.name.startswith("libc.")
+    }
     return Sandbox(allow_read=[*stdlib, *sorted(libc_dirs)])
 
 
@@ -434,7 +480,8 @@ _PYTHON_READS = textwrap.dedent("""
 
 @needs_kernel
 async def test_python_runs_with_its_stdlib_allowed_statically_and_a_file_outside_is_refused(
-    python3: tuple[str, list[str]], secret: Path,
+    python3: tuple[str, list[str]],
+    secret: Path,
 ) -> None:
     ran = await run([python3[0], "-c", _PYTHON_READS, str(secret)], Router(default=FORWARD), python_sandbox(python3))
     assert ran.status == 0, ran.err
@@ -443,18 +490,22 @@ async def test_python_runs_with_its_stdlib_allowed_statically_and_a_file_outside
 
 @needs_kernel
 async def test_python_reads_a_file_outside_the_allowed_set_when_the_master_grants_it(
-    python3: tuple[str, list[str]], secret: Path,
+    python3: tuple[str, list[str]],
+    secret: Path,
 ) -> None:
     seen: list[Any] = []
-    ran = await run([python3[0], "-c", _PYTHON_READS, str(secret)], granting(secret.parent, seen),
-                    python_sandbox(python3))
+    ran = await run(
+        [python3[0], "-c", _PYTHON_READS, str(secret)], granting(secret.parent, seen), python_sandbox(python3)
+    )
     assert ran.status == 0, ran.err
     assert ran.out == '{"subject": "sandboxed"}\nthe secret\n'
     assert str(secret) in {absolute for _, absolute in seen}
 
 
-_DLOPENS = ("import zlib, binascii, bz2; "
-            "print(zlib.crc32(b'x'), binascii.hexlify(b'ok').decode(), bz2.decompress(bz2.compress(b'in')).decode())")
+_DLOPENS = (
+    "import zlib, binascii, bz2; "
+    "print(zlib.crc32(b'x'), binascii.hexlify(b'ok').decode(), bz2.decompress(bz2.compress(b'in')).decode())"
+)
 
 
 @needs_kernel
@@ -462,8 +513,11 @@ async def test_a_system_python_loads_its_extension_modules_in_the_default_sandbo
     """Extension modules and the libraries they link are dlopen'ed by the loader, which the shim
     never sees: the default sandbox grants the system library directories (read, execute)."""
     python = "/usr/bin/python3"
-    native = subprocess.run([python, "-c", _DLOPENS], capture_output=True, text=True, timeout=60, check=False) \
-        if os.access(python, os.X_OK) else None
+    native = (
+        subprocess.run([python, "-c", _DLOPENS], capture_output=True, text=True, timeout=60, check=False)
+        if os.access(python, os.X_OK)
+        else None
+    )
     if native is None or native.returncode != 0:
         pytest.skip(f"no {python} with zlib, binascii and bz2 here")
     ran = await run([python, "-c", _DLOPENS], Router(default=FORWARD), Sandbox())
@@ -476,22 +530,27 @@ async def test_a_system_python_loads_its_extension_modules_in_the_default_sandbo
 async def test_without_system_libraries_a_dlopen_outside_the_discovered_files_fails() -> None:
     python = "/usr/bin/python3"
     probe = "import _bz2, sysconfig; print(_bz2.__file__); print(sysconfig.get_path('stdlib'))"
-    native = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, check=False) \
-        if os.access(python, os.X_OK) else None
+    native = (
+        subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+        if os.access(python, os.X_OK)
+        else None
+    )
     if native is None or native.returncode != 0:
         pytest.skip(f"no {python} with an _bz2 extension module here")
     extension, stdlib = native.stdout.split()
     if not extension.startswith(stdlib + "/"):
         pytest.skip(f"_bz2 is not beneath the standard library ({extension})")
     # The standard library (with the extension module itself) is allowed; libbz2 is not.
-    ran = await run([python, "-c", _DLOPENS], Router(default=FORWARD),
-                    Sandbox(allow_read=[stdlib], system_libraries=False))
+    ran = await run(
+        [python, "-c", _DLOPENS], Router(default=FORWARD), Sandbox(allow_read=[stdlib], system_libraries=False)
+    )
     assert ran.status != 0 and "libbz2" in ran.err, ran.err
 
 
 @needs_kernel
 async def test_a_library_directory_named_like_loader_trace_output_opens_nothing_more(
-    tmp_path: Path, secret: Path,
+    tmp_path: Path,
+    secret: Path,
 ) -> None:
     """The old text-parsing hole: a library in ``lib => / (0x0)`` made the parent grant /."""
     compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
@@ -500,11 +559,28 @@ async def test_a_library_directory_named_like_loader_trace_output_opens_nothing_
     hostile = tmp_path / "lib => / (0x0)"  # the directories "lib => " and " (0x0)"
     hostile.mkdir(parents=True)
     (tmp_path / "hello.c").write_text("int hello(void) { return 42; }\n")
-    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(hostile / "libhello.so"), str(tmp_path / "hello.c")],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-o", str(hostile / "libhello.so"), str(tmp_path / "hello.c")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     program = tmp_path / "raw_read"
-    subprocess.run([compiler, "-o", str(program), str(C_DIR / "raw_read.c"), "-Wl,--no-as-needed", f"-L{hostile}",
-                    "-lhello", f"-Wl,--enable-new-dtags,-rpath,{hostile}"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            compiler,
+            "-o",
+            str(program),
+            str(C_DIR / "raw_read.c"),
+            "-Wl,--no-as-needed",
+            f"-L{hostile}",
+            "-lhello",
+            f"-Wl,--enable-new-dtags,-rpath,{hostile}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     for sandbox in (Sandbox(), Sandbox(system_libraries=False)):
         for path in (secret, Path("/etc/passwd")):
             ran = await run([str(program), str(path)], Router(default=FORWARD), sandbox)
@@ -513,7 +589,11 @@ async def test_a_library_directory_named_like_loader_trace_output_opens_nothing_
 
 @needs_kernel
 async def test_a_loader_file_that_is_not_what_discovery_checked_is_not_granted(
-    raw_read: Path, secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    raw_read: Path,
+    secret: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Between discovery and the rule the path may be swapped: the rule checks the identity."""
     discovered = sandbox_module.program_files
@@ -551,7 +631,8 @@ _DIRECTORY_FD = textwrap.dedent("""
 
 @needs_kernel
 async def test_a_granted_directory_descriptor_lists_but_does_not_open_what_is_inside(
-    python3: tuple[str, list[str]], tmp_path: Path,
+    python3: tuple[str, list[str]],
+    tmp_path: Path,
 ) -> None:
     """Landlock checks every open by where the object is, whatever dirfd the path starts from."""
     (tmp_path / "inside.txt").write_text("inside\n")
@@ -598,7 +679,8 @@ _METADATA = textwrap.dedent("""
 
 @needs_kernel
 async def test_the_slave_cannot_change_metadata_of_its_users_files_unless_allowed(
-    python3: tuple[str, list[str]], tmp_path: Path,
+    python3: tuple[str, list[str]],
+    tmp_path: Path,
 ) -> None:
     """chmod/utime/setxattr are not Landlock rights: the seccomp filter refuses them,
     even on a file no rule mentions (say, the user's private key)."""
@@ -606,12 +688,14 @@ async def test_the_slave_cannot_change_metadata_of_its_users_files_unless_allowe
     key.write_text("private")
     key.chmod(0o600)
     libraries = python_sandbox(python3).allow_read
-    confined = await run([python3[0], "-c", _METADATA, str(key)], Router(default=FORWARD),
-                         Sandbox(allow_read=libraries))
+    confined = await run(
+        [python3[0], "-c", _METADATA, str(key)], Router(default=FORWARD), Sandbox(allow_read=libraries)
+    )
     assert confined.out == "chmod EPERM\nutime EPERM\nsetxattr EPERM\n", confined.err
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_mtime != 0
-    allowed = await run([python3[0], "-c", _METADATA, str(key)], Router(default=FORWARD),
-                        Sandbox(allow_read=libraries, metadata=True))
+    allowed = await run(
+        [python3[0], "-c", _METADATA, str(key)], Router(default=FORWARD), Sandbox(allow_read=libraries, metadata=True)
+    )
     assert allowed.out.splitlines()[:2] == ["chmod done", "utime done"], allowed.err
     assert stat.S_IMODE(key.stat().st_mode) == 0o644
 
@@ -679,7 +763,8 @@ async def test_a_connect_fails_without_a_network(python3: tuple[str, list[str]],
 
 @needs_kernel
 async def test_a_connect_the_policy_allows_works_through_the_master(
-    python3: tuple[str, list[str]], listener: int,
+    python3: tuple[str, list[str]],
+    listener: int,
 ) -> None:
     ran = await run([python3[0], "-c", _CLIENT, str(listener)], connecting(listener), python_sandbox(python3))
     assert (ran.status, ran.out) == (0, "PING\n"), ran.err
@@ -687,8 +772,11 @@ async def test_a_connect_the_policy_allows_works_through_the_master(
 
 @needs_kernel
 async def test_a_connect_the_policy_refuses_gets_its_errno(python3: tuple[str, list[str]], listener: int) -> None:
-    ran = await run([python3[0], "-c", _CLIENT, str(listener)], connecting(listener + 1 if listener < 65535 else 1),
-                    python_sandbox(python3))
+    ran = await run(
+        [python3[0], "-c", _CLIENT, str(listener)],
+        connecting(listener + 1 if listener < 65535 else 1),
+        python_sandbox(python3),
+    )
     assert (ran.status, ran.out) == (1, "ECONNREFUSED\n")
 
 
@@ -718,8 +806,10 @@ def sysv_segment() -> Iterator[int]:
 @needs_kernel
 async def test_the_hosts_sysv_ipc_is_out_of_reach(python3: tuple[str, list[str]], sysv_segment: int) -> None:
     """Landlock does not mediate SysV IPC; network=False also gives the slave its own IPC namespace."""
-    code = ("import ctypes, errno, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-            "print('found' if libc.shmget(int(sys.argv[1]), 0, 0) >= 0 else errno.errorcode[ctypes.get_errno()])")
+    code = (
+        "import ctypes, errno, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "print('found' if libc.shmget(int(sys.argv[1]), 0, 0) >= 0 else errno.errorcode[ctypes.get_errno()])"
+    )
     argv = [python3[0], "-c", code, str(sysv_segment)]
     free = await run(argv, Router(default=FORWARD))
     confined = await run(argv, Router(default=FORWARD), python_sandbox(python3))
@@ -739,7 +829,8 @@ async def test_the_slave_cannot_signal_the_master() -> None:
 
 @needs_kernel
 async def test_known_gap_a_pathname_unix_socket_is_not_mediated(
-    python3: tuple[str, list[str]], tmp_path: Path,
+    python3: tuple[str, list[str]],
+    tmp_path: Path,
 ) -> None:
     """Landlock (up to ABI 7) does not check connect() to a named unix socket:
     a slave reaches any such socket it can name. Documented in docs/security.md."""
@@ -759,8 +850,15 @@ async def test_known_gap_a_pathname_unix_socket_is_not_mediated(
 
 
 def command(*args: str, cwd: Path | None = None) -> Ran:
-    done = subprocess.run([*COMMAND, *args], cwd=cwd, env=dict(os.environ, LC_ALL="C"),
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [*COMMAND, *args],
+        cwd=cwd,
+        env=dict(os.environ, LC_ALL="C"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return Ran(done.returncode, done.stdout, done.stderr)
 
 
@@ -793,7 +891,9 @@ def test_cli_sandbox_uses_the_policys_sandbox_and_router(tmp_path: Path) -> None
     (public / "p.txt").write_text("public\n")
     (private / "s.txt").write_text("private\n")
     (private / "other.txt").write_text("other\n")
-    policy = write_policy(tmp_path, f"""
+    policy = write_policy(
+        tmp_path,
+        f"""
         from libc_service import FORWARD, Router, Sandbox, WithFds
         from libc_service.conditions import under
         from libc_service.safepath import open_beneath
@@ -804,7 +904,8 @@ def test_cli_sandbox_uses_the_policys_sandbox_and_router(tmp_path: Path) -> None
         @router.on("open", "openat", when=under({str(private / "s.txt")!r}))
         def grant(req):
             return WithFds(0, [open_beneath({str(private)!r}, req)])
-    """)
+    """,
+    )
     statically = command("run", "--sandbox", str(policy), "--", "cat", str(public / "p.txt"))
     granted = command("run", "--sandbox", str(policy), "--", "cat", str(private / "s.txt"))
     refused = command("run", "--sandbox", str(policy), "--", "cat", str(private / "other.txt"))
@@ -817,13 +918,18 @@ def test_cli_sandbox_uses_the_policys_sandbox_and_router(tmp_path: Path) -> None
     ("patch", "message"),
     [
         ({"landlock_abi": lambda: 0}, "no Landlock"),
-        ({"landlock_abi": lambda: 7, "network_namespaces_available": lambda: "cannot create a network namespace"},
-         "network namespace"),
+        (
+            {"landlock_abi": lambda: 7, "network_namespaces_available": lambda: "cannot create a network namespace"},
+            "network namespace",
+        ),
     ],
 )
 def test_cli_sandbox_without_kernel_support_is_one_clear_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    patch: dict[str, Callable[[], object]], message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    patch: dict[str, Callable[[], object]],
+    message: str,
 ) -> None:
     for name, value in patch.items():
         monkeypatch.setattr(sandbox_module, name, value)

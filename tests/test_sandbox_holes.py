@@ -39,11 +39,19 @@ pytestmark = [
 ]
 
 
-async def run_attempts(program: Path, attempts: Sequence[str], sandbox: Sandbox, *, stdin: int | None = None) -> dict[str, str]:
+async def run_attempts(
+    program: Path, attempts: Sequence[str], sandbox: Sandbox, *, stdin: int | None = None
+) -> dict[str, str]:
     """Run the attempts sandboxed with a forwarding policy; ``{attempt: "OK" or errno name}``."""
-    async with spawn([str(program), *attempts], Router(default=FORWARD), sandbox=sandbox,
-                     env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL if stdin is None else stdin,
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+    async with spawn(
+        [str(program), *attempts],
+        Router(default=FORWARD),
+        sandbox=sandbox,
+        env={"PATH": "/usr/bin:/bin"},
+        stdin=subprocess.DEVNULL if stdin is None else stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
         out, err = await asyncio.wait_for(process.communicate(), 30)
         assert await process.wait() == 0, err
     return dict(line.split("=", 1) for line in out.decode().split())
@@ -74,9 +82,13 @@ async def test_the_slave_cannot_type_into_the_users_terminal(attempts: Path) -> 
 async def test_the_slave_runs_in_a_session_of_its_own() -> None:
     """Its terminal is not its controlling one: the terminal's job control goes to the master."""
     probe = "import os; print(os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid())"
-    async with spawn([PYTHON, "-S", "-c", probe], Router(default=FORWARD),
-                     sandbox=Sandbox(allow_read=[sys.prefix, sys.base_prefix]),
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+    async with spawn(
+        [PYTHON, "-S", "-c", probe],
+        Router(default=FORWARD),
+        sandbox=Sandbox(allow_read=[sys.prefix, sys.base_prefix]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
         out, err = await process.communicate()
         assert process.own_session
     assert out.split() == [b"True", b"True"], err
@@ -85,14 +97,27 @@ async def test_the_slave_runs_in_a_session_of_its_own() -> None:
 async def test_the_slave_cannot_limit_or_starve_the_master(attempts: Path) -> None:
     """Resource limits, priority and CPU placement of other processes are refused; of itself, not."""
     before = os.getpriority(os.PRIO_PROCESS, 0)
-    seen = await run_attempts(attempts, [
-        "prlimit_parent", "setpriority_user", "setpriority_parent", "setaffinity_parent",
-        "prlimit_self", "prlimit_parent_read", "setpriority_self",
-    ], Sandbox())
+    seen = await run_attempts(
+        attempts,
+        [
+            "prlimit_parent",
+            "setpriority_user",
+            "setpriority_parent",
+            "setaffinity_parent",
+            "prlimit_self",
+            "prlimit_parent_read",
+            "setpriority_self",
+        ],
+        Sandbox(),
+    )
     assert seen == {
-        "prlimit_parent": "EPERM", "setpriority_user": "EPERM", "setpriority_parent": "EPERM",
+        "prlimit_parent": "EPERM",
+        "setpriority_user": "EPERM",
+        "setpriority_parent": "EPERM",
         "setaffinity_parent": "EPERM",
-        "prlimit_self": "OK", "prlimit_parent_read": "OK", "setpriority_self": "OK",
+        "prlimit_self": "OK",
+        "prlimit_parent_read": "OK",
+        "setpriority_self": "OK",
     }
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
@@ -129,14 +154,21 @@ def test_the_slave_holds_only_stdio_and_the_shims_descriptors(loop: str) -> None
         runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
     inherited = os.open("/dev/null", os.O_RDONLY)  # not close-on-exec: a descriptor a master's parent left it
     os.set_inheritable(inherited, True)
-    probe = ("import os\n"
-             "def is_open(fd):\n"
-             "    try:\n        os.fstat(fd)\n    except OSError:\n        return False\n    return True\n"
-             "print(*[fd for fd in range(4096) if is_open(fd)])")
+    probe = (
+        "import os\n"
+        "def is_open(fd):\n"
+        "    try:\n        os.fstat(fd)\n    except OSError:\n        return False\n    return True\n"
+        "print(*[fd for fd in range(4096) if is_open(fd)])"
+    )
 
     async def listing(sandbox: Sandbox | None) -> list[int]:
-        async with spawn([PYTHON, "-S", "-c", probe], Router(default=FORWARD), sandbox=sandbox,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        async with spawn(
+            [PYTHON, "-S", "-c", probe],
+            Router(default=FORWARD),
+            sandbox=sandbox,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
             out, err = await process.communicate()
         assert out, err
         return [int(word) for word in out.split()]
@@ -165,10 +197,23 @@ async def test_sigterm_twice_ends_a_program_that_ignores_it(tmp_path: Path) -> N
     """The command always exits: a second SIGTERM kills what ignored the first."""
     policy = tmp_path / "policy.py"
     policy.write_text("from libc_service import FORWARD, Router\nrouter = Router(default=FORWARD)\n")
-    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    script = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    )
     command = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "libc_service.cli", "run", str(policy), "--", PYTHON, "-S", "-c", script,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "libc_service.cli",
+        "run",
+        str(policy),
+        "--",
+        PYTHON,
+        "-S",
+        "-c",
+        script,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert command.stdout is not None
     assert await asyncio.wait_for(command.stdout.readline(), 30) == b"ready\n"
     command.send_signal(signal.SIGTERM)
@@ -177,7 +222,6 @@ async def test_sigterm_twice_ends_a_program_that_ignores_it(tmp_path: Path) -> N
     command.send_signal(signal.SIGTERM)
     status = await asyncio.wait_for(command.wait(), 30)
     assert status == 128 + signal.SIGKILL
-
 
 
 def _read_until(fd: int, word: bytes, timeout: float = 30) -> bytes:
@@ -205,12 +249,28 @@ def test_ctrl_z_fg_and_ctrl_c_work_for_a_sandboxed_program_in_its_own_session(tm
         "router = Router(default=FORWARD)\n"
         f"sandbox = Sandbox(allow_read=[{sys.prefix!r}, {sys.base_prefix!r}])\n"
     )
-    program = ("import time\nprint('ready', flush=True)\ntry:\n    time.sleep(30)\n"
-               "except KeyboardInterrupt:\n    print('interrupted', flush=True)\n")
+    program = (
+        "import time\nprint('ready', flush=True)\ntry:\n    time.sleep(30)\n"
+        "except KeyboardInterrupt:\n    print('interrupted', flush=True)\n"
+    )
     pid, terminal = pty.fork()
     if pid == 0:  # pragma: no cover - the child execs at once
-        os.execv(sys.executable, [sys.executable, "-m", "libc_service.cli", "run", "--sandbox", str(policy), "--",
-                                  PYTHON, "-S", "-c", program])
+        os.execv(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "libc_service.cli",
+                "run",
+                "--sandbox",
+                str(policy),
+                "--",
+                PYTHON,
+                "-S",
+                "-c",
+                program,
+            ],
+        )
     try:
         assert b"ready" in _read_until(terminal, b"ready")
         os.write(terminal, b"\x1a")  # Ctrl-Z
@@ -240,10 +300,23 @@ async def test_ctrl_c_three_times_ends_a_program_that_ignores_it(tmp_path: Path)
     """Once or twice is the program's to handle (a REPL); three times in two seconds kills it."""
     policy = tmp_path / "policy.py"
     policy.write_text("from libc_service import FORWARD, Router\nrouter = Router(default=FORWARD)\n")
-    script = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    script = (
+        "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    )
     command = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "libc_service.cli", "run", str(policy), "--", PYTHON, "-S", "-c", script,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "libc_service.cli",
+        "run",
+        str(policy),
+        "--",
+        PYTHON,
+        "-S",
+        "-c",
+        script,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert command.stdout is not None
     assert await asyncio.wait_for(command.stdout.readline(), 30) == b"ready\n"
     for _ in range(2):

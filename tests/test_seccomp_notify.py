@@ -55,7 +55,9 @@ def static_program(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
             target = out_dir / name
             done = subprocess.run(
                 [compiler, "-static", "-O2", "-Wall", "-pthread", "-o", str(target), str(C_DIR / f"{name}.c")],
-                capture_output=True, timeout=120, check=False,
+                capture_output=True,
+                timeout=120,
+                check=False,
             )
             if done.returncode != 0:
                 pytest.skip(f"cannot link statically (no static libc?): {done.stderr.decode()[-300:]}")
@@ -74,8 +76,7 @@ def memfd(text: bytes) -> int:
 
 
 async def run(argv: list[str], router: Router, **options: object) -> tuple[int, str, str]:
-    async with spawn(argv, router, seccomp=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                     **options) as process:  # type: ignore[arg-type]
+    async with spawn(argv, router, seccomp=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options) as process:  # type: ignore[arg-type]
         out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
     assert process.returncode is not None
     return process.returncode, (out or b"").decode(), (err or b"").decode()
@@ -134,8 +135,9 @@ def test_uvloop_hands_the_listener_over_too(static_program: Callable[[str], Path
         return WithFds(fd, [fd])
 
     async def main() -> tuple[int, str, str]:
-        return await run([str(static_program("seccomp_cat")), "relative"], router, stdin=subprocess.DEVNULL,
-                         cwd=tmp_path)
+        return await run(
+            [str(static_program("seccomp_cat")), "relative"], router, stdin=subprocess.DEVNULL, cwd=tmp_path
+        )
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         status, out, _ = runner.run(main())
@@ -146,7 +148,8 @@ async def test_getent_reads_the_fake_passwd_a_policy_file_hands_it(tmp_path: Pat
     if shutil.which("getent") is None:
         pytest.skip("no getent")
     policy = tmp_path / "fake_passwd.py"
-    policy.write_text(textwrap.dedent("""
+    policy.write_text(
+        textwrap.dedent("""
         import os
         from libc_service import FORWARD, Router, WithFds
         from libc_service.conditions import under
@@ -160,10 +163,13 @@ async def test_getent_reads_the_fake_passwd_a_policy_file_hands_it(tmp_path: Pat
             os.write(fd, b"root:x:0:0:Fake Root:/fake:/bin/false\\n")
             os.lseek(fd, 0, os.SEEK_SET)
             return WithFds(fd, [fd])
-    """))
+    """)
+    )
     done = subprocess.run(
         [sys.executable, "-m", "libc_service", "run", "--seccomp", str(policy), "--", "getent", "passwd", "root"],
-        capture_output=True, timeout=TIMEOUT, check=False,
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
     )
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode() == "root:x:0:0:Fake Root:/fake:/bin/false\n"
@@ -201,8 +207,10 @@ async def test_a_dynamic_program_has_each_call_decided_once_and_getaddrinfo_thro
         return [AddrInfo("192.0.2.7", 80)]
 
     decisions = recorded(router)
-    code = ("import socket; print(socket.getaddrinfo('db.example', 80, type=socket.SOCK_STREAM)[0][4]); "
-            "print(len(open('/etc/hostname').read()) > 0)")
+    code = (
+        "import socket; print(socket.getaddrinfo('db.example', 80, type=socket.SOCK_STREAM)[0][4]); "
+        "print(len(open('/etc/hostname').read()) > 0)"
+    )
     status, out, err = await run([PYTHON, "-c", code], router)
     assert (status, out) == (0, "('192.0.2.7', 80)\nTrue\n"), err
     assert lookups == ["shim"]
@@ -215,13 +223,17 @@ async def test_a_dynamic_program_has_each_call_decided_once_and_getaddrinfo_thro
 
 
 def test_trace_says_which_calls_came_as_seccomp_notifications(
-    static_program: Callable[[str], Path], tmp_path: Path,
+    static_program: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     program = str(static_program("seccomp_calls"))
     log = tmp_path / "trace.log"
     done = subprocess.run(
         [sys.executable, "-m", "libc_service", "trace", "--seccomp", "-o", str(log), "--", program, "mkdir", "made"],
-        capture_output=True, timeout=TIMEOUT, check=False, cwd=tmp_path,
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+        cwd=tmp_path,
     )
     assert (done.returncode, done.stdout) == (0, b"mkdir: 0\n"), done.stderr.decode()
     [line] = [line for line in log.read_text().splitlines() if "mkdir(" in line]
@@ -229,9 +241,23 @@ def test_trace_says_which_calls_came_as_seccomp_notifications(
     # The kernel continued the call: what it returned is not known (no result, no "[forwarded]").
     assert f'mkdir("made" (in {json.dumps(str(tmp_path))}), 0750) = forwarded <' in line
     done = subprocess.run(
-        [sys.executable, "-m", "libc_service", "trace", "--seccomp", "--json", "-o", str(log), "--", program,
-         "stat", "/"],
-        capture_output=True, timeout=TIMEOUT, check=False,
+        [
+            sys.executable,
+            "-m",
+            "libc_service",
+            "trace",
+            "--seccomp",
+            "--json",
+            "-o",
+            str(log),
+            "--",
+            program,
+            "stat",
+            "/",
+        ],
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
     )
     assert done.returncode == 0, done.stderr.decode()
     records = [json.loads(line) for line in log.read_text().splitlines()]
@@ -261,7 +287,8 @@ async def test_a_call_through_the_shim_says_shim() -> None:
 
 
 async def test_stat_lstat_and_statx_write_the_policys_stat_into_the_programs_buffer(
-    static_program: Callable[[str], Path], tmp_path: Path,
+    static_program: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     ghost = str(tmp_path / "ghost")
     router = Router(default=FORWARD)
@@ -279,7 +306,8 @@ async def test_stat_lstat_and_statx_write_the_policys_stat_into_the_programs_buf
 
 
 async def test_errnos_and_forwarded_mutations_keep_their_dirfds(
-    static_program: Callable[[str], Path], tmp_path: Path,
+    static_program: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     router = Router(default=FORWARD)
     seen: list[tuple[str, str, str | None]] = []
@@ -304,7 +332,10 @@ async def test_errnos_and_forwarded_mutations_keep_their_dirfds(
         await run([program, "access", str(tmp_path / "old"), "rw"], router),
     ]
     assert [out for _, out, _ in outputs] == [
-        "mkdir: 0\n", "unlinkat: 0\n", "rename: EEXIST\n", "access: 0\neaccess: EROFS\n",
+        "mkdir: 0\n",
+        "unlinkat: 0\n",
+        "rename: EEXIST\n",
+        "access: 0\neaccess: EROFS\n",
     ]
     assert (tmp_path / "made").is_dir() and not (tmp_path / "victim").exists()
     assert ("mkdir", "made", str(tmp_path)) in seen  # AT_FDCWD: the program's working directory
@@ -327,7 +358,8 @@ async def test_an_installed_descriptor_has_close_on_exec_exactly_when_the_progra
 
 
 async def test_a_connect_the_master_makes_replaces_the_programs_socket(
-    static_program: Callable[[str], Path], tmp_path: Path,
+    static_program: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     server_path = str(tmp_path / "real.sock")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -359,7 +391,8 @@ async def test_a_connect_the_master_makes_replaces_the_programs_socket(
 
 @pytest.mark.parametrize("concurrent", [False, True], ids=["sequential", "concurrent"])
 async def test_an_async_handler_answers_later_and_the_next_calls_are_served(
-    static_program: Callable[[str], Path], concurrent: bool,
+    static_program: Callable[[str], Path],
+    concurrent: bool,
 ) -> None:
     router = Router(default=FORWARD, concurrent=concurrent)
 
@@ -377,7 +410,8 @@ async def test_an_async_handler_answers_later_and_the_next_calls_are_served(
 
 
 async def test_a_bind_the_master_performs_beneath_the_programs_cwd_replaces_its_socket(
-    static_program: Callable[[str], Path], tmp_path: Path,
+    static_program: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     router = Router(default=FORWARD)
     seen: list[tuple[str, str | None]] = []
@@ -398,20 +432,27 @@ async def test_a_bind_the_master_performs_beneath_the_programs_cwd_replaces_its_
 
 
 async def test_bad_pointers_fail_with_efault_and_the_master_serves_on(
-    static_program: Callable[[str], Path], no_master_errors: None,
+    static_program: Callable[[str], Path],
+    no_master_errors: None,
 ) -> None:
     router = Router(default=FORWARD)
     status, out, _ = await run([str(static_program("seccomp_calls")), "badptr"], router)
     assert status == 0
     assert out.splitlines()[:6] == [
-        "open NULL: EFAULT", "open 1: EFAULT", "open unterminated: EFAULT", "stat into read-only: EFAULT",
-        "connect bad address: EFAULT", "openat2 bad how: EFAULT",
+        "open NULL: EFAULT",
+        "open 1: EFAULT",
+        "open unterminated: EFAULT",
+        "stat into read-only: EFAULT",
+        "connect bad address: EFAULT",
+        "openat2 bad how: EFAULT",
     ]
     assert out.splitlines()[6].startswith("open after: ")
 
 
 async def test_a_path_switched_by_another_thread_gets_the_answer_for_the_path_the_master_read(
-    static_program: Callable[[str], Path], tmp_path: Path, no_master_errors: None,
+    static_program: Callable[[str], Path],
+    tmp_path: Path,
+    no_master_errors: None,
 ) -> None:
     """The master decides on its own copy: a granted open gets the master's descriptor, never the secret."""
     secret = tmp_path / "secret"
@@ -433,7 +474,9 @@ async def test_a_path_switched_by_another_thread_gets_the_answer_for_the_path_th
 
 
 async def test_a_program_killed_while_its_call_is_decided_leaves_the_master_serving(
-    static_program: Callable[[str], Path], fd_count: object, no_master_errors: None,
+    static_program: Callable[[str], Path],
+    fd_count: object,
+    no_master_errors: None,
 ) -> None:
     router = Router(default=FORWARD)
     asked = asyncio.Event()
@@ -449,8 +492,9 @@ async def test_a_program_killed_while_its_call_is_decided_leaves_the_master_serv
         return WithFds(fd, [fd])
 
     before = fd_count.snapshot()  # type: ignore[attr-defined]
-    async with spawn([str(static_program("seccomp_calls")), "wait", "/wait-here"], router, seccomp=True,
-                     stdout=subprocess.DEVNULL) as process:
+    async with spawn(
+        [str(static_program("seccomp_calls")), "wait", "/wait-here"], router, seccomp=True, stdout=subprocess.DEVNULL
+    ) as process:
         await asyncio.wait_for(asked.wait(), TIMEOUT)
         process.kill()
         assert await asyncio.wait_for(process.wait(), TIMEOUT) == 128 + 9
@@ -465,7 +509,8 @@ async def test_a_program_killed_while_its_call_is_decided_leaves_the_master_serv
 
 
 async def test_policy_bugs_fail_only_their_call_with_error_errno(
-    static_program: Callable[[str], Path], caplog: pytest.LogCaptureFixture,
+    static_program: Callable[[str], Path],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     router = Router(default=FORWARD, error_errno=errno.EPERM)
 

@@ -68,9 +68,22 @@ def symbols(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[set[str
     for source in SOURCES:
         obj = out_dir / (source.stem + ".o")
         compiled = subprocess.run(
-            [cc, "-c", "-fPIC", "-fvisibility=hidden", "-std=gnu11", "-pthread", "-D_GNU_SOURCE=1",
-             f"-I{SHIM_DIR}", str(source), "-o", str(obj)],
-            capture_output=True, text=True)
+            [
+                cc,
+                "-c",
+                "-fPIC",
+                "-fvisibility=hidden",
+                "-std=gnu11",
+                "-pthread",
+                "-D_GNU_SOURCE=1",
+                f"-I{SHIM_DIR}",
+                str(source),
+                "-o",
+                str(obj),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert compiled.returncode == 0, f"{source.name} does not compile on its own:\n{compiled.stderr}"
         result[source.stem] = _symbols(nm, obj)
     return result
@@ -101,7 +114,7 @@ def find_cycle(graph: dict[str, dict[str, set[str]]]) -> list[str] | None:
         path.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state:
                 found = visit(target)
                 if found:
@@ -146,8 +159,11 @@ def test_the_real_libc_file_depends_on_no_other_shim_file(symbols: dict[str, tup
 
 
 def test_only_the_real_libc_file_resolves_or_bypasses_libc(symbols: dict[str, tuple[set[str], set[str]]]) -> None:
-    offenders = {name: sorted(undefined & _DYNAMIC_LOOKUP)
-                 for name, (_, undefined) in symbols.items() if name != REAL_FILE and undefined & _DYNAMIC_LOOKUP}
+    offenders = {
+        name: sorted(undefined & _DYNAMIC_LOOKUP)
+        for name, (_, undefined) in symbols.items()
+        if name != REAL_FILE and undefined & _DYNAMIC_LOOKUP
+    }
     assert not offenders, f"only {REAL_FILE}.c may call dlsym or syscall: {offenders}"
     assert "dlsym" in symbols.get(REAL_FILE, (set(), set()))[1]
 
@@ -157,6 +173,10 @@ def test_no_file_calls_another_files_interposed_function(symbols: dict[str, tupl
     into the shim: the real function is reached through LCS_REAL only."""
     graph = dependency_graph(symbols)
     interposed = {symbol for _, (defined, _) in symbols.items() for symbol in defined if not symbol.startswith("lcs_")}
-    calls = {f"{name}.c -> {target}.c": sorted(used & interposed)
-             for name, uses in graph.items() for target, used in uses.items() if used & interposed}
+    calls = {
+        f"{name}.c -> {target}.c": sorted(used & interposed)
+        for name, uses in graph.items()
+        for target, used in uses.items()
+        if used & interposed
+    }
     assert not calls

@@ -224,7 +224,9 @@ async def test_a_failure_arrives_as_minus_one_and_its_errno(errno_value: int, as
 
 
 @pytest.mark.parametrize("function", ["open", "stat", "getaddrinfo", "connect_inet6"])
-async def test_a_forward_arrives_as_forwarded(channel: tuple[Master, Slave], function: str, real_fds: dict[str, int]) -> None:
+async def test_a_forward_arrives_as_forwarded(
+    channel: tuple[Master, Slave], function: str, real_fds: dict[str, int]
+) -> None:
     master, slave = channel
     every: dict[str, dict[str, Any]] = {
         "open": {"path": "/etc/hostname", "flags": ["read_only"]},
@@ -256,7 +258,9 @@ async def test_descriptors_on_a_reply_belong_to_the_caller(channel: tuple[Master
     fd_count.assert_unchanged(before)
 
 
-async def test_the_callers_descriptors_stay_the_callers(channel: tuple[Master, Slave], real_fds: dict[str, int]) -> None:
+async def test_the_callers_descriptors_stay_the_callers(
+    channel: tuple[Master, Slave], real_fds: dict[str, int]
+) -> None:
     master, slave = channel
     calling = in_thread(slave.call, "openat", path="x", flags=["read_only"], fds=[real_fds["directory"]])
     await master.receive()
@@ -391,11 +395,19 @@ class RawMaster:
     ("reply", "nfds"),
     [
         pytest.param(lambda req: b"nonsense", 0, id="garbage"),
-        pytest.param(lambda req: raw_reply(tid=req.tid, request_id=req.request_id, kind=9), 0, id="unknown payload kind"),
+        pytest.param(
+            lambda req: raw_reply(tid=req.tid, request_id=req.request_id, kind=9), 0, id="unknown payload kind"
+        ),
         pytest.param(lambda req: raw_reply(tid=req.tid, request_id=req.request_id), 2, id="two descriptors on open"),
         pytest.param(lambda req: raw_reply(tid=req.tid, request_id=req.request_id + 1), 1, id="another request's id"),
-        pytest.param(lambda req: raw_reply(tid=req.tid, request_id=req.request_id, function=wire.CODE["stat"]), 0, id="another function"),
-        pytest.param(lambda req: raw_reply(tid=req.tid, request_id=req.request_id) + bytes(wire.MAX_MESSAGE), 0, id="oversized"),
+        pytest.param(
+            lambda req: raw_reply(tid=req.tid, request_id=req.request_id, function=wire.CODE["stat"]),
+            0,
+            id="another function",
+        ),
+        pytest.param(
+            lambda req: raw_reply(tid=req.tid, request_id=req.request_id) + bytes(wire.MAX_MESSAGE), 0, id="oversized"
+        ),
         pytest.param(lambda req: b"", 3, id="descriptors without bytes"),
     ],
 )

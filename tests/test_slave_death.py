@@ -135,14 +135,16 @@ def _warm_up(factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
         runner.run(spawn_once())
 
 
-async def _victim_slot(program: Path, death: Death, router: Router, rnd: random.Random, kills: list[int],
-                       statuses: list[int]) -> None:
+async def _victim_slot(
+    program: Path, death: Death, router: Router, rnd: random.Random, kills: list[int], statuses: list[int]
+) -> None:
     while len(kills) < KILLS:
         kills.append(0)
         plan = Victim(kill_at=rnd.randint(1, 60), from_handler=rnd.random() < 0.5)
         argv = [str(program), str(VICTIM_THREADS), "1000000000", VICTIM_PATH, str(VICTIM_SIZE)]
-        async with spawn(argv, router, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL) as process:
+        async with spawn(
+            argv, router, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ) as process:
             death.victims[process.pid] = plan
             try:
                 await asyncio.wait_for(plan.arrived.wait(), 30)
@@ -159,8 +161,9 @@ async def _victim_slot(program: Path, death: Death, router: Router, rnd: random.
 async def _survivor(program: Path, router: Router, done: asyncio.Event, statuses: list[int]) -> None:
     argv = [str(program), str(SURVIVOR_THREADS), str(SURVIVOR_CALLS), SURVIVOR_PATH, str(SURVIVOR_SIZE)]
     while not done.is_set() or not statuses:
-        async with spawn(argv, router, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE) as process:
+        async with spawn(
+            argv, router, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as process:
             out, err = await asyncio.wait_for(process.communicate(), 60)
             status = await process.wait()
         assert status == 0, f"the survivor got wrong answers: status {status}, {out!r} {err!r}"
@@ -176,10 +179,12 @@ async def _scenario(program: Path, death: Death) -> tuple[list[int], list[int]]:
     done = asyncio.Event()
     survivor = asyncio.ensure_future(_survivor(program, router, done, survivor_statuses))
     try:
-        await asyncio.gather(*(
-            _victim_slot(program, death, router, random.Random(rnd.random()), kills, victim_statuses)
-            for _ in range(SLOTS)
-        ))
+        await asyncio.gather(
+            *(
+                _victim_slot(program, death, router, random.Random(rnd.random()), kills, victim_statuses)
+                for _ in range(SLOTS)
+            )
+        )
     finally:
         done.set()
         await asyncio.wait_for(survivor, 60)
@@ -192,8 +197,12 @@ async def _scenario(program: Path, death: Death) -> tuple[list[int], list[int]]:
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 @pytest.mark.parametrize("mode", ["sync", "async", "concurrent"])
 def test_slaves_killed_mid_call_end_their_sessions_quietly(
-    c_program: Callable[[str], Path], fd_count: Any, caplog: pytest.LogCaptureFixture,
-    capfd: pytest.CaptureFixture[str], loop: str, mode: str,
+    c_program: Callable[[str], Path],
+    fd_count: Any,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    loop: str,
+    mode: str,
 ) -> None:
     """``sync``: the reader callback answers (the fast path); ``async``: the
     session's task does; ``concurrent``: one task per call."""
@@ -212,14 +221,19 @@ def test_slaves_killed_mid_call_end_their_sessions_quietly(
     assert death.survivor_calls == len(survivors) * SURVIVOR_THREADS * SURVIVOR_CALLS
     assert death.longest_silence < LONGEST_SILENCE
     assert death.unexpected == []
-    noisy = [record for record in caplog.records
-             if record.exc_info or record.levelno >= logging.ERROR or "Traceback" in record.getMessage()]
+    noisy = [
+        record
+        for record in caplog.records
+        if record.exc_info or record.levelno >= logging.ERROR or "Traceback" in record.getMessage()
+    ]
     assert noisy == [], "\n".join(record.getMessage() for record in noisy)
     captured = capfd.readouterr()
     for text in (captured.out, captured.err):
         assert "Traceback" not in text and "Exception in callback" not in text, text
-    print(f"{mode}/{loop}: {len(victims)} victims killed, {len(survivors)} survivor runs, "
-          f"{death.survivor_calls} survivor calls, longest silence {death.longest_silence * 1000:.0f} ms")
+    print(
+        f"{mode}/{loop}: {len(victims)} victims killed, {len(survivors)} survivor runs, "
+        f"{death.survivor_calls} survivor calls, longest silence {death.longest_silence * 1000:.0f} ms"
+    )
 
 
 # ------------------------------------------- each interleaving, on its own
@@ -231,7 +245,8 @@ def test_slaves_killed_mid_call_end_their_sessions_quietly(
 
 def _stat(path: str, request_id: int) -> bytes:
     request = StatRequest.model_validate(
-        {"function": "stat", "pid": os.getpid(), "tid": 1000 + request_id, "request_id": request_id, "path": path})
+        {"function": "stat", "pid": os.getpid(), "tid": 1000 + request_id, "request_id": request_id, "path": path}
+    )
     data, fds = wire.encode_request(request)
     assert not fds
     return data
@@ -411,7 +426,6 @@ def test_closing_a_session_from_its_owner_while_calls_are_in_every_state(
     fd_count.assert_unchanged(before)
 
 
-
 # ------------------------------------------------ the command, as reported
 
 _POLICY = f'''
@@ -445,7 +459,9 @@ done
 
 #: ``libc-service`` with uvloop hidden: the default asyncio loop, as after
 #: ``pip install .`` without ``[fast]``.
-_WITHOUT_UVLOOP = "import sys; sys.modules['uvloop'] = None; from libc_service.cli import main; raise SystemExit(main())"
+_WITHOUT_UVLOOP = (
+    "import sys; sys.modules['uvloop'] = None; from libc_service.cli import main; raise SystemExit(main())"
+)
 
 
 @pytest.mark.slow
@@ -462,7 +478,10 @@ def test_libc_service_run_prints_no_traceback_when_its_program_is_killed_mid_cal
     command = ["-c", _WITHOUT_UVLOOP] if loop == "asyncio" else ["-m", "libc_service"]
     done = subprocess.run(
         [sys.executable, *command, "run", str(policy), "--", "sh", "-c", script, str(program)],
-        capture_output=True, text=True, timeout=100, check=False,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     noisy = [line for line in done.stderr.splitlines() if "dropped" not in line]

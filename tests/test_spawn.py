@@ -88,12 +88,14 @@ async def test_fopen_reads_the_pipe_the_master_handed_it(c_program: Callable[[st
     assert (plain.status, plain.out) == (0, "from the master\ncloexec=0\n")
     assert (cloexec.status, cloexec.out) == (0, "from the master\ncloexec=1\n")
     assert [(req.function, sorted(req.flags)) for req in asked] == [
-        ("open", ["read_only"]), ("open", ["close_on_exec", "read_only"])
+        ("open", ["read_only"]),
+        ("open", ["close_on_exec", "read_only"]),
     ]
 
 
 async def test_fopen_for_writing_asks_with_open_flags_and_gets_the_policys_errno(
-    c_program: Callable[[str], Path], tmp_path: Path,
+    c_program: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     router = Router()
     asked: list[tuple[list[str], int | None]] = []
@@ -118,7 +120,8 @@ async def test_fopen_for_writing_asks_with_open_flags_and_gets_the_policys_errno
 
 
 async def test_fopen_with_a_mode_the_shim_does_not_parse_goes_to_the_real_fopen(
-    c_program: Callable[[str], Path], tmp_path: Path,
+    c_program: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     (tmp_path / "text").write_text("plain\n")
     router = Router(default=FORWARD)
@@ -133,7 +136,8 @@ async def test_fopen_with_a_mode_the_shim_does_not_parse_goes_to_the_real_fopen(
 
 
 async def test_opendir_lists_the_directory_the_master_opened(
-    c_program: Callable[[str], Path], tmp_path: Path,
+    c_program: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     (tmp_path / "asked").mkdir()
     (tmp_path / "asked" / "visible").write_text("")
@@ -154,7 +158,8 @@ async def test_opendir_lists_the_directory_the_master_opened(
 
 
 async def test_opendir_fails_with_the_errno_the_policy_raised(
-    c_program: Callable[[str], Path], tmp_path: Path,
+    c_program: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     (tmp_path / "f").write_text("f\n")
     router = Router()
@@ -174,8 +179,9 @@ async def test_an_inherited_static_tree_list_is_dropped_without_a_sandbox(tmp_pa
     (tmp_path / "f").write_text("f\n")
     router = Router(default=FORWARD)
     decisions = observed(router)
-    ran = await run_slave(["sh", "-c", f'echo "${{LIBC_SERVICE_LOCAL-unset}}"; cat {tmp_path}/f'], router,
-                          env={"LIBC_SERVICE_LOCAL": "/"})
+    ran = await run_slave(
+        ["sh", "-c", f'echo "${{LIBC_SERVICE_LOCAL-unset}}"; cat {tmp_path}/f'], router, env={"LIBC_SERVICE_LOCAL": "/"}
+    )
     assert (ran.status, ran.out) == (0, "unset\nf\n")
     assert str(tmp_path / "f") in [str(getattr(d.request, "path", "")) for d in decisions]
 
@@ -224,8 +230,12 @@ async def test_getaddrinfo_answers_an_invented_name() -> None:
     assert ran.status == 0
     lines = [line.split() for line in ran.out.splitlines()]
     assert [line[:2] for line in lines] == [
-        ["192.0.2.7", "STREAM"], ["192.0.2.7", "DGRAM"], ["192.0.2.7", "RAW"],
-        ["2001:db8::7", "STREAM"], ["2001:db8::7", "DGRAM"], ["2001:db8::7", "RAW"],
+        ["192.0.2.7", "STREAM"],
+        ["192.0.2.7", "DGRAM"],
+        ["192.0.2.7", "RAW"],
+        ["2001:db8::7", "STREAM"],
+        ["2001:db8::7", "DGRAM"],
+        ["2001:db8::7", "RAW"],
     ]
     native = await run_slave(["getent", "ahosts", "invented.example"], Router())
     assert native.status == 2  # the name really is invented
@@ -485,7 +495,10 @@ async def test_exit_status_passes_through(script: str, status: int) -> None:
 async def test_stdio_and_environment_pass_through(tmp_path: Path) -> None:
     ran = await run_slave(
         ["sh", "-c", 'read line; echo "got $line in $PWD with $GREETING"; echo oops >&2; exit 5'],
-        Router(), cwd=tmp_path, env={"GREETING": "hi"}, stdin=b"input\n",
+        Router(),
+        cwd=tmp_path,
+        env={"GREETING": "hi"},
+        stdin=b"input\n",
     )
     assert (ran.status, ran.out, ran.err) == (5, f"got input in {tmp_path} with hi\n", "oops\n")
 
@@ -567,13 +580,15 @@ async def test_the_registration_listener_yields_each_channel_and_ends_when_the_t
     listener = RegistrationListener(mine)
     channel, kept = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.send(b"not a registration")
-    theirs.sendmsg([wire_module.encode_registration(4242)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                               array.array("i", [channel.fileno()]))])
+    theirs.sendmsg(
+        [wire_module.encode_registration(4242)],
+        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno()]))],
+    )
     channel.close()
     theirs.close()
     registered = [(pid, sock) async for pid, sock in listener]
     assert [pid for pid, _ in registered] == [4242]
-    (_, received), = registered
+    ((_, received),) = registered
     received.send(b"ping")
     assert kept.recv(16) == b"ping"
     received.close()

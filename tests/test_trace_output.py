@@ -14,8 +14,15 @@ pytestmark = needs_shim
 
 
 def trace(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "libc_service", "trace", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
+    return subprocess.run(
+        [sys.executable, "-m", "libc_service", "trace", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+    )
 
 
 def test_lines_name_the_program_the_directory_and_the_mode_in_octal(tmp_path: Path) -> None:
@@ -79,7 +86,7 @@ def test_forwarded_calls_show_what_they_returned_as_strace_does(tmp_path: Path) 
     assert f'open("missing" {where}, close_on_exec|read_only, NULL) {enoent}' in log, log
     assert f'open("{tmp_path}/missing", close_on_exec|read_only, NULL) {enoent}' in log, log
     assert f'stat("{tmp_path}/f") = 0 [forwarded]' in log, log
-    assert 'connect_unix(' in log and f'"sock" {where}) = 0 [forwarded]' in log, log
+    assert "connect_unix(" in log and f'"sock" {where}) = 0 [forwarded]' in log, log
     assert f'"nosock" {where}) {enoent}' in log, log
 
 

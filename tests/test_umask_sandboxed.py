@@ -33,7 +33,12 @@ async def test_an_inherited_umask_arrives_although_proc_is_not_readable(tmp_path
         return FORWARD
 
     # umask is a shell builtin; the exec'd mkdir inherits 077 and reads it in its constructor.
-    async with spawn(["sh", "-c", f"umask 077; exec mkdir {tmp_path}/d"], router, sandbox=Sandbox(allow_exec=["/usr/bin", "/bin"]),
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+    async with spawn(
+        ["sh", "-c", f"umask 077; exec mkdir {tmp_path}/d"],
+        router,
+        sandbox=Sandbox(allow_exec=["/usr/bin", "/bin"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as process:
         await asyncio.wait_for(process.wait(), 30)
     assert seen == [0o077]

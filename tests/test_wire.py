@@ -41,6 +41,7 @@ from strategies import raw_reply, raw_request
 
 # ------------------------------------------------------------------ helpers
 
+
 def test_the_header_layouts_match_the_protocol_document() -> None:
     assert wire.REQUEST.size == 72
     assert wire.GROUP.size == 4
@@ -55,10 +56,29 @@ def test_the_header_layouts_match_the_protocol_document() -> None:
 
 def test_function_codes_are_the_documented_ones() -> None:
     documented = {
-        1: "open", 2: "openat", 3: "unlink", 4: "rename", 5: "stat", 6: "lstat", 7: "access",
-        8: "eaccess", 9: "mkdir", 10: "rmdir", 11: "connect_unix", 12: "connect_inet",
-        13: "connect_inet6", 14: "bind_unix", 15: "bind_inet", 16: "bind_inet6", 17: "getaddrinfo",
-        18: "chmod", 19: "fchmod", 20: "chown", 21: "fchown", 22: "utimens", 23: "futimens",
+        1: "open",
+        2: "openat",
+        3: "unlink",
+        4: "rename",
+        5: "stat",
+        6: "lstat",
+        7: "access",
+        8: "eaccess",
+        9: "mkdir",
+        10: "rmdir",
+        11: "connect_unix",
+        12: "connect_inet",
+        13: "connect_inet6",
+        14: "bind_unix",
+        15: "bind_inet",
+        16: "bind_inet6",
+        17: "getaddrinfo",
+        18: "chmod",
+        19: "fchmod",
+        20: "chown",
+        21: "fchown",
+        22: "utimens",
+        23: "futimens",
     }
     assert {code: name for name, code in wire.CODE.items()} == documented
     assert set(REQUEST_TYPES) == set(FUNCTIONS) == set(documented.values())
@@ -67,16 +87,27 @@ def test_function_codes_are_the_documented_ones() -> None:
 def test_metadata_arguments_travel_as_documented() -> None:
     """chown's ids in the address field's first 8 bytes, utimens's times in its 16, flags say which."""
     chown = wire.decode_request(
-        raw_request(b"x", function=wire.CODE["chown"], flags=wire.META_NO_FOLLOW | wire.CHOWN_GROUP,
-                    address=bytes(4) + (1000).to_bytes(4, "little") + bytes(8), roles=wire.ROLE_DIR1), [5])
+        raw_request(
+            b"x",
+            function=wire.CODE["chown"],
+            flags=wire.META_NO_FOLLOW | wire.CHOWN_GROUP,
+            address=bytes(4) + (1000).to_bytes(4, "little") + bytes(8),
+            roles=wire.ROLE_DIR1,
+        ),
+        [5],
+    )
     assert (chown.owner, chown.group, chown.no_follow, chown.dirfd) == (None, 1000, True, 5)  # type: ignore[union-attr]
     times = wire.TIMES.pack(-1, 0)
-    utimens = wire.decode_request(raw_request(b"/f", function=wire.CODE["utimens"], flags=wire.MTIME_OMIT, address=times))
+    utimens = wire.decode_request(
+        raw_request(b"/f", function=wire.CODE["utimens"], flags=wire.MTIME_OMIT, address=times)
+    )
     assert (utimens.atime, utimens.mtime, utimens.no_follow) == (-1, "omit", False)  # type: ignore[union-attr]
     fchmod = wire.decode_request(raw_request(b"", function=wire.CODE["fchmod"], arg=0o4755, roles=wire.ROLE_DIR1), [9])
     assert (fchmod.fd, fchmod.mode) == (9, 0o4755)  # type: ignore[union-attr]
-    now = wire.decode_request(raw_request(b"", function=wire.CODE["futimens"], roles=wire.ROLE_DIR1,
-                                          flags=wire.ATIME_NOW | wire.MTIME_NOW), [4])
+    now = wire.decode_request(
+        raw_request(b"", function=wire.CODE["futimens"], roles=wire.ROLE_DIR1, flags=wire.ATIME_NOW | wire.MTIME_NOW),
+        [4],
+    )
     assert (now.fd, now.atime, now.mtime) == (4, "now", "now")  # type: ignore[union-attr]
 
 
@@ -89,13 +120,32 @@ def test_an_unchanged_owner_or_group_is_none_on_both_sides(request: Any) -> None
 
 def test_open_flag_bits_are_the_documented_ones() -> None:
     assert wire.OPEN_FLAG_BITS == {
-        "read_only": 1 << 0, "write_only": 1 << 1, "read_write": 1 << 2, "append": 1 << 3,
-        "create": 1 << 4, "directory": 1 << 5, "exclusive": 1 << 6, "no_follow": 1 << 7,
-        "path": 1 << 8, "sync_all_on_write": 1 << 9, "temporary": 1 << 10, "truncate": 1 << 11,
-        "resolve_beneath": 1 << 16, "resolve_in_root": 1 << 17, "resolve_no_magiclinks": 1 << 18,
-        "resolve_no_symlinks": 1 << 19, "resolve_no_xdev": 1 << 20, "resolve_cached": 1 << 21,
-        "non_blocking": 1 << 24, "no_ctty": 1 << 25, "close_on_exec": 1 << 26, "sync_data_on_write": 1 << 27,
-        "no_atime": 1 << 28, "direct": 1 << 29, "async_signals": 1 << 30, "large_file": 1 << 31,
+        "read_only": 1 << 0,
+        "write_only": 1 << 1,
+        "read_write": 1 << 2,
+        "append": 1 << 3,
+        "create": 1 << 4,
+        "directory": 1 << 5,
+        "exclusive": 1 << 6,
+        "no_follow": 1 << 7,
+        "path": 1 << 8,
+        "sync_all_on_write": 1 << 9,
+        "temporary": 1 << 10,
+        "truncate": 1 << 11,
+        "resolve_beneath": 1 << 16,
+        "resolve_in_root": 1 << 17,
+        "resolve_no_magiclinks": 1 << 18,
+        "resolve_no_symlinks": 1 << 19,
+        "resolve_no_xdev": 1 << 20,
+        "resolve_cached": 1 << 21,
+        "non_blocking": 1 << 24,
+        "no_ctty": 1 << 25,
+        "close_on_exec": 1 << 26,
+        "sync_data_on_write": 1 << 27,
+        "no_atime": 1 << 28,
+        "direct": 1 << 29,
+        "async_signals": 1 << 30,
+        "large_file": 1 << 31,
     }
     assert set(wire.OPEN_FLAG_BITS) == set(OPENAT_FLAGS)
 
@@ -367,7 +417,10 @@ _BAD_REQUESTS = [
     _bad("open without access mode", raw_request(function=_OPEN, flags=0)),
     _bad("open with two access modes", raw_request(function=_OPEN, flags=0b11)),
     _bad("open with a resolve flag", raw_request(function=_OPEN, flags=1 | 1 << 16)),
-    *[_bad(f"open with undefined flag bit {bit}", raw_request(function=_OPEN, flags=1 | 1 << bit)) for bit in (12, 15, 22, 23)],
+    *[
+        _bad(f"open with undefined flag bit {bit}", raw_request(function=_OPEN, flags=1 | 1 << bit))
+        for bit in (12, 15, 22, 23)
+    ],
     _bad("openat with undefined flag bit 22", raw_request(function=wire.CODE["openat"], flags=1 | 1 << 22)),
     _bad("open with a mode but no create", raw_request(function=_OPEN, flags=1, arg=0o644)),
     _bad("open with a mode beyond 0o7777", raw_request(function=_OPEN, flags=1 | 1 << 4, arg=0o10000)),
@@ -380,16 +433,27 @@ _BAD_REQUESTS = [
     _bad("rename with an unknown flag", raw_request(b"/a", b"/b", function=wire.CODE["rename"], flags=2)),
     _bad("connect_unix without its socket", raw_request(b"\0x", function=wire.CODE["connect_unix"])),
     _bad("connect_unix with a directory only", raw_request(b"s", function=wire.CODE["connect_unix"], roles=1), (3,)),
-    _bad("connect_unix with a directory for an absolute path",
-         raw_request(b"/s", function=wire.CODE["connect_unix"], roles=5), (3, 4)),
-    _bad("connect_unix with a second directory", raw_request(b"s", function=wire.CODE["connect_unix"], roles=6), (3, 4)),
+    _bad(
+        "connect_unix with a directory for an absolute path",
+        raw_request(b"/s", function=wire.CODE["connect_unix"], roles=5),
+        (3, 4),
+    ),
+    _bad(
+        "connect_unix with a second directory", raw_request(b"s", function=wire.CODE["connect_unix"], roles=6), (3, 4)
+    ),
     _bad("connect_unix path of 109 bytes", raw_request(b"s" * 109, function=wire.CODE["connect_unix"], roles=4), (3,)),
     _bad("connect_unix empty path", raw_request(b"", function=wire.CODE["connect_unix"], roles=4), (3,)),
-    _bad("connect_unix NUL inside a file name", raw_request(b"/s\0t", function=wire.CODE["connect_unix"], roles=4), (3,)),
+    _bad(
+        "connect_unix NUL inside a file name", raw_request(b"/s\0t", function=wire.CODE["connect_unix"], roles=4), (3,)
+    ),
     _bad("connect_unix with string2", raw_request(b"/s", b"t", function=wire.CODE["connect_unix"], roles=4), (3,)),
     _bad("bind_unix with flags", raw_request(b"/s", function=wire.CODE["bind_unix"], roles=4, flags=1), (3,)),
     _bad("connect_inet with a path", raw_request(b"/s", function=wire.CODE["connect_inet"], roles=4), (3,)),
-    _bad("connect_inet with IPv6 bytes", raw_request(b"", function=wire.CODE["connect_inet"], roles=4, address=bytes(15) + b"\1"), (3,)),
+    _bad(
+        "connect_inet with IPv6 bytes",
+        raw_request(b"", function=wire.CODE["connect_inet"], roles=4, address=bytes(15) + b"\1"),
+        (3,),
+    ),
     _bad("connect_inet with a scope", raw_request(b"", function=wire.CODE["connect_inet"], roles=4, scope=1), (3,)),
     _bad("connect_inet port 65536", raw_request(b"", function=wire.CODE["connect_inet"], roles=4, arg=65536), (3,)),
     _bad("connect_inet without its socket", raw_request(b"", function=wire.CODE["connect_inet"])),
@@ -397,7 +461,11 @@ _BAD_REQUESTS = [
     _bad("bind_inet6 port 70000", raw_request(b"", function=wire.CODE["bind_inet6"], roles=4, arg=70000), (3,)),
     _bad("getaddrinfo with nothing present", raw_request(b"", function=wire.CODE["getaddrinfo"])),
     _bad("getaddrinfo with a descriptor", raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1, roles=1), (3,)),
-    _bad("getaddrinfo with an unannounced descriptor", raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1), (3,)),
+    _bad(
+        "getaddrinfo with an unannounced descriptor",
+        raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1),
+        (3,),
+    ),
     _bad("getaddrinfo presence bit 2", raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=5)),
     _bad("getaddrinfo protocol 1", raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1, arg=1)),
     _bad("getaddrinfo absent node with bytes", raw_request(b"x", b"80", function=wire.CODE["getaddrinfo"], flags=2)),
@@ -421,13 +489,22 @@ _BAD_REQUESTS = [
     _bad("fchown without its descriptor", raw_request(b"", function=wire.CODE["fchown"], flags=2)),
     _bad("utimens atime now and omit", raw_request(function=_UTIMENS, flags=wire.ATIME_NOW | wire.ATIME_OMIT)),
     _bad("utimens mtime now and omit", raw_request(function=_UTIMENS, flags=wire.MTIME_NOW | wire.MTIME_OMIT)),
-    _bad("utimens atime now with a value", raw_request(function=_UTIMENS, flags=wire.ATIME_NOW, address=b"\1" + bytes(15))),
-    _bad("utimens mtime omit with a value", raw_request(function=_UTIMENS, flags=wire.MTIME_OMIT, address=bytes(8) + b"\1" + bytes(7))),
+    _bad(
+        "utimens atime now with a value",
+        raw_request(function=_UTIMENS, flags=wire.ATIME_NOW, address=b"\1" + bytes(15)),
+    ),
+    _bad(
+        "utimens mtime omit with a value",
+        raw_request(function=_UTIMENS, flags=wire.MTIME_OMIT, address=bytes(8) + b"\1" + bytes(7)),
+    ),
     _bad("utimens with flag bit 5", raw_request(function=_UTIMENS, flags=32)),
     _bad("utimens with arg", raw_request(function=_UTIMENS, arg=1)),
     _bad("futimens with a path", raw_request(b"/a", function=wire.CODE["futimens"], roles=1), (3,)),
     _bad("getaddrinfo node with NUL", raw_request(b"a\0b", function=wire.CODE["getaddrinfo"], flags=1)),
-    _bad("getaddrinfo with an address", raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1, address=b"\1" + bytes(15))),
+    _bad(
+        "getaddrinfo with an address",
+        raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1, address=b"\1" + bytes(15)),
+    ),
 ]
 
 
@@ -544,7 +621,10 @@ def test_a_forward_reply_round_trips(function: str) -> None:
     assert decode_reply(data) == ReplyMessage(function, 5, 6, 0, 0, forward=True)
 
 
-@pytest.mark.parametrize(("function", "limit"), [("open", 1), ("openat", 1), ("connect_unix", 1), ("bind_inet6", 1), ("stat", 4), ("unlink", 4)])
+@pytest.mark.parametrize(
+    ("function", "limit"),
+    [("open", 1), ("openat", 1), ("connect_unix", 1), ("bind_inet6", 1), ("stat", 4), ("unlink", 4)],
+)
 def test_reply_descriptor_limits(function: str, limit: int) -> None:
     assert wire.reply_fd_limit(function) == limit
     result: Any = Stat() if function == "stat" else 0
@@ -580,12 +660,16 @@ def test_reply_descriptor_limits(function: str, limit: int) -> None:
         pytest.param(ReplyMessage("stat", 1, 1, Stat.model_construct(mode=0o10000)), 0, id="unvalidated stat mode"),
         pytest.param(ReplyMessage("stat", 1, 1, Stat.model_construct(type="door")), 0, id="unvalidated stat type"),  # type: ignore[arg-type]
         pytest.param(
-            ReplyMessage("getaddrinfo", 1, 1, [AddrInfo.model_construct(address=IPv6Address("fe80::1%4294967296"), port=1)]),
-            0, id="scope beyond u32",
+            ReplyMessage(
+                "getaddrinfo", 1, 1, [AddrInfo.model_construct(address=IPv6Address("fe80::1%4294967296"), port=1)]
+            ),
+            0,
+            id="scope beyond u32",
         ),
         pytest.param(
             ReplyMessage("getaddrinfo", 1, 1, [AddrInfo.model_construct(address=IPv4Address("127.0.0.1"), port=65536)]),
-            0, id="unvalidated port",
+            0,
+            id="unvalidated port",
         ),
     ],
 )
@@ -620,10 +704,17 @@ def test_a_result_of_the_wrong_type_is_a_type_error(message: ReplyMessage) -> No
     [
         pytest.param(StatRequest.model_construct(path=PurePosixPath("/x"), pid=2**32, tid=1), id="pid beyond u32"),
         pytest.param(StatRequest.model_construct(path=PurePosixPath("/x"), pid=1, tid=-1), id="negative tid"),
-        pytest.param(StatRequest.model_construct(path=PurePosixPath("/x"), pid=1, tid=1, request_id=2**64), id="request id beyond u64"),
-        pytest.param(StatRequest.model_construct(path=PurePosixPath("a" * 4096), pid=1, tid=1), id="path beyond 4095 bytes"),
         pytest.param(
-            OpenRequest.model_construct(path=PurePosixPath("/x"), flags=frozenset({"read_only", "create"}), mode=0o10000, pid=1, tid=1),
+            StatRequest.model_construct(path=PurePosixPath("/x"), pid=1, tid=1, request_id=2**64),
+            id="request id beyond u64",
+        ),
+        pytest.param(
+            StatRequest.model_construct(path=PurePosixPath("a" * 4096), pid=1, tid=1), id="path beyond 4095 bytes"
+        ),
+        pytest.param(
+            OpenRequest.model_construct(
+                path=PurePosixPath("/x"), flags=frozenset({"read_only", "create"}), mode=0o10000, pid=1, tid=1
+            ),
             id="mode beyond 0o7777",
         ),
         pytest.param(
@@ -651,7 +742,11 @@ def test_random_reply_bytes_are_a_protocol_error(data: bytes, nfds: int) -> None
 
 
 @given(
-    result=st.one_of(s.I64.map(lambda r: ("open", r)), s.stats.map(lambda r: ("stat", r)), s.addrinfo_lists.map(lambda r: ("getaddrinfo", r))),
+    result=st.one_of(
+        s.I64.map(lambda r: ("open", r)),
+        s.stats.map(lambda r: ("stat", r)),
+        s.addrinfo_lists.map(lambda r: ("getaddrinfo", r)),
+    ),
     flips=st.lists(st.tuples(st.integers(0, 2**16), st.integers(1, 255)), min_size=1, max_size=3),
 )
 def test_a_corrupted_reply_is_valid_or_a_protocol_error(result: tuple[str, Any], flips: list[tuple[int, int]]) -> None:
@@ -693,9 +788,18 @@ _BAD_REPLIES = [
     _bad("stat record with a result", raw_reply(_STAT_RECORD, function=_STAT, kind=1, result=3)),
     _bad("stat record of 95 bytes", raw_reply(_STAT_RECORD[:95], function=_STAT, kind=1, result=0)),
     _bad("stat record of 97 bytes", raw_reply(_STAT_RECORD + b"\0", function=_STAT, kind=1, result=0)),
-    _bad("stat mode beyond 0o7777", raw_reply(_STAT_RECORD[:80] + struct.pack("<I", 0o10000) + _STAT_RECORD[84:], function=_STAT, kind=1, result=0)),
-    _bad("stat type 0", raw_reply(_STAT_RECORD[:84] + struct.pack("<I", 0) + _STAT_RECORD[88:], function=_STAT, kind=1, result=0)),
-    _bad("stat type 8", raw_reply(_STAT_RECORD[:84] + struct.pack("<I", 8) + _STAT_RECORD[88:], function=_STAT, kind=1, result=0)),
+    _bad(
+        "stat mode beyond 0o7777",
+        raw_reply(_STAT_RECORD[:80] + struct.pack("<I", 0o10000) + _STAT_RECORD[84:], function=_STAT, kind=1, result=0),
+    ),
+    _bad(
+        "stat type 0",
+        raw_reply(_STAT_RECORD[:84] + struct.pack("<I", 0) + _STAT_RECORD[88:], function=_STAT, kind=1, result=0),
+    ),
+    _bad(
+        "stat type 8",
+        raw_reply(_STAT_RECORD[:84] + struct.pack("<I", 8) + _STAT_RECORD[88:], function=_STAT, kind=1, result=0),
+    ),
     _bad("getaddrinfo of kind none", raw_reply(function=_GAI, result=0)),
     _bad("addresses on stat", raw_reply(_V4_ENTRY, function=_STAT, kind=2, count=1, result=0)),
     _bad("addresses with an errno", raw_reply(_V4_ENTRY, function=_GAI, kind=2, count=1, result=0, errno=1)),
@@ -704,7 +808,10 @@ _BAD_REPLIES = [
     _bad("129 addresses", raw_reply(_V4_ENTRY * 129, function=_GAI, kind=2, count=129, result=0)),
     _bad("address family 5", raw_reply(b"\5" + _V4_ENTRY[1:], function=_GAI, kind=2, count=1, result=0)),
     _bad("IPv4 entry with IPv6 bytes", raw_reply(_V4_ENTRY[:-1] + b"\1", function=_GAI, kind=2, count=1, result=0)),
-    _bad("IPv4 entry with a scope", raw_reply(wire.ADDRINFO.pack(4, 80, 1, bytes(16)), function=_GAI, kind=2, count=1, result=0)),
+    _bad(
+        "IPv4 entry with a scope",
+        raw_reply(wire.ADDRINFO.pack(4, 80, 1, bytes(16)), function=_GAI, kind=2, count=1, result=0),
+    ),
     _bad("gai error on open", raw_reply(kind=3, result=1)),
     _bad("gai error code 0", raw_reply(function=_GAI, kind=3, result=0)),
     _bad("gai error code 10", raw_reply(function=_GAI, kind=3, result=10)),

@@ -90,9 +90,11 @@ def test_version_limits_and_sizes_agree(header: dict[str, int]) -> None:
 
 def test_every_function_has_the_same_code_on_both_sides(header: dict[str, int]) -> None:
     first, last = header["LCS_OPEN"], max(wire.CODE.values())
-    c_functions = {name: value for name, value in header.items()
-                   if first <= value <= last and name.startswith("LCS_")
-                   and name.removeprefix("LCS_").lower() in wire.CODE}
+    c_functions = {
+        name: value
+        for name, value in header.items()
+        if first <= value <= last and name.startswith("LCS_") and name.removeprefix("LCS_").lower() in wire.CODE
+    }
     assert {name.removeprefix("LCS_").lower(): value for name, value in c_functions.items()} == wire.CODE
 
 
@@ -103,34 +105,41 @@ def test_open_flag_bits_agree(header: dict[str, int]) -> None:
     assert c_flags == {name: bit for name, bit in wire.OPEN_FLAG_BITS.items() if not name.startswith("resolve_")}
 
 
-@pytest.mark.parametrize(("c_name", "python_name"), [
-    ("LCS_RENAME_NO_REPLACE", "RENAME_NO_REPLACE"),
-    ("LCS_ROLE_SOCKET", "ROLE_SOCKET"),
-    ("LCS_CONTEXT_UMASK", "CONTEXT_UMASK"),
-    ("LCS_CONTEXT_FSUID", "CONTEXT_FSUID"),
-    ("LCS_CONTEXT_FSGID", "CONTEXT_FSGID"),
-    ("LCS_CONTEXT_GROUPS", "CONTEXT_GROUPS"),
-    ("LCS_ACTION_RESULT", "ACTION_RESULT"),
-    ("LCS_ACTION_FORWARD", "ACTION_FORWARD"),
-    ("LCS_KIND_NONE", "KIND_NONE"),
-    ("LCS_KIND_STAT", "KIND_STAT"),
-    ("LCS_KIND_ADDRINFO", "KIND_ADDRINFO"),
-    ("LCS_KIND_GAI_ERROR", "KIND_GAI_ERROR"),
-])
+@pytest.mark.parametrize(
+    ("c_name", "python_name"),
+    [
+        ("LCS_RENAME_NO_REPLACE", "RENAME_NO_REPLACE"),
+        ("LCS_ROLE_SOCKET", "ROLE_SOCKET"),
+        ("LCS_CONTEXT_UMASK", "CONTEXT_UMASK"),
+        ("LCS_CONTEXT_FSUID", "CONTEXT_FSUID"),
+        ("LCS_CONTEXT_FSGID", "CONTEXT_FSGID"),
+        ("LCS_CONTEXT_GROUPS", "CONTEXT_GROUPS"),
+        ("LCS_ACTION_RESULT", "ACTION_RESULT"),
+        ("LCS_ACTION_FORWARD", "ACTION_FORWARD"),
+        ("LCS_KIND_NONE", "KIND_NONE"),
+        ("LCS_KIND_STAT", "KIND_STAT"),
+        ("LCS_KIND_ADDRINFO", "KIND_ADDRINFO"),
+        ("LCS_KIND_GAI_ERROR", "KIND_GAI_ERROR"),
+    ],
+)
 def test_named_bits_and_codes_agree(header: dict[str, int], c_name: str, python_name: str) -> None:
     assert header[c_name] == getattr(wire, python_name)
 
 
 def test_protocol_numbers_agree(header: dict[str, int]) -> None:
     assert (header["LCS_PROTO_NONE"], header["LCS_PROTO_TCP"], header["LCS_PROTO_UDP"]) == (
-        wire.PROTOCOL_NUMBER[None], wire.PROTOCOL_NUMBER["tcp"], wire.PROTOCOL_NUMBER["udp"])
+        wire.PROTOCOL_NUMBER[None],
+        wire.PROTOCOL_NUMBER["tcp"],
+        wire.PROTOCOL_NUMBER["udp"],
+    )
 
 
 def test_the_magics_in_the_shim_sources_are_the_codecs() -> None:
     sources = "".join(path.read_text() for path in HEADER.parent.glob("*.[ch]"))
     for magic in (wire.REQUEST_MAGIC, wire.REPLY_MAGIC, wire.HELLO_MAGIC):
         assert f'"{magic.decode()}"' in sources or "".join(f"'{c}'" for c in magic.decode()) in sources.replace(
-            ", ", ""), magic
+            ", ", ""
+        ), magic
 
 
 def test_the_parser_reads_what_it_compares(header: dict[str, int]) -> None:
@@ -139,6 +148,7 @@ def test_the_parser_reads_what_it_compares(header: dict[str, int]) -> None:
 
 
 # ---- named field offsets: every LCS_<layout>_<FIELD>_OFFSET of shim.h is where wire.py's struct puts it ----
+
 
 def struct_offsets(layout: struct.Struct, names: list[str]) -> dict[str, int]:
     """The offset of each field of a little-endian struct format, in order, by name.
@@ -161,13 +171,56 @@ def struct_offsets(layout: struct.Struct, names: list[str]) -> dict[str, int]:
 
 #: (prefix in shim.h, wire.py's struct, its fields' names in the order wire.py unpacks them).
 LAYOUTS = [
-    ("LCS_REQ", wire.REQUEST, ["magic", "version", "function", "pid", "tid", "id", "flags", "arg", "address",
-                               "scope_id", "len1", "len2", "roles", "context", "umask", "ngroups", "reserved",
-                               "fsuid", "fsgid"]),
-    ("LCS_REPLY", wire.REPLY, ["magic", "version", "function", "tid", "errno", "id", "result", "action", "kind",
-                               "count", "reserved"]),
-    ("LCS_STAT", wire.STAT, ["dev", "ino", "nlink", "rdev", "size", "blksize", "blocks", "atime", "mtime", "ctime",
-                             "mode", "type", "uid", "gid"]),
+    (
+        "LCS_REQ",
+        wire.REQUEST,
+        [
+            "magic",
+            "version",
+            "function",
+            "pid",
+            "tid",
+            "id",
+            "flags",
+            "arg",
+            "address",
+            "scope_id",
+            "len1",
+            "len2",
+            "roles",
+            "context",
+            "umask",
+            "ngroups",
+            "reserved",
+            "fsuid",
+            "fsgid",
+        ],
+    ),
+    (
+        "LCS_REPLY",
+        wire.REPLY,
+        ["magic", "version", "function", "tid", "errno", "id", "result", "action", "kind", "count", "reserved"],
+    ),
+    (
+        "LCS_STAT",
+        wire.STAT,
+        [
+            "dev",
+            "ino",
+            "nlink",
+            "rdev",
+            "size",
+            "blksize",
+            "blocks",
+            "atime",
+            "mtime",
+            "ctime",
+            "mode",
+            "type",
+            "uid",
+            "gid",
+        ],
+    ),
     ("LCS_AI", wire.ADDRINFO, ["family", "reserved", "port", "scope_id", "address"]),
     ("LCS_HELLO", wire.REGISTRATION, ["magic", "version", "reserved1", "pid", "reserved2"]),
     ("LCS_REPORT", wire.REPORT, ["magic", "version", "outcome", "reserved", "errno", "lost", "result"]),
@@ -178,32 +231,43 @@ LAYOUTS = [
 
 
 @pytest.mark.parametrize(("prefix", "layout", "names"), LAYOUTS, ids=[prefix for prefix, _, _ in LAYOUTS])
-def test_every_named_offset_is_the_codecs(header: dict[str, int], prefix: str, layout: struct.Struct,
-                                          names: list[str]) -> None:
+def test_every_named_offset_is_the_codecs(
+    header: dict[str, int], prefix: str, layout: struct.Struct, names: list[str]
+) -> None:
     expected = {f"{prefix}_{name.upper()}_OFFSET": offset for name, offset in struct_offsets(layout, names).items()}
-    named = {name: value for name, value in header.items()
-             if re.fullmatch(rf"{prefix}_[A-Z0-9_]+_OFFSET", name)
-             and not any(name.startswith(f"{longer}_") for longer, _, _ in LAYOUTS
-                         if longer != prefix and longer.startswith(prefix))}
+    named = {
+        name: value
+        for name, value in header.items()
+        if re.fullmatch(rf"{prefix}_[A-Z0-9_]+_OFFSET", name)
+        and not any(
+            name.startswith(f"{longer}_") for longer, _, _ in LAYOUTS if longer != prefix and longer.startswith(prefix)
+        )
+    }
     assert named == expected
 
 
 def test_every_header_offset_is_compared(header: dict[str, int]) -> None:
     """No LCS_*_OFFSET of shim.h escapes the comparison above."""
     prefixes = sorted((prefix for prefix, _, _ in LAYOUTS), key=len, reverse=True)
-    loose = [name for name in header if name.endswith("_OFFSET")
-             and not any(name.startswith(prefix + "_") for prefix in prefixes)]
+    loose = [
+        name
+        for name in header
+        if name.endswith("_OFFSET") and not any(name.startswith(prefix + "_") for prefix in prefixes)
+    ]
     assert not loose
 
 
-@pytest.mark.parametrize(("c_name", "size"), [
-    ("LCS_HELLO_SIZE", wire.REGISTRATION.size),
-    ("LCS_REPORT_HEADER", wire.REPORT.size),
-    ("LCS_REPORT_CALL_SIZE", wire.REPORT_CALL.size),
-    ("LCS_RULES_HEADER", rule_table.HEADER.size),
-    ("LCS_RULES_ENTRY", rule_table.ENTRY.size),
-    ("LCS_RULES_VERSION", rule_table.VERSION),
-])
+@pytest.mark.parametrize(
+    ("c_name", "size"),
+    [
+        ("LCS_HELLO_SIZE", wire.REGISTRATION.size),
+        ("LCS_REPORT_HEADER", wire.REPORT.size),
+        ("LCS_REPORT_CALL_SIZE", wire.REPORT_CALL.size),
+        ("LCS_RULES_HEADER", rule_table.HEADER.size),
+        ("LCS_RULES_ENTRY", rule_table.ENTRY.size),
+        ("LCS_RULES_VERSION", rule_table.VERSION),
+    ],
+)
 def test_the_other_sizes_agree(header: dict[str, int], c_name: str, size: int) -> None:
     assert header[c_name] == size
 
@@ -211,4 +275,9 @@ def test_the_other_sizes_agree(header: dict[str, int], c_name: str, size: int) -
 def test_the_struct_reader_counts_like_struct() -> None:
     """Guard the offset reader itself against a known layout."""
     assert struct_offsets(struct.Struct("<BxHI16s"), ["a", "b", "c", "d", "e"]) == {
-        "a": 0, "b": 1, "c": 2, "d": 4, "e": 8}
+        "a": 0,
+        "b": 1,
+        "c": 2,
+        "d": 4,
+        "e": 8,
+    }
