@@ -26,6 +26,7 @@ seccomp filter's refusals are not counted.
 
 from __future__ import annotations
 
+import collections
 import errno as errno_module
 import os
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 from .router import Decision
 
 if TYPE_CHECKING:
-    from .landlock_audit import LandlockDenials
+    from .landlock_audit import AccessRecord, LandlockDenials
 
 __all__ = ["REFUSING_ERRNOS", "RefusalReport"]
 
@@ -54,6 +55,23 @@ KERNEL_REFUSING_ERRNOS = frozenset({errno_module.EPERM, errno_module.EACCES, err
 #: The rule a kernel's refusal is counted under.
 _AFTER_FORWARD = "FORWARD"
 _PATH_FIELDS = ("path", "path1")
+#: Kernel refusals kept for matching with Landlock's records; beyond this they are counted at once.
+_MAX_KERNEL_REFUSALS = 65536
+
+
+def _path_text(decision: Decision) -> str | None:
+    request = decision.request
+    path = next((getattr(request, name) for name in _PATH_FIELDS if hasattr(request, name)), None)
+    return None if path is None else os.fspath(path)
+
+
+def _absolute(decision: Decision) -> str | None:
+    """The refused path as the kernel names it in its records: absolute, normalised (else as sent)."""
+    text = _path_text(decision)
+    if text is None or text.startswith("/"):
+        return None if text is None else os.path.normpath(text)
+    directory = getattr(decision, "directory", None)  # named by the transport, when it could
+    return os.path.normpath(os.path.join(directory, text)) if directory else text
 
 
 @dataclass
@@ -75,6 +93,8 @@ class RefusalReport:
     landlock: LandlockDenials | None = None
     #: Why Landlock's own refusals are not reported ("" when they are, or were not asked for).
     landlock_unavailable: str = ""
+    #: Forwarded calls the kernel refused, with their absolute path when known: counted by :meth:`lines`.
+    kernel_refusals: list[tuple[tuple[str, str, int], str | None]] = field(default_factory=list)
 
     def watch_landlock(self) -> None:
         """Start reading Landlock's denials from the kernel's audit log, until :meth:`lines`.
@@ -99,19 +119,24 @@ class RefusalReport:
         if decision.outcome == "forward" and decision.result is not None:
             if decision.errno not in KERNEL_REFUSING_ERRNOS:
                 return
-            route = _AFTER_FORWARD  # the slave's own call, refused by the kernel
-        elif decision.outcome != "error" or decision.errno not in REFUSING_ERRNOS:
+            # The slave's own call, refused by the kernel: kept apart until
+            # :meth:`lines`, where Landlock's records may explain it.
+            if len(self.kernel_refusals) < _MAX_KERNEL_REFUSALS:
+                self.kernel_refusals.append(
+                    ((decision.request.function, _AFTER_FORWARD, decision.errno), _absolute(decision))
+                )
+            else:
+                self._count((decision.request.function, _AFTER_FORWARD, decision.errno), _path_text(decision))
             return
-        else:
-            route = decision.route
-        request = decision.request
-        key = (request.function, route, decision.errno)
+        if decision.outcome != "error" or decision.errno not in REFUSING_ERRNOS:
+            return
+        self._count((decision.request.function, decision.route, decision.errno), _path_text(decision))
+
+    def _count(self, key: tuple[str, str, int], text: str | None) -> None:
         tally = self.tallies.setdefault(key, _Tally())
         tally.count += 1
-        path = next((getattr(request, name) for name in _PATH_FIELDS if hasattr(request, name)), None)
-        if path is None:
+        if text is None:
             return
-        text = os.fspath(path)
         if not text.startswith("/"):
             text = "."  # relative to the slave's working directory
         directory = text if text in ("/", ".") else os.path.dirname(text.rstrip("/")) or "/"
@@ -133,6 +158,18 @@ class RefusalReport:
         are listed. A clean run stays quiet, and a run that failed to start
         ends with its error alone.
         """
+        landlock: list[AccessRecord] = []
+        if self.landlock is not None:
+            self.landlock.stop()
+            landlock = self.landlock.denials(self.pids | {os.getpid()})  # the slave is our child
+        # A forwarded call Landlock refused is Landlock's line, not also an "after FORWARD" one.
+        explained = collections.Counter(record.path for record in landlock if record.path)
+        for key, path in self.kernel_refusals:
+            if key[2] == errno_module.EACCES and path is not None and explained[path] > 0:
+                explained[path] -= 1
+                continue
+            self._count(key, path)
+        self.kernel_refusals.clear()
         out = []
         for (function, route, code), tally in sorted(self.tallies.items(), key=lambda item: -item[1].count):
             where = f" beneath {tally.beneath}" if tally.beneath else ""
@@ -142,8 +179,7 @@ class RefusalReport:
         if self.landlock is not None:
             from .landlock_audit import denial_lines
 
-            self.landlock.stop()
-            out += denial_lines(self.landlock.denials(self.pids | {os.getpid()}))  # the slave is our child
+            out += denial_lines(landlock)
             if self.landlock.lost:
                 out.append(f"Landlock's refusals may be undercounted: {self.landlock.lost} audit reads overflowed")
         elif self.landlock_unavailable and self.pids and (failed or out):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import struct
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from hypothesis import given
@@ -31,6 +32,8 @@ from libc_service.landlock_audit import (
     unavailable_reason,
 )
 from libc_service.refusals import RefusalReport
+from libc_service.requests import OpenRequest
+from libc_service.router import Decision
 from libc_service.sandbox import landlock_abi, network_namespaces_available
 
 from shimtools import needs_shim
@@ -232,4 +235,36 @@ def test_a_forwarded_call_landlock_refused_is_reported_at_exit(tmp_path: Path) -
         pytest.skip(f"the kernel does not deliver Landlock's records here: {missing[0]}")
     landlock = [line for line in done.stderr.splitlines() if line.endswith("by Landlock (fs.read_file)")]
     assert f"libc-service: refused 1× open beneath {secret.parent} by Landlock (fs.read_file)" in landlock, done.stderr
+    assert "after FORWARD" not in done.stderr  # Landlock's refusal is counted once, as Landlock's
     assert "Traceback" not in done.stderr
+
+
+class _Records:
+    """A stand-in for the audit reader: the records it would have read."""
+
+    lost = 0
+
+    def __init__(self, records: list[AccessRecord]) -> None:
+        self.records = records
+
+    def stop(self) -> None:
+        pass
+
+    def denials(self, pids: object) -> list[AccessRecord]:
+        return self.records
+
+
+def _forwarded(path: str, code: int) -> Decision:
+    request = OpenRequest(pid=7, tid=7, path=PurePosixPath(path), flags=frozenset({"read_only"}))
+    return Decision(request, "default", "forward", -1, code, 0, 0, "pid 7")
+
+
+def test_a_forwarded_call_landlock_refused_is_counted_once_as_landlock_s() -> None:
+    report = RefusalReport()
+    report(_forwarded("/etc/shadow", errno.EACCES))
+    report(_forwarded("/etc/gshadow", errno.EACCES))  # refused for another reason: no record of it
+    report.landlock = _Records([AccessRecord("1a", ("fs.read_file",), "/etc/shadow")])  # type: ignore[assignment]
+    assert report.lines() == [
+        "refused 1× open beneath /etc after FORWARD (EACCES)",
+        "refused 1× open beneath /etc by Landlock (fs.read_file)",
+    ]
