@@ -12,8 +12,9 @@
  * - fsuid, fsgid: per thread, and changed by the whole set*id family (by
  *   setfsuid() for one thread only, by raw system calls, by capabilities).
  *   setfsuid(-1) and setfsgid(-1) return the current value and change
- *   nothing: one system call each (~0.2-0.4 us, against a round trip of
- *   30-60 us), always exact, so they are asked on every call, not cached.
+ *   nothing: one cheap system call each, a small fraction of a round trip
+ *   (docs/performance.md), always exact, so they are asked on every call,
+ *   not cached.
  * - groups: per thread in the kernel, set for every thread by glibc's
  *   setgroups()/initgroups().  Each thread caches its getgroups() answer
  *   and refreshes it when an interposed setgroups or initgroups has run
