@@ -36,8 +36,17 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 
+#: The command's masters busy-poll this long after answering, while a CPU is
+#: free and one program process is talking (``Master.adaptive_busy_poll_ns``).
+ADAPTIVE_BUSY_POLL_NS = 20_000
+
+
 def _run_loop(coroutine: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop when it is installed, else on the default loop."""
+    from .master import IDLE_CPU, Master
+
+    Master.adaptive_busy_poll_ns = ADAPTIVE_BUSY_POLL_NS
+    IDLE_CPU.free()  # the first sample: the program's first calls can be polled for
     try:
         import uvloop
     except ImportError:

@@ -37,7 +37,7 @@ import termios
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
+from typing import ClassVar, TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 from . import wire
 from .channel import MasterChannel
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .replies import Result
     from .requests import Request
 
-__all__ = ["Call", "Dispatcher", "Master", "SessionClosed", "close_fds", "discard", "received_fds"]
+__all__ = ["Call", "Dispatcher", "IdleCpu", "Master", "SessionClosed", "close_fds", "discard", "received_fds"]
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +314,53 @@ class _Ended(Exception):
     """Raised in a concurrent session's task group to cancel the calls still being decided."""
 
 
+class IdleCpu:
+    """Whether a CPU is free for busy-polling, sampled at most every :attr:`PERIOD` seconds.
+
+    Free means: since the previous sample, the machine's idle time plus
+    this process's own CPU time (its polling must not count against it)
+    add up to at least :attr:`SHARE` of one CPU. Read from ``/proc/stat``
+    (no ``/proc``: never free). The first call only takes a sample.
+    """
+
+    PERIOD: ClassVar[float] = 0.05
+    SHARE: ClassVar[float] = 0.9
+
+    def __init__(self, stat_path: str = "/proc/stat") -> None:
+        self.stat_path = stat_path
+        self._sampled_at = -1.0
+        self._free = False
+        self._last: tuple[float, float, float] | None = None
+        self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def free(self) -> bool:
+        """Whether a CPU was free over the last period (cached between samples)."""
+        now = time.monotonic()
+        if now - self._sampled_at < self.PERIOD:
+            return self._free
+        self._sampled_at = now
+        try:
+            with open(self.stat_path, "rb") as stat:
+                fields = stat.readline().split()
+            idle = (int(fields[4]) + int(fields[5])) / self._ticks  # idle + iowait
+        except (OSError, IndexError, ValueError):
+            self._free, self._last = False, None
+            return False
+        times = os.times()
+        own = times.user + times.system
+        last, self._last = self._last, (now, idle, own)
+        if last is None:
+            self._free = False
+        else:
+            elapsed = now - last[0]
+            self._free = elapsed > 0 and (idle - last[1] + own - last[2]) / elapsed >= self.SHARE
+        return self._free
+
+
+#: The one sampler every master's adaptive busy-poll asks.
+IDLE_CPU: Final = IdleCpu()
+
+
 class Master:
     """The master end of one channel to one slave process.
 
@@ -333,11 +380,21 @@ class Master:
     #: loop wait up to this long: for a master with cores to spare and few,
     #: chatty slaves. Set it on the class or on one master.
     busy_poll_ns: int = 0
+    #: Busy-poll only when it costs nobody (0: never, the default): like
+    #: :attr:`busy_poll_ns`, but only while this is the process's one open
+    #: master (no other session waits on the loop) and a CPU is otherwise
+    #: idle (:class:`IdleCpu`). The command line sets it: a lone program's
+    #: round trips lose the cross-CPU wake-up while a CPU is free, and
+    #: nothing changes when the machine is busy.
+    adaptive_busy_poll_ns: int = 0
+    #: Masters open in this process (the adaptive busy-poll polls only for a lone one).
+    open_count: ClassVar[int] = 0
 
     def __init__(self, sock: socket.socket, *, name: str | None = None) -> None:
         if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
             raise ValueError("a Master needs an AF_UNIX SOCK_SEQPACKET socket")
         sock.setblocking(False)
+        Master.open_count += 1
         self._sock: socket.socket | None = sock
         self.name = name or f"fd {sock.fileno()}"
         self._reading = False
@@ -403,6 +460,7 @@ class Master:
         sock, self._sock = self._sock, None
         if sock is None:
             return
+        Master.open_count -= 1
         self._disarm_reader(sock)
         self._disarm_writer(sock)
         sock.close()
@@ -701,7 +759,9 @@ class Master:
         """Busy-poll for a next datagram for up to :attr:`busy_poll_ns`."""
         budget = self.busy_poll_ns
         if budget <= 0:
-            return False
+            budget = self.adaptive_busy_poll_ns
+            if budget <= 0 or Master.open_count != 1 or not IDLE_CPU.free():
+                return False
         deadline = time.perf_counter_ns() + budget
         while time.perf_counter_ns() < deadline:
             os.sched_yield()  # a slave sharing this CPU runs meanwhile

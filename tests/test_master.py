@@ -13,6 +13,7 @@ import os
 import socket
 import stat as stat_module
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -770,3 +771,47 @@ async def test_the_in_flight_cap_stops_reading_until_a_call_is_answered() -> Non
     assert started == [1, 2, 3]
     sock.close()
     await serving
+
+
+def test_a_cpu_is_free_when_idle_time_kept_up_with_the_clock(tmp_path: Path) -> None:
+    from libc_service.master import IdleCpu
+
+    stat = tmp_path / "stat"
+    ticks = os.sysconf("SC_CLK_TCK")
+    sampler = IdleCpu(str(stat))
+    sampler.PERIOD = 0.0  # type: ignore[misc]  # sample on every call here
+
+    def idle_for(seconds: float) -> None:
+        idle_for.total += seconds  # type: ignore[attr-defined]
+        stat.write_text(f"cpu  10 0 10 {int(idle_for.total * ticks)} 0 0 0 0 0 0\n")  # type: ignore[attr-defined]
+
+    idle_for.total = 1000.0  # type: ignore[attr-defined]
+    idle_for(0)
+    assert not sampler.free()  # the first call only samples
+    time.sleep(0.2)
+    idle_for(0.2)  # a whole CPU idle meanwhile
+    assert sampler.free()
+    time.sleep(0.2)
+    idle_for(0.0)  # every CPU busy (with others' work: this process slept)
+    assert not sampler.free()
+    stat.unlink()
+    assert not sampler.free()  # no /proc/stat: never free
+
+
+def test_the_adaptive_busy_poll_waits_for_a_lone_master() -> None:
+    from libc_service.master import Master
+
+    first_a, first_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    second_a, second_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    before = Master.open_count
+    one, two = Master(first_a), Master(second_a)
+    try:
+        assert Master.open_count == before + 2
+        two.close()
+        two.close()  # idempotent: counted once
+        assert Master.open_count == before + 1
+    finally:
+        one.close()
+        for sock in (first_b, second_b):
+            sock.close()
+    assert Master.open_count == before
