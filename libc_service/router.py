@@ -59,7 +59,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Result types that are never awaitable: the hot path skips ``inspect.isawaitable``.
-_PLAIN_RESULTS: Final[frozenset[type]] = frozenset({int, str, list, type(None), WithFds, Sentinel})
+#: Seeded with the plain outcomes; a class whose result was not awaitable joins
+#: on first sight (``Stat``, ``AddrInfo`` lists' items, a policy's own), since
+#: awaitability is the class's (``__await__``), except for generators.
+_PLAIN_RESULTS: Final[set[type]] = {int, str, list, type(None), WithFds, Sentinel}
+_MAX_PLAIN_RESULTS: Final = 256
 
 
 Handler: TypeAlias = Callable[[Any], Any]
@@ -448,8 +452,11 @@ class Router:
                 return route.name, exc  # a handler's stray CancelledError: fail the call
             except Exception as exc:  # noqa: BLE001 - becomes the reply
                 return route.name, exc
-            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-                return _Await(index, route.name, route.handler, result)
+            if type(result) not in _PLAIN_RESULTS:
+                if inspect.isawaitable(result):
+                    return _Await(index, route.name, route.handler, result)
+                if not isinstance(result, types.GeneratorType) and len(_PLAIN_RESULTS) < _MAX_PLAIN_RESULTS:
+                    _PLAIN_RESULTS.add(type(result))
             if result is not PASS or route is self._last:
                 return route.name, result
         raise AssertionError("the default route decides every call")  # pragma: no cover
