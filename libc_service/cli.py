@@ -191,7 +191,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .sandbox import Sandbox
 
         sandbox = policy.sandbox if policy.sandbox is not None else Sandbox()
-        report = RefusalReport()
+        report = RefusalReport(metadata_refused=not sandbox.metadata)
         policy.router.observe(report)
         report.watch_landlock()  # Landlock's own refusals, from the kernel's audit log
     status = 1  # the program did not run to its end

@@ -14,6 +14,7 @@ A call the policy forwarded and the kernel then refused (``EACCES``,
 calls returned (``spawn(..., reports=True)``, as ``run --sandbox`` does)::
 
     refused 2× open beneath /etc after FORWARD (EACCES)
+    refused 12× chmod beneath /work by the sandbox, metadata=False (EPERM)
 
 Landlock's own refusals are counted when the kernel logs them
 (:meth:`RefusalReport.watch_landlock`, :mod:`libc_service.landlock_audit`)::
@@ -32,6 +33,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .catalogue import METADATA_FUNCTIONS
 from .router import Decision
 
 if TYPE_CHECKING:
@@ -93,6 +95,9 @@ class RefusalReport:
     landlock: LandlockDenials | None = None
     #: Why Landlock's own refusals are not reported ("" when they are, or were not asked for).
     landlock_unavailable: str = ""
+    #: The sandbox refuses metadata changes to the program (``Sandbox(metadata=False)``): a
+    #: forwarded ``chmod``/``chown``/``utimens`` that failed with ``EPERM`` is the sandbox's refusal.
+    metadata_refused: bool = False
     #: Forwarded calls the kernel refused, with their absolute path when known: counted by :meth:`lines`.
     kernel_refusals: list[tuple[tuple[str, str, int], str | None]] = field(default_factory=list)
 
@@ -174,7 +179,12 @@ class RefusalReport:
         for (function, route, code), tally in sorted(self.tallies.items(), key=lambda item: -item[1].count):
             where = f" beneath {tally.beneath}" if tally.beneath else ""
             name = errno_module.errorcode.get(code, str(code))
-            how = "after FORWARD" if route == _AFTER_FORWARD else f"by {route}"
+            if route != _AFTER_FORWARD:
+                how = f"by {route}"
+            elif self.metadata_refused and code == errno_module.EPERM and function in METADATA_FUNCTIONS:
+                how = "by the sandbox, metadata=False"
+            else:
+                how = "after FORWARD"
             out.append(f"refused {tally.count}× {function}{where} {how} ({name})")
         if self.landlock is not None:
             from .landlock_audit import denial_lines

@@ -59,3 +59,28 @@ def test_without_the_sandbox_nothing_is_reported(tmp_path: Path) -> None:
         check=False,
     )
     assert "refused" not in done.stderr.replace("Read-only", "")
+
+
+@needs_shim
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+def test_a_metadata_change_the_sandbox_refused_names_the_setting(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.py"
+    policy.write_text(
+        "from libc_service import FORWARD, Router, Sandbox\n"
+        f"sandbox = Sandbox(allow_write=[{str(tmp_path)!r}])\n"
+        "router = Router(default=FORWARD)\n"
+    )
+    target = tmp_path / "prog"
+    target.write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "libc_service", "run", "--sandbox", str(policy), "--", "chmod", "755", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert f"libc-service: refused 1× chmod beneath {tmp_path} by the sandbox, metadata=False (EPERM)" in (
+        done.stderr.splitlines()
+    ), done.stderr
