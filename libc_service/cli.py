@@ -11,12 +11,10 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from .catalogue import NAMED_FUNCTIONS
 from .policy import LoadedPolicy, PolicyError, load_policy
-from .router import FORWARD, Router
-from .rules import RULED_FUNCTIONS, relative
+from .router import Router
 from .spawn import ShimNotFound, SlaveProcess, spawn
 
 if TYPE_CHECKING:
@@ -153,7 +151,11 @@ def _terminal_delivered_to(pid: int) -> bool:
 
 
 async def _serve_program(
-    argv: Sequence[str], router: Router, sandbox: Sandbox | None, seccomp: bool = False, reports: bool = False
+    argv: Sequence[str],
+    router: Router,
+    sandbox: Sandbox | None,
+    seccomp: bool = False,
+    reports: bool | Literal["wait"] = False,
 ) -> int:
     loop = asyncio.get_running_loop()
     try:
@@ -204,10 +206,6 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"libc-service: {line}", file=sys.stderr)
 
 
-#: Functions whose requests carry a path relative to a directory descriptor.
-_PATH_FUNCTIONS = tuple(sorted(NAMED_FUNCTIONS))
-
-
 def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     command = _command(args, parser)
     output: TextIO = sys.stderr
@@ -217,18 +215,11 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         except OSError as exc:
             raise PolicyError(f"cannot write the trace to {args.output}: {exc.strerror}") from exc
     try:
-        router = Router(default=FORWARD)
-        from .tracing import Tracer
+        from .tracing import Tracer, trace_router
 
-        tracer = Tracer(output, json_lines=args.json)
-        # Only relative paths need their directory named while the request's
-        # descriptor is open: the shim decides and reports the absolute ones.
-        router.on(*sorted(set(_PATH_FUNCTIONS) & RULED_FUNCTIONS), when=relative())(tracer.note_directory)
-        unruled = sorted(set(_PATH_FUNCTIONS) - RULED_FUNCTIONS)  # always asked: named in the handler
-        if unruled:
-            router.on(*unruled)(tracer.note_directory)
-        router.observe(tracer)
-        return _run_loop(_serve_program(command, router, None, args.seccomp, reports=True))
+        router = trace_router(Tracer(output, json_lines=args.json))
+        # Every call in the trace: the program waits for room for its reports rather than drop them.
+        return _run_loop(_serve_program(command, router, None, args.seccomp, reports="wait"))
     finally:
         if output is not sys.stderr:
             output.close()

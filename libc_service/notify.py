@@ -80,7 +80,7 @@ from .notify_filter import NOTIFIED, build_notify_filter, notified_numbers
 from .replies import Stat
 from .catalogue import UNIX_PATH_MAX
 from .requests import REQUEST_TYPES, Request, exact_path
-from .router import FORWARD, Decision, Transport, WithFds
+from .router import FORWARD, Decision, Transport, WithFds, named_directories
 
 if TYPE_CHECKING:
     from .router import Router
@@ -1002,7 +1002,9 @@ class SeccompSession:
                 )
                 return
             self.calls += 1
-            self.router.report(Decision(request, route, *summary, latency, self.name, "seccomp"))
+            if self.router.observed:
+                named = named_directories(request)  # its descriptors are open until the end
+                self.router.report(Decision(request, route, *summary, latency, self.name, "seccomp", *named))
         finally:
             fetched.close()
 

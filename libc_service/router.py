@@ -36,6 +36,7 @@ from .conditions import Condition
 from .master import Call, Master, SessionClosed, discard
 from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, WithFds, Sentinel, deny, reply_now
 from .catalogue import FUNCTIONS
+from .slavepath import directory_name
 from . import requests  # loaded on first use (libc_service/__init__.py)
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ __all__ = [
     "Transport",
     "WithFds",
     "deny",
+    "named_directories",
 ]
 
 logger = logging.getLogger(__name__)
@@ -118,7 +120,18 @@ Transport: TypeAlias = Literal["shim", "seccomp"]
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What an observer sees for every call, after the reply went out."""
+    """What an observer sees for every call, after the reply went out.
+
+    ``directory`` is the directory a relative path is relative to, as the
+    transport named it: the absolute name of the request's ``dirfd`` (the
+    slave's working directory or its dirfd), read while the descriptor was
+    open; ``None`` for an absolute path, or when it could not be named (no
+    ``/proc``, as under a sandbox; a removed directory). For ``rename`` it
+    is ``path1``'s and ``directory2`` is ``path2``'s. The shim names them
+    in its reports of the calls it decided itself (read just after the
+    call); the master names them for the calls that reach it, when the
+    router has observers (:func:`named_directories`).
+    """
 
     request: Request
     #: The deciding route's handler name, or ``"default"``.
@@ -133,6 +146,35 @@ class Decision:
     #: How the call reached the master: the preloaded shim's channel, or a
     #: seccomp user notification (:mod:`libc_service.notify`).
     transport: Transport = field(default="shim")
+    #: The directory a relative ``path`` (``path1``) is relative to, as the transport named it.
+    directory: str | None = field(default=None)
+    #: The directory a relative ``path2`` (``rename``) is relative to, as the transport named it.
+    directory2: str | None = field(default=None)
+    #: The program the process runs (its executable and arguments), when the
+    #: transport named it: the shim does with its first report of a process
+    #: (after ``exec`` or ``fork``), read from its own ``/proc/self``.
+    program: tuple[str, tuple[str, ...]] | None = field(default=None)
+
+
+_UNNAMED: Final[tuple[None, None]] = (None, None)
+
+
+def named_directories(request: Request) -> tuple[str | None, str | None]:
+    """The directories ``request``'s relative paths are relative to, named from its descriptors.
+
+    For :attr:`Decision.directory` and :attr:`Decision.directory2`: call it
+    while the request's descriptors are open (before its reply closes them).
+    """
+    first = getattr(request, "dirfd", None)
+    if first is None:
+        first = getattr(request, "dirfd1", None)
+    second = getattr(request, "dirfd2", None)
+    if first is None and second is None:
+        return _UNNAMED
+    return (
+        None if first is None else directory_name(first),
+        None if second is None else directory_name(second),
+    )
 
 
 Observer: TypeAlias = Callable[[Decision], None]
@@ -362,15 +404,16 @@ class Router:
             return _Pending(self._handle_after(call, started, step), step.awaitable)
         route_name, outcome = step
         latency = time.perf_counter_ns() - started if observed else 0
+        named = named_directories(request) if observed else _UNNAMED  # the reply closes the descriptors
         try:
             summary, sent = reply_now(call, route_name, outcome, self.error_errno, self._bugs)
         except SessionClosed:
             call.abandon()
             return None
         if not sent:
-            return self._flush_after(call, route_name, summary, latency)
+            return self._flush_after(call, route_name, summary, latency, named)
         if observed:
-            self._notify(Decision(request, route_name, *summary, latency, call.session))
+            self._notify(Decision(request, route_name, *summary, latency, call.session, "shim", *named))
         return None
 
     async def handle(self, call: Call, session: str | None = None) -> None:
@@ -421,6 +464,7 @@ class Router:
     async def _reply_and_notify(
         self, call: Call, route_name: str, outcome: Any, latency: int, session: str | None = None
     ) -> None:
+        named = named_directories(call.request) if self._observers else _UNNAMED  # the reply closes them
         try:
             summary, sent = reply_now(call, route_name, outcome, self.error_errno, self._bugs)
             if not sent:
@@ -431,7 +475,15 @@ class Router:
         if self._observers:
             # Built only for observers: a frozen dataclass costs more than the dispatch.
             self._notify(
-                Decision(call.request, route_name, *summary, latency, call.session if session is None else session)
+                Decision(
+                    call.request,
+                    route_name,
+                    *summary,
+                    latency,
+                    call.session if session is None else session,
+                    "shim",
+                    *named,
+                )
             )
 
     def _decide_now(self, request: Request, start: int = 0) -> tuple[str, Any] | _Await:
@@ -496,14 +548,16 @@ class Router:
         latency = time.perf_counter_ns() - started if started else 0
         await self._reply_and_notify(call, route_name, outcome, latency)
 
-    async def _flush_after(self, call: Call, route: str, summary: Summary, latency: int) -> None:
+    async def _flush_after(
+        self, call: Call, route: str, summary: Summary, latency: int, named: tuple[str | None, str | None]
+    ) -> None:
         try:
             await call.flush()
         except SessionClosed:
             call.abandon()
             return
         if self._observers:
-            self._notify(Decision(call.request, route, *summary, latency, call.session))
+            self._notify(Decision(call.request, route, *summary, latency, call.session, "shim", *named))
 
     async def _wait(self, handler: Handler, request: Request, result: Awaitable[Any]) -> Any:
         """Await an async handler's result, within ``timeout``."""

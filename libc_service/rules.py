@@ -82,7 +82,8 @@ __all__ = [
 
 #: The environment variable that carries the table to the shim (hex).
 ENV_RULES: Final = "LIBC_SERVICE_RULES"
-#: Set to ``1`` when the shim reports the calls it decided (the router has observers).
+#: Set to ``1`` when the shim reports the calls it decided (the router has observers), dropping a
+#: report the socket has no room for; ``2``: waiting for room instead (``spawn(reports="wait")``).
 ENV_REPORTS: Final = "LIBC_SERVICE_REPORTS"
 #: The largest table the shim takes (shim/rules.c's RULES_BYTES).
 MAX_RULES_BYTES: Final = 8192
@@ -127,9 +128,8 @@ class _Relative(Condition):
 def relative() -> Condition:
     """A file-system call with a relative path (either path, for rename).
 
-    The shim evaluates it itself: a route on relative paths (``trace``'s,
-    which names their directory while the request's descriptor is open)
-    leaves the absolute ones to the rule table.
+    The shim evaluates it itself: a route on relative paths leaves the
+    absolute ones to the rule table.
     """
     return _Relative()
 

@@ -27,11 +27,12 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 from . import wire
 from .catalogue import GAI_ERRORS
 from .master import Master, close_fds, received_fds
+from .requests import PATH_MAX_BYTES
 from .rules import ENV_REPORTS, ENV_RULES, rules_value
 
 if TYPE_CHECKING:
@@ -197,8 +198,13 @@ class RegistrationListener:
             self._waiter.set_result(None)
 
 
-#: A registration (16 bytes) or a report (its header and a request).
-_LISTENER_BUFFER: Final = wire.REPORT.size + wire.MAX_MESSAGE
+#: The registration socket's send buffer when reports are waited for (the kernel caps it at wmem_max).
+_REPORTS_SNDBUF: Final = 4 << 20
+
+#: A registration (16 bytes) or a report (its header, its names and a request).
+_LISTENER_BUFFER: Final = (
+    wire.REPORT.size + wire.REPORT_NAMES.size + 3 * PATH_MAX_BYTES + wire.REPORT_ARGV_MAX + wire.MAX_MESSAGE
+)
 
 
 def _registration(data: bytes, fds: list[int], flags: int) -> tuple[int, socket.socket] | None:
@@ -237,7 +243,7 @@ class SlaveProcess:
         max_sessions: int = 1024,
         seccomp: bool = False,
         rules: bool = True,
-        reports: bool = False,
+        reports: bool | Literal["wait"] = False,
     ) -> None:
         if not argv:
             raise ValueError("spawn() needs a program to run")
@@ -305,13 +311,15 @@ class SlaveProcess:
             env.pop(ENV_LOCAL, None)  # never inherited: only a sandbox applied here makes it true
             env.pop(ENV_RULES, None)  # never inherited: the rules are this router's
             env.pop(ENV_REPORTS, None)
-            rules = None if self._seccomp or not self._rules else rules_value(self.router, reports=self._reports)
+            rules = None if self._seccomp or not self._rules else rules_value(self.router, reports=bool(self._reports))
             if rules is not None:
                 env[ENV_RULES] = rules
             reporting = not self._seccomp and self._reports and self.router.observed
             if reporting:
                 # Observers see the calls the shim decided, and what forwarded calls returned, through reports.
-                env[ENV_REPORTS] = "1"
+                env[ENV_REPORTS] = "2" if self._reports == "wait" else "1"
+                if self._reports == "wait":  # room for bursts (up to net.core.wmem_max)
+                    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _REPORTS_SNDBUF)
             if self._sandbox is not None:
                 prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd)
                 local = local_value(prepared.local_trees)
@@ -384,11 +392,31 @@ class SlaveProcess:
         if report.outcome == "forward":
             result, errno = _forwarded_result(report.request.function, report)
             decision = Decision(
-                report.request, "default", "forward", result, errno, 0, 0, f"rules {report.request.pid}"
+                report.request,
+                "default",
+                "forward",
+                result,
+                errno,
+                0,
+                0,
+                f"rules {report.request.pid}",
+                directory=report.directory,
+                directory2=report.directory2,
+                program=report.program,
             )
         else:
             decision = Decision(
-                report.request, "default", "error", -1, report.errno, 0, 0, f"rules {report.request.pid}"
+                report.request,
+                "default",
+                "error",
+                -1,
+                report.errno,
+                0,
+                0,
+                f"rules {report.request.pid}",
+                directory=report.directory,
+                directory2=report.directory2,
+                program=report.program,
             )
         self.router.report(decision)
 
@@ -748,7 +776,7 @@ def spawn(
     max_sessions: int = 1024,
     seccomp: bool = False,
     rules: bool = True,
-    reports: bool = False,
+    reports: bool | Literal["wait"] = False,
 ) -> SlaveProcess:
     """Run ``argv`` as a slave of ``router`` on the running loop.
 
@@ -771,8 +799,10 @@ def spawn(
     A router with observers gets no rule table (the observers see every
     call in its session, as it is decided) unless ``reports=True``: then
     the shim decides too and tells the master afterwards, without waiting,
-    and the observers get those calls as the default's decisions (``trace``
-    does this).
+    and the observers get those calls as the default's decisions.
+    ``reports="wait"``: the same, but a report the registration socket has
+    no room for is waited for instead of dropped (the program runs at the
+    observers' pace, and they see every call: ``trace`` does this).
     """
     return SlaveProcess(
         argv,

@@ -21,14 +21,16 @@ import os
 import time
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import PurePosixPath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
+from .catalogue import NAMED_FUNCTIONS
 from .replies import AddrInfo, Stat
 from .requests import RenameRequest, Request
-from .router import FORWARD, Decision
+from .router import FORWARD, Decision, Router
+from .rules import RULED_FUNCTIONS
 
-__all__ = ["Tracer", "decision_record", "request_arguments"]
+__all__ = ["Tracer", "decision_record", "request_arguments", "trace_router"]
 
 
 def _plain(value: Any) -> Any:
@@ -93,10 +95,22 @@ def _show(value: Any, name: str = "") -> str:
     return str(value)
 
 
+def decision_directories(decision: Decision) -> dict[str, str]:
+    """Where the decision's relative path arguments are, by argument name (``Decision.directory``)."""
+    if decision.directory is None and decision.directory2 is None:
+        return {}
+    if isinstance(decision.request, RenameRequest):
+        named = {"path1": decision.directory, "path2": decision.directory2}
+    else:
+        named = {"path": decision.directory}
+    return {name: directory for name, directory in named.items() if directory is not None}
+
+
 def decision_line(decision: Decision, directories: Mapping[str, str] | None = None) -> str:
-    """One decision as a human-readable line; ``directories``: where relative path arguments are."""
+    """One decision as a human-readable line; ``directories``: where relative path arguments are
+    (by default the decision's own, :func:`decision_directories`)."""
     request = decision.request
-    where = directories or {}
+    where = decision_directories(decision) if directories is None else directories
     arguments = ", ".join(
         _show(getattr(request, name), name) + (f" (in {json.dumps(where[name])})" if name in where else "")
         for name in request.ARGUMENTS
@@ -133,42 +147,38 @@ class Tracer:
     """A router observer writing one line per decision to ``stream``.
 
     Besides each call it writes, once per process image, the program the
-    process runs (read from ``/proc/PID/exe`` and ``cmdline`` at its first
-    call, while it waits for the answer): the shim does not see ``execve``
-    itself. Relative paths are shown with the directory they are relative
-    to when :meth:`note_directory` is registered as a route (the ``trace``
-    command does): only a handler runs while the request's directory
-    descriptor is still open.
+    process runs (the shim does not see ``execve`` itself): as the decision
+    names it (:attr:`Decision.program <libc_service.router.Decision.program>`:
+    the shim's first report of a process), else read from ``/proc/PID/exe``
+    and ``cmdline`` at the first decision of the image, or earlier, while
+    the process waits for an answer, when :meth:`note_program` is
+    registered as a route (the ``trace`` command does, for the functions
+    the shim's rule table does not decide: their decisions wait for their
+    results). A process whose program no decision names and that exited
+    before its first decision reached the tracer gets no program line
+    (its first report was lost, or the shim could not read its ``/proc``).
+    Relative paths are shown with the directory they are relative to, as
+    the decision names it (:attr:`Decision.directory
+    <libc_service.router.Decision.directory>`).
     """
 
-    #: The route name of :meth:`note_directory`, shown as the default.
-    ROUTE = "Tracer.note_directory"
+    #: The route name of :meth:`note_program`, shown as the default.
+    ROUTE = "Tracer.note_program"
 
     def __init__(self, stream: TextIO, *, json_lines: bool = False) -> None:
         self.stream = stream
         self.json_lines = json_lines
         self._sessions: set[tuple[int, str]] = set()
-        self._directories: dict[tuple[str, int, int], str] = {}
         #: Program lines read while a process waited for an answer, by pid: (its executable, the line).
         self._programs: dict[int, tuple[str, str]] = {}
 
-    def note_directory(self, request: Request) -> object:
-        """A handler: remember the directory a relative path is relative to, then forward.
+    def note_program(self, request: Request) -> object:
+        """A handler: read the program the process runs while it waits, then forward.
 
-        Also reads the program the process runs while it waits: its line is
-        written with the call's decision, which waits for the call's result
-        (the process may be gone by then).
+        Its line is written with the call's decision, which waits for the
+        call's result (the process may be gone by then).
         """
         self._note_program(request.pid)
-        for name, fd_name in (("path", "dirfd"), ("path1", "dirfd1"), ("path2", "dirfd2")):
-            fd = getattr(request, fd_name, None)
-            if fd is None or os.fspath(getattr(request, name)).startswith("/"):
-                continue
-            try:
-                directory = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            self._directories[(name, request.pid, request.request_id)] = directory
         return FORWARD
 
     def __call__(self, decision: Decision) -> None:
@@ -176,32 +186,36 @@ class Tracer:
         # One program line per process image: the shim's reports of calls it
         # decided itself come outside the process's session, so the image is
         # told by its executable (the session when the process is gone).
-        try:
-            image = os.readlink(f"/proc/{request.pid}/exe")
-        except OSError:
-            early = self._programs.get(request.pid)
-            image = early[0] if early is not None else decision.session
-        key = (request.pid, image)
         program = ""
-        if key not in self._sessions:
-            self._sessions.add(key)
-            early = self._programs.pop(request.pid, None)
-            program = early[1] if early is not None and early[0] == image else self._program(request.pid)
-        directories = {
-            name: self._directories.pop((name, request.pid, request.request_id))
-            for name in ("path", "path1", "path2")
-            if (name, request.pid, request.request_id) in self._directories
-        }
+        if decision.program is not None:
+            image = decision.program[0]
+            key = (request.pid, image)
+            if key not in self._sessions:
+                self._sessions.add(key)
+                self._programs.pop(request.pid, None)
+                program = self._program_line(request.pid, *decision.program)
+        else:
+            try:
+                image = os.readlink(f"/proc/{request.pid}/exe")
+            except OSError:
+                early = self._programs.get(request.pid)
+                image = early[0] if early is not None else decision.session
+            key = (request.pid, image)
+            if key not in self._sessions:
+                self._sessions.add(key)
+                early = self._programs.pop(request.pid, None)
+                program = early[1] if early is not None and early[0] == image else self._program(request.pid)
         if decision.route == self.ROUTE:
             decision = dataclasses.replace(decision, route="default")
         if self.json_lines:
             record = decision_record(decision)
             record["time"] = round(time.time(), 6)
+            directories = decision_directories(decision)
             if directories:
                 record["directories"] = directories
             line = json.dumps(record, sort_keys=False, ensure_ascii=False)
         else:
-            line = decision_line(decision, directories)
+            line = decision_line(decision)
         # One write: the program runs on meanwhile and may write to the same stream.
         self.stream.write(program + line + "\n")
         self.stream.flush()
@@ -223,6 +237,11 @@ class Tracer:
                 argv = [os.fsdecode(arg) for arg in file.read().split(b"\0")[:-1]]
         except OSError:
             return ""
+        return self._program_line(pid, exe, argv)
+
+    def _program_line(self, pid: int, exe: str, argv: Sequence[str]) -> str:
+        """The line naming the program ``pid`` runs, with its newline."""
+        argv = list(argv)
         if self.json_lines:
             # The decision schema, so that every line has the same keys.
             line = json.dumps(
@@ -246,3 +265,22 @@ class Tracer:
         else:
             line = f"[pid {pid}] execve({json.dumps(exe)}, {json.dumps(argv, ensure_ascii=False)})"
         return line + "\n"
+
+
+def trace_router(tracer: Tracer) -> Router:
+    """The ``trace`` command's router: everything forwarded, ``tracer`` observing.
+
+    Run it with ``spawn(..., reports="wait")``: the shim decides the
+    functions of its rule table itself (:data:`~libc_service.rules.RULED_FUNCTIONS`,
+    relative paths included) and reports them, naming the directory of a
+    relative path and the process's program; no call of them is a round
+    trip. The other path functions are always asked: :meth:`Tracer.note_program`
+    reads the program while the process waits (their decisions wait for
+    their results), and the master names their directories.
+    """
+    router = Router(default=FORWARD)
+    unruled = sorted(NAMED_FUNCTIONS - RULED_FUNCTIONS)
+    if unruled:
+        router.on(*unruled)(tracer.note_program)
+    router.observe(tracer)
+    return router

@@ -70,6 +70,8 @@ __all__ = [
     "RemoteProtocolError",
     "REPORT",
     "REPORT_CALL",
+    "REPORT_ARGV_MAX",
+    "REPORT_NAMES",
     "REPORT_MAGIC",
     "ForwardResult",
     "Report",
@@ -1024,8 +1026,17 @@ def decode_registration(data: bytes, nfds: int) -> int:
 #: magic, version, outcome (1 forwarded by the rules, 2 denied by the rules,
 #: 3 forwarded by the master), reserved, errno, reports the process lost
 #: before this one, the call's result; then, for outcomes 1 and 2, the
-#: request as the shim encodes it, for outcome 3 :data:`REPORT_CALL`.
+#: :data:`REPORT_NAMES`, the names and the request as the shim encodes it,
+#: for outcome 3 :data:`REPORT_CALL`.
 REPORT: Final = struct.Struct("<4sHBBIIq")
+#: The lengths of the names that follow it, then the request: the
+#: directories a decided call's relative paths are relative to (its first
+#: path's, its second's: rename's new path; 0 for none), and in a process's
+#: first report its executable and its arguments (``/proc/self/cmdline``:
+#: each ends with a NUL).
+REPORT_NAMES: Final = struct.Struct("<HHHH")
+#: The most bytes of arguments a report carries (whole arguments only).
+REPORT_ARGV_MAX: Final = 4096
 #: The call the master answered "forward": its request's pid, tid, id and function; reserved.
 REPORT_CALL: Final = struct.Struct("<IIQHH")
 _REPORT_OUTCOMES: Final = {1: "forward", 2: "deny", 3: "result"}
@@ -1043,6 +1054,15 @@ class Report:
     lost: int
     #: What the call returned (-1 with ``errno`` on failure; a denial's is -1).
     result: int = -1
+    #: The absolute name of the directory the first relative path is relative
+    #: to (``path``, ``path1``), as the shim read it; ``None`` for an absolute
+    #: path or a directory the shim could not name (no ``/proc``, removed).
+    directory: str | None = None
+    #: The same for the second path (``rename``'s ``path2``).
+    directory2: str | None = None
+    #: In a process's first report (after ``exec`` or ``fork``): the program
+    #: it runs, its executable and arguments, as the shim read them.
+    program: tuple[str, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1083,5 +1103,42 @@ def decode_report(data: bytes) -> Report | ForwardResult:
         if reserved or not 1 <= code <= len(FUNCTIONS):
             raise RemoteProtocolError(f"bad function {code} in a forwarded call's report")
         return ForwardResult(pid, tid, request_id, FUNCTIONS[code - 1], result, errno, lost)
-    request = decode_request(data[REPORT.size :])
-    return Report(request, "forward" if outcome == 1 else "deny", errno, lost, result if outcome == 1 else -1)
+    if len(data) < REPORT.size + REPORT_NAMES.size:
+        raise RemoteProtocolError(f"report of {len(data)} bytes has no name lengths")
+    dir1, dir2, exe, argv = REPORT_NAMES.unpack_from(data, REPORT.size)
+    start = REPORT.size + REPORT_NAMES.size
+    end = start + dir1 + dir2 + exe + argv
+    if end > len(data):
+        raise RemoteProtocolError(f"report name lengths {dir1}+{dir2}+{exe}+{argv} exceed its {len(data)} bytes")
+    request = decode_request(data[end:])
+    program = None
+    if exe:
+        at = start + dir1 + dir2
+        program = _program_of(data[at : at + exe], data[at + exe : end])
+    elif argv:
+        raise RemoteProtocolError("a report's arguments without its executable")
+    return Report(
+        request,
+        "forward" if outcome == 1 else "deny",
+        errno,
+        lost,
+        result if outcome == 1 else -1,
+        _directory_of(data[start : start + dir1]),
+        _directory_of(data[start + dir1 : start + dir1 + dir2]),
+        program,
+    )
+
+
+def _program_of(exe: bytes, argv: bytes) -> tuple[str, tuple[str, ...]]:
+    if len(argv) > REPORT_ARGV_MAX or (argv and not argv.endswith(b"\0")):
+        raise RemoteProtocolError("a report's arguments are not NUL-terminated within their limit")
+    return _directory_of(exe) or "", tuple(os.fsdecode(arg) for arg in argv.split(b"\0")[:-1])
+
+
+def _directory_of(raw: bytes) -> str | None:
+    """A report's directory (or executable) name, ``None`` when empty: absolute, no NUL."""
+    if not raw:
+        return None
+    if raw[:1] != b"/" or b"\0" in raw:
+        raise RemoteProtocolError("a report's directory or executable name is not an absolute path")
+    return os.fsdecode(raw)

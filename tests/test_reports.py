@@ -8,25 +8,42 @@ the calls the shim decided as it shows the ones the master decided.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libc_service import Router, spawn, wire
-from libc_service.requests import OpenRequest
+from libc_service.requests import OpenRequest, RenameRequest
 from libc_service.router import Decision
+from libc_service.tracing import Tracer, trace_router
 from shimtools import needs_shim
 
 
-def _report(outcome: int, errno: int, request: bytes, lost: int = 0, result: int = 0) -> bytes:
-    return wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, outcome, 0, errno, lost, result) + request
+def _report(
+    outcome: int,
+    errno: int,
+    request: bytes,
+    lost: int = 0,
+    result: int = 0,
+    directories: tuple[bytes, bytes] | None = None,
+    program: tuple[bytes, bytes] = (b"", b""),
+) -> bytes:
+    """A report; a decided call's (outcomes other than 3) has its names (none by default)."""
+    header = wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, outcome, 0, errno, lost, result)
+    if outcome == 3 and directories is None:
+        return header + request
+    first, second = directories or (b"", b"")
+    names = wire.REPORT_NAMES.pack(len(first), len(second), len(program[0]), len(program[1]))
+    return header + names + first + second + program[0] + program[1] + request
 
 
 _OPEN = wire.encode_request(
@@ -42,6 +59,23 @@ def test_a_forwarded_and_a_denied_report_decode_to_their_request() -> None:
     assert denied.outcome == "deny" and denied.errno == 13
     failed = wire.decode_report(_report(1, 2, _OPEN, result=-1))
     assert isinstance(failed, wire.Report) and failed.result == -1 and failed.errno == 2
+
+
+_RENAME = wire.encode_request(RenameRequest(function="rename", pid=7, tid=8, request_id=0, path1="a", path2="b"))[0]
+
+
+def test_a_report_names_the_directories_of_its_relative_paths() -> None:
+    plain = wire.decode_report(_report(1, 0, _OPEN))
+    assert isinstance(plain, wire.Report) and plain.directory is None and plain.directory2 is None
+    renamed = wire.decode_report(_report(1, 0, _RENAME, directories=(b"/srv/one", b"/srv/two")))
+    assert isinstance(renamed, wire.Report)
+    assert (renamed.directory, renamed.directory2) == ("/srv/one", "/srv/two")
+    assert str(renamed.request.path1) == "a"  # type: ignore[union-attr]
+    second_only = wire.decode_report(_report(2, 13, _RENAME, directories=(b"", b"/tmp")))
+    assert isinstance(second_only, wire.Report) and (second_only.directory, second_only.directory2) == (None, "/tmp")
+    first = wire.decode_report(_report(1, 0, _OPEN, directories=(b"/d", b""), program=(b"/bin/cat", b"cat\0-n\0")))
+    assert isinstance(first, wire.Report) and first.program == ("/bin/cat", ("cat", "-n"))
+    assert first.directory == "/d" and str(first.request.path) == "/etc/hostname"  # type: ignore[union-attr]
 
 
 def test_a_forwarded_calls_result_decodes_to_its_identity() -> None:
@@ -66,6 +100,15 @@ def test_a_forwarded_calls_result_decodes_to_its_identity() -> None:
         _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 1, 1)),
         _report(1, 0, _OPEN[:-1]),
         b"LCSr" + _report(1, 0, _OPEN)[4:],
+        _report(1, 0, _OPEN, directories=(b"relative", b"")),
+        _report(1, 0, _OPEN, directories=(b"/a\0b", b"")),
+        _report(1, 0, _OPEN, program=(b"", b"cat\0")),
+        _report(1, 0, _OPEN, program=(b"/bin/cat", b"cat")),
+        _report(1, 0, _OPEN, program=(b"cat", b"cat\0")),
+        wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 1, 0, 0, 0, 0) + b"\x00",
+        wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 1, 0, 0, 0, 0)
+        + wire.REPORT_NAMES.pack(9999, 0, 0, 0)
+        + _OPEN,
     ],
 )
 def test_a_malformed_report_is_a_protocol_error(data: bytes) -> None:
@@ -172,3 +215,31 @@ async def test_reports_lost_under_pressure_are_counted_not_waited_for(caplog: py
     assert float(out) < 2.5, "the slave waited for its reports"
     assert count < 20000
     assert any("were lost" in record.getMessage() for record in caplog.records), caplog.text
+
+
+@needs_shim
+async def test_trace_decides_relative_paths_in_the_shim_with_no_round_trip(tmp_path: Path) -> None:
+    """Under ``trace``'s router, 2000 relative opens reach the master as reports only: the router
+    decides none of them (a route on relative paths would make each a round trip), yet the trace
+    has every one, with its directory."""
+    (tmp_path / "f").write_text("x")
+    output = io.StringIO()
+    router = trace_router(Tracer(output))
+    decided: list[str] = []
+    decide_now = router.decide_now
+
+    def counting(call: Any) -> Any:
+        decided.append(str(getattr(call.request, "path", "")))
+        return decide_now(call)
+
+    router.decide_now = counting  # type: ignore[method-assign]
+    program = "import os\nfor _ in range(2000):\n    os.close(os.open('f', os.O_RDONLY))\n"
+    async with spawn([sys.executable, "-c", program], router, cwd=tmp_path, reports="wait") as process:
+        assert await process.wait() == 0
+    assert "f" not in decided
+    lines = [
+        line
+        for line in output.getvalue().splitlines()
+        if f'open("f" (in "{tmp_path}"), close_on_exec|read_only' in line
+    ]
+    assert len(lines) == 2000

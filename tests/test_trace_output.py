@@ -125,3 +125,39 @@ def test_getaddrinfo_shows_its_return_code(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     [line] = [line for line in (tmp_path / "log").read_text().splitlines() if " getaddrinfo(" in line]
     assert '"localhost"' in line and "= 0 [forwarded]" in line, line
+
+
+def test_relative_paths_show_their_directory_from_the_shims_reports(tmp_path: Path) -> None:
+    """A relative open and stat in a subdirectory (by its descriptor and as the working directory) and
+    a relative rename across two directory descriptors: the shim decides and reports them, naming
+    the directories itself."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "sub" / "f").write_text("x")
+    program = textwrap.dedent("""
+        import os
+        sub = os.open("sub", os.O_RDONLY | os.O_DIRECTORY)
+        other = os.open("other", os.O_RDONLY | os.O_DIRECTORY)
+        os.close(os.open("f", os.O_RDONLY, dir_fd=sub))
+        os.stat("f", dir_fd=sub)
+        os.rename("f", "g", src_dir_fd=sub, dst_dir_fd=other)
+        os.chdir("sub")
+        os.stat("missing")
+    """)
+    done = trace("-o", "log", "--", sys.executable, "-c", program, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # the last stat fails
+    log = (tmp_path / "log").read_text()
+    sub, other = f'(in "{tmp_path / "sub"}")', f'(in "{tmp_path / "other"}")'
+    assert f'openat("f" {sub}, close_on_exec|read_only, NULL) = ' in log, log
+    assert f'stat("f" {sub}) = 0 [forwarded]' in log, log
+    assert f'rename("f" {sub}, "g" {other}) = 0 [forwarded]' in log, log
+    assert f'stat("missing" {sub}) = -1 ENOENT' in log, log
+    assert f'open("sub" (in "{tmp_path}"), ' in log, log
+
+
+def test_the_program_of_a_process_that_exited_at_once_is_named(tmp_path: Path) -> None:
+    """Short-lived processes whose calls the shim decided: their first report names the program."""
+    done = trace("-o", "log", "--", "sh", "-c", "cat /dev/null; cat /dev/null", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    programs = [line for line in (tmp_path / "log").read_text().splitlines() if "execve(" in line]
+    assert sum('execve("/usr/bin/cat", ["cat", "/dev/null"])' in line for line in programs) == 2, programs

@@ -225,6 +225,7 @@ LAYOUTS = [
     ("LCS_HELLO", wire.REGISTRATION, ["magic", "version", "reserved1", "pid", "reserved2"]),
     ("LCS_REPORT", wire.REPORT, ["magic", "version", "outcome", "reserved", "errno", "lost", "result"]),
     ("LCS_REPORT_CALL", wire.REPORT_CALL, ["pid", "tid", "id", "function", "reserved"]),
+    ("LCS_REPORT_NAMES", wire.REPORT_NAMES, ["dir1", "dir2", "exe", "argv"]),
     ("LCS_RULES", rule_table.HEADER, ["magic", "version", "count"]),
     ("LCS_RULES_ENTRY", rule_table.ENTRY, ["function", "action", "errno", "size"]),
 ]
@@ -263,6 +264,8 @@ def test_every_header_offset_is_compared(header: dict[str, int]) -> None:
         ("LCS_HELLO_SIZE", wire.REGISTRATION.size),
         ("LCS_REPORT_HEADER", wire.REPORT.size),
         ("LCS_REPORT_CALL_SIZE", wire.REPORT_CALL.size),
+        ("LCS_REPORT_NAMES_SIZE", wire.REPORT_NAMES.size),
+        ("LCS_REPORT_ARGV_MAX", wire.REPORT_ARGV_MAX),
         ("LCS_RULES_HEADER", rule_table.HEADER.size),
         ("LCS_RULES_ENTRY", rule_table.ENTRY.size),
         ("LCS_RULES_VERSION", rule_table.VERSION),

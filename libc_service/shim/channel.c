@@ -43,8 +43,10 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 
 static __thread int busy;
-static int reporting;             /* LIBC_SERVICE_REPORTS=1: tell observers */
+static int reporting;             /* LIBC_SERVICE_REPORTS=1 or 2: tell observers */
+static int reports_wait;          /* LIBC_SERVICE_REPORTS=2: wait for room, never drop */
 static unsigned reports_lost;     /* reports the socket did not take */
+static int program_told;          /* this process's program went with a report (reset by fork) */
 static __thread pid_t cached_tid;
 
 /* Reports due after the real call, innermost last: a real call may come
@@ -84,24 +86,30 @@ static void atfork_child(void)
 	waiters = NULL;
 	cached_tid = 0;
 	npending = 0;
+	program_told = 0;
 	lcs_ownfds_forked();
 }
 
-/* Whether the environment holds exactly name (with its "=") and "1". */
-static int env_is_one(const char *name)
+/* The value of name (with its "=") when it is one digit 1-9, else 0. */
+static int env_digit(const char *name)
 {
 	extern char **environ;
 	size_t len = strlen(name);
 
 	for (char **entry = environ; entry && *entry; entry++)
-		if (!strncmp(*entry, name, len))
-			return !strcmp(*entry + len, "1");
+		if (!strncmp(*entry, name, len)) {
+			const char *value = *entry + len;
+			return value[0] >= '1' && value[0] <= '9' && !value[1] ? value[0] - '0' : 0;
+		}
 	return 0;
 }
 
 void lcs_channel_init(void)
 {
-	reporting = env_is_one("LIBC_SERVICE_REPORTS=");
+	int reports = env_digit("LIBC_SERVICE_REPORTS=");
+
+	reporting = reports == 1 || reports == 2;
+	reports_wait = reports == 2;
 	pthread_atfork(NULL, NULL, atfork_child);
 }
 
@@ -204,6 +212,7 @@ void lcs_request_init(struct lcs_request *request, uint16_t function)
 	memset(request, 0, sizeof *request);
 	request->function = function;
 	request->fds[0] = request->fds[1] = request->fds[2] = -1;
+	request->dirs[0] = request->dirs[1] = -1;
 }
 
 int lcs_path_dir(int dirfd, const char *path, int *fd, int *owned)
@@ -293,14 +302,20 @@ static size_t encode_request(unsigned char *buf, const struct lcs_request *reque
  * request as it would have been sent (no descriptors), or for outcome 3
  * the pid, tid and id of the request the master answered.  MSG_DONTWAIT:
  * the slave never waits for an observer; a report the socket does not
- * take is counted and dropped.  errno is kept. */
+ * take is counted and dropped.  With LIBC_SERVICE_REPORTS=2 (trace) the
+ * slave waits for room instead: the observers see every call.  errno is
+ * kept. */
 static void send_report(unsigned char *buf, size_t len)
 {
 	struct iovec iov = { buf, len };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	int saved_errno = errno;
+	ssize_t sent;
 
-	if (sendmsg(lcs_reg_fd(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)len)
+	do
+		sent = sendmsg(lcs_reg_fd(), &msg, (reports_wait ? 0 : MSG_DONTWAIT) | MSG_NOSIGNAL);
+	while (sent < 0 && errno == EINTR && reports_wait);
+	if (sent != (ssize_t)len)
 		__atomic_add_fetch(&reports_lost, 1, __ATOMIC_RELAXED);
 	errno = saved_errno;
 }
@@ -316,20 +331,68 @@ static void report_header(unsigned char *buf, int outcome, int64_t result, int e
 	put64(buf + LCS_REPORT_RESULT_OFFSET, (uint64_t)result);
 }
 
-/* A report carrying the request (a call the rules decided). */
+/* The arguments of this process, as /proc/self/cmdline has them (each
+ * ending with a NUL), whole ones only, into out (room for
+ * LCS_REPORT_ARGV_MAX); returns their length, 0 when unreadable. */
+static size_t read_argv(unsigned char *out)
+{
+	size_t len = 0;
+	long got = 0;
+	int fd = lcs_openat_raw(AT_FDCWD, "/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return 0;
+	while (len < LCS_REPORT_ARGV_MAX &&
+	       ((got = lcs_read_raw(fd, out + len, LCS_REPORT_ARGV_MAX - len)) > 0 || (got < 0 && errno == EINTR)))
+		if (got > 0)
+			len += got;
+	lcs_close_raw(fd);
+	while (len > 0 && out[len - 1] != 0)
+		len--; /* a cut argument goes */
+	return len;
+}
+
+/* A report carrying the request (a call the rules decided), after the
+ * names of the directories its relative paths are relative to, read now
+ * (after the real call) through /proc: the observers need no round trip
+ * to name them; the first report of a process names its program too
+ * (the observers may read /proc/PID only after it exited).  errno is
+ * kept. */
 static void report_request(const struct lcs_request *request, int outcome, int64_t result, int error,
                            pid_t tid)
 {
-	unsigned char buf[LCS_REPORT_HEADER + LCS_MAX_MESSAGE];
+	unsigned char buf[LCS_REPORT_HEADER + LCS_REPORT_NAMES_SIZE + 3 * (LCS_PATH_MAX_BYTES + 1) +
+	                  LCS_REPORT_ARGV_MAX + LCS_MAX_MESSAGE];
+	unsigned char *names = buf + LCS_REPORT_HEADER, *at = names + LCS_REPORT_NAMES_SIZE;
+	static const int dir_offsets[2] = { LCS_REPORT_NAMES_DIR1_OFFSET, LCS_REPORT_NAMES_DIR2_OFFSET };
 	struct lcs_request plain = *request;
-	int fds[3], nfds;
+	int fds[3], nfds, saved_errno = errno;
+	size_t len;
 
 	if (LCS_REQUEST_HEADER + 4 * LCS_MAX_GROUPS + request->len1 + request->len2 > LCS_MAX_MESSAGE)
 		return;
 	plain.fds[0] = plain.fds[1] = plain.fds[2] = -1; /* a report carries no descriptor */
 	report_header(buf, outcome, result, error);
-	send_report(buf, LCS_REPORT_HEADER +
-	                 encode_request(buf + LCS_REPORT_HEADER, &plain, tid, 0, fds, &nfds));
+	memset(names, 0, LCS_REPORT_NAMES_SIZE);
+	for (int n = 0; n < 2; n++) {
+		/* Read into place: the name's NUL is overwritten by what follows. */
+		if (request->dirs[n] == -1 || !lcs_directory_name(request->dirs[n], (char *)at, &len))
+			len = 0;
+		put16(names + dir_offsets[n], len);
+		at += len;
+	}
+	if (!__atomic_exchange_n(&program_told, 1, __ATOMIC_RELAXED)) {
+		ssize_t exe = readlink("/proc/self/exe", (char *)at, LCS_PATH_MAX_BYTES);
+		if (exe > 0 && exe < LCS_PATH_MAX_BYTES && at[0] == '/') {
+			put16(names + LCS_REPORT_NAMES_EXE_OFFSET, exe);
+			at += exe;
+			len = read_argv(at);
+			put16(names + LCS_REPORT_NAMES_ARGV_OFFSET, len);
+			at += len;
+		}
+	}
+	errno = saved_errno;
+	send_report(buf, at - buf + encode_request(at, &plain, tid, 0, fds, &nfds));
 }
 
 static int reports_on(void)

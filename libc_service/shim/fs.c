@@ -57,9 +57,13 @@ static int ask(struct lcs_request *request, int dirfd1, const char *path1,
 		return FALLBACK;
 	request->string1 = path1;
 	request->len1 = strlen(path1);
+	if (path1[0] != '/')
+		request->dirs[0] = dirfd1; /* named in a report */
 	if (path2) {
 		request->string2 = path2;
 		request->len2 = strlen(path2);
+		if (path2[0] != '/')
+			request->dirs[1] = dirfd2;
 	}
 	/* The policy's constant answer, when the rules prove it. */
 	rule = lcs_rules(request->function, request->flags, dirfd1, path1, dirfd2, path2, &error);

@@ -176,12 +176,9 @@ void lcs_rules_init(void)
 		}
 }
 
-/* The directory a relative path is relative to, as the master names it
- * (readlink of its copy of the descriptor, the shim's cwd descriptor for
- * AT_FDCWD): the same link read through our own /proc.  0 when it cannot
- * be named exactly: no /proc (a sandbox), not a directory path, a removed
- * directory (" (deleted)"), too long. */
-static int directory_of(int dirfd, char *out, size_t *out_len)
+/* Declared in shim.h: the rules' own test of a relative path, and the
+ * directory channel.c's reports name. */
+int lcs_directory_name(int dirfd, char *out, size_t *out_len)
 {
 	char link[32] = "/proc/self/cwd";
 	ssize_t len;
@@ -222,7 +219,7 @@ static int normalise(int dirfd, const char *path, char *out, size_t *out_len)
 	if (!path)
 		return 0;
 	if (path[0] != '/') {
-		if (!directory_of(dirfd, base, &base_len) || !append_components(base, out, &len))
+		if (!lcs_directory_name(dirfd, base, &base_len) || !append_components(base, out, &len))
 			return 0;
 	}
 	if (!append_components(path, out, &len))

@@ -130,6 +130,22 @@
 #define LCS_REPORT_LOST_OFFSET 12    /* u32 */
 #define LCS_REPORT_RESULT_OFFSET 16  /* i64: the real call's result */
 
+/* After the report header of a call the rules decided, before its request
+ * (wire.REPORT_NAMES, LCS_REPORT_NAMES_SIZE bytes): the lengths of the
+ * names that follow it, in this order, no NUL: the directories its
+ * relative paths are relative to (the first path's, the second's:
+ * rename's new path; 0 for an absolute path or a directory the shim
+ * cannot name: no /proc, a removed directory), then, in the first report
+ * of a process (after exec or fork) only, its executable (/proc/self/exe)
+ * and its arguments (/proc/self/cmdline: each ends with a NUL; whole
+ * arguments only, up to LCS_REPORT_ARGV_MAX bytes). */
+#define LCS_REPORT_NAMES_SIZE 8
+#define LCS_REPORT_NAMES_DIR1_OFFSET 0 /* u16 */
+#define LCS_REPORT_NAMES_DIR2_OFFSET 2 /* u16 */
+#define LCS_REPORT_NAMES_EXE_OFFSET 4  /* u16 */
+#define LCS_REPORT_NAMES_ARGV_OFFSET 6 /* u16 */
+#define LCS_REPORT_ARGV_MAX 4096
+
 /* The identity of a call the master answered "forward" (wire.REPORT_CALL):
  * its request header's pid, tid, id and function. */
 #define LCS_REPORT_CALL_SIZE 20
@@ -258,6 +274,9 @@ struct lcs_request {
 	size_t len2;
 	/* Indexed by role bit (dir1, dir2, socket); -1 when absent. */
 	int fds[3];
+	/* For a report: the directory descriptor of each relative path
+	 * (AT_FDCWD for the working directory); -1 for none. */
+	int dirs[2];
 };
 
 struct lcs_reply {
@@ -347,6 +366,15 @@ int lcs_local(const char *path);
  * lcs_rules() says forward, deny (*error set) or ask the master. */
 enum { LCS_RULE_ASK = 0, LCS_RULE_FORWARD, LCS_RULE_DENY };
 void lcs_rules_init(void);
+
+/* The absolute name of the directory dirfd (AT_FDCWD: the working
+ * directory) is open on, read from /proc/self/fd/N or /proc/self/cwd, as
+ * the master names its copy of the descriptor.  out has room for
+ * LCS_PATH_MAX_BYTES + 1; returns 1 with out NUL-terminated and *out_len
+ * set, 0 when it cannot be named exactly: no /proc (a sandbox), not a
+ * directory path, a removed directory (" (deleted)"), too long.  errno
+ * may change. */
+int lcs_directory_name(int dirfd, char *out, size_t *out_len);
 int lcs_rules(uint16_t function, uint32_t flags, int dirfd1, const char *path1, int dirfd2,
               const char *path2, int *error);
 
