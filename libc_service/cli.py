@@ -217,9 +217,13 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     try:
         from .tracing import Tracer, trace_router
 
-        router = trace_router(Tracer(output, json_lines=args.json))
-        # Every call in the trace: the program waits for room for its reports rather than drop them.
-        return _run_loop(_serve_program(command, router, None, args.seccomp, reports="wait"))
+        tracer = Tracer(output, json_lines=args.json)
+        router = trace_router(tracer)
+        try:
+            # Every call in the trace: the program waits for room for its reports rather than drop them.
+            return _run_loop(_serve_program(command, router, None, args.seccomp, reports="wait"))
+        finally:
+            tracer.flush()
     finally:
         if output is not sys.stderr:
             output.close()

@@ -14,6 +14,7 @@ call that reached the master as a seccomp notification (``trace
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno as errno_module
 import json
@@ -171,6 +172,10 @@ class Tracer:
         self._sessions: set[tuple[int, str]] = set()
         #: Program lines read while a process waited for an answer, by pid: (its executable, the line).
         self._programs: dict[int, tuple[str, str]] = {}
+        #: The executable each pid's shim last named in a report (Decision.program).
+        self._images: dict[int, str] = {}
+        #: Whether a flush is due when the event loop goes idle.
+        self._flush_due = False
 
     def note_program(self, request: Request) -> object:
         """A handler: read the program the process runs while it waits, then forward.
@@ -188,12 +193,14 @@ class Tracer:
         # told by its executable (the session when the process is gone).
         program = ""
         if decision.program is not None:
-            image = decision.program[0]
+            image = self._images[request.pid] = decision.program[0]
             key = (request.pid, image)
             if key not in self._sessions:
                 self._sessions.add(key)
                 self._programs.pop(request.pid, None)
                 program = self._program_line(request.pid, *decision.program)
+        elif request.pid in self._images and decision.session.startswith("rules "):
+            pass  # a later report of the image the shim named: its line is written
         else:
             try:
                 image = os.readlink(f"/proc/{request.pid}/exe")
@@ -218,6 +225,19 @@ class Tracer:
             line = decision_line(decision)
         # One write: the program runs on meanwhile and may write to the same stream.
         self.stream.write(program + line + "\n")
+        if not self._flush_due:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.stream.flush()
+                return
+            # Once the loop has handled what is ready (a burst of reports): one flush for them all.
+            self._flush_due = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Flush the stream (the tracer does when the event loop goes idle; call it at the end too)."""
+        self._flush_due = False
         self.stream.flush()
 
     def _note_program(self, pid: int) -> None:
