@@ -30,9 +30,8 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 from . import wire
-from .catalogue import GAI_ERRORS
+from .catalogue import GAI_ERRORS, PATH_MAX_BYTES
 from .master import Master, close_fds, received_fds
-from .requests import PATH_MAX_BYTES
 from .rules import ENV_REPORTS, ENV_RULES, rules_value
 
 if TYPE_CHECKING:
