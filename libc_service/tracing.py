@@ -23,13 +23,15 @@ import time
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import PurePosixPath
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from . import replies, requests  # loaded on first use: the program starts before pydantic loads
 from .catalogue import NAMED_FUNCTIONS
-from .replies import AddrInfo, Stat
-from .requests import RenameRequest, Request
 from .router import FORWARD, Decision, Router
 from .rules import RULED_FUNCTIONS
+
+if TYPE_CHECKING:
+    from .requests import Request
 
 __all__ = ["Tracer", "decision_record", "request_arguments", "trace_router"]
 
@@ -39,11 +41,11 @@ def _plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, frozenset | set):
         return sorted(value)
-    if isinstance(value, Stat):
+    if isinstance(value, replies.Stat):
         return value.model_dump()
     if isinstance(value, list):
         return [_plain(item) for item in value]
-    if isinstance(value, AddrInfo):
+    if isinstance(value, replies.AddrInfo):
         return {"address": str(value.address), "port": value.port}
     return value
 
@@ -54,7 +56,7 @@ def request_arguments(request: Request) -> dict[str, Any]:
     A rename also carries ``no_replace`` (``renameat2``'s ``RENAME_NOREPLACE``).
     """
     arguments = {name: _plain(getattr(request, name)) for name in request.ARGUMENTS}
-    if isinstance(request, RenameRequest):
+    if isinstance(request, requests.RenameRequest):
         arguments["no_replace"] = request.no_replace
     return arguments
 
@@ -100,7 +102,7 @@ def decision_directories(decision: Decision) -> dict[str, str]:
     """Where the decision's relative path arguments are, by argument name (``Decision.directory``)."""
     if decision.directory is None and decision.directory2 is None:
         return {}
-    if isinstance(decision.request, RenameRequest):
+    if isinstance(decision.request, requests.RenameRequest):
         named = {"path1": decision.directory, "path2": decision.directory2}
     else:
         named = {"path": decision.directory}
@@ -116,7 +118,7 @@ def decision_line(decision: Decision, directories: Mapping[str, str] | None = No
         _show(getattr(request, name), name) + (f" (in {json.dumps(where[name])})" if name in where else "")
         for name in request.ARGUMENTS
     )
-    if isinstance(request, RenameRequest) and request.no_replace:
+    if isinstance(request, requests.RenameRequest) and request.no_replace:
         arguments += ", no_replace"
     if getattr(request, "no_follow", False) is True:  # the metadata changes' AT_SYMLINK_NOFOLLOW
         arguments += ", no_follow"
@@ -126,7 +128,7 @@ def decision_line(decision: Decision, directories: Mapping[str, str] | None = No
         name = errno_module.errorcode.get(decision.errno, str(decision.errno))
         answer = f"-1 {name}" if decision.result != "system" else f"system {name}"
         answer += f" ({os.strerror(decision.errno)})"
-    elif isinstance(decision.result, Stat):
+    elif isinstance(decision.result, replies.Stat):
         answer = f"{{type={decision.result.type}, mode={decision.result.mode:o}, size={decision.result.size}}}"
     elif isinstance(decision.result, list):
         answer = "[" + ", ".join(f"{_show(a.address)}:{a.port}" for a in decision.result) + "]"
@@ -177,7 +179,7 @@ class Tracer:
         #: Whether a flush is due when the event loop goes idle.
         self._flush_due = False
 
-    def note_program(self, request: Request) -> object:
+    def note_program(self, request: Any) -> object:  # a Request: Any leaves pydantic unloaded at registration
         """A handler: read the program the process runs while it waits, then forward.
 
         Its line is written with the call's decision, which waits for the
