@@ -349,12 +349,16 @@ class LandlockDenials:
                 elif record.status == "deallocated":
                     domain.deallocated = True
 
-    def stop(self, *, settle: float = 0.1, limit: float = 1.0) -> None:
+    def stop(self, *, settle: float = 0.1, limit: float = 1.0, expected: int = 0) -> None:
         """Stop reading, once no record came for ``settle`` s and every denying domain is gone (at most ``limit`` s).
 
         Records are delivered asynchronously (the kernel's audit thread): a
         denial made just before the slave exited may still be on its way. A
         domain's ``deallocated`` record comes after all its denials.
+        ``expected``: denials known to have happened (forwarded calls the
+        kernel refused with ``EACCES``): until that many records came, a
+        quiet moment is not the end (a loaded machine delivers late), up to
+        ``limit``.
         """
         if self._thread is None:
             return
@@ -362,7 +366,9 @@ class LandlockDenials:
         while time.monotonic() < deadline:
             with self._lock:
                 quiet = time.monotonic() - self._last >= settle
-                pending = any(not self.domains[r.domain].deallocated for r in self.records)
+                pending = len(self.records) < expected or any(
+                    not self.domains[r.domain].deallocated for r in self.records
+                )
             if quiet and not pending:
                 break
             time.sleep(settle / 4)

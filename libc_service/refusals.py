@@ -165,7 +165,10 @@ class RefusalReport:
         """
         landlock: list[AccessRecord] = []
         if self.landlock is not None:
-            self.landlock.stop()
+            # Each refusal the shim reported may be Landlock's: wait for their records (a loaded
+            # machine delivers them late), a little longer than for a quiet moment alone.
+            expected = sum(1 for key, _ in self.kernel_refusals if key[2] == errno_module.EACCES)
+            self.landlock.stop(expected=expected, limit=3.0 if expected else 1.0)
             landlock = self.landlock.denials(self.pids | {os.getpid()})  # the slave is our child
         # A forwarded call Landlock refused is Landlock's line, not also an "after FORWARD" one.
         explained = collections.Counter(record.path for record in landlock if record.path)

@@ -247,7 +247,7 @@ class _Records:
     def __init__(self, records: list[AccessRecord]) -> None:
         self.records = records
 
-    def stop(self) -> None:
+    def stop(self, **waiting: object) -> None:
         pass
 
     def denials(self, pids: object) -> list[AccessRecord]:
