@@ -1,4 +1,4 @@
-"""The ``libc-service`` command: run, trace, learn and document policies.
+"""The ``libc-service`` command: run, trace, learn and document policies."""
 
 from __future__ import annotations
 
