@@ -211,7 +211,7 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     output: TextIO = sys.stderr
     if args.output is not None:
         try:
-            output = open(args.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+            output = open(args.output, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise PolicyError(f"cannot write the trace to {args.output}: {exc.strerror}") from exc
     try:

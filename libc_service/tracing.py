@@ -222,7 +222,7 @@ class Tracer:
             directories = decision_directories(decision)
             if directories:
                 record["directories"] = directories
-            line = json.dumps(record, sort_keys=False, ensure_ascii=False)
+            line = json.dumps(record, sort_keys=False)  # ASCII: a slave's non-UTF-8 bytes stay escapes
         else:
             line = decision_line(decision)
         # One write: the program runs on meanwhile and may write to the same stream.
@@ -282,10 +282,9 @@ class Tracer:
                     "transport": None,
                     "time": round(time.time(), 6),
                 },
-                ensure_ascii=False,
             )
         else:
-            line = f"[pid {pid}] execve({json.dumps(exe)}, {json.dumps(argv, ensure_ascii=False)})"
+            line = f"[pid {pid}] execve({json.dumps(exe)}, {json.dumps(argv)})"
         return line + "\n"
 
 

@@ -161,3 +161,18 @@ def test_the_program_of_a_process_that_exited_at_once_is_named(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     programs = [line for line in (tmp_path / "log").read_text().splitlines() if "execve(" in line]
     assert sum('execve("/usr/bin/cat", ["cat", "/dev/null"])' in line for line in programs) == 2, programs
+
+
+def test_a_slave_s_non_utf8_bytes_are_escaped_not_a_crash(tmp_path: Path) -> None:
+    """Paths and arguments are the slave's bytes: any of them is written, escaped, and nothing fails."""
+    script = "cat \"$(printf 'missing-\\376')\" \"$(printf '/nowhere/\\377')\"; echo \"$(printf '\\033]0;x\\007')\""
+    for json_lines in (False, True):
+        done = trace("-o", "log", *(["--json"] if json_lines else []), "--", "sh", "-c", script, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr and "failed" not in done.stderr.replace("No such", ""), done.stderr
+        log = (tmp_path / "log").read_text(encoding="utf-8")  # strict: no lone surrogate reached the file
+        assert "\\udcfe" in log and "\\udcff" in log
+        assert "\x1b" not in log and "\x07" not in log  # a terminal escape stays text
+        if json_lines:
+            for line in log.splitlines():
+                json.loads(line)
