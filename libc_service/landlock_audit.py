@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .landlock import AUDIT_ABI, landlock_abi
+from .slavepath import printable
 
 __all__ = [
     "AUDIT_LANDLOCK_ACCESS",
@@ -426,6 +427,6 @@ def denial_lines(records: Iterable[AccessRecord]) -> list[str]:
         tally.beneath = directory if tally.beneath is None else os.path.commonpath([tally.beneath, directory])
     out = []
     for (verb, blockers, _), tally in sorted(tallies.items(), key=lambda item: -item[1].count):
-        where = f" beneath {tally.beneath}" if tally.beneath else ""
+        where = f" beneath {printable(tally.beneath)}" if tally.beneath else ""
         out.append(f"refused {tally.count}× {verb}{where} by Landlock ({blockers})")
     return out

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from .catalogue import METADATA_FUNCTIONS
 from .router import Decision
+from .slavepath import printable
 
 if TYPE_CHECKING:
     from .landlock_audit import AccessRecord, LandlockDenials
@@ -180,7 +181,7 @@ class RefusalReport:
         self.kernel_refusals.clear()
         out = []
         for (function, route, code), tally in sorted(self.tallies.items(), key=lambda item: -item[1].count):
-            where = f" beneath {tally.beneath}" if tally.beneath else ""
+            where = f" beneath {printable(tally.beneath)}" if tally.beneath else ""
             name = errno_module.errorcode.get(code, str(code))
             if route != _AFTER_FORWARD:
                 how = f"by {route}"

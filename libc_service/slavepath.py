@@ -10,11 +10,12 @@ routing conditions nor the safe-path code import each other for it.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 from pathlib import PurePosixPath
 
-__all__ = ["descriptor_name", "directory_name", "join_to_directory", "slave_path"]
+__all__ = ["descriptor_name", "directory_name", "join_to_directory", "printable", "slave_path"]
 
 
 def slave_path(path: PurePosixPath, dirfd: int | None) -> str | None:
@@ -104,3 +105,12 @@ def join_to_directory(base: str, text: str) -> str:
     if not rest:
         return head
     return head.rstrip("/") + "/" + rest
+
+
+def printable(path: str) -> str:
+    """``path`` as it may be shown on a terminal: as is when printable, else JSON-quoted.
+
+    A slave names its files: a name with control characters (a terminal
+    escape) or undecodable bytes is shown escaped, never written raw.
+    """
+    return path if path.isprintable() else json.dumps(path)

@@ -268,3 +268,12 @@ def test_a_forwarded_call_landlock_refused_is_counted_once_as_landlock_s() -> No
         "refused 1× open beneath /etc after FORWARD (EACCES)",
         "refused 1× open beneath /etc by Landlock (fs.read_file)",
     ]
+
+
+def test_a_refused_name_with_a_terminal_escape_is_shown_escaped() -> None:
+    report = RefusalReport()
+    report(_forwarded("/tmp/\x1b]0;owned\x07/secret", errno.EACCES))
+    report.landlock = _Records([AccessRecord("1b", ("fs.read_file",), "/srv/\x1b[2Jx/y")])  # type: ignore[assignment]
+    lines = report.lines()
+    assert all("\x1b" not in line and "\x07" not in line for line in lines), lines
+    assert 'refused 1× open beneath "/tmp/\\u001b]0;owned\\u0007" after FORWARD (EACCES)' in lines
