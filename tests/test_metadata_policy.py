@@ -189,41 +189,27 @@ def test_trace_shows_metadata_changes_with_octal_modes(tmp_path: Path) -> None:
     assert target.stat().st_mtime == 5
 
 
+def command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_learn_has_the_master_change_modes_where_the_run_did(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "f").write_text("x")
     (tmp_path / "elsewhere").write_text("x")
     out = tmp_path / "policy.py"
-    done = subprocess.run(
-        [*COMMAND, "learn", "-o", str(out), "--", "chmod", "640", str(tree / "f")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = command("learn", "-o", str(out), "--", "chmod", "640", str(tree / "f"))
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE((tree / "f").stat().st_mode) == 0o640
     namespace: dict[str, object] = {}
     exec(compile(out.read_text(), str(out), "exec"), namespace)  # noqa: S102 - the policy learn wrote
     assert namespace["METADATA_TREES"] == [str(tree)], out.read_text()
 
-    again = subprocess.run(
-        [*COMMAND, "run", "--sandbox", str(out), "--", "chmod", "600", str(tree / "f")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    again = command("run", "--sandbox", str(out), "--", "chmod", "600", str(tree / "f"))
     assert again.returncode == 0, again.stderr
     assert stat.S_IMODE((tree / "f").stat().st_mode) == 0o600
-    refused = subprocess.run(
-        [*COMMAND, "run", "--sandbox", str(out), "--", "chmod", "600", str(tmp_path / "elsewhere")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    refused = command("run", "--sandbox", str(out), "--", "chmod", "600", str(tmp_path / "elsewhere"))
     assert refused.returncode != 0  # not where the learnt run changed modes
     assert stat.S_IMODE((tmp_path / "elsewhere").stat().st_mode) != 0o600
 
