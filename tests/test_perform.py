@@ -572,7 +572,10 @@ async def test_cancelling_a_blocked_fifo_open_releases_its_thread(
 ) -> None:
     before, threads = fd_count.snapshot(), _threads()
     task = asyncio.ensure_future(perform(OpenRequest(path="fifo", flags=flags, dirfd=here, **ME)))
-    await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while _threads() < threads + 1:  # the open's thread starts (late on a loaded machine)
+        assert time.monotonic() < deadline, "no thread took the blocking open"
+        await asyncio.sleep(0.01)
     assert _threads() == threads + 1 and not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
