@@ -25,8 +25,14 @@ prove is asked:
   directory was removed);
 - an ``under`` root that is not valid UTF-8;
 - only file-system functions (``open``, ``openat``, ``stat``, ``lstat``,
-  ``access``, ``eaccess``, ``mkdir``, ``rmdir``, ``unlink``, ``rename``);
-  network and name calls are asked as before.
+  ``access``, ``eaccess``, ``mkdir``, ``rmdir``, ``unlink``, ``rename``)
+  and metadata changes (``chmod``, ``chown``, ``utimens`` and their
+  descriptor forms); network and name calls are asked as before;
+- for a descriptor form (``fchmod``, ``fchown``, ``futimens``): an
+  ``under`` or ``relative`` condition (the router names the file behind
+  the descriptor, which the table does not), and any call at all while the
+  router is observed (a report carries no descriptor, and the observers'
+  request needs one).
 
 Paths are compared as the router compares them: lexically, made absolute
 against their directory, empty and ``.`` components dropped and ``..``
@@ -59,7 +65,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
-from .catalogue import MUTATING_FUNCTIONS, OPEN_FUNCTIONS
+from .catalogue import METADATA_FD_FUNCTIONS, METADATA_FUNCTIONS, MUTATING_FUNCTIONS, OPEN_FUNCTIONS
 from .conditions import Condition, AllOf, AnyOf, FlagsCondition, Negation, UnderCondition, WritingCondition
 from .outcomes import FORWARD, Deny
 from .catalogue import FUNCTIONS
@@ -87,9 +93,10 @@ ENV_RULES: Final = "LIBC_SERVICE_RULES"
 ENV_REPORTS: Final = "LIBC_SERVICE_REPORTS"
 #: The largest table the shim takes (shim/rules.c's RULES_BYTES).
 MAX_RULES_BYTES: Final = 8192
-#: The functions the shim applies rules to (shim/fs.c).
-RULED_FUNCTIONS: Final = frozenset(
-    {"open", "openat", "stat", "lstat", "access", "eaccess", "mkdir", "rmdir", "unlink", "rename"}
+#: The functions the shim applies rules to (shim/fs.c, shim/meta.c).
+RULED_FUNCTIONS: Final = (
+    frozenset({"open", "openat", "stat", "lstat", "access", "eaccess", "mkdir", "rmdir", "unlink", "rename"})
+    | METADATA_FUNCTIONS
 )
 
 MAGIC: Final = b"LCSR"
@@ -115,7 +122,7 @@ Verdict: TypeAlias = Literal["ask", "forward"] | int
 
 @dataclass(frozen=True, repr=False)
 class _Relative(Condition):
-    functions = RULED_FUNCTIONS
+    functions = RULED_FUNCTIONS - METADATA_FD_FUNCTIONS
 
     def __call__(self, request: object) -> bool:
         names = ("path1", "path2") if getattr(request, "function", None) == "rename" else ("path",)
@@ -157,6 +164,8 @@ class _Program:
 def _compile_condition(condition: Condition, function: str, program: _Program) -> None:
     if condition.functions is not None and function not in condition.functions:
         raise _Unprovable(f"{condition!r} does not apply to {function}")
+    if function in METADATA_FD_FUNCTIONS and isinstance(condition, UnderCondition | _Relative):
+        raise _Unprovable(f"{condition!r} names the file behind {function}'s descriptor")
     if isinstance(condition, UnderCondition):
         roots = [root.encode("utf-8", "strict") for root in _checked_roots(condition.roots)]
         for index, root in enumerate(roots):
@@ -236,7 +245,10 @@ def compile_rules(router: Router, *, reports: bool = False) -> bytes | None:
     else:
         return None
     entries = []
+    observed = _observed(router)
     for function in sorted(RULED_FUNCTIONS, key=_CODE.__getitem__):
+        if observed and function in METADATA_FD_FUNCTIONS:
+            continue  # its report could not carry the descriptor the observers' request holds
         try:
             program = _function_program(router, function)
         except (_Unprovable, UnicodeEncodeError):
@@ -267,7 +279,7 @@ def evaluate(
     table: bytes,
     function: str,
     flags: int,
-    path1: bytes,
+    path1: bytes | None,
     path2: bytes | None = None,
     *,
     directory1: bytes | None = None,
@@ -276,7 +288,8 @@ def evaluate(
     """What the shim does with a call under ``table``: the specification shim/rules.c implements.
 
     ``flags`` are the open flags as the wire carries them (0 for other
-    functions); ``path2`` is rename's second path. ``directory1`` and
+    functions); ``path1`` is None for a descriptor call (``fchmod``),
+    ``path2`` is rename's second path. ``directory1`` and
     ``directory2`` are the directories relative paths are relative to, as
     the shim names them (None: it cannot).
     """
@@ -291,7 +304,12 @@ def evaluate(
         offset += length
         if code != _CODE[function]:
             continue
-        paths = [path1] if path2 is None else [path1, path2]
+        if path1 is None:  # a descriptor: nothing the table can name
+            if OP_UNDER in _ops(program) or OP_RELATIVE in _ops(program):
+                return "ask"
+            paths: list[bytes] = []
+        else:
+            paths = [path1] if path2 is None else [path1, path2]
         directories = [directory1, directory2]
         normal = [_normal(path, directories[n]) for n, path in enumerate(paths)]
         if OP_UNDER in _ops(program) and any(path is None for path in normal):

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from libc_service import FORWARD, Decision, Errno, Router, deny, spawn
 from libc_service.conditions import Condition, flags, named, under, writing
+from libc_service.catalogue import METADATA_FD_FUNCTIONS
 from libc_service.requests import OPEN_FLAGS, OPENAT_FLAGS, REQUEST_TYPES, Request
 from libc_service.rules import ENV_REPORTS, ENV_RULES, RULED_FUNCTIONS, compile_rules, evaluate, relative
 from libc_service.wire import OPEN_FLAG_BITS
@@ -90,6 +91,8 @@ def requests(draw: st.DrawFn) -> tuple[Request, int]:
         for name, fd_name in (("path1", "dirfd1"), ("path2", "dirfd2")):
             if not arguments[name].startswith("/"):
                 arguments[fd_name] = _DIRECTORIES[draw(st.sampled_from(sorted(_DIRECTORIES)))]
+    elif function in METADATA_FD_FUNCTIONS:
+        arguments = {"fd": _DIRECTORIES[draw(st.sampled_from(sorted(_DIRECTORIES)))]}
     else:
         arguments = {"path": draw(paths)}
         if not arguments["path"].startswith("/"):
@@ -107,7 +110,7 @@ def requests(draw: st.DrawFn) -> tuple[Request, int]:
         bits = sum(OPEN_FLAG_BITS[name] for name in chosen)
     elif function in ("access", "eaccess"):
         arguments["amode"] = "f"
-    elif function == "mkdir":
+    elif function in ("mkdir", "chmod", "fchmod"):
         arguments["mode"] = 0o755
     model: Any = REQUEST_TYPES[function]
     return model(function=function, **ids, **arguments), bits
@@ -139,6 +142,8 @@ def test_what_the_table_claims_the_router_decides(router: Router, calls: list[tu
                 directory1=_directory(request, "dirfd1"),
                 directory2=_directory(request, "dirfd2"),
             )
+        elif request.function in METADATA_FD_FUNCTIONS:
+            verdict = evaluate(table, request.function, bits, None)
         else:
             verdict = evaluate(
                 table, request.function, bits, _raw(request, "path"), directory1=_directory(request, "dirfd")
@@ -385,3 +390,105 @@ async def test_with_reports_observers_see_what_the_shim_denied(tmp_path: Path) -
     assert len(denied) == 1
     assert denied[0].errno == errno.EACCES and denied[0].result == -1 and denied[0].outcome == "error"
     assert denied[0].route == "default"
+
+
+# ------------------------------------------------------- metadata changes
+
+_FCHMOD = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fchmod(fd, 0o600); os.utime(fd)"
+
+
+@needs_shim
+async def test_metadata_changes_outside_the_handled_tree_are_decided_in_the_shim(tmp_path: Path) -> None:
+    """chmod/touch/fchmod (a linker's, tar's) cost no round trip where the policy's answer is a constant."""
+    (tmp_path / "srv").mkdir()
+    for name in ("outside", "relative", "by-fd"):
+        (tmp_path / name).write_text("")
+    seen: list[str] = []
+    router = Router()
+
+    @router.on("chmod", "chown", "utimens", "open", "openat", when=under(str(tmp_path / "srv")))
+    def srv(request: Request) -> Any:
+        seen.append(request.function)
+        return FORWARD
+
+    for argv in (
+        ["chmod", "600", str(tmp_path / "outside")],
+        ["chmod", "640", "relative"],
+        ["touch", "-d", "2001-02-03", "relative"],
+        ["python3", "-c", _FCHMOD, "by-fd"],
+    ):
+        async with spawn(argv, router, cwd=tmp_path) as process:
+            assert await process.wait() == 0, argv
+        assert process.sessions_started == 0, argv
+    assert seen == []
+    assert (tmp_path / "outside").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "relative").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "relative").stat().st_mtime == pytest.approx(
+        __import__("datetime").datetime(2001, 2, 3).timestamp()
+    )
+    assert (tmp_path / "by-fd").stat().st_mode & 0o777 == 0o600
+
+
+@needs_shim
+async def test_metadata_changes_the_handler_may_decide_still_reach_it(tmp_path: Path) -> None:
+    """Inside the tree the handler decides; a descriptor whose file the table cannot name is asked."""
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "file").write_text("")
+    seen: list[str] = []
+    router = Router()
+
+    @router.on("chmod", "fchmod", "futimens", when=under(str(tmp_path / "srv")))
+    def srv(request: Request) -> Any:
+        seen.append(request.function)
+        raise Errno(errno.EROFS)
+
+    async with spawn(
+        ["chmod", "600", "file"], router, cwd=tmp_path / "srv", stderr=asyncio.subprocess.DEVNULL
+    ) as process:
+        assert await process.wait() == 1
+    async with spawn(
+        ["python3", "-c", _FCHMOD, "file"], router, cwd=tmp_path / "srv", stderr=asyncio.subprocess.PIPE
+    ) as process:
+        _, err = await process.communicate()
+    assert b"Read-only file system" in err
+    assert seen == ["chmod", "fchmod"]
+    assert (tmp_path / "srv" / "file").stat().st_mode & 0o777 != 0o600
+
+
+@needs_shim
+async def test_a_deny_default_refuses_metadata_changes_in_the_shim(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    before = (tmp_path / "file").stat()
+    router = Router(default=deny(errno.EPERM))
+
+    @router.on("open", "openat", "stat", "lstat", "access")
+    def everything(request: Request) -> Any:
+        return FORWARD
+
+    for argv in (["chmod", "600", "file"], ["touch", "file"], ["python3", "-c", _FCHMOD, "file"]):
+        async with spawn(
+            argv,
+            router,
+            cwd=tmp_path,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "LC_ALL": "C"},
+        ) as process:
+            _, err = await process.communicate()
+        assert process.returncode != 0, argv
+        assert b"Operation not permitted" in err or b"PermissionError" in err, (argv, err)
+    after = (tmp_path / "file").stat()
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+
+
+@needs_shim
+async def test_with_reports_observers_see_metadata_changes_the_shim_decided(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    decisions: list[Decision] = []
+    router = Router()
+    router.observe(decisions.append)
+    async with spawn(["chmod", "600", "file"], router, cwd=tmp_path, reports=True) as process:
+        assert await process.wait() == 0
+    chmods = [d for d in decisions if d.request.function == "chmod"]
+    assert len(chmods) == 1
+    assert str(chmods[0].request.path) == "file" and chmods[0].session.startswith("rules ")
+    assert chmods[0].result == 0

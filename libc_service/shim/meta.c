@@ -1,9 +1,9 @@
 /* Metadata changes: chmod, chown and utimensat and their *at, l*, f* and
  * legacy (utimes, utime) spellings.
  *
- * Each entry point asks the master first, like fs.c: a path form sends the
- * path with its directory, a descriptor form (fchmod, fchown, futimens)
- * sends the slave's descriptor itself.  When the shim is inactive, the
+ * Each entry point applies the policy's rule table, then asks the master,
+ * like fs.c: a path form sends the path with its directory, a descriptor
+ * form (fchmod, fchown, futimens) sends the slave's descriptor itself.  When the shim is inactive, the
  * channel is unusable, the arguments cannot be expressed in the protocol,
  * or the master answers "forward", the original arguments go to the real
  * libc unchanged (under the sandbox's default seccomp filter that refuses
@@ -62,6 +62,31 @@ static void request_of(struct lcs_request *request, const struct change *change)
 	memcpy(request->address, change->address, 16);
 }
 
+/* The policy's constant answer, when the rule table proves it (rules.c;
+ * path NULL for a descriptor): FORWARDED or FALLBACK (forwarded: the real
+ * call is made, its result reported when reports are on), ANSWERED (a
+ * failure, *result -1 and errno set, reported now), or ASK_MASTER with
+ * errno restored. */
+enum { ASK_MASTER = -1 };
+static int ruled(const struct lcs_request *request, int dirfd, const char *path, int *result)
+{
+	int saved_errno = errno, error = 0;
+	int rule = lcs_rules(request->function, request->flags, dirfd, path, -1, NULL, &error);
+
+	errno = saved_errno;
+	if (rule == LCS_RULE_FORWARD)
+		return lcs_report_later(request, LCS_REPORT_FORWARDED, 0);
+	if (rule != LCS_RULE_DENY)
+		return ASK_MASTER;
+	if (!lcs_enter())
+		return FALLBACK;
+	lcs_report(request, LCS_REPORT_DENIED, error);
+	lcs_leave();
+	errno = error;
+	*result = -1;
+	return ANSWERED;
+}
+
 /* Ask the master about a change of path (relative to dirfd).  Returns
  * ANSWERED with *result set, or FALLBACK or FORWARDED (the master said
  * "forward": report the real call's result, LCS_AFTER) with errno
@@ -69,7 +94,7 @@ static void request_of(struct lcs_request *request, const struct change *change)
 static int ask_path(const struct change *change, int dirfd, const char *path, int *result)
 {
 	int saved_errno = errno;
-	int owned = 0, answered = 0, forwarded = 0;
+	int owned = 0, answered = 0, forwarded = 0, how;
 	struct lcs_request request;
 	struct lcs_reply reply;
 
@@ -83,6 +108,11 @@ static int ask_path(const struct change *change, int dirfd, const char *path, in
 	request_of(&request, change);
 	request.string1 = path;
 	request.len1 = strlen(path);
+	if (path[0] != '/')
+		request.dirs[0] = dirfd; /* named in a report */
+	how = ruled(&request, dirfd, path, result);
+	if (how != ASK_MASTER)
+		return how;
 	if (!lcs_enter())
 		return FALLBACK;
 	if (lcs_path_dir(dirfd, path, &request.fds[0], &owned) == 0 && lcs_call(&request, &reply) == 0) {
@@ -104,7 +134,7 @@ static int ask_path(const struct change *change, int dirfd, const char *path, in
 static int ask_fd(const struct change *change, int fd, int *result)
 {
 	int saved_errno = errno;
-	int answered = 0, forwarded = 0;
+	int answered = 0, forwarded = 0, how;
 	struct lcs_request request;
 	struct lcs_reply reply;
 
@@ -114,6 +144,9 @@ static int ask_fd(const struct change *change, int fd, int *result)
 	}
 	request_of(&request, change);
 	request.fds[0] = fd;
+	how = ruled(&request, fd, NULL, result);
+	if (how != ASK_MASTER)
+		return how;
 	if (!lcs_enter())
 		return FALLBACK;
 	if (lcs_call(&request, &reply) == 0) {

@@ -6,7 +6,7 @@
  * a malformed table is ignored whole, and every call is asked as before.
  * Exec'd programs inherit the variable and decode it again.
  *
- * For a file-system call the table either proves what the router would
+ * For a file-system call or a metadata change the table either proves what the router would
  * answer (forward, or fail with an errno) or says to ask the master.  It
  * asks for anything it cannot evaluate exactly as the router does: a
  * function it has no entry for, and, when the entry looks at paths, a
@@ -37,11 +37,12 @@ struct entry {
 	size_t len;
 	int action;
 	int error;
-	int paths; /* the program has an UNDER */
+	int paths;    /* the program has an UNDER */
+	int relative; /* the program has a RELATIVE */
 };
 
 static unsigned char table[RULES_BYTES];
-static struct entry entries[LCS_GETADDRINFO + 1];
+static struct entry entries[LCS_FUTIMENS + 1];
 static int loaded;
 
 static unsigned get16(const unsigned char *p) { return p[0] | p[1] << 8; }
@@ -77,15 +78,17 @@ static long decode(const char *text)
 
 /* Whether program is well formed: known operations, operands in bounds,
  * the stack within STACK_MAX, never below empty, one value at the end. */
-static int valid_program(const unsigned char *program, size_t len, int *paths)
+static int valid_program(const unsigned char *program, size_t len, int *paths, int *relative)
 {
 	int depth = 0;
 
 	for (size_t i = 0; i < len;) {
 		switch (program[i++]) {
+		case OP_RELATIVE:
+			*relative = 1;
+			/* fall through */
 		case OP_TRUE:
 		case OP_FALSE:
-		case OP_RELATIVE:
 			depth++;
 			break;
 		case OP_UNDER:
@@ -142,7 +145,7 @@ static int parse(size_t len)
 			return 0;
 		function = raw[LCS_RULES_ENTRY_FUNCTION_OFFSET];
 		size = get16(raw + LCS_RULES_ENTRY_SIZE_OFFSET);
-		if (function < LCS_OPEN || function > LCS_GETADDRINFO || len - at - LCS_RULES_ENTRY < size)
+		if (function < LCS_OPEN || function > LCS_FUTIMENS || len - at - LCS_RULES_ENTRY < size)
 			return 0;
 		entry = &entries[function];
 		if (entry->program || raw[LCS_RULES_ENTRY_ACTION_OFFSET] > ACTION_DENY)
@@ -153,7 +156,7 @@ static int parse(size_t len)
 			return 0;
 		entry->program = raw + LCS_RULES_ENTRY;
 		entry->len = size;
-		if (!valid_program(entry->program, size, &entry->paths))
+		if (!valid_program(entry->program, size, &entry->paths, &entry->relative))
 			return 0;
 		at += LCS_RULES_ENTRY + size;
 	}
@@ -338,15 +341,17 @@ int lcs_rules(uint16_t function, uint32_t flags, int dirfd1, const char *path1, 
 	char normal[2][LCS_PATH_MAX_BYTES + 1];
 	struct call call = {
 		.flags = flags,
-		.relative = path1[0] != '/' || (path2 && path2[0] != '/'),
+		.relative = path1 && (path1[0] != '/' || (path2 && path2[0] != '/')),
 	};
 	const struct entry *entry;
 
-	if (!loaded || function > LCS_GETADDRINFO)
+	if (!loaded || function > LCS_FUTIMENS)
 		return LCS_RULE_ASK;
 	entry = &entries[function];
 	if (!entry->program || entry->action == ACTION_ASK)
 		return LCS_RULE_ASK;
+	if (!path1 && (entry->paths || entry->relative))
+		return LCS_RULE_ASK; /* a descriptor call: the file behind it has no name here */
 	if (entry->paths) {
 		const char *paths[2] = { path1, path2 };
 		int dirfds[2] = { dirfd1, dirfd2 };

@@ -363,7 +363,8 @@ int lcs_local(const char *path);
  *
  * LIBC_SERVICE_RULES, set by spawn(): what the router would certainly
  * answer for a file-system call, compiled by libc_service/rules.py.
- * lcs_rules() says forward, deny (*error set) or ask the master. */
+ * lcs_rules() says forward, deny (*error set) or ask the master; path1
+ * is NULL for a descriptor's metadata change (fchmod, fchown, futimens). */
 enum { LCS_RULE_ASK = 0, LCS_RULE_FORWARD, LCS_RULE_DENY };
 void lcs_rules_init(void);
 
