@@ -1,7 +1,5 @@
 """``python -m libc_service`` is the ``libc-service`` command."""
 
-import sys
+from .console import main
 
-from .cli import main
-
-sys.exit(main())
+main()

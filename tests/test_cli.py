@@ -340,3 +340,32 @@ def test_version_names_the_installed_release() -> None:
 def test_usage_shows_the_command_after_a_double_dash(command: str) -> None:
     done = cli(command, "--help")
     assert done.stdout.splitlines()[0].endswith("-- CMD [ARG...]")
+
+
+def test_the_command_s_output_is_complete_though_it_skips_the_interpreter_s_finalization(tmp_path: Path) -> None:
+    """The executable ends with os._exit (libc_service.console): everything it buffered is still written."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+
+    def buffered(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*COMMAND, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    policy = write_policy(tmp_path, READ_ONLY_POLICY)
+    in_process = subprocess.run(
+        [sys.executable, "-c", "import sys; from libc_service.cli import main; sys.exit(main(sys.argv[1:]))"]
+        + ["docs", str(policy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    ).stdout
+    for _ in range(3):
+        done = buffered("docs", str(policy))
+        assert done.returncode == 0 and done.stdout == in_process and in_process.count("\n") > 5
+    big = tmp_path / "big"
+    big.write_text("x" * 100_000 + "\n")
+    done = buffered("run", str(policy), "--", "sh", "-c", f"cat {big}; exit 7")
+    assert done.returncode == 7 and done.stdout == big.read_text()
+    done = buffered("trace", "--", "cat", str(big))
+    assert done.returncode == 0 and f'"{big}"' in done.stderr
+    assert done.stderr.rstrip().splitlines()[-1].startswith("[pid ")
