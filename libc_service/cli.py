@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import shlex
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from .policy import LoadedPolicy, PolicyError, load_policy
 from .router import Router
 from .spawn import ShimNotFound, SlaveProcess, spawn
 
+from .lazyimport import on_first_use
+
 if TYPE_CHECKING:
+    import asyncio
     from .refusals import RefusalReport
     from .sandbox import Sandbox
+else:
+    asyncio = on_first_use("asyncio", globals())
 
 # The sandbox (Landlock, ELF reading), seccomp, the tracer and the package
 # metadata are imported where a command uses them: `run` of a policy
@@ -109,6 +113,33 @@ class _SignalRelay:
             installed += [signal.SIGTSTP, signal.SIGCONT]
         return installed
 
+    def install_plain(self) -> dict[int, Any]:
+        """The same relays as :meth:`install`, as plain signal handlers: before a loop runs.
+
+        Returns the handlers they replaced (for :meth:`restore_plain`). A
+        loop's own handlers, installed later, replace these in one step:
+        there is no moment when a signal would find the default action
+        (which would end the command and leave the program without its master).
+        """
+        previous: dict[int, Any] = {}
+
+        def on(signum: int, callback: Callable[..., None], *args: int) -> None:
+            previous[signum] = signal.signal(signum, lambda _signum, _frame: callback(*args))
+
+        for signum in FORWARDED_SIGNALS:
+            on(signum, self.relay, signum)
+        if self.process.own_session:
+            for signum in TERMINAL_SIGNALS:
+                on(signum, self.process.signal_group, signum)
+            on(signal.SIGTSTP, self.stop)
+            on(signal.SIGCONT, self.process.signal_group, signal.SIGCONT)
+        return previous
+
+    @staticmethod
+    def restore_plain(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
     def relay(self, signum: int) -> None:
         if signum in ENDING_SIGNALS:
             if self.ending:
@@ -150,16 +181,41 @@ def _terminal_delivered_to(pid: int) -> bool:
         os.close(fd)
 
 
-async def _serve_program(
+def _run_program(
     argv: Sequence[str],
     router: Router,
     sandbox: Sandbox | None,
     seccomp: bool = False,
     reports: bool | Literal["wait"] = False,
 ) -> int:
+    """Run ``argv`` as ``router``'s slave; its exit status.
+
+    The program starts first (:meth:`SlaveProcess.launch`), before this
+    process imports asyncio: a run whose every call the shim decides ends
+    without a master ever starting, and otherwise the program runs while
+    the master starts, which happens when it first asks or reports
+    something. Under seccomp the master serves from the start.
+    """
+    process = spawn(argv, router, sandbox=sandbox, seccomp=seccomp, reports=reports)
+    if not seccomp:
+        process.launch()
+        relay = _SignalRelay(process)
+        previous = relay.install_plain()
+        try:
+            status = process.wait_unserved()
+        except BaseException:
+            process.kill()
+            raise
+        if status is not None:
+            relay.restore_plain(previous)
+            return status
+    return _run_loop(_serve_program(process))
+
+
+async def _serve_program(process: SlaveProcess) -> int:
     loop = asyncio.get_running_loop()
     try:
-        async with spawn(argv, router, sandbox=sandbox, seccomp=seccomp, reports=reports) as process:
+        async with process:
             installed = _SignalRelay(process).install(loop)
             try:
                 return await process.wait()
@@ -170,7 +226,7 @@ async def _serve_program(
         # uvloop reports a program it cannot start without its name.
         if isinstance(exc, ShimNotFound) or exc.filename is not None:
             raise
-        raise type(exc)(exc.errno, exc.strerror, argv[0]) from exc
+        raise type(exc)(exc.errno, exc.strerror, process.argv[0]) from exc
 
 
 def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -199,7 +255,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     status = 1  # the program did not run to its end
     try:
         # With the report observing, the shim reports what the calls it forwarded returned.
-        status = _run_loop(_serve_program(command, policy.router, sandbox, args.seccomp, reports=report is not None))
+        status = _run_program(command, policy.router, sandbox, args.seccomp, reports=report is not None)
         return status
     finally:
         for line in report.lines(failed=status != 0) if report is not None else ():
@@ -221,7 +277,7 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         router = trace_router(tracer)
         try:
             # Every call in the trace: the program waits for room for its reports rather than drop them.
-            return _run_loop(_serve_program(command, router, None, args.seccomp, reports="wait"))
+            return _run_program(command, router, None, args.seccomp, reports="wait")
         finally:
             tracer.flush()
     finally:
@@ -234,7 +290,7 @@ def _cmd_learn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     command = _command(args, parser)
     learned = Learned()
-    status = _run_loop(_serve_program(command, learning_router(learned), None))
+    status = _run_program(command, learning_router(learned), None)
     source = render_policy(learned, command)
     _write_output(args.output, source)
     if args.output is not None:

@@ -9,21 +9,24 @@ it inside a longer-lived interpreter:
   allocate thousands of objects and no garbage cycles: each collection
   pass is wasted), and what they built is then frozen
   (:func:`gc.freeze`), so the master's collections never rescan it;
-- the process ends with :func:`os._exit` once the command returned, its
-  output flushed and its logging shut down: the program has been waited
-  for and every descriptor closed, and the interpreter's finalization
-  (tearing down every module) would only add to what the user waits for.
-  The threads the command may leave are daemons
-  (:mod:`libc_service.perform`'s blocked calls, the audit reader), which
-  an ordinary exit would not wait for either.
+- the process ends with :func:`os._exit` once the command returned: the
+  program has been waited for and every descriptor closed, and the
+  interpreter's finalization (tearing down every module) would only add
+  to what the user waits for. What an ordinary exit does that matters is
+  still done: the ``atexit`` functions run (a policy's, logging's
+  shutdown) and the output is flushed. When a thread that is not a daemon
+  is still running (a policy's own), the exit is the ordinary one, which
+  waits for it; the command's own threads are daemons
+  (:mod:`libc_service.perform`'s blocked calls, the audit reader).
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
-import logging
 import os
 import sys
+import threading
 
 __all__ = ["main"]
 
@@ -36,7 +39,6 @@ def main() -> None:
     finally:
         gc.freeze()
         gc.enable()
-    status = 1
     try:
         status = command()
     except SystemExit as exc:  # argparse's --help and usage errors
@@ -45,11 +47,13 @@ def main() -> None:
         else:  # sys.exit("message"), as the interpreter would show it
             print(exc.code, file=sys.stderr)
             status = 1
-    finally:
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
-                pass
+    current = threading.current_thread()
+    if any(thread is not current and not thread.daemon and thread.is_alive() for thread in threading.enumerate()):
+        sys.exit(status)  # the interpreter waits for them, as it always does
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
     os._exit(status)

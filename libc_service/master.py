@@ -25,7 +25,6 @@ that send and closed after it, whether or not it went out.
 from __future__ import annotations
 
 import array
-import asyncio
 import collections
 import errno as errno_module
 import fcntl
@@ -42,9 +41,14 @@ from typing import ClassVar, TYPE_CHECKING, Any, Final, NoReturn, Protocol
 from . import wire
 from .channel import MasterChannel
 
+from .lazyimport import on_first_use
+
 if TYPE_CHECKING:
+    import asyncio
     from .replies import Result
     from .requests import Request
+else:
+    asyncio = on_first_use("asyncio", globals())
 
 __all__ = ["Call", "Dispatcher", "IdleCpu", "Master", "SessionClosed", "close_fds", "discard", "received_fds"]
 

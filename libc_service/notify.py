@@ -54,7 +54,6 @@ observers with :attr:`Decision.transport <libc_service.router.Decision.transport
 from __future__ import annotations
 
 import array
-import asyncio
 import contextvars
 import dataclasses
 import ctypes
@@ -82,8 +81,13 @@ from .catalogue import UNIX_PATH_MAX
 from .requests import REQUEST_TYPES, Request, exact_path
 from .router import FORWARD, Decision, Transport, WithFds, named_directories
 
+from .lazyimport import on_first_use
+
 if TYPE_CHECKING:
+    import asyncio
     from .router import Router
+else:
+    asyncio = on_first_use("asyncio", globals())
 
 __all__ = [
     "HANDOFF_TIMEOUT",

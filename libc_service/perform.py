@@ -58,7 +58,6 @@ when the master may not take them on (no ``CAP_SETUID``/``CAP_SETGID``) is
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import errno as errno_module
 import functools
@@ -72,12 +71,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import safepath
 from .slavepath import directory_name, join_to_directory
-from .replies import AddrInfo, Stat
+from . import (
+    replies,
+)  # loaded on first use (libc_service/__init__.py): a policy importing perform starts without pydantic
 from .router import WithFds
+from .lazyimport import on_first_use
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .replies import AddrInfo, Stat
+else:
+    asyncio = on_first_use("asyncio", globals())
 
 __all__ = ["perform"]
 
@@ -763,7 +772,7 @@ def _stat_now(request: Any, root: str | None, no_follow: int) -> Stat:
     with _target(request, request.path, request.dirfd, root) as where:
         fd = _open_at(where, os.O_PATH | os.O_CLOEXEC | no_follow)
     try:
-        return Stat.from_os(os.fstat(fd))
+        return replies.Stat.from_os(os.fstat(fd))
     finally:
         os.close(fd)
 
@@ -1086,7 +1095,7 @@ def _perform_getaddrinfo(request: Any, root: str | None) -> Any:
                 host = host.split("%", 1)[0] + (f"%{scope}" if scope else "")
             if (host, port) not in seen:
                 seen.add((host, port))
-                answer.append(AddrInfo(host, port))
+                answer.append(replies.AddrInfo(host, port))
         return answer
 
     if _running_loop() is None:

@@ -20,7 +20,6 @@ handler's outcome becomes on the wire is :mod:`libc_service.outcomes`'s:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import errno as errno_module
 import inspect
@@ -39,9 +38,14 @@ from .catalogue import FUNCTIONS
 from .slavepath import directory_name
 from . import requests  # loaded on first use (libc_service/__init__.py)
 
+from .lazyimport import on_first_use
+
 if TYPE_CHECKING:
+    import asyncio
     from .replies import Result, Stat
     from .requests import REQUEST_TYPES, Request
+else:
+    asyncio = on_first_use("asyncio", globals())
 
 __all__ = [
     "FORWARD",

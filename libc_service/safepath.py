@@ -42,10 +42,13 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from pathlib import PurePosixPath
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from .replies import Stat
+from . import replies  # loaded on first use (libc_service/__init__.py)
 from .slavepath import directory_name, join_to_directory
+
+if TYPE_CHECKING:
+    from .replies import Stat
 
 __all__ = [
     "EscapeError",
@@ -457,7 +460,7 @@ def stat_beneath(root: str | os.PathLike[str], request: Any) -> Stat:
     from .perform import perform
 
     result = _escapes_refused(root, request, lambda: perform(request, beneath=root))
-    assert isinstance(result, Stat)
+    assert isinstance(result, replies.Stat)
     return result
 
 

@@ -17,14 +17,15 @@ opens). The shim then only relays ``getaddrinfo`` to the router.
 from __future__ import annotations
 
 import array
-import asyncio
 import ctypes
 import logging
 import os
 import select
 import signal
 import socket
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Literal
@@ -34,11 +35,16 @@ from .catalogue import GAI_ERRORS, PATH_MAX_BYTES
 from .master import Master, close_fds, received_fds
 from .rules import ENV_REPORTS, ENV_RULES, rules_value
 
+from .lazyimport import on_first_use
+
 if TYPE_CHECKING:
+    import asyncio
     from .notify import ListenerHandoff, SeccompSession
     from .replies import Result
     from .router import Router
     from .sandbox import PreparedSandbox, Sandbox
+else:
+    asyncio = on_first_use("asyncio", globals())
 
 __all__ = [
     "ENV_FD",
@@ -219,6 +225,96 @@ def _registration(data: bytes, fds: list[int], flags: int) -> tuple[int, socket.
         return None
 
 
+@dataclass
+class _Launch:
+    """What starting a program prepared: both ends of its registration socket, its environment and set-up."""
+
+    mine: socket.socket
+    theirs: socket.socket
+    env: dict[str, str]
+    preexec: Callable[[], None] | None
+    prepared: PreparedSandbox | None
+    handoff: ListenerHandoff | None
+    #: Whether the shim reports to observers (the router holds forwarded decisions for their results).
+    reporting: bool
+
+    def close_child_side(self) -> None:
+        """Once the child exists: our copies of what only it needs."""
+        self.theirs.close()
+        if self.prepared is not None:
+            self.prepared.close()
+
+
+class LaunchedProcess:
+    """A program :meth:`SlaveProcess.launch` started with :class:`subprocess.Popen`.
+
+    What :class:`SlaveProcess` uses of :class:`asyncio.subprocess.Process`;
+    its end is awaited through a pidfd once a loop runs. Its stdio is never
+    a pipe. Only this object reaps the child (asyncio's and uvloop's child
+    watchers wait for the pids they started, not for every child).
+    """
+
+    stdin: None = None
+    stdout: None = None
+    stderr: None = None
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """As Popen's (-N after signal N), reaping the child if it has ended."""
+        return self._popen.poll()
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def send_signal(self, signum: int) -> None:
+        """Ignored once the child has been reaped (its pid may be another process's by then)."""
+        self._popen.send_signal(signum)
+
+    async def wait(self) -> int:
+        while (status := self._popen.poll()) is None:
+            try:
+                pidfd = os.pidfd_open(self._popen.pid)
+            except OSError:  # a kernel without pidfds: a thread waits
+                return await asyncio.to_thread(self._popen.wait)
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(pidfd, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+        return status
+
+    async def communicate(self, data: bytes | None = None) -> tuple[None, None]:
+        if data is not None:
+            raise ValueError("the program's stdin is not a pipe")
+        await self.wait()
+        return None, None
+
+
+def _pending(sock: socket.socket) -> bool:
+    """Whether the registration socket holds a datagram, not only the tree's hang-up.
+
+    Peeked without room for descriptors: a registration's channel stays
+    queued with it, none is received here.
+    """
+    try:
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True  # let the listener meet the error and report it
+    return bool(data) or not _hung_up(sock)
+
+
 class SlaveProcess:
     """A running slave program and the sessions of its process tree.
 
@@ -253,7 +349,7 @@ class SlaveProcess:
         self._sandbox = sandbox
         self._stdio = (stdin, stdout, stderr)
         self._shim = Path(shim) if shim is not None else None
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: asyncio.subprocess.Process | LaunchedProcess | None = None
         self._listener: RegistrationListener | None = None
         #: The task that owns the sessions' task group (trio's serve_listeners, on asyncio).
         self._serving: asyncio.Task[None] | None = None
@@ -283,11 +379,134 @@ class SlaveProcess:
         self._seccomp_task: asyncio.Task[None] | None = None
         #: What serves the shim's sessions under seccomp (getaddrinfo only; see notify.shim_relay).
         self._shim_router: Router | None = None
+        #: After launch(), until start(): the registration socket not served yet.
+        self._launched: _Launch | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> SlaveProcess:
-        """Start the program; normally done by ``async with``."""
+        """Start the program; normally done by ``async with``.
+
+        After :meth:`launch` the program already runs: its sessions are
+        served from now on (what it sent meanwhile waits in the
+        registration socket and is read first).
+        """
+        launched, self._launched = self._launched, None
+        if launched is not None:
+            self._begin_serving(launched)
+            return self
+        if self._process is not None:
+            raise RuntimeError("the program has already been started")
+        launch = self._prepare(_closes_inherited_fds(asyncio.get_running_loop()))
+        try:
+            stdin, stdout, stderr = self._stdio
+            self._process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                env=launch.env,
+                cwd=self._cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=(launch.theirs.fileno(),),
+                preexec_fn=launch.preexec,
+            )
+        except BaseException:
+            launch.mine.close()
+            if launch.handoff is not None:
+                launch.handoff.close()
+            raise
+        finally:
+            launch.close_child_side()
+        if launch.handoff is not None:
+            try:
+                await self._serve_listener(launch.handoff)
+            except BaseException:
+                launch.mine.close()
+                raise
+        self._begin_serving(launch)
+        return self
+
+    def launch(self) -> None:
+        """Start the program now, without an event loop; serve it later with ``async with`` (or :meth:`start`).
+
+        For a caller that should not pay for a master the program may never
+        need: ``libc-service run`` imports asyncio and starts its loop only
+        once the program asks something or reports something (see
+        :meth:`wait_unserved`). Until then the program runs, its calls the
+        rule table decides cost nothing, and a call it must ask waits in
+        the registration socket until the master serves it.
+
+        Not with ``seccomp=True`` (its listener is served from the start) nor
+        with ``PIPE`` for stdio (there is no loop to read it).
+        """
+        if self._seccomp:
+            raise ValueError("launch() cannot start a program under seccomp: use start() on a running loop")
+        if subprocess.PIPE in self._stdio:
+            raise ValueError("launch() cannot make pipes for stdio: use start() on a running loop")
+        if self._process is not None:
+            raise RuntimeError("the program has already been started")
+        launch = self._prepare(fds_closed=True)
+        try:
+            stdin, stdout, stderr = self._stdio
+            popen = subprocess.Popen(
+                self.argv,
+                env=launch.env,
+                cwd=self._cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=(launch.theirs.fileno(),),
+                preexec_fn=launch.preexec,
+            )
+        except BaseException:
+            launch.mine.close()
+            raise
+        finally:
+            launch.close_child_side()
+        self._process = LaunchedProcess(popen)
+        self._launched = launch
+
+    def wait_unserved(self) -> int | None:
+        """After :meth:`launch`: wait, with no loop, until the program ends or needs its master.
+
+        Returns the program's exit status (128+N after signal N) when it
+        ended having asked nothing and reported nothing; the registration
+        socket is then closed, as when a served program ends. Returns
+        ``None`` as soon as the socket holds something (a registration or
+        a report), or the program ended leaving something there: serve it
+        then, with ``async with process`` on a loop. Signals interrupt the
+        wait only to run their handlers (PEP 475).
+        """
+        launched = self._launched
+        if launched is None or not isinstance(self._process, LaunchedProcess):
+            raise RuntimeError("wait_unserved() follows launch()")
+        process = self._process
+        try:
+            pidfd = os.pidfd_open(process.pid)
+        except OSError:  # a kernel without pidfds (before 5.3): serve at once
+            return None
+        try:
+            poller = select.poll()
+            poller.register(launched.mine.fileno(), select.POLLIN)
+            poller.register(pidfd, select.POLLIN)
+            while process.returncode is None:
+                for fd, _ in poller.poll():
+                    if fd == pidfd:
+                        process.poll()
+                    elif _pending(launched.mine):
+                        return None
+                    else:  # every process of the tree closed its end: only the end is left to wait for
+                        poller.unregister(fd)
+        finally:
+            os.close(pidfd)
+        if _pending(launched.mine):
+            return None  # its last calls' reports, or a descendant's registration
+        self._launched = None
+        launched.mine.close()
+        return self.returncode
+
+    def _prepare(self, fds_closed: bool) -> _Launch:
+        """Everything before the fork: the channel pair, the environment, the rule table, the sandbox."""
         shim = self._shim or shim_path()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         prepared = None
@@ -313,7 +532,7 @@ class SlaveProcess:
             rules = None if self._seccomp or not self._rules else rules_value(self.router, reports=bool(self._reports))
             if rules is not None:
                 env[ENV_RULES] = rules
-            reporting = not self._seccomp and self._reports and self.router.observed
+            reporting = bool(not self._seccomp and self._reports and self.router.observed)
             if reporting:
                 # Observers see the calls the shim decided, and what forwarded calls returned, through reports.
                 env[ENV_REPORTS] = "2" if self._reports == "wait" else "1"
@@ -329,41 +548,26 @@ class SlaveProcess:
             preexec = _child_setup(
                 theirs.fileno(),
                 prepared,
-                _closes_inherited_fds(asyncio.get_running_loop()),
+                fds_closed,
                 handoff.install_in_child if handoff is not None else None,
-            )
-            stdin, stdout, stderr = self._stdio
-            self._process = await asyncio.create_subprocess_exec(
-                *self.argv,
-                env=env,
-                cwd=self._cwd,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                pass_fds=(theirs.fileno(),),
-                preexec_fn=preexec,
             )
         except BaseException:
             mine.close()
-            if handoff is not None:
-                handoff.close()
-            raise
-        finally:
             theirs.close()
             if prepared is not None:
                 prepared.close()
-        if handoff is not None:
-            try:
-                await self._serve_listener(handoff)
-            except BaseException:
-                mine.close()
-                raise
-        if reporting:
+            if handoff is not None:
+                handoff.close()
+            raise
+        return _Launch(mine, theirs, env, preexec, prepared, handoff, reporting)
+
+    def _begin_serving(self, launch: _Launch) -> None:
+        """Serve the registration socket's sessions and reports from now on, on the running loop."""
+        if launch.reporting:
             self.router.hold_forwarded(True)
             self._holding = True
-        self._listener = RegistrationListener(mine, self._report)
+        self._listener = RegistrationListener(launch.mine, self._report)
         self._serving = asyncio.ensure_future(self._serve_tree(self._listener))
-        return self
 
     def _report(self, data: bytes) -> None:
         """A report: a call the shim decided with the rule table (the observers see it as the router's
@@ -539,6 +743,9 @@ class SlaveProcess:
         observed when it went out, so nothing an observer should see is lost.
         """
         self._closing = True
+        launched, self._launched = self._launched, None
+        if launched is not None:  # launched, never served
+            launched.mine.close()
         if self._listener is not None:
             self._listener.drain_reports()
             self._listener.close()
@@ -560,7 +767,7 @@ class SlaveProcess:
             if isinstance(results[0], Exception):
                 logger.error("serving the program's sessions failed", exc_info=results[0])
 
-    def _require(self) -> asyncio.subprocess.Process:
+    def _require(self) -> asyncio.subprocess.Process | LaunchedProcess:
         if self._process is None:
             raise RuntimeError("the program has not been started (use `async with spawn(...)`)")
         return self._process

@@ -14,7 +14,6 @@ call that reached the master as a seccomp notification (``trace
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import errno as errno_module
 import json
@@ -30,8 +29,13 @@ from .catalogue import NAMED_FUNCTIONS
 from .router import FORWARD, Decision, Router
 from .rules import RULED_FUNCTIONS
 
+from .lazyimport import on_first_use
+
 if TYPE_CHECKING:
+    import asyncio
     from .requests import Request
+else:
+    asyncio = on_first_use("asyncio", globals())
 
 __all__ = ["Tracer", "decision_record", "request_arguments", "trace_router"]
 

@@ -369,3 +369,93 @@ def test_the_command_s_output_is_complete_though_it_skips_the_interpreter_s_fina
     done = buffered("trace", "--", "cat", str(big))
     assert done.returncode == 0 and f'"{big}"' in done.stderr
     assert done.stderr.rstrip().splitlines()[-1].startswith("[pid ")
+
+
+def test_a_policy_s_exit_functions_and_threads_still_run_at_the_command_s_end(tmp_path: Path) -> None:
+    """The fast exit keeps what an ordinary one promises: atexit functions, and waiting for non-daemon threads."""
+    marker, late = tmp_path / "at-exit", tmp_path / "thread"
+    policy = write_policy(
+        tmp_path,
+        f"""
+        import atexit, threading, time
+        from libc_service import FORWARD, Router
+
+        router = Router(default=FORWARD)
+        atexit.register(lambda: open({str(marker)!r}, "w").write("ran"))
+
+        def later():
+            time.sleep(0.5)
+            open({str(late)!r}, "w").write("finished")
+
+        threading.Thread(target=later).start()
+        """,
+    )
+    done = cli("run", str(policy), "--", "true")
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "ran"
+    assert late.read_text() == "finished"
+
+
+def _imported(stderr: str) -> set[str]:
+    """The modules ``python -X importtime`` says were imported."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_a_run_the_shim_decides_whole_never_starts_the_master_and_one_that_asks_does(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f").write_text("inside\n")
+    policy = write_policy(
+        tmp_path,
+        f"""
+        from libc_service import FORWARD, Router, perform, under
+
+        router = Router(default=FORWARD)
+
+        @router.on("open", "openat", when=under({str(tmp_path / "data")!r}))
+        def data(request):
+            return perform(request)
+        """,
+    )
+    command = [sys.executable, "-X", "importtime", "-m", "libc_service", "run", str(policy), "--"]
+    done = subprocess.run([*command, "cat", "/etc/hostname"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout == Path("/etc/hostname").read_text()
+    imported = _imported(done.stderr)
+    assert "libc_service.cli" in imported and "libc_service.router" in imported
+    assert "asyncio" not in imported and "pydantic" not in imported
+    done = subprocess.run(
+        [*command, "cat", "/etc/hostname", str(tmp_path / "data" / "f")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.endswith("inside\n")
+    assert "asyncio" in _imported(done.stderr)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_terminating_signal_reaches_a_program_that_never_needed_the_master(tmp_path: Path, signum: int) -> None:
+    policy = write_policy(tmp_path, "from libc_service import FORWARD, Router\nrouter = Router(default=FORWARD)\n")
+    pidfile = tmp_path / "pid"
+    process = subprocess.Popen(
+        [*COMMAND, "run", str(policy), "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        program = int(pidfile.read_text())
+        time.sleep(0.2)  # past the exec
+        process.send_signal(signum)
+        assert process.wait(timeout=30) == 128 + signum
+        assert process.stderr is not None and "Traceback" not in process.stderr.read()
+        with pytest.raises(ProcessLookupError):
+            os.kill(program, 0)
+    finally:
+        process.kill()
+        process.wait()
