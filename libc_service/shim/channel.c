@@ -16,10 +16,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -463,6 +465,59 @@ static void close_incoming(struct incoming *in)
 	in->nfds = 0;
 }
 
+/* Whether a caller waiting for its reply spins first (LCS_SPIN_NS) instead
+ * of sleeping at once: only when the thread may run on more than one CPU,
+ * so that the master has one of its own meanwhile.  Spinning then saves
+ * the wake-up of a sleeping CPU (tens of microseconds on a virtual machine,
+ * as long as the master's answer itself) for a reply that is usually a few
+ * microseconds away.  Computed once (a benign race: every thread computes
+ * the same). */
+static int spin_allowed(void)
+{
+	static int allowed = -1;
+	int value = __atomic_load_n(&allowed, __ATOMIC_RELAXED);
+
+	if (value < 0) {
+		cpu_set_t cpus;
+		value = sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) > 1;
+		__atomic_store_n(&allowed, value, __ATOMIC_RELAXED);
+	}
+	return value;
+}
+
+static int64_t monotonic_ns(void)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+/* recvmsg, polling without blocking for up to LCS_SPIN_NS first (see
+ * spin_allowed), then blocking.  EINTR is retried.  A failed poll is only
+ * "not yet", whatever errno says: a signal handler may have run (and
+ * changed errno) between the call and the check, and a real error recurs
+ * on the blocking call, which reports it. */
+static ssize_t receive_message(int fd, struct msghdr *msg)
+{
+	size_t controllen = msg->msg_controllen;
+	ssize_t got;
+
+	if (spin_allowed()) {
+		int64_t deadline = monotonic_ns() + LCS_SPIN_NS;
+		do {
+			msg->msg_controllen = controllen;
+			got = recvmsg(fd, msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+			if (got >= 0)
+				return got;
+		} while (monotonic_ns() < deadline);
+	}
+	do {
+		msg->msg_controllen = controllen;
+		got = recvmsg(fd, msg, MSG_CMSG_CLOEXEC);
+	} while (got < 0 && errno == EINTR);
+	return got;
+}
+
 /* Returns 0 on a well-formed datagram (fds collected), -1 otherwise with
  * every received descriptor closed. */
 static int receive(int fd, struct incoming *in)
@@ -478,9 +533,7 @@ static int receive(int fd, struct incoming *in)
 	ssize_t got;
 	int bad = 0;
 
-	do
-		got = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-	while (got < 0 && errno == EINTR);
+	got = receive_message(fd, &msg);
 	in->nfds = 0;
 	if (got <= 0)
 		return -1;

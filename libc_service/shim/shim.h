@@ -327,6 +327,10 @@ void lcs_stat_decode(const unsigned char *record, struct lcs_stat *out);
  * (LCS_FALLBACK), the master or the rules answered it (LCS_ANSWERED), or
  * the real libc does it and a report of its result is due (LCS_FORWARDED:
  * the entry point passes the real call's result to LCS_AFTER). */
+/* How long a caller polls for its reply before it sleeps (channel.c),
+ * when it may run on more than one CPU. */
+#define LCS_SPIN_NS 50000
+
 enum { LCS_FALLBACK = 0, LCS_ANSWERED = 1, LCS_FORWARDED = 2 };
 
 /* open/openat through the master (fs.c), for fopen and opendir: AT_FDCWD
