@@ -1,5 +1,5 @@
 /* floor_master: the smallest master that speaks the libc-service wire
- * protocol (docs/protocol.md, version 1).  It is the transport floor for
+ * protocol (docs/protocol.md, version 2).  It is the transport floor for
  * the benchmarks and the shim's test harness.
  *
  *   floor_master [-v] [-s SHIM] MODE -- CMD [ARG...]
@@ -31,8 +31,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MAX_MESSAGE 8256 /* docs/protocol.md; wire.MAX_MESSAGE */
-#define REQUEST_HEADER 64
+#define VERSION 2
+#define MAX_GROUPS 64
+#define REQUEST_HEADER 72
+#define MAX_MESSAGE (REQUEST_HEADER + 4 * MAX_GROUPS + 2 * 4095) /* docs/protocol.md; wire.MAX_MESSAGE */
 #define REPLY_HEADER 48
 #define STAT_RECORD 96
 #define MAX_REQUEST_FDS 2
@@ -41,7 +43,7 @@
 #define FN_OPENAT 2
 #define FN_STAT 5
 #define FN_LSTAT 6
-#define FN_MAX 17
+#define FN_MAX 23
 
 enum { MODE_FORWARD, MODE_STAT, MODE_ANSWER };
 
@@ -54,7 +56,8 @@ static const int open_flags[12] = {
 static const char *const names[FN_MAX + 1] = {
 	"?", "open", "openat", "unlink", "rename", "stat", "lstat", "access", "eaccess",
 	"mkdir", "rmdir", "connect_unix", "connect_inet", "connect_inet6", "bind_unix",
-	"bind_inet", "bind_inet6", "getaddrinfo",
+	"bind_inet", "bind_inet6", "getaddrinfo", "chmod", "fchmod", "chown", "fchown", "utimens",
+	"futimens",
 };
 
 static int mode;
@@ -130,7 +133,7 @@ static void accept_registration(int reg_fd)
 
 	if (got <= 0)
 		return;
-	if (got != 16 || memcmp(hello, "LCSh", 4) || get16(hello + 4) != 1 || nfds != 1 ||
+	if (got != 16 || memcmp(hello, "LCSh", 4) || get16(hello + 4) != VERSION || nfds != 1 ||
 	    getsockopt(fds[0], SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_SEQPACKET) {
 		fprintf(stderr, "floor_master: bad registration\n");
 		while (nfds)
@@ -153,16 +156,22 @@ static void fake_stat(unsigned char *record)
 	put32(record + 84, 1);      /* regular */
 }
 
+/* Where the request's strings start: after the header and the caller's groups. */
+static size_t strings(const unsigned char *req)
+{
+	return REQUEST_HEADER + 4 * (size_t)req[60];
+}
+
 /* The framing rules; the per-function field rules are the real master's. */
 static int valid_request(const unsigned char *req, ssize_t len, int nfds)
 {
 	uint16_t function = get16(req + 6);
 
-	if (len < REQUEST_HEADER || memcmp(req, "LCSq", 4) || get16(req + 4) != 1)
+	if (len < REQUEST_HEADER || memcmp(req, "LCSq", 4) || get16(req + 4) != VERSION)
 		return 0;
-	if (function < 1 || function > FN_MAX || req[56] & ~7)
+	if (function < 1 || function > FN_MAX || req[56] & ~7 || req[60] > MAX_GROUPS)
 		return 0;
-	if ((size_t)len != REQUEST_HEADER + (size_t)get16(req + 52) + get16(req + 54))
+	if ((size_t)len != strings(req) + (size_t)get16(req + 52) + get16(req + 54))
 		return 0;
 	return __builtin_popcount(req[56]) == nfds;
 }
@@ -181,7 +190,7 @@ static int open_here(const unsigned char *req, const int *fds, int nfds)
 	for (int bit = 0; bit < 12; bit++)
 		if (bits & 1u << bit)
 			flags |= open_flags[bit];
-	memcpy(path, req + REQUEST_HEADER, len);
+	memcpy(path, req + strings(req), len);
 	path[len] = 0;
 	return openat(nfds && req[56] & 1 ? fds[0] : AT_FDCWD, path, flags, get32(req + 28));
 }
@@ -231,10 +240,10 @@ static int serve(int fd)
 		return -1;
 	if (verbose > 1)
 		fprintf(stderr, "floor_master: pid=%u tid=%u %s %.*s\n", get32(req + 8), get32(req + 12),
-		        names[function], (int)get16(req + 52), req + REQUEST_HEADER);
+		        names[function], (int)get16(req + 52), req + strings(req));
 	memset(rep, 0, REPLY_HEADER);
 	memcpy(rep, "LCSr", 4);
-	put16(rep + 4, 1);
+	put16(rep + 4, VERSION);
 	put16(rep + 6, function);
 	memcpy(rep + 8, req + 12, 4);   /* tid */
 	memcpy(rep + 16, req + 16, 8);  /* request id */
