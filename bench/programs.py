@@ -26,7 +26,9 @@ Configurations, each the real command line, alternated within each round
 - ``trace``     ``libc-service trace -o /dev/null``
 - ``fakeroot``  ``fakeroot --``
 - ``strace``    ``strace -f -o /dev/null``
-- ``sandlock``  when installed (``pip install sandlock``; not a dependency)
+- ``sandlock``  when installed (``pip install sandlock``; not a dependency):
+                ``bench/sandlock_run.py`` (its Python API: the file system
+                readable, the working directory and /tmp writable)
 
 Every libc-service row includes the master's own start-up (interpreter,
 imports, spawn): that is what a user waits for.
@@ -35,9 +37,9 @@ imports, spawn): that is what a user waits for.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -156,6 +158,10 @@ def wrap(wrapper: str, argv: list[str], files: dict[str, Path]) -> tuple[list[st
         return cli + ["run", str(files["handler"]), "--", *argv], env
     if wrapper == "trace":
         return cli + ["trace", "-o", "/dev/null", "--", *argv], env
+    if wrapper == "sandlock":
+        if importlib.util.find_spec("sandlock") is None:
+            return None
+        return [_common.PYTHON, str(Path(__file__).with_name("sandlock_run.py")), *argv], env
     tool = _common.need(wrapper)
     if tool is None:
         return None
@@ -163,8 +169,6 @@ def wrap(wrapper: str, argv: list[str], files: dict[str, Path]) -> tuple[list[st
         return [tool, "--", *argv], env
     if wrapper == "strace":
         return [tool, "-f", "-o", "/dev/null", *argv], env
-    if wrapper == "sandlock":
-        return [tool, "run", "--", *argv], env
     raise ValueError(wrapper)
 
 
@@ -238,7 +242,7 @@ def main() -> None:
     summary["pass"] = {"native": _common.median(times["pass"]["native"])}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"median_s": summary, "runs": times}, indent=1))
-    if shutil.which("sandlock") is None:
+    if importlib.util.find_spec("sandlock") is None:
         print("\n# sandlock: not installed (pip install sandlock into the venv to add its row)")
 
 
