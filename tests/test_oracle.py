@@ -52,9 +52,9 @@ SELECTION = (
 
 #: (configuration, test id) -> why it differs from native today (a framework bug).
 _SHIM_FDS = (
-    "the shim's registration socket and channel (fds 1000 and 1001, LCS_FD_BASE in docs/shim.md) are open in "
-    "every slave: a child that lists its descriptors with fstat (subprocessdata/fd_status.py) sees 1000 and 1001 "
-    "besides 0, 1, 2 and the ones it was passed"
+    "the shim's own descriptors (its registration socket, channel and /proc/self/fd, from fd 1000, LCS_FD_BASE in "
+    "docs/shim.md) are open in every slave: a child that lists its descriptors with fstat "
+    "(subprocessdata/fd_status.py) sees them besides 0, 1, 2 and the ones it was passed"
 )
 KNOWN: dict[tuple[str, str], str] = {
     ("trace", "test.test_subprocess.POSIXProcessTestCase.test_pass_fds_redirected"): _SHIM_FDS,

@@ -319,7 +319,7 @@ async def test_a_slave_blocked_on_a_fifo_leaves_the_master_free_and_killable(tmp
     """The open waits on a thread: the loop answers other calls, SIGTERM ends the program,
     and closing the session releases the thread that waited for a writer."""
     os.mkfifo(tmp_path / "p")
-    threads = _threads()
+    threads = _perform_threads()
     performing = Performing()
     async with spawn(
         [PYTHON, "-c", "import os; os.open('p', os.O_RDONLY)"],
@@ -329,7 +329,7 @@ async def test_a_slave_blocked_on_a_fifo_leaves_the_master_free_and_killable(tmp
         stderr=subprocess.DEVNULL,
     ) as process:
         deadline = time.monotonic() + 10
-        while _threads() == threads:  # the open reached the master and waits there
+        while not (started := _perform_threads() - threads):  # the open reached the master and waits there
             assert time.monotonic() < deadline, performing.calls
             await asyncio.sleep(0.01)
         assert process.returncode is None
@@ -340,7 +340,7 @@ async def test_a_slave_blocked_on_a_fifo_leaves_the_master_free_and_killable(tmp
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 128 + signal.SIGTERM
     deadline = time.monotonic() + 10
-    while _threads() > threads:
+    while any(thread.is_alive() for thread in started):
         assert time.monotonic() < deadline, "the thread waiting on the FIFO was not released"
         await asyncio.sleep(0.01)
     assert ticks == 10
@@ -542,8 +542,9 @@ def fifo(tmp_path: Path) -> Path:
     return path
 
 
-def _threads() -> int:
-    return threading.active_count()
+def _perform_threads() -> set[threading.Thread]:
+    """perform's own threads, by identity: counting all threads would count other tests' daemons ending meanwhile."""
+    return {thread for thread in threading.enumerate() if thread.name.startswith("libc-service ")}
 
 
 async def test_a_blocking_fifo_open_is_awaited_not_blocking_the_loop(fifo: Path, here: int) -> None:
@@ -570,18 +571,19 @@ async def test_cancelling_a_blocked_fifo_open_releases_its_thread(
     flags: list[str],
     fd_count: FdCount,
 ) -> None:
-    before, threads = fd_count.snapshot(), _threads()
+    before, threads = fd_count.snapshot(), _perform_threads()
     task = asyncio.ensure_future(perform(OpenRequest(path="fifo", flags=flags, dirfd=here, **ME)))
     deadline = time.monotonic() + 5
-    while _threads() < threads + 1:  # the open's thread starts (late on a loaded machine)
+    while not (started := _perform_threads() - threads):  # the open's thread starts (late on a loaded machine)
         assert time.monotonic() < deadline, "no thread took the blocking open"
         await asyncio.sleep(0.01)
-    assert _threads() == threads + 1 and not task.done()
+    (thread,) = started
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     deadline = time.monotonic() + 5
-    while _threads() > threads:  # the thread got its other end and ended
+    while thread.is_alive():  # the thread got its other end and ended
         assert time.monotonic() < deadline, "the blocked open was not released"
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.01)  # its result, delivered after the cancel, is closed on the loop

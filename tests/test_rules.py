@@ -492,3 +492,70 @@ async def test_with_reports_observers_see_metadata_changes_the_shim_decided(tmp_
     assert len(chmods) == 1
     assert str(chmods[0].request.path) == "file" and chmods[0].session.startswith("rules ")
     assert chmods[0].result == 0
+
+
+_TAKES_HIGH_NUMBERS = """
+import os
+here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+print(open(os.open("out", os.O_RDONLY, dir_fd=here)).read(), end="")  # the shim names `here`
+high = sorted(int(name) for name in os.listdir("/proc/self/fd") if int(name) >= 1000)
+decoy = os.open("decoy", os.O_RDONLY | os.O_DIRECTORY)  # holds an "N" link to "/" for every N
+for number in high:
+    os.dup2(decoy, number)  # the program takes every number the shim's descriptors had
+srv = os.open("srv", os.O_RDONLY | os.O_DIRECTORY, dir_fd=here)
+print(open(os.open("f", os.O_RDONLY, dir_fd=srv)).read(), end="")
+print(open(os.open("out", os.O_RDONLY, dir_fd=here)).read(), end="")
+print(len(high), os.readlink(f"/proc/self/fd/{high[-1]}") == os.path.realpath("decoy"))
+"""
+
+
+@needs_shim
+async def test_directories_are_named_exactly_after_the_program_takes_the_shim_s_descriptor_numbers(
+    tmp_path: Path,
+) -> None:
+    """The shim names directories through a kept /proc/self/fd descriptor; dup2() onto it moves it, never misleads."""
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "f").write_text("inside\n")
+    (tmp_path / "out").write_text("outside\n")
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    for number in range(1100):  # read through a descriptor that is no longer /proc/self/fd: "/"
+        (decoy / str(number)).symlink_to("/")
+    seen: list[str] = []
+    router = Router()
+
+    @router.on("open", "openat", "stat", "lstat", when=under(str(tmp_path / "srv")))
+    def srv(request: Request) -> Any:
+        seen.append(str(request.path))
+        return FORWARD
+
+    async with spawn(
+        ["python3", "-c", _TAKES_HIGH_NUMBERS], router, cwd=tmp_path, stdout=asyncio.subprocess.PIPE
+    ) as process:
+        out, _ = await process.communicate()
+    assert out.decode().splitlines() == ["outside", "inside", "outside", "2 True"]
+    # srv and "f" in it are the handler's (named through the shim's moved descriptor, not the decoy's "/").
+    assert seen == ["srv", "f"], seen
+
+
+@needs_shim
+async def test_a_relative_path_in_a_removed_working_directory_is_asked(tmp_path: Path) -> None:
+    """The shim cannot name a removed directory as the master would: the master decides."""
+    seen: list[str] = []
+    router = Router()
+
+    @router.on("stat", "lstat", when=under(str(tmp_path / "elsewhere")))
+    def elsewhere(request: Request) -> Any:
+        seen.append(str(request.path))
+        return FORWARD
+
+    async with spawn(
+        ["sh", "-c", "mkdir gone && cd gone && rmdir ../gone && stat x; stat ../x; exit 0"],
+        router,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    ) as process:
+        assert await process.wait() == 0
+    assert process.sessions_started >= 1  # asked, although no route matched it in the end
+    assert seen == []

@@ -6,7 +6,8 @@
  * registration socket, and every program exec'd after it runs without a
  * master; it also closes the channel (the process falls back).
  *
- * So the registration socket and the channel live at high numbers
+ * So the registration socket, the channel and the /proc/self/fd descriptor
+ * (rules.c names directories through it) live at high numbers
  * (LCS_FD_BASE and up, out of the way of dup2() onto low numbers; see
  * ownfds.c) and:
  *
@@ -62,7 +63,7 @@ void lcs_fdguard_init(void)
 
 static int guarded(int fd)
 {
-	int fds[2], n = lcs_guarded_fds(fds);
+	int fds[LCS_GUARDED_MAX], n = lcs_guarded_fds(fds);
 
 	for (int i = 0; i < n; i++)
 		if (fds[i] == fd)
@@ -87,7 +88,7 @@ LCS_EXPORT int close(int fd)
 
 LCS_EXPORT int close_range(unsigned first, unsigned last, int flags)
 {
-	int fds[2], n = lcs_guarded_fds(fds), error = 0, saved = errno;
+	int fds[LCS_GUARDED_MAX], n = lcs_guarded_fds(fds), error = 0, saved = errno;
 	unsigned from = first;
 
 	/* Bad arguments: the kernel says so, and closes nothing. */
@@ -109,7 +110,7 @@ LCS_EXPORT int close_range(unsigned first, unsigned last, int flags)
 
 LCS_EXPORT void closefrom(int lowfd)
 {
-	int fds[2], n = lcs_guarded_fds(fds), saved = errno;
+	int fds[LCS_GUARDED_MAX], n = lcs_guarded_fds(fds), saved = errno;
 	int from = lowfd < 0 ? 0 : lowfd;
 
 	if (!n || fds[n - 1] < from) {

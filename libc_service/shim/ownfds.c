@@ -1,5 +1,6 @@
-/* The shim's own descriptors: the registration socket and this process's
- * channel to the master, and the process they belong to.
+/* The shim's own descriptors: the registration socket, this process's
+ * channel to the master and its /proc/self/fd (for naming directories), and
+ * the process they belong to.
  *
  * Both live at high numbers (from LCS_FD_BASE), out of the way of programs
  * that dup2() onto low numbers, and are guarded (fdguard.c).  Their numbers
@@ -20,7 +21,12 @@
 
 static int reg_fd = -1;  /* registration socket; -1: the shim is inert */
 static int chan_fd = -1; /* our channel, once registered */
+static int proc_fd = -1; /* /proc/self/fd of this process, opened on first use */
 static int proc_pid;     /* the process this state belongs to */
+/* Bumped (before the number is given up) whenever proc_fd's descriptor
+ * stops being ours under its number: a name read through the old number
+ * meanwhile is not trusted (lcs_proc_fds_unchanged). */
+static unsigned proc_generation;
 
 /* LIBC_SERVICE_FD=<reg_fd>, put in the environment by the constructor
  * (the environment's entry then points at this buffer), so the number can
@@ -154,8 +160,9 @@ void lcs_ownfds_activate(int fd)
 	store_fd(&reg_fd, fd);
 }
 
-/* The child of fork(): forget the parent's channel (closing our copy is
- * harmless to the parent); the state now belongs to this process.
+/* The child of fork(): forget the parent's channel and its /proc/self/fd
+ * (closing our copies is harmless to the parent; the latter names the
+ * parent's descriptors, not ours); the state now belongs to this process.
  * Async-signal-safe. */
 void lcs_ownfds_forked(void)
 {
@@ -163,20 +170,65 @@ void lcs_ownfds_forked(void)
 	store_fd(&chan_fd, -1);
 	if (fd >= 0)
 		lcs_close_raw(fd);
+	__atomic_add_fetch(&proc_generation, 1, __ATOMIC_SEQ_CST);
+	fd = load_fd(&proc_fd);
+	store_fd(&proc_fd, -1);
+	if (fd >= 0)
+		lcs_close_raw(fd);
 	proc_pid = lcs_getpid_raw();
 }
 
-int lcs_guarded_fds(int fds[2])
+int lcs_proc_fds(unsigned *generation)
 {
-	int reg = load_fd(&reg_fd), chan = load_fd(&chan_fd), n = 0;
+	int fd;
+
+	if (load_fd(&reg_fd) < 0 || !lcs_own_process())
+		return -1; /* inert, or a vfork()ed child: its parent's state */
+	*generation = __atomic_load_n(&proc_generation, __ATOMIC_SEQ_CST);
+	fd = load_fd(&proc_fd);
+	if (fd >= 0)
+		return fd;
+	int opened = lcs_openat_raw(AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (opened < 0)
+		return -1;
+	int high = lcs_move_high(opened, 1);
+	if (high != opened)
+		lcs_close_raw(opened);
+	if (high < 0)
+		return -1;
+	int expected = -1;
+	if (!__atomic_compare_exchange_n(&proc_fd, &expected, high, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+		lcs_close_raw(high); /* another thread opened it first */
+		return expected;
+	}
+	return high;
+}
+
+int lcs_proc_fds_unchanged(unsigned generation)
+{
+	return __atomic_load_n(&proc_generation, __ATOMIC_SEQ_CST) == generation;
+}
+
+int lcs_guarded_fds(int fds[LCS_GUARDED_MAX])
+{
+	int reg = load_fd(&reg_fd), n = 0;
+	int others[2] = { load_fd(&chan_fd), load_fd(&proc_fd) };
 
 	if (reg < 0)
 		return 0;
-	if (chan >= 0 && chan < reg)
-		fds[n++] = chan;
 	fds[n++] = reg;
-	if (chan > reg)
-		fds[n++] = chan;
+	for (int i = 0; i < 2; i++) {
+		int fd = others[i], at = n++;
+		if (fd < 0) {
+			n--;
+			continue;
+		}
+		while (at > 0 && fds[at - 1] > fd) { /* kept ascending */
+			fds[at] = fds[at - 1];
+			at--;
+		}
+		fds[at] = fd;
+	}
 	return n;
 }
 
@@ -196,11 +248,15 @@ int lcs_evict(int fd)
 		slot = &reg_fd;
 	else if (fd == load_fd(&chan_fd))
 		slot = &chan_fd;
+	else if (fd == load_fd(&proc_fd))
+		slot = &proc_fd;
 	else
 		return 0;
 	if (lcs_getpid_raw() != proc_pid)
 		return 0;
-	moved = lcs_dup_high(fd, slot == &chan_fd);
+	if (slot == &proc_fd) /* a reader of the old number must not trust what it reads */
+		__atomic_add_fetch(&proc_generation, 1, __ATOMIC_SEQ_CST);
+	moved = lcs_dup_high(fd, slot != &reg_fd);
 	if (moved < 0)
 		return -1;
 	if (moved == fd)

@@ -373,8 +373,10 @@ enum { LCS_RULE_ASK = 0, LCS_RULE_FORWARD, LCS_RULE_DENY };
 void lcs_rules_init(void);
 
 /* The absolute name of the directory dirfd (AT_FDCWD: the working
- * directory) is open on, read from /proc/self/fd/N or /proc/self/cwd, as
- * the master names its copy of the descriptor.  out has room for
+ * directory) is open on, read from /proc/self/fd/N (through a kept
+ * descriptor of /proc/self/fd, ownfds.c) or with getcwd(2): the kernel's
+ * name of the directory, as the master reads its copy of the descriptor.
+ * out has room for
  * LCS_PATH_MAX_BYTES + 1; returns 1 with out NUL-terminated and *out_len
  * set, 0 when it cannot be named exactly: no /proc (a sandbox), not a
  * directory path, a removed directory (" (deleted)"), too long.  errno
@@ -455,8 +457,18 @@ int lcs_move_high(int fd, int cloexec);
  * even if fd is high already. */
 int lcs_dup_high(int fd, int cloexec);
 
-/* The guarded descriptors in ascending order; returns how many (0-2). */
-int lcs_guarded_fds(int fds[2]);
+/* The guarded descriptors in ascending order; returns how many (0 to
+ * LCS_GUARDED_MAX). */
+#define LCS_GUARDED_MAX 3
+int lcs_guarded_fds(int fds[LCS_GUARDED_MAX]);
+
+/* A descriptor of this process's /proc/self/fd (opened on first use, at a
+ * high number, close-on-exec, guarded like the others), or -1: an inert
+ * shim, a vfork()ed child, no /proc.  A name read through it counts only
+ * if lcs_proc_fds_unchanged(*generation) still holds afterwards: the
+ * program may have dup2()ed onto its number meanwhile. */
+int lcs_proc_fds(unsigned *generation);
+int lcs_proc_fds_unchanged(unsigned generation);
 
 /* fd is about to be replaced by the program (dup2/dup3 onto it): if it is
  * a guarded descriptor, move it elsewhere.  Returns -1 (errno set) when it
