@@ -10,7 +10,6 @@ routing conditions nor the safe-path code import each other for it.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 from pathlib import PurePosixPath
@@ -113,4 +112,8 @@ def printable(path: str) -> str:
     A slave names its files: a name with control characters (a terminal
     escape) or undecodable bytes is shown escaped, never written raw.
     """
-    return path if path.isprintable() else json.dumps(path)
+    if path.isprintable():
+        return path
+    import json  # a name with control characters: rare
+
+    return json.dumps(path)

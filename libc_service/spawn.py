@@ -17,7 +17,6 @@ opens). The shim then only relays ``getaddrinfo`` to the router.
 from __future__ import annotations
 
 import array
-import ctypes
 import logging
 import os
 import select
@@ -895,10 +894,13 @@ def _child_setup(
     """
     if fds_closed and sandbox is None and last is None:
         return None
+    # Resolved here, in the parent: importing or dlopen()ing after fork()
+    # could wait forever on a lock another thread held at the fork.
+    close_range = None if fds_closed else _close_range_function()
 
     def setup() -> None:
-        if not fds_closed:
-            _close_on_exec_except(keep)
+        if close_range is not None:
+            _close_on_exec_except(keep, close_range)
         if sandbox is not None:
             sandbox.apply_in_child()
         if last is not None:
@@ -910,12 +912,12 @@ def _child_setup(
 _CLOSE_RANGE_CLOEXEC: Final = 4
 
 
-def _close_on_exec_except(keep: int) -> None:
+def _close_on_exec_except(keep: int, close_range: Callable[[int, int, int], None]) -> None:
     """Set close-on-exec on every descriptor from 3 up except ``keep``."""
     try:
         for first, last in ((3, keep - 1), (keep + 1, 0xFFFFFFFF)):
             if first <= last:
-                _close_range(first, last, _CLOSE_RANGE_CLOEXEC)
+                close_range(first, last, _CLOSE_RANGE_CLOEXEC)
     except OSError:  # before Linux 5.11: one descriptor at a time
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
@@ -926,13 +928,24 @@ def _close_on_exec_except(keep: int) -> None:
                     pass  # the directory listing's own descriptor, already gone
 
 
-def _close_range(first: int, last: int, flags: int) -> None:
-    if _libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
+def _close_range_function() -> Callable[[int, int, int], None]:
+    """close_range(2) through ctypes (Python has no binding for its flags).
+
+    Only a loop that leaves the master's descriptors open needs it (uvloop):
+    ctypes is not imported at start-up for the others.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def close_range(first: int, last: int, flags: int) -> None:
+        if libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return close_range
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _SYS_CLOSE_RANGE: Final = 436  # the same number on every architecture
 
 
