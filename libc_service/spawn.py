@@ -202,7 +202,8 @@ class RegistrationListener:
             self._waiter.set_result(None)
 
 
-#: The registration socket's send buffer when reports are waited for (the kernel caps it at wmem_max).
+#: The registration socket's send buffer when the shim reports (the kernel caps it at wmem_max): the
+#: default (wmem_default, ~200 KiB) holds ~150 reports, fewer than a program makes while the master starts.
 _REPORTS_SNDBUF: Final = 4 << 20
 
 #: A registration (16 bytes) or a report (its header, its names and a request).
@@ -535,8 +536,10 @@ class SlaveProcess:
             if reporting:
                 # Observers see the calls the shim decided, and what forwarded calls returned, through reports.
                 env[ENV_REPORTS] = "2" if self._reports == "wait" else "1"
-                if self._reports == "wait":  # room for bursts (up to net.core.wmem_max)
-                    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _REPORTS_SNDBUF)
+                # Room for bursts (up to net.core.wmem_max): while the master starts (launch()
+                # starts it only at the first report) or decodes, reports queue instead of
+                # being dropped (or, waited for, pacing the program).
+                theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _REPORTS_SNDBUF)
             if self._sandbox is not None:
                 prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd)
                 local = local_value(prepared.local_trees)

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,30 @@ def test_launch_refuses_what_needs_a_loop_from_the_start(tmp_path: Path) -> None
         spawn(["true"], Router(), stdout=subprocess.PIPE).launch()
     with pytest.raises(RuntimeError, match="follows launch"):
         spawn(["true"], Router()).wait_unserved()
+
+
+@needs_shim
+def test_reports_made_while_the_master_starts_wait_in_the_socket_not_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reports that must not wait for room (``reports=True``) are dropped only when the socket is full:
+    it holds what a busy program sends before the master is up."""
+    decisions: list[Decision] = []
+    router = Router(default=FORWARD)
+    router.observe(decisions.append)
+    process = spawn(
+        ["sh", "-c", "i=0; while [ $i -lt 800 ]; do test -e /etc/hostname; i=$((i+1)); done"],
+        router,
+        reports=True,
+    )
+    process.launch()
+    time.sleep(0.5)  # the master starts late: the program has long finished its calls
+    assert process.wait_unserved() is None
+
+    async def serve() -> int:
+        async with process:
+            return await process.wait()
+
+    assert asyncio.run(serve()) == 0
+    assert "were lost" not in caplog.text
+    assert sum(str(getattr(d.request, "path", "")) == "/etc/hostname" for d in decisions) == 800
