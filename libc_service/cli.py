@@ -209,7 +209,11 @@ def _run_program(
         if status is not None:
             relay.restore_plain(previous)
             return status
-    return _run_loop(_serve_program(process))
+    try:
+        return _run_loop(_serve_program(process))
+    except BaseException:
+        process.kill()  # the loop failed before it could serve the program: it must not run on without one
+        raise
 
 
 async def _serve_program(process: SlaveProcess) -> int:

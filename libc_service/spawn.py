@@ -399,17 +399,7 @@ class SlaveProcess:
             raise RuntimeError("the program has already been started")
         launch = self._prepare(_closes_inherited_fds(asyncio.get_running_loop()))
         try:
-            stdin, stdout, stderr = self._stdio
-            self._process = await asyncio.create_subprocess_exec(
-                *self.argv,
-                env=launch.env,
-                cwd=self._cwd,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                pass_fds=(launch.theirs.fileno(),),
-                preexec_fn=launch.preexec,
-            )
+            self._process = await asyncio.create_subprocess_exec(*self.argv, **self._exec_arguments(launch))
         except BaseException:
             launch.mine.close()
             if launch.handoff is not None:
@@ -447,17 +437,7 @@ class SlaveProcess:
             raise RuntimeError("the program has already been started")
         launch = self._prepare(fds_closed=True)
         try:
-            stdin, stdout, stderr = self._stdio
-            popen = subprocess.Popen(
-                self.argv,
-                env=launch.env,
-                cwd=self._cwd,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                pass_fds=(launch.theirs.fileno(),),
-                preexec_fn=launch.preexec,
-            )
+            popen = subprocess.Popen(self.argv, **self._exec_arguments(launch))
         except BaseException:
             launch.mine.close()
             raise
@@ -562,6 +542,19 @@ class SlaveProcess:
                 handoff.close()
             raise
         return _Launch(mine, theirs, env, preexec, prepared, handoff, reporting)
+
+    def _exec_arguments(self, launch: _Launch) -> dict[str, Any]:
+        """What both ways of starting the program (a loop's subprocess, Popen) are given."""
+        stdin, stdout, stderr = self._stdio
+        return {
+            "env": launch.env,
+            "cwd": self._cwd,
+            "stdin": stdin,
+            "stdout": stdout,
+            "stderr": stderr,
+            "pass_fds": (launch.theirs.fileno(),),
+            "preexec_fn": launch.preexec,
+        }
 
     def _begin_serving(self, launch: _Launch) -> None:
         """Serve the registration socket's sessions and reports from now on, on the running loop."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from libc_service import FORWARD, Decision, Errno, Router, spawn
+from libc_service import FORWARD, Decision, Errno, Router, SlaveProcess, spawn
 from libc_service.conditions import under
 from libc_service.requests import Request
 from shimtools import needs_shim
@@ -32,6 +32,16 @@ def _handled(tree: Path, seen: list[str]) -> Router:
         raise Errno(errno.EACCES)
 
     return router
+
+
+def _serve(process: SlaveProcess) -> int:
+    """Serve a launched program on a loop of its own, to its end; its exit status."""
+
+    async def serve() -> int:
+        async with process:
+            return await process.wait()
+
+    return asyncio.run(serve())
 
 
 @needs_shim
@@ -66,11 +76,7 @@ def test_a_program_that_asks_late_is_served_when_it_asks(tmp_path: Path) -> None
     process.launch()
     assert process.wait_unserved() is None  # the second cat asked
 
-    async def serve() -> int:
-        async with process:
-            return await process.wait()
-
-    assert asyncio.run(serve()) == 1
+    assert _serve(process) == 1
     assert seen == [str(tmp_path / "secret")] and process.sessions_started == 1
 
 
@@ -83,11 +89,7 @@ def test_reports_left_by_a_program_that_ended_still_reach_the_observers(tmp_path
     process.launch()
     assert process.wait_unserved() is None
 
-    async def serve() -> int:
-        async with process:
-            return await process.wait()
-
-    assert asyncio.run(serve()) == 0
+    assert _serve(process) == 0
     assert any(str(getattr(d.request, "path", "")) == "/etc/hostname" for d in decisions)
 
 
@@ -98,11 +100,7 @@ def test_a_served_launch_closes_every_descriptor_it_made(tmp_path: Path) -> None
     process.launch()
     assert process.wait_unserved() is None
 
-    async def serve() -> int:
-        async with process:
-            return await process.wait()
-
-    assert asyncio.run(serve()) == 0
+    assert _serve(process) == 0
     process = spawn(["true"], _handled(tmp_path, []))
     process.launch()
     assert process.wait_unserved() == 0
@@ -136,10 +134,6 @@ def test_reports_made_while_the_master_starts_wait_in_the_socket_not_lost(
     time.sleep(0.5)  # the master starts late: the program has long finished its calls
     assert process.wait_unserved() is None
 
-    async def serve() -> int:
-        async with process:
-            return await process.wait()
-
-    assert asyncio.run(serve()) == 0
+    assert _serve(process) == 0
     assert "were lost" not in caplog.text
     assert sum(str(getattr(d.request, "path", "")) == "/etc/hostname" for d in decisions) == 800
