@@ -52,9 +52,22 @@ master); false means the default decides. Operations: ``TRUE`` (1),
 ``FALSE`` (2), ``UNDER`` (3, ``length:u16 root``: every path of the call is
 the root or beneath it), ``FLAGS`` (4, ``mask:u32``: the open flags on the
 wire meet the mask), ``NOT`` (5), ``AND`` (6), ``OR`` (7), ``RELATIVE`` (8:
-a path of the call is relative, :func:`relative`). An empty program
-is false. All integers little-endian. A table the shim finds malformed is
-ignored whole (every call is asked).
+a path of the call is relative, :func:`relative`), ``UNDER_SET`` (9,
+``size:u16 count:u16 offset:u16[count] roots``: every path of the call is
+one of the roots or beneath one; the roots are concatenated, root *k*
+starting at ``offset[k]`` of the concatenation, in strictly ascending byte
+order, so the shim looks each ancestor of a path up by binary search: a
+policy of ten thousand trees costs a call a few dozen comparisons, not ten
+thousand). An empty program is false. All integers little-endian. A table
+the shim finds malformed is ignored whole (every call is asked).
+
+Size is bounded (:data:`MAX_RULES_BYTES`: the table travels in the
+environment, where one string may not exceed 128 KiB). A policy whose
+table would be larger is not given up: the roots of ``under`` conditions
+that only ever lead to *ask* (not under a ``~``) are shortened to their
+ancestors, fewer components at a time, until the table fits. A shortened
+root covers more paths, so the table asks about more calls, never fewer,
+and what it still decides is exactly what the router decides.
 """
 
 from __future__ import annotations
@@ -91,8 +104,9 @@ ENV_RULES: Final = "LIBC_SERVICE_RULES"
 #: Set to ``1`` when the shim reports the calls it decided (the router has observers), dropping a
 #: report the socket has no room for; ``2``: waiting for room instead (``spawn(reports="wait")``).
 ENV_REPORTS: Final = "LIBC_SERVICE_REPORTS"
-#: The largest table the shim takes (shim/rules.c's RULES_BYTES).
-MAX_RULES_BYTES: Final = 8192
+#: The largest table the shim takes (shim/rules.c's RULES_BYTES): hex-encoded, it stays under the
+#: kernel's 128 KiB bound on one environment string.
+MAX_RULES_BYTES: Final = 49152
 #: The functions the shim applies rules to (shim/fs.c, shim/meta.c).
 RULED_FUNCTIONS: Final = (
     frozenset({"open", "openat", "stat", "lstat", "access", "eaccess", "mkdir", "rmdir", "unlink", "rename"})
@@ -105,11 +119,13 @@ HEADER: Final = struct.Struct("<4sBB")
 ENTRY: Final = struct.Struct("<BBHH")
 
 ASK, FORWARD_ACTION, DENY_ACTION = 0, 1, 2
-OP_TRUE, OP_FALSE, OP_UNDER, OP_FLAGS, OP_NOT, OP_AND, OP_OR, OP_RELATIVE = 1, 2, 3, 4, 5, 6, 7, 8
+OP_TRUE, OP_FALSE, OP_UNDER, OP_FLAGS, OP_NOT, OP_AND, OP_OR, OP_RELATIVE, OP_UNDER_SET = 1, 2, 3, 4, 5, 6, 7, 8, 9
 _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<I")
 #: The deepest stack a program may need (shim/rules.c's STACK_MAX).
 STACK_MAX: Final = 32
+#: How many components a root keeps as the compiler shortens roots to fit the table (None: all).
+_CAPS: Final[tuple[int | None, ...]] = (None, 16, 12, 10, 8, 7, 6, 5, 4, 3, 2, 1)
 
 _CODE: Final[dict[str, int]] = {name: code for code, name in enumerate(FUNCTIONS, 1)}
 _WRITE_MASK: Final = sum(
@@ -145,6 +161,10 @@ class _Unprovable(Exception):
     """A condition the shim cannot evaluate exactly as the router does."""
 
 
+class _TooLarge(_Unprovable):
+    """A program that does not fit the table as it stands (shorter roots may make it fit)."""
+
+
 @dataclass
 class _Program:
     code: bytearray
@@ -161,17 +181,20 @@ class _Program:
         self.depth -= 1
 
 
-def _compile_condition(condition: Condition, function: str, program: _Program) -> None:
+def _compile_condition(
+    condition: Condition, function: str, program: _Program, *, positive: bool = True, cap: int | None = None
+) -> None:
+    """Append ``condition``'s postfix code; ``positive``: true makes the program's answer *ask*."""
     if condition.functions is not None and function not in condition.functions:
         raise _Unprovable(f"{condition!r} does not apply to {function}")
     if function in METADATA_FD_FUNCTIONS and isinstance(condition, UnderCondition | _Relative):
         raise _Unprovable(f"{condition!r} names the file behind {function}'s descriptor")
     if isinstance(condition, UnderCondition):
-        roots = [root.encode("utf-8", "strict") for root in _checked_roots(condition.roots)]
-        for index, root in enumerate(roots):
-            program.push(bytes([OP_UNDER]) + _U16.pack(len(root)) + root)
-            if index:
-                program.combine(OP_OR)
+        roots = _covering([root.encode("utf-8", "strict") for root in _checked_roots(condition.roots)])
+        if positive and cap is not None:
+            # A shorter root holds for more paths: where holding means "ask", that only asks more.
+            roots = _covering([b"/" + b"/".join(root.split(b"/")[1 : cap + 1]) for root in roots])
+        program.push(_under_op(roots))
     elif isinstance(condition, _Relative):
         program.push(bytes([OP_RELATIVE]))
     elif isinstance(condition, FlagsCondition):
@@ -184,18 +207,46 @@ def _compile_condition(condition: Condition, function: str, program: _Program) -
         else:
             raise _Unprovable(f"writing() on {function}")
     elif isinstance(condition, Negation):
-        _compile_condition(condition.part, function, program)
+        _compile_condition(condition.part, function, program, positive=not positive, cap=cap)
         program.code.append(OP_NOT)
     elif isinstance(condition, AllOf | AnyOf):
         if not condition.parts:
             program.push(bytes([OP_TRUE if isinstance(condition, AllOf) else OP_FALSE]))
             return
         for index, part in enumerate(condition.parts):
-            _compile_condition(part, function, program)
+            _compile_condition(part, function, program, positive=positive, cap=cap)
             if index:
                 program.combine(OP_AND if isinstance(condition, AllOf) else OP_OR)
     else:
         raise _Unprovable(f"{condition!r} is not a condition the shim evaluates")
+
+
+def _covering(roots: list[bytes]) -> list[bytes]:
+    """The roots in ascending byte order, without those beneath another: the same set of paths."""
+    if b"/" in roots:
+        return [b"/"]
+    kept: list[bytes] = []
+    for root in sorted(set(roots)):
+        # Sorted, a root's ancestors in the list come before it, and the last kept root is the only
+        # candidate: anything kept between it and an ancestor would itself be beneath that ancestor.
+        if kept and root.startswith(kept[-1] + b"/"):
+            continue
+        kept.append(root)
+    return kept
+
+
+def _under_op(roots: list[bytes]) -> bytes:
+    """UNDER for one root; UNDER_SET (sorted, offsets first) for several."""
+    if len(roots) == 1:
+        return bytes([OP_UNDER]) + _U16.pack(len(roots[0])) + roots[0]
+    offsets, at = [], 0
+    for root in roots:
+        offsets.append(at)
+        at += len(root)
+    if 2 + 2 * len(roots) + at > min(0xFFFF, MAX_RULES_BYTES):
+        raise _TooLarge(f"{len(roots)} roots do not fit one operation")
+    operand = _U16.pack(len(roots)) + struct.pack(f"<{len(roots)}H", *offsets) + b"".join(roots)
+    return bytes([OP_UNDER_SET]) + _U16.pack(len(operand)) + operand
 
 
 def _checked_roots(roots: tuple[str, ...]) -> tuple[str, ...]:
@@ -209,21 +260,26 @@ def _checked_roots(roots: tuple[str, ...]) -> tuple[str, ...]:
     return roots
 
 
-def _function_program(router: Router, function: str) -> bytes | None:
-    """The program that says "a handler may decide" for ``function``, or None (always ask)."""
+def _function_program(router: Router, function: str, cap: int | None = None) -> bytes | None:
+    """The program that says "a handler may decide" for ``function``, or None (always ask).
+
+    ``cap``: positive ``under`` roots keep at most that many components.
+    """
     program = _Program(bytearray())
     routes = router.routes().for_function(function)
     for index, route in enumerate(routes):
         if not route.conditions:
             return None  # a handler decides every call of the function: nothing to gain
         for number, condition in enumerate(route.conditions):
-            _compile_condition(condition, function, program)
+            _compile_condition(condition, function, program, cap=cap)
             if number:
                 program.combine(OP_AND)
         if index:
             program.combine(OP_OR)
     if program.peak > STACK_MAX:
         raise _Unprovable(f"{function}: conditions nest deeper than {STACK_MAX}")
+    if len(program.code) > min(0xFFFF, MAX_RULES_BYTES):
+        raise _TooLarge(f"{function}: a program of {len(program.code)} bytes")
     return bytes(program.code)
 
 
@@ -244,22 +300,34 @@ def compile_rules(router: Router, *, reports: bool = False) -> bytes | None:
         action, code = DENY_ACTION, default.errno
     else:
         return None
-    entries = []
     observed = _observed(router)
-    for function in sorted(RULED_FUNCTIONS, key=_CODE.__getitem__):
-        if observed and function in METADATA_FD_FUNCTIONS:
-            continue  # its report could not carry the descriptor the observers' request holds
-        try:
-            program = _function_program(router, function)
-        except (_Unprovable, UnicodeEncodeError):
-            continue
-        if program is None:
-            continue
-        entries.append(ENTRY.pack(_CODE[function], action, code, len(program)) + program)
+    functions = [
+        function
+        for function in sorted(RULED_FUNCTIONS, key=_CODE.__getitem__)
+        # A descriptor form's report could not carry the descriptor the observers' request holds.
+        if not (observed and function in METADATA_FD_FUNCTIONS)
+    ]
+    for cap in _CAPS:
+        entries: dict[str, bytes] = {}
+        too_large = False
+        for function in functions:
+            try:
+                program = _function_program(router, function, cap)
+            except _TooLarge:
+                too_large = True
+                continue
+            except (_Unprovable, UnicodeEncodeError):
+                continue
+            if program is not None:
+                entries[function] = ENTRY.pack(_CODE[function], action, code, len(program)) + program
+        if not too_large and HEADER.size + sum(map(len, entries.values())) <= MAX_RULES_BYTES:
+            break
+    # Still too large with every positive root at one component: the largest programs are asked.
+    while entries and HEADER.size + sum(map(len, entries.values())) > MAX_RULES_BYTES:
+        del entries[max(entries, key=lambda function: len(entries[function]))]
     if not entries:
         return None
-    table = HEADER.pack(MAGIC, VERSION, len(entries)) + b"".join(entries)
-    return table if len(table) <= MAX_RULES_BYTES else None
+    return HEADER.pack(MAGIC, VERSION, len(entries)) + b"".join(entries.values())
 
 
 def rules_value(router: Router, *, reports: bool = False) -> str | None:
@@ -305,14 +373,14 @@ def evaluate(
         if code != _CODE[function]:
             continue
         if path1 is None:  # a descriptor: nothing the table can name
-            if OP_UNDER in _ops(program) or OP_RELATIVE in _ops(program):
+            if not {OP_UNDER, OP_UNDER_SET, OP_RELATIVE}.isdisjoint(_ops(program)):
                 return "ask"
             paths: list[bytes] = []
         else:
             paths = [path1] if path2 is None else [path1, path2]
         directories = [directory1, directory2]
         normal = [_normal(path, directories[n]) for n, path in enumerate(paths)]
-        if OP_UNDER in _ops(program) and any(path is None for path in normal):
+        if not {OP_UNDER, OP_UNDER_SET}.isdisjoint(_ops(program)) and any(path is None for path in normal):
             return "ask"
         if _run(program, flags, [path for path in normal if path is not None], paths):
             return "ask"
@@ -341,7 +409,7 @@ def _ops(program: bytes) -> list[int]:
         op = program[offset]
         ops.append(op)
         offset += 1
-        if op == OP_UNDER:
+        if op in (OP_UNDER, OP_UNDER_SET):
             offset += 2 + _U16.unpack_from(program, offset)[0]
         elif op == OP_FLAGS:
             offset += 4
@@ -350,6 +418,11 @@ def _ops(program: bytes) -> list[int]:
 
 def _inside(path: bytes, root: bytes) -> bool:
     return root == b"/" or path == root or path.startswith(root + b"/")
+
+
+def _ancestors(path: bytes) -> list[bytes]:
+    """The path and every prefix of it that ends before a "/" (so "/" too): the roots it lies in."""
+    return [b"/"] + [path[:end] for end in range(1, len(path) + 1) if end == len(path) or path[end] == 47]
 
 
 def _run(program: bytes, flags: int, paths: list[bytes], raw: list[bytes]) -> bool:
@@ -371,6 +444,13 @@ def _run(program: bytes, flags: int, paths: list[bytes], raw: list[bytes]) -> bo
             root = program[offset + 2 : offset + 2 + length]
             offset += 2 + length
             stack.append(all(_inside(path, root) for path in paths))
+        elif op == OP_UNDER_SET:
+            size, count = _U16.unpack_from(program, offset)[0], _U16.unpack_from(program, offset + 2)[0]
+            offsets = struct.unpack_from(f"<{count}H", program, offset + 4)
+            blob = program[offset + 4 + 2 * count : offset + 2 + size]
+            roots = {blob[start:end] for start, end in zip(offsets, (*offsets[1:], len(blob)))}
+            offset += 2 + size
+            stack.append(all(any(prefix in roots for prefix in _ancestors(path)) for path in paths))
         elif op == OP_FLAGS:
             stack.append(bool(flags & _U32.unpack_from(program, offset)[0]))
             offset += 4

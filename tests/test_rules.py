@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,16 @@ from libc_service import FORWARD, Decision, Errno, Router, deny, spawn
 from libc_service.conditions import Condition, flags, named, under, writing
 from libc_service.catalogue import METADATA_FD_FUNCTIONS
 from libc_service.requests import OPEN_FLAGS, OPENAT_FLAGS, REQUEST_TYPES, Request
-from libc_service.rules import ENV_REPORTS, ENV_RULES, RULED_FUNCTIONS, compile_rules, evaluate, relative
+from libc_service.rules import (
+    ENV_REPORTS,
+    ENV_RULES,
+    MAX_RULES_BYTES,
+    OP_UNDER_SET,
+    RULED_FUNCTIONS,
+    compile_rules,
+    evaluate,
+    relative,
+)
 from libc_service.wire import OPEN_FLAG_BITS
 from shimtools import needs_shim
 
@@ -212,6 +222,15 @@ def test_what_the_shim_cannot_prove_is_asked() -> None:
 # ----------------------------------------------------------- real programs
 
 
+def _set_table(roots: list[bytes], offsets: tuple[int, ...] | None = None) -> bytes:
+    """A table forwarding open (function 1) outside an UNDER_SET of ``roots``, taken as given."""
+    if offsets is None:
+        offsets = tuple(sum(map(len, roots[:k])) for k in range(len(roots)))
+    operand = struct.pack(f"<H{len(roots)}H", len(roots), *offsets) + b"".join(roots)
+    program = bytes([OP_UNDER_SET]) + struct.pack("<H", len(operand)) + operand
+    return b"LCSR" + bytes([1, 1]) + struct.pack("<BBHH", 1, 1, 0, len(program)) + program
+
+
 @needs_shim
 async def test_a_program_outside_the_handled_tree_never_reaches_the_master(tmp_path: Path) -> None:
     seen: list[str] = []
@@ -328,6 +347,13 @@ def _observed(router: Router) -> list[tuple[str, str]]:
         "0" * 20000,
         # open (1) forwarded by a program that pops an empty stack
         "4c435352010101010000010006",
+        # too long for the shim's table, whatever it holds
+        "4c435352010101" + "0" * 100000,
+        # open forwarded outside a set whose roots are out of order, then one whose offset overruns
+        _set_table([b"/b", b"/a"]).hex(),
+        _set_table([b"/a", b"/b"], offsets=(0, 9)).hex(),
+        # a set of one root (UNDER says that)
+        _set_table([b"/a"]).hex(),
     ],
 )
 async def test_a_malformed_table_is_ignored_and_every_call_asked(value: str) -> None:
@@ -559,3 +585,65 @@ async def test_a_relative_path_in_a_removed_working_directory_is_asked(tmp_path:
         assert await process.wait() == 0
     assert process.sessions_started >= 1  # asked, although no route matched it in the end
     assert seen == []
+
+
+# ------------------------------------------------------------ large policies
+
+
+def _trees(root: Path, count: int) -> list[str]:
+    return [str(root / f"tree{index:05d}" / "lib" / f"module{index}.py") for index in range(count)]
+
+
+@pytest.mark.parametrize("count", [2, 300, 1000, 10_000])
+def test_a_policy_of_many_trees_compiles_within_the_shim_s_bound_and_says_what_the_router_says(count: int) -> None:
+    trees = _trees(Path("/srv/app"), count)
+    router = Router(default=deny(errno.EACCES))
+
+    @router.on("open", "openat", "stat", "lstat", "access", when=under(*trees))
+    def granted(request: Request) -> Any:
+        return FORWARD
+
+    table = compile_rules(router)
+    assert table is not None and len(table) <= MAX_RULES_BYTES
+    for path in (b"/etc/hostname", b"/srv/other", b"/srv/app2/tree00001", b"/"):
+        assert evaluate(table, "stat", 0, path) == errno.EACCES
+    # Granted trees (and, once roots are shortened to fit, their ancestors) are asked, never refused here.
+    for tree in trees[:: max(1, count // 50)]:
+        assert evaluate(table, "stat", 0, os.fsencode(tree)) == "ask"
+        assert evaluate(table, "open", OPEN_FLAG_BITS["read_only"], os.fsencode(tree + "/x")) == "ask"
+
+
+def test_roots_under_a_negation_are_never_shortened() -> None:
+    """``~under(...)`` that holds means "the default decides": a shortened root there would decide more."""
+    trees = _trees(Path("/srv/app"), 10_000)
+    router = Router(default=FORWARD)
+
+    @router.on("open", "openat", when=~under(*trees))
+    def outside(request: Request) -> Any:
+        return FORWARD
+
+    table = compile_rules(router)
+    # Exact roots do not fit, and shortening is not allowed under the ~: the function is asked.
+    assert table is None or evaluate(table, "open", OPEN_FLAG_BITS["read_only"], b"/srv/app/elsewhere") == "ask"
+
+
+@needs_shim
+async def test_a_program_under_a_policy_of_ten_thousand_trees_is_decided_in_the_shim(tmp_path: Path) -> None:
+    trees = _trees(tmp_path, 10_000)
+    for tree in trees[:3]:
+        Path(tree).parent.mkdir(parents=True)
+        Path(tree).write_text(f"{tree}\n")
+    seen: list[str] = []
+    router = Router()
+
+    @router.on("open", "openat", "stat", "lstat", "access", when=under(*trees))
+    def granted(request: Request) -> Any:
+        seen.append(str(request.path))
+        return FORWARD
+
+    async with spawn(["cat", "/etc/hostname"], router, stdout=asyncio.subprocess.DEVNULL) as process:
+        assert await process.wait() == 0
+    assert process.sessions_started == 0 and seen == []
+    async with spawn(["cat", trees[1]], router, stdout=asyncio.subprocess.PIPE) as process:
+        out, _ = await process.communicate()
+    assert out == f"{trees[1]}\n".encode() and seen == [trees[1]]

@@ -26,10 +26,10 @@
 #include "shim.h"
 
 #define ENV_NAME "LIBC_SERVICE_RULES="
-#define RULES_BYTES 8192
+#define RULES_BYTES 49152
 #define STACK_MAX 32
 
-enum { OP_TRUE = 1, OP_FALSE, OP_UNDER, OP_FLAGS, OP_NOT, OP_AND, OP_OR, OP_RELATIVE };
+enum { OP_TRUE = 1, OP_FALSE, OP_UNDER, OP_FLAGS, OP_NOT, OP_AND, OP_OR, OP_RELATIVE, OP_UNDER_SET };
 enum { ACTION_ASK = 0, ACTION_FORWARD, ACTION_DENY };
 
 struct entry {
@@ -76,6 +76,71 @@ static long decode(const char *text)
 	return len / 2;
 }
 
+/* Byte order of two strings, as Python orders bytes: a prefix first. */
+static int order(const unsigned char *a, size_t a_len, const unsigned char *b, size_t b_len)
+{
+	int r = memcmp(a, b, a_len < b_len ? a_len : b_len);
+
+	if (r)
+		return r;
+	return a_len < b_len ? -1 : a_len > b_len;
+}
+
+/* A set's operand: count:u16, offset:u16[count], then the roots. */
+struct root_set {
+	const unsigned char *offsets;
+	const unsigned char *blob;
+	size_t count, blob_len;
+};
+
+static struct root_set root_set(const unsigned char *operand, size_t size)
+{
+	struct root_set set = { .count = get16(operand) };
+
+	set.offsets = operand + 2;
+	set.blob = operand + 2 + 2 * set.count;
+	set.blob_len = size - 2 - 2 * set.count;
+	return set;
+}
+
+static const unsigned char *set_root(const struct root_set *set, size_t k, size_t *len)
+{
+	size_t start = get16(set->offsets + 2 * k);
+	size_t end = k + 1 < set->count ? get16(set->offsets + 2 * (k + 1)) : set->blob_len;
+
+	*len = end - start;
+	return set->blob + start;
+}
+
+/* Whether a set's operand of size bytes is well formed: at least two
+ * roots, each absolute and non-empty, in strictly ascending order. */
+static int valid_set(const unsigned char *operand, size_t size)
+{
+	struct root_set set;
+	const unsigned char *previous = NULL;
+	size_t previous_len = 0;
+
+	if (size < 2)
+		return 0;
+	set = root_set(operand, size);
+	if (set.count < 2 || size - 2 < 2 * set.count)
+		return 0;
+	for (size_t k = 0; k < set.count; k++) {
+		size_t start = get16(set.offsets + 2 * k), len;
+		size_t end = k + 1 < set.count ? get16(set.offsets + 2 * (k + 1)) : set.blob_len;
+		const unsigned char *root;
+
+		if (start >= end || end > set.blob_len || (k == 0 && start != 0))
+			return 0;
+		root = set_root(&set, k, &len);
+		if (root[0] != '/' || (previous && order(previous, previous_len, root, len) >= 0))
+			return 0;
+		previous = root;
+		previous_len = len;
+	}
+	return 1;
+}
+
 /* Whether program is well formed: known operations, operands in bounds,
  * the stack within STACK_MAX, never below empty, one value at the end. */
 static int valid_program(const unsigned char *program, size_t len, int *paths, int *relative)
@@ -95,6 +160,15 @@ static int valid_program(const unsigned char *program, size_t len, int *paths, i
 			if (len - i < 2 || len - i - 2 < get16(program + i))
 				return 0;
 			if (get16(program + i) == 0 || program[i + 2] != '/')
+				return 0;
+			i += 2 + get16(program + i);
+			*paths = 1;
+			depth++;
+			break;
+		case OP_UNDER_SET:
+			if (len - i < 2 || len - i - 2 < get16(program + i))
+				return 0;
+			if (!valid_set(program + i + 2, get16(program + i)))
 				return 0;
 			i += 2 + get16(program + i);
 			*paths = 1;
@@ -298,6 +372,39 @@ static int inside(const char *path, size_t len, const unsigned char *root, size_
 	       (len == root_len || path[root_len] == '/');
 }
 
+/* Whether the set holds root, by binary search. */
+static int set_holds(const struct root_set *set, const char *root, size_t len)
+{
+	size_t low = 0, high = set->count;
+
+	while (low < high) {
+		size_t middle = low + (high - low) / 2, middle_len;
+		const unsigned char *candidate = set_root(set, middle, &middle_len);
+		int r = order(candidate, middle_len, (const unsigned char *)root, len);
+
+		if (r == 0)
+			return 1;
+		if (r < 0)
+			low = middle + 1;
+		else
+			high = middle;
+	}
+	return 0;
+}
+
+/* Whether path is one of the set's roots or beneath one: each ancestor
+ * of the path (a prefix ending before a '/', and the path itself) is
+ * looked up, a few dozen comparisons however many roots there are. */
+static int inside_set(const char *path, size_t len, const struct root_set *set)
+{
+	if (set_holds(set, "/", 1))
+		return 1;
+	for (size_t end = 1; end <= len; end++)
+		if ((end == len || path[end] == '/') && set_holds(set, path, end))
+			return 1;
+	return 0;
+}
+
 struct call {
 	uint32_t flags;
 	int relative; /* a path of the call is relative */
@@ -332,6 +439,16 @@ static int run(const struct entry *entry, const struct call *call)
 				all &= inside(call->paths[n], call->lens[n], program + i + 2, root_len);
 			stack[depth++] = all;
 			i += 2 + root_len;
+			break;
+		}
+		case OP_UNDER_SET: {
+			size_t size = get16(program + i);
+			struct root_set set = root_set(program + i + 2, size);
+			int all = 1;
+			for (int n = 0; n < call->npaths; n++)
+				all &= inside_set(call->paths[n], call->lens[n], &set);
+			stack[depth++] = all;
+			i += 2 + size;
 			break;
 		}
 		case OP_FLAGS:
