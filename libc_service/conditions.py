@@ -137,6 +137,10 @@ class UnderCondition(Condition):
 
     functions = NAMED_FUNCTIONS | METADATA_FD_FUNCTIONS
 
+    def __post_init__(self) -> None:
+        # Many roots (a learnt policy's single files) are looked up by the path's ancestors, not scanned.
+        object.__setattr__(self, "_root_set", frozenset(self.roots) if len(self.roots) > _SCAN_ROOTS else None)
+
     def __call__(self, request: object) -> bool:
         if isinstance(request, requests.RenameRequest):
             return self._inside(request.path1, request.dirfd1) and self._inside(request.path2, request.dirfd2)
@@ -145,17 +149,49 @@ class UnderCondition(Condition):
             return self._contains(descriptor_name(getattr(request, "fd")))
         return self._inside(getattr(request, "path"), getattr(request, "dirfd", None))
 
+    @staticmethod
+    def first_path(request: object) -> str | None:
+        """The absolute path this condition tests first (rename's ``path1``); None: no path names it."""
+        if isinstance(request, requests.RenameRequest):
+            return slave_path(request.path1, request.dirfd1)
+        return slave_path(getattr(request, "path"), getattr(request, "dirfd", None))
+
     def _inside(self, path: PurePosixPath, dirfd: int | None) -> bool:
         return self._contains(slave_path(path, dirfd))
 
     def _contains(self, absolute: str | None) -> bool:
         if absolute is None:
             return False
+        root_set: frozenset[str] | None = getattr(self, "_root_set")
+        if root_set is not None:
+            return not root_set.isdisjoint(ancestors(absolute))
         return any(absolute == root or absolute.startswith(root.rstrip("/") + "/") for root in self.roots)
 
     def describe(self) -> str:
         names = ", ".join(f"`{root}`" for root in self.roots)
         return f"the path is {names} or beneath it" if len(self.roots) == 1 else f"the path is beneath one of {names}"
+
+
+#: Up to this many roots, ``under`` compares the path with each; past it, looks its ancestors up.
+_SCAN_ROOTS: Final = 8
+
+
+def ancestors(absolute: str) -> list[str]:
+    """Every root ``absolute`` is, or lies beneath, as :func:`under` compares them.
+
+    The path itself, each prefix that ends just before a ``/``, and ``/``
+    for an absolute path: ``"/a/b"`` gives ``["/a/b", "/a", "/"]``. A root
+    holds a path exactly when it is one of these, so a set of roots is
+    matched with one lookup per component instead of one comparison per root.
+    """
+    found = [absolute]
+    cut = absolute.find("/", 1)
+    while cut != -1:
+        found.append(absolute[:cut])
+        cut = absolute.find("/", cut + 1)
+    if absolute.startswith("/"):
+        found.append("/")
+    return found
 
 
 def under(*roots: str | os.PathLike[str]) -> Condition:

@@ -27,7 +27,7 @@ import logging
 import time
 import types
 import typing
-from collections.abc import Awaitable, Callable, Container, Coroutine, Generator, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Container, Coroutine, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, Union
 
@@ -35,6 +35,7 @@ from .conditions import Condition
 from .master import Call, Master, SessionClosed, discard
 from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, WithFds, Sentinel, deny, reply_now
 from .catalogue import FUNCTIONS
+from .route_index import INDEX_FROM, RouteIndex
 from .slavepath import directory_name
 from . import requests  # loaded on first use (libc_service/__init__.py)
 
@@ -262,6 +263,8 @@ class Router:
         self._last = _default_route(self._default)
         #: function -> the routes that may decide it, the default last (built at registration).
         self._dispatch: dict[str, tuple[Route, ...]] = {name: (self._last,) for name in FUNCTIONS}
+        #: function -> its routes filed by the roots they need (built on first use, for many routes).
+        self._indexes: dict[str, RouteIndex] = {}
         #: function -> whether every handler that may decide it is a plain function:
         #: those calls are answered synchronously (in the master's reader callback).
         self._sync_only: dict[str, bool] = dict.fromkeys(FUNCTIONS, not _is_async(self._last.handler))
@@ -300,6 +303,7 @@ class Router:
         self._routes.append(route)
         for name in route.functions:
             self._dispatch[name] = self._dispatch[name][:-1] + (route, self._last)
+            self._indexes.pop(name, None)
             self._sync_only[name] = self._sync_only[name] and not _is_async(handler)
         return route
 
@@ -496,7 +500,13 @@ class Router:
         Tries the routes from ``start`` on; the default is the last of them.
         """
         routes = self._dispatch[request.function]
-        for index in range(start, len(routes)):
+        positions: Iterable[int] = range(start, len(routes))
+        if len(routes) >= INDEX_FROM:
+            route_index = self._indexes.get(request.function)
+            if route_index is None:
+                route_index = self._indexes[request.function] = RouteIndex(request.function, routes)
+            positions = route_index.candidates(request, start)
+        for index in positions:
             route = routes[index]
             try:
                 if route.conditions and not route.matches(request):
