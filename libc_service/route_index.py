@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["INDEX_FROM", "RouteIndex"]
 
 #: A function with at least this many routes is dispatched through an index.
-INDEX_FROM: Final = 12
+INDEX_FROM: Final = 3
 
 
 class RouteIndex:
