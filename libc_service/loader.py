@@ -444,6 +444,10 @@ class _Discovery:
         self.probes = _MAX_PROBES
         self.objects = 0
         self._cache: dict[str, list[str]] | None = None
+        #: Every path looked at, in order: what the result depends on (see :func:`program_files`).
+        self.looked_at: list[str] = [os.fspath(_LD_SO_CACHE)]
+        #: Whether the result also depends on something no path witnesses (a ``PATH`` search).
+        self.searched_path = False
 
     def open(
         self,
@@ -455,6 +459,7 @@ class _Discovery:
         if self.probes <= 0:
             return None
         self.probes -= 1
+        self.looked_at.append(os.fspath(path))
         if self.probes == 0:
             logger.warning("loader discovery: stopped after %d files; a library may be missing", _MAX_PROBES)
         return _regular_file(path, executable=executable)
@@ -512,6 +517,7 @@ class _Discovery:
         if interpreter.name == "env" and len(shebang) > 1:
             # "#!/usr/bin/env NAME" (or "env -S NAME ARGS"): env execs NAME from PATH.
             words = [word for word in shebang[1].split() if not word.startswith("-")]
+            self.searched_path = True
             found = shutil.which(words[0], path=self.env.get("PATH", os.defpath)) if words else None
             if found is not None:
                 self.program(Path(found).resolve(), depth + 1)
@@ -646,9 +652,40 @@ def program_files(
     ``NAME`` found on ``PATH`` loads). Nothing is run. Libraries a program
     ``dlopen``s later are not known here: see ``Sandbox.system_libraries``.
     """
-    discovery = _Discovery(os.environ if env is None else env, os.fspath(cwd) if cwd is not None else os.getcwd())
+    environment = os.environ if env is None else env
+    directory = os.fspath(cwd) if cwd is not None else os.getcwd()
+    key = (os.fspath(executable), directory, environment.get("LD_LIBRARY_PATH"), environment.get("PATH"))
+    cached = _discovered.get(key)
+    if cached is not None and all(_witness(path) == seen for path, seen in cached[0]):
+        return list(cached[1])
+    discovery = _Discovery(environment, directory)
     discovery.program(executable, 0)
-    return list(discovery.files.values())
+    files = list(discovery.files.values())
+    if not discovery.searched_path and discovery.probes > 0:
+        witnesses = tuple((path, _witness(path)) for path in dict.fromkeys(discovery.looked_at))
+        if len(_discovered) >= _MAX_DISCOVERED:
+            _discovered.pop(next(iter(_discovered)))
+        _discovered[key] = (witnesses, tuple(files))
+    return files
+
+
+#: What starting a program needs, by (executable, cwd, LD_LIBRARY_PATH, PATH): the paths discovery
+#: looked at with what each was then, and the files found. Starting the same program again (a server
+#: running jobs) re-reads no ELF file: every path is stat()ed again, and one that changed in any way
+#: (created, removed, replaced, written: its identity, size, mtime or ctime) means discovering anew.
+_discovered: dict[
+    tuple[str, str, str | None, str | None], tuple[tuple[tuple[str, object], ...], tuple[LoaderFile, ...]]
+] = {}
+_MAX_DISCOVERED: Final = 64
+
+
+def _witness(path: str) -> object:
+    """What ``path`` is now, for a cache's validation: the file's identity and times, or the errno."""
+    try:
+        status = os.stat(path)
+    except OSError as error:
+        return error.errno
+    return (status.st_dev, status.st_ino, status.st_mode, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
 def _ld_so_conf(path: Path, found: list[str], read: set[str]) -> None:
@@ -690,18 +727,34 @@ def system_library_dirs(conf: Path = _LD_SO_CONF) -> list[Path]:
     one beneath another listed one not at all (a rule covers its subtree).
     """
     names: list[str] = list(SYSTEM_LIBRARY_DIRS)
-    _ld_so_conf(conf, names, set())
+    global _system_dirs
+    if _system_dirs is not None and conf == _LD_SO_CONF:
+        witnesses, dirs = _system_dirs
+        if all(_witness(path) == seen for path, seen in witnesses):
+            return list(dirs)
+    read: set[str] = set()
+    _ld_so_conf(conf, names, read)
     directories: dict[str, Path] = {}  # by real path
     for name in names:
         if not name.startswith("/") or not os.path.isdir(name) or os.path.realpath(name) == "/":
             continue  # "/" would be the whole filesystem, whatever a configuration says
         directories.setdefault(os.path.realpath(name), Path(os.path.normpath(name)))
     # A directory beneath another one listed needs no rule of its own.
-    return [
+    found = [
         path
         for real, path in directories.items()
         if not any(real.startswith(other.rstrip("/") + "/") for other in directories if other != real)
     ]
+    if conf == _LD_SO_CONF:
+        # Valid while every configuration file, the directories holding them (an include's glob)
+        # and every name considered (a symlink retargeted changes what it stats as) are unchanged.
+        looked_at = [os.fspath(conf), "/", *sorted(read), *sorted({os.path.dirname(path) for path in read}), *names]
+        _system_dirs = (tuple((path, _witness(path)) for path in dict.fromkeys(looked_at)), tuple(found))
+    return found
+
+
+#: The last :func:`system_library_dirs` of the system's configuration, with what it depended on.
+_system_dirs: tuple[tuple[tuple[str, object], ...], tuple[Path, ...]] | None = None
 
 
 def resolve_program(argv0: str, env: Mapping[str, str], cwd: str | os.PathLike[str] | None) -> Path:

@@ -16,6 +16,7 @@ import stat
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -435,3 +436,34 @@ def test_system_programs_get_the_libraries_ldd_lists(executable: str) -> None:
     expected = {os.path.realpath(word) for line in listed.splitlines() for word in line.split() if word.startswith("/")}
     found = {os.path.realpath(path) for path in paths(program_files(Path(os.path.realpath(executable))))}
     assert found - {os.path.realpath(executable)} == expected
+
+
+def test_discovery_is_reused_until_a_path_it_looked_at_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server starting the same program again reads no ELF file, yet never misses a change."""
+    import libc_service.loader as loader
+
+    true = Path(os.path.realpath(shutil.which("true", path="/usr/bin:/bin") or "/bin/true"))
+    libraries = tmp_path / "libs"
+    libraries.mkdir()
+    env = {"LD_LIBRARY_PATH": str(libraries), "PATH": "/usr/bin:/bin"}
+    runs = 0
+    program = loader._Discovery.program
+
+    def counted(self: Any, path: Path, depth: int) -> None:
+        nonlocal runs
+        runs += depth == 0
+        program(self, path, depth)
+
+    monkeypatch.setattr(loader._Discovery, "program", counted)
+    first = program_files(true, env, cwd=tmp_path)
+    assert program_files(true, env, cwd=tmp_path) == first and runs == 1
+    # A library appearing earlier in the search (LD_LIBRARY_PATH) than the one found: discovered anew.
+    libc = next(file.path for file in first if file.path.name.startswith("libc.so"))
+    shutil.copy(os.path.realpath(libc), libraries / libc.name)
+    second = program_files(true, env, cwd=tmp_path)
+    assert runs == 2 and libraries / libc.name in paths(second)
+    # Written in place (same inode, new size and times): discovered anew too.
+    with open(libraries / libc.name, "ab") as stream:
+        stream.write(b"\0")
+    program_files(true, env, cwd=tmp_path)
+    assert runs == 3
