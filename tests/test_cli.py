@@ -132,6 +132,12 @@ def test_a_bad_policy_is_one_line_and_exit_status_2(tmp_path: Path, problem: str
             "router = Router()\n@router.on('open', when=under('data'))\ndef h(req): pass\n",
             4,
         ),
+        # A result the function cannot have: refused when decorated, not when a call comes.
+        (
+            "from libc_service import Router\nrouter = Router()\n\n"
+            "@router.on('open', 'openat')\ndef h(req) -> str:\n    return 'ok'\n",
+            4,
+        ),
     ],
 )
 def test_a_bad_policy_error_names_the_policys_own_line(tmp_path: Path, source: str, line: int) -> None:
