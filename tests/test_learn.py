@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import copy
+import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from libc_service.learn import Learned, narrowest, render_policy
+from libc_service.learnt_source import read as read_policy
 from libc_service.sandbox import landlock_abi, network_namespaces_available
 
 from shimtools import needs_shim
@@ -139,3 +147,179 @@ def test_a_directory_the_run_created_and_removed_is_named_by_where_it_was_made(t
     (tmp_path / "kept").mkdir()
     learned.changed = {str(tmp_path / "kept" / "prog")}
     assert learned.metadata_trees() == [str(tmp_path / "kept")]
+
+
+# ------------------------------------------------ the policy is a faithful literal
+
+#: The module's statements, in order, with the names they bind: nothing else may appear.
+EXPECTED_STATEMENTS = [
+    ("Expr", None),  # the docstring
+    ("Import", None),
+    ("ImportFrom", None),
+    ("Assign", "LEARNT_FROM"),
+    ("Assign", "LEARNT_CALLS"),
+    ("Assign", "NOT_GRANTED"),
+    ("Assign", "sandbox"),
+    ("Assign", "router"),
+    ("Assign", "CONNECTS"),
+    ("FunctionDef", "connect"),
+    ("Assign", "BINDS"),
+    ("FunctionDef", "bind"),
+    ("Assign", "NAMES"),
+    ("FunctionDef", "look_up"),
+    ("Assign", "METADATA_TREES"),
+    ("FunctionDef", "change_metadata"),
+]
+
+
+def _statements(tree: ast.Module) -> list[tuple[str, str | None]]:
+    shape: list[tuple[str, str | None]] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            [target] = node.targets
+            assert isinstance(target, ast.Name)
+            shape.append(("Assign", target.id))
+        elif isinstance(node, ast.FunctionDef):
+            shape.append(("FunctionDef", node.name))
+        else:
+            shape.append((type(node).__name__, None))
+    return shape
+
+
+def _without_literals(tree: ast.Module) -> str:
+    """The module with every list emptied and the docstring and counts blanked: its code alone."""
+    tree = copy.deepcopy(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.List):
+            node.elts = []
+    tree.body[0] = ast.Expr(ast.Constant(""))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            node.value = ast.Constant(0)
+    return ast.dump(tree)
+
+
+def _literal(tree: ast.Module, name: str) -> Any:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id == name:
+            if name == "sandbox":
+                assert isinstance(node.value, ast.Call)
+                return {keyword.arg: ast.literal_eval(keyword.value) for keyword in node.value.keywords}
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"no {name} in the policy")
+
+
+def _benign(tag: str = "a") -> Learned:
+    return Learned(
+        read={f"/opt/{tag}/r"},
+        written={f"/opt/{tag}/w/x"},
+        executed={f"/opt/{tag}/bin"},
+        changed={f"/opt/{tag}/m/x"},
+        skipped={f"/proc/1/{tag}"},
+        connects={("127.0.0.1", 80)},
+        binds={("::1", 0)},
+        names={f"{tag}.example"},
+        commands=[[tag]],
+        calls=3,
+    )
+
+
+#: The code of a policy with every section, whatever the names: what every policy's code must equal.
+CODE = _without_literals(ast.parse(render_policy(_benign())))
+
+#: A name component as a slave may choose it: any bytes but "/" and NUL.
+components = st.binary(min_size=1, max_size=12).filter(
+    lambda name: b"/" not in name and b"\0" not in name and name not in (b".", b"..")
+)
+#: An absolute path beneath a directory that does not exist, so nothing is merged away or found.
+paths = st.lists(components, min_size=1, max_size=3).map(
+    lambda parts: os.fsdecode(b"/nonexistent-learn-root/" + b"/".join(parts))
+)
+texts = st.text(min_size=1, max_size=20)
+
+
+@pytest.fixture(scope="module")
+def learn_root(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A directory where the written and changed files of the property test exist (as they did for learn)."""
+    return os.fsencode(tmp_path_factory.mktemp("learnt"))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    read=paths,
+    written=components,
+    executed=paths,
+    changed=components,
+    skipped=paths,
+    name=texts.filter(lambda name: "*" not in name),
+    command=st.lists(texts | components.map(os.fsdecode), min_size=1, max_size=3),
+)
+def test_every_name_is_written_as_a_literal_that_reads_back_as_itself(
+    learn_root: bytes,
+    read: str,
+    written: bytes,
+    executed: str,
+    changed: bytes,
+    skipped: str,
+    name: str,
+    command: list[str],
+) -> None:
+    made = []
+    for component in (written, b"sub-" + changed):
+        path = os.path.join(learn_root, component)
+        os.makedirs(path, exist_ok=True)  # a file's name, or a directory whose files changed
+        made.append(os.fsdecode(path))
+    learned = Learned(
+        read={read},
+        modified={made[0]},
+        executed={executed},
+        changed={made[1] + "/f"},
+        skipped={"/proc/" + skipped},
+        connects={("127.0.0.1", 80)},
+        binds={("::1", 0)},
+        names={name},
+        calls=7,
+    )
+    source = render_policy(learned, command)
+    tree = ast.parse(source)  # whatever the names, the output is Python
+    assert _statements(tree) == EXPECTED_STATEMENTS
+    assert _without_literals(tree) == CODE  # no code but the policy's own
+    lists = learned.sandbox_arguments()
+    sandbox = _literal(tree, "sandbox")
+    assert sandbox == {**lists, "network": False}
+    assert sandbox["allow_exec"] == [executed]
+    assert sandbox["allow_write"] == [made[0]]
+    assert os.fsencode(sandbox["allow_write"][0]) == os.path.join(learn_root, written)
+    assert _literal(tree, "METADATA_TREES") == [made[1]]
+    assert [os.fsencode(path) for path in sandbox["allow_read"] + sandbox["allow_write"]] == [
+        os.fsencode(path) for path in lists["allow_read"] + lists["allow_write"]
+    ]
+    assert _literal(tree, "NOT_GRANTED") == ["/proc/" + skipped]
+    assert _literal(tree, "NAMES") == [name]
+    assert _literal(tree, "LEARNT_FROM") == [command]
+    assert _literal(tree, "METADATA_TREES") == learned.metadata_trees()
+    # Comments hold fixed text: every comment line is one of the policy's own.
+    assert {line for line in source.splitlines() if line.lstrip().startswith("#")} <= COMMENTS
+    # What learn --append reads back is what was written.
+    again = read_policy(source)
+    assert again.sandbox_arguments() == lists
+    assert again.commands == [command]
+    assert (again.names, again.connects, again.binds) == (learned.names, learned.connects, learned.binds)
+
+
+#: Every comment line a policy may hold (the broad-tree comments sit beside a literal, not on a line of their own).
+COMMENTS = {
+    line
+    for line in render_policy(dataclasses.replace(_benign(), unnamed=2)).splitlines()
+    if line.lstrip().startswith("#")
+}
+
+
+def test_a_name_with_a_newline_and_code_stays_a_string(tmp_path: Path) -> None:
+    evil = "/tmp/x\nimport os; os.system('touch pwned')\n#"
+    source = render_policy(Learned(read={evil}, skipped={"/proc/1/fd/3/" + evil}, names={"a'\"\\\n"}), ["x"])
+    namespace: dict[str, object] = {}
+    exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - proving the policy is inert
+    assert namespace["sandbox"].allow_read == (evil,)  # type: ignore[attr-defined]
+    assert namespace["NOT_GRANTED"] == ["/proc/1/fd/3/" + evil]
+    assert namespace["NAMES"] == ["a'\"\\\n"]
