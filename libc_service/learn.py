@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import ipaddress
 import logging
 import os
 import stat as stat_module
@@ -299,8 +300,9 @@ class _Recorder:
             (learned.binds if function.startswith("bind") else learned.connects).add(endpoint)
         elif function == "getaddrinfo":
             node = getattr(request, "node", None)
-            # "*" is no host name, and would read as a wildcard to named().
-            if node is not None and isinstance(outcome, list) and "*" not in node:
+            # "*" is no host name, and would read as a wildcard to named(); an
+            # address needs no look-up beyond the program's own libc.
+            if node is not None and isinstance(outcome, list) and "*" not in node and not _is_address(node):
                 learned.names.add(node)
 
     def _opened(self, request: Request, outcome: Any, existed: Any) -> None:
@@ -337,6 +339,14 @@ class _Recorder:
             self.learned.skipped.add(name)
         else:
             into.add(name)
+
+
+def _is_address(node: str) -> bool:
+    try:
+        ipaddress.ip_address(node.split("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 def _note_program(learned: Learned, pid: int) -> None:

@@ -6,6 +6,8 @@ import ast
 import copy
 import dataclasses
 import os
+import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 
 from libc_service.learn import Learned, narrowest, render_policy
 from libc_service.learnt_source import read as read_policy
+from libc_service.notify import seccomp_unavailable
 from libc_service.sandbox import landlock_abi, network_namespaces_available
 
 from shimtools import needs_shim
@@ -24,7 +27,7 @@ from shimtools import needs_shim
 SCRIPT = "cat data/a.txt > out/out.txt && cat data/b.txt data/c.txt >> out/out.txt && ls data && cat out/out.txt"
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "libc_service", *args],
         cwd=cwd,
@@ -32,7 +35,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         check=False,
-        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", **(env or {})},
     )
 
 
@@ -323,3 +326,210 @@ def test_a_name_with_a_newline_and_code_stays_a_string(tmp_path: Path) -> None:
     assert namespace["sandbox"].allow_read == (evil,)  # type: ignore[attr-defined]
     assert namespace["NOT_GRANTED"] == ["/proc/1/fd/3/" + evil]
     assert namespace["NAMES"] == ["a'\"\\\n"]
+
+
+# ------------------------------------------------------ as the program's author would attack it
+
+#: A file name that is a line of Python when it lands raw in the policy.
+EVIL_NAME = "x\n__import__('pathlib').Path('PWNED').touch()\n#"
+#: The slave opens it through its own descriptor 200, which the master does not have.
+THROUGH_PROC_SELF = (
+    "import os, sys\n"
+    "os.dup2(os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY), 200)\n"
+    "print(open('/proc/self/fd/200/' + sys.argv[2]).read(), end='')\n"
+)
+
+
+@needs_shim
+def test_a_name_opened_through_proc_self_fd_becomes_a_literal_and_loading_the_policy_runs_nothing(
+    tmp_path: Path,
+) -> None:
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    (trap / EVIL_NAME).write_text("bait\n")
+    learnt = cli(
+        "learn",
+        "-o",
+        "policy.py",
+        "--",
+        sys.executable,
+        "-S",
+        "-c",
+        THROUGH_PROC_SELF,
+        str(trap),
+        EVIL_NAME,
+        cwd=tmp_path,
+    )
+    assert learnt.returncode == 0, learnt.stderr
+    assert learnt.stdout == "bait\n"
+    # Loading the policy, as `run` and `docs` do, executes nothing of the name.
+    docs = cli("docs", "policy.py", cwd=tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+    assert docs.returncode == 0, docs.stderr
+    source = (tmp_path / "policy.py").read_text()
+    assert "\n__import__" not in source
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - proving the policy is inert
+    assert not (tmp_path / "PWNED").exists()
+    # The name is resolved as the slave meant it: its descriptor 200, not the master's.
+    assert str(trap / EVIL_NAME) in namespace["sandbox"].allow_read
+
+
+@needs_shim
+def test_a_name_that_is_not_utf8_is_granted_by_its_exact_bytes(tmp_path: Path) -> None:
+    """Byte 0xff in a name the program opened (through its own descriptor) and in its arguments."""
+    name = b"caf\xe9-\xff"
+    (tmp_path / os.fsdecode(name)).write_bytes(b"latin\n")
+    learnt = cli(
+        "learn",
+        "-o",
+        "policy.py",
+        "--",
+        sys.executable,
+        "-S",
+        "-c",
+        THROUGH_PROC_SELF,
+        str(tmp_path),
+        os.fsdecode(name),
+        cwd=tmp_path,
+    )
+    assert learnt.returncode == 0, learnt.stderr
+    assert learnt.stdout == "latin\n"
+    source = (tmp_path / "policy.py").read_text(encoding="utf-8")
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - the policy learn wrote
+    assert os.fsencode(tmp_path) + b"/" + name in [os.fsencode(path) for path in namespace["sandbox"].allow_read]
+    assert os.fsencode(namespace["LEARNT_FROM"][0][-1]) == name
+
+
+# ------------------------------------------------------------- narrow grants, said aloud
+
+
+def _load(path: Path) -> dict[str, Any]:
+    namespace: dict[str, Any] = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)  # noqa: S102 - the policy learn wrote
+    return namespace
+
+
+@needs_shim
+def test_a_file_written_in_place_is_granted_alone_and_a_home_only_with_a_warning(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".history").write_text("old\n")
+    env = {"HOME": str(home)}
+    appended = cli("learn", "-o", "policy.py", "--", "sh", "-c", 'echo new >> "$HOME/.history"', cwd=tmp_path, env=env)
+    assert appended.returncode == 0, appended.stderr
+    assert _load(tmp_path / "policy.py")["sandbox"].allow_write == (str(home / ".history"),)
+    assert "warning" not in appended.stderr
+
+    created = cli("learn", "-o", "policy.py", "--", "sh", "-c", 'echo new > "$HOME/made.txt"', cwd=tmp_path, env=env)
+    assert created.returncode == 0, created.stderr
+    policy = tmp_path / "policy.py"
+    assert _load(policy)["sandbox"].allow_write == (str(home),)
+    assert f"libc-service: warning: the policy grants {home} whole: a whole home directory" in created.stderr
+    assert f"    {str(home)!r},  # a whole home directory: keys, tokens and history included\n" in policy.read_text()
+
+
+def test_shared_trees_granted_whole_carry_a_comment_that_says_so() -> None:
+    learned = Learned(read={"/etc"}, written={"/tmp/cc1234.o"}, listed={"/"})
+    source = render_policy(learned, ["cc"])
+    assert "    '/tmp',  # a whole shared temporary directory" in source
+    assert "    '/',  # the whole file system\n" in source
+    assert [tree for tree, _ in learned.broad()] == ["/", "/tmp"]
+    assert narrowest(["/home/me/a", "/home/me/b", "/home/me/c"]) == ["/home/me/a", "/home/me/b", "/home/me/c"]
+
+
+def test_the_commented_example_runs_when_uncommented(tmp_path: Path) -> None:
+    source = render_policy(Learned(read={"/opt/x"}), ["x"])
+    example = source.index("# @router.on(")
+    uncommented = source[:example] + "\n".join(
+        line.removeprefix("# ") for line in source[example:].splitlines() if line.startswith("# ")
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(uncommented + "\n", "policy.py", "exec"), namespace)  # noqa: S102 - the policy learn wrote
+    assert [route.name for route in namespace["router"].routes()] == ["serve"]
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+def test_the_network_is_the_addresses_and_ports_the_run_used(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.create_server(("127.0.0.1", 0)) as other:
+        port, other_port = server.getsockname()[1], other.getsockname()[1]
+        client = (
+            "import socket, sys\n"
+            "with socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10) as s:\n"
+            "    print('connected')\n"
+            "b = socket.socket(); b.bind(('127.0.0.1', 0)); b.close()\n"
+        )
+        argv = [sys.executable, "-S", "-c", client]
+        learnt = cli("learn", "-o", "policy.py", "--", *argv, str(port), cwd=tmp_path)
+        assert learnt.returncode == 0, learnt.stderr
+        assert "1 connect, 1 bind, 0 name rule(s)" in learnt.stderr
+        policy = _load(tmp_path / "policy.py")
+        assert policy["CONNECTS"] == [f"127.0.0.1:{port}"]
+        assert policy["BINDS"] == ["127.0.0.1:0"]
+        assert policy["sandbox"].network is False
+
+        again = cli("run", "--sandbox", "policy.py", "--", *argv, str(port), cwd=tmp_path)
+        assert (again.returncode, again.stdout) == (0, "connected\n"), again.stderr
+        elsewhere = cli("run", "--sandbox", "policy.py", "--", *argv, str(other_port), cwd=tmp_path)
+        assert elsewhere.returncode != 0 and "connected" not in elsewhere.stdout
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+def test_append_merges_a_second_run_into_the_policy(tmp_path: Path) -> None:
+    for name in ("one.txt", "two.txt"):
+        (tmp_path / name).write_text(f"{name}\n")
+    first = cli("learn", "--append", "-o", "policy.py", "--", "cat", "one.txt", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = cli("learn", "--append", "-o", "policy.py", "--", "cat", "two.txt", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "(2 runs)" in second.stderr
+    policy = _load(tmp_path / "policy.py")
+    assert policy["LEARNT_FROM"] == [["cat", "one.txt"], ["cat", "two.txt"]]
+    assert {str(tmp_path / "one.txt"), str(tmp_path / "two.txt")} <= set(policy["sandbox"].allow_read)
+    for name in ("one.txt", "two.txt"):
+        again = cli("run", "--sandbox", "policy.py", "--", "cat", name, cwd=tmp_path)
+        assert (again.returncode, again.stdout) == (0, f"{name}\n"), again.stderr
+
+    (tmp_path / "mine.py").write_text("from libc_service import Router\nrouter = Router()\n")
+    refused = cli("learn", "--append", "-o", "mine.py", "--", "true", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "cannot add to mine.py: it has no LEARNT_FROM" in refused.stderr
+    assert (tmp_path / "mine.py").read_text() == "from libc_service import Router\nrouter = Router()\n"
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+def test_the_learnt_metadata_handler_acts_beneath_its_trees(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_text("x")
+    (tmp_path / "outside").write_text("x")
+    (tmp_path / "outside").chmod(0o644)
+    learnt = cli("learn", "-o", "policy.py", "--", "chmod", "640", "tree/f", cwd=tmp_path)
+    assert learnt.returncode == 0, learnt.stderr
+    (tree / "link").symlink_to(tmp_path / "outside")
+    through = cli("run", "--sandbox", "policy.py", "--", "chmod", "600", "tree/link", cwd=tmp_path)
+    assert through.returncode != 0
+    assert stat.S_IMODE((tmp_path / "outside").stat().st_mode) == 0o644  # a symlink out of the tree is refused
+    inside = cli("run", "--sandbox", "policy.py", "--", "chmod", "600", "tree/f", cwd=tmp_path)
+    assert inside.returncode == 0, inside.stderr
+    assert stat.S_IMODE((tree / "f").stat().st_mode) == 0o600
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(seccomp_unavailable() is not None, reason=str(seccomp_unavailable()))
+def test_learn_seccomp_sees_what_the_program_opens(tmp_path: Path) -> None:
+    (tmp_path / "seen.txt").write_text("seen\n")
+    learnt = cli("learn", "--seccomp", "-o", "policy.py", "--", "cat", "seen.txt", cwd=tmp_path)
+    assert (learnt.returncode, learnt.stdout) == (0, "seen\n"), learnt.stderr
+    assert str(tmp_path / "seen.txt") in _load(tmp_path / "policy.py")["sandbox"].allow_read
