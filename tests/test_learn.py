@@ -6,6 +6,7 @@ import ast
 import copy
 import dataclasses
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -533,3 +534,51 @@ def test_learn_seccomp_sees_what_the_program_opens(tmp_path: Path) -> None:
     learnt = cli("learn", "--seccomp", "-o", "policy.py", "--", "cat", "seen.txt", cwd=tmp_path)
     assert (learnt.returncode, learnt.stdout) == (0, "seen\n"), learnt.stderr
     assert str(tmp_path / "seen.txt") in _load(tmp_path / "policy.py")["sandbox"].allow_read
+
+
+# ---------------------------------------------------------------- the documented commands
+
+CLI_PAGE = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+
+
+def _learning_commands() -> list[str]:
+    section = CLI_PAGE.read_text().split("## Learning a policy\n", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"^```sh\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+def test_the_learning_example_of_the_cli_page_runs_verbatim(tmp_path: Path) -> None:
+    scripts = Path(sys.executable).parent
+    if not (scripts / "libc-service").exists():
+        pytest.skip(f"no libc-service script next to {sys.executable} (pip install the package)")
+    commands = _learning_commands()
+    assert any("--append" in command for command in commands)
+    for command in commands:
+        done = subprocess.run(
+            ["sh", "-c", command],
+            cwd=tmp_path,
+            env={"PATH": f"{scripts}:/usr/bin:/bin", "LC_ALL": "C"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (command, done.stderr)
+    assert done.stdout == "hello\n"
+    policy = _load(tmp_path / "policy.py")
+    assert policy["LEARNT_FROM"] == [["cat", "notes.txt"], ["ls"]]
+
+
+def test_a_failed_write_leaves_the_policy_as_it_was(tmp_path: Path) -> None:
+    from libc_service.cli import _write_output
+
+    policy = tmp_path / "policy.py"
+    policy.write_text("old\n")
+    with pytest.raises(UnicodeEncodeError):
+        _write_output(str(policy), "new\udcff\n", atomic=True)  # text that cannot be written
+    assert policy.read_text() == "old\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["policy.py"]
