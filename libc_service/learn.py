@@ -266,6 +266,21 @@ class _Recorder:
     def before(self, request: Request) -> Any:
         """What must be read before the call changes it: the names a removal or rename takes away,
         and whether a creating open finds its file already there."""
+        try:
+            return self._before(request)
+        except Exception:  # noqa: BLE001 - recording must never fail the program's call
+            logger.exception("learn: could not name what %r uses", request)
+            return None
+
+    def after(self, request: Request, outcome: Any, before: Any) -> None:
+        """Note what the successful call used; a failure to note it is logged, never the call's."""
+        try:
+            self._after(request, outcome, before)
+        except Exception:  # noqa: BLE001 - recording must never fail the program's call
+            self.learned.unnamed += 1
+            logger.exception("learn: could not record %r", request)
+
+    def _before(self, request: Request) -> Any:
         function = request.function
         if function in ("unlink", "rmdir"):
             return _object_name(request)
@@ -277,7 +292,7 @@ class _Recorder:
                 return _object_name(request, follow="no_follow" not in flags) is not None
         return None
 
-    def after(self, request: Request, outcome: Any, before: Any) -> None:
+    def _after(self, request: Request, outcome: Any, before: Any) -> None:
         learned = self.learned
         function = request.function
         if function in ("open", "openat"):
