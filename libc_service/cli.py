@@ -290,21 +290,45 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _cmd_learn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .learn import Learned, learning_router, render_policy
+    from .learn import Learned, learning_router
+    from .learnt_source import LearntPolicyError, merge, read, render
+    from .slavepath import printable
 
     command = _command(args, parser)
-    learned = Learned()
-    status = _run_program(command, learning_router(learned), None)
-    source = render_policy(learned, command)
-    _write_output(args.output, source)
+    previous: Learned | None = None
+    if args.append:
+        if args.output is None:
+            parser.error("learn --append needs -o FILE: the policy to add this run to")
+        try:
+            with open(args.output, encoding="utf-8") as existing:
+                previous = read(existing.read())
+        except FileNotFoundError:
+            previous = None  # the first run: --append writes the file, as >> does
+        except (OSError, UnicodeDecodeError, LearntPolicyError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise PolicyError(f"cannot add to {args.output}: {reason}") from exc
+    learned = Learned(commands=[list(command)])
+    status = _run_program(command, learning_router(learned), None, args.seccomp)
+    if previous is not None:
+        learned = merge(previous, [learned])
+    source = render(learned)
+    _write_output(args.output, source, atomic=True)
+    lists = learned.sandbox_arguments()
     if args.output is not None:
-        lists = learned.sandbox_arguments()
+        network = (
+            f", {len(learned.connects)} connect, {len(learned.binds)} bind, {len(learned.names)} name rule(s)"
+            if learned.connects or learned.binds or learned.names
+            else ""
+        )
+        runs = f" ({len(learned.commands)} runs)" if len(learned.commands) > 1 else ""
         print(
             f"libc-service: wrote {args.output}: {len(lists['allow_read'])} read, {len(lists['allow_write'])} "
-            f"write, {len(lists['allow_exec'])} program rule(s) from {learned.calls} calls; try: "
+            f"write, {len(lists['allow_exec'])} program rule(s){network} from {learned.calls} calls{runs}; try: "
             f"libc-service run --sandbox {args.output} -- {shlex.join(command)}",
             file=sys.stderr,
         )
+    for tree, reason in learned.broad():
+        print(f"libc-service: warning: the policy grants {printable(tree)} whole: {reason}", file=sys.stderr)
     if status != 0:
         print(
             f"libc-service: the program exited with status {status}: the policy covers that run only", file=sys.stderr
@@ -321,14 +345,37 @@ def _cmd_docs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _write_output(path: str | None, text: str) -> None:
-    """``text`` to ``path``, or to stdout without one; a path that cannot be written is a usage error."""
+def _write_output(path: str | None, text: str, *, atomic: bool = False) -> None:
+    """``text`` to ``path``, or to stdout without one; a path that cannot be written is a usage error.
+
+    ``atomic``: written to a new file beside ``path`` and renamed over it, so
+    ``path`` holds the old text or the new, never a part (a policy ``run``
+    may load at any moment, or a ``learn --append`` that failed half-way).
+    """
     if path is None:
         sys.stdout.write(text)
         return
+    if not atomic:
+        try:
+            with open(path, "w", encoding="utf-8") as file:
+                file.write(text)
+        except OSError as exc:
+            raise PolicyError(f"cannot write {path}: {exc.strerror}") from exc
+        return
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
     try:
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(text)
+        # O_EXCL: never write through a name someone else put there.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            with open(fd, "w", encoding="utf-8") as file:
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
     except OSError as exc:
         raise PolicyError(f"cannot write {path}: {exc.strerror}") from exc
 
@@ -410,10 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
         "policy (a Sandbox with the narrowest trees the run used, and a router) that "
         "`libc-service run --sandbox` accepts. Review it before trusting it.",
     )
+    learn.add_argument(
+        "--seccomp",
+        action="store_true",
+        help="also see the system calls the shim cannot (static programs, raw system calls, libc's own opens) "
+        "through seccomp user notifications",
+    )
+    learn.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run to the policy in FILE (-o) that learn wrote before, instead of replacing it",
+    )
     learn.add_argument("-o", "--output", metavar="FILE", help="write the policy to FILE (default: stdout)")
     learn.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     learn.set_defaults(handler=_cmd_learn, subparser=learn)
-    learn.usage = "libc-service learn [-h] [-v] [-o FILE] -- CMD [ARG...]"
+    learn.usage = "libc-service learn [-h] [-v] [--seccomp] [--append] [-o FILE] -- CMD [ARG...]"
 
     docs = commands.add_parser(
         "docs",

@@ -1,4 +1,4 @@
-"""Write a starting policy from one observed run: ``libc-service learn``.
+"""Write a starting policy from observed runs: ``libc-service learn``.
 
 Finding a sandbox that lets a program work is otherwise trial and error:
 under ``--sandbox`` a refused call shows up as the program's symptom
@@ -6,36 +6,46 @@ under ``--sandbox`` a refused call shows up as the program's symptom
 ``learn`` runs the program once with every arbitrated call *performed by
 the master* (:func:`~libc_service.perform`, so the master sees each call's
 outcome, not only that it was made), records what succeeded — files read,
-directories listed, trees written, programs executed, network used — and
-writes a policy module: a :class:`~libc_service.Sandbox` with the narrowest
-trees that covered the run and a router that forwards (or, for the
-network, performs) the rest. ``libc-service run --sandbox`` accepts it as
-written; review it before trusting it.
+directories listed, files written and trees written in, programs executed,
+addresses connected to and bound, names looked up — and writes a policy
+module (:mod:`libc_service.learnt_source`): a :class:`~libc_service.Sandbox`
+with the narrowest trees that covered the run and a router that has the
+master make exactly the connections, binds and lookups the run made.
+``libc-service run --sandbox`` accepts it as written; review it before
+trusting it. ``learn --append`` adds another run to a policy it wrote.
+
+Every name is the kernel's, read in the slave's terms: the name of the
+descriptor ``perform`` opened (for ``open``), or of the object the slave's
+path leads to, opened ``O_PATH`` the way ``perform`` resolves it (the
+slave's ``/proc/self``, its working directory and descriptors) — never a
+string the slave wrote, resolved in the master. A slave names its files,
+though, so a name may hold anything: the policy writes each as a literal.
 
 What one run cannot show: calls the shim does not see (the dynamic
 loader's and libc's own opens, such as NSS's ``/etc/passwd`` or locale
-files; static binaries), paths the program takes only on other inputs,
-and ``/proc`` (per process: a rule made in the master would name the
-master's own entries, so ``/proc`` paths are reported, never granted).
+files; static binaries without ``--seccomp``), paths the program takes only
+on other inputs, and ``/proc`` (per process: a rule made in the master would
+name the master's own entries, so ``/proc`` paths are reported, never
+granted).
 """
 
 from __future__ import annotations
 
-import datetime
+import dataclasses
 import inspect
+import ipaddress
 import logging
 import os
-import shlex
 import stat as stat_module
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from .requests import Request
-from .router import Router
+from .router import Router, WithFds
 from .slavepath import descriptor_name
 
-__all__ = ["Learned", "learning_router", "narrowest", "render_policy"]
+__all__ = ["BROAD_TREES", "Learned", "broad_tree", "learning_router", "narrowest", "render_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,34 +55,85 @@ MERGE_AT = 3
 MIN_MERGE_DEPTH = 2
 _WRITING_FLAGS = frozenset({"write_only", "read_write", "create", "truncate", "append", "temporary"})
 _UNGRANTABLE = ("/proc/", "/dev/tty", "/dev/pts/")
+_O_PATH_NAME: Final = os.O_PATH | os.O_CLOEXEC
+
+#: Trees that hold far more than one program needs, and what the policy says
+#: when it grants one whole (fixed text: a comment never carries a name).
+BROAD_TREES: Final[dict[str, str]] = {
+    "/": "the whole file system",
+    "/tmp": "a whole shared temporary directory: every program's temporary files",
+    "/var/tmp": "a whole shared temporary directory: every program's temporary files",
+    "/dev/shm": "a whole shared temporary directory: every program's shared memory",
+    "/etc": "the whole of /etc: the host's configuration, its secrets included",
+    "/home": "every user's home directory",
+    "/root": "a whole home directory: keys, tokens and history included",
+    "/usr": "a whole system tree",
+    "/var": "a whole system tree",
+}
+_HOME: Final = "a whole home directory: keys, tokens and history included"
+
+
+def broad_tree(path: str) -> str | None:
+    """Why granting ``path`` whole grants far more than a program needs; ``None`` when it does not.
+
+    A home directory is any directory right beneath ``/home`` and the
+    invoking user's ``$HOME``.
+    """
+    reason = BROAD_TREES.get(path)
+    if reason is not None:
+        return reason
+    if os.path.dirname(path) == "/home" or path == os.path.expanduser("~"):
+        return _HOME
+    return None
 
 
 @dataclass
 class Learned:
-    """What one run used, as absolute real paths."""
+    """What the runs used, as the kernel names it.
+
+    ``written`` holds names created, removed or renamed (their directory is
+    granted: creating needs rights on it); ``modified`` holds existing files
+    written in place and directories that must allow writing as they are
+    (granted themselves). ``trees`` of a previous policy (``--append``) are
+    kept as they were narrowed.
+    """
 
     read: set[str] = field(default_factory=set)
     listed: set[str] = field(default_factory=set)
     written: set[str] = field(default_factory=set)
+    modified: set[str] = field(default_factory=set)
     executed: set[str] = field(default_factory=set)
-    network: set[str] = field(default_factory=set)
     #: Files whose mode, owner or times the run changed (the master does those calls).
     changed: set[str] = field(default_factory=set)
-    #: Paths that cannot be granted (``/proc``, the terminal): reported in the policy.
+    #: Trees where the master changes metadata, from a previous policy.
+    changed_trees: set[str] = field(default_factory=set)
+    #: Paths that cannot be granted (``/proc``, the terminal): listed in the policy.
     skipped: set[str] = field(default_factory=set)
+    #: ``(address, port)`` the runs connected to, and bound.
+    connects: set[tuple[str, int]] = field(default_factory=set)
+    binds: set[tuple[str, int]] = field(default_factory=set)
+    #: Names the runs looked up (getaddrinfo's node).
+    names: set[str] = field(default_factory=set)
+    #: The commands learnt from, oldest first.
+    commands: list[list[str]] = field(default_factory=list)
+    #: ``Sandbox(network=True)``: kept from a previous policy whose author chose it.
+    host_network: bool = False
     calls: int = 0
     failed: int = 0
+    #: Successful calls whose object had no name to grant (removed, another mount namespace).
+    unnamed: int = 0
 
     def sandbox_arguments(self) -> dict[str, list[str]]:
         """The ``Sandbox`` lists: narrowest trees covering the run.
 
         Written trees are the parent directories of what was created,
-        removed, renamed or written (creating needs rights on the
-        directory); character devices (``/dev/null``) are granted as files.
-        Read trees merge files of one directory once ``MERGE_AT`` of them
-        were used. Executables are granted as files.
+        removed or renamed, and the files written in place; character
+        devices (``/dev/null``) are granted as files. Read trees merge files
+        of one directory once ``MERGE_AT`` of them were used. Executables
+        are granted as files.
         """
         written = {_existing(self._write_target(path)) for path in self.written}
+        written |= {_existing(path) for path in self.modified}
         read = set(self.read) | set(self.listed)
         allow_write = narrowest(written)
         allow_read = [path for path in narrowest(read) if not _covered(path, allow_write)]
@@ -86,14 +147,26 @@ class Learned:
         to the program (``Sandbox(metadata=False)``) and the learnt router
         has the master do them beneath these trees only.
         """
-        return narrowest(_existing(os.path.dirname(path) or "/") for path in self.changed)
+        parents = {_existing(os.path.dirname(path) or "/") for path in self.changed}
+        return narrowest(parents | self.changed_trees)
+
+    def broad(self) -> list[tuple[str, str]]:
+        """``(tree, reason)`` for each tree the policy grants whole that holds far more than the program."""
+        lists = self.sandbox_arguments()
+        granted = [*lists["allow_read"], *lists["allow_write"], *self.metadata_trees()]
+        found: dict[str, str] = {}
+        for tree in granted:
+            reason = broad_tree(tree)
+            if reason is not None:
+                found[tree] = reason
+        return sorted(found.items())
 
     @staticmethod
     def _write_target(path: str) -> str:
         try:
             if stat_module.S_ISCHR(os.stat(path).st_mode):
                 return path
-        except OSError:
+        except (OSError, ValueError):
             pass
         return os.path.dirname(path) or "/"
 
@@ -122,9 +195,10 @@ def narrowest(paths: Iterable[str]) -> list[str]:
     """The smallest list of trees covering ``paths``, merging busy directories.
 
     A path inside another listed one is dropped; a directory (deeper than
-    ``MIN_MERGE_DEPTH``) holding ``MERGE_AT`` or more listed entries
-    replaces them, repeatedly, so a program's library tree becomes one rule
-    while ``/etc/passwd`` and ``/etc/group`` stay two.
+    ``MIN_MERGE_DEPTH``, and not a home or another :func:`broad_tree`)
+    holding ``MERGE_AT`` or more listed entries replaces them, repeatedly,
+    so a program's library tree becomes one rule while ``/etc/passwd`` and
+    ``/etc/group`` stay two.
     """
     current = {os.path.normpath(path) for path in paths}
     while True:
@@ -132,7 +206,7 @@ def narrowest(paths: Iterable[str]) -> list[str]:
         parents: dict[str, int] = {}
         for path in current:
             parent = os.path.dirname(path)
-            if path != "/" and _depth(parent) >= MIN_MERGE_DEPTH:
+            if path != "/" and _depth(parent) >= MIN_MERGE_DEPTH and broad_tree(parent) is None:
                 parents[parent] = parents.get(parent, 0) + 1
         busy = {parent for parent, count in parents.items() if count >= MERGE_AT}
         if not busy:
@@ -140,58 +214,154 @@ def narrowest(paths: Iterable[str]) -> list[str]:
         current = {path for path in current if os.path.dirname(path) not in busy} | busy
 
 
-def _absolute(request: Request, name: str = "path", dirfd_name: str = "dirfd") -> str | None:
-    """The request's path as an absolute real path, resolved in the master while its dirfd is open."""
-    path = getattr(request, name, None)
-    if path is None:
+# ------------------------------------------------------- names, in the slave's terms
+
+
+class _OnePath:
+    """A request seen through one of its paths (``rename`` has two), for :func:`_object_name`."""
+
+    def __init__(self, request: Request, path: Any, dirfd: int | None) -> None:
+        self._request = request
+        self.path = path
+        self.dirfd = dirfd
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def _object_name(request: Any, *, follow: bool = False) -> str | None:
+    """The kernel's name of what the request's path leads to now, resolved as the slave's.
+
+    Opened ``O_PATH`` by :func:`~libc_service.perform.open_descriptor` with
+    the slave's credentials, its ``/proc/self``, working directory and
+    descriptors, then named from the master's descriptor. ``None`` when
+    nothing is there, or it has no name in the master's root.
+    """
+    from .perform import open_descriptor
+
+    path = getattr(request, "path", None)
+    if path is None or str(path).startswith("\0"):
+        return None  # an abstract socket name is not a file
+    flags = _O_PATH_NAME if follow else _O_PATH_NAME | os.O_NOFOLLOW
+    try:
+        fd = open_descriptor(request, None, flags, 0)
+    except OSError:
         return None
-    text: str = os.fsdecode(os.fspath(path))
-    if not text.startswith("/"):
-        dirfd = getattr(request, dirfd_name, None)
-        if dirfd is None:
-            return None
+    try:
+        return descriptor_name(fd)
+    finally:
+        os.close(fd)
+
+
+def _parent_of(name: str | None) -> str | None:
+    return None if name is None else os.path.dirname(name) or "/"
+
+
+class _Recorder:
+    """What one successful call used, noted in a :class:`Learned`."""
+
+    def __init__(self, learned: Learned) -> None:
+        self.learned = learned
+
+    def before(self, request: Request) -> Any:
+        """What must be read before the call changes it: the names a removal or rename takes away,
+        and whether a creating open finds its file already there."""
         try:
-            text = os.path.join(os.readlink(f"/proc/self/fd/{dirfd}"), text)
-        except OSError:
+            return self._before(request)
+        except Exception:  # noqa: BLE001 - recording must never fail the program's call
+            logger.exception("learn: could not name what %r uses", request)
             return None
-    return os.path.realpath(text)
 
+    def after(self, request: Request, outcome: Any, before: Any) -> None:
+        """Note what the successful call used; a failure to note it is logged, never the call's."""
+        try:
+            self._after(request, outcome, before)
+        except Exception:  # noqa: BLE001 - recording must never fail the program's call
+            self.learned.unnamed += 1
+            logger.exception("learn: could not record %r", request)
 
-def _record(learned: Learned, request: Request) -> None:
-    """Note what the successful ``request`` used."""
-    function = request.function
-    if function in ("open", "openat"):
-        path = _absolute(request)
+    def _before(self, request: Request) -> Any:
+        function = request.function
+        if function in ("unlink", "rmdir"):
+            return _object_name(request)
+        if function == "rename":
+            return _object_name(_OnePath(request, getattr(request, "path1"), getattr(request, "dirfd1")))
+        if function in ("open", "openat"):
+            flags: frozenset[str] = getattr(request, "flags", frozenset())
+            if "create" in flags and "exclusive" not in flags:
+                return _object_name(request, follow="no_follow" not in flags) is not None
+        return None
+
+    def _after(self, request: Request, outcome: Any, before: Any) -> None:
+        learned = self.learned
+        function = request.function
+        if function in ("open", "openat"):
+            self._opened(request, outcome, before)
+        elif function in ("unlink", "rmdir"):
+            self._add(learned.written, before)
+        elif function == "rename":
+            self._add(learned.written, before)
+            second = _OnePath(request, getattr(request, "path2"), getattr(request, "dirfd2"))
+            self._add(learned.written, _object_name(second))
+        elif function in ("mkdir", "bind_unix"):
+            self._add(learned.written, _object_name(request))
+        elif function in ("chmod", "chown", "utimens"):
+            self._add(learned.changed, _object_name(request, follow=not getattr(request, "no_follow", False)))
+        elif function in ("fchmod", "fchown", "futimens"):
+            self._add(learned.changed, descriptor_name(getattr(request, "fd")))
+        elif function in ("connect_inet", "connect_inet6", "bind_inet", "bind_inet6"):
+            address = str(getattr(request, "address")).split("%")[0]
+            endpoint = (address, int(getattr(request, "port")))
+            (learned.binds if function.startswith("bind") else learned.connects).add(endpoint)
+        elif function == "getaddrinfo":
+            node = getattr(request, "node", None)
+            # "*" is no host name, and would read as a wildcard to named(); an
+            # address needs no look-up beyond the program's own libc.
+            if node is not None and isinstance(outcome, list) and "*" not in node and not _is_address(node):
+                learned.names.add(node)
+
+    def _opened(self, request: Request, outcome: Any, existed: Any) -> None:
         flags: frozenset[str] = getattr(request, "flags", frozenset())
-        if path is None or "path" in flags:
+        if "path" in flags or not isinstance(outcome, WithFds) or not outcome.fds:
             return
-        if path.startswith(_UNGRANTABLE):
-            learned.skipped.add(path)
-        elif flags & _WRITING_FLAGS:
-            learned.written.add(path)
-        elif os.path.isdir(path):
-            learned.listed.add(path)
+        fd = outcome.fds[0]
+        learned = self.learned
+        if "temporary" in flags:
+            # An unnamed file in the directory the slave named: the directory must allow it.
+            self._add(learned.modified, _object_name(request, follow=True))
+            return
+        name = descriptor_name(fd)
+        if name is None:
+            learned.unnamed += 1
+            return
+        if name == "/proc" or name.startswith(_UNGRANTABLE):
+            learned.skipped.add(name)
+            return
+        if flags & _WRITING_FLAGS:
+            created = "create" in flags and existed is not True
+            (learned.written if created else learned.modified).add(name)
+            return
+        try:
+            is_directory = stat_module.S_ISDIR(os.fstat(fd).st_mode)
+        except OSError:
+            is_directory = False
+        (learned.listed if is_directory else learned.read).add(name)
+
+    def _add(self, into: set[str], name: str | None) -> None:
+        if name is None:
+            self.learned.unnamed += 1
+        elif name == "/proc" or name.startswith(_UNGRANTABLE):
+            self.learned.skipped.add(name)
         else:
-            learned.read.add(path)
-    elif function in ("mkdir", "rmdir", "unlink", "bind_unix"):
-        path = _absolute(request)
-        if path is not None:
-            learned.written.add(path)
-    elif function in ("chmod", "chown", "utimens"):
-        path = _absolute(request)
-        if path is not None:
-            learned.changed.add(path)
-    elif function in ("fchmod", "fchown", "futimens"):
-        path = descriptor_name(getattr(request, "fd"))
-        if path is not None:
-            learned.changed.add(path)
-    elif function == "rename":
-        for name, dirfd in (("path1", "dirfd1"), ("path2", "dirfd2")):
-            path = _absolute(request, name, dirfd)
-            if path is not None:
-                learned.written.add(path)
-    elif function in ("connect_inet", "connect_inet6", "bind_inet", "bind_inet6", "getaddrinfo"):
-        learned.network.add(function)
+            into.add(name)
+
+
+def _is_address(node: str) -> bool:
+    try:
+        ipaddress.ip_address(node.split("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 def _note_program(learned: Learned, pid: int) -> None:
@@ -199,7 +369,7 @@ def _note_program(learned: Learned, pid: int) -> None:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return
-    if exe.endswith(" (deleted)"):
+    if exe.endswith(" (deleted)") or not exe.startswith("/"):
         return
     learned.executed.add(exe)
 
@@ -210,90 +380,43 @@ def learning_router(learned: Learned) -> Router:
     from .requests import FUNCTIONS
 
     router = Router()
+    recorder = _Recorder(learned)
 
     @router.on(*FUNCTIONS)
     def learn(request: Request) -> Any:
         """Every call is performed by the master as the program would have made it, and recorded."""
         learned.calls += 1
         _note_program(learned, request.pid)
+        before = recorder.before(request)
         try:
             outcome = perform(request)
         except OSError:
             learned.failed += 1
             raise
         if inspect.isawaitable(outcome):
-            return _record_later(learned, request, outcome)
-        _record(learned, request)
+            return _record_later(learned, recorder, request, outcome, before)
+        recorder.after(request, outcome, before)
         return outcome
 
     return router
 
 
-async def _record_later(learned: Learned, request: Request, outcome: Awaitable[Any]) -> Any:
+async def _record_later(
+    learned: Learned, recorder: _Recorder, request: Request, outcome: Awaitable[Any], before: Any
+) -> Any:
     try:
         result = await outcome
     except OSError:
         learned.failed += 1
         raise
-    _record(learned, request)
+    recorder.after(request, result, before)
     return result
 
 
-def render_policy(learned: Learned, command: Sequence[str]) -> str:
-    """The policy module's source: a ``Sandbox`` and a forwarding router."""
-    lists = learned.sandbox_arguments()
-    network = bool(learned.network)
+def render_policy(learned: Learned, command: list[str] | None = None) -> str:
+    """The policy module's source (see :mod:`libc_service.learnt_source`)."""
+    from .learnt_source import render
 
-    def listing(name: str) -> str:
-        items = lists[name]
-        if not items:
-            return f"    {name}=[],\n"
-        inner = "".join(f"        {item!r},\n" for item in items)
-        return f"    {name}=[\n{inner}    ],\n"
-
-    skipped = "".join(f"#   {path}\n" for path in sorted(learned.skipped)) or "#   (none)\n"
-    metadata = learned.metadata_trees()
-    imports = "from libc_service import FORWARD, Router, Sandbox"
-    metadata_routes = ""
-    if metadata:
-        imports = "from libc_service import FORWARD, Router, Sandbox, perform, under"
-        trees = "".join(f"    {tree!r},\n" for tree in metadata)
-        metadata_routes = (
-            "\n\n# The run changed modes, owners or times of files here (a linker making its\n"
-            "# output executable, touch, tar -x). The sandbox refuses those changes to\n"
-            "# the program itself (Landlock does not mediate them): the master does them,\n"
-            "# beneath these trees only.\n"
-            f"METADATA_TREES = [\n{trees}]\n\n\n"
-            '@router.on("chmod", "fchmod", "chown", "fchown", "utimens", "futimens", when=under(*METADATA_TREES))\n'
-            "def change_metadata(request):\n"
-            '    """Mode, owner and time changes beneath the trees the learnt run changed."""\n'
-            "    return perform(request)\n"
-        )
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    network_note = (
-        f"# The run used the network ({', '.join(sorted(learned.network))}): network=True keeps the host's.\n"
-        if network
-        else "# The run used no network: the sandbox gets none.\n"
-    )
-    return (
-        f'"""Starting policy learnt from one run of: {shlex.join(command)}\n\n'
-        f"Written by `libc-service learn` on {when} from {learned.calls} calls. Every tree\n"
-        "below was used by that run; review them, narrow what you can, and run:\n\n"
-        f"    libc-service run --sandbox THIS_FILE -- {shlex.join(command)}\n"
-        '"""\n\n'
-        f"{imports}\n\n"
-        + network_note
-        + "# Not granted (per-process or terminal paths; /proc would name every process):\n"
-        + skipped
-        + "sandbox = Sandbox(\n"
-        + listing("allow_read")
-        + listing("allow_write")
-        + listing("allow_exec")
-        + f"    network={network!r},\n"
-        + ")\n\n"
-        "# Everything the sandbox allows, the program does itself; add handlers for\n"
-        "# what the master should decide, e.g.:\n"
-        '#   @router.on("open", "openat", when=under("/srv/data"))\n'
-        '#   def serve(req): return perform(req, beneath="/srv/data")\n'
-        "router = Router(default=FORWARD)\n" + metadata_routes
-    )
+    if command is not None:
+        learned = dataclasses.replace(learned, commands=[*learned.commands, list(command)])
+    return render(learned)

@@ -26,18 +26,17 @@ import inspect
 import logging
 import time
 import types
-import typing
 from collections.abc import Awaitable, Callable, Container, Coroutine, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from .conditions import Condition
 from .master import Call, Master, SessionClosed, discard
 from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, WithFds, Sentinel, deny, reply_now
 from .catalogue import FUNCTIONS
 from .route_index import INDEX_FROM, RouteIndex
+from .signatures import check_handler, handler_name
 from .slavepath import directory_name
-from . import requests  # loaded on first use (libc_service/__init__.py)
 
 from .lazyimport import on_first_use
 
@@ -310,7 +309,7 @@ class Router:
     def _make_route(
         self, functions: tuple[str, ...], handler: Handler, conditions: tuple[Condition, ...], order: int
     ) -> Route:
-        _check_handler(handler, functions)
+        check_handler(handler, functions)
         try:
             source: tuple[str, int] | None = (inspect.getsourcefile(handler) or "?", inspect.getsourcelines(handler)[1])
         except (OSError, TypeError):
@@ -689,68 +688,4 @@ def _cancelling() -> bool:
     return task is None or task.cancelling() > 0
 
 
-def _name(handler: object) -> str:
-    return getattr(handler, "__qualname__", None) or type(handler).__qualname__
-
-
-def _check_handler(handler: Handler, functions: Sequence[str]) -> None:
-    """Fail at registration, not per request, when a handler cannot serve ``functions``."""
-    if not callable(handler):
-        raise TypeError(f"a handler must be callable, not {handler!r}")
-    try:
-        signature = inspect.signature(handler)
-    except (TypeError, ValueError):
-        return  # a builtin or C callable: nothing to check
-    positional = [
-        p
-        for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    variadic = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
-    required_kw = [p for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
-    if len(positional) > 1 or required_kw or (not positional and not variadic and not _has_optional(signature)):
-        raise TypeError(f"handler {_name(handler)} must take exactly one argument, the request")
-    if not positional:
-        return
-    try:
-        # Resolves string hints in the handler's own module; follows
-        # partials, bound methods, callable objects and functools.wraps.
-        resolved = inspect.signature(handler, eval_str=True)
-    except Exception as exc:  # noqa: BLE001 - unresolvable hints are the author's to fix
-        raise TypeError(f"cannot resolve the type hints of handler {_name(handler)}: {exc}") from exc
-    hint = resolved.parameters[positional[0].name].annotation
-    if hint is inspect.Parameter.empty:
-        return
-    accepted = _accepted_types(hint)
-    if accepted is None:
-        return
-    wrong = [name for name in functions if not any(issubclass(requests.REQUEST_TYPES[name], t) for t in accepted)]
-    if wrong:
-        raise TypeError(
-            f"handler {_name(handler)} is annotated for {hint!r} but serves {', '.join(wrong)} "
-            f"(requests {', '.join(requests.REQUEST_TYPES[n].__name__ for n in wrong)})"
-        )
-
-
-def _has_optional(signature: inspect.Signature) -> bool:
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in signature.parameters.values())
-
-
-def _accepted_types(hint: Any) -> list[type] | None:
-    """The classes a hint admits, or ``None`` when it admits anything."""
-    if hint is Any or hint is object:
-        return None
-    origin = typing.get_origin(hint)
-    if origin is typing.Annotated:
-        return _accepted_types(typing.get_args(hint)[0])
-    if origin is Union or origin is types.UnionType:
-        accepted: list[type] = []
-        for arg in typing.get_args(hint):
-            sub = _accepted_types(arg)
-            if sub is None:
-                return None
-            accepted.extend(sub)
-        return accepted
-    if isinstance(hint, type):
-        return [hint]
-    return None
+_name = handler_name

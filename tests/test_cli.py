@@ -132,6 +132,12 @@ def test_a_bad_policy_is_one_line_and_exit_status_2(tmp_path: Path, problem: str
             "router = Router()\n@router.on('open', when=under('data'))\ndef h(req): pass\n",
             4,
         ),
+        # A result the function cannot have: refused when decorated, not when a call comes.
+        (
+            "from libc_service import Router\nrouter = Router()\n\n"
+            "@router.on('open', 'openat')\ndef h(req) -> str:\n    return 'ok'\n",
+            4,
+        ),
     ],
 )
 def test_a_bad_policy_error_names_the_policys_own_line(tmp_path: Path, source: str, line: int) -> None:
@@ -228,13 +234,30 @@ def test_a_terminating_signal_is_passed_on_to_the_program(tmp_path: Path, signum
         process.wait()
 
 
+LOGGING_POLICY = """
+    import errno
+    import logging
+    from libc_service import Errno, FORWARD, Router
+
+    router = Router(default=FORWARD)
+
+    @router.on("open", "openat")
+    def read_only(req):
+        if req.flags & {"write_only", "read_write", "create", "truncate", "append"}:
+            # Logged before the reply: the program cannot end before the line is written.
+            logging.getLogger("policy").debug("refused a write")
+            raise Errno(errno.EROFS)
+        return FORWARD
+"""
+
+
 def test_verbose_is_accepted_after_the_command(tmp_path: Path) -> None:
-    policy = write_policy(tmp_path, READ_ONLY_POLICY)
+    policy = write_policy(tmp_path, LOGGING_POLICY)
     quiet = cli("run", str(policy), "--", "touch", "new", cwd=tmp_path)
     done = cli("run", "-vv", str(policy), "--", "touch", "new", cwd=tmp_path)
     assert done.returncode == quiet.returncode == 1, done.stderr
     assert "DEBUG" not in quiet.stderr
-    assert "libc-service: DEBUG: " in done.stderr
+    assert "libc-service: DEBUG: policy: refused a write" in done.stderr
 
 
 # ------------------------------------------------------------------ trace

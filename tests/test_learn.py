@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import ast
+import copy
+import dataclasses
+import os
+import re
+import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from libc_service.learn import Learned, narrowest, render_policy
+from libc_service.learnt_source import read as read_policy
+from libc_service.notify import seccomp_unavailable
 from libc_service.sandbox import landlock_abi, network_namespaces_available
 
 from shimtools import needs_shim
@@ -16,7 +28,7 @@ from shimtools import needs_shim
 SCRIPT = "cat data/a.txt > out/out.txt && cat data/b.txt data/c.txt >> out/out.txt && ls data && cat out/out.txt"
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "libc_service", *args],
         cwd=cwd,
@@ -24,7 +36,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         check=False,
-        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", **(env or {})},
     )
 
 
@@ -139,3 +151,434 @@ def test_a_directory_the_run_created_and_removed_is_named_by_where_it_was_made(t
     (tmp_path / "kept").mkdir()
     learned.changed = {str(tmp_path / "kept" / "prog")}
     assert learned.metadata_trees() == [str(tmp_path / "kept")]
+
+
+# ------------------------------------------------ the policy is a faithful literal
+
+#: The module's statements, in order, with the names they bind: nothing else may appear.
+EXPECTED_STATEMENTS = [
+    ("Expr", None),  # the docstring
+    ("Import", None),
+    ("ImportFrom", None),
+    ("Assign", "LEARNT_FROM"),
+    ("Assign", "LEARNT_CALLS"),
+    ("Assign", "NOT_GRANTED"),
+    ("Assign", "sandbox"),
+    ("Assign", "router"),
+    ("Assign", "CONNECTS"),
+    ("FunctionDef", "connect"),
+    ("Assign", "BINDS"),
+    ("FunctionDef", "bind"),
+    ("Assign", "NAMES"),
+    ("FunctionDef", "look_up"),
+    ("Assign", "METADATA_TREES"),
+    ("FunctionDef", "change_metadata"),
+]
+
+
+def _statements(tree: ast.Module) -> list[tuple[str, str | None]]:
+    shape: list[tuple[str, str | None]] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            [target] = node.targets
+            assert isinstance(target, ast.Name)
+            shape.append(("Assign", target.id))
+        elif isinstance(node, ast.FunctionDef):
+            shape.append(("FunctionDef", node.name))
+        else:
+            shape.append((type(node).__name__, None))
+    return shape
+
+
+def _without_literals(tree: ast.Module) -> str:
+    """The module with every list emptied and the docstring and counts blanked: its code alone."""
+    tree = copy.deepcopy(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.List):
+            node.elts = []
+    tree.body[0] = ast.Expr(ast.Constant(""))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            node.value = ast.Constant(0)
+    return ast.dump(tree)
+
+
+def _literal(tree: ast.Module, name: str) -> Any:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id == name:
+            if name == "sandbox":
+                assert isinstance(node.value, ast.Call)
+                return {keyword.arg: ast.literal_eval(keyword.value) for keyword in node.value.keywords}
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"no {name} in the policy")
+
+
+def _benign(tag: str = "a") -> Learned:
+    return Learned(
+        read={f"/opt/{tag}/r"},
+        written={f"/opt/{tag}/w/x"},
+        executed={f"/opt/{tag}/bin"},
+        changed={f"/opt/{tag}/m/x"},
+        skipped={f"/proc/1/{tag}"},
+        connects={("127.0.0.1", 80)},
+        binds={("::1", 0)},
+        names={f"{tag}.example"},
+        commands=[[tag]],
+        calls=3,
+    )
+
+
+#: The code of a policy with every section, whatever the names: what every policy's code must equal.
+CODE = _without_literals(ast.parse(render_policy(_benign())))
+
+#: A name component as a slave may choose it: any bytes but "/" and NUL.
+components = st.binary(min_size=1, max_size=12).filter(
+    lambda name: b"/" not in name and b"\0" not in name and name not in (b".", b"..")
+)
+#: An absolute path beneath a directory that does not exist, so nothing is merged away or found.
+paths = st.lists(components, min_size=1, max_size=3).map(
+    lambda parts: os.fsdecode(b"/nonexistent-learn-root/" + b"/".join(parts))
+)
+texts = st.text(min_size=1, max_size=20)
+
+
+@pytest.fixture(scope="module")
+def learn_root(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A directory where the written and changed files of the property test exist (as they did for learn)."""
+    return os.fsencode(tmp_path_factory.mktemp("learnt"))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    read=paths,
+    written=components,
+    executed=paths,
+    changed=components,
+    skipped=paths,
+    name=texts.filter(lambda name: "*" not in name),
+    command=st.lists(texts | components.map(os.fsdecode), min_size=1, max_size=3),
+)
+def test_every_name_is_written_as_a_literal_that_reads_back_as_itself(
+    learn_root: bytes,
+    read: str,
+    written: bytes,
+    executed: str,
+    changed: bytes,
+    skipped: str,
+    name: str,
+    command: list[str],
+) -> None:
+    made = []
+    for component in (written, b"sub-" + changed):
+        path = os.path.join(learn_root, component)
+        os.makedirs(path, exist_ok=True)  # a file's name, or a directory whose files changed
+        made.append(os.fsdecode(path))
+    learned = Learned(
+        read={read},
+        modified={made[0]},
+        executed={executed},
+        changed={made[1] + "/f"},
+        skipped={"/proc/" + skipped},
+        connects={("127.0.0.1", 80)},
+        binds={("::1", 0)},
+        names={name},
+        calls=7,
+    )
+    source = render_policy(learned, command)
+    tree = ast.parse(source)  # whatever the names, the output is Python
+    assert _statements(tree) == EXPECTED_STATEMENTS
+    assert _without_literals(tree) == CODE  # no code but the policy's own
+    lists = learned.sandbox_arguments()
+    sandbox = _literal(tree, "sandbox")
+    assert sandbox == {**lists, "network": False}
+    assert sandbox["allow_exec"] == [executed]
+    assert sandbox["allow_write"] == [made[0]]
+    assert os.fsencode(sandbox["allow_write"][0]) == os.path.join(learn_root, written)
+    assert _literal(tree, "METADATA_TREES") == [made[1]]
+    assert [os.fsencode(path) for path in sandbox["allow_read"] + sandbox["allow_write"]] == [
+        os.fsencode(path) for path in lists["allow_read"] + lists["allow_write"]
+    ]
+    assert _literal(tree, "NOT_GRANTED") == ["/proc/" + skipped]
+    assert _literal(tree, "NAMES") == [name]
+    assert _literal(tree, "LEARNT_FROM") == [command]
+    assert _literal(tree, "METADATA_TREES") == learned.metadata_trees()
+    # Comments hold fixed text: every comment line is one of the policy's own.
+    assert {line for line in source.splitlines() if line.lstrip().startswith("#")} <= COMMENTS
+    # What learn --append reads back is what was written.
+    again = read_policy(source)
+    assert again.sandbox_arguments() == lists
+    assert again.commands == [command]
+    assert (again.names, again.connects, again.binds) == (learned.names, learned.connects, learned.binds)
+
+
+#: Every comment line a policy may hold (the broad-tree comments sit beside a literal, not on a line of their own).
+COMMENTS = {
+    line
+    for line in render_policy(dataclasses.replace(_benign(), unnamed=2)).splitlines()
+    if line.lstrip().startswith("#")
+}
+
+
+def test_a_name_with_a_newline_and_code_stays_a_string(tmp_path: Path) -> None:
+    evil = "/tmp/x\nimport os; os.system('touch pwned')\n#"
+    source = render_policy(Learned(read={evil}, skipped={"/proc/1/fd/3/" + evil}, names={"a'\"\\\n"}), ["x"])
+    namespace: dict[str, object] = {}
+    exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - proving the policy is inert
+    assert namespace["sandbox"].allow_read == (evil,)  # type: ignore[attr-defined]
+    assert namespace["NOT_GRANTED"] == ["/proc/1/fd/3/" + evil]
+    assert namespace["NAMES"] == ["a'\"\\\n"]
+
+
+# ------------------------------------------------------ as the program's author would attack it
+
+#: A file name that is a line of Python when it lands raw in the policy.
+EVIL_NAME = "x\n__import__('pathlib').Path('PWNED').touch()\n#"
+#: The slave opens it through its own descriptor 200, which the master does not have.
+THROUGH_PROC_SELF = (
+    "import os, sys\n"
+    "os.dup2(os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY), 200)\n"
+    "print(open('/proc/self/fd/200/' + sys.argv[2]).read(), end='')\n"
+)
+
+
+@needs_shim
+def test_a_name_opened_through_proc_self_fd_becomes_a_literal_and_loading_the_policy_runs_nothing(
+    tmp_path: Path,
+) -> None:
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    (trap / EVIL_NAME).write_text("bait\n")
+    learnt = cli(
+        "learn",
+        "-o",
+        "policy.py",
+        "--",
+        sys.executable,
+        "-S",
+        "-c",
+        THROUGH_PROC_SELF,
+        str(trap),
+        EVIL_NAME,
+        cwd=tmp_path,
+    )
+    assert learnt.returncode == 0, learnt.stderr
+    assert learnt.stdout == "bait\n"
+    # Loading the policy, as `run` and `docs` do, executes nothing of the name.
+    docs = cli("docs", "policy.py", cwd=tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+    assert docs.returncode == 0, docs.stderr
+    source = (tmp_path / "policy.py").read_text()
+    assert "\n__import__" not in source
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - proving the policy is inert
+    assert not (tmp_path / "PWNED").exists()
+    # The name is resolved as the slave meant it: its descriptor 200, not the master's.
+    assert str(trap / EVIL_NAME) in namespace["sandbox"].allow_read
+
+
+@needs_shim
+def test_a_name_that_is_not_utf8_is_granted_by_its_exact_bytes(tmp_path: Path) -> None:
+    """Byte 0xff in a name the program opened (through its own descriptor) and in its arguments."""
+    name = b"caf\xe9-\xff"
+    (tmp_path / os.fsdecode(name)).write_bytes(b"latin\n")
+    learnt = cli(
+        "learn",
+        "-o",
+        "policy.py",
+        "--",
+        sys.executable,
+        "-S",
+        "-c",
+        THROUGH_PROC_SELF,
+        str(tmp_path),
+        os.fsdecode(name),
+        cwd=tmp_path,
+    )
+    assert learnt.returncode == 0, learnt.stderr
+    assert learnt.stdout == "latin\n"
+    source = (tmp_path / "policy.py").read_text(encoding="utf-8")
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - the policy learn wrote
+    assert os.fsencode(tmp_path) + b"/" + name in [os.fsencode(path) for path in namespace["sandbox"].allow_read]
+    assert os.fsencode(namespace["LEARNT_FROM"][0][-1]) == name
+
+
+# ------------------------------------------------------------- narrow grants, said aloud
+
+
+def _load(path: Path) -> dict[str, Any]:
+    namespace: dict[str, Any] = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)  # noqa: S102 - the policy learn wrote
+    return namespace
+
+
+@needs_shim
+def test_a_file_written_in_place_is_granted_alone_and_a_home_only_with_a_warning(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".history").write_text("old\n")
+    env = {"HOME": str(home)}
+    appended = cli("learn", "-o", "policy.py", "--", "sh", "-c", 'echo new >> "$HOME/.history"', cwd=tmp_path, env=env)
+    assert appended.returncode == 0, appended.stderr
+    assert _load(tmp_path / "policy.py")["sandbox"].allow_write == (str(home / ".history"),)
+    assert "warning" not in appended.stderr
+
+    created = cli("learn", "-o", "policy.py", "--", "sh", "-c", 'echo new > "$HOME/made.txt"', cwd=tmp_path, env=env)
+    assert created.returncode == 0, created.stderr
+    policy = tmp_path / "policy.py"
+    assert _load(policy)["sandbox"].allow_write == (str(home),)
+    assert f"libc-service: warning: the policy grants {home} whole: a whole home directory" in created.stderr
+    assert f"    {str(home)!r},  # a whole home directory: keys, tokens and history included\n" in policy.read_text()
+
+
+def test_shared_trees_granted_whole_carry_a_comment_that_says_so() -> None:
+    learned = Learned(read={"/etc"}, written={"/tmp/cc1234.o"}, listed={"/"})
+    source = render_policy(learned, ["cc"])
+    assert "    '/tmp',  # a whole shared temporary directory" in source
+    assert "    '/',  # the whole file system\n" in source
+    assert [tree for tree, _ in learned.broad()] == ["/", "/tmp"]
+    assert narrowest(["/home/me/a", "/home/me/b", "/home/me/c"]) == ["/home/me/a", "/home/me/b", "/home/me/c"]
+
+
+def test_the_commented_example_runs_when_uncommented(tmp_path: Path) -> None:
+    source = render_policy(Learned(read={"/opt/x"}), ["x"])
+    example = source.index("# @router.on(")
+    uncommented = source[:example] + "\n".join(
+        line.removeprefix("# ") for line in source[example:].splitlines() if line.startswith("# ")
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(uncommented + "\n", "policy.py", "exec"), namespace)  # noqa: S102 - the policy learn wrote
+    assert [route.name for route in namespace["router"].routes()] == ["serve"]
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+def test_the_network_is_the_addresses_and_ports_the_run_used(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.create_server(("127.0.0.1", 0)) as other:
+        port, other_port = server.getsockname()[1], other.getsockname()[1]
+        client = (
+            "import socket, sys\n"
+            "with socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10) as s:\n"
+            "    print('connected')\n"
+            "b = socket.socket(); b.bind(('127.0.0.1', 0)); b.close()\n"
+        )
+        argv = [sys.executable, "-S", "-c", client]
+        learnt = cli("learn", "-o", "policy.py", "--", *argv, str(port), cwd=tmp_path)
+        assert learnt.returncode == 0, learnt.stderr
+        assert "1 connect, 1 bind, 0 name rule(s)" in learnt.stderr
+        policy = _load(tmp_path / "policy.py")
+        assert policy["CONNECTS"] == [f"127.0.0.1:{port}"]
+        assert policy["BINDS"] == ["127.0.0.1:0"]
+        assert policy["sandbox"].network is False
+
+        again = cli("run", "--sandbox", "policy.py", "--", *argv, str(port), cwd=tmp_path)
+        assert (again.returncode, again.stdout) == (0, "connected\n"), again.stderr
+        elsewhere = cli("run", "--sandbox", "policy.py", "--", *argv, str(other_port), cwd=tmp_path)
+        assert elsewhere.returncode != 0 and "connected" not in elsewhere.stdout
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+def test_append_merges_a_second_run_into_the_policy(tmp_path: Path) -> None:
+    for name in ("one.txt", "two.txt"):
+        (tmp_path / name).write_text(f"{name}\n")
+    first = cli("learn", "--append", "-o", "policy.py", "--", "cat", "one.txt", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = cli("learn", "--append", "-o", "policy.py", "--", "cat", "two.txt", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "(2 runs)" in second.stderr
+    policy = _load(tmp_path / "policy.py")
+    assert policy["LEARNT_FROM"] == [["cat", "one.txt"], ["cat", "two.txt"]]
+    assert {str(tmp_path / "one.txt"), str(tmp_path / "two.txt")} <= set(policy["sandbox"].allow_read)
+    for name in ("one.txt", "two.txt"):
+        again = cli("run", "--sandbox", "policy.py", "--", "cat", name, cwd=tmp_path)
+        assert (again.returncode, again.stdout) == (0, f"{name}\n"), again.stderr
+
+    (tmp_path / "mine.py").write_text("from libc_service import Router\nrouter = Router()\n")
+    refused = cli("learn", "--append", "-o", "mine.py", "--", "true", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "cannot add to mine.py: it has no LEARNT_FROM" in refused.stderr
+    assert (tmp_path / "mine.py").read_text() == "from libc_service import Router\nrouter = Router()\n"
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+def test_the_learnt_metadata_handler_acts_beneath_its_trees(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_text("x")
+    (tmp_path / "outside").write_text("x")
+    (tmp_path / "outside").chmod(0o644)
+    learnt = cli("learn", "-o", "policy.py", "--", "chmod", "640", "tree/f", cwd=tmp_path)
+    assert learnt.returncode == 0, learnt.stderr
+    (tree / "link").symlink_to(tmp_path / "outside")
+    through = cli("run", "--sandbox", "policy.py", "--", "chmod", "600", "tree/link", cwd=tmp_path)
+    assert through.returncode != 0
+    assert stat.S_IMODE((tmp_path / "outside").stat().st_mode) == 0o644  # a symlink out of the tree is refused
+    inside = cli("run", "--sandbox", "policy.py", "--", "chmod", "600", "tree/f", cwd=tmp_path)
+    assert inside.returncode == 0, inside.stderr
+    assert stat.S_IMODE((tree / "f").stat().st_mode) == 0o600
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(seccomp_unavailable() is not None, reason=str(seccomp_unavailable()))
+def test_learn_seccomp_sees_what_the_program_opens(tmp_path: Path) -> None:
+    (tmp_path / "seen.txt").write_text("seen\n")
+    learnt = cli("learn", "--seccomp", "-o", "policy.py", "--", "cat", "seen.txt", cwd=tmp_path)
+    assert (learnt.returncode, learnt.stdout) == (0, "seen\n"), learnt.stderr
+    assert str(tmp_path / "seen.txt") in _load(tmp_path / "policy.py")["sandbox"].allow_read
+
+
+# ---------------------------------------------------------------- the documented commands
+
+CLI_PAGE = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+
+
+def _learning_commands() -> list[str]:
+    section = CLI_PAGE.read_text().split("## Learning a policy\n", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"^```sh\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+def test_the_learning_example_of_the_cli_page_runs_verbatim(tmp_path: Path) -> None:
+    scripts = Path(sys.executable).parent
+    if not (scripts / "libc-service").exists():
+        pytest.skip(f"no libc-service script next to {sys.executable} (pip install the package)")
+    commands = _learning_commands()
+    assert any("--append" in command for command in commands)
+    for command in commands:
+        done = subprocess.run(
+            ["sh", "-c", command],
+            cwd=tmp_path,
+            env={"PATH": f"{scripts}:/usr/bin:/bin", "LC_ALL": "C"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (command, done.stderr)
+    assert done.stdout == "hello\n"
+    policy = _load(tmp_path / "policy.py")
+    assert policy["LEARNT_FROM"] == [["cat", "notes.txt"], ["ls"]]
+
+
+def test_a_failed_write_leaves_the_policy_as_it_was(tmp_path: Path) -> None:
+    from libc_service.cli import _write_output
+
+    policy = tmp_path / "policy.py"
+    policy.write_text("old\n")
+    with pytest.raises(UnicodeEncodeError):
+        _write_output(str(policy), "new\udcff\n", atomic=True)  # text that cannot be written
+    assert policy.read_text() == "old\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["policy.py"]

@@ -16,13 +16,14 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 import pytest
 import uvloop
@@ -589,7 +590,7 @@ async def test_the_errno_for_buggy_handlers_is_configurable() -> None:
     router = Router(error_errno=errno.EACCES)
 
     @router.on("stat")
-    def broken(req: StatRequest) -> int:
+    def broken(req: StatRequest) -> NoReturn:
         raise KeyError("oops")
 
     async with serving(router) as session:
@@ -609,7 +610,7 @@ async def test_a_condition_that_raises_fails_closed(caplog: pytest.LogCaptureFix
     router = Router(default=FORWARD)
 
     @router.on("stat", when=Broken())
-    def never(req: StatRequest) -> int:
+    def never(req: StatRequest) -> NoReturn:
         raise AssertionError("not reached")
 
     async with serving(router) as session:
@@ -1021,7 +1022,7 @@ def test_fitting_type_hints_are_accepted() -> None:
     router.on(*FUNCTIONS)(any_request)
     router.on("open", "openat")(union)
     router.on("stat", "open")(untyped)
-    router.on("stat")(variadic)
+    router.on("open")(variadic)
     router.on("rename")(optional_second)
     assert [route.name.rsplit(".", 1)[-1] for route in router.routes()] == [
         "any_request",
@@ -1032,11 +1033,141 @@ def test_fitting_type_hints_are_accepted() -> None:
     ]
 
 
+def test_a_result_the_function_cannot_have_is_refused_at_decoration_with_the_policys_line() -> None:
+    router = Router()
+    with pytest.raises(TypeError) as info:
+        decorated_at = sys._getframe().f_lineno + 2
+
+        @router.on("open", "openat")
+        def serve(req: OpenRequest | OpenatRequest) -> str:
+            return "ok"
+
+    message = str(info.value)
+    assert "serve" in message and "to return str" in message and "open, openat" in message
+    assert f"(test_router.py, line {decorated_at})" in message
+    assert len(router.routes()) == 0
+
+
+def _str_for_open(req: OpenRequest) -> str:
+    return "ok"
+
+
+def _none_for_unlink(req: Any) -> None:
+    return None
+
+
+def _int_for_stat(req: StatRequest | LstatRequest) -> int:
+    return 0
+
+
+def _stat_or_str_for_stat(req: StatRequest) -> Stat | str:
+    return "x"
+
+
+def _addresses_for_open(req: Any) -> list[AddrInfo]:
+    return []
+
+
+def _wrong_literal(req: GetaddrinfoRequest) -> Literal["nosuchname"]:
+    return "nosuchname"
+
+
+def _awaitable_of_str(req: Any) -> Awaitable[str]:
+    raise NotImplementedError
+
+
+async def _async_awaitable(req: Any) -> Awaitable[int]:
+    raise NotImplementedError
+
+
+def _generator(req: Any) -> Iterator[int]:
+    yield 0
+
+
+async def _async_generator(req: Any) -> AsyncIterator[int]:
+    yield 0
+
+
+@pytest.mark.parametrize(
+    ("functions", "handler", "match"),
+    [
+        (("open",), _str_for_open, "return str, which open cannot"),
+        (("unlink",), _none_for_unlink, "return None"),
+        (("stat", "lstat"), _int_for_stat, "return int, which stat, lstat cannot"),
+        (("stat",), _stat_or_str_for_stat, "return str"),
+        (("open", "connect_inet"), _addresses_for_open, r"list\[.*AddrInfo\]"),
+        (("getaddrinfo",), _wrong_literal, "nosuchname"),
+        (("open",), _awaitable_of_str, "return str"),
+        (("open",), _async_awaitable, "awaits what a handler gives back once"),
+        (("open",), _generator, "generator function"),
+        (("open",), _async_generator, "async generator"),
+    ],
+    ids=[
+        "str-for-open",
+        "none",
+        "int-for-stat",
+        "one-member-of-a-union",
+        "addresses-for-open",
+        "unknown-error-name",
+        "awaitable-of-str",
+        "async-returning-awaitable",
+        "generator",
+        "async-generator",
+    ],
+)
+def test_a_handler_whose_result_cannot_serve_its_functions_is_rejected_at_registration(
+    functions: tuple[str, ...], handler: Any, match: str
+) -> None:
+    router = Router()
+    with pytest.raises(TypeError, match=match):
+        router.on(*functions)(handler)
+    with pytest.raises(TypeError, match=match):
+        router.add_route(functions, handler)
+    assert len(router.routes()) == 0
+
+
+def test_results_each_function_can_have_are_accepted() -> None:
+    def opened(req: OpenRequest | OpenatRequest) -> WithFds:
+        raise NotImplementedError
+
+    def looked_up(req: GetaddrinfoRequest) -> list[AddrInfo] | Literal["noname", "again"]:
+        return "noname"
+
+    def stat(req: StatRequest | LstatRequest) -> Stat | WithFds:
+        raise NotImplementedError
+
+    def refuse(req: Any) -> NoReturn:
+        raise Errno(errno.EACCES)
+
+    def later(req: OpenRequest) -> Awaitable[int | WithFds]:
+        raise NotImplementedError
+
+    async def awaited(req: Any) -> int:
+        return 0
+
+    def mixed(req: Any) -> int | Stat | list[AddrInfo]:
+        return 0
+
+    def unjudged(req: Any) -> object:
+        return 0
+
+    router = Router()
+    router.on("open", "openat")(opened)
+    router.on("getaddrinfo")(looked_up)
+    router.on("stat", "lstat")(stat)
+    router.on(*FUNCTIONS)(refuse)
+    router.on("open")(later)
+    router.on("mkdir", "unlink")(awaited)
+    router.on("stat", "open", "getaddrinfo")(mixed)
+    router.on("stat")(unjudged)
+    assert len(router.routes()) == 8
+
+
 def test_on_returns_the_handler_unchanged_and_dedups_functions() -> None:
     router = Router()
 
-    def handler(req: StatRequest) -> int:
-        return 0
+    def handler(req: StatRequest) -> NoReturn:
+        raise Errno(errno.ENOENT)
 
     assert router.on("stat", "stat")(handler) is handler
     [route] = router.routes()

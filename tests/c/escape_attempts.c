@@ -51,8 +51,15 @@ static long attempt(const char *name, const char *arg)
         return syscall(SYS_setpriority, PRIO_USER, 0, 19);
     if (!strcmp(name, "setpriority_parent"))
         return syscall(SYS_setpriority, PRIO_PROCESS, parent, 19);
-    if (!strcmp(name, "setpriority_self"))
-        return syscall(SYS_setpriority, PRIO_PROCESS, 0, 1);
+    if (!strcmp(name, "setpriority_self")) {
+        /* One step nicer than now (the raw call returns 20 - nice): what any
+         * process may do to itself, whatever nice level it started at. */
+        long current = syscall(SYS_getpriority, PRIO_PROCESS, 0);
+        if (current < 0)
+            return -1;
+        long nicer = 20 - current + 1;
+        return syscall(SYS_setpriority, PRIO_PROCESS, 0, nicer > 19 ? 19 : nicer);
+    }
     if (!strcmp(name, "setaffinity_parent")) {
         cpu_set_t set;
         CPU_ZERO(&set);
@@ -77,7 +84,11 @@ static long attempt(const char *name, const char *arg)
         if (fd < 0)
             return -1;
         if (!strcmp(name, "fs_setflags")) {
+            /* The file's own flags written back unchanged: a change no file
+             * system refuses its owner (clearing ext4's extents flag is EPERM). */
             int flags = 0;
+            if (syscall(SYS_ioctl, fd, (unsigned long)FS_IOC_GETFLAGS, &flags) < 0)
+                flags = 0;
             result = syscall(SYS_ioctl, fd, (unsigned long)FS_IOC_SETFLAGS, &flags);
         } else {
             struct fsxattr attr;
