@@ -548,7 +548,7 @@ class SlaveProcess:
                 # being dropped (or, waited for, pacing the program).
                 theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _REPORTS_SNDBUF)
             if self._sandbox is not None:
-                prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd)
+                prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd, seccomp=self._seccomp)
                 local = local_value(prepared.local_trees)
                 if local:
                     env[ENV_LOCAL] = local
@@ -674,7 +674,13 @@ class SlaveProcess:
             handoff.close()
         files, trees = self._loading
         self.seccomp_session = SeccompSession(
-            listener, self.router, killable=killable, name=f"seccomp pid {self.pid}", own_files=files, own_trees=trees
+            listener,
+            self.router,
+            killable=killable,
+            name=f"seccomp pid {self.pid}",
+            own_files=files,
+            own_trees=trees,
+            continue_connect=self._sandbox is None or self._sandbox.network,
         )
         self._seccomp_task = asyncio.ensure_future(self.seccomp_session.serve())
 
