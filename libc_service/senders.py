@@ -37,15 +37,21 @@ CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_UCRED.size)
 _MAX_DEPTH: Final = 4096
 
 
+_SOL_SOCKET: Final = int(socket.SOL_SOCKET)
+_SCM_CREDENTIALS: Final = int(socket.SCM_CREDENTIALS)
+_PID: Final = struct.Struct("=i").unpack_from
+
+
 def sender_pid(ancdata: list[tuple[int, int, bytes]]) -> int | None:
     """The sending process's pid from ``SCM_CREDENTIALS``, or ``None`` when the kernel named none.
 
     ``0`` (a sender the master's pid namespace cannot name, or a datagram
-    queued before ``SO_PASSCRED`` was set) is ``None`` too.
+    queued before ``SO_PASSCRED`` was set) is ``None`` too. Called for every
+    report (``trace`` reads many): plain ints, no attribute look-ups.
     """
     for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
-            pid = _UCRED.unpack_from(data)[0]
+        if kind == _SCM_CREDENTIALS and level == _SOL_SOCKET and len(data) >= 12:
+            pid: int = _PID(data)[0]
             return pid if pid > 0 else None
     return None
 

@@ -607,7 +607,8 @@ class SlaveProcess:
             logger.warning("ignoring a malformed report: %s", exc)
             return
         pid = report.pid if isinstance(report, wire.ForwardResult) else report.request.pid
-        if pid != sender or self._tree is None or sender not in self._tree:
+        tree = self._tree
+        if pid != sender or tree is None or (sender not in tree.members and sender not in tree):
             self._drop_report(pid, sender)
             return
         if report.lost > self._reports_lost.get(pid, 0):
