@@ -14,11 +14,11 @@ does not (:mod:`libc_service.isolation` empties its capability sets).
 
 :class:`ProcessTree` then says whether a sender belongs to the program's
 tree: the program itself, a descendant (its parent chain in
-``/proc/PID/stat`` reaches a known member), or, when the program runs in a
-session of its own (under a sandbox), a process of that session (a
-descendant whose parent has exited is reparented out of the chain, but
-keeps its session). A member is remembered, so each process costs one
-walk; the check per datagram is a set lookup.
+``/proc/PID/stat`` reaches a known member), or a process of the program's
+session started since the program (a descendant whose parent has exited
+is reparented out of the chain, but keeps its session). A member is
+remembered, so each process costs one walk; the check per datagram is a
+set lookup.
 """
 
 from __future__ import annotations
@@ -59,18 +59,28 @@ def sender_pid(ancdata: list[tuple[int, int, bytes]]) -> int | None:
 class ProcessTree:
     """The processes of one program's tree, as far as the kernel can show them.
 
-    ``root`` is the program's pid; ``session`` its session id when it runs
-    in a session of its own (else ``None``: the user's session holds other
-    processes too). A process that no longer exists cannot be examined: its
-    membership is what was known of it while it lived, and an unknown one
-    that is gone is taken as a member (``gone_members`` counts them) — it
-    could only have sent on the registration socket if the tree gave it the
-    socket, and its pid was named by the kernel.
+    Built from the program's pid while it exists (before it is reaped),
+    which fixes its session and start time. A process is a member when its
+    parent chain (``/proc/PID/stat``) reaches a known member, or — the
+    chain of a descendant whose parent exited leads to init or a subreaper
+    instead — when it is in the program's session and started no earlier
+    than the program. A sandboxed program has a session of its own, so
+    there this is exact; otherwise the user's session may hold other
+    processes started meanwhile, which do not hold the registration socket
+    unless the tree gave it to them.
+
+    A process that no longer exists cannot be examined: its membership is
+    what was known of it while it lived, and an unknown one that is gone is
+    taken as a member (``gone_members`` counts them) — the kernel named its
+    pid, and only the tree holds the socket.
     """
 
-    def __init__(self, root: int, session: int | None = None) -> None:
+    def __init__(self, root: int) -> None:
         self.members: set[int] = {root}
-        self._session = session
+        fields = _stat_fields(root)
+        #: The program's session and start time (clock ticks since boot), or None when it was gone.
+        self._session: int | None = fields[1] if fields is not None else None
+        self._started = fields[2] if fields is not None else 0
         #: Senders that had exited before they could be examined.
         self.gone_members = 0
 
@@ -79,32 +89,29 @@ class ProcessTree:
             return False
         if pid in self.members:
             return True
-        chain: list[int] = []
-        current = pid
+        first = _stat_fields(pid)
+        if first is None:  # the sender itself is gone: nothing left to examine
+            self.gone_members += 1
+            return True
+        if self._session is not None and first[1] == self._session and first[2] >= self._started:
+            self.members.add(pid)
+            return True
+        chain = [pid]
+        parent = first[0]
         for _ in range(_MAX_DEPTH):
-            fields = _stat_fields(current)
-            if fields is None:
-                if current == pid:  # the sender itself is gone: nothing left to examine
-                    self.gone_members += 1
-                    return True
-                return False
-            parent, session = fields
-            chain.append(current)
-            if self._session is not None and session == self._session:
-                break
             if parent in self.members:
-                break
-            if parent <= 1:
+                self.members.update(chain)
+                return True
+            fields = _stat_fields(parent) if parent > 1 else None
+            if fields is None:
                 return False
-            current = parent
-        else:
-            return False
-        self.members.update(chain)
-        return True
+            chain.append(parent)
+            parent = fields[0]
+        return False
 
 
-def _stat_fields(pid: int) -> tuple[int, int] | None:
-    """(parent pid, session id) of ``pid`` from ``/proc/PID/stat``, or ``None`` when it is gone."""
+def _stat_fields(pid: int) -> tuple[int, int, int] | None:
+    """(parent pid, session id, start time) of ``pid`` from ``/proc/PID/stat``, or ``None`` when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as file:
             text = file.read()
@@ -113,6 +120,6 @@ def _stat_fields(pid: int) -> tuple[int, int] | None:
     # The command name (field 2) is in parentheses and may hold anything: split after the last one.
     fields = text[text.rfind(b")") + 2 :].split()
     try:
-        return int(fields[1]), int(fields[3])
+        return int(fields[1]), int(fields[3]), int(fields[19])
     except (IndexError, ValueError):
         return None

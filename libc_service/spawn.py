@@ -432,6 +432,7 @@ class SlaveProcess:
             raise
         finally:
             launch.close_child_side()
+        self._tree = ProcessTree(self._process.pid)  # not reaped yet: its session and start time are readable
         if launch.handoff is not None:
             try:
                 await self._serve_listener(launch.handoff)
@@ -468,6 +469,7 @@ class SlaveProcess:
             raise
         finally:
             launch.close_child_side()
+        self._tree = ProcessTree(popen.pid)  # not reaped yet: its session and start time are readable
         self._process = LaunchedProcess(popen)
         self._launched = launch
 
@@ -588,8 +590,8 @@ class SlaveProcess:
         if launch.reporting:
             self.router.hold_forwarded(True)
             self._holding = True
-        process = self._require()
-        self._tree = ProcessTree(process.pid, session=process.pid if self.own_session else None)
+        if self._tree is None:
+            self._tree = ProcessTree(self._require().pid)
         self._listener = RegistrationListener(launch.mine, self._report, self._tree.__contains__)
         self._serving = asyncio.ensure_future(self._serve_tree(self._listener))
 

@@ -365,3 +365,33 @@ async def test_a_call_asked_for_another_process_on_ones_own_channel_closes_the_s
     assert b"refused:" in out
     assert not [d for d in seen if d.request.pid == 1 or str(getattr(d.request, "path", "")) == "/forged/asked"]
     assert f"a request claims pid 1 on pid {process.pid}'s channel" in caplog.text
+
+
+@needs_shim
+async def test_the_reports_of_a_descendant_whose_parent_exited_are_kept(tmp_path: Path) -> None:
+    """A double fork: the grandchild reports after its parent exited (it was reparented out of the
+    program's parent chain); it is still of the tree (the program's session, started since)."""
+    (tmp_path / "orphan").write_text("x")
+    program = textwrap.dedent("""
+        import os, sys, time
+        done, told = os.pipe()
+        if os.fork() == 0:
+            parent = os.getpid()
+            if os.fork() == 0:
+                deadline = time.monotonic() + 30
+                while os.getppid() == parent and time.monotonic() < deadline:
+                    time.sleep(0.01)  # until its parent has exited
+                os.close(os.open(sys.argv[1], os.O_RDONLY))
+                os.write(told, b"x")
+                os._exit(0)
+            os._exit(0)
+        os.close(told)
+        os.read(done, 1)  # the program ends once the grandchild has reported
+    """)
+    router = Router()
+    seen: list[Decision] = []
+    router.observe(seen.append)
+    async with spawn([sys.executable, "-c", program, str(tmp_path / "orphan")], router, reports=True) as process:
+        assert await process.wait() == 0
+    assert [d for d in seen if str(getattr(d.request, "path", "")).endswith("orphan")]
+    assert process.reports_dropped == 0
