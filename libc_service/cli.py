@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 from .policy import LoadedPolicy, PolicyError, load_policy
 from .router import Router
 from .spawn import ShimNotFound, SlaveProcess, spawn
+from .terminal import keeps_terminal_modes
 
 from .lazyimport import on_first_use
 
@@ -181,6 +182,7 @@ def _terminal_delivered_to(pid: int) -> bool:
         os.close(fd)
 
 
+@keeps_terminal_modes
 def _run_program(
     argv: Sequence[str],
     router: Router,
@@ -194,7 +196,8 @@ def _run_program(
     process imports asyncio: a run whose every call the shim decides ends
     without a master ever starting, and otherwise the program runs while
     the master starts, which happens when it first asks or reports
-    something. Under seccomp the master serves from the start.
+    something. Under seccomp the master serves from the start. The
+    user's terminal modes are put back when it ends (:mod:`.terminal`).
     """
     process = spawn(argv, router, sandbox=sandbox, seccomp=seccomp, reports=reports)
     if not seccomp:

@@ -394,7 +394,9 @@ class Master:
     #: Masters open in this process (the adaptive busy-poll polls only for a lone one).
     open_count: ClassVar[int] = 0
 
-    def __init__(self, sock: socket.socket, *, name: str | None = None) -> None:
+    def __init__(self, sock: socket.socket, *, name: str | None = None, pid: int | None = None) -> None:
+        """``pid``: the process the channel belongs to, when the kernel named it (``spawn`` does, from
+        the registration's credentials): a request that claims another process is then malformed."""
         if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
             raise ValueError("a Master needs an AF_UNIX SOCK_SEQPACKET socket")
         sock.setblocking(False)
@@ -423,7 +425,8 @@ class Master:
         #: dispatcher returned, for the session's task to finish.
         self._handover: tuple[Call, Awaitable[None] | None] | None = None
         self._queued_bytes = bytearray(4)
-        self.pid: int | None = None
+        self.pid: int | None = pid
+        self._owner = pid
 
     @classmethod
     def pair(cls) -> tuple[Master, socket.socket]:
@@ -626,6 +629,9 @@ class Master:
         except wire.RemoteProtocolError as exc:
             close_fds(fds)
             self._protocol_failure(str(exc))
+        if self._owner is not None and request.pid != self._owner:
+            close_fds(fds)
+            self._protocol_failure(f"a request claims pid {request.pid} on pid {self._owner}'s channel")
         return self._new_call(request, fds), None
 
     def _new_call(self, request: Request, fds: list[int]) -> Call:
@@ -795,6 +801,8 @@ class Master:
             request = MasterChannel.receive(data, fds, flags)
         except wire.RemoteProtocolError:
             return None
+        if self._owner is not None and request.pid != self._owner:
+            return None  # the task refuses it
         return self._new_call(request, fds)
 
     def _disarm_reader(self, sock: socket.socket) -> None:

@@ -816,8 +816,12 @@ class SeccompSession:
         name: str = "seccomp",
         own_files: Sequence[str] = (),
         own_trees: Sequence[str] = (),
+        continue_connect: bool = True,
     ) -> None:
         self._fd = listener
+        #: False under a sandbox without network: a ``connect`` is never continued (``EACCES`` instead), as
+        #: the socket it names may be a unix one that the kernel would connect unchecked (:mod:`.socket_filter`).
+        self._refused_nr = -1 if continue_connect else NOTIFIED["connect"]
         #: What loading the program needs — the shim, the loader's cache, the
         #: program's interpreter and libraries (``own_files``), the system's
         #: library directories and, under a sandbox, its static trees
@@ -974,6 +978,8 @@ class SeccompSession:
     def _finish_early(self, notification: _Notification, fetched: _Fetched | None, code: int | None) -> None:
         if fetched is not None:
             fetched.close()
+        if code is None and notification.nr == self._refused_nr:
+            code = errno_module.EACCES
         try:
             if code is None:
                 self._send(notification.id, 0, 0, _FLAG_CONTINUE)
@@ -1017,6 +1023,8 @@ class SeccompSession:
     ) -> tuple[Any, Any, int, int]:
         """Answer the notification as ``outcome`` says; what went out, for observers."""
         notif_id = notification.id
+        if outcome is FORWARD and notification.nr == self._refused_nr:
+            outcome = PermissionError(errno_module.EACCES, "a forwarded connect is not continued without a network")
         if outcome is FORWARD:
             self._send(notif_id, 0, 0, _FLAG_CONTINUE)
             return "forward", None, 0, 0

@@ -16,7 +16,10 @@ The shim only *advises*: a static binary or a raw syscall walks past it. A
   abstract unix sockets of the host) and a fresh IPC namespace (no SysV
   shared memory, semaphores or message queues of the host), and, where the kernel has Landlock
   ABI 4, TCP bind/connect are also refused by Landlock; with ABI 6 abstract
-  unix sockets outside its Landlock domain are refused as well. A connect
+  unix sockets outside its Landlock domain are refused as well. The
+  host's *named* unix sockets, which Landlock does not check, are out of
+  reach too: a second seccomp filter (:mod:`.socket_filter`) refuses the
+  slave's own ``connect`` and unix datagram sockets. A connect
   the policy allows is done by the master on a socket of its own, which
   then replaces the slave's. Without network namespaces ``network=False``
   fails rather than run half-isolated.
@@ -68,6 +71,7 @@ from .landlock import (
     syscall_numbers,
 )
 from .loader import LoaderFile, program_files, resolve_program, system_library_dirs
+from .socket_filter import build_socket_filter, socket_numbers_for
 from .syscall_filter import build_filter, numbers_for
 
 __all__ = [
@@ -158,11 +162,15 @@ class Sandbox:
         shim: Path,
         env: Mapping[str, str],
         cwd: str | os.PathLike[str] | None = None,
+        *,
+        seccomp: bool = False,
     ) -> PreparedSandbox:
         """Build the ruleset for ``argv`` in the parent; raises ``SandboxUnavailable``.
 
         Everything that can fail is done here, so that the forked child only
-        makes the syscalls that apply the ruleset.
+        makes the syscalls that apply the ruleset. ``seccomp``: the program
+        also runs under the seccomp transport, which decides its ``connect``
+        calls (the sandbox's filter then leaves them to it).
         """
         reason = self.available()
         if reason is not None:
@@ -198,7 +206,9 @@ class Sandbox:
         except BaseException:
             os.close(ruleset)
             raise
-        prepared = PreparedSandbox(ruleset, numbers, network=self.network, abi=abi, metadata=self.metadata)
+        prepared = PreparedSandbox(
+            ruleset, numbers, network=self.network, abi=abi, metadata=self.metadata, connect_notified=seccomp
+        )
         prepared.local_trees = tuple(dict.fromkeys(local))
         return prepared
 
@@ -214,6 +224,7 @@ class PreparedSandbox:
         network: bool,
         abi: int,
         metadata: bool = False,
+        connect_notified: bool = False,
     ) -> None:
         self.ruleset = ruleset
         self.abi = abi
@@ -230,6 +241,18 @@ class PreparedSandbox:
         self._filter_prog = ctypes.create_string_buffer(
             struct.pack("<HxxxxxxQ", len(self._filter.raw) // 8, ctypes.addressof(self._filter))
         )
+        # Without a network, the host's named unix sockets are out of reach too (Landlock does not check them).
+        self._socket_filter_prog: ctypes.Array[ctypes.c_char] | None = None
+        if not network:
+            sockets = socket_numbers_for(platform.machine())
+            if sockets is None:
+                raise SandboxUnavailable(f"the socket filter does not know the system calls of {platform.machine()}")
+            self._socket_filter = ctypes.create_string_buffer(
+                build_socket_filter(sockets, connect=not connect_notified)
+            )
+            self._socket_filter_prog = ctypes.create_string_buffer(
+                struct.pack("<HxxxxxxQ", len(self._socket_filter.raw) // 8, ctypes.addressof(self._socket_filter))
+            )
         self._isolation = Isolation(numbers)
 
     def apply_in_child(self) -> None:
@@ -262,6 +285,11 @@ class PreparedSandbox:
             syscall(numbers["prctl"], _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, self._filter_prog, 0, 0),
             "prctl(PR_SET_SECCOMP)",
         )
+        if self._socket_filter_prog is not None:
+            check(
+                syscall(numbers["prctl"], _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, self._socket_filter_prog, 0, 0),
+                "prctl(PR_SET_SECCOMP) for the socket filter",
+            )
 
     def close(self) -> None:
         """Close the ruleset descriptor in the parent."""

@@ -33,6 +33,7 @@ from . import wire
 from .catalogue import GAI_ERRORS, PATH_MAX_BYTES
 from .master import Master, close_fds, received_fds
 from .rules import ENV_REPORTS, ENV_RULES, rules_value
+from .senders import CREDENTIALS_SPACE, ProcessTree, sender_pid
 
 from .lazyimport import on_first_use
 
@@ -68,7 +69,8 @@ ENV_LOCAL: Final = "LIBC_SERVICE_LOCAL"
 #: through the master as before.
 LOCAL_MAX_TREES: Final = 64
 LOCAL_MAX_BYTES: Final = 8191
-_CMSG_SPACE: Final = socket.CMSG_SPACE(2 * array.array("i").itemsize)
+#: A registration's descriptor (and room to see a second one, refused) and the sender's credentials.
+_CMSG_SPACE: Final = socket.CMSG_SPACE(2 * array.array("i").itemsize) + CREDENTIALS_SPACE
 
 _File = int | IO[Any] | None
 
@@ -113,15 +115,26 @@ class RegistrationListener:
     ``async for pid, channel in listener`` yields each registered process's
     id and its channel socket (the caller's from then on). A malformed
     registration is logged and skipped: it only costs its sender the
-    master. Iteration ends when every process of the tree has exited (the
-    socket hangs up) or :meth:`close` is called, from anywhere on the loop.
+    master. So is a registration that names another process than the one
+    that sent it (the kernel names the sender: ``SO_PASSCRED`` is set on
+    the socket; only datagrams sent after that carry a sender), or whose
+    sender ``accepts`` refuses (not of the program's tree). Iteration ends
+    when every process of the tree has exited (the socket hangs up) or
+    :meth:`close` is called, from anywhere on the loop.
     """
 
-    def __init__(self, sock: socket.socket, on_report: Callable[[bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_report: Callable[[bytes, int | None], None] | None = None,
+        accepts: Callable[[int], bool] | None = None,
+    ) -> None:
         sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock: socket.socket | None = sock
-        #: Gets each report datagram (calls the shim decided itself, wire.REPORT_MAGIC).
+        #: Gets each report datagram (calls the shim decided itself, wire.REPORT_MAGIC) and its sender's pid.
         self._on_report = on_report
+        self._accepts = accepts
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -146,9 +159,9 @@ class RegistrationListener:
                 logger.warning("ignoring an empty registration datagram")
                 continue
             if data[:4] == wire.REPORT_MAGIC and not fds and self._on_report is not None:
-                self._on_report(data)
+                self._on_report(data, sender_pid(ancdata))
                 continue
-            registered = _registration(data, fds, flags)
+            registered = _registration(data, fds, flags, sender_pid(ancdata), self._accepts)
             if registered is not None:
                 return registered
 
@@ -172,7 +185,7 @@ class RegistrationListener:
             if fds:
                 close_fds(fds)
             elif data[:4] == wire.REPORT_MAGIC:
-                self._on_report(data)
+                self._on_report(data, sender_pid(ancdata))
             elif not data:
                 return
 
@@ -212,12 +225,19 @@ _LISTENER_BUFFER: Final = (
 )
 
 
-def _registration(data: bytes, fds: list[int], flags: int) -> tuple[int, socket.socket] | None:
-    """The registering process's id and channel, or ``None`` (logged) for a malformed registration."""
+def _registration(
+    data: bytes, fds: list[int], flags: int, sender: int | None, accepts: Callable[[int], bool] | None
+) -> tuple[int, socket.socket] | None:
+    """The registering process's id and channel, or ``None`` (logged) for a malformed registration
+    or one that names another process than its sender."""
     try:
         if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
             raise wire.RemoteProtocolError("registration truncated")
         pid = wire.decode_registration(data, len(fds))
+        if pid != sender:
+            raise wire.RemoteProtocolError(f"it names pid {pid} but was sent by pid {sender}")
+        if accepts is not None and not accepts(pid):
+            raise wire.RemoteProtocolError(f"pid {pid} is not of the program's process tree")
         return pid, socket.socket(fileno=fds[0])
     except (wire.RemoteProtocolError, OSError) as exc:
         close_fds(fds)
@@ -370,6 +390,11 @@ class SlaveProcess:
         self._reports = reports
         #: Reports lost so far, by pid, as the shim counted them.
         self._reports_lost: dict[int, int] = {}
+        #: Reports dropped because their sender (as the kernel names it) is not the process they are
+        #: about, or is not of the program's tree: what a process of the tree tried to make up.
+        self.reports_dropped = 0
+        #: The program's tree, once it runs (who may register and report).
+        self._tree: ProcessTree | None = None
         #: Whether the router holds forwarded decisions for their results (the shim reports them).
         self._holding = False
         #: Every pid that registered: their held decisions are released at the end.
@@ -407,6 +432,7 @@ class SlaveProcess:
             raise
         finally:
             launch.close_child_side()
+        self._tree = ProcessTree(self._process.pid)  # not reaped yet: its session and start time are readable
         if launch.handoff is not None:
             try:
                 await self._serve_listener(launch.handoff)
@@ -443,6 +469,7 @@ class SlaveProcess:
             raise
         finally:
             launch.close_child_side()
+        self._tree = ProcessTree(popen.pid)  # not reaped yet: its session and start time are readable
         self._process = LaunchedProcess(popen)
         self._launched = launch
 
@@ -489,6 +516,8 @@ class SlaveProcess:
         """Everything before the fork: the channel pair, the environment, the rule table, the sandbox."""
         shim = self._shim or shim_path()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Before the child exists: every datagram it sends carries its sender's credentials.
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         prepared = None
         handoff: ListenerHandoff | None = None
         try:
@@ -521,7 +550,7 @@ class SlaveProcess:
                 # being dropped (or, waited for, pacing the program).
                 theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _REPORTS_SNDBUF)
             if self._sandbox is not None:
-                prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd)
+                prepared = self._sandbox.prepare(self.argv, shim, env, self._cwd, seccomp=self._seccomp)
                 local = local_value(prepared.local_trees)
                 if local:
                     env[ENV_LOCAL] = local
@@ -561,12 +590,17 @@ class SlaveProcess:
         if launch.reporting:
             self.router.hold_forwarded(True)
             self._holding = True
-        self._listener = RegistrationListener(launch.mine, self._report)
+        if self._tree is None:
+            self._tree = ProcessTree(self._require().pid)
+        self._listener = RegistrationListener(launch.mine, self._report, self._tree.__contains__)
         self._serving = asyncio.ensure_future(self._serve_tree(self._listener))
 
-    def _report(self, data: bytes) -> None:
+    def _report(self, data: bytes, sender: int | None) -> None:
         """A report: a call the shim decided with the rule table (the observers see it as the router's
-        default, with its result), or the result of a call the master forwarded (given to its decision)."""
+        default, with its result), or the result of a call the master forwarded (given to its decision).
+
+        Believed only when the kernel says its sender is the process it is about, and of the tree.
+        """
         from .router import Decision
 
         try:
@@ -575,6 +609,10 @@ class SlaveProcess:
             logger.warning("ignoring a malformed report: %s", exc)
             return
         pid = report.pid if isinstance(report, wire.ForwardResult) else report.request.pid
+        tree = self._tree
+        if pid != sender or tree is None or (sender not in tree.members and sender not in tree):
+            self._drop_report(pid, sender)
+            return
         if report.lost > self._reports_lost.get(pid, 0):
             logger.warning(
                 "pid %d: %d report(s) of calls its shim decided or forwarded were lost (the socket was full)",
@@ -618,6 +656,13 @@ class SlaveProcess:
             )
         self.router.report(decision)
 
+    def _drop_report(self, pid: int, sender: int | None) -> None:
+        """Count (and log, the first time) a report whose sender is not the process it names, or not of the tree."""
+        self.reports_dropped += 1
+        if self.reports_dropped == 1:
+            why = "not of the program's tree" if pid == sender else f"sent by pid {sender}"
+            logger.warning("dropped a report about pid %d: %s (a process of the tree made it up)", pid, why)
+
     async def _serve_listener(self, handoff: ListenerHandoff) -> None:
         """Receive the child's seccomp listener and serve it (the program waits on it meanwhile)."""
         from .notify import SeccompSession
@@ -632,7 +677,13 @@ class SlaveProcess:
             handoff.close()
         files, trees = self._loading
         self.seccomp_session = SeccompSession(
-            listener, self.router, killable=killable, name=f"seccomp pid {self.pid}", own_files=files, own_trees=trees
+            listener,
+            self.router,
+            killable=killable,
+            name=f"seccomp pid {self.pid}",
+            own_files=files,
+            own_trees=trees,
+            continue_connect=self._sandbox is None or self._sandbox.network,
         )
         self._seccomp_task = asyncio.ensure_future(self.seccomp_session.serve())
 
@@ -744,6 +795,11 @@ class SlaveProcess:
         if self._listener is not None:
             self._listener.drain_reports()
             self._listener.close()
+        if self.reports_dropped:
+            logger.warning(
+                "%d report(s) dropped: their sender was not the process they named, or not of the program's tree",
+                self.reports_dropped,
+            )
         if self._holding:
             self._holding = False
             self.router.release_forwarded(self._pids)
@@ -795,7 +851,7 @@ class SlaveProcess:
             logger.warning("refusing a registration from pid %s: %s", pid, refusal)
             return None
         try:
-            master = Master(sock, name=f"pid {pid}")
+            master = Master(sock, name=f"pid {pid}", pid=pid)
         except ValueError as exc:
             sock.close()
             logger.warning("ignoring a registration from pid %s: %s", pid, exc)

@@ -647,7 +647,7 @@ def test_what_a_handler_returns_is_either_sent_as_is_or_fails_closed(master_loop
 #: descriptors that are no channel (a pipe, a directory, a stream, datagram
 #: or unconnected socket, the registration socket itself), a flood; then
 #: ``argv[2]`` valid channels that hang up at once; then one valid channel
-#: that asks the request ``argv[1]`` (hex) and prints the reply (hex).
+#: that asks the request ``argv[1]`` (hex, with its own pid) and prints the reply (hex).
 REGISTRATIONS = r"""
 import array, os, socket, struct, sys
 reg = socket.socket(fileno=int(os.environ["LIBC_SERVICE_FD"]))
@@ -688,7 +688,9 @@ for sock in kept:
 mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 send(hello(), [theirs.fileno()])
 theirs.close()
-mine.sendmsg([bytes.fromhex(sys.argv[1])])
+request = bytearray.fromhex(sys.argv[1])
+request[8:12] = struct.pack("<I", os.getpid())  # its own pid: a request claiming another's closes the session
+mine.sendmsg([request])
 print(mine.recv(9000).hex())
 """
 

@@ -243,3 +243,155 @@ async def test_trace_decides_relative_paths_in_the_shim_with_no_round_trip(tmp_p
         if f'open("f" (in "{tmp_path}"), close_on_exec|read_only' in line
     ]
     assert len(lines) == 2000
+
+
+# ------------------------------------------------- who sent a report (SCM_CREDENTIALS)
+
+#: A process of the tree that writes reports about other processes on the registration socket:
+#: a refusal of a path no process asked for (about ``argv[1]``, or about its sibling with "sibling"),
+#: then a result for a forwarded call of that process. Its own opens are reported honestly by its shim.
+FORGER = textwrap.dedent("""
+    import os, signal, socket, sys, time
+    from libc_service import wire
+    from libc_service.requests import OpenRequest
+
+    def report(pid, path):
+        request = wire.encode_request(OpenRequest(
+            function="open", pid=pid, tid=pid, request_id=0, path=path, flags=frozenset({"read_only"})))[0]
+        header = wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 2, 0, 13, 0, -1)
+        names = wire.REPORT_NAMES.pack(0, 0, 0, 0)
+        return header + names + request
+
+    sock = socket.socket(fileno=int(os.environ["LIBC_SERVICE_FD"]))
+    sibling = os.fork()
+    if sibling == 0:  # a sibling of the forger below: it opens its file honestly, then waits
+        os.close(os.open(sys.argv[2], os.O_RDONLY))
+        time.sleep(30)
+        os._exit(0)
+    forger = os.fork()
+    if forger == 0:
+        claimed = sibling if sys.argv[1] == "sibling" else int(sys.argv[1])
+        sock.send(report(claimed, "/forged/" + sys.argv[1]))
+        os._exit(0)
+    os.waitpid(forger, 0)
+    os.close(os.open(sys.argv[2], os.O_RDONLY))
+    time.sleep(0.5)
+    os.kill(sibling, signal.SIGKILL)
+    os.waitpid(sibling, 0)
+""")
+
+
+@needs_shim
+@pytest.mark.parametrize("claimed", ["1", "sibling"])
+async def test_a_report_about_another_process_is_dropped_and_counted(
+    tmp_path: Path, claimed: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process of the tree forges a refusal about pid 1, or about its own sibling: the kernel
+    names the sender, the report is dropped and counted; the tree's honest reports still arrive."""
+    (tmp_path / "honest").write_text("x")
+    router = Router()
+    seen: list[Decision] = []
+    router.observe(seen.append)
+    caplog.set_level(logging.WARNING, logger="libc_service")
+    argv = [sys.executable, "-c", FORGER, claimed, str(tmp_path / "honest")]
+    async with spawn(argv, router, reports=True) as process:
+        assert await process.wait() == 0
+    paths = [str(getattr(decision.request, "path", "")) for decision in seen]
+    assert not [path for path in paths if path.startswith("/forged")]
+    honest = {
+        decision.request.pid for decision in seen if str(getattr(decision.request, "path", "")).endswith("honest")
+    }
+    assert len(honest) == 2 and process.pid in honest  # the program's and its (sibling) child's own reports
+    assert process.reports_dropped == 1
+    assert "1 report(s) dropped" in caplog.text
+
+
+@needs_shim
+def test_trace_shows_no_line_a_process_made_up_about_pid_1(tmp_path: Path) -> None:
+    (tmp_path / "honest").write_text("x")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "libc_service",
+            "trace",
+            "--",
+            sys.executable,
+            "-c",
+            FORGER,
+            "1",
+            str(tmp_path / "honest"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'open("/forged/' not in done.stderr and "[pid 1 " not in done.stderr
+    assert f'"{tmp_path / "honest"}"' in done.stderr
+    assert "1 report(s) dropped" in done.stderr
+
+
+#: A process of the tree that registers a channel of its own and asks, on it, a call it says pid 1 made.
+CHANNEL_FORGER = textwrap.dedent("""
+    import array, os, socket
+    from libc_service import Slave, wire
+    from libc_service.requests import OpenRequest
+
+    registration = socket.socket(fileno=int(os.environ["LIBC_SERVICE_FD"]))
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    rights = array.array("i", [theirs.fileno()])
+    registration.sendmsg([wire.encode_registration(os.getpid())], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+    theirs.close()
+    forged = OpenRequest(function="open", pid=1, tid=1, request_id=0, path="/forged/asked", flags=frozenset({"read_only"}))
+    try:
+        Slave(mine).send_request(forged)
+    except Exception as exc:
+        print("refused:", type(exc).__name__, flush=True)
+""")
+
+
+@needs_shim
+async def test_a_call_asked_for_another_process_on_ones_own_channel_closes_the_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = Router()
+    seen: list[Decision] = []
+    router.observe(seen.append)
+    caplog.set_level(logging.WARNING, logger="libc_service")
+    async with spawn([sys.executable, "-c", CHANNEL_FORGER], router, stdout=asyncio.subprocess.PIPE) as process:
+        out, _ = await process.communicate()
+    assert b"refused:" in out
+    assert not [d for d in seen if d.request.pid == 1 or str(getattr(d.request, "path", "")) == "/forged/asked"]
+    assert f"a request claims pid 1 on pid {process.pid}'s channel" in caplog.text
+
+
+@needs_shim
+async def test_the_reports_of_a_descendant_whose_parent_exited_are_kept(tmp_path: Path) -> None:
+    """A double fork: the grandchild reports after its parent exited (it was reparented out of the
+    program's parent chain); it is still of the tree (the program's session, started since)."""
+    (tmp_path / "orphan").write_text("x")
+    program = textwrap.dedent("""
+        import os, sys, time
+        done, told = os.pipe()
+        if os.fork() == 0:
+            parent = os.getpid()
+            if os.fork() == 0:
+                deadline = time.monotonic() + 30
+                while os.getppid() == parent and time.monotonic() < deadline:
+                    time.sleep(0.01)  # until its parent has exited
+                os.close(os.open(sys.argv[1], os.O_RDONLY))
+                os.write(told, b"x")
+                os._exit(0)
+            os._exit(0)
+        os.close(told)
+        os.read(done, 1)  # the program ends once the grandchild has reported
+    """)
+    router = Router()
+    seen: list[Decision] = []
+    router.observe(seen.append)
+    async with spawn([sys.executable, "-c", program, str(tmp_path / "orphan")], router, reports=True) as process:
+        assert await process.wait() == 0
+    assert [d for d in seen if str(getattr(d.request, "path", "")).endswith("orphan")]
+    assert process.reports_dropped == 0

@@ -28,9 +28,9 @@ import pytest
 from conftest import FdCount
 from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
-from libc_service import FORWARD, Errno, Router, Sandbox, WithFds, cli, spawn
+from libc_service import FORWARD, Errno, Router, Sandbox, WithFds, cli, perform, spawn
 from libc_service import sandbox as sandbox_module
-from libc_service.requests import ConnectInetRequest, OpenatRequest, OpenRequest
+from libc_service.requests import ConnectInetRequest, ConnectUnixRequest, OpenatRequest, OpenRequest
 from libc_service.safepath import open_beneath, resolve
 from libc_service.loader import LoaderFile
 from libc_service.sandbox import landlock_abi, network_namespaces_available, program_files
@@ -205,14 +205,20 @@ def uring_read(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @needs_kernel
 async def test_io_uring_is_refused_and_its_opens_would_be_too(uring_read: Path, secret: Path) -> None:
     """io_uring walks past the shim, not past the kernel: by default the seccomp filter
-    refuses io_uring itself; with metadata=True (no filter) Landlock checks its opens."""
+    refuses io_uring itself (and without a network, whatever ``metadata`` says: its connects
+    would walk past the socket filter); with metadata=True and the network (no filter)
+    Landlock checks its opens."""
     free = await run([str(uring_read), str(secret)], Router(default=FORWARD))
     if free.status == 3:
         pytest.skip(f"io_uring is unavailable here: {free.out.strip()}")
     filtered = await run([str(uring_read), str(secret)], granting(secret.parent), Sandbox())
-    unfiltered = await run([str(uring_read), str(secret)], granting(secret.parent), Sandbox(metadata=True))
+    no_network = await run([str(uring_read), str(secret)], granting(secret.parent), Sandbox(metadata=True))
+    unfiltered = await run(
+        [str(uring_read), str(secret)], granting(secret.parent), Sandbox(metadata=True, network=True)
+    )
     assert (free.status, free.out) == (0, "the secret\n")
     assert (filtered.status, filtered.out) == (3, "setup ENOSYS\n")
+    assert (no_network.status, no_network.out) == (3, "setup ENOSYS\n")
     assert (unfiltered.status, unfiltered.out) == (1, "EACCES\n")
 
 
@@ -827,23 +833,165 @@ async def test_the_slave_cannot_signal_the_master() -> None:
     assert confined.status != 0 and confined.out == ""
 
 
-@needs_kernel
-async def test_known_gap_a_pathname_unix_socket_is_not_mediated(
-    python3: tuple[str, list[str]],
-    tmp_path: Path,
-) -> None:
-    """Landlock (up to ABI 7) does not check connect() to a named unix socket:
-    a slave reaches any such socket it can name. Documented in docs/security.md."""
-    path = tmp_path / "sock"
+# ------------------------------------------------------ the host's named unix sockets
+
+
+@pytest.fixture
+def host_service(tmp_path: Path) -> Iterator[tuple[Path, list[bytes]]]:
+    """A service of the host on a named unix socket outside every granted tree: its path, and what reached it.
+
+    A stream socket at ``PATH`` answers each connection with ``HOST-SERVICE-REACHED``; a datagram
+    socket at ``PATH.dgram`` records what is sent to it.
+    """
+    import threading
+
+    path = tmp_path / "host" / "service.sock"
+    path.parent.mkdir()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen()
+    datagrams = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    datagrams.bind(f"{path}.dgram")
+    reached: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            reached.append(b"connection")
+            with conn:
+                conn.sendall(b"HOST-SERVICE-REACHED")
+
+    def receive() -> None:
+        while True:
+            try:
+                reached.append(datagrams.recv(100))
+            except OSError:
+                return
+
+    threads = [threading.Thread(target=serve, daemon=True), threading.Thread(target=receive, daemon=True)]
+    for thread in threads:
+        thread.start()
     try:
-        code = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(path)!r}); print('connected')"
-        ran = await run([python3[0], "-c", code], Router(default=FORWARD), python_sandbox(python3))
+        yield path, reached
     finally:
-        server.close()
-    assert ran.out == "connected\n", "Landlock now mediates unix sockets: update docs/security.md and the sandbox"
+        for sock in (server, datagrams):
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in threads:
+            thread.join(5)
+
+
+#: Reaches the service as a static program or a raw system call would: connect(2) by number,
+#: bypassing the shim (argv[2] == "raw"), or through libc (and so the shim) otherwise.
+_UNIX_CLIENT = textwrap.dedent("""
+    import ctypes, errno, os, socket, struct, sys
+    path = sys.argv[1].encode()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if sys.argv[2] == "raw":
+            libc = ctypes.CDLL(None, use_errno=True)
+            number = {"x86_64": 42, "aarch64": 203}[os.uname().machine]
+            address = struct.pack("=H", socket.AF_UNIX) + path + b"\\0"
+            if libc.syscall(number, s.fileno(), ctypes.create_string_buffer(address, len(address)), len(address)):
+                raise OSError(ctypes.get_errno(), "connect")
+        else:
+            s.connect(sys.argv[1])
+    except OSError as exc:
+        print(errno.errorcode[exc.errno])
+        sys.exit(1)
+    print(s.recv(100).decode())
+""")
+
+#: A unix datagram to the service, from a socket of its own and from one end of a socketpair.
+_UNIX_DATAGRAMS = textwrap.dedent("""
+    import errno, socket, sys
+    for make in (lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM),
+                 lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)[0]):
+        try:
+            make().sendto(b"DATAGRAM-REACHED", sys.argv[1])
+            print("sent")
+        except OSError as exc:
+            print(errno.errorcode[exc.errno])
+""")
+
+
+def _allowing_unix(path: Path) -> Router:
+    """Performs (in the master) connects to ``path``; forwards everything else."""
+    router = Router(default=FORWARD)
+
+    @router.on("connect_unix")
+    def connect(req: ConnectUnixRequest) -> Any:
+        """The service the policy names, connected by the master; any other is forwarded."""
+        return perform(req) if str(req.path) == str(path) else FORWARD
+
+    return router
+
+
+async def _run_seccomp(argv: Sequence[str], router: Router, sandbox: Sandbox) -> Ran:
+    async with spawn(
+        argv, router, sandbox=sandbox, seccomp=True, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+    ) as process:
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+    return Ran(await process.wait(), (out or b"").decode(errors="replace"), "")
+
+
+@needs_kernel
+@pytest.mark.parametrize("how", ["raw", "libc"])
+async def test_a_sandboxed_connect_does_not_reach_a_host_service_on_a_named_socket(
+    python3: tuple[str, list[str]], host_service: tuple[Path, list[bytes]], how: str
+) -> None:
+    path, reached = host_service
+    argv = [python3[0], "-c", _UNIX_CLIENT, str(path), how]
+    native = await run(argv, Router(default=FORWARD))
+    assert native.out == "HOST-SERVICE-REACHED\n", native.err  # the door the sandbox must close
+    reached.clear()
+    confined = await run(argv, Router(default=FORWARD), python_sandbox(python3))
+    assert (confined.status, confined.out) == (1, "EACCES\n"), confined.err
+    assert reached == []
+
+
+@needs_kernel
+async def test_a_sandboxed_program_sends_no_unix_datagram_to_the_host(
+    python3: tuple[str, list[str]], host_service: tuple[Path, list[bytes]]
+) -> None:
+    path, reached = host_service
+    argv = [python3[0], "-c", _UNIX_DATAGRAMS, f"{path}.dgram"]
+    native = await run(argv, Router(default=FORWARD))
+    assert native.out == "sent\nsent\n", native.err  # the door the sandbox must close
+    reached.clear()
+    confined = await run(argv, Router(default=FORWARD), python_sandbox(python3))
+    assert confined.out == "EACCES\nEACCES\n", confined.err
+    assert reached == []
+
+
+@needs_kernel
+async def test_a_connect_the_policy_allows_still_reaches_the_named_socket(
+    python3: tuple[str, list[str]], host_service: tuple[Path, list[bytes]]
+) -> None:
+    path, _ = host_service
+    ran = await run([python3[0], "-c", _UNIX_CLIENT, str(path), "libc"], _allowing_unix(path), python_sandbox(python3))
+    assert (ran.status, ran.out) == (0, "HOST-SERVICE-REACHED\n"), ran.err
+
+
+@needs_kernel
+@pytest.mark.parametrize("how", ["raw", "libc"])
+async def test_under_seccomp_a_raw_connect_reaches_only_what_the_policy_performs(
+    python3: tuple[str, list[str]], host_service: tuple[Path, list[bytes]], how: str
+) -> None:
+    from libc_service.notify import seccomp_unavailable
+
+    if (reason := seccomp_unavailable()) is not None:
+        pytest.skip(reason)
+    path, reached = host_service
+    argv = [python3[0], "-c", _UNIX_CLIENT, str(path), how]
+    forwarded = await _run_seccomp(argv, Router(default=FORWARD), python_sandbox(python3))
+    assert (forwarded.status, forwarded.out) == (1, "EACCES\n")
+    assert reached == []
+    allowed = await _run_seccomp(argv, _allowing_unix(path), python_sandbox(python3))
+    assert (allowed.status, allowed.out) == (0, "HOST-SERVICE-REACHED\n")
 
 
 # ------------------------------------------------------------------ the CLI
