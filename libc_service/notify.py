@@ -108,6 +108,9 @@ HANDOFF_TIMEOUT: Final = 5.0
 
 _SYS_SECCOMP: Final = 317
 _SYS_PIDFD_GETFD: Final = 438
+_SYS_KCMP: Final = 312
+_KCMP_FILES: Final = 2
+_PIDFD_THREAD: Final = 0o200  # O_EXCL
 _SECCOMP_SET_MODE_FILTER: Final = 1
 _SECCOMP_GET_ACTION_AVAIL: Final = 2
 _FILTER_FLAG_NEW_LISTENER: Final = 1 << 3
@@ -202,6 +205,13 @@ class _IOVec(ctypes.Structure):
 
 _process_vm_readv = _libc.process_vm_readv
 _process_vm_writev = _libc.process_vm_writev
+_getsockopt = _libc.getsockopt
+_getsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_connect = _libc.connect
+_bind = _libc.bind
+for _function in (_connect, _bind):
+    _function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+
 for _function in (_process_vm_readv, _process_vm_writev):
     _function.argtypes = [
         ctypes.c_int,
@@ -377,7 +387,7 @@ class _Gone(Exception):
 
 
 class _Refuse(Exception):
-    """Answer the call with this errno without asking the router (what the kernel would say)."""
+    """Answer the call with this errno without asking the router (what the kernel would say; 0: success)."""
 
     def __init__(self, code: int) -> None:
         super().__init__(code)
@@ -489,6 +499,31 @@ def _status_field(text: bytes, name: bytes) -> bytes:
     return text[start : end if end >= 0 else len(text)]
 
 
+def _thread_pidfd(tid: int, pid: int) -> int:
+    """A pidfd whose ``pidfd_getfd`` reads the calling thread's own descriptor table.
+
+    A thread made with ``CLONE_THREAD`` but not ``CLONE_FILES`` has a table
+    of its own: the kernel resolves its descriptors there, not in the
+    thread-group leader's. ``PIDFD_THREAD`` (Linux 6.9) names the thread
+    itself. Before it, the leader's pidfd is used only when ``kcmp``
+    (``KCMP_FILES``) says the two share one table; otherwise the call cannot
+    be decided exactly and is refused with ``EPERM``.
+    """
+    try:
+        return os.pidfd_open(tid, _PIDFD_THREAD)
+    except ProcessLookupError:
+        raise _Gone from None
+    except OSError as exc:
+        if exc.errno != errno_module.EINVAL:
+            raise _Refuse(errno_module.EPERM) from None
+    if tid != pid and _syscall(_SYS_KCMP, pid, tid, _KCMP_FILES, 0, 0) != 0:
+        raise _Refuse(errno_module.EPERM)
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise _Gone from None
+
+
 class _Fetched:
     """Descriptors copied from the slave for one call: owned until its reply went out."""
 
@@ -505,10 +540,7 @@ class _Fetched:
         if number < 0 or number >= 2**31:
             raise _Refuse(errno_module.EBADF)
         if self._pidfd < 0:
-            try:
-                self._pidfd = os.pidfd_open(self.thread.pid)
-            except ProcessLookupError:
-                raise _Gone from None
+            self._pidfd = _thread_pidfd(self.tid, self.thread.pid)
         fd = _syscall(_SYS_PIDFD_GETFD, self._pidfd, number, 0)
         if fd < 0:
             code = ctypes.get_errno()
@@ -695,54 +727,109 @@ def _decode(notification: _Notification, fetched: _Fetched) -> tuple[dict[str, A
 
 
 def _socket_fields(name: str, notification: _Notification, fetched: _Fetched) -> tuple[dict[str, Any], _Context]:
-    """connect/bind: the address decides the request; other families are not arbitrated."""
+    """connect/bind: the socket's own domain decides the request, never the address's bytes.
+
+    The kernel reads the address as the socket's domain says (``SO_DOMAIN``
+    of the descriptor, which the slave cannot change), whatever family the
+    bytes claim, and reads it again when a call is continued. So a unix,
+    IPv4 or IPv6 socket is never continued unasked: an address the request
+    models express is decided by the router; any other (a family that does
+    not match the socket, ``AF_UNSPEC``, a short length, unix autobind) is
+    given to the kernel by the master itself, on its copy of the slave's
+    socket with its copy of the bytes (:func:`_on_the_slaves_socket`), so the
+    answer is the kernel's (``EINVAL``, ``EAFNOSUPPORT``, a disconnect, an
+    autobind) and nothing the slave writes afterwards is read. Sockets of
+    other domains (netlink, packet, vsock ...) are not arbitrated, as with
+    the shim, and are continued.
+    """
     args = notification.args
     length = args[2] & 0xFFFFFFFF
-    if length > _SOCKADDR_MAX or length < 2:
-        if length < 2 and name == "bind":
-            raise _Refuse(errno_module.EINVAL)
-        raise _Continue if length < 2 else _Refuse(errno_module.EINVAL)
-    raw = _read_memory(notification.tid, args[1], length)
-    if len(raw) < length:
-        raise _Refuse(errno_module.EFAULT)
-    family = int.from_bytes(raw[:2], "little")
-    number = _signed(args[0])
-    if family == socket.AF_UNIX:
-        sun_path = raw[2:]
-        if not sun_path:
-            raise _Continue  # autobind: no name to decide on
-        if sun_path[0] != 0:
-            sun_path = sun_path.split(b"\0", 1)[0]
-            if not sun_path:
-                raise _Refuse(errno_module.EINVAL)
-        fields: dict[str, Any] = {"path": os.fsdecode(sun_path)}
-        if sun_path[0] != 0 and not sun_path.startswith(b"/"):
-            fields["dirfd"] = fetched.directory(_AT_FDCWD, sun_path)
-        kind = "unix"
-    elif family == socket.AF_INET and length >= 16:
-        fields = {"port": int.from_bytes(raw[2:4], "big"), "address": ipaddress.IPv4Address(raw[4:8])}
-        kind = "inet"
-    elif family == socket.AF_INET6 and length >= 24:
-        address = ipaddress.IPv6Address(raw[8:24])
-        scope = int.from_bytes(raw[24:28], "little") if length >= 28 else 0
-        fields = {
-            "port": int.from_bytes(raw[2:4], "big"),
-            "address": ipaddress.IPv6Address(f"{address}%{scope}") if scope else address,
-        }
-        kind = "inet6"
-    elif family in (socket.AF_INET, socket.AF_INET6):
+    if length > _SOCKADDR_MAX:
         raise _Refuse(errno_module.EINVAL)
-    else:
-        raise _Continue  # netlink, packet, AF_UNSPEC...: not arbitrated, as with the shim
+    raw = b""
+    if length:
+        raw = _read_memory(notification.tid, args[1], length)
+        if len(raw) < length:
+            raise _Refuse(errno_module.EFAULT)
+    number = _signed(args[0])
     sock = fetched.slave_fd(number)
     try:
         if not stat_module.S_ISSOCK(os.fstat(sock).st_mode):
             raise _Refuse(errno_module.ENOTSOCK)
+        domain = _socket_domain(sock)
     except OSError:
         raise _Refuse(errno_module.EBADF) from None
+    if domain not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+        raise _Continue  # netlink, packet, vsock ...: the kernel reads the address as this domain's
+    family = int.from_bytes(raw[:2], "little") if length >= 2 else -1
+    fields = _address_fields(name, domain, family, raw, fetched)
+    if fields is None:
+        raise _Refuse(_on_the_slaves_socket(name, sock, raw))
     fields["socket"] = sock
-    fields["function"] = f"{name}_{kind}"
     return fields, _Context(socket_number=number)
+
+
+def _address_fields(name: str, domain: int, family: int, raw: bytes, fetched: _Fetched) -> dict[str, Any] | None:
+    """The request's fields for an address of ``family`` on a socket of ``domain``; ``None``: no request says it."""
+    length = len(raw)
+    if domain == socket.AF_UNIX:
+        if family != socket.AF_UNIX or length == 2:
+            return None  # a mismatch (EINVAL), AF_UNSPEC (a datagram disconnect), autobind
+        sun_path = raw[2:]
+        if sun_path[0] != 0:
+            sun_path = sun_path.split(b"\0", 1)[0]
+            if not sun_path:
+                raise _Refuse(errno_module.EINVAL)
+        fields: dict[str, Any] = {"path": os.fsdecode(sun_path), "function": f"{name}_unix"}
+        if sun_path[0] != 0 and not sun_path.startswith(b"/"):
+            fields["dirfd"] = fetched.directory(_AT_FDCWD, sun_path)
+        return fields
+    inet_bind_any = (
+        # inet_bind() takes AF_UNSPEC with INADDR_ANY as AF_INET (an old compatibility rule).
+        domain == socket.AF_INET and name == "bind" and family == socket.AF_UNSPEC and raw[4:8] == bytes(4)
+    )
+    if (family == socket.AF_INET or inet_bind_any) and length >= 16:
+        return {
+            "port": int.from_bytes(raw[2:4], "big"),
+            "address": ipaddress.IPv4Address(raw[4:8]),
+            "function": f"{name}_inet",
+        }
+    if domain == socket.AF_INET6 and family == socket.AF_INET6 and length >= 24:
+        address = ipaddress.IPv6Address(raw[8:24])
+        scope = int.from_bytes(raw[24:28], "little") if length >= 28 else 0
+        return {
+            "port": int.from_bytes(raw[2:4], "big"),
+            "address": ipaddress.IPv6Address(f"{address}%{scope}") if scope else address,
+            "function": f"{name}_inet6",
+        }
+    return None  # the kernel refuses it (EINVAL, EAFNOSUPPORT) or disconnects (AF_UNSPEC)
+
+
+def _socket_domain(fd: int) -> int:
+    """``SO_DOMAIN`` of the socket ``fd``."""
+    value = ctypes.c_int(-1)
+    size = ctypes.c_uint32(ctypes.sizeof(value))
+    if _getsockopt(fd, socket.SOL_SOCKET, socket.SO_DOMAIN, ctypes.byref(value), ctypes.byref(size)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return value.value
+
+
+def _on_the_slaves_socket(name: str, fd: int, raw: bytes) -> int:
+    """Do ``connect``/``bind`` of ``raw`` on the master's copy of the slave's socket: the call's errno (0: done).
+
+    Only for addresses no request expresses (see :func:`_address_fields`):
+    the kernel refuses them, or disconnects (``AF_UNSPEC``), or autobinds
+    a unix socket — none of which blocks or reaches a name. The copy is the
+    slave's open socket itself, so what the kernel does, it does to the
+    slave's socket, and the bytes are the master's, which the slave cannot
+    change.
+    """
+    buffer = ctypes.create_string_buffer(raw, max(len(raw), 1))
+    call = _connect if name == "connect" else _bind
+    if call(fd, buffer, len(raw)) == 0:
+        return 0
+    return ctypes.get_errno() or errno_module.EINVAL
 
 
 def _stat_bytes(result: Stat, layout: Literal["stat", "statx"]) -> bytes:
@@ -1080,7 +1167,7 @@ class SeccompSession:
                 return "error", -1, -installed, 0
             return "reply", installed, 0, len(fds)
         if fds and context.socket_number is not None:
-            cloexec = _slave_cloexec(request.pid, context.socket_number)
+            cloexec = _slave_cloexec(notification.tid, context.socket_number)
             code = self._addfd(notif_id, fds[0], _ADDFD_FLAG_SETFD, context.socket_number, cloexec)
             if code < 0:
                 return "error", -1, -code, 0
@@ -1288,10 +1375,10 @@ def _unusable(fds: Sequence[int]) -> str | None:
     return None
 
 
-def _slave_cloexec(pid: int, number: int) -> int:
-    """``O_CLOEXEC`` if the slave's descriptor ``number`` has close-on-exec (from ``fdinfo``)."""
+def _slave_cloexec(tid: int, number: int) -> int:
+    """``O_CLOEXEC`` if the thread's descriptor ``number`` has close-on-exec (from its own ``fdinfo``)."""
     try:
-        with open(f"/proc/{pid}/fdinfo/{number}", "rb") as file:
+        with open(f"/proc/{tid}/fdinfo/{number}", "rb") as file:
             for line in file:
                 if line.startswith(b"flags:"):
                     return _O_CLOEXEC if int(line.split()[1], 8) & _O_CLOEXEC else 0

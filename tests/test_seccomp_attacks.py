@@ -1,0 +1,178 @@
+"""The seccomp transport attacked: what a hostile static program tries, with real threads.
+
+Each test runs ``tests/c/seccomp_attacks.c`` (built ``-static``: no shim is
+involved, only the filter and the master) under ``--seccomp`` with a policy
+that grants nothing the attack needs, and counts outcomes: races run for a
+bounded number of tries, and not one try may get through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from libc_service import FORWARD, Errno, Router, Sandbox, deny, perform, spawn
+from libc_service.conditions import under
+from libc_service.notify import seccomp_unavailable
+
+from shimtools import C_DIR, needs_shim
+
+_REASON = seccomp_unavailable()
+pytestmark = [
+    needs_shim,
+    pytest.mark.slow,
+    pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
+]
+
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="session")
+def attacker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/c/seccomp_attacks.c built with ``gcc -static`` (or a skip)."""
+    compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler to build static test programs")
+    target = tmp_path_factory.mktemp("attacks") / "seccomp_attacks"
+    done = subprocess.run(
+        [compiler, "-static", "-O2", "-Wall", "-pthread", "-o", str(target), str(C_DIR / "seccomp_attacks.c")],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot build seccomp_attacks statically: {done.stderr.decode()[-300:]}")
+    return target
+
+
+async def run(argv: list[str], router: Router, **options: object) -> tuple[int, str, str]:
+    async with spawn(argv, router, seccomp=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options) as process:  # type: ignore[arg-type]
+        out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    assert process.returncode is not None
+    return process.returncode, (out or b"").decode(), (err or b"").decode()
+
+
+def counts(out: str) -> dict[str, int]:
+    return {key: int(value) for key, value in (word.split("=") for word in out.split())}
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[Path, list[int]]]:
+    """A named unix socket of the host that says ``DAEMON-PRIVATE-API`` to whoever connects."""
+    path = tmp_path / "daemon.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(64)
+    server.settimeout(0.2)
+    accepted = [0]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                peer, _ = server.accept()
+            except OSError:
+                continue
+            accepted[0] += 1
+            with peer:
+                peer.sendall(b"DAEMON-PRIVATE-API\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path, accepted
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+# --------------------------------------------------------- the address family
+
+
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["seccomp", "sandbox+seccomp"])
+async def test_connect_flipping_the_address_family_never_reaches_a_named_socket(
+    attacker: Path, daemon: tuple[Path, list[int]], sandboxed: bool
+) -> None:
+    """The socket's own domain decides: a unix socket's connect is a unix request, whatever its bytes say."""
+    path, accepted = daemon
+    router = Router(default=deny(errno.EACCES))
+    options: dict[str, object] = {"sandbox": Sandbox()} if sandboxed else {}
+    status, out, err = await run([str(attacker), "flip", "connect", str(path), "3000"], router, **options)
+    assert status == 0, err
+    outcome = counts(out)
+    assert outcome["connected"] == 0 and accepted[0] == 0, outcome
+    assert outcome["refused"] == 3000, outcome
+
+
+async def test_bind_flipping_the_address_family_plants_no_socket_file(attacker: Path, tmp_path: Path) -> None:
+    planted = tmp_path / "planted.sock"
+    router = Router(default=deny(errno.EACCES))
+    status, out, err = await run([str(attacker), "flip", "bind", str(planted), "3000"], router)
+    assert status == 0, err
+    outcome = counts(out)
+    assert outcome["bound"] == 0 and not planted.exists(), outcome
+    assert outcome["refused"] == 3000, outcome
+
+
+# ------------------------------------------------- a thread's own descriptors
+
+
+def _tree_policy(allowed: Path) -> Router:
+    """Directories may be opened anywhere; files only beneath ``allowed``."""
+    router = Router(default=deny(errno.EACCES))
+
+    @router.on("open", "openat")
+    def files_beneath(request: object) -> object:
+        if "directory" in getattr(request, "flags"):
+            return FORWARD
+        if under(str(allowed))(request):  # type: ignore[arg-type]
+            return FORWARD
+        raise Errno(errno.EACCES)
+
+    return router
+
+
+async def test_a_thread_with_its_own_descriptor_table_is_decided_on_its_own_descriptors(
+    attacker: Path, tmp_path: Path
+) -> None:
+    allowed, secret = tmp_path / "allowed", tmp_path / "secret"
+    allowed.mkdir()
+    secret.mkdir()
+    (allowed / "data.txt").write_text("allowed\n")
+    (secret / "data.txt").write_text("SECRET\n")
+    router = _tree_policy(allowed)
+    status, out, err = await run([str(attacker), "threadfiles", str(allowed), str(secret), "data.txt"], router)
+    assert status == 0, err
+    assert out.strip() == "open: EACCES"
+
+
+async def test_a_thread_with_its_own_descriptor_table_is_served_its_own_directorys_file(
+    attacker: Path, tmp_path: Path
+) -> None:
+    """A master-opens policy resolves from the thread's descriptor, not the leader's."""
+    allowed = tmp_path / "allowed"
+    (allowed / "a").mkdir(parents=True)
+    (allowed / "b").mkdir()
+    (allowed / "a" / "data.txt").write_text("from a\n")
+    (allowed / "b" / "data.txt").write_text("from b\n")
+    router = Router(default=FORWARD)
+
+    @router.on("open", "openat")
+    def beneath(request: object) -> object:
+        return perform(request, beneath=allowed)
+
+    status, out, err = await run(
+        [str(attacker), "threadfiles", str(allowed / "a"), str(allowed / "b"), "data.txt"], router
+    )
+    assert status == 0, err
+    assert out.strip() == "read: from b"
