@@ -9,13 +9,14 @@ bounded number of tries, and not one try may get through.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ import pytest
 from libc_service import FORWARD, Errno, Router, Sandbox, deny, perform, spawn
 from libc_service.conditions import under
 from libc_service.notify import seccomp_unavailable
+from libc_service.requests import OpenatRequest
+from libc_service.slavepath import exact_name
 
 from shimtools import C_DIR, needs_shim
 
@@ -176,3 +179,108 @@ async def test_a_thread_with_its_own_descriptor_table_is_served_its_own_director
     )
     assert status == 0, err
     assert out.strip() == "read: from b"
+
+
+# ------------------------------------------------- a name longer than PATH_MAX
+
+_COMPONENT = "d" * 200
+_LEVELS = 25  # 25 × 201 bytes: the working directory's name outgrows PATH_MAX
+
+
+def _deep_tree(base: Path) -> Path:
+    """``base/d…d/d…d/…`` (``_LEVELS`` deep) holding ``secret.txt``; made with dirfds, as no path reaches it."""
+    base.mkdir()
+    fd = os.open(base, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for _ in range(_LEVELS):
+            os.mkdir(_COMPONENT, dir_fd=fd)
+            deeper = os.open(_COMPONENT, os.O_PATH | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        write = os.open("secret.txt", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
+        os.write(write, b"SECRET outside the root\n")
+        os.close(write)
+    finally:
+        os.close(fd)
+    return base
+
+
+def _beneath_router(root: Path) -> Router:
+    router = Router(default=FORWARD)
+
+    @router.on("open", "openat")
+    def beneath(request: object) -> object:
+        return perform(request, beneath=root)
+
+    return router
+
+
+def _native_open_from_deep(program: Path, base: Path) -> str:
+    done = subprocess.run(
+        [str(program), "deep", str(base), _COMPONENT, str(_LEVELS), "secret.txt"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout.decode().strip()
+
+
+async def test_perform_beneath_a_root_refuses_a_working_directory_it_cannot_name(
+    attacker: Path, tmp_path: Path
+) -> None:
+    base = _deep_tree(tmp_path / "outside")
+    assert _native_open_from_deep(attacker, base) == "read: SECRET outside the root"  # the attack works natively
+    root = tmp_path / "root"
+    root.mkdir()
+    status, out, err = await run(
+        [str(attacker), "deep", str(base), _COMPONENT, str(_LEVELS), "secret.txt"], _beneath_router(root)
+    )
+    assert status == 0, err
+    assert out.strip() == "open: ENAMETOOLONG"
+
+
+async def test_the_shim_transport_refuses_it_too(c_program: Callable[[str], Path], tmp_path: Path) -> None:
+    program = c_program("seccomp_attacks")
+    base = _deep_tree(tmp_path / "outside")
+    root = tmp_path / "root"
+    root.mkdir()
+    argv = [str(program), "deep", str(base), _COMPONENT, str(_LEVELS), "secret.txt"]
+    async with spawn(argv, _beneath_router(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    assert process.returncode == 0, err
+    assert out.decode().strip() == "open: ENAMETOOLONG"
+
+
+def test_a_removed_working_directory_is_still_resolved_from_its_descriptor(tmp_path: Path) -> None:
+    """ "Removed" is st_nlink == 0: perform() beneath a root still answers from a removed directory."""
+    root = tmp_path / "root"
+    (root / "gone").mkdir(parents=True)
+    fd = os.open(root / "gone", os.O_PATH | os.O_DIRECTORY)
+    try:
+        assert exact_name(fd) == str(root / "gone")
+        os.rmdir(root / "gone")
+        assert exact_name(fd) is None
+        request = OpenatRequest(path="x", flags=["read_only"], dirfd=fd, pid=os.getpid(), tid=threading.get_native_id())
+        with pytest.raises(OSError) as raised:
+            perform(request, beneath=root)
+        assert raised.value.errno == errno.ENOENT  # what the kernel says from the removed directory
+    finally:
+        os.close(fd)
+
+
+def test_a_detached_mount_has_no_exact_name(tmp_path: Path) -> None:
+    """``open_tree(OPEN_TREE_CLONE)`` gives a directory the kernel names "/": not its name, so refused."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    open_tree_clone = 1
+    (tmp_path / "tree").mkdir()
+    fd = libc.syscall(428, -100, os.fsencode(tmp_path / "tree"), open_tree_clone | os.O_CLOEXEC)
+    if fd < 0:
+        pytest.skip(f"open_tree(OPEN_TREE_CLONE): {os.strerror(ctypes.get_errno())}")
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}") == "/"
+        with pytest.raises(OSError) as raised:
+            exact_name(fd)
+        assert raised.value.errno == errno.EXDEV
+    finally:
+        os.close(fd)

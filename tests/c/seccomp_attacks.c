@@ -138,7 +138,7 @@ static int deep(const char *dir, const char *name, int levels, const char *file)
 			return 1;
 		}
 	}
-	int fd = syscall(SYS_open, file, O_RDONLY | O_CLOEXEC);
+	int fd = open(file, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		printf("open: %s\n", errname(errno));
 		return 0;
