@@ -59,6 +59,7 @@ import dataclasses
 import ctypes
 import errno as errno_module
 import fcntl
+import inspect
 import ipaddress
 import logging
 import os
@@ -80,6 +81,7 @@ from .replies import Stat
 from .catalogue import UNIX_PATH_MAX
 from .requests import REQUEST_TYPES, Request, exact_path
 from .router import FORWARD, Decision, Transport, WithFds, named_directories
+from .slavepath import exact_name
 
 from .lazyimport import on_first_use
 
@@ -909,12 +911,21 @@ class SeccompSession:
         #: program's interpreter and libraries (``own_files``), the system's
         #: library directories and, under a sandbox, its static trees
         #: (``own_trees``): a read-only open, a stat or a non-writing access
-        #: of an absolute, normalised path there is continued without asking
+        #: of an absolute, normalised path there is answered without asking
         #: the router, as the shim never asks about the loader's opens (it
         #: does not see them) nor about its static trees. A policy cannot be
         #: expected to know them, and a sandbox grants them by itself.
+        #: The master does such a call itself, on the path it read (a
+        #: continued call would read the path again, after another thread
+        #: may have changed it), and an open only when the file it opened is
+        #: one of them by its own name (a symlink leading elsewhere goes to
+        #: the router).
         self.own_files = frozenset(own_files)
         self.own_trees = tuple(tree.rstrip("/") + "/" for tree in own_trees if tree.startswith("/"))
+        self._own_objects = self.own_files | {os.path.realpath(file) for file in self.own_files}
+        self._own_object_trees = tuple(
+            dict.fromkeys(self.own_trees + tuple(os.path.realpath(tree).rstrip("/") + "/" for tree in self.own_trees))
+        )
         self.router = router
         self.name = name
         #: Whether a received call ignores non-fatal signals (Linux 5.19+).
@@ -1009,8 +1020,7 @@ class SeccompSession:
             fetched = _Fetched(notification.tid, _thread_status(notification.tid))
             fields, context = _decode(notification, fetched)
             fetched.close_pidfd()
-            if (self.own_files or self.own_trees) and _loading_call(fields, self.own_files, self.own_trees):
-                raise _Continue
+            loading = bool(self.own_files or self.own_trees) and _loading_call(fields, self.own_files, self.own_trees)
             self._check_valid(notification.id)
             request = _build(fields, notification, fetched.thread)
         except _Gone:
@@ -1030,11 +1040,11 @@ class SeccompSession:
         # common case) it finishes here too, with no task and no wake-up.
         # Only a handler that waits makes a task, which continues it. It
         # runs in a context of its own, where current_transport() is "seccomp".
-        coroutine = self._decide(request, context, notification, fetched)
+        coroutine = self._decide(request, context, notification, fetched, loading)
         context_vars = contextvars.copy_context()
         context_vars.run(_TRANSPORT.set, "seccomp")
         assert self._loop is not None
-        if not self.router.decides_synchronously(request.function):
+        if not loading and not self.router.decides_synchronously(request.function):
             # An async handler may decide: it runs in a task from its first step.
             task = self._loop.create_task(coroutine, context=context_vars)
             self._tasks.add(task)
@@ -1078,9 +1088,17 @@ class SeccompSession:
     # ----------------------------------------------------------- deciding
 
     async def _decide(
-        self, request: Request, context: _Context, notification: _Notification, fetched: _Fetched
+        self, request: Request, context: _Context, notification: _Notification, fetched: _Fetched, loading: bool
     ) -> None:
         try:
+            if loading:
+                outcome = await self._loaded(request)
+                if outcome is not None:
+                    try:
+                        self._reply(request, context, notification, "loading", outcome)
+                    except _Gone:
+                        self.dropped += 1
+                    return
             started = time.perf_counter_ns()  # deciding only, as for the shim's calls
             route, outcome = await self.router.decide(request)
             latency = time.perf_counter_ns() - started
@@ -1098,6 +1116,34 @@ class SeccompSession:
                 self.router.report(Decision(request, route, *summary, latency, self.name, "seccomp", *named))
         finally:
             fetched.close()
+
+    async def _loaded(self, request: Request) -> Any:
+        """A loading call done by the master (see ``own_files``); ``None``: the router decides it.
+
+        Handlers, observers and ``trace`` do not see it. The path is the one
+        the master read; an open counts only when the file opened is one of
+        the program's or beneath one of the trees by its own name.
+        """
+        from .perform import perform  # only sessions with loading files need it
+
+        try:
+            outcome = perform(request)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+        except OSError as exc:
+            return exc
+        except Exception:  # noqa: BLE001 - a call perform() cannot do is the router's, never continued
+            logger.debug("%s: loading call %r left to the router", self.name, request, exc_info=True)
+            return None
+        if isinstance(outcome, WithFds):
+            try:
+                name = exact_name(outcome.fds[0]) if outcome.fds else None
+            except OSError:
+                name = None
+            if name is None or not (name in self._own_objects or name.startswith(self._own_object_trees)):
+                close_fds(outcome.fds)
+                return None
+        return outcome
 
     def _reply(
         self, request: Request, context: _Context, notification: _Notification, route: str, outcome: Any

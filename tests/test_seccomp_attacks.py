@@ -284,3 +284,35 @@ def test_a_detached_mount_has_no_exact_name(tmp_path: Path) -> None:
         assert raised.value.errno == errno.EXDEV
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------- the loading shortcut
+
+
+def _a_library_file() -> str:
+    """A regular file beneath one of the system's library directories (what loading may read unasked)."""
+    from libc_service.loader import system_library_dirs
+
+    for directory in system_library_dirs():
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False) and os.access(entry.path, os.R_OK):
+                return os.path.join(os.fspath(directory), entry.name)
+    pytest.skip("no readable file in the system's library directories")
+
+
+async def test_a_path_switched_during_a_loading_open_never_opens_the_other_file(attacker: Path, tmp_path: Path) -> None:
+    """Read-only opens beneath the library directories are answered by the master on the path it read."""
+    library = _a_library_file()
+    secret = tmp_path / "secret"
+    secret.write_text("SECRET\n")
+    router = Router(default=deny(errno.EACCES), concurrent=True)
+    status, out, err = await run([str(attacker), "loadrace", library, str(secret), "4000"], router)
+    assert status == 0, err
+    outcome = counts(out)
+    assert outcome["bad"] == 0, outcome
+    assert outcome["ok"] + outcome["refused"] == 4000, outcome
+    assert outcome["ok"] > 0, outcome  # the shortcut still serves loading
