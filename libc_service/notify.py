@@ -69,7 +69,7 @@ import socket
 import stat as stat_module
 import struct
 import time
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -155,6 +155,7 @@ _SOCKADDR_MAX: Final = 128
 # Open flags as the kernel sees them on x86_64 (userspace O_LARGEFILE is 0 there).
 _O_ACCMODE: Final = 0o3
 _O_CREAT: Final = 0o100
+_O_TRUNC: Final = 0o1000
 _O_CLOEXEC: Final = 0o2000000
 _O_SYNC: Final = 0o4010000
 _O_DSYNC: Final = 0o10000
@@ -606,7 +607,7 @@ def _signed(value: int) -> int:
 
 def _open_fields(flags: int, mode: int, resolve: int, strict: bool) -> dict[str, Any]:
     if flags & _O_ACCMODE == _O_ACCMODE:
-        raise _Continue  # "3": no read, no write; the shim leaves it to libc too
+        raise _Refuse(errno_module.EINVAL)  # "3" (ioctl-only access): no request says it; never continued
     unknown = flags & ~_O_KNOWN & 0xFFFFFFFF
     if unknown and strict:
         raise _Refuse(errno_module.EINVAL)
@@ -694,7 +695,9 @@ def _decode(notification: _Notification, fetched: _Fetched) -> tuple[dict[str, A
         if flags & ~(_AT_EACCESS | _AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH):
             raise _Refuse(errno_module.EINVAL)
         if flags & (_AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH):
-            raise _Continue  # no request says "do not follow" for access
+            # No request says "do not follow" for access: refused as a kernel
+            # without faccessat2 would, so glibc answers it with a stat, decided.
+            raise _Refuse(errno_module.ENOSYS)
         modes = "f" if amode == 0 else frozenset(m for bit, m in ((4, "r"), (2, "w"), (1, "x")) if amode & bit)
         where = path_at(None, 0) if name == "access" else path_at(0, 1)
         return {"function": "eaccess" if flags & _AT_EACCESS else "access", "amode": modes, **where}, _Context()
@@ -712,7 +715,7 @@ def _decode(notification: _Notification, fetched: _Fetched) -> tuple[dict[str, A
     if name in ("rename", "renameat", "renameat2"):
         flags = args[4] & 0xFFFFFFFF if name == "renameat2" else 0
         if flags & ~_RENAME_NOREPLACE:
-            raise _Continue  # RENAME_EXCHANGE, RENAME_WHITEOUT: no request says so
+            raise _Refuse(errno_module.EINVAL)  # RENAME_EXCHANGE, RENAME_WHITEOUT: as a filesystem without them
         if name == "rename":
             first, second = path_at(None, 0), path_at(None, 1)
         else:
@@ -725,7 +728,100 @@ def _decode(notification: _Notification, fetched: _Fetched) -> tuple[dict[str, A
             "dirfd2": second["dirfd"],
             "no_replace": bool(flags),
         }, _Context()
+    if name == "creat":
+        fields = _open_fields(_O_CREAT | _O_TRUNC | 1, args[1], 0, strict=False) | path_at(None, 0)
+        return fields | {"function": "open"}, _Context()
+    if name in _METADATA_CALLS:
+        return _metadata_fields(name, notification, fetched, path_at), _Context()
     return _socket_fields(name, notification, fetched)
+
+
+#: The metadata changes, notified and decided as ``chmod``/``chown``/``utimens`` and their ``f*`` forms.
+_METADATA_CALLS: Final = frozenset(
+    {"chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat"}
+    | {"utime", "utimes", "futimesat", "utimensat"}
+)
+_UTIME_NOW: Final = (1 << 30) - 1
+_UTIME_OMIT: Final = (1 << 30) - 2
+
+
+def _metadata_fields(
+    name: str, notification: _Notification, fetched: _Fetched, path_at: Callable[[int | None, int], dict[str, Any]]
+) -> dict[str, Any]:
+    """The request for a metadata change: ``chmod``/``chown``/``utimens`` on a path, ``f*`` on a descriptor."""
+    args = notification.args
+    tid = notification.tid
+    kind = "chmod" if "chmod" in name else "chown" if "chown" in name else "utimens"
+    # Where the call's path, dirfd and flags are: (dirfd, path, flags) argument indexes.
+    at = {
+        "chmod": (None, 0, None),
+        "chown": (None, 0, None),
+        "lchown": (None, 0, None),
+        "utime": (None, 0, None),
+        "utimes": (None, 0, None),
+        "fchmodat": (0, 1, None),
+        "fchmodat2": (0, 1, 3),
+        "fchownat": (0, 1, 4),
+        "futimesat": (0, 1, None),
+        "utimensat": (0, 1, 3),
+    }
+    values: dict[str, Any]
+    if kind == "chmod":
+        values = {"mode": args[1 if name in ("chmod", "fchmod") else 2] & 0o7777}
+    elif kind == "chown":
+        first = 1 if name in ("chown", "fchown", "lchown") else 2
+        owner, group = (args[first] & 0xFFFFFFFF, args[first + 1] & 0xFFFFFFFF)
+        values = {"owner": None if owner == 0xFFFFFFFF else owner, "group": None if group == 0xFFFFFFFF else group}
+    else:
+        values = dict(zip(("atime", "mtime"), _new_times(name, tid, args[{"utime": 1, "utimes": 1}.get(name, 2)])))
+    if name in ("fchmod", "fchown"):
+        return {"function": f"f{kind}", "fd": fetched.slave_fd(_signed(args[0])), **values}
+    dirfd_arg, path_arg, flag_arg = at[name]
+    flags = args[flag_arg] & 0xFFFFFFFF if flag_arg is not None else 0
+    if flags & ~(_AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH):
+        raise _Refuse(errno_module.EINVAL)
+    empty = False
+    if name in ("futimesat", "utimensat") and args[path_arg] == 0:
+        empty = True  # a NULL path: the call acts on the descriptor (futimens)
+        if flags & _AT_SYMLINK_NOFOLLOW:
+            raise _Refuse(errno_module.EINVAL)
+    elif flags & _AT_EMPTY_PATH and not _read_string(tid, args[path_arg]):
+        empty = True
+    if empty:
+        assert dirfd_arg is not None
+        dirfd = _signed(args[dirfd_arg])
+        if dirfd == _AT_FDCWD:
+            raise _Refuse(errno_module.EPERM)  # the working directory itself: no request names it
+        return {"function": f"f{kind}", "fd": fetched.slave_fd(dirfd), **values}
+    no_follow = name == "lchown" or bool(flags & _AT_SYMLINK_NOFOLLOW)
+    return {"function": kind, "no_follow": no_follow, **values, **path_at(dirfd_arg, path_arg)}
+
+
+def _new_times(name: str, tid: int, address: int) -> tuple[int | str, int | str]:
+    """The new access and modification times of a ``utime`` family call, as ``TimeSpec`` values."""
+    if address == 0:
+        return "now", "now"
+    size = {"utime": 16, "utimes": 32, "futimesat": 32}.get(name, 32)
+    raw = _read_memory(tid, address, size)
+    if len(raw) < size:
+        raise _Refuse(errno_module.EFAULT)
+    if name == "utime":
+        seconds = struct.unpack("<qq", raw)
+        return seconds[0] * 10**9, seconds[1] * 10**9
+    first, first_part, second, second_part = struct.unpack("<qqqq", raw)
+    times: list[int | str] = []
+    for sec, part in ((first, first_part), (second, second_part)):
+        if name == "utimensat" and part in (_UTIME_NOW, _UTIME_OMIT):
+            times.append("now" if part == _UTIME_NOW else "omit")
+            continue
+        scale = 1 if name == "utimensat" else 1000
+        if not 0 <= part < 10**9 // scale:
+            raise _Refuse(errno_module.EINVAL)
+        ns = sec * 10**9 + part * scale
+        if not -(2**63) <= ns < 2**63:
+            raise _Refuse(errno_module.EINVAL)
+        times.append(ns)
+    return times[0], times[1]
 
 
 def _socket_fields(name: str, notification: _Notification, fetched: _Fetched) -> tuple[dict[str, Any], _Context]:
@@ -1016,7 +1112,7 @@ class SeccompSession:
         fetched: _Fetched | None = None
         try:
             if notification.nr not in _BY_NUMBER:
-                raise _Continue  # the filter notifies nothing else; be safe anyway
+                raise _Refuse(errno_module.ENOSYS)  # the filter notifies nothing else; be safe anyway
             fetched = _Fetched(notification.tid, _thread_status(notification.tid))
             fields, context = _decode(notification, fetched)
             fetched.close_pidfd()

@@ -316,3 +316,122 @@ async def test_a_path_switched_during_a_loading_open_never_opens_the_other_file(
     assert outcome["bad"] == 0, outcome
     assert outcome["ok"] + outcome["refused"] == 4000, outcome
     assert outcome["ok"] > 0, outcome  # the shortcut still serves loading
+
+
+# ------------------------------------------------ calls the filter must not miss
+
+#: Every x86_64 system call that takes a path name, or creates, changes or
+#: reaches a file or a mount some other way (handles, io_uring, the new mount
+#: API), or reaches into another process of the same user. Each must be
+#: notified, refused, or continued for a documented reason.
+PATH_CALLS = {
+    # path names
+    *("open", "creat", "openat", "openat2", "stat", "lstat", "newfstatat", "statx", "access", "faccessat"),
+    *("faccessat2", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2"),
+    *("link", "linkat", "symlink", "symlinkat", "readlink", "readlinkat", "mknod", "mknodat", "truncate"),
+    *("chmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchownat", "utime", "utimes", "futimesat"),
+    *("utimensat", "setxattr", "lsetxattr", "getxattr", "lgetxattr", "listxattr", "llistxattr"),
+    *("removexattr", "lremovexattr", "setxattrat", "getxattrat", "listxattrat", "removexattrat"),
+    *("file_getattr", "file_setattr", "chdir", "chroot", "pivot_root", "mount", "umount2", "swapon"),
+    *("swapoff", "acct", "quotactl", "statfs", "execve", "execveat", "uselib", "inotify_add_watch"),
+    *("fanotify_mark", "name_to_handle_at", "connect", "bind"),
+    # files without a name, mounts, io_uring, descriptors
+    *("open_by_handle_at", "open_tree", "open_tree_attr", "move_mount", "fsopen", "fsconfig", "fsmount"),
+    *("fspick", "mount_setattr", "quotactl_fd", "io_uring_setup", "io_uring_enter", "io_uring_register"),
+    *("fchmod", "fchown", "lookup_dcookie"),
+    # other processes of the same user
+    *("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "bpf"),
+}
+
+
+def test_every_call_that_names_a_file_is_notified_refused_or_continued_for_a_reason() -> None:
+    from libc_service.notify_filter import CONTINUED, NOTIFIED, REFUSED
+
+    assert not set(NOTIFIED) & set(REFUSED) and not set(NOTIFIED) & set(CONTINUED)
+    assert not set(REFUSED) & set(CONTINUED)
+    missing = PATH_CALLS - set(NOTIFIED) - set(REFUSED) - set(CONTINUED)
+    assert not missing, missing
+    assert set(CONTINUED) == {
+        *("execve", "execveat", "chdir", "readlink", "readlinkat", "statfs"),
+        *("inotify_add_watch", "fanotify_mark"),
+    }
+    numbers = [*NOTIFIED.values(), *(number for number, _ in REFUSED.values()), *CONTINUED.values()]
+    assert len(numbers) == len(set(numbers))
+
+
+async def test_each_refused_call_and_every_newer_number_fail_with_their_errno(attacker: Path) -> None:
+    from libc_service.notify_filter import REFUSED
+    from libc_service.syscall_filter import HIGHEST_KNOWN
+
+    names = {errno.EOPNOTSUPP: "EOPNOTSUPP"}  # the C library's name for ENOTSUP, the same number
+    expected = {number: names.get(code, errno.errorcode[code]) for number, code in REFUSED.values()}
+    expected |= {HIGHEST_KNOWN + 1: "ENOSYS", 1000: "ENOSYS"}
+    router = Router(default=deny(errno.EACCES))
+    status, out, err = await run([str(attacker), "numbers", *map(str, expected)], router)
+    assert status == 0, err
+    got = dict(line.split(": ") for line in out.splitlines())
+    assert got == {str(number): name for number, name in expected.items()}
+
+
+async def test_calls_the_filter_used_to_miss_change_nothing_under_a_deny_everything_policy(
+    attacker: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    victim, other = work / "victim", work / "other"
+    victim.write_text("victim\n")
+    other.write_text("other\n")
+    victim.chmod(0o640)
+    before = {
+        entry.name: (entry.stat(follow_symlinks=False).st_mode, entry.stat().st_mtime_ns) for entry in os.scandir(work)
+    }
+    router = Router(default=deny(errno.EACCES))
+    status, out, err = await run([str(attacker), "calls", str(work)], router)
+    assert status == 0, err
+    assert dict(line.split(": ") for line in out.splitlines()) == {
+        "name_to_handle_at": "ENOSYS",
+        "open_by_handle_at": "ENOSYS",
+        "renameat2_exchange": "EINVAL",
+        "renameat2_whiteout": "EINVAL",
+        "link": "EPERM",
+        "linkat": "EPERM",
+        "symlink": "EPERM",
+        "symlinkat": "EPERM",
+        "mknod": "EPERM",
+        "mknodat": "EPERM",
+        "truncate": "EPERM",
+        "creat": "EACCES",  # decided: an open that creates
+        "open_accmode3_trunc": "EINVAL",
+        "open_accmode3_creat": "EINVAL",
+        "chmod": "EACCES",  # decided
+        "fchmodat": "EACCES",
+        "utimensat": "EACCES",
+        "setxattr": "EOPNOTSUPP",
+        "open_tree": "ENOSYS",
+        "move_mount": "ENOSYS",
+        "fsopen": "ENOSYS",
+        "mount": "EPERM",
+        "chroot": "EPERM",
+        "io_uring_setup": "ENOSYS",
+    }
+    after = {
+        entry.name: (entry.stat(follow_symlinks=False).st_mode, entry.stat().st_mtime_ns) for entry in os.scandir(work)
+    }
+    assert after == before
+    assert victim.read_text() == "victim\n" and other.read_text() == "other\n"
+
+
+async def test_metadata_changes_are_decided_as_chmod_chown_and_utimens(attacker: Path, tmp_path: Path) -> None:
+    from libc_service.router import Decision
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "victim").write_text("victim\n")
+    (work / "other").write_text("other\n")
+    router = Router(default=FORWARD)
+    seen: list[Decision] = []
+    router.observe(seen.append)
+    status, _, err = await run([str(attacker), "calls", str(work)], router)
+    assert status == 0, err
+    functions = {decision.request.function for decision in seen}
+    assert {"chmod", "utimens", "open"} <= functions
