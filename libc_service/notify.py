@@ -59,6 +59,7 @@ import dataclasses
 import ctypes
 import errno as errno_module
 import fcntl
+import inspect
 import ipaddress
 import logging
 import os
@@ -68,7 +69,7 @@ import socket
 import stat as stat_module
 import struct
 import time
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -80,6 +81,7 @@ from .replies import Stat
 from .catalogue import UNIX_PATH_MAX
 from .requests import REQUEST_TYPES, Request, exact_path
 from .router import FORWARD, Decision, Transport, WithFds, named_directories
+from .slavepath import exact_name
 
 from .lazyimport import on_first_use
 
@@ -108,6 +110,9 @@ HANDOFF_TIMEOUT: Final = 5.0
 
 _SYS_SECCOMP: Final = 317
 _SYS_PIDFD_GETFD: Final = 438
+_SYS_KCMP: Final = 312
+_KCMP_FILES: Final = 2
+_PIDFD_THREAD: Final = 0o200  # O_EXCL
 _SECCOMP_SET_MODE_FILTER: Final = 1
 _SECCOMP_GET_ACTION_AVAIL: Final = 2
 _FILTER_FLAG_NEW_LISTENER: Final = 1 << 3
@@ -150,6 +155,7 @@ _SOCKADDR_MAX: Final = 128
 # Open flags as the kernel sees them on x86_64 (userspace O_LARGEFILE is 0 there).
 _O_ACCMODE: Final = 0o3
 _O_CREAT: Final = 0o100
+_O_TRUNC: Final = 0o1000
 _O_CLOEXEC: Final = 0o2000000
 _O_SYNC: Final = 0o4010000
 _O_DSYNC: Final = 0o10000
@@ -202,6 +208,13 @@ class _IOVec(ctypes.Structure):
 
 _process_vm_readv = _libc.process_vm_readv
 _process_vm_writev = _libc.process_vm_writev
+_getsockopt = _libc.getsockopt
+_getsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_connect = _libc.connect
+_bind = _libc.bind
+for _function in (_connect, _bind):
+    _function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+
 for _function in (_process_vm_readv, _process_vm_writev):
     _function.argtypes = [
         ctypes.c_int,
@@ -377,7 +390,7 @@ class _Gone(Exception):
 
 
 class _Refuse(Exception):
-    """Answer the call with this errno without asking the router (what the kernel would say)."""
+    """Answer the call with this errno without asking the router (what the kernel would say; 0: success)."""
 
     def __init__(self, code: int) -> None:
         super().__init__(code)
@@ -489,6 +502,31 @@ def _status_field(text: bytes, name: bytes) -> bytes:
     return text[start : end if end >= 0 else len(text)]
 
 
+def _thread_pidfd(tid: int, pid: int) -> int:
+    """A pidfd whose ``pidfd_getfd`` reads the calling thread's own descriptor table.
+
+    A thread made with ``CLONE_THREAD`` but not ``CLONE_FILES`` has a table
+    of its own: the kernel resolves its descriptors there, not in the
+    thread-group leader's. ``PIDFD_THREAD`` (Linux 6.9) names the thread
+    itself. Before it, the leader's pidfd is used only when ``kcmp``
+    (``KCMP_FILES``) says the two share one table; otherwise the call cannot
+    be decided exactly and is refused with ``EPERM``.
+    """
+    try:
+        return os.pidfd_open(tid, _PIDFD_THREAD)
+    except ProcessLookupError:
+        raise _Gone from None
+    except OSError as exc:
+        if exc.errno != errno_module.EINVAL:
+            raise _Refuse(errno_module.EPERM) from None
+    if tid != pid and _syscall(_SYS_KCMP, pid, tid, _KCMP_FILES, 0, 0) != 0:
+        raise _Refuse(errno_module.EPERM)
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise _Gone from None
+
+
 class _Fetched:
     """Descriptors copied from the slave for one call: owned until its reply went out."""
 
@@ -505,10 +543,7 @@ class _Fetched:
         if number < 0 or number >= 2**31:
             raise _Refuse(errno_module.EBADF)
         if self._pidfd < 0:
-            try:
-                self._pidfd = os.pidfd_open(self.thread.pid)
-            except ProcessLookupError:
-                raise _Gone from None
+            self._pidfd = _thread_pidfd(self.tid, self.thread.pid)
         fd = _syscall(_SYS_PIDFD_GETFD, self._pidfd, number, 0)
         if fd < 0:
             code = ctypes.get_errno()
@@ -572,7 +607,7 @@ def _signed(value: int) -> int:
 
 def _open_fields(flags: int, mode: int, resolve: int, strict: bool) -> dict[str, Any]:
     if flags & _O_ACCMODE == _O_ACCMODE:
-        raise _Continue  # "3": no read, no write; the shim leaves it to libc too
+        raise _Refuse(errno_module.EINVAL)  # "3" (ioctl-only access): no request says it; never continued
     unknown = flags & ~_O_KNOWN & 0xFFFFFFFF
     if unknown and strict:
         raise _Refuse(errno_module.EINVAL)
@@ -660,7 +695,9 @@ def _decode(notification: _Notification, fetched: _Fetched) -> tuple[dict[str, A
         if flags & ~(_AT_EACCESS | _AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH):
             raise _Refuse(errno_module.EINVAL)
         if flags & (_AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH):
-            raise _Continue  # no request says "do not follow" for access
+            # No request says "do not follow" for access: refused as a kernel
+            # without faccessat2 would, so glibc answers it with a stat, decided.
+            raise _Refuse(errno_module.ENOSYS)
         modes = "f" if amode == 0 else frozenset(m for bit, m in ((4, "r"), (2, "w"), (1, "x")) if amode & bit)
         where = path_at(None, 0) if name == "access" else path_at(0, 1)
         return {"function": "eaccess" if flags & _AT_EACCESS else "access", "amode": modes, **where}, _Context()
@@ -678,7 +715,7 @@ def _decode(notification: _Notification, fetched: _Fetched) -> tuple[dict[str, A
     if name in ("rename", "renameat", "renameat2"):
         flags = args[4] & 0xFFFFFFFF if name == "renameat2" else 0
         if flags & ~_RENAME_NOREPLACE:
-            raise _Continue  # RENAME_EXCHANGE, RENAME_WHITEOUT: no request says so
+            raise _Refuse(errno_module.EINVAL)  # RENAME_EXCHANGE, RENAME_WHITEOUT: as a filesystem without them
         if name == "rename":
             first, second = path_at(None, 0), path_at(None, 1)
         else:
@@ -691,58 +728,206 @@ def _decode(notification: _Notification, fetched: _Fetched) -> tuple[dict[str, A
             "dirfd2": second["dirfd"],
             "no_replace": bool(flags),
         }, _Context()
+    if name == "creat":
+        fields = _open_fields(_O_CREAT | _O_TRUNC | 1, args[1], 0, strict=False) | path_at(None, 0)
+        return fields | {"function": "open"}, _Context()
+    if name in _METADATA_CALLS:
+        return _metadata_fields(name, notification, fetched, path_at), _Context()
     return _socket_fields(name, notification, fetched)
 
 
+#: The metadata changes, notified and decided as ``chmod``/``chown``/``utimens`` and their ``f*`` forms.
+_METADATA_CALLS: Final = frozenset(
+    {"chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat"}
+    | {"utime", "utimes", "futimesat", "utimensat"}
+)
+_UTIME_NOW: Final = (1 << 30) - 1
+_UTIME_OMIT: Final = (1 << 30) - 2
+
+
+def _metadata_fields(
+    name: str, notification: _Notification, fetched: _Fetched, path_at: Callable[[int | None, int], dict[str, Any]]
+) -> dict[str, Any]:
+    """The request for a metadata change: ``chmod``/``chown``/``utimens`` on a path, ``f*`` on a descriptor."""
+    args = notification.args
+    tid = notification.tid
+    kind = "chmod" if "chmod" in name else "chown" if "chown" in name else "utimens"
+    # Where the call's path, dirfd and flags are: (dirfd, path, flags) argument indexes.
+    at = {
+        "chmod": (None, 0, None),
+        "chown": (None, 0, None),
+        "lchown": (None, 0, None),
+        "utime": (None, 0, None),
+        "utimes": (None, 0, None),
+        "fchmodat": (0, 1, None),
+        "fchmodat2": (0, 1, 3),
+        "fchownat": (0, 1, 4),
+        "futimesat": (0, 1, None),
+        "utimensat": (0, 1, 3),
+    }
+    values: dict[str, Any]
+    if kind == "chmod":
+        values = {"mode": args[1 if name in ("chmod", "fchmod") else 2] & 0o7777}
+    elif kind == "chown":
+        first = 1 if name in ("chown", "fchown", "lchown") else 2
+        owner, group = (args[first] & 0xFFFFFFFF, args[first + 1] & 0xFFFFFFFF)
+        values = {"owner": None if owner == 0xFFFFFFFF else owner, "group": None if group == 0xFFFFFFFF else group}
+    else:
+        values = dict(zip(("atime", "mtime"), _new_times(name, tid, args[{"utime": 1, "utimes": 1}.get(name, 2)])))
+    if name in ("fchmod", "fchown"):
+        return {"function": f"f{kind}", "fd": fetched.slave_fd(_signed(args[0])), **values}
+    dirfd_arg, path_arg, flag_arg = at[name]
+    flags = args[flag_arg] & 0xFFFFFFFF if flag_arg is not None else 0
+    if flags & ~(_AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH):
+        raise _Refuse(errno_module.EINVAL)
+    empty = False
+    if name in ("futimesat", "utimensat") and args[path_arg] == 0:
+        empty = True  # a NULL path: the call acts on the descriptor (futimens)
+        if flags & _AT_SYMLINK_NOFOLLOW:
+            raise _Refuse(errno_module.EINVAL)
+    elif flags & _AT_EMPTY_PATH and not _read_string(tid, args[path_arg]):
+        empty = True
+    if empty:
+        assert dirfd_arg is not None
+        dirfd = _signed(args[dirfd_arg])
+        if dirfd == _AT_FDCWD:
+            raise _Refuse(errno_module.EPERM)  # the working directory itself: no request names it
+        return {"function": f"f{kind}", "fd": fetched.slave_fd(dirfd), **values}
+    no_follow = name == "lchown" or bool(flags & _AT_SYMLINK_NOFOLLOW)
+    return {"function": kind, "no_follow": no_follow, **values, **path_at(dirfd_arg, path_arg)}
+
+
+def _new_times(name: str, tid: int, address: int) -> tuple[int | str, int | str]:
+    """The new access and modification times of a ``utime`` family call, as ``TimeSpec`` values."""
+    if address == 0:
+        return "now", "now"
+    size = {"utime": 16, "utimes": 32, "futimesat": 32}.get(name, 32)
+    raw = _read_memory(tid, address, size)
+    if len(raw) < size:
+        raise _Refuse(errno_module.EFAULT)
+    if name == "utime":
+        seconds = struct.unpack("<qq", raw)
+        return seconds[0] * 10**9, seconds[1] * 10**9
+    first, first_part, second, second_part = struct.unpack("<qqqq", raw)
+    times: list[int | str] = []
+    for sec, part in ((first, first_part), (second, second_part)):
+        if name == "utimensat" and part in (_UTIME_NOW, _UTIME_OMIT):
+            times.append("now" if part == _UTIME_NOW else "omit")
+            continue
+        scale = 1 if name == "utimensat" else 1000
+        if not 0 <= part < 10**9 // scale:
+            raise _Refuse(errno_module.EINVAL)
+        ns = sec * 10**9 + part * scale
+        if not -(2**63) <= ns < 2**63:
+            raise _Refuse(errno_module.EINVAL)
+        times.append(ns)
+    return times[0], times[1]
+
+
 def _socket_fields(name: str, notification: _Notification, fetched: _Fetched) -> tuple[dict[str, Any], _Context]:
-    """connect/bind: the address decides the request; other families are not arbitrated."""
+    """connect/bind: the socket's own domain decides the request, never the address's bytes.
+
+    The kernel reads the address as the socket's domain says (``SO_DOMAIN``
+    of the descriptor, which the slave cannot change), whatever family the
+    bytes claim, and reads it again when a call is continued. So a unix,
+    IPv4 or IPv6 socket is never continued unasked: an address the request
+    models express is decided by the router; any other (a family that does
+    not match the socket, ``AF_UNSPEC``, a short length, unix autobind) is
+    given to the kernel by the master itself, on its copy of the slave's
+    socket with its copy of the bytes (:func:`_on_the_slaves_socket`), so the
+    answer is the kernel's (``EINVAL``, ``EAFNOSUPPORT``, a disconnect, an
+    autobind) and nothing the slave writes afterwards is read. Sockets of
+    other domains (netlink, packet, vsock ...) are not arbitrated, as with
+    the shim, and are continued.
+    """
     args = notification.args
     length = args[2] & 0xFFFFFFFF
-    if length > _SOCKADDR_MAX or length < 2:
-        if length < 2 and name == "bind":
-            raise _Refuse(errno_module.EINVAL)
-        raise _Continue if length < 2 else _Refuse(errno_module.EINVAL)
-    raw = _read_memory(notification.tid, args[1], length)
-    if len(raw) < length:
-        raise _Refuse(errno_module.EFAULT)
-    family = int.from_bytes(raw[:2], "little")
-    number = _signed(args[0])
-    if family == socket.AF_UNIX:
-        sun_path = raw[2:]
-        if not sun_path:
-            raise _Continue  # autobind: no name to decide on
-        if sun_path[0] != 0:
-            sun_path = sun_path.split(b"\0", 1)[0]
-            if not sun_path:
-                raise _Refuse(errno_module.EINVAL)
-        fields: dict[str, Any] = {"path": os.fsdecode(sun_path)}
-        if sun_path[0] != 0 and not sun_path.startswith(b"/"):
-            fields["dirfd"] = fetched.directory(_AT_FDCWD, sun_path)
-        kind = "unix"
-    elif family == socket.AF_INET and length >= 16:
-        fields = {"port": int.from_bytes(raw[2:4], "big"), "address": ipaddress.IPv4Address(raw[4:8])}
-        kind = "inet"
-    elif family == socket.AF_INET6 and length >= 24:
-        address = ipaddress.IPv6Address(raw[8:24])
-        scope = int.from_bytes(raw[24:28], "little") if length >= 28 else 0
-        fields = {
-            "port": int.from_bytes(raw[2:4], "big"),
-            "address": ipaddress.IPv6Address(f"{address}%{scope}") if scope else address,
-        }
-        kind = "inet6"
-    elif family in (socket.AF_INET, socket.AF_INET6):
+    if length > _SOCKADDR_MAX:
         raise _Refuse(errno_module.EINVAL)
-    else:
-        raise _Continue  # netlink, packet, AF_UNSPEC...: not arbitrated, as with the shim
+    raw = b""
+    if length:
+        raw = _read_memory(notification.tid, args[1], length)
+        if len(raw) < length:
+            raise _Refuse(errno_module.EFAULT)
+    number = _signed(args[0])
     sock = fetched.slave_fd(number)
     try:
         if not stat_module.S_ISSOCK(os.fstat(sock).st_mode):
             raise _Refuse(errno_module.ENOTSOCK)
+        domain = _socket_domain(sock)
     except OSError:
         raise _Refuse(errno_module.EBADF) from None
+    if domain not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+        raise _Continue  # netlink, packet, vsock ...: the kernel reads the address as this domain's
+    family = int.from_bytes(raw[:2], "little") if length >= 2 else -1
+    fields = _address_fields(name, domain, family, raw, fetched)
+    if fields is None:
+        raise _Refuse(_on_the_slaves_socket(name, sock, raw))
     fields["socket"] = sock
-    fields["function"] = f"{name}_{kind}"
     return fields, _Context(socket_number=number)
+
+
+def _address_fields(name: str, domain: int, family: int, raw: bytes, fetched: _Fetched) -> dict[str, Any] | None:
+    """The request's fields for an address of ``family`` on a socket of ``domain``; ``None``: no request says it."""
+    length = len(raw)
+    if domain == socket.AF_UNIX:
+        if family != socket.AF_UNIX or length == 2:
+            return None  # a mismatch (EINVAL), AF_UNSPEC (a datagram disconnect), autobind
+        sun_path = raw[2:]
+        if sun_path[0] != 0:
+            sun_path = sun_path.split(b"\0", 1)[0]
+            if not sun_path:
+                raise _Refuse(errno_module.EINVAL)
+        fields: dict[str, Any] = {"path": os.fsdecode(sun_path), "function": f"{name}_unix"}
+        if sun_path[0] != 0 and not sun_path.startswith(b"/"):
+            fields["dirfd"] = fetched.directory(_AT_FDCWD, sun_path)
+        return fields
+    inet_bind_any = (
+        # inet_bind() takes AF_UNSPEC with INADDR_ANY as AF_INET (an old compatibility rule).
+        domain == socket.AF_INET and name == "bind" and family == socket.AF_UNSPEC and raw[4:8] == bytes(4)
+    )
+    if (family == socket.AF_INET or inet_bind_any) and length >= 16:
+        return {
+            "port": int.from_bytes(raw[2:4], "big"),
+            "address": ipaddress.IPv4Address(raw[4:8]),
+            "function": f"{name}_inet",
+        }
+    if domain == socket.AF_INET6 and family == socket.AF_INET6 and length >= 24:
+        address = ipaddress.IPv6Address(raw[8:24])
+        scope = int.from_bytes(raw[24:28], "little") if length >= 28 else 0
+        return {
+            "port": int.from_bytes(raw[2:4], "big"),
+            "address": ipaddress.IPv6Address(f"{address}%{scope}") if scope else address,
+            "function": f"{name}_inet6",
+        }
+    return None  # the kernel refuses it (EINVAL, EAFNOSUPPORT) or disconnects (AF_UNSPEC)
+
+
+def _socket_domain(fd: int) -> int:
+    """``SO_DOMAIN`` of the socket ``fd``."""
+    value = ctypes.c_int(-1)
+    size = ctypes.c_uint32(ctypes.sizeof(value))
+    if _getsockopt(fd, socket.SOL_SOCKET, socket.SO_DOMAIN, ctypes.byref(value), ctypes.byref(size)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return value.value
+
+
+def _on_the_slaves_socket(name: str, fd: int, raw: bytes) -> int:
+    """Do ``connect``/``bind`` of ``raw`` on the master's copy of the slave's socket: the call's errno (0: done).
+
+    Only for addresses no request expresses (see :func:`_address_fields`):
+    the kernel refuses them, or disconnects (``AF_UNSPEC``), or autobinds
+    a unix socket — none of which blocks or reaches a name. The copy is the
+    slave's open socket itself, so what the kernel does, it does to the
+    slave's socket, and the bytes are the master's, which the slave cannot
+    change.
+    """
+    buffer = ctypes.create_string_buffer(raw, max(len(raw), 1))
+    call = _connect if name == "connect" else _bind
+    if call(fd, buffer, len(raw)) == 0:
+        return 0
+    return ctypes.get_errno() or errno_module.EINVAL
 
 
 def _stat_bytes(result: Stat, layout: Literal["stat", "statx"]) -> bytes:
@@ -826,12 +1011,21 @@ class SeccompSession:
         #: program's interpreter and libraries (``own_files``), the system's
         #: library directories and, under a sandbox, its static trees
         #: (``own_trees``): a read-only open, a stat or a non-writing access
-        #: of an absolute, normalised path there is continued without asking
+        #: of an absolute, normalised path there is answered without asking
         #: the router, as the shim never asks about the loader's opens (it
         #: does not see them) nor about its static trees. A policy cannot be
         #: expected to know them, and a sandbox grants them by itself.
+        #: The master does such a call itself, on the path it read (a
+        #: continued call would read the path again, after another thread
+        #: may have changed it), and an open only when the file it opened is
+        #: one of them by its own name (a symlink leading elsewhere goes to
+        #: the router).
         self.own_files = frozenset(own_files)
         self.own_trees = tuple(tree.rstrip("/") + "/" for tree in own_trees if tree.startswith("/"))
+        self._own_objects = self.own_files | {os.path.realpath(file) for file in self.own_files}
+        self._own_object_trees = tuple(
+            dict.fromkeys(self.own_trees + tuple(os.path.realpath(tree).rstrip("/") + "/" for tree in self.own_trees))
+        )
         self.router = router
         self.name = name
         #: Whether a received call ignores non-fatal signals (Linux 5.19+).
@@ -922,12 +1116,11 @@ class SeccompSession:
         fetched: _Fetched | None = None
         try:
             if notification.nr not in _BY_NUMBER:
-                raise _Continue  # the filter notifies nothing else; be safe anyway
+                raise _Refuse(errno_module.ENOSYS)  # the filter notifies nothing else; be safe anyway
             fetched = _Fetched(notification.tid, _thread_status(notification.tid))
             fields, context = _decode(notification, fetched)
             fetched.close_pidfd()
-            if (self.own_files or self.own_trees) and _loading_call(fields, self.own_files, self.own_trees):
-                raise _Continue
+            loading = bool(self.own_files or self.own_trees) and _loading_call(fields, self.own_files, self.own_trees)
             self._check_valid(notification.id)
             request = _build(fields, notification, fetched.thread)
         except _Gone:
@@ -947,11 +1140,11 @@ class SeccompSession:
         # common case) it finishes here too, with no task and no wake-up.
         # Only a handler that waits makes a task, which continues it. It
         # runs in a context of its own, where current_transport() is "seccomp".
-        coroutine = self._decide(request, context, notification, fetched)
+        coroutine = self._decide(request, context, notification, fetched, loading)
         context_vars = contextvars.copy_context()
         context_vars.run(_TRANSPORT.set, "seccomp")
         assert self._loop is not None
-        if not self.router.decides_synchronously(request.function):
+        if not loading and not self.router.decides_synchronously(request.function):
             # An async handler may decide: it runs in a task from its first step.
             task = self._loop.create_task(coroutine, context=context_vars)
             self._tasks.add(task)
@@ -997,9 +1190,17 @@ class SeccompSession:
     # ----------------------------------------------------------- deciding
 
     async def _decide(
-        self, request: Request, context: _Context, notification: _Notification, fetched: _Fetched
+        self, request: Request, context: _Context, notification: _Notification, fetched: _Fetched, loading: bool
     ) -> None:
         try:
+            if loading:
+                outcome = await self._loaded(request)
+                if outcome is not None:
+                    try:
+                        self._reply(request, context, notification, "loading", outcome)
+                    except _Gone:
+                        self.dropped += 1
+                    return
             started = time.perf_counter_ns()  # deciding only, as for the shim's calls
             route, outcome = await self.router.decide(request)
             latency = time.perf_counter_ns() - started
@@ -1017,6 +1218,34 @@ class SeccompSession:
                 self.router.report(Decision(request, route, *summary, latency, self.name, "seccomp", *named))
         finally:
             fetched.close()
+
+    async def _loaded(self, request: Request) -> Any:
+        """A loading call done by the master (see ``own_files``); ``None``: the router decides it.
+
+        Handlers, observers and ``trace`` do not see it. The path is the one
+        the master read; an open counts only when the file opened is one of
+        the program's or beneath one of the trees by its own name.
+        """
+        from .perform import perform  # only sessions with loading files need it
+
+        try:
+            outcome = perform(request)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+        except OSError as exc:
+            return exc
+        except Exception:  # noqa: BLE001 - a call perform() cannot do is the router's, never continued
+            logger.debug("%s: loading call %r left to the router", self.name, request, exc_info=True)
+            return None
+        if isinstance(outcome, WithFds):
+            try:
+                name = exact_name(outcome.fds[0]) if outcome.fds else None
+            except OSError:
+                name = None
+            if name is None or not (name in self._own_objects or name.startswith(self._own_object_trees)):
+                close_fds(outcome.fds)
+                return None
+        return outcome
 
     def _reply(
         self, request: Request, context: _Context, notification: _Notification, route: str, outcome: Any
@@ -1088,7 +1317,7 @@ class SeccompSession:
                 return "error", -1, -installed, 0
             return "reply", installed, 0, len(fds)
         if fds and context.socket_number is not None:
-            cloexec = _slave_cloexec(request.pid, context.socket_number)
+            cloexec = _slave_cloexec(notification.tid, context.socket_number)
             code = self._addfd(notif_id, fds[0], _ADDFD_FLAG_SETFD, context.socket_number, cloexec)
             if code < 0:
                 return "error", -1, -code, 0
@@ -1296,10 +1525,10 @@ def _unusable(fds: Sequence[int]) -> str | None:
     return None
 
 
-def _slave_cloexec(pid: int, number: int) -> int:
-    """``O_CLOEXEC`` if the slave's descriptor ``number`` has close-on-exec (from ``fdinfo``)."""
+def _slave_cloexec(tid: int, number: int) -> int:
+    """``O_CLOEXEC`` if the thread's descriptor ``number`` has close-on-exec (from its own ``fdinfo``)."""
     try:
-        with open(f"/proc/{pid}/fdinfo/{number}", "rb") as file:
+        with open(f"/proc/{tid}/fdinfo/{number}", "rb") as file:
             for line in file:
                 if line.startswith(b"flags:"):
                     return _O_CLOEXEC if int(line.split()[1], 8) & _O_CLOEXEC else 0

@@ -74,7 +74,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import safepath
-from .slavepath import directory_name, join_to_directory
+from .slavepath import exact_name, join_to_directory
 from . import (
     replies,
 )  # loaded on first use (libc_service/__init__.py): a policy importing perform starts without pydantic
@@ -481,11 +481,11 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
                 owned.append(dirfd)
             if root is None and not _may_name_the_caller(text, dirfd):
                 return _Target(dirfd, text, _NO_MAGIC, False, tuple(owned))  # the common case: no name needed
-            base = directory_name(dirfd)
+            base = exact_name(dirfd)  # OSError when it cannot be named exactly: refused
             if base is None:
-                # A removed directory: nothing beneath it has a name, and
-                # ".." from it is refused beneath a root, so resolving from the
-                # descriptor itself is exact and cannot escape.
+                # A removed directory (st_nlink == 0): nothing beneath it has
+                # a name, and ".." from it is refused beneath a root, so
+                # resolving from the descriptor itself is exact and cannot escape.
                 return _Target(dirfd, text, _BENEATH if root is not None else _NO_MAGIC, root is not None, tuple(owned))
             text = join_to_directory(base, text)
         # An absolute text from here on.

@@ -45,7 +45,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import replies  # loaded on first use (libc_service/__init__.py)
-from .slavepath import directory_name, join_to_directory
+from .slavepath import exact_name, join_to_directory
 
 if TYPE_CHECKING:
     from .replies import Stat
@@ -173,7 +173,10 @@ def resolve(request: Any, *, path: PurePosixPath | None = None, dirfd: int | Non
     if not text.startswith("/"):
         if dirfd is None:
             return None
-        base = directory_name(dirfd)
+        try:
+            base = exact_name(dirfd)
+        except OSError:
+            return None  # no exact name: unknowable
         if base is None:
             return None
         text = join_to_directory(base, text)

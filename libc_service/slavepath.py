@@ -10,11 +10,12 @@ routing conditions nor the safe-path code import each other for it.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from pathlib import PurePosixPath
 
-__all__ = ["descriptor_name", "directory_name", "join_to_directory", "printable", "slave_path"]
+__all__ = ["descriptor_name", "directory_name", "exact_name", "join_to_directory", "printable", "slave_path"]
 
 
 def slave_path(path: PurePosixPath, dirfd: int | None) -> str | None:
@@ -53,15 +54,50 @@ def _removed(fd: int) -> bool:
 
 
 def directory_name(dirfd: int) -> str | None:
-    """The absolute name of the directory behind ``dirfd``; ``None`` once it was removed."""
+    """The absolute name of the directory behind ``dirfd``; ``None`` when it has none (for routing)."""
     return descriptor_name(dirfd)
 
 
-def descriptor_name(fd: int) -> str | None:
-    """The absolute name of the file or directory ``fd`` is open on; ``None`` once it was removed.
+def exact_name(fd: int) -> str | None:
+    """The name that leads to the very object ``fd`` is open on; ``None`` only once it was removed.
 
-    ``None`` too for an object with no path in the master's root (a pipe, a
-    socket, a file of another mount namespace).
+    For decisions: a relative path is resolved from this name (beneath a
+    root, say), so it must be exact. "Removed" is what the kernel says of
+    the object (``st_nlink == 0`` from ``fstat``), not a failed
+    ``readlink``. Everything else that cannot be named exactly raises
+    ``OSError``: a name longer than ``PATH_MAX`` (``ENAMETOOLONG``, a
+    working directory reached one ``chdir`` at a time), an object outside
+    the master's root (``"(unreachable)/…"``) and a name that leads to
+    another object (``EXDEV``: a detached mount from ``open_tree`` is named
+    ``/``; a directory renamed while it was being named).
+    """
+    try:
+        own = os.fstat(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"the directory cannot be named: {exc.strerror}") from None
+    if own.st_nlink == 0:
+        return None
+    try:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        raise OSError(exc.errno, f"the directory cannot be named: {exc.strerror}") from None
+    if name.startswith("/"):
+        try:
+            named = os.stat(name, follow_symlinks=False)
+        except OSError:
+            named = None
+        if named is not None and (named.st_dev, named.st_ino) == (own.st_dev, own.st_ino):
+            return name
+    raise OSError(errno.EXDEV, f"no name leads to the directory ({name!r} does not)")
+
+
+def descriptor_name(fd: int) -> str | None:
+    """The absolute name of the file or directory ``fd`` is open on, for routing and reports.
+
+    ``None`` once it was removed, and for an object that has no name the
+    master can read (a pipe, a socket, a file of another mount namespace, a
+    name longer than ``PATH_MAX``). Decisions that resolve from the name use
+    :func:`exact_name`, which tells these apart.
     """
     try:
         name = os.readlink(f"/proc/self/fd/{fd}")
