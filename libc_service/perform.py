@@ -59,7 +59,10 @@ a slave-relative name (``/proc/self``, ``/dev/stdin``, a relative path with
 no directory descriptor) when the request does not say which process asked
 (``pid`` 0) is ``EACCES``; a slave whose credentials differ from the master's
 when the master may not take them on (no ``CAP_SETUID``/``CAP_SETGID``) is
-``EPERM`` — the master never falls back to its own authority.
+``EPERM`` — the master never falls back to its own authority; a path of a
+process whose root directory or mount namespace is not the master's (after
+``chroot``, under ``unshare -m``) is ``EXDEV``: the master's resolution
+would name the master's files, not the slave's.
 """
 
 from __future__ import annotations
@@ -184,8 +187,38 @@ def perform(request: Any, *, beneath: str | os.PathLike[str] | None = None) -> A
     performer = _PERFORMERS.get(function)
     if performer is None:
         raise TypeError(f"perform() does not know the function {function!r}")
+    if function in _PATH_FUNCTIONS and not getattr(request, "abstract", False):
+        same_root_and_mounts(request)
     root = None if beneath is None else os.fspath(beneath)
     return performer(request, root)
+
+
+def same_root_and_mounts(request: Any) -> None:
+    """Refuse (``EXDEV``) a path of a process whose root or mount namespace is not the master's.
+
+    The master resolves the slave's paths from its own root and through
+    its own mounts: for a slave that called ``chroot`` (possible inside a
+    user namespace) or lives in another mount namespace (``unshare -m``) an
+    absolute name, or an absolute symlink met on the way, would be the
+    master's file, not the slave's. The kernel names both — the root behind
+    ``/proc/<pid>/root`` and the namespace behind ``/proc/<pid>/ns/mnt`` —
+    and a process that cannot be examined is refused too. Checked in the
+    master's own thread: a slave that changed its uid is not dumpable, and
+    only root may look at its ``/proc/<pid>``.
+    """
+    pid = int(getattr(request, "pid", 0))
+    if pid <= 0:
+        return  # names no process: its root is taken as the master's, as its other unknowns
+    try:
+        theirs = os.stat(f"/proc/{pid}/root")
+        mine = os.stat("/")
+        # "mnt:[inode]": readlink is the cheaper way to the namespace's inode.
+        their_mounts = os.readlink(f"/proc/{pid}/ns/mnt")
+        my_mounts = os.readlink("/proc/self/ns/mnt")
+    except OSError as exc:
+        raise OSError(errno_module.EXDEV, f"cannot tell the root and mounts of process {pid}: {exc.strerror}") from None
+    if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino) or their_mounts != my_mounts:
+        raise OSError(errno_module.EXDEV, f"process {pid} has another root or mount namespace than the master")
 
 
 # ------------------------------------------------------------ credentials
@@ -760,6 +793,7 @@ def open_descriptor(
     returns at once and a write open without a reader fails with ``ENXIO``.
     """
     nonblocking = bool(flags & os.O_NONBLOCK)
+    same_root_and_mounts(request)
     switch = _switch_for(request, creates=safepath.takes_mode(flags))
     fd = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking, fifo_wait=False))
     assert isinstance(fd, int)
@@ -1332,6 +1366,27 @@ def _check_beneath(fd: int, root: str) -> None:
 
 
 _Performer = Callable[[Any, str | None], Any]
+
+#: The functions whose requests name a file by path (resolved from the slave's root).
+_PATH_FUNCTIONS: Final = frozenset(
+    {
+        "open",
+        "openat",
+        "stat",
+        "lstat",
+        "access",
+        "eaccess",
+        "mkdir",
+        "rmdir",
+        "unlink",
+        "rename",
+        "connect_unix",
+        "bind_unix",
+        "chmod",
+        "chown",
+        "utimens",
+    }
+)
 
 _PERFORMERS: Final[dict[str, _Performer]] = {
     "open": _perform_open,

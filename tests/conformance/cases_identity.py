@@ -24,7 +24,7 @@ def _others_files(directory: Path, identity: str) -> None:
         os.chown(directory / "mine", NOBODY, NOBODY)
 
 
-_ROOT = "absolute names are resolved from the master's root, not the caller's"
+_ROOT = "refused with EXDEV: the master resolves no path for a process with another root or mount namespace"
 
 
 @case(
