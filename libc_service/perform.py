@@ -23,7 +23,13 @@ under a policy than without one:
   call runs on a short-lived thread that takes them on (raw ``setresuid``,
   ``setresgid`` and ``setgroups`` system calls change one thread; glibc's
   wrappers would change every thread of the master) — so a root master does
-  not open a root-only file for a slave that dropped to ``nobody``. A
+  not open a root-only file for a slave that dropped to ``nobody``. The
+  thread's capabilities become the calling thread's effective and permitted
+  sets (read from the kernel with ``capget`` on the request's ``tid``), never
+  more than the master's own (``capset`` changes one thread too): a root
+  slave that dropped every capability gets the refusals it gets natively
+  (``chown``, a port below 1024, ``W_OK`` on another user's file), and a
+  non-root slave holding ``CAP_DAC_OVERRIDE`` keeps it. A
   creating call (``O_CREAT``, ``O_TMPFILE``, ``mkdir``, binding a unix
   socket) with the slave's ``umask`` runs on a thread that unshares its
   filesystem context and sets that umask, so the kernel applies it exactly
@@ -53,7 +59,10 @@ a slave-relative name (``/proc/self``, ``/dev/stdin``, a relative path with
 no directory descriptor) when the request does not say which process asked
 (``pid`` 0) is ``EACCES``; a slave whose credentials differ from the master's
 when the master may not take them on (no ``CAP_SETUID``/``CAP_SETGID``) is
-``EPERM`` — the master never falls back to its own authority.
+``EPERM`` — the master never falls back to its own authority; a path of a
+process whose root directory or mount namespace is not the master's (after
+``chroot``, under ``unshare -m``) is ``EXDEV``: the master's resolution
+would name the master's files, not the slave's.
 """
 
 from __future__ import annotations
@@ -98,6 +107,8 @@ _MACHINE: Final = platform.machine()
 #: Raw system call numbers: these act on the calling thread only.
 _SYSCALLS: Final[dict[str, int]] = {
     "x86_64": {
+        "capget": 125,
+        "capset": 126,
         "setgroups": 116,
         "setresuid": 117,
         "setresgid": 119,
@@ -106,6 +117,8 @@ _SYSCALLS: Final[dict[str, int]] = {
         "faccessat2": 439,
     },
     "aarch64": {
+        "capget": 90,
+        "capset": 91,
         "setgroups": 159,
         "setresuid": 147,
         "setresgid": 149,
@@ -115,6 +128,7 @@ _SYSCALLS: Final[dict[str, int]] = {
     },
 }.get(_MACHINE, {})
 _CLONE_FS: Final = 0x00000200
+_LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 _AT_FDCWD: Final = -100
 _AT_EACCESS: Final = 0x200
 _AT_EMPTY_PATH: Final = 0x1000
@@ -173,8 +187,38 @@ def perform(request: Any, *, beneath: str | os.PathLike[str] | None = None) -> A
     performer = _PERFORMERS.get(function)
     if performer is None:
         raise TypeError(f"perform() does not know the function {function!r}")
+    if function in _PATH_FUNCTIONS and not getattr(request, "abstract", False):
+        same_root_and_mounts(request)
     root = None if beneath is None else os.fspath(beneath)
     return performer(request, root)
+
+
+def same_root_and_mounts(request: Any) -> None:
+    """Refuse (``EXDEV``) a path of a process whose root or mount namespace is not the master's.
+
+    The master resolves the slave's paths from its own root and through
+    its own mounts: for a slave that called ``chroot`` (possible inside a
+    user namespace) or lives in another mount namespace (``unshare -m``) an
+    absolute name, or an absolute symlink met on the way, would be the
+    master's file, not the slave's. The kernel names both — the root behind
+    ``/proc/<pid>/root`` and the namespace behind ``/proc/<pid>/ns/mnt`` —
+    and a process that cannot be examined is refused too. Checked in the
+    master's own thread: a slave that changed its uid is not dumpable, and
+    only root may look at its ``/proc/<pid>``.
+    """
+    pid = int(getattr(request, "pid", 0))
+    if pid <= 0:
+        return  # names no process: its root is taken as the master's, as its other unknowns
+    try:
+        theirs = os.stat(f"/proc/{pid}/root")
+        mine = os.stat("/")
+        # "mnt:[inode]": readlink is the cheaper way to the namespace's inode.
+        their_mounts = os.readlink(f"/proc/{pid}/ns/mnt")
+        my_mounts = os.readlink("/proc/self/ns/mnt")
+    except OSError as exc:
+        raise OSError(errno_module.EXDEV, f"cannot tell the root and mounts of process {pid}: {exc.strerror}") from None
+    if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino) or their_mounts != my_mounts:
+        raise OSError(errno_module.EXDEV, f"process {pid} has another root or mount namespace than the master")
 
 
 # ------------------------------------------------------------ credentials
@@ -193,6 +237,8 @@ class _Switch:
     ids: tuple[int, int, tuple[int, ...]] | None = None
     umask: int | None = None
     chdir: int | None = None
+    #: The (effective, permitted) capability sets to take on, after the ids.
+    caps: tuple[int, int] | None = None
 
     def enter(self) -> None:
         if self.umask is not None or self.chdir is not None:
@@ -210,10 +256,20 @@ class _Switch:
             _syscall("setresgid", ctypes.c_uint(gid), ctypes.c_uint(gid), ctypes.c_uint(0xFFFFFFFF))
             # The saved uid keeps the master's, so the thread can switch back.
             _syscall("setresuid", ctypes.c_uint(uid), ctypes.c_uint(uid), ctypes.c_uint(0xFFFFFFFF))
+        if self.caps is not None:
+            # Last: changing the uid above clears the effective set, and
+            # setgroups/setresgid needed the master's CAP_SETGID.
+            effective, permitted = self.caps
+            _, _, inheritable = _capabilities(0)
+            _capset(effective, permitted, inheritable)
 
     def leave(self, saved: tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, ...]]) -> None:
-        """Put back the ids :meth:`enter` changed (``saved``: from :func:`_thread_ids`)."""
-        if self.ids is None:
+        """Put back the ids :meth:`enter` changed (``saved``: from :func:`_thread_ids`).
+
+        Not after a change of capabilities: a permitted set once lowered
+        cannot be raised again, and the thread ends after the call anyway.
+        """
+        if self.ids is None or self.caps is not None:
             return
         (ruid, euid, _), (rgid, egid, _), groups = saved
         _syscall("setresuid", ctypes.c_uint(ruid), ctypes.c_uint(euid), ctypes.c_uint(0xFFFFFFFF))
@@ -225,6 +281,62 @@ class _Switch:
 def _thread_ids() -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, ...]]:
     """This thread's (real, effective, saved) uids and gids and its groups."""
     return os.getresuid(), os.getresgid(), tuple(os.getgroups())
+
+
+_CapHeader = ctypes.c_uint32 * 2
+_CapData = ctypes.c_uint32 * 6
+_CAPGET: Final = _SYSCALLS.get("capget")
+
+
+def _capabilities(tid: int) -> tuple[int, int, int]:
+    """Thread ``tid``'s (effective, permitted, inheritable) capability sets (``0``: this thread)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, tid)
+    data = _CapData()
+    if _CAPGET is None:
+        raise OSError(errno_module.ENOSYS, f"capget: unknown system call number on {_MACHINE}")
+    if _libc.syscall(_CAPGET, ctypes.byref(header), data) < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"capget: {os.strerror(code)}")
+    return (
+        data[0] | data[3] << 32,
+        data[1] | data[4] << 32,
+        data[2] | data[5] << 32,
+    )
+
+
+def _capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set this thread's capability sets (the raw call changes the calling thread only)."""
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)(
+        effective & 0xFFFFFFFF,
+        permitted & 0xFFFFFFFF,
+        inheritable & 0xFFFFFFFF,
+        effective >> 32,
+        permitted >> 32,
+        inheritable >> 32,
+    )
+    _syscall("capset", header, data)
+
+
+def _slave_capabilities(request: Any, mine: tuple[int, int]) -> tuple[int, int] | None:
+    """The (effective, permitted) sets the master may act with for ``request``'s thread.
+
+    The calling thread's own sets as the kernel holds them (``capget`` on
+    the request's ``tid``), cut down to the master's ``mine``. ``None`` for
+    a request that names no process: unknown, so left to the kernel's rules
+    for the ids the thread takes on (changing the uid away from 0 clears
+    the effective set); a thread that cannot be read (gone) gets none.
+    """
+    pid, tid = int(getattr(request, "pid", 0)), int(getattr(request, "tid", 0))
+    if pid <= 0:
+        return None
+    if not any(mine):
+        return mine
+    try:
+        effective, permitted, _ = _capabilities(tid or pid)
+    except OSError:
+        return 0, 0
+    return effective & mine[0], permitted & mine[1]
 
 
 def _syscall(name: str, *args: Any) -> int:
@@ -260,12 +372,17 @@ def _overflow_gid() -> int:
         return 65534
 
 
-def _switch_for(request: Any, *, creates: bool = False, chdir: int | None = None) -> _Switch | None:
+def _switch_for(
+    request: Any, *, creates: bool = False, chdir: int | None = None, real_ids: bool = False
+) -> _Switch | None:
     """How a thread must change to act as the slave; ``None``: the master's own will do.
 
     Fields the request does not carry (``None``) are the master's, except
     supplementary groups for a slave whose uid or gid differs: those are
     taken as none rather than as the master's, so unknown never means more.
+    ``real_ids``: for ``access(2)``, which checks (and walks the path) with
+    the real ids and, as the kernel does, with no capability unless the
+    real uid is 0, and then the permitted set.
     """
     uid = getattr(request, "fsuid", None)
     gid = getattr(request, "fsgid", None)
@@ -291,9 +408,28 @@ def _switch_for(request: Any, *, creates: bool = False, chdir: int | None = None
     mask = None
     if creates and umask is not None and int(umask) != _master_umask():
         mask = int(umask) & 0o777
-    if ids is None and mask is None and chdir is None:
+    master_caps = _master_capabilities()
+    slave_caps = _slave_capabilities(request, master_caps)
+    if real_ids:
+        permitted = master_caps[1] if slave_caps is None else slave_caps[1]
+        slave_caps = (permitted if want_uid == 0 else 0, permitted)
+    caps = None
+    if slave_caps is not None and (slave_caps != master_caps or (ids is not None and any(slave_caps))):
+        # Also when only the ids change and the slave holds capabilities:
+        # leaving uid 0 clears the effective set the slave still has.
+        caps = slave_caps
+    if ids is None and mask is None and chdir is None and caps is None:
         return None
-    return _Switch(ids, mask, chdir)
+    return _Switch(ids, mask, chdir, caps)
+
+
+def _master_capabilities() -> tuple[int, int]:
+    """This thread's (effective, permitted) sets; none where ``capget`` is unknown."""
+    try:
+        effective, permitted, _ = _capabilities(0)
+    except OSError:
+        return 0, 0
+    return effective, permitted
 
 
 def _run_switched(switch: _Switch | None, call: Callable[[], T]) -> T:
@@ -657,6 +793,7 @@ def open_descriptor(
     returns at once and a write open without a reader fails with ``ENXIO``.
     """
     nonblocking = bool(flags & os.O_NONBLOCK)
+    same_root_and_mounts(request)
     switch = _switch_for(request, creates=safepath.takes_mode(flags))
     fd = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking, fifo_wait=False))
     assert isinstance(fd, int)
@@ -782,7 +919,8 @@ def _perform_access(request: Any, root: str | None) -> int:
     if request.amode != "f":
         amode = sum({"r": os.R_OK, "w": os.W_OK, "x": os.X_OK}[name] for name in request.amode)
     effective = request.function == "eaccess"
-    return _as_slave(_switch_for(request), lambda: _access_now(request, root, amode, effective))
+    switch = _switch_for(request, real_ids=not effective)
+    return _as_slave(switch, lambda: _access_now(request, root, amode, effective))
 
 
 def _access_now(request: Any, root: str | None, amode: int, effective: bool) -> int:
@@ -1228,6 +1366,27 @@ def _check_beneath(fd: int, root: str) -> None:
 
 
 _Performer = Callable[[Any, str | None], Any]
+
+#: The functions whose requests name a file by path (resolved from the slave's root).
+_PATH_FUNCTIONS: Final = frozenset(
+    {
+        "open",
+        "openat",
+        "stat",
+        "lstat",
+        "access",
+        "eaccess",
+        "mkdir",
+        "rmdir",
+        "unlink",
+        "rename",
+        "connect_unix",
+        "bind_unix",
+        "chmod",
+        "chown",
+        "utimens",
+    }
+)
 
 _PERFORMERS: Final[dict[str, _Performer]] = {
     "open": _perform_open,

@@ -487,6 +487,9 @@ def parent_beneath(
             f"parent_beneath() of a {request.function!r} request needs path= and dirfd= "
             "(for rename: path1/dirfd1, then path2/dirfd2)"
         )
+    from .perform import same_root_and_mounts
+
+    same_root_and_mounts(request)
     absolute = resolve(request, path=path, dirfd=dirfd)
     if absolute is None:
         raise EscapeError(path or getattr(request, "path", "?"), root)

@@ -210,13 +210,32 @@ static int adopt_fd(int fd, int flags)
 	return 0;
 }
 
+/* The received descriptor moved to the lowest free number, as open(2)
+ * gives it (POSIX): it arrived while the working directory's descriptor
+ * (for a relative path) still held a lower one, and a program that closed
+ * 1 before opening its output file relies on getting 1.  Kept where it is
+ * when nothing lower is free or the move fails. */
+static int lowest_free(int fd)
+{
+	int low = lcs_fcntl_raw(fd, F_DUPFD_CLOEXEC, 0);
+
+	if (low < 0)
+		return fd;
+	if (low > fd) {
+		lcs_close_raw(low);
+		return fd;
+	}
+	lcs_close_raw(fd);
+	return low;
+}
+
 static int open_result(struct lcs_reply *reply, int flags, int saved_errno)
 {
 	int fd;
 
 	if (reply->error || reply->nfds == 0)
 		return finish(reply, saved_errno);
-	fd = reply->fds[0];
+	fd = lowest_free(reply->fds[0]);
 	if (adopt_fd(fd, flags) < 0) {
 		int error = errno;
 		lcs_close_raw(fd);

@@ -1,0 +1,1 @@
+"""The conformance suite: each case natively and through a perform-everything master."""

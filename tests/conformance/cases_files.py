@@ -1,0 +1,191 @@
+"""Cases on files and paths: descriptor numbers, names that contain words, /proc/self behind links."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from conformance.casebook import NOBODY, Probe, case
+
+
+def _file(directory: Path, identity: str) -> None:
+    (directory / "f").write_bytes(b"data\n")
+
+
+@case(setup=_file)
+def open_and_stat(p: Probe) -> None:
+    fd = p.call("open", os.open, "f", os.O_RDONLY)
+    if fd is not None:
+        p.call("read", os.read, fd, 100)
+        p.call("fstat", os.fstat, fd)
+    p.call("stat", os.stat, "f")
+    p.call("missing", os.open, "nothing/here", os.O_RDONLY)
+    p.call("create", os.open, "new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    p.call("trailing slash", os.open, "f/", os.O_RDONLY)
+    p.call("mkdir", os.mkdir, "d", 0o750)
+    p.call("rename", os.rename, "new", "d/moved")
+    p.call("unlink", os.unlink, "f")
+
+
+# ------------------------------------------------------------ descriptor numbers
+
+
+@case()
+def lowest_free_descriptor_after_closing_stdout(p: Probe) -> None:
+    """``close(1); open("out.txt")`` gives 1, for a relative and an absolute name."""
+    os.close(1)
+    fd = p.call("relative", os.open, "out.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    if fd is not None:
+        os.write(fd, b"through the lowest number\n")
+        os.close(fd)
+    os.close(0)
+    p.call("absolute", os.open, os.path.abspath("out.txt"), os.O_RDONLY)
+    p.call("next", os.open, ".", os.O_RDONLY | os.O_DIRECTORY)
+
+
+@case(setup=_file)
+def lowest_free_descriptor_in_a_gap(p: Probe) -> None:
+    """A hole below open descriptors is filled first; fopen and opendir too."""
+    first = os.open("f", os.O_RDONLY)
+    second = os.open("f", os.O_RDONLY)
+    os.close(first)
+    p.call("fills the gap", os.open, "f", os.O_RDONLY)
+    os.close(second)
+    p.call("directory", os.open, ".", os.O_RDONLY | os.O_DIRECTORY)
+    p.call("listdir", lambda: sorted(os.listdir(".")))
+    with open("f", "rb") as stream:
+        p.note("stream descriptor", stream.fileno())
+
+
+# ------------------------------------------------------------ names with words in them
+
+
+def _behind_a_locked_parent(directory: Path, identity: str) -> None:
+    """``locked/inner``: the case starts in ``inner``, whose parent it may not search."""
+    inner = directory / "locked" / "inner"
+    inner.mkdir(parents=True)
+    for name in ("stdout.log", "log.txt", "fd", "self", "selfish.txt"):
+        (inner / name).write_text(name)
+    uid, gid = (NOBODY, NOBODY) if identity.startswith("nobody") else (os.geteuid(), os.getegid())
+    for entry in [inner, *inner.iterdir()]:
+        os.chown(entry, uid, gid)
+    (directory / "locked").chmod(0o700)
+
+
+_WORDS = (
+    "a relative name holding fd, self or std is re-joined to its directory's absolute name, "
+    "which the caller may not be able to walk"
+)
+_LONG = "a relative name holding fd, self or std is re-joined to its directory's absolute name: ENAMETOOLONG"
+_THROUGH_LINKS = "a symlink to /proc/self (or to /proc) is followed in the master and names the master"
+_LINKS = "lstat of /proc/self, /proc/thread-self and /dev/fd reports the target, not the link"
+_PROC_AS_NOBODY = (
+    "the caller's own /proc/<pid>/fd is walked with its identity: a process that changed its uid "
+    "is not dumpable, and only the process itself may walk its /proc/<pid>/fd"
+)
+
+
+@case(setup=_behind_a_locked_parent, cwd="locked/inner", differs={"nobody": _WORDS})
+def names_holding_fd_self_std(p: Probe) -> None:
+    """A relative name that holds ``fd``, ``self`` or ``std`` is just a name (even where its directory has no reachable name)."""
+    for name in ("stdout.log", "log.txt", "fd", "self", "selfish.txt"):
+        fd = p.call(f"open {name}", os.open, name, os.O_RDONLY)
+        if fd is not None:
+            p.call(f"read {name}", os.read, fd, 100)
+            os.close(fd)
+        p.call(f"stat {name}", os.stat, name)
+    p.call("create stdout.new", os.open, "stdout.new", os.O_WRONLY | os.O_CREAT, 0o600)
+
+
+@case(differs={"root": _LONG, "nocaps": _LONG, "nobody": _LONG})
+def names_holding_words_near_path_max(p: Probe) -> None:
+    """A name with ``std`` in it, whose directory's absolute name is just under ``PATH_MAX``."""
+    while len(os.getcwd()) < 4090 - 200:
+        os.mkdir("d" * 199)
+        os.chdir("d" * 199)
+    last = "e" * (4090 - len(os.getcwd()) - 1)
+    os.mkdir(last)
+    os.chdir(last)
+    p.note("depth reached", len(os.getcwd()) == 4090)
+    for name in ("stdout.log", "plain.log"):
+        fd = p.call(f"create {name}", os.open, name, os.O_WRONLY | os.O_CREAT, 0o644)
+        if fd is not None:
+            os.close(fd)
+        p.call(f"stat {name}", os.stat, name)
+
+
+# ------------------------------------------------------------ names for the caller
+
+
+def _status_pid(text: bytes) -> int:
+    for line in text.splitlines():
+        if line.startswith(b"Pid:"):
+            return int(line.split()[1])
+    return -1
+
+
+def _whose(p: Probe, label: str, path: str) -> None:
+    """Record whether ``path`` (a status file) describes this process."""
+    fd = p.call(label, os.open, path, os.O_RDONLY)
+    if fd is None:
+        return
+    try:
+        p.note(f"{label} is mine", _status_pid(os.read(fd, 4096)) == os.getpid())
+    finally:
+        os.close(fd)
+
+
+@case(differs={"root": _THROUGH_LINKS, "nocaps": _THROUGH_LINKS, "nobody": _THROUGH_LINKS})
+def proc_self_behind_a_symlink(p: Probe) -> None:
+    """A link to ``/proc/self/...`` names the process that follows it."""
+    os.symlink("/proc/self/status", "status")
+    os.symlink("/proc/self", "me")
+    os.symlink("/proc", "proc")
+    os.symlink("/proc/thread-self/status", "thread")
+    os.symlink("status", "again")
+    _whose(p, "link to /proc/self/status", "status")
+    _whose(p, "link to /proc/self", "me/status")
+    _whose(p, "link to /proc", "proc/self/status")
+    _whose(p, "link to /proc/thread-self/status", "thread")
+    _whose(p, "link to a link", "again")
+    _whose(p, "absolute through the link", os.path.abspath("me") + "/status")
+
+
+@case(differs={"root": _THROUGH_LINKS, "nocaps": _THROUGH_LINKS})
+def proc_self_mem_behind_a_symlink(p: Probe) -> None:
+    """``x -> /proc/self/mem``: reading one's own memory at a known address."""
+    import ctypes
+
+    buffer = ctypes.create_string_buffer(b"this process's own memory", 32)
+    os.symlink("/proc/self/mem", "mem")
+    fd = p.call("open", os.open, "mem", os.O_RDONLY)
+    if fd is not None:
+        try:
+            data = os.pread(fd, 25, ctypes.addressof(buffer))
+            p.note("reads its own memory", data == buffer.value)
+        except OSError as exc:
+            p.note("pread", exc.errno)
+        os.close(fd)
+
+
+@case(differs={"nobody": _PROC_AS_NOBODY})
+def proc_self_from_proc(p: Probe) -> None:
+    """Relative names from ``/proc`` and ``/dev``: ``self/status``, ``fd/0``."""
+    os.chdir("/proc")
+    _whose(p, "self/status", "self/status")
+    _whose(p, "thread-self/status", "thread-self/status")
+    _whose(p, "./self/status", "./self/status")
+    os.chdir("/dev")
+    p.call("fd/0", lambda: stat.S_IFMT(os.stat("fd/0").st_mode))
+    p.call("stdin", lambda: stat.S_IFMT(os.stat("stdin").st_mode))
+
+
+@case(differs={"root": _LINKS, "nocaps": _LINKS, "nobody": _LINKS})
+def links_that_name_the_caller_are_links(p: Probe) -> None:
+    """``lstat`` of ``/proc/self``, ``/dev/stdin``, ``/dev/fd`` reports the link itself."""
+    for path in ("/proc/self", "/proc/thread-self", "/dev/stdin", "/dev/fd", "/dev/stdout"):
+        p.call(f"lstat {path}", lambda path=path: stat.S_ISLNK(os.lstat(path).st_mode))
+    p.call("stat /proc/self is a directory", lambda: stat.S_ISDIR(os.stat("/proc/self").st_mode))
+    p.call("stat /proc/self/ is mine", lambda: os.stat("/proc/self/").st_ino == os.stat(f"/proc/{os.getpid()}").st_ino)
+    p.call("lstat /proc/self/exe", lambda: stat.S_ISLNK(os.lstat("/proc/self/exe").st_mode))

@@ -1,0 +1,126 @@
+"""perform() acts with the calling thread's capabilities, never the master's.
+
+A slave that runs as root but dropped its capabilities (or a thread that
+holds just one) asks a root master to do what it may not: the master must
+give the refusal the kernel gives the slave. Each expected answer is the
+same call made natively by the helper process the requests name.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from libc_service import perform
+from libc_service.requests import AccessRequest, BindInetRequest, ChownRequest, OpenRequest, UtimensRequest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the helper drops capabilities a root master has")
+
+#: Drops every capability of its only thread (or keeps CAP_DAC_OVERRIDE as nobody),
+#: makes the calls natively, prints their errnos, then waits until stdin closes.
+HELPER = r"""
+import ctypes, errno, json, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def capset(effective, permitted):
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)(effective, permitted, 0, 0, 0, 0)
+    assert libc.syscall(126, header, data) == 0, ctypes.get_errno()
+mode, directory = sys.argv[1], sys.argv[2]
+if mode == "nocaps":
+    capset(0, 0)
+else:
+    libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    capset(1 << 1, 1 << 1)  # CAP_DAC_OVERRIDE
+def attempt(call):
+    try:
+        call()
+        return 0
+    except OSError as exc:
+        return exc.errno
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+answers = {
+    "chown": attempt(lambda: os.chown(f"{directory}/mine", 12345, -1)),
+    "utime": attempt(lambda: os.utime(f"{directory}/theirs", (1, 2))),
+    "access": attempt(lambda: os.access(f"{directory}/theirs", os.W_OK) or (_ for _ in ()).throw(OSError(errno.EACCES, ""))),
+    "open": attempt(lambda: os.close(os.open(f"{directory}/secret", os.O_RDONLY))),
+    "bind": attempt(lambda: sock.bind(("127.0.0.1", 99))),
+}
+sock.close()
+print(json.dumps(answers), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "files"
+    directory.mkdir()
+    for name, mode in (("mine", 0o644), ("theirs", 0o644), ("secret", 0o600)):
+        (directory / name).write_text(name)
+        os.chmod(directory / name, mode)
+    os.chown(directory / "theirs", 65534, 65534)
+    os.chown(directory / "secret", 65534 + 1, 65534 + 1)
+    for path in (tmp_path, directory):
+        os.chmod(path, 0o755)
+    yield directory
+
+
+def _helper(mode: str, directory: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    helper = subprocess.Popen(
+        [sys.executable, "-S", "-c", HELPER, mode, str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert helper.stdout is not None
+    return helper, json.loads(helper.stdout.readline())
+
+
+def _errno(call: object) -> int:
+    try:
+        result = call()  # type: ignore[operator]
+    except OSError as exc:
+        return exc.errno or 0
+    fds = getattr(result, "fds", None) or []
+    for fd in fds:
+        os.close(fd)
+    return 0
+
+
+@pytest.mark.parametrize("mode", ["nocaps", "nobody+dac"])
+def test_the_callers_capabilities_decide(files: Path, mode: str) -> None:
+    helper, native = _helper(mode, files)
+    try:
+        ids = {"pid": helper.pid, "tid": helper.pid}
+        if mode != "nocaps":
+            ids |= {"fsuid": 65534, "fsgid": 65534, "groups": ()}
+        through = {
+            "chown": _errno(lambda: perform(ChownRequest(path=files / "mine", owner=12345, **ids))),
+            "utime": _errno(lambda: perform(UtimensRequest(path=files / "theirs", atime=1, mtime=2, **ids))),
+            "access": _errno(lambda: perform(AccessRequest(path=files / "theirs", amode="w", **ids))),
+            "open": _errno(lambda: perform(OpenRequest(path=files / "secret", flags={"read_only"}, **ids))),
+        }
+        sock = __import__("socket").socket()
+        try:
+            through["bind"] = _errno(
+                lambda: perform(BindInetRequest(socket=sock.fileno(), address="127.0.0.1", port=99, **ids))
+            )
+        finally:
+            sock.close()
+    finally:
+        helper.communicate("")
+    assert through == native
+    if mode == "nocaps":
+        # The refusals themselves: a master acting with its own capabilities grants all of these.
+        assert native["chown"] == errno.EPERM and native["bind"] == errno.EACCES and native["access"] == errno.EACCES
+    else:
+        assert native["open"] == 0  # CAP_DAC_OVERRIDE kept
