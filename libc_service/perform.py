@@ -75,6 +75,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import safepath
 from .slavepath import directory_name, join_to_directory
+from .statx import stat_of
 from . import (
     replies,
 )  # loaded on first use (libc_service/__init__.py): a policy importing perform starts without pydantic
@@ -772,7 +773,7 @@ def _stat_now(request: Any, root: str | None, no_follow: int) -> Stat:
     with _target(request, request.path, request.dirfd, root) as where:
         fd = _open_at(where, os.O_PATH | os.O_CLOEXEC | no_follow)
     try:
-        return replies.Stat.from_os(os.fstat(fd))
+        return stat_of(fd)
     finally:
         os.close(fd)
 
