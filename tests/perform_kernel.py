@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from libc_service import Router, perform, spawn
+from libc_service import Router, Sandbox, perform, spawn
 from libc_service.notify import seccomp_unavailable
 from libc_service.requests import FUNCTIONS, Request
 
@@ -47,9 +47,10 @@ async def run_as(
     router: Router | None = None,
     cwd: str | None = None,
     env: Mapping[str, str] | None = None,
+    sandbox: Sandbox | None = None,
     timeout: float = 60,
 ) -> Ran:
-    """Run ``argv`` served by ``router`` (perform everything) on ``transport``."""
+    """Run ``argv`` served by ``router`` (perform everything) on ``transport``, in ``sandbox`` if given."""
     if transport == "seccomp":
         reason = seccomp_unavailable()
         if reason is not None:
@@ -63,6 +64,7 @@ async def run_as(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         seccomp=transport == "seccomp",
+        sandbox=sandbox,
     ) as process:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
         status = await process.wait()
