@@ -75,6 +75,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from pydantic import ValidationError
 
 from .master import close_fds
+from .perform import installable
 from .notify_filter import NOTIFIED, build_notify_filter, notified_numbers
 from .replies import Stat
 from .catalogue import UNIX_PATH_MAX
@@ -1095,7 +1096,18 @@ class SeccompSession:
         function = request.function
         if fds and function in ("open", "openat"):
             cloexec = _O_CLOEXEC if "close_on_exec" in getattr(request, "flags", ()) else 0
-            installed = self._addfd(notif_id, fds[0], _ADDFD_FLAG_SEND, 0, cloexec)
+            try:
+                # ADDFD refuses an O_PATH descriptor: an equivalent, or the call's errno.
+                given = installable(request, fds[0])
+            except OSError as exc:
+                code = exc.errno or errno_module.EACCES
+                self._send(notif_id, 0, -code, 0)
+                return "error", -1, code, 0
+            try:
+                installed = self._addfd(notif_id, given, _ADDFD_FLAG_SEND, 0, cloexec)
+            finally:
+                if given != fds[0]:
+                    os.close(given)
             if installed < 0:
                 return "error", -1, -installed, 0
             return "reply", installed, 0, len(fds)

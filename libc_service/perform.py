@@ -91,7 +91,7 @@ if TYPE_CHECKING:
 else:
     asyncio = on_first_use("asyncio", globals())
 
-__all__ = ["perform"]
+__all__ = ["installable", "perform"]
 
 logger = logging.getLogger(__name__)
 
@@ -766,6 +766,37 @@ async def _await_fifo(fifo: _Fifo, switch: _Switch | None, blocking_open: Callab
 
     fd = await _on_thread(switch, opener, discard=os.close, cancel=release)
     return WithFds(fd, [fd])
+
+
+def installable(request: Any, fd: int) -> int:
+    """A descriptor of ``fd``'s object that another process can be given: ``fd`` itself, or a new one.
+
+    The seccomp transport installs descriptors with ``SECCOMP_IOCTL_NOTIF_ADDFD``,
+    which refuses an ``O_PATH`` descriptor (``EBADF``). An ``O_PATH``
+    descriptor of a directory or a regular file is reopened read-only from
+    the very object (through the master's descriptor, so no name is walked
+    again) with the slave's credentials: it then also lists or reads what
+    the slave may list or read, which the policy's conditions count an
+    ``O_PATH`` open as (it writes nothing). Of any other object — a
+    symlink, a FIFO, a socket, a device, whose open is not free of effects
+    or not possible — no such descriptor exists: ``EOPNOTSUPP`` (which is
+    also what glibc's ``fchmodat(AT_SYMLINK_NOFOLLOW)`` says of a symlink
+    after its ``O_PATH`` open). A new descriptor is the caller's to close;
+    ``fd`` stays the caller's either way.
+    """
+    if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:
+        return fd
+    mode = os.fstat(fd).st_mode
+    if stat_module.S_ISDIR(mode):
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    elif stat_module.S_ISREG(mode):
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    else:
+        raise OSError(errno_module.EOPNOTSUPP, "an O_PATH descriptor of this kind of file cannot be installed")
+    reopened = _as_slave(_switch_for(request), lambda: os.open(f"/proc/self/fd/{fd}", flags))
+    if flags & os.O_NONBLOCK:
+        os.set_blocking(reopened, True)
+    return reopened
 
 
 # ------------------------------------------------------------ stat, access

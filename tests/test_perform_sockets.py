@@ -103,6 +103,14 @@ PROGRAM = textwrap.dedent(
                 out[f"{kind}-{call}"] = [result, errno.errorcode.get(ctypes.get_errno(), 0) if result else 0]
                 fresh.close()
             six.close()
+    elif case == "proc_self":
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind("/proc/self/cwd/p.sock")
+        out["here"] = os.path.exists("p.sock")
+        server.listen()
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect("p.sock")
+        out["connected"] = True
     elif case == "socketserver":
         class Echo(socketserver.StreamRequestHandler):
             def handle(self):
@@ -175,3 +183,18 @@ async def test_a_socket_replaced_from_a_sandboxs_own_network_keeps_its_options(t
     )
     assert served.status == 0, served.err
     assert json.loads(served.out) == json.loads(native.out)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_bind_through_proc_self_makes_the_socket_where_the_slave_is(
+    transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/proc/self/cwd`` is the slave's directory, never the master's, for the exact-name bind too."""
+    masters = _case_dir(tmp_path, "master")
+    monkeypatch.chdir(masters)
+    where = _case_dir(tmp_path, "served")
+    served = await run_as(transport, [PYTHON, "-c", PROGRAM, "proc_self", str(where)])
+    assert served.status == 0, served.err
+    native = run_native([PYTHON, "-c", PROGRAM, "proc_self", str(_case_dir(tmp_path, "native"))])
+    assert json.loads(served.out) == json.loads(native.out) == {"here": True, "connected": True}
+    assert list(masters.iterdir()) == []
