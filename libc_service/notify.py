@@ -76,6 +76,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from pydantic import ValidationError
 
 from .master import close_fds
+from .perform import installable
 from .notify_filter import NOTIFIED, build_notify_filter, notified_numbers
 from .replies import Stat
 from .catalogue import UNIX_PATH_MAX
@@ -193,9 +194,12 @@ _OPEN_HOW_SIZE: Final = 24
 _STAT: Final = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
 #: struct statx (256 bytes): mask, blksize, attributes, nlink, uid, gid, mode,
 #: spare, ino, size, blocks, attributes_mask, atime/btime/ctime/mtime
-#: (sec, nsec, reserved), rdev major/minor, dev major/minor, then spare.
-_STATX: Final = struct.Struct("<IIQIIIHHQQQQ" + "qIi" * 4 + "IIII112x")
+#: (sec, nsec, reserved), rdev major/minor, dev major/minor, mnt_id, then spare.
+_STATX: Final = struct.Struct("<IIQIIIHHQQQQ" + "qIi" * 4 + "IIIIQ104x")
 _STATX_BASIC_STATS: Final = 0x7FF
+_STATX_BTIME: Final = 0x800
+_STATX_MNT_ID: Final = 0x1000
+_STATX_MNT_ID_UNIQUE: Final = 0x4000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -594,6 +598,7 @@ class _Notification:
 class _Context:
     stat_buffer: tuple[int, Literal["stat", "statx"]] | None = None
     socket_number: int | None = None
+    statx_mask: int = 0
 
 
 _BY_NUMBER: Final = {number: name for name, number in NOTIFIED.items()}
@@ -685,7 +690,10 @@ def _decode(notification: _Notification, fetched: _Fetched) -> tuple[dict[str, A
             follow = not flags & _AT_SYMLINK_NOFOLLOW
             where = path_at(0, 1)
             buffer, layout = (args[2], "stat") if name == "newfstatat" else (args[4], "statx")
-        return {"function": "stat" if follow else "lstat", **where}, _Context(stat_buffer=(buffer, layout))
+        mask = args[3] & 0xFFFFFFFF if name == "statx" else 0
+        return {"function": "stat" if follow else "lstat", **where}, _Context(
+            stat_buffer=(buffer, layout), statx_mask=mask
+        )
     if name in ("access", "faccessat", "faccessat2"):
         mode_arg = 1 if name == "access" else 2
         amode = args[mode_arg] & 0xFFFFFFFF
@@ -930,9 +938,14 @@ def _on_the_slaves_socket(name: str, fd: int, raw: bytes) -> int:
     return ctypes.get_errno() or errno_module.EINVAL
 
 
-def _stat_bytes(result: Stat, layout: Literal["stat", "statx"]) -> bytes:
+def _stat_bytes(result: Stat, layout: Literal["stat", "statx"], mask: int = 0) -> bytes:
+    """``result`` as the caller's ``struct stat`` or ``struct statx`` (``mask``: what statx asked for).
+
+    As the kernel does, statx reports the birth time when it was asked for
+    and the mount id unless the unique one was.
+    """
     times = []
-    for ns in (result.atime, result.mtime, result.ctime):
+    for ns in (result.atime, result.mtime, result.ctime, result.btime or 0):
         times += [ns // 10**9, ns % 10**9]
     if layout == "stat":
         return _STAT.pack(
@@ -947,13 +960,22 @@ def _stat_bytes(result: Stat, layout: Literal["stat", "statx"]) -> bytes:
             result.size,
             result.blksize,
             result.blocks,
-            *times,
+            *times[:6],
         )
+    got = _STATX_BASIC_STATS
+    btime = (0, 0, 0)
+    if result.btime is not None and mask & _STATX_BTIME:
+        got |= _STATX_BTIME
+        btime = (times[6], times[7], 0)
+    mnt_id = 0
+    if result.mnt_id is not None and not mask & _STATX_MNT_ID_UNIQUE:
+        got |= _STATX_MNT_ID
+        mnt_id = result.mnt_id
     atime, mtime, ctime = ((times[i], times[i + 1], 0) for i in (0, 2, 4))
     return _STATX.pack(
-        _STATX_BASIC_STATS,
+        got,
         result.blksize & 0xFFFFFFFF,
-        0,
+        result.attributes,
         result.nlink & 0xFFFFFFFF,
         result.uid,
         result.gid,
@@ -962,17 +984,16 @@ def _stat_bytes(result: Stat, layout: Literal["stat", "statx"]) -> bytes:
         result.ino,
         result.size & (2**64 - 1),
         result.blocks & (2**64 - 1),
-        0,
+        result.attributes_mask,
         *atime,
-        0,
-        0,
-        0,
+        *btime,
         *ctime,
         *mtime,
         os.major(result.rdev),
         os.minor(result.rdev),
         os.major(result.dev),
         os.minor(result.dev),
+        mnt_id,
     )
 
 
@@ -1312,7 +1333,18 @@ class SeccompSession:
         function = request.function
         if fds and function in ("open", "openat"):
             cloexec = _O_CLOEXEC if "close_on_exec" in getattr(request, "flags", ()) else 0
-            installed = self._addfd(notif_id, fds[0], _ADDFD_FLAG_SEND, 0, cloexec)
+            try:
+                # ADDFD refuses an O_PATH descriptor: an equivalent, or the call's errno.
+                given = installable(request, fds[0])
+            except OSError as exc:
+                code = exc.errno or errno_module.EACCES
+                self._send(notif_id, 0, -code, 0)
+                return "error", -1, code, 0
+            try:
+                installed = self._addfd(notif_id, given, _ADDFD_FLAG_SEND, 0, cloexec)
+            finally:
+                if given != fds[0]:
+                    os.close(given)
             if installed < 0:
                 return "error", -1, -installed, 0
             return "reply", installed, 0, len(fds)
@@ -1326,7 +1358,7 @@ class SeccompSession:
             address, layout = context.stat_buffer
             self._check_valid(notif_id)  # the thread is still ours: its memory is the caller's
             try:
-                _write_memory(notification.tid, address, _stat_bytes(result, layout))
+                _write_memory(notification.tid, address, _stat_bytes(result, layout, context.statx_mask))
             except _Refuse as refusal:
                 self._send(notif_id, 0, -refusal.code, 0)
                 return "error", -1, refusal.code, 0

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import ctypes
 import errno as errno_module
+import fcntl
 import functools
 import logging
 import os
@@ -76,6 +77,7 @@ import platform
 import select
 import socket
 import stat as stat_module
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -84,6 +86,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import safepath
 from .slavepath import exact_name, join_to_directory
+from .statx import stat_of
 from . import (
     replies,
 )  # loaded on first use (libc_service/__init__.py): a policy importing perform starts without pydantic
@@ -97,7 +100,7 @@ if TYPE_CHECKING:
 else:
     asyncio = on_first_use("asyncio", globals())
 
-__all__ = ["perform"]
+__all__ = ["installable", "perform"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +167,14 @@ def perform(request: Any, *, beneath: str | os.PathLike[str] | None = None) -> A
     ``rename`` and the metadata changes (``chmod``, ``chown``, ``utimens``
     with ``fchmodat``/``fchownat``/``utimensat``, ``AT_SYMLINK_NOFOLLOW`` for
     ``no_follow``; ``fchmod``, ``fchown``, ``futimens`` on the slave's
-    descriptor, which beneath a root must be the file its name there leads to), ``WithFds(0, [sock])`` for ``connect_*``/``bind_*`` (a socket of
-    the slave's family and type, made in the master, which replaces the
-    slave's), a list of :class:`~libc_service.AddrInfo` for ``getaddrinfo`` — or
+    descriptor, which beneath a root must be the file its name there leads to), ``WithFds(0, [sock])`` for ``connect_*``/``bind_*`` (the slave's
+    own socket, bound or connected in the master, wherever the master can
+    act on it — a unix socket named by a path, any socket of the master's
+    network namespace — so its options, ``epoll`` registrations and
+    ``getsockname`` stay the program's; otherwise a socket of the slave's
+    family and type made in the master, carrying its options, which
+    replaces the slave's; a non-blocking connect of the slave's own socket
+    that is in progress raises ``EINPROGRESS``, as natively), a list of :class:`~libc_service.AddrInfo` for ``getaddrinfo`` — or
     raises the kernel's errno as ``OSError`` (``socket.gaierror`` for
     ``getaddrinfo``), which the router turns into the slave's errno.
 
@@ -897,6 +905,37 @@ async def _await_fifo(fifo: _Fifo, switch: _Switch | None, blocking_open: Callab
     return WithFds(fd, [fd])
 
 
+def installable(request: Any, fd: int) -> int:
+    """A descriptor of ``fd``'s object that another process can be given: ``fd`` itself, or a new one.
+
+    The seccomp transport installs descriptors with ``SECCOMP_IOCTL_NOTIF_ADDFD``,
+    which refuses an ``O_PATH`` descriptor (``EBADF``). An ``O_PATH``
+    descriptor of a directory or a regular file is reopened read-only from
+    the very object (through the master's descriptor, so no name is walked
+    again) with the slave's credentials: it then also lists or reads what
+    the slave may list or read, which the policy's conditions count an
+    ``O_PATH`` open as (it writes nothing). Of any other object — a
+    symlink, a FIFO, a socket, a device, whose open is not free of effects
+    or not possible — no such descriptor exists: ``EOPNOTSUPP`` (which is
+    also what glibc's ``fchmodat(AT_SYMLINK_NOFOLLOW)`` says of a symlink
+    after its ``O_PATH`` open). A new descriptor is the caller's to close;
+    ``fd`` stays the caller's either way.
+    """
+    if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:
+        return fd
+    mode = os.fstat(fd).st_mode
+    if stat_module.S_ISDIR(mode):
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    elif stat_module.S_ISREG(mode):
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    else:
+        raise OSError(errno_module.EOPNOTSUPP, "an O_PATH descriptor of this kind of file cannot be installed")
+    reopened = _as_slave(_switch_for(request), lambda: os.open(f"/proc/self/fd/{fd}", flags))
+    if flags & os.O_NONBLOCK:
+        os.set_blocking(reopened, True)
+    return reopened
+
+
 # ------------------------------------------------------------ stat, access
 
 
@@ -909,7 +948,7 @@ def _stat_now(request: Any, root: str | None, no_follow: int) -> Stat:
     with _target(request, request.path, request.dirfd, root) as where:
         fd = _open_at(where, os.O_PATH | os.O_CLOEXEC | no_follow)
     try:
-        return replies.Stat.from_os(os.fstat(fd))
+        return stat_of(fd)
     finally:
         os.close(fd)
 
@@ -1002,17 +1041,37 @@ def _rename_now(request: Any, root: str | None) -> int:
 
 # -------------------------------------------------------------- sockets
 
-#: Options a program sets before bind/connect that change what they do.
-_COPIED_OPTIONS: Final = (
+#: Options a socket that replaces the slave's takes from it: those that
+#: change what bind and connect do, and those a program sets before
+#: connecting that the connection keeps. Compared and copied as raw bytes.
+_CARRIED_OPTIONS: Final = (
     (socket.SOL_SOCKET, socket.SO_REUSEADDR),
     (socket.SOL_SOCKET, getattr(socket, "SO_REUSEPORT", 15)),
     (socket.SOL_SOCKET, socket.SO_BROADCAST),
     (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
     (socket.SOL_SOCKET, socket.SO_OOBINLINE),
+    (socket.SOL_SOCKET, socket.SO_LINGER),
+    (socket.SOL_SOCKET, getattr(socket, "SO_PASSCRED", 16)),
+    (socket.SOL_SOCKET, getattr(socket, "SO_PRIORITY", 12)),
+    (socket.SOL_SOCKET, socket.SO_RCVLOWAT),
+    (socket.SOL_SOCKET, socket.SO_RCVTIMEO),
+    (socket.SOL_SOCKET, socket.SO_SNDTIMEO),
     (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
+    (socket.IPPROTO_IPV6, getattr(socket, "IPV6_TCLASS", 67)),
+    (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS),
     (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", 4)),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", 5)),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", 6)),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 18)),
     (socket.IPPROTO_IP, getattr(socket, "IP_FREEBIND", 15)),
+    (socket.IPPROTO_IP, socket.IP_TOS),
+    (socket.IPPROTO_IP, socket.IP_TTL),
 )
+#: Buffer sizes: the kernel doubles what is set, so half of what is read is set.
+_BUFFER_OPTIONS: Final = ((socket.SOL_SOCKET, socket.SO_SNDBUF), (socket.SOL_SOCKET, socket.SO_RCVBUF))
+_SIOCGSKNS: Final = 0x894C
+_FAMILY_OF: Final = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "unix": socket.AF_UNIX}
 
 
 def _bound(probe: socket.socket) -> bool:
@@ -1025,40 +1084,91 @@ def _bound(probe: socket.socket) -> bool:
     return bool(name)
 
 
-def _fresh_socket(slave_fd: int) -> tuple[socket.socket, bool]:
-    """The socket to bind or connect, and whether the slave's was non-blocking.
+def _network_namespace(fd: int, pid: int) -> tuple[int, int] | None:
+    """The network namespace socket ``fd`` belongs to (``SIOCGSKNS``), else process ``pid``'s; ``None``: unknown."""
+    try:
+        namespace = fcntl.ioctl(fd, _SIOCGSKNS, 0)
+    except OSError:  # EPERM without CAP_NET_ADMIN over it, ENOTTY before Linux 4.9
+        namespace = -1
+    try:
+        found = os.fstat(namespace) if namespace >= 0 else os.stat(f"/proc/{pid}/ns/net") if pid > 0 else None
+    except OSError:
+        return None
+    finally:
+        if namespace >= 0:
+            os.close(namespace)
+    return None if found is None else (found.st_dev, found.st_ino)
 
-    A socket like the slave's (family, type, protocol, the options that
-    change binding and connecting), made in the master's network namespace —
-    unless the slave's socket is bound already (a client that chose its
-    source port, or one bound through ``perform`` before): a new socket would
-    lose that binding, so the slave's own is used.
+
+@functools.cache
+def _own_network_namespace() -> tuple[int, int]:
+    found = os.stat("/proc/self/ns/net")
+    return found.st_dev, found.st_ino
+
+
+def _socket_for(request: Any) -> tuple[socket.socket, bool]:
+    """The socket to bind or connect (the master's reference), and whether the slave's was non-blocking.
+
+    The slave's own socket wherever the master can act on it: a unix
+    socket named by a path (the filesystem does not depend on the network
+    namespace), a socket of the master's network namespace, or one bound
+    already. Binding or connecting *it* keeps everything the program did
+    to it — options, ``epoll`` registrations, other threads' and other
+    processes' view of it, its ``getsockname``. Otherwise (an inet or
+    abstract unix socket made in the sandbox's own network namespace) a
+    socket like it is made in the master's namespace, with the options of
+    ``_CARRIED_OPTIONS`` and the buffer sizes copied; it replaces the slave's.
     """
+    slave_fd = int(request.socket)
+    nonblocking = not os.get_blocking(slave_fd)
     probe = socket.socket(fileno=slave_fd)
     try:
-        if _bound(probe):
-            return socket.socket(fileno=os.dup(slave_fd)), not os.get_blocking(slave_fd)
+        by_path = request.function.endswith("_unix") and not request.abstract
+        if by_path or _bound(probe):
+            return socket.socket(fileno=os.dup(slave_fd)), nonblocking
+        if _network_namespace(slave_fd, int(getattr(request, "pid", 0))) == _own_network_namespace():
+            return socket.socket(fileno=os.dup(slave_fd)), nonblocking
         fresh = socket.socket(probe.family, probe.type, probe.proto)
         try:
-            for level, name in _COPIED_OPTIONS:
-                try:
-                    value = probe.getsockopt(level, name)
-                    if value != fresh.getsockopt(level, name):
-                        fresh.setsockopt(level, name, value)
-                except OSError:
-                    continue  # not an option of this family, or not ours to set
+            _carry_options(probe, fresh)
         except BaseException:
             fresh.close()
             raise
-        return fresh, not os.get_blocking(slave_fd)
+        return fresh, nonblocking
     finally:
         probe.detach()
+
+
+def _carry_options(source: socket.socket, target: socket.socket) -> None:
+    for level, name in _CARRIED_OPTIONS:
+        try:
+            value = source.getsockopt(level, name, 64)
+            if value != target.getsockopt(level, name, 64):
+                target.setsockopt(level, name, value)
+        except OSError:
+            continue  # not an option of this family, or not ours to set
+    for level, name in _BUFFER_OPTIONS:
+        try:
+            size = source.getsockopt(level, name)
+            if size != target.getsockopt(level, name):
+                target.setsockopt(level, name, size // 2)
+        except OSError:
+            continue
 
 
 def _handed_over(sock: socket.socket, nonblocking: bool) -> WithFds:
     sock.setblocking(not nonblocking)
     fd = sock.detach()
     return WithFds(0, [fd])
+
+
+def _dropped(sock: socket.socket, nonblocking: bool) -> None:
+    """Give up ``sock`` after a failure: the slave's own keeps its blocking mode."""
+    try:
+        sock.setblocking(not nonblocking)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _address(request: Any) -> Any:
@@ -1070,18 +1180,51 @@ def _address(request: Any) -> Any:
     return (str(request.address), request.port)
 
 
+def _sockaddr(request: Any) -> bytes:
+    """The request's inet address as the slave's ``struct sockaddr_in``/``sockaddr_in6``."""
+    port = struct.pack("!H", request.port)
+    packed: bytes = request.address.packed
+    if request.function.endswith("_inet6"):
+        scope = int(request.address.scope_id or 0) if request.address.scope_id else 0
+        return struct.pack("=H", socket.AF_INET6) + port + bytes(4) + packed + struct.pack("=I", scope)
+    return struct.pack("=H", socket.AF_INET) + port + packed + bytes(8)
+
+
+def _inet_call(name: str, sock: socket.socket, request: Any) -> int:
+    """``bind``/``connect`` of an inet request: 0 or the kernel's errno.
+
+    A socket of the other family (an ``AF_INET6`` socket given an
+    ``AF_INET`` address) gets the slave's address structure as it is, so
+    the kernel answers as it would have the slave (``EINVAL`` for a TCP
+    connect, a v4-mapped connection for UDP, ``EAFNOSUPPORT`` …).
+    """
+    if sock.family == _FAMILY_OF[request.function.rsplit("_", 1)[1]]:
+        if name == "connect":
+            return sock.connect_ex(_address(request))
+        sock.bind(_address(request))
+        return 0
+    raw = _sockaddr(request)
+    buffer = ctypes.create_string_buffer(raw, len(raw))
+    if getattr(_libc, name)(ctypes.c_int(sock.fileno()), buffer, ctypes.c_uint(len(raw))) == 0:
+        return 0
+    code = ctypes.get_errno()
+    if name == "bind":
+        raise OSError(code, os.strerror(code))
+    return code
+
+
 def _perform_bind_inet(request: Any, root: str | None) -> Any:
-    sock, nonblocking = _fresh_socket(request.socket)
+    sock, nonblocking = _socket_for(request)
     try:
-        _as_slave(_switch_for(request), lambda: sock.bind(_address(request)))
+        _as_slave(_switch_for(request), lambda: _inet_call("bind", sock, request))
     except BaseException:
-        sock.close()
+        _dropped(sock, nonblocking)
         raise
     return _handed_over(sock, nonblocking)
 
 
 def _perform_bind_unix(request: Any, root: str | None) -> Any:
-    sock, nonblocking = _fresh_socket(request.socket)
+    sock, nonblocking = _socket_for(request)
     try:
         if request.abstract:
             _as_slave(_switch_for(request), lambda: sock.bind(os.fsencode(str(request.path))))
@@ -1092,19 +1235,66 @@ def _perform_bind_unix(request: Any, root: str | None) -> Any:
         with _target(request, request.path, getattr(request, "dirfd", None), root) as where:
             parent, name = _as_slave(_switch_for(request), lambda: _parent(where))
         try:
+            if root is None and _bind_exact(request, sock, parent):
+                return _handed_over(sock, nonblocking)
             switch = _switch_for(request, creates=True, chdir=parent)
             _as_slave(switch, lambda: sock.bind(os.fsencode(name)))
         finally:
             os.close(parent)
     except BaseException:
-        sock.close()
+        _dropped(sock, nonblocking)
         raise
     return _handed_over(sock, nonblocking)
 
 
-def _perform_connect(request: Any, root: str | None) -> Any:
-    sock, nonblocking = _fresh_socket(request.socket)
+class _Unconfined(Exception):
+    """The bind thread could not confine itself (no Landlock)."""
+
+
+def _bind_exact(request: Any, sock: socket.socket, parent: int) -> bool:
+    """Bind the slave's exact text, so ``getsockname`` reports it; ``False``: bind the last name instead.
+
+    The text is resolved from the slave's working directory (or dirfd) by
+    a thread that may make socket files only beneath ``parent``, the
+    directory the guarded walk found (:mod:`libc_service.bindguard`). A
+    text that leads elsewhere (through ``/proc/self``, a magic link) is
+    refused there with ``EACCES``, and so is one the slave may not bind
+    at all: the bind of the last name in ``parent`` then gives the
+    kernel's answer for the object the slave names.
+    """
+    from . import bindguard
+
+    if not bindguard.available():
+        return False
+    text = os.fsencode(str(request.path))
+    start = getattr(request, "dirfd", None)
+    owned = -1
+    if start is None:
+        # An absolute text ignores the working directory: any will do.
+        start = parent if text.startswith(b"/") else _slave_cwd(request)
+        owned = -1 if start == parent else start
+
+    def bind() -> None:
+        try:
+            bindguard.confine_socket_files(parent)
+        except OSError as exc:
+            raise _Unconfined(str(exc)) from None
+        sock.bind(text)
+
     try:
+        _as_slave(_switch_for(request, creates=True, chdir=int(start)), bind)
+    except (_Unconfined, PermissionError):
+        return False
+    finally:
+        if owned >= 0:
+            os.close(owned)
+    return True
+
+
+def _perform_connect(request: Any, root: str | None) -> Any:
+    sock, nonblocking = _socket_for(request)
+    try:
+        attempt: Callable[[], int]
         if request.function == "connect_unix" and not request.abstract:
 
             def open_socket_file() -> int:
@@ -1114,22 +1304,49 @@ def _perform_connect(request: Any, root: str | None) -> Any:
             switch = _switch_for(request)
             path_fd = _as_slave(switch, open_socket_file)
             # The very socket file the kernel resolved, through the master's descriptor.
-            address: Any = f"/proc/self/fd/{path_fd}"
+            address = f"/proc/self/fd/{path_fd}"
+
+            def attempt() -> int:
+                return sock.connect_ex(address)
+
+        elif request.function == "connect_unix":
+            switch, path_fd = _switch_for(request), -1
+            name = os.fsencode(str(request.path))
+
+            def attempt() -> int:
+                return sock.connect_ex(name)
+
         else:
             switch, path_fd = _switch_for(request), -1
-            address = os.fsencode(str(request.path)) if request.function == "connect_unix" else _address(request)
+
+            def attempt() -> int:
+                return _inet_call("connect", sock, request)
+
+        # A non-blocking connect of the slave's own socket in progress is
+        # the slave's to finish, as natively: EINPROGRESS, then its poll.
+        in_progress_is_answer = nonblocking and os.fstat(sock.fileno()).st_ino == os.fstat(request.socket).st_ino
         sock.setblocking(False)
     except BaseException:
-        sock.close()
+        _dropped(sock, nonblocking)
         raise
-    return _connect(sock, address, switch, nonblocking, path_fd)
+    return _connect(sock, attempt, switch, nonblocking, path_fd, in_progress_is_answer)
 
 
-def _connect(sock: socket.socket, address: Any, switch: _Switch | None, nonblocking: bool, path_fd: int) -> Any:
-    """Start a non-blocking connect as the slave; finish it without blocking a running loop."""
+def _connect(
+    sock: socket.socket,
+    attempt: Callable[[], int],
+    switch: _Switch | None,
+    nonblocking: bool,
+    path_fd: int,
+    in_progress_is_answer: bool,
+) -> Any:
+    """Start a non-blocking connect as the slave; finish it without blocking a running loop.
 
-    def attempt() -> int:
-        return sock.connect_ex(address)
+    Once the connection is made, ``connect`` is called once more, as a
+    blocking ``connect`` does in the kernel before it returns: the socket
+    is then "connected" to the kernel too (a later ``connect`` fails with
+    ``EISCONN``, as natively, instead of returning 0).
+    """
 
     def close_path() -> None:
         if path_fd >= 0:
@@ -1139,14 +1356,18 @@ def _connect(sock: socket.socket, address: Any, switch: _Switch | None, nonblock
         code = _as_slave(switch, attempt)
     except BaseException:
         close_path()
-        sock.close()
+        _dropped(sock, nonblocking)
         raise
     if code == 0:
         close_path()
         return _handed_over(sock, nonblocking)
-    if code not in (errno_module.EINPROGRESS, errno_module.EAGAIN) or (code == errno_module.EAGAIN and nonblocking):
+    if (
+        code not in (errno_module.EINPROGRESS, errno_module.EAGAIN)
+        or (code == errno_module.EAGAIN and nonblocking)
+        or (code == errno_module.EINPROGRESS and in_progress_is_answer)
+    ):
         close_path()
-        sock.close()
+        _dropped(sock, nonblocking)
         raise OSError(code, os.strerror(code))
     if _running_loop() is None:
         try:
@@ -1157,14 +1378,14 @@ def _connect(sock: socket.socket, address: Any, switch: _Switch | None, nonblock
                 waiting = select.poll()
                 waiting.register(sock.fileno(), select.POLLOUT)
                 waiting.poll()
-                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or _as_slave(switch, attempt)
         except BaseException:
             close_path()
-            sock.close()
+            _dropped(sock, nonblocking)
             raise
         close_path()
         if code:
-            sock.close()
+            _dropped(sock, nonblocking)
             raise OSError(code, os.strerror(code))
         return _handed_over(sock, nonblocking)
     return _await_connect(sock, code, attempt, switch, nonblocking, close_path)
@@ -1195,11 +1416,11 @@ async def _await_connect(
                 await writable
             finally:
                 loop.remove_writer(sock.fileno())
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or _as_slave(switch, attempt)
         if code:
             raise OSError(code, os.strerror(code))
     except BaseException:
-        sock.close()
+        _dropped(sock, nonblocking)
         raise
     finally:
         close_path()

@@ -31,6 +31,9 @@ __all__ = [
 U32 = Annotated[int, Field(ge=0, lt=2**32)]
 U64 = Annotated[int, Field(ge=0, lt=2**64)]
 I64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]
+#: A time in ns since the epoch: any ``struct timespec`` with a 64-bit
+#: ``tv_sec`` (a filesystem may store times past 2262, beyond int64 ns).
+Nanoseconds = Annotated[int, Field(ge=-(2**63) * 10**9, lt=2**63 * 10**9)]
 
 
 _TYPE_BY_IFMT: Final[dict[int, FileType]] = {
@@ -44,14 +47,26 @@ _TYPE_BY_IFMT: Final[dict[int, FileType]] = {
 }
 
 
+def file_type(st_mode: int) -> FileType:
+    """The kind of file an ``st_mode`` names (``"regular"`` for a type it does not know)."""
+    return _TYPE_BY_IFMT.get(stat_module.S_IFMT(st_mode), "regular")
+
+
 class Stat(BaseModel):
     """A stat result as the slave will see it.
 
     ``mode`` holds the permission bits only and ``type`` the kind of file, so
     a policy cannot produce a mode whose type bits disagree with its type.
-    Times are nanoseconds since the epoch. Every field defaults to 0 (and
-    ``type`` to ``"regular"``), so a faked result names only what it fakes:
-    ``Stat(size=4242)``.
+    Times are nanoseconds since the epoch, as wide as the kernel's
+    ``struct timespec`` (not int64 ns: ext4 stores times past 2262). Every
+    field defaults to 0 (and ``type`` to ``"regular"``), so a faked result
+    names only what it fakes: ``Stat(size=4242)``.
+
+    The fields only ``statx`` reports — ``btime`` (the birth time, ``None``
+    where the filesystem does not keep one), ``attributes`` and
+    ``attributes_mask`` (``STATX_ATTR_*``) and ``mnt_id`` (``None``: not
+    known) — let a ``statx`` answered through the master say what the
+    kernel says; ``stat`` ignores them.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
@@ -67,9 +82,13 @@ class Stat(BaseModel):
     size: I64 = 0
     blksize: I64 = 0
     blocks: I64 = 0
-    atime: I64 = 0
-    mtime: I64 = 0
-    ctime: I64 = 0
+    atime: Nanoseconds = 0
+    mtime: Nanoseconds = 0
+    ctime: Nanoseconds = 0
+    btime: Nanoseconds | None = None
+    attributes: U64 = 0
+    attributes_mask: U64 = 0
+    mnt_id: U64 | None = None
 
     @classmethod
     def from_os(cls, result: os.stat_result) -> Stat:

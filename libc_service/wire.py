@@ -16,6 +16,7 @@ hostile peer's message.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import struct
 from collections.abc import Sequence
@@ -111,7 +112,15 @@ GROUP: Final = struct.Struct("<I")
 #: magic, version, function, tid, errno, request id, result, action,
 #: payload kind, count, 12 reserved bytes.
 REPLY: Final = struct.Struct("<4sHHIIQqBBH12s")
-STAT: Final = struct.Struct("<QQQQqqqqqqIIII")
+#: dev, ino, nlink, rdev, size, blksize, blocks, atime/mtime/ctime seconds,
+#: mode, type, uid, gid, atime/mtime/ctime/btime ns parts, btime seconds,
+#: attributes, attributes mask, mount id, which of btime (bit 0) and mount
+#: id (bit 1) are known, 4 reserved bytes. Times are (seconds, ns) as in
+#: ``struct timespec``: int64 ns would end in 2262.
+STAT: Final = struct.Struct("<QQQQqqqqqqIIIIIIIIqQQQII")
+STAT_BTIME: Final = 1
+STAT_MNT_ID: Final = 2
+_NS: Final = 1_000_000_000
 ADDRINFO: Final = struct.Struct("<BxHI16s")
 REGISTRATION: Final = struct.Struct("<4sHHII")
 
@@ -865,7 +874,11 @@ def _encode_stat(st: Stat) -> bytes:
         raise LocalProtocolError(f"stat mode {st.mode:#o} is not permission bits")
     if st.type not in _FILE_TYPE_CODE:
         raise LocalProtocolError(f"unknown file type {st.type!r}")
+    present = (STAT_BTIME if st.btime is not None else 0) | (STAT_MNT_ID if st.mnt_id is not None else 0)
     try:
+        (asec, ansec), (msec, mnsec), (csec, cnsec), (bsec, bnsec) = (
+            divmod(operator.index(t), _NS) for t in (st.atime, st.mtime, st.ctime, st.btime or 0)
+        )
         return STAT.pack(
             st.dev,
             st.ino,
@@ -874,15 +887,25 @@ def _encode_stat(st: Stat) -> bytes:
             st.size,
             st.blksize,
             st.blocks,
-            st.atime,
-            st.mtime,
-            st.ctime,
+            asec,
+            msec,
+            csec,
             st.mode,
             _FILE_TYPE_CODE[st.type],
             st.uid,
             st.gid,
+            ansec,
+            mnsec,
+            cnsec,
+            bnsec,
+            bsec,
+            st.attributes,
+            st.attributes_mask,
+            st.mnt_id or 0,
+            present,
+            0,
         )
-    except struct.error as exc:
+    except (struct.error, TypeError, ValueError) as exc:
         raise LocalProtocolError(f"a stat field is out of range: {exc}") from None
 
 
@@ -960,13 +983,44 @@ def decode_reply(data: bytes, nfds: int = 0) -> ReplyMessage:
 
 
 def _decode_stat(payload: bytes) -> Stat:
-    (dev, ino, nlink, rdev, size, blksize, blocks, atime, mtime, ctime, mode, type_code, uid, gid) = STAT.unpack(
-        payload
-    )
+    (
+        dev,
+        ino,
+        nlink,
+        rdev,
+        size,
+        blksize,
+        blocks,
+        asec,
+        msec,
+        csec,
+        mode,
+        type_code,
+        uid,
+        gid,
+        ansec,
+        mnsec,
+        cnsec,
+        bnsec,
+        bsec,
+        attributes,
+        attributes_mask,
+        mnt_id,
+        present,
+        reserved,
+    ) = STAT.unpack(payload)
     if mode > 0o7777:
         raise RemoteProtocolError(f"stat mode {mode:#o} has bits beyond 0o7777")
     if not 1 <= type_code <= len(FILE_TYPES):
         raise RemoteProtocolError(f"unknown file type code {type_code}")
+    if max(ansec, mnsec, cnsec, bnsec) >= _NS:
+        raise RemoteProtocolError("a stat time's ns part is 10**9 or more")
+    if present & ~(STAT_BTIME | STAT_MNT_ID) or reserved:
+        raise RemoteProtocolError("reserved stat record bits are set")
+    if not present & STAT_BTIME and (bsec or bnsec):
+        raise RemoteProtocolError("a birth time on a record that has none")
+    if not present & STAT_MNT_ID and mnt_id:
+        raise RemoteProtocolError("a mount id on a record that has none")
     return replies.Stat.model_construct(
         dev=dev,
         ino=ino,
@@ -979,9 +1033,13 @@ def _decode_stat(payload: bytes) -> Stat:
         size=size,
         blksize=blksize,
         blocks=blocks,
-        atime=atime,
-        mtime=mtime,
-        ctime=ctime,
+        atime=asec * _NS + ansec,
+        mtime=msec * _NS + mnsec,
+        ctime=csec * _NS + cnsec,
+        btime=bsec * _NS + bnsec if present & STAT_BTIME else None,
+        attributes=attributes,
+        attributes_mask=attributes_mask,
+        mnt_id=mnt_id if present & STAT_MNT_ID else None,
     )
 
 

@@ -200,6 +200,9 @@ requests = st.sampled_from(FUNCTIONS).flatmap(requests_of)
 
 # -------------------------------------------------------------------- replies
 
+#: A time in ns as wide as struct timespec (int64 seconds), past 2262 too.
+TIMESPECS = I64 | st.integers(-(2**63) * 10**9, 2**63 * 10**9 - 1)
+
 stats = st.builds(
     Stat,
     dev=U64,
@@ -213,9 +216,13 @@ stats = st.builds(
     size=I64,
     blksize=I64,
     blocks=I64,
-    atime=I64,
-    mtime=I64,
-    ctime=I64,
+    atime=TIMESPECS,
+    mtime=TIMESPECS,
+    ctime=TIMESPECS,
+    btime=st.none() | TIMESPECS,
+    attributes=U64,
+    attributes_mask=U64,
+    mnt_id=st.none() | U64,
 )
 
 addrinfos = st.builds(AddrInfo, ipv4 | ipv6, PORTS)

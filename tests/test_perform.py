@@ -15,6 +15,7 @@ import collections
 import errno
 import os
 import signal
+import select
 import socket
 import stat
 import struct
@@ -499,7 +500,10 @@ def test_o_path_opens_work(tmp_path: Path, here: int) -> None:
 def test_every_function_answers_as_the_kernel(tmp_path: Path, here: int) -> None:
     (tmp_path / "f").write_text("f")
     (tmp_path / "d").mkdir()
-    assert perform(LstatRequest(path="f", dirfd=here, **ME)) == Stat.from_os(os.lstat(tmp_path / "f"))
+    # os.lstat has stat's fields; statx's own (birth time, mount id …) are compared in test_perform_times.
+    statx_only = {"btime": None, "attributes": 0, "attributes_mask": 0, "mnt_id": None}
+    performed = perform(LstatRequest(path="f", dirfd=here, **ME)).model_copy(update=statx_only)
+    assert performed == Stat.from_os(os.lstat(tmp_path / "f"))
     assert perform(AccessRequest(path="f", amode="rw", dirfd=here, **ME)) == 0
     assert errno_of(lambda: perform(EaccessRequest(path="f", amode="x", dirfd=here, **ME))) == "EACCES"
     assert errno_of(lambda: perform(AccessRequest(path="f/", amode="f", dirfd=here, **ME))) == "ENOTDIR"
@@ -837,29 +841,55 @@ async def test_getaddrinfo_on_a_loop_is_awaited() -> None:
         await perform(GetaddrinfoRequest(node="no-such-host.invalid", **ME))
 
 
-async def test_connect_inet_hands_over_a_connected_socket_like_the_slaves() -> None:
+async def test_connect_inet_connects_the_slaves_own_socket() -> None:
     server = socket.create_server(("127.0.0.1", 0))
     slaves = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    slaves.setblocking(False)
+    slaves.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 12345)
     try:
         port = server.getsockname()[1]
         result = perform(ConnectInetRequest(address="127.0.0.1", port=port, socket=slaves.fileno(), **ME))
         if asyncio.iscoroutine(result):
             result = await asyncio.wait_for(result, 5)
         (fd,) = result.fds
-        assert not os.get_blocking(fd)  # the slave's socket was non-blocking
+        assert os.get_blocking(fd)  # the slave's socket was blocking
         with socket.socket(fileno=fd) as connected:
+            assert os.fstat(fd).st_ino == os.fstat(slaves.fileno()).st_ino  # the very same socket
             peer, _ = server.accept()
             with peer:
-                assert connected.getpeername() == peer.getsockname()
+                assert slaves.getpeername() == peer.getsockname()
                 assert connected.type == socket.SOCK_STREAM
-        with pytest.raises(ConnectionRefusedError):
-            refused = perform(ConnectInetRequest(address="127.0.0.1", port=1, socket=slaves.fileno(), **ME))
+        assert slaves.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 12345  # as the program set it
+        # Connected, as after a native blocking connect: connecting again is EISCONN.
+        with pytest.raises(OSError) as again:
+            perform(ConnectInetRequest(address="127.0.0.1", port=port, socket=slaves.fileno(), **ME))
+        assert again.value.errno == errno.EISCONN
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other, pytest.raises(ConnectionRefusedError):
+            refused = perform(ConnectInetRequest(address="127.0.0.1", port=1, socket=other.fileno(), **ME))
             if asyncio.iscoroutine(refused):
                 await refused
     finally:
         slaves.close()
         server.close()
+
+
+def test_a_nonblocking_connect_in_progress_is_the_slaves_to_finish() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    slaves = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slaves.setblocking(False)
+    with server, slaves:
+        native = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        native.setblocking(False)
+        with native:
+            expected = native.connect_ex(server.getsockname())
+        try:
+            perform(ConnectInetRequest(address="127.0.0.1", port=server.getsockname()[1], socket=slaves.fileno(), **ME))
+            code = 0
+        except OSError as exc:
+            code = exc.errno or 0
+        assert code == expected
+        select.select([], [slaves], [], 5)
+        assert slaves.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        assert slaves.getpeername() == server.getsockname()
 
 
 def test_bind_inet_and_unix_hand_over_a_bound_socket(tmp_path: Path, here: int) -> None:
@@ -873,12 +903,13 @@ def test_bind_inet_and_unix_hand_over_a_bound_socket(tmp_path: Path, here: int) 
         binding = BindUnixRequest(path=f"{tmp_path}/sock", socket=unix.fileno(), **ME)
         result = perform(as_slave(binding, umask=0o077))
         with socket.socket(fileno=result.fds[0]) as bound:
-            # Bound from its parent directory, so the name it reports is the last component.
-            assert bound.getsockname() == "sock"
+            # The slave's own socket, bound to the slave's exact text.
+            assert bound.getsockname() == unix.getsockname() == f"{tmp_path}/sock"
         assert stat.S_ISSOCK((tmp_path / "sock").stat().st_mode)
         assert stat.S_IMODE((tmp_path / "sock").stat().st_mode) == 0o700
-        again = BindUnixRequest(path=f"{tmp_path}/sock", socket=unix.fileno(), **ME)
-        assert errno_of(lambda: perform(again)) == "EADDRINUSE"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+            again = BindUnixRequest(path=f"{tmp_path}/sock", socket=other.fileno(), **ME)
+            assert errno_of(lambda: perform(again)) == "EADDRINUSE"
     finally:
         slaves.close()
         unix.close()

@@ -46,7 +46,7 @@ def test_the_header_layouts_match_the_protocol_document() -> None:
     assert wire.REQUEST.size == 72
     assert wire.GROUP.size == 4
     assert wire.REPLY.size == 48
-    assert wire.STAT.size == 96
+    assert wire.STAT.size == 152
     assert wire.ADDRINFO.size == 24
     assert wire.REGISTRATION.size == 16
     assert (wire.MAX_REQUEST_FDS, wire.MAX_REPLY_FDS, wire.MAX_ADDRINFO, wire.MAX_MESSAGE) == (2, 4, 128, 8518)

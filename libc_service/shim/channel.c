@@ -575,8 +575,16 @@ static int max_reply_fds(uint16_t function)
 
 static int valid_stat_record(const unsigned char *record)
 {
+	static const int nsec_offsets[] = { LCS_STAT_ATIME_NSEC_OFFSET, LCS_STAT_MTIME_NSEC_OFFSET,
+					    LCS_STAT_CTIME_NSEC_OFFSET, LCS_STAT_BTIME_NSEC_OFFSET };
 	uint32_t type = get32(record + LCS_STAT_TYPE_OFFSET);
-	return get32(record + LCS_STAT_MODE_OFFSET) <= 07777 && type >= 1 && type <= 7;
+	uint32_t present = get32(record + LCS_STAT_PRESENT_OFFSET);
+	for (size_t i = 0; i < sizeof nsec_offsets / sizeof nsec_offsets[0]; i++)
+		if (get32(record + nsec_offsets[i]) >= 1000000000u)
+			return 0;
+	return get32(record + LCS_STAT_MODE_OFFSET) <= 07777 && type >= 1 && type <= 7 &&
+	       !(present & ~(uint32_t)(LCS_STAT_BTIME | LCS_STAT_MNT_ID)) &&
+	       get32(record + LCS_STAT_RESERVED_OFFSET) == 0;
 }
 
 static int valid_addrinfo_entry(const unsigned char *entry)
@@ -771,11 +779,20 @@ void lcs_stat_decode(const unsigned char *record, struct lcs_stat *out)
 	out->size = get_i64(record + LCS_STAT_SIZE_OFFSET);
 	out->blksize = get_i64(record + LCS_STAT_BLKSIZE_OFFSET);
 	out->blocks = get_i64(record + LCS_STAT_BLOCKS_OFFSET);
-	out->atime_ns = get_i64(record + LCS_STAT_ATIME_OFFSET);
-	out->mtime_ns = get_i64(record + LCS_STAT_MTIME_OFFSET);
-	out->ctime_ns = get_i64(record + LCS_STAT_CTIME_OFFSET);
+	out->atime = (struct timespec){ get_i64(record + LCS_STAT_ATIME_OFFSET),
+					get32(record + LCS_STAT_ATIME_NSEC_OFFSET) };
+	out->mtime = (struct timespec){ get_i64(record + LCS_STAT_MTIME_OFFSET),
+					get32(record + LCS_STAT_MTIME_NSEC_OFFSET) };
+	out->ctime = (struct timespec){ get_i64(record + LCS_STAT_CTIME_OFFSET),
+					get32(record + LCS_STAT_CTIME_NSEC_OFFSET) };
+	out->btime = (struct timespec){ get_i64(record + LCS_STAT_BTIME_OFFSET),
+					get32(record + LCS_STAT_BTIME_NSEC_OFFSET) };
 	out->mode = get32(record + LCS_STAT_MODE_OFFSET);
 	out->type = get32(record + LCS_STAT_TYPE_OFFSET);
 	out->uid = get32(record + LCS_STAT_UID_OFFSET);
 	out->gid = get32(record + LCS_STAT_GID_OFFSET);
+	out->attributes = get64(record + LCS_STAT_ATTRIBUTES_OFFSET);
+	out->attributes_mask = get64(record + LCS_STAT_ATTRIBUTES_MASK_OFFSET);
+	out->mnt_id = get64(record + LCS_STAT_MNT_ID_OFFSET);
+	out->present = get32(record + LCS_STAT_PRESENT_OFFSET);
 }

@@ -414,16 +414,6 @@ LCS_EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 
 /* ---- stat ---- */
 
-static struct timespec timespec_from_ns(int64_t ns)
-{
-	struct timespec ts = { ns / 1000000000, ns % 1000000000 };
-	if (ts.tv_nsec < 0) {
-		ts.tv_sec--;
-		ts.tv_nsec += 1000000000;
-	}
-	return ts;
-}
-
 /* struct stat and struct stat64 have the same field names. */
 #define FILL_STAT(st, s)                                        \
 	do {                                                    \
@@ -438,18 +428,26 @@ static struct timespec timespec_from_ns(int64_t ns)
 		(st)->st_size = (s)->size;                      \
 		(st)->st_blksize = (s)->blksize;                \
 		(st)->st_blocks = (s)->blocks;                  \
-		(st)->st_atim = timespec_from_ns((s)->atime_ns); \
-		(st)->st_mtim = timespec_from_ns((s)->mtime_ns); \
-		(st)->st_ctim = timespec_from_ns((s)->ctime_ns); \
+		(st)->st_atim = (s)->atime;                     \
+		(st)->st_mtim = (s)->mtime;                     \
+		(st)->st_ctim = (s)->ctime;                     \
 	} while (0)
 
-static struct statx_timestamp statx_time(int64_t ns)
+static struct statx_timestamp statx_time(struct timespec ts)
 {
-	struct timespec ts = timespec_from_ns(ns);
 	return (struct statx_timestamp){ .tv_sec = ts.tv_sec, .tv_nsec = ts.tv_nsec };
 }
 
-static void fill_statx(struct statx *stx, const struct lcs_stat *s)
+#ifndef STATX_MNT_ID
+#define STATX_MNT_ID 0x1000U
+#endif
+#ifndef STATX_MNT_ID_UNIQUE
+#define STATX_MNT_ID_UNIQUE 0x4000U
+#endif
+
+/* The kernel reports the birth time when asked for it (a filesystem may add
+ * it unasked) and the mount id unless the unique one was asked for. */
+static void fill_statx(struct statx *stx, const struct lcs_stat *s, unsigned mask)
 {
 	memset(stx, 0, sizeof *stx);
 	stx->stx_mask = STATX_BASIC_STATS;
@@ -461,9 +459,19 @@ static void fill_statx(struct statx *stx, const struct lcs_stat *s)
 	stx->stx_ino = s->ino;
 	stx->stx_size = s->size;
 	stx->stx_blocks = s->blocks;
-	stx->stx_atime = statx_time(s->atime_ns);
-	stx->stx_mtime = statx_time(s->mtime_ns);
-	stx->stx_ctime = statx_time(s->ctime_ns);
+	stx->stx_attributes = s->attributes;
+	stx->stx_attributes_mask = s->attributes_mask;
+	stx->stx_atime = statx_time(s->atime);
+	stx->stx_mtime = statx_time(s->mtime);
+	stx->stx_ctime = statx_time(s->ctime);
+	if ((s->present & LCS_STAT_BTIME) && (mask & STATX_BTIME)) {
+		stx->stx_mask |= STATX_BTIME;
+		stx->stx_btime = statx_time(s->btime);
+	}
+	if ((s->present & LCS_STAT_MNT_ID) && !(mask & STATX_MNT_ID_UNIQUE)) {
+		stx->stx_mask |= STATX_MNT_ID;
+		memcpy((char *)stx + 0x90, &s->mnt_id, sizeof s->mnt_id); /* stx_mnt_id */
+	}
 	stx->stx_rdev_major = major(s->rdev);
 	stx->stx_rdev_minor = minor(s->rdev);
 	stx->stx_dev_major = major(s->dev);
@@ -581,7 +589,7 @@ LCS_EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, stru
 	how = stat_call(dirfd, path, flags, &s, &result);
 	if (how == ANSWERED) {
 		if (result == 0)
-			fill_statx(buf, &s);
+			fill_statx(buf, &s, mask);
 		return result;
 	}
 	return LCS_AFTER(how, LCS_REAL(statx)(dirfd, path, flags, mask, buf));

@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #define LCS_EXPORT __attribute__((visibility("default")))
 
@@ -46,7 +47,7 @@
 #define LCS_MAX_MESSAGE (LCS_REQUEST_HEADER + 4 * LCS_MAX_GROUPS + 2 * LCS_PATH_MAX_BYTES)
 #define LCS_REQUEST_HEADER 72
 #define LCS_REPLY_HEADER 48
-#define LCS_STAT_RECORD 96
+#define LCS_STAT_RECORD 152
 #define LCS_ADDRINFO_ENTRY 24
 
 /* Field offsets (little-endian fields; docs/protocol.md).  Each equals
@@ -94,13 +95,25 @@
 #define LCS_STAT_SIZE_OFFSET 32    /* i64 */
 #define LCS_STAT_BLKSIZE_OFFSET 40 /* i64 */
 #define LCS_STAT_BLOCKS_OFFSET 48  /* i64 */
-#define LCS_STAT_ATIME_OFFSET 56   /* i64 ns */
-#define LCS_STAT_MTIME_OFFSET 64   /* i64 ns */
-#define LCS_STAT_CTIME_OFFSET 72   /* i64 ns */
+#define LCS_STAT_ATIME_OFFSET 56   /* i64 seconds */
+#define LCS_STAT_MTIME_OFFSET 64   /* i64 seconds */
+#define LCS_STAT_CTIME_OFFSET 72   /* i64 seconds */
 #define LCS_STAT_MODE_OFFSET 80    /* u32 */
 #define LCS_STAT_TYPE_OFFSET 84    /* u32 */
 #define LCS_STAT_UID_OFFSET 88     /* u32 */
 #define LCS_STAT_GID_OFFSET 92     /* u32 */
+#define LCS_STAT_ATIME_NSEC_OFFSET 96  /* u32, < 10^9 */
+#define LCS_STAT_MTIME_NSEC_OFFSET 100 /* u32 */
+#define LCS_STAT_CTIME_NSEC_OFFSET 104 /* u32 */
+#define LCS_STAT_BTIME_NSEC_OFFSET 108 /* u32 */
+#define LCS_STAT_BTIME_OFFSET 112      /* i64 seconds */
+#define LCS_STAT_ATTRIBUTES_OFFSET 120 /* u64 */
+#define LCS_STAT_ATTRIBUTES_MASK_OFFSET 128 /* u64 */
+#define LCS_STAT_MNT_ID_OFFSET 136     /* u64 */
+#define LCS_STAT_PRESENT_OFFSET 144    /* u32: LCS_STAT_BTIME | LCS_STAT_MNT_ID */
+#define LCS_STAT_RESERVED_OFFSET 148   /* u32, zero */
+#define LCS_STAT_BTIME 1
+#define LCS_STAT_MNT_ID 2
 
 /* getaddrinfo entry (wire.ADDRINFO). */
 #define LCS_AI_FAMILY_OFFSET 0   /* u8: 4 or 6 */
@@ -296,8 +309,10 @@ struct lcs_reply {
 struct lcs_stat {
 	uint64_t dev, ino, nlink, rdev;
 	int64_t size, blksize, blocks;
-	int64_t atime_ns, mtime_ns, ctime_ns;
+	struct timespec atime, mtime, ctime, btime;
 	uint32_t mode, type, uid, gid;
+	uint64_t attributes, attributes_mask, mnt_id;
+	uint32_t present; /* LCS_STAT_BTIME, LCS_STAT_MNT_ID */
 };
 
 /* A call into the shim: lcs_enter() returns 1 when this thread may talk to

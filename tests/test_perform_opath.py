@@ -1,0 +1,85 @@
+"""``O_PATH`` opens under the seccomp transport: ``mv a b/c/`` and ``tar xpf`` as natively.
+
+The kernel's ``SECCOMP_IOCTL_NOTIF_ADDFD`` refuses an ``O_PATH`` descriptor,
+so the master installs a read-only descriptor of the very directory or
+file instead, and refuses (``EOPNOTSUPP``) where no such descriptor exists
+— a symlink, as glibc's ``fchmodat(AT_SYMLINK_NOFOLLOW)`` does after its
+``O_PATH`` open, so ``tar`` restores modes as natively.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from perform_kernel import TRANSPORTS, run_as, run_native
+from shimtools import needs_shim
+
+pytestmark = [needs_shim]
+
+
+def _tree(root: Path) -> list[tuple[str, int, str]]:
+    """Every entry under ``root``: relative name, mode, and the content or link target."""
+    found = []
+    for here, directories, files in os.walk(root):
+        for name in sorted(directories + files):
+            path = Path(here) / name
+            info = path.lstat()
+            if path.is_symlink():
+                detail = os.readlink(path)
+            elif path.is_file():
+                detail = path.read_text()
+            else:
+                detail = ""
+            found.append((str(path.relative_to(root)), info.st_mode, detail))
+    return sorted(found)
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"no {name}")
+    return found
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_mv_into_a_directory_named_with_a_slash(transport: str, tmp_path: Path) -> None:
+    results = {}
+    for kind in ("native", transport):
+        where = tmp_path / kind
+        (where / "b" / "c").mkdir(parents=True)
+        (where / "a").write_text("moved\n")
+        argv = [_tool("mv"), "a", "b/c/"]
+        ran = run_native(argv, cwd=where) if kind == "native" else await run_as(transport, argv, cwd=str(where))
+        results[kind] = (ran.status, ran.err, _tree(where))
+    assert results[transport] == results["native"]
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    source = tmp_path / "source"
+    (source / "d" / "e").mkdir(parents=True)
+    (source / "d" / "f").write_text("file\n")
+    (source / "d" / "l").symlink_to("f")
+    os.chmod(source / "d" / "f", 0o640)
+    os.chmod(source / "d" / "e", 0o705)
+    os.chmod(source / "d", 0o750)
+    target = tmp_path / "a.tar"
+    subprocess.run([_tool("tar"), "cf", str(target), "d"], cwd=source, check=True)
+    return target
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_tar_xpf_restores_modes_as_natively(transport: str, tmp_path: Path, archive: Path) -> None:
+    results = {}
+    for kind in ("native", transport):
+        where = tmp_path / kind
+        where.mkdir()
+        argv = [_tool("tar"), "xpf", str(archive)]
+        ran = run_native(argv, cwd=where) if kind == "native" else await run_as(transport, argv, cwd=str(where))
+        results[kind] = (ran.status, ran.err, _tree(where))
+    assert results[transport] == results["native"]
