@@ -330,8 +330,8 @@ class ResolvedCondition(Condition):
 
     def describe(self) -> str:
         names = ", ".join(f"`{text}`" for text in sorted(map(str, self.patterns)))
-        ports = "" if self.ports is None else " on port " + ", ".join(str(port) for port in sorted(self.ports))
-        return f"the address is one the master returned for {names}{ports}, while that answer is valid"
+        ports = "any port" if self.ports is None else "port " + ", ".join(map(str, sorted(self.ports)))
+        return f"the address is {names} as resolved by the master (while the answer is valid), on {ports}"
 
 
 def resolved(*patterns: str, ports: Iterable[int] | None = None) -> Condition:
