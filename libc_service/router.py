@@ -596,6 +596,11 @@ class Router:
         """Await an async handler's result, within ``timeout``."""
         if self.timeout is None:
             return await result
+        if asyncio.current_task() is None:
+            # Started in a transport's callback (a sync handler returned an awaitable, as
+            # perform does for a connect): yield once, so the rest runs in the task the
+            # transport makes to continue it, where a deadline can be kept.
+            await asyncio.sleep(0)
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:

@@ -150,7 +150,8 @@ def egress(ns: Nameserver, port: int, *, careless: bool = False, min_ttl: float 
     ``careless``: the lookup route has no condition, so only ``perform``'s
     own refusal keeps other names from the nameserver.
     """
-    router = Router(default=FORWARD, resolver=Resolver([ns.address], hosts=None, min_ttl=min_ttl))
+    # A timeout, as a real policy has one: sync handlers whose perform() is awaited must keep it on both transports.
+    router = Router(default=FORWARD, timeout=30.0, resolver=Resolver([ns.address], hosts=None, min_ttl=min_ttl))
     patterns = ("allowed.test", "*.short.test")
 
     @router.on("getaddrinfo", when=None if careless else named(*patterns))
