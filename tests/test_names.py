@@ -13,6 +13,7 @@ import errno
 import json
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import dns.name
@@ -273,3 +274,42 @@ def test_the_names_a_policy_may_resolve_are_its_named_and_resolved_patterns() ->
     router.on("getaddrinfo", when=named("a.test") & ~named("b.test"))(lambda request: "noname")
     router.on("connect_inet", when=resolved("*.c.test", "a.test"))(lambda request: 0)
     assert [str(pattern) for pattern in router.name_patterns()] == ["a.test", "*.c.test"]
+
+
+async def test_a_name_in_the_hosts_file_is_answered_from_it_for_the_policys_bound(
+    tmp_path: Path, nameserver: Nameserver
+) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# comment\n192.0.2.5  Listed.Test other  # trailing\n2001:db8::5 listed.test\nbad line\n")
+    nameserver.zone["listed.test"] = (["198.51.100.1"], 300)
+    resolver = Resolver([nameserver.address], hosts=hosts, hosts_ttl=42.0)
+    found = await resolver.lookup(("listed", "test"))
+    assert [(str(address), ttl) for address, ttl in found] == [("192.0.2.5", 42.0), ("2001:db8::5", 42.0)]
+    assert nameserver.log == []
+    with pytest.raises(socket.gaierror) as failed:
+        await resolver.lookup(("missing", "test"))
+    assert failed.value.errno == socket.EAI_NONAME
+    assert nameserver.log == [("missing.test", "A"), ("missing.test", "AAAA")]
+
+
+async def test_a_silent_nameserver_is_eai_again_without_blocking_the_loop() -> None:
+    quiet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    quiet.bind(("127.0.0.1", 0))
+    try:
+        resolver = Resolver(["127.0.0.1:%d" % quiet.getsockname()[1]], hosts=None, timeout=0.5)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.ensure_future(tick())
+        with pytest.raises(socket.gaierror) as failed:
+            await resolver.lookup(("quiet", "test"))
+        ticker.cancel()
+        assert failed.value.errno == socket.EAI_AGAIN
+        assert ticks > 1  # the loop kept running while the lookup waited
+    finally:
+        quiet.close()
