@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .perform import perform
     from .spawn import SlaveProcess, spawn
-    from .conditions import Condition, flags, named, to, under, writing
+    from .conditions import Condition, flags, named, resolved, to, under, writing
     from .master import Call as Call  # transport internal: importable, not in __all__
     from .master import Master, SessionClosed
     from .outcomes import Deny
     from .replies import AddrInfo, Reply, Stat
     from .requests import Request
+    from .resolver import Resolver
     from .router import FORWARD, PASS, Decision, Errno, Route, Router, WithFds, deny
     from .router import RouteTable as RouteTable  # introspection result type: importable, not in __all__
     from .safepath import EscapeError, open_beneath, parent_beneath, relative_to_root, stat_beneath
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
 #: policy importing ``Router`` does not pay for the sandbox, ``perform`` or
 #: the package metadata (``libc-service run`` starts in milliseconds).
 _LAZY: dict[str, str] = {
-    **dict.fromkeys(("Condition", "flags", "named", "to", "under", "writing"), "conditions"),
+    **dict.fromkeys(("Condition", "flags", "named", "resolved", "to", "under", "writing"), "conditions"),
+    "Resolver": "resolver",
     **dict.fromkeys(("Call", "Master", "SessionClosed"), "master"),
     "Deny": "outcomes",
     **dict.fromkeys(("AddrInfo", "Reply", "Stat"), "replies"),
@@ -147,6 +149,7 @@ __all__ = [
     "Master",
     "Reply",
     "Request",
+    "Resolver",
     "Route",
     "Router",
     "Sandbox",
@@ -163,6 +166,7 @@ __all__ = [
     "parent_beneath",
     "perform",
     "relative_to_root",
+    "resolved",
     "slave_path",
     "spawn",
     "stat_beneath",

@@ -246,9 +246,73 @@ def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
     return command
 
 
+def granted_connect(request: Any) -> Any:
+    """Granted by `--connect`: the master connects a socket of its own, which replaces the program's."""
+    from .perform import perform
+
+    return perform(request)
+
+
+def granted_lookup(request: Any) -> Any:
+    """Granted by `--connect NAME:PORT`: the master resolves the name (only names the flags allow)."""
+    from .perform import perform
+
+    return perform(request)
+
+
+def add_connect_rules(router: Router, values: Sequence[str]) -> None:
+    """The routes ``--connect HOST:PORT`` stands for, added after ``router``'s own.
+
+    ``HOST`` is an address or network (``127.0.0.1``, ``[::1]``,
+    ``10.0.0.0/8``: :func:`~libc_service.conditions.to`) or a name pattern
+    (``pypi.org``, ``*.python.org``): then the master resolves names that
+    match (:func:`~libc_service.conditions.named`) and connects only to
+    the addresses it returned for them, while the answer holds
+    (:func:`~libc_service.conditions.resolved`). ``PORT`` is a number or
+    ``*`` for any. Raises ``ValueError`` for a value that is neither.
+    """
+    import ipaddress
+
+    from .conditions import named, resolved, to
+
+    endpoints: list[str] = []
+    names: dict[int | None, list[str]] = {}
+    for value in values:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host or not (port_text == "*" or port_text.isdigit()):
+            raise ValueError(f"--connect {value!r}: write HOST:PORT (PORT a number or *)")
+        port = None if port_text == "*" else int(port_text)
+        if port is not None and port > 65535:
+            raise ValueError(f"--connect {value!r}: port out of range")
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            ipaddress.ip_network(bare, strict=False)
+        except ValueError:
+            if ":" in host or "/" in host:
+                raise ValueError(f"--connect {value!r}: {host!r} is neither an address nor a name") from None
+            named(host)  # a pattern, or ValueError saying what one is
+            names.setdefault(port, []).append(host)
+        else:
+            shown = f"[{bare}]" if ":" in bare else bare
+            endpoints.append(f"{shown}:{port_text}")
+    connects = ("connect_inet", "connect_inet6")
+    if endpoints:
+        router.add_route(connects, granted_connect, when=to(*endpoints))
+    if names:
+        router.add_route(("getaddrinfo",), granted_lookup, when=named(*(n for group in names.values() for n in group)))
+        for port, patterns in names.items():
+            router.add_route(
+                connects, granted_connect, when=resolved(*patterns, ports=None if port is None else [port])
+            )
+
+
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     command = _command(args, parser)
     policy = _load(args.policy)
+    try:
+        add_connect_rules(policy.router, args.connect)
+    except ValueError as exc:
+        getattr(args, "subparser", parser).error(str(exc))
     sandbox: Sandbox | None = None
     report: RefusalReport | None = None
     if args.sandbox:
@@ -423,10 +487,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also decide the system calls the shim cannot see (static programs, raw system calls, "
         "libc's own opens) through seccomp user notifications; use with --sandbox",
     )
+    run.add_argument(
+        "--connect",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="let the program connect to HOST (an address, [IPv6], network/len, or a name pattern such as "
+        "pypi.org or *.python.org: addresses as the master resolves them) on PORT (* for any); repeatable",
+    )
     run.add_argument("policy", metavar="POLICY", help="path/to/policy.py or package.module:attr defining a Router")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     run.set_defaults(handler=_cmd_run, subparser=run)
-    run.usage = "libc-service run [-h] [-v] [--sandbox] [--seccomp] POLICY -- CMD [ARG...]"
+    run.usage = "libc-service run [-h] [-v] [--sandbox] [--seccomp] [--connect HOST:PORT]... POLICY -- CMD [ARG...]"
 
     trace = commands.add_parser(
         "trace",

@@ -16,11 +16,12 @@ import ipaddress
 import os
 import posixpath
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Final
 
+from .names import Pattern, any_matches, current_scope, host_labels
 from .slavepath import descriptor_name, slave_path
 from .catalogue import (
     INET6_FUNCTIONS,
@@ -38,6 +39,7 @@ __all__ = [
     "Condition",
     "flags",
     "named",
+    "resolved",
     "to",
     "under",
     "writing",
@@ -310,23 +312,94 @@ def to(*endpoints: str | tuple[str, int | None]) -> Condition:
 
 @dataclass(frozen=True, repr=False)
 class NamedCondition(Condition):
-    names: frozenset[str]
+    patterns: tuple[Pattern, ...]
 
     functions = frozenset({"getaddrinfo"})
 
     def __call__(self, request: object) -> bool:
         assert isinstance(request, requests.GetaddrinfoRequest)
-        return request.node is not None and request.node.lower().rstrip(".") in self.names
+        if request.node is None:
+            return False
+        labels = host_labels(request.node)
+        return labels is not None and any_matches(self.patterns, labels)
 
     def describe(self) -> str:
-        return "the name looked up is one of " + ", ".join(f"`{name}`" for name in sorted(self.names))
+        return "the name looked up is one of " + ", ".join(f"`{text}`" for text in sorted(map(str, self.patterns)))
 
 
-def named(*names: str) -> Condition:
-    """``getaddrinfo`` of one of ``names`` (case-insensitive, trailing dot ignored)."""
-    if not names:
-        raise ValueError("named() needs at least one name")
-    return NamedCondition(frozenset(name.lower().rstrip(".") for name in names))
+def _patterns(kind: str, texts: tuple[str, ...]) -> tuple[Pattern, ...]:
+    if not texts:
+        raise ValueError(f"{kind}() needs at least one name pattern")
+    return tuple(dict.fromkeys(Pattern.parse(text) for text in texts))
+
+
+def named(*patterns: str) -> Condition:
+    """``getaddrinfo`` of a name matching one of ``patterns``.
+
+    A pattern is a host name (``"pypi.org"``: that name) or ``*.`` and one
+    (``"*.python.org"``: any name below ``python.org``, not ``python.org``
+    itself). Names compare label by label, case-insensitively, one trailing
+    dot ignored; a node that is no plain host name (escapes, spaces, empty
+    labels) matches no pattern.
+    """
+    return NamedCondition(_patterns("named", patterns))
+
+
+@dataclass(frozen=True, repr=False)
+class ResolvedCondition(Condition):
+    patterns: tuple[Pattern, ...]
+    ports: frozenset[int] | None
+
+    functions = _INET_FUNCTIONS
+
+    def __call__(self, request: object) -> bool:
+        if self.ports is not None and getattr(request, "port") not in self.ports:
+            return False
+        scope = current_scope()
+        if scope is None:
+            return False
+        for name in scope.answers.names_for(getattr(request, "address")):
+            labels = host_labels(name)
+            if labels is not None and any_matches(self.patterns, labels):
+                return True
+        return False
+
+    def describe(self) -> str:
+        names = ", ".join(f"`{text}`" for text in sorted(map(str, self.patterns)))
+        ports = "any port" if self.ports is None else "port " + ", ".join(map(str, sorted(self.ports)))
+        return f"the address is {names} as resolved by the master (while the answer is valid), on {ports}"
+
+
+def resolved(*patterns: str, ports: Iterable[int] | None = None) -> Condition:
+    """``connect``/``bind`` to an address the master itself returned for a name matching ``patterns``.
+
+    Holds while that answer is valid (the record's TTL; for ``/etc/hosts``,
+    the resolver's ``hosts_ttl``), only in the process tree it was given
+    to, and with ``ports`` only on those ports. The answers are those
+    :func:`~libc_service.perform` gave for ``getaddrinfo``; an address that
+    happens to lie in the same network, or that another tree was given,
+    does not match. Patterns are those of :func:`named`.
+    """
+    chosen = None if ports is None else frozenset(ports)
+    if chosen is not None:
+        if not chosen:
+            raise ValueError("resolved(ports=...) needs at least one port (None: any port)")
+        for port in chosen:
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+                raise ValueError(f"port {port!r} out of range")
+    return ResolvedCondition(_patterns("resolved", patterns), chosen)
+
+
+def name_patterns(condition: Condition) -> Iterator[Pattern]:
+    """The patterns of the ``named()`` and ``resolved()`` conditions in ``condition`` that allow names.
+
+    Those under a negation (``~named("x")``) allow nothing and are left out.
+    """
+    if isinstance(condition, NamedCondition | ResolvedCondition):
+        yield from condition.patterns
+    elif isinstance(condition, AllOf | AnyOf):
+        for part in condition.parts:
+            yield from name_patterns(part)
 
 
 assert NAMED_FUNCTIONS <= set(FUNCTIONS)

@@ -84,7 +84,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import safepath
+from . import names, safepath
+from .resolver import Resolver
 from .slavepath import exact_name, join_to_directory
 from .statx import stat_of
 from . import (
@@ -1429,37 +1430,75 @@ async def _await_connect(
 
 # ---------------------------------------------------------- getaddrinfo
 
-_SOCKET_KINDS: Final = {
-    "tcp": (socket.SOCK_STREAM, socket.IPPROTO_TCP),
-    "udp": (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
-    None: (0, 0),
-}
+#: The wire's protocol hint as the services database names it.
+_SERVICE_PROTOCOLS: Final = {"tcp": ("tcp",), "udp": ("udp",), None: ("tcp", "udp")}
+#: The most addresses one answer carries (the wire's bound).
+_MAX_ANSWER: Final = 128
+
+
+def _service_port(request: Any) -> int:
+    """The port ``request.service`` names, as glibc reads it: decimal digits, else ``/etc/services``."""
+    service = request.service
+    if service is None:
+        return 0
+    if service.isascii() and service.isdigit():
+        return min(int(service), 2**64 - 1) & 0xFFFF  # strtoul, then htons
+    for protocol in _SERVICE_PROTOCOLS[request.protocol]:
+        try:
+            return socket.getservbyname(service, protocol)
+        except OSError:
+            continue
+    raise socket.gaierror(socket.EAI_SERVICE, "Servname not supported for ai_socktype")
+
+
+def _numeric_addresses(node: str) -> list[str] | None:
+    """The address a numeric ``node`` is, read by libc itself (no lookup); ``None`` for a name."""
+    try:
+        found = socket.getaddrinfo(node, None, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return None
+    return list(dict.fromkeys(_host_text(family, address) for family, _, _, _, address in found))
+
+
+def _host_text(family: int, address: Any) -> str:
+    host = str(address[0]).split("%", 1)[0]
+    if family == socket.AF_INET6 and address[3]:
+        host += f"%{int(address[3])}"
+    return host
 
 
 def _perform_getaddrinfo(request: Any, root: str | None) -> Any:
-    socktype, protocol = _SOCKET_KINDS[request.protocol]
+    """Numeric nodes and the loopback (no node) at once; a name only if the policy allows it, without blocking.
 
-    def lookup() -> list[AddrInfo]:
-        # Every address, both families: the shim applies the caller's family
-        # and flags hints (AI_ADDRCONFIG, AI_V4MAPPED …) to this answer.
-        found = socket.getaddrinfo(request.node, request.service, socket.AF_UNSPEC, socktype, protocol)
-        answer: list[AddrInfo] = []
-        seen: set[tuple[str, int]] = set()
-        for family, _, _, _, address in found:
-            if family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            host, port = str(address[0]), int(address[1])
-            if family == socket.AF_INET6:
-                scope = int(address[3])  # type: ignore[misc]
-                host = host.split("%", 1)[0] + (f"%{scope}" if scope else "")
-            if (host, port) not in seen:
-                seen.add((host, port))
-                answer.append(replies.AddrInfo(host, port))
-        return answer
-
+    A name is looked up by the serving policy's :class:`~libc_service.Resolver`
+    (``/etc/hosts``, then DNS, asynchronously, with TTLs), and only when
+    one of the policy's ``named()``/``resolved()`` patterns matches it:
+    any other name is ``noname`` and no nameserver ever sees it. The
+    answers are recorded for ``resolved()`` in the process tree's scope.
+    """
+    port = _service_port(request)
+    node = request.node
+    if node is None:  # the loopback addresses, IPv6 first (AI_PASSIVE never reaches the master)
+        return [replies.AddrInfo("::1", port), replies.AddrInfo("127.0.0.1", port)]
+    numeric = _numeric_addresses(node)
+    if numeric is not None:
+        return [replies.AddrInfo(host, port) for host in numeric]
+    labels = names.host_labels(node)
+    scope = names.current_scope()
+    if labels is None or (scope is not None and not scope.may_resolve(labels)):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    lookup = _resolve_name(scope, labels, port)
     if _running_loop() is None:
-        return lookup()
-    return _on_thread(None, lookup)
+        return asyncio.run(lookup)
+    return lookup
+
+
+async def _resolve_name(scope: names.NameScope | None, labels: tuple[str, ...], port: int) -> list[AddrInfo]:
+    resolver = scope.resolver if scope is not None else Resolver.system()
+    found = (await resolver.lookup(labels))[:_MAX_ANSWER]
+    if scope is not None:
+        scope.answers.record(".".join(labels), found)
+    return [replies.AddrInfo(address, port) for address, _ in found]
 
 
 # ------------------------------------------------------------ metadata changes

@@ -30,7 +30,8 @@ from collections.abc import Awaitable, Callable, Container, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
-from .conditions import Condition
+from . import names
+from .conditions import Condition, name_patterns
 from .master import Call, Master, SessionClosed, discard
 from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, WithFds, Sentinel, deny, reply_now
 from .catalogue import FUNCTIONS
@@ -42,7 +43,9 @@ from .lazyimport import on_first_use
 
 if TYPE_CHECKING:
     import asyncio
+    from .names import Pattern
     from .replies import Result, Stat
+    from .resolver import Resolver
     from .requests import REQUEST_TYPES, Request
 else:
     asyncio = on_first_use("asyncio", globals())
@@ -234,7 +237,13 @@ class Router:
         error_errno: int = errno_module.EPERM,
         timeout: float | None = None,
         timeout_errno: int = errno_module.ETIMEDOUT,
+        resolver: Resolver | None = None,
+        max_answers: int = 4096,
     ) -> None:
+        #: What :func:`~libc_service.perform` resolves names with for this policy (``None``: the system's).
+        self.resolver = resolver
+        #: How many (address, name) answers one process tree keeps for ``resolved()`` (the oldest go first).
+        self.max_answers = max_answers
         self._routes: list[Route] = []
         self._observers: list[Observer] = []
         #: Transports whose shims report the results of forwarded calls (:meth:`hold_forwarded`).
@@ -386,9 +395,29 @@ class Router:
 
     # ------------------------------------------------------------ serving
 
+    def name_patterns(self) -> tuple[Pattern, ...]:
+        """The names this policy lets the master resolve: every ``named()`` and ``resolved()`` pattern.
+
+        :func:`~libc_service.perform` of a ``getaddrinfo`` refuses any other
+        name (``noname``) without asking a nameserver: an answer for it
+        could grant nothing, and the question alone would carry the name
+        out of the sandbox.
+        """
+        found = (pattern for route in self._routes for part in route.conditions for pattern in name_patterns(part))
+        return tuple(dict.fromkeys(found))
+
     async def serve(self, master: Master) -> None:
-        """Serve one session until the slave hangs up; the master is closed after."""
-        await master.serve(self, concurrent=self.concurrent, max_in_flight=self.max_in_flight)
+        """Serve one session until the slave hangs up; the master is closed after.
+
+        A session served on its own (not in a tree that :func:`spawn` serves)
+        is a process tree of its own for ``resolved()``.
+        """
+        token = names.enter(names.scope_for(self)) if names.current_scope() is None else None
+        try:
+            await master.serve(self, concurrent=self.concurrent, max_in_flight=self.max_in_flight)
+        finally:
+            if token is not None:
+                names.leave(token)
 
     def decide_now(self, call: Call) -> Awaitable[None] | None:
         """Decide and answer ``call`` without awaiting, if that is possible (the dispatcher contract).
@@ -576,6 +605,11 @@ class Router:
         """Await an async handler's result, within ``timeout``."""
         if self.timeout is None:
             return await result
+        if asyncio.current_task() is None:
+            # Started in a transport's callback (a sync handler returned an awaitable, as
+            # perform does for a connect): yield once, so the rest runs in the task the
+            # transport makes to continue it, where a deadline can be kept.
+            await asyncio.sleep(0)
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:

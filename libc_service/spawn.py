@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
-from . import wire
+from . import names, wire
 from .catalogue import GAI_ERRORS, PATH_MAX_BYTES
 from .master import Master, close_fds, received_fds
 from .rules import ENV_REPORTS, ENV_RULES, rules_value
@@ -406,6 +406,8 @@ class SlaveProcess:
         self._shim_router: Router | None = None
         #: After launch(), until start(): the registration socket not served yet.
         self._launched: _Launch | None = None
+        #: The context every task serving this tree runs in: the tree's own answers for ``resolved()``.
+        self._tree_context = names.serving(router)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -593,7 +595,9 @@ class SlaveProcess:
         if self._tree is None:
             self._tree = ProcessTree(self._require().pid)
         self._listener = RegistrationListener(launch.mine, self._report, self._tree.__contains__)
-        self._serving = asyncio.ensure_future(self._serve_tree(self._listener))
+        self._serving = asyncio.get_running_loop().create_task(
+            self._serve_tree(self._listener), context=self._tree_context
+        )
 
     def _report(self, data: bytes, sender: int | None) -> None:
         """A report: a call the shim decided with the rule table (the observers see it as the router's
@@ -685,7 +689,9 @@ class SlaveProcess:
             own_trees=trees,
             continue_connect=self._sandbox is None or self._sandbox.network,
         )
-        self._seccomp_task = asyncio.ensure_future(self.seccomp_session.serve())
+        self._seccomp_task = asyncio.get_running_loop().create_task(
+            self.seccomp_session.serve(), context=self._tree_context
+        )
 
     async def __aenter__(self) -> SlaveProcess:
         return await self.start()

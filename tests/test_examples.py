@@ -42,6 +42,8 @@ from libc_service.policy import LoadedPolicy, load_policy
 from libc_service.sandbox import network_namespaces_available
 from libc_service.spawn import ShimNotFound, shim_path
 
+from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 EXAMPLES = REPOSITORY / "examples"
 #: A real Python binary (not a pyenv or wrapper script).
@@ -293,30 +295,121 @@ _CONNECT = (
 )
 
 
-async def test_net_allowlist_connects_only_to_listed_endpoints(
+async def test_net_allowlist_connects_by_name_and_not_to_the_bare_address(
     listeners: tuple[int, int],
+    nameserver: Nameserver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     allowed, other = listeners
-    policy = load_example("net_allowlist", monkeypatch, LIBC_SERVICE_ALLOW=f"127.0.0.1:{allowed}")
-    ran = await run([PYTHON, "-c", _CONNECT, "localhost", str(allowed), str(other)], policy.router)
+    nameserver.zone["allowed.test"] = (["127.0.0.1"], 300)
+    policy = load_example(
+        "net_allowlist",
+        monkeypatch,
+        LIBC_SERVICE_ALLOW=f"allowed.test:{allowed}",
+        LIBC_SERVICE_NAMESERVERS=nameserver.address,
+    )
+    ran = await run([PYTHON, "-c", _CONNECT, "allowed.test", str(allowed), str(other)], policy.router)
     assert ran.status == 0, ran.err
-    # the second listener is there, but the policy refuses it
+    # the second listener is on the very address the name gave, but the policy refuses it
+    assert json.loads(ran.out) == {str(allowed): "allowed", str(other): errno.ECONNREFUSED}
+    # the address alone, never returned for the name in this run, is refused too
+    ran = await run([PYTHON, "-c", _CONNECT, "127.0.0.1", str(allowed), str(other)], policy.router)
+    assert json.loads(ran.out) == {str(allowed): errno.ECONNREFUSED, str(other): errno.ECONNREFUSED}
+
+
+async def test_net_allowlist_still_takes_addresses(listeners: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    allowed, other = listeners
+    policy = load_example("net_allowlist", monkeypatch, LIBC_SERVICE_ALLOW=f"127.0.0.1:{allowed}")
+    ran = await run([PYTHON, "-c", _CONNECT, "127.0.0.1", str(allowed), str(other)], policy.router)
+    assert ran.status == 0, ran.err
     assert json.loads(ran.out) == {str(allowed): "allowed", str(other): errno.ECONNREFUSED}
 
 
+_LOOKUP = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.getaddrinfo(sys.argv[1], 443)\n"
+    "except socket.gaierror as exc:\n"
+    "    print(exc.errno)\n"
+)
+
+
+def _demo_index(root: Path) -> None:
+    """A package index with one wheel, laid out as pip's simple API reads it."""
+    import zipfile
+
+    wheel = root / "files" / "demo_pkg-1.0-py3-none-any.whl"
+    wheel.parent.mkdir(parents=True)
+    meta = "demo_pkg-1.0.dist-info"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("demo_pkg/__init__.py", "")
+        archive.writestr(f"{meta}/METADATA", "Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n")
+        archive.writestr(
+            f"{meta}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        archive.writestr(
+            f"{meta}/RECORD", f"demo_pkg/__init__.py,,\n{meta}/METADATA,,\n{meta}/WHEEL,,\n{meta}/RECORD,,\n"
+        )
+    page = root / "simple" / "demo-pkg" / "index.html"
+    page.parent.mkdir(parents=True)
+    page.write_text(f'<a href="../../files/{wheel.name}">{wheel.name}</a>\n')
+
+
+async def test_net_allowlist_lets_pip_download_from_an_index_by_name_and_nothing_else(
+    tmp_path: Path, nameserver: Nameserver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+    import http.server
+    import threading
+
+    _demo_index(tmp_path / "index")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "index"))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    nameserver.zone["index.pkg.test"] = (["127.0.0.1"], 300)
+    nameserver.zone["pypi.org"] = (["127.0.0.1"], 300)
+    try:
+        policy = load_example(
+            "net_allowlist",
+            monkeypatch,
+            LIBC_SERVICE_ALLOW=f"*.pkg.test:{port}",
+            LIBC_SERVICE_NAMESERVERS=nameserver.address,
+        )
+        pip = [PYTHON, "-m", "pip", "download", "--isolated", "--no-deps", "--no-cache-dir"]
+        pip += ["--disable-pip-version-check", "--trusted-host", "index.pkg.test"]
+        pip += ["--index-url", f"http://index.pkg.test:{port}/simple/"]
+        ran = await run([*pip, "-d", str(tmp_path / "got"), "demo-pkg"], policy.router)
+        assert ran.status == 0, ran.out + ran.err
+        assert [path.name for path in (tmp_path / "got").iterdir()] == ["demo_pkg-1.0-py3-none-any.whl"]
+        ran = await run([PYTHON, "-c", _LOOKUP, "pypi.org"], policy.router)
+        assert ran.out.split() == [str(socket.EAI_NONAME)]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert ("index.pkg.test", "A") in nameserver.log
+    assert not nameserver.asked("pypi.org")
+
+
 @needs_sandbox
-async def test_net_allowlist_sandboxed_slave_without_a_network_still_reaches_listed_endpoints(
+async def test_net_allowlist_sandboxed_slave_without_a_network_still_reaches_listed_names(
     listeners: tuple[int, int],
+    nameserver: Nameserver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     system_python = shutil.which("python3", path="/usr/bin:/bin")
     if system_python is None:
         pytest.skip("no python3 in /usr/bin or /bin (the sandbox lets the slave run only system programs)")
     allowed, other = listeners
-    policy = load_example("net_allowlist", monkeypatch, LIBC_SERVICE_ALLOW=f"127.0.0.1:{allowed}")
+    nameserver.zone["allowed.test"] = (["127.0.0.1"], 300)
+    policy = load_example(
+        "net_allowlist",
+        monkeypatch,
+        LIBC_SERVICE_ALLOW=f"allowed.test:{allowed}",
+        LIBC_SERVICE_NAMESERVERS=nameserver.address,
+    )
     ran = await run(
-        [system_python, "-c", _CONNECT, "127.0.0.1", str(allowed), str(other)],
+        [system_python, "-c", _CONNECT, "allowed.test", str(allowed), str(other)],
         policy.router,
         sandbox=policy.sandbox,
     )

@@ -28,9 +28,10 @@ from typing import Any
 
 import pytest
 from conftest import FdCount
+from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
 from shimtools import PYTHON, needs_shim, run_native, run_slave
 
-from libc_service import Decision, Router, Stat, WithFds, deny, perform, spawn
+from libc_service import Decision, Resolver, Router, Stat, WithFds, deny, names, perform, spawn
 from libc_service.conditions import under
 from libc_service.requests import (
     FUNCTIONS,
@@ -832,13 +833,20 @@ def test_getaddrinfo_without_a_loop_answers_every_address() -> None:
     assert {(str(entry.address), entry.port) for entry in answer} == native
 
 
-async def test_getaddrinfo_on_a_loop_is_awaited() -> None:
-    pending = perform(GetaddrinfoRequest(node="127.0.0.1", service="53", protocol="udp", **ME))
-    assert asyncio.iscoroutine(pending)
-    answer = await pending
-    assert [(str(entry.address), entry.port) for entry in answer] == [("127.0.0.1", 53)]
-    with pytest.raises(socket.gaierror):
-        await perform(GetaddrinfoRequest(node="no-such-host.invalid", **ME))
+async def test_getaddrinfo_on_a_loop_is_awaited(nameserver: Nameserver) -> None:
+    numeric = perform(GetaddrinfoRequest(node="127.0.0.1", service="53", protocol="udp", **ME))
+    assert [(str(entry.address), entry.port) for entry in numeric] == [("127.0.0.1", 53)]  # no lookup to wait for
+    nameserver.zone["known.test"] = (["192.0.2.1"], 300)
+    token = names.enter(names.NameScope(Resolver([nameserver.address], hosts=None), None))
+    try:
+        pending = perform(GetaddrinfoRequest(node="known.test", service="53", protocol="udp", **ME))
+        assert asyncio.iscoroutine(pending)
+        answer = await pending
+        assert [(str(entry.address), entry.port) for entry in answer] == [("192.0.2.1", 53)]
+        with pytest.raises(socket.gaierror):
+            await perform(GetaddrinfoRequest(node="no-such-host.test", **ME))
+    finally:
+        names.leave(token)
 
 
 async def test_connect_inet_connects_the_slaves_own_socket() -> None:

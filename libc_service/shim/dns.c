@@ -3,6 +3,7 @@
  * laid out as glibc lays it out (one malloc block per node holding the
  * addrinfo and its sockaddr, ai_canonname a separate malloc), so the real
  * freeaddrinfo frees it. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -60,9 +61,31 @@ static int default_protocol(int socktype)
 	return 0;
 }
 
+/* Whether node is an address in text (glibc reads IPv4 as inet_aton does:
+ * "127.1" too), not a name. */
+static int numeric_node(const char *node)
+{
+	char v6[INET6_ADDRSTRLEN + 1];
+	struct in6_addr a6;
+	struct in_addr a4;
+	size_t len;
+
+	if (!node)
+		return 0;
+	if (inet_aton(node, &a4))
+		return 1;
+	len = strcspn(node, "%");
+	if (len >= sizeof v6)
+		return 0;
+	memcpy(v6, node, len);
+	v6[len] = 0;
+	return inet_pton(AF_INET6, v6, &a6) == 1;
+}
+
 /* The socket kinds each address is expanded to, as glibc does: the one
- * asked for, or stream, datagram and (without a service) raw. */
-static int socket_kinds(const struct addrinfo *hints, int has_service, struct socket_kind *kinds)
+ * asked for, or stream, datagram and raw; raw only without a service or
+ * with a numeric one (a named service exists per protocol, raw has none). */
+static int socket_kinds(const struct addrinfo *hints, int named_service, struct socket_kind *kinds)
 {
 	if (hints->ai_socktype) {
 		kinds[0].socktype = hints->ai_socktype;
@@ -80,7 +103,7 @@ static int socket_kinds(const struct addrinfo *hints, int has_service, struct so
 	kinds[0] = (struct socket_kind){ SOCK_STREAM, IPPROTO_TCP };
 	kinds[1] = (struct socket_kind){ SOCK_DGRAM, IPPROTO_UDP };
 	kinds[2] = (struct socket_kind){ SOCK_RAW, 0 };
-	return has_service ? 2 : 3;
+	return named_service ? 2 : 3;
 }
 
 /* Hints the protocol can express; anything else goes to the real libc,
@@ -184,10 +207,10 @@ static struct addrinfo *new_node(const struct sockaddr_in6 *addr, socklen_t addr
 /* Build the caller's list from the reply's entries.  Returns 0 or an
  * EAI_ code. */
 static int build_list(const struct lcs_reply *reply, const char *node,
-                      const struct addrinfo *hints, int has_service, struct addrinfo **res)
+                      const struct addrinfo *hints, int named_service, struct addrinfo **res)
 {
 	struct socket_kind kinds[3];
-	int nkinds = socket_kinds(hints, has_service, kinds);
+	int nkinds = socket_kinds(hints, named_service, kinds);
 	struct addrinfo *head = NULL, **tail = &head;
 	int have_v6 = 0, map_v4;
 	struct entry e;
@@ -207,8 +230,10 @@ static int build_list(const struct lcs_reply *reply, const char *node,
 			tail = &(*tail)->ai_next;
 		}
 	}
+	/* An address of the other family than the one asked for is glibc's
+	 * EAI_ADDRFAMILY; a name with no address of that family, EAI_NONAME. */
 	if (!head)
-		return EAI_NONAME;
+		return reply->count && numeric_node(node) ? EAI_ADDRFAMILY : EAI_NONAME;
 	/* The reply carries no canonical name; the name asked for stands in. */
 	if (hints->ai_flags & AI_CANONNAME && node && !(head->ai_canonname = strdup(node)))
 		goto no_memory;
@@ -220,7 +245,7 @@ no_memory:
 }
 
 static int answer(const struct lcs_reply *reply, const char *node, const struct addrinfo *hints,
-                  int has_service, struct addrinfo **res, int saved_errno)
+                  int named_service, struct addrinfo **res, int saved_errno)
 {
 	int code;
 
@@ -229,7 +254,7 @@ static int answer(const struct lcs_reply *reply, const char *node, const struct 
 		errno = code == EAI_SYSTEM ? reply->error : saved_errno;
 		return code;
 	}
-	code = build_list(reply, node, hints, has_service, res);
+	code = build_list(reply, node, hints, named_service, res);
 	errno = saved_errno;
 	return code;
 }
@@ -247,6 +272,9 @@ LCS_EXPORT int getaddrinfo(const char *node, const char *service,
 		return LCS_REAL(getaddrinfo)(node, service, hints, res);
 	if (given->ai_flags & AI_NUMERICSERV && service && !all_digits(service))
 		return EAI_NONAME;
+	/* A raw socket has no port: glibc refuses any service before looking up the node. */
+	if (given->ai_socktype == SOCK_RAW && service)
+		return EAI_SERVICE;
 	lcs_request_init(&request, LCS_GETADDRINFO);
 	request.flags = (node ? 1 : 0) | (service ? 2 : 0);
 	request.arg = protocol_arg(given);
@@ -270,5 +298,5 @@ LCS_EXPORT int getaddrinfo(const char *node, const char *service,
 		return code;
 	}
 	lcs_close_fds(&reply);
-	return answer(&reply, node, given, service != NULL, res, saved_errno);
+	return answer(&reply, node, given, service && !all_digits(service), res, saved_errno);
 }

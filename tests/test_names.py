@@ -1,0 +1,315 @@
+"""Names as grants: a program reaches an allowed name and nothing else, and DNS is no way out.
+
+Real programs under the real shim (and the seccomp transport), a local
+nameserver on 127.0.0.1 whose log shows every question that left the
+master, and a TCP greeter on 0.0.0.0 that every 127.x address reaches
+natively — so a refusal is the policy's, never the network's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import dns.name
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from libc_service import FORWARD, Errno, Resolver, Router, perform, spawn
+from libc_service.conditions import named, resolved
+from libc_service.names import Answers, Pattern, host_labels
+from libc_service.notify import seccomp_unavailable
+from libc_service.requests import ConnectInet6Request, ConnectInetRequest, GetaddrinfoRequest
+
+from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
+from shimtools import PYTHON, needs_shim, run_slave
+
+# ------------------------------------------------------------- patterns
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "matches"),
+    [
+        ("pypi.org", "pypi.org", True),
+        ("pypi.org", "PyPI.Org.", True),
+        ("pypi.org", "www.pypi.org", False),
+        ("*.python.org", "docs.python.org", True),
+        ("*.python.org", "a.b.python.org", True),
+        ("*.python.org", "python.org", False),
+        ("*.python.org", "evilpython.org", False),
+        ("*.python.org", "python.org.evil.com", False),
+        ("*.python.org", "a.b\\.python.org", False),
+        ("*.python.org", "a .python.org", False),
+        ("*.python.org", "a..python.org", False),
+    ],
+)
+def test_a_pattern_matches_names_label_by_label(pattern: str, name: str, matches: bool) -> None:
+    labels = host_labels(name)
+    assert (labels is not None and Pattern.parse(pattern).matches(labels)) is matches
+
+
+@pytest.mark.parametrize("bad", ["", "*", "*.", "a.*.org", "*python.org", "py pi.org", "a..b", "**.org", "ä.org"])
+def test_a_pattern_that_is_no_name_is_refused_at_registration(bad: str) -> None:
+    with pytest.raises(ValueError, match="name pattern"):
+        named(bad)
+    with pytest.raises(ValueError, match="name pattern"):
+        resolved(bad)
+
+
+@given(st.text(max_size=80))
+def test_a_name_checked_is_the_name_a_nameserver_would_be_asked(text: str) -> None:
+    """Whatever the slave sends, the labels compared with a pattern are the labels queried."""
+    labels = host_labels(text)
+    if labels is None:
+        return
+    queried = dns.name.from_text(".".join(labels))
+    assert tuple(label.decode() for label in queried.labels[:-1]) == labels
+    assert ".".join(labels) == text.lower().removesuffix(".")
+
+
+def test_answers_expire_and_are_bounded() -> None:
+    now = [0.0]
+    answers = Answers(limit=3, clock=lambda: now[0])
+    answers.record("a.test", [("192.0.2.1", 10.0), ("::ffff:192.0.2.2", 10.0)])
+    assert list(answers.names_for("192.0.2.1")) == ["a.test"]
+    assert list(answers.names_for("::ffff:192.0.2.1")) == ["a.test"]  # the v4-mapped form is the same host
+    assert list(answers.names_for("192.0.2.2")) == ["a.test"]
+    now[0] = 10.5
+    assert list(answers.names_for("192.0.2.1")) == []
+    for index in range(1000):
+        answers.record(f"n{index}.test", [(f"198.51.100.{index % 250}", 60.0)])
+    assert len(answers) == 3
+    assert list(answers.names_for("198.51.100.249")) == ["n999.test"]
+
+
+# ------------------------------------------------------------- real slaves
+
+#: Steps given on the command line: lookup=NAME, connect=ADDRESS, sleep=SECONDS; prints a JSON list.
+_PROGRAM = """
+import json, socket, sys, time
+port = int(sys.argv[1])
+out = []
+for step in sys.argv[2:]:
+    kind, _, arg = step.partition("=")
+    if kind == "lookup":
+        try:
+            out.append(sorted({i[4][0] for i in socket.getaddrinfo(arg, port, type=socket.SOCK_STREAM)}))
+        except socket.gaierror as exc:
+            out.append(["gaierror", exc.errno])
+    elif kind == "connect":
+        s = socket.socket(socket.AF_INET6 if ":" in arg else socket.AF_INET)
+        try:
+            s.connect((arg, port))
+            out.append(s.recv(100).decode())
+        except OSError as exc:
+            out.append(["oserror", exc.errno])
+        finally:
+            s.close()
+    elif kind == "sleep":
+        time.sleep(float(arg))
+print(json.dumps(out))
+"""
+
+NONAME = ["gaierror", socket.EAI_NONAME]
+REFUSED = ["oserror", errno.ECONNREFUSED]
+
+_SECCOMP = seccomp_unavailable()
+TRANSPORTS = [
+    pytest.param(False, id="shim"),
+    pytest.param(True, id="seccomp", marks=pytest.mark.skipif(_SECCOMP is not None, reason=_SECCOMP or "")),
+]
+
+pytestmark = [needs_shim]
+
+
+@pytest.fixture
+async def greeter() -> AsyncIterator[int]:
+    """A TCP server on every IPv4 address greeting with ``hello``; its port."""
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(greet, "0.0.0.0", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def egress(ns: Nameserver, port: int, *, careless: bool = False, min_ttl: float = 5.0) -> Router:
+    """Connect only to `allowed.test` and names below `short.test`, on ``port``, addresses as resolved.
+
+    ``careless``: the lookup route has no condition, so only ``perform``'s
+    own refusal keeps other names from the nameserver.
+    """
+    # A timeout, as a real policy has one: sync handlers whose perform() is awaited must keep it on both transports.
+    router = Router(default=FORWARD, timeout=30.0, resolver=Resolver([ns.address], hosts=None, min_ttl=min_ttl))
+    patterns = ("allowed.test", "*.short.test")
+
+    @router.on("getaddrinfo", when=None if careless else named(*patterns))
+    def lookup(request: GetaddrinfoRequest) -> Any:
+        return perform(request)
+
+    @router.on("connect_inet", "connect_inet6", when=resolved(*patterns, ports=[port]))
+    def connect(request: ConnectInetRequest | ConnectInet6Request) -> Any:
+        return perform(request)
+
+    @router.on("connect_inet", "connect_inet6")
+    def refuse(request: ConnectInetRequest | ConnectInet6Request) -> Any:
+        raise Errno(errno.ECONNREFUSED)
+
+    @router.on("getaddrinfo")
+    def unknown(request: GetaddrinfoRequest) -> Any:
+        return "noname"
+
+    return router
+
+
+async def steps(router: Router, port: int, *program: str, seccomp: bool = False) -> list[Any]:
+    import subprocess
+
+    async with spawn(
+        [PYTHON, "-c", _PROGRAM, str(port), *program],
+        router,
+        seccomp=seccomp,
+        env={"LC_ALL": "C"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert await process.wait() == 0, err.decode()
+    result: list[Any] = json.loads(out)
+    return result
+
+
+@pytest.mark.parametrize("seccomp", TRANSPORTS)
+async def test_an_allowed_name_connects_and_its_address_alone_does_not(
+    nameserver: Nameserver, greeter: int, seccomp: bool
+) -> None:
+    nameserver.zone["allowed.test"] = (["127.0.0.1"], 300)
+    router = egress(nameserver, greeter)
+    assert await steps(
+        router,
+        greeter,
+        "connect=127.0.0.1",
+        "lookup=allowed.test",
+        "connect=127.0.0.1",
+        "connect=127.0.0.3",
+        seccomp=seccomp,
+    ) == [REFUSED, ["127.0.0.1"], "hello", REFUSED]
+    # 127.0.0.3 is in the same network and the greeter answers there natively.
+    reader, writer = await asyncio.open_connection("127.0.0.3", greeter)
+    assert await reader.read() == b"hello"
+    writer.close()
+
+
+@pytest.mark.parametrize("seccomp", TRANSPORTS)
+async def test_a_name_no_pattern_allows_is_noname_and_never_asked(
+    nameserver: Nameserver, greeter: int, seccomp: bool
+) -> None:
+    """The exfiltration attack: the master would have carried the secret to the nameserver."""
+    nameserver.zone["allowed.test"] = (["127.0.0.1"], 300)
+    nameserver.zone["topsecret-1234.exfil.test"] = (["127.0.0.1"], 300)
+    for careless in (False, True):
+        router = egress(nameserver, greeter, careless=careless)
+        assert await steps(
+            router,
+            greeter,
+            "lookup=TOPSECRET-1234.exfil.test",
+            "lookup=short.test",
+            "lookup=allowed.test",
+            seccomp=seccomp,
+        ) == [NONAME, NONAME, ["127.0.0.1"]]
+    assert not nameserver.asked("topsecret") and not nameserver.asked("exfil")
+    assert ("short.test", "A") not in nameserver.log  # "*.short.test" is the names below it
+    assert ("allowed.test", "A") in nameserver.log
+
+
+async def test_an_expired_answer_no_longer_grants(nameserver: Nameserver, greeter: int) -> None:
+    nameserver.zone["brief.short.test"] = (["127.0.0.1"], 1)
+    router = egress(nameserver, greeter, min_ttl=0.0)
+    assert await steps(
+        router, greeter, "lookup=brief.short.test", "connect=127.0.0.1", "sleep=2.5", "connect=127.0.0.1"
+    ) == [["127.0.0.1"], "hello", REFUSED]
+
+
+async def test_answers_given_to_one_tree_grant_nothing_in_another(nameserver: Nameserver, greeter: int) -> None:
+    nameserver.zone["allowed.test"] = (["127.0.0.1"], 300)
+    router = egress(nameserver, greeter)
+    first = asyncio.ensure_future(
+        steps(router, greeter, "lookup=allowed.test", "connect=127.0.0.1", "sleep=3", "connect=127.0.0.1")
+    )
+    await asyncio.sleep(1.5)  # the first tree has its answer and holds it while the second runs
+    assert await steps(router, greeter, "connect=127.0.0.1") == [REFUSED]
+    assert await first == [["127.0.0.1"], "hello", "hello"]
+
+
+async def test_a_shell_pipeline_shares_its_trees_answers(nameserver: Nameserver, greeter: int) -> None:
+    """A lookup in one process of the tree grants the connect of another (a child)."""
+    nameserver.zone["allowed.test"] = (["127.0.0.1"], 300)
+    router = egress(nameserver, greeter)
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {_PROGRAM!r}, '{greeter}', 'connect=127.0.0.1'])"
+    ran = await run_slave(
+        ["sh", "-c", f'"$0" -c "$1" {greeter} lookup=allowed.test && "$0" -c "$2"', PYTHON, _PROGRAM, child], router
+    )
+    assert ran.status == 0, ran.err
+    assert [json.loads(line) for line in ran.out.splitlines()] == [[["127.0.0.1"]], ["hello"]]
+
+
+# ------------------------------------------------------------- the policy's names
+
+
+def test_the_names_a_policy_may_resolve_are_its_named_and_resolved_patterns() -> None:
+    router = Router()
+    router.on("getaddrinfo", when=named("a.test") & ~named("b.test"))(lambda request: "noname")
+    router.on("connect_inet", when=resolved("*.c.test", "a.test"))(lambda request: 0)
+    assert [str(pattern) for pattern in router.name_patterns()] == ["a.test", "*.c.test"]
+
+
+async def test_a_name_in_the_hosts_file_is_answered_from_it_for_the_policys_bound(
+    tmp_path: Path, nameserver: Nameserver
+) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# comment\n192.0.2.5  Listed.Test other  # trailing\n2001:db8::5 listed.test\nbad line\n")
+    nameserver.zone["listed.test"] = (["198.51.100.1"], 300)
+    resolver = Resolver([nameserver.address], hosts=hosts, hosts_ttl=42.0)
+    found = await resolver.lookup(("listed", "test"))
+    assert [(str(address), ttl) for address, ttl in found] == [("192.0.2.5", 42.0), ("2001:db8::5", 42.0)]
+    assert nameserver.log == []
+    with pytest.raises(socket.gaierror) as failed:
+        await resolver.lookup(("missing", "test"))
+    assert failed.value.errno == socket.EAI_NONAME
+    assert nameserver.log == [("missing.test", "A"), ("missing.test", "AAAA")]
+
+
+async def test_a_silent_nameserver_is_eai_again_without_blocking_the_loop() -> None:
+    quiet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    quiet.bind(("127.0.0.1", 0))
+    try:
+        resolver = Resolver(["127.0.0.1:%d" % quiet.getsockname()[1]], hosts=None, timeout=0.5)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.ensure_future(tick())
+        with pytest.raises(socket.gaierror) as failed:
+            await resolver.lookup(("quiet", "test"))
+        ticker.cancel()
+        assert failed.value.errno == socket.EAI_AGAIN
+        assert ticks > 1  # the loop kept running while the lookup waited
+    finally:
+        quiet.close()
