@@ -275,37 +275,25 @@ def _static_transport(command: list[str], sandboxed: bool, seccomp: bool) -> boo
 
     The shim cannot see the calls of a static program. Under ``--sandbox``
     the run switches to the seccomp transport (which sees them) where the
-    kernel offers it, and is refused otherwise; without a sandbox the user
-    is told that the policy decides none of that program's calls.
+    kernel offers it, and is refused otherwise. Without a sandbox the
+    program is not read (the ELF reader would slow every run's start, and
+    the shim only advises there anyway).
     """
     if seccomp:
         return True
-    from .linkage import static_programs
-
-    static = static_programs(command)
-    if not static:
-        return False
-    names = ", ".join(str(path) for path in static)
     if not sandboxed:
-        print(
-            f"libc-service: {names} is statically linked: the shim cannot see its calls, so the policy "
-            "decides none of them; add --seccomp (with --sandbox) to decide them",
-            file=sys.stderr,
-        )
+        return False
+    from .linkage import static_note
+
+    note = static_note(command)
+    if note is None:
         return False
     from .notify import seccomp_unavailable
 
     reason = seccomp_unavailable()
     if reason is not None:
-        raise PolicyError(
-            f"{names} is statically linked: the shim cannot see its calls, and the seccomp transport "
-            f"(--seccomp) that would is not available here: {reason}"
-        )
-    print(
-        f"libc-service: {names} is statically linked: the shim cannot see its calls; "
-        "using the seccomp transport (as --seccomp does)",
-        file=sys.stderr,
-    )
+        raise PolicyError(f"{note}, and the seccomp transport (--seccomp) that would is not available here: {reason}")
+    print(f"libc-service: {note}; using the seccomp transport (as --seccomp does)", file=sys.stderr)
     return True
 
 

@@ -29,7 +29,7 @@ from typing import Final
 
 from elftools.elf.elffile import ELFFile
 
-__all__ = ["is_static", "static_programs"]
+__all__ = ["is_static", "static_note", "static_programs"]
 
 #: ``#!`` interpreters followed (the kernel's own limit is 4 as well), and the bytes of a ``#!`` line read.
 _MAX_SCRIPT_DEPTH: Final = 4
@@ -141,3 +141,20 @@ def static_programs(
                 break
             program = _interpreter(program)
     return list(static.values())
+
+
+def static_note(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> str | None:
+    """``"PROGRAM is statically linked: the shim cannot see its calls"``, or ``None`` when none is.
+
+    The first half of what ``run``, ``trace`` and ``learn`` tell the user
+    before they use the seccomp transport (or ask for ``--seccomp``).
+    """
+    static = static_programs(argv, env, cwd)
+    if not static:
+        return None
+    names = ", ".join(str(path) for path in static)
+    return f"{names} {'is' if len(static) == 1 else 'are'} statically linked: the shim cannot see {'its' if len(static) == 1 else 'their'} calls"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libc_service.linkage import is_static, static_programs
+from libc_service.linkage import is_static, static_note, static_programs
 from libc_service.sandbox import landlock_abi, network_namespaces_available
 
 from shimtools import needs_shim
@@ -74,6 +74,11 @@ def test_the_command_line_shows_a_static_program_it_names(tmp_path: Path, static
     assert static_programs([str(wrapper)]) == [static_program]  # a script whose interpreter is static
 
 
+def test_the_note_names_what_trace_and_learn_tell_the_user(tmp_path: Path, static_program: Path) -> None:
+    assert static_note([str(static_program)]) == f"{static_program} is statically linked: the shim cannot see its calls"
+    assert static_note(["sh", "-c", "true"]) is None or "sh" in str(static_note(["sh", "-c", "true"]))
+
+
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=512))
 def test_any_bytes_are_read_without_an_error(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
@@ -110,16 +115,6 @@ def test_run_sandbox_says_a_program_is_static_and_decides_its_calls_by_seccomp(s
     ) in done.stderr.splitlines()
     assert done.returncode == 0, done.stderr
     assert done.stdout == _hostname()
-
-
-@needs_shim
-def test_run_without_a_sandbox_tells_the_user_the_policy_sees_nothing(tmp_path: Path, static_program: Path) -> None:
-    policy = tmp_path / "policy.py"
-    policy.write_text("from libc_service import FORWARD, Router\nrouter = Router(default=FORWARD)\n")
-    done = _cli("run", str(policy), "--", str(static_program))
-    assert done.returncode == 0 and done.stdout == _hostname()
-    assert f"libc-service: {static_program} is statically linked: the shim cannot see its calls" in done.stderr
-    assert "add --seccomp" in done.stderr
 
 
 @needs_shim
