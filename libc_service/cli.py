@@ -332,7 +332,7 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return status
     finally:
         try:
-            for line in report.lines(failed=status != 0, status=status) if report is not None else ():
+            for line in report.lines(failed=status != 0, status=status, program=command[0]) if report else ():
                 print(f"libc-service: {line}", file=sys.stderr)
         finally:
             if record is not None:

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 from .catalogue import INET6_FUNCTIONS, INET_FUNCTIONS, METADATA_FUNCTIONS
 from .named_tally import NameBudget, NamedTally
 from .router import Decision
+from .slavepath import printable
 
 if TYPE_CHECKING:
     from .landlock_audit import AccessRecord, LandlockDenials
@@ -255,7 +256,7 @@ class RefusalReport:
                 self._count(key, None, unnamed)
         self.kernel_refusals.clear()
 
-    def lines(self, *, failed: bool = False, status: int | None = None) -> list[str]:
+    def lines(self, *, failed: bool = False, status: int | None = None, program: str | None = None) -> list[str]:
         """One line per (function, rule, errno), most frequent first; then Landlock's.
 
         Stops the Landlock reader, if one runs, once the records still on
@@ -263,7 +264,8 @@ class RefusalReport:
         missing lines could matter: the program ran and asked the master
         something, and it ``failed`` (a non-zero status) or other refusals
         are listed — and what the exit ``status`` says when it is a
-        shell's or the loader's "could not execute". A clean run stays
+        shell's or the loader's "could not execute" (of ``program``, the
+        command's, or of a program it ran). A clean run stays
         quiet, and a run that failed to start ends with its error alone.
         """
         landlock = self._landlock_records()
@@ -293,7 +295,7 @@ class RefusalReport:
                     f"not known: the results of {tally.count}× {function} forwarded by the seccomp transport "
                     "(the kernel went on with them; it may have refused them)" + (f": {named}" if named else "")
                 )
-            out += _exit_status_lines(status)
+            out += _exit_status_lines(status, program)
         if self.record is not None:
             try:
                 self.record.flush()
@@ -327,17 +329,18 @@ class RefusalReport:
         return out
 
 
-def _exit_status_lines(status: int | None) -> list[str]:
+def _exit_status_lines(status: int | None, program: str | None) -> list[str]:
     """What a shell's or the loader's exit status says when Landlock's own refusals cannot be read."""
+    who = f"the program ({printable(program)})" if program else "the program"
     if status == 126:
         return [
-            "the program exited with status 126, a shell's 'cannot execute': under the sandbox only "
+            f"{who} exited with status 126, a shell's 'cannot execute': under the sandbox only "
             "the program itself, what loading it needs and the allow_exec trees may be executed "
             "(run --exec PATH adds one)"
         ]
     if status == 127:
         return [
-            "the program exited with status 127, a shell's 'not found' or the loader's 'cannot load a "
+            f"{who} exited with status 127, a shell's 'not found' or the loader's 'cannot load a "
             "library': under the sandbox a library outside the system's library directories must be "
             "granted (run --read PATH or --exec PATH)"
         ]

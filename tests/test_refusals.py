@@ -210,7 +210,7 @@ def test_a_program_that_could_not_execute_is_explained_by_its_status(tmp_path: P
     done = _run("run", "--sandbox", "--", "sh", "-c", f"{_cat()} /dev/null")
     assert done.returncode == 126
     if "Landlock's own refusals are not reported" in done.stderr:
-        assert "libc-service: the program exited with status 126, a shell's 'cannot execute'" in done.stderr
+        assert "libc-service: the program (sh) exited with status 126, a shell's 'cannot execute'" in done.stderr
         assert "--exec PATH" in done.stderr
     else:  # the kernel's audit is on here: Landlock's record names the program
         assert f"by Landlock (fs.execute): {_cat()}" in done.stderr, done.stderr
@@ -253,3 +253,15 @@ def test_forged_pids_and_paths_keep_every_structure_bounded() -> None:
     line = report.lines()[0]
     assert line.startswith(f"refused {forged}× open by default (EACCES): ")
     assert line.endswith(f"{len(tally.names) - 5} others, and {tally.unkept} more whose names were not kept")
+
+
+def test_a_loader_s_127_without_audit_says_what_grants_a_library() -> None:
+    report = RefusalReport(landlock_unavailable="the kernel's audit is disabled")
+    report(_open("/opt/tool/lib/libx.so", 7))
+    lines = report.lines(failed=True, status=127, program="/opt/tool/bin/tool")
+    assert lines[-1].startswith("the program (/opt/tool/bin/tool) exited with status 127, a shell's 'not found'")
+    assert "--read PATH or --exec PATH" in lines[-1]
+    quiet = RefusalReport(landlock_unavailable="the kernel's audit is disabled", pids={7})
+    assert quiet.lines(failed=True, status=1) == [
+        "Landlock's own refusals are not reported: the kernel's audit is disabled"
+    ]  # nothing to add for an ordinary failure
