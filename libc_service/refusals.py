@@ -28,7 +28,7 @@ Landlock's own refusals of what the shim does not see (an ``exec``, a
 library the loader opens) are counted when the kernel logs them
 (:meth:`RefusalReport.watch_landlock`, :mod:`libc_service.landlock_audit`)::
 
-    refused 3× execute by Landlock (fs.execute): /usr/bin/make
+    refused 3× execve by Landlock (fs.execute): /usr/bin/make
 
 and otherwise the report says why they are not, and reads what the
 program's exit status tells: 126 and 127 are what a shell or the loader
