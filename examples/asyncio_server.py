@@ -15,7 +15,10 @@ A job's worker may read files beneath its own directory (the master opens
 them beneath it and passes the descriptor), may look up and load the system's
 programs (`/usr`, `/bin`, `/lib`, `/lib64`: forwarded, and the sandbox lets
 it execute from there), writes nothing (`EROFS`), and gets `EACCES` for
-everything else — another job's directory included.
+everything else — another job's directory included, and any path into its
+own directory that climbs with `..`: such a path may pass through another
+job's tree (`../b/data.txt` from `b` goes through the jobs' common parent),
+and `..` is the kernel's to resolve, not a string to fold.
 
 Run it — jobs in two temporary directories `a` and `b` (each with its
 `data.txt`), all at once in this process; each reads its own `data.txt` and
@@ -56,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from libc_service import FORWARD, Decision, Errno, Router, Sandbox, Stat, WithFds, deny, spawn
-from libc_service.conditions import under, writing
+from libc_service.conditions import Condition, under, writing
 from libc_service.requests import (
     AccessRequest,
     EaccessRequest,
@@ -81,6 +84,18 @@ OUTPUT_LIMIT = 64 * 1024
 _AMODE_BITS = {"r": os.R_OK, "w": os.W_OK, "x": os.X_OK}
 
 
+class Climbs(Condition):
+    """The request's path has a `..` component (a condition of this policy's own)."""
+
+    functions = frozenset({"open", "openat", "stat", "lstat", "access", "eaccess"})
+
+    def __call__(self, request: object) -> bool:
+        return ".." in Path(getattr(request, "path")).parts
+
+    def describe(self) -> str:
+        return "the path has a `..` component"
+
+
 class JobPolicy:
     """The policy of one job: read beneath its directory, nothing else of the job's own."""
 
@@ -90,6 +105,8 @@ class JobPolicy:
         self.router = Router(default=deny(errno.EACCES))
         on = self.router.on
         on("open", "openat", "mkdir", "rmdir", "unlink", "rename", when=writing())(self.refuse_writes)
+        job_files = ("open", "openat", "stat", "lstat", "access", "eaccess")
+        on(*job_files, when=[under(self.directory), Climbs()])(self.refuse_climbing)
         on("open", "openat", when=under(self.directory))(self.read_job_files)
         on("stat", "lstat", when=under(self.directory))(self.stat_job_files)
         on("access", "eaccess", when=under(self.directory))(self.access_job_files)
@@ -103,6 +120,16 @@ class JobPolicy:
     def refuse_writes(self, request: Request) -> int:
         """The job writes nothing, anywhere: `EROFS`."""
         raise Errno(errno.EROFS)
+
+    def refuse_climbing(self, request: Request) -> int:
+        """A path into the job's directory that climbs with `..` is refused: `EACCES`.
+
+        `../b/data.txt` from job `b` leaves `b` and comes back; on its way it
+        names the jobs' common parent, and a `..` is resolved by the kernel
+        on the real tree (symlinks included), which a folded string does not
+        follow. A job names its files from its own directory down.
+        """
+        raise Errno(errno.EACCES)
 
     def read_job_files(self, request: OpenRequest | OpenatRequest) -> WithFds:
         """Files beneath the job's directory are opened by the master, beneath it, and passed back."""

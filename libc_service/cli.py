@@ -21,6 +21,7 @@ from .lazyimport import on_first_use
 
 if TYPE_CHECKING:
     import asyncio
+    from .flagpolicy import PolicyFlags
     from .refusals import RefusalReport
     from .sandbox import Sandbox
 else:
@@ -246,91 +247,99 @@ def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
     return command
 
 
-def granted_connect(request: Any) -> Any:
-    """Granted by `--connect`: the master connects a socket of its own, which replaces the program's."""
-    from .perform import perform
+def _policy_flags(args: argparse.Namespace) -> PolicyFlags:
+    from .flagpolicy import PolicyFlags
 
-    return perform(request)
-
-
-def granted_lookup(request: Any) -> Any:
-    """Granted by `--connect NAME:PORT`: the master resolves the name (only names the flags allow)."""
-    from .perform import perform
-
-    return perform(request)
+    return PolicyFlags(
+        read=tuple(args.read),
+        write=tuple(args.write),
+        exec=tuple(args.exec),
+        connect=tuple(args.connect),
+        bind=tuple(args.bind),
+    )
 
 
-def add_connect_rules(router: Router, values: Sequence[str]) -> None:
-    """The routes ``--connect HOST:PORT`` stands for, added after ``router``'s own.
+def _policy(args: argparse.Namespace) -> LoadedPolicy:
+    """The POLICY file's policy, with what the flags add (or the flags' alone, without a file)."""
+    flags = _policy_flags(args)
+    if not flags.given:
+        if args.policy is None:
+            from .flagpolicy import policy_from_flags
 
-    ``HOST`` is an address or network (``127.0.0.1``, ``[::1]``,
-    ``10.0.0.0/8``: :func:`~libc_service.conditions.to`) or a name pattern
-    (``pypi.org``, ``*.python.org``): then the master resolves names that
-    match (:func:`~libc_service.conditions.named`) and connects only to
-    the addresses it returned for them, while the answer holds
-    (:func:`~libc_service.conditions.resolved`). ``PORT`` is a number or
-    ``*`` for any. Raises ``ValueError`` for a value that is neither.
+            return policy_from_flags(flags)  # forward everything: the sandbox, if any, decides
+        return _load(args.policy)
+    from .flagpolicy import policy_from_flags
+
+    return policy_from_flags(flags, None if args.policy is None else _load(args.policy))
+
+
+def _static_transport(command: list[str], sandboxed: bool, seccomp: bool) -> bool:
+    """Whether to use the seccomp transport: asked for, or needed by a statically linked program.
+
+    The shim cannot see the calls of a static program. Under ``--sandbox``
+    the run switches to the seccomp transport (which sees them) where the
+    kernel offers it, and is refused otherwise. Without a sandbox the
+    program is not read (the ELF reader would slow every run's start, and
+    the shim only advises there anyway).
     """
-    import ipaddress
+    if seccomp:
+        return True
+    if not sandboxed:
+        return False
+    from .linkage import static_note
 
-    from .conditions import named, resolved, to
+    note = static_note(command)
+    if note is None:
+        return False
+    from .notify import seccomp_unavailable
 
-    endpoints: list[str] = []
-    names: dict[int | None, list[str]] = {}
-    for value in values:
-        host, sep, port_text = value.rpartition(":")
-        if not sep or not host or not (port_text == "*" or port_text.isdigit()):
-            raise ValueError(f"--connect {value!r}: write HOST:PORT (PORT a number or *)")
-        port = None if port_text == "*" else int(port_text)
-        if port is not None and port > 65535:
-            raise ValueError(f"--connect {value!r}: port out of range")
-        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        try:
-            ipaddress.ip_network(bare, strict=False)
-        except ValueError:
-            if ":" in host or "/" in host:
-                raise ValueError(f"--connect {value!r}: {host!r} is neither an address nor a name") from None
-            named(host)  # a pattern, or ValueError saying what one is
-            names.setdefault(port, []).append(host)
-        else:
-            shown = f"[{bare}]" if ":" in bare else bare
-            endpoints.append(f"{shown}:{port_text}")
-    connects = ("connect_inet", "connect_inet6")
-    if endpoints:
-        router.add_route(connects, granted_connect, when=to(*endpoints))
-    if names:
-        router.add_route(("getaddrinfo",), granted_lookup, when=named(*(n for group in names.values() for n in group)))
-        for port, patterns in names.items():
-            router.add_route(
-                connects, granted_connect, when=resolved(*patterns, ports=None if port is None else [port])
-            )
+    reason = seccomp_unavailable()
+    if reason is not None:
+        raise PolicyError(f"{note}, and the seccomp transport (--seccomp) that would is not available here: {reason}")
+    print(f"libc-service: {note}; using the seccomp transport (as --seccomp does)", file=sys.stderr)
+    return True
 
 
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     command = _command(args, parser)
-    policy = _load(args.policy)
-    try:
-        add_connect_rules(policy.router, args.connect)
-    except ValueError as exc:
-        getattr(args, "subparser", parser).error(str(exc))
+    flags = _policy_flags(args)
+    if flags.given and not args.sandbox:
+        parser_for_run: argparse.ArgumentParser = getattr(args, "subparser", parser)
+        parser_for_run.error("--read, --write, --exec, --connect and --bind build a sandbox: add --sandbox")
+    policy = _policy(args)
     sandbox: Sandbox | None = None
     report: RefusalReport | None = None
-    if args.sandbox:
+    record: TextIO | None = None
+    seccomp = _static_transport(command, args.sandbox, args.seccomp)
+    if args.refusals is not None:
+        try:
+            record = open(args.refusals, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise PolicyError(f"cannot write the refusals to {args.refusals}: {exc.strerror}") from exc
+    if args.sandbox or record is not None:
         from .refusals import RefusalReport
+
+        report = RefusalReport(record=record)
+        policy.router.observe(report)
+    if args.sandbox:
         from .sandbox import Sandbox
 
         sandbox = policy.sandbox if policy.sandbox is not None else Sandbox()
-        report = RefusalReport(metadata_refused=not sandbox.metadata)
-        policy.router.observe(report)
+        assert report is not None
+        report.metadata_refused = not sandbox.metadata
         report.watch_landlock()  # Landlock's own refusals, from the kernel's audit log
     status = 1  # the program did not run to its end
     try:
         # With the report observing, the shim reports what the calls it forwarded returned.
-        status = _run_program(command, policy.router, sandbox, args.seccomp, reports=report is not None)
+        status = _run_program(command, policy.router, sandbox, seccomp, reports=report is not None)
         return status
     finally:
-        for line in report.lines(failed=status != 0) if report is not None else ():
-            print(f"libc-service: {line}", file=sys.stderr)
+        try:
+            for line in report.lines(failed=status != 0, status=status, program=command[0]) if report else ():
+                print(f"libc-service: {line}", file=sys.stderr)
+        finally:
+            if record is not None:
+                record.close()
 
 
 def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -406,7 +415,10 @@ def _cmd_learn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def _cmd_docs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .docs import render_policy
 
-    policy = _load(args.policy)
+    if args.policy is None and not _policy_flags(args).given:
+        parser_for_docs: argparse.ArgumentParser = getattr(args, "subparser", parser)
+        parser_for_docs.error("give a POLICY, policy flags (--read PATH ...), or both")
+    policy = _policy(args)
     text = render_policy(policy, fmt=args.format)
     _write_output(args.output, text)
     return 0
@@ -487,18 +499,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="also decide the system calls the shim cannot see (static programs, raw system calls, "
         "libc's own opens) through seccomp user notifications; use with --sandbox",
     )
+    _add_policy_flags(run)
     run.add_argument(
-        "--connect",
-        action="append",
-        default=[],
-        metavar="HOST:PORT",
-        help="let the program connect to HOST (an address, [IPv6], network/len, or a name pattern such as "
-        "pypi.org or *.python.org: addresses as the master resolves them) on PORT (* for any); repeatable",
+        "--refusals",
+        metavar="FILE",
+        help="write every refusal to FILE, one JSON object per line (with --sandbox, a summary "
+        "is printed at exit either way)",
     )
-    run.add_argument("policy", metavar="POLICY", help="path/to/policy.py or package.module:attr defining a Router")
+    run.add_argument(
+        "policy",
+        nargs="?",
+        metavar="POLICY",
+        help="path/to/policy.py or package.module:attr defining a Router (optional with the policy flags)",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     run.set_defaults(handler=_cmd_run, subparser=run)
-    run.usage = "libc-service run [-h] [-v] [--sandbox] [--seccomp] [--connect HOST:PORT]... POLICY -- CMD [ARG...]"
+    run.usage = (
+        "libc-service run [-h] [-v] [--sandbox] [--seccomp] [--read PATH]... [--write PATH]... "
+        "[--exec PATH]... [--connect HOST:PORT]... [--bind [ADDRESS:]PORT]... [--refusals FILE] "
+        "[POLICY] -- CMD [ARG...]"
+    )
 
     trace = commands.add_parser(
         "trace",
@@ -556,9 +576,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     docs.add_argument("--format", choices=("md", "json"), default="md", help="Markdown (default) or JSON")
     docs.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    docs.add_argument("policy", metavar="POLICY", help="path/to/policy.py or package.module:attr")
-    docs.set_defaults(handler=_cmd_docs)
+    _add_policy_flags(docs)
+    docs.add_argument(
+        "policy", nargs="?", metavar="POLICY", help="path/to/policy.py or package.module:attr (optional with flags)"
+    )
+    docs.set_defaults(handler=_cmd_docs, subparser=docs)
     return parser
+
+
+def _add_policy_flags(command: argparse.ArgumentParser) -> None:
+    """The flags that build a policy for the common cases (``run``, and ``docs`` to show it)."""
+    flags = command.add_argument_group(
+        "policy flags",
+        "Build a policy (a sandbox and its routes) without a Python file, or add to POLICY's. "
+        "Each is repeatable; paths are made absolute.",
+    )
+    flags.add_argument(
+        "--read", action="append", default=[], metavar="PATH", help="the program may read PATH (a tree or a file)"
+    )
+    flags.add_argument(
+        "--write",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="the program may read, create, change and remove files beneath PATH",
+    )
+    flags.add_argument(
+        "--exec", action="append", default=[], metavar="PATH", help="the program may read and execute beneath PATH"
+    )
+    flags.add_argument(
+        "--connect",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="the program may connect to HOST:PORT (the master connects and passes the socket)",
+    )
+    flags.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="[ADDRESS:]PORT",
+        help="the program may listen on PORT, at ADDRESS or any (the master binds and passes the socket)",
+    )
 
 
 class _Version(argparse.Action):
@@ -601,10 +660,36 @@ def _usage_error(exc: BaseException) -> bool:
     return False
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``; what follows the first ``--`` is the program's, never an option or POLICY.
+
+    (argparse alone would take the program's name for an optional POLICY.)
+    When the options before ``--`` already named the program (``run
+    POLICY CMD -- ARG``), the ``--`` is one of the program's arguments.
+    """
+    if "--" not in argv:
+        return parser.parse_args(argv)
+    split = list(argv).index("--")
+    args = parser.parse_args(argv[:split])
+    if hasattr(args, "command"):
+        command = list(args.command)
+        args.command = [*command, *argv[split:]] if command else list(argv[split + 1 :])
+    else:
+        parser.parse_args(argv)  # no program for this command: argparse says what is wrong
+    return args
+
+
+def _is_directory(filename: object) -> bool:
+    """Whether the program named ``filename`` is a directory (as a shell says, "Is a directory")."""
+    if not isinstance(filename, str) or "/" not in filename:
+        return False
+    return os.path.isdir(filename)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``libc-service`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, sys.argv[1:] if argv is None else list(argv))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="libc-service: %(levelname)s: %(name)s: %(message)s")
     try:
@@ -619,7 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOT_FOUND
     except PermissionError as exc:
         # The program cannot be executed (not executable, a directory): as a shell says it.
-        print(f"libc-service: error: {exc.strerror}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        reason = "Is a directory" if _is_directory(exc.filename) else exc.strerror
+        print(f"libc-service: error: {reason}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_CANNOT_EXECUTE
     except KeyboardInterrupt:
         return 130

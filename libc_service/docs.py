@@ -23,10 +23,13 @@ file's directory, so a review diff shows exactly what a policy change did.
 
 from __future__ import annotations
 
+import dataclasses
 import errno as errno_module
 import inspect
+import ipaddress
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final, Literal
 
-from .conditions import AllOf
+from .conditions import AllOf, Condition
 from .policy import LoadedPolicy
 from .requests import FUNCTIONS
 from .router import FORWARD, Deny, Route, Router
@@ -44,8 +47,10 @@ __all__ = [
     "DefaultDoc",
     "FunctionDoc",
     "HandlerDoc",
+    "ObserverDoc",
     "PolicyDoc",
     "SandboxDoc",
+    "condition_data",
     "describe_policy",
     "policy_json",
     "render_json",
@@ -77,6 +82,8 @@ class HandlerDoc:
     conditions: tuple[str, ...]
     #: All the conditions together, in words (``None``: no conditions).
     when: str | None
+    #: Each condition of ``when=`` as data (:func:`condition_data`), for tools.
+    condition_data: tuple[dict[str, Any], ...]
     #: The source file, relative to the policy file's directory (or a module path).
     source_file: str | None
     #: The line of the handler's first decorator (or its ``def``).
@@ -140,6 +147,25 @@ class FunctionDoc:
 
 
 @dataclass(frozen=True)
+class ObserverDoc:
+    """An observer (``router.observe(fn)``): called with every decision after its reply."""
+
+    #: The observer's qualified name (its class's, for an instance).
+    name: str
+    summary: str | None
+    doc: str | None
+    source_file: str | None
+    source_line: int | None
+
+    @property
+    def source(self) -> str | None:
+        """``file:line``, or ``None`` when the source is unknown."""
+        if self.source_file is None:
+            return None
+        return f"{self.source_file}:{self.source_line}" if self.source_line is not None else self.source_file
+
+
+@dataclass(frozen=True)
 class SandboxDoc:
     """The module's ``sandbox``: what the slave may still do by itself."""
 
@@ -166,6 +192,7 @@ class PolicyDoc:
     timeout_errno: int
     concurrent: bool
     sandbox: SandboxDoc | None
+    observers: tuple[ObserverDoc, ...] = ()
 
     @property
     def unhandled(self) -> tuple[str, ...]:
@@ -197,15 +224,19 @@ def _policy_name(policy: LoadedPolicy) -> str:
 
 
 def _source_file(route: Route, base: Path | None) -> str | None:
-    if route.source is None:
+    return _file_name(route.source, route.handler, base)
+
+
+def _file_name(source: tuple[str, int] | None, handler: object, base: Path | None) -> str | None:
+    if source is None:
         return None
-    filename = os.path.abspath(route.source[0])
+    filename = os.path.abspath(source[0])
     if base is not None:
         relative = os.path.relpath(filename, base)
         if not relative.startswith(".." + os.sep) and relative != "..":
             return Path(relative).as_posix()
     # Outside the policy's directory: name it by its module, not its location.
-    module = sys.modules.get(getattr(route.handler, "__module__", "") or "")
+    module = sys.modules.get(getattr(handler, "__module__", "") or "")
     module_file = getattr(module, "__file__", None)
     if module is not None and module_file and os.path.abspath(module_file) == filename:
         dotted = module.__name__.replace(".", "/")
@@ -223,6 +254,7 @@ def _handler_doc(index: int, route: Route, base: Path | None) -> HandlerDoc:
         functions=tuple(sorted(route.functions, key=lambda name: order.get(name, len(order)))),
         conditions=tuple(condition.describe() for condition in route.conditions),
         when=AllOf(route.conditions).describe() if route.conditions else None,
+        condition_data=tuple(condition_data(condition) for condition in route.conditions),
         source_file=_source_file(route, base),
         source_line=route.source[1] if route.source is not None else None,
     )
@@ -239,12 +271,33 @@ def _default_doc(router: Router, base: Path | None) -> DefaultDoc:
     raise TypeError(f"unexpected router default {default!r}")
 
 
+_ACCESS_ORDER: Final = ("read", "write", "execute")
+
+
+def _observer_doc(observer: Callable[..., Any], base: Path | None) -> ObserverDoc:
+    target: Any = observer if inspect.isfunction(observer) or inspect.ismethod(observer) else type(observer)
+    doc = inspect.getdoc(target)
+    try:
+        source: tuple[str, int] | None = (inspect.getsourcefile(target) or "?", inspect.getsourcelines(target)[1])
+    except (OSError, TypeError):
+        source = None
+    return ObserverDoc(
+        name=getattr(target, "__qualname__", None) or type(observer).__qualname__,
+        summary=" ".join(doc.strip().split("\n\n")[0].split()) if doc else None,
+        doc=doc,
+        source_file=_file_name(source, target, base),
+        source_line=source[1] if source is not None else None,
+    )
+
+
 def _sandbox_doc(sandbox: Any) -> SandboxDoc | None:
     if sandbox is None:
         return None
-    rules = tuple(
-        (str(path), tuple(part.strip() for part in access.split(","))) for path, access in sandbox.static_rules()
-    )
+    # One row per path, with every access the rules give it (``/usr`` read and executed is one row).
+    merged: dict[str, set[str]] = {}
+    for path, access in sandbox.static_rules():
+        merged.setdefault(os.path.normpath(str(path)), set()).update(part.strip() for part in access.split(","))
+    rules = tuple((path, tuple(a for a in _ACCESS_ORDER if a in access)) for path, access in merged.items())
     metadata = bool(getattr(sandbox, "metadata", False))
     return SandboxDoc(
         rules=rules,
@@ -252,6 +305,49 @@ def _sandbox_doc(sandbox: Any) -> SandboxDoc | None:
         metadata=metadata,
         system_libraries=bool(getattr(sandbox, "system_libraries", True)),
     )
+
+
+def _kind(condition: Condition) -> str:
+    """``UnderCondition`` → ``under``, ``AllOf`` → ``all_of``, ``Negation`` → ``not``."""
+    name = type(condition).__name__
+    if name == "Negation":
+        return "not"
+    name = name.removesuffix("Condition") or name
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _plain(value: Any) -> Any:
+    """A condition's field as JSON data: conditions nested, sets sorted, addresses as text."""
+    if isinstance(value, Condition):
+        return condition_data(value)
+    if isinstance(value, frozenset | set):
+        return sorted((_plain(item) for item in value), key=str)
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value.network_address) if value.num_addresses == 1 else str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def condition_data(condition: Condition) -> dict[str, Any]:
+    """A condition as structured data: ``{"kind": "under", "roots": ["/srv"], "text": "..."}``.
+
+    ``kind`` names the condition (``under``, ``writing``, ``flags``, ``to``,
+    ``named``, ``all_of``, ``any_of``, ``not``, ...), ``text`` is its
+    description in words, and the other keys are its fields as data
+    (``parts``/``part`` for combinations, nested the same way).
+    A condition of the policy's own that is not a dataclass has only
+    ``kind`` (its class name) and ``text``.
+    """
+    data: dict[str, Any] = {"kind": _kind(condition)}
+    if dataclasses.is_dataclass(condition):
+        for item in dataclasses.fields(condition):
+            if item.name != "functions" and not item.name.startswith("_"):
+                data[item.name] = _plain(getattr(condition, item.name))
+    data["text"] = condition.describe()
+    return data
 
 
 def describe_policy(policy: LoadedPolicy) -> PolicyDoc:
@@ -276,6 +372,7 @@ def describe_policy(policy: LoadedPolicy) -> PolicyDoc:
         timeout_errno=router.timeout_errno,
         concurrent=router.concurrent,
         sandbox=_sandbox_doc(policy.sandbox),
+        observers=tuple(_observer_doc(observer, base) for observer in router.observers()),
     )
 
 
@@ -480,8 +577,26 @@ def _handlers(doc: PolicyDoc) -> list[str]:
     return lines
 
 
+def _observers(doc: PolicyDoc) -> list[str]:
+    lines = ["## Observers", ""]
+    if not doc.observers:
+        lines.append("None: no code sees the decisions (`router.observe(fn)` adds one).")
+        return lines
+    lines.append(
+        "Each is called with every decision (a `libc_service.router.Decision`: the request, the deciding "
+        "route, the outcome, result and errno) after its reply went out; it cannot change the decision."
+    )
+    for observer in doc.observers:
+        lines += ["", f"### {_code(observer.name)}", ""]
+        if observer.source is not None:
+            lines.append(f"Source: {_code(observer.source)}.")
+            lines.append("")
+        lines.append(observer.doc or "*(no docstring)*")
+    return lines
+
+
 def _markdown_sections(doc: PolicyDoc) -> list[list[str]]:
-    return [_intro(doc), _glance(doc), _decisions(doc), _sandbox(doc), _handlers(doc)]
+    return [_intro(doc), _glance(doc), _decisions(doc), _sandbox(doc), _handlers(doc), _observers(doc)]
 
 
 def render_markdown(doc: PolicyDoc) -> str:
@@ -500,7 +615,19 @@ def _handler_json(handler: HandlerDoc) -> dict[str, Any]:
         "doc": handler.doc,
         "functions": list(handler.functions),
         "conditions": list(handler.conditions),
+        "when": list(handler.condition_data),
         "source": None if handler.source_file is None else {"file": handler.source_file, "line": handler.source_line},
+    }
+
+
+def _observer_json(observer: ObserverDoc) -> dict[str, Any]:
+    return {
+        "name": observer.name,
+        "summary": observer.summary,
+        "doc": observer.doc,
+        "source": None
+        if observer.source_file is None
+        else {"file": observer.source_file, "line": observer.source_line},
     }
 
 
@@ -527,6 +654,7 @@ def policy_json(doc: PolicyDoc) -> dict[str, Any]:
         },
         "concurrent": doc.concurrent,
         "handlers": [_handler_json(handler) for handler in doc.handlers],
+        "observers": [_observer_json(observer) for observer in doc.observers],
         "functions": [
             {
                 "function": function.function,

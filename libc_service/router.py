@@ -338,6 +338,10 @@ class Router:
         self._observers.append(observer)
         return observer
 
+    def observers(self) -> tuple[Observer, ...]:
+        """The registered observers, in the order they are called (for documentation and copies)."""
+        return tuple(self._observers)
+
     @property
     def observed(self) -> bool:
         """Whether any observer is registered (they must see every call, even those decided elsewhere)."""

@@ -194,9 +194,14 @@ def test_a_program_that_does_not_exist_is_127(tmp_path: Path) -> None:
 def test_a_program_that_cannot_be_executed_is_126(tmp_path: Path, command: str) -> None:
     policy = write_policy(tmp_path, READ_ONLY_POLICY)
     policy_args = [str(policy)] if command == "run" else []
-    done = cli(command, *policy_args, "--", str(tmp_path))  # a directory
+    done = cli(command, *policy_args, "--", str(tmp_path))  # a directory: said as a shell says it
     assert done.returncode == 126
-    assert done.stderr.splitlines() == [f"libc-service: error: Permission denied: {tmp_path}"]
+    assert done.stderr.splitlines() == [f"libc-service: error: Is a directory: {tmp_path}"]
+    program = tmp_path / "not-executable"
+    program.write_text("")
+    done = cli(command, *policy_args, "--", str(program))
+    assert done.returncode == 126
+    assert done.stderr.splitlines() == [f"libc-service: error: Permission denied: {program}"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from libc_service import FORWARD, Router
-from libc_service.cli import add_connect_rules
+from libc_service.flagpolicy import add_connect_rules
 from libc_service.docs import render_policy
 from libc_service.policy import LoadedPolicy
 
@@ -97,7 +97,19 @@ async def test_connect_by_name_grants_the_names_addresses_and_nothing_else(
     policy = tmp_path / "policy.py"
     policy.write_text(POLICY.format(nameserver=nameserver.address))
     port = str(greeter)
-    flags = ["--connect", f"*.pkg.test:{port}", "--connect", "127.0.0.3:*", str(policy), "--", PYTHON, "-c", PROGRAM]
+    flags = [
+        "--sandbox",
+        *("--read", sys.base_prefix, "--read", sys.prefix),  # the interpreter's own files
+        "--connect",
+        f"*.pkg.test:{port}",
+        "--connect",
+        "127.0.0.3:*",
+        str(policy),
+        "--",
+        PYTHON,
+        "-c",
+        PROGRAM,
+    ]
     status, out, err = await run(policy, *flags, port, "index.pkg.test", "127.0.0.1", "127.0.0.2", "127.0.0.3")
     assert status == 0, err
     assert json.loads(out) == [["127.0.0.1"], "hello", errno.ECONNREFUSED, "hello"]
@@ -113,7 +125,7 @@ async def test_connect_by_name_grants_the_names_addresses_and_nothing_else(
 async def test_a_connect_flag_that_is_not_host_port_is_a_usage_error(tmp_path: Path, value: str) -> None:
     policy = tmp_path / "policy.py"
     policy.write_text("from libc_service import Router\nrouter = Router()\n")
-    status, _, err = await run(policy, "--connect", value, str(policy), "--", "true")
+    status, _, err = await run(policy, "--sandbox", "--connect", value, str(policy), "--", "true")
     assert status == 2
     assert "--connect" in err or "name pattern" in err
 

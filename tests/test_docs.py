@@ -252,6 +252,7 @@ def test_json_document_has_the_documented_keys(policy: LoadedPolicy) -> None:
         "timeout",
         "concurrent",
         "handlers",
+        "observers",
         "functions",
         "unhandled",
         "sandbox",
@@ -264,7 +265,7 @@ def test_json_document_has_the_documented_keys(policy: LoadedPolicy) -> None:
     assert document["timeout"] == {"seconds": 2.5, "errno": errno.ETIMEDOUT, "errno_name": "ETIMEDOUT"}
     assert document["concurrent"] is False
     handler = document["handlers"][0]
-    assert list(handler) == ["index", "name", "summary", "doc", "functions", "conditions", "source"]
+    assert list(handler) == ["index", "name", "summary", "doc", "functions", "conditions", "when", "source"]
     assert handler["functions"] == ["open", "openat", "unlink"]
     assert handler["source"]["file"] == "policy.py"
     assert [h["index"] for h in document["handlers"]] == list(range(len(document["handlers"])))
@@ -308,9 +309,73 @@ def test_every_json_key_is_described_in_the_schema_page(tmp_path: Path) -> None:
     keys |= _keys(
         json.loads(render_policy(load_policy(str(write_policy(tmp_path / "b", default_handler))), fmt="json"))
     )
+    keys |= _keys(json.loads(render_policy(load_policy(str(write_policy(tmp_path / "c", OBSERVED))), fmt="json")))
     keys |= {"seconds", "file", "line", "path", "access"}
     assert keys <= described, f"undocumented keys: {sorted(keys - described)}"
     assert JSON_SCHEMA in schema_page
+
+
+def test_json_conditions_are_data_a_tool_can_read(policy: LoadedPolicy) -> None:
+    handlers = json.loads(render_policy(policy, fmt="json"))["handlers"]
+    writes = "the call writes (opens for writing, creates, truncates, or changes a directory)"
+    assert handlers[1]["when"] == [
+        {"kind": "under", "roots": ["/srv/data"], "text": "the path is `/srv/data` or beneath it"},
+        {"kind": "not", "part": {"kind": "writing", "text": writes}, "text": f"not ({writes})"},
+    ]
+    web = handlers[2]["when"][0]
+    assert web["kind"] == "any_of"
+    assert [part["endpoints"] for part in web["parts"]] == [[["127.0.0.1", 8080]], [["10.0.0.0/8", None]]]
+    assert handlers[3]["when"] == [
+        {"kind": "named", "names": ["db.internal"], "text": "the name looked up is one of `db.internal`"}
+    ]
+    assert handlers[0]["when"] == [{"kind": "writing", "text": writes}]
+
+
+OBSERVED = textwrap.dedent('''
+    """A policy with observers."""
+    from libc_service import FORWARD, Router, Sandbox
+
+    router = Router(default=FORWARD)
+    sandbox = Sandbox(allow_read=["/usr", "/etc"], allow_exec=["/usr/"])
+
+    @router.observe
+    def audit(decision):
+        """Log each decision's route and errno."""
+
+    class Counter:
+        """Count the decisions by outcome."""
+
+        def __call__(self, decision):
+            pass
+
+    router.observe(Counter())
+''')
+
+
+def test_observers_are_documented_and_a_path_is_listed_once(tmp_path: Path) -> None:
+    loaded = load_policy(str(write_policy(tmp_path, OBSERVED)))
+    document = json.loads(render_policy(loaded, fmt="json"))
+    assert document["observers"] == [
+        {
+            "name": "audit",
+            "summary": "Log each decision's route and errno.",
+            "doc": "Log each decision's route and errno.",
+            "source": {"file": "policy.py", "line": 8},
+        },
+        {
+            "name": "Counter",
+            "summary": "Count the decisions by outcome.",
+            "doc": "Count the decisions by outcome.",
+            "source": {"file": "policy.py", "line": 12},
+        },
+    ]
+    assert document["sandbox"]["rules"] == [
+        {"path": "/usr", "access": ["read", "execute"]},
+        {"path": "/etc", "access": ["read"]},
+    ]
+    page = render_policy(loaded, fmt="md")
+    assert "## Observers" in page and "### `audit`" in page and "### `Counter`" in page
+    assert page.count("| `/usr` |") == 1
 
 
 def test_describe_policy_is_the_data_both_renderers_use(policy: LoadedPolicy) -> None:

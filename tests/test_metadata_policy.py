@@ -106,7 +106,7 @@ def test_chmod_elsewhere_is_refused_and_reported(dirs: tuple[Path, Path, Path], 
     assert done.returncode != 0
     assert "Operation not permitted" in done.stderr
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert f"refused 1× chmod beneath {tmp_path} by no_chmod (EPERM)" in done.stderr
+    assert f"refused 1× chmod by no_chmod (EPERM): {target}" in done.stderr
 
 
 def test_a_forwarded_chmod_is_refused_by_the_sandboxs_filter(dirs: tuple[Path, Path, Path]) -> None:
