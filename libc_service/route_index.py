@@ -22,16 +22,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from .catalogue import METADATA_FD_FUNCTIONS
+from .catalogue import NAMED_FUNCTIONS
 from .conditions import UnderCondition, ancestors
 
 if TYPE_CHECKING:
     from .router import Route
 
-__all__ = ["INDEX_FROM", "RouteIndex"]
+__all__ = ["INDEXED_FUNCTIONS", "INDEX_FROM", "RouteIndex"]
 
 #: A function with at least this many routes is dispatched through an index.
 INDEX_FROM: Final = 3
+#: The functions whose requests name a path ``under()`` tests (``fchmod`` and the network's do not).
+INDEXED_FUNCTIONS: Final = NAMED_FUNCTIONS
 
 
 class RouteIndex:
@@ -44,7 +46,7 @@ class RouteIndex:
         self._always: list[int] = []
         self._by_root: dict[str, list[int]] = {}
         for position, route in enumerate(routes):
-            roots = None if function in METADATA_FD_FUNCTIONS else _needed_roots(route)
+            roots = _needed_roots(route) if function in INDEXED_FUNCTIONS else None
             if roots is None:
                 self._always.append(position)
                 continue

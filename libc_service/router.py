@@ -35,7 +35,7 @@ from .conditions import Condition, name_patterns
 from .master import Call, Master, SessionClosed, discard
 from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, WithFds, Sentinel, deny, reply_now
 from .catalogue import FUNCTIONS
-from .route_index import INDEX_FROM, RouteIndex
+from .route_index import INDEX_FROM, INDEXED_FUNCTIONS, RouteIndex
 from .signatures import check_handler, handler_name
 from .slavepath import directory_name
 
@@ -533,7 +533,7 @@ class Router:
         """
         routes = self._dispatch[request.function]
         positions: Iterable[int] = range(start, len(routes))
-        if len(routes) >= INDEX_FROM:
+        if len(routes) >= INDEX_FROM and request.function in INDEXED_FUNCTIONS:
             route_index = self._indexes.get(request.function)
             if route_index is None:
                 route_index = self._indexes[request.function] = RouteIndex(request.function, routes)

@@ -17,7 +17,7 @@ from libc_service.route_index import INDEX_FROM
 _ROOTS = ["/", "/srv", "/srv/a", "/srv/a/b", "/srvx", "/usr", "/usr/lib", "/usr/lib/x", "/é"]
 _COMPONENTS = ["srv", "srvx", "a", "b", "x", "usr", "lib", ".", "..", "é"]
 _DIRECTORIES = {path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in ("/", "/usr", "/usr/lib")}
-_FUNCTIONS = ["open", "stat", "rename", "mkdir"]
+_FUNCTIONS = ["open", "stat", "rename", "mkdir", "connect_inet", "fchmod"]
 
 leaves: st.SearchStrategy[Condition] = st.one_of(
     st.lists(st.sampled_from(_ROOTS), min_size=1, max_size=12).map(lambda roots: under(*roots)),
@@ -59,12 +59,19 @@ paths = st.builds(_path, st.lists(st.sampled_from(_COMPONENTS), max_size=4), st.
 def requests(draw: st.DrawFn) -> Request:
     function = draw(st.sampled_from(_FUNCTIONS))
     arguments: dict[str, Any] = {"pid": 1, "tid": 1, "request_id": 1}
-    names = ("path1", "path2") if function == "rename" else ("path",)
+    names = ("path1", "path2") if function == "rename" else () if function in ("connect_inet", "fchmod") else ("path",)
     for name in names:
         arguments[name] = draw(paths)
         if not arguments[name].startswith("/"):
             key = {"path": "dirfd", "path1": "dirfd1", "path2": "dirfd2"}[name]
             arguments[key] = _DIRECTORIES[draw(st.sampled_from(sorted(_DIRECTORIES)))]
+    if function == "connect_inet":
+        return REQUEST_TYPES[function](
+            function=function, address="127.0.0.1", port=80, socket=_DIRECTORIES["/"], **arguments
+        )  # type: ignore[no-any-return]
+    if function == "fchmod":
+        fd = _DIRECTORIES[draw(st.sampled_from(sorted(_DIRECTORIES)))]
+        return REQUEST_TYPES[function](function=function, fd=fd, mode=0o755, **arguments)  # type: ignore[no-any-return]
     if function == "rename":
         arguments["no_replace"] = False
     elif function == "open":
