@@ -115,7 +115,9 @@ async def test_connect_by_name_grants_the_names_addresses_and_nothing_else(
     assert json.loads(out) == [["127.0.0.1"], "hello", errno.ECONNREFUSED, "hello"]
     status, out, err = await run(policy, *flags, port, "secret.exfil.test", "127.0.0.1")
     assert status == 0, err
-    assert json.loads(out) == [socket.EAI_NONAME, errno.ECONNREFUSED]
+    # Not a name the flags allow: the policy forwards the look-up, and the sandboxed program has no network.
+    looked_up, connected = json.loads(out)
+    assert looked_up in (socket.EAI_NONAME, socket.EAI_AGAIN) and connected == errno.ECONNREFUSED
     assert not nameserver.asked("exfil")
 
 
