@@ -381,6 +381,22 @@ class SlaveProcess:
         self._shim_router: Router | None = None
         #: After launch(), until start(): the registration socket not served yet.
         self._launched: _Launch | None = None
+        #: Observers of the calls the shim decided, as plain data (observe_reports()).
+        self._plain_observers: list[Callable[[wire.PlainReport], None]] = []
+
+    def observe_reports(self, observer: Callable[[wire.PlainReport], None]) -> None:
+        """Give the calls the shim decided itself to ``observer`` as validated plain data.
+
+        Each report is validated as :func:`~libc_service.wire.decode_report`
+        validates it, but becomes a :class:`~libc_service.wire.PlainReport`
+        (its request's fields, paths as ``str``) instead of a request model
+        and a :class:`~libc_service.router.Decision` for the router's
+        observers, which then do not see these calls: for an observer that
+        only shows them (``trace``), the models are never loaded for them
+        and each costs a fraction. Calls the master decides still reach the
+        router's observers as decisions.
+        """
+        self._plain_observers.append(observer)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -446,7 +462,7 @@ class SlaveProcess:
         self._process = LaunchedProcess(popen)
         self._launched = launch
 
-    def wait_unserved(self) -> int | None:
+    def wait_unserved(self, reports_idle: Callable[[], None] | None = None) -> int | None:
         """After :meth:`launch`: wait, with no loop, until the program ends or needs its master.
 
         Returns the program's exit status (128+N after signal N) when it
@@ -456,6 +472,13 @@ class SlaveProcess:
         a report), or the program ended leaving something there: serve it
         then, with ``async with process`` on a loop. Signals interrupt the
         wait only to run their handlers (PEP 475).
+
+        With ``reports_idle``, reports are served here, as the loop would
+        serve them (to :meth:`observe_reports`' observers, or the router's),
+        and ``reports_idle`` is called each time the socket has been
+        drained: only a registration (a process that asks something) needs
+        the loop. A program whose every call the shim decides is then
+        traced without one.
         """
         launched = self._launched
         if launched is None or not isinstance(self._process, LaunchedProcess):
@@ -474,16 +497,54 @@ class SlaveProcess:
                     if fd == pidfd:
                         process.poll()
                     elif _pending(launched.mine):
-                        return None
+                        if reports_idle is None or not self._serve_reports(launched.mine, reports_idle):
+                            return None
                     else:  # every process of the tree closed its end: only the end is left to wait for
                         poller.unregister(fd)
         finally:
             os.close(pidfd)
+        if reports_idle is not None and not self._serve_reports(launched.mine, reports_idle):
+            return None  # a descendant's registration
         if _pending(launched.mine):
             return None  # its last calls' reports, or a descendant's registration
         self._launched = None
         launched.mine.close()
         return self.returncode
+
+    def _serve_reports(self, sock: socket.socket, idle: Callable[[], None]) -> bool:
+        """Serve the reports queued in the registration socket, without a loop; ``idle`` once it is empty.
+
+        Returns ``False`` at the first datagram that is not a report (a
+        registration, left queued for the loop's listener), ``True`` when
+        the socket was drained.
+        """
+        while True:
+            try:
+                magic = sock.recv(len(wire.REPORT_MAGIC), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                idle()
+                return True
+            except OSError:
+                return False  # the listener meets the error and reports it
+            if not magic and _hung_up(sock):  # every process of the tree has closed its end
+                idle()
+                return True
+            if magic != wire.REPORT_MAGIC:
+                return False
+            try:
+                data, ancdata, _, _ = sock.recvmsg(
+                    _LISTENER_BUFFER, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
+                )
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return False
+            fds = received_fds(ancdata)
+            if fds:  # a report carries none: not one of the shim's
+                close_fds(fds)
+                logger.warning("ignoring a report that carries descriptors")
+                continue
+            self._report(data)
 
     def _prepare(self, fds_closed: bool) -> _Launch:
         """Everything before the fork: the channel pair, the environment, the rule table, the sandbox."""
@@ -567,6 +628,9 @@ class SlaveProcess:
     def _report(self, data: bytes) -> None:
         """A report: a call the shim decided with the rule table (the observers see it as the router's
         default, with its result), or the result of a call the master forwarded (given to its decision)."""
+        if self._plain_observers:
+            self._plain_report(data)
+            return
         from .router import Decision
 
         try:
@@ -574,14 +638,7 @@ class SlaveProcess:
         except wire.RemoteProtocolError as exc:
             logger.warning("ignoring a malformed report: %s", exc)
             return
-        pid = report.pid if isinstance(report, wire.ForwardResult) else report.request.pid
-        if report.lost > self._reports_lost.get(pid, 0):
-            logger.warning(
-                "pid %d: %d report(s) of calls its shim decided or forwarded were lost (the socket was full)",
-                pid,
-                report.lost - self._reports_lost.get(pid, 0),
-            )
-            self._reports_lost[pid] = report.lost
+        self._count_lost(report.pid if isinstance(report, wire.ForwardResult) else report.request.pid, report.lost)
         if isinstance(report, wire.ForwardResult):
             self.router.forward_result(
                 report.pid, report.tid, report.request_id, *_forwarded_result(report.function, report)
@@ -617,6 +674,33 @@ class SlaveProcess:
                 program=report.program,
             )
         self.router.report(decision)
+
+    def _plain_report(self, data: bytes) -> None:
+        """A report for :meth:`observe_reports`' observers: validated, no model built."""
+        try:
+            report = wire.plain_report(data)
+        except wire.RemoteProtocolError as exc:
+            logger.warning("ignoring a malformed report: %s", exc)
+            return
+        if isinstance(report, wire.ForwardResult):
+            self._count_lost(report.pid, report.lost)
+            self.router.forward_result(
+                report.pid, report.tid, report.request_id, *_forwarded_result(report.function, report)
+            )
+            return
+        self._count_lost(report.fields["pid"], report.lost)
+        for observer in self._plain_observers:
+            observer(report)
+
+    def _count_lost(self, pid: int, lost: int) -> None:
+        """Warn of the reports ``pid``'s shim counted as lost since the last it told."""
+        if lost > self._reports_lost.get(pid, 0):
+            logger.warning(
+                "pid %d: %d report(s) of calls its shim decided or forwarded were lost (the socket was full)",
+                pid,
+                lost - self._reports_lost.get(pid, 0),
+            )
+            self._reports_lost[pid] = lost
 
     async def _serve_listener(self, handoff: ListenerHandoff) -> None:
         """Receive the child's seccomp listener and serve it (the program waits on it meanwhile)."""
