@@ -275,6 +275,10 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"libc-service: {line}", file=sys.stderr)
 
 
+def _not_about_confinement(record: logging.LogRecord) -> bool:
+    return not getattr(record, "confinement", False)
+
+
 def _trace_functions(args: argparse.Namespace) -> list[str] | None:
     """The functions ``-e`` selected (strace's ``-e trace=open,stat`` spelling too), or ``None`` for all.
 
@@ -304,6 +308,8 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             output = open(args.output, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise PolicyError(f"cannot write the trace to {args.output}: {exc.strerror}") from exc
+    # trace confines nothing: a warning that calls are not confined does not concern it.
+    logging.getLogger("libc_service.spawn").addFilter(_not_about_confinement)
     try:
         from .tracing import Tracer, trace_router
 

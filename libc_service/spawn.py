@@ -561,7 +561,8 @@ class SlaveProcess:
                 if self._sandbox is None:
                     logger.warning(
                         "seccomp without a sandbox: a call the policy forwards is continued by the "
-                        "kernel unconfined, with arguments the program may change meanwhile"
+                        "kernel unconfined, with arguments the program may change meanwhile",
+                        extra={"confinement": True},  # of no concern to a caller that confines nothing (trace)
                     )
             env = dict(os.environ if self._env is None else self._env)
             preload = env.get("LD_PRELOAD", "")

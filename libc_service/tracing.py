@@ -11,7 +11,7 @@ or counts calls instead of writing them (``count``, a table at the end,
 as ``strace -c``). Results read as strace's:
 ``= 3``, ``= 0``, ``= -1 ENOENT (No such file or directory)``; a call the
 program did itself on a ``FORWARD`` shows what it returned (the shim
-reports it) followed by ``[forwarded]``, or ``= forwarded`` when that is
+reports it) followed by ``[forwarded]``, or ``= ? [forwarded]`` when that is
 unknown (a seccomp notification the kernel continued, a lost report). A
 call that reached the master as a seccomp notification (``trace
 --seccomp``) says so: ``[pid 12 tid 12 seccomp]``, and ``"transport":
@@ -209,7 +209,9 @@ def _line(
     if fields.get("no_follow") is True:  # the metadata changes' AT_SYMLINK_NOFOLLOW
         shown.append("no_follow")
     if outcome == "forward" and result is None:
-        answer = "forwarded"  # what the slave's own call returned is unknown (a lost report)
+        # What the slave's own call returned is unknown, as strace writes it: the kernel continued a
+        # seccomp notification (it tells no one the result), or the shim's report was lost.
+        answer = "?"
     elif isinstance(result, int) and not errno:
         answer = str(result)
     elif errno:
@@ -224,7 +226,7 @@ def _line(
         answer = str(result)
     if nfds:
         answer += f" +{nfds} fd"
-    if outcome == "forward" and result is not None:
+    if outcome == "forward":
         answer += " [forwarded]"  # the slave's own call returned it
     by = "" if route == "default" else f" by {route}"
     # A forwarded call's own duration is not measured: only a handler's answer has one.

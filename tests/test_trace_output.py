@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from libc_service.notify import seccomp_unavailable
 from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
 pytestmark = needs_shim
@@ -255,3 +259,60 @@ def test_json_records_carry_each_path_as_an_absolute_name_too(tmp_path: Path) ->
         record for record in records if record["function"] == "stat" and record["arguments"]["path"] == "/usr/bin/mv"
     ]
     assert stats and stats[0]["absolute"] == {"path": "/usr/bin/mv"}
+
+
+CLI_PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+#: What differs from run to run: process ids and times.
+_PIDS = re.compile(r'(pid |tid |"pid": |"tid": )\d+')
+_TIME = re.compile(r'"time": [0-9.]+')
+
+
+def _trace_examples() -> list[list[tuple[str, list[str]]]]:
+    """The console blocks of the CLI page's trace section: each a list of (command, expected lines)."""
+    section = CLI_PAGE.read_text().split("\n## trace\n", 1)[1].split("\n## ", 1)[0]
+    examples = []
+    for block in re.findall(r"```console\n(.*?)```", section, re.S):
+        steps: list[tuple[str, list[str]]] = []
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                steps.append((line[2:], []))
+            else:
+                steps[-1][1].append(line)
+        examples.append(steps)
+    return examples
+
+
+def _normal(lines: list[str]) -> list[str]:
+    """Lines without what differs from run to run, in order (two streams interleave as they will)."""
+    return sorted(_TIME.sub('"time": T', _PIDS.sub(r"\1N", line)) for line in lines)
+
+
+@pytest.mark.parametrize("steps", _trace_examples(), ids=lambda steps: steps[0][0].split(" -- ")[0])
+def test_the_trace_examples_of_the_cli_page_run_as_documented(
+    steps: list[tuple[str, list[str]]], tmp_path: Path
+) -> None:
+    """Each command as written (``libc-service`` on PATH, ``/tmp/example`` an empty directory of the test's),
+    its output as written but for process ids, times and the order of the program's and the trace's lines."""
+    if any("--seccomp" in command for command, _ in steps) and seccomp_unavailable() is not None:
+        pytest.skip(f"seccomp user notifications: {seccomp_unavailable()}")
+    example = tmp_path / "example"
+    example.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    command_file = bin_dir / "libc-service"
+    command_file.write_text(f'#!/bin/sh\nexec {sys.executable} -m libc_service "$@"\n')
+    command_file.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LC_ALL": "C"}
+    assert steps, "an example with no command"
+    for command, expected in steps:
+        done = subprocess.run(
+            ["sh", "-c", command.replace("/tmp/example", str(example)) + " 2>&1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+            cwd=tmp_path,
+        )
+        got = done.stdout.replace(str(example), "/tmp/example").splitlines()
+        assert _normal(got) == _normal(expected), done.stdout
