@@ -212,6 +212,11 @@ _LISTENER_BUFFER: Final = (
 )
 
 
+#: Flags of the reports served without a loop, as plain ints (an enum's ``|`` costs more than the call).
+_PEEK_NOW: Final = int(socket.MSG_PEEK) | int(socket.MSG_DONTWAIT)
+_RECEIVE_NOW: Final = int(socket.MSG_CMSG_CLOEXEC) | int(socket.MSG_DONTWAIT)
+
+
 def _registration(data: bytes, fds: list[int], flags: int) -> tuple[int, socket.socket] | None:
     """The registering process's id and channel, or ``None`` (logged) for a malformed registration."""
     try:
@@ -520,7 +525,7 @@ class SlaveProcess:
         """
         while True:
             try:
-                magic = sock.recv(len(wire.REPORT_MAGIC), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                magic = sock.recv(len(wire.REPORT_MAGIC), _PEEK_NOW)
             except (BlockingIOError, InterruptedError):
                 idle()
                 return True
@@ -532,9 +537,7 @@ class SlaveProcess:
             if magic != wire.REPORT_MAGIC:
                 return False
             try:
-                data, ancdata, _, _ = sock.recvmsg(
-                    _LISTENER_BUFFER, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
-                )
+                data, ancdata, _, _ = sock.recvmsg(_LISTENER_BUFFER, _CMSG_SPACE, _RECEIVE_NOW)
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
@@ -695,7 +698,7 @@ class SlaveProcess:
 
     def _count_lost(self, pid: int, lost: int) -> None:
         """Warn of the reports ``pid``'s shim counted as lost since the last it told."""
-        if lost > self._reports_lost.get(pid, 0):
+        if lost and lost > self._reports_lost.get(pid, 0):
             logger.warning(
                 "pid %d: %d report(s) of calls its shim decided or forwarded were lost (the socket was full)",
                 pid,

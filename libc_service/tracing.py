@@ -21,13 +21,15 @@ call that reached the master as a seccomp notification (``trace
 from __future__ import annotations
 
 import errno as errno_module
+import functools
 import json
 import os
 import sys
 import time
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import PurePosixPath
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from . import replies  # loaded on first use: the program starts before pydantic loads
@@ -62,6 +64,8 @@ ARGUMENTS: Final[dict[str, tuple[str, ...]]] = {
     "utimens": ("path", "atime", "mtime"),
     "futimens": ("fd", "atime", "mtime"),
 }
+#: A string as a JSON string (ASCII, escaped): what ``json.dumps`` makes of it, without its dispatch.
+_quoted: Final[Callable[[str], str]] = encode_basestring_ascii
 #: What ``trace -e`` selects from: the arbitrated functions, and ``execve`` (the line naming a process's program).
 TRACED_FUNCTIONS: Final = (*FUNCTIONS, "execve")
 #: The path arguments of a function, whose absolute names a JSON record carries (``"absolute"``).
@@ -143,21 +147,27 @@ def decision_record(decision: Decision) -> dict[str, Any]:
 
 
 def _show(value: Any, name: str = "") -> str:
+    if isinstance(value, str):  # a path (a report's), a name
+        return _quoted(value)
     if name == "mode" and isinstance(value, int):
         return f"0{value:o}"  # as strace and chmod show it
     if name in ("owner", "group") and value is None:
         return "-1"  # unchanged, as chown(2) spells it
     if isinstance(value, PurePosixPath):
-        return json.dumps(str(value))
+        return _quoted(str(value))
     if isinstance(value, frozenset):
-        return "|".join(sorted(value)) or "0"
+        return _flags(value)
     if value is None:
         return "NULL"
-    if isinstance(value, str):
-        return json.dumps(value)
     if isinstance(value, IPv6Address):
         return f"[{value}]"
     return str(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _flags(value: frozenset[str]) -> str:
+    # A program opens with a few sets of flags, over and over.
+    return "|".join(sorted(value)) or "0"
 
 
 def _directories(function: str, directory: str | None, directory2: str | None) -> dict[str, str]:
@@ -203,7 +213,7 @@ def _line(
         if name == "mode" and value is None and function in OPEN_FUNCTIONS:
             continue  # as strace: an open's mode only when its flags create a file
         text = _show(value, name)
-        shown.append(text + f" (in {json.dumps(where[name])})" if name in where else text)
+        shown.append(text + f" (in {_quoted(where[name])})" if name in where else text)
     if function == "rename" and fields["no_replace"]:
         shown.append("no_replace")
     if fields.get("no_follow") is True:  # the metadata changes' AT_SYMLINK_NOFOLLOW
@@ -523,7 +533,7 @@ class Tracer:
                 },
             )
         else:
-            line = f"[pid {pid}] execve({json.dumps(exe)}, {json.dumps(argv)})"
+            line = f"[pid {pid}] execve({_quoted(exe)}, {json.dumps(argv)})"
         return line + "\n"
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
 
 from .catalogue import (
     FD_RESULT_FUNCTIONS,
@@ -1109,9 +1109,12 @@ class ForwardResult:
     lost: int
 
 
-@dataclass(frozen=True, slots=True)
-class PlainReport:
-    """A :class:`Report` as plain data: its request as the function's name and its fields (:func:`request_fields`)."""
+class PlainReport(NamedTuple):
+    """A :class:`Report` as plain data: its request as the function's name and its fields (:func:`request_fields`).
+
+    A named tuple: built once per report on ``trace``'s path, where a frozen
+    dataclass's ``__init__`` cost as much as decoding the request's header.
+    """
 
     function: str
     fields: dict[str, Any]
