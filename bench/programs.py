@@ -1,6 +1,7 @@
 """Whole programs under libc-service vs native, fakeroot and strace, in one run.
 
     python bench/programs.py [--runs 5] [--json bench/out/programs.json] [--only tar,find]
+                             [--configs native,trace,strace,fakeroot]
 
 Workloads (their output read from a pipe and discarded; tar would skip
 reading the files if it saw /dev/null):
@@ -195,7 +196,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", default="", help="comma-separated workloads (default: all)")
     parser.add_argument("--json", type=Path, default=_common.OUT / "programs.json")
+    parser.add_argument(
+        "--configs", default="", help=f"comma-separated configurations (default: all of {', '.join(WRAPPERS)})"
+    )
     args = parser.parse_args()
+    configs = ["native", *args.configs.split(",")] if args.configs else list(WRAPPERS)  # ratios need native
+    unknown = sorted(set(configs) - set(WRAPPERS))
+    if unknown:
+        parser.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(WRAPPERS)}")
     files = prepare()
     workloads = {name: argv for name, argv in WORKLOADS.items() if not args.only or name in args.only.split(",")}
     times: dict[str, dict[str, list[float]]] = {w: {x: [] for x in WRAPPERS} for w in workloads}
@@ -206,7 +214,7 @@ def main() -> None:
         if round_:
             times["pass"]["native"].append(reference)
         for workload, argv in workloads.items():
-            for wrapper in WRAPPERS:
+            for wrapper in (w for w in WRAPPERS if w in configs):
                 command = wrap(wrapper, argv, files)
                 if command is None:
                     continue

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .flagpolicy import PolicyFlags
     from .refusals import RefusalReport
     from .sandbox import Sandbox
+    from .wire import PlainReport
 else:
     asyncio = on_first_use("asyncio", globals())
 
@@ -190,6 +191,8 @@ def _run_program(
     sandbox: Sandbox | None,
     seccomp: bool = False,
     reports: bool | Literal["wait"] = False,
+    plain_reports: Callable[[PlainReport], None] | None = None,
+    reports_idle: Callable[[], None] | None = None,
 ) -> int:
     """Run ``argv`` as ``router``'s slave; its exit status.
 
@@ -199,14 +202,20 @@ def _run_program(
     the master starts, which happens when it first asks or reports
     something. Under seccomp the master serves from the start. The
     user's terminal modes are put back when it ends (:mod:`.terminal`).
+    ``plain_reports`` gets the calls the shim decided
+    (:meth:`SlaveProcess.observe_reports`); with ``reports_idle`` they are
+    served without a loop until a process asks something
+    (:meth:`SlaveProcess.wait_unserved`).
     """
     process = spawn(argv, router, sandbox=sandbox, seccomp=seccomp, reports=reports)
+    if plain_reports is not None:
+        process.observe_reports(plain_reports)
     if not seccomp:
         process.launch()
         relay = _SignalRelay(process)
         previous = relay.install_plain()
         try:
-            status = process.wait_unserved()
+            status = process.wait_unserved(reports_idle)
         except BaseException:
             process.kill()
             raise
@@ -342,24 +351,67 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 record.close()
 
 
+def _not_about_confinement(record: logging.LogRecord) -> bool:
+    return not getattr(record, "confinement", False)
+
+
+def _trace_functions(args: argparse.Namespace) -> list[str] | None:
+    """The functions ``-e`` selected (strace's ``-e trace=open,stat`` spelling too), or ``None`` for all.
+
+    An unknown name is a usage error that lists the names there are.
+    """
+    from .tracing import TRACED_FUNCTIONS
+
+    if not args.functions:
+        return None
+    functions = [
+        name.strip() for given in args.functions for name in given.removeprefix("trace=").split(",") if name.strip()
+    ]
+    unknown = [name for name in functions if name not in TRACED_FUNCTIONS]
+    if unknown:
+        args.subparser.error(
+            f"unknown function(s) for -e: {', '.join(unknown)} (choose from {', '.join(TRACED_FUNCTIONS)})"
+        )
+    return functions
+
+
 def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     command = _command(args, parser)
+    functions = _trace_functions(args)
     output: TextIO = sys.stderr
     if args.output is not None:
         try:
             output = open(args.output, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise PolicyError(f"cannot write the trace to {args.output}: {exc.strerror}") from exc
+    # trace confines nothing: a warning that calls are not confined does not concern it.
+    logging.getLogger("libc_service.spawn").addFilter(_not_about_confinement)
     try:
         from .tracing import Tracer, trace_router
 
-        tracer = Tracer(output, json_lines=args.json)
+        tracer = Tracer(
+            output,
+            json_lines=args.json,
+            functions=functions,
+            failed_only=args.failed,
+            count=args.count,
+        )
         router = trace_router(tracer)
         try:
             # Every call in the trace: the program waits for room for its reports rather than drop them.
-            return _run_program(command, router, None, args.seccomp, reports="wait")
+            # The calls the shim decided become lines straight from their reports, served without a
+            # loop until a process asks something (no model, no asyncio for a program that never does).
+            return _run_program(
+                command,
+                router,
+                None,
+                args.seccomp,
+                reports="wait",
+                plain_reports=tracer.report,
+                reports_idle=tracer.flush,
+            )
         finally:
-            tracer.flush()
+            tracer.close()
     finally:
         if output is not sys.stderr:
             output.close()
@@ -528,6 +580,21 @@ def build_parser() -> argparse.ArgumentParser:
         "and forward each call to the program itself. The log goes to stderr unless -o FILE is "
         "given: use -o FILE to keep it apart from the program's own output.",
     )
+    trace.add_argument(
+        "-e",
+        dest="functions",
+        action="append",
+        metavar="FUNCTION[,FUNCTION...]",
+        help="show only these functions (repeatable; strace's `-e trace=open,stat` works too; "
+        "`execve` names the lines that say which program a process runs)",
+    )
+    trace.add_argument("--failed", action="store_true", help="show only the calls that failed")
+    trace.add_argument(
+        "-c",
+        dest="count",
+        action="store_true",
+        help="count the calls and failures per function and write the table at the end, instead of each call",
+    )
     trace.add_argument("--json", action="store_true", help="write JSON lines instead of text")
     trace.add_argument(
         "-o",
@@ -542,7 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trace.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     trace.set_defaults(handler=_cmd_trace, subparser=trace)
-    trace.usage = "libc-service trace [-h] [-v] [--json] [--seccomp] [-o FILE] -- CMD [ARG...]"
+    trace.usage = (
+        "libc-service trace [-h] [-v] [-e FUNCTION[,FUNCTION...]] [--failed] [-c] [--seccomp] [--json] "
+        "[-o FILE] -- CMD [ARG...]"
+    )
 
     learn = commands.add_parser(
         "learn",

@@ -225,6 +225,11 @@ _LISTENER_BUFFER: Final = (
 )
 
 
+#: Flags of the reports served without a loop, as plain ints (an enum's ``|`` costs more than the call).
+_PEEK_NOW: Final = int(socket.MSG_PEEK) | int(socket.MSG_DONTWAIT)
+_RECEIVE_NOW: Final = int(socket.MSG_CMSG_CLOEXEC) | int(socket.MSG_DONTWAIT)
+
+
 def _registration(
     data: bytes, fds: list[int], flags: int, sender: int | None, accepts: Callable[[int], bool] | None
 ) -> tuple[int, socket.socket] | None:
@@ -408,6 +413,22 @@ class SlaveProcess:
         self._launched: _Launch | None = None
         #: The context every task serving this tree runs in: the tree's own answers for ``resolved()``.
         self._tree_context = names.serving(router)
+        #: Observers of the calls the shim decided, as plain data (observe_reports()).
+        self._plain_observers: list[Callable[[wire.PlainReport], None]] = []
+
+    def observe_reports(self, observer: Callable[[wire.PlainReport], None]) -> None:
+        """Give the calls the shim decided itself to ``observer`` as validated plain data.
+
+        Each report is validated as :func:`~libc_service.wire.decode_report`
+        validates it, but becomes a :class:`~libc_service.wire.PlainReport`
+        (its request's fields, paths as ``str``) instead of a request model
+        and a :class:`~libc_service.router.Decision` for the router's
+        observers, which then do not see these calls: for an observer that
+        only shows them (``trace``), the models are never loaded for them
+        and each costs a fraction. Calls the master decides still reach the
+        router's observers as decisions.
+        """
+        self._plain_observers.append(observer)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -475,7 +496,7 @@ class SlaveProcess:
         self._process = LaunchedProcess(popen)
         self._launched = launch
 
-    def wait_unserved(self) -> int | None:
+    def wait_unserved(self, reports_idle: Callable[[], None] | None = None) -> int | None:
         """After :meth:`launch`: wait, with no loop, until the program ends or needs its master.
 
         Returns the program's exit status (128+N after signal N) when it
@@ -485,6 +506,13 @@ class SlaveProcess:
         a report), or the program ended leaving something there: serve it
         then, with ``async with process`` on a loop. Signals interrupt the
         wait only to run their handlers (PEP 475).
+
+        With ``reports_idle``, reports are served here, as the loop would
+        serve them (to :meth:`observe_reports`' observers, or the router's),
+        and ``reports_idle`` is called each time the socket has been
+        drained: only a registration (a process that asks something) needs
+        the loop. A program whose every call the shim decides is then
+        traced without one.
         """
         launched = self._launched
         if launched is None or not isinstance(self._process, LaunchedProcess):
@@ -503,16 +531,52 @@ class SlaveProcess:
                     if fd == pidfd:
                         process.poll()
                     elif _pending(launched.mine):
-                        return None
+                        if reports_idle is None or not self._serve_reports(launched.mine, reports_idle):
+                            return None
                     else:  # every process of the tree closed its end: only the end is left to wait for
                         poller.unregister(fd)
         finally:
             os.close(pidfd)
+        if reports_idle is not None and not self._serve_reports(launched.mine, reports_idle):
+            return None  # a descendant's registration
         if _pending(launched.mine):
             return None  # its last calls' reports, or a descendant's registration
         self._launched = None
         launched.mine.close()
         return self.returncode
+
+    def _serve_reports(self, sock: socket.socket, idle: Callable[[], None]) -> bool:
+        """Serve the reports queued in the registration socket, without a loop; ``idle`` once it is empty.
+
+        Returns ``False`` at the first datagram that is not a report (a
+        registration, left queued for the loop's listener), ``True`` when
+        the socket was drained.
+        """
+        while True:
+            try:
+                magic = sock.recv(len(wire.REPORT_MAGIC), _PEEK_NOW)
+            except (BlockingIOError, InterruptedError):
+                idle()
+                return True
+            except OSError:
+                return False  # the listener meets the error and reports it
+            if not magic and _hung_up(sock):  # every process of the tree has closed its end
+                idle()
+                return True
+            if magic != wire.REPORT_MAGIC:
+                return False
+            try:
+                data, ancdata, _, _ = sock.recvmsg(_LISTENER_BUFFER, _CMSG_SPACE, _RECEIVE_NOW)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return False
+            fds = received_fds(ancdata)
+            if fds:  # a report carries none: not one of the shim's
+                close_fds(fds)
+                logger.warning("ignoring a report that carries descriptors")
+                continue
+            self._report(data, sender_pid(ancdata))
 
     def _prepare(self, fds_closed: bool) -> _Launch:
         """Everything before the fork: the channel pair, the environment, the rule table, the sandbox."""
@@ -531,7 +595,8 @@ class SlaveProcess:
                 if self._sandbox is None:
                     logger.warning(
                         "seccomp without a sandbox: a call the policy forwards is continued by the "
-                        "kernel unconfined, with arguments the program may change meanwhile"
+                        "kernel unconfined, with arguments the program may change meanwhile",
+                        extra={"confinement": True},  # of no concern to a caller that confines nothing (trace)
                     )
             env = dict(os.environ if self._env is None else self._env)
             preload = env.get("LD_PRELOAD", "")
@@ -605,6 +670,9 @@ class SlaveProcess:
 
         Believed only when the kernel says its sender is the process it is about, and of the tree.
         """
+        if self._plain_observers:
+            self._plain_report(data, sender)
+            return
         from .router import Decision
 
         try:
@@ -613,17 +681,9 @@ class SlaveProcess:
             logger.warning("ignoring a malformed report: %s", exc)
             return
         pid = report.pid if isinstance(report, wire.ForwardResult) else report.request.pid
-        tree = self._tree
-        if pid != sender or tree is None or (sender not in tree.members and sender not in tree):
-            self._drop_report(pid, sender)
+        if not self._believed(pid, sender):
             return
-        if report.lost > self._reports_lost.get(pid, 0):
-            logger.warning(
-                "pid %d: %d report(s) of calls its shim decided or forwarded were lost (the socket was full)",
-                pid,
-                report.lost - self._reports_lost.get(pid, 0),
-            )
-            self._reports_lost[pid] = report.lost
+        self._count_lost(pid, report.lost)
         if isinstance(report, wire.ForwardResult):
             self.router.forward_result(
                 report.pid, report.tid, report.request_id, *_forwarded_result(report.function, report)
@@ -660,12 +720,50 @@ class SlaveProcess:
             )
         self.router.report(decision)
 
+    def _believed(self, pid: int, sender: int | None) -> bool:
+        """Whether a report about ``pid`` is believed: its sender is ``pid`` (the kernel says so), of the tree."""
+        tree = self._tree
+        if pid != sender or tree is None or (sender not in tree.members and sender not in tree):
+            self._drop_report(pid, sender)
+            return False
+        return True
+
     def _drop_report(self, pid: int, sender: int | None) -> None:
         """Count (and log, the first time) a report whose sender is not the process it names, or not of the tree."""
         self.reports_dropped += 1
         if self.reports_dropped == 1:
             why = "not of the program's tree" if pid == sender else f"sent by pid {sender}"
             logger.warning("dropped a report about pid %d: %s (a process of the tree made it up)", pid, why)
+
+    def _plain_report(self, data: bytes, sender: int | None) -> None:
+        """A report for :meth:`observe_reports`' observers: validated, no model built, its sender checked."""
+        try:
+            report = wire.plain_report(data)
+        except wire.RemoteProtocolError as exc:
+            logger.warning("ignoring a malformed report: %s", exc)
+            return
+        pid = report.pid if isinstance(report, wire.ForwardResult) else report.fields["pid"]
+        if not self._believed(pid, sender):
+            return
+        if isinstance(report, wire.ForwardResult):
+            self._count_lost(report.pid, report.lost)
+            self.router.forward_result(
+                report.pid, report.tid, report.request_id, *_forwarded_result(report.function, report)
+            )
+            return
+        self._count_lost(report.fields["pid"], report.lost)
+        for observer in self._plain_observers:
+            observer(report)
+
+    def _count_lost(self, pid: int, lost: int) -> None:
+        """Warn of the reports ``pid``'s shim counted as lost since the last it told."""
+        if lost and lost > self._reports_lost.get(pid, 0):
+            logger.warning(
+                "pid %d: %d report(s) of calls its shim decided or forwarded were lost (the socket was full)",
+                pid,
+                lost - self._reports_lost.get(pid, 0),
+            )
+            self._reports_lost[pid] = lost
 
     async def _serve_listener(self, handoff: ListenerHandoff) -> None:
         """Receive the child's seccomp listener and serve it (the program waits on it meanwhile)."""

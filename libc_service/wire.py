@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
 
 from .catalogue import (
     FD_RESULT_FUNCTIONS,
@@ -75,12 +75,15 @@ __all__ = [
     "REPORT_NAMES",
     "REPORT_MAGIC",
     "ForwardResult",
+    "PlainReport",
     "Report",
     "ReplyMessage",
     "decode_registration",
     "decode_report",
     "decode_reply",
     "decode_request",
+    "plain_report",
+    "request_fields",
     "encode_registration",
     "encode_reply",
     "encode_reply_to",
@@ -408,6 +411,24 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
     :class:`RemoteProtocolError` for anything malformed; the caller then closes
     ``fds``.
     """
+    function, fields = _request_fields(data, fds, text=False)
+    # The bytes are fully checked: build without a second validation.
+    return cast("Request", _construct(function, fields))
+
+
+def request_fields(data: bytes) -> tuple[str, dict[str, Any]]:
+    """One request datagram without descriptors, validated as :func:`decode_request` validates it,
+    as its function's name and its fields as plain data: paths are ``str``, no model is built.
+
+    For readers that only show a request (``trace`` writes a report's call
+    as a line): the request models are not loaded, and a malformed datagram
+    is refused exactly where :func:`decode_request` refuses it.
+    """
+    return _request_fields(data, (), text=True)
+
+
+def _request_fields(data: bytes, fds: Sequence[int], *, text: bool) -> tuple[str, dict[str, Any]]:
+    """The checks and fields of :func:`decode_request`; paths as ``str`` when ``text``."""
     if len(data) < REQUEST.size:
         raise RemoteProtocolError(f"request of {len(data)} bytes is shorter than its {REQUEST.size}-byte header")
     if len(data) > MAX_MESSAGE:
@@ -484,7 +505,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
             no("string2", len2)
             no("an address", address != _NO_ADDRESS or scope)
             no("those descriptor roles", roles & ~ROLE_DIR1)
-        fields = common | {"path": _fs_path(string1, "path"), "dirfd": next(fd_iter) if roles else None}
+        fields = common | {"path": _fs_path(string1, "path", text), "dirfd": next(fd_iter) if roles else None}
         if function in ("open", "openat"):
             fields |= _open_fields(function, flags, arg)
         elif function in ("access", "eaccess"):
@@ -505,8 +526,8 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         no("an address", address != _NO_ADDRESS or scope)
         no("the socket role", roles & ROLE_SOCKET)
         fields = common | {
-            "path1": _fs_path(string1, "path1"),
-            "path2": _fs_path(string2, "path2"),
+            "path1": _fs_path(string1, "path1", text),
+            "path2": _fs_path(string2, "path2", text),
             "dirfd1": next(fd_iter) if roles & ROLE_DIR1 else None,
             "dirfd2": next(fd_iter) if roles & ROLE_DIR2 else None,
             "no_replace": bool(flags & RENAME_NO_REPLACE),
@@ -520,7 +541,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
         if roles & ROLE_DIR1 and string1[:1] in (b"\0", b"/"):
             raise RemoteProtocolError(f"a directory with the abstract or absolute {function} path")
         dirfd = next(fd_iter) if roles & ROLE_DIR1 else None
-        fields = common | {"path": _unix_path(string1), "socket": next(fd_iter), "dirfd": dirfd}
+        fields = common | {"path": _unix_path(string1, text), "socket": next(fd_iter), "dirfd": dirfd}
     elif function in INET_FUNCTIONS or function in INET6_FUNCTIONS:
         no("flags", flags)
         no("strings", len1 or len2)
@@ -536,7 +557,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
             ip = IPv6Address(address) if not scope else IPv6Address(f"{IPv6Address(address)}%{scope}")
         fields = common | {"address": ip, "port": arg, "socket": next(fd_iter)}
     elif function in METADATA_FUNCTIONS:
-        fields = common | _metadata_fields(function, flags, arg, address, scope, roles, string1, len2, fd_iter)
+        fields = common | _metadata_fields(function, flags, arg, address, scope, roles, string1, len2, fd_iter, text)
     else:  # getaddrinfo
         no("descriptors", roles)
         no("an address", address != _NO_ADDRESS or scope)
@@ -549,8 +570,7 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
             "service": _name(string2, flags & 2, SERVICE_MAX, "service"),
             "protocol": _PROTOCOL_BY_NUMBER[arg],
         }
-    # The bytes are fully checked above: build without a second validation.
-    return cast("Request", _construct(function, fields))
+    return function, fields
 
 
 def _metadata_fields(
@@ -563,6 +583,7 @@ def _metadata_fields(
     string1: bytes,
     len2: int,
     fds: Any,
+    text: bool = False,
 ) -> dict[str, Any]:
     """The fields of a chmod/chown/utimens request or its descriptor form."""
     if len2 or scope:
@@ -578,7 +599,7 @@ def _metadata_fields(
         fields = {"fd": next(fds)}
     else:
         fields = {
-            "path": _fs_path(string1, "path"),
+            "path": _fs_path(string1, "path", text),
             "dirfd": next(fds) if roles else None,
             "no_follow": bool(flags & META_NO_FOLLOW),
         }
@@ -698,14 +719,14 @@ def _groups_of(raw: bytes) -> tuple[int, ...]:
     return struct.unpack(f"<{len(raw) // GROUP.size}I", raw)
 
 
-def _fs_path(raw: bytes, what: str) -> PurePosixPath:
+def _fs_path(raw: bytes, what: str, text: bool = False) -> PurePosixPath | str:
     if not raw:
         raise RemoteProtocolError(f"{what} is empty")
     if len(raw) > PATH_MAX_BYTES:
         raise RemoteProtocolError(f"{what} of {len(raw)} bytes exceeds {PATH_MAX_BYTES}")
     if b"\0" in raw:
         raise RemoteProtocolError(f"{what} contains NUL")
-    return _path_of(raw)
+    return _text_of(raw) if text else _path_of(raw)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -716,12 +737,17 @@ def _path_of(raw: bytes) -> PurePosixPath:
     return requests.exact_path(os.fsdecode(raw))
 
 
-def _unix_path(raw: bytes) -> PurePosixPath:
+@functools.lru_cache(maxsize=1024)
+def _text_of(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+def _unix_path(raw: bytes, text: bool = False) -> PurePosixPath | str:
     if not raw or len(raw) > UNIX_PATH_MAX:
         raise RemoteProtocolError(f"unix socket path of {len(raw)} bytes (1..{UNIX_PATH_MAX})")
     if raw[0] != 0 and b"\0" in raw:
         raise RemoteProtocolError("unix socket path contains NUL")
-    return requests.exact_path(os.fsdecode(raw))
+    return os.fsdecode(raw) if text else requests.exact_path(os.fsdecode(raw))
 
 
 def _name(raw: bytes, present: int, limit: int, what: str) -> str | None:
@@ -1141,8 +1167,52 @@ class ForwardResult:
     lost: int
 
 
+class PlainReport(NamedTuple):
+    """A :class:`Report` as plain data: its request as the function's name and its fields (:func:`request_fields`).
+
+    A named tuple: built once per report on ``trace``'s path, where a frozen
+    dataclass's ``__init__`` cost as much as decoding the request's header.
+    """
+
+    function: str
+    fields: dict[str, Any]
+    outcome: Literal["forward", "deny"]
+    errno: int
+    lost: int
+    result: int
+    directory: str | None
+    directory2: str | None
+    program: tuple[str, tuple[str, ...]] | None
+
+
 def decode_report(data: bytes) -> Report | ForwardResult:
     """Decode and validate one report datagram (it carries no descriptors)."""
+    parts = _report_parts(data, text=False)
+    if isinstance(parts, ForwardResult):
+        return parts
+    return Report(
+        cast("Request", _construct(parts.function, parts.fields)),
+        parts.outcome,
+        parts.errno,
+        parts.lost,
+        parts.result,
+        parts.directory,
+        parts.directory2,
+        parts.program,
+    )
+
+
+def plain_report(data: bytes) -> PlainReport | ForwardResult:
+    """One report datagram validated as :func:`decode_report` validates it, with no request model built.
+
+    For observers that only show the call (``trace``): the request models
+    are not loaded, and a malformed report is refused where
+    :func:`decode_report` refuses it.
+    """
+    return _report_parts(data, text=True)
+
+
+def _report_parts(data: bytes, *, text: bool) -> PlainReport | ForwardResult:
     if len(data) < REPORT.size:
         raise RemoteProtocolError(f"report of {len(data)} bytes is shorter than its {REPORT.size}-byte header")
     magic, version, outcome, reserved, errno, lost, result = REPORT.unpack_from(data)
@@ -1168,15 +1238,16 @@ def decode_report(data: bytes) -> Report | ForwardResult:
     end = start + dir1 + dir2 + exe + argv
     if end > len(data):
         raise RemoteProtocolError(f"report name lengths {dir1}+{dir2}+{exe}+{argv} exceed its {len(data)} bytes")
-    request = decode_request(data[end:])
+    function, fields = _request_fields(data[end:], (), text=text)
     program = None
     if exe:
         at = start + dir1 + dir2
         program = _program_of(data[at : at + exe], data[at + exe : end])
     elif argv:
         raise RemoteProtocolError("a report's arguments without its executable")
-    return Report(
-        request,
+    return PlainReport(
+        function,
+        fields,
         "forward" if outcome == 1 else "deny",
         errno,
         lost,

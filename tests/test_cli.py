@@ -278,15 +278,14 @@ def test_trace_writes_one_readable_line_per_call(tmp_path: Path) -> None:
     log = (tmp_path / "trace.log").read_text()
     lines = [line for line in log.splitlines() if line.startswith("[pid ") and "execve(" not in line]
     # What the program's own calls returned, as strace shows it (the shim reports it after the call).
-    opened = [line for line in lines if f' open("f" (in "{tmp_path}"), read_only, NULL) = 3 [forwarded]' in line]
+    opened = [line for line in lines if f' open("f" (in "{tmp_path}"), read_only) = 3 [forwarded]' in line]
     missing = [
         line
         for line in lines
-        if f' open("missing" (in "{tmp_path}"), read_only, NULL) = -1 ENOENT '
-        "(No such file or directory) [forwarded]" in line
+        if f' open("missing" (in "{tmp_path}"), read_only) = -1 ENOENT (No such file or directory) [forwarded]' in line
     ]
     assert len(opened) == 1 and len(missing) == 1, log
-    assert opened[0].endswith("µs>")
+    assert opened[0].endswith("[forwarded]")  # a forwarded call's own duration is not measured: none is shown
     assert "cat: missing: No such file or directory" in done.stderr
     pid, tid = opened[0].removeprefix("[pid ").split("]")[0].split(" tid ")
     assert pid == tid

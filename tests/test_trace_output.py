@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
-from shimtools import needs_shim
+import pytest
+
+from libc_service.notify import seccomp_unavailable
+from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
 pytestmark = needs_shim
 
@@ -82,9 +87,9 @@ def test_forwarded_calls_show_what_they_returned_as_strace_does(tmp_path: Path) 
     log = (tmp_path / "log").read_text()
     enoent = "= -1 ENOENT (No such file or directory) [forwarded]"
     where = f'(in "{tmp_path}")'
-    assert f'open("f" {where}, close_on_exec|read_only, NULL) = {fd} [forwarded]' in log, log
-    assert f'open("missing" {where}, close_on_exec|read_only, NULL) {enoent}' in log, log
-    assert f'open("{tmp_path}/missing", close_on_exec|read_only, NULL) {enoent}' in log, log
+    assert f'open("f" {where}, close_on_exec|read_only) = {fd} [forwarded]' in log, log
+    assert f'open("missing" {where}, close_on_exec|read_only) {enoent}' in log, log
+    assert f'open("{tmp_path}/missing", close_on_exec|read_only) {enoent}' in log, log
     assert f'stat("{tmp_path}/f") = 0 [forwarded]' in log, log
     assert "connect_unix(" in log and f'"sock" {where}) = 0 [forwarded]' in log, log
     assert f'"nosock" {where}) {enoent}' in log, log
@@ -148,7 +153,7 @@ def test_relative_paths_show_their_directory_from_the_shims_reports(tmp_path: Pa
     assert done.returncode == 1, done.stderr  # the last stat fails
     log = (tmp_path / "log").read_text()
     sub, other = f'(in "{tmp_path / "sub"}")', f'(in "{tmp_path / "other"}")'
-    assert f'openat("f" {sub}, close_on_exec|read_only, NULL) = ' in log, log
+    assert f'openat("f" {sub}, close_on_exec|read_only) = ' in log, log
     assert f'stat("f" {sub}) = 0 [forwarded]' in log, log
     assert f'rename("f" {sub}, "g" {other}) = 0 [forwarded]' in log, log
     assert f'stat("missing" {sub}) = -1 ENOENT' in log, log
@@ -176,3 +181,138 @@ def test_a_slave_s_non_utf8_bytes_are_escaped_not_a_crash(tmp_path: Path) -> Non
         if json_lines:
             for line in log.splitlines():
                 json.loads(line)
+
+
+def test_e_selects_functions_as_strace_does(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    for selection in (["-e", "open"], ["-e", "trace=open,lstat"], ["-e", "open", "-e", "lstat"]):
+        done = trace("-o", "log", *selection, "--", "sh", "-c", "cat f; ls missing", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr  # ls's status
+        lines = (tmp_path / "log").read_text().splitlines()
+        functions = {line.split("] ", 1)[1].split("(", 1)[0] for line in lines}
+        assert functions == ({"open"} if selection == ["-e", "open"] else {"open", "lstat"}), lines
+        assert f'open("f" (in "{tmp_path}"), read_only) = 3 [forwarded]' in "\n".join(lines)
+
+
+def test_an_unknown_function_is_a_usage_error_that_lists_the_functions(tmp_path: Path) -> None:
+    done = trace("-e", "open,opne", "--", "true", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "unknown function(s) for -e: opne (choose from open, openat, " in done.stderr, done.stderr
+    assert "getaddrinfo" in done.stderr and "execve" in done.stderr
+
+
+def test_failed_shows_only_the_calls_that_failed(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    done = trace("-o", "log", "--failed", "--", "sh", "-c", "cat f missing", cwd=tmp_path)
+    assert done.returncode == 1
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert lines, done.stderr
+    assert all(" = -1 E" in line for line in lines), lines  # no program line, no call that succeeded
+    expected = f'open("missing" (in "{tmp_path}"), read_only) = -1 ENOENT (No such file or directory) [forwarded]'
+    assert any(line.endswith(expected) for line in lines), lines
+
+
+def test_an_open_shows_its_mode_only_when_it_creates_and_a_forwarded_call_no_duration(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    done = trace("-o", "log", "-e", "open", "--", "sh", "-c", "cat f > g", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "log").read_text().splitlines()
+    where = f'(in "{tmp_path}")'
+    assert any(line.endswith(f'open("g" {where}, create|truncate|write_only, 0666) = 3 [forwarded]') for line in lines)
+    assert any(line.endswith(f'open("f" {where}, read_only) = 3 [forwarded]') for line in lines), lines
+    assert not any("NULL" in line or "µs>" in line for line in lines), lines
+
+
+def test_c_counts_the_calls_the_program_makes(tmp_path: Path, c_program: Any) -> None:
+    """bench_calls N PATH stats PATH N times and opens it N times: the table says N and N."""
+    calls = c_program("bench_calls")
+    native = subprocess.run([str(calls), "37", "/etc/hostname"], capture_output=True, text=True, check=True)
+    made = {line.split()[0]: int(line.rsplit("n=", 1)[1]) for line in native.stdout.splitlines()}
+    assert made == {"stat": 37, "open_close": 37}
+    done = trace("-o", "table", "-c", "--", str(calls), "37", "/etc/hostname", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "table").read_text().splitlines()
+    assert table[0].split() == ["calls", "errors", "function"]
+    rows = {line.split()[-1]: line.split()[:-1] for line in table[2:-2]}
+    assert rows["stat"] == [str(made["stat"])] and rows["open"] == [str(made["open_close"])], table
+    assert table[-1].split()[0] == str(sum(int(row[0]) for row in rows.values()))
+    # A failed call is counted as an error: the program stops at its first stat of a missing file.
+    missing = tmp_path / "missing"
+    done = trace("-o", "table", "-c", "--", str(calls), "5", str(missing), cwd=tmp_path)
+    assert done.returncode == 1
+    rows = {line.split()[-1]: line.split()[:-1] for line in (tmp_path / "table").read_text().splitlines()[2:-2]}
+    assert rows == {"stat": ["1", "1"]}
+
+
+def test_json_records_carry_each_path_as_an_absolute_name_too(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a").write_text("a")
+    done = trace("--json", "-o", "log", "-e", "rename,stat", "--", "sh", "-c", "cd sub && mv ../a b", cwd=tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    assert done.returncode == 0, done.stderr
+    (rename,) = [record for record in records if record["function"] == "rename"]
+    assert rename["arguments"]["path1"] == "../a" and rename["arguments"]["path2"] == "b"
+    sub = tmp_path / "sub"
+    assert rename["absolute"] == {"path1": f"{sub}/../a", "path2": f"{sub}/b"}
+    stats = [
+        record for record in records if record["function"] == "stat" and record["arguments"]["path"] == "/usr/bin/mv"
+    ]
+    assert stats and stats[0]["absolute"] == {"path": "/usr/bin/mv"}
+
+
+CLI_PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+#: What differs from run to run: process ids and times.
+_PIDS = re.compile(r'(pid |tid |"pid": |"tid": )\d+')
+_TIME = re.compile(r'"time": [0-9.]+')
+
+
+def _trace_examples() -> list[list[tuple[str, list[str]]]]:
+    """The console blocks of the CLI page's trace section: each a list of (command, expected lines)."""
+    section = CLI_PAGE.read_text().split("\n## trace\n", 1)[1].split("\n## ", 1)[0]
+    examples = []
+    for block in re.findall(r"```console\n(.*?)```", section, re.S):
+        steps: list[tuple[str, list[str]]] = []
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                steps.append((line[2:], []))
+            else:
+                steps[-1][1].append(line)
+        examples.append(steps)
+    return examples
+
+
+def _normal(lines: list[str]) -> list[str]:
+    """Lines without what differs from run to run, in order (two streams interleave as they will)."""
+    return sorted(_TIME.sub('"time": T', _PIDS.sub(r"\1N", line)) for line in lines)
+
+
+@pytest.mark.parametrize("steps", _trace_examples(), ids=lambda steps: steps[0][0].split(" -- ")[0])
+def test_the_trace_examples_of_the_cli_page_run_as_documented(
+    steps: list[tuple[str, list[str]]], tmp_path: Path
+) -> None:
+    """Each command as written (``libc-service`` on PATH, ``/tmp/example`` an empty directory of the test's),
+    its output as written but for process ids, times and the order of the program's and the trace's lines."""
+    if any("--seccomp" in command for command, _ in steps) and seccomp_unavailable() is not None:
+        pytest.skip(f"seccomp user notifications: {seccomp_unavailable()}")
+    example = tmp_path / "example"
+    example.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    command_file = bin_dir / "libc-service"
+    command_file.write_text(f'#!/bin/sh\nexec {sys.executable} -m libc_service "$@"\n')
+    command_file.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LC_ALL": "C"}
+    assert steps, "an example with no command"
+    for command, expected in steps:
+        done = subprocess.run(
+            ["sh", "-c", command.replace("/tmp/example", str(example)) + " 2>&1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+            cwd=tmp_path,
+        )
+        got = done.stdout.replace(str(example), "/tmp/example").splitlines()
+        assert _normal(got) == _normal(expected), done.stdout
