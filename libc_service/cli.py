@@ -440,7 +440,7 @@ def _cmd_learn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if previous is not None:
         learned = merge(previous, [learned])
     source = render(learned)
-    _write_output(args.output, source, atomic=True)
+    _write_output(args.output, source, source=True)
     lists = learned.sandbox_arguments()
     if args.output is not None:
         network = (
@@ -476,17 +476,23 @@ def _cmd_docs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _write_output(path: str | None, text: str, *, atomic: bool = False) -> None:
+def _write_output(path: str | None, text: str, *, source: bool = False) -> None:
     """``text`` to ``path``, or to stdout without one; a path that cannot be written is a usage error.
 
-    ``atomic``: written to a new file beside ``path`` and renamed over it, so
-    ``path`` holds the old text or the new, never a part (a policy ``run``
+    ``source``: ``text`` is Python source, UTF-8 whatever the terminal's
+    encoding, written to a new file beside ``path`` and renamed over it, so
+    ``path`` holds the old policy or the new, never a part (a policy ``run``
     may load at any moment, or a ``learn --append`` that failed half-way).
     """
     if path is None:
-        sys.stdout.write(text)
+        if source:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(text.encode("utf-8"))
+            sys.stdout.buffer.flush()
+        else:
+            sys.stdout.write(text)
         return
-    if not atomic:
+    if not source:
         try:
             with open(path, "w", encoding="utf-8") as file:
                 file.write(text)

@@ -573,7 +573,7 @@ def test_cancelling_serve_still_ends_the_session(master_loop: LoopThread) -> Non
     """The other side of the fix: a real cancellation of ``serve`` is not swallowed."""
     started = threading.Event()
 
-    async def slow(request: Request) -> int:
+    async def slow(request: Request) -> Any:
         started.set()
         await asyncio.sleep(60)
         return 0

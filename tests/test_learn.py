@@ -579,6 +579,25 @@ def test_a_failed_write_leaves_the_policy_as_it_was(tmp_path: Path) -> None:
     policy = tmp_path / "policy.py"
     policy.write_text("old\n")
     with pytest.raises(UnicodeEncodeError):
-        _write_output(str(policy), "new\udcff\n", atomic=True)  # text that cannot be written
+        _write_output(str(policy), "new\udcff\n", source=True)  # text that cannot be written
     assert policy.read_text() == "old\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["policy.py"]
+
+
+@needs_shim
+def test_a_policy_written_to_stdout_is_utf8_whatever_the_terminal(tmp_path: Path) -> None:
+    name = "caf\u00e9-\u6f22"
+    (tmp_path / name).write_text("x\n")
+    learnt = subprocess.run(
+        [sys.executable, "-m", "libc_service", "learn", "--", "cat", name],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", "PYTHONIOENCODING": "ascii"},
+    )
+    assert learnt.returncode == 0, learnt.stderr
+    source = learnt.stdout.removeprefix(b"x\n").decode("utf-8")
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - the policy learn wrote
+    assert str(tmp_path / name) in namespace["sandbox"].allow_read

@@ -994,6 +994,49 @@ async def test_under_seccomp_a_raw_connect_reaches_only_what_the_policy_performs
     assert (allowed.status, allowed.out) == (0, "HOST-SERVICE-REACHED\n")
 
 
+@pytest.fixture(scope="module")
+def static_unix_connect(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/c/unix_connect.c built static (no shim can see it), or a skip saying why not."""
+    compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler to build a static program")
+    target = tmp_path_factory.mktemp("static") / "unix_connect"
+    built = subprocess.run(
+        [compiler, "-static", "-O2", "-o", str(target), str(C_DIR / "unix_connect.c")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if built.returncode != 0:
+        pytest.skip(f"cannot link a static program here: {built.stderr.strip()[-200:]}")
+    return target
+
+
+@needs_kernel
+async def test_a_static_program_reaches_a_named_socket_only_through_the_master(
+    static_unix_connect: Path, host_service: tuple[Path, list[bytes]]
+) -> None:
+    from libc_service.notify import seccomp_unavailable
+
+    path, reached = host_service
+    stream = [str(static_unix_connect), str(path), "stream"]
+    dgram = [str(static_unix_connect), f"{path}.dgram", "dgram"]
+    native = await run(stream, Router(default=FORWARD))
+    assert native.out == "HOST-SERVICE-REACHED\n", native.err
+    assert (await run(dgram, Router(default=FORWARD))).out == "sent\n"
+    reached.clear()
+    assert (await run(stream, Router(default=FORWARD), Sandbox())).out == "EACCES\n"
+    assert (await run(dgram, Router(default=FORWARD), Sandbox())).out == "EACCES\n"
+    assert reached == []
+    if (reason := seccomp_unavailable()) is not None:
+        pytest.skip(reason)
+    assert (await _run_seccomp(stream, Router(default=FORWARD), Sandbox())).out == "EACCES\n"
+    assert reached == []
+    allowed = await _run_seccomp(stream, _allowing_unix(path), Sandbox())
+    assert allowed.out == "HOST-SERVICE-REACHED\n"
+
+
 # ------------------------------------------------------------------ the CLI
 
 
