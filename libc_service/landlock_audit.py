@@ -288,6 +288,11 @@ class _Domain:
     deallocated: bool = False
 
 
+#: Denial records and domains kept for one run: the report stays bounded whatever is denied.
+MAX_RECORDS: Final = 65536
+MAX_DOMAINS: Final = 4096
+
+
 @dataclass
 class LandlockDenials:
     """Reads the kernel's Landlock audit records in a thread while the slave runs.
@@ -302,6 +307,9 @@ class LandlockDenials:
     domains: dict[str, _Domain] = field(default_factory=dict)
     #: Records lost because the socket's buffer overflowed.
     lost: int = 0
+    #: Records not kept: beyond :data:`MAX_RECORDS`, or of a domain beyond :data:`MAX_DOMAINS`
+    #: (the log is the whole machine's, and a program can make denials without end).
+    unkept: int = 0
     _sock: socket.socket | None = None
     _thread: threading.Thread | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -341,8 +349,14 @@ class LandlockDenials:
                 continue
             with self._lock:
                 self._last = time.monotonic()
+                if record.domain not in self.domains and len(self.domains) >= MAX_DOMAINS:
+                    self.unkept += isinstance(record, AccessRecord)
+                    continue
                 domain = self.domains.setdefault(record.domain, _Domain())
                 if isinstance(record, AccessRecord):
+                    if len(self.records) >= MAX_RECORDS:
+                        self.unkept += 1
+                        continue
                     self.records.append(record)
                 elif record.status == "allocated" and record.pid is not None:
                     domain.creator = record.pid

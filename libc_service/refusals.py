@@ -287,6 +287,11 @@ class RefusalReport:
             out += self._landlock_lines(landlock)
             if self.landlock.lost:
                 out.append(f"Landlock's refusals may be undercounted: {self.landlock.lost} audit reads overflowed")
+            unkept = getattr(self.landlock, "unkept", 0)
+            if unkept:
+                out.append(
+                    f"Landlock's refusals are undercounted: {unkept} audit records beyond the bound were not kept"
+                )
         elif self.landlock_unavailable and self.pids and (failed or out):
             out.append(f"Landlock's own refusals are not reported: {self.landlock_unavailable}")
             for function, tally in sorted(self.unseen_results.items(), key=lambda item: -item[1].count):

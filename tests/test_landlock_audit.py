@@ -277,3 +277,23 @@ def test_a_refused_name_with_a_terminal_escape_is_shown_escaped() -> None:
     lines = report.lines()
     assert all("\x1b" not in line and "\x07" not in line for line in lines), lines
     assert 'refused 1× open after FORWARD (EACCES): "/tmp/\\u001b]0;owned\\u0007/secret"' in lines
+
+
+def test_the_audit_reader_keeps_a_bounded_number_of_records_and_domains() -> None:
+    from libc_service.landlock_audit import MAX_DOMAINS, MAX_RECORDS, LandlockDenials
+
+    def denial(domain: str, path: str) -> tuple[int, bytes]:
+        return AUDIT_LANDLOCK_ACCESS, f'audit(1.2:3): domain={domain} blockers=fs.read_file path="{path}"'.encode()
+
+    reader = LandlockDenials()
+    # One program denied without end, and denials of as many domains as it cares to make.
+    reader.feed(denial("1a", f"/x/{index}") for index in range(MAX_RECORDS + 10))
+    reader.feed(denial(f"{index:x}b", "/y") for index in range(MAX_DOMAINS + 10))
+    assert len(reader.records) == MAX_RECORDS and len(reader.domains) == MAX_DOMAINS
+    assert reader.unkept == 10 + MAX_DOMAINS + 10
+    report = RefusalReport()
+    report.landlock = reader
+    reader.stop = lambda **waiting: None  # type: ignore[method-assign]
+    assert report.lines()[-1] == (
+        f"Landlock's refusals are undercounted: {reader.unkept} audit records beyond the bound were not kept"
+    )

@@ -14,8 +14,10 @@ from ipaddress import IPv4Address
 from pathlib import Path, PurePosixPath
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from libc_service.named_tally import MAX_NAMES
+from libc_service.named_tally import MAX_NAMES, NameBudget, NamedTally
 from libc_service.refusals import MAX_PIDS, RefusalReport
 from libc_service.requests import ConnectInetRequest, OpenRequest
 from libc_service.router import Decision
@@ -265,3 +267,17 @@ def test_a_loader_s_127_without_audit_says_what_grants_a_library() -> None:
     assert quiet.lines(failed=True, status=1) == [
         "Landlock's own refusals are not reported: the kernel's audit is disabled"
     ]  # nothing to add for an ordinary failure
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=st.lists(st.one_of(st.none(), st.text(max_size=40)), max_size=300), room=st.integers(0, 50))
+def test_a_tally_counts_every_event_and_keeps_no_more_names_than_its_budget(names: list[str | None], room: int) -> None:
+    budget = NameBudget(names=room, chars=room * 10)
+    tally = NamedTally(budget)
+    for name in names:
+        tally.add(name)
+    assert tally.count == len(names)
+    assert sum(tally.names.values()) + tally.unkept == sum(1 for name in names if name is not None)
+    assert len(tally.names) <= room and sum(len(name) for name in tally.names) <= room * 10
+    shown = tally.named()
+    assert shown.isprintable()  # a name with a terminal escape is shown escaped
