@@ -28,6 +28,7 @@ from libc_service.names import Answers, Pattern, host_labels
 from libc_service.notify import seccomp_unavailable
 from libc_service.requests import ConnectInet6Request, ConnectInetRequest, GetaddrinfoRequest
 
+from conftest import FdCount
 from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
 from shimtools import PYTHON, needs_shim, run_slave
 from test_seccomp_notify import static_program  # noqa: F401 - a fixture
@@ -325,10 +326,12 @@ async def test_a_silent_nameserver_is_eai_again_without_blocking_the_loop() -> N
 
 @pytest.mark.skipif(_SECCOMP is not None, reason=_SECCOMP or "")
 async def test_a_static_program_resolving_by_itself_is_answered_under_the_same_rules(
-    static_program: Any, nameserver: Nameserver, greeter: int
+    static_program: Any, nameserver: Nameserver, greeter: int, fd_count: FdCount
 ) -> None:
     """Its own UDP question goes to the master's answerer, never to the nameserver it named."""
     import subprocess
+
+    before = fd_count.snapshot()
 
     program = str(static_program("dns_connect"))
     nameserver.zone["allowed.test"] = (["127.0.0.1"], 300)
@@ -361,6 +364,7 @@ async def test_a_static_program_resolving_by_itself_is_answered_under_the_same_r
     assert await resolve_by_itself(refused, "allowed.test") == f"connect nameserver: {errno.ECONNREFUSED}"
     assert not nameserver.asked("exfil") and ("short.test", "A") not in nameserver.log
     assert ("allowed.test", "A") in nameserver.log
+    fd_count.assert_unchanged(before)  # each tree's answerer is closed with the tree
 
 
 def _resolv_conf_names_a_nameserver() -> bool:
