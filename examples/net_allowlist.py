@@ -38,7 +38,7 @@ its name, and the nameserver never hears of it.
 Limits: what remains of DNS as a channel is in `docs/security.md` ("Egress
 by name"); a program that resolves by itself (a static binary under
 `--seccomp`) gets no answer: its own queries are connects to the nameserver,
-which no listed name returned.
+which no listed name returned (`libc_service.dnsanswer` can answer them).
 """
 
 from __future__ import annotations

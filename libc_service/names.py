@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from .resolver import Resolver
@@ -190,6 +190,15 @@ class NameScope:
     resolver: Resolver
     patterns: tuple[Pattern, ...] | None
     answers: Answers = field(default_factory=Answers)
+    #: What serves the tree besides (the DNS answerer of :mod:`libc_service.dnsanswer`), by name;
+    #: each value's first item has ``close()``, called when the tree ends.
+    extras: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Close what was started for the tree (when its program has ended)."""
+        for closeable, *_ in self.extras.values():
+            closeable.close()
+        self.extras.clear()
 
     def may_resolve(self, labels: tuple[str, ...]) -> bool:
         """Whether the policy allows the master to ask a nameserver for this name."""
@@ -222,6 +231,11 @@ def serving(router: Router) -> contextvars.Context:
     context = contextvars.copy_context()
     context.run(_SCOPE.set, scope_for(router))
     return context
+
+
+def scope_in(context: contextvars.Context) -> NameScope | None:
+    """The scope current in ``context`` (as :func:`serving` made it)."""
+    return context.get(_SCOPE)
 
 
 def enter(scope: NameScope | None) -> contextvars.Token[NameScope | None]:

@@ -42,8 +42,14 @@ under a policy than without one:
   daemon thread and ``perform`` returns an *awaitable* (the router awaits it;
   see :func:`perform`); cancelling it (session closed, master shutting
   down) opens the FIFO's other end through the master's ``O_PATH`` descriptor
-  so the thread is released. ``getaddrinfo`` and a ``connect`` that is in
-  progress are awaitables too, when an event loop runs in the calling thread.
+  so the thread is released. ``getaddrinfo`` of a name and a ``connect``
+  that is in progress are awaitables too, when an event loop runs in the
+  calling thread.
+- **Names are grants.** ``getaddrinfo`` of a name asks a nameserver only
+  when a ``named()``/``resolved()`` pattern of the serving policy matches
+  it (else ``noname``), through the policy's asynchronous
+  :class:`~libc_service.Resolver` — never ``getaddrinfo`` on a thread — and
+  records the answers for ``resolved()`` (:mod:`libc_service.names`).
 
 With ``beneath=ROOT`` every path is resolved beneath ``ROOT`` by the kernel
 (``openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)``; the component walker of

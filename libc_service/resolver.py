@@ -19,7 +19,6 @@ or has no address, ``EAI_AGAIN`` when no nameserver answered.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import socket
@@ -27,8 +26,16 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from .lazyimport import on_first_use
+
 if TYPE_CHECKING:
+    import asyncio
+
     import dns.asyncresolver
+else:
+    # A policy importing perform (which imports this module) must not pay for asyncio
+    # in a run whose every call the shim decides (the master never starts there).
+    asyncio = on_first_use("asyncio", globals())
 
 __all__ = ["Resolver"]
 

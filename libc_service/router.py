@@ -416,12 +416,14 @@ class Router:
         A session served on its own (not in a tree that :func:`spawn` serves)
         is a process tree of its own for ``resolved()``.
         """
-        token = names.enter(names.scope_for(self)) if names.current_scope() is None else None
+        scope = names.scope_for(self) if names.current_scope() is None else None
+        token = names.enter(scope) if scope is not None else None
         try:
             await master.serve(self, concurrent=self.concurrent, max_in_flight=self.max_in_flight)
         finally:
-            if token is not None:
+            if scope is not None and token is not None:
                 names.leave(token)
+                scope.close()
 
     def decide_now(self, call: Call) -> Awaitable[None] | None:
         """Decide and answer ``call`` without awaiting, if that is possible (the dispatcher contract).

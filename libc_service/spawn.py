@@ -921,6 +921,9 @@ class SlaveProcess:
             results = await asyncio.gather(serving, return_exceptions=True)
             if isinstance(results[0], Exception):
                 logger.error("serving the program's sessions failed", exc_info=results[0])
+        scope = names.scope_in(self._tree_context)
+        if scope is not None:
+            scope.close()
 
     def _require(self) -> asyncio.subprocess.Process | LaunchedProcess:
         if self._process is None:

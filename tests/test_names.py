@@ -18,17 +18,20 @@ from typing import Any
 
 import dns.name
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libc_service import FORWARD, Errno, Resolver, Router, perform, spawn
-from libc_service.conditions import named, resolved
+from libc_service.conditions import named, resolved, to
+from libc_service.dnsanswer import answer_queries
 from libc_service.names import Answers, Pattern, host_labels
 from libc_service.notify import seccomp_unavailable
 from libc_service.requests import ConnectInet6Request, ConnectInetRequest, GetaddrinfoRequest
 
+from conftest import FdCount
 from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
 from shimtools import PYTHON, needs_shim, run_slave
+from test_seccomp_notify import static_program  # noqa: F401 - a fixture
 
 # ------------------------------------------------------------- patterns
 
@@ -145,15 +148,18 @@ async def greeter() -> AsyncIterator[int]:
         await server.wait_closed()
 
 
-def egress(ns: Nameserver, port: int, *, careless: bool = False, min_ttl: float = 5.0) -> Router:
+def egress(ns: Nameserver, port: int, *, careless: bool = False, min_ttl: float = 5.0, own_dns: bool = False) -> Router:
     """Connect only to `allowed.test` and names below `short.test`, on ``port``, addresses as resolved.
 
     ``careless``: the lookup route has no condition, so only ``perform``'s
-    own refusal keeps other names from the nameserver.
+    own refusal keeps other names from the nameserver. ``own_dns``: a
+    program's own queries (a connect to port 53) are answered by the master.
     """
     # A timeout, as a real policy has one: sync handlers whose perform() is awaited must keep it on both transports.
     router = Router(default=FORWARD, timeout=30.0, resolver=Resolver([ns.address], hosts=None, min_ttl=min_ttl))
     patterns = ("allowed.test", "*.short.test")
+    if own_dns:
+        router.add_route(("connect_inet",), answer_queries, when=to("0.0.0.0/0:53"))
 
     @router.on("getaddrinfo", when=None if careless else named(*patterns))
     def lookup(request: GetaddrinfoRequest) -> Any:
@@ -313,3 +319,117 @@ async def test_a_silent_nameserver_is_eai_again_without_blocking_the_loop() -> N
         assert ticks > 1  # the loop kept running while the lookup waited
     finally:
         quiet.close()
+
+
+# ------------------------------------------------------------- programs that resolve by themselves
+
+
+@pytest.mark.skipif(_SECCOMP is not None, reason=_SECCOMP or "")
+async def test_a_static_program_resolving_by_itself_is_answered_under_the_same_rules(
+    static_program: Any, nameserver: Nameserver, greeter: int, fd_count: FdCount
+) -> None:
+    """Its own UDP question goes to the master's answerer, never to the nameserver it named."""
+    import subprocess
+
+    before = fd_count.snapshot()
+
+    program = str(static_program("dns_connect"))
+    nameserver.zone["allowed.test"] = (["127.0.0.1"], 300)
+    nameserver.zone["secret-1234.exfil.test"] = (["127.0.0.1"], 300)
+
+    async def resolve_by_itself(router: Router, name: str, argv: list[str] | None = None) -> str:
+        async with spawn(
+            argv or [program, "192.0.2.53", name, str(greeter)],
+            router,
+            seccomp=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
+            out, err = await asyncio.wait_for(process.communicate(), 60)
+            assert await process.wait() == 0, err.decode()
+        return out.decode().strip()
+
+    answered = egress(nameserver, greeter, own_dns=True)
+    assert await resolve_by_itself(answered, "allowed.test") == "127.0.0.1 hello"
+    assert await resolve_by_itself(answered, "secret-1234.exfil.test") == "rcode 3"  # NXDOMAIN
+    assert await resolve_by_itself(answered, "short.test") == "rcode 3"
+    # glibc's own resolver, linked statically, asks the nameserver of /etc/resolv.conf: the answerer answers.
+    libc = str(static_program("static_getaddrinfo"))
+    if _resolv_conf_names_a_nameserver():
+        assert await resolve_by_itself(answered, "", [libc, "allowed.test"]) == "0 127.0.0.1"
+        assert await resolve_by_itself(answered, "", [libc, "secret-1234.exfil.test"]) == str(socket.EAI_NONAME)
+    # Without the route, its connect to the nameserver is refused like any other address.
+    refused = egress(nameserver, greeter)
+    assert await resolve_by_itself(refused, "allowed.test") == f"connect nameserver: {errno.ECONNREFUSED}"
+    assert not nameserver.asked("exfil") and ("short.test", "A") not in nameserver.log
+    assert ("allowed.test", "A") in nameserver.log
+    fd_count.assert_unchanged(before)  # each tree's answerer is closed with the tree
+
+
+def _resolv_conf_names_a_nameserver() -> bool:
+    """Whether glibc's resolver would send a question anywhere (an IPv4 ``nameserver`` line)."""
+    try:
+        with open("/etc/resolv.conf") as conf:
+            lines = conf.read().splitlines()
+    except OSError:
+        return False
+    return any(line.split()[:1] == ["nameserver"] and "." in line for line in lines)
+
+
+class _Sent:
+    """A transport that keeps what the answerer sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        self.sent.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda name, kind, flip: _question(name, kind, flip),
+            st.text(max_size=70),
+            st.sampled_from(["A", "AAAA", "TXT", "MX", "ANY"]),
+            st.binary(max_size=4),
+        ),
+    )
+)
+def test_the_answerer_takes_any_bytes_and_asks_no_nameserver_for_a_name_no_pattern_allows(data: bytes) -> None:
+    """A program's own question is slave input: any bytes, never a crash, never a query past the patterns."""
+    from libc_service.dnsanswer import _Answerer
+    from libc_service.names import NameScope
+
+    asked: list[tuple[str, ...]] = []
+
+    class Recording(Resolver):
+        async def lookup(self, labels: tuple[str, ...]) -> Any:
+            asked.append(labels)
+            raise socket.gaierror(socket.EAI_NONAME, "none")
+
+    scope = NameScope(Recording(["127.0.0.1:9"], hosts=None), (Pattern.parse("allowed.test"),))
+    answerer = _Answerer(scope)
+    transport = _Sent()
+    answerer.connection_made(transport)  # type: ignore[arg-type]
+    asyncio.run(answerer._answer(data, ("127.0.0.1", 1)))
+    assert all(labels == ("allowed", "test") for labels in asked)
+    for sent in transport.sent:
+        assert len(sent) >= 12
+
+
+def _question(name: str, kind: str, flip: bytes) -> bytes:
+    import dns.exception
+    import dns.message
+
+    try:
+        wire: bytes = dns.message.make_query(name or ".", kind).to_wire()
+    except (dns.exception.DNSException, ValueError, UnicodeError):
+        return flip
+    return wire[: len(wire) - len(flip)] + flip if flip else wire
