@@ -1,5 +1,5 @@
 /* floor_master: the smallest master that speaks the libc-service wire
- * protocol (docs/protocol.md, version 2).  It is the transport floor for
+ * protocol (docs/protocol.md, version 3).  It is the transport floor for
  * the benchmarks and the shim's test harness.
  *
  *   floor_master [-v] [-s SHIM] MODE -- CMD [ARG...]
@@ -31,12 +31,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define VERSION 2
+#define VERSION 3
 #define MAX_GROUPS 64
 #define REQUEST_HEADER 72
 #define MAX_MESSAGE (REQUEST_HEADER + 4 * MAX_GROUPS + 2 * 4095) /* docs/protocol.md; wire.MAX_MESSAGE */
 #define REPLY_HEADER 48
-#define STAT_RECORD 96
+#define STAT_RECORD 152
 #define MAX_REQUEST_FDS 2
 #define MAX_CHANNELS 4096
 #define FN_OPEN 1

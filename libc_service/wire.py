@@ -93,7 +93,7 @@ __all__ = [
 
 #: 2: requests carry the caller's umask and filesystem credentials, every
 #: open flag, and a relative unix socket path's directory.
-VERSION: Final = 2
+VERSION: Final = 3
 REQUEST_MAGIC: Final = b"LCSq"
 REPLY_MAGIC: Final = b"LCSr"
 HELLO_MAGIC: Final = b"LCSh"

@@ -262,7 +262,7 @@ def raw_request(
     that says nothing of the caller's umask and credentials."""
     values: dict[str, Any] = {
         "magic": b"LCSq",
-        "version": 2,
+        "version": wire.VERSION,
         "function": wire.CODE["stat"],
         "pid": 7,
         "tid": 8,
@@ -311,7 +311,7 @@ def raw_reply(payload: bytes = b"", **fields: Any) -> bytes:
     """A reply datagram packed by hand; by default ``open`` answered with 3."""
     values: dict[str, Any] = {
         "magic": b"LCSr",
-        "version": 2,
+        "version": wire.VERSION,
         "function": wire.CODE["open"],
         "tid": 8,
         "errno": 0,

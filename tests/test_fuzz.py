@@ -656,7 +656,7 @@ def send(data, fds=()):
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
     reg.sendmsg([data], ancillary)
 
-def hello(magic=b"LCSh", version=2, pid=os.getpid()):
+def hello(magic=b"LCSh", version=3, pid=os.getpid()):
     return struct.pack("<4sHHII", magic, version, 0, pid, 0)
 
 kept = []

@@ -51,7 +51,7 @@ def test_the_header_layouts_match_the_protocol_document() -> None:
     assert wire.REGISTRATION.size == 16
     assert (wire.MAX_REQUEST_FDS, wire.MAX_REPLY_FDS, wire.MAX_ADDRINFO, wire.MAX_MESSAGE) == (2, 4, 128, 8518)
     assert wire.MAX_MESSAGE == wire.REQUEST.size + wire.GROUP.size * MAX_GROUPS + 2 * PATH_MAX_BYTES
-    assert wire.VERSION == 2
+    assert wire.VERSION == 3
 
 
 def test_function_codes_are_the_documented_ones() -> None:
@@ -380,7 +380,7 @@ _BAD_REQUESTS = [
     _bad("header only half there", raw_request()[:40]),
     _bad("bad magic", raw_request(magic=b"LCSr")),
     _bad("version 1", raw_request(version=1)),
-    _bad("version 3", raw_request(version=3)),
+    _bad("the next version", raw_request(version=wire.VERSION + 1)),
     _bad("function code 0", raw_request(function=0)),
     _bad("function code 24", raw_request(function=24)),
     _bad("function code 65535", raw_request(function=65535)),
@@ -843,12 +843,12 @@ def test_a_registration_round_trips(pid: int) -> None:
         (b"", 1),
         (wire.encode_registration(5)[:15], 1),
         (wire.encode_registration(5) + b"\0", 1),
-        (wire.REGISTRATION.pack(b"LCSq", 2, 0, 5, 0), 1),
+        (wire.REGISTRATION.pack(b"LCSq", wire.VERSION, 0, 5, 0), 1),
         (wire.REGISTRATION.pack(b"LCSh", 1, 0, 5, 0), 1),
-        (wire.REGISTRATION.pack(b"LCSh", 3, 0, 5, 0), 1),
-        (wire.REGISTRATION.pack(b"LCSh", 2, 1, 5, 0), 1),
-        (wire.REGISTRATION.pack(b"LCSh", 2, 0, 5, 1), 1),
-        (wire.REGISTRATION.pack(b"LCSh", 2, 0, 0, 0), 1),
+        (wire.REGISTRATION.pack(b"LCSh", wire.VERSION + 1, 0, 5, 0), 1),
+        (wire.REGISTRATION.pack(b"LCSh", wire.VERSION, 1, 5, 0), 1),
+        (wire.REGISTRATION.pack(b"LCSh", wire.VERSION, 0, 5, 1), 1),
+        (wire.REGISTRATION.pack(b"LCSh", wire.VERSION, 0, 0, 0), 1),
         (wire.encode_registration(5), 0),
         (wire.encode_registration(5), 2),
     ],

@@ -32,7 +32,7 @@
 
 #define LCS_EXPORT __attribute__((visibility("default")))
 
-#define LCS_VERSION 2
+#define LCS_VERSION 3
 
 /* Limits from docs/protocol.md. */
 #define LCS_PATH_MAX_BYTES 4095
