@@ -68,15 +68,17 @@ import select
 import socket
 import stat as stat_module
 import struct
+import threading
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from pydantic import ValidationError
 
 from .master import close_fds
 from .notify_filter import NOTIFIED, build_notify_filter, notified_numbers
+from .offloop import BoundedWorkers, Stalled
 from .replies import Stat
 from .catalogue import UNIX_PATH_MAX
 from .requests import REQUEST_TYPES, Request, exact_path
@@ -93,6 +95,7 @@ else:
 
 __all__ = [
     "HANDOFF_TIMEOUT",
+    "MEMORY_BOUND",
     "ListenerHandoff",
     "SeccompSession",
     "SeccompUnavailable",
@@ -105,6 +108,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds the parent waits for the child's listener after the program started.
 HANDOFF_TIMEOUT: Final = 5.0
+#: Seconds a read or write of a slave's memory may take (a page nobody serves,
+#: a mapping of a slow filesystem) before its call fails with ``EFAULT``.
+MEMORY_BOUND: Final = 10.0
 
 # ------------------------------------------------------------------ kernel ABI
 
@@ -401,26 +407,33 @@ class _Continue(Exception):
     """A call the request models cannot express: the kernel does it, as the shim falls back."""
 
 
-#: The reads' buffer and vectors, made once (the loop's thread is the only reader).
-_READ_BUFFER: Final = ctypes.create_string_buffer(_PAGE)
-_LOCAL: Final = _IOVec(ctypes.addressof(_READ_BUFFER), _PAGE)
-_REMOTE: Final = _IOVec(0, 0)
+class _ReadVectors(threading.local):
+    """The reads' buffer and vectors, made once per reading thread."""
+
+    def __init__(self) -> None:
+        self.buffer = ctypes.create_string_buffer(_PAGE)
+        self.local = _IOVec(ctypes.addressof(self.buffer), _PAGE)
+        self.remote = _IOVec(0, 0)
+
+
+_VECTORS: Final = _ReadVectors()
 #: A first read this long finds most paths' NUL without copying a page.
 _FIRST_READ: Final = 256
 
 
 def _read_memory(tid: int, address: int, size: int) -> bytes:
     """Up to ``size`` (at most a page) bytes of the thread's memory at ``address``; fewer at an unmapped page."""
-    _LOCAL.length = size
-    _REMOTE.base = address
-    _REMOTE.length = size
-    got = _process_vm_readv(tid, ctypes.byref(_LOCAL), 1, ctypes.byref(_REMOTE), 1, 0)
+    vectors = _VECTORS
+    vectors.local.length = size
+    vectors.remote.base = address
+    vectors.remote.length = size
+    got = _process_vm_readv(tid, ctypes.byref(vectors.local), 1, ctypes.byref(vectors.remote), 1, 0)
     if got < 0:
         code = ctypes.get_errno()
         if code == errno_module.ESRCH:
             raise _Gone
         raise _Refuse(errno_module.EFAULT)
-    return ctypes.string_at(_READ_BUFFER, got)
+    return ctypes.string_at(vectors.buffer, got)
 
 
 def _read_string(tid: int, address: int, limit: int = _PATH_MAX) -> bytes:
@@ -1032,6 +1045,11 @@ class SeccompSession:
         self._poller = select.poll()
         self._poller.register(listener, select.POLLIN)
         self._done: asyncio.Future[None] | None = None
+        #: Seconds a read or write of a slave's memory may take before its call fails with ``EFAULT``.
+        self.memory_bound = MEMORY_BOUND
+        self._workers: BoundedWorkers | None = None
+        #: Notifications whose arguments are being read (off the loop).
+        self._preparing = 0
         self._recv_buffer = bytearray(_NOTIF.size)
         #: Calls decided, and calls dropped because their thread went away.
         self.calls = 0
@@ -1050,6 +1068,7 @@ class SeccompSession:
         """Serve until every process under the filter has exited, or :meth:`close`."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._workers = BoundedWorkers(loop, self.name, self.memory_bound)
         self._done = loop.create_future()
         loop.add_reader(self._fd, self._on_readable)
         try:
@@ -1065,6 +1084,8 @@ class SeccompSession:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(fd)
         os.close(fd)
+        if self._workers is not None:
+            self._workers.close()
         for task in list(self._tasks):
             task.cancel()
         if self._done is not None and not self._done.done():
@@ -1076,7 +1097,7 @@ class SeccompSession:
         for _ in range(self._DRAIN_MAX):
             if self._fd < 0:
                 return
-            if len(self._tasks) >= self._limit:
+            if len(self._tasks) + self._preparing >= self._limit:
                 # Backpressure: the callers wait in the kernel until a decision is done.
                 assert self._loop is not None
                 self._loop.remove_reader(self._fd)
@@ -1104,19 +1125,58 @@ class SeccompSession:
             self._start(_Notification(notif_id, tid, nr, tuple(args)))
 
     def _resume(self) -> None:
-        if self._fd >= 0 and self._loop is not None and len(self._tasks) < self._limit:
+        if self._fd >= 0 and self._loop is not None and len(self._tasks) + self._preparing < self._limit:
             self._loop.add_reader(self._fd, self._on_readable)
 
     def _start(self, notification: _Notification) -> None:
-        """Turn a notification into a request (or an immediate answer), then decide it in a task."""
+        """Read the call's arguments off the loop (:meth:`_prepare`), then :meth:`_prepared` decides."""
+        if notification.nr not in _BY_NUMBER:
+            self._finish_early(notification, None, errno_module.ENOSYS)  # the filter notifies nothing else
+            return
+        assert self._workers is not None
+        self._preparing += 1
+        future = self._workers.submit(lambda: self._prepare(notification), _discard_prepared)
+        future.add_done_callback(lambda done: self._prepared(notification, done))
+
+    def _prepare(self, notification: _Notification) -> _Prepared:
+        """On a worker thread: everything that reads the slave (its memory may make a read wait)."""
         fetched: _Fetched | None = None
         try:
-            if notification.nr not in _BY_NUMBER:
-                raise _Refuse(errno_module.ENOSYS)  # the filter notifies nothing else; be safe anyway
             fetched = _Fetched(notification.tid, _thread_status(notification.tid))
             fields, context = _decode(notification, fetched)
             fetched.close_pidfd()
             loading = bool(self.own_files or self.own_trees) and _loading_call(fields, self.own_files, self.own_trees)
+            return fields, context, fetched, loading
+        except BaseException:
+            if fetched is not None:
+                fetched.close()
+            raise
+
+    def _prepared(self, notification: _Notification, done: asyncio.Future[_Prepared]) -> None:
+        """Turn the prepared notification into a request (or an immediate answer), then decide it."""
+        self._preparing -= 1
+        try:
+            self._start_deciding(notification, done)
+        finally:
+            self._resume()
+
+    def _start_deciding(self, notification: _Notification, done: asyncio.Future[_Prepared]) -> None:
+        if done.cancelled() or self._fd < 0:
+            if not done.cancelled() and done.exception() is None:
+                _discard_prepared(done.result())
+            return
+        fetched: _Fetched | None = None
+        try:
+            try:
+                fields, context, fetched, loading = done.result()
+            except Stalled:
+                logger.warning(
+                    "%s: reading the arguments of tid %d took more than %g s; failing its call with EFAULT",
+                    self.name,
+                    notification.tid,
+                    self.memory_bound,
+                )
+                raise _Refuse(errno_module.EFAULT) from None
             self._check_valid(notification.id)
             request = _build(fields, notification, fetched.thread)
         except _Gone:
@@ -1191,7 +1251,9 @@ class SeccompSession:
                 outcome = await self._loaded(request)
                 if outcome is not None:
                     try:
-                        self._reply(request, context, notification, "loading", outcome)
+                        await self._written(
+                            notification, self._reply(request, context, notification, "loading", outcome)
+                        )
                     except _Gone:
                         self.dropped += 1
                     return
@@ -1199,7 +1261,7 @@ class SeccompSession:
             route, outcome = await self.router.decide(request)
             latency = time.perf_counter_ns() - started
             try:
-                summary = self._reply(request, context, notification, route, outcome)
+                summary = await self._written(notification, self._reply(request, context, notification, route, outcome))
             except _Gone:
                 self.dropped += 1
                 logger.debug(
@@ -1241,9 +1303,29 @@ class SeccompSession:
                 return None
         return outcome
 
+    async def _written(
+        self, notification: _Notification, summary: tuple[Any, Any, int, int] | _StatWrite
+    ) -> tuple[Any, Any, int, int]:
+        """The reply's summary, once a ``Stat`` to write was written into the slave's buffer (off the loop)."""
+        if not isinstance(summary, _StatWrite):
+            return summary
+        assert self._workers is not None
+        tid, write = notification.tid, summary
+        try:
+            await self._workers.submit(lambda: _write_memory(tid, write.address, write.data))
+        except _Refuse as refusal:
+            self._send(notification.id, 0, -refusal.code, 0)
+            return "error", -1, refusal.code, 0
+        except Stalled:
+            logger.warning("%s: writing a stat for tid %d stalled; failing its call with EFAULT", self.name, tid)
+            self._send(notification.id, 0, -errno_module.EFAULT, 0)
+            return "error", -1, errno_module.EFAULT, 0
+        self._send(notification.id, 0, 0, 0)
+        return "reply", write.result, 0, write.fds
+
     def _reply(
         self, request: Request, context: _Context, notification: _Notification, route: str, outcome: Any
-    ) -> tuple[Any, Any, int, int]:
+    ) -> tuple[Any, Any, int, int] | _StatWrite:
         """Answer the notification as ``outcome`` says; what went out, for observers."""
         notif_id = notification.id
         if outcome is FORWARD:
@@ -1284,7 +1366,7 @@ class SeccompSession:
         route: str,
         result: Any,
         fds: Sequence[int],
-    ) -> tuple[Any, Any, int, int]:
+    ) -> tuple[Any, Any, int, int] | _StatWrite:
         notif_id = notification.id
         problem = _unusable(fds)
         if problem is None and not (type(result) is int or isinstance(result, Stat)):
@@ -1317,13 +1399,7 @@ class SeccompSession:
             assert context.stat_buffer is not None
             address, layout = context.stat_buffer
             self._check_valid(notif_id)  # the thread is still ours: its memory is the caller's
-            try:
-                _write_memory(notification.tid, address, _stat_bytes(result, layout))
-            except _Refuse as refusal:
-                self._send(notif_id, 0, -refusal.code, 0)
-                return "error", -1, refusal.code, 0
-            self._send(notif_id, 0, 0, 0)
-            return "reply", result, 0, len(fds)
+            return _StatWrite(address, _stat_bytes(result, layout), result, len(fds))
         if not -(2**63) <= result < 2**63:
             return self._fail(notif_id)
         self._send(notif_id, result, 0, 0)
@@ -1371,6 +1447,26 @@ class SeccompSession:
             code = exc.errno or errno_module.EMFILE
             self._send(notif_id, 0, -code, 0)
             return -code
+
+
+@dataclass(frozen=True, slots=True)
+class _StatWrite:
+    """A ``Stat`` reply still to be written into the slave's buffer (then answered)."""
+
+    address: int
+    data: bytes
+    result: Stat
+    fds: int
+
+
+#: What a worker reads for one notification: the request's fields, the reply's
+#: context, the descriptors copied from the slave, whether it is a loading call.
+_Prepared: TypeAlias = "tuple[dict[str, Any], _Context, _Fetched, bool]"
+
+
+def _discard_prepared(prepared: _Prepared) -> None:
+    """A notification prepared after its bound (its call already failed): close what was copied."""
+    prepared[2].close()
 
 
 class _Resumed:

@@ -30,9 +30,10 @@
  *                 one line per call, "name: result-or-errno".
  *   numbers N...  each system call number N made with zero arguments:
  *                 "N: errno-name" or "N: result".
- *   uffd PATH     a path in memory registered with userfaultfd that nobody
- *                 serves: open() it (prints the errno), then "served" once
- *                 another thread's plain open(PATH) answered meanwhile.
+ *   uffd PATH     open() a path in memory registered with userfaultfd that
+ *                 nobody serves until stdin ends (or 60 s passed: prints
+ *                 "watchdog"), while another thread open()s PATH:
+ *                 "stalling" first, then "stalled open: …", "plain open: …".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -41,6 +42,7 @@
 #include <linux/mount.h>
 #include <linux/netlink.h>
 #include <linux/userfaultfd.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -327,48 +329,68 @@ static int numbers(int count, char **argv)
 /* ------------------------------------------------------------------- uffd */
 
 static const char *uffd_plain;
-static atomic_int uffd_answered;
+static int uffd_fd;
+static char *uffd_area;
+static long uffd_page;
 
 static void *plain_open(void *unused)
 {
 	(void)unused;
 	usleep(200 * 1000); /* the first open is waiting in the master by now */
 	int fd = syscall(SYS_open, uffd_plain, O_RDONLY | O_CLOEXEC);
-	atomic_store(&uffd_answered, fd >= 0 ? 1 : -errno);
+	printf("plain open: %s\n", fd >= 0 ? "opened" : errname(errno));
+	return NULL;
+}
+
+static void *resolver(void *unused)
+{
+	(void)unused;
+	/* Serve the fault once stdin ends (the test says so), or after 60 s. */
+	struct pollfd input = { .fd = 0, .events = POLLIN };
+	if (poll(&input, 1, 60 * 1000) == 0)
+		printf("watchdog\n");
+	char *page = aligned_alloc(uffd_page, uffd_page);
+	memset(page, 0, uffd_page);
+	strncpy(page, uffd_plain, uffd_page - 1);
+	struct uffdio_copy copy = {
+		.dst = (unsigned long)uffd_area, .src = (unsigned long)page, .len = uffd_page, .mode = 0
+	};
+	ioctl(uffd_fd, UFFDIO_COPY, &copy);
 	return NULL;
 }
 
 static int uffd(const char *path)
 {
-	long page = sysconf(_SC_PAGESIZE);
-	int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	if (uffd < 0) {
+	uffd_page = sysconf(_SC_PAGESIZE);
+	uffd_fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (uffd_fd < 0) {
 		printf("unavailable: userfaultfd: %s\n", errname(errno));
 		return 0;
 	}
 	struct uffdio_api api = { .api = UFFD_API };
-	if (ioctl(uffd, UFFDIO_API, &api) != 0) {
+	if (ioctl(uffd_fd, UFFDIO_API, &api) != 0) {
 		printf("unavailable: UFFDIO_API: %s\n", errname(errno));
 		return 0;
 	}
-	char *area = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uffd_area = mmap(NULL, uffd_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	struct uffdio_register reg = {
-		.range = { .start = (unsigned long)area, .len = page },
+		.range = { .start = (unsigned long)uffd_area, .len = uffd_page },
 		.mode = UFFDIO_REGISTER_MODE_MISSING,
 	};
-	if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) {
+	if (ioctl(uffd_fd, UFFDIO_REGISTER, &reg) != 0) {
 		printf("unavailable: UFFDIO_REGISTER: %s\n", errname(errno));
 		return 0;
 	}
 	uffd_plain = path;
-	pthread_t thread;
-	pthread_create(&thread, NULL, plain_open, NULL);
-	/* Nobody serves the fault: a read of this page waits until the fd closes. */
-	long fd = syscall(SYS_open, area, O_RDONLY | O_CLOEXEC);
+	pthread_t plain, serve;
+	pthread_create(&serve, NULL, resolver, NULL);
+	printf("stalling\n");
+	pthread_create(&plain, NULL, plain_open, NULL);
+	/* A read of this page waits until the resolver serves it. */
+	long fd = syscall(SYS_open, uffd_area, O_RDONLY | O_CLOEXEC);
 	printf("stalled open: %s\n", fd < 0 ? errname(errno) : "opened");
-	pthread_join(thread, NULL);
-	int answered = atomic_load(&uffd_answered);
-	printf("plain open: %s\n", answered == 1 ? "opened" : errname(-answered));
+	pthread_join(plain, NULL);
+	pthread_join(serve, NULL);
 	return 0;
 }
 
