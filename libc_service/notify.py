@@ -1390,7 +1390,11 @@ class SeccompSession:
             if installed < 0:
                 return "error", -1, -installed, 0
             return "reply", installed, 0, len(fds)
-        if fds and context.socket_number is not None:
+        if fds and context.socket_number is not None and not _same_socket(fds[0], getattr(request, "socket", -1)):
+            # A new socket replaces the slave's number. Another thread may have
+            # closed that number and made something else there meanwhile, which
+            # is then replaced: so the slave's own socket is used when it is the
+            # one the handler connected (perform() does so for a bound socket).
             cloexec = _slave_cloexec(notification.tid, context.socket_number)
             code = self._addfd(notif_id, fds[0], _ADDFD_FLAG_SETFD, context.socket_number, cloexec)
             if code < 0:
@@ -1611,6 +1615,15 @@ def _unusable(fds: Sequence[int]) -> str | None:
         except OSError as exc:
             return f"descriptor {fd} is not open: {exc.strerror}"
     return None
+
+
+def _same_socket(fd: int, slave_socket: int) -> bool:
+    """Whether ``fd`` is the slave's socket itself (the master's copy of it, or a ``dup``)."""
+    try:
+        one, other = os.fstat(fd), os.fstat(slave_socket)
+    except (OSError, TypeError):
+        return False
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
 
 
 def _slave_cloexec(tid: int, number: int) -> int:

@@ -526,3 +526,30 @@ async def test_another_program_is_served_while_one_stalls_the_read_of_its_argume
         rest, _ = await asyncio.wait_for(stalling.communicate(), TIMEOUT)
     assert b"watchdog" not in rest
     assert b"stalled open: opened" in rest
+
+
+# ------------------------------------------- a connect's reply and a reused number
+
+
+async def test_a_connect_performed_on_the_programs_own_socket_never_replaces_what_another_thread_made(
+    attacker: Path,
+) -> None:
+    """A bound socket is connected as itself (perform() uses it), so the reply installs nothing over its number."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1024)
+    router = Router(default=FORWARD)
+
+    @router.on("connect_inet")
+    def connect_as_the_master(request: object) -> object:
+        return perform(request)
+
+    try:
+        port = server.getsockname()[1]
+        status, out, err = await run([str(attacker), "setfd", str(port), "400"], router)
+    finally:
+        server.close()
+    assert status == 0, err
+    outcome = counts(out)
+    assert outcome["replaced"] == 0, outcome
+    assert outcome["kept"] > 0, outcome

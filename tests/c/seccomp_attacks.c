@@ -30,6 +30,10 @@
  *                 one line per call, "name: result-or-errno".
  *   numbers N...  each system call number N made with zero arguments:
  *                 "N: errno-name" or "N: result".
+ *   setfd PORT N  N times: bind a TCP socket, connect() it to 127.0.0.1:PORT
+ *                 while another thread closes its number and makes a pipe
+ *                 there: "replaced=" (the reply put a socket over the
+ *                 pipe), "kept=", "missed=" (the pipe got another number).
  *   uffd PATH     open() a path in memory registered with userfaultfd that
  *                 nobody serves until stdin ends (or 60 s passed: prints
  *                 "watchdog"), while another thread open()s PATH:
@@ -38,9 +42,11 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <linux/io_uring.h>
 #include <linux/mount.h>
 #include <linux/netlink.h>
+#include <netinet/in.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
@@ -394,6 +400,70 @@ static int uffd(const char *path)
 	return 0;
 }
 
+/* ------------------------------------------------------------------ setfd */
+
+static atomic_int setfd_number = -1, setfd_go, setfd_stop, setfd_read = -1, setfd_write = -1, setfd_delay;
+
+static void *replacer(void *unused)
+{
+	(void)unused;
+	while (!atomic_load(&setfd_stop)) {
+		if (!atomic_exchange(&setfd_go, 0))
+			continue;
+		for (volatile int spin = atomic_load(&setfd_delay); spin > 0; spin--)
+			;
+		int ends[2];
+		close(atomic_load(&setfd_number));
+		if (pipe2(ends, O_CLOEXEC) != 0)
+			ends[0] = ends[1] = -1;
+		atomic_store(&setfd_write, ends[1]);
+		atomic_store(&setfd_read, ends[0]);
+	}
+	return NULL;
+}
+
+static int setfd(int port, int tries)
+{
+	int replaced = 0, kept = 0, missed = 0;
+	pthread_t thread;
+	struct sockaddr_in any = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in server = any;
+	server.sin_port = htons(port);
+	pthread_create(&thread, NULL, replacer, NULL);
+	for (int i = 0; i < tries; i++) {
+		int sock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (syscall(SYS_bind, sock, &any, sizeof any) != 0) {
+			printf("bind: %s\n", errname(errno));
+			return 1;
+		}
+		atomic_store(&setfd_read, -2); /* -2: the other thread has not made its pipe yet */
+		atomic_store(&setfd_number, sock);
+		atomic_store(&setfd_delay, (i * 7919) % 200000);
+		atomic_store(&setfd_go, 1);
+		syscall(SYS_connect, sock, &server, sizeof server);
+		while (atomic_load(&setfd_read) == -2)
+			;
+		int ours = atomic_load(&setfd_read), theirs = atomic_load(&setfd_write);
+		struct stat st;
+		if (ours != sock)
+			missed++;
+		else if (fstat(sock, &st) == 0 && S_ISSOCK(st.st_mode))
+			replaced++; /* the pipe made at this number was replaced by the reply */
+		else
+			kept++;
+		if (ours >= 0)
+			close(ours);
+		if (theirs >= 0)
+			close(theirs);
+		if (ours != sock)
+			close(sock); /* closed by the other thread; EBADF, or a number the pipe did not take */
+	}
+	atomic_store(&setfd_stop, 1);
+	pthread_join(thread, NULL);
+	printf("replaced=%d kept=%d missed=%d\n", replaced, kept, missed);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -409,6 +479,8 @@ int main(int argc, char **argv)
 		return calls(argv[2]);
 	if (argc >= 2 && strcmp(argv[1], "numbers") == 0)
 		return numbers(argc - 2, argv + 2);
+	if (argc >= 4 && strcmp(argv[1], "setfd") == 0)
+		return setfd(atoi(argv[2]), atoi(argv[3]));
 	if (argc >= 3 && strcmp(argv[1], "uffd") == 0)
 		return uffd(argv[2]);
 	fprintf(stderr, "usage: seccomp_attacks flip|deep|loadrace|threadfiles|calls|numbers|uffd ARG...\n");
