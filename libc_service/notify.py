@@ -17,8 +17,10 @@ queues it on a *listener* descriptor the master reads:
    parent waits for the listener at most :data:`HANDOFF_TIMEOUT` seconds.
 2. **Requests.** Each notification becomes the same typed request the shim's
    calls become (``OpenRequest``, ``StatRequest``, ...): strings are read
-   from the thread's memory with ``process_vm_readv``, a ``dirfd`` is copied
-   from the slave with ``pidfd_getfd`` (``AT_FDCWD``: the thread's working
+   from the thread's memory with ``process_vm_readv`` on a worker thread,
+   bounded (:mod:`.offloop`: memory may make a reader wait), a ``dirfd`` is
+   copied with ``pidfd_getfd`` from the calling thread's own descriptor
+   table (``AT_FDCWD``: the thread's working
    directory, opened ``O_PATH`` through ``/proc/TID/cwd``), ``pid``, umask and
    filesystem credentials come from ``/proc/TID/status``. Only then is
    ``SECCOMP_IOCTL_NOTIF_ID_VALID`` asked: the notification still pending
@@ -404,7 +406,7 @@ class _Refuse(Exception):
 
 
 class _Continue(Exception):
-    """A call the request models cannot express: the kernel does it, as the shim falls back."""
+    """Continue the call unasked: only for sockets of domains no request models (netlink, packet ...)."""
 
 
 class _ReadVectors(threading.local):
