@@ -821,8 +821,10 @@ def _new_times(name: str, tid: int, address: int) -> tuple[int | str, int | str]
     if len(raw) < size:
         raise _Refuse(errno_module.EFAULT)
     if name == "utime":
-        seconds = struct.unpack("<qq", raw)
-        return seconds[0] * 10**9, seconds[1] * 10**9
+        access, modification = (seconds * 10**9 for seconds in struct.unpack("<qq", raw))
+        if not (-(2**63) <= access < 2**63 and -(2**63) <= modification < 2**63):
+            raise _Refuse(errno_module.EINVAL)
+        return access, modification
     first, first_part, second, second_part = struct.unpack("<qqqq", raw)
     times: list[int | str] = []
     for sec, part in ((first, first_part), (second, second_part)):
