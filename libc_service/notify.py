@@ -17,8 +17,9 @@ queues it on a *listener* descriptor the master reads:
    parent waits for the listener at most :data:`HANDOFF_TIMEOUT` seconds.
 2. **Requests.** Each notification becomes the same typed request the shim's
    calls become (``OpenRequest``, ``StatRequest``, ...): strings are read
-   from the thread's memory with ``process_vm_readv`` on a worker thread,
-   bounded (:mod:`.offloop`: memory may make a reader wait), a ``dirfd`` is
+   from the thread's memory with ``process_vm_readv`` on the thread that
+   received the notification, never the loop's, and bounded (memory may
+   make a reader wait; see :class:`SeccompSession`), a ``dirfd`` is
    copied with ``pidfd_getfd`` from the calling thread's own descriptor
    table (``AT_FDCWD``: the thread's working
    directory, opened ``O_PATH`` through ``/proc/TID/cwd``), ``pid``, umask and
@@ -999,15 +1000,14 @@ def _stat_bytes(result: Stat, layout: Literal["stat", "statx"]) -> bytes:
 class SeccompSession:
     """Serves one listener (every process under the filter) with a router.
 
-    Notifications are read in the loop's reader callback (a ``poll`` with
-    no timeout first, so the ``RECV`` ioctl, which would wait, never blocks
-    the loop) and decided there; a call whose handler waits continues in a
-    task. With ``router.concurrent`` up to ``router.max_in_flight`` such
-    calls wait at once, else one: past that the callback stops reading and
+    Notifications are received on receiver threads, which also read each
+    call's arguments from the slave (its memory may make a read wait: the
+    loop never touches it), and decided on the loop, in the callback that
+    receives them from the thread; a call whose handler waits continues in
+    a task. With ``router.concurrent`` up to ``router.max_in_flight`` calls
+    are in the master at once, else one: past that the receivers wait and
     the callers wait in the kernel.
     """
-
-    _DRAIN_MAX: Final = 16
 
     def __init__(
         self,
@@ -1046,15 +1046,19 @@ class SeccompSession:
         self._limit = router.max_in_flight if router.concurrent else 1
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._poller = select.poll()
-        self._poller.register(listener, select.POLLIN)
         self._done: asyncio.Future[None] | None = None
         #: Seconds a read or write of a slave's memory may take before its call fails with ``EFAULT``.
         self.memory_bound = MEMORY_BOUND
         self._workers: BoundedWorkers | None = None
-        #: Notifications whose arguments are being read (off the loop).
-        self._preparing = 0
-        self._recv_buffer = bytearray(_NOTIF.size)
+        #: Calls received and not yet answered (or handed to a task): the receivers
+        #: take one before each receipt, so at most ``_limit`` are in the master.
+        self._slots = threading.Semaphore(self._limit)
+        self._stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._lock = threading.Lock()
+        #: Receipts being prepared on receiver threads, with their deadlines.
+        self._in_flight: dict[int, _Receipt] = {}
+        self._receivers = 0
+        self._watchdog: asyncio.TimerHandle | None = None
         #: Calls decided, and calls dropped because their thread went away.
         self.calls = 0
         self.dropped = 0
@@ -1074,7 +1078,8 @@ class SeccompSession:
         self._loop = loop
         self._workers = BoundedWorkers(loop, self.name, self.memory_bound)
         self._done = loop.create_future()
-        loop.add_reader(self._fd, self._on_readable)
+        self._start_receiver()
+        self._watchdog = loop.call_later(self.memory_bound / 4, self._watch)
         try:
             await self._done
         finally:
@@ -1085,9 +1090,21 @@ class SeccompSession:
         fd, self._fd = self._fd, -1
         if fd < 0:
             return
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(fd)
         os.close(fd)
+        # Receivers hold a copy of the listener each: they leave (and close
+        # it) once woken, so the listener is released and waiting calls fail.
+        with self._lock:
+            stop = self._stop
+            if self._receivers == 0:
+                self._stop = -1
+        if stop >= 0:
+            os.eventfd_write(stop, 1)
+            if self._stop < 0:
+                os.close(stop)
+        for _ in range(_MAX_RECEIVERS):
+            self._slots.release()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._workers is not None:
             self._workers.close()
         for task in list(self._tasks):
@@ -1097,53 +1114,118 @@ class SeccompSession:
 
     # ---------------------------------------------------------- receiving
 
-    def _on_readable(self) -> None:
-        for _ in range(self._DRAIN_MAX):
-            if self._fd < 0:
+    def _start_receiver(self) -> None:
+        """A thread that receives notifications and reads their arguments (see :meth:`_receive`)."""
+        with self._lock:
+            if self._receivers >= _MAX_RECEIVERS:
                 return
-            if len(self._tasks) + self._preparing >= self._limit:
-                # Backpressure: the callers wait in the kernel until a decision is done.
-                assert self._loop is not None
-                self._loop.remove_reader(self._fd)
-                return
-            events = self._poller.poll(0)
-            if not events:
-                return
-            revents = events[0][1]
-            if not revents & select.POLLIN:
-                if revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                    logger.debug("%s: every process under the filter has exited", self.name)
-                    self.close()
-                return
-            buffer = self._recv_buffer
-            buffer[:] = bytes(len(buffer))
-            try:
-                fcntl.ioctl(self._fd, _NOTIF_RECV, buffer, True)
-            except OSError as exc:
-                if exc.errno in (errno_module.ENOENT, errno_module.EINTR):
-                    continue  # the caller was killed between readiness and receipt
-                logger.error("%s: receiving a notification failed (%s); closing the listener", self.name, exc)
-                self.close()
-                return
-            notif_id, tid, _, nr, _, _, *args = _NOTIF.unpack(buffer)
-            self._start(_Notification(notif_id, tid, nr, tuple(args)))
-
-    def _resume(self) -> None:
-        if self._fd >= 0 and self._loop is not None and len(self._tasks) + self._preparing < self._limit:
-            self._loop.add_reader(self._fd, self._on_readable)
-
-    def _start(self, notification: _Notification) -> None:
-        """Read the call's arguments off the loop (:meth:`_prepare`), then :meth:`_prepared` decides."""
-        if notification.nr not in _BY_NUMBER:
-            self._finish_early(notification, None, errno_module.ENOSYS)  # the filter notifies nothing else
+            self._receivers += 1
+        try:
+            listener = os.dup(self._fd)
+        except OSError:
+            with self._lock:
+                self._receivers -= 1
             return
-        assert self._workers is not None
-        self._preparing += 1
-        future = self._workers.submit(lambda: self._prepare(notification), _discard_prepared)
-        future.add_done_callback(lambda done: self._prepared(notification, done))
+        threading.Thread(target=self._receive, args=(listener,), name=f"{self.name} receiver", daemon=True).start()
+
+    def _receive(self, listener: int) -> None:
+        """On a receiver thread: receive a notification, prepare it, hand it to the loop; again.
+
+        The slave's memory is read here, never on the loop: a read that
+        waits (a page nobody serves) holds this thread only. The loop's
+        watchdog (:meth:`_watch`) fails such a call with ``EFAULT`` past
+        the bound and starts another receiver; this one ends when its read
+        comes back.
+        """
+        loop = self._loop
+        assert loop is not None
+        stop = self._stop
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        poller.register(stop, select.POLLIN)
+        buffer = bytearray(_NOTIF.size)
+        try:
+            while True:
+                self._slots.acquire()
+                events = dict(poller.poll())
+                if stop in events or self._fd < 0:
+                    return
+                revents = events.get(listener, 0)
+                if not revents & select.POLLIN:
+                    self._slots.release()
+                    if revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                        logger.debug("%s: every process under the filter has exited", self.name)
+                        loop.call_soon_threadsafe(self.close)
+                        return
+                    continue
+                buffer[:] = bytes(len(buffer))
+                try:
+                    fcntl.ioctl(listener, _NOTIF_RECV, buffer, True)
+                except OSError as exc:
+                    self._slots.release()
+                    if exc.errno in (errno_module.ENOENT, errno_module.EINTR):
+                        continue  # the caller was killed, or another receiver took it
+                    logger.error("%s: receiving a notification failed (%s); closing the listener", self.name, exc)
+                    loop.call_soon_threadsafe(self.close)
+                    return
+                notif_id, tid, _, nr, _, _, *args = _NOTIF.unpack(buffer)
+                notification = _Notification(notif_id, tid, nr, tuple(args))
+                receipt = _Receipt(notification, time.monotonic() + self.memory_bound)
+                with self._lock:
+                    self._in_flight[notif_id] = receipt
+                prepared: _Prepared | BaseException
+                try:
+                    prepared = self._prepare(notification)
+                except BaseException as exc:  # noqa: BLE001 - handed to the loop
+                    prepared = exc
+                with self._lock:
+                    self._in_flight.pop(notif_id, None)
+                    abandoned = receipt.abandoned
+                if abandoned:  # answered EFAULT meanwhile; another receiver took over
+                    if not isinstance(prepared, BaseException):
+                        _discard_prepared(prepared)
+                    return
+                try:
+                    loop.call_soon_threadsafe(self._prepared, notification, prepared)
+                except RuntimeError:  # the loop is closed
+                    if not isinstance(prepared, BaseException):
+                        _discard_prepared(prepared)
+                    return
+        finally:
+            os.close(listener)
+            with self._lock:
+                self._receivers -= 1
+                last = self._receivers == 0 and self._fd < 0 and self._stop >= 0
+                stop, self._stop = (self._stop, -1) if last else (-1, self._stop)
+            if stop >= 0:
+                os.close(stop)
+
+    def _watch(self) -> None:
+        """On the loop, every quarter bound: fail calls whose arguments could not be read in time."""
+        now = time.monotonic()
+        with self._lock:
+            late = [receipt for receipt in self._in_flight.values() if receipt.deadline <= now]
+            for receipt in late:
+                receipt.abandoned = True
+                del self._in_flight[receipt.notification.id]
+        for receipt in late:
+            logger.warning(
+                "%s: reading the arguments of tid %d took more than %g s; failing its call with EFAULT",
+                self.name,
+                receipt.notification.tid,
+                self.memory_bound,
+            )
+            if self._fd >= 0:
+                self._finish_early(receipt.notification, None, errno_module.EFAULT)
+            self._slots.release()
+            self._start_receiver()  # the stuck one comes back only when its read does
+        if self._fd >= 0 and self._loop is not None:
+            self._watchdog = self._loop.call_later(self.memory_bound / 4, self._watch)
 
     def _prepare(self, notification: _Notification) -> _Prepared:
-        """On a worker thread: everything that reads the slave (its memory may make a read wait)."""
+        """On a receiver thread: everything that reads the slave (its memory may make a read wait)."""
+        if notification.nr not in _BY_NUMBER:
+            raise _Refuse(errno_module.ENOSYS)  # the filter notifies nothing else; be safe anyway
         fetched: _Fetched | None = None
         try:
             fetched = _Fetched(notification.tid, _thread_status(notification.tid))
@@ -1156,46 +1238,41 @@ class SeccompSession:
                 fetched.close()
             raise
 
-    def _prepared(self, notification: _Notification, done: asyncio.Future[_Prepared]) -> None:
-        """Turn the prepared notification into a request (or an immediate answer), then decide it."""
-        self._preparing -= 1
+    def _prepared(self, notification: _Notification, prepared: _Prepared | BaseException) -> None:
+        """On the loop: turn the prepared notification into a request (or an immediate answer), and decide it."""
+        deciding = False
         try:
-            self._start_deciding(notification, done)
+            deciding = self._start_deciding(notification, prepared)
         finally:
-            self._resume()
+            if not deciding:
+                self._slots.release()
 
-    def _start_deciding(self, notification: _Notification, done: asyncio.Future[_Prepared]) -> None:
-        if done.cancelled() or self._fd < 0:
-            if not done.cancelled() and done.exception() is None:
-                _discard_prepared(done.result())
-            return
+    def _start_deciding(self, notification: _Notification, prepared: _Prepared | BaseException) -> bool:
+        """Whether a task now decides the call (it gives its slot back when done)."""
+        if self._fd < 0:
+            if not isinstance(prepared, BaseException):
+                _discard_prepared(prepared)
+            return False
         fetched: _Fetched | None = None
         try:
-            try:
-                fields, context, fetched, loading = done.result()
-            except Stalled:
-                logger.warning(
-                    "%s: reading the arguments of tid %d took more than %g s; failing its call with EFAULT",
-                    self.name,
-                    notification.tid,
-                    self.memory_bound,
-                )
-                raise _Refuse(errno_module.EFAULT) from None
+            if isinstance(prepared, BaseException):
+                raise prepared
+            fields, context, fetched, loading = prepared
             self._check_valid(notification.id)
             request = _build(fields, notification, fetched.thread)
         except _Gone:
             self._drop(notification, fetched)
-            return
+            return False
         except _Continue:
             self._finish_early(notification, fetched, None)
-            return
+            return False
         except _Refuse as refusal:
             self._finish_early(notification, fetched, refusal.code)
-            return
+            return False
         except Exception:  # noqa: BLE001 - a slave's bytes must never crash the master
             logger.exception("%s: cannot decode %r; failing the call with EINVAL", self.name, notification)
             self._finish_early(notification, fetched, errno_module.EINVAL)
-            return
+            return False
         # The decision starts here, in the callback: with sync handlers (the
         # common case) it finishes here too, with no task and no wake-up.
         # Only a handler that waits makes a task, which continues it. It
@@ -1209,24 +1286,25 @@ class SeccompSession:
             task = self._loop.create_task(coroutine, context=context_vars)
             self._tasks.add(task)
             task.add_done_callback(self._finished)
-            return
+            return True
         try:
             first = context_vars.run(coroutine.send, None)
         except StopIteration:
-            return
+            return False
         except Exception:  # noqa: BLE001 - a failed reply must not end the session
             logger.exception("%s: answering %r failed", self.name, request)
-            return
+            return False
         assert self._loop is not None
         task = self._loop.create_task(_continue(coroutine, first), context=context_vars)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
+        return True
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s: answering a call failed", self.name, exc_info=task.exception())
-        self._resume()
+        self._slots.release()
 
     def _finish_early(self, notification: _Notification, fetched: _Fetched | None, code: int | None) -> None:
         if fetched is not None:
@@ -1455,6 +1533,19 @@ class SeccompSession:
             code = exc.errno or errno_module.EMFILE
             self._send(notif_id, 0, -code, 0)
             return -code
+
+
+@dataclass(slots=True)
+class _Receipt:
+    """A notification a receiver is preparing, and until when it may take."""
+
+    notification: _Notification
+    deadline: float
+    abandoned: bool = False
+
+
+#: Receiver threads per session at most, stuck ones included.
+_MAX_RECEIVERS: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
