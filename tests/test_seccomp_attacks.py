@@ -553,3 +553,22 @@ async def test_a_connect_performed_on_the_programs_own_socket_never_replaces_wha
     outcome = counts(out)
     assert outcome["replaced"] == 0, outcome
     assert outcome["kept"] > 0, outcome
+
+
+async def test_an_access_that_does_not_follow_symlinks_is_decided_as_an_lstat(attacker: Path, tmp_path: Path) -> None:
+    """faccessat2(AT_SYMLINK_NOFOLLOW) has no request: ENOSYS, and glibc asks with a stat, which is decided."""
+    from libc_service.router import Decision
+
+    (tmp_path / "file").write_text("x")
+    router = Router(default=FORWARD)
+    seen: list[Decision] = []
+    router.observe(seen.append)
+
+    @router.on("lstat")
+    def no_metadata(request: object) -> object:
+        raise Errno(errno.EACCES)
+
+    status, out, err = await run([str(attacker), "nofollow", str(tmp_path / "file")], router)
+    assert status == 0, err
+    assert out.strip() == "faccessat nofollow: EACCES"
+    assert [str(getattr(d.request, "path")) for d in seen if d.request.function == "lstat"] == [str(tmp_path / "file")]

@@ -30,6 +30,7 @@
  *                 one line per call, "name: result-or-errno".
  *   numbers N...  each system call number N made with zero arguments:
  *                 "N: errno-name" or "N: result".
+ *   nofollow PATH faccessat(PATH, R_OK, AT_SYMLINK_NOFOLLOW) through glibc.
  *   setfd PORT N  N times: bind a TCP socket, connect() it to 127.0.0.1:PORT
  *                 while another thread closes its number and makes a pipe
  *                 there: "replaced=" (the reply put a socket over the
@@ -479,6 +480,12 @@ int main(int argc, char **argv)
 		return calls(argv[2]);
 	if (argc >= 2 && strcmp(argv[1], "numbers") == 0)
 		return numbers(argc - 2, argv + 2);
+	if (argc >= 3 && strcmp(argv[1], "nofollow") == 0) {
+		/* glibc's faccessat(AT_SYMLINK_NOFOLLOW): faccessat2, or a stat where that is ENOSYS */
+		int result = faccessat(AT_FDCWD, argv[2], R_OK, AT_SYMLINK_NOFOLLOW);
+		printf("faccessat nofollow: %s\n", result == 0 ? "0" : errname(errno));
+		return 0;
+	}
 	if (argc >= 4 && strcmp(argv[1], "setfd") == 0)
 		return setfd(atoi(argv[2]), atoi(argv[3]));
 	if (argc >= 3 && strcmp(argv[1], "uffd") == 0)
