@@ -17,8 +17,11 @@ queues it on a *listener* descriptor the master reads:
    parent waits for the listener at most :data:`HANDOFF_TIMEOUT` seconds.
 2. **Requests.** Each notification becomes the same typed request the shim's
    calls become (``OpenRequest``, ``StatRequest``, ...): strings are read
-   from the thread's memory with ``process_vm_readv``, a ``dirfd`` is copied
-   from the slave with ``pidfd_getfd`` (``AT_FDCWD``: the thread's working
+   from the thread's memory with ``process_vm_readv`` on the thread that
+   received the notification, never the loop's, and bounded (memory may
+   make a reader wait; see :class:`SeccompSession`), a ``dirfd`` is
+   copied with ``pidfd_getfd`` from the calling thread's own descriptor
+   table (``AT_FDCWD``: the thread's working
    directory, opened ``O_PATH`` through ``/proc/TID/cwd``), ``pid``, umask and
    filesystem credentials come from ``/proc/TID/status``. Only then is
    ``SECCOMP_IOCTL_NOTIF_ID_VALID`` asked: the notification still pending
@@ -68,16 +71,18 @@ import select
 import socket
 import stat as stat_module
 import struct
+import threading
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from pydantic import ValidationError
 
 from .master import close_fds
 from .perform import installable
 from .notify_filter import NOTIFIED, build_notify_filter, notified_numbers
+from .offloop import BoundedWorkers, Stalled
 from .replies import Stat
 from .catalogue import UNIX_PATH_MAX
 from .requests import REQUEST_TYPES, Request, exact_path
@@ -94,6 +99,7 @@ else:
 
 __all__ = [
     "HANDOFF_TIMEOUT",
+    "MEMORY_BOUND",
     "ListenerHandoff",
     "SeccompSession",
     "SeccompUnavailable",
@@ -106,6 +112,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds the parent waits for the child's listener after the program started.
 HANDOFF_TIMEOUT: Final = 5.0
+#: Seconds a read or write of a slave's memory may take (a page nobody serves,
+#: a mapping of a slow filesystem) before its call fails with ``EFAULT``.
+MEMORY_BOUND: Final = 10.0
 
 # ------------------------------------------------------------------ kernel ABI
 
@@ -402,29 +411,36 @@ class _Refuse(Exception):
 
 
 class _Continue(Exception):
-    """A call the request models cannot express: the kernel does it, as the shim falls back."""
+    """Continue the call unasked: only for sockets of domains no request models (netlink, packet ...)."""
 
 
-#: The reads' buffer and vectors, made once (the loop's thread is the only reader).
-_READ_BUFFER: Final = ctypes.create_string_buffer(_PAGE)
-_LOCAL: Final = _IOVec(ctypes.addressof(_READ_BUFFER), _PAGE)
-_REMOTE: Final = _IOVec(0, 0)
+class _ReadVectors(threading.local):
+    """The reads' buffer and vectors, made once per reading thread."""
+
+    def __init__(self) -> None:
+        self.buffer = ctypes.create_string_buffer(_PAGE)
+        self.local = _IOVec(ctypes.addressof(self.buffer), _PAGE)
+        self.remote = _IOVec(0, 0)
+
+
+_VECTORS: Final = _ReadVectors()
 #: A first read this long finds most paths' NUL without copying a page.
 _FIRST_READ: Final = 256
 
 
 def _read_memory(tid: int, address: int, size: int) -> bytes:
     """Up to ``size`` (at most a page) bytes of the thread's memory at ``address``; fewer at an unmapped page."""
-    _LOCAL.length = size
-    _REMOTE.base = address
-    _REMOTE.length = size
-    got = _process_vm_readv(tid, ctypes.byref(_LOCAL), 1, ctypes.byref(_REMOTE), 1, 0)
+    vectors = _VECTORS
+    vectors.local.length = size
+    vectors.remote.base = address
+    vectors.remote.length = size
+    got = _process_vm_readv(tid, ctypes.byref(vectors.local), 1, ctypes.byref(vectors.remote), 1, 0)
     if got < 0:
         code = ctypes.get_errno()
         if code == errno_module.ESRCH:
             raise _Gone
         raise _Refuse(errno_module.EFAULT)
-    return ctypes.string_at(_READ_BUFFER, got)
+    return ctypes.string_at(vectors.buffer, got)
 
 
 def _read_string(tid: int, address: int, limit: int = _PATH_MAX) -> bytes:
@@ -814,8 +830,10 @@ def _new_times(name: str, tid: int, address: int) -> tuple[int | str, int | str]
     if len(raw) < size:
         raise _Refuse(errno_module.EFAULT)
     if name == "utime":
-        seconds = struct.unpack("<qq", raw)
-        return seconds[0] * 10**9, seconds[1] * 10**9
+        access, modification = (seconds * 10**9 for seconds in struct.unpack("<qq", raw))
+        if not (-(2**63) <= access < 2**63 and -(2**63) <= modification < 2**63):
+            raise _Refuse(errno_module.EINVAL)
+        return access, modification
     first, first_part, second, second_part = struct.unpack("<qqqq", raw)
     times: list[int | str] = []
     for sec, part in ((first, first_part), (second, second_part)):
@@ -1003,15 +1021,14 @@ def _stat_bytes(result: Stat, layout: Literal["stat", "statx"], mask: int = 0) -
 class SeccompSession:
     """Serves one listener (every process under the filter) with a router.
 
-    Notifications are read in the loop's reader callback (a ``poll`` with
-    no timeout first, so the ``RECV`` ioctl, which would wait, never blocks
-    the loop) and decided there; a call whose handler waits continues in a
-    task. With ``router.concurrent`` up to ``router.max_in_flight`` such
-    calls wait at once, else one: past that the callback stops reading and
+    Notifications are received on receiver threads, which also read each
+    call's arguments from the slave (its memory may make a read wait: the
+    loop never touches it), and decided on the loop, in the callback that
+    receives them from the thread; a call whose handler waits continues in
+    a task. With ``router.concurrent`` up to ``router.max_in_flight`` calls
+    are in the master at once, else one: past that the receivers wait and
     the callers wait in the kernel.
     """
-
-    _DRAIN_MAX: Final = 16
 
     def __init__(
         self,
@@ -1054,10 +1071,19 @@ class SeccompSession:
         self._limit = router.max_in_flight if router.concurrent else 1
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._poller = select.poll()
-        self._poller.register(listener, select.POLLIN)
         self._done: asyncio.Future[None] | None = None
-        self._recv_buffer = bytearray(_NOTIF.size)
+        #: Seconds a read or write of a slave's memory may take before its call fails with ``EFAULT``.
+        self.memory_bound = MEMORY_BOUND
+        self._workers: BoundedWorkers | None = None
+        #: Calls received and not yet answered (or handed to a task): the receivers
+        #: take one before each receipt, so at most ``_limit`` are in the master.
+        self._slots = threading.Semaphore(self._limit)
+        self._stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._lock = threading.Lock()
+        #: Receipts being prepared on receiver threads, with their deadlines.
+        self._in_flight: dict[int, _Receipt] = {}
+        self._receivers = 0
+        self._watchdog: asyncio.TimerHandle | None = None
         #: Calls decided, and calls dropped because their thread went away.
         self.calls = 0
         self.dropped = 0
@@ -1075,8 +1101,10 @@ class SeccompSession:
         """Serve until every process under the filter has exited, or :meth:`close`."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._workers = BoundedWorkers(loop, self.name, self.memory_bound)
         self._done = loop.create_future()
-        loop.add_reader(self._fd, self._on_readable)
+        self._start_receiver()
+        self._watchdog = loop.call_later(self.memory_bound / 4, self._watch)
         try:
             await self._done
         finally:
@@ -1087,9 +1115,23 @@ class SeccompSession:
         fd, self._fd = self._fd, -1
         if fd < 0:
             return
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(fd)
         os.close(fd)
+        # Receivers hold a copy of the listener each: they leave (and close
+        # it) once woken, so the listener is released and waiting calls fail.
+        with self._lock:
+            stop = self._stop
+            if self._receivers == 0:
+                self._stop = -1
+        if stop >= 0:
+            os.eventfd_write(stop, 1)
+            if self._stop < 0:
+                os.close(stop)
+        for _ in range(_MAX_RECEIVERS):
+            self._slots.release()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._workers is not None:
+            self._workers.close()
         for task in list(self._tasks):
             task.cancel()
         if self._done is not None and not self._done.done():
@@ -1097,66 +1139,165 @@ class SeccompSession:
 
     # ---------------------------------------------------------- receiving
 
-    def _on_readable(self) -> None:
-        for _ in range(self._DRAIN_MAX):
-            if self._fd < 0:
+    def _start_receiver(self) -> None:
+        """A thread that receives notifications and reads their arguments (see :meth:`_receive`)."""
+        with self._lock:
+            if self._receivers >= _MAX_RECEIVERS:
                 return
-            if len(self._tasks) >= self._limit:
-                # Backpressure: the callers wait in the kernel until a decision is done.
-                assert self._loop is not None
-                self._loop.remove_reader(self._fd)
-                return
-            events = self._poller.poll(0)
-            if not events:
-                return
-            revents = events[0][1]
-            if not revents & select.POLLIN:
-                if revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                    logger.debug("%s: every process under the filter has exited", self.name)
-                    self.close()
-                return
-            buffer = self._recv_buffer
-            buffer[:] = bytes(len(buffer))
-            try:
-                fcntl.ioctl(self._fd, _NOTIF_RECV, buffer, True)
-            except OSError as exc:
-                if exc.errno in (errno_module.ENOENT, errno_module.EINTR):
-                    continue  # the caller was killed between readiness and receipt
-                logger.error("%s: receiving a notification failed (%s); closing the listener", self.name, exc)
-                self.close()
-                return
-            notif_id, tid, _, nr, _, _, *args = _NOTIF.unpack(buffer)
-            self._start(_Notification(notif_id, tid, nr, tuple(args)))
+            self._receivers += 1
+        try:
+            listener = os.dup(self._fd)
+        except OSError:
+            with self._lock:
+                self._receivers -= 1
+            return
+        threading.Thread(target=self._receive, args=(listener,), name=f"{self.name} receiver", daemon=True).start()
 
-    def _resume(self) -> None:
-        if self._fd >= 0 and self._loop is not None and len(self._tasks) < self._limit:
-            self._loop.add_reader(self._fd, self._on_readable)
+    def _receive(self, listener: int) -> None:
+        """On a receiver thread: receive a notification, prepare it, hand it to the loop; again.
 
-    def _start(self, notification: _Notification) -> None:
-        """Turn a notification into a request (or an immediate answer), then decide it in a task."""
+        The slave's memory is read here, never on the loop: a read that
+        waits (a page nobody serves) holds this thread only. The loop's
+        watchdog (:meth:`_watch`) fails such a call with ``EFAULT`` past
+        the bound and starts another receiver; this one ends when its read
+        comes back.
+        """
+        loop = self._loop
+        assert loop is not None
+        stop = self._stop
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        poller.register(stop, select.POLLIN)
+        buffer = bytearray(_NOTIF.size)
+        try:
+            while True:
+                self._slots.acquire()
+                events = dict(poller.poll())
+                if stop in events or self._fd < 0:
+                    return
+                revents = events.get(listener, 0)
+                if not revents & select.POLLIN:
+                    self._slots.release()
+                    if revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                        logger.debug("%s: every process under the filter has exited", self.name)
+                        loop.call_soon_threadsafe(self.close)
+                        return
+                    continue
+                buffer[:] = bytes(len(buffer))
+                try:
+                    fcntl.ioctl(listener, _NOTIF_RECV, buffer, True)
+                except OSError as exc:
+                    self._slots.release()
+                    if exc.errno in (errno_module.ENOENT, errno_module.EINTR):
+                        continue  # the caller was killed, or another receiver took it
+                    logger.error("%s: receiving a notification failed (%s); closing the listener", self.name, exc)
+                    loop.call_soon_threadsafe(self.close)
+                    return
+                notif_id, tid, _, nr, _, _, *args = _NOTIF.unpack(buffer)
+                notification = _Notification(notif_id, tid, nr, tuple(args))
+                receipt = _Receipt(notification, time.monotonic() + self.memory_bound)
+                with self._lock:
+                    self._in_flight[notif_id] = receipt
+                prepared: _Prepared | BaseException
+                try:
+                    prepared = self._prepare(notification)
+                except BaseException as exc:  # noqa: BLE001 - handed to the loop
+                    prepared = exc
+                with self._lock:
+                    self._in_flight.pop(notif_id, None)
+                    abandoned = receipt.abandoned
+                if abandoned:  # answered EFAULT meanwhile; another receiver took over
+                    if not isinstance(prepared, BaseException):
+                        _discard_prepared(prepared)
+                    return
+                try:
+                    loop.call_soon_threadsafe(self._prepared, notification, prepared)
+                except RuntimeError:  # the loop is closed
+                    if not isinstance(prepared, BaseException):
+                        _discard_prepared(prepared)
+                    return
+        finally:
+            os.close(listener)
+            with self._lock:
+                self._receivers -= 1
+                last = self._receivers == 0 and self._fd < 0 and self._stop >= 0
+                stop, self._stop = (self._stop, -1) if last else (-1, self._stop)
+            if stop >= 0:
+                os.close(stop)
+
+    def _watch(self) -> None:
+        """On the loop, every quarter bound: fail calls whose arguments could not be read in time."""
+        now = time.monotonic()
+        with self._lock:
+            late = [receipt for receipt in self._in_flight.values() if receipt.deadline <= now]
+            for receipt in late:
+                receipt.abandoned = True
+                del self._in_flight[receipt.notification.id]
+        for receipt in late:
+            logger.warning(
+                "%s: reading the arguments of tid %d took more than %g s; failing its call with EFAULT",
+                self.name,
+                receipt.notification.tid,
+                self.memory_bound,
+            )
+            if self._fd >= 0:
+                self._finish_early(receipt.notification, None, errno_module.EFAULT)
+            self._slots.release()
+            self._start_receiver()  # the stuck one comes back only when its read does
+        if self._fd >= 0 and self._loop is not None:
+            self._watchdog = self._loop.call_later(self.memory_bound / 4, self._watch)
+
+    def _prepare(self, notification: _Notification) -> _Prepared:
+        """On a receiver thread: everything that reads the slave (its memory may make a read wait)."""
+        if notification.nr not in _BY_NUMBER:
+            raise _Refuse(errno_module.ENOSYS)  # the filter notifies nothing else; be safe anyway
         fetched: _Fetched | None = None
         try:
-            if notification.nr not in _BY_NUMBER:
-                raise _Refuse(errno_module.ENOSYS)  # the filter notifies nothing else; be safe anyway
             fetched = _Fetched(notification.tid, _thread_status(notification.tid))
             fields, context = _decode(notification, fetched)
             fetched.close_pidfd()
             loading = bool(self.own_files or self.own_trees) and _loading_call(fields, self.own_files, self.own_trees)
+            return fields, context, fetched, loading
+        except BaseException:
+            if fetched is not None:
+                fetched.close()
+            raise
+
+    def _prepared(self, notification: _Notification, prepared: _Prepared | BaseException) -> None:
+        """On the loop: turn the prepared notification into a request (or an immediate answer), and decide it."""
+        deciding = False
+        try:
+            deciding = self._start_deciding(notification, prepared)
+        finally:
+            if not deciding:
+                self._slots.release()
+
+    def _start_deciding(self, notification: _Notification, prepared: _Prepared | BaseException) -> bool:
+        """Whether a task now decides the call (it gives its slot back when done)."""
+        if self._fd < 0:
+            if not isinstance(prepared, BaseException):
+                _discard_prepared(prepared)
+            return False
+        fetched: _Fetched | None = None
+        try:
+            if isinstance(prepared, BaseException):
+                raise prepared
+            fields, context, fetched, loading = prepared
             self._check_valid(notification.id)
             request = _build(fields, notification, fetched.thread)
         except _Gone:
             self._drop(notification, fetched)
-            return
+            return False
         except _Continue:
             self._finish_early(notification, fetched, None)
-            return
+            return False
         except _Refuse as refusal:
             self._finish_early(notification, fetched, refusal.code)
-            return
+            return False
         except Exception:  # noqa: BLE001 - a slave's bytes must never crash the master
             logger.exception("%s: cannot decode %r; failing the call with EINVAL", self.name, notification)
             self._finish_early(notification, fetched, errno_module.EINVAL)
-            return
+            return False
         # The decision starts here, in the callback: with sync handlers (the
         # common case) it finishes here too, with no task and no wake-up.
         # Only a handler that waits makes a task, which continues it. It
@@ -1170,24 +1311,25 @@ class SeccompSession:
             task = self._loop.create_task(coroutine, context=context_vars)
             self._tasks.add(task)
             task.add_done_callback(self._finished)
-            return
+            return True
         try:
             first = context_vars.run(coroutine.send, None)
         except StopIteration:
-            return
+            return False
         except Exception:  # noqa: BLE001 - a failed reply must not end the session
             logger.exception("%s: answering %r failed", self.name, request)
-            return
+            return False
         assert self._loop is not None
         task = self._loop.create_task(_continue(coroutine, first), context=context_vars)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
+        return True
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s: answering a call failed", self.name, exc_info=task.exception())
-        self._resume()
+        self._slots.release()
 
     def _finish_early(self, notification: _Notification, fetched: _Fetched | None, code: int | None) -> None:
         if fetched is not None:
@@ -1218,7 +1360,9 @@ class SeccompSession:
                 outcome = await self._loaded(request)
                 if outcome is not None:
                     try:
-                        self._reply(request, context, notification, "loading", outcome)
+                        await self._written(
+                            notification, self._reply(request, context, notification, "loading", outcome)
+                        )
                     except _Gone:
                         self.dropped += 1
                     return
@@ -1226,7 +1370,7 @@ class SeccompSession:
             route, outcome = await self.router.decide(request)
             latency = time.perf_counter_ns() - started
             try:
-                summary = self._reply(request, context, notification, route, outcome)
+                summary = await self._written(notification, self._reply(request, context, notification, route, outcome))
             except _Gone:
                 self.dropped += 1
                 logger.debug(
@@ -1268,9 +1412,29 @@ class SeccompSession:
                 return None
         return outcome
 
+    async def _written(
+        self, notification: _Notification, summary: tuple[Any, Any, int, int] | _StatWrite
+    ) -> tuple[Any, Any, int, int]:
+        """The reply's summary, once a ``Stat`` to write was written into the slave's buffer (off the loop)."""
+        if not isinstance(summary, _StatWrite):
+            return summary
+        assert self._workers is not None
+        tid, write = notification.tid, summary
+        try:
+            await self._workers.submit(lambda: _write_memory(tid, write.address, write.data))
+        except _Refuse as refusal:
+            self._send(notification.id, 0, -refusal.code, 0)
+            return "error", -1, refusal.code, 0
+        except Stalled:
+            logger.warning("%s: writing a stat for tid %d stalled; failing its call with EFAULT", self.name, tid)
+            self._send(notification.id, 0, -errno_module.EFAULT, 0)
+            return "error", -1, errno_module.EFAULT, 0
+        self._send(notification.id, 0, 0, 0)
+        return "reply", write.result, 0, write.fds
+
     def _reply(
         self, request: Request, context: _Context, notification: _Notification, route: str, outcome: Any
-    ) -> tuple[Any, Any, int, int]:
+    ) -> tuple[Any, Any, int, int] | _StatWrite:
         """Answer the notification as ``outcome`` says; what went out, for observers."""
         notif_id = notification.id
         if outcome is FORWARD and notification.nr == self._refused_nr:
@@ -1313,7 +1477,7 @@ class SeccompSession:
         route: str,
         result: Any,
         fds: Sequence[int],
-    ) -> tuple[Any, Any, int, int]:
+    ) -> tuple[Any, Any, int, int] | _StatWrite:
         notif_id = notification.id
         problem = _unusable(fds)
         if problem is None and not (type(result) is int or isinstance(result, Stat)):
@@ -1348,7 +1512,11 @@ class SeccompSession:
             if installed < 0:
                 return "error", -1, -installed, 0
             return "reply", installed, 0, len(fds)
-        if fds and context.socket_number is not None:
+        if fds and context.socket_number is not None and not _same_socket(fds[0], getattr(request, "socket", -1)):
+            # A new socket replaces the slave's number. Another thread may have
+            # closed that number and made something else there meanwhile, which
+            # is then replaced: so the slave's own socket is used when it is the
+            # one the handler connected (perform() does so for a bound socket).
             cloexec = _slave_cloexec(notification.tid, context.socket_number)
             code = self._addfd(notif_id, fds[0], _ADDFD_FLAG_SETFD, context.socket_number, cloexec)
             if code < 0:
@@ -1357,13 +1525,7 @@ class SeccompSession:
             assert context.stat_buffer is not None
             address, layout = context.stat_buffer
             self._check_valid(notif_id)  # the thread is still ours: its memory is the caller's
-            try:
-                _write_memory(notification.tid, address, _stat_bytes(result, layout, context.statx_mask))
-            except _Refuse as refusal:
-                self._send(notif_id, 0, -refusal.code, 0)
-                return "error", -1, refusal.code, 0
-            self._send(notif_id, 0, 0, 0)
-            return "reply", result, 0, len(fds)
+            return _StatWrite(address, _stat_bytes(result, layout, context.statx_mask), result, len(fds))
         if not -(2**63) <= result < 2**63:
             return self._fail(notif_id)
         self._send(notif_id, result, 0, 0)
@@ -1411,6 +1573,39 @@ class SeccompSession:
             code = exc.errno or errno_module.EMFILE
             self._send(notif_id, 0, -code, 0)
             return -code
+
+
+@dataclass(slots=True)
+class _Receipt:
+    """A notification a receiver is preparing, and until when it may take."""
+
+    notification: _Notification
+    deadline: float
+    abandoned: bool = False
+
+
+#: Receiver threads per session at most, stuck ones included.
+_MAX_RECEIVERS: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class _StatWrite:
+    """A ``Stat`` reply still to be written into the slave's buffer (then answered)."""
+
+    address: int
+    data: bytes
+    result: Stat
+    fds: int
+
+
+#: What a worker reads for one notification: the request's fields, the reply's
+#: context, the descriptors copied from the slave, whether it is a loading call.
+_Prepared: TypeAlias = "tuple[dict[str, Any], _Context, _Fetched, bool]"
+
+
+def _discard_prepared(prepared: _Prepared) -> None:
+    """A notification prepared after its bound (its call already failed): close what was copied."""
+    prepared[2].close()
 
 
 class _Resumed:
@@ -1555,6 +1750,15 @@ def _unusable(fds: Sequence[int]) -> str | None:
         except OSError as exc:
             return f"descriptor {fd} is not open: {exc.strerror}"
     return None
+
+
+def _same_socket(fd: int, slave_socket: int) -> bool:
+    """Whether ``fd`` is the slave's socket itself (the master's copy of it, or a ``dup``)."""
+    try:
+        one, other = os.fstat(fd), os.fstat(slave_socket)
+    except (OSError, TypeError):
+        return False
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
 
 
 def _slave_cloexec(tid: int, number: int) -> int:

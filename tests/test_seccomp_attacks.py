@@ -16,8 +16,9 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,22 +40,32 @@ pytestmark = [
 TIMEOUT = 120
 
 
-@pytest.fixture(scope="session")
-def attacker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/c/seccomp_attacks.c built with ``gcc -static`` (or a skip)."""
+def _build(out_dir: Path, *static: str) -> Path:
     compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     if compiler is None:
-        pytest.skip("no C compiler to build static test programs")
-    target = tmp_path_factory.mktemp("attacks") / "seccomp_attacks"
+        pytest.skip("no C compiler to build tests/c programs")
+    target = out_dir / "seccomp_attacks"
     done = subprocess.run(
-        [compiler, "-static", "-O2", "-Wall", "-pthread", "-o", str(target), str(C_DIR / "seccomp_attacks.c")],
+        [compiler, *static, "-O2", "-Wall", "-pthread", "-o", str(target), str(C_DIR / "seccomp_attacks.c")],
         capture_output=True,
         timeout=120,
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot build seccomp_attacks statically: {done.stderr.decode()[-300:]}")
+        pytest.skip(f"cannot build seccomp_attacks {' '.join(static)}: {done.stderr.decode()[-300:]}")
     return target
+
+
+@pytest.fixture(scope="session")
+def attacker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/c/seccomp_attacks.c built with ``gcc -static`` (or a skip): no shim can be involved."""
+    return _build(tmp_path_factory.mktemp("static"), "-static")
+
+
+@pytest.fixture(scope="session")
+def dynamic_attacker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same program linked dynamically, for the shim transport."""
+    return _build(tmp_path_factory.mktemp("dynamic"))
 
 
 async def run(argv: list[str], router: Router, **options: object) -> tuple[int, str, str]:
@@ -239,8 +250,8 @@ async def test_perform_beneath_a_root_refuses_a_working_directory_it_cannot_name
     assert out.strip() == "open: ENAMETOOLONG"
 
 
-async def test_the_shim_transport_refuses_it_too(c_program: Callable[[str], Path], tmp_path: Path) -> None:
-    program = c_program("seccomp_attacks")
+async def test_the_shim_transport_refuses_it_too(dynamic_attacker: Path, tmp_path: Path) -> None:
+    program = dynamic_attacker
     base = _deep_tree(tmp_path / "outside")
     root = tmp_path / "root"
     root.mkdir()
@@ -435,3 +446,129 @@ async def test_metadata_changes_are_decided_as_chmod_chown_and_utimens(attacker:
     assert status == 0, err
     functions = {decision.request.function for decision in seen}
     assert {"chmod", "utimens", "open"} <= functions
+
+
+# ------------------------------------------- memory that makes a reader wait
+
+
+async def _line(process: Any, prefix: str) -> str:
+    while True:
+        raw = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
+        if not raw:
+            raise AssertionError(f"the program ended before printing {prefix!r}")
+        line = raw.decode().strip()
+        if line.startswith("unavailable:"):
+            pytest.skip(f"userfaultfd for kernel accesses is not available here ({line})")
+        if line.startswith(prefix):
+            return line
+
+
+def _blocked_in_open(pid: int) -> bool:
+    """Whether the program's main thread waits inside ``open`` (the kernel's word, /proc/PID/syscall)."""
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().split()[0] == "2"
+    except (OSError, IndexError):
+        return False
+
+
+async def test_a_stalled_read_fails_its_call_and_the_session_serves_on(
+    attacker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path in memory nobody serves: that open fails with EFAULT; the program's other open is answered."""
+    import libc_service.notify as notify
+
+    monkeypatch.setattr(notify, "MEMORY_BOUND", 0.5, raising=False)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("plain\n")
+    router = Router(default=FORWARD)
+    async with spawn(
+        [str(attacker), "uffd", str(plain)],
+        router,
+        seccomp=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        stalled = await _line(process, "stalled open:")
+        served = await _line(process, "plain open:")
+        process.stdin.close()
+        rest, _ = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    assert stalled == "stalled open: EFAULT"
+    assert served == "plain open: opened"
+    assert b"watchdog" not in rest
+
+
+async def test_another_program_is_served_while_one_stalls_the_read_of_its_arguments(
+    attacker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import libc_service.notify as notify
+
+    monkeypatch.setattr(notify, "MEMORY_BOUND", float(TIMEOUT), raising=False)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("plain\n")
+    router = Router(default=FORWARD)
+    async with spawn(
+        [str(attacker), "uffd", str(plain)],
+        router,
+        seccomp=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as stalling:
+        await _line(stalling, "stalling")
+        while not _blocked_in_open(stalling.pid):
+            await asyncio.sleep(0.01)
+        status, out, err = await run(
+            [str(attacker), "deep", str(tmp_path), ".", "1", "plain.txt"], Router(default=FORWARD)
+        )
+        assert (status, out.strip()) == (0, "read: plain"), err
+        stalling.stdin.close()  # now the page is served, and the stalled open goes on
+        rest, _ = await asyncio.wait_for(stalling.communicate(), TIMEOUT)
+    assert b"watchdog" not in rest
+    assert b"stalled open: opened" in rest
+
+
+# ------------------------------------------- a connect's reply and a reused number
+
+
+async def test_a_connect_performed_on_the_programs_own_socket_never_replaces_what_another_thread_made(
+    attacker: Path,
+) -> None:
+    """A bound socket is connected as itself (perform() uses it), so the reply installs nothing over its number."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1024)
+    router = Router(default=FORWARD)
+
+    @router.on("connect_inet")
+    def connect_as_the_master(request: object) -> object:
+        return perform(request)
+
+    try:
+        port = server.getsockname()[1]
+        status, out, err = await run([str(attacker), "setfd", str(port), "400"], router)
+    finally:
+        server.close()
+    assert status == 0, err
+    outcome = counts(out)
+    assert outcome["replaced"] == 0, outcome
+    assert outcome["kept"] > 0, outcome
+
+
+async def test_an_access_that_does_not_follow_symlinks_is_decided_as_an_lstat(attacker: Path, tmp_path: Path) -> None:
+    """faccessat2(AT_SYMLINK_NOFOLLOW) has no request: ENOSYS, and glibc asks with a stat, which is decided."""
+    from libc_service.router import Decision
+
+    (tmp_path / "file").write_text("x")
+    router = Router(default=FORWARD)
+    seen: list[Decision] = []
+    router.observe(seen.append)
+
+    @router.on("lstat")
+    def no_metadata(request: object) -> object:
+        raise Errno(errno.EACCES)
+
+    status, out, err = await run([str(attacker), "nofollow", str(tmp_path / "file")], router)
+    assert status == 0, err
+    assert out.strip() == "faccessat nofollow: EACCES"
+    assert [str(getattr(d.request, "path")) for d in seen if d.request.function == "lstat"] == [str(tmp_path / "file")]

@@ -30,17 +30,26 @@
  *                 one line per call, "name: result-or-errno".
  *   numbers N...  each system call number N made with zero arguments:
  *                 "N: errno-name" or "N: result".
- *   uffd PATH     a path in memory registered with userfaultfd that nobody
- *                 serves: open() it (prints the errno), then "served" once
- *                 another thread's plain open(PATH) answered meanwhile.
+ *   nofollow PATH faccessat(PATH, R_OK, AT_SYMLINK_NOFOLLOW) through glibc.
+ *   setfd PORT N  N times: bind a TCP socket, connect() it to 127.0.0.1:PORT
+ *                 while another thread closes its number and makes a pipe
+ *                 there: "replaced=" (the reply put a socket over the
+ *                 pipe), "kept=", "missed=" (the pipe got another number).
+ *   uffd PATH     open() a path in memory registered with userfaultfd that
+ *                 nobody serves until stdin ends (or 60 s passed: prints
+ *                 "watchdog"), while another thread open()s PATH:
+ *                 "stalling" first, then "stalled open: …", "plain open: …".
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <linux/io_uring.h>
 #include <linux/mount.h>
 #include <linux/netlink.h>
+#include <netinet/in.h>
 #include <linux/userfaultfd.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -327,48 +336,132 @@ static int numbers(int count, char **argv)
 /* ------------------------------------------------------------------- uffd */
 
 static const char *uffd_plain;
-static atomic_int uffd_answered;
+static int uffd_fd;
+static char *uffd_area;
+static long uffd_page;
 
 static void *plain_open(void *unused)
 {
 	(void)unused;
 	usleep(200 * 1000); /* the first open is waiting in the master by now */
 	int fd = syscall(SYS_open, uffd_plain, O_RDONLY | O_CLOEXEC);
-	atomic_store(&uffd_answered, fd >= 0 ? 1 : -errno);
+	printf("plain open: %s\n", fd >= 0 ? "opened" : errname(errno));
+	return NULL;
+}
+
+static void *resolver(void *unused)
+{
+	(void)unused;
+	/* Serve the fault once stdin ends (the test says so), or after 60 s. */
+	struct pollfd input = { .fd = 0, .events = POLLIN };
+	if (poll(&input, 1, 60 * 1000) == 0)
+		printf("watchdog\n");
+	char *page = aligned_alloc(uffd_page, uffd_page);
+	memset(page, 0, uffd_page);
+	strncpy(page, uffd_plain, uffd_page - 1);
+	struct uffdio_copy copy = {
+		.dst = (unsigned long)uffd_area, .src = (unsigned long)page, .len = uffd_page, .mode = 0
+	};
+	ioctl(uffd_fd, UFFDIO_COPY, &copy);
 	return NULL;
 }
 
 static int uffd(const char *path)
 {
-	long page = sysconf(_SC_PAGESIZE);
-	int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	if (uffd < 0) {
+	uffd_page = sysconf(_SC_PAGESIZE);
+	uffd_fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (uffd_fd < 0) {
 		printf("unavailable: userfaultfd: %s\n", errname(errno));
 		return 0;
 	}
 	struct uffdio_api api = { .api = UFFD_API };
-	if (ioctl(uffd, UFFDIO_API, &api) != 0) {
+	if (ioctl(uffd_fd, UFFDIO_API, &api) != 0) {
 		printf("unavailable: UFFDIO_API: %s\n", errname(errno));
 		return 0;
 	}
-	char *area = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uffd_area = mmap(NULL, uffd_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	struct uffdio_register reg = {
-		.range = { .start = (unsigned long)area, .len = page },
+		.range = { .start = (unsigned long)uffd_area, .len = uffd_page },
 		.mode = UFFDIO_REGISTER_MODE_MISSING,
 	};
-	if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) {
+	if (ioctl(uffd_fd, UFFDIO_REGISTER, &reg) != 0) {
 		printf("unavailable: UFFDIO_REGISTER: %s\n", errname(errno));
 		return 0;
 	}
 	uffd_plain = path;
-	pthread_t thread;
-	pthread_create(&thread, NULL, plain_open, NULL);
-	/* Nobody serves the fault: a read of this page waits until the fd closes. */
-	long fd = syscall(SYS_open, area, O_RDONLY | O_CLOEXEC);
+	pthread_t plain, serve;
+	pthread_create(&serve, NULL, resolver, NULL);
+	printf("stalling\n");
+	pthread_create(&plain, NULL, plain_open, NULL);
+	/* A read of this page waits until the resolver serves it. */
+	long fd = syscall(SYS_open, uffd_area, O_RDONLY | O_CLOEXEC);
 	printf("stalled open: %s\n", fd < 0 ? errname(errno) : "opened");
+	pthread_join(plain, NULL);
+	pthread_join(serve, NULL);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ setfd */
+
+static atomic_int setfd_number = -1, setfd_go, setfd_stop, setfd_read = -1, setfd_write = -1, setfd_delay;
+
+static void *replacer(void *unused)
+{
+	(void)unused;
+	while (!atomic_load(&setfd_stop)) {
+		if (!atomic_exchange(&setfd_go, 0))
+			continue;
+		for (volatile int spin = atomic_load(&setfd_delay); spin > 0; spin--)
+			;
+		int ends[2];
+		close(atomic_load(&setfd_number));
+		if (pipe2(ends, O_CLOEXEC) != 0)
+			ends[0] = ends[1] = -1;
+		atomic_store(&setfd_write, ends[1]);
+		atomic_store(&setfd_read, ends[0]);
+	}
+	return NULL;
+}
+
+static int setfd(int port, int tries)
+{
+	int replaced = 0, kept = 0, missed = 0;
+	pthread_t thread;
+	struct sockaddr_in any = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in server = any;
+	server.sin_port = htons(port);
+	pthread_create(&thread, NULL, replacer, NULL);
+	for (int i = 0; i < tries; i++) {
+		int sock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (syscall(SYS_bind, sock, &any, sizeof any) != 0) {
+			printf("bind: %s\n", errname(errno));
+			return 1;
+		}
+		atomic_store(&setfd_read, -2); /* -2: the other thread has not made its pipe yet */
+		atomic_store(&setfd_number, sock);
+		atomic_store(&setfd_delay, (i * 7919) % 200000);
+		atomic_store(&setfd_go, 1);
+		syscall(SYS_connect, sock, &server, sizeof server);
+		while (atomic_load(&setfd_read) == -2)
+			;
+		int ours = atomic_load(&setfd_read), theirs = atomic_load(&setfd_write);
+		struct stat st;
+		if (ours != sock)
+			missed++;
+		else if (fstat(sock, &st) == 0 && S_ISSOCK(st.st_mode))
+			replaced++; /* the pipe made at this number was replaced by the reply */
+		else
+			kept++;
+		if (ours >= 0)
+			close(ours);
+		if (theirs >= 0)
+			close(theirs);
+		if (ours != sock)
+			close(sock); /* closed by the other thread; EBADF, or a number the pipe did not take */
+	}
+	atomic_store(&setfd_stop, 1);
 	pthread_join(thread, NULL);
-	int answered = atomic_load(&uffd_answered);
-	printf("plain open: %s\n", answered == 1 ? "opened" : errname(-answered));
+	printf("replaced=%d kept=%d missed=%d\n", replaced, kept, missed);
 	return 0;
 }
 
@@ -387,6 +480,14 @@ int main(int argc, char **argv)
 		return calls(argv[2]);
 	if (argc >= 2 && strcmp(argv[1], "numbers") == 0)
 		return numbers(argc - 2, argv + 2);
+	if (argc >= 3 && strcmp(argv[1], "nofollow") == 0) {
+		/* glibc's faccessat(AT_SYMLINK_NOFOLLOW): faccessat2, or a stat where that is ENOSYS */
+		int result = faccessat(AT_FDCWD, argv[2], R_OK, AT_SYMLINK_NOFOLLOW);
+		printf("faccessat nofollow: %s\n", result == 0 ? "0" : errname(errno));
+		return 0;
+	}
+	if (argc >= 4 && strcmp(argv[1], "setfd") == 0)
+		return setfd(atoi(argv[2]), atoi(argv[3]));
 	if (argc >= 3 && strcmp(argv[1], "uffd") == 0)
 		return uffd(argv[2]);
 	fprintf(stderr, "usage: seccomp_attacks flip|deep|loadrace|threadfiles|calls|numbers|uffd ARG...\n");
