@@ -28,7 +28,7 @@ from libc_service.notify import seccomp_unavailable
 from libc_service.requests import OpenatRequest
 from libc_service.slavepath import exact_name
 
-from shimtools import C_DIR, needs_shim
+from shimtools import C_DIR, c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
 _REASON = seccomp_unavailable()
 pytestmark = [
