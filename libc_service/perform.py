@@ -82,7 +82,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import safepath
+from . import safepath, slavewalk
 from .slavepath import directory_name, join_to_directory
 from . import (
     replies,
@@ -560,14 +560,6 @@ def slave_self(text: str, pid: int, tid: int) -> str | None:
     return None
 
 
-def _is_slave_proc(text: str, pid: int) -> bool:
-    """Whether an absolute path is the requesting process's own ``/proc/<pid>``."""
-    if pid <= 0:
-        return False
-    mine = f"/proc/{pid}"
-    return text == mine or text.startswith(mine + "/")
-
-
 @dataclass
 class _Target:
     """Where the kernel resolves a path from: a directory descriptor, the exact
@@ -578,6 +570,10 @@ class _Target:
     resolve: int
     beneath: bool
     owned: tuple[int, ...] = ()
+    #: Resolved by :func:`slavewalk.open_as_slave` for the requesting process and thread.
+    walk: bool = False
+    pid: int = 0
+    tid: int = 0
 
     def close(self) -> None:
         for fd in self.owned:
@@ -604,7 +600,13 @@ def _slave_cwd(request: Any) -> int:
 
 
 def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Target:
-    """Where and how the kernel must resolve the slave's ``path`` (see :class:`_Target`)."""
+    """Where and how the kernel must resolve the slave's ``path`` (see :class:`_Target`).
+
+    Without a root the slave's text is resolved from its directory (or
+    ``/``) by :mod:`libc_service.slavewalk`, which meets ``/proc/self`` and
+    the caller's magic links wherever the walk reaches them; the text is
+    never joined to a directory's name, so what it contains decides nothing.
+    """
     text = os.fspath(path)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
@@ -615,8 +617,8 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
             if dirfd is None:
                 dirfd = _slave_cwd(request)
                 owned.append(dirfd)
-            if root is None and not _may_name_the_caller(text, dirfd):
-                return _Target(dirfd, text, _NO_MAGIC, False, tuple(owned))  # the common case: no name needed
+            if root is None:
+                return _Target(dirfd, text, 0, False, tuple(owned), walk=True, pid=pid, tid=tid)
             base = directory_name(dirfd)
             if base is None:
                 # A removed directory: nothing beneath it has a name, and
@@ -625,13 +627,11 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
                 return _Target(dirfd, text, _BENEATH if root is not None else _NO_MAGIC, root is not None, tuple(owned))
             text = join_to_directory(base, text)
         # An absolute text from here on.
+        if root is None:
+            return _Target(_AT_FDCWD, text, 0, False, tuple(owned), walk=True, pid=pid, tid=tid)
         own = slave_self(text, pid, tid)
         if own is not None:
             text = own
-        if root is None:
-            if _is_slave_proc(text, pid):
-                return _slave_proc_target(text, pid, owned)
-            return _Target(_AT_FDCWD, text, _NO_MAGIC, False, tuple(owned))
         try:
             relative = safepath.relative_to_root(root, text)
         except safepath.EscapeError:
@@ -645,75 +645,12 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
         raise
 
 
-#: Words one of which a relative path must contain to reach a name for the caller
-#: (``proc/self``, ``proc/thread-self``, ``dev/fd``, ``dev/stdin`` …) from any directory.
-_CALLER_WORDS: Final = ("self", "fd", "std")
-
-
-@functools.cache
-def _proc_device() -> int | None:
-    try:
-        return os.stat("/proc").st_dev
-    except OSError:
-        return None
-
-
-def _may_name_the_caller(text: str, dirfd: int) -> bool:
-    """Whether relative ``text`` from ``dirfd`` may lead to a name for the caller.
-
-    ``False`` lets the kernel resolve it from the descriptor without the
-    master reading the directory's name (a ``readlink``, the slow part):
-    the text holds no word of such a name and the directory is not in
-    ``/proc`` (whose ``<pid>`` directories need the slave's magic links).
-    """
-    if any(word in text for word in _CALLER_WORDS):
-        return True
-    try:
-        return os.fstat(dirfd).st_dev == _proc_device()
-    except OSError:
-        return True
-
-
-def _slave_proc_target(text: str, pid: int, owned: list[int]) -> _Target:
-    """Where ``/proc/<pid>/…`` of the requesting process leads, following one magic link.
-
-    The walk down the slave's ``/proc/<pid>`` directory follows the first
-    symlink it meets — in procfs a magic link of the slave (``fd/N``,
-    ``cwd``, ``root``, ``exe``, ``task/<tid>/cwd`` …), which is what the
-    slave would reach — and resolves everything after it with
-    ``RESOLVE_NO_MAGICLINKS``: a symlink planted there (``cwd/x ->
-    /proc/self/fd/3``) must not lead to the master's own descriptors. A
-    ``..`` anywhere (``/proc/<pid>/../<other>``) gets no magic link at all.
-    """
-    prefix = f"/proc/{pid}"
-    rest = text[len(prefix) :]
-    names = [name for name in rest.split("/") if name not in ("", ".")]
-    trailing = "/" if rest.endswith("/") else ""
-    if ".." in names:
-        return _Target(_AT_FDCWD, text, _NO_MAGIC, False, tuple(owned))
-    if not names:
-        return _Target(_AT_FDCWD, prefix + trailing, 0, False, tuple(owned))
-    current = os.open(prefix, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    owned.append(current)
-    for index, name in enumerate(names):
-        if index == len(names) - 1:
-            # The last name: opened with the caller's flags, following a magic link if it is one.
-            return _Target(current, name + trailing, 0, False, tuple(owned))
-        step = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
-        owned.append(step)
-        if stat_module.S_ISLNK(os.fstat(step).st_mode):
-            step = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=current)  # the slave's magic link
-            owned.append(step)
-            after = "/".join(names[index + 1 :]) + trailing
-            return _Target(step, after, _NO_MAGIC, False, tuple(owned))
-        current = step
-    raise AssertionError("unreachable: the loop returns at the last name")
-
-
 def _open_at(where: _Target, flags: int, mode: int = 0, extra: int = 0) -> int:
     """Open ``where`` with the kernel's resolution rules (``extra``: the slave's own resolve bits)."""
     if not safepath.takes_mode(flags):
         mode = 0
+    if where.walk:
+        return slavewalk.open_as_slave(where.dirfd, where.text, flags, mode, extra, where.pid, where.tid)
     if where.beneath:
         return safepath.open_resolved(where.dirfd, where.text, flags, mode, where.resolve | extra)
     bits = where.resolve | extra
@@ -747,7 +684,7 @@ def _split(where: _Target) -> tuple[str, str]:
 def _parent(where: _Target) -> tuple[int, str]:
     """Open the parent of ``where`` (``O_PATH``, resolved as ``where`` says): ``(fd, last)``."""
     head, last = _split(where)
-    parent = _Target(where.dirfd, head, where.resolve, where.beneath)
+    parent = _Target(where.dirfd, head, where.resolve, where.beneath, walk=where.walk, pid=where.pid, tid=where.tid)
     return _open_at(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), last
 
 
