@@ -12,12 +12,15 @@ under a policy than without one:
   fold). Relative paths are resolved from ``request.dirfd`` (the slave's
   dirfd or working directory, a descriptor in the master), which also works
   after that directory was removed.
-- **Names that mean "the caller".** ``/proc/self``, ``/proc/thread-self``,
-  ``/dev/fd/N`` and ``/dev/stdin|stdout|stderr`` are rewritten to
-  ``/proc/<pid>/…`` of the requesting process and thread. Every other walk
-  is done with ``RESOLVE_NO_MAGICLINKS`` where the kernel has ``openat2``, so
-  a symlink the slave planted (``x -> /proc/self/fd/7``) cannot reach the
-  master's own descriptors: it fails with ``ELOOP``.
+- **Names that mean "the caller".** ``/proc/self`` and ``/proc/thread-self``
+  (and ``/dev/fd/N``, ``/dev/stdin|stdout|stderr``, which lead there) name
+  the requesting process and thread wherever resolution meets them — in
+  the text, behind a symlink the slave planted (``x -> /proc/self/mem``),
+  through a link to ``/proc`` — because the path is resolved by
+  :mod:`libc_service.slavewalk` name by name, never joined or rewritten as
+  text. Magic links are followed only in the caller's own ``/proc/<pid>``
+  (others are ``ELOOP``), and the master's own ``/proc/<pid>`` is
+  ``EACCES``.
 - **Credentials and umask.** When the request carries the slave's
   ``fsuid``/``fsgid``/``groups`` and they differ from the master's, the
   call runs on a short-lived thread that takes them on (raw ``setresuid``,

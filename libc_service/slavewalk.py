@@ -15,6 +15,8 @@ all; only the walk itself can.
   way the kernel's answer is the slave's (``/proc/self`` is a symlink, so
   it is never met here). An object on procfs is walked again below, so the
   master's own ``/proc/<pid>`` is never reached by a plain name either.
+  After a symlink, one ``openat2(RESOLVE_NO_MAGICLINKS)``: a success off
+  procfs is the slave's answer too (see :func:`_through_plain_links`).
 - **Step by step** otherwise: each name opened ``O_PATH | O_NOFOLLOW`` from
   the directory before it, each symlink read and its target walked (an
   absolute one from ``/``, which is the slave's too:
@@ -61,12 +63,25 @@ _STEP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+#: Devices with a major number (block devices: ext4, xfs …) found not to be
+#: procfs. A procfs always has an anonymous device (major 0), so these can
+#: never become one; anonymous devices are asked every time (their numbers
+#: are reused after an unmount).
+_NOT_PROCFS: set[int] = set()
+
+
 def _is_procfs(fd: int) -> bool:
     """Whether ``fd``'s file is on a procfs (``fstatfs``'s ``f_type``)."""
+    device = os.fstat(fd).st_dev
+    if device in _NOT_PROCFS:
+        return False
     buffer = ctypes.create_string_buffer(128)
     if _libc.fstatfs(ctypes.c_int(fd), buffer) != 0:
         return False
-    return int.from_bytes(buffer.raw[:8], "little") == _PROC_SUPER_MAGIC
+    procfs = int.from_bytes(buffer.raw[:8], "little") == _PROC_SUPER_MAGIC
+    if not procfs and os.major(device) != 0:
+        _NOT_PROCFS.add(device)
+    return procfs
 
 
 @dataclass
@@ -262,6 +277,25 @@ class _Walk:
         return fd
 
 
+def _through_plain_links(dirfd: int, text: str, flags: int, mode: int, own: int) -> int:
+    """The kernel's own walk, symlinks followed but no magic link: the descriptor, or -1.
+
+    A success off procfs is the slave's answer: leaving procfs takes a magic
+    link (refused here) or ``..`` back out of ``/proc``, which leads to the
+    same place from any ``/proc/<pid>``, the master's or the slave's. A
+    failure proves nothing (``/proc/self/fd/9`` may exist for the slave
+    only), nor does an object on procfs: both are walked again (-1).
+    """
+    try:
+        fd = safepath.raw_openat2(dirfd, text, flags, mode, own | _RESOLVE_NO_MAGICLINKS)
+    except OSError:
+        return -1
+    if _is_procfs(fd):
+        os.close(fd)
+        return -1
+    return fd
+
+
 def open_as_slave(dirfd: int, text: str, flags: int, mode: int, resolve: int, pid: int, tid: int) -> int:
     """Open ``text`` from ``dirfd`` (``AT_FDCWD``: the master's, for absolute text) as the slave's walk would.
 
@@ -275,9 +309,12 @@ def open_as_slave(dirfd: int, text: str, flags: int, mode: int, resolve: int, pi
             fd = safepath.raw_openat2(dirfd, text, flags, mode, own | _RESOLVE_NO_SYMLINKS)
         except OSError as exc:
             if exc.errno != errno_module.ELOOP or own & _RESOLVE_NO_SYMLINKS:
-                raise
+                raise  # no symlink was met: the kernel's answer is the slave's
             if resolve & _RESOLVE_CACHED:
                 raise OSError(errno_module.EAGAIN, os.strerror(errno_module.EAGAIN), text) from None
+            fd = _through_plain_links(dirfd, text, flags, mode, own)
+            if fd >= 0:
+                return fd
         else:
             if not _is_procfs(fd):
                 return fd
