@@ -40,8 +40,9 @@ __all__ = ["CASES", "IDENTITIES", "Case", "Probe", "become", "case", "load_cases
 #: ``CAP_DAC_OVERRIDE`` (as an ambient capability would give it); ``self``:
 #: the test's own identity, when the test does not run as root.
 IDENTITIES = ("root", "nocaps", "nobody", "nobody+dac", "self")
-#: The identities a case runs as unless it says otherwise (``self`` replaces them when not root).
-DEFAULT_IDENTITIES = ("root", "nocaps", "nobody")
+#: The identities a case runs as unless it says otherwise: as root the first
+#: three, otherwise ``self`` (a case that needs root to set up leaves ``self`` out).
+DEFAULT_IDENTITIES = ("root", "nocaps", "nobody", "self")
 NOBODY = 65534
 CAP_DAC_OVERRIDE = 1
 

@@ -46,7 +46,7 @@ def capabilities_decide(p: Probe) -> None:
     p.call("stat theirs", os.stat, "theirs")
 
 
-@case(identities=("root", "nocaps", "nobody"))
+@case(identities=("root", "nocaps", "nobody", "self"))
 def privileged_port(p: Probe) -> None:
     """Binding a port below 1024 needs CAP_NET_BIND_SERVICE."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
