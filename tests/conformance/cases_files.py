@@ -250,3 +250,27 @@ def symlinks_as_the_kernel_follows_them(p: Probe) -> None:
     p.call("rmdir through a slash link", os.rmdir, "to-dir/sub/")
     p.call("rename through links", os.rename, "to-dir/new", "up/" + os.path.basename(os.getcwd()) + "/moved")
     p.call("access through a loop", os.access, "loop-b", os.F_OK)
+
+
+@case(setup=_links)
+def metadata_and_sockets_through_links(p: Probe) -> None:
+    """chmod/chown/utime following or not following links, unix sockets named through a link."""
+    import socket
+
+    p.call("chmod through a link", os.chmod, "to-file", 0o600)
+    p.call("chmod of a dangling link", os.chmod, "dangling", 0o600)
+    p.call("lchown a link", os.lchown, "to-dir", os.getuid(), os.getgid())
+    p.call("utime through a directory link", os.utime, "to-dir/file", (5, 6))
+    p.call("utime a link itself", lambda: os.utime("to-file", (7, 8), follow_symlinks=False))
+    p.call("times set", lambda: [os.stat("dir/file").st_mtime == 6, os.lstat("to-file").st_mtime == 8])
+    p.call("access through a slash link", os.access, "to-dir-slash", os.W_OK)
+    p.call("access of a dangling link", os.access, "dangling", os.F_OK)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    p.call("bind through a link", server.bind, "to-dir/sock")
+    p.call("listen", server.listen)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    p.call("connect through another link", client.connect, "chain/sock")
+    p.call("connect through a loop", socket.socket(socket.AF_UNIX).connect, "loop-a/sock")
+    p.call("stat the socket", lambda: stat.S_IFMT(os.stat("dir/sock").st_mode))
+    client.close()
+    server.close()
