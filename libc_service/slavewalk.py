@@ -270,11 +270,7 @@ class _Walk:
             # Not a symlink when looked at: never follow one swapped in since.
             # (O_NOFOLLOW|O_PATH opens a symlink itself, as lstat wants.)
             flags |= os.O_NOFOLLOW
-        fd = os.open(name, flags, mode, dir_fd=here.fd)
-        if here.proc_root and name in ("self", "thread-self") and not flags & os.O_PATH:
-            os.close(fd)  # unreachable in practice: the link was followed above
-            raise OSError(errno_module.ELOOP, os.strerror(errno_module.ELOOP), name)
-        return fd
+        return os.open(name, flags, mode, dir_fd=here.fd)
 
 
 def _through_plain_links(dirfd: int, text: str, flags: int, mode: int, own: int) -> int:
