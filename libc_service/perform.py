@@ -192,6 +192,7 @@ def perform(request: Any, *, beneath: str | os.PathLike[str] | None = None) -> A
         raise TypeError(f"perform() does not know the function {function!r}")
     if function in _PATH_FUNCTIONS and not getattr(request, "abstract", False):
         same_root_and_mounts(request)
+        slavewalk.prepare()
     root = None if beneath is None else os.fspath(beneath)
     return performer(request, root)
 
@@ -734,6 +735,7 @@ def open_descriptor(
     """
     nonblocking = bool(flags & os.O_NONBLOCK)
     same_root_and_mounts(request)
+    slavewalk.prepare()
     switch = _switch_for(request, creates=safepath.takes_mode(flags))
     fd = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking, fifo_wait=False))
     assert isinstance(fd, int)

@@ -29,6 +29,12 @@ all; only the walk itself can.
   master's own process (``/proc/<master pid>`` and below) is refused with
   ``EACCES``.
 
+In the caller's own ``/proc/<pid>`` the kernel lets the process itself
+search ``fd/`` and follow its magic links whatever its credentials; the
+thread acting as the slave is not the slave, so those steps (and only
+those) are retried by a thread that keeps the master's credentials
+(:class:`_MasterHand`), and what they reach is opened with the slave's.
+
 The slave's own ``openat2`` resolve bits are honoured by the walk:
 ``RESOLVE_NO_SYMLINKS``, ``RESOLVE_NO_MAGICLINKS``, ``RESOLVE_BENEATH``
 (``..`` above the start, absolute names and links are ``EXDEV``) and
@@ -40,13 +46,17 @@ from __future__ import annotations
 import ctypes
 import errno as errno_module
 import os
+import queue
+import re
 import stat as stat_module
+import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import safepath
 
-__all__ = ["open_as_slave"]
+__all__ = ["open_as_slave", "prepare"]
 
 _PROC_SUPER_MAGIC = 0x9FA0
 _PROC_ROOT_INO = 1
@@ -59,6 +69,12 @@ _RESOLVE_BENEATH = safepath.RESOLVE_BENEATH
 _RESOLVE_CACHED = 0x20
 _AT_FDCWD = -100
 _STEP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+#: The kernel's names of the directories where "the process itself" may
+#: search whatever its credentials (``fd/``, ``fdinfo/``, ``map_files/``) …
+_SELF_SEARCH = re.compile(r"/proc/[0-9]+(/task/[0-9]+)?/(fd|fdinfo|map_files)")
+#: … and where it may follow magic links (``fd/N``; ``cwd``, ``root``, ``exe``
+#: of the process or a thread). ``map_files/N`` needs a capability even then.
+_SELF_FOLLOW = re.compile(r"/proc/[0-9]+(/task/[0-9]+)?(/fd)?")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -82,6 +98,66 @@ def _is_procfs(fd: int) -> bool:
     if not procfs and os.major(device) != 0:
         _NOT_PROCFS.add(device)
     return procfs
+
+
+class _MasterHand:
+    """A thread that keeps the master's own credentials, for what only "the process itself" may do.
+
+    In its own ``/proc/<pid>`` a process may search ``fd/`` and follow its
+    magic links whatever its credentials (the kernel checks "same thread
+    group" there); a process that changed its uid without ``exec`` is not
+    dumpable, and those entries belong to root. The thread acting as the
+    slave is not the slave, so those two steps alone are done here, with
+    the master's credentials, and only in the requesting process's own
+    ``/proc/<pid>``; the object reached is then opened with the slave's.
+    Started by :func:`prepare` from a thread of the master (a thread made
+    by one acting as the slave would inherit the slave's credentials).
+    """
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Callable[[], int], list[object], threading.Event]] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self.serve, name="libc-service master hand", daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            job, outcome, done = self.jobs.get()
+            try:
+                outcome.append(job())
+            except BaseException as exc:  # noqa: BLE001 - handed to the asking thread
+                outcome.append(exc)
+            done.set()
+
+    def run(self, job: Callable[[], int]) -> int:
+        outcome: list[object] = []
+        done = threading.Event()
+        self.jobs.put((job, outcome, done))
+        done.wait()
+        (value,) = outcome
+        if isinstance(value, BaseException):
+            raise value
+        assert isinstance(value, int)
+        return value
+
+
+_hand: _MasterHand | None = None
+_hand_lock = threading.Lock()
+
+
+def prepare() -> None:
+    """Make sure the master's hand (see :class:`_MasterHand`) runs; call from a master thread."""
+    global _hand
+    if _hand is not None:
+        return
+    with _hand_lock:
+        if _hand is None:
+            _hand = _MasterHand()
+
+
+def _as_master(job: Callable[[], int]) -> int:
+    if _hand is None:
+        return job()  # never prepared: this thread's own credentials
+    return _hand.run(job)
 
 
 @dataclass
@@ -163,6 +239,31 @@ class _Walk:
         if owner == master or (owner.isdigit() and os.path.exists(f"/proc/{master}/task/{owner}")):
             raise OSError(errno_module.EACCES, "the master's own /proc directory is not the slave's")
 
+    def in_own_proc(self, here: _Place, step: Callable[[], int], *, follow: bool) -> int:
+        """``step()`` as the slave; in the caller's own ``/proc/<pid>``, retried as the master when refused.
+
+        Only a search there or a magic link's follow (``follow``) can be
+        refused (``EACCES``) for the slave's thread that the process itself
+        may do (the kernel's "same thread group" rule): the step opens with
+        ``O_PATH``, which reads nothing of the object.
+        """
+        try:
+            return step()
+        except PermissionError as exc:
+            if exc.errno != errno_module.EACCES or not self.exempt(here, follow=follow):
+                raise
+        return _as_master(step)
+
+    def exempt(self, here: _Place, *, follow: bool) -> bool:
+        """Whether the kernel lets the process itself search ``here`` (or follow a magic link in it)."""
+        if here.owner not in self.mine:
+            return False
+        try:
+            name = os.readlink(f"/proc/self/fd/{here.fd}")
+        except OSError:
+            return False
+        return (_SELF_FOLLOW if follow else _SELF_SEARCH).fullmatch(name) is not None
+
     def check_dev(self, before: int, after: int) -> None:
         if self.resolve & _RESOLVE_NO_XDEV and os.fstat(before).st_dev != os.fstat(after).st_dev:
             raise OSError(errno_module.EXDEV, "the path crosses a mount point")
@@ -226,7 +327,7 @@ class _Walk:
             exclusive = flags & (os.O_CREAT | os.O_EXCL) == os.O_CREAT | os.O_EXCL
             follow = not last or must_dir or not (flags & os.O_NOFOLLOW or exclusive)
             try:
-                step = self.keep(os.open(part, _STEP, dir_fd=here.fd))
+                step = self.keep(self.in_own_proc(here, lambda: os.open(part, _STEP, dir_fd=here.fd), follow=False))
             except FileNotFoundError:
                 if last:
                     return self.final(here, part, flags, mode, must_dir)
@@ -238,7 +339,11 @@ class _Walk:
                 if target is None:  # the caller's own magic link: the kernel follows it
                     if last:
                         return self.final(here, part, flags & ~os.O_NOFOLLOW, mode, must_dir, magic=True)
-                    fd = self.keep(os.open(part, os.O_PATH | os.O_CLOEXEC, dir_fd=here.fd))
+                    fd = self.keep(
+                        self.in_own_proc(
+                            here, lambda: os.open(part, os.O_PATH | os.O_CLOEXEC, dir_fd=here.fd), follow=True
+                        )
+                    )
                     here = self.place_of(fd, here.depth + 1)
                     continue
                 names = target.split("/")
@@ -270,7 +375,23 @@ class _Walk:
             # Not a symlink when looked at: never follow one swapped in since.
             # (O_NOFOLLOW|O_PATH opens a symlink itself, as lstat wants.)
             flags |= os.O_NOFOLLOW
-        return os.open(name, flags, mode, dir_fd=here.fd)
+        try:
+            return os.open(name, flags, mode, dir_fd=here.fd)
+        except PermissionError as exc:
+            if exc.errno != errno_module.EACCES or not (magic or flags & os.O_PATH):
+                raise
+            if not self.exempt(here, follow=magic):
+                raise
+        # The caller's own /proc/<pid>: what it may reach there, found with the
+        # master's credentials, then opened with the slave's (as natively, the
+        # object's own permissions decide).
+        reached = _as_master(lambda: os.open(name, (flags & os.O_NOFOLLOW) | os.O_PATH | os.O_CLOEXEC, dir_fd=here.fd))
+        if flags & os.O_PATH:
+            return reached
+        try:
+            return os.open(f"/proc/self/fd/{reached}", flags, mode)
+        finally:
+            os.close(reached)
 
 
 def _through_plain_links(dirfd: int, text: str, flags: int, mode: int, own: int) -> int:

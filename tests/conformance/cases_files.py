@@ -73,12 +73,6 @@ def _behind_a_locked_parent(directory: Path, identity: str) -> None:
     (directory / "locked").chmod(0o700)
 
 
-_PROC_AS_NOBODY = (
-    "the caller's own /proc/<pid>/fd is walked with its identity: a process that changed its uid "
-    "is not dumpable, and only the process itself may walk its /proc/<pid>/fd"
-)
-
-
 @case(setup=_behind_a_locked_parent, cwd="locked/inner")
 def names_holding_fd_self_std(p: Probe) -> None:
     """A relative name that holds ``fd``, ``self`` or ``std`` is just a name (even where its directory has no reachable name)."""
@@ -162,7 +156,7 @@ def proc_self_mem_behind_a_symlink(p: Probe) -> None:
         os.close(fd)
 
 
-@case(differs={"nobody": _PROC_AS_NOBODY})
+@case()
 def proc_self_from_proc(p: Probe) -> None:
     """Relative names from ``/proc`` and ``/dev``: ``self/status``, ``fd/0``."""
     os.chdir("/proc")
@@ -274,3 +268,34 @@ def metadata_and_sockets_through_links(p: Probe) -> None:
     p.call("stat the socket", lambda: stat.S_IFMT(os.stat("dir/sock").st_mode))
     client.close()
     server.close()
+
+
+@case()
+def own_proc_entries(p: Probe) -> None:
+    """The process's own /proc entries it may reach whatever its ids (fd/N, its magic links)."""
+    for path in ("/proc/self/fd/0", "/dev/stdin", "/proc/self/cwd", "/proc/self/exe", "/proc/self/fdinfo/0"):
+        p.call(f"stat {path}", lambda path=path: stat.S_IFMT(os.stat(path).st_mode))
+    for path in ("/proc/self/fd/0", "/dev/stdin", "/proc/self/environ", "/proc/self/mem"):
+        fd = p.call(f"open {path}", os.open, path, os.O_RDONLY)
+        if fd is not None:
+            os.close(fd)
+    p.call("thread-self fd", lambda: stat.S_IFMT(os.stat("/proc/thread-self/fd/0").st_mode))
+
+
+_FDINFO = (
+    "a process that changed its uid is not dumpable: the master opens its fdinfo/N and lists its map_files/ "
+    "with the slave's credentials, which the kernel exempts only for the process itself (EACCES)"
+)
+
+
+@case(differs={"nobody": _FDINFO})
+def own_proc_fdinfo_and_map_files(p: Probe) -> None:
+    """fdinfo/N and map_files/ of the process itself."""
+    fd = p.call("open /proc/self/fdinfo/0", os.open, "/proc/self/fdinfo/0", os.O_RDONLY)
+    if fd is not None:
+        os.close(fd)
+    p.call("listdir map_files", lambda: len(os.listdir("/proc/self/map_files")) > 0)
+    p.call(
+        "open a map_files entry",
+        lambda: os.open("/proc/self/map_files/" + os.listdir("/proc/self/map_files")[0], os.O_RDONLY),
+    )
