@@ -197,6 +197,12 @@ def perform(request: Any, *, beneath: str | os.PathLike[str] | None = None) -> A
     return performer(request, root)
 
 
+@functools.cache
+def _master_mounts() -> str:
+    """The master's mount namespace (read once: a master does not move to another)."""
+    return os.readlink("/proc/self/ns/mnt")
+
+
 def same_root_and_mounts(request: Any) -> None:
     """Refuse (``EXDEV``) a path of a process whose root or mount namespace is not the master's.
 
@@ -218,7 +224,7 @@ def same_root_and_mounts(request: Any) -> None:
         mine = os.stat("/")
         # "mnt:[inode]": readlink is the cheaper way to the namespace's inode.
         their_mounts = os.readlink(f"/proc/{pid}/ns/mnt")
-        my_mounts = os.readlink("/proc/self/ns/mnt")
+        my_mounts = _master_mounts()
     except OSError as exc:
         raise OSError(errno_module.EXDEV, f"cannot tell the root and mounts of process {pid}: {exc.strerror}") from None
     if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino) or their_mounts != my_mounts:
