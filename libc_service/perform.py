@@ -198,9 +198,10 @@ def perform(request: Any, *, beneath: str | os.PathLike[str] | None = None) -> A
 
 
 @functools.cache
-def _master_mounts() -> str:
-    """The master's mount namespace (read once: a master does not move to another)."""
-    return os.readlink("/proc/self/ns/mnt")
+def _master_root_and_mounts() -> tuple[tuple[int, int], str]:
+    """The master's root directory and mount namespace, read once (a master moves to no other)."""
+    root = os.stat("/")
+    return (root.st_dev, root.st_ino), os.readlink("/proc/self/ns/mnt")
 
 
 def same_root_and_mounts(request: Any) -> None:
@@ -221,13 +222,12 @@ def same_root_and_mounts(request: Any) -> None:
         return  # names no process: its root is taken as the master's, as its other unknowns
     try:
         theirs = os.stat(f"/proc/{pid}/root")
-        mine = os.stat("/")
         # "mnt:[inode]": readlink is the cheaper way to the namespace's inode.
         their_mounts = os.readlink(f"/proc/{pid}/ns/mnt")
-        my_mounts = _master_mounts()
+        mine, my_mounts = _master_root_and_mounts()
     except OSError as exc:
         raise OSError(errno_module.EXDEV, f"cannot tell the root and mounts of process {pid}: {exc.strerror}") from None
-    if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino) or their_mounts != my_mounts:
+    if (theirs.st_dev, theirs.st_ino) != mine or their_mounts != my_mounts:
         raise OSError(errno_module.EXDEV, f"process {pid} has another root or mount namespace than the master")
 
 
@@ -433,8 +433,14 @@ def _switch_for(
     return _Switch(ids, mask, chdir, caps)
 
 
+@functools.cache
 def _master_capabilities() -> tuple[int, int]:
-    """This thread's (effective, permitted) sets; none where ``capget`` is unknown."""
+    """The master's (effective, permitted) sets, read once; none where ``capget`` is unknown.
+
+    Read once: a master that drops capabilities later only makes the
+    per-call thread's ``capset`` fail (the call is refused with ``EPERM``)
+    or act with less, never with more.
+    """
     try:
         effective, permitted, _ = _capabilities(0)
     except OSError:
