@@ -12,12 +12,15 @@ under a policy than without one:
   fold). Relative paths are resolved from ``request.dirfd`` (the slave's
   dirfd or working directory, a descriptor in the master), which also works
   after that directory was removed.
-- **Names that mean "the caller".** ``/proc/self``, ``/proc/thread-self``,
-  ``/dev/fd/N`` and ``/dev/stdin|stdout|stderr`` are rewritten to
-  ``/proc/<pid>/…`` of the requesting process and thread. Every other walk
-  is done with ``RESOLVE_NO_MAGICLINKS`` where the kernel has ``openat2``, so
-  a symlink the slave planted (``x -> /proc/self/fd/7``) cannot reach the
-  master's own descriptors: it fails with ``ELOOP``.
+- **Names that mean "the caller".** ``/proc/self`` and ``/proc/thread-self``
+  (and ``/dev/fd/N``, ``/dev/stdin|stdout|stderr``, which lead there) name
+  the requesting process and thread wherever resolution meets them — in
+  the text, behind a symlink the slave planted (``x -> /proc/self/mem``),
+  through a link to ``/proc`` — because the path is resolved by
+  :mod:`libc_service.slavewalk` name by name, never joined or rewritten as
+  text. Magic links are followed only in the caller's own ``/proc/<pid>``
+  (others are ``ELOOP``), and the master's own ``/proc/<pid>`` is
+  ``EACCES``.
 - **Credentials and umask.** When the request carries the slave's
   ``fsuid``/``fsgid``/``groups`` and they differ from the master's, the
   call runs on a short-lived thread that takes them on (raw ``setresuid``,
@@ -90,7 +93,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import names, safepath
+from . import names, safepath, slavewalk
 from .resolver import Resolver
 from .slavepath import exact_name, join_to_directory
 from .statx import stat_of
@@ -204,8 +207,16 @@ def perform(request: Any, *, beneath: str | os.PathLike[str] | None = None) -> A
         raise TypeError(f"perform() does not know the function {function!r}")
     if function in _PATH_FUNCTIONS and not getattr(request, "abstract", False):
         same_root_and_mounts(request)
+        slavewalk.prepare()
     root = None if beneath is None else os.fspath(beneath)
     return performer(request, root)
+
+
+@functools.cache
+def _master_root_and_mounts() -> tuple[tuple[int, int], str]:
+    """The master's root directory and mount namespace, read once (a master moves to no other)."""
+    root = os.stat("/")
+    return (root.st_dev, root.st_ino), os.readlink("/proc/self/ns/mnt")
 
 
 def same_root_and_mounts(request: Any) -> None:
@@ -226,13 +237,12 @@ def same_root_and_mounts(request: Any) -> None:
         return  # names no process: its root is taken as the master's, as its other unknowns
     try:
         theirs = os.stat(f"/proc/{pid}/root")
-        mine = os.stat("/")
         # "mnt:[inode]": readlink is the cheaper way to the namespace's inode.
         their_mounts = os.readlink(f"/proc/{pid}/ns/mnt")
-        my_mounts = os.readlink("/proc/self/ns/mnt")
+        mine, my_mounts = _master_root_and_mounts()
     except OSError as exc:
         raise OSError(errno_module.EXDEV, f"cannot tell the root and mounts of process {pid}: {exc.strerror}") from None
-    if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino) or their_mounts != my_mounts:
+    if (theirs.st_dev, theirs.st_ino) != mine or their_mounts != my_mounts:
         raise OSError(errno_module.EXDEV, f"process {pid} has another root or mount namespace than the master")
 
 
@@ -438,8 +448,14 @@ def _switch_for(
     return _Switch(ids, mask, chdir, caps)
 
 
+@functools.cache
 def _master_capabilities() -> tuple[int, int]:
-    """This thread's (effective, permitted) sets; none where ``capget`` is unknown."""
+    """The master's (effective, permitted) sets, read once; none where ``capget`` is unknown.
+
+    Read once: a master that drops capabilities later only makes the
+    per-call thread's ``capset`` fail (the call is refused with ``EPERM``)
+    or act with less, never with more.
+    """
     try:
         effective, permitted, _ = _capabilities(0)
     except OSError:
@@ -575,14 +591,6 @@ def slave_self(text: str, pid: int, tid: int) -> str | None:
     return None
 
 
-def _is_slave_proc(text: str, pid: int) -> bool:
-    """Whether an absolute path is the requesting process's own ``/proc/<pid>``."""
-    if pid <= 0:
-        return False
-    mine = f"/proc/{pid}"
-    return text == mine or text.startswith(mine + "/")
-
-
 @dataclass
 class _Target:
     """Where the kernel resolves a path from: a directory descriptor, the exact
@@ -593,6 +601,10 @@ class _Target:
     resolve: int
     beneath: bool
     owned: tuple[int, ...] = ()
+    #: Resolved by :func:`slavewalk.open_as_slave` for the requesting process and thread.
+    walk: bool = False
+    pid: int = 0
+    tid: int = 0
 
     def close(self) -> None:
         for fd in self.owned:
@@ -619,7 +631,13 @@ def _slave_cwd(request: Any) -> int:
 
 
 def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Target:
-    """Where and how the kernel must resolve the slave's ``path`` (see :class:`_Target`)."""
+    """Where and how the kernel must resolve the slave's ``path`` (see :class:`_Target`).
+
+    Without a root the slave's text is resolved from its directory (or
+    ``/``) by :mod:`libc_service.slavewalk`, which meets ``/proc/self`` and
+    the caller's magic links wherever the walk reaches them; the text is
+    never joined to a directory's name, so what it contains decides nothing.
+    """
     text = os.fspath(path)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
@@ -630,8 +648,8 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
             if dirfd is None:
                 dirfd = _slave_cwd(request)
                 owned.append(dirfd)
-            if root is None and not _may_name_the_caller(text, dirfd):
-                return _Target(dirfd, text, _NO_MAGIC, False, tuple(owned))  # the common case: no name needed
+            if root is None:
+                return _Target(dirfd, text, 0, False, tuple(owned), walk=True, pid=pid, tid=tid)
             base = exact_name(dirfd)  # OSError when it cannot be named exactly: refused
             if base is None:
                 # A removed directory (st_nlink == 0): nothing beneath it has
@@ -640,13 +658,11 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
                 return _Target(dirfd, text, _BENEATH if root is not None else _NO_MAGIC, root is not None, tuple(owned))
             text = join_to_directory(base, text)
         # An absolute text from here on.
+        if root is None:
+            return _Target(_AT_FDCWD, text, 0, False, tuple(owned), walk=True, pid=pid, tid=tid)
         own = slave_self(text, pid, tid)
         if own is not None:
             text = own
-        if root is None:
-            if _is_slave_proc(text, pid):
-                return _slave_proc_target(text, pid, owned)
-            return _Target(_AT_FDCWD, text, _NO_MAGIC, False, tuple(owned))
         try:
             relative = safepath.relative_to_root(root, text)
         except safepath.EscapeError:
@@ -660,75 +676,12 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
         raise
 
 
-#: Words one of which a relative path must contain to reach a name for the caller
-#: (``proc/self``, ``proc/thread-self``, ``dev/fd``, ``dev/stdin`` …) from any directory.
-_CALLER_WORDS: Final = ("self", "fd", "std")
-
-
-@functools.cache
-def _proc_device() -> int | None:
-    try:
-        return os.stat("/proc").st_dev
-    except OSError:
-        return None
-
-
-def _may_name_the_caller(text: str, dirfd: int) -> bool:
-    """Whether relative ``text`` from ``dirfd`` may lead to a name for the caller.
-
-    ``False`` lets the kernel resolve it from the descriptor without the
-    master reading the directory's name (a ``readlink``, the slow part):
-    the text holds no word of such a name and the directory is not in
-    ``/proc`` (whose ``<pid>`` directories need the slave's magic links).
-    """
-    if any(word in text for word in _CALLER_WORDS):
-        return True
-    try:
-        return os.fstat(dirfd).st_dev == _proc_device()
-    except OSError:
-        return True
-
-
-def _slave_proc_target(text: str, pid: int, owned: list[int]) -> _Target:
-    """Where ``/proc/<pid>/…`` of the requesting process leads, following one magic link.
-
-    The walk down the slave's ``/proc/<pid>`` directory follows the first
-    symlink it meets — in procfs a magic link of the slave (``fd/N``,
-    ``cwd``, ``root``, ``exe``, ``task/<tid>/cwd`` …), which is what the
-    slave would reach — and resolves everything after it with
-    ``RESOLVE_NO_MAGICLINKS``: a symlink planted there (``cwd/x ->
-    /proc/self/fd/3``) must not lead to the master's own descriptors. A
-    ``..`` anywhere (``/proc/<pid>/../<other>``) gets no magic link at all.
-    """
-    prefix = f"/proc/{pid}"
-    rest = text[len(prefix) :]
-    names = [name for name in rest.split("/") if name not in ("", ".")]
-    trailing = "/" if rest.endswith("/") else ""
-    if ".." in names:
-        return _Target(_AT_FDCWD, text, _NO_MAGIC, False, tuple(owned))
-    if not names:
-        return _Target(_AT_FDCWD, prefix + trailing, 0, False, tuple(owned))
-    current = os.open(prefix, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    owned.append(current)
-    for index, name in enumerate(names):
-        if index == len(names) - 1:
-            # The last name: opened with the caller's flags, following a magic link if it is one.
-            return _Target(current, name + trailing, 0, False, tuple(owned))
-        step = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
-        owned.append(step)
-        if stat_module.S_ISLNK(os.fstat(step).st_mode):
-            step = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=current)  # the slave's magic link
-            owned.append(step)
-            after = "/".join(names[index + 1 :]) + trailing
-            return _Target(step, after, _NO_MAGIC, False, tuple(owned))
-        current = step
-    raise AssertionError("unreachable: the loop returns at the last name")
-
-
 def _open_at(where: _Target, flags: int, mode: int = 0, extra: int = 0) -> int:
     """Open ``where`` with the kernel's resolution rules (``extra``: the slave's own resolve bits)."""
     if not safepath.takes_mode(flags):
         mode = 0
+    if where.walk:
+        return slavewalk.open_as_slave(where.dirfd, where.text, flags, mode, extra, where.pid, where.tid)
     if where.beneath:
         return safepath.open_resolved(where.dirfd, where.text, flags, mode, where.resolve | extra)
     bits = where.resolve | extra
@@ -762,7 +715,7 @@ def _split(where: _Target) -> tuple[str, str]:
 def _parent(where: _Target) -> tuple[int, str]:
     """Open the parent of ``where`` (``O_PATH``, resolved as ``where`` says): ``(fd, last)``."""
     head, last = _split(where)
-    parent = _Target(where.dirfd, head, where.resolve, where.beneath)
+    parent = _Target(where.dirfd, head, where.resolve, where.beneath, walk=where.walk, pid=where.pid, tid=where.tid)
     return _open_at(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), last
 
 
@@ -809,6 +762,7 @@ def open_descriptor(
     """
     nonblocking = bool(flags & os.O_NONBLOCK)
     same_root_and_mounts(request)
+    slavewalk.prepare()
     switch = _switch_for(request, creates=safepath.takes_mode(flags))
     fd = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking, fifo_wait=False))
     assert isinstance(fd, int)

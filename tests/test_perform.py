@@ -429,13 +429,19 @@ def test_a_relative_path_without_a_directory_is_the_slaves_working_directory(tmp
     assert read_all(perform(request)) == b"here"
 
 
-def test_a_symlink_to_the_masters_descriptors_is_refused(tmp_path: Path, here: int) -> None:
-    """x -> /proc/self/fd/N would name the master's descriptor N: ELOOP."""
+def test_a_symlink_to_the_masters_descriptors_is_refused(tmp_path: Path, here: int, sleeper: int) -> None:
+    """x -> /proc/self/fd/N names the slave's descriptor N, never the master's."""
     secret = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     try:
         (tmp_path / "x").symlink_to(f"/proc/self/fd/{secret}")
-        assert errno_of(lambda: perform(StatRequest(path="x/", dirfd=here, **ME))) == "ELOOP"
-        assert errno_of(lambda: perform(UnlinkRequest(path="x/victim", dirfd=here, **ME))) == "ELOOP"
+        (tmp_path / "victim").write_text("stays")
+        # What the slave itself gets: it has no descriptor with that number.
+        native = errno_of(lambda: os.stat(f"/proc/{sleeper}/fd/{secret}/"))
+        assert native == "ENOENT"
+        slave = {"pid": sleeper, "tid": sleeper}
+        assert errno_of(lambda: perform(StatRequest(path="x/", dirfd=here, **slave))) == native
+        assert errno_of(lambda: perform(UnlinkRequest(path="x/victim", dirfd=here, **slave))) == native
+        assert (tmp_path / "victim").exists()
     finally:
         os.close(secret)
 
@@ -463,10 +469,14 @@ def test_the_slaves_magic_links_lead_to_the_slave_and_no_further(tmp_path: Path,
         slave = {"pid": sleeper, "tid": sleeper}
         opened = perform(OpenRequest(path="/proc/self/cwd/file", flags=["read_only"], **slave))
         assert read_all(opened) == b"in the slave's cwd"
-        # Past the slave's own magic link, a planted symlink to the master's descriptors is refused.
-        assert errno_of(lambda: perform(StatRequest(path="/proc/self/cwd/x/", **slave))) == "ELOOP"
+        # Past the slave's own magic link, a planted symlink to /proc/self/fd/N is the
+        # slave's descriptor N (which it does not have), never the master's.
+        native = errno_of(lambda: os.stat(f"/proc/{sleeper}/fd/{mine}/"))
+        assert native == "ENOENT"
+        assert errno_of(lambda: perform(StatRequest(path="/proc/self/cwd/x/", **slave))) == native
+        # The master's own /proc/<pid> is refused, however it is reached.
         climbing = f"/proc/self/../{os.getpid()}/fd/{mine}/file"
-        assert errno_of(lambda: perform(StatRequest(path=climbing, **slave))) == "ELOOP"
+        assert errno_of(lambda: perform(StatRequest(path=climbing, **slave))) == "EACCES"
         assert perform(LstatRequest(path="/dev/fd/1", **slave)).type == "symlink"
     finally:
         os.close(mine)

@@ -11,14 +11,19 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from shimtools import PYTHON, run_native, run_slave
 
-from libc_service import perform
+from libc_service import FORWARD, Router, perform
+from libc_service.catalogue import FUNCTIONS
+from libc_service.spawn import ShimNotFound, shim_path
 from libc_service.requests import AccessRequest, BindInetRequest, ChownRequest, OpenRequest, UtimensRequest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the helper drops capabilities a root master has")
@@ -74,6 +79,24 @@ def files(tmp_path: Path) -> Iterator[Path]:
     yield directory
 
 
+def perform_everything() -> Router:
+    router = Router(default=FORWARD)
+
+    @router.on(*FUNCTIONS)
+    def performed(request: Any) -> Any:
+        return perform(request)
+
+    return router
+
+
+def _shim_built() -> bool:
+    try:
+        shim_path()
+    except ShimNotFound:
+        return False
+    return True
+
+
 def _helper(mode: str, directory: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
     helper = subprocess.Popen(
         [sys.executable, "-S", "-c", HELPER, mode, str(directory)],
@@ -124,3 +147,31 @@ def test_the_callers_capabilities_decide(files: Path, mode: str) -> None:
         assert native["chown"] == errno.EPERM and native["bind"] == errno.EACCES and native["access"] == errno.EACCES
     else:
         assert native["open"] == 0  # CAP_DAC_OVERRIDE kept
+
+
+@pytest.mark.skipif(not _shim_built(), reason="the preload shim is not built")
+@pytest.mark.skipif(
+    shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to start a program with ambient capabilities"
+)
+async def test_a_program_with_an_ambient_capability_keeps_it(tmp_path: Path) -> None:
+    """nobody with an ambient CAP_DAC_OVERRIDE reads a root-only file through the master, as natively."""
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    tmp_path.chmod(0o700)
+    argv = [
+        shutil.which("setpriv") or "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+dac_override",
+        "--ambient-caps=+dac_override",
+        PYTHON,
+        "-S",
+        "-c",
+        f"print(open({str(secret)!r}).read())",
+    ]
+    native = run_native(argv)
+    assert (native.status, native.out) == (0, "root only\n"), native.err
+    through = await run_slave(argv, perform_everything())
+    assert (through.status, through.out) == (native.status, native.out), through.err

@@ -40,8 +40,9 @@ __all__ = ["CASES", "IDENTITIES", "Case", "Probe", "become", "case", "load_cases
 #: ``CAP_DAC_OVERRIDE`` (as an ambient capability would give it); ``self``:
 #: the test's own identity, when the test does not run as root.
 IDENTITIES = ("root", "nocaps", "nobody", "nobody+dac", "self")
-#: The identities a case runs as unless it says otherwise (``self`` replaces them when not root).
-DEFAULT_IDENTITIES = ("root", "nocaps", "nobody")
+#: The identities a case runs as unless it says otherwise: as root the first
+#: three, otherwise ``self`` (a case that needs root to set up leaves ``self`` out).
+DEFAULT_IDENTITIES = ("root", "nocaps", "nobody", "self")
 NOBODY = 65534
 CAP_DAC_OVERRIDE = 1
 
@@ -162,6 +163,43 @@ class Probe:
     def note(self, label: str, value: Any) -> None:
         """Record a value the case computed itself (a comparison, a flag)."""
         self.seen.append([label, "note", plain(value)])
+
+    def socket(self, label: str, sock: Any) -> None:
+        """Record what a program can observe of a socket: its names and the options that carry over.
+
+        ``getsockname``/``getpeername`` and each option of :data:`SOCKET_OPTIONS`
+        that the socket's family has, as ``label name``.
+        """
+        import socket as socket_module
+
+        self.call(f"{label} getsockname", sock.getsockname)
+        self.call(f"{label} getpeername", sock.getpeername)
+        for level_name, option_name in SOCKET_OPTIONS:
+            level = getattr(socket_module, level_name, None)
+            option = getattr(socket_module, option_name, None)
+            if level is None or option is None:
+                continue
+            if level_name.startswith("IPPROTO_IP") and sock.family == socket_module.AF_UNIX:
+                continue
+            if level_name == "IPPROTO_TCP" and sock.type != socket_module.SOCK_STREAM:
+                continue
+            self.call(f"{label} {option_name}", sock.getsockopt, level, option)
+
+
+#: (level, option) names a program may have set before bind or connect.
+SOCKET_OPTIONS = (
+    ("SOL_SOCKET", "SO_TYPE"),
+    ("SOL_SOCKET", "SO_DOMAIN"),
+    ("SOL_SOCKET", "SO_REUSEADDR"),
+    ("SOL_SOCKET", "SO_KEEPALIVE"),
+    ("SOL_SOCKET", "SO_SNDBUF"),
+    ("SOL_SOCKET", "SO_RCVBUF"),
+    ("SOL_SOCKET", "SO_PASSCRED"),
+    ("SOL_SOCKET", "SO_BROADCAST"),
+    ("IPPROTO_IP", "IP_TOS"),
+    ("IPPROTO_IPV6", "IPV6_V6ONLY"),
+    ("IPPROTO_TCP", "TCP_NODELAY"),
+)
 
 
 # ------------------------------------------------------------------ identities

@@ -46,7 +46,7 @@ def capabilities_decide(p: Probe) -> None:
     p.call("stat theirs", os.stat, "theirs")
 
 
-@case(identities=("root", "nocaps", "nobody"))
+@case(identities=("root", "nocaps", "nobody", "self"))
 def privileged_port(p: Probe) -> None:
     """Binding a port below 1024 needs CAP_NET_BIND_SERVICE."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -83,3 +83,31 @@ def chroot_names_the_jail(p: Probe) -> None:
         p.call("read it", os.read, fd, 100)
     p.call("create /made-here", os.open, "/made-here", os.O_WRONLY | os.O_CREAT, 0o644)
     p.call("stat /jail", os.stat, "/jail")
+
+
+_REPLACED = (
+    "a socket bound or connected by the master replaces the slave's, and SO_SNDBUF, SO_RCVBUF, SO_PASSCRED "
+    "and IP_TOS set before are not carried to it"
+)
+
+
+@case(identities=("root", "self"), differs={"shim": _REPLACED, "seccomp": _REPLACED})
+def sockets_keep_what_the_program_set(p: Probe) -> None:
+    """Options set before bind/connect and the names a program reads back (getsockname, getpeername)."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    p.call("bind", server.bind, "listening")
+    server.listen()
+    p.socket("server", server)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    p.call("connect", client.connect, "listening")
+    p.socket("client", client)
+    inet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inet.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)
+    p.call("bind inet", inet.bind, ("127.0.0.1", 0))
+    p.call("inet port chosen", lambda: inet.getsockname()[1] > 0)
+    p.call("inet IP_TOS", inet.getsockopt, socket.IPPROTO_IP, socket.IP_TOS)
+    for sock in (server, client, inet):
+        sock.close()

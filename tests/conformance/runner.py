@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conformance.casebook import CASES, DEFAULT_IDENTITIES, identity_ids
+from conformance.casebook import CASES, identity_ids
 
 from libc_service import FORWARD, Router, perform
 from libc_service.catalogue import FUNCTIONS
@@ -50,9 +50,9 @@ def perform_everything() -> Router:
 
 
 def identities_for(names: tuple[str, ...]) -> list[str]:
-    """The identities of ``names`` this test process can take on (``self`` only when not root)."""
+    """The identities of ``names`` this test process can take on: ``self`` only, when not root."""
     if os.geteuid() != 0:
-        return ["self"] if set(names) & set(DEFAULT_IDENTITIES) or "self" in names else []
+        return ["self"] if "self" in names else []
     return [name for name in names if name != "self"]
 
 
