@@ -85,13 +85,7 @@ def chroot_names_the_jail(p: Probe) -> None:
     p.call("stat /jail", os.stat, "/jail")
 
 
-_REPLACED = (
-    "a socket bound or connected by the master replaces the slave's, and SO_SNDBUF, SO_RCVBUF, SO_PASSCRED "
-    "and IP_TOS set before are not carried to it"
-)
-
-
-@case(identities=("root", "self"), differs={"shim": _REPLACED, "seccomp": _REPLACED})
+@case(identities=("root", "self"))
 def sockets_keep_what_the_program_set(p: Probe) -> None:
     """Options set before bind/connect and the names a program reads back (getsockname, getpeername)."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
