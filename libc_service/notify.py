@@ -76,6 +76,7 @@ from pydantic import ValidationError
 
 from .master import close_fds
 from .perform import installable
+from .rendezvous import WAITING
 from .notify_filter import NOTIFIED, build_notify_filter, notified_numbers
 from .replies import Stat
 from .catalogue import UNIX_PATH_MAX
@@ -855,6 +856,9 @@ class SeccompSession:
         self.killable = killable
         self._limit = router.max_in_flight if router.concurrent else 1
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Tasks whose call waits for another party (a Rendezvous): they do not count against the limit.
+        self._waiting: set[asyncio.Task[None]] = set()
+        self._first_step_waits = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller = select.poll()
         self._poller.register(listener, select.POLLIN)
@@ -903,7 +907,7 @@ class SeccompSession:
         for _ in range(self._DRAIN_MAX):
             if self._fd < 0:
                 return
-            if len(self._tasks) >= self._limit:
+            if len(self._tasks) - len(self._waiting) >= self._limit:
                 # Backpressure: the callers wait in the kernel until a decision is done.
                 assert self._loop is not None
                 self._loop.remove_reader(self._fd)
@@ -931,7 +935,7 @@ class SeccompSession:
             self._start(_Notification(notif_id, tid, nr, tuple(args)))
 
     def _resume(self) -> None:
-        if self._fd >= 0 and self._loop is not None and len(self._tasks) < self._limit:
+        if self._fd >= 0 and self._loop is not None and len(self._tasks) - len(self._waiting) < self._limit:
             self._loop.add_reader(self._fd, self._on_readable)
 
     def _start(self, notification: _Notification) -> None:
@@ -967,6 +971,7 @@ class SeccompSession:
         coroutine = self._decide(request, context, notification, fetched)
         context_vars = contextvars.copy_context()
         context_vars.run(_TRANSPORT.set, "seccomp")
+        context_vars.run(WAITING.set, self._waits_for_a_peer)
         assert self._loop is not None
         if not self.router.decides_synchronously(request.function):
             # An async handler may decide: it runs in a task from its first step.
@@ -974,6 +979,7 @@ class SeccompSession:
             self._tasks.add(task)
             task.add_done_callback(self._finished)
             return
+        self._first_step_waits = False
         try:
             first = context_vars.run(coroutine.send, None)
         except StopIteration:
@@ -984,10 +990,23 @@ class SeccompSession:
         assert self._loop is not None
         task = self._loop.create_task(_continue(coroutine, first), context=context_vars)
         self._tasks.add(task)
+        if self._first_step_waits:
+            self._first_step_waits = False
+            self._waiting.add(task)
         task.add_done_callback(self._finished)
+
+    def _waits_for_a_peer(self) -> None:
+        """A decision now waits for another party (a FIFO's other end): it no longer holds the session."""
+        task = asyncio.current_task()
+        if task is None or task not in self._tasks:
+            self._first_step_waits = True  # in the reader callback: its task is made next
+            return
+        self._waiting.add(task)
+        self._resume()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._waiting.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s: answering a call failed", self.name, exc_info=task.exception())
         self._resume()

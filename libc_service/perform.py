@@ -81,6 +81,7 @@ from .statx import stat_of
 from . import (
     replies,
 )  # loaded on first use (libc_service/__init__.py): a policy importing perform starts without pydantic
+from .rendezvous import Rendezvous
 from .router import WithFds
 from .lazyimport import on_first_use
 
@@ -732,7 +733,7 @@ def _open_fifo(fifo: _Fifo, switch: _Switch | None) -> Any:
         finally:
             os.close(fifo.path_fd)
         return WithFds(fd, [fd])
-    return _await_fifo(fifo, switch, blocking_open)
+    return Rendezvous(_await_fifo(fifo, switch, blocking_open))
 
 
 async def _await_fifo(fifo: _Fifo, switch: _Switch | None, blocking_open: Callable[[], int]) -> WithFds:

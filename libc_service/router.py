@@ -35,6 +35,7 @@ from .conditions import Condition
 from .master import Call, Master, SessionClosed, discard
 from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, WithFds, Sentinel, deny, reply_now
 from .catalogue import FUNCTIONS
+from .rendezvous import Rendezvous
 from .slavepath import directory_name
 from . import requests  # loaded on first use (libc_service/__init__.py)
 
@@ -615,6 +616,12 @@ class _Pending:
     def __init__(self, coroutine: Coroutine[Any, Any, None], awaitable: object) -> None:
         self._coroutine = coroutine
         self._awaitable = awaitable
+
+    @property
+    def detached(self) -> bool:
+        """Whether the rest waits for another party (a :class:`~libc_service.rendezvous.Rendezvous`),
+        so a sequential session finishes it aside and goes on serving."""
+        return isinstance(self._awaitable, Rendezvous)
 
     def __await__(self) -> Generator[Any, None, None]:
         return self._coroutine.__await__()
