@@ -34,7 +34,10 @@ under a policy than without one:
   unless the slave asked for it), so a terminal or device never stalls the
   event loop. A FIFO opened for blocking reading or writing is opened on a
   daemon thread and ``perform`` returns an *awaitable* (the router awaits it;
-  see :func:`perform`); cancelling it (session closed, master shutting
+  see :func:`perform`), a :class:`~libc_service.rendezvous.Rendezvous`: the
+  transports go on serving the slave's other calls meanwhile, so its other
+  end can be opened by another thread or process of the same master;
+  cancelling it (session closed, master shutting
   down) opens the FIFO's other end through the master's ``O_PATH`` descriptor
   so the thread is released. ``getaddrinfo`` and a ``connect`` that is in
   progress are awaitables too, when an event loop runs in the calling thread.
