@@ -165,6 +165,17 @@ def _unloadable(suite: unittest.TestSuite | unittest.TestCase) -> bool:
     return type(suite).__name__ == "_FailedTest"
 
 
+def _without(suite: unittest.TestSuite, excluded: list[str]) -> unittest.TestSuite:
+    """``suite`` less the test cases whose id starts with one of ``excluded``."""
+    kept = unittest.TestSuite()
+    for test in suite:
+        if isinstance(test, unittest.TestSuite):
+            kept.addTest(_without(test, excluded))
+        elif not test.id().startswith(tuple(excluded)):
+            kept.addTest(test)
+    return kept
+
+
 def _configure_support(resources: list[str]) -> None:
     """Set ``test.support`` as regrtest would without ``-u``.
 
@@ -186,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="seconds one test case may take before the run is ended with a stack dump (0: none)",
+    )
+    parser.add_argument(
+        "--exclude", action="append", default=[], metavar="PREFIX", help="leave out test ids starting with PREFIX"
     )
     parser.add_argument("names", nargs="+", help="unittest names: test.test_os, test.test_os.FileTests, ...")
     args = parser.parse_args(argv)
@@ -210,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 continue
+            if args.exclude:
+                suite = _without(suite, args.exclude)
             suite.run(result)
         result._write({"done": True, "run": result.count})
     return 0

@@ -377,6 +377,7 @@ def _note_program(learned: Learned, pid: int) -> None:
 def learning_router(learned: Learned) -> Router:
     """A router that performs every call in the master and records what succeeded."""
     from .perform import perform  # the master performs each call, so it sees the outcome
+    from .rendezvous import Rendezvous
     from .requests import FUNCTIONS
 
     router = Router()
@@ -393,6 +394,8 @@ def learning_router(learned: Learned) -> Router:
         except OSError:
             learned.failed += 1
             raise
+        if isinstance(outcome, Rendezvous):  # still waits for another party, not for the policy
+            return Rendezvous(_record_later(learned, recorder, request, outcome, before))
         if inspect.isawaitable(outcome):
             return _record_later(learned, recorder, request, outcome, before)
         recorder.after(request, outcome, before)

@@ -539,6 +539,7 @@ class Master:
 
     async def _serve_sequentially(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
+        aside: set[asyncio.Task[None]] = set()
         try:
             while True:
                 try:
@@ -552,6 +553,13 @@ class Master:
                         if self._sock is None:
                             discard(pending)  # the decision ended the session: nobody is owed
                             call.abandon()
+                        elif getattr(pending, "detached", False):
+                            # Decided; only waiting for another party (a FIFO's
+                            # other end), which may be this slave's next call.
+                            task = asyncio.get_running_loop().create_task(self._finish(call, pending))
+                            aside.add(task)
+                            task.add_done_callback(aside.discard)
+                            task.add_done_callback(functools.partial(_discard_if_cancelled, call, pending))
                         else:
                             await pending
                 except SessionClosed:
@@ -559,6 +567,8 @@ class Master:
         finally:
             if self._dispatcher is dispatcher:
                 self._dispatcher = None
+            for task in list(aside):
+                task.cancel()  # their slave is gone: release what they wait for
 
     async def _serve_concurrently(self, dispatcher: Dispatcher, group: asyncio.TaskGroup) -> None:
         channel = self._channel

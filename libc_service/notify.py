@@ -81,6 +81,7 @@ from pydantic import ValidationError
 
 from .master import close_fds
 from .perform import installable
+from .rendezvous import WAITING
 from .notify_filter import NOTIFIED, build_notify_filter, notified_numbers
 from .offloop import BoundedWorkers, Stalled
 from .replies import Stat
@@ -1070,6 +1071,9 @@ class SeccompSession:
         self.killable = killable
         self._limit = router.max_in_flight if router.concurrent else 1
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Tasks whose call waits for another party (a Rendezvous): they do not count against the limit.
+        self._waiting: set[asyncio.Task[None]] = set()
+        self._first_step_waits = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
         #: Seconds a read or write of a slave's memory may take before its call fails with ``EFAULT``.
@@ -1305,6 +1309,7 @@ class SeccompSession:
         coroutine = self._decide(request, context, notification, fetched, loading)
         context_vars = contextvars.copy_context()
         context_vars.run(_TRANSPORT.set, "seccomp")
+        context_vars.run(WAITING.set, self._waits_for_a_peer)
         assert self._loop is not None
         if not loading and not self.router.decides_synchronously(request.function):
             # An async handler may decide: it runs in a task from its first step.
@@ -1312,6 +1317,7 @@ class SeccompSession:
             self._tasks.add(task)
             task.add_done_callback(self._finished)
             return True
+        self._first_step_waits = False
         try:
             first = context_vars.run(coroutine.send, None)
         except StopIteration:
@@ -1322,14 +1328,31 @@ class SeccompSession:
         assert self._loop is not None
         task = self._loop.create_task(_continue(coroutine, first), context=context_vars)
         self._tasks.add(task)
+        if self._first_step_waits:
+            self._first_step_waits = False
+            self._waiting.add(task)
+            self._slots.release()  # waiting for its peer, it no longer holds a place among the calls decided
         task.add_done_callback(self._finished)
         return True
 
+    def _waits_for_a_peer(self) -> None:
+        """A decision now waits for another party (a FIFO's other end): it no longer holds the session."""
+        task = asyncio.current_task()
+        if task is None or task not in self._tasks:
+            self._first_step_waits = True  # in the reader callback: its task is made next
+            return
+        if task not in self._waiting:
+            self._waiting.add(task)
+            self._slots.release()  # a receiver may take the next call (the FIFO's other end) meanwhile
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if task in self._waiting:
+            self._waiting.discard(task)  # its slot was given back when it began to wait
+        else:
+            self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s: answering a call failed", self.name, exc_info=task.exception())
-        self._slots.release()
 
     def _finish_early(self, notification: _Notification, fetched: _Fetched | None, code: int | None) -> None:
         if fetched is not None:

@@ -43,7 +43,10 @@ under a policy than without one:
   unless the slave asked for it), so a terminal or device never stalls the
   event loop. A FIFO opened for blocking reading or writing is opened on a
   daemon thread and ``perform`` returns an *awaitable* (the router awaits it;
-  see :func:`perform`); cancelling it (session closed, master shutting
+  see :func:`perform`), a :class:`~libc_service.rendezvous.Rendezvous`: the
+  transports go on serving the slave's other calls meanwhile, so its other
+  end can be opened by another thread or process of the same master;
+  cancelling it (session closed, master shutting
   down) opens the FIFO's other end through the master's ``O_PATH`` descriptor
   so the thread is released. ``getaddrinfo`` of a name and a ``connect``
   that is in progress are awaitables too, when an event loop runs in the
@@ -100,6 +103,7 @@ from .statx import stat_of
 from . import (
     replies,
 )  # loaded on first use (libc_service/__init__.py): a policy importing perform starts without pydantic
+from .rendezvous import Rendezvous
 from .router import WithFds
 from .lazyimport import on_first_use
 
@@ -830,7 +834,7 @@ def _open_fifo(fifo: _Fifo, switch: _Switch | None) -> Any:
         finally:
             os.close(fifo.path_fd)
         return WithFds(fd, [fd])
-    return _await_fifo(fifo, switch, blocking_open)
+    return Rendezvous(_await_fifo(fifo, switch, blocking_open))
 
 
 async def _await_fifo(fifo: _Fifo, switch: _Switch | None, blocking_open: Callable[[], int]) -> WithFds:

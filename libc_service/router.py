@@ -35,6 +35,7 @@ from .conditions import Condition, name_patterns
 from .master import Call, Master, SessionClosed, discard
 from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, WithFds, Sentinel, deny, reply_now
 from .catalogue import FUNCTIONS
+from .rendezvous import Rendezvous
 from .route_index import INDEX_FROM, INDEXED_FUNCTIONS, RouteIndex
 from .signatures import check_handler, handler_name
 from .slavepath import directory_name
@@ -664,6 +665,12 @@ class _Pending:
     def __init__(self, coroutine: Coroutine[Any, Any, None], awaitable: object) -> None:
         self._coroutine = coroutine
         self._awaitable = awaitable
+
+    @property
+    def detached(self) -> bool:
+        """Whether the rest waits for another party (a :class:`~libc_service.rendezvous.Rendezvous`),
+        so a sequential session finishes it aside and goes on serving."""
+        return isinstance(self._awaitable, Rendezvous)
 
     def __await__(self) -> Generator[Any, None, None]:
         return self._coroutine.__await__()

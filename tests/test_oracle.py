@@ -1,7 +1,8 @@
 """CPython's own file-system tests pass and fail exactly as natively under libc-service.
 
 A few fast classes of the interpreter's ``test`` package (os, shutil,
-tempfile, fileio, glob) run through ``bench/oracle.py``: natively, under
+tempfile, fileio, glob, socket, socketserver, logging's socket handlers,
+asyncio's socket and unix-socket tests) run through ``bench/oracle.py``: natively, under
 ``libc-service trace`` (every call forwarded, the slave does it), and under
 ``bench/perform_all.py`` (the master performs every call with
 ``libc_service.perform``) once that exists. Each test case must have the
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ORACLE = ROOT / "bench" / "oracle.py"
 
 #: Test classes that finish in a few seconds natively and exercise open,
-#: stat, lstat, access, mkdir, rmdir, unlink and rename through the shim.
+#: stat, lstat, access, mkdir, rmdir, unlink, rename, bind and connect
+#: through the shim.
 SELECTION = (
     "test.test_os.FileTests",
     "test.test_os.MakedirTests",
@@ -46,6 +48,22 @@ SELECTION = (
     "test.test_fileio.CAutoFileTests",
     "test.test_fileio.COtherFileTests",
     "test.test_glob.GlobTests",
+    # Sockets bound and connected through the master: getsockname, options,
+    # non-blocking connects, unix servers (socketserver, asyncio, logging).
+    "test.test_socket.GeneralModuleTests",
+    "test.test_socket.BasicTCPTest",
+    "test.test_socket.BasicUDPTest",
+    "test.test_socket.NonBlockingTCPTests",
+    "test.test_socket.TestUnixDomain",
+    "test.test_socket.TestLinuxAbstractNamespace",
+    "test.test_socket.RecvmsgUnixStreamTest",
+    "test.test_socket.SendmsgUnixStreamTest",
+    "test.test_socketserver.SocketServerTest",
+    "test.test_logging.UnixSocketHandlerTest",
+    "test.test_logging.UnixDatagramHandlerTest",
+    "test.test_logging.DatagramHandlerTest",
+    "test.test_asyncio.test_unix_events.SelectorEventLoopUnixSocketTests",
+    "test.test_asyncio.test_sock_lowlevel",
     # The one case of the full oracle (ten modules) that differs today.
     "test.test_subprocess.POSIXProcessTestCase.test_pass_fds_redirected",
 )
@@ -91,6 +109,8 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "240",
             "--test-timeout",
             "60",
+            "--use",
+            "network",  # socketserver's tests need it; they use the loopback only
             "--json",
             str(report),
             "--select",

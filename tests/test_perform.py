@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import inspect
 import os
 import signal
 import select
@@ -564,7 +565,7 @@ def _perform_threads() -> set[threading.Thread]:
 
 async def test_a_blocking_fifo_open_is_awaited_not_blocking_the_loop(fifo: Path, here: int) -> None:
     pending = perform(OpenRequest(path="fifo", flags=["read_only"], dirfd=here, **ME))
-    assert asyncio.iscoroutine(pending)
+    assert inspect.isawaitable(pending)
     task = asyncio.ensure_future(pending)
     await asyncio.sleep(0.05)
     assert not task.done()  # the loop runs on while the open waits for a writer

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from perform_kernel import TRANSPORTS, run_as, run_native
-from shimtools import needs_shim
+from shimtools import PYTHON, needs_shim
 
 pytestmark = [needs_shim]
 
@@ -101,3 +101,43 @@ async def test_tar_xpf_restores_modes_as_natively(transport: str, tmp_path: Path
         assert tree == [entry for entry in native_tree if entry[0] != "d/l"]
     else:
         assert results[transport] == results["native"]
+
+
+OPATH_PROGRAM = """
+import errno, os, sys
+out = []
+for name in ("dir", "file", "link"):
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW)
+    except OSError as exc:
+        out.append((name, errno.errorcode[exc.errno]))
+        continue
+    info = os.fstat(fd)
+    out.append((name, info.st_ino, info.st_mode))
+    if name == "dir":
+        os.fchdir(fd)
+        out.append(sorted(os.listdir(".")))
+        os.chdir("..")
+    os.close(fd)
+print(out)
+"""
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_o_path_opens_name_the_very_objects(transport: str, tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "inside").write_text("x")
+    (tmp_path / "file").write_text("y")
+    (tmp_path / "link").symlink_to("file")
+    argv = [PYTHON, "-c", OPATH_PROGRAM]
+    native = run_native(argv, cwd=tmp_path)
+    served = await run_as(transport, argv, cwd=str(tmp_path))
+    assert served.status == native.status == 0, served.err
+    expected = native.out
+    if transport == "seccomp":
+        # No descriptor of a symlink can be installed by seccomp (docs/limits.md).
+        link = os.lstat(tmp_path / "link")
+        expected = expected.replace(
+            f"('link', {link.st_ino}, {link.st_mode})", f"('link', '{errno.errorcode[errno.EOPNOTSUPP]}')"
+        )
+    assert served.out == expected
