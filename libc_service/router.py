@@ -162,6 +162,9 @@ class Decision:
     #: transport named it: the shim does with its first report of a process
     #: (after ``exec`` or ``fork``), read from its own ``/proc/self``.
     program: tuple[str, tuple[str, ...]] | None = field(default=None)
+    #: How long the slave's own call of a forwarded request took, in nanoseconds, as its shim
+    #: measured it around the call (reports); ``None`` when not measured.
+    duration_ns: int | None = field(default=None)
 
 
 _UNNAMED: Final[tuple[None, None]] = (None, None)
@@ -252,7 +255,7 @@ class Router:
         #: Forwarded decisions waiting for their result, by (pid, tid, request id).
         self._held: dict[tuple[int, int, int], Decision] = {}
         #: Results that arrived before their decision was given to the observers.
-        self._early: dict[tuple[int, int, int], tuple[Result, int]] = {}
+        self._early: dict[tuple[int, int, int], tuple[Result, int, int | None]] = {}
         self._bugs = BugLog()
         self.concurrent = concurrent
         self.error_errno = deny(error_errno).errno
@@ -365,17 +368,20 @@ class Router:
             self._holding = 0
             self.release_forwarded()
 
-    def forward_result(self, pid: int, tid: int, request_id: int, result: Result, errno: int) -> None:
-        """The slave's own call of a forwarded request returned ``result`` (-1 and ``errno`` on failure)."""
+    def forward_result(
+        self, pid: int, tid: int, request_id: int, result: Result, errno: int, duration_ns: int | None = None
+    ) -> None:
+        """The slave's own call of a forwarded request returned ``result`` (-1 and ``errno`` on failure),
+        after ``duration_ns`` (when measured)."""
         key = (pid, tid, request_id)
         decision = self._held.pop(key, None)
         if decision is None:
             if self._holding:  # its decision is still on its way to the observers
                 if len(self._early) >= _HELD_MAX:
                     del self._early[next(iter(self._early))]
-                self._early[key] = (result, errno)
+                self._early[key] = (result, errno, duration_ns)
             return
-        self._deliver(dataclasses.replace(decision, result=result, errno=errno))
+        self._deliver(dataclasses.replace(decision, result=result, errno=errno, duration_ns=duration_ns))
 
     def release_forwarded(self, pids: Container[int] | None = None) -> None:
         """Give the observers the forwarded decisions still held (of ``pids``, or all), without a result.
@@ -637,7 +643,7 @@ class Router:
                     self._deliver(self._held.pop(next(iter(self._held))))
                 self._held[key] = decision
                 return
-            decision = dataclasses.replace(decision, result=early[0], errno=early[1])
+            decision = dataclasses.replace(decision, result=early[0], errno=early[1], duration_ns=early[2])
         self._deliver(decision)
 
     def _deliver(self, decision: Decision) -> None:

@@ -686,7 +686,11 @@ class SlaveProcess:
         self._count_lost(pid, report.lost)
         if isinstance(report, wire.ForwardResult):
             self.router.forward_result(
-                report.pid, report.tid, report.request_id, *_forwarded_result(report.function, report)
+                report.pid,
+                report.tid,
+                report.request_id,
+                *_forwarded_result(report.function, report),
+                report.duration_ns,
             )
             return
         if report.outcome == "forward":
@@ -703,6 +707,7 @@ class SlaveProcess:
                 directory=report.directory,
                 directory2=report.directory2,
                 program=report.program,
+                duration_ns=report.duration_ns,
             )
         else:
             decision = Decision(
@@ -748,7 +753,11 @@ class SlaveProcess:
         if isinstance(report, wire.ForwardResult):
             self._count_lost(report.pid, report.lost)
             self.router.forward_result(
-                report.pid, report.tid, report.request_id, *_forwarded_result(report.function, report)
+                report.pid,
+                report.tid,
+                report.request_id,
+                *_forwarded_result(report.function, report),
+                report.duration_ns,
             )
             return
         self._count_lost(report.fields["pid"], report.lost)

@@ -4,8 +4,10 @@
 for people (``[pid 12 tid 12] open("/etc/hostname", read_only) = 3 [forwarded]``)
 or as JSON lines with a stable set of keys. As strace does, an open shows
 its mode only when its flags create a file (``create``, ``temporary``), and
-a call's duration (``<8.2µs>``) only when it is known: the time a handler
-took to answer it; a forwarded call's own duration is not measured. It
+a call's duration (``<8.2µs>``, strace's ``-T``) when it is known: a
+forwarded call's as its shim measured it around the real call
+(:attr:`Decision.duration_ns <libc_service.router.Decision.duration_ns>`),
+or the time a handler took to answer it. It
 selects functions (``functions``), failed calls only (``failed_only``),
 or counts calls instead of writing them (``count``, a table at the end,
 as ``strace -c``). Results read as strace's:
@@ -113,6 +115,7 @@ def _record(
     nfds: int,
     latency_ns: int,
     transport: str | None,
+    duration_ns: int | None = None,
 ) -> dict[str, Any]:
     return {
         "pid": fields["pid"],
@@ -127,6 +130,7 @@ def _record(
         "fds": nfds,
         "latency_us": round(latency_ns / 1000, 1),
         "transport": transport,
+        "duration_us": None if duration_ns is None else round(duration_ns / 1000, 1),
     }
 
 
@@ -143,6 +147,7 @@ def decision_record(decision: Decision) -> dict[str, Any]:
         decision.nfds,
         decision.latency_ns,
         decision.transport,
+        decision.duration_ns,
     )
 
 
@@ -206,6 +211,7 @@ def _line(
     nfds: int,
     latency_ns: int,
     transport: str | None,
+    duration_ns: int | None = None,
 ) -> str:
     shown = []
     for name in ARGUMENTS[function]:
@@ -239,8 +245,12 @@ def _line(
     if outcome == "forward":
         answer += " [forwarded]"  # the slave's own call returned it
     by = "" if route == "default" else f" by {route}"
-    # A forwarded call's own duration is not measured: only a handler's answer has one.
-    took = f" <{latency_ns / 1000:.1f}µs>" if outcome != "forward" and latency_ns else ""
+    # How long the call took: the slave's own call as its shim measured it, or the handler's answer;
+    # none for a forwarded call whose report did not say (the kernel continued it, a lost report).
+    if duration_ns is not None:
+        took = f" <{duration_ns / 1000:.1f}µs>"
+    else:
+        took = f" <{latency_ns / 1000:.1f}µs>" if outcome != "forward" and latency_ns else ""
     seccomp = " seccomp" if transport == "seccomp" else ""
     return f"[pid {fields['pid']} tid {fields['tid']}{seccomp}] {function}({', '.join(shown)}) = {answer}{by}{took}"
 
@@ -260,6 +270,7 @@ def decision_line(decision: Decision, directories: Mapping[str, str] | None = No
         decision.nfds,
         decision.latency_ns,
         decision.transport,
+        decision.duration_ns,
     )
 
 
@@ -318,7 +329,7 @@ class Tracer:
         self.count = count
         #: Whether program lines are written (the ``execve`` the shim does not see).
         self._programs_written = self._selected("execve") and not failed_only and not count
-        #: Calls and failures by function (``count``).
+        #: Calls, failures and nanoseconds by function (``count``).
         self.counts: dict[str, list[int]] = {}
         self._sessions: set[tuple[int, str]] = set()
         #: Program lines read while a process waited for an answer, by pid: (its executable, the line).
@@ -357,6 +368,7 @@ class Tracer:
             decision.directory2,
             decision.program,
             decision.session,
+            decision.duration_ns,
         )
 
     def report(self, report: PlainReport) -> None:
@@ -382,6 +394,7 @@ class Tracer:
             report.directory2,
             report.program,
             f"rules {pid}",
+            report.duration_ns if outcome == "forward" else None,
         )
 
     def _call(
@@ -399,6 +412,7 @@ class Tracer:
         directory2: str | None,
         program: tuple[str, tuple[str, ...]] | None,
         session: str,
+        duration_ns: int | None = None,
     ) -> None:
         failed = _failed(result, errno)
         execve = self._image(fields["pid"], program, session, write=self._programs_written)
@@ -407,20 +421,23 @@ class Tracer:
                 self.stream.write(execve)  # the program started, whether or not this call is shown
             return
         if self.count:
-            counted = self.counts.setdefault(function, [0, 0])
+            counted = self.counts.setdefault(function, [0, 0, 0])
             counted[0] += 1
             counted[1] += failed
+            counted[2] += duration_ns or 0
             return
         where = _directories(function, directory, directory2)
         if self.json_lines:
-            record = _record(function, fields, route, outcome, result, errno, nfds, latency_ns, transport)
+            record = _record(function, fields, route, outcome, result, errno, nfds, latency_ns, transport, duration_ns)
             record["time"] = round(time.time(), 6)
             if where:
                 record["directories"] = where
             record["absolute"] = _absolute(function, fields, where)
             line = json.dumps(record)  # ASCII: a slave's non-UTF-8 bytes stay escapes
         else:
-            line = _line(function, fields, where, route, outcome, result, errno, nfds, latency_ns, transport)
+            line = _line(
+                function, fields, where, route, outcome, result, errno, nfds, latency_ns, transport, duration_ns
+            )
         # One write: the program runs on meanwhile and may write to the same stream.
         self.stream.write(execve + line + "\n")
         if not self._flush_due:
@@ -475,19 +492,30 @@ class Tracer:
         self.flush()
 
     def table(self) -> str:
-        """The counted calls as a table, the most frequent first (``count``), as ``strace -c`` writes it."""
-        rows = sorted(self.counts.items(), key=lambda item: (-item[1][0], item[0]))
+        """The counted calls as ``strace -c`` writes them (``count``): the share of the time, the seconds,
+        the microseconds per call, the calls and the failed ones per function, the longest first.
+
+        The time is what the calls took as their shims measured them; a call whose
+        duration is not known (continued by the kernel, answered by a handler) counts 0.
+        """
+        rows = sorted(self.counts.items(), key=lambda item: (-item[1][2], -item[1][0], item[0]))
         calls = sum(counted[0] for _, counted in rows)
         errors = sum(counted[1] for _, counted in rows)
+        total_ns = sum(counted[2] for _, counted in rows)
         if self.json_lines:
             return "".join(
-                json.dumps({"function": function, "calls": counted[0], "errors": counted[1]}) + "\n"
-                for function, counted in rows
+                json.dumps({"function": function, "calls": c, "errors": e, "seconds": round(ns / 1e9, 6)}) + "\n"
+                for function, (c, e, ns) in rows
             )
-        rule = f"{'-' * 9} {'-' * 9} {'-' * 16}\n"
-        lines = [f"{'calls':>9} {'errors':>9} function\n", rule]
-        lines += [f"{c:>9} {e or '':>9} {function}\n" for function, (c, e) in rows]
-        lines += [rule, f"{calls:>9} {errors or '':>9} total\n"]
+
+        def row(name: str, c: int, e: int, ns: int) -> str:
+            share = 100 * ns / total_ns if total_ns else 0.0
+            return f"{share:6.2f} {ns / 1e9:11.6f} {ns // 1000 // max(c, 1):11d} {c:9d} {e or '':>9} {name}\n"
+
+        rule = f"{'-' * 6} {'-' * 11} {'-' * 11} {'-' * 9} {'-' * 9} {'-' * 16}\n"
+        lines = [f"{'% time':>6} {'seconds':>11} {'usecs/call':>11} {'calls':>9} {'errors':>9} function\n", rule]
+        lines += [row(function, *counted) for function, counted in rows]
+        lines += [rule, row("total", calls, errors, total_ns)]
         return "".join(lines)
 
     def _note_program(self, pid: int) -> None:
@@ -528,6 +556,7 @@ class Tracer:
                     "fds": 0,
                     "latency_us": 0.0,
                     "transport": None,
+                    "duration_us": None,
                     "time": round(time.time(), 6),
                     "absolute": {"path": exe},
                 },

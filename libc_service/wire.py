@@ -1109,10 +1109,11 @@ def decode_registration(data: bytes, nfds: int) -> int:
 
 #: magic, version, outcome (1 forwarded by the rules, 2 denied by the rules,
 #: 3 forwarded by the master), reserved, errno, reports the process lost
-#: before this one, the call's result; then, for outcomes 1 and 2, the
+#: before this one, the call's result, the nanoseconds the real call took
+#: (measured by the shim around it; 0 for a denial); then, for outcomes 1 and 2, the
 #: :data:`REPORT_NAMES`, the names and the request as the shim encodes it,
 #: for outcome 3 :data:`REPORT_CALL`.
-REPORT: Final = struct.Struct("<4sHBBIIq")
+REPORT: Final = struct.Struct("<4sHBBIIqQ")
 #: The lengths of the names that follow it, then the request: the
 #: directories a decided call's relative paths are relative to (its first
 #: path's, its second's: rename's new path; 0 for none), and in a process's
@@ -1147,6 +1148,8 @@ class Report:
     #: In a process's first report (after ``exec`` or ``fork``): the program
     #: it runs, its executable and arguments, as the shim read them.
     program: tuple[str, tuple[str, ...]] | None = None
+    #: How long the real call took, in nanoseconds, as the shim measured it around the call (0: a denial).
+    duration_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1165,6 +1168,8 @@ class ForwardResult:
     result: int
     errno: int
     lost: int
+    #: How long the slave's own call took, in nanoseconds, as the shim measured it around the call.
+    duration_ns: int = 0
 
 
 class PlainReport(NamedTuple):
@@ -1183,6 +1188,7 @@ class PlainReport(NamedTuple):
     directory: str | None
     directory2: str | None
     program: tuple[str, tuple[str, ...]] | None
+    duration_ns: int
 
 
 def decode_report(data: bytes) -> Report | ForwardResult:
@@ -1199,6 +1205,7 @@ def decode_report(data: bytes) -> Report | ForwardResult:
         parts.directory,
         parts.directory2,
         parts.program,
+        parts.duration_ns,
     )
 
 
@@ -1215,13 +1222,15 @@ def plain_report(data: bytes) -> PlainReport | ForwardResult:
 def _report_parts(data: bytes, *, text: bool) -> PlainReport | ForwardResult:
     if len(data) < REPORT.size:
         raise RemoteProtocolError(f"report of {len(data)} bytes is shorter than its {REPORT.size}-byte header")
-    magic, version, outcome, reserved, errno, lost, result = REPORT.unpack_from(data)
+    magic, version, outcome, reserved, errno, lost, result, duration = REPORT.unpack_from(data)
     if magic != REPORT_MAGIC or version != VERSION:
         raise RemoteProtocolError("bad report magic or version")
     if reserved or outcome not in _REPORT_OUTCOMES:
         raise RemoteProtocolError(f"bad report outcome {outcome}")
     if errno >= 4096 or (outcome == 2 and not errno):
         raise RemoteProtocolError(f"report errno {errno} does not fit its outcome")
+    if outcome == 2 and duration:
+        raise RemoteProtocolError("a denial's report with a duration: there was no call")
     if outcome == 3:
         if len(data) != REPORT.size + REPORT_CALL.size:
             raise RemoteProtocolError(
@@ -1230,7 +1239,7 @@ def _report_parts(data: bytes, *, text: bool) -> PlainReport | ForwardResult:
         pid, tid, request_id, code, reserved = REPORT_CALL.unpack_from(data, REPORT.size)
         if reserved or not 1 <= code <= len(FUNCTIONS):
             raise RemoteProtocolError(f"bad function {code} in a forwarded call's report")
-        return ForwardResult(pid, tid, request_id, FUNCTIONS[code - 1], result, errno, lost)
+        return ForwardResult(pid, tid, request_id, FUNCTIONS[code - 1], result, errno, lost, duration)
     if len(data) < REPORT.size + REPORT_NAMES.size:
         raise RemoteProtocolError(f"report of {len(data)} bytes has no name lengths")
     dir1, dir2, exe, argv = REPORT_NAMES.unpack_from(data, REPORT.size)
@@ -1255,6 +1264,7 @@ def _report_parts(data: bytes, *, text: bool) -> PlainReport | ForwardResult:
         _directory_of(data[start : start + dir1]),
         _directory_of(data[start + dir1 : start + dir1 + dir2]),
         program,
+        duration,
     )
 
 

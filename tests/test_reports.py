@@ -36,9 +36,10 @@ def _report(
     result: int = 0,
     directories: tuple[bytes, bytes] | None = None,
     program: tuple[bytes, bytes] = (b"", b""),
+    duration: int = 0,
 ) -> bytes:
     """A report; a decided call's (outcomes other than 3) has its names (none by default)."""
-    header = wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, outcome, 0, errno, lost, result)
+    header = wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, outcome, 0, errno, lost, result, duration)
     if outcome == 3 and directories is None:
         return header + request
     first, second = directories or (b"", b"")
@@ -57,8 +58,9 @@ def test_a_forwarded_and_a_denied_report_decode_to_their_request() -> None:
     assert str(forwarded.request.path) == "/etc/hostname" and forwarded.request.pid == 7  # type: ignore[union-attr]
     denied = wire.decode_report(_report(2, 13, _OPEN))
     assert denied.outcome == "deny" and denied.errno == 13
-    failed = wire.decode_report(_report(1, 2, _OPEN, result=-1))
+    failed = wire.decode_report(_report(1, 2, _OPEN, result=-1, duration=1234))
     assert isinstance(failed, wire.Report) and failed.result == -1 and failed.errno == 2
+    assert failed.duration_ns == 1234 and denied.duration_ns == 0  # type: ignore[union-attr]
 
 
 _RENAME = wire.encode_request(RenameRequest(function="rename", pid=7, tid=8, request_id=0, path1="a", path2="b"))[0]
@@ -105,8 +107,9 @@ def test_a_forwarded_calls_result_decodes_to_its_identity() -> None:
         _report(1, 0, _OPEN, program=(b"", b"cat\0")),
         _report(1, 0, _OPEN, program=(b"/bin/cat", b"cat")),
         _report(1, 0, _OPEN, program=(b"cat", b"cat\0")),
-        wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 1, 0, 0, 0, 0) + b"\x00",
-        wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 1, 0, 0, 0, 0)
+        wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 1, 0, 0, 0, 0, 0) + b"\x00",
+        _report(2, 13, _OPEN, duration=1),
+        wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 1, 0, 0, 0, 0, 0)
         + wire.REPORT_NAMES.pack(9999, 0, 0, 0)
         + _OPEN,
     ],

@@ -17,6 +17,9 @@ from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixtu
 
 pytestmark = needs_shim
 
+#: A forwarded call's duration, as its shim measured it, at the end of its line.
+_TOOK = r" <[0-9]+\.[0-9]µs>$"
+
 
 def trace(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -210,18 +213,19 @@ def test_failed_shows_only_the_calls_that_failed(tmp_path: Path) -> None:
     assert lines, done.stderr
     assert all(" = -1 E" in line for line in lines), lines  # no program line, no call that succeeded
     expected = f'open("missing" (in "{tmp_path}"), read_only) = -1 ENOENT (No such file or directory) [forwarded]'
-    assert any(line.endswith(expected) for line in lines), lines
+    assert any(re.search(re.escape(expected) + _TOOK, line) for line in lines), lines
 
 
-def test_an_open_shows_its_mode_only_when_it_creates_and_a_forwarded_call_no_duration(tmp_path: Path) -> None:
+def test_an_open_shows_its_mode_only_when_it_creates_and_a_forwarded_call_its_duration(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     done = trace("-o", "log", "-e", "open", "--", "sh", "-c", "cat f > g", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = (tmp_path / "log").read_text().splitlines()
     where = f'(in "{tmp_path}")'
-    assert any(line.endswith(f'open("g" {where}, create|truncate|write_only, 0666) = 3 [forwarded]') for line in lines)
-    assert any(line.endswith(f'open("f" {where}, read_only) = 3 [forwarded]') for line in lines), lines
-    assert not any("NULL" in line or "µs>" in line for line in lines), lines
+    created = f'open("g" {where}, create|truncate|write_only, 0666) = 3 [forwarded]'
+    assert any(re.search(re.escape(created) + _TOOK, line) for line in lines), lines
+    assert any(re.search(re.escape(f'open("f" {where}, read_only) = 3 [forwarded]') + _TOOK, line) for line in lines)
+    assert not any("NULL" in line or "<0.0µs>" in line for line in lines), lines
 
 
 def test_c_counts_the_calls_the_program_makes(tmp_path: Path, c_program: Any) -> None:
@@ -233,16 +237,35 @@ def test_c_counts_the_calls_the_program_makes(tmp_path: Path, c_program: Any) ->
     done = trace("-o", "table", "-c", "--", str(calls), "37", "/etc/hostname", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     table = (tmp_path / "table").read_text().splitlines()
-    assert table[0].split() == ["calls", "errors", "function"]
+    assert table[0].split() == ["%", "time", "seconds", "usecs/call", "calls", "errors", "function"]
     rows = {line.split()[-1]: line.split()[:-1] for line in table[2:-2]}
-    assert rows["stat"] == [str(made["stat"])] and rows["open"] == [str(made["open_close"])], table
-    assert table[-1].split()[0] == str(sum(int(row[0]) for row in rows.values()))
+    assert rows["stat"][3:] == [str(made["stat"])] and rows["open"][3:] == [str(made["open_close"])], table
+    assert table[-1].split()[3] == str(sum(int(row[3]) for row in rows.values()))
     # A failed call is counted as an error: the program stops at its first stat of a missing file.
     missing = tmp_path / "missing"
     done = trace("-o", "table", "-c", "--", str(calls), "5", str(missing), cwd=tmp_path)
     assert done.returncode == 1
     rows = {line.split()[-1]: line.split()[:-1] for line in (tmp_path / "table").read_text().splitlines()[2:-2]}
-    assert rows == {"stat": ["1", "1"]}
+    assert rows.keys() == {"stat"} and rows["stat"][3:] == ["1", "1"]
+
+
+def test_c_times_are_the_calls_own_as_the_program_measures_them_around_its_calls(
+    tmp_path: Path, c_program: Any
+) -> None:
+    """bench_calls reads the clock around each of its calls; the shim around the real call, inside
+    them: the table's time per function is above zero and within the program's own total."""
+    calls = c_program("bench_calls")
+    done = trace("-o", "table", "-c", "--json", "--", str(calls), "200", "/etc/hostname", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    program = {
+        line.split()[0]: int(line.split("mean_ns=")[1].split()[0]) * int(line.rsplit("n=", 1)[1])
+        for line in done.stdout.splitlines()
+    }
+    table = {row["function"]: row for row in map(json.loads, (tmp_path / "table").read_text().splitlines())}
+    for function, measured in (("stat", program["stat"]), ("open", program["open_close"])):
+        assert table[function]["calls"] == 200
+        # The program's mean is rounded down (up to 200 ns in all); the table's seconds to 0.5 µs.
+        assert 0 < table[function]["seconds"] * 1e9 <= measured + 200 + 500, (table, program)
 
 
 def test_json_records_carry_each_path_as_an_absolute_name_too(tmp_path: Path) -> None:
@@ -262,9 +285,11 @@ def test_json_records_carry_each_path_as_an_absolute_name_too(tmp_path: Path) ->
 
 
 CLI_PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
-#: What differs from run to run: process ids and times.
+#: What differs from run to run: process ids, times, durations, and a -c table's times.
 _PIDS = re.compile(r'(pid |tid |"pid": |"tid": )\d+')
-_TIME = re.compile(r'"time": [0-9.]+')
+_TIME = re.compile(r'"(time|duration_us)": [0-9.]+')
+_DURATION = re.compile(r"<[0-9.]+µs>")
+_TABLE_TIMES = re.compile(r"^ *[0-9.]+ +[0-9.]+ +[0-9]+( +[0-9]+ +[0-9]* +\w+)$")
 
 
 def _trace_examples() -> list[list[tuple[str, list[str]]]]:
@@ -284,7 +309,10 @@ def _trace_examples() -> list[list[tuple[str, list[str]]]]:
 
 def _normal(lines: list[str]) -> list[str]:
     """Lines without what differs from run to run, in order (two streams interleave as they will)."""
-    return sorted(_TIME.sub('"time": T', _PIDS.sub(r"\1N", line)) for line in lines)
+    return sorted(
+        _TABLE_TIMES.sub(r"T T T\1", _DURATION.sub("<Tµs>", _TIME.sub(r'"\1": T', _PIDS.sub(r"\1N", line))))
+        for line in lines
+    )
 
 
 @pytest.mark.parametrize("steps", _trace_examples(), ids=lambda steps: steps[0][0].split(" -- ")[0])

@@ -38,10 +38,11 @@ def _report(
     directory: str | None,
     directory2: str | None,
     program: tuple[str, list[str]] | None,
+    duration: int = 0,
 ) -> bytes:
     first, second = (name.encode() if name else b"" for name in (directory, directory2))
     exe, argv = (program[0].encode(), b"".join(arg.encode() + b"\0" for arg in program[1])) if program else (b"", b"")
-    header = wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, outcome, 0, errno, 0, result)
+    header = wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, outcome, 0, errno, 0, result, duration)
     names = wire.REPORT_NAMES.pack(len(first), len(second), len(exe), len(argv))
     return header + names + first + second + exe + argv + request
 
@@ -64,6 +65,7 @@ def _decision(report: wire.Report) -> Decision:
         directory=report.directory,
         directory2=report.directory2,
         program=report.program,
+        duration_ns=report.duration_ns if report.outcome == "forward" else None,
     )
 
 

@@ -233,7 +233,7 @@ LAYOUTS = [
     ),
     ("LCS_AI", wire.ADDRINFO, ["family", "reserved", "port", "scope_id", "address"]),
     ("LCS_HELLO", wire.REGISTRATION, ["magic", "version", "reserved1", "pid", "reserved2"]),
-    ("LCS_REPORT", wire.REPORT, ["magic", "version", "outcome", "reserved", "errno", "lost", "result"]),
+    ("LCS_REPORT", wire.REPORT, ["magic", "version", "outcome", "reserved", "errno", "lost", "result", "duration"]),
     ("LCS_REPORT_CALL", wire.REPORT_CALL, ["pid", "tid", "id", "function", "reserved"]),
     ("LCS_REPORT_NAMES", wire.REPORT_NAMES, ["dir1", "dir2", "exe", "argv"]),
     ("LCS_RULES", rule_table.HEADER, ["magic", "version", "count"]),

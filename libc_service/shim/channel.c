@@ -58,6 +58,7 @@ struct pending {
 	int outcome;
 	pid_t tid;
 	uint64_t id;
+	int64_t start; /* CLOCK_MONOTONIC ns, just before the real call */
 	struct lcs_request request; /* LCS_REPORT_FORWARDED: its strings are the caller's */
 };
 static __thread struct pending pending[PENDING_MAX];
@@ -322,7 +323,9 @@ static void send_report(unsigned char *buf, size_t len)
 	errno = saved_errno;
 }
 
-static void report_header(unsigned char *buf, int outcome, int64_t result, int error)
+static int64_t monotonic_ns(void); /* CLOCK_MONOTONIC in ns (the vDSO: no system call) */
+
+static void report_header(unsigned char *buf, int outcome, int64_t result, int error, uint64_t duration)
 {
 	memset(buf, 0, LCS_REPORT_HEADER);
 	memcpy(buf + LCS_REPORT_MAGIC_OFFSET, "LCSo", 4);
@@ -331,6 +334,7 @@ static void report_header(unsigned char *buf, int outcome, int64_t result, int e
 	put32(buf + LCS_REPORT_ERRNO_OFFSET, error > 0 && error < 4096 ? error : 0);
 	put32(buf + LCS_REPORT_LOST_OFFSET, __atomic_load_n(&reports_lost, __ATOMIC_RELAXED));
 	put64(buf + LCS_REPORT_RESULT_OFFSET, (uint64_t)result);
+	put64(buf + LCS_REPORT_DURATION_OFFSET, duration);
 }
 
 /* The arguments of this process, as /proc/self/cmdline has them (each
@@ -361,7 +365,7 @@ static size_t read_argv(unsigned char *out)
  * (the observers may read /proc/PID only after it exited).  errno is
  * kept. */
 static void report_request(const struct lcs_request *request, int outcome, int64_t result, int error,
-                           pid_t tid)
+                           pid_t tid, uint64_t duration)
 {
 	unsigned char buf[LCS_REPORT_HEADER + LCS_REPORT_NAMES_SIZE + 3 * (LCS_PATH_MAX_BYTES + 1) +
 	                  LCS_REPORT_ARGV_MAX + LCS_MAX_MESSAGE];
@@ -374,7 +378,7 @@ static void report_request(const struct lcs_request *request, int outcome, int64
 	if (LCS_REQUEST_HEADER + 4 * LCS_MAX_GROUPS + request->len1 + request->len2 > LCS_MAX_MESSAGE)
 		return;
 	plain.fds[0] = plain.fds[1] = plain.fds[2] = -1; /* a report carries no descriptor */
-	report_header(buf, outcome, result, error);
+	report_header(buf, outcome, result, error, duration);
 	memset(names, 0, LCS_REPORT_NAMES_SIZE);
 	for (int n = 0; n < 2; n++) {
 		/* Read into place: the name's NUL is overwritten by what follows. */
@@ -405,7 +409,7 @@ static int reports_on(void)
 void lcs_report(const struct lcs_request *request, int outcome, int error)
 {
 	if (reports_on())
-		report_request(request, outcome, -1, error, current_tid());
+		report_request(request, outcome, -1, error, current_tid(), 0);
 }
 
 int lcs_report_later(const struct lcs_request *request, int outcome, uint64_t id)
@@ -426,22 +430,24 @@ int lcs_report_later(const struct lcs_request *request, int outcome, uint64_t id
 		p->request = *request;
 	else
 		p->request.function = request->function;
+	p->start = monotonic_ns(); /* last: the real call comes next */
 	return LCS_FORWARDED;
 }
 
 void lcs_report_result(int64_t result, int error)
 {
 	unsigned char buf[LCS_REPORT_HEADER + LCS_REPORT_CALL_SIZE];
+	int64_t end = monotonic_ns(); /* first: the real call has just returned */
 	struct pending *p;
 
 	if (!npending)
 		return;
 	p = &pending[--npending];
 	if (p->outcome == LCS_REPORT_FORWARDED) {
-		report_request(&p->request, p->outcome, result, error, p->tid);
+		report_request(&p->request, p->outcome, result, error, p->tid, (uint64_t)(end - p->start));
 		return;
 	}
-	report_header(buf, p->outcome, result, error);
+	report_header(buf, p->outcome, result, error, (uint64_t)(end - p->start));
 	put32(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_PID_OFFSET, lcs_own_pid());
 	put32(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_TID_OFFSET, p->tid);
 	put64(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_ID_OFFSET, p->id);

@@ -142,6 +142,7 @@
 #define LCS_REPORT_ERRNO_OFFSET 8    /* u32 */
 #define LCS_REPORT_LOST_OFFSET 12    /* u32 */
 #define LCS_REPORT_RESULT_OFFSET 16  /* i64: the real call's result */
+#define LCS_REPORT_DURATION_OFFSET 24 /* u64: ns the real call took (0: a denial, none) */
 
 /* After the report header of a call the rules decided, before its request
  * (wire.REPORT_NAMES, LCS_REPORT_NAMES_SIZE bytes): the lengths of the
@@ -412,7 +413,7 @@ int lcs_rules(uint16_t function, uint32_t flags, int dirfd1, const char *path1, 
  *   nested); the caller then does the real call and gives its result to
  *   lcs_report_result (LCS_AFTER), which sends the report. */
 enum { LCS_REPORT_FORWARDED = 1, LCS_REPORT_DENIED = 2, LCS_REPORT_RESULT = 3 };
-#define LCS_REPORT_HEADER 24
+#define LCS_REPORT_HEADER 32
 void lcs_report(const struct lcs_request *request, int outcome, int error);
 int lcs_report_later(const struct lcs_request *request, int outcome, uint64_t id);
 void lcs_report_result(int64_t result, int error);
