@@ -321,12 +321,22 @@ COMMENTS = {
 
 def test_a_name_with_a_newline_and_code_stays_a_string(tmp_path: Path) -> None:
     evil = "/tmp/x\nimport os; os.system('touch pwned')\n#"
-    source = render_policy(Learned(read={evil}, skipped={"/proc/1/fd/3/" + evil}, names={"a'\"\\\n"}), ["x"])
+    source = render_policy(Learned(read={evil}, skipped={"/proc/1/fd/3/" + evil}, names={"db.internal"}), ["x"])
     namespace: dict[str, object] = {}
     exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - proving the policy is inert
     assert namespace["sandbox"].allow_read == (evil,)  # type: ignore[attr-defined]
     assert namespace["NOT_GRANTED"] == ["/proc/1/fd/3/" + evil]
-    assert namespace["NAMES"] == ["a'\"\\\n"]
+    assert namespace["NAMES"] == ["db.internal"]
+
+
+def test_a_looked_up_name_with_quotes_and_a_newline_stays_a_string_that_named_refuses() -> None:
+    """A run never learns such a name (the master resolves host names only); one written into NAMES by
+    hand stays a literal, and loading the policy stops at ``named()``, which takes host names only."""
+    odd = "a'\"\\\nimport os"
+    source = render_policy(Learned(names={odd}), ["x"])
+    assert _literal(ast.parse(source), "NAMES") == [odd]
+    with pytest.raises(ValueError, match="is not a name pattern"):
+        exec(compile(source, "policy.py", "exec"), {})  # noqa: S102 - proving the policy is inert
 
 
 # ------------------------------------------------------ as the program's author would attack it
