@@ -32,6 +32,7 @@ granted).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import inspect
 import ipaddress
 import logging
@@ -56,6 +57,7 @@ MIN_MERGE_DEPTH = 2
 _WRITING_FLAGS = frozenset({"write_only", "read_write", "create", "truncate", "append", "temporary"})
 _UNGRANTABLE = ("/proc/", "/dev/tty", "/dev/pts/")
 _O_PATH_NAME: Final = os.O_PATH | os.O_CLOEXEC
+_CONNECTS: Final = frozenset({"connect_inet", "connect_inet6"})
 
 #: Trees that hold far more than one program needs, and what the policy says
 #: when it grants one whole (fixed text: a comment never carries a name).
@@ -390,8 +392,13 @@ def learning_router(learned: Learned) -> Router:
         before = recorder.before(request)
         try:
             outcome = perform(request)
-        except OSError:
-            learned.failed += 1
+        except OSError as exc:
+            if exc.errno == errno.EINPROGRESS and request.function in _CONNECTS:
+                # A non-blocking connect the master started (the program's own socket): the program
+                # finishes it as it would natively, and learn never sees the end of it.
+                recorder.after(request, None, before)
+            else:
+                learned.failed += 1
             raise
         if inspect.isawaitable(outcome):
             return _record_later(learned, recorder, request, outcome, before)
