@@ -38,10 +38,11 @@ import ipaddress
 import logging
 import os
 import stat as stat_module
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from . import names
 from .requests import Request
 from .router import Router, WithFds
 from .slavepath import descriptor_name
@@ -391,7 +392,7 @@ def learning_router(learned: Learned) -> Router:
         _note_program(learned, request.pid)
         before = recorder.before(request)
         try:
-            outcome = perform(request)
+            outcome = _perform_learning(perform, request)
         except OSError as exc:
             if exc.errno == errno.EINPROGRESS and request.function in _CONNECTS:
                 # A non-blocking connect the master started (the program's own socket): the program
@@ -406,6 +407,27 @@ def learning_router(learned: Learned) -> Router:
         return outcome
 
     return router
+
+
+def _perform_learning(perform: Callable[[Any], Any], request: Request) -> Any:
+    """``perform(request)``, any name resolved by the master.
+
+    Under a policy the master resolves only the names its ``named()`` and
+    ``resolved()`` patterns allow; learning has none, and is there to see
+    which names the program looks up. The run being learnt is the user's
+    own, unconfined (no sandbox: its own libc could ask any nameserver), so
+    the master's lookups carry nothing out that the program could not:
+    each lookup is checked against no pattern, and its answers go to the
+    tree's record (``resolved()``) as under a policy.
+    """
+    scope = names.current_scope()
+    if request.function != "getaddrinfo" or scope is None or scope.patterns is None:
+        return perform(request)
+    token = names.enter(dataclasses.replace(scope, patterns=None))  # the same resolver and answers
+    try:
+        return perform(request)  # decides on the name at once: the lookup's task is the scope's
+    finally:
+        names.leave(token)
 
 
 async def _record_later(

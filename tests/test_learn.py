@@ -489,6 +489,37 @@ def test_the_network_is_the_addresses_and_ports_the_run_used(tmp_path: Path) -> 
         assert elsewhere.returncode != 0 and "connected" not in elsewhere.stdout
 
 
+def _a_name_of_etc_hosts() -> tuple[str, set[str]] | None:
+    """A host name ``/etc/hosts`` gives (the master's resolver reads it, no nameserver asked), and its addresses."""
+    try:
+        lines = Path("/etc/hosts").read_text().splitlines()
+    except OSError:
+        return None
+    found: dict[str, set[str]] = {}
+    for line in lines:
+        address, *hosts = line.split("#", 1)[0].split() or [""]
+        for host in hosts:
+            if ":" not in address and "*" not in host:
+                found.setdefault(host, set()).add(address)
+    return next(iter(found.items()), None)
+
+
+@needs_shim
+def test_the_names_a_run_looks_up_are_learnt(tmp_path: Path) -> None:
+    """The run being learnt is the user's own and unconfined: the master resolves every name it looks up
+    (no policy's patterns limit it yet), and the policy names them."""
+    entry = _a_name_of_etc_hosts()
+    if entry is None:
+        pytest.skip("/etc/hosts names no IPv4 host")
+    name, addresses = entry
+    program = "import socket, sys\nprint(socket.getaddrinfo(sys.argv[1], 80, socket.AF_INET)[0][4][0])\n"
+    learnt = cli("learn", "-o", "policy.py", "--", sys.executable, "-S", "-c", program, name, cwd=tmp_path)
+    assert learnt.returncode == 0, learnt.stderr
+    assert learnt.stdout.strip() in addresses
+    assert "1 name rule(s)" in learnt.stderr
+    assert _load(tmp_path / "policy.py")["NAMES"] == [name]
+
+
 @needs_shim
 @pytest.mark.slow
 @pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
