@@ -37,7 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final, Literal
 
-from .conditions import AllOf, Condition
+from .conditions import AllOf, Condition, NamedCondition, ResolvedCondition
 from .policy import LoadedPolicy
 from .requests import FUNCTIONS
 from .router import FORWARD, Deny, Route, Router
@@ -321,7 +321,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Condition):
         return condition_data(value)
     if isinstance(value, frozenset | set):
-        return sorted((_plain(item) for item in value), key=str)
+        items = [_plain(item) for item in value]
+        if all(isinstance(item, int) for item in items):
+            return sorted(items)  # ports: 80 before 443
+        return sorted(items, key=str)
     if isinstance(value, tuple | list):
         return [_plain(item) for item in value]
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
@@ -335,14 +338,20 @@ def condition_data(condition: Condition) -> dict[str, Any]:
     """A condition as structured data: ``{"kind": "under", "roots": ["/srv"], "text": "..."}``.
 
     ``kind`` names the condition (``under``, ``writing``, ``flags``, ``to``,
-    ``named``, ``all_of``, ``any_of``, ``not``, ...), ``text`` is its
+    ``named``, ``resolved``, ``all_of``, ``any_of``, ``not``, ...), ``text`` is its
     description in words, and the other keys are its fields as data
     (``parts``/``part`` for combinations, nested the same way).
     A condition of the policy's own that is not a dataclass has only
     ``kind`` (its class name) and ``text``.
     """
     data: dict[str, Any] = {"kind": _kind(condition)}
-    if dataclasses.is_dataclass(condition):
+    if isinstance(condition, NamedCondition | ResolvedCondition):
+        # The schema's one key for the names a condition allows, exact or ``*.`` patterns alike: the
+        # patterns as the policy writes them (``"*.python.org"``), sorted, as ``named`` gave its names.
+        data["names"] = sorted(map(str, condition.patterns))
+        if isinstance(condition, ResolvedCondition):
+            data["ports"] = _plain(condition.ports)
+    elif dataclasses.is_dataclass(condition):
         for item in dataclasses.fields(condition):
             if item.name != "functions" and not item.name.startswith("_"):
                 data[item.name] = _plain(getattr(condition, item.name))

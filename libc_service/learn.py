@@ -32,15 +32,17 @@ granted).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import inspect
 import ipaddress
 import logging
 import os
 import stat as stat_module
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from . import names
 from .requests import Request
 from .router import Router, WithFds
 from .slavepath import descriptor_name
@@ -56,6 +58,7 @@ MIN_MERGE_DEPTH = 2
 _WRITING_FLAGS = frozenset({"write_only", "read_write", "create", "truncate", "append", "temporary"})
 _UNGRANTABLE = ("/proc/", "/dev/tty", "/dev/pts/")
 _O_PATH_NAME: Final = os.O_PATH | os.O_CLOEXEC
+_CONNECTS: Final = frozenset({"connect_inet", "connect_inet6"})
 
 #: Trees that hold far more than one program needs, and what the policy says
 #: when it grants one whole (fixed text: a comment never carries a name).
@@ -390,9 +393,14 @@ def learning_router(learned: Learned) -> Router:
         _note_program(learned, request.pid)
         before = recorder.before(request)
         try:
-            outcome = perform(request)
-        except OSError:
-            learned.failed += 1
+            outcome = _perform_learning(perform, request)
+        except OSError as exc:
+            if exc.errno == errno.EINPROGRESS and request.function in _CONNECTS:
+                # A non-blocking connect the master started (the program's own socket): the program
+                # finishes it as it would natively, and learn never sees the end of it.
+                recorder.after(request, None, before)
+            else:
+                learned.failed += 1
             raise
         if isinstance(outcome, Rendezvous):  # still waits for another party, not for the policy
             return Rendezvous(_record_later(learned, recorder, request, outcome, before))
@@ -402,6 +410,27 @@ def learning_router(learned: Learned) -> Router:
         return outcome
 
     return router
+
+
+def _perform_learning(perform: Callable[[Any], Any], request: Request) -> Any:
+    """``perform(request)``, any name resolved by the master.
+
+    Under a policy the master resolves only the names its ``named()`` and
+    ``resolved()`` patterns allow; learning has none, and is there to see
+    which names the program looks up. The run being learnt is the user's
+    own, unconfined (no sandbox: its own libc could ask any nameserver), so
+    the master's lookups carry nothing out that the program could not:
+    each lookup is checked against no pattern, and its answers go to the
+    tree's record (``resolved()``) as under a policy.
+    """
+    scope = names.current_scope()
+    if request.function != "getaddrinfo" or scope is None or scope.patterns is None:
+        return perform(request)
+    token = names.enter(dataclasses.replace(scope, patterns=None))  # the same resolver and answers
+    try:
+        return perform(request)  # decides on the name at once: the lookup's task is the scope's
+    finally:
+        names.leave(token)
 
 
 async def _record_later(

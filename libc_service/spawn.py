@@ -398,6 +398,7 @@ class SlaveProcess:
         #: Reports dropped because their sender (as the kernel names it) is not the process they are
         #: about, or is not of the program's tree: what a process of the tree tried to make up.
         self.reports_dropped = 0
+        self._dropped_told = 0  # how many of them the user was told of
         #: The program's tree, once it runs (who may register and report).
         self._tree: ProcessTree | None = None
         #: Whether the router holds forwarded decisions for their results (the shim reports them).
@@ -543,6 +544,7 @@ class SlaveProcess:
             return None  # its last calls' reports, or a descendant's registration
         self._launched = None
         launched.mine.close()
+        self._tell_dropped()  # the end of a tree served without a loop, as aclose() tells a served one's
         return self.returncode
 
     def _serve_reports(self, sock: socket.socket, idle: Callable[[], None]) -> bool:
@@ -733,6 +735,16 @@ class SlaveProcess:
             return False
         return True
 
+    def _tell_dropped(self) -> None:
+        """Say, once the tree's reports are all in, how many were dropped (the user reads the trace or the
+        refusals believing they are the program's own account: what was left out is counted there)."""
+        if self.reports_dropped > self._dropped_told:
+            self._dropped_told = self.reports_dropped
+            logger.warning(
+                "%d report(s) dropped: their sender was not the process they named, or not of the program's tree",
+                self.reports_dropped,
+            )
+
     def _drop_report(self, pid: int, sender: int | None) -> None:
         """Count (and log, the first time) a report whose sender is not the process it names, or not of the tree."""
         self.reports_dropped += 1
@@ -908,11 +920,7 @@ class SlaveProcess:
         if self._listener is not None:
             self._listener.drain_reports()
             self._listener.close()
-        if self.reports_dropped:
-            logger.warning(
-                "%d report(s) dropped: their sender was not the process they named, or not of the program's tree",
-                self.reports_dropped,
-            )
+        self._tell_dropped()
         if self._holding:
             self._holding = False
             self.router.release_forwarded(self._pids)

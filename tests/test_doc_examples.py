@@ -20,10 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def _examples(page: Path) -> list[tuple[str, list[str]]]:
-    """The ``$ command`` lines of a page's ``console`` blocks, each with the lines it prints."""
+def _examples(page: Path, *, skip: tuple[str, ...] = ()) -> list[tuple[str, list[str]]]:
+    """The ``$ command`` lines of a page's ``console`` blocks, each with the lines it prints; the sections
+    named in ``skip`` left out."""
+    text = page.read_text()
+    for section in skip:
+        start = text.index(f"\n## {section}\n")
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + (text[end:] if end != -1 else "")
     examples: list[tuple[str, list[str]]] = []
-    for block in re.findall(r"^```console\n(.*?)^```", page.read_text(), flags=re.MULTILINE | re.DOTALL):
+    for block in re.findall(r"^```console\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
         for line in block.splitlines():
             if line.startswith("$ "):
                 examples.append((line[2:], []))
@@ -53,7 +59,9 @@ def test_the_matcher_elides_what_the_examples_say_it_does() -> None:
 @pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
 @pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
 def test_every_example_of_the_command_line_page_prints_what_the_page_says(tmp_path: Path) -> None:
-    examples = _examples(ROOT / "docs" / "cli.md")
+    # The trace section's examples run in a /tmp/example of their own and differ from run to run in process
+    # ids, times and the order of two streams: tests/test_trace_output.py runs them with that set up.
+    examples = _examples(ROOT / "docs" / "cli.md", skip=("trace",))
     assert len(examples) >= 12
     flags = {word for command, _ in examples for word in shlex.split(command) if word.startswith("--")}
     run_flags = {"--sandbox", "--seccomp", "--read", "--write", "--exec", "--connect", "--bind", "--refusals"}
@@ -127,7 +135,8 @@ def test_the_quickstart_runs_the_tests_in_an_environment_of_their_own() -> None:
 def test_the_usage_lines_name_every_command_s_transport_flag() -> None:
     for page in (ROOT / "README.md", ROOT / "docs" / "cli.md"):
         text = page.read_text()
-        assert re.search(r"^libc-service trace \[--seccomp\]", text, flags=re.MULTILINE), page
+        # The usage line of trace lists its filters first (-e, --failed, -c), as strace's does.
+        assert re.search(r"^libc-service trace \[.*\[--seccomp\]", text, flags=re.MULTILINE), page
         assert "[--read PATH]... [--write PATH]... [--exec PATH]..." in text, page
 
 

@@ -310,6 +310,7 @@ def test_every_json_key_is_described_in_the_schema_page(tmp_path: Path) -> None:
         json.loads(render_policy(load_policy(str(write_policy(tmp_path / "b", default_handler))), fmt="json"))
     )
     keys |= _keys(json.loads(render_policy(load_policy(str(write_policy(tmp_path / "c", OBSERVED))), fmt="json")))
+    keys |= _keys(json.loads(render_policy(load_policy(str(write_policy(tmp_path / "d", BY_NAME))), fmt="json")))
     keys |= {"seconds", "file", "line", "path", "access"}
     assert keys <= described, f"undocumented keys: {sorted(keys - described)}"
     assert JSON_SCHEMA in schema_page
@@ -329,6 +330,27 @@ def test_json_conditions_are_data_a_tool_can_read(policy: LoadedPolicy) -> None:
         {"kind": "named", "names": ["db.internal"], "text": "the name looked up is one of `db.internal`"}
     ]
     assert handlers[0]["when"] == [{"kind": "writing", "text": writes}]
+
+
+BY_NAME = textwrap.dedent("""\
+    from libc_service import FORWARD, Router, perform
+    from libc_service.conditions import named, resolved
+
+    router = Router(default=FORWARD)
+    router.on("getaddrinfo", when=named("pypi.org", "*.Python.org"))(perform)
+    router.on("connect_inet", when=resolved("pypi.org", "*.pythonhosted.org", ports=[443, 80]))(perform)
+    router.on("connect_inet6", when=resolved("pypi.org"))(perform)
+    """)
+
+
+def test_json_name_conditions_give_their_patterns_and_ports_as_data(tmp_path: Path) -> None:
+    document = json.loads(render_policy(load_policy(str(write_policy(tmp_path, BY_NAME))), fmt="json"))
+    whens = [handler["when"][0] for handler in document["handlers"]]
+    assert [{key: value for key, value in when.items() if key != "text"} for when in whens] == [
+        {"kind": "named", "names": ["*.python.org", "pypi.org"]},
+        {"kind": "resolved", "names": ["*.pythonhosted.org", "pypi.org"], "ports": [80, 443]},
+        {"kind": "resolved", "names": ["pypi.org"], "ports": None},
+    ]
 
 
 OBSERVED = textwrap.dedent('''

@@ -321,12 +321,22 @@ COMMENTS = {
 
 def test_a_name_with_a_newline_and_code_stays_a_string(tmp_path: Path) -> None:
     evil = "/tmp/x\nimport os; os.system('touch pwned')\n#"
-    source = render_policy(Learned(read={evil}, skipped={"/proc/1/fd/3/" + evil}, names={"a'\"\\\n"}), ["x"])
+    source = render_policy(Learned(read={evil}, skipped={"/proc/1/fd/3/" + evil}, names={"db.internal"}), ["x"])
     namespace: dict[str, object] = {}
     exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - proving the policy is inert
     assert namespace["sandbox"].allow_read == (evil,)  # type: ignore[attr-defined]
     assert namespace["NOT_GRANTED"] == ["/proc/1/fd/3/" + evil]
-    assert namespace["NAMES"] == ["a'\"\\\n"]
+    assert namespace["NAMES"] == ["db.internal"]
+
+
+def test_a_looked_up_name_with_quotes_and_a_newline_stays_a_string_that_named_refuses() -> None:
+    """A run never learns such a name (the master resolves host names only); one written into NAMES by
+    hand stays a literal, and loading the policy stops at ``named()``, which takes host names only."""
+    odd = "a'\"\\\nimport os"
+    source = render_policy(Learned(names={odd}), ["x"])
+    assert _literal(ast.parse(source), "NAMES") == [odd]
+    with pytest.raises(ValueError, match="is not a name pattern"):
+        exec(compile(source, "policy.py", "exec"), {})  # noqa: S102 - proving the policy is inert
 
 
 # ------------------------------------------------------ as the program's author would attack it
@@ -477,6 +487,37 @@ def test_the_network_is_the_addresses_and_ports_the_run_used(tmp_path: Path) -> 
         assert (again.returncode, again.stdout) == (0, "connected\n"), again.stderr
         elsewhere = cli("run", "--sandbox", "policy.py", "--", *argv, str(other_port), cwd=tmp_path)
         assert elsewhere.returncode != 0 and "connected" not in elsewhere.stdout
+
+
+def _a_name_of_etc_hosts() -> tuple[str, set[str]] | None:
+    """A host name ``/etc/hosts`` gives (the master's resolver reads it, no nameserver asked), and its addresses."""
+    try:
+        lines = Path("/etc/hosts").read_text().splitlines()
+    except OSError:
+        return None
+    found: dict[str, set[str]] = {}
+    for line in lines:
+        address, *hosts = line.split("#", 1)[0].split() or [""]
+        for host in hosts:
+            if ":" not in address and "*" not in host:
+                found.setdefault(host, set()).add(address)
+    return next(iter(found.items()), None)
+
+
+@needs_shim
+def test_the_names_a_run_looks_up_are_learnt(tmp_path: Path) -> None:
+    """The run being learnt is the user's own and unconfined: the master resolves every name it looks up
+    (no policy's patterns limit it yet), and the policy names them."""
+    entry = _a_name_of_etc_hosts()
+    if entry is None:
+        pytest.skip("/etc/hosts names no IPv4 host")
+    name, addresses = entry
+    program = "import socket, sys\nprint(socket.getaddrinfo(sys.argv[1], 80, socket.AF_INET)[0][4][0])\n"
+    learnt = cli("learn", "-o", "policy.py", "--", sys.executable, "-S", "-c", program, name, cwd=tmp_path)
+    assert learnt.returncode == 0, learnt.stderr
+    assert learnt.stdout.strip() in addresses
+    assert "1 name rule(s)" in learnt.stderr
+    assert _load(tmp_path / "policy.py")["NAMES"] == [name]
 
 
 @needs_shim
