@@ -36,7 +36,7 @@
 #define REQUEST_HEADER 72
 #define MAX_MESSAGE (REQUEST_HEADER + 4 * MAX_GROUPS + 2 * 4095) /* docs/protocol.md; wire.MAX_MESSAGE */
 #define REPLY_HEADER 48
-#define STAT_RECORD 152
+#define STAT_RECORD 152 /* wire.STAT: times as seconds + ns, statx fields after */
 #define MAX_REQUEST_FDS 2
 #define MAX_CHANNELS 4096
 #define FN_OPEN 1
