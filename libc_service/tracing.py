@@ -115,7 +115,6 @@ def _record(
     nfds: int,
     latency_ns: int,
     transport: str | None,
-    duration_ns: int | None = None,
 ) -> dict[str, Any]:
     return {
         "pid": fields["pid"],
@@ -130,7 +129,6 @@ def _record(
         "fds": nfds,
         "latency_us": round(latency_ns / 1000, 1),
         "transport": transport,
-        "duration_us": None if duration_ns is None else round(duration_ns / 1000, 1),
     }
 
 
@@ -147,7 +145,6 @@ def decision_record(decision: Decision) -> dict[str, Any]:
         decision.nfds,
         decision.latency_ns,
         decision.transport,
-        decision.duration_ns,
     )
 
 
@@ -428,7 +425,8 @@ class Tracer:
             return
         where = _directories(function, directory, directory2)
         if self.json_lines:
-            record = _record(function, fields, route, outcome, result, errno, nfds, latency_ns, transport, duration_ns)
+            record = _record(function, fields, route, outcome, result, errno, nfds, latency_ns, transport)
+            record["duration_us"] = None if duration_ns is None else round(duration_ns / 1000, 1)
             record["time"] = round(time.time(), 6)
             if where:
                 record["directories"] = where
