@@ -264,6 +264,8 @@ FORGER = textwrap.dedent("""
         return header + names + request
 
     sock = socket.socket(fileno=int(os.environ["LIBC_SERVICE_FD"]))
+    if sys.argv[3:] == ["ask"]:  # a call the shim always asks the master: a served tree from here on
+        socket.getaddrinfo("127.0.0.1", 80)
     sibling = os.fork()
     if sibling == 0:  # a sibling of the forger below: it opens its file honestly, then waits
         os.close(os.open(sys.argv[2], os.O_RDONLY))
@@ -331,6 +333,34 @@ def test_trace_shows_no_line_a_process_made_up_about_pid_1(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     assert 'open("/forged/' not in done.stderr and "[pid 1 " not in done.stderr
     assert f'"{tmp_path / "honest"}"' in done.stderr
+    assert "1 report(s) dropped" in done.stderr
+
+
+@needs_shim
+@pytest.mark.parametrize("claimed", ["1", "sibling"])
+@pytest.mark.parametrize("served", ["without_a_loop", "on_a_loop"])
+def test_trace_drops_a_made_up_report_whether_or_not_the_master_serves_on_a_loop(
+    tmp_path: Path, claimed: str, served: str
+) -> None:
+    """Opens are decided by the shim's rules: their reports are served without a loop until a process asks
+    the master something (a lookup), and on its loop from then on. Either way the made-up line is dropped
+    and counted, the honest ones shown."""
+    (tmp_path / "honest").write_text("x")
+    path = str(tmp_path / "honest")
+    ask = ["ask"] if served == "on_a_loop" else []
+    command = [sys.executable, "-c", FORGER, claimed, path, *ask]
+    done = subprocess.run(
+        [sys.executable, "-m", "libc_service", "trace", "-e", "open", "--", *command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'open("/forged/' not in done.stderr and "[pid 1 " not in done.stderr
+    honest_lines = [line for line in done.stderr.splitlines() if f'open("{path}"' in line]
+    assert len(honest_lines) == 2, done.stderr  # the program's and its sibling's
     assert "1 report(s) dropped" in done.stderr
 
 
