@@ -32,6 +32,7 @@ granted).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import inspect
 import ipaddress
 import logging
@@ -390,8 +391,8 @@ def learning_router(learned: Learned) -> Router:
         before = recorder.before(request)
         try:
             outcome = perform(request)
-        except OSError:
-            learned.failed += 1
+        except OSError as exc:
+            _failed(learned, recorder, request, exc, before)
             raise
         if inspect.isawaitable(outcome):
             return _record_later(learned, recorder, request, outcome, before)
@@ -406,11 +407,25 @@ async def _record_later(
 ) -> Any:
     try:
         result = await outcome
-    except OSError:
-        learned.failed += 1
+    except OSError as exc:
+        _failed(learned, recorder, request, exc, before)
         raise
     recorder.after(request, result, before)
     return result
+
+
+def _failed(learned: Learned, recorder: _Recorder, request: Request, error: OSError, before: Any) -> None:
+    """Count a call that failed; a non-blocking connect under way is the program's connection all the same.
+
+    The master connects the program's own socket in place, so a socket the
+    program made non-blocking (Python's ``create_connection`` with a
+    timeout, every event loop) gets ``EINPROGRESS`` as natively, and the
+    program completes the connection itself.
+    """
+    if request.function in ("connect_inet", "connect_inet6") and error.errno == errno.EINPROGRESS:
+        recorder.after(request, None, before)
+        return
+    learned.failed += 1
 
 
 def render_policy(learned: Learned, command: list[str] | None = None) -> str:

@@ -321,12 +321,19 @@ COMMENTS = {
 
 def test_a_name_with_a_newline_and_code_stays_a_string(tmp_path: Path) -> None:
     evil = "/tmp/x\nimport os; os.system('touch pwned')\n#"
-    source = render_policy(Learned(read={evil}, skipped={"/proc/1/fd/3/" + evil}, names={"a'\"\\\n"}), ["x"])
+    source = render_policy(Learned(read={evil}, skipped={"/proc/1/fd/3/" + evil}), ["x"])
     namespace: dict[str, object] = {}
     exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - proving the policy is inert
     assert namespace["sandbox"].allow_read == (evil,)  # type: ignore[attr-defined]
     assert namespace["NOT_GRANTED"] == ["/proc/1/fd/3/" + evil]
-    assert namespace["NAMES"] == ["a'\"\\\n"]
+    # A look-up learn records resolved, so it was a host name; were it not, it stays a string,
+    # which named() refuses when the policy loads.
+    name = "a'\"\\\n"
+    source = render_policy(Learned(names={name}), ["x"])
+    assert _literal(ast.parse(source), "NAMES") == [name]
+    with pytest.raises(ValueError, match="is not a name pattern"):
+        exec(compile(source, "policy.py", "exec"), {})  # noqa: S102 - proving the policy is inert
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
 
 
 # ------------------------------------------------------ as the program's author would attack it
