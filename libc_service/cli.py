@@ -420,6 +420,7 @@ def _cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def _cmd_learn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .learn import Learned, learning_router
     from .learnt_source import LearntPolicyError, merge, read, render
+    from .resolver import Resolver
     from .slavepath import printable
 
     command = _command(args, parser)
@@ -435,7 +436,12 @@ def _cmd_learn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         except (OSError, UnicodeDecodeError, LearntPolicyError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise PolicyError(f"cannot add to {args.output}: {reason}") from exc
-    learned = Learned(commands=[list(command)])
+    nameservers = list(args.nameserver or (previous.nameservers if previous is not None else []))
+    try:
+        Resolver(nameservers)  # refuse what is no nameserver before the program runs
+    except ValueError as exc:
+        parser.error(f"--nameserver: {exc}")
+    learned = Learned(commands=[list(command)], nameservers=nameservers)
     status = _run_program(command, learning_router(learned), None, args.seccomp)
     if previous is not None:
         learned = merge(previous, [learned])
@@ -444,8 +450,9 @@ def _cmd_learn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     lists = learned.sandbox_arguments()
     if args.output is not None:
         network = (
-            f", {len(learned.connects)} connect, {len(learned.binds)} bind, {len(learned.names)} name rule(s)"
-            if learned.connects or learned.binds or learned.names
+            f", {len(learned.connects)} connect, {len(learned.binds)} bind, {len(learned.names)} name rule(s), "
+            f"{len(learned.resolved)} connect(s) by name"
+            if learned.connects or learned.binds or learned.names or learned.resolved
             else ""
         )
         runs = f" ({len(learned.commands)} runs)" if len(learned.commands) > 1 else ""
@@ -640,9 +647,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="add this run to the policy in FILE (-o) that learn wrote before, instead of replacing it",
     )
     learn.add_argument("-o", "--output", metavar="FILE", help="write the policy to FILE (default: stdout)")
+    learn.add_argument(
+        "--nameserver",
+        action="append",
+        metavar="ADDRESS[:PORT]",
+        help="the master resolves the program's names with this nameserver (repeatable; default: "
+        "/etc/hosts, then /etc/resolv.conf's), and the policy names it",
+    )
     learn.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     learn.set_defaults(handler=_cmd_learn, subparser=learn)
-    learn.usage = "libc-service learn [-h] [-v] [--seccomp] [--append] [-o FILE] -- CMD [ARG...]"
+    learn.usage = (
+        "libc-service learn [-h] [-v] [--seccomp] [--append] [--nameserver ADDRESS[:PORT]] [-o FILE] -- CMD [ARG...]"
+    )
 
     docs = commands.add_parser(
         "docs",

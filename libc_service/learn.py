@@ -11,6 +11,13 @@ addresses connected to and bound, names looked up — and writes a policy
 module (:mod:`libc_service.learnt_source`): a :class:`~libc_service.Sandbox`
 with the narrowest trees that covered the run and a router that has the
 master make exactly the connections, binds and lookups the run made.
+
+A connection to an address the master itself returned for a name (the
+master performs every ``getaddrinfo`` of the run) is written as that name
+on that port, ``resolved(NAME, ports=[PORT])``: next time the name may lead
+elsewhere, and the address alone would grant whoever holds it then. Only a
+connection no answer explains (an address the program had by other means)
+stays an address rule, ``to(ADDRESS:PORT)``.
 ``libc-service run --sandbox`` accepts it as written; review it before
 trusting it. ``learn --append`` adds another run to a policy it wrote.
 
@@ -38,11 +45,11 @@ import ipaddress
 import logging
 import os
 import stat as stat_module
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from . import names
+from .names import Address, NameScope, current_scope, enter, leave, plain_address
 from .requests import Request
 from .router import Router, WithFds
 from .slavepath import descriptor_name
@@ -58,7 +65,6 @@ MIN_MERGE_DEPTH = 2
 _WRITING_FLAGS = frozenset({"write_only", "read_write", "create", "truncate", "append", "temporary"})
 _UNGRANTABLE = ("/proc/", "/dev/tty", "/dev/pts/")
 _O_PATH_NAME: Final = os.O_PATH | os.O_CLOEXEC
-_CONNECTS: Final = frozenset({"connect_inet", "connect_inet6"})
 
 #: Trees that hold far more than one program needs, and what the policy says
 #: when it grants one whole (fixed text: a comment never carries a name).
@@ -112,11 +118,15 @@ class Learned:
     changed_trees: set[str] = field(default_factory=set)
     #: Paths that cannot be granted (``/proc``, the terminal): listed in the policy.
     skipped: set[str] = field(default_factory=set)
-    #: ``(address, port)`` the runs connected to, and bound.
+    #: ``(address, port)`` the runs connected to that no answer of the master explains, and bound.
     connects: set[tuple[str, int]] = field(default_factory=set)
     binds: set[tuple[str, int]] = field(default_factory=set)
     #: Names the runs looked up (getaddrinfo's node).
     names: set[str] = field(default_factory=set)
+    #: ``(name, port)`` the runs connected to at an address the master returned for that name.
+    resolved: set[tuple[str, int]] = field(default_factory=set)
+    #: The nameservers the master asked (``learn --nameserver``); empty: the system's.
+    nameservers: list[str] = field(default_factory=list)
     #: The commands learnt from, oldest first.
     commands: list[list[str]] = field(default_factory=list)
     #: ``Sandbox(network=True)``: kept from a previous policy whose author chose it.
@@ -265,6 +275,8 @@ class _Recorder:
 
     def __init__(self, learned: Learned) -> None:
         self.learned = learned
+        #: The names each address was returned for by the master's look-ups in these runs.
+        self.answered: dict[Address, set[str]] = {}
 
     def before(self, request: Request) -> Any:
         """What must be read before the call changes it: the names a removal or rename takes away,
@@ -314,14 +326,23 @@ class _Recorder:
             self._add(learned.changed, descriptor_name(getattr(request, "fd")))
         elif function in ("connect_inet", "connect_inet6", "bind_inet", "bind_inet6"):
             address = str(getattr(request, "address")).split("%")[0]
-            endpoint = (address, int(getattr(request, "port")))
-            (learned.binds if function.startswith("bind") else learned.connects).add(endpoint)
+            port = int(getattr(request, "port"))
+            if function.startswith("bind"):
+                learned.binds.add((address, port))
+                return
+            explained = self.answered.get(plain_address(address))
+            if explained:
+                learned.resolved.update((name, port) for name in explained)
+            else:
+                learned.connects.add((address, port))
         elif function == "getaddrinfo":
             node = getattr(request, "node", None)
             # "*" is no host name, and would read as a wildcard to named(); an
             # address needs no look-up beyond the program's own libc.
             if node is not None and isinstance(outcome, list) and "*" not in node and not _is_address(node):
                 learned.names.add(node)
+                for answer in outcome:
+                    self.answered.setdefault(plain_address(getattr(answer, "address")), set()).add(node)
 
     def _opened(self, request: Request, outcome: Any, existed: Any) -> None:
         flags: frozenset[str] = getattr(request, "flags", frozenset())
@@ -378,12 +399,18 @@ def _note_program(learned: Learned, pid: int) -> None:
 
 
 def learning_router(learned: Learned) -> Router:
-    """A router that performs every call in the master and records what succeeded."""
+    """A router that performs every call in the master and records what succeeded.
+
+    The master resolves with ``learned.nameservers`` (the system's
+    configuration when there are none), and any name the program looks up
+    is looked up: learning is finding out which names it needs.
+    """
     from .perform import perform  # the master performs each call, so it sees the outcome
     from .rendezvous import Rendezvous
     from .requests import FUNCTIONS
+    from .resolver import Resolver
 
-    router = Router()
+    router = Router(resolver=Resolver(learned.nameservers) if learned.nameservers else None)
     recorder = _Recorder(learned)
 
     @router.on(*FUNCTIONS)
@@ -393,14 +420,9 @@ def learning_router(learned: Learned) -> Router:
         _note_program(learned, request.pid)
         before = recorder.before(request)
         try:
-            outcome = _perform_learning(perform, request)
+            outcome = _perform_any_name(perform, request)
         except OSError as exc:
-            if exc.errno == errno.EINPROGRESS and request.function in _CONNECTS:
-                # A non-blocking connect the master started (the program's own socket): the program
-                # finishes it as it would natively, and learn never sees the end of it.
-                recorder.after(request, None, before)
-            else:
-                learned.failed += 1
+            _failed(learned, recorder, request, exc, before)
             raise
         if isinstance(outcome, Rendezvous):  # still waits for another party, not for the policy
             return Rendezvous(_record_later(learned, recorder, request, outcome, before))
@@ -412,25 +434,22 @@ def learning_router(learned: Learned) -> Router:
     return router
 
 
-def _perform_learning(perform: Callable[[Any], Any], request: Request) -> Any:
-    """``perform(request)``, any name resolved by the master.
+def _perform_any_name(perform: Any, request: Request) -> Any:
+    """``perform(request)``, a ``getaddrinfo`` of any name included.
 
-    Under a policy the master resolves only the names its ``named()`` and
-    ``resolved()`` patterns allow; learning has none, and is there to see
-    which names the program looks up. The run being learnt is the user's
-    own, unconfined (no sandbox: its own libc could ask any nameserver), so
-    the master's lookups carry nothing out that the program could not:
-    each lookup is checked against no pattern, and its answers go to the
-    tree's record (``resolved()``) as under a policy.
+    ``perform`` resolves only names the serving policy's patterns allow,
+    and the learning router has none: for the call, the tree's scope
+    allows every name (its resolver and answers stay the tree's). The
+    scope is read when the call is made, so it is put back at once.
     """
-    scope = names.current_scope()
-    if request.function != "getaddrinfo" or scope is None or scope.patterns is None:
+    scope = current_scope()
+    if request.function != "getaddrinfo" or scope is None:
         return perform(request)
-    token = names.enter(dataclasses.replace(scope, patterns=None))  # the same resolver and answers
+    token = enter(NameScope(scope.resolver, None, scope.answers))
     try:
-        return perform(request)  # decides on the name at once: the lookup's task is the scope's
+        return perform(request)
     finally:
-        names.leave(token)
+        leave(token)
 
 
 async def _record_later(
@@ -438,11 +457,25 @@ async def _record_later(
 ) -> Any:
     try:
         result = await outcome
-    except OSError:
-        learned.failed += 1
+    except OSError as exc:
+        _failed(learned, recorder, request, exc, before)
         raise
     recorder.after(request, result, before)
     return result
+
+
+def _failed(learned: Learned, recorder: _Recorder, request: Request, error: OSError, before: Any) -> None:
+    """Count a call that failed; a non-blocking connect under way is the program's connection all the same.
+
+    The master connects the program's own socket in place, so a socket the
+    program made non-blocking (Python's ``create_connection`` with a
+    timeout, every event loop) gets ``EINPROGRESS`` as natively, and the
+    program completes the connection itself.
+    """
+    if request.function in ("connect_inet", "connect_inet6") and error.errno == errno.EINPROGRESS:
+        recorder.after(request, None, before)
+        return
+    learned.failed += 1
 
 
 def render_policy(learned: Learned, command: list[str] | None = None) -> str:

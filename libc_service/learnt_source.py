@@ -26,12 +26,15 @@ from typing import Final
 
 from .learn import Learned, broad_tree
 
-__all__ = ["ENDPOINT_LISTS", "LearntPolicyError", "endpoint", "merge", "read", "render"]
+__all__ = ["ENDPOINT_LISTS", "LearntPolicyError", "endpoint", "merge", "read", "render", "resolved_endpoint"]
 
 #: The module-level lists of ``(address, port)`` endpoints, by Learned field.
 ENDPOINT_LISTS: Final = {"CONNECTS": "connects", "BINDS": "binds"}
 
-_IMPORTS: Final = "import errno\n\nfrom libc_service import FORWARD, Errno, Router, Sandbox, named, perform, to, under  # noqa: F401\n"
+_IMPORTS: Final = (
+    "import errno\n\n"
+    "from libc_service import FORWARD, Errno, Resolver, Router, Sandbox, named, perform, resolved, to, under  # noqa: F401\n"
+)
 
 _EXAMPLE: Final = (
     "# Everything the sandbox allows, the program does itself. Add handlers for\n"
@@ -46,7 +49,31 @@ _NETWORK_NOTE: Final = (
     "# The network. The sandbox gives the program none of its own: the master\n"
     "# makes the connections and binds the learnt runs made and looks up the\n"
     "# names they looked up; anything else fails in the sandbox's empty network.\n"
-    "# An address a name led to may differ next time: review CONNECTS.\n"
+    "# A connection to an address the master returned for a name is granted by\n"
+    "# that name (RESOLVED: to the addresses the master returns for it then);\n"
+    "# CONNECTS holds the addresses no answer explained.\n"
+)
+
+_NAMESERVERS_NOTE: Final = "# The nameservers the master asked while learning (learn --nameserver).\n"
+
+_ROUTER: Final = "router = Router(default=FORWARD)\n"
+
+_ROUTER_RESOLVING: Final = "router = Router(default=FORWARD, resolver=Resolver(NAMESERVERS))\n"
+
+_CONNECT_BY_NAME: Final = (
+    "def any_resolved(endpoints):\n"
+    '    """resolved(NAME, ports=[PORT]) for any of the NAME:PORT endpoints."""\n'
+    "    condition = None\n"
+    "    for endpoint in endpoints:\n"
+    '        name, _, port = endpoint.rpartition(":")\n'
+    "        one = resolved(name, ports=[int(port)])\n"
+    "        condition = one if condition is None else condition | one\n"
+    "    return condition\n"
+    "\n\n"
+    '@router.on("connect_inet", "connect_inet6", when=any_resolved(RESOLVED))\n'
+    "def connect_by_name(request):\n"
+    '    """Connections to an address the master returned for a learnt name, on its port, made by the master."""\n'
+    "    return perform(request)\n"
 )
 
 _CONNECT: Final = (
@@ -98,6 +125,11 @@ class LearntPolicyError(ValueError):
 def endpoint(address: str, port: int) -> str:
     """``address:port`` as :func:`~libc_service.conditions.to` reads it (``[v6]:port``)."""
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def resolved_endpoint(name: str, port: int) -> str:
+    """``name:port``, as the policy's ``RESOLVED`` list holds it (read back at the last colon)."""
+    return f"{name}:{port}"
 
 
 def _strings(name: str, items: Iterable[str], indent: str = "", *, explain: bool = False) -> str:
@@ -159,20 +191,21 @@ def render(learned: Learned) -> str:
         f"    network={bool(learned.host_network)!r},\n",
         ")\n",
         "\n",
-        "router = Router(default=FORWARD)\n",
-        "\n",
-        _EXAMPLE,
     ]
+    if learned.nameservers:
+        parts += [_NAMESERVERS_NOTE, _strings("NAMESERVERS", learned.nameservers), _ROUTER_RESOLVING]
+    else:
+        parts.append(_ROUTER)
+    parts += ["\n", _EXAMPLE]
     network = [
         ("CONNECTS", sorted(endpoint(*item) for item in learned.connects), _CONNECT),
         ("BINDS", sorted(endpoint(*item) for item in learned.binds), _BIND),
         ("NAMES", sorted(learned.names), _LOOK_UP),
+        ("RESOLVED", sorted(resolved_endpoint(*item) for item in learned.resolved), _CONNECT_BY_NAME),
     ]
     if any(items for _, items, _ in network):
-        parts += ["\n", _NETWORK_NOTE]
-        for name, items, route in network:
-            if items:
-                parts += [_strings(name, items), "\n\n", route]
+        sections = [_strings(name, items) + "\n\n" + route for name, items, route in network if items]
+        parts += ["\n", _NETWORK_NOTE, "\n\n".join(sections)]
     if metadata:
         parts += ["\n\n", _METADATA_NOTE, _strings("METADATA_TREES", metadata, explain=True), "\n\n", _CHANGE_METADATA]
     return "".join(parts)
@@ -194,6 +227,16 @@ def _endpoints(value: object, what: str) -> set[tuple[str, int]]:
         if not host or not port.isdigit():
             raise LearntPolicyError(f"{what} holds {text!r}, not ADDRESS:PORT")
         found.add((host.removeprefix("[").removesuffix("]"), int(port)))
+    return found
+
+
+def _resolved(value: object) -> set[tuple[str, int]]:
+    found = set()
+    for text in _string_list(value, "RESOLVED"):
+        name, _, port = text.rpartition(":")
+        if not name or not (port.isascii() and port.isdigit()):
+            raise LearntPolicyError(f"RESOLVED holds {text!r}, not NAME:PORT")
+        found.add((name, int(port)))
     return found
 
 
@@ -236,6 +279,8 @@ def read(source: str) -> Learned:
         changed_trees=set(_string_list(values.get("METADATA_TREES", []), "METADATA_TREES")),
         skipped=set(_string_list(values.get("NOT_GRANTED", []), "NOT_GRANTED")),
         names=set(_string_list(values.get("NAMES", []), "NAMES")),
+        resolved=_resolved(values.get("RESOLVED", [])),
+        nameservers=_string_list(values.get("NAMESERVERS", []), "NAMESERVERS"),
         commands=[list(command) for command in commands],
         calls=calls if isinstance(calls, int) else 0,
         host_network=values.get("sandbox.network") is True,
@@ -260,8 +305,10 @@ def merge(into: Learned, runs: Sequence[Learned]) -> Learned:
             "connects",
             "binds",
             "names",
+            "resolved",
         ):
             getattr(into, name).update(getattr(run, name))
+        into.nameservers = list(dict.fromkeys([*into.nameservers, *run.nameservers]))
         into.commands.extend(run.commands)
         into.calls += run.calls
         into.failed += run.failed

@@ -175,10 +175,18 @@ def test_every_kind_of_descriptor_is_closed_whether_the_message_is_answered_or_r
 
 @dataclass
 class GoodSlave:
-    """A well-behaved Python slave asking in a loop and checking every answer."""
+    """A well-behaved Python slave asking in a loop and checking every answer.
+
+    Each answered round notes how many hostile messages the master had
+    dealt with by then (``storm()``; each hostile session waits for the
+    master's answer to one before it sends the next): a master that left
+    this session waiting while it served the others would deal with many
+    of theirs between two of its rounds.
+    """
 
     sock: socket.socket
-    answers: list[float] = field(default_factory=list)
+    storm: Callable[[], int]
+    answers: list[int] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -199,11 +207,12 @@ class GoodSlave:
                 reply = slave.call("getaddrinfo", node="localhost", service="http", protocol="tcp")
                 if reply.result != [AddrInfo(address=IPv4Address("127.0.0.1"), port=80)]:
                     self.wrong.append(f"getaddrinfo: {reply}")
-                self.answers.append(time.monotonic())
+                self.answers.append(self.storm())
 
-    def longest_silence(self, start: float, end: float) -> float:
-        times = [start, *self.answers, end]
-        return max(later - earlier for earlier, later in zip(times, times[1:]))
+    def longest_silence(self, end: int) -> int:
+        """The most hostile messages dealt with between two of its rounds (or before the first, after the last)."""
+        counts = [0, *self.answers, end]
+        return max(later - earlier for earlier, later in zip(counts, counts[1:]))
 
 
 def _hostile_worker(
@@ -220,13 +229,13 @@ def _hostile_worker(
         try:
             session.play(hostile.hostile_stream(rnd, valid=rnd.choice([0.3, 0.8, 0.95])))
         finally:
-            with lock:
+            with lock:  # counted once all along: live, then in the total
                 live.remove(session)
+                total.add(session.tally)
         try:
             served.result(PATIENCE)
         except BaseException as exc:  # noqa: BLE001 - a crash of serve, to report
             crashes.append(exc)
-        total.add(session.tally)
     return crashes
 
 
@@ -288,12 +297,16 @@ def test_hostile_sessions_are_killed_while_a_well_behaved_one_is_answered_throug
     before = fd_count.snapshot()
     router = hostile.fuzz_router(concurrent=concurrent)
     good_served, good_sock = master_loop.serve(router)
-    good = GoodSlave(good_sock)
+    total, live, lock, stop = Tally(), [], threading.Lock(), threading.Event()
+
+    def storm() -> int:
+        with lock:
+            return total.sent + sum(session.tally.sent for session in live)
+
+    good = GoodSlave(good_sock, storm)
     good_thread = threading.Thread(target=good.run, name="good-slave", daemon=True)
-    start = time.monotonic()
     good_thread.start()
 
-    total, live, lock, stop = Tally(), [], threading.Lock(), threading.Event()
     # Daemon threads, stopped in `finally`: a failed assertion must not leave
     # them running (a non-daemon one would hang the interpreter's exit).
     killer = threading.Thread(target=_killer, args=(live, lock, stop, 99, total), daemon=True)
@@ -320,21 +333,21 @@ def test_hostile_sessions_are_killed_while_a_well_behaved_one_is_answered_throug
         killer.join()
         good.stop.set()
     good_thread.join(PATIENCE)
-    end = time.monotonic()
     good_served.result(PATIENCE)
 
-    elapsed = end - start
+    silence = good.longest_silence(total.sent)
     print(
         f"\nfuzz ({'concurrent' if concurrent else 'sequential'}): {total.summary()}, "
-        f"+{child_messages} from {len(children)} SIGKILLed processes, in {elapsed:.1f} s; "
-        f"good slave: {len(good.answers)} rounds, longest silence "
-        f"{good.longest_silence(start, end) * 1000:.0f} ms; by kind {dict(sorted(total.by_how.items()))}"
+        f"+{child_messages} from {len(children)} SIGKILLed processes; "
+        f"good slave: {len(good.answers)} rounds, at most {silence} hostile messages between two; "
+        f"by kind {dict(sorted(total.by_how.items()))}"
     )
     assert crashes == []
     assert total.violations == []
     assert good.wrong == []
     assert len(good.answers) > 10
-    assert good.longest_silence(start, end) < 2.0
+    # Answered throughout the storm: never left waiting while a quarter of it went by.
+    assert silence <= total.sent // 4, silence
     assert total.sent > 1000 * SCALE
     fd_count.assert_unchanged(before)
 
@@ -776,4 +789,4 @@ async def test_an_empty_registration_datagram_does_not_hang_the_rest_of_the_tree
     # that follows the timeout could not finish the block.
     router = Router(default=FORWARD)
     async with spawn([PYTHON, "-c", EMPTY_REGISTRATION], router, stdout=subprocess.DEVNULL) as process:
-        assert await asyncio.wait_for(process.wait(), 5) == 0
+        assert await asyncio.wait_for(process.wait(), 60) == 0

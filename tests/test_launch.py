@@ -11,7 +11,6 @@ import asyncio
 import errno
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +130,8 @@ def test_reports_made_while_the_master_starts_wait_in_the_socket_not_lost(
         reports=True,
     )
     process.launch()
-    time.sleep(0.5)  # the master starts late: the program has long finished its calls
+    # The master starts late: once the program has made all its calls and exited (left unreaped).
+    os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
     assert process.wait_unserved() is None
 
     assert _serve(process) == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import json
+import errno
 import os
 import re
 import socket
@@ -23,6 +25,7 @@ from libc_service.learnt_source import read as read_policy
 from libc_service.notify import seccomp_unavailable
 from libc_service.sandbox import landlock_abi, network_namespaces_available
 
+from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
 from shimtools import needs_shim
 
 SCRIPT = "cat data/a.txt > out/out.txt && cat data/b.txt data/c.txt >> out/out.txt && ls data && cat out/out.txt"
@@ -164,6 +167,7 @@ EXPECTED_STATEMENTS = [
     ("Assign", "LEARNT_CALLS"),
     ("Assign", "NOT_GRANTED"),
     ("Assign", "sandbox"),
+    ("Assign", "NAMESERVERS"),
     ("Assign", "router"),
     ("Assign", "CONNECTS"),
     ("FunctionDef", "connect"),
@@ -171,6 +175,9 @@ EXPECTED_STATEMENTS = [
     ("FunctionDef", "bind"),
     ("Assign", "NAMES"),
     ("FunctionDef", "look_up"),
+    ("Assign", "RESOLVED"),
+    ("FunctionDef", "any_resolved"),
+    ("FunctionDef", "connect_by_name"),
     ("Assign", "METADATA_TREES"),
     ("FunctionDef", "change_metadata"),
 ]
@@ -223,6 +230,8 @@ def _benign(tag: str = "a") -> Learned:
         connects={("127.0.0.1", 80)},
         binds={("::1", 0)},
         names={f"{tag}.example"},
+        resolved={(f"{tag}.example", 443)},
+        nameservers=["127.0.0.1:5353"],
         commands=[[tag]],
         calls=3,
     )
@@ -256,6 +265,8 @@ def learn_root(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     changed=components,
     skipped=paths,
     name=texts.filter(lambda name: "*" not in name),
+    port=st.integers(0, 65535),
+    nameserver=texts,
     command=st.lists(texts | components.map(os.fsdecode), min_size=1, max_size=3),
 )
 def test_every_name_is_written_as_a_literal_that_reads_back_as_itself(
@@ -266,6 +277,8 @@ def test_every_name_is_written_as_a_literal_that_reads_back_as_itself(
     changed: bytes,
     skipped: str,
     name: str,
+    port: int,
+    nameserver: str,
     command: list[str],
 ) -> None:
     made = []
@@ -282,6 +295,8 @@ def test_every_name_is_written_as_a_literal_that_reads_back_as_itself(
         connects={("127.0.0.1", 80)},
         binds={("::1", 0)},
         names={name},
+        resolved={(name, port)},
+        nameservers=[nameserver],
         calls=7,
     )
     source = render_policy(learned, command)
@@ -300,6 +315,8 @@ def test_every_name_is_written_as_a_literal_that_reads_back_as_itself(
     ]
     assert _literal(tree, "NOT_GRANTED") == ["/proc/" + skipped]
     assert _literal(tree, "NAMES") == [name]
+    assert _literal(tree, "RESOLVED") == [f"{name}:{port}"]
+    assert _literal(tree, "NAMESERVERS") == [nameserver]
     assert _literal(tree, "LEARNT_FROM") == [command]
     assert _literal(tree, "METADATA_TREES") == learned.metadata_trees()
     # Comments hold fixed text: every comment line is one of the policy's own.
@@ -309,6 +326,7 @@ def test_every_name_is_written_as_a_literal_that_reads_back_as_itself(
     assert again.sandbox_arguments() == lists
     assert again.commands == [command]
     assert (again.names, again.connects, again.binds) == (learned.names, learned.connects, learned.binds)
+    assert (again.resolved, again.nameservers) == (learned.resolved, learned.nameservers)
 
 
 #: Every comment line a policy may hold (the broad-tree comments sit beside a literal, not on a line of their own).
@@ -321,22 +339,20 @@ COMMENTS = {
 
 def test_a_name_with_a_newline_and_code_stays_a_string(tmp_path: Path) -> None:
     evil = "/tmp/x\nimport os; os.system('touch pwned')\n#"
-    source = render_policy(Learned(read={evil}, skipped={"/proc/1/fd/3/" + evil}, names={"db.internal"}), ["x"])
+    source = render_policy(Learned(read={evil}, skipped={"/proc/1/fd/3/" + evil}), ["x"])
     namespace: dict[str, object] = {}
     exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - proving the policy is inert
     assert namespace["sandbox"].allow_read == (evil,)  # type: ignore[attr-defined]
     assert namespace["NOT_GRANTED"] == ["/proc/1/fd/3/" + evil]
-    assert namespace["NAMES"] == ["db.internal"]
-
-
-def test_a_looked_up_name_with_quotes_and_a_newline_stays_a_string_that_named_refuses() -> None:
-    """A run never learns such a name (the master resolves host names only); one written into NAMES by
-    hand stays a literal, and loading the policy stops at ``named()``, which takes host names only."""
-    odd = "a'\"\\\nimport os"
-    source = render_policy(Learned(names={odd}), ["x"])
-    assert _literal(ast.parse(source), "NAMES") == [odd]
+    # A look-up learn records resolved, so it was a host name; were it not, it stays a string,
+    # which named() refuses when the policy loads.
+    name = "a'\"\\\n"
+    source = render_policy(Learned(names={name}, resolved={(name, 80)}), ["x"])
+    assert _literal(ast.parse(source), "NAMES") == [name]
+    assert _literal(ast.parse(source), "RESOLVED") == [f"{name}:80"]
     with pytest.raises(ValueError, match="is not a name pattern"):
         exec(compile(source, "policy.py", "exec"), {})  # noqa: S102 - proving the policy is inert
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
 
 
 # ------------------------------------------------------ as the program's author would attack it
@@ -518,6 +534,78 @@ def test_the_names_a_run_looks_up_are_learnt(tmp_path: Path) -> None:
     assert learnt.stdout.strip() in addresses
     assert "1 name rule(s)" in learnt.stderr
     assert _load(tmp_path / "policy.py")["NAMES"] == [name]
+
+
+#: Arguments after the port: a name is looked up, an address connected to; prints a JSON list.
+LOOK_UP_AND_CONNECT = """
+import json, socket, sys
+port = int(sys.argv[1])
+out = []
+for arg in sys.argv[2:]:
+    if arg[0].isdigit():
+        try:
+            with socket.create_connection((arg, port), timeout=30):
+                out.append("connected")
+        except OSError as exc:
+            out.append(exc.errno)
+    else:
+        try:
+            out.append(sorted({info[4][0] for info in socket.getaddrinfo(arg, port, type=socket.SOCK_STREAM)}))
+        except socket.gaierror as exc:
+            out.append(exc.errno)
+print(json.dumps(out))
+"""
+
+
+@needs_shim
+@pytest.mark.slow
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+@pytest.mark.skipif(network_namespaces_available() is not None, reason="no network namespaces here")
+def test_a_connection_to_an_address_the_master_resolved_is_learnt_as_its_name(
+    tmp_path: Path, nameserver: Nameserver
+) -> None:
+    """The connect to what index.pkg.test resolved to becomes resolved("index.pkg.test", ports=[PORT]);
+    the connect to an address no answer gave stays an address rule."""
+    nameserver.zone["index.pkg.test"] = (["127.0.0.1"], 300)
+    nameserver.zone["other.pkg.test"] = (["127.0.0.1"], 300)
+    with socket.create_server(("0.0.0.0", 0)) as server:
+        port = str(server.getsockname()[1])
+        argv = [sys.executable, "-S", "-c", LOOK_UP_AND_CONNECT, port]
+        learning = ["learn", "--nameserver", nameserver.address, "-o", "policy.py", "--"]
+        learnt = cli(*learning, *argv, "index.pkg.test", "127.0.0.1", "127.0.0.2", cwd=tmp_path)
+        assert learnt.returncode == 0, learnt.stderr
+        assert json.loads(learnt.stdout) == [["127.0.0.1"], "connected", "connected"]
+        assert "1 connect, 0 bind, 1 name rule(s), 1 connect(s) by name" in learnt.stderr
+        policy = _load(tmp_path / "policy.py")
+        assert policy["RESOLVED"] == [f"index.pkg.test:{port}"]
+        assert policy["NAMES"] == ["index.pkg.test"]
+        assert policy["CONNECTS"] == [f"127.0.0.2:{port}"]  # no answer gave it
+        assert policy["NAMESERVERS"] == [nameserver.address]
+
+        again = cli("run", "--sandbox", "policy.py", "--", *argv, "index.pkg.test", "127.0.0.1", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout) == [["127.0.0.1"], "connected"]
+        # Another name: not looked up by the master (the program's own look-up has no network), and
+        # its address is no name's answer in this run: the sandbox refuses the connect (Landlock's
+        # EACCES where it rules TCP, else the empty network's ECONNREFUSED).
+        other = cli("run", "--sandbox", "policy.py", "--", *argv, "other.pkg.test", "127.0.0.1", cwd=tmp_path)
+        assert other.returncode == 0, other.stderr
+        looked_up, connected = json.loads(other.stdout)
+        assert looked_up in (socket.EAI_NONAME, socket.EAI_AGAIN)
+        assert connected == (errno.EACCES if landlock_abi() >= 4 else errno.ECONNREFUSED)
+        assert not nameserver.asked("other")
+
+        # --append keeps the name rules and the nameserver, and adds the new run's.
+        nameserver.zone["mirror.pkg.test"] = (["127.0.0.3"], 300)
+        appended = cli(
+            "learn", "--append", "-o", "policy.py", "--", *argv, "mirror.pkg.test", "127.0.0.3", cwd=tmp_path
+        )
+        assert appended.returncode == 0, appended.stderr
+        policy = _load(tmp_path / "policy.py")
+        assert policy["RESOLVED"] == [f"index.pkg.test:{port}", f"mirror.pkg.test:{port}"]
+        assert policy["NAMES"] == ["index.pkg.test", "mirror.pkg.test"]
+        assert policy["CONNECTS"] == [f"127.0.0.2:{port}"]
+        assert policy["NAMESERVERS"] == [nameserver.address]
 
 
 @needs_shim

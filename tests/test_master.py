@@ -13,7 +13,6 @@ import os
 import socket
 import stat as stat_module
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -773,11 +772,16 @@ async def test_the_in_flight_cap_stops_reading_until_a_call_is_answered() -> Non
     await serving
 
 
-def test_a_cpu_is_free_when_idle_time_kept_up_with_the_clock(tmp_path: Path) -> None:
+def test_a_cpu_is_free_when_idle_time_kept_up_with_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from libc_service import master
     from libc_service.master import IdleCpu
 
     stat = tmp_path / "stat"
     ticks = os.sysconf("SC_CLK_TCK")
+    # The sampler's clock is the test's: a real sleep on a loaded machine lasts longer
+    # than the idle time the test writes, and the test would measure the machine.
+    clock = [100.0]
+    monkeypatch.setattr(master, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])}))
     sampler = IdleCpu(str(stat))
     sampler.PERIOD = 0.0  # type: ignore[misc]  # sample on every call here
 
@@ -788,11 +792,11 @@ def test_a_cpu_is_free_when_idle_time_kept_up_with_the_clock(tmp_path: Path) -> 
     idle_for.total = 1000.0  # type: ignore[attr-defined]
     idle_for(0)
     assert not sampler.free()  # the first call only samples
-    time.sleep(0.2)
+    clock[0] += 0.2
     idle_for(0.2)  # a whole CPU idle meanwhile
     assert sampler.free()
-    time.sleep(0.2)
-    idle_for(0.0)  # every CPU busy (with others' work: this process slept)
+    clock[0] += 0.2
+    idle_for(0.0)  # every CPU busy (with others' work: this process hardly ran)
     assert not sampler.free()
     stat.unlink()
     assert not sampler.free()  # no /proc/stat: never free

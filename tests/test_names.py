@@ -93,9 +93,10 @@ def test_answers_expire_and_are_bounded() -> None:
 
 # ------------------------------------------------------------- real slaves
 
-#: Steps given on the command line: lookup=NAME, connect=ADDRESS, sleep=SECONDS; prints a JSON list.
+#: Steps given on the command line: lookup=NAME, connect=ADDRESS, sleep=SECONDS, ready=PATH (create
+#: it), wait=PATH (until it exists); prints a JSON list.
 _PROGRAM = """
-import json, socket, sys, time
+import json, os, socket, sys, time
 port = int(sys.argv[1])
 out = []
 for step in sys.argv[2:]:
@@ -116,6 +117,13 @@ for step in sys.argv[2:]:
             s.close()
     elif kind == "sleep":
         time.sleep(float(arg))
+    elif kind == "ready":
+        open(arg, "w").close()
+    elif kind == "wait":
+        for _ in range(12000):  # a hang's bound
+            if os.path.exists(arg):
+                break
+            time.sleep(0.01)
 print(json.dumps(out))
 """
 
@@ -249,14 +257,30 @@ async def test_an_expired_answer_no_longer_grants(nameserver: Nameserver, greete
     ) == [["127.0.0.1"], "hello", REFUSED]
 
 
-async def test_answers_given_to_one_tree_grant_nothing_in_another(nameserver: Nameserver, greeter: int) -> None:
+async def test_answers_given_to_one_tree_grant_nothing_in_another(
+    nameserver: Nameserver, greeter: int, tmp_path: Path
+) -> None:
     nameserver.zone["allowed.test"] = (["127.0.0.1"], 300)
     router = egress(nameserver, greeter)
+    has_answer, second_done = tmp_path / "has_answer", tmp_path / "second_done"
     first = asyncio.ensure_future(
-        steps(router, greeter, "lookup=allowed.test", "connect=127.0.0.1", "sleep=3", "connect=127.0.0.1")
+        steps(
+            router,
+            greeter,
+            "lookup=allowed.test",
+            "connect=127.0.0.1",
+            f"ready={has_answer}",
+            f"wait={second_done}",
+            "connect=127.0.0.1",
+        )
     )
-    await asyncio.sleep(1.5)  # the first tree has its answer and holds it while the second runs
+    # The first tree has its answer and holds it while the second runs.
+    async with asyncio.timeout(120):
+        while not has_answer.exists():
+            assert not first.done(), first.result()
+            await asyncio.sleep(0.01)
     assert await steps(router, greeter, "connect=127.0.0.1") == [REFUSED]
+    second_done.touch()
     assert await first == [["127.0.0.1"], "hello", "hello"]
 
 

@@ -186,34 +186,56 @@ def test_a_result_before_its_decision_and_a_lost_result_each_give_one_decision()
 
 
 @needs_shim
-async def test_reports_lost_under_pressure_are_counted_not_waited_for(caplog: pytest.LogCaptureFixture) -> None:
+async def test_reports_lost_under_pressure_are_counted_not_waited_for(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     """An observer that blocks the master's loop does not slow the slave: the reports the
-    registration socket cannot take are dropped and counted (the next one says how many)."""
-    router = Router()
-    count = 0
+    registration socket cannot take are dropped and counted (the next one says how many).
 
-    def slow(decision: Decision) -> None:
+    The observer blocks the loop until the slave has made all its calls: a slave that
+    waited for its reports could never get there (the test then fails when the observer
+    gives up, after a bound that only a hang reaches). The slave then keeps calling
+    until the master has logged the loss, which one of those calls' reports carries.
+    """
+    router = Router()
+    done, lost = tmp_path / "done", tmp_path / "lost"
+    count = 0
+    released_by_slave: list[bool] = []
+
+    def blocking(decision: Decision) -> None:
         nonlocal count
         count += 1
-        if count == 1:
-            time.sleep(3)  # blocks the loop: nothing reads the registration socket meanwhile
+        if count == 1:  # blocks the loop: nothing reads the registration socket meanwhile
+            deadline = time.monotonic() + 120
+            while not done.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            released_by_slave.append(done.exists())
 
-    router.observe(slow)
-    program = textwrap.dedent("""
+    class LostSeen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "were lost" in record.getMessage():
+                lost.touch()
+
+    router.observe(blocking)
+    program = textwrap.dedent(f"""
         import os, sys, time
-        started = time.monotonic()
         for _ in range(20000):
             os.stat("/etc/hostname")
-        print(round(time.monotonic() - started, 3))
-        sys.stdout.flush()
-        time.sleep(4)
-        os.stat("/etc/hostname")  # after the observer: its report carries the count
+        open({str(done)!r}, "w").close()
+        for _ in range(12000):  # until the master says it counted the loss (a hang's bound)
+            if os.path.exists({str(lost)!r}):  # a call too: its report carries the count
+                break
+            time.sleep(0.01)
     """)
     caplog.set_level(logging.WARNING, logger="libc_service")
-    async with spawn([sys.executable, "-c", program], router, reports=True, stdout=asyncio.subprocess.PIPE) as process:
-        out, _ = await process.communicate()
-        assert process.returncode == 0
-    assert float(out) < 2.5, "the slave waited for its reports"
+    handler = LostSeen()
+    logging.getLogger("libc_service").addHandler(handler)
+    try:
+        async with spawn([sys.executable, "-c", program], router, reports=True) as process:
+            assert await process.wait() == 0
+    finally:
+        logging.getLogger("libc_service").removeHandler(handler)
+    assert released_by_slave == [True], "the slave waited for its reports"
     assert count < 20000
     assert any("were lost" in record.getMessage() for record in caplog.records), caplog.text
 

@@ -610,5 +610,5 @@ async def test_closing_the_registration_listener_ends_a_waiting_iteration() -> N
     waiting = asyncio.ensure_future(drain())
     await asyncio.sleep(0.01)
     listener.close()
-    assert await asyncio.wait_for(waiting, 5) == []
+    assert await asyncio.wait_for(waiting, 60) == []
     theirs.close()
