@@ -281,7 +281,7 @@ FORGER = textwrap.dedent("""
     def report(pid, path):
         request = wire.encode_request(OpenRequest(
             function="open", pid=pid, tid=pid, request_id=0, path=path, flags=frozenset({"read_only"})))[0]
-        header = wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 2, 0, 13, 0, -1)
+        header = wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 2, 0, 13, 0, -1, 0)
         names = wire.REPORT_NAMES.pack(0, 0, 0, 0)
         return header + names + request
 
