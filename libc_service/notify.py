@@ -1075,6 +1075,9 @@ class SeccompSession:
         self._waiting: set[asyncio.Task[None]] = set()
         self._first_step_waits = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The context :meth:`serve` runs in (the process tree's, with its name scope): the receivers
+        #: hand calls to the loop in it, as a thread's own context has none of the tree's values.
+        self._context: contextvars.Context | None = None
         self._done: asyncio.Future[None] | None = None
         #: Seconds a read or write of a slave's memory may take before its call fails with ``EFAULT``.
         self.memory_bound = MEMORY_BOUND
@@ -1105,6 +1108,7 @@ class SeccompSession:
         """Serve until every process under the filter has exited, or :meth:`close`."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._context = contextvars.copy_context()
         self._workers = BoundedWorkers(loop, self.name, self.memory_bound)
         self._done = loop.create_future()
         self._start_receiver()
@@ -1215,7 +1219,7 @@ class SeccompSession:
                         _discard_prepared(prepared)
                     return
                 try:
-                    loop.call_soon_threadsafe(self._prepared, notification, prepared)
+                    loop.call_soon_threadsafe(self._prepared, notification, prepared, context=self._context)
                 except RuntimeError:  # the loop is closed
                     if not isinstance(prepared, BaseException):
                         _discard_prepared(prepared)
