@@ -4,11 +4,14 @@ A blocking FIFO open waits for the other end. When both ends are opened by
 slaves of the same master — two threads of one program, or two processes
 under the seccomp transport — the first open must not hold the session, or
 the second is never read and both wait forever. Each program's output is
-compared with its native run on this machine.
+compared with its native run on this machine. The test makes the FIFO
+itself: creating one (``mknod``) is refused under the seccomp transport, as
+no request expresses it; opening its two ends is what is served here.
 """
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -23,7 +26,6 @@ PROGRAM = textwrap.dedent(
     """
     import os, sys, threading
     case, fifo = sys.argv[1], sys.argv[2]
-    os.mkfifo(fifo)
 
     def write_end():
         fd = os.open(fifo, os.O_WRONLY)
@@ -53,6 +55,8 @@ PROGRAM = textwrap.dedent(
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("case", ["threads", "processes"])
 async def test_both_ends_of_a_fifo_through_a_sequential_router(case: str, transport: str, tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "native")
+    os.mkfifo(tmp_path / "served")
     native = run_native([PYTHON, "-c", PROGRAM, case, str(tmp_path / "native")])
     assert native.status == 0, native.err
     argv = [PYTHON, "-c", PROGRAM, case, str(tmp_path / "served")]
