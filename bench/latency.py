@@ -55,7 +55,8 @@ times; the figure is the median of the runs' medians:
                  never calls a handler registered for it (counted: 0 calls
                  for 1,000 opens), so that column is its native supervisor.
                  Its sandbox (Landlock, the whole file system readable) is
-                 on, as sandlock has no run without one
+                 on, as sandlock has no run without one. No ``split`` row:
+                 ``taskset`` started under sandlock fails to load
 - ``sandlock-fwd`` the same with handlers that read the path and answer
                  ``NotifAction.continue_()``: the equivalent of ``seccomp-fwd``'s stat
 
@@ -147,9 +148,9 @@ def command(config: str, pinning: str, calls: int, path: str) -> list[str] | Non
         fakeroot = _common.need("fakeroot")
         return None if fakeroot is None else master + [fakeroot, "--", *slave]
     if config in ("sandlock", "sandlock-fwd"):
-        if importlib.util.find_spec("sandlock") is None:
-            return None
-        slave = _common.pin_slave(pinning) + [_common.build("bench_calls_static"), str(calls), path]
+        if importlib.util.find_spec("sandlock") is None or pinning == "split":
+            return None  # under sandlock, taskset (dynamic) dies in the loader: no split row
+        slave = [_common.build("bench_calls_static"), str(calls), path]
         mode = "forward" if config == "sandlock-fwd" else "answer"
         return master + [_common.PYTHON, str(Path(__file__).resolve()), "serve", "sandlock", mode, "--", *slave]
     if config in ("shim-answer", "seccomp", "seccomp-fwd", "seccomp+shim"):
