@@ -1225,7 +1225,7 @@ class SeccompSession:
                     self._in_flight[notif_id] = receipt
                 prepared: _Prepared | BaseException
                 try:
-                    prepared = self._prepare(notification)
+                    prepared = self._prepare(notification, listener)
                 except BaseException as exc:  # noqa: BLE001 - handed to the loop
                     prepared = exc
                 with self._lock:
@@ -1302,8 +1302,12 @@ class SeccompSession:
         if self._fd >= 0 and self._loop is not None:
             self._watchdog = self._loop.call_later(self.memory_bound / 4, self._watch)
 
-    def _prepare(self, notification: _Notification) -> _Prepared:
-        """On a receiver thread: everything that reads the slave (its memory may make a read wait)."""
+    def _prepare(self, notification: _Notification, listener: int) -> _Prepared:
+        """On a receiver thread: everything that reads the slave (its memory may make a read wait).
+
+        Then ``ID_VALID`` (through the receiver's own copy of the listener):
+        the call still pending means what was read came from its thread.
+        """
         if notification.nr not in _BY_NUMBER:
             raise _Refuse(errno_module.ENOSYS)  # the filter notifies nothing else; be safe anyway
         fetched: _Fetched | None = None
@@ -1311,6 +1315,10 @@ class SeccompSession:
             fetched = _Fetched(notification.tid, _thread_status(notification.tid))
             fields, context = _decode(notification, fetched)
             fetched.close_pidfd()
+            try:
+                fcntl.ioctl(listener, _NOTIF_ID_VALID, bytearray(_ID.pack(notification.id)), True)
+            except OSError:
+                raise _Gone from None
             loading = bool(self.own_files or self.own_trees) and _loading_call(fields, self.own_files, self.own_trees)
             return fields, context, fetched, loading
         except BaseException:
@@ -1337,8 +1345,7 @@ class SeccompSession:
         try:
             if isinstance(prepared, BaseException):
                 raise prepared
-            fields, context, fetched, loading = prepared
-            self._check_valid(notification.id)
+            fields, context, fetched, loading = prepared  # checked valid after reading (_prepare)
             request = _build(fields, notification, fetched.thread)
         except _Gone:
             self._drop(notification, fetched)
@@ -1548,7 +1555,20 @@ class SeccompSession:
                 setattr(self, counted, getattr(self, counted) + 1)
 
     def _write_and_answer(self, answer: _Answer, tid: int, write: _StatWrite) -> tuple[Any, Any, int, int]:
-        """On a memory worker: write the Stat into the slave's buffer, then answer the call."""
+        """On a memory worker: write the Stat into the slave's buffer, then answer the call.
+
+        The call still pending right before the write means its thread is
+        still the caller, so the memory written is the caller's.
+        """
+        try:
+            with self._lock:
+                self._check_valid(answer.id)
+        except _Gone:
+            with self._lock:
+                if not answer.sent:  # nobody answers a call that is gone: give its slot back
+                    answer.sent = answer.released = True
+                    self._slots.release()
+            raise
         try:
             _write_memory(tid, write.address, write.data)
         except _Refuse as refusal:
@@ -1670,7 +1690,7 @@ class SeccompSession:
         if isinstance(result, Stat):
             assert context.stat_buffer is not None
             address, layout = context.stat_buffer
-            self._check_valid(notif_id)  # the thread is still ours: its memory is the caller's
+            # The worker that writes it checks the call is still pending first.
             return _StatWrite(address, _stat_bytes(result, layout, context.statx_mask), result, len(fds))
         if not -(2**63) <= result < 2**63:
             return self._fail(notif_id)
