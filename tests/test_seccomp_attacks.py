@@ -513,6 +513,43 @@ async def test_a_call_no_route_can_decide_is_continued_without_reading_its_argum
     assert b"stalled open: opened" in rest
 
 
+async def test_a_stat_whose_buffer_stalls_the_write_fails_with_efault_and_the_session_serves_on(
+    attacker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler's Stat written into memory nobody serves: past the bound that stat fails with EFAULT.
+
+    The worker writing it stays stuck until the program serves the page; the
+    session answers the program's other open meanwhile, and the loop never waits.
+    """
+    import libc_service.notify as notify
+
+    monkeypatch.setattr(notify, "MEMORY_BOUND", 0.5, raising=False)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("plain\n")
+    router = _reading_router()
+
+    @router.on("stat")
+    def answered(request: Any) -> Any:
+        return perform(request)
+
+    async with spawn(
+        [str(attacker), "uffd-stat", str(plain)],
+        router,
+        seccomp=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        await _line(process, "stalling")
+        stalled = await _line(process, "stalled stat:")
+        served = await _line(process, "plain open:")
+        process.stdin.close()
+        rest, _ = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    assert stalled == "stalled stat: EFAULT"
+    assert served == "plain open: opened"
+    assert b"watchdog" not in rest
+
+
 async def test_a_stalled_read_fails_its_call_and_the_session_serves_on(
     attacker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
