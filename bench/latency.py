@@ -42,6 +42,23 @@ times; the figure is the median of the runs' medians:
                  shim relays each call (``FORWARD`` without asking the
                  router), then the kernel notifies it — what a dynamically
                  linked program pays for ``--seccomp``
+- ``sandlock``   the static program under sandlock (``pip install sandlock``;
+                 not a dependency) through its Python API,
+                 ``Sandbox.run_with_handlers`` with Python ``Handler``s on
+                 ``newfstatat`` and ``openat`` (the calls the static
+                 program's stat and open make): stat answered with the same
+                 fixed ``struct stat`` written into the program's buffer
+                 (``HandlerCtx.write``) after reading its path
+                 (``read_path``) — sandlock's equivalent of ``seccomp``'s
+                 stat. Its open column is *not* a Python handler: sandlock
+                 0.9 decides ``openat`` in its own (Rust) supervisor and
+                 never calls a handler registered for it (counted: 0 calls
+                 for 1,000 opens), so that column is its native supervisor.
+                 Its sandbox (Landlock, the whole file system readable) is
+                 on, as sandlock has no run without one. No ``split`` row:
+                 ``taskset`` started under sandlock fails to load
+- ``sandlock-fwd`` the same with handlers that read the path and answer
+                 ``NotifAction.continue_()``: the equivalent of ``seccomp-fwd``'s stat
 
 Pinning (``--pin``): ``same`` runs master and slave on CPU 0 (``taskset -c
 0`` for both), ``split`` the master on CPU 0 and the slave on CPU 1 (every
@@ -53,8 +70,10 @@ another checkout (the shim stays this one's).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +97,8 @@ CONFIGS = (
     "seccomp",
     "seccomp-fwd",
     "seccomp+shim",
+    "sandlock",
+    "sandlock-fwd",
 )
 #: The static build of the timing program, for the seccomp rows (no shim can load).
 _common.PROGRAMS["bench_calls_static"] = (("tests/c/bench_calls.c",), ("-static",))
@@ -126,6 +147,12 @@ def command(config: str, pinning: str, calls: int, path: str) -> list[str] | Non
     if config == "fakeroot":
         fakeroot = _common.need("fakeroot")
         return None if fakeroot is None else master + [fakeroot, "--", *slave]
+    if config in ("sandlock", "sandlock-fwd"):
+        if importlib.util.find_spec("sandlock") is None or pinning == "split":
+            return None  # under sandlock, taskset (dynamic) dies in the loader: no split row
+        slave = [_common.build("bench_calls_static"), str(calls), path]
+        mode = "forward" if config == "sandlock-fwd" else "answer"
+        return master + [_common.PYTHON, str(Path(__file__).resolve()), "serve", "sandlock", mode, "--", *slave]
     if config in ("shim-answer", "seccomp", "seccomp-fwd", "seccomp+shim"):
         if config in ("seccomp", "seccomp-fwd"):
             slave = _common.pin_slave(pinning) + [_common.build("bench_calls_static"), str(calls), path]
@@ -176,6 +203,51 @@ def serve(transport: str, mode: str, argv: list[str]) -> int:
         return asyncio.run(run())
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(run())
+
+
+def serve_sandlock(mode: str, argv: list[str]) -> int:
+    """``latency.py serve sandlock answer|forward -- CMD``: the same answers from sandlock's Python handlers.
+
+    The handlers run on sandlock's supervisor (Rust, calling into Python
+    with the GIL held); the program's output is captured by sandlock and
+    printed once it exited.
+    """
+    from sandlock import Handler, HandlerCtx, NotifAction, Sandbox
+
+    # struct stat on x86_64 as router (e)'s fixed Stat packs it: a 4242-byte regular file.
+    fixed = struct.pack("<QQQIIIiQqqqqqqqqq24x", 0, 0, 1, 0o100644, 0, 0, 0, 0, 4242, 4096, 16, 0, 0, 0, 0, 0, 0)
+    at_fdcwd = (1 << 64) - 100
+
+    class FixedStat(Handler):
+        def handle(self, ctx: HandlerCtx) -> NotifAction:
+            """Every file is a 4242-byte regular file (the path is read, as router (e)'s request is)."""
+            if ctx.read_path() is None or not ctx.write(ctx.args[2], fixed):
+                return NotifAction.errno(14)
+            return NotifAction.returns(0) if mode == "answer" else NotifAction.continue_()
+
+    class OpenHere(Handler):
+        def handle(self, ctx: HandlerCtx) -> NotifAction:
+            """Open in the supervisor and hand the descriptor over."""
+            path = ctx.read_path()
+            if path is None:
+                return NotifAction.errno(14)
+            if mode == "forward" or ctx.args[0] != at_fdcwd:
+                return NotifAction.continue_()
+            flags = ctx.args[2] & 0xFFFFFFFF
+            fd = os.open(path, flags & ~os.O_CLOEXEC | os.O_CLOEXEC, ctx.args[3] & 0o7777)
+            return NotifAction.inject_fd_send(fd, newfd_flags=flags & os.O_CLOEXEC)
+
+    class ReadPath(Handler):
+        def handle(self, ctx: HandlerCtx) -> NotifAction:
+            """Read the path and continue (the forward row's stat)."""
+            return NotifAction.errno(14) if ctx.read_path() is None else NotifAction.continue_()
+
+    stat_handler: Handler = FixedStat() if mode == "answer" else ReadPath()
+    sandbox = Sandbox(fs_readable=["/"], fs_writable=["/tmp"])
+    result = sandbox.run_with_handlers(argv, [("newfstatat", stat_handler), ("openat", OpenHere())])
+    sys.stdout.buffer.write(result.stdout or b"")
+    sys.stderr.buffer.write(result.stderr or b"")
+    return 0 if result.success else (result.exit_code or 1)
 
 
 def measure(
@@ -235,8 +307,8 @@ def report(results: dict[str, dict[str, dict[str, list[float]]]], calls: int, ru
 def main() -> None:
     if sys.argv[1:2] == ["serve"]:
         transport, mode, separator, *argv = sys.argv[2:]
-        assert separator == "--" and transport in ("shim", "seccomp") and mode in ("answer", "forward")
-        sys.exit(serve(transport, mode, argv))
+        assert separator == "--" and transport in ("shim", "seccomp", "sandlock") and mode in ("answer", "forward")
+        sys.exit(serve_sandlock(mode, argv) if transport == "sandlock" else serve(transport, mode, argv))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--max-foreign",

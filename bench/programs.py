@@ -1,7 +1,7 @@
 """Whole programs under libc-service vs native, fakeroot and strace, in one run.
 
     python bench/programs.py [--runs 5] [--json bench/out/programs.json] [--only tar,find]
-                             [--configs native,trace,strace,fakeroot]
+                             [--configs native,trace,strace,fakeroot] [--command PATH]
 
 Workloads (their output read from a pipe and discarded; tar would skip
 reading the files if it saw /dev/null):
@@ -32,7 +32,13 @@ Configurations, each the real command line, alternated within each round
                 readable, the working directory and /tmp writable)
 
 Every libc-service row includes the master's own start-up (interpreter,
-imports, spawn): that is what a user waits for.
+imports, spawn): that is what a user waits for. The ``start-up`` table puts
+``run -- true`` and ``trace -- true`` beside the interpreter's own
+``python -c pass``, measured in the same rounds, with the difference.
+``--command PATH`` measures an installed ``libc-service`` console script
+(e.g. a fresh ``pip install .`` in another venv) instead of ``python -m
+libc_service`` of this tree; ``python -c pass`` is then that script's
+interpreter (its ``#!`` line).
 """
 
 from __future__ import annotations
@@ -155,9 +161,14 @@ def prepare() -> dict[str, Path]:
     return {"forward": forward, "handler": handler, "git": repo, "make": project}
 
 
+#: The libc-service command measured (``--command``), and the interpreter it runs on.
+CLI: list[str] = [_common.PYTHON, "-m", "libc_service"]
+INTERPRETER: str = _common.PYTHON
+
+
 def wrap(wrapper: str, argv: list[str], files: dict[str, Path]) -> tuple[list[str], dict[str, str]] | None:
     env = dict(os.environ)
-    cli = [_common.PYTHON, "-m", "libc_service"]
+    cli = CLI
     if wrapper == "native":
         return argv, env
     if wrapper == "run":
@@ -200,6 +211,25 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path | None) -> float:
     return elapsed
 
 
+def start_up(times: dict[str, dict[str, list[float]]]) -> str:
+    """The start-up table: the interpreter's own start beside ``run -- true`` and ``trace -- true``."""
+    reference = _common.median(times["pass"]["native"])
+    rows = []
+    for label, values in (
+        ("python -c pass", times["pass"]["native"]),
+        ("true (native)", times["true"]["native"]),
+        ("run -- true", times["true"]["run"]),
+        ("trace -- true", times["true"]["trace"]),
+    ):
+        if not values:
+            continue
+        m = _common.median(values)
+        rows.append(
+            (label, f"{m * 1000:.1f}", _common.spread([v * 1000 for v in values]), f"{(m - reference) * 1000:+.1f}")
+        )
+    return "\n## start-up\n" + _common.table(rows, ("command", "ms", "range", "− python -c pass (ms)"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -208,7 +238,18 @@ def main() -> None:
     parser.add_argument(
         "--configs", default="", help=f"comma-separated configurations (default: all of {', '.join(WRAPPERS)})"
     )
+    parser.add_argument(
+        "--command",
+        type=Path,
+        help="an installed libc-service console script to measure instead of `python -m libc_service` of this tree",
+    )
     args = parser.parse_args()
+    global INTERPRETER
+    if args.command is not None:
+        CLI[:] = [str(args.command)]
+        shebang = args.command.read_bytes().split(b"\n", 1)[0]
+        if shebang.startswith(b"#!"):
+            INTERPRETER = shebang[2:].decode().split()[0]
     configs = ["native", *args.configs.split(",")] if args.configs else list(WRAPPERS)  # ratios need native
     unknown = sorted(set(configs) - set(WRAPPERS))
     if unknown:
@@ -219,7 +260,7 @@ def main() -> None:
     times["pass"] = {"native": []}
     load_before = os.getloadavg()
     for round_ in range(args.runs + 1):
-        reference = timed([_common.PYTHON, "-c", "pass"], dict(os.environ), None)
+        reference = timed([INTERPRETER, "-c", "pass"], dict(os.environ), None)
         if round_:
             times["pass"]["native"].append(reference)
         for workload, argv in workloads.items():
@@ -233,7 +274,10 @@ def main() -> None:
     print(f"# programs: {args.runs} alternated rounds after a warm-up, median wall ms (min..max)")
     print(f"# {_common.machine()} (load before: {load_before[0]:.2f})")
     print(_common.noise())
-    print(f"# python -c pass: {_common.median(times['pass']['native']) * 1000:.1f} ms")
+    print(f"# python -c pass: {_common.median(times['pass']['native']) * 1000:.1f} ms ({INTERPRETER})")
+    print(f"# libc-service: {' '.join(CLI)}")
+    if "true" in workloads:
+        print(start_up(times))
     summary: dict[str, dict[str, float]] = {}
     for workload, argv in workloads.items():
         native = _common.median(times[workload]["native"])

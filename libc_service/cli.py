@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import signal
 import sys
 import time
@@ -257,7 +256,7 @@ def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
 
 
 def _policy_flags(args: argparse.Namespace) -> PolicyFlags:
-    from .flagpolicy import PolicyFlags
+    from .flagpolicy import PolicyFlags  # imported by a run that gives flags only (see _policy)
 
     return PolicyFlags(
         read=tuple(args.read),
@@ -268,8 +267,15 @@ def _policy_flags(args: argparse.Namespace) -> PolicyFlags:
     )
 
 
+def _flags_given(args: argparse.Namespace) -> bool:
+    """Whether any policy flag (``--read``, ``--write``, ...) was given."""
+    return any(getattr(args, name) for name in ("read", "write", "exec", "connect", "bind"))
+
+
 def _policy(args: argparse.Namespace) -> LoadedPolicy:
     """The POLICY file's policy, with what the flags add (or the flags' alone, without a file)."""
+    if args.policy is not None and not _flags_given(args):
+        return _load(args.policy)  # the common case: flagpolicy is not imported
     flags = _policy_flags(args)
     if not flags.given:
         if args.policy is None:
@@ -311,8 +317,7 @@ def _static_transport(command: list[str], sandboxed: bool, seccomp: bool) -> boo
 
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     command = _command(args, parser)
-    flags = _policy_flags(args)
-    if flags.given and not args.sandbox:
+    if _flags_given(args) and not args.sandbox:
         parser_for_run: argparse.ArgumentParser = getattr(args, "subparser", parser)
         parser_for_run.error("--read, --write, --exec, --connect and --bind build a sandbox: add --sandbox")
     policy = _policy(args)
@@ -449,6 +454,8 @@ def _cmd_learn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     _write_output(args.output, source, source=True)
     lists = learned.sandbox_arguments()
     if args.output is not None:
+        import shlex  # for this message only: not imported at every start
+
         network = (
             f", {len(learned.connects)} connect, {len(learned.binds)} bind, {len(learned.names)} name rule(s), "
             f"{len(learned.resolved)} connect(s) by name"
@@ -528,9 +535,46 @@ def _load(spec: str) -> LoadedPolicy:
     return load_policy(spec)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, with the terminal's width found without importing :mod:`shutil`.
+
+    argparse makes a formatter for every argument added (to check its
+    metavar), and the stock one imports ``shutil`` (with ``zlib``, ``bz2``
+    and ``lzma``) for ``get_terminal_size``: a cost at every start of the
+    command, for help it rarely prints. The width is the one
+    ``shutil.get_terminal_size`` would give: ``COLUMNS``, else the terminal
+    of stdout, else 80; less 2, as argparse does.
+    """
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        if width is None:
+            try:
+                columns = int(os.environ["COLUMNS"])
+            except (KeyError, ValueError):
+                columns = 0
+            if columns <= 0:
+                stdout = sys.__stdout__
+                try:
+                    columns = (os.get_terminal_size(stdout.fileno()).columns if stdout is not None else 0) or 80
+                except (AttributeError, ValueError, OSError):
+                    columns = 80
+            width = columns - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose help uses :class:`_Formatter` (its subcommands' parsers too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, as data (also used for the CLI reference page)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="libc-service",
         description=(
             "Run a program with its file, socket and name-lookup calls decided by a Python policy. "
@@ -541,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version, help="show the program's version number and exit")
     # Also accepted after the command (`libc-service run -v ...`); SUPPRESS keeps
     # a subcommand from resetting a count given before it.
-    verbose = argparse.ArgumentParser(add_help=False)
+    verbose = _Parser(add_help=False)
     verbose.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log more (repeat for debug)"
     )

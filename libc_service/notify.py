@@ -62,6 +62,7 @@ import dataclasses
 import ctypes
 import errno as errno_module
 import fcntl
+import functools
 import inspect
 import ipaddress
 import logging
@@ -619,6 +620,19 @@ class _Context:
 
 
 _BY_NUMBER: Final = {number: name for name, number in NOTIFIED.items()}
+#: The request functions each system call of the common families may become
+#: (:func:`_decode`): when the router forwards them all unasked, a receiver
+#: continues the call at once (``SeccompSession._continue_unasked``).
+_FUNCTIONS_OF: Final = {
+    NOTIFIED[name]: functions
+    for names, functions in (
+        (("stat", "lstat", "newfstatat", "statx"), ("stat", "lstat")),
+        (("open", "openat", "openat2", "creat"), ("open", "openat")),
+        (("access", "faccessat", "faccessat2"), ("access", "eaccess")),
+    )
+    for name in names
+    if name in NOTIFIED
+}
 
 
 def _signed(value: int) -> int:
@@ -1089,6 +1103,8 @@ class SeccompSession:
         self._lock = threading.Lock()
         #: Receipts being prepared on receiver threads, with their deadlines.
         self._in_flight: dict[int, _Receipt] = {}
+        #: Stats being written by workers on their own (notification id -> answer, deadline, tid).
+        self._writes: dict[int, tuple[_Answer, float, int]] = {}
         self._receivers = 0
         self._watchdog: asyncio.TimerHandle | None = None
         #: Calls decided, and calls dropped because their thread went away.
@@ -1120,10 +1136,11 @@ class SeccompSession:
 
     def close(self) -> None:
         """Close the listener: calls still waiting in the kernel fail with ``ENOSYS``."""
-        fd, self._fd = self._fd, -1
-        if fd < 0:
-            return
-        os.close(fd)
+        with self._lock:  # a memory worker answers through self._fd under the lock
+            fd, self._fd = self._fd, -1
+            if fd < 0:
+                return
+            os.close(fd)
         # Receivers hold a copy of the listener each: they leave (and close
         # it) once woken, so the listener is released and waiting calls fail.
         with self._lock:
@@ -1202,13 +1219,17 @@ class SeccompSession:
                     loop.call_soon_threadsafe(self.close)
                     return
                 notif_id, tid, _, nr, _, _, *args = _NOTIF.unpack(buffer)
+                functions = _FUNCTIONS_OF.get(nr)
+                if functions is not None and nr != self._refused_nr and self.router.forwards_unasked(functions):
+                    self._continue_unasked(listener, notif_id)
+                    continue
                 notification = _Notification(notif_id, tid, nr, tuple(args))
                 receipt = _Receipt(notification, time.monotonic() + self.memory_bound)
                 with self._lock:
                     self._in_flight[notif_id] = receipt
                 prepared: _Prepared | BaseException
                 try:
-                    prepared = self._prepare(notification)
+                    prepared = self._prepare(notification, listener)
                 except BaseException as exc:  # noqa: BLE001 - handed to the loop
                     prepared = exc
                 with self._lock:
@@ -1233,6 +1254,24 @@ class SeccompSession:
             if stop >= 0:
                 os.close(stop)
 
+    def _continue_unasked(self, listener: int, notif_id: int) -> None:
+        """On a receiver thread: continue a call the router forwards whatever its arguments.
+
+        Nothing is read from the slave and the loop is not woken: deciding
+        would give ``FORWARD`` and nobody observes it (``Router.forwards_unasked``).
+        The reply goes through this receiver's own copy of the listener.
+        """
+        try:
+            fcntl.ioctl(listener, _NOTIF_SEND, bytearray(_RESP.pack(notif_id, 0, 0, _FLAG_CONTINUE)), True)
+            counted = "calls"
+        except OSError as exc:
+            if exc.errno not in (errno_module.ENOENT, errno_module.EINPROGRESS):
+                logger.error("%s: continuing a call failed (%s)", self.name, exc)
+            counted = "dropped"
+        with self._lock:
+            setattr(self, counted, getattr(self, counted) + 1)
+        self._slots.release()
+
     def _watch(self) -> None:
         """On the loop, every quarter bound: fail calls whose arguments could not be read in time."""
         now = time.monotonic()
@@ -1252,11 +1291,27 @@ class SeccompSession:
                 self._finish_early(receipt.notification, None, errno_module.EFAULT)
             self._slots.release()
             self._start_receiver()  # the stuck one comes back only when its read does
+        with self._lock:
+            late_writes = [write for write in self._writes.values() if write[1] <= now]
+            for answer, _, _ in late_writes:
+                del self._writes[answer.id]
+        for answer, _, tid in late_writes:
+            try:
+                if self._answer_once(answer, -errno_module.EFAULT, give_back=True):
+                    logger.warning(
+                        "%s: writing a stat for tid %d stalled; failing its call with EFAULT", self.name, tid
+                    )
+            except _Gone:
+                pass
         if self._fd >= 0 and self._loop is not None:
             self._watchdog = self._loop.call_later(self.memory_bound / 4, self._watch)
 
-    def _prepare(self, notification: _Notification) -> _Prepared:
-        """On a receiver thread: everything that reads the slave (its memory may make a read wait)."""
+    def _prepare(self, notification: _Notification, listener: int) -> _Prepared:
+        """On a receiver thread: everything that reads the slave (its memory may make a read wait).
+
+        Then ``ID_VALID`` (through the receiver's own copy of the listener):
+        the call still pending means what was read came from its thread.
+        """
         if notification.nr not in _BY_NUMBER:
             raise _Refuse(errno_module.ENOSYS)  # the filter notifies nothing else; be safe anyway
         fetched: _Fetched | None = None
@@ -1264,6 +1319,10 @@ class SeccompSession:
             fetched = _Fetched(notification.tid, _thread_status(notification.tid))
             fields, context = _decode(notification, fetched)
             fetched.close_pidfd()
+            try:
+                fcntl.ioctl(listener, _NOTIF_ID_VALID, bytearray(_ID.pack(notification.id)), True)
+            except OSError:
+                raise _Gone from None
             loading = bool(self.own_files or self.own_trees) and _loading_call(fields, self.own_files, self.own_trees)
             return fields, context, fetched, loading
         except BaseException:
@@ -1290,8 +1349,7 @@ class SeccompSession:
         try:
             if isinstance(prepared, BaseException):
                 raise prepared
-            fields, context, fetched, loading = prepared
-            self._check_valid(notification.id)
+            fields, context, fetched, loading = prepared  # checked valid after reading (_prepare)
             request = _build(fields, notification, fetched.thread)
         except _Gone:
             self._drop(notification, fetched)
@@ -1310,7 +1368,8 @@ class SeccompSession:
         # common case) it finishes here too, with no task and no wake-up.
         # Only a handler that waits makes a task, which continues it. It
         # runs in a context of its own, where current_transport() is "seccomp".
-        coroutine = self._decide(request, context, notification, fetched, loading)
+        answer = _Answer(notification.id)
+        coroutine = self._decide(request, context, notification, fetched, loading, answer)
         context_vars = contextvars.copy_context()
         context_vars.run(_TRANSPORT.set, "seccomp")
         context_vars.run(WAITING.set, self._waits_for_a_peer)
@@ -1319,13 +1378,13 @@ class SeccompSession:
             # An async handler may decide: it runs in a task from its first step.
             task = self._loop.create_task(coroutine, context=context_vars)
             self._tasks.add(task)
-            task.add_done_callback(self._finished)
+            task.add_done_callback(functools.partial(self._finished, answer))
             return True
         self._first_step_waits = False
         try:
             first = context_vars.run(coroutine.send, None)
         except StopIteration:
-            return False
+            return answer.detached  # a worker answers it and gives its slot back
         except Exception:  # noqa: BLE001 - a failed reply must not end the session
             logger.exception("%s: answering %r failed", self.name, request)
             return False
@@ -1336,7 +1395,7 @@ class SeccompSession:
             self._first_step_waits = False
             self._waiting.add(task)
             self._slots.release()  # waiting for its peer, it no longer holds a place among the calls decided
-        task.add_done_callback(self._finished)
+        task.add_done_callback(functools.partial(self._finished, answer))
         return True
 
     def _waits_for_a_peer(self) -> None:
@@ -1349,11 +1408,11 @@ class SeccompSession:
             self._waiting.add(task)
             self._slots.release()  # a receiver may take the next call (the FIFO's other end) meanwhile
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, answer: _Answer, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if task in self._waiting:
             self._waiting.discard(task)  # its slot was given back when it began to wait
-        else:
+        elif not (answer.released or answer.detached):  # else the worker that answers gives it back
             self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s: answering a call failed", self.name, exc_info=task.exception())
@@ -1380,7 +1439,13 @@ class SeccompSession:
     # ----------------------------------------------------------- deciding
 
     async def _decide(
-        self, request: Request, context: _Context, notification: _Notification, fetched: _Fetched, loading: bool
+        self,
+        request: Request,
+        context: _Context,
+        notification: _Notification,
+        fetched: _Fetched,
+        loading: bool,
+        answer: _Answer,
     ) -> None:
         try:
             if loading:
@@ -1388,7 +1453,10 @@ class SeccompSession:
                 if outcome is not None:
                     try:
                         await self._written(
-                            notification, self._reply(request, context, notification, "loading", outcome)
+                            notification,
+                            self._reply(request, context, notification, "loading", outcome),
+                            answer,
+                            count=False,
                         )
                     except _Gone:
                         self.dropped += 1
@@ -1397,14 +1465,19 @@ class SeccompSession:
             route, outcome = await self.router.decide(request)
             latency = time.perf_counter_ns() - started
             try:
-                summary = await self._written(notification, self._reply(request, context, notification, route, outcome))
+                summary = await self._written(
+                    notification, self._reply(request, context, notification, route, outcome), answer
+                )
             except _Gone:
                 self.dropped += 1
                 logger.debug(
                     "%s: tid %d went away before its %s reply was sent", self.name, notification.tid, request.function
                 )
                 return
-            self.calls += 1
+            if summary is None:
+                return  # a worker writes the Stat, answers and counts the call
+            with self._lock:
+                self.calls += 1
             if self.router.observed:
                 named = named_directories(request)  # its descriptors are open until the end
                 self.router.report(Decision(request, route, *summary, latency, self.name, "seccomp", *named))
@@ -1440,24 +1513,94 @@ class SeccompSession:
         return outcome
 
     async def _written(
-        self, notification: _Notification, summary: tuple[Any, Any, int, int] | _StatWrite
-    ) -> tuple[Any, Any, int, int]:
-        """The reply's summary, once a ``Stat`` to write was written into the slave's buffer (off the loop)."""
+        self,
+        notification: _Notification,
+        summary: tuple[Any, Any, int, int] | _StatWrite,
+        answer: _Answer,
+        count: bool = True,
+    ) -> tuple[Any, Any, int, int] | None:
+        """The reply's summary, once a ``Stat`` to write was written into the slave's buffer (off the loop).
+
+        ``None``: the Stat is being written by a worker, which answers and
+        counts the call itself (nobody observes it).
+        """
         if not isinstance(summary, _StatWrite):
             return summary
         assert self._workers is not None
         tid, write = notification.tid, summary
+        if not self.router.observed:
+            # Nobody needs the outcome: the worker answers, counts and gives
+            # the slot back; the watchdog keeps the bound. The loop is done.
+            answer.detached = True
+            with self._lock:
+                self._writes[answer.id] = (answer, time.monotonic() + self.memory_bound, tid)
+            self._workers.run_detached(lambda: self._write_detached(answer, tid, write, count))
+            return None
         try:
-            await self._workers.submit(lambda: _write_memory(tid, write.address, write.data))
-        except _Refuse as refusal:
-            self._send(notification.id, 0, -refusal.code, 0)
-            return "error", -1, refusal.code, 0
+            # The worker answers the call itself once the Stat is written: the
+            # slave goes on without waiting for the loop to wake up again.
+            return await self._workers.submit(lambda: self._write_and_answer(answer, tid, write))
         except Stalled:
-            logger.warning("%s: writing a stat for tid %d stalled; failing its call with EFAULT", self.name, tid)
-            self._send(notification.id, 0, -errno_module.EFAULT, 0)
-            return "error", -1, errno_module.EFAULT, 0
-        self._send(notification.id, 0, 0, 0)
+            if self._answer_once(answer, -errno_module.EFAULT):
+                logger.warning("%s: writing a stat for tid %d stalled; failing its call with EFAULT", self.name, tid)
+                return "error", -1, errno_module.EFAULT, 0
+            return "reply", write.result, 0, write.fds  # answered just as the bound passed
+
+    def _write_detached(self, answer: _Answer, tid: int, write: _StatWrite, count: bool) -> None:
+        """On a memory worker: write the Stat, answer the call, count it (see :meth:`_written`)."""
+        try:
+            self._write_and_answer(answer, tid, write)
+            counted = "calls" if count else ""
+        except _Gone:
+            counted = "dropped"
+        with self._lock:
+            self._writes.pop(answer.id, None)
+            if counted:
+                setattr(self, counted, getattr(self, counted) + 1)
+
+    def _write_and_answer(self, answer: _Answer, tid: int, write: _StatWrite) -> tuple[Any, Any, int, int]:
+        """On a memory worker: write the Stat into the slave's buffer, then answer the call.
+
+        The call still pending right before the write means its thread is
+        still the caller, so the memory written is the caller's.
+        """
+        try:
+            with self._lock:
+                self._check_valid(answer.id)
+        except _Gone:
+            with self._lock:
+                if not answer.sent:  # nobody answers a call that is gone: give its slot back
+                    answer.sent = answer.released = True
+                    self._slots.release()
+            raise
+        try:
+            _write_memory(tid, write.address, write.data)
+        except _Refuse as refusal:
+            self._answer_once(answer, -refusal.code, give_back=True)
+            return "error", -1, refusal.code, 0
+        self._answer_once(answer, 0, give_back=True)
         return "reply", write.result, 0, write.fds
+
+    def _answer_once(self, answer: _Answer, error: int, give_back: bool = False) -> bool:
+        """Answer ``answer``'s call with ``error`` (0: success) unless it was answered; whether this did.
+
+        From the loop or a worker: the lock makes one of them answer, and
+        keeps :meth:`close` from closing the listener (and its number being
+        reused) during the ioctl. ``give_back``: the call's slot is given
+        back at once, so a receiver takes the next call while the loop
+        still finishes this one (its observers, its counts).
+        """
+        with self._lock:
+            if answer.sent:
+                return False
+            answer.sent = True
+            answer.released = give_back
+            try:
+                self._send(answer.id, 0, error, 0)
+            finally:
+                if give_back:  # answered or gone: the call no longer holds its slot
+                    self._slots.release()
+        return True
 
     def _reply(
         self, request: Request, context: _Context, notification: _Notification, route: str, outcome: Any
@@ -1551,7 +1694,7 @@ class SeccompSession:
         if isinstance(result, Stat):
             assert context.stat_buffer is not None
             address, layout = context.stat_buffer
-            self._check_valid(notif_id)  # the thread is still ours: its memory is the caller's
+            # The worker that writes it checks the call is still pending first.
             return _StatWrite(address, _stat_bytes(result, layout, context.statx_mask), result, len(fds))
         if not -(2**63) <= result < 2**63:
             return self._fail(notif_id)
@@ -1613,6 +1756,18 @@ class _Receipt:
 
 #: Receiver threads per session at most, stuck ones included.
 _MAX_RECEIVERS: Final = 16
+
+
+@dataclass(slots=True)
+class _Answer:
+    """A call one of two parties may answer (the worker that wrote its Stat, or the loop past the bound)."""
+
+    id: int
+    sent: bool = False
+    #: Whether the worker that answered gave the call's slot back.
+    released: bool = False
+    #: Whether a worker answers the call on its own (the loop no longer waits for it).
+    detached: bool = False
 
 
 @dataclass(frozen=True, slots=True)

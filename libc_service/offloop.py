@@ -58,6 +58,13 @@ class _Job(Generic[T]):
         self.handle: asyncio.TimerHandle | None = None
 
 
+class _Detached:
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[[], object]) -> None:
+        self.function = function
+
+
 class BoundedWorkers:
     """Daemon threads that run blocking jobs for one loop; each job has a bound in seconds."""
 
@@ -65,7 +72,7 @@ class BoundedWorkers:
         self._loop = loop
         self._name = name
         self.bound = bound
-        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job[Any] | _Detached | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
@@ -78,6 +85,24 @@ class BoundedWorkers:
         future: asyncio.Future[T] = self._loop.create_future()
         job = _Job(function, future, discard)
         job.handle = self._loop.call_later(self.bound, self._expire, job)
+        self._start_one()
+        self._jobs.put(job)
+        return future
+
+    def run_detached(self, function: Callable[[], object]) -> None:
+        """Run ``function()`` on a worker and forget it: no future, no timer, no wake-up of the loop.
+
+        For a job that hands on its outcome itself and whose bound its caller
+        keeps (the seccomp transport answers a call once its Stat is written,
+        and its watchdog fails the call past the bound): the loop is not
+        woken again for it, which is most of what a job costs. An exception
+        is logged.
+        """
+        self._start_one()
+        self._jobs.put(_Detached(function))
+
+    def _start_one(self) -> None:
+        """Take an idle thread for a job, or start one (while under :data:`MAX_THREADS`)."""
         with self._lock:
             start = self._idle == 0 and self._threads < MAX_THREADS and not self._closed
             if start:
@@ -86,8 +111,6 @@ class BoundedWorkers:
                 self._idle -= 1
         if start:
             threading.Thread(target=self._work, name=f"{self._name} memory", daemon=True).start()
-        self._jobs.put(job)
-        return future
 
     def close(self) -> None:
         """Let every thread end once it is idle (a stuck one ends when it comes back)."""
@@ -109,6 +132,14 @@ class BoundedWorkers:
                 with self._lock:
                     self._threads -= 1
                 return
+            if isinstance(job, _Detached):
+                try:
+                    job.function()
+                except Exception:  # noqa: BLE001 - nobody waits for it
+                    logger.exception("%s: a detached job failed", self._name)
+                with self._lock:
+                    self._idle += 1
+                continue
             try:
                 result: Any = job.function()
                 failed = False

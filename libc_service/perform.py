@@ -85,7 +85,6 @@ import fcntl
 import functools
 import logging
 import os
-import platform
 import select
 import socket
 import stat as stat_module
@@ -120,7 +119,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_MACHINE: Final = platform.machine()
+_MACHINE: Final = os.uname().machine  # what platform.machine() returns, without importing it
 #: Raw system call numbers: these act on the calling thread only.
 _SYSCALLS: Final[dict[str, int]] = {
     "x86_64": {

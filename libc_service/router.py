@@ -37,7 +37,7 @@ from .outcomes import FORWARD, PASS, BugLog, Deny, Errno, Outcome, Summary, With
 from .catalogue import FUNCTIONS
 from .rendezvous import Rendezvous
 from .route_index import INDEX_FROM, INDEXED_FUNCTIONS, RouteIndex
-from .signatures import check_handler, handler_name
+from .signatures import check_handler, handler_name, source_of
 from .slavepath import directory_name
 
 from .lazyimport import on_first_use
@@ -323,10 +323,7 @@ class Router:
         self, functions: tuple[str, ...], handler: Handler, conditions: tuple[Condition, ...], order: int
     ) -> Route:
         check_handler(handler, functions)
-        try:
-            source: tuple[str, int] | None = (inspect.getsourcefile(handler) or "?", inspect.getsourcelines(handler)[1])
-        except (OSError, TypeError):
-            source = None
+        source = source_of(handler)
         return Route(
             functions=functions,
             handler=handler,
@@ -487,6 +484,20 @@ class Router:
         or anything else that needs the current task).
         """
         return self._sync_only[function]
+
+    def forwards_unasked(self, functions: Sequence[str]) -> bool:
+        """Whether a call that becomes any of ``functions`` is ``FORWARD`` whatever its arguments.
+
+        True when no route may decide them, the default is ``FORWARD`` and
+        nobody observes: a transport may then continue such a call without
+        reading its arguments or building its request, as deciding it would
+        give ``FORWARD`` and nobody would see the decision.
+        """
+        return (
+            self._default is FORWARD
+            and not self._observers
+            and all(len(self._dispatch[function]) == 1 for function in functions)
+        )
 
     async def decide(self, request: Request) -> tuple[str, Any]:
         """Decide ``request`` outside a session: the deciding route's name and its outcome.

@@ -35,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import errno as errno_module
 import os
-import platform
 import posixpath
 import stat as stat_module
 import struct
@@ -62,7 +61,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-_OPENAT2: Final = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
+_OPENAT2: Final = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine)
 RESOLVE_NO_XDEV: Final = 0x01
 RESOLVE_NO_MAGICLINKS: Final = 0x02
 RESOLVE_NO_SYMLINKS: Final = 0x04

@@ -46,15 +46,31 @@ def handler_name(handler: object) -> str:
     return getattr(handler, "__qualname__", None) or type(handler).__qualname__
 
 
-def _where(handler: object) -> str:
-    """`` (file.py, line N)`` of the handler's definition, when it has one."""
+def source_of(handler: object) -> tuple[str, int] | None:
+    """The file and first line (its first decorator's) of the handler's definition, when it has one.
+
+    A function's code object knows both: reading and tokenizing its source
+    (``inspect.getsourcelines``) for them cost more than a small policy's
+    whole import, at every start of the command. Other callables (instances,
+    builtins) are left to ``inspect``.
+    """
     try:
         target = inspect.unwrap(handler)  # type: ignore[arg-type]
-        filename = inspect.getsourcefile(target) or inspect.getfile(target)
-        line = inspect.getsourcelines(target)[1]
+        code = getattr(target, "__code__", None)
+        filename = inspect.getsourcefile(target)
+        if code is not None:
+            return None if filename is None else (filename, code.co_firstlineno)
+        return filename or inspect.getfile(target), inspect.getsourcelines(target)[1]
     except (OSError, TypeError):
+        return None
+
+
+def _where(handler: object) -> str:
+    """`` (file.py, line N)`` of the handler's definition, when it has one."""
+    source = source_of(handler)
+    if source is None:
         return ""
-    return f" ({filename.rsplit('/', 1)[-1]}, line {line})"
+    return f" ({source[0].rsplit('/', 1)[-1]}, line {source[1]})"
 
 
 def check_handler(handler: Callable[[Any], Any], functions: Sequence[str]) -> None:

@@ -455,6 +455,20 @@ def test_a_run_the_shim_decides_whole_never_starts_the_master_and_one_that_asks_
     imported = _imported(done.stderr)
     assert "libc_service.cli" in imported and "libc_service.router" in imported
     assert "asyncio" not in imported and "pydantic" not in imported
+    # What a run needs only for a flag, a message, a kind of program or a call it may never make.
+    lazy = {
+        "dns",  # the resolver's, on the first name looked up
+        "elftools",  # reading a program's ELF, under --sandbox only
+        "importlib.metadata",  # --version
+        "libc_service.flagpolicy",  # --read/--write/... only
+        "libc_service.linkage",
+        "libc_service.notify",  # --seccomp
+        "libc_service.sandbox",  # --sandbox
+        "platform",  # os.uname() says the machine
+        "shlex",  # learn's closing message
+        "shutil",  # argparse's formatter, for the terminal's width
+    }
+    assert imported.isdisjoint(lazy), imported & lazy
     done = subprocess.run(
         [*command, "cat", "/etc/hostname", str(tmp_path / "data" / "f")],
         capture_output=True,

@@ -471,6 +471,85 @@ def _blocked_in_open(pid: int) -> bool:
         return False
 
 
+def _reading_router() -> Router:
+    """Forwards everything, but a route decides each open: the master reads its path first."""
+    router = Router(default=FORWARD)
+
+    @router.on("open", "openat")
+    def read_then_forward(request: Any) -> Any:
+        return FORWARD
+
+    return router
+
+
+async def test_a_call_no_route_can_decide_is_continued_without_reading_its_arguments(
+    attacker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing to decide an open (FORWARD default, no route, no observer) the master reads nothing.
+
+    The path in memory nobody serves is never read, so no bound passes and
+    the open is not failed with EFAULT: it waits in the program's own thread,
+    as it would natively, and opens once the program serves its page.
+    """
+    import libc_service.notify as notify
+
+    monkeypatch.setattr(notify, "MEMORY_BOUND", 0.5, raising=False)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("plain\n")
+    async with spawn(
+        [str(attacker), "uffd", str(plain)],
+        Router(default=FORWARD),
+        seccomp=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        await _line(process, "stalling")
+        served = await _line(process, "plain open:")
+        await asyncio.sleep(1.0)  # twice the bound: a read would have failed the open by now
+        process.stdin.close()  # the page is served: the open goes on, in the kernel
+        rest, _ = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    assert served == "plain open: opened"
+    assert b"stalled open: opened" in rest
+
+
+async def test_a_stat_whose_buffer_stalls_the_write_fails_with_efault_and_the_session_serves_on(
+    attacker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler's Stat written into memory nobody serves: past the bound that stat fails with EFAULT.
+
+    The worker writing it stays stuck until the program serves the page; the
+    session answers the program's other open meanwhile, and the loop never waits.
+    """
+    import libc_service.notify as notify
+
+    monkeypatch.setattr(notify, "MEMORY_BOUND", 0.5, raising=False)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("plain\n")
+    router = _reading_router()
+
+    @router.on("stat")
+    def answered(request: Any) -> Any:
+        return perform(request)
+
+    async with spawn(
+        [str(attacker), "uffd-stat", str(plain)],
+        router,
+        seccomp=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        await _line(process, "stalling")
+        stalled = await _line(process, "stalled stat:")
+        served = await _line(process, "plain open:")
+        process.stdin.close()
+        rest, _ = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    assert stalled == "stalled stat: EFAULT"
+    assert served == "plain open: opened"
+    assert b"watchdog" not in rest
+
+
 async def test_a_stalled_read_fails_its_call_and_the_session_serves_on(
     attacker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -480,7 +559,7 @@ async def test_a_stalled_read_fails_its_call_and_the_session_serves_on(
     monkeypatch.setattr(notify, "MEMORY_BOUND", 0.5, raising=False)
     plain = tmp_path / "plain.txt"
     plain.write_text("plain\n")
-    router = Router(default=FORWARD)
+    router = _reading_router()
     async with spawn(
         [str(attacker), "uffd", str(plain)],
         router,
@@ -506,7 +585,7 @@ async def test_another_program_is_served_while_one_stalls_the_read_of_its_argume
     monkeypatch.setattr(notify, "MEMORY_BOUND", float(TIMEOUT), raising=False)
     plain = tmp_path / "plain.txt"
     plain.write_text("plain\n")
-    router = Router(default=FORWARD)
+    router = _reading_router()
     async with spawn(
         [str(attacker), "uffd", str(plain)],
         router,

@@ -39,6 +39,8 @@
  *                 nobody serves until stdin ends (or 60 s passed: prints
  *                 "watchdog"), while another thread open()s PATH:
  *                 "stalling" first, then "stalled open: …", "plain open: …".
+ *   uffd-stat PATH the same, but the page nobody serves is the buffer a
+ *                 stat(PATH) is answered into: "stalled stat: ok" or its errno.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -336,6 +338,7 @@ static int numbers(int count, char **argv)
 /* ------------------------------------------------------------------- uffd */
 
 static const char *uffd_plain;
+static int uffd_stat;
 static int uffd_fd;
 static char *uffd_area;
 static long uffd_page;
@@ -393,9 +396,15 @@ static int uffd(const char *path)
 	pthread_create(&serve, NULL, resolver, NULL);
 	printf("stalling\n");
 	pthread_create(&plain, NULL, plain_open, NULL);
-	/* A read of this page waits until the resolver serves it. */
-	long fd = syscall(SYS_open, uffd_area, O_RDONLY | O_CLOEXEC);
-	printf("stalled open: %s\n", fd < 0 ? errname(errno) : "opened");
+	if (uffd_stat) {
+		/* A write into this page waits until the resolver serves it. */
+		long done = syscall(SYS_stat, path, (void *)uffd_area);
+		printf("stalled stat: %s\n", done < 0 ? errname(errno) : "ok");
+	} else {
+		/* A read of this page waits until the resolver serves it. */
+		long fd = syscall(SYS_open, uffd_area, O_RDONLY | O_CLOEXEC);
+		printf("stalled open: %s\n", fd < 0 ? errname(errno) : "opened");
+	}
 	pthread_join(plain, NULL);
 	pthread_join(serve, NULL);
 	return 0;
@@ -490,6 +499,10 @@ int main(int argc, char **argv)
 		return setfd(atoi(argv[2]), atoi(argv[3]));
 	if (argc >= 3 && strcmp(argv[1], "uffd") == 0)
 		return uffd(argv[2]);
+	if (argc >= 3 && strcmp(argv[1], "uffd-stat") == 0) {
+		uffd_stat = 1;
+		return uffd(argv[2]);
+	}
 	fprintf(stderr, "usage: seccomp_attacks flip|deep|loadrace|threadfiles|calls|numbers|uffd ARG...\n");
 	return 2;
 }
