@@ -56,6 +56,14 @@ class Isolation:
         self._no_caps_header = ctypes.create_string_buffer(struct.pack("<Ii", _CAPABILITY_VERSION_3, 0))
         self._no_caps_data = ctypes.create_string_buffer(bytes(24))
 
+    def unshare_step(self) -> str:
+        """The launcher's step (:mod:`libc_service.launching`) doing what :meth:`unshare_network` does."""
+        return f"n={self._uid}:{self._gid}"
+
+    def capabilities_step(self) -> str:
+        """The launcher's step doing what :meth:`drop_capabilities` does."""
+        return f"c={self._last_cap}"
+
     def unshare_network(self) -> None:
         """Enter fresh network and IPC namespaces (inside a user namespace without ``CAP_SYS_ADMIN``)."""
         if syscall(self._numbers["unshare"], ctypes.c_int(_ISOLATE)) < 0:

@@ -35,11 +35,15 @@ The shim only *advises*: a static binary or a raw syscall walks past it. A
   mediate — ``chown``, ``init_module``, ``sethostname``, raw sockets.
 
 Everything that can fail is prepared in the parent (kernel support probed,
-rule descriptors opened, the ruleset built); the forked child only makes the
-few syscalls that apply it. Both ``subprocess`` (the default loop) and
-uvloop run the ``preexec_fn`` *before* they close inherited descriptors, so
-the ruleset descriptor is still open there (it is close-on-exec, so the
-program never sees it); the tests check this on both loops.
+rule descriptors opened, the ruleset built); the child only makes the few
+syscalls that apply it. :func:`~libc_service.spawn` has them made by the
+launcher (:meth:`PreparedSandbox.launch_steps`, :mod:`.launching`), a small
+C program executed after a ``vfork``, which inherits the ruleset descriptor
+and closes it before it executes the program. :meth:`~PreparedSandbox.apply_in_child`
+makes the same calls from a ``preexec_fn``, where the launcher is missing:
+both ``subprocess`` (the default loop) and uvloop run it *before* they close
+inherited descriptors, so the ruleset descriptor is still open there (it is
+close-on-exec, so the program never sees it).
 """
 
 from __future__ import annotations
@@ -57,7 +61,9 @@ from typing import Final
 
 from .isolation import Isolation, network_namespaces_available
 from .landlock import (
+    AUDIT_ABI,
     EXECUTE,
+    RESTRICT_SELF_LOG_NEW_EXEC_ON,
     READ,
     WRITE,
     SandboxUnavailable,
@@ -237,19 +243,20 @@ class PreparedSandbox:
         table = numbers_for(platform.machine())
         if table is None:
             raise SandboxUnavailable(f"the seccomp filter does not know the system calls of {platform.machine()}")
-        self._filter = ctypes.create_string_buffer(build_filter(table, metadata=metadata))
+        self._filter_code = build_filter(table, metadata=metadata)
+        self._filter = ctypes.create_string_buffer(self._filter_code)
         self._filter_prog = ctypes.create_string_buffer(
             struct.pack("<HxxxxxxQ", len(self._filter.raw) // 8, ctypes.addressof(self._filter))
         )
         # Without a network, the host's named unix sockets are out of reach too (Landlock does not check them).
         self._socket_filter_prog: ctypes.Array[ctypes.c_char] | None = None
+        self._socket_filter_code = b""
         if not network:
             sockets = socket_numbers_for(platform.machine())
             if sockets is None:
                 raise SandboxUnavailable(f"the socket filter does not know the system calls of {platform.machine()}")
-            self._socket_filter = ctypes.create_string_buffer(
-                build_socket_filter(sockets, connect=not connect_notified)
-            )
+            self._socket_filter_code = build_socket_filter(sockets, connect=not connect_notified)
+            self._socket_filter = ctypes.create_string_buffer(self._socket_filter_code)
             self._socket_filter_prog = ctypes.create_string_buffer(
                 struct.pack("<HxxxxxxQ", len(self._socket_filter.raw) // 8, ctypes.addressof(self._socket_filter))
             )
@@ -290,6 +297,22 @@ class PreparedSandbox:
                 syscall(numbers["prctl"], _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, self._socket_filter_prog, 0, 0),
                 "prctl(PR_SET_SECCOMP) for the socket filter",
             )
+
+    def launch_steps(self) -> tuple[list[str], list[int]]:
+        """What :meth:`apply_in_child` does, as the launcher's steps, and the descriptors it needs.
+
+        The same calls in the same order, made by the launcher
+        (:mod:`libc_service.launching`) instead of Python in a forked child.
+        """
+        flags = RESTRICT_SELF_LOG_NEW_EXEC_ON if self.abi >= AUDIT_ABI else 0
+        steps = ["s"]
+        if not self._network:
+            steps.append(self._isolation.unshare_step())
+        steps += [f"l={self.ruleset}:{flags}", self._isolation.capabilities_step(), f"f={self._filter_code.hex()}"]
+        if self._socket_filter_code:
+            steps.append(f"f={self._socket_filter_code.hex()}")
+        steps.append(f"x={self.ruleset}")
+        return steps, [self.ruleset]
 
     def close(self) -> None:
         """Close the ruleset descriptor in the parent."""
