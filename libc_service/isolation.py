@@ -36,6 +36,7 @@ _CLONE_NEWIPC: Final = 0x08000000
 _ISOLATE: Final = _CLONE_NEWNET | _CLONE_NEWIPC
 
 
+@functools.cache  # the kernel's, fixed while it runs
 def _last_capability() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as file:

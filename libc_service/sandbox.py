@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -77,6 +78,7 @@ from .landlock import (
     syscall_numbers,
 )
 from .loader import LoaderFile, program_files, resolve_program, system_library_dirs
+from .ruleset_cache import cached_ruleset
 from .socket_filter import build_socket_filter, socket_numbers_for
 from .syscall_filter import build_filter, numbers_for
 
@@ -173,8 +175,10 @@ class Sandbox:
     ) -> PreparedSandbox:
         """Build the ruleset for ``argv`` in the parent; raises ``SandboxUnavailable``.
 
-        Everything that can fail is done here, so that the forked child only
-        makes the syscalls that apply the ruleset. ``seccomp``: the program
+        Everything that can fail is done here, so that the child only makes
+        the syscalls that apply the ruleset. A ruleset built before for the
+        same rules is reused while every path still leads to the object its
+        rule is on (:mod:`.ruleset_cache`); the filters are built once. ``seccomp``: the program
         also runs under the seccomp transport, which decides its ``connect``
         calls (the sandbox's filter then leaves them to it).
         """
@@ -200,23 +204,48 @@ class Sandbox:
         rules += [(Path(p), READ, True) for p in self.allow_read]
         rules += [(Path(p), READ | WRITE, True) for p in self.allow_write]
         rules += [(Path(p), EXECUTE | READ, True) for p in self.allow_exec]
-        ruleset, handled_fs = create_ruleset(numbers, abi, network=self.network)
+
+        def build(rules: Sequence[tuple[Path | LoaderFile, int, bool]]) -> tuple[int, list[tuple[int, int] | None]]:
+            ruleset, handled_fs = create_ruleset(numbers, abi, network=self.network)
+            try:
+                return ruleset, [
+                    add_path_rule(numbers, ruleset, target, access & handled_fs) for target, access, _ in rules
+                ]
+            except BaseException:
+                os.close(ruleset)
+                raise
+
+        ruleset, added = cached_ruleset(abi, self.network, rules, build)
         local: list[str] = []
-        try:
-            for target, access, from_policy in rules:
-                if add_path_rule(numbers, ruleset, target, access & handled_fs):
-                    if from_policy and isinstance(target, Path):
-                        local += local_names(target)
-                elif from_policy:
-                    logger.warning("sandbox: %s does not exist; its rule grants nothing", target)
-        except BaseException:
-            os.close(ruleset)
-            raise
+        for (target, _, from_policy), is_added in zip(rules, added, strict=True):
+            if is_added:
+                if from_policy and isinstance(target, Path):
+                    local += local_names(target)
+            elif from_policy:
+                logger.warning("sandbox: %s does not exist; its rule grants nothing", target)
         prepared = PreparedSandbox(
             ruleset, numbers, network=self.network, abi=abi, metadata=self.metadata, connect_notified=seccomp
         )
         prepared.local_trees = tuple(dict.fromkeys(local))
         return prepared
+
+
+@functools.cache
+def _system_call_filter(machine: str, metadata: bool) -> bytes:
+    """The first filter's program: the same for every sandbox with these settings, built once."""
+    table = numbers_for(machine)
+    if table is None:
+        raise SandboxUnavailable(f"the seccomp filter does not know the system calls of {machine}")
+    return build_filter(table, metadata=metadata)
+
+
+@functools.cache
+def _socket_filter(machine: str, connect: bool) -> bytes:
+    """The socket filter's program, built once per setting."""
+    sockets = socket_numbers_for(machine)
+    if sockets is None:
+        raise SandboxUnavailable(f"the socket filter does not know the system calls of {machine}")
+    return build_socket_filter(sockets, connect=connect)
 
 
 class PreparedSandbox:
@@ -240,10 +269,7 @@ class PreparedSandbox:
         self._numbers = dict(numbers)
         self._network = network
         # Built here, in the parent: the child only hands the kernel a pointer.
-        table = numbers_for(platform.machine())
-        if table is None:
-            raise SandboxUnavailable(f"the seccomp filter does not know the system calls of {platform.machine()}")
-        self._filter_code = build_filter(table, metadata=metadata)
+        self._filter_code = _system_call_filter(platform.machine(), metadata)
         self._filter = ctypes.create_string_buffer(self._filter_code)
         self._filter_prog = ctypes.create_string_buffer(
             struct.pack("<HxxxxxxQ", len(self._filter.raw) // 8, ctypes.addressof(self._filter))
@@ -252,10 +278,7 @@ class PreparedSandbox:
         self._socket_filter_prog: ctypes.Array[ctypes.c_char] | None = None
         self._socket_filter_code = b""
         if not network:
-            sockets = socket_numbers_for(platform.machine())
-            if sockets is None:
-                raise SandboxUnavailable(f"the socket filter does not know the system calls of {platform.machine()}")
-            self._socket_filter_code = build_socket_filter(sockets, connect=not connect_notified)
+            self._socket_filter_code = _socket_filter(platform.machine(), not connect_notified)
             self._socket_filter = ctypes.create_string_buffer(self._socket_filter_code)
             self._socket_filter_prog = ctypes.create_string_buffer(
                 struct.pack("<HxxxxxxQ", len(self._socket_filter.raw) // 8, ctypes.addressof(self._socket_filter))
