@@ -669,22 +669,23 @@ class SlaveProcess:
         """
         popen = subprocess.PIPE not in self._stdio
         plan = LaunchPlan()
+        # The launcher runs without the shim (it would register as a process of the tree); it sets
+        # LD_PRELOAD for the program first, before any filter (setenv may allocate).
+        plan.extend([f"p={env['LD_PRELOAD']}"], [])
         if not popen and not fds_closed:
             plan.extend([f"k={keep}"], [])
         if prepared is not None:
             plan.extend(*prepared.launch_steps())
         if handoff is not None:
             plan.extend(*handoff.launch_steps())
-        if not plan.steps:
+        if len(plan.steps) == 1:
             return list(self.argv), (), env
         launcher = launcher_path()
         if launcher is None:
             return None, (), env
-        # The launcher runs without the shim (it would register as a process of the tree);
-        # it sets LD_PRELOAD for the program.
         program = program_path(self.argv[0], env)
         env = dict(env)
-        plan.extend([f"p={env.pop('LD_PRELOAD')}"], [])
+        del env["LD_PRELOAD"]
         return launcher_argv(launcher, plan, program, self.argv), tuple(plan.fds), env
 
     def _exec_arguments(self, launch: _Launch) -> dict[str, Any]:
