@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from .isolation import Isolation, network_namespaces_available
+from .isolation import Isolation, namespace_stock, network_namespaces_available
 from .landlock import (
     AUDIT_ABI,
     EXECUTE,
@@ -189,6 +189,7 @@ class Sandbox:
             reason = network_namespaces_available()
             if reason is not None:
                 raise SandboxUnavailable(f"cannot sandbox without network (network=False): {reason}")
+            namespace_stock()  # started early: the first job's namespaces are made while this one is prepared
         abi = landlock_abi()
         numbers = syscall_numbers()
         program = resolve_program(argv[0], env, cwd)
@@ -284,6 +285,8 @@ class PreparedSandbox:
                 struct.pack("<HxxxxxxQ", len(self._socket_filter.raw) // 8, ctypes.addressof(self._socket_filter))
             )
         self._isolation = Isolation(numbers)
+        #: Namespaces made ahead (:class:`~libc_service.isolation.NamespaceStock`) handed to the launcher.
+        self._namespaces: tuple[int, int] | None = None
 
     def apply_in_child(self) -> None:
         """Runs between fork and exec: isolate the network, then restrict.
@@ -329,16 +332,29 @@ class PreparedSandbox:
         """
         flags = RESTRICT_SELF_LOG_NEW_EXEC_ON if self.abi >= AUDIT_ABI else 0
         steps = ["s"]
+        fds = [self.ruleset]
         if not self._network:
-            steps.append(self._isolation.unshare_step())
+            stock = namespace_stock()
+            self._namespaces = stock.take() if stock is not None else None
+            if self._namespaces is not None:
+                # Namespaces made ahead for this job alone: the launcher enters them.
+                net, ipc = self._namespaces
+                steps += [f"N={net}:{ipc}", f"x={net}", f"x={ipc}"]
+                fds += [net, ipc]
+            else:
+                steps.append(self._isolation.unshare_step())
         steps += [f"l={self.ruleset}:{flags}", self._isolation.capabilities_step(), f"f={self._filter_code.hex()}"]
         if self._socket_filter_code:
             steps.append(f"f={self._socket_filter_code.hex()}")
         steps.append(f"x={self.ruleset}")
-        return steps, [self.ruleset]
+        return steps, fds
 
     def close(self) -> None:
-        """Close the ruleset descriptor in the parent."""
+        """Close the ruleset descriptor (and the namespaces the launcher was given) in the parent."""
         if self.ruleset >= 0:
             os.close(self.ruleset)
             self.ruleset = -1
+        if self._namespaces is not None:
+            for fd in self._namespaces:
+                os.close(fd)
+            self._namespaces = None

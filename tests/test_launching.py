@@ -189,3 +189,67 @@ def test_a_step_that_fails_stops_the_program_with_status_127(tmp_path: Path) -> 
         os.close(not_a_ruleset)
     done = subprocess.run([str(launcher), *program], capture_output=True, timeout=30, check=False)
     assert done.returncode == 0 and marker.exists()
+
+
+@needs_kernel
+@pytest.mark.parametrize("stdio", STDIO)
+def test_every_sandboxed_job_gets_network_and_ipc_namespaces_of_its_own(stdio: str) -> None:
+    """Made ahead of time or by the child, a job's namespaces are new and no other job's.
+
+    The jobs run at once and stay until every one has answered: namespaces
+    alive together have distinct inode numbers (a freed one's may be reused).
+    """
+    probe = (
+        "import os, sys\n"
+        "print(os.stat('/proc/self/ns/net').st_ino, os.stat('/proc/self/ns/ipc').st_ino, flush=True)\n"
+        "sys.stdin.read()"
+    )
+    sandbox = Sandbox(allow_read=[sys.prefix, sys.base_prefix])
+    hold, release = os.pipe()  # every job's stdin: each exits once ``release`` is closed
+    answered: list[tuple[int, int]] = []
+
+    async def one() -> None:
+        reader, writer = os.pipe()
+        try:
+            async with spawn(
+                [sys.executable, "-S", "-c", probe],
+                Router(default=FORWARD),
+                sandbox=sandbox,
+                stdin=hold,
+                stdout=subprocess.PIPE if stdio == "pipes" else writer,
+            ) as process:
+                if process.stdout is not None:
+                    line = await process.stdout.readline()
+                else:
+                    os.close(writer)
+                    writer = -1
+                    line = b""
+                    while not line.endswith(b"\n"):
+                        chunk = await asyncio.to_thread(os.read, reader, 100)
+                        assert chunk, line
+                        line += chunk
+                net, ipc = line.split()
+                answered.append((int(net), int(ipc)))
+        finally:
+            os.close(reader)
+            if writer >= 0:
+                os.close(writer)
+
+    async def scenario() -> None:
+        jobs = [asyncio.ensure_future(one()) for _ in range(6)]
+        while len(answered) < 6 and not any(job.done() for job in jobs):
+            await asyncio.sleep(0.01)
+        os.close(release)
+        await asyncio.gather(*jobs)
+
+    try:
+        on_loop("asyncio", scenario)
+    finally:
+        os.close(hold)
+        try:
+            os.close(release)
+        except OSError:
+            pass  # closed by the scenario
+    mine = (os.stat("/proc/self/ns/net").st_ino, os.stat("/proc/self/ns/ipc").st_ino)
+    assert len({net for net, _ in answered}) == len({ipc for _, ipc in answered}) == len(answered) == 6, answered
+    assert all(net != mine[0] and ipc != mine[1] for net, ipc in answered)

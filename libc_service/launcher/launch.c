@@ -20,6 +20,8 @@
  *   n=UID:GID         fresh network and IPC namespaces (inside a user
  *                     namespace mapping UID and GID when unshare alone is
  *                     refused)
+ *   N=NET:IPC         enter the (fresh, unused) network and IPC namespaces
+ *                     whose descriptors are NET and IPC
  *   l=FD:FLAGS        no_new_privs, landlock_restrict_self(FD, FLAGS)
  *                     (FLAGS dropped when the kernel refuses them)
  *   c=LAST            empty every capability set (bounding 0..LAST)
@@ -148,6 +150,18 @@ static void unshare_network(const char *arguments) {
     write_file("/proc/self/gid_map", map);
 }
 
+static void enter_namespaces(const char *arguments) {
+    const char *text = arguments;
+    long net = number(&text, "N=");
+    if (*text++ != ':')
+        bad_step("N=");
+    long ipc = number(&text, "N=");
+    if (setns((int)net, CLONE_NEWNET) != 0)
+        fail("setns(network)");
+    if (setns((int)ipc, CLONE_NEWIPC) != 0)
+        fail("setns(ipc)");
+}
+
 static void restrict_self(const char *arguments) {
     const char *text = arguments;
     long fd = number(&text, "l=");
@@ -267,6 +281,8 @@ int main(int argc, char **argv) {
                 fail("setsid");
         } else if (strncmp(step, "n=", 2) == 0) {
             unshare_network(step + 2);
+        } else if (strncmp(step, "N=", 2) == 0) {
+            enter_namespaces(step + 2);
         } else if (strncmp(step, "l=", 2) == 0) {
             restrict_self(step + 2);
         } else if (strncmp(step, "c=", 2) == 0) {
