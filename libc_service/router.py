@@ -24,6 +24,7 @@ import dataclasses
 import errno as errno_module
 import inspect
 import logging
+import os
 import time
 import types
 from collections.abc import Awaitable, Callable, Container, Coroutine, Generator, Iterable, Iterator, Sequence
@@ -204,6 +205,30 @@ class _Await:
         self.awaitable = awaitable
 
 
+def _source(handler: Handler) -> tuple[str, int] | None:
+    """``(file, line)`` of the handler's definition, as ``inspect`` gives them, or ``None``.
+
+    For a function whose code comes from a file, its code objects say it
+    (the line of the unwrapped function's first decorator): reading and
+    tokenizing the source, as ``inspect.getsourcelines`` does, costs about
+    a millisecond at every route registered.
+    """
+    code = getattr(handler, "__code__", None)
+    target = getattr(inspect.unwrap(handler), "__code__", None)
+    if (
+        isinstance(code, types.CodeType)
+        and isinstance(target, types.CodeType)
+        and code.co_filename.endswith(".py")
+        and os.path.isfile(code.co_filename)
+        and os.path.isfile(target.co_filename)
+    ):
+        return code.co_filename, target.co_firstlineno
+    try:
+        return inspect.getsourcefile(handler) or "?", inspect.getsourcelines(handler)[1]
+    except (OSError, TypeError):
+        return None
+
+
 def _is_async(handler: Handler) -> bool:
     """Whether calling ``handler`` makes a coroutine (decided at registration)."""
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
@@ -323,10 +348,6 @@ class Router:
         self, functions: tuple[str, ...], handler: Handler, conditions: tuple[Condition, ...], order: int
     ) -> Route:
         check_handler(handler, functions)
-        try:
-            source: tuple[str, int] | None = (inspect.getsourcefile(handler) or "?", inspect.getsourcelines(handler)[1])
-        except (OSError, TypeError):
-            source = None
         return Route(
             functions=functions,
             handler=handler,
@@ -334,7 +355,7 @@ class Router:
             doc=inspect.getdoc(handler),
             conditions=conditions,
             order=order,
-            source=source,
+            source=_source(handler),
         )
 
     def observe(self, observer: Observer) -> Observer:
