@@ -12,6 +12,8 @@ Rows:
 - ``subprocess``: ``asyncio.create_subprocess_exec`` (the floor);
 - ``spawn``: ``spawn(argv, router)`` (the shim, a ``FORWARD`` router);
 - ``spawn+sandbox``: with ``Sandbox(allow_read=["/"], allow_write=["/tmp"])``;
+- ``spawn+sandbox+network``: the same sandbox with ``network=True`` (no network
+  namespace, no socket filter): what the namespace costs;
 - ``spawn+seccomp``: ``seccomp=True`` (no sandbox);
 - ``spawn+sandbox+seccomp``: both;
 - ``sandlock``: sandlock's Python API (Landlock + seccomp notify) with the same
@@ -39,6 +41,7 @@ from libc_service import FORWARD, Router, Sandbox, spawn
 
 TRUE = shutil.which("true", path="/usr/bin:/bin") or "/bin/true"
 SANDBOX = Sandbox(allow_read=["/"], allow_write=["/tmp"])
+NETWORKED = Sandbox(allow_read=["/"], allow_write=["/tmp"], network=True)
 
 Job = Callable[[], Awaitable[int]]
 
@@ -59,6 +62,7 @@ def _jobs(router: Router) -> dict[str, Job]:
         "subprocess": subprocess,
         "spawn": slave(),
         "spawn+sandbox": slave(sandbox=SANDBOX),
+        "spawn+sandbox+network": slave(sandbox=NETWORKED),
         "spawn+seccomp": slave(seccomp=True),
         "spawn+sandbox+seccomp": slave(sandbox=SANDBOX, seccomp=True),
     }

@@ -17,12 +17,13 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Final
 
 from .landlock import SandboxUnavailable, check, syscall, syscall_numbers
 
-__all__ = ["Isolation", "network_namespaces_available"]
+__all__ = ["Isolation", "NamespaceStock", "namespace_stock", "network_namespaces_available", "stop_namespace_stock"]
 
 _PR_CAPBSET_DROP: Final = 24
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
@@ -36,6 +37,7 @@ _CLONE_NEWIPC: Final = 0x08000000
 _ISOLATE: Final = _CLONE_NEWNET | _CLONE_NEWIPC
 
 
+@functools.cache  # the kernel's, fixed while it runs
 def _last_capability() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as file:
@@ -55,6 +57,14 @@ class Isolation:
         # capset(header {version, pid 0}, data[2] {effective, permitted, inheritable}): all empty.
         self._no_caps_header = ctypes.create_string_buffer(struct.pack("<Ii", _CAPABILITY_VERSION_3, 0))
         self._no_caps_data = ctypes.create_string_buffer(bytes(24))
+
+    def unshare_step(self) -> str:
+        """The launcher's step (:mod:`libc_service.launching`) doing what :meth:`unshare_network` does."""
+        return f"n={self._uid}:{self._gid}"
+
+    def capabilities_step(self) -> str:
+        """The launcher's step doing what :meth:`drop_capabilities` does."""
+        return f"c={self._last_cap}"
 
     def unshare_network(self) -> None:
         """Enter fresh network and IPC namespaces (inside a user namespace without ``CAP_SYS_ADMIN``)."""
@@ -96,6 +106,101 @@ class Isolation:
                 os.write(fd, text.encode())
             finally:
                 os.close(fd)
+
+
+class NamespaceStock:
+    """Fresh network and IPC namespaces made ahead of time, each given to one job only.
+
+    Making a network namespace costs the kernel about a millisecond; made in
+    the child, that is on every sandboxed job's path. A thread of the master
+    makes them instead, a few ahead: it ``unshare``s (which moves only that
+    thread), keeps descriptors of its new namespaces and goes on to the
+    next. :meth:`take` hands a pair out once — no namespace is ever given
+    to two jobs, so each job still gets one that nothing else has used — and
+    the launcher ``setns``es into it. The thread itself makes no sockets
+    and no IPC objects. Only where ``unshare`` works without a user
+    namespace (``CAP_SYS_ADMIN``; a threaded process cannot make a user
+    namespace): elsewhere :meth:`take` returns ``None`` and the child makes
+    its own namespaces, as before.
+    """
+
+    def __init__(self, unshare: int, ahead: int = 4) -> None:
+        self._unshare = unshare
+        self._ahead = ahead
+        self._ready: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+        self._wanted = threading.Condition(self._lock)
+        self.failed = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._make, name="libc-service namespaces", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread and close the namespaces not handed out."""
+        with self._lock:
+            self._stopping = True
+            self._wanted.notify()
+        self._thread.join()
+        with self._lock:
+            for pair in self._ready:
+                for fd in pair:
+                    os.close(fd)
+            self._ready.clear()
+
+    def take(self) -> tuple[int, int] | None:
+        """Descriptors of a fresh network namespace and a fresh IPC namespace (the caller's to close), or ``None``."""
+        with self._lock:
+            pair = self._ready.pop() if self._ready else None
+            self._wanted.notify()
+        return pair
+
+    def _make(self) -> None:
+        while True:
+            with self._lock:
+                self._wanted.wait_for(lambda: self._stopping or len(self._ready) < self._ahead)
+                if self._stopping:
+                    return
+            if syscall(self._unshare, ctypes.c_int(_ISOLATE)) < 0:
+                with self._lock:
+                    self.failed = True
+                return
+            try:
+                net = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self.failed = True
+                return
+            try:
+                ipc = os.open("/proc/thread-self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                os.close(net)
+                self.failed = True
+                return
+            with self._lock:
+                self._ready.append((net, ipc))
+
+
+_stock: NamespaceStock | None = None
+_stock_lock = threading.Lock()
+
+
+def namespace_stock() -> NamespaceStock | None:
+    """The process's :class:`NamespaceStock`, started on first use; ``None`` where it cannot work."""
+    global _stock
+    if os.geteuid() != 0:
+        return None  # without CAP_SYS_ADMIN the namespaces need a user namespace: made in the child
+    with _stock_lock:
+        if _stock is None:
+            _stock = NamespaceStock(syscall_numbers()["unshare"])
+        return None if _stock.failed else _stock
+
+
+def stop_namespace_stock() -> None:
+    """Stop the process's :class:`NamespaceStock` (if any) and close what it holds; the next use starts another."""
+    global _stock
+    with _stock_lock:
+        stock, _stock = _stock, None
+    if stock is not None:
+        stock.stop()
 
 
 def _probe_unshare() -> None:  # pragma: no cover - runs in the probe's child

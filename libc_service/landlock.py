@@ -173,8 +173,11 @@ def local_names(path: Path) -> list[str]:
     return [name for name in names if ":" not in name]  # ':' separates the entries
 
 
-def add_path_rule(numbers: Mapping[str, int], ruleset: int, target: Path | LoaderFile, access: int) -> bool:
-    """Allow ``access`` beneath ``target``; ``False`` when no rule was added.
+def add_path_rule(
+    numbers: Mapping[str, int], ruleset: int, target: Path | LoaderFile, access: int
+) -> tuple[int, int] | None:
+    """Allow ``access`` beneath ``target``: the ``(st_dev, st_ino)`` of the object the rule is on, or ``None``
+    when no rule was added.
 
     A plain path (the policy's, the shim, system library directories) may
     be a directory or a file; one that does not exist grants nothing. A
@@ -190,19 +193,19 @@ def add_path_rule(numbers: Mapping[str, int], ruleset: int, target: Path | Loade
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
-        return False  # a rule for a path that does not exist grants nothing
+        return None  # a rule for a path that does not exist grants nothing
     except OSError as exc:
         if not isinstance(target, LoaderFile):
             raise
         logger.warning("sandbox: loader file %s cannot be opened (%s); not granted", path, exc.strerror)
-        return False
+        return None
     try:
         info = os.fstat(fd)
         if isinstance(target, LoaderFile) and (
             not stat_module.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (target.device, target.inode)
         ):
             logger.warning("sandbox: loader file %s changed since it was checked; not granted", path)
-            return False
+            return None
         if not stat_module.S_ISDIR(info.st_mode):
             access &= _FILE_RIGHTS
         rule = struct.pack("<Qi", access, fd)
@@ -218,4 +221,4 @@ def add_path_rule(numbers: Mapping[str, int], ruleset: int, target: Path | Loade
         )
     finally:
         os.close(fd)
-    return True
+    return info.st_dev, info.st_ino

@@ -335,6 +335,11 @@ class ListenerHandoff:
         finally:
             os.close(listener)
 
+    def launch_steps(self) -> tuple[list[str], list[int]]:
+        """What :meth:`install_in_child` does, as the launcher's steps (:mod:`libc_service.launching`), and its descriptor."""
+        fd = self._child.fileno()
+        return [f"h={fd}:{self._program.raw[:-1].hex()}", f"x={fd}"], [fd]
+
     def _fail(self, what: str) -> None:
         code = ctypes.get_errno()
         try:

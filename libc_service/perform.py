@@ -257,9 +257,11 @@ class _Switch:
     """What a thread takes on to act as the slave: ids, umask, working directory.
 
     The ids are put back after the call (:meth:`leave`); the thread is never
-    reused all the same: it ends after the call, so a failed restore cannot
-    leak the slave's identity into later calls, and its private umask and
-    working directory end with it.
+    reused for another identity all the same: a thread of its own ends after
+    the call, so a failed restore cannot leak the slave's identity into
+    later calls, and its private umask and working directory end with it;
+    an :class:`_IdentityWorker` keeps one identity (no umask, no working
+    directory) for good and serves only calls that need exactly it.
     """
 
     ids: tuple[int, int, tuple[int, ...]] | None = None
@@ -485,10 +487,113 @@ def _run_switched(switch: _Switch | None, call: Callable[[], T]) -> T:
             logger.warning("could not restore the master's ids on a perform thread: %s", exc)
 
 
+class _IdentityWorker:
+    """A thread that took on one identity for good (ids and capabilities only) and runs calls needing exactly it.
+
+    Starting a thread, switching it and joining it cost about a millisecond
+    on a loaded machine — for every call a sandboxed slave's master makes as
+    the slave (a sandboxed slave holds no capabilities, a root master all of
+    them), several per program start under the seccomp transport. A worker
+    never switches back: it serves only calls whose switch is equal to the
+    one it entered, so no call ever runs with another's identity, and a
+    failed or partial switch retires it. Calls with a umask or working
+    directory of their own, and calls that find the worker busy, still get
+    a thread of their own. An idle worker ends after a few seconds.
+    """
+
+    def __init__(self, switch: _Switch) -> None:
+        self._switch = switch
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._call: Callable[[], Any] | None = None
+        self._outcome: list[tuple[bool, Any]] = []
+        self._done = threading.Event()
+        self.busy = False
+        self.retired = False
+        self._thread = threading.Thread(target=self._serve, name="libc-service perform as slave", daemon=True)
+        self._thread.start()
+
+    def try_run(self, call: Callable[[], T]) -> tuple[bool, Any] | None:
+        """``(ok, value)`` of ``call()`` on this worker; ``None`` when it is busy or retired."""
+        with self._lock:
+            if self.busy or self.retired:
+                return None
+            self.busy = True
+            self._outcome = []
+            self._done.clear()
+            self._call = call
+            self._wake.notify()
+        self._done.wait()
+        with self._lock:
+            outcome = self._outcome[0]
+            self.busy = False
+        return outcome
+
+    def _serve(self) -> None:
+        try:
+            self._switch.enter()
+            entered = True
+        except OSError as exc:
+            entered = False
+            failure = exc
+        while True:
+            with self._lock:
+                if not self._wake.wait_for(lambda: self._call is not None, timeout=_WORKER_IDLE):
+                    self.retired = True
+                    _drop_worker(self._switch, self)
+                    return
+                call, self._call = self._call, None
+            assert call is not None
+            if entered:
+                try:
+                    self._outcome.append((True, call()))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                    self._outcome.append((False, exc))
+            else:
+                logger.warning("cannot act as the slave (%s); failing the call with EPERM", failure)
+                self._outcome.append(
+                    (False, OSError(errno_module.EPERM, f"the master cannot take on the slave's identity: {failure}"))
+                )
+                with self._lock:
+                    self.retired = True
+                    _drop_worker(self._switch, self)
+                self._done.set()
+                return
+            self._done.set()
+
+
+#: Seconds an identity worker waits for its next call before it ends.
+_WORKER_IDLE: Final = 5.0
+_workers_lock = threading.Lock()
+_workers: dict[_Switch, _IdentityWorker] = {}
+
+
+def _drop_worker(switch: _Switch, worker: _IdentityWorker) -> None:
+    with _workers_lock:
+        if _workers.get(switch) is worker:
+            del _workers[switch]
+
+
+def _on_identity_worker(switch: _Switch, call: Callable[[], T]) -> tuple[bool, Any] | None:
+    """Run ``call`` on the worker for ``switch`` (started when there is none); ``None``: it is busy."""
+    with _workers_lock:
+        worker = _workers.get(switch)
+        if worker is None or worker.retired:
+            worker = _workers[switch] = _IdentityWorker(switch)
+    return worker.try_run(call)
+
+
 def _as_slave(switch: _Switch | None, call: Callable[[], T]) -> T:
-    """``call()`` as the slave: here, or on a thread of its own that ends after it."""
+    """``call()`` as the slave: here, on the worker that holds its identity, or on a thread of its own."""
     if switch is None:
         return call()
+    if switch.umask is None and switch.chdir is None:
+        done = _on_identity_worker(switch, call)
+        if done is not None:
+            ok, result = done
+            if not ok:
+                raise result
+            return result  # type: ignore[no-any-return]
     outcome: list[Any] = []
 
     def body() -> None:

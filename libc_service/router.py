@@ -24,6 +24,7 @@ import dataclasses
 import errno as errno_module
 import inspect
 import logging
+import os
 import time
 import types
 from collections.abc import Awaitable, Callable, Container, Coroutine, Generator, Iterable, Iterator, Sequence
@@ -323,7 +324,6 @@ class Router:
         self, functions: tuple[str, ...], handler: Handler, conditions: tuple[Condition, ...], order: int
     ) -> Route:
         check_handler(handler, functions)
-        source = source_of(handler)
         return Route(
             functions=functions,
             handler=handler,
@@ -331,7 +331,7 @@ class Router:
             doc=inspect.getdoc(handler),
             conditions=conditions,
             order=order,
-            source=source,
+            source=source_of(handler),
         )
 
     def observe(self, observer: Observer) -> Observer:

@@ -35,17 +35,22 @@ The shim only *advises*: a static binary or a raw syscall walks past it. A
   mediate — ``chown``, ``init_module``, ``sethostname``, raw sockets.
 
 Everything that can fail is prepared in the parent (kernel support probed,
-rule descriptors opened, the ruleset built); the forked child only makes the
-few syscalls that apply it. Both ``subprocess`` (the default loop) and
-uvloop run the ``preexec_fn`` *before* they close inherited descriptors, so
-the ruleset descriptor is still open there (it is close-on-exec, so the
-program never sees it); the tests check this on both loops.
+rule descriptors opened, the ruleset built); the child only makes the few
+syscalls that apply it. :func:`~libc_service.spawn` has them made by the
+launcher (:meth:`PreparedSandbox.launch_steps`, :mod:`.launching`), a small
+C program executed after a ``vfork``, which inherits the ruleset descriptor
+and closes it before it executes the program. :meth:`~PreparedSandbox.apply_in_child`
+makes the same calls from a ``preexec_fn``, where the launcher is missing:
+both ``subprocess`` (the default loop) and uvloop run it *before* they close
+inherited descriptors, so the ruleset descriptor is still open there (it is
+close-on-exec, so the program never sees it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -55,9 +60,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from .isolation import Isolation, network_namespaces_available
+from .isolation import Isolation, namespace_stock, network_namespaces_available
 from .landlock import (
+    AUDIT_ABI,
     EXECUTE,
+    RESTRICT_SELF_LOG_NEW_EXEC_ON,
     READ,
     WRITE,
     SandboxUnavailable,
@@ -71,6 +78,7 @@ from .landlock import (
     syscall_numbers,
 )
 from .loader import LoaderFile, program_files, resolve_program, system_library_dirs
+from .ruleset_cache import cached_ruleset
 from .socket_filter import build_socket_filter, socket_numbers_for
 from .syscall_filter import build_filter, numbers_for
 
@@ -167,8 +175,10 @@ class Sandbox:
     ) -> PreparedSandbox:
         """Build the ruleset for ``argv`` in the parent; raises ``SandboxUnavailable``.
 
-        Everything that can fail is done here, so that the forked child only
-        makes the syscalls that apply the ruleset. ``seccomp``: the program
+        Everything that can fail is done here, so that the child only makes
+        the syscalls that apply the ruleset. A ruleset built before for the
+        same rules is reused while every path still leads to the object its
+        rule is on (:mod:`.ruleset_cache`); the filters are built once. ``seccomp``: the program
         also runs under the seccomp transport, which decides its ``connect``
         calls (the sandbox's filter then leaves them to it).
         """
@@ -179,6 +189,7 @@ class Sandbox:
             reason = network_namespaces_available()
             if reason is not None:
                 raise SandboxUnavailable(f"cannot sandbox without network (network=False): {reason}")
+            namespace_stock()  # started early: the first job's namespaces are made while this one is prepared
         abi = landlock_abi()
         numbers = syscall_numbers()
         program = resolve_program(argv[0], env, cwd)
@@ -194,23 +205,48 @@ class Sandbox:
         rules += [(Path(p), READ, True) for p in self.allow_read]
         rules += [(Path(p), READ | WRITE, True) for p in self.allow_write]
         rules += [(Path(p), EXECUTE | READ, True) for p in self.allow_exec]
-        ruleset, handled_fs = create_ruleset(numbers, abi, network=self.network)
+
+        def build(rules: Sequence[tuple[Path | LoaderFile, int, bool]]) -> tuple[int, list[tuple[int, int] | None]]:
+            ruleset, handled_fs = create_ruleset(numbers, abi, network=self.network)
+            try:
+                return ruleset, [
+                    add_path_rule(numbers, ruleset, target, access & handled_fs) for target, access, _ in rules
+                ]
+            except BaseException:
+                os.close(ruleset)
+                raise
+
+        ruleset, added = cached_ruleset(abi, self.network, rules, build)
         local: list[str] = []
-        try:
-            for target, access, from_policy in rules:
-                if add_path_rule(numbers, ruleset, target, access & handled_fs):
-                    if from_policy and isinstance(target, Path):
-                        local += local_names(target)
-                elif from_policy:
-                    logger.warning("sandbox: %s does not exist; its rule grants nothing", target)
-        except BaseException:
-            os.close(ruleset)
-            raise
+        for (target, _, from_policy), is_added in zip(rules, added, strict=True):
+            if is_added:
+                if from_policy and isinstance(target, Path):
+                    local += local_names(target)
+            elif from_policy:
+                logger.warning("sandbox: %s does not exist; its rule grants nothing", target)
         prepared = PreparedSandbox(
             ruleset, numbers, network=self.network, abi=abi, metadata=self.metadata, connect_notified=seccomp
         )
         prepared.local_trees = tuple(dict.fromkeys(local))
         return prepared
+
+
+@functools.cache
+def _system_call_filter(machine: str, metadata: bool) -> bytes:
+    """The first filter's program: the same for every sandbox with these settings, built once."""
+    table = numbers_for(machine)
+    if table is None:
+        raise SandboxUnavailable(f"the seccomp filter does not know the system calls of {machine}")
+    return build_filter(table, metadata=metadata)
+
+
+@functools.cache
+def _socket_filter(machine: str, connect: bool) -> bytes:
+    """The socket filter's program, built once per setting."""
+    sockets = socket_numbers_for(machine)
+    if sockets is None:
+        raise SandboxUnavailable(f"the socket filter does not know the system calls of {machine}")
+    return build_socket_filter(sockets, connect=connect)
 
 
 class PreparedSandbox:
@@ -234,26 +270,23 @@ class PreparedSandbox:
         self._numbers = dict(numbers)
         self._network = network
         # Built here, in the parent: the child only hands the kernel a pointer.
-        table = numbers_for(platform.machine())
-        if table is None:
-            raise SandboxUnavailable(f"the seccomp filter does not know the system calls of {platform.machine()}")
-        self._filter = ctypes.create_string_buffer(build_filter(table, metadata=metadata))
+        self._filter_code = _system_call_filter(platform.machine(), metadata)
+        self._filter = ctypes.create_string_buffer(self._filter_code)
         self._filter_prog = ctypes.create_string_buffer(
             struct.pack("<HxxxxxxQ", len(self._filter.raw) // 8, ctypes.addressof(self._filter))
         )
         # Without a network, the host's named unix sockets are out of reach too (Landlock does not check them).
         self._socket_filter_prog: ctypes.Array[ctypes.c_char] | None = None
+        self._socket_filter_code = b""
         if not network:
-            sockets = socket_numbers_for(platform.machine())
-            if sockets is None:
-                raise SandboxUnavailable(f"the socket filter does not know the system calls of {platform.machine()}")
-            self._socket_filter = ctypes.create_string_buffer(
-                build_socket_filter(sockets, connect=not connect_notified)
-            )
+            self._socket_filter_code = _socket_filter(platform.machine(), not connect_notified)
+            self._socket_filter = ctypes.create_string_buffer(self._socket_filter_code)
             self._socket_filter_prog = ctypes.create_string_buffer(
                 struct.pack("<HxxxxxxQ", len(self._socket_filter.raw) // 8, ctypes.addressof(self._socket_filter))
             )
         self._isolation = Isolation(numbers)
+        #: Namespaces made ahead (:class:`~libc_service.isolation.NamespaceStock`) handed to the launcher.
+        self._namespaces: tuple[int, int] | None = None
 
     def apply_in_child(self) -> None:
         """Runs between fork and exec: isolate the network, then restrict.
@@ -291,8 +324,37 @@ class PreparedSandbox:
                 "prctl(PR_SET_SECCOMP) for the socket filter",
             )
 
+    def launch_steps(self) -> tuple[list[str], list[int]]:
+        """What :meth:`apply_in_child` does, as the launcher's steps, and the descriptors it needs.
+
+        The same calls in the same order, made by the launcher
+        (:mod:`libc_service.launching`) instead of Python in a forked child.
+        """
+        flags = RESTRICT_SELF_LOG_NEW_EXEC_ON if self.abi >= AUDIT_ABI else 0
+        steps = ["s"]
+        fds = [self.ruleset]
+        if not self._network:
+            stock = namespace_stock()
+            self._namespaces = stock.take() if stock is not None else None
+            if self._namespaces is not None:
+                # Namespaces made ahead for this job alone: the launcher enters them.
+                net, ipc = self._namespaces
+                steps += [f"N={net}:{ipc}", f"x={net}", f"x={ipc}"]
+                fds += [net, ipc]
+            else:
+                steps.append(self._isolation.unshare_step())
+        steps += [f"l={self.ruleset}:{flags}", self._isolation.capabilities_step(), f"f={self._filter_code.hex()}"]
+        if self._socket_filter_code:
+            steps.append(f"f={self._socket_filter_code.hex()}")
+        steps.append(f"x={self.ruleset}")
+        return steps, fds
+
     def close(self) -> None:
-        """Close the ruleset descriptor in the parent."""
+        """Close the ruleset descriptor (and the namespaces the launcher was given) in the parent."""
         if self.ruleset >= 0:
             os.close(self.ruleset)
             self.ruleset = -1
+        if self._namespaces is not None:
+            for fd in self._namespaces:
+                os.close(fd)
+            self._namespaces = None

@@ -36,6 +36,7 @@ from .rules import ENV_REPORTS, ENV_RULES, rules_value
 from .senders import CREDENTIALS_SPACE, ProcessTree, sender_pid
 
 from .lazyimport import on_first_use
+from .launching import LaunchPlan, launcher_argv, launcher_path, program_path
 
 if TYPE_CHECKING:
     import asyncio
@@ -262,6 +263,10 @@ class _Launch:
     handoff: ListenerHandoff | None
     #: Whether the shim reports to observers (the router holds forwarded decisions for their results).
     reporting: bool
+    #: What :class:`subprocess.Popen` runs with no ``preexec_fn`` (so with ``vfork``), and the
+    #: descriptors it passes; ``None``: the loop's subprocess support runs ``preexec``.
+    command: list[str] | None = None
+    fds: tuple[int, ...] = ()
 
     def close_child_side(self) -> None:
         """Once the child exists: our copies of what only it needs."""
@@ -448,7 +453,13 @@ class SlaveProcess:
             raise RuntimeError("the program has already been started")
         launch = self._prepare(_closes_inherited_fds(asyncio.get_running_loop()))
         try:
-            self._process = await asyncio.create_subprocess_exec(*self.argv, **self._exec_arguments(launch))
+            if launch.command is not None and subprocess.PIPE not in self._stdio:
+                # vfork, as the loop's own subprocess support does at best (uvloop always forks):
+                # the loop waits only until the child has executed, as it would there.
+                self._process = LaunchedProcess(subprocess.Popen(launch.command, **self._exec_arguments(launch)))
+            else:
+                command = launch.command or self.argv
+                self._process = await asyncio.create_subprocess_exec(*command, **self._exec_arguments(launch))
         except BaseException:
             launch.mine.close()
             if launch.handoff is not None:
@@ -487,7 +498,7 @@ class SlaveProcess:
             raise RuntimeError("the program has already been started")
         launch = self._prepare(fds_closed=True)
         try:
-            popen = subprocess.Popen(self.argv, **self._exec_arguments(launch))
+            popen = subprocess.Popen(launch.command or self.argv, **self._exec_arguments(launch))
         except BaseException:
             launch.mine.close()
             raise
@@ -631,6 +642,7 @@ class SlaveProcess:
                 fds_closed,
                 handoff.install_in_child if handoff is not None else None,
             )
+            command, fds, env = self._command(env, prepared, handoff, theirs.fileno(), fds_closed)
         except BaseException:
             mine.close()
             theirs.close()
@@ -639,20 +651,60 @@ class SlaveProcess:
             if handoff is not None:
                 handoff.close()
             raise
-        return _Launch(mine, theirs, env, preexec, prepared, handoff, reporting)
+        return _Launch(mine, theirs, env, preexec, prepared, handoff, reporting, command, fds)
+
+    def _command(
+        self,
+        env: dict[str, str],
+        prepared: PreparedSandbox | None,
+        handoff: ListenerHandoff | None,
+        keep: int,
+        fds_closed: bool,
+    ) -> tuple[list[str] | None, tuple[int, ...], dict[str, str]]:
+        """What to run without a ``preexec_fn``, the descriptors the launcher needs, and the environment.
+
+        Popen (no pipes for stdio) closes the parent's descriptors itself; a
+        loop that does not (uvloop) has the launcher mark them close-on-exec,
+        all but the registration socket ``keep``. The command is ``None``
+        only when the launcher is missing: then ``preexec`` does the child's
+        part in Python, after a ``fork``.
+        """
+        popen = subprocess.PIPE not in self._stdio
+        plan = LaunchPlan()
+        # The launcher runs without the shim (it would register as a process of the tree); it sets
+        # LD_PRELOAD for the program first, before any filter (setenv may allocate).
+        plan.extend([f"p={env['LD_PRELOAD']}"], [])
+        if not popen and not fds_closed:
+            plan.extend([f"k={keep}"], [])
+        if prepared is not None:
+            plan.extend(*prepared.launch_steps())
+        if handoff is not None:
+            plan.extend(*handoff.launch_steps())
+        if len(plan.steps) == 1:
+            return list(self.argv), (), env
+        launcher = launcher_path()
+        if launcher is None:
+            return None, (), env
+        program = program_path(self.argv[0], env)
+        env = dict(env)
+        del env["LD_PRELOAD"]
+        return launcher_argv(launcher, plan, program, self.argv), tuple(plan.fds), env
 
     def _exec_arguments(self, launch: _Launch) -> dict[str, Any]:
         """What both ways of starting the program (a loop's subprocess, Popen) are given."""
         stdin, stdout, stderr = self._stdio
-        return {
+        arguments: dict[str, Any] = {
             "env": launch.env,
             "cwd": self._cwd,
             "stdin": stdin,
             "stdout": stdout,
             "stderr": stderr,
-            "pass_fds": (launch.theirs.fileno(),),
-            "preexec_fn": launch.preexec,
+            "pass_fds": (launch.theirs.fileno(), *launch.fds),
+            "preexec_fn": None if launch.command is not None else launch.preexec,
         }
+        if launch.command is not None and subprocess.PIPE not in self._stdio:
+            arguments["close_fds"] = True  # Popen's: and, with no preexec_fn, vfork
+        return arguments
 
     def _begin_serving(self, launch: _Launch) -> None:
         """Serve the registration socket's sessions and reports from now on, on the running loop."""

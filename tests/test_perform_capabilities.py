@@ -175,3 +175,34 @@ async def test_a_program_with_an_ambient_capability_keeps_it(tmp_path: Path) -> 
     assert (native.status, native.out) == (0, "root only\n"), native.err
     through = await run_slave(argv, perform_everything())
     assert (through.status, through.out) == (native.status, native.out), through.err
+
+
+def test_calls_of_different_identities_interleaved_each_get_their_own(files: Path) -> None:
+    """A thread kept for one identity serves only it: the master's, nobody's and no capabilities, in turn."""
+    nocaps, nocaps_native = _helper("nocaps", files)
+    nobody, nobody_native = _helper("nobody+dac", files)
+    try:
+        as_nocaps = {"pid": nocaps.pid, "tid": nocaps.pid}
+        as_nobody = {"pid": nobody.pid, "tid": nobody.pid, "fsuid": 65534, "fsgid": 65534, "groups": ()}
+
+        def chown(ids: dict[str, object]) -> int:
+            return _errno(lambda: perform(ChownRequest(path=files / "mine", owner=12345, **ids)))
+
+        def open_secret(ids: dict[str, object]) -> int:
+            return _errno(lambda: perform(OpenRequest(path=files / "secret", flags={"read_only"}, **ids)))
+
+        seen = []
+        for _ in range(3):
+            seen.append(("nocaps", open_secret(as_nocaps), chown(as_nocaps)))
+            seen.append(("master", open_secret({}), chown({})))
+            seen.append(("nobody", open_secret(as_nobody), chown(as_nobody)))
+    finally:
+        nocaps.communicate("")
+        nobody.communicate("")
+    expected = [
+        ("nocaps", nocaps_native["open"], nocaps_native["chown"]),
+        ("master", 0, 0),
+        ("nobody", nobody_native["open"], nobody_native["chown"]),
+    ] * 3
+    assert seen == expected
+    assert nocaps_native["open"] == errno.EACCES and nobody_native["open"] == 0  # identities that differ

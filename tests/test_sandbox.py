@@ -29,9 +29,11 @@ from conftest import FdCount
 from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
 from libc_service import FORWARD, Errno, Router, Sandbox, WithFds, cli, perform, spawn
+from libc_service import ruleset_cache
 from libc_service import sandbox as sandbox_module
 from libc_service.requests import ConnectInetRequest, ConnectUnixRequest, OpenatRequest, OpenRequest
 from libc_service.safepath import open_beneath, resolve
+from libc_service.isolation import stop_namespace_stock
 from libc_service.loader import LoaderFile
 from libc_service.sandbox import landlock_abi, network_namespaces_available, program_files
 from libc_service.spawn import shim_path
@@ -227,10 +229,14 @@ async def test_io_uring_is_refused_and_its_opens_would_be_too(uring_read: Path, 
 
 @needs_kernel
 async def test_cat_reads_a_file_the_master_grants(secret: Path, fd_count: FdCount) -> None:
+    ruleset_cache.clear()
+    stop_namespace_stock()
     before = fd_count.snapshot()
     ran = await run(["cat", str(secret)], granting(secret.parent), Sandbox())
     assert (ran.status, ran.out) == (0, "the secret\n")
-    fd_count.assert_unchanged(before)  # the ruleset and every session descriptor are closed
+    ruleset_cache.clear()  # the one descriptor kept for the next spawn of this program and sandbox
+    stop_namespace_stock()  # and the namespaces made ahead for the next jobs
+    fd_count.assert_unchanged(before)  # the spawn's ruleset and every session descriptor are closed
 
 
 @needs_kernel
