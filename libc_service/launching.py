@@ -18,7 +18,6 @@ needs; :func:`launcher_argv` turns them into the command line.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,8 @@ def program_path(argv0: str, env: Mapping[str, str]) -> str:
     """
     if "/" in argv0:
         return argv0
+    import shutil  # its archive modules are not what a plain run's start should pay for
+
     found = shutil.which(argv0, path=env.get("PATH", os.defpath))
     if found is None:
         raise FileNotFoundError(2, f"No such file or directory: {argv0!r}")
