@@ -59,14 +59,16 @@ def confine_socket_files(directory_fd: int) -> None:
     )
     attr = struct.pack("<Q", landlock.MAKE_SOCK)
     ruleset = landlock.check(
-        syscall(numbers["create_ruleset"], ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)),
+        syscall(
+            numbers["landlock_create_ruleset"], ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)
+        ),
         "landlock_create_ruleset",
     )
     try:
         rule = struct.pack("<Qi", landlock.MAKE_SOCK, directory_fd)
         landlock.check(
             syscall(
-                numbers["add_rule"],
+                numbers["landlock_add_rule"],
                 ctypes.c_int(ruleset),
                 ctypes.c_int(_RULE_PATH_BENEATH),
                 ctypes.c_char_p(rule),
@@ -75,7 +77,8 @@ def confine_socket_files(directory_fd: int) -> None:
             "landlock_add_rule",
         )
         landlock.check(
-            syscall(numbers["restrict_self"], ctypes.c_int(ruleset), ctypes.c_uint32(0)), "landlock_restrict_self"
+            syscall(numbers["landlock_restrict_self"], ctypes.c_int(ruleset), ctypes.c_uint32(0)),
+            "landlock_restrict_self",
         )
     finally:
         os.close(ruleset)

@@ -2,9 +2,9 @@
 
 The rights by the ABI that introduced them, the ABI probe, and building a
 ruleset in the parent (rule descriptors opened and checked there); the
-forked child only calls :func:`restrict_self`. Also the few kernel-call
-helpers the sandbox's modules share (syscall numbers, error checking):
-Python's ``os`` has no Landlock, ``unshare`` or ``capset``.
+forked child only calls :func:`restrict_self`. The sandbox's modules take
+the kernel-call helpers (``syscall``, ``check``) from here too; they are
+:mod:`libc_service.kernel`'s, this machine's numbers checked for the sandbox.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import ctypes
 import errno as errno_module
 import logging
 import os
-import platform
 import stat as stat_module
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from .kernel import MACHINE, NUMBERS, check, syscall
 from .loader import LoaderFile
 
 __all__ = [
@@ -41,24 +41,6 @@ __all__ = [
 
 logger = logging.getLogger("libc_service.sandbox")
 
-_SYSCALLS: Final = {
-    "x86_64": {
-        "create_ruleset": 444,
-        "add_rule": 445,
-        "restrict_self": 446,
-        "unshare": 272,
-        "prctl": 157,
-        "capset": 126,
-    },
-    "aarch64": {
-        "create_ruleset": 444,
-        "add_rule": 445,
-        "restrict_self": 446,
-        "unshare": 97,
-        "prctl": 167,
-        "capset": 91,
-    },
-}
 _CREATE_RULESET_VERSION: Final = 1
 _RULE_PATH_BENEATH: Final = 1
 # Landlock filesystem rights, by the ABI that introduced them.
@@ -87,17 +69,11 @@ class SandboxUnavailable(RuntimeError):
     """The kernel cannot confine the slave as asked (no Landlock, no namespaces)."""
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-syscall = _libc.syscall
-syscall.restype = ctypes.c_long
-
-
 def syscall_numbers() -> dict[str, int]:
     """This machine's numbers of the system calls the sandbox makes; raises :class:`SandboxUnavailable`."""
-    numbers = _SYSCALLS.get(platform.machine())
-    if numbers is None:
-        raise SandboxUnavailable(f"the sandbox does not know the syscall numbers of {platform.machine()}")
-    return numbers
+    if not NUMBERS:
+        raise SandboxUnavailable(f"the sandbox does not know the syscall numbers of {MACHINE}")
+    return NUMBERS
 
 
 def landlock_abi() -> int:
@@ -106,16 +82,10 @@ def landlock_abi() -> int:
         numbers = syscall_numbers()
     except SandboxUnavailable:
         return 0
-    version = syscall(numbers["create_ruleset"], None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    version = syscall(
+        numbers["landlock_create_ruleset"], None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION)
+    )
     return max(int(version), 0)
-
-
-def check(result: int, what: str) -> int:
-    """``result`` of a raw system call, or the ``OSError`` its errno means."""
-    if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"{what}: {os.strerror(code)}")
-    return result
 
 
 def create_ruleset(numbers: Mapping[str, int], abi: int, *, network: bool) -> tuple[int, int]:
@@ -138,7 +108,9 @@ def create_ruleset(numbers: Mapping[str, int], abi: int, *, network: bool) -> tu
     else:
         attr = struct.pack("<Q", handled_fs)
     ruleset = check(
-        syscall(numbers["create_ruleset"], ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)),
+        syscall(
+            numbers["landlock_create_ruleset"], ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)
+        ),
         "landlock_create_ruleset",
     )
     return ruleset, handled_fs
@@ -153,11 +125,13 @@ def restrict_self(numbers: Mapping[str, int], ruleset: int) -> None:
     Older ABIs know no flags and get none.
     """
     flags = RESTRICT_SELF_LOG_NEW_EXEC_ON if landlock_abi() >= AUDIT_ABI else 0
-    if flags and syscall(numbers["restrict_self"], ctypes.c_int(ruleset), ctypes.c_uint32(flags)) == 0:
+    if flags and syscall(numbers["landlock_restrict_self"], ctypes.c_int(ruleset), ctypes.c_uint32(flags)) == 0:
         return
     if flags and ctypes.get_errno() != errno_module.EINVAL:
         check(-1, "landlock_restrict_self")
-    check(syscall(numbers["restrict_self"], ctypes.c_int(ruleset), ctypes.c_uint32(0)), "landlock_restrict_self")
+    check(
+        syscall(numbers["landlock_restrict_self"], ctypes.c_int(ruleset), ctypes.c_uint32(0)), "landlock_restrict_self"
+    )
 
 
 def local_names(path: Path) -> list[str]:
@@ -211,7 +185,7 @@ def add_path_rule(
         rule = struct.pack("<Qi", access, fd)
         check(
             syscall(
-                numbers["add_rule"],
+                numbers["landlock_add_rule"],
                 ctypes.c_int(ruleset),
                 ctypes.c_int(_RULE_PATH_BENEATH),
                 ctypes.c_char_p(rule),

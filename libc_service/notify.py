@@ -80,6 +80,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from pydantic import ValidationError
 
+from . import kernel
 from .master import close_fds
 from .perform import installable
 from .rendezvous import WAITING
@@ -120,9 +121,10 @@ MEMORY_BOUND: Final = 10.0
 
 # ------------------------------------------------------------------ kernel ABI
 
-_SYS_SECCOMP: Final = 317
-_SYS_PIDFD_GETFD: Final = 438
-_SYS_KCMP: Final = 312
+# The transport runs on x86_64 only (see seccomp_unavailable).
+_SYS_SECCOMP: Final = kernel.SYSCALLS["x86_64"]["seccomp"]
+_SYS_PIDFD_GETFD: Final = kernel.SYSCALLS["x86_64"]["pidfd_getfd"]
+_SYS_KCMP: Final = kernel.SYSCALLS["x86_64"]["kcmp"]
 _KCMP_FILES: Final = 2
 _PIDFD_THREAD: Final = 0o200  # O_EXCL
 _SECCOMP_SET_MODE_FILTER: Final = 1
@@ -212,21 +214,21 @@ _STATX_BTIME: Final = 0x800
 _STATX_MNT_ID: Final = 0x1000
 _STATX_MNT_ID_UNIQUE: Final = 0x4000
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+_libc = kernel.libc
+_syscall = kernel.syscall
 
 
 class _IOVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
 
 
-_process_vm_readv = _libc.process_vm_readv
-_process_vm_writev = _libc.process_vm_writev
-_getsockopt = _libc.getsockopt
+# Own function objects (``libc[name]``): the argtypes below stay this module's.
+_process_vm_readv = _libc["process_vm_readv"]
+_process_vm_writev = _libc["process_vm_writev"]
+_getsockopt = _libc["getsockopt"]
 _getsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-_connect = _libc.connect
-_bind = _libc.bind
+_connect = _libc["connect"]
+_bind = _libc["bind"]
 for _function in (_connect, _bind):
     _function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 
@@ -341,12 +343,12 @@ class ListenerHandoff:
         return [f"h={fd}:{self._program.raw[:-1].hex()}", f"x={fd}"], [fd]
 
     def _fail(self, what: str) -> None:
-        code = ctypes.get_errno()
+        error = kernel.last_error(what)
         try:
-            os.write(2, f"libc-service: cannot install the seccomp listener: {what}: {os.strerror(code)}\n".encode())
+            os.write(2, f"libc-service: cannot install the seccomp listener: {error.strerror}\n".encode())
         except OSError:
             pass
-        raise OSError(code, f"{what}: {os.strerror(code)}")
+        raise error
 
     async def receive(self, timeout: float = HANDOFF_TIMEOUT) -> tuple[int, bool]:
         """The listener descriptor and whether received calls are killable only.
@@ -954,8 +956,7 @@ def _socket_domain(fd: int) -> int:
     value = ctypes.c_int(-1)
     size = ctypes.c_uint32(ctypes.sizeof(value))
     if _getsockopt(fd, socket.SOL_SOCKET, socket.SO_DOMAIN, ctypes.byref(value), ctypes.byref(size)) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
+        raise kernel.last_error()
     return value.value
 
 

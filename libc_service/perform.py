@@ -95,7 +95,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import names, safepath, slavewalk
+from . import kernel, names, safepath, slavewalk
 from .resolver import Resolver
 from .slavepath import exact_name, join_to_directory
 from .statx import stat_of
@@ -119,30 +119,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_MACHINE: Final = os.uname().machine  # what platform.machine() returns, without importing it
-#: Raw system call numbers: these act on the calling thread only.
-_SYSCALLS: Final[dict[str, int]] = {
-    "x86_64": {
-        "capget": 125,
-        "capset": 126,
-        "setgroups": 116,
-        "setresuid": 117,
-        "setresgid": 119,
-        "unshare": 272,
-        "renameat2": 316,
-        "faccessat2": 439,
-    },
-    "aarch64": {
-        "capget": 90,
-        "capset": 91,
-        "setgroups": 159,
-        "setresuid": 147,
-        "setresgid": 149,
-        "unshare": 97,
-        "renameat2": 276,
-        "faccessat2": 439,
-    },
-}.get(_MACHINE, {})
 _CLONE_FS: Final = 0x00000200
 _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 _AT_FDCWD: Final = -100
@@ -157,8 +133,6 @@ _RESOLVE_CACHED: Final = 0x20
 #: How long a unix connect whose listener's backlog is full waits between tries.
 _BACKLOG_RETRY: Final = 0.01
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 #: Names that mean "the caller", as (leading components, what they become).
 _SELF_NAMES: Final[tuple[tuple[tuple[str, str], str], ...]] = (
@@ -273,7 +247,7 @@ class _Switch:
     def enter(self) -> None:
         if self.umask is not None or self.chdir is not None:
             # A private filesystem context (cwd, umask) for this thread only.
-            _syscall("unshare", ctypes.c_int(_CLONE_FS))
+            kernel.call("unshare", ctypes.c_int(_CLONE_FS))
             if self.umask is not None:
                 os.umask(self.umask)
             if self.chdir is not None:
@@ -282,10 +256,10 @@ class _Switch:
             uid, gid, groups = self.ids
             # Groups first: changing the uid away from 0 drops CAP_SETGID.
             array = (ctypes.c_uint * max(len(groups), 1))(*groups)
-            _syscall("setgroups", ctypes.c_size_t(len(groups)), array)
-            _syscall("setresgid", ctypes.c_uint(gid), ctypes.c_uint(gid), ctypes.c_uint(0xFFFFFFFF))
+            kernel.call("setgroups", ctypes.c_size_t(len(groups)), array)
+            kernel.call("setresgid", ctypes.c_uint(gid), ctypes.c_uint(gid), ctypes.c_uint(0xFFFFFFFF))
             # The saved uid keeps the master's, so the thread can switch back.
-            _syscall("setresuid", ctypes.c_uint(uid), ctypes.c_uint(uid), ctypes.c_uint(0xFFFFFFFF))
+            kernel.call("setresuid", ctypes.c_uint(uid), ctypes.c_uint(uid), ctypes.c_uint(0xFFFFFFFF))
         if self.caps is not None:
             # Last: changing the uid above clears the effective set, and
             # setgroups/setresgid needed the master's CAP_SETGID.
@@ -302,10 +276,10 @@ class _Switch:
         if self.ids is None or self.caps is not None:
             return
         (ruid, euid, _), (rgid, egid, _), groups = saved
-        _syscall("setresuid", ctypes.c_uint(ruid), ctypes.c_uint(euid), ctypes.c_uint(0xFFFFFFFF))
-        _syscall("setresgid", ctypes.c_uint(rgid), ctypes.c_uint(egid), ctypes.c_uint(0xFFFFFFFF))
+        kernel.call("setresuid", ctypes.c_uint(ruid), ctypes.c_uint(euid), ctypes.c_uint(0xFFFFFFFF))
+        kernel.call("setresgid", ctypes.c_uint(rgid), ctypes.c_uint(egid), ctypes.c_uint(0xFFFFFFFF))
         array = (ctypes.c_uint * max(len(groups), 1))(*groups)
-        _syscall("setgroups", ctypes.c_size_t(len(groups)), array)
+        kernel.call("setgroups", ctypes.c_size_t(len(groups)), array)
 
 
 def _thread_ids() -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, ...]]:
@@ -315,18 +289,13 @@ def _thread_ids() -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int
 
 _CapHeader = ctypes.c_uint32 * 2
 _CapData = ctypes.c_uint32 * 6
-_CAPGET: Final = _SYSCALLS.get("capget")
 
 
 def _capabilities(tid: int) -> tuple[int, int, int]:
     """Thread ``tid``'s (effective, permitted, inheritable) capability sets (``0``: this thread)."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, tid)
     data = _CapData()
-    if _CAPGET is None:
-        raise OSError(errno_module.ENOSYS, f"capget: unknown system call number on {_MACHINE}")
-    if _libc.syscall(_CAPGET, ctypes.byref(header), data) < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"capget: {os.strerror(code)}")
+    kernel.call("capget", ctypes.byref(header), data)
     return (
         data[0] | data[3] << 32,
         data[1] | data[4] << 32,
@@ -345,7 +314,7 @@ def _capset(effective: int, permitted: int, inheritable: int) -> None:
         permitted >> 32,
         inheritable >> 32,
     )
-    _syscall("capset", header, data)
+    kernel.call("capset", header, data)
 
 
 def _slave_capabilities(request: Any, mine: tuple[int, int]) -> tuple[int, int] | None:
@@ -367,17 +336,6 @@ def _slave_capabilities(request: Any, mine: tuple[int, int]) -> tuple[int, int] 
     except OSError:
         return 0, 0
     return effective & mine[0], permitted & mine[1]
-
-
-def _syscall(name: str, *args: Any) -> int:
-    number = _SYSCALLS.get(name)
-    if number is None:
-        raise OSError(errno_module.ENOSYS, f"{name}: unknown system call number on {_MACHINE}")
-    result = _libc.syscall(ctypes.c_long(number), *args)
-    if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"{name}: {os.strerror(code)}")
-    return int(result)
 
 
 def _master_umask() -> int | None:
@@ -1039,7 +997,7 @@ def _access_now(request: Any, root: str | None, amode: int, effective: bool) -> 
             return 0  # F_OK: it exists, the open found it
         flags = _AT_EMPTY_PATH | (_AT_EACCESS if effective else 0)
         try:
-            _syscall("faccessat2", ctypes.c_int(fd), b"", ctypes.c_int(amode), ctypes.c_int(flags))
+            kernel.call("faccessat2", ctypes.c_int(fd), b"", ctypes.c_int(amode), ctypes.c_int(flags))
         except OSError as exc:
             if exc.errno not in (errno_module.ENOSYS, errno_module.EINVAL):
                 raise OSError(exc.errno, os.strerror(exc.errno or 0), str(request.path)) from None
@@ -1091,7 +1049,7 @@ def _rename_now(request: Any, root: str | None) -> int:
             new_parent, new_name = _parent(new)
         try:
             if getattr(request, "no_replace", False):
-                _syscall(
+                kernel.call(
                     "renameat2",
                     ctypes.c_int(old_parent),
                     os.fsencode(old_name),
@@ -1274,7 +1232,7 @@ def _inet_call(name: str, sock: socket.socket, request: Any) -> int:
         return 0
     raw = _sockaddr(request)
     buffer = ctypes.create_string_buffer(raw, len(raw))
-    if getattr(_libc, name)(ctypes.c_int(sock.fileno()), buffer, ctypes.c_uint(len(raw))) == 0:
+    if getattr(kernel.libc, name)(ctypes.c_int(sock.fileno()), buffer, ctypes.c_uint(len(raw))) == 0:
         return 0
     code = ctypes.get_errno()
     if name == "bind":
@@ -1583,11 +1541,10 @@ class _Timespec(ctypes.Structure):
 
 
 def _libc_call(name: str, *args: Any) -> int:
-    """A libc function of ``_libc`` (a ``-1`` with errno becomes ``OSError``)."""
-    result = int(getattr(_libc, name)(*args))
+    """A libc function (a ``-1`` with errno becomes ``OSError``)."""
+    result = int(getattr(kernel.libc, name)(*args))
     if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
+        raise kernel.last_error()
     return result
 
 

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import replies  # loaded on first use (libc_service/__init__.py)
+from . import kernel, replies  # loaded on first use (libc_service/__init__.py)
 from .slavepath import exact_name, join_to_directory
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-_OPENAT2: Final = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine)
+_OPENAT2: Final = kernel.NUMBERS.get("openat2")
 RESOLVE_NO_XDEV: Final = 0x01
 RESOLVE_NO_MAGICLINKS: Final = 0x02
 RESOLVE_NO_SYMLINKS: Final = 0x04
@@ -75,8 +75,6 @@ _MAX_SYMLINKS: Final = 40  # the kernel's own limit
 _EAGAIN_RETRIES: Final = 16
 _O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 _have_openat2: bool | None = None
 
 _OS_FLAGS: Final = {
@@ -230,12 +228,11 @@ def _strip_prefix(text: str, names: list[str]) -> str | None:
 def raw_openat2(dirfd: int, path: str, flags: int, mode: int, resolve_bits: int) -> int:
     assert _OPENAT2 is not None
     how = struct.pack("<QQQ", flags, mode, resolve_bits)
-    fd = _libc.syscall(
+    fd = kernel.syscall(
         _OPENAT2, ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_char_p(how), ctypes.c_size_t(len(how))
     )
     if fd < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), path)
+        raise kernel.last_error(filename=path)
     return int(fd)
 
 

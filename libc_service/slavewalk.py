@@ -54,7 +54,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import safepath
+from . import kernel, safepath
 
 __all__ = ["open_as_slave", "prepare"]
 
@@ -76,8 +76,6 @@ _SELF_SEARCH = re.compile(r"/proc/[0-9]+(/task/[0-9]+)?/(fd|fdinfo|map_files)")
 #: of the process or a thread). ``map_files/N`` needs a capability even then.
 _SELF_FOLLOW = re.compile(r"/proc/[0-9]+(/task/[0-9]+)?(/fd)?")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 #: Devices with a major number (block devices: ext4, xfs …) found not to be
 #: procfs. A procfs always has an anonymous device (major 0), so these can
@@ -92,7 +90,7 @@ def _is_procfs(fd: int) -> bool:
     if device in _NOT_PROCFS:
         return False
     buffer = ctypes.create_string_buffer(128)
-    if _libc.fstatfs(ctypes.c_int(fd), buffer) != 0:
+    if kernel.libc.fstatfs(ctypes.c_int(fd), buffer) != 0:
         return False
     procfs = int.from_bytes(buffer.raw[:8], "little") == _PROC_SUPER_MAGIC
     if not procfs and os.major(device) != 0:

@@ -1164,17 +1164,12 @@ def _close_range_function() -> Callable[[int, int, int], None]:
     """
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    from . import kernel
 
     def close_range(first: int, last: int, flags: int) -> None:
-        if libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
+        kernel.call("close_range", ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags))
 
     return close_range
-
-
-_SYS_CLOSE_RANGE: Final = 436  # the same number on every architecture
 
 
 def local_value(trees: Sequence[str]) -> str:

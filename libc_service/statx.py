@@ -15,6 +15,8 @@ import stat as stat_module
 import struct
 from typing import TYPE_CHECKING, Any, Final
 
+from . import kernel
+
 if TYPE_CHECKING:
     from .replies import Stat
 
@@ -32,7 +34,7 @@ _STATX: Final = struct.Struct("<IIQIIIHHQQQQ" + "qIi" * 4 + "IIIIQ")
 _BUFFER_SIZE: Final = 256
 _NS: Final = 1_000_000_000
 
-_statx: Any = getattr(ctypes.CDLL(None, use_errno=True), "statx", None)  # None: glibc < 2.28
+_statx: Any = kernel.libc["statx"] if hasattr(kernel.libc, "statx") else None  # None: glibc < 2.28
 if _statx is not None:
     _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
     _statx.restype = ctypes.c_int
@@ -55,7 +57,7 @@ def stat_of(fd: int) -> Stat:
         code = ctypes.get_errno()
         if code == errno.ENOSYS:
             return Stat.from_os(os.fstat(fd))
-        raise OSError(code, os.strerror(code))
+        raise kernel.last_error()
     (
         got,
         blksize,

@@ -1,0 +1,75 @@
+"""Each kernel mechanism the package uses has one source.
+
+The libc handle, the syscall numbers the master calls, and the way from a
+failed call's errno to ``OSError`` live in ``libc_service.kernel``; a second
+``CDLL`` or a second number table drifts from the first (a number fixed in
+one copy and not in the other is a call to the wrong system call). The
+seccomp filters keep their per-architecture tables: those are numbers a BPF
+program compares for a chosen architecture, not numbers this process calls.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "libc_service"
+MODULES = sorted(PACKAGE.glob("*.py"))
+#: The modules whose per-architecture tables are BPF filter data.
+FILTER_TABLES = {"syscall_filter.py", "socket_filter.py", "notify_filter.py"}
+ARCHITECTURES = {"x86_64", "aarch64", "i386", "i686", "armv7l", "riscv64"}
+
+
+def _calls_named(tree: ast.AST, name: str) -> list[int]:
+    """Lines where ``name(...)`` or ``something.name(...)`` is called."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+            if called == name:
+                lines.append(node.lineno)
+    return lines
+
+
+def cdll_calls(source: str) -> list[int]:
+    """Lines of ``source`` that open a C library with ctypes."""
+    tree = ast.parse(source)
+    return _calls_named(tree, "CDLL") + _calls_named(tree, "LoadLibrary")
+
+
+def architecture_tables(source: str) -> list[int]:
+    """Lines of ``source`` with a dict keyed by an architecture's name."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Dict) and any(
+            isinstance(key, ast.Constant) and key.value in ARCHITECTURES for key in node.keys
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_detectors_see_what_they_look_for() -> None:
+    assert cdll_calls("import ctypes\nlibc = ctypes.CDLL(None)\n") == [2]
+    assert cdll_calls("from ctypes import CDLL\nlibc = CDLL('libc.so.6')\n") == [2]
+    assert architecture_tables("N = {'x86_64': {'openat2': 437}}\n") == [1]
+    assert architecture_tables("N = {'openat2': 437}\n") == []
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
+def test_one_libc_handle(module: Path) -> None:
+    if module.name == "kernel.py":
+        assert cdll_calls(module.read_text()), "kernel.py no longer opens libc"
+        return
+    assert cdll_calls(module.read_text()) == [], f"{module.name} opens libc itself: use libc_service.kernel.libc"
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
+def test_one_syscall_number_table(module: Path) -> None:
+    if module.name == "kernel.py" or module.name in FILTER_TABLES:
+        return
+    assert architecture_tables(module.read_text()) == [], (
+        f"{module.name} keeps its own per-architecture table: use libc_service.kernel.SYSCALLS"
+    )
