@@ -68,7 +68,6 @@ import ipaddress
 import logging
 import os
 import posixpath
-import select
 import socket
 import stat as stat_module
 import struct
@@ -80,7 +79,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from pydantic import ValidationError
 
-from . import kernel
+from . import kernel, readiness
 from .master import close_fds
 from .perform import installable
 from .rendezvous import WAITING
@@ -371,14 +370,7 @@ class ListenerHandoff:
                     raise SeccompUnavailable(
                         f"the program did not hand over its seccomp listener within {timeout:g} s"
                     ) from None
-                waiter: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(sock.fileno(), _wake, waiter)
-                try:
-                    await asyncio.wait_for(waiter, remaining)
-                except TimeoutError:
-                    pass
-                finally:
-                    loop.remove_reader(sock.fileno())
+                await readiness.readable(sock.fileno(), remaining)
                 continue
             if not data and not ancdata:
                 raise SeccompUnavailable("the program closed the handoff without sending its seccomp listener")
@@ -397,11 +389,6 @@ class ListenerHandoff:
         """Close both ends of the socketpair (idempotent)."""
         self._parent.close()
         self._child.close()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 # ------------------------------------------------------------ slave memory
@@ -1196,20 +1183,18 @@ class SeccompSession:
         loop = self._loop
         assert loop is not None
         stop = self._stop
-        poller = select.poll()
-        poller.register(listener, select.POLLIN)
-        poller.register(stop, select.POLLIN)
+        wanted = {listener: readiness.READABLE, stop: readiness.READABLE}
         buffer = bytearray(_NOTIF.size)
         try:
             while True:
                 self._slots.acquire()
-                events = dict(poller.poll())
+                events = readiness.poll_events(wanted)
                 if stop in events or self._fd < 0:
                     return
                 revents = events.get(listener, 0)
-                if not revents & select.POLLIN:
+                if not revents & readiness.READABLE:
                     self._slots.release()
-                    if revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    if revents & readiness.HANG_UP:
                         logger.debug("%s: every process under the filter has exited", self.name)
                         loop.call_soon_threadsafe(self.close)
                         return

@@ -85,7 +85,6 @@ import fcntl
 import functools
 import logging
 import os
-import select
 import socket
 import stat as stat_module
 import struct
@@ -95,7 +94,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import kernel, names, safepath, slavewalk
+from . import kernel, names, readiness, safepath, slavewalk
 from .resolver import Resolver
 from .slavepath import exact_name, join_to_directory
 from .statx import stat_of
@@ -1402,9 +1401,7 @@ def _connect(
                 time.sleep(_BACKLOG_RETRY)
                 code = _as_slave(switch, attempt)
             if code == errno_module.EINPROGRESS:
-                waiting = select.poll()
-                waiting.register(sock.fileno(), select.POLLOUT)
-                waiting.poll()
+                readiness.poll_events({sock.fileno(): readiness.WRITABLE})
                 code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or _as_slave(switch, attempt)
         except BaseException:
             close_path()
@@ -1426,23 +1423,12 @@ async def _await_connect(
     nonblocking: bool,
     close_path: Callable[[], None],
 ) -> WithFds:
-    loop = asyncio.get_running_loop()
     try:
         while code == errno_module.EAGAIN:
             await asyncio.sleep(_BACKLOG_RETRY)
             code = _as_slave(switch, attempt)
         if code == errno_module.EINPROGRESS:
-            writable: asyncio.Future[None] = loop.create_future()
-
-            def ready() -> None:
-                if not writable.done():
-                    writable.set_result(None)
-
-            loop.add_writer(sock.fileno(), ready)
-            try:
-                await writable
-            finally:
-                loop.remove_writer(sock.fileno())
+            await readiness.writable(sock.fileno())
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or _as_slave(switch, attempt)
         if code:
             raise OSError(code, os.strerror(code))

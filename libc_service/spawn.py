@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
-from . import names, wire
+from . import names, readiness, wire
 from .catalogue import GAI_ERRORS, PATH_MAX_BYTES
 from .master import Master, close_fds, received_fds
 from .rules import ENV_REPORTS, ENV_RULES, rules_value
@@ -136,8 +136,7 @@ class RegistrationListener:
         #: Gets each report datagram (calls the shim decided itself, wire.REPORT_MAGIC) and its sender's pid.
         self._on_report = on_report
         self._accepts = accepts
-        self._waiter: asyncio.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: readiness.Watch | None = None
 
     def __aiter__(self) -> RegistrationListener:
         return self
@@ -191,29 +190,21 @@ class RegistrationListener:
                 return
 
     async def _wait_readable(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiter, self._loop = waiter, loop
-        loop.add_reader(sock.fileno(), _wake, waiter)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if self._loop is loop:
-                self._loop = None
-                loop.remove_reader(sock.fileno())
+        with readiness.Watch(sock.fileno()) as watch:
+            self._watch = watch
+            try:
+                await watch.ready
+            finally:
+                self._watch = None
 
     def close(self) -> None:
         """Stop listening: close the socket (later registrations fail) and end the iteration."""
         sock, self._sock = self._sock, None
         if sock is None:
             return
-        loop, self._loop = self._loop, None
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(sock.fileno())
+        if self._watch is not None:
+            self._watch.end()  # before the close: the number may be reused at once
         sock.close()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
 
 #: The registration socket's send buffer when the shim reports (the kernel caps it at wmem_max): the
@@ -313,13 +304,9 @@ class LaunchedProcess:
                 pidfd = os.pidfd_open(self._popen.pid)
             except OSError:  # a kernel without pidfds: a thread waits
                 return await asyncio.to_thread(self._popen.wait)
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(pidfd, _wake, waiter)
             try:
-                await waiter
+                await readiness.readable(pidfd)
             finally:
-                loop.remove_reader(pidfd)
                 os.close(pidfd)
         return status
 
@@ -535,18 +522,16 @@ class SlaveProcess:
         except OSError:  # a kernel without pidfds (before 5.3): serve at once
             return None
         try:
-            poller = select.poll()
-            poller.register(launched.mine.fileno(), select.POLLIN)
-            poller.register(pidfd, select.POLLIN)
+            wanted = {launched.mine.fileno(): readiness.READABLE, pidfd: readiness.READABLE}
             while process.returncode is None:
-                for fd, _ in poller.poll():
+                for fd in readiness.poll_events(wanted):
                     if fd == pidfd:
                         process.poll()
                     elif _pending(launched.mine):
                         if reports_idle is None or not self._serve_reports(launched.mine, reports_idle):
                             return None
                     else:  # every process of the tree closed its end: only the end is left to wait for
-                        poller.unregister(fd)
+                        del wanted[fd]
         finally:
             os.close(pidfd)
         if reports_idle is not None and not self._serve_reports(launched.mine, reports_idle):
@@ -1194,14 +1179,8 @@ def _identity(sock: socket.socket) -> tuple[int, int]:
 
 def _hung_up(sock: socket.socket) -> bool:
     """Whether an empty read meant the end (every sender gone), not an empty datagram."""
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return any(events & (select.POLLHUP | select.POLLRDHUP) for _, events in poller.poll(0))
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    events = readiness.poll_events({sock.fileno(): readiness.READABLE}, 0)
+    return any(happened & (select.POLLHUP | select.POLLRDHUP) for happened in events.values())
 
 
 def spawn(

@@ -6,6 +6,13 @@ failed call's errno to ``OSError`` live in ``libc_service.kernel``; a second
 one copy and not in the other is a call to the wrong system call). The
 seccomp filters keep their per-architecture tables: those are numbers a BPF
 program compares for a chosen architecture, not numbers this process calls.
+
+Waiting until a descriptor is readable or writable lives in
+``libc_service.readiness``: a hand-rolled wait that forgets to unregister on
+timeout or cancellation leaves the loop watching a number the next ``open``
+may reuse. The master's channel keeps its own registrations: it arms one
+reader and one writer per loop for the session's life (not one per wait),
+which is what keeps a receive to no ``epoll_ctl`` at all.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "libc_service"
 MODULES = sorted(PACKAGE.glob("*.py"))
 #: The modules whose per-architecture tables are BPF filter data.
 FILTER_TABLES = {"syscall_filter.py", "socket_filter.py", "notify_filter.py"}
+#: The modules that may register descriptors with a loop or make a poll object.
+READINESS = {"readiness.py"}
+PERSISTENT_REGISTRATIONS = {"master.py"}
 ARCHITECTURES = {"x86_64", "aarch64", "i386", "i686", "armv7l", "riscv64"}
 
 
@@ -51,7 +61,23 @@ def architecture_tables(source: str) -> list[int]:
     return lines
 
 
+def select_polls(source: str) -> list[int]:
+    """Lines of ``source`` that make a ``select.poll`` or ``select.epoll`` object."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("poll", "epoll")
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "select"
+    ]
+
+
 def test_the_detectors_see_what_they_look_for() -> None:
+    assert select_polls("import select\np = select.poll()\n") == [2]
+    assert _calls_named(ast.parse("loop.add_reader(fd, wake)\nloop.add_writer(fd, wake)\n"), "add_reader") == [1]
+    assert select_polls("process.poll()\n") == []
     assert cdll_calls("import ctypes\nlibc = ctypes.CDLL(None)\n") == [2]
     assert cdll_calls("from ctypes import CDLL\nlibc = CDLL('libc.so.6')\n") == [2]
     assert architecture_tables("N = {'x86_64': {'openat2': 437}}\n") == [1]
@@ -73,3 +99,15 @@ def test_one_syscall_number_table(module: Path) -> None:
     assert architecture_tables(module.read_text()) == [], (
         f"{module.name} keeps its own per-architecture table: use libc_service.kernel.SYSCALLS"
     )
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
+def test_one_readiness_helper(module: Path) -> None:
+    if module.name in READINESS:
+        return
+    source = module.read_text()
+    tree = ast.parse(source)
+    found = select_polls(source)
+    if module.name not in PERSISTENT_REGISTRATIONS:
+        found += _calls_named(tree, "add_reader") + _calls_named(tree, "add_writer")
+    assert found == [], f"{module.name} waits on a descriptor itself (lines {found}): use libc_service.readiness"
