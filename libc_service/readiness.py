@@ -15,11 +15,17 @@ On the loop: :class:`Watch` (one registration, ended once) and the
 
 from __future__ import annotations
 
-import asyncio
 import select
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+from .lazyimport import on_first_use
+
+if TYPE_CHECKING:
+    import asyncio
+else:  # a run whose every call the shim decides never starts a loop: no asyncio at start-up
+    asyncio = on_first_use("asyncio", globals())
 
 __all__ = ["HANG_UP", "READABLE", "WRITABLE", "Watch", "poll_events", "readable", "writable"]
 
