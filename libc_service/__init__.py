@@ -23,46 +23,72 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .perform import perform
-    from .spawn import SlaveProcess, spawn
-    from .conditions import Condition, flags, named, resolved, to, under, writing
-    from .master import Call as Call  # transport internal: importable, not in __all__
-    from .master import Master, SessionClosed
-    from .outcomes import Deny
-    from .replies import AddrInfo, Reply, Stat
-    from .requests import Request
-    from .resolver import Resolver
-    from .router import FORWARD, PASS, Decision, Errno, Route, Router, WithFds, deny
-    from .router import RouteTable as RouteTable  # introspection result type: importable, not in __all__
-    from .safepath import EscapeError, open_beneath, parent_beneath, relative_to_root, stat_beneath
-    from .sandbox import Sandbox, SandboxUnavailable
-    from .slave import Slave
-    from .slavepath import slave_path
-    from .wire import ProtocolError as ProtocolError  # transport internal: importable, not in __all__
+    # What type checkers see; tests/test_package_names.py keeps it equal to
+    # _PUBLIC and _KEPT below (``as`` marks each name re-exported).
+    from .conditions import Condition as Condition
+    from .conditions import flags as flags
+    from .conditions import named as named
+    from .conditions import resolved as resolved
+    from .conditions import to as to
+    from .conditions import under as under
+    from .conditions import writing as writing
+    from .master import Call as Call
+    from .master import Master as Master
+    from .master import SessionClosed as SessionClosed
+    from .outcomes import Deny as Deny
+    from .perform import perform as perform
+    from .replies import AddrInfo as AddrInfo
+    from .replies import Reply as Reply
+    from .replies import Stat as Stat
+    from .requests import Request as Request
+    from .resolver import Resolver as Resolver
+    from .router import FORWARD as FORWARD
+    from .router import PASS as PASS
+    from .router import Decision as Decision
+    from .router import Errno as Errno
+    from .router import Route as Route
+    from .router import Router as Router
+    from .router import RouteTable as RouteTable
+    from .router import WithFds as WithFds
+    from .router import deny as deny
+    from .safepath import EscapeError as EscapeError
+    from .safepath import open_beneath as open_beneath
+    from .safepath import parent_beneath as parent_beneath
+    from .safepath import relative_to_root as relative_to_root
+    from .safepath import stat_beneath as stat_beneath
+    from .sandbox import Sandbox as Sandbox
+    from .sandbox import SandboxUnavailable as SandboxUnavailable
+    from .slave import Slave as Slave
+    from .slavepath import slave_path as slave_path
+    from .spawn import SlaveProcess as SlaveProcess
+    from .spawn import spawn as spawn
+    from .wire import ProtocolError as ProtocolError
 
     __version__: str
 
-#: Where each public name lives: imported on first use (PEP 562), so that a
-#: policy importing ``Router`` does not pay for the sandbox, ``perform`` or
-#: the package metadata (``libc-service run`` starts in milliseconds).
-_LAZY: dict[str, str] = {
+#: The public names (``__all__``) and the submodule each lives in: imported
+#: on first use (PEP 562), so that a policy importing ``Router`` does not pay
+#: for the sandbox, ``perform`` or the package metadata (``libc-service run``
+#: starts in milliseconds).
+_PUBLIC: dict[str, str] = {
     **dict.fromkeys(("Condition", "flags", "named", "resolved", "to", "under", "writing"), "conditions"),
     "Resolver": "resolver",
-    **dict.fromkeys(("Call", "Master", "SessionClosed"), "master"),
+    **dict.fromkeys(("Master", "SessionClosed"), "master"),
     "Deny": "outcomes",
     **dict.fromkeys(("AddrInfo", "Reply", "Stat"), "replies"),
     "Request": "requests",
-    **dict.fromkeys(
-        ("FORWARD", "PASS", "Decision", "Errno", "Route", "Router", "WithFds", "deny", "RouteTable"), "router"
-    ),
+    **dict.fromkeys(("FORWARD", "PASS", "Decision", "Errno", "Route", "Router", "WithFds", "deny"), "router"),
     **dict.fromkeys(("EscapeError", "open_beneath", "parent_beneath", "relative_to_root", "stat_beneath"), "safepath"),
     **dict.fromkeys(("Sandbox", "SandboxUnavailable"), "sandbox"),
     "Slave": "slave",
     "slave_path": "slavepath",
-    "ProtocolError": "wire",
     "perform": "perform",
     **dict.fromkeys(("SlaveProcess", "spawn"), "spawn"),
 }
+#: Transport internals and introspection types: importable from here for
+#: code written against earlier versions, not part of ``__all__``.
+_KEPT: dict[str, str] = {"Call": "master", "RouteTable": "router", "ProtocolError": "wire"}
+_LAZY: dict[str, str] = {**_PUBLIC, **_KEPT}
 #: Public functions named like the submodule that defines them.
 _SHADOWED: frozenset[str] = frozenset({"perform", "spawn"})
 
@@ -136,41 +162,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY, "__version__"})
 
 
-__all__ = [
-    "__version__",
-    "FORWARD",
-    "PASS",
-    "AddrInfo",
-    "Condition",
-    "Decision",
-    "Deny",
-    "Errno",
-    "EscapeError",
-    "Master",
-    "Reply",
-    "Request",
-    "Resolver",
-    "Route",
-    "Router",
-    "Sandbox",
-    "SandboxUnavailable",
-    "SessionClosed",
-    "Slave",
-    "SlaveProcess",
-    "Stat",
-    "WithFds",
-    "deny",
-    "flags",
-    "named",
-    "open_beneath",
-    "parent_beneath",
-    "perform",
-    "relative_to_root",
-    "resolved",
-    "slave_path",
-    "spawn",
-    "stat_beneath",
-    "to",
-    "under",
-    "writing",
-]
+__all__ = ["__version__", *_PUBLIC]
