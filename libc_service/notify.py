@@ -1136,14 +1136,17 @@ class SeccompSession:
             os.close(fd)
         # Receivers hold a copy of the listener each: they leave (and close
         # it) once woken, so the listener is released and waiting calls fail.
+        # The wake-up is written under the lock: a receiver that leaves
+        # claims the eventfd (and closes it) under the same lock, so it is
+        # never written after its close nor closed twice.
         with self._lock:
-            stop = self._stop
-            if self._receivers == 0:
-                self._stop = -1
-        if stop >= 0:
-            os.eventfd_write(stop, 1)
-            if self._stop < 0:
-                os.close(stop)
+            stop, close_stop = self._stop, False
+            if stop >= 0:
+                os.eventfd_write(stop, 1)
+                if self._receivers == 0:
+                    self._stop, close_stop = -1, True
+        if close_stop:
+            os.close(stop)
         for _ in range(_MAX_RECEIVERS):
             self._slots.release()
         if self._watchdog is not None:
