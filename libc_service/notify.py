@@ -1126,6 +1126,20 @@ class SeccompSession:
             await self._done
         finally:
             self.close()
+            await self._receivers_left(_RECEIVERS_LEAVE)
+
+    async def _receivers_left(self, bound: float) -> None:
+        """Wait, at most ``bound`` seconds, until every receiver has closed its copy of the listener.
+
+        Woken by :meth:`close`, receivers leave on their own threads; a
+        caller that counts its descriptors after the session (or closes the
+        tree) must not find their copies still open. A receiver stuck in a
+        read of the slave's memory stays until that read returns.
+        """
+        assert self._loop is not None
+        deadline = self._loop.time() + bound
+        while self._receivers and self._loop.time() < deadline:
+            await asyncio.sleep(0.002)
 
     def close(self) -> None:
         """Close the listener: calls still waiting in the kernel fail with ``ENOSYS``."""
@@ -1750,6 +1764,8 @@ class _Receipt:
 
 #: Receiver threads per session at most, stuck ones included.
 _MAX_RECEIVERS: Final = 16
+#: Seconds a closed session waits for its receivers to leave (see SeccompSession._receivers_left).
+_RECEIVERS_LEAVE: Final = 2.0
 
 
 @dataclass(slots=True)

@@ -367,6 +367,11 @@ THROUGH_PROC_SELF = (
 )
 
 
+def _covered(path: str, granted: Any) -> bool:
+    """Whether ``path`` is granted itself or beneath a granted directory."""
+    return any(path == tree or path.startswith(tree.rstrip("/") + "/") for tree in granted)
+
+
 @needs_shim
 def test_a_name_opened_through_proc_self_fd_becomes_a_literal_and_loading_the_policy_runs_nothing(
     tmp_path: Path,
@@ -398,8 +403,11 @@ def test_a_name_opened_through_proc_self_fd_becomes_a_literal_and_loading_the_po
     namespace: dict[str, Any] = {}
     exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - proving the policy is inert
     assert not (tmp_path / "PWNED").exists()
-    # The name is resolved as the slave meant it: its descriptor 200, not the master's.
-    assert str(trap / EVIL_NAME) in namespace["sandbox"].allow_read
+    # The name is resolved as the slave meant it: its descriptor 200, not the master's (the file is
+    # granted itself, or with a directory the run listed; never through /proc).
+    granted = namespace["sandbox"].allow_read
+    assert _covered(str(trap / EVIL_NAME), granted), granted
+    assert not any(path.startswith("/proc/") for path in granted), granted
 
 
 @needs_shim
@@ -425,7 +433,10 @@ def test_a_name_that_is_not_utf8_is_granted_by_its_exact_bytes(tmp_path: Path) -
     source = (tmp_path / "policy.py").read_text(encoding="utf-8")
     namespace: dict[str, Any] = {}
     exec(compile(source, "policy.py", "exec"), namespace)  # noqa: S102 - the policy learn wrote
-    assert os.fsencode(tmp_path) + b"/" + name in [os.fsencode(path) for path in namespace["sandbox"].allow_read]
+    granted = [os.fsencode(path) for path in namespace["sandbox"].allow_read]
+    target = os.fsencode(tmp_path) + b"/" + name
+    assert any(target == path or target.startswith(path + b"/") for path in granted), granted
+    assert target in granted or os.fsencode(tmp_path) in granted  # its exact bytes, or the directory listed
     assert os.fsencode(namespace["LEARNT_FROM"][0][-1]) == name
 
 
