@@ -12,9 +12,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import libc_service
+
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "libc_service"
+#: The package as imported: the source tree's, or the installed one where the tests run beside an install.
+PACKAGE = Path(libc_service.__file__).resolve().parent
 MODULES = sorted(PACKAGE.glob("*.py"))
 
 

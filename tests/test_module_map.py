@@ -11,8 +11,11 @@ import ast
 import re
 from pathlib import Path
 
+import libc_service
+
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "libc_service"
+#: The package as imported: the source tree's, or the installed one where the tests run beside an install.
+PACKAGE = Path(libc_service.__file__).resolve().parent
 MODULES = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
 
 
