@@ -1019,6 +1019,12 @@ def static_unix_connect(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+async def _until_received(reached: list[bytes], count: int) -> None:
+    """Until the host service has read ``count`` messages (a datagram waits in its buffer until then)."""
+    while len(reached) < count:
+        await asyncio.sleep(0.01)
+
+
 @needs_kernel
 async def test_a_static_program_reaches_a_named_socket_only_through_the_master(
     static_unix_connect: Path, host_service: tuple[Path, list[bytes]]
@@ -1031,6 +1037,7 @@ async def test_a_static_program_reaches_a_named_socket_only_through_the_master(
     native = await run(stream, Router(default=FORWARD))
     assert native.out == "HOST-SERVICE-REACHED\n", native.err
     assert (await run(dgram, Router(default=FORWARD))).out == "sent\n"
+    await asyncio.wait_for(_until_received(reached, 2), 60)  # the service reads on a thread of its own
     reached.clear()
     assert (await run(stream, Router(default=FORWARD), Sandbox())).out == "EACCES\n"
     assert (await run(dgram, Router(default=FORWARD), Sandbox())).out == "EACCES\n"
