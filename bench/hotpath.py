@@ -41,7 +41,7 @@ import _common  # noqa: E402
 sys.path.insert(0, os.environ.get("BENCH_TREE", str(_common.ROOT)))
 
 from libc_service import Master, Router, wire  # noqa: E402
-from libc_service.requests import OpenRequest, StatRequest  # noqa: E402
+from libc_service.protocol.requests import OpenRequest, StatRequest  # noqa: E402
 
 import pymaster  # noqa: E402
 
@@ -77,7 +77,7 @@ async def codec(n: int) -> float:
 async def channel_state(n: int) -> float:
     """``codec`` through the master's channel state (sans I/O): the protocol bookkeeping per call."""
     try:
-        from libc_service.channel import MasterChannel
+        from libc_service.protocol.calls import MasterChannel
     except ImportError:  # a tree from before the channel state
         return float("nan")
     channel: MasterChannel[object] = MasterChannel()

@@ -173,7 +173,7 @@ def serve(transport: str, mode: str, argv: list[str]) -> int:
 
     sys.path.insert(0, str(_common.ROOT))
     from libc_service import FORWARD, Router, Stat, WithFds, spawn
-    from libc_service.safepath import open_flags
+    from libc_service.acting.safepath import open_flags
 
     fixed = Stat(size=4242, mode=0o644, nlink=1, blksize=4096, blocks=16)
     router = Router(default=FORWARD)

@@ -11,7 +11,7 @@ the native run:
 - ``trace``: the same under ``libc-service trace`` (every call logged, then
   forwarded: the slave performs it with its own credentials);
 - ``perform``: under ``libc-service run bench/perform_all.py``, where the
-  master performs every call with ``libc_service.perform`` and sends the
+  master performs every call with ``libc_service.acting.perform`` and sends the
   result back (unavailable, and reported so, until ``perform`` exists).
 
 Outcomes (pass, fail, error, skip, xfail, xpass) come from unittest's result
@@ -160,13 +160,13 @@ def has_test_package() -> bool:
 
 
 def perform_available() -> str:
-    """ "" when ``libc_service.perform`` exists, else why the configuration cannot run."""
+    """ "" when ``libc_service.acting.perform`` exists, else why the configuration cannot run."""
     try:
         import libc_service
     except ImportError as exc:
         return f"libc_service is not importable ({exc})"
     if not callable(getattr(libc_service, "perform", None)):
-        return "libc_service.perform does not exist yet"
+        return "libc_service.acting.perform does not exist yet"
     return ""
 
 

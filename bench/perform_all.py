@@ -2,7 +2,7 @@
 
 The exactness oracle (``bench/oracle.py``) runs CPython's own tests under
 this policy: every call the shim arbitrates goes through
-``libc_service.perform`` and its reply (descriptors, stat results, errnos)
+``libc_service.acting.perform`` and its reply (descriptors, stat results, errnos)
 instead of the slave's own libc, so any test whose outcome changes points at
 a call ``perform`` (or the reply path) does not reproduce exactly.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from libc_service import FORWARD, Router, perform  # type: ignore[attr-defined,unused-ignore]  # until perform lands
-from libc_service.conditions import named
-from libc_service.requests import FUNCTIONS, Request
+from libc_service.policy.conditions import named
+from libc_service.protocol.requests import FUNCTIONS, Request
 
 #: FORWARD is never used while the handler covers every function; it is the
 #: default so that a function added later is forwarded, not refused.

@@ -27,8 +27,8 @@ from typing import Any
 import _common
 
 from libc_service import FORWARD, Router, spawn
-from libc_service.conditions import under
-from libc_service.requests import StatRequest
+from libc_service.policy.conditions import under
+from libc_service.protocol.requests import StatRequest
 
 TREES = (1, 100, 300, 500, 1_000, 10_000)
 ROUTES = (1, 10, 100, 1_000)

@@ -73,7 +73,7 @@ WRAPPERS = ("native", "run", "run-asked", "handler", "trace", "fakeroot", "strac
 FORWARD_POLICY = '''\
 import os
 from libc_service import FORWARD, Router
-from libc_service.conditions import under
+from libc_service.policy.conditions import under
 
 router = Router(default=FORWARD)
 
@@ -87,7 +87,7 @@ def srv(request):
 
 if os.environ.get("LIBC_SERVICE_BENCH_NO_RULES"):
     # A route whose condition the rule compiler cannot prove: every call is asked.
-    from libc_service.conditions import Condition
+    from libc_service.policy.conditions import Condition
 
     class Never(Condition):
         def __call__(self, request):

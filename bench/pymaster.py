@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, os.environ.get("BENCH_TREE", str(REPO)))
 
 from libc_service import FORWARD, Router, Stat, WithFds, spawn  # noqa: E402
-from libc_service.requests import LstatRequest, OpenatRequest, OpenRequest, StatRequest  # noqa: E402
+from libc_service.protocol.requests import LstatRequest, OpenatRequest, OpenRequest, StatRequest  # noqa: E402
 
 #: The floor's fixed answer (bench/floor_master.c, stat and answer modes).
 FAKE_STAT = Stat(size=4242, mode=0o644, nlink=1, blksize=4096, blocks=16)

@@ -42,7 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from libc_service import FORWARD, Resolver, Router, perform, spawn  # noqa: E402
-from libc_service.conditions import named, resolved, to  # noqa: E402
+from libc_service.policy.conditions import named, resolved, to  # noqa: E402
 
 SLAVE = """
 import json, socket, sys, time

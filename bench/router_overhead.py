@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from libc_service import Decision, Master, Router, SessionClosed, Slave, Stat, deny
-from libc_service.requests import StatRequest
+from libc_service.protocol.requests import StatRequest
 
 STAT = Stat(size=4242, mode=0o644, type="regular", nlink=1, ino=7, mtime=1_700_000_000_000_000_000)
 WARMUP = 2_000
@@ -149,7 +149,7 @@ def paired(minuend: list[float], subtrahend: list[float]) -> float:
 class StubCall:
     """A call whose replies go nowhere: the router's CPU cost without I/O.
 
-    It implements the public part of :class:`libc_service.master.Call` the
+    It implements the public part of :class:`libc_service.endpoints.master.Call` the
     router uses (the dispatch contract), nothing private.
     """
 

@@ -61,7 +61,7 @@ import hostile  # noqa: E402
 #: the router logs it with its traceback, by design.
 _DELIBERATE = "a buggy handler"
 from libc_service import PASS, Errno, Master, Router, Slave, SlaveProcess, Stat, deny, spawn  # noqa: E402
-from libc_service.requests import StatRequest  # noqa: E402
+from libc_service.protocol.requests import StatRequest  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 _MASK63 = (1 << 63) - 1
@@ -133,8 +133,8 @@ class LogWatch(logging.Handler):
     @staticmethod
     def _deliberate(record: logging.LogRecord) -> bool:
         """The buggy handler's failure: logged once with its traceback, then
-        counted again at 10, 100, 1000... occurrences (libc_service.outcomes.BugLog)."""
-        if record.name != "libc_service.router":
+        counted again at 10, 100, 1000... occurrences (libc_service.policy.outcomes.BugLog)."""
+        if record.name != "libc_service.policy.router":
             return False
         error = record.exc_info[1] if record.exc_info else None
         if error is not None:

@@ -7,7 +7,7 @@ whose handlers know only that job's directory), starts `argv` in that
 directory as a slave of it — confined by Landlock when the kernel has it —,
 and answers with one JSON line: the exit status, the output, whether it was
 sandboxed, and every decision the master made for the job
-(`libc_service.tracing.decision_record`). Many jobs run at once, all on one
+(`libc_service.tools.tracing.decision_record`). Many jobs run at once, all on one
 event loop; `concurrent_jobs` in a report says how many ran at the same time
 as it (itself included).
 
@@ -69,9 +69,9 @@ from libc_service.requests import (
     Request,
     StatRequest,
 )
-from libc_service.safepath import open_beneath, stat_beneath
-from libc_service.sandbox import SandboxUnavailable, network_namespaces_available
-from libc_service.tracing import decision_record
+from libc_service.acting.safepath import open_beneath, stat_beneath
+from libc_service.confinement.sandbox import SandboxUnavailable, network_namespaces_available
+from libc_service.tools.tracing import decision_record
 
 logger = logging.getLogger("asyncio_server")
 

@@ -4,7 +4,7 @@ The policy itself is permissive — every call is forwarded, except that
 nothing may be deleted (`unlink`, `rmdir` fail with `EPERM`) — and a router
 observer appends each decision to the file named by `$LIBC_SERVICE_AUDIT`
 (default `audit.jsonl` in the current directory), after the reply went out.
-Each line is `libc_service.tracing.decision_record`: `pid`, `tid`,
+Each line is `libc_service.tools.tracing.decision_record`: `pid`, `tid`,
 `function`, `arguments`, `route` (the deciding handler, or `default`),
 `decision` (`reply`, `forward`, `error`, `failure`), `result`, `errno`,
 `errno_name`, `fds`, `latency_us`, plus `session`.
@@ -31,7 +31,7 @@ from typing import TextIO
 
 from libc_service import FORWARD, Decision, Errno, Router
 from libc_service.requests import RmdirRequest, UnlinkRequest
-from libc_service.tracing import decision_record
+from libc_service.tools.tracing import decision_record
 
 
 class JsonlAudit:

@@ -24,7 +24,7 @@ import socket
 
 from libc_service import FORWARD, AddrInfo, Router
 from libc_service.conditions import named
-from libc_service.replies import GaiError
+from libc_service.protocol.replies import GaiError
 from libc_service.requests import GetaddrinfoRequest
 
 

@@ -38,7 +38,7 @@ its name, and the nameserver never hears of it.
 Limits: what remains of DNS as a channel is in `docs/security.md` ("Egress
 by name"); a program that resolves by itself (a static binary under
 `--seccomp`) gets no answer: its own queries are connects to the nameserver,
-which no listed name returned (`libc_service.dnsanswer` can answer them).
+which no listed name returned (`libc_service.policy.dnsanswer` can answer them).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from typing import Any
 
 from libc_service import FORWARD, Errno, Resolver, Router, Sandbox, perform
 from libc_service.conditions import named, resolved, to
-from libc_service.replies import GaiError
+from libc_service.protocol.replies import GaiError
 from libc_service.requests import (
     BindInet6Request,
     BindInetRequest,

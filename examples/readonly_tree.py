@@ -40,7 +40,7 @@ from libc_service.requests import (
     Request,
     StatRequest,
 )
-from libc_service.safepath import open_beneath, stat_beneath
+from libc_service.acting.safepath import open_beneath, stat_beneath
 
 #: The tree the slave may read, resolved once (conditions compare real paths).
 ROOT = os.path.realpath(os.environ.get("LIBC_SERVICE_ROOT") or os.getcwd())

@@ -1,5 +1,5 @@
 """``python -m libc_service`` is the ``libc-service`` command."""
 
-from .console import main
+from libc_service.tools.console import main
 
 main()

@@ -9,7 +9,7 @@ datagrams, descriptor floods of every kind (pipes, sockets, directories,
 ``/dev/null``, ``O_PATH``, eventfd, memfd, epoll, pidfd, the channel itself),
 and hang-ups right after a request.
 
-Every message is first judged by :func:`libc_service.wire.decode_request`
+Every message is first judged by :func:`libc_service.protocol.wire.decode_request`
 itself, so the fuzzer knows what the master must do with it: answer it (a
 reply with the request's function, tid and request id, whose value the
 :func:`expected` oracle predicts for the handlers of :func:`fuzz_router`),
@@ -38,10 +38,10 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from libc_service import AddrInfo, Errno, Router, Stat, WithFds, deny
-from libc_service.conditions import named, to, under
+from libc_service.policy.conditions import named, to, under
 from libc_service import wire
-from libc_service.replies import Result
-from libc_service.requests import (
+from libc_service.protocol.replies import Result
+from libc_service.protocol.requests import (
     OPEN_FLAGS,
     OPENAT_FLAGS,
     PATH_MAX_BYTES,

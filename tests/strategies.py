@@ -14,8 +14,8 @@ from typing import Any, cast
 from hypothesis import strategies as st
 
 from libc_service import AddrInfo, Stat
-from libc_service.replies import GAI_ERRORS
-from libc_service.requests import (
+from libc_service.protocol.replies import GAI_ERRORS
+from libc_service.protocol.requests import (
     FUNCTIONS,
     MAX_GROUPS,
     NODE_MAX,
@@ -28,7 +28,7 @@ from libc_service.requests import (
     Request,
 )
 from libc_service import wire
-from libc_service.wire import FILE_TYPES, MAX_ADDRINFO
+from libc_service.protocol.wire import FILE_TYPES, MAX_ADDRINFO
 
 U32 = st.integers(1, 2**32 - 1)
 U64 = st.integers(0, 2**64 - 1)

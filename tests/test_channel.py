@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libc_service import Stat, wire
-from libc_service.channel import TRUNCATED, MasterChannel, SlaveChannel
-from libc_service.requests import OpenRequest, StatRequest
-from libc_service.wire import LocalProtocolError, ProtocolError, RemoteProtocolError
+from libc_service.protocol.calls import TRUNCATED, MasterChannel, SlaveChannel
+from libc_service.protocol.requests import OpenRequest, StatRequest
+from libc_service.protocol.wire import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 import strategies as s
 

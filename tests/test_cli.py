@@ -129,7 +129,7 @@ def test_a_bad_policy_is_one_line_and_exit_status_2(tmp_path: Path, problem: str
         ("from libc_service import Router\nrouter = Router()\n@router.on('opne')\ndef h(req): pass\n", 3),
         # A relative root: raised inside conditions.under.
         (
-            "from libc_service import Router\nfrom libc_service.conditions import under\n"
+            "from libc_service import Router\nfrom libc_service.policy.conditions import under\n"
             "router = Router()\n@router.on('open', when=under('data'))\ndef h(req): pass\n",
             4,
         ),
@@ -376,7 +376,7 @@ def test_usage_shows_the_command_after_a_double_dash(command: str) -> None:
 
 
 def test_the_command_s_output_is_complete_though_it_skips_the_interpreter_s_finalization(tmp_path: Path) -> None:
-    """The executable ends with os._exit (libc_service.console): everything it buffered is still written."""
+    """The executable ends with os._exit (libc_service.tools.console): everything it buffered is still written."""
     env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
 
     def buffered(*args: str) -> subprocess.CompletedProcess[str]:
@@ -384,7 +384,7 @@ def test_the_command_s_output_is_complete_though_it_skips_the_interpreter_s_fina
 
     policy = write_policy(tmp_path, READ_ONLY_POLICY)
     in_process = subprocess.run(
-        [sys.executable, "-c", "import sys; from libc_service.cli import main; sys.exit(main(sys.argv[1:]))"]
+        [sys.executable, "-c", "import sys; from libc_service.tools.cli import main; sys.exit(main(sys.argv[1:]))"]
         + ["docs", str(policy)],
         capture_output=True,
         text=True,
@@ -453,17 +453,17 @@ def test_a_run_the_shim_decides_whole_never_starts_the_master_and_one_that_asks_
     done = subprocess.run([*command, "cat", "/etc/hostname"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout == Path("/etc/hostname").read_text()
     imported = _imported(done.stderr)
-    assert "libc_service.cli" in imported and "libc_service.router" in imported
+    assert "libc_service.tools.cli" in imported and "libc_service.policy.router" in imported
     assert "asyncio" not in imported and "pydantic" not in imported
     # What a run needs only for a flag, a message, a kind of program or a call it may never make.
     lazy = {
         "dns",  # the resolver's, on the first name looked up
         "elftools",  # reading a program's ELF, under --sandbox only
         "importlib.metadata",  # --version
-        "libc_service.flagpolicy",  # --read/--write/... only
-        "libc_service.linkage",
-        "libc_service.notify",  # --seccomp
-        "libc_service.sandbox",  # --sandbox
+        "libc_service.tools.flagpolicy",  # --read/--write/... only
+        "libc_service.confinement.linkage",
+        "libc_service.seccomp.notify",  # --seccomp
+        "libc_service.confinement.sandbox",  # --sandbox
         "platform",  # os.uname() says the machine
         "shlex",  # learn's closing message
         "shutil",  # argparse's formatter, for the terminal's width

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from libc_service import FORWARD, Router
-from libc_service.flagpolicy import add_connect_rules
-from libc_service.docs import render_policy
-from libc_service.policy import LoadedPolicy
+from libc_service.tools.flagpolicy import add_connect_rules
+from libc_service.tools.docs import render_policy
+from libc_service.tools.policy_file import LoadedPolicy
 
 from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
 from shimtools import PYTHON, needs_shim

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from libc_service import FORWARD, AddrInfo, Errno, Master, Reply, Router, Slave, WithFds, deny
-from libc_service.conditions import Condition, flags, named, slave_path, to, under, writing
-from libc_service.requests import (
+from libc_service.policy.conditions import Condition, flags, named, slave_path, to, under, writing
+from libc_service.protocol.requests import (
     BindInet6Request,
     BindInetRequest,
     ConnectInet6Request,
@@ -582,7 +582,7 @@ async def test_creating_and_truncating_are_refused_the_rest_forwarded() -> None:
 
 
 def test_under_names_the_file_a_metadata_call_s_descriptor_is_open_on(tmp_path: Path) -> None:
-    from libc_service.requests import FchmodRequest
+    from libc_service.protocol.requests import FchmodRequest
 
     (tmp_path / "build").mkdir()
     target = tmp_path / "build" / "prog"

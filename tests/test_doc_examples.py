@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from libc_service.sandbox import landlock_abi, network_namespaces_available
+from libc_service.confinement.sandbox import landlock_abi, network_namespaces_available
 
 from shimtools import needs_shim
 
@@ -73,7 +73,7 @@ def test_every_example_of_the_command_line_page_prints_what_the_page_says(tmp_pa
         if any(not Path(program).exists() for program in programs):
             continue  # the system has no such program
         if "--seccomp" in command:
-            from libc_service.notify import seccomp_unavailable
+            from libc_service.seccomp.notify import seccomp_unavailable
 
             if seccomp_unavailable() is not None:
                 continue

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from libc_service.docs import JSON_SCHEMA, describe_policy, render_policy
-from libc_service.policy import LoadedPolicy, load_policy
-from libc_service.requests import FUNCTIONS
+from libc_service.tools.docs import JSON_SCHEMA, describe_policy, render_policy
+from libc_service.tools.policy_file import LoadedPolicy, load_policy
+from libc_service.protocol.requests import FUNCTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +30,8 @@ It refuses writes and serves one tree.
 """
 import errno
 from libc_service import PASS, Errno, Router, Sandbox, WithFds, deny
-from libc_service.conditions import named, to, under, writing
-from libc_service.safepath import open_beneath
+from libc_service.policy.conditions import named, to, under, writing
+from libc_service.acting.safepath import open_beneath
 
 router = Router(default=deny(errno.EPERM), timeout=2.5)
 sandbox = Sandbox(allow_read=["/usr/share"], allow_write=["/tmp/scratch"], allow_exec=["/usr/bin"])
@@ -334,7 +334,7 @@ def test_json_conditions_are_data_a_tool_can_read(policy: LoadedPolicy) -> None:
 
 BY_NAME = textwrap.dedent("""\
     from libc_service import FORWARD, Router, perform
-    from libc_service.conditions import named, resolved
+    from libc_service.policy.conditions import named, resolved
 
     router = Router(default=FORWARD)
     router.on("getaddrinfo", when=named("pypi.org", "*.Python.org"))(perform)
@@ -533,7 +533,7 @@ def test_the_mkdocs_hook_generates_policy_pages_and_the_cli_help(tmp_path: Path)
     site = tmp_path / "project"
     (site / "docs").mkdir(parents=True)
     (site / "hooks").mkdir()
-    (site / "hooks" / "policies.py").write_text("from libc_service.mkdocs_hook import *  # noqa: F403\n")
+    (site / "hooks" / "policies.py").write_text("from libc_service.tools.mkdocs_hook import *  # noqa: F403\n")
     write_policy(site / "policies")
     (site / "docs" / "index.md").write_text("# Home\n\n<!-- libc-service: cli-help -->\n")
     (site / "mkdocs.yml").write_text(

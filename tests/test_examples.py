@@ -37,10 +37,10 @@ from typing import Any
 import pytest
 
 from libc_service import Router, Sandbox, spawn
-from libc_service.docs import render_policy
-from libc_service.policy import LoadedPolicy, load_policy
-from libc_service.sandbox import network_namespaces_available
-from libc_service.spawn import ShimNotFound, shim_path
+from libc_service.tools.docs import render_policy
+from libc_service.tools.policy_file import LoadedPolicy, load_policy
+from libc_service.confinement.sandbox import network_namespaces_available
+from libc_service.processes.spawn import ShimNotFound, shim_path
 
 from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
 
@@ -653,7 +653,7 @@ def test_the_convention_finds_the_commands_of_every_source() -> None:
 
 
 def _seccomp_missing() -> str | None:
-    from libc_service.notify import seccomp_unavailable
+    from libc_service.seccomp.notify import seccomp_unavailable
 
     return seccomp_unavailable()
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from libc_service import FORWARD, Router, Stat, WithFds, spawn
-from libc_service.requests import LstatRequest, OpenatRequest, OpenRequest, StatRequest
+from libc_service.protocol.requests import LstatRequest, OpenatRequest, OpenRequest, StatRequest
 from shimtools import PYTHON, c_program, needs_shim, run_slave  # noqa: F401 - c_program is a fixture
 
 pytestmark = [needs_shim]
@@ -69,7 +69,7 @@ async def test_a_slave_killed_mid_call_is_dropped_and_logged(caplog: pytest.LogC
         return Stat(size=1)
 
     script = f"""{PYTHON} -c 'import os; os.stat("/slow")' & wait $!; echo victim=$?; cat /etc/hostname; exit 7"""
-    caplog.set_level(logging.WARNING, logger="libc_service.spawn")
+    caplog.set_level(logging.WARNING, logger="libc_service.processes.spawn")
     async with spawn(["sh", "-c", script], router, stdout=subprocess.PIPE) as process:
         victim = await asyncio.wait_for(arrived.get(), 30)
         os.kill(victim, signal.SIGKILL)
@@ -94,7 +94,7 @@ async def test_a_slave_killed_mid_call_with_a_concurrent_router(caplog: pytest.L
         await arrived.put(req.pid)
         await asyncio.sleep(3600)
 
-    caplog.set_level(logging.WARNING, logger="libc_service.spawn")
+    caplog.set_level(logging.WARNING, logger="libc_service.processes.spawn")
     async with spawn([PYTHON, "-c", "import os; os.stat('/slow')"], router) as process:
         victim = await asyncio.wait_for(arrived.get(), 30)
         assert victim == process.pid

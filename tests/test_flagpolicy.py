@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from libc_service.flagpolicy import PolicyFlags, bind_endpoints, policy_from_flags
-from libc_service.policy import PolicyError
-from libc_service.sandbox import landlock_abi, network_namespaces_available
+from libc_service.tools.flagpolicy import PolicyFlags, bind_endpoints, policy_from_flags
+from libc_service.tools.policy_file import PolicyError
+from libc_service.confinement.sandbox import landlock_abi, network_namespaces_available
 
 from shimtools import PYTHON, needs_shim
 
@@ -178,7 +178,7 @@ def test_docs_shows_what_the_flags_grant(tmp_path: Path) -> None:
 
 
 def test_the_policy_file_is_left_as_it_was(tmp_path: Path) -> None:
-    from libc_service.policy import load_policy
+    from libc_service.tools.policy_file import load_policy
 
     policy = tmp_path / "policy.py"
     policy.write_text(POLICY)

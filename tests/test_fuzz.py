@@ -50,7 +50,7 @@ import hostile
 from hostile import FD_KINDS, SELF, Message, Session, Tally
 from libc_service import FORWARD, PASS, AddrInfo, Master, Router, Slave, Stat, WithFds, deny, spawn
 from libc_service import wire
-from libc_service.requests import FUNCTIONS, REQUEST_TYPES, Request
+from libc_service.protocol.requests import FUNCTIONS, REQUEST_TYPES, Request
 from shimtools import PYTHON, needs_shim
 from strategies import requests
 

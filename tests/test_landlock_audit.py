@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libc_service.landlock_audit import (
+from libc_service.confinement.landlock_audit import (
     AUDIT_LANDLOCK_ACCESS,
     AUDIT_LANDLOCK_DOMAIN,
     AccessRecord,
@@ -31,10 +31,10 @@ from libc_service.landlock_audit import (
     parse_record,
     unavailable_reason,
 )
-from libc_service.refusals import RefusalReport
-from libc_service.requests import OpenRequest
-from libc_service.router import Decision
-from libc_service.sandbox import landlock_abi, network_namespaces_available
+from libc_service.tools.refusals import RefusalReport
+from libc_service.protocol.requests import OpenRequest
+from libc_service.policy.router import Decision
+from libc_service.confinement.sandbox import landlock_abi, network_namespaces_available
 
 from shimtools import needs_shim
 
@@ -280,7 +280,7 @@ def test_a_refused_name_with_a_terminal_escape_is_shown_escaped() -> None:
 
 
 def test_the_audit_reader_keeps_a_bounded_number_of_records_and_domains() -> None:
-    from libc_service.landlock_audit import MAX_DOMAINS, MAX_RECORDS, LandlockDenials
+    from libc_service.confinement.landlock_audit import MAX_DOMAINS, MAX_RECORDS, LandlockDenials
 
     def denial(domain: str, path: str) -> tuple[int, bytes]:
         return AUDIT_LANDLOCK_ACCESS, f'audit(1.2:3): domain={domain} blockers=fs.read_file path="{path}"'.encode()

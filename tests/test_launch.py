@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from libc_service import FORWARD, Decision, Errno, Router, SlaveProcess, spawn
-from libc_service.conditions import under
-from libc_service.requests import Request
+from libc_service.policy.conditions import under
+from libc_service.protocol.requests import Request
 from shimtools import needs_shim
 
 

@@ -21,9 +21,9 @@ import pytest
 from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
 from libc_service import FORWARD, Router, Sandbox, spawn
-from libc_service.launching import launcher_path
-from libc_service.sandbox import network_namespaces_available
-from libc_service.spawn import shim_path
+from libc_service.processes.launching import launcher_path
+from libc_service.confinement.sandbox import network_namespaces_available
+from libc_service.processes.spawn import shim_path
 
 _MISSING = Sandbox.available() or network_namespaces_available()
 needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=f"no sandbox here: {_MISSING}")
@@ -104,7 +104,7 @@ def test_the_seccomp_listener_is_handed_over_by_the_launcher(sandboxed: bool, st
     """seccomp=True: the launcher installs the filter and sends the listener; the status passes through."""
     if sandboxed and _MISSING is not None:
         pytest.skip(f"no sandbox here: {_MISSING}")
-    pytest.importorskip("libc_service.notify").seccomp_unavailable() is None or pytest.skip("no seccomp here")
+    pytest.importorskip("libc_service.seccomp.notify").seccomp_unavailable() is None or pytest.skip("no seccomp here")
     sandbox = Sandbox() if sandboxed else None
     script = "echo ran; exit 3"
     status, out, _, _ = on_loop(

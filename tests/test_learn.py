@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from libc_service.learn import Learned, narrowest, render_policy
-from libc_service.learnt_source import read as read_policy
-from libc_service.notify import seccomp_unavailable
-from libc_service.sandbox import landlock_abi, network_namespaces_available
+from libc_service.tools.learn import Learned, narrowest, render_policy
+from libc_service.tools.learnt_source import read as read_policy
+from libc_service.seccomp.notify import seccomp_unavailable
+from libc_service.confinement.sandbox import landlock_abi, network_namespaces_available
 
 from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
 from shimtools import needs_shim
@@ -714,7 +714,7 @@ def test_the_learning_example_of_the_cli_page_runs_verbatim(tmp_path: Path) -> N
 
 
 def test_a_failed_write_leaves_the_policy_as_it_was(tmp_path: Path) -> None:
-    from libc_service.cli import _write_output
+    from libc_service.tools.cli import _write_output
 
     policy = tmp_path / "policy.py"
     policy.write_text("old\n")

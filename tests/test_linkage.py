@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libc_service.linkage import is_static, static_note, static_programs
-from libc_service.sandbox import landlock_abi, network_namespaces_available
+from libc_service.confinement.linkage import is_static, static_note, static_programs
+from libc_service.confinement.sandbox import landlock_abi, network_namespaces_available
 
 from shimtools import needs_shim
 
@@ -94,7 +94,7 @@ def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def _seccomp_unavailable() -> str | None:
-    from libc_service.notify import seccomp_unavailable
+    from libc_service.seccomp.notify import seccomp_unavailable
 
     return seccomp_unavailable()
 

@@ -9,7 +9,7 @@ wrong process or the wrong call of the right thread fails that check
 *lost*. The master also checks that each request says which process and
 thread made it (the pid and tid in the path) and sees each call exactly once.
 
-All programs are started with :func:`libc_service.spawn` under one
+All programs are started with :func:`libc_service.processes.spawn` under one
 :class:`~libc_service.Router`, on one loop. ``LCS_LOAD_CALLS`` overrides
 the calls per thread (default 2,000).
 """
@@ -31,7 +31,7 @@ import pytest
 import uvloop
 
 from libc_service import FORWARD, Errno, Router, Stat, spawn
-from libc_service.requests import StatRequest
+from libc_service.protocol.requests import StatRequest
 from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
 PROCESSES = 16

@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libc_service import loader
-from libc_service.loader import LoaderFile, parse_ld_so_cache, program_files, system_library_dirs
+from libc_service.confinement.loader import LoaderFile, parse_ld_so_cache, program_files, system_library_dirs
 
 _CC = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
 needs_cc = pytest.mark.skipif(_CC is None, reason="no C compiler (gcc or cc) to build the ELF files")
@@ -440,7 +440,7 @@ def test_system_programs_get_the_libraries_ldd_lists(executable: str) -> None:
 
 def test_discovery_is_reused_until_a_path_it_looked_at_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A server starting the same program again reads no ELF file, yet never misses a change."""
-    import libc_service.loader as loader
+    import libc_service.confinement.loader as loader
 
     true = Path(os.path.realpath(shutil.which("true", path="/usr/bin:/bin") or "/bin/true"))
     libraries = tmp_path / "libs"

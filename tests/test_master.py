@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from conftest import FdCount
 from libc_service import AddrInfo, Master, Reply, SessionClosed, Slave, Stat
 from libc_service import wire
-from libc_service.requests import ConnectUnixRequest, OpenatRequest, StatRequest
+from libc_service.protocol.requests import ConnectUnixRequest, OpenatRequest, StatRequest
 from helpers import assert_closed, close_all, in_thread, rights
 from strategies import raw_request
 
@@ -342,13 +342,13 @@ async def test_a_malformed_message_closes_the_session_with_ebadmsg_and_a_log_lin
 ) -> None:
     before = fd_count.snapshot()
     master, peer = Master.pair()
-    caplog.set_level(logging.WARNING, logger="libc_service.master")
+    caplog.set_level(logging.WARNING, logger="libc_service.endpoints.master")
     peer.sendmsg([raw_request(magic=b"HTTP", roles=wire.ROLE_DIR1)], rights([workdir]))
     with pytest.raises(SessionClosed) as raised:
         await master.receive()
     assert raised.value.errno == errno.EBADMSG
     assert master.closed
-    (record,) = [r for r in caplog.records if r.name == "libc_service.master"]
+    (record,) = [r for r in caplog.records if r.name == "libc_service.endpoints.master"]
     assert record.levelno == logging.WARNING
     assert "malformed" in record.getMessage() and "magic" in record.getMessage()
     # The peer sees the end of its channel.
@@ -717,7 +717,7 @@ async def test_a_dispatcher_of_its_own_serves_a_session_through_the_public_call_
 
 
 async def test_a_dispatcher_bug_ends_its_session_and_the_slave_falls_back(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="libc_service.master")
+    caplog.set_level(logging.ERROR, logger="libc_service.endpoints.master")
     master, sock = Master.pair()
     slave = Slave(sock)
     serving = asyncio.ensure_future(master.serve(_Recorder(fail_on="/bug")))
@@ -774,7 +774,7 @@ async def test_the_in_flight_cap_stops_reading_until_a_call_is_answered() -> Non
 
 def test_a_cpu_is_free_when_idle_time_kept_up_with_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from libc_service import master
-    from libc_service.master import IdleCpu
+    from libc_service.endpoints.master import IdleCpu
 
     stat = tmp_path / "stat"
     ticks = os.sysconf("SC_CLK_TCK")
@@ -803,7 +803,7 @@ def test_a_cpu_is_free_when_idle_time_kept_up_with_the_clock(tmp_path: Path, mon
 
 
 def test_the_adaptive_busy_poll_waits_for_a_lone_master() -> None:
-    from libc_service.master import Master
+    from libc_service.endpoints.master import Master
 
     first_a, first_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     second_a, second_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

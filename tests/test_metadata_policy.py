@@ -37,7 +37,7 @@ POLICY = """
     import os
 
     from libc_service import FORWARD, Errno, Router, Sandbox, perform
-    from libc_service.conditions import under
+    from libc_service.policy.conditions import under
 
     BUILD = os.environ["TEST_BUILD"]
     OTHER = os.environ["TEST_OTHER"]
@@ -219,7 +219,7 @@ def test_learn_has_the_master_change_modes_where_the_run_did(tmp_path: Path) -> 
 
 def test_perform_beneath_a_root_refuses_a_symlink_out_of_it(tmp_path: Path) -> None:
     from libc_service import perform
-    from libc_service.requests import ChmodRequest, UtimensRequest
+    from libc_service.protocol.requests import ChmodRequest, UtimensRequest
 
     root, outside = tmp_path / "root", tmp_path / "secret"
     root.mkdir()
@@ -239,7 +239,7 @@ def test_perform_beneath_a_root_refuses_a_symlink_out_of_it(tmp_path: Path) -> N
 
 def test_perform_of_a_descriptor_change_uses_the_slaves_descriptor(tmp_path: Path) -> None:
     from libc_service import perform
-    from libc_service.requests import FchmodRequest, FchownRequest
+    from libc_service.protocol.requests import FchmodRequest, FchownRequest
 
     target = tmp_path / "f"
     target.write_text("x")

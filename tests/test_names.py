@@ -22,11 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libc_service import FORWARD, Errno, Resolver, Router, perform, spawn
-from libc_service.conditions import named, resolved, to
-from libc_service.dnsanswer import answer_queries
-from libc_service.names import Answers, Pattern, host_labels
-from libc_service.notify import seccomp_unavailable
-from libc_service.requests import ConnectInet6Request, ConnectInetRequest, GetaddrinfoRequest
+from libc_service.policy.conditions import named, resolved, to
+from libc_service.policy.dnsanswer import answer_queries
+from libc_service.policy.names import Answers, Pattern, host_labels
+from libc_service.seccomp.notify import seccomp_unavailable
+from libc_service.protocol.requests import ConnectInet6Request, ConnectInetRequest, GetaddrinfoRequest
 
 from conftest import FdCount
 from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
@@ -428,8 +428,8 @@ class _Sent:
 )
 def test_the_answerer_takes_any_bytes_and_asks_no_nameserver_for_a_name_no_pattern_allows(data: bytes) -> None:
     """A program's own question is slave input: any bytes, never a crash, never a query past the patterns."""
-    from libc_service.dnsanswer import _Answerer
-    from libc_service.names import NameScope
+    from libc_service.policy.dnsanswer import _Answerer
+    from libc_service.policy.names import NameScope
 
     asked: list[tuple[str, ...]] = []
 

@@ -1,14 +1,14 @@
 """Each kernel mechanism the package uses has one source.
 
 The libc handle, the syscall numbers the master calls, and the way from a
-failed call's errno to ``OSError`` live in ``libc_service.kernel``; a second
+failed call's errno to ``OSError`` live in ``libc_service.kernel.libc``; a second
 ``CDLL`` or a second number table drifts from the first (a number fixed in
 one copy and not in the other is a call to the wrong system call). The
 seccomp filters keep their per-architecture tables: those are numbers a BPF
 program compares for a chosen architecture, not numbers this process calls.
 
 Waiting until a descriptor is readable or writable lives in
-``libc_service.readiness``: a hand-rolled wait that forgets to unregister on
+``libc_service.kernel.readiness``: a hand-rolled wait that forgets to unregister on
 timeout or cancellation leaves the loop watching a number the next ``open``
 may reuse. The master's channel keeps its own registrations: it arms one
 reader and one writer per loop for the session's life (not one per wait),
@@ -26,12 +26,19 @@ import pytest
 
 #: The package as imported: the source tree's, or the installed one where the tests run beside an install.
 PACKAGE = Path(libc_service.__file__).resolve().parent
-MODULES = sorted(PACKAGE.glob("*.py"))
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def _name(path: Path) -> str:
+    """A module's path inside the package (``kernel/libc.py``)."""
+    return path.relative_to(PACKAGE).as_posix()
+
+
 #: The modules whose per-architecture tables are BPF filter data.
-FILTER_TABLES = {"syscall_filter.py", "socket_filter.py", "notify_filter.py"}
+FILTER_TABLES = {"confinement/syscall_filter.py", "confinement/socket_filter.py", "seccomp/filter.py"}
 #: The modules that may register descriptors with a loop or make a poll object.
-READINESS = {"readiness.py"}
-PERSISTENT_REGISTRATIONS = {"master.py"}
+READINESS = {"kernel/readiness.py"}
+PERSISTENT_REGISTRATIONS = {"endpoints/master.py"}
 ARCHITECTURES = {"x86_64", "aarch64", "i386", "i686", "armv7l", "riscv64"}
 
 
@@ -87,30 +94,32 @@ def test_the_detectors_see_what_they_look_for() -> None:
     assert architecture_tables("N = {'openat2': 437}\n") == []
 
 
-@pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
+@pytest.mark.parametrize("module", MODULES, ids=_name)
 def test_one_libc_handle(module: Path) -> None:
-    if module.name == "kernel.py":
-        assert cdll_calls(module.read_text()), "kernel.py no longer opens libc"
+    if _name(module) == "kernel/libc.py":
+        assert cdll_calls(module.read_text()), "kernel/libc.py no longer opens libc"
         return
-    assert cdll_calls(module.read_text()) == [], f"{module.name} opens libc itself: use libc_service.kernel.libc"
+    assert cdll_calls(module.read_text()) == [], f"{_name(module)} opens libc itself: use libc_service.kernel.libc"
 
 
-@pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
+@pytest.mark.parametrize("module", MODULES, ids=_name)
 def test_one_syscall_number_table(module: Path) -> None:
-    if module.name == "kernel.py" or module.name in FILTER_TABLES:
+    if _name(module) == "kernel/libc.py" or _name(module) in FILTER_TABLES:
         return
     assert architecture_tables(module.read_text()) == [], (
-        f"{module.name} keeps its own per-architecture table: use libc_service.kernel.SYSCALLS"
+        f"{_name(module)} keeps its own per-architecture table: use libc_service.kernel.libc.SYSCALLS"
     )
 
 
-@pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
+@pytest.mark.parametrize("module", MODULES, ids=_name)
 def test_one_readiness_helper(module: Path) -> None:
-    if module.name in READINESS:
+    if _name(module) in READINESS:
         return
     source = module.read_text()
     tree = ast.parse(source)
     found = select_polls(source)
-    if module.name not in PERSISTENT_REGISTRATIONS:
+    if _name(module) not in PERSISTENT_REGISTRATIONS:
         found += _calls_named(tree, "add_reader") + _calls_named(tree, "add_writer")
-    assert found == [], f"{module.name} waits on a descriptor itself (lines {found}): use libc_service.readiness"
+    assert found == [], (
+        f"{_name(module)} waits on a descriptor itself (lines {found}): use libc_service.kernel.readiness"
+    )

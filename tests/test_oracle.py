@@ -5,7 +5,7 @@ tempfile, fileio, glob, socket, socketserver, logging's socket handlers,
 asyncio's socket and unix-socket tests) run through ``bench/oracle.py``: natively, under
 ``libc-service trace`` (every call forwarded, the slave does it), and under
 ``bench/perform_all.py`` (the master performs every call with
-``libc_service.perform``) once that exists. Each test case must have the
+``libc_service.acting.perform``) once that exists. Each test case must have the
 native outcome in every configuration. A difference the framework has today
 is listed in ``KNOWN`` with its cause: it is excluded from the comparison and
 gets its own ``xfail(strict=True)`` test, so fixing it turns that test into

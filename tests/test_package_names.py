@@ -37,12 +37,12 @@ DOCUMENTED = (
 )
 #: Names documented in their own modules.
 DOCUMENTED_IN_MODULES = (
-    ("libc_service.requests", "OpenRequest"),
-    ("libc_service.requests", "OpenatRequest"),
-    ("libc_service.requests", "StatRequest"),
-    ("libc_service.requests", "Request"),
-    ("libc_service.conditions", "named"),
-    ("libc_service.conditions", "resolved"),
+    ("libc_service.protocol.requests", "OpenRequest"),
+    ("libc_service.protocol.requests", "OpenatRequest"),
+    ("libc_service.protocol.requests", "StatRequest"),
+    ("libc_service.protocol.requests", "Request"),
+    ("libc_service.policy.conditions", "named"),
+    ("libc_service.policy.conditions", "resolved"),
 )
 
 
@@ -52,10 +52,11 @@ def _type_checking_names() -> dict[str, str]:
     for node in ast.parse(INIT.read_text()).body:
         if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
             for statement in node.body:
-                if isinstance(statement, ast.ImportFrom) and statement.level == 1:
+                module = statement.module or "" if isinstance(statement, ast.ImportFrom) else ""
+                if isinstance(statement, ast.ImportFrom) and module.startswith("libc_service."):
                     for alias in statement.names:
                         assert alias.asname == alias.name, f"{alias.name}: not marked re-exported"
-                        names[alias.name] = statement.module or ""
+                        names[alias.name] = module.removeprefix("libc_service.")
     return names
 
 
@@ -94,7 +95,7 @@ def test_what_type_checkers_see_is_what_the_package_exports() -> None:
 
 def test_the_functions_named_like_their_modules_stay_functions() -> None:
     code = (
-        "import libc_service.perform, libc_service.spawn\n"
+        "import libc_service.acting.perform, libc_service.processes.spawn\n"
         "from libc_service import perform, spawn\n"
         "assert callable(perform) and callable(spawn), (perform, spawn)\n"
         "import types; assert not isinstance(perform, types.ModuleType)\n"

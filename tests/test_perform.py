@@ -33,8 +33,8 @@ from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fi
 from shimtools import PYTHON, needs_shim, run_native, run_slave
 
 from libc_service import Decision, Resolver, Router, Stat, WithFds, deny, names, perform, spawn
-from libc_service.conditions import under
-from libc_service.requests import (
+from libc_service.policy.conditions import under
+from libc_service.protocol.requests import (
     FUNCTIONS,
     OPEN_FLAGS,
     AccessRequest,
@@ -659,8 +659,8 @@ def test_a_root_master_acting_for_nobody_gets_eacces(tmp_path: Path, here: int) 
 
 @needs_root
 def test_a_perform_thread_takes_the_slaves_ids_and_gives_them_back() -> None:
-    # (``libc_service.perform`` the attribute is the function; the module's internals, by name.)
-    from libc_service.perform import _run_switched, _Switch
+    # (``libc_service.acting.perform`` the attribute is the function; the module's internals, by name.)
+    from libc_service.acting.perform import _run_switched, _Switch
 
     seen: list[Any] = []
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from libc_service import perform
-from libc_service.requests import MkdirRequest, OpenRequest, StatRequest
+from libc_service.protocol.requests import MkdirRequest, OpenRequest, StatRequest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: chroot and unshare(CLONE_NEWNS)")
 

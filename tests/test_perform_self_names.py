@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from libc_service import perform
-from libc_service.requests import LstatRequest, OpenRequest, StatRequest
+from libc_service.protocol.requests import LstatRequest, OpenRequest, StatRequest
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from libc_service import Sandbox
-from libc_service.sandbox import network_namespaces_available
+from libc_service.confinement.sandbox import network_namespaces_available
 from perform_kernel import TRANSPORTS, run_as, run_native
 from shimtools import PYTHON, needs_shim
 

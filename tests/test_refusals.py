@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libc_service.named_tally import MAX_NAMES, NameBudget, NamedTally
-from libc_service.refusals import MAX_PIDS, RefusalReport
-from libc_service.requests import ConnectInetRequest, OpenRequest
-from libc_service.router import Decision
-from libc_service.sandbox import landlock_abi, network_namespaces_available
+from libc_service.policy.named_tally import MAX_NAMES, NameBudget, NamedTally
+from libc_service.tools.refusals import MAX_PIDS, RefusalReport
+from libc_service.protocol.requests import ConnectInetRequest, OpenRequest
+from libc_service.policy.router import Decision
+from libc_service.confinement.sandbox import landlock_abi, network_namespaces_available
 
 from shimtools import PYTHON, needs_shim
 
@@ -49,7 +49,7 @@ def _refused(stderr: str) -> list[str]:
 POLICY = textwrap.dedent('''
     import errno
     from libc_service import FORWARD, Errno, Router, Sandbox
-    from libc_service.conditions import writing
+    from libc_service.policy.conditions import writing
 
     router = Router(default=FORWARD)
     sandbox = Sandbox(allow_read=["/tmp"])

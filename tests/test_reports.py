@@ -22,9 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libc_service import Router, spawn, wire
-from libc_service.requests import OpenRequest, RenameRequest
-from libc_service.router import Decision
-from libc_service.tracing import Tracer, trace_router
+from libc_service.protocol.requests import OpenRequest, RenameRequest
+from libc_service.policy.router import Decision
+from libc_service.tools.tracing import Tracer, trace_router
 from shimtools import needs_shim
 
 
@@ -276,7 +276,7 @@ async def test_trace_decides_relative_paths_in_the_shim_with_no_round_trip(tmp_p
 FORGER = textwrap.dedent("""
     import os, signal, socket, sys, time
     from libc_service import wire
-    from libc_service.requests import OpenRequest
+    from libc_service.protocol.requests import OpenRequest
 
     def report(pid, path):
         request = wire.encode_request(OpenRequest(
@@ -390,7 +390,7 @@ def test_trace_drops_a_made_up_report_whether_or_not_the_master_serves_on_a_loop
 CHANNEL_FORGER = textwrap.dedent("""
     import array, os, socket
     from libc_service import Slave, wire
-    from libc_service.requests import OpenRequest
+    from libc_service.protocol.requests import OpenRequest
 
     registration = socket.socket(fileno=int(os.environ["LIBC_SERVICE_FD"]))
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

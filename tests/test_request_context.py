@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from libc_service import FORWARD, Errno, Router
-from libc_service.requests import (
+from libc_service.protocol.requests import (
     BindUnixRequest,
     ConnectUnixRequest,
     OpenatRequest,

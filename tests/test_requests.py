@@ -17,8 +17,8 @@ from pydantic import TypeAdapter, ValidationError
 
 import strategies as s
 from libc_service import AddrInfo, Stat
-from libc_service.replies import GAI_ERRORS
-from libc_service.requests import (
+from libc_service.protocol.replies import GAI_ERRORS
+from libc_service.protocol.requests import (
     FUNCTIONS,
     MAX_GROUPS,
     OPEN_FLAGS,

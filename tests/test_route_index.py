@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libc_service import FORWARD, Router
-from libc_service.conditions import Condition, ancestors, flags, under, writing
-from libc_service.requests import REQUEST_TYPES, Request
-from libc_service.route_index import INDEX_FROM
+from libc_service.policy.conditions import Condition, ancestors, flags, under, writing
+from libc_service.protocol.requests import REQUEST_TYPES, Request
+from libc_service.policy.route_index import INDEX_FROM
 
 _ROOTS = ["/", "/srv", "/srv/a", "/srv/a/b", "/srvx", "/usr", "/usr/lib", "/usr/lib/x", "/é"]
 _COMPONENTS = ["srv", "srvx", "a", "b", "x", "usr", "lib", ".", "..", "é"]

@@ -43,8 +43,8 @@ from libc_service import (
     WithFds,
     deny,
 )
-from libc_service.conditions import under
-from libc_service.requests import (
+from libc_service.policy.conditions import under
+from libc_service.protocol.requests import (
     FUNCTIONS,
     GetaddrinfoRequest,
     LstatRequest,
@@ -53,9 +53,9 @@ from libc_service.requests import (
     Request,
     StatRequest,
 )
-from libc_service.router import Deny
+from libc_service.policy.router import Deny
 
-ROUTER_LOGGER = "libc_service.router"
+ROUTER_LOGGER = "libc_service.policy.router"
 #: Generous bound on any wait in these tests: a hang fails, it does not block CI.
 PATIENCE = 10.0
 
@@ -598,7 +598,7 @@ async def test_the_errno_for_buggy_handlers_is_configurable() -> None:
 
 
 async def test_a_condition_that_raises_fails_closed(caplog: pytest.LogCaptureFixture) -> None:
-    from libc_service.conditions import Condition
+    from libc_service.policy.conditions import Condition
 
     class Broken(Condition):
         def __call__(self, request: object) -> bool:

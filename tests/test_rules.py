@@ -1,6 +1,6 @@
 """The shim's rule table: what it claims, the router would decide; real programs skip the master.
 
-The compiler (:mod:`libc_service.rules`) is checked against the router on
+The compiler (:mod:`libc_service.policy.rules`) is checked against the router on
 random policies and requests: whenever the table claims an answer
 (forward, or an errno), the router gives that answer. Then the shim itself
 (shim/rules.c) with real processes: calls the table decides never reach
@@ -21,10 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libc_service import FORWARD, Decision, Errno, Router, deny, spawn
-from libc_service.conditions import Condition, flags, named, under, writing
-from libc_service.catalogue import METADATA_FD_FUNCTIONS
-from libc_service.requests import OPEN_FLAGS, OPENAT_FLAGS, REQUEST_TYPES, Request
-from libc_service.rules import (
+from libc_service.policy.conditions import Condition, flags, named, under, writing
+from libc_service.protocol.catalogue import METADATA_FD_FUNCTIONS
+from libc_service.protocol.requests import OPEN_FLAGS, OPENAT_FLAGS, REQUEST_TYPES, Request
+from libc_service.policy.rules import (
     ENV_REPORTS,
     ENV_RULES,
     MAX_RULES_BYTES,
@@ -34,7 +34,7 @@ from libc_service.rules import (
     evaluate,
     relative,
 )
-from libc_service.wire import OPEN_FLAG_BITS
+from libc_service.protocol.wire import OPEN_FLAG_BITS
 from shimtools import needs_shim
 
 # ------------------------------------------------------------- the compiler

@@ -18,7 +18,7 @@ import pytest
 from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
 from libc_service import FORWARD, Router, Sandbox, spawn
-from libc_service.sandbox import network_namespaces_available
+from libc_service.confinement.sandbox import network_namespaces_available
 
 _MISSING = Sandbox.available() or network_namespaces_available()
 pytestmark = [

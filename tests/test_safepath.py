@@ -20,7 +20,7 @@ import pytest
 from conftest import FdCount
 
 from libc_service import safepath
-from libc_service.requests import (
+from libc_service.protocol.requests import (
     LstatRequest,
     MkdirRequest,
     OpenatRequest,
@@ -29,7 +29,7 @@ from libc_service.requests import (
     StatRequest,
     UnlinkRequest,
 )
-from libc_service.safepath import (
+from libc_service.acting.safepath import (
     EscapeError,
     open_beneath,
     open_flags,

@@ -31,12 +31,12 @@ from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixtu
 from libc_service import FORWARD, Errno, Router, Sandbox, WithFds, cli, perform, spawn
 from libc_service import ruleset_cache
 from libc_service import sandbox as sandbox_module
-from libc_service.requests import ConnectInetRequest, ConnectUnixRequest, OpenatRequest, OpenRequest
-from libc_service.safepath import open_beneath, resolve
-from libc_service.isolation import stop_namespace_stock
-from libc_service.loader import LoaderFile
-from libc_service.sandbox import landlock_abi, network_namespaces_available, program_files
-from libc_service.spawn import shim_path
+from libc_service.protocol.requests import ConnectInetRequest, ConnectUnixRequest, OpenatRequest, OpenRequest
+from libc_service.acting.safepath import open_beneath, resolve
+from libc_service.confinement.isolation import stop_namespace_stock
+from libc_service.confinement.loader import LoaderFile
+from libc_service.confinement.sandbox import landlock_abi, network_namespaces_available, program_files
+from libc_service.processes.spawn import shim_path
 
 _NO_LANDLOCK = Sandbox.available()
 _NO_NETNS = network_namespaces_available()
@@ -987,7 +987,7 @@ async def test_a_connect_the_policy_allows_still_reaches_the_named_socket(
 async def test_under_seccomp_a_raw_connect_reaches_only_what_the_policy_performs(
     python3: tuple[str, list[str]], host_service: tuple[Path, list[bytes]], how: str
 ) -> None:
-    from libc_service.notify import seccomp_unavailable
+    from libc_service.seccomp.notify import seccomp_unavailable
 
     if (reason := seccomp_unavailable()) is not None:
         pytest.skip(reason)
@@ -1029,7 +1029,7 @@ async def _until_received(reached: list[bytes], count: int) -> None:
 async def test_a_static_program_reaches_a_named_socket_only_through_the_master(
     static_unix_connect: Path, host_service: tuple[Path, list[bytes]]
 ) -> None:
-    from libc_service.notify import seccomp_unavailable
+    from libc_service.seccomp.notify import seccomp_unavailable
 
     path, reached = host_service
     stream = [str(static_unix_connect), str(path), "stream"]
@@ -1099,8 +1099,8 @@ def test_cli_sandbox_uses_the_policys_sandbox_and_router(tmp_path: Path) -> None
         tmp_path,
         f"""
         from libc_service import FORWARD, Router, Sandbox, WithFds
-        from libc_service.conditions import under
-        from libc_service.safepath import open_beneath
+        from libc_service.policy.conditions import under
+        from libc_service.acting.safepath import open_beneath
 
         router = Router(default=FORWARD)
         sandbox = Sandbox(allow_read=[{str(public)!r}])

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from libc_service import FORWARD, Router, Sandbox, spawn
-from libc_service.sandbox import landlock_abi, network_namespaces_available
-from libc_service.syscall_filter import HIGHEST_KNOWN, build_filter, numbers_for
+from libc_service.confinement.sandbox import landlock_abi, network_namespaces_available
+from libc_service.confinement.syscall_filter import HIGHEST_KNOWN, build_filter, numbers_for
 
 from shimtools import PYTHON, c_program, needs_shim
 
@@ -224,7 +224,7 @@ async def test_sigterm_twice_ends_a_program_that_ignores_it(tmp_path: Path) -> N
     command = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "libc_service.cli",
+        "libc_service.tools.cli",
         "run",
         str(policy),
         "--",
@@ -281,7 +281,7 @@ def test_ctrl_z_fg_and_ctrl_c_work_for_a_sandboxed_program_in_its_own_session(tm
             [
                 sys.executable,
                 "-m",
-                "libc_service.cli",
+                "libc_service.tools.cli",
                 "run",
                 "--sandbox",
                 str(policy),
@@ -327,7 +327,7 @@ async def test_ctrl_c_three_times_ends_a_program_that_ignores_it(tmp_path: Path)
     command = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "libc_service.cli",
+        "libc_service.tools.cli",
         "run",
         str(policy),
         "--",

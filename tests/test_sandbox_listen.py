@@ -19,7 +19,7 @@ import pytest
 from shimtools import needs_shim
 
 from libc_service import FORWARD, Router, Sandbox, spawn
-from libc_service.sandbox import network_namespaces_available
+from libc_service.confinement.sandbox import network_namespaces_available
 
 _MISSING = Sandbox.available() or network_namespaces_available()
 pytestmark = [

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from libc_service import FORWARD, Errno, Router, Sandbox, deny, perform, spawn
-from libc_service.conditions import under
-from libc_service.notify import seccomp_unavailable
-from libc_service.requests import OpenatRequest
-from libc_service.slavepath import exact_name
+from libc_service.policy.conditions import under
+from libc_service.seccomp.notify import seccomp_unavailable
+from libc_service.protocol.requests import OpenatRequest
+from libc_service.policy.slavepath import exact_name
 
 from shimtools import C_DIR, c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
@@ -302,7 +302,7 @@ def test_a_detached_mount_has_no_exact_name(tmp_path: Path) -> None:
 
 def _a_library_file() -> str:
     """A regular file beneath one of the system's library directories (what loading may read unasked)."""
-    from libc_service.loader import system_library_dirs
+    from libc_service.confinement.loader import system_library_dirs
 
     for directory in system_library_dirs():
         try:
@@ -356,7 +356,7 @@ PATH_CALLS = {
 
 
 def test_every_call_that_names_a_file_is_notified_refused_or_continued_for_a_reason() -> None:
-    from libc_service.notify_filter import CONTINUED, NOTIFIED, REFUSED
+    from libc_service.seccomp.filter import CONTINUED, NOTIFIED, REFUSED
 
     assert not set(NOTIFIED) & set(REFUSED) and not set(NOTIFIED) & set(CONTINUED)
     assert not set(REFUSED) & set(CONTINUED)
@@ -371,8 +371,8 @@ def test_every_call_that_names_a_file_is_notified_refused_or_continued_for_a_rea
 
 
 async def test_each_refused_call_and_every_newer_number_fail_with_their_errno(attacker: Path) -> None:
-    from libc_service.notify_filter import REFUSED
-    from libc_service.syscall_filter import HIGHEST_KNOWN
+    from libc_service.seccomp.filter import REFUSED
+    from libc_service.confinement.syscall_filter import HIGHEST_KNOWN
 
     names = {errno.EOPNOTSUPP: "EOPNOTSUPP"}  # the C library's name for ENOTSUP, the same number
     expected = {number: names.get(code, errno.errorcode[code]) for number, code in REFUSED.values()}
@@ -433,7 +433,7 @@ async def test_calls_the_filter_used_to_miss_change_nothing_under_a_deny_everyth
 
 
 async def test_metadata_changes_are_decided_as_chmod_chown_and_utimens(attacker: Path, tmp_path: Path) -> None:
-    from libc_service.router import Decision
+    from libc_service.policy.router import Decision
 
     work = tmp_path / "work"
     work.mkdir()
@@ -491,7 +491,7 @@ async def test_a_call_no_route_can_decide_is_continued_without_reading_its_argum
     the open is not failed with EFAULT: it waits in the program's own thread,
     as it would natively, and opens once the program serves its page.
     """
-    import libc_service.notify as notify
+    import libc_service.seccomp.notify as notify
 
     monkeypatch.setattr(notify, "MEMORY_BOUND", 0.5, raising=False)
     plain = tmp_path / "plain.txt"
@@ -521,7 +521,7 @@ async def test_a_stat_whose_buffer_stalls_the_write_fails_with_efault_and_the_se
     The worker writing it stays stuck until the program serves the page; the
     session answers the program's other open meanwhile, and the loop never waits.
     """
-    import libc_service.notify as notify
+    import libc_service.seccomp.notify as notify
 
     monkeypatch.setattr(notify, "MEMORY_BOUND", 0.5, raising=False)
     plain = tmp_path / "plain.txt"
@@ -554,7 +554,7 @@ async def test_a_stalled_read_fails_its_call_and_the_session_serves_on(
     attacker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A path in memory nobody serves: that open fails with EFAULT; the program's other open is answered."""
-    import libc_service.notify as notify
+    import libc_service.seccomp.notify as notify
 
     monkeypatch.setattr(notify, "MEMORY_BOUND", 0.5, raising=False)
     plain = tmp_path / "plain.txt"
@@ -580,7 +580,7 @@ async def test_a_stalled_read_fails_its_call_and_the_session_serves_on(
 async def test_another_program_is_served_while_one_stalls_the_read_of_its_arguments(
     attacker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import libc_service.notify as notify
+    import libc_service.seccomp.notify as notify
 
     monkeypatch.setattr(notify, "MEMORY_BOUND", float(TIMEOUT), raising=False)
     plain = tmp_path / "plain.txt"
@@ -636,7 +636,7 @@ async def test_a_connect_performed_on_the_programs_own_socket_never_replaces_wha
 
 async def test_an_access_that_does_not_follow_symlinks_is_decided_as_an_lstat(attacker: Path, tmp_path: Path) -> None:
     """faccessat2(AT_SYMLINK_NOFOLLOW) has no request: ENOSYS, and glibc asks with a stat, which is decided."""
-    from libc_service.router import Decision
+    from libc_service.policy.router import Decision
 
     (tmp_path / "file").write_text("x")
     router = Router(default=FORWARD)

@@ -16,7 +16,7 @@ from unittest.mock import patch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libc_service.notify import _address_fields, _new_times, _Refuse
+from libc_service.seccomp.notify import _address_fields, _new_times, _Refuse
 
 DOMAINS = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
 FAMILIES = st.sampled_from([0, socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, 17, 0xFFFF])
@@ -63,7 +63,7 @@ def test_the_function_follows_the_sockets_domain_never_the_claimed_family(
     raw=st.binary(min_size=32, max_size=32),
 )
 def test_new_times_are_timespecs_or_refused(name: str, raw: bytes) -> None:
-    import libc_service.notify as notify
+    import libc_service.seccomp.notify as notify
 
     with patch.object(notify, "_read_memory", lambda tid, address, size: raw[:size]):
         try:

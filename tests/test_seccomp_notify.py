@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from libc_service import FORWARD, AddrInfo, Router, Sandbox, Stat, WithFds, deny, perform, spawn
-from libc_service.conditions import under
-from libc_service.notify import ListenerHandoff, SeccompUnavailable, current_transport, seccomp_unavailable
-from libc_service.router import Decision
+from libc_service.policy.conditions import under
+from libc_service.seccomp.notify import ListenerHandoff, SeccompUnavailable, current_transport, seccomp_unavailable
+from libc_service.policy.router import Decision
 
 from shimtools import C_DIR, PYTHON, needs_shim
 
@@ -152,7 +152,7 @@ async def test_getent_reads_the_fake_passwd_a_policy_file_hands_it(tmp_path: Pat
         textwrap.dedent("""
         import os
         from libc_service import FORWARD, Router, WithFds
-        from libc_service.conditions import under
+        from libc_service.policy.conditions import under
 
         router = Router(default=FORWARD)
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from libc_service.senders import ProcessTree, sender_pid
+from libc_service.kernel.senders import ProcessTree, sender_pid
 
 #: A child that names itself like a /proc/PID/stat line (its name is the slave's to choose), then waits.
 NAMED = textwrap.dedent("""

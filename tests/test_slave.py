@@ -24,8 +24,8 @@ from conftest import FdCount
 from helpers import close_all, in_thread, rights
 from libc_service import AddrInfo, Master, Reply, SessionClosed, Slave, Stat
 from libc_service import wire
-from libc_service.replies import GAI_ERRORS, Result
-from libc_service.requests import FUNCTIONS, REQUEST_TYPES, Request
+from libc_service.protocol.replies import GAI_ERRORS, Result
+from libc_service.protocol.requests import FUNCTIONS, REQUEST_TYPES, Request
 from strategies import raw_reply
 
 _IDENTITY = ("function", "pid", "tid", "request_id")

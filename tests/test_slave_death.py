@@ -38,7 +38,7 @@ import pytest
 import uvloop
 
 from libc_service import FORWARD, Master, Router, Slave, Stat, spawn, wire
-from libc_service.requests import StatRequest
+from libc_service.protocol.requests import StatRequest
 from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
 
@@ -463,7 +463,7 @@ done
 #: ``libc-service`` with uvloop hidden: the default asyncio loop, as after
 #: ``pip install .`` without ``[fast]``.
 _WITHOUT_UVLOOP = (
-    "import sys; sys.modules['uvloop'] = None; from libc_service.cli import main; raise SystemExit(main())"
+    "import sys; sys.modules['uvloop'] = None; from libc_service.tools.cli import main; raise SystemExit(main())"
 )
 
 

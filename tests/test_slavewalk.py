@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import libc_service.slavewalk  # noqa: F401 - the module itself, for its walk
+import libc_service.acting.slavewalk  # noqa: F401 - the module itself, for its walk
 
-walk_module = sys.modules["libc_service.slavewalk"]
+walk_module = sys.modules["libc_service.acting.slavewalk"]
 
 NAMES = ["d", "f", "l-d", "l-f", "l-abs", "l-up", "l-dangling", "l-loop", "l-slash", "l-chain", "missing", ".", ".."]
 FLAGS = [

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from libc_service import FORWARD, AddrInfo, Decision, Errno, Router, Stat, WithFds, spawn
-from libc_service.requests import (
+from libc_service.protocol.requests import (
     ConnectInetRequest,
     GetaddrinfoRequest,
     LstatRequest,
@@ -574,7 +574,7 @@ async def test_the_registration_listener_yields_each_channel_and_ends_when_the_t
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from libc_service import wire as wire_module
-    from libc_service.spawn import RegistrationListener
+    from libc_service.processes.spawn import RegistrationListener
 
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener = RegistrationListener(mine)
@@ -599,7 +599,7 @@ async def test_the_registration_listener_yields_each_channel_and_ends_when_the_t
 
 
 async def test_closing_the_registration_listener_ends_a_waiting_iteration() -> None:
-    from libc_service.spawn import RegistrationListener
+    from libc_service.processes.spawn import RegistrationListener
 
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener = RegistrationListener(mine)

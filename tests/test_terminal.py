@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from libc_service.sandbox import Sandbox
-from libc_service.terminal import SavedModes
+from libc_service.confinement.sandbox import Sandbox
+from libc_service.processes.terminal import SavedModes
 from shimtools import needs_shim
 
 POLICY = "from libc_service import FORWARD, Router, Sandbox\nrouter = Router(default=FORWARD)\n"

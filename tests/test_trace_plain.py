@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 import strategies
 from libc_service import FORWARD, Router, spawn, wire
-from libc_service.catalogue import FUNCTIONS
-from libc_service.requests import REQUEST_TYPES, Request
-from libc_service.router import Decision
-from libc_service.tracing import ARGUMENTS, Tracer
+from libc_service.protocol.catalogue import FUNCTIONS
+from libc_service.protocol.requests import REQUEST_TYPES, Request
+from libc_service.policy.router import Decision
+from libc_service.tools.tracing import ARGUMENTS, Tracer
 from shimtools import needs_shim
 
 #: Absolute directory names, or none.

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from libc_service import FORWARD, Router, Sandbox, spawn
-from libc_service.requests import MkdirRequest
-from libc_service.sandbox import landlock_abi, network_namespaces_available
+from libc_service.protocol.requests import MkdirRequest
+from libc_service.confinement.sandbox import landlock_abi, network_namespaces_available
 
 from shimtools import needs_shim
 

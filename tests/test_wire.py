@@ -15,10 +15,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from libc_service import AddrInfo, Stat
-from libc_service.wire import LocalProtocolError, ProtocolError, RemoteProtocolError
+from libc_service.protocol.wire import LocalProtocolError, ProtocolError, RemoteProtocolError
 from libc_service import wire
-from libc_service.replies import GAI_ERRORS
-from libc_service.requests import (
+from libc_service.protocol.replies import GAI_ERRORS
+from libc_service.protocol.requests import (
     FUNCTIONS,
     MAX_GROUPS,
     OPENAT_FLAGS,
@@ -34,7 +34,7 @@ from libc_service.requests import (
     RenameRequest,
     StatRequest,
 )
-from libc_service.wire import ReplyMessage, decode_reply, decode_request, encode_reply, encode_request
+from libc_service.protocol.wire import ReplyMessage, decode_reply, decode_request, encode_reply, encode_request
 
 import strategies as s
 from strategies import raw_reply, raw_request
@@ -867,7 +867,7 @@ def test_rename_no_replace_travels_as_its_flag_bit() -> None:
 
 def test_the_catalogues_families_name_arbitrated_functions_only() -> None:
     from libc_service import catalogue
-    from libc_service.requests import FUNCTIONS
+    from libc_service.protocol.requests import FUNCTIONS
 
     families = [value for name, value in vars(catalogue).items() if name.endswith("_FUNCTIONS")]
     assert families and all(family <= set(FUNCTIONS) for family in families)

@@ -27,7 +27,7 @@ from typing import Any
 from conformance.casebook import CASES, identity_ids
 
 from libc_service import FORWARD, Router, perform
-from libc_service.catalogue import FUNCTIONS
+from libc_service.protocol.catalogue import FUNCTIONS
 
 HERE = Path(__file__).resolve().parent
 SLAVE_MAIN = HERE / "slave_main.py"

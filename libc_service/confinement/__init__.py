@@ -1,0 +1,1 @@
+"""Confinement: Landlock, namespaces, seccomp filters, the files the dynamic loader needs."""

@@ -1,0 +1,936 @@
+"""The master end of one slave channel, on asyncio.
+
+Two levels of API over one socket:
+
+- one call at a time: ``await receive()``, then exactly one of
+  ``send``/``send_with_fds``/``use_slave_credentials``;
+- :meth:`Master.receive_call`, which hands out a :class:`Call` per request
+  so several calls (from different slave threads) can be answered out of
+  order;
+- :meth:`Master.serve`, which owns the dispatch loop (sequential, or
+  concurrent in a task group) and hands each call to a :class:`Dispatcher`
+  (the :class:`~libc_service.Router` is one) through the public
+  :class:`Call` methods only.
+
+The protocol rules (one reply per call, the in-flight cap, descriptor
+counts) live in :class:`~libc_service.protocol.calls.MasterChannel`; this module
+does the I/O.
+
+Descriptor ownership is strict: every descriptor received with a request
+belongs to its :class:`Call` and is closed exactly once, when the reply goes
+out or when the session ends; every descriptor passed to a send is owned by
+that send and closed after it, whether or not it went out.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import errno as errno_module
+import fcntl
+import functools
+import logging
+import os
+import socket
+import termios
+import time
+from collections.abc import Awaitable, Iterable, Sequence
+from types import TracebackType
+from typing import ClassVar, TYPE_CHECKING, Any, Final, NoReturn, Protocol
+
+from libc_service.protocol import wire
+from libc_service.protocol.calls import MasterChannel
+
+from libc_service.kernel.lazyimport import on_first_use
+
+if TYPE_CHECKING:
+    import asyncio
+    from libc_service.protocol.replies import Result
+    from libc_service.protocol.requests import Request
+else:
+    asyncio = on_first_use("asyncio", globals())
+
+__all__ = ["Call", "Dispatcher", "IdleCpu", "Master", "SessionClosed", "close_fds", "discard", "received_fds"]
+
+logger = logging.getLogger(__name__)
+
+_CMSG_SPACE: Final = socket.CMSG_SPACE((wire.MAX_REQUEST_FDS + 1) * array.array("i").itemsize)
+# Plain ints: socket.MSG_* are IntFlag members, and IntFlag arithmetic costs
+# more per call than the rest of the flag handling (docs/performance.md).
+_RECV_FLAGS: Final = int(socket.MSG_CMSG_CLOEXEC)
+_SEND_FLAGS: Final = int(socket.MSG_NOSIGNAL)
+_INT_SIZE: Final = array.array("i").itemsize
+#: Datagrams the reader callback takes in ahead of ``receive_call``; past
+#: that it stops watching the socket until they are consumed (backpressure:
+#: the slave's sends then block in the kernel).
+_INBOX_MAX: Final = 8
+
+#: Datagrams one reader callback answers itself at most (then the loop
+#: serves other sessions and comes back: readiness is level-triggered).
+_DRAIN_MAX: Final = 16
+
+#: What the reader callback got: a datagram (data, ancillary data, flags)
+#: or the receive error.
+_Received = tuple[bytes, list[tuple[int, int, bytes]], int] | OSError
+
+
+class SessionClosed(EOFError):
+    """The session is over: the slave hung up, or broke the protocol.
+
+    ``errno`` is ``None`` for a clean end of file and ``EBADMSG`` when the
+    master closed the session because of a malformed message.
+    """
+
+    def __init__(self, reason: str, errno: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errno = errno
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    """Close descriptors, ignoring ones already gone."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _errno_value(errno: int | OSError) -> int:
+    if isinstance(errno, OSError):
+        if not errno.errno:
+            raise ValueError(f"{errno!r} carries no errno")
+        return errno.errno
+    if isinstance(errno, bool) or not isinstance(errno, int):
+        raise TypeError(f"errno is an int or an OSError, not {type(errno).__name__}")
+    return errno
+
+
+def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """Descriptors in ``SCM_RIGHTS`` control messages (partial ints dropped)."""
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % _INT_SIZE
+            fds.extend(array.array("i", data[:usable]))
+    return fds
+
+
+class Dispatcher(Protocol):
+    """What :meth:`Master.serve` hands each call to (the :class:`~libc_service.Router` is one).
+
+    :meth:`decide_now` is called once per call, synchronously: from the
+    session's task, or, in sequential mode, from the master's reader
+    callback while the task waits, so that a call a plain function can
+    decide costs no task switch. It either answers the call before
+    returning (with :meth:`Call.try_send`/:meth:`Call.try_forward`, or
+    drops it with :meth:`Call.abandon`) and returns ``None``, or returns an
+    awaitable that answers it: in sequential mode the session's task awaits
+    it before the next call, in concurrent mode it runs in a task of the
+    session's task group. An awaitable never awaited (the session ended
+    first) is discarded: its ``close()`` is called if it has one, so it
+    should close whatever unfinished work it holds.
+
+    Raising :class:`SessionClosed` means the call was dropped because the
+    session ended; anything else raised is the dispatcher's bug, logged,
+    and ends the session (a bug must not leave the slave waiting).
+    """
+
+    def decide_now(self, call: Call) -> Awaitable[None] | None:
+        """Answer ``call`` now, or return what answers it."""
+        ...
+
+
+class Call:
+    """One request awaiting its reply, with the descriptors that came with it.
+
+    Reply exactly once: with :meth:`send`, :meth:`send_with_fds` or
+    :meth:`use_slave_credentials` from a coroutine, or with
+    :meth:`try_send`/:meth:`try_forward` (then :meth:`flush` if they return
+    ``False``) from synchronous code. Descriptor ownership: the descriptors
+    received with the request belong to the call and are closed exactly
+    once, when its reply goes out or when it is abandoned (the session
+    ended); descriptors passed to a reply belong to that reply from the
+    moment of the call and are closed after it, whether or not it went out.
+    """
+
+    __slots__ = ("request", "_master", "_fds", "_unsent")
+
+    def __init__(self, master: Master, request: Request, fds: list[int]) -> None:
+        self.request: Final = request
+        self._master = master
+        self._fds = fds
+        #: A reply encoded but not yet taken by the socket, and its descriptors.
+        self._unsent: tuple[bytes, list[int]] | None = None
+
+    @property
+    def function(self) -> str:
+        """The function's name, e.g. ``"openat"``."""
+        return self.request.function
+
+    @property
+    def session(self) -> str:
+        """The name of the session the call came on (its master's :attr:`~Master.name`)."""
+        return self._master.name
+
+    @property
+    def done(self) -> bool:
+        """Whether the call was answered (its reply may still be waiting for room) or abandoned."""
+        return self._master._channel.answered(self)
+
+    def descriptors(self) -> tuple[int, ...]:
+        """The descriptors that came with the request, in role order (the call's until it is answered)."""
+        return tuple(self._fds)
+
+    async def send(self, result: Result, errno: int | OSError = 0) -> None:
+        """Reply with ``result`` (and ``errno`` on failure)."""
+        await self.send_with_fds(result, (), errno)
+
+    async def send_with_fds(self, result: Result, fds: Sequence[int], errno: int | OSError = 0) -> None:
+        """Reply with ``result`` and descriptors; ``fds`` are closed afterwards, always."""
+        if not self.try_send(result, fds, errno):
+            await self.flush()
+
+    async def use_slave_credentials(self) -> None:
+        """Tell the slave to perform the call itself, with its own authority."""
+        if not self.try_forward():
+            await self.flush()
+
+    def try_send(self, result: Result, fds: Sequence[int] = (), errno: int | OSError = 0) -> bool:
+        """Encode the reply and send it if the socket takes it now, without awaiting.
+
+        ``fds`` are the reply's from this moment: closed once sent, or at
+        once if the reply cannot be encoded. Raises as :meth:`send_with_fds`
+        (``SessionClosed``, ``RuntimeError`` for a second reply, the codec's
+        ``LocalProtocolError``/``TypeError`` for a result the protocol cannot
+        carry; the call then stays owed). ``False``: the socket would block;
+        the reply waits on the call, and :meth:`flush` sends it.
+        """
+        fds = list(fds) if fds else []
+        master = self._master
+        try:
+            if master._sock is None:
+                self._late()
+            data = master._channel.reply(
+                self, self.request, result, errno if type(errno) is int else _errno_value(errno), len(fds)
+            )
+        except BaseException:
+            close_fds(fds)
+            raise
+        return self._finish(data, fds)
+
+    def try_forward(self) -> bool:
+        """:meth:`use_slave_credentials` if the socket takes it now (see :meth:`try_send`)."""
+        master = self._master
+        if master._sock is None:
+            self._late()
+        return self._finish(master._channel.forward(self, self.request), [])
+
+    def _late(self) -> NoReturn:
+        # A call the session's end abandoned is "done" too: its late reply
+        # (an async handler finishing after the slave died) is the ordinary
+        # SessionClosed, not a policy bug.
+        self._master._channel.late_replies += 1
+        self.abandon()
+        raise SessionClosed("the session is closed")
+
+    def _finish(self, data: bytes, fds: list[int]) -> bool:
+        try:
+            sent = self._master._send_now(data, fds)
+        except BaseException:
+            close_fds(fds)
+            self.abandon()
+            raise
+        if not sent:
+            self._unsent = (data, fds)
+            return False
+        if fds:
+            close_fds(fds)
+        # abandon()'s work for a reply that went out, without its checks for an unsent one.
+        received, self._fds = self._fds, []
+        if received:
+            close_fds(received)
+        master = self._master
+        master._channel.sent(self)
+        room = master._room
+        if room is not None and not room.done():
+            room.set_result(None)
+        return True
+
+    async def flush(self) -> None:
+        """Send the reply the socket did not take at once (a no-op without one).
+
+        The reply's descriptors and the call's own are closed afterwards,
+        whether it went out or the session ended (``SessionClosed``).
+        """
+        unsent, self._unsent = self._unsent, None
+        if unsent is None:
+            return
+        data, fds = unsent
+        try:
+            await self._master._send(data, fds)
+        finally:
+            close_fds(fds)
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Leave the flight: close the received descriptors (and an unsent reply's) without replying.
+
+        What the session's end does to every call still in flight; after a
+        reply went out it only releases the call. Idempotent.
+        """
+        fds, self._fds = self._fds, []
+        if fds:
+            close_fds(fds)
+        unsent, self._unsent = self._unsent, None
+        if unsent is not None:
+            close_fds(unsent[1])
+        master = self._master
+        master._channel.drop(self)
+        room = master._room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+
+def discard(pending: object) -> None:
+    """Close an awaitable a dispatcher returned that will not be awaited.
+
+    Runs while a session closes: a failure here must not stop the other
+    calls' descriptors from being closed.
+    """
+    close = getattr(pending, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - the policy's awaitable, closed unfinished
+            logger.exception("closing the unfinished %r failed", pending)
+
+
+def _discard_if_cancelled(call: Call, pending: Awaitable[None], task: asyncio.Task[None]) -> None:
+    # A task cancelled before its first step never ran its coroutine, so
+    # the dispatcher's awaitable was never started: close it, drop the call.
+    if task.cancelled():
+        discard(pending)
+        call.abandon()
+
+
+class _Ended(Exception):
+    """Raised in a concurrent session's task group to cancel the calls still being decided."""
+
+
+class IdleCpu:
+    """Whether a CPU is free for busy-polling, sampled at most every :attr:`PERIOD` seconds.
+
+    Free means: since the previous sample, the machine's idle time plus
+    this process's own CPU time (its polling must not count against it)
+    add up to at least :attr:`SHARE` of one CPU. Read from ``/proc/stat``
+    (no ``/proc``: never free). The first call only takes a sample.
+    """
+
+    PERIOD: ClassVar[float] = 0.05
+    SHARE: ClassVar[float] = 0.9
+
+    def __init__(self, stat_path: str = "/proc/stat") -> None:
+        self.stat_path = stat_path
+        self._sampled_at = -1.0
+        self._free = False
+        self._last: tuple[float, float, float] | None = None
+        self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def free(self) -> bool:
+        """Whether a CPU was free over the last period (cached between samples)."""
+        now = time.monotonic()
+        if now - self._sampled_at < self.PERIOD:
+            return self._free
+        self._sampled_at = now
+        try:
+            with open(self.stat_path, "rb") as stat:
+                fields = stat.readline().split()
+            idle = (int(fields[4]) + int(fields[5])) / self._ticks  # idle + iowait
+        except (OSError, IndexError, ValueError):
+            self._free, self._last = False, None
+            return False
+        times = os.times()
+        own = times.user + times.system
+        last, self._last = self._last, (now, idle, own)
+        if last is None:
+            self._free = False
+        else:
+            elapsed = now - last[0]
+            self._free = elapsed > 0 and (idle - last[1] + own - last[2]) / elapsed >= self.SHARE
+        return self._free
+
+
+#: The one sampler every master's adaptive busy-poll asks.
+IDLE_CPU: Final = IdleCpu()
+
+
+class Master:
+    """The master end of one channel to one slave process.
+
+    Create one with :meth:`pair` (for a Python :class:`~libc_service.Slave`)
+    or from a socket received at registration. Use ``async with`` (or
+    :meth:`close`) so the socket and any unanswered call's descriptors are
+    closed when the session ends.
+    """
+
+    #: Busy-poll, in nanoseconds (0: off, the default). After the reader
+    #: callback has answered what was waiting, it keeps checking the socket
+    #: for this long (yielding the CPU between checks) before returning to
+    #: the loop, and starts over whenever a call comes in. When slave and
+    #: master run on different CPUs, the slave's next call then finds the
+    #: master awake instead of costing a wake-up from idle (figures in
+    #: docs/performance.md, "busy-polling"). The price is CPU time spent polling, and other sessions on the same
+    #: loop wait up to this long: for a master with cores to spare and few,
+    #: chatty slaves. Set it on the class or on one master.
+    busy_poll_ns: int = 0
+    #: Busy-poll only when it costs nobody (0: never, the default): like
+    #: :attr:`busy_poll_ns`, but only while this is the process's one open
+    #: master (no other session waits on the loop) and a CPU is otherwise
+    #: idle (:class:`IdleCpu`). The command line sets it: a lone program's
+    #: round trips lose the cross-CPU wake-up while a CPU is free, and
+    #: nothing changes when the machine is busy.
+    adaptive_busy_poll_ns: int = 0
+    #: Masters open in this process (the adaptive busy-poll polls only for a lone one).
+    open_count: ClassVar[int] = 0
+
+    def __init__(self, sock: socket.socket, *, name: str | None = None, pid: int | None = None) -> None:
+        """``pid``: the process the channel belongs to, when the kernel named it (``spawn`` does, from
+        the registration's credentials): a request that claims another process is then malformed."""
+        if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
+            raise ValueError("a Master needs an AF_UNIX SOCK_SEQPACKET socket")
+        sock.setblocking(False)
+        Master.open_count += 1
+        self._sock: socket.socket | None = sock
+        self.name = name or f"fd {sock.fileno()}"
+        self._reading = False
+        self._current: Call | None = None
+        #: The protocol state: calls in flight, one reply each, the in-flight cap.
+        self._channel: MasterChannel[Call] = MasterChannel()
+        #: Set while a concurrent session waits for a call to leave the flight.
+        self._room: asyncio.Future[None] | None = None
+        self._writers: list[asyncio.Future[None]] = []
+        #: The loop the writer callback is registered with, while it is.
+        self._writer_loop: asyncio.AbstractEventLoop | None = None
+        self._reader: asyncio.Future[None] | None = None
+        # The socket stays registered with the loop for the session (not
+        # add_reader/remove_reader per receive: two epoll_ctl calls each);
+        # the callback takes datagrams into the bounded inbox.
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: collections.deque[_Received] = collections.deque()
+        #: The dispatcher of a sequential :meth:`serve`: the reader callback
+        #: hands it each well-formed call without waking the session's task.
+        self._dispatcher: Dispatcher | None = None
+        #: A call the reader callback decoded and the awaitable its
+        #: dispatcher returned, for the session's task to finish.
+        self._handover: tuple[Call, Awaitable[None] | None] | None = None
+        self._queued_bytes = bytearray(4)
+        self.pid: int | None = pid
+        self._owner = pid
+
+    @classmethod
+    def pair(cls) -> tuple[Master, socket.socket]:
+        """A master end and the slave's socket (blocking, close-on-exec)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        return cls(mine), theirs
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session is over."""
+        return self._sock is None
+
+    @property
+    def channel(self) -> MasterChannel[Call]:
+        """The channel's protocol state: calls in flight and, once closed, how the session ended."""
+        return self._channel
+
+    def fileno(self) -> int:
+        """The channel socket's descriptor (-1 once closed)."""
+        return -1 if self._sock is None else self._sock.fileno()
+
+    def close(self) -> None:
+        """End the session: close the socket and every unanswered call's descriptors.
+
+        Idempotent, and safe from anywhere on the loop: from a handler or an
+        observer (in the session's task or in the reader callback), from the
+        reader callback itself when a reply fails because the slave died, or
+        from whoever owns the session (spawn's ``aclose``). ``_sock`` is
+        cleared first, so code that runs during the close (a discarded
+        handler's ``finally``) sees the session closed; the reader and writer
+        callbacks are unregistered before the descriptor is closed, so no
+        callback runs on it afterwards, nor on a socket that reuses its number.
+        The socket is closed before any policy code can run (discarding a
+        call's unfinished work), so nothing that code does can keep it open.
+        """
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        Master.open_count -= 1
+        self._disarm_reader(sock)
+        self._disarm_writer(sock)
+        sock.close()
+        while self._inbox:
+            item = self._inbox.popleft()
+            if not isinstance(item, OSError):
+                close_fds(received_fds(item[1]))
+        for waiter in [*self._writers, self._reader]:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        self._writers.clear()
+        self._reader = None
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+        # The channel counts what was still in flight first (the handed-over
+        # call included), then every call is dropped and its descriptors closed.
+        in_flight = self._channel.close()
+        handover, self._handover = self._handover, None
+        if handover is not None:
+            handover[0].abandon()
+            if handover[1] is not None:
+                discard(handover[1])
+        for call in in_flight:
+            call.abandon()
+        self._current = None
+
+    async def __aenter__(self) -> Master:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------ many-call level
+
+    async def serve(
+        self, dispatcher: Dispatcher, *, concurrent: bool = False, max_in_flight: int | None = None
+    ) -> None:
+        """Hand every call to ``dispatcher`` until the session ends; the master is closed after.
+
+        Sequential (the default): one call decided at a time, in order;
+        the reader callback hands calls to ``dispatcher.decide_now`` itself
+        while the session's task waits. Concurrent: calls from different
+        slave threads are decided at once, each awaitable in a task of the
+        session's task group, at most ``max_in_flight`` calls in flight (the
+        master stops reading past that, so a slave that never reads its
+        replies cannot pile up tasks and descriptors). Tasks still running
+        when the slave hangs up are cancelled. Returns at the end of the
+        session; raises only what ``dispatcher`` raises from the task.
+        """
+        if max_in_flight is not None:
+            if max_in_flight < 1:
+                raise ValueError(f"max_in_flight is at least 1, not {max_in_flight}")
+            self._channel.max_in_flight = max_in_flight
+        try:
+            if concurrent:
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        await self._serve_concurrently(dispatcher, group)
+                        raise _Ended  # cancels the calls still being decided: their slave is gone
+                except* _Ended:
+                    pass
+            else:
+                await self._serve_sequentially(dispatcher)
+        finally:
+            self.close()
+
+    async def _serve_sequentially(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        aside: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    call, pending = await self._receive()
+                except SessionClosed:
+                    return
+                try:
+                    if pending is None:
+                        pending = dispatcher.decide_now(call)
+                    if pending is not None:
+                        if self._sock is None:
+                            discard(pending)  # the decision ended the session: nobody is owed
+                            call.abandon()
+                        elif getattr(pending, "detached", False):
+                            # Decided; only waiting for another party (a FIFO's
+                            # other end), which may be this slave's next call.
+                            task = asyncio.get_running_loop().create_task(self._finish(call, pending))
+                            aside.add(task)
+                            task.add_done_callback(aside.discard)
+                            task.add_done_callback(functools.partial(_discard_if_cancelled, call, pending))
+                        else:
+                            await pending
+                except SessionClosed:
+                    call.abandon()
+        finally:
+            if self._dispatcher is dispatcher:
+                self._dispatcher = None
+            for task in list(aside):
+                task.cancel()  # their slave is gone: release what they wait for
+
+    async def _serve_concurrently(self, dispatcher: Dispatcher, group: asyncio.TaskGroup) -> None:
+        channel = self._channel
+        while True:
+            if channel.full:
+                # Backpressure: a call's descriptors stay open until it is answered.
+                await self._wait_for_room()
+                continue
+            try:
+                call = await self.receive_call()
+            except SessionClosed:
+                return
+            try:
+                pending = dispatcher.decide_now(call)
+            except SessionClosed:
+                call.abandon()
+                continue
+            if pending is not None:
+                task = group.create_task(self._finish(call, pending))
+                task.add_done_callback(functools.partial(_discard_if_cancelled, call, pending))
+
+    async def _finish(self, call: Call, pending: Awaitable[None]) -> None:
+        """Await a decision in the session's task group; its failure ends only the session."""
+        try:
+            await pending
+        except SessionClosed:
+            call.abandon()
+        except Exception:  # noqa: BLE001 - a dispatcher bug must not end the task group's other calls
+            logger.exception("closing session %s (pid %s): the dispatcher failed", self.name, self.pid)
+            self.close()
+
+    async def _wait_for_room(self) -> None:
+        if self._sock is None:
+            return
+        room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room = room
+        try:
+            await room
+        finally:
+            if self._room is room:
+                self._room = None
+
+    async def receive_call(self) -> Call:
+        """Wait for the next request and return it as a :class:`Call`.
+
+        Raises :class:`SessionClosed` at the end of the session (and after
+        closing it for a malformed message, with ``errno=EBADMSG``), and
+        ``OSError(EBUSY)`` if another task is already receiving.
+        """
+        call, pending = await self._receive()
+        if pending is not None:
+            discard(pending)  # no dispatcher outside serve(): cannot happen, but never leak it
+        return call
+
+    async def _receive(self) -> tuple[Call, Awaitable[None] | None]:
+        if self._reading:
+            raise OSError(errno_module.EBUSY, "another receive is already waiting on this master")
+        self._reading = True
+        try:
+            received = await self._recv()
+        finally:
+            self._reading = False
+        if len(received) == 2:  # a call the reader callback decoded, handed over
+            return received
+        data, fds, flags = received
+        try:
+            request = MasterChannel.receive(data, fds, flags)
+        except wire.RemoteProtocolError as exc:
+            close_fds(fds)
+            self._protocol_failure(str(exc))
+        if self._owner is not None and request.pid != self._owner:
+            close_fds(fds)
+            self._protocol_failure(f"a request claims pid {request.pid} on pid {self._owner}'s channel")
+        return self._new_call(request, fds), None
+
+    def _new_call(self, request: Request, fds: list[int]) -> Call:
+        if self.pid is None:
+            self.pid = request.pid
+        call = Call(self, request, fds)
+        self._channel.open(call)
+        return call
+
+    async def _recv(self) -> tuple[bytes, list[int], int] | tuple[Call, Awaitable[None] | None]:
+        while True:
+            sock = self._sock
+            if sock is None:
+                raise SessionClosed("the session is closed")
+            if self._handover is not None:
+                handover, self._handover = self._handover, None
+                return handover
+            if self._inbox:
+                item = self._inbox.popleft()
+            else:
+                # Try first: when slave and master share a CPU the next
+                # request is usually in before the reply's sendmsg returns.
+                try:
+                    if not self._queued(sock):
+                        raise BlockingIOError
+                    data, ancdata, flags, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
+                    item = (data, ancdata, flags)
+                except (BlockingIOError, InterruptedError):
+                    await self._wait_readable(sock)
+                    continue
+                except OSError as exc:
+                    item = exc
+            if isinstance(item, OSError):
+                self.close()
+                raise SessionClosed(f"receive failed: {item}") from item
+            data, ancdata, flags = item
+            fds = received_fds(ancdata)
+            if not data and not fds:
+                self.close()
+                raise SessionClosed("the slave closed the channel")
+            return data, fds, flags
+
+    def _protocol_failure(self, reason: str) -> NoReturn:
+        logger.warning("closing session %s (pid %s): malformed message: %s", self.name, self.pid, reason)
+        self.close()
+        raise SessionClosed(f"malformed message: {reason}", errno_module.EBADMSG)
+
+    async def _wait_readable(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if self._reader_loop is not loop:
+            self._disarm_reader(sock)
+            loop.add_reader(sock.fileno(), self._on_readable)
+            self._reader_loop = loop
+        self._reader = waiter
+        try:
+            await waiter
+        finally:
+            self._reader = None
+
+    def _on_readable(self) -> None:
+        """The loop's reader callback.
+
+        With a sequential :meth:`serve` and its task waiting to receive, it
+        hands up to ``_DRAIN_MAX`` calls to the dispatcher itself, with no
+        future and no task switch, and wakes the task only for a call whose
+        decision must be awaited, or for anything out of the ordinary (end
+        of file, an error, a malformed message), which the task's receive
+        then handles as usual. Otherwise it takes one datagram into the
+        inbox and wakes the task.
+        """
+        sock = self._sock
+        reader = self._reader
+        if sock is None:
+            return
+        if reader is None or len(self._inbox) >= _INBOX_MAX:
+            # Nobody is receiving (a handler is running), or enough is taken
+            # in: stop watching, or level-triggered readiness would spin the
+            # loop. The next receive tries the socket first, then re-arms.
+            self._disarm_reader(sock)
+            return
+        # Anything that can run policy code or send (the dispatcher) can also
+        # end the session: a reply fails because the slave died meanwhile, or
+        # a handler closes the master. After it the socket is not touched
+        # again unless it is still the session's (``self._sock is sock``).
+        for taken in range(_DRAIN_MAX):
+            if taken and not self._queued(sock) and not self._poll_briefly(sock):
+                return  # all answered
+            try:
+                data, ancdata, flags, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                return  # all answered (or readiness reported before the last receive took it)
+            except OSError as exc:
+                self._inbox.append(exc)
+                self._disarm_reader(sock)
+                break
+            dispatcher = self._dispatcher
+            call = None
+            if dispatcher is not None and not reader.done() and not self._inbox:
+                call = self._decode_now(data, ancdata, flags)
+            if call is None:
+                self._inbox.append((data, ancdata, flags))
+                if not data and not ancdata:
+                    self._disarm_reader(sock)  # end of file stays readable
+                break
+            assert dispatcher is not None
+            try:
+                pending = dispatcher.decide_now(call)
+            except SessionClosed:
+                call.abandon()
+                if self._sock is not sock:
+                    return  # closed while answering; close() woke the task
+                continue
+            except Exception:  # noqa: BLE001 - a dispatcher bug must not stall the session
+                logger.exception("closing session %s (pid %s): the dispatcher failed", self.name, self.pid)
+                self.close()
+                return
+            if self._sock is not sock:
+                # The session ended while deciding (close() woke the task):
+                # work the dispatcher handed back is for nobody.
+                call.abandon()
+                if pending is not None:
+                    discard(pending)
+                return
+            if pending is None:
+                continue
+            self._handover = (call, pending)
+            break
+        else:
+            return  # the budget is spent: the loop comes back while datagrams wait
+        if not reader.done():
+            reader.set_result(None)
+
+    def _poll_briefly(self, sock: socket.socket) -> bool:
+        """Busy-poll for a next datagram for up to :attr:`busy_poll_ns`."""
+        budget = self.busy_poll_ns
+        if budget <= 0:
+            budget = self.adaptive_busy_poll_ns
+            if budget <= 0 or Master.open_count != 1 or not IDLE_CPU.free():
+                return False
+        deadline = time.perf_counter_ns() + budget
+        while time.perf_counter_ns() < deadline:
+            os.sched_yield()  # a slave sharing this CPU runs meanwhile
+            if self._sock is not sock:
+                return False
+            if self._queued(sock):
+                return True
+        return False
+
+    def _queued(self, sock: socket.socket) -> bool:
+        """Whether a datagram with bytes waits: an ioctl costs a fraction of
+        a failed ``recvmsg`` (the raised ``BlockingIOError``; figures in
+        docs/performance.md). End of file and descriptor-only datagrams read as nothing waiting: the
+        loop's readiness callback takes those."""
+        try:
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, self._queued_bytes)
+        except OSError:
+            return True  # let recvmsg report it
+        return self._queued_bytes != b"\0\0\0\0"
+
+    def _decode_now(self, data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int) -> Call | None:
+        """A well-formed request as a call; ``None`` for anything else (left to the task)."""
+        if not data:
+            return None
+        fds = received_fds(ancdata)
+        try:
+            request = MasterChannel.receive(data, fds, flags)
+        except wire.RemoteProtocolError:
+            return None
+        if self._owner is not None and request.pid != self._owner:
+            return None  # the task refuses it
+        return self._new_call(request, fds)
+
+    def _disarm_reader(self, sock: socket.socket) -> None:
+        loop, self._reader_loop = self._reader_loop, None
+        if loop is not None and not loop.is_closed() and sock.fileno() >= 0:
+            loop.remove_reader(sock.fileno())
+
+    def _disarm_writer(self, sock: socket.socket) -> None:
+        loop, self._writer_loop = self._writer_loop, None
+        if loop is not None and not loop.is_closed() and sock.fileno() >= 0:
+            loop.remove_writer(sock.fileno())
+
+    def _send_now(self, data: bytes, fds: Sequence[int]) -> bool:
+        """Send if the socket takes it now (the usual case): no coroutine, no loop."""
+        sock = self._sock
+        if sock is None:
+            raise SessionClosed("the session is closed")
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        try:
+            sock.sendmsg([data], ancillary, _SEND_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self.close()
+            raise SessionClosed(f"send failed: {exc}") from exc
+        return True
+
+    async def _send(self, data: bytes, fds: Sequence[int]) -> None:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        while True:
+            sock = self._sock
+            if sock is None:
+                raise SessionClosed("the session is closed")
+            try:
+                sock.sendmsg([data], ancillary, _SEND_FLAGS)
+                return
+            except (BlockingIOError, InterruptedError):
+                await self._wait_writable(sock)
+            except OSError as exc:
+                self.close()
+                raise SessionClosed(f"send failed: {exc}") from exc
+
+    async def _wait_writable(self, sock: socket.socket) -> None:
+        # Several calls may wait to send at once: one writer callback wakes all.
+        # Registration is tracked by the loop it is on, not by the waiters:
+        # a cancelled sender leaves the list without unregistering.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if self._writer_loop is not loop:
+            self._disarm_writer(sock)
+            loop.add_writer(sock.fileno(), self._wake_writers)
+            self._writer_loop = loop
+        self._writers.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._writers:
+                self._writers.remove(waiter)
+
+    def _wake_writers(self) -> None:
+        waiters, self._writers = self._writers, []
+        sock = self._sock
+        if sock is not None:
+            self._disarm_writer(sock)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------- one call at a time
+
+    async def receive(self) -> Request:
+        """Wait for the next request (one call in flight at a time).
+
+        Raises ``RuntimeError`` while a reply to the previous request is
+        still owed, ``OSError(EBUSY)`` for a second concurrent receive, and
+        :class:`SessionClosed` at the end of the session.
+        """
+        if self._current is not None and not self._current.done:
+            raise RuntimeError(f"a reply to {self._current.function} is owed before the next receive")
+        self._current = None
+        call = await self.receive_call()
+        self._current = call
+        return call.request
+
+    @property
+    def function_(self) -> str | None:
+        """The current request's function name (``None`` before the first receive)."""
+        return None if self._current is None else self._current.function
+
+    def arguments(self) -> tuple[Any, ...]:
+        """The current request's arguments in positional order (:meth:`Request.arguments`)."""
+        return self._owed().request.arguments()
+
+    def descriptors(self) -> tuple[int, ...]:
+        """The descriptors that came with the current request."""
+        return self._owed().descriptors()
+
+    async def send(self, result: Result, errno: int | OSError = 0) -> None:
+        """Answer the current request with ``result`` (and ``errno``)."""
+        await self._owed().send(result, errno)
+
+    async def send_with_fds(self, result: Result, fds: Sequence[int], errno: int | OSError = 0) -> None:
+        """Answer with descriptors; the master owns and closes ``fds`` afterwards."""
+        try:
+            call = self._owed()
+        except BaseException:
+            close_fds(fds)
+            raise
+        await call.send_with_fds(result, fds, errno)
+
+    async def use_slave_credentials(self) -> None:
+        """Tell the slave to do the current call itself."""
+        await self._owed().use_slave_credentials()
+
+    def _owed(self) -> Call:
+        if self._sock is None:
+            raise SessionClosed("the session is closed")
+        call = self._current
+        if call is None or call.done:
+            raise RuntimeError("no request awaits a reply; call receive() first")
+        return call

@@ -1,0 +1,1 @@
+"""The kernel's interfaces: the one libc handle and syscall numbers, descriptors, readiness, senders' credentials, bounded calls off the loop."""

@@ -1,0 +1,1 @@
+"""The seccomp user-notification transport: the same router, below libc."""

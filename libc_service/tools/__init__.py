@@ -1,0 +1,1 @@
+"""The command-line tools: run, trace, learn, docs; observers and renderers."""
