@@ -40,7 +40,9 @@ import _common  # noqa: E402
 
 sys.path.insert(0, os.environ.get("BENCH_TREE", str(_common.ROOT)))
 
-from libc_service import Master, Router, wire  # noqa: E402
+from libc_service import Master, Router  # noqa: E402
+
+from libc_service.protocol import wire  # noqa: E402
 from libc_service.protocol.requests import OpenRequest, StatRequest  # noqa: E402
 
 import pymaster  # noqa: E402

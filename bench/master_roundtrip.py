@@ -41,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, table  # noqa: E402
 
-from libc_service import Master, Slave, Stat, wire  # noqa: E402
+from libc_service import Master, Slave, Stat  # noqa: E402
+
+from libc_service.protocol import wire  # noqa: E402
 from libc_service.protocol.requests import StatRequest  # noqa: E402
 
 PATH = "/usr/share/zoneinfo/Europe/Paris"

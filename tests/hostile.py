@@ -39,7 +39,7 @@ from typing import Any
 
 from libc_service import AddrInfo, Errno, Router, Stat, WithFds, deny
 from libc_service.policy.conditions import named, to, under
-from libc_service import wire
+from libc_service.protocol import wire
 from libc_service.protocol.replies import Result
 from libc_service.protocol.requests import (
     OPEN_FLAGS,

@@ -27,7 +27,7 @@ from libc_service.protocol.requests import (
     UNIX_PATH_MAX,
     Request,
 )
-from libc_service import wire
+from libc_service.protocol import wire
 from libc_service.protocol.wire import FILE_TYPES, MAX_ADDRINFO
 
 U32 = st.integers(1, 2**32 - 1)

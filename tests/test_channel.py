@@ -15,7 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libc_service import Stat, wire
+from libc_service import Stat
+
+from libc_service.protocol import wire
 from libc_service.protocol.calls import TRUNCATED, MasterChannel, SlaveChannel
 from libc_service.protocol.requests import OpenRequest, StatRequest
 from libc_service.protocol.wire import LocalProtocolError, ProtocolError, RemoteProtocolError

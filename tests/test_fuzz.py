@@ -49,7 +49,7 @@ from hypothesis import strategies as st
 import hostile
 from hostile import FD_KINDS, SELF, Message, Session, Tally
 from libc_service import FORWARD, PASS, AddrInfo, Master, Router, Slave, Stat, WithFds, deny, spawn
-from libc_service import wire
+from libc_service.protocol import wire
 from libc_service.protocol.requests import FUNCTIONS, REQUEST_TYPES, Request
 from shimtools import PYTHON, needs_shim
 from strategies import requests

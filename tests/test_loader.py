@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libc_service import loader
+from libc_service.confinement import loader
 from libc_service.confinement.loader import LoaderFile, parse_ld_so_cache, program_files, system_library_dirs
 
 _CC = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from conftest import FdCount
 from libc_service import AddrInfo, Master, Reply, SessionClosed, Slave, Stat
-from libc_service import wire
+from libc_service.protocol import wire
 from libc_service.protocol.requests import ConnectUnixRequest, OpenatRequest, StatRequest
 from helpers import assert_closed, close_all, in_thread, rights
 from strategies import raw_request
@@ -773,7 +773,7 @@ async def test_the_in_flight_cap_stops_reading_until_a_call_is_answered() -> Non
 
 
 def test_a_cpu_is_free_when_idle_time_kept_up_with_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from libc_service import master
+    from libc_service.endpoints import master
     from libc_service.endpoints.master import IdleCpu
 
     stat = tmp_path / "stat"

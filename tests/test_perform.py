@@ -32,7 +32,9 @@ from conftest import FdCount
 from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
 from shimtools import PYTHON, needs_shim, run_native, run_slave
 
-from libc_service import Decision, Resolver, Router, Stat, WithFds, deny, names, perform, spawn
+from libc_service import Decision, Resolver, Router, Stat, WithFds, deny, perform, spawn
+
+from libc_service.policy import names
 from libc_service.policy.conditions import under
 from libc_service.protocol.requests import (
     FUNCTIONS,

@@ -6,7 +6,7 @@ import asyncio
 import os
 import socket
 
-from libc_service import readiness
+from libc_service.kernel import readiness
 
 
 def test_readable_when_data_arrives() -> None:

@@ -21,7 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libc_service import Router, spawn, wire
+from libc_service import Router, spawn
+
+from libc_service.protocol import wire
 from libc_service.protocol.requests import OpenRequest, RenameRequest
 from libc_service.policy.router import Decision
 from libc_service.tools.tracing import Tracer, trace_router
@@ -275,7 +277,7 @@ async def test_trace_decides_relative_paths_in_the_shim_with_no_round_trip(tmp_p
 #: then a result for a forwarded call of that process. Its own opens are reported honestly by its shim.
 FORGER = textwrap.dedent("""
     import os, signal, socket, sys, time
-    from libc_service import wire
+    from libc_service.protocol import wire
     from libc_service.protocol.requests import OpenRequest
 
     def report(pid, path):
@@ -389,7 +391,8 @@ def test_trace_drops_a_made_up_report_whether_or_not_the_master_serves_on_a_loop
 #: A process of the tree that registers a channel of its own and asks, on it, a call it says pid 1 made.
 CHANNEL_FORGER = textwrap.dedent("""
     import array, os, socket
-    from libc_service import Slave, wire
+    from libc_service import Slave
+    from libc_service.protocol import wire
     from libc_service.protocol.requests import OpenRequest
 
     registration = socket.socket(fileno=int(os.environ["LIBC_SERVICE_FD"]))

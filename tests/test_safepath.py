@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from conftest import FdCount
 
-from libc_service import safepath
+from libc_service.acting import safepath
 from libc_service.protocol.requests import (
     LstatRequest,
     MkdirRequest,

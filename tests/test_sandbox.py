@@ -28,9 +28,11 @@ import pytest
 from conftest import FdCount
 from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
-from libc_service import FORWARD, Errno, Router, Sandbox, WithFds, cli, perform, spawn
-from libc_service import ruleset_cache
-from libc_service import sandbox as sandbox_module
+from libc_service import FORWARD, Errno, Router, Sandbox, WithFds, perform, spawn
+
+from libc_service.tools import cli
+from libc_service.confinement import ruleset_cache
+from libc_service.confinement import sandbox as sandbox_module
 from libc_service.protocol.requests import ConnectInetRequest, ConnectUnixRequest, OpenatRequest, OpenRequest
 from libc_service.acting.safepath import open_beneath, resolve
 from libc_service.confinement.isolation import stop_namespace_stock

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from libc_service import wire
+from libc_service.protocol import wire
 
 SHIM_DIR = Path(wire.__file__).with_name("shim")
 SOURCES = sorted(SHIM_DIR.glob("*.c"))

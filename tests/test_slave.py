@@ -23,7 +23,7 @@ import strategies as s
 from conftest import FdCount
 from helpers import close_all, in_thread, rights
 from libc_service import AddrInfo, Master, Reply, SessionClosed, Slave, Stat
-from libc_service import wire
+from libc_service.protocol import wire
 from libc_service.protocol.replies import GAI_ERRORS, Result
 from libc_service.protocol.requests import FUNCTIONS, REQUEST_TYPES, Request
 from strategies import raw_reply

@@ -37,7 +37,9 @@ from typing import Any
 import pytest
 import uvloop
 
-from libc_service import FORWARD, Master, Router, Slave, Stat, spawn, wire
+from libc_service import FORWARD, Master, Router, Slave, Stat, spawn
+
+from libc_service.protocol import wire
 from libc_service.protocol.requests import StatRequest
 from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 

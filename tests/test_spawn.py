@@ -573,7 +573,7 @@ def test_python_is_a_real_binary() -> None:
 async def test_the_registration_listener_yields_each_channel_and_ends_when_the_tree_hangs_up(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from libc_service import wire as wire_module
+    from libc_service.protocol import wire as wire_module
     from libc_service.processes.spawn import RegistrationListener
 
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import strategies
-from libc_service import FORWARD, Router, spawn, wire
+from libc_service import FORWARD, Router, spawn
+from libc_service.protocol import wire
 from libc_service.protocol.catalogue import FUNCTIONS
 from libc_service.protocol.requests import REQUEST_TYPES, Request
 from libc_service.policy.router import Decision

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from libc_service import AddrInfo, Stat
 from libc_service.protocol.wire import LocalProtocolError, ProtocolError, RemoteProtocolError
-from libc_service import wire
+from libc_service.protocol import wire
 from libc_service.protocol.replies import GAI_ERRORS
 from libc_service.protocol.requests import (
     FUNCTIONS,
@@ -866,7 +866,7 @@ def test_rename_no_replace_travels_as_its_flag_bit() -> None:
 
 
 def test_the_catalogues_families_name_arbitrated_functions_only() -> None:
-    from libc_service import catalogue
+    from libc_service.protocol import catalogue
     from libc_service.protocol.requests import FUNCTIONS
 
     families = [value for name, value in vars(catalogue).items() if name.endswith("_FUNCTIONS")]

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from libc_service import requests, wire
-from libc_service import rules as rule_table
+from libc_service import requests
+
+from libc_service.protocol import wire
+from libc_service.policy import rules as rule_table
 
 HEADER = Path(wire.__file__).with_name("shim") / "shim.h"
 
