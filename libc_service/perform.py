@@ -94,7 +94,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import kernel, names, readiness, safepath, slavewalk
+from . import kernel, names, readiness, safepath_beneath, slavewalk
 from .resolver import Resolver
 from .slavepath import exact_name, join_to_directory
 from .statx import stat_of
@@ -126,8 +126,8 @@ _AT_EMPTY_PATH: Final = 0x1000
 _RENAME_NOREPLACE: Final = 1
 _O_PATH_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0)
-_NO_MAGIC: Final = safepath.RESOLVE_NO_MAGICLINKS
-_BENEATH: Final = safepath.RESOLVE_BENEATH | safepath.RESOLVE_NO_MAGICLINKS
+_NO_MAGIC: Final = safepath_beneath.RESOLVE_NO_MAGICLINKS
+_BENEATH: Final = safepath_beneath.RESOLVE_BENEATH | safepath_beneath.RESOLVE_NO_MAGICLINKS
 _RESOLVE_CACHED: Final = 0x20
 #: How long a unix connect whose listener's backlog is full waits between tries.
 _BACKLOG_RETRY: Final = 0.01
@@ -729,8 +729,8 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
         if own is not None:
             text = own
         try:
-            relative = safepath.relative_to_root(root, text)
-        except safepath.EscapeError:
+            relative = safepath_beneath.relative_to_root(root, text)
+        except safepath_beneath.EscapeError:
             raise OSError(errno_module.EXDEV, f"{text} is not beneath {root}") from None
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         owned.append(root_fd)
@@ -743,18 +743,18 @@ def _target(request: Any, path: Any, dirfd: int | None, root: str | None) -> _Ta
 
 def _open_at(where: _Target, flags: int, mode: int = 0, extra: int = 0) -> int:
     """Open ``where`` with the kernel's resolution rules (``extra``: the slave's own resolve bits)."""
-    if not safepath.takes_mode(flags):
+    if not safepath_beneath.takes_mode(flags):
         mode = 0
     if where.walk:
         return slavewalk.open_as_slave(where.dirfd, where.text, flags, mode, extra, where.pid, where.tid)
     if where.beneath:
-        return safepath.open_resolved(where.dirfd, where.text, flags, mode, where.resolve | extra)
+        return safepath_beneath.open_resolved(where.dirfd, where.text, flags, mode, where.resolve | extra)
     bits = where.resolve | extra
-    if bits and safepath.openat2_available():
+    if bits and safepath_beneath.openat2_available():
         retries = 1 if extra & _RESOLVE_CACHED else 16
         for _ in range(retries):
             try:
-                return safepath.raw_openat2(where.dirfd, where.text, flags, mode, bits)
+                return safepath_beneath.raw_openat2(where.dirfd, where.text, flags, mode, bits)
             except BlockingIOError:
                 if extra & _RESOLVE_CACHED:
                     raise  # the slave asked for RESOLVE_CACHED: EAGAIN is its answer
@@ -797,14 +797,14 @@ class _Fifo:
 
 def _open_flags(request: Any) -> tuple[int, int, bool]:
     """The master's flags for the slave's open, its resolve bits, whether it asked for O_NONBLOCK."""
-    flags, resolve_bits = safepath.open_flags(request.flags)
+    flags, resolve_bits = safepath_beneath.open_flags(request.flags)
     return flags, resolve_bits, bool(flags & os.O_NONBLOCK)
 
 
 def _perform_open(request: Any, root: str | None) -> Any:
     flags, resolve_bits, nonblocking = _open_flags(request)
     mode = int(getattr(request, "mode", None) or 0)
-    creates = safepath.takes_mode(flags)
+    creates = safepath_beneath.takes_mode(flags)
     switch = _switch_for(request, creates=creates)
     opened = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking, fifo_wait=True))
     if isinstance(opened, int):
@@ -828,7 +828,7 @@ def open_descriptor(
     nonblocking = bool(flags & os.O_NONBLOCK)
     same_root_and_mounts(request)
     slavewalk.prepare()
-    switch = _switch_for(request, creates=safepath.takes_mode(flags))
+    switch = _switch_for(request, creates=safepath_beneath.takes_mode(flags))
     fd = _as_slave(switch, lambda: _open_now(request, root, flags, mode, resolve_bits, nonblocking, fifo_wait=False))
     assert isinstance(fd, int)
     return fd
@@ -1618,12 +1618,12 @@ def _check_beneath(fd: int, root: str) -> None:
     """Refuse (``EXDEV``) a descriptor whose file is not the one its name beneath ``root`` leads to."""
     try:
         name = os.readlink(f"/proc/self/fd/{fd}")
-        relative = safepath.relative_to_root(root, name)
-    except (OSError, safepath.EscapeError):
+        relative = safepath_beneath.relative_to_root(root, name)
+    except (OSError, safepath_beneath.EscapeError):
         raise OSError(errno_module.EXDEV, f"descriptor {fd} is not beneath {root}") from None
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        probe = safepath.open_resolved(root_fd, relative, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _BENEATH)
+        probe = safepath_beneath.open_resolved(root_fd, relative, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _BENEATH)
     except OSError:
         raise OSError(errno_module.EXDEV, f"descriptor {fd} is not beneath {root}") from None
     finally:
