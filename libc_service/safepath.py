@@ -39,6 +39,9 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import replies  # loaded on first use (libc_service/__init__.py)
+from .perform import perform
+from .perform_files import open_descriptor
+from .perform_target import same_root_and_mounts, slave_self
 from .safepath_beneath import (
     O_PATH_FLAGS,
     RESOLVE_BENEATH,
@@ -78,15 +81,13 @@ def resolve(request: Any, *, path: PurePosixPath | None = None, dirfd: int | Non
     ``link/`` it goes to the parent of the link's *target*, which no string
     fold knows). A relative path is joined to the kernel's name of the
     directory behind ``dirfd``; only the ``..`` that begin it are folded into
-    that name, which is canonical (see ``perform.join_to_directory``). ``/proc/self``, ``/proc/thread-self``,
+    that name, which is canonical (see ``slavepath.join_to_directory``). ``/proc/self``, ``/proc/thread-self``,
     ``/dev/fd/N`` and ``/dev/stdin|stdout|stderr`` become ``/proc/<pid>/…``
     of the requesting process and thread (``EACCES`` when the request has no
     pid). ``None`` for an abstract socket name, a relative path without a
     directory, and a directory that was removed (it has no name; perform()
     still resolves through its descriptor).
     """
-    from .perform import slave_self
-
     path = path if path is not None else request.path
     dirfd = dirfd if dirfd is not None else getattr(request, "dirfd", None)
     text = os.fspath(path)
@@ -137,8 +138,6 @@ def open_beneath(
     with ``ENXIO``), since an ``int`` cannot be awaited. Use
     ``perform(request, beneath=root)`` for the exact blocking behaviour.
     """
-    from .perform import open_descriptor
-
     resolve_bits = 0
     if flags is None:
         flags, resolve_bits = open_flags(request.flags)
@@ -163,8 +162,6 @@ def stat_beneath(root: str | os.PathLike[str], request: Any) -> Stat:
     to a target beneath ``root``. This is ``perform(request, beneath=root)``
     with an escape reported as :class:`EscapeError`.
     """
-    from .perform import perform
-
     result = _escapes_refused(root, request, lambda: perform(request, beneath=root))
     assert isinstance(result, replies.Stat)
     return result
@@ -190,8 +187,6 @@ def parent_beneath(
             f"parent_beneath() of a {request.function!r} request needs path= and dirfd= "
             "(for rename: path1/dirfd1, then path2/dirfd2)"
         )
-    from .perform import same_root_and_mounts
-
     same_root_and_mounts(request)
     absolute = resolve(request, path=path, dirfd=dirfd)
     if absolute is None:

@@ -20,7 +20,7 @@ all; only the walk itself can.
 - **Step by step** otherwise: each name opened ``O_PATH | O_NOFOLLOW`` from
   the directory before it, each symlink read and its target walked (an
   absolute one from ``/``, which is the slave's too:
-  :func:`libc_service.perform.same_root_and_mounts` refused the others).
+  :func:`libc_service.perform_target.same_root_and_mounts` refused the others).
   The decisions are made on the objects the kernel names, never on text:
   the ``self`` and ``thread-self`` links *of procfs's root* become the
   requesting process and thread; a magic link (any other procfs symlink)
