@@ -661,15 +661,14 @@ def test_a_root_master_acting_for_nobody_gets_eacces(tmp_path: Path, here: int) 
 
 @needs_root
 def test_a_perform_thread_takes_the_slaves_ids_and_gives_them_back() -> None:
-    # (``libc_service.acting.perform`` the attribute is the function; the module's internals, by name.)
-    from libc_service.acting.perform import _run_switched, _Switch
+    from libc_service.acting.identity import Switch, run_switched
 
     seen: list[Any] = []
 
     def on_a_thread() -> None:
-        switch = _Switch(ids=(65534, 65534, ()))
+        switch = Switch(ids=(65534, 65534, ()))
         before = (os.getresuid(), os.getresgid(), os.getgroups())
-        seen.append(_run_switched(switch, lambda: (os.geteuid(), os.getegid(), os.getgroups())))
+        seen.append(run_switched(switch, lambda: (os.geteuid(), os.getegid(), os.getgroups())))
         seen.append((os.getresuid(), os.getresgid(), os.getgroups()) == before)
 
     thread = threading.Thread(target=on_a_thread)

@@ -1,7 +1,7 @@
 """safepath: a handler decides on the object the kernel resolved beneath a root.
 
 Every scenario runs twice: with ``openat2(RESOLVE_BENEATH)`` and with the
-fallback walker (forced by setting the module's ``_have_openat2 = False``),
+fallback walker (forced by setting ``safepath_beneath._have_openat2 = False``),
 which must refuse and allow exactly the same things.
 """
 
@@ -20,6 +20,8 @@ import pytest
 from conftest import FdCount
 
 from libc_service.acting import safepath
+
+from libc_service.acting import beneath as safepath_beneath
 from libc_service.protocol.requests import (
     LstatRequest,
     MkdirRequest,
@@ -46,17 +48,17 @@ ME = {"pid": os.getpid(), "tid": threading.get_native_id()}
 def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Which resolver safepath uses: the kernel's openat2 or the fallback walker."""
     if request.param == "walker":
-        monkeypatch.setattr(safepath, "_have_openat2", False)
+        monkeypatch.setattr(safepath_beneath, "_have_openat2", False)
 
         def no_openat2(*args: object) -> int:
             raise AssertionError("openat2 used although the walker was forced")
 
-        monkeypatch.setattr(safepath, "raw_openat2", no_openat2)
+        monkeypatch.setattr(safepath_beneath, "raw_openat2", no_openat2)
     else:
-        monkeypatch.setattr(safepath, "_have_openat2", None)
+        monkeypatch.setattr(safepath_beneath, "_have_openat2", None)
         probe = os.open("/", os.O_PATH)
         try:
-            if safepath._OPENAT2 is None or not safepath._probe_openat2(probe):
+            if safepath_beneath._OPENAT2 is None or not safepath_beneath._probe_openat2(probe):
                 pytest.skip("this kernel has no openat2 (Linux < 5.6 or refused by seccomp)")
         finally:
             os.close(probe)

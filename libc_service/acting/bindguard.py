@@ -5,7 +5,7 @@ given, so a socket the master binds for the slave reports the slave's name
 only if the master binds the slave's exact text, resolved from the slave's
 working directory. That walk is the kernel's own: it follows whatever the
 slave planted on the way, magic links (``/proc/self/fd/N`` of the *master*)
-included, which the guarded walk of :mod:`libc_service.acting.perform` refuses.
+included, which the guarded walk of :mod:`libc_service.acting.slavewalk` refuses.
 
 So the thread that binds first takes a Landlock domain of its own —
 ``landlock_restrict_self`` restricts the calling thread only — in which it

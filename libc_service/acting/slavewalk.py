@@ -20,7 +20,7 @@ all; only the walk itself can.
 - **Step by step** otherwise: each name opened ``O_PATH | O_NOFOLLOW`` from
   the directory before it, each symlink read and its target walked (an
   absolute one from ``/``, which is the slave's too:
-  :func:`libc_service.acting.perform.same_root_and_mounts` refused the others).
+  :func:`libc_service.acting.target.same_root_and_mounts` refused the others).
   The decisions are made on the objects the kernel names, never on text:
   the ``self`` and ``thread-self`` links *of procfs's root* become the
   requesting process and thread; a magic link (any other procfs symlink)
@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 from libc_service.kernel import libc as kernel
 
-from libc_service.acting import safepath
+from libc_service.acting import beneath as safepath_beneath
 
 __all__ = ["open_as_slave", "prepare"]
 
@@ -64,10 +64,10 @@ _PROC_SUPER_MAGIC = 0x9FA0
 _PROC_ROOT_INO = 1
 _MAX_SYMLINKS = 40  # the kernel's own limit
 _PATH_MAX = 4096
-_RESOLVE_NO_XDEV = safepath.RESOLVE_NO_XDEV
-_RESOLVE_NO_MAGICLINKS = safepath.RESOLVE_NO_MAGICLINKS
-_RESOLVE_NO_SYMLINKS = safepath.RESOLVE_NO_SYMLINKS
-_RESOLVE_BENEATH = safepath.RESOLVE_BENEATH
+_RESOLVE_NO_XDEV = safepath_beneath.RESOLVE_NO_XDEV
+_RESOLVE_NO_MAGICLINKS = safepath_beneath.RESOLVE_NO_MAGICLINKS
+_RESOLVE_NO_SYMLINKS = safepath_beneath.RESOLVE_NO_SYMLINKS
+_RESOLVE_BENEATH = safepath_beneath.RESOLVE_BENEATH
 _RESOLVE_CACHED = 0x20
 _AT_FDCWD = -100
 _STEP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -404,7 +404,7 @@ def _through_plain_links(dirfd: int, text: str, flags: int, mode: int, own: int)
     only), nor does an object on procfs: both are walked again (-1).
     """
     try:
-        fd = safepath.raw_openat2(dirfd, text, flags, mode, own | _RESOLVE_NO_MAGICLINKS)
+        fd = safepath_beneath.raw_openat2(dirfd, text, flags, mode, own | _RESOLVE_NO_MAGICLINKS)
     except OSError:
         return -1
     if _is_procfs(fd):
@@ -421,9 +421,9 @@ def open_as_slave(dirfd: int, text: str, flags: int, mode: int, resolve: int, pi
     errno; the returned descriptor is the caller's.
     """
     own = resolve & ~_RESOLVE_CACHED
-    if safepath.openat2_available():
+    if safepath_beneath.openat2_available():
         try:
-            fd = safepath.raw_openat2(dirfd, text, flags, mode, own | _RESOLVE_NO_SYMLINKS)
+            fd = safepath_beneath.raw_openat2(dirfd, text, flags, mode, own | _RESOLVE_NO_SYMLINKS)
         except OSError as exc:
             if exc.errno != errno_module.ELOOP or own & _RESOLVE_NO_SYMLINKS:
                 raise  # no symlink was met: the kernel's answer is the slave's
