@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from .kernel import MACHINE, NUMBERS, check, syscall
-from .loader import LoaderFile
+from .loader_files import LoaderFile
 
 __all__ = [
     "AUDIT_ABI",

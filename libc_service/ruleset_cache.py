@@ -29,7 +29,7 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Final
 
-from .loader import LoaderFile
+from .loader_files import LoaderFile
 
 __all__ = ["cached_ruleset", "clear"]
 
