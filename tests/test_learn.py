@@ -714,12 +714,12 @@ def test_the_learning_example_of_the_cli_page_runs_verbatim(tmp_path: Path) -> N
 
 
 def test_a_failed_write_leaves_the_policy_as_it_was(tmp_path: Path) -> None:
-    from libc_service.tools.cli import _write_output
+    from libc_service.tools.cli_output import write_output
 
     policy = tmp_path / "policy.py"
     policy.write_text("old\n")
     with pytest.raises(UnicodeEncodeError):
-        _write_output(str(policy), "new\udcff\n", source=True)  # text that cannot be written
+        write_output(str(policy), "new\udcff\n", source=True)  # text that cannot be written
     assert policy.read_text() == "old\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["policy.py"]
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libc_service.confinement import loader
+from libc_service.confinement import loader_elf
 from libc_service.confinement.loader import LoaderFile, parse_ld_so_cache, program_files, system_library_dirs
 
 _CC = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
@@ -401,7 +401,7 @@ def test_hostile_elf_bytes_never_raise(tmp_path: Path) -> None:
         for offset, value in changes:
             if offset < len(data):
                 data[offset] = value
-        loader._parse_elf(io.BytesIO(bytes(data)))
+        loader_elf.parse_elf(io.BytesIO(bytes(data)))
 
     mutate()
 

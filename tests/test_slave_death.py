@@ -14,7 +14,7 @@ a random moment, some from inside a handler, in the middle of the callback
 that answers them. A second program (a survivor) is served on the same
 loop all along and must get every answer right.
 
-Both loops always run, whatever ``cli._run_loop`` would pick.
+Both loops always run, whatever ``cli_program._run_loop`` would pick.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from libc_service.kernel.libc import MACHINE, NUMBERS, check, syscall
-from libc_service.confinement.loader import LoaderFile
+from libc_service.confinement.loader_files import LoaderFile
 
 __all__ = [
     "AUDIT_ABI",

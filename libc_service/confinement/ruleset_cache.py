@@ -29,7 +29,7 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Final
 
-from libc_service.confinement.loader import LoaderFile
+from libc_service.confinement.loader_files import LoaderFile
 
 __all__ = ["cached_ruleset", "clear"]
 

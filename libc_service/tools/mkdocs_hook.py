@@ -199,7 +199,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def cli_help(heading: str = "##") -> str:
     """The ``--help`` of ``libc-service`` and of each command, as Markdown sections."""
-    from libc_service.tools.cli import build_parser
+    from libc_service.tools.cli_args import build_parser
 
     with _environment({"COLUMNS": str(HELP_COLUMNS)}):
         parser = build_parser()
