@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "le.h"
 #include "shim.h"
 
 struct waiter {
@@ -63,14 +64,6 @@ struct pending {
 };
 static __thread struct pending pending[PENDING_MAX];
 static __thread unsigned npending;
-
-/* Little-endian field access, independent of host order. */
-static void put16(unsigned char *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
-static void put32(unsigned char *p, uint32_t v) { put16(p, v); put16(p + 2, v >> 16); }
-static void put64(unsigned char *p, uint64_t v) { put32(p, v); put32(p + 4, v >> 32); }
-static uint16_t get16(const unsigned char *p) { return p[0] | (uint16_t)p[1] << 8; }
-static uint32_t get32(const unsigned char *p) { return get16(p) | (uint32_t)get16(p + 2) << 16; }
-static uint64_t get64(const unsigned char *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
 
 /* The child of fork() must never touch the parent's channel: forget it
  * (closing our copy is harmless to the parent) and register anew at the
@@ -165,8 +158,8 @@ static int register_channel(void)
 		return -1;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
 		return -1;
-	put16(hello + LCS_HELLO_VERSION_OFFSET, LCS_VERSION);
-	put32(hello + LCS_HELLO_PID_OFFSET, lcs_own_pid());
+	lcs_put16(hello + LCS_HELLO_VERSION_OFFSET, LCS_VERSION);
+	lcs_put32(hello + LCS_HELLO_PID_OFFSET, lcs_own_pid());
 	attach_fds(&msg, control.buf, &pair[1], 1);
 	sent = send_retry(reg, &msg);
 	lcs_close_raw(pair[1]);
@@ -245,6 +238,17 @@ void lcs_close_fds(struct lcs_reply *reply)
 	reply->nfds = 0;
 }
 
+int lcs_finish(struct lcs_reply *reply, int saved_errno)
+{
+	lcs_close_fds(reply);
+	if (reply->error) {
+		errno = reply->error;
+		return -1;
+	}
+	errno = saved_errno;
+	return reply->result;
+}
+
 /* Called with the lock held.  shutdown() wakes a reader blocked in
  * recvmsg; the descriptor itself is closed when the last user leaves, so
  * its number cannot be reused under a thread still sending on it. */
@@ -266,17 +270,17 @@ static size_t encode_request(unsigned char *buf, const struct lcs_request *reque
 
 	memset(buf, 0, LCS_REQUEST_HEADER);
 	memcpy(buf + LCS_REQ_MAGIC_OFFSET, "LCSq", 4);
-	put16(buf + LCS_REQ_VERSION_OFFSET, LCS_VERSION);
-	put16(buf + LCS_REQ_FUNCTION_OFFSET, request->function);
-	put32(buf + LCS_REQ_PID_OFFSET, lcs_own_pid());
-	put32(buf + LCS_REQ_TID_OFFSET, tid);
-	put64(buf + LCS_REQ_ID_OFFSET, id);
-	put32(buf + LCS_REQ_FLAGS_OFFSET, request->flags);
-	put32(buf + LCS_REQ_ARG_OFFSET, request->arg);
+	lcs_put16(buf + LCS_REQ_VERSION_OFFSET, LCS_VERSION);
+	lcs_put16(buf + LCS_REQ_FUNCTION_OFFSET, request->function);
+	lcs_put32(buf + LCS_REQ_PID_OFFSET, lcs_own_pid());
+	lcs_put32(buf + LCS_REQ_TID_OFFSET, tid);
+	lcs_put64(buf + LCS_REQ_ID_OFFSET, id);
+	lcs_put32(buf + LCS_REQ_FLAGS_OFFSET, request->flags);
+	lcs_put32(buf + LCS_REQ_ARG_OFFSET, request->arg);
 	memcpy(buf + LCS_REQ_ADDRESS_OFFSET, request->address, sizeof request->address);
-	put32(buf + LCS_REQ_SCOPE_ID_OFFSET, request->scope_id);
-	put16(buf + LCS_REQ_LEN1_OFFSET, request->len1);
-	put16(buf + LCS_REQ_LEN2_OFFSET, request->len2);
+	lcs_put32(buf + LCS_REQ_SCOPE_ID_OFFSET, request->scope_id);
+	lcs_put16(buf + LCS_REQ_LEN1_OFFSET, request->len1);
+	lcs_put16(buf + LCS_REQ_LEN2_OFFSET, request->len2);
 	*nfds = 0;
 	for (int role = 0; role < 3; role++) {
 		if (request->fds[role] < 0)
@@ -329,12 +333,12 @@ static void report_header(unsigned char *buf, int outcome, int64_t result, int e
 {
 	memset(buf, 0, LCS_REPORT_HEADER);
 	memcpy(buf + LCS_REPORT_MAGIC_OFFSET, "LCSo", 4);
-	put16(buf + LCS_REPORT_VERSION_OFFSET, LCS_VERSION);
+	lcs_put16(buf + LCS_REPORT_VERSION_OFFSET, LCS_VERSION);
 	buf[LCS_REPORT_OUTCOME_OFFSET] = outcome;
-	put32(buf + LCS_REPORT_ERRNO_OFFSET, error > 0 && error < 4096 ? error : 0);
-	put32(buf + LCS_REPORT_LOST_OFFSET, __atomic_load_n(&reports_lost, __ATOMIC_RELAXED));
-	put64(buf + LCS_REPORT_RESULT_OFFSET, (uint64_t)result);
-	put64(buf + LCS_REPORT_DURATION_OFFSET, duration);
+	lcs_put32(buf + LCS_REPORT_ERRNO_OFFSET, error > 0 && error < 4096 ? error : 0);
+	lcs_put32(buf + LCS_REPORT_LOST_OFFSET, __atomic_load_n(&reports_lost, __ATOMIC_RELAXED));
+	lcs_put64(buf + LCS_REPORT_RESULT_OFFSET, (uint64_t)result);
+	lcs_put64(buf + LCS_REPORT_DURATION_OFFSET, duration);
 }
 
 /* The arguments of this process, as /proc/self/cmdline has them (each
@@ -384,16 +388,16 @@ static void report_request(const struct lcs_request *request, int outcome, int64
 		/* Read into place: the name's NUL is overwritten by what follows. */
 		if (request->dirs[n] == -1 || !lcs_directory_name(request->dirs[n], (char *)at, &len))
 			len = 0;
-		put16(names + dir_offsets[n], len);
+		lcs_put16(names + dir_offsets[n], len);
 		at += len;
 	}
 	if (!__atomic_exchange_n(&program_told, 1, __ATOMIC_RELAXED)) {
 		ssize_t exe = readlink("/proc/self/exe", (char *)at, LCS_PATH_MAX_BYTES);
 		if (exe > 0 && exe < LCS_PATH_MAX_BYTES && at[0] == '/') {
-			put16(names + LCS_REPORT_NAMES_EXE_OFFSET, exe);
+			lcs_put16(names + LCS_REPORT_NAMES_EXE_OFFSET, exe);
 			at += exe;
 			len = read_argv(at);
-			put16(names + LCS_REPORT_NAMES_ARGV_OFFSET, len);
+			lcs_put16(names + LCS_REPORT_NAMES_ARGV_OFFSET, len);
 			at += len;
 		}
 	}
@@ -448,11 +452,11 @@ void lcs_report_result(int64_t result, int error)
 		return;
 	}
 	report_header(buf, p->outcome, result, error, (uint64_t)(end - p->start));
-	put32(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_PID_OFFSET, lcs_own_pid());
-	put32(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_TID_OFFSET, p->tid);
-	put64(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_ID_OFFSET, p->id);
-	put16(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_FUNCTION_OFFSET, p->request.function);
-	put16(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_RESERVED_OFFSET, 0);
+	lcs_put32(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_PID_OFFSET, lcs_own_pid());
+	lcs_put32(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_TID_OFFSET, p->tid);
+	lcs_put64(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_ID_OFFSET, p->id);
+	lcs_put16(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_FUNCTION_OFFSET, p->request.function);
+	lcs_put16(buf + LCS_REPORT_HEADER + LCS_REPORT_CALL_RESERVED_OFFSET, 0);
 	send_report(buf, sizeof buf);
 }
 
@@ -583,14 +587,14 @@ static int valid_stat_record(const unsigned char *record)
 {
 	static const int nsec_offsets[] = { LCS_STAT_ATIME_NSEC_OFFSET, LCS_STAT_MTIME_NSEC_OFFSET,
 					    LCS_STAT_CTIME_NSEC_OFFSET, LCS_STAT_BTIME_NSEC_OFFSET };
-	uint32_t type = get32(record + LCS_STAT_TYPE_OFFSET);
-	uint32_t present = get32(record + LCS_STAT_PRESENT_OFFSET);
+	uint32_t type = lcs_get32(record + LCS_STAT_TYPE_OFFSET);
+	uint32_t present = lcs_get32(record + LCS_STAT_PRESENT_OFFSET);
 	for (size_t i = 0; i < sizeof nsec_offsets / sizeof nsec_offsets[0]; i++)
-		if (get32(record + nsec_offsets[i]) >= 1000000000u)
+		if (lcs_get32(record + nsec_offsets[i]) >= 1000000000u)
 			return 0;
-	return get32(record + LCS_STAT_MODE_OFFSET) <= 07777 && type >= 1 && type <= 7 &&
+	return lcs_get32(record + LCS_STAT_MODE_OFFSET) <= 07777 && type >= 1 && type <= 7 &&
 	       !(present & ~(uint32_t)(LCS_STAT_BTIME | LCS_STAT_MNT_ID)) &&
-	       get32(record + LCS_STAT_RESERVED_OFFSET) == 0;
+	       lcs_get32(record + LCS_STAT_RESERVED_OFFSET) == 0;
 }
 
 static int valid_addrinfo_entry(const unsigned char *entry)
@@ -599,7 +603,7 @@ static int valid_addrinfo_entry(const unsigned char *entry)
 		return 0;
 	if (entry[LCS_AI_FAMILY_OFFSET] == 6)
 		return 1;
-	if (entry[LCS_AI_FAMILY_OFFSET] != 4 || get32(entry + LCS_AI_SCOPE_ID_OFFSET) != 0)
+	if (entry[LCS_AI_FAMILY_OFFSET] != 4 || lcs_get32(entry + LCS_AI_SCOPE_ID_OFFSET) != 0)
 		return 0;
 	for (int i = LCS_AI_ADDRESS_OFFSET + 4; i < LCS_ADDRINFO_ENTRY; i++)
 		if (entry[i])
@@ -655,24 +659,24 @@ static int deliver(struct incoming *in)
 	pid_t tid;
 
 	if (in->len < LCS_REPLY_HEADER || memcmp(h + LCS_REPLY_MAGIC_OFFSET, "LCSr", 4) ||
-	    get16(h + LCS_REPLY_VERSION_OFFSET) != LCS_VERSION)
+	    lcs_get16(h + LCS_REPLY_VERSION_OFFSET) != LCS_VERSION)
 		goto bad;
 	for (int i = LCS_REPLY_RESERVED_OFFSET; i < LCS_REPLY_HEADER; i++)
 		if (h[i])
 			goto bad;
-	tid = get32(h + LCS_REPLY_TID_OFFSET);
+	tid = lcs_get32(h + LCS_REPLY_TID_OFFSET);
 	for (w = waiters; w && (w->tid != tid || w->done); w = w->next)
 		;
-	if (!w || get16(h + LCS_REPLY_FUNCTION_OFFSET) != w->function || get64(h + LCS_REPLY_ID_OFFSET) != w->id)
+	if (!w || lcs_get16(h + LCS_REPLY_FUNCTION_OFFSET) != w->function || lcs_get64(h + LCS_REPLY_ID_OFFSET) != w->id)
 		goto bad;
 	if (in->nfds > max_reply_fds(w->function))
 		goto bad;
 	reply = w->reply;
-	reply->error = get32(h + LCS_REPLY_ERRNO_OFFSET);
-	reply->result = (int64_t)get64(h + LCS_REPLY_RESULT_OFFSET);
+	reply->error = lcs_get32(h + LCS_REPLY_ERRNO_OFFSET);
+	reply->result = (int64_t)lcs_get64(h + LCS_REPLY_RESULT_OFFSET);
 	reply->action = h[LCS_REPLY_ACTION_OFFSET];
 	reply->kind = h[LCS_REPLY_KIND_OFFSET];
-	reply->count = get16(h + LCS_REPLY_COUNT_OFFSET);
+	reply->count = lcs_get16(h + LCS_REPLY_COUNT_OFFSET);
 	reply->payload_len = in->len - LCS_REPLY_HEADER;
 	reply->nfds = in->nfds;
 	memcpy(reply->fds, in->fds, in->nfds * sizeof(int));
@@ -774,31 +778,29 @@ int lcs_call(const struct lcs_request *request, struct lcs_reply *reply)
 	return me.done ? 0 : -1;
 }
 
-static int64_t get_i64(const unsigned char *p) { return (int64_t)get64(p); }
-
 void lcs_stat_decode(const unsigned char *record, struct lcs_stat *out)
 {
-	out->dev = get64(record + LCS_STAT_DEV_OFFSET);
-	out->ino = get64(record + LCS_STAT_INO_OFFSET);
-	out->nlink = get64(record + LCS_STAT_NLINK_OFFSET);
-	out->rdev = get64(record + LCS_STAT_RDEV_OFFSET);
-	out->size = get_i64(record + LCS_STAT_SIZE_OFFSET);
-	out->blksize = get_i64(record + LCS_STAT_BLKSIZE_OFFSET);
-	out->blocks = get_i64(record + LCS_STAT_BLOCKS_OFFSET);
-	out->atime = (struct timespec){ get_i64(record + LCS_STAT_ATIME_OFFSET),
-					get32(record + LCS_STAT_ATIME_NSEC_OFFSET) };
-	out->mtime = (struct timespec){ get_i64(record + LCS_STAT_MTIME_OFFSET),
-					get32(record + LCS_STAT_MTIME_NSEC_OFFSET) };
-	out->ctime = (struct timespec){ get_i64(record + LCS_STAT_CTIME_OFFSET),
-					get32(record + LCS_STAT_CTIME_NSEC_OFFSET) };
-	out->btime = (struct timespec){ get_i64(record + LCS_STAT_BTIME_OFFSET),
-					get32(record + LCS_STAT_BTIME_NSEC_OFFSET) };
-	out->mode = get32(record + LCS_STAT_MODE_OFFSET);
-	out->type = get32(record + LCS_STAT_TYPE_OFFSET);
-	out->uid = get32(record + LCS_STAT_UID_OFFSET);
-	out->gid = get32(record + LCS_STAT_GID_OFFSET);
-	out->attributes = get64(record + LCS_STAT_ATTRIBUTES_OFFSET);
-	out->attributes_mask = get64(record + LCS_STAT_ATTRIBUTES_MASK_OFFSET);
-	out->mnt_id = get64(record + LCS_STAT_MNT_ID_OFFSET);
-	out->present = get32(record + LCS_STAT_PRESENT_OFFSET);
+	out->dev = lcs_get64(record + LCS_STAT_DEV_OFFSET);
+	out->ino = lcs_get64(record + LCS_STAT_INO_OFFSET);
+	out->nlink = lcs_get64(record + LCS_STAT_NLINK_OFFSET);
+	out->rdev = lcs_get64(record + LCS_STAT_RDEV_OFFSET);
+	out->size = (int64_t)lcs_get64(record + LCS_STAT_SIZE_OFFSET);
+	out->blksize = (int64_t)lcs_get64(record + LCS_STAT_BLKSIZE_OFFSET);
+	out->blocks = (int64_t)lcs_get64(record + LCS_STAT_BLOCKS_OFFSET);
+	out->atime = (struct timespec){ (int64_t)lcs_get64(record + LCS_STAT_ATIME_OFFSET),
+					lcs_get32(record + LCS_STAT_ATIME_NSEC_OFFSET) };
+	out->mtime = (struct timespec){ (int64_t)lcs_get64(record + LCS_STAT_MTIME_OFFSET),
+					lcs_get32(record + LCS_STAT_MTIME_NSEC_OFFSET) };
+	out->ctime = (struct timespec){ (int64_t)lcs_get64(record + LCS_STAT_CTIME_OFFSET),
+					lcs_get32(record + LCS_STAT_CTIME_NSEC_OFFSET) };
+	out->btime = (struct timespec){ (int64_t)lcs_get64(record + LCS_STAT_BTIME_OFFSET),
+					lcs_get32(record + LCS_STAT_BTIME_NSEC_OFFSET) };
+	out->mode = lcs_get32(record + LCS_STAT_MODE_OFFSET);
+	out->type = lcs_get32(record + LCS_STAT_TYPE_OFFSET);
+	out->uid = lcs_get32(record + LCS_STAT_UID_OFFSET);
+	out->gid = lcs_get32(record + LCS_STAT_GID_OFFSET);
+	out->attributes = lcs_get64(record + LCS_STAT_ATTRIBUTES_OFFSET);
+	out->attributes_mask = lcs_get64(record + LCS_STAT_ATTRIBUTES_MASK_OFFSET);
+	out->mnt_id = lcs_get64(record + LCS_STAT_MNT_ID_OFFSET);
+	out->present = lcs_get32(record + LCS_STAT_PRESENT_OFFSET);
 }

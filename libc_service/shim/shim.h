@@ -329,6 +329,11 @@ void lcs_leave(void);
 int lcs_call(const struct lcs_request *request, struct lcs_reply *reply);
 
 void lcs_close_fds(struct lcs_reply *reply);
+
+/* What an answered call returns to the program: the reply's result, with
+ * the caller's errno (saved_errno) kept on success, exactly the master's
+ * errno on failure.  Closes any descriptor the reply still holds. */
+int lcs_finish(struct lcs_reply *reply, int saved_errno);
 void lcs_request_init(struct lcs_request *request, uint16_t function);
 
 /* Fill the request's directory role for a path: nothing for an absolute
@@ -342,7 +347,7 @@ void lcs_stat_decode(const unsigned char *record, struct lcs_stat *out);
 /* What an entry point does with a call: the real libc does it
  * (LCS_FALLBACK), the master or the rules answered it (LCS_ANSWERED), or
  * the real libc does it and a report of its result is due (LCS_FORWARDED:
- * the entry point passes the real call's result to LCS_AFTER). */
+ * the entry point passes the real call's result to LCS_ANSWERED_OR_REAL). */
 /* How long a caller polls for its reply before it sleeps (channel.c),
  * when it may run on more than one CPU. */
 #define LCS_SPIN_NS 50000
@@ -352,7 +357,7 @@ enum { LCS_FALLBACK = 0, LCS_ANSWERED = 1, LCS_FORWARDED = 2 };
 /* open/openat through the master (fs.c), for fopen and opendir: AT_FDCWD
  * asks as open, anything else as openat.  Returns LCS_ANSWERED with
  * *result set (errno set when it is -1), or LCS_FALLBACK / LCS_FORWARDED:
- * the real function must do the call (then LCS_AFTER). */
+ * the real function must do the call (then LCS_ANSWERED_OR_REAL). */
 int lcs_open_call(int dirfd, const char *path, int flags, unsigned mode, int *result);
 
 /* ---- the caller's umask and credentials (creds.c) ---- */
@@ -411,15 +416,36 @@ int lcs_rules(uint16_t function, uint32_t flags, int dirfd1, const char *path1, 
  *   (LCS_REPORT_RESULT, id: the reply's).  Returns LCS_FORWARDED when a
  *   report is due, LCS_FALLBACK when not (reports off, or too deeply
  *   nested); the caller then does the real call and gives its result to
- *   lcs_report_result (LCS_AFTER), which sends the report. */
+ *   lcs_report_result (LCS_ANSWERED_OR_REAL), which sends the report. */
 enum { LCS_REPORT_FORWARDED = 1, LCS_REPORT_DENIED = 2, LCS_REPORT_RESULT = 3 };
 #define LCS_REPORT_HEADER 32
 void lcs_report(const struct lcs_request *request, int outcome, int error);
 int lcs_report_later(const struct lcs_request *request, int outcome, uint64_t id);
 void lcs_report_result(int64_t result, int error);
 
-/* The real call's value, its result reported when how is LCS_FORWARDED
- * (a negative value is a failure with errno, kept for the program). */
+/* The step every interposed entry point that asks ends with: the answer
+ * when the master or the rules gave one (how is LCS_ANSWERED), else the
+ * real function, called with the program's own arguments (real_call is
+ * evaluated only then, after how and before anything else touches errno)
+ * and its value passed through after(how, value), which reports it when
+ * how is LCS_FORWARDED and returns it unchanged, errno kept.  It adds no
+ * lock, allocation or system call of its own: it is as safe in a signal
+ * handler or a vfork()ed child as the asking was.
+ *
+ * LCS_ANSWERED_OR_REAL is it for the functions returning a number (a
+ * negative value is a failure with errno); a function returning a pointer
+ * gives its own after (LCS_ANSWERED_OR_REAL_AFTER). */
+#define LCS_ANSWERED_OR_REAL_AFTER(after, how, answer, real_call)                     \
+	({                                                                            \
+		int lcs_how_ = (how);                                                 \
+		lcs_how_ == LCS_ANSWERED ? (answer) : after(lcs_how_, real_call);     \
+	})
+#define LCS_ANSWERED_OR_REAL(how, answer, real_call) \
+	LCS_ANSWERED_OR_REAL_AFTER(LCS_AFTER, how, answer, real_call)
+
+/* LCS_ANSWERED_OR_REAL's after: the real call's value, its result
+ * reported when how is LCS_FORWARDED (a negative value is a failure with
+ * errno, kept for the program). */
 #define LCS_AFTER(how, call)                                                    \
 	({                                                                      \
 		__typeof__(call) lcs_value_ = (call);                           \
