@@ -20,7 +20,7 @@ from libc_service import requests
 from libc_service.protocol import wire
 from libc_service.policy import rules as rule_table
 
-HEADER = Path(wire.__file__).with_name("shim") / "shim.h"
+HEADER = Path(wire.__file__).parent.parent / "shim" / "shim.h"
 
 
 def _evaluate(expression: str, known: dict[str, int]) -> int | None:

@@ -29,6 +29,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "le.h"
 #include "shim.h"
 
 static int umask_cache = -1;      /* -1: unknown */
@@ -37,9 +38,6 @@ static unsigned groups_epoch = 1; /* bumped by setgroups/initgroups */
 static __thread unsigned groups_seen; /* the epoch this thread's cache is of */
 static __thread int groups_count;     /* -1: more than LCS_MAX_GROUPS, or getgroups failed */
 static __thread gid_t groups_cached[LCS_MAX_GROUPS];
-
-static void put16(unsigned char *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
-static void put32(unsigned char *p, uint32_t v) { put16(p, v); put16(p + 2, v >> 16); }
 
 /* The octal number after "Umask:" in a /proc/<pid>/status text; -1 if absent. */
 static int parse_umask(const char *text)
@@ -163,21 +161,21 @@ unsigned lcs_context(unsigned char *header, unsigned char *groups)
 
 	if (mask >= 0) {
 		context |= LCS_CONTEXT_UMASK;
-		put16(header + LCS_REQ_UMASK_OFFSET, mask);
+		lcs_put16(header + LCS_REQ_UMASK_OFFSET, mask);
 	}
 	if (fs_id(lcs_setfsuid_raw, &id)) {
 		context |= LCS_CONTEXT_FSUID;
-		put32(header + LCS_REQ_FSUID_OFFSET, id);
+		lcs_put32(header + LCS_REQ_FSUID_OFFSET, id);
 	}
 	if (fs_id(lcs_setfsgid_raw, &id)) {
 		context |= LCS_CONTEXT_FSGID;
-		put32(header + LCS_REQ_FSGID_OFFSET, id);
+		lcs_put32(header + LCS_REQ_FSGID_OFFSET, id);
 	}
 	if (count >= 0) {
 		context |= LCS_CONTEXT_GROUPS;
 		header[LCS_REQ_NGROUPS_OFFSET] = count;
 		for (int i = 0; i < count; i++)
-			put32(groups + 4 * i, groups_cached[i]);
+			lcs_put32(groups + 4 * i, groups_cached[i]);
 	}
 	header[LCS_REQ_CONTEXT_OFFSET] = context;
 	errno = saved;

@@ -11,9 +11,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "le.h"
 #include "shim.h"
-
-enum { FALLBACK = 0, ANSWERED = 1 };
 
 #define KNOWN_FLAGS (AI_PASSIVE | AI_CANONNAME | AI_NUMERICHOST | AI_V4MAPPED | AI_ALL | \
                      AI_ADDRCONFIG | AI_NUMERICSERV | AI_IDN | AI_CANONIDN)
@@ -152,11 +151,9 @@ struct entry {
 
 static void decode_entry(const unsigned char *raw, struct entry *out)
 {
-	const unsigned char *port = raw + LCS_AI_PORT_OFFSET, *scope = raw + LCS_AI_SCOPE_ID_OFFSET;
-
 	out->family = raw[LCS_AI_FAMILY_OFFSET] == 4 ? AF_INET : AF_INET6;
-	out->port = port[0] | port[1] << 8;
-	out->scope_id = scope[0] | scope[1] << 8 | scope[2] << 16 | (uint32_t)scope[3] << 24;
+	out->port = lcs_get16(raw + LCS_AI_PORT_OFFSET);
+	out->scope_id = lcs_get32(raw + LCS_AI_SCOPE_ID_OFFSET);
 	memcpy(out->address, raw + LCS_AI_ADDRESS_OFFSET, sizeof out->address);
 }
 
@@ -259,22 +256,31 @@ static int answer(const struct lcs_reply *reply, const char *node, const struct 
 	return code;
 }
 
-LCS_EXPORT int getaddrinfo(const char *node, const char *service,
-                           const struct addrinfo *hints, struct addrinfo **res)
+/* Ask the master for getaddrinfo's answer.  Returns LCS_ANSWERED with
+ * *code set (and *res on success), or LCS_FALLBACK or LCS_FORWARDED (the
+ * master said "forward": report the real call's code, gai_after) with
+ * errno restored: the real getaddrinfo does the call with the program's
+ * own arguments. */
+static int resolve(const char *node, const char *service, const struct addrinfo *hints,
+                   struct addrinfo **res, int *code)
 {
 	int saved_errno = errno;
 	const struct addrinfo *given = hints ? hints : &default_hints;
 	struct lcs_request request;
 	struct lcs_reply reply;
-	int answered = 0, forwarded = 0, code;
+	int answered = 0, forwarded = 0;
 
 	if (!expressible(node, service, given))
-		return LCS_REAL(getaddrinfo)(node, service, hints, res);
-	if (given->ai_flags & AI_NUMERICSERV && service && !all_digits(service))
-		return EAI_NONAME;
+		return LCS_FALLBACK;
+	if (given->ai_flags & AI_NUMERICSERV && service && !all_digits(service)) {
+		*code = EAI_NONAME;
+		return LCS_ANSWERED;
+	}
 	/* A raw socket has no port: glibc refuses any service before looking up the node. */
-	if (given->ai_socktype == SOCK_RAW && service)
-		return EAI_SERVICE;
+	if (given->ai_socktype == SOCK_RAW && service) {
+		*code = EAI_SERVICE;
+		return LCS_ANSWERED;
+	}
 	lcs_request_init(&request, LCS_GETADDRINFO);
 	request.flags = (node ? 1 : 0) | (service ? 2 : 0);
 	request.arg = protocol_arg(given);
@@ -291,12 +297,26 @@ LCS_EXPORT int getaddrinfo(const char *node, const char *service,
 	}
 	if (!answered) {
 		errno = saved_errno;
-		if (!forwarded || lcs_report_later(&request, LCS_REPORT_RESULT, reply.id) != LCS_FORWARDED)
-			return LCS_REAL(getaddrinfo)(node, service, hints, res);
-		code = LCS_REAL(getaddrinfo)(node, service, hints, res);
-		lcs_report_result(gai_code(code), code == EAI_SYSTEM ? errno : 0);
-		return code;
+		return forwarded ? lcs_report_later(&request, LCS_REPORT_RESULT, reply.id) : LCS_FALLBACK;
 	}
 	lcs_close_fds(&reply);
-	return answer(&reply, node, given, service && !all_digits(service), res, saved_errno);
+	*code = answer(&reply, node, given, service && !all_digits(service), res, saved_errno);
+	return LCS_ANSWERED;
+}
+
+/* The real call's code, reported (as gai_code has it) when how is
+ * LCS_FORWARDED. */
+static int gai_after(int how, int code)
+{
+	if (how == LCS_FORWARDED)
+		lcs_report_result(gai_code(code), code == EAI_SYSTEM ? errno : 0);
+	return code;
+}
+
+LCS_EXPORT int getaddrinfo(const char *node, const char *service,
+                           const struct addrinfo *hints, struct addrinfo **res)
+{
+	int code, how = resolve(node, service, hints, res, &code);
+
+	return LCS_ANSWERED_OR_REAL_AFTER(gai_after, how, code, LCS_REAL(getaddrinfo)(node, service, hints, res));
 }

@@ -46,7 +46,7 @@ static int sendable_path(const char *path)
 /* Ask the master about a call on one or two paths.  Returns ANSWERED when
  * the master gave the result (reply filled, fds owned by the caller), or
  * FALLBACK when the real libc must do the call (FORWARDED: and report its
- * result, see LCS_AFTER). */
+ * result, see LCS_ANSWERED_OR_REAL). */
 static int ask(struct lcs_request *request, int dirfd1, const char *path1,
                int dirfd2, const char *path2, struct lcs_reply *reply)
 {
@@ -99,19 +99,6 @@ static int ask(struct lcs_request *request, int dirfd1, const char *path1,
 	return answered ? ANSWERED : FALLBACK;
 }
 
-/* The caller's errno survives a successful call; a failure carries
- * exactly the master's errno. */
-static int finish(struct lcs_reply *reply, int saved_errno)
-{
-	lcs_close_fds(reply);
-	if (reply->error) {
-		errno = reply->error;
-		return -1;
-	}
-	errno = saved_errno;
-	return reply->result;
-}
-
 /* Calls whose only answer is a number: unlink, rmdir, mkdir, access,
  * eaccess, rename.  Returns ANSWERED with *result set, or FALLBACK or
  * FORWARDED with errno restored. */
@@ -137,7 +124,7 @@ static int simple_call(uint16_t function, uint32_t flags, uint32_t arg, int dirf
 		errno = saved_errno;
 		return how;
 	}
-	*result = finish(&reply, saved_errno);
+	*result = lcs_finish(&reply, saved_errno);
 	return ANSWERED;
 }
 
@@ -234,7 +221,7 @@ static int open_result(struct lcs_reply *reply, int flags, int saved_errno)
 	int fd;
 
 	if (reply->error || reply->nfds == 0)
-		return finish(reply, saved_errno);
+		return lcs_finish(reply, saved_errno);
 	fd = lowest_free(reply->fds[0]);
 	if (adopt_fd(fd, flags) < 0) {
 		int error = errno;
@@ -305,9 +292,7 @@ LCS_EXPORT int open(const char *path, int flags, ...)
 
 	VARIADIC_MODE(flags, mode);
 	how = open_call(LCS_OPEN, AT_FDCWD, path, flags, mode, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(open)(path, flags, mode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(open)(path, flags, mode));
 }
 
 LCS_EXPORT int open64(const char *path, int flags, ...)
@@ -317,9 +302,7 @@ LCS_EXPORT int open64(const char *path, int flags, ...)
 
 	VARIADIC_MODE(flags, mode);
 	how = open_call(LCS_OPEN, AT_FDCWD, path, flags, mode, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(open64)(path, flags, mode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(open64)(path, flags, mode));
 }
 
 /* creat(path, mode) is open(path, O_CREAT|O_WRONLY|O_TRUNC, mode): asked as
@@ -331,9 +314,7 @@ LCS_EXPORT int creat(const char *path, mode_t mode)
 	int result, how;
 
 	how = open_call(LCS_OPEN, AT_FDCWD, path, CREAT_FLAGS, mode, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(creat)(path, mode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(creat)(path, mode));
 }
 
 LCS_EXPORT int creat64(const char *path, mode_t mode)
@@ -341,9 +322,7 @@ LCS_EXPORT int creat64(const char *path, mode_t mode)
 	int result, how;
 
 	how = open_call(LCS_OPEN, AT_FDCWD, path, CREAT_FLAGS, mode, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(creat64)(path, mode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(creat64)(path, mode));
 }
 
 LCS_EXPORT int openat(int dirfd, const char *path, int flags, ...)
@@ -353,9 +332,7 @@ LCS_EXPORT int openat(int dirfd, const char *path, int flags, ...)
 
 	VARIADIC_MODE(flags, mode);
 	how = open_call(LCS_OPENAT, dirfd, path, flags, mode, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(openat)(dirfd, path, flags, mode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(openat)(dirfd, path, flags, mode));
 }
 
 LCS_EXPORT int openat64(int dirfd, const char *path, int flags, ...)
@@ -365,9 +342,7 @@ LCS_EXPORT int openat64(int dirfd, const char *path, int flags, ...)
 
 	VARIADIC_MODE(flags, mode);
 	how = open_call(LCS_OPENAT, dirfd, path, flags, mode, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(openat64)(dirfd, path, flags, mode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(openat64)(dirfd, path, flags, mode));
 }
 
 /* The _FORTIFY_SOURCE entry points take no mode; with O_CREAT the real
@@ -377,9 +352,7 @@ LCS_EXPORT int __open_2(const char *path, int flags)
 	int result, how;
 
 	how = !needs_mode(flags) ? open_call(LCS_OPEN, AT_FDCWD, path, flags, 0, &result) : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(__open_2)(path, flags));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(__open_2)(path, flags));
 }
 
 LCS_EXPORT int __open64_2(const char *path, int flags)
@@ -387,9 +360,7 @@ LCS_EXPORT int __open64_2(const char *path, int flags)
 	int result, how;
 
 	how = !needs_mode(flags) ? open_call(LCS_OPEN, AT_FDCWD, path, flags, 0, &result) : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(__open64_2)(path, flags));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(__open64_2)(path, flags));
 }
 
 LCS_EXPORT int __openat_2(int dirfd, const char *path, int flags)
@@ -397,9 +368,7 @@ LCS_EXPORT int __openat_2(int dirfd, const char *path, int flags)
 	int result, how;
 
 	how = !needs_mode(flags) ? open_call(LCS_OPENAT, dirfd, path, flags, 0, &result) : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(__openat_2)(dirfd, path, flags));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(__openat_2)(dirfd, path, flags));
 }
 
 LCS_EXPORT int __openat64_2(int dirfd, const char *path, int flags)
@@ -407,9 +376,7 @@ LCS_EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 	int result, how;
 
 	how = !needs_mode(flags) ? open_call(LCS_OPENAT, dirfd, path, flags, 0, &result) : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(__openat64_2)(dirfd, path, flags));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(__openat64_2)(dirfd, path, flags));
 }
 
 /* ---- stat ---- */
@@ -503,22 +470,20 @@ static int stat_call(int dirfd, const char *path, int at_flags, struct lcs_stat 
 	}
 	if (reply.kind == LCS_KIND_STAT)
 		lcs_stat_decode(reply.payload, out);
-	*result = finish(&reply, saved_errno);
+	*result = lcs_finish(&reply, saved_errno);
 	return ANSWERED;
 }
 
-#define STAT_WRAPPER(name, type, at_flags)                              \
-	LCS_EXPORT int name(const char *path, type *buf)                \
-	{                                                               \
-		struct lcs_stat s;                                      \
-		int result, how;                                        \
-		how = stat_call(AT_FDCWD, path, at_flags, &s, &result); \
-		if (how == ANSWERED) {                                  \
-			if (result == 0)                                \
-				FILL_STAT(buf, &s);                     \
-			return result;                                  \
-		}                                                       \
-		return LCS_AFTER(how, LCS_REAL(name)(path, buf));       \
+/* The stat families differ in their arguments and their struct; the
+ * answer is one: the record in the caller's struct when the call succeeded. */
+#define STAT_WRAPPER(name, type, at_flags)                                          \
+	LCS_EXPORT int name(const char *path, type *buf)                            \
+	{                                                                           \
+		struct lcs_stat s;                                                  \
+		int result, how = stat_call(AT_FDCWD, path, at_flags, &s, &result); \
+		if (how == ANSWERED && result == 0)                                 \
+			FILL_STAT(buf, &s);                                         \
+		return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(name)(path, buf)); \
 	}
 
 STAT_WRAPPER(stat, struct stat, 0)
@@ -526,36 +491,29 @@ STAT_WRAPPER(stat64, struct stat64, 0)
 STAT_WRAPPER(lstat, struct stat, AT_SYMLINK_NOFOLLOW)
 STAT_WRAPPER(lstat64, struct stat64, AT_SYMLINK_NOFOLLOW)
 
-#define FSTATAT_WRAPPER(name, type)                                           \
-	LCS_EXPORT int name(int dirfd, const char *path, type *buf, int flags) \
-	{                                                                     \
-		struct lcs_stat s;                                            \
-		int result, how;                                              \
-		how = stat_call(dirfd, path, flags, &s, &result);             \
-		if (how == ANSWERED) {                                        \
-			if (result == 0)                                      \
-				FILL_STAT(buf, &s);                           \
-			return result;                                        \
-		}                                                             \
-		return LCS_AFTER(how, LCS_REAL(name)(dirfd, path, buf, flags)); \
+#define FSTATAT_WRAPPER(name, type)                                                       \
+	LCS_EXPORT int name(int dirfd, const char *path, type *buf, int flags)            \
+	{                                                                                 \
+		struct lcs_stat s;                                                        \
+		int result, how = stat_call(dirfd, path, flags, &s, &result);             \
+		if (how == ANSWERED && result == 0)                                       \
+			FILL_STAT(buf, &s);                                               \
+		return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(name)(dirfd, path, buf, flags)); \
 	}
 
 FSTATAT_WRAPPER(fstatat, struct stat)
 FSTATAT_WRAPPER(fstatat64, struct stat64)
 
-#define XSTAT_WRAPPER(name, type, at_flags)                                  \
-	LCS_EXPORT int name(int ver, const char *path, type *buf)            \
-	{                                                                    \
-		struct lcs_stat s;                                           \
-		int result, how = FALLBACK;                                  \
-		if (ver == STAT_VER_LINUX)                                   \
-			how = stat_call(AT_FDCWD, path, at_flags, &s, &result); \
-		if (how == ANSWERED) {                                       \
-			if (result == 0)                                     \
-				FILL_STAT(buf, &s);                          \
-			return result;                                       \
-		}                                                            \
-		return LCS_AFTER(how, LCS_REAL(name)(ver, path, buf));       \
+#define XSTAT_WRAPPER(name, type, at_flags)                                          \
+	LCS_EXPORT int name(int ver, const char *path, type *buf)                    \
+	{                                                                            \
+		struct lcs_stat s;                                                   \
+		int result, how = FALLBACK;                                          \
+		if (ver == STAT_VER_LINUX)                                           \
+			how = stat_call(AT_FDCWD, path, at_flags, &s, &result);      \
+		if (how == ANSWERED && result == 0)                                  \
+			FILL_STAT(buf, &s);                                          \
+		return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(name)(ver, path, buf)); \
 	}
 
 XSTAT_WRAPPER(__xstat, struct stat, 0)
@@ -563,19 +521,16 @@ XSTAT_WRAPPER(__xstat64, struct stat64, 0)
 XSTAT_WRAPPER(__lxstat, struct stat, AT_SYMLINK_NOFOLLOW)
 XSTAT_WRAPPER(__lxstat64, struct stat64, AT_SYMLINK_NOFOLLOW)
 
-#define FXSTATAT_WRAPPER(name, type)                                                   \
-	LCS_EXPORT int name(int ver, int dirfd, const char *path, type *buf, int flags) \
-	{                                                                              \
-		struct lcs_stat s;                                                     \
-		int result, how = FALLBACK;                                            \
-		if (ver == STAT_VER_LINUX)                                             \
-			how = stat_call(dirfd, path, flags, &s, &result);              \
-		if (how == ANSWERED) {                                                 \
-			if (result == 0)                                               \
-				FILL_STAT(buf, &s);                                    \
-			return result;                                                 \
-		}                                                                      \
-		return LCS_AFTER(how, LCS_REAL(name)(ver, dirfd, path, buf, flags));   \
+#define FXSTATAT_WRAPPER(name, type)                                                           \
+	LCS_EXPORT int name(int ver, int dirfd, const char *path, type *buf, int flags)        \
+	{                                                                                      \
+		struct lcs_stat s;                                                             \
+		int result, how = FALLBACK;                                                    \
+		if (ver == STAT_VER_LINUX)                                                     \
+			how = stat_call(dirfd, path, flags, &s, &result);                      \
+		if (how == ANSWERED && result == 0)                                            \
+			FILL_STAT(buf, &s);                                                    \
+		return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(name)(ver, dirfd, path, buf, flags)); \
 	}
 
 FXSTATAT_WRAPPER(__fxstatat, struct stat)
@@ -584,15 +539,11 @@ FXSTATAT_WRAPPER(__fxstatat64, struct stat64)
 LCS_EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *buf)
 {
 	struct lcs_stat s;
-	int result, how;
+	int result, how = stat_call(dirfd, path, flags, &s, &result);
 
-	how = stat_call(dirfd, path, flags, &s, &result);
-	if (how == ANSWERED) {
-		if (result == 0)
-			fill_statx(buf, &s, mask);
-		return result;
-	}
-	return LCS_AFTER(how, LCS_REAL(statx)(dirfd, path, flags, mask, buf));
+	if (how == ANSWERED && result == 0)
+		fill_statx(buf, &s, mask);
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(statx)(dirfd, path, flags, mask, buf));
 }
 
 /* ---- access ---- */
@@ -612,9 +563,7 @@ LCS_EXPORT int access(const char *path, int amode)
 	int result, how;
 
 	how = access_call(LCS_ACCESS, AT_FDCWD, path, amode, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(access)(path, amode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(access)(path, amode));
 }
 
 LCS_EXPORT int euidaccess(const char *path, int amode)
@@ -622,9 +571,7 @@ LCS_EXPORT int euidaccess(const char *path, int amode)
 	int result, how;
 
 	how = access_call(LCS_EACCESS, AT_FDCWD, path, amode, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(euidaccess)(path, amode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(euidaccess)(path, amode));
 }
 
 LCS_EXPORT int eaccess(const char *path, int amode)
@@ -632,9 +579,7 @@ LCS_EXPORT int eaccess(const char *path, int amode)
 	int result, how;
 
 	how = access_call(LCS_EACCESS, AT_FDCWD, path, amode, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(eaccess)(path, amode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(eaccess)(path, amode));
 }
 
 /* AT_SYMLINK_NOFOLLOW and AT_EMPTY_PATH have no protocol form. */
@@ -644,9 +589,7 @@ LCS_EXPORT int faccessat(int dirfd, const char *path, int amode, int flags)
 	int result, how;
 
 	how = !(flags & ~AT_EACCESS) ? access_call(function, dirfd, path, amode, &result) : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(faccessat)(dirfd, path, amode, flags));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(faccessat)(dirfd, path, amode, flags));
 }
 
 /* ---- mkdir, rmdir, unlink, rename ---- */
@@ -656,9 +599,7 @@ LCS_EXPORT int mkdir(const char *path, mode_t mode)
 	int result, how;
 
 	how = simple_call(LCS_MKDIR, 0, mode & 07777, AT_FDCWD, path, AT_FDCWD, NULL, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(mkdir)(path, mode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(mkdir)(path, mode));
 }
 
 LCS_EXPORT int mkdirat(int dirfd, const char *path, mode_t mode)
@@ -666,9 +607,7 @@ LCS_EXPORT int mkdirat(int dirfd, const char *path, mode_t mode)
 	int result, how;
 
 	how = simple_call(LCS_MKDIR, 0, mode & 07777, dirfd, path, AT_FDCWD, NULL, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(mkdirat)(dirfd, path, mode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(mkdirat)(dirfd, path, mode));
 }
 
 LCS_EXPORT int rmdir(const char *path)
@@ -676,9 +615,7 @@ LCS_EXPORT int rmdir(const char *path)
 	int result, how;
 
 	how = simple_call(LCS_RMDIR, 0, 0, AT_FDCWD, path, AT_FDCWD, NULL, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(rmdir)(path));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(rmdir)(path));
 }
 
 LCS_EXPORT int unlink(const char *path)
@@ -686,9 +623,7 @@ LCS_EXPORT int unlink(const char *path)
 	int result, how;
 
 	how = simple_call(LCS_UNLINK, 0, 0, AT_FDCWD, path, AT_FDCWD, NULL, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(unlink)(path));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(unlink)(path));
 }
 
 LCS_EXPORT int unlinkat(int dirfd, const char *path, int flags)
@@ -697,9 +632,7 @@ LCS_EXPORT int unlinkat(int dirfd, const char *path, int flags)
 	int result, how;
 
 	how = !(flags & ~AT_REMOVEDIR) ? simple_call(function, 0, 0, dirfd, path, AT_FDCWD, NULL, &result) : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(unlinkat)(dirfd, path, flags));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(unlinkat)(dirfd, path, flags));
 }
 
 LCS_EXPORT int rename(const char *oldpath, const char *newpath)
@@ -707,9 +640,7 @@ LCS_EXPORT int rename(const char *oldpath, const char *newpath)
 	int result, how;
 
 	how = simple_call(LCS_RENAME, 0, 0, AT_FDCWD, oldpath, AT_FDCWD, newpath, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(rename)(oldpath, newpath));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(rename)(oldpath, newpath));
 }
 
 LCS_EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
@@ -717,9 +648,7 @@ LCS_EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const c
 	int result, how;
 
 	how = simple_call(LCS_RENAME, 0, 0, olddirfd, oldpath, newdirfd, newpath, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(renameat)(olddirfd, oldpath, newdirfd, newpath));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(renameat)(olddirfd, oldpath, newdirfd, newpath));
 }
 
 /* RENAME_NOREPLACE is the protocol's no_replace; RENAME_EXCHANGE and
@@ -732,7 +661,5 @@ LCS_EXPORT int renameat2(int olddirfd, const char *oldpath, int newdirfd,
 
 	how = !flags || bits ? simple_call(LCS_RENAME, bits, 0, olddirfd, oldpath, newdirfd, newpath, &result)
 	                     : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(renameat2)(olddirfd, oldpath, newdirfd, newpath, flags));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(renameat2)(olddirfd, oldpath, newdirfd, newpath, flags));
 }

@@ -20,6 +20,7 @@ __attribute__((constructor)) static void shim_init(void)
 	if (fd >= 0) {
 		lcs_local_init();
 		lcs_rules_init();
+		lcs_report_init();
 		lcs_channel_init();
 		lcs_creds_init();
 		lcs_ownfds_activate(fd);

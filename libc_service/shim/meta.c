@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <utime.h>
 
+#include "le.h"
 #include "shim.h"
 
 enum { FALLBACK = LCS_FALLBACK, ANSWERED = LCS_ANSWERED, FORWARDED = LCS_FORWARDED };
@@ -27,32 +28,6 @@ struct change {
 	uint32_t mode;
 	unsigned char address[16];
 };
-
-static void put_u32(unsigned char *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = v >> (8 * i);
-}
-
-static void put_i64(unsigned char *p, int64_t v)
-{
-	uint64_t u = (uint64_t)v;
-	for (int i = 0; i < 8; i++)
-		p[i] = u >> (8 * i);
-}
-
-/* The caller's errno survives a successful call; a failure carries
- * exactly the master's errno. */
-static int finish(struct lcs_reply *reply, int saved_errno)
-{
-	lcs_close_fds(reply);
-	if (reply->error) {
-		errno = reply->error;
-		return -1;
-	}
-	errno = saved_errno;
-	return reply->result;
-}
 
 static void request_of(struct lcs_request *request, const struct change *change)
 {
@@ -89,7 +64,7 @@ static int ruled(const struct lcs_request *request, int dirfd, const char *path,
 
 /* Ask the master about a change of path (relative to dirfd).  Returns
  * ANSWERED with *result set, or FALLBACK or FORWARDED (the master said
- * "forward": report the real call's result, LCS_AFTER) with errno
+ * "forward": report the real call's result, LCS_ANSWERED_OR_REAL) with errno
  * restored. */
 static int ask_path(const struct change *change, int dirfd, const char *path, int *result)
 {
@@ -126,7 +101,7 @@ static int ask_path(const struct change *change, int dirfd, const char *path, in
 		errno = saved_errno;
 		return forwarded ? lcs_report_later(&request, LCS_REPORT_RESULT, reply.id) : FALLBACK;
 	}
-	*result = finish(&reply, saved_errno);
+	*result = lcs_finish(&reply, saved_errno);
 	return ANSWERED;
 }
 
@@ -158,7 +133,7 @@ static int ask_fd(const struct change *change, int fd, int *result)
 		errno = saved_errno;
 		return forwarded ? lcs_report_later(&request, LCS_REPORT_RESULT, reply.id) : FALLBACK;
 	}
-	*result = finish(&reply, saved_errno);
+	*result = lcs_finish(&reply, saved_errno);
 	return ANSWERED;
 }
 
@@ -179,9 +154,7 @@ LCS_EXPORT int chmod(const char *path, mode_t mode)
 
 	chmod_change(&change, LCS_CHMOD, mode, 0);
 	how = ask_path(&change, AT_FDCWD, path, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(chmod)(path, mode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(chmod)(path, mode));
 }
 
 LCS_EXPORT int lchmod(const char *path, mode_t mode)
@@ -191,9 +164,7 @@ LCS_EXPORT int lchmod(const char *path, mode_t mode)
 
 	chmod_change(&change, LCS_CHMOD, mode, 1);
 	how = ask_path(&change, AT_FDCWD, path, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(lchmod)(path, mode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(lchmod)(path, mode));
 }
 
 /* AT_SYMLINK_NOFOLLOW is no_follow; any other flag has no protocol form. */
@@ -204,9 +175,7 @@ LCS_EXPORT int fchmodat(int dirfd, const char *path, mode_t mode, int flags)
 
 	chmod_change(&change, LCS_CHMOD, mode, flags & AT_SYMLINK_NOFOLLOW);
 	how = !(flags & ~AT_SYMLINK_NOFOLLOW) ? ask_path(&change, dirfd, path, &result) : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(fchmodat)(dirfd, path, mode, flags));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(fchmodat)(dirfd, path, mode, flags));
 }
 
 LCS_EXPORT int fchmod(int fd, mode_t mode)
@@ -216,9 +185,7 @@ LCS_EXPORT int fchmod(int fd, mode_t mode)
 
 	chmod_change(&change, LCS_FCHMOD, mode, 0);
 	how = ask_fd(&change, fd, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(fchmod)(fd, mode));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(fchmod)(fd, mode));
 }
 
 /* ---- chown ---- */
@@ -231,11 +198,11 @@ static void chown_change(struct change *change, uint16_t function, uid_t owner, 
 	change->flags = no_follow ? LCS_META_NO_FOLLOW : 0;
 	if (owner != (uid_t)-1) {
 		change->flags |= LCS_CHOWN_OWNER;
-		put_u32(change->address, owner);
+		lcs_put32(change->address, owner);
 	}
 	if (group != (gid_t)-1) {
 		change->flags |= LCS_CHOWN_GROUP;
-		put_u32(change->address + 4, group);
+		lcs_put32(change->address + 4, group);
 	}
 }
 
@@ -246,9 +213,7 @@ LCS_EXPORT int chown(const char *path, uid_t owner, gid_t group)
 
 	chown_change(&change, LCS_CHOWN, owner, group, 0);
 	how = ask_path(&change, AT_FDCWD, path, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(chown)(path, owner, group));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(chown)(path, owner, group));
 }
 
 LCS_EXPORT int lchown(const char *path, uid_t owner, gid_t group)
@@ -258,9 +223,7 @@ LCS_EXPORT int lchown(const char *path, uid_t owner, gid_t group)
 
 	chown_change(&change, LCS_CHOWN, owner, group, 1);
 	how = ask_path(&change, AT_FDCWD, path, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(lchown)(path, owner, group));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(lchown)(path, owner, group));
 }
 
 LCS_EXPORT int fchown(int fd, uid_t owner, gid_t group)
@@ -270,9 +233,7 @@ LCS_EXPORT int fchown(int fd, uid_t owner, gid_t group)
 
 	chown_change(&change, LCS_FCHOWN, owner, group, 0);
 	how = ask_fd(&change, fd, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(fchown)(fd, owner, group));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(fchown)(fd, owner, group));
 }
 
 /* An empty path with AT_EMPTY_PATH is fchown of dirfd. */
@@ -295,9 +256,7 @@ LCS_EXPORT int fchownat(int dirfd, const char *path, uid_t owner, gid_t group, i
 	int result, how;
 
 	how = chownat_call(dirfd, path, owner, group, flags, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(fchownat)(dirfd, path, owner, group, flags));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(fchownat)(dirfd, path, owner, group, flags));
 }
 
 /* ---- utimensat ---- */
@@ -321,7 +280,7 @@ static int put_time(struct change *change, int index, const struct timespec *ts)
 	if (__builtin_mul_overflow((int64_t)ts->tv_sec, (int64_t)1000000000, &ns) ||
 	    __builtin_add_overflow(ns, (int64_t)ts->tv_nsec, &ns))
 		return 0;
-	put_i64(change->address + 8 * index, ns);
+	lcs_put64(change->address + 8 * index, (uint64_t)ns);
 	return 1;
 }
 
@@ -360,9 +319,7 @@ LCS_EXPORT int utimensat(int dirfd, const char *path, const struct timespec time
 	int result, how;
 
 	how = utimens_call(dirfd, path, times, flags, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(utimensat)(dirfd, path, times, flags));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(utimensat)(dirfd, path, times, flags));
 }
 
 LCS_EXPORT int futimens(int fd, const struct timespec times[2])
@@ -371,9 +328,7 @@ LCS_EXPORT int futimens(int fd, const struct timespec times[2])
 	int result, how;
 
 	how = times_change(&change, LCS_FUTIMENS, times, 0) ? ask_fd(&change, fd, &result) : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(futimens)(fd, times));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(futimens)(fd, times));
 }
 
 /* ---- the legacy spellings, as utimensat ---- */
@@ -396,9 +351,7 @@ LCS_EXPORT int utimes(const char *path, const struct timeval tv[2])
 	int result, how;
 
 	how = (!tv || timespecs_of(tv, ts)) ? utimens_call(AT_FDCWD, path, tv ? ts : NULL, 0, &result) : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(utimes)(path, tv));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(utimes)(path, tv));
 }
 
 LCS_EXPORT int lutimes(const char *path, const struct timeval tv[2])
@@ -407,9 +360,7 @@ LCS_EXPORT int lutimes(const char *path, const struct timeval tv[2])
 	int result, how;
 
 	how = (!tv || timespecs_of(tv, ts)) ? utimens_call(AT_FDCWD, path, tv ? ts : NULL, AT_SYMLINK_NOFOLLOW, &result) : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(lutimes)(path, tv));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(lutimes)(path, tv));
 }
 
 LCS_EXPORT int futimes(int fd, const struct timeval tv[2])
@@ -418,9 +369,7 @@ LCS_EXPORT int futimes(int fd, const struct timeval tv[2])
 	int result, how;
 
 	how = (!tv || timespecs_of(tv, ts)) ? utimens_call(fd, NULL, tv ? ts : NULL, 0, &result) : FALLBACK;
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(futimes)(fd, tv));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(futimes)(fd, tv));
 }
 
 LCS_EXPORT int utime(const char *path, const struct utimbuf *times)
@@ -433,7 +382,5 @@ LCS_EXPORT int utime(const char *path, const struct utimbuf *times)
 		ts[1] = (struct timespec){ .tv_sec = times->modtime };
 	}
 	how = utimens_call(AT_FDCWD, path, times ? ts : NULL, 0, &result);
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(utime)(path, times));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(utime)(path, times));
 }

@@ -129,7 +129,7 @@ static int socket_call(int is_bind, int sockfd, const struct sockaddr *addr,
 	}
 	if (!answered) {
 		errno = saved_errno;
-		/* The master said "forward": report the real call's result (LCS_AFTER). */
+		/* The master said "forward": report the real call's result (LCS_ANSWERED_OR_REAL). */
 		return forwarded ? lcs_report_later(&request, LCS_REPORT_RESULT, reply.id) : FALLBACK;
 	}
 	if (reply.nfds == 1) {
@@ -139,14 +139,7 @@ static int socket_call(int is_bind, int sockfd, const struct sockaddr *addr,
 			return ANSWERED;
 		}
 	}
-	lcs_close_fds(&reply);
-	if (reply.error) {
-		errno = reply.error;
-		*result = -1;
-		return ANSWERED;
-	}
-	errno = saved_errno;
-	*result = reply.result;
+	*result = lcs_finish(&reply, saved_errno);
 	return ANSWERED;
 }
 
@@ -155,16 +148,12 @@ LCS_EXPORT int connect(int sockfd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 {
 	int result, how = socket_call(0, sockfd, addr.__sockaddr__, len, &result);
 
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(connect)(sockfd, addr, len));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(connect)(sockfd, addr, len));
 }
 
 LCS_EXPORT int bind(int sockfd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 {
 	int result, how = socket_call(1, sockfd, addr.__sockaddr__, len, &result);
 
-	if (how == ANSWERED)
-		return result;
-	return LCS_AFTER(how, LCS_REAL(bind)(sockfd, addr, len));
+	return LCS_ANSWERED_OR_REAL(how, result, LCS_REAL(bind)(sockfd, addr, len));
 }

@@ -1,6 +1,6 @@
 /* The shim's own descriptors: the registration socket, this process's
  * channel to the master and its /proc/self/fd (for naming directories), and
- * the process they belong to.
+ * the process they belong to (and the calling thread's id).
  *
  * Both live at high numbers (from LCS_FD_BASE), out of the way of programs
  * that dup2() onto low numbers, and are guarded (fdguard.c).  Their numbers
@@ -42,6 +42,16 @@ int lcs_chan_fd(void) { return load_fd(&chan_fd); }
 void lcs_set_chan_fd(int fd) { store_fd(&chan_fd, fd); }
 
 int lcs_own_pid(void) { return proc_pid; }
+
+/* The calling thread's id, cached per thread (forgotten in a fork child). */
+static __thread pid_t own_tid;
+
+int lcs_own_tid(void)
+{
+	if (!own_tid)
+		own_tid = lcs_gettid_raw();
+	return own_tid;
+}
 
 int lcs_own_process(void)
 {
@@ -167,6 +177,8 @@ void lcs_ownfds_activate(int fd)
 void lcs_ownfds_forked(void)
 {
 	int fd = load_fd(&chan_fd);
+
+	own_tid = 0;
 	store_fd(&chan_fd, -1);
 	if (fd >= 0)
 		lcs_close_raw(fd);

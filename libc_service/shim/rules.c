@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "le.h"
 #include "shim.h"
 
 #define ENV_NAME "LIBC_SERVICE_RULES="
@@ -44,12 +45,6 @@ struct entry {
 static unsigned char table[RULES_BYTES];
 static struct entry entries[LCS_FUTIMENS + 1];
 static int loaded;
-
-static unsigned get16(const unsigned char *p) { return p[0] | p[1] << 8; }
-static uint32_t get32(const unsigned char *p)
-{
-	return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 static int hex_digit(char c)
 {
@@ -95,7 +90,7 @@ struct root_set {
 
 static struct root_set root_set(const unsigned char *operand, size_t size)
 {
-	struct root_set set = { .count = get16(operand) };
+	struct root_set set = { .count = lcs_get16(operand) };
 
 	set.offsets = operand + 2;
 	set.blob = operand + 2 + 2 * set.count;
@@ -105,8 +100,8 @@ static struct root_set root_set(const unsigned char *operand, size_t size)
 
 static const unsigned char *set_root(const struct root_set *set, size_t k, size_t *len)
 {
-	size_t start = get16(set->offsets + 2 * k);
-	size_t end = k + 1 < set->count ? get16(set->offsets + 2 * (k + 1)) : set->blob_len;
+	size_t start = lcs_get16(set->offsets + 2 * k);
+	size_t end = k + 1 < set->count ? lcs_get16(set->offsets + 2 * (k + 1)) : set->blob_len;
 
 	*len = end - start;
 	return set->blob + start;
@@ -126,8 +121,8 @@ static int valid_set(const unsigned char *operand, size_t size)
 	if (set.count < 2 || size - 2 < 2 * set.count)
 		return 0;
 	for (size_t k = 0; k < set.count; k++) {
-		size_t start = get16(set.offsets + 2 * k), len;
-		size_t end = k + 1 < set.count ? get16(set.offsets + 2 * (k + 1)) : set.blob_len;
+		size_t start = lcs_get16(set.offsets + 2 * k), len;
+		size_t end = k + 1 < set.count ? lcs_get16(set.offsets + 2 * (k + 1)) : set.blob_len;
 		const unsigned char *root;
 
 		if (start >= end || end > set.blob_len || (k == 0 && start != 0))
@@ -157,20 +152,20 @@ static int valid_program(const unsigned char *program, size_t len, int *paths, i
 			depth++;
 			break;
 		case OP_UNDER:
-			if (len - i < 2 || len - i - 2 < get16(program + i))
+			if (len - i < 2 || len - i - 2 < lcs_get16(program + i))
 				return 0;
-			if (get16(program + i) == 0 || program[i + 2] != '/')
+			if (lcs_get16(program + i) == 0 || program[i + 2] != '/')
 				return 0;
-			i += 2 + get16(program + i);
+			i += 2 + lcs_get16(program + i);
 			*paths = 1;
 			depth++;
 			break;
 		case OP_UNDER_SET:
-			if (len - i < 2 || len - i - 2 < get16(program + i))
+			if (len - i < 2 || len - i - 2 < lcs_get16(program + i))
 				return 0;
-			if (!valid_set(program + i + 2, get16(program + i)))
+			if (!valid_set(program + i + 2, lcs_get16(program + i)))
 				return 0;
-			i += 2 + get16(program + i);
+			i += 2 + lcs_get16(program + i);
 			*paths = 1;
 			depth++;
 			break;
@@ -218,14 +213,14 @@ static int parse(size_t len)
 		if (len - at < LCS_RULES_ENTRY)
 			return 0;
 		function = raw[LCS_RULES_ENTRY_FUNCTION_OFFSET];
-		size = get16(raw + LCS_RULES_ENTRY_SIZE_OFFSET);
+		size = lcs_get16(raw + LCS_RULES_ENTRY_SIZE_OFFSET);
 		if (function < LCS_OPEN || function > LCS_FUTIMENS || len - at - LCS_RULES_ENTRY < size)
 			return 0;
 		entry = &entries[function];
 		if (entry->program || raw[LCS_RULES_ENTRY_ACTION_OFFSET] > ACTION_DENY)
 			return 0;
 		entry->action = raw[LCS_RULES_ENTRY_ACTION_OFFSET];
-		entry->error = get16(raw + LCS_RULES_ENTRY_ERRNO_OFFSET);
+		entry->error = lcs_get16(raw + LCS_RULES_ENTRY_ERRNO_OFFSET);
 		if (entry->action == ACTION_DENY && entry->error == 0)
 			return 0;
 		entry->program = raw + LCS_RULES_ENTRY;
@@ -433,7 +428,7 @@ static int run(const struct entry *entry, const struct call *call)
 			stack[depth++] = call->relative;
 			break;
 		case OP_UNDER: {
-			size_t root_len = get16(program + i);
+			size_t root_len = lcs_get16(program + i);
 			int all = 1;
 			for (int n = 0; n < call->npaths; n++)
 				all &= inside(call->paths[n], call->lens[n], program + i + 2, root_len);
@@ -442,7 +437,7 @@ static int run(const struct entry *entry, const struct call *call)
 			break;
 		}
 		case OP_UNDER_SET: {
-			size_t size = get16(program + i);
+			size_t size = lcs_get16(program + i);
 			struct root_set set = root_set(program + i + 2, size);
 			int all = 1;
 			for (int n = 0; n < call->npaths; n++)
@@ -452,7 +447,7 @@ static int run(const struct entry *entry, const struct call *call)
 			break;
 		}
 		case OP_FLAGS:
-			stack[depth++] = (call->flags & get32(program + i)) != 0;
+			stack[depth++] = (call->flags & lcs_get32(program + i)) != 0;
 			i += 4;
 			break;
 		case OP_NOT:

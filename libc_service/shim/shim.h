@@ -13,9 +13,15 @@
  *   fdguard.c  the interposed close/close_range/closefrom/dup2/dup3 that
  *              guard those descriptors
  *   creds.c    the caller's umask and credentials every request carries
- *   channel.c  the per-process channel to the master and the wire format
- *              (docs/protocol.md, version 2)
- *   fs.c, meta.c, net.c, dns.c, stdio.c   the interposed entry points
+ *   codec.c    the bytes of the messages (docs/protocol.md, version 2):
+ *              requests, the hello, reports, replies and their rules
+ *   datagram.c one datagram with its descriptors, sent or received
+ *   register.c a process's channel, made and handed to the master
+ *   report.c   reports of the calls the rules decided or forwarded
+ *   channel.c  the per-process channel: one call, its one reply, the
+ *              threads sharing it (leader/follower), fork
+ *   fs.c, meta.c, net.c, dns.c, stdio.c   the interposed entry points,
+ *              each ending in LCS_ANSWERED_OR_REAL
  *   init.c     the constructor, starting each module; nothing depends on it
  *
  * Everything here is hidden; only the interposed functions are exported
@@ -316,6 +322,8 @@ struct lcs_stat {
 	uint32_t present; /* LCS_STAT_BTIME, LCS_STAT_MNT_ID */
 };
 
+/* ---- the channel: one call, its one reply (channel.c) ---- */
+
 /* A call into the shim: lcs_enter() returns 1 when this thread may talk to
  * the master (the shim is active, the channel is usable and this thread is
  * not already inside the shim); the caller must then call lcs_leave().
@@ -329,7 +337,11 @@ void lcs_leave(void);
 int lcs_call(const struct lcs_request *request, struct lcs_reply *reply);
 
 void lcs_close_fds(struct lcs_reply *reply);
-void lcs_request_init(struct lcs_request *request, uint16_t function);
+
+/* What an answered call returns to the program: the reply's result, with
+ * the caller's errno (saved_errno) kept on success, exactly the master's
+ * errno on failure.  Closes any descriptor the reply still holds. */
+int lcs_finish(struct lcs_reply *reply, int saved_errno);
 
 /* Fill the request's directory role for a path: nothing for an absolute
  * path, the caller's dirfd, or a fresh O_PATH descriptor of the cwd for
@@ -337,22 +349,96 @@ void lcs_request_init(struct lcs_request *request, uint16_t function);
  * dirfd is not an open descriptor: the real libc reports that. */
 int lcs_path_dir(int dirfd, const char *path, int *fd, int *owned);
 
+/* The channel's start (from the constructor): registers its fork handler,
+ * which forgets the parent's channel, reports and thread ids. */
+void lcs_channel_init(void);
+
+/* ---- registration (register.c) ---- */
+
+/* Called with the channel's lock held and no channel: make one, hand its
+ * other end to the master with this process's hello over the
+ * registration socket; returns the channel (high, close-on-exec) or -1. */
+int lcs_register_channel(void);
+
+/* ---- the bytes of the messages (codec.c) ---- */
+
+void lcs_request_init(struct lcs_request *request, uint16_t function);
+
+/* The request as one datagram into buf (room for LCS_MAX_MESSAGE; the
+ * request's strings must fit), with the caller's context (creds.c);
+ * returns its length and puts the descriptors it carries, in role order,
+ * into fds (room for 3) and their count into *nfds. */
+size_t lcs_encode_request(unsigned char *buf, const struct lcs_request *request, pid_t pid, pid_t tid,
+                          uint64_t id, int *fds, int *nfds);
+
+/* The registration hello (LCS_HELLO_SIZE bytes). */
+void lcs_encode_hello(unsigned char *hello, pid_t pid);
+
+/* A report's header (LCS_REPORT_HEADER bytes; an error outside 1..4095
+ * is sent as 0), the lengths of the names after it (LCS_REPORT_NAMES_SIZE
+ * bytes: the directories, the executable, the arguments) and the identity
+ * of a call the master answered "forward" (LCS_REPORT_CALL_SIZE bytes). */
+void lcs_encode_report_header(unsigned char *buf, int outcome, int64_t result, int error, unsigned lost,
+                              uint64_t duration);
+void lcs_encode_report_names(unsigned char *names, const size_t dirs[2], size_t exe, size_t argv);
+void lcs_encode_report_call(unsigned char *buf, pid_t pid, pid_t tid, uint64_t id, uint16_t function);
+
+/* A received datagram's addressee: 0 with *tid set when it has a reply's
+ * header (magic, version, reserved bytes zero), -1 otherwise. */
+int lcs_reply_tid(const unsigned char *buf, size_t len, pid_t *tid);
+
+/* The reply in a datagram with a reply's header (lcs_reply_tid), for the
+ * request of function and id, carrying nfds descriptors: 0 with *reply
+ * filled in (its fds left to the caller, reply->nfds set), -1 when it
+ * breaks a rule of docs/protocol.md "Reply" (reply->nfds 0). */
+int lcs_decode_reply(const unsigned char *buf, size_t len, uint16_t function, uint64_t id, int nfds,
+                     struct lcs_reply *reply);
+
 void lcs_stat_decode(const unsigned char *record, struct lcs_stat *out);
+
+/* ---- datagrams with descriptors (datagram.c) ---- */
+
+/* How long a caller polls for its reply before it sleeps, when it may run
+ * on more than one CPU. */
+#define LCS_SPIN_NS 50000
+
+/* One datagram received: its bytes and the descriptors it carried (one
+ * more than a reply may carry: that one is refused by the codec). */
+struct lcs_incoming {
+	unsigned char buf[LCS_MAX_MESSAGE];
+	size_t len;
+	int fds[LCS_MAX_REPLY_FDS + 1];
+	int nfds;
+};
+
+/* Send buf as one datagram with up to 3 descriptors (SCM_RIGHTS), flags
+ * added to MSG_NOSIGNAL, EINTR retried; sendmsg's return value. */
+ssize_t lcs_send_datagram(int fd, const void *buf, size_t len, const int *fds, int nfds, int flags);
+
+/* Receive one datagram (polling up to LCS_SPIN_NS first, see datagram.c):
+ * 0 with *in filled, -1 on EOF, error, truncation or a control message
+ * other than SCM_RIGHTS, every received descriptor then closed. */
+int lcs_receive_datagram(int fd, struct lcs_incoming *in);
+void lcs_close_incoming(struct lcs_incoming *in);
+
+/* CLOCK_MONOTONIC in ns (the vDSO: no system call). */
+static inline int64_t lcs_monotonic_ns(void)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
 
 /* What an entry point does with a call: the real libc does it
  * (LCS_FALLBACK), the master or the rules answered it (LCS_ANSWERED), or
  * the real libc does it and a report of its result is due (LCS_FORWARDED:
- * the entry point passes the real call's result to LCS_AFTER). */
-/* How long a caller polls for its reply before it sleeps (channel.c),
- * when it may run on more than one CPU. */
-#define LCS_SPIN_NS 50000
-
+ * the entry point passes the real call's result to LCS_ANSWERED_OR_REAL). */
 enum { LCS_FALLBACK = 0, LCS_ANSWERED = 1, LCS_FORWARDED = 2 };
 
 /* open/openat through the master (fs.c), for fopen and opendir: AT_FDCWD
  * asks as open, anything else as openat.  Returns LCS_ANSWERED with
  * *result set (errno set when it is -1), or LCS_FALLBACK / LCS_FORWARDED:
- * the real function must do the call (then LCS_AFTER). */
+ * the real function must do the call (then LCS_ANSWERED_OR_REAL). */
 int lcs_open_call(int dirfd, const char *path, int flags, unsigned mode, int *result);
 
 /* ---- the caller's umask and credentials (creds.c) ---- */
@@ -401,7 +487,9 @@ int lcs_directory_name(int dirfd, char *out, size_t *out_len);
 int lcs_rules(uint16_t function, uint32_t flags, int dirfd1, const char *path1, int dirfd2,
               const char *path2, int *error);
 
-/* Tell the master's observers about calls (channel.c; only with
+/* ---- reports (report.c) ----
+ *
+ * Tell the master's observers about calls (only with
  * LIBC_SERVICE_REPORTS=1): never blocks, a report the socket does not
  * take is counted as lost, errno is kept.
  *
@@ -411,15 +499,36 @@ int lcs_rules(uint16_t function, uint32_t flags, int dirfd1, const char *path1, 
  *   (LCS_REPORT_RESULT, id: the reply's).  Returns LCS_FORWARDED when a
  *   report is due, LCS_FALLBACK when not (reports off, or too deeply
  *   nested); the caller then does the real call and gives its result to
- *   lcs_report_result (LCS_AFTER), which sends the report. */
+ *   lcs_report_result (LCS_ANSWERED_OR_REAL), which sends the report. */
 enum { LCS_REPORT_FORWARDED = 1, LCS_REPORT_DENIED = 2, LCS_REPORT_RESULT = 3 };
 #define LCS_REPORT_HEADER 32
 void lcs_report(const struct lcs_request *request, int outcome, int error);
 int lcs_report_later(const struct lcs_request *request, int outcome, uint64_t id);
 void lcs_report_result(int64_t result, int error);
 
-/* The real call's value, its result reported when how is LCS_FORWARDED
- * (a negative value is a failure with errno, kept for the program). */
+/* The step every interposed entry point that asks ends with: the answer
+ * when the master or the rules gave one (how is LCS_ANSWERED), else the
+ * real function, called with the program's own arguments (real_call is
+ * evaluated only then, after how and before anything else touches errno)
+ * and its value passed through after(how, value), which reports it when
+ * how is LCS_FORWARDED and returns it unchanged, errno kept.  It adds no
+ * lock, allocation or system call of its own: it is as safe in a signal
+ * handler or a vfork()ed child as the asking was.
+ *
+ * LCS_ANSWERED_OR_REAL is it for the functions returning a number (a
+ * negative value is a failure with errno); a function returning a pointer
+ * gives its own after (LCS_ANSWERED_OR_REAL_AFTER). */
+#define LCS_ANSWERED_OR_REAL_AFTER(after, how, answer, real_call)                     \
+	({                                                                            \
+		int lcs_how_ = (how);                                                 \
+		lcs_how_ == LCS_ANSWERED ? (answer) : after(lcs_how_, real_call);     \
+	})
+#define LCS_ANSWERED_OR_REAL(how, answer, real_call) \
+	LCS_ANSWERED_OR_REAL_AFTER(LCS_AFTER, how, answer, real_call)
+
+/* LCS_ANSWERED_OR_REAL's after: the real call's value, its result
+ * reported when how is LCS_FORWARDED (a negative value is a failure with
+ * errno, kept for the program). */
 #define LCS_AFTER(how, call)                                                    \
 	({                                                                      \
 		__typeof__(call) lcs_value_ = (call);                           \
@@ -428,9 +537,12 @@ void lcs_report_result(int64_t result, int error);
 		lcs_value_;                                                     \
 	})
 
-/* The channel's start (channel.c, from the constructor): reads
- * LIBC_SERVICE_REPORTS and registers its fork handler. */
-void lcs_channel_init(void);
+/* The reports' start (from the constructor): reads LIBC_SERVICE_REPORTS. */
+void lcs_report_init(void);
+
+/* In the child of fork(): no report is pending, the program is not yet
+ * named.  Async-signal-safe. */
+void lcs_report_forked(void);
 
 /* ---- the shim's own descriptors (ownfds.c) ----
  *
@@ -461,6 +573,9 @@ void lcs_set_chan_fd(int fd);
  * (not a vfork()ed child sharing its memory). */
 int lcs_own_pid(void);
 int lcs_own_process(void);
+
+/* The calling thread's id (cached per thread; gettid(2) once). */
+int lcs_own_tid(void);
 
 int lcs_is_seqpacket(int fd);
 

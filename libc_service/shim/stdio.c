@@ -87,9 +87,7 @@ LCS_EXPORT FILE *fopen(const char *path, const char *mode)
 	FILE *stream;
 	int how = open_stream(path, mode, &stream);
 
-	if (how == LCS_ANSWERED)
-		return stream;
-	return stream_after(how, LCS_REAL(fopen)(path, mode));
+	return LCS_ANSWERED_OR_REAL_AFTER(stream_after, how, stream, LCS_REAL(fopen)(path, mode));
 }
 
 LCS_EXPORT FILE *fopen64(const char *path, const char *mode)
@@ -97,35 +95,49 @@ LCS_EXPORT FILE *fopen64(const char *path, const char *mode)
 	FILE *stream;
 	int how = open_stream(path, mode, &stream);
 
-	if (how == LCS_ANSWERED)
-		return stream;
-	return stream_after(how, LCS_REAL(fopen64)(path, mode));
+	return LCS_ANSWERED_OR_REAL_AFTER(stream_after, how, stream, LCS_REAL(fopen64)(path, mode));
 }
 
-/* opendir asks as open(path, read_only | directory), close-on-exec, and
- * reads the granted descriptor with fdopendir (which checks it is a
- * directory opened for reading).  A NULL path goes to the real opendir. */
-LCS_EXPORT DIR *opendir(const char *path)
+/* Ask the master for the directory of an opendir: as open(path,
+ * read_only | directory), close-on-exec, the granted descriptor read with
+ * fdopendir (which checks it is a directory opened for reading).  Returns
+ * LCS_FALLBACK or LCS_FORWARDED (the real opendir does it, see
+ * directory_after; a NULL path goes there too), or LCS_ANSWERED with
+ * *dir set (NULL with errno on failure). */
+static int open_directory(const char *path, DIR **dir)
 {
 	int fd, how, saved_errno = errno;
-	DIR *dir;
 
 	how = lcs_open_call(AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, &fd);
-	if (how != LCS_ANSWERED) {
-		dir = LCS_REAL(opendir)(path);
-		if (how == LCS_FORWARDED)
-			lcs_report_result(dir ? dirfd(dir) : -1, dir ? 0 : errno);
-		return dir;
-	}
+	if (how != LCS_ANSWERED)
+		return how;
+	*dir = NULL;
 	if (fd < 0)
-		return NULL;
-	dir = fdopendir(fd);
-	if (!dir) {
+		return LCS_ANSWERED;
+	*dir = fdopendir(fd);
+	if (!*dir) {
 		int error = errno;
 		lcs_close_raw(fd);
 		errno = error;
-		return NULL;
+	} else {
+		errno = saved_errno;
 	}
-	errno = saved_errno;
+	return LCS_ANSWERED;
+}
+
+/* The real call's directory, its descriptor reported when how is
+ * LCS_FORWARDED. */
+static DIR *directory_after(int how, DIR *dir)
+{
+	if (how == LCS_FORWARDED)
+		lcs_report_result(dir ? dirfd(dir) : -1, dir ? 0 : errno);
 	return dir;
+}
+
+LCS_EXPORT DIR *opendir(const char *path)
+{
+	DIR *dir;
+	int how = open_directory(path, &dir);
+
+	return LCS_ANSWERED_OR_REAL_AFTER(directory_after, how, dir, LCS_REAL(opendir)(path));
 }
