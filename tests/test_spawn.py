@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from libc_service import FORWARD, AddrInfo, Decision, Errno, Router, Stat, WithFds, spawn
+from libc_service import FORWARD, AddrInfo, Decision, Errno, Router, SlaveProcess, Stat, WithFds, spawn
 from libc_service.protocol.requests import (
     ConnectInetRequest,
     GetaddrinfoRequest,
@@ -555,6 +555,14 @@ async def test_every_descriptor_is_closed_after_a_busy_tree(fd_count: Any, tmp_p
 def test_spawn_needs_a_program() -> None:
     with pytest.raises(ValueError):
         spawn([], Router())
+
+
+@pytest.mark.parametrize("make", [spawn, SlaveProcess], ids=["spawn", "SlaveProcess"])
+@pytest.mark.parametrize("keyword", ["sandbx", "seccmop", "timeout"])
+def test_a_keyword_spawn_does_not_take_is_refused_at_the_call(make: Callable[..., Any], keyword: str) -> None:
+    # Before anything starts: a misspelt sandbox= that were ignored would run the program unconfined.
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{keyword}'"):
+        make(["true"], Router(), **{keyword: None})
 
 
 async def test_a_program_that_does_not_exist_raises_file_not_found() -> None:
