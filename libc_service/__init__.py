@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from .master import Call as Call
     from .master import Master as Master
     from .master import SessionClosed as SessionClosed
-    from .outcomes import Deny as Deny
     from .perform import perform as perform
     from .replies import AddrInfo as AddrInfo
     from .replies import Reply as Reply
@@ -74,7 +73,6 @@ _PUBLIC: dict[str, str] = {
     **dict.fromkeys(("Condition", "flags", "named", "resolved", "to", "under", "writing"), "conditions"),
     "Resolver": "resolver",
     **dict.fromkeys(("Master", "SessionClosed"), "master"),
-    "Deny": "outcomes",
     **dict.fromkeys(("AddrInfo", "Reply", "Stat"), "replies"),
     "Request": "requests",
     **dict.fromkeys(("FORWARD", "PASS", "Decision", "Errno", "Route", "Router", "WithFds", "deny"), "router"),
@@ -150,6 +148,8 @@ def _package_version() -> str:
 def __getattr__(name: str) -> Any:
     if name == "__version__":
         value: Any = _package_version()
+    elif name == "Deny":  # deprecated: warns, from the router where it was
+        return getattr(importlib.import_module(".router", __name__), name)
     elif name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     else:

@@ -40,7 +40,7 @@ from typing import Any, Final, Literal
 from .conditions import AllOf, Condition, NamedCondition, ResolvedCondition
 from .policy import LoadedPolicy
 from .requests import FUNCTIONS
-from .router import FORWARD, Deny, Route, Router
+from .router import FORWARD, Errno, Route, Router
 
 __all__ = [
     "JSON_SCHEMA",
@@ -264,7 +264,7 @@ def _default_doc(router: Router, base: Path | None) -> DefaultDoc:
     default = router.default
     if default is FORWARD:
         return DefaultDoc("forward", None, None, None)
-    if isinstance(default, Deny):
+    if isinstance(default, Errno):
         return DefaultDoc("deny", default.errno, default.errno_name, None)
     if isinstance(default, Route):
         return DefaultDoc("handler", None, None, _handler_doc(-1, default, base))

@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 from .catalogue import METADATA_FD_FUNCTIONS, METADATA_FUNCTIONS, MUTATING_FUNCTIONS, OPEN_FUNCTIONS
 from .conditions import Condition, AllOf, AnyOf, FlagsCondition, Negation, UnderCondition, WritingCondition
-from .outcomes import FORWARD, Deny
+from .outcomes import FORWARD, Errno
 from .catalogue import FUNCTIONS
 from .wire import OPEN_FLAG_BITS
 
@@ -296,7 +296,7 @@ def compile_rules(router: Router, *, reports: bool = False) -> bytes | None:
     default = router.routes().default
     if default is FORWARD:
         action, code = FORWARD_ACTION, 0
-    elif isinstance(default, Deny):
+    elif isinstance(default, Errno):
         action, code = DENY_ACTION, default.errno
     else:
         return None
