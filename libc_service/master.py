@@ -495,13 +495,26 @@ class Master:
             call.abandon()
         self._current = None
 
+    async def aclose(self) -> None:
+        """End the session from async code: what :meth:`close` does, awaited.
+
+        The package's async objects close one way, as the standard library's
+        async generators and :func:`contextlib.aclosing` expect:
+        ``await x.aclose()``, or ``async with x:`` which calls it (a
+        :class:`Master`, a :class:`~libc_service.spawn.SlaveProcess`).
+        :meth:`close` stays for the code that cannot await (a reader
+        callback, a sync handler or observer); a master has nothing left to
+        wait for once it returns, so both end the session at once.
+        """
+        self.close()
+
     async def __aenter__(self) -> Master:
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        await self.aclose()
 
     # ------------------------------------------------------ many-call level
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import errno
 import os
 import signal
@@ -344,6 +345,32 @@ async def test_a_pipeline_is_several_sessions_with_distinct_pids(tmp_path: Path)
     assert process.pid not in (opener["a"], opener["b"], opener["out"])
     assert process.sessions_started >= 3
     assert len({d.session for d in decisions}) >= 3
+
+
+async def test_aclose_ends_the_sessions_and_the_program_falls_back_to_its_own_calls(tmp_path: Path) -> None:
+    # Closing is spelled as a Master's: await aclose(), which contextlib.aclosing calls.
+    target = tmp_path / "four"
+    target.write_bytes(b"four")
+    router = Router()
+
+    @router.on("stat")
+    def fake_size(req: StatRequest) -> Any:
+        return Stat(size=4242, mode=0o644) if str(req.path) == str(target) else FORWARD
+
+    program = (
+        "import os, sys\n"
+        "print(os.stat(sys.argv[1]).st_size, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "print(os.stat(sys.argv[1]).st_size, flush=True)\n"
+    )
+    pipe = asyncio.subprocess.PIPE
+    process = spawn([PYTHON, "-c", program, str(target)], router, stdin=pipe, stdout=pipe)
+    async with contextlib.aclosing(await process.start()):
+        assert process.stdout is not None
+        assert await process.stdout.readline() == b"4242\n"
+    out, _ = await process.communicate(b"\n")
+    assert await process.wait() == 0
+    assert int(out) == os.stat(target).st_size  # the channel is gone: the shim did the real call
 
 
 async def test_a_forked_child_has_its_own_session_and_pid() -> None:
