@@ -4,14 +4,12 @@ A *slave* process runs with its ``open``/``stat``/``connect``/... calls
 forwarded to a *master* before the real libc is attempted; the master's
 policy decides each call. See the documentation site for the concepts.
 
-What a policy author imports is here: the router and its outcomes, the
-conditions, the request union, the safe-path helpers, :func:`perform`,
-the sandbox and :func:`spawn`. Transport internals (``Call``,
-``RouteTable``, ``ProtocolError``) live in their modules
-(:mod:`libc_service.master`, :mod:`libc_service.router`,
-:mod:`libc_service.wire`); the names below them are still importable from
-here for code written against earlier versions, but are not part of
-``__all__``.
+What a user meets is importable from here: the router and its outcomes,
+the conditions, the requests and replies, the safe-path helpers,
+:func:`perform`, the channel ends, the sandbox, :func:`spawn` and the
+errors they raise. The package exports exactly the ``__all__`` of its
+public modules (the table below names them), each name imported from its
+module on first use.
 """
 
 from __future__ import annotations
@@ -20,83 +18,116 @@ import importlib
 import importlib.util
 import sys
 import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    # What type checkers see; tests/test_package_names.py keeps it equal to
-    # _PUBLIC and _KEPT below (``as`` marks each name re-exported).
-    from .conditions import Condition as Condition
-    from .conditions import flags as flags
-    from .conditions import named as named
-    from .conditions import resolved as resolved
-    from .conditions import to as to
-    from .conditions import under as under
-    from .conditions import writing as writing
-    from .master import Call as Call
-    from .master import Master as Master
-    from .master import SessionClosed as SessionClosed
-    from .perform import perform as perform
-    from .replies import AddrInfo as AddrInfo
-    from .replies import Reply as Reply
-    from .replies import Stat as Stat
-    from .requests import Request as Request
-    from .resolver import Resolver as Resolver
-    from .router import FORWARD as FORWARD
-    from .router import PASS as PASS
-    from .router import Decision as Decision
-    from .router import Errno as Errno
-    from .router import Route as Route
-    from .router import Router as Router
-    from .router import RouteTable as RouteTable
-    from .router import WithFds as WithFds
-    from .router import deny as deny
-    from .safepath import EscapeError as EscapeError
-    from .safepath import open_beneath as open_beneath
-    from .safepath import parent_beneath as parent_beneath
-    from .safepath import relative_to_root as relative_to_root
-    from .safepath import stat_beneath as stat_beneath
-    from .sandbox import Sandbox as Sandbox
-    from .sandbox import SandboxUnavailable as SandboxUnavailable
-    from .slave import Slave as Slave
-    from .slavepath import slave_path as slave_path
-    from .spawn import SlaveProcess as SlaveProcess
-    from .spawn import spawn as spawn
-    from .wire import ProtocolError as ProtocolError
+    # What type checkers see: each public module's ``__all__`` (a star import
+    # re-exports exactly that). tests/test_package_names.py keeps these lines
+    # naming the modules of _EXPORTS.
+    from .conditions import *  # noqa: F403
+    from .master import *  # noqa: F403
+    from .notify import *  # noqa: F403
+    from .perform import *  # noqa: F403
+    from .replies import *  # noqa: F403
+    from .requests import *  # noqa: F403
+    from .resolver import *  # noqa: F403
+    from .router import *  # noqa: F403
+    from .safepath import *  # noqa: F403
+    from .sandbox import *  # noqa: F403
+    from .slave import *  # noqa: F403
+    from .slavepath import *  # noqa: F403
+    from .spawn import *  # noqa: F403
 
     __version__: str
 
-#: The public names (``__all__``) and the submodule each lives in: imported
-#: on first use (PEP 562), so that a policy importing ``Router`` does not pay
-#: for the sandbox, ``perform`` or the package metadata (``libc-service run``
-#: starts in milliseconds).
-_PUBLIC: dict[str, str] = {
-    **dict.fromkeys(("Condition", "flags", "named", "resolved", "to", "under", "writing"), "conditions"),
-    "Resolver": "resolver",
-    **dict.fromkeys(("Master", "SessionClosed"), "master"),
-    **dict.fromkeys(("AddrInfo", "Reply", "Stat"), "replies"),
-    "Request": "requests",
-    **dict.fromkeys(("FORWARD", "PASS", "Decision", "Errno", "Route", "Router", "WithFds", "deny"), "router"),
-    **dict.fromkeys(("EscapeError", "open_beneath", "parent_beneath", "relative_to_root", "stat_beneath"), "safepath"),
-    **dict.fromkeys(("Sandbox", "SandboxUnavailable"), "sandbox"),
-    "Slave": "slave",
-    "slave_path": "slavepath",
-    "perform": "perform",
-    **dict.fromkeys(("SlaveProcess", "spawn"), "spawn"),
+#: The public modules and their ``__all__``, written out so that ``import
+#: libc_service`` imports none of them: each name is imported from its
+#: module on first use (PEP 562), so a policy importing ``Router`` does not
+#: pay for the sandbox, ``perform`` or the package metadata (``libc-service
+#: run`` starts in milliseconds). tests/test_package_names.py fails when a
+#: tuple differs from its module's ``__all__`` and prints the one to write.
+_EXPORTS: Final[dict[str, tuple[str, ...]]] = {
+    "conditions": ("Condition", "flags", "named", "resolved", "to", "under", "writing"),
+    "master": ("Call", "Dispatcher", "Master", "ProtocolError", "SessionClosed"),
+    "notify": ("SeccompUnavailable", "current_transport", "seccomp_unavailable"),
+    "perform": ("perform",),
+    "replies": ("AddrInfo", "FileType", "GAI_ERRORS", "GaiError", "Reply", "Result", "Stat"),
+    "requests": (
+        "SERVICE_MAX",
+        "NODE_MAX",
+        "UNIX_PATH_MAX",
+        "PATH_MAX_BYTES",
+        "ACCESS_MODES",
+        "FUNCTIONS",
+        "OPENAT_FLAGS",
+        "OPEN_FLAGS",
+        "AccessMode",
+        "AccessRequest",
+        "BindInet6Request",
+        "BindInetRequest",
+        "BindUnixRequest",
+        "ChmodRequest",
+        "ChownRequest",
+        "ConnectInet6Request",
+        "ConnectInetRequest",
+        "ConnectUnixRequest",
+        "EaccessRequest",
+        "FchmodRequest",
+        "FchownRequest",
+        "Function",
+        "FutimensRequest",
+        "GetaddrinfoRequest",
+        "LstatRequest",
+        "MkdirRequest",
+        "OpenFlag",
+        "OpenRequest",
+        "OpenatFlag",
+        "OpenatRequest",
+        "RenameRequest",
+        "Request",
+        "RmdirRequest",
+        "StatRequest",
+        "UnlinkRequest",
+        "UtimensRequest",
+        "TIME_NS_MAX",
+        "TIME_NS_MIN",
+        "TimeSpec",
+        "MAX_GROUPS",
+    ),
+    "resolver": ("Resolver",),
+    "router": (
+        "FORWARD",
+        "PASS",
+        "Decision",
+        "Errno",
+        "Outcome",
+        "Route",
+        "RouteTable",
+        "Router",
+        "Transport",
+        "WithFds",
+        "deny",
+    ),
+    "safepath": ("EscapeError", "open_beneath", "parent_beneath", "relative_to_root", "resolve", "stat_beneath"),
+    "sandbox": ("Sandbox", "SandboxUnavailable", "landlock_abi", "network_namespaces_available"),
+    "slave": ("Slave",),
+    "slavepath": ("slave_path",),
+    "spawn": ("ShimNotFound", "SlaveProcess", "spawn"),
 }
-#: Transport internals and introspection types: importable from here for
-#: code written against earlier versions, not part of ``__all__``.
-_KEPT: dict[str, str] = {"Call": "master", "RouteTable": "router", "ProtocolError": "wire"}
-_LAZY: dict[str, str] = {**_PUBLIC, **_KEPT}
-#: Public functions named like the submodule that defines them.
-_SHADOWED: frozenset[str] = frozenset({"perform", "spawn"})
+#: Each exported name and the module it comes from.
+_MODULE_OF: Final[dict[str, str]] = {name: module for module, names in _EXPORTS.items() for name in names}
+#: Old names still importable from here, from the module that defines them (which warns).
+_DEPRECATED: Final[dict[str, str]] = {"Deny": "router"}
+#: Public functions named like the module that defines them (``perform``, ``spawn``).
+_SHADOWED: Final[frozenset[str]] = frozenset(name for name, module in _MODULE_OF.items() if name == module)
 
 
 class _Package(types.ModuleType):
     """The package module, keeping ``perform`` and ``spawn`` the functions.
 
     Importing a submodule sets the package attribute of the same name to the
-    module object; for the two public functions named like their module,
-    the function is stored instead, so ``from libc_service import perform``
+    module object; for the public functions named like their module, the
+    function is stored instead, so ``from libc_service import perform``
     means the same whatever was imported before.
     """
 
@@ -148,10 +179,10 @@ def _package_version() -> str:
 def __getattr__(name: str) -> Any:
     if name == "__version__":
         value: Any = _package_version()
-    elif name == "Deny":  # deprecated: warns, from the router where it was
-        return getattr(importlib.import_module(".router", __name__), name)
-    elif name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _MODULE_OF:
+        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    elif name in _DEPRECATED:  # not kept: its module warns on every use
+        return getattr(importlib.import_module(f".{_DEPRECATED[name]}", __name__), name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -159,7 +190,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, "__version__"})
+    return sorted({*globals(), *_MODULE_OF, "__version__"})
 
 
-__all__ = ["__version__", *_PUBLIC]
+__all__ = ["__version__", *_MODULE_OF]

@@ -40,6 +40,7 @@ from typing import ClassVar, TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 from . import wire
 from .channel import MasterChannel
+from .wire import ProtocolError
 
 from .lazyimport import on_first_use
 
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 else:
     asyncio = on_first_use("asyncio", globals())
 
-__all__ = ["Call", "Dispatcher", "IdleCpu", "Master", "SessionClosed", "close_fds", "discard", "received_fds"]
+__all__ = ["Call", "Dispatcher", "Master", "ProtocolError", "SessionClosed"]
 
 logger = logging.getLogger(__name__)
 

@@ -99,16 +99,7 @@ if TYPE_CHECKING:
 else:
     asyncio = on_first_use("asyncio", globals())
 
-__all__ = [
-    "HANDOFF_TIMEOUT",
-    "MEMORY_BOUND",
-    "ListenerHandoff",
-    "SeccompSession",
-    "SeccompUnavailable",
-    "current_transport",
-    "seccomp_unavailable",
-    "shim_relay",
-]
+__all__ = ["SeccompUnavailable", "current_transport", "seccomp_unavailable"]
 
 logger = logging.getLogger(__name__)
 

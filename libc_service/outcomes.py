@@ -56,10 +56,10 @@ class Sentinel:
         return self._name
 
 
-#: Return (or use as a default) to let the slave do the call itself.
 FORWARD: Final = Sentinel("FORWARD")
-#: Return to let the next matching route (or the default) decide.
+"""Return (or use as a default) to let the slave do the call itself."""
 PASS: Final = Sentinel("PASS")
+"""Return to let the next matching route (or the default) decide."""
 
 
 class Errno(OSError):
@@ -111,8 +111,9 @@ def deny(errno: int = errno_module.EPERM) -> Errno:
     return Errno(errno)
 
 
-#: What kind of reply went out (see :class:`~libc_service.router.Decision`).
 Outcome: TypeAlias = Literal["reply", "forward", "error", "failure"]
+"""What kind of reply went out (:class:`~libc_service.router.Decision`'s ``outcome``): a result,
+``FORWARD``, an errno, or ``error_errno`` for a policy bug."""
 #: What went out for one call: outcome, result, errno, descriptor count.
 Summary: TypeAlias = "tuple[Outcome, Result | None, int, int]"
 

@@ -112,7 +112,7 @@ if TYPE_CHECKING:
 else:
     asyncio = on_first_use("asyncio", globals())
 
-__all__ = ["installable", "perform"]
+__all__ = ["perform"]
 
 logger = logging.getLogger(__name__)
 

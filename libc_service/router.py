@@ -58,13 +58,13 @@ __all__ = [
     "PASS",
     "Decision",
     "Errno",
+    "Outcome",
     "Route",
     "RouteTable",
     "Router",
     "Transport",
     "WithFds",
     "deny",
-    "named_directories",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,8 +123,8 @@ class RouteTable:
         return tuple(route for route in self.routes if function in route.functions)
 
 
-#: How a call reached the master (see :attr:`Decision.transport`).
 Transport: TypeAlias = Literal["shim", "seccomp"]
+"""How a call reached the master (:attr:`Decision.transport`): the shim's channel or a seccomp notification."""
 
 
 @dataclass(frozen=True, slots=True)

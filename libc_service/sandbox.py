@@ -82,14 +82,7 @@ from .ruleset_cache import cached_ruleset
 from .socket_filter import build_socket_filter, socket_numbers_for
 from .syscall_filter import build_filter, numbers_for
 
-__all__ = [
-    "PreparedSandbox",
-    "Sandbox",
-    "SandboxUnavailable",
-    "landlock_abi",
-    "network_namespaces_available",
-    "program_files",
-]
+__all__ = ["Sandbox", "SandboxUnavailable", "landlock_abi", "network_namespaces_available"]
 
 logger = logging.getLogger(__name__)
 

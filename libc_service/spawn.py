@@ -47,16 +47,7 @@ if TYPE_CHECKING:
 else:
     asyncio = on_first_use("asyncio", globals())
 
-__all__ = [
-    "ENV_FD",
-    "ENV_LOCAL",
-    "RegistrationListener",
-    "ShimNotFound",
-    "SlaveProcess",
-    "exit_status",
-    "shim_path",
-    "spawn",
-]
+__all__ = ["ShimNotFound", "SlaveProcess", "spawn"]
 
 logger = logging.getLogger(__name__)
 
