@@ -4,14 +4,12 @@ A *slave* process runs with its ``open``/``stat``/``connect``/... calls
 forwarded to a *master* before the real libc is attempted; the master's
 policy decides each call. See the documentation site for the concepts.
 
-What a policy author imports is here: the router and its outcomes, the
-conditions, the request union, the safe-path helpers, :func:`perform`,
-the sandbox and :func:`spawn`. Transport internals (``Call``,
-``RouteTable``, ``ProtocolError``) live in their modules
-(:mod:`libc_service.endpoints.master`, :mod:`libc_service.policy.router`,
-:mod:`libc_service.protocol.wire`); the names below them are still importable from
-here for code written against earlier versions, but are not part of
-``__all__``.
+What a user meets is importable from here: the router and its outcomes,
+the conditions, the requests and replies, the safe-path helpers,
+:func:`perform`, the channel ends, the sandbox, :func:`spawn` and the
+errors they raise. The package exports exactly the ``__all__`` of its
+public modules (the table below names them), each name imported from its
+module on first use.
 """
 
 from __future__ import annotations
@@ -19,77 +17,106 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    # What type checkers see; tests/test_package_names.py keeps it equal to
-    # _PUBLIC and _KEPT below (``as`` marks each name re-exported).
-    from libc_service.policy.conditions import Condition as Condition
-    from libc_service.policy.conditions import flags as flags
-    from libc_service.policy.conditions import named as named
-    from libc_service.policy.conditions import resolved as resolved
-    from libc_service.policy.conditions import to as to
-    from libc_service.policy.conditions import under as under
-    from libc_service.policy.conditions import writing as writing
-    from libc_service.endpoints.master import Call as Call
-    from libc_service.endpoints.master import Master as Master
-    from libc_service.endpoints.master import SessionClosed as SessionClosed
-    from libc_service.policy.outcomes import Deny as Deny
-    from libc_service.acting.perform import perform as perform
-    from libc_service.protocol.replies import AddrInfo as AddrInfo
-    from libc_service.protocol.replies import Reply as Reply
-    from libc_service.protocol.replies import Stat as Stat
-    from libc_service.protocol.requests import Request as Request
-    from libc_service.policy.resolver import Resolver as Resolver
-    from libc_service.policy.router import FORWARD as FORWARD
-    from libc_service.policy.router import PASS as PASS
-    from libc_service.policy.router import Decision as Decision
-    from libc_service.policy.router import Errno as Errno
-    from libc_service.policy.router import Route as Route
-    from libc_service.policy.router import Router as Router
-    from libc_service.policy.router import RouteTable as RouteTable
-    from libc_service.policy.router import WithFds as WithFds
-    from libc_service.policy.router import deny as deny
-    from libc_service.acting.safepath import EscapeError as EscapeError
-    from libc_service.acting.safepath import open_beneath as open_beneath
-    from libc_service.acting.safepath import parent_beneath as parent_beneath
-    from libc_service.acting.safepath import relative_to_root as relative_to_root
-    from libc_service.acting.safepath import stat_beneath as stat_beneath
-    from libc_service.confinement.sandbox import Sandbox as Sandbox
-    from libc_service.confinement.sandbox import SandboxUnavailable as SandboxUnavailable
-    from libc_service.endpoints.slave import Slave as Slave
-    from libc_service.policy.slavepath import slave_path as slave_path
-    from libc_service.processes.spawn import SlaveProcess as SlaveProcess
-    from libc_service.processes.spawn import spawn as spawn
-    from libc_service.protocol.wire import ProtocolError as ProtocolError
+    # What type checkers see: each public module's ``__all__`` (a star import
+    # re-exports exactly that). tests/test_package_names.py keeps these lines
+    # naming the modules of _EXPORTS.
+    from libc_service.policy.conditions import *  # noqa: F403
+    from libc_service.endpoints.master import *  # noqa: F403
+    from libc_service.seccomp.notify import *  # noqa: F403
+    from libc_service.acting.perform import *  # noqa: F403
+    from libc_service.protocol.replies import *  # noqa: F403
+    from libc_service.protocol.requests import *  # noqa: F403
+    from libc_service.policy.resolver import *  # noqa: F403
+    from libc_service.policy.router import *  # noqa: F403
+    from libc_service.acting.safepath import *  # noqa: F403
+    from libc_service.confinement.sandbox import *  # noqa: F403
+    from libc_service.endpoints.slave import *  # noqa: F403
+    from libc_service.policy.slavepath import *  # noqa: F403
+    from libc_service.processes.spawn import *  # noqa: F403
 
     __version__: str
 
-#: The public names (``__all__``) and the submodule each lives in: imported
-#: on first use (PEP 562), so that a policy importing ``Router`` does not pay
-#: for the sandbox, ``perform`` or the package metadata (``libc-service run``
-#: starts in milliseconds).
-_PUBLIC: dict[str, str] = {
-    **dict.fromkeys(("Condition", "flags", "named", "resolved", "to", "under", "writing"), "policy.conditions"),
-    "Resolver": "policy.resolver",
-    **dict.fromkeys(("Master", "SessionClosed"), "endpoints.master"),
-    "Deny": "policy.outcomes",
-    **dict.fromkeys(("AddrInfo", "Reply", "Stat"), "protocol.replies"),
-    "Request": "protocol.requests",
-    **dict.fromkeys(("FORWARD", "PASS", "Decision", "Errno", "Route", "Router", "WithFds", "deny"), "policy.router"),
-    **dict.fromkeys(
-        ("EscapeError", "open_beneath", "parent_beneath", "relative_to_root", "stat_beneath"), "acting.safepath"
+#: The public modules and their ``__all__``, written out so that ``import
+#: libc_service`` imports none of them: each name is imported from its
+#: module on first use (PEP 562), so a policy importing ``Router`` does not
+#: pay for the sandbox, ``perform`` or the package metadata (``libc-service
+#: run`` starts in milliseconds). tests/test_package_names.py fails when a
+#: tuple differs from its module's ``__all__`` and prints the one to write.
+_EXPORTS: Final[dict[str, tuple[str, ...]]] = {
+    "policy.conditions": ("Condition", "flags", "named", "resolved", "to", "under", "writing"),
+    "endpoints.master": ("Call", "Dispatcher", "Master", "ProtocolError", "SessionClosed"),
+    "seccomp.notify": ("SeccompUnavailable", "current_transport", "seccomp_unavailable"),
+    "acting.perform": ("perform",),
+    "protocol.replies": ("AddrInfo", "FileType", "GAI_ERRORS", "GaiError", "Reply", "Result", "Stat"),
+    "protocol.requests": (
+        "SERVICE_MAX",
+        "NODE_MAX",
+        "UNIX_PATH_MAX",
+        "PATH_MAX_BYTES",
+        "ACCESS_MODES",
+        "FUNCTIONS",
+        "OPENAT_FLAGS",
+        "OPEN_FLAGS",
+        "AccessMode",
+        "AccessRequest",
+        "BindInet6Request",
+        "BindInetRequest",
+        "BindUnixRequest",
+        "ChmodRequest",
+        "ChownRequest",
+        "ConnectInet6Request",
+        "ConnectInetRequest",
+        "ConnectUnixRequest",
+        "EaccessRequest",
+        "FchmodRequest",
+        "FchownRequest",
+        "Function",
+        "FutimensRequest",
+        "GetaddrinfoRequest",
+        "LstatRequest",
+        "MkdirRequest",
+        "OpenFlag",
+        "OpenRequest",
+        "OpenatFlag",
+        "OpenatRequest",
+        "RenameRequest",
+        "Request",
+        "RmdirRequest",
+        "StatRequest",
+        "UnlinkRequest",
+        "UtimensRequest",
+        "TIME_NS_MAX",
+        "TIME_NS_MIN",
+        "TimeSpec",
+        "MAX_GROUPS",
     ),
-    **dict.fromkeys(("Sandbox", "SandboxUnavailable"), "confinement.sandbox"),
-    "Slave": "endpoints.slave",
-    "slave_path": "policy.slavepath",
-    "perform": "acting.perform",
-    **dict.fromkeys(("SlaveProcess", "spawn"), "processes.spawn"),
+    "policy.resolver": ("Resolver",),
+    "policy.router": (
+        "FORWARD",
+        "PASS",
+        "Decision",
+        "Errno",
+        "Outcome",
+        "Route",
+        "RouteTable",
+        "Router",
+        "Transport",
+        "WithFds",
+        "deny",
+    ),
+    "acting.safepath": ("EscapeError", "open_beneath", "parent_beneath", "relative_to_root", "resolve", "stat_beneath"),
+    "confinement.sandbox": ("Sandbox", "SandboxUnavailable", "landlock_abi", "network_namespaces_available"),
+    "endpoints.slave": ("Slave",),
+    "policy.slavepath": ("slave_path",),
+    "processes.spawn": ("ShimNotFound", "SlaveProcess", "SpawnOptions", "spawn"),
 }
-#: Transport internals and introspection types: importable from here for
-#: code written against earlier versions, not part of ``__all__``.
-_KEPT: dict[str, str] = {"Call": "endpoints.master", "RouteTable": "policy.router", "ProtocolError": "protocol.wire"}
-_LAZY: dict[str, str] = {**_PUBLIC, **_KEPT}
+#: Each exported name and the module it comes from.
+_MODULE_OF: Final[dict[str, str]] = {name: module for module, names in _EXPORTS.items() for name in names}
+#: Old names still importable from here, from the module that defines them (which warns).
+_DEPRECATED: Final[dict[str, str]] = {"Deny": "policy.router"}
 
 
 def _load_on_first_use(name: str) -> None:
@@ -125,8 +152,10 @@ def __getattr__(name: str) -> Any:
         from libc_service.tools.version import package_version
 
         value: Any = package_version()
-    elif name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _MODULE_OF:
+        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    elif name in _DEPRECATED:  # not kept: its module warns on every use
+        return getattr(importlib.import_module(f".{_DEPRECATED[name]}", __name__), name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -134,7 +163,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, "__version__"})
+    return sorted({*globals(), *_MODULE_OF, "__version__"})
 
 
-__all__ = ["__version__", *_PUBLIC]
+__all__ = ["__version__", *_MODULE_OF]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from libc_service import Router, spawn
-from libc_service.processes.spawn import ShimNotFound, shim_path
+from libc_service.processes.spawn_launch import ShimNotFound, shim_path
 
 __all__ = ["PYTHON", "C_DIR", "Ran", "c_program", "needs_shim", "run_native", "run_slave", "shim"]
 

@@ -40,7 +40,7 @@ from libc_service import Router, Sandbox, spawn
 from libc_service.tools.docs import render_policy
 from libc_service.tools.policy_file import LoadedPolicy, load_policy
 from libc_service.confinement.sandbox import network_namespaces_available
-from libc_service.processes.spawn import ShimNotFound, shim_path
+from libc_service.processes.spawn_launch import ShimNotFound, shim_path
 
 from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture
 

@@ -23,7 +23,7 @@ from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixtu
 from libc_service import FORWARD, Router, Sandbox, spawn
 from libc_service.processes.launching import launcher_path
 from libc_service.confinement.sandbox import network_namespaces_available
-from libc_service.processes.spawn import shim_path
+from libc_service.processes.spawn_launch import shim_path
 
 _MISSING = Sandbox.available() or network_namespaces_available()
 needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=f"no sandbox here: {_MISSING}")

@@ -7,6 +7,7 @@ slave side runs in a thread, as a slave's calling thread blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -75,6 +76,25 @@ async def test_async_with_ends_the_session(fd_count: FdCount) -> None:
         assert not master.closed and master.fileno() >= 0
     assert master.closed and master.fileno() == -1
     sock.close()
+    fd_count.assert_unchanged(before)
+
+
+async def test_aclose_ends_the_session_as_close_does(workdir: int, fd_count: FdCount) -> None:
+    # The async spelling of closing, shared with SlaveProcess (contextlib.aclosing takes either).
+    before = fd_count.snapshot()
+    master, sock = Master.pair()
+    with Slave(sock) as slave:
+        calling = in_thread(slave.call, "stat", path="greeting", fds=[workdir])
+        await master.receive()
+        (dirfd,) = master.descriptors()
+        async with contextlib.aclosing(master):
+            assert not master.closed
+        assert master.closed and master.fileno() == -1
+        assert_closed(dirfd)
+        with pytest.raises(ConnectionError):
+            await calling
+        await master.aclose()  # idempotent, as close()
+        master.close()
     fd_count.assert_unchanged(before)
 
 

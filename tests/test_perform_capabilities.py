@@ -23,7 +23,7 @@ from shimtools import PYTHON, run_native, run_slave
 
 from libc_service import FORWARD, Router, perform
 from libc_service.protocol.catalogue import FUNCTIONS
-from libc_service.processes.spawn import ShimNotFound, shim_path
+from libc_service.processes.spawn_launch import ShimNotFound, shim_path
 from libc_service.protocol.requests import AccessRequest, BindInetRequest, ChownRequest, OpenRequest, UtimensRequest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the helper drops capabilities a root master has")

@@ -53,7 +53,6 @@ from libc_service.protocol.requests import (
     Request,
     StatRequest,
 )
-from libc_service.policy.router import Deny
 
 ROUTER_LOGGER = "libc_service.policy.router"
 #: Generous bound on any wait in these tests: a hang fails, it does not block CI.
@@ -432,8 +431,13 @@ async def test_routes_are_tried_only_for_their_functions() -> None:
 
 @pytest.mark.parametrize(
     ("default", "expected"),
-    [(FORWARD, Reply(0, 0, (), True)), (deny(), Reply(-1, errno.EPERM)), (deny(errno.ENOENT), Reply(-1, errno.ENOENT))],
-    ids=["forward", "deny", "deny-enoent"],
+    [
+        (FORWARD, Reply(0, 0, (), True)),
+        (deny(), Reply(-1, errno.EPERM)),
+        (deny(errno.ENOENT), Reply(-1, errno.ENOENT)),
+        (Errno(errno.EACCES), Reply(-1, errno.EACCES)),
+    ],
+    ids=["forward", "deny", "deny-enoent", "errno"],
 )
 async def test_the_default_decides_unhandled_functions(default: Any, expected: Reply) -> None:
     router = Router(default=default)
@@ -500,8 +504,29 @@ def test_router_defaults_are_checked() -> None:
             Router(error_errno=bad)  # type: ignore[arg-type]
         with pytest.raises(ValueError):
             Errno(bad)  # type: ignore[arg-type]
-    assert deny() == Deny(errno.EPERM) and deny(errno.EACCES).errno_name == "EACCES"
+    assert deny() == Errno(errno.EPERM) and deny(errno.EACCES).errno_name == "EACCES"
     assert Router().default is FORWARD
+
+
+def test_a_refusal_has_one_type_whoever_spells_it() -> None:
+    # deny(code) is the Errno a handler raises: one type for the default, the table and a handler.
+    refusal = deny(errno.EACCES)
+    assert type(refusal) is Errno and isinstance(refusal, OSError)
+    assert refusal.errno == errno.EACCES and refusal == Errno(errno.EACCES) != Errno(errno.EPERM)
+    assert Router(default=refusal).routes().default is refusal
+    with pytest.raises(Errno) as raised:
+        raise deny(errno.EROFS)
+    assert raised.value.errno == errno.EROFS
+
+
+def test_deny_the_class_is_a_deprecated_name_of_errno() -> None:
+    import libc_service.policy.router
+
+    for module in (libc_service, libc_service.policy.router):
+        with pytest.warns(DeprecationWarning, match="deny\\(code\\) returns an Errno"):
+            old = module.Deny
+        assert old is Errno
+        assert "Deny" not in module.__all__
 
 
 # ----------------------------------------------------- policy bugs fail closed
@@ -1295,7 +1320,7 @@ def test_routes_describe_the_policy_in_order_with_the_default() -> None:
     assert third.summary is None and third.doc is None and third.conditions == ()
     assert first.source is not None and first.source[0] == __file__
     assert first.source[1] < second.source[1] < third.source[1]  # type: ignore[index]
-    assert table.default == Deny(errno.EACCES) and table.error_errno == errno.EIO
+    assert table.default == Errno(errno.EACCES) and table.error_errno == errno.EIO
     assert len(table) == 3
     assert table.for_function("open") == (first, third)
     assert table.for_function("openat") == (first,)

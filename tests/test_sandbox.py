@@ -38,7 +38,7 @@ from libc_service.acting.safepath import open_beneath, resolve
 from libc_service.confinement.isolation import stop_namespace_stock
 from libc_service.confinement.loader import LoaderFile
 from libc_service.confinement.sandbox import landlock_abi, network_namespaces_available, program_files
-from libc_service.processes.spawn import shim_path
+from libc_service.processes.spawn_launch import shim_path
 
 _NO_LANDLOCK = Sandbox.available()
 _NO_NETNS = network_namespaces_available()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import errno
 import os
 import signal
@@ -346,6 +347,32 @@ async def test_a_pipeline_is_several_sessions_with_distinct_pids(tmp_path: Path)
     assert len({d.session for d in decisions}) >= 3
 
 
+async def test_aclose_ends_the_sessions_and_the_program_falls_back_to_its_own_calls(tmp_path: Path) -> None:
+    # Closing is spelled as a Master's: await aclose(), which contextlib.aclosing calls.
+    target = tmp_path / "four"
+    target.write_bytes(b"four")
+    router = Router()
+
+    @router.on("stat")
+    def fake_size(req: StatRequest) -> Any:
+        return Stat(size=4242, mode=0o644) if str(req.path) == str(target) else FORWARD
+
+    program = (
+        "import os, sys\n"
+        "print(os.stat(sys.argv[1]).st_size, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "print(os.stat(sys.argv[1]).st_size, flush=True)\n"
+    )
+    pipe = asyncio.subprocess.PIPE
+    process = spawn([PYTHON, "-c", program, str(target)], router, stdin=pipe, stdout=pipe)
+    async with contextlib.aclosing(await process.start()):
+        assert process.stdout is not None
+        assert await process.stdout.readline() == b"4242\n"
+    out, _ = await process.communicate(b"\n")
+    assert await process.wait() == 0
+    assert int(out) == os.stat(target).st_size  # the channel is gone: the shim did the real call
+
+
 async def test_a_forked_child_has_its_own_session_and_pid() -> None:
     router = Router()
     fake_tree_stats(router)
@@ -582,7 +609,7 @@ async def test_the_registration_listener_yields_each_channel_and_ends_when_the_t
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from libc_service.protocol import wire as wire_module
-    from libc_service.processes.spawn import RegistrationListener
+    from libc_service.processes.spawn_register import RegistrationListener
 
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener = RegistrationListener(mine)
@@ -607,7 +634,7 @@ async def test_the_registration_listener_yields_each_channel_and_ends_when_the_t
 
 
 async def test_closing_the_registration_listener_ends_a_waiting_iteration() -> None:
-    from libc_service.processes.spawn import RegistrationListener
+    from libc_service.processes.spawn_register import RegistrationListener
 
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener = RegistrationListener(mine)

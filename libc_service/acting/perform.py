@@ -85,7 +85,6 @@ from typing import Any, Final
 
 from libc_service.acting import slavewalk
 from libc_service.acting.files import (
-    installable,
     perform_access,
     perform_fd_metadata,
     perform_metadata,
@@ -100,7 +99,7 @@ from libc_service.acting.files import open_descriptor as open_descriptor
 from libc_service.acting.net import perform_bind_inet, perform_bind_unix, perform_connect, perform_getaddrinfo
 from libc_service.acting.target import same_root_and_mounts
 
-__all__ = ["installable", "perform"]
+__all__ = ["perform"]
 
 
 def perform(request: Any, *, beneath: str | os.PathLike[str] | None = None) -> Any:

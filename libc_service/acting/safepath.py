@@ -62,7 +62,6 @@ if TYPE_CHECKING:
 __all__ = [
     "EscapeError",
     "open_beneath",
-    "open_flags",
     "parent_beneath",
     "relative_to_root",
     "resolve",

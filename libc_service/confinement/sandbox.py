@@ -82,14 +82,7 @@ from libc_service.confinement.ruleset_cache import cached_ruleset
 from libc_service.confinement.socket_filter import build_socket_filter, socket_numbers_for
 from libc_service.confinement.syscall_filter import build_filter, numbers_for
 
-__all__ = [
-    "PreparedSandbox",
-    "Sandbox",
-    "SandboxUnavailable",
-    "landlock_abi",
-    "network_namespaces_available",
-    "program_files",
-]
+__all__ = ["Sandbox", "SandboxUnavailable", "landlock_abi", "network_namespaces_available"]
 
 logger = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ from typing import ClassVar, TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 from libc_service.protocol import wire
 from libc_service.protocol.calls import MasterChannel
+from libc_service.protocol.wire import ProtocolError
 
 from libc_service.kernel.lazyimport import on_first_use
 
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 else:
     asyncio = on_first_use("asyncio", globals())
 
-__all__ = ["Call", "Dispatcher", "IdleCpu", "Master", "SessionClosed", "close_fds", "discard", "received_fds"]
+__all__ = ["Call", "Dispatcher", "Master", "ProtocolError", "SessionClosed"]
 
 logger = logging.getLogger(__name__)
 
@@ -495,13 +496,26 @@ class Master:
             call.abandon()
         self._current = None
 
+    async def aclose(self) -> None:
+        """End the session from async code: what :meth:`close` does, awaited.
+
+        The package's async objects close one way, as the standard library's
+        async generators and :func:`contextlib.aclosing` expect:
+        ``await x.aclose()``, or ``async with x:`` which calls it (a
+        :class:`Master`, a :class:`~libc_service.processes.spawn.SlaveProcess`).
+        :meth:`close` stays for the code that cannot await (a reader
+        callback, a sync handler or observer); a master has nothing left to
+        wait for once it returns, so both end the session at once.
+        """
+        self.close()
+
     async def __aenter__(self) -> Master:
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        await self.aclose()
 
     # ------------------------------------------------------ many-call level
 

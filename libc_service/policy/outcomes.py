@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from libc_service.protocol.replies import Result
     from libc_service.protocol.requests import Request
 
-__all__ = ["FORWARD", "PASS", "BugLog", "Deny", "Errno", "Outcome", "Summary", "WithFds", "deny", "reply_now"]
+__all__ = ["FORWARD", "PASS", "BugLog", "Errno", "Outcome", "Summary", "WithFds", "deny", "reply_now"]
 
 #: The router's logger, not this module's: a policy's failures are reported
 #: under the router that runs it, where log filters and tools look for them.
@@ -56,19 +56,44 @@ class Sentinel:
         return self._name
 
 
-#: Return (or use as a default) to let the slave do the call itself.
 FORWARD: Final = Sentinel("FORWARD")
-#: Return to let the next matching route (or the default) decide.
+"""Return (or use as a default) to let the slave do the call itself."""
 PASS: Final = Sentinel("PASS")
+"""Return to let the next matching route (or the default) decide."""
 
 
 class Errno(OSError):
-    """``raise Errno(errno.EACCES)``: the call fails with that errno."""
+    """A refusal: the call fails with ``errno``, whoever spells it.
+
+    A handler raises it (``raise Errno(errno.EACCES)``) or returns it; a
+    router's default is one (``deny(errno.EPERM)`` builds it), so a refusal
+    has one type wherever it is made, and :meth:`Router.routes
+    <libc_service.policy.router.Router.routes>` shows the default as the same
+    object. Any other ``OSError`` a handler lets through (the kernel's,
+    from :func:`~libc_service.acting.perform`) is answered the same way.
+    """
+
+    #: Always set, positive (``OSError.errno`` may be ``None``).
+    errno: int
 
     def __init__(self, code: int, message: str | None = None) -> None:
         if isinstance(code, bool) or not isinstance(code, int) or code <= 0:
             raise ValueError(f"Errno takes a positive errno value, not {code!r}")
         super().__init__(code, message or os.strerror(code))
+
+    @property
+    def errno_name(self) -> str:
+        """The errno's symbolic name, e.g. ``EPERM``."""
+        return errno_module.errorcode.get(self.errno, str(self.errno))
+
+    def __eq__(self, other: object) -> bool:
+        # Two refusals with the same errno are the same refusal (a default compares equal to deny(code)).
+        if isinstance(other, Errno):
+            return self.errno == other.errno
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((Errno, self.errno))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,27 +104,16 @@ class WithFds:
     fds: Sequence[int]
 
 
-@dataclass(frozen=True, slots=True)
-class Deny:
-    """A default that fails every unhandled call with ``errno``."""
-
-    errno: int
-
-    @property
-    def errno_name(self) -> str:
-        """The errno's symbolic name, e.g. ``EPERM``."""
-        return errno_module.errorcode.get(self.errno, str(self.errno))
-
-
-def deny(errno: int = errno_module.EPERM) -> Deny:
-    """A router default that refuses unhandled calls with ``errno``."""
+def deny(errno: int = errno_module.EPERM) -> Errno:
+    """A refusal with ``errno``: the :class:`Errno` a router's default or a handler gives."""
     if isinstance(errno, bool) or not isinstance(errno, int) or errno <= 0:
         raise ValueError(f"deny() takes a positive errno value, not {errno!r}")
-    return Deny(errno)
+    return Errno(errno)
 
 
-#: What kind of reply went out (see :class:`~libc_service.policy.router.Decision`).
 Outcome: TypeAlias = Literal["reply", "forward", "error", "failure"]
+"""What kind of reply went out (:class:`~libc_service.policy.router.Decision`'s ``outcome``): a result,
+``FORWARD``, an errno, or ``error_errno`` for a policy bug."""
 #: What went out for one call: outcome, result, errno, descriptor count.
 Summary: TypeAlias = "tuple[Outcome, Result | None, int, int]"
 

@@ -27,6 +27,7 @@ import logging
 import os
 import time
 import types
+import warnings
 from collections.abc import Awaitable, Callable, Container, Coroutine, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
@@ -38,7 +39,6 @@ from libc_service.policy.outcomes import (
     FORWARD,
     PASS,
     BugLog,
-    Deny,
     Errno,
     Outcome,
     Summary,
@@ -68,15 +68,14 @@ __all__ = [
     "FORWARD",
     "PASS",
     "Decision",
-    "Deny",
     "Errno",
+    "Outcome",
     "Route",
     "RouteTable",
     "Router",
     "Transport",
     "WithFds",
     "deny",
-    "named_directories",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ class RouteTable:
     """What :meth:`Router.routes` returns: the routes in order and the default."""
 
     routes: tuple[Route, ...]
-    default: Route | Deny | Sentinel
+    default: Route | Errno | Sentinel
     error_errno: int
 
     def __iter__(self) -> Iterator[Route]:
@@ -135,8 +134,8 @@ class RouteTable:
         return tuple(route for route in self.routes if function in route.functions)
 
 
-#: How a call reached the master (see :attr:`Decision.transport`).
 Transport: TypeAlias = Literal["shim", "seccomp"]
+"""How a call reached the master (:attr:`Decision.transport`): the shim's channel or a seccomp notification."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +247,7 @@ class Router:
 
     def __init__(
         self,
-        default: Sentinel | Deny | Handler = FORWARD,
+        default: Sentinel | Errno | Handler = FORWARD,
         *,
         concurrent: bool = False,
         error_errno: int = errno_module.EPERM,
@@ -274,8 +273,8 @@ class Router:
         self.error_errno = deny(error_errno).errno
         self.timeout = timeout
         self.timeout_errno = deny(timeout_errno).errno
-        self._default: Route | Deny | Sentinel
-        if default is FORWARD or isinstance(default, Deny):
+        self._default: Route | Errno | Sentinel
+        if default is FORWARD or isinstance(default, Errno):
             self._default = default
         elif default is PASS or isinstance(default, Sentinel):
             raise ValueError("a router's default is FORWARD, deny(errno) or a handler")
@@ -409,8 +408,8 @@ class Router:
         return RouteTable(tuple(self._routes), self._default, self.error_errno)
 
     @property
-    def default(self) -> Route | Deny | Sentinel:
-        """The default: ``FORWARD``, a ``Deny`` or the default handler's route."""
+    def default(self) -> Route | Errno | Sentinel:
+        """The default: ``FORWARD``, an :class:`Errno` (``deny(code)``) or the default handler's route."""
         return self._default
 
     # ------------------------------------------------------------ serving
@@ -736,12 +735,12 @@ def _forward(request: Request) -> Any:
     return FORWARD
 
 
-def _default_route(default: Route | Deny | Sentinel) -> Route:
+def _default_route(default: Route | Errno | Sentinel) -> Route:
     """The default as the last route of every function, named ``"default"`` for observers."""
     if isinstance(default, Route):
         return dataclasses.replace(default, name="default")
-    if isinstance(default, Deny):
-        refusal = Errno(default.errno)
+    if isinstance(default, Errno):
+        refusal = default
 
         def refuse(request: Request) -> Any:
             return refusal
@@ -765,3 +764,15 @@ def _cancelling() -> bool:
 
 
 _name = handler_name
+
+
+def __getattr__(name: str) -> Any:
+    """``Deny``, the old name of a default's refusal: :class:`Errno` now, with a warning."""
+    if name == "Deny":
+        warnings.warn(
+            "libc_service Deny is deprecated: deny(code) returns an Errno, the one type of a refusal",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Errno
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

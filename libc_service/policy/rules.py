@@ -93,7 +93,7 @@ from libc_service.policy.conditions import (
     UnderCondition,
     WritingCondition,
 )
-from libc_service.policy.outcomes import FORWARD, Deny
+from libc_service.policy.outcomes import FORWARD, Errno
 from libc_service.protocol.catalogue import FUNCTIONS
 from libc_service.protocol.wire import OPEN_FLAG_BITS
 
@@ -309,7 +309,7 @@ def compile_rules(router: Router, *, reports: bool = False) -> bytes | None:
     default = router.routes().default
     if default is FORWARD:
         action, code = FORWARD_ACTION, 0
-    elif isinstance(default, Deny):
+    elif isinstance(default, Errno):
         action, code = DENY_ACTION, default.errno
     else:
         return None

@@ -15,7 +15,7 @@ import os
 import posixpath
 from pathlib import PurePosixPath
 
-__all__ = ["descriptor_name", "directory_name", "exact_name", "join_to_directory", "printable", "slave_path"]
+__all__ = ["slave_path"]
 
 
 def slave_path(path: PurePosixPath, dirfd: int | None) -> str | None:

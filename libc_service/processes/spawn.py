@@ -11,7 +11,9 @@ remaining session are closed: descendants that outlive it lose the master
 With ``seccomp=True`` the tree also runs under a seccomp filter whose
 notifications the same router decides (:mod:`libc_service.seccomp.notify`): the
 calls the shim cannot see (static programs, raw system calls, libc's own
-opens). The shim then only relays ``getaddrinfo`` to the router.
+opens). The shim then only relays ``getaddrinfo`` to the router. Where the
+kernel cannot do that, starting raises :class:`~libc_service.SeccompUnavailable`
+naming what is missing.
 
 :class:`SlaveProcess` owns a program's lifetime and puts together the
 parts, each a module of its own: its keywords (:mod:`~libc_service.processes.spawn_options`),
@@ -41,13 +43,10 @@ from libc_service.protocol import wire
 from libc_service.kernel.lazyimport import on_first_use
 from libc_service.kernel.senders import ProcessTree
 from libc_service.processes.spawn_launch import (
-    ENV_FD,
-    ENV_LOCAL,
     Launch,
     LaunchedProcess,
     ShimNotFound,
     exit_status,
-    shim_path,
 )
 from libc_service.processes.spawn_options import SpawnOptions, check_options
 from libc_service.processes.spawn_register import RegistrationListener, TreeSessions, pending
@@ -64,17 +63,7 @@ if TYPE_CHECKING:
 else:
     asyncio = on_first_use("asyncio", globals())
 
-__all__ = [
-    "ENV_FD",
-    "ENV_LOCAL",
-    "RegistrationListener",
-    "ShimNotFound",
-    "SlaveProcess",
-    "SpawnOptions",
-    "exit_status",
-    "shim_path",
-    "spawn",
-]
+__all__ = ["ShimNotFound", "SlaveProcess", "SpawnOptions", "spawn"]
 
 #: The spawn family logs under one name: what a user configures, and what ``trace`` filters.
 logger = logging.getLogger("libc_service.processes.spawn")

@@ -88,15 +88,10 @@ __all__ = [
     "StatRequest",
     "UnlinkRequest",
     "UtimensRequest",
-    "REQUEST_TYPES",
     "TIME_NS_MAX",
     "TIME_NS_MIN",
     "TimeSpec",
-    "ExactPath",
     "MAX_GROUPS",
-    "exact_path",
-    "numeric_scope",
-    "parse_request",
 ]
 
 from libc_service.protocol.catalogue import (  # the vocabulary, re-exported: requests are where users look for it

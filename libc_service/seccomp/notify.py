@@ -83,7 +83,7 @@ from libc_service.kernel import libc as kernel
 
 from libc_service.kernel import readiness
 from libc_service.endpoints.master import close_fds
-from libc_service.acting.perform import installable
+from libc_service.acting.files import installable
 from libc_service.policy.rendezvous import WAITING
 from libc_service.seccomp.filter import NOTIFIED, build_notify_filter, notified_numbers
 from libc_service.kernel.offloop import BoundedWorkers, Stalled
@@ -101,16 +101,7 @@ if TYPE_CHECKING:
 else:
     asyncio = on_first_use("asyncio", globals())
 
-__all__ = [
-    "HANDOFF_TIMEOUT",
-    "MEMORY_BOUND",
-    "ListenerHandoff",
-    "SeccompSession",
-    "SeccompUnavailable",
-    "current_transport",
-    "seccomp_unavailable",
-    "shim_relay",
-]
+__all__ = ["SeccompUnavailable", "current_transport", "seccomp_unavailable"]
 
 logger = logging.getLogger(__name__)
 

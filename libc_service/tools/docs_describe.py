@@ -25,7 +25,7 @@ from libc_service.policy.conditions import AllOf, Condition, NamedCondition, Res
 from libc_service.tools.docs_model import DefaultDoc, FunctionDoc, HandlerDoc, ObserverDoc, PolicyDoc, SandboxDoc
 from libc_service.tools.policy_file import LoadedPolicy
 from libc_service.protocol.requests import FUNCTIONS
-from libc_service.policy.router import FORWARD, Deny, Route, Router
+from libc_service.policy.router import FORWARD, Errno, Route, Router
 
 __all__ = ["condition_data", "describe_policy"]
 
@@ -83,7 +83,7 @@ def _default_doc(router: Router, base: Path | None) -> DefaultDoc:
     default = router.default
     if default is FORWARD:
         return DefaultDoc("forward", None, None, None)
-    if isinstance(default, Deny):
+    if isinstance(default, Errno):
         return DefaultDoc("deny", default.errno, default.errno_name, None)
     if isinstance(default, Route):
         return DefaultDoc("handler", None, None, _handler_doc(-1, default, base))

@@ -87,7 +87,7 @@ def _object_name(request: Any, *, follow: bool = False) -> str | None:
     descriptors, then named from the master's descriptor. ``None`` when
     nothing is there, or it has no name in the master's root.
     """
-    from libc_service.acting.perform import open_descriptor
+    from libc_service.acting.files import open_descriptor
 
     path = getattr(request, "path", None)
     if path is None or str(path).startswith("\0"):
