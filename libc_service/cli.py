@@ -306,7 +306,7 @@ def _static_transport(command: list[str], sandboxed: bool, seccomp: bool) -> boo
     note = static_note(command)
     if note is None:
         return False
-    from .notify import seccomp_unavailable
+    from .notify_abi import seccomp_unavailable
 
     reason = seccomp_unavailable()
     if reason is not None:
@@ -788,7 +788,7 @@ def _usage_error(exc: BaseException) -> bool:
     # Raised only by modules a command imported: look them up where they were loaded.
     for module, name in (
         ("libc_service.landlock", "SandboxUnavailable"),
-        ("libc_service.notify", "SeccompUnavailable"),
+        ("libc_service.notify_abi", "SeccompUnavailable"),
     ):
         loaded = sys.modules.get(module)
         if loaded is not None and isinstance(exc, getattr(loaded, name)):

@@ -153,7 +153,7 @@ class Decision:
     latency_ns: int
     session: str = field(default="")
     #: How the call reached the master: the preloaded shim's channel, or a
-    #: seccomp user notification (:mod:`libc_service.notify`).
+    #: seccomp user notification (:mod:`libc_service.notify_session`).
     transport: Transport = field(default="shim")
     #: The directory a relative ``path`` (``path1``) is relative to, as the transport named it.
     directory: str | None = field(default=None)
@@ -503,7 +503,7 @@ class Router:
         """Decide ``request`` outside a session: the deciding route's name and its outcome.
 
         For a transport that receives calls and replies some other way (the
-        seccomp user notifications of :mod:`libc_service.notify`): the same
+        seccomp user notifications of :mod:`libc_service.notify_session`): the same
         routes, conditions, ``PASS``, default and ``timeout`` as
         :meth:`serve`, so one policy serves both. The outcome is what the
         handler returned or the exception it raised (a timeout gives

@@ -9,7 +9,7 @@ remaining session are closed: descendants that outlive it lose the master
 (the shim then falls back to the real libc, which a sandbox refuses).
 
 With ``seccomp=True`` the tree also runs under a seccomp filter whose
-notifications the same router decides (:mod:`libc_service.notify`): the
+notifications the same router decides (:mod:`libc_service.notify_session`): the
 calls the shim cannot see (static programs, raw system calls, libc's own
 opens). The shim then only relays ``getaddrinfo`` to the router.
 """
@@ -40,7 +40,8 @@ from .launching import LaunchPlan, launcher_argv, launcher_path, program_path
 
 if TYPE_CHECKING:
     import asyncio
-    from .notify import ListenerHandoff, SeccompSession
+    from .notify_handoff import ListenerHandoff
+    from .notify_session import SeccompSession
     from .replies import Result
     from .router import Router
     from .sandbox import PreparedSandbox, Sandbox
@@ -400,7 +401,7 @@ class SlaveProcess:
         #: The seccomp listener's session (``seccomp=True``), once the program runs.
         self.seccomp_session: SeccompSession | None = None
         self._seccomp_task: asyncio.Task[None] | None = None
-        #: What serves the shim's sessions under seccomp (getaddrinfo only; see notify.shim_relay).
+        #: What serves the shim's sessions under seccomp (getaddrinfo only; see notify_relay.shim_relay).
         self._shim_router: Router | None = None
         #: After launch(), until start(): the registration socket not served yet.
         self._launched: _Launch | None = None
@@ -586,7 +587,8 @@ class SlaveProcess:
         handoff: ListenerHandoff | None = None
         try:
             if self._seccomp:
-                from .notify import ListenerHandoff, shim_relay
+                from .notify_handoff import ListenerHandoff
+                from .notify_relay import shim_relay
 
                 handoff = ListenerHandoff()
                 self._shim_router = shim_relay(self.router)
@@ -825,7 +827,7 @@ class SlaveProcess:
 
     async def _serve_listener(self, handoff: ListenerHandoff) -> None:
         """Receive the child's seccomp listener and serve it (the program waits on it meanwhile)."""
-        from .notify import SeccompSession
+        from .notify_session import SeccompSession
 
         try:
             listener, killable = await handoff.receive()
@@ -1210,8 +1212,8 @@ def spawn(
     that process falls back as without a master.
     ``seccomp=True`` also decides the tree's arbitrated system calls that
     the shim does not see, through seccomp user notifications
-    (:mod:`libc_service.notify`; raises
-    :class:`~libc_service.notify.SeccompUnavailable` where the kernel
+    (:mod:`libc_service.notify_session`; raises
+    :class:`~libc_service.notify_abi.SeccompUnavailable` where the kernel
     cannot). Without ``sandbox`` a call the policy forwards is then
     unconfined: a warning is logged.
     ``rules`` (default on) lets the shim answer by itself the calls the

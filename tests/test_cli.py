@@ -462,7 +462,10 @@ def test_a_run_the_shim_decides_whole_never_starts_the_master_and_one_that_asks_
         "importlib.metadata",  # --version
         "libc_service.flagpolicy",  # --read/--write/... only
         "libc_service.linkage",
-        "libc_service.notify",  # --seccomp
+        "libc_service.notify_abi",  # --seccomp, or a static program under --sandbox
+        "libc_service.notify_handoff",  # --seccomp
+        "libc_service.notify_session",
+        "libc_service.notify_relay",
         "libc_service.sandbox",  # --sandbox
         "platform",  # os.uname() says the machine
         "shlex",  # learn's closing message

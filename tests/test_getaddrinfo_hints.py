@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from libc_service import FORWARD, Router, perform, spawn
-from libc_service.notify import seccomp_unavailable
+from libc_service.notify_abi import seccomp_unavailable
 from libc_service.requests import GetaddrinfoRequest
 
 from shimtools import PYTHON, needs_shim

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from libc_service.learn import Learned, narrowest, render_policy
 from libc_service.learnt_source import read as read_policy
-from libc_service.notify import seccomp_unavailable
+from libc_service.notify_abi import seccomp_unavailable
 from libc_service.sandbox import landlock_abi, network_namespaces_available
 
 from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture

@@ -74,3 +74,21 @@ def test_no_module_imports_a_module_of_a_layer_above_its_own() -> None:
         if target in rank and rank[target] > rank[module]
     ]
     assert upward == []
+
+
+#: Layers whose row lists its modules in the order data flows: each imports only modules listed after it.
+ORDERED_LAYERS = ("seccomp transport",)
+
+
+def test_an_ordered_layer_imports_only_down_its_own_row() -> None:
+    layers = dict(map_layers((ROOT / "docs" / "concepts.md").read_text()))
+    backward = []
+    for layer in ORDERED_LAYERS:
+        position = {module: index for index, module in enumerate(layers[layer])}
+        backward += [
+            f"{module} imports {target}"
+            for module in layers[layer]
+            for target in sorted(package_imports((PACKAGE / f"{module}.py").read_text()))
+            if position.get(target, len(position)) < position[module]
+        ]
+    assert backward == []

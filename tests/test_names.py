@@ -25,7 +25,7 @@ from libc_service import FORWARD, Errno, Resolver, Router, perform, spawn
 from libc_service.conditions import named, resolved, to
 from libc_service.dnsanswer import answer_queries
 from libc_service.names import Answers, Pattern, host_labels
-from libc_service.notify import seccomp_unavailable
+from libc_service.notify_abi import seccomp_unavailable
 from libc_service.requests import ConnectInet6Request, ConnectInetRequest, GetaddrinfoRequest
 
 from conftest import FdCount
