@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from .master import close_fds
 from .notify_abi import ADDFD_FLAG_SEND, ADDFD_FLAG_SETFD, FLAG_CONTINUE, Gone, add_fd, respond
 from .notify_decode import O_CLOEXEC, Notification, ReplyContext
+from .notify_memory import slave_cloexec
 from .outcomes import FORWARD, WithFds
 from .perform import installable
 from .replies import Stat
@@ -125,7 +126,7 @@ def _answer_result(
         # closed that number and made something else there meanwhile, which
         # is then replaced: so the slave's own socket is used when it is the
         # one the handler connected (perform() does so for a bound socket).
-        cloexec = _slave_cloexec(notification.tid, context.socket_number)
+        cloexec = O_CLOEXEC if slave_cloexec(notification.tid, context.socket_number) else 0
         code = _install(listener, notif_id, fds[0], ADDFD_FLAG_SETFD, context.socket_number, cloexec)
         if code < 0:
             return "error", -1, -code, 0
@@ -274,15 +275,3 @@ def _same_socket(fd: int, slave_socket: int) -> bool:
     except (OSError, TypeError):
         return False
     return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
-
-
-def _slave_cloexec(tid: int, number: int) -> int:
-    """``O_CLOEXEC`` if the thread's descriptor ``number`` has close-on-exec (from its own ``fdinfo``)."""
-    try:
-        with open(f"/proc/{tid}/fdinfo/{number}", "rb") as file:
-            for line in file:
-                if line.startswith(b"flags:"):
-                    return O_CLOEXEC if int(line.split()[1], 8) & O_CLOEXEC else 0
-    except (OSError, ValueError):
-        pass
-    return 0

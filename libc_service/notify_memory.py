@@ -30,6 +30,7 @@ __all__ = [
     "ThreadStatus",
     "read_memory",
     "read_string",
+    "slave_cloexec",
     "thread_status",
     "write_memory",
 ]
@@ -241,3 +242,15 @@ class Fetched:
         self.close_pidfd()
         fds, self.fds = self.fds, []
         close_fds(fds)
+
+
+def slave_cloexec(tid: int, number: int) -> bool:
+    """Whether the thread's descriptor ``number`` has close-on-exec (from its own ``fdinfo``; ``False`` if unreadable)."""
+    try:
+        with open(f"/proc/{tid}/fdinfo/{number}", "rb") as file:
+            for line in file:
+                if line.startswith(b"flags:"):
+                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+    except (OSError, ValueError):
+        pass
+    return False
