@@ -28,7 +28,7 @@ from .master import close_fds
 from .notify_abi import ADDFD_FLAG_SEND, ADDFD_FLAG_SETFD, FLAG_CONTINUE, Gone, add_fd, respond
 from .notify_decode import O_CLOEXEC, Notification, ReplyContext
 from .notify_memory import slave_cloexec
-from .outcomes import FORWARD, WithFds
+from .outcomes import FORWARD, Summary, WithFds
 from .perform import installable
 from .replies import Stat
 
@@ -36,13 +36,10 @@ if TYPE_CHECKING:
     from .requests import Request
     from .router import Router
 
-__all__ = ["Summary", "StatWrite", "answer", "fail", "stat_bytes"]
+__all__ = ["StatWrite", "answer", "fail", "stat_bytes"]
 
 #: The router's logger, as for the shim's calls: a policy's failures are reported under the router that runs it.
 policy_logger = logging.getLogger("libc_service.router")
-
-#: What went out for one call (for observers): outcome, result, errno, descriptor count.
-Summary = tuple[Any, Any, int, int]
 
 
 def answer(

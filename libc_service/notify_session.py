@@ -55,14 +55,14 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from . import readiness
 from .notify_abi import FLAG_CONTINUE, NOTIF, Continue, Gone, Refuse, check_valid, receive, respond, sync_wake_up
-from .notify_answer import StatWrite, Summary, answer
+from .notify_answer import StatWrite, answer
 from .notify_decode import BY_NUMBER, FUNCTIONS_OF, Notification, ReplyContext, build_request, decode
 from .notify_filter import NOTIFIED
 from .notify_loading import LoadingCalls
 from .notify_memory import Fetched, thread_status
 from .notify_statwrite import AnswerOnce, StatWriter
 from .offloop import BoundedWorkers
-from .outcomes import FORWARD
+from .outcomes import FORWARD, Summary
 from .rendezvous import WAITING
 from .router import Decision, Transport, named_directories
 

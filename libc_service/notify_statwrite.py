@@ -20,9 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .notify_abi import Gone, Refuse, check_valid, respond
-from .notify_answer import StatWrite, Summary
+from .notify_answer import StatWrite
 from .notify_memory import write_memory
 from .offloop import BoundedWorkers, Stalled
+from .outcomes import Summary
 
 __all__ = ["AnswerOnce", "StatWriter"]
 
