@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["StatWrite", "answer", "fail", "stat_bytes"]
 
 #: The router's logger, as for the shim's calls: a policy's failures are reported under the router that runs it.
-policy_logger = logging.getLogger("libc_service.router")
+logger = logging.getLogger("libc_service.router")
 
 
 def answer(
@@ -148,7 +148,7 @@ def _policy_bug(
     listener: int, notif_id: int, route: str, request: Request, result: Any, problem: str, error_errno: int
 ) -> Summary:
     """Log a result the call cannot be answered with, and fail the call closed."""
-    policy_logger.error(
+    logger.error(
         "policy bug: handler %s answered %r with %r (%s); failing the call with %s",
         route,
         request,
