@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     # naming the modules of _EXPORTS.
     from libc_service.policy.conditions import *  # noqa: F403
     from libc_service.endpoints.master import *  # noqa: F403
-    from libc_service.seccomp.notify import *  # noqa: F403
+    from libc_service.seccomp.availability import *  # noqa: F403
+    from libc_service.seccomp.session import *  # noqa: F403
     from libc_service.acting.perform import *  # noqa: F403
     from libc_service.protocol.replies import *  # noqa: F403
     from libc_service.protocol.requests import *  # noqa: F403
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
 _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
     "policy.conditions": ("Condition", "flags", "named", "resolved", "to", "under", "writing"),
     "endpoints.master": ("Call", "Dispatcher", "Master", "ProtocolError", "SessionClosed"),
-    "seccomp.notify": ("SeccompUnavailable", "current_transport", "seccomp_unavailable"),
+    "seccomp.availability": ("SeccompUnavailable", "seccomp_unavailable"),
+    "seccomp.session": ("current_transport",),
     "acting.perform": ("perform",),
     "protocol.replies": ("AddrInfo", "FileType", "GAI_ERRORS", "GaiError", "Reply", "Result", "Stat"),
     "protocol.requests": (

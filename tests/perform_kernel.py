@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from libc_service import Router, Sandbox, perform, spawn
-from libc_service.seccomp.notify import seccomp_unavailable
+from libc_service.seccomp.availability import seccomp_unavailable
 from libc_service.protocol.requests import FUNCTIONS, Request
 
 from shimtools import Ran, _env, run_native

@@ -462,7 +462,10 @@ def test_a_run_the_shim_decides_whole_never_starts_the_master_and_one_that_asks_
         "importlib.metadata",  # --version
         "libc_service.tools.flagpolicy",  # --read/--write/... only
         "libc_service.confinement.linkage",
-        "libc_service.seccomp.notify",  # --seccomp
+        "libc_service.seccomp.abi",  # --seccomp, or a static program under --sandbox
+        "libc_service.seccomp.handoff",  # --seccomp
+        "libc_service.seccomp.session",
+        "libc_service.seccomp.relay",
         "libc_service.confinement.sandbox",  # --sandbox
         "platform",  # os.uname() says the machine
         "shlex",  # learn's closing message

@@ -73,7 +73,7 @@ def test_every_example_of_the_command_line_page_prints_what_the_page_says(tmp_pa
         if any(not Path(program).exists() for program in programs):
             continue  # the system has no such program
         if "--seccomp" in command:
-            from libc_service.seccomp.notify import seccomp_unavailable
+            from libc_service.seccomp.availability import seccomp_unavailable
 
             if seccomp_unavailable() is not None:
                 continue

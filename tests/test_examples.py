@@ -653,7 +653,7 @@ def test_the_convention_finds_the_commands_of_every_source() -> None:
 
 
 def _seccomp_missing() -> str | None:
-    from libc_service.seccomp.notify import seccomp_unavailable
+    from libc_service.seccomp.availability import seccomp_unavailable
 
     return seccomp_unavailable()
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from libc_service import FORWARD, Router, perform, spawn
-from libc_service.seccomp.notify import seccomp_unavailable
+from libc_service.seccomp.availability import seccomp_unavailable
 from libc_service.protocol.requests import GetaddrinfoRequest
 
 from shimtools import PYTHON, needs_shim

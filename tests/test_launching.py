@@ -104,7 +104,9 @@ def test_the_seccomp_listener_is_handed_over_by_the_launcher(sandboxed: bool, st
     """seccomp=True: the launcher installs the filter and sends the listener; the status passes through."""
     if sandboxed and _MISSING is not None:
         pytest.skip(f"no sandbox here: {_MISSING}")
-    pytest.importorskip("libc_service.seccomp.notify").seccomp_unavailable() is None or pytest.skip("no seccomp here")
+    pytest.importorskip("libc_service.seccomp.availability").seccomp_unavailable() is None or pytest.skip(
+        "no seccomp here"
+    )
     sandbox = Sandbox() if sandboxed else None
     script = "echo ran; exit 3"
     status, out, _, _ = on_loop(

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from libc_service.tools.learn import Learned, narrowest, render_policy
 from libc_service.tools.learnt_source import read as read_policy
-from libc_service.seccomp.notify import seccomp_unavailable
+from libc_service.seccomp.availability import seccomp_unavailable
 from libc_service.confinement.sandbox import landlock_abi, network_namespaces_available
 
 from nameserver import Nameserver, nameserver  # noqa: F401 - nameserver is a fixture

@@ -94,7 +94,7 @@ def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def _seccomp_unavailable() -> str | None:
-    from libc_service.seccomp.notify import seccomp_unavailable
+    from libc_service.seccomp.availability import seccomp_unavailable
 
     return seccomp_unavailable()
 

@@ -25,7 +25,7 @@ from libc_service import FORWARD, Errno, Resolver, Router, perform, spawn
 from libc_service.policy.conditions import named, resolved, to
 from libc_service.policy.dnsanswer import answer_queries
 from libc_service.policy.names import Answers, Pattern, host_labels
-from libc_service.seccomp.notify import seccomp_unavailable
+from libc_service.seccomp.availability import seccomp_unavailable
 from libc_service.protocol.requests import ConnectInet6Request, ConnectInetRequest, GetaddrinfoRequest
 
 from conftest import FdCount

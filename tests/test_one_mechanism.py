@@ -13,6 +13,11 @@ timeout or cancellation leaves the loop watching a number the next ``open``
 may reuse. The master's channel keeps its own registrations: it arms one
 reader and one writer per loop for the session's life (not one per wait),
 which is what keeps a receive to no ``epoll_ctl`` at all.
+
+The seccomp transport speaks to its listener (receive, ``ID_VALID``, a
+response, ``ADDFD``) only through ``libc_service.seccomp.abi``, where the
+kernel's structures are packed: a second ``ioctl`` elsewhere would pack
+them a second time.
 """
 
 from __future__ import annotations
@@ -120,6 +125,15 @@ def test_one_readiness_helper(module: Path) -> None:
     found = select_polls(source)
     if _name(module) not in PERSISTENT_REGISTRATIONS:
         found += _calls_named(tree, "add_reader") + _calls_named(tree, "add_writer")
-    assert found == [], (
-        f"{_name(module)} waits on a descriptor itself (lines {found}): use libc_service.kernel.readiness"
-    )
+    assert found == [], f"{module.name} waits on a descriptor itself (lines {found}): use libc_service.kernel.readiness"
+
+
+@pytest.mark.parametrize(
+    "module", [path for path in MODULES if path.name.startswith("notify_")], ids=lambda path: path.name
+)
+def test_one_seccomp_listener_interface(module: Path) -> None:
+    calls = _calls_named(ast.parse(module.read_text()), "ioctl")
+    if module.name == "notify_abi.py":
+        assert calls, "notify_abi.py no longer makes the listener's ioctls"
+        return
+    assert calls == [], f"{module.name} makes an ioctl itself (lines {calls}): use libc_service.seccomp.abi"

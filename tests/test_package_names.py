@@ -127,7 +127,7 @@ def test_importing_the_package_runs_none_of_its_modules() -> None:
 
 def test_the_types_a_user_meets_are_exported() -> None:
     from libc_service import Call, Decision, Outcome, RouteTable, Router, SeccompUnavailable, Transport
-    from libc_service.seccomp import notify
+    from libc_service.seccomp import availability
     from libc_service.policy import router
 
     assert isinstance(Router().routes(), RouteTable)
@@ -137,7 +137,7 @@ def test_the_types_a_user_meets_are_exported() -> None:
     fields = {field.name: field.type for field in Decision.__dataclass_fields__.values()}
     assert (fields["transport"], fields["outcome"]) == ("Transport", "Outcome")
     assert (router.Transport, router.Outcome) == (Transport, Outcome)
-    assert notify.SeccompUnavailable is SeccompUnavailable
+    assert availability.SeccompUnavailable is SeccompUnavailable
     assert "SeccompUnavailable" in (inspect.getdoc(libc_service.processes.spawn) or "")
 
 

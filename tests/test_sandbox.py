@@ -989,7 +989,7 @@ async def test_a_connect_the_policy_allows_still_reaches_the_named_socket(
 async def test_under_seccomp_a_raw_connect_reaches_only_what_the_policy_performs(
     python3: tuple[str, list[str]], host_service: tuple[Path, list[bytes]], how: str
 ) -> None:
-    from libc_service.seccomp.notify import seccomp_unavailable
+    from libc_service.seccomp.availability import seccomp_unavailable
 
     if (reason := seccomp_unavailable()) is not None:
         pytest.skip(reason)
@@ -1031,7 +1031,7 @@ async def _until_received(reached: list[bytes], count: int) -> None:
 async def test_a_static_program_reaches_a_named_socket_only_through_the_master(
     static_unix_connect: Path, host_service: tuple[Path, list[bytes]]
 ) -> None:
-    from libc_service.seccomp.notify import seccomp_unavailable
+    from libc_service.seccomp.availability import seccomp_unavailable
 
     path, reached = host_service
     stream = [str(static_unix_connect), str(path), "stream"]

@@ -24,7 +24,7 @@ import pytest
 
 from libc_service import FORWARD, Errno, Router, Sandbox, deny, perform, spawn
 from libc_service.policy.conditions import under
-from libc_service.seccomp.notify import seccomp_unavailable
+from libc_service.seccomp.availability import seccomp_unavailable
 from libc_service.protocol.requests import OpenatRequest
 from libc_service.policy.slavepath import exact_name
 
@@ -491,9 +491,9 @@ async def test_a_call_no_route_can_decide_is_continued_without_reading_its_argum
     the open is not failed with EFAULT: it waits in the program's own thread,
     as it would natively, and opens once the program serves its page.
     """
-    import libc_service.seccomp.notify as notify
+    import libc_service.seccomp.session as notify_session
 
-    monkeypatch.setattr(notify, "MEMORY_BOUND", 0.5, raising=False)
+    monkeypatch.setattr(notify_session, "MEMORY_BOUND", 0.5)
     plain = tmp_path / "plain.txt"
     plain.write_text("plain\n")
     async with spawn(
@@ -521,9 +521,9 @@ async def test_a_stat_whose_buffer_stalls_the_write_fails_with_efault_and_the_se
     The worker writing it stays stuck until the program serves the page; the
     session answers the program's other open meanwhile, and the loop never waits.
     """
-    import libc_service.seccomp.notify as notify
+    import libc_service.seccomp.session as notify_session
 
-    monkeypatch.setattr(notify, "MEMORY_BOUND", 0.5, raising=False)
+    monkeypatch.setattr(notify_session, "MEMORY_BOUND", 0.5)
     plain = tmp_path / "plain.txt"
     plain.write_text("plain\n")
     router = _reading_router()
@@ -554,9 +554,9 @@ async def test_a_stalled_read_fails_its_call_and_the_session_serves_on(
     attacker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A path in memory nobody serves: that open fails with EFAULT; the program's other open is answered."""
-    import libc_service.seccomp.notify as notify
+    import libc_service.seccomp.session as notify_session
 
-    monkeypatch.setattr(notify, "MEMORY_BOUND", 0.5, raising=False)
+    monkeypatch.setattr(notify_session, "MEMORY_BOUND", 0.5)
     plain = tmp_path / "plain.txt"
     plain.write_text("plain\n")
     router = _reading_router()
@@ -580,9 +580,9 @@ async def test_a_stalled_read_fails_its_call_and_the_session_serves_on(
 async def test_another_program_is_served_while_one_stalls_the_read_of_its_arguments(
     attacker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import libc_service.seccomp.notify as notify
+    import libc_service.seccomp.session as notify_session
 
-    monkeypatch.setattr(notify, "MEMORY_BOUND", float(TIMEOUT), raising=False)
+    monkeypatch.setattr(notify_session, "MEMORY_BOUND", float(TIMEOUT))
     plain = tmp_path / "plain.txt"
     plain.write_text("plain\n")
     router = _reading_router()

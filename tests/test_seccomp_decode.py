@@ -16,7 +16,8 @@ from unittest.mock import patch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libc_service.seccomp.notify import _address_fields, _new_times, _Refuse
+from libc_service.seccomp.abi import Refuse
+from libc_service.seccomp.decode import address_fields, new_times
 
 DOMAINS = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
 FAMILIES = st.sampled_from([0, socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, 17, 0xFFFF])
@@ -40,8 +41,8 @@ def test_the_function_follows_the_sockets_domain_never_the_claimed_family(
 ) -> None:
     raw = struct.pack("<H", family) + rest
     try:
-        fields = _address_fields(name, domain, family, raw, _NoDirectory())  # type: ignore[arg-type]
-    except _Refuse:
+        fields = address_fields(name, domain, family, raw, _NoDirectory())  # type: ignore[arg-type]
+    except Refuse:
         return
     if fields is None:
         return  # the master does it on its copy of the socket: the kernel's answer
@@ -63,12 +64,12 @@ def test_the_function_follows_the_sockets_domain_never_the_claimed_family(
     raw=st.binary(min_size=32, max_size=32),
 )
 def test_new_times_are_timespecs_or_refused(name: str, raw: bytes) -> None:
-    import libc_service.seccomp.notify as notify
+    import libc_service.seccomp.decode as notify_decode
 
-    with patch.object(notify, "_read_memory", lambda tid, address, size: raw[:size]):
+    with patch.object(notify_decode, "read_memory", lambda tid, address, size: raw[:size]):
         try:
-            times = _new_times(name, 0, 1)
-        except _Refuse as refusal:
+            times = new_times(name, 0, 1)
+        except Refuse as refusal:
             assert refusal.code == errno.EINVAL
             return
     for value in times:

@@ -26,7 +26,9 @@ import pytest
 
 from libc_service import FORWARD, AddrInfo, Router, Sandbox, Stat, WithFds, deny, perform, spawn
 from libc_service.policy.conditions import under
-from libc_service.seccomp.notify import ListenerHandoff, SeccompUnavailable, current_transport, seccomp_unavailable
+from libc_service.seccomp.availability import SeccompUnavailable, seccomp_unavailable
+from libc_service.seccomp.handoff import ListenerHandoff
+from libc_service.seccomp.session import current_transport
 from libc_service.policy.router import Decision
 
 from shimtools import C_DIR, PYTHON, needs_shim

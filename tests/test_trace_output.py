@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from libc_service.seccomp.notify import seccomp_unavailable
+from libc_service.seccomp.availability import seccomp_unavailable
 from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
 pytestmark = needs_shim

@@ -21,7 +21,7 @@ address a unix socket by itself:
   the slave's own connects could only fail anyway (its namespace is
   empty), and a ``FORWARD`` reply is not a grant. Under the seccomp
   transport ``connect`` is left to the user-notification filter instead,
-  whose master never continues one (:mod:`libc_service.seccomp.notify`), so that
+  whose master never continues one (:mod:`libc_service.seccomp.session`), so that
   connects the policy performs still reach static programs.
 - **No unix datagram socket** (``socket``/``socketpair`` with ``AF_UNIX``
   and ``SOCK_DGRAM``, or ``SOCK_RAW``, which the kernel makes a datagram

@@ -3,7 +3,7 @@
 Reading or writing a slave's memory (``process_vm_readv``/``writev``) can
 wait as long as the slave likes: a page registered with ``userfaultfd``
 that nobody serves, a file mapping on a FUSE or network filesystem. The
-seccomp transport (:mod:`libc_service.seccomp.notify`) therefore does that work on
+seccomp transport (:mod:`libc_service.seccomp.session`) therefore does that work on
 :class:`BoundedWorkers`: a few daemon threads per session that take jobs
 from one queue. The loop awaits each job's future, which fails with
 :class:`Stalled` once the job took longer than the bound; the thread that

@@ -164,7 +164,7 @@ class Decision:
     latency_ns: int
     session: str = field(default="")
     #: How the call reached the master: the preloaded shim's channel, or a
-    #: seccomp user notification (:mod:`libc_service.seccomp.notify`).
+    #: seccomp user notification (:mod:`libc_service.seccomp.session`).
     transport: Transport = field(default="shim")
     #: The directory a relative ``path`` (``path1``) is relative to, as the transport named it.
     directory: str | None = field(default=None)
@@ -514,7 +514,7 @@ class Router:
         """Decide ``request`` outside a session: the deciding route's name and its outcome.
 
         For a transport that receives calls and replies some other way (the
-        seccomp user notifications of :mod:`libc_service.seccomp.notify`): the same
+        seccomp user notifications of :mod:`libc_service.seccomp.session`): the same
         routes, conditions, ``PASS``, default and ``timeout`` as
         :meth:`serve`, so one policy serves both. The outcome is what the
         handler returned or the exception it raised (a timeout gives

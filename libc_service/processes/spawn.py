@@ -9,7 +9,7 @@ remaining session are closed: descendants that outlive it lose the master
 (the shim then falls back to the real libc, which a sandbox refuses).
 
 With ``seccomp=True`` the tree also runs under a seccomp filter whose
-notifications the same router decides (:mod:`libc_service.seccomp.notify`): the
+notifications the same router decides (:mod:`libc_service.seccomp`): the
 calls the shim cannot see (static programs, raw system calls, libc's own
 opens). The shim then only relays ``getaddrinfo`` to the router. Where the
 kernel cannot do that, starting raises :class:`~libc_service.SeccompUnavailable`
@@ -58,7 +58,9 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
-    from libc_service.seccomp.notify import ListenerHandoff, SeccompSession
+    from libc_service.seccomp.handoff import ListenerHandoff
+
+    from libc_service.seccomp.session import SeccompSession
     from libc_service.policy.router import Router
 else:
     asyncio = on_first_use("asyncio", globals())

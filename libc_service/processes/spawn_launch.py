@@ -28,7 +28,7 @@ from libc_service.processes.spawn_options import File, SpawnOptions
 
 if TYPE_CHECKING:
     import asyncio
-    from libc_service.seccomp.notify import ListenerHandoff
+    from libc_service.seccomp.handoff import ListenerHandoff
     from libc_service.policy.router import Router
     from libc_service.confinement.sandbox import PreparedSandbox
     from libc_service.processes.spawn_seccomp import SeccompWiring

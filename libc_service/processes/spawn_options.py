@@ -47,7 +47,7 @@ class SpawnOptions(TypedDict, total=False):
     descriptor): a registration past it is refused and that process falls back as without a master."""
     seccomp: bool
     """Also decides the tree's arbitrated system calls that the shim does not see, through seccomp user
-    notifications (:mod:`libc_service.seccomp.notify`; raises :class:`~libc_service.seccomp.notify.SeccompUnavailable`
+    notifications (:mod:`libc_service.seccomp`; raises :class:`~libc_service.SeccompUnavailable`
     where the kernel cannot). Without ``sandbox`` a call the policy forwards is then unconfined: a
     warning is logged. Default off."""
     rules: bool

@@ -1,11 +1,11 @@
 """The seccomp wiring of a program's tree (``spawn(seccomp=True)``).
 
 The child installs a seccomp filter whose notifications the same router
-decides (:mod:`libc_service.seccomp.notify`): the calls the shim cannot see
+decides (:mod:`libc_service.seccomp`): the calls the shim cannot see
 (static programs, raw system calls, libc's own opens). It hands the
 listener over before ``exec``; the master serves it as one more session
 of the tree, while the shim's own sessions only relay ``getaddrinfo`` to
-the router. :mod:`libc_service.seccomp.notify` is imported only here, and only
+the router. :mod:`libc_service.seccomp` is imported only here, and only
 for a program started with ``seccomp=True``.
 """
 
@@ -22,7 +22,8 @@ from libc_service.kernel.lazyimport import on_first_use
 
 if TYPE_CHECKING:
     import asyncio
-    from libc_service.seccomp.notify import ListenerHandoff, SeccompSession
+    from libc_service.seccomp.handoff import ListenerHandoff
+    from libc_service.seccomp.session import SeccompSession
     from libc_service.policy.router import Router
     from libc_service.confinement.sandbox import PreparedSandbox, Sandbox
 else:
@@ -55,7 +56,8 @@ class SeccompWiring:
 
     def handoff(self) -> ListenerHandoff:
         """A hand-off for the child's listener (the caller closes it); the shim's sessions relay from now on."""
-        from libc_service.seccomp.notify import ListenerHandoff, shim_relay
+        from libc_service.seccomp.handoff import ListenerHandoff
+        from libc_service.seccomp.relay import shim_relay
 
         handoff = ListenerHandoff()
         self.shim_router = shim_relay(self.router)
@@ -98,7 +100,7 @@ class SeccompWiring:
 
     def serve(self, listener: int, killable: bool, pid: int, context: Context) -> None:
         """Serve the listener in a task of the running loop, in ``context`` (the tree's)."""
-        from libc_service.seccomp.notify import SeccompSession
+        from libc_service.seccomp.session import SeccompSession
 
         files, trees = self._loading
         self.session = SeccompSession(

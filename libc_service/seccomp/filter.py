@@ -2,7 +2,7 @@
 
 It returns ``SECCOMP_RET_USER_NOTIF`` for the system calls the master
 arbitrates, so the kernel suspends the calling thread and hands the call to
-the master (:mod:`libc_service.seccomp.notify`); everything else is allowed. It is
+the master (:mod:`libc_service.seccomp.session`); everything else is allowed. It is
 a second filter, independent of the sandbox's (:mod:`.syscall_filter`): the
 kernel runs both and the stricter action wins, so a call the sandbox's
 filter refuses stays refused and is never notified.

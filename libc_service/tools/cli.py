@@ -59,7 +59,7 @@ def _usage_error(exc: BaseException) -> bool:
     # Raised only by modules a command imported: look them up where they were loaded.
     for module, name in (
         ("libc_service.confinement.landlock", "SandboxUnavailable"),
-        ("libc_service.seccomp.notify", "SeccompUnavailable"),
+        ("libc_service.seccomp.availability", "SeccompUnavailable"),
     ):
         loaded = sys.modules.get(module)
         if loaded is not None and isinstance(exc, getattr(loaded, name)):

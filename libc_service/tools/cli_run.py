@@ -40,7 +40,7 @@ def _static_transport(command: list[str], sandboxed: bool, seccomp: bool) -> boo
     note = static_note(command)
     if note is None:
         return False
-    from libc_service.seccomp.notify import seccomp_unavailable
+    from libc_service.seccomp.availability import seccomp_unavailable
 
     reason = seccomp_unavailable()
     if reason is not None:

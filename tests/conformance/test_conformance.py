@@ -24,7 +24,7 @@ from conformance.casebook import load_cases
 from conformance.runner import TRANSPORTS, Outcome, differences, run_table, runs
 from shimtools import needs_shim
 
-from libc_service.seccomp.notify import seccomp_unavailable
+from libc_service.seccomp.availability import seccomp_unavailable
 
 CASES = load_cases()
 RUNS = runs()
