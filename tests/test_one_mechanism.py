@@ -137,3 +137,30 @@ def test_one_seccomp_listener_interface(module: Path) -> None:
         assert calls, "notify_abi.py no longer makes the listener's ioctls"
         return
     assert calls == [], f"{module.name} makes an ioctl itself (lines {calls}): use libc_service.seccomp.abi"
+
+
+def errno_wrappers(source: str) -> list[int]:
+    """Lines of functions in ``source`` that read ctypes' errno and build an ``OSError`` themselves."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if _calls_named(node, "get_errno") and _calls_named(node, "OSError"):
+                found.append(node.lineno)
+    return found
+
+
+def test_the_errno_detector_sees_a_wrapper() -> None:
+    wrapper = "def f():\n    code = ctypes.get_errno()\n    raise OSError(code, os.strerror(code))\n"
+    assert errno_wrappers(wrapper) == [1]
+    assert errno_wrappers("def f():\n    raise kernel.last_error()\n") == []
+
+
+@pytest.mark.parametrize("module", MODULES, ids=_name)
+def test_one_errno_to_oserror(module: Path) -> None:
+    """A failed ctypes call becomes an ``OSError`` through ``kernel.libc.last_error`` only."""
+    if _name(module) == "kernel/libc.py":
+        assert errno_wrappers(module.read_text()), "kernel/libc.py no longer turns errno into OSError"
+        return
+    assert errno_wrappers(module.read_text()) == [], (
+        f"{_name(module)} turns errno into OSError itself: use libc_service.kernel.libc.last_error"
+    )

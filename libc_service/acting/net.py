@@ -219,10 +219,9 @@ def _inet_call(name: str, sock: socket.socket, request: Any) -> int:
     buffer = ctypes.create_string_buffer(raw, len(raw))
     if getattr(kernel.libc, name)(ctypes.c_int(sock.fileno()), buffer, ctypes.c_uint(len(raw))) == 0:
         return 0
-    code = ctypes.get_errno()
     if name == "bind":
-        raise OSError(code, os.strerror(code))
-    return code
+        raise kernel.last_error()
+    return ctypes.get_errno()
 
 
 def perform_bind_inet(request: Any, root: str | None) -> Any:

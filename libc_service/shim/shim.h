@@ -9,7 +9,7 @@
  *   local.c    statically allowed trees (LIBC_SERVICE_LOCAL)
  *   rules.c    the policy's constant decisions (LIBC_SERVICE_RULES)
  *   ownfds.c   the shim's own descriptors (registration socket, channel)
- *              and the process they belong to
+ *              and the process (and thread) they belong to
  *   fdguard.c  the interposed close/close_range/closefrom/dup2/dup3 that
  *              guard those descriptors
  *   creds.c    the caller's umask and credentials every request carries
