@@ -9,7 +9,7 @@ conditions, the request union, the safe-path helpers, :func:`perform`,
 the sandbox and :func:`spawn`. Transport internals (``Call``,
 ``RouteTable``, ``ProtocolError``) live in their modules
 (:mod:`libc_service.master`, :mod:`libc_service.router`,
-:mod:`libc_service.wire`); the names below them are still importable from
+:mod:`libc_service.wire_header`); the names below them are still importable from
 here for code written against earlier versions, but are not part of
 ``__all__``.
 """
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from .slavepath import slave_path as slave_path
     from .spawn import SlaveProcess as SlaveProcess
     from .spawn import spawn as spawn
-    from .wire import ProtocolError as ProtocolError
+    from .wire_header import ProtocolError as ProtocolError
 
     __version__: str
 
@@ -87,7 +87,7 @@ _PUBLIC: dict[str, str] = {
 }
 #: Transport internals and introspection types: importable from here for
 #: code written against earlier versions, not part of ``__all__``.
-_KEPT: dict[str, str] = {"Call": "master", "RouteTable": "router", "ProtocolError": "wire"}
+_KEPT: dict[str, str] = {"Call": "master", "RouteTable": "router", "ProtocolError": "wire_header"}
 _LAZY: dict[str, str] = {**_PUBLIC, **_KEPT}
 #: Public functions named like the submodule that defines them.
 _SHADOWED: frozenset[str] = frozenset({"perform", "spawn"})

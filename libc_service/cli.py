@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .flagpolicy import PolicyFlags
     from .refusals import RefusalReport
     from .sandbox import Sandbox
-    from .wire import PlainReport
+    from .wire_reports import PlainReport
 else:
     asyncio = on_first_use("asyncio", globals())
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
-from . import names, readiness, wire
+from . import names, readiness, wire_header, wire_registration, wire_reports
 from .catalogue import GAI_ERRORS, PATH_MAX_BYTES
 from .master import Master, close_fds, received_fds
 from .rules import ENV_REPORTS, ENV_RULES, rules_value
@@ -96,7 +96,7 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _forwarded_result(function: str, report: wire.Report | wire.ForwardResult) -> tuple[Result, int]:
+def _forwarded_result(function: str, report: wire_reports.Report | wire_reports.ForwardResult) -> tuple[Result, int]:
     """A forwarded call's result and errno as a :class:`~libc_service.router.Decision` carries them.
 
     getaddrinfo's code becomes the error's name (``"noname"``, ``"system"``
@@ -133,7 +133,7 @@ class RegistrationListener:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock: socket.socket | None = sock
-        #: Gets each report datagram (calls the shim decided itself, wire.REPORT_MAGIC) and its sender's pid.
+        #: Gets each report datagram (calls the shim decided itself, wire_header.REPORT_MAGIC) and its sender's pid.
         self._on_report = on_report
         self._accepts = accepts
         self._watch: readiness.Watch | None = None
@@ -158,7 +158,7 @@ class RegistrationListener:
                     raise StopAsyncIteration
                 logger.warning("ignoring an empty registration datagram")
                 continue
-            if data[:4] == wire.REPORT_MAGIC and not fds and self._on_report is not None:
+            if data[:4] == wire_header.REPORT_MAGIC and not fds and self._on_report is not None:
                 self._on_report(data, sender_pid(ancdata))
                 continue
             registered = _registration(data, fds, flags, sender_pid(ancdata), self._accepts)
@@ -184,7 +184,7 @@ class RegistrationListener:
             fds = received_fds(ancdata)
             if fds:
                 close_fds(fds)
-            elif data[:4] == wire.REPORT_MAGIC:
+            elif data[:4] == wire_header.REPORT_MAGIC:
                 self._on_report(data, sender_pid(ancdata))
             elif not data:
                 return
@@ -213,7 +213,11 @@ _REPORTS_SNDBUF: Final = 4 << 20
 
 #: A registration (16 bytes) or a report (its header, its names and a request).
 _LISTENER_BUFFER: Final = (
-    wire.REPORT.size + wire.REPORT_NAMES.size + 3 * PATH_MAX_BYTES + wire.REPORT_ARGV_MAX + wire.MAX_MESSAGE
+    wire_reports.REPORT.size
+    + wire_reports.REPORT_NAMES.size
+    + 3 * PATH_MAX_BYTES
+    + wire_reports.REPORT_ARGV_MAX
+    + wire_header.MAX_MESSAGE
 )
 
 
@@ -229,14 +233,14 @@ def _registration(
     or one that names another process than its sender."""
     try:
         if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-            raise wire.RemoteProtocolError("registration truncated")
-        pid = wire.decode_registration(data, len(fds))
+            raise wire_header.RemoteProtocolError("registration truncated")
+        pid = wire_registration.decode_registration(data, len(fds))
         if pid != sender:
-            raise wire.RemoteProtocolError(f"it names pid {pid} but was sent by pid {sender}")
+            raise wire_header.RemoteProtocolError(f"it names pid {pid} but was sent by pid {sender}")
         if accepts is not None and not accepts(pid):
-            raise wire.RemoteProtocolError(f"pid {pid} is not of the program's process tree")
+            raise wire_header.RemoteProtocolError(f"pid {pid} is not of the program's process tree")
         return pid, socket.socket(fileno=fds[0])
-    except (wire.RemoteProtocolError, OSError) as exc:
+    except (wire_header.RemoteProtocolError, OSError) as exc:
         close_fds(fds)
         logger.warning("ignoring a malformed registration: %s", exc)
         return None
@@ -407,13 +411,13 @@ class SlaveProcess:
         #: The context every task serving this tree runs in: the tree's own answers for ``resolved()``.
         self._tree_context = names.serving(router)
         #: Observers of the calls the shim decided, as plain data (observe_reports()).
-        self._plain_observers: list[Callable[[wire.PlainReport], None]] = []
+        self._plain_observers: list[Callable[[wire_reports.PlainReport], None]] = []
 
-    def observe_reports(self, observer: Callable[[wire.PlainReport], None]) -> None:
+    def observe_reports(self, observer: Callable[[wire_reports.PlainReport], None]) -> None:
         """Give the calls the shim decided itself to ``observer`` as validated plain data.
 
-        Each report is validated as :func:`~libc_service.wire.decode_report`
-        validates it, but becomes a :class:`~libc_service.wire.PlainReport`
+        Each report is validated as :func:`~libc_service.wire_reports.decode_report`
+        validates it, but becomes a :class:`~libc_service.wire_reports.PlainReport`
         (its request's fields, paths as ``str``) instead of a request model
         and a :class:`~libc_service.router.Decision` for the router's
         observers, which then do not see these calls: for an observer that
@@ -552,7 +556,7 @@ class SlaveProcess:
         """
         while True:
             try:
-                magic = sock.recv(len(wire.REPORT_MAGIC), _PEEK_NOW)
+                magic = sock.recv(len(wire_header.REPORT_MAGIC), _PEEK_NOW)
             except (BlockingIOError, InterruptedError):
                 idle()
                 return True
@@ -561,7 +565,7 @@ class SlaveProcess:
             if not magic and _hung_up(sock):  # every process of the tree has closed its end
                 idle()
                 return True
-            if magic != wire.REPORT_MAGIC:
+            if magic != wire_header.REPORT_MAGIC:
                 return False
             try:
                 data, ancdata, _, _ = sock.recvmsg(_LISTENER_BUFFER, _CMSG_SPACE, _RECEIVE_NOW)
@@ -715,15 +719,15 @@ class SlaveProcess:
         from .router import Decision
 
         try:
-            report = wire.decode_report(data)
-        except wire.RemoteProtocolError as exc:
+            report = wire_reports.decode_report(data)
+        except wire_header.RemoteProtocolError as exc:
             logger.warning("ignoring a malformed report: %s", exc)
             return
-        pid = report.pid if isinstance(report, wire.ForwardResult) else report.request.pid
+        pid = report.pid if isinstance(report, wire_reports.ForwardResult) else report.request.pid
         if not self._believed(pid, sender):
             return
         self._count_lost(pid, report.lost)
-        if isinstance(report, wire.ForwardResult):
+        if isinstance(report, wire_reports.ForwardResult):
             self.router.forward_result(
                 report.pid,
                 report.tid,
@@ -792,14 +796,14 @@ class SlaveProcess:
     def _plain_report(self, data: bytes, sender: int | None) -> None:
         """A report for :meth:`observe_reports`' observers: validated, no model built, its sender checked."""
         try:
-            report = wire.plain_report(data)
-        except wire.RemoteProtocolError as exc:
+            report = wire_reports.plain_report(data)
+        except wire_header.RemoteProtocolError as exc:
             logger.warning("ignoring a malformed report: %s", exc)
             return
-        pid = report.pid if isinstance(report, wire.ForwardResult) else report.fields["pid"]
+        pid = report.pid if isinstance(report, wire_reports.ForwardResult) else report.fields["pid"]
         if not self._believed(pid, sender):
             return
-        if isinstance(report, wire.ForwardResult):
+        if isinstance(report, wire_reports.ForwardResult):
             self._count_lost(report.pid, report.lost)
             self.router.forward_result(
                 report.pid,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from libc_service import wire
+import libc_service
 
-SHIM_DIR = Path(wire.__file__).with_name("shim")
+SHIM_DIR = Path(libc_service.__file__).with_name("shim")
 SOURCES = sorted(SHIM_DIR.glob("*.c"))
 
 #: The designated real-libc file, the only one that may resolve or bypass libc functions.

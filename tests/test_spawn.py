@@ -573,7 +573,7 @@ def test_python_is_a_real_binary() -> None:
 async def test_the_registration_listener_yields_each_channel_and_ends_when_the_tree_hangs_up(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from libc_service import wire as wire_module
+    from libc_service import wire_registration
     from libc_service.spawn import RegistrationListener
 
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -582,7 +582,7 @@ async def test_the_registration_listener_yields_each_channel_and_ends_when_the_t
     theirs.send(b"not a registration")
     for pid in (4242, os.getpid()):  # the kernel names the sender: only its own pid is believed
         theirs.sendmsg(
-            [wire_module.encode_registration(pid)],
+            [wire_registration.encode_registration(pid)],
             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno()]))],
         )
     channel.close()
