@@ -1,61 +1,99 @@
 """Request models built from fields a decoder has already checked, without validating them again.
 
-pydantic's validation of a request costs more than decoding it (docs/performance.md);
-a decoder that has checked every byte builds the model here instead.
+Both decoders of slave input — the protocol's (:mod:`libc_service.wire_requests`,
+:mod:`libc_service.wire_reports`) and the seccomp transport's — check every
+field as the models would (paths, flags, modes, addresses). Validating again
+would cost more than decoding (docs/performance.md), and so would pydantic's
+``model_construct``, whose per-field alias and default search was a third of
+the decoding cost. :func:`construct` is the one way such a model is built:
+one rule for which models may skip validation, one for their defaults and
+the fields they record as set.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from . import requests  # loaded on first use (libc_service/__init__.py)
+
+if TYPE_CHECKING:
+    from .requests import Request
 
 __all__ = ["construct"]
 
 _set_attribute: Final = object.__setattr__
 
 
-def _plain_model(cls: type[Any]) -> bool:
-    """Whether ``model_construct`` of ``cls`` only sets the four attributes below."""
+def _plain(model: type[Any]) -> bool:
+    """Whether building ``model`` is only setting its ``__dict__``: plain data.
+
+    No post-init hook, private attributes or root model (building would run
+    or need more), no aliases (the decoders give field names) and no default
+    factories (a factory's default is made per model, not copied).
+    """
     return (
-        not getattr(cls, "__pydantic_post_init__", True)
-        and not getattr(cls, "__private_attributes__", True)
-        and not getattr(cls, "__pydantic_root_model__", True)
-        and all(f.alias is None and f.validation_alias is None for f in cls.model_fields.values())
+        not getattr(model, "__pydantic_post_init__", True)
+        and not getattr(model, "__private_attributes__", True)
+        and not getattr(model, "__pydantic_root_model__", True)
+        and all(
+            info.alias is None and info.validation_alias is None and info.default_factory is None
+            for info in model.model_fields.values()
+        )
     )
 
 
 @functools.cache
-def _fast_fields() -> dict[str, tuple[str, ...]]:
-    """The models built without pydantic's search: their fields in declaration order.
+def _plain_fields() -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
+    """Each plain model's field names in declaration order, and the defaults of those not required.
 
-    The order is the one ``model_construct`` fills ``__dict__`` in, which repr
-    and dumps follow. Computed on the first decoded request: the models load
-    then, not when the codec is imported.
+    The order is the one pydantic fills ``__dict__`` in, which repr and
+    dumps follow. Computed on the first request built: the models load
+    then, not when a decoder is imported.
     """
-    return {name: tuple(cls.model_fields) for name, cls in requests.REQUEST_TYPES.items() if _plain_model(cls)}
+    return {
+        function: (
+            tuple(model.model_fields),
+            {name: info.default for name, info in model.model_fields.items() if not info.is_required()},
+        )
+        for function, model in requests.REQUEST_TYPES.items()
+        if _plain(model)
+    }
 
 
-def construct(function: str, fields: dict[str, Any]) -> Any:
-    """``model_construct(**fields)`` for a decoder that fills every field.
+def construct(function: str, fields: Mapping[str, Any]) -> Request:
+    """The request model of ``function`` from ``fields`` its decoder has fully checked.
 
-    Does what pydantic's ``model_construct`` does for a model without
-    aliases, private attributes or post-init hooks, minus its per-field
-    alias and default search, which was a third of the decoding cost
-    (``bench/hotpath.py``; figures in docs/performance.md).
+    A field left out takes its default and is not counted as set; a key that
+    is no field of the model is left out. The models' validators are not
+    run: the decoder has checked what they check. A model that is not plain
+    data (a post-init hook, private attributes, default factories), or fields
+    without a required one, are validated instead: raises
+    pydantic's ``ValidationError`` (a ``ValueError``) when they fail.
     """
-    cls = requests.REQUEST_TYPES[function]
-    order = _fast_fields().get(function)
-    if order is None:
-        return cls.model_construct(**fields)
-    try:
-        values = {name: fields[name] for name in order}
-    except KeyError:  # a field left to its default: pydantic fills it
-        return cls.model_construct(**fields)
-    model = cls.__new__(cls)
-    _set_attribute(model, "__dict__", values)
-    _set_attribute(model, "__pydantic_fields_set__", set(fields))
-    _set_attribute(model, "__pydantic_extra__", None)
-    _set_attribute(model, "__pydantic_private__", None)
-    return model
+    model = requests.REQUEST_TYPES[function]
+    spec = _plain_fields().get(function)
+    if spec is not None:
+        names, defaults = spec
+        values: dict[str, Any] | None
+        try:  # the decoders' every call: each field given
+            values = {name: fields[name] for name in names}
+            given = set(fields) if len(fields) == len(names) else fields.keys() & values.keys()
+        except KeyError:
+            given = fields.keys() & set(names)
+            values = (
+                {name: fields[name] if name in fields else defaults[name] for name in names}
+                if given | defaults.keys() >= set(names)
+                else None  # a required field is missing: validation says which
+            )
+        if values is not None:
+            request = model.__new__(model)
+            _set_attribute(request, "__dict__", values)
+            _set_attribute(request, "__pydantic_fields_set__", given)
+            _set_attribute(request, "__pydantic_extra__", None)
+            _set_attribute(request, "__pydantic_private__", None)
+            return cast("Request", request)
+    return cast(
+        "Request", model.model_validate({name: value for name, value in fields.items() if name in model.model_fields})
+    )

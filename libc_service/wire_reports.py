@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from .catalogue import FUNCTIONS
-from .requests_construct import construct
 from .wire_header import REPORT_MAGIC, VERSION, RemoteProtocolError
-from .wire_requests import decode_request_fields
+from .wire_requests import build_request, decode_request_fields
 
 if TYPE_CHECKING:
     from .requests import Request
@@ -117,7 +116,7 @@ def decode_report(data: bytes) -> Report | ForwardResult:
     if isinstance(parts, ForwardResult):
         return parts
     return Report(
-        cast("Request", construct(parts.function, parts.fields)),
+        build_request(parts.function, parts.fields),
         parts.outcome,
         parts.errno,
         parts.lost,

@@ -11,7 +11,7 @@ import os
 import struct
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from .catalogue import (
     FUNCTIONS,
@@ -58,6 +58,7 @@ __all__ = [
     "PROTOCOL_NUMBER",
     "RENAME_NO_REPLACE",
     "REQUEST",
+    "build_request",
     "decode_request",
     "decode_request_fields",
     "encode_request",
@@ -219,8 +220,20 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
     ``fds``.
     """
     function, fields = decode_request_fields(data, fds, text=False)
-    # The bytes are fully checked: build without a second validation.
-    return cast("Request", construct(function, fields))
+    return build_request(function, fields)
+
+
+def build_request(function: str, fields: dict[str, Any]) -> Request:
+    """The model of a request :func:`decode_request_fields` checked, built without a second validation.
+
+    Raises :class:`RemoteProtocolError` if a model that validates (not plain
+    data, see :func:`~libc_service.requests_construct.construct`) refuses
+    what the checks let through.
+    """
+    try:
+        return construct(function, fields)
+    except ValueError as exc:
+        raise RemoteProtocolError(f"{function} request: {exc}") from None
 
 
 def request_fields(data: bytes) -> tuple[str, dict[str, Any]]:

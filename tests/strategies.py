@@ -29,7 +29,7 @@ from libc_service.requests import (
 )
 from libc_service import wire_fields, wire_header, wire_replies, wire_requests
 from libc_service.wire_header import MAX_ADDRINFO
-from libc_service.wire_replies import FILE_TYPES
+from libc_service.catalogue import FILE_TYPES
 
 U32 = st.integers(1, 2**32 - 1)
 U64 = st.integers(0, 2**64 - 1)
