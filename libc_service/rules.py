@@ -82,7 +82,7 @@ from .catalogue import METADATA_FD_FUNCTIONS, METADATA_FUNCTIONS, MUTATING_FUNCT
 from .conditions import Condition, AllOf, AnyOf, FlagsCondition, Negation, UnderCondition, WritingCondition
 from .outcomes import FORWARD, Deny
 from .catalogue import FUNCTIONS
-from .wire_fields import OPEN_FLAG_BITS
+from .openflags import OPEN_FLAG_BITS
 
 if TYPE_CHECKING:
     from .router import Router

@@ -1,11 +1,12 @@
 """The fields of a request's header, field by field (``docs/protocol.md``).
 
 :mod:`libc_service.wire_requests` frames a request; the fields whose
-encoding is more than a number are encoded and checked here: the open flags'
-bits, the caller's umask and credentials (the context), a metadata change's
-flags and address bytes (chmod, chown, utimens), paths, names and modes.
-Each decoder raises :class:`~libc_service.wire_header.RemoteProtocolError`
-for what the peer got wrong; each encoder :class:`~libc_service.wire_header.LocalProtocolError`
+encoding is more than a number are encoded and checked here: the open
+flags (their bits are :mod:`libc_service.openflags`'), the caller's umask
+and credentials (the context), a metadata change's flags and address bytes
+(chmod, chown, utimens), paths, names and modes. Each decoder raises
+:class:`~libc_service.wire_header.RemoteProtocolError` for what the peer got
+wrong; each encoder :class:`~libc_service.wire_header.LocalProtocolError`
 for a value the protocol cannot carry.
 """
 
@@ -17,8 +18,9 @@ import struct
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
 
-from .catalogue import MAX_GROUPS, METADATA_FD_FUNCTIONS, OPEN_FLAGS, OPENAT_FLAGS, PATH_MAX_BYTES, UNIX_PATH_MAX
+from .catalogue import MAX_GROUPS, METADATA_FD_FUNCTIONS, OPEN_FLAGS, PATH_MAX_BYTES, UNIX_PATH_MAX
 from . import requests  # loaded on first use (libc_service/__init__.py)
+from .openflags import OPEN_FLAG_BITS
 from .wire_header import LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
@@ -48,7 +50,6 @@ __all__ = [
     "MTIME_NOW",
     "MTIME_OMIT",
     "NO_ADDRESS",
-    "OPEN_FLAG_BITS",
     "ROLE_DIR1",
     "ROLE_DIR2",
     "ROLE_SOCKET",
@@ -70,13 +71,6 @@ GROUP: Final = struct.Struct("<I")
 #: The address field of a request that carries no address.
 NO_ADDRESS: Final = bytes(16)
 
-#: Bits 0-11: the original open flags; 16-21: openat's resolve flags; 24-31: flags
-#: that grant nothing but change the call (``docs/protocol.md``).
-OPEN_FLAG_BITS: Final[dict[str, int]] = {
-    **{name: 1 << bit for bit, name in enumerate(OPEN_FLAGS[:12])},
-    **{name: 1 << bit for bit, name in enumerate(OPEN_FLAGS[12:], 24)},
-    **{name: 1 << bit for bit, name in enumerate(OPENAT_FLAGS[len(OPEN_FLAGS) :], 16)},
-}
 _OPEN_ONLY_MASK: Final = sum(OPEN_FLAG_BITS[name] for name in OPEN_FLAGS)
 _OPENAT_MASK: Final = sum(OPEN_FLAG_BITS.values())
 _OPEN_FLAG_BY_BIT: Final = tuple(OPEN_FLAG_BITS.items())

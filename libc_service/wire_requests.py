@@ -28,12 +28,12 @@ from .catalogue import (
     UNIX_PATH_MAX,
 )
 from . import requests  # loaded on first use (libc_service/__init__.py)
+from .openflags import OPEN_FLAG_BITS
 from .requests_construct import construct
 from .wire_fields import (
     CONTEXT_BITS,
     GROUP,
     NO_ADDRESS,
-    OPEN_FLAG_BITS,
     ROLE_DIR1,
     ROLE_DIR2,
     ROLE_SOCKET,

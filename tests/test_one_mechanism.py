@@ -13,6 +13,10 @@ timeout or cancellation leaves the loop watching a number the next ``open``
 may reuse. The master's channel keeps its own registrations: it arms one
 reader and one writer per loop for the session's life (not one per wait),
 which is what keeps a receive to no ``epoll_ctl`` at all.
+
+The open flags — each name of the vocabulary, its bit on the wire, its
+``O_*`` value — are tabled once, in ``libc_service.openflags``: a flag added
+to one copy and not another is a flag a transport silently drops.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import ast
 from pathlib import Path
 
 import libc_service
+from libc_service.catalogue import OPENAT_FLAGS
 
 import pytest
 
@@ -33,6 +38,13 @@ FILTER_TABLES = {"syscall_filter.py", "socket_filter.py", "notify_filter.py"}
 READINESS = {"readiness.py"}
 PERSISTENT_REGISTRATIONS = {"master.py"}
 ARCHITECTURES = {"x86_64", "aarch64", "i386", "i686", "armv7l", "riscv64"}
+#: The module that tables the open flags.
+OPEN_FLAG_TABLE = "openflags.py"
+#: Copies not yet switched to it: the seccomp transport's decoder of open(2)'s
+#: arguments keeps its own (bit, name) tables of the kernel's values.
+OPEN_FLAG_COPIES = {"notify.py"}
+#: The benchmarks' masters open files as a policy would: they use the table too.
+BENCH = sorted((Path(__file__).resolve().parent.parent / "bench").glob("*.py"))
 
 
 def _calls_named(tree: ast.AST, name: str) -> list[int]:
@@ -77,7 +89,49 @@ def select_polls(source: str) -> list[int]:
     ]
 
 
+def _numeric(node: ast.expr) -> bool:
+    """Whether ``node`` may be a flag's value: a number, a name, ``os.O_*``, ``getattr(os, ...)``, arithmetic, a tuple of them."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, int) and not isinstance(node.value, bool)
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id == "getattr"
+    if isinstance(node, ast.Tuple):  # (wire bit, value)
+        return bool(node.elts) and all(_numeric(item) for item in node.elts)
+    return isinstance(node, ast.Name | ast.Attribute | ast.BinOp)
+
+
+def _flag_pair(key: ast.expr | None, value: ast.expr) -> bool:
+    """Whether ``key``/``value`` pair an open flag's name with a value, in either order."""
+    for name, number in ((key, value), (value, key)):
+        if isinstance(name, ast.Constant) and name.value in OPENAT_FLAGS and number is not None and _numeric(number):
+            return True
+    return False
+
+
+def open_flag_tables(source: str) -> list[int]:
+    """Lines of ``source`` with a table of open flags: a dict, or a sequence of pairs, naming flags with values."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Dict):
+            pairs = sum(_flag_pair(key, value) for key, value in zip(node.keys, node.values))
+        elif isinstance(node, ast.Tuple | ast.List | ast.Set):
+            pairs = sum(
+                isinstance(item, ast.Tuple) and len(item.elts) == 2 and _flag_pair(*item.elts) for item in node.elts
+            )
+        else:
+            continue
+        if pairs >= 2:
+            lines.append(node.lineno)
+    return lines
+
+
 def test_the_detectors_see_what_they_look_for() -> None:
+    assert open_flag_tables("F = {'append': os.O_APPEND, 'create': os.O_CREAT}\n") == [1]
+    assert open_flag_tables("F = {'temporary': getattr(os, 'O_TMPFILE', 0), 'path': 0o10000000}\n") == [1]
+    assert open_flag_tables("F = ((0o200, 'exclusive'), (_O_CREAT, 'create'))\n") == [1]
+    assert open_flag_tables("F = {'append': (1 << 3, os.O_APPEND), 'create': (1 << 4, os.O_CREAT)}\n") == [1]
+    assert open_flag_tables("W = frozenset({'append', 'create'})\nA = {'r': 4, 'w': 2}\n") == []
+    assert open_flag_tables("f = {'path': decode(raw), 'no_follow': bool(flags & 1)}\n") == []
     assert select_polls("import select\np = select.poll()\n") == [2]
     assert _calls_named(ast.parse("loop.add_reader(fd, wake)\nloop.add_writer(fd, wake)\n"), "add_reader") == [1]
     assert select_polls("process.poll()\n") == []
@@ -114,3 +168,15 @@ def test_one_readiness_helper(module: Path) -> None:
     if module.name not in PERSISTENT_REGISTRATIONS:
         found += _calls_named(tree, "add_reader") + _calls_named(tree, "add_writer")
     assert found == [], f"{module.name} waits on a descriptor itself (lines {found}): use libc_service.readiness"
+
+
+@pytest.mark.parametrize("module", MODULES + BENCH, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_one_open_flag_table(module: Path) -> None:
+    if module.parent == PACKAGE and module.name == OPEN_FLAG_TABLE:
+        assert open_flag_tables(module.read_text()), "openflags.py no longer tables the open flags"
+        return
+    if module.parent == PACKAGE and module.name in OPEN_FLAG_COPIES:
+        return
+    assert open_flag_tables(module.read_text()) == [], (
+        f"{module.name} keeps its own open-flag table: use libc_service.openflags"
+    )

@@ -34,7 +34,7 @@ from libc_service.rules import (
     evaluate,
     relative,
 )
-from libc_service.wire_fields import OPEN_FLAG_BITS
+from libc_service.openflags import OPEN_FLAG_BITS
 from shimtools import needs_shim
 
 # ------------------------------------------------------------- the compiler

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from libc_service import AddrInfo, Stat
 from libc_service.wire_header import LocalProtocolError, ProtocolError, RemoteProtocolError
-from libc_service import wire_fields, wire_header, wire_registration, wire_replies, wire_requests
+from libc_service import openflags, wire_fields, wire_header, wire_registration, wire_replies, wire_requests
 from libc_service.replies import GAI_ERRORS
 from libc_service.requests import (
     FUNCTIONS,
@@ -134,7 +134,7 @@ def test_an_unchanged_owner_or_group_is_none_on_both_sides(request: Any) -> None
 
 
 def test_open_flag_bits_are_the_documented_ones() -> None:
-    assert wire_fields.OPEN_FLAG_BITS == {
+    assert openflags.OPEN_FLAG_BITS == {
         "read_only": 1 << 0,
         "write_only": 1 << 1,
         "read_write": 1 << 2,
@@ -162,7 +162,7 @@ def test_open_flag_bits_are_the_documented_ones() -> None:
         "async_signals": 1 << 30,
         "large_file": 1 << 31,
     }
-    assert set(wire_fields.OPEN_FLAG_BITS) == set(OPENAT_FLAGS)
+    assert set(openflags.OPEN_FLAG_BITS) == set(OPENAT_FLAGS)
 
 
 def test_a_hand_packed_stat_request_decodes_to_the_model() -> None:

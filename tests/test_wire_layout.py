@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from libc_service import (
+    openflags,
     requests,
     wire_fields,
     wire_header,
@@ -113,7 +114,7 @@ def test_open_flag_bits_agree(header: dict[str, int]) -> None:
     """Every flag the shim sends is the codec's; only openat2's resolve_* flags (which the shim,
     interposing no openat2, never sends) are the codec's alone."""
     c_flags = {name.removeprefix("LCS_O_").lower(): bit for name, bit in header.items() if name.startswith("LCS_O_")}
-    assert c_flags == {name: bit for name, bit in wire_fields.OPEN_FLAG_BITS.items() if not name.startswith("resolve_")}
+    assert c_flags == {name: bit for name, bit in openflags.OPEN_FLAG_BITS.items() if not name.startswith("resolve_")}
 
 
 @pytest.mark.parametrize(
