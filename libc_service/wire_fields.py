@@ -91,6 +91,7 @@ MTIME_OMIT: Final = 16
 IDS: Final = struct.Struct("<II8x")
 TIMES: Final = struct.Struct("<qq")
 
+#: Descriptor roles: which of a request's descriptor fields travel (in this bit order).
 ROLE_DIR1: Final = 1
 ROLE_DIR2: Final = 2
 ROLE_SOCKET: Final = 4
