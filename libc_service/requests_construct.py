@@ -45,21 +45,21 @@ def _plain(model: type[Any]) -> bool:
 
 
 @functools.cache
-def _plain_fields() -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
-    """Each plain model's field names in declaration order, and the defaults of those not required.
+def _plain_fields() -> dict[str, tuple[str, ...]]:
+    """Each plain model's field names in declaration order.
 
     The order is the one pydantic fills ``__dict__`` in, which repr and
     dumps follow. Computed on the first request built: the models load
     then, not when a decoder is imported.
     """
-    return {
-        function: (
-            tuple(model.model_fields),
-            {name: info.default for name, info in model.model_fields.items() if not info.is_required()},
-        )
-        for function, model in requests.REQUEST_TYPES.items()
-        if _plain(model)
-    }
+    return {function: tuple(model.model_fields) for function, model in requests.REQUEST_TYPES.items() if _plain(model)}
+
+
+@functools.cache
+def _defaults(function: str) -> dict[str, Any]:
+    """The defaults of the fields of ``function``'s model that are not required."""
+    fields = requests.REQUEST_TYPES[function].model_fields
+    return {name: info.default for name, info in fields.items() if not info.is_required()}
 
 
 def construct(function: str, fields: Mapping[str, Any]) -> Request:
@@ -69,31 +69,49 @@ def construct(function: str, fields: Mapping[str, Any]) -> Request:
     is no field of the model is left out. The models' validators are not
     run: the decoder has checked what they check. A model that is not plain
     data (a post-init hook, private attributes, default factories), or fields
-    without a required one, are validated instead: raises
-    pydantic's ``ValidationError`` (a ``ValueError``) when they fail.
+    without a required one, are validated instead: raises pydantic's
+    ``ValidationError`` (a ``ValueError``) when they fail.
     """
     model = requests.REQUEST_TYPES[function]
-    spec = _plain_fields().get(function)
-    if spec is not None:
-        names, defaults = spec
-        values: dict[str, Any] | None
-        try:  # the decoders' every call: each field given
-            values = {name: fields[name] for name in names}
-            given = set(fields) if len(fields) == len(names) else fields.keys() & values.keys()
-        except KeyError:
-            given = fields.keys() & set(names)
-            values = (
-                {name: fields[name] if name in fields else defaults[name] for name in names}
-                if given | defaults.keys() >= set(names)
-                else None  # a required field is missing: validation says which
-            )
-        if values is not None:
-            request = model.__new__(model)
-            _set_attribute(request, "__dict__", values)
-            _set_attribute(request, "__pydantic_fields_set__", given)
-            _set_attribute(request, "__pydantic_extra__", None)
-            _set_attribute(request, "__pydantic_private__", None)
-            return cast("Request", request)
+    names = _plain_fields().get(function)
+    if names is None:
+        return _validated(model, fields)
+    try:  # the decoders' every call: each field given
+        values = {name: fields[name] for name in names}
+    except KeyError:
+        return _with_defaults(function, model, names, fields)
+    # _built, inline: this runs once per decoded request.
+    request = model.__new__(model)
+    _set_attribute(request, "__dict__", values)
+    _set_attribute(
+        request, "__pydantic_fields_set__", set(fields) if len(fields) == len(names) else fields.keys() & values.keys()
+    )
+    _set_attribute(request, "__pydantic_extra__", None)
+    _set_attribute(request, "__pydantic_private__", None)
+    return request  # type: ignore[return-value]  # (no cast: a call per request)
+
+
+def _built(model: Any, values: dict[str, Any], given: set[str]) -> Request:
+    """What pydantic's ``model_construct`` leaves: the values in order, the fields given, nothing else."""
+    request = model.__new__(model)
+    _set_attribute(request, "__dict__", values)
+    _set_attribute(request, "__pydantic_fields_set__", given)
+    _set_attribute(request, "__pydantic_extra__", None)
+    _set_attribute(request, "__pydantic_private__", None)
+    return cast("Request", request)
+
+
+def _with_defaults(function: str, model: type[Any], names: tuple[str, ...], fields: Mapping[str, Any]) -> Request:
+    """A plain model from fields that leave some out: their defaults, or validation if one is required."""
+    defaults = _defaults(function)
+    given = fields.keys() & set(names)
+    if not given | defaults.keys() >= set(names):
+        return _validated(model, fields)  # a required field is missing: validation says which
+    return _built(model, {name: fields[name] if name in fields else defaults[name] for name in names}, given)
+
+
+def _validated(model: type[Any], fields: Mapping[str, Any]) -> Request:
+    """The model validated from the keys of ``fields`` that are its fields."""
     return cast(
         "Request", model.model_validate({name: value for name, value in fields.items() if name in model.model_fields})
     )

@@ -220,7 +220,11 @@ def decode_request(data: bytes, fds: Sequence[int] = ()) -> Request:
     ``fds``.
     """
     function, fields = decode_request_fields(data, fds, text=False)
-    return build_request(function, fields)
+    # build_request, inline: this runs once per call on the hot path.
+    try:
+        return construct(function, fields)
+    except ValueError as exc:
+        raise RemoteProtocolError(f"{function} request: {exc}") from None
 
 
 def build_request(function: str, fields: dict[str, Any]) -> Request:

@@ -71,10 +71,12 @@ class _TaggedStat(StatRequest):
 @pytest.fixture
 def tagged_stat(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     requests_construct._plain_fields.cache_clear()
+    requests_construct._defaults.cache_clear()
     monkeypatch.setitem(REQUEST_TYPES, "stat", _TaggedStat)
     yield
     monkeypatch.undo()
     requests_construct._plain_fields.cache_clear()
+    requests_construct._defaults.cache_clear()
 
 
 @pytest.mark.usefixtures("tagged_stat")
