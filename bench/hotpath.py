@@ -42,13 +42,19 @@ sys.path.insert(0, os.environ.get("BENCH_TREE", str(_common.ROOT)))
 
 from libc_service import Master, Router  # noqa: E402
 
-from libc_service.protocol import wire  # noqa: E402
+from libc_service.protocol import wire_header  # noqa: E402
+
+from libc_service.protocol import wire_replies  # noqa: E402
+
+from libc_service.protocol import wire_requests  # noqa: E402
 from libc_service.protocol.requests import OpenRequest, StatRequest  # noqa: E402
 
 import pymaster  # noqa: E402
 
-STAT = wire.encode_request(StatRequest(path="/etc/hostname", pid=7, tid=7, request_id=1))[0]
-OPEN = wire.encode_request(OpenRequest(path="/etc/hostname", flags=["read_only"], pid=7, tid=7, request_id=1))[0]
+STAT = wire_requests.encode_request(StatRequest(path="/etc/hostname", pid=7, tid=7, request_id=1))[0]
+OPEN = wire_requests.encode_request(OpenRequest(path="/etc/hostname", flags=["read_only"], pid=7, tid=7, request_id=1))[
+    0
+]
 
 
 async def transport(n: int) -> float:
@@ -58,9 +64,9 @@ async def transport(n: int) -> float:
     start = time.perf_counter()
     for _ in range(n):
         b.send(STAT)
-        a.recvmsg(wire.MAX_MESSAGE + 1, 64)
+        a.recvmsg(wire_header.MAX_MESSAGE + 1, 64)
         a.send(STAT)
-        b.recvmsg(wire.MAX_MESSAGE + 1, 64)
+        b.recvmsg(wire_header.MAX_MESSAGE + 1, 64)
     elapsed = time.perf_counter() - start
     a.close()
     b.close()
@@ -68,11 +74,11 @@ async def transport(n: int) -> float:
 
 
 async def codec(n: int) -> float:
-    reply = wire.ReplyMessage("stat", 7, 1, pymaster.FAKE_STAT)
+    reply = wire_replies.ReplyMessage("stat", 7, 1, pymaster.FAKE_STAT)
     start = time.perf_counter()
     for _ in range(n):
-        wire.decode_request(STAT, ())
-        wire.encode_reply(reply)
+        wire_requests.decode_request(STAT, ())
+        wire_replies.encode_reply(reply)
     return (time.perf_counter() - start) / n
 
 

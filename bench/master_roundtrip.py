@@ -43,7 +43,9 @@ from _common import machine, table  # noqa: E402
 
 from libc_service import Master, Slave, Stat  # noqa: E402
 
-from libc_service.protocol import wire  # noqa: E402
+from libc_service.protocol import wire_replies  # noqa: E402
+
+from libc_service.protocol import wire_requests  # noqa: E402
 from libc_service.protocol.requests import StatRequest  # noqa: E402
 
 PATH = "/usr/share/zoneinfo/Europe/Paris"
@@ -142,15 +144,15 @@ async def _master(variant: str, warmup: int, calls: int, slave_cpu: int | None) 
 def _codec_ns() -> list[tuple[str, float]]:
     """Pure codec cost per call (no I/O), best of 5."""
     request = StatRequest(path=PATH, pid=1, tid=1, request_id=1)
-    data, fds = wire.encode_request(request)
-    reply = wire.ReplyMessage("stat", 1, 1, STAT)
-    reply_data = wire.encode_reply(reply)
+    data, fds = wire_requests.encode_request(request)
+    reply = wire_replies.ReplyMessage("stat", 1, 1, STAT)
+    reply_data = wire_replies.encode_reply(reply)
     cases: list[tuple[str, Callable[[], object]]] = [
         ("StatRequest(...) validated", lambda: StatRequest(path=PATH, pid=1, tid=1, request_id=1)),
-        ("encode_request", lambda: wire.encode_request(request)),
-        ("decode_request", lambda: wire.decode_request(data, fds)),
-        ("encode_reply(Stat)", lambda: wire.encode_reply(reply)),
-        ("decode_reply(Stat)", lambda: wire.decode_reply(reply_data)),
+        ("encode_request", lambda: wire_requests.encode_request(request)),
+        ("decode_request", lambda: wire_requests.decode_request(data, fds)),
+        ("encode_reply(Stat)", lambda: wire_replies.encode_reply(reply)),
+        ("decode_reply(Stat)", lambda: wire_replies.decode_reply(reply_data)),
     ]
     number = 20_000
     return [(name, min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e9) for name, fn in cases]

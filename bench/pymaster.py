@@ -25,34 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, os.environ.get("BENCH_TREE", str(REPO)))
 
 from libc_service import FORWARD, Router, Stat, WithFds, spawn  # noqa: E402
+from libc_service.protocol.openflags import OS_FLAGS  # noqa: E402
 from libc_service.protocol.requests import LstatRequest, OpenatRequest, OpenRequest, StatRequest  # noqa: E402
 
 #: The floor's fixed answer (bench/floor_master.c, stat and answer modes).
 FAKE_STAT = Stat(size=4242, mode=0o644, nlink=1, blksize=4096, blocks=16)
-
-_OPEN_FLAGS = {
-    "read_only": os.O_RDONLY,
-    "write_only": os.O_WRONLY,
-    "read_write": os.O_RDWR,
-    "append": os.O_APPEND,
-    "create": os.O_CREAT,
-    "directory": os.O_DIRECTORY,
-    "exclusive": os.O_EXCL,
-    "no_follow": os.O_NOFOLLOW,
-    "path": os.O_PATH,
-    "sync_all_on_write": os.O_SYNC,
-    "temporary": os.O_TMPFILE,
-    "truncate": os.O_TRUNC,
-    "close_on_exec": os.O_CLOEXEC,  # sent since protocol version 2 (fopen "e", opendir)
-    # Every flag the kernel acts on is sent (protocol version 2).
-    "non_blocking": os.O_NONBLOCK,
-    "no_ctty": os.O_NOCTTY,
-    "sync_data_on_write": os.O_DSYNC,
-    "no_atime": os.O_NOATIME,
-    "direct": os.O_DIRECT,
-    "async_signals": os.O_ASYNC,
-    "large_file": 0,  # implied by the kernel on 64-bit
-}
 
 
 def answering_router(concurrent: bool = False) -> Router:
@@ -71,7 +48,7 @@ def answering_router(concurrent: bool = False) -> Router:
             return FORWARD
         flags = os.O_CLOEXEC
         for name in request.flags:
-            flags |= _OPEN_FLAGS[name]
+            flags |= OS_FLAGS[name]
         fd = os.open(request.path, flags, request.mode or 0, dir_fd=request.dirfd)
         return WithFds(0, [fd])
 

@@ -9,7 +9,7 @@ datagrams, descriptor floods of every kind (pipes, sockets, directories,
 ``/dev/null``, ``O_PATH``, eventfd, memfd, epoll, pidfd, the channel itself),
 and hang-ups right after a request.
 
-Every message is first judged by :func:`libc_service.protocol.wire.decode_request`
+Every message is first judged by :func:`libc_service.protocol.wire_requests.decode_request`
 itself, so the fuzzer knows what the master must do with it: answer it (a
 reply with the request's function, tid and request id, whose value the
 :func:`expected` oracle predicts for the handlers of :func:`fuzz_router`),
@@ -39,7 +39,9 @@ from typing import Any
 
 from libc_service import AddrInfo, Errno, Router, Stat, WithFds, deny
 from libc_service.policy.conditions import named, to, under
-from libc_service.protocol import wire
+from libc_service.protocol import wire_header
+from libc_service.protocol import wire_replies
+from libc_service.protocol import wire_requests
 from libc_service.protocol.replies import Result
 from libc_service.protocol.requests import (
     OPEN_FLAGS,
@@ -239,11 +241,11 @@ class Message:
 def judge(message: Message) -> Request | None:
     """The request the master must answer, or ``None`` if it must close the session."""
     nfds = len(message.fds)
-    if nfds > wire.MAX_REQUEST_FDS or len(message.data) > wire.MAX_MESSAGE or not message.data:
+    if nfds > wire_header.MAX_REQUEST_FDS or len(message.data) > wire_header.MAX_MESSAGE or not message.data:
         return None
     try:
-        return wire.decode_request(message.data, list(range(1000, 1000 + nfds)))
-    except wire.ProtocolError:
+        return wire_requests.decode_request(message.data, list(range(1000, 1000 + nfds)))
+    except wire_header.ProtocolError:
         return None
 
 
@@ -421,7 +423,7 @@ def mutate(data: bytes, other: bytes, rnd: random.Random) -> tuple[bytes, str]:
             buf[a : a + n] = other[a : a + n]
     elif how == "splice":
         # One valid header, another valid body (or the other way round).
-        cut = wire.REQUEST.size
+        cut = wire_requests.REQUEST.size
         buf = bytearray(data[:cut] + other[cut:]) if rnd.random() < 0.5 else bytearray(other[:cut] + data[cut:])
     elif how == "lie":
         struct.pack_into("<HH", buf, 52, rnd.randrange(65536), rnd.randrange(65536))
@@ -434,7 +436,7 @@ def mutate(data: bytes, other: bytes, rnd: random.Random) -> tuple[bytes, str]:
         elif choice == 2:
             struct.pack_into("<HHIIQ", buf, 4, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 2**64 - 1)
         else:
-            buf += b"A" * (wire.MAX_MESSAGE + 1 - len(buf) + rnd.choice([0, 0, 1, 5000]))
+            buf += b"A" * (wire_header.MAX_MESSAGE + 1 - len(buf) + rnd.choice([0, 0, 1, 5000]))
     return bytes(buf), how
 
 
@@ -449,18 +451,18 @@ def random_message(rnd: random.Random, *, valid: float = 0.5, hang_up: float = 0
     A valid one hangs up right after sending with probability ``hang_up``.
     """
     request = random_request(rnd)
-    data, placeholders = wire.encode_request(request)
+    data, placeholders = wire_requests.encode_request(request)
     right = _random_fd_kinds(rnd, len(placeholders))
     roll = rnd.random()
     if roll < valid:
         return Message(data, right, hang_up=rnd.random() < hang_up, how="valid")
     roll = rnd.random()
     if roll < 0.55:
-        other, _ = wire.encode_request(random_request(rnd))
+        other, _ = wire_requests.encode_request(random_request(rnd))
         mutated, how = mutate(data, other, rnd)
         return Message(mutated, right, how=how)
     if roll < 0.65:
-        size = rnd.choice([0, 1, 16, 63, 64, 65, 300, wire.MAX_MESSAGE, wire.MAX_MESSAGE + 1, 20000])
+        size = rnd.choice([0, 1, 16, 63, 64, 65, 300, wire_header.MAX_MESSAGE, wire_header.MAX_MESSAGE + 1, 20000])
         return Message(
             bytes(rnd.randrange(256) for _ in range(size)) if size <= 300 else os.urandom(size),
             how="random" if size else "empty",
@@ -588,7 +590,9 @@ class Session:
     def _receive(self) -> tuple[bytes, list[int], int] | None:
         try:
             data, ancdata, flags, _ = self.sock.recvmsg(
-                wire.MAX_MESSAGE + 1, socket.CMSG_SPACE((wire.MAX_REPLY_FDS + 1) * 4), socket.MSG_CMSG_CLOEXEC
+                wire_header.MAX_MESSAGE + 1,
+                socket.CMSG_SPACE((wire_header.MAX_REPLY_FDS + 1) * 4),
+                socket.MSG_CMSG_CLOEXEC,
             )
         except TimeoutError:
             self._violation("the master neither answered nor closed the session")
@@ -633,8 +637,8 @@ class Session:
             self._violation("a truncated reply")
             return
         try:
-            reply = wire.decode_reply(data, len(fds))
-        except wire.ProtocolError as exc:
+            reply = wire_replies.decode_reply(data, len(fds))
+        except wire_header.ProtocolError as exc:
             self._violation(f"a malformed reply to {request.function}: {exc}")
             return
         if (reply.function, reply.tid, reply.request_id) != (request.function, request.tid, request.request_id):

@@ -27,8 +27,12 @@ from libc_service.protocol.requests import (
     UNIX_PATH_MAX,
     Request,
 )
-from libc_service.protocol import wire
-from libc_service.protocol.wire import FILE_TYPES, MAX_ADDRINFO
+from libc_service.protocol import wire_fields
+from libc_service.protocol import wire_header
+from libc_service.protocol import wire_replies
+from libc_service.protocol import wire_requests
+from libc_service.protocol.wire_header import MAX_ADDRINFO
+from libc_service.protocol.catalogue import FILE_TYPES
 
 U32 = st.integers(1, 2**32 - 1)
 U64 = st.integers(0, 2**64 - 1)
@@ -262,8 +266,8 @@ def raw_request(
     that says nothing of the caller's umask and credentials."""
     values: dict[str, Any] = {
         "magic": b"LCSq",
-        "version": wire.VERSION,
-        "function": wire.CODE["stat"],
+        "version": wire_header.VERSION,
+        "function": wire_header.CODE["stat"],
         "pid": 7,
         "tid": 8,
         "request_id": 9,
@@ -283,12 +287,12 @@ def raw_request(
     }
     legacy_reserved = fields.pop("reserved", None) if len(fields.get("reserved", b"")) == 7 else None
     values.update(fields)
-    header = bytearray(wire.REQUEST.pack(*(values[name] for name in _FIELDS)))
+    header = bytearray(wire_requests.REQUEST.pack(*(values[name] for name in _FIELDS)))
     if legacy_reserved is not None:
         # Version 1's seven reserved bytes after the fd roles (57-63): its
         # last bits are reserved in version 2 too.
         header[57:64] = legacy_reserved
-    packed_groups = b"".join(wire.GROUP.pack(gid) for gid in groups)
+    packed_groups = b"".join(wire_fields.GROUP.pack(gid) for gid in groups)
     return bytes(header) + packed_groups + string1 + string2
 
 
@@ -311,8 +315,8 @@ def raw_reply(payload: bytes = b"", **fields: Any) -> bytes:
     """A reply datagram packed by hand; by default ``open`` answered with 3."""
     values: dict[str, Any] = {
         "magic": b"LCSr",
-        "version": wire.VERSION,
-        "function": wire.CODE["open"],
+        "version": wire_header.VERSION,
+        "function": wire_header.CODE["open"],
         "tid": 8,
         "errno": 0,
         "request_id": 9,
@@ -323,4 +327,4 @@ def raw_reply(payload: bytes = b"", **fields: Any) -> bytes:
         "reserved": bytes(12),
     }
     values.update(fields)
-    return wire.REPLY.pack(*(values[name] for name in _REPLY_FIELDS)) + payload
+    return wire_replies.REPLY.pack(*(values[name] for name in _REPLY_FIELDS)) + payload

@@ -17,10 +17,14 @@ from hypothesis import strategies as st
 
 from libc_service import Stat
 
-from libc_service.protocol import wire
+from libc_service.protocol import wire_header
+
+from libc_service.protocol import wire_replies
+
+from libc_service.protocol import wire_requests
 from libc_service.protocol.calls import TRUNCATED, MasterChannel, SlaveChannel
 from libc_service.protocol.requests import OpenRequest, StatRequest
-from libc_service.protocol.wire import LocalProtocolError, ProtocolError, RemoteProtocolError
+from libc_service.protocol.wire_header import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 import strategies as s
 
@@ -48,13 +52,13 @@ def test_the_protocol_errors_split_into_the_peers_and_the_callers() -> None:
 
 def test_a_request_is_decoded_and_its_call_is_in_flight_until_its_reply_is_sent() -> None:
     channel: MasterChannel[_Call] = MasterChannel(max_in_flight=2)
-    data, fds = wire.encode_request(_stat())
+    data, fds = wire_requests.encode_request(_stat())
     request = channel.receive(data, fds)
     call = _Call()
     channel.open(call)
     assert (channel.in_flight, channel.unanswered, channel.answered(call)) == (1, 1, False)
     reply = channel.reply(call, request, Stat(size=3), 0, 0)
-    assert wire.decode_reply(reply).result == Stat(size=3)
+    assert wire_replies.decode_reply(reply).result == Stat(size=3)
     assert (channel.in_flight, channel.unanswered, channel.answered(call)) == (1, 0, True)
     channel.sent(call)
     assert channel.in_flight == 0
@@ -116,10 +120,12 @@ def test_closing_records_how_the_session_ended_and_hands_back_every_call() -> No
 @pytest.mark.parametrize(
     ("data", "nfds", "flags"),
     [
-        pytest.param(wire.encode_request(_stat())[0], 0, int(socket.MSG_TRUNC), id="truncated"),
-        pytest.param(wire.encode_request(_stat())[0], 0, int(socket.MSG_CTRUNC), id="descriptors cut"),
-        pytest.param(wire.encode_request(_stat())[0] + bytes(wire.MAX_MESSAGE), 0, 0, id="oversized"),
-        pytest.param(wire.encode_request(_stat())[0], wire.MAX_REQUEST_FDS + 1, 0, id="too many descriptors"),
+        pytest.param(wire_requests.encode_request(_stat())[0], 0, int(socket.MSG_TRUNC), id="truncated"),
+        pytest.param(wire_requests.encode_request(_stat())[0], 0, int(socket.MSG_CTRUNC), id="descriptors cut"),
+        pytest.param(wire_requests.encode_request(_stat())[0] + bytes(wire_header.MAX_MESSAGE), 0, 0, id="oversized"),
+        pytest.param(
+            wire_requests.encode_request(_stat())[0], wire_header.MAX_REQUEST_FDS + 1, 0, id="too many descriptors"
+        ),
     ],
 )
 def test_a_datagram_outside_the_size_rules_is_the_peers_error(data: bytes, nfds: int, flags: int) -> None:
@@ -149,7 +155,9 @@ def test_a_reply_reaches_the_call_of_its_thread_and_ends_it() -> None:
     request = _stat(tid=5, request_id=channel.next_request_id())
     channel.send(request)
     assert channel.in_flight == 1
-    message = channel.receive(wire.encode_reply(wire.ReplyMessage("stat", 5, request.request_id, Stat(size=9))), 0)
+    message = channel.receive(
+        wire_replies.encode_reply(wire_replies.ReplyMessage("stat", 5, request.request_id, Stat(size=9))), 0
+    )
     assert message.result == Stat(size=9)
     assert channel.in_flight == 0
 
@@ -172,16 +180,16 @@ def test_a_thread_has_one_call_in_flight() -> None:
 @pytest.mark.parametrize(
     "reply",
     [
-        pytest.param(wire.ReplyMessage("stat", 6, 1, -1, 2), id="a thread with no call"),
-        pytest.param(wire.ReplyMessage("stat", 5, 2, -1, 2), id="another request's id"),
-        pytest.param(wire.ReplyMessage("lstat", 5, 1, -1, 2), id="another function"),
+        pytest.param(wire_replies.ReplyMessage("stat", 6, 1, -1, 2), id="a thread with no call"),
+        pytest.param(wire_replies.ReplyMessage("stat", 5, 2, -1, 2), id="another request's id"),
+        pytest.param(wire_replies.ReplyMessage("lstat", 5, 1, -1, 2), id="another function"),
     ],
 )
-def test_a_reply_out_of_step_with_the_calls_is_the_peers_error(reply: wire.ReplyMessage) -> None:
+def test_a_reply_out_of_step_with_the_calls_is_the_peers_error(reply: wire_replies.ReplyMessage) -> None:
     channel = SlaveChannel()
     channel.send(_stat(tid=5, request_id=1))
     with pytest.raises(RemoteProtocolError):
-        channel.receive(wire.encode_reply(reply), 0)
+        channel.receive(wire_replies.encode_reply(reply), 0)
 
 
 @given(data=st.binary(max_size=512), nfds=st.integers(0, 6), flags=st.sampled_from([0, TRUNCATED]))

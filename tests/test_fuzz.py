@@ -49,7 +49,9 @@ from hypothesis import strategies as st
 import hostile
 from hostile import FD_KINDS, SELF, Message, Session, Tally
 from libc_service import FORWARD, PASS, AddrInfo, Master, Router, Slave, Stat, WithFds, deny, spawn
-from libc_service.protocol import wire
+from libc_service.protocol import wire_header
+from libc_service.protocol import wire_replies
+from libc_service.protocol import wire_requests
 from libc_service.protocol.requests import FUNCTIONS, REQUEST_TYPES, Request
 from shimtools import PYTHON, needs_shim
 from strategies import requests
@@ -119,17 +121,17 @@ fd_kinds = st.sampled_from([*FD_KINDS, SELF])
 def hostile_messages(draw: st.DrawFn) -> Message:
     """A valid request, a mutation of one, random bytes, or the wrong descriptors."""
     request = draw(requests)
-    data, placeholders = wire.encode_request(request)
+    data, placeholders = wire_requests.encode_request(request)
     right = tuple(draw(fd_kinds) for _ in placeholders)
     how = draw(st.sampled_from(["valid", "mutated", "mutated", "random", "fds"]))
     if how == "valid":
         return Message(data, right, hang_up=draw(st.booleans()), how=how)
     if how == "mutated":
-        other, _ = wire.encode_request(draw(requests))
+        other, _ = wire_requests.encode_request(draw(requests))
         mutated, how = hostile.mutate(data, other, draw(st.randoms(use_true_random=False)))
         return Message(mutated, right, how=how)
     if how == "random":
-        junk = draw(st.binary(max_size=wire.REQUEST.size + 64))
+        junk = draw(st.binary(max_size=wire_requests.REQUEST.size + 64))
         return Message(junk, draw(st.lists(fd_kinds, max_size=3).map(tuple)), how=how)
     wrong = draw(st.lists(fd_kinds, max_size=hostile.SCM_MAX_FD).filter(lambda kinds: len(kinds) != len(right)))
     return Message(data, tuple(wrong), how=how)
@@ -155,7 +157,7 @@ def test_every_kind_of_descriptor_is_closed_whether_the_message_is_answered_or_r
 ) -> None:
     before = fd_count.snapshot()
     router = hostile.fuzz_router()
-    stat = wire.encode_request(
+    stat = wire_requests.encode_request(
         REQUEST_TYPES["stat"].model_validate(
             {"function": "stat", "pid": 7, "tid": 7, "request_id": 1, "path": "/fuzz-ok/x", "dirfd": 3}
         )
@@ -164,7 +166,7 @@ def test_every_kind_of_descriptor_is_closed_whether_the_message_is_answered_or_r
     tally = play(master_loop, router, [Message(stat, (kind,))] * 5)
     assert (tally.answered, tally.violations) == (5, [])
     # ...one too many, the limit plus one, and a kernel-maximum flood close the session.
-    for count in (2, 3, wire.MAX_REQUEST_FDS + 2, 64, hostile.SCM_MAX_FD):
+    for count in (2, 3, wire_header.MAX_REQUEST_FDS + 2, 64, hostile.SCM_MAX_FD):
         tally = play(master_loop, router, [Message(stat, (kind,) * count, how="flood")])
         assert (tally.closed_by_master, tally.violations) == (1, []), count
     fd_count.assert_unchanged(before)
@@ -383,7 +385,7 @@ def test_a_slave_that_never_reads_its_replies_holds_a_bounded_number_of_descript
                 "dirfd2": null,
             }
         )
-        data, fds = wire.encode_request(request)
+        data, fds = wire_requests.encode_request(request)
         try:
             theirs.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
             sent += 1
@@ -414,19 +416,19 @@ def test_a_slave_that_never_reads_its_replies_holds_a_bounded_number_of_descript
 # ----------------------------------------------------------- grant safety
 
 
-def _raw_call(sock: socket.socket, request: Request, fds: list[int]) -> tuple[wire.ReplyMessage, list[int]]:
-    data, _ = wire.encode_request(request)
+def _raw_call(sock: socket.socket, request: Request, fds: list[int]) -> tuple[wire_replies.ReplyMessage, list[int]]:
+    data, _ = wire_requests.encode_request(request)
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
     sock.sendmsg([data], ancillary)
     sock.settimeout(PATIENCE)
-    reply, ancdata, _, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, socket.CMSG_SPACE(5 * 4))
+    reply, ancdata, _, _ = sock.recvmsg(wire_header.MAX_MESSAGE + 1, socket.CMSG_SPACE(5 * 4))
     received = [
         fd
         for level, kind, raw in ancdata
         if kind == socket.SCM_RIGHTS
         for fd in array.array("i", raw[: len(raw) - len(raw) % 4])
     ]
-    return wire.decode_reply(reply, len(received)), received
+    return wire_replies.decode_reply(reply, len(received)), received
 
 
 def _with_real_fds(request: Request) -> tuple[Request, list[int]]:
@@ -439,7 +441,7 @@ def _with_real_fds(request: Request) -> tuple[Request, list[int]]:
     return request, fds
 
 
-def _is_error(reply: wire.ReplyMessage) -> bool:
+def _is_error(reply: wire_replies.ReplyMessage) -> bool:
     if reply.forward:
         return False
     if reply.function == "getaddrinfo":
@@ -516,7 +518,7 @@ FAILURES: dict[str, Callable[[Request], Any]] = {
     "returns WithFds with a closed fd": _closed_fd,
     "returns WithFds with a str": lambda request: WithFds(0, ["3"]),  # type: ignore[list-item]
     "returns WithFds with too many": lambda request: WithFds(
-        0, [os.open("/dev/null", os.O_RDONLY) for _ in range(wire.MAX_REPLY_FDS + 1)]
+        0, [os.open("/dev/null", os.O_RDONLY) for _ in range(wire_header.MAX_REPLY_FDS + 1)]
     ),
     "returns an int too large": lambda request: 2**64,
     "returns PASS (default denies)": lambda request: PASS,
@@ -721,7 +723,7 @@ async def test_hostile_registrations_are_ignored_and_a_good_one_after_them_is_se
     request = REQUEST_TYPES["stat"].model_validate(
         {"function": "stat", "pid": 42, "tid": 42, "request_id": 9, "path": "/fuzz-ok/after"}
     )
-    data, _ = wire.encode_request(request)
+    data, _ = wire_requests.encode_request(request)
     await asyncio.sleep(0)
     before = fd_count.snapshot()
     async with spawn(
@@ -730,7 +732,7 @@ async def test_hostile_registrations_are_ignored_and_a_good_one_after_them_is_se
         out, err = await asyncio.wait_for(process.communicate(), 60)
         assert await process.wait() == 0, err.decode()
         sessions = process.sessions_started
-    reply = wire.decode_reply(bytes.fromhex(out.decode().strip()))
+    reply = wire_replies.decode_reply(bytes.fromhex(out.decode().strip()))
     assert (reply.function, reply.tid, reply.request_id) == ("stat", 42, 9)
     assert (reply.result, reply.errno, reply.forward) == (hostile.stat_of(b"/fuzz-ok/after"), 0, False)
     # The interpreter's own session, 200 hang-ups, the good one, and those hostile

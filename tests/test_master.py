@@ -24,7 +24,10 @@ from hypothesis import strategies as st
 
 from conftest import FdCount
 from libc_service import AddrInfo, Master, Reply, SessionClosed, Slave, Stat
-from libc_service.protocol import wire
+from libc_service.protocol import wire_fields
+from libc_service.protocol import wire_header
+from libc_service.protocol import wire_replies
+from libc_service.protocol import wire_requests
 from libc_service.protocol.requests import ConnectUnixRequest, OpenatRequest, StatRequest
 from helpers import assert_closed, close_all, in_thread, rights
 from strategies import raw_request
@@ -270,10 +273,10 @@ async def test_sent_descriptors_are_closed_after_a_successful_send(
     before = fd_count.snapshot()
     calling = in_thread(slave.call, "unlink", path="/tmp/x")
     await master.receive()
-    pipes = [os.pipe() for _ in range(wire.MAX_REPLY_FDS)]
-    await master.send_with_fds(0, [fd for pair in pipes for fd in pair][: wire.MAX_REPLY_FDS])
+    pipes = [os.pipe() for _ in range(wire_header.MAX_REPLY_FDS)]
+    await master.send_with_fds(0, [fd for pair in pipes for fd in pair][: wire_header.MAX_REPLY_FDS])
     reply = await calling
-    assert len(reply.fds) == wire.MAX_REPLY_FDS
+    assert len(reply.fds) == wire_header.MAX_REPLY_FDS
     close_all(reply.fds)
     for r, w in pipes:
         for fd in (r, w):
@@ -296,7 +299,7 @@ async def test_send_with_fds_after_the_slave_left_closes_them(fd_count: FdCount)
     before = fd_count.snapshot()
     master, peer = Master.pair()
     async with master:
-        peer.sendmsg([raw_request(b"/dev/null", function=wire.CODE["open"], flags=1)])
+        peer.sendmsg([raw_request(b"/dev/null", function=wire_header.CODE["open"], flags=1)])
         await master.receive()
         peer.close()
         r, w = os.pipe()
@@ -328,7 +331,7 @@ async def test_a_wrong_result_is_refused_before_anything_is_sent(
     await master.receive()
     with pytest.raises((TypeError, ValueError)) as raised:
         await master.send(wrong)
-    assert not isinstance(raised.value, wire.RemoteProtocolError), "the policy's bug, not the peer's"
+    assert not isinstance(raised.value, wire_header.RemoteProtocolError), "the policy's bug, not the peer's"
     await asyncio.sleep(0.02)
     assert not calling.done(), "nothing went out: the slave still waits"
     await master.send(right)
@@ -363,7 +366,7 @@ async def test_a_malformed_message_closes_the_session_with_ebadmsg_and_a_log_lin
     before = fd_count.snapshot()
     master, peer = Master.pair()
     caplog.set_level(logging.WARNING, logger="libc_service.endpoints.master")
-    peer.sendmsg([raw_request(magic=b"HTTP", roles=wire.ROLE_DIR1)], rights([workdir]))
+    peer.sendmsg([raw_request(magic=b"HTTP", roles=wire_fields.ROLE_DIR1)], rights([workdir]))
     with pytest.raises(SessionClosed) as raised:
         await master.receive()
     assert raised.value.errno == errno.EBADMSG
@@ -523,7 +526,7 @@ async def _hostile(data: bytes, fds: Sequence[int] = (), *, closes_early: bool =
     return raised.value
 
 
-@given(data=st.binary(min_size=1, max_size=wire.MAX_MESSAGE + 64), nfds=st.integers(0, 4))
+@given(data=st.binary(min_size=1, max_size=wire_header.MAX_MESSAGE + 64), nfds=st.integers(0, 4))
 async def test_random_bytes_from_a_peer_end_only_that_session(data: bytes, nfds: int) -> None:
     before = FdCount().snapshot()
     pipes = [os.pipe() for _ in range(nfds)]
@@ -533,7 +536,7 @@ async def test_random_bytes_from_a_peer_end_only_that_session(data: bytes, nfds:
     FdCount().assert_unchanged(before)
 
 
-_STAT = wire.CODE["stat"]
+_STAT = wire_header.CODE["stat"]
 
 
 @pytest.mark.parametrize(
@@ -552,28 +555,32 @@ _STAT = wire.CODE["stat"]
         pytest.param(raw_request(reserved=b"\0\0\0\0\0\0\x80"), 0, id="last reserved bit"),
         pytest.param(raw_request(roles=0x80 | 1), 1, id="fd role bit 7"),
         pytest.param(
-            raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1), 1, id="a descriptor on getaddrinfo"
+            raw_request(b"x", function=wire_header.CODE["getaddrinfo"], flags=1), 1, id="a descriptor on getaddrinfo"
         ),
         pytest.param(
-            raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1, roles=1),
+            raw_request(b"x", function=wire_header.CODE["getaddrinfo"], flags=1, roles=1),
             1,
             id="a directory role on getaddrinfo",
         ),
         pytest.param(
-            raw_request(b"", function=wire.CODE["connect_inet"], roles=4, arg=80),
+            raw_request(b"", function=wire_header.CODE["connect_inet"], roles=4, arg=80),
             2,
             id="two descriptors on connect_inet",
         ),
-        pytest.param(raw_request(roles=wire.ROLE_DIR1), 0, id="a role without its descriptor"),
-        pytest.param(raw_request(roles=wire.ROLE_SOCKET), 1, id="stat with the socket role"),
+        pytest.param(raw_request(roles=wire_fields.ROLE_DIR1), 0, id="a role without its descriptor"),
+        pytest.param(raw_request(roles=wire_fields.ROLE_SOCKET), 1, id="stat with the socket role"),
         pytest.param(
-            raw_request(b"\0x", function=wire.CODE["connect_unix"], roles=1), 1, id="connect_unix with a directory role"
+            raw_request(b"\0x", function=wire_header.CODE["connect_unix"], roles=1),
+            1,
+            id="connect_unix with a directory role",
         ),
         pytest.param(
-            raw_request(b"/a", b"/b", function=wire.CODE["rename"], roles=3), 1, id="rename announces two, one comes"
+            raw_request(b"/a", b"/b", function=wire_header.CODE["rename"], roles=3),
+            1,
+            id="rename announces two, one comes",
         ),
         pytest.param(raw_request(b"/" * 4095, b"/" * 4095) + bytes(100), 0, id="one byte beyond the largest message"),
-        pytest.param(bytes(wire.MAX_MESSAGE + 1), 0, id="MAX_MESSAGE + 1 bytes"),
+        pytest.param(bytes(wire_header.MAX_MESSAGE + 1), 0, id="MAX_MESSAGE + 1 bytes"),
         pytest.param(bytes(65000), 0, id="a 65000-byte datagram"),
         pytest.param(b"", 1, id="descriptors without bytes"),
     ],
@@ -588,10 +595,10 @@ async def test_a_malformed_request_ends_only_its_session(
 
 
 @pytest.mark.parametrize("kind", ["pipe", "socket", "directory", "devnull", "mixed"])
-@pytest.mark.parametrize("count", [wire.MAX_REQUEST_FDS + 1, wire.MAX_REQUEST_FDS + 2, 16, 253])
+@pytest.mark.parametrize("count", [wire_header.MAX_REQUEST_FDS + 1, wire_header.MAX_REQUEST_FDS + 2, 16, 253])
 async def test_too_many_descriptors_are_all_closed(kind: str, count: int, tmp_path: Path, fd_count: FdCount) -> None:
     before = fd_count.snapshot()
-    closed = await _hostile(raw_request(roles=wire.ROLE_DIR1), _fds_of_kind(kind, count, tmp_path))
+    closed = await _hostile(raw_request(roles=wire_fields.ROLE_DIR1), _fds_of_kind(kind, count, tmp_path))
     assert closed.errno == errno.EBADMSG
     fd_count.assert_unchanged(before)
 
@@ -599,7 +606,7 @@ async def test_too_many_descriptors_are_all_closed(kind: str, count: int, tmp_pa
 async def test_a_peer_that_hangs_up_after_asking_leaves_nothing_open(workdir: int, fd_count: FdCount) -> None:
     before = fd_count.snapshot()
     master, peer = Master.pair()
-    peer.sendmsg([raw_request(b"greeting", roles=wire.ROLE_DIR1)], rights([workdir]))
+    peer.sendmsg([raw_request(b"greeting", roles=wire_fields.ROLE_DIR1)], rights([workdir]))
     request = await master.receive()
     assert request.dirfd is not None  # type: ignore[union-attr]
     peer.close()
@@ -627,7 +634,7 @@ async def test_a_peer_that_sends_garbage_then_vanishes_with_descriptors_in_fligh
     tmp_path: Path, fd_count: FdCount
 ) -> None:
     before = fd_count.snapshot()
-    garbage = raw_request(roles=wire.ROLE_DIR1, function=0)
+    garbage = raw_request(roles=wire_fields.ROLE_DIR1, function=0)
     closed = await _hostile(garbage, _fds_of_kind("mixed", 3, tmp_path), closes_early=True)
     assert closed.errno == errno.EBADMSG
     fd_count.assert_unchanged(before)
@@ -683,8 +690,8 @@ async def test_the_master_keeps_serving_one_session_while_another_sends_garbage(
     assert ends["hostile"].errno == errno.EBADMSG
     assert ends["good"].errno is None
     # The hostile peer got its one answer, then the end of its channel.
-    assert wire.decode_reply(peer.recv(wire.MAX_MESSAGE)).result == Stat(size=3)
-    assert peer.recv(wire.MAX_MESSAGE) == b""
+    assert wire_replies.decode_reply(peer.recv(wire_header.MAX_MESSAGE)).result == Stat(size=3)
+    assert peer.recv(wire_header.MAX_MESSAGE) == b""
     peer.close()
     fd_count.assert_unchanged(before)
 
@@ -780,7 +787,9 @@ async def test_the_in_flight_cap_stops_reading_until_a_call_is_answered() -> Non
 
     serving = asyncio.ensure_future(master.serve(Slow(), concurrent=True, max_in_flight=2))
     for tid in (1, 2, 3):
-        sock.send(wire.encode_request(StatRequest(path=PurePosixPath("/x"), pid=9, tid=tid, request_id=tid))[0])
+        sock.send(
+            wire_requests.encode_request(StatRequest(path=PurePosixPath("/x"), pid=9, tid=tid, request_id=tid))[0]
+        )
     for _ in range(20):
         await asyncio.sleep(0.005)
     assert started == [1, 2], "the third call waits until one of the first two is answered"

@@ -14,10 +14,9 @@ may reuse. The master's channel keeps its own registrations: it arms one
 reader and one writer per loop for the session's life (not one per wait),
 which is what keeps a receive to no ``epoll_ctl`` at all.
 
-The seccomp transport speaks to its listener (receive, ``ID_VALID``, a
-response, ``ADDFD``) only through ``libc_service.seccomp.abi``, where the
-kernel's structures are packed: a second ``ioctl`` elsewhere would pack
-them a second time.
+The open flags — each name of the vocabulary, its bit on the wire, its
+``O_*`` value — are tabled once, in ``libc_service.protocol.openflags``: a flag added
+to one copy and not another is a flag a transport silently drops.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import ast
 from pathlib import Path
 
 import libc_service
+from libc_service.protocol.catalogue import OPENAT_FLAGS
 
 import pytest
 
@@ -36,7 +36,9 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 
 def _name(path: Path) -> str:
     """A module's path inside the package (``kernel/libc.py``)."""
-    return path.relative_to(PACKAGE).as_posix()
+    if PACKAGE in path.parents:
+        return path.relative_to(PACKAGE).as_posix()
+    return f"{path.parent.name}/{path.name}"
 
 
 #: The modules whose per-architecture tables are BPF filter data.
@@ -45,6 +47,10 @@ FILTER_TABLES = {"confinement/syscall_filter.py", "confinement/socket_filter.py"
 READINESS = {"kernel/readiness.py"}
 PERSISTENT_REGISTRATIONS = {"endpoints/master.py"}
 ARCHITECTURES = {"x86_64", "aarch64", "i386", "i686", "armv7l", "riscv64"}
+#: The module that tables the open flags.
+OPEN_FLAG_TABLE = "protocol/openflags.py"
+#: The benchmarks' masters open files as a policy would: they use the table too.
+BENCH = sorted((Path(__file__).resolve().parent.parent / "bench").glob("*.py"))
 
 
 def _calls_named(tree: ast.AST, name: str) -> list[int]:
@@ -89,7 +95,49 @@ def select_polls(source: str) -> list[int]:
     ]
 
 
+def _numeric(node: ast.expr) -> bool:
+    """Whether ``node`` may be a flag's value: a number, a name, ``os.O_*``, ``getattr(os, ...)``, arithmetic, a tuple of them."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, int) and not isinstance(node.value, bool)
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id == "getattr"
+    if isinstance(node, ast.Tuple):  # (wire bit, value)
+        return bool(node.elts) and all(_numeric(item) for item in node.elts)
+    return isinstance(node, ast.Name | ast.Attribute | ast.BinOp)
+
+
+def _flag_pair(key: ast.expr | None, value: ast.expr) -> bool:
+    """Whether ``key``/``value`` pair an open flag's name with a value, in either order."""
+    for name, number in ((key, value), (value, key)):
+        if isinstance(name, ast.Constant) and name.value in OPENAT_FLAGS and number is not None and _numeric(number):
+            return True
+    return False
+
+
+def open_flag_tables(source: str) -> list[int]:
+    """Lines of ``source`` with a table of open flags: a dict, or a sequence of pairs, naming flags with values."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Dict):
+            pairs = sum(_flag_pair(key, value) for key, value in zip(node.keys, node.values))
+        elif isinstance(node, ast.Tuple | ast.List | ast.Set):
+            pairs = sum(
+                isinstance(item, ast.Tuple) and len(item.elts) == 2 and _flag_pair(*item.elts) for item in node.elts
+            )
+        else:
+            continue
+        if pairs >= 2:
+            lines.append(node.lineno)
+    return lines
+
+
 def test_the_detectors_see_what_they_look_for() -> None:
+    assert open_flag_tables("F = {'append': os.O_APPEND, 'create': os.O_CREAT}\n") == [1]
+    assert open_flag_tables("F = {'temporary': getattr(os, 'O_TMPFILE', 0), 'path': 0o10000000}\n") == [1]
+    assert open_flag_tables("F = ((0o200, 'exclusive'), (_O_CREAT, 'create'))\n") == [1]
+    assert open_flag_tables("F = {'append': (1 << 3, os.O_APPEND), 'create': (1 << 4, os.O_CREAT)}\n") == [1]
+    assert open_flag_tables("W = frozenset({'append', 'create'})\nA = {'r': 4, 'w': 2}\n") == []
+    assert open_flag_tables("f = {'path': decode(raw), 'no_follow': bool(flags & 1)}\n") == []
     assert select_polls("import select\np = select.poll()\n") == [2]
     assert _calls_named(ast.parse("loop.add_reader(fd, wake)\nloop.add_writer(fd, wake)\n"), "add_reader") == [1]
     assert select_polls("process.poll()\n") == []
@@ -128,39 +176,39 @@ def test_one_readiness_helper(module: Path) -> None:
     assert found == [], f"{module.name} waits on a descriptor itself (lines {found}): use libc_service.kernel.readiness"
 
 
-@pytest.mark.parametrize(
-    "module", [path for path in MODULES if path.name.startswith("notify_")], ids=lambda path: path.name
-)
-def test_one_seccomp_listener_interface(module: Path) -> None:
-    calls = _calls_named(ast.parse(module.read_text()), "ioctl")
-    if module.name == "notify_abi.py":
-        assert calls, "notify_abi.py no longer makes the listener's ioctls"
+@pytest.mark.parametrize("module", MODULES + BENCH, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_one_open_flag_table(module: Path) -> None:
+    if _name(module) == OPEN_FLAG_TABLE:
+        assert open_flag_tables(module.read_text()), "openflags.py no longer tables the open flags"
         return
-    assert calls == [], f"{module.name} makes an ioctl itself (lines {calls}): use libc_service.seccomp.abi"
+    assert open_flag_tables(module.read_text()) == [], (
+        f"{_name(module)} keeps its own open-flag table: use libc_service.protocol.openflags"
+    )
 
 
-def errno_wrappers(source: str) -> list[int]:
-    """Lines of functions in ``source`` that read ctypes' errno and build an ``OSError`` themselves."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            if _calls_named(node, "get_errno") and _calls_named(node, "OSError"):
-                found.append(node.lineno)
-    return found
-
-
-def test_the_errno_detector_sees_a_wrapper() -> None:
-    wrapper = "def f():\n    code = ctypes.get_errno()\n    raise OSError(code, os.strerror(code))\n"
-    assert errno_wrappers(wrapper) == [1]
-    assert errno_wrappers("def f():\n    raise kernel.last_error()\n") == []
+def construct_bypasses(source: str) -> list[int]:
+    """Lines of ``source`` that build a pydantic model without validation."""
+    lines = _calls_named(ast.parse(source), "model_construct")
+    lines += [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Constant) and node.value == "__pydantic_fields_set__"
+    ]
+    return sorted(lines)
 
 
 @pytest.mark.parametrize("module", MODULES, ids=_name)
-def test_one_errno_to_oserror(module: Path) -> None:
-    """A failed ctypes call becomes an ``OSError`` through ``kernel.libc.last_error`` only."""
-    if _name(module) == "kernel/libc.py":
-        assert errno_wrappers(module.read_text()), "kernel/libc.py no longer turns errno into OSError"
+def test_one_way_to_build_a_model_without_validation(module: Path) -> None:
+    """Requests from slave bytes skip pydantic's validation in ``protocol/construct.py`` only.
+
+    Two copies drifted before (one checked root models, the other default
+    factories): a model the bypass must not build would be built by one.
+    """
+    if _name(module) == "protocol/construct.py":
+        assert construct_bypasses(module.read_text())
         return
-    assert errno_wrappers(module.read_text()) == [], (
-        f"{_name(module)} turns errno into OSError itself: use libc_service.kernel.libc.last_error"
-    )
+    # Replies (Stat, AddrInfo) built from the kernel's or the master's own values, never a slave's bytes.
+    allowed = {"protocol/wire_replies.py", "acting/statx.py"}
+    if _name(module) in allowed:
+        return
+    assert construct_bypasses(module.read_text()) == [], f"{_name(module)} builds models itself: use protocol.construct"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from libc_service import Stat
-from libc_service.protocol.wire import ReplyMessage, decode_reply, encode_reply
+from libc_service.protocol.wire_replies import ReplyMessage, decode_reply, encode_reply
 from perform_kernel import TRANSPORTS, run_as, run_native
 from shimtools import PYTHON, needs_shim
 

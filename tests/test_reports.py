@@ -23,7 +23,11 @@ from hypothesis import strategies as st
 
 from libc_service import Router, spawn
 
-from libc_service.protocol import wire
+from libc_service.protocol import wire_header
+
+from libc_service.protocol import wire_reports
+
+from libc_service.protocol import wire_requests
 from libc_service.protocol.requests import OpenRequest, RenameRequest
 from libc_service.policy.router import Decision
 from libc_service.tools.tracing import Tracer, trace_router
@@ -41,52 +45,65 @@ def _report(
     duration: int = 0,
 ) -> bytes:
     """A report; a decided call's (outcomes other than 3) has its names (none by default)."""
-    header = wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, outcome, 0, errno, lost, result, duration)
+    header = wire_reports.REPORT.pack(
+        wire_header.REPORT_MAGIC, wire_header.VERSION, outcome, 0, errno, lost, result, duration
+    )
     if outcome == 3 and directories is None:
         return header + request
     first, second = directories or (b"", b"")
-    names = wire.REPORT_NAMES.pack(len(first), len(second), len(program[0]), len(program[1]))
+    names = wire_reports.REPORT_NAMES.pack(len(first), len(second), len(program[0]), len(program[1]))
     return header + names + first + second + program[0] + program[1] + request
 
 
-_OPEN = wire.encode_request(
+_OPEN = wire_requests.encode_request(
     OpenRequest(function="open", pid=7, tid=8, request_id=0, path="/etc/hostname", flags=frozenset({"read_only"}))
 )[0]
 
 
 def test_a_forwarded_and_a_denied_report_decode_to_their_request() -> None:
-    forwarded = wire.decode_report(_report(1, 0, _OPEN, lost=3))
+    forwarded = wire_reports.decode_report(_report(1, 0, _OPEN, lost=3))
     assert forwarded.outcome == "forward" and forwarded.errno == 0 and forwarded.lost == 3
     assert str(forwarded.request.path) == "/etc/hostname" and forwarded.request.pid == 7  # type: ignore[union-attr]
-    denied = wire.decode_report(_report(2, 13, _OPEN))
+    denied = wire_reports.decode_report(_report(2, 13, _OPEN))
     assert denied.outcome == "deny" and denied.errno == 13
-    failed = wire.decode_report(_report(1, 2, _OPEN, result=-1, duration=1234))
-    assert isinstance(failed, wire.Report) and failed.result == -1 and failed.errno == 2
+    failed = wire_reports.decode_report(_report(1, 2, _OPEN, result=-1, duration=1234))
+    assert isinstance(failed, wire_reports.Report) and failed.result == -1 and failed.errno == 2
     assert failed.duration_ns == 1234 and denied.duration_ns == 0  # type: ignore[union-attr]
 
 
-_RENAME = wire.encode_request(RenameRequest(function="rename", pid=7, tid=8, request_id=0, path1="a", path2="b"))[0]
+_RENAME = wire_requests.encode_request(
+    RenameRequest(function="rename", pid=7, tid=8, request_id=0, path1="a", path2="b")
+)[0]
 
 
 def test_a_report_names_the_directories_of_its_relative_paths() -> None:
-    plain = wire.decode_report(_report(1, 0, _OPEN))
-    assert isinstance(plain, wire.Report) and plain.directory is None and plain.directory2 is None
-    renamed = wire.decode_report(_report(1, 0, _RENAME, directories=(b"/srv/one", b"/srv/two")))
-    assert isinstance(renamed, wire.Report)
+    plain = wire_reports.decode_report(_report(1, 0, _OPEN))
+    assert isinstance(plain, wire_reports.Report) and plain.directory is None and plain.directory2 is None
+    renamed = wire_reports.decode_report(_report(1, 0, _RENAME, directories=(b"/srv/one", b"/srv/two")))
+    assert isinstance(renamed, wire_reports.Report)
     assert (renamed.directory, renamed.directory2) == ("/srv/one", "/srv/two")
     assert str(renamed.request.path1) == "a"  # type: ignore[union-attr]
-    second_only = wire.decode_report(_report(2, 13, _RENAME, directories=(b"", b"/tmp")))
-    assert isinstance(second_only, wire.Report) and (second_only.directory, second_only.directory2) == (None, "/tmp")
-    first = wire.decode_report(_report(1, 0, _OPEN, directories=(b"/d", b""), program=(b"/bin/cat", b"cat\0-n\0")))
-    assert isinstance(first, wire.Report) and first.program == ("/bin/cat", ("cat", "-n"))
+    second_only = wire_reports.decode_report(_report(2, 13, _RENAME, directories=(b"", b"/tmp")))
+    assert isinstance(second_only, wire_reports.Report) and (second_only.directory, second_only.directory2) == (
+        None,
+        "/tmp",
+    )
+    first = wire_reports.decode_report(
+        _report(1, 0, _OPEN, directories=(b"/d", b""), program=(b"/bin/cat", b"cat\0-n\0"))
+    )
+    assert isinstance(first, wire_reports.Report) and first.program == ("/bin/cat", ("cat", "-n"))
     assert first.directory == "/d" and str(first.request.path) == "/etc/hostname"  # type: ignore[union-attr]
 
 
 def test_a_forwarded_calls_result_decodes_to_its_identity() -> None:
-    result = wire.decode_report(_report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, wire.CODE["open"], 0), lost=1, result=3))
-    assert result == wire.ForwardResult(pid=7, tid=8, request_id=42, function="open", result=3, errno=0, lost=1)
-    failed = wire.decode_report(_report(3, 2, wire.REPORT_CALL.pack(7, 8, 43, wire.CODE["stat"], 0), result=-1))
-    assert isinstance(failed, wire.ForwardResult) and failed.errno == 2
+    result = wire_reports.decode_report(
+        _report(3, 0, wire_reports.REPORT_CALL.pack(7, 8, 42, wire_header.CODE["open"], 0), lost=1, result=3)
+    )
+    assert result == wire_reports.ForwardResult(pid=7, tid=8, request_id=42, function="open", result=3, errno=0, lost=1)
+    failed = wire_reports.decode_report(
+        _report(3, 2, wire_reports.REPORT_CALL.pack(7, 8, 43, wire_header.CODE["stat"], 0), result=-1)
+    )
+    assert isinstance(failed, wire_reports.ForwardResult) and failed.errno == 2
 
 
 @pytest.mark.parametrize(
@@ -99,9 +116,9 @@ def test_a_forwarded_calls_result_decodes_to_its_identity() -> None:
         _report(1, 4096, _OPEN),
         _report(2, 0, _OPEN),
         _report(1, 0, b""),
-        _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 1, 0)[:-1]),
-        _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 0, 0)),
-        _report(3, 0, wire.REPORT_CALL.pack(7, 8, 42, 1, 1)),
+        _report(3, 0, wire_reports.REPORT_CALL.pack(7, 8, 42, 1, 0)[:-1]),
+        _report(3, 0, wire_reports.REPORT_CALL.pack(7, 8, 42, 0, 0)),
+        _report(3, 0, wire_reports.REPORT_CALL.pack(7, 8, 42, 1, 1)),
         _report(1, 0, _OPEN[:-1]),
         b"LCSr" + _report(1, 0, _OPEN)[4:],
         _report(1, 0, _OPEN, directories=(b"relative", b"")),
@@ -109,16 +126,16 @@ def test_a_forwarded_calls_result_decodes_to_its_identity() -> None:
         _report(1, 0, _OPEN, program=(b"", b"cat\0")),
         _report(1, 0, _OPEN, program=(b"/bin/cat", b"cat")),
         _report(1, 0, _OPEN, program=(b"cat", b"cat\0")),
-        wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 1, 0, 0, 0, 0, 0) + b"\x00",
+        wire_reports.REPORT.pack(wire_header.REPORT_MAGIC, wire_header.VERSION, 1, 0, 0, 0, 0, 0) + b"\x00",
         _report(2, 13, _OPEN, duration=1),
-        wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 1, 0, 0, 0, 0, 0)
-        + wire.REPORT_NAMES.pack(9999, 0, 0, 0)
+        wire_reports.REPORT.pack(wire_header.REPORT_MAGIC, wire_header.VERSION, 1, 0, 0, 0, 0, 0)
+        + wire_reports.REPORT_NAMES.pack(9999, 0, 0, 0)
         + _OPEN,
     ],
 )
 def test_a_malformed_report_is_a_protocol_error(data: bytes) -> None:
-    with pytest.raises(wire.RemoteProtocolError):
-        wire.decode_report(data)
+    with pytest.raises(wire_header.RemoteProtocolError):
+        wire_reports.decode_report(data)
 
 
 @settings(max_examples=300, deadline=None)
@@ -126,8 +143,8 @@ def test_a_malformed_report_is_a_protocol_error(data: bytes) -> None:
 def test_any_bytes_decode_or_raise_a_protocol_error(tail: bytes, outcome: int, errno: int) -> None:
     for data in (tail, _report(outcome, errno, tail), _report(outcome, errno, _OPEN[: len(tail)] + tail)):
         try:
-            wire.decode_report(data)
-        except wire.RemoteProtocolError:
+            wire_reports.decode_report(data)
+        except wire_header.RemoteProtocolError:
             pass
 
 
@@ -277,14 +294,16 @@ async def test_trace_decides_relative_paths_in_the_shim_with_no_round_trip(tmp_p
 #: then a result for a forwarded call of that process. Its own opens are reported honestly by its shim.
 FORGER = textwrap.dedent("""
     import os, signal, socket, sys, time
-    from libc_service.protocol import wire
+    from libc_service.protocol import wire_header
+    from libc_service.protocol import wire_reports
+    from libc_service.protocol import wire_requests
     from libc_service.protocol.requests import OpenRequest
 
     def report(pid, path):
-        request = wire.encode_request(OpenRequest(
+        request = wire_requests.encode_request(OpenRequest(
             function="open", pid=pid, tid=pid, request_id=0, path=path, flags=frozenset({"read_only"})))[0]
-        header = wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, 2, 0, 13, 0, -1, 0)
-        names = wire.REPORT_NAMES.pack(0, 0, 0, 0)
+        header = wire_reports.REPORT.pack(wire_header.REPORT_MAGIC, wire_header.VERSION, 2, 0, 13, 0, -1, 0)
+        names = wire_reports.REPORT_NAMES.pack(0, 0, 0, 0)
         return header + names + request
 
     sock = socket.socket(fileno=int(os.environ["LIBC_SERVICE_FD"]))
@@ -392,13 +411,13 @@ def test_trace_drops_a_made_up_report_whether_or_not_the_master_serves_on_a_loop
 CHANNEL_FORGER = textwrap.dedent("""
     import array, os, socket
     from libc_service import Slave
-    from libc_service.protocol import wire
+    from libc_service.protocol import wire_registration
     from libc_service.protocol.requests import OpenRequest
 
     registration = socket.socket(fileno=int(os.environ["LIBC_SERVICE_FD"]))
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     rights = array.array("i", [theirs.fileno()])
-    registration.sendmsg([wire.encode_registration(os.getpid())], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+    registration.sendmsg([wire_registration.encode_registration(os.getpid())], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
     theirs.close()
     forged = OpenRequest(function="open", pid=1, tid=1, request_id=0, path="/forged/asked", flags=frozenset({"read_only"}))
     try:

@@ -34,7 +34,7 @@ from libc_service.policy.rules import (
     evaluate,
     relative,
 )
-from libc_service.protocol.wire import OPEN_FLAG_BITS
+from libc_service.protocol.openflags import OPEN_FLAG_BITS
 from shimtools import needs_shim
 
 # ------------------------------------------------------------- the compiler

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from libc_service.protocol import wire
+import libc_service
 
-SHIM_DIR = Path(wire.__file__).parent.parent / "shim"
+SHIM_DIR = Path(libc_service.__file__).with_name("shim")
 SOURCES = sorted(SHIM_DIR.glob("*.c"))
 HEADERS = sorted(SHIM_DIR.glob("*.h"))
 

@@ -23,7 +23,9 @@ import strategies as s
 from conftest import FdCount
 from helpers import close_all, in_thread, rights
 from libc_service import AddrInfo, Master, Reply, SessionClosed, Slave, Stat
-from libc_service.protocol import wire
+from libc_service.protocol import wire_header
+from libc_service.protocol import wire_replies
+from libc_service.protocol import wire_requests
 from libc_service.protocol.replies import GAI_ERRORS, Result
 from libc_service.protocol.requests import FUNCTIONS, REQUEST_TYPES, Request
 from strategies import raw_reply
@@ -381,10 +383,10 @@ class RawMaster:
         self.slave = Slave(theirs)
 
     def next_request(self) -> Request:
-        data, ancdata, _, _ = self.sock.recvmsg(wire.MAX_MESSAGE, socket.CMSG_SPACE(64))
+        data, ancdata, _, _ = self.sock.recvmsg(wire_header.MAX_MESSAGE, socket.CMSG_SPACE(64))
         fds = [int.from_bytes(d[i : i + 4], "little") for _, _, d in ancdata for i in range(0, len(d), 4)]
         close_all(fds)
-        return wire.decode_request(data, fds)
+        return wire_requests.decode_request(data, fds)
 
     def close(self) -> None:
         self.slave.close()
@@ -401,12 +403,14 @@ class RawMaster:
         pytest.param(lambda req: raw_reply(tid=req.tid, request_id=req.request_id), 2, id="two descriptors on open"),
         pytest.param(lambda req: raw_reply(tid=req.tid, request_id=req.request_id + 1), 1, id="another request's id"),
         pytest.param(
-            lambda req: raw_reply(tid=req.tid, request_id=req.request_id, function=wire.CODE["stat"]),
+            lambda req: raw_reply(tid=req.tid, request_id=req.request_id, function=wire_header.CODE["stat"]),
             0,
             id="another function",
         ),
         pytest.param(
-            lambda req: raw_reply(tid=req.tid, request_id=req.request_id) + bytes(wire.MAX_MESSAGE), 0, id="oversized"
+            lambda req: raw_reply(tid=req.tid, request_id=req.request_id) + bytes(wire_header.MAX_MESSAGE),
+            0,
+            id="oversized",
         ),
         pytest.param(lambda req: b"", 3, id="descriptors without bytes"),
     ],
@@ -439,7 +443,11 @@ async def test_a_reply_for_another_thread_waits_for_that_thread() -> None:
         second = in_thread(lambda: (raw.slave.call("stat", path="/second"), threading.get_native_id()))
         req2 = await asyncio.to_thread(raw.next_request)
         for req, size in ((req2, 2), (req1, 1)):
-            raw.sock.send(wire.encode_reply(wire.ReplyMessage(req.function, req.tid, req.request_id, Stat(size=size))))
+            raw.sock.send(
+                wire_replies.encode_reply(
+                    wire_replies.ReplyMessage(req.function, req.tid, req.request_id, Stat(size=size))
+                )
+            )
         (reply1, tid1), (reply2, tid2) = await first, await second
         assert (reply1.result.size, tid1) == (1, req1.tid)  # type: ignore[union-attr]
         assert (reply2.result.size, tid2) == (2, req2.tid)  # type: ignore[union-attr]

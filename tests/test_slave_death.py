@@ -39,7 +39,7 @@ import uvloop
 
 from libc_service import FORWARD, Master, Router, Slave, Stat, spawn
 
-from libc_service.protocol import wire
+from libc_service.protocol import wire_requests
 from libc_service.protocol.requests import StatRequest
 from shimtools import c_program, needs_shim  # noqa: F401 - c_program is a fixture
 
@@ -252,7 +252,7 @@ def _stat(path: str, request_id: int) -> bytes:
     request = StatRequest.model_validate(
         {"function": "stat", "pid": os.getpid(), "tid": 1000 + request_id, "request_id": request_id, "path": path}
     )
-    data, fds = wire.encode_request(request)
+    data, fds = wire_requests.encode_request(request)
     assert not fds
     return data
 

@@ -608,8 +608,8 @@ def test_python_is_a_real_binary() -> None:
 async def test_the_registration_listener_yields_each_channel_and_ends_when_the_tree_hangs_up(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from libc_service.protocol import wire as wire_module
-    from libc_service.processes.spawn_register import RegistrationListener
+    from libc_service.protocol import wire_registration
+    from libc_service.processes.spawn import RegistrationListener
 
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener = RegistrationListener(mine)
@@ -617,7 +617,7 @@ async def test_the_registration_listener_yields_each_channel_and_ends_when_the_t
     theirs.send(b"not a registration")
     for pid in (4242, os.getpid()):  # the kernel names the sender: only its own pid is believed
         theirs.sendmsg(
-            [wire_module.encode_registration(pid)],
+            [wire_registration.encode_registration(pid)],
             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno()]))],
         )
     channel.close()

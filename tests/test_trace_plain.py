@@ -1,8 +1,8 @@
 """A report becomes a trace line without a request model, and says exactly what the model path says.
 
 ``trace`` decodes the reports of the calls the shim decided with
-``wire.plain_report`` (no pydantic model) and writes them with
-``Tracer.report``; the same report through ``wire.decode_report`` and a
+``wire_reports.plain_report`` (no pydantic model) and writes them with
+``Tracer.report``; the same report through ``wire_reports.decode_report`` and a
 ``Decision`` must give the same line, the same JSON record, and the same
 refusal of malformed bytes.
 """
@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 
 import strategies
 from libc_service import FORWARD, Router, spawn
-from libc_service.protocol import wire
+from libc_service.protocol import wire_header
+from libc_service.protocol import wire_reports
+from libc_service.protocol import wire_requests
 from libc_service.protocol.catalogue import FUNCTIONS
 from libc_service.protocol.requests import REQUEST_TYPES, Request
 from libc_service.policy.router import Decision
@@ -43,12 +45,14 @@ def _report(
 ) -> bytes:
     first, second = (name.encode() if name else b"" for name in (directory, directory2))
     exe, argv = (program[0].encode(), b"".join(arg.encode() + b"\0" for arg in program[1])) if program else (b"", b"")
-    header = wire.REPORT.pack(wire.REPORT_MAGIC, wire.VERSION, outcome, 0, errno, 0, result, duration)
-    names = wire.REPORT_NAMES.pack(len(first), len(second), len(exe), len(argv))
+    header = wire_reports.REPORT.pack(
+        wire_header.REPORT_MAGIC, wire_header.VERSION, outcome, 0, errno, 0, result, duration
+    )
+    names = wire_reports.REPORT_NAMES.pack(len(first), len(second), len(exe), len(argv))
     return header + names + first + second + exe + argv + request
 
 
-def _decision(report: wire.Report) -> Decision:
+def _decision(report: wire_reports.Report) -> Decision:
     """The decision the master's path builds from a report (``SlaveProcess._report``)."""
     pid = report.request.pid
     if report.outcome == "forward":
@@ -73,11 +77,11 @@ def _decision(report: wire.Report) -> Decision:
 def _both(data: bytes, json_lines: bool) -> tuple[str, str]:
     """The trace of ``data`` through the model path and through the plain path."""
     by_model, by_plain = io.StringIO(), io.StringIO()
-    decoded = wire.decode_report(data)
-    assert isinstance(decoded, wire.Report)
+    decoded = wire_reports.decode_report(data)
+    assert isinstance(decoded, wire_reports.Report)
     Tracer(by_model, json_lines=json_lines)(_decision(decoded))
-    plain = wire.plain_report(data)
-    assert isinstance(plain, wire.PlainReport)
+    plain = wire_reports.plain_report(data)
+    assert isinstance(plain, wire_reports.PlainReport)
     Tracer(by_plain, json_lines=json_lines).report(plain)
     return by_model.getvalue(), by_plain.getvalue()
 
@@ -107,14 +111,14 @@ def test_a_report_gives_the_same_line_with_or_without_its_model(
     program: tuple[str, list[str]] | None,
     json_lines: bool,
 ) -> None:
-    encoded, fds = wire.encode_request(request)
+    encoded, fds = wire_requests.encode_request(request)
     errno = errno if outcome == 2 or result < 0 else 0
     data = _report(outcome, errno, result, encoded, directory, directory2, program)
     if fds:  # a report carries no descriptor: both refuse it
-        for decode in (wire.decode_report, wire.plain_report):
+        for decode in (wire_reports.decode_report, wire_reports.plain_report):
             try:
                 decode(data)
-            except wire.RemoteProtocolError:
+            except wire_header.RemoteProtocolError:
                 continue
             raise AssertionError(f"{decode.__name__} accepted a report that announces descriptors")
         return
@@ -135,17 +139,17 @@ def test_a_malformed_report_is_refused_by_both_decoders(
     request: Request, noise: bytes, at: int, outcome: int, errno: int
 ) -> None:
     """Bytes overwritten anywhere in a report: the plain decoder refuses exactly what the model decoder refuses."""
-    encoded, _ = wire.encode_request(request)
+    encoded, _ = wire_requests.encode_request(request)
     data = bytearray(_report(outcome, errno, 0, encoded, None, None, None))
     data[at : at + len(noise)] = noise
     outcomes = []
-    for decode in (wire.decode_report, wire.plain_report):
+    for decode in (wire_reports.decode_report, wire_reports.plain_report):
         try:
             decoded = decode(bytes(data))
-        except wire.RemoteProtocolError:
+        except wire_header.RemoteProtocolError:
             outcomes.append("refused")
         else:
-            outcomes.append("forward result" if isinstance(decoded, wire.ForwardResult) else "call")
+            outcomes.append("forward result" if isinstance(decoded, wire_reports.ForwardResult) else "call")
     assert outcomes[0] == outcomes[1]
 
 
@@ -155,7 +159,7 @@ def test_reports_are_served_without_a_loop_until_a_process_asks() -> None:
     and the program's status is returned when it never asked anything."""
     router = Router(default=FORWARD)
     router.observe(lambda decision: None)
-    seen: list[wire.PlainReport] = []
+    seen: list[wire_reports.PlainReport] = []
     idle: list[int] = []
     process = spawn(["cat", "/etc/hostname"], router, stdout=subprocess.DEVNULL, reports="wait")
     process.observe_reports(seen.append)

@@ -15,8 +15,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from libc_service import AddrInfo, Stat
-from libc_service.protocol.wire import LocalProtocolError, ProtocolError, RemoteProtocolError
-from libc_service.protocol import wire
+from libc_service.protocol.wire_header import LocalProtocolError, ProtocolError, RemoteProtocolError
+from libc_service.protocol import openflags
+from libc_service.protocol import wire_fields
+from libc_service.protocol import wire_header
+from libc_service.protocol import wire_registration
+from libc_service.protocol import wire_replies
+from libc_service.protocol import wire_requests
 from libc_service.protocol.replies import GAI_ERRORS
 from libc_service.protocol.requests import (
     FUNCTIONS,
@@ -34,7 +39,8 @@ from libc_service.protocol.requests import (
     RenameRequest,
     StatRequest,
 )
-from libc_service.protocol.wire import ReplyMessage, decode_reply, decode_request, encode_reply, encode_request
+from libc_service.protocol.wire_replies import ReplyMessage, decode_reply, encode_reply
+from libc_service.protocol.wire_requests import decode_request, encode_request
 
 import strategies as s
 from strategies import raw_reply, raw_request
@@ -43,15 +49,22 @@ from strategies import raw_reply, raw_request
 
 
 def test_the_header_layouts_match_the_protocol_document() -> None:
-    assert wire.REQUEST.size == 72
-    assert wire.GROUP.size == 4
-    assert wire.REPLY.size == 48
-    assert wire.STAT.size == 152
-    assert wire.ADDRINFO.size == 24
-    assert wire.REGISTRATION.size == 16
-    assert (wire.MAX_REQUEST_FDS, wire.MAX_REPLY_FDS, wire.MAX_ADDRINFO, wire.MAX_MESSAGE) == (2, 4, 128, 8518)
-    assert wire.MAX_MESSAGE == wire.REQUEST.size + wire.GROUP.size * MAX_GROUPS + 2 * PATH_MAX_BYTES
-    assert wire.VERSION == 3
+    assert wire_requests.REQUEST.size == 72
+    assert wire_fields.GROUP.size == 4
+    assert wire_replies.REPLY.size == 48
+    assert wire_replies.STAT.size == 152
+    assert wire_replies.ADDRINFO.size == 24
+    assert wire_registration.REGISTRATION.size == 16
+    assert (
+        wire_header.MAX_REQUEST_FDS,
+        wire_header.MAX_REPLY_FDS,
+        wire_header.MAX_ADDRINFO,
+        wire_header.MAX_MESSAGE,
+    ) == (2, 4, 128, 8518)
+    assert (
+        wire_header.MAX_MESSAGE == wire_requests.REQUEST.size + wire_fields.GROUP.size * MAX_GROUPS + 2 * PATH_MAX_BYTES
+    )
+    assert wire_header.VERSION == 3
 
 
 def test_function_codes_are_the_documented_ones() -> None:
@@ -80,32 +93,39 @@ def test_function_codes_are_the_documented_ones() -> None:
         22: "utimens",
         23: "futimens",
     }
-    assert {code: name for name, code in wire.CODE.items()} == documented
+    assert {code: name for name, code in wire_header.CODE.items()} == documented
     assert set(REQUEST_TYPES) == set(FUNCTIONS) == set(documented.values())
 
 
 def test_metadata_arguments_travel_as_documented() -> None:
     """chown's ids in the address field's first 8 bytes, utimens's times in its 16, flags say which."""
-    chown = wire.decode_request(
+    chown = wire_requests.decode_request(
         raw_request(
             b"x",
-            function=wire.CODE["chown"],
-            flags=wire.META_NO_FOLLOW | wire.CHOWN_GROUP,
+            function=wire_header.CODE["chown"],
+            flags=wire_fields.META_NO_FOLLOW | wire_fields.CHOWN_GROUP,
             address=bytes(4) + (1000).to_bytes(4, "little") + bytes(8),
-            roles=wire.ROLE_DIR1,
+            roles=wire_fields.ROLE_DIR1,
         ),
         [5],
     )
     assert (chown.owner, chown.group, chown.no_follow, chown.dirfd) == (None, 1000, True, 5)  # type: ignore[union-attr]
-    times = wire.TIMES.pack(-1, 0)
-    utimens = wire.decode_request(
-        raw_request(b"/f", function=wire.CODE["utimens"], flags=wire.MTIME_OMIT, address=times)
+    times = wire_fields.TIMES.pack(-1, 0)
+    utimens = wire_requests.decode_request(
+        raw_request(b"/f", function=wire_header.CODE["utimens"], flags=wire_fields.MTIME_OMIT, address=times)
     )
     assert (utimens.atime, utimens.mtime, utimens.no_follow) == (-1, "omit", False)  # type: ignore[union-attr]
-    fchmod = wire.decode_request(raw_request(b"", function=wire.CODE["fchmod"], arg=0o4755, roles=wire.ROLE_DIR1), [9])
+    fchmod = wire_requests.decode_request(
+        raw_request(b"", function=wire_header.CODE["fchmod"], arg=0o4755, roles=wire_fields.ROLE_DIR1), [9]
+    )
     assert (fchmod.fd, fchmod.mode) == (9, 0o4755)  # type: ignore[union-attr]
-    now = wire.decode_request(
-        raw_request(b"", function=wire.CODE["futimens"], roles=wire.ROLE_DIR1, flags=wire.ATIME_NOW | wire.MTIME_NOW),
+    now = wire_requests.decode_request(
+        raw_request(
+            b"",
+            function=wire_header.CODE["futimens"],
+            roles=wire_fields.ROLE_DIR1,
+            flags=wire_fields.ATIME_NOW | wire_fields.MTIME_NOW,
+        ),
         [4],
     )
     assert (now.fd, now.atime, now.mtime) == (4, "now", "now")  # type: ignore[union-attr]
@@ -113,13 +133,13 @@ def test_metadata_arguments_travel_as_documented() -> None:
 
 @given(s.requests_of("chown") | s.requests_of("fchown"))
 def test_an_unchanged_owner_or_group_is_none_on_both_sides(request: Any) -> None:
-    data, fds = wire.encode_request(request)
-    decoded = wire.decode_request(data, fds)
+    data, fds = wire_requests.encode_request(request)
+    decoded = wire_requests.decode_request(data, fds)
     assert (decoded.owner, decoded.group) == (request.owner, request.group)  # type: ignore[union-attr]
 
 
 def test_open_flag_bits_are_the_documented_ones() -> None:
-    assert wire.OPEN_FLAG_BITS == {
+    assert openflags.OPEN_FLAG_BITS == {
         "read_only": 1 << 0,
         "write_only": 1 << 1,
         "read_write": 1 << 2,
@@ -147,7 +167,7 @@ def test_open_flag_bits_are_the_documented_ones() -> None:
         "async_signals": 1 << 30,
         "large_file": 1 << 31,
     }
-    assert set(wire.OPEN_FLAG_BITS) == set(OPENAT_FLAGS)
+    assert set(openflags.OPEN_FLAG_BITS) == set(OPENAT_FLAGS)
 
 
 def test_a_hand_packed_stat_request_decodes_to_the_model() -> None:
@@ -163,7 +183,7 @@ def test_a_hand_packed_stat_request_decodes_to_the_model() -> None:
 def test_every_function_survives_encode_then_decode(function: str, data: st.DataObject) -> None:
     request = data.draw(s.requests_of(function))
     raw, fds = encode_request(request)
-    assert len(raw) <= wire.MAX_MESSAGE
+    assert len(raw) <= wire_header.MAX_MESSAGE
     assert sorted(fds) == sorted(request.descriptors())
     decoded = decode_request(raw, fds)
     assert type(decoded) is type(request)
@@ -185,18 +205,18 @@ def test_every_function_survives_encode_then_decode(function: str, data: st.Data
 @given(request=s.requests)
 def test_the_context_bits_say_which_values_came(request: Any) -> None:
     raw, _ = encode_request(request)
-    (*_, context, umask, ngroups, reserved, fsuid, fsgid) = wire.REQUEST.unpack_from(raw)
+    (*_, context, umask, ngroups, reserved, fsuid, fsgid) = wire_requests.REQUEST.unpack_from(raw)
     assert context == (
-        (request.umask is not None) * wire.CONTEXT_UMASK
-        | (request.fsuid is not None) * wire.CONTEXT_FSUID
-        | (request.fsgid is not None) * wire.CONTEXT_FSGID
-        | (request.groups is not None) * wire.CONTEXT_GROUPS
+        (request.umask is not None) * wire_fields.CONTEXT_UMASK
+        | (request.fsuid is not None) * wire_fields.CONTEXT_FSUID
+        | (request.fsgid is not None) * wire_fields.CONTEXT_FSGID
+        | (request.groups is not None) * wire_fields.CONTEXT_GROUPS
     )
     assert (umask, fsuid, fsgid) == (request.umask or 0, request.fsuid or 0, request.fsgid or 0)
     assert ngroups == len(request.groups or ())
     assert reserved == bytes(3)
-    groups = raw[wire.REQUEST.size : wire.REQUEST.size + 4 * ngroups]
-    assert groups == b"".join(wire.GROUP.pack(gid) for gid in request.groups or ())
+    groups = raw[wire_requests.REQUEST.size : wire_requests.REQUEST.size + 4 * ngroups]
+    assert groups == b"".join(wire_fields.GROUP.pack(gid) for gid in request.groups or ())
 
 
 def test_a_request_that_says_nothing_of_its_caller_has_unknown_context() -> None:
@@ -204,7 +224,7 @@ def test_a_request_that_says_nothing_of_its_caller_has_unknown_context() -> None
     assert (request.umask, request.fsuid, request.fsgid, request.groups) == (None, None, None, None)
 
 
-_EVERY = wire.CONTEXT_UMASK | wire.CONTEXT_FSUID | wire.CONTEXT_FSGID | wire.CONTEXT_GROUPS
+_EVERY = wire_fields.CONTEXT_UMASK | wire_fields.CONTEXT_FSUID | wire_fields.CONTEXT_FSGID | wire_fields.CONTEXT_GROUPS
 
 
 def test_a_hand_packed_context_decodes_to_the_fields() -> None:
@@ -225,7 +245,7 @@ def test_the_most_groups_with_the_longest_rename_fit_in_one_message() -> None:
     groups = tuple(range(MAX_GROUPS))
     request = RenameRequest(path1="a" * 4095, path2="b" * 4095, pid=1, tid=1, groups=groups, umask=0o22)
     raw, fds = encode_request(request)
-    assert len(raw) == wire.MAX_MESSAGE
+    assert len(raw) == wire_header.MAX_MESSAGE
     assert decode_request(raw, fds) == request
 
 
@@ -245,7 +265,7 @@ def test_a_relative_socket_path_carries_its_directory_before_the_socket(model: A
     request = model(path="run/sock", socket=7, dirfd=5, pid=1, tid=1)
     raw, fds = encode_request(request)
     assert fds == [5, 7], "descriptors travel in role bit order: directory, then socket"
-    assert wire.REQUEST.unpack_from(raw)[12] == wire.ROLE_DIR1 | wire.ROLE_SOCKET
+    assert wire_requests.REQUEST.unpack_from(raw)[12] == wire_fields.ROLE_DIR1 | wire_fields.ROLE_SOCKET
     decoded = decode_request(raw, fds)
     assert (decoded.dirfd, decoded.socket) == (5, 7)  # type: ignore[union-attr]
     assert decoded.descriptors() == (7, 5), "the socket first, as a caller gives them"
@@ -255,7 +275,11 @@ def test_a_relative_socket_path_carries_its_directory_before_the_socket(model: A
 def test_an_absolute_or_abstract_socket_path_carries_no_directory(path: str) -> None:
     with pytest.raises(ValueError, match="relative"):
         ConnectUnixRequest(path=path, socket=3, dirfd=4)
-    data = raw_request(os.fsencode(path), function=wire.CODE["connect_unix"], roles=wire.ROLE_DIR1 | wire.ROLE_SOCKET)
+    data = raw_request(
+        os.fsencode(path),
+        function=wire_header.CODE["connect_unix"],
+        roles=wire_fields.ROLE_DIR1 | wire_fields.ROLE_SOCKET,
+    )
     with pytest.raises(ProtocolError):
         decode_request(data, [4, 3])
 
@@ -268,11 +292,11 @@ def test_an_absolute_or_abstract_socket_path_carries_no_directory(path: str) -> 
 def test_the_master_sees_the_path_bytes_the_slave_sent(raw: bytes) -> None:
     # A trailing slash makes lstat follow a symlink and open insist on a
     # directory: the path must not be normalised on the way.
-    request = decode_request(raw_request(raw, roles=wire.ROLE_DIR1), [5])
+    request = decode_request(raw_request(raw, roles=wire_fields.ROLE_DIR1), [5])
     assert isinstance(request, StatRequest)
     assert os.fsencode(request.path) == raw
     assert request.dirfd == 5
-    assert encode_request(request)[0] == raw_request(raw, roles=wire.ROLE_DIR1)
+    assert encode_request(request)[0] == raw_request(raw, roles=wire_fields.ROLE_DIR1)
 
 
 @given(raw=s.unix_path_bytes)
@@ -280,7 +304,7 @@ def test_the_master_sees_the_path_bytes_the_slave_sent(raw: bytes) -> None:
 @example(raw=b"\0")
 @example(raw=b"\0\0\0")
 def test_an_abstract_socket_name_arrives_byte_for_byte(raw: bytes) -> None:
-    data = raw_request(raw, function=wire.CODE["connect_unix"], roles=wire.ROLE_SOCKET)
+    data = raw_request(raw, function=wire_header.CODE["connect_unix"], roles=wire_fields.ROLE_SOCKET)
     request = decode_request(data, [6])
     assert isinstance(request, ConnectUnixRequest)
     assert os.fsencode(str(request.path)) == raw
@@ -296,7 +320,7 @@ def test_getaddrinfo_node_and_service_combinations(node: str | None, service: st
     request = GetaddrinfoRequest(node=node, service=service, protocol=protocol, pid=1, tid=1)
     raw, fds = encode_request(request)
     assert fds == []
-    header = wire.REQUEST.unpack_from(raw)
+    header = wire_requests.REQUEST.unpack_from(raw)
     assert header[6] == (node is not None) | (service is not None) << 1
     assert header[7] == {None: 0, "tcp": 6, "udp": 17}[protocol]
     assert decode_request(raw) == request
@@ -318,14 +342,14 @@ def test_every_amode_round_trips(function: str, amode: str) -> None:
     request = model(path="/bin/sh", amode=amode, pid=1, tid=1)
     raw, _ = encode_request(request)
     expected_bits = 0 if amode == "f" else sum({"r": 4, "w": 2, "x": 1}[m] for m in amode)
-    assert wire.REQUEST.unpack_from(raw)[6] == expected_bits
+    assert wire_requests.REQUEST.unpack_from(raw)[6] == expected_bits
     assert decode_request(raw) == request
 
 
 def test_an_ipv6_scope_id_travels_in_its_own_field() -> None:
     request = ConnectInet6Request(address="fe80::1%7", port=443, socket=3, pid=1, tid=1)
     raw, fds = encode_request(request)
-    header = wire.REQUEST.unpack_from(raw)
+    header = wire_requests.REQUEST.unpack_from(raw)
     assert header[8] == IPv6Address("fe80::1").packed and header[9] == 7
     decoded = decode_request(raw, fds)
     assert decoded.address == IPv6Address("fe80::1%7")  # type: ignore[union-attr]
@@ -341,7 +365,7 @@ def _decodes_or_protocol_error(data: bytes, fds: list[int]) -> None:
         pass
 
 
-@given(data=st.binary(max_size=wire.MAX_MESSAGE + 16), nfds=st.integers(0, 4))
+@given(data=st.binary(max_size=wire_header.MAX_MESSAGE + 16), nfds=st.integers(0, 4))
 def test_random_bytes_are_a_protocol_error(data: bytes, nfds: int) -> None:
     with pytest.raises(ProtocolError):
         decode_request(data, list(range(100, 100 + nfds)))
@@ -373,14 +397,14 @@ def _bad(reason: str, data: bytes, fds: tuple[int, ...] = ()) -> Any:
     return pytest.param(data, list(fds), id=reason)
 
 
-_OPEN = wire.CODE["open"]
-_CHMOD, _FCHMOD, _CHOWN, _UTIMENS = (wire.CODE[name] for name in ("chmod", "fchmod", "chown", "utimens"))
+_OPEN = wire_header.CODE["open"]
+_CHMOD, _FCHMOD, _CHOWN, _UTIMENS = (wire_header.CODE[name] for name in ("chmod", "fchmod", "chown", "utimens"))
 _BAD_REQUESTS = [
     _bad("empty", b""),
     _bad("header only half there", raw_request()[:40]),
     _bad("bad magic", raw_request(magic=b"LCSr")),
     _bad("version 1", raw_request(version=1)),
-    _bad("the next version", raw_request(version=wire.VERSION + 1)),
+    _bad("the next version", raw_request(version=wire_header.VERSION + 1)),
     _bad("function code 0", raw_request(function=0)),
     _bad("function code 24", raw_request(function=24)),
     _bad("function code 65535", raw_request(function=65535)),
@@ -389,23 +413,23 @@ _BAD_REQUESTS = [
     *[_bad(f"reserved byte {i}", raw_request(reserved=bytes(i) + b"\1" + bytes(2 - i))) for i in range(3)],
     *[_bad(f"context bit {bit}", raw_request(context=1 << bit)) for bit in range(4, 8)],
     _bad("umask without its bit", raw_request(umask=0o22)),
-    _bad("umask beyond 0o777", raw_request(context=wire.CONTEXT_UMASK, umask=0o1000)),
+    _bad("umask beyond 0o777", raw_request(context=wire_fields.CONTEXT_UMASK, umask=0o1000)),
     _bad("fsuid without its bit", raw_request(fsuid=1)),
-    _bad("fsgid without its bit", raw_request(context=wire.CONTEXT_FSUID, fsgid=1)),
+    _bad("fsgid without its bit", raw_request(context=wire_fields.CONTEXT_FSUID, fsgid=1)),
     _bad("groups without their bit", raw_request(groups=(1,))),
-    _bad("65 groups", raw_request(context=wire.CONTEXT_GROUPS, groups=tuple(range(65)))),
-    _bad("group count lies", raw_request(context=wire.CONTEXT_GROUPS, groups=(1, 2), ngroups=3)),
+    _bad("65 groups", raw_request(context=wire_fields.CONTEXT_GROUPS, groups=tuple(range(65)))),
+    _bad("group count lies", raw_request(context=wire_fields.CONTEXT_GROUPS, groups=(1, 2), ngroups=3)),
     *[_bad(f"fd role bit {bit}", raw_request(roles=1 << bit), (3,)) for bit in range(3, 8)],
     _bad("len1 longer than the data", raw_request(len1=14)),
     _bad("len1 shorter than the data", raw_request(len1=12)),
     _bad("len2 lies", raw_request(len2=1)),
     _bad("trailing garbage", raw_request() + b"x"),
     _bad("oversized datagram", raw_request(b"/" * 4095, b"/" * 4095) + bytes(40)),
-    _bad("roles announce a descriptor that did not come", raw_request(roles=wire.ROLE_DIR1)),
+    _bad("roles announce a descriptor that did not come", raw_request(roles=wire_fields.ROLE_DIR1)),
     _bad("a descriptor no role announced", raw_request(), (3,)),
-    _bad("two descriptors, one role", raw_request(roles=wire.ROLE_DIR1), (3, 4)),
-    _bad("stat with the socket role", raw_request(roles=wire.ROLE_SOCKET), (3,)),
-    _bad("stat with a second directory", raw_request(roles=wire.ROLE_DIR2), (3,)),
+    _bad("two descriptors, one role", raw_request(roles=wire_fields.ROLE_DIR1), (3, 4)),
+    _bad("stat with the socket role", raw_request(roles=wire_fields.ROLE_SOCKET), (3,)),
+    _bad("stat with a second directory", raw_request(roles=wire_fields.ROLE_DIR2), (3,)),
     _bad("empty path", raw_request(b"")),
     _bad("path with NUL", raw_request(b"/etc\0/passwd")),
     _bad("path of 4096 bytes", raw_request(b"/" * 4096)),
@@ -421,56 +445,84 @@ _BAD_REQUESTS = [
         _bad(f"open with undefined flag bit {bit}", raw_request(function=_OPEN, flags=1 | 1 << bit))
         for bit in (12, 15, 22, 23)
     ],
-    _bad("openat with undefined flag bit 22", raw_request(function=wire.CODE["openat"], flags=1 | 1 << 22)),
+    _bad("openat with undefined flag bit 22", raw_request(function=wire_header.CODE["openat"], flags=1 | 1 << 22)),
     _bad("open with a mode but no create", raw_request(function=_OPEN, flags=1, arg=0o644)),
     _bad("open with a mode beyond 0o7777", raw_request(function=_OPEN, flags=1 | 1 << 4, arg=0o10000)),
-    _bad("mkdir with a mode beyond 0o7777", raw_request(function=wire.CODE["mkdir"], arg=0o17777)),
-    _bad("mkdir with flags", raw_request(function=wire.CODE["mkdir"], flags=1)),
-    _bad("access with amode bit 3", raw_request(function=wire.CODE["access"], flags=8)),
-    _bad("access with arg", raw_request(function=wire.CODE["access"], arg=1)),
-    _bad("rename without path2", raw_request(function=wire.CODE["rename"])),
-    _bad("rename with the socket role", raw_request(b"/a", b"/b", function=wire.CODE["rename"], roles=4), (3,)),
-    _bad("rename with an unknown flag", raw_request(b"/a", b"/b", function=wire.CODE["rename"], flags=2)),
-    _bad("connect_unix without its socket", raw_request(b"\0x", function=wire.CODE["connect_unix"])),
-    _bad("connect_unix with a directory only", raw_request(b"s", function=wire.CODE["connect_unix"], roles=1), (3,)),
+    _bad("mkdir with a mode beyond 0o7777", raw_request(function=wire_header.CODE["mkdir"], arg=0o17777)),
+    _bad("mkdir with flags", raw_request(function=wire_header.CODE["mkdir"], flags=1)),
+    _bad("access with amode bit 3", raw_request(function=wire_header.CODE["access"], flags=8)),
+    _bad("access with arg", raw_request(function=wire_header.CODE["access"], arg=1)),
+    _bad("rename without path2", raw_request(function=wire_header.CODE["rename"])),
+    _bad("rename with the socket role", raw_request(b"/a", b"/b", function=wire_header.CODE["rename"], roles=4), (3,)),
+    _bad("rename with an unknown flag", raw_request(b"/a", b"/b", function=wire_header.CODE["rename"], flags=2)),
+    _bad("connect_unix without its socket", raw_request(b"\0x", function=wire_header.CODE["connect_unix"])),
+    _bad(
+        "connect_unix with a directory only",
+        raw_request(b"s", function=wire_header.CODE["connect_unix"], roles=1),
+        (3,),
+    ),
     _bad(
         "connect_unix with a directory for an absolute path",
-        raw_request(b"/s", function=wire.CODE["connect_unix"], roles=5),
+        raw_request(b"/s", function=wire_header.CODE["connect_unix"], roles=5),
         (3, 4),
     ),
     _bad(
-        "connect_unix with a second directory", raw_request(b"s", function=wire.CODE["connect_unix"], roles=6), (3, 4)
+        "connect_unix with a second directory",
+        raw_request(b"s", function=wire_header.CODE["connect_unix"], roles=6),
+        (3, 4),
     ),
-    _bad("connect_unix path of 109 bytes", raw_request(b"s" * 109, function=wire.CODE["connect_unix"], roles=4), (3,)),
-    _bad("connect_unix empty path", raw_request(b"", function=wire.CODE["connect_unix"], roles=4), (3,)),
     _bad(
-        "connect_unix NUL inside a file name", raw_request(b"/s\0t", function=wire.CODE["connect_unix"], roles=4), (3,)
+        "connect_unix path of 109 bytes",
+        raw_request(b"s" * 109, function=wire_header.CODE["connect_unix"], roles=4),
+        (3,),
     ),
-    _bad("connect_unix with string2", raw_request(b"/s", b"t", function=wire.CODE["connect_unix"], roles=4), (3,)),
-    _bad("bind_unix with flags", raw_request(b"/s", function=wire.CODE["bind_unix"], roles=4, flags=1), (3,)),
-    _bad("connect_inet with a path", raw_request(b"/s", function=wire.CODE["connect_inet"], roles=4), (3,)),
+    _bad("connect_unix empty path", raw_request(b"", function=wire_header.CODE["connect_unix"], roles=4), (3,)),
+    _bad(
+        "connect_unix NUL inside a file name",
+        raw_request(b"/s\0t", function=wire_header.CODE["connect_unix"], roles=4),
+        (3,),
+    ),
+    _bad(
+        "connect_unix with string2", raw_request(b"/s", b"t", function=wire_header.CODE["connect_unix"], roles=4), (3,)
+    ),
+    _bad("bind_unix with flags", raw_request(b"/s", function=wire_header.CODE["bind_unix"], roles=4, flags=1), (3,)),
+    _bad("connect_inet with a path", raw_request(b"/s", function=wire_header.CODE["connect_inet"], roles=4), (3,)),
     _bad(
         "connect_inet with IPv6 bytes",
-        raw_request(b"", function=wire.CODE["connect_inet"], roles=4, address=bytes(15) + b"\1"),
+        raw_request(b"", function=wire_header.CODE["connect_inet"], roles=4, address=bytes(15) + b"\1"),
         (3,),
     ),
-    _bad("connect_inet with a scope", raw_request(b"", function=wire.CODE["connect_inet"], roles=4, scope=1), (3,)),
-    _bad("connect_inet port 65536", raw_request(b"", function=wire.CODE["connect_inet"], roles=4, arg=65536), (3,)),
-    _bad("connect_inet without its socket", raw_request(b"", function=wire.CODE["connect_inet"])),
-    _bad("bind_inet6 with flags", raw_request(b"", function=wire.CODE["bind_inet6"], roles=4, flags=2), (3,)),
-    _bad("bind_inet6 port 70000", raw_request(b"", function=wire.CODE["bind_inet6"], roles=4, arg=70000), (3,)),
-    _bad("getaddrinfo with nothing present", raw_request(b"", function=wire.CODE["getaddrinfo"])),
-    _bad("getaddrinfo with a descriptor", raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1, roles=1), (3,)),
+    _bad(
+        "connect_inet with a scope", raw_request(b"", function=wire_header.CODE["connect_inet"], roles=4, scope=1), (3,)
+    ),
+    _bad(
+        "connect_inet port 65536", raw_request(b"", function=wire_header.CODE["connect_inet"], roles=4, arg=65536), (3,)
+    ),
+    _bad("connect_inet without its socket", raw_request(b"", function=wire_header.CODE["connect_inet"])),
+    _bad("bind_inet6 with flags", raw_request(b"", function=wire_header.CODE["bind_inet6"], roles=4, flags=2), (3,)),
+    _bad("bind_inet6 port 70000", raw_request(b"", function=wire_header.CODE["bind_inet6"], roles=4, arg=70000), (3,)),
+    _bad("getaddrinfo with nothing present", raw_request(b"", function=wire_header.CODE["getaddrinfo"])),
+    _bad(
+        "getaddrinfo with a descriptor",
+        raw_request(b"x", function=wire_header.CODE["getaddrinfo"], flags=1, roles=1),
+        (3,),
+    ),
     _bad(
         "getaddrinfo with an unannounced descriptor",
-        raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1),
+        raw_request(b"x", function=wire_header.CODE["getaddrinfo"], flags=1),
         (3,),
     ),
-    _bad("getaddrinfo presence bit 2", raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=5)),
-    _bad("getaddrinfo protocol 1", raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1, arg=1)),
-    _bad("getaddrinfo absent node with bytes", raw_request(b"x", b"80", function=wire.CODE["getaddrinfo"], flags=2)),
-    _bad("getaddrinfo node of 1026 bytes", raw_request(b"n" * 1026, function=wire.CODE["getaddrinfo"], flags=1)),
-    _bad("getaddrinfo service of 33 bytes", raw_request(b"", b"s" * 33, function=wire.CODE["getaddrinfo"], flags=2)),
+    _bad("getaddrinfo presence bit 2", raw_request(b"x", function=wire_header.CODE["getaddrinfo"], flags=5)),
+    _bad("getaddrinfo protocol 1", raw_request(b"x", function=wire_header.CODE["getaddrinfo"], flags=1, arg=1)),
+    _bad(
+        "getaddrinfo absent node with bytes",
+        raw_request(b"x", b"80", function=wire_header.CODE["getaddrinfo"], flags=2),
+    ),
+    _bad("getaddrinfo node of 1026 bytes", raw_request(b"n" * 1026, function=wire_header.CODE["getaddrinfo"], flags=1)),
+    _bad(
+        "getaddrinfo service of 33 bytes",
+        raw_request(b"", b"s" * 33, function=wire_header.CODE["getaddrinfo"], flags=2),
+    ),
     _bad("chmod with a mode beyond 0o7777", raw_request(function=_CHMOD, arg=0o10000)),
     _bad("chmod with an unknown flag bit", raw_request(function=_CHMOD, flags=2)),
     _bad("chmod with address bytes", raw_request(function=_CHMOD, address=b"\1" + bytes(15))),
@@ -486,24 +538,30 @@ _BAD_REQUESTS = [
     _bad("chown group without its bit", raw_request(function=_CHOWN, flags=2, address=bytes(4) + b"\1" + bytes(11))),
     _bad("chown with address bytes 8-15", raw_request(function=_CHOWN, flags=6, address=bytes(8) + b"\1" + bytes(7))),
     _bad("chown with flag bit 3", raw_request(function=_CHOWN, flags=8)),
-    _bad("fchown without its descriptor", raw_request(b"", function=wire.CODE["fchown"], flags=2)),
-    _bad("utimens atime now and omit", raw_request(function=_UTIMENS, flags=wire.ATIME_NOW | wire.ATIME_OMIT)),
-    _bad("utimens mtime now and omit", raw_request(function=_UTIMENS, flags=wire.MTIME_NOW | wire.MTIME_OMIT)),
+    _bad("fchown without its descriptor", raw_request(b"", function=wire_header.CODE["fchown"], flags=2)),
+    _bad(
+        "utimens atime now and omit",
+        raw_request(function=_UTIMENS, flags=wire_fields.ATIME_NOW | wire_fields.ATIME_OMIT),
+    ),
+    _bad(
+        "utimens mtime now and omit",
+        raw_request(function=_UTIMENS, flags=wire_fields.MTIME_NOW | wire_fields.MTIME_OMIT),
+    ),
     _bad(
         "utimens atime now with a value",
-        raw_request(function=_UTIMENS, flags=wire.ATIME_NOW, address=b"\1" + bytes(15)),
+        raw_request(function=_UTIMENS, flags=wire_fields.ATIME_NOW, address=b"\1" + bytes(15)),
     ),
     _bad(
         "utimens mtime omit with a value",
-        raw_request(function=_UTIMENS, flags=wire.MTIME_OMIT, address=bytes(8) + b"\1" + bytes(7)),
+        raw_request(function=_UTIMENS, flags=wire_fields.MTIME_OMIT, address=bytes(8) + b"\1" + bytes(7)),
     ),
     _bad("utimens with flag bit 5", raw_request(function=_UTIMENS, flags=32)),
     _bad("utimens with arg", raw_request(function=_UTIMENS, arg=1)),
-    _bad("futimens with a path", raw_request(b"/a", function=wire.CODE["futimens"], roles=1), (3,)),
-    _bad("getaddrinfo node with NUL", raw_request(b"a\0b", function=wire.CODE["getaddrinfo"], flags=1)),
+    _bad("futimens with a path", raw_request(b"/a", function=wire_header.CODE["futimens"], roles=1), (3,)),
+    _bad("getaddrinfo node with NUL", raw_request(b"a\0b", function=wire_header.CODE["getaddrinfo"], flags=1)),
     _bad(
         "getaddrinfo with an address",
-        raw_request(b"x", function=wire.CODE["getaddrinfo"], flags=1, address=b"\1" + bytes(15)),
+        raw_request(b"x", function=wire_header.CODE["getaddrinfo"], flags=1, address=b"\1" + bytes(15)),
     ),
 ]
 
@@ -517,20 +575,20 @@ def test_a_malformed_request_is_a_protocol_error(data: bytes, fds: list[int]) ->
 def test_a_rename_of_two_longest_paths_fits_in_one_message() -> None:
     request = RenameRequest(path1="a" * 4095, path2="b" * 4095, pid=1, tid=1)
     raw, fds = encode_request(request)
-    assert len(raw) <= wire.MAX_MESSAGE
+    assert len(raw) <= wire_header.MAX_MESSAGE
     assert decode_request(raw, fds) == request
 
 
 def test_the_limits_themselves_are_accepted() -> None:
     assert decode_request(raw_request(b"/" * 4095))
     groups = tuple(range(MAX_GROUPS))
-    assert decode_request(raw_request(context=wire.CONTEXT_GROUPS, groups=groups)).groups == groups
-    assert decode_request(raw_request(context=wire.CONTEXT_UMASK, umask=0o777)).umask == 0o777
-    assert decode_request(raw_request(context=wire.CONTEXT_FSUID, fsuid=2**32 - 1)).fsuid == 2**32 - 1
-    unix = wire.CODE["connect_unix"]
+    assert decode_request(raw_request(context=wire_fields.CONTEXT_GROUPS, groups=groups)).groups == groups
+    assert decode_request(raw_request(context=wire_fields.CONTEXT_UMASK, umask=0o777)).umask == 0o777
+    assert decode_request(raw_request(context=wire_fields.CONTEXT_FSUID, fsuid=2**32 - 1)).fsuid == 2**32 - 1
+    unix = wire_header.CODE["connect_unix"]
     assert decode_request(raw_request(b"s" * 108, function=unix, roles=4), [3])
     assert decode_request(raw_request(b"\0" * 108, function=unix, roles=4), [3])
-    gai = wire.CODE["getaddrinfo"]
+    gai = wire_header.CODE["getaddrinfo"]
     assert decode_request(raw_request(b"n" * 1025, b"s" * 32, function=gai, flags=3, arg=17))
     assert decode_request(raw_request(b"", function=gai, flags=1))  # an empty but present node
 
@@ -540,7 +598,7 @@ def test_the_limits_themselves_are_accepted() -> None:
 
 def _round_trip(message: ReplyMessage, nfds: int = 0) -> ReplyMessage:
     data = encode_reply(message, nfds)
-    assert len(data) <= wire.MAX_MESSAGE
+    assert len(data) <= wire_header.MAX_MESSAGE
     return decode_reply(data, nfds)
 
 
@@ -583,7 +641,7 @@ def test_every_getaddrinfo_error_name_round_trips(name: str) -> None:
     errno_value = errno.ECONNREFUSED if name == "system" else 0
     message = ReplyMessage("getaddrinfo", 1, 2, name, errno_value)  # type: ignore[arg-type]
     data = encode_reply(message)
-    assert wire.REPLY.unpack_from(data)[6] == GAI_ERRORS.index(name) + 1
+    assert wire_replies.REPLY.unpack_from(data)[6] == GAI_ERRORS.index(name) + 1
     assert decode_reply(data) == message
 
 
@@ -617,7 +675,7 @@ def test_a_failure_result_is_always_minus_one() -> None:
 def test_a_forward_reply_round_trips(function: str) -> None:
     message = ReplyMessage(function, 5, 6, forward=True)
     data = encode_reply(message)
-    assert len(data) == wire.REPLY.size
+    assert len(data) == wire_replies.REPLY.size
     assert decode_reply(data) == ReplyMessage(function, 5, 6, 0, 0, forward=True)
 
 
@@ -626,7 +684,7 @@ def test_a_forward_reply_round_trips(function: str) -> None:
     [("open", 1), ("openat", 1), ("connect_unix", 1), ("bind_inet6", 1), ("stat", 4), ("unlink", 4)],
 )
 def test_reply_descriptor_limits(function: str, limit: int) -> None:
-    assert wire.reply_fd_limit(function) == limit
+    assert wire_header.reply_fd_limit(function) == limit
     result: Any = Stat() if function == "stat" else 0
     assert decode_reply(encode_reply(ReplyMessage(function, 1, 1, result), limit), limit).result == result
     with pytest.raises(ValueError):
@@ -735,7 +793,7 @@ def test_an_impossible_request_is_a_value_error(request_: Any) -> None:
 # ------------------------------------------------------------ bad replies
 
 
-@given(data=st.binary(max_size=wire.MAX_MESSAGE + 16), nfds=st.integers(0, 6))
+@given(data=st.binary(max_size=wire_header.MAX_MESSAGE + 16), nfds=st.integers(0, 6))
 def test_random_reply_bytes_are_a_protocol_error(data: bytes, nfds: int) -> None:
     with pytest.raises(ProtocolError):
         decode_reply(data, nfds)
@@ -759,10 +817,10 @@ def test_a_corrupted_reply_is_valid_or_a_protocol_error(result: tuple[str, Any],
         pass
 
 
-_STAT = wire.CODE["stat"]
-_GAI = wire.CODE["getaddrinfo"]
-_STAT_RECORD = wire._encode_stat(Stat(size=1))
-_V4_ENTRY = wire.ADDRINFO.pack(4, 80, 0, bytes([127, 0, 0, 1]) + bytes(12))
+_STAT = wire_header.CODE["stat"]
+_GAI = wire_header.CODE["getaddrinfo"]
+_STAT_RECORD = wire_replies._encode_stat(Stat(size=1))
+_V4_ENTRY = wire_replies.ADDRINFO.pack(4, 80, 0, bytes([127, 0, 0, 1]) + bytes(12))
 
 _BAD_REPLIES = [
     _bad("empty", b""),
@@ -773,7 +831,7 @@ _BAD_REPLIES = [
     _bad("function code 24", raw_reply(function=24)),
     _bad("reserved bytes set", raw_reply(reserved=b"\1" + bytes(11))),
     _bad("two descriptors on open", raw_reply(), (3, 4)),
-    _bad("five descriptors on unlink", raw_reply(function=wire.CODE["unlink"], result=0), (3, 4, 5, 6, 7)),
+    _bad("five descriptors on unlink", raw_reply(function=wire_header.CODE["unlink"], result=0), (3, 4, 5, 6, 7)),
     _bad("unknown action", raw_reply(action=2)),
     _bad("forward with a result", raw_reply(action=1, result=1)),
     _bad("forward with an errno", raw_reply(action=1, result=0, errno=1)),
@@ -810,7 +868,7 @@ _BAD_REPLIES = [
     _bad("IPv4 entry with IPv6 bytes", raw_reply(_V4_ENTRY[:-1] + b"\1", function=_GAI, kind=2, count=1, result=0)),
     _bad(
         "IPv4 entry with a scope",
-        raw_reply(wire.ADDRINFO.pack(4, 80, 1, bytes(16)), function=_GAI, kind=2, count=1, result=0),
+        raw_reply(wire_replies.ADDRINFO.pack(4, 80, 1, bytes(16)), function=_GAI, kind=2, count=1, result=0),
     ),
     _bad("gai error on open", raw_reply(kind=3, result=1)),
     _bad("gai error code 0", raw_reply(function=_GAI, kind=3, result=0)),
@@ -834,35 +892,35 @@ def test_a_malformed_reply_is_a_protocol_error(data: bytes, fds: list[int]) -> N
 
 @given(pid=s.U32)
 def test_a_registration_round_trips(pid: int) -> None:
-    assert wire.decode_registration(wire.encode_registration(pid), 1) == pid
+    assert wire_registration.decode_registration(wire_registration.encode_registration(pid), 1) == pid
 
 
 @pytest.mark.parametrize(
     ("data", "nfds"),
     [
         (b"", 1),
-        (wire.encode_registration(5)[:15], 1),
-        (wire.encode_registration(5) + b"\0", 1),
-        (wire.REGISTRATION.pack(b"LCSq", wire.VERSION, 0, 5, 0), 1),
-        (wire.REGISTRATION.pack(b"LCSh", 1, 0, 5, 0), 1),
-        (wire.REGISTRATION.pack(b"LCSh", wire.VERSION + 1, 0, 5, 0), 1),
-        (wire.REGISTRATION.pack(b"LCSh", wire.VERSION, 1, 5, 0), 1),
-        (wire.REGISTRATION.pack(b"LCSh", wire.VERSION, 0, 5, 1), 1),
-        (wire.REGISTRATION.pack(b"LCSh", wire.VERSION, 0, 0, 0), 1),
-        (wire.encode_registration(5), 0),
-        (wire.encode_registration(5), 2),
+        (wire_registration.encode_registration(5)[:15], 1),
+        (wire_registration.encode_registration(5) + b"\0", 1),
+        (wire_registration.REGISTRATION.pack(b"LCSq", wire_header.VERSION, 0, 5, 0), 1),
+        (wire_registration.REGISTRATION.pack(b"LCSh", 1, 0, 5, 0), 1),
+        (wire_registration.REGISTRATION.pack(b"LCSh", wire_header.VERSION + 1, 0, 5, 0), 1),
+        (wire_registration.REGISTRATION.pack(b"LCSh", wire_header.VERSION, 1, 5, 0), 1),
+        (wire_registration.REGISTRATION.pack(b"LCSh", wire_header.VERSION, 0, 5, 1), 1),
+        (wire_registration.REGISTRATION.pack(b"LCSh", wire_header.VERSION, 0, 0, 0), 1),
+        (wire_registration.encode_registration(5), 0),
+        (wire_registration.encode_registration(5), 2),
     ],
 )
 def test_a_malformed_registration_is_a_protocol_error(data: bytes, nfds: int) -> None:
     with pytest.raises(ProtocolError):
-        wire.decode_registration(data, nfds)
+        wire_registration.decode_registration(data, nfds)
 
 
 def test_rename_no_replace_travels_as_its_flag_bit() -> None:
     request = RenameRequest(path1="/a", path2="/b", no_replace=True, pid=1, tid=1)
-    data, fds = wire.encode_request(request)
-    assert wire.REQUEST.unpack_from(data)[6] == wire.RENAME_NO_REPLACE
-    assert wire.decode_request(data, fds).no_replace is True
+    data, fds = wire_requests.encode_request(request)
+    assert wire_requests.REQUEST.unpack_from(data)[6] == wire_requests.RENAME_NO_REPLACE
+    assert wire_requests.decode_request(data, fds).no_replace is True
 
 
 def test_the_catalogues_families_name_arbitrated_functions_only() -> None:

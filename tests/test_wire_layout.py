@@ -1,4 +1,4 @@
-"""One wire layout: every constant, size and limit of ``shim/shim.h`` equals ``wire.py``'s.
+"""One wire layout: every constant, size and limit of ``shim/shim.h`` equals the Python codec's (``wire_*.py``).
 
 The C shim and the Python codec are two descriptions of one protocol. This
 test reads the header itself — ``#define``s and ``enum`` blocks, with the
@@ -17,10 +17,25 @@ import pytest
 
 from libc_service import requests
 
-from libc_service.protocol import wire
+from libc_service.protocol import openflags
+
+from libc_service.protocol import wire_fields
+
+from libc_service.protocol import wire_header
+
+from libc_service.protocol import wire_registration
+
+from libc_service.protocol import wire_replies
+
+from libc_service.protocol import wire_reports
+
+from libc_service.protocol import wire_requests
 from libc_service.policy import rules as rule_table
 
-HEADER = Path(wire.__file__).parent.parent / "shim" / "shim.h"
+#: The codec's modules, where each named constant lives.
+CODEC = (wire_header, wire_fields, wire_requests, wire_replies, wire_reports, wire_registration)
+
+HEADER = Path(wire_header.__file__).with_name("shim") / "shim.h"
 
 
 def _evaluate(expression: str, known: dict[str, int]) -> int | None:
@@ -74,37 +89,37 @@ def header() -> dict[str, int]:
 
 
 def test_version_limits_and_sizes_agree(header: dict[str, int]) -> None:
-    assert header["LCS_VERSION"] == wire.VERSION
+    assert header["LCS_VERSION"] == wire_header.VERSION
     assert header["LCS_PATH_MAX_BYTES"] == requests.PATH_MAX_BYTES
     assert header["LCS_UNIX_PATH_MAX"] == requests.UNIX_PATH_MAX
     assert header["LCS_NODE_MAX"] == requests.NODE_MAX
     assert header["LCS_SERVICE_MAX"] == requests.SERVICE_MAX
     assert header["LCS_MAX_GROUPS"] == requests.MAX_GROUPS
-    assert header["LCS_MAX_REQUEST_FDS"] == wire.MAX_REQUEST_FDS
-    assert header["LCS_MAX_REPLY_FDS"] == wire.MAX_REPLY_FDS
-    assert header["LCS_MAX_ADDRINFO"] == wire.MAX_ADDRINFO
-    assert header["LCS_MAX_MESSAGE"] == wire.MAX_MESSAGE
-    assert header["LCS_REQUEST_HEADER"] == wire.REQUEST.size
-    assert header["LCS_REPLY_HEADER"] == wire.REPLY.size
-    assert header["LCS_STAT_RECORD"] == wire.STAT.size
-    assert header["LCS_ADDRINFO_ENTRY"] == wire.ADDRINFO.size
+    assert header["LCS_MAX_REQUEST_FDS"] == wire_header.MAX_REQUEST_FDS
+    assert header["LCS_MAX_REPLY_FDS"] == wire_header.MAX_REPLY_FDS
+    assert header["LCS_MAX_ADDRINFO"] == wire_header.MAX_ADDRINFO
+    assert header["LCS_MAX_MESSAGE"] == wire_header.MAX_MESSAGE
+    assert header["LCS_REQUEST_HEADER"] == wire_requests.REQUEST.size
+    assert header["LCS_REPLY_HEADER"] == wire_replies.REPLY.size
+    assert header["LCS_STAT_RECORD"] == wire_replies.STAT.size
+    assert header["LCS_ADDRINFO_ENTRY"] == wire_replies.ADDRINFO.size
 
 
 def test_every_function_has_the_same_code_on_both_sides(header: dict[str, int]) -> None:
-    first, last = header["LCS_OPEN"], max(wire.CODE.values())
+    first, last = header["LCS_OPEN"], max(wire_header.CODE.values())
     c_functions = {
         name: value
         for name, value in header.items()
-        if first <= value <= last and name.startswith("LCS_") and name.removeprefix("LCS_").lower() in wire.CODE
+        if first <= value <= last and name.startswith("LCS_") and name.removeprefix("LCS_").lower() in wire_header.CODE
     }
-    assert {name.removeprefix("LCS_").lower(): value for name, value in c_functions.items()} == wire.CODE
+    assert {name.removeprefix("LCS_").lower(): value for name, value in c_functions.items()} == wire_header.CODE
 
 
 def test_open_flag_bits_agree(header: dict[str, int]) -> None:
     """Every flag the shim sends is the codec's; only openat2's resolve_* flags (which the shim,
     interposing no openat2, never sends) are the codec's alone."""
     c_flags = {name.removeprefix("LCS_O_").lower(): bit for name, bit in header.items() if name.startswith("LCS_O_")}
-    assert c_flags == {name: bit for name, bit in wire.OPEN_FLAG_BITS.items() if not name.startswith("resolve_")}
+    assert c_flags == {name: bit for name, bit in openflags.OPEN_FLAG_BITS.items() if not name.startswith("resolve_")}
 
 
 @pytest.mark.parametrize(
@@ -125,20 +140,21 @@ def test_open_flag_bits_agree(header: dict[str, int]) -> None:
     ],
 )
 def test_named_bits_and_codes_agree(header: dict[str, int], c_name: str, python_name: str) -> None:
-    assert header[c_name] == getattr(wire, python_name)
+    (value,) = {getattr(module, python_name) for module in CODEC if hasattr(module, python_name)}
+    assert header[c_name] == value
 
 
 def test_protocol_numbers_agree(header: dict[str, int]) -> None:
     assert (header["LCS_PROTO_NONE"], header["LCS_PROTO_TCP"], header["LCS_PROTO_UDP"]) == (
-        wire.PROTOCOL_NUMBER[None],
-        wire.PROTOCOL_NUMBER["tcp"],
-        wire.PROTOCOL_NUMBER["udp"],
+        wire_requests.PROTOCOL_NUMBER[None],
+        wire_requests.PROTOCOL_NUMBER["tcp"],
+        wire_requests.PROTOCOL_NUMBER["udp"],
     )
 
 
 def test_the_magics_in_the_shim_sources_are_the_codecs() -> None:
     sources = "".join(path.read_text() for path in HEADER.parent.glob("*.[ch]"))
-    for magic in (wire.REQUEST_MAGIC, wire.REPLY_MAGIC, wire.HELLO_MAGIC):
+    for magic in (wire_header.REQUEST_MAGIC, wire_header.REPLY_MAGIC, wire_header.HELLO_MAGIC):
         assert f'"{magic.decode()}"' in sources or "".join(f"'{c}'" for c in magic.decode()) in sources.replace(
             ", ", ""
         ), magic
@@ -149,7 +165,7 @@ def test_the_parser_reads_what_it_compares(header: dict[str, int]) -> None:
     assert {"LCS_VERSION", "LCS_OPEN", "LCS_GETADDRINFO", "LCS_O_TRUNCATE", "LCS_MAX_MESSAGE"} <= header.keys()
 
 
-# ---- named field offsets: every LCS_<layout>_<FIELD>_OFFSET of shim.h is where wire.py's struct puts it ----
+# ---- named field offsets: every LCS_<layout>_<FIELD>_OFFSET of shim.h is where the codec's struct puts it ----
 
 
 def struct_offsets(layout: struct.Struct, names: list[str]) -> dict[str, int]:
@@ -171,11 +187,11 @@ def struct_offsets(layout: struct.Struct, names: list[str]) -> dict[str, int]:
     return offsets
 
 
-#: (prefix in shim.h, wire.py's struct, its fields' names in the order wire.py unpacks them).
+#: (prefix in shim.h, the codec's struct, its fields' names in the order the codec unpacks them).
 LAYOUTS = [
     (
         "LCS_REQ",
-        wire.REQUEST,
+        wire_requests.REQUEST,
         [
             "magic",
             "version",
@@ -200,12 +216,12 @@ LAYOUTS = [
     ),
     (
         "LCS_REPLY",
-        wire.REPLY,
+        wire_replies.REPLY,
         ["magic", "version", "function", "tid", "errno", "id", "result", "action", "kind", "count", "reserved"],
     ),
     (
         "LCS_STAT",
-        wire.STAT,
+        wire_replies.STAT,
         [
             "dev",
             "ino",
@@ -233,11 +249,15 @@ LAYOUTS = [
             "reserved",
         ],
     ),
-    ("LCS_AI", wire.ADDRINFO, ["family", "reserved", "port", "scope_id", "address"]),
-    ("LCS_HELLO", wire.REGISTRATION, ["magic", "version", "reserved1", "pid", "reserved2"]),
-    ("LCS_REPORT", wire.REPORT, ["magic", "version", "outcome", "reserved", "errno", "lost", "result", "duration"]),
-    ("LCS_REPORT_CALL", wire.REPORT_CALL, ["pid", "tid", "id", "function", "reserved"]),
-    ("LCS_REPORT_NAMES", wire.REPORT_NAMES, ["dir1", "dir2", "exe", "argv"]),
+    ("LCS_AI", wire_replies.ADDRINFO, ["family", "reserved", "port", "scope_id", "address"]),
+    ("LCS_HELLO", wire_registration.REGISTRATION, ["magic", "version", "reserved1", "pid", "reserved2"]),
+    (
+        "LCS_REPORT",
+        wire_reports.REPORT,
+        ["magic", "version", "outcome", "reserved", "errno", "lost", "result", "duration"],
+    ),
+    ("LCS_REPORT_CALL", wire_reports.REPORT_CALL, ["pid", "tid", "id", "function", "reserved"]),
+    ("LCS_REPORT_NAMES", wire_reports.REPORT_NAMES, ["dir1", "dir2", "exe", "argv"]),
     ("LCS_RULES", rule_table.HEADER, ["magic", "version", "count"]),
     ("LCS_RULES_ENTRY", rule_table.ENTRY, ["function", "action", "errno", "size"]),
 ]
@@ -273,11 +293,11 @@ def test_every_header_offset_is_compared(header: dict[str, int]) -> None:
 @pytest.mark.parametrize(
     ("c_name", "size"),
     [
-        ("LCS_HELLO_SIZE", wire.REGISTRATION.size),
-        ("LCS_REPORT_HEADER", wire.REPORT.size),
-        ("LCS_REPORT_CALL_SIZE", wire.REPORT_CALL.size),
-        ("LCS_REPORT_NAMES_SIZE", wire.REPORT_NAMES.size),
-        ("LCS_REPORT_ARGV_MAX", wire.REPORT_ARGV_MAX),
+        ("LCS_HELLO_SIZE", wire_registration.REGISTRATION.size),
+        ("LCS_REPORT_HEADER", wire_reports.REPORT.size),
+        ("LCS_REPORT_CALL_SIZE", wire_reports.REPORT_CALL.size),
+        ("LCS_REPORT_NAMES_SIZE", wire_reports.REPORT_NAMES.size),
+        ("LCS_REPORT_ARGV_MAX", wire_reports.REPORT_ARGV_MAX),
         ("LCS_RULES_HEADER", rule_table.HEADER.size),
         ("LCS_RULES_ENTRY", rule_table.ENTRY.size),
         ("LCS_RULES_VERSION", rule_table.VERSION),

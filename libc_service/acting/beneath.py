@@ -23,6 +23,12 @@ from collections import deque
 from typing import Final
 
 from libc_service.kernel import libc as kernel
+from libc_service.protocol.openflags import OS_FLAGS, RESOLVE_FLAGS
+from libc_service.protocol.openflags import RESOLVE_IN_ROOT as RESOLVE_IN_ROOT
+from libc_service.protocol.openflags import RESOLVE_BENEATH as RESOLVE_BENEATH
+from libc_service.protocol.openflags import RESOLVE_NO_MAGICLINKS as RESOLVE_NO_MAGICLINKS
+from libc_service.protocol.openflags import RESOLVE_NO_SYMLINKS as RESOLVE_NO_SYMLINKS
+from libc_service.protocol.openflags import RESOLVE_NO_XDEV as RESOLVE_NO_XDEV
 
 __all__ = [
     "O_PATH_FLAGS",
@@ -42,11 +48,6 @@ __all__ = [
 
 
 _OPENAT2: Final = kernel.NUMBERS.get("openat2")
-RESOLVE_NO_XDEV: Final = 0x01
-RESOLVE_NO_MAGICLINKS: Final = 0x02
-RESOLVE_NO_SYMLINKS: Final = 0x04
-RESOLVE_BENEATH: Final = 0x08
-RESOLVE_IN_ROOT: Final = 0x10
 
 #: The resolve bits a slave may add to the master's own (RESOLVE_IN_ROOT and
 #: RESOLVE_CACHED would change the meaning of the root or loop on EAGAIN).
@@ -57,40 +58,10 @@ _O_TMPFILE: Final = getattr(os, "O_TMPFILE", 0)
 
 _have_openat2: bool | None = None
 
-_OS_FLAGS: Final = {
-    "read_only": os.O_RDONLY,
-    "write_only": os.O_WRONLY,
-    "read_write": os.O_RDWR,
-    "append": os.O_APPEND,
-    "create": os.O_CREAT,
-    "directory": os.O_DIRECTORY,
-    "exclusive": os.O_EXCL,
-    "no_follow": os.O_NOFOLLOW,
-    "path": os.O_PATH,
-    "sync_all_on_write": os.O_SYNC,
-    "temporary": getattr(os, "O_TMPFILE", 0),
-    "truncate": os.O_TRUNC,
-    # Flags that change behaviour, not authority (O_ASYNC is left out: open(2)
-    # ignores it too, only fcntl(F_SETFL) makes it work).
-    "non_blocking": os.O_NONBLOCK,
-    "no_ctty": os.O_NOCTTY,
-    "close_on_exec": os.O_CLOEXEC,
-    "sync_data_on_write": os.O_DSYNC,
-    "no_atime": getattr(os, "O_NOATIME", 0),
-    "direct": getattr(os, "O_DIRECT", 0),
-    "async_signals": 0,
-    "large_file": getattr(os, "O_LARGEFILE", 0),
-}
+#: O_ASYNC is left out: open(2) ignores it too, only fcntl(F_SETFL) makes it work.
+_OS_FLAGS: Final = OS_FLAGS | {"async_signals": 0}
 #: What ``O_PATH`` keeps: open(2) ignores every other flag with it, openat2(2) refuses them.
 O_PATH_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_RESOLVE_FLAGS: Final = {
-    "resolve_beneath": RESOLVE_BENEATH,
-    "resolve_in_root": RESOLVE_IN_ROOT,
-    "resolve_no_magiclinks": RESOLVE_NO_MAGICLINKS,
-    "resolve_no_symlinks": RESOLVE_NO_SYMLINKS,
-    "resolve_no_xdev": RESOLVE_NO_XDEV,
-    "resolve_cached": 0x20,
-}
 
 
 class EscapeError(PermissionError):
@@ -115,8 +86,8 @@ def open_flags(flags: frozenset[str] | set[str]) -> tuple[int, int]:
     for name in flags:
         if name in _OS_FLAGS:
             value |= _OS_FLAGS[name]
-        elif name in _RESOLVE_FLAGS:
-            resolve |= _RESOLVE_FLAGS[name]
+        elif name in RESOLVE_FLAGS:
+            resolve |= RESOLVE_FLAGS[name]
         else:
             raise ValueError(f"unknown open flag {name!r}")
     if value & os.O_PATH:

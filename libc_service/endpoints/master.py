@@ -38,9 +38,9 @@ from collections.abc import Awaitable, Iterable, Sequence
 from types import TracebackType
 from typing import ClassVar, TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
-from libc_service.protocol import wire
+from libc_service.protocol import wire_header
 from libc_service.protocol.calls import MasterChannel
-from libc_service.protocol.wire import ProtocolError
+from libc_service.protocol.wire_header import ProtocolError
 
 from libc_service.kernel.lazyimport import on_first_use
 
@@ -55,7 +55,7 @@ __all__ = ["Call", "Dispatcher", "Master", "ProtocolError", "SessionClosed"]
 
 logger = logging.getLogger(__name__)
 
-_CMSG_SPACE: Final = socket.CMSG_SPACE((wire.MAX_REQUEST_FDS + 1) * array.array("i").itemsize)
+_CMSG_SPACE: Final = socket.CMSG_SPACE((wire_header.MAX_REQUEST_FDS + 1) * array.array("i").itemsize)
 # Plain ints: socket.MSG_* are IntFlag members, and IntFlag arithmetic costs
 # more per call than the rest of the flag handling (docs/performance.md).
 _RECV_FLAGS: Final = int(socket.MSG_CMSG_CLOEXEC)
@@ -650,7 +650,7 @@ class Master:
         data, fds, flags = received
         try:
             request = MasterChannel.receive(data, fds, flags)
-        except wire.RemoteProtocolError as exc:
+        except wire_header.RemoteProtocolError as exc:
             close_fds(fds)
             self._protocol_failure(str(exc))
         if self._owner is not None and request.pid != self._owner:
@@ -681,7 +681,7 @@ class Master:
                 try:
                     if not self._queued(sock):
                         raise BlockingIOError
-                    data, ancdata, flags, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
+                    data, ancdata, flags, _ = sock.recvmsg(wire_header.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
                     item = (data, ancdata, flags)
                 except (BlockingIOError, InterruptedError):
                     await self._wait_readable(sock)
@@ -745,7 +745,7 @@ class Master:
             if taken and not self._queued(sock) and not self._poll_briefly(sock):
                 return  # all answered
             try:
-                data, ancdata, flags, _ = sock.recvmsg(wire.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
+                data, ancdata, flags, _ = sock.recvmsg(wire_header.MAX_MESSAGE + 1, _CMSG_SPACE, _RECV_FLAGS)
             except (BlockingIOError, InterruptedError):
                 return  # all answered (or readiness reported before the last receive took it)
             except OSError as exc:
@@ -823,7 +823,7 @@ class Master:
         fds = received_fds(ancdata)
         try:
             request = MasterChannel.receive(data, fds, flags)
-        except wire.RemoteProtocolError:
+        except wire_header.RemoteProtocolError:
             return None
         if self._owner is not None and request.pid != self._owner:
             return None  # the task refuses it

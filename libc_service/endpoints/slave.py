@@ -28,7 +28,9 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Final, cast
 
-from libc_service.protocol import wire
+from libc_service.protocol import wire_header
+
+from libc_service.protocol import wire_replies
 from libc_service.protocol.calls import SlaveChannel
 from libc_service.endpoints.master import close_fds, received_fds
 from libc_service.protocol.replies import Reply
@@ -36,7 +38,7 @@ from libc_service.protocol.requests import REQUEST_TYPES, Request
 
 __all__ = ["Slave"]
 
-_CMSG_SPACE: Final = socket.CMSG_SPACE((wire.MAX_REPLY_FDS + 1) * array.array("i").itemsize)
+_CMSG_SPACE: Final = socket.CMSG_SPACE((wire_header.MAX_REPLY_FDS + 1) * array.array("i").itemsize)
 
 
 class Slave:
@@ -55,7 +57,7 @@ class Slave:
         self._channel = SlaveChannel()
         self._cond = threading.Condition()
         self._reading = False
-        self._replies: dict[int, tuple[wire.ReplyMessage, list[int]]] = {}
+        self._replies: dict[int, tuple[wire_replies.ReplyMessage, list[int]]] = {}
         self._broken: BaseException | None = None
 
     def call(self, function: str, /, *, fds: Sequence[int] = (), **arguments: Any) -> Reply:
@@ -100,7 +102,7 @@ class Slave:
         message, received = self._wait(request.tid)
         return Reply(message.result, message.errno, tuple(received), message.forward)
 
-    def _wait(self, tid: int) -> tuple[wire.ReplyMessage, list[int]]:
+    def _wait(self, tid: int) -> tuple[wire_replies.ReplyMessage, list[int]]:
         with self._cond:
             while True:
                 if tid in self._replies:
@@ -129,10 +131,12 @@ class Slave:
                 self._reading = False
                 self._cond.notify_all()
 
-    def _receive_one(self) -> tuple[wire.ReplyMessage, list[int]]:
+    def _receive_one(self) -> tuple[wire_replies.ReplyMessage, list[int]]:
         while True:
             try:
-                data, ancdata, flags, _ = self._sock.recvmsg(wire.MAX_MESSAGE + 1, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
+                data, ancdata, flags, _ = self._sock.recvmsg(
+                    wire_header.MAX_MESSAGE + 1, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC
+                )
                 break
             except InterruptedError:
                 continue
@@ -144,7 +148,7 @@ class Slave:
         try:
             with self._cond:
                 return self._channel.receive(data, len(fds), flags), fds
-        except wire.RemoteProtocolError as exc:
+        except wire_header.RemoteProtocolError as exc:
             close_fds(fds)
             raise ConnectionError(f"malformed reply from the master: {exc}") from exc
 

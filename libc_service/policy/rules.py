@@ -95,7 +95,7 @@ from libc_service.policy.conditions import (
 )
 from libc_service.policy.outcomes import FORWARD, Errno
 from libc_service.protocol.catalogue import FUNCTIONS
-from libc_service.protocol.wire import OPEN_FLAG_BITS
+from libc_service.protocol.openflags import OPEN_FLAG_BITS
 
 if TYPE_CHECKING:
     from libc_service.policy.router import Router

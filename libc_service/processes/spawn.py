@@ -39,7 +39,7 @@ from libc_service.kernel import readiness
 
 from libc_service.processes import spawn_launch
 
-from libc_service.protocol import wire
+from libc_service.protocol import wire_reports
 from libc_service.kernel.lazyimport import on_first_use
 from libc_service.kernel.senders import ProcessTree
 from libc_service.processes.spawn_launch import (
@@ -117,11 +117,11 @@ class SlaveProcess:
         """The seccomp listener's session (``seccomp=True``), once the program runs."""
         return None if self._seccomp is None else self._seccomp.session
 
-    def observe_reports(self, observer: Callable[[wire.PlainReport], None]) -> None:
+    def observe_reports(self, observer: Callable[[wire_reports.PlainReport], None]) -> None:
         """Give the calls the shim decided itself to ``observer`` as validated plain data.
 
-        Each report is validated as :func:`~libc_service.protocol.wire.decode_report`
-        validates it, but becomes a :class:`~libc_service.protocol.wire.PlainReport`
+        Each report is validated as :func:`~libc_service.protocol.wire_reports.decode_report`
+        validates it, but becomes a :class:`~libc_service.protocol.wire_reports.PlainReport`
         (its request's fields, paths as ``str``) instead of a request model
         and a :class:`~libc_service.policy.router.Decision` for the router's
         observers, which then do not see these calls: for an observer that

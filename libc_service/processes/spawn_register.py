@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Final
 
 from libc_service.kernel import readiness
 
-from libc_service.protocol import wire
+from libc_service.protocol import wire_header
+from libc_service.protocol import wire_registration
+from libc_service.protocol import wire_reports
 from libc_service.protocol.catalogue import PATH_MAX_BYTES
 from libc_service.kernel.lazyimport import on_first_use
 from libc_service.endpoints.master import Master, close_fds, received_fds
@@ -52,7 +54,11 @@ ANCILLARY_SPACE: Final = socket.CMSG_SPACE(2 * array.array("i").itemsize) + CRED
 
 #: A registration (16 bytes) or a report (its header, its names and a request).
 DATAGRAM_BUFFER: Final = (
-    wire.REPORT.size + wire.REPORT_NAMES.size + 3 * PATH_MAX_BYTES + wire.REPORT_ARGV_MAX + wire.MAX_MESSAGE
+    wire_reports.REPORT.size
+    + wire_reports.REPORT_NAMES.size
+    + 3 * PATH_MAX_BYTES
+    + wire_reports.REPORT_ARGV_MAX
+    + wire_header.MAX_MESSAGE
 )
 
 
@@ -79,7 +85,7 @@ class RegistrationListener:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock: socket.socket | None = sock
-        #: Gets each report datagram (calls the shim decided itself, wire.REPORT_MAGIC) and its sender's pid.
+        #: Gets each report datagram (calls the shim decided itself, wire_header.REPORT_MAGIC) and its sender's pid.
         self._on_report = on_report
         self._accepts = accepts
         self._watch: readiness.Watch | None = None
@@ -104,7 +110,7 @@ class RegistrationListener:
                     raise StopAsyncIteration
                 logger.warning("ignoring an empty registration datagram")
                 continue
-            if data[:4] == wire.REPORT_MAGIC and not fds and self._on_report is not None:
+            if data[:4] == wire_header.REPORT_MAGIC and not fds and self._on_report is not None:
                 self._on_report(data, sender_pid(ancdata))
                 continue
             registered = _registration(data, fds, flags, sender_pid(ancdata), self._accepts)
@@ -130,7 +136,7 @@ class RegistrationListener:
             fds = received_fds(ancdata)
             if fds:
                 close_fds(fds)
-            elif data[:4] == wire.REPORT_MAGIC:
+            elif data[:4] == wire_header.REPORT_MAGIC:
                 self._on_report(data, sender_pid(ancdata))
             elif not data:
                 return
@@ -160,14 +166,14 @@ def _registration(
     or one that names another process than its sender."""
     try:
         if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-            raise wire.RemoteProtocolError("registration truncated")
-        pid = wire.decode_registration(data, len(fds))
+            raise wire_header.RemoteProtocolError("registration truncated")
+        pid = wire_registration.decode_registration(data, len(fds))
         if pid != sender:
-            raise wire.RemoteProtocolError(f"it names pid {pid} but was sent by pid {sender}")
+            raise wire_header.RemoteProtocolError(f"it names pid {pid} but was sent by pid {sender}")
         if accepts is not None and not accepts(pid):
-            raise wire.RemoteProtocolError(f"pid {pid} is not of the program's process tree")
+            raise wire_header.RemoteProtocolError(f"pid {pid} is not of the program's process tree")
         return pid, socket.socket(fileno=fds[0])
-    except (wire.RemoteProtocolError, OSError) as exc:
+    except (wire_header.RemoteProtocolError, OSError) as exc:
         close_fds(fds)
         logger.warning("ignoring a malformed registration: %s", exc)
         return None

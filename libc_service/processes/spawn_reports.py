@@ -19,7 +19,8 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from libc_service.protocol import wire
+from libc_service.protocol import wire_header
+from libc_service.protocol import wire_reports
 from libc_service.protocol.catalogue import GAI_ERRORS
 from libc_service.endpoints.master import close_fds, received_fds
 from libc_service.kernel.senders import ProcessTree, sender_pid
@@ -39,7 +40,7 @@ _PEEK_NOW: Final = int(socket.MSG_PEEK) | int(socket.MSG_DONTWAIT)
 _RECEIVE_NOW: Final = int(socket.MSG_CMSG_CLOEXEC) | int(socket.MSG_DONTWAIT)
 
 
-def _forwarded_result(function: str, report: wire.Report | wire.ForwardResult) -> tuple[Result, int]:
+def _forwarded_result(function: str, report: wire_reports.Report | wire_reports.ForwardResult) -> tuple[Result, int]:
     """A forwarded call's result and errno as a :class:`~libc_service.policy.router.Decision` carries them.
 
     getaddrinfo's code becomes the error's name (``"noname"``, ``"system"``
@@ -76,9 +77,9 @@ class TreeReports:
         #: Every pid that registered: their held decisions are released at the end.
         self._pids: set[int] = set()
         #: Observers of the calls the shim decided, as plain data (observe()).
-        self._plain_observers: list[Callable[[wire.PlainReport], None]] = []
+        self._plain_observers: list[Callable[[wire_reports.PlainReport], None]] = []
 
-    def observe(self, observer: Callable[[wire.PlainReport], None]) -> None:
+    def observe(self, observer: Callable[[wire_reports.PlainReport], None]) -> None:
         """Give the calls the shim decided to ``observer`` as plain data, not to the router's observers
         (see :meth:`~libc_service.processes.spawn.SlaveProcess.observe_reports`)."""
         self._plain_observers.append(observer)
@@ -118,15 +119,15 @@ class TreeReports:
         from libc_service.policy.router import Decision
 
         try:
-            report = wire.decode_report(data)
-        except wire.RemoteProtocolError as exc:
+            report = wire_reports.decode_report(data)
+        except wire_header.RemoteProtocolError as exc:
             logger.warning("ignoring a malformed report: %s", exc)
             return
-        pid = report.pid if isinstance(report, wire.ForwardResult) else report.request.pid
+        pid = report.pid if isinstance(report, wire_reports.ForwardResult) else report.request.pid
         if not self._believed(pid, sender):
             return
         self._count_lost(pid, report.lost)
-        if isinstance(report, wire.ForwardResult):
+        if isinstance(report, wire_reports.ForwardResult):
             self.router.forward_result(
                 report.pid,
                 report.tid,
@@ -176,7 +177,7 @@ class TreeReports:
         """
         while True:
             try:
-                magic = sock.recv(len(wire.REPORT_MAGIC), _PEEK_NOW)
+                magic = sock.recv(len(wire_header.REPORT_MAGIC), _PEEK_NOW)
             except (BlockingIOError, InterruptedError):
                 idle()
                 return True
@@ -185,7 +186,7 @@ class TreeReports:
             if not magic and hung_up(sock):  # every process of the tree has closed its end
                 idle()
                 return True
-            if magic != wire.REPORT_MAGIC:
+            if magic != wire_header.REPORT_MAGIC:
                 return False
             try:
                 data, ancdata, _, _ = sock.recvmsg(DATAGRAM_BUFFER, ANCILLARY_SPACE, _RECEIVE_NOW)
@@ -228,14 +229,14 @@ class TreeReports:
     def _plain_report(self, data: bytes, sender: int | None) -> None:
         """A report for plain observers: validated, no model built, its sender checked."""
         try:
-            report = wire.plain_report(data)
-        except wire.RemoteProtocolError as exc:
+            report = wire_reports.plain_report(data)
+        except wire_header.RemoteProtocolError as exc:
             logger.warning("ignoring a malformed report: %s", exc)
             return
-        pid = report.pid if isinstance(report, wire.ForwardResult) else report.fields["pid"]
+        pid = report.pid if isinstance(report, wire_reports.ForwardResult) else report.fields["pid"]
         if not self._believed(pid, sender):
             return
-        if isinstance(report, wire.ForwardResult):
+        if isinstance(report, wire_reports.ForwardResult):
             self._count_lost(report.pid, report.lost)
             self.router.forward_result(
                 report.pid,

@@ -1,6 +1,6 @@
 """The protocol state of one channel end, apart from both the codec and the I/O.
 
-:mod:`libc_service.protocol.wire` turns bytes into messages and back; this module
+The codec (:mod:`libc_service.protocol.wire_requests`, :mod:`libc_service.protocol.wire_replies`) turns bytes into messages and back; this module
 keeps the rules that span messages, the way h11's ``Connection`` does for
 HTTP: which calls are in flight, that each gets exactly one reply, that a
 reply matches the request it answers, how many calls may be in flight at
@@ -10,8 +10,8 @@ socket nor closes a descriptor, so the rules are tested without processes
 :class:`~libc_service.Master`, the threaded :class:`~libc_service.Slave`
 and the benchmarks.
 
-Errors: :class:`~libc_service.protocol.wire.RemoteProtocolError` for what the peer
-did wrong (the session ends), :class:`~libc_service.protocol.wire.LocalProtocolError`
+Errors: :class:`~libc_service.protocol.wire_header.RemoteProtocolError` for what the peer
+did wrong (the session ends), :class:`~libc_service.protocol.wire_header.LocalProtocolError`
 or ``TypeError`` for a reply the protocol cannot carry, and ``RuntimeError``
 for a call answered twice (the caller's bug, as answering an asyncio
 future twice is).
@@ -24,7 +24,11 @@ import socket
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
-from libc_service.protocol import wire
+from libc_service.protocol import wire_header
+
+from libc_service.protocol import wire_replies
+
+from libc_service.protocol import wire_requests
 
 if TYPE_CHECKING:
     from libc_service.protocol.replies import Result
@@ -42,15 +46,15 @@ CallT = TypeVar("CallT", bound=Hashable)
 def check_received(data: bytes, nfds: int, flags: int, max_fds: int) -> None:
     """The size rules every received datagram obeys, before it is decoded.
 
-    Raises :class:`~libc_service.protocol.wire.RemoteProtocolError`: a message the
+    Raises :class:`~libc_service.protocol.wire_header.RemoteProtocolError`: a message the
     kernel truncated (too large, or more descriptors than the receiver's
     buffer holds), one longer than the protocol allows, or one carrying more
     descriptors than any message of its direction may.
     """
-    if flags & TRUNCATED or len(data) > wire.MAX_MESSAGE:
-        raise wire.RemoteProtocolError("message or its descriptors truncated (too large or too many)")
+    if flags & TRUNCATED or len(data) > wire_header.MAX_MESSAGE:
+        raise wire_header.RemoteProtocolError("message or its descriptors truncated (too large or too many)")
     if nfds > max_fds:
-        raise wire.RemoteProtocolError(f"{nfds} descriptors on one message")
+        raise wire_header.RemoteProtocolError(f"{nfds} descriptors on one message")
 
 
 class MasterChannel(Generic[CallT]):
@@ -98,15 +102,15 @@ class MasterChannel(Generic[CallT]):
 
         ``fds`` are the descriptors that came with it (they become the
         request's descriptor fields); ``flags`` are ``recvmsg``'s. Raises
-        :class:`~libc_service.protocol.wire.RemoteProtocolError` for anything
+        :class:`~libc_service.protocol.wire_header.RemoteProtocolError` for anything
         malformed; the descriptors stay the caller's to close.
         """
         # check_received's rules, inline: this runs once per call on the hot path.
-        if flags & TRUNCATED or len(data) > wire.MAX_MESSAGE:
-            raise wire.RemoteProtocolError("message or its descriptors truncated (too large or too many)")
-        if len(fds) > wire.MAX_REQUEST_FDS:
-            raise wire.RemoteProtocolError(f"{len(fds)} descriptors on one message")
-        return wire.decode_request(data, fds)
+        if flags & TRUNCATED or len(data) > wire_header.MAX_MESSAGE:
+            raise wire_header.RemoteProtocolError("message or its descriptors truncated (too large or too many)")
+        if len(fds) > wire_header.MAX_REQUEST_FDS:
+            raise wire_header.RemoteProtocolError(f"{len(fds)} descriptors on one message")
+        return wire_requests.decode_request(data, fds)
 
     def open(self, call: CallT) -> None:
         """Count ``call`` in flight until its reply goes out."""
@@ -118,10 +122,12 @@ class MasterChannel(Generic[CallT]):
         """The reply datagram answering ``call``, which is then no longer waiting.
 
         Raises ``RuntimeError`` if ``call`` is not waiting (answered already,
-        or never opened), and as :func:`~libc_service.protocol.wire.encode_reply_to`
+        or never opened), and as :func:`~libc_service.protocol.wire_replies.encode_reply_to`
         for a reply the protocol cannot carry; the call then stays waiting.
         """
-        data = wire.encode_reply_to(request.function, request.tid, request.request_id, result, errno, False, nfds)
+        data = wire_replies.encode_reply_to(
+            request.function, request.tid, request.request_id, result, errno, False, nfds
+        )
         try:
             self._waiting.remove(call)
         except KeyError:
@@ -133,7 +139,7 @@ class MasterChannel(Generic[CallT]):
         """The reply telling the slave to do ``call`` itself (see :meth:`reply`)."""
         if call not in self._waiting:
             raise RuntimeError(f"the {request.function} call was already answered")
-        data = wire.encode_reply_to(request.function, request.tid, request.request_id, forward=True)
+        data = wire_replies.encode_reply_to(request.function, request.tid, request.request_id, forward=True)
         self._waiting.discard(call)
         self._sending.add(call)
         return data
@@ -208,13 +214,13 @@ class SlaveChannel:
     def send(self, request: Request) -> tuple[bytes, list[int]]:
         """The datagram and descriptors asking ``request``; the thread then waits for its reply.
 
-        Raises :class:`~libc_service.protocol.wire.LocalProtocolError` if the
+        Raises :class:`~libc_service.protocol.wire_header.LocalProtocolError` if the
         request's thread already has a call in flight (replies are routed
-        by thread id), and as :func:`~libc_service.protocol.wire.encode_request`.
+        by thread id), and as :func:`~libc_service.protocol.wire_requests.encode_request`.
         """
         if request.tid in self._in_flight:
-            raise wire.LocalProtocolError(f"thread {request.tid} already has a call in flight")
-        encoded = wire.encode_request(request)
+            raise wire_header.LocalProtocolError(f"thread {request.tid} already has a call in flight")
+        encoded = wire_requests.encode_request(request)
         self._in_flight[request.tid] = request
         return encoded
 
@@ -222,21 +228,21 @@ class SlaveChannel:
         """Forget the call of thread ``tid`` (its request could not be sent)."""
         self._in_flight.pop(tid, None)
 
-    def receive(self, data: bytes, nfds: int, flags: int = 0) -> wire.ReplyMessage:
+    def receive(self, data: bytes, nfds: int, flags: int = 0) -> wire_replies.ReplyMessage:
         """The reply a received datagram carries, matched to the call it answers.
 
-        Raises :class:`~libc_service.protocol.wire.RemoteProtocolError` for a
+        Raises :class:`~libc_service.protocol.wire_header.RemoteProtocolError` for a
         malformed reply, one for a thread with no call in flight, or one
         whose request id or function is not its call's (the channel is then
         out of step: nothing later on it can be trusted).
         """
-        check_received(data, nfds, flags, wire.MAX_REPLY_FDS)
-        message = wire.decode_reply(data, nfds)
+        check_received(data, nfds, flags, wire_header.MAX_REPLY_FDS)
+        message = wire_replies.decode_reply(data, nfds)
         request = self._in_flight.get(message.tid)
         if request is None:
-            raise wire.RemoteProtocolError(f"a reply for thread {message.tid}, which has no call in flight")
+            raise wire_header.RemoteProtocolError(f"a reply for thread {message.tid}, which has no call in flight")
         if message.request_id != request.request_id or message.function != request.function:
-            raise wire.RemoteProtocolError(
+            raise wire_header.RemoteProtocolError(
                 f"reply for request {message.request_id} ({message.function}) "
                 f"answered request {request.request_id} ({request.function})"
             )

@@ -34,7 +34,7 @@ numbers *in the master*, valid until the reply goes out:
   relative socket path too (the slave's working directory).
 - ``socket``: the slave's socket, for ``connect_*``/``bind_*``.
 
-Models built from slave bytes by :mod:`libc_service.protocol.wire` are validated by the
+Models built from slave bytes by :mod:`libc_service.protocol.wire_requests` are validated by the
 codec once and constructed without a second pass; models a program builds
 itself (for :class:`~libc_service.Slave`) are validated by pydantic.
 """

@@ -26,11 +26,13 @@ from typing import Any, Final, Literal
 from pydantic import ValidationError
 
 from libc_service.kernel import libc as kernel
+from libc_service.protocol import openflags
 from libc_service.protocol.catalogue import UNIX_PATH_MAX
 from libc_service.seccomp.abi import Continue, Refuse
 from libc_service.seccomp.filter import AT_EMPTY_PATH, NOTIFIED
 from libc_service.seccomp.memory import AT_FDCWD, PAGE, Fetched, ThreadStatus, read_memory, read_string
-from libc_service.protocol.requests import REQUEST_TYPES, Request, exact_path
+from libc_service.protocol.construct import construct
+from libc_service.protocol.requests import Request, exact_path
 
 __all__ = [
     "BY_NUMBER",
@@ -53,40 +55,12 @@ _AT_STATX_SYNC_TYPE: Final = 0x6000
 _RENAME_NOREPLACE: Final = 1
 _SOCKADDR_MAX: Final = 128
 
-# Open flags as the kernel sees them on x86_64 (userspace O_LARGEFILE is 0 there).
-_O_ACCMODE: Final = 0o3
-_O_CREAT: Final = 0o100
-_O_TRUNC: Final = 0o1000
-O_CLOEXEC: Final = 0o2000000
-_O_SYNC: Final = 0o4010000
-_O_DSYNC: Final = 0o10000
-_O_TMPFILE: Final = 0o20200000
-_O_DIRECTORY: Final = 0o200000
-_OPEN_FLAG_NAMES: Final[tuple[tuple[int, str], ...]] = (
-    (0o200, "exclusive"),
-    (0o400, "no_ctty"),
-    (0o1000, "truncate"),
-    (0o2000, "append"),
-    (0o4000, "non_blocking"),
-    (0o20000, "async_signals"),
-    (0o40000, "direct"),
-    (0o100000, "large_file"),
-    (0o400000, "no_follow"),
-    (0o1000000, "no_atime"),
-    (O_CLOEXEC, "close_on_exec"),
-    (0o10000000, "path"),
-    (_O_CREAT, "create"),
-)
-_O_KNOWN: Final = sum(bit for bit, _ in _OPEN_FLAG_NAMES) | _O_ACCMODE | _O_SYNC | _O_TMPFILE
-_ACCESS_MODE_NAMES: Final = ("read_only", "write_only", "read_write")
-_RESOLVE_NAMES: Final[tuple[tuple[int, str], ...]] = (
-    (0x01, "resolve_no_xdev"),
-    (0x02, "resolve_no_magiclinks"),
-    (0x04, "resolve_no_symlinks"),
-    (0x08, "resolve_beneath"),
-    (0x10, "resolve_in_root"),
-    (0x20, "resolve_cached"),
-)
+# Open flags come from the one table (protocol/openflags.py); the transport runs
+# on x86_64 only, where the kernel's values are the os module's, except that
+# userspace defines O_LARGEFILE as 0 while a program may pass the kernel's bit.
+_O_LARGEFILE: Final = 0o100000
+_O_KNOWN: Final = openflags.KNOWN_OS_FLAGS | _O_LARGEFILE
+O_CLOEXEC: Final = os.O_CLOEXEC
 _OPEN_HOW_SIZE: Final = 24
 
 # Own function objects (``libc[name]``): the argtypes below stay this module's.
@@ -138,26 +112,14 @@ def _signed(value: int) -> int:
 
 
 def _open_fields(flags: int, mode: int, resolve: int, strict: bool) -> dict[str, Any]:
-    if flags & _O_ACCMODE == _O_ACCMODE:
+    if flags & os.O_ACCMODE == os.O_ACCMODE:
         raise Refuse(errno_module.EINVAL)  # "3" (ioctl-only access): no request says it; never continued
     unknown = flags & ~_O_KNOWN & 0xFFFFFFFF
     if unknown and strict:
         raise Refuse(errno_module.EINVAL)
-    names = {_ACCESS_MODE_NAMES[flags & _O_ACCMODE]}
-    names.update(name for bit, name in _OPEN_FLAG_NAMES if flags & bit)
-    if flags & _O_SYNC == _O_SYNC:
-        names.add("sync_all_on_write")
-    elif flags & _O_DSYNC:
-        names.add("sync_data_on_write")
-    if flags & _O_TMPFILE == _O_TMPFILE:
-        names.add("temporary")
-    elif flags & _O_DIRECTORY:
-        names.add("directory")
-    for bit, name in _RESOLVE_NAMES:
-        if resolve & bit:
-            names.add(name)
     if resolve & ~0x3F:
         raise Refuse(errno_module.EINVAL)
+    names = openflags.names_of(flags, resolve, large_file=_O_LARGEFILE)
     takes_mode = "create" in names or "temporary" in names
     if strict and mode and not takes_mode:
         raise Refuse(errno_module.EINVAL)
@@ -264,7 +226,7 @@ def decode(notification: Notification, fetched: Fetched) -> tuple[dict[str, Any]
             "no_replace": bool(flags),
         }, ReplyContext()
     if name == "creat":
-        fields = _open_fields(_O_CREAT | _O_TRUNC | 1, args[1], 0, strict=False) | path_at(None, 0)
+        fields = _open_fields(os.O_CREAT | os.O_TRUNC | os.O_WRONLY, args[1], 0, strict=False) | path_at(None, 0)
         return fields | {"function": "open"}, ReplyContext()
     if name in METADATA_CALLS:
         return _metadata_fields(name, notification, fetched, path_at), ReplyContext()
@@ -472,12 +434,11 @@ def build_request(fields: dict[str, Any], notification: Notification, thread: Th
     ``decode`` checks what the models check (paths are NUL-free C strings
     of at most 4095 bytes, flags and modes come from tables, addresses are
     ``ipaddress`` objects); building with pydantic's validation would cost
-    more than the rest of the call (docs/performance.md), and
-    ``model_construct`` as much. Models that are not
-    plain data (validators that derive fields) are validated instead.
+    more than the rest of the call (docs/performance.md). The one way to
+    build a model from checked fields is :func:`~libc_service.protocol.construct.construct`,
+    shared with the codec: models that are not plain data are validated there.
     """
     function = fields["function"]
-    model = REQUEST_TYPES[function]
     values: dict[str, Any] = {
         "pid": thread.pid,
         "tid": notification.tid,
@@ -493,43 +454,10 @@ def build_request(fields: dict[str, Any], notification: Notification, thread: Th
             values[name] = exact_path(values[name])
     if function in ("connect_unix", "bind_unix") and len(os.fsencode(str(values["path"]))) > UNIX_PATH_MAX:
         raise Refuse(errno_module.EINVAL)
-    if function in _PLAIN_MODELS:
-        try:
-            ordered = {
-                name: values[name] if name in values else info.default for name, info in model.model_fields.items()
-            }
-        except KeyError:
-            pass  # a required field the decoder did not give: let pydantic say which
-        else:
-            request = model.__new__(model)
-            _set_attribute(request, "__dict__", ordered)
-            _set_attribute(request, "__pydantic_fields_set__", set(values) & set(ordered))
-            _set_attribute(request, "__pydantic_extra__", None)
-            _set_attribute(request, "__pydantic_private__", None)
-            return request  # type: ignore[return-value]
-    values = {key: value for key, value in values.items() if key in model.model_fields}
     try:
-        return model.model_validate(values)  # type: ignore[return-value]
+        return construct(function, values)
     except ValidationError as exc:
         raise Refuse(_errno_for(exc)) from None
-
-
-_set_attribute: Final = object.__setattr__
-
-
-def _plain(model: type[Any]) -> bool:
-    """Whether a model is plain data: no private attributes, post-init hooks, aliases or factories."""
-    return (
-        not getattr(model, "__pydantic_post_init__", True)
-        and not getattr(model, "__private_attributes__", True)
-        and all(
-            f.alias is None and f.validation_alias is None and f.default_factory is None
-            for f in model.model_fields.values()
-        )
-    )
-
-
-_PLAIN_MODELS: Final = frozenset(name for name, model in REQUEST_TYPES.items() if _plain(model))
 
 
 def _errno_for(error: ValidationError) -> int:

@@ -57,9 +57,9 @@
 #define LCS_ADDRINFO_ENTRY 24
 
 /* Field offsets (little-endian fields; docs/protocol.md).  Each equals
- * wire.py's struct layout (tests/test_wire_layout.py). */
+ * the Python codec's struct layout, wire_*.py (tests/test_wire_layout.py). */
 
-/* Request header (wire.REQUEST); the groups follow it, then the strings. */
+/* Request header (wire_requests.REQUEST); the groups follow it, then the strings. */
 #define LCS_REQ_MAGIC_OFFSET 0      /* "LCSq" */
 #define LCS_REQ_VERSION_OFFSET 4    /* u16 */
 #define LCS_REQ_FUNCTION_OFFSET 6   /* u16 */
@@ -80,7 +80,7 @@
 #define LCS_REQ_FSUID_OFFSET 64     /* u32 */
 #define LCS_REQ_FSGID_OFFSET 68     /* u32 */
 
-/* Reply header (wire.REPLY); the payload follows it. */
+/* Reply header (wire_replies.REPLY); the payload follows it. */
 #define LCS_REPLY_MAGIC_OFFSET 0     /* "LCSr" */
 #define LCS_REPLY_VERSION_OFFSET 4   /* u16 */
 #define LCS_REPLY_FUNCTION_OFFSET 6  /* u16 */
@@ -93,7 +93,7 @@
 #define LCS_REPLY_COUNT_OFFSET 34    /* u16 */
 #define LCS_REPLY_RESERVED_OFFSET 36 /* zero up to LCS_REPLY_HEADER */
 
-/* Stat record (wire.STAT). */
+/* Stat record (wire_replies.STAT). */
 #define LCS_STAT_DEV_OFFSET 0      /* u64 */
 #define LCS_STAT_INO_OFFSET 8      /* u64 */
 #define LCS_STAT_NLINK_OFFSET 16   /* u64 */
@@ -121,14 +121,14 @@
 #define LCS_STAT_BTIME 1
 #define LCS_STAT_MNT_ID 2
 
-/* getaddrinfo entry (wire.ADDRINFO). */
+/* getaddrinfo entry (wire_replies.ADDRINFO). */
 #define LCS_AI_FAMILY_OFFSET 0   /* u8: 4 or 6 */
 #define LCS_AI_RESERVED_OFFSET 1 /* u8, zero */
 #define LCS_AI_PORT_OFFSET 2     /* u16 */
 #define LCS_AI_SCOPE_ID_OFFSET 4 /* u32 */
 #define LCS_AI_ADDRESS_OFFSET 8  /* 16 bytes; an IPv4 address's last 12 zero */
 
-/* Registration ("hello", wire.REGISTRATION), with the channel's other end. */
+/* Registration ("hello", wire_registration.REGISTRATION), with the channel's other end. */
 #define LCS_HELLO_SIZE 16
 #define LCS_HELLO_MAGIC_OFFSET 0     /* "LCSh" */
 #define LCS_HELLO_VERSION_OFFSET 4   /* u16 */
@@ -136,11 +136,11 @@
 #define LCS_HELLO_PID_OFFSET 8       /* u32 */
 #define LCS_HELLO_RESERVED2_OFFSET 12 /* u32, zero */
 
-/* Report header (wire.REPORT, LCS_REPORT_HEADER bytes).  A report of a
+/* Report header (wire_reports.REPORT, LCS_REPORT_HEADER bytes).  A report of a
  * call the rules decided (LCS_REPORT_FORWARDED, LCS_REPORT_DENIED) goes on
  * with the request as it would have been sent; one of a call the master
  * answered "forward" (LCS_REPORT_RESULT) with the call's identity
- * (wire.REPORT_CALL, LCS_REPORT_CALL_SIZE bytes). */
+ * (wire_reports.REPORT_CALL, LCS_REPORT_CALL_SIZE bytes). */
 #define LCS_REPORT_MAGIC_OFFSET 0    /* "LCSo" */
 #define LCS_REPORT_VERSION_OFFSET 4  /* u16 */
 #define LCS_REPORT_OUTCOME_OFFSET 6  /* u8, LCS_REPORT_FORWARDED/DENIED/RESULT */
@@ -151,7 +151,7 @@
 #define LCS_REPORT_DURATION_OFFSET 24 /* u64: ns the real call took (0: a denial, none) */
 
 /* After the report header of a call the rules decided, before its request
- * (wire.REPORT_NAMES, LCS_REPORT_NAMES_SIZE bytes): the lengths of the
+ * (wire_reports.REPORT_NAMES, LCS_REPORT_NAMES_SIZE bytes): the lengths of the
  * names that follow it, in this order, no NUL: the directories its
  * relative paths are relative to (the first path's, the second's:
  * rename's new path; 0 for an absolute path or a directory the shim
@@ -166,7 +166,7 @@
 #define LCS_REPORT_NAMES_ARGV_OFFSET 6 /* u16 */
 #define LCS_REPORT_ARGV_MAX 4096
 
-/* The identity of a call the master answered "forward" (wire.REPORT_CALL):
+/* The identity of a call the master answered "forward" (wire_reports.REPORT_CALL):
  * its request header's pid, tid, id and function. */
 #define LCS_REPORT_CALL_SIZE 20
 #define LCS_REPORT_CALL_PID_OFFSET 0       /* u32 */

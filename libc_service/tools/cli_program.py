@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from libc_service.confinement.sandbox import Sandbox
-    from libc_service.protocol.wire import PlainReport
+    from libc_service.protocol.wire_reports import PlainReport
 else:
     asyncio = on_first_use("asyncio", globals())
 

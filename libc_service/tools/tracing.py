@@ -44,7 +44,7 @@ from libc_service.kernel.lazyimport import on_first_use
 if TYPE_CHECKING:
     import asyncio
     from libc_service.protocol.requests import Request
-    from libc_service.protocol.wire import PlainReport
+    from libc_service.protocol.wire_reports import PlainReport
 else:
     asyncio = on_first_use("asyncio", globals())
 
@@ -299,7 +299,7 @@ class Tracer:
     lines); ``failed_only`` writes only the calls that failed; ``count``
     writes no line, but counts the calls and their failures per function,
     and :meth:`close` writes the table. Calls the shim decided reach it as
-    :class:`~libc_service.protocol.wire.PlainReport` (:meth:`report`) when the
+    :class:`~libc_service.protocol.wire_reports.PlainReport` (:meth:`report`) when the
     ``trace`` command serves them: no request model is built for them.
     """
 
@@ -369,7 +369,7 @@ class Tracer:
         )
 
     def report(self, report: PlainReport) -> None:
-        """A call the shim decided, from its validated report (:func:`libc_service.protocol.wire.plain_report`)."""
+        """A call the shim decided, from its validated report (:func:`libc_service.protocol.wire_reports.plain_report`)."""
         if report.outcome == "forward":
             result: int = report.result
             errno = report.errno if result < 0 else 0
