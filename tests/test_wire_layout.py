@@ -35,7 +35,7 @@ from libc_service.policy import rules as rule_table
 #: The codec's modules, where each named constant lives.
 CODEC = (wire_header, wire_fields, wire_requests, wire_replies, wire_reports, wire_registration)
 
-HEADER = Path(wire_header.__file__).with_name("shim") / "shim.h"
+HEADER = Path(wire_header.__file__).parent.parent / "shim" / "shim.h"
 
 
 def _evaluate(expression: str, known: dict[str, int]) -> int | None:
