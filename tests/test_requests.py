@@ -34,12 +34,11 @@ from libc_service.protocol.requests import (
     OpenatRequest,
     OpenRequest,
     RenameRequest,
-    ExactPath,
     Request,
     StatRequest,
-    exact_path,
     parse_request,
 )
+from libc_service.protocol.paths import ExactPath, exact_path
 
 
 def test_there_is_one_model_per_function_tagged_with_its_name() -> None:

@@ -18,6 +18,7 @@ import struct
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
 
+from libc_service.protocol.paths import exact_path
 from libc_service.protocol.catalogue import MAX_GROUPS, METADATA_FD_FUNCTIONS, OPEN_FLAGS, PATH_MAX_BYTES, UNIX_PATH_MAX
 from libc_service.protocol import requests  # loaded on first use (libc_service/__init__.py)
 from libc_service.protocol.openflags import OPEN_FLAG_BITS
@@ -275,7 +276,7 @@ def _path_of(raw: bytes) -> PurePosixPath:
     # Building a PurePosixPath is a third of decoding a request
     # (docs/performance.md); programs stat and open the same paths over and over. Paths are
     # immutable, so requests may share one.
-    return requests.exact_path(os.fsdecode(raw))
+    return exact_path(os.fsdecode(raw))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -288,7 +289,7 @@ def unix_path(raw: bytes, text: bool = False) -> PurePosixPath | str:
         raise RemoteProtocolError(f"unix socket path of {len(raw)} bytes (1..{UNIX_PATH_MAX})")
     if raw[0] != 0 and b"\0" in raw:
         raise RemoteProtocolError("unix socket path contains NUL")
-    return os.fsdecode(raw) if text else requests.exact_path(os.fsdecode(raw))
+    return os.fsdecode(raw) if text else exact_path(os.fsdecode(raw))
 
 
 def name_of(raw: bytes, present: int, limit: int, what: str) -> str | None:
