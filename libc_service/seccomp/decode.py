@@ -32,7 +32,8 @@ from libc_service.seccomp.abi import Continue, Refuse
 from libc_service.seccomp.filter import AT_EMPTY_PATH, NOTIFIED
 from libc_service.seccomp.memory import AT_FDCWD, PAGE, Fetched, ThreadStatus, read_memory, read_string
 from libc_service.protocol.construct import construct
-from libc_service.protocol.requests import Request, exact_path
+from libc_service.protocol.paths import exact_path
+from libc_service.protocol.requests import Request
 
 __all__ = [
     "BY_NUMBER",
