@@ -133,7 +133,7 @@ class LogWatch(logging.Handler):
     @staticmethod
     def _deliberate(record: logging.LogRecord) -> bool:
         """The buggy handler's failure: logged once with its traceback, then
-        counted again at 10, 100, 1000... occurrences (libc_service.policy.outcomes.BugLog)."""
+        counted again at 10, 100, 1000... occurrences (libc_service.protocol.outcomes.BugLog)."""
         if record.name != "libc_service.policy.router":
             return False
         error = record.exc_info[1] if record.exc_info else None

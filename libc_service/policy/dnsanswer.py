@@ -37,7 +37,7 @@ import socket
 from typing import Any, Final
 
 from libc_service.policy import names
-from libc_service.policy.outcomes import Errno, WithFds
+from libc_service.protocol.outcomes import Errno, WithFds
 
 __all__ = ["answer_queries"]
 

@@ -5,7 +5,7 @@ dispatch, :meth:`Router.routes` and ``libc-service docs`` all read. The
 router registers, decides and tells observers; the session loop is the
 master's (:meth:`Master.serve <libc_service.endpoints.master.Master.serve>`, to which
 the router is a :class:`~libc_service.endpoints.master.Dispatcher`), and what a
-handler's outcome becomes on the wire is :mod:`libc_service.policy.outcomes`'s:
+handler's outcome becomes on the wire is :mod:`libc_service.protocol.outcomes`'s:
 
 | handler outcome | reply |
 |---|---|
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 from libc_service.policy import names
 from libc_service.policy.conditions import Condition, name_patterns
 from libc_service.endpoints.master import Call, Master, SessionClosed, discard
-from libc_service.policy.outcomes import (
+from libc_service.protocol.outcomes import (
     FORWARD,
     PASS,
     BugLog,

@@ -93,7 +93,7 @@ from libc_service.policy.conditions import (
     UnderCondition,
     WritingCondition,
 )
-from libc_service.policy.outcomes import FORWARD, Errno
+from libc_service.protocol.outcomes import FORWARD, Errno
 from libc_service.protocol.catalogue import FUNCTIONS
 from libc_service.protocol.openflags import OPEN_FLAG_BITS
 

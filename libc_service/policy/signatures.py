@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, Union
 
 from libc_service.protocol.catalogue import GAI_ERRORS
-from libc_service.policy.outcomes import Sentinel, WithFds
+from libc_service.protocol.outcomes import Sentinel, WithFds
 from libc_service.protocol import replies  # loaded on first use (libc_service/__init__.py)
 from libc_service.protocol import requests
 

@@ -11,7 +11,7 @@
 | anything else, or an exception | logged; the router's ``error_errno`` (fail closed) |
 
 A policy's mistake is reported under the router's logger, as the shim
-transport reports it (:mod:`libc_service.policy.outcomes`), and fails only its call.
+transport reports it (:mod:`libc_service.protocol.outcomes`), and fails only its call.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from libc_service.endpoints.master import close_fds
 from libc_service.seccomp.abi import ADDFD_FLAG_SEND, ADDFD_FLAG_SETFD, FLAG_CONTINUE, Gone, add_fd, respond
 from libc_service.seccomp.decode import O_CLOEXEC, Notification, ReplyContext
 from libc_service.seccomp.memory import slave_cloexec
-from libc_service.policy.outcomes import FORWARD, Summary, WithFds
+from libc_service.protocol.outcomes import FORWARD, Summary, WithFds
 from libc_service.acting.files import installable
 from libc_service.protocol.replies import Stat
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from libc_service.endpoints.master import close_fds
-from libc_service.policy.outcomes import WithFds
+from libc_service.protocol.outcomes import WithFds
 from libc_service.policy.slavepath import exact_name
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from libc_service.policy.outcomes import FORWARD
+from libc_service.protocol.outcomes import FORWARD
 from libc_service.policy.router import Decision, Router
 
 __all__ = ["shim_relay"]

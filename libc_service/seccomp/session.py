@@ -72,7 +72,7 @@ from libc_service.seccomp.loading import LoadingCalls
 from libc_service.seccomp.memory import Fetched, thread_status
 from libc_service.seccomp.statwrite import AnswerOnce, StatWriter
 from libc_service.kernel.offloop import BoundedWorkers
-from libc_service.policy.outcomes import FORWARD, Summary
+from libc_service.protocol.outcomes import FORWARD, Summary
 from libc_service.policy.rendezvous import WAITING
 from libc_service.policy.router import Decision, Transport, named_directories
 

@@ -23,7 +23,7 @@ from libc_service.seccomp.abi import Gone, Refuse, check_valid, respond
 from libc_service.seccomp.answer import StatWrite
 from libc_service.seccomp.memory import write_memory
 from libc_service.kernel.offloop import BoundedWorkers, Stalled
-from libc_service.policy.outcomes import Summary
+from libc_service.protocol.outcomes import Summary
 
 __all__ = ["AnswerOnce", "StatWriter"]
 

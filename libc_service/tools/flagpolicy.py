@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from libc_service.policy.conditions import Condition, to, under, writing
-from libc_service.policy.outcomes import FORWARD, Errno
+from libc_service.protocol.outcomes import FORWARD, Errno
 from libc_service.tools.policy_file import LoadedPolicy, PolicyError
 from libc_service.policy.router import Route, Router
 
