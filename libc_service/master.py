@@ -34,12 +34,14 @@ import os
 import socket
 import termios
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Sequence
 from types import TracebackType
 from typing import ClassVar, TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 from . import wire
 from .channel import MasterChannel
+from .descriptors import close_fds, received_fds
+from .idle_cpu import IDLE_CPU
 
 from .lazyimport import on_first_use
 
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
 else:
     asyncio = on_first_use("asyncio", globals())
 
-__all__ = ["Call", "Dispatcher", "IdleCpu", "Master", "SessionClosed", "close_fds", "discard", "received_fds"]
+__all__ = ["Call", "Dispatcher", "Master", "SessionClosed", "close_fds", "discard", "received_fds"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,6 @@ _CMSG_SPACE: Final = socket.CMSG_SPACE((wire.MAX_REQUEST_FDS + 1) * array.array(
 # more per call than the rest of the flag handling (docs/performance.md).
 _RECV_FLAGS: Final = int(socket.MSG_CMSG_CLOEXEC)
 _SEND_FLAGS: Final = int(socket.MSG_NOSIGNAL)
-_INT_SIZE: Final = array.array("i").itemsize
 #: Datagrams the reader callback takes in ahead of ``receive_call``; past
 #: that it stops watching the socket until they are consumed (backpressure:
 #: the slave's sends then block in the kernel).
@@ -87,15 +88,6 @@ class SessionClosed(EOFError):
         self.errno = errno
 
 
-def close_fds(fds: Iterable[int]) -> None:
-    """Close descriptors, ignoring ones already gone."""
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
 def _errno_value(errno: int | OSError) -> int:
     if isinstance(errno, OSError):
         if not errno.errno:
@@ -104,16 +96,6 @@ def _errno_value(errno: int | OSError) -> int:
     if isinstance(errno, bool) or not isinstance(errno, int):
         raise TypeError(f"errno is an int or an OSError, not {type(errno).__name__}")
     return errno
-
-
-def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    """Descriptors in ``SCM_RIGHTS`` control messages (partial ints dropped)."""
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % _INT_SIZE
-            fds.extend(array.array("i", data[:usable]))
-    return fds
 
 
 class Dispatcher(Protocol):
@@ -318,53 +300,6 @@ class _Ended(Exception):
     """Raised in a concurrent session's task group to cancel the calls still being decided."""
 
 
-class IdleCpu:
-    """Whether a CPU is free for busy-polling, sampled at most every :attr:`PERIOD` seconds.
-
-    Free means: since the previous sample, the machine's idle time plus
-    this process's own CPU time (its polling must not count against it)
-    add up to at least :attr:`SHARE` of one CPU. Read from ``/proc/stat``
-    (no ``/proc``: never free). The first call only takes a sample.
-    """
-
-    PERIOD: ClassVar[float] = 0.05
-    SHARE: ClassVar[float] = 0.9
-
-    def __init__(self, stat_path: str = "/proc/stat") -> None:
-        self.stat_path = stat_path
-        self._sampled_at = -1.0
-        self._free = False
-        self._last: tuple[float, float, float] | None = None
-        self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    def free(self) -> bool:
-        """Whether a CPU was free over the last period (cached between samples)."""
-        now = time.monotonic()
-        if now - self._sampled_at < self.PERIOD:
-            return self._free
-        self._sampled_at = now
-        try:
-            with open(self.stat_path, "rb") as stat:
-                fields = stat.readline().split()
-            idle = (int(fields[4]) + int(fields[5])) / self._ticks  # idle + iowait
-        except (OSError, IndexError, ValueError):
-            self._free, self._last = False, None
-            return False
-        times = os.times()
-        own = times.user + times.system
-        last, self._last = self._last, (now, idle, own)
-        if last is None:
-            self._free = False
-        else:
-            elapsed = now - last[0]
-            self._free = elapsed > 0 and (idle - last[1] + own - last[2]) / elapsed >= self.SHARE
-        return self._free
-
-
-#: The one sampler every master's adaptive busy-poll asks.
-IDLE_CPU: Final = IdleCpu()
-
-
 class Master:
     """The master end of one channel to one slave process.
 
@@ -387,7 +322,7 @@ class Master:
     #: Busy-poll only when it costs nobody (0: never, the default): like
     #: :attr:`busy_poll_ns`, but only while this is the process's one open
     #: master (no other session waits on the loop) and a CPU is otherwise
-    #: idle (:class:`IdleCpu`). The command line sets it: a lone program's
+    #: idle (:class:`~libc_service.idle_cpu.IdleCpu`). The command line sets it: a lone program's
     #: round trips lose the cross-CPU wake-up while a CPU is free, and
     #: nothing changes when the machine is busy.
     adaptive_busy_poll_ns: int = 0

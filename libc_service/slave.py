@@ -30,7 +30,7 @@ from typing import Any, Final, cast
 
 from . import wire
 from .channel import SlaveChannel
-from .master import close_fds, received_fds
+from .descriptors import close_fds, received_fds
 from .replies import Reply
 from .requests import REQUEST_TYPES, Request
 

@@ -773,15 +773,15 @@ async def test_the_in_flight_cap_stops_reading_until_a_call_is_answered() -> Non
 
 
 def test_a_cpu_is_free_when_idle_time_kept_up_with_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from libc_service import master
-    from libc_service.master import IdleCpu
+    from libc_service import idle_cpu
+    from libc_service.idle_cpu import IdleCpu
 
     stat = tmp_path / "stat"
     ticks = os.sysconf("SC_CLK_TCK")
     # The sampler's clock is the test's: a real sleep on a loaded machine lasts longer
     # than the idle time the test writes, and the test would measure the machine.
     clock = [100.0]
-    monkeypatch.setattr(master, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])}))
+    monkeypatch.setattr(idle_cpu, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])}))
     sampler = IdleCpu(str(stat))
     sampler.PERIOD = 0.0  # type: ignore[misc]  # sample on every call here
 
