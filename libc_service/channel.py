@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 from . import wire
 
 if TYPE_CHECKING:
+    from .outcomes import Answer
     from .replies import Result
     from .requests import Request
 
@@ -122,6 +123,23 @@ class MasterChannel(Generic[CallT]):
         for a reply the protocol cannot carry; the call then stays waiting.
         """
         data = wire.encode_reply_to(request.function, request.tid, request.request_id, result, errno, False, nfds)
+        try:
+            self._waiting.remove(call)
+        except KeyError:
+            raise RuntimeError(f"the {request.function} call was already answered") from None
+        self._sending.add(call)
+        return data
+
+    def answer(self, call: CallT, request: Request, answer: Answer) -> bytes:
+        """The reply datagram carrying ``answer`` to ``call`` (see :meth:`reply`, :meth:`forward`)."""
+        if answer.outcome == "forward":
+            return self.forward(call, request)
+        result = answer.result
+        if result is None:
+            raise TypeError(f"a {answer.outcome} answer has a result")
+        data = wire.encode_reply_to(
+            request.function, request.tid, request.request_id, result, answer.errno, False, len(answer.fds)
+        )
         try:
             self._waiting.remove(call)
         except KeyError:

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Iterable
 from typing import Final
 
-__all__ = ["close_fds", "received_fds"]
+__all__ = ["close_fds", "not_open", "received_fds"]
 
 _INT_SIZE: Final = array.array("i").itemsize
 
@@ -36,3 +36,18 @@ def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
             usable = len(data) - len(data) % _INT_SIZE
             fds.extend(array.array("i", data[:usable]))
     return fds
+
+
+def not_open(fds: Iterable[int]) -> str | None:
+    """Why one of ``fds`` cannot be handed over: the first that is not open (``None``: all are).
+
+    ``sendmsg`` (or seccomp's ``ADDFD``) fails for a descriptor that is not
+    open; asked first, a transport fails only the call that carried it
+    instead of the session.
+    """
+    for fd in fds:
+        try:
+            os.fstat(fd)
+        except OSError as exc:
+            return f"descriptor {fd} is not open: {exc.strerror}"
+    return None

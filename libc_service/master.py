@@ -40,13 +40,14 @@ from typing import ClassVar, TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 from . import wire
 from .channel import MasterChannel
-from .descriptors import close_fds, received_fds
+from .descriptors import close_fds, not_open, received_fds
 from .idle_cpu import IDLE_CPU
 
 from .lazyimport import on_first_use
 
 if TYPE_CHECKING:
     import asyncio
+    from .outcomes import Answer
     from .replies import Result
     from .requests import Request
 else:
@@ -105,8 +106,8 @@ class Dispatcher(Protocol):
     session's task, or, in sequential mode, from the master's reader
     callback while the task waits, so that a call a plain function can
     decide costs no task switch. It either answers the call before
-    returning (with :meth:`Call.try_send`/:meth:`Call.try_forward`, or
-    drops it with :meth:`Call.abandon`) and returns ``None``, or returns an
+    returning (with :meth:`Call.answer`, or drops it with
+    :meth:`Call.abandon`) and returns ``None``, or returns an
     awaitable that answers it: in sequential mode the session's task awaits
     it before the next call, in concurrent mode it runs in a task of the
     session's task group. An awaitable never awaited (the session ended
@@ -126,10 +127,13 @@ class Dispatcher(Protocol):
 class Call:
     """One request awaiting its reply, with the descriptors that came with it.
 
-    Reply exactly once: with :meth:`send`, :meth:`send_with_fds` or
-    :meth:`use_slave_credentials` from a coroutine, or with
-    :meth:`try_send`/:meth:`try_forward` (then :meth:`flush` if they return
-    ``False``) from synchronous code. Descriptor ownership: the descriptors
+    Reply exactly once: with :meth:`answer` (what a dispatcher does), with
+    :meth:`send`, :meth:`send_with_fds` or :meth:`use_slave_credentials`
+    from a coroutine, or with :meth:`try_send`/:meth:`try_forward` from
+    synchronous code (then :meth:`flush` if they return ``False``). A call
+    asks its master only what :meth:`Master.transmit_now`,
+    :meth:`Master.transmit`, :meth:`Master.release` and the public
+    :attr:`Master.channel` offer. Descriptor ownership: the descriptors
     received with the request belong to the call and are closed exactly
     once, when its reply goes out or when it is abandoned (the session
     ended); descriptors passed to a reply belong to that reply from the
@@ -143,7 +147,7 @@ class Call:
         self._master = master
         self._fds = fds
         #: A reply encoded but not yet taken by the socket, and its descriptors.
-        self._unsent: tuple[bytes, list[int]] | None = None
+        self._unsent: tuple[bytes, Sequence[int]] | None = None
 
     @property
     def function(self) -> str:
@@ -158,11 +162,37 @@ class Call:
     @property
     def done(self) -> bool:
         """Whether the call was answered (its reply may still be waiting for room) or abandoned."""
-        return self._master._channel.answered(self)
+        return self._master.channel.answered(self)
 
     def descriptors(self) -> tuple[int, ...]:
         """The descriptors that came with the request, in role order (the call's until it is answered)."""
         return tuple(self._fds)
+
+    def answer(self, answer: Answer) -> bool:
+        """Reply with ``answer`` (what :func:`~libc_service.outcomes.answer_for` gives), without awaiting.
+
+        The one way a transport answers a call: encoded and sent if the
+        socket takes it now (``True``); ``False``: the socket would block,
+        the reply waits on the call and :meth:`flush` sends it. The
+        answer's descriptors are the reply's: closed once sent, or at once
+        if it cannot be encoded or one of them is not open (``ValueError``:
+        the call then stays owed). Raises as :meth:`try_send`.
+        """
+        fds = answer.fds
+        master = self._master
+        try:
+            if master.closed:
+                self._late()
+            if fds:
+                problem = not_open(fds)
+                if problem is not None:
+                    raise ValueError(problem)
+            data = master.channel.answer(self, self.request, answer)
+        except BaseException:
+            if fds:
+                close_fds(fds)
+            raise
+        return self._finish(data, fds)
 
     async def send(self, result: Result, errno: int | OSError = 0) -> None:
         """Reply with ``result`` (and ``errno`` on failure)."""
@@ -191,9 +221,9 @@ class Call:
         fds = list(fds) if fds else []
         master = self._master
         try:
-            if master._sock is None:
+            if master.closed:
                 self._late()
-            data = master._channel.reply(
+            data = master.channel.reply(
                 self, self.request, result, errno if type(errno) is int else _errno_value(errno), len(fds)
             )
         except BaseException:
@@ -204,21 +234,22 @@ class Call:
     def try_forward(self) -> bool:
         """:meth:`use_slave_credentials` if the socket takes it now (see :meth:`try_send`)."""
         master = self._master
-        if master._sock is None:
+        if master.closed:
             self._late()
-        return self._finish(master._channel.forward(self, self.request), [])
+        return self._finish(master.channel.forward(self, self.request), ())
 
     def _late(self) -> NoReturn:
         # A call the session's end abandoned is "done" too: its late reply
         # (an async handler finishing after the slave died) is the ordinary
         # SessionClosed, not a policy bug.
-        self._master._channel.late_replies += 1
+        self._master.channel.late_replies += 1
         self.abandon()
         raise SessionClosed("the session is closed")
 
-    def _finish(self, data: bytes, fds: list[int]) -> bool:
+    def _finish(self, data: bytes, fds: Sequence[int]) -> bool:
+        master = self._master
         try:
-            sent = self._master._send_now(data, fds)
+            sent = master.transmit_now(data, fds)
         except BaseException:
             close_fds(fds)
             self.abandon()
@@ -232,11 +263,7 @@ class Call:
         received, self._fds = self._fds, []
         if received:
             close_fds(received)
-        master = self._master
-        master._channel.sent(self)
-        room = master._room
-        if room is not None and not room.done():
-            room.set_result(None)
+        master.release(self)
         return True
 
     async def flush(self) -> None:
@@ -250,7 +277,7 @@ class Call:
             return
         data, fds = unsent
         try:
-            await self._master._send(data, fds)
+            await self._master.transmit(data, fds)
         finally:
             close_fds(fds)
             self.abandon()
@@ -267,11 +294,7 @@ class Call:
         unsent, self._unsent = self._unsent, None
         if unsent is not None:
             close_fds(unsent[1])
-        master = self._master
-        master._channel.drop(self)
-        room = master._room
-        if room is not None and not room.done():
-            room.set_result(None)
+        self._master.release(self)
 
 
 def discard(pending: object) -> None:
@@ -760,8 +783,15 @@ class Master:
         if loop is not None and not loop.is_closed() and sock.fileno() >= 0:
             loop.remove_writer(sock.fileno())
 
-    def _send_now(self, data: bytes, fds: Sequence[int]) -> bool:
-        """Send if the socket takes it now (the usual case): no coroutine, no loop."""
+    # ------------------------------------------- what a Call asks of its master
+
+    def transmit_now(self, data: bytes, fds: Sequence[int]) -> bool:
+        """Send an encoded reply if the socket takes it now (the usual case): no coroutine, no loop.
+
+        ``False``: the socket would block (:meth:`transmit` waits for room).
+        Raises :class:`SessionClosed` when the session is over or the send
+        failed (the session is then closed). The descriptors stay the caller's.
+        """
         sock = self._sock
         if sock is None:
             raise SessionClosed("the session is closed")
@@ -775,7 +805,8 @@ class Master:
             raise SessionClosed(f"send failed: {exc}") from exc
         return True
 
-    async def _send(self, data: bytes, fds: Sequence[int]) -> None:
+    async def transmit(self, data: bytes, fds: Sequence[int]) -> None:
+        """Send an encoded reply, waiting for room on the socket (see :meth:`transmit_now`)."""
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         while True:
             sock = self._sock
@@ -789,6 +820,17 @@ class Master:
             except OSError as exc:
                 self.close()
                 raise SessionClosed(f"send failed: {exc}") from exc
+
+    def release(self, call: Call) -> None:
+        """``call`` leaves the flight: its reply went out, or never will (it was abandoned).
+
+        A concurrent session waiting for room (:attr:`Router.max_in_flight
+        <libc_service.Router.max_in_flight>` calls in flight) reads on.
+        """
+        self._channel.drop(call)
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
 
     async def _wait_writable(self, sock: socket.socket) -> None:
         # Several calls may wait to send at once: one writer callback wakes all.

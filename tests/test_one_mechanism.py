@@ -13,6 +13,11 @@ timeout or cancellation leaves the loop watching a number the next ``open``
 may reuse. The master's channel keeps its own registrations: it arms one
 reader and one writer per loop for the session's life (not one per wait),
 which is what keeps a receive to no ``epoll_ctl`` at all.
+
+A handler's outcome becomes an answer in ``libc_service.outcomes``, and a
+policy's mistake is logged there, with one "policy bug" line: a second copy
+of the mapping drifts from the first (what one transport fails closed, the
+other would send). The seccomp transport still maps its outcomes itself.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ FILTER_TABLES = {"syscall_filter.py", "socket_filter.py", "notify_filter.py"}
 #: The modules that may register descriptors with a loop or make a poll object.
 READINESS = {"readiness.py"}
 PERSISTENT_REGISTRATIONS = {"master.py"}
+#: The module whose one log line says "policy bug", and the modules that still keep a mapping of their own.
+POLICY_BUG_LOG = "outcomes.py"
+OWN_OUTCOME_MAPPING = {"notify.py"}
 ARCHITECTURES = {"x86_64", "aarch64", "i386", "i686", "armv7l", "riscv64"}
 
 
@@ -77,7 +85,18 @@ def select_polls(source: str) -> list[int]:
     ]
 
 
+def policy_bug_lines(source: str) -> list[int]:
+    """Lines of ``source`` with a string that starts a "policy bug" log line."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("policy bug")
+    ]
+
+
 def test_the_detectors_see_what_they_look_for() -> None:
+    assert policy_bug_lines('logger.error(\n    "policy bug: handler %s", route)\n') == [2]
+    assert policy_bug_lines('"""A policy bug fails the call."""\n') == []
     assert select_polls("import select\np = select.poll()\n") == [2]
     assert _calls_named(ast.parse("loop.add_reader(fd, wake)\nloop.add_writer(fd, wake)\n"), "add_reader") == [1]
     assert select_polls("process.poll()\n") == []
@@ -114,3 +133,14 @@ def test_one_readiness_helper(module: Path) -> None:
     if module.name not in PERSISTENT_REGISTRATIONS:
         found += _calls_named(tree, "add_reader") + _calls_named(tree, "add_writer")
     assert found == [], f"{module.name} waits on a descriptor itself (lines {found}): use libc_service.readiness"
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
+def test_one_policy_bug_log_line(module: Path) -> None:
+    if module.name in OWN_OUTCOME_MAPPING:
+        return
+    found = policy_bug_lines(module.read_text())
+    if module.name == POLICY_BUG_LOG:
+        assert len(found) == 1, f"{module.name} logs a policy bug on lines {found}: once is the rule"
+    else:
+        assert found == [], f"{module.name} logs a policy bug itself (lines {found}): use Router.answer"
