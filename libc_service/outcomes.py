@@ -1,21 +1,25 @@
-"""What a handler's outcome becomes on the wire.
+"""What a handler's outcome becomes: one answer, the same for every transport.
 
-A handler returns or raises; the slave gets one reply. The mapping lives
-here, apart from deciding (:mod:`libc_service.router`) and from the I/O
-(:mod:`libc_service.master`), the way Starlette keeps exception-to-response
-in a module of its own:
+A handler returns or raises; the slave gets one reply. :func:`answer_for`
+turns the outcome into an :class:`Answer` in one pure step, the way h11's
+``send(event)`` turns an event into bytes: no I/O, no logging, nothing
+closed. Deciding is :mod:`libc_service.router`'s; carrying the answer is the
+transport's (:meth:`Call.answer <libc_service.master_call.Call.answer>` for
+the shim's channel, seccomp's ioctls for :mod:`libc_service.notify`), which
+is why the outcome types live here, below both:
 
-| handler outcome | reply |
+| handler outcome | answer |
 |---|---|
 | ``int``; ``Stat``; ``list[AddrInfo]`` or an error name (getaddrinfo) | the result |
 | ``WithFds(result, fds)`` | the result with the descriptors |
-| ``raise Errno(code)`` / any ``OSError`` | ``-1`` with that errno (getaddrinfo: ``system``) |
+| ``raise Errno(code)`` / any ``OSError`` / ``return deny(code)`` | ``-1`` with that errno (getaddrinfo: ``system``) |
 | ``socket.gaierror`` (getaddrinfo) | its error name, e.g. ``noname`` |
 | ``FORWARD`` | the slave does the call itself |
-| anything else, or an exception | logged; the slave gets ``error_errno`` (fail closed) |
+| anything else, or an exception | a :class:`Failure`: ``error_errno`` (fail closed) |
 
-A policy's mistake fails only its call, never the session: an unsendable
-result or descriptor is logged and answered with ``error_errno``.
+A policy's mistake fails only its call, never the session: a failure is
+logged (by :class:`BugLog`, the one place that writes the "policy bug"
+line) and its descriptors closed.
 """
 
 from __future__ import annotations
