@@ -132,14 +132,15 @@ class MasterChannel(Generic[CallT]):
 
     def answer(self, call: CallT, request: Request, answer: Answer) -> bytes:
         """The reply datagram carrying ``answer`` to ``call`` (see :meth:`reply`, :meth:`forward`)."""
-        if answer.outcome == "forward":
-            return self.forward(call, request)
         result = answer.result
-        if result is None:
+        if answer.outcome == "forward":
+            data = wire.encode_reply_to(request.function, request.tid, request.request_id, forward=True)
+        elif result is None:
             raise TypeError(f"a {answer.outcome} answer has a result")
-        data = wire.encode_reply_to(
-            request.function, request.tid, request.request_id, result, answer.errno, False, len(answer.fds)
-        )
+        else:
+            data = wire.encode_reply_to(
+                request.function, request.tid, request.request_id, result, answer.errno, False, len(answer.fds)
+            )
         try:
             self._waiting.remove(call)
         except KeyError:

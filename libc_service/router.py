@@ -36,6 +36,7 @@ from .conditions import Condition, name_patterns
 from .master import Call, Master, SessionClosed, discard
 from .outcomes import (
     FORWARD,
+    FORWARDED,
     PASS,
     Answer,
     BugLog,
@@ -465,7 +466,7 @@ class Router:
         route_name, outcome = step
         latency = time.perf_counter_ns() - started if observed else 0
         named = named_directories(request) if observed else _UNNAMED  # the reply closes the descriptors
-        answer = answer_for(request, outcome, self.error_errno)
+        answer = FORWARDED if outcome is FORWARD else answer_for(request, outcome, self.error_errno)
         if answer.errno:  # a refusal or a failure: what the policy did wrong is logged
             self._mind(route_name, request, outcome, answer)
         try:
@@ -577,7 +578,7 @@ class Router:
     ) -> None:
         request = call.request
         named = named_directories(request) if self._observers else _UNNAMED  # the reply closes them
-        answer = answer_for(request, outcome, self.error_errno)
+        answer = FORWARDED if outcome is FORWARD else answer_for(request, outcome, self.error_errno)
         if answer.errno:
             self._mind(route_name, request, outcome, answer)
         try:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from libc_service import Stat, wire
 from libc_service.channel import TRUNCATED, MasterChannel, SlaveChannel
+from libc_service.outcomes import FORWARDED, Answer
 from libc_service.requests import OpenRequest, StatRequest
 from libc_service.wire import LocalProtocolError, ProtocolError, RemoteProtocolError
 
@@ -68,6 +69,34 @@ def test_a_second_reply_to_one_call_is_the_callers_error() -> None:
         channel.reply(call, request, -1, 2, 0)
     with pytest.raises(RuntimeError, match="already answered"):
         channel.forward(call, request)
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (Answer("reply", Stat(size=3)), wire.ReplyMessage("stat", 7, 1, Stat(size=3))),
+        (FORWARDED, wire.ReplyMessage("stat", 7, 1, 0, forward=True)),
+        (Answer("error", -1, 13), wire.ReplyMessage("stat", 7, 1, -1, 13)),
+    ],
+    ids=["reply", "forward", "error"],
+)
+def test_an_answer_is_encoded_as_the_reply_it_says(answer: Answer, expected: wire.ReplyMessage) -> None:
+    channel: MasterChannel[_Call] = MasterChannel()
+    call = _Call()
+    channel.open(call)
+    assert wire.decode_reply(channel.answer(call, _stat(), answer)) == expected
+    assert channel.answered(call)
+    with pytest.raises(RuntimeError, match="already answered"):
+        channel.answer(call, _stat(), answer)
+
+
+def test_an_answer_without_a_result_is_not_taken_for_a_forward() -> None:
+    channel: MasterChannel[_Call] = MasterChannel()
+    call = _Call()
+    channel.open(call)
+    with pytest.raises(TypeError):
+        channel.answer(call, _stat(), Answer("reply", None))
+    assert not channel.answered(call)
 
 
 def test_a_reply_the_protocol_cannot_carry_leaves_the_call_owed() -> None:
