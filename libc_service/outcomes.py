@@ -376,9 +376,8 @@ def _is_fd(fd: object) -> bool:
 def _unsendable(function: str, fds: tuple[int, ...]) -> str | None:
     """Why ``fds`` cannot go out with a reply to ``function`` (``None``: they can)."""
     for fd in fds:
-        if not _is_fd(fd):
+        if isinstance(fd, bool) or not isinstance(fd, int) or not 0 <= fd < 2**31:
             return f"{fd!r} is not a descriptor"
-    limit = wire.reply_fd_limit(function)
-    if len(fds) > limit:
-        return f"a {function} reply carries at most {limit} descriptors, not {len(fds)}"
+    if len(fds) > 1 and len(fds) > wire.reply_fd_limit(function):  # every reply carries one
+        return f"a {function} reply carries at most {wire.reply_fd_limit(function)} descriptors, not {len(fds)}"
     return None
