@@ -586,13 +586,12 @@ class Master(OneCallAtATime):
                 self.close()
                 raise SessionClosed(f"send failed: {exc}") from exc
 
-    def release(self, call: Call) -> None:
-        """``call`` leaves the flight: its reply went out, or never will (it was abandoned).
+    def left_flight(self) -> None:
+        """A call left the flight (:attr:`channel` says so): its reply went out, or never will.
 
         A concurrent session waiting for room (:attr:`Router.max_in_flight
         <libc_service.Router.max_in_flight>` calls in flight) reads on.
         """
-        self._channel.drop(call)
         room = self._room
         if room is not None and not room.done():
             room.set_result(None)

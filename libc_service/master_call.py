@@ -85,13 +85,8 @@ class CallSession(Protocol):
     name: str
 
     @property
-    def closed(self) -> bool:
-        """Whether the session is over."""
-        ...
-
-    @property
     def channel(self) -> MasterChannel[Call]:
-        """The channel's protocol state: calls in flight, one reply each."""
+        """The channel's protocol state: calls in flight, one reply each, whether it is closed."""
         ...
 
     def transmit_now(self, data: bytes, fds: Sequence[int]) -> bool:
@@ -102,8 +97,8 @@ class CallSession(Protocol):
         """Send an encoded reply, waiting for room."""
         ...
 
-    def release(self, call: Call) -> None:
-        """``call`` leaves the flight (its reply went out, or never will)."""
+    def left_flight(self) -> None:
+        """A call left the flight (its reply went out, or never will): a reader waiting for room reads on."""
         ...
 
 
@@ -121,11 +116,13 @@ class Call:
     moment of the call and are closed after it, whether or not it went out.
     """
 
-    __slots__ = ("request", "_master", "_fds", "_unsent")
+    __slots__ = ("request", "_master", "_channel", "_fds", "_unsent")
 
     def __init__(self, master: CallSession, request: Request, fds: list[int]) -> None:
         self.request: Final = request
         self._master = master
+        #: The master's protocol state, asked once: whether the session is closed, the reply's encoding.
+        self._channel = master.channel
         self._fds = fds
         #: A reply encoded but not yet taken by the socket, and its descriptors.
         self._unsent: tuple[bytes, Sequence[int]] | None = None
@@ -143,7 +140,7 @@ class Call:
     @property
     def done(self) -> bool:
         """Whether the call was answered (its reply may still be waiting for room) or abandoned."""
-        return self._master.channel.answered(self)
+        return self._channel.answered(self)
 
     def descriptors(self) -> tuple[int, ...]:
         """The descriptors that came with the request, in role order (the call's until it is answered)."""
@@ -160,15 +157,15 @@ class Call:
         the call then stays owed). Raises as :meth:`try_send`.
         """
         fds = answer.fds
-        master = self._master
+        channel = self._channel
         try:
-            if master.closed:
+            if channel.closed:
                 self._late()
             if fds:
                 problem = not_open(fds)
                 if problem is not None:
                     raise ValueError(problem)
-            data = master.channel.answer(self, self.request, answer)
+            data = channel.answer(self, self.request, answer)
         except BaseException:
             if fds:
                 close_fds(fds)
@@ -200,11 +197,11 @@ class Call:
         the reply waits on the call, and :meth:`flush` sends it.
         """
         fds = list(fds) if fds else []
-        master = self._master
+        channel = self._channel
         try:
-            if master.closed:
+            if channel.closed:
                 self._late()
-            data = master.channel.reply(
+            data = channel.reply(
                 self, self.request, result, errno if type(errno) is int else _errno_value(errno), len(fds)
             )
         except BaseException:
@@ -214,16 +211,16 @@ class Call:
 
     def try_forward(self) -> bool:
         """:meth:`use_slave_credentials` if the socket takes it now (see :meth:`try_send`)."""
-        master = self._master
-        if master.closed:
+        channel = self._channel
+        if channel.closed:
             self._late()
-        return self._finish(master.channel.forward(self, self.request), ())
+        return self._finish(channel.forward(self, self.request), ())
 
     def _late(self) -> NoReturn:
         # A call the session's end abandoned is "done" too: its late reply
         # (an async handler finishing after the slave died) is the ordinary
         # SessionClosed, not a policy bug.
-        self._master.channel.late_replies += 1
+        self._channel.late_replies += 1
         self.abandon()
         raise SessionClosed("the session is closed")
 
@@ -244,7 +241,8 @@ class Call:
         received, self._fds = self._fds, []
         if received:
             close_fds(received)
-        master.release(self)
+        self._channel.sent(self)
+        master.left_flight()
         return True
 
     async def flush(self) -> None:
@@ -275,7 +273,8 @@ class Call:
         unsent, self._unsent = self._unsent, None
         if unsent is not None:
             close_fds(unsent[1])
-        self._master.release(self)
+        self._channel.drop(self)
+        self._master.left_flight()
 
 
 def discard(pending: object) -> None:
