@@ -161,10 +161,8 @@ class Call:
         try:
             if channel.closed:
                 self._late()
-            if fds:
-                problem = not_open(fds)
-                if problem is not None:
-                    raise ValueError(problem)
+            if fds and (problem := not_open(fds)) is not None:
+                raise ValueError(problem)
             data = channel.answer(self, self.request, answer)
         except BaseException:
             if fds:

@@ -247,9 +247,11 @@ def answer_for(request: Request, outcome: object, error_errno: int) -> Answer:
             fds = tuple(outcome.fds)
         except TypeError:
             return _failure(function, error_errno, f"{outcome.fds!r} is not a sequence of descriptors")
-        problem = _unsendable(function, fds)
-        if problem is not None:
-            return _failure(function, error_errno, problem, tuple(fd for fd in fds if _is_fd(fd)))
+        # One descriptor, the usual case, checked inline; anything else by _unsendable.
+        if len(fds) != 1 or type(fds[0]) is not int or not 0 <= fds[0] < 2**31:
+            problem = _unsendable(function, fds)
+            if problem is not None:
+                return _failure(function, error_errno, problem, tuple(fd for fd in fds if _is_fd(fd)))
     if type(result) is int:
         if function not in _NOT_INT_FUNCTIONS and -(2**63) <= result < 2**63:
             return Answer("reply", result, 0, fds)
