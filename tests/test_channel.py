@@ -15,14 +15,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libc_service import Stat
-
-from libc_service.protocol import wire_header
-
-from libc_service.protocol import wire_replies
-
 from libc_service.protocol import wire_requests
+from libc_service.protocol import wire_replies
+from libc_service.protocol import wire_header
+from libc_service import Stat
 from libc_service.protocol.calls import TRUNCATED, MasterChannel, SlaveChannel
+from libc_service.protocol.outcomes import FORWARDED, Answer
 from libc_service.protocol.requests import OpenRequest, StatRequest
 from libc_service.protocol.wire_header import LocalProtocolError, ProtocolError, RemoteProtocolError
 
@@ -74,6 +72,34 @@ def test_a_second_reply_to_one_call_is_the_callers_error() -> None:
         channel.reply(call, request, -1, 2, 0)
     with pytest.raises(RuntimeError, match="already answered"):
         channel.forward(call, request)
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (Answer("reply", Stat(size=3)), wire_replies.ReplyMessage("stat", 7, 1, Stat(size=3))),
+        (FORWARDED, wire_replies.ReplyMessage("stat", 7, 1, 0, forward=True)),
+        (Answer("error", -1, 13), wire_replies.ReplyMessage("stat", 7, 1, -1, 13)),
+    ],
+    ids=["reply", "forward", "error"],
+)
+def test_an_answer_is_encoded_as_the_reply_it_says(answer: Answer, expected: wire_replies.ReplyMessage) -> None:
+    channel: MasterChannel[_Call] = MasterChannel()
+    call = _Call()
+    channel.open(call)
+    assert wire_replies.decode_reply(channel.answer(call, _stat(), answer)) == expected
+    assert channel.answered(call)
+    with pytest.raises(RuntimeError, match="already answered"):
+        channel.answer(call, _stat(), answer)
+
+
+def test_an_answer_without_a_result_is_not_taken_for_a_forward() -> None:
+    channel: MasterChannel[_Call] = MasterChannel()
+    call = _Call()
+    channel.open(call)
+    with pytest.raises(TypeError):
+        channel.answer(call, _stat(), Answer("reply", None))
+    assert not channel.answered(call)
 
 
 def test_a_reply_the_protocol_cannot_carry_leaves_the_call_owed() -> None:

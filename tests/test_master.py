@@ -23,11 +23,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import FdCount
-from libc_service import AddrInfo, Master, Reply, SessionClosed, Slave, Stat
-from libc_service.protocol import wire_fields
-from libc_service.protocol import wire_header
-from libc_service.protocol import wire_replies
 from libc_service.protocol import wire_requests
+from libc_service.protocol import wire_replies
+from libc_service.protocol import wire_header
+from libc_service.protocol import wire_fields
+from libc_service import FORWARD, AddrInfo, Errno, Master, Reply, SessionClosed, Slave, Stat, WithFds
+from libc_service.protocol.outcomes import answer_for
 from libc_service.protocol.requests import ConnectUnixRequest, OpenatRequest, StatRequest
 from helpers import assert_closed, close_all, in_thread, rights
 from strategies import raw_request
@@ -336,6 +337,64 @@ async def test_a_wrong_result_is_refused_before_anything_is_sent(
     assert not calling.done(), "nothing went out: the slave still waits"
     await master.send(right)
     assert (await calling).result == right
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        pytest.param(Stat(size=3), Reply(Stat(size=3)), id="reply"),
+        pytest.param(FORWARD, Reply(0, forwarded=True), id="forward"),
+        pytest.param(Errno(errno.EACCES), Reply(-1, errno.EACCES), id="error"),
+        pytest.param(RuntimeError("bug"), Reply(-1, errno.EIO), id="failure"),
+    ],
+)
+async def test_a_call_is_answered_with_one_method(
+    channel: tuple[Master, Slave], workdir: int, fd_count: FdCount, outcome: object, expected: Reply
+) -> None:
+    """What a dispatcher does: the pure answer, then ``Call.answer``; nothing else is asked of it."""
+    master, slave = channel
+    before = fd_count.snapshot()
+    calling = in_thread(slave.call, "stat", path="greeting", fds=[workdir])
+    call = await master.receive_call()
+    (dirfd,) = call.descriptors()
+    assert call.answer(answer_for(call.request, outcome, errno.EIO)) is True  # the socket took it
+    assert call.done
+    assert await calling == expected
+    assert_closed(dirfd)
+    fd_count.assert_unchanged(before)
+    with pytest.raises(RuntimeError):
+        call.answer(answer_for(call.request, 0, errno.EIO))
+
+
+async def test_an_answers_descriptors_go_out_with_it_and_are_closed(channel: tuple[Master, Slave]) -> None:
+    master, slave = channel
+    calling = in_thread(slave.call, "open", path="/x", flags=["read_only"])
+    call = await master.receive_call()
+    r, w = os.pipe()
+    os.close(w)
+    assert call.answer(answer_for(call.request, WithFds(0, [r]), errno.EIO))
+    reply = await calling
+    assert (reply.result, reply.errno, len(reply.fds)) == (0, 0, 1)
+    close_all(reply.fds)
+    assert_closed(r)
+
+
+async def test_an_answer_with_a_descriptor_that_is_not_open_is_refused_and_still_owed(
+    channel: tuple[Master, Slave],
+) -> None:
+    """Asked first: ``sendmsg`` would fail and end the session; the caller fails only the call."""
+    master, slave = channel
+    calling = in_thread(slave.call, "open", path="/x", flags=["read_only"])
+    call = await master.receive_call()
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(ValueError, match="not open"):
+        call.answer(answer_for(call.request, WithFds(0, [r]), errno.EIO))
+    assert not call.done
+    call.answer(answer_for(call.request, Errno(errno.EIO), errno.EIO))
+    assert await calling == Reply(-1, errno.EIO)
+    assert not master.closed
 
 
 async def test_an_errno_may_be_an_oserror(channel: tuple[Master, Slave]) -> None:
@@ -802,15 +861,15 @@ async def test_the_in_flight_cap_stops_reading_until_a_call_is_answered() -> Non
 
 
 def test_a_cpu_is_free_when_idle_time_kept_up_with_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from libc_service.endpoints import master
-    from libc_service.endpoints.master import IdleCpu
+    from libc_service.kernel import idle_cpu
+    from libc_service.kernel.idle_cpu import IdleCpu
 
     stat = tmp_path / "stat"
     ticks = os.sysconf("SC_CLK_TCK")
     # The sampler's clock is the test's: a real sleep on a loaded machine lasts longer
     # than the idle time the test writes, and the test would measure the machine.
     clock = [100.0]
-    monkeypatch.setattr(master, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])}))
+    monkeypatch.setattr(idle_cpu, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])}))
     sampler = IdleCpu(str(stat))
     sampler.PERIOD = 0.0  # type: ignore[misc]  # sample on every call here
 

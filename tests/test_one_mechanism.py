@@ -17,6 +17,11 @@ which is what keeps a receive to no ``epoll_ctl`` at all.
 The open flags — each name of the vocabulary, its bit on the wire, its
 ``O_*`` value — are tabled once, in ``libc_service.protocol.openflags``: a flag added
 to one copy and not another is a flag a transport silently drops.
+
+A handler's outcome becomes an answer in ``libc_service.protocol.outcomes``,
+and a policy's mistake is logged there, with one "policy bug" line: a second
+copy of the mapping drifts from the first (what one transport fails closed,
+the other would send).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ FILTER_TABLES = {"confinement/syscall_filter.py", "confinement/socket_filter.py"
 #: The modules that may register descriptors with a loop or make a poll object.
 READINESS = {"kernel/readiness.py"}
 PERSISTENT_REGISTRATIONS = {"endpoints/master.py"}
+#: The module whose one log line says "policy bug".
+POLICY_BUG_LOG = "protocol/outcomes.py"
 ARCHITECTURES = {"x86_64", "aarch64", "i386", "i686", "armv7l", "riscv64"}
 #: The module that tables the open flags.
 OPEN_FLAG_TABLE = "protocol/openflags.py"
@@ -212,3 +219,26 @@ def test_one_way_to_build_a_model_without_validation(module: Path) -> None:
     if _name(module) in allowed:
         return
     assert construct_bypasses(module.read_text()) == [], f"{_name(module)} builds models itself: use protocol.construct"
+
+
+def policy_bug_lines(source: str) -> list[int]:
+    """Lines of ``source`` with a string that starts a "policy bug" log line."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("policy bug")
+    ]
+
+
+def test_the_policy_bug_detector_sees_a_log_line() -> None:
+    assert policy_bug_lines('logger.error(\n    "policy bug: handler %s", route)\n') == [2]
+    assert policy_bug_lines('"""A policy bug fails the call."""\n') == []
+
+
+@pytest.mark.parametrize("module", MODULES, ids=_name)
+def test_one_policy_bug_log_line(module: Path) -> None:
+    found = policy_bug_lines(module.read_text())
+    if _name(module) == POLICY_BUG_LOG:
+        assert len(found) == 1, f"{_name(module)} logs a policy bug on lines {found}: once is the rule"
+    else:
+        assert found == [], f"{_name(module)} logs a policy bug itself (lines {found}): use Router.answer"

@@ -307,6 +307,42 @@ async def test_an_oserror_from_a_real_open_reaches_the_slave(tmp_path: Path) -> 
         assert await session.call("mkdir", path="/x", mode=0o700) == Reply(-1, errno.EEXIST)
 
 
+async def test_a_refusal_is_the_same_however_it_is_spelled(caplog: pytest.LogCaptureFixture) -> None:
+    """``raise Errno(code)``, any ``OSError`` with an errno, and returning ``deny(code)`` refuse alike."""
+    router = Router(default=FORWARD)
+
+    @router.on("unlink", "getaddrinfo")
+    def refuse(req: Request) -> Any:
+        spelling = str(getattr(req, "path", getattr(req, "node", "")))
+        if "errno" in spelling:
+            raise Errno(errno.EROFS)
+        if "oserror" in spelling:
+            raise OSError(errno.EROFS, "read-only")
+        return deny(errno.EROFS)
+
+    async with serving(router) as session:
+        for spelling in ("/errno", "/oserror", "/deny"):
+            assert await session.call("unlink", path=spelling) == Reply(-1, errno.EROFS)
+            assert await session.call("getaddrinfo", node=f"{spelling[1:]}.test") == Reply("system", errno.EROFS)
+        assert session.alive
+    assert router_errors(caplog) == []
+
+
+async def test_an_oserror_beyond_the_kernels_errnos_fails_closed(caplog: pytest.LogCaptureFixture) -> None:
+    """An "errno" above ``MAX_ERRNO`` is none the kernel has (seccomp could not even return it)."""
+    router = Router(default=FORWARD)
+
+    @router.on("unlink")
+    def odd(req: Request) -> int:
+        raise OSError(70000, "not an errno")
+
+    async with serving(router) as session:
+        assert await session.call("unlink", path="/x") == Reply(-1, errno.EPERM)
+        assert session.alive
+    [record] = router_errors(caplog)
+    assert record.exc_info is not None and record.exc_info[0] is OSError
+
+
 @pytest.mark.parametrize(
     "exc", [Errno(errno.ECONNREFUSED), OSError(errno.EIO, "lookup failed"), ConnectionResetError(errno.ECONNRESET, "")]
 )

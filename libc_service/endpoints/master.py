@@ -13,7 +13,8 @@ Two levels of API over one socket:
   :class:`Call` methods only.
 
 The protocol rules (one reply per call, the in-flight cap, descriptor
-counts) live in :class:`~libc_service.protocol.calls.MasterChannel`; this module
+counts) live in :class:`~libc_service.protocol.calls.MasterChannel`, a call and
+the seed's one-call level in :mod:`libc_service.endpoints.master_call`; this module
 does the I/O.
 
 Descriptor ownership is strict: every descriptor received with a request
@@ -34,19 +35,21 @@ import os
 import socket
 import termios
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Sequence
 from types import TracebackType
-from typing import ClassVar, TYPE_CHECKING, Any, Final, NoReturn, Protocol
+from typing import ClassVar, TYPE_CHECKING, Final, NoReturn
 
 from libc_service.protocol import wire_header
 from libc_service.protocol.calls import MasterChannel
 from libc_service.protocol.wire_header import ProtocolError
+from libc_service.kernel.descriptors import close_fds, received_fds
+from libc_service.kernel.idle_cpu import IDLE_CPU
+from libc_service.endpoints.master_call import Call, Dispatcher, OneCallAtATime, SessionClosed, discard
 
 from libc_service.kernel.lazyimport import on_first_use
 
 if TYPE_CHECKING:
     import asyncio
-    from libc_service.protocol.replies import Result
     from libc_service.protocol.requests import Request
 else:
     asyncio = on_first_use("asyncio", globals())
@@ -60,7 +63,6 @@ _CMSG_SPACE: Final = socket.CMSG_SPACE((wire_header.MAX_REQUEST_FDS + 1) * array
 # more per call than the rest of the flag handling (docs/performance.md).
 _RECV_FLAGS: Final = int(socket.MSG_CMSG_CLOEXEC)
 _SEND_FLAGS: Final = int(socket.MSG_NOSIGNAL)
-_INT_SIZE: Final = array.array("i").itemsize
 #: Datagrams the reader callback takes in ahead of ``receive_call``; past
 #: that it stops watching the socket until they are consumed (backpressure:
 #: the slave's sends then block in the kernel).
@@ -75,238 +77,6 @@ _DRAIN_MAX: Final = 16
 _Received = tuple[bytes, list[tuple[int, int, bytes]], int] | OSError
 
 
-class SessionClosed(EOFError):
-    """The session is over: the slave hung up, or broke the protocol.
-
-    ``errno`` is ``None`` for a clean end of file and ``EBADMSG`` when the
-    master closed the session because of a malformed message.
-    """
-
-    def __init__(self, reason: str, errno: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.errno = errno
-
-
-def close_fds(fds: Iterable[int]) -> None:
-    """Close descriptors, ignoring ones already gone."""
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def _errno_value(errno: int | OSError) -> int:
-    if isinstance(errno, OSError):
-        if not errno.errno:
-            raise ValueError(f"{errno!r} carries no errno")
-        return errno.errno
-    if isinstance(errno, bool) or not isinstance(errno, int):
-        raise TypeError(f"errno is an int or an OSError, not {type(errno).__name__}")
-    return errno
-
-
-def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    """Descriptors in ``SCM_RIGHTS`` control messages (partial ints dropped)."""
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % _INT_SIZE
-            fds.extend(array.array("i", data[:usable]))
-    return fds
-
-
-class Dispatcher(Protocol):
-    """What :meth:`Master.serve` hands each call to (the :class:`~libc_service.Router` is one).
-
-    :meth:`decide_now` is called once per call, synchronously: from the
-    session's task, or, in sequential mode, from the master's reader
-    callback while the task waits, so that a call a plain function can
-    decide costs no task switch. It either answers the call before
-    returning (with :meth:`Call.try_send`/:meth:`Call.try_forward`, or
-    drops it with :meth:`Call.abandon`) and returns ``None``, or returns an
-    awaitable that answers it: in sequential mode the session's task awaits
-    it before the next call, in concurrent mode it runs in a task of the
-    session's task group. An awaitable never awaited (the session ended
-    first) is discarded: its ``close()`` is called if it has one, so it
-    should close whatever unfinished work it holds.
-
-    Raising :class:`SessionClosed` means the call was dropped because the
-    session ended; anything else raised is the dispatcher's bug, logged,
-    and ends the session (a bug must not leave the slave waiting).
-    """
-
-    def decide_now(self, call: Call) -> Awaitable[None] | None:
-        """Answer ``call`` now, or return what answers it."""
-        ...
-
-
-class Call:
-    """One request awaiting its reply, with the descriptors that came with it.
-
-    Reply exactly once: with :meth:`send`, :meth:`send_with_fds` or
-    :meth:`use_slave_credentials` from a coroutine, or with
-    :meth:`try_send`/:meth:`try_forward` (then :meth:`flush` if they return
-    ``False``) from synchronous code. Descriptor ownership: the descriptors
-    received with the request belong to the call and are closed exactly
-    once, when its reply goes out or when it is abandoned (the session
-    ended); descriptors passed to a reply belong to that reply from the
-    moment of the call and are closed after it, whether or not it went out.
-    """
-
-    __slots__ = ("request", "_master", "_fds", "_unsent")
-
-    def __init__(self, master: Master, request: Request, fds: list[int]) -> None:
-        self.request: Final = request
-        self._master = master
-        self._fds = fds
-        #: A reply encoded but not yet taken by the socket, and its descriptors.
-        self._unsent: tuple[bytes, list[int]] | None = None
-
-    @property
-    def function(self) -> str:
-        """The function's name, e.g. ``"openat"``."""
-        return self.request.function
-
-    @property
-    def session(self) -> str:
-        """The name of the session the call came on (its master's :attr:`~Master.name`)."""
-        return self._master.name
-
-    @property
-    def done(self) -> bool:
-        """Whether the call was answered (its reply may still be waiting for room) or abandoned."""
-        return self._master._channel.answered(self)
-
-    def descriptors(self) -> tuple[int, ...]:
-        """The descriptors that came with the request, in role order (the call's until it is answered)."""
-        return tuple(self._fds)
-
-    async def send(self, result: Result, errno: int | OSError = 0) -> None:
-        """Reply with ``result`` (and ``errno`` on failure)."""
-        await self.send_with_fds(result, (), errno)
-
-    async def send_with_fds(self, result: Result, fds: Sequence[int], errno: int | OSError = 0) -> None:
-        """Reply with ``result`` and descriptors; ``fds`` are closed afterwards, always."""
-        if not self.try_send(result, fds, errno):
-            await self.flush()
-
-    async def use_slave_credentials(self) -> None:
-        """Tell the slave to perform the call itself, with its own authority."""
-        if not self.try_forward():
-            await self.flush()
-
-    def try_send(self, result: Result, fds: Sequence[int] = (), errno: int | OSError = 0) -> bool:
-        """Encode the reply and send it if the socket takes it now, without awaiting.
-
-        ``fds`` are the reply's from this moment: closed once sent, or at
-        once if the reply cannot be encoded. Raises as :meth:`send_with_fds`
-        (``SessionClosed``, ``RuntimeError`` for a second reply, the codec's
-        ``LocalProtocolError``/``TypeError`` for a result the protocol cannot
-        carry; the call then stays owed). ``False``: the socket would block;
-        the reply waits on the call, and :meth:`flush` sends it.
-        """
-        fds = list(fds) if fds else []
-        master = self._master
-        try:
-            if master._sock is None:
-                self._late()
-            data = master._channel.reply(
-                self, self.request, result, errno if type(errno) is int else _errno_value(errno), len(fds)
-            )
-        except BaseException:
-            close_fds(fds)
-            raise
-        return self._finish(data, fds)
-
-    def try_forward(self) -> bool:
-        """:meth:`use_slave_credentials` if the socket takes it now (see :meth:`try_send`)."""
-        master = self._master
-        if master._sock is None:
-            self._late()
-        return self._finish(master._channel.forward(self, self.request), [])
-
-    def _late(self) -> NoReturn:
-        # A call the session's end abandoned is "done" too: its late reply
-        # (an async handler finishing after the slave died) is the ordinary
-        # SessionClosed, not a policy bug.
-        self._master._channel.late_replies += 1
-        self.abandon()
-        raise SessionClosed("the session is closed")
-
-    def _finish(self, data: bytes, fds: list[int]) -> bool:
-        try:
-            sent = self._master._send_now(data, fds)
-        except BaseException:
-            close_fds(fds)
-            self.abandon()
-            raise
-        if not sent:
-            self._unsent = (data, fds)
-            return False
-        if fds:
-            close_fds(fds)
-        # abandon()'s work for a reply that went out, without its checks for an unsent one.
-        received, self._fds = self._fds, []
-        if received:
-            close_fds(received)
-        master = self._master
-        master._channel.sent(self)
-        room = master._room
-        if room is not None and not room.done():
-            room.set_result(None)
-        return True
-
-    async def flush(self) -> None:
-        """Send the reply the socket did not take at once (a no-op without one).
-
-        The reply's descriptors and the call's own are closed afterwards,
-        whether it went out or the session ended (``SessionClosed``).
-        """
-        unsent, self._unsent = self._unsent, None
-        if unsent is None:
-            return
-        data, fds = unsent
-        try:
-            await self._master._send(data, fds)
-        finally:
-            close_fds(fds)
-            self.abandon()
-
-    def abandon(self) -> None:
-        """Leave the flight: close the received descriptors (and an unsent reply's) without replying.
-
-        What the session's end does to every call still in flight; after a
-        reply went out it only releases the call. Idempotent.
-        """
-        fds, self._fds = self._fds, []
-        if fds:
-            close_fds(fds)
-        unsent, self._unsent = self._unsent, None
-        if unsent is not None:
-            close_fds(unsent[1])
-        master = self._master
-        master._channel.drop(self)
-        room = master._room
-        if room is not None and not room.done():
-            room.set_result(None)
-
-
-def discard(pending: object) -> None:
-    """Close an awaitable a dispatcher returned that will not be awaited.
-
-    Runs while a session closes: a failure here must not stop the other
-    calls' descriptors from being closed.
-    """
-    close = getattr(pending, "close", None)
-    if callable(close):
-        try:
-            close()
-        except Exception:  # noqa: BLE001 - the policy's awaitable, closed unfinished
-            logger.exception("closing the unfinished %r failed", pending)
-
-
 def _discard_if_cancelled(call: Call, pending: Awaitable[None], task: asyncio.Task[None]) -> None:
     # A task cancelled before its first step never ran its coroutine, so
     # the dispatcher's awaitable was never started: close it, drop the call.
@@ -319,54 +89,7 @@ class _Ended(Exception):
     """Raised in a concurrent session's task group to cancel the calls still being decided."""
 
 
-class IdleCpu:
-    """Whether a CPU is free for busy-polling, sampled at most every :attr:`PERIOD` seconds.
-
-    Free means: since the previous sample, the machine's idle time plus
-    this process's own CPU time (its polling must not count against it)
-    add up to at least :attr:`SHARE` of one CPU. Read from ``/proc/stat``
-    (no ``/proc``: never free). The first call only takes a sample.
-    """
-
-    PERIOD: ClassVar[float] = 0.05
-    SHARE: ClassVar[float] = 0.9
-
-    def __init__(self, stat_path: str = "/proc/stat") -> None:
-        self.stat_path = stat_path
-        self._sampled_at = -1.0
-        self._free = False
-        self._last: tuple[float, float, float] | None = None
-        self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    def free(self) -> bool:
-        """Whether a CPU was free over the last period (cached between samples)."""
-        now = time.monotonic()
-        if now - self._sampled_at < self.PERIOD:
-            return self._free
-        self._sampled_at = now
-        try:
-            with open(self.stat_path, "rb") as stat:
-                fields = stat.readline().split()
-            idle = (int(fields[4]) + int(fields[5])) / self._ticks  # idle + iowait
-        except (OSError, IndexError, ValueError):
-            self._free, self._last = False, None
-            return False
-        times = os.times()
-        own = times.user + times.system
-        last, self._last = self._last, (now, idle, own)
-        if last is None:
-            self._free = False
-        else:
-            elapsed = now - last[0]
-            self._free = elapsed > 0 and (idle - last[1] + own - last[2]) / elapsed >= self.SHARE
-        return self._free
-
-
-#: The one sampler every master's adaptive busy-poll asks.
-IDLE_CPU: Final = IdleCpu()
-
-
-class Master:
+class Master(OneCallAtATime):
     """The master end of one channel to one slave process.
 
     Create one with :meth:`pair` (for a Python :class:`~libc_service.Slave`)
@@ -388,7 +111,7 @@ class Master:
     #: Busy-poll only when it costs nobody (0: never, the default): like
     #: :attr:`busy_poll_ns`, but only while this is the process's one open
     #: master (no other session waits on the loop) and a CPU is otherwise
-    #: idle (:class:`IdleCpu`). The command line sets it: a lone program's
+    #: idle (:class:`~libc_service.kernel.idle_cpu.IdleCpu`). The command line sets it: a lone program's
     #: round trips lose the cross-CPU wake-up while a CPU is free, and
     #: nothing changes when the machine is busy.
     adaptive_busy_poll_ns: int = 0
@@ -839,8 +562,15 @@ class Master:
         if loop is not None and not loop.is_closed() and sock.fileno() >= 0:
             loop.remove_writer(sock.fileno())
 
-    def _send_now(self, data: bytes, fds: Sequence[int]) -> bool:
-        """Send if the socket takes it now (the usual case): no coroutine, no loop."""
+    # ------------------------------------------- what a Call asks of its master
+
+    def transmit_now(self, data: bytes, fds: Sequence[int]) -> bool:
+        """Send an encoded reply if the socket takes it now (the usual case): no coroutine, no loop.
+
+        ``False``: the socket would block (:meth:`transmit` waits for room).
+        Raises :class:`SessionClosed` when the session is over or the send
+        failed (the session is then closed). The descriptors stay the caller's.
+        """
         sock = self._sock
         if sock is None:
             raise SessionClosed("the session is closed")
@@ -854,7 +584,8 @@ class Master:
             raise SessionClosed(f"send failed: {exc}") from exc
         return True
 
-    async def _send(self, data: bytes, fds: Sequence[int]) -> None:
+    async def transmit(self, data: bytes, fds: Sequence[int]) -> None:
+        """Send an encoded reply, waiting for room on the socket (see :meth:`transmit_now`)."""
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         while True:
             sock = self._sock
@@ -868,6 +599,16 @@ class Master:
             except OSError as exc:
                 self.close()
                 raise SessionClosed(f"send failed: {exc}") from exc
+
+    def left_flight(self) -> None:
+        """A call left the flight (:attr:`channel` says so): its reply went out, or never will.
+
+        A concurrent session waiting for room (:attr:`Router.max_in_flight
+        <libc_service.Router.max_in_flight>` calls in flight) reads on.
+        """
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
 
     async def _wait_writable(self, sock: socket.socket) -> None:
         # Several calls may wait to send at once: one writer callback wakes all.
@@ -894,57 +635,3 @@ class Master:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-
-    # ------------------------------------------------- one call at a time
-
-    async def receive(self) -> Request:
-        """Wait for the next request (one call in flight at a time).
-
-        Raises ``RuntimeError`` while a reply to the previous request is
-        still owed, ``OSError(EBUSY)`` for a second concurrent receive, and
-        :class:`SessionClosed` at the end of the session.
-        """
-        if self._current is not None and not self._current.done:
-            raise RuntimeError(f"a reply to {self._current.function} is owed before the next receive")
-        self._current = None
-        call = await self.receive_call()
-        self._current = call
-        return call.request
-
-    @property
-    def function_(self) -> str | None:
-        """The current request's function name (``None`` before the first receive)."""
-        return None if self._current is None else self._current.function
-
-    def arguments(self) -> tuple[Any, ...]:
-        """The current request's arguments in positional order (:meth:`Request.arguments`)."""
-        return self._owed().request.arguments()
-
-    def descriptors(self) -> tuple[int, ...]:
-        """The descriptors that came with the current request."""
-        return self._owed().descriptors()
-
-    async def send(self, result: Result, errno: int | OSError = 0) -> None:
-        """Answer the current request with ``result`` (and ``errno``)."""
-        await self._owed().send(result, errno)
-
-    async def send_with_fds(self, result: Result, fds: Sequence[int], errno: int | OSError = 0) -> None:
-        """Answer with descriptors; the master owns and closes ``fds`` afterwards."""
-        try:
-            call = self._owed()
-        except BaseException:
-            close_fds(fds)
-            raise
-        await call.send_with_fds(result, fds, errno)
-
-    async def use_slave_credentials(self) -> None:
-        """Tell the slave to do the current call itself."""
-        await self._owed().use_slave_credentials()
-
-    def _owed(self) -> Call:
-        if self._sock is None:
-            raise SessionClosed("the session is closed")
-        call = self._current
-        if call is None or call.done:
-            raise RuntimeError("no request awaits a reply; call receive() first")
-        return call

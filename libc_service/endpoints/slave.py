@@ -28,11 +28,10 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Final, cast
 
-from libc_service.protocol import wire_header
-
 from libc_service.protocol import wire_replies
+from libc_service.protocol import wire_header
 from libc_service.protocol.calls import SlaveChannel
-from libc_service.endpoints.master import close_fds, received_fds
+from libc_service.kernel.descriptors import close_fds, received_fds
 from libc_service.protocol.replies import Reply
 from libc_service.protocol.requests import REQUEST_TYPES, Request
 

@@ -34,18 +34,22 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from libc_service.policy import names
 from libc_service.policy.conditions import Condition, name_patterns
-from libc_service.endpoints.master import Call, Master, SessionClosed, discard
+from libc_service.endpoints.master import Master
+from libc_service.endpoints.master_call import Call, SessionClosed, discard
 from libc_service.protocol.outcomes import (
     FORWARD,
+    FORWARDED,
     PASS,
+    Answer,
     BugLog,
     Errno,
+    Failure,
     Outcome,
-    Summary,
-    WithFds,
     Sentinel,
+    WithFds,
+    answer_for,
     deny,
-    reply_now,
+    failure,
 )
 from libc_service.protocol.catalogue import FUNCTIONS
 from libc_service.policy.rendezvous import Rendezvous
@@ -462,15 +466,21 @@ class Router:
         route_name, outcome = step
         latency = time.perf_counter_ns() - started if observed else 0
         named = named_directories(request) if observed else _UNNAMED  # the reply closes the descriptors
+        answer = FORWARDED if outcome is FORWARD else answer_for(request, outcome, self.error_errno)
+        if answer.errno:  # a refusal or a failure: what the policy did wrong is logged
+            self._mind(route_name, request, outcome, answer)
         try:
-            summary, sent = reply_now(call, route_name, outcome, self.error_errno, self._bugs)
+            sent = call.answer(answer)
         except SessionClosed:
             call.abandon()
             return None
+        except Exception as exc:  # noqa: BLE001 - e.g. a Stat built unvalidated that does not pack: still owed
+            answer = self.cannot_carry(route_name, request, outcome, str(exc))
+            sent = call.answer(answer)  # -1 with an errno: always carried
         if not sent:
-            return self._flush_after(call, route_name, summary, latency, named)
+            return self._flush_after(call, route_name, answer, latency, named)
         if observed:
-            self._notify(Decision(request, route_name, *summary, latency, call.session, "shim", *named))
+            self._notify(Decision(request, route_name, *answer.summary, latency, call.session, "shim", *named))
         return None
 
     async def handle(self, call: Call, session: str | None = None) -> None:
@@ -523,9 +533,36 @@ class Router:
         """
         return await self._decide(request)
 
-    def handler_failed(self, route: str, request: Request, error: BaseException) -> None:
-        """Log a handler's failure for a transport that replies itself: once with its traceback, then counted."""
-        self._bugs.report(route, request, error, errno_module.errorcode.get(self.error_errno, "?"))
+    def answer(self, route: str, request: Request, outcome: Any) -> Answer:
+        """The answer ``outcome`` gives ``request``, for a transport that replies itself.
+
+        :func:`~libc_service.protocol.outcomes.answer_for` (the same pure mapping the
+        master's sessions use) with this router's ``error_errno``; a
+        :class:`~libc_service.protocol.outcomes.Failure` is logged once, under
+        ``route``, and the descriptors it refused are closed.
+        """
+        answer = answer_for(request, outcome, self.error_errno)
+        if answer.errno:
+            self._mind(route, request, outcome, answer)
+        return answer
+
+    def cannot_carry(self, route: str, request: Request, outcome: Any, problem: str | BaseException) -> Answer:
+        """The failure for an answer the transport cannot carry (``problem`` says why), logged once.
+
+        For what only the transport finds out: a ``Stat`` built without
+        validation whose fields do not fit the slave's structure, a result
+        the transport has no place for.
+        """
+        answer = failure(request.function, self.error_errno, problem)
+        self._bugs.failed(route, request, outcome, answer)
+        return answer
+
+    def _mind(self, route: str, request: Request, outcome: object, answer: Answer) -> None:
+        """What an answer with an errno leaves to do: a failure is logged, a plain ``OSError`` noted."""
+        if type(answer) is Failure:
+            self._bugs.failed(route, request, outcome, answer)
+        elif type(outcome) is not Errno and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("handler %s raised %r for %r", route, outcome, request)
 
     def report(self, decision: Decision) -> None:
         """Give a decision made with :meth:`decide` to the observers, once its reply went out."""
@@ -535,9 +572,19 @@ class Router:
     async def _reply_and_notify(
         self, call: Call, route_name: str, outcome: Any, latency: int, session: str | None = None
     ) -> None:
-        named = named_directories(call.request) if self._observers else _UNNAMED  # the reply closes them
+        request = call.request
+        named = named_directories(request) if self._observers else _UNNAMED  # the reply closes them
+        answer = FORWARDED if outcome is FORWARD else answer_for(request, outcome, self.error_errno)
+        if answer.errno:
+            self._mind(route_name, request, outcome, answer)
         try:
-            summary, sent = reply_now(call, route_name, outcome, self.error_errno, self._bugs)
+            try:
+                sent = call.answer(answer)
+            except SessionClosed:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. a Stat built unvalidated that does not pack: still owed
+                answer = self.cannot_carry(route_name, request, outcome, str(exc))
+                sent = call.answer(answer)
             if not sent:
                 await call.flush()
         except SessionClosed:
@@ -547,9 +594,9 @@ class Router:
             # Built only for observers: a frozen dataclass costs more than the dispatch.
             self._notify(
                 Decision(
-                    call.request,
+                    request,
                     route_name,
-                    *summary,
+                    *answer.summary,
                     latency,
                     call.session if session is None else session,
                     "shim",
@@ -626,7 +673,7 @@ class Router:
         await self._reply_and_notify(call, route_name, outcome, latency)
 
     async def _flush_after(
-        self, call: Call, route: str, summary: Summary, latency: int, named: tuple[str | None, str | None]
+        self, call: Call, route: str, answer: Answer, latency: int, named: tuple[str | None, str | None]
     ) -> None:
         try:
             await call.flush()
@@ -634,7 +681,7 @@ class Router:
             call.abandon()
             return
         if self._observers:
-            self._notify(Decision(call.request, route, *summary, latency, call.session, "shim", *named))
+            self._notify(Decision(call.request, route, *answer.summary, latency, call.session, "shim", *named))
 
     async def _wait(self, handler: Handler, request: Request, result: Awaitable[Any]) -> Any:
         """Await an async handler's result, within ``timeout``."""

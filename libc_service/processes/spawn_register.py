@@ -28,7 +28,8 @@ from libc_service.protocol import wire_registration
 from libc_service.protocol import wire_reports
 from libc_service.protocol.catalogue import PATH_MAX_BYTES
 from libc_service.kernel.lazyimport import on_first_use
-from libc_service.endpoints.master import Master, close_fds, received_fds
+from libc_service.endpoints.master import Master
+from libc_service.kernel.descriptors import close_fds, received_fds
 from libc_service.kernel.senders import CREDENTIALS_SPACE, sender_pid
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 from libc_service.protocol import wire_header
 from libc_service.protocol import wire_reports
 from libc_service.protocol.catalogue import GAI_ERRORS
-from libc_service.endpoints.master import close_fds, received_fds
+from libc_service.kernel.descriptors import close_fds, received_fds
 from libc_service.kernel.senders import ProcessTree, sender_pid
 from libc_service.processes.spawn_register import ANCILLARY_SPACE, DATAGRAM_BUFFER, hung_up
 

@@ -31,6 +31,7 @@ from libc_service.protocol import wire_replies
 from libc_service.protocol import wire_requests
 
 if TYPE_CHECKING:
+    from libc_service.protocol.outcomes import Answer
     from libc_service.protocol.replies import Result
     from libc_service.protocol.requests import Request
 
@@ -128,6 +129,24 @@ class MasterChannel(Generic[CallT]):
         data = wire_replies.encode_reply_to(
             request.function, request.tid, request.request_id, result, errno, False, nfds
         )
+        try:
+            self._waiting.remove(call)
+        except KeyError:
+            raise RuntimeError(f"the {request.function} call was already answered") from None
+        self._sending.add(call)
+        return data
+
+    def answer(self, call: CallT, request: Request, answer: Answer) -> bytes:
+        """The reply datagram carrying ``answer`` to ``call`` (see :meth:`reply`, :meth:`forward`)."""
+        result = answer.result
+        if answer.outcome == "forward":
+            data = wire_replies.encode_reply_to(request.function, request.tid, request.request_id, forward=True)
+        elif result is None:
+            raise TypeError(f"a {answer.outcome} answer has a result")
+        else:
+            data = wire_replies.encode_reply_to(
+                request.function, request.tid, request.request_id, result, answer.errno, False, len(answer.fds)
+            )
         try:
             self._waiting.remove(call)
         except KeyError:

@@ -1,21 +1,25 @@
-"""What a handler's outcome becomes on the wire.
+"""What a handler's outcome becomes: one answer, the same for every transport.
 
-A handler returns or raises; the slave gets one reply. The mapping lives
-here, apart from deciding (:mod:`libc_service.policy.router`) and from the I/O
-(:mod:`libc_service.endpoints.master`), the way Starlette keeps exception-to-response
-in a module of its own:
+A handler returns or raises; the slave gets one reply. :func:`answer_for`
+turns the outcome into an :class:`Answer` in one pure step, the way h11's
+``send(event)`` turns an event into bytes: no I/O, no logging, nothing
+closed. Deciding is :mod:`libc_service.policy.router`'s; carrying the answer is the
+transport's (:meth:`Call.answer <libc_service.endpoints.master_call.Call.answer>` for
+the shim's channel, seccomp's ioctls for :mod:`libc_service.notify`), which
+is why the outcome types live here, below both:
 
-| handler outcome | reply |
+| handler outcome | answer |
 |---|---|
 | ``int``; ``Stat``; ``list[AddrInfo]`` or an error name (getaddrinfo) | the result |
 | ``WithFds(result, fds)`` | the result with the descriptors |
-| ``raise Errno(code)`` / any ``OSError`` | ``-1`` with that errno (getaddrinfo: ``system``) |
+| ``raise Errno(code)`` / any ``OSError`` / ``return deny(code)`` | ``-1`` with that errno (getaddrinfo: ``system``) |
 | ``socket.gaierror`` (getaddrinfo) | its error name, e.g. ``noname`` |
 | ``FORWARD`` | the slave does the call itself |
-| anything else, or an exception | logged; the slave gets ``error_errno`` (fail closed) |
+| anything else, or an exception | a :class:`Failure`: ``error_errno`` (fail closed) |
 
-A policy's mistake fails only its call, never the session: an unsendable
-result or descriptor is logged and answered with ``error_errno``.
+A policy's mistake fails only its call, never the session: a failure is
+logged (by :class:`BugLog`, the one place that writes the "policy bug"
+line) and its descriptors closed.
 """
 
 from __future__ import annotations
@@ -27,16 +31,34 @@ import socket
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias, cast
 
-from libc_service.protocol.catalogue import GAI_ERROR_NAMES
-from libc_service.endpoints.master import Call, SessionClosed, close_fds
+from libc_service.protocol import wire_header
+from libc_service.protocol import replies  # replies: loaded on first use (libc_service/__init__.py)
+
+from libc_service.protocol.catalogue import GAI_ERROR_NAMES, GAI_ERRORS
+from libc_service.kernel.descriptors import close_fds
 
 if TYPE_CHECKING:
     from libc_service.protocol.replies import Result
     from libc_service.protocol.requests import Request
 
-__all__ = ["FORWARD", "PASS", "BugLog", "Errno", "Outcome", "Summary", "WithFds", "deny", "reply_now"]
+__all__ = [
+    "FORWARD",
+    "FORWARDED",
+    "MAX_ERRNO",
+    "PASS",
+    "Answer",
+    "BugLog",
+    "Errno",
+    "Failure",
+    "Outcome",
+    "Summary",
+    "WithFds",
+    "answer_for",
+    "deny",
+    "failure",
+]
 
 #: The router's logger, not this module's: a policy's failures are reported
 #: under the router that runs it, where log filters and tools look for them.
@@ -117,68 +139,181 @@ Outcome: TypeAlias = Literal["reply", "forward", "error", "failure"]
 #: What went out for one call: outcome, result, errno, descriptor count.
 Summary: TypeAlias = "tuple[Outcome, Result | None, int, int]"
 
+#: The largest errno a reply carries: the kernel's ``MAX_ERRNO``. A larger
+#: "errno" is none (seccomp cannot even return it): the handler's bug.
+MAX_ERRNO: Final = 4095
 
-def reply_now(call: Call, route: str, outcome: Any, error_errno: int, bugs: BugLog) -> tuple[Summary, bool]:
-    """Encode the reply ``outcome`` calls for and send it if the socket takes it.
 
-    Returns what the reply says (for observers) and whether it went out; if
-    not, it waits on the call (``call.flush()`` sends it). Descriptors of a
-    ``WithFds`` are the reply's, closed on every path. Raises only
-    :class:`~libc_service.endpoints.master.SessionClosed`.
+class Answer:
+    """One call's reply as the policy gives it, before any transport carries it.
+
+    ``outcome`` says what kind of reply it is; ``result`` and ``errno`` are
+    what the slave's call returns (``result`` is ``None`` when forwarded);
+    ``fds`` are the descriptors the reply carries, which it owns from the
+    moment the answer is made: the transport closes them once sent, or once
+    it knows they never will be. Answers are values: equal fields, equal
+    answers; the constant ones (forward, a refusal with an errno) are made
+    once and shared.
     """
-    request = call.request
+
+    __slots__ = ("outcome", "result", "errno", "fds")
+
+    def __init__(self, outcome: Outcome, result: Result | None, errno: int = 0, fds: tuple[int, ...] = ()) -> None:
+        self.outcome: Final = outcome
+        self.result: Final = result
+        self.errno: Final = errno
+        self.fds: Final = fds
+
+    @property
+    def forwarded(self) -> bool:
+        """Whether the slave does the call itself (:data:`FORWARD`)."""
+        return self.outcome == "forward"
+
+    @property
+    def summary(self) -> Summary:
+        """What observers are told went out: outcome, result, errno, descriptor count."""
+        return self.outcome, self.result, self.errno, len(self.fds)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Answer):
+            return NotImplemented
+        return (self.outcome, self.result, self.errno, self.fds) == (
+            other.outcome,
+            other.result,
+            other.errno,
+            other.fds,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.outcome, self.errno, self.fds))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.outcome!r}, {self.result!r}, errno={self.errno}, fds={self.fds})"
+
+
+class Failure(Answer):
+    """An answer that fails the call closed because the policy made a mistake.
+
+    ``problem`` is the mistake: the exception the handler raised, or why
+    what it returned cannot be a reply. ``refused`` are descriptors the
+    handler returned that the reply does not carry: the answer owns them
+    and whoever acts on the failure closes them.
+    """
+
+    __slots__ = ("problem", "refused")
+
+    def __init__(self, result: Result, errno: int, problem: str | BaseException, refused: tuple[int, ...] = ()) -> None:
+        super().__init__("failure", result, errno)
+        self.problem: Final = problem
+        self.refused: Final = refused
+
+
+#: The answer of every forwarded call.
+FORWARDED: Final = Answer("forward", None)
+#: Refusals by errno, made on first use (at most ``MAX_ERRNO`` of each).
+_REFUSALS: Final[dict[int, Answer]] = {}
+_SYSTEM_ERRORS: Final[dict[int, Answer]] = {}
+#: Functions whose success is a ``Stat`` (every other succeeds with an int, or getaddrinfo's answers).
+_STAT_FUNCTIONS: Final = frozenset({"stat", "lstat"})
+_NOT_INT_FUNCTIONS: Final = _STAT_FUNCTIONS | {"getaddrinfo"}
+
+
+def answer_for(request: Request, outcome: object, error_errno: int) -> Answer:
+    """The answer ``outcome`` gives ``request``: a pure function, the same for every transport.
+
+    ``outcome`` is what the deciding handler returned or raised:
+
+    - :data:`FORWARD` → forwarded;
+    - an ``OSError`` with an errno (an ``Errno`` among them, which is what
+      ``deny(code)`` builds) → ``-1`` with it (getaddrinfo: the
+      ``system`` error); a ``socket.gaierror`` for getaddrinfo → its error
+      name;
+    - an ``int`` (any function but stat/lstat and getaddrinfo), a ``Stat``
+      (stat/lstat), a list of ``AddrInfo`` or an error name (getaddrinfo),
+      or a :class:`WithFds` of one → a reply with that result;
+    - anything else, an exception, descriptors that are not descriptors (or
+      more than the function's reply carries) → a :class:`Failure` with
+      ``error_errno`` (fail closed), saying what was wrong.
+
+    Nothing is logged, closed or sent here (:meth:`Router.answer
+    <libc_service.policy.router.Router.answer>` logs a failure and closes what it
+    refused); whether a descriptor is still open is for the transport that
+    hands it over to find out.
+    """
     if outcome is FORWARD:
-        return ("forward", None, 0, 0), call.try_forward()
-    if isinstance(outcome, OSError):
-        code = outcome.errno
-        if request.function == "getaddrinfo" and isinstance(outcome, socket.gaierror) and code in GAI_ERROR_NAMES:
-            name = GAI_ERROR_NAMES[code]
-            return ("error", name, 0, 0), call.try_send(name)
-        if isinstance(code, int) and 0 < code < 2**31:
-            if not isinstance(outcome, Errno):
-                logger.debug("handler %s raised %r for %r", route, outcome, request)
-            result: Result = "system" if request.function == "getaddrinfo" else -1
-            return ("error", result, code, 0), call.try_send(result, (), code)
+        return FORWARDED
+    function = request.function
     if isinstance(outcome, BaseException):
-        bugs.report(route, request, outcome, errno_module.errorcode.get(error_errno, "?"))
-        return fail_now(call, error_errno)
-    fds: Sequence[int] = ()
+        code = outcome.errno if isinstance(outcome, OSError) else None
+        if function == "getaddrinfo" and isinstance(outcome, socket.gaierror) and code in GAI_ERROR_NAMES:
+            return Answer("error", GAI_ERROR_NAMES[code])
+        if type(code) is int and 0 < code <= MAX_ERRNO:
+            return _refusal(function, code)
+        return _failure(function, error_errno, outcome)
+    fds: tuple[int, ...] = ()
     result = outcome
     if isinstance(outcome, WithFds):
-        result, fds = outcome.result, outcome.fds
-        problem = _unsendable(fds)
-        if problem:
-            close_fds(fd for fd in fds if _is_fd(fd))
-            logger.error(
-                "policy bug: handler %s answered %r with %r (%s); failing the call with %s",
-                route,
-                request,
-                outcome,
-                problem,
-                errno_module.errorcode.get(error_errno),
-            )
-            return fail_now(call, error_errno)
-    try:
-        sent = call.try_send(result, fds)
-    except SessionClosed:
-        raise
-    except Exception as exc:  # noqa: BLE001 - nothing went out: the call is still owed
-        logger.error(
-            "policy bug: handler %s answered %r with %r (%s); failing the call with %s",
-            route,
-            request,
-            outcome,
-            exc,
-            errno_module.errorcode.get(error_errno),
-        )
-        return fail_now(call, error_errno)
-    return ("reply", result, 0, len(fds)), sent
+        result = outcome.result
+        try:
+            fds = tuple(outcome.fds)
+        except TypeError:
+            return _failure(function, error_errno, f"{outcome.fds!r} is not a sequence of descriptors")
+        # One descriptor, the usual case, checked inline; anything else by _unsendable.
+        if len(fds) != 1 or type(fds[0]) is not int or not 0 <= fds[0] < 2**31:
+            problem = _unsendable(function, fds)
+            if problem is not None:
+                return _failure(function, error_errno, problem, tuple(fd for fd in fds if _is_fd(fd)))
+    if type(result) is int:
+        if function not in _NOT_INT_FUNCTIONS and -(2**63) <= result < 2**63:
+            return Answer("reply", result, 0, fds)
+    elif function in _STAT_FUNCTIONS and isinstance(result, replies.Stat):
+        return Answer("reply", result, 0, fds)
+    problem = _misfit(function, result)
+    if problem is not None:
+        return _failure(function, error_errno, problem, fds)
+    return Answer("reply", cast("Result", result), 0, fds)
 
 
-def fail_now(call: Call, error_errno: int) -> tuple[Summary, bool]:
-    """Fail ``call`` closed with ``error_errno`` (a policy bug); see :func:`reply_now`."""
-    result: Result = "system" if call.function == "getaddrinfo" else -1
-    return ("failure", result, error_errno, 0), call.try_send(result, (), error_errno)
+def _refusal(function: str, code: int) -> Answer:
+    """``-1`` with ``code`` (getaddrinfo: the ``system`` error), one shared answer per errno."""
+    refusals = _SYSTEM_ERRORS if function == "getaddrinfo" else _REFUSALS
+    refusal = refusals.get(code)
+    if refusal is None:
+        refusal = refusals[code] = Answer("error", "system" if function == "getaddrinfo" else -1, code)
+    return refusal
+
+
+def failure(function: str, error_errno: int, problem: str | BaseException) -> Failure:
+    """The answer failing a call of ``function`` closed with ``error_errno``, for ``problem``.
+
+    For a transport that finds it cannot carry an answer :func:`answer_for`
+    gave (a ``Stat`` built without validation whose fields do not fit).
+    """
+    return _failure(function, error_errno, problem)
+
+
+def _failure(function: str, error_errno: int, problem: str | BaseException, refused: tuple[int, ...] = ()) -> Failure:
+    return Failure("system" if function == "getaddrinfo" else -1, error_errno, problem, refused)
+
+
+def _misfit(function: str, result: object) -> str | None:
+    """Why ``result`` is no successful result of ``function`` (``None``: it is one)."""
+    kind = type(result).__name__
+    if function in _STAT_FUNCTIONS:
+        return None if isinstance(result, replies.Stat) else f"{function} succeeds with a Stat, not {kind}"
+    if function == "getaddrinfo":
+        if isinstance(result, str):
+            if result == "system":
+                return "the 'system' getaddrinfo error carries an errno: raise an OSError"
+            return None if result in GAI_ERRORS else f"unknown getaddrinfo error {result!r}"
+        if not isinstance(result, list) or not all(isinstance(entry, replies.AddrInfo) for entry in result):
+            return f"getaddrinfo results in a list of AddrInfo or an error name, not {kind}"
+        if len(result) > wire_header.MAX_ADDRINFO:
+            return f"at most {wire_header.MAX_ADDRINFO} addresses per answer, not {len(result)}"
+        return None
+    if isinstance(result, bool) or not isinstance(result, int):
+        return f"{function} results in an int, not {kind}"
+    return None if -(2**63) <= result < 2**63 else f"result {result} does not fit in 64 bits"
 
 
 class BugLog:
@@ -219,6 +354,27 @@ class BugLog:
                 errno_name,
             )
 
+    def failed(self, route: str, request: Request, outcome: object, answer: Failure) -> None:
+        """Act on a :class:`Failure` :func:`answer_for` gave: close what it refused, log the mistake once.
+
+        A raised exception is logged as :meth:`report` says; any other
+        mistake with this module's one "policy bug" line.
+        """
+        if answer.refused:
+            close_fds(answer.refused)
+        errno_name = errno_module.errorcode.get(answer.errno, str(answer.errno))
+        if isinstance(answer.problem, BaseException):
+            self.report(route, request, answer.problem, errno_name)
+            return
+        logger.error(
+            "policy bug: handler %s answered %r with %r (%s); failing the call with %s",
+            route,
+            request,
+            outcome,
+            answer.problem,
+            errno_name,
+        )
+
 
 def _power_of_ten(count: int) -> bool:
     while count % 10 == 0:
@@ -230,17 +386,11 @@ def _is_fd(fd: object) -> bool:
     return isinstance(fd, int) and not isinstance(fd, bool) and 0 <= fd < 2**31
 
 
-def _unsendable(fds: Sequence[int]) -> str | None:
-    """Why ``fds`` cannot go out with a reply (``None``: they can).
-
-    ``sendmsg`` fails for a descriptor that is not open, and the master
-    would end the session: a policy bug must fail only its call.
-    """
+def _unsendable(function: str, fds: tuple[int, ...]) -> str | None:
+    """Why ``fds`` cannot go out with a reply to ``function`` (``None``: they can)."""
     for fd in fds:
-        if not _is_fd(fd):
+        if isinstance(fd, bool) or not isinstance(fd, int) or not 0 <= fd < 2**31:
             return f"{fd!r} is not a descriptor"
-        try:
-            os.fstat(fd)
-        except OSError as exc:
-            return f"descriptor {fd} is not open: {exc.strerror}"
+    if len(fds) > 1 and len(fds) > wire_header.reply_fd_limit(function):  # every reply carries one
+        return f"a {function} reply carries at most {wire_header.reply_fd_limit(function)} descriptors, not {len(fds)}"
     return None

@@ -10,25 +10,25 @@
 | ``Stat`` | a :class:`StatWrite`: the kernel's ``struct stat`` (``statx``) to write into the slave's buffer, then answer |
 | anything else, or an exception | logged; the router's ``error_errno`` (fail closed) |
 
-A policy's mistake is reported under the router's logger, as the shim
-transport reports it (:mod:`libc_service.protocol.outcomes`), and fails only its call.
+The outcome becomes an answer in the step both transports share
+(:func:`~libc_service.protocol.outcomes.answer_for`, through the router, which
+logs a policy's mistake once); this module only carries the answer.
 """
 
 from __future__ import annotations
 
 import errno as errno_module
-import logging
 import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from libc_service.endpoints.master import close_fds
+from libc_service.kernel.descriptors import close_fds, not_open
 from libc_service.seccomp.abi import ADDFD_FLAG_SEND, ADDFD_FLAG_SETFD, FLAG_CONTINUE, Gone, add_fd, respond
 from libc_service.seccomp.decode import O_CLOEXEC, Notification, ReplyContext
 from libc_service.seccomp.memory import slave_cloexec
-from libc_service.protocol.outcomes import FORWARD, Summary, WithFds
+from libc_service.protocol.outcomes import Summary
 from libc_service.acting.files import installable
 from libc_service.protocol.replies import Stat
 
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
     from libc_service.policy.router import Router
 
 __all__ = ["StatWrite", "answer", "fail", "stat_bytes"]
-
-#: The router's logger, as for the shim's calls: a policy's failures are reported under the router that runs it.
-logger = logging.getLogger("libc_service.policy.router")
 
 
 def answer(
@@ -53,33 +50,34 @@ def answer(
 ) -> Summary | StatWrite:
     """Answer the notification as ``outcome`` says; what went out, for observers.
 
+    The outcome becomes an answer in the one step both transports share
+    (:meth:`Router.answer <libc_service.policy.router.Router.answer>`, which
+    logs a policy's mistake once); only what seccomp alone can find out
+    (a descriptor no longer open, a ``Stat`` with no buffer to write it to,
+    a result that does not fit a register) is failed here, through
+    :meth:`Router.cannot_carry <libc_service.policy.router.Router.cannot_carry>`.
     A ``Stat`` is not answered here: the caller writes the :class:`StatWrite`
-    into the slave's buffer off the loop, then answers. Descriptors of a
-    ``WithFds`` are closed on every path. Raises
+    into the slave's buffer off the loop, then answers. The answer's
+    descriptors are closed on every path. Raises
     :class:`~libc_service.seccomp.abi.Gone` when nobody waits for the answer.
     """
     notif_id = notification.id
-    if outcome is FORWARD:
+    decided = router.answer(route, request, outcome)
+    if decided.forwarded:
         respond(listener, notif_id, 0, 0, FLAG_CONTINUE)
         return "forward", None, 0, 0
-    if isinstance(outcome, OSError) and isinstance(outcome.errno, int) and 0 < outcome.errno < 4096:
-        respond(listener, notif_id, 0, -outcome.errno, 0)
-        return "error", -1, outcome.errno, 0
-    if isinstance(outcome, BaseException):
-        router.handler_failed(route, request, outcome)  # one log for both transports
-        return fail(listener, notif_id, router.error_errno)
-    fds: Sequence[int] = ()
-    result = outcome
-    if isinstance(outcome, WithFds):
-        result, fds = outcome.result, list(outcome.fds)
+    if decided.errno:
+        respond(listener, notif_id, 0, -decided.errno, 0)
+        return decided.outcome, -1, decided.errno, 0
+    fds = decided.fds
     try:
-        return _answer_result(listener, notification, context, request, route, result, fds, router)
+        return _answer_result(listener, notification, context, request, route, outcome, decided.result, fds, router)
     except (Gone, OSError):
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a Stat built unvalidated that does not pack
-        return _policy_bug(listener, notif_id, route, request, result, str(exc), router.error_errno)
+        return _cannot_carry(listener, notif_id, route, request, outcome, exc, router)
     finally:
-        close_fds(fd for fd in fds if isinstance(fd, int) and not isinstance(fd, bool) and fd >= 0)
+        close_fds(fds)
 
 
 def _answer_result(
@@ -88,18 +86,19 @@ def _answer_result(
     context: ReplyContext,
     request: Request,
     route: str,
+    outcome: Any,
     result: Any,
     fds: Sequence[int],
     router: Router,
 ) -> Summary | StatWrite:
     notif_id = notification.id
-    problem = _unusable(fds)
-    if problem is None and not (type(result) is int or isinstance(result, Stat)):
-        problem = f"{type(result).__name__} is no result for {request.function}"
+    problem = not_open(fds)
     if problem is None and isinstance(result, Stat) and context.stat_buffer is None:
         problem = f"a Stat is no result for {request.function}"
+    if problem is None and type(result) is int and not -(2**63) <= result < 2**63:
+        problem = f"{result} does not fit the call's return register"
     if problem is not None:
-        return _policy_bug(listener, notif_id, route, request, result, problem, router.error_errno)
+        return _cannot_carry(listener, notif_id, route, request, outcome, problem, router)
     function = request.function
     if fds and function in ("open", "openat"):
         cloexec = O_CLOEXEC if "close_on_exec" in getattr(request, "flags", ()) else 0
@@ -132,8 +131,6 @@ def _answer_result(
         address, layout = context.stat_buffer
         # The worker that writes it checks the call is still pending first.
         return StatWrite(address, stat_bytes(result, layout, context.statx_mask), result, len(fds))
-    if not -(2**63) <= result < 2**63:
-        return fail(listener, notif_id, router.error_errno)
     respond(listener, notif_id, result, 0, 0)
     return "reply", result, 0, len(fds)
 
@@ -144,19 +141,18 @@ def fail(listener: int, notif_id: int, code: int) -> Summary:
     return "failure", -1, code, 0
 
 
-def _policy_bug(
-    listener: int, notif_id: int, route: str, request: Request, result: Any, problem: str, error_errno: int
+def _cannot_carry(
+    listener: int,
+    notif_id: int,
+    route: str,
+    request: Request,
+    outcome: Any,
+    problem: str | BaseException,
+    router: Router,
 ) -> Summary:
-    """Log a result the call cannot be answered with, and fail the call closed."""
-    logger.error(
-        "policy bug: handler %s answered %r with %r (%s); failing the call with %s",
-        route,
-        request,
-        result,
-        problem,
-        errno_module.errorcode.get(error_errno),
-    )
-    return fail(listener, notif_id, error_errno)
+    """Fail the call closed for an answer seccomp cannot carry, logged once by the router."""
+    failed = router.cannot_carry(route, request, outcome, problem)
+    return fail(listener, notif_id, failed.errno)
 
 
 def _install(listener: int, notif_id: int, fd: int, flags: int, newfd: int, newfd_flags: int) -> int:
@@ -252,17 +248,6 @@ def stat_bytes(result: Stat, layout: Literal["stat", "statx"], mask: int = 0) ->
         os.minor(result.dev),
         mnt_id,
     )
-
-
-def _unusable(fds: Sequence[int]) -> str | None:
-    for fd in fds:
-        if isinstance(fd, bool) or not isinstance(fd, int) or not 0 <= fd < 2**31:
-            return f"{fd!r} is not a descriptor"
-        try:
-            os.fstat(fd)
-        except OSError as exc:
-            return f"descriptor {fd} is not open: {exc.strerror}"
-    return None
 
 
 def _same_socket(fd: int, slave_socket: int) -> bool:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 from libc_service.kernel import libc as kernel
 
 from libc_service.kernel import readiness
-from libc_service.endpoints.master import close_fds
+from libc_service.kernel.descriptors import close_fds
 from libc_service.seccomp.abi import (
     FILTER_FLAG_NEW_LISTENER,
     FILTER_FLAG_WAIT_KILLABLE_RECV,

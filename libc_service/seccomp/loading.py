@@ -21,7 +21,7 @@ import posixpath
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from libc_service.endpoints.master import close_fds
+from libc_service.kernel.descriptors import close_fds
 from libc_service.protocol.outcomes import WithFds
 from libc_service.policy.slavepath import exact_name
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from libc_service.kernel import libc as kernel
-from libc_service.endpoints.master import close_fds
+from libc_service.kernel.descriptors import close_fds
 from libc_service.seccomp.abi import SYS_KCMP, SYS_PIDFD_GETFD, Gone, Refuse
 
 __all__ = [

@@ -34,7 +34,8 @@ ADAPTIVE_BUSY_POLL_NS = 20_000
 
 def _run_loop(coroutine: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop when it is installed, else on the default loop."""
-    from libc_service.endpoints.master import IDLE_CPU, Master
+    from libc_service.endpoints.master import Master
+    from libc_service.kernel.idle_cpu import IDLE_CPU
 
     Master.adaptive_busy_poll_ns = ADAPTIVE_BUSY_POLL_NS
     IDLE_CPU.free()  # the first sample: the program's first calls can be polled for
