@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from libc_service.policy import names
 from libc_service.policy.conditions import Condition, name_patterns
+from libc_service.policy.observers import UNNAMED, Decision, Observer, Observers, Transport, named_directories
+from libc_service.policy.routes import Handler, Route, RouteTable
 from libc_service.endpoints.master import Master
 from libc_service.endpoints.master_call import Call, SessionClosed, discard
 from libc_service.protocol.outcomes import (
@@ -90,121 +92,6 @@ logger = logging.getLogger(__name__)
 #: awaitability is the class's (``__await__``), except for generators.
 _PLAIN_RESULTS: Final[set[type]] = {int, str, list, type(None), WithFds, Sentinel}
 _MAX_PLAIN_RESULTS: Final = 256
-
-
-Handler: TypeAlias = Callable[[Any], Any]
-
-
-@dataclass(frozen=True)
-class Route:
-    """One registered handler: the data dispatch and the docs generator share."""
-
-    functions: tuple[str, ...]
-    handler: Handler
-    name: str
-    doc: str | None
-    conditions: tuple[Condition, ...]
-    order: int
-    source: tuple[str, int] | None = None
-
-    def matches(self, request: Request) -> bool:
-        """Whether every condition holds for ``request``."""
-        return all(condition(request) for condition in self.conditions)
-
-    @property
-    def summary(self) -> str | None:
-        """The docstring's first paragraph, on one line."""
-        if not self.doc:
-            return None
-        return " ".join(self.doc.strip().split("\n\n")[0].split())
-
-
-@dataclass(frozen=True)
-class RouteTable:
-    """What :meth:`Router.routes` returns: the routes in order and the default."""
-
-    routes: tuple[Route, ...]
-    default: Route | Errno | Sentinel
-    error_errno: int
-
-    def __iter__(self) -> Iterator[Route]:
-        return iter(self.routes)
-
-    def __len__(self) -> int:
-        return len(self.routes)
-
-    def for_function(self, function: str) -> tuple[Route, ...]:
-        """The routes that may decide ``function``, in the order they are tried."""
-        return tuple(route for route in self.routes if function in route.functions)
-
-
-Transport: TypeAlias = Literal["shim", "seccomp"]
-"""How a call reached the master (:attr:`Decision.transport`): the shim's channel or a seccomp notification."""
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What an observer sees for every call, after the reply went out.
-
-    ``directory`` is the directory a relative path is relative to, as the
-    transport named it: the absolute name of the request's ``dirfd`` (the
-    slave's working directory or its dirfd), read while the descriptor was
-    open; ``None`` for an absolute path, or when it could not be named (no
-    ``/proc``, as under a sandbox; a removed directory). For ``rename`` it
-    is ``path1``'s and ``directory2`` is ``path2``'s. The shim names them
-    in its reports of the calls it decided itself (read just after the
-    call); the master names them for the calls that reach it, when the
-    router has observers (:func:`named_directories`).
-    """
-
-    request: Request
-    #: The deciding route's handler name, or ``"default"``.
-    route: str
-    outcome: Outcome
-    result: Result | None
-    errno: int
-    nfds: int
-    #: Time spent deciding (handlers and conditions), in nanoseconds.
-    latency_ns: int
-    session: str = field(default="")
-    #: How the call reached the master: the preloaded shim's channel, or a
-    #: seccomp user notification (:mod:`libc_service.seccomp.session`).
-    transport: Transport = field(default="shim")
-    #: The directory a relative ``path`` (``path1``) is relative to, as the transport named it.
-    directory: str | None = field(default=None)
-    #: The directory a relative ``path2`` (``rename``) is relative to, as the transport named it.
-    directory2: str | None = field(default=None)
-    #: The program the process runs (its executable and arguments), when the
-    #: transport named it: the shim does with its first report of a process
-    #: (after ``exec`` or ``fork``), read from its own ``/proc/self``.
-    program: tuple[str, tuple[str, ...]] | None = field(default=None)
-    #: How long the slave's own call of a forwarded request took, in nanoseconds, as its shim
-    #: measured it around the call (reports); ``None`` when not measured.
-    duration_ns: int | None = field(default=None)
-
-
-_UNNAMED: Final[tuple[None, None]] = (None, None)
-
-
-def named_directories(request: Request) -> tuple[str | None, str | None]:
-    """The directories ``request``'s relative paths are relative to, named from its descriptors.
-
-    For :attr:`Decision.directory` and :attr:`Decision.directory2`: call it
-    while the request's descriptors are open (before its reply closes them).
-    """
-    first = getattr(request, "dirfd", None)
-    if first is None:
-        first = getattr(request, "dirfd1", None)
-    second = getattr(request, "dirfd2", None)
-    if first is None and second is None:
-        return _UNNAMED
-    return (
-        None if first is None else directory_name(first),
-        None if second is None else directory_name(second),
-    )
-
-
-Observer: TypeAlias = Callable[[Decision], None]
 
 
 class _Await:
@@ -265,13 +152,10 @@ class Router:
         #: How many (address, name) answers one process tree keeps for ``resolved()`` (the oldest go first).
         self.max_answers = max_answers
         self._routes: list[Route] = []
-        self._observers: list[Observer] = []
-        #: Transports whose shims report the results of forwarded calls (:meth:`hold_forwarded`).
-        self._holding = 0
-        #: Forwarded decisions waiting for their result, by (pid, tid, request id).
-        self._held: dict[tuple[int, int, int], Decision] = {}
-        #: Results that arrived before their decision was given to the observers.
-        self._early: dict[tuple[int, int, int], tuple[Result, int, int | None]] = {}
+        #: The observers and the forwarded decisions held for their results.
+        self._watch = Observers()
+        #: The observers' list itself: ``if self._observers`` is the hot path's one check.
+        self._observers = self._watch.observers
         self._bugs = BugLog()
         self.concurrent = concurrent
         self.error_errno = deny(error_errno).errno
@@ -366,46 +250,20 @@ class Router:
     def hold_forwarded(self, on: bool = True) -> None:
         """Hold each decision the master answers ``FORWARD`` until the slave reports its result.
 
-        For a transport whose shim reports what the forwarded calls returned
-        (``spawn(..., reports=True)``): the observers then get one
-        :class:`Decision` per call, outcome ``"forward"`` with the real
-        ``result`` and ``errno`` (:meth:`forward_result`). Counted: each
-        transport turns it on for its run and off after; when the last one
-        turns it off, what is still held goes to the observers without a
-        result. Nothing waits on the slave: a held decision only delays
-        what the observers see.
+        See :meth:`Observers.hold <libc_service.policy.observers.Observers.hold>`.
         """
-        self._holding += 1 if on else -1
-        if self._holding <= 0:
-            self._holding = 0
-            self.release_forwarded()
+        self._watch.hold(on)
 
     def forward_result(
         self, pid: int, tid: int, request_id: int, result: Result, errno: int, duration_ns: int | None = None
     ) -> None:
         """The slave's own call of a forwarded request returned ``result`` (-1 and ``errno`` on failure),
         after ``duration_ns`` (when measured)."""
-        key = (pid, tid, request_id)
-        decision = self._held.pop(key, None)
-        if decision is None:
-            if self._holding:  # its decision is still on its way to the observers
-                if len(self._early) >= _HELD_MAX:
-                    del self._early[next(iter(self._early))]
-                self._early[key] = (result, errno, duration_ns)
-            return
-        self._deliver(dataclasses.replace(decision, result=result, errno=errno, duration_ns=duration_ns))
+        self._watch.forward_result(pid, tid, request_id, result, errno, duration_ns)
 
     def release_forwarded(self, pids: Container[int] | None = None) -> None:
-        """Give the observers the forwarded decisions still held (of ``pids``, or all), without a result.
-
-        Their result will not come: the report was lost, the process ran
-        another program or died, the run ended.
-        """
-        keys = [key for key in self._held if pids is None or key[0] in pids]
-        for key in keys:
-            self._deliver(self._held.pop(key))
-        for key in [key for key in self._early if pids is None or key[0] in pids]:
-            del self._early[key]
+        """Give the observers the forwarded decisions still held (of ``pids``, or all), without a result."""
+        self._watch.release(pids)
 
     def routes(self) -> RouteTable:
         """The registered routes, in order, and the default."""
@@ -465,7 +323,7 @@ class Router:
             return _Pending(self._handle_after(call, started, step), step.awaitable)
         route_name, outcome = step
         latency = time.perf_counter_ns() - started if observed else 0
-        named = named_directories(request) if observed else _UNNAMED  # the reply closes the descriptors
+        named = named_directories(request) if observed else UNNAMED  # the reply closes the descriptors
         answer = FORWARDED if outcome is FORWARD else answer_for(request, outcome, self.error_errno)
         if answer.errno:  # a refusal or a failure: what the policy did wrong is logged
             self._mind(route_name, request, outcome, answer)
@@ -480,7 +338,7 @@ class Router:
         if not sent:
             return self._flush_after(call, route_name, answer, latency, named)
         if observed:
-            self._notify(Decision(request, route_name, *answer.summary, latency, call.session, "shim", *named))
+            self._watch.notify(Decision(request, route_name, *answer.summary, latency, call.session, "shim", *named))
         return None
 
     async def handle(self, call: Call, session: str | None = None) -> None:
@@ -567,13 +425,13 @@ class Router:
     def report(self, decision: Decision) -> None:
         """Give a decision made with :meth:`decide` to the observers, once its reply went out."""
         if self._observers:
-            self._notify(decision)
+            self._watch.notify(decision)
 
     async def _reply_and_notify(
         self, call: Call, route_name: str, outcome: Any, latency: int, session: str | None = None
     ) -> None:
         request = call.request
-        named = named_directories(request) if self._observers else _UNNAMED  # the reply closes them
+        named = named_directories(request) if self._observers else UNNAMED  # the reply closes them
         answer = FORWARDED if outcome is FORWARD else answer_for(request, outcome, self.error_errno)
         if answer.errno:
             self._mind(route_name, request, outcome, answer)
@@ -592,7 +450,7 @@ class Router:
             return
         if self._observers:
             # Built only for observers: a frozen dataclass costs more than the dispatch.
-            self._notify(
+            self._watch.notify(
                 Decision(
                     request,
                     route_name,
@@ -681,7 +539,7 @@ class Router:
             call.abandon()
             return
         if self._observers:
-            self._notify(Decision(call.request, route, *answer.summary, latency, call.session, "shim", *named))
+            self._watch.notify(Decision(call.request, route, *answer.summary, latency, call.session, "shim", *named))
 
     async def _wait(self, handler: Handler, request: Request, result: Awaitable[Any]) -> Any:
         """Await an async handler's result, within ``timeout``."""
@@ -701,30 +559,6 @@ class Router:
                 raise  # the handler's own TimeoutError: a handler failure
             logger.error("handler %s timed out after %ss on %r", _name(handler), self.timeout, request)
             return Errno(self.timeout_errno)
-
-    def _notify(self, decision: Decision) -> None:
-        if self._holding and decision.outcome == "forward" and decision.result is None and decision.transport == "shim":
-            request = decision.request
-            key = (request.pid, request.tid, request.request_id)
-            early = self._early.pop(key, None)
-            if early is None:
-                if len(self._held) >= _HELD_MAX:  # reports lost en masse: do not grow without bound
-                    self._deliver(self._held.pop(next(iter(self._held))))
-                self._held[key] = decision
-                return
-            decision = dataclasses.replace(decision, result=early[0], errno=early[1], duration_ns=early[2])
-        self._deliver(decision)
-
-    def _deliver(self, decision: Decision) -> None:
-        for observer in self._observers:
-            try:
-                observer(decision)
-            except Exception:  # noqa: BLE001 - an observer bug must not end the session
-                logger.exception("observer %s failed", _name(observer))
-
-
-#: At most this many forwarded decisions wait for their result (and results for their decision).
-_HELD_MAX: Final = 65536
 
 
 class _Pending:

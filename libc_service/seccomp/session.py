@@ -74,7 +74,7 @@ from libc_service.seccomp.statwrite import AnswerOnce, StatWriter
 from libc_service.kernel.offloop import BoundedWorkers
 from libc_service.protocol.outcomes import FORWARD, Summary
 from libc_service.policy.rendezvous import WAITING
-from libc_service.policy.router import Decision, Transport, named_directories
+from libc_service.policy.observers import Decision, Transport, named_directories
 
 from libc_service.kernel.lazyimport import on_first_use
 
