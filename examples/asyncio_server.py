@@ -58,7 +58,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from libc_service import FORWARD, Decision, Errno, Router, Sandbox, Stat, WithFds, deny, spawn
+from libc_service import (
+    Decision,
+    Errno,
+    FORWARD,
+    Router,
+    Sandbox,
+    SandboxUnavailable,
+    Stat,
+    WithFds,
+    deny,
+    network_namespaces_available,
+    open_beneath,
+    spawn,
+    stat_beneath,
+)
 from libc_service.conditions import Condition, under, writing
 from libc_service.requests import (
     AccessRequest,
@@ -69,8 +83,6 @@ from libc_service.requests import (
     Request,
     StatRequest,
 )
-from libc_service.acting.safepath import open_beneath, stat_beneath
-from libc_service.confinement.sandbox import SandboxUnavailable, network_namespaces_available
 from libc_service.tools.tracing import decision_record
 
 logger = logging.getLogger("asyncio_server")

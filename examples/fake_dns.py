@@ -22,9 +22,8 @@ import ipaddress
 import os
 import socket
 
-from libc_service import FORWARD, AddrInfo, Router
+from libc_service import AddrInfo, FORWARD, GaiError, Router
 from libc_service.conditions import named
-from libc_service.protocol.replies import GaiError
 from libc_service.requests import GetaddrinfoRequest
 
 

@@ -52,9 +52,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from libc_service import FORWARD, Errno, Resolver, Router, Sandbox, perform
+from libc_service import Errno, FORWARD, GaiError, Resolver, Router, Sandbox, perform
 from libc_service.conditions import named, resolved, to
-from libc_service.protocol.replies import GaiError
 from libc_service.requests import (
     BindInet6Request,
     BindInetRequest,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import errno
 import os
 
-from libc_service import FORWARD, Errno, Router, Sandbox, Stat, WithFds, deny
+from libc_service import Errno, FORWARD, Router, Sandbox, Stat, WithFds, deny, open_beneath, stat_beneath
 from libc_service.conditions import under, writing
 from libc_service.requests import (
     AccessRequest,
@@ -40,7 +40,6 @@ from libc_service.requests import (
     Request,
     StatRequest,
 )
-from libc_service.acting.safepath import open_beneath, stat_beneath
 
 #: The tree the slave may read, resolved once (conditions compare real paths).
 ROOT = os.path.realpath(os.environ.get("LIBC_SERVICE_ROOT") or os.getcwd())
