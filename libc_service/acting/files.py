@@ -32,7 +32,7 @@ from libc_service.acting.identity import Switch, as_slave, on_thread, running_lo
 from libc_service.acting.target import AT_FDCWD, check_beneath, open_at, open_parent, path_target, same_root_and_mounts
 from libc_service.acting.statx import stat_of
 from libc_service.policy.rendezvous import Rendezvous
-from libc_service.policy.router import WithFds
+from libc_service.protocol.outcomes import WithFds
 
 if TYPE_CHECKING:
     from libc_service.protocol.replies import Stat

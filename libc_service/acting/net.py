@@ -36,7 +36,7 @@ from libc_service.kernel.lazyimport import on_first_use
 from libc_service.acting.identity import Switch, as_slave, running_loop, switch_for
 from libc_service.acting.target import open_at, open_parent, path_target, slave_cwd
 from libc_service.policy.resolver import Resolver
-from libc_service.policy.router import WithFds
+from libc_service.protocol.outcomes import WithFds
 
 if TYPE_CHECKING:
     import asyncio

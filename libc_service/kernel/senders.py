@@ -27,7 +27,7 @@ import socket
 import struct
 from typing import Final
 
-__all__ = ["CREDENTIALS_SPACE", "ProcessTree", "sender_pid"]
+__all__ = ["CREDENTIALS_SPACE", "ProcessTree", "parse_stat", "sender_pid"]
 
 #: struct ucred: pid, uid, gid.
 _UCRED: Final = struct.Struct("=iII")
@@ -117,9 +117,22 @@ def _stat_fields(pid: int) -> tuple[int, int, int] | None:
             text = file.read()
     except OSError:
         return None
+    return parse_stat(text)
+
+
+def parse_stat(text: bytes) -> tuple[int, int, int] | None:
+    """(parent pid, session id, start time) from a ``/proc/PID/stat`` line, or ``None`` for a process being reaped."""
     # The command name (field 2) is in parentheses and may hold anything: split after the last one.
     fields = text[text.rfind(b")") + 2 :].split()
     try:
-        return int(fields[1]), int(fields[3]), int(fields[19])
+        pid = int(text.split(maxsplit=1)[0])
+        parent, session, started = int(fields[1]), int(fields[3]), int(fields[19])
     except (IndexError, ValueError):
         return None
+    if parent == 0 and pid != 1:
+        # Being reaped: the kernel has detached its parent and session
+        # (release_task; /proc shows parent 0, session -1) while the entry
+        # still exists. Only a namespace's init has no parent. Gone, as far
+        # as the question can tell.
+        return None
+    return parent, session, started

@@ -116,7 +116,7 @@ class TreeReports:
         if self._plain_observers:
             self._plain_report(data, sender)
             return
-        from libc_service.policy.router import Decision
+        from libc_service.policy.observers import Decision
 
         try:
             report = wire_reports.decode_report(data)

@@ -13,7 +13,8 @@ import dataclasses
 from typing import Any
 
 from libc_service.protocol.outcomes import FORWARD
-from libc_service.policy.router import Decision, Router
+from libc_service.policy.observers import Decision
+from libc_service.policy.router import Router
 
 __all__ = ["shim_relay"]
 
