@@ -20,18 +20,29 @@ from libc_service.kernel import libc as kernel
 if TYPE_CHECKING:
     from libc_service.protocol.replies import Stat
 
-__all__ = ["stat_of"]
+__all__ = [
+    "STATX_BASIC_STATS",
+    "STATX_BTIME",
+    "STATX_LAYOUT",
+    "STATX_MNT_ID",
+    "STATX_MNT_ID_UNIQUE",
+    "STATX_SIZE",
+    "stat_of",
+]
 
 _AT_EMPTY_PATH: Final = 0x1000
 _AT_STATX_DONT_SYNC: Final = 0x4000
-_STATX_BASIC_STATS: Final = 0x7FF
-_STATX_BTIME: Final = 0x800
-_STATX_MNT_ID: Final = 0x1000
+STATX_BASIC_STATS: Final = 0x7FF
+STATX_BTIME: Final = 0x800
+STATX_MNT_ID: Final = 0x1000
+STATX_MNT_ID_UNIQUE: Final = 0x4000
 #: struct statx up to stx_mnt_id: mask, blksize, attributes, nlink, uid, gid,
 #: mode, spare, ino, size, blocks, attributes_mask, atime/btime/ctime/mtime
-#: (sec, nsec, reserved), rdev major/minor, dev major/minor, mnt_id.
-_STATX: Final = struct.Struct("<IIQIIIHHQQQQ" + "qIi" * 4 + "IIIIQ")
-_BUFFER_SIZE: Final = 256
+#: (sec, nsec, reserved), rdev major/minor, dev major/minor, mnt_id. The one
+#: layout: read here from the kernel, written by the seccomp transport into a slave.
+STATX_LAYOUT: Final = struct.Struct("<IIQIIIHHQQQQ" + "qIi" * 4 + "IIIIQ")
+#: The whole struct statx (the rest is spare).
+STATX_SIZE: Final = 256
 _NS: Final = 1_000_000_000
 
 _statx: Any = kernel.libc["statx"] if hasattr(kernel.libc, "statx") else None  # None: glibc < 2.28
@@ -51,8 +62,8 @@ def stat_of(fd: int) -> Stat:
 
     if _statx is None:
         return Stat.from_os(os.fstat(fd))
-    buffer = ctypes.create_string_buffer(_BUFFER_SIZE)
-    mask = _STATX_BASIC_STATS | _STATX_BTIME | _STATX_MNT_ID
+    buffer = ctypes.create_string_buffer(STATX_SIZE)
+    mask = STATX_BASIC_STATS | STATX_BTIME | STATX_MNT_ID
     if _statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, mask, buffer) != 0:
         code = ctypes.get_errno()
         if code == errno.ENOSYS:
@@ -88,7 +99,7 @@ def stat_of(fd: int) -> Stat:
         dev_major,
         dev_minor,
         mnt_id,
-    ) = _STATX.unpack_from(buffer.raw)
+    ) = STATX_LAYOUT.unpack_from(buffer.raw)
     return Stat.model_construct(
         dev=os.makedev(dev_major, dev_minor),
         ino=ino,
@@ -104,8 +115,8 @@ def stat_of(fd: int) -> Stat:
         atime=asec * _NS + ansec,
         mtime=msec * _NS + mnsec,
         ctime=csec * _NS + cnsec,
-        btime=bsec * _NS + bnsec if got & _STATX_BTIME else None,
+        btime=bsec * _NS + bnsec if got & STATX_BTIME else None,
         attributes=attributes,
         attributes_mask=attributes_mask,
-        mnt_id=mnt_id if got & _STATX_MNT_ID else None,
+        mnt_id=mnt_id if got & STATX_MNT_ID else None,
     )

@@ -30,6 +30,14 @@ from libc_service.seccomp.decode import O_CLOEXEC, Notification, ReplyContext
 from libc_service.seccomp.memory import slave_cloexec
 from libc_service.protocol.outcomes import Summary
 from libc_service.acting.files import installable
+from libc_service.acting.statx import (
+    STATX_BASIC_STATS,
+    STATX_BTIME,
+    STATX_LAYOUT,
+    STATX_MNT_ID,
+    STATX_MNT_ID_UNIQUE,
+    STATX_SIZE,
+)
 from libc_service.protocol.replies import Stat
 
 if TYPE_CHECKING:
@@ -171,14 +179,8 @@ def _install(listener: int, notif_id: int, fd: int, flags: int, newfd: int, newf
 #: struct stat on x86_64: dev, ino, nlink, mode, uid, gid, pad, rdev, size,
 #: blksize, blocks, atime, atime_nsec, mtime, mtime_nsec, ctime, ctime_nsec, 3 unused.
 _STAT: Final = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
-#: struct statx (256 bytes): mask, blksize, attributes, nlink, uid, gid, mode,
-#: spare, ino, size, blocks, attributes_mask, atime/btime/ctime/mtime
-#: (sec, nsec, reserved), rdev major/minor, dev major/minor, mnt_id, then spare.
-_STATX: Final = struct.Struct("<IIQIIIHHQQQQ" + "qIi" * 4 + "IIIIQ104x")
-_STATX_BASIC_STATS: Final = 0x7FF
-_STATX_BTIME: Final = 0x800
-_STATX_MNT_ID: Final = 0x1000
-_STATX_MNT_ID_UNIQUE: Final = 0x4000
+#: struct statx is acting/statx.py's layout, then spare bytes up to its 256.
+_STATX_SPARE: Final = bytes(STATX_SIZE - STATX_LAYOUT.size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,38 +217,41 @@ def stat_bytes(result: Stat, layout: Literal["stat", "statx"], mask: int = 0) ->
             result.blocks,
             *times[:6],
         )
-    got = _STATX_BASIC_STATS
+    got = STATX_BASIC_STATS
     btime = (0, 0, 0)
-    if result.btime is not None and mask & _STATX_BTIME:
-        got |= _STATX_BTIME
+    if result.btime is not None and mask & STATX_BTIME:
+        got |= STATX_BTIME
         btime = (times[6], times[7], 0)
     mnt_id = 0
-    if result.mnt_id is not None and not mask & _STATX_MNT_ID_UNIQUE:
-        got |= _STATX_MNT_ID
+    if result.mnt_id is not None and not mask & STATX_MNT_ID_UNIQUE:
+        got |= STATX_MNT_ID
         mnt_id = result.mnt_id
     atime, mtime, ctime = ((times[i], times[i + 1], 0) for i in (0, 2, 4))
-    return _STATX.pack(
-        got,
-        result.blksize & 0xFFFFFFFF,
-        result.attributes,
-        result.nlink & 0xFFFFFFFF,
-        result.uid,
-        result.gid,
-        result.st_mode,
-        0,
-        result.ino,
-        result.size & (2**64 - 1),
-        result.blocks & (2**64 - 1),
-        result.attributes_mask,
-        *atime,
-        *btime,
-        *ctime,
-        *mtime,
-        os.major(result.rdev),
-        os.minor(result.rdev),
-        os.major(result.dev),
-        os.minor(result.dev),
-        mnt_id,
+    return (
+        STATX_LAYOUT.pack(
+            got,
+            result.blksize & 0xFFFFFFFF,
+            result.attributes,
+            result.nlink & 0xFFFFFFFF,
+            result.uid,
+            result.gid,
+            result.st_mode,
+            0,
+            result.ino,
+            result.size & (2**64 - 1),
+            result.blocks & (2**64 - 1),
+            result.attributes_mask,
+            *atime,
+            *btime,
+            *ctime,
+            *mtime,
+            os.major(result.rdev),
+            os.minor(result.rdev),
+            os.major(result.dev),
+            os.minor(result.dev),
+            mnt_id,
+        )
+        + _STATX_SPARE
     )
 
 
